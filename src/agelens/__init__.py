@@ -1,0 +1,21 @@
+"""agelens: occlusion-robust, fairness-aware facial age estimation."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "AgeEstimator":
+        from .serve.predictor import AgeEstimator
+
+        return AgeEstimator
+    raise AttributeError(name)
+
+
+__all__ = ["AgeEstimator", "__version__"]

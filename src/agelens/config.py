@@ -1,0 +1,238 @@
+"""Typed dataclass configs: YAML in, `key=value` CLI overrides, validated, saved resolved in each run dir."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the faces come from and how they are cropped."""
+
+    dataset: str = "utkface"
+    root: str = "../shared/data/utkface"
+    groups_csv: str | None = None
+    split_file: str = "runs/splits/utkface_seed0.json"
+    split_seed: int = 0
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    cache_dir: str = "cache/utkface"
+    aligned: bool = True  # inputs are already-aligned crops (e.g. UTKFace chips): no detector, landmarks still recorded
+    cache_size: int = 256
+    crop_size: int = 224  # crop taken from the cache_size image (random in training, centre in evaluation)
+    input_size: int = 224  # crop resized to this before the network
+    num_workers: int = 0
+    max_train: int = 0  # >0: use only the first N training records (quick runs)
+    max_eval: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and ordinal head."""
+
+    backbone: str = "resnet34"
+    head: str = "dldl"
+    pretrained: bool = True  # only EfficientNet-Lite0 has offline ImageNet weights; ResNets start from scratch
+    min_age: int = 0
+    max_age: int = 100
+    dropout: float = 0.0
+    dldl_sigma: float = 2.0
+    mwr_window: int = 10
+    mwr_iterations: int = 3
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, numerics and checkpointing."""
+
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 1e-4
+    head_lr: float | None = None  # defaults to lr
+    weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam | adamw | sgd
+    scheduler: str = "plateau"  # plateau | cosine | none
+    warmup_epochs: float = 0.0
+    freeze_backbone_epochs: int = 20
+    early_stop_patience: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    numerics: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 only on CUDA)
+    channels_last: str = "auto"  # auto | on | off
+    compile: bool = False
+    grad_clip: float = 0.0
+    max_steps_per_epoch: int = 0  # >0: cap steps per epoch (smoke runs)
+    eval_every: int = 1
+    tta_flip: bool = True
+    log_every: int = 50
+    threads: int = 0  # >0: torch.set_num_threads
+
+
+@dataclass
+class RunConfig:
+    """One run: name and output folder plus the three sections."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def validate(self) -> RunConfig:
+        """Raise ConfigError naming the first bad value."""
+        d, m, t = self.data, self.model, self.train
+        checks = [
+            (0 <= d.val_frac < 1 and 0 <= d.test_frac < 1 and d.val_frac + d.test_frac < 1,
+             f"data.val_frac + data.test_frac must be in [0, 1), got {d.val_frac} + {d.test_frac}"),
+            (d.cache_size >= 32, f"data.cache_size must be >= 32, got {d.cache_size}"),
+            (0 < d.crop_size <= d.cache_size, f"data.crop_size must be in (0, cache_size={d.cache_size}], got {d.crop_size}"),
+            (d.input_size >= 32, f"data.input_size must be >= 32, got {d.input_size}"),
+            (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
+            (0 <= m.min_age < m.max_age <= 120, f"model.min_age/max_age must satisfy 0 <= min < max <= 120, got {m.min_age}/{m.max_age}"),
+            (m.dldl_sigma > 0, f"model.dldl_sigma must be > 0, got {m.dldl_sigma}"),
+            (m.mwr_window >= 2, f"model.mwr_window must be >= 2, got {m.mwr_window}"),
+            (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
+            (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+            (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+            (t.head_lr is None or t.head_lr > 0, f"train.head_lr must be > 0, got {t.head_lr}"),
+            (t.optimizer in ("adam", "adamw", "sgd"), f"train.optimizer must be adam|adamw|sgd, got {t.optimizer!r}"),
+            (t.scheduler in ("plateau", "cosine", "none"), f"train.scheduler must be plateau|cosine|none, got {t.scheduler!r}"),
+            (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto|cpu|cuda, got {t.device!r}"),
+            (t.numerics in ("auto", "fp32", "bf16", "fp16"), f"train.numerics must be auto|fp32|bf16|fp16, got {t.numerics!r}"),
+            (t.channels_last in ("auto", "on", "off"), f"train.channels_last must be auto|on|off, got {t.channels_last!r}"),
+            (t.freeze_backbone_epochs >= 0, f"train.freeze_backbone_epochs must be >= 0, got {t.freeze_backbone_epochs}"),
+            (t.early_stop_patience >= 0, f"train.early_stop_patience must be >= 0, got {t.early_stop_patience}"),
+            (t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        from . import models  # noqa: F401  (fills the registries)
+        from .registry import BACKBONES, HEADS
+
+        BACKBONES.get(m.backbone)
+        HEADS.get(m.head)
+        return self
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated field type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{key} must be true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
+            return "on" if value else "off"
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(prefix + n for n in names))}")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{key} must be a mapping, got {v!r}")
+            _apply(cur, v, key + ".")
+        else:
+            setattr(obj, k, _coerce(v, hints[k], key))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['train.lr=1e-3', 'model.head=coral'] → nested dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            val = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            val = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = val
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults ← YAML file ← overrides, validated."""
+    cfg = RunConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must contain a mapping at top level")
+        _apply(cfg, data)
+    if overrides:
+        _apply(cfg, parse_overrides(overrides))
+    return cfg.validate()
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    cfg = RunConfig()
+    _apply(cfg, data)
+    return cfg

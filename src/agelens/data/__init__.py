@@ -1,0 +1,1 @@
+"""Dataset adapters, group-safe splits, preprocessing cache and the training Dataset."""

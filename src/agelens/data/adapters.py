@@ -1,0 +1,295 @@
+"""Dataset adapters behind one interface: each yields FaceRecords and reports bad rows with file and reason."""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from ..registry import DATASETS
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MAX_AGE = 120
+UTK_GENDER = {"0": "male", "1": "female"}
+UTK_RACE = {"0": "white", "1": "black", "2": "asian", "3": "indian", "4": "other"}
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    """One labelled face image."""
+
+    path: str
+    age: float
+    gender: str | None = None
+    race: str | None = None
+    group: str = ""  # records sharing a group (same identity / duplicate) never cross a split
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    path: str
+    reason: str
+
+
+@dataclass
+class Listing:
+    """What an adapter found: good records plus every skipped row with its reason."""
+
+    records: list[FaceRecord] = field(default_factory=list)
+    bad: list[BadRecord] = field(default_factory=list)
+
+    def add(self, path: str | Path, age: object, gender: str | None = None, race: str | None = None,
+            group: str | None = None, check_file: bool = True) -> None:
+        """Validate one row and append it to records or bad."""
+        p = str(path)
+        try:
+            a = float(str(age).strip())
+        except (TypeError, ValueError):
+            self.bad.append(BadRecord(p, f"unparsable age {age!r}"))
+            return
+        if not (0 <= a <= MAX_AGE) or a != a:
+            self.bad.append(BadRecord(p, f"age {age!r} outside 0-{MAX_AGE}"))
+            return
+        if check_file and not Path(p).is_file():
+            self.bad.append(BadRecord(p, "missing file"))
+            return
+        self.records.append(FaceRecord(p, a, gender or None, race or None, group if group else p))
+
+
+def _require_dir(root: str | Path) -> Path:
+    r = Path(root)
+    if not r.exists():
+        raise DataError(f"dataset root not found: {r}")
+    if not r.is_dir():
+        raise DataError(f"dataset root is not a folder: {r}")
+    return r
+
+
+def _images(root: Path, recursive: bool = False) -> list[Path]:
+    it = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in it if p.suffix.lower() in IMAGE_EXTS and not p.is_dir())
+
+
+def _norm_gender(g: str | None) -> str | None:
+    if g is None:
+        return None
+    s = str(g).strip().lower()
+    return {"m": "male", "male": "male", "1": "male", "1.0": "male", "f": "female", "female": "female",
+            "0": "female", "0.0": "female"}.get(s, s or None) if s not in ("", "nan", "none") else None
+
+
+def load_duplicate_groups(path: str | Path | None) -> dict[str, str]:
+    """Map file name → group id from a CSV with columns `group,file`."""
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"duplicate-groups CSV not found: {p}")
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"group", "file"} <= set(reader.fieldnames):
+            raise DataError(f"{p}: expected columns 'group,file', got {reader.fieldnames}")
+        return {row["file"]: row["group"] for row in reader}
+
+
+@DATASETS.register("utkface")
+def utkface(root: str | Path, groups_csv: str | Path | None = None, **_: object) -> Listing:
+    """UTKFace: `AGE_GENDER_RACE_DATE.jpg.chip.jpg` (a few names lack the race field)."""
+    r = _require_dir(root)
+    groups = load_duplicate_groups(groups_csv) if groups_csv else {}
+    out = Listing()
+    for p in _images(r):
+        parts = p.name.split("_")
+        if len(parts) < 2 or not parts[0].isdigit():
+            out.bad.append(BadRecord(str(p), "file name does not start with AGE_GENDER_"))
+            continue
+        gender = UTK_GENDER.get(parts[1])
+        race = UTK_RACE.get(parts[2]) if len(parts) >= 4 else None
+        out.add(p, parts[0], gender, race, groups.get(p.name, p.name), check_file=False)
+    return out
+
+
+@DATASETS.register("csv")
+def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Listing:
+    """Generic CSV with columns `path,age[,gender][,race][,group]`; paths relative to the CSV's folder."""
+    p = Path(csv_path) if csv_path else Path(root)
+    if p.is_dir():
+        cands = sorted(p.glob("*.csv"))
+        if len(cands) != 1:
+            raise DataError(f"{p}: expected exactly one .csv file, found {len(cands)}; pass the CSV path")
+        p = cands[0]
+    if not p.is_file():
+        raise DataError(f"CSV not found: {p}")
+    out = Listing()
+    with p.open(newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        if not {"path", "age"} <= cols:
+            raise DataError(f"{p}: missing required column(s) {sorted({'path', 'age'} - cols)}; have {sorted(cols)}")
+        for i, row in enumerate(reader, start=2):
+            if not row.get("path"):
+                out.bad.append(BadRecord(f"{p}:{i}", "empty path"))
+                continue
+            img = Path(row["path"])
+            img = img if img.is_absolute() else p.parent / img
+            out.add(img, row.get("age"), _norm_gender(row.get("gender")), row.get("race") or None, row.get("group") or None)
+    return out
+
+
+@DATASETS.register("folder")
+def folder_per_age(root: str | Path, **_: object) -> Listing:
+    """`ROOT/AGE/*.jpg`: one folder per age."""
+    r = _require_dir(root)
+    out = Listing()
+    for d in sorted(x for x in r.iterdir() if x.is_dir()):
+        for p in _images(d, recursive=True):
+            out.add(p, d.name, check_file=False)
+    return out
+
+
+@DATASETS.register("afad")
+def afad(root: str | Path, **_: object) -> Listing:
+    """AFAD-Full: `ROOT/AGE/{111,112}/*.jpg` (111 male, 112 female), all Asian."""
+    r = _require_dir(root)
+    out = Listing()
+    for d in sorted(x for x in r.iterdir() if x.is_dir()):
+        for g in sorted(x for x in d.iterdir() if x.is_dir()):
+            gender = {"111": "male", "112": "female"}.get(g.name)
+            for p in _images(g):
+                out.add(p, d.name, gender, "asian", check_file=False)
+    return out
+
+
+@DATASETS.register("morph")
+def morph(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Listing:
+    """MORPH-2 album CSV: columns `id_num, photo, age, gender (M/F), race (B/W/A/H/O)`; identity is the group."""
+    r = _require_dir(root)
+    p = Path(csv_path) if csv_path else next(iter(sorted(r.glob("*.csv"))), None)
+    if p is None or not p.is_file():
+        raise DataError(f"MORPH CSV not found under {r}")
+    races = {"B": "black", "W": "white", "A": "asian", "H": "hispanic", "O": "other"}
+    out = Listing()
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        if not {"photo", "age"} <= cols:
+            raise DataError(f"{p}: MORPH CSV needs columns photo, age; have {sorted(cols)}")
+        for row in reader:
+            img = r / row["photo"]
+            out.add(img, row["age"], _norm_gender(row.get("gender")), races.get((row.get("race") or "").strip()),
+                    row.get("id_num") or None)
+    return out
+
+
+_CACD = re.compile(r"^(\d+)_(.+)_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
+
+
+@DATASETS.register("cacd")
+def cacd(root: str | Path, **_: object) -> Listing:
+    """CACD2000: `AGE_First_Last_NNNN.jpg`; the celebrity is the group."""
+    r = _require_dir(root)
+    out = Listing()
+    for p in _images(r):
+        m = _CACD.match(p.name)
+        if not m:
+            out.bad.append(BadRecord(str(p), "file name is not AGE_Name_NNNN.jpg"))
+            continue
+        out.add(p, m.group(1), group=m.group(2), check_file=False)
+    return out
+
+
+_FGNET = re.compile(r"^(\d{3})A(\d{2})[a-z]?\.(jpg|jpeg|png)$", re.IGNORECASE)
+
+
+@DATASETS.register("fgnet")
+def fgnet(root: str | Path, **_: object) -> Listing:
+    """FG-NET: `SSSAaa[x].JPG` (subject SSS, age aa); the subject is the group."""
+    r = _require_dir(root)
+    out = Listing()
+    for p in _images(r, recursive=True):
+        m = _FGNET.match(p.name)
+        if not m:
+            out.bad.append(BadRecord(str(p), "file name is not SSSAaa.JPG"))
+            continue
+        out.add(p, int(m.group(2)), group=f"fgnet{m.group(1)}", check_file=False)
+    return out
+
+
+def _matlab_datenum_year(dn: float) -> int:
+    return (_dt.date.fromordinal(max(1, int(dn))) - _dt.timedelta(days=366)).year
+
+
+@DATASETS.register("imdbwiki")
+def imdbwiki(root: str | Path, mat_path: str | Path | None = None, min_face_score: float = 1.0, **_: object) -> Listing:
+    """IMDB-WIKI `.mat` (imdb.mat / wiki.mat): age = photo_taken − birth year; rows with no face or 2 faces skipped."""
+    import numpy as np
+    from scipy.io import loadmat
+
+    r = _require_dir(root)
+    p = Path(mat_path) if mat_path else next(iter(sorted(r.glob("*.mat"))), None)
+    if p is None or not p.is_file():
+        raise DataError(f"IMDB-WIKI .mat file not found under {r}")
+    try:
+        mat = loadmat(str(p))
+    except Exception as e:  # scipy raises several types for corrupt files
+        raise DataError(f"{p}: cannot read .mat file ({e})") from None
+    key = next((k for k in ("imdb", "wiki") if k in mat), None)
+    if key is None:
+        raise DataError(f"{p}: no 'imdb' or 'wiki' struct inside")
+    s = mat[key][0, 0]
+    dob, taken = s["dob"][0], s["photo_taken"][0]
+    paths = [str(x[0]) for x in s["full_path"][0]]
+    gender = s["gender"][0]
+    face = s["face_score"][0]
+    second = s["second_face_score"][0]
+    names = [str(x[0]) if len(x) else "" for x in s["name"][0]] if "name" in s.dtype.names else [""] * len(paths)
+    out = Listing()
+    for i, rel in enumerate(paths):
+        img = r / rel
+        if not np.isfinite(face[i]) or face[i] < min_face_score:
+            out.bad.append(BadRecord(str(img), f"no face (face_score {face[i]})"))
+            continue
+        if np.isfinite(second[i]):
+            out.bad.append(BadRecord(str(img), "second face present"))
+            continue
+        age = int(taken[i]) - _matlab_datenum_year(float(dob[i]))
+        g = None if not np.isfinite(gender[i]) else ("male" if gender[i] == 1 else "female")
+        out.add(img, age, g, None, names[i] or None)
+    return out
+
+
+@DATASETS.register("imdbclean")
+def imdbclean(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Listing:
+    """IMDB-Clean CSV (`filename,age,gender,...`), images relative to ROOT/imdb-clean-1024 or ROOT."""
+    r = _require_dir(root)
+    p = Path(csv_path) if csv_path else next(iter(sorted(r.rglob("*.csv"))), None)
+    if p is None or not p.is_file():
+        raise DataError(f"IMDB-Clean CSV not found under {r}")
+    base = r / "imdb-clean-1024" if (r / "imdb-clean-1024").is_dir() else r
+    out = Listing()
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        if not {"filename", "age"} <= cols:
+            raise DataError(f"{p}: IMDB-Clean CSV needs columns filename, age; have {sorted(cols)}")
+        for row in reader:
+            out.add(base / row["filename"], row["age"], _norm_gender(row.get("gender")))
+    return out
+
+
+def load_dataset(name: str, root: str | Path, **kwargs: object) -> Listing:
+    """Run the named adapter; raises DataError when nothing usable is found."""
+    listing = DATASETS.build(name, root, **kwargs)
+    if not listing.records:
+        raise DataError(f"dataset {name!r} at {root}: no usable records ({len(listing.bad)} bad rows)")
+    return listing
+
+
+def write_bad_rows(bad: list[BadRecord], path: str | Path) -> None:
+    from ..utils import atomic_write_text
+
+    lines = ["path,reason"] + [f'"{b.path}","{b.reason}"' for b in bad]
+    atomic_write_text(path, "\n".join(lines) + "\n")

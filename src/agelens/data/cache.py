@@ -1,0 +1,189 @@
+"""Preprocess once: detect → landmarks → align → size×size uint8 crops + landmarks in memory-mapped .npy files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import DataError, ImageError, NoFaceError
+from ..faces.align import align_face, keypoints_from_mesh, transform_points
+from ..faces.detect import Face, FaceAnalyzer
+from ..imageio import load_image
+from .adapters import FaceRecord
+
+N_LANDMARKS = 478
+CACHE_VERSION = 1
+
+
+def largest_face(faces: list[Face]) -> Face:
+    return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+
+
+def prepare_face(rgb: np.ndarray, analyzer: FaceAnalyzer, size: int, aligned: bool,
+                 face: Face | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One face → (size×size×3 aligned crop, (478, 2) landmarks in crop pixels, NaN where unknown).
+
+    aligned=True: the image is already a face crop; landmarks are measured, the crop is re-aligned to the
+    template when they are found and simply resized when not. aligned=False: the given (or largest detected)
+    face is aligned; NoFaceError when there is none.
+    """
+    nan = np.full((N_LANDMARKS, 2), np.nan, np.float32)
+    if aligned:
+        lm = analyzer.mesh(rgb)
+        if lm is None:
+            h, w = rgb.shape[:2]
+            return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_LINEAR), nan
+        crop, m = align_face(rgb, keypoints_from_mesh(lm), size)
+        return crop, transform_points(lm, m)
+    if face is None:
+        faces = analyzer.find_faces(rgb)
+        if not faces:
+            raise NoFaceError("no face found")
+        face = largest_face(faces)
+    crop, m = align_face(rgb, face.keypoints, size)
+    return crop, (transform_points(face.landmarks, m) if face.landmarks is not None else nan)
+
+
+@dataclass
+class _Job:
+    index: int
+    path: str
+
+
+_ANALYZER: FaceAnalyzer | None = None
+
+
+def _work(args: tuple[_Job, int, bool]) -> tuple[int, np.ndarray | None, np.ndarray | None, str | None]:
+    global _ANALYZER
+    job, size, aligned = args
+    if _ANALYZER is None:
+        _ANALYZER = FaceAnalyzer()
+    try:
+        rgb = load_image(job.path)
+        crop, lm = prepare_face(rgb, _ANALYZER, size, aligned)
+        return job.index, crop, lm, None
+    except (ImageError, NoFaceError) as e:
+        return job.index, None, None, str(e).replace(f"{job.path}: ", "")
+    except Exception as e:  # a worker must report, never kill the whole run
+        return job.index, None, None, f"{type(e).__name__}: {e}"
+
+
+def cache_signature(records: list[FaceRecord], size: int, aligned: bool) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{aligned}".encode())
+    for r in records:
+        h.update(f"{r.path}|{r.age}|{r.gender}|{r.race}|{r.group}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class FaceCache:
+    """A read-only, memory-mapped store of aligned crops, landmarks and labels."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta_p = self.path / "meta.json"
+        if not meta_p.is_file():
+            raise DataError(f"not a face cache (no meta.json): {self.path}")
+        try:
+            self.meta = json.loads(meta_p.read_text())
+            self.images = np.load(self.path / "images.npy", mmap_mode="r")
+            self.landmarks = np.load(self.path / "landmarks.npy", mmap_mode="r")
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            raise DataError(f"face cache {self.path} is corrupt: {e}") from None
+        self.records = [FaceRecord(**r) for r in self.meta["records"]]
+        n = len(self.records)
+        if self.images.shape != (n, self.meta["size"], self.meta["size"], 3) or self.landmarks.shape != (n, N_LANDMARKS, 2):
+            raise DataError(f"face cache {self.path} is corrupt: array shapes do not match {n} records")
+        self.ages = np.array([r.age for r in self.records], np.float32)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["size"])
+
+    @property
+    def failed(self) -> list[dict[str, str]]:
+        return self.meta.get("failed", [])
+
+
+def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int) -> Iterator[tuple]:
+    args = [(j, size, aligned) for j in jobs]
+    if workers <= 1:
+        yield from map(_work, args)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(_work, args, chunksize=16)
+
+
+def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256, aligned: bool = True,
+                workers: int = 2, progress: bool = True, force: bool = False) -> FaceCache:
+    """Write (or reuse, when the signature matches) the cache for these records; atomic via a temp folder."""
+    out = Path(out_dir)
+    sig = cache_signature(records, size, aligned)
+    if not force and (out / "meta.json").is_file():
+        try:
+            cache = FaceCache(out)
+            if cache.meta.get("signature") == sig:
+                return cache
+        except DataError:
+            pass
+    if not records:
+        raise DataError(f"no records to cache into {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        n = len(records)
+        imgs = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        lms = np.lib.format.open_memmap(tmp / "landmarks.npy", mode="w+", dtype=np.float32, shape=(n, N_LANDMARKS, 2))
+        ok = np.zeros(n, bool)
+        failed: list[dict[str, str]] = []
+        no_landmarks: list[str] = []
+        jobs = [_Job(i, r.path) for i, r in enumerate(records)]
+        from ..progress import track
+
+        for i, crop, lm, err in track(_iter_results(jobs, size, aligned, workers), total=n,
+                                      description=f"caching {out.name}", enabled=progress):
+            if err is not None:
+                failed.append({"path": records[i].path, "reason": err})
+                continue
+            imgs[i], lms[i], ok[i] = crop, lm, True
+            if np.isnan(lm).any():
+                no_landmarks.append(records[i].path)
+        keep = np.flatnonzero(ok)
+        if len(keep) == 0:
+            raise DataError(f"no face could be prepared from {n} records (first failure: {failed[0] if failed else '?'})")
+        if len(keep) < n:  # compact: drop failed rows
+            imgs2 = np.lib.format.open_memmap(tmp / "images2.npy", mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
+            lms2 = np.lib.format.open_memmap(tmp / "landmarks2.npy", mode="w+", dtype=np.float32, shape=(len(keep), N_LANDMARKS, 2))
+            for j, i in enumerate(keep):
+                imgs2[j], lms2[j] = imgs[i], lms[i]
+            imgs2.flush()
+            lms2.flush()
+            del imgs, lms, imgs2, lms2
+            (tmp / "images2.npy").replace(tmp / "images.npy")
+            (tmp / "landmarks2.npy").replace(tmp / "landmarks.npy")
+        else:
+            imgs.flush()
+            lms.flush()
+            del imgs, lms
+        meta = {"version": CACHE_VERSION, "signature": sig, "size": size, "aligned": aligned,
+                "records": [asdict(records[i]) for i in keep], "failed": failed, "no_landmarks": no_landmarks}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return FaceCache(out)

@@ -1,0 +1,44 @@
+"""Dataset → saved group-safe split → one memory-mapped cache per split part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import DataConfig
+from ..errors import DataError
+from .adapters import FaceRecord, Listing, load_dataset, write_bad_rows
+from .cache import FaceCache, build_cache
+from .splits import check_group_safe, group_split, load_split, save_split
+
+
+def list_records(data: DataConfig) -> Listing:
+    return load_dataset(data.dataset, data.root, groups_csv=data.groups_csv)
+
+
+def make_or_load_split(data: DataConfig, listing: Listing | None = None, force: bool = False) -> dict[str, list[FaceRecord]]:
+    """Reuse data.split_file when present, else make a group-safe seeded split and save it."""
+    listing = listing or list_records(data)
+    recs = listing.records
+    sp = Path(data.split_file)
+    if sp.is_file() and not force:
+        parts = load_split(sp, recs, data.root)
+    else:
+        idx = group_split(recs, data.val_frac, data.test_frac, data.split_seed)
+        save_split(sp, recs, idx, dataset=data.dataset, root=data.root, seed=data.split_seed,
+                   val_frac=data.val_frac, test_frac=data.test_frac, groups_csv=data.groups_csv)
+        parts = {k: [recs[i] for i in v] for k, v in idx.items()}
+        if listing.bad:
+            write_bad_rows(listing.bad, sp.with_suffix(".bad_rows.csv"))
+    check_group_safe(parts)
+    return parts
+
+
+def prepare_caches(data: DataConfig, parts_wanted: tuple[str, ...] = ("train", "val", "test"), workers: int = 2,
+                   progress: bool = True, force: bool = False) -> dict[str, FaceCache]:
+    parts = make_or_load_split(data)
+    out = {}
+    for k in parts_wanted:
+        if not parts.get(k):
+            raise DataError(f"split part {k!r} is empty in {data.split_file}")
+        out[k] = build_cache(parts[k], Path(data.cache_dir) / k, data.cache_size, data.aligned, workers, progress, force)
+    return out

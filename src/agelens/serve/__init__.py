@@ -1,0 +1,1 @@
+"""Inference: the AgeEstimator pipeline (detector → alignment → age model)."""

@@ -1,0 +1,310 @@
+"""One training engine for every recipe: Adam + schedulers, frozen-backbone warm-up, early stopping, numerics per
+machine, DDP under torchrun, atomic checkpoints with --resume, JSONL metrics, resolved config in the run dir."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..config import RunConfig, config_from_dict, config_to_dict
+from ..data.cache import FaceCache
+from ..data.dataset import CachedFaceDataset
+from ..errors import CheckpointError
+from ..models import AgeModel, build_model
+from ..utils import atomic_write, atomic_write_json, atomic_write_text, seed_everything
+from .batch import photometric_jitter, to_input
+from .numerics import Numerics, choose_numerics
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> DistInfo:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+
+
+def environment(numerics: Numerics) -> dict:
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "platform": platform.platform(), "threads": torch.get_num_threads(),
+            "numerics": numerics.as_dict()}
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for truncated/corrupt files
+        raise CheckpointError(f"checkpoint {p} is unreadable or corrupt ({type(e).__name__})") from None
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[AgeModel, RunConfig]:
+    ck = load_checkpoint(path)
+    if "model" not in ck or "config" not in ck:
+        raise CheckpointError(f"{path} is not an agelens checkpoint (missing model/config)")
+    cfg = config_from_dict(ck["config"])
+    cfg.model.pretrained = False
+    model = build_model(cfg.model)
+    model.load_state_dict(ck["model"])
+    return model.eval(), cfg
+
+
+# ---- evaluation pass used during training -----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics, batch_size: int = 64,
+                  tta_flip: bool = True, indices: np.ndarray | None = None, progress: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ages, spreads and embeddings for (a subset of) a cache, centre-cropped."""
+    ds = CachedFaceDataset(cache, False, cfg.data.crop_size, cfg.data.input_size, indices=indices)
+    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    mean, std = model.mean_std
+    model.eval()
+    ages, spreads, embs = [], [], []
+    from ..progress import track
+
+    for imgs, _, _ in track(dl, total=len(dl), description="evaluating", enabled=progress):
+        x = to_input(imgs, mean, std, numerics.device, numerics.channels_last)
+        with numerics.autocast():
+            a, s, e = model.predict(x, tta_flip)
+        ages.append(a.cpu())
+        spreads.append(s.cpu())
+        embs.append(e.cpu())
+    return torch.cat(ages).numpy(), torch.cat(spreads).numpy(), torch.cat(embs).numpy()
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------------
+
+
+def _set_backbone_trainable(model: AgeModel, trainable: bool) -> None:
+    for p in model.backbone.parameters():
+        p.requires_grad_(trainable)
+
+
+def _lr_factor(cfg: RunConfig, epoch: int, step_frac: float) -> float:
+    """Warm-up then cosine (scheduler=cosine); plateau/none return the warm-up factor only."""
+    t = cfg.train
+    e = epoch + step_frac
+    if t.warmup_epochs and e < t.warmup_epochs:
+        return max(0.01, e / t.warmup_epochs)
+    if t.scheduler == "cosine":
+        span = max(1e-9, t.epochs - t.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (e - t.warmup_epochs) / span)))
+    return 1.0
+
+
+def train_step(net: torch.nn.Module, head, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               numerics: Numerics, images: torch.Tensor, ages: torch.Tensor, grad_clip: float = 0.0) -> float:
+    """One optimisation step on a uint8 NHWC batch with the chosen numerics; returns the loss."""
+    mean, std = (net.module if hasattr(net, "module") else net).mean_std
+    x = to_input(images, mean, std, numerics.device, numerics.channels_last)
+    y = ages.to(numerics.device)
+    with numerics.autocast():
+        loss = head.loss(net(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, train_cache: FaceCache, val_cache: FaceCache | None, resume: bool = False,
+                 progress: bool = True, log=print) -> None:
+        self.cfg, self.train_cache, self.val_cache = cfg, train_cache, val_cache
+        self.resume, self.progress, self.log = resume, progress, log
+        self.run_dir = cfg.run_dir
+        t = cfg.train
+        if t.threads > 0:
+            torch.set_num_threads(t.threads)
+        seed_everything(t.seed)
+        self.model = build_model(cfg.model)
+
+        def probe_loss(m, x, y):
+            return m.head.loss(m(x), y)
+
+        self.numerics = choose_numerics(t, self.model, probe_loss, cfg.data.input_size)
+        self.dist = setup_distributed(self.numerics.device)
+        dev = f"cuda:{self.dist.local_rank}" if self.numerics.device == "cuda" else "cpu"
+        self.numerics.device = dev
+        self.model.to(dev)
+        if self.numerics.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        head_lr = t.head_lr or t.lr
+        groups = [{"params": list(self.model.backbone.parameters()), "lr": t.lr, "base_lr": t.lr},
+                  {"params": self.model.head_parameters(), "lr": head_lr, "base_lr": head_lr}]
+        opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(t.optimizer)
+        if opt_cls is not None:
+            self.optimizer = opt_cls(groups, lr=t.lr, weight_decay=t.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, nesterov=True)
+        self.lr_scale, self.plateau_bad = 1.0, 0  # scheduler=plateau: halve the lr after 2 epochs without val gain
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.numerics.dtype == "fp16")
+        self.start_epoch, self.best_mae, self.best_epoch, self.bad_epochs = 0, float("inf"), -1, 0
+        self.history: list[dict] = []
+        if resume:
+            self._load_resume()
+
+    # -- state --
+    def _state(self, epoch: int) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": {"lr_scale": self.lr_scale, "plateau_bad": self.plateau_bad}, "scaler": self.scaler.state_dict(),
+                "epoch": epoch, "config": config_to_dict(self.cfg), "best_mae": self.best_mae,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
+                "numerics": self.numerics.as_dict(), "rng": {"torch": torch.get_rng_state()}}
+
+    def _load_resume(self) -> None:
+        p = self.run_dir / "last.pt"
+        if not p.is_file():
+            raise CheckpointError(f"--resume given but no checkpoint at {p}")
+        ck = load_checkpoint(p)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.lr_scale, self.plateau_bad = ck["scheduler"]["lr_scale"], ck["scheduler"]["plateau_bad"]
+        self.scaler.load_state_dict(ck["scaler"])
+        self.start_epoch = ck["epoch"] + 1
+        self.best_mae, self.best_epoch = ck["best_mae"], ck["best_epoch"]
+        self.bad_epochs, self.history = ck["bad_epochs"], ck["history"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        self.log(f"resumed from {p} at epoch {self.start_epoch}")
+
+    def _write_jsonl(self, row: dict) -> None:
+        if self.dist.main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # -- loop --
+    def fit(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            atomic_write_json(self.run_dir / "env.json", environment(self.numerics))
+            self.log(f"numerics: {self.numerics.dtype}, channels_last={self.numerics.channels_last} on "
+                     f"{self.numerics.device} ({self.numerics.reason})")
+        ds = CachedFaceDataset(self.train_cache, True, cfg.data.crop_size, cfg.data.input_size, seed=t.seed,
+                               indices=np.arange(min(len(self.train_cache), cfg.data.max_train or len(self.train_cache))))
+        sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, shuffle=True, seed=t.seed) if self.dist.world > 1 else None
+        gen = torch.Generator().manual_seed(t.seed)
+        dl = DataLoader(ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler, generator=gen if sampler is None else None,
+                        num_workers=cfg.data.num_workers, drop_last=len(ds) > t.batch_size,
+                        persistent_workers=cfg.data.num_workers > 0)
+        jitter_gen = torch.Generator().manual_seed(t.seed + 1)
+        result: dict = {}
+        for epoch in range(self.start_epoch, t.epochs):
+            frozen = epoch < t.freeze_backbone_epochs
+            _set_backbone_trainable(self.model, not frozen)
+            if epoch == t.freeze_backbone_epochs and epoch > 0:
+                self.bad_epochs = 0  # early stopping restarts when the whole network starts to learn
+            net = self.model
+            if self.dist.world > 1:
+                net = torch.nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[self.dist.local_rank] if self.numerics.device_type == "cuda" else None)
+            ds.set_epoch(epoch)
+            gen.manual_seed(t.seed * 1000 + epoch)
+            jitter_gen.manual_seed(t.seed * 7919 + epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            self.model.train()
+            if frozen:
+                self.model.backbone.eval()  # linear-probe phase: BN statistics stay as they are
+            t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, len(dl)
+            if t.max_steps_per_epoch:
+                n_steps = min(n_steps, t.max_steps_per_epoch)
+            for step, (imgs, ages, _) in enumerate(dl):
+                if step >= n_steps:
+                    break
+                factor = _lr_factor(cfg, epoch, step / n_steps)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * factor * self.lr_scale
+                imgs = photometric_jitter(imgs, jitter_gen)
+                loss = train_step(net, self.model.head, self.optimizer, self.scaler, self.numerics, imgs, ages, t.grad_clip)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at epoch {epoch} step {step}; lower train.lr")
+                seen += len(imgs)
+                loss_sum += loss
+                if (step + 1) % t.log_every == 0 or step + 1 == n_steps:
+                    dt = time.perf_counter() - t0
+                    row = {"epoch": epoch, "step": step + 1, "steps": n_steps, "loss": round(loss_sum / (step + 1), 4),
+                           "lr": self.optimizer.param_groups[0]["lr"], "img_s": round(seen * self.dist.world / dt, 2),
+                           "frozen_backbone": frozen}
+                    self._write_jsonl(row)
+                    if self.dist.main and self.progress:
+                        self.log(f"epoch {epoch} step {step + 1}/{n_steps} loss {row['loss']:.3f} {row['img_s']:.1f} img/s")
+            train_time = time.perf_counter() - t0
+            row = {"epoch": epoch, "train_loss": round(loss_sum / max(1, n_steps), 4), "train_s": round(train_time, 1),
+                   "train_img_s": round(seen * self.dist.world / train_time, 2)}
+            if self.val_cache is not None and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
+                idx = np.arange(min(len(self.val_cache), cfg.data.max_eval or len(self.val_cache)))
+                pred, _, _ = predict_cache(self.model, self.val_cache, cfg, self.numerics, tta_flip=t.tta_flip, indices=idx)
+                mae = float(np.abs(pred - self.val_cache.ages[idx]).mean())
+                row["val_mae"] = round(mae, 4)
+                improved = mae < self.best_mae - 1e-4
+                if t.scheduler == "plateau" and not frozen:
+                    self.plateau_bad = 0 if improved else self.plateau_bad + 1
+                    if self.plateau_bad >= 2:
+                        self.lr_scale, self.plateau_bad = self.lr_scale * 0.5, 0
+                if improved:
+                    self.best_mae, self.best_epoch, self.bad_epochs = mae, epoch, 0
+                    if self.dist.main:
+                        save_checkpoint(self.run_dir / "best.pt", self._state(epoch))
+                else:
+                    self.bad_epochs += 1
+            self.history.append(row)
+            self._write_jsonl(row)
+            if self.dist.main:
+                self.log(json.dumps(row))
+                save_checkpoint(self.run_dir / "last.pt", self._state(epoch))
+                if self.val_cache is None:
+                    save_checkpoint(self.run_dir / "best.pt", self._state(epoch))
+            if t.early_stop_patience and self.bad_epochs >= t.early_stop_patience and not frozen:
+                self.log(f"early stopping at epoch {epoch}: no val MAE gain for {self.bad_epochs} epochs")
+                break
+        result = {"best_val_mae": self.best_mae if self.best_mae < float("inf") else None, "best_epoch": self.best_epoch,
+                  "epochs_run": len(self.history)}
+        if self.dist.world > 1:
+            dist.barrier()
+        return result

@@ -1,0 +1,133 @@
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agelens.data.adapters import load_dataset
+from agelens.errors import DataError
+
+
+def _img(p):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(p)
+    return p
+
+
+def test_utkface_names_and_bad_rows(utk_folder):
+    lst = load_dataset("utkface", utk_folder)
+    assert len(lst.records) == 24
+    assert [b.reason for b in lst.bad] == ["file name does not start with AGE_GENDER_"]
+    no_race = [r for r in lst.records if r.race is None]
+    assert len(no_race) == 1
+    assert {r.gender for r in lst.records} == {"male", "female"}
+
+
+def test_utkface_groups_from_duplicates_csv(utk_folder, tmp_path):
+    names = sorted(p.name for p in utk_folder.glob("*.chip.jpg"))
+    g = tmp_path / "groups.csv"
+    g.write_text("group,file\n" + f"{names[0]},{names[0]}\n{names[0]},{names[1]}\n")
+    lst = load_dataset("utkface", utk_folder, groups_csv=g)
+    by = {r.path.split("/")[-1]: r.group for r in lst.records}
+    assert by[names[0]] == by[names[1]] == names[0]
+    assert by[names[2]] == names[2]
+
+
+def test_csv_reports_every_bad_row(tmp_path):
+    _img(tmp_path / "a.jpg")
+    _img(tmp_path / "b.jpg")
+    (tmp_path / "labels.csv").write_text(
+        "path,age,gender\na.jpg,31,M\nb.jpg,abc,F\nmissing.jpg,20,F\na.jpg,200,M\na.jpg,-3,M\n,5,M\n")
+    lst = load_dataset("csv", tmp_path)
+    assert [(r.age, r.gender) for r in lst.records] == [(31.0, "male")]
+    reasons = sorted(b.reason for b in lst.bad)
+    assert reasons == ["age '-3' outside 0-120", "age '200' outside 0-120", "empty path", "missing file",
+                       "unparsable age 'abc'"]
+
+
+def test_csv_missing_columns(tmp_path):
+    (tmp_path / "x.csv").write_text("file,years\na.jpg,3\n")
+    with pytest.raises(DataError, match="missing required column"):
+        load_dataset("csv", tmp_path / "x.csv")
+
+
+def test_folder_per_age_and_afad(tmp_path):
+    _img(tmp_path / "f" / "23" / "x.jpg")
+    _img(tmp_path / "f" / "old" / "y.jpg")
+    lst = load_dataset("folder", tmp_path / "f")
+    assert [r.age for r in lst.records] == [23.0] and lst.bad[0].reason.startswith("unparsable age")
+    _img(tmp_path / "afad" / "18" / "111" / "1.jpg")
+    _img(tmp_path / "afad" / "40" / "112" / "2.jpg")
+    lst = load_dataset("afad", tmp_path / "afad")
+    assert [(r.age, r.gender, r.race) for r in lst.records] == [(18.0, "male", "asian"), (40.0, "female", "asian")]
+
+
+def test_morph_csv(tmp_path):
+    root = tmp_path / "morph"
+    _img(root / "Album2" / "001_0M22.JPG")
+    with open(root / "morph_2008_nonCommercial.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id_num", "photo", "age", "gender", "race"])
+        w.writerow(["001", "Album2/001_0M22.JPG", "22", "M", "B"])
+        w.writerow(["002", "Album2/002_0F30.JPG", "30", "F", "W"])
+    lst = load_dataset("morph", root)
+    assert [(r.age, r.gender, r.race, r.group) for r in lst.records] == [(22.0, "male", "black", "001")]
+    assert lst.bad[0].reason == "missing file"
+
+
+def test_cacd_and_fgnet(tmp_path):
+    _img(tmp_path / "cacd" / "14_Aaron_Johnson_0001.jpg")
+    _img(tmp_path / "cacd" / "53_Aaron_Johnson_0002.jpg")
+    _img(tmp_path / "cacd" / "junk.jpg")
+    lst = load_dataset("cacd", tmp_path / "cacd")
+    assert [(r.age, r.group) for r in lst.records] == [(14.0, "Aaron_Johnson"), (53.0, "Aaron_Johnson")]
+    assert len(lst.bad) == 1
+    _img(tmp_path / "fg" / "images" / "001A02.JPG")
+    _img(tmp_path / "fg" / "images" / "001A43a.JPG")
+    lst = load_dataset("fgnet", tmp_path / "fg")
+    assert [(r.age, r.group) for r in lst.records] == [(2.0, "fgnet001"), (43.0, "fgnet001")]
+
+
+def test_imdbwiki_mat(tmp_path):
+    from scipy.io import savemat
+
+    root = tmp_path / "imdb_crop"
+    _img(root / "01" / "a.jpg")
+    _img(root / "02" / "b.jpg")
+    _img(root / "03" / "c.jpg")
+    dt = [("dob", "O"), ("photo_taken", "O"), ("full_path", "O"), ("gender", "O"), ("name", "O"),
+          ("face_score", "O"), ("second_face_score", "O")]
+    s = np.zeros((1, 1), dtype=dt)
+    # Matlab datenum of 1980-07-01 = 723363; photo taken 2010 → age 30
+    s[0, 0]["dob"] = np.array([[723363, 723363, 723363]], float)
+    s[0, 0]["photo_taken"] = np.array([[2010, 2010, 2010]])
+    fp = np.empty((1, 3), dtype=object)
+    fp[0, 0], fp[0, 1], fp[0, 2] = np.array(["01/a.jpg"]), np.array(["02/b.jpg"]), np.array(["03/c.jpg"])
+    s[0, 0]["full_path"] = fp
+    s[0, 0]["gender"] = np.array([[1.0, 0.0, np.nan]])
+    nm = np.empty((1, 3), dtype=object)
+    nm[0, 0], nm[0, 1], nm[0, 2] = np.array(["Ann"]), np.array(["Bob"]), np.array(["Cy"])
+    s[0, 0]["name"] = nm
+    s[0, 0]["face_score"] = np.array([[3.2, -np.inf, 2.5]])
+    s[0, 0]["second_face_score"] = np.array([[np.nan, np.nan, 1.9]])
+    savemat(root / "imdb.mat", {"imdb": s})
+    lst = load_dataset("imdbwiki", root)
+    assert [(r.age, r.gender, r.group) for r in lst.records] == [(30.0, "male", "Ann")]
+    assert sorted(b.reason.split(" (")[0] for b in lst.bad) == ["no face", "second face present"]
+
+
+def test_imdbclean_csv(tmp_path):
+    root = tmp_path / "imdbclean"
+    _img(root / "imdb-clean-1024" / "00" / "nm1_rm1_1990_2000.jpg")
+    (root / "csvs").mkdir()
+    (root / "csvs" / "imdb_test_new_1024.csv").write_text(
+        "filename,age,gender,x_min,y_min,x_max,y_max\n00/nm1_rm1_1990_2000.jpg,10,F,1,1,5,5\n")
+    lst = load_dataset("imdbclean", root)
+    assert [(r.age, r.gender) for r in lst.records] == [(10.0, "female")]
+
+
+def test_missing_root_is_clear(tmp_path):
+    with pytest.raises(DataError, match="dataset root not found"):
+        load_dataset("utkface", tmp_path / "nowhere")
+    with pytest.raises(DataError, match="no usable records"):
+        load_dataset("utkface", tmp_path)

@@ -1,0 +1,108 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from agelens.config import config_to_dict, load_config
+from agelens.models import build_model
+from agelens.models.weights import shipped_models
+
+ENV = {**os.environ, "GLOG_minloglevel": "3", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def agelens(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    cfg = load_config(None, ["model.backbone=resnet18", "model.head=dldl", "data.crop_size=200", "data.input_size=48"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    p = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    torch.save({"model": model.state_dict(), "config": config_to_dict(cfg)}, p)
+    return p
+
+
+def _no_traceback(r):
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["train", "-c", "nope.yaml"], "config file not found: nope.yaml"),
+    (["train", "train.lr=oops"], "train.lr must be a number"),
+    (["train", "train.batch_size=0"], "train.batch_size must be >= 1"),
+    (["evaluate", "--root", "/no/such/dir", "--output", "/tmp/x", "--model", "/no/model.pt"], "checkpoint not found"),
+    (["predict", "--model", "nosuchmodel", "x.jpg"], "neither a file nor a shipped model"),
+    (["predict", "--format", "xml", "x.jpg"], "--format must be table, json or csv"),
+])
+def test_bad_input_one_line_error(args, fragment):
+    r = agelens(*args)
+    assert r.returncode == 2
+    _no_traceback(r)
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], r.stderr
+
+
+def test_predict_json_contract_and_per_file_errors(tmp_path, tiny_checkpoint, astronaut_path):
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "blank.png")
+    r = agelens("predict", astronaut_path, tmp_path / "junk.jpg", tmp_path / "blank.png", tmp_path / "missing.jpg",
+                "--model", tiny_checkpoint, "--format", "json", "--save-annotated", tmp_path / "ann")
+    _no_traceback(r)
+    assert r.returncode == 1 and "3 of 4 file(s) failed" in r.stderr
+    out = json.loads(r.stdout)
+    assert [o["file"] for o in out] == [astronaut_path, str(tmp_path / "junk.jpg"), str(tmp_path / "blank.png"),
+                                        str(tmp_path / "missing.jpg")]
+    face = out[0]["faces"][0]
+    assert out[0]["error"] is None and len(face["box"]) == 4 and isinstance(face["age"], float)
+    assert face["interval"][0] <= face["age"] <= face["interval"][1]
+    assert "not a recognised image" in out[1]["error"] and "no face found" in out[2]["error"]
+    assert "file not found" in out[3]["error"]
+    assert len(list((tmp_path / "ann").glob("*.jpg"))) == 1
+
+
+def test_predict_no_detect_csv_and_folder(tmp_path, tiny_checkpoint, astronaut_path):
+    img = np.asarray(Image.open(astronaut_path))[30:300, 130:330]
+    (tmp_path / "crops").mkdir()
+    Image.fromarray(img).save(tmp_path / "crops" / "face.jpg")
+    r = agelens("predict", tmp_path / "crops", "--no-detect", "--model", tiny_checkpoint, "--format", "csv")
+    _no_traceback(r)
+    assert r.returncode == 0
+    rows = r.stdout.strip().splitlines()
+    assert rows[0].startswith("file,face,x1") and len(rows) == 2 and ",0,0.0,0.0,200.0,270.0," in rows[1]
+
+
+def test_evaluate_contract(tmp_path, tiny_checkpoint, astronaut_path):
+    img = np.asarray(Image.open(astronaut_path))[20:320, 120:340]
+    d = tmp_path / "utk"
+    d.mkdir()
+    for i, age in enumerate([25, 38, 41, 70]):
+        Image.fromarray(img).save(d / f"{age}_{i % 2}_{i}_2017010{i}.jpg.chip.jpg")
+    Image.fromarray(np.full((50, 50, 3), 128, np.uint8)).save(d / "30_1_0_20170101.jpg.chip.jpg")
+    r = agelens("evaluate", "--dataset", "utkface", "--root", d, "--model", tiny_checkpoint, "--output", tmp_path / "out",
+                "--workers", "1", "--quiet")
+    _no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {"n", "mae", "cs5", "cmae", "acc5", "bias_score", "per_bin", "per_gender", "per_race"} <= set(m)
+    assert m["n"] == 4 and m["failed"] == 1
+    assert set(m["per_bin"]) == {"21-30", "31-40", "41-50", "61+"} and set(m["per_gender"]) == {"male", "female"}
+    pred = (tmp_path / "out" / "predictions.csv").read_text()
+    assert "failed: no face found" in pred
+
+
+@pytest.mark.skipif(not shipped_models(), reason="no shipped weights in this checkout")
+def test_shipped_model_answers_the_demo_photo():
+    r = agelens("predict", "--demo", "--format", "json")
+    _no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    face = json.loads(r.stdout)[0]["faces"][0]
+    # Eileen Collins, born 1956, photographed in the 1990s (NASA portrait): apparent age 30-50
+    assert 25 <= face["age"] <= 55, face

@@ -1,0 +1,48 @@
+import pytest
+
+from agelens.config import config_from_dict, config_to_dict, load_config, parse_overrides
+from agelens.errors import ConfigError
+
+
+def test_defaults_validate_and_roundtrip():
+    cfg = load_config()
+    assert cfg.model.backbone == "resnet34"
+    again = config_from_dict(config_to_dict(cfg))
+    assert config_to_dict(again) == config_to_dict(cfg)
+
+
+def test_yaml_then_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  head: coral\ntrain:\n  lr: 0.01\n")
+    cfg = load_config(p, ["train.lr=3e-4", "train.head_lr=none", "data.aligned=false", "model.backbone=resnet18"])
+    assert cfg.model.head == "coral" and cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.train.head_lr is None and cfg.data.aligned is False and cfg.model.backbone == "resnet18"
+
+
+def test_parse_overrides_nested():
+    assert parse_overrides(["a.b=1", "a.c=x"]) == {"a": {"b": 1, "c": "x"}}
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("train.lr=-1", "train.lr must be > 0"),
+    ("train.epochs=abc", "train.epochs must be an integer"),
+    ("train.bogus=1", "unknown config key 'train.bogus'"),
+    ("model.head=nope", "unknown head 'nope'"),
+    ("model.backbone=vgg", "unknown backbone 'vgg'"),
+    ("data.crop_size=999", "data.crop_size"),
+    ("train.numerics=int4", "train.numerics"),
+    ("data.aligned=maybe", "data.aligned must be true/false"),
+    ("noequals", "not of the form key=value"),
+])
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+import torch
+
+from agelens.config import load_config
+from agelens.errors import CheckpointError
+from agelens.train import numerics as num
+from agelens.train.engine import load_checkpoint
+from agelens.train.run import train_and_test
+
+
+def _cfg(tmp_path, utk_folder, name, *extra):
+    return load_config(None, [
+        f"data.root={utk_folder}", f"data.split_file={tmp_path}/split.json", f"data.cache_dir={tmp_path}/cache",
+        "data.cache_size=48", "data.crop_size=40", "data.input_size=32", "data.val_frac=0.2", "data.test_frac=0.2",
+        "model.backbone=resnet18", "model.head=dldl", "train.batch_size=8", "train.lr=1e-3", "train.numerics=fp32",
+        "train.channels_last=off", "train.freeze_backbone_epochs=1", "train.scheduler=plateau", "train.log_every=1",
+        f"out_dir={tmp_path}/runs", f"name={name}", *extra])
+
+
+def test_train_writes_run_dir_and_resume_matches_uninterrupted(tmp_path, utk_folder):
+    train_and_test(_cfg(tmp_path, utk_folder, "full", "train.epochs=3"), progress=False, log=lambda *_: None)
+    run = tmp_path / "runs" / "full"
+    for f in ("config.yaml", "env.json", "metrics.jsonl", "last.pt", "best.pt", "test/metrics.json", "test/predictions.csv"):
+        assert (run / f).is_file(), f
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "val_mae" in r] == [0, 1, 2]
+    assert rows[0]["frozen_backbone"] is True
+    env = json.loads((run / "env.json").read_text())
+    assert env["numerics"]["dtype"] == "fp32"
+    test = json.loads((run / "test/metrics.json").read_text())
+    assert {"n", "mae", "cs5", "cmae", "acc5", "bias_score", "per_bin", "per_gender", "per_race"} <= set(test)
+
+    # same seed, interrupted after 2 epochs, resumed to 3: identical weights
+    train_and_test(_cfg(tmp_path, utk_folder, "part", "train.epochs=2"), progress=False, log=lambda *_: None)
+    train_and_test(_cfg(tmp_path, utk_folder, "part", "train.epochs=3"), resume=True, progress=False, log=lambda *_: None)
+    a = load_checkpoint(run / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "runs" / "part" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_checkpoint_and_corrupt_checkpoint(tmp_path, utk_folder):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train_and_test(_cfg(tmp_path, utk_folder, "none", "train.epochs=1"), resume=True, progress=False)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+
+
+def test_numerics_choice(monkeypatch):
+    cfg = load_config(None, ["train.channels_last=on"]).train
+    monkeypatch.setattr(num, "cpu_flags", lambda: {"avx2"})
+    n = num.choose_numerics(cfg)
+    assert n.dtype == "fp32" and n.channels_last and "no native bf16" in n.reason
+    cfg.numerics = "bf16"
+    assert num.choose_numerics(cfg).dtype == "bf16"  # forcing wins
+    cfg.numerics = "fp16"
+    with pytest.raises(Exception, match="only supported on CUDA"):
+        num.choose_numerics(cfg)
+    # with native bf16 and a model, the probe measures and records every candidate
+    monkeypatch.setattr(num, "cpu_flags", lambda: {"avx512_bf16"})
+    cfg.numerics, cfg.channels_last = "auto", "auto"
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    n = num.choose_numerics(cfg, model, lambda m, x, y: m(x).float().mean(), input_size=16, probe_batch=2)
+    assert set(n.probe) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}

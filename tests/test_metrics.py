@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from agelens.evaluate.metrics import age_bin, compute_metrics
+
+
+def test_bins():
+    assert [age_bin(a) for a in (0, 10, 11, 20.4, 60, 61, 99)] == ["0-10", "0-10", "11-20", "11-20", "51-60", "61+", "61+"]
+
+
+def test_hand_computed():
+    true = np.array([5, 5, 25, 25, 70])
+    pred = np.array([6, 9, 25, 35, 64])
+    genders = ["male", "female", "male", "female", None]
+    races = ["white", "white", "black", "black", "asian"]
+    m = compute_metrics(pred, true, genders, races)
+    assert m["n"] == 5
+    assert m["mae"] == pytest.approx((1 + 4 + 0 + 10 + 6) / 5)
+    assert m["cs5"] == pytest.approx(3 / 5) and m["acc5"] == m["cs5"]
+    assert m["per_bin"] == {"0-10": 2.5, "21-30": 5.0, "61+": 6.0}
+    assert m["cmae"] == pytest.approx((2.5 + 5 + 6) / 3)
+    assert m["bias_score"] == pytest.approx(3.5)
+    assert m["per_gender"] == {"female": 7.0, "male": 0.5}
+    assert m["per_race"] == {"asian": 6.0, "black": 5.0, "white": 2.5}
+    assert m["cs"]["1"] == pytest.approx(2 / 5)
+
+
+def test_rejects_empty():
+    with pytest.raises(ValueError):
+        compute_metrics(np.array([]), np.array([]))

@@ -1,0 +1,49 @@
+import pytest
+
+from agelens.data.adapters import FaceRecord
+from agelens.data.splits import check_group_safe, group_split, kfold_split, load_split, save_split
+from agelens.errors import DataError
+
+
+def _records(n=200):
+    # groups of 1-3 records, some with conflicting ages (as duplicate groups can be)
+    out = []
+    for i in range(n):
+        out.append(FaceRecord(f"/d/{i}.jpg", float(i % 90), group=f"g{i // 3 if i < 90 else i}"))
+    return out
+
+
+def test_group_split_is_group_safe_seeded_and_sized():
+    recs = _records()
+    a = group_split(recs, 0.1, 0.2, seed=1)
+    b = group_split(recs, 0.1, 0.2, seed=1)
+    c = group_split(recs, 0.1, 0.2, seed=2)
+    assert a == b and a != c
+    assert sorted(sum(a.values(), [])) == list(range(len(recs)))
+    assert abs(len(a["test"]) - 40) <= 3 and abs(len(a["val"]) - 20) <= 3
+    check_group_safe({k: [recs[i] for i in v] for k, v in a.items()})
+
+
+def test_kfold_covers_everything_once():
+    recs = _records()
+    folds = kfold_split(recs, 5, seed=0)
+    assert sorted(sum(folds, [])) == list(range(len(recs)))
+    assert max(map(len, folds)) - min(map(len, folds)) <= 3
+    check_group_safe({str(i): [recs[j] for j in f] for i, f in enumerate(folds)})
+
+
+def test_save_load_roundtrip_and_missing_files(tmp_path):
+    recs = _records(30)
+    parts = group_split(recs, 0.2, 0.2, seed=0)
+    p = tmp_path / "split.json"
+    save_split(p, recs, parts, dataset="x", root="/d", seed=0)
+    loaded = load_split(p, recs, "/d")
+    assert {k: [r.path for r in v] for k, v in loaded.items()} == {k: [recs[i].path for i in v] for k, v in parts.items()}
+    with pytest.raises(DataError, match="not in the dataset now"):
+        load_split(p, recs[:10], "/d")
+
+
+def test_group_leak_detected():
+    a, b = FaceRecord("/1", 3, group="g"), FaceRecord("/2", 4, group="g")
+    with pytest.raises(DataError, match="appears in both"):
+        check_group_safe({"train": [a], "test": [b]})
