@@ -42,6 +42,7 @@ class ModelConfig:
     backbone: str = "resnet34"
     head: str = "dldl"
     pretrained: bool = True  # only EfficientNet-Lite0 has offline ImageNet weights; ResNets start from scratch
+    init_from: str | None = None  # start from this checkpoint's (.pt or run folder) model weights
     min_age: int = 0
     max_age: int = 100
     dropout: float = 0.0

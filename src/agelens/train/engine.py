@@ -160,12 +160,25 @@ class Trainer:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed)
         self.model = build_model(cfg.model)
+        if cfg.model.init_from and not resume:
+            init = Path(cfg.model.init_from)
+            ck = load_checkpoint(init / "best.pt" if init.is_dir() else init)
+            try:
+                self.model.load_state_dict(ck["model"])
+            except (KeyError, RuntimeError) as e:
+                raise CheckpointError(f"model.init_from={init}: weights do not fit this model ({str(e).splitlines()[0]})") from None
+            log(f"initialised from {init}")
 
         def probe_loss(m, x, y):
             return m.head.loss(m(x), y)
 
-        self.numerics = choose_numerics(t, self.model, probe_loss, cfg.data.input_size)
-        self.dist = setup_distributed(self.numerics.device)
+        want_cuda = t.device in ("auto", "cuda") and torch.cuda.is_available()
+        self.dist = setup_distributed("cuda" if want_cuda else "cpu")
+        # every rank must use the same numerics: rank 0 chooses (and probes), the others receive its choice
+        numerics = [choose_numerics(t, self.model, probe_loss, cfg.data.input_size) if self.dist.main else None]
+        if self.dist.world > 1:
+            dist.broadcast_object_list(numerics, src=0)
+        self.numerics: Numerics = numerics[0]
         dev = f"cuda:{self.dist.local_rank}" if self.numerics.device == "cuda" else "cpu"
         self.numerics.device = dev
         self.model.to(dev)

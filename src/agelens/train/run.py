@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..config import RunConfig
 from ..data.prepare import prepare_caches
 from ..evaluate.runner import evaluate_cache
@@ -16,10 +18,14 @@ def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, 
         model, _ = model_from_checkpoint(cfg.run_dir / "best.pt")
         model.to(trainer.numerics.device)
         if trainer.numerics.channels_last:
-            model.to(memory_format=__import__("torch").channels_last)
+            model.to(memory_format=torch.channels_last)
         test = evaluate_cache(model, caches["test"], cfg, trainer.numerics, cfg.run_dir / "test",
                               tta_flip=cfg.train.tta_flip, progress=progress,
                               extra={"split": cfg.data.split_file, "run": str(cfg.run_dir), **result})
         result["test"] = test
         log(f"test: MAE {test['mae']:.3f}  CS5 {test['cs5']:.3f}  CMAE {test['cmae']:.3f}  bias {test['bias_score']:.3f}")
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return result
