@@ -21,7 +21,7 @@ class DataConfig:
     dataset: str = "utkface"
     root: str = "../shared/data/utkface"
     groups_csv: str | None = None
-    split_file: str = "runs/splits/utkface_seed0.json"
+    split_file: str = "splits/utkface_seed0.json"
     split_seed: int = 0
     val_frac: float = 0.1
     test_frac: float = 0.1
