@@ -69,7 +69,6 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     numerics: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 only on CUDA)
     channels_last: str = "auto"  # auto | on | off
-    compile: bool = False
     grad_clip: float = 0.0
     max_steps_per_epoch: int = 0  # >0: cap steps per epoch (smoke runs)
     eval_every: int = 1
@@ -175,18 +174,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "", strict: bool = True) -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for k, v in values.items():
         key = f"{prefix}{k}"
+        if k not in names and not strict:
+            continue  # a key an older version wrote (saved checkpoints and cards)
         if k not in names:
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(prefix + n for n in names))}")
         cur = getattr(obj, k)
         if dataclasses.is_dataclass(cur):
             if not isinstance(v, dict):
                 raise ConfigError(f"{key} must be a mapping, got {v!r}")
-            _apply(cur, v, key + ".")
+            _apply(cur, v, key + ".", strict)
         else:
             setattr(obj, k, _coerce(v, hints[k], key))
 
@@ -234,6 +235,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a saved config; keys this version no longer has are ignored, unknown values still fail."""
     cfg = RunConfig()
-    _apply(cfg, data)
+    _apply(cfg, data, strict=False)
     return cfg

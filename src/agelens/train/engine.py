@@ -234,6 +234,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             import yaml
 
+            if not self.resume:  # a fresh run starts a fresh log
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             atomic_write_json(self.run_dir / "env.json", environment(self.numerics))
             self.log(f"numerics: {self.numerics.dtype}, channels_last={self.numerics.channels_last} on "
@@ -246,7 +248,6 @@ class Trainer:
                         num_workers=cfg.data.num_workers, drop_last=len(ds) > t.batch_size,
                         persistent_workers=cfg.data.num_workers > 0)
         jitter_gen = torch.Generator().manual_seed(t.seed + 1)
-        result: dict = {}
         for epoch in range(self.start_epoch, t.epochs):
             frozen = epoch < t.freeze_backbone_epochs
             _set_backbone_trainable(self.model, not frozen)
