@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,30 @@ def _norm_gender(g: str | None) -> str | None:
             "0": "female", "0.0": "female"}.get(s, s or None) if s not in ("", "nan", "none") else None
 
 
+def _csv_rows(p: Path, required: set[str], what: str) -> list[dict[str, str]]:
+    """Rows of a CSV after checking its required columns (DataError naming the file and the missing ones)."""
+    with p.open(newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        if not required <= cols:
+            raise DataError(f"{p}: {what} missing required column(s) {sorted(required - cols)}; have {sorted(cols)}")
+        return list(reader)
+
+
+def _from_names(root: Path, pattern: re.Pattern[str], expected: str, recursive: bool,
+                fields: Callable[[re.Match[str]], tuple[str, str]]) -> Listing:
+    """Labels parsed from file names: fields(match) → (age, group); names that do not match are reported."""
+    out = Listing()
+    for p in _images(root, recursive=recursive):
+        m = pattern.match(p.name)
+        if not m:
+            out.bad.append(BadRecord(str(p), f"file name is not {expected}"))
+            continue
+        age, group = fields(m)
+        out.add(p, age, group=group, check_file=False)
+    return out
+
+
 def load_duplicate_groups(path: str | Path | None) -> dict[str, str]:
     """Map file name → group id from a CSV with columns `group,file`."""
     if not path:
@@ -124,18 +149,13 @@ def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: objec
     if not p.is_file():
         raise DataError(f"CSV not found: {p}")
     out = Listing()
-    with p.open(newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        if not {"path", "age"} <= cols:
-            raise DataError(f"{p}: missing required column(s) {sorted({'path', 'age'} - cols)}; have {sorted(cols)}")
-        for i, row in enumerate(reader, start=2):
-            if not row.get("path"):
-                out.bad.append(BadRecord(f"{p}:{i}", "empty path"))
-                continue
-            img = Path(row["path"])
-            img = img if img.is_absolute() else p.parent / img
-            out.add(img, row.get("age"), _norm_gender(row.get("gender")), row.get("race") or None, row.get("group") or None)
+    for i, row in enumerate(_csv_rows(p, {"path", "age"}, "CSV"), start=2):
+        if not row.get("path"):
+            out.bad.append(BadRecord(f"{p}:{i}", "empty path"))
+            continue
+        img = Path(row["path"])
+        img = img if img.is_absolute() else p.parent / img
+        out.add(img, row.get("age"), _norm_gender(row.get("gender")), row.get("race") or None, row.get("group") or None)
     return out
 
 
@@ -172,15 +192,9 @@ def morph(root: str | Path, csv_path: str | Path | None = None, **_: object) -> 
         raise DataError(f"MORPH CSV not found under {r}")
     races = {"B": "black", "W": "white", "A": "asian", "H": "hispanic", "O": "other"}
     out = Listing()
-    with p.open(newline="") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        if not {"photo", "age"} <= cols:
-            raise DataError(f"{p}: MORPH CSV needs columns photo, age; have {sorted(cols)}")
-        for row in reader:
-            img = r / row["photo"]
-            out.add(img, row["age"], _norm_gender(row.get("gender")), races.get((row.get("race") or "").strip()),
-                    row.get("id_num") or None)
+    for row in _csv_rows(p, {"photo", "age"}, "MORPH CSV"):
+        out.add(r / row["photo"], row["age"], _norm_gender(row.get("gender")), races.get((row.get("race") or "").strip()),
+                row.get("id_num") or None)
     return out
 
 
@@ -190,15 +204,7 @@ _CACD = re.compile(r"^(\d+)_(.+)_(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
 @DATASETS.register("cacd")
 def cacd(root: str | Path, **_: object) -> Listing:
     """CACD2000: `AGE_First_Last_NNNN.jpg`; the celebrity is the group."""
-    r = _require_dir(root)
-    out = Listing()
-    for p in _images(r):
-        m = _CACD.match(p.name)
-        if not m:
-            out.bad.append(BadRecord(str(p), "file name is not AGE_Name_NNNN.jpg"))
-            continue
-        out.add(p, m.group(1), group=m.group(2), check_file=False)
-    return out
+    return _from_names(_require_dir(root), _CACD, "AGE_Name_NNNN.jpg", False, lambda m: (m.group(1), m.group(2)))
 
 
 _FGNET = re.compile(r"^(\d{3})A(\d{2})[a-z]?\.(jpg|jpeg|png)$", re.IGNORECASE)
@@ -207,15 +213,7 @@ _FGNET = re.compile(r"^(\d{3})A(\d{2})[a-z]?\.(jpg|jpeg|png)$", re.IGNORECASE)
 @DATASETS.register("fgnet")
 def fgnet(root: str | Path, **_: object) -> Listing:
     """FG-NET: `SSSAaa[x].JPG` (subject SSS, age aa); the subject is the group."""
-    r = _require_dir(root)
-    out = Listing()
-    for p in _images(r, recursive=True):
-        m = _FGNET.match(p.name)
-        if not m:
-            out.bad.append(BadRecord(str(p), "file name is not SSSAaa.JPG"))
-            continue
-        out.add(p, int(m.group(2)), group=f"fgnet{m.group(1)}", check_file=False)
-    return out
+    return _from_names(_require_dir(root), _FGNET, "SSSAaa.JPG", True, lambda m: (m.group(2), f"fgnet{m.group(1)}"))
 
 
 def _matlab_datenum_year(dn: float) -> int:
@@ -270,13 +268,8 @@ def imdbclean(root: str | Path, csv_path: str | Path | None = None, **_: object)
         raise DataError(f"IMDB-Clean CSV not found under {r}")
     base = r / "imdb-clean-1024" if (r / "imdb-clean-1024").is_dir() else r
     out = Listing()
-    with p.open(newline="") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        if not {"filename", "age"} <= cols:
-            raise DataError(f"{p}: IMDB-Clean CSV needs columns filename, age; have {sorted(cols)}")
-        for row in reader:
-            out.add(base / row["filename"], row["age"], _norm_gender(row.get("gender")))
+    for row in _csv_rows(p, {"filename", "age"}, "IMDB-Clean CSV"):
+        out.add(base / row["filename"], row["age"], _norm_gender(row.get("gender")))
     return out
 
 

@@ -78,16 +78,26 @@ def gaussian_label_distribution(age: torch.Tensor, ages: torch.Tensor, sigma: fl
     return d / d.sum(1, keepdim=True)
 
 
-@HEADS.register("dldl")
-class DLDLHead(AgeHead):
-    def __init__(self, in_features: int, min_age: int = 0, max_age: int = 100, sigma: float = 2.0,
-                 l1_weight: float = 1.0, **_: object) -> None:
+class DistributionHead(AgeHead):
+    """A softmax over the ages, decoded as its expectation (spread = its std)."""
+
+    def __init__(self, in_features: int, min_age: int = 0, max_age: int = 100) -> None:
         super().__init__(in_features, min_age, max_age)
         self.fc = nn.Linear(in_features, self.num_ages)
-        self.sigma, self.l1_weight = sigma, l1_weight
 
     def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.fc(emb)}
+
+    def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.distribution_decode(out["logits"])
+
+
+@HEADS.register("dldl")
+class DLDLHead(DistributionHead):
+    def __init__(self, in_features: int, min_age: int = 0, max_age: int = 100, sigma: float = 2.0,
+                 l1_weight: float = 1.0, **_: object) -> None:
+        super().__init__(in_features, min_age, max_age)
+        self.sigma, self.l1_weight = sigma, l1_weight
 
     def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
         logits = out["logits"].float()
@@ -96,28 +106,18 @@ class DLDLHead(AgeHead):
         mean = logits.softmax(-1) @ self.ages
         return kl + self.l1_weight * F.l1_loss(mean, age.float())
 
-    def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.distribution_decode(out["logits"])
-
 
 # ---- CE with expectation (DEX, Rothe et al. 2015) -------------------------------------------------------------
 
 
 @HEADS.register("ce")
-class CEHead(AgeHead):
+class CEHead(DistributionHead):
     def __init__(self, in_features: int, min_age: int = 0, max_age: int = 100, **_: object) -> None:
         super().__init__(in_features, min_age, max_age)
-        self.fc = nn.Linear(in_features, self.num_ages)
-
-    def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logits": self.fc(emb)}
 
     def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
         target = (self.clamp(age).round() - self.min_age).long()
         return F.cross_entropy(out["logits"].float(), target)
-
-    def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.distribution_decode(out["logits"])
 
 
 # ---- L1 regression --------------------------------------------------------------------------------------------
