@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -12,6 +15,26 @@ from .align import keypoints_from_mesh
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence the C++ (absl/TFLite) start-up chatter mediapipe writes straight to file descriptor 2."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
 
 
 @dataclass
@@ -48,10 +71,12 @@ class FaceAnalyzer:
     def mesh(self, rgb: np.ndarray) -> np.ndarray | None:
         """478 landmarks (x, y) in pixels for the most prominent face, or None."""
         if self._mesh is None:
-            self._mesh = self._mp().face_mesh.FaceMesh(
-                static_image_mode=True, max_num_faces=1, refine_landmarks=True,
-                min_detection_confidence=self.mesh_confidence)
-        res = self._mesh.process(np.ascontiguousarray(rgb))
+            with _quiet_native_stderr():
+                self._mesh = self._mp().face_mesh.FaceMesh(
+                    static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                    min_detection_confidence=self.mesh_confidence)
+        with _quiet_native_stderr():  # the mesh graph logs a projection warning on its first face
+            res = self._mesh.process(np.ascontiguousarray(rgb))
         if not res.multi_face_landmarks:
             return None
         h, w = rgb.shape[:2]
@@ -59,8 +84,10 @@ class FaceAnalyzer:
 
     def _detect(self, rgb: np.ndarray, model: int) -> list[Face]:
         if model not in self._det:
-            self._det[model] = self._mp().face_detection.FaceDetection(
-                model_selection=model, min_detection_confidence=self.min_confidence)
+            with _quiet_native_stderr():
+                self._det[model] = self._mp().face_detection.FaceDetection(
+                    model_selection=model, min_detection_confidence=self.min_confidence)
+                self._det[model].process(np.zeros((64, 64, 3), np.uint8))
         res = self._det[model].process(np.ascontiguousarray(rgb))
         h, w = rgb.shape[:2]
         faces = []
