@@ -101,6 +101,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
     import shutil
     import tempfile
 
+    import torch
+
     from .config import RunConfig
     from .data.adapters import load_dataset
     from .data.cache import build_cache
@@ -125,7 +127,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         ecfg = RunConfig(data=mcfg.data, model=mcfg.model)
         ecfg.data.max_eval = 0
         numerics = Numerics("cpu", "fp32", True, "evaluation: fp32 + channels_last")
-        net.to(memory_format=__import__("torch").channels_last)
+        net.to(memory_format=torch.channels_last)
         m = evaluate_cache(net, cache, ecfg, numerics, output, tta_flip=tta, progress=not quiet,
                            extra={"model": str(card.get("name")), "dataset": dataset, "root": str(root or config),
                                   "detect": detect, "bad_rows": len(bad)})

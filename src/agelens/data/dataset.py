@@ -10,6 +10,19 @@ from torch.utils.data import Dataset
 from .cache import FaceCache
 
 
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    if img.shape[0] == size:
+        return np.ascontiguousarray(img)
+    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)
+
+
+def centre_crop(img: np.ndarray, crop: int, size: int) -> np.ndarray:
+    """The evaluation view of an aligned face: centre crop×crop, resized to size×size."""
+    o = (img.shape[0] - crop) // 2
+    return resize_square(img[o:o + crop, o:o + crop], size)
+
+
 class CachedFaceDataset(Dataset):
     """Yields (uint8 HWC image tensor, age, index). Normalisation happens on the batch (see train.batch)."""
 
@@ -41,11 +54,7 @@ class CachedFaceDataset(Dataset):
             out = img[y0:y0 + c, x0:x0 + c]
             if rng.random() < 0.5:
                 out = out[:, ::-1]
+            out = resize_square(out, self.size)
         else:
-            c = self.crop
-            o = (s - c) // 2
-            out = img[o:o + c, o:o + c]
-        if out.shape[0] != self.size:
-            interp = cv2.INTER_AREA if out.shape[0] > self.size else cv2.INTER_LINEAR
-            out = cv2.resize(np.ascontiguousarray(out), (self.size, self.size), interpolation=interp)
-        return torch.from_numpy(np.ascontiguousarray(out)), torch.tensor(self.cache.ages[i]), i
+            out = centre_crop(img, self.crop, self.size)
+        return torch.from_numpy(out), torch.tensor(self.cache.ages[i]), i

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..data.cache import prepare_face
+from ..data.dataset import centre_crop
 from ..errors import AgelensError, NoFaceError
 from ..faces.detect import FaceAnalyzer
 from ..imageio import load_image
@@ -64,22 +65,13 @@ class AgeEstimator:
             self._analyzer = FaceAnalyzer()
         return self._analyzer
 
-    def _centre(self, crops: np.ndarray) -> torch.Tensor:
-        import cv2
-
-        o = (self.cache_size - self.crop_size) // 2
-        c = crops[:, o:o + self.crop_size, o:o + self.crop_size]
-        if self.crop_size != self.input_size:
-            c = np.stack([cv2.resize(np.ascontiguousarray(x), (self.input_size, self.input_size), interpolation=cv2.INTER_AREA)
-                          for x in c])
-        return torch.from_numpy(np.ascontiguousarray(c))
-
     @torch.no_grad()
     def estimate_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Aligned cache_size crops (N, S, S, 3) uint8 → (ages, spreads)."""
         if len(crops) == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)
-        x = to_input(self._centre(crops), *self.model.mean_std, self.device, self.numerics.channels_last)
+        views = torch.from_numpy(np.stack([centre_crop(c, self.crop_size, self.input_size) for c in crops]))
+        x = to_input(views, *self.model.mean_std, self.device, self.numerics.channels_last)
         with self.numerics.autocast():
             age, spread, _ = self.model.predict(x, self.tta_flip)
         return age.cpu().numpy(), spread.cpu().numpy()
