@@ -61,6 +61,7 @@ class FaceAnalyzer:
         self.min_confidence = min_confidence
         self.mesh_confidence = mesh_confidence
         self._mesh = None
+        self._mesh_quiet = True
         self._det: dict[int, object] = {}
 
     def _mp(self):  # noqa: ANN202 - mediapipe has no stubs
@@ -75,7 +76,11 @@ class FaceAnalyzer:
                 self._mesh = self._mp().face_mesh.FaceMesh(
                     static_image_mode=True, max_num_faces=1, refine_landmarks=True,
                     min_detection_confidence=self.mesh_confidence)
-        with _quiet_native_stderr():  # the mesh graph logs a projection warning on its first face
+        if self._mesh_quiet:  # the mesh graph logs a projection warning on its first face, once
+            with _quiet_native_stderr():
+                res = self._mesh.process(np.ascontiguousarray(rgb))
+            self._mesh_quiet = not res.multi_face_landmarks
+        else:
             res = self._mesh.process(np.ascontiguousarray(rgb))
         if not res.multi_face_landmarks:
             return None
