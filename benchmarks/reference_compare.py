@@ -85,6 +85,7 @@ def main() -> None:
     os.unlink(f.name)
 
     from agelens import AgeEstimator
+    from agelens.data.cache import largest_face
     from agelens.errors import AgelensError
     from agelens.imageio import load_image
 
@@ -94,9 +95,7 @@ def main() -> None:
     t = time.perf_counter()
     for fp in files:
         try:
-            faces = est.predict(load_image(fp))
-            big = max(faces, key=lambda x: (x.box[2] - x.box[0]) * (x.box[3] - x.box[1]))
-            ours[fp] = big.age
+            ours[fp] = largest_face(est.predict(load_image(fp))).age
         except AgelensError:
             ours[fp] = None
     ours_s = time.perf_counter() - t

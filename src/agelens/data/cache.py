@@ -24,7 +24,8 @@ N_LANDMARKS = 478
 CACHE_VERSION = 1
 
 
-def largest_face(faces: list[Face]) -> Face:
+def largest_face(faces: list):
+    """The face with the largest box (works for detector Faces and FacePredictions alike)."""
     return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
 
 
