@@ -82,7 +82,61 @@ def train(config: ConfigOpt = None, overrides: Overrides = None,
     cfg = _load(config, overrides)
     res = train_and_test(cfg, resume=resume, progress=not quiet, log=typer.echo if not quiet else (lambda *_: None))
     if "test" in res:
-        typer.echo(json.dumps({k: res["test"][k] for k in ("n", "mae", "cs5", "cmae", "bias_score")}))
+        keys = ("threshold", "min_type_accuracy") if cfg.train.task == "occlusion" else ("n", "mae", "cs5", "cmae", "bias_score")
+        typer.echo(json.dumps({k: res["test"][k] for k in keys}))
+
+
+@app.command()
+def distill(config: ConfigOpt = None, overrides: Overrides = None,
+            resume: Annotated[bool, typer.Option(help="continue an interrupted run")] = False,
+            quiet: Annotated[bool, typer.Option(help="no progress output")] = False) -> None:
+    """Layer-wise distillation of an occlusion-robust student from a teacher, then global fine-tuning."""
+    from .train.distill import distill_and_finetune
+
+    cfg = _load(config, overrides)
+    res = distill_and_finetune(cfg, resume=resume, progress=not quiet, log=typer.echo if not quiet else (lambda *_: None))
+    out = {k: res[k]["mae"] for k in ("test", "test_occluded") if k in res}
+    typer.echo(json.dumps({"mae": out, "stages": res.get("stages", [])}))
+
+
+def parse_mix(text: str | None):
+    """'sunglasses=0.5,mask=0.5' (or 'paper') → OcclusionMix probabilities; None → paper 1 Table 7."""
+    from .occlusion.synth import PAPER_MIX
+
+    if text is None or text.strip() in ("", "paper"):
+        return dict(PAPER_MIX)
+    mix = {}
+    for part in text.split(","):
+        name, _, p = part.partition("=")
+        try:
+            mix[name.strip()] = float(p) if p else 1.0
+        except ValueError:
+            raise AgelensError(f"--mix entry {part!r} is not TYPE=PROBABILITY") from None
+    return mix
+
+
+@app.command()
+def occlude(src: Annotated[Path, typer.Argument(help="image file or folder (recursive)")],
+            dst: Annotated[Path, typer.Argument(help="output folder (same relative paths + occlusions.csv)")],
+            mix: Annotated[str | None, typer.Option(help="TYPE=P,... over sunglasses, mask, sunglasses+mask, "
+                                                        "eye_block, mouth_block, eye+mouth_block (default: paper Table 7)")] = None,
+            clean_fraction: Annotated[float, typer.Option(help="share of images copied without an occluder")] = 0.0,
+            seed: Annotated[int, typer.Option(help="random seed (same seed → same occluders)")] = 0,
+            workers: Annotated[int, typer.Option(help="processes")] = 2,
+            limit: Annotated[int, typer.Option(help="only the first N images (0 = all)")] = 0,
+            quiet: bool = False) -> None:
+    """Write synthetically occluded copies of images (sunglasses, masks/veils, blocks) and a CSV of what was drawn."""
+    from .occlusion.synth import OcclusionMix
+    from .occlusion.tool import occlude_folder
+
+    try:
+        m = OcclusionMix(parse_mix(mix), clean_fraction)
+    except ValueError as e:
+        raise AgelensError(str(e)) from None
+    summary = occlude_folder(src, dst, m, seed=seed, workers=workers, limit=limit, progress=not quiet)
+    typer.echo(json.dumps(summary))
+    if summary["status"].get("error"):
+        _err(f"{summary['status']['error']} image(s) not occluded: see {dst}/occlusions.csv (reason column)")
 
 
 @app.command()
@@ -96,6 +150,12 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
              tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face")] = True,
              groups_csv: Annotated[Path | None, typer.Option(help="duplicate-groups CSV (utkface)")] = None,
              workers: Annotated[int, typer.Option(help="processes for detection")] = 2,
+             route: Annotated[str, typer.Option(help="auto (detector → teacher/student) | teacher | student")] = "auto",
+             occlude: Annotated[float, typer.Option(help="share of faces given a synthetic occluder (0.5 = paper's 50 % protocol, 1 = all)")] = 0.0,
+             occlusion_mix: Annotated[str | None, typer.Option(help="TYPE=P,... for --occlude (default: paper Table 7)")] = None,
+             student: Annotated[str | None, typer.Option(help="student model (default: shipped)")] = None,
+             detector: Annotated[str | None, typer.Option(help="occlusion detector (default: shipped)")] = None,
+             seed: Annotated[int, typer.Option(help="seed of the occluders drawn with --occlude")] = 0,
              quiet: bool = False) -> None:
     """Evaluate a model on a labelled dataset: writes OUTPUT/metrics.json and OUTPUT/predictions.csv."""
     import shutil
@@ -103,15 +163,20 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
 
     import torch
 
-    from .config import RunConfig
     from .data.adapters import load_dataset
     from .data.cache import build_cache
     from .data.prepare import make_or_load_split
-    from .evaluate.runner import evaluate_cache
-    from .models.weights import resolve_model
-    from .train.numerics import Numerics
+    from .evaluate.runner import evaluate_estimator
+    from .occlusion.synth import OcclusionMix
+    from .serve.predictor import AgeEstimator
 
-    net, mcfg, card = resolve_model(model)
+    if not 0 <= occlude <= 1:
+        raise AgelensError(f"--occlude must be a share in [0, 1], got {occlude}")
+    try:
+        occ = OcclusionMix(parse_mix(occlusion_mix), 1 - occlude) if occlude > 0 else None
+    except ValueError as e:
+        raise AgelensError(str(e)) from None
+    est = AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, student=student, detector=detector)
     if root is None and config is None:
         raise AgelensError("evaluate needs --root DIR (with --dataset) or --config with a split")
     if root is not None:
@@ -122,19 +187,18 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         records, bad = make_or_load_split(cfg.data)[part], []
     tmp = Path(tempfile.mkdtemp(prefix="agelens-eval-"))
     try:
-        cache = build_cache(records, tmp / "cache", mcfg.data.cache_size, aligned=not detect, workers=workers,
+        cache = build_cache(records, tmp / "cache", est.cache_size, aligned=not detect, workers=workers,
                             progress=not quiet)
-        ecfg = RunConfig(data=mcfg.data, model=mcfg.model)
-        ecfg.data.max_eval = 0
-        numerics = Numerics("cpu", "fp32", True, "evaluation: fp32 + channels_last")
-        net.to(memory_format=torch.channels_last)
-        m = evaluate_cache(net, cache, ecfg, numerics, output, tta_flip=tta, progress=not quiet,
-                           extra={"model": str(card.get("name")), "dataset": dataset, "root": str(root or config),
-                                  "detect": detect, "bad_rows": len(bad)})
+        torch.set_grad_enabled(False)
+        m = evaluate_estimator(est, cache, output, occlusion=occ, seed=seed, progress=not quiet,
+                               extra={"model": est.name, "student": est.student.name if est.student else None,
+                                      "detector": est.detector.name if est.detector else None, "dataset": dataset,
+                                      "root": str(root or config), "detect": detect, "bad_rows": len(bad),
+                                      "occluded_share": occlude, "occlusion_mix": parse_mix(occlusion_mix)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {m['bias_score']:.3f}"
-               f"  ({m['failed']} without a face, {len(bad)} bad rows) -> {output}/metrics.json")
+               f"  routed {m['routed_to']}  ({m['failed']} without a face, {len(bad)} bad rows) -> {output}/metrics.json")
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
@@ -160,6 +224,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             detect: Annotated[bool, typer.Option("--detect/--no-detect", help="--no-detect: inputs are face crops")] = True,
             save_annotated: Annotated[Path | None, typer.Option(help="write images with boxes and ages here")] = None,
             tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face")] = True,
+            route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
             demo: Annotated[bool, typer.Option(help="run on the bundled astronaut photo")] = False) -> None:
     """Estimate the age of every face in images; exit code 1 when some files failed."""
     from .imageio import load_image
@@ -174,7 +239,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         files.insert(0, str(resources.files("agelens") / "assets" / "astronaut.jpg"))
     if not files:
         raise AgelensError("no input: give image files, folders or globs (or --demo)")
-    est = AgeEstimator.from_pretrained(model, tta_flip=tta)
+    est = AgeEstimator.from_pretrained(model, tta_flip=tta, route=route)
     results = []
     for f in files:
         try:
@@ -201,25 +266,28 @@ def _emit(results: list[dict], fmt: str) -> None:
         import csv
 
         w = csv.writer(sys.stdout)
-        w.writerow(["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "model", "error"])
+        w.writerow(["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "occluded", "occlusion_score",
+                    "model", "error"])
         for r in results:
             for i, f in enumerate(r["faces"]):
-                w.writerow([r["file"], i, *f["box"], f["age"], *f["interval"], f["model"], ""])
+                w.writerow([r["file"], i, *f["box"], f["age"], *f["interval"], f["occluded"], f["occlusion_score"],
+                            f["model"], ""])
             if r["error"]:
-                w.writerow([r["file"], "", "", "", "", "", "", "", "", "", r["error"]])
+                w.writerow([r["file"], "", "", "", "", "", "", "", "", "", "", "", r["error"]])
         return
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title="agelens predict")
-    for c in ("file", "face", "box", "age", "90% interval", "model"):
+    for c in ("file", "face", "box", "age", "90% interval", "occluded (score)", "model"):
         t.add_column(c)
     for r in results:
         if r["error"]:
-            t.add_row(r["file"], "-", "-", "-", "-", f"[red]{r['error']}[/red]")
+            t.add_row(r["file"], "-", "-", "-", "-", "-", f"[red]{r['error']}[/red]")
         for i, f in enumerate(r["faces"]):
+            occ = "-" if f["occluded"] is None else f"{'yes' if f['occluded'] else 'no'} ({f['occlusion_score']:.2f})"
             t.add_row(r["file"], str(i), ",".join(f"{v:.0f}" for v in f["box"]), f"{f['age']:.1f}",
-                      f"{f['interval'][0]:.0f}-{f['interval'][1]:.0f}", f["model"])
+                      f"{f['interval'][0]:.0f}-{f['interval'][1]:.0f}", occ, f["model"])
     Console(width=160).print(t)
 
 
@@ -254,6 +322,8 @@ def export_weights_cmd(run: Annotated[Path, typer.Argument(help="run folder (bes
     test_p = ck.parent / "test" / "metrics.json"
     card = {"source_checkpoint": str(ck), "test_metrics": json.loads(test_p.read_text()) if test_p.is_file() else None,
             "licence": "weights trained on UTKFace: non-commercial research use only"}
+    if cfg.model.head == "binary":  # the occlusion detector ships with its validation-chosen threshold
+        card["threshold"] = float((card["test_metrics"] or {}).get("threshold", 0.5))
     p = export_weights(model, cfg, output or weights_dir(), name, card)
     typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
 

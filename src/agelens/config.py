@@ -49,6 +49,7 @@ class ModelConfig:
     dldl_sigma: float = 2.0
     mwr_window: int = 10
     mwr_iterations: int = 3
+    align: str = "none"  # none | residual | concat: feature alignment after each stage (the occlusion student)
 
 
 @dataclass
@@ -75,6 +76,33 @@ class TrainConfig:
     tta_flip: bool = True
     log_every: int = 50
     threads: int = 0  # >0: torch.set_num_threads
+    task: str = "age"  # age | occlusion (binary occluded-face detector; needs model.head=binary, occlusion.enabled)
+
+
+def _paper_mix() -> dict[str, float]:
+    from .occlusion.synth import PAPER_MIX
+
+    return dict(PAPER_MIX)
+
+
+@dataclass
+class OcclusionConfig:
+    """Synthetic occluders drawn on the fly from cached landmarks (training; evaluation via `evaluate --occlude`)."""
+
+    enabled: bool = False
+    mix: dict[str, float] = field(default_factory=_paper_mix)  # per-type probabilities; default paper 1, Table 7
+    clean_fraction: float = 0.0  # share of training images left clean
+
+
+@dataclass
+class DistillConfig:
+    """Stage-wise distillation of an occlusion-robust student from a clean teacher (paper 1, Algorithm 1)."""
+
+    teacher: str = "teacher"  # shipped name, .safetensors, .pt checkpoint or run folder
+    stages: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    stage_epochs: int = 40
+    stage_lrs: list[float] = field(default_factory=lambda: [1e-4, 5e-5, 1e-5, 5e-6])  # one per stage 1..4
+    finetune: bool = True  # then global fine-tuning with age labels on occluded faces (the train section)
 
 
 @dataclass
@@ -86,6 +114,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -103,6 +133,7 @@ class RunConfig:
             (d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
             (0 <= m.min_age < m.max_age <= 120, f"model.min_age/max_age must satisfy 0 <= min < max <= 120, got {m.min_age}/{m.max_age}"),
             (m.dldl_sigma > 0, f"model.dldl_sigma must be > 0, got {m.dldl_sigma}"),
+            (m.align in ("none", "residual", "concat"), f"model.align must be none|residual|concat, got {m.align!r}"),
             (m.mwr_window >= 2, f"model.mwr_window must be >= 2, got {m.mwr_window}"),
             (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
             (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
@@ -116,10 +147,26 @@ class RunConfig:
             (t.freeze_backbone_epochs >= 0, f"train.freeze_backbone_epochs must be >= 0, got {t.freeze_backbone_epochs}"),
             (t.early_stop_patience >= 0, f"train.early_stop_patience must be >= 0, got {t.early_stop_patience}"),
             (t.eval_every >= 1, f"train.eval_every must be >= 1, got {t.eval_every}"),
+            (t.task in ("age", "occlusion"), f"train.task must be age|occlusion, got {t.task!r}"),
+            (t.task == "age" or (self.occlusion.enabled and m.head == "binary"),
+             "train.task=occlusion needs occlusion.enabled=true and model.head=binary"),
+            (isinstance(self.distill.stages, list) and all(k in (1, 2, 3, 4) for k in self.distill.stages),
+             f"distill.stages must be a list drawn from 1,2,3,4, got {self.distill.stages!r}"),
+            (isinstance(self.distill.stage_lrs, list) and len(self.distill.stage_lrs) == 4
+             and all(isinstance(v, int | float) and v > 0 for v in self.distill.stage_lrs),
+             f"distill.stage_lrs must be 4 positive numbers (stages 1..4), got {self.distill.stage_lrs!r}"),
+            (self.distill.stage_epochs >= 0, f"distill.stage_epochs must be >= 0, got {self.distill.stage_epochs}"),
+            (isinstance(self.occlusion.mix, dict), f"occlusion.mix must be a mapping type: probability, got {self.occlusion.mix!r}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        from .occlusion.synth import OcclusionMix
+
+        try:
+            OcclusionMix({k: float(v) for k, v in self.occlusion.mix.items()}, self.occlusion.clean_fraction)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"occlusion: {e}") from None
         from . import models  # noqa: F401  (fills the registries)
         from .registry import BACKBONES, HEADS
 

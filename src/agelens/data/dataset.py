@@ -1,4 +1,5 @@
-"""Torch Dataset over a FaceCache: random crop + flip for training, centre crop for evaluation; no JPEG decode."""
+"""Torch Dataset over a FaceCache: random crop + flip for training, centre crop for evaluation; no JPEG decode.
+Optionally draws a synthetic occluder (from the cached landmarks) before cropping."""
 
 from __future__ import annotations
 
@@ -24,14 +25,23 @@ def centre_crop(img: np.ndarray, crop: int, size: int) -> np.ndarray:
 
 
 class CachedFaceDataset(Dataset):
-    """Yields (uint8 HWC image tensor, age, index). Normalisation happens on the batch (see train.batch)."""
+    """Yields (uint8 HWC image tensor, target, index); target is the age, or 1/0 occluded/clean with
+    target="occluded". With pair=True it yields (clean, occluded, age, index) under the same crop and flip.
+
+    occlusion: an OcclusionMix; training draws a fresh occluder per epoch, evaluation a fixed one per image (seeded by
+    the index), so every model sees the same occluded test set. Faces without landmarks stay clean.
+    """
 
     def __init__(self, cache: FaceCache, train: bool, crop_size: int, input_size: int, seed: int = 0,
-                 indices: np.ndarray | None = None, scale_jitter: float = 0.08) -> None:
+                 indices: np.ndarray | None = None, scale_jitter: float = 0.08, occlusion=None,
+                 target: str = "age", pair: bool = False) -> None:
         self.cache, self.train = cache, train
         self.crop, self.size = min(crop_size, cache.size), input_size
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
         self.seed, self.epoch, self.scale_jitter = seed, 0, scale_jitter
+        self.occlusion, self.target, self.pair = occlusion, target, pair
+        if target not in ("age", "occluded"):
+            raise ValueError(f"target must be age|occluded, got {target!r}")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -42,19 +52,50 @@ class CachedFaceDataset(Dataset):
     def _rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.epoch, int(i)))
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def occluded_view(self, i: int, with_alpha: bool = False):
+        """The full cached image of record i with its occluder (or clean) and the occlusion type drawn (None when
+        clean); with_alpha adds the occluder's coverage map (None when clean)."""
+        from ..occlusion.synth import OcclusionError, occlude
+
+        img = np.asarray(self.cache.images[i])
+        kind, alpha = None, None
+        if self.occlusion is not None:
+            rng = np.random.default_rng((self.seed, self.epoch if self.train else 0, int(i), 7))
+            kind = self.occlusion.sample(rng)
+            if kind is not None:
+                try:
+                    o = occlude(img, self.cache.landmarks[i], kind, rng)
+                    img, alpha = o.image, o.alpha
+                except OcclusionError:
+                    kind = None
+        return (img, kind, alpha) if with_alpha else (img, kind)
+
+    def _view(self, img: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        s = img.shape[0]
+        if rng is None:
+            return centre_crop(img, self.crop, self.size)
+        c = int(round(self.crop * (1 + rng.uniform(-self.scale_jitter, self.scale_jitter))))
+        c = min(max(16, c), s)
+        y0, x0 = rng.integers(0, s - c + 1, size=2)
+        out = img[y0:y0 + c, x0:x0 + c]
+        if rng.random() < 0.5:
+            out = out[:, ::-1]
+        return resize_square(out, self.size)
+
+    def __getitem__(self, k: int):
         i = int(self.indices[k])
-        img = self.cache.images[i]
-        s = self.cache.size
-        if self.train:
-            rng = self._rng(i)
-            c = int(round(self.crop * (1 + rng.uniform(-self.scale_jitter, self.scale_jitter))))
-            c = min(max(16, c), s)
-            y0, x0 = rng.integers(0, s - c + 1, size=2)
-            out = img[y0:y0 + c, x0:x0 + c]
-            if rng.random() < 0.5:
-                out = out[:, ::-1]
-            out = resize_square(out, self.size)
-        else:
-            out = centre_crop(img, self.crop, self.size)
-        return torch.from_numpy(out), torch.tensor(self.cache.ages[i]), i
+        shown, kind = self.occluded_view(i)
+        state = self._rng(i).bit_generator.state if self.train else None
+
+        def view(img):
+            if state is None:
+                return torch.from_numpy(self._view(img, None))
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state  # same crop and flip for the clean and the occluded copy
+            return torch.from_numpy(self._view(img, rng))
+
+        age = torch.tensor(self.cache.ages[i])
+        if self.pair:
+            return view(np.asarray(self.cache.images[i])), view(shown), age, i
+        target = torch.tensor(float(kind is not None)) if self.target == "occluded" else age
+        return view(shown), target, i

@@ -36,14 +36,20 @@ class Backbone(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.final = final
         self.info = info
+        self.adapters: nn.ModuleList | None = None  # optional alignment after each stage (models.align)
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(self, x: torch.Tensor, until: int = 4, teacher: list[torch.Tensor] | None = None
+                ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Stage maps 1..until (after alignment when adapters exist) and the final map (None when until < 4).
+        `teacher` feeds teacher stage maps to a training-time concat alignment."""
         x = self.stem(x)
         feats = []
-        for s in self.stages:
+        for k, s in enumerate(self.stages[:until]):
             x = s(x)
+            if self.adapters is not None:
+                x = self.adapters[k](x, None if teacher is None else teacher[k])
             feats.append(x)
-        return feats, self.final(x)
+        return feats, (self.final(x) if until == 4 else None)
 
     def stage_parameters(self, k: int) -> list[nn.Parameter]:
         """Parameters of stage k (1-4); stage 1 includes the stem, stage 4 the final block."""
@@ -52,6 +58,8 @@ class Backbone(nn.Module):
             mods.append(self.stem)
         if k == 4:
             mods.append(self.final)
+        if self.adapters is not None:
+            mods.append(self.adapters[k - 1])
         return [p for m in mods for p in m.parameters()]
 
 

@@ -147,6 +147,25 @@ class RegressionHead(AgeHead):
         return self.clamp(out["mean"]), out["log_b"].exp() * 2**0.5
 
 
+@HEADS.register("binary")
+class BinaryHead(AgeHead):
+    """One logit for a yes/no target (the occlusion detector): BCE loss, decode → (probability, 0)."""
+
+    def __init__(self, in_features: int, min_age: int = 0, max_age: int = 100, **_: object) -> None:
+        super().__init__(in_features, min_age, max_age)
+        self.fc = nn.Linear(in_features, 1)
+
+    def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logit": self.fc(emb).float()[:, 0]}
+
+    def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(out["logit"], target.float())
+
+    def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        p = out["logit"].sigmoid()
+        return p, torch.zeros_like(p)
+
+
 # ---- MWR (Shin, Lee, Kim 2022, "Moving Window Regression") ----------------------------------------------------
 
 

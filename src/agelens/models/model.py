@@ -48,6 +48,10 @@ class AgeModel(nn.Module):
 
 def build_model(cfg: ModelConfig) -> AgeModel:
     backbone = BACKBONES.build(cfg.backbone, pretrained=cfg.pretrained)
+    if cfg.align != "none":
+        from .align import build_adapters
+
+        backbone.adapters = build_adapters(cfg.align, backbone.info.stage_channels)
     head = build_head(cfg.head, backbone.info.out_channels, cfg.min_age, cfg.max_age, sigma=cfg.dldl_sigma,
                       window=cfg.mwr_window, iterations=cfg.mwr_iterations)
     return AgeModel(backbone, head, cfg.dropout)

@@ -89,12 +89,24 @@ def model_from_checkpoint(path: str | Path) -> tuple[AgeModel, RunConfig]:
 # ---- evaluation pass used during training -----------------------------------------------------------------------
 
 
+def occlusion_mix(cfg: RunConfig, clean_fraction: float | None = None):
+    """The config's OcclusionMix, or None when occlusion is off."""
+    from ..occlusion.synth import OcclusionMix
+
+    if not cfg.occlusion.enabled:
+        return None
+    cf = cfg.occlusion.clean_fraction if clean_fraction is None else clean_fraction
+    return OcclusionMix({k: float(v) for k, v in cfg.occlusion.mix.items()}, cf)
+
+
 @torch.no_grad()
 def predict_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics, batch_size: int = 64,
-                  tta_flip: bool = True, indices: np.ndarray | None = None, progress: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ages, spreads and embeddings for (a subset of) a cache, centre-cropped."""
-    ds = CachedFaceDataset(cache, False, cfg.data.crop_size, cfg.data.input_size, indices=indices)
+                  tta_flip: bool = True, indices: np.ndarray | None = None, progress: bool = False, occlusion=None,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ages (or occlusion probabilities for a binary head), spreads and embeddings for (a subset of) a cache,
+    centre-cropped; `occlusion` (an OcclusionMix) draws a fixed, seeded occluder per image first."""
+    ds = CachedFaceDataset(cache, False, cfg.data.crop_size, cfg.data.input_size, indices=indices, occlusion=occlusion,
+                           seed=seed)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     mean, std = model.mean_std
     model.eval()
@@ -162,7 +174,12 @@ class Trainer:
         self.model = build_model(cfg.model)
         if cfg.model.init_from and not resume:
             init = Path(cfg.model.init_from)
-            ck = load_checkpoint(init / "best.pt" if init.is_dir() else init)
+            if init.suffix == ".safetensors":  # shipped fp16 weights
+                from ..models.weights import load_weights
+
+                ck = {"model": load_weights(init)[0].state_dict()}
+            else:
+                ck = load_checkpoint(init / "best.pt" if init.is_dir() else init)
             try:
                 self.model.load_state_dict(ck["model"])
             except (KeyError, RuntimeError) as e:
@@ -227,6 +244,19 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    def validate(self, idx: np.ndarray) -> float:
+        """Validation score, lower is better: age MAE (on occluded copies when occlusion is on), or for the
+        occlusion task the error rate at threshold 0.5 on a seeded clean/occluded mix."""
+        cfg = self.cfg
+        mix = occlusion_mix(cfg)
+        pred, _, _ = predict_cache(self.model, self.val_cache, cfg, self.numerics, tta_flip=cfg.train.tta_flip,
+                                   indices=idx, occlusion=mix, seed=cfg.train.seed + 1)
+        if cfg.train.task == "occlusion":
+            ds = CachedFaceDataset(self.val_cache, False, 16, 16, indices=idx, occlusion=mix, seed=cfg.train.seed + 1)
+            labels = np.array([ds.occluded_view(int(i))[1] is not None for i in idx], np.float32)
+            return float(((pred >= 0.5) != labels).mean())
+        return float(np.abs(pred - self.val_cache.ages[idx]).mean())
+
     # -- loop --
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -241,7 +271,8 @@ class Trainer:
             self.log(f"numerics: {self.numerics.dtype}, channels_last={self.numerics.channels_last} on "
                      f"{self.numerics.device} ({self.numerics.reason})")
         ds = CachedFaceDataset(self.train_cache, True, cfg.data.crop_size, cfg.data.input_size, seed=t.seed,
-                               indices=np.arange(min(len(self.train_cache), cfg.data.max_train or len(self.train_cache))))
+                               indices=np.arange(min(len(self.train_cache), cfg.data.max_train or len(self.train_cache))),
+                               occlusion=occlusion_mix(cfg), target="occluded" if t.task == "occlusion" else "age")
         sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, shuffle=True, seed=t.seed) if self.dist.world > 1 else None
         gen = torch.Generator().manual_seed(t.seed)
         dl = DataLoader(ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler, generator=gen if sampler is None else None,
@@ -293,9 +324,8 @@ class Trainer:
                    "train_img_s": round(seen * self.dist.world / train_time, 2)}
             if self.val_cache is not None and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
                 idx = np.arange(min(len(self.val_cache), cfg.data.max_eval or len(self.val_cache)))
-                pred, _, _ = predict_cache(self.model, self.val_cache, cfg, self.numerics, tta_flip=t.tta_flip, indices=idx)
-                mae = float(np.abs(pred - self.val_cache.ages[idx]).mean())
-                row["val_mae"] = round(mae, 4)
+                mae = self.validate(idx)
+                row["val_error" if t.task == "occlusion" else "val_mae"] = round(mae, 4)
                 improved = mae < self.best_mae - 1e-4
                 if t.scheduler == "plateau" and not frozen:
                     self.plateau_bad = 0 if improved else self.plateau_bad + 1

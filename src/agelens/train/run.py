@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from ..config import RunConfig
@@ -19,11 +21,31 @@ def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, 
         model.to(trainer.numerics.device)
         if trainer.numerics.channels_last:
             model.to(memory_format=torch.channels_last)
+        if cfg.train.task == "occlusion":
+            from ..occlusion.detector import evaluate_detector
+
+            test = evaluate_detector(model, caches["val"], caches["test"], cfg, trainer.numerics, cfg.run_dir / "test")
+            result["test"] = test
+            log(f"occlusion detector: threshold {test['threshold']:.2f}, clean accuracy {test['clean']['accuracy']:.4f}, "
+                f"lowest per-type accuracy {test['min_type_accuracy']:.4f}, all-types AUC {test['all_types']['roc_auc']}")
+            return _finish(result)
         test = evaluate_cache(model, caches["test"], cfg, trainer.numerics, cfg.run_dir / "test",
                               tta_flip=cfg.train.tta_flip, progress=progress,
                               extra={"split": cfg.data.split_file, "run": str(cfg.run_dir), **result})
         result["test"] = test
+        if cfg.occlusion.enabled:  # the same test faces, every one occluded (seeded, Table 7 mix)
+            from .engine import occlusion_mix
+
+            occ = evaluate_cache(model, caches["test"], cfg, trainer.numerics, cfg.run_dir / "test_occluded",
+                                 tta_flip=cfg.train.tta_flip, progress=progress, occlusion=occlusion_mix(cfg, 0.0),
+                                 seed=1, extra={"occlusion": "all test faces, mix " + json.dumps(cfg.occlusion.mix)})
+            result["test_occluded"] = occ
+            log(f"test (occluded): MAE {occ['mae']:.3f}  CS5 {occ['cs5']:.3f}")
         log(f"test: MAE {test['mae']:.3f}  CS5 {test['cs5']:.3f}  CMAE {test['cmae']:.3f}  bias {test['bias_score']:.3f}")
+    return _finish(result)
+
+
+def _finish(result: dict) -> dict:
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -1,0 +1,121 @@
+"""The occlusion detector: a binary CNN (AgeModel with the `binary` head) on the same aligned crop as the age
+model; its threshold is chosen on validation and shipped in the weights card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..data.cache import FaceCache
+from ..data.dataset import CachedFaceDataset, centre_crop
+from ..models import AgeModel
+from ..train.batch import to_input
+from ..train.numerics import Numerics
+from ..utils import atomic_write_json
+from .synth import OCCLUSION_TYPES, OcclusionMix
+
+
+def binary_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """Accuracy, precision, recall, F1 (positive = occluded) and ROC-AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    pred = scores >= threshold
+    lab = labels.astype(bool)
+    tp, fp = int((pred & lab).sum()), int((pred & ~lab).sum())
+    fn, tn = int((~pred & lab).sum()), int((~pred & ~lab).sum())
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    out = {"n": int(len(labels)), "accuracy": (tp + tn) / max(1, len(labels)), "precision": prec, "recall": rec,
+           "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    out["roc_auc"] = float(roc_auc_score(lab, scores)) if 0 < lab.sum() < len(lab) else None
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The threshold with the highest accuracy (ties → closest to 0.5)."""
+    cands = np.unique(np.concatenate([np.linspace(0.05, 0.95, 91), [0.5]]))
+    acc = np.array([((scores >= t) == labels.astype(bool)).mean() for t in cands])
+    best = np.flatnonzero(acc == acc.max())
+    return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
+
+
+def detector_scores(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics, kind: str | None,
+                    seed: int = 0, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels) on one cache: clean when kind is None, else every face occluded with `kind`."""
+    from ..train.engine import predict_cache
+
+    idx = np.arange(len(cache)) if indices is None else indices
+    mix = None if kind is None else OcclusionMix({kind: 1.0}, 0.0)
+    scores, _, _ = predict_cache(model, cache, cfg, numerics, tta_flip=False, indices=idx, occlusion=mix, seed=seed)
+    if mix is None:
+        return scores, np.zeros(len(idx), np.float32)
+    ds = CachedFaceDataset(cache, False, 16, 16, indices=idx, occlusion=mix, seed=seed)
+    labels = np.array([ds.occluded_view(int(i))[1] is not None for i in idx], np.float32)  # no landmarks → clean
+    return scores, labels
+
+
+def evaluate_detector(model: AgeModel, val: FaceCache | None, test: FaceCache, cfg: RunConfig, numerics: Numerics,
+                      out_dir: str | Path | None = None, threshold: float | None = None) -> dict:
+    """Threshold from validation (clean + Table 7 mix), then test metrics: clean vs each type, clean vs the mix."""
+    if threshold is None:
+        if val is None:
+            threshold = 0.5
+        else:
+            s0, l0 = detector_scores(model, val, cfg, numerics, None, seed=11)
+            mix = OcclusionMix({k: float(v) for k, v in cfg.occlusion.mix.items()}, 0.0)
+            from ..train.engine import predict_cache
+
+            s1, _, _ = predict_cache(model, val, cfg, numerics, tta_flip=False, occlusion=mix, seed=12)
+            threshold = best_threshold(np.concatenate([s0, s1]), np.concatenate([l0, np.ones_like(s1)]))
+    clean_s, clean_l = detector_scores(model, test, cfg, numerics, None, seed=21)
+    out = {"threshold": threshold, "clean": binary_metrics(clean_s, clean_l, threshold), "per_type": {}}
+    out["clean"]["specificity"] = out["clean"]["accuracy"]
+    all_s, all_l = [clean_s], [clean_l]
+    for k, kind in enumerate(OCCLUSION_TYPES):
+        s, lab = detector_scores(model, test, cfg, numerics, kind, seed=22 + k)
+        out["per_type"][kind] = binary_metrics(np.concatenate([clean_s, s]), np.concatenate([clean_l, lab]), threshold)
+        out["per_type"][kind]["recall_on_type"] = round(float((s[lab > 0] >= threshold).mean()), 4)
+        all_s.append(s)
+        all_l.append(lab)
+    out["all_types"] = binary_metrics(np.concatenate(all_s), np.concatenate(all_l), threshold)
+    out["min_type_accuracy"] = min(m["accuracy"] for m in out["per_type"].values())
+    if out_dir is not None:
+        atomic_write_json(Path(out_dir) / "metrics.json", out)
+    return out
+
+
+class OcclusionDetector:
+    """Inference wrapper: aligned cache-size crops → occlusion probability and verdict."""
+
+    def __init__(self, model: AgeModel, crop_size: int, input_size: int, threshold: float, name: str = "occlusion",
+                 numerics: Numerics | None = None) -> None:
+        self.model = model.eval()
+        self.crop_size, self.input_size, self.threshold, self.name = crop_size, input_size, threshold, name
+        self.numerics = numerics or Numerics("cpu", "fp32", True, "inference default: fp32 + channels_last")
+        if self.numerics.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = "occlusion") -> OcclusionDetector:
+        from ..models.weights import resolve_model
+
+        model, cfg, card = resolve_model(name_or_path)
+        if cfg.model.head != "binary":
+            from ..errors import CheckpointError
+
+            raise CheckpointError(f"{name_or_path} is not an occlusion detector (head {cfg.model.head!r})")
+        thr = float(card.get("threshold", (card.get("test_metrics") or {}).get("threshold", 0.5)))
+        return cls(model, cfg.data.crop_size, cfg.data.input_size, thr, str(card.get("name", name_or_path)))
+
+    @torch.no_grad()
+    def scores(self, crops: np.ndarray) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros(0, np.float32)
+        views = torch.from_numpy(np.stack([centre_crop(c, self.crop_size, self.input_size) for c in crops]))
+        x = to_input(views, *self.model.mean_std, self.numerics.device, self.numerics.channels_last)
+        with self.numerics.autocast():
+            p, _, _ = self.model.predict(x, tta_flip=False)
+        return p.float().cpu().numpy()

@@ -1,0 +1,164 @@
+"""Layer-wise distillation (paper 1, Algorithm 1): the student (same architecture, initialised from the teacher)
+sees an occluded copy, the frozen teacher the clean image under the same crop; stage k is trained with an L2 loss
+between their stage-k maps while every other stage is frozen, k = 1..4; then global fine-tuning with age labels
+on occluded faces (the standard engine, `train` section). Checkpointed after every epoch; `--resume` continues."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..config import RunConfig, config_to_dict
+from ..data.dataset import CachedFaceDataset
+from ..errors import CheckpointError
+from ..models import build_model
+from ..utils import atomic_write_json, seed_everything
+from .batch import photometric_jitter, to_input
+from .engine import load_checkpoint, occlusion_mix, predict_cache, save_checkpoint
+from .numerics import choose_numerics
+
+
+def load_teacher(spec: str):
+    from ..models.weights import resolve_model
+
+    model, cfg, _ = resolve_model(spec)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), cfg
+
+
+def student_from_teacher(cfg: RunConfig, teacher) -> torch.nn.Module:
+    cfg.model.pretrained = False
+    student = build_model(cfg.model)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any(".adapters." not in k and not k.startswith("backbone.adapters") for k in missing):
+        raise CheckpointError(f"teacher weights do not fit the student ({(unexpected or missing)[:3]})")
+    return student
+
+
+def _set_stage_trainable(model, k: int) -> list[torch.nn.Parameter]:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = model.backbone.stage_parameters(k)
+    for p in params:
+        p.requires_grad_(True)
+    model.eval()  # frozen parts keep their BN statistics
+    for m in [model.backbone.stages[k - 1]] + ([model.backbone.stem] if k == 1 else []) + (
+            [model.backbone.adapters[k - 1]] if model.backbone.adapters is not None else []):
+        m.train()
+    return params
+
+
+def distill_stages(cfg: RunConfig, train_cache, val_cache, resume: bool = False, log=print) -> dict:
+    """Run the stage-wise phase; returns a summary and leaves RUN_DIR/stages.pt (model + config)."""
+    d, t = cfg.distill, cfg.train
+    run = cfg.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    seed_everything(t.seed)
+    teacher, tcfg = load_teacher(d.teacher)
+    if tcfg.model.backbone != cfg.model.backbone:
+        raise CheckpointError(f"teacher backbone {tcfg.model.backbone} differs from student {cfg.model.backbone}")
+    student = student_from_teacher(cfg, teacher)
+
+    def probe_loss(m, x, y):
+        return m.head.loss(m(x), y)
+
+    numerics = choose_numerics(t, student, probe_loss, cfg.data.input_size)
+    dev = numerics.device
+    for m in (teacher, student):
+        m.to(dev)
+        if numerics.channels_last:
+            m.to(memory_format=torch.channels_last)
+    log(f"numerics: {numerics.dtype}, channels_last={numerics.channels_last} ({numerics.reason})")
+    mix = occlusion_mix(cfg)
+    if mix is None:
+        raise CheckpointError("distillation needs occlusion.enabled=true (the student learns from occluded faces)")
+    n_train = min(len(train_cache), cfg.data.max_train or len(train_cache))
+    ds = CachedFaceDataset(train_cache, True, cfg.data.crop_size, cfg.data.input_size, seed=t.seed,
+                           indices=np.arange(n_train), occlusion=mix, pair=True)
+    gen = torch.Generator()
+    dl = DataLoader(ds, batch_size=t.batch_size, shuffle=True, generator=gen, num_workers=cfg.data.num_workers,
+                    drop_last=len(ds) > t.batch_size, persistent_workers=cfg.data.num_workers > 0)
+    mean, std = student.mean_std
+    done: list[tuple[int, int]] = []
+    history: list[dict] = []
+    ck_path = run / "stages_last.pt"
+    if resume and ck_path.is_file():
+        ck = load_checkpoint(ck_path)
+        student.load_state_dict(ck["model"])
+        done, history = [tuple(x) for x in ck["done"]], ck["history"]
+        log(f"resumed stage-wise distillation after {done[-1] if done else 'nothing'}")
+    jitter_gen = torch.Generator()
+    val_idx = np.arange(min(len(val_cache), cfg.data.max_eval or len(val_cache)))
+    for k in d.stages:
+        params = _set_stage_trainable(student, k)
+        opt = torch.optim.Adam(params, lr=d.stage_lrs[k - 1])
+        if resume and ck_path.is_file() and ck.get("stage") == k and ck.get("optimizer"):
+            opt.load_state_dict(ck["optimizer"])
+        for epoch in range(d.stage_epochs):
+            if (k, epoch) in done:
+                continue
+            ds.set_epoch(1000 * k + epoch)
+            gen.manual_seed(t.seed * 1000 + 100 * k + epoch)
+            jitter_gen.manual_seed(t.seed * 7919 + 100 * k + epoch)
+            t0, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, len(dl)
+            if t.max_steps_per_epoch:
+                steps = min(steps, t.max_steps_per_epoch)
+            for step, (clean, occ, _, _) in enumerate(dl):
+                if step >= steps:
+                    break
+                xc = to_input(photometric_jitter(clean, jitter_gen), mean, std, dev, numerics.channels_last)
+                xo = to_input(occ, mean, std, dev, numerics.channels_last)
+                with numerics.autocast():
+                    with torch.no_grad():
+                        ft, _ = teacher.backbone(xc, until=k)
+                    fs, _ = student.backbone(xo, until=k, teacher=ft)
+                    loss = F.mse_loss(fs[-1].float(), ft[-1].float())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen += len(occ)
+                loss_sum += loss.item()
+                if (step + 1) % t.log_every == 0:
+                    log(f"stage {k} epoch {epoch} step {step + 1}/{steps} L2 {loss_sum / (step + 1):.4f} "
+                        f"{seen / (time.perf_counter() - t0):.1f} img/s")
+            row = {"stage": k, "epoch": epoch, "l2": round(loss_sum / max(1, steps), 5),
+                   "train_s": round(time.perf_counter() - t0, 1)}
+            if epoch == d.stage_epochs - 1:  # the student as it stands after this stage, on occluded validation
+                pred, _, _ = predict_cache(student, val_cache, cfg, numerics, tta_flip=t.tta_flip, indices=val_idx,
+                                           occlusion=occlusion_mix(cfg, 0.0), seed=t.seed + 1)
+                row["val_mae_occluded"] = round(float(np.abs(pred - val_cache.ages[val_idx]).mean()), 4)
+            history.append(row)
+            done.append((k, epoch))
+            log(json.dumps(row))
+            save_checkpoint(ck_path, {"model": student.state_dict(), "optimizer": opt.state_dict(), "stage": k,
+                                      "done": done, "history": history, "config": config_to_dict(cfg)})
+    student.cpu().to(memory_format=torch.contiguous_format)
+    save_checkpoint(run / "stages.pt", {"model": student.state_dict(), "config": config_to_dict(cfg),
+                                        "history": history})
+    atomic_write_json(run / "distill_history.json", history)
+    return {"stages": history}
+
+
+def distill_and_finetune(cfg: RunConfig, resume: bool = False, progress: bool = True, log=print) -> dict:
+    """Stage-wise phase, then the engine's global fine-tuning from RUN_DIR/stages.pt, then test evaluation."""
+    from ..data.prepare import prepare_caches
+    from .run import train_and_test
+
+    caches = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress)
+    stages_done = (cfg.run_dir / "stages.pt").is_file() and resume
+    summary = {} if stages_done else distill_stages(cfg, caches["train"], caches["val"], resume=resume, log=log)
+    if not cfg.distill.finetune:
+        return summary
+    cfg.model.init_from = str(cfg.run_dir / "stages.pt")
+    cfg.model.pretrained = False
+    ft_resume = resume and (cfg.run_dir / "last.pt").is_file()
+    summary.update(train_and_test(cfg, resume=ft_resume, progress=progress, log=log))
+    return summary
