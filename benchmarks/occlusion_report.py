@@ -47,15 +47,22 @@ def main() -> None:
     ap.add_argument("--n-per-type", type=int, default=1000, help="first N test faces for the per-type table")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/occlusion_report")
+    ap.add_argument("--skip-existing", action="store_true", help="reuse rows already in OUT.json (add a model later)")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
     cache = FaceCache(a.cache)
     det = OcclusionDetector.from_pretrained(a.detector)
     rows: list[dict] = []
+    old = json.loads(Path(a.out).with_suffix(".json").read_text()) if a.skip_existing and Path(a.out).with_suffix(
+        ".json").is_file() else {"rows": []}
+    done = {(r["model"], r["condition"]): r for r in old["rows"]}
     extra = {"max_eval": a.n} if a.n else None
 
     def run(name: str, est: AgeEstimator, cond: str, inpaint: bool = False, mix: dict | None = None,
             n: int = 0) -> dict:
+        if (name, cond) in done:  # names of per-type rows carry the type, so they are unique too
+            rows.append(done[(name, cond)])
+            return done[(name, cond)]
         share = CONDITIONS[cond]
         occ = OcclusionMix(mix or dict(PAPER_MIX), 1 - share) if share > 0 else None
         t0 = time.perf_counter()

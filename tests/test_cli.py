@@ -106,3 +106,41 @@ def test_shipped_model_answers_the_demo_photo():
     face = json.loads(r.stdout)[0]["faces"][0]
     # Eileen Collins, born 1956, photographed in the 1990s (NASA portrait): apparent age 30-50
     assert 25 <= face["age"] <= 55, face
+    if "occlusion" in shipped_models():
+        assert face["occluded"] is False and 0 <= face["occlusion_score"] < 0.5 and face["model"] == "teacher"
+
+
+@pytest.mark.skipif("occlusion" not in shipped_models(), reason="no shipped occlusion detector")
+def test_occluded_photo_is_flagged_and_routed(tmp_path, astronaut_path):
+    """`agelens occlude` draws sunglasses + mask on the demo photo; predict (with and without detection) flags it
+    and names the model that answered; evaluate --occlude 1 reports per-type MAE and routing."""
+    r = agelens("occlude", astronaut_path, tmp_path / "occ", "--mix", "sunglasses+mask=1", "--workers", "1", "--quiet")
+    _no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    row = (tmp_path / "occ" / "occlusions.csv").read_text().splitlines()[1]
+    assert ",ok,sunglasses+mask," in row
+    occluded = tmp_path / "occ" / "astronaut.jpg"
+    expected = "student" if "student" in shipped_models() else "teacher"
+    for extra in ([], ["--no-detect"]):
+        r = agelens("predict", occluded, "--format", "json", *extra)
+        _no_traceback(r)
+        face = json.loads(r.stdout)[0]["faces"][0]
+        if not extra:  # whole photo, detected and aligned
+            assert face["occluded"] is True and face["occlusion_score"] >= 0.5 and face["model"] == expected, face
+        assert isinstance(face["occluded"], bool) and 0 <= face["occlusion_score"] <= 1
+    r = agelens("predict", occluded, "--format", "json", "--route", "teacher")
+    assert json.loads(r.stdout)[0]["faces"][0]["model"] == "teacher"
+    img = np.asarray(Image.open(astronaut_path))[20:320, 120:340]
+    d = tmp_path / "utk"
+    d.mkdir()
+    for i, age in enumerate([25, 38, 41, 70]):
+        Image.fromarray(img).save(d / f"{age}_{i % 2}_{i}_2017010{i}.jpg.chip.jpg")
+    r = agelens("evaluate", "--dataset", "utkface", "--root", d, "--output", tmp_path / "ev", "--workers", "1",
+                "--occlude", "1", "--occlusion-mix", "mask=1", "--quiet")
+    _no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["per_occlusion"]["mask"]["n"] == 4 and m["occluded_share"] == 1.0
+    assert m["routed_to"] == {expected: 4} and m["detector_accuracy"] == 1.0
+    r = agelens("evaluate", "--dataset", "utkface", "--root", d, "--output", tmp_path / "ev2", "--occlude", "1.5")
+    assert r.returncode == 2 and "--occlude must be a share" in r.stderr

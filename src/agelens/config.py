@@ -92,6 +92,8 @@ class OcclusionConfig:
     enabled: bool = False
     mix: dict[str, float] = field(default_factory=_paper_mix)  # per-type probabilities; default paper 1, Table 7
     clean_fraction: float = 0.0  # share of training images left clean
+    clear_glasses: float = 0.0  # share of clean images given see-through glasses (hard negatives, detector)
+    degrade: bool = False  # random blur / rescale / JPEG on training images (detector)
 
 
 @dataclass
@@ -164,7 +166,8 @@ class RunConfig:
         from .occlusion.synth import OcclusionMix
 
         try:
-            OcclusionMix({k: float(v) for k, v in self.occlusion.mix.items()}, self.occlusion.clean_fraction)
+            OcclusionMix({k: float(v) for k, v in self.occlusion.mix.items()}, self.occlusion.clean_fraction,
+                         self.occlusion.clear_glasses)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"occlusion: {e}") from None
         from . import models  # noqa: F401  (fills the registries)

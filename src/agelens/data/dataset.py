@@ -3,6 +3,8 @@ Optionally draws a synthetic occluder (from the cached landmarks) before croppin
 
 from __future__ import annotations
 
+import contextlib
+
 import cv2
 import numpy as np
 import torch
@@ -24,6 +26,24 @@ def centre_crop(img: np.ndarray, crop: int, size: int) -> np.ndarray:
     return resize_square(img[o:o + crop, o:o + crop], size)
 
 
+def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Camera-like degradations (blur, down/up-scaling, JPEG), each with probability 0.4: the occlusion detector
+    then cannot rely on the crisp edges of synthetic occluders."""
+    out = img
+    if rng.random() < 0.4:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 2.0))
+    if rng.random() < 0.4:
+        s = out.shape[0]
+        small = int(s * rng.uniform(0.25, 0.6))
+        out = cv2.resize(cv2.resize(out, (small, small), interpolation=cv2.INTER_AREA), (s, s),
+                         interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.4:
+        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 80))])
+        if ok:
+            out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return out
+
+
 class CachedFaceDataset(Dataset):
     """Yields (uint8 HWC image tensor, target, index); target is the age, or 1/0 occluded/clean with
     target="occluded". With pair=True it yields (clean, occluded, age, index) under the same crop and flip.
@@ -34,12 +54,12 @@ class CachedFaceDataset(Dataset):
 
     def __init__(self, cache: FaceCache, train: bool, crop_size: int, input_size: int, seed: int = 0,
                  indices: np.ndarray | None = None, scale_jitter: float = 0.08, occlusion=None,
-                 target: str = "age", pair: bool = False) -> None:
+                 target: str = "age", pair: bool = False, degrade: bool = False) -> None:
         self.cache, self.train = cache, train
         self.crop, self.size = min(crop_size, cache.size), input_size
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
         self.seed, self.epoch, self.scale_jitter = seed, 0, scale_jitter
-        self.occlusion, self.target, self.pair = occlusion, target, pair
+        self.occlusion, self.target, self.pair, self.degrade = occlusion, target, pair, degrade
         if target not in ("age", "occluded"):
             raise ValueError(f"target must be age|occluded, got {target!r}")
 
@@ -59,10 +79,17 @@ class CachedFaceDataset(Dataset):
 
         img = np.asarray(self.cache.images[i])
         kind, alpha = None, None
+        if self.degrade and self.train:
+            img = degrade(img, np.random.default_rng((self.seed, self.epoch, int(i), 9)))
         if self.occlusion is not None:
             rng = np.random.default_rng((self.seed, self.epoch if self.train else 0, int(i), 7))
             kind = self.occlusion.sample(rng)
-            if kind is not None:
+            if kind is None and self.occlusion.clear_glasses and rng.random() < self.occlusion.clear_glasses:
+                from ..occlusion.synth import add_clear_glasses
+
+                with contextlib.suppress(OcclusionError):
+                    img = add_clear_glasses(img, self.cache.landmarks[i], rng)
+            elif kind is not None:
                 try:
                     o = occlude(img, self.cache.landmarks[i], kind, rng)
                     img, alpha = o.image, o.alpha

@@ -81,6 +81,12 @@ def evaluate_detector(model: AgeModel, val: FaceCache | None, test: FaceCache, c
         all_s.append(s)
         all_l.append(lab)
     out["all_types"] = binary_metrics(np.concatenate(all_s), np.concatenate(all_l), threshold)
+    # hard negatives: every clean test face wearing see-through glasses must stay "clean"
+    from ..train.engine import predict_cache
+
+    glasses = OcclusionMix(dict(cfg.occlusion.mix), clean_fraction=1.0, clear_glasses=1.0)
+    gs, _, _ = predict_cache(model, test, cfg, numerics, tta_flip=False, occlusion=glasses, seed=31)
+    out["clear_glasses"] = {"n": int(len(gs)), "specificity": round(float((gs < threshold).mean()), 4)}
     out["min_type_accuracy"] = min(m["accuracy"] for m in out["per_type"].values())
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "metrics.json", out)

@@ -175,7 +175,7 @@ FRAMES = {"gold": (190, 150, 60), "black": (18, 18, 20), "tortoise": (92, 52, 28
           "silver": (185, 185, 190), "none": None}
 TINTS = {"dark": ((25, 25, 28), 0.93), "brown": ((70, 45, 25), 0.88), "grey": ((55, 58, 60), 0.9),
          "green": ((40, 60, 35), 0.9), "blue": ((35, 55, 100), 0.85), "gradient": ((30, 28, 32), 0.95),
-         "mirror": ((120, 130, 140), 0.95), "mirror_blue": ((60, 110, 170), 0.95)}
+         "mirror": ((120, 130, 140), 0.95), "mirror_blue": ((60, 110, 170), 0.95), "clear": ((210, 215, 220), 0.08)}
 
 
 def _lens_polys(shape: str, s: float) -> list[np.ndarray]:
@@ -236,10 +236,13 @@ def _lens_polys(shape: str, s: float) -> list[np.ndarray]:
     raise ValueError(f"unknown lens shape {shape}")
 
 
-def _draw_sunglasses(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str, bounds: tuple[float, float]
-                     ) -> tuple[np.ndarray, np.ndarray, float]:
+def _draw_sunglasses(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str, bounds: tuple[float, float],
+                     clear: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     shape, frame_c, tint = SUNGLASS_STYLES[style]
     rim = 0.0 if frame_c == "none" else rng.uniform(0.025, 0.045)
+    if clear:  # ordinary prescription glasses: thin frame, nearly transparent lenses (not an occlusion)
+        frame_c = frame_c if frame_c != "none" else "black"
+        rim, tint = rng.uniform(0.012, 0.03), "clear"
     thick_top = 2.2 if shape == "browline" else 1.0
 
     def render(s: float) -> np.ndarray:
@@ -265,7 +268,7 @@ def _draw_sunglasses(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, s
     # reflections: a soft diagonal streak and a specular spot on each lens
     k = rng.uniform(0.6, 1.6)
     off = rng.uniform(-0.2, 0.2)
-    streak = np.exp(-(((u + k * v) * 0.9 - off) / (0.05 * s)) ** 2) * rng.uniform(0.15, 0.35)
+    streak = np.exp(-(((u + k * v) * 0.9 - off) / (0.05 * s)) ** 2) * rng.uniform(0.15, 0.35) * (0.4 if clear else 1)
     out = _composite(out, np.full(3, 255, np.float32), lens_a * streak)
     if rim:
         frame_rgb = _jitter_colour(FRAMES[frame_c], rng, 10)
@@ -289,6 +292,14 @@ def _draw_sunglasses(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, s
             out = _composite(out, fcol, arms * 0.95)
     a_total = np.maximum(alpha, lens_a)
     return out, a_total, f
+
+
+def add_clear_glasses(img: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Ordinary see-through glasses (a hard negative for the occlusion detector: the eyes stay visible)."""
+    fr = FaceFrame(landmarks, img.shape[:2], rng)
+    style = rng.choice([k for k, v in SUNGLASS_STYLES.items() if v[0] not in ("shield", "wrap")])
+    out, _, _ = _draw_sunglasses(img.astype(np.float32), fr, rng, str(style), (0.08, 0.20), clear=True)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 # ---- masks and veils --------------------------------------------------------------------------------------------
@@ -468,6 +479,7 @@ class OcclusionMix:
 
     mix: dict[str, float] = field(default_factory=lambda: dict(PAPER_MIX))
     clean_fraction: float = 0.0
+    clear_glasses: float = 0.0  # share of the clean draws given see-through glasses (detector hard negatives)
 
     def __post_init__(self) -> None:
         bad = set(self.mix) - set(OCCLUSION_TYPES)
@@ -477,6 +489,8 @@ class OcclusionMix:
             raise ValueError("occlusion mix needs non-negative probabilities with a positive sum")
         if not 0 <= self.clean_fraction <= 1:
             raise ValueError(f"clean_fraction must be in [0, 1], got {self.clean_fraction}")
+        if not 0 <= self.clear_glasses <= 1:
+            raise ValueError(f"clear_glasses must be in [0, 1], got {self.clear_glasses}")
         self.types = list(self.mix)
         p = np.array([self.mix[k] for k in self.types], np.float64)
         self.p = p / p.sum()

@@ -96,7 +96,7 @@ def occlusion_mix(cfg: RunConfig, clean_fraction: float | None = None):
     if not cfg.occlusion.enabled:
         return None
     cf = cfg.occlusion.clean_fraction if clean_fraction is None else clean_fraction
-    return OcclusionMix({k: float(v) for k, v in cfg.occlusion.mix.items()}, cf)
+    return OcclusionMix({k: float(v) for k, v in cfg.occlusion.mix.items()}, cf, cfg.occlusion.clear_glasses)
 
 
 @torch.no_grad()
@@ -272,7 +272,8 @@ class Trainer:
                      f"{self.numerics.device} ({self.numerics.reason})")
         ds = CachedFaceDataset(self.train_cache, True, cfg.data.crop_size, cfg.data.input_size, seed=t.seed,
                                indices=np.arange(min(len(self.train_cache), cfg.data.max_train or len(self.train_cache))),
-                               occlusion=occlusion_mix(cfg), target="occluded" if t.task == "occlusion" else "age")
+                               occlusion=occlusion_mix(cfg), target="occluded" if t.task == "occlusion" else "age",
+                               degrade=cfg.occlusion.degrade)
         sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, shuffle=True, seed=t.seed) if self.dist.world > 1 else None
         gen = torch.Generator().manual_seed(t.seed)
         dl = DataLoader(ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler, generator=gen if sampler is None else None,

@@ -1,0 +1,120 @@
+"""KD ablations at a small CPU budget (paper 1's ablations, scaled down): which stages are distilled, feature
+alignment none / residual (teacher-free) / concat (paper form, F_s in place of F_t at test), the occlusion mix
+(Table 7), the head (CORAL / DLDL / MWR), each against direct fine-tuning on occluded faces without KD.
+
+Protocol: teachers are the 112 px, 3-epoch head runs of `benchmarks/compare_heads.py` (runs/heads_<head>); every
+variant sees the first --train training faces, 1 epoch per distilled stage, --ft epochs of global fine-tuning; test
+= the first --n test faces, clean and 100 % occluded (Table 7 mix, seed 0).
+
+    python benchmarks/kd_ablation.py --rows kd_residual,kd_none,kd_concat,kd_stages34,direct --out docs/kd_ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from agelens.data.cache import FaceCache
+from agelens.evaluate.runner import evaluate_estimator
+from agelens.occlusion.synth import PAPER_MIX, OcclusionMix
+from agelens.serve.predictor import AgeEstimator, _load_expert
+from agelens.utils import atomic_write_json, atomic_write_text
+
+# name: (command, head, overrides)
+ROWS = {
+    "kd_residual": ("distill", "dldl", ["model.align=residual"]),
+    "kd_none": ("distill", "dldl", ["model.align=none"]),
+    "kd_concat": ("distill", "dldl", ["model.align=concat"]),
+    "kd_stages34": ("distill", "dldl", ["model.align=residual", "distill.stages=[3,4]"]),
+    "kd_no_finetune": ("distill", "dldl", ["model.align=residual", "distill.finetune=false"]),
+    "direct": ("train", "dldl", []),
+    "kd_mix_glasses_only": ("distill", "dldl", ["model.align=residual", "occlusion.mix={sunglasses: 1.0}"]),
+    "kd_mix_blocks_only": ("distill", "dldl", ["model.align=residual",
+                                               "occlusion.mix={eye_block: 0.35, mouth_block: 0.35, eye+mouth_block: 0.3}"]),
+    "kd_residual_coral": ("distill", "coral", ["model.align=residual"]),
+    "direct_coral": ("train", "coral", []),
+    "kd_residual_mwr": ("distill", "mwr", ["model.align=residual"]),
+    "direct_mwr": ("train", "mwr", []),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default="kd_residual,kd_none,kd_concat,kd_stages34,direct")
+    ap.add_argument("--train", type=int, default=3000)
+    ap.add_argument("--ft", type=int, default=1)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--out", default="docs/kd_ablation")
+    ap.add_argument("--runs", default="runs/ablation")
+    a = ap.parse_args()
+    out_json = Path(a.out).with_suffix(".json")
+    result = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
+    cache = FaceCache("cache/utkface/test")
+    for name in a.rows.split(","):
+        cmd, head, extra = ROWS[name]
+        teacher = f"runs/heads_{head}"
+        run_name = f"{Path(a.runs).name}_{name}"
+        common = [f"name={run_name}", f"out_dir={Path(a.runs).parent}", "data.input_size=112",
+                  f"data.max_train={a.train}", "data.max_eval=500", f"train.epochs={a.ft}", "train.log_every=1000",
+                  f"model.head={head}"]
+        if cmd == "distill":
+            args = ["distill", "-c", "configs/student_cpu.yaml", *common, f"distill.teacher={teacher}",
+                    "distill.stage_epochs=1", *extra]
+        else:
+            args = ["train", "-c", "configs/direct_occluded_cpu.yaml", *common, f"model.init_from={teacher}", *extra]
+        t0 = time.perf_counter()
+        print("running:", " ".join(args), flush=True)
+        subprocess.run([sys.executable, "-m", "agelens.cli", *args, "--quiet"], check=True)
+        run_dir = Path(a.runs).parent / run_name
+        model = run_dir / ("stages.pt" if "distill.finetune=false" in extra else "best.pt")
+        torch.set_grad_enabled(False)
+        t = _load_expert(teacher)
+        s = _load_expert(str(model))
+        est = AgeEstimator(t.model, t.crop_size, t.input_size, name=t.name, student=s, route="student")
+        row = {"command": " ".join(["agelens", *args]), "train_s": round(time.perf_counter() - t0, 1)}
+        for cond, share in (("clean", 0.0), ("occluded", 1.0)):
+            occ = OcclusionMix(dict(PAPER_MIX), 1 - share) if share else None
+            m = evaluate_estimator(est, cache, None, occlusion=occ, seed=0, progress=False, extra={"max_eval": a.n})
+            row[cond] = {"n": m["n"], "mae": round(m["mae"], 3), "cs5": round(m["cs5"], 3)}
+        if name.startswith("kd"):
+            hist = json.loads((run_dir / "distill_history.json").read_text())
+            row["val_mae_occluded_after_stages"] = [h.get("val_mae_occluded") for h in hist if "val_mae_occluded" in h]
+        result["rows"][name] = row
+        print(json.dumps({name: row}), flush=True)
+        atomic_write_json(out_json, result)
+    # teachers alone, same faces
+    result["teachers"] = {}
+    for head in sorted({ROWS[r][1] for r in result["rows"]}):
+        t = _load_expert(f"runs/heads_{head}")
+        est = AgeEstimator(t.model, t.crop_size, t.input_size, name=t.name, route="teacher")
+        result["teachers"][head] = {}
+        for cond, share in (("clean", 0.0), ("occluded", 1.0)):
+            occ = OcclusionMix(dict(PAPER_MIX), 1 - share) if share else None
+            m = evaluate_estimator(est, cache, None, occlusion=occ, seed=0, progress=False, extra={"max_eval": a.n})
+            result["teachers"][head][cond] = round(m["mae"], 3)
+    result["protocol"] = {"train_faces": a.train, "finetune_epochs": a.ft, "test_faces": a.n, "input_px": 112}
+    atomic_write_json(out_json, result)
+    lines = ["# KD ablations (small CPU budget)", "",
+             f"Teachers: runs/heads_<head> (EfficientNet-Lite0, 112 px, 3 epochs). Each variant: first {a.train} "
+             f"training faces, 1 epoch per distilled stage, {a.ft} fine-tuning epoch(s); test: first {a.n} test "
+             "faces, clean and 100 % occluded (Table 7 mix, seed 0). Generated by `benchmarks/kd_ablation.py`.", "",
+             "| variant | head | clean MAE | occluded MAE | occluded CS5 | val MAE (occluded) after each stage |",
+             "|---|---|---|---|---|---|"]
+    for head, d in result["teachers"].items():
+        lines.append(f"| teacher alone | {head} | {d['clean']:.3f} | {d['occluded']:.3f} | | |")
+    for name, r in result["rows"].items():
+        stages = ", ".join(f"{v:.2f}" for v in r.get("val_mae_occluded_after_stages", []))
+        lines.append(f"| {name} | {ROWS[name][1]} | {r['clean']['mae']:.3f} | {r['occluded']['mae']:.3f} | "
+                     f"{r['occluded']['cs5']:.3f} | {stages} |")
+    atomic_write_text(Path(a.out).with_suffix(".md"), "\n".join(lines) + "\n")
+    print(f"wrote {a.out}.json/.md")
+
+
+if __name__ == "__main__":
+    main()
