@@ -84,7 +84,7 @@ def main() -> None:
     for spec in a.extra:
         name, _, path = spec.partition("=")
         models.append((name, estimator(a.teacher, path, det, "student")))
-    models.append(("routed: detector → teacher | KD student", estimator(a.teacher, a.student, det, "auto")))
+    models.append(("routed: detector → teacher or KD student", estimator(a.teacher, a.student, det, "auto")))
     for name, est in models:
         for cond in CONDITIONS:
             run(name, est, cond)
