@@ -80,7 +80,7 @@ def main() -> None:
         row = {"command": " ".join(["agelens", *args]), "train_s": round(time.perf_counter() - t0, 1)}
         for cond, share in (("clean", 0.0), ("occluded", 1.0)):
             occ = OcclusionMix(dict(PAPER_MIX), 1 - share) if share else None
-            m = evaluate_estimator(est, cache, None, occlusion=occ, seed=0, progress=False, extra={"max_eval": a.n})
+            m = evaluate_estimator(est, cache, None, occlusion=occ, seed=0, progress=False, max_eval=a.n)
             row[cond] = {"n": m["n"], "mae": round(m["mae"], 3), "cs5": round(m["cs5"], 3)}
         if name.startswith("kd"):
             hist = json.loads((run_dir / "distill_history.json").read_text())
@@ -96,7 +96,7 @@ def main() -> None:
         result["teachers"][head] = {}
         for cond, share in (("clean", 0.0), ("occluded", 1.0)):
             occ = OcclusionMix(dict(PAPER_MIX), 1 - share) if share else None
-            m = evaluate_estimator(est, cache, None, occlusion=occ, seed=0, progress=False, extra={"max_eval": a.n})
+            m = evaluate_estimator(est, cache, None, occlusion=occ, seed=0, progress=False, max_eval=a.n)
             result["teachers"][head][cond] = round(m["mae"], 3)
     result["protocol"] = {"train_faces": a.train, "finetune_epochs": a.ft, "test_faces": a.n, "input_px": 112}
     atomic_write_json(out_json, result)

@@ -56,7 +56,6 @@ def main() -> None:
     old = json.loads(Path(a.out).with_suffix(".json").read_text()) if a.skip_existing and Path(a.out).with_suffix(
         ".json").is_file() else {"rows": []}
     done = {(r["model"], r["condition"]): r for r in old["rows"]}
-    extra = {"max_eval": a.n} if a.n else None
 
     def run(name: str, est: AgeEstimator, cond: str, inpaint: bool = False, mix: dict | None = None,
             n: int = 0) -> dict:
@@ -67,7 +66,7 @@ def main() -> None:
         occ = OcclusionMix(mix or dict(PAPER_MIX), 1 - share) if share > 0 else None
         t0 = time.perf_counter()
         m = evaluate_estimator(est, cache, None, occlusion=occ, seed=a.seed, progress=False,
-                               extra={"max_eval": n} if n else extra, inpaint=inpaint)
+                               inpaint=inpaint, max_eval=n or a.n)
         row = {"model": name, "condition": cond, "n": m["n"], "mae": round(m["mae"], 3), "cs5": round(m["cs5"], 3),
                "cmae": round(m["cmae"], 3), "bias_score": round(m["bias_score"], 3),
                "per_occlusion": {k: v["mae"] for k, v in m["per_occlusion"].items()}, "routed_to": m["routed_to"],

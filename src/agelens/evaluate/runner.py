@@ -46,17 +46,17 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
 
 def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlusion=None, seed: int = 0,
                        batch_size: int = 64, progress: bool = True, extra: dict | None = None,
-                       inpaint: bool = False) -> dict:
+                       inpaint: bool = False, max_eval: int = 0) -> dict:
     """Evaluate a (routed) AgeEstimator on a cache, optionally on seeded occluded copies (`occlusion`, an
     OcclusionMix whose clean_fraction sets the clean share, e.g. 0.5 for the paper's 50 % protocol).
     Adds per-occlusion-type MAE, the routing shares and the detector's accuracy against the drawn truth.
     inpaint=True fills each drawn occluder (its true mask, dilated) with OpenCV Telea inpainting first: the
-    inpainting baseline of paper 1."""
+    inpainting baseline of paper 1. max_eval > 0: only the first max_eval faces."""
     from ..data.dataset import CachedFaceDataset
     from ..progress import track
 
     ds = CachedFaceDataset(cache, False, 16, 16, occlusion=occlusion, seed=seed)
-    n = len(cache) if not extra or not extra.get("max_eval") else min(len(cache), int(extra["max_eval"]))
+    n = min(len(cache), max_eval or len(cache))
     ages, spreads, scores, occluded, models, kinds = [], [], [], [], [], []
     for start in track(range(0, n, batch_size), total=(n + batch_size - 1) // batch_size, description="evaluating",
                        enabled=progress):
@@ -85,7 +85,7 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         metrics["detector_accuracy"] = round(float((occ == truth).mean()), 4)
     metrics["failed"] = len(cache.failed)
     metrics["route"] = est.route
-    metrics.update({k: v for k, v in (extra or {}).items() if k != "max_eval"})
+    metrics.update(extra or {})
     if out_dir is not None:
         out = Path(out_dir)
         buf = io.StringIO()

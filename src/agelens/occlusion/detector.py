@@ -10,7 +10,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.cache import FaceCache
-from ..data.dataset import CachedFaceDataset, centre_crop
+from ..data.dataset import centre_crop
 from ..models import AgeModel
 from ..train.batch import to_input
 from ..train.numerics import Numerics
@@ -42,18 +42,15 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
 
 
-def detector_scores(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics, kind: str | None,
-                    seed: int = 0, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, labels) on one cache: clean when kind is None, else every face occluded with `kind`."""
+def detector_scores(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics,
+                    mix: OcclusionMix | None, seed: int = 0, indices: np.ndarray | None = None,
+                    tta_flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels) on one cache with seeded occluders drawn from `mix` (None: all clean); a face whose
+    occluder could not be placed (no landmarks) stays clean and is labelled clean."""
     from ..train.engine import predict_cache
 
-    idx = np.arange(len(cache)) if indices is None else indices
-    mix = None if kind is None else OcclusionMix({kind: 1.0}, 0.0)
-    scores, _, _ = predict_cache(model, cache, cfg, numerics, tta_flip=False, indices=idx, occlusion=mix, seed=seed)
-    if mix is None:
-        return scores, np.zeros(len(idx), np.float32)
-    ds = CachedFaceDataset(cache, False, 16, 16, indices=idx, occlusion=mix, seed=seed)
-    labels = np.array([ds.occluded_view(int(i))[1] is not None for i in idx], np.float32)  # no landmarks → clean
+    scores, _, _, labels = predict_cache(model, cache, cfg, numerics, tta_flip=tta_flip, indices=indices,
+                                         occlusion=mix, seed=seed, target="occluded")
     return scores, labels
 
 
@@ -66,26 +63,22 @@ def evaluate_detector(model: AgeModel, val: FaceCache | None, test: FaceCache, c
         else:
             s0, l0 = detector_scores(model, val, cfg, numerics, None, seed=11)
             mix = OcclusionMix({k: float(v) for k, v in cfg.occlusion.mix.items()}, 0.0)
-            from ..train.engine import predict_cache
-
-            s1, _, _ = predict_cache(model, val, cfg, numerics, tta_flip=False, occlusion=mix, seed=12)
-            threshold = best_threshold(np.concatenate([s0, s1]), np.concatenate([l0, np.ones_like(s1)]))
+            s1, l1 = detector_scores(model, val, cfg, numerics, mix, seed=12)
+            threshold = best_threshold(np.concatenate([s0, s1]), np.concatenate([l0, l1]))
     clean_s, clean_l = detector_scores(model, test, cfg, numerics, None, seed=21)
     out = {"threshold": threshold, "clean": binary_metrics(clean_s, clean_l, threshold), "per_type": {}}
     out["clean"]["specificity"] = out["clean"]["accuracy"]
     all_s, all_l = [clean_s], [clean_l]
     for k, kind in enumerate(OCCLUSION_TYPES):
-        s, lab = detector_scores(model, test, cfg, numerics, kind, seed=22 + k)
+        s, lab = detector_scores(model, test, cfg, numerics, OcclusionMix({kind: 1.0}, 0.0), seed=22 + k)
         out["per_type"][kind] = binary_metrics(np.concatenate([clean_s, s]), np.concatenate([clean_l, lab]), threshold)
         out["per_type"][kind]["recall_on_type"] = round(float((s[lab > 0] >= threshold).mean()), 4)
         all_s.append(s)
         all_l.append(lab)
     out["all_types"] = binary_metrics(np.concatenate(all_s), np.concatenate(all_l), threshold)
     # hard negatives: every clean test face wearing see-through glasses must stay "clean"
-    from ..train.engine import predict_cache
-
     glasses = OcclusionMix(dict(cfg.occlusion.mix), clean_fraction=1.0, clear_glasses=1.0)
-    gs, _, _ = predict_cache(model, test, cfg, numerics, tta_flip=False, occlusion=glasses, seed=31)
+    gs, _ = detector_scores(model, test, cfg, numerics, glasses, seed=31)
     out["clear_glasses"] = {"n": int(len(gs)), "specificity": round(float((gs < threshold).mean()), 4)}
     out["min_type_accuracy"] = min(m["accuracy"] for m in out["per_type"].values())
     if out_dir is not None:

@@ -102,25 +102,28 @@ def occlusion_mix(cfg: RunConfig, clean_fraction: float | None = None):
 @torch.no_grad()
 def predict_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics, batch_size: int = 64,
                   tta_flip: bool = True, indices: np.ndarray | None = None, progress: bool = False, occlusion=None,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  seed: int = 0, target: str = "age") -> tuple[np.ndarray, ...]:
     """Ages (or occlusion probabilities for a binary head), spreads and embeddings for (a subset of) a cache,
-    centre-cropped; `occlusion` (an OcclusionMix) draws a fixed, seeded occluder per image first."""
+    centre-cropped; `occlusion` (an OcclusionMix) draws a fixed, seeded occluder per image first. With
+    target="occluded" a fourth array holds 1/0 for the faces that did / did not get an occluder."""
     ds = CachedFaceDataset(cache, False, cfg.data.crop_size, cfg.data.input_size, indices=indices, occlusion=occlusion,
-                           seed=seed)
+                           seed=seed, target=target)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     mean, std = model.mean_std
     model.eval()
-    ages, spreads, embs = [], [], []
+    ages, spreads, embs, targets = [], [], [], []
     from ..progress import track
 
-    for imgs, _, _ in track(dl, total=len(dl), description="evaluating", enabled=progress):
+    for imgs, tgt, _ in track(dl, total=len(dl), description="evaluating", enabled=progress):
         x = to_input(imgs, mean, std, numerics.device, numerics.channels_last)
         with numerics.autocast():
             a, s, e = model.predict(x, tta_flip)
         ages.append(a.cpu())
         spreads.append(s.cpu())
         embs.append(e.cpu())
-    return torch.cat(ages).numpy(), torch.cat(spreads).numpy(), torch.cat(embs).numpy()
+        targets.append(tgt)
+    out = torch.cat(ages).numpy(), torch.cat(spreads).numpy(), torch.cat(embs).numpy()
+    return (*out, torch.cat(targets).float().numpy()) if target == "occluded" else out
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------------
@@ -173,15 +176,11 @@ class Trainer:
         seed_everything(t.seed)
         self.model = build_model(cfg.model)
         if cfg.model.init_from and not resume:
-            init = Path(cfg.model.init_from)
-            if init.suffix == ".safetensors":  # shipped fp16 weights
-                from ..models.weights import load_weights
+            from ..models.weights import resolve_model
 
-                ck = {"model": load_weights(init)[0].state_dict()}
-            else:
-                ck = load_checkpoint(init / "best.pt" if init.is_dir() else init)
+            init = cfg.model.init_from  # a shipped name, .safetensors, .pt checkpoint or run folder
             try:
-                self.model.load_state_dict(ck["model"])
+                self.model.load_state_dict(resolve_model(init)[0].state_dict())
             except (KeyError, RuntimeError) as e:
                 raise CheckpointError(f"model.init_from={init}: weights do not fit this model ({str(e).splitlines()[0]})") from None
             log(f"initialised from {init}")
@@ -249,12 +248,14 @@ class Trainer:
         occlusion task the error rate at threshold 0.5 on a seeded clean/occluded mix."""
         cfg = self.cfg
         mix = occlusion_mix(cfg)
+        if cfg.train.task == "occlusion":
+            from ..occlusion.detector import detector_scores
+
+            scores, labels = detector_scores(self.model, self.val_cache, cfg, self.numerics, mix,
+                                             seed=cfg.train.seed + 1, indices=idx, tta_flip=cfg.train.tta_flip)
+            return float(((scores >= 0.5) != labels).mean())
         pred, _, _ = predict_cache(self.model, self.val_cache, cfg, self.numerics, tta_flip=cfg.train.tta_flip,
                                    indices=idx, occlusion=mix, seed=cfg.train.seed + 1)
-        if cfg.train.task == "occlusion":
-            ds = CachedFaceDataset(self.val_cache, False, 16, 16, indices=idx, occlusion=mix, seed=cfg.train.seed + 1)
-            labels = np.array([ds.occluded_view(int(i))[1] is not None for i in idx], np.float32)
-            return float(((pred >= 0.5) != labels).mean())
         return float(np.abs(pred - self.val_cache.ages[idx]).mean())
 
     # -- loop --
