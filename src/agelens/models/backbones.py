@@ -51,8 +51,8 @@ class Backbone(nn.Module):
             feats.append(x)
         return feats, (self.final(x) if until == 4 else None)
 
-    def stage_parameters(self, k: int) -> list[nn.Parameter]:
-        """Parameters of stage k (1-4); stage 1 includes the stem, stage 4 the final block."""
+    def stage_modules(self, k: int) -> list[nn.Module]:
+        """Modules of stage k (1-4): stage 1 includes the stem, stage 4 the final block, each its adapter."""
         mods: list[nn.Module] = [self.stages[k - 1]]
         if k == 1:
             mods.append(self.stem)
@@ -60,7 +60,10 @@ class Backbone(nn.Module):
             mods.append(self.final)
         if self.adapters is not None:
             mods.append(self.adapters[k - 1])
-        return [p for m in mods for p in m.parameters()]
+        return mods
+
+    def stage_parameters(self, k: int) -> list[nn.Parameter]:
+        return [p for m in self.stage_modules(k) for p in m.parameters()]
 
 
 def _resnet(name: str) -> Backbone:

@@ -48,8 +48,7 @@ def _set_stage_trainable(model, k: int) -> list[torch.nn.Parameter]:
     for p in params:
         p.requires_grad_(True)
     model.eval()  # frozen parts keep their BN statistics
-    for m in [model.backbone.stages[k - 1]] + ([model.backbone.stem] if k == 1 else []) + (
-            [model.backbone.adapters[k - 1]] if model.backbone.adapters is not None else []):
+    for m in model.backbone.stage_modules(k):
         m.train()
     return params
 
