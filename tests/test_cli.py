@@ -40,7 +40,7 @@ def _no_traceback(r):
     (["train", "train.batch_size=0"], "train.batch_size must be >= 1"),
     (["evaluate", "--root", "/no/such/dir", "--output", "/tmp/x", "--model", "/no/model.pt"], "checkpoint not found"),
     (["predict", "--model", "nosuchmodel", "x.jpg"], "neither a file nor a shipped model"),
-    (["predict", "--format", "xml", "x.jpg"], "--format must be table, json or csv"),
+    (["predict", "--format", "xml", "x.jpg"], "--format must be table, json, jsonl or csv"),
 ])
 def test_bad_input_one_line_error(args, fragment):
     r = agelens(*args)

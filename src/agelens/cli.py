@@ -156,6 +156,11 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
              student: Annotated[str | None, typer.Option(help="student model (default: shipped)")] = None,
              detector: Annotated[str | None, typer.Option(help="occlusion detector (default: shipped)")] = None,
              seed: Annotated[int, typer.Option(help="seed of the occluders drawn with --occlude")] = 0,
+             knn: Annotated[Path | None, typer.Option(help="KNN refinement index from `agelens index` (built for --model)")] = None,
+             save_embeddings: Annotated[bool, typer.Option(help="also write OUTPUT/embeddings.npz (t-SNE in `agelens report`)")] = False,
+             from_cache: Annotated[bool, typer.Option(help="evaluate the prepared cache of --part (the config's, else the "
+                                                            "model's cache_dir) with --model alone, as training does")] = False,
+             bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95 % intervals (0: none)")] = 1000,
              quiet: bool = False) -> None:
     """Evaluate a model on a labelled dataset: writes OUTPUT/metrics.json and OUTPUT/predictions.csv."""
     import shutil
@@ -176,7 +181,19 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         occ = OcclusionMix(parse_mix(occlusion_mix), 1 - occlude) if occlude > 0 else None
     except ValueError as e:
         raise AgelensError(str(e)) from None
-    est = AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, student=student, detector=detector)
+    from .fairness.knn import KnnIndex
+
+    knn_index = KnnIndex.load(knn) if knn is not None else None
+    if from_cache:
+        from .fairness.evaluate import evaluate_prepared_cache
+
+        m = evaluate_prepared_cache(model, config, part, output, tta=tta, occlusion=occ, seed=seed, knn=knn_index,
+                                    embeddings=save_embeddings, bootstrap=bootstrap, progress=not quiet)
+        typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {m['bias_score']:.3f}"
+                   + (f"  (KNN k={m['knn']['k']}, w={m['knn']['w']})" if knn_index else "") + f" -> {output}/metrics.json")
+        return
+    est = AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, student=student, detector=detector,
+                                       backend="torch")
     if root is None and config is None:
         raise AgelensError("evaluate needs --root DIR (with --dataset) or --config with a split")
     if root is not None:
@@ -190,7 +207,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         cache = build_cache(records, tmp / "cache", est.cache_size, aligned=not detect, workers=workers,
                             progress=not quiet)
         torch.set_grad_enabled(False)
-        m = evaluate_estimator(est, cache, output, occlusion=occ, seed=seed, progress=not quiet,
+        m = evaluate_estimator(est, cache, output, occlusion=occ, seed=seed, progress=not quiet, knn=knn_index,
+                               embeddings=save_embeddings, bootstrap=bootstrap,
                                extra={"model": est.name, "student": est.student.name if est.student else None,
                                       "detector": est.detector.name if est.detector else None, "dataset": dataset,
                                       "root": str(root or config), "detect": detect, "bad_rows": len(bad),
@@ -208,7 +226,8 @@ def expand_inputs(paths: list[str]) -> list[str]:
     out: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            out += sorted(str(q) for q in Path(p).rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
+            found = sorted(str(q) for q in Path(p).rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
+            out += found or [p]  # an empty folder (or a folder named like an image) is reported, not skipped
         elif not os.path.exists(p) and any(c in p for c in "*?["):
             hits = sorted(glob.glob(p, recursive=True))
             out += hits if hits else [p]
@@ -220,18 +239,30 @@ def expand_inputs(paths: list[str]) -> list[str]:
 @app.command()
 def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files, folders or globs", show_default=False)] = None,
             model: Annotated[str | None, typer.Option(help="shipped model name, .safetensors, .pt or run folder")] = None,
-            fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | csv")] = "table",
+            fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | jsonl | csv")] = "table",
+            output: Annotated[Path | None, typer.Option("--output", "-o", help="write results here (jsonl/csv: "
+                                                        "streamed, one file at a time, resumable)")] = None,
+            resume: Annotated[bool, typer.Option(help="continue --output: skip files already in it")] = False,
+            workers: Annotated[int, typer.Option(help="processes that decode and detect (0: in this process)")] = 0,
+            batch_size: Annotated[int, typer.Option(help="faces per model batch")] = 32,
             detect: Annotated[bool, typer.Option("--detect/--no-detect", help="--no-detect: inputs are face crops")] = True,
             save_annotated: Annotated[Path | None, typer.Option(help="write images with boxes and ages here")] = None,
             tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face")] = True,
             route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
+            backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
             demo: Annotated[bool, typer.Option(help="run on the bundled astronaut photo")] = False) -> None:
     """Estimate the age of every face in images; exit code 1 when some files failed."""
-    from .imageio import load_image
+    from .serve.batch import CSV_COLUMNS, StreamSink, csv_rows, predict_stream, printable
     from .serve.predictor import AgeEstimator
 
-    if fmt not in ("table", "json", "csv"):
-        raise AgelensError(f"--format must be table, json or csv, got {fmt!r}")
+    if fmt not in ("table", "json", "jsonl", "csv"):
+        raise AgelensError(f"--format must be table, json, jsonl or csv, got {fmt!r}")
+    if workers < 0 or batch_size < 1:
+        raise AgelensError(f"--workers must be >= 0 and --batch-size >= 1, got {workers} and {batch_size}")
+    if output is not None and fmt == "table":
+        raise AgelensError("--output needs --format json, jsonl or csv")
+    if resume and (output is None or fmt not in ("jsonl", "csv")):
+        raise AgelensError("--resume continues a streamed --output file (--format jsonl or csv)")
     files = expand_inputs(list(paths or []))
     if demo:
         from importlib import resources
@@ -239,41 +270,55 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         files.insert(0, str(resources.files("agelens") / "assets" / "astronaut.jpg"))
     if not files:
         raise AgelensError("no input: give image files, folders or globs (or --demo)")
-    est = AgeEstimator.from_pretrained(model, tta_flip=tta, route=route)
-    results = []
-    for f in files:
-        try:
-            rgb = load_image(f)
-            faces = [p.to_dict() for p in est.predict(rgb, detect=detect)]
-            results.append({"file": f, "faces": faces, "error": None})
-            if save_annotated is not None:
-                _annotate(rgb, faces, save_annotated, f, len(results))
-        except AgelensError as e:
-            msg = str(e)
-            results.append({"file": f, "faces": [], "error": msg if f in msg else f"{f}: {msg}"})
-    _emit(results, fmt)
-    failed = sum(r["error"] is not None for r in results)
+    sink = StreamSink(output, fmt, resume) if output is not None and fmt in ("jsonl", "csv") else None
+    todo = [f for f in files if sink is None or printable(f) not in sink.done]
+    if sink is not None and sink.done:
+        _err(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
+    est = AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=_err)
+    if backend != "auto":
+        _err(f"backend: {est.backend}")
+    results, failed = [], 0
+    stream = predict_stream(est, todo, detect, workers, batch_size, keep_rgb=save_annotated is not None)
+    if output is not None:
+        from .progress import track
+
+        stream = track(stream, total=len(todo), description="predicting")
+    writer = None
+    if sink is None and fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(CSV_COLUMNS)
+    try:
+        for k, (r, rgb) in enumerate(stream):
+            failed += r["error"] is not None
+            if sink is not None:
+                sink.write(r)
+            elif fmt == "jsonl":
+                typer.echo(json.dumps(r))
+            elif writer is not None:
+                writer.writerows(csv_rows(r))
+            else:
+                results.append(r)
+            if save_annotated is not None and rgb is not None:
+                _annotate(rgb, r["faces"], save_annotated, r["file"], k + 1)
+    finally:
+        if sink is not None:
+            sink.close()
+    if fmt == "json" and output is not None:
+        from .utils import atomic_write_text
+
+        atomic_write_text(output, json.dumps(results, indent=1))
+    elif fmt in ("json", "table"):
+        _emit(results, fmt)
     if failed:
-        _err(f"{failed} of {len(results)} file(s) failed")
+        _err(f"{failed} of {len(todo)} file(s) failed")
         raise typer.Exit(1)
 
 
 def _emit(results: list[dict], fmt: str) -> None:
     if fmt == "json":
         typer.echo(json.dumps(results, indent=1))
-        return
-    if fmt == "csv":
-        import csv
-
-        w = csv.writer(sys.stdout)
-        w.writerow(["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "occluded", "occlusion_score",
-                    "model", "error"])
-        for r in results:
-            for i, f in enumerate(r["faces"]):
-                w.writerow([r["file"], i, *f["box"], f["age"], *f["interval"], f["occluded"], f["occlusion_score"],
-                            f["model"], ""])
-            if r["error"]:
-                w.writerow([r["file"], "", "", "", "", "", "", "", "", "", "", "", r["error"]])
         return
     from rich.console import Console
     from rich.table import Table
@@ -326,6 +371,126 @@ def export_weights_cmd(run: Annotated[Path, typer.Argument(help="run folder (bes
         card["threshold"] = float((card["test_metrics"] or {}).get("threshold", 0.5))
     p = export_weights(model, cfg, output or weights_dir(), name, card)
     typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def serve(host: Annotated[str, typer.Option(help="address to bind (default: loopback only)")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+          model: Annotated[str | None, typer.Option(help="shipped model name, .safetensors, .pt or run folder")] = None,
+          route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
+          max_upload_mb: Annotated[float, typer.Option(help="largest request body in MB (413 above)")] = 10.0,
+          max_pixels: Annotated[int, typer.Option(help="largest image in pixels, checked before decoding (413 above)")] = 40_000_000,
+          log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info") -> None:
+    """HTTP service: POST /v1/predict (multipart `file` or JSON base64), GET /healthz, demo page at GET /."""
+    try:
+        import uvicorn
+
+        from .serve.app import create_app
+    except ImportError as e:
+        raise AgelensError(f"serve needs fastapi, uvicorn and python-multipart (agelens dependencies; "
+                           f"{e.name} is missing): reinstall agelens") from None
+    from .serve.predictor import AgeEstimator
+
+    if not 0 < port < 65536:
+        raise AgelensError(f"--port must be in 1..65535, got {port}")
+    if max_upload_mb <= 0 or max_pixels < 4:
+        raise AgelensError("--max-upload-mb and --max-pixels must be positive")
+    est = AgeEstimator.from_pretrained(model, route=route)
+    web = create_app(est, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _err(f"warning: binding {host}: the service has no authentication; put it behind a proxy you control")
+    uvicorn.run(web, host=host, port=port, log_level=log_level, workers=1)
+
+
+@app.command()
+def curate(config: Annotated[Path | None, typer.Option("--config", "-c", help="curate YAML (sources:, output:, ...)")] = None,
+           source: Annotated[list[str] | None, typer.Option(help="DATASET=ROOT[,groups_csv=F][,csv_path=F][,name=N]"
+                                                                 "[,duplicate_groups=true] (repeatable)")] = None,
+           output: Annotated[Path | None, typer.Option("--output", "-o", help="manifest CSV")] = None,
+           conflicts: Annotated[str | None, typer.Option(help="duplicate groups with conflicting labels: drop | median | first")] = None,
+           near_dup: Annotated[int | None, typer.Option(help="max Hamming distance of 256-bit dHashes (-1: exact only)")] = None,
+           age_tolerance: Annotated[float | None, typer.Option(help="age spread within a duplicate group still consistent")] = None,
+           drop_outliers: Annotated[bool | None, typer.Option("--drop-outliers/--keep-outliers", help="remove flagged outliers")] = None,
+           report: Annotated[Path | None, typer.Option(help="JSON report (default: OUTPUT.report.json)")] = None,
+           workers: Annotated[int | None, typer.Option(help="processes for image hashing")] = None) -> None:
+    """Merge dataset adapters into one manifest CSV, resolve duplicate groups, flag outliers, count demographics."""
+    from .fairness.curate import curate as run_curate
+    from .fairness.curate import format_counts, load_curate_config, parse_source
+
+    cfg = load_curate_config(config, sources=[parse_source(s) for s in source or []],
+                             output=str(output) if output else None, conflicts=conflicts, near_dup=near_dup,
+                             age_tolerance=age_tolerance, drop_outliers=drop_outliers,
+                             report=str(report) if report else None, workers=workers)
+    r = run_curate(cfg, log=typer.echo)
+    typer.echo(format_counts(r["counts_before"], r["counts_after"]))
+    typer.echo(f"{r['records_in']} → {r['records_out']} records; {r['duplicate_groups']} duplicate groups, "
+               f"{r['conflicting_groups']} with conflicting labels ({cfg.conflicts}); {len(r['outliers'])} outliers flagged; "
+               f"{len(r['unreadable'])} unreadable -> {cfg.output}, {r['report']}")
+
+
+@app.command()
+def index(model: Annotated[str, typer.Argument(help="run folder, .pt checkpoint, .safetensors or shipped name")],
+          output: Annotated[Path, typer.Option("--output", "-o", help="index file (.npz)")],
+          config: ConfigOpt = None, overrides: Overrides = None,
+          criterion: Annotated[str, typer.Option(help="tune k, w for validation mae | cmae")] = "mae",
+          quiet: bool = False) -> None:
+    """Build the KNN-refinement index (faiss) of a model's training embeddings; k, w tuned on validation."""
+    from .fairness.evaluate import build_index_file
+
+    idx = build_index_file(model, output, config, overrides, criterion, progress=not quiet, log=typer.echo)
+    typer.echo(f"wrote {output}: {idx.index.ntotal} faces, k={idx.k}, w={idx.w}, val MAE "
+               f"{idx.meta['val_mae_before']:.3f} → {idx.meta['val_mae_after']:.3f}")
+
+
+@app.command()
+def report(path: Annotated[Path, typer.Argument(help="run folder (uses test/) or `agelens evaluate` output folder")],
+           output: Annotated[Path | None, typer.Option("--output", "-o", help="folder for report.html (default: PATH/report)")] = None,
+           samples: Annotated[int, typer.Option(help="faces with Grad-CAM / region heatmaps")] = 6) -> None:
+    """Fairness report: self-contained HTML with error-by-age, per-group CIs, confusion, t-SNE, Grad-CAM, regions."""
+    from .fairness.report import build_report
+
+    build_report(path, output, samples, log=typer.echo)
+
+
+@app.command()
+def cv(config: ConfigOpt = None, overrides: Overrides = None,
+       folds: Annotated[int, typer.Option(help="number of group-safe folds")] = 5,
+       quiet: Annotated[bool, typer.Option(help="no progress output")] = False) -> None:
+    """k-fold cross-validation (resumable): trains and tests every fold, mean ± std of MAE, CMAE, bias."""
+    from .fairness.cv import cv_dir, format_cv, run_cv
+
+    cfg = _load(config, overrides)
+    summary = run_cv(cfg, folds, progress=not quiet, log=typer.echo if not quiet else (lambda *_: None))
+    typer.echo(format_cv(summary))
+    typer.echo(f"-> {cv_dir(cfg, folds) / 'cv.json'}")
+
+
+@export_app.command("onnx")
+def export_onnx_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="folder for the .onnx files")],
+                    teacher: Annotated[str, typer.Option(help="teacher: shipped name, .safetensors, .pt, run")] = "teacher",
+                    student: Annotated[str | None, typer.Option(help="student (default: shipped)")] = None,
+                    detector: Annotated[str | None, typer.Option(help="occlusion detector (default: shipped)")] = None,
+                    int8: Annotated[str | None, typer.Option(help="static (QDQ, calibrated; the default with "
+                                                             "--calibration) | dynamic | none (the default without)")] = None,
+                    calibration: Annotated[Path | None, typer.Option(help="prepared face cache for static int8, "
+                                                                     "e.g. cache/utkface/val")] = None,
+                    n_calib: Annotated[int, typer.Option(help="calibration faces (the percentile calibrator keeps "
+                                                         "their activations in memory: about 60 MB a face)")] = 64) -> None:
+    """ONNX graphs (dynamic batch; preprocessing, flip-TTA and decoding inside) + int8 copies + manifest.json."""
+    from .export.onnx import export_all
+    from .models.weights import shipped_models
+
+    shipped = shipped_models()
+    models = {"teacher": teacher}
+    for role, given in (("student", student), ("occlusion", detector)):
+        if given or role in shipped:
+            models[role] = given or role
+    if calibration is not None and not calibration.is_dir():
+        raise AgelensError(f"--calibration {calibration}: not a prepared face cache folder")
+    if n_calib < 1:
+        raise AgelensError(f"--n-calib must be >= 1, got {n_calib}")
+    export_all(output, models, int8 or ("static" if calibration else "none"), calibration, n_calib, log=typer.echo)
+    typer.echo(f"wrote {output}/manifest.json; use: AgeEstimator.from_pretrained(backend='onnx', onnx_dir='{output}')")
 
 
 def main() -> None:

@@ -50,6 +50,7 @@ class ModelConfig:
     mwr_window: int = 10
     mwr_iterations: int = 3
     align: str = "none"  # none | residual | concat: feature alignment after each stage (the occlusion student)
+    region_attention: bool = False  # face-region attention on the last feature map (fairness recipe; identity at init)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-4
     head_lr: float | None = None  # defaults to lr
+    region_lr: float | None = None  # region-attention weights (model.region_attention); defaults to 10 × head_lr
     weight_decay: float = 0.0
     optimizer: str = "adam"  # adam | adamw | sgd
     scheduler: str = "plateau"  # plateau | cosine | none
@@ -77,6 +79,10 @@ class TrainConfig:
     log_every: int = 50
     threads: int = 0  # >0: torch.set_num_threads
     task: str = "age"  # age | occlusion (binary occluded-face detector; needs model.head=binary, occlusion.enabled)
+    sampler: str = "default"  # default (shuffle) | balanced (demographic-aware draw per epoch, fairness.sampling)
+    balance_by: list[str] = field(default_factory=lambda: ["age_bin"])  # keys from age_bin, age, gender, race
+    balance_power: float = 1.0  # draw probability ∝ group_count^-power (1: equal mass per group, 0: uniform)
+    tail_augment: float = 0.0  # strong-augmentation probability for the rarest balance_by group (0: off)
 
 
 def _paper_mix() -> dict[str, float]:
@@ -107,6 +113,29 @@ class DistillConfig:
     finetune: bool = True  # then global fine-tuning with age labels on occluded faces (the train section)
 
 
+GROUP_KEYS = ("age_bin", "age", "gender", "race")
+
+
+@dataclass
+class FairnessConfig:
+    """Fairness-aware losses (docs/fairness.md): L = L_head + lambda_cb·L_head(w) + gamma_knn·L_knn.
+
+    w are per-sample weights from class-balanced effective numbers (cb_beta > 0) and/or label-distribution
+    smoothing (lds), computed on the distribution the sampler actually draws; both off by default."""
+
+    cb_beta: float = 0.0  # Cui et al. 2019 effective-number weighting; 0 = off, e.g. 0.999
+    cb_by: list[str] = field(default_factory=lambda: ["age_bin"])  # what a "class" is (keys as train.balance_by)
+    lds: bool = False  # Yang et al. 2021 label-distribution smoothing of the age density
+    lds_sigma: float = 2.0  # Gaussian kernel sigma in years
+    lds_kernel: int = 5  # kernel window in years (odd; Yang et al.'s ks)
+    lds_mode: str = "inverse_sqrt"  # inverse_sqrt | inverse
+    max_weight: float = 10.0  # clip per-sample weights (after normalising to mean 1) to this
+    lambda_cb: float = 1.0  # weight of the re-weighted loss term (used when cb_beta > 0 or lds)
+    gamma_knn: float = 0.0  # weight of the KNN-adjustment loss (0 = off)
+    knn_k: int = 10  # neighbours in the KNN-adjustment loss
+    knn_bank: int = 2048  # memory bank of recent (embedding, age) pairs searched with the batch
+
+
 @dataclass
 class RunConfig:
     """One run: name and output folder plus the three sections."""
@@ -118,6 +147,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    fairness: FairnessConfig = field(default_factory=FairnessConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -125,7 +155,7 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise ConfigError naming the first bad value."""
-        d, m, t = self.data, self.model, self.train
+        d, m, t, f = self.data, self.model, self.train, self.fairness
         checks = [
             (0 <= d.val_frac < 1 and 0 <= d.test_frac < 1 and d.val_frac + d.test_frac < 1,
              f"data.val_frac + data.test_frac must be in [0, 1), got {d.val_frac} + {d.test_frac}"),
@@ -141,6 +171,7 @@ class RunConfig:
             (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
             (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
             (t.head_lr is None or t.head_lr > 0, f"train.head_lr must be > 0, got {t.head_lr}"),
+            (t.region_lr is None or t.region_lr > 0, f"train.region_lr must be > 0, got {t.region_lr}"),
             (t.optimizer in ("adam", "adamw", "sgd"), f"train.optimizer must be adam|adamw|sgd, got {t.optimizer!r}"),
             (t.scheduler in ("plateau", "cosine", "none"), f"train.scheduler must be plateau|cosine|none, got {t.scheduler!r}"),
             (t.device in ("auto", "cpu", "cuda"), f"train.device must be auto|cpu|cuda, got {t.device!r}"),
@@ -159,6 +190,22 @@ class RunConfig:
              f"distill.stage_lrs must be 4 positive numbers (stages 1..4), got {self.distill.stage_lrs!r}"),
             (self.distill.stage_epochs >= 0, f"distill.stage_epochs must be >= 0, got {self.distill.stage_epochs}"),
             (isinstance(self.occlusion.mix, dict), f"occlusion.mix must be a mapping type: probability, got {self.occlusion.mix!r}"),
+            (t.sampler in ("default", "balanced"), f"train.sampler must be default|balanced, got {t.sampler!r}"),
+            (_keys_ok(t.balance_by), f"train.balance_by must be a non-empty list from {', '.join(GROUP_KEYS)}, got {t.balance_by!r}"),
+            (t.balance_power >= 0, f"train.balance_power must be >= 0, got {t.balance_power}"),
+            (0 <= t.tail_augment <= 1, f"train.tail_augment must be in [0, 1], got {t.tail_augment}"),
+            (0 <= f.cb_beta < 1, f"fairness.cb_beta must be in [0, 1), got {f.cb_beta}"),
+            (_keys_ok(f.cb_by), f"fairness.cb_by must be a non-empty list from {', '.join(GROUP_KEYS)}, got {f.cb_by!r}"),
+            (f.lds_sigma > 0, f"fairness.lds_sigma must be > 0, got {f.lds_sigma}"),
+            (f.lds_kernel >= 1 and f.lds_kernel % 2 == 1, f"fairness.lds_kernel must be an odd window >= 1, got {f.lds_kernel}"),
+            (f.lds_mode in ("inverse_sqrt", "inverse"), f"fairness.lds_mode must be inverse_sqrt|inverse, got {f.lds_mode!r}"),
+            (f.max_weight >= 1, f"fairness.max_weight must be >= 1, got {f.max_weight}"),
+            (f.lambda_cb >= 0, f"fairness.lambda_cb must be >= 0, got {f.lambda_cb}"),
+            (f.gamma_knn >= 0, f"fairness.gamma_knn must be >= 0, got {f.gamma_knn}"),
+            (f.knn_k >= 1, f"fairness.knn_k must be >= 1, got {f.knn_k}"),
+            (f.knn_bank >= 0, f"fairness.knn_bank must be >= 0, got {f.knn_bank}"),
+            (t.task == "age" or not (f.cb_beta or f.lds or f.gamma_knn or t.sampler != "default"),
+             "fairness options (fairness.*, train.sampler=balanced) need train.task=age"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -178,6 +225,10 @@ class RunConfig:
         return self
 
 
+def _keys_ok(keys: Any) -> bool:
+    return isinstance(keys, list) and len(keys) > 0 and all(k in GROUP_KEYS for k in keys) and len(set(keys)) == len(keys)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML/CLI value to the annotated field type, or raise ConfigError."""
     origin = typing.get_origin(tp)
@@ -195,6 +246,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list and typing.get_args(tp) == (str,) and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]  # `train.balance_by=age_bin,gender`
     if tp is bool:
         if isinstance(value, bool):
             return value

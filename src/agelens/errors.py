@@ -23,3 +23,7 @@ class NoFaceError(AgelensError):
 
 class CheckpointError(AgelensError):
     """A checkpoint is missing, corrupt or incompatible."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image's dimensions exceed the pixel limit (decompression-bomb guard)."""

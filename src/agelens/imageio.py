@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, ImageTooLargeError
 
 MAX_PIXELS = 60_000_000  # decompression-bomb guard (e.g. 20000×20000 is refused)
 
@@ -29,6 +29,12 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array (first frame of animations)."""
+    return decode_image_bytes(data, MAX_PIXELS, name)
+
+
+def decode_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "<bytes>") -> np.ndarray:
+    """Decode in memory to RGB uint8 (EXIF orientation honoured). The header's dimensions are checked against
+    max_pixels before any pixel is decoded: ImageTooLargeError when over it, ImageError for anything unusable."""
     if not data:
         raise ImageError(f"{name}: empty file")
     try:
@@ -36,8 +42,8 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise ImageError(f"{name}: image is {w}x{h}, over the {MAX_PIXELS:,}-pixel limit")
+                if w * h > max_pixels:
+                    raise ImageTooLargeError(f"{name}: image is {w}x{h}, over the {max_pixels:,}-pixel limit")
                 if w < 2 or h < 2:
                     raise ImageError(f"{name}: image is {w}x{h}, too small to hold a face")
                 im.seek(0)
@@ -48,7 +54,7 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a recognised image format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name}: image dimensions exceed the pixel limit (decompression-bomb guard)") from None
+        raise ImageTooLargeError(f"{name}: image dimensions exceed the pixel limit (decompression-bomb guard)") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 

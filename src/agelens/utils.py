@@ -33,7 +33,8 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda t: Path(t).write_text(text))
+    """UTF-8; file names that are not UTF-8 (surrogate-escaped) are written back as their original bytes."""
+    atomic_write(path, lambda t: Path(t).write_text(text, encoding="utf-8", errors="surrogateescape"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -59,6 +60,17 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
+
+
+def crc32_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """CRC-32 of a file as 8 hex digits (≈1 GB/s: cheap enough to verify multi-GB caches on every load)."""
+    import zlib
+
+    crc = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

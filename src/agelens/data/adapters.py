@@ -84,9 +84,11 @@ def _norm_gender(g: str | None) -> str | None:
 
 def _csv_rows(p: Path, required: set[str], what: str) -> list[dict[str, str]]:
     """Rows of a CSV after checking its required columns (DataError naming the file and the missing ones)."""
-    with p.open(newline="", encoding="utf-8", errors="replace") as f:
+    with p.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
+        if reader.fieldnames is None:
+            raise DataError(f"{p}: {what} is empty (no header row; need columns {sorted(required)})")
+        cols = set(reader.fieldnames)
         if not required <= cols:
             raise DataError(f"{p}: {what} missing required column(s) {sorted(required - cols)}; have {sorted(cols)}")
         return list(reader)

@@ -18,6 +18,7 @@ from ..errors import DataError, ImageError, NoFaceError
 from ..faces.align import align_face, keypoints_from_mesh, transform_points
 from ..faces.detect import Face, FaceAnalyzer
 from ..imageio import load_image
+from ..utils import crc32_file
 from .adapters import FaceRecord
 
 N_LANDMARKS = 478
@@ -81,14 +82,18 @@ def _work(args: tuple[_Job, int, bool]) -> tuple[int, np.ndarray | None, np.ndar
 def cache_signature(records: list[FaceRecord], size: int, aligned: bool) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{aligned}".encode())
     for r in records:
-        h.update(f"{r.path}|{r.age}|{r.gender}|{r.race}|{r.group}\n".encode())
+        h.update(f"{r.path}|{r.age}|{r.gender}|{r.race}|{r.group}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 
 
-class FaceCache:
-    """A read-only, memory-mapped store of aligned crops, landmarks and labels."""
+CHECKED_FILES = ("images.npy", "landmarks.npy")
 
-    def __init__(self, path: str | Path) -> None:
+
+class FaceCache:
+    """A read-only, memory-mapped store of aligned crops, landmarks and labels. The arrays' CRC-32s (in
+    meta.json) are verified on load; caches written before checksums existed load unverified."""
+
+    def __init__(self, path: str | Path, verify: bool = True) -> None:
         self.path = Path(path)
         meta_p = self.path / "meta.json"
         if not meta_p.is_file():
@@ -99,6 +104,12 @@ class FaceCache:
             self.landmarks = np.load(self.path / "landmarks.npy", mmap_mode="r")
         except (OSError, ValueError, json.JSONDecodeError) as e:
             raise DataError(f"face cache {self.path} is corrupt: {e}") from None
+        if verify:
+            for name, expected in self.meta.get("checksums", {}).items():
+                got = crc32_file(self.path / name)
+                if got != expected:
+                    raise DataError(f"face cache {self.path} is corrupt: {name} checksum mismatch (crc32 {got}, "
+                                    f"meta.json says {expected}); rebuild it with `agelens prepare --force`")
         self.records = [FaceRecord(**r) for r in self.meta["records"]]
         n = len(self.records)
         if self.images.shape != (n, self.meta["size"], self.meta["size"], 3) or self.landmarks.shape != (n, N_LANDMARKS, 2):
@@ -179,7 +190,8 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
             lms.flush()
             del imgs, lms
         meta = {"version": CACHE_VERSION, "signature": sig, "size": size, "aligned": aligned,
-                "records": [asdict(records[i]) for i in keep], "failed": failed, "no_landmarks": no_landmarks}
+                "records": [asdict(records[i]) for i in keep], "failed": failed, "no_landmarks": no_landmarks,
+                "checksums": {name: crc32_file(tmp / name) for name in CHECKED_FILES}}
         (tmp / "meta.json").write_text(json.dumps(meta))
         if out.exists():
             shutil.rmtree(out)
@@ -188,3 +200,64 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return FaceCache(out)
+
+
+class _Rows:
+    """Read-only row access into several memory-mapped arrays: rows[i] → source[k][row]."""
+
+    def __init__(self, arrays: list[np.ndarray], picks: list[tuple[int, int]]) -> None:
+        self.arrays, self.picks = arrays, picks
+        tail = arrays[0].shape[1:] if arrays else ()
+        self.shape = (len(picks), *tail)
+
+    def __len__(self) -> int:
+        return len(self.picks)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        k, row = self.picks[int(i)]
+        return self.arrays[k][row]
+
+
+class CacheSubset:
+    """A FaceCache-like view of chosen rows of prepared caches (k-fold parts without re-running detection)."""
+
+    def __init__(self, caches: list[FaceCache], picks: list[tuple[int, int]], path: str | Path,
+                 failed: list[dict[str, str]] | None = None) -> None:
+        sizes = {c.size for c in caches}
+        if len(sizes) > 1:
+            raise DataError(f"cannot combine caches of different sizes {sorted(sizes)}")
+        self.path = Path(path)
+        self.records = [caches[k].records[row] for k, row in picks]
+        self.images = _Rows([c.images for c in caches], picks)
+        self.landmarks = _Rows([c.landmarks for c in caches], picks)
+        self.ages = np.array([r.age for r in self.records], np.float32)
+        self.meta = {"size": caches[0].size if caches else 0, "records": [asdict(r) for r in self.records],
+                     "failed": failed or [], "subset_of": [str(c.path) for c in caches]}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["size"])
+
+    @property
+    def failed(self) -> list[dict[str, str]]:
+        return self.meta["failed"]
+
+
+def subset_cache(records: list[FaceRecord], donors: list[FaceCache], path: str | Path) -> CacheSubset:
+    """The cached rows of `records` (matched by path) from donor caches; records the donors failed on are listed as
+    failed; a record no donor knows raises DataError (run `agelens prepare` for that dataset first)."""
+    where = {r.path: (k, row) for k, c in enumerate(donors) for row, r in enumerate(c.records)}
+    failed_in = {f["path"]: f for c in donors for f in c.failed}
+    picks, failed = [], []
+    for r in records:
+        if r.path in where:
+            picks.append(where[r.path])
+        elif r.path in failed_in:
+            failed.append(failed_in[r.path])
+        else:
+            raise DataError(f"{r.path} is in none of the prepared caches {[str(c.path) for c in donors]}; "
+                            f"run `agelens prepare` with this dataset first")
+    return CacheSubset(donors, picks, path, failed)

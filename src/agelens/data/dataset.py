@@ -1,5 +1,6 @@
 """Torch Dataset over a FaceCache: random crop + flip for training, centre crop for evaluation; no JPEG decode.
-Optionally draws a synthetic occluder (from the cached landmarks) before cropping."""
+Optionally draws a synthetic occluder (from the cached landmarks) before cropping, applies stronger augmentation
+to rare-group faces (fairness tail augmentation) and returns face-region masks for region attention."""
 
 from __future__ import annotations
 
@@ -11,19 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .cache import FaceCache
-
-
-def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size:
-        return np.ascontiguousarray(img)
-    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)
-
-
-def centre_crop(img: np.ndarray, crop: int, size: int) -> np.ndarray:
-    """The evaluation view of an aligned face: centre crop×crop, resized to size×size."""
-    o = (img.shape[0] - crop) // 2
-    return resize_square(img[o:o + crop, o:o + crop], size)
+from .views import centre_crop, resize_square  # noqa: F401  (re-exported)
 
 
 def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -44,22 +33,40 @@ def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def strong_augment(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Tail augmentation for faces of rare groups: rotation ±15°, brightness and contrast ±30 %.
+    Returns the image and the 2×3 matrix applied (for the landmarks)."""
+    s = img.shape[0]
+    m = cv2.getRotationMatrix2D((s / 2, s / 2), float(rng.uniform(-15, 15)), 1.0)
+    out = cv2.warpAffine(np.ascontiguousarray(img), m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    x = out.astype(np.float32)
+    mu = x.mean()
+    x = (x - mu) * rng.uniform(0.7, 1.3) + mu
+    return np.clip(x * rng.uniform(0.7, 1.3), 0, 255).astype(np.uint8), m.astype(np.float32)
+
+
 class CachedFaceDataset(Dataset):
     """Yields (uint8 HWC image tensor, target, index); target is the age, or 1/0 occluded/clean with
     target="occluded". With pair=True it yields (clean, occluded, age, index) under the same crop and flip.
 
     occlusion: an OcclusionMix; training draws a fresh occluder per epoch, evaluation a fixed one per image (seeded by
     the index), so every model sees the same occluded test set. Faces without landmarks stay clean.
+    strong_p: per cache record, the probability of strong augmentation in training (fairness tail augmentation).
+    regions=True appends (R, REGION_RES, REGION_RES) face-region masks of the view (not with pair=True).
     """
 
     def __init__(self, cache: FaceCache, train: bool, crop_size: int, input_size: int, seed: int = 0,
                  indices: np.ndarray | None = None, scale_jitter: float = 0.08, occlusion=None,
-                 target: str = "age", pair: bool = False, degrade: bool = False) -> None:
+                 target: str = "age", pair: bool = False, degrade: bool = False, strong_p: np.ndarray | None = None,
+                 regions: bool = False) -> None:
         self.cache, self.train = cache, train
         self.crop, self.size = min(crop_size, cache.size), input_size
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
         self.seed, self.epoch, self.scale_jitter = seed, 0, scale_jitter
         self.occlusion, self.target, self.pair, self.degrade = occlusion, target, pair, degrade
+        self.strong_p, self.regions = strong_p, regions
+        if regions and pair:
+            raise ValueError("regions=True is not supported with pair=True")
         if target not in ("age", "occluded"):
             raise ValueError(f"target must be age|occluded, got {target!r}")
 
@@ -98,20 +105,41 @@ class CachedFaceDataset(Dataset):
         return (img, kind, alpha) if with_alpha else (img, kind)
 
     def _view(self, img: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        return self._view_geom(img, rng)[0]
+
+    def _view_geom(self, img: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, tuple]:
+        """The view and its geometry (x0, y0, crop side, flipped) in pixels of the cached image."""
         s = img.shape[0]
         if rng is None:
-            return centre_crop(img, self.crop, self.size)
+            o = (s - self.crop) // 2
+            return centre_crop(img, self.crop, self.size), (o, o, self.crop, False)
         c = int(round(self.crop * (1 + rng.uniform(-self.scale_jitter, self.scale_jitter))))
         c = min(max(16, c), s)
         y0, x0 = rng.integers(0, s - c + 1, size=2)
         out = img[y0:y0 + c, x0:x0 + c]
-        if rng.random() < 0.5:
+        flip = bool(rng.random() < 0.5)
+        if flip:
             out = out[:, ::-1]
-        return resize_square(out, self.size)
+        return resize_square(out, self.size), (int(x0), int(y0), c, flip)
+
+    def _masks(self, i: int, geom: tuple, warp: np.ndarray | None) -> torch.Tensor:
+        from ..models.regions import landmarks_or_mean, region_masks, view_landmarks
+
+        s = self.cache.size
+        lm = landmarks_or_mean(self.cache.landmarks[i], s)
+        if warp is not None:
+            lm = lm @ warp[:, :2].T + warp[:, 2]
+        x0, y0, c, flip = geom
+        return torch.from_numpy(region_masks(view_landmarks(lm, s, x0, y0, c, flip)))
 
     def __getitem__(self, k: int):
         i = int(self.indices[k])
         shown, kind = self.occluded_view(i)
+        warp = None
+        if self.train and self.strong_p is not None and self.strong_p[i] > 0:
+            rng = np.random.default_rng((self.seed, self.epoch, i, 11))
+            if rng.random() < self.strong_p[i]:
+                shown, warp = strong_augment(shown, rng)
         state = self._rng(i).bit_generator.state if self.train else None
 
         def view(img):
@@ -125,4 +153,11 @@ class CachedFaceDataset(Dataset):
         if self.pair:
             return view(np.asarray(self.cache.images[i])), view(shown), age, i
         target = torch.tensor(float(kind is not None)) if self.target == "occluded" else age
+        if self.regions:
+            rng = None
+            if state is not None:
+                rng = np.random.default_rng()
+                rng.bit_generator.state = state
+            img, geom = self._view_geom(shown, rng)
+            return torch.from_numpy(img), target, i, self._masks(i, geom, warp)
         return view(shown), target, i

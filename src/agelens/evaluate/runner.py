@@ -1,4 +1,5 @@
-"""Evaluate an AgeModel on a FaceCache: predictions.csv + metrics.json, written atomically."""
+"""Evaluate an AgeModel on a FaceCache: predictions.csv + metrics.json (+ bootstrap intervals, fairlearn group
+report, optional KNN refinement and embeddings.npz), written atomically."""
 
 from __future__ import annotations
 
@@ -12,58 +13,126 @@ from ..config import RunConfig
 from ..data.cache import FaceCache
 from ..models import AgeModel
 from ..train.numerics import Numerics
-from ..utils import atomic_write_json, atomic_write_text
-from .metrics import compute_metrics
+from ..utils import atomic_write, atomic_write_json, atomic_write_text
+from .metrics import bootstrap_ci, compute_metrics, group_report
+
+BOOTSTRAP = 1000  # resamples for the 95 % intervals in every metrics.json
+
+
+def add_fairness(metrics: dict, pred: np.ndarray, true: np.ndarray, genders: list, races: list,
+                 bootstrap: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """metrics["ci95"] (seeded bootstrap intervals) and metrics["groups"] (fairlearn MetricFrame report)."""
+    if bootstrap > 0:
+        metrics["ci95"] = bootstrap_ci(pred, true, genders, races, n_boot=bootstrap, seed=seed)
+    metrics["groups"] = group_report(pred, true, genders, races)
+    return metrics
+
+
+def save_embeddings(path: str | Path, emb: np.ndarray, true: np.ndarray, pred: np.ndarray, recs: list) -> None:
+    """embeddings.npz: embedding (fp16), age, pred, gender, race, path; for the t-SNE of `agelens report`."""
+    arrays = {"embedding": np.asarray(emb, np.float16), "age": np.asarray(true, np.float32),
+              "pred": np.asarray(pred, np.float32), "gender": np.array([r.gender or "" for r in recs]),
+              "race": np.array([r.race or "" for r in recs]), "path": np.array([r.path for r in recs])}
+
+    def write(tmp: str) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        Path(tmp).write_bytes(buf.getvalue())
+
+    atomic_write(path, write)
+
+
+def apply_knn(knn, fingerprint: str, pred: np.ndarray, emb: np.ndarray, what: str) -> tuple[np.ndarray, dict]:
+    """KNN-refined predictions and the metrics entry describing the index (after checking it fits the model)."""
+    knn.check(fingerprint, what)
+    info = {"index": knn.meta.get("path"), "k": knn.k, "w": knn.w, "n_index": int(knn.index.ntotal)}
+    return knn.refine(pred, emb), info
 
 
 def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics, out_dir: str | Path | None,
                    tta_flip: bool = True, progress: bool = True, extra: dict | None = None, occlusion=None,
-                   seed: int = 0) -> dict:
-    """`occlusion` (an OcclusionMix) evaluates on seeded occluded copies: the same copies for every model."""
+                   seed: int = 0, knn=None, embeddings: bool = False, bootstrap: int = BOOTSTRAP) -> dict:
+    """`occlusion` (an OcclusionMix) evaluates on seeded occluded copies: the same copies for every model.
+    `knn` (a fairness.knn.KnnIndex built for this model) refines the predictions; embeddings=True also writes
+    OUT/embeddings.npz; bootstrap > 0 adds seeded 95 % intervals (metrics["ci95"])."""
     from ..train.engine import predict_cache
 
     idx = np.arange(min(len(cache), cfg.data.max_eval or len(cache)))
-    pred, spread, _ = predict_cache(model, cache, cfg, numerics, tta_flip=tta_flip, indices=idx, progress=progress,
-                                    occlusion=occlusion, seed=seed)
+    pred, spread, emb = predict_cache(model, cache, cfg, numerics, tta_flip=tta_flip, indices=idx, progress=progress,
+                                      occlusion=occlusion, seed=seed)
+    raw = pred
+    knn_info = None
+    if knn is not None:
+        from ..fairness.knn import model_fingerprint
+
+        pred, knn_info = apply_knn(knn, model_fingerprint(model, cfg.data.crop_size, cfg.data.input_size), pred, emb,
+                                   "the evaluated model")
     recs = [cache.records[i] for i in idx]
     true = cache.ages[idx]
-    metrics = compute_metrics(pred, true, [r.gender for r in recs], [r.race for r in recs])
+    genders, races = [r.gender for r in recs], [r.race for r in recs]
+    metrics = compute_metrics(pred, true, genders, races)
+    add_fairness(metrics, pred, true, genders, races, bootstrap)
     metrics["failed"] = len(cache.failed)
+    if knn_info is not None:
+        metrics["knn"] = knn_info
     metrics.update(extra or {})
     if out_dir is not None:
         out = Path(out_dir)
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["path", "age", "pred", "spread", "abs_error", "gender", "race"])
-        for r, p, s in zip(recs, pred, spread):
-            w.writerow([r.path, r.age, f"{p:.3f}", f"{s:.3f}", f"{abs(p - r.age):.3f}", r.gender or "", r.race or ""])
+        w.writerow(["path", "age", "pred", "spread", "abs_error", "gender", "race"] + (["pred_before_knn"] if knn else []))
+        for r, p, s, p0 in zip(recs, pred, spread, raw):
+            w.writerow([r.path, r.age, f"{p:.3f}", f"{s:.3f}", f"{abs(p - r.age):.3f}", r.gender or "", r.race or ""]
+                       + ([f"{p0:.3f}"] if knn else []))
         for f in cache.failed:
-            w.writerow([f["path"], "", "", "", "", "", f"failed: {f['reason']}"])
+            w.writerow([f["path"], "", "", "", "", "", f"failed: {f['reason']}"] + ([""] if knn else []))
         atomic_write_text(out / "predictions.csv", buf.getvalue())
+        if embeddings:
+            save_embeddings(out / "embeddings.npz", emb, true, pred, recs)
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 
+def teacher_embeddings(est, crops: np.ndarray) -> np.ndarray:
+    """Embeddings of aligned crops under the estimator's teacher (its crop, flip TTA; mean-face region masks)."""
+    import torch
+
+    from ..data.dataset import centre_crop
+    from ..train.batch import to_input
+
+    t = est.teacher
+    views = torch.from_numpy(np.stack([centre_crop(c, t.crop_size, t.input_size) for c in crops]))
+    x = to_input(views, *t.model.mean_std, est.device, est.numerics.channels_last)
+    with torch.no_grad(), est.numerics.autocast():
+        return t.model.predict(x, est.tta_flip)[2].float().cpu().numpy()
+
+
 def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlusion=None, seed: int = 0,
                        batch_size: int = 64, progress: bool = True, extra: dict | None = None,
-                       inpaint: bool = False, max_eval: int = 0) -> dict:
+                       inpaint: bool = False, max_eval: int = 0, knn=None, embeddings: bool = False,
+                       bootstrap: int = BOOTSTRAP) -> dict:
     """Evaluate a (routed) AgeEstimator on a cache, optionally on seeded occluded copies (`occlusion`, an
     OcclusionMix whose clean_fraction sets the clean share, e.g. 0.5 for the paper's 50 % protocol).
     Adds per-occlusion-type MAE, the routing shares and the detector's accuracy against the drawn truth.
     inpaint=True fills each drawn occluder (its true mask, dilated) with OpenCV Telea inpainting first: the
-    inpainting baseline of paper 1. max_eval > 0: only the first max_eval faces."""
+    inpainting baseline of paper 1. max_eval > 0: only the first max_eval faces.
+    knn: a KnnIndex built for the teacher, applied to the faces the teacher answered; embeddings=True writes the
+    teacher's embeddings to OUT/embeddings.npz (both need one extra teacher pass)."""
     from ..data.dataset import CachedFaceDataset
     from ..progress import track
 
     ds = CachedFaceDataset(cache, False, 16, 16, occlusion=occlusion, seed=seed)
     n = min(len(cache), max_eval or len(cache))
-    ages, spreads, scores, occluded, models, kinds = [], [], [], [], [], []
+    ages, spreads, scores, occluded, models, kinds, embs = [], [], [], [], [], [], []
     for start in track(range(0, n, batch_size), total=(n + batch_size - 1) // batch_size, description="evaluating",
                        enabled=progress):
         views = [ds.occluded_view(i, with_alpha=True) for i in range(start, min(n, start + batch_size))]
         if inpaint:
             views = [(_inpaint(img, alpha), kind, alpha) for img, kind, alpha in views]
-        r = est.analyse_crops(np.stack([v[0] for v in views]))
+        crops = np.stack([v[0] for v in views])
+        r = est.analyse_crops(crops)
+        if knn is not None or embeddings:
+            embs.append(teacher_embeddings(est, crops))
         ages.append(r["age"])
         spreads.append(r["spread"])
         scores.append(r["occlusion_score"])
@@ -74,7 +143,21 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     score, occ = np.concatenate(scores), np.concatenate(occluded)
     recs = cache.records[:n]
     true = cache.ages[:n]
-    metrics = compute_metrics(pred, true, [r.gender for r in recs], [r.race for r in recs])
+    raw, knn_info = pred, None
+    if knn is not None:
+        from ..fairness.knn import model_fingerprint
+
+        t = est.teacher
+        by_teacher = np.array(models) == t.name
+        refined, knn_info = apply_knn(knn, model_fingerprint(t.model, t.crop_size, t.input_size), pred,
+                                      np.concatenate(embs), f"model {t.name}")
+        pred = np.where(by_teacher, refined, pred).astype(np.float32)
+        knn_info["refined"] = int(by_teacher.sum())
+    genders, races = [r.gender for r in recs], [r.race for r in recs]
+    metrics = compute_metrics(pred, true, genders, races)
+    add_fairness(metrics, pred, true, genders, races, bootstrap)
+    if knn_info is not None:
+        metrics["knn"] = knn_info
     kinds_a, models_a = np.array(kinds), np.array(models)
     err = np.abs(pred - true)
     metrics["per_occlusion"] = {k: {"n": int((kinds_a == k).sum()), "mae": round(float(err[kinds_a == k].mean()), 4)}
@@ -91,13 +174,15 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["path", "age", "pred", "spread", "abs_error", "gender", "race", "occlusion", "occlusion_score",
-                    "occluded", "model"])
-        for r, p, s, k, sc, o, m in zip(recs, pred, spread, kinds, score, occ, models):
+                    "occluded", "model"] + (["pred_before_knn"] if knn else []))
+        for r, p, s, k, sc, o, m, p0 in zip(recs, pred, spread, kinds, score, occ, models, raw):
             w.writerow([r.path, r.age, f"{p:.3f}", f"{s:.3f}", f"{abs(p - r.age):.3f}", r.gender or "", r.race or "",
-                        k, "" if not np.isfinite(sc) else f"{sc:.4f}", int(o), m])
+                        k, "" if not np.isfinite(sc) else f"{sc:.4f}", int(o), m] + ([f"{p0:.3f}"] if knn else []))
         for f in cache.failed:
-            w.writerow([f["path"], "", "", "", "", "", f"failed: {f['reason']}", "", "", "", ""])
+            w.writerow([f["path"], "", "", "", "", "", f"failed: {f['reason']}", "", "", "", ""] + ([""] if knn else []))
         atomic_write_text(out / "predictions.csv", buf.getvalue())
+        if embeddings:
+            save_embeddings(out / "embeddings.npz", np.concatenate(embs), true, pred, recs)
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
 

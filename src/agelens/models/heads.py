@@ -1,7 +1,8 @@
 """Age heads on a pooled embedding: CORAL, DLDL, MWR, CE-with-expectation, L1 regression.
 
-Every head has the same three calls: `forward(emb) -> dict`, `loss(out, age) -> scalar`,
-`decode(out) -> (age, spread)`; `spread` is a one-sigma uncertainty in years.
+Every head has the same three calls: `forward(emb) -> dict`, `loss(out, age, weights=None) -> scalar`,
+`decode(out) -> (age, spread)`; `spread` is a one-sigma uncertainty in years. `weights` (one per sample) turns the
+batch mean into sum(w·loss_i)/N (class-balanced / LDS re-weighting, agelens.fairness); None keeps the plain mean.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ class AgeHead(nn.Module):
         self.in_features, self.min_age, self.max_age = in_features, min_age, max_age
         self.num_ages = max_age - min_age + 1
         self.register_buffer("ages", torch.arange(min_age, max_age + 1, dtype=torch.float32), persistent=False)
+
+    @staticmethod
+    def reduce(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Batch mean, or the per-sample weighted mean sum(w_i·l_i)/N."""
+        if weights is None:
+            return per_sample.mean()
+        return (per_sample * weights.to(per_sample.device, per_sample.dtype)).sum() / per_sample.shape[0]
 
     def clamp(self, age: torch.Tensor) -> torch.Tensor:
         return age.float().clamp(self.min_age, self.max_age)
@@ -39,11 +47,11 @@ def coral_levels(age: torch.Tensor, num_ages: int, min_age: int = 0) -> torch.Te
     return (age.float().round()[:, None] > ks[None, :]).float()
 
 
-def coral_loss(logits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+def coral_loss(logits: torch.Tensor, levels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the batch of the summed binary cross-entropies (identical to coral_pytorch.losses.coral_loss)."""
     logits = logits.float()
     val = -torch.sum(F.logsigmoid(logits) * levels + (F.logsigmoid(logits) - logits) * (1 - levels), dim=1)
-    return val.mean()
+    return AgeHead.reduce(val, weights)
 
 
 def coral_proba_to_label(probas: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -61,8 +69,8 @@ class CoralHead(AgeHead):
     def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.fc(emb) + self.bias}
 
-    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
-        return coral_loss(out["logits"], coral_levels(age, self.num_ages, self.min_age))
+    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        return coral_loss(out["logits"], coral_levels(age, self.num_ages, self.min_age), weights)
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         # expected rank (sum of level probabilities): smoother than counting levels > 0.5, same ordering
@@ -99,11 +107,14 @@ class DLDLHead(DistributionHead):
         super().__init__(in_features, min_age, max_age)
         self.sigma, self.l1_weight = sigma, l1_weight
 
-    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
+    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         logits = out["logits"].float()
         target = gaussian_label_distribution(age, self.ages, self.sigma)
-        kl = F.kl_div(logits.log_softmax(-1), target, reduction="batchmean")
         mean = logits.softmax(-1) @ self.ages
+        if weights is not None:
+            kl = F.kl_div(logits.log_softmax(-1), target, reduction="none").sum(1)
+            return self.reduce(kl + self.l1_weight * (mean - age.float()).abs(), weights)
+        kl = F.kl_div(logits.log_softmax(-1), target, reduction="batchmean")
         return kl + self.l1_weight * F.l1_loss(mean, age.float())
 
 
@@ -115,9 +126,9 @@ class CEHead(DistributionHead):
     def __init__(self, in_features: int, min_age: int = 0, max_age: int = 100, **_: object) -> None:
         super().__init__(in_features, min_age, max_age)
 
-    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
+    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         target = (self.clamp(age).round() - self.min_age).long()
-        return F.cross_entropy(out["logits"].float(), target)
+        return self.reduce(F.cross_entropy(out["logits"].float(), target, reduction="none"), weights)
 
 
 # ---- L1 regression --------------------------------------------------------------------------------------------
@@ -138,10 +149,11 @@ class RegressionHead(AgeHead):
         z = self.fc(emb).float()
         return {"mean": self.mid + self.half_range * z[:, 0], "log_b": (z[:, 1] + 1.5).clamp(-3, 5)}
 
-    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
+    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         err = (out["mean"] - age.float()).abs()
         # L1 drives the mean; the Laplace NLL on the detached error only fits the spread
-        return err.mean() + 0.1 * (err.detach() / out["log_b"].exp() + out["log_b"]).mean()
+        nll = err.detach() / out["log_b"].exp() + out["log_b"]
+        return err.mean() + 0.1 * nll.mean() if weights is None else self.reduce(err + 0.1 * nll, weights)
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.clamp(out["mean"]), out["log_b"].exp() * 2**0.5
@@ -158,7 +170,9 @@ class BinaryHead(AgeHead):
     def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logit": self.fc(emb).float()[:, 0]}
 
-    def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        if weights is not None:
+            return self.reduce(F.binary_cross_entropy_with_logits(out["logit"], target.float(), reduction="none"), weights)
         return F.binary_cross_entropy_with_logits(out["logit"], target.float())
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,13 +217,17 @@ class MWRHead(AgeHead):
         z = torch.cat([self.proj(emb), self.refs(i_lo), self.refs(i_hi)], 1)
         return self.rho(z).squeeze(1).float()
 
-    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
+    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         logits = out["logits"].float()
         a = self.clamp(age)
-        glob = F.cross_entropy(logits, (a.round() - self.min_age).long()) + F.l1_loss(logits.softmax(-1) @ self.ages, a)
         jitter = torch.randint(-self.half, self.half + 1, a.shape, device=a.device).float()
         lo, hi = self._window(a + jitter)
         target = ((2 * a - lo - hi) / (hi - lo)).clamp(-1, 1)
+        if weights is not None:
+            per = (F.cross_entropy(logits, (a.round() - self.min_age).long(), reduction="none")
+                   + (logits.softmax(-1) @ self.ages - a).abs() + (self.relative(out["emb"], lo, hi) - target).abs() * self.half)
+            return self.reduce(per, weights)
+        glob = F.cross_entropy(logits, (a.round() - self.min_age).long()) + F.l1_loss(logits.softmax(-1) @ self.ages, a)
         return glob + F.l1_loss(self.relative(out["emb"], lo, hi), target) * self.half
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

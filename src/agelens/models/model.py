@@ -1,4 +1,4 @@
-"""AgeModel = backbone (stage taps) + global average pool + dropout + age head."""
+"""AgeModel = backbone (stage taps) [+ face-region attention] + global average pool + dropout + age head."""
 
 from __future__ import annotations
 
@@ -9,21 +9,27 @@ from ..config import ModelConfig
 from ..registry import BACKBONES
 from .backbones import Backbone
 from .heads import AgeHead, build_head
+from .regions import RegionAttention
 
 
 class AgeModel(nn.Module):
-    def __init__(self, backbone: Backbone, head: AgeHead, dropout: float = 0.0) -> None:
+    def __init__(self, backbone: Backbone, head: AgeHead, dropout: float = 0.0,
+                 region_attention: RegionAttention | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.region_attention = region_attention  # optional: on the last feature map, before pooling
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return self.backbone.info.mean, self.backbone.info.std
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """`regions`: (B, R, res, res) face-region masks for region attention (None: the mean-face masks)."""
         stages, final = self.backbone(x)
+        if self.region_attention is not None:
+            final = self.region_attention(final, regions)
         emb = final.mean((2, 3))
         out: dict = self.head(self.dropout(emb))
         out["embedding"] = emb
@@ -34,13 +40,15 @@ class AgeModel(nn.Module):
         return list(self.head.parameters())
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, tta_flip: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def predict(self, x: torch.Tensor, tta_flip: bool = True, regions: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised NCHW batch → (age, spread, embedding), averaged over a horizontal flip when asked."""
-        out = self(x)
+        out = self(x) if regions is None else self(x, regions)
         age, spread = self.head.decode(out)
         emb = out["embedding"].float()
         if tta_flip:
-            out_f = self(torch.flip(x, dims=[3]))
+            xf = torch.flip(x, dims=[3])  # regions are left+right unions: the mirror's masks are the mirrored masks
+            out_f = self(xf) if regions is None else self(xf, torch.flip(regions, dims=[3]))
             age_f, spread_f = self.head.decode(out_f)
             age, spread, emb = (age + age_f) / 2, (spread + spread_f) / 2, (emb + out_f["embedding"].float()) / 2
         return age.float(), spread.float(), emb
@@ -54,4 +62,23 @@ def build_model(cfg: ModelConfig) -> AgeModel:
         backbone.adapters = build_adapters(cfg.align, backbone.info.stage_channels)
     head = build_head(cfg.head, backbone.info.out_channels, cfg.min_age, cfg.max_age, sigma=cfg.dldl_sigma,
                       window=cfg.mwr_window, iterations=cfg.mwr_iterations)
-    return AgeModel(backbone, head, cfg.dropout)
+    return AgeModel(backbone, head, cfg.dropout, RegionAttention() if cfg.region_attention else None)
+
+
+# parameters/buffers a model may lack in an older checkpoint (they start at identity when loaded from one)
+OPTIONAL_PREFIXES = ("region_attention.",)
+
+
+def load_compatible(model: AgeModel, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """load_state_dict that tolerates only missing optional modules (region attention): returns the keys that kept
+    their fresh (identity) initialisation; anything else that does not fit raises CheckpointError naming `source`."""
+    from ..errors import CheckpointError
+
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: weights do not fit this model ({str(e).splitlines()[0]})") from None
+    bad = [k for k in missing if not k.startswith(OPTIONAL_PREFIXES)] + list(unexpected)
+    if bad:
+        raise CheckpointError(f"{source}: weights do not fit this model (missing/unexpected keys: {bad[:3]})")
+    return list(missing)

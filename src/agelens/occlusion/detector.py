@@ -10,7 +10,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.cache import FaceCache
-from ..data.dataset import centre_crop
+from ..data.views import centre_crop
 from ..models import AgeModel
 from ..train.batch import to_input
 from ..train.numerics import Numerics

@@ -5,18 +5,19 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..data.cache import prepare_face
-from ..data.dataset import centre_crop
+from ..data.views import centre_crop
 from ..errors import AgelensError, NoFaceError
 from ..faces.detect import FaceAnalyzer
 from ..imageio import load_image
-from ..models.model import AgeModel
-from ..train.batch import to_input
-from ..train.numerics import Numerics
+
+if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs without it
+    from ..models.model import AgeModel
+    from ..train.numerics import Numerics
 
 Z90 = 1.645  # interval = age ± 1.645·spread (≈ 90 % under a normal error model)
 
@@ -39,11 +40,28 @@ class FacePrediction:
 
 
 ROUTES = ("auto", "teacher", "student")
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+
+
+def choose_backend(custom: bool = False, device: str = "cpu") -> tuple[str, str]:
+    """The fastest inference backend this machine supports, and why (measured by benchmarks/inference.py:
+    onnxruntime fp32 beats torch eager on the CPUs we have; int8 only where VNNI/AMX make it pay)."""
+    if device != "cpu":
+        return "torch", f"device {device}: torch"
+    if custom:
+        return "torch", "models other than the shipped ones run on torch (export them for ONNX)"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch", "onnxruntime not installed"
+    return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused"
+
+
 
 
 @dataclass
 class Expert:
-    """An age model with the crop it expects."""
+    """A torch age model with the crop it expects (OnnxModel is the onnxruntime counterpart)."""
 
     model: AgeModel
     crop_size: int
@@ -68,36 +86,85 @@ class AgeEstimator:
     def __init__(self, model: AgeModel, crop_size: int, input_size: int, cache_size: int = 256, name: str = "teacher",
                  device: str = "cpu", tta_flip: bool = True, numerics: Numerics | None = None,
                  student: Expert | None = None, detector=None, route: str = "auto") -> None:
-        if route not in ROUTES:
-            raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
-        if route == "student" and student is None:
-            raise AgelensError("route=student needs a student model (none shipped or given)")
-        self.model = model.eval().to(device)
-        self.crop_size, self.input_size, self.cache_size = crop_size, input_size, cache_size
-        self.name, self.device, self.tta_flip = name, device, tta_flip
+        import torch
+
+        from ..train.numerics import Numerics
+
         self.numerics = numerics or Numerics(device, "fp32", True, "inference default: fp32 + channels_last")
-        self.teacher = Expert(self.model, crop_size, input_size, name)
-        self.student, self.detector, self.route = student, detector, route
+        self.model = model.eval().to(device)
+        self._setup(Expert(self.model, crop_size, input_size, name), student, detector, route, cache_size, device,
+                    tta_flip, float(model.head.min_age), float(model.head.max_age),
+                    f"torch-{self.numerics.dtype}")
         for e in [self.teacher] + ([student] if student else []):
             e.model.eval().to(device)
             if self.numerics.channels_last:
                 e.model.to(memory_format=torch.channels_last)
+
+    def _setup(self, teacher, student, detector, route: str, cache_size: int, device: str, tta_flip: bool,
+               min_age: float, max_age: float, backend: str) -> None:
+        if route not in ROUTES:
+            raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+        if route == "student" and student is None:
+            raise AgelensError("route=student needs a student model (none shipped or given)")
+        self.teacher, self.student, self.detector, self.route = teacher, student, detector, route
+        self.crop_size, self.input_size, self.cache_size = teacher.crop_size, teacher.input_size, cache_size
+        self.name, self.device, self.tta_flip = teacher.name, device, tta_flip
+        self.min_age, self.max_age, self.backend = min_age, max_age, backend
         self._analyzer: FaceAnalyzer | None = None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, device: str = "cpu", tta_flip: bool = True,
-                        route: str = "auto", student: str | None = None, detector: str | None = None) -> AgeEstimator:
-        """Teacher (default: shipped), plus the shipped (or given) student and occlusion detector when present."""
+                        route: str = "auto", student: str | None = None, detector: str | None = None,
+                        backend: str = "torch", onnx_dir: str | Path | None = None, log=None) -> AgeEstimator:
+        """Teacher (default: shipped), plus the shipped (or given) student and occlusion detector when present.
+
+        backend: torch (fp32 + channels_last), torch-bf16, onnx (fp32), onnx-int8, or auto = the fastest this
+        machine supports (`choose_backend`; the ONNX ones only for the shipped models or an onnx_dir)."""
+        if backend == "auto":
+            backend, why = choose_backend(custom=any((name_or_path, student, detector)) and onnx_dir is None,
+                                          device=device)
+            if log:
+                log(f"backend: {backend} ({why})")
+        if backend not in BACKENDS:
+            raise AgelensError(f"backend must be one of auto, {', '.join(BACKENDS)}, got {backend!r}")
+        if backend.startswith("onnx"):
+            if any((name_or_path, student, detector)) and onnx_dir is None:
+                raise AgelensError("the ONNX backend runs the shipped models or an export: give onnx_dir "
+                                   "(`agelens export onnx --output DIR`), or use backend=torch for other models")
+            if not tta_flip:
+                raise AgelensError("the ONNX export holds flip-TTA; use backend=torch for --no-tta")
+            return cls.from_onnx(onnx_dir, "int8" if backend == "onnx-int8" else "fp32", route, log=log)
         from ..models.weights import resolve_model, shipped_models
         from ..occlusion.detector import OcclusionDetector
+        from ..train.numerics import Numerics
 
         model, cfg, card = resolve_model(name_or_path)
         shipped = shipped_models()
         stu = _load_expert(student) if student else (_load_expert("student") if "student" in shipped else None)
         det = (OcclusionDetector.from_pretrained(detector) if detector
                else OcclusionDetector.from_pretrained("occlusion") if "occlusion" in shipped else None)
+        numerics = (Numerics(device, "bf16", True, "torch-bf16 requested") if backend == "torch-bf16" else None)
         return cls(model, cfg.data.crop_size, cfg.data.input_size, cfg.data.cache_size, str(card.get("name", "teacher")),
-                   device, tta_flip, student=stu, detector=det, route=route)
+                   device, tta_flip, numerics=numerics, student=stu, detector=det, route=route)
+
+    @classmethod
+    def from_onnx(cls, onnx_dir: str | Path | None = None, precision: str = "fp32", route: str = "auto",
+                  cache_size: int = 256, log=None) -> AgeEstimator:
+        """onnxruntime backend (no torch needed when onnx_dir holds an export): teacher, student and detector
+        from `agelens export onnx --output DIR`; without onnx_dir the shipped weights' export (made once)."""
+        from .onnx_backend import ensure_export, load_onnx_models
+
+        if precision not in ("fp32", "int8"):
+            raise AgelensError(f"ONNX precision must be fp32 or int8, got {precision!r}")
+        models = load_onnx_models(ensure_export(onnx_dir, log), precision)
+        t = models["teacher"]
+        if not t.meta.get("tta", True):
+            raise AgelensError(f"{t.path} was exported without flip-TTA; re-export with the default")
+        est = cls.__new__(cls)
+        est.model, est.numerics = None, None
+        est._setup(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", True,
+                   t.min_age, t.max_age, f"onnx-{t.precision}")
+        return est
 
     @property
     def analyzer(self) -> FaceAnalyzer:
@@ -105,11 +172,16 @@ class AgeEstimator:
             self._analyzer = FaceAnalyzer()
         return self._analyzer
 
-    @torch.no_grad()
-    def _ages(self, expert: Expert, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        views = torch.from_numpy(np.stack([centre_crop(c, expert.crop_size, expert.input_size) for c in crops]))
-        x = to_input(views, *expert.model.mean_std, self.device, self.numerics.channels_last)
-        with self.numerics.autocast():
+    def _ages(self, expert, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        views = np.stack([centre_crop(c, expert.crop_size, expert.input_size) for c in crops])
+        if not isinstance(expert, Expert):  # OnnxModel: preprocessing and flip-TTA are in the graph
+            return expert.run(views)
+        import torch
+
+        from ..train.batch import to_input
+
+        x = to_input(torch.from_numpy(views), *expert.model.mean_std, self.device, self.numerics.channels_last)
+        with torch.no_grad(), self.numerics.autocast():
             age, spread, _ = expert.model.predict(x, self.tta_flip)
         return age.float().cpu().numpy(), spread.float().cpu().numpy()
 
@@ -144,38 +216,54 @@ class AgeEstimator:
 
     def faces_of(self, rgb: np.ndarray, detect: bool = True) -> list[tuple[list[float], float, np.ndarray, bool]]:
         """(box, score, aligned crop, landmarks_found) for each face; raises NoFaceError when there is none."""
-        h, w = rgb.shape[:2]
-        if not detect:
-            crop, lm = prepare_face(rgb, self.analyzer, self.cache_size, aligned=True)
-            return [([0.0, 0.0, float(w), float(h)], 1.0, crop, not np.isnan(lm).any())]
-        faces = self.analyzer.find_faces(rgb)
-        if not faces:
-            raise NoFaceError("no face found")
-        out = []
-        for f in faces:
-            crop, lm = prepare_face(rgb, self.analyzer, self.cache_size, aligned=False, face=f)
-            out.append(([round(float(v), 1) for v in f.box], f.score, crop, not np.isnan(lm).any()))
-        return out
+        return find_and_align(rgb, self.analyzer, self.cache_size, detect)
 
-    def predict(self, image: str | Path | np.ndarray, detect: bool = True) -> list[FacePrediction]:
-        """Every face in an image (path or RGB uint8 array) with its age estimate and occlusion verdict."""
-        rgb = load_image(image) if isinstance(image, str | Path) else np.asarray(image)
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise AgelensError(f"expected an RGB uint8 image (H, W, 3), got shape {rgb.shape} dtype {rgb.dtype}")
-        t0 = time.perf_counter()
-        faces = self.faces_of(rgb, detect)
-        t1 = time.perf_counter()
-        r = self.analyse_crops(np.stack([f[2] for f in faces]))
-        t2 = time.perf_counter()
-        timing = {"detect_ms": round(1000 * (t1 - t0), 1), "model_ms": round(1000 * (t2 - t1), 1)}
-        lo_age, hi_age = self.model.head.min_age, self.model.head.max_age
+    def predictions(self, faces: list, r: dict[str, np.ndarray], timing: dict) -> list[FacePrediction]:
+        """FacePredictions from `faces_of` output and the matching `analyse_crops` result."""
         preds = []
         for k, (box, score, _, found) in enumerate(faces):
             a, s = float(r["age"][k]), float(r["spread"][k])
             occ_score = float(r["occlusion_score"][k])
             preds.append(FacePrediction(
-                box, round(a, 2), round(s, 2), [round(max(lo_age, a - Z90 * s), 1), round(min(hi_age, a + Z90 * s), 1)],
+                box, round(a, 2), round(s, 2),
+                [round(max(self.min_age, a - Z90 * s), 1), round(min(self.max_age, a + Z90 * s), 1)],
                 round(score, 3), str(r["model"][k]), found,
                 {"occluded": bool(r["occluded"][k]) if self.detector is not None else None,
-                 "occlusion_score": round(occ_score, 4) if np.isfinite(occ_score) else None, "timing": timing}))
+                 "occlusion_score": round(occ_score, 4) if np.isfinite(occ_score) else None, "backend": self.backend,
+                 "timing": timing}))
         return preds
+
+    def predict(self, image: str | Path | np.ndarray, detect: bool = True) -> list[FacePrediction]:
+        """Every face in an image (path or RGB uint8 array) with its age estimate and occlusion verdict."""
+        rgb = check_rgb(load_image(image) if isinstance(image, str | Path) else np.asarray(image))
+        t0 = time.perf_counter()
+        faces = self.faces_of(rgb, detect)
+        t1 = time.perf_counter()
+        r = self.analyse_crops(np.stack([f[2] for f in faces]))
+        t2 = time.perf_counter()
+        return self.predictions(faces, r, {"detect_ms": round(1000 * (t1 - t0), 1),
+                                           "model_ms": round(1000 * (t2 - t1), 1)})
+
+
+def check_rgb(rgb: np.ndarray) -> np.ndarray:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise AgelensError(f"expected an RGB uint8 image (H, W, 3), got shape {rgb.shape} dtype {rgb.dtype}")
+    return rgb
+
+
+def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int,
+                   detect: bool = True) -> list[tuple[list[float], float, np.ndarray, bool]]:
+    """(box, score, aligned crop, landmarks_found) for each face; detect=False: the image is one face crop.
+    Raises NoFaceError when there is no face."""
+    h, w = rgb.shape[:2]
+    if not detect:
+        crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
+        return [([0.0, 0.0, float(w), float(h)], 1.0, crop, not np.isnan(lm).any())]
+    faces = analyzer.find_faces(rgb)
+    if not faces:
+        raise NoFaceError("no face found")
+    out = []
+    for f in faces:
+        crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=False, face=f)
+        out.append(([round(float(v), 1) for v in f.box], f.score, crop, not np.isnan(lm).any()))
+    return out

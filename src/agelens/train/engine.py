@@ -3,6 +3,7 @@ machine, DDP under torchrun, atomic checkpoints with --resume, JSONL metrics, re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -61,7 +62,31 @@ def environment(numerics: Numerics) -> dict:
 # ---- checkpoints -----------------------------------------------------------------------------------------------
 
 
+def state_digest(obj, h=None) -> str:
+    """SHA-256 over every tensor, array and scalar of a (nested) checkpoint state, in key order."""
+    h = h or hashlib.sha256()
+    if isinstance(obj, dict):
+        for k in sorted(obj, key=str):
+            h.update(str(k).encode())
+            state_digest(obj[k], h)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            state_digest(v, h)
+    elif isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().reshape(-1).contiguous()
+        h.update(f"{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, np.ndarray):
+        h.update(np.ascontiguousarray(obj).tobytes())
+    elif isinstance(obj, int | float | str | bool) or obj is None:
+        h.update(repr(obj).encode())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Atomic write; the state's digest goes in as "checksum" and is verified by load_checkpoint."""
+    state = {k: v for k, v in state.items() if k != "checksum"}
+    state["checksum"] = state_digest(state)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -70,9 +95,14 @@ def load_checkpoint(path: str | Path) -> dict:
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
-        return torch.load(p, map_location="cpu", weights_only=False)
+        ck = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many types for truncated/corrupt files
         raise CheckpointError(f"checkpoint {p} is unreadable or corrupt ({type(e).__name__})") from None
+    if isinstance(ck, dict) and "checksum" in ck:  # checkpoints from before checksums load unverified
+        expected = ck.pop("checksum")
+        if state_digest(ck) != expected:
+            raise CheckpointError(f"checkpoint {p} is corrupt: checksum mismatch (its tensors changed after saving)")
+    return ck
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[AgeModel, RunConfig]:
@@ -106,18 +136,19 @@ def predict_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: N
     """Ages (or occlusion probabilities for a binary head), spreads and embeddings for (a subset of) a cache,
     centre-cropped; `occlusion` (an OcclusionMix) draws a fixed, seeded occluder per image first. With
     target="occluded" a fourth array holds 1/0 for the faces that did / did not get an occluder."""
+    regions = getattr(model, "region_attention", None) is not None  # masks from each face's cached landmarks
     ds = CachedFaceDataset(cache, False, cfg.data.crop_size, cfg.data.input_size, indices=indices, occlusion=occlusion,
-                           seed=seed, target=target)
+                           seed=seed, target=target, regions=regions)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     mean, std = model.mean_std
     model.eval()
     ages, spreads, embs, targets = [], [], [], []
     from ..progress import track
 
-    for imgs, tgt, _ in track(dl, total=len(dl), description="evaluating", enabled=progress):
+    for imgs, tgt, _, *rest in track(dl, total=len(dl), description="evaluating", enabled=progress):
         x = to_input(imgs, mean, std, numerics.device, numerics.channels_last)
         with numerics.autocast():
-            a, s, e = model.predict(x, tta_flip)
+            a, s, e = model.predict(x, tta_flip, rest[0].to(x.device) if rest else None)
         ages.append(a.cpu())
         spreads.append(s.cpu())
         embs.append(e.cpu())
@@ -147,13 +178,16 @@ def _lr_factor(cfg: RunConfig, epoch: int, step_frac: float) -> float:
 
 
 def train_step(net: torch.nn.Module, head, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               numerics: Numerics, images: torch.Tensor, ages: torch.Tensor, grad_clip: float = 0.0) -> float:
-    """One optimisation step on a uint8 NHWC batch with the chosen numerics; returns the loss."""
+               numerics: Numerics, images: torch.Tensor, ages: torch.Tensor, grad_clip: float = 0.0,
+               regions: torch.Tensor | None = None, loss_fn=None) -> float:
+    """One optimisation step on a uint8 NHWC batch with the chosen numerics; returns the loss. `regions`: face-region
+    masks for region attention; `loss_fn(out, y)` replaces head.loss (the fairness terms)."""
     mean, std = (net.module if hasattr(net, "module") else net).mean_std
     x = to_input(images, mean, std, numerics.device, numerics.channels_last)
     y = ages.to(numerics.device)
     with numerics.autocast():
-        loss = head.loss(net(x), y)
+        out = net(x) if regions is None else net(x, regions.to(x.device))
+        loss = head.loss(out, y) if loss_fn is None else loss_fn(out, y)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip > 0:
@@ -175,15 +209,17 @@ class Trainer:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed)
         self.model = build_model(cfg.model)
+        if self.model.region_attention is not None:  # mean-face fallback masks for this run's evaluation crop
+            self.model.region_attention.set_prior(min(1.0, cfg.data.crop_size / cfg.data.cache_size))
         if cfg.model.init_from and not resume:
+            from ..models.model import load_compatible
             from ..models.weights import resolve_model
 
             init = cfg.model.init_from  # a shipped name, .safetensors, .pt checkpoint or run folder
-            try:
-                self.model.load_state_dict(resolve_model(init)[0].state_dict())
-            except (KeyError, RuntimeError) as e:
-                raise CheckpointError(f"model.init_from={init}: weights do not fit this model ({str(e).splitlines()[0]})") from None
-            log(f"initialised from {init}")
+            fresh = load_compatible(self.model, resolve_model(init)[0].state_dict(), f"model.init_from={init}")
+            if self.model.region_attention is not None and "region_attention.prior" in fresh:
+                self.model.region_attention.set_prior(min(1.0, cfg.data.crop_size / cfg.data.cache_size))
+            log(f"initialised from {init}" + (f" (new, at identity: {', '.join(fresh)})" if fresh else ""))
 
         def probe_loss(m, x, y):
             return m.head.loss(m(x), y)
@@ -203,6 +239,10 @@ class Trainer:
         head_lr = t.head_lr or t.lr
         groups = [{"params": list(self.model.backbone.parameters()), "lr": t.lr, "base_lr": t.lr},
                   {"params": self.model.head_parameters(), "lr": head_lr, "base_lr": head_lr}]
+        if self.model.region_attention is not None:  # 7 new weights: their own (higher) rate, also while frozen
+            region_lr = t.region_lr or 10 * head_lr
+            groups.append({"params": list(self.model.region_attention.parameters()), "lr": region_lr,
+                           "base_lr": region_lr})
         opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(t.optimizer)
         if opt_cls is not None:
             self.optimizer = opt_cls(groups, lr=t.lr, weight_decay=t.weight_decay)
@@ -212,6 +252,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.numerics.dtype == "fp16")
         self.start_epoch, self.best_mae, self.best_epoch, self.bad_epochs = 0, float("inf"), -1, 0
         self.history: list[dict] = []
+        from ..fairness.losses import KnnAdjustment
+
+        f = cfg.fairness
+        self.knn = KnnAdjustment(f.knn_k, f.knn_bank) if f.gamma_knn > 0 else None
         if resume:
             self._load_resume()
 
@@ -221,7 +265,8 @@ class Trainer:
                 "scheduler": {"lr_scale": self.lr_scale, "plateau_bad": self.plateau_bad}, "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "config": config_to_dict(self.cfg), "best_mae": self.best_mae,
                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
-                "numerics": self.numerics.as_dict(), "rng": {"torch": torch.get_rng_state()}}
+                "numerics": self.numerics.as_dict(), "rng": {"torch": torch.get_rng_state()},
+                **({"knn_bank": self.knn.state_dict()} if self.knn is not None else {})}
 
     def _load_resume(self) -> None:
         p = self.run_dir / "last.pt"
@@ -236,6 +281,8 @@ class Trainer:
         self.best_mae, self.best_epoch = ck["best_mae"], ck["best_epoch"]
         self.bad_epochs, self.history = ck["bad_epochs"], ck["history"]
         torch.set_rng_state(ck["rng"]["torch"])
+        if self.knn is not None and "knn_bank" in ck:
+            self.knn.load_state_dict(ck["knn_bank"])
         self.log(f"resumed from {p} at epoch {self.start_epoch}")
 
     def _write_jsonl(self, row: dict) -> None:
@@ -258,6 +305,39 @@ class Trainer:
                                    indices=idx, occlusion=mix, seed=cfg.train.seed + 1)
         return float(np.abs(pred - self.val_cache.ages[idx]).mean())
 
+    def _fairness_setup(self, n_train: int) -> dict:
+        """Sampler (balanced or None), tail-augmentation probabilities and the fairness loss for the first n_train
+        training records; everything None when the fairness options are off (the default recipe)."""
+        from ..fairness.losses import FairLoss, sample_weights
+        from ..fairness.sampling import BalancedSampler, records_labels, tail_probabilities
+
+        t, f = self.cfg.train, self.cfg.fairness
+        recs = self.train_cache.records[:n_train]
+        out: dict = {"sampler": None, "strong_p": None, "loss": None}
+        if t.task != "age":
+            return out
+        labels = records_labels(recs, t.balance_by) if (t.sampler == "balanced" or t.tail_augment > 0) else None
+        draws = None
+        if t.sampler == "balanced":
+            out["sampler"] = BalancedSampler(labels, n_train, self.dist.world, self.dist.rank, t.seed, t.balance_power)
+            draws = out["sampler"].expected_draws()
+        if t.tail_augment > 0:
+            out["strong_p"] = tail_probabilities(labels, t.tail_augment)
+        w = sample_weights(f, [r.age for r in recs], [r.gender for r in recs], [r.race for r in recs], draws)
+        loss = FairLoss(self.model.head, w, f.lambda_cb, self.knn, f.gamma_knn)
+        out["loss"] = loss if loss.active else None
+        if self.dist.main and (out["sampler"] is not None or out["loss"] is not None or out["strong_p"] is not None):
+            msg = [f"sampler={t.sampler}" + (f" by {'×'.join(t.balance_by)}" if t.sampler == "balanced" else "")]
+            if w is not None:
+                msg.append(f"loss weights (cb_beta={f.cb_beta}, lds={f.lds}) in [{w.min():.2f}, {w.max():.2f}], "
+                           f"lambda_cb={f.lambda_cb}")
+            if self.knn is not None:
+                msg.append(f"knn term gamma={f.gamma_knn}, k={f.knn_k}")
+            if out["strong_p"] is not None:
+                msg.append(f"tail augmentation p<={float(out['strong_p'].max()):.2f}")
+            self.log("fairness: " + "; ".join(msg))
+        return out
+
     # -- loop --
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -271,11 +351,17 @@ class Trainer:
             atomic_write_json(self.run_dir / "env.json", environment(self.numerics))
             self.log(f"numerics: {self.numerics.dtype}, channels_last={self.numerics.channels_last} on "
                      f"{self.numerics.device} ({self.numerics.reason})")
+        n_train = min(len(self.train_cache), cfg.data.max_train or len(self.train_cache))
+        fair = self._fairness_setup(n_train)
         ds = CachedFaceDataset(self.train_cache, True, cfg.data.crop_size, cfg.data.input_size, seed=t.seed,
-                               indices=np.arange(min(len(self.train_cache), cfg.data.max_train or len(self.train_cache))),
+                               indices=np.arange(n_train),
                                occlusion=occlusion_mix(cfg), target="occluded" if t.task == "occlusion" else "age",
-                               degrade=cfg.occlusion.degrade)
-        sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, shuffle=True, seed=t.seed) if self.dist.world > 1 else None
+                               degrade=cfg.occlusion.degrade, strong_p=fair["strong_p"],
+                               regions=self.model.region_attention is not None)
+        sampler = fair["sampler"]
+        if sampler is None and self.dist.world > 1:
+            sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, shuffle=True, seed=t.seed)
+        loss_fn = fair["loss"]
         gen = torch.Generator().manual_seed(t.seed)
         dl = DataLoader(ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler, generator=gen if sampler is None else None,
                         num_workers=cfg.data.num_workers, drop_last=len(ds) > t.batch_size,
@@ -301,14 +387,16 @@ class Trainer:
             t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, len(dl)
             if t.max_steps_per_epoch:
                 n_steps = min(n_steps, t.max_steps_per_epoch)
-            for step, (imgs, ages, _) in enumerate(dl):
+            for step, (imgs, ages, idx, *rest) in enumerate(dl):
                 if step >= n_steps:
                     break
                 factor = _lr_factor(cfg, epoch, step / n_steps)
                 for g in self.optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor * self.lr_scale
                 imgs = photometric_jitter(imgs, jitter_gen)
-                loss = train_step(net, self.model.head, self.optimizer, self.scaler, self.numerics, imgs, ages, t.grad_clip)
+                step_loss = None if loss_fn is None else (lambda out, y, idx=idx: loss_fn(out, y, idx))
+                loss = train_step(net, self.model.head, self.optimizer, self.scaler, self.numerics, imgs, ages, t.grad_clip,
+                                  regions=rest[0] if rest else None, loss_fn=step_loss)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at epoch {epoch} step {step}; lower train.lr")
                 seen += len(imgs)

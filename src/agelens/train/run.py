@@ -12,8 +12,10 @@ from ..evaluate.runner import evaluate_cache
 from .engine import Trainer, model_from_checkpoint
 
 
-def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, log=print) -> dict:
-    caches = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress)
+def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, log=print,
+                   caches: dict | None = None) -> dict:
+    """`caches` ({train, val, test}: FaceCache-like, val may be None) replaces the config's split caches (k-fold)."""
+    caches = caches or prepare_caches(cfg.data, ("train", "val", "test"), progress=progress)
     trainer = Trainer(cfg, caches["train"], caches["val"], resume=resume, progress=progress, log=log)
     result = trainer.fit()
     if trainer.dist.main:

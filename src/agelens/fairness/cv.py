@@ -1,0 +1,78 @@
+"""k-fold cross-validation: group-safe folds (data.splits.kfold_split), one training run per fold on views of the
+prepared caches, mean ± std of MAE / CMAE / bias score. Resumable: finished folds are skipped, interrupted ones resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..config import RunConfig
+from ..data.cache import subset_cache
+from ..data.prepare import list_records, prepare_caches
+from ..data.splits import group_split, kfold_split, save_split
+from ..utils import atomic_write_json
+
+CV_KEYS = ("mae", "cmae", "bias_score", "cs5")
+
+
+def cv_dir(cfg: RunConfig, folds: int) -> Path:
+    return Path(cfg.out_dir) / f"{cfg.name}_cv{folds}"
+
+
+def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict:
+    """Train and test every fold; writes OUT_DIR/NAME_cvK/{foldI/..., splits/foldI.json, cv.json}."""
+    from ..train.run import train_and_test
+
+    listing = list_records(cfg.data)
+    donors = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress)  # every record cached once
+    recs = listing.records
+    root = cv_dir(cfg, folds)
+    rows = []
+    for i, test_idx in enumerate(kfold_split(recs, folds, cfg.data.split_seed)):
+        fcfg = copy.deepcopy(cfg)
+        fcfg.out_dir, fcfg.name = str(root), f"fold{i}"
+        metrics_p = fcfg.run_dir / "test" / "metrics.json"
+        if metrics_p.is_file():
+            log(f"fold {i}: finished earlier, skipped ({metrics_p})")
+            rows.append({"fold": i, **_pick(json.loads(metrics_p.read_text()))})
+            continue
+        test_set = set(test_idx)
+        rest = [j for j in range(len(recs)) if j not in test_set]
+        val_frac = min(0.5, cfg.data.val_frac * len(recs) / max(1, len(rest)))
+        inner = group_split([recs[j] for j in rest], val_frac, 0.0, cfg.data.split_seed + i)
+        parts = {"train": [rest[j] for j in inner["train"]], "val": [rest[j] for j in inner["val"]],
+                 "test": sorted(test_idx)}
+        split_p = root / "splits" / f"fold{i}.json"
+        save_split(split_p, recs, parts, dataset=cfg.data.dataset, root=cfg.data.root, seed=cfg.data.split_seed,
+                   fold=i, folds=folds)
+        fcfg.data.split_file = str(split_p)
+        caches = {k: subset_cache([recs[j] for j in v], list(donors.values()), f"{split_p}:{k}") if v else None
+                  for k, v in parts.items()}
+        resume = (fcfg.run_dir / "last.pt").is_file()
+        log(f"fold {i}/{folds}: train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
+            + (" (resuming)" if resume else ""))
+        res = train_and_test(fcfg, resume=resume, progress=progress, log=log, caches=caches)
+        rows.append({"fold": i, **_pick(res["test"])})
+    summary = {"folds": folds, "config": cfg.name, "runs": str(root), "per_fold": rows,
+               "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in CV_KEYS},
+               "std": {k: round(float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0, 4) for k in CV_KEYS}}
+    atomic_write_json(root / "cv.json", summary)
+    return summary
+
+
+def _pick(m: dict) -> dict:
+    return {"n": int(m["n"]), **{k: float(m[k]) for k in CV_KEYS}}
+
+
+def format_cv(summary: dict) -> str:
+    """Plain-text table: one row per fold, then mean ± std (sample std over folds)."""
+    head = f"{'fold':>6s} {'n':>6s} " + " ".join(f"{k:>14s}" for k in CV_KEYS)
+    lines = [head]
+    for r in summary["per_fold"]:
+        lines.append(f"{r['fold']:>6d} {r['n']:>6d} " + " ".join(f"{r[k]:>14.3f}" for k in CV_KEYS))
+    lines.append(f"{'mean':>6s} {'':>6s} " + " ".join(f"{summary['mean'][k]:>7.3f} ± {summary['std'][k]:<4.2f}"
+                                                       for k in CV_KEYS))
+    return "\n".join(lines)

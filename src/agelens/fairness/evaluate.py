@@ -1,0 +1,71 @@
+"""Model + prepared-cache helpers behind `agelens evaluate --from-cache` and `agelens index`."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from ..config import RunConfig, _apply, parse_overrides
+from ..data.cache import FaceCache
+from ..errors import AgelensError, DataError
+from ..train.numerics import Numerics
+
+
+def _numerics() -> Numerics:
+    return Numerics("cpu", "fp32", True, "evaluation default: fp32 + channels_last")
+
+
+def load_model_config(spec: str | None, config: str | Path | None = None, overrides: list[str] | None = None):
+    """(model, config for the data): the model's own config (its crop and input size always win), with the data
+    section of --config and then key=value overrides applied."""
+    import torch
+
+    from ..config import load_config
+    from ..models.weights import resolve_model
+
+    if not spec:
+        raise AgelensError("give the model: a run folder, .pt checkpoint, .safetensors or shipped name")
+    model, mcfg, card = resolve_model(spec)
+    cfg = copy.deepcopy(mcfg)
+    if config is not None:
+        cfg.data = load_config(config).data
+    if overrides:
+        _apply(cfg, parse_overrides(overrides))
+    cfg.data.crop_size, cfg.data.input_size = mcfg.data.crop_size, mcfg.data.input_size
+    model.eval().to(memory_format=torch.channels_last)
+    return model, cfg, card
+
+
+def open_part(cfg: RunConfig, part: str) -> FaceCache:
+    p = Path(cfg.data.cache_dir) / part
+    if not (p / "meta.json").is_file():
+        raise DataError(f"no prepared cache at {p}: run `agelens prepare` with this config first")
+    return FaceCache(p)
+
+
+def evaluate_prepared_cache(model_spec: str | None, config: str | Path | None, part: str, output: str | Path, *,
+                            tta: bool = True, occlusion=None, seed: int = 0, knn=None, embeddings: bool = False,
+                            bootstrap: int = 1000, progress: bool = True) -> dict:
+    """The model alone (no detector, no routing) on cache_dir/PART, as at the end of training."""
+    from ..evaluate.runner import evaluate_cache
+
+    model, cfg, card = load_model_config(model_spec, config)
+    cache = open_part(cfg, part)
+    extra = {"model": str(card.get("name", model_spec)), "model_path": str(model_spec), "cache": str(cache.path),
+             "part": part, "detect": False, "tta_flip": tta}
+    return evaluate_cache(model, cache, cfg, _numerics(), output, tta_flip=tta, progress=progress, extra=extra,
+                          occlusion=occlusion, seed=seed, knn=knn, embeddings=embeddings, bootstrap=bootstrap)
+
+
+def build_index_file(model_spec: str, output: str | Path, config: str | Path | None = None,
+                     overrides: list[str] | None = None, criterion: str = "mae", progress: bool = True, log=print):
+    """`agelens index`: embed the model's training cache, tune (k, w) on its validation cache, save atomically."""
+    from ..data.prepare import prepare_caches
+    from .knn import build_index
+
+    model, cfg, card = load_model_config(model_spec, config, overrides)
+    caches = prepare_caches(cfg.data, ("train", "val"), progress=progress)
+    idx = build_index(model, cfg, caches["train"], caches["val"], _numerics(), model_name=str(card.get("name", model_spec)),
+                      criterion=criterion, progress=progress, log=log)
+    idx.save(output)
+    return idx

@@ -1,0 +1,324 @@
+"""`agelens report`: one self-contained HTML page (plots embedded as base64 PNG) from a run or evaluation folder:
+error by age, per-group MAE with bootstrap whiskers, age-bin confusion matrix, t-SNE of saved embeddings, Grad-CAM
+(last feature map) and face-region attention heatmaps on a few cached test faces."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..evaluate.metrics import AGE_BINS, age_bin
+from ..utils import atomic_write_text
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def locate(path: str | Path) -> tuple[Path, Path | None]:
+    """(evaluation folder with metrics.json + predictions.csv, run folder or None)."""
+    p = Path(path)
+    if (p / "test" / "metrics.json").is_file():
+        return p / "test", p
+    if (p / "metrics.json").is_file():
+        run = p.parent if (p.parent / "config.yaml").is_file() and (p.parent / "best.pt").is_file() else None
+        return p, run
+    raise DataError(f"{p} holds neither metrics.json nor test/metrics.json (a run or `agelens evaluate` folder)")
+
+
+def read_predictions(eval_dir: Path) -> dict[str, np.ndarray]:
+    p = eval_dir / "predictions.csv"
+    if not p.is_file():
+        raise DataError(f"no predictions.csv in {eval_dir}")
+    with p.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("pred")]
+    if not rows:
+        raise DataError(f"{p} holds no predictions")
+    return {"path": np.array([r["path"] for r in rows]), "age": np.array([float(r["age"]) for r in rows]),
+            "pred": np.array([float(r["pred"]) for r in rows]), "gender": np.array([r.get("gender", "") for r in rows]),
+            "race": np.array([r.get("race", "") for r in rows])}
+
+
+# ---- plots ---------------------------------------------------------------------------------------------------------
+
+
+def plot_error_by_age(age: np.ndarray, pred: np.ndarray) -> str:
+    import matplotlib.pyplot as plt
+
+    err = pred - age
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax[0].scatter(age, err, s=4, alpha=0.35, color="#1f77b4")
+    ax[0].axhline(0, color="k", lw=0.8)
+    ax[0].set(xlabel="true age", ylabel="predicted − true (years)", title="signed error by age")
+    edges = np.arange(0, max(5, int(age.max()) + 6), 5)
+    mids, maes, ns = [], [], []
+    for lo in edges[:-1]:
+        sel = (age >= lo) & (age < lo + 5)
+        if sel.any():
+            mids.append(lo + 2.5)
+            maes.append(np.abs(err[sel]).mean())
+            ns.append(sel.sum())
+    ax[1].plot(mids, maes, "o-", color="#d62728")
+    ax[1].set(xlabel="true age (5-year bands)", ylabel="MAE (years)", title="MAE by age")
+    ax2 = ax[1].twinx()
+    ax2.bar(mids, ns, width=4, alpha=0.15, color="gray")
+    ax2.set_ylabel("faces", color="gray")
+    return _png(fig)
+
+
+def plot_groups(metrics: dict) -> str:
+    import matplotlib.pyplot as plt
+
+    ci = metrics.get("ci95", {})
+    panels = [(k, t) for k, t in (("per_bin", "age bin"), ("per_gender", "gender"), ("per_race", "race"))
+              if metrics.get(k)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        names = list(metrics[key])
+        vals = np.array([metrics[key][n] for n in names])
+        lo = np.array([(ci.get(key, {}).get(n) or [v, v])[0] for n, v in zip(names, vals)])
+        hi = np.array([(ci.get(key, {}).get(n) or [v, v])[1] for n, v in zip(names, vals)])
+        ax.bar(range(len(names)), vals, color="#4c72b0",
+               yerr=np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)]), capsize=3)
+        ax.axhline(metrics["mae"], color="k", ls="--", lw=0.8, label="overall MAE")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set(title=f"MAE per {title} (95 % CI)", ylabel="MAE (years)")
+    axes[0][0].legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_confusion(age: np.ndarray, pred: np.ndarray) -> str:
+    import matplotlib.pyplot as plt
+
+    labels = [b for b, _, _ in AGE_BINS]
+    pos = {b: i for i, b in enumerate(labels)}
+    m = np.zeros((len(labels), len(labels)), int)
+    for a, p in zip(age, pred):
+        m[pos[age_bin(a)], pos[age_bin(max(0.0, p))]] += 1
+    frac = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if m[i, j]:
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted age bin", ylabel="true age bin", title="confusion over age bins (row-normalised colour)")
+    return _png(fig)
+
+
+def plot_tsne(emb_file: Path, max_points: int = 1000, seed: int = 0) -> str | None:
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    with np.load(emb_file) as z:
+        emb, age = z["embedding"].astype(np.float32), z["age"]
+    if len(emb) < 4:
+        return None
+    sel = np.random.default_rng(seed).permutation(len(emb))[:max_points]
+    x = emb[sel]
+    if x.shape[1] > 50 and len(x) > 50:
+        x = PCA(50, random_state=seed).fit_transform(x)
+    y = TSNE(2, perplexity=float(max(1.0, min(30, (len(x) - 1) / 3))), init="pca", random_state=seed).fit_transform(x)
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    sc = ax.scatter(y[:, 0], y[:, 1], c=age[sel], s=6, cmap="viridis")
+    fig.colorbar(sc, ax=ax, label="true age")
+    ax.set(title=f"t-SNE of embeddings ({len(sel)} faces)", xticks=[], yticks=[])
+    return _png(fig)
+
+
+# ---- Grad-CAM and region attention ----------------------------------------------------------------------------
+
+
+def grad_cam(model, x, regions=None) -> tuple[np.ndarray, float]:
+    """Grad-CAM of the decoded age w.r.t. the backbone's last feature map (before region attention); (h, w) in
+    [0, 1] and the age."""
+    import torch
+
+    store: dict = {}
+
+    def hook(_m, _i, out):
+        out.retain_grad()
+        store["a"] = out
+
+    h = model.backbone.final.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            xx = x.clone().requires_grad_(True)  # a grad path even through an identity final block
+            out = model(xx, regions)
+            age = model.head.decode(out)[0]
+            model.zero_grad(set_to_none=True)
+            age.sum().backward()
+    finally:
+        h.remove()
+    a = store["a"]
+    weights = a.grad.mean((2, 3), keepdim=True)
+    cam = torch.relu((weights * a).sum(1))[0].detach().float().numpy()
+    return cam / (cam.max() + 1e-8), float(age[0].detach())
+
+
+def _overlay(img: np.ndarray, heat: np.ndarray, cmap: str = "jet", alpha: float = 0.45) -> np.ndarray:
+    import cv2
+    import matplotlib
+
+    h = cv2.resize(heat.astype(np.float32), img.shape[:2][::-1], interpolation=cv2.INTER_CUBIC)
+    rgb = matplotlib.colormaps[cmap](np.clip(h, 0, 1))[..., :3] * 255
+    return (img * (1 - alpha) + rgb * alpha).astype(np.uint8)
+
+
+def plot_faces(model, cfg, cache, n: int = 6) -> tuple[str, list[float] | None]:
+    """One row per sample face (one per age bin where possible): crop, Grad-CAM, region attention (or the region
+    layout when the model has none). Returns the PNG and the learned region weights (None without attention)."""
+    import cv2
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import torch
+
+    from ..data.dataset import centre_crop
+    from ..models.regions import REGION_NAMES, centre_view_landmarks, region_masks
+    from ..train.batch import to_input
+
+    picks, seen = [], set()
+    for i, a in enumerate(cache.ages):
+        b = age_bin(a)
+        if b not in seen:
+            seen.add(b)
+            picks.append(i)
+        if len(picks) >= n:
+            break
+    model.eval()
+    ra = model.region_attention
+    fig, axes = plt.subplots(len(picks), 3, figsize=(7.5, 2.5 * len(picks)), squeeze=False)
+    handles = [matplotlib.lines.Line2D([], [], color=matplotlib.colormaps["tab10"](k), label=n)
+               for k, n in enumerate(REGION_NAMES)]
+    for row, i in zip(axes, picks):
+        img = np.asarray(cache.images[i])
+        view = centre_crop(img, min(cfg.data.crop_size, cache.size), cfg.data.input_size)
+        masks = region_masks(centre_view_landmarks(cache.landmarks[i], cache.size, cfg.data.crop_size))
+        x = to_input(torch.from_numpy(view[None]), *model.mean_std, "cpu", False)
+        cam, pred = grad_cam(model, x, torch.from_numpy(masks[None]) if ra is not None else None)
+        row[0].imshow(view)
+        row[0].set_title(f"age {cache.ages[i]:g}, predicted {pred:.1f}", fontsize=8)
+        row[1].imshow(_overlay(view, cam))
+        row[1].set_title("Grad-CAM (last feature map)", fontsize=8)
+        if ra is not None:
+            w = ra.weight.detach().float().numpy()
+            att = 1 + np.tensordot(w, masks, 1)
+            span = max(1e-6, float(np.abs(att - 1).max()))
+            row[2].imshow(_overlay(view, 0.5 + (att - 1) / (2 * span), "coolwarm"))
+            row[2].set_title(f"region attention (1 ± {span:.3f})", fontsize=8)
+        else:
+            row[2].imshow(view)
+            row[2].set_title("face regions (model without region attention)", fontsize=8)
+        side = view.shape[0]
+        for k in range(len(REGION_NAMES)):  # region outlines over either panel
+            row[2].contour(cv2.resize(masks[k], (side, side), interpolation=cv2.INTER_LINEAR), levels=[0.5],
+                           colors=[matplotlib.colormaps["tab10"](k)], linewidths=0.7)
+        for ax in row:
+            ax.axis("off")
+    fig.legend(handles=handles, loc="lower center", ncol=len(REGION_NAMES), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    weights = [round(float(v), 4) for v in ra.weight.detach()] if ra is not None else None
+    return _png(fig), weights
+
+
+# ---- page ----------------------------------------------------------------------------------------------------------
+
+
+def _fmt_ci(ci: dict | None, key: str) -> str:
+    v = (ci or {}).get(key)
+    return f" [{v[0]:.2f}, {v[1]:.2f}]" if v else ""
+
+
+def _load_model_and_cache(metrics: dict, run: Path | None):
+    """(model, config, cache) for the face panels, or None with the reason."""
+    from ..data.cache import FaceCache
+    from ..models.weights import resolve_model
+
+    spec = str(run) if run is not None else metrics.get("run") or metrics.get("model_path")
+    if not spec:
+        return None, "no model recorded with these metrics"
+    try:
+        model, cfg, _ = resolve_model(spec)
+    except Exception as e:  # any unreadable model only removes the panel
+        return None, f"model {spec} not loadable ({e})"
+    cache_p = metrics.get("cache") or str(Path(cfg.data.cache_dir) / "test")
+    try:
+        cache = FaceCache(cache_p)
+    except DataError as e:
+        return None, str(e)
+    return (model, cfg, cache), None
+
+
+def build_report(path: str | Path, output: str | Path | None = None, samples: int = 6, log=print) -> Path:
+    """Write OUTPUT/report.html (default: PATH/report/) and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    eval_dir, run = locate(path)
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    pr = read_predictions(eval_dir)
+    sections: list[tuple[str, str | None, str]] = []
+    sections.append(("Error by age", plot_error_by_age(pr["age"], pr["pred"]), ""))
+    sections.append(("Per-group MAE", plot_groups(metrics), "Whiskers: seeded bootstrap 95 % intervals (ci95)."
+                     if metrics.get("ci95") else "No ci95 in metrics.json (older evaluation): no whiskers."))
+    sections.append(("Confusion over age bins", plot_confusion(pr["age"], pr["pred"]), ""))
+    emb = eval_dir / "embeddings.npz"
+    if emb.is_file():
+        sections.append(("t-SNE of embeddings", plot_tsne(emb), ""))
+    else:
+        sections.append(("t-SNE of embeddings", None, "No embeddings.npz: evaluate with --save-embeddings."))
+    loaded, why = _load_model_and_cache(metrics, run)
+    if loaded is not None:
+        model, cfg, cache = loaded
+        png, weights = plot_faces(model, cfg, cache, samples)
+        note = ""
+        if weights is not None:
+            from ..models.regions import REGION_NAMES
+
+            note = "Learned region weights: " + ", ".join(f"{n} {w:+.4f}" for n, w in zip(REGION_NAMES, weights))
+        sections.append(("Grad-CAM and face-region attention", png, note))
+    else:
+        sections.append(("Grad-CAM and face-region attention", None, f"Skipped: {why}."))
+    ci = metrics.get("ci95")
+    summary = "".join(f"<tr><td>{html.escape(k)}</td><td>{metrics[k]:.3f}{_fmt_ci(ci, k)}</td></tr>"
+                      for k in ("mae", "cmae", "bias_score", "acc5") if k in metrics)
+    groups = metrics.get("groups", {})
+    gtab = "".join(f"<tr><td>{html.escape(a)}</td><td>{g['difference']['mae']:.3f}</td><td>{g['ratio']['mae']:.3f}</td>"
+                   f"<td>{len(g['by_group'])}</td></tr>" for a, g in groups.items())
+    knn = metrics.get("knn")
+    parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {metrics.get('n')}"
+             + (f", KNN refinement k={knn['k']}, w={knn['w']}" if knn else "") + "</p>",
+             f"<table><tr><th>metric</th><th>value [95 % CI]</th></tr>{summary}</table>"]
+    if gtab:
+        parts.append("<h2>Group gaps (fairlearn MetricFrame)</h2><table><tr><th>attribute</th><th>MAE difference "
+                     f"(max−min)</th><th>MAE ratio (min/max)</th><th>groups</th></tr>{gtab}</table>")
+    for title, png, note in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if png:
+            parts.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{png}">')
+        if note:
+            parts.append(f"<p>{html.escape(note)}</p>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>agelens fairness report</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>"
+            + "\n".join(parts) + "</body></html>\n")
+    out = Path(output) if output else Path(path) / "report"
+    atomic_write_text(out / "report.html", page)
+    log(f"wrote {out / 'report.html'} ({sum(1 for _, p, _ in sections if p)} plots)")
+    return out / "report.html"

@@ -1,0 +1,130 @@
+"""onnxruntime backend: runs exported graphs (`agelens export onnx`) with numpy + onnxruntime only, no torch.
+
+Exported graphs hold preprocessing, flip-TTA and the head's decoding (see `agelens.export.onnx`), so a model is
+"uint8 centre views in, age and spread out". `default_onnx_dir()` is where the shipped models' export is kept
+(exported once, on first use, when torch is installed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..data.views import centre_crop
+from ..errors import AgelensError, CheckpointError
+
+SHIPPED = ("teacher", "student", "occlusion")
+
+
+class OnnxModel:
+    """One exported model; the same duck type as the torch experts (name, crop_size, input_size) plus run()."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise AgelensError("the ONNX backend needs onnxruntime: pip install onnxruntime") from e
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"ONNX model not found: {path}")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or max(1, len(os.sched_getaffinity(0)))
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+            raise CheckpointError(f"cannot load ONNX model {path}: {e}") from e
+        meta = {k: json.loads(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
+        missing = {"name", "kind", "crop_size", "input_size", "min_age", "max_age"} - set(meta)
+        if missing:
+            raise CheckpointError(f"{path} is not an agelens export (metadata lacks {sorted(missing)})")
+        self.path, self.meta, self.batch_size = path, meta, batch_size
+        self.name, self.kind = str(meta["name"]), str(meta["kind"])
+        self.crop_size, self.input_size = int(meta["crop_size"]), int(meta["input_size"])
+        self.min_age, self.max_age = float(meta["min_age"]), float(meta["max_age"])
+        self.threshold = float(meta["threshold"]) if meta.get("threshold") is not None else 0.5
+        self.precision = "int8" if ".int8." in path.name else "fp32"
+
+    def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (N, S, S, 3) centre views → (age, spread) float32 (N,)."""
+        ages, spreads = [], []
+        for i in range(0, len(views), self.batch_size):
+            a, s = self.session.run(["age", "spread"], {"image": np.ascontiguousarray(views[i:i + self.batch_size])})
+            ages.append(a)
+            spreads.append(s)
+        if not ages:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        return np.concatenate(ages).astype(np.float32), np.concatenate(spreads).astype(np.float32)
+
+    def views(self, crops: np.ndarray) -> np.ndarray:
+        return np.stack([centre_crop(c, self.crop_size, self.input_size) for c in crops])
+
+    def scores(self, crops: np.ndarray) -> np.ndarray:
+        """Occlusion detector interface: aligned crops → probability."""
+        if len(crops) == 0:
+            return np.zeros(0, np.float32)
+        return self.run(self.views(crops))[0]
+
+
+def _weights_dir() -> Path:
+    return Path(str(resources.files("agelens") / "weights"))
+
+
+def shipped_fingerprint() -> str:
+    """SHA-256 over the shipped weights (names + bytes): the key of their cached export."""
+    h = hashlib.sha256()
+    for role in SHIPPED:
+        p = _weights_dir() / f"{role}.safetensors"
+        if p.is_file():
+            h.update(role.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def default_onnx_dir() -> Path:
+    """$AGELENS_ONNX_DIR, else ~/.cache/agelens/onnx/<fingerprint of the shipped weights>."""
+    env = os.environ.get("AGELENS_ONNX_DIR")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "agelens" / "onnx" / shipped_fingerprint()
+
+
+def ensure_export(onnx_dir: str | Path | None = None, log=None) -> Path:
+    """The folder holding teacher/student/occlusion .onnx; exports the shipped weights there first when it lacks
+    them (needs torch, once)."""
+    d = Path(onnx_dir) if onnx_dir else default_onnx_dir()
+    if (d / "manifest.json").is_file() and (d / "teacher.onnx").is_file():
+        return d
+    if onnx_dir is not None and os.environ.get("AGELENS_ONNX_DIR") is None and d.exists() and any(d.iterdir()):
+        raise CheckpointError(f"{d} holds no agelens ONNX export (manifest.json + teacher.onnx)")
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise AgelensError(f"no ONNX export in {d} and torch is not installed to make one: run `agelens export "
+                           "onnx --output DIR` where torch is installed, then pass onnx_dir=DIR") from e
+    from ..export.onnx import export_all
+
+    if log:
+        log(f"exporting the shipped models to ONNX once: {d}")
+    export_all(d, int8="none", log=log or (lambda *_: None))
+    return d
+
+
+def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32") -> dict[str, OnnxModel]:
+    """role → OnnxModel for the roles present; precision int8 takes <role>.int8.onnx where exported."""
+    d = Path(onnx_dir)
+    out = {}
+    for role in SHIPPED:
+        p8, p32 = d / f"{role}.int8.onnx", d / f"{role}.onnx"
+        p = p8 if precision == "int8" and p8.is_file() else p32
+        if p.is_file():
+            out[role] = OnnxModel(p)
+    if "teacher" not in out:
+        raise CheckpointError(f"{d} has no teacher.onnx")
+    return out

@@ -1,0 +1,144 @@
+"""ONNX export: parity with torch, int8, the torch-free runtime, and streamed/resumed batch predict."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from agelens.models.weights import resolve_model, shipped_models
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.skipif(not {"teacher", "occlusion"} <= set(shipped_models()), reason="no shipped weights")
+
+ENV = {**os.environ, "GLOG_minloglevel": "3", "TF_CPP_MIN_LOG_LEVEL": "3"}
+AGE_TOL = 1e-3  # years: fp32 onnxruntime vs fp32 torch on the same graph
+PROB_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def onnx_dir():
+    """The shipped models' export (made once per machine, shared with `agelens predict`)."""
+    from agelens.serve.onnx_backend import ensure_export
+
+    return ensure_export()
+
+
+def _views(n, size, seed=0):
+    from agelens.data.views import centre_crop
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (n, 256, 256, 3), dtype=np.uint8)
+    return np.stack([centre_crop(b, 224, size) for b in base])
+
+
+@pytest.mark.parametrize("role", ["teacher", "occlusion"])
+def test_onnx_matches_torch(onnx_dir, role):
+    from agelens.export.onnx import ExportGraph
+    from agelens.serve.onnx_backend import OnnxModel
+
+    m = OnnxModel(onnx_dir / f"{role}.onnx")
+    model, cfg, _ = resolve_model(role)
+    assert (m.crop_size, m.input_size, m.kind) == (cfg.data.crop_size, cfg.data.input_size,
+                                                   "occlusion" if role == "occlusion" else "age")
+    views = _views(5, m.input_size)  # batch 5: the export was traced at batch 2, so this checks the dynamic axis
+    with torch.no_grad():
+        ta, ts = ExportGraph(model.float(), role == "teacher")(torch.from_numpy(views))
+    oa, os_ = m.run(views)
+    tol = AGE_TOL if role == "teacher" else PROB_TOL
+    np.testing.assert_allclose(oa, ta.numpy(), atol=tol)
+    np.testing.assert_allclose(os_, ts.numpy(), atol=tol)
+
+
+def test_int8_quantisation_keeps_metadata_and_runs(onnx_dir, tmp_path):
+    from agelens.export.onnx import quantize_int8
+    from agelens.serve.onnx_backend import OnnxModel
+
+    fp32 = OnnxModel(onnx_dir / "occlusion.onnx")
+    views = _views(20, fp32.input_size, seed=1)
+    q = tmp_path / "occlusion.int8.onnx"
+    assert quantize_int8(onnx_dir / "occlusion.onnx", q, views).startswith("static")
+    assert q.stat().st_size < 0.5 * (onnx_dir / "occlusion.onnx").stat().st_size
+    m8 = OnnxModel(q)
+    assert m8.precision == "int8" and m8.threshold == fp32.threshold and m8.name == fp32.name
+    p = m8.run(views)[0]
+    assert p.shape == (20,) and np.all((p >= 0) & (p <= 1))
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.pre.onnx"))
+
+
+def test_onnx_backend_runs_without_torch(onnx_dir, astronaut_path):
+    """A process where `import torch` fails still predicts the demo photo from the export."""
+    code = textwrap.dedent(f"""
+        import importlib.abc, json, sys
+        class NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "torchvision", "timm"):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, NoTorch())
+        from agelens import AgeEstimator
+        est = AgeEstimator.from_pretrained(backend="onnx", onnx_dir={str(onnx_dir)!r})
+        faces = [f.to_dict() for f in est.predict({astronaut_path!r})]
+        assert "torch" not in sys.modules
+        print(json.dumps(faces))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr
+    face = json.loads(r.stdout.splitlines()[-1])[0]
+    assert 25 <= face["age"] <= 55 and face["backend"] == "onnx-fp32" and face["model"] == "teacher"
+
+
+def test_onnx_and_torch_backends_agree_on_a_photo(onnx_dir, astronaut_path):
+    from agelens import AgeEstimator
+
+    a = AgeEstimator.from_pretrained(backend="torch").predict(astronaut_path)[0]
+    b = AgeEstimator.from_pretrained(backend="onnx", onnx_dir=onnx_dir).predict(astronaut_path)[0]
+    assert abs(a.age - b.age) < 0.05 and a.model == b.model and a.extra["backend"] == "torch-fp32"
+
+
+def test_bad_backend_and_missing_export(tmp_path):
+    from agelens import AgeEstimator
+    from agelens.errors import AgelensError
+
+    with pytest.raises(AgelensError, match="backend must be one of"):
+        AgeEstimator.from_pretrained(backend="tpu")
+    (tmp_path / "junk.txt").write_text("x")
+    with pytest.raises(AgelensError, match="holds no agelens ONNX export"):
+        AgeEstimator.from_pretrained(backend="onnx", onnx_dir=tmp_path)
+
+
+def _agelens(*args):
+    return subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=600)
+
+
+def test_predict_streams_jsonl_and_resumes(tmp_path, astronaut_path, onnx_dir):
+    """Streamed JSONL: a killed run leaves whole lines plus maybe a torn one; --resume drops the torn line,
+    skips answered files and finishes with one line per file, identical to an uninterrupted run."""
+    import shutil
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for k in range(3):
+        shutil.copy(astronaut_path, d / f"p{k}.jpg")
+    (d / "bad.jpg").write_bytes(b"\xff\xd8\xff broken")
+    full = tmp_path / "full.jsonl"
+    r = _agelens("predict", d, "-f", "jsonl", "-o", full, "--workers", "1", "--batch-size", "2")
+    assert r.returncode == 1 and "1 of 4 file(s) failed" in r.stderr and "Traceback" not in r.stderr
+    lines = full.read_text().splitlines()
+    assert [json.loads(x)["file"] for x in lines] == sorted(str(p) for p in d.iterdir())
+    part = tmp_path / "part.jsonl"
+    part.write_text(lines[0] + "\n" + lines[1][:25])  # killed while writing the second line
+    r = _agelens("predict", d, "-f", "jsonl", "-o", part, "--resume")
+    assert "1 of 4 file(s) already done" in r.stderr, r.stderr
+    resumed = [json.loads(x) for x in part.read_text().splitlines()]
+    expect = [json.loads(x) for x in lines]
+    assert [x["file"] for x in resumed] == [x["file"] for x in expect]
+    for a, b in zip(resumed, expect):
+        assert [f["age"] for f in a["faces"]] == pytest.approx([f["age"] for f in b["faces"]], abs=0.02)
+        assert (a["error"] is None) == (b["error"] is None)
+    r = _agelens("predict", d, "-f", "table", "-o", part)
+    assert r.returncode == 2 and "--output needs --format json, jsonl or csv" in r.stderr

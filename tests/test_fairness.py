@@ -1,0 +1,311 @@
+"""Fairness building blocks: sampler, loss weights, KNN term, region masks, KNN refinement, bootstrap, curation."""
+
+import csv
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from agelens.config import FairnessConfig, load_config
+from agelens.errors import CheckpointError, ConfigError
+from agelens.evaluate.metrics import bootstrap_ci, compute_metrics
+from agelens.fairness.knn import KnnIndex, model_fingerprint, refine, tune
+from agelens.fairness.losses import (
+    KnnAdjustment,
+    class_balanced_weights,
+    effective_number_weights,
+    lds_kernel_window,
+    lds_weights,
+    normalise,
+    sample_weights,
+)
+from agelens.fairness.sampling import BalancedSampler, group_labels, tail_probabilities
+from agelens.models import build_model
+from agelens.models.heads import build_head
+from agelens.models.model import load_compatible
+from agelens.models.regions import REGION_NAMES, mean_landmarks, region_masks, view_landmarks
+
+# ---- sampler -------------------------------------------------------------------------------------------------------
+
+
+def test_balanced_sampler_balances_and_is_deterministic():
+    labels = ["a"] * 900 + ["b"] * 90 + ["c"] * 10
+    s = BalancedSampler(labels, num_samples=6000, seed=3)
+    draw = list(s)
+    shares = Counter(labels[i] for i in draw)
+    assert all(abs(shares[g] / len(draw) - 1 / 3) < 0.03 for g in "abc"), shares
+    assert list(BalancedSampler(labels, num_samples=6000, seed=3)) == draw  # same (seed, epoch) → same draw
+    s.set_epoch(1)
+    assert list(s) != draw
+    # power 0: uniform over samples
+    u = Counter(labels[i] for i in BalancedSampler(labels, num_samples=6000, power=0.0))
+    assert u["a"] / 6000 > 0.85
+
+
+def test_balanced_sampler_ddp_shards_are_disjoint_parts_of_one_draw():
+    labels = group_labels([5, 5, 5, 25, 25, 70, 70, 70, 70, 12, 33], None, None, ["age_bin"])
+    full = BalancedSampler(labels, num_replicas=1, seed=7)
+    ranks = [BalancedSampler(labels, num_replicas=3, rank=r, seed=7) for r in range(3)]
+    for r in ranks:
+        r.set_epoch(2)
+    shards = [list(r) for r in ranks]
+    assert len({len(x) for x in shards}) == 1 and sum(map(len, shards)) == ranks[0].total >= len(labels)
+    draw = ranks[0].draw(2)
+    for k, shard in enumerate(shards):  # rank k holds the draw positions k, k+3, ...: disjoint, covering the draw
+        assert shard == draw[k::3].tolist()
+    assert full.total == len(labels) and len(ranks[0]) == ranks[0].total // 3
+
+
+def test_group_labels_and_tail_probabilities():
+    labels = group_labels([3, 25, 25, 70], ["male", None, "female", "female"], None, ["age_bin", "gender"])
+    assert labels == ["0-10|male", "21-30|unknown", "21-30|female", "61+|female"]
+    p = tail_probabilities(["x"] * 8 + ["y"] * 2, 0.5)
+    assert p[0] == 0 and p[-1] == pytest.approx(0.5 * (1 - 2 / 8))
+    assert not tail_probabilities(["x", "y"], 0.0).any()
+
+
+# ---- loss weights ------------------------------------------------------------------------------------------------
+
+
+def test_class_balanced_weights_match_hand_computed():
+    beta = 0.9
+    w = class_balanced_weights(["a", "a", "a", "b"], beta)
+    wa, wb = (1 - beta) / (1 - beta**3), (1 - beta) / (1 - beta**1)  # 1/E_n, E_n = (1 − β^n)/(1 − β)
+    assert w == pytest.approx([wa, wa, wa, wb])
+    assert effective_number_weights([3, 1], beta) == pytest.approx([1 / 2.71, 1.0], rel=1e-6)
+    n = normalise(w)
+    assert n.mean() == pytest.approx(1.0) and n[3] / n[0] == pytest.approx(wb / wa)
+    # expected draws change the class sizes: a balanced draw makes both classes equal → equal weights
+    assert class_balanced_weights(["a", "a", "a", "b"], beta, np.array([1 / 3, 1 / 3, 1 / 3, 1])) == pytest.approx([1.0] * 4)
+    cfg = FairnessConfig(cb_beta=beta, cb_by=["age_bin"], max_weight=100)
+    sw = sample_weights(cfg, [5, 6, 7, 40], [None] * 4, [None] * 4)
+    assert sw == pytest.approx(n, rel=1e-6)
+    assert sample_weights(FairnessConfig(), [5, 40], [None] * 2, [None] * 2) is None
+
+
+def test_lds_weights_shape_and_monotonic():
+    win = lds_kernel_window(5, 2.0)
+    assert len(win) == 5 and win[2] == 1 and win[0] == pytest.approx(win[4]) and win[0] < win[1] < 1
+    ages = np.array([20] * 50 + [21] * 30 + [60] * 2)
+    for mode in ("inverse_sqrt", "inverse"):
+        w = lds_weights(ages, 5, 2.0, mode)
+        assert w.shape == ages.shape
+        assert w[0] < w[50] < w[-1]  # rarer (smoothed) ages weigh more
+    cfg = FairnessConfig(lds=True, max_weight=3.0)
+    sw = sample_weights(cfg, ages, [None] * len(ages), [None] * len(ages))
+    assert sw.max() <= 3.0 and sw[0] < sw[-1]
+
+
+@pytest.mark.parametrize("name", ["coral", "dldl", "mwr", "ce", "regression"])
+def test_heads_accept_per_sample_weights(name):
+    torch.manual_seed(0)
+    head = build_head(name, 8, 0, 20)
+    emb = torch.randn(4, 8)
+    age = torch.tensor([3.0, 7.0, 12.0, 18.0])
+    out = head(emb)
+    torch.manual_seed(1)
+    plain = head.loss(out, age)
+    torch.manual_seed(1)
+    ones = head.loss(out, age, torch.ones(4))
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-5)
+    torch.manual_seed(1)
+    first_only = head.loss(out, age, torch.tensor([4.0, 0, 0, 0]))
+    torch.manual_seed(1)
+    single = head.loss({k: v[:1] for k, v in out.items()}, age[:1])
+    assert first_only.item() == pytest.approx(single.item(), rel=1e-4)
+
+
+def test_knn_adjustment_targets_exact_neighbours():
+    knn = KnnAdjustment(k=1, bank_size=4)
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    ages = torch.tensor([10.0, 20.0, 50.0, 60.0])
+    t = knn.targets(emb, ages)
+    assert t.tolist() == pytest.approx([20, 10, 60, 50], abs=1e-3)  # nearest other sample's age
+    assert len(knn.bank_age) == 4
+    loss = knn(torch.tensor([10.0, 10.0, 10.0, 10.0], requires_grad=True), emb[:1].repeat(4, 1), ages)
+    assert loss.item() > 0
+    state = knn.state_dict()
+    fresh = KnnAdjustment(k=1, bank_size=4)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.bank_emb, knn.bank_emb)
+
+
+# ---- region attention ----------------------------------------------------------------------------------------------
+
+
+def test_region_masks_from_landmarks():
+    lm = view_landmarks(mean_landmarks(), 256, 16, 16, 224, False)
+    m = region_masks(lm)
+    assert m.shape == (len(REGION_NAMES), 32, 32) and m.min() >= 0 and m.max() <= 1
+    assert (m.sum((1, 2)) > 1).all()  # every region non-empty
+    # inside the crop: a face moved out of the view leaves no mask
+    assert region_masks(lm + 2.0).sum() == 0
+    # mirrored view ↔ mirrored masks (regions are left+right unions)
+    mf = region_masks(view_landmarks(mean_landmarks(), 256, 16, 16, 224, True))
+    assert np.abs(mf - m[:, :, ::-1]).mean() < 0.02
+    # missing landmarks fall back to the mean face
+    nan = np.full((478, 2), np.nan, np.float32)
+    assert np.array_equal(region_masks(view_landmarks(nan, 256, 16, 16, 224, False)), m)
+
+
+def test_region_attention_is_identity_at_init_and_loads_old_weights():
+    cfg = load_config(None, ["model.backbone=resnet18", "model.region_attention=true"]).model
+    torch.manual_seed(0)
+    plain = build_model(load_config(None, ["model.backbone=resnet18"]).model).eval()
+    model = build_model(cfg).eval()
+    fresh = load_compatible(model, plain.state_dict(), "old.pt")
+    assert set(fresh) == {"region_attention.weight", "region_attention.prior"}
+    x = torch.randn(2, 3, 64, 64)
+    masks = torch.rand(2, len(REGION_NAMES), 32, 32)
+    with torch.no_grad():
+        a = plain(x)["embedding"]
+        assert torch.allclose(model(x, masks)["embedding"], a) and torch.allclose(model(x)["embedding"], a)
+        model.region_attention.weight.fill_(0.5)
+        assert not torch.allclose(model(x, masks)["embedding"], a)
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_compatible(plain, {"nope": torch.zeros(1)}, "bad.pt")
+
+
+def test_fairness_config_validation():
+    with pytest.raises(ConfigError, match="train.sampler"):
+        load_config(None, ["train.sampler=weird"])
+    with pytest.raises(ConfigError, match="train.balance_by"):
+        load_config(None, ["train.balance_by=[age_bin, shoe_size]"])
+    with pytest.raises(ConfigError, match="fairness.cb_beta"):
+        load_config(None, ["fairness.cb_beta=1.5"])
+    with pytest.raises(ConfigError, match="lds_kernel"):
+        load_config(None, ["fairness.lds_kernel=4"])
+    assert load_config(None, ["train.balance_by=age_bin,race"]).train.balance_by == ["age_bin", "race"]
+
+
+# ---- KNN refinement ---------------------------------------------------------------------------------------------
+
+
+def test_knn_refinement_exact_neighbours_tuning_and_fingerprint(tmp_path):
+    train = np.array([[1, 0, 0], [0.99, 0.1, 0], [0, 1, 0], [0, 0.98, 0.2], [0, 0, 1]], np.float32)
+    ages = np.array([10, 12, 40, 44, 80], np.float32)
+    idx = KnnIndex.from_embeddings(train, ages, fingerprint="abc", model="toy")
+    sims, nb = idx.search(np.array([[1, 0.05, 0]], np.float32), 2)
+    assert nb[0].tolist() == [10, 12] or nb[0].tolist() == [12, 10]
+    assert sims[0, 0] >= sims[0, 1] > 0.9
+    pred = np.array([20.0])
+    s = np.clip(sims[0, :2], 0, None) + 1e-6
+    want = 0.5 * 20 + 0.5 * (s * nb[0]).sum() / s.sum()
+    assert refine(pred, sims, nb, 2, 0.5)[0] == pytest.approx(want)
+    # tuning: queries whose model predictions are biased but whose neighbours are right → w > 0
+    q = train + np.random.default_rng(0).normal(0, 0.01, train.shape).astype(np.float32)
+    s, n = idx.search(q, 3)
+    k, w, grid = tune(ages + 8, ages, s, n, ks=(1, 3), ws=(0.0, 0.5, 1.0))
+    assert (k, w) == (1, 1.0) and len(grid) == 6
+    idx.k, idx.w = k, w
+    p = tmp_path / "knn.npz"
+    idx.save(p)
+    back = KnnIndex.load(p)
+    assert (back.k, back.w, back.meta["model"]) == (1, 1.0, "toy") and back.index.ntotal == 5
+    assert back.refine(np.array([0.0]), train[2:3])[0] == pytest.approx(40, abs=1e-3)
+    back.check("abc")
+    with pytest.raises(CheckpointError, match="fingerprint abc"):
+        back.check("other")
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(Exception, match="not a readable agelens KNN index"):
+        KnnIndex.load(tmp_path / "bad.npz")
+
+
+def test_model_fingerprint_tracks_weights_and_geometry():
+    m = build_model(load_config(None, ["model.backbone=resnet18", "model.pretrained=false"]).model)
+    a = model_fingerprint(m, 224, 112)
+    assert a == model_fingerprint(m, 224, 112) != model_fingerprint(m, 224, 128)
+    with torch.no_grad():
+        m.head.fc.bias.add_(1.0)
+    assert model_fingerprint(m, 224, 112) != a
+
+
+# ---- bootstrap ---------------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_contains_point_and_is_seeded():
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 90, 400).astype(float)
+    pred = true + rng.normal(0, 5, 400) + (true > 60) * 4
+    g = list(rng.choice(["male", "female"], 400))
+    r = list(rng.choice(["white", "black", "asian", None], 400))
+    m = compute_metrics(pred, true, g, r)
+    ci = bootstrap_ci(pred, true, g, r, n_boot=300, seed=5)
+    for key in ("mae", "cmae", "bias_score", "acc5"):
+        lo, hi = ci[key]
+        assert lo <= m[key] <= hi and hi - lo < 3, (key, ci[key], m[key])
+    for key in ("per_bin", "per_gender", "per_race"):
+        assert set(ci[key]) == set(m[key])
+        for name, (lo, hi) in ci[key].items():
+            assert lo <= m[key][name] <= hi
+    assert bootstrap_ci(pred, true, g, r, n_boot=300, seed=5) == ci
+    assert bootstrap_ci(pred, true, g, r, n_boot=300, seed=6) != ci
+
+
+# ---- curation ------------------------------------------------------------------------------------------------------
+
+
+def _noise_image(path, seed):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+
+
+def test_curate_drops_conflicting_duplicates_and_counts_bins(tmp_path):
+    from agelens.fairness.curate import curate, format_counts, load_curate_config, parse_source
+
+    utk = tmp_path / "utk"
+    utk.mkdir()
+    for i, (age, g, r) in enumerate([(5, 0, 0), (25, 1, 1), (33, 0, 2), (70, 1, 0), (45, 0, 3)]):
+        _noise_image(utk / f"{age}_{g}_{r}_2017{i:05d}.jpg.chip.jpg", i)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    names = sorted(p.name for p in utk.iterdir())
+    shutil.copy(utk / names[0], extra / "dup_conflict.png")  # same pixels as 25_1_1..., different age
+    shutil.copy(utk / names[2], extra / "dup_same.png")  # same as 45_0_3..., same labels
+    _noise_image(extra / "new.png", 99)
+    with open(extra / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "age", "gender", "race"])
+        w.writerows([["dup_conflict.png", 60, "female", "black"], ["dup_same.png", 45, "male", "indian"],
+                     ["new.png", 8, "female", ""]])
+    sources = [parse_source(f"utkface={utk}"), parse_source(f"csv={extra / 'labels.csv'},name=extra")]
+    cfg = load_curate_config(None, sources=sources, output=str(tmp_path / "m.csv"), workers=1)
+    rep = curate(cfg, log=lambda *_: None)
+    rows = list(csv.DictReader((tmp_path / "m.csv").read_text().splitlines()))
+    assert list(rows[0]) == ["path", "age", "gender", "race", "group", "source"]
+    assert rep["records_in"] == 8 and rep["duplicate_groups"] == 2 and rep["conflicting_groups"] == 1
+    assert rep["records_out"] == 5 and len(rows) == 5  # conflict pair dropped, consistent pair reduced to one
+    assert not any("dup_conflict" in r["path"] or names[0] in r["path"] for r in rows)
+    assert rep["counts_before"]["21-30"]["female"]["black"] == 1 and rep["counts_after"]["21-30"] == {}
+    assert rep["counts_after"]["0-10"] == {"female": {"unknown": 1}, "male": {"white": 1}}
+    assert "21-30" in format_counts(rep["counts_before"], rep["counts_after"])
+    # median keeps one face of the conflicting group with the median age
+    cfg = load_curate_config(None, sources=sources, output=str(tmp_path / "m2.csv"), conflicts="median", workers=1)
+    curate(cfg, log=lambda *_: None)
+    rows = list(csv.DictReader((tmp_path / "m2.csv").read_text().splitlines()))
+    assert len(rows) == 6 and any(r["age"] == "42.5" for r in rows)
+    with pytest.raises(ConfigError, match="conflicts"):
+        load_curate_config(None, sources=sources, conflicts="vote")
+
+
+def test_cli_curate_and_one_line_errors(tmp_path):
+    import subprocess
+    import sys
+
+    d = tmp_path / "utk"
+    d.mkdir()
+    for i, age in enumerate([3, 30, 64]):
+        _noise_image(d / f"{age}_{i % 2}_{i}_2017{i:05d}.jpg.chip.jpg", i)
+    shutil.copy(d / "3_0_0_201700000.jpg.chip.jpg", d / "9_0_0_201700009.jpg.chip.jpg")  # conflicting duplicate
+    run = lambda *a: subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, a)], capture_output=True,  # noqa: E731
+                                    text=True, timeout=300)
+    r = run("curate", "--source", f"utkface={d}", "-o", tmp_path / "m.csv", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert "0-10" in r.stdout and "2→0" in r.stdout and "4 → 2 records" in r.stdout
+    assert (tmp_path / "m.report.json").is_file()
+    r = run("curate", "--source", "utkface", "-o", tmp_path / "x.csv")
+    assert r.returncode == 2 and "error: --source 'utkface' is not DATASET=ROOT" in r.stderr and "Traceback" not in r.stderr
+    r = run("evaluate", "--from-cache", "--model", "teacher", "--knn", tmp_path / "none.npz", "-o", tmp_path / "o")
+    assert r.returncode == 2 and "error: KNN index not found" in r.stderr and "Traceback" not in r.stderr

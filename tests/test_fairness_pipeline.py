@@ -1,0 +1,92 @@
+"""End to end on a tiny synthetic dataset: fair recipe training → KNN index → evaluate --from-cache → report; k-fold cv."""
+
+import json
+
+import numpy as np
+import pytest
+
+from agelens.config import load_config
+from agelens.errors import CheckpointError
+from agelens.fairness.cv import format_cv, run_cv
+from agelens.fairness.evaluate import build_index_file, evaluate_prepared_cache
+from agelens.fairness.knn import KnnIndex
+from agelens.fairness.report import build_report
+from agelens.train.engine import load_checkpoint
+from agelens.train.run import train_and_test
+
+QUIET = {"progress": False, "log": lambda *_: None}
+
+
+def _args(tmp_path, utk_folder, name, *extra):
+    return [f"data.root={utk_folder}", f"data.split_file={tmp_path}/split.json", f"data.cache_dir={tmp_path}/cache",
+            "data.cache_size=48", "data.crop_size=40", "data.input_size=32", "data.val_frac=0.2", "data.test_frac=0.2",
+            "model.backbone=resnet18", "model.head=dldl", "train.batch_size=8", "train.lr=1e-3", "train.numerics=fp32",
+            "train.channels_last=off", "train.freeze_backbone_epochs=0", "train.epochs=1", "train.log_every=1",
+            f"out_dir={tmp_path}/runs", f"name={name}", *extra]
+
+
+FAIR = ["model.region_attention=true", "train.sampler=balanced", "train.balance_by=age_bin,gender",
+        "train.tail_augment=0.5", "fairness.cb_beta=0.99", "fairness.cb_by=age", "fairness.lds=true",
+        "fairness.gamma_knn=0.1", "fairness.knn_k=3"]
+
+
+def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder):
+    import torch
+
+    from agelens.data.cache import FaceCache
+
+    tmp = tmp_path
+    cfg = load_config(None, _args(tmp, utk_folder, "fair", *FAIR))
+    res = train_and_test(cfg, **QUIET)
+    run = cfg.run_dir
+    ck = load_checkpoint(run / "last.pt")
+    assert "region_attention.weight" in ck["model"] and "knn_bank" in ck
+    test = res["test"]
+    assert {"n", "mae", "cs5", "cmae", "acc5", "bias_score", "per_bin", "per_gender", "per_race"} <= set(test)
+    ci = test["ci95"]
+    assert ci["mae"][0] <= test["mae"] <= ci["mae"][1] and set(ci["per_bin"]) == set(test["per_bin"])
+    assert "gender" in test["groups"] and "age_bin×gender" in test["groups"]
+
+    idx = build_index_file(str(run), tmp / "knn.npz", **QUIET)
+    assert idx.index.ntotal == len(idx.ages) == len(FaceCache(tmp / "cache" / "train"))
+    assert KnnIndex.load(tmp / "knn.npz").meta["fingerprint"] == idx.meta["fingerprint"]
+    m = evaluate_prepared_cache(str(run), None, "test", tmp / "eval", knn=KnnIndex.load(tmp / "knn.npz"),
+                                embeddings=True, bootstrap=200, progress=False)
+    assert m["knn"]["k"] == idx.k and m["n"] == test["n"]
+    if idx.w == 0:  # w = 0 leaves the predictions as they were
+        assert m["mae"] == pytest.approx(test["mae"], abs=1e-3)
+    assert (tmp / "eval" / "embeddings.npz").is_file()
+    assert "pred_before_knn" in (tmp / "eval" / "predictions.csv").read_text().splitlines()[0]
+
+    # an index built for another model is refused
+    ck = load_checkpoint(run / "best.pt")
+    ck["model"]["head.fc.bias"] += 1.0
+    torch.save(ck, tmp / "other.pt")
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        evaluate_prepared_cache(str(tmp / "other.pt"), None, "test", tmp / "eval2", knn=KnnIndex.load(tmp / "knn.npz"),
+                                progress=False)
+
+    page = build_report(tmp / "eval", tmp / "report", samples=3, log=lambda *_: None).read_text()
+    assert page.count("data:image/png;base64,") == 5  # error-by-age, groups, confusion, t-SNE, Grad-CAM/regions
+    assert "Learned region weights" in page and "Grad-CAM" in page
+    run_page = build_report(run, log=lambda *_: None).read_text()  # a run folder: its test/ part
+    assert run_page.count("data:image/png;base64,") == 4  # no embeddings saved during training
+
+
+def test_cv_two_folds_is_resumable(tmp_path, utk_folder):
+    cfg = load_config(None, _args(tmp_path, utk_folder, "cvt"))
+    summary = run_cv(cfg, 2, **QUIET)
+    assert [r["fold"] for r in summary["per_fold"]] == [0, 1]
+    assert sum(r["n"] for r in summary["per_fold"]) == 24  # every face tested once
+    for k in ("mae", "cmae", "bias_score"):
+        vals = [r[k] for r in summary["per_fold"]]
+        assert summary["mean"][k] == pytest.approx(np.mean(vals), abs=1e-3)
+        assert summary["std"][k] == pytest.approx(np.std(vals, ddof=1), abs=1e-3)
+    out = tmp_path / "runs" / "cvt_cv2"
+    assert json.loads((out / "cv.json").read_text())["folds"] == 2
+    tests = [set(json.loads((out / "splits" / f"fold{i}.json").read_text())["parts"]["test"]) for i in range(2)]
+    assert not tests[0] & tests[1]
+    logs = []
+    again = run_cv(cfg, 2, progress=False, log=logs.append)  # finished folds are skipped
+    assert again["mean"] == summary["mean"] and sum("skipped" in x for x in logs) == 2
+    assert "mean" in format_cv(summary)
