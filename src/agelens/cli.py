@@ -380,6 +380,7 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
           route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
           max_upload_mb: Annotated[float, typer.Option(help="largest request body in MB (413 above)")] = 10.0,
           max_pixels: Annotated[int, typer.Option(help="largest image in pixels, checked before decoding (413 above)")] = 40_000_000,
+          backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
           log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info") -> None:
     """HTTP service: POST /v1/predict (multipart `file` or JSON base64), GET /healthz, demo page at GET /."""
     try:
@@ -395,7 +396,7 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
         raise AgelensError(f"--port must be in 1..65535, got {port}")
     if max_upload_mb <= 0 or max_pixels < 4:
         raise AgelensError("--max-upload-mb and --max-pixels must be positive")
-    est = AgeEstimator.from_pretrained(model, route=route)
+    est = AgeEstimator.from_pretrained(model, route=route, backend=backend, log=_err)
     web = create_app(est, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels)
     if host not in ("127.0.0.1", "localhost", "::1"):
         _err(f"warning: binding {host}: the service has no authentication; put it behind a proxy you control")

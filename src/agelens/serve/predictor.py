@@ -117,7 +117,7 @@ class AgeEstimator:
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, device: str = "cpu", tta_flip: bool = True,
                         route: str = "auto", student: str | None = None, detector: str | None = None,
-                        backend: str = "torch", onnx_dir: str | Path | None = None, log=None) -> AgeEstimator:
+                        backend: str = "auto", onnx_dir: str | Path | None = None, log=None) -> AgeEstimator:
         """Teacher (default: shipped), plus the shipped (or given) student and occlusion detector when present.
 
         backend: torch (fp32 + channels_last), torch-bf16, onnx (fp32), onnx-int8, or auto = the fastest this
