@@ -63,7 +63,7 @@ def main() -> None:
     out_json = Path(a.out).with_suffix(".json")
     result = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
     cache = FaceCache("cache/utkface/test")
-    for name in a.rows.split(","):
+    for name in filter(None, a.rows.split(",")):  # --rows "": only re-evaluate the teachers and rewrite the tables
         cmd, head, extra = ROWS[name]
         teacher = teacher_run(name)
         run_name = f"{Path(a.runs).name}_{name}"
