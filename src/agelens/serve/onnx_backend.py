@@ -19,6 +19,7 @@ from ..data.views import centre_crop
 from ..errors import AgelensError, CheckpointError
 
 SHIPPED = ("teacher", "student", "occlusion")
+EXPORT_FORMAT = "agelens-onnx-v1"  # bump when the graph contract changes: cached exports are then redone
 
 
 class OnnxModel:
@@ -76,8 +77,8 @@ def _weights_dir() -> Path:
 
 
 def shipped_fingerprint() -> str:
-    """SHA-256 over the shipped weights (names + bytes): the key of their cached export."""
-    h = hashlib.sha256()
+    """SHA-256 over the export format and the shipped weights (names + bytes): the key of their cached export."""
+    h = hashlib.sha256(EXPORT_FORMAT.encode())
     for role in SHIPPED:
         p = _weights_dir() / f"{role}.safetensors"
         if p.is_file():
@@ -101,7 +102,7 @@ def ensure_export(onnx_dir: str | Path | None = None, log=None) -> Path:
     d = Path(onnx_dir) if onnx_dir else default_onnx_dir()
     if (d / "manifest.json").is_file() and (d / "teacher.onnx").is_file():
         return d
-    if onnx_dir is not None and os.environ.get("AGELENS_ONNX_DIR") is None and d.exists() and any(d.iterdir()):
+    if onnx_dir is not None and d.exists() and any(d.iterdir()):
         raise CheckpointError(f"{d} holds no agelens ONNX export (manifest.json + teacher.onnx)")
     try:
         import torch  # noqa: F401
