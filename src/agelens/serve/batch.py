@@ -47,7 +47,8 @@ def _detect(job: tuple[str, int, bool, bool]) -> tuple[str, list | None, str | N
     except AgelensError as e:
         msg = str(e)
         return path, None, msg if path in msg else f"{path}: {msg}", None, time.perf_counter() - t0
-    except (OSError, ValueError) as e:  # unreadable files, odd arrays: reported per file, the batch goes on
+    except Exception as e:  # anything else one file triggers (OS errors, odd arrays, the face detector):
+        # reported for that file, the batch goes on
         return path, None, f"{path}: {type(e).__name__}: {e}", None, time.perf_counter() - t0
 
 
