@@ -270,13 +270,14 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         files.insert(0, str(resources.files("agelens") / "assets" / "astronaut.jpg"))
     if not files:
         raise AgelensError("no input: give image files, folders or globs (or --demo)")
+    est = AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=_err)
+    if backend != "auto":
+        _err(f"backend: {est.backend}")
+    # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
     sink = StreamSink(output, fmt, resume) if output is not None and fmt in ("jsonl", "csv") else None
     todo = [f for f in files if sink is None or printable(f) not in sink.done]
     if sink is not None and sink.done:
         _err(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
-    est = AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=_err)
-    if backend != "auto":
-        _err(f"backend: {est.backend}")
     results, failed = [], 0
     stream = predict_stream(est, todo, detect, workers, batch_size, keep_rgb=save_annotated is not None)
     if output is not None:
