@@ -218,11 +218,13 @@ class _Rows:
         return self.arrays[k][row]
 
 
-class CacheSubset:
-    """A FaceCache-like view of chosen rows of prepared caches (k-fold parts without re-running detection)."""
+class CacheSubset(FaceCache):
+    """A FaceCache view of chosen rows of prepared caches (k-fold parts without re-running detection); shares
+    FaceCache's len/size/failed, builds its own arrays instead of loading a folder."""
 
     def __init__(self, caches: list[FaceCache], picks: list[tuple[int, int]], path: str | Path,
                  failed: list[dict[str, str]] | None = None) -> None:
+        # no super().__init__: the rows come from already-loaded (and verified) caches, not from a folder
         sizes = {c.size for c in caches}
         if len(sizes) > 1:
             raise DataError(f"cannot combine caches of different sizes {sorted(sizes)}")
@@ -233,17 +235,6 @@ class CacheSubset:
         self.ages = np.array([r.age for r in self.records], np.float32)
         self.meta = {"size": caches[0].size if caches else 0, "records": [asdict(r) for r in self.records],
                      "failed": failed or [], "subset_of": [str(c.path) for c in caches]}
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def size(self) -> int:
-        return int(self.meta["size"])
-
-    @property
-    def failed(self) -> list[dict[str, str]]:
-        return self.meta["failed"]
 
 
 def subset_cache(records: list[FaceRecord], donors: list[FaceCache], path: str | Path) -> CacheSubset:
