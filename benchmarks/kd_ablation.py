@@ -46,9 +46,28 @@ ROWS = {
 }
 
 
+GPU_SUFFIX = "@gpu"  # rows trained by benchmarks/gpu_train.py are stored under name@gpu
+
+
 def teacher_run(name: str) -> str:
     """The teacher of a row: runs/heads_<head>, or runs/heads_resnet34_dldl for the ResNet-34 rows."""
+    name = name.removesuffix(GPU_SUFFIX)
     return "runs/heads_resnet34_dldl" if name.endswith("resnet34") else f"runs/heads_{ROWS[name][1]}"
+
+
+def row_args(name: str, train: int, ft: int, runs: str) -> tuple[list[str], Path]:
+    """The `agelens` arguments that train row `name`, and its run folder."""
+    cmd, head, extra = ROWS[name]
+    teacher = teacher_run(name)
+    run_name = f"{Path(runs).name}_{name}"
+    common = [f"name={run_name}", f"out_dir={Path(runs).parent}", "data.input_size=112", f"data.max_train={train}",
+              "data.max_eval=500", f"train.epochs={ft}", "train.log_every=1000", f"model.head={head}"]
+    if cmd == "distill":
+        args = ["distill", "-c", "configs/student_cpu.yaml", *common, f"distill.teacher={teacher}",
+                "distill.stage_epochs=1", *extra]
+    else:
+        args = ["train", "-c", "configs/direct_occluded_cpu.yaml", *common, f"model.init_from={teacher}", *extra]
+    return args, Path(runs).parent / run_name
 
 
 def main() -> None:
@@ -59,40 +78,42 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--out", default="docs/kd_ablation")
     ap.add_argument("--runs", default="runs/ablation")
+    ap.add_argument("--trained-elsewhere", metavar="DIR",
+                    help="rows come as DIR/<row>.pt + DIR/summary.json (benchmarks/gpu_train.py kd): evaluate only")
     a = ap.parse_args()
     out_json = Path(a.out).with_suffix(".json")
     result = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": {}}
     cache = FaceCache("cache/utkface/test")
+    elsewhere = Path(a.trained_elsewhere) if a.trained_elsewhere else None
+    gpu = json.loads((elsewhere / "summary.json").read_text()) if elsewhere else {}
     for name in filter(None, a.rows.split(",")):  # --rows "": only re-evaluate the teachers and rewrite the tables
-        cmd, head, extra = ROWS[name]
         teacher = teacher_run(name)
-        run_name = f"{Path(a.runs).name}_{name}"
-        common = [f"name={run_name}", f"out_dir={Path(a.runs).parent}", "data.input_size=112",
-                  f"data.max_train={a.train}", "data.max_eval=500", f"train.epochs={a.ft}", "train.log_every=1000",
-                  f"model.head={head}"]
-        if cmd == "distill":
-            args = ["distill", "-c", "configs/student_cpu.yaml", *common, f"distill.teacher={teacher}",
-                    "distill.stage_epochs=1", *extra]
-        else:
-            args = ["train", "-c", "configs/direct_occluded_cpu.yaml", *common, f"model.init_from={teacher}", *extra]
+        args, run_dir = row_args(name, a.train, a.ft, a.runs)
         t0 = time.perf_counter()
-        print("running:", " ".join(args), flush=True)
-        subprocess.run([sys.executable, "-m", "agelens.cli", *args, "--quiet"], check=True)
-        run_dir = Path(a.runs).parent / run_name
-        model = run_dir / ("stages.pt" if "distill.finetune=false" in extra else "best.pt")
+        if elsewhere:  # trained by benchmarks/gpu_train.py kd with these same arguments
+            model = elsewhere / f"{name}.pt"
+            if not model.is_file() or name not in gpu or gpu[name].get("incomplete"):
+                raise SystemExit(f"--trained-elsewhere: no complete run of {name} in {elsewhere}")
+        else:
+            print("running:", " ".join(args), flush=True)
+            subprocess.run([sys.executable, "-m", "agelens.cli", *args, "--quiet"], check=True)
+            model = run_dir / ("stages.pt" if "distill.finetune=false" in args else "best.pt")
         torch.set_grad_enabled(False)
         t = _load_expert(teacher)
         s = _load_expert(str(model))
         est = AgeEstimator(t.model, t.crop_size, t.input_size, name=t.name, student=s, route="student")
         row = {"command": " ".join(["agelens", *args]), "train_s": round(time.perf_counter() - t0, 1)}
+        if elsewhere:
+            row.update(train_s=gpu[name]["seconds"], trained_on=f"{gpu[name]['device']}, benchmarks/gpu_train.py kd "
+                       f"(128 px WebP copies of the same faces)")
         for cond, share in (("clean", 0.0), ("occluded", 1.0)):
             occ = OcclusionMix(dict(PAPER_MIX), 1 - share) if share else None
             m = evaluate_estimator(est, cache, None, occlusion=occ, seed=0, progress=False, max_eval=a.n)
             row[cond] = {"n": m["n"], "mae": round(m["mae"], 3), "cs5": round(m["cs5"], 3)}
         if name.startswith("kd"):
-            hist = json.loads((run_dir / "distill_history.json").read_text())
+            hist = gpu[name]["distill_history"] if elsewhere else json.loads((run_dir / "distill_history.json").read_text())
             row["val_mae_occluded_after_stages"] = [h.get("val_mae_occluded") for h in hist if "val_mae_occluded" in h]
-        result["rows"][name] = row
+        result["rows"][name + (GPU_SUFFIX if elsewhere else "")] = row
         print(json.dumps({name: row}), flush=True)
         atomic_write_json(out_json, result)
     # teachers alone, same faces
@@ -113,7 +134,11 @@ def main() -> None:
                 if any(r.endswith("resnet34") for r in result["rows"]) else "")
              + f". Each variant: first {a.train} "
              f"training faces, 1 epoch per distilled stage, {a.ft} fine-tuning epoch(s); test: first {a.n} test "
-             "faces, clean and 100 % occluded (Table 7 mix, seed 0). Generated by `benchmarks/kd_ablation.py`.", "",
+             "faces, clean and 100 % occluded (Table 7 mix, seed 0). Generated by `benchmarks/kd_ablation.py`."
+             + (f" Rows named `…{GPU_SUFFIX}` were trained with the same arguments by `benchmarks/gpu_train.py kd` on a "
+                "lent H200, from 128 px WebP copies of the same faces (crop 112 = the 256/224 geometry), and evaluated "
+                "here like the others (`--trained-elsewhere`); `kd_residual@gpu` repeats `kd_residual` as a control "
+                "for that change." if any(r.endswith(GPU_SUFFIX) for r in result["rows"]) else ""), "",
              "| variant | teacher | clean MAE | occluded MAE | occluded CS5 | val MAE (occluded) after each stage |",
              "|---|---|---|---|---|---|"]
     for teacher, d in result["teachers"].items():

