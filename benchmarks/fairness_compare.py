@@ -3,7 +3,7 @@
 usage: python benchmarks/fairness_compare.py [--runs runs] [--out docs/fairness_compare] [--rows ...] [overrides ...]
        python benchmarks/fairness_compare.py --trained-elsewhere --runs runs/fairness_gpu --out docs/fairness_gpu
 
---trained-elsewhere: each trained row's RUNS/<row>/best.pt already exists (benchmarks/fairness_gpu.py trains them from
+--trained-elsewhere: each trained row's RUNS/<row>/best.pt already exists (benchmarks/gpu_train.py fair trains them from
 ImageNet on a GPU machine); it is evaluated on the test cache instead of trained, and the KNN rows index it here.
 
 Budget protocol (CPU): every trained row fine-tunes the 3-epoch 112 px DLDL model runs/heads_dldl for ONE more
@@ -103,7 +103,7 @@ def summarise(row: Row, m: dict, runs: Path) -> dict:
            "gender_gap": gap(m.get("per_gender", {})), "race_gap": gap(m.get("per_race", {})),
            "knn": m.get("knn"), "metrics": str(metrics_path(runs, row))}
     hist = Path(out["metrics"]).parent.parent / "metrics.jsonl"
-    summary = runs / "summary.json"  # written by benchmarks/fairness_gpu.py for rows trained elsewhere
+    summary = runs / "summary.json"  # written by benchmarks/gpu_train.py for rows trained elsewhere
     if summary.is_file() and row.run in (s := json.loads(summary.read_text())):
         out["train_s"], out["val_mae"] = s[row.run].get("seconds"), s[row.run].get("best_val_mae")
     elif row.config is not None and hist.is_file():
@@ -117,7 +117,7 @@ PROTOCOL_CPU = ("Every trained row = runs/heads_dldl (3 epochs, 112 px) + ONE ep
                 "add an index of the row's training embeddings (k, w tuned on validation).")
 PROTOCOL_GPU = ("Every trained row: 20 epochs from ImageNet EfficientNet-Lite0 with the row's recipe, identical schedule "
                 "(batch 128, AdamW, cosine, best validation-MAE epoch), trained side by side on one H200 by "
-                "`benchmarks/fairness_gpu.py` (128 px WebP copies of the train/val crops, crop 112 = the 256/224/112 "
+                "`benchmarks/gpu_train.py fair` (128 px WebP copies of the train/val crops, crop 112 = the 256/224/112 "
                 "geometry); the baseline is the recipe with sampler, tail augmentation, CB loss, KNN loss and "
                 "attention off. Evaluated here on the 256 px test cache; KNN rows add an index of the row's "
                 "training embeddings (k, w tuned on validation).")
@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/fairness_compare", help="writes OUT.json and OUT.md")
     ap.add_argument("--rows", nargs="+", help=f"subset/extra rows: {', '.join(r.name for r in ROWS + OPTIONAL)}")
     ap.add_argument("--trained-elsewhere", action="store_true",
-                    help="rows' RUNS/<row>/best.pt exist (benchmarks/fairness_gpu.py): evaluate instead of training")
+                    help="rows' RUNS/<row>/best.pt exist (benchmarks/gpu_train.py fair): evaluate instead of training")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every training run")
     a = ap.parse_args()
     runs = Path(a.runs)
@@ -169,6 +169,8 @@ def main() -> None:
         else:
             run_row(row, runs, a.overrides, a.trained_elsewhere)
         results.append(summarise(row, json.loads(mp.read_text()), runs))
+        if a.trained_elsewhere and row.name == "baseline":
+            results[-1]["label"] = "baseline: default recipe (no sampler, CB loss, KNN loss, attention)"
     from agelens.utils import atomic_write_json, atomic_write_text
 
     atomic_write_json(f"{a.out}.json", {"protocol": PROTOCOL_GPU if a.trained_elsewhere else __doc__,

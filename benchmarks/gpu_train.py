@@ -30,8 +30,10 @@ import cv2
 import numpy as np
 
 SIZE, CROP, INPUT = 128, 112, 112
-PARTS = ("train", "val")
+PARTS = ("train", "val", "test")  # test only when packed (--test N): rows evaluated there (ResNet-34)
 RECIPE = "configs/fair_recipe.yaml"
+R34_TEACHER_CONFIG = "runs/resnet34_scratch_3ep/config.yaml"  # docs/results.md: ResNet-34 from scratch, 3 epochs
+R34_TEACHER = "heads_resnet34_dldl"  # benchmarks/kd_ablation.py's teacher_run() of the resnet34 rows
 GEOMETRY = [f"data.cache_size={SIZE}", f"data.crop_size={CROP}", f"data.input_size={INPUT}"]
 # fairness rows: ImageNet init, identical schedule; the baseline is the recipe with every component off
 COMMON = ["model.init_from=null", "model.pretrained=true", *GEOMETRY, "train.batch_size=128", "train.epochs=20",
@@ -76,6 +78,8 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
     idx = used_points()
     np.save(out / "points.npy", idx)
     for part in PARTS:
+        if part == "test" and not limits.get("test"):
+            continue
         c = FaceCache(caches / part)
         n = min(len(c), limits[part] or len(c))  # the first n records (data.max_train / max_eval take these)
         scale = SIZE / c.size
@@ -103,6 +107,10 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
         torch.save(sd, out / "effnet_lite0_imagenet_fp16.pt")
     for head in teachers:  # benchmarks/compare_heads.py teachers, fp16
         slim_teacher(f"runs/heads_{head}", out / f"teacher_{head}.pt")
+    if limits.get("test"):  # the ResNet-34 job trains its teacher there with this config
+        import shutil
+
+        shutil.copy(R34_TEACHER_CONFIG, out / "r34_teacher.yaml")
     total = sum(p.stat().st_size for p in out.iterdir())
     print(f"pack: {total / 2**20:.1f} MiB in {out}")
 
@@ -115,7 +123,7 @@ def unpack(pack_dir: Path, dest: Path) -> Path:
 
     idx = np.load(pack_dir / "points.npy")
     mean = mean_landmarks() * (SIZE / MEAN_LANDMARK_SIZE)
-    for part in PARTS:
+    for part in [p for p in PARTS if (pack_dir / f"{p}.npz").is_file()]:
         out = dest / part
         out.mkdir(parents=True, exist_ok=True)
         z = np.load(pack_dir / f"{part}.npz")
@@ -208,7 +216,8 @@ def kd_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], lo
     cmd, config, overrides = args[0], args[2], args[3:]
     teacher_key = "distill.teacher" if cmd == "distill" else "model.init_from"
     original = next(o.split("=", 1)[1] for o in overrides if o.startswith(teacher_key + "="))
-    packed = pack_dir / f"teacher_{KD_ROWS[row][1]}.pt"
+    packed = (work / "runs" / R34_TEACHER / "best.pt" if row.endswith("resnet34")
+              else pack_dir / f"teacher_{KD_ROWS[row][1]}.pt")
     cfg = load_config(config, [*overrides, f"{teacher_key}={packed}", *GEOMETRY, *extra])
     train_c, val_c = _caches(work)
     summary: dict = {}
@@ -227,6 +236,61 @@ def kd_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], lo
 
 
 JOBS = {"fair": (FAIR_ROWS, fair_row), "kd": (None, kd_row)}
+
+
+def resnet34_job(pack_dir: Path, out: Path, work: Path, workers: int, deadline_s: float, n_test: int,
+                 extra: list[str]) -> None:
+    """ResNet-34 rows of kd_ablation.py, all there: the 3-epoch 112 px teacher (its fp16 weights, 43 MB, cannot come
+    back), then kd_residual_resnet34 and direct_resnet34 side by side, then teacher alone / KD / direct on the
+    packed test faces, clean and 100 % occluded, as kd_ablation.py evaluates (out/resnet34.json)."""
+    import torch
+
+    import agelens.evaluate.runner as runner
+    from agelens.config import load_config
+    from agelens.data.cache import FaceCache
+    from agelens.occlusion.synth import PAPER_MIX, OcclusionMix
+    from agelens.serve.predictor import AgeEstimator, _load_expert
+    from agelens.train.engine import Trainer
+
+    t0 = time.time()
+    unpack(pack_dir, work / "cache")
+    cfg = load_config(pack_dir / "r34_teacher.yaml", [f"name={R34_TEACHER}", f"out_dir={work / 'runs'}", *GEOMETRY,
+                                                      f"data.num_workers={max(2, workers * 2)}", "train.log_every=1000",
+                                                      *extra])
+    result = {"teacher": Trainer(cfg, FaceCache(work / "cache" / "train"), FaceCache(work / "cache" / "val"),
+                                 log=lambda m: print(f"[teacher] {m}", flush=True)).fit()}
+    result["teacher"]["seconds"] = round(time.time() - t0, 1)
+    rows = ["kd_residual_resnet34", "direct_resnet34"]
+    run_side_by_side("kd", pack_dir, out, rows, work, extra, workers, deadline_s - (time.time() - t0))
+    result["rows"] = json.loads((out / "summary.json").read_text())
+    runner.add_fairness = lambda metrics, *a, **k: metrics  # fairlearn is not installed there; MAE/CS5 only
+    test = FaceCache(work / "cache" / "test")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_grad_enabled(False)
+    t = _load_expert(str(work / "runs" / R34_TEACHER / "best.pt"))
+    models = {"teacher alone": AgeEstimator(t.model.to(dev), t.crop_size, t.input_size, SIZE, name=t.name,
+                                            device=dev, route="teacher")}
+    for row in rows:
+        if (out / f"{row}.pt").is_file() and not result["rows"][row].get("incomplete"):
+            s = _load_expert(str(out / f"{row}.pt"))
+            s.crop_size, s.input_size = CROP, INPUT  # the slim config points at the 256 px caches
+            s.model.to(dev)
+            models[row] = AgeEstimator(t.model, t.crop_size, t.input_size, SIZE, name=t.name, device=dev, student=s,
+                                       route="student")
+    result["test"] = {"n": min(n_test, len(test)), "faces": f"first {min(n_test, len(test))} test faces, {SIZE} px "
+                      "WebP copies", "mae": {}}
+    for name, est in models.items():
+        result["test"]["mae"][name] = {}
+        for cond, share in (("clean", 0.0), ("occluded", 1.0)):
+            occ = OcclusionMix(dict(PAPER_MIX), 1 - share) if share else None
+            m = runner.evaluate_estimator(est, test, None, occlusion=occ, seed=0, progress=False, max_eval=n_test,
+                                          bootstrap=0)
+            result["test"]["mae"][name][cond] = {"mae": round(m["mae"], 3), "cs5": round(m["cs5"], 3)}
+        print(f"{name}: {result['test']['mae'][name]}", flush=True)
+    for row in rows:  # the 43 MB fp16 weights exceed what comes back; the numbers are in resnet34.json
+        (out / f"{row}.pt").unlink(missing_ok=True)
+    result["seconds"] = round(time.time() - t0, 1)
+    (out / "resnet34.json").write_text(json.dumps(result, indent=1, default=str))
 
 
 def run_row(job: str, pack_dir: Path, out: Path, row: str, work: Path, extra: list[str]) -> None:
@@ -285,9 +349,14 @@ def main() -> None:
     p.add_argument("--val", type=int, help="pack only the first N validation faces")
     p.add_argument("--teachers", nargs="*", default=[], help="heads whose runs/heads_<head> teacher goes along")
     p.add_argument("--no-imagenet", action="store_true", help="leave out the ImageNet backbone")
-    jobs = {name: sub.add_parser(name) for name in JOBS}
+    p.add_argument("--test", type=int, help="also pack the first N test faces (and the ResNet-34 teacher config)")
+    jobs = {name: sub.add_parser(name) for name in [*JOBS, "resnet34"]}
     for name, q in jobs.items():
-        q.add_argument("--rows", nargs="+", required=name == "kd", default=list(FAIR_ROWS) if name == "fair" else None)
+        if name != "resnet34":
+            q.add_argument("--rows", nargs="+", required=name == "kd",
+                           default=list(FAIR_ROWS) if name == "fair" else None)
+        else:
+            q.add_argument("--n-test", type=int, default=1000)
         q.add_argument("--workers", type=int, default=2, help="data-loader processes per row")
         q.add_argument("--deadline", type=float, default=500, help="seconds before unfinished rows are stopped")
     r = sub.add_parser("row")
@@ -300,10 +369,13 @@ def main() -> None:
         q.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     if a.cmd == "pack":
-        pack(Path(a.caches), Path(a.out), a.quality, {"train": a.train, "val": a.val}, a.teachers, not a.no_imagenet)
+        pack(Path(a.caches), Path(a.out), a.quality, {"train": a.train, "val": a.val, "test": a.test}, a.teachers,
+             not a.no_imagenet)
         return
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    if a.cmd == "row":
+    if a.cmd == "resnet34":
+        resnet34_job(Path(a.pack), Path(a.out), Path(a.work), a.workers, a.deadline, a.n_test, a.overrides)
+    elif a.cmd == "row":
         run_row(a.job, Path(a.pack), Path(a.out), a.row, Path(a.work), a.overrides)
     else:
         run_side_by_side(a.cmd, Path(a.pack), Path(a.out), a.rows, Path(a.work), a.overrides, a.workers, a.deadline)

@@ -55,6 +55,29 @@ def teacher_run(name: str) -> str:
     return "runs/heads_resnet34_dldl" if name.endswith("resnet34") else f"runs/heads_{ROWS[name][1]}"
 
 
+def resnet34_section(path: Path) -> list[str]:
+    """The ResNet-34 rows, trained and evaluated on the GPU machine (`benchmarks/gpu_train.py resnet34`; their fp16
+    weights, 43 MB each, could not come back), from OUT_resnet34.json when present."""
+    if not path.is_file():
+        return []
+    d = json.loads(path.read_text())
+    t, rows = d["teacher"], d["rows"]
+    lines = ["", "## Backbone: ResNet-34 (from scratch)", "",
+             f"Teacher: ResNet-34 from scratch, DLDL, 112 px, 3 epochs on all training faces (validation MAE "
+             f"{t['best_val_mae']:.2f}, {t['seconds']:.0f} s on an H200), then `kd_residual_resnet34` and "
+             "`direct_resnet34` with the arguments above. Trained and evaluated there by `benchmarks/gpu_train.py "
+             f"resnet34` ({path.name}); test: the {d['test']['faces']} — the same faces as the table above, but its "
+             "EfficientNet rows were evaluated on the 256 px crops, so compare within this table.", "",
+             "| variant | clean MAE | occluded MAE | occluded CS5 | val MAE (occluded) after each stage |",
+             "|---|---|---|---|---|"]
+    for name, m in d["test"]["mae"].items():
+        hist = rows.get(name, {}).get("distill_history") or []
+        stages = ", ".join(f"{h['val_mae_occluded']:.2f}" for h in hist if "val_mae_occluded" in h)
+        lines.append(f"| {name} | {m['clean']['mae']:.3f} | {m['occluded']['mae']:.3f} | {m['occluded']['cs5']:.3f} | "
+                     f"{stages} |")
+    return lines
+
+
 def row_args(name: str, train: int, ft: int, runs: str) -> tuple[list[str], Path]:
     """The `agelens` arguments that train row `name`, and its run folder."""
     cmd, head, extra = ROWS[name]
@@ -147,6 +170,7 @@ def main() -> None:
         stages = ", ".join(f"{v:.2f}" for v in r.get("val_mae_occluded_after_stages", []))
         lines.append(f"| {name} | {teacher_run(name)} | {r['clean']['mae']:.3f} | {r['occluded']['mae']:.3f} | "
                      f"{r['occluded']['cs5']:.3f} | {stages} |")
+    lines += resnet34_section(Path(a.out).with_name(Path(a.out).name + "_resnet34.json"))
     atomic_write_text(Path(a.out).with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {a.out}.json/.md")
 
