@@ -13,7 +13,11 @@ best (validation MAE) weights come back, as fp16 checkpoints whose config points
     python benchmarks/gpu_train.py pack --out .gpu/kdpack --train 3000 --val 500 --teachers dldl coral mwr
     python benchmarks/gpu_train.py kd --pack .gpu/kdpack --out $OUT --rows kd_residual_coral direct_coral ...
     python benchmarks/kd_ablation.py --trained-elsewhere DIR --rows kd_residual_coral,direct_coral,...
+    # ResNet-34 rows: teacher (3 epochs from scratch), KD and direct trained AND evaluated there (43 MB weights)
+    python benchmarks/gpu_train.py pack --out .gpu/r34pack --test 1000 --no-imagenet
+    python benchmarks/gpu_train.py resnet34 --pack .gpu/r34pack --out $OUT --workers 6   # → docs/kd_ablation_resnet34.json
 
+"there" = the `run` tool with carry [".gpu/<pack>"] and PYTHONPATH=src (the package needs no install there).
 Geometry: cache 128 px, crop 112, input 112 = the CPU protocols' 256/224/112 at half the resolution.
 """
 
@@ -32,7 +36,10 @@ import numpy as np
 SIZE, CROP, INPUT = 128, 112, 112
 PARTS = ("train", "val", "test")  # test only when packed (--test N): rows evaluated there (ResNet-34)
 RECIPE = "configs/fair_recipe.yaml"
-R34_TEACHER_CONFIG = "runs/resnet34_scratch_3ep/config.yaml"  # docs/results.md: ResNet-34 from scratch, 3 epochs
+# docs/results.md: the paper's teacher config cut to 3 epochs from scratch (runs/resnet34_scratch_3ep), at 112 px
+R34_TEACHER_CONFIG = ("configs/paper_teacher_resnet34.yaml", ["train.epochs=3", "train.freeze_backbone_epochs=0",
+                                                              "train.lr=0.001", "train.scheduler=cosine",
+                                                              "train.warmup_epochs=0.3"])
 R34_TEACHER = "heads_resnet34_dldl"  # benchmarks/kd_ablation.py's teacher_run() of the resnet34 rows
 GEOMETRY = [f"data.cache_size={SIZE}", f"data.crop_size={CROP}", f"data.input_size={INPUT}"]
 # fairness rows: ImageNet init, identical schedule; the baseline is the recipe with every component off
@@ -107,10 +114,7 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
         torch.save(sd, out / "effnet_lite0_imagenet_fp16.pt")
     for head in teachers:  # benchmarks/compare_heads.py teachers, fp16
         slim_teacher(f"runs/heads_{head}", out / f"teacher_{head}.pt")
-    if limits.get("test"):  # the ResNet-34 job trains its teacher there with this config
-        import shutil
 
-        shutil.copy(R34_TEACHER_CONFIG, out / "r34_teacher.yaml")
     total = sum(p.stat().st_size for p in out.iterdir())
     print(f"pack: {total / 2**20:.1f} MiB in {out}")
 
@@ -254,9 +258,9 @@ def resnet34_job(pack_dir: Path, out: Path, work: Path, workers: int, deadline_s
 
     t0 = time.time()
     unpack(pack_dir, work / "cache")
-    cfg = load_config(pack_dir / "r34_teacher.yaml", [f"name={R34_TEACHER}", f"out_dir={work / 'runs'}", *GEOMETRY,
-                                                      f"data.num_workers={max(2, workers * 2)}", "train.log_every=1000",
-                                                      *extra])
+    cfg = load_config(R34_TEACHER_CONFIG[0], [*R34_TEACHER_CONFIG[1], f"name={R34_TEACHER}",
+                                              f"out_dir={work / 'runs'}", *GEOMETRY, "train.log_every=1000",
+                                              f"data.num_workers={max(2, workers * 2)}", *extra])
     result = {"teacher": Trainer(cfg, FaceCache(work / "cache" / "train"), FaceCache(work / "cache" / "val"),
                                  log=lambda m: print(f"[teacher] {m}", flush=True)).fit()}
     result["teacher"]["seconds"] = round(time.time() - t0, 1)
@@ -349,7 +353,7 @@ def main() -> None:
     p.add_argument("--val", type=int, help="pack only the first N validation faces")
     p.add_argument("--teachers", nargs="*", default=[], help="heads whose runs/heads_<head> teacher goes along")
     p.add_argument("--no-imagenet", action="store_true", help="leave out the ImageNet backbone")
-    p.add_argument("--test", type=int, help="also pack the first N test faces (and the ResNet-34 teacher config)")
+    p.add_argument("--test", type=int, help="also pack the first N test faces (the resnet34 job evaluates there)")
     jobs = {name: sub.add_parser(name) for name in [*JOBS, "resnet34"]}
     for name, q in jobs.items():
         if name != "resnet34":

@@ -309,3 +309,26 @@ def test_cli_curate_and_one_line_errors(tmp_path):
     assert r.returncode == 2 and "error: --source 'utkface' is not DATASET=ROOT" in r.stderr and "Traceback" not in r.stderr
     r = run("evaluate", "--from-cache", "--model", "teacher", "--knn", tmp_path / "none.npz", "-o", tmp_path / "o")
     assert r.returncode == 2 and "error: KNN index not found" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("route", ["teacher", "student"])
+def test_analyse_crops_embeddings_are_the_teachers(route):
+    """evaluate --knn/--save-embeddings take the teacher's embeddings from the routed pass (faces routed to the
+    student get one teacher pass more): they equal the teacher's own embeddings of the same views."""
+    from agelens.data.views import centre_crop
+    from agelens.serve.predictor import AgeEstimator, Expert
+    from agelens.train.batch import to_input
+
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.backbone=resnet18", "model.pretrained=false"]).model
+    teacher, student = build_model(cfg).eval(), build_model(cfg).eval()
+    est = AgeEstimator(teacher, 224, 64, tta_flip=True, student=Expert(student, 224, 64, "student"), route=route)
+    crops = np.random.default_rng(0).integers(0, 255, (3, 256, 256, 3), dtype=np.uint8)
+    r = est.analyse_crops(crops, embeddings=True)
+    assert set(r["model"]) == {route}
+    x = to_input(torch.from_numpy(np.stack([centre_crop(c, 224, 64) for c in crops])), *teacher.mean_std)
+    with torch.no_grad():
+        want = teacher.predict(x, True)[2].numpy()
+    assert r["embedding"].shape == want.shape
+    np.testing.assert_allclose(r["embedding"], want, atol=1e-4)
+    assert "embedding" not in est.analyse_crops(crops)

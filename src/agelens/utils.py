@@ -79,3 +79,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
+
+
+def weights_dir() -> Path:
+    """The package's shipped-weights folder (torch-free, so the onnxruntime backend can use it)."""
+    from importlib import resources
+
+    return Path(str(resources.files("agelens") / "weights"))
+
+
+def shipped_models() -> list[str]:
+    """Names of the shipped models: NAME.json + NAME.safetensors pairs in weights_dir()."""
+    d = weights_dir()
+    return sorted(p.stem for p in d.glob("*.json") if (d / f"{p.stem}.safetensors").is_file()) if d.is_dir() else []

@@ -93,20 +93,6 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
     return metrics
 
 
-def teacher_embeddings(est, crops: np.ndarray) -> np.ndarray:
-    """Embeddings of aligned crops under the estimator's teacher (its crop, flip TTA; mean-face region masks)."""
-    import torch
-
-    from ..data.dataset import centre_crop
-    from ..train.batch import to_input
-
-    t = est.teacher
-    views = torch.from_numpy(np.stack([centre_crop(c, t.crop_size, t.input_size) for c in crops]))
-    x = to_input(views, *t.model.mean_std, est.device, est.numerics.channels_last)
-    with torch.no_grad(), est.numerics.autocast():
-        return t.model.predict(x, est.tta_flip)[2].float().cpu().numpy()
-
-
 def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlusion=None, seed: int = 0,
                        batch_size: int = 64, progress: bool = True, extra: dict | None = None,
                        inpaint: bool = False, max_eval: int = 0, knn=None, embeddings: bool = False,
@@ -117,7 +103,8 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     inpaint=True fills each drawn occluder (its true mask, dilated) with OpenCV Telea inpainting first: the
     inpainting baseline of paper 1. max_eval > 0: only the first max_eval faces.
     knn: a KnnIndex built for the teacher, applied to the faces the teacher answered; embeddings=True writes the
-    teacher's embeddings to OUT/embeddings.npz (both need one extra teacher pass)."""
+    teacher's embeddings to OUT/embeddings.npz (from the teacher's own pass; faces routed to the student get an
+    extra teacher pass)."""
     from ..data.dataset import CachedFaceDataset
     from ..progress import track
 
@@ -130,9 +117,9 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         if inpaint:
             views = [(_inpaint(img, alpha), kind, alpha) for img, kind, alpha in views]
         crops = np.stack([v[0] for v in views])
-        r = est.analyse_crops(crops)
-        if knn is not None or embeddings:
-            embs.append(teacher_embeddings(est, crops))
+        r = est.analyse_crops(crops, embeddings=knn is not None or embeddings)
+        if "embedding" in r:
+            embs.append(r["embedding"])
         ages.append(r["age"])
         spreads.append(r["spread"])
         scores.append(r["occlusion_score"])

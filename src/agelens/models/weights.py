@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
 from ..config import RunConfig, config_from_dict, config_to_dict
 from ..errors import CheckpointError
-from ..utils import atomic_write, atomic_write_json
+from ..utils import atomic_write, atomic_write_json, shipped_models, weights_dir
 from .model import AgeModel, build_model
 
 DEFAULT_MODEL = "teacher"
-
-
-def weights_dir() -> Path:
-    return Path(str(resources.files("agelens") / "weights"))
-
-
-def shipped_models() -> list[str]:
-    d = weights_dir()
-    return sorted(p.stem for p in d.glob("*.json") if (d / f"{p.stem}.safetensors").is_file()) if d.is_dir() else []
+__all__ = ["DEFAULT_MODEL", "export_weights", "load_weights", "resolve_model", "shipped_models", "weights_dir"]
 
 
 def export_weights(model: AgeModel, cfg: RunConfig, out_dir: str | Path, name: str, card: dict) -> Path:

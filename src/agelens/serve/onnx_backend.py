@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ..data.views import centre_crop
 from ..errors import AgelensError, CheckpointError
+from ..utils import weights_dir
 
 SHIPPED = ("teacher", "student", "occlusion")
 EXPORT_FORMAT = "agelens-onnx-v1"  # bump when the graph contract changes: cached exports are then redone
@@ -72,15 +72,11 @@ class OnnxModel:
         return self.run(self.views(crops))[0]
 
 
-def _weights_dir() -> Path:
-    return Path(str(resources.files("agelens") / "weights"))
-
-
 def shipped_fingerprint() -> str:
     """SHA-256 over the export format and the shipped weights (names + bytes): the key of their cached export."""
     h = hashlib.sha256(EXPORT_FORMAT.encode())
     for role in SHIPPED:
-        p = _weights_dir() / f"{role}.safetensors"
+        p = weights_dir() / f"{role}.safetensors"
         if p.is_file():
             h.update(role.encode())
             h.update(p.read_bytes())

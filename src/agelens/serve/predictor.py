@@ -174,9 +174,12 @@ class AgeEstimator:
             self._analyzer = FaceAnalyzer()
         return self._analyzer
 
-    def _ages(self, expert, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _ages(self, expert, crops: np.ndarray, embed: bool = False) -> tuple[np.ndarray, ...]:
+        """(ages, spreads) of one expert, plus its embeddings with embed=True (torch experts only)."""
         views = np.stack([centre_crop(c, expert.crop_size, expert.input_size) for c in crops])
         if not isinstance(expert, Expert):  # OnnxModel: preprocessing and flip-TTA are in the graph
+            if embed:
+                raise AgelensError("embeddings (KNN refinement, --save-embeddings) need the torch backend")
             return expert.run(views)
         import torch
 
@@ -184,12 +187,14 @@ class AgeEstimator:
 
         x = to_input(torch.from_numpy(views), *expert.model.mean_std, self.device, self.numerics.channels_last)
         with torch.no_grad(), self.numerics.autocast():
-            age, spread, _ = expert.model.predict(x, self.tta_flip)
-        return age.float().cpu().numpy(), spread.float().cpu().numpy()
+            age, spread, emb = expert.model.predict(x, self.tta_flip)
+        out = age.float().cpu().numpy(), spread.float().cpu().numpy()
+        return (*out, emb.float().cpu().numpy()) if embed else out
 
-    def analyse_crops(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+    def analyse_crops(self, crops: np.ndarray, embeddings: bool = False) -> dict[str, np.ndarray]:
         """Aligned cache_size crops (N, S, S, 3) uint8 → age, spread, occlusion_score (NaN without a detector),
-        occluded and model (name per face), routed as configured."""
+        occluded and model (name per face), routed as configured. embeddings=True adds "embedding": the teacher's
+        embedding of every face (from the same pass for the faces the teacher answers)."""
         n = len(crops)
         out = {"age": np.zeros(n, np.float32), "spread": np.zeros(n, np.float32),
                "occlusion_score": np.full(n, np.nan, np.float32), "occluded": np.zeros(n, bool),
@@ -205,10 +210,22 @@ class AgeEstimator:
             to_student = out["occluded"].copy()
         else:
             to_student = np.zeros(n, bool)
+        embs: dict[str, np.ndarray] = {}
         for expert, sel in ((self.teacher, ~to_student), (self.student, to_student)):
             if sel.any():
-                out["age"][sel], out["spread"][sel] = self._ages(expert, crops[sel])
+                res = self._ages(expert, crops[sel], embeddings and expert is self.teacher)
+                out["age"][sel], out["spread"][sel] = res[:2]
                 out["model"][sel] = expert.name
+                if len(res) == 3:
+                    embs["teacher"] = res[2]
+        if embeddings:
+            if to_student.any():  # the teacher did not see these faces yet
+                embs["student"] = self._ages(self.teacher, crops[to_student], True)[2]
+            dim = next(iter(embs.values())).shape[1]
+            out["embedding"] = np.zeros((n, dim), np.float32)
+            for key, sel in (("teacher", ~to_student), ("student", to_student)):
+                if key in embs:
+                    out["embedding"][sel] = embs[key]
         return out
 
     def estimate_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
