@@ -158,9 +158,19 @@ def write_markdown(result: dict, out: Path) -> None:
     lines += ["", f"![conditions]({out.name}_conditions.png)", "", f"![per type]({out.name}_per_type.png)", ""]
     md = "\n".join(lines)
     atomic_write_text(out.with_suffix(".md"), md)
-    html = ["<!doctype html><meta charset='utf-8'><title>agelens occlusion report</title>",
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 6px}</style>"]
+    atomic_write_text(out.with_suffix(".html"), markdown_to_html(lines, "agelens occlusion report"))
+
+
+
+
+
+def markdown_to_html(lines: list[str], title: str) -> str:
+    """The few Markdown forms our reports use (# / ## headings, pipe tables, images, paragraphs) as one HTML page."""
+    import html as h
+
+    out = [f"<!doctype html><meta charset='utf-8'><title>{h.escape(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:3px 6px}</style>"]
     in_table = False
     for ln in lines:
         if ln.startswith("|"):
@@ -168,24 +178,24 @@ def write_markdown(result: dict, out: Path) -> None:
                 continue
             tag = "th" if not in_table else "td"
             if not in_table:
-                html.append("<table>")
+                out.append("<table>")
                 in_table = True
-            html.append("<tr>" + "".join(f"<{tag}>{c.strip()}</{tag}>" for c in ln.strip("|").split("|")) + "</tr>")
+            out.append("<tr>" + "".join(f"<{tag}>{c.strip()}</{tag}>" for c in ln.strip("|").split("|")) + "</tr>")
             continue
         if in_table:
-            html.append("</table>")
+            out.append("</table>")
             in_table = False
         if ln.startswith("# "):
-            html.append(f"<h1>{ln[2:]}</h1>")
+            out.append(f"<h1>{ln[2:]}</h1>")
         elif ln.startswith("## "):
-            html.append(f"<h2>{ln[3:]}</h2>")
+            out.append(f"<h2>{ln[3:]}</h2>")
         elif ln.startswith("!["):
-            html.append(f"<img src='{ln[ln.index('(') + 1:-1]}' style='max-width:100%'>")
+            out.append(f"<img src='{ln[ln.index('(') + 1:-1]}' style='max-width:100%'>")
         elif ln:
-            html.append(f"<p>{ln}</p>")
+            out.append(f"<p>{ln}</p>")
     if in_table:
-        html.append("</table>")
-    atomic_write_text(out.with_suffix(".html"), "\n".join(html) + "\n")
+        out.append("</table>")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
