@@ -120,7 +120,8 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
 
 
 def unpack(pack_dir: Path, dest: Path) -> Path:
-    """The pack → FaceCache folders dest/{train,val} (landmarks the masks do not use = mean landmarks)."""
+    """The pack → FaceCache folders dest/<part> for each packed part; FaceMesh points that neither the region
+    masks nor the occluders read are filled with the mean landmarks."""
     from agelens.data.cache import CHECKED_FILES, N_LANDMARKS
     from agelens.models.regions import MEAN_LANDMARK_SIZE, mean_landmarks
     from agelens.utils import crc32_file
