@@ -110,6 +110,24 @@ def test_bad_backend_and_missing_export(tmp_path):
         AgeEstimator.from_pretrained(backend="onnx", onnx_dir=tmp_path)
 
 
+def test_auto_backend_falls_back_to_torch_when_no_export_can_be_made(tmp_path, monkeypatch, astronaut_path):
+    """`predict photo.jpg` must work offline even where the one-off ONNX export cannot be written (read-only
+    cache folder): auto says why and answers with torch; an explicit backend=onnx still fails loudly."""
+    from agelens import AgeEstimator
+    from agelens.errors import AgelensError
+
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("AGELENS_ONNX_DIR", str(blocker / "onnx"))  # under a file: cannot be created
+    said = []
+    est = AgeEstimator.from_pretrained(backend="auto", log=said.append)
+    assert est.backend == "torch-fp32" and any("could not be used" in m for m in said), said
+    face = est.predict(astronaut_path)[0]
+    assert face.extra["backend"] == "torch-fp32" and 10 < face.age < 60
+    with pytest.raises((AgelensError, OSError)):
+        AgeEstimator.from_pretrained(backend="onnx")
+
+
 def _agelens(*args):
     return subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, args)], capture_output=True, text=True,
                           env=ENV, timeout=600)

@@ -122,7 +122,8 @@ class AgeEstimator:
 
         backend: torch (fp32 + channels_last), torch-bf16, onnx (fp32), onnx-int8, or auto = the fastest this
         machine supports (`choose_backend`; the ONNX ones only for the shipped models or an onnx_dir)."""
-        if backend == "auto":
+        auto = backend == "auto"
+        if auto:
             backend, why = choose_backend(custom=any((name_or_path, student, detector)) and onnx_dir is None,
                                           device=device)
             if log:
@@ -135,7 +136,14 @@ class AgeEstimator:
                                    "(`agelens export onnx --output DIR`), or use backend=torch for other models")
             if not tta_flip:
                 raise AgelensError("the ONNX export holds flip-TTA; use backend=torch for --no-tta")
-            return cls.from_onnx(onnx_dir, "int8" if backend == "onnx-int8" else "fp32", route, log=log)
+            try:
+                return cls.from_onnx(onnx_dir, "int8" if backend == "onnx-int8" else "fp32", route, log=log)
+            except Exception as e:  # auto only: an export that cannot be made or read must not stop a prediction
+                if not auto or onnx_dir is not None:
+                    raise
+                backend = "torch"
+                if log:
+                    log(f"backend: torch (the ONNX export could not be used: {type(e).__name__}: {e})")
         from ..models.weights import resolve_model, shipped_models
         from ..occlusion.detector import OcclusionDetector
         from ..train.numerics import Numerics
