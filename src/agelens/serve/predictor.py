@@ -218,22 +218,21 @@ class AgeEstimator:
             to_student = out["occluded"].copy()
         else:
             to_student = np.zeros(n, bool)
-        embs: dict[str, np.ndarray] = {}
+        parts = []  # (faces, teacher embeddings of them) when embeddings are asked for
         for expert, sel in ((self.teacher, ~to_student), (self.student, to_student)):
             if sel.any():
-                res = self._ages(expert, crops[sel], embeddings and expert is self.teacher)
+                want = embeddings and expert is self.teacher
+                res = self._ages(expert, crops[sel], want)
                 out["age"][sel], out["spread"][sel] = res[:2]
                 out["model"][sel] = expert.name
-                if len(res) == 3:
-                    embs["teacher"] = res[2]
+                if want:
+                    parts.append((sel, res[2]))
         if embeddings:
             if to_student.any():  # the teacher did not see these faces yet
-                embs["student"] = self._ages(self.teacher, crops[to_student], True)[2]
-            dim = next(iter(embs.values())).shape[1]
-            out["embedding"] = np.zeros((n, dim), np.float32)
-            for key, sel in (("teacher", ~to_student), ("student", to_student)):
-                if key in embs:
-                    out["embedding"][sel] = embs[key]
+                parts.append((to_student, self._ages(self.teacher, crops[to_student], True)[2]))
+            out["embedding"] = np.zeros((n, parts[0][1].shape[1]), np.float32)
+            for sel, emb in parts:
+                out["embedding"][sel] = emb
         return out
 
     def estimate_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
