@@ -128,6 +128,18 @@ def test_auto_backend_falls_back_to_torch_when_no_export_can_be_made(tmp_path, m
         AgeEstimator.from_pretrained(backend="onnx")
 
 
+def test_auto_backend_with_no_tta_runs_torch(astronaut_path):
+    """The ONNX graphs hold flip-TTA, so auto must pick torch for --no-tta (an explicit onnx still refuses)."""
+    from agelens import AgeEstimator
+    from agelens.errors import AgelensError
+
+    said = []
+    est = AgeEstimator.from_pretrained(tta_flip=False, log=said.append)
+    assert est.backend == "torch-fp32" and not est.tta_flip and "--no-tta" in said[0], said
+    with pytest.raises(AgelensError, match="holds flip-TTA"):
+        AgeEstimator.from_pretrained(backend="onnx", tta_flip=False)
+
+
 def _agelens(*args):
     return subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, args)], capture_output=True, text=True,
                           env=ENV, timeout=600)

@@ -43,7 +43,7 @@ ROUTES = ("auto", "teacher", "student")
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
-def choose_backend(custom: bool = False, device: str = "cpu") -> tuple[str, str]:
+def choose_backend(custom: bool = False, device: str = "cpu", tta_flip: bool = True) -> tuple[str, str]:
     """The fastest inference backend this machine supports, and why. Measured end to end by
     benchmarks/inference.py (docs/inference_benchmark.md, AMD EPYC, 2 threads): onnxruntime fp32 1.80x torch
     fp32 eager at the same MAE, torch bf16 1.48x (+0.02 MAE); static int8 is no faster end to end there and
@@ -52,6 +52,8 @@ def choose_backend(custom: bool = False, device: str = "cpu") -> tuple[str, str]
         return "torch", f"device {device}: torch"
     if custom:
         return "torch", "models other than the shipped ones run on torch (export them for ONNX)"
+    if not tta_flip:
+        return "torch", "--no-tta: the ONNX graphs hold flip-TTA"
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -123,15 +125,15 @@ class AgeEstimator:
         backend: torch (fp32 + channels_last), torch-bf16, onnx (fp32), onnx-int8, or auto = the fastest this
         machine supports (`choose_backend`; the ONNX ones only for the shipped models or an onnx_dir)."""
         auto = backend == "auto"
+        custom = any((name_or_path, student, detector)) and onnx_dir is None
         if auto:
-            backend, why = choose_backend(custom=any((name_or_path, student, detector)) and onnx_dir is None,
-                                          device=device)
+            backend, why = choose_backend(custom=custom, device=device, tta_flip=tta_flip)
             if log:
                 log(f"backend: {backend} ({why})")
         if backend not in BACKENDS:
             raise AgelensError(f"backend must be one of auto, {', '.join(BACKENDS)}, got {backend!r}")
         if backend.startswith("onnx"):
-            if any((name_or_path, student, detector)) and onnx_dir is None:
+            if custom:
                 raise AgelensError("the ONNX backend runs the shipped models or an export: give onnx_dir "
                                    "(`agelens export onnx --output DIR`), or use backend=torch for other models")
             if not tta_flip:
