@@ -17,3 +17,8 @@ def centre_crop(img: np.ndarray, crop: int, size: int) -> np.ndarray:
     """The evaluation view of an aligned face: centre crop×crop, resized to size×size."""
     o = (img.shape[0] - crop) // 2
     return resize_square(img[o:o + crop, o:o + crop], size)
+
+
+def centre_views(crops, crop: int, size: int) -> np.ndarray:
+    """centre_crop of each aligned face, stacked: (N, size, size, 3)."""
+    return np.stack([centre_crop(c, crop, size) for c in crops])

@@ -9,7 +9,6 @@ needs nothing but onnxruntime and numpy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,10 +17,10 @@ import torch
 from torch import nn
 
 from ..errors import AgelensError
-from ..utils import atomic_write, atomic_write_json
+from ..serve.onnx_backend import SHIPPED
+from ..utils import atomic_write, atomic_write_json, sha256_file
 
 OPSET = 17
-SHIPPED = ("teacher", "student", "occlusion")
 
 
 class ExportGraph(nn.Module):
@@ -36,19 +35,8 @@ class ExportGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
-        age, spread = self.model.head.decode(self.model(x))
-        if self.tta:
-            age_f, spread_f = self.model.head.decode(self.model(torch.flip(x, dims=[3])))
-            age, spread = (age + age_f) / 2, (spread + spread_f) / 2
-        return age.float(), spread.float()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        age, spread, _ = self.model.predict(x, self.tta)  # the embedding branch is pruned from the graph
+        return age, spread
 
 
 def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = None) -> dict:
@@ -56,6 +44,7 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
     import onnx
 
     from ..models.weights import resolve_model, weights_dir
+    from ..occlusion.detector import card_threshold
 
     model, cfg, card = resolve_model(name_or_path)
     kind = "occlusion" if cfg.model.head == "binary" else "age"
@@ -64,8 +53,8 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
     src = src if src.is_file() else Path(name_or_path)
     meta = {"name": str(card.get("name", name_or_path)), "kind": kind, "crop_size": cfg.data.crop_size,
             "input_size": cfg.data.input_size, "min_age": cfg.model.min_age, "max_age": cfg.model.max_age,
-            "threshold": float(card.get("threshold", 0.5)) if kind == "occlusion" else None, "tta": tta,
-            "source_sha256": _sha256(src) if src.is_file() else None, "opset": OPSET}
+            "threshold": card_threshold(card) if kind == "occlusion" else None, "tta": tta,
+            "source_sha256": sha256_file(src) if src.is_file() else None, "opset": OPSET}
     graph = ExportGraph(model.float(), tta).eval()
     s = cfg.data.input_size
     dummy = torch.zeros(2, s, s, 3, dtype=torch.uint8)
@@ -95,14 +84,15 @@ class _CropReader:
         return next(self.batches, None)
 
 
-def calibration_views(cache_dir: str | Path, crop_size: int, input_size: int, n: int = 300, seed: int = 0) -> np.ndarray:
-    """n random faces of a prepared cache (e.g. cache/utkface/val), as the model's uint8 centre views."""
+def calibration_views(cache, crop_size: int, input_size: int, n: int = 300, seed: int = 0) -> np.ndarray:
+    """n random faces of a prepared cache (a FaceCache or its folder, e.g. cache/utkface/val), as the model's uint8
+    centre views."""
     from ..data.cache import FaceCache
-    from ..data.views import centre_crop
+    from ..data.views import centre_views
 
-    cache = FaceCache(cache_dir)
+    cache = cache if isinstance(cache, FaceCache) else FaceCache(cache)
     idx = np.sort(np.random.default_rng(seed).choice(len(cache), min(n, len(cache)), replace=False))
-    return np.stack([centre_crop(cache.images[i], crop_size, input_size) for i in idx])
+    return centre_views((cache.images[i] for i in idx), crop_size, input_size)
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray | None) -> str:
@@ -167,6 +157,10 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = models or {r: r for r in SHIPPED if r in shipped_models()}
+    if int8 == "static":  # opened (and checksummed) once; views drawn once per (crop, input) size
+        from ..data.cache import FaceCache
+
+        calib_cache, calib_views = FaceCache(calibration), {}
     manifest: dict = {"opset": OPSET, "input": "image uint8 NHWC (centre view)", "models": {}}
     for role, src in models.items():
         p = out / f"{role}.onnx"
@@ -174,8 +168,12 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
         entry = {"fp32": p.name, **meta}
         log(f"{role}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
         if int8 != "none":
-            views = (calibration_views(calibration, meta["crop_size"], meta["input_size"], n_calib)
-                     if int8 == "static" else None)
+            views = None
+            if int8 == "static":
+                key = (meta["crop_size"], meta["input_size"])
+                if key not in calib_views:
+                    calib_views[key] = calibration_views(calib_cache, *key, n_calib)
+                views = calib_views[key]
             q = out / f"{role}.int8.onnx"
             entry["int8_method"] = quantize_int8(p, q, views)
             entry["int8"] = q.name

@@ -10,7 +10,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.cache import FaceCache
-from ..data.views import centre_crop
+from ..data.views import centre_views
 from ..models import AgeModel
 from ..train.batch import to_input
 from ..train.numerics import Numerics
@@ -86,6 +86,11 @@ def evaluate_detector(model: AgeModel, val: FaceCache | None, test: FaceCache, c
     return out
 
 
+def card_threshold(card: dict) -> float:
+    """The decision threshold a detector's weights card records (top level, else its test metrics), else 0.5."""
+    return float(card.get("threshold", (card.get("test_metrics") or {}).get("threshold", 0.5)))
+
+
 class OcclusionDetector:
     """Inference wrapper: aligned cache-size crops → occlusion probability and verdict."""
 
@@ -106,14 +111,14 @@ class OcclusionDetector:
             from ..errors import CheckpointError
 
             raise CheckpointError(f"{name_or_path} is not an occlusion detector (head {cfg.model.head!r})")
-        thr = float(card.get("threshold", (card.get("test_metrics") or {}).get("threshold", 0.5)))
-        return cls(model, cfg.data.crop_size, cfg.data.input_size, thr, str(card.get("name", name_or_path)))
+        return cls(model, cfg.data.crop_size, cfg.data.input_size, card_threshold(card),
+                   str(card.get("name", name_or_path)))
 
     @torch.no_grad()
     def scores(self, crops: np.ndarray) -> np.ndarray:
         if len(crops) == 0:
             return np.zeros(0, np.float32)
-        views = torch.from_numpy(np.stack([centre_crop(c, self.crop_size, self.input_size) for c in crops]))
+        views = torch.from_numpy(centre_views(crops, self.crop_size, self.input_size))
         x = to_input(views, *self.model.mean_std, self.numerics.device, self.numerics.channels_last)
         with self.numerics.autocast():
             p, _, _ = self.model.predict(x, tta_flip=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.views import centre_crop
+from ..data.views import centre_views
 from ..errors import AgelensError, CheckpointError
 from ..utils import weights_dir
 
@@ -63,7 +63,7 @@ class OnnxModel:
         return np.concatenate(ages).astype(np.float32), np.concatenate(spreads).astype(np.float32)
 
     def views(self, crops: np.ndarray) -> np.ndarray:
-        return np.stack([centre_crop(c, self.crop_size, self.input_size) for c in crops])
+        return centre_views(crops, self.crop_size, self.input_size)
 
     def scores(self, crops: np.ndarray) -> np.ndarray:
         """Occlusion detector interface: aligned crops → probability."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.cache import prepare_face
-from ..data.views import centre_crop
+from ..data.views import centre_views
 from ..errors import AgelensError, NoFaceError
 from ..faces.detect import FaceAnalyzer
 from ..imageio import load_image
@@ -186,7 +186,7 @@ class AgeEstimator:
 
     def _ages(self, expert, crops: np.ndarray, embed: bool = False) -> tuple[np.ndarray, ...]:
         """(ages, spreads) of one expert, plus its embeddings with embed=True (torch experts only)."""
-        views = np.stack([centre_crop(c, expert.crop_size, expert.input_size) for c in crops])
+        views = centre_views(crops, expert.crop_size, expert.input_size)
         if not isinstance(expert, Expert):  # OnnxModel: preprocessing and flip-TTA are in the graph
             if embed:
                 raise AgelensError("embeddings (KNN refinement, --save-embeddings) need the torch backend")
