@@ -122,9 +122,8 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
 def unpack(pack_dir: Path, dest: Path) -> Path:
     """The pack → FaceCache folders dest/<part> for each packed part; FaceMesh points that neither the region
     masks nor the occluders read are filled with the mean landmarks."""
-    from agelens.data.cache import CHECKED_FILES, N_LANDMARKS
+    from agelens.data.cache import N_LANDMARKS, cache_checksums
     from agelens.models.regions import MEAN_LANDMARK_SIZE, mean_landmarks
-    from agelens.utils import crc32_file
 
     idx = np.load(pack_dir / "points.npy")
     mean = mean_landmarks() * (SIZE / MEAN_LANDMARK_SIZE)
@@ -147,7 +146,7 @@ def unpack(pack_dir: Path, dest: Path) -> Path:
         np.save(out / "landmarks.npy", lm.astype(np.float32))
         meta = json.loads(gzip.decompress((pack_dir / f"{part}.meta.json.gz").read_bytes()))
         meta["size"] = SIZE
-        meta["checksums"] = {name: crc32_file(out / name) for name in CHECKED_FILES}
+        meta["checksums"] = cache_checksums(out)
         (out / "meta.json").write_text(json.dumps(meta))
         print(f"unpacked {part}: {n} faces", flush=True)
     return dest

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agelens.data.cache import CHECKED_FILES, N_LANDMARKS, FaceCache
+from agelens.data.cache import N_LANDMARKS, FaceCache, cache_checksums
 from agelens.models.regions import region_masks, view_landmarks
-from agelens.utils import crc32_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_train  # noqa: E402
@@ -30,7 +29,7 @@ def _fake_cache(root: Path, n: int, size: int = 256) -> Path:
     records = [{"path": f"{20 + k}_0_0_x.jpg", "age": 20.0 + k, "gender": "male", "race": "white",
                 "group": f"g{k}"} for k in range(n)]
     meta = {"version": 1, "signature": "test", "size": size, "aligned": True, "records": records, "failed": [],
-            "checksums": {name: crc32_file(root / name) for name in CHECKED_FILES}}
+            "checksums": cache_checksums(root)}
     (root / "meta.json").write_text(json.dumps(meta))
     return root
 

@@ -89,6 +89,11 @@ def cache_signature(records: list[FaceRecord], size: int, aligned: bool) -> str:
 CHECKED_FILES = ("images.npy", "landmarks.npy")
 
 
+def cache_checksums(folder: str | Path) -> dict[str, str]:
+    """CRC-32 of each checked array of a cache folder, as meta.json stores them."""
+    return {name: crc32_file(Path(folder) / name) for name in CHECKED_FILES}
+
+
 class FaceCache:
     """A read-only, memory-mapped store of aligned crops, landmarks and labels. The arrays' CRC-32s (in
     meta.json) are verified on load; caches written before checksums existed load unverified."""
@@ -144,11 +149,10 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
     out = Path(out_dir)
     sig = cache_signature(records, size, aligned)
     if not force and (out / "meta.json").is_file():
-        try:
-            cache = FaceCache(out)
-            if cache.meta.get("signature") == sig:
-                return cache
-        except DataError:
+        try:  # the signature first: a stale cache is rebuilt without reading (and checksumming) its arrays
+            if json.loads((out / "meta.json").read_text()).get("signature") == sig:
+                return FaceCache(out)
+        except (DataError, OSError, ValueError):
             pass
     if not records:
         raise DataError(f"no records to cache into {out}")
@@ -191,7 +195,7 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
             del imgs, lms
         meta = {"version": CACHE_VERSION, "signature": sig, "size": size, "aligned": aligned,
                 "records": [asdict(records[i]) for i in keep], "failed": failed, "no_landmarks": no_landmarks,
-                "checksums": {name: crc32_file(tmp / name) for name in CHECKED_FILES}}
+                "checksums": cache_checksums(tmp)}
         (tmp / "meta.json").write_text(json.dumps(meta))
         if out.exists():
             shutil.rmtree(out)
@@ -199,7 +203,7 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return FaceCache(out)
+    return FaceCache(out, verify=False)  # its checksums were just computed from these very files
 
 
 class _Rows:
@@ -233,8 +237,7 @@ class CacheSubset(FaceCache):
         self.images = _Rows([c.images for c in caches], picks)
         self.landmarks = _Rows([c.landmarks for c in caches], picks)
         self.ages = np.array([r.age for r in self.records], np.float32)
-        self.meta = {"size": caches[0].size if caches else 0, "records": [asdict(r) for r in self.records],
-                     "failed": failed or [], "subset_of": [str(c.path) for c in caches]}
+        self.meta = {"size": caches[0].size if caches else 0, "failed": failed or []}
 
 
 def subset_cache(records: list[FaceRecord], donors: list[FaceCache], path: str | Path) -> CacheSubset:

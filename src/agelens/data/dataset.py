@@ -104,9 +104,6 @@ class CachedFaceDataset(Dataset):
                     kind = None
         return (img, kind, alpha) if with_alpha else (img, kind)
 
-    def _view(self, img: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        return self._view_geom(img, rng)[0]
-
     def _view_geom(self, img: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, tuple]:
         """The view and its geometry (x0, y0, crop side, flipped) in pixels of the cached image."""
         s = img.shape[0]
@@ -143,21 +140,19 @@ class CachedFaceDataset(Dataset):
         state = self._rng(i).bit_generator.state if self.train else None
 
         def view(img):
-            if state is None:
-                return torch.from_numpy(self._view(img, None))
-            rng = np.random.default_rng()
-            rng.bit_generator.state = state  # same crop and flip for the clean and the occluded copy
-            return torch.from_numpy(self._view(img, rng))
-
-        age = torch.tensor(self.cache.ages[i])
-        if self.pair:
-            return view(np.asarray(self.cache.images[i])), view(shown), age, i
-        target = torch.tensor(float(kind is not None)) if self.target == "occluded" else age
-        if self.regions:
+            """(view tensor, its geometry); the same crop and flip for every call on this index."""
             rng = None
             if state is not None:
                 rng = np.random.default_rng()
                 rng.bit_generator.state = state
-            img, geom = self._view_geom(shown, rng)
-            return torch.from_numpy(img), target, i, self._masks(i, geom, warp)
-        return view(shown), target, i
+            out, geom = self._view_geom(img, rng)
+            return torch.from_numpy(out), geom
+
+        age = torch.tensor(self.cache.ages[i])
+        if self.pair:
+            return view(np.asarray(self.cache.images[i]))[0], view(shown)[0], age, i
+        target = torch.tensor(float(kind is not None)) if self.target == "occluded" else age
+        img, geom = view(shown)
+        if self.regions:
+            return img, target, i, self._masks(i, geom, warp)
+        return img, target, i

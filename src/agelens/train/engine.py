@@ -217,8 +217,6 @@ class Trainer:
 
             init = cfg.model.init_from  # a shipped name, .safetensors, .pt checkpoint or run folder
             fresh = load_compatible(self.model, resolve_model(init)[0].state_dict(), f"model.init_from={init}")
-            if self.model.region_attention is not None and "region_attention.prior" in fresh:
-                self.model.region_attention.set_prior(min(1.0, cfg.data.crop_size / cfg.data.cache_size))
             log(f"initialised from {init}" + (f" (new, at identity: {', '.join(fresh)})" if fresh else ""))
 
         def probe_loss(m, x, y):
