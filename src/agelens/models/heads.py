@@ -111,11 +111,8 @@ class DLDLHead(DistributionHead):
         logits = out["logits"].float()
         target = gaussian_label_distribution(age, self.ages, self.sigma)
         mean = logits.softmax(-1) @ self.ages
-        if weights is not None:
-            kl = F.kl_div(logits.log_softmax(-1), target, reduction="none").sum(1)
-            return self.reduce(kl + self.l1_weight * (mean - age.float()).abs(), weights)
-        kl = F.kl_div(logits.log_softmax(-1), target, reduction="batchmean")
-        return kl + self.l1_weight * F.l1_loss(mean, age.float())
+        kl = F.kl_div(logits.log_softmax(-1), target, reduction="none").sum(1)  # its mean is "batchmean"
+        return self.reduce(kl + self.l1_weight * (mean - age.float()).abs(), weights)
 
 
 # ---- CE with expectation (DEX, Rothe et al. 2015) -------------------------------------------------------------
@@ -153,7 +150,7 @@ class RegressionHead(AgeHead):
         err = (out["mean"] - age.float()).abs()
         # L1 drives the mean; the Laplace NLL on the detached error only fits the spread
         nll = err.detach() / out["log_b"].exp() + out["log_b"]
-        return err.mean() + 0.1 * nll.mean() if weights is None else self.reduce(err + 0.1 * nll, weights)
+        return self.reduce(err + 0.1 * nll, weights)
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.clamp(out["mean"]), out["log_b"].exp() * 2**0.5
@@ -171,9 +168,7 @@ class BinaryHead(AgeHead):
         return {"logit": self.fc(emb).float()[:, 0]}
 
     def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        if weights is not None:
-            return self.reduce(F.binary_cross_entropy_with_logits(out["logit"], target.float(), reduction="none"), weights)
-        return F.binary_cross_entropy_with_logits(out["logit"], target.float())
+        return self.reduce(F.binary_cross_entropy_with_logits(out["logit"], target.float(), reduction="none"), weights)
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         p = out["logit"].sigmoid()
@@ -223,12 +218,9 @@ class MWRHead(AgeHead):
         jitter = torch.randint(-self.half, self.half + 1, a.shape, device=a.device).float()
         lo, hi = self._window(a + jitter)
         target = ((2 * a - lo - hi) / (hi - lo)).clamp(-1, 1)
-        if weights is not None:
-            per = (F.cross_entropy(logits, (a.round() - self.min_age).long(), reduction="none")
-                   + (logits.softmax(-1) @ self.ages - a).abs() + (self.relative(out["emb"], lo, hi) - target).abs() * self.half)
-            return self.reduce(per, weights)
-        glob = F.cross_entropy(logits, (a.round() - self.min_age).long()) + F.l1_loss(logits.softmax(-1) @ self.ages, a)
-        return glob + F.l1_loss(self.relative(out["emb"], lo, hi), target) * self.half
+        per = (F.cross_entropy(logits, (a.round() - self.min_age).long(), reduction="none")
+               + (logits.softmax(-1) @ self.ages - a).abs() + (self.relative(out["emb"], lo, hi) - target).abs() * self.half)
+        return self.reduce(per, weights)
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         est, spread = self.distribution_decode(out["logits"])
