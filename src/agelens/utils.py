@@ -37,6 +37,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda t: Path(t).write_text(text, encoding="utf-8", errors="surrogateescape"))
 
 
+def atomic_write_npz(path: str | Path, /, **arrays: Any) -> None:
+    """np.savez of the arrays, written atomically."""
+    import io
+
+    def write(tmp: str) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        Path(tmp).write_bytes(buf.getvalue())
+
+    atomic_write(path, write)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 

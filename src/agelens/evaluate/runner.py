@@ -13,33 +13,28 @@ from ..config import RunConfig
 from ..data.cache import FaceCache
 from ..models import AgeModel
 from ..train.numerics import Numerics
-from ..utils import atomic_write, atomic_write_json, atomic_write_text
+from ..utils import atomic_write_json, atomic_write_npz, atomic_write_text
 from .metrics import bootstrap_ci, compute_metrics, group_report
 
 BOOTSTRAP = 1000  # resamples for the 95 % intervals in every metrics.json
 
 
 def add_fairness(metrics: dict, pred: np.ndarray, true: np.ndarray, genders: list, races: list,
-                 bootstrap: int = BOOTSTRAP, seed: int = 0) -> dict:
-    """metrics["ci95"] (seeded bootstrap intervals) and metrics["groups"] (fairlearn MetricFrame report)."""
+                 bootstrap: int = BOOTSTRAP, seed: int = 0, groups: bool = True) -> dict:
+    """metrics["ci95"] (seeded bootstrap intervals, bootstrap > 0) and metrics["groups"] (fairlearn MetricFrame
+    report, groups=True)."""
     if bootstrap > 0:
         metrics["ci95"] = bootstrap_ci(pred, true, genders, races, n_boot=bootstrap, seed=seed)
-    metrics["groups"] = group_report(pred, true, genders, races)
+    if groups:
+        metrics["groups"] = group_report(pred, true, genders, races)
     return metrics
 
 
 def save_embeddings(path: str | Path, emb: np.ndarray, true: np.ndarray, pred: np.ndarray, recs: list) -> None:
     """embeddings.npz: embedding (fp16), age, pred, gender, race, path; for the t-SNE of `agelens report`."""
-    arrays = {"embedding": np.asarray(emb, np.float16), "age": np.asarray(true, np.float32),
-              "pred": np.asarray(pred, np.float32), "gender": np.array([r.gender or "" for r in recs]),
-              "race": np.array([r.race or "" for r in recs]), "path": np.array([r.path for r in recs])}
-
-    def write(tmp: str) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        Path(tmp).write_bytes(buf.getvalue())
-
-    atomic_write(path, write)
+    atomic_write_npz(path, embedding=np.asarray(emb, np.float16), age=np.asarray(true, np.float32),
+                     pred=np.asarray(pred, np.float32), gender=np.array([r.gender or "" for r in recs]),
+                     race=np.array([r.race or "" for r in recs]), path=np.array([r.path for r in recs]))
 
 
 def apply_knn(knn, fingerprint: str, pred: np.ndarray, emb: np.ndarray, what: str) -> tuple[np.ndarray, dict]:
@@ -96,7 +91,7 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
 def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlusion=None, seed: int = 0,
                        batch_size: int = 64, progress: bool = True, extra: dict | None = None,
                        inpaint: bool = False, max_eval: int = 0, knn=None, embeddings: bool = False,
-                       bootstrap: int = BOOTSTRAP) -> dict:
+                       bootstrap: int = BOOTSTRAP, groups: bool = True) -> dict:
     """Evaluate a (routed) AgeEstimator on a cache, optionally on seeded occluded copies (`occlusion`, an
     OcclusionMix whose clean_fraction sets the clean share, e.g. 0.5 for the paper's 50 % protocol).
     Adds per-occlusion-type MAE, the routing shares and the detector's accuracy against the drawn truth.
@@ -104,7 +99,7 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     inpainting baseline of paper 1. max_eval > 0: only the first max_eval faces.
     knn: a KnnIndex built for the teacher, applied to the faces the teacher answered; embeddings=True writes the
     teacher's embeddings to OUT/embeddings.npz (from the teacher's own pass; faces routed to the student get an
-    extra teacher pass)."""
+    extra teacher pass only for that file). bootstrap=0 / groups=False leave out the intervals / fairlearn report."""
     from ..data.dataset import CachedFaceDataset
     from ..progress import track
 
@@ -117,7 +112,7 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         if inpaint:
             views = [(_inpaint(img, alpha), kind, alpha) for img, kind, alpha in views]
         crops = np.stack([v[0] for v in views])
-        r = est.analyse_crops(crops, embeddings=knn is not None or embeddings)
+        r = est.analyse_crops(crops, embeddings=knn is not None or embeddings, all_faces=embeddings)
         if "embedding" in r:
             embs.append(r["embedding"])
         ages.append(r["age"])
@@ -135,14 +130,15 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         from ..fairness.knn import model_fingerprint
 
         t = est.teacher
-        by_teacher = np.array(models) == t.name
-        refined, knn_info = apply_knn(knn, model_fingerprint(t.model, t.crop_size, t.input_size), pred,
-                                      np.concatenate(embs), f"model {t.name}")
-        pred = np.where(by_teacher, refined, pred).astype(np.float32)
+        by_teacher = np.array(models) == t.name  # only the teacher's answers are refined
+        refined, knn_info = apply_knn(knn, model_fingerprint(t.model, t.crop_size, t.input_size), pred[by_teacher],
+                                      np.concatenate(embs)[by_teacher], f"model {t.name}")
+        pred = pred.copy()
+        pred[by_teacher] = refined
         knn_info["refined"] = int(by_teacher.sum())
     genders, races = [r.gender for r in recs], [r.race for r in recs]
     metrics = compute_metrics(pred, true, genders, races)
-    add_fairness(metrics, pred, true, genders, races, bootstrap)
+    add_fairness(metrics, pred, true, genders, races, bootstrap, groups=groups)
     if knn_info is not None:
         metrics["knn"] = knn_info
     kinds_a, models_a = np.array(kinds), np.array(models)

@@ -6,7 +6,6 @@ together with a fingerprint of the model, so an index is never applied to a mode
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, DataError
-from ..utils import atomic_write
+from ..utils import atomic_write_npz
 
 K_GRID = (1, 3, 5, 10, 20, 50)
 W_GRID = tuple(round(x, 2) for x in np.linspace(0, 1, 11))
@@ -117,15 +116,8 @@ class KnnIndex:
 
         meta = {**self.meta, "format": FORMAT, "k": self.k, "w": self.w}
         meta.pop("path", None)
-        arrays = {"index": faiss.serialize_index(self.index), "ages": self.ages,
-                  "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
-
-        def write(tmp: str) -> None:
-            buf = io.BytesIO()
-            np.savez(buf, **arrays)
-            Path(tmp).write_bytes(buf.getvalue())
-
-        atomic_write(path, write)
+        atomic_write_npz(path, index=faiss.serialize_index(self.index), ages=self.ages,
+                         meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
 
     @classmethod
     def load(cls, path: str | Path) -> KnnIndex:

@@ -201,10 +201,12 @@ class AgeEstimator:
         out = age.float().cpu().numpy(), spread.float().cpu().numpy()
         return (*out, emb.float().cpu().numpy()) if embed else out
 
-    def analyse_crops(self, crops: np.ndarray, embeddings: bool = False) -> dict[str, np.ndarray]:
+    def analyse_crops(self, crops: np.ndarray, embeddings: bool = False, all_faces: bool = True
+                      ) -> dict[str, np.ndarray]:
         """Aligned cache_size crops (N, S, S, 3) uint8 → age, spread, occlusion_score (NaN without a detector),
         occluded and model (name per face), routed as configured. embeddings=True adds "embedding": the teacher's
-        embedding of every face (from the same pass for the faces the teacher answers)."""
+        embedding of every face (from the same pass for the faces the teacher answers; all_faces=False leaves the
+        rows of the student's faces zero instead of running the teacher on them)."""
         n = len(crops)
         out = {"age": np.zeros(n, np.float32), "spread": np.zeros(n, np.float32),
                "occlusion_score": np.full(n, np.nan, np.float32), "occluded": np.zeros(n, bool),
@@ -230,9 +232,9 @@ class AgeEstimator:
                 if want:
                     parts.append((sel, res[2]))
         if embeddings:
-            if to_student.any():  # the teacher did not see these faces yet
+            if all_faces and to_student.any():  # the teacher did not see these faces yet
                 parts.append((to_student, self._ages(self.teacher, crops[to_student], True)[2]))
-            out["embedding"] = np.zeros((n, parts[0][1].shape[1]), np.float32)
+            out["embedding"] = np.zeros((n, self.teacher.model.backbone.info.out_channels), np.float32)
             for sel, emb in parts:
                 out["embedding"][sel] = emb
         return out
