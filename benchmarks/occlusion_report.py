@@ -66,7 +66,7 @@ def main() -> None:
         occ = OcclusionMix(mix or dict(PAPER_MIX), 1 - share) if share > 0 else None
         t0 = time.perf_counter()
         m = evaluate_estimator(est, cache, None, occlusion=occ, seed=a.seed, progress=False,
-                               inpaint=inpaint, max_eval=n or a.n)
+                               inpaint=inpaint, max_eval=n or a.n, bootstrap=0, groups=False)  # none of that is kept
         row = {"model": name, "condition": cond, "n": m["n"], "mae": round(m["mae"], 3), "cs5": round(m["cs5"], 3),
                "cmae": round(m["cmae"], 3), "bias_score": round(m["bias_score"], 3),
                "per_occlusion": {k: v["mae"] for k, v in m["per_occlusion"].items()}, "routed_to": m["routed_to"],
