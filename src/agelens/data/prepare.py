@@ -34,8 +34,9 @@ def make_or_load_split(data: DataConfig, listing: Listing | None = None, force: 
 
 
 def prepare_caches(data: DataConfig, parts_wanted: tuple[str, ...] = ("train", "val", "test"), workers: int = 2,
-                   progress: bool = True, force: bool = False) -> dict[str, FaceCache]:
-    parts = make_or_load_split(data)
+                   progress: bool = True, force: bool = False, listing: Listing | None = None) -> dict[str, FaceCache]:
+    """`listing`: the dataset's records when the caller has listed them already (else listed here)."""
+    parts = make_or_load_split(data, listing)
     out = {}
     for k in parts_wanted:
         if not parts.get(k):

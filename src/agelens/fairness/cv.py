@@ -27,7 +27,7 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
     from ..train.run import train_and_test
 
     listing = list_records(cfg.data)
-    donors = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress)  # every record cached once
+    donors = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress, listing=listing)  # cached once
     recs = listing.records
     root = cv_dir(cfg, folds)
     rows = []

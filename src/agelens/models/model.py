@@ -43,12 +43,12 @@ class AgeModel(nn.Module):
     def predict(self, x: torch.Tensor, tta_flip: bool = True, regions: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised NCHW batch → (age, spread, embedding), averaged over a horizontal flip when asked."""
-        out = self(x) if regions is None else self(x, regions)
+        out = self(x, regions)
         age, spread = self.head.decode(out)
         emb = out["embedding"].float()
         if tta_flip:
             xf = torch.flip(x, dims=[3])  # regions are left+right unions: the mirror's masks are the mirrored masks
-            out_f = self(xf) if regions is None else self(xf, torch.flip(regions, dims=[3]))
+            out_f = self(xf, None if regions is None else torch.flip(regions, dims=[3]))
             age_f, spread_f = self.head.decode(out_f)
             age, spread, emb = (age + age_f) / 2, (spread + spread_f) / 2, (emb + out_f["embedding"].float()) / 2
         return age.float(), spread.float(), emb
