@@ -58,7 +58,13 @@ ROWS = [
         ["train.sampler=default", "train.tail_augment=0"], knn=True),
     Row("fair_no_knn", "fair − KNN refinement (the fair model alone)", model_of="fair"),
 ]
-OPTIONAL = [Row("fair_no_knn_loss", "fair − KNN-adjustment loss (γ=0)", RECIPE, ["fairness.gamma_knn=0"], knn=True)]
+OPTIONAL = [Row("fair_no_knn_loss", "fair − KNN-adjustment loss (γ=0)", RECIPE, ["fairness.gamma_knn=0"], knn=True),
+            # group DRO over the age bins on the default recipe (minimises the worst bin's loss, Sagawa et al. 2020)
+            Row("baseline_dro", "baseline + group DRO by age bin (η=0.001)", BASE_CONFIG, ["fairness.group_dro=true"]),
+            Row("baseline_dro_eta003", "baseline + group DRO by age bin (η=0.003)", BASE_CONFIG,
+                ["fairness.group_dro=true", "fairness.dro_eta=0.003"]),
+            Row("baseline_group_mean", "baseline + group-balanced mean by age bin (DRO with η=0)", BASE_CONFIG,
+                ["fairness.group_dro=true", "fairness.dro_eta=0"])]
 
 
 def sh(cmd: list[str]) -> None:

@@ -14,6 +14,8 @@ from agelens.errors import CheckpointError, ConfigError
 from agelens.evaluate.metrics import bootstrap_ci, compute_metrics
 from agelens.fairness.knn import KnnIndex, model_fingerprint, refine, tune
 from agelens.fairness.losses import (
+    FairLoss,
+    GroupDRO,
     KnnAdjustment,
     class_balanced_weights,
     effective_number_weights,
@@ -118,6 +120,55 @@ def test_heads_accept_per_sample_weights(name):
     assert first_only.item() == pytest.approx(single.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("name", ["coral", "dldl", "mwr", "ce", "regression", "binary"])
+def test_head_loss_is_the_mean_of_its_per_sample_losses(name):
+    torch.manual_seed(0)
+    head = build_head(name, 8, 0, 20)
+    out = head(torch.randn(5, 8))
+    target = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0]) if name == "binary" else torch.tensor([3.0, 7, 12, 18, 20])
+    torch.manual_seed(1)
+    per = head.losses(out, target)
+    torch.manual_seed(1)
+    assert per.shape == (5,) and head.loss(out, target).item() == pytest.approx(per.mean().item(), rel=1e-6)
+
+
+def test_group_dro_weights_groups_and_moves_towards_the_worst():
+    groups = np.array([0, 0, 1, 1, 2])  # three groups over five training records
+    per = torch.tensor([1.0, 3.0, 10.0, 10.0, 0.0], requires_grad=True)
+    idx = torch.tensor([0, 1, 2, 3])  # group 2 absent from the batch
+    flat = GroupDRO(groups, 3, eta=0.0)
+    loss = flat(per[:4], idx)
+    assert loss.item() == pytest.approx((2.0 + 10.0) / 2)  # mean of the present groups' means
+    assert torch.allclose(flat.q, torch.full((3,), 1 / 3))
+    loss.backward()  # each group's mean gets half the weight: samples of group 0 (2 of them) 1/4 each
+    assert per.grad.tolist() == pytest.approx([0.25, 0.25, 0.25, 0.25, 0.0])
+
+    dro = GroupDRO(groups, 3, eta=0.1)
+    dro(per[:4].detach(), idx)
+    q = dro.q.tolist()
+    assert sum(q) == pytest.approx(1.0, abs=1e-6) and q[1] > q[0] > q[2]  # absent group 2: no step up
+    assert q[1] / q[0] == pytest.approx(np.exp(0.1 * (10.0 - 2.0)), rel=1e-5)
+    w = torch.tensor(q[:2]) / sum(q[:2])
+    assert dro(per[:4].detach(), idx).item() > float(w @ torch.tensor([2.0, 10.0]))  # leaned further to group 1
+    fresh = GroupDRO(groups, 3, eta=0.1)
+    fresh.load_state_dict(dro.state_dict())
+    assert torch.equal(fresh.q, dro.q)
+
+
+def test_fair_loss_with_group_dro_uses_the_weighted_per_sample_losses():
+    torch.manual_seed(0)
+    head = build_head("dldl", 8, 0, 20)
+    out = head(torch.randn(4, 8))
+    age = torch.tensor([3.0, 5.0, 15.0, 18.0])
+    idx = torch.tensor([0, 1, 2, 3])
+    weights = np.array([1.0, 0.0, 1.0, 1.0], np.float32)  # 1 + λ·w with λ = 1: sample 1 gets 1, the others 2
+    loss = FairLoss(head, weights, 1.0, None, 0.0, GroupDRO(np.array([0, 0, 1, 1]), 2, eta=0.0))
+    assert loss.active
+    per = head.losses(out, age) * torch.tensor([2.0, 1.0, 2.0, 2.0])
+    assert loss(out, age, idx).item() == pytest.approx(((per[0] + per[1]) / 2 + (per[2] + per[3]) / 2).item() / 2,
+                                                       rel=1e-6)
+
+
 def test_knn_adjustment_targets_exact_neighbours():
     knn = KnnAdjustment(k=1, bank_size=4)
     emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
@@ -178,6 +229,10 @@ def test_fairness_config_validation():
         load_config(None, ["fairness.cb_beta=1.5"])
     with pytest.raises(ConfigError, match="lds_kernel"):
         load_config(None, ["fairness.lds_kernel=4"])
+    with pytest.raises(ConfigError, match="fairness.dro_eta"):
+        load_config(None, ["fairness.group_dro=true", "fairness.dro_eta=-1"])
+    with pytest.raises(ConfigError, match="fairness.dro_by"):
+        load_config(None, ["fairness.dro_by=[shoe_size]"])
     assert load_config(None, ["train.balance_by=age_bin,race"]).train.balance_by == ["age_bin", "race"]
 
 

@@ -90,3 +90,23 @@ def test_cv_two_folds_is_resumable(tmp_path, utk_folder):
     again = run_cv(cfg, 2, progress=False, log=logs.append)  # finished folds are skipped
     assert again["mean"] == summary["mean"] and sum("skipped" in x for x in logs) == 2
     assert "mean" in format_cv(summary)
+
+
+def test_group_dro_training_logs_checkpoints_and_resumes_q(tmp_path, utk_folder):
+    import torch
+
+    from agelens.data.prepare import prepare_caches
+    from agelens.train.engine import Trainer
+
+    dro = ["fairness.group_dro=true", "fairness.dro_eta=0.01", "train.log_every=2"]
+    cfg = load_config(None, _args(tmp_path, utk_folder, "dro", *dro, "train.epochs=2"))
+    train_and_test(cfg, **QUIET)
+    rows = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    qs = [r["dro_q"] for r in rows if "dro_q" in r]
+    assert qs and sum(qs[-1].values()) == pytest.approx(1.0, abs=1e-3)
+    assert len(set(qs[-1].values())) > 1  # q has moved away from uniform
+    q = load_checkpoint(cfg.run_dir / "last.pt")["group_dro"]["q"]
+    assert list(qs[-1]) == sorted(qs[-1]) and q.tolist() == pytest.approx(list(qs[-1].values()), abs=1e-4)
+    caches = prepare_caches(cfg.data, ("train", "val"), progress=False)
+    resumed = Trainer(cfg, caches["train"], caches["val"], resume=True, **QUIET)
+    assert torch.equal(resumed.dro.q.cpu(), q.cpu())

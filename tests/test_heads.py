@@ -7,7 +7,7 @@ from agelens.models.heads import (
     MWRHead,
     build_head,
     coral_levels,
-    coral_loss,
+    coral_losses,
     coral_proba_to_label,
     gaussian_label_distribution,
 )
@@ -22,7 +22,7 @@ def test_coral_matches_coral_pytorch():
     levels = coral_levels(ages.float(), num_ages=10)
     assert torch.equal(levels, levels_from_labelbatch(ages, num_classes=10).float())
     logits = torch.randn(5, 9)
-    assert coral_loss(logits, levels).item() == pytest.approx(ref_loss(logits, levels).item(), rel=1e-6)
+    assert coral_losses(logits, levels).mean().item() == pytest.approx(ref_loss(logits, levels).item(), rel=1e-6)
     probas = torch.sigmoid(logits)
     assert torch.equal(coral_proba_to_label(probas), proba_to_label(probas))
 
@@ -31,7 +31,7 @@ def test_coral_loss_hand_computed():
     logits = torch.tensor([[0.0, 0.0]])
     levels = torch.tensor([[1.0, 0.0]])
     # -[log σ(0)] - [log(1-σ(0))] = 2 log 2
-    assert coral_loss(logits, levels).item() == pytest.approx(2 * torch.log(torch.tensor(2.0)).item())
+    assert coral_losses(logits, levels).mean().item() == pytest.approx(2 * torch.log(torch.tensor(2.0)).item())
 
 
 def test_coral_decode_counts_levels():

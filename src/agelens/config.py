@@ -134,6 +134,9 @@ class FairnessConfig:
     gamma_knn: float = 0.0  # weight of the KNN-adjustment loss (0 = off)
     knn_k: int = 10  # neighbours in the KNN-adjustment loss
     knn_bank: int = 2048  # memory bank of recent (embedding, age) pairs searched with the batch
+    group_dro: bool = False  # online group DRO over dro_by groups (Sagawa et al. 2020): minimise the worst group
+    dro_by: list[str] = field(default_factory=lambda: ["age_bin"])  # the DRO groups (keys as train.balance_by)
+    dro_eta: float = 0.001  # step size of the group distribution q (0: fixed uniform q = group-balanced mean)
 
 
 @dataclass
@@ -204,7 +207,9 @@ class RunConfig:
             (f.gamma_knn >= 0, f"fairness.gamma_knn must be >= 0, got {f.gamma_knn}"),
             (f.knn_k >= 1, f"fairness.knn_k must be >= 1, got {f.knn_k}"),
             (f.knn_bank >= 0, f"fairness.knn_bank must be >= 0, got {f.knn_bank}"),
-            (t.task == "age" or not (f.cb_beta or f.lds or f.gamma_knn or t.sampler != "default"),
+            (_keys_ok(f.dro_by), f"fairness.dro_by must be a non-empty list from {', '.join(GROUP_KEYS)}, got {f.dro_by!r}"),
+            (f.dro_eta >= 0, f"fairness.dro_eta must be >= 0, got {f.dro_eta}"),
+            (t.task == "age" or not (f.cb_beta or f.lds or f.gamma_knn or f.group_dro or t.sampler != "default"),
              "fairness options (fairness.*, train.sampler=balanced) need train.task=age"),
         ]
         for ok, msg in checks:

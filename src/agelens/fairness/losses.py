@@ -1,5 +1,6 @@
-"""Fairness-aware loss terms: class-balanced (effective number) and LDS per-sample weights, and the KNN-adjustment
-loss. Total training loss (docs/fairness.md): L = L_head + λ·L_head(w) + γ·L_knn = L_head(1 + λ·w) + γ·L_knn."""
+"""Fairness-aware loss terms: class-balanced (effective number) and LDS per-sample weights, the KNN-adjustment
+loss and online group DRO. Total training loss (docs/fairness.md): L = L_head(1 + λ·w) + γ·L_knn, where with group
+DRO on the batch mean of L_head(1 + λ·w) becomes Σ_g q_g·(mean over group g)."""
 
 from __future__ import annotations
 
@@ -126,22 +127,54 @@ class KnnAdjustment(torch.nn.Module):
         return (pred.float() - t).abs().mean()
 
 
+class GroupDRO(torch.nn.Module):
+    """Online group DRO (Sagawa et al. 2020, "Distributionally Robust Neural Networks", Algorithm 1): a distribution
+    q over the groups (e.g. age bins) is moved towards the groups with the highest batch loss, q_g ← q_g·exp(η·L_g)
+    renormalised, and the batch loss is Σ_g q_g·L_g / Σ_g q_g over the groups present in the batch (L_g: mean loss of
+    the batch's members of g). With η = 0, q stays uniform: a group-balanced mean. q is a buffer (checkpointed);
+    under DDP every rank keeps its own."""
+
+    def __init__(self, groups: np.ndarray, n_groups: int, eta: float) -> None:
+        super().__init__()
+        self.eta = eta
+        self.groups = torch.as_tensor(np.asarray(groups), dtype=torch.long)
+        self.register_buffer("q", torch.full((n_groups,), 1.0 / n_groups))
+
+    def forward(self, per_sample: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        g = self.groups[idx.long().cpu()].to(per_sample.device)
+        n = torch.bincount(g, minlength=len(self.q)).to(per_sample.dtype)
+        sums = torch.zeros(len(self.q), device=per_sample.device, dtype=per_sample.dtype).index_add(0, g, per_sample)
+        mean = sums / n.clamp_min(1)
+        present = n > 0
+        with torch.no_grad():
+            q = self.q.to(per_sample.device) * torch.exp(self.eta * mean.detach() * present)
+            self.q = (q / q.sum()).to(self.q.device)
+        w = self.q.to(per_sample.device) * present
+        return (w * mean).sum() / w.sum()
+
+
 class FairLoss:
-    """The training loss with the fairness terms: head.loss(out, y, 1 + λ·w[idx]) + γ·KNN(out)."""
+    """The training loss with the fairness terms: head.loss(out, y, 1 + λ·w[idx]) + γ·KNN(out); with group DRO the
+    batch mean of the (re-weighted) per-sample losses becomes GroupDRO's q-weighted mean over groups."""
 
     def __init__(self, head, weights: np.ndarray | None, lambda_cb: float, knn: KnnAdjustment | None,
-                 gamma_knn: float) -> None:
+                 gamma_knn: float, dro: GroupDRO | None = None) -> None:
         self.head = head
         self.weights = None if weights is None or lambda_cb == 0 else torch.from_numpy(1.0 + lambda_cb * weights)
         self.knn, self.gamma = (knn, gamma_knn) if gamma_knn > 0 else (None, 0.0)
+        self.dro = dro
 
     @property
     def active(self) -> bool:
-        return self.weights is not None or self.knn is not None
+        return self.weights is not None or self.knn is not None or self.dro is not None
 
     def __call__(self, out: dict, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         w = None if self.weights is None else self.weights[idx.long().cpu()].to(y.device)
-        loss = self.head.loss(out, y, w)
+        if self.dro is None:
+            loss = self.head.loss(out, y, w)
+        else:
+            per = self.head.losses(out, y)
+            loss = self.dro(per if w is None else per * w.to(per.dtype), idx)
         if self.knn is not None:
             loss = loss + self.gamma * self.knn(self.head.decode(out)[0], out["embedding"], y)
         return loss

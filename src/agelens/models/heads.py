@@ -1,8 +1,9 @@
 """Age heads on a pooled embedding: CORAL, DLDL, MWR, CE-with-expectation, L1 regression.
 
-Every head has the same three calls: `forward(emb) -> dict`, `loss(out, age, weights=None) -> scalar`,
-`decode(out) -> (age, spread)`; `spread` is a one-sigma uncertainty in years. `weights` (one per sample) turns the
-batch mean into sum(w·loss_i)/N (class-balanced / LDS re-weighting, agelens.fairness); None keeps the plain mean.
+Every head has the same calls: `forward(emb) -> dict`, `losses(out, age) -> one loss per sample`,
+`loss(out, age, weights=None) -> scalar`, `decode(out) -> (age, spread)`; `spread` is a one-sigma uncertainty in
+years. `weights` (one per sample) turns the batch mean into sum(w·loss_i)/N (class-balanced / LDS re-weighting,
+agelens.fairness); None keeps the plain mean. Group DRO reads `losses` directly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ class AgeHead(nn.Module):
         self.in_features, self.min_age, self.max_age = in_features, min_age, max_age
         self.num_ages = max_age - min_age + 1
         self.register_buffer("ages", torch.arange(min_age, max_age + 1, dtype=torch.float32), persistent=False)
+
+    def losses(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
+        """The training loss of every sample (shape [N])."""
+        raise NotImplementedError
+
+    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Batch loss: the mean of `losses`, or sum(w_i·l_i)/N with per-sample weights."""
+        return self.reduce(self.losses(out, age), weights)
 
     @staticmethod
     def reduce(per_sample: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -47,11 +56,10 @@ def coral_levels(age: torch.Tensor, num_ages: int, min_age: int = 0) -> torch.Te
     return (age.float().round()[:, None] > ks[None, :]).float()
 
 
-def coral_loss(logits: torch.Tensor, levels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over the batch of the summed binary cross-entropies (identical to coral_pytorch.losses.coral_loss)."""
+def coral_losses(logits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Per sample, the summed binary cross-entropies of the levels; their batch mean is coral_pytorch's coral_loss."""
     logits = logits.float()
-    val = -torch.sum(F.logsigmoid(logits) * levels + (F.logsigmoid(logits) - logits) * (1 - levels), dim=1)
-    return AgeHead.reduce(val, weights)
+    return -torch.sum(F.logsigmoid(logits) * levels + (F.logsigmoid(logits) - logits) * (1 - levels), dim=1)
 
 
 def coral_proba_to_label(probas: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -69,8 +77,8 @@ class CoralHead(AgeHead):
     def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logits": self.fc(emb) + self.bias}
 
-    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        return coral_loss(out["logits"], coral_levels(age, self.num_ages, self.min_age), weights)
+    def losses(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
+        return coral_losses(out["logits"], coral_levels(age, self.num_ages, self.min_age))
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         # expected rank (sum of level probabilities): smoother than counting levels > 0.5, same ordering
@@ -107,12 +115,12 @@ class DLDLHead(DistributionHead):
         super().__init__(in_features, min_age, max_age)
         self.sigma, self.l1_weight = sigma, l1_weight
 
-    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def losses(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
         logits = out["logits"].float()
         target = gaussian_label_distribution(age, self.ages, self.sigma)
         mean = logits.softmax(-1) @ self.ages
         kl = F.kl_div(logits.log_softmax(-1), target, reduction="none").sum(1)  # its mean is "batchmean"
-        return self.reduce(kl + self.l1_weight * (mean - age.float()).abs(), weights)
+        return kl + self.l1_weight * (mean - age.float()).abs()
 
 
 # ---- CE with expectation (DEX, Rothe et al. 2015) -------------------------------------------------------------
@@ -123,9 +131,9 @@ class CEHead(DistributionHead):
     def __init__(self, in_features: int, min_age: int = 0, max_age: int = 100, **_: object) -> None:
         super().__init__(in_features, min_age, max_age)
 
-    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def losses(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
         target = (self.clamp(age).round() - self.min_age).long()
-        return self.reduce(F.cross_entropy(out["logits"].float(), target, reduction="none"), weights)
+        return F.cross_entropy(out["logits"].float(), target, reduction="none")
 
 
 # ---- L1 regression --------------------------------------------------------------------------------------------
@@ -146,11 +154,11 @@ class RegressionHead(AgeHead):
         z = self.fc(emb).float()
         return {"mean": self.mid + self.half_range * z[:, 0], "log_b": (z[:, 1] + 1.5).clamp(-3, 5)}
 
-    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def losses(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
         err = (out["mean"] - age.float()).abs()
         # L1 drives the mean; the Laplace NLL on the detached error only fits the spread
         nll = err.detach() / out["log_b"].exp() + out["log_b"]
-        return self.reduce(err + 0.1 * nll, weights)
+        return err + 0.1 * nll
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.clamp(out["mean"]), out["log_b"].exp() * 2**0.5
@@ -167,8 +175,8 @@ class BinaryHead(AgeHead):
     def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"logit": self.fc(emb).float()[:, 0]}
 
-    def loss(self, out: dict[str, torch.Tensor], target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        return self.reduce(F.binary_cross_entropy_with_logits(out["logit"], target.float(), reduction="none"), weights)
+    def losses(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(out["logit"], target.float(), reduction="none")
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         p = out["logit"].sigmoid()
@@ -212,7 +220,7 @@ class MWRHead(AgeHead):
         z = torch.cat([self.proj(emb), self.refs(i_lo), self.refs(i_hi)], 1)
         return self.rho(z).squeeze(1).float()
 
-    def loss(self, out: dict[str, torch.Tensor], age: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def losses(self, out: dict[str, torch.Tensor], age: torch.Tensor) -> torch.Tensor:
         logits = out["logits"].float()
         a = self.clamp(age)
         jitter = torch.randint(-self.half, self.half + 1, a.shape, device=a.device).float()
@@ -220,7 +228,7 @@ class MWRHead(AgeHead):
         target = ((2 * a - lo - hi) / (hi - lo)).clamp(-1, 1)
         per = (F.cross_entropy(logits, (a.round() - self.min_age).long(), reduction="none")
                + (logits.softmax(-1) @ self.ages - a).abs() + (self.relative(out["emb"], lo, hi) - target).abs() * self.half)
-        return self.reduce(per, weights)
+        return per
 
     def decode(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         est, spread = self.distribution_decode(out["logits"])

@@ -250,10 +250,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.numerics.dtype == "fp16")
         self.start_epoch, self.best_mae, self.best_epoch, self.bad_epochs = 0, float("inf"), -1, 0
         self.history: list[dict] = []
-        from ..fairness.losses import KnnAdjustment
+        from ..fairness.losses import GroupDRO, KnnAdjustment
+        from ..fairness.sampling import records_labels
 
         f = cfg.fairness
         self.knn = KnnAdjustment(f.knn_k, f.knn_bank) if f.gamma_knn > 0 else None
+        self.dro = None
+        if f.group_dro and t.task == "age":  # group index of every training record
+            names, groups = np.unique(records_labels(train_cache.records, f.dro_by), return_inverse=True)
+            self.dro, self.dro_groups = GroupDRO(groups, len(names), f.dro_eta), [str(n) for n in names]
         if resume:
             self._load_resume()
 
@@ -264,7 +269,8 @@ class Trainer:
                 "epoch": epoch, "config": config_to_dict(self.cfg), "best_mae": self.best_mae,
                 "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
                 "numerics": self.numerics.as_dict(), "rng": {"torch": torch.get_rng_state()},
-                **({"knn_bank": self.knn.state_dict()} if self.knn is not None else {})}
+                **({"knn_bank": self.knn.state_dict()} if self.knn is not None else {}),
+                **({"group_dro": self.dro.state_dict()} if self.dro is not None else {})}
 
     def _load_resume(self) -> None:
         p = self.run_dir / "last.pt"
@@ -281,6 +287,8 @@ class Trainer:
         torch.set_rng_state(ck["rng"]["torch"])
         if self.knn is not None and "knn_bank" in ck:
             self.knn.load_state_dict(ck["knn_bank"])
+        if self.dro is not None and "group_dro" in ck:
+            self.dro.load_state_dict(ck["group_dro"])
         self.log(f"resumed from {p} at epoch {self.start_epoch}")
 
     def _write_jsonl(self, row: dict) -> None:
@@ -322,7 +330,7 @@ class Trainer:
         if t.tail_augment > 0:
             out["strong_p"] = tail_probabilities(labels, t.tail_augment)
         w = sample_weights(f, [r.age for r in recs], [r.gender for r in recs], [r.race for r in recs], draws)
-        loss = FairLoss(self.model.head, w, f.lambda_cb, self.knn, f.gamma_knn)
+        loss = FairLoss(self.model.head, w, f.lambda_cb, self.knn, f.gamma_knn, self.dro)
         out["loss"] = loss if loss.active else None
         if self.dist.main and (out["sampler"] is not None or out["loss"] is not None or out["strong_p"] is not None):
             msg = [f"sampler={t.sampler}" + (f" by {'×'.join(t.balance_by)}" if t.sampler == "balanced" else "")]
@@ -331,6 +339,8 @@ class Trainer:
                            f"lambda_cb={f.lambda_cb}")
             if self.knn is not None:
                 msg.append(f"knn term gamma={f.gamma_knn}, k={f.knn_k}")
+            if self.dro is not None:
+                msg.append(f"group DRO over {len(self.dro_groups)} {'×'.join(f.dro_by)} groups, eta={f.dro_eta}")
             if out["strong_p"] is not None:
                 msg.append(f"tail augmentation p<={float(out['strong_p'].max()):.2f}")
             self.log("fairness: " + "; ".join(msg))
@@ -404,6 +414,8 @@ class Trainer:
                     row = {"epoch": epoch, "step": step + 1, "steps": n_steps, "loss": round(loss_sum / (step + 1), 4),
                            "lr": self.optimizer.param_groups[0]["lr"], "img_s": round(seen * self.dist.world / dt, 2),
                            "frozen_backbone": frozen}
+                    if self.dro is not None:  # the group DRO weights, to see which groups it leans on
+                        row["dro_q"] = dict(zip(self.dro_groups, (round(float(v), 4) for v in self.dro.q)))
                     self._write_jsonl(row)
                     if self.dist.main and self.progress:
                         self.log(f"epoch {epoch} step {step + 1}/{n_steps} loss {row['loss']:.3f} {row['img_s']:.1f} img/s")
