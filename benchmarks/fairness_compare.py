@@ -63,6 +63,13 @@ OPTIONAL = [Row("fair_no_knn_loss", "fair − KNN-adjustment loss (γ=0)", RECIP
             Row("baseline_dro", "baseline + group DRO by age bin (η=0.001)", BASE_CONFIG, ["fairness.group_dro=true"]),
             Row("baseline_dro_eta003", "baseline + group DRO by age bin (η=0.003)", BASE_CONFIG,
                 ["fairness.group_dro=true", "fairness.dro_eta=0.003"]),
+            Row("baseline_dro_eta002", "baseline + group DRO by age bin (η=0.002)", BASE_CONFIG,
+                ["fairness.group_dro=true", "fairness.dro_eta=0.002"]),
+            Row("baseline_dro_knn", "baseline + group DRO (η=0.001) + KNN refinement", model_of="baseline_dro", knn=True),
+            Row("baseline_dro_eta002_knn", "baseline + group DRO (η=0.002) + KNN refinement", model_of="baseline_dro_eta002",
+                knn=True),
+            Row("baseline_dro_eta003_knn", "baseline + group DRO (η=0.003) + KNN refinement", model_of="baseline_dro_eta003",
+                knn=True),
             Row("baseline_group_mean", "baseline + group-balanced mean by age bin (DRO with η=0)", BASE_CONFIG,
                 ["fairness.group_dro=true", "fairness.dro_eta=0"])]
 
