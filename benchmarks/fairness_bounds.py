@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agelens.data.adapters import load_duplicate_groups
 from agelens.evaluate.metrics import AGE_BINS, age_bin, per_bin_mae
 from agelens.utils import atomic_write_json, atomic_write_text
 
@@ -36,12 +37,10 @@ DEFAULT_PREDICTIONS = [BASELINE, "runs/utkface_cpu_effnet_dldl_176/test/predicti
 
 def label_disagreement(groups_csv: str | Path) -> dict[str, dict]:
     """Per age bin: pairs of same-group images, mean |age difference|, share of pairs that differ, MAE lower bound."""
-    d = pd.read_csv(groups_csv)
-    d["age"] = d["file"].str.split("_").str[0].astype(float)
-    rows = []
-    for _, members in d.groupby("group"):
-        for a, b in itertools.combinations(members["age"].tolist(), 2):
-            rows.append((age_bin((a + b) / 2), abs(a - b)))
+    members: dict[str, list[float]] = {}
+    for file, group in load_duplicate_groups(groups_csv).items():  # UTKFace names start with AGE_
+        members.setdefault(group, []).append(float(file.split("_")[0]))
+    rows = [(age_bin((a + b) / 2), abs(a - b)) for ages in members.values() for a, b in itertools.combinations(ages, 2)]
     pairs = pd.DataFrame(rows, columns=["bin", "diff"])
     out = {}
     for b in BINS:

@@ -176,7 +176,7 @@ def main() -> None:
             chosen.insert(0, known[need])
     t0 = time.time()
     results = []
-    epochs = [o.split("=", 1)[1] for o in a.overrides if o.startswith("train.epochs=")]
+    epochs = next((o.split("=", 1)[1] for o in reversed(a.overrides) if o.startswith("train.epochs=")), "1")
     for row in chosen:
         print(f"== {row.name}: {row.label}", flush=True)
         mp = metrics_path(runs, row)
@@ -185,8 +185,8 @@ def main() -> None:
         else:
             run_row(row, runs, a.overrides, a.trained_elsewhere)
         results.append(summarise(row, json.loads(mp.read_text()), runs, elsewhere))
-        if epochs and epochs[-1] != "1":  # the rows' labels describe the one-epoch protocol
-            results[-1]["label"] = results[-1]["label"].replace("+1 epoch", f"+{epochs[-1]} epochs")
+        if epochs != "1":  # the rows' labels describe the one-epoch protocol
+            results[-1]["label"] = results[-1]["label"].replace("+1 epoch", f"+{epochs} epochs")
         if a.trained_elsewhere and row.name == "baseline":
             results[-1]["label"] = "baseline: default recipe (no sampler, CB loss, KNN loss, attention)"
     from agelens.utils import atomic_write_json, atomic_write_text
@@ -196,8 +196,8 @@ def main() -> None:
                                         "extra_overrides": a.overrides,
                                         "rows": results, "wall_s": round(time.time() - t0, 1)})
     protocol = PROTOCOL_GPU if a.trained_elsewhere else PROTOCOL_CPU
-    if not a.trained_elsewhere and epochs and epochs[-1] != "1":
-        protocol = protocol.replace("ONE epoch", f"{epochs[-1]} epochs (train.epochs override)")
+    if not a.trained_elsewhere and epochs != "1":
+        protocol = protocol.replace("ONE epoch", f"{epochs} epochs (train.epochs override)")
     md = markdown(results, " ".join(["python benchmarks/fairness_compare.py", *sys.argv[1:]]), protocol)
     atomic_write_text(f"{a.out}.md", md)
     print(md)

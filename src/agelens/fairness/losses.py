@@ -148,8 +148,9 @@ class GroupDRO(torch.nn.Module):
         present = n > 0
         with torch.no_grad():
             q = self.q.to(per_sample.device) * torch.exp(self.eta * mean.detach() * present)
-            self.q = (q / q.sum()).to(self.q.device)
-        w = self.q.to(per_sample.device) * present
+            q = q / q.sum()
+            self.q = q.to(self.q.device)
+        w = q * present
         return (w * mean).sum() / w.sum()
 
 
