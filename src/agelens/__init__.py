@@ -15,7 +15,11 @@ def __getattr__(name: str):
         from .serve.predictor import AgeEstimator
 
         return AgeEstimator
+    if name == "predict_many":
+        from .inference import predict_many
+
+        return predict_many
     raise AttributeError(name)
 
 
-__all__ = ["AgeEstimator", "__version__"]
+__all__ = ["AgeEstimator", "__version__", "predict_many"]

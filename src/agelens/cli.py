@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
@@ -219,50 +218,56 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
                f"  routed {m['routed_to']}  ({m['failed']} without a face, {len(bad)} bad rows) -> {output}/metrics.json")
 
 
-def expand_inputs(paths: list[str]) -> list[str]:
-    """Files as given, folders → their images (recursive, sorted), globs expanded; unknown paths kept (reported)."""
-    from .data.adapters import IMAGE_EXTS
-
-    out: list[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            found = sorted(str(q) for q in Path(p).rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
-            out += found or [p]  # an empty folder (or a folder named like an image) is reported, not skipped
-        elif not os.path.exists(p) and any(c in p for c in "*?["):
-            hits = sorted(glob.glob(p, recursive=True))
-            out += hits if hits else [p]
-        else:
-            out.append(p)
-    return out
-
-
 @app.command()
 def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files, folders or globs", show_default=False)] = None,
             model: Annotated[str | None, typer.Option(help="shipped model name, .safetensors, .pt or run folder")] = None,
-            fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | jsonl | csv")] = "table",
+            fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | jsonl | csv | parquet")] = "table",
             output: Annotated[Path | None, typer.Option("--output", "-o", help="write results here (jsonl/csv: "
-                                                        "streamed, one file at a time, resumable)")] = None,
+                                                        "streamed, one file at a time, resumable; parquet: a "
+                                                        "folder of part files)")] = None,
             resume: Annotated[bool, typer.Option(help="continue --output: skip files already in it")] = False,
-            workers: Annotated[int, typer.Option(help="processes that decode and detect (0: in this process)")] = 0,
+            workers: Annotated[int, typer.Option(help="local: processes that decode and detect (0: in this process); "
+                                                 "ray: model actors (0: one)")] = 0,
             batch_size: Annotated[int, typer.Option(help="faces per model batch")] = 32,
             detect: Annotated[bool, typer.Option("--detect/--no-detect", help="--no-detect: inputs are face crops")] = True,
             save_annotated: Annotated[Path | None, typer.Option(help="write images with boxes and ages here")] = None,
             tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face")] = True,
             route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
             backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
-            demo: Annotated[bool, typer.Option(help="run on the bundled astronaut photo")] = False) -> None:
+            demo: Annotated[bool, typer.Option(help="run on the bundled astronaut photo")] = False,
+            engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data: a local Ray, or the "
+                                                "cluster at --address; pip install \"agelens[ray]\")")] = "local",
+            address: Annotated[str | None, typer.Option(help="--engine ray: Ray cluster address (auto, HOST:6379, "
+                                                        "ray://HOST:10001); default: start a local Ray")] = None,
+            gpus_per_worker: Annotated[float, typer.Option(help="--engine ray: GPUs per model actor (0: CPU)")] = 0.0) -> None:
     """Estimate the age of every face in images; exit code 1 when some files failed."""
-    from .serve.batch import CSV_COLUMNS, StreamSink, csv_rows, predict_stream, printable
+    from .serve.batch import (
+        CSV_COLUMNS,
+        STREAM_FORMATS,
+        csv_rows,
+        expand_inputs,
+        open_sink,
+        predict_stream,
+        printable,
+    )
     from .serve.predictor import AgeEstimator
 
-    if fmt not in ("table", "json", "jsonl", "csv"):
-        raise AgelensError(f"--format must be table, json, jsonl or csv, got {fmt!r}")
+    if fmt not in ("table", "json", *STREAM_FORMATS):
+        raise AgelensError(f"--format must be table, json, jsonl or csv (or parquet), got {fmt!r}")
     if workers < 0 or batch_size < 1:
         raise AgelensError(f"--workers must be >= 0 and --batch-size >= 1, got {workers} and {batch_size}")
+    if engine not in ("local", "ray"):
+        raise AgelensError(f"--engine must be local or ray, got {engine!r}")
+    if engine == "local" and (address is not None or gpus_per_worker):
+        raise AgelensError("--address and --gpus-per-worker need --engine ray")
+    if engine == "ray" and save_annotated is not None:
+        raise AgelensError("--save-annotated needs --engine local")
     if output is not None and fmt == "table":
-        raise AgelensError("--output needs --format json, jsonl or csv")
-    if resume and (output is None or fmt not in ("jsonl", "csv")):
-        raise AgelensError("--resume continues a streamed --output file (--format jsonl or csv)")
+        raise AgelensError("--output needs --format json, jsonl or csv (or parquet)")
+    if fmt == "parquet" and output is None:
+        raise AgelensError("--format parquet needs --output FOLDER")
+    if resume and (output is None or fmt not in STREAM_FORMATS):
+        raise AgelensError("--resume continues a streamed --output file (--format jsonl or csv) or parquet folder")
     files = expand_inputs(list(paths or []))
     if demo:
         from importlib import resources
@@ -274,12 +279,16 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if backend != "auto":
         _err(f"backend: {est.backend}")
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
-    sink = StreamSink(output, fmt, resume) if output is not None and fmt in ("jsonl", "csv") else None
+    sink = open_sink(output, fmt, resume) if output is not None and fmt in STREAM_FORMATS else None
     todo = [f for f in files if sink is None or printable(f) not in sink.done]
     if sink is not None and sink.done:
         _err(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
     results, failed = [], 0
-    stream = predict_stream(est, todo, detect, workers, batch_size, keep_rgb=save_annotated is not None)
+    if engine == "ray":
+        stream = _ray_stream(todo, est, model, route, backend, tta, detect, workers, batch_size, address,
+                             gpus_per_worker)
+    else:
+        stream = predict_stream(est, todo, detect, workers, batch_size, keep_rgb=save_annotated is not None)
     if output is not None:
         from .progress import track
 
@@ -315,6 +324,18 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if failed:
         _err(f"{failed} of {len(todo)} file(s) failed")
         raise typer.Exit(1)
+
+
+def _ray_stream(files: list[str], est, model, route, backend, tta, detect, workers, batch_size, address,
+                gpus_per_worker):
+    """The Ray engine's records as (record, None), as predict_stream yields them."""
+    from .inference.ray_engine import ray_predict, ray_session
+
+    with ray_session(address, max(os.cpu_count() or 1, max(1, workers) + 1)):
+        for r in ray_predict(files, model=model, route=route, backend=backend, tta=tta, detect=detect,
+                             cache_size=est.cache_size, workers=max(1, workers), batch_size=batch_size,
+                             gpus_per_worker=gpus_per_worker):
+            yield r, None
 
 
 def _emit(results: list[dict], fmt: str) -> None:

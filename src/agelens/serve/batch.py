@@ -1,10 +1,12 @@
 """Batch inference over many files: decode + detect + align in worker processes, the age models in the main
-process on batches of faces from several files, results streamed in input order to a JSONL/CSV sink that
-resumes after an interruption (files already answered are skipped; a torn last line is dropped)."""
+process on batches of faces from several files, results streamed in input order to a JSONL/CSV/Parquet sink that
+resumes after an interruption (files already answered are skipped; a torn last line is dropped). The Ray engine
+(`agelens.inference.ray_engine`) runs the same `_detect` and `_flush` on a cluster and writes through the same sinks."""
 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import multiprocessing as mp
@@ -21,6 +23,24 @@ CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "oc
                "model", "error"]
 
 _worker_analyzer = None
+STREAM_FORMATS = ("jsonl", "csv", "parquet")
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """Files as given, folders → their images (recursive, sorted), globs expanded; unknown paths kept (reported)."""
+    from ..data.adapters import IMAGE_EXTS
+
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(str(q) for q in Path(p).rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
+            out += found or [p]  # an empty folder (or a folder named like an image) is reported, not skipped
+        elif not os.path.exists(p) and any(c in p for c in "*?["):
+            hits = sorted(glob.glob(p, recursive=True))
+            out += hits if hits else [p]
+        else:
+            out.append(p)
+    return out
 
 
 def printable(text: str) -> str:
@@ -160,3 +180,99 @@ class StreamSink:
 
     def close(self) -> None:
         self._f.close()
+
+
+class ParquetSink:
+    """Parquet results: OUT is a folder of `part-NNNNN.parquet` files (read it whole with `pandas.read_parquet(OUT)`
+    or `pyarrow.parquet.read_table(OUT)`), one row per input file with the JSONL record's keys (`file`, `faces` as a
+    list of structs, `error`). Records are buffered and each part is written atomically (temp file + rename) every
+    `rows_per_part` records or `flush_s` seconds, so a kill loses at most the unwritten buffer, which a resume redoes.
+    resume=True reads the `file` column of the parts there; otherwise earlier parts are removed."""
+
+    def __init__(self, path: str | Path, resume: bool = False, rows_per_part: int = 1000, flush_s: float = 30.0) -> None:
+        import pyarrow.parquet as pq
+
+        self.path, self.rows_per_part, self.flush_s = Path(path), rows_per_part, flush_s
+        if self.path.is_file():
+            raise AgelensError(f"--output {self.path} is a file; Parquet output is a folder of part files")
+        self.path.mkdir(parents=True, exist_ok=True)
+        for stray in self.path.glob(".part-*.tmp"):  # temp files of a killed run
+            stray.unlink()
+        self.done: set[str] = set()
+        self.schema = None  # the faces' struct type, fixed by the first part that has a face
+        parts = sorted(self.path.glob("part-*.parquet"))
+        if not resume:
+            for q in parts:
+                q.unlink()
+            parts = []
+        for q in parts:
+            try:
+                t = pq.read_table(q)
+            except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+                raise AgelensError(f"cannot resume {self.path}: {q.name} is not a readable Parquet file ({e})") from None
+            if "file" not in t.column_names or "faces" not in t.column_names:
+                raise AgelensError(f"cannot resume {self.path}: {q.name} has no file/faces columns")
+            self.done.update(t.column("file").to_pylist())
+            if self.schema is None and not _null_faces(t.schema):
+                self.schema = t.schema
+        self._next = 1 + max((int(q.stem.split("-")[1]) for q in parts), default=-1)
+        self._buf: list[dict] = []
+        self._t0 = time.monotonic()
+
+    def write(self, result: dict) -> None:
+        self._buf.append(result)
+        if len(self._buf) >= self.rows_per_part or time.monotonic() - self._t0 >= self.flush_s:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        """Write the buffer as one part; until some record has a face its type is unknown, so a part of face-less
+        records only is held back (written at the end if no face ever comes)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ..utils import atomic_write
+
+        if not self._buf:
+            return
+        table = pa.Table.from_pylist(self._buf)
+        for col in ("file", "error"):  # an all-None error column would otherwise be typed null
+            table = table.set_column(table.schema.get_field_index(col), col, table[col].cast(pa.string()))
+        if _null_faces(table.schema):
+            if self.schema is None and not final:
+                return
+            if self.schema is not None:
+                table = table.cast(self.schema)
+        elif self.schema is None:
+            self.schema = table.schema
+        elif table.schema != self.schema:
+            try:
+                table = table.cast(self.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+                raise AgelensError(f"{self.path}: this run's records do not match the schema of the parts already "
+                                   f"there ({e}); write to a new folder") from None
+        name = self.path / f"part-{self._next:05d}.parquet"
+        atomic_write(name, lambda tmp: pq.write_table(table, tmp))
+        self._next += 1
+        self._buf, self._t0 = [], time.monotonic()
+
+    def close(self) -> None:
+        self.flush(final=True)
+
+
+def _null_faces(schema) -> bool:
+    """True when the faces column's element type could not be inferred (no record of the part had a face)."""
+    import pyarrow as pa
+
+    t = schema.field("faces").type
+    return pa.types.is_list(t) and pa.types.is_null(t.value_type)
+
+
+def open_sink(path: str | Path, fmt: str, resume: bool = False) -> StreamSink | ParquetSink:
+    """The streamed, resumable sink for --format jsonl, csv (a file) or parquet (a folder of parts)."""
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise AgelensError("--format parquet needs pyarrow: pip install pyarrow (or \"agelens[ray]\")") from None
+        return ParquetSink(path, resume)
+    return StreamSink(path, fmt, resume)

@@ -1,0 +1,48 @@
+"""Prediction over many files with a choice of engine: `local` (worker processes on this machine) or `ray`
+(a Ray Data pipeline on a local Ray or a cluster). Both give the same per-file records."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterator
+from pathlib import Path
+
+from ..errors import AgelensError
+
+ENGINES = ("local", "ray")
+
+
+def predict_many(source: str | Path | list[str | Path], engine: str = "local", *, model: str | None = None,
+                 route: str = "auto", backend: str = "auto", tta: bool = True, detect: bool = True,
+                 workers: int | None = None, batch_size: int = 32, address: str | None = None,
+                 num_cpus: int | None = None, gpus_per_worker: float = 0.0, skip: Collection[str] = (),
+                 estimator=None, log=None) -> Iterator[dict]:
+    """Yield {"file", "faces", "error"} for every image under `source` (files, folders, globs), as `agelens predict
+    -f jsonl` writes them. Files whose record `file` is in `skip` are not processed (resume).
+
+    engine="local": `workers` detection processes (default 0: in this process), records in input order.
+    engine="ray": `workers` model actors (default 1) fed by detection tasks on the Ray at `address`, or on a
+    local Ray with num_cpus CPUs (default: this machine's, at least workers + 1); records in completion order.
+    `estimator`: an already loaded AgeEstimator (local engine; the Ray engine only reads its cache_size)."""
+    from ..serve.batch import expand_inputs, predict_stream, printable
+    from ..serve.predictor import AgeEstimator
+
+    if engine not in ENGINES:
+        raise AgelensError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    paths = [str(p) for p in (source if isinstance(source, list | tuple) else [source])]
+    files = [f for f in expand_inputs(paths) if printable(f) not in skip]
+    est = estimator or AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=log)
+    if engine == "local":
+        for r, _ in predict_stream(est, files, detect, workers or 0, batch_size):
+            yield r
+        return
+    from .ray_engine import ray_predict, ray_session
+
+    n_actors = workers or 1
+    with ray_session(address, num_cpus or max(os.cpu_count() or 1, n_actors + 1)):
+        yield from ray_predict(files, model=model, route=route, backend=backend, tta=tta, detect=detect,
+                               cache_size=est.cache_size, workers=n_actors, batch_size=batch_size,
+                               gpus_per_worker=gpus_per_worker)
+
+
+__all__ = ["ENGINES", "predict_many"]
