@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -59,14 +58,18 @@ def split(config: ConfigOpt = None, overrides: Overrides = None,
 @app.command()
 def prepare(config: ConfigOpt = None, overrides: Overrides = None,
             workers: Annotated[int, typer.Option(help="processes for detection/landmarks")] = 2,
-            force: Annotated[bool, typer.Option(help="rebuild caches even when up to date")] = False) -> None:
-    """Detect, landmark and align every face once into memory-mapped caches (one per split part)."""
+            force: Annotated[bool, typer.Option(help="rebuild caches even when up to date")] = False,
+            shards: Annotated[Path | None, typer.Option(help="also write WebDataset shards of each part to "
+                                                        "DIR/{train,val,test} (= data.shards; train streams them)")] = None) -> None:
+    """Detect, landmark and align every face once into memory-mapped caches (one per split part), optionally
+    also as WebDataset shards for streamed, multi-node training (an existing up-to-date cache is just converted)."""
     from .data.prepare import prepare_caches
 
-    cfg = _load(config, overrides)
+    cfg = _load(config, [*(overrides or []), *([f"data.shards={shards}"] if shards else [])])
     for part, cache in prepare_caches(cfg.data, workers=workers, force=force).items():
         typer.echo(f"{part}: {len(cache)} faces in {cache.path}; {len(cache.failed)} without a face, "
-                   f"{len(cache.meta.get('no_landmarks', []))} without landmarks")
+                   f"{len(cache.meta.get('no_landmarks', []))} without landmarks"
+                   + (f"; shards in {Path(cfg.data.shards) / part}" if cfg.data.shards else ""))
         for f in cache.failed[:10]:
             typer.echo(f"  no face: {f['path']}: {f['reason']}")
 
@@ -328,14 +331,13 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
 
 def _ray_stream(files: list[str], est, model, route, backend, tta, detect, workers, batch_size, address,
                 gpus_per_worker):
-    """The Ray engine's records as (record, None), as predict_stream yields them."""
-    from .inference.ray_engine import ray_predict, ray_session
+    """The Ray engine's records (`predict_many(engine="ray")`) as (record, None), as predict_stream yields them."""
+    from .inference import predict_many
 
-    with ray_session(address, max(os.cpu_count() or 1, max(1, workers) + 1)):
-        for r in ray_predict(files, model=model, route=route, backend=backend, tta=tta, detect=detect,
-                             cache_size=est.cache_size, workers=max(1, workers), batch_size=batch_size,
-                             gpus_per_worker=gpus_per_worker):
-            yield r, None
+    for r in predict_many(files, "ray", model=model, route=route, backend=backend, tta=tta, detect=detect,
+                          workers=workers, batch_size=batch_size, address=address, gpus_per_worker=gpus_per_worker,
+                          estimator=est):
+        yield r, None
 
 
 def _emit(results: list[dict], fmt: str) -> None:

@@ -33,6 +33,8 @@ class DataConfig:
     num_workers: int = 0
     max_train: int = 0  # >0: use only the first N training records (quick runs)
     max_eval: int = 0
+    shards: str | None = None  # folder of WebDataset shards (docs/scale.md): `prepare` writes them, `train` streams them
+    shard_size: int = 1000  # faces per shard (use >= ranks x loader workers shards per part)
 
 
 @dataclass
@@ -172,6 +174,7 @@ class RunConfig:
             (m.mwr_window >= 2, f"model.mwr_window must be >= 2, got {m.mwr_window}"),
             (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
             (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+            (self.data.shard_size >= 1, f"data.shard_size must be >= 1, got {self.data.shard_size}"),
             (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
             (t.head_lr is None or t.head_lr > 0, f"train.head_lr must be > 0, got {t.head_lr}"),
             (t.region_lr is None or t.region_lr > 0, f"train.region_lr must be > 0, got {t.region_lr}"),

@@ -130,7 +130,11 @@ class CachedFaceDataset(Dataset):
         return torch.from_numpy(region_masks(view_landmarks(lm, s, x0, y0, c, flip)))
 
     def __getitem__(self, k: int):
-        i = int(self.indices[k])
+        return self.item(int(self.indices[k]))
+
+    def item(self, i: int):
+        """The sample of cache record i (what __getitem__ returns for the position of i); the streamed shard
+        dataset calls it with a one-record store, so both paths augment identically."""
         shown, kind = self.occluded_view(i)
         warp = None
         if self.train and self.strong_p is not None and self.strong_p[i] > 0:

@@ -42,4 +42,9 @@ def prepare_caches(data: DataConfig, parts_wanted: tuple[str, ...] = ("train", "
         if not parts.get(k):
             raise DataError(f"split part {k!r} is empty in {data.split_file}")
         out[k] = build_cache(parts[k], Path(data.cache_dir) / k, data.cache_size, data.aligned, workers, progress, force)
+    if data.shards:  # the caches (new or reused as they are) → WebDataset shards for streamed, multi-node training
+        from .shards import write_shards
+
+        for k, cache in out.items():
+            write_shards(cache, Path(data.shards) / k, data.shard_size, data.split_seed, force, progress)
     return out

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..config import RunConfig, config_from_dict, config_to_dict
 from ..data.cache import FaceCache
 from ..data.dataset import CachedFaceDataset
-from ..errors import CheckpointError
+from ..data.shards import ShardSet, ShardStream
+from ..errors import CheckpointError, ConfigError
 from ..models import AgeModel, build_model
 from ..utils import atomic_write, atomic_write_json, atomic_write_text, seed_everything
 from .batch import photometric_jitter, to_input
@@ -361,19 +362,25 @@ class Trainer:
                      f"{self.numerics.device} ({self.numerics.reason})")
         n_train = min(len(self.train_cache), cfg.data.max_train or len(self.train_cache))
         fair = self._fairness_setup(n_train)
-        ds = CachedFaceDataset(self.train_cache, True, cfg.data.crop_size, cfg.data.input_size, seed=t.seed,
-                               indices=np.arange(n_train),
-                               occlusion=occlusion_mix(cfg), target="occluded" if t.task == "occlusion" else "age",
-                               degrade=cfg.occlusion.degrade, strong_p=fair["strong_p"],
-                               regions=self.model.region_attention is not None)
+        view_kw = {"crop_size": cfg.data.crop_size, "input_size": cfg.data.input_size, "occlusion": occlusion_mix(cfg),
+                   "target": "occluded" if t.task == "occlusion" else "age", "degrade": cfg.occlusion.degrade,
+                   "strong_p": fair["strong_p"], "regions": self.model.region_attention is not None}
         sampler = fair["sampler"]
-        if sampler is None and self.dist.world > 1:
-            sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, shuffle=True, seed=t.seed)
         loss_fn = fair["loss"]
         gen = torch.Generator().manual_seed(t.seed)
-        dl = DataLoader(ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler, generator=gen if sampler is None else None,
-                        num_workers=cfg.data.num_workers, drop_last=len(ds) > t.batch_size,
-                        persistent_workers=cfg.data.num_workers > 0)
+        if isinstance(self.train_cache, ShardSet):  # streamed: each rank and loader worker reads its own shards
+            if sampler is not None:
+                raise ConfigError("train.sampler=balanced draws from the memory-mapped cache; unset data.shards")
+            ds = ShardStream(self.train_cache, n_train, t.batch_size, self.dist.rank, self.dist.world,
+                             cfg.data.num_workers, t.seed, **view_kw)
+            dl = DataLoader(ds, batch_size=t.batch_size, num_workers=cfg.data.num_workers)
+        else:
+            ds = CachedFaceDataset(self.train_cache, True, seed=t.seed, indices=np.arange(n_train), **view_kw)
+            if sampler is None and self.dist.world > 1:
+                sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, shuffle=True, seed=t.seed)
+            dl = DataLoader(ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
+                            generator=gen if sampler is None else None, num_workers=cfg.data.num_workers,
+                            drop_last=len(ds) > t.batch_size, persistent_workers=cfg.data.num_workers > 0)
         jitter_gen = torch.Generator().manual_seed(t.seed + 1)
         for epoch in range(self.start_epoch, t.epochs):
             frozen = epoch < t.freeze_backbone_epochs

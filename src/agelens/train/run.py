@@ -15,6 +15,10 @@ from .engine import Trainer, model_from_checkpoint
 def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, log=print,
                    caches: dict | None = None) -> dict:
     """`caches` ({train, val, test}: FaceCache-like, val may be None) replaces the config's split caches (k-fold)."""
+    if caches is None and cfg.data.shards:  # streamed train shards; val/test shards read into memory
+        from ..data.shards import shard_caches
+
+        caches = shard_caches(cfg.data.shards)
     caches = caches or prepare_caches(cfg.data, ("train", "val", "test"), progress=progress)
     trainer = Trainer(cfg, caches["train"], caches["val"], resume=resume, progress=progress, log=log)
     result = trainer.fit()
