@@ -100,7 +100,7 @@ def test_missing_or_degenerate_landmarks_raise_a_clear_error():
     with pytest.raises(OcclusionError, match="too small"):
         occlude(img, mean_landmarks() * 0.02, "mask", np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown occlusion type"):
-        occlude(img, mean_landmarks(), "scarf", np.random.default_rng(0))
+        occlude(img, mean_landmarks(), "no_such_type", np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown style"):
         occlude(img, mean_landmarks(), "mask", np.random.default_rng(0), style="nope")
 
@@ -113,7 +113,7 @@ def test_mix_follows_its_probabilities_and_validates():
     assert abs(draws.count("sunglasses+mask") / 4000 - 0.75 * 0.20) < 0.03
     only = OcclusionMix({"mask": 1.0})
     assert {only.sample(rng) for _ in range(50)} == {"mask"}
-    for bad in ({"scarf": 1.0}, {"mask": -1.0}, {"mask": 0.0}):
+    for bad in ({"no_such_type": 1.0}, {"mask": -1.0}, {"mask": 0.0}):
         with pytest.raises(ValueError):
             OcclusionMix(bad)
     with pytest.raises(ValueError, match="clean_fraction"):

@@ -26,6 +26,14 @@ NOSE_TIP, CHIN = 1, 152
 OCCLUSION_TYPES = ("sunglasses", "mask", "sunglasses+mask", "eye_block", "mouth_block", "eye+mouth_block")
 PAPER_MIX = {"sunglasses": 0.15, "mask": 0.15, "sunglasses+mask": 0.20, "eye_block": 0.15, "mouth_block": 0.15,
              "eye+mouth_block": 0.20}  # paper 1, Table 7
+# occluder families (issue 20): the paper's six types plus real-world families drawn by occlusion/families.py
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "paper": OCCLUSION_TYPES, "fabric_mask": ("fabric_mask",), "scarf": ("scarf",), "hand": ("hand",), "cap": ("cap",),
+    "hair": ("hair",), "object": ("object",), "eye_patch": ("eye_patch",), "face_shield": ("face_shield",),
+    "thick_glasses": ("thick_glasses",), "texture_patch": ("texture_patch",),
+    "combined": ("hand+sunglasses", "cap+fabric_mask", "scarf+sunglasses", "hair+fabric_mask", "cap+sunglasses"),
+}
+ALL_TYPES: tuple[str, ...] = tuple(dict.fromkeys(k for kinds in FAMILIES.values() for k in kinds))
 BOUNDS = {"eyes": (0.15, 0.20), "mouth": (0.30, 0.35)}  # share of the face-oval area
 PARTS = {"sunglasses": ("eyes",), "mask": ("mouth",), "sunglasses+mask": ("eyes", "mouth"), "eye_block": ("eyes",),
          "mouth_block": ("mouth",), "eye+mouth_block": ("eyes", "mouth")}
@@ -431,7 +439,15 @@ def _draw_block(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, part: 
 # ---- public API ---------------------------------------------------------------------------------------------------
 
 
+def _unknown(kind: str) -> ValueError:
+    return ValueError(f"unknown occlusion type {kind!r}; choose from {', '.join(ALL_TYPES)}")
+
+
 def styles_for(kind: str) -> list[str]:
+    if kind in ALL_TYPES and kind not in OCCLUSION_TYPES:
+        from .families import family_styles
+
+        return family_styles(kind)
     if kind == "sunglasses":
         return list(SUNGLASS_STYLES)
     if kind == "mask":
@@ -440,14 +456,19 @@ def styles_for(kind: str) -> list[str]:
         return [f"{a}+{b}" for a in SUNGLASS_STYLES for b in MASK_STYLES]
     if kind in ("eye_block", "mouth_block", "eye+mouth_block"):
         return list(BLOCK_COLOURS)
-    raise ValueError(f"unknown occlusion type {kind!r}; choose from {', '.join(OCCLUSION_TYPES)}")
+    raise _unknown(kind)
 
 
 def occlude(img: np.ndarray, landmarks: np.ndarray, kind: str, rng: np.random.Generator, style: str | None = None,
             jitter: bool = True) -> Occluded:
-    """Draw one occlusion of `kind` on an RGB uint8 image whose FaceMesh landmarks (478, 2) are in its pixels."""
+    """Draw one occlusion of `kind` (any of ALL_TYPES) on an RGB uint8 image whose FaceMesh landmarks (478, 2) are in
+    its pixels; kinds outside the paper's six are drawn by occlusion/families.py."""
     if kind not in OCCLUSION_TYPES:
-        raise ValueError(f"unknown occlusion type {kind!r}; choose from {', '.join(OCCLUSION_TYPES)}")
+        if kind not in ALL_TYPES:
+            raise _unknown(kind)
+        from .families import draw_family
+
+        return draw_family(img, landmarks, kind, rng, style, jitter)
     styles = styles_for(kind)
     if style is None:
         style = styles[rng.integers(len(styles))] if kind != "sunglasses+mask" else (
@@ -482,9 +503,9 @@ class OcclusionMix:
     clear_glasses: float = 0.0  # share of the clean draws given see-through glasses (detector hard negatives)
 
     def __post_init__(self) -> None:
-        bad = set(self.mix) - set(OCCLUSION_TYPES)
+        bad = set(self.mix) - set(ALL_TYPES)
         if bad:
-            raise ValueError(f"unknown occlusion type(s) {sorted(bad)}; choose from {', '.join(OCCLUSION_TYPES)}")
+            raise ValueError(f"unknown occlusion type(s) {sorted(bad)}; choose from {', '.join(ALL_TYPES)}")
         if any(p < 0 for p in self.mix.values()) or sum(self.mix.values()) <= 0:
             raise ValueError("occlusion mix needs non-negative probabilities with a positive sum")
         if not 0 <= self.clean_fraction <= 1:
