@@ -38,10 +38,12 @@ def _faces(an: FaceAnalyzer, utkface: Path, size: int) -> list[tuple[np.ndarray,
     return faces
 
 
-def _tile(img: np.ndarray, label: str, size: int) -> np.ndarray:
+def _tile(img: np.ndarray, lines: list[str], size: int) -> np.ndarray:
     t = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-    t = cv2.copyMakeBorder(t, 0, 18, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255))
-    cv2.putText(t, label[:int(size / 5.6)], (3, size + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
+    t = cv2.copyMakeBorder(t, 0, 4 + 13 * len(lines), 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+    for i, line in enumerate(lines):
+        cv2.putText(t, line[:int(size / 5.6)], (3, size + 13 + 13 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1,
+                    cv2.LINE_AA)
     return t
 
 
@@ -58,14 +60,14 @@ def families(a: argparse.Namespace) -> None:
             img, lm = faces[(r + i) % len(faces)]
             style = styles[(i * len(styles)) // a.per_kind + (i * 7 + r) % max(1, len(styles) // a.per_kind)]
             o = occlude(img, lm, kind, rng, style=style)
-            tiles.append(_tile(o.image, f"{kind}: {style} {o.fraction:.0%}", a.tile))
+            tiles.append(_tile(o.image, [f"{kind} {o.fraction:.0%}", *style.split("+"), ""][:3], a.tile))
         rows.append(np.hstack(tiles))
     half = (len(rows) + 1) // 2
     if len(rows) % 2:
         rows.append(np.full_like(rows[0], 255))
     grid = np.hstack([np.vstack(rows[:half]), np.full((half * rows[0].shape[0], 8, 3), 255, np.uint8),
                       np.vstack(rows[half:])])
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     atomic_write(a.out, lambda tmp: Path(tmp).write_bytes(buf.tobytes()))
     print(f"wrote {a.out}: {len(kinds)} kinds × {a.per_kind} styles on {len(faces)} faces")
 
@@ -74,13 +76,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=None, help="default docs/occlusion_gallery.png (docs/occlusion_families.png)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tile", type=int, default=None, help="tile size (default 192; 160 with --families)")
+    ap.add_argument("--tile", type=int, default=None, help="tile size (default 192; 144 with --families)")
     ap.add_argument("--families", action="store_true", help="render the real-world occluder families instead")
-    ap.add_argument("--per-kind", type=int, default=4, help="with --families: styles per kind")
+    ap.add_argument("--per-kind", type=int, default=3, help="with --families: styles per kind")
     ap.add_argument("--utkface", default="../shared/data/utkface", help="with --families: UTKFace folder (optional)")
     a = ap.parse_args()
     if a.families:
-        a.out, a.tile = a.out or "docs/occlusion_families.png", a.tile or 160
+        a.out, a.tile = a.out or "docs/occlusion_families.png", a.tile or 144
         return families(a)
     a.out, a.tile = a.out or "docs/occlusion_gallery.png", a.tile or 192
     rgb = load_image(str(resources.files("agelens") / "assets" / "astronaut.jpg"))

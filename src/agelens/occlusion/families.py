@@ -26,7 +26,6 @@ from .synth import (
     _bisect,
     _composite,
     _draw_sunglasses,
-    _jitter_colour,
     _lens_polys,
     _luma_shading,
     _mask_polys,
@@ -43,6 +42,11 @@ FAMILY_BOUNDS = {"fabric_mask": (0.28, 0.42), "scarf": (0.30, 0.55), "hand": (0.
 
 
 # ---- shared helpers -------------------------------------------------------------------------------------------------
+
+
+def _vary(rgb, rng: np.random.Generator, amount: float = 8) -> np.ndarray:
+    """A colour varied mostly in brightness (dark colours keep their hue)."""
+    return np.clip(np.asarray(rgb, np.float32) * rng.uniform(0.9, 1.1) + rng.normal(0, amount * 0.35, 3), 0, 255)
 
 
 def _soft(a: np.ndarray, fr: FaceFrame, sigma: float = 0.008) -> np.ndarray:
@@ -135,8 +139,8 @@ def _fabric(fr: FaceFrame, rng: np.random.Generator, base, pattern: str, accent=
     u, v = fr.grid()
     h, w = fr.shape
     px = fr.scale
-    base = _jitter_colour(base, rng, 10)
-    acc = _jitter_colour(accent if accent is not None else ACCENTS[rng.integers(len(ACCENTS))], rng, 12)
+    base = _vary(base, rng, 10)
+    acc = _vary(accent if accent is not None else ACCENTS[rng.integers(len(ACCENTS))], rng, 12)
     col = np.empty((h, w, 3), np.float32)
     col[:] = base
     if pattern == "knit":
@@ -159,19 +163,19 @@ def _fabric(fr: FaceFrame, rng: np.random.Generator, base, pattern: str, accent=
         small /= small.std() + 1e-6
         if pattern == "camo":
             for thr, c in ((0.5, (70, 80, 50)), (-0.6, (130, 115, 80)), (1.3, (40, 38, 30))):
-                col = np.where(((big > thr) if thr > 0 else (big < thr))[..., None], _jitter_colour(c, rng, 10), col)
+                col = np.where(((big > thr) if thr > 0 else (big < thr))[..., None], _vary(c, rng, 10), col)
         else:
             col = np.where((big > 1.0)[..., None], acc, col)
             ring = np.abs(big - 1.0) < 0.12
-            col = np.where(ring[..., None], _jitter_colour((245, 240, 225) if pattern == "paisley" else (40, 110, 60),
+            col = np.where(ring[..., None], _vary((245, 240, 225) if pattern == "paisley" else (40, 110, 60),
                                                             rng, 10), col)
-            col = np.where((small > 1.6)[..., None], _jitter_colour(ACCENTS[rng.integers(len(ACCENTS))], rng, 10), col)
+            col = np.where((small > 1.6)[..., None], _vary(ACCENTS[rng.integers(len(ACCENTS))], rng, 10), col)
     elif pattern == "logo":
         for _ in range(rng.integers(7, 13)):
             c, r = rng.uniform([-1.0, 0.4], [1.0, 1.8]), rng.uniform(0.07, 0.16)
             shape = _superellipse(c[0], c[1], r * rng.uniform(0.8, 1.6), r, rng.choice([0.8, 2.0, 4.0]), 40)
             a = fr.fill([shape])
-            colour = _jitter_colour(ACCENTS[rng.integers(len(ACCENTS))], rng, 10)
+            colour = _vary(ACCENTS[rng.integers(len(ACCENTS))], rng, 10)
             col = _composite(col, colour, a)
             col = _composite(col, base, fr.fill([_superellipse(c[0], c[1], r * 0.45, r * 0.2, 4, 24)]) * 0.9)
     elif pattern in ("plaid", "check"):
@@ -286,10 +290,9 @@ def _draw_scarf(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style:
         knot = fr.fill([_superellipse(kc[0], kc[1], 0.22, 0.18, 2.2, 32)])
         tail = fr.fill([np.array([kc + [-0.12, 0.05], kc + [0.12, 0.05], kc + [0.2 * side + 0.1, 1.2],
                                   kc + [0.2 * side - 0.15, 1.25]])])
-        kshade = 0.75 + 0.35 * _roundness(np.maximum(knot, tail), fr, 0.12)
-        col = np.where((np.maximum(knot, tail) > 0.5)[..., None], col * kshade[..., None], col)
-        col = _composite(col, col * 0.55, np.clip(fr.stroke([_superellipse(kc[0], kc[1], 0.22, 0.18, 2.2, 32)], 0.02)
-                                                   - knot * 0.0, 0, 1) * 0.6)
+        ka = np.maximum(knot, tail)
+        col = np.where((ka > 0.5)[..., None], col * (0.7 + 0.4 * _roundness(ka, fr, 0.12))[..., None], col)
+        col = _shadow(col, fr, ka, (0.0, 0.05), 0.04, 0.45)  # the knot shades the fabric under it
     col = np.clip(col * _luma_shading(img, 0.4), 0, 255)
     alpha = _soft(alpha, fr, 0.01)
     out = _shadow(img, fr, alpha, (0.0, -0.04), 0.06, 0.35)  # the raised fabric shades the face just above it
@@ -342,7 +345,7 @@ def _draw_hand(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: 
 
     alpha, f, d = _search(lambda d: _union(fr, [tf(p, d) for p in polys]), fr, _target(rng, bnd), 0.0, 1.2, bnd,
                           f"hand over the {pose}")
-    skin = _skin_colour(img, fr) if SKIN_TONES[tone] is None else _jitter_colour(SKIN_TONES[tone], rng, 3)
+    skin = _skin_colour(img, fr) if SKIN_TONES[tone] is None else _vary(SKIN_TONES[tone], rng, 3)
     skin = np.clip(skin * rng.uniform(0.92, 1.08), 0, 255)
     col = skin * (0.62 + 0.42 * _roundness(alpha, fr, 0.09))[..., None]
     col = col * _noise(fr.shape, rng, max(0.5, fr.scale * 0.04), 0.05)
@@ -412,7 +415,7 @@ def _draw_cap(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: s
                 - 0.2 * fr.stroke([np.array([[-0.45, b - 0.9 * geo["h"]], [-0.5, b]]),
                                    np.array([[0.45, b - 0.9 * geo["h"]], [0.5, b]])], 0.01, False))[..., None]  # seams
     if pattern == "logo":
-        lc = _jitter_colour(ACCENTS[rng.integers(len(ACCENTS))], rng, 10)
+        lc = _vary(ACCENTS[rng.integers(len(ACCENTS))], rng, 10)
         col = _composite(col, lc, fr.fill([_superellipse(0, b - 0.45, 0.3, 0.16, rng.choice([2.0, 4.0]), 32)]))
     if pattern == "mesh":  # trucker: the side panels are mesh
         holes = (np.cos(2 * np.pi * u * 22) * np.cos(2 * np.pi * v * 22) > 0.3) & (np.abs(u) > 0.45)
@@ -425,7 +428,7 @@ def _draw_cap(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: s
         ba = fr.fill([brim])
         under = (0.55 + 0.25 * np.clip((v - b) / geo["brim"], 0, 1))  # the brim's underside is in shade
         bcol = col * under[..., None] if kind != "baseball" or rng.random() < 0.6 else (
-            np.broadcast_to(_jitter_colour((30, 30, 30), rng, 8), col.shape) * under[..., None])
+            np.broadcast_to(_vary((30, 30, 30), rng, 8), col.shape) * under[..., None])
         bcol = bcol * (1 - 0.4 * fr.stroke([brim], 0.012))[..., None]  # stitched edge
         col = np.where((ba > ca)[..., None], bcol, col)
         low_edge = b + (geo["brim"] * 0.9 if kind != "fedora" else geo["brim"] * 0.5)
@@ -498,7 +501,7 @@ def _draw_hair(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: 
         return a
 
     alpha, f, L = _search(render, fr, _target(rng, FAMILY_BOUNDS["hair"]), -0.9, 1.0, FAMILY_BOUNDS["hair"], "hair")
-    base = _jitter_colour(HAIR_COLOURS[colour], rng, 4)
+    base = _vary(HAIR_COLOURS[colour], rng, 4)
     u, v = fr.grid()
     out = _shadow(img, fr, alpha, (0.0, 0.04), 0.06, 0.3)
     shade = _luma_shading(img, 0.3)
@@ -572,14 +575,14 @@ def _draw_object(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style
     P = {k: _union(fr, [tf(p, y) for p in ps]) for k, ps in parts.items()}
     u, v = fr.grid()
     lu = (u - ux) * np.cos(theta) + (v - y) * np.sin(theta)  # across the object
-    base = _jitter_colour(colour, rng, 8)
+    base = _vary(colour, rng, 8)
     col = np.empty(img.shape, np.float32)
     col[:] = base
     if kind == "phone":
         col *= (0.85 + 0.25 * _roundness(P["body"], fr, 0.05))[..., None]
-        screen = np.broadcast_to(_jitter_colour((18, 20, 26), rng, 4), img.shape).astype(np.float32)
+        screen = np.broadcast_to(_vary((18, 20, 26), rng, 4), img.shape).astype(np.float32)
         if rng.random() < 0.5:  # a lit screen
-            screen = screen + _jitter_colour((140, 160, 200), rng, 40) * _noise(fr.shape, rng, fr.scale * 0.15, 0.4)
+            screen = screen + _vary((140, 160, 200), rng, 40) * _noise(fr.shape, rng, fr.scale * 0.15, 0.4)
         glare = np.exp(-((lu * 0.9 + (v - y) * 0.5 - rng.uniform(-0.3, 0.3)) / 0.12) ** 2) * 0.3
         screen = screen + 255 * glare[..., None]
         if rng.random() < 0.5:  # back side (case + camera) instead of the screen
@@ -592,22 +595,22 @@ def _draw_object(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style
         if kind == "mug":
             col = _composite(col, col * 0.75, P["handle"] * (1 - P["hole"]) * (1 - P["body"]))
             if rng.random() < 0.5:
-                col = _composite(col, _jitter_colour(ACCENTS[rng.integers(len(ACCENTS))], rng, 10) * cyl[..., None],
+                col = _composite(col, _vary(ACCENTS[rng.integers(len(ACCENTS))], rng, 10) * cyl[..., None],
                                  fr.fill([tf(_superellipse(0, 0.05, 0.2, 0.15, 2.0, 32), y)]))
         else:
-            col = _composite(col, _jitter_colour((120, 80, 45), rng, 10) * cyl[..., None], P["sleeve"])
-            col = _composite(col, _jitter_colour((250, 250, 250), rng, 5) * cyl[..., None], P["lid"])
+            col = _composite(col, _vary((120, 80, 45), rng, 10) * cyl[..., None], P["sleeve"])
+            col = _composite(col, _vary((250, 250, 250), rng, 5) * cyl[..., None], P["lid"])
         col = _composite(col, col * 0.6, P["rim"] * (P["body"] > 0.5))
     else:
         mesh = 0.75 + 0.25 * (np.cos(2 * np.pi * u * 25) * np.cos(2 * np.pi * v * 25) > 0)
-        head = np.broadcast_to(_jitter_colour((140, 142, 148), rng, 8), img.shape) * mesh[..., None]
+        head = np.broadcast_to(_vary((140, 142, 148), rng, 8), img.shape) * mesh[..., None]
         col = _composite(col, head * (0.6 + 0.5 * _roundness(P["head"], fr, 0.2))[..., None], P["head"])
         col = _composite(col, np.full(3, 60, np.float32), P["ring"])
-        col *= (0.7 + 0.4 * np.exp(-(lu / 0.05) ** 2) + 0 * v)[..., None]
+        col *= (0.7 + 0.4 * np.exp(-(lu / 0.05) ** 2))[..., None]
     col = np.clip(col * _luma_shading(img, 0.3), 0, 255)
     alpha = _soft(np.maximum.reduce([P[k] for k in ("body", "handle") if k in P]), fr, 0.004)
     out = _shadow(img, fr, alpha, (0.06, 0.08), 0.08, 0.45)
-    return _composite(out, col, alpha), alpha, fr.covered(alpha) if f <= 0 else f
+    return _composite(out, col, alpha), alpha, f
 
 
 # ---- eye patches --------------------------------------------------------------------------------------------------
@@ -637,7 +640,7 @@ def _draw_eye_patch(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, st
     alpha, f, sz = _search(lambda sz: np.maximum(fr.fill([patch(sz)]), sa), fr, _target(rng, (0.05, 0.11)), 0.5, 1.6,
                            bnd, "eye patch")
     pa = fr.fill([patch(sz)])
-    base = _jitter_colour(colour, rng, 6)
+    base = _vary(colour, rng, 6)
     col = np.empty(img.shape, np.float32)
     col[:] = base
     col *= (0.75 + 0.35 * _roundness(pa, fr, 0.12))[..., None]
@@ -648,7 +651,7 @@ def _draw_eye_patch(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, st
         col *= _noise(fr.shape, rng, max(0.5, fr.scale * 0.006), 0.08)
     if material == "adhesive":  # padded centre with a border
         col *= (1 - 0.12 * fr.stroke([_superellipse(c[0], c[1], 0.26 * sz, 0.2 * sz, 2, 40)], 0.015))[..., None]
-    col = np.where((sa > pa)[..., None], _jitter_colour((25, 25, 25) if colour[0] < 200 else (60, 60, 60), rng, 5)
+    col = np.where((sa > pa)[..., None], _vary((25, 25, 25) if colour[0] < 200 else (60, 60, 60), rng, 5)
                    * 1.0, col)
     col = np.clip(col * _luma_shading(img, 0.35), 0, 255)
     alpha = _soft(alpha, fr, 0.004)
@@ -682,12 +685,12 @@ def _draw_face_shield(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, 
     rim = fr.stroke([sh], rng.uniform(0.012, 0.025)) * rng.uniform(0.45, 0.8)
     band = fr.fill([np.array([[-half * 0.95, top - 0.28], [half * 0.95, top - 0.28], [half * 0.95, top + 0.04],
                               [-half * 0.95, top + 0.04]])])
-    t = _jitter_colour(tint, rng, 6)
+    t = _vary(tint, rng, 6)
     out = _composite(img, t, sa * opacity)
     out = out * (1 + 0.05 * sa * np.clip(1 - np.abs(u) / half, 0, 1))[..., None]  # a faint lens-like brightening
     out = _composite(out, np.full(3, 255, np.float32), np.clip(glare, 0, 0.7))
     out = _composite(out, t * 0.7, rim)
-    bcol = _jitter_colour(band_c, rng, 8) * _noise(fr.shape, rng, max(0.5, fr.scale * 0.01), 0.08)
+    bcol = _vary(band_c, rng, 8) * _noise(fr.shape, rng, max(0.5, fr.scale * 0.01), 0.08)
     bcol = bcol * (0.75 + 0.3 * np.clip((v - top + 0.28) / 0.3, 0, 1))[..., None]
     out = _composite(out, np.clip(bcol, 0, 255), band)
     alpha = np.maximum.reduce([sa * opacity, np.clip(glare, 0, 0.7), rim, band])
@@ -729,11 +732,11 @@ def _draw_thick_glasses(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator
     tcol, op = LIGHT_TINTS[tint]
     u, v = fr.grid()
     out = _shadow(img, fr, fa, (0.02, 0.07), 0.04, 0.35)
-    out = _composite(out, _jitter_colour(tcol, rng, 6), la * op)
+    out = _composite(out, _vary(tcol, rng, 6), la * op)
     k, off = rng.uniform(0.5, 1.5), rng.uniform(-0.3, 0.3)
     out = _composite(out, np.full(3, 255, np.float32), la * np.exp(-(((u + k * v) - off) / 0.06) ** 2) * 0.25)
     fcol = np.empty(img.shape, np.float32)
-    fcol[:] = _jitter_colour(frame_c, rng, 8)
+    fcol[:] = _vary(frame_c, rng, 8)
     if frame_c == (92, 52, 28):
         fcol *= _noise(fr.shape, rng, fr.scale * 0.03, 0.35)
     fcol *= (0.8 + 0.35 * np.exp(-((v + 0.18 * s) / 0.06) ** 2))[..., None]  # a highlight along the top bar
