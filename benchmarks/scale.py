@@ -7,7 +7,7 @@ Rows: `local` (predict_many engine="local", --workers 1: one detection process +
 gets max(cores, actors + 1) CPUs, as `agelens predict --engine ray` starts it). For each: wall time including
 start-up (Ray start, actor model loading), steady img/s (the records after the first batch over their time), mean detect ms per
 image and model ms per face (the records' own timings), and per file the largest age difference to the local
-engine. Also the driver's sink rate (records/s through the fsync-per-line JSONL sink), which bounds a cluster run.
+engine. Also the driver's sink rates (records/s into JSONL, fsync per line, and Parquet), which bound a cluster run.
 """
 
 from __future__ import annotations
@@ -72,11 +72,12 @@ def max_age_diff(a: list[dict], b: list[dict]) -> tuple[float, bool]:
     return worst, same
 
 
-def sink_rate(records: list[dict], repeat: int = 10) -> float:
-    from agelens.serve.batch import StreamSink
+def sink_rate(records: list[dict], fmt: str, repeat: int = 10) -> float:
+    """Records/s the driver's sink takes (JSONL: fsync per line; Parquet: a part per 1000 records)."""
+    from agelens.serve.batch import open_sink
 
     with tempfile.TemporaryDirectory() as d:
-        sink = StreamSink(Path(d) / "s.jsonl", "jsonl")
+        sink = open_sink(Path(d) / f"s.{fmt}", fmt)
         t0 = time.perf_counter()
         for _ in range(repeat):
             for r in records:
@@ -115,7 +116,8 @@ def main() -> None:
         row["ratio_wall_vs_local"] = round(row["img_s_wall"] / rows[0]["img_s_wall"], 2)
     out = {"command": " ".join(sys.argv), "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "images": args.images, "n": len(files), "seed": args.seed, "backend": est.backend,
            "batch_size": args.batch_size, "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-           "ray": ray.__version__, "rows": rows, "sink_records_per_s": round(sink_rate(local), 1)}
+           "ray": ray.__version__, "rows": rows,
+           "sink_records_per_s": {fmt: round(sink_rate(local, fmt), 1) for fmt in ("jsonl", "parquet")}}
     print("| engine | workers | files | faces | errors | wall s | img/s (wall) | img/s (steady) | × local (steady) | "
           "detect ms/img | model ms/face | max |Δage| vs local |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -123,7 +125,7 @@ def main() -> None:
         print(f"| {r['engine']} | {r['workers']} | {r['files']} | {r['faces']} | {r['errors']} | {r['wall_s']} | "
               f"{r['img_s_wall']} | {r['img_s_steady']} | {r['ratio_steady_vs_local']} | {r['detect_ms_per_img']} | "
               f"{r['model_ms_per_face']} | {r['max_age_diff_vs_local']} |")
-    print(f"driver sink (JSONL, fsync per line): {out['sink_records_per_s']} records/s")
+    print(f"driver sink records/s: {out['sink_records_per_s']} (JSONL: fsync per line; Parquet: a part per 1000)")
     if args.json:
         from agelens.utils import atomic_write_json
 

@@ -42,12 +42,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
-    kw: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    kw: dict = {"logging_level": logging.WARNING, "log_to_driver": False}
     try:
         if address:
             ray.init(address=address, **kw)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kw)
+            # address="local": a new Ray even when `ray start` left a cluster on this machine (use --address auto)
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **kw)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise AgelensError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}") from None
     try:
@@ -56,11 +57,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
-def _detect_row(row: dict, cache_size: int, detect: bool) -> dict:
+def _detect_row(row: dict, cache_size: int, detect: bool, cwd: str) -> dict:
     """Ray task: one file → the local engine's `_detect` tuple, pickled (crops are variable-length arrays and the
-    tuple's shape belongs to serve/)."""
+    tuple's shape belongs to serve/). Relative paths resolve against the driver's folder, as in the local engine
+    (where that folder exists on the node: use absolute paths on a shared filesystem)."""
     from ..serve.batch import _detect
 
+    if os.getcwd() != cwd and os.path.isdir(cwd):
+        os.chdir(cwd)  # the task's worker process only; the file name in the record stays as given
     path = os.fsdecode(row["path"])  # bytes column: file names that are not UTF-8 survive Arrow
     return {"item": pickle.dumps(_detect((path, cache_size, detect, False)), protocol=5)}
 
@@ -92,7 +96,9 @@ def ray_predict(files: list[str], *, model: str | None = None, route: str = "aut
                            f"{workers}, {batch_size} and {gpus_per_worker}")
     if not files:
         return
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines between our progress bar
+    if model and os.path.exists(model):  # a checkpoint or run folder: the actors may run elsewhere
+        model = os.path.abspath(model)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-dataset lines through our progress bar
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the caller shows one bar over files
     ctx.print_on_execution_start = False
@@ -101,7 +107,7 @@ def ray_predict(files: list[str], *, model: str | None = None, route: str = "aut
     ds = ray.data.from_items([{"path": os.fsencode(f)} for f in files],
                              override_num_blocks=math.ceil(len(files) / per_block))
     # detection reserves memory as well as a CPU: with the actors' resources it would be fused into the actors
-    ds = ds.map(_detect_row, fn_kwargs={"cache_size": cache_size, "detect": detect}, num_cpus=1,
+    ds = ds.map(_detect_row, fn_kwargs={"cache_size": cache_size, "detect": detect, "cwd": os.getcwd()}, num_cpus=1,
                 memory=DETECT_MEMORY)
     device = "cuda" if gpus_per_worker > 0 else "cpu"
     ds = ds.map_batches(_ModelActor, fn_constructor_kwargs={"model": model, "route": route, "backend": backend,
