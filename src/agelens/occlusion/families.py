@@ -20,6 +20,7 @@ import numpy as np
 from .synth import (
     BOUNDS,
     FAMILIES,
+    SS,
     SUNGLASS_STYLES,
     FaceFrame,
     Occluded,
@@ -492,27 +493,41 @@ def _draw_hair(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: 
         ctrl = np.stack([u0 + du * 0.15, (v0 + end[:, 1]) / 2 - 0.15], 1)
         p = (1 - t) ** 2 * root[:, None] + 2 * (1 - t) * t * ctrl[:, None] + t ** 2 * end[:, None]  # (N, 12, 2)
         p[..., 0] += wave * np.sin(freq * p[..., 1] + u0[:, None] * 3)
-        return [fr.stroke(list(p[layer == k]), width, closed=False) for k in range(layers)]
+        px = np.round(fr.to_px(p.reshape(-1, 2)).reshape(p.shape) * (1 << SS)).astype(np.int32)
+        w = max(1, int(round(width * fr.scale)))
+        out = []
+        for k in range(layers):
+            canvas = np.zeros(fr.shape, np.uint8)
+            cv2.polylines(canvas, list(px[layer == k]), False, 255, w, lineType=cv2.LINE_AA, shift=SS)
+            out.append(canvas.astype(np.float32) / 255.0)
+        return out
+
+    u, v = fr.grid()
+
+    def mass(a: np.ndarray, L: float) -> np.ndarray:  # the upper fringe is dense; only its ends are see-through
+        dense = np.clip(cv2.GaussianBlur(a, (0, 0), max(0.7, 0.02 * fr.scale)) * 1.8, 0, 1)
+        return (0.92 * dense * np.clip((L - 0.12 - v) / 0.3, 0, 1)).astype(np.float32)
 
     def render(L: float) -> np.ndarray:
         a = np.zeros(fr.shape, np.float32)
         for op, la in zip(ops, layer_alphas(L)):
             a = 1 - (1 - a) * (1 - op * la)
-        return a
+        return np.maximum(a, mass(a, L))
 
     alpha, f, L = _search(render, fr, _target(rng, FAMILY_BOUNDS["hair"]), -0.9, 1.0, FAMILY_BOUNDS["hair"], "hair")
     base = _vary(HAIR_COLOURS[colour], rng, 4)
-    u, v = fr.grid()
     out = _shadow(img, fr, alpha, (0.0, 0.04), 0.06, 0.3)
-    shade = _luma_shading(img, 0.3)
-    for k, (op, la) in enumerate(zip(ops, layer_alphas(L))):  # back layers darker; a sheen band across the front
-        tone = base * (0.7 + 0.12 * k) * rng.uniform(0.85, 1.15) + 8
-        sheen = 1 + 0.45 * np.exp(-((v + 0.75 + rng.uniform(-0.15, 0.15) + 0.1 * np.sin(u * 4)) / 0.1) ** 2)
-        col = tone * sheen[..., None] * (0.8 + 0.2 * np.clip((v + 1.3) / 0.5, 0, 1))[..., None]
-        streaks = cv2.GaussianBlur(rng.normal(0, 1, fr.shape).astype(np.float32), (0, 0),
-                                   sigmaX=max(0.5, fr.scale * 0.004), sigmaY=max(1.0, fr.scale * 0.08))
-        col = col * (1 + 0.18 * streaks / (streaks.std() + 1e-6))[..., None]
-        out = _composite(out, np.clip(col * shade, 0, 255), op * la)
+    sheen = 1 + 0.45 * np.exp(-((v + 0.75 + rng.uniform(-0.15, 0.15) + 0.1 * np.sin(u * 4)) / 0.1) ** 2)
+    streaks = cv2.GaussianBlur(rng.normal(0, 1, fr.shape).astype(np.float32), (0, 0),
+                               sigmaX=max(0.5, fr.scale * 0.004), sigmaY=max(1.0, fr.scale * 0.08))
+    light = sheen * (0.8 + 0.2 * np.clip((v + 1.3) / 0.5, 0, 1)) * (1 + 0.18 * streaks / (streaks.std() + 1e-6))
+    col = (base * (light[..., None] * _luma_shading(img, 0.3))).astype(np.float32)
+    las = layer_alphas(L)
+    strands = 1 - np.prod([1 - op * la for op, la in zip(ops, las)], 0)
+    out = _composite(out, np.clip(col * 0.6 + 5, 0, 255), mass(strands.astype(np.float32), L))
+    for k, (op, la) in enumerate(zip(ops, las)):  # back layers darker, each its own tone
+        tone = (0.7 + 0.12 * k) * rng.uniform(0.85, 1.15)
+        out = _composite(out, np.clip(col * tone + 8, 0, 255), op * la)
     return out, alpha, f
 
 
