@@ -121,7 +121,7 @@ def _search(render: Callable[[float], np.ndarray], fr: FaceFrame, target: float,
             break
         lo, hi = (mid, hi) if f < target else (lo, mid)
     if not bounds[0] <= best[1] <= bounds[1]:
-        return _bisect(render, fr, target, lo, hi, bounds, what)  # raises with the closest share reached
+        return _bisect(render, fr, target, lo, hi, bounds, what)  # finer search; raises if out of reach
     return best
 
 
@@ -207,6 +207,7 @@ FABRIC_MASK_STYLES = {
 
 
 def _draw_fabric_mask(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str):
+    """A cloth mask over nose, mouth and chin (top edge bisected), patterned fabric, folds, ear loops."""
     base, pattern, accent = FABRIC_MASK_STYLES[style]
     shp = {"width": rng.uniform(0.28, 0.42)}
     chin = float(fr.pt["chin"][1])
@@ -234,8 +235,7 @@ def _draw_fabric_mask(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, 
     loop = [np.array([[left[0] + 0.05, top + 0.1], left + [-0.06, -0.1], left + [-0.04, -0.35]]),
             np.array([[right[0] - 0.05, top + 0.1], right + [0.06, -0.1], right + [0.04, -0.35]])]
     la = fr.stroke(loop, 0.022, closed=False)
-    out = _composite(out, col[int(np.clip(fr.to_px([cx, top + 0.3])[1], 0, fr.shape[0] - 1)),
-                              int(np.clip(fr.to_px([cx, top + 0.3])[0], 0, fr.shape[1] - 1))] * 0.85, la)
+    out = _composite(out, _vary(base, rng) * 0.85, la)
     return out, np.maximum(alpha, la), f
 
 
@@ -271,6 +271,7 @@ def _scarf_polys(fr: FaceFrame, top: float, shape: str, geo: dict) -> list[np.nd
 
 
 def _draw_scarf(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str):
+    """A scarf or bandana over the lower face, wider than the face; its top edge (bisected) runs under the eyes."""
     base, pattern, accent, shape = SCARF_STYLES[style]
     geo = {"extra": rng.uniform(0.25, 0.6), "peak": rng.uniform(0.05, 0.15), "sag": rng.uniform(0.0, 0.25),
            "bulge": rng.uniform(0.05, 0.25), "tip": rng.uniform(-0.4, 0.4)}
@@ -394,6 +395,7 @@ def _cap_polys(fr: FaceFrame, kind: str, b: float, geo: dict) -> tuple[np.ndarra
 
 
 def _draw_cap(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str):
+    """A cap or hat whose brim height is bisected; the brim casts a shadow band over the brows and eyes."""
     colour, kind, pattern = CAP_STYLES[style]
     geo = {"w": rng.uniform(1.02, 1.12), "h": rng.uniform(1.0, 1.3), "brim": rng.uniform(0.28, 0.42),
            "wide": rng.uniform(1.6, 2.0)}
@@ -569,6 +571,7 @@ def _object_polys(kind: str, geo: dict) -> dict[str, list[np.ndarray]]:
 
 
 def _draw_object(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str):
+    """A phone, mug, cup or microphone of real size, raised from below the chin until the share is reached."""
     kind, colour = OBJECT_STYLES[style]
     geo = {"phone": {"w": rng.uniform(0.95, 1.15), "h": rng.uniform(1.9, 2.3)},
            "mug": {"w": rng.uniform(1.0, 1.2), "h": rng.uniform(1.1, 1.3)},
@@ -636,6 +639,7 @@ EYE_PATCH_STYLES = {"pirate_black": ((20, 20, 22), "leather"), "leather_brown": 
 
 
 def _draw_eye_patch(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str):
+    """An eye patch over one eye (size bisected) with a strap over the forehead and to the ear."""
     colour, material = EYE_PATCH_STYLES[style]
     side = rng.choice([-1.0, 1.0])
     c = np.array([side * 0.5, 0.0]) + rng.normal(0, 0.02, 2)
@@ -685,6 +689,7 @@ FACE_SHIELD_STYLES = {"clear_white_band": ((225, 235, 240), 0.07, (235, 235, 235
 
 
 def _draw_face_shield(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str):
+    """A clear plastic shield over the whole face: light tint, glare streaks, rim, headband (share = opacity)."""
     tint, opacity, band_c = FACE_SHIELD_STYLES[style]
     half = float(np.abs(fr.oval[:, 0]).max()) + rng.uniform(0.2, 0.4)
     top, bottom = float(fr.oval[:, 1].min()) + rng.uniform(0.0, 0.1), float(fr.pt["chin"][1]) + rng.uniform(0.2, 0.5)
@@ -726,6 +731,7 @@ LIGHT_TINTS = {"clear": ((215, 220, 225), 0.06), "blue": ((120, 160, 220), 0.18)
 
 
 def _draw_thick_glasses(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str):
+    """Bold-rimmed see-through glasses (lens size bisected like sunglasses); share = frame + tint opacity."""
     shape, frame_c, tint = THICK_GLASSES_STYLES[style]
     rim = rng.uniform(0.055, 0.085)
 
@@ -806,6 +812,7 @@ def _texture_source(name: str) -> np.ndarray:
 
 
 def _draw_texture_patch(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str):
+    """An irregular soft-edged blob of a natural texture (random crop, rotation, scale) over a random face region."""
     src = _texture_source(style)
     c = rng.uniform([-0.6, -0.5], [0.6, 1.3])
     k = np.arange(2, 6)
