@@ -211,9 +211,10 @@ def _draw_fabric_mask(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, 
     base, pattern, accent = FABRIC_MASK_STYLES[style]
     shp = {"width": rng.uniform(0.28, 0.42)}
     chin = float(fr.pt["chin"][1])
+    outline = "cloth" if rng.random() < 0.5 else "n95"  # a flatter or a more pointed nose bridge
 
     def render(t: float) -> np.ndarray:
-        oval, below = _mask_polys(fr, "cloth", chin * (1 - t), shp)
+        oval, below = _mask_polys(fr, outline, chin * (1 - t), shp)
         return fr.fill([oval]) * fr.fill([below])
 
     alpha, f, t = _search(render, fr, _target(rng, FAMILY_BOUNDS["fabric_mask"]), 0.0, 1.0,
@@ -232,8 +233,8 @@ def _draw_fabric_mask(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, 
     out = _shadow(img, fr, alpha, (0.0, 0.07), 0.05, 0.45)
     out = _composite(out, col, alpha)
     left, right = fr.oval[28], fr.oval[8]  # ear loops
-    loop = [np.array([[left[0] + 0.05, top + 0.1], left + [-0.06, -0.1], left + [-0.04, -0.35]]),
-            np.array([[right[0] - 0.05, top + 0.1], right + [0.06, -0.1], right + [0.04, -0.35]])]
+    loop = [np.array([[e[0] - 0.05 * sd, top + 0.12], [e[0] + 0.05 * sd, (top + 0.12 + e[1]) / 2], e + [0.03 * sd, -0.04]])
+            for e, sd in ((left, -1), (right, 1))]  # from the mask's corner, bulging out, to behind the ear
     la = fr.stroke(loop, 0.022, closed=False)
     out = _composite(out, _vary(base, rng) * 0.85, la)
     return out, np.maximum(alpha, la), f
