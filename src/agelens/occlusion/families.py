@@ -351,7 +351,7 @@ def _draw_hand(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: 
     skin = _skin_colour(img, fr) if SKIN_TONES[tone] is None else _vary(SKIN_TONES[tone], rng, 3)
     skin = np.clip(skin * rng.uniform(0.92, 1.08), 0, 255)
     col = skin * (0.62 + 0.42 * _roundness(alpha, fr, 0.09))[..., None]
-    col = col * _noise(fr.shape, rng, max(0.5, fr.scale * 0.04), 0.05)
+    col = col * _noise(fr.shape, rng, max(0.5, fr.scale * 0.05), 0.03)
     col = col * (1 - 0.15 * _soft(fr.stroke([tf(p, d) for p in creases], 0.008, closed=False), fr))[..., None]
     col = _composite(col, np.clip(col * 1.12 + [18, 8, 10], 0, 255), fr.fill([tf(q, d) for q in nails]) * 0.8)
     col = np.clip(col * _luma_shading(img, 0.4), 0, 255)
