@@ -1,6 +1,8 @@
 """Sharded (streamed WebDataset) training vs the memory-mapped cache path: same faces, same seeds, same recipe.
 
     python benchmarks/scale_train.py --n 1600 --seeds 0 1 --epochs 2 --ddp --json docs/scale_train.json
+    python benchmarks/scale_train.py --n 1600 --seeds 0 --epochs 2 --ddp --ddp-cache --ddp-only \
+        --json docs/scale_train_ddp.json
 
 Takes a seeded subset of UTKFace (a CSV of absolute paths under --root; nothing is copied), runs
 `agelens prepare --shards` once (memory-mapped caches + WebDataset shards of the same faces), then per seed
@@ -66,7 +68,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--work", default="cache/scale", help="subset CSV, split, caches and shards (gitignored)")
     ap.add_argument("--runs", default="runs/scale")
-    ap.add_argument("--ddp", action="store_true", help="also a 2-process torchrun run on the shards (first seed)")
+    ap.add_argument("--ddp", action="store_true", help="also 2-process torchrun runs (first seed): the shards and, "
+                    "with --ddp-cache, the cache path")
+    ap.add_argument("--ddp-cache", action="store_true")
+    ap.add_argument("--ddp-only", action="store_true", help="skip the single-process runs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -78,7 +83,7 @@ def main() -> None:
     cli = [sys.executable, "-m", "agelens.cli"]
     out: dict = {"command": " ".join(sys.argv), "recipe": base, "prepare_s": round(
         sh([*cli, "prepare", "--workers", "2", "--shards", str(shards), *base]), 1), "runs": []}
-    for seed in args.seeds:
+    for seed in [] if args.ddp_only else args.seeds:
         for kind, extra in (("cache", []), ("shards", [f"data.shards={shards}"])):
             name = f"{kind}_s{seed}"
             cmd = [*cli, "train", "--quiet", *base, *extra, f"train.seed={seed}", f"name={name}"]
@@ -87,13 +92,15 @@ def main() -> None:
                                 "command": " ".join(cmd[1:]), **summary(Path(args.runs) / name)})
             print(json.dumps(out["runs"][-1]), file=sys.stderr)
     if args.ddp:
-        seed, name = args.seeds[0], f"shards_ddp2_s{args.seeds[0]}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "agelens.cli", "train", "--quiet", *base, f"data.shards={shards}", f"train.seed={seed}",
-               "train.threads=1", f"name={name}"]
-        wall = sh(cmd, {"OMP_NUM_THREADS": "1"})
-        out["runs"].append({"path": "shards", "seed": seed, "ranks": 2, "wall_s": round(wall, 1),
-                            "command": " ".join(cmd[1:]), **summary(Path(args.runs) / name)})
+        seed = args.seeds[0]
+        for kind, extra in (("cache", []), ("shards", [f"data.shards={shards}"]))[0 if args.ddp_cache else 1:]:
+            name = f"{kind}_ddp2_s{seed}"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                   "agelens.cli", "train", "--quiet", *base, *extra, f"train.seed={seed}", "train.threads=1",
+                   f"name={name}"]
+            wall = sh(cmd, {"OMP_NUM_THREADS": "1"})
+            out["runs"].append({"path": kind, "seed": seed, "ranks": 2, "wall_s": round(wall, 1),
+                                "command": " ".join(cmd[1:]), **summary(Path(args.runs) / name)})
     print("| path | ranks | seed | val MAE per epoch | best val MAE | test MAE | steps/epoch | train img/s | wall s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in out["runs"]:
