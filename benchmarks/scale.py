@@ -1,6 +1,6 @@
 """Scale-out benchmark: the local engine and the Ray engine with 1 and 2 model actors on the same images, one run.
 
-    python benchmarks/scale.py --images ../shared/data/utkface --n 200 --json docs/scale_benchmark.json
+    python benchmarks/scale.py --images ../shared/data/utkface --n 200 --repeat 3 --json docs/scale_benchmark.json
 
 Rows: `local` (predict_many engine="local", --workers 1: one detection process + the models in this process),
 `ray-1` / `ray-2` (engine="ray" on a fresh local Ray: 1 or 2 model actors, detection in Ray tasks; the local Ray
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="auto", help="auto | torch | onnx ...")
     ap.add_argument("--batch-size", type=int, default=16, help="files per model batch (small: records stream)")
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved tries per row; the best is reported")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -104,19 +105,27 @@ def main() -> None:
 
     files = pick_images(args.images, args.n, args.seed)
     est = AgeEstimator.from_pretrained(backend=args.backend, log=lambda m: print(m, file=sys.stderr))
-    rows, recs = [], {}
-    for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)):
-        row, recs[(engine, workers)] = run(files, engine, workers, est, args.backend, args.batch_size)
-        assert not ray.is_initialized()  # every Ray row starts (and pays for) its own local Ray
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr)
+    configs = (("local", 1), ("ray", 1), ("ray", 2))
+    tries: dict = {c: [] for c in configs}
+    recs: dict = {}
+    for _ in range(args.repeat):  # interleaved, so load from other work on the machine hits every row alike
+        for engine, workers in configs:
+            row, recs[(engine, workers)] = run(files, engine, workers, est, args.backend, args.batch_size)
+            assert not ray.is_initialized()  # every Ray row starts (and pays for) its own local Ray
+            tries[(engine, workers)].append(row)
+            print(json.dumps(row), file=sys.stderr)
+    rows = []
+    for c in configs:  # the best try of each row (least disturbed), with every try's rates kept
+        best = max(tries[c], key=lambda r: r["img_s_wall"])
+        rows.append({**best, "tries_img_s_wall": [r["img_s_wall"] for r in tries[c]],
+                     "tries_img_s_steady": [r["img_s_steady"] for r in tries[c]]})
     local = recs[("local", 1)]
     for row in rows:
         diff, same = max_age_diff(recs[(row["engine"], row["workers"])], local)
         row["max_age_diff_vs_local"], row["same_records_as_local"] = round(diff, 4), same
         row["ratio_steady_vs_local"] = round(row["img_s_steady"] / rows[0]["img_s_steady"], 2)
         row["ratio_wall_vs_local"] = round(row["img_s_wall"] / rows[0]["img_s_wall"], 2)
-    out = {"command": " ".join(sys.argv), "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "images": args.images, "n": len(files), "seed": args.seed, "backend": est.backend,
+    out = {"command": " ".join(sys.argv), "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "repeat": args.repeat, "images": args.images, "n": len(files), "seed": args.seed, "backend": est.backend,
            "batch_size": args.batch_size, "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
            "ray": ray.__version__, "rows": rows,
            "sink_records_per_s": {fmt: round(sink_rate(local, fmt), 1) for fmt in ("jsonl", "parquet")}}
