@@ -1,8 +1,9 @@
 """Sharded (streamed WebDataset) training vs the memory-mapped cache path: same faces, same seeds, same recipe.
 
     python benchmarks/scale_train.py --n 1600 --seeds 0 1 --epochs 2 --ddp --json docs/scale_train.json
-    python benchmarks/scale_train.py --n 1600 --seeds 0 --epochs 2 --ddp --ddp-cache --ddp-only \
+    python benchmarks/scale_train.py --n 1600 --seeds 0 --epochs 2 --ddp --ddp-cache --ddp-only --shard-size 40 \
         --json docs/scale_train_ddp.json
+    python benchmarks/scale_train.py --n 1600 --seeds 0 --epochs 2 --ddp --ddp-only --json docs/scale_train_ddp200.json
 
 Takes a seeded subset of UTKFace (a CSV of absolute paths under --root; nothing is copied), runs
 `agelens prepare --shards` once (memory-mapped caches + WebDataset shards of the same faces), then per seed
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 RECIPE = ["data.dataset=csv", "data.groups_csv=null", "data.cache_size=128", "data.crop_size=112",
-          "data.input_size=96", "data.shard_size=200", "train.warmup_epochs=0.2", "train.early_stop_patience=0",
+          "data.input_size=96", "train.warmup_epochs=0.2", "train.early_stop_patience=0",
           "train.log_every=10", "train.numerics=fp32"]
 
 
@@ -72,13 +73,15 @@ def main() -> None:
                     "with --ddp-cache, the cache path")
     ap.add_argument("--ddp-cache", action="store_true")
     ap.add_argument("--ddp-only", action="store_true", help="skip the single-process runs")
+    ap.add_argument("--shard-size", type=int, default=200, help="data.shard_size (faces per shard)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
     work = Path(args.work)
     table = subset_csv(args.root, args.groups, args.n, 0, work / f"utk{args.n}.csv")
-    shards = work / "shards"
-    base = ["-c", "configs/utkface_cpu.yaml", *RECIPE, f"data.root={table}", f"data.split_file={work}/split.json",
+    shards = work / ("shards" if args.shard_size == 200 else f"shards{args.shard_size}")
+    base = ["-c", "configs/utkface_cpu.yaml", *RECIPE, f"data.shard_size={args.shard_size}", f"data.root={table}",
+            f"data.split_file={work}/split.json",
             f"data.cache_dir={work}/cache", f"train.epochs={args.epochs}", f"out_dir={args.runs}"]
     cli = [sys.executable, "-m", "agelens.cli"]
     out: dict = {"command": " ".join(sys.argv), "recipe": base, "prepare_s": round(
@@ -94,12 +97,13 @@ def main() -> None:
     if args.ddp:
         seed = args.seeds[0]
         for kind, extra in (("cache", []), ("shards", [f"data.shards={shards}"]))[0 if args.ddp_cache else 1:]:
-            name = f"{kind}_ddp2_s{seed}"
+            name = f"{kind}{args.shard_size if kind == 'shards' else ''}_ddp2_s{seed}"
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                    "agelens.cli", "train", "--quiet", *base, *extra, f"train.seed={seed}", "train.threads=1",
                    f"name={name}"]
             wall = sh(cmd, {"OMP_NUM_THREADS": "1"})
-            out["runs"].append({"path": kind, "seed": seed, "ranks": 2, "wall_s": round(wall, 1),
+            out["runs"].append({"path": kind, "seed": seed, "ranks": 2, "shard_size": args.shard_size,
+                                "wall_s": round(wall, 1),
                                 "command": " ".join(cmd[1:]), **summary(Path(args.runs) / name)})
     print("| path | ranks | seed | val MAE per epoch | best val MAE | test MAE | steps/epoch | train img/s | wall s |")
     print("|---|---|---|---|---|---|---|---|---|")

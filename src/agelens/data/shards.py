@@ -161,11 +161,12 @@ class _RowStore:
 class ShardStream(IterableDataset):
     """Training samples streamed from a ShardSet under DDP and DataLoader workers.
 
-    Each epoch the shards are permuted with (seed, epoch) and dealt round-robin to the (rank, worker) slots; a slot
-    reads its shards with WebDataset, keeps records with index < limit (data.max_train), shuffles them in a buffer
-    seeded by (seed, epoch, slot) and augments each with CachedFaceDataset.item: the same crop, flip and occluder
-    as the memory-mapped path gives that record in that epoch. Every slot yields the same number of samples (the
-    smallest slot's, in whole batches), so all ranks take the same number of steps; len() is per rank."""
+    Each epoch the shards are permuted with (seed, epoch) and dealt, in that order, each to the (rank, worker) slot
+    with the fewest faces so far. A slot reads its shards with WebDataset, keeps records with index < limit
+    (data.max_train), shuffles them in a buffer seeded by (seed, epoch, slot) and augments each with
+    CachedFaceDataset.item: the same crop, flip and occluder as the memory-mapped path gives that record in that
+    epoch. Every slot yields the same number of samples (the smallest slot's, in whole batches), so all ranks take
+    the same number of steps; the rest of bigger slots sits out that epoch. len() is per rank."""
 
     def __init__(self, shards: ShardSet, limit: int, batch_size: int, rank: int = 0, world: int = 1,
                  num_workers: int = 0, seed: int = 0, shuffle_buffer: int = 1000, **view_kw) -> None:
@@ -186,12 +187,17 @@ class ShardStream(IterableDataset):
         self.epoch = epoch
         self.view.set_epoch(epoch)
 
-    def plan(self, epoch: int) -> tuple[list[np.ndarray], int]:
+    def plan(self, epoch: int) -> tuple[list[list[int]], int]:
         """(shard ids per slot, samples per slot) for an epoch; slot = rank × workers + worker."""
         order = np.random.default_rng((self.seed, epoch)).permutation(len(self.shards.shards))
         slots = self.world * self.workers
-        dealt = [order[s::slots] for s in range(slots)]
-        least = min(int(self.counts[d].sum()) for d in dealt)
+        dealt: list[list[int]] = [[] for _ in range(slots)]
+        load = np.zeros(slots, np.int64)
+        for k in order:  # each shard to the slot with the fewest faces so far: the equal share drops least
+            s = int(np.argmin(load))
+            dealt[s].append(int(k))
+            load[s] += self.counts[k]
+        least = int(load.min())
         if least == 0:
             raise DataError(f"a (rank, worker) slot of {self.shards.path} got no training face in epoch {epoch}: "
                             f"use fewer ranks/workers, a smaller data.shard_size or a larger data.max_train")
@@ -214,7 +220,7 @@ class ShardStream(IterableDataset):
         shuffle_seed = int(np.random.SeedSequence((self.seed, self.epoch, slot)).generate_state(1)[0])
         limit = self.limit
         pipe = wds.DataPipeline(
-            wds.SimpleShardList(self.shards.urls([int(k) for k in dealt[slot]])), wds.tarfile_to_samples(),
+            wds.SimpleShardList(self.shards.urls(dealt[slot])), wds.tarfile_to_samples(),
             wds.select(lambda s: int(s["__key__"]) < limit),
             wds.shuffle(self.buffer, min(self.buffer, 100), seed=shuffle_seed), wds.decode())
         for n, sample in enumerate(pipe):
