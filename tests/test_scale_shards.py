@@ -67,6 +67,12 @@ def test_stream_slots_are_disjoint_equal_and_seeded(tmp_path, cache):
         assert torch.equal(img, want[0]) and float(age) == float(want[1])
     with pytest.raises(DataError, match="shard"):
         ShardStream(s, len(cache), 2, world=4, num_workers=4, **kw)
+    # under DataLoader workers each worker reads its own shards: every face at most once, len() batches in all
+    from torch.utils.data import DataLoader
+
+    ds = ShardStream(s, len(cache), batch_size=2, num_workers=2, seed=7, **kw)
+    got = [int(i) for batch in DataLoader(ds, batch_size=2, num_workers=2) for i in batch[2]]
+    assert len(got) == len(ds) == len(set(got)) > 0
 
 
 def test_torchrun_two_ranks_stream_shards(tmp_path, utk_folder):
