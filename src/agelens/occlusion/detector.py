@@ -104,6 +104,8 @@ class OcclusionDetector:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = "occlusion") -> OcclusionDetector:
+        """A binary crop classifier with its card's threshold: the occlusion detector, or another binary model
+        such as the face verifier `faceness`."""
         from ..models.weights import resolve_model
 
         model, cfg, card = resolve_model(name_or_path)

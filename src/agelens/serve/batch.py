@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import AgelensError
 
 CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "occluded", "occlusion_score",
-               "model", "error"]
+               "model", "detection", "error"]
 
 _worker_analyzer = None
 STREAM_FORMATS = ("jsonl", "csv", "parquet")
@@ -121,7 +121,7 @@ def _flush(est, pending: list) -> Iterator[tuple[dict, np.ndarray | None]]:
 
 def csv_rows(result: dict) -> list[list]:
     rows = [[result["file"], i, *f["box"], f["age"], *f["interval"], f["occluded"], f["occlusion_score"],
-             f["model"], ""] for i, f in enumerate(result["faces"])]
+             f["model"], f.get("detection", ""), ""] for i, f in enumerate(result["faces"])]
     if result["error"]:
         rows.append([result["file"], *[""] * (len(CSV_COLUMNS) - 2), result["error"]])
     return rows

@@ -18,7 +18,7 @@ from ..data.views import centre_views
 from ..errors import AgelensError, CheckpointError
 from ..utils import weights_dir
 
-SHIPPED = ("teacher", "student", "occlusion")
+SHIPPED = ("teacher", "student", "occlusion", "faceness")
 EXPORT_FORMAT = "agelens-onnx-v1"  # bump when the graph contract changes: cached exports are then redone
 
 

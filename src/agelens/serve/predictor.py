@@ -12,7 +12,7 @@ import numpy as np
 from ..data.cache import prepare_face
 from ..data.views import centre_views
 from ..errors import AgelensError, NoFaceError
-from ..faces.detect import FaceAnalyzer
+from ..faces.detect import FaceAnalyzer, whole_image_crop
 from ..imageio import load_image
 
 if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs without it
@@ -40,6 +40,17 @@ class FacePrediction:
 
 
 ROUTES = ("auto", "teacher", "student")
+# Soft routing: occlusion scores inside this band blend teacher and student (weight = the score); outside it one
+# model answers. Measured end to end against the hard threshold in docs/occlusion_e2e.md.
+SOFT_BAND = (0.1, 0.9)
+
+
+def soft_weight(score: np.ndarray, occluded: np.ndarray) -> np.ndarray:
+    """The student's weight per face: 0 below SOFT_BAND, the score inside it, 1 above it. NaN scores (no
+    detector) fall back to the hard verdict."""
+    s = np.asarray(score, np.float32)
+    w = np.where(s >= SOFT_BAND[1], 1.0, np.where(s <= SOFT_BAND[0], 0.0, s))
+    return np.where(np.isfinite(s), w, np.asarray(occluded, np.float32)).astype(np.float32)
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
@@ -89,7 +100,7 @@ class AgeEstimator:
 
     def __init__(self, model: AgeModel, crop_size: int, input_size: int, cache_size: int = 256, name: str = "teacher",
                  device: str = "cpu", tta_flip: bool = True, numerics: Numerics | None = None,
-                 student: Expert | None = None, detector=None, route: str = "auto") -> None:
+                 student: Expert | None = None, detector=None, route: str = "auto", verifier=None) -> None:
         import torch
 
         from ..train.numerics import Numerics
@@ -98,19 +109,20 @@ class AgeEstimator:
         self.model = model.eval().to(device)
         self._setup(Expert(self.model, crop_size, input_size, name), student, detector, route, cache_size, device,
                     tta_flip, float(model.head.min_age), float(model.head.max_age),
-                    f"torch-{self.numerics.dtype}")
+                    f"torch-{self.numerics.dtype}", verifier)
         for e in [self.teacher] + ([student] if student else []):
             e.model.eval().to(device)
             if self.numerics.channels_last:
                 e.model.to(memory_format=torch.channels_last)
 
     def _setup(self, teacher, student, detector, route: str, cache_size: int, device: str, tta_flip: bool,
-               min_age: float, max_age: float, backend: str) -> None:
+               min_age: float, max_age: float, backend: str, verifier=None) -> None:
         if route not in ROUTES:
             raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         if route == "student" and student is None:
             raise AgelensError("route=student needs a student model (none shipped or given)")
         self.teacher, self.student, self.detector, self.route = teacher, student, detector, route
+        self.verifier = verifier  # face verifier (`faceness`): guards the fallbacks of find_faces
         self.crop_size, self.input_size, self.cache_size = teacher.crop_size, teacher.input_size, cache_size
         self.name, self.device, self.tta_flip = teacher.name, device, tta_flip
         self.min_age, self.max_age, self.backend = min_age, max_age, backend
@@ -156,8 +168,9 @@ class AgeEstimator:
         det = (OcclusionDetector.from_pretrained(detector) if detector
                else OcclusionDetector.from_pretrained("occlusion") if "occlusion" in shipped else None)
         numerics = (Numerics(device, "bf16", True, "torch-bf16 requested") if backend == "torch-bf16" else None)
+        ver = OcclusionDetector.from_pretrained("faceness") if "faceness" in shipped else None
         return cls(model, cfg.data.crop_size, cfg.data.input_size, cfg.data.cache_size, str(card.get("name", "teacher")),
-                   device, tta_flip, numerics=numerics, student=stu, detector=det, route=route)
+                   device, tta_flip, numerics=numerics, student=stu, detector=det, route=route, verifier=ver)
 
     @classmethod
     def from_onnx(cls, onnx_dir: str | Path | None = None, precision: str = "fp32", route: str = "auto",
@@ -175,7 +188,7 @@ class AgeEstimator:
         est = cls.__new__(cls)
         est.model, est.numerics = None, None
         est._setup(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", True,
-                   t.min_age, t.max_age, f"onnx-{t.precision}")
+                   t.min_age, t.max_age, f"onnx-{t.precision}", models.get("faceness"))
         return est
 
     @property
@@ -204,7 +217,9 @@ class AgeEstimator:
     def analyse_crops(self, crops: np.ndarray, embeddings: bool = False, all_faces: bool = True
                       ) -> dict[str, np.ndarray]:
         """Aligned cache_size crops (N, S, S, 3) uint8 → age, spread, occlusion_score (NaN without a detector),
-        occluded and model (name per face), routed as configured. embeddings=True adds "embedding": the teacher's
+        occluded, student_weight and model (the name of the model with the larger weight), routed as configured:
+        with route="auto", a face the detector is sure about goes to one model, an uncertain one (score inside
+        SOFT_BAND) gets the two models' ages blended by its score (`soft_weight`). embeddings=True adds "embedding": the teacher's
         embedding of every face (from the same pass for the faces the teacher answers; all_faces=False leaves the
         rows of the student's faces zero instead of running the teacher on them)."""
         n = len(crops)
@@ -216,24 +231,32 @@ class AgeEstimator:
         if self.detector is not None:
             out["occlusion_score"] = self.detector.scores(crops)
             out["occluded"] = out["occlusion_score"] >= self.detector.threshold
+        w = np.zeros(n, np.float32)  # the student's weight per face: 0 teacher, 1 student, between: a blend
         if self.route == "student":
-            to_student = np.ones(n, bool)
+            w[:] = 1.0
         elif self.route == "auto" and self.student is not None:
-            to_student = out["occluded"].copy()
-        else:
-            to_student = np.zeros(n, bool)
+            if self.detector is not None:
+                w = soft_weight(out["occlusion_score"], out["occluded"])
+            else:
+                w = out["occluded"].astype(np.float32)
+        to_student, to_teacher = w > 0, w < 1
+        ages, spreads = np.zeros((2, n), np.float32), np.zeros((2, n), np.float32)
         parts = []  # (faces, teacher embeddings of them) when embeddings are asked for
-        for expert, sel in ((self.teacher, ~to_student), (self.student, to_student)):
+        for k, (expert, sel) in enumerate(((self.teacher, to_teacher), (self.student, to_student))):
             if sel.any():
                 want = embeddings and expert is self.teacher
                 res = self._ages(expert, crops[sel], want)
-                out["age"][sel], out["spread"][sel] = res[:2]
-                out["model"][sel] = expert.name
+                ages[k, sel], spreads[k, sel] = res[:2]
                 if want:
                     parts.append((sel, res[2]))
+        out["age"] = (1 - w) * ages[0] + w * ages[1]
+        out["spread"] = (1 - w) * spreads[0] + w * spreads[1]
+        out["student_weight"] = w
+        if self.student is not None:
+            out["model"][w >= 0.5] = self.student.name
         if embeddings:
-            if all_faces and to_student.any():  # the teacher did not see these faces yet
-                parts.append((to_student, self._ages(self.teacher, crops[to_student], True)[2]))
+            if all_faces and (~to_teacher).any():  # the teacher did not see these faces yet
+                parts.append((~to_teacher, self._ages(self.teacher, crops[~to_teacher], True)[2]))
             out["embedding"] = np.zeros((n, self.teacher.model.backbone.info.out_channels), np.float32)
             for sel, emb in parts:
                 out["embedding"][sel] = emb
@@ -244,22 +267,25 @@ class AgeEstimator:
         r = self.analyse_crops(crops)
         return r["age"], r["spread"]
 
-    def faces_of(self, rgb: np.ndarray, detect: bool = True) -> list[tuple[list[float], float, np.ndarray, bool]]:
-        """(box, score, aligned crop, landmarks_found) for each face; raises NoFaceError when there is none."""
-        return find_and_align(rgb, self.analyzer, self.cache_size, detect)
+    def faces_of(self, rgb: np.ndarray, detect: bool = True) -> list[tuple[list[float], float, np.ndarray, bool, str]]:
+        """(box, score, aligned crop, landmarks_found, detection) per face; raises NoFaceError when there is none."""
+        return find_and_align(rgb, self.analyzer, self.cache_size, detect, self.verifier)
 
     def predictions(self, faces: list, r: dict[str, np.ndarray], timing: dict) -> list[FacePrediction]:
         """FacePredictions from `faces_of` output and the matching `analyse_crops` result."""
         preds = []
-        for k, (box, score, _, found) in enumerate(faces):
+        for k, (box, score, _, found, how) in enumerate(faces):
             a, s = float(r["age"][k]), float(r["spread"][k])
             occ_score = float(r["occlusion_score"][k])
             preds.append(FacePrediction(
                 box, round(a, 2), round(s, 2),
                 [round(max(self.min_age, a - Z90 * s), 1), round(min(self.max_age, a + Z90 * s), 1)],
                 round(score, 3), str(r["model"][k]), found,
-                {"occluded": bool(r["occluded"][k]) if self.detector is not None else None,
-                 "occlusion_score": round(occ_score, 4) if np.isfinite(occ_score) else None, "backend": self.backend,
+                {"detection": how,
+                 "occluded": bool(r["occluded"][k]) if self.detector is not None else None,
+                 "occlusion_score": round(occ_score, 4) if np.isfinite(occ_score) else None,
+                 "student_weight": round(float(r["student_weight"][k]), 4) if "student_weight" in r else None,
+                 "backend": self.backend,
                  "timing": timing}))
         return preds
 
@@ -281,19 +307,54 @@ def check_rgb(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int,
-                   detect: bool = True) -> list[tuple[list[float], float, np.ndarray, bool]]:
-    """(box, score, aligned crop, landmarks_found) for each face; detect=False: the image is one face crop.
-    Raises NoFaceError when there is no face."""
+_SHIPPED_VERIFIER: list = []  # [verifier or None], loaded on first use in this process
+
+
+def shipped_verifier():
+    """The shipped face verifier (`faceness`), loaded once per process: its cached ONNX export when there is one,
+    else torch; None when it is not shipped or neither can run."""
+    if not _SHIPPED_VERIFIER:
+        from ..utils import shipped_models
+
+        v = None
+        if "faceness" in shipped_models():
+            from .onnx_backend import OnnxModel, default_onnx_dir
+
+            onnx = default_onnx_dir() / "faceness.onnx"  # made by the first ONNX-backed run (fast, torch-free)
+            try:
+                v = OnnxModel(onnx)
+            except Exception:
+                try:
+                    from ..occlusion.detector import OcclusionDetector
+
+                    v = OcclusionDetector.from_pretrained("faceness")
+                except ImportError:  # neither an export nor torch: the detector steps only
+                    v = None
+        _SHIPPED_VERIFIER.append(v)
+    return _SHIPPED_VERIFIER[0]
+
+
+def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, detect: bool = True,
+                   verifier="shipped") -> list[tuple[list[float], float, np.ndarray, bool, str]]:
+    """(box, score, aligned crop, landmarks_found, detection) for each face; detect=False: the image is one face
+    crop. Every face, from the detector or a fallback, counts only when `verifier` (a binary crop classifier with
+    `scores` and `threshold`; "shipped" = the shipped face verifier, None = none: detector steps only) says it is
+    a face. Raises NoFaceError when there is no face."""
     h, w = rgb.shape[:2]
     if not detect:
         crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
-        return [([0.0, 0.0, float(w), float(h)], 1.0, crop, not np.isnan(lm).any())]
-    faces = analyzer.find_faces(rgb)
+        return [([0.0, 0.0, float(w), float(h)], 1.0, crop, not np.isnan(lm).any(), "whole-image")]
+    v = shipped_verifier() if isinstance(verifier, str) else verifier
+    faces = analyzer.find_faces(rgb, v.scores if v is not None else None, v.threshold if v is not None else 0.5,
+                                cache_size, verify=True)
     if not faces:
         raise NoFaceError("no face found")
     out = []
     for f in faces:
-        crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=False, face=f)
-        out.append(([round(float(v), 1) for v in f.box], f.score, crop, not np.isnan(lm).any()))
+        if f.detection == "whole-image":
+            crop, found = whole_image_crop(rgb, cache_size), False
+        else:
+            crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=False, face=f)
+            found = not np.isnan(lm).any()
+        out.append(([round(float(v), 1) for v in f.box], f.score, crop, found, f.detection))
     return out

@@ -1,0 +1,486 @@
+"""The pipeline's two guards, trained on faces as the predictor sees them:
+
+- `faceness`: face or not, on the aligned crop of a face found only by FaceMesh or on the whole image (the last
+  two steps of `FaceAnalyzer.find_faces`). Positives: UTKFace and All-Age-Faces training faces, aligned and as whole
+  images, clean and under every synthetic occluder family (`synth.ALL_TYPES`, double ones included), and real
+  masked / sunglasses faces from the fit half of realocc. Negatives: patches of the realocc photos away from every face, sample images that ship
+  with scikit-learn and matplotlib (never scikit-image's: those are the measurement set), and procedural images
+  (noise, gradients, shapes, colour wheels, stripes, text pages, star fields, cell-like blobs).
+- `occlusion` (fine-tuned from the shipped detector): real masked / sunglasses faces of the realocc fit half and
+  synthetic occluders as positives, clean training faces (some with see-through glasses) as negatives; the
+  threshold is set on clean validation faces for 99 % specificity.
+
+    python -m agelens.train.guards data --out cache/guards          # collect crops once (~5 min on 2 cores)
+    python -m agelens.train.guards fit faceness --data cache/guards --out runs/faceness
+    python -m agelens.train.guards fit occlusion --data cache/guards --out runs/occlusion_real
+
+Realocc is split in two halves by a hash of the file name (`realocc_half`): "fit" is used here, "measure" only by
+`benchmarks/occlusion_e2e.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..config import ModelConfig, RunConfig, config_from_dict
+from ..data.cache import largest_face, prepare_face
+from ..data.dataset import degrade
+from ..data.views import resize_square
+from ..faces.detect import FaceAnalyzer, whole_image_crop
+from ..imageio import load_image
+from ..models.model import build_model
+from ..occlusion.synth import ALL_TYPES, OCCLUSION_TYPES, OcclusionError, add_clear_glasses, occlude
+from ..utils import atomic_write, atomic_write_json
+from .batch import to_input
+
+SIZE = 256  # crops as the predictor aligns them
+CROP, INPUT = 224, 112  # the guards' view: centre 224 of 256, at 112 px (as the shipped occlusion detector)
+
+
+def realocc_half(file: str) -> str:
+    """'fit' or 'measure': a fixed half of realocc by file name."""
+    return "fit" if int(hashlib.md5(file.encode()).hexdigest(), 16) % 2 == 0 else "measure"
+
+
+# ---- positives: faces as the predictor crops them ----------------------------------------------------------------
+
+
+def whole_image_landmarks(shape: tuple[int, int], lm: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """Landmarks of an image mapped into `whole_image_crop` of it."""
+    h, w = shape
+    side = max(h, w)
+    off = np.array([(side - w) // 2, (side - h) // 2], np.float32)
+    return ((lm + off) * (size / side)).astype(np.float32)
+
+
+def collect_faces(paths: list[str], analyzer: FaceAnalyzer, whole: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned crops (and, with whole=True, whole-image crops) + landmarks of the largest face of each file."""
+    crops, lms = [], []
+    for p in paths:
+        try:
+            rgb = load_image(p)
+            faces = analyzer.find_faces(rgb)
+        except Exception:  # unreadable file: skipped, as prepare does
+            continue
+        faces = [f for f in faces if f.landmarks is not None]
+        if not faces:
+            continue
+        f = largest_face(faces)
+        crop, lm = prepare_face(rgb, analyzer, SIZE, aligned=False, face=f)
+        crops.append(crop)
+        lms.append(lm)
+        if whole:
+            crops.append(whole_image_crop(rgb, SIZE))
+            lms.append(whole_image_landmarks(rgb.shape[:2], f.landmarks))
+    return np.stack(crops), np.stack(lms).astype(np.float32)
+
+
+# ---- negatives: images without a face -------------------------------------------------------------------------------
+
+
+def _smooth_noise(rng: np.random.Generator) -> np.ndarray:
+    out = np.zeros((SIZE, SIZE, 3), np.float32)
+    for octave in range(int(rng.integers(1, 5))):
+        g = int(rng.integers(2, 6)) * 2 ** octave
+        out += cv2.resize(rng.normal(0, 1, (g, g, 3)).astype(np.float32), (SIZE, SIZE),
+                          interpolation=cv2.INTER_CUBIC) / (octave + 1)
+    out = (out - out.min()) / (np.ptp(out) + 1e-6)
+    return (out * rng.uniform(120, 255) + rng.uniform(0, 60)).clip(0, 255).astype(np.uint8)
+
+
+def _shapes(rng: np.random.Generator) -> np.ndarray:
+    img = np.zeros((SIZE, SIZE, 3), np.uint8)
+    img[:] = rng.integers(0, 256, 3)
+    for _ in range(int(rng.integers(1, 12))):
+        c = tuple(int(v) for v in rng.integers(0, 256, 3))
+        kind = rng.integers(3)
+        if kind == 0:
+            cv2.circle(img, tuple(int(v) for v in rng.integers(0, SIZE, 2)), int(rng.integers(5, 90)), c, -1,
+                       cv2.LINE_AA)
+        elif kind == 1:
+            p = rng.integers(0, SIZE, (2, 2))
+            cv2.rectangle(img, tuple(int(v) for v in p[0]), tuple(int(v) for v in p[1]), c, -1)
+        else:
+            cv2.fillPoly(img, [rng.integers(0, SIZE, (int(rng.integers(3, 7)), 2)).astype(np.int32)], c, cv2.LINE_AA)
+    return img
+
+
+def _colour_wheel(rng: np.random.Generator) -> np.ndarray:
+    y, x = np.mgrid[:SIZE, :SIZE].astype(np.float32) - SIZE / 2 + rng.normal(0, 20, 2)[:, None, None]
+    hue = (np.degrees(np.arctan2(y, x)) % 360) / 2
+    r = np.hypot(x, y) / (SIZE / 2)
+    sat = np.clip(r if rng.random() < 0.5 else 1 - r, 0, 1) * 255
+    hsv = np.stack([hue, sat, np.full_like(hue, rng.uniform(150, 255))], -1).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def _stripes(rng: np.random.Generator) -> np.ndarray:
+    y, x = np.mgrid[:SIZE, :SIZE].astype(np.float32)
+    a = rng.uniform(0, np.pi)
+    f = rng.uniform(0.02, 0.3)
+    v = np.sin((x * np.cos(a) + y * np.sin(a)) * f)
+    if rng.random() < 0.4:  # checkerboard / grid
+        v = v * np.sin((-x * np.sin(a) + y * np.cos(a)) * f)
+    c1, c2 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = ((v > 0) if rng.random() < 0.5 else (v + 1) / 2)[..., None].astype(np.float32)
+    return (c1 * t + c2 * (1 - t)).astype(np.uint8)
+
+
+def _text_page(rng: np.random.Generator) -> np.ndarray:
+    img = np.full((SIZE, SIZE, 3), rng.integers(200, 256, 3), np.uint8)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;"))
+    scale = rng.uniform(0.3, 1.2)
+    step = int(30 * scale) + 4
+    ink = tuple(int(v) for v in rng.integers(0, 90, 3))
+    font = int(rng.choice([cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX,
+                           cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX]))
+    for y in range(step, SIZE, step):
+        text = "".join(rng.choice(letters, int(rng.integers(10, 60))))
+        cv2.putText(img, text, (int(rng.integers(-20, 20)), y), font, scale, ink, 1, cv2.LINE_AA)
+    return img
+
+
+def _star_field(rng: np.random.Generator) -> np.ndarray:
+    img = np.zeros((SIZE, SIZE, 3), np.float32)
+    n = int(rng.integers(50, 2000))
+    pts = rng.normal(SIZE / 2, rng.uniform(20, 120), (n, 2)) if rng.random() < 0.5 else rng.uniform(0, SIZE, (n, 2))
+    for (x, y), b in zip(pts.astype(int), rng.uniform(50, 255, n), strict=True):
+        if 0 <= x < SIZE and 0 <= y < SIZE:
+            img[y, x] = b * rng.uniform(0.6, 1.0, 3)
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 4)) * rng.uniform(2, 8)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def _blobs(rng: np.random.Generator) -> np.ndarray:
+    bg = rng.uniform(120, 255, 3)
+    img = np.zeros((SIZE, SIZE, 3), np.float32) + bg
+    for _ in range(int(rng.integers(3, 40))):
+        c = rng.uniform(0, 255, 3)
+        layer = np.zeros((SIZE, SIZE), np.float32)
+        cv2.ellipse(layer, (tuple(int(v) for v in rng.integers(0, SIZE, 2)),
+                            tuple(int(v) for v in rng.integers(8, 80, 2)), float(rng.uniform(0, 180))), 1.0, -1)
+        layer = cv2.GaussianBlur(layer, (0, 0), rng.uniform(1, 6))[..., None]
+        img = img * (1 - layer) + c * layer
+    return img.clip(0, 255).astype(np.uint8)
+
+
+PROCEDURAL = (_smooth_noise, _shapes, _colour_wheel, _stripes, _text_page, _star_field, _blobs)
+
+
+def library_images() -> list[np.ndarray]:
+    """Face-free sample images that ship with installed packages (scikit-learn, matplotlib)."""
+    out = []
+    try:
+        from sklearn.datasets import load_sample_images
+
+        out += [np.asarray(im, np.uint8) for im in load_sample_images().images]
+    except Exception:  # noqa: S110 - optional sources
+        pass
+    try:
+        import gzip
+
+        import matplotlib
+
+        root = Path(matplotlib.get_data_path()) / "sample_data"
+        for name in ("Minduka_Present_Blue_Pack.png", "logo2.png"):
+            if (root / name).is_file():
+                out.append(load_image(root / name))
+        mri = root / "s1045.ima.gz"
+        if mri.is_file():
+            with gzip.open(mri) as fh:
+                a = np.frombuffer(fh.read(), np.uint16).astype(np.float32).reshape(256, 256)
+            out.append(np.repeat((a / a.max() * 255).astype(np.uint8)[..., None], 3, 2))
+    except Exception:  # noqa: S110
+        pass
+    return out
+
+
+def random_patch(img: np.ndarray, rng: np.random.Generator, avoid: list[tuple[float, ...]] | None = None,
+                 tries: int = 20) -> np.ndarray | None:
+    """A random crop (10–100 % of the short side, aspect 0.6–1.6) resized to SIZE, away from `avoid` boxes."""
+    h, w = img.shape[:2]
+    for _ in range(tries):
+        s = rng.uniform(0.1, 1.0) * min(h, w)
+        cw, ch = s * rng.uniform(0.8, 1.25), s * rng.uniform(0.8, 1.25)
+        cw, ch = min(cw, w), min(ch, h)
+        if cw < 24 or ch < 24:
+            continue
+        x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+        box = (x0, y0, x0 + cw, y0 + ch)
+        if avoid and any(min(box[2], b[2]) - max(box[0], b[0]) > -0.3 * (b[2] - b[0])
+                         and min(box[3], b[3]) - max(box[1], b[1]) > -0.3 * (b[3] - b[1]) for b in avoid):
+            continue  # overlaps a face (or comes within 30 % of its size)
+        return whole_image_crop(img[int(y0):int(y0 + ch), int(x0):int(x0 + cw)], SIZE)
+    return None
+
+
+def collect_negatives(realocc_paths: list[str], analyzer: FaceAnalyzer, n_procedural: int, seed: int = 0
+                      ) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = [PROCEDURAL[i % len(PROCEDURAL)](rng) for i in range(n_procedural)]
+    for img in library_images():
+        out += [p for p in (random_patch(img, rng) for _ in range(150)) if p is not None]
+    for p in realocc_paths:
+        try:
+            rgb = load_image(p)
+            boxes = [f.box for f in analyzer.detect(rgb)]
+        except Exception:
+            continue
+        if not boxes:  # a face we cannot locate could be anywhere: no background from this photo
+            continue
+        out += [q for q in (random_patch(rgb, rng, boxes) for _ in range(3)) if q is not None]
+    return np.stack(out)
+
+
+def build_data(out: Path, shared: Path, n_utk: int, n_aaf: int, n_procedural: int) -> None:
+    """Collect every crop the two guards train on into OUT/guards.npz (written atomically)."""
+    import pandas as pd
+
+    t0 = time.perf_counter()
+    an = FaceAnalyzer()
+    split = json.loads(Path("splits/utkface_seed0.json").read_text())["parts"]
+    utk = [str(shared / "utkface" / f) for f in split["train"][:n_utk]]
+    utk_val = [str(shared / "utkface" / f) for f in split["val"][:600]]
+    aaf = pd.read_csv(shared / "aaf.csv")
+    aaf_train = [str(shared / "aaf" / f) for f in aaf[aaf.aaf_split == "train"].file[:n_aaf]]
+    occ = pd.read_csv(shared / "realocc.csv")
+    occ = occ[occ.file.map(realocc_half) == "fit"]
+    arrays = {}
+    arrays["utk"], arrays["utk_lm"] = collect_faces(utk, an, whole=True)
+    arrays["utk_val"], arrays["utk_val_lm"] = collect_faces(utk_val, an, whole=False)
+    arrays["aaf"], arrays["aaf_lm"] = collect_faces(aaf_train, an, whole=True)
+    print(f"faces: utk {len(arrays['utk'])} aaf {len(arrays['aaf'])} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    real, kinds = [], []
+    for kind in ("mask", "sunglasses"):
+        paths = [str(shared / f) for f in occ[occ.occluder == kind].file]
+        crops, _ = collect_faces(paths, an, whole=False)
+        real.append(crops)
+        kinds += [kind] * len(crops)
+    arrays["real"], arrays["real_kind"] = np.concatenate(real), np.array(kinds)
+    arrays["neg"] = collect_negatives([str(shared / f) for f in occ.file], an, n_procedural)
+    print(f"real occluded {len(arrays['real'])}, negatives {len(arrays['neg'])} ({time.perf_counter() - t0:.0f} s)",
+          flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "guards.npz", lambda tmp: np.savez(open(tmp, "wb"), **arrays))  # noqa: SIM115
+
+
+# ---- training --------------------------------------------------------------------------------------------------------
+
+
+def _view(img: np.ndarray, rng: np.random.Generator, train: bool) -> np.ndarray:
+    if train:
+        c = int(CROP * rng.uniform(0.85, 1.1))
+        c = min(c, SIZE)
+        ox, oy = (rng.integers(0, SIZE - c + 1, 2) if c < SIZE else (0, 0))
+        v = resize_square(img[oy:oy + c, ox:ox + c], INPUT)
+        if rng.random() < 0.5:
+            v = v[:, ::-1]
+        if rng.random() < 0.15:
+            v = np.repeat(cv2.cvtColor(np.ascontiguousarray(v), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
+        return np.ascontiguousarray(v)
+    o = (SIZE - CROP) // 2
+    return resize_square(img[o:o + CROP, o:o + CROP], INPUT)
+
+
+def _occluded(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator,
+              kinds: tuple[str, ...] = OCCLUSION_TYPES) -> np.ndarray | None:
+    try:
+        return occlude(img, lm, kinds[rng.integers(len(kinds))], rng).image
+    except OcclusionError:
+        return None
+
+
+class GuardSamples:
+    """Draws (uint8 view, label) training samples for one guard from the collected arrays."""
+
+    def __init__(self, data: dict[str, np.ndarray], task: str) -> None:
+        self.d, self.task = data, task
+        self.faces = [(k, i) for k in ("utk", "aaf") for i in range(len(data[k]))]
+
+    def _face(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        k, i = self.faces[rng.integers(len(self.faces))]
+        return self.d[k][i], self.d[f"{k}_lm"][i]
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        u = rng.random()
+        if self.task == "faceness":
+            if u < 0.4:
+                img, label = self.d["neg"][rng.integers(len(self.d["neg"]))], 0.0
+                if rng.random() < 0.3:  # a negative under an "occluder" still is no face
+                    img = _shapes(rng) if rng.random() < 0.5 else img
+            elif u < 0.5:
+                img, label = self.d["real"][rng.integers(len(self.d["real"]))], 1.0
+            else:
+                img, lm = self._face(rng)  # a face stays a face under any occluder family, the newer ones included
+                occ = _occluded(img, lm, rng, ALL_TYPES) if rng.random() < 0.6 else None
+                img, label = (img if occ is None else occ), 1.0
+        else:  # occlusion
+            if u < 0.5:
+                img, lm = self._face(rng)
+                label = 0.0
+                if rng.random() < 0.3:
+                    with contextlib.suppress(OcclusionError):
+                        img = add_clear_glasses(img, lm, rng)
+            elif u < 0.75:
+                img, label = self.d["real"][rng.integers(len(self.d["real"]))], 1.0
+            else:
+                img, lm = self._face(rng)
+                occ = _occluded(img, lm, rng)
+                img, label = (occ, 1.0) if occ is not None else (img, 0.0)
+        if rng.random() < 0.5:
+            img = degrade(img, rng)
+        return _view(img, rng, True), label
+
+
+def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str | None, seed: int = 0,
+        threads: int = 0) -> dict:
+    """Train one guard for `steps` batches (AdamW, cosine), choose its threshold, write OUT/best.pt + metrics."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    torch.set_flush_denormal(True)  # tiny gradients of a confident binary model otherwise crawl on x86
+    if threads:
+        torch.set_num_threads(threads)
+    data = dict(np.load(data_dir / "guards.npz"))
+    mcfg = ModelConfig(backbone="efficientnet_lite0", head="binary", pretrained=init is None, dropout=0.2)
+    if init:
+        from ..models.weights import resolve_model
+
+        model, base_cfg, _ = resolve_model(init)
+        cfg = config_from_dict(json.loads(json.dumps(_cfg_dict(base_cfg))))
+    else:
+        model = build_model(mcfg)
+        cfg = RunConfig()
+        cfg.model = mcfg
+    cfg.name, cfg.data.crop_size, cfg.data.input_size = task, CROP, INPUT
+    mean, std = model.mean_std
+    head = set(map(id, model.head_parameters()))
+    opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if id(p) not in head],
+                              "lr": 3e-4 if init is None else 1e-4},
+                             {"params": model.head_parameters(), "lr": 1e-3 if init is None else 3e-4}],
+                            weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
+                                                pct_start=0.1)
+    samples = GuardSamples(data, task)
+    model.train()
+    t0, log = time.perf_counter(), []
+    for step in range(steps):
+        views, labels = zip(*(samples.draw(rng) for _ in range(batch)), strict=True)
+        x = to_input(torch.from_numpy(np.stack(views)), mean, std)
+        y = torch.tensor(labels)
+        loss = model.head.losses(model(x), y).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 25 == 0 or step == steps - 1:
+            log.append({"step": step, "loss": round(loss.item(), 4), "s": round(time.perf_counter() - t0, 1)})
+            print(json.dumps(log[-1]), flush=True)
+    model.eval()
+    metrics = {"task": task, "steps": steps, "batch": batch, "seconds": round(time.perf_counter() - t0), "log": log}
+    metrics.update(choose_threshold(model, data, task))
+    out.mkdir(parents=True, exist_ok=True)
+    ck = {"model": model.state_dict(), "config": _cfg_dict(cfg), "epoch": 0, "metrics": metrics}
+    atomic_write(out / "best.pt", lambda tmp: torch.save(ck, tmp))
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _cfg_dict(cfg: RunConfig) -> dict:
+    from ..config import config_to_dict
+
+    return config_to_dict(cfg)
+
+
+@torch.no_grad()
+def guard_scores(model, crops: np.ndarray, batch: int = 128) -> np.ndarray:
+    """Probabilities of a binary model on SIZE crops (centre view)."""
+    mean, std = model.mean_std
+    out = []
+    for i in range(0, len(crops), batch):
+        v = np.stack([_view(c, None, False) for c in crops[i:i + batch]])
+        p, _, _ = model.predict(to_input(torch.from_numpy(v), mean, std), tta_flip=False)
+        out.append(p.float().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def choose_threshold(model, data: dict[str, np.ndarray], task: str) -> dict:
+    """faceness: the threshold keeping 99.5 % of held-out faces, occluded ones included (validation faces, each
+    clean and under a seeded occluder of any family), and the share of training negatives it still lets through.
+    occlusion: the 99th percentile of clean validation faces (≈ 99 % specificity)."""
+    rng = np.random.default_rng(123)
+    val, lm = data["utk_val"], data["utk_val_lm"]
+    clean = guard_scores(model, val)
+    kinds = ALL_TYPES if task == "faceness" else OCCLUSION_TYPES
+    occ_imgs = [o for o in (_occluded(v, m, rng, kinds) for v, m in zip(val, lm, strict=True)) if o is not None]
+    occ = guard_scores(model, np.stack(occ_imgs))
+    if task == "faceness":
+        thr = float(np.quantile(np.concatenate([clean, occ]), 0.005))
+        neg = guard_scores(model, data["neg"][::4])
+        return {"threshold": round(thr, 4), "val_clean_recall": float((clean >= thr).mean()),
+                "val_occluded_recall": float((occ >= thr).mean()),
+                "train_negatives_accepted": float((neg >= thr).mean()), "n_val": int(len(clean))}
+    thr = float(np.quantile(clean, 0.99))
+    return {"threshold": round(thr, 4), "val_specificity": float((clean < thr).mean()),
+            "val_synthetic_recall": float((occ >= thr).mean()), "n_val": int(len(clean))}
+
+
+LICENCE = ("trained on UTKFace (non-commercial research use), All-Age-Faces (research use) and realocc photos "
+           "(RWMFD, MaskON, Selfies-with-sunglasses: research/evaluation use): non-commercial research use only")
+
+
+def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
+    """Export a guard's best.pt as the shipped NAME.safetensors + NAME.json, threshold and metrics in the card."""
+    from ..models.weights import export_weights, weights_dir
+    from .engine import model_from_checkpoint
+
+    model, cfg = model_from_checkpoint(run / "best.pt")
+    metrics = json.loads((run / "metrics.json").read_text())
+    card = {"source_checkpoint": str(run / "best.pt"), "threshold": metrics["threshold"], "licence": LICENCE,
+            "recipe": f"python -m agelens.train.guards fit {metrics['task']} --steps {metrics['steps']} "
+                      f"--batch {metrics['batch']}" + (" --init occlusion" if metrics["task"] == "occlusion" else ""),
+            "test_metrics": {k: v for k, v in metrics.items() if k != "log"}}
+    return export_weights(model, cfg, out_dir or weights_dir(), name, card)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data", help="collect the crops both guards train on")
+    d.add_argument("--out", type=Path, default=Path("cache/guards"))
+    d.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    d.add_argument("--n-utk", type=int, default=2500)
+    d.add_argument("--n-aaf", type=int, default=1500)
+    d.add_argument("--n-procedural", type=int, default=2800)
+    f = sub.add_parser("fit", help="train one guard")
+    f.add_argument("task", choices=("faceness", "occlusion"))
+    f.add_argument("--data", type=Path, default=Path("cache/guards"))
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--steps", type=int, default=600)
+    f.add_argument("--batch", type=int, default=32)
+    f.add_argument("--init", default=None, help="start from this model (shipped name or path); default ImageNet")
+    f.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
+    sh.add_argument("run", type=Path)
+    sh.add_argument("--name", required=True, choices=("faceness", "occlusion"))
+    a = ap.parse_args(argv)
+    if a.cmd == "ship":
+        print(f"wrote {ship(a.run, a.name)}")
+    elif a.cmd == "data":
+        build_data(a.out, a.shared, a.n_utk, a.n_aaf, a.n_procedural)
+    else:
+        print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init,
+                                                     threads=a.threads).items()
+                          if k != "log"}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The face-finding cascade: detector → padded → mesh → whole image, each fallback behind the face verifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agelens.errors import NoFaceError
+from agelens.faces.detect import DETECTIONS, FaceAnalyzer, pad_border, whole_image_crop
+from agelens.utils import shipped_models
+
+
+class FixedVerifier:
+    """A verifier stand-in with a fixed answer, counting the crops it was shown."""
+
+    def __init__(self, score: float, threshold: float = 0.5) -> None:
+        self.score, self.threshold, self.seen = score, threshold, 0
+
+    def scores(self, crops: np.ndarray) -> np.ndarray:
+        assert crops.ndim == 4 and crops.shape[1:] == (256, 256, 3) and crops.dtype == np.uint8
+        self.seen += len(crops)
+        return np.full(len(crops), self.score, np.float32)
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    a = FaceAnalyzer()
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    from importlib import resources
+
+    return np.asarray(Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB"))
+
+
+def test_pad_border_and_whole_image_crop_geometry():
+    img = np.zeros((40, 100, 3), np.uint8)
+    padded, p = pad_border(img, 0.5)
+    assert p == 50 and padded.shape == (140, 200, 3) and (padded[0, 0] == 127).all()
+    img[:, :, 0] = np.arange(100, dtype=np.uint8)[None]  # a horizontal ramp keeps its order and aspect
+    crop = whole_image_crop(img, 64)
+    assert crop.shape == (64, 64, 3) and crop[32, 0, 0] < crop[32, 63, 0]
+
+
+def test_detector_faces_are_verified_and_say_how_they_were_found(analyzer, astronaut):
+    faces = analyzer.find_faces(astronaut)
+    assert len(faces) == 1 and faces[0].detection == "detector" and faces[0].landmarks is not None
+    yes = FixedVerifier(0.9)
+    assert [f.detection for f in analyzer.find_faces(astronaut, yes.scores, yes.threshold)] == ["detector"]
+    assert yes.seen == 1
+    # a verifier that rejects everything: the face is not answered, though the detector saw it
+    no = FixedVerifier(0.1)
+    assert analyzer.find_faces(astronaut, no.scores, no.threshold, verify=True) == []
+
+
+def test_whole_image_fallback_only_with_a_verifier_that_accepts_it(analyzer):
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (120, 110, 3), dtype=np.uint8)  # no detector or mesh finds a face in noise
+    assert analyzer.find_faces(noise) == []  # no verifier: never the whole image
+    assert analyzer.find_faces(noise, verify=True) == []
+    no = FixedVerifier(0.2)
+    assert analyzer.find_faces(noise, no.scores, no.threshold) == [] and no.seen == 1
+    yes = FixedVerifier(0.8)
+    (face,) = analyzer.find_faces(noise, yes.scores, yes.threshold)
+    assert face.detection == "whole-image" and face.box == (0.0, 0.0, 110.0, 120.0) and face.score == pytest.approx(0.8)
+    # a flat image or a long strip is never taken as a face crop, whatever the verifier says
+    assert analyzer.find_faces(np.full((100, 100, 3), 90, np.uint8), yes.scores, yes.threshold) == []
+    assert analyzer.find_faces(noise[:20], yes.scores, yes.threshold) == []
+
+
+def test_padded_retry_finds_a_face_that_fills_the_frame(analyzer, astronaut):
+    """A very tight crop (brows to chin) defeats the detector; inside a border it is found again."""
+    tight = np.ascontiguousarray(astronaut[95:225, 170:285])
+    faces = analyzer.find_faces(tight, verify=True)
+    if faces:  # whichever step finds it, it must say so and lie inside the image
+        assert faces[0].detection in ("detector", "padded")
+        x1, y1, x2, y2 = faces[0].box
+        assert 0 <= x1 < x2 <= tight.shape[1] and 0 <= y1 < y2 <= tight.shape[0]
+    padded, _ = pad_border(tight)
+    assert analyzer.detect(padded), "the padded image must hold a detectable face"
+
+
+@pytest.mark.skipif("faceness" not in shipped_models(), reason="no shipped face verifier")
+def test_shipped_pipeline_answers_double_occluded_crops_and_rejects_non_faces(analyzer, astronaut):
+    from agelens.occlusion.synth import occlude
+    from agelens.serve.predictor import find_and_align
+
+    crop = np.ascontiguousarray(astronaut[20:320, 120:340])
+    lm = analyzer.mesh(crop)
+    assert lm is not None
+    for k, kind in enumerate(("sunglasses+mask", "eye+mouth_block")):
+        occ = occlude(crop, lm, kind, np.random.default_rng(k)).image
+        faces = find_and_align(occ, analyzer, 256)
+        assert len(faces) >= 1 and faces[0][4] in DETECTIONS, kind
+    rng = np.random.default_rng(1)
+    flat = np.full((64, 64, 3), 90, np.uint8)
+    ramp = np.repeat(np.linspace(0, 255, 200, dtype=np.uint8)[None, :, None], 3, 2).repeat(150, 0)
+    stripes = ((np.indices((160, 160)).sum(0) // 8) % 2 * 255).astype(np.uint8)[..., None].repeat(3, 2)
+    for img in (flat, ramp, stripes, rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)):
+        with pytest.raises(NoFaceError):
+            find_and_align(np.ascontiguousarray(img), analyzer, 256)

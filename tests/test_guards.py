@@ -1,0 +1,78 @@
+"""The guards' recipe (face verifier and occlusion detector): data pieces, sampling, a tiny fit and its export."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agelens.train import guards
+
+
+@pytest.fixture(scope="module")
+def face_crop():
+    """The demo photo's aligned face crop (256 px) and its landmarks."""
+    from agelens.data.cache import prepare_face
+    from agelens.faces.detect import FaceAnalyzer
+
+    rgb = np.asarray(Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB"))
+    an = FaceAnalyzer()
+    crop, lm = prepare_face(rgb, an, guards.SIZE, aligned=False)
+    an.close()
+    assert np.isfinite(lm).all()
+    return crop, lm
+
+
+def test_realocc_half_is_a_fixed_split():
+    names = [f"realocc/mask/img{i}.jpg" for i in range(200)]
+    halves = [guards.realocc_half(n) for n in names]
+    assert halves == [guards.realocc_half(n) for n in names] and 60 < halves.count("fit") < 140
+
+
+def test_procedural_negatives_are_varied_images():
+    rng = np.random.default_rng(0)
+    for make in guards.PROCEDURAL:
+        img = make(rng)
+        assert img.shape == (guards.SIZE, guards.SIZE, 3) and img.dtype == np.uint8
+        assert img.std() > 3, make.__name__  # never a flat image
+
+
+def test_whole_image_landmarks_follow_the_square_padding():
+    lm = np.array([[0.0, 0.0], [100.0, 50.0]], np.float32)
+    out = guards.whole_image_landmarks((50, 100), lm, size=200)  # 100 wide, 50 high: 25 px added above
+    assert np.allclose(out, [[0, 50], [200, 150]])
+
+
+def test_random_patch_keeps_away_from_faces():
+    rng = np.random.default_rng(0)
+    img = np.zeros((300, 300, 3), np.uint8)
+    img[100:200, 100:200] = 255  # the "face"
+    for _ in range(20):
+        p = guards.random_patch(img, rng, avoid=[(100.0, 100.0, 200.0, 200.0)])
+        assert p is None or p.max() == 0
+
+
+def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_crop):
+    crop, lm = face_crop
+    rng = np.random.default_rng(0)
+    neg = np.stack([guards.PROCEDURAL[i](rng) for i in range(4)])
+    data = {"utk": np.stack([crop] * 3), "utk_lm": np.stack([lm] * 3), "aaf": crop[None], "aaf_lm": lm[None],
+            "utk_val": np.stack([crop] * 2), "utk_val_lm": np.stack([lm] * 2), "real": crop[None],
+            "real_kind": np.array(["mask"]), "neg": neg}
+    np.savez(tmp_path / "guards.npz", **data)
+    for task in ("faceness", "occlusion"):
+        samples = guards.GuardSamples(data, task)
+        views = [samples.draw(rng) for _ in range(6)]
+        assert all(v.shape == (guards.INPUT, guards.INPUT, 3) and lab in (0.0, 1.0) for v, lab in views)
+    m = guards.fit("faceness", tmp_path, tmp_path / "run", steps=2, batch=4, init=None, threads=1)
+    assert 0 <= m["threshold"] <= 1 and m["n_val"] == 2 and len(m["log"]) == 2
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["threshold"] == m["threshold"]
+    p = guards.ship(tmp_path / "run", "faceness", tmp_path / "weights")
+    from agelens.occlusion.detector import OcclusionDetector
+
+    v = OcclusionDetector.from_pretrained(str(p))
+    assert v.threshold == pytest.approx(m["threshold"]) and v.scores(np.stack([crop, neg[0]])).shape == (2,)
