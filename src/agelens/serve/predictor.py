@@ -322,7 +322,7 @@ def shipped_verifier():
 
             onnx = default_onnx_dir() / "faceness.onnx"  # made by the first ONNX-backed run (fast, torch-free)
             try:
-                v = OnnxModel(onnx)
+                v = OnnxModel(onnx, threads=1)
             except Exception:
                 try:
                     from ..occlusion.detector import OcclusionDetector
