@@ -214,9 +214,9 @@ class FaceAnalyzer:
         With a verifier, a face from the fallback steps counts only when the verifier scores its aligned crop at
         `threshold` or more, one the detector found on the image at DETECTED_THRESHOLD (a face the detector found
         keeps the detector's score, one from the mesh or the whole image gets the verifier's); faces it rejects
-        send the search on to the next step. Without one,
-        verify=True (the predictor) stops after the detector steps; verify=False (preparing a dataset that is all
-        faces) lets the mesh-only step answer unverified and skips the whole-image step."""
+        send the search on to the next step. Without one, verify=True (the predictor) stops after the detector
+        steps; verify=False (preparing a dataset that is all faces) lets the mesh-only step answer unverified and
+        skips the whole-image step."""
         faces = self._verified(rgb, self.detect(rgb), verifier, min(threshold, DETECTED_THRESHOLD), crop_size)
         if faces:
             return self._with_mesh(rgb, faces)
