@@ -120,8 +120,11 @@ def parse_mix(text: str | None):
 @app.command()
 def occlude(src: Annotated[Path, typer.Argument(help="image file or folder (recursive)")],
             dst: Annotated[Path, typer.Argument(help="output folder (same relative paths + occlusions.csv)")],
-            mix: Annotated[str | None, typer.Option(help="TYPE=P,... over sunglasses, mask, sunglasses+mask, "
-                                                        "eye_block, mouth_block, eye+mouth_block (default: paper Table 7)")] = None,
+            mix: Annotated[str | None, typer.Option(help="TYPE=P,... over the paper's sunglasses, mask, sunglasses+mask, "
+                                                        "eye_block, mouth_block, eye+mouth_block and the families fabric_mask, scarf, "
+                                                        "hand, cap, hair, object, eye_patch, face_shield, thick_glasses, "
+                                                        "texture_patch and their combinations such as hand+sunglasses "
+                                                        "(default: paper Table 7)")] = None,
             clean_fraction: Annotated[float, typer.Option(help="share of images copied without an occluder")] = 0.0,
             seed: Annotated[int, typer.Option(help="random seed (same seed → same occluders)")] = 0,
             workers: Annotated[int, typer.Option(help="processes")] = 2,
