@@ -122,7 +122,7 @@ class AgeEstimator:
         if route == "student" and student is None:
             raise AgelensError("route=student needs a student model (none shipped or given)")
         self.teacher, self.student, self.detector, self.route = teacher, student, detector, route
-        self.verifier = verifier  # face verifier (`faceness`): guards the fallbacks of find_faces
+        self.verifier = verifier  # face verifier (`faceness`): checks every face find_faces proposes
         self.crop_size, self.input_size, self.cache_size = teacher.crop_size, teacher.input_size, cache_size
         self.name, self.device, self.tta_flip = teacher.name, device, tta_flip
         self.min_age, self.max_age, self.backend = min_age, max_age, backend
