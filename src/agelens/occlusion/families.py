@@ -31,6 +31,7 @@ from .synth import (
     _luma_shading,
     _mask_polys,
     _noise,
+    _size_search,
     _superellipse,
 )
 
@@ -110,16 +111,7 @@ def _union(fr: FaceFrame, polys: list[np.ndarray]) -> np.ndarray:
 def _search(render: Callable[[float], np.ndarray], fr: FaceFrame, target: float, lo: float, hi: float,
             bounds: tuple[float, float], what: str) -> tuple[np.ndarray, float, float]:
     """`synth._bisect` with a coarser stop (the families' targets are drawn at random anyway): fewer renders."""
-    best = None
-    for _ in range(10):
-        mid = (lo + hi) / 2
-        a = render(mid)
-        f = fr.covered(a)
-        if best is None or abs(f - target) < abs(best[1] - target):
-            best = (a, f, mid)
-        if abs(f - target) < 0.01:
-            break
-        lo, hi = (mid, hi) if f < target else (lo, mid)
+    best, lo, hi = _size_search(render, fr, target, lo, hi, 10, 0.01)
     if not bounds[0] <= best[1] <= bounds[1]:
         return _bisect(render, fr, target, lo, hi, bounds, what)  # finer search; raises if out of reach
     return best

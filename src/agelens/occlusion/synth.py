@@ -124,20 +124,28 @@ def _superellipse(cx: float, cy: float, a: float, b: float, n: float = 2.0, m: i
     return np.stack([cx + a * np.sign(c) * np.abs(c) ** (2 / n), cy + b * np.sign(s) * np.abs(s) ** (2 / n)], 1)
 
 
-def _bisect(render: Callable[[float], np.ndarray], frame: FaceFrame, target: float, lo: float, hi: float,
-            bounds: tuple[float, float], what: str) -> tuple[np.ndarray, float, float]:
-    """(coverage, fraction, parameter) for the size parameter whose coverage is closest to target (coverage grows
-    with the parameter); OcclusionError when the bounds cannot be reached on this face."""
+def _size_search(render: Callable[[float], np.ndarray], frame: FaceFrame, target: float, lo: float, hi: float,
+                 iterations: int, tolerance: float) -> tuple[tuple[np.ndarray, float, float], float, float]:
+    """Bisection of the size parameter (coverage grows with it) for a covered share of `target`: the closest
+    (coverage, fraction, parameter) seen, and the bracket [lo, hi] it ended with."""
     best = None
-    for _ in range(18):
+    for _ in range(iterations):
         mid = (lo + hi) / 2
         a = render(mid)
         f = frame.covered(a)
         if best is None or abs(f - target) < abs(best[1] - target):
             best = (a, f, mid)
-        if abs(f - target) < 0.002:
+        if abs(f - target) < tolerance:
             break
         lo, hi = (mid, hi) if f < target else (lo, mid)
+    return best, lo, hi
+
+
+def _bisect(render: Callable[[float], np.ndarray], frame: FaceFrame, target: float, lo: float, hi: float,
+            bounds: tuple[float, float], what: str) -> tuple[np.ndarray, float, float]:
+    """(coverage, fraction, parameter) for the size parameter whose coverage is closest to target (coverage grows
+    with the parameter); OcclusionError when the bounds cannot be reached on this face."""
+    best, _, _ = _size_search(render, frame, target, lo, hi, 18, 0.002)
     if not bounds[0] <= best[1] <= bounds[1]:
         raise OcclusionError(f"{what} cannot cover {bounds[0]:.0%}–{bounds[1]:.0%} of this face oval "
                              f"(closest {best[1]:.1%})")
