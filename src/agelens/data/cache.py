@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -94,7 +95,30 @@ def cache_checksums(folder: str | Path) -> dict[str, str]:
     return {name: crc32_file(Path(folder) / name) for name in CHECKED_FILES}
 
 
-class FaceCache:
+class FaceSet:
+    """What every prepared set of faces has (a cache folder, a subset of caches, a shard folder): records and
+    meta.json's fields; its length, crop size, failed files and ages derive from them."""
+
+    records: list[FaceRecord]
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["size"])
+
+    @property
+    def failed(self) -> list[dict[str, str]]:
+        return self.meta.get("failed", [])
+
+    @functools.cached_property
+    def ages(self) -> np.ndarray:
+        return np.array([r.age for r in self.records], np.float32)
+
+
+class FaceCache(FaceSet):
     """A read-only, memory-mapped store of aligned crops, landmarks and labels. The arrays' CRC-32s (in
     meta.json) are verified on load; caches written before checksums existed load unverified."""
 
@@ -119,18 +143,6 @@ class FaceCache:
         n = len(self.records)
         if self.images.shape != (n, self.meta["size"], self.meta["size"], 3) or self.landmarks.shape != (n, N_LANDMARKS, 2):
             raise DataError(f"face cache {self.path} is corrupt: array shapes do not match {n} records")
-        self.ages = np.array([r.age for r in self.records], np.float32)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def size(self) -> int:
-        return int(self.meta["size"])
-
-    @property
-    def failed(self) -> list[dict[str, str]]:
-        return self.meta.get("failed", [])
 
 
 def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int) -> Iterator[tuple]:
@@ -224,7 +236,7 @@ class _Rows:
 
 class CacheSubset(FaceCache):
     """A FaceCache view of chosen rows of prepared caches (k-fold parts without re-running detection); shares
-    FaceCache's len/size/failed, builds its own arrays instead of loading a folder."""
+    FaceSet's len/size/failed/ages, builds its own arrays instead of loading a folder."""
 
     def __init__(self, caches: list[FaceCache], picks: list[tuple[int, int]], path: str | Path,
                  failed: list[dict[str, str]] | None = None) -> None:
@@ -236,7 +248,6 @@ class CacheSubset(FaceCache):
         self.records = [caches[k].records[row] for k, row in picks]
         self.images = _Rows([c.images for c in caches], picks)
         self.landmarks = _Rows([c.landmarks for c in caches], picks)
-        self.ages = np.array([r.age for r in self.records], np.float32)
         self.meta = {"size": caches[0].size if caches else 0, "failed": failed or []}
 
 

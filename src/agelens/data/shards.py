@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import DataError
 from ..utils import atomic_write, atomic_write_json
 from .adapters import FaceRecord
-from .cache import N_LANDMARKS, FaceCache
+from .cache import N_LANDMARKS, FaceCache, FaceSet
 
 SHARD_VERSION = 1
 MANIFEST = "shards.json"
@@ -73,7 +73,7 @@ def write_shards(cache: FaceCache, out_dir: str | Path, shard_size: int = 1000, 
     return out
 
 
-class ShardSet:
+class ShardSet(FaceSet):
     """A shard folder's manifest: records and ages (for samplers, fairness terms, metrics) and the shard files.
     Stands in for the training FaceCache; the Trainer streams it with ShardStream."""
 
@@ -95,18 +95,6 @@ class ShardSet:
         missing = [s["name"] for s in self.shards if not (self.path / s["name"]).is_file()]
         if missing:
             raise DataError(f"shard folder {self.path} lacks {len(missing)} shard(s), e.g. {missing[0]}")
-        self.ages = np.array([r.age for r in self.records], np.float32)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def size(self) -> int:
-        return int(self.meta["size"])
-
-    @property
-    def failed(self) -> list[dict[str, str]]:
-        return self.meta.get("failed", [])
 
     def urls(self, ids: list[int] | None = None) -> list[str]:
         return [str(self.path / self.shards[k]["name"]) for k in (range(len(self.shards)) if ids is None else ids)]
@@ -125,7 +113,7 @@ class ShardCache(FaceCache):
     def __init__(self, path: str | Path) -> None:  # no super().__init__: the rows come from shards, not .npy files
         s = ShardSet(path)
         n, size = len(s), s.size
-        self.path, self.meta, self.records, self.ages = s.path, s.meta, s.records, s.ages
+        self.path, self.meta, self.records = s.path, s.meta, s.records
         self.images = np.zeros((n, size, size, 3), np.uint8)
         self.landmarks = np.full((n, N_LANDMARKS, 2), np.nan, np.float32)
         seen = np.zeros(n, bool)
