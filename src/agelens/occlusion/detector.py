@@ -117,11 +117,15 @@ class OcclusionDetector:
                    str(card.get("name", name_or_path)))
 
     @torch.no_grad()
-    def scores(self, crops: np.ndarray) -> np.ndarray:
+    def scores(self, crops: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        """Probability per aligned crop, batch_size crops per forward pass."""
         if len(crops) == 0:
             return np.zeros(0, np.float32)
-        views = torch.from_numpy(centre_views(crops, self.crop_size, self.input_size))
-        x = to_input(views, *self.model.mean_std, self.numerics.device, self.numerics.channels_last)
-        with self.numerics.autocast():
-            p, _, _ = self.model.predict(x, tta_flip=False)
-        return p.float().cpu().numpy()
+        out = []
+        for i in range(0, len(crops), batch_size):
+            views = torch.from_numpy(centre_views(crops[i:i + batch_size], self.crop_size, self.input_size))
+            x = to_input(views, *self.model.mean_std, self.numerics.device, self.numerics.channels_last)
+            with self.numerics.autocast():
+                p, _, _ = self.model.predict(x, tta_flip=False)
+            out.append(p.float().cpu().numpy())
+        return np.concatenate(out)

@@ -31,13 +31,14 @@ import cv2
 import numpy as np
 import torch
 
-from ..config import ModelConfig, RunConfig, config_from_dict
+from ..config import ModelConfig, RunConfig, config_to_dict
 from ..data.cache import largest_face, prepare_face
 from ..data.dataset import degrade
 from ..data.views import resize_square
 from ..faces.detect import FaceAnalyzer, whole_image_crop
 from ..imageio import load_image
 from ..models.model import build_model
+from ..occlusion.detector import OcclusionDetector
 from ..occlusion.synth import ALL_TYPES, OCCLUSION_TYPES, OcclusionError, add_clear_glasses, occlude
 from ..utils import atomic_write, atomic_write_json
 from .batch import to_input
@@ -276,19 +277,16 @@ def build_data(out: Path, shared: Path, n_utk: int, n_aaf: int, n_procedural: in
 # ---- training --------------------------------------------------------------------------------------------------------
 
 
-def _view(img: np.ndarray, rng: np.random.Generator, train: bool) -> np.ndarray:
-    if train:
-        c = int(CROP * rng.uniform(0.85, 1.1))
-        c = min(c, SIZE)
-        ox, oy = (rng.integers(0, SIZE - c + 1, 2) if c < SIZE else (0, 0))
-        v = resize_square(img[oy:oy + c, ox:ox + c], INPUT)
-        if rng.random() < 0.5:
-            v = v[:, ::-1]
-        if rng.random() < 0.15:
-            v = np.repeat(cv2.cvtColor(np.ascontiguousarray(v), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
-        return np.ascontiguousarray(v)
-    o = (SIZE - CROP) // 2
-    return resize_square(img[o:o + CROP, o:o + CROP], INPUT)
+def _view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A training view: random crop around CROP (scale jitter), resized to INPUT, random flip and grey."""
+    c = min(int(CROP * rng.uniform(0.85, 1.1)), SIZE)
+    ox, oy = (rng.integers(0, SIZE - c + 1, 2) if c < SIZE else (0, 0))
+    v = resize_square(img[oy:oy + c, ox:ox + c], INPUT)
+    if rng.random() < 0.5:
+        v = v[:, ::-1]
+    if rng.random() < 0.15:
+        v = np.repeat(cv2.cvtColor(np.ascontiguousarray(v), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
+    return np.ascontiguousarray(v)
 
 
 def _occluded(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator,
@@ -338,7 +336,7 @@ class GuardSamples:
                 img, label = (occ, 1.0) if occ is not None else (img, 0.0)
         if rng.random() < 0.5:
             img = degrade(img, rng)
-        return _view(img, rng, True), label
+        return _view(img, rng), label
 
 
 def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str | None, seed: int = 0,
@@ -354,8 +352,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
     if init:
         from ..models.weights import resolve_model
 
-        model, base_cfg, _ = resolve_model(init)
-        cfg = config_from_dict(json.loads(json.dumps(_cfg_dict(base_cfg))))
+        model, cfg, _ = resolve_model(init)  # a fresh copy of the init model's config, ours to change
     else:
         model = build_model(mcfg)
         cfg = RunConfig()
@@ -388,43 +385,26 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
     metrics = {"task": task, "steps": steps, "batch": batch, "seconds": round(time.perf_counter() - t0), "log": log}
     metrics.update(choose_threshold(model, data, task))
     out.mkdir(parents=True, exist_ok=True)
-    ck = {"model": model.state_dict(), "config": _cfg_dict(cfg), "epoch": 0, "metrics": metrics}
+    ck = {"model": model.state_dict(), "config": config_to_dict(cfg), "epoch": 0, "metrics": metrics}
     atomic_write(out / "best.pt", lambda tmp: torch.save(ck, tmp))
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def _cfg_dict(cfg: RunConfig) -> dict:
-    from ..config import config_to_dict
-
-    return config_to_dict(cfg)
-
-
-@torch.no_grad()
-def guard_scores(model, crops: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Probabilities of a binary model on SIZE crops (centre view)."""
-    mean, std = model.mean_std
-    out = []
-    for i in range(0, len(crops), batch):
-        v = np.stack([_view(c, None, False) for c in crops[i:i + batch]])
-        p, _, _ = model.predict(to_input(torch.from_numpy(v), mean, std), tta_flip=False)
-        out.append(p.float().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 def choose_threshold(model, data: dict[str, np.ndarray], task: str) -> dict:
     """faceness: the threshold keeping 99.5 % of held-out faces, occluded ones included (validation faces, each
     clean and under a seeded occluder of any family), and the share of training negatives it still lets through.
     occlusion: the 99th percentile of clean validation faces (≈ 99 % specificity)."""
+    guard_scores = OcclusionDetector(model, CROP, INPUT, 0.5, task).scores
     rng = np.random.default_rng(123)
     val, lm = data["utk_val"], data["utk_val_lm"]
-    clean = guard_scores(model, val)
+    clean = guard_scores(val)
     kinds = ALL_TYPES if task == "faceness" else OCCLUSION_TYPES
     occ_imgs = [o for o in (_occluded(v, m, rng, kinds) for v, m in zip(val, lm, strict=True)) if o is not None]
-    occ = guard_scores(model, np.stack(occ_imgs))
+    occ = guard_scores(np.stack(occ_imgs))
     if task == "faceness":
         thr = float(np.quantile(np.concatenate([clean, occ]), 0.005))
-        neg = guard_scores(model, data["neg"][::4])
+        neg = guard_scores(data["neg"][::4])
         return {"threshold": round(thr, 4), "val_clean_recall": float((clean >= thr).mean()),
                 "val_occluded_recall": float((occ >= thr).mean()),
                 "train_negatives_accepted": float((neg >= thr).mean()), "n_val": int(len(clean))}
