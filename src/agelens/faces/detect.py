@@ -181,12 +181,12 @@ class FaceAnalyzer:
                 f.keypoints = keypoints_from_mesh(lm)
         return faces
 
-    def _mesh_face(self, rgb: np.ndarray) -> Face | None:
-        """The mesh alone, on the image and then inside the border; box = the landmarks' extent."""
+    def _mesh_face(self, rgb: np.ndarray, padded: np.ndarray, p: int) -> Face | None:
+        """The mesh alone, on the image and then on `padded` (the image inside a p px border); box = the
+        landmarks' extent."""
         h, w = rgb.shape[:2]
         lm = self.mesh(rgb)
         if lm is None:
-            padded, p = pad_border(rgb)
             lm = self.mesh(padded)
             if lm is None:
                 return None
@@ -235,7 +235,7 @@ class FaceAnalyzer:
             return self._with_mesh(rgb, faces)
         if verifier is None and verify:
             return []
-        face = self._mesh_face(rgb)
+        face = self._mesh_face(rgb, padded, p)
         if face is not None:
             if verifier is None:
                 return [face]
