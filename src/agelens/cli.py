@@ -262,8 +262,10 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         raise AgelensError(f"--format must be table, json, jsonl or csv (or parquet), got {fmt!r}")
     if workers < 0 or batch_size < 1:
         raise AgelensError(f"--workers must be >= 0 and --batch-size >= 1, got {workers} and {batch_size}")
-    if engine not in ("local", "ray"):
-        raise AgelensError(f"--engine must be local or ray, got {engine!r}")
+    from .inference import ENGINES
+
+    if engine not in ENGINES:
+        raise AgelensError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "local" and (address is not None or gpus_per_worker):
         raise AgelensError("--address and --gpus-per-worker need --engine ray")
     if engine == "ray" and save_annotated is not None:
