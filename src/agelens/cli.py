@@ -265,7 +265,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     from .inference import ENGINES
 
     if engine not in ENGINES:
-        raise AgelensError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise AgelensError(f"--engine must be {' or '.join(ENGINES)}, got {engine!r}")
     if engine == "local" and (address is not None or gpus_per_worker):
         raise AgelensError("--address and --gpus-per-worker need --engine ray")
     if engine == "ray" and save_annotated is not None:
