@@ -67,10 +67,12 @@ def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder):
                                 progress=False)
 
     page = build_report(tmp / "eval", tmp / "report", samples=3, log=lambda *_: None).read_text()
-    assert page.count("data:image/png;base64,") == 5  # error-by-age, groups, confusion, t-SNE, Grad-CAM/regions
+    # error-by-age, groups, confusion, signed error per group × bin, t-SNE, Grad-CAM/regions
+    assert page.count("data:image/png;base64,") == 6
     assert "Learned region weights" in page and "Grad-CAM" in page
+    assert "Age-standardised MAE" in page and "spread (max − min)" in page
     run_page = build_report(run, log=lambda *_: None).read_text()  # a run folder: its test/ part
-    assert run_page.count("data:image/png;base64,") == 4  # no embeddings saved during training
+    assert run_page.count("data:image/png;base64,") == 5  # no embeddings saved during training
 
 
 def test_cv_two_folds_is_resumable(tmp_path, utk_folder):

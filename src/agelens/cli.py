@@ -63,11 +63,12 @@ def prepare(config: ConfigOpt = None, overrides: Overrides = None,
                                                         "DIR/{train,val,test} (= data.shards; train streams them)")] = None) -> None:
     """Detect, landmark and align every face once into memory-mapped caches (one per split part), optionally
     also as WebDataset shards for streamed, multi-node training (an existing up-to-date cache is just converted)."""
-    from .data.prepare import prepare_caches
+    from .data.prepare import prepare_all
 
     cfg = _load(config, [*(overrides or []), *([f"data.shards={shards}"] if shards else [])])
-    for part, cache in prepare_caches(cfg.data, workers=workers, force=force).items():
-        typer.echo(f"{part}: {len(cache)} faces in {cache.path}; {len(cache.failed)} without a face, "
+    every = prepare_all(cfg.data, cfg.extra_data, workers=workers, force=force)
+    for name, part, cache in ((n, k, c) for n, parts in every.items() for k, c in parts.items()):
+        typer.echo(f"{name} {part}: {len(cache)} faces in {cache.path}; {len(cache.failed)} without a face, "
                    f"{len(cache.meta.get('no_landmarks', []))} without landmarks"
                    + (f"; shards in {Path(cfg.data.shards) / part}" if cfg.data.shards else ""))
         for f in cache.failed[:10]:
@@ -470,6 +471,42 @@ def index(model: Annotated[str, typer.Argument(help="run folder, .pt checkpoint,
     idx = build_index_file(model, output, config, overrides, criterion, progress=not quiet, log=typer.echo)
     typer.echo(f"wrote {output}: {idx.index.ntotal} faces, k={idx.k}, w={idx.w}, val MAE "
                f"{idx.meta['val_mae_before']:.3f} → {idx.meta['val_mae_after']:.3f}")
+
+
+@app.command()
+def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safetensors (the card is updated), or a "
+                                                      "run folder / .pt (reported only)")],
+              config: Annotated[Path, typer.Option("--config", "-c", help="config whose prepared caches to use "
+                                                   "(its data and every extra_data)")],
+              part: Annotated[str, typer.Option(help="split part to calibrate on (never the test part)")] = "val",
+              occluded: Annotated[bool, typer.Option(help="every face with a synthetic occluder (the student)")] = False,
+              level: Annotated[float, typer.Option(help="interval coverage to calibrate for")] = 0.9,
+              write: Annotated[bool, typer.Option(help="store interval_z in the model card")] = True,
+              quiet: bool = False) -> None:
+    """Split-conformal interval calibration: finds z so that age ± z·spread covers LEVEL of held-out ages and
+    stores it in the model card (`interval_z`), where predict, the service and the ONNX export read it."""
+    from .evaluate.calibrate import calibrate_model
+    from .utils import atomic_write_json, shipped_models, weights_dir
+
+    if part == "test":
+        raise AgelensError("calibrate on val (or train), never on the test part the metrics are reported on")
+    rec = calibrate_model(model, str(config), part, occluded, level, progress=not quiet)
+    typer.echo(json.dumps(rec, indent=1))
+    if not write:
+        return
+    if model in shipped_models():
+        card_p = weights_dir() / f"{model}.json"
+    elif Path(model).suffix in (".safetensors", ".json"):
+        card_p = Path(model).with_suffix(".json")
+    else:
+        typer.echo("not written: a run folder or .pt has no model card (export it with `agelens export weights`)")
+        return
+    if not card_p.is_file():
+        raise AgelensError(f"no model card at {card_p} to write interval_z into")
+    card = json.loads(card_p.read_text())
+    card["interval_z"], card["interval_calibration"] = rec["interval_z"], rec
+    atomic_write_json(card_p, card)
+    typer.echo(f"interval_z = {rec['interval_z']} written to {card_p}")
 
 
 @app.command()

@@ -85,6 +85,8 @@ class TrainConfig:
     balance_by: list[str] = field(default_factory=lambda: ["age_bin"])  # keys from age_bin, age, gender, race
     balance_power: float = 1.0  # draw probability ∝ group_count^-power (1: equal mass per group, 0: uniform)
     tail_augment: float = 0.0  # strong-augmentation probability for the rarest balance_by group (0: off)
+    augment: float = 0.0  # realistic photo degradations (data.augment: grey, sepia, casts, blur, JPEG, noise, scans,
+    #                       mild geometry), each at its own probability × this strength; 0 = off
 
 
 def _paper_mix() -> dict[str, float]:
@@ -139,6 +141,8 @@ class FairnessConfig:
     group_dro: bool = False  # online group DRO over dro_by groups (Sagawa et al. 2020): minimise the worst group
     dro_by: list[str] = field(default_factory=lambda: ["age_bin"])  # the DRO groups (keys as train.balance_by)
     dro_eta: float = 0.001  # step size of the group distribution q (0: fixed uniform q = group-balanced mean)
+    dro_within: list[str] = field(default_factory=list)  # strata (keys of dro_by) q never moves mass across, e.g.
+    #                       dro_by=[age_bin, race, gender] + dro_within=[age_bin]: equal error at equal age
 
 
 @dataclass
@@ -153,6 +157,9 @@ class RunConfig:
     occlusion: OcclusionConfig = field(default_factory=OcclusionConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     fairness: FairnessConfig = field(default_factory=FairnessConfig)
+    # more datasets trained on together with `data` (each with its own split and cache); the train and val parts
+    # are concatenated, each test part is evaluated and reported on its own (test_<dataset>/)
+    extra_data: list[DataConfig] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
@@ -200,6 +207,7 @@ class RunConfig:
             (_keys_ok(t.balance_by), f"train.balance_by must be a non-empty list from {', '.join(GROUP_KEYS)}, got {t.balance_by!r}"),
             (t.balance_power >= 0, f"train.balance_power must be >= 0, got {t.balance_power}"),
             (0 <= t.tail_augment <= 1, f"train.tail_augment must be in [0, 1], got {t.tail_augment}"),
+            (0 <= t.augment <= 3, f"train.augment must be in [0, 3], got {t.augment}"),
             (0 <= f.cb_beta < 1, f"fairness.cb_beta must be in [0, 1), got {f.cb_beta}"),
             (_keys_ok(f.cb_by), f"fairness.cb_by must be a non-empty list from {', '.join(GROUP_KEYS)}, got {f.cb_by!r}"),
             (f.lds_sigma > 0, f"fairness.lds_sigma must be > 0, got {f.lds_sigma}"),
@@ -212,9 +220,17 @@ class RunConfig:
             (f.knn_bank >= 0, f"fairness.knn_bank must be >= 0, got {f.knn_bank}"),
             (_keys_ok(f.dro_by), f"fairness.dro_by must be a non-empty list from {', '.join(GROUP_KEYS)}, got {f.dro_by!r}"),
             (f.dro_eta >= 0, f"fairness.dro_eta must be >= 0, got {f.dro_eta}"),
+            (isinstance(f.dro_within, list) and set(f.dro_within) < set(f.dro_by),
+             f"fairness.dro_within must be a strict subset of fairness.dro_by ({f.dro_by}), got {f.dro_within!r}"),
             (t.task == "age" or not (f.cb_beta or f.lds or f.gamma_knn or f.group_dro or t.sampler != "default"),
              "fairness options (fairness.*, train.sampler=balanced) need train.task=age"),
         ]
+        for j, e in enumerate(self.extra_data):
+            checks += [
+                (e.cache_dir != d.cache_dir and e.split_file != d.split_file,
+                 f"extra_data[{j}] needs its own cache_dir and split_file (both equal data's now)"),
+                (e.cache_size == d.cache_size, f"extra_data[{j}].cache_size must equal data.cache_size ({d.cache_size})"),
+            ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
@@ -295,7 +311,16 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "", strict: bool = Tr
         if k not in names:
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(prefix + n for n in names))}")
         cur = getattr(obj, k)
-        if dataclasses.is_dataclass(cur):
+        item_tp = typing.get_args(hints[k])[0] if typing.get_origin(hints[k]) is list else None
+        if item_tp is not None and dataclasses.is_dataclass(item_tp):
+            if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+                raise ConfigError(f"{key} must be a list of mappings, got {v!r}")
+            items = []
+            for j, x in enumerate(v):
+                items.append(item_tp())
+                _apply(items[-1], x, f"{key}[{j}].", strict)
+            setattr(obj, k, items)
+        elif dataclasses.is_dataclass(cur):
             if not isinstance(v, dict):
                 raise ConfigError(f"{key} must be a mapping, got {v!r}")
             _apply(cur, v, key + ".", strict)

@@ -161,6 +161,26 @@ def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: objec
     return out
 
 
+@DATASETS.register("aaf")
+def aaf(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Listing:
+    """All-Age-Faces: images in ROOT, labels in `aaf.csv` beside ROOT (or csv_path) with columns
+    `file,age,gender[,src_md5]`; records sharing a source image hash share a group. Race is not labelled."""
+    r = _require_dir(root)
+    p = Path(csv_path) if csv_path else r.parent / f"{r.name}.csv"
+    if not p.is_file():
+        p = r / "aaf.csv"
+    if not p.is_file():
+        raise DataError(f"All-Age-Faces CSV not found: {r.parent / (r.name + '.csv')} (pass csv_path)")
+    out = Listing()
+    for i, row in enumerate(_csv_rows(p, {"file", "age", "gender"}, "All-Age-Faces CSV"), start=2):
+        if not row.get("file"):
+            out.bad.append(BadRecord(f"{p}:{i}", "empty file name"))
+            continue
+        out.add(r / row["file"], row["age"], _norm_gender(row.get("gender")), None,
+                row.get("src_md5") or row["file"])
+    return out
+
+
 @DATASETS.register("folder")
 def folder_per_age(root: str | Path, **_: object) -> Listing:
     """`ROOT/AGE/*.jpg`: one folder per age."""

@@ -53,18 +53,22 @@ class CachedFaceDataset(Dataset):
     the index), so every model sees the same occluded test set. Faces without landmarks stay clean.
     strong_p: per cache record, the probability of strong augmentation in training (fairness tail augmentation).
     regions=True appends (R, REGION_RES, REGION_RES) face-region masks of the view (not with pair=True).
+    augment > 0: realistic photo degradations in training (data.augment.realistic at this strength), drawn after the
+    occluder so it is degraded with the face. degradation: one named data.augment degradation on every image, seeded
+    per record (the degraded test).
     """
 
     def __init__(self, cache: FaceCache, train: bool, crop_size: int, input_size: int, seed: int = 0,
                  indices: np.ndarray | None = None, scale_jitter: float = 0.08, occlusion=None,
                  target: str = "age", pair: bool = False, degrade: bool = False, strong_p: np.ndarray | None = None,
-                 regions: bool = False) -> None:
+                 regions: bool = False, augment: float = 0.0, degradation: str | None = None) -> None:
         self.cache, self.train = cache, train
         self.crop, self.size = min(crop_size, cache.size), input_size
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
         self.seed, self.epoch, self.scale_jitter = seed, 0, scale_jitter
         self.occlusion, self.target, self.pair, self.degrade = occlusion, target, pair, degrade
         self.strong_p, self.regions = strong_p, regions
+        self.augment, self.degradation = augment, degradation
         if regions and pair:
             raise ValueError("regions=True is not supported with pair=True")
         if target not in ("age", "occluded"):
@@ -102,6 +106,14 @@ class CachedFaceDataset(Dataset):
                     img, alpha = o.image, o.alpha
                 except OcclusionError:
                     kind = None
+        if self.augment > 0 and self.train:
+            from .augment import realistic
+
+            img = realistic(img, np.random.default_rng((self.seed, self.epoch, int(i), 13)), self.augment)
+        if self.degradation is not None:
+            from .augment import degrade_for_test
+
+            img = degrade_for_test(img, self.degradation, self.seed * 1_000_003 + int(i))
         return (img, kind, alpha) if with_alpha else (img, kind)
 
     def _view_geom(self, img: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, tuple]:

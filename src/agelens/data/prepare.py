@@ -48,3 +48,24 @@ def prepare_caches(data: DataConfig, parts_wanted: tuple[str, ...] = ("train", "
         for k, cache in out.items():
             write_shards(cache, Path(data.shards) / k, data.shard_size, data.split_seed, force, progress)
     return out
+
+
+def combine_caches(caches: list[FaceCache], path: str | Path) -> FaceCache:
+    """All rows of several prepared caches as one (training on several datasets at once)."""
+    from .cache import CacheSubset
+
+    if len(caches) == 1:
+        return caches[0]
+    picks = [(k, row) for k, c in enumerate(caches) for row in range(len(c))]
+    return CacheSubset(caches, picks, path, [f for c in caches for f in c.failed])
+
+
+def prepare_all(main: DataConfig, extra: list[DataConfig], parts_wanted: tuple[str, ...] = ("train", "val", "test"),
+                workers: int = 2, progress: bool = True, force: bool = False) -> dict[str, dict[str, FaceCache]]:
+    """Caches of the main dataset and of every extra one: {dataset name: {part: cache}}, main first."""
+    out = {main.dataset: prepare_caches(main, parts_wanted, workers, progress, force)}
+    for d in extra:
+        if d.dataset in out:
+            raise DataError(f"dataset {d.dataset!r} is listed twice (data and extra_data)")
+        out[d.dataset] = prepare_caches(d, parts_wanted, workers, progress, force)
+    return out

@@ -14,7 +14,7 @@ from ..data.cache import FaceCache
 from ..models import AgeModel
 from ..train.numerics import Numerics
 from ..utils import atomic_write_json, atomic_write_npz, atomic_write_text
-from .metrics import bootstrap_ci, compute_metrics, group_report
+from .metrics import bootstrap_ci, compute_metrics, group_report, standardised_mae
 
 BOOTSTRAP = 1000  # resamples for the 95 % intervals in every metrics.json
 
@@ -27,6 +27,8 @@ def add_fairness(metrics: dict, pred: np.ndarray, true: np.ndarray, genders: lis
         metrics["ci95"] = bootstrap_ci(pred, true, genders, races, n_boot=bootstrap, seed=seed)
     if groups:
         metrics["groups"] = group_report(pred, true, genders, races)
+        if any(genders) or any(races):  # equal error at equal age (issue 18): age-standardised MAE per group
+            metrics["standardised"] = standardised_mae(pred, true, genders, races, n_boot=bootstrap, seed=seed)
     return metrics
 
 

@@ -54,6 +54,7 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
     meta = {"name": str(card.get("name", name_or_path)), "kind": kind, "crop_size": cfg.data.crop_size,
             "input_size": cfg.data.input_size, "min_age": cfg.model.min_age, "max_age": cfg.model.max_age,
             "threshold": card_threshold(card) if kind == "occlusion" else None, "tta": tta,
+            "interval_z": card.get("interval_z") if kind == "age" else None,
             "source_sha256": sha256_file(src) if src.is_file() else None, "opset": OPSET}
     graph = ExportGraph(model.float(), tta).eval()
     s = cfg.data.input_size

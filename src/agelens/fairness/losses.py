@@ -132,13 +132,31 @@ class GroupDRO(torch.nn.Module):
     q over the groups (e.g. age bins) is moved towards the groups with the highest batch loss, q_g ← q_g·exp(η·L_g)
     renormalised, and the batch loss is Σ_g q_g·L_g / Σ_g q_g over the groups present in the batch (L_g: mean loss of
     the batch's members of g). With η = 0, q stays uniform: a group-balanced mean. q is a buffer (checkpointed);
-    under DDP every rank keeps its own."""
+    under DDP every rank keeps its own.
 
-    def __init__(self, groups: np.ndarray, n_groups: int, eta: float) -> None:
+    `strata` (one stratum index per group, e.g. the age bin of an age-bin × race × gender group) makes it DRO
+    *within* strata: q is renormalised inside each stratum and each stratum keeps the mass `stratum_mass` (its
+    share of the training data), so q moves weight between groups of the same age, never between ages."""
+
+    def __init__(self, groups: np.ndarray, n_groups: int, eta: float, strata: np.ndarray | None = None,
+                 stratum_mass: np.ndarray | None = None) -> None:
         super().__init__()
         self.eta = eta
         self.groups = torch.as_tensor(np.asarray(groups), dtype=torch.long)
-        self.register_buffer("q", torch.full((n_groups,), 1.0 / n_groups))
+        strata = np.zeros(n_groups, np.int64) if strata is None else np.asarray(strata, np.int64)
+        if len(strata) != n_groups:
+            raise ValueError(f"strata must give one stratum per group ({n_groups}), got {len(strata)}")
+        n_strata = int(strata.max()) + 1 if n_groups else 1
+        mass = np.ones(n_strata) if stratum_mass is None else np.asarray(stratum_mass, np.float64)
+        self.strata = torch.as_tensor(strata)
+        per_group = np.bincount(strata, minlength=n_strata)[strata]
+        self.register_buffer("q", torch.as_tensor(mass[strata] / mass.sum() / per_group, dtype=torch.float32))
+        self.mass = torch.as_tensor(mass / mass.sum(), dtype=torch.float32)
+
+    def _normalise(self, q: torch.Tensor) -> torch.Tensor:
+        strata = self.strata.to(q.device)
+        totals = torch.zeros(len(self.mass), device=q.device, dtype=q.dtype).index_add(0, strata, q)
+        return q / totals[strata] * self.mass.to(q.device, q.dtype)[strata]
 
     def forward(self, per_sample: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         g = self.groups[idx.long().cpu()].to(per_sample.device)
@@ -148,7 +166,7 @@ class GroupDRO(torch.nn.Module):
         present = n > 0
         with torch.no_grad():
             q = self.q.to(per_sample.device) * torch.exp(self.eta * mean.detach() * present)
-            q = q / q.sum()
+            q = self._normalise(q)
             self.q = q.to(self.q.device)
         w = q * present
         return (w * mean).sum() / w.sum()

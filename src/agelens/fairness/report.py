@@ -240,6 +240,59 @@ def plot_faces(model, cfg, cache, n: int = 6) -> tuple[str, list[float] | None]:
 # ---- page ----------------------------------------------------------------------------------------------------------
 
 
+def plot_signed_error(metrics: dict) -> str | None:
+    """Heatmap of the mean signed error (pred − true) per group × age bin: who is over- or under-estimated."""
+    import matplotlib.pyplot as plt
+
+    from ..evaluate.metrics import AGE_BINS
+
+    groups = metrics.get("groups", {})
+    rows, labels = [], []
+    for attr in ("age_bin×gender", "age_bin×race"):
+        by = groups.get(attr, {}).get("by_group", {})
+        names = sorted({k.split("|", 1)[1] for k in by})
+        for g in names:
+            rows.append([by.get(f"{b}|{g}", {}).get("mean_error", np.nan) for b, _, _ in AGE_BINS])
+            labels.append(g)
+    if not rows:
+        return None
+    m = np.array(rows, float)
+    lim = max(1.0, float(np.nanmax(np.abs(m))))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(AGE_BINS)), [b for b, _, _ in AGE_BINS])
+    ax.set_yticks(range(len(labels)), labels)
+    for (i, j), v in np.ndenumerate(m):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="mean signed error, years (red: over-estimated)")
+    ax.set_title("Signed error per group and age bin")
+    return _png(fig)
+
+
+def standardised_table(metrics: dict) -> str:
+    """HTML table of the age-standardised MAE per group with CIs and each attribute's spread."""
+    std = metrics.get("standardised")
+    if not std:
+        return ""
+    ci = lambda v: f" [{v[0]:.2f}, {v[1]:.2f}]" if v else ""  # noqa: E731
+    rows = []
+    for attr in ("gender", "race", "gender×race"):
+        a = std.get(attr)
+        if not a:
+            continue
+        for g, v in a["by_group"].items():
+            rows.append(f"<tr><td>{html.escape(attr)}</td><td>{html.escape(g)}</td><td>{v['n']}</td>"
+                        f"<td>{v['mae']:.3f}{ci(v['ci95'])}</td></tr>")
+        if a.get("spread") is not None:
+            rows.append(f"<tr><td>{html.escape(attr)}</td><td><b>spread (max − min)</b></td><td></td>"
+                        f"<td><b>{a['spread']:.3f}{ci(a.get('spread_ci95'))}</b></td></tr>")
+    return ("<h2>Age-standardised MAE (equal error at equal age)</h2><p>Each group's per-age-bin MAE weighted by "
+            "the whole test's age-bin shares, so groups with different age mixes are compared at equal age; "
+            "seeded bootstrap 95 % intervals.</p><table><tr><th>attribute</th><th>group</th><th>n</th>"
+            "<th>standardised MAE [95 % CI]</th></tr>" + "".join(rows) + "</table>")
+
+
 def _fmt_ci(ci: dict | None, key: str) -> str:
     v = (ci or {}).get(key)
     return f" [{v[0]:.2f}, {v[1]:.2f}]" if v else ""
@@ -278,6 +331,10 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     sections.append(("Per-group MAE", plot_groups(metrics), "Whiskers: seeded bootstrap 95 % intervals (ci95)."
                      if metrics.get("ci95") else "No ci95 in metrics.json (older evaluation): no whiskers."))
     sections.append(("Confusion over age bins", plot_confusion(pr["age"], pr["pred"]), ""))
+    signed = plot_signed_error(metrics)
+    if signed:
+        sections.append(("Signed error per group and age bin", signed, "Mean of (predicted − true) age; red: "
+                         "the model over-estimates that group at that age, blue: under-estimates."))
     emb = eval_dir / "embeddings.npz"
     if emb.is_file():
         sections.append(("t-SNE of embeddings", plot_tsne(emb), ""))
@@ -308,6 +365,7 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     if gtab:
         parts.append("<h2>Group gaps (fairlearn MetricFrame)</h2><table><tr><th>attribute</th><th>MAE difference "
                      f"(max−min)</th><th>MAE ratio (min/max)</th><th>groups</th></tr>{gtab}</table>")
+    parts.append(standardised_table(metrics))
     for title, png, note in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         if png:

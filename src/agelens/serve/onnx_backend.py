@@ -53,6 +53,7 @@ class OnnxModel:
         self.crop_size, self.input_size = int(meta["crop_size"]), int(meta["input_size"])
         self.min_age, self.max_age = float(meta["min_age"]), float(meta["max_age"])
         self.threshold = float(meta["threshold"]) if meta.get("threshold") is not None else 0.5
+        self.interval_z = float(meta.get("interval_z") or 1.645)  # calibrated interval multiplier (age models)
         self.precision = "int8" if ".int8." in path.name else "fp32"
 
     def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +85,9 @@ def shipped_fingerprint() -> str:
         if p.is_file():
             h.update(role.encode())
             h.update(p.read_bytes())
+            card = p.with_suffix(".json")  # the card's calibration (interval_z, thresholds) is in the export too
+            if card.is_file():
+                h.update(card.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs wi
     from ..models.model import AgeModel
     from ..train.numerics import Numerics
 
-Z90 = 1.645  # interval = age ± 1.645·spread (≈ 90 % under a normal error model)
+Z90 = 1.645  # interval = age ± z·spread; z = the model card's conformal `interval_z`, else 1.645 (normal model)
 
 
 @dataclass
@@ -82,13 +82,15 @@ class Expert:
     crop_size: int
     input_size: int
     name: str
+    interval_z: float = Z90  # calibrated on validation faces (evaluate.calibrate), from the model card
 
 
 def _load_expert(name_or_path: str) -> Expert:
     from ..models.weights import resolve_model
 
     model, cfg, card = resolve_model(name_or_path)
-    return Expert(model.eval(), cfg.data.crop_size, cfg.data.input_size, str(card.get("name", name_or_path)))
+    return Expert(model.eval(), cfg.data.crop_size, cfg.data.input_size, str(card.get("name", name_or_path)),
+                  float(card.get("interval_z") or Z90))
 
 
 class AgeEstimator:
@@ -100,14 +102,15 @@ class AgeEstimator:
 
     def __init__(self, model: AgeModel, crop_size: int, input_size: int, cache_size: int = 256, name: str = "teacher",
                  device: str = "cpu", tta_flip: bool = True, numerics: Numerics | None = None,
-                 student: Expert | None = None, detector=None, route: str = "auto", verifier=None) -> None:
+                 student: Expert | None = None, detector=None, route: str = "auto", verifier=None,
+                 interval_z: float = Z90) -> None:
         import torch
 
         from ..train.numerics import Numerics
 
         self.numerics = numerics or Numerics(device, "fp32", True, "inference default: fp32 + channels_last")
         self.model = model.eval().to(device)
-        self._setup(Expert(self.model, crop_size, input_size, name), student, detector, route, cache_size, device,
+        self._setup(Expert(self.model, crop_size, input_size, name, interval_z), student, detector, route, cache_size, device,
                     tta_flip, float(model.head.min_age), float(model.head.max_age),
                     f"torch-{self.numerics.dtype}", verifier)
         for e in [self.teacher] + ([student] if student else []):
@@ -170,7 +173,8 @@ class AgeEstimator:
         numerics = (Numerics(device, "bf16", True, "torch-bf16 requested") if backend == "torch-bf16" else None)
         ver = OcclusionDetector.from_pretrained("faceness") if "faceness" in shipped else None
         return cls(model, cfg.data.crop_size, cfg.data.input_size, cfg.data.cache_size, str(card.get("name", "teacher")),
-                   device, tta_flip, numerics=numerics, student=stu, detector=det, route=route, verifier=ver)
+                   device, tta_flip, numerics=numerics, student=stu, detector=det, route=route, verifier=ver,
+                   interval_z=float(card.get("interval_z") or Z90))
 
     @classmethod
     def from_onnx(cls, onnx_dir: str | Path | None = None, precision: str = "fp32", route: str = "auto",
@@ -251,6 +255,8 @@ class AgeEstimator:
                     parts.append((sel, res[2]))
         out["age"] = (1 - w) * ages[0] + w * ages[1]
         out["spread"] = (1 - w) * spreads[0] + w * spreads[1]
+        zs = [getattr(e, "interval_z", Z90) for e in (self.teacher, self.student)]  # None (no student) → Z90
+        out["interval_z"] = (1 - w) * zs[0] + w * zs[1]  # each model's calibrated multiplier, blended as the ages
         out["student_weight"] = w
         if self.student is not None:
             out["model"][w >= 0.5] = self.student.name
@@ -276,10 +282,11 @@ class AgeEstimator:
         preds = []
         for k, (box, score, _, found, how) in enumerate(faces):
             a, s = float(r["age"][k]), float(r["spread"][k])
+            z = float(r["interval_z"][k])
             occ_score = float(r["occlusion_score"][k])
             preds.append(FacePrediction(
                 box, round(a, 2), round(s, 2),
-                [round(max(self.min_age, a - Z90 * s), 1), round(min(self.max_age, a + Z90 * s), 1)],
+                [round(max(self.min_age, a - z * s), 1), round(min(self.max_age, a + z * s), 1)],
                 round(score, 3), str(r["model"][k]), found,
                 {"detection": how,
                  "occluded": bool(r["occluded"][k]) if self.detector is not None else None,

@@ -133,13 +133,14 @@ def occlusion_mix(cfg: RunConfig, clean_fraction: float | None = None):
 @torch.no_grad()
 def predict_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics, batch_size: int = 64,
                   tta_flip: bool = True, indices: np.ndarray | None = None, progress: bool = False, occlusion=None,
-                  seed: int = 0, target: str = "age") -> tuple[np.ndarray, ...]:
+                  seed: int = 0, target: str = "age", degradation: str | None = None) -> tuple[np.ndarray, ...]:
     """Ages (or occlusion probabilities for a binary head), spreads and embeddings for (a subset of) a cache,
     centre-cropped; `occlusion` (an OcclusionMix) draws a fixed, seeded occluder per image first. With
-    target="occluded" a fourth array holds 1/0 for the faces that did / did not get an occluder."""
+    target="occluded" a fourth array holds 1/0 for the faces that did / did not get an occluder. `degradation` (a
+    data.augment name) degrades every face the same seeded way (the degraded test)."""
     regions = getattr(model, "region_attention", None) is not None  # masks from each face's cached landmarks
     ds = CachedFaceDataset(cache, False, cfg.data.crop_size, cfg.data.input_size, indices=indices, occlusion=occlusion,
-                           seed=seed, target=target, regions=regions)
+                           seed=seed, target=target, regions=regions, degradation=degradation)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     mean, std = model.mean_std
     model.eval()
@@ -259,7 +260,14 @@ class Trainer:
         self.dro = None
         if f.group_dro and t.task == "age":  # group index of every training record
             names, groups = np.unique(records_labels(train_cache.records, f.dro_by), return_inverse=True)
-            self.dro, self.dro_groups = GroupDRO(groups, len(names), f.dro_eta), [str(n) for n in names]
+            strata = mass = None
+            if f.dro_within:  # DRO inside each stratum (e.g. race × gender within an age bin): strata keep their mass
+                s_names, s_of_rec = np.unique(records_labels(train_cache.records, f.dro_within), return_inverse=True)
+                strata = np.zeros(len(names), np.int64)
+                strata[groups] = s_of_rec
+                mass = np.bincount(s_of_rec, minlength=len(s_names)).astype(np.float64)
+            self.dro = GroupDRO(groups, len(names), f.dro_eta, strata, mass)
+            self.dro_groups = [str(n) for n in names]
         if resume:
             self._load_resume()
 
@@ -364,7 +372,8 @@ class Trainer:
         fair = self._fairness_setup(n_train)
         view_kw = {"crop_size": cfg.data.crop_size, "input_size": cfg.data.input_size, "occlusion": occlusion_mix(cfg),
                    "target": "occluded" if t.task == "occlusion" else "age", "degrade": cfg.occlusion.degrade,
-                   "strong_p": fair["strong_p"], "regions": self.model.region_attention is not None}
+                   "strong_p": fair["strong_p"], "regions": self.model.region_attention is not None,
+                   "augment": t.augment}
         sampler = fair["sampler"]
         loss_fn = fair["loss"]
         gen = torch.Generator().manual_seed(t.seed)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
 from ..config import RunConfig
-from ..data.prepare import prepare_caches
+from ..data.prepare import combine_caches, prepare_all, prepare_caches
 from ..evaluate.runner import evaluate_cache
 from .engine import Trainer, model_from_checkpoint
 
@@ -19,6 +20,12 @@ def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, 
         from ..data.shards import shard_caches
 
         caches = shard_caches(cfg.data.shards)
+    per_dataset: dict = {}
+    if caches is None and cfg.extra_data:  # several datasets: train and val concatenated, tests kept apart
+        per_dataset = prepare_all(cfg.data, cfg.extra_data, progress=progress)
+        caches = {k: combine_caches([c[k] for c in per_dataset.values()], Path(cfg.data.cache_dir) / f"combined_{k}")
+                  for k in ("train", "val")}
+        caches["test"] = per_dataset[cfg.data.dataset]["test"]
     caches = caches or prepare_caches(cfg.data, ("train", "val", "test"), progress=progress)
     trainer = Trainer(cfg, caches["train"], caches["val"], resume=resume, progress=progress, log=log)
     result = trainer.fit()
@@ -39,6 +46,11 @@ def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, 
                               tta_flip=cfg.train.tta_flip, progress=progress,
                               extra={"split": cfg.data.split_file, "run": str(cfg.run_dir), **result})
         result["test"] = test
+        for name, parts in list(per_dataset.items())[1:]:
+            other = evaluate_cache(model, parts["test"], cfg, trainer.numerics, cfg.run_dir / f"test_{name}",
+                                   tta_flip=cfg.train.tta_flip, progress=progress, extra={"dataset": name})
+            result[f"test_{name}"] = other
+            log(f"test ({name}): MAE {other['mae']:.3f}  CS5 {other['cs5']:.3f}")
         if cfg.occlusion.enabled:  # the same test faces, every one occluded (seeded, Table 7 mix)
             from .engine import occlusion_mix
 

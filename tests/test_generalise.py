@@ -1,0 +1,181 @@
+"""Issue 19/18 building blocks: realistic degradations, the All-Age-Faces adapter, several datasets in one run,
+group DRO within strata and the age-standardised group MAE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agelens.config import load_config
+from agelens.data import augment
+from agelens.data.adapters import load_dataset
+from agelens.errors import ConfigError
+from agelens.evaluate.metrics import standardised_mae
+from agelens.fairness.losses import GroupDRO
+
+
+def _face(seed: int = 0, size: int = 96) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.stack([xx * 2, yy * 2, (xx + yy)], -1).astype(np.float32) % 256
+    return np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", list(augment.DEGRADATIONS))
+def test_each_degradation_changes_the_image_and_keeps_its_format(name):
+    img = _face()
+    out = augment.degrade_for_test(img, name, seed=3)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - img).mean() > 0.5, name
+    np.testing.assert_array_equal(out, augment.degrade_for_test(img, name, seed=3))  # seeded: same copy every time
+
+
+def test_grayscale_and_sepia_remove_colour():
+    img = _face()
+    g = augment.degrade_for_test(img, "grayscale", 0)
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    s = augment.degrade_for_test(img, "sepia", 0).astype(int)
+    assert (s[..., 0] >= s[..., 2]).mean() > 0.95  # warm tone: red over blue
+
+
+def test_realistic_augmentation_is_seeded_and_strength_zero_is_identity():
+    img = _face()
+    a = augment.realistic(img, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, augment.realistic(img, np.random.default_rng(5)))
+    np.testing.assert_array_equal(augment.realistic(img, np.random.default_rng(5), strength=0.0), img)
+    changed = np.mean([np.abs(augment.realistic(img, np.random.default_rng(s)).astype(int) - img).mean() > 0.5
+                       for s in range(40)])
+    assert 0.6 < changed < 1.0  # most images get something, a few stay clean
+
+
+def test_unknown_degradation_is_named():
+    with pytest.raises(ValueError, match="unknown degradation 'fog'"):
+        augment.degrade_for_test(_face(), "fog", 0)
+
+
+def test_aaf_adapter_reads_the_csv_beside_the_folder(tmp_path):
+    root = tmp_path / "aaf"
+    root.mkdir()
+    for f in ("00001A05.jpg", "00002A61.jpg"):
+        (root / f).write_bytes(b"x")
+    (tmp_path / "aaf.csv").write_text("file,age,gender,src_md5\n00001A05.jpg,5,female,aa\n00002A61.jpg,61,male,bb\n"
+                                      "00003A20.jpg,20,male,cc\n,7,male,dd\n")
+    listing = load_dataset("aaf", root)
+    assert [(r.age, r.gender, r.race, r.group) for r in listing.records] == [(5, "female", None, "aa"),
+                                                                           (61, "male", None, "bb")]
+    assert sorted(b.reason for b in listing.bad) == ["empty file name", "missing file"]
+
+
+def test_extra_data_config_parses_and_is_checked(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("extra_data:\n  - dataset: aaf\n    root: x\n    cache_dir: cache/aaf\n    split_file: s.json\n")
+    cfg = load_config(p)
+    assert cfg.extra_data[0].dataset == "aaf" and cfg.extra_data[0].cache_dir == "cache/aaf"
+    p.write_text("extra_data:\n  - dataset: aaf\n")
+    with pytest.raises(ConfigError, match=r"extra_data\[0\] needs its own cache_dir"):
+        load_config(p)
+    p.write_text("extra_data:\n  - dataset: aaf\n    bogus: 1\n")
+    with pytest.raises(ConfigError, match=r"extra_data\[0\]\.bogus"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="dro_within"):
+        load_config(None, ["fairness.dro_by=age_bin", "fairness.dro_within=race"])
+
+
+def test_group_dro_within_strata_keeps_each_stratum_mass():
+    # groups 0,1 in stratum 0 (mass 3), groups 2,3 in stratum 1 (mass 1)
+    dro = GroupDRO(np.array([0, 1, 2, 3]), 4, eta=0.5, strata=np.array([0, 0, 1, 1]), stratum_mass=np.array([3.0, 1.0]))
+    for _ in range(20):  # group 1 always has the higher loss of its stratum, group 2 of the other; stratum 1 is worse
+        dro(torch.tensor([1.0, 2.0, 9.0, 5.0]), torch.arange(4))
+    q = dro.q.numpy()
+    np.testing.assert_allclose([q[:2].sum(), q[2:].sum()], [0.75, 0.25], atol=1e-6)  # mass never moves across strata
+    assert q[1] > q[0] and q[2] > q[3]  # inside a stratum it moves to the worse group
+
+
+def test_standardised_mae_compares_groups_at_equal_age():
+    # the same error at each age for both groups, but group b is mostly old (where errors are large):
+    # raw MAE differs a lot, the age-standardised MAE does not
+    ages = np.array([5.0] * 80 + [70.0] * 20 + [5.0] * 20 + [70.0] * 80)
+    err = np.where(ages < 50, 1.0, 6.0)
+    race = ["a"] * 100 + ["b"] * 100
+    out = standardised_mae(ages + err, ages, None, race, n_boot=200)
+    raw_a, raw_b = err[:100].mean(), err[100:].mean()
+    assert raw_b - raw_a > 2.5
+    r = out["race"]
+    assert r["by_group"]["a"]["mae"] == pytest.approx(r["by_group"]["b"]["mae"]) == pytest.approx(3.5)
+    assert r["spread"] == pytest.approx(0.0)
+    lo, hi = r["spread_ci95"]
+    assert lo <= r["spread"] <= hi
+    assert "gender" not in out  # no gender labels given
+
+
+def test_standardised_mae_finds_a_real_gap_with_an_interval_that_excludes_zero():
+    rng = np.random.default_rng(0)
+    ages = rng.integers(1, 80, 1000).astype(float)
+    g = np.array(["female", "male"] * 500)
+    err = rng.exponential(np.where(g == "male", 5.0, 3.0))
+    out = standardised_mae(ages + err, ages, list(g), None, n_boot=300)["gender"]
+    assert out["by_group"]["male"]["mae"] > out["by_group"]["female"]["mae"] + 1
+    assert out["spread_ci95"][0] > 1.0
+
+
+def test_conformal_z_covers_the_level_on_new_faces():
+    from agelens.evaluate.calibrate import conformal_z, coverage
+
+    rng = np.random.default_rng(1)
+
+    def draw(n):
+        true = rng.uniform(1, 90, n)
+        spread = rng.uniform(1, 6, n)
+        pred = true + rng.standard_t(4, n) * spread * 1.7  # heavier tails and wider than the spread says
+        return pred, true, spread
+
+    z = conformal_z(*draw(4000), level=0.9)
+    assert z > 1.645  # the normal model's 1.645 under-covers these errors
+    new = coverage(*draw(20000), z, 0, 200)
+    assert 0.88 <= new["coverage"] <= 0.92
+    assert set(new["per_bin"]) >= {"0-10", "61+"}
+    with pytest.raises(ValueError, match="level"):
+        conformal_z(np.ones(3), np.ones(3), np.ones(3), level=1.5)
+
+
+def test_two_datasets_train_together_and_each_test_part_is_reported(tmp_path, utk_folder):
+    """UTKFace-style + an All-Age-Faces-style second dataset: one run over both train parts, realistic augmentation
+    and group DRO within age bins, then one test report per dataset."""
+    import json
+
+    from PIL import Image
+
+    from agelens.train.run import train_and_test
+
+    aaf = tmp_path / "aaf"
+    aaf.mkdir()
+    rows = ["file,age,gender,src_md5"]
+    for k, p in enumerate(sorted(utk_folder.glob("*.chip.jpg"))[:20]):
+        name = f"{k:05d}A{k + 10:02d}.jpg"
+        Image.open(p).save(aaf / name)
+        rows.append(f"{name},{k + 10},{'male' if k % 2 else 'female'},h{k}")
+    (tmp_path / "aaf.csv").write_text("\n".join(rows) + "\n")
+    common = ["data.cache_size=48", "data.crop_size=40", "data.input_size=32", "data.val_frac=0.2", "data.test_frac=0.2"]
+    cfg_p = tmp_path / "c.yaml"
+    cfg_p.write_text(f"""
+extra_data:
+  - {{dataset: aaf, root: {aaf}, aligned: true, split_file: {tmp_path}/aaf_split.json, cache_dir: {tmp_path}/cache_aaf,
+     cache_size: 48, crop_size: 40, input_size: 32, val_frac: 0.2, test_frac: 0.2}}
+""")
+    cfg = load_config(cfg_p, [f"data.root={utk_folder}", f"data.split_file={tmp_path}/split.json",
+                              f"data.cache_dir={tmp_path}/cache", *common, "model.backbone=resnet18",
+                              "train.batch_size=8", "train.numerics=fp32", "train.channels_last=off",
+                              "train.freeze_backbone_epochs=0", "train.epochs=1", "train.augment=1.0",
+                              "fairness.group_dro=true", "fairness.dro_by=age_bin,race,gender",
+                              "fairness.dro_within=age_bin", f"out_dir={tmp_path}/runs", "name=both"])
+    result = train_and_test(cfg, progress=False, log=lambda *_: None)
+    run = tmp_path / "runs" / "both"
+    utk_test = json.loads((run / "test" / "metrics.json").read_text())
+    aaf_test = json.loads((run / "test_aaf" / "metrics.json").read_text())
+    assert result["test_aaf"]["n"] == aaf_test["n"] == 4 and aaf_test["dataset"] == "aaf"
+    assert utk_test["n"] == result["test"]["n"] and "standardised" in utk_test
+    n_train = sum(1 for line in (run / "metrics.jsonl").read_text().splitlines() if '"dro_q"' in line)
+    assert n_train >= 1
+    q = json.loads([x for x in (run / "metrics.jsonl").read_text().splitlines() if '"dro_q"' in x][-1])["dro_q"]
+    assert any(k.endswith("|unknown|female") or k.endswith("|unknown|male") for k in q)  # AAF: no race label
