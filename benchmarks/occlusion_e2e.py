@@ -158,14 +158,13 @@ def realocc_rows(est: AgeEstimator, shared: Path, limit: int) -> dict:
 
 def aaf_rows(est: AgeEstimator, shared: Path, n: int) -> dict:
     """Clean All-Age-Faces photos (another dataset, eye-aligned head-and-shoulder crops; a seeded sample of the
-    parts other than train): answered, MAE, and the
-    share wrongly flagged occluded (specificity on clean faces of other photos)."""
-    import pandas as pd
+    test part of splits/aaf_seed0.json, never trained on): answered, MAE, and the share wrongly flagged occluded
+    (specificity on clean faces of other photos)."""
+    from generalise import test_files  # benchmarks/generalise.py: the same seeded test sample
 
-    d = pd.read_csv(shared / "aaf.csv")
-    d = d[d.aaf_split != "train"].sample(n=min(n, int((d.aaf_split != "train").sum())), random_state=0)
-    rows = [answer(est, shared / "aaf" / f) for f in d.file]
-    return summarise(rows, d.age.to_numpy(np.float64))
+    files = test_files("aaf", n, 0)
+    rows = [answer(est, f) for f, _ in files]
+    return summarise(rows, np.array([a for _, a in files], np.float64))
 
 
 def sample_images() -> list[tuple[str, np.ndarray]]:
