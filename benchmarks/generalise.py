@@ -27,13 +27,13 @@ import cv2
 import numpy as np
 
 from agelens.data.augment import TEST_DEGRADATIONS, degrade_for_test
-from agelens.data.cache import largest_face
 from agelens.errors import NoFaceError
 from agelens.evaluate.metrics import AGE_BINS, age_bin
 from agelens.faces.detect import FaceAnalyzer
+from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
+from agelens.inference.predictor import AgeEstimator
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
-from agelens.serve.predictor import AgeEstimator
 from agelens.utils import atomic_write_json, atomic_write_text
 
 SPLITS = {"utkface": ("splits/utkface_seed0.json", "../shared/data/utkface"),

@@ -68,7 +68,7 @@ def used_points() -> np.ndarray:
 
 
 def slim_teacher(run: str, dst: Path) -> None:
-    from agelens.train.engine import load_checkpoint, save_checkpoint
+    from agelens.models.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(Path(run) / "best.pt")
     save_checkpoint(dst, {"model": _fp16(ck["model"]), "config": ck["config"]})
@@ -177,7 +177,7 @@ def install_imagenet_shim(pack_dir: Path, where: Path) -> None:
 def slim_checkpoint(src: Path, dst: Path, restore: dict[str, str] | None = None) -> dict:
     """best.pt → fp16 model weights + config (no optimiser state), set up for evaluation on the 256 px caches;
     `restore` puts back config values ("section.key": value) that pointed at the pack."""
-    from agelens.train.engine import load_checkpoint, save_checkpoint
+    from agelens.models.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(src)
     config = ck["config"]
@@ -258,7 +258,8 @@ def resnet34_job(pack_dir: Path, out: Path, work: Path, workers: int, deadline_s
 
     from agelens.config import load_config
     from agelens.data.cache import FaceCache
-    from agelens.serve.predictor import AgeEstimator, _load_expert
+    from agelens.inference.backends.torch import TorchModel
+    from agelens.inference.predictor import AgeEstimator
     from agelens.train.engine import Trainer
     from kd_ablation import FT_EPOCHS, TRAIN_FACES, evaluate_conditions, row_args
 
@@ -276,15 +277,14 @@ def resnet34_job(pack_dir: Path, out: Path, work: Path, workers: int, deadline_s
     test = FaceCache(work / "cache" / "test")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_grad_enabled(False)
-    t = _load_expert(str(teacher_ck))
-    models = {"teacher alone": AgeEstimator(t.model.to(dev), t.crop_size, t.input_size, SIZE, name=t.name,
-                                            device=dev, route="teacher")}
+    t = TorchModel.load(str(teacher_ck))
+    models = {"teacher alone": AgeEstimator.from_model(t.model, t.crop_size, t.input_size, name=t.name,
+                                                       cache_size=SIZE, device=dev, route="teacher")}
     for row in rows:
         if not result["rows"][row].get("incomplete"):  # the run's own checkpoint: its config has this geometry
-            s = _load_expert(str(row_args(row, TRAIN_FACES, FT_EPOCHS, str(work / "runs" / "ablation"))[1]))
-            s.model.to(dev)
-            models[row] = AgeEstimator(t.model, t.crop_size, t.input_size, SIZE, name=t.name, device=dev, student=s,
-                                       route="student")
+            s = TorchModel.load(str(row_args(row, TRAIN_FACES, FT_EPOCHS, str(work / "runs" / "ablation"))[1]))
+            models[row] = AgeEstimator.from_model(t.model, t.crop_size, t.input_size, name=t.name, cache_size=SIZE,
+                                                  device=dev, student=s, route="student")
     n = min(n_test, len(test))
     result["test"] = {"n": n, "faces": f"first {n} test faces, {SIZE} px WebP copies", "mae": {}}
     for name, est in models.items():

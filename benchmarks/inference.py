@@ -30,7 +30,7 @@ def torch_eager(est) -> None:
     """Turn a torch estimator into the plain baseline: fp32, NCHW, eager."""
     import torch
 
-    from agelens.train.numerics import Numerics
+    from agelens.numerics import Numerics
 
     est.numerics = Numerics("cpu", "fp32", False, "baseline: fp32 NCHW eager")
     for e in (est.teacher, est.student):
@@ -42,7 +42,7 @@ def torch_eager(est) -> None:
 
 
 def run_stream(est, files: list[str], workers: int) -> tuple[dict, float]:
-    from agelens.serve.batch import predict_stream
+    from agelens.inference.stream import predict_stream
 
     t = time.perf_counter()
     pred = {}
@@ -87,7 +87,7 @@ def main() -> None:
 
     from agelens import AgeEstimator
     from agelens.export.onnx import export_all
-    from agelens.serve.predictor import choose_backend
+    from agelens.inference.predictor import choose_backend
     from agelens.utils import atomic_write_json, atomic_write_text
 
     files, ages = sample_labelled(a.root, a.files, a.n, a.seed)

@@ -22,8 +22,9 @@ import torch
 
 from agelens.data.cache import FaceCache
 from agelens.evaluate.runner import evaluate_estimator
+from agelens.inference.backends.torch import TorchModel
+from agelens.inference.predictor import AgeEstimator
 from agelens.occlusion.synth import PAPER_MIX, OcclusionMix
-from agelens.serve.predictor import AgeEstimator, _load_expert
 from agelens.utils import atomic_write_json, atomic_write_text
 
 # name: (command, head, overrides)
@@ -97,8 +98,7 @@ def evaluate_conditions(est, cache, n: int, done: dict, as_row: bool = True, con
 
 def student_estimator(name: str, model: str | Path) -> AgeEstimator:
     """Row `name`'s student (weights at `model`) answering every face, behind its teacher."""
-    t, s = _load_expert(teacher_run(name)), _load_expert(str(model))
-    return AgeEstimator(t.model, t.crop_size, t.input_size, name=t.name, student=s, route="student")
+    return AgeEstimator(TorchModel.load(teacher_run(name)), TorchModel.load(str(model)), route="student")
 
 
 def row_args(name: str, train: int, ft: int, runs: str) -> tuple[list[str], Path]:
@@ -167,8 +167,7 @@ def main() -> None:
     # teachers alone, same faces
     teachers = result.setdefault("teachers", {})
     for teacher in sorted({teacher_run(r) for r in result["rows"]}):
-        t = _load_expert(teacher)
-        est = AgeEstimator(t.model, t.crop_size, t.input_size, name=t.name, route="teacher")
+        est = AgeEstimator(TorchModel.load(teacher), route="teacher")
         teachers[teacher] = evaluate_conditions(est, cache, a.n, teachers.get(teacher, {}), as_row=False)
     result["protocol"] = {"train_faces": a.train, "finetune_epochs": a.ft, "test_faces": a.n, "input_px": 112}
     atomic_write_json(out_json, result)

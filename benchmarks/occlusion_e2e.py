@@ -26,12 +26,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agelens.data.cache import largest_face, prepare_face
 from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
+from agelens.faces.prepare import largest_face, prepare_face
 from agelens.imageio import load_image
+from agelens.inference.predictor import AgeEstimator
 from agelens.occlusion.synth import FAMILIES, OCCLUSION_TYPES, OcclusionError, occlude
-from agelens.serve.predictor import AgeEstimator
 from agelens.train.guards import realocc_half
 from agelens.utils import atomic_write_json, atomic_write_text
 

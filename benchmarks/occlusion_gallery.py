@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agelens.data.cache import largest_face, prepare_face
 from agelens.faces.detect import FaceAnalyzer
+from agelens.faces.prepare import largest_face, prepare_face
 from agelens.imageio import load_image
 from agelens.occlusion.synth import BLOCK_COLOURS, FAMILIES, MASK_STYLES, SUNGLASS_STYLES, occlude, styles_for
 from agelens.utils import atomic_write

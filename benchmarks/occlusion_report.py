@@ -21,18 +21,20 @@ import torch
 
 from agelens.data.cache import FaceCache
 from agelens.evaluate.runner import evaluate_estimator
+from agelens.inference.backends.torch import TorchModel
+from agelens.inference.predictor import AgeEstimator
 from agelens.occlusion.detector import OcclusionDetector
 from agelens.occlusion.synth import OCCLUSION_TYPES, PAPER_MIX, OcclusionMix
-from agelens.serve.predictor import AgeEstimator, _load_expert
 from agelens.utils import atomic_write_json, atomic_write_text
 
 CONDITIONS = {"clean": 0.0, "50% occluded": 0.5, "100% occluded": 1.0}
 
 
 def estimator(teacher: str, student: str | None, detector: OcclusionDetector | None, route: str) -> AgeEstimator:
-    t = _load_expert(teacher)
-    s = _load_expert(student) if student else None
-    return AgeEstimator(t.model, t.crop_size, t.input_size, name=t.name, student=s, detector=detector, route=route)
+    t = TorchModel.load(teacher)
+    s = TorchModel.load(student) if student else None
+    return AgeEstimator.from_model(t.model, t.crop_size, t.input_size, name=t.name, student=s, detector=detector,
+                                   route=route)
 
 
 def main() -> None:

@@ -79,8 +79,8 @@ def run_reference(ref_venv: str | Path, files: list[str]) -> dict:
 
 def run_ours(est, files: list[str]) -> tuple[dict, list[float]]:
     """Our estimator end to end, one image at a time (largest face; None where no face): ages, latencies."""
-    from agelens.data.cache import largest_face
     from agelens.errors import AgelensError
+    from agelens.faces.prepare import largest_face
     from agelens.imageio import load_image
 
     est.predict(load_image(files[0]))  # warm-up: detector graphs, lazy inits

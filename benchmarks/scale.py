@@ -25,7 +25,7 @@ import numpy as np
 
 
 def pick_images(folder: str, n: int, seed: int) -> list[str]:
-    from agelens.serve.batch import expand_inputs
+    from agelens.inference.stream import expand_inputs
 
     files = expand_inputs([folder])
     if len(files) < n:
@@ -73,7 +73,7 @@ def max_age_diff(a: list[dict], b: list[dict]) -> tuple[float, bool]:
 
 def sink_rate(records: list[dict], fmt: str, repeat: int = 10) -> float:
     """Records/s the driver's sink takes (JSONL: fsync per line; Parquet: a part per 1000 records)."""
-    from agelens.serve.batch import open_sink
+    from agelens.inference.stream import open_sink
 
     with tempfile.TemporaryDirectory() as d:
         sink = open_sink(Path(d) / f"s.{fmt}", fmt)

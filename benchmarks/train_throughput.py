@@ -15,8 +15,8 @@ import torch
 
 from agelens.config import load_config
 from agelens.models import build_model
+from agelens.numerics import BF16_FLAGS, choose_numerics, cpu_flags, cpu_model
 from agelens.train.engine import train_step
-from agelens.train.numerics import BF16_FLAGS, choose_numerics, cpu_flags, cpu_model
 
 
 def plain_loop(model, images, ages, steps):

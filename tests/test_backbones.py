@@ -4,12 +4,14 @@ import torch
 
 from agelens.config import load_config
 from agelens.models import build_model
-from agelens.models.backbones import efficientnet_lite0_imagenet
+from agelens.models.backbones import efficientnet_lite_imagenet
 
 
 @pytest.mark.parametrize("backbone,chans", [("resnet18", [64, 128, 256, 512]), ("resnet34", [64, 128, 256, 512]),
                                             ("resnet50", [256, 512, 1024, 2048]),
-                                            ("efficientnet_lite0", [24, 40, 112, 320])])
+                                            ("efficientnet_lite0", [24, 40, 112, 320]),
+                                            ("efficientnet_lite1", [24, 40, 112, 320]),
+                                            ("efficientnet_lite2", [24, 48, 120, 352])])
 def test_stage_taps(backbone, chans):
     cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false"])
     m = build_model(cfg.model).eval()
@@ -20,12 +22,13 @@ def test_stage_taps(backbone, chans):
         sum(p.numel() for p in m.backbone.parameters())
 
 
-def test_efficientnet_lite0_imagenet_weights_recognise_a_cat():
+@pytest.mark.parametrize("k,size", [(0, 224), (1, 240), (2, 260)])
+def test_efficientnet_lite_imagenet_weights_recognise_a_cat(k, size):
     from skimage import data
     from skimage.transform import resize
 
-    m = efficientnet_lite0_imagenet().eval()
-    img = resize(data.chelsea(), (224, 224), anti_aliasing=True).astype(np.float32)
+    m = efficientnet_lite_imagenet(k).eval()
+    img = resize(data.chelsea(), (size, size), anti_aliasing=True).astype(np.float32)
     x = torch.from_numpy((img - 0.498) / 0.502).permute(2, 0, 1)[None]
     with torch.no_grad():
         p = m(x).softmax(-1)[0]

@@ -35,8 +35,10 @@ def test_parse_overrides_nested():
     ("noequals", "not of the form key=value"),
 ])
 def test_bad_values_name_the_key(override, fragment):
+    from agelens.models import check_config
+
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
-        load_config(None, [override])
+        check_config(load_config(None, [override]))  # what every CLI command loads
 
 
 def test_missing_and_invalid_yaml(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from agelens.errors import AgelensError
-from agelens.train.engine import load_checkpoint
+from agelens.models.checkpoint import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOG_minloglevel": "3", "TF_CPP_MIN_LOG_LEVEL": "3"}
 EPOCHS = 6

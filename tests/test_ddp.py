@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from agelens.train.engine import load_checkpoint
+from agelens.models.checkpoint import load_checkpoint
 
 
 def test_torchrun_two_cpu_ranks(tmp_path, utk_folder):

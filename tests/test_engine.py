@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
+from agelens import numerics as num
 from agelens.config import load_config
 from agelens.errors import CheckpointError
-from agelens.train import numerics as num
-from agelens.train.engine import load_checkpoint
+from agelens.models.checkpoint import load_checkpoint
 from agelens.train.run import train_and_test
 
 

@@ -23,7 +23,7 @@ PROB_TOL = 1e-4
 @pytest.fixture(scope="module")
 def onnx_dir():
     """The shipped models' export (made once per machine, shared with `agelens predict`)."""
-    from agelens.serve.onnx_backend import ensure_export
+    from agelens.export.shipped import ensure_export
 
     return ensure_export()
 
@@ -39,7 +39,7 @@ def _views(n, size, seed=0):
 @pytest.mark.parametrize("role", ["teacher", "occlusion"])
 def test_onnx_matches_torch(onnx_dir, role):
     from agelens.export.onnx import ExportGraph
-    from agelens.serve.onnx_backend import OnnxModel
+    from agelens.inference.backends.onnx import OnnxModel
 
     m = OnnxModel(onnx_dir / f"{role}.onnx")
     model, cfg, _ = resolve_model(role)
@@ -56,7 +56,7 @@ def test_onnx_matches_torch(onnx_dir, role):
 
 def test_int8_quantisation_keeps_metadata_and_runs(onnx_dir, tmp_path):
     from agelens.export.onnx import quantize_int8
-    from agelens.serve.onnx_backend import OnnxModel
+    from agelens.inference.backends.onnx import OnnxModel
 
     fp32 = OnnxModel(onnx_dir / "occlusion.onnx")
     views = _views(20, fp32.input_size, seed=1)

@@ -371,13 +371,15 @@ def test_analyse_crops_embeddings_are_the_teachers(route):
     """evaluate --knn/--save-embeddings take the teacher's embeddings from the routed pass (faces routed to the
     student get one teacher pass more): they equal the teacher's own embeddings of the same views."""
     from agelens.data.views import centre_crop
-    from agelens.serve.predictor import AgeEstimator, Expert
-    from agelens.train.batch import to_input
+    from agelens.inference.backends.torch import TorchModel
+    from agelens.inference.predictor import AgeEstimator
+    from agelens.models.inputs import to_input
 
     torch.manual_seed(0)
     cfg = load_config(None, ["model.backbone=resnet18", "model.pretrained=false"]).model
     teacher, student = build_model(cfg).eval(), build_model(cfg).eval()
-    est = AgeEstimator(teacher, 224, 64, tta_flip=True, student=Expert(student, 224, 64, "student"), route=route)
+    est = AgeEstimator.from_model(teacher, 224, 64, tta_flip=True, student=TorchModel(student, 224, 64, "student"),
+                                  route=route)
     crops = np.random.default_rng(0).integers(0, 255, (3, 256, 256, 3), dtype=np.uint8)
     r = est.analyse_crops(crops, embeddings=True)
     assert set(r["model"]) == {route}

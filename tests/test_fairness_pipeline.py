@@ -11,7 +11,7 @@ from agelens.fairness.cv import format_cv, run_cv
 from agelens.fairness.evaluate import build_index_file, evaluate_prepared_cache
 from agelens.fairness.knn import KnnIndex
 from agelens.fairness.report import build_report
-from agelens.train.engine import load_checkpoint
+from agelens.models.checkpoint import load_checkpoint
 from agelens.train.run import train_and_test
 
 QUIET = {"progress": False, "log": lambda *_: None}

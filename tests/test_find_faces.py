@@ -86,8 +86,8 @@ def test_padded_retry_finds_a_face_that_fills_the_frame(analyzer, astronaut):
 
 @pytest.mark.skipif("faceness" not in shipped_models(), reason="no shipped face verifier")
 def test_shipped_pipeline_answers_double_occluded_crops_and_rejects_non_faces(analyzer, astronaut):
+    from agelens.inference.predictor import find_and_align
     from agelens.occlusion.synth import occlude
-    from agelens.serve.predictor import find_and_align
 
     crop = np.ascontiguousarray(astronaut[20:320, 120:340])
     lm = analyzer.mesh(crop)

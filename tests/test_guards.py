@@ -15,8 +15,8 @@ from agelens.train import guards
 @pytest.fixture(scope="module")
 def face_crop():
     """The demo photo's aligned face crop (256 px) and its landmarks."""
-    from agelens.data.cache import prepare_face
     from agelens.faces.detect import FaceAnalyzer
+    from agelens.faces.prepare import prepare_face
 
     rgb = np.asarray(Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB"))
     an = FaceAnalyzer()

@@ -156,8 +156,8 @@ def test_dataset_occludes_labels_and_pairs():
 
 
 def test_binary_head_and_detector_metrics():
+    from agelens.evaluate.detector import best_threshold, binary_metrics
     from agelens.models.heads import build_head
-    from agelens.occlusion.detector import best_threshold, binary_metrics
 
     head = build_head("binary", 8, 0, 100)
     out = head(torch.randn(4, 8))
@@ -233,8 +233,8 @@ def test_stagewise_distillation_trains_only_the_current_stage(tmp_path):
     the student starts as the teacher (identity adapters)."""
     from agelens.config import RunConfig, config_to_dict
     from agelens.models import build_model
+    from agelens.models.checkpoint import save_checkpoint
     from agelens.train.distill import distill_stages, student_from_teacher
-    from agelens.train.engine import save_checkpoint
 
     cfg = RunConfig(name="kd", out_dir=str(tmp_path))
     cfg.model.backbone, cfg.model.pretrained, cfg.model.align = "resnet18", False, "residual"

@@ -29,8 +29,8 @@ REACH = {"hand": 3.0, "object": 2.0, "cap": 1.5, "hair": 1.3, "eye_patch": 1.2}
 @pytest.fixture(scope="module")
 def face() -> tuple[np.ndarray, np.ndarray]:
     """The bundled astronaut photo's face crop (FaceMesh landmarks) centred on a larger grey canvas."""
-    from agelens.data.cache import largest_face, prepare_face
     from agelens.faces.detect import FaceAnalyzer
+    from agelens.faces.prepare import largest_face, prepare_face
     from agelens.imageio import load_image
 
     an = FaceAnalyzer()

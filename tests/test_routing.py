@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agelens.serve.predictor import SOFT_BAND, AgeEstimator, soft_weight
+from agelens.inference.predictor import SOFT_BAND, AgeEstimator, soft_weight
 
 
 class FakeExpert:
-    """An expert answering a constant age (the ONNX experts' duck type: run(views) → ages, spreads)."""
+    """A model answering a constant age (the AgeBackend protocol: run(views) → ages, spreads)."""
 
     def __init__(self, name: str, age: float) -> None:
         self.name, self.age, self.crop_size, self.input_size, self.calls = name, age, 224, 32, 0
+        self.interval_z = 1.645
 
     def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.calls += len(views)
@@ -30,10 +31,8 @@ class FakeDetector:
 
 
 def estimator(scores: list[float], route: str = "auto") -> AgeEstimator:
-    est = AgeEstimator.__new__(AgeEstimator)
-    est._setup(FakeExpert("teacher", 20.0), FakeExpert("student", 40.0), FakeDetector(scores), route, 256, "cpu",
-               True, 0.0, 100.0, "fake")
-    return est
+    return AgeEstimator(FakeExpert("teacher", 20.0), FakeExpert("student", 40.0), FakeDetector(scores), route,
+                        backend="fake")
 
 
 def test_soft_weight_is_zero_score_one_outside_and_inside_the_band():

@@ -90,7 +90,7 @@ def test_parquet_sink_round_trip_and_resume(images, estimator, local_records, tm
     """-f parquet: a folder of atomically written parts with the JSONL records' keys; resume reads the files done."""
     import pyarrow.parquet as pq
 
-    from agelens.serve.batch import ParquetSink
+    from agelens.inference.stream import ParquetSink
 
     out = tmp_path / "ages.parquet"
     sink = ParquetSink(out, rows_per_part=2)

@@ -95,7 +95,7 @@ def test_torchrun_two_ranks_stream_shards(tmp_path, utk_folder):
                         "-m", "agelens.cli", "train", "--quiet", f"data.shards={shards}", *args],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    from agelens.train.engine import load_checkpoint
+    from agelens.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(tmp_path / "runs" / "shards" / "last.pt")
     assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())

@@ -18,8 +18,8 @@ pytest.importorskip("python_multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from agelens.inference.predictor import FacePrediction  # noqa: E402
 from agelens.serve.app import create_app  # noqa: E402
-from agelens.serve.predictor import FacePrediction  # noqa: E402
 
 UPLOAD_LIMIT = 512 * 1024
 
@@ -31,7 +31,7 @@ def astronaut() -> bytes:
 
 @pytest.fixture(scope="module")
 def client():
-    from agelens.serve.predictor import AgeEstimator
+    from agelens.inference.predictor import AgeEstimator
 
     app = create_app(AgeEstimator.from_pretrained(), max_upload_bytes=UPLOAD_LIMIT, max_pixels=4_000_000)
     with TestClient(app) as c:  # runs the lifespan: warm-up

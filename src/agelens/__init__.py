@@ -10,11 +10,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    if name == "AgeEstimator":
-        from .serve.predictor import AgeEstimator
+def __getattr__(name: str):  # lazy: `import agelens` stays cheap (no torch, no mediapipe)
+    if name in ("AgeEstimator", "FacePrediction"):
+        from .inference import predictor
 
-        return AgeEstimator
+        return getattr(predictor, name)
+    if name == "draw":
+        from .inference.draw import draw
+
+        return draw
     if name == "predict_many":
         from .inference import predict_many
 
@@ -22,4 +26,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["AgeEstimator", "__version__", "predict_many"]
+__all__ = ["AgeEstimator", "FacePrediction", "__version__", "draw", "predict_many"]

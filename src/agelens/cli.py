@@ -26,8 +26,9 @@ def _err(msg: str) -> None:
 
 def _load(config: Path | None, overrides: list[str] | None):
     from .config import load_config
+    from .models import check_config
 
-    return load_config(config, overrides or [])
+    return check_config(load_config(config, overrides or []))
 
 
 @app.command()
@@ -178,8 +179,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
     from .data.cache import build_cache
     from .data.prepare import make_or_load_split
     from .evaluate.runner import evaluate_estimator
+    from .inference.predictor import AgeEstimator
     from .occlusion.synth import OcclusionMix
-    from .serve.predictor import AgeEstimator
 
     if not 0 <= occlude <= 1:
         raise AgelensError(f"--occlude must be a share in [0, 1], got {occlude}")
@@ -248,7 +249,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                                                         "ray://HOST:10001); default: start a local Ray")] = None,
             gpus_per_worker: Annotated[float, typer.Option(help="--engine ray: GPUs per model actor (0: CPU)")] = 0.0) -> None:
     """Estimate the age of every face in images; exit code 1 when some files failed."""
-    from .serve.batch import (
+    from .inference.predictor import AgeEstimator
+    from .inference.stream import (
         CSV_COLUMNS,
         STREAM_FORMATS,
         csv_rows,
@@ -257,7 +259,6 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         predict_stream,
         printable,
     )
-    from .serve.predictor import AgeEstimator
 
     if fmt not in ("table", "json", *STREAM_FORMATS):
         raise AgelensError(f"--format must be table, json, jsonl or csv (or parquet), got {fmt!r}")
@@ -369,17 +370,11 @@ def _emit(results: list[dict], fmt: str) -> None:
 def _annotate(rgb, faces: list[dict], out_dir: Path, src: str, k: int) -> None:
     import cv2
 
+    from .inference.draw import draw
     from .utils import atomic_write
 
-    img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    scale = max(1.0, max(img.shape[:2]) / 600)
-    for f in faces:
-        x1, y1, x2, y2 = (int(round(v)) for v in f["box"])
-        cv2.rectangle(img, (x1, y1), (x2, y2), (0, 200, 0), max(1, int(2 * scale)))
-        label = f"{f['age']:.0f}"
-        cv2.putText(img, label, (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, (0, 200, 0), max(1, int(2 * scale)))
     name = f"{k:05d}_{Path(src).stem}.jpg"
-    ok, buf = cv2.imencode(".jpg", img)
+    ok, buf = cv2.imencode(".jpg", draw(rgb, faces, channels="rgb")[..., ::-1])
     if ok:
         atomic_write(Path(out_dir) / name, lambda tmp: Path(tmp).write_bytes(buf.tobytes()))
 
@@ -387,16 +382,18 @@ def _annotate(rgb, faces: list[dict], out_dir: Path, src: str, k: int) -> None:
 @export_app.command("weights")
 def export_weights_cmd(run: Annotated[Path, typer.Argument(help="run folder (best.pt) or checkpoint .pt")],
                        name: Annotated[str, typer.Option(help="name of the shipped model")] = "teacher",
-                       output: Annotated[Path | None, typer.Option(help="folder (default: the package's weights/)")] = None) -> None:
+                       output: Annotated[Path | None, typer.Option(help="folder (default: the package's weights/)")] = None,
+                       licence: Annotated[str, typer.Option(help="the weights' licence, as the card states it")] =
+                       "weights trained on UTKFace: non-commercial research use only") -> None:
     """Write a checkpoint as fp16 safetensors + JSON card (with its test metrics when the run has them)."""
+    from .models.checkpoint import model_from_checkpoint
     from .models.weights import export_weights, weights_dir
-    from .train.engine import model_from_checkpoint
 
     ck = run / "best.pt" if run.is_dir() else run
     model, cfg = model_from_checkpoint(ck)
     test_p = ck.parent / "test" / "metrics.json"
     card = {"source_checkpoint": str(ck), "test_metrics": json.loads(test_p.read_text()) if test_p.is_file() else None,
-            "licence": "weights trained on UTKFace: non-commercial research use only"}
+            "licence": licence}
     if cfg.model.head == "binary":  # the occlusion detector ships with its validation-chosen threshold
         card["threshold"] = float((card["test_metrics"] or {}).get("threshold", 0.5))
     p = export_weights(model, cfg, output or weights_dir(), name, card)
@@ -420,7 +417,7 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
     except ImportError as e:
         raise AgelensError(f"serve needs fastapi, uvicorn and python-multipart (agelens dependencies; "
                            f"{e.name} is missing): reinstall agelens") from None
-    from .serve.predictor import AgeEstimator
+    from .inference.predictor import AgeEstimator
 
     if not 0 < port < 65536:
         raise AgelensError(f"--port must be in 1..65535, got {port}")

@@ -90,7 +90,7 @@ class TrainConfig:
 
 
 def _paper_mix() -> dict[str, float]:
-    from .occlusion.synth import PAPER_MIX
+    from .occlusion.kinds import PAPER_MIX
 
     return dict(PAPER_MIX)
 
@@ -241,12 +241,7 @@ class RunConfig:
                          self.occlusion.clear_glasses)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"occlusion: {e}") from None
-        from . import models  # noqa: F401  (fills the registries)
-        from .registry import BACKBONES, HEADS
-
-        BACKBONES.get(m.backbone)
-        HEADS.get(m.head)
-        return self
+        return self  # backbone and head names are checked by the models layer (agelens.models.check_config)
 
 
 def _keys_ok(keys: Any) -> bool:

@@ -100,6 +100,9 @@ def weights_dir() -> Path:
     return Path(str(resources.files("agelens") / "weights"))
 
 
+SHIPPED = ("teacher", "student", "occlusion", "faceness")  # the roles of the shipped models
+
+
 def shipped_models() -> list[str]:
     """Names of the shipped models: NAME.json + NAME.safetensors pairs in weights_dir()."""
     d = weights_dir()

@@ -12,48 +12,16 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..errors import DataError, ImageError, NoFaceError
-from ..faces.align import align_face, keypoints_from_mesh, transform_points
-from ..faces.detect import Face, FaceAnalyzer
+from ..faces.detect import FaceAnalyzer
+from ..faces.prepare import N_LANDMARKS, prepare_face
 from ..imageio import load_image
 from ..utils import crc32_file
 from .adapters import FaceRecord
 
-N_LANDMARKS = 478
 CACHE_VERSION = 1
-
-
-def largest_face(faces: list):
-    """The face with the largest box (works for detector Faces and FacePredictions alike)."""
-    return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-
-
-def prepare_face(rgb: np.ndarray, analyzer: FaceAnalyzer, size: int, aligned: bool,
-                 face: Face | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One face → (size×size×3 aligned crop, (478, 2) landmarks in crop pixels, NaN where unknown).
-
-    aligned=True: the image is already a face crop; landmarks are measured, the crop is re-aligned to the
-    template when they are found and simply resized when not. aligned=False: the given (or largest detected)
-    face is aligned; NoFaceError when there is none.
-    """
-    nan = np.full((N_LANDMARKS, 2), np.nan, np.float32)
-    if aligned:
-        lm = analyzer.mesh(rgb)
-        if lm is None:
-            h, w = rgb.shape[:2]
-            return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_LINEAR), nan
-        crop, m = align_face(rgb, keypoints_from_mesh(lm), size)
-        return crop, transform_points(lm, m)
-    if face is None:
-        faces = analyzer.find_faces(rgb)
-        if not faces:
-            raise NoFaceError("no face found")
-        face = largest_face(faces)
-    crop, m = align_face(rgb, face.keypoints, size)
-    return crop, (transform_points(face.landmarks, m) if face.landmarks is not None else nan)
 
 
 @dataclass

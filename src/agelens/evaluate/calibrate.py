@@ -48,9 +48,9 @@ def calibrate_model(model_spec: str, config: str, part: str = "val", occluded: b
     clean faces, or with occluded=True every face given a seeded synthetic occluder (the student's faces).
     Returns the calibration record (z, level, coverage on the calibration faces, per dataset)."""
     from ..config import load_config
+    from ..evaluate.predict import predict_cache
     from ..fairness.evaluate import _numerics, load_model_config, open_part
     from ..occlusion.synth import PAPER_MIX, OcclusionMix
-    from ..train.engine import predict_cache
     from .metrics import mae
 
     model, cfg, _ = load_model_config(model_spec, config)

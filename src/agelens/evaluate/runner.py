@@ -12,7 +12,7 @@ import numpy as np
 from ..config import RunConfig
 from ..data.cache import FaceCache
 from ..models import AgeModel
-from ..train.numerics import Numerics
+from ..numerics import Numerics
 from ..utils import atomic_write_json, atomic_write_npz, atomic_write_text
 from .metrics import bootstrap_ci, compute_metrics, group_report, standardised_mae
 
@@ -52,7 +52,7 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
     """`occlusion` (an OcclusionMix) evaluates on seeded occluded copies: the same copies for every model.
     `knn` (a fairness.knn.KnnIndex built for this model) refines the predictions; embeddings=True also writes
     OUT/embeddings.npz; bootstrap > 0 adds seeded 95 % intervals (metrics["ci95"])."""
-    from ..train.engine import predict_cache
+    from ..evaluate.predict import predict_cache
 
     idx = np.arange(min(len(cache), cfg.data.max_eval or len(cache)))
     pred, spread, emb = predict_cache(model, cache, cfg, numerics, tta_flip=tta_flip, indices=idx, progress=progress,

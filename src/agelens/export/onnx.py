@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import AgelensError
-from ..serve.onnx_backend import SHIPPED
-from ..utils import atomic_write, atomic_write_json, sha256_file
+from ..utils import SHIPPED, atomic_write, atomic_write_json, sha256_file
 
 OPSET = 17
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import RunConfig, _apply, parse_overrides
 from ..data.cache import FaceCache
 from ..errors import AgelensError, DataError
-from ..train.numerics import Numerics
+from ..numerics import Numerics
 
 
 def _numerics() -> Numerics:

@@ -143,7 +143,7 @@ def build_index(model, cfg, train_cache, val_cache, numerics, *, model_name: str
                 criterion: str = "mae", progress: bool = True, log=print) -> KnnIndex:
     """Embed the training cache (centre crop, flip TTA as cfg.train.tta_flip), index it, tune (k, w) on the
     validation cache (both limited by data.max_train / data.max_eval)."""
-    from ..train.engine import predict_cache
+    from ..evaluate.predict import predict_cache
 
     t0 = time.perf_counter()
     tta = cfg.train.tta_flip

@@ -190,8 +190,8 @@ def plot_faces(model, cfg, cache, n: int = 6) -> tuple[str, list[float] | None]:
     import torch
 
     from ..data.dataset import centre_crop
+    from ..models.inputs import to_input
     from ..models.regions import REGION_NAMES, centre_view_landmarks, region_masks
-    from ..train.batch import to_input
 
     picks, seen = [], set()
     for i, a in enumerate(cache.ages):

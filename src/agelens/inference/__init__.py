@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 from ..errors import AgelensError
@@ -12,7 +12,7 @@ from ..errors import AgelensError
 ENGINES = ("local", "ray")
 
 
-def predict_many(source: str | Path | list[str | Path], engine: str = "local", *, model: str | None = None,
+def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local", *, model: str | None = None,
                  route: str = "auto", backend: str = "auto", tta: bool = True, detect: bool = True,
                  workers: int | None = None, batch_size: int = 32, address: str | None = None,
                  num_cpus: int | None = None, gpus_per_worker: float = 0.0, skip: Collection[str] = (),
@@ -24,12 +24,12 @@ def predict_many(source: str | Path | list[str | Path], engine: str = "local", *
     engine="ray": `workers` model actors (default 1) fed by detection tasks on the Ray at `address`, or on a
     local Ray with num_cpus CPUs (default: this machine's, at least workers + 1); records in completion order.
     `estimator`: an already loaded AgeEstimator (local engine; the Ray engine only reads its cache_size)."""
-    from ..serve.batch import expand_inputs, predict_stream, printable
-    from ..serve.predictor import AgeEstimator
+    from .predictor import AgeEstimator
+    from .stream import expand_inputs, predict_stream, printable
 
     if engine not in ENGINES:
         raise AgelensError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    paths = [str(p) for p in (source if isinstance(source, list | tuple) else [source])]
+    paths = [str(source)] if isinstance(source, str | Path) else [str(p) for p in source]  # list, tuple, iterator
     files = [f for f in expand_inputs(paths) if printable(f) not in skip]
     est = estimator or AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=log)
     if engine == "local":

@@ -1,9 +1,9 @@
 """Batch prediction on Ray Data (`agelens predict --engine ray`, `predict_many(engine="ray")`).
 
-Pipeline: the driver lists the files → Ray tasks decode, detect and align each file (`serve.batch._detect`, one
-CPU each) → a pool of model actors (CPU, or GPU with gpus_per_worker > 0) runs `serve.batch._flush` on batches of
+Pipeline: the driver lists the files → Ray tasks decode, detect and align each file (`inference.stream._detect`, one
+CPU each) → a pool of model actors (CPU, or GPU with gpus_per_worker > 0) runs `inference.stream._flush` on batches of
 files, i.e. `AgeEstimator.analyse_crops` + `predictions`, exactly as the local engine → the records stream back to
-the driver, which writes them through the local engine's sinks (`serve.batch.open_sink`), so the output, the
+the driver, which writes them through the local engine's sinks (`inference.stream.open_sink`), so the output, the
 per-file errors and `--resume` are the same. Records arrive in completion order, not input order.
 
 Files and `--model` paths must be readable at the same path on every node (a shared filesystem)."""
@@ -61,7 +61,7 @@ def _detect_row(row: dict, cache_size: int, detect: bool, cwd: str) -> dict:
     """Ray task: one file → the local engine's `_detect` tuple, pickled (crops are variable-length arrays and the
     tuple's shape belongs to serve/). Relative paths resolve against the driver's folder, as in the local engine
     (where that folder exists on the node: use absolute paths on a shared filesystem)."""
-    from ..serve.batch import _detect
+    from .stream import _detect
 
     if os.getcwd() != cwd and os.path.isdir(cwd):
         os.chdir(cwd)  # the task's worker process only; the file name in the record stays as given
@@ -73,12 +73,12 @@ class _ModelActor:
     """One loaded AgeEstimator; each call is a batch of detected files → their JSON records."""
 
     def __init__(self, model: str | None, route: str, backend: str, tta: bool, device: str) -> None:
-        from ..serve.predictor import AgeEstimator
+        from .predictor import AgeEstimator
 
         self.est = AgeEstimator.from_pretrained(model, device=device, tta_flip=tta, route=route, backend=backend)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ..serve.batch import _flush
+        from .stream import _flush
 
         pending = [pickle.loads(b) for b in batch["item"]]
         return {"record": np.array([json.dumps(r) for r, _ in _flush(self.est, pending)], dtype=object)}

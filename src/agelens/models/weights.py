@@ -48,7 +48,7 @@ def load_weights(path: str | Path) -> tuple[AgeModel, RunConfig, dict]:
 
 def resolve_model(name_or_path: str | None = None) -> tuple[AgeModel, RunConfig, dict]:
     """A shipped model name, a .safetensors file, a .pt checkpoint, or a run folder (its best.pt)."""
-    from ..train.engine import model_from_checkpoint
+    from .checkpoint import model_from_checkpoint
 
     target = name_or_path or DEFAULT_MODEL
     p = Path(target)

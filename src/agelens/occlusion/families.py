@@ -1,7 +1,7 @@
 """Occluder families beyond the paper's six types: fabric masks, scarves, hands, caps, hair, held objects, eye
 patches, face shields, thick-rimmed glasses, natural-texture patches, and combinations of them.
 
-Every drawer works in the face frame of `synth.FaceFrame` (origin between the eyes, unit = inter-iris distance) and
+Every drawer works in the face frame of `paper.FaceFrame` (origin between the eyes, unit = inter-iris distance) and
 returns (image, coverage alpha, fraction of the face oval covered). Real-world sizes are kept where the object has
 one (a hand, a phone) and the covered share is reached by sliding it into place; the others are sized by bisection.
 `synth.occlude` dispatches here for every kind outside the paper's six.
@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .synth import (
+from .kinds import FAMILIES
+from .paper import (
     BOUNDS,
-    FAMILIES,
     SS,
     SUNGLASS_STYLES,
     FaceFrame,
@@ -110,7 +110,7 @@ def _union(fr: FaceFrame, polys: list[np.ndarray]) -> np.ndarray:
 
 def _search(render: Callable[[float], np.ndarray], fr: FaceFrame, target: float, lo: float, hi: float,
             bounds: tuple[float, float], what: str) -> tuple[np.ndarray, float, float]:
-    """`synth._bisect` with a coarser stop (the families' targets are drawn at random anyway): fewer renders."""
+    """`paper._bisect` with a coarser stop (the families' targets are drawn at random anyway): fewer renders."""
     best, lo, hi = _size_search(render, fr, target, lo, hi, 10, 0.01)
     if not bounds[0] <= best[1] <= bounds[1]:
         return _bisect(render, fr, target, lo, hi, bounds, what)  # finer search; raises if out of reach

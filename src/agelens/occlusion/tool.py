@@ -40,7 +40,7 @@ def _init_worker() -> None:
 def _occlude_one(args: tuple[_Job, OcclusionMix, int]) -> dict:
     import cv2
 
-    from ..data.cache import largest_face
+    from ..faces.prepare import largest_face
     from ..imageio import load_image
 
     job, mix, seed = args

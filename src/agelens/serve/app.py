@@ -212,7 +212,7 @@ class Service:
         if self._estimator is None:
             with self._load_lock:
                 if self._estimator is None:
-                    from .predictor import AgeEstimator
+                    from ..inference.predictor import AgeEstimator
 
                     t = time.perf_counter()
                     self._estimator = AgeEstimator.from_pretrained()

@@ -1,17 +1,8 @@
-"""uint8 NHWC batches → normalised float NCHW (channels_last when chosen), plus light photometric jitter."""
+"""Training-time batch augmentation: light photometric jitter on uint8 NHWC batches."""
 
 from __future__ import annotations
 
 import torch
-
-
-def to_input(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], device: str = "cpu",
-             channels_last: bool = True) -> torch.Tensor:
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    x = (x - m) / s
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def photometric_jitter(images: torch.Tensor, generator: torch.Generator, strength: float = 0.2) -> torch.Tensor:

@@ -16,11 +16,14 @@ from torch.utils.data import DataLoader
 from ..config import RunConfig, config_to_dict
 from ..data.dataset import CachedFaceDataset
 from ..errors import CheckpointError
+from ..evaluate.predict import predict_cache
 from ..models import build_model
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.inputs import to_input
+from ..numerics import choose_numerics
 from ..utils import atomic_write_json, seed_everything
-from .batch import photometric_jitter, to_input
-from .engine import load_checkpoint, occlusion_mix, predict_cache, save_checkpoint
-from .numerics import choose_numerics
+from .batch import photometric_jitter
+from .engine import occlusion_mix
 
 
 def load_teacher(spec: str):

@@ -3,29 +3,30 @@ machine, DDP under torchrun, atomic checkpoints with --resume, JSONL metrics, re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..config import RunConfig, config_from_dict, config_to_dict
+from ..config import RunConfig, config_to_dict
 from ..data.cache import FaceCache
 from ..data.dataset import CachedFaceDataset
 from ..data.shards import ShardSet, ShardStream
 from ..errors import CheckpointError, ConfigError
+from ..evaluate.predict import predict_cache
 from ..models import AgeModel, build_model
-from ..utils import atomic_write, atomic_write_json, atomic_write_text, seed_everything
-from .batch import photometric_jitter, to_input
-from .numerics import Numerics, choose_numerics
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.inputs import to_input
+from ..numerics import Numerics, choose_numerics
+from ..utils import atomic_write_json, atomic_write_text, seed_everything
+from .batch import photometric_jitter
 
 
 @dataclass
@@ -60,63 +61,6 @@ def environment(numerics: Numerics) -> dict:
             "numerics": numerics.as_dict()}
 
 
-# ---- checkpoints -----------------------------------------------------------------------------------------------
-
-
-def state_digest(obj, h=None) -> str:
-    """SHA-256 over every tensor, array and scalar of a (nested) checkpoint state, in key order."""
-    h = h or hashlib.sha256()
-    if isinstance(obj, dict):
-        for k in sorted(obj, key=str):
-            h.update(str(k).encode())
-            state_digest(obj[k], h)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            state_digest(v, h)
-    elif isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().reshape(-1).contiguous()
-        h.update(f"{t.dtype}{tuple(obj.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    elif isinstance(obj, np.ndarray):
-        h.update(np.ascontiguousarray(obj).tobytes())
-    elif isinstance(obj, int | float | str | bool) or obj is None:
-        h.update(repr(obj).encode())
-    return h.hexdigest()
-
-
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Atomic write; the state's digest goes in as "checksum" and is verified by load_checkpoint."""
-    state = {k: v for k, v in state.items() if k != "checksum"}
-    state["checksum"] = state_digest(state)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint not found: {p}")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises many types for truncated/corrupt files
-        raise CheckpointError(f"checkpoint {p} is unreadable or corrupt ({type(e).__name__})") from None
-    if isinstance(ck, dict) and "checksum" in ck:  # checkpoints from before checksums load unverified
-        expected = ck.pop("checksum")
-        if state_digest(ck) != expected:
-            raise CheckpointError(f"checkpoint {p} is corrupt: checksum mismatch (its tensors changed after saving)")
-    return ck
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[AgeModel, RunConfig]:
-    ck = load_checkpoint(path)
-    if "model" not in ck or "config" not in ck:
-        raise CheckpointError(f"{path} is not an agelens checkpoint (missing model/config)")
-    cfg = config_from_dict(ck["config"])
-    cfg.model.pretrained = False
-    model = build_model(cfg.model)
-    model.load_state_dict(ck["model"])
-    return model.eval(), cfg
-
-
 # ---- evaluation pass used during training -----------------------------------------------------------------------
 
 
@@ -128,35 +72,6 @@ def occlusion_mix(cfg: RunConfig, clean_fraction: float | None = None):
         return None
     cf = cfg.occlusion.clean_fraction if clean_fraction is None else clean_fraction
     return OcclusionMix({k: float(v) for k, v in cfg.occlusion.mix.items()}, cf, cfg.occlusion.clear_glasses)
-
-
-@torch.no_grad()
-def predict_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics, batch_size: int = 64,
-                  tta_flip: bool = True, indices: np.ndarray | None = None, progress: bool = False, occlusion=None,
-                  seed: int = 0, target: str = "age", degradation: str | None = None) -> tuple[np.ndarray, ...]:
-    """Ages (or occlusion probabilities for a binary head), spreads and embeddings for (a subset of) a cache,
-    centre-cropped; `occlusion` (an OcclusionMix) draws a fixed, seeded occluder per image first. With
-    target="occluded" a fourth array holds 1/0 for the faces that did / did not get an occluder. `degradation` (a
-    data.augment name) degrades every face the same seeded way (the degraded test)."""
-    regions = getattr(model, "region_attention", None) is not None  # masks from each face's cached landmarks
-    ds = CachedFaceDataset(cache, False, cfg.data.crop_size, cfg.data.input_size, indices=indices, occlusion=occlusion,
-                           seed=seed, target=target, regions=regions, degradation=degradation)
-    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    mean, std = model.mean_std
-    model.eval()
-    ages, spreads, embs, targets = [], [], [], []
-    from ..progress import track
-
-    for imgs, tgt, _, *rest in track(dl, total=len(dl), description="evaluating", enabled=progress):
-        x = to_input(imgs, mean, std, numerics.device, numerics.channels_last)
-        with numerics.autocast():
-            a, s, e = model.predict(x, tta_flip, rest[0].to(x.device) if rest else None)
-        ages.append(a.cpu())
-        spreads.append(s.cpu())
-        embs.append(e.cpu())
-        targets.append(tgt)
-    out = torch.cat(ages).numpy(), torch.cat(spreads).numpy(), torch.cat(embs).numpy()
-    return (*out, torch.cat(targets).float().numpy()) if target == "occluded" else out
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------------
@@ -311,7 +226,7 @@ class Trainer:
         cfg = self.cfg
         mix = occlusion_mix(cfg)
         if cfg.train.task == "occlusion":
-            from ..occlusion.detector import detector_scores
+            from ..evaluate.detector import detector_scores
 
             scores, labels = detector_scores(self.model, self.val_cache, cfg, self.numerics, mix,
                                              seed=cfg.train.seed + 1, indices=idx, tta_flip=cfg.train.tta_flip)

@@ -32,16 +32,16 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig, RunConfig, config_to_dict
-from ..data.cache import largest_face, prepare_face
 from ..data.dataset import degrade
 from ..data.views import resize_square
 from ..faces.detect import FaceAnalyzer, whole_image_crop
+from ..faces.prepare import largest_face, prepare_face
 from ..imageio import load_image
+from ..models.inputs import to_input
 from ..models.model import build_model
 from ..occlusion.detector import OcclusionDetector
 from ..occlusion.synth import ALL_TYPES, OCCLUSION_TYPES, OcclusionError, add_clear_glasses, occlude
 from ..utils import atomic_write, atomic_write_json
-from .batch import to_input
 
 SIZE = 256  # crops as the predictor aligns them
 CROP, INPUT = 224, 112  # the guards' view: centre 224 of 256, at 112 px (as the shipped occlusion detector)
@@ -419,8 +419,8 @@ LICENCE = ("trained on UTKFace (non-commercial research use), All-Age-Faces (res
 
 def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
     """Export a guard's best.pt as the shipped NAME.safetensors + NAME.json, threshold and metrics in the card."""
+    from ..models.checkpoint import model_from_checkpoint
     from ..models.weights import export_weights, weights_dir
-    from .engine import model_from_checkpoint
 
     model, cfg = model_from_checkpoint(run / "best.pt")
     metrics = json.loads((run / "metrics.json").read_text())

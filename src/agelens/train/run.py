@@ -10,7 +10,8 @@ import torch
 from ..config import RunConfig
 from ..data.prepare import combine_caches, prepare_all, prepare_caches
 from ..evaluate.runner import evaluate_cache
-from .engine import Trainer, model_from_checkpoint
+from ..models.checkpoint import model_from_checkpoint
+from .engine import Trainer
 
 
 def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, log=print,
@@ -35,7 +36,7 @@ def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, 
         if trainer.numerics.channels_last:
             model.to(memory_format=torch.channels_last)
         if cfg.train.task == "occlusion":
-            from ..occlusion.detector import evaluate_detector
+            from ..evaluate.detector import evaluate_detector
 
             test = evaluate_detector(model, caches["val"], caches["test"], cfg, trainer.numerics, cfg.run_dir / "test")
             result["test"] = test

@@ -1,25 +1,21 @@
 """onnxruntime backend: runs exported graphs (`agelens export onnx`) with numpy + onnxruntime only, no torch.
 
 Exported graphs hold preprocessing, flip-TTA and the head's decoding (see `agelens.export.onnx`), so a model is
-"uint8 centre views in, age and spread out". `default_onnx_dir()` is where the shipped models' export is kept
-(exported once, on first use, when torch is installed).
+"uint8 centre views in, age and spread out". The shipped models' export is made once, on first use, by
+`agelens.export.shipped.ensure_export`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..data.views import centre_views
-from ..errors import AgelensError, CheckpointError
-from ..utils import weights_dir
-
-SHIPPED = ("teacher", "student", "occlusion", "faceness")
-EXPORT_FORMAT = "agelens-onnx-v1"  # bump when the graph contract changes: cached exports are then redone
+from ...data.views import centre_views
+from ...errors import AgelensError, CheckpointError
+from ...utils import SHIPPED
 
 
 class OnnxModel:
@@ -75,50 +71,6 @@ class OnnxModel:
         if len(crops) == 0:
             return np.zeros(0, np.float32)
         return self.run(self.views(crops))[0]
-
-
-def shipped_fingerprint() -> str:
-    """SHA-256 over the export format and the shipped weights (names + bytes): the key of their cached export."""
-    h = hashlib.sha256(EXPORT_FORMAT.encode())
-    for role in SHIPPED:
-        p = weights_dir() / f"{role}.safetensors"
-        if p.is_file():
-            h.update(role.encode())
-            h.update(p.read_bytes())
-            card = p.with_suffix(".json")  # the card's calibration (interval_z, thresholds) is in the export too
-            if card.is_file():
-                h.update(card.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def default_onnx_dir() -> Path:
-    """$AGELENS_ONNX_DIR, else ~/.cache/agelens/onnx/<fingerprint of the shipped weights>."""
-    env = os.environ.get("AGELENS_ONNX_DIR")
-    if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "agelens" / "onnx" / shipped_fingerprint()
-
-
-def ensure_export(onnx_dir: str | Path | None = None, log=None) -> Path:
-    """The folder holding teacher/student/occlusion .onnx; exports the shipped weights there first when it lacks
-    them (needs torch, once)."""
-    d = Path(onnx_dir) if onnx_dir else default_onnx_dir()
-    if (d / "manifest.json").is_file() and (d / "teacher.onnx").is_file():
-        return d
-    if onnx_dir is not None and d.exists() and any(d.iterdir()):
-        raise CheckpointError(f"{d} holds no agelens ONNX export (manifest.json + teacher.onnx)")
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise AgelensError(f"no ONNX export in {d} and torch is not installed to make one: run `agelens export "
-                           "onnx --output DIR` where torch is installed, then pass onnx_dir=DIR") from e
-    from ..export.onnx import export_all
-
-    if log:
-        log(f"exporting the shipped models to ONNX once: {d}")
-    export_all(d, int8="none", log=log or (lambda *_: None))
-    return d
 
 
 def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32") -> dict[str, OnnxModel]:

@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.cache import prepare_face
 from ..data.views import centre_views
 from ..errors import AgelensError, NoFaceError
 from ..faces.detect import FaceAnalyzer, whole_image_crop
+from ..faces.prepare import prepare_face
 from ..imageio import load_image
+from .backends import Z90, AgeBackend, CropClassifier
+from .backends.torch import TorchModel
 
 if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs without it
     from ..models.model import AgeModel
-    from ..train.numerics import Numerics
-
-Z90 = 1.645  # interval = age ± z·spread; z = the model card's conformal `interval_z`, else 1.645 (normal model)
+    from ..numerics import Numerics
 
 
 @dataclass
@@ -74,52 +74,18 @@ def choose_backend(custom: bool = False, device: str = "cpu", tta_flip: bool = T
 
 
 
-@dataclass
-class Expert:
-    """A torch age model with the crop it expects (OnnxModel is the onnxruntime counterpart)."""
-
-    model: AgeModel
-    crop_size: int
-    input_size: int
-    name: str
-    interval_z: float = Z90  # calibrated on validation faces (evaluate.calibrate), from the model card
-
-
-def _load_expert(name_or_path: str) -> Expert:
-    from ..models.weights import resolve_model
-
-    model, cfg, card = resolve_model(name_or_path)
-    return Expert(model.eval(), cfg.data.crop_size, cfg.data.input_size, str(card.get("name", name_or_path)),
-                  float(card.get("interval_z") or Z90))
-
-
 class AgeEstimator:
     """Load once, call `predict(image)` many times.
 
     Routing (paper 1, Fig. 2): the occlusion detector scores every face; with route="auto" occluded faces go to
     the student and clean ones to the teacher; "teacher"/"student" force one model. Every answer names its model.
+    The models are AgeBackends (inference.backends: torch or onnxruntime), the detector and the face verifier
+    CropClassifiers; build one with `from_pretrained`, `from_onnx` or, for torch models in memory, `from_model`.
     """
 
-    def __init__(self, model: AgeModel, crop_size: int, input_size: int, cache_size: int = 256, name: str = "teacher",
-                 device: str = "cpu", tta_flip: bool = True, numerics: Numerics | None = None,
-                 student: Expert | None = None, detector=None, route: str = "auto", verifier=None,
-                 interval_z: float = Z90) -> None:
-        import torch
-
-        from ..train.numerics import Numerics
-
-        self.numerics = numerics or Numerics(device, "fp32", True, "inference default: fp32 + channels_last")
-        self.model = model.eval().to(device)
-        self._setup(Expert(self.model, crop_size, input_size, name, interval_z), student, detector, route, cache_size, device,
-                    tta_flip, float(model.head.min_age), float(model.head.max_age),
-                    f"torch-{self.numerics.dtype}", verifier)
-        for e in [self.teacher] + ([student] if student else []):
-            e.model.eval().to(device)
-            if self.numerics.channels_last:
-                e.model.to(memory_format=torch.channels_last)
-
-    def _setup(self, teacher, student, detector, route: str, cache_size: int, device: str, tta_flip: bool,
-               min_age: float, max_age: float, backend: str, verifier=None) -> None:
+    def __init__(self, teacher: AgeBackend, student: AgeBackend | None = None, detector: CropClassifier | None = None,
+                 route: str = "auto", cache_size: int = 256, device: str = "cpu", backend: str = "torch-fp32",
+                 verifier: CropClassifier | None = None) -> None:
         if route not in ROUTES:
             raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         if route == "student" and student is None:
@@ -127,9 +93,26 @@ class AgeEstimator:
         self.teacher, self.student, self.detector, self.route = teacher, student, detector, route
         self.verifier = verifier  # face verifier (`faceness`): checks every face find_faces proposes
         self.crop_size, self.input_size, self.cache_size = teacher.crop_size, teacher.input_size, cache_size
-        self.name, self.device, self.tta_flip = teacher.name, device, tta_flip
-        self.min_age, self.max_age, self.backend = min_age, max_age, backend
+        self.name, self.device = teacher.name, device
+        self.tta_flip = getattr(teacher, "tta_flip", True)  # the ONNX graphs always hold flip-TTA
+        self.min_age, self.max_age = float(getattr(teacher, "min_age", 0.0)), float(getattr(teacher, "max_age", 100.0))
+        self.backend = backend
         self._analyzer: FaceAnalyzer | None = None
+
+    @classmethod
+    def from_model(cls, model: AgeModel, crop_size: int, input_size: int, name: str = "teacher",
+                   student: AgeBackend | None = None, detector: CropClassifier | None = None, route: str = "auto",
+                   cache_size: int = 256, device: str = "cpu", tta_flip: bool = True, numerics: Numerics | None = None,
+                   verifier: CropClassifier | None = None, interval_z: float = Z90) -> AgeEstimator:
+        """An estimator around a torch AgeModel already in memory (training code, tests, benchmarks)."""
+        from ..numerics import Numerics
+
+        numerics = numerics or Numerics(device, "fp32", True, "inference default: fp32 + channels_last")
+        teacher = TorchModel(model, crop_size, input_size, name, interval_z, tta_flip, numerics)
+        if isinstance(student, TorchModel):
+            student.tta_flip, student.numerics = tta_flip, numerics
+            student.__post_init__()
+        return cls(teacher, student, detector, route, cache_size, device, f"torch-{numerics.dtype}", verifier)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, device: str = "cpu", tta_flip: bool = True,
@@ -161,27 +144,27 @@ class AgeEstimator:
                 backend = "torch"
                 if log:
                     log(f"backend: torch (the ONNX export could not be used: {type(e).__name__}: {e})")
-        from ..models.weights import resolve_model, shipped_models
+        from ..models.weights import shipped_models
+        from ..numerics import Numerics
         from ..occlusion.detector import OcclusionDetector
-        from ..train.numerics import Numerics
 
-        model, cfg, card = resolve_model(name_or_path)
+        numerics = Numerics(device, "bf16" if backend == "torch-bf16" else "fp32", True, f"{backend} requested")
+        teacher = TorchModel.load(name_or_path, tta_flip, numerics)
         shipped = shipped_models()
-        stu = _load_expert(student) if student else (_load_expert("student") if "student" in shipped else None)
-        det = (OcclusionDetector.from_pretrained(detector) if detector
-               else OcclusionDetector.from_pretrained("occlusion") if "occlusion" in shipped else None)
-        numerics = (Numerics(device, "bf16", True, "torch-bf16 requested") if backend == "torch-bf16" else None)
-        ver = OcclusionDetector.from_pretrained("faceness") if "faceness" in shipped else None
-        return cls(model, cfg.data.crop_size, cfg.data.input_size, cfg.data.cache_size, str(card.get("name", "teacher")),
-                   device, tta_flip, numerics=numerics, student=stu, detector=det, route=route, verifier=ver,
-                   interval_z=float(card.get("interval_z") or Z90))
+        stu_name = student or ("student" if "student" in shipped else None)
+        stu = TorchModel.load(stu_name, tta_flip, numerics) if stu_name else None
+        det_name = detector or ("occlusion" if "occlusion" in shipped else None)
+        det = OcclusionDetector.from_pretrained(det_name, device) if det_name else None
+        ver = OcclusionDetector.from_pretrained("faceness", device) if "faceness" in shipped else None
+        return cls(teacher, stu, det, route, 256, device, f"torch-{numerics.dtype}", ver)
 
     @classmethod
     def from_onnx(cls, onnx_dir: str | Path | None = None, precision: str = "fp32", route: str = "auto",
                   cache_size: int = 256, log=None) -> AgeEstimator:
         """onnxruntime backend (no torch needed when onnx_dir holds an export): teacher, student and detector
         from `agelens export onnx --output DIR`; without onnx_dir the shipped weights' export (made once)."""
-        from .onnx_backend import ensure_export, load_onnx_models
+        from ..export.shipped import ensure_export
+        from .backends.onnx import load_onnx_models
 
         if precision not in ("fp32", "int8"):
             raise AgelensError(f"ONNX precision must be fp32 or int8, got {precision!r}")
@@ -189,11 +172,8 @@ class AgeEstimator:
         t = models["teacher"]
         if not t.meta.get("tta", True):
             raise AgelensError(f"{t.path} was exported without flip-TTA; re-export with the default")
-        est = cls.__new__(cls)
-        est.model, est.numerics = None, None
-        est._setup(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", True,
-                   t.min_age, t.max_age, f"onnx-{t.precision}", models.get("faceness"))
-        return est
+        return cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
+                   models.get("faceness"))
 
     @property
     def analyzer(self) -> FaceAnalyzer:
@@ -201,22 +181,14 @@ class AgeEstimator:
             self._analyzer = FaceAnalyzer()
         return self._analyzer
 
-    def _ages(self, expert, crops: np.ndarray, embed: bool = False) -> tuple[np.ndarray, ...]:
-        """(ages, spreads) of one expert, plus its embeddings with embed=True (torch experts only)."""
+    def _ages(self, expert: AgeBackend, crops: np.ndarray, embed: bool = False) -> tuple[np.ndarray, ...]:
+        """(ages, spreads) of one model, plus its embeddings with embed=True (torch models only)."""
         views = centre_views(crops, expert.crop_size, expert.input_size)
-        if not isinstance(expert, Expert):  # OnnxModel: preprocessing and flip-TTA are in the graph
-            if embed:
-                raise AgelensError("embeddings (KNN refinement, --save-embeddings) need the torch backend")
+        if not embed:
             return expert.run(views)
-        import torch
-
-        from ..train.batch import to_input
-
-        x = to_input(torch.from_numpy(views), *expert.model.mean_std, self.device, self.numerics.channels_last)
-        with torch.no_grad(), self.numerics.autocast():
-            age, spread, emb = expert.model.predict(x, self.tta_flip)
-        out = age.float().cpu().numpy(), spread.float().cpu().numpy()
-        return (*out, emb.float().cpu().numpy()) if embed else out
+        if not hasattr(expert, "embed"):
+            raise AgelensError("embeddings (KNN refinement, --save-embeddings) need the torch backend")
+        return expert.embed(views)
 
     def analyse_crops(self, crops: np.ndarray, embeddings: bool = False, all_faces: bool = True
                       ) -> dict[str, np.ndarray]:
@@ -263,7 +235,8 @@ class AgeEstimator:
         if embeddings:
             if all_faces and (~to_teacher).any():  # the teacher did not see these faces yet
                 parts.append((~to_teacher, self._ages(self.teacher, crops[~to_teacher], True)[2]))
-            out["embedding"] = np.zeros((n, self.teacher.model.backbone.info.out_channels), np.float32)
+            dim = parts[0][1].shape[1] if parts else self.teacher.model.backbone.info.out_channels
+            out["embedding"] = np.zeros((n, dim), np.float32)
             for sel, emb in parts:
                 out["embedding"][sel] = emb
         return out
@@ -296,9 +269,18 @@ class AgeEstimator:
                  "timing": timing}))
         return preds
 
-    def predict(self, image: str | Path | np.ndarray, detect: bool = True) -> list[FacePrediction]:
-        """Every face in an image (path or RGB uint8 array) with its age estimate and occlusion verdict."""
-        rgb = check_rgb(load_image(image) if isinstance(image, str | Path) else np.asarray(image))
+    def predict(self, image: str | Path | np.ndarray, detect: bool = True, channels: str = "rgb"
+                ) -> list[FacePrediction]:
+        """Every face in an image (path, or uint8 HxWx3 array: RGB, or BGR with channels="bgr" as OpenCV reads
+        it) with its age estimate and occlusion verdict."""
+        if channels not in ("rgb", "bgr"):
+            raise AgelensError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
+        if isinstance(image, str | Path):
+            rgb = check_rgb(load_image(image))
+        else:
+            rgb = check_rgb(np.asarray(image))
+            if channels == "bgr":
+                rgb = np.ascontiguousarray(rgb[..., ::-1])
         t0 = time.perf_counter()
         faces = self.faces_of(rgb, detect)
         t1 = time.perf_counter()
@@ -325,7 +307,8 @@ def shipped_verifier():
 
         v = None
         if "faceness" in shipped_models():
-            from .onnx_backend import OnnxModel, default_onnx_dir
+            from ..export.shipped import default_onnx_dir
+            from .backends.onnx import OnnxModel
 
             onnx = default_onnx_dir() / "faceness.onnx"  # made by the first ONNX-backed run (fast, torch-free)
             try:

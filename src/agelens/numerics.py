@@ -88,7 +88,7 @@ def choose_numerics(train_cfg, model: nn.Module | None = None, loss_fn=None, inp
     kept only when measured faster. Forced values (train.numerics / train.channels_last / train.device) win."""
     want_dev = train_cfg.device
     if want_dev == "cuda" and not torch.cuda.is_available():
-        from ..errors import ConfigError
+        from .errors import ConfigError
 
         raise ConfigError("train.device=cuda but no CUDA device is available")
     dev = "cuda" if (want_dev == "cuda" or (want_dev == "auto" and torch.cuda.is_available())) else "cpu"
@@ -101,7 +101,7 @@ def choose_numerics(train_cfg, model: nn.Module | None = None, loss_fn=None, inp
         return Numerics("cuda", dtype, True if forced_cl is None else forced_cl, "CUDA: AMP + channels_last",
                         torch.cuda.get_device_name(0), bf16_flags)
     if train_cfg.numerics == "fp16":
-        from ..errors import ConfigError
+        from .errors import ConfigError
 
         raise ConfigError("train.numerics=fp16 is only supported on CUDA; use fp32 or bf16 on CPU")
     if train_cfg.numerics != "auto" and forced_cl is not None:

@@ -1,0 +1,56 @@
+"""The shipped models' ONNX export, kept in a cache folder keyed by the weights: found, or made once (needs torch)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ..errors import AgelensError, CheckpointError
+from ..utils import SHIPPED, weights_dir
+
+EXPORT_FORMAT = "agelens-onnx-v1"  # bump when the graph contract changes: cached exports are then redone
+
+
+def shipped_fingerprint() -> str:
+    """SHA-256 over the export format and the shipped weights (names + bytes): the key of their cached export."""
+    h = hashlib.sha256(EXPORT_FORMAT.encode())
+    for role in SHIPPED:
+        p = weights_dir() / f"{role}.safetensors"
+        if p.is_file():
+            h.update(role.encode())
+            h.update(p.read_bytes())
+            card = p.with_suffix(".json")  # the card's calibration (interval_z, thresholds) is in the export too
+            if card.is_file():
+                h.update(card.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def default_onnx_dir() -> Path:
+    """$AGELENS_ONNX_DIR, else ~/.cache/agelens/onnx/<fingerprint of the shipped weights>."""
+    env = os.environ.get("AGELENS_ONNX_DIR")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "agelens" / "onnx" / shipped_fingerprint()
+
+
+def ensure_export(onnx_dir: str | Path | None = None, log=None) -> Path:
+    """The folder holding teacher/student/occlusion .onnx; exports the shipped weights there first when it lacks
+    them (needs torch, once)."""
+    d = Path(onnx_dir) if onnx_dir else default_onnx_dir()
+    if (d / "manifest.json").is_file() and (d / "teacher.onnx").is_file():
+        return d
+    if onnx_dir is not None and d.exists() and any(d.iterdir()):
+        raise CheckpointError(f"{d} holds no agelens ONNX export (manifest.json + teacher.onnx)")
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise AgelensError(f"no ONNX export in {d} and torch is not installed to make one: run `agelens export "
+                           "onnx --output DIR` where torch is installed, then pass onnx_dir=DIR") from e
+    from ..export.onnx import export_all
+
+    if log:
+        log(f"exporting the shipped models to ONNX once: {d}")
+    export_all(d, int8="none", log=log or (lambda *_: None))
+    return d

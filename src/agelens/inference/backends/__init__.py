@@ -1,0 +1,37 @@
+"""Inference backends: one protocol, two implementations (torch, onnxruntime). The estimator centre-crops each
+aligned face once (`data.views.centre_views`, the same views in training and evaluation) and hands the uint8
+views to a backend; normalisation, flip-TTA and the head's decoding happen inside it (the torch model's
+`predict`, or the same steps fused into the exported ONNX graph by `agelens.export.onnx`)."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+Z90 = 1.645  # interval = age ± z·spread; z = the model card's conformal `interval_z`, else 1.645 (normal model)
+
+
+@runtime_checkable
+class AgeBackend(Protocol):
+    """An age model ready to run: uint8 (N, S, S, 3) centre views → (age, spread) float32 (N,)."""
+
+    name: str
+    crop_size: int
+    input_size: int
+    interval_z: float  # the 90 % interval multiplier calibrated for this model (evaluate.calibrate)
+
+    def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class CropClassifier(Protocol):
+    """A binary face-crop classifier (the occlusion detector, the face verifier): aligned crops → probability."""
+
+    name: str
+    threshold: float
+
+    def scores(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+__all__ = ["Z90", "AgeBackend", "CropClassifier"]

@@ -1,0 +1,65 @@
+"""torch backend: an AgeModel with the crop it expects, run on the device and numerics chosen at load time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import Z90
+
+
+@dataclass
+class TorchModel:
+    """AgeBackend over a torch AgeModel (fp32 + channels_last by default; bf16 autocast with torch-bf16)."""
+
+    model: object  # agelens.models.AgeModel (torch stays an optional import for the ONNX path)
+    crop_size: int
+    input_size: int
+    name: str
+    interval_z: float = Z90
+    tta_flip: bool = True
+    numerics: object = field(default=None)  # agelens.numerics.Numerics; None: fp32 + channels_last on CPU
+
+    def __post_init__(self) -> None:
+        import torch
+
+        from ...numerics import Numerics
+
+        if self.numerics is None:
+            self.numerics = Numerics("cpu", "fp32", True, "inference default: fp32 + channels_last")
+        self.model.eval().to(self.numerics.device)
+        if self.numerics.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(cls, name_or_path: str | None, tta_flip: bool = True, numerics=None) -> TorchModel:
+        """A shipped name, .safetensors, .pt or run folder, with its card's crop, name and interval_z."""
+        from ...models.weights import resolve_model
+
+        model, cfg, card = resolve_model(name_or_path)
+        return cls(model, cfg.data.crop_size, cfg.data.input_size, str(card.get("name", name_or_path or "teacher")),
+                   float(card.get("interval_z") or Z90), tta_flip, numerics)
+
+    @property
+    def min_age(self) -> float:
+        return float(self.model.head.min_age)
+
+    @property
+    def max_age(self) -> float:
+        return float(self.model.head.max_age)
+
+    def embed(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(age, spread, embedding) of uint8 centre views."""
+        import torch
+
+        from ...models.inputs import to_input
+
+        x = to_input(torch.from_numpy(np.ascontiguousarray(views)), *self.model.mean_std, self.numerics.device,
+                     self.numerics.channels_last)
+        with torch.no_grad(), self.numerics.autocast():
+            age, spread, emb = self.model.predict(x, self.tta_flip)
+        return age.float().cpu().numpy(), spread.float().cpu().numpy(), emb.float().cpu().numpy()
+
+    def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.embed(views)[:2]

@@ -1,0 +1,33 @@
+"""Draw faces (boxes and ages) on an image: what `agelens predict --save-annotated` writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+GREEN, ORANGE = (0, 200, 0), (255, 140, 0)  # RGB: clean faces, occluded faces
+
+
+def draw(image: np.ndarray, faces: Sequence, channels: str = "rgb") -> np.ndarray:
+    """A copy of `image` (HxWx3 uint8, RGB or with channels="bgr" BGR) with each face's box and age drawn; faces
+    are FacePredictions or their dicts (`to_dict()`, JSON records). Occluded faces are drawn in orange."""
+    import cv2
+
+    if channels not in ("rgb", "bgr"):
+        raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
+    img = np.ascontiguousarray(np.asarray(image, np.uint8)).copy()
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
+    scale = max(1.0, max(img.shape[:2]) / 600)
+    thick = max(1, int(2 * scale))
+    for f in faces:
+        d = f if isinstance(f, dict) else f.to_dict()
+        colour = ORANGE if d.get("occluded") else GREEN
+        if channels == "bgr":
+            colour = colour[::-1]
+        x1, y1, x2, y2 = (int(round(v)) for v in d["box"])
+        cv2.rectangle(img, (x1, y1), (x2, y2), colour, thick)
+        cv2.putText(img, f"{d['age']:.0f}", (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour,
+                    thick)
+    return img
