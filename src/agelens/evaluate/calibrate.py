@@ -12,8 +12,7 @@ import numpy as np
 
 from .metrics import AGE_BINS, age_bin
 
-LEVEL = 0.9
-Z_NORMAL = 1.645  # the uncalibrated default: ± 1.645·spread, 90 % under a normal error model
+LEVEL = 0.9  # without calibration the interval is ± 1.645·spread (inference.backends.Z90, a normal error model)
 
 
 def conformal_z(pred: np.ndarray, true: np.ndarray, spread: np.ndarray, level: float = LEVEL) -> float:
@@ -48,10 +47,10 @@ def calibrate_model(model_spec: str, config: str, part: str = "val", occluded: b
     clean faces, or with occluded=True every face given a seeded synthetic occluder (the student's faces).
     Returns the calibration record (z, level, coverage on the calibration faces, per dataset)."""
     from ..config import load_config
-    from ..evaluate.predict import predict_cache
     from ..fairness.evaluate import _numerics, load_model_config, open_part
     from ..occlusion.synth import PAPER_MIX, OcclusionMix
     from .metrics import mae
+    from .predict import predict_cache
 
     model, cfg, _ = load_model_config(model_spec, config)
     crop, size = cfg.data.crop_size, cfg.data.input_size  # the model's own view, whatever the data config says

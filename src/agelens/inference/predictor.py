@@ -51,6 +51,8 @@ def soft_weight(score: np.ndarray, occluded: np.ndarray) -> np.ndarray:
     s = np.asarray(score, np.float32)
     w = np.where(s >= SOFT_BAND[1], 1.0, np.where(s <= SOFT_BAND[0], 0.0, s))
     return np.where(np.isfinite(s), w, np.asarray(occluded, np.float32)).astype(np.float32)
+
+
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
@@ -70,8 +72,6 @@ def choose_backend(custom: bool = False, device: str = "cpu", tta_flip: bool = T
     except ImportError:
         return "torch", "onnxruntime not installed"
     return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused"
-
-
 
 
 class AgeEstimator:
@@ -109,9 +109,9 @@ class AgeEstimator:
 
         numerics = numerics or Numerics(device, "fp32", True, "inference default: fp32 + channels_last")
         teacher = TorchModel(model, crop_size, input_size, name, interval_z, tta_flip, numerics)
-        if isinstance(student, TorchModel):
+        if isinstance(student, TorchModel):  # one device, numerics and TTA setting for both models
             student.tta_flip, student.numerics = tta_flip, numerics
-            student.__post_init__()
+            student.__post_init__()  # moves it to that device and memory format
         return cls(teacher, student, detector, route, cache_size, device, f"torch-{numerics.dtype}", verifier)
 
     @classmethod

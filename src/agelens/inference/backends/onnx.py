@@ -19,7 +19,7 @@ from ...utils import SHIPPED
 
 
 class OnnxModel:
-    """One exported model; the same duck type as the torch experts (name, crop_size, input_size) plus run()."""
+    """One exported model: an AgeBackend (age models: run, interval_z) or a CropClassifier (binary: scores)."""
 
     def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32, spin: bool = False) -> None:
         try:
