@@ -41,6 +41,8 @@ def _no_traceback(r):
     (["evaluate", "--root", "/no/such/dir", "--output", "/tmp/x", "--model", "/no/model.pt"], "checkpoint not found"),
     (["predict", "--model", "nosuchmodel", "x.jpg"], "neither a file nor a shipped model"),
     (["predict", "--format", "xml", "x.jpg"], "--format must be table, json, jsonl or csv"),
+    (["calibrate", "teacher", "-c", "x.yaml", "--part", "test"], "never on the test part"),
+    (["calibrate", "teacher", "-c", "x.yaml", "--level", "1.5"], "--level must be a coverage in (0, 1)"),
 ])
 def test_bad_input_one_line_error(args, fragment):
     r = agelens(*args)

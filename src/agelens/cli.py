@@ -487,6 +487,8 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
 
     if part == "test":
         raise AgelensError("calibrate on val (or train), never on the test part the metrics are reported on")
+    if not 0 < level < 1:
+        raise AgelensError(f"--level must be a coverage in (0, 1), got {level}")
     rec = calibrate_model(model, str(config), part, occluded, level, progress=not quiet)
     typer.echo(json.dumps(rec, indent=1))
     if not write:
