@@ -106,9 +106,9 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
         (out / f"{part}.meta.json.gz").write_bytes(gzip.compress(json.dumps(meta).encode()))
         print(f"{part}: {n} faces, {offsets[-1] / 2**20:.1f} MiB of WebP", flush=True)
     if imagenet:
-        from agelens.models.backbones import efficientnet_lite0_imagenet
+        from agelens.models.backbones import efficientnet_lite_imagenet
 
-        sd = _fp16({k: v for k, v in efficientnet_lite0_imagenet().state_dict().items()
+        sd = _fp16({k: v for k, v in efficientnet_lite_imagenet(0).state_dict().items()
                     if not k.startswith("classifier.")})
         torch.save(sd, out / "effnet_lite0_imagenet_fp16.pt")
     for head in teachers:  # benchmarks/compare_heads.py teachers, fp16

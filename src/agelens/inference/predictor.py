@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,8 +110,7 @@ class AgeEstimator:
         numerics = numerics or Numerics(device, "fp32", True, "inference default: fp32 + channels_last")
         teacher = TorchModel(model, crop_size, input_size, name, interval_z, tta_flip, numerics)
         if isinstance(student, TorchModel):  # one device, numerics and TTA setting for both models
-            student.tta_flip, student.numerics = tta_flip, numerics
-            student.__post_init__()  # moves it to that device and memory format
+            student = replace(student, tta_flip=tta_flip, numerics=numerics)
         return cls(teacher, student, detector, route, cache_size, device, f"torch-{numerics.dtype}", verifier)
 
     @classmethod

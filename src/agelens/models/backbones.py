@@ -113,10 +113,6 @@ def efficientnet_lite_imagenet(k: int = 0) -> nn.Module:
     return m
 
 
-def efficientnet_lite0_imagenet() -> nn.Module:
-    return efficientnet_lite_imagenet(0)
-
-
 def _efficientnet_lite(k: int, pretrained: bool) -> Backbone:
     m = efficientnet_lite_imagenet(k) if pretrained else timm.create_model(f"tf_efficientnet_lite{k}", pretrained=False)
     b = m.blocks
