@@ -47,11 +47,15 @@ def test_onnx_matches_torch(onnx_dir, role):
                                                    "occlusion" if role == "occlusion" else "age")
     views = _views(5, m.input_size)  # batch 5: the export was traced at batch 2, so this checks the dynamic axis
     with torch.no_grad():
-        ta, ts = ExportGraph(model.float(), role == "teacher")(torch.from_numpy(views))
+        ta, ts, *guards = ExportGraph(model.float(), role == "teacher")(torch.from_numpy(views))
     oa, os_ = m.run(views)
     tol = AGE_TOL if role == "teacher" else PROB_TOL
     np.testing.assert_allclose(oa, ta.numpy(), atol=tol)
     np.testing.assert_allclose(os_, ts.numpy(), atol=tol)
+    if guards:  # the shipped teacher's guard heads: occlusion and face probabilities from the same pass
+        assert m.guard_thresholds and role == "teacher"
+        og = m.run_guards(views)[2]
+        np.testing.assert_allclose(og, torch.stack(guards, 1).numpy(), atol=PROB_TOL)
 
 
 def test_int8_quantisation_keeps_metadata_and_runs(onnx_dir, tmp_path):
@@ -128,16 +132,18 @@ def test_auto_backend_falls_back_to_torch_when_no_export_can_be_made(tmp_path, m
         AgeEstimator.from_pretrained(backend="onnx")
 
 
-def test_auto_backend_with_no_tta_runs_torch(astronaut_path):
-    """The ONNX graphs hold flip-TTA, so auto must pick torch for --no-tta (an explicit onnx still refuses)."""
+def test_no_tta_runs_the_single_view_graphs(onnx_dir, astronaut_path):
+    """--no-tta runs the exported single-view graphs (half the work), as torch does without TTA."""
     from agelens import AgeEstimator
     from agelens.errors import AgelensError
 
-    said = []
-    est = AgeEstimator.from_pretrained(tta_flip=False, log=said.append)
-    assert est.backend == "torch-fp32" and not est.tta_flip and "--no-tta" in said[0], said
-    with pytest.raises(AgelensError, match="holds flip-TTA"):
-        AgeEstimator.from_pretrained(backend="onnx", tta_flip=False)
+    est = AgeEstimator.from_pretrained(tta_flip=False)
+    assert est.backend == "onnx-fp32" and not est.tta_flip and est.teacher.path.name == "teacher.notta.onnx"
+    ref = AgeEstimator.from_pretrained(backend="torch", tta_flip=False)
+    assert est.predict(astronaut_path)[0].age == pytest.approx(ref.predict(astronaut_path)[0].age, abs=0.05)
+    assert est.predict(astronaut_path)[0].age != AgeEstimator.from_pretrained().predict(astronaut_path)[0].age
+    with pytest.raises(AgelensError, match="fp32 only"):
+        AgeEstimator.from_pretrained(backend="onnx-int8", tta_flip=False)
 
 
 def _agelens(*args):

@@ -53,6 +53,8 @@ class ModelConfig:
     mwr_iterations: int = 3
     align: str = "none"  # none | residual | concat: feature alignment after each stage (the occlusion student)
     region_attention: bool = False  # face-region attention on the last feature map (fairness recipe; identity at init)
+    guards: bool = False  # occlusion and face logits from the same pooled features (train.trunk_guards fits them), so
+    #                       one backbone pass answers age, occlusion and faceness at inference
 
 
 @dataclass
@@ -87,6 +89,8 @@ class TrainConfig:
     tail_augment: float = 0.0  # strong-augmentation probability for the rarest balance_by group (0: off)
     augment: float = 0.0  # realistic photo degradations (data.augment: grey, sepia, casts, blur, JPEG, noise, scans,
     #                       mild geometry), each at its own probability × this strength; 0 = off
+    flip_consistency: float = 0.0  # >0: every face is seen with its mirror image in the same batch, and this weight
+    #                                × |age(face) − age(mirror)| joins the loss, so one view answers as the flip-TTA pair
 
 
 def _paper_mix() -> dict[str, float]:

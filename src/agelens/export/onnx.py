@@ -25,21 +25,26 @@ OPSET = 17
 class ExportGraph(nn.Module):
     """uint8 NHWC → normalise → model → decode (→ mean with the mirrored face when tta)."""
 
-    def __init__(self, model: nn.Module, tta: bool) -> None:
+    def __init__(self, model: nn.Module, tta: bool, guards: bool = True) -> None:
         super().__init__()
         self.model, self.tta = model.eval(), tta
+        self.guards = guards and getattr(model, "guards", None) is not None
         mean, std = model.mean_std
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        if self.guards:  # one pass: age, spread, occlusion and face probability
+            age, spread, probs = self.model.predict_guards(x, self.tta)
+            return age, spread, probs[:, 0], probs[:, 1]
         age, spread, _ = self.model.predict(x, self.tta)  # the embedding branch is pruned from the graph
         return age, spread
 
 
-def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = None) -> dict:
-    """Export one model (shipped name, .safetensors, .pt or run folder) to ONNX fp32; returns its metadata."""
+def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = None, guards: bool = True) -> dict:
+    """Export one model (shipped name, .safetensors, .pt or run folder) to ONNX fp32; returns its metadata.
+    guards=False leaves a model's guard heads out of the graph (age and spread only)."""
     import onnx
 
     from ..models.weights import resolve_model, weights_dir
@@ -54,15 +59,20 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
             "input_size": cfg.data.input_size, "min_age": cfg.model.min_age, "max_age": cfg.model.max_age,
             "threshold": card_threshold(card) if kind == "occlusion" else None, "tta": tta,
             "interval_z": card.get("interval_z") if kind == "age" else None,
+            "guard_thresholds": card.get("guard_thresholds") if guards and getattr(model, "guards", None) is not None
+            else None,
+            "guard_cascade": card.get("guard_cascade") if guards and getattr(model, "guards", None) is not None
+            else None,
             "source_sha256": sha256_file(src) if src.is_file() else None, "opset": OPSET}
-    graph = ExportGraph(model.float(), tta).eval()
+    graph = ExportGraph(model.float(), tta, guards).eval()
     s = cfg.data.input_size
     dummy = torch.zeros(2, s, s, 3, dtype=torch.uint8)
+    outputs = ["age", "spread"] + (["occlusion", "face"] if meta["guard_thresholds"] else [])
 
     def write(tmp: Path) -> None:
         with torch.no_grad():
-            torch.onnx.export(graph, (dummy,), str(tmp), input_names=["image"], output_names=["age", "spread"],
-                              dynamic_axes={"image": {0: "batch"}, "age": {0: "batch"}, "spread": {0: "batch"}},
+            torch.onnx.export(graph, (dummy,), str(tmp), input_names=["image"], output_names=outputs,
+                              dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                               opset_version=OPSET, dynamo=False)
         m = onnx.load(str(tmp))
         onnx.checker.check_model(m)
@@ -146,7 +156,7 @@ def _copy_metadata(src: Path, dst: Path) -> None:
 def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: str = "static",
                calibration: str | Path | None = None, n_calib: int = 64, log=print) -> dict:
     """Export teacher, student and occlusion detector (or `models`: role → name/path) into out_dir as
-    <role>.onnx (+ <role>.int8.onnx) and manifest.json."""
+    <role>.onnx (+ <role>.int8.onnx; age models also <role>.notta.onnx, without flip-TTA) and manifest.json."""
     if int8 not in ("static", "dynamic", "none"):
         raise AgelensError(f"int8 must be static, dynamic or none, got {int8!r}")
     if int8 == "static" and calibration is None:
@@ -167,6 +177,9 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
         meta = export_model(src, p)
         entry = {"fp32": p.name, **meta}
         log(f"{role}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
+        if meta["kind"] == "age" and meta["tta"]:  # the single-view graph `--no-tta` runs (half the work)
+            entry["fp32_single_view"] = (out / f"{role}.notta.onnx").name
+            export_model(src, out / entry["fp32_single_view"], tta=False)
         if int8 != "none":
             views = None
             if int8 == "static":

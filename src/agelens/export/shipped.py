@@ -39,7 +39,8 @@ def ensure_export(onnx_dir: str | Path | None = None, log=None) -> Path:
     """The folder holding teacher/student/occlusion .onnx; exports the shipped weights there first when it lacks
     them (needs torch, once)."""
     d = Path(onnx_dir) if onnx_dir else default_onnx_dir()
-    if (d / "manifest.json").is_file() and (d / "teacher.onnx").is_file():
+    if (d / "manifest.json").is_file() and (d / "teacher.onnx").is_file() and (
+            onnx_dir is not None or (d / "teacher.notta.onnx").is_file()):  # a cache from before single-view graphs
         return d
     if onnx_dir is not None and d.exists() and any(d.iterdir()):
         raise CheckpointError(f"{d} holds no agelens ONNX export (manifest.json + teacher.onnx)")

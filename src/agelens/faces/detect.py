@@ -63,6 +63,10 @@ Verifier = Callable[[np.ndarray], np.ndarray]
 # non-faces are dropped (a colour wheel scores 0.01, the Hubble deep field 0.07-0.13, while 98.6 % of the faces it
 # finds in real masked-face photos score above 0.2; measured with the shipped verifier).
 DETECTED_THRESHOLD = 0.2
+# A short-range face this share of the image wide or wider means the full-range pass is skipped. On 300 realocc
+# photos it was skipped for 140 and lost one face of a group (none of the largest faces); it halves detection time
+# on face crops (short range 4.3 ms, full range 8.8 ms, AMD EPYC).
+LARGE_FACE = 0.3
 
 
 def pad_border(rgb: np.ndarray, fraction: float = PAD_FRACTION) -> tuple[np.ndarray, int]:
@@ -142,8 +146,13 @@ class FaceAnalyzer:
         return faces
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        """Faces from both detector ranges, merged by IoU (largest score wins)."""
-        cands = sorted(self._detect(rgb, 0) + self._detect(rgb, 1), key=lambda f: -f.score)
+        """Faces from the short-range detector, plus the full-range one unless the short range already found a face
+        at least LARGE_FACE of the image wide (a portrait or a face crop, where the full range adds nothing but
+        time); merged by IoU (largest score wins)."""
+        cands = self._detect(rgb, 0)
+        if not any(f.box[2] - f.box[0] >= LARGE_FACE * rgb.shape[1] for f in cands):
+            cands += self._detect(rgb, 1)
+        cands.sort(key=lambda f: -f.score)
         kept: list[Face] = []
         for f in cands:
             if all(_iou(f.box, k.box) < 0.4 for k in kept):
@@ -217,9 +226,12 @@ class FaceAnalyzer:
         send the search on to the next step. Without one, verify=True (the predictor) stops after the detector
         steps; verify=False (preparing a dataset that is all faces) lets the mesh-only step answer unverified and
         skips the whole-image step."""
-        faces = self._verified(rgb, self.detect(rgb), verifier, min(threshold, DETECTED_THRESHOLD), crop_size)
+        # landmarks first, so the verifier sees the crop the models will (a verifier that is the age model itself,
+        # `inference.predictor.TrunkGuard`, then answers both from one pass)
+        faces = self._verified(rgb, self._with_mesh(rgb, self.detect(rgb)), verifier,
+                               min(threshold, DETECTED_THRESHOLD), crop_size)
         if faces:
-            return self._with_mesh(rgb, faces)
+            return faces
         h, w = rgb.shape[:2]
         padded, p = pad_border(rgb)
         faces = []
@@ -230,9 +242,9 @@ class FaceAnalyzer:
             f.detection = "padded"
             if f.box[2] - f.box[0] >= 4 and f.box[3] - f.box[1] >= 4:
                 faces.append(f)
-        faces = self._verified(rgb, faces, verifier, threshold, crop_size)
+        faces = self._verified(rgb, self._with_mesh(rgb, faces), verifier, threshold, crop_size)
         if faces:
-            return self._with_mesh(rgb, faces)
+            return faces
         if verifier is None and verify:
             return []
         face = self._mesh_face(rgb, padded, p)

@@ -20,7 +20,9 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
     """Yield {"file", "faces", "error"} for every image under `source` (files, folders, globs), as `agelens predict
     -f jsonl` writes them. Files whose record `file` is in `skip` are not processed (resume).
 
-    engine="local": `workers` detection processes (default 0: in this process), records in input order.
+    engine="local": `workers` processes that each run the whole pipeline (default 0: all in this process; more
+    need the `if __name__ == "__main__":` guard that Python's multiprocessing asks of scripts; `agelens predict`
+    uses one per core), records in input order.
     engine="ray": `workers` model actors (default 1) fed by detection tasks on the Ray at `address`, or on a
     local Ray with num_cpus CPUs (default: this machine's, at least workers + 1); records in completion order.
     `estimator`: an already loaded AgeEstimator (local engine; the Ray engine only reads its cache_size)."""

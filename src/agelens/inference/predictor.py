@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,20 +60,43 @@ BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 def choose_backend(custom: bool = False, device: str = "cpu", tta_flip: bool = True) -> tuple[str, str]:
     """The fastest inference backend this machine supports, and why. Measured end to end by
-    benchmarks/inference.py (docs/inference_benchmark.md, AMD EPYC, 2 threads): onnxruntime fp32 1.80x torch
-    fp32 eager at the same MAE, torch bf16 1.48x (+0.02 MAE); static int8 is no faster end to end there and
-    costs 2.5 years of MAE, so it is never picked automatically."""
+    benchmarks/inference.py (docs/inference_benchmark.md, AMD EPYC, 2 cores): onnxruntime fp32 about 2x torch fp32
+    channels_last at the same MAE; static int8 was no faster end to end there and cost 2.5 years of MAE, so it is
+    never picked automatically. tta_flip=False runs the single-view graphs."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
     if custom:
         return "torch", "models other than the shipped ones run on torch (export them for ONNX)"
-    if not tta_flip:
-        return "torch", "--no-tta: the ONNX graphs hold flip-TTA"
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return "torch", "onnxruntime not installed"
     return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused"
+
+
+class TrunkGuard:
+    """A CropClassifier answered first by the teacher's own guard head (`ModelConfig.guards`): the estimator runs the
+    teacher once per crop and keeps the result (`AgeEstimator.trunk`), so verifying a face, flagging its occlusion
+    and estimating its age share one backbone pass. With a `fallback` (the separate network) it is a cascade:
+    scores below `skip_below` or at/above `skip_above` (the card's `guard_cascade`, where the head is sure) stand,
+    the other crops are scored by the fallback, whose threshold decides."""
+
+    def __init__(self, est: AgeEstimator, index: int, name: str, threshold: float,
+                 fallback: CropClassifier | None = None, skip_below: float | None = None,
+                 skip_above: float | None = None) -> None:
+        self.est, self.index, self.name, self.fallback = est, index, name, fallback
+        self.threshold = float(fallback.threshold if fallback is not None else threshold)
+        self.skip_below = -np.inf if skip_below is None else float(skip_below)
+        self.skip_above = np.inf if skip_above is None else float(skip_above)
+
+    def scores(self, crops: np.ndarray) -> np.ndarray:
+        crops = np.asarray(crops)
+        p = self.est.trunk(crops)[2][:, self.index].copy()
+        if self.fallback is not None:
+            unsure = (p >= self.skip_below) & (p < self.skip_above)
+            if unsure.any():
+                p[unsure] = self.fallback.scores(crops[unsure])
+        return p
 
 
 class AgeEstimator:
@@ -98,6 +123,19 @@ class AgeEstimator:
         self.min_age, self.max_age = float(getattr(teacher, "min_age", 0.0)), float(getattr(teacher, "max_age", 100.0))
         self.backend = backend
         self._analyzer: FaceAnalyzer | None = None
+        self._memo: OrderedDict = OrderedDict()  # crop → teacher (age, spread, guards) for a teacher with guards
+        self._memo_lock = threading.Lock()
+        guards = getattr(teacher, "guard_thresholds", None)
+        if guards:  # the teacher's own heads screen every crop; the separate networks (if any) see the unsure ones
+            cascade = getattr(teacher, "guard_cascade", None) or {}
+            self.detector = TrunkGuard(self, 0, "occlusion", guards["occlusion"], detector,
+                                       skip_below=(cascade.get("occlusion") or {}).get("skip_below"))
+            self.verifier = TrunkGuard(self, 1, "face", guards["face"], verifier,
+                                       skip_above=(cascade.get("face") or {}).get("skip_above"))
+        self.onnx_dir: Path | None = None  # the export an ONNX-backed estimator runs
+        # (classmethod, keyword arguments) that rebuild this estimator in another process (from_pretrained and
+        # from_onnx set it); None: built from objects in memory, so the batch engine's workers only detect
+        self.spec: tuple[str, dict] | None = None
 
     @classmethod
     def from_model(cls, model: AgeModel, crop_size: int, input_size: int, name: str = "teacher",
@@ -116,11 +154,25 @@ class AgeEstimator:
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, device: str = "cpu", tta_flip: bool = True,
                         route: str = "auto", student: str | None = None, detector: str | None = None,
-                        backend: str = "auto", onnx_dir: str | Path | None = None, log=None) -> AgeEstimator:
+                        backend: str = "auto", onnx_dir: str | Path | None = None, log=None,
+                        threads: int | None = None) -> AgeEstimator:
         """Teacher (default: shipped), plus the shipped (or given) student and occlusion detector when present.
 
         backend: torch (fp32 + channels_last), torch-bf16, onnx (fp32), onnx-int8, or auto = the fastest this
-        machine supports (`choose_backend`; the ONNX ones only for the shipped models or an onnx_dir)."""
+        machine supports (`choose_backend`; the ONNX ones only for the shipped models or an onnx_dir). threads: the
+        models' CPU threads (default: all cores; the batch engine's worker processes use one each)."""
+        est = cls._from_pretrained(name_or_path, device, tta_flip, route, student, detector, backend, onnx_dir, log,
+                                   threads)
+        # how to build this estimator again in a worker process (inference.stream); resolved names, not "auto"
+        est.spec = ("from_pretrained", {
+            "name_or_path": name_or_path, "device": device, "tta_flip": tta_flip, "route": route, "student": student,
+            "detector": detector, "backend": est.backend.replace("-fp32", ""),
+            "onnx_dir": str(est.onnx_dir) if est.onnx_dir is not None else None})
+        return est
+
+    @classmethod
+    def _from_pretrained(cls, name_or_path, device, tta_flip, route, student, detector, backend, onnx_dir, log,
+                         threads) -> AgeEstimator:
         auto = backend == "auto"
         custom = any((name_or_path, student, detector)) and onnx_dir is None
         if auto:
@@ -133,10 +185,9 @@ class AgeEstimator:
             if custom:
                 raise AgelensError("the ONNX backend runs the shipped models or an export: give onnx_dir "
                                    "(`agelens export onnx --output DIR`), or use backend=torch for other models")
-            if not tta_flip:
-                raise AgelensError("the ONNX export holds flip-TTA; use backend=torch for --no-tta")
             try:
-                return cls.from_onnx(onnx_dir, "int8" if backend == "onnx-int8" else "fp32", route, log=log)
+                return cls.from_onnx(onnx_dir, "int8" if backend == "onnx-int8" else "fp32", route, log=log,
+                                     threads=threads, tta=tta_flip)
             except Exception as e:  # auto only: an export that cannot be made or read must not stop a prediction
                 if not auto or onnx_dir is not None:
                     raise
@@ -147,6 +198,10 @@ class AgeEstimator:
         from ..numerics import Numerics
         from ..occlusion.detector import OcclusionDetector
 
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         numerics = Numerics(device, "bf16" if backend == "torch-bf16" else "fp32", True, f"{backend} requested")
         teacher = TorchModel.load(name_or_path, tta_flip, numerics)
         shipped = shipped_models()
@@ -155,24 +210,32 @@ class AgeEstimator:
         det_name = detector or ("occlusion" if "occlusion" in shipped else None)
         det = OcclusionDetector.from_pretrained(det_name, device) if det_name else None
         ver = OcclusionDetector.from_pretrained("faceness", device) if "faceness" in shipped else None
-        return cls(teacher, stu, det, route, 256, device, f"torch-{numerics.dtype}", ver)
+        est = cls(teacher, stu, det, route, 256, device, f"torch-{numerics.dtype}", ver)
+        if detector:  # a detector asked for by name decides every face (no screening by the teacher's head)
+            est.detector = det
+        return est
 
     @classmethod
     def from_onnx(cls, onnx_dir: str | Path | None = None, precision: str = "fp32", route: str = "auto",
-                  cache_size: int = 256, log=None) -> AgeEstimator:
+                  cache_size: int = 256, log=None, threads: int | None = None, tta: bool = True) -> AgeEstimator:
         """onnxruntime backend (no torch needed when onnx_dir holds an export): teacher, student and detector
-        from `agelens export onnx --output DIR`; without onnx_dir the shipped weights' export (made once)."""
+        from `agelens export onnx --output DIR`; without onnx_dir the shipped weights' export (made once).
+        threads: onnxruntime's intra-op threads per model (default: all cores); tta=False: the age models'
+        single-view graphs (no flip-TTA: half the work, about +0.05 MAE)."""
         from ..export.shipped import ensure_export
         from .backends.onnx import load_onnx_models
 
         if precision not in ("fp32", "int8"):
             raise AgelensError(f"ONNX precision must be fp32 or int8, got {precision!r}")
-        models = load_onnx_models(ensure_export(onnx_dir, log), precision)
+        d = ensure_export(onnx_dir, log)
+        models = load_onnx_models(d, precision, threads, tta)
         t = models["teacher"]
-        if not t.meta.get("tta", True):
-            raise AgelensError(f"{t.path} was exported without flip-TTA; re-export with the default")
-        return cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
-                   models.get("faceness"))
+        est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
+                  models.get("faceness"))
+        est.onnx_dir, est.tta_flip = d, bool(t.meta.get("tta", True))
+        est.spec = ("from_onnx", {"onnx_dir": str(d), "precision": precision, "route": route, "cache_size": cache_size,
+                                  "tta": tta})
+        return est
 
     @property
     def analyzer(self) -> FaceAnalyzer:
@@ -180,8 +243,34 @@ class AgeEstimator:
             self._analyzer = FaceAnalyzer()
         return self._analyzer
 
+    MEMO_SIZE = 64  # crops whose teacher pass is kept (the faces of the last few images)
+
+    def trunk(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The teacher's (age, spread, guard probabilities (N, 2)) for aligned crops, from one pass per distinct
+        crop: the face verifier, the occlusion flag and the age of the same crop share it. Needs a teacher with
+        guard heads."""
+        keys = [(c.shape, hash(c.tobytes())) for c in crops]
+        with self._memo_lock:
+            miss = [i for i, k in enumerate(keys) if k not in self._memo]
+        if miss:
+            t = self.teacher
+            res = t.run_guards(centre_views(crops[miss], t.crop_size, t.input_size))
+            with self._memo_lock:
+                for j, i in enumerate(miss):
+                    self._memo[keys[i]] = (res[0][j], res[1][j], res[2][j])
+                while len(self._memo) > max(self.MEMO_SIZE, len(keys)):
+                    self._memo.popitem(last=False)
+        with self._memo_lock:
+            rows = [self._memo[k] for k in keys]
+        if not rows:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32)
+        return (np.array([r[0] for r in rows], np.float32), np.array([r[1] for r in rows], np.float32),
+                np.stack([r[2] for r in rows]).astype(np.float32))
+
     def _ages(self, expert: AgeBackend, crops: np.ndarray, embed: bool = False) -> tuple[np.ndarray, ...]:
         """(ages, spreads) of one model, plus its embeddings with embed=True (torch models only)."""
+        if expert is self.teacher and not embed and getattr(expert, "guard_thresholds", None):
+            return self.trunk(crops)[:2]
         views = centre_views(crops, expert.crop_size, expert.input_size)
         if not embed:
             return expert.run(views)

@@ -50,19 +50,25 @@ def printable(text: str) -> str:
 
 
 def _detect(job: tuple[str, int, bool, bool]) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
-    """Worker: one file → (file, faces, error, rgb if asked, detect seconds). Never raises for a bad file."""
+    """Detection worker: one file → (file, faces, error, rgb if asked, detect seconds). Never raises for a bad file."""
     global _worker_analyzer
     from ..faces.detect import FaceAnalyzer
+
+    if _worker_analyzer is None:
+        _worker_analyzer = FaceAnalyzer()
+    path, cache_size, detect, keep_rgb = job
+    return _find(path, _worker_analyzer, cache_size, detect, keep_rgb)
+
+
+def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, verifier="shipped"
+          ) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
     from ..imageio import load_image
     from .predictor import check_rgb, find_and_align
 
-    path, cache_size, detect, keep_rgb = job
     t0 = time.perf_counter()
     try:
-        if _worker_analyzer is None:
-            _worker_analyzer = FaceAnalyzer()
         rgb = check_rgb(load_image(path))
-        faces = find_and_align(rgb, _worker_analyzer, cache_size, detect)
+        faces = find_and_align(rgb, analyzer, cache_size, detect, verifier)
         return path, faces, None, rgb if keep_rgb else None, time.perf_counter() - t0
     except AgelensError as e:
         msg = str(e)
@@ -72,12 +78,60 @@ def _detect(job: tuple[str, int, bool, bool]) -> tuple[str, list | None, str | N
         return path, None, f"{path}: {type(e).__name__}: {e}", None, time.perf_counter() - t0
 
 
-def predict_stream(est, files: list[str], detect: bool = True, workers: int = 0, batch_size: int = 32,
+_worker_est = None  # pipeline workers: the estimator this process rebuilt from the main process's spec
+_worker_error: str | None = None
+MIN_FILES_PER_WORKER = 32
+
+
+def _init_pipeline(spec: tuple[str, dict]) -> None:
+    """Pipeline worker start-up: rebuild the estimator with one thread per model (the workers share the cores)."""
+    global _worker_est, _worker_error
+    from .predictor import AgeEstimator
+
+    build, kwargs = spec
+    try:
+        _worker_est = getattr(AgeEstimator, build)(**kwargs, threads=1)
+    except Exception as e:  # raised per chunk in the main process: a failing initializer would respawn forever
+        _worker_error = f"a worker could not load the models: {type(e).__name__}: {e}"
+
+
+def _pipeline(job: tuple[list[str], bool, bool]) -> list[tuple[dict, np.ndarray | None]]:
+    """Pipeline worker: a chunk of files → their records (decode, detect, align, then the models on the chunk's
+    faces as one batch), in order."""
+    if _worker_est is None:
+        raise AgelensError(_worker_error or "pipeline worker not initialised")
+    files, detect, keep_rgb = job
+    est = _worker_est
+    pending = [_find(f, est.analyzer, est.cache_size, detect, keep_rgb, _verifier(est)) for f in files]
+    return list(_flush(est, pending))
+
+
+def _verifier(est):
+    """The estimator's face verifier, or the shipped one (as the detection workers use) when it has none."""
+    return est.verifier if getattr(est, "verifier", None) is not None else "shipped"
+
+
+def auto_workers(n_files: int) -> int:
+    """Worker processes for n_files: one per core when there are enough files to repay their start-up (imports and
+    model sessions, about 2 s), else 0 (everything in this process)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores < 2 or n_files < MIN_FILES_PER_WORKER * 2 else min(cores, n_files // MIN_FILES_PER_WORKER)
+
+
+def predict_stream(est, files: list[str], detect: bool = True, workers: int | None = None, batch_size: int = 32,
                    keep_rgb: bool = False) -> Iterator[tuple[dict, np.ndarray | None]]:
     """Yield ({"file", "faces", "error"}, rgb or None) per file, in input order.
 
-    workers > 0: that many processes decode and detect while the main process runs the models; faces of
-    consecutive files are batched (up to batch_size) through `est.analyse_crops`."""
+    workers > 0 (None: `auto_workers`, one per core for big enough inputs): for an estimator built by
+    `from_pretrained` / `from_onnx` (it has a `spec`), that many processes each run the whole pipeline (decode,
+    detect, align, the models with one thread) on chunks of consecutive files; for one built from objects in
+    memory they decode and detect while this process runs the models on batches of up to batch_size faces.
+    workers = 0: everything here, faces of consecutive files batched through `est.analyse_crops`."""
+    if workers is None:
+        workers = auto_workers(len(files))
+    if workers > 0 and getattr(est, "spec", None) is not None:
+        yield from _pipeline_stream(est, files, detect, workers, batch_size, keep_rgb)
+        return
     jobs = [(f, est.cache_size, detect, keep_rgb) for f in files]
     if workers > 0:
         ctx = mp.get_context("spawn")  # mediapipe and torch threads do not survive fork
@@ -85,7 +139,7 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int = 0,
         detected: Iterable = pool.imap(_detect, jobs, chunksize=2)
     else:
         pool = None
-        detected = map(_detect, jobs)
+        detected = (_find(f, est.analyzer, est.cache_size, detect, keep_rgb, _verifier(est)) for f in files)
     pending: list = []
     n_faces = 0
     try:
@@ -100,6 +154,20 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int = 0,
         if pool is not None:
             pool.terminate()
             pool.join()
+
+
+def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_size: int, keep_rgb: bool
+                     ) -> Iterator[tuple[dict, np.ndarray | None]]:
+    # chunks small enough to keep every worker busy to the end, at most batch_size files (one model batch) each
+    chunk = max(1, min(batch_size, 8, len(files) // (4 * workers)))
+    jobs = [(files[i:i + chunk], detect, keep_rgb) for i in range(0, len(files), chunk)]
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_pipeline, initargs=(est.spec,))
+    try:
+        for records in pool.imap(_pipeline, jobs):
+            yield from records
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def _flush(est, pending: list) -> Iterator[tuple[dict, np.ndarray | None]]:

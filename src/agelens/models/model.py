@@ -20,6 +20,7 @@ class AgeModel(nn.Module):
         self.head = head
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.region_attention = region_attention  # optional: on the last feature map, before pooling
+        self.guards: nn.Linear | None = None  # optional: pooled features → (occlusion, face) logits (GUARDS order)
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -28,16 +29,31 @@ class AgeModel(nn.Module):
     def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """`regions`: (B, R, res, res) face-region masks for region attention (None: the mean-face masks)."""
         stages, final = self.backbone(x)
+        guard_in = guard_features(stages, final) if self.guards is not None else None
         if self.region_attention is not None:
             final = self.region_attention(final, regions)
         emb = final.mean((2, 3))
         out: dict = self.head(self.dropout(emb))
         out["embedding"] = emb
         out["stages"] = stages
+        if guard_in is not None:
+            out["guards"] = self.guards(guard_in)
         return out
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
+
+    @torch.no_grad()
+    def predict_guards(self, x: torch.Tensor, tta_flip: bool = True) -> tuple[torch.Tensor, ...]:
+        """Normalised NCHW batch → (age, spread, guard probabilities (N, 2) in GUARDS order), from one backbone pass
+        per view, averaged over a horizontal flip when asked."""
+        views = [x, torch.flip(x, dims=[3])] if tta_flip else [x]
+        outs = [self(v) for v in views]
+        decoded = [self.head.decode(o) for o in outs]
+        age = sum(d[0].float() for d in decoded) / len(views)
+        spread = sum(d[1].float() for d in decoded) / len(views)
+        probs = sum(torch.sigmoid(o["guards"].float()) for o in outs) / len(views)
+        return age, spread, probs
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, tta_flip: bool = True, regions: torch.Tensor | None = None
@@ -62,7 +78,24 @@ def build_model(cfg: ModelConfig) -> AgeModel:
         backbone.adapters = build_adapters(cfg.align, backbone.info.stage_channels)
     head = build_head(cfg.head, backbone.info.out_channels, cfg.min_age, cfg.max_age, sigma=cfg.dldl_sigma,
                       window=cfg.mwr_window, iterations=cfg.mwr_iterations)
-    return AgeModel(backbone, head, cfg.dropout, RegionAttention() if cfg.region_attention else None)
+    model = AgeModel(backbone, head, cfg.dropout, RegionAttention() if cfg.region_attention else None)
+    if cfg.guards:
+        model.guards = nn.Linear(guard_dim(backbone), len(GUARDS))
+    return model
+
+
+GUARDS = ("occlusion", "face")  # the guard logits' order: occluded face; a face at all
+
+
+def guard_features(stages: list[torch.Tensor], final: torch.Tensor) -> torch.Tensor:
+    """What the guard heads read: the last feature map pooled over its upper half (eyes, brows) and its lower
+    half (nose, mouth, chin) apart, so an occluder's place shows, plus the last stage pooled whole."""
+    h = final.shape[2] // 2
+    return torch.cat([final[:, :, :h].mean((2, 3)), final[:, :, h:].mean((2, 3)), stages[-1].mean((2, 3))], 1)
+
+
+def guard_dim(backbone: Backbone) -> int:
+    return 2 * backbone.info.out_channels + backbone.info.stage_channels[-1]
 
 
 # parameters/buffers a model may lack in an older checkpoint (they start at identity when loaded from one)

@@ -96,15 +96,28 @@ def _lr_factor(cfg: RunConfig, epoch: int, step_frac: float) -> float:
 
 def train_step(net: torch.nn.Module, head, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                numerics: Numerics, images: torch.Tensor, ages: torch.Tensor, grad_clip: float = 0.0,
-               regions: torch.Tensor | None = None, loss_fn=None) -> float:
+               regions: torch.Tensor | None = None, loss_fn=None, flip_consistency: float = 0.0) -> float:
     """One optimisation step on a uint8 NHWC batch with the chosen numerics; returns the loss. `regions`: face-region
-    masks for region attention; `loss_fn(out, y)` replaces head.loss (the fairness terms)."""
+    masks for region attention; `loss_fn(out, y)` replaces head.loss (the fairness terms). flip_consistency > 0: the
+    batch also holds every face's mirror image (same label), and that weight × the mean |age(face) − age(mirror)|
+    is added, so a single view learns to answer as the flip-TTA pair does."""
     mean, std = (net.module if hasattr(net, "module") else net).mean_std
     x = to_input(images, mean, std, numerics.device, numerics.channels_last)
     y = ages.to(numerics.device)
+    n = len(x)
+    if flip_consistency > 0:
+        x = torch.cat([x, torch.flip(x, dims=[3])])
+        if regions is not None:
+            regions = torch.cat([regions, torch.flip(regions, dims=[3])])
     with numerics.autocast():
         out = net(x) if regions is None else net(x, regions.to(x.device))
-        loss = head.loss(out, y) if loss_fn is None else loss_fn(out, y)
+        if flip_consistency > 0:
+            halves = [{k: v[sl] for k, v in out.items() if torch.is_tensor(v)} for sl in (slice(0, n), slice(n, None))]
+            fit = [head.loss(o, y) if loss_fn is None else loss_fn(o, y) for o in halves]
+            gap = (head.decode(halves[0])[0].float() - head.decode(halves[1])[0].float()).abs().mean()
+            loss = (fit[0] + fit[1]) / 2 + flip_consistency * gap
+        else:
+            loss = head.loss(out, y) if loss_fn is None else loss_fn(out, y)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip > 0:
@@ -335,7 +348,8 @@ class Trainer:
                 imgs = photometric_jitter(imgs, jitter_gen)
                 step_loss = None if loss_fn is None else (lambda out, y, idx=idx: loss_fn(out, y, idx))
                 loss = train_step(net, self.model.head, self.optimizer, self.scaler, self.numerics, imgs, ages, t.grad_clip,
-                                  regions=rest[0] if rest else None, loss_fn=step_loss)
+                                  regions=rest[0] if rest else None, loss_fn=step_loss,
+                                  flip_consistency=t.flip_consistency)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at epoch {epoch} step {step}; lower train.lr")
                 seen += len(imgs)

@@ -277,11 +277,11 @@ def build_data(out: Path, shared: Path, n_utk: int, n_aaf: int, n_procedural: in
 # ---- training --------------------------------------------------------------------------------------------------------
 
 
-def _view(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A training view: random crop around CROP (scale jitter), resized to INPUT, random flip and grey."""
-    c = min(int(CROP * rng.uniform(0.85, 1.1)), SIZE)
+def _view(img: np.ndarray, rng: np.random.Generator, crop: int = CROP, size: int = INPUT) -> np.ndarray:
+    """A training view: random crop around `crop` (scale jitter), resized to `size`, random flip and grey."""
+    c = min(int(crop * rng.uniform(0.85, 1.1)), SIZE)
     ox, oy = (rng.integers(0, SIZE - c + 1, 2) if c < SIZE else (0, 0))
-    v = resize_square(img[oy:oy + c, ox:ox + c], INPUT)
+    v = resize_square(img[oy:oy + c, ox:ox + c], size)
     if rng.random() < 0.5:
         v = v[:, ::-1]
     if rng.random() < 0.15:

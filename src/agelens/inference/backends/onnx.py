@@ -51,6 +51,9 @@ class OnnxModel:
         self.threshold = float(meta["threshold"]) if meta.get("threshold") is not None else 0.5
         self.interval_z = float(meta.get("interval_z") or 1.645)  # calibrated interval multiplier (age models)
         self.precision = "int8" if ".int8." in path.name else "fp32"
+        # guard heads in the graph (models.model.GUARDS): {"occlusion": t, "face": t}, else None
+        self.guard_thresholds = meta.get("guard_thresholds") or None
+        self.guard_cascade = meta.get("guard_cascade") or None  # where the heads skip the separate guards
 
     def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, S, S, 3) centre views → (age, spread) float32 (N,)."""
@@ -63,6 +66,16 @@ class OnnxModel:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)
         return np.concatenate(ages).astype(np.float32), np.concatenate(spreads).astype(np.float32)
 
+    def run_guards(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """uint8 centre views → (age, spread, guard probabilities (N, 2): occlusion, face) from one pass."""
+        outs = [self.session.run(["age", "spread", "occlusion", "face"],
+                                 {"image": np.ascontiguousarray(views[i:i + self.batch_size])})
+                for i in range(0, len(views), self.batch_size)]
+        if not outs:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32)
+        age, spread, occ, face = (np.concatenate([o[k] for o in outs]).astype(np.float32) for k in range(4))
+        return age, spread, np.stack([occ, face], 1)
+
     def views(self, crops: np.ndarray) -> np.ndarray:
         return centre_views(crops, self.crop_size, self.input_size)
 
@@ -73,15 +86,25 @@ class OnnxModel:
         return self.run(self.views(crops))[0]
 
 
-def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32") -> dict[str, OnnxModel]:
-    """role → OnnxModel for the roles present; precision int8 takes <role>.int8.onnx where exported."""
+def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int | None = None, tta: bool = True
+                     ) -> dict[str, OnnxModel]:
+    """role → OnnxModel for the roles present; precision int8 takes <role>.int8.onnx where exported, tta=False the
+    age models' single-view <role>.notta.onnx (fp32 only); threads: intra-op threads of each age model (default:
+    all cores)."""
     d = Path(onnx_dir)
+    if not tta and precision != "fp32":
+        raise AgelensError("the single-view (no flip-TTA) ONNX graphs are fp32 only")
     out = {}
     for role in SHIPPED:
-        p8, p32 = d / f"{role}.int8.onnx", d / f"{role}.onnx"
+        p8, p32, p1 = d / f"{role}.int8.onnx", d / f"{role}.onnx", d / f"{role}.notta.onnx"
         p = p8 if precision == "int8" and p8.is_file() else p32
+        if not tta and role in ("teacher", "student") and p32.is_file():
+            if not p1.is_file():
+                raise CheckpointError(f"{d} has no single-view {p1.name} for --no-tta; re-export it with "
+                                      "`agelens export onnx --output DIR`")
+            p = p1
         if p.is_file():  # the face verifier runs inside face finding, one crop at a time: one thread
-            out[role] = OnnxModel(p, threads=1) if role == "faceness" else OnnxModel(p)
+            out[role] = OnnxModel(p, threads=1 if role == "faceness" else threads)
     if "teacher" not in out:
         raise CheckpointError(f"{d} has no teacher.onnx")
     return out

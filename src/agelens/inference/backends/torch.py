@@ -20,6 +20,8 @@ class TorchModel:
     interval_z: float = Z90
     tta_flip: bool = True
     numerics: object = field(default=None)  # agelens.numerics.Numerics; None: fp32 + channels_last on CPU
+    guard_thresholds: dict | None = None  # the model's guard heads' thresholds (card), when it has them
+    guard_cascade: dict | None = None  # where the heads are sure enough to skip the separate guards (card)
 
     def __post_init__(self) -> None:
         import torch
@@ -38,8 +40,10 @@ class TorchModel:
         from ...models.weights import resolve_model
 
         model, cfg, card = resolve_model(name_or_path)
+        has = getattr(model, "guards", None) is not None
         return cls(model, cfg.data.crop_size, cfg.data.input_size, str(card.get("name", name_or_path or "teacher")),
-                   float(card.get("interval_z") or Z90), tta_flip, numerics)
+                   float(card.get("interval_z") or Z90), tta_flip, numerics,
+                   card.get("guard_thresholds") if has else None, card.get("guard_cascade") if has else None)
 
     @property
     def min_age(self) -> float:
@@ -63,3 +67,15 @@ class TorchModel:
 
     def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.embed(views)[:2]
+
+    def run_guards(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(age, spread, guard probabilities (N, 2): occlusion, face) of uint8 centre views, from one pass."""
+        import torch
+
+        from ...models.inputs import to_input
+
+        x = to_input(torch.from_numpy(np.ascontiguousarray(views)), *self.model.mean_std, self.numerics.device,
+                     self.numerics.channels_last)
+        with torch.no_grad(), self.numerics.autocast():
+            age, spread, probs = self.model.predict_guards(x, self.tta_flip)
+        return age.float().cpu().numpy(), spread.float().cpu().numpy(), probs.float().cpu().numpy()

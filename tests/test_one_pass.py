@@ -1,0 +1,131 @@
+"""One backbone pass per face (guard heads on the age model), flip-consistency training and the batch engine's
+worker sizing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agelens.config import ModelConfig, RunConfig
+from agelens.data.views import centre_views
+from agelens.inference.backends.torch import TorchModel
+from agelens.inference.predictor import AgeEstimator, TrunkGuard
+from agelens.inference.stream import MIN_FILES_PER_WORKER, auto_workers
+from agelens.models.model import GUARDS, build_model
+from agelens.numerics import Numerics
+from agelens.train.engine import train_step
+
+FP32 = Numerics("cpu", "fp32", False, "test")
+
+
+def _model(guards: bool = True, dropout: float = 0.0):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(backbone="efficientnet_lite0", pretrained=False, guards=guards, dropout=dropout))
+
+
+def test_guard_heads_answer_from_the_age_pass():
+    m = _model().eval()
+    x = torch.randn(3, 3, 64, 64)
+    age, spread, probs = m.predict_guards(x, tta_flip=True)
+    ref_age, ref_spread, _ = m.predict(x, True)
+    assert probs.shape == (3, len(GUARDS)) and bool(((probs > 0) & (probs < 1)).all())
+    assert torch.allclose(age, ref_age, atol=1e-4) and torch.allclose(spread, ref_spread, atol=1e-4)
+    assert "guards" not in _model(guards=False).eval()(x)
+
+
+class CountingTeacher(TorchModel):
+    calls = 0
+
+    def run_guards(self, views):
+        type(self).calls += 1
+        return super().run_guards(views)
+
+
+def test_estimator_runs_the_teacher_once_per_crop_for_verifier_occlusion_and_age():
+    teacher = CountingTeacher(_model(), 56, 48, "teacher", tta_flip=False, numerics=FP32,
+                              guard_thresholds={"occlusion": 0.5, "face": 0.4})
+    est = AgeEstimator(teacher)
+    assert isinstance(est.detector, TrunkGuard) and isinstance(est.verifier, TrunkGuard)
+    assert (est.detector.threshold, est.verifier.threshold) == (0.5, 0.4)
+    crops = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    face = est.verifier.scores(crops)  # find_faces verifies the crops first ...
+    r = est.analyse_crops(crops)  # ... then the same crops get their occlusion flag and age
+    assert CountingTeacher.calls == 1
+    age, _, probs = teacher.run_guards(centre_views(crops, 56, 48))
+    assert np.allclose(face, probs[:, 1], atol=1e-5) and np.allclose(r["occlusion_score"], probs[:, 0], atol=1e-5)
+    assert np.allclose(r["age"], age, atol=1e-3)
+    other = crops.copy()
+    other[0, 0, 0] ^= 1  # one changed pixel is another crop: it gets its own pass
+    est.analyse_crops(other)
+    assert CountingTeacher.calls == 3  # the check above, and the one new crop
+
+
+class FixedGuard:
+    name, threshold = "separate", 0.7
+
+    def __init__(self):
+        self.seen = 0
+
+    def scores(self, crops):
+        self.seen += len(crops)
+        return np.full(len(crops), 0.9, np.float32)
+
+
+def test_cascade_sends_only_the_unsure_crops_to_the_separate_network():
+    teacher = TorchModel(_model(), 56, 48, "teacher", tta_flip=False, numerics=FP32,
+                         guard_thresholds={"occlusion": 0.5, "face": 0.4})
+    crops = np.random.default_rng(2).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    p = teacher.run_guards(centre_views(crops, 56, 48))[2]
+    cut = float(np.sort(p[:, 0])[3])  # three crops below the cut: sure clean, their head score stands
+    teacher.guard_cascade = {"occlusion": {"skip_below": cut}, "face": {"skip_above": 0.0}}
+    sep_occ, sep_face = FixedGuard(), FixedGuard()
+    est = AgeEstimator(teacher, detector=sep_occ, verifier=sep_face)
+    s = est.detector.scores(crops)
+    sure = p[:, 0] < cut
+    assert sep_occ.seen == int((~sure).sum()) == 3 and est.detector.threshold == 0.7
+    assert np.allclose(s[sure], p[sure, 0], atol=1e-5) and np.allclose(s[~sure], 0.9)
+    assert np.allclose(est.verifier.scores(crops), p[:, 1], atol=1e-5) and sep_face.seen == 0  # all sure faces
+
+
+def test_flip_consistency_is_free_on_mirror_symmetric_faces_and_costs_on_others():
+    m = _model(guards=False).eval()  # eval: batch norm and dropout do not depend on the batch
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    rng = np.random.default_rng(0)
+    half = rng.integers(0, 255, (2, 48, 24, 3), dtype=np.uint8)
+    sym = torch.from_numpy(np.concatenate([half, half[:, :, ::-1]], 2).copy())
+    ages = torch.tensor([20.0, 60.0])
+    plain = train_step(m, m.head, opt, scaler, FP32, sym, ages)
+    assert train_step(m, m.head, opt, scaler, FP32, sym, ages, flip_consistency=1.0) == pytest.approx(plain, rel=1e-4)
+    odd = torch.from_numpy(rng.integers(0, 255, (2, 48, 48, 3), dtype=np.uint8))
+    both = train_step(m, m.head, opt, scaler, FP32, torch.cat([odd, odd.flip(2)]), ages.repeat(2))
+    assert train_step(m, m.head, opt, scaler, FP32, odd, ages, flip_consistency=1.0) > both - 1e-4
+
+
+def test_workers_are_sized_to_the_cores_and_the_input(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0, 1, 2, 3})
+    assert auto_workers(10) == 0 and auto_workers(2 * MIN_FILES_PER_WORKER) == 2 and auto_workers(10_000) == 4
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0})
+    assert auto_workers(10_000) == 0
+
+
+def test_onnx_export_holds_the_guard_heads(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from agelens.export.onnx import export_model
+    from agelens.inference.backends.onnx import OnnxModel
+    from agelens.models.weights import export_weights
+
+    m = _model().eval()
+    cfg = RunConfig()
+    cfg.model.backbone, cfg.model.pretrained, cfg.model.guards = "efficientnet_lite0", False, True
+    cfg.data.crop_size, cfg.data.input_size = 56, 48
+    export_weights(m, cfg, tmp_path, "teacher", {"guard_thresholds": {"occlusion": 0.6, "face": 0.3}})
+    meta = export_model(str(tmp_path / "teacher.safetensors"), tmp_path / "teacher.onnx")
+    assert meta["guard_thresholds"] == {"occlusion": 0.6, "face": 0.3}
+    om = OnnxModel(tmp_path / "teacher.onnx", threads=1)
+    views = np.random.default_rng(1).integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)
+    tm = TorchModel.load(str(tmp_path / "teacher.safetensors"), True, FP32)
+    for a, b in zip(om.run_guards(views), tm.run_guards(views), strict=True):
+        assert np.allclose(a, b, atol=2e-2)
+    assert AgeEstimator(om).detector.threshold == 0.6
