@@ -53,8 +53,8 @@ class TorchModel:
     def max_age(self) -> float:
         return float(self.model.head.max_age)
 
-    def embed(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(age, spread, embedding) of uint8 centre views."""
+    def _outputs(self, views: np.ndarray, method: str) -> tuple[np.ndarray, ...]:
+        """`self.model.<method>(x, tta_flip)` on uint8 centre views, as float32 numpy arrays."""
         import torch
 
         from ...models.inputs import to_input
@@ -62,20 +62,16 @@ class TorchModel:
         x = to_input(torch.from_numpy(np.ascontiguousarray(views)), *self.model.mean_std, self.numerics.device,
                      self.numerics.channels_last)
         with torch.no_grad(), self.numerics.autocast():
-            age, spread, emb = self.model.predict(x, self.tta_flip)
-        return age.float().cpu().numpy(), spread.float().cpu().numpy(), emb.float().cpu().numpy()
+            out = getattr(self.model, method)(x, self.tta_flip)
+        return tuple(t.float().cpu().numpy() for t in out)
+
+    def embed(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(age, spread, embedding) of uint8 centre views."""
+        return self._outputs(views, "predict")
 
     def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.embed(views)[:2]
 
     def run_guards(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(age, spread, guard probabilities (N, 2): occlusion, face) of uint8 centre views, from one pass."""
-        import torch
-
-        from ...models.inputs import to_input
-
-        x = to_input(torch.from_numpy(np.ascontiguousarray(views)), *self.model.mean_std, self.numerics.device,
-                     self.numerics.channels_last)
-        with torch.no_grad(), self.numerics.autocast():
-            age, spread, probs = self.model.predict_guards(x, self.tta_flip)
-        return age.float().cpu().numpy(), spread.float().cpu().numpy(), probs.float().cpu().numpy()
+        return self._outputs(views, "predict_guards")
