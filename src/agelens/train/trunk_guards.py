@@ -128,7 +128,7 @@ def fit_guards(model_path: str, data_dir: Path, out: Path, n: int = 4000, seed: 
     rng = np.random.default_rng(seed)
     real_fit, real_held = np.arange(0, len(data["real"]), 2), np.arange(1, len(data["real"]), 2)
     neg_fit, neg_held = np.arange(0, len(data["neg"]), 2), np.arange(1, len(data["neg"]), 4)
-    feats_file = out / "features.npz"  # the frozen model's features: refits (other CS, other n) skip the passes
+    feats_file = out / "features.npz"  # the frozen model's features: a refit reads them (delete the file for new crops)
     if feats_file.is_file():
         z = np.load(feats_file)
         feats, occ, face = z["feats"], z["occ"], z["face"]
