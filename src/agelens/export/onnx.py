@@ -53,21 +53,20 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
     model, cfg, card = resolve_model(name_or_path)
     kind = "occlusion" if cfg.model.head == "binary" else "age"
     tta = (kind == "age") if tta is None else tta
+    with_guards = guards and getattr(model, "guards", None) is not None
     src = weights_dir() / f"{name_or_path}.safetensors"
     src = src if src.is_file() else Path(name_or_path)
     meta = {"name": str(card.get("name", name_or_path)), "kind": kind, "crop_size": cfg.data.crop_size,
             "input_size": cfg.data.input_size, "min_age": cfg.model.min_age, "max_age": cfg.model.max_age,
             "threshold": card_threshold(card) if kind == "occlusion" else None, "tta": tta,
             "interval_z": card.get("interval_z") if kind == "age" else None,
-            "guard_thresholds": card.get("guard_thresholds") if guards and getattr(model, "guards", None) is not None
-            else None,
-            "guard_cascade": card.get("guard_cascade") if guards and getattr(model, "guards", None) is not None
-            else None,
+            "guard_thresholds": card.get("guard_thresholds") if with_guards else None,
+            "guard_cascade": card.get("guard_cascade") if with_guards else None,
             "source_sha256": sha256_file(src) if src.is_file() else None, "opset": OPSET}
-    graph = ExportGraph(model.float(), tta, guards).eval()
+    graph = ExportGraph(model.float(), tta, with_guards).eval()
     s = cfg.data.input_size
     dummy = torch.zeros(2, s, s, 3, dtype=torch.uint8)
-    outputs = ["age", "spread"] + (["occlusion", "face"] if meta["guard_thresholds"] else [])
+    outputs = ["age", "spread"] + (["occlusion", "face"] if with_guards else [])
 
     def write(tmp: Path) -> None:
         with torch.no_grad():

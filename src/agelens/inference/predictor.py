@@ -119,7 +119,7 @@ class AgeEstimator:
         self.verifier = verifier  # face verifier (`faceness`): checks every face find_faces proposes
         self.crop_size, self.input_size, self.cache_size = teacher.crop_size, teacher.input_size, cache_size
         self.name, self.device = teacher.name, device
-        self.tta_flip = getattr(teacher, "tta_flip", True)  # the ONNX graphs always hold flip-TTA
+        self.tta_flip = getattr(teacher, "tta_flip", True)
         self.min_age, self.max_age = float(getattr(teacher, "min_age", 0.0)), float(getattr(teacher, "max_age", 100.0))
         self.backend = backend
         self._analyzer: FaceAnalyzer | None = None
@@ -232,7 +232,7 @@ class AgeEstimator:
         t = models["teacher"]
         est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
                   models.get("faceness"))
-        est.onnx_dir, est.tta_flip = d, bool(t.meta.get("tta", True))
+        est.onnx_dir = d
         est.spec = ("from_onnx", {"onnx_dir": str(d), "precision": precision, "route": route, "cache_size": cache_size,
                                   "tta": tta})
         return est

@@ -132,11 +132,10 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
     if workers > 0 and getattr(est, "spec", None) is not None:
         yield from _pipeline_stream(est, files, detect, workers, batch_size, keep_rgb)
         return
-    jobs = [(f, est.cache_size, detect, keep_rgb) for f in files]
     if workers > 0:
         ctx = mp.get_context("spawn")  # mediapipe and torch threads do not survive fork
         pool = ctx.Pool(workers)
-        detected: Iterable = pool.imap(_detect, jobs, chunksize=2)
+        detected: Iterable = pool.imap(_detect, [(f, est.cache_size, detect, keep_rgb) for f in files], chunksize=2)
     else:
         pool = None
         detected = (_find(f, est.analyzer, est.cache_size, detect, keep_rgb, _verifier(est)) for f in files)

@@ -43,31 +43,38 @@ class AgeModel(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
+    def _view_mean(self, x: torch.Tensor, tta_flip: bool, regions: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
+        """age, spread, embedding and, for a model with guard heads, the guard probabilities (N, 2) of a normalised
+        NCHW batch, each averaged over a horizontal flip when asked (regions are left+right unions: the mirror's
+        masks are the mirrored masks)."""
+        views = [(x, regions)]
+        if tta_flip:
+            views.append((torch.flip(x, dims=[3]), None if regions is None else torch.flip(regions, dims=[3])))
+        total: dict[str, torch.Tensor] = {}
+        for v, r in views:
+            out = self(v, r)
+            age, spread = self.head.decode(out)
+            got = {"age": age.float(), "spread": spread.float(), "embedding": out["embedding"].float()}
+            if "guards" in out:
+                got["guards"] = torch.sigmoid(out["guards"].float())
+            for k, t in got.items():
+                total[k] = total[k] + t if k in total else t
+        return {k: t / len(views) for k, t in total.items()}
+
     @torch.no_grad()
     def predict_guards(self, x: torch.Tensor, tta_flip: bool = True) -> tuple[torch.Tensor, ...]:
         """Normalised NCHW batch → (age, spread, guard probabilities (N, 2) in GUARDS order), from one backbone pass
         per view, averaged over a horizontal flip when asked."""
-        views = [x, torch.flip(x, dims=[3])] if tta_flip else [x]
-        outs = [self(v) for v in views]
-        decoded = [self.head.decode(o) for o in outs]
-        age = sum(d[0].float() for d in decoded) / len(views)
-        spread = sum(d[1].float() for d in decoded) / len(views)
-        probs = sum(torch.sigmoid(o["guards"].float()) for o in outs) / len(views)
-        return age, spread, probs
+        m = self._view_mean(x, tta_flip)
+        return m["age"], m["spread"], m["guards"]
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, tta_flip: bool = True, regions: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised NCHW batch → (age, spread, embedding), averaged over a horizontal flip when asked."""
-        out = self(x, regions)
-        age, spread = self.head.decode(out)
-        emb = out["embedding"].float()
-        if tta_flip:
-            xf = torch.flip(x, dims=[3])  # regions are left+right unions: the mirror's masks are the mirrored masks
-            out_f = self(xf, None if regions is None else torch.flip(regions, dims=[3]))
-            age_f, spread_f = self.head.decode(out_f)
-            age, spread, emb = (age + age_f) / 2, (spread + spread_f) / 2, (emb + out_f["embedding"].float()) / 2
-        return age.float(), spread.float(), emb
+        m = self._view_mean(x, tta_flip, regions)
+        return m["age"], m["spread"], m["embedding"]
 
 
 def build_model(cfg: ModelConfig) -> AgeModel:

@@ -51,6 +51,7 @@ class OnnxModel:
         self.threshold = float(meta["threshold"]) if meta.get("threshold") is not None else 0.5
         self.interval_z = float(meta.get("interval_z") or 1.645)  # calibrated interval multiplier (age models)
         self.precision = "int8" if ".int8." in path.name else "fp32"
+        self.tta_flip = bool(meta.get("tta", True))  # flip-TTA inside the graph (not in <role>.notta.onnx)
         # guard heads in the graph (models.model.GUARDS): {"occlusion": t, "face": t}, else None
         self.guard_thresholds = meta.get("guard_thresholds") or None
         self.guard_cascade = meta.get("guard_cascade") or None  # where the heads skip the separate guards
