@@ -38,10 +38,14 @@ def _views(n, size, seed=0):
 
 @pytest.mark.parametrize("role", ["teacher", "occlusion"])
 def test_onnx_matches_torch(onnx_dir, role):
+    import onnx
+
     from agelens.export.onnx import ExportGraph
     from agelens.inference.backends.onnx import OnnxModel
 
     m = OnnxModel(onnx_dir / f"{role}.onnx")
+    # timm's TF-'same' padding is fixed at export and folded into the convolutions (export.onnx.fuse_pads)
+    assert not [n for n in onnx.load(str(m.path)).graph.node if n.op_type == "Pad"]
     model, cfg, _ = resolve_model(role)
     assert (m.crop_size, m.input_size, m.kind) == (cfg.data.crop_size, cfg.data.input_size,
                                                    "occlusion" if role == "occlusion" else "age")

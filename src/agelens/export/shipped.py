@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import AgelensError, CheckpointError
 from ..utils import SHIPPED, weights_dir
 
-EXPORT_FORMAT = "agelens-onnx-v1"  # bump when the graph contract changes: cached exports are then redone
+EXPORT_FORMAT = "agelens-onnx-v2"  # bump when the graphs change (v2: constant padding folded into Conv): redone
 
 
 def shipped_fingerprint() -> str:
