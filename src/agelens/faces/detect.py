@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 
 from .align import align_face, keypoints_from_mesh
+from .mesh import LandmarkModel, template_keypoints
+from .mesh import available as fast_mesh_available
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -56,6 +58,7 @@ class Face:
 
 
 DETECTIONS = ("detector", "padded", "mesh", "whole-image")
+N_IRIS = 10  # FaceMesh's iris points (468-477), which only the refined graph has
 PAD_FRACTION = 0.5  # border added on every side for the second detector pass, as a share of the long side
 # A verifier: aligned face crops (N, S, S, 3) uint8 → face probabilities (N,); `threshold` is its decision point.
 Verifier = Callable[[np.ndarray], np.ndarray]
@@ -94,11 +97,21 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 class FaceAnalyzer:
-    """Wraps mediapipe; one instance per process (mediapipe graphs are not thread-safe)."""
+    """Wraps mediapipe; one instance per process (mediapipe graphs are not thread-safe).
 
-    def __init__(self, min_confidence: float = 0.5, mesh_confidence: float = 0.3) -> None:
+    fast_landmarks=True (None: when LiteRT is installed; the predictor's choice): a face the detector found gets
+    its landmarks from the plain 468-point model on the detector's region (`faces.mesh`, about 3 ms) instead of
+    mediapipe's FaceMesh graph with iris refinement (about 10 ms), so its iris points (468-477) are NaN; faces that
+    model rejects, and the mesh-only fallback, still use FaceMesh. The default (False) keeps FaceMesh everywhere:
+    dataset preparation and occluder placement need the iris points, and it is the alignment the models were
+    trained on, which the fast path's template reproduces."""
+
+    def __init__(self, min_confidence: float = 0.5, mesh_confidence: float = 0.3,
+                 fast_landmarks: bool | None = False) -> None:
         self.min_confidence = min_confidence
         self.mesh_confidence = mesh_confidence
+        self.fast_landmarks = fast_mesh_available() if fast_landmarks is None else fast_landmarks
+        self._fast: LandmarkModel | None = None
         self._mesh = None
         self._mesh_quiet = True
         self._det: dict[int, object] = {}
@@ -182,8 +195,25 @@ class FaceAnalyzer:
             return None
         return lm
 
+    def _fast_mesh(self, rgb: np.ndarray, f: Face) -> np.ndarray | None:
+        """(478, 2) landmarks from the fast path (iris points NaN), or None where it does not apply or says there
+        is no face."""
+        if not self.fast_landmarks or len(f.keypoints) != 4 or not np.isfinite(f.keypoints[:2]).all():
+            return None
+        if self._fast is None:
+            self._fast = LandmarkModel()
+        lm, _ = self._fast(rgb, f.box, f.keypoints[:2])
+        if lm is None:
+            return None
+        return np.vstack([lm, np.full((N_IRIS, 2), np.nan, np.float32)])
+
     def _with_mesh(self, rgb: np.ndarray, faces: list[Face]) -> list[Face]:
         for f in faces:
+            lm = self._fast_mesh(rgb, f)
+            if lm is not None:
+                f.landmarks = lm
+                f.keypoints = template_keypoints(lm)
+                continue
             lm = self._mesh_in_box(rgb, f.box)
             if lm is not None:
                 f.landmarks = lm

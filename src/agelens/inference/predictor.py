@@ -14,6 +14,7 @@ import numpy as np
 from ..data.views import centre_views
 from ..errors import AgelensError, NoFaceError
 from ..faces.detect import FaceAnalyzer, whole_image_crop
+from ..faces.mesh import N_MESH
 from ..faces.prepare import prepare_face
 from ..imageio import load_image
 from .backends import Z90, AgeBackend, CropClassifier
@@ -240,7 +241,7 @@ class AgeEstimator:
     @property
     def analyzer(self) -> FaceAnalyzer:
         if self._analyzer is None:
-            self._analyzer = FaceAnalyzer()
+            self._analyzer = FaceAnalyzer(fast_landmarks=None)  # the fast landmark path where LiteRT is installed
         return self._analyzer
 
     MEMO_SIZE = 64  # crops whose teacher pass is kept (the faces of the last few images)
@@ -433,6 +434,6 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
             crop, found = whole_image_crop(rgb, cache_size), False
         else:
             crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=False, face=f)
-            found = not np.isnan(lm).any()
+            found = not np.isnan(lm[:N_MESH]).any()  # the fast path has no iris points
         out.append(([round(float(v), 1) for v in f.box], f.score, crop, found, f.detection))
     return out
