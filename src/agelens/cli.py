@@ -211,8 +211,10 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         records, bad = make_or_load_split(cfg.data)[part], []
     tmp = Path(tempfile.mkdtemp(prefix="agelens-eval-"))
     try:
+        # faces found and aligned as predict does; drawn occluders need FaceMesh's iris points, so --occlude
+        # prepares the faces with mediapipe's graphs
         cache = build_cache(records, tmp / "cache", est.cache_size, aligned=not detect, workers=workers,
-                            progress=not quiet)
+                            progress=not quiet, fast=None if occ is None else False)
         torch.set_grad_enabled(False)
         m = evaluate_estimator(est, cache, output, occlusion=occ, seed=seed, progress=not quiet, knn=knn_index,
                                embeddings=save_embeddings, bootstrap=bootstrap,

@@ -30,17 +30,17 @@ class _Job:
     path: str
 
 
-_ANALYZER: FaceAnalyzer | None = None
+_ANALYZER: tuple[bool | None, FaceAnalyzer] | None = None  # (the `fast` it was made with, the analyzer)
 
 
-def _work(args: tuple[_Job, int, bool]) -> tuple[int, np.ndarray | None, np.ndarray | None, str | None]:
+def _work(args: tuple[_Job, int, bool, bool | None]) -> tuple[int, np.ndarray | None, np.ndarray | None, str | None]:
     global _ANALYZER
-    job, size, aligned = args
-    if _ANALYZER is None:
-        _ANALYZER = FaceAnalyzer()
+    job, size, aligned, fast = args
+    if _ANALYZER is None or _ANALYZER[0] != fast:
+        _ANALYZER = (fast, FaceAnalyzer(fast=fast))
     try:
         rgb = load_image(job.path)
-        crop, lm = prepare_face(rgb, _ANALYZER, size, aligned)
+        crop, lm = prepare_face(rgb, _ANALYZER[1], size, aligned)
         return job.index, crop, lm, None
     except (ImageError, NoFaceError) as e:
         return job.index, None, None, str(e).replace(f"{job.path}: ", "")
@@ -113,8 +113,9 @@ class FaceCache(FaceSet):
             raise DataError(f"face cache {self.path} is corrupt: array shapes do not match {n} records")
 
 
-def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int) -> Iterator[tuple]:
-    args = [(j, size, aligned) for j in jobs]
+def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int, fast: bool | None = False
+                  ) -> Iterator[tuple]:
+    args = [(j, size, aligned, fast) for j in jobs]
     if workers <= 1:
         yield from map(_work, args)
         return
@@ -124,10 +125,12 @@ def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int) -> I
 
 
 def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256, aligned: bool = True,
-                workers: int = 2, progress: bool = True, force: bool = False) -> FaceCache:
-    """Write (or reuse, when the signature matches) the cache for these records; atomic via a temp folder."""
+                workers: int = 2, progress: bool = True, force: bool = False, fast: bool | None = False) -> FaceCache:
+    """Write (or reuse, when the signature matches) the cache for these records; atomic via a temp folder.
+    fast: the face path (`FaceAnalyzer(fast=...)`): False, mediapipe's graphs with iris points (training caches,
+    occluder placement); None, predict's own (LiteRT where installed; iris points NaN)."""
     out = Path(out_dir)
-    sig = cache_signature(records, size, aligned)
+    sig = cache_signature(records, size, aligned) + ("" if fast is False else "-fast")
     if not force and (out / "meta.json").is_file():
         try:  # the signature first: a stale cache is rebuilt without reading (and checksumming) its arrays
             if json.loads((out / "meta.json").read_text()).get("signature") == sig:
@@ -148,7 +151,7 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
         jobs = [_Job(i, r.path) for i, r in enumerate(records)]
         from ..progress import track
 
-        for i, crop, lm, err in track(_iter_results(jobs, size, aligned, workers), total=n,
+        for i, crop, lm, err in track(_iter_results(jobs, size, aligned, workers, fast), total=n,
                                       description=f"caching {out.name}", enabled=progress):
             if err is not None:
                 failed.append({"path": records[i].path, "reason": err})

@@ -134,9 +134,11 @@ class ExportGraph(nn.Module):
         return age, spread
 
 
-def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = None, guards: bool = True) -> dict:
+def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = None, guards: bool = True,
+                 fold_padding: bool = True) -> dict:
     """Export one model (shipped name, .safetensors, .pt or run folder) to ONNX fp32; returns its metadata.
-    guards=False leaves a model's guard heads out of the graph (age and spread only)."""
+    guards=False leaves a model's guard heads out of the graph (age and spread only); fold_padding=False keeps
+    timm's run-time 'same' padding (the graphs before export format v2, for benchmarks/inference.py)."""
     import onnx
 
     from ..models.weights import resolve_model, weights_dir
@@ -156,7 +158,9 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
             "guard_cascade": card.get("guard_cascade") if with_guards else None,
             "source_sha256": sha256_file(src) if src.is_file() else None, "opset": OPSET}
     s = cfg.data.input_size
-    static_same_padding(model.float().eval(), s)
+    model.float().eval()
+    if fold_padding:
+        static_same_padding(model, s)
     graph = ExportGraph(model, tta, with_guards).eval()
     dummy = torch.zeros(2, s, s, 3, dtype=torch.uint8)
     outputs = ["age", "spread"] + (["occlusion", "face"] if with_guards else [])
@@ -167,7 +171,8 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
                               dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                               opset_version=OPSET, dynamo=False)
         m = onnx.load(str(tmp))
-        fuse_pads(m, {"image": dummy.numpy()})
+        if fold_padding:
+            fuse_pads(m, {"image": dummy.numpy()})
         onnx.checker.check_model(m)
         for k, v in meta.items():
             m.metadata_props.add(key=k, value=json.dumps(v))

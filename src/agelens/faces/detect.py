@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from .align import align_face, keypoints_from_mesh
+from .blazeface import BlazeFace
 from .mesh import LandmarkModel, template_keypoints
 from .mesh import available as fast_mesh_available
 
@@ -99,18 +100,19 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 class FaceAnalyzer:
     """Wraps mediapipe; one instance per process (mediapipe graphs are not thread-safe).
 
-    fast_landmarks=True (None: when LiteRT is installed; the predictor's choice): a face the detector found gets
-    its landmarks from the plain 468-point model on the detector's region (`faces.mesh`, about 3 ms) instead of
-    mediapipe's FaceMesh graph with iris refinement (about 10 ms), so its iris points (468-477) are NaN; faces that
-    model rejects, and the mesh-only fallback, still use FaceMesh. The default (False) keeps FaceMesh everywhere:
-    dataset preparation and occluder placement need the iris points, and it is the alignment the models were
-    trained on, which the fast path's template reproduces."""
+    fast=True (None: when LiteRT is installed; the predictor's choice) runs mediapipe's models through LiteRT:
+    the same BlazeFace detectors with their post-processing in numpy (`faces.blazeface`), and for a face the
+    detector found the plain 468-point landmark model on the detector's region (`faces.mesh`, about 3 ms) instead
+    of the FaceMesh graph with iris refinement (about 10 ms), so its iris points (468-477) are NaN. Faces that model
+    rejects, and the mesh-only fallback, still use FaceMesh. The default (False) keeps mediapipe's graphs
+    everywhere: dataset preparation and occluder placement need the iris points, and it is the alignment the models
+    were trained on, which the fast path's template reproduces."""
 
     def __init__(self, min_confidence: float = 0.5, mesh_confidence: float = 0.3,
-                 fast_landmarks: bool | None = False) -> None:
+                 fast: bool | None = False) -> None:
         self.min_confidence = min_confidence
         self.mesh_confidence = mesh_confidence
-        self.fast_landmarks = fast_mesh_available() if fast_landmarks is None else fast_landmarks
+        self.fast = fast_mesh_available() if fast is None else fast
         self._fast: LandmarkModel | None = None
         self._mesh = None
         self._mesh_quiet = True
@@ -140,6 +142,13 @@ class FaceAnalyzer:
         return np.array([[p.x * w, p.y * h] for p in res.multi_face_landmarks[0].landmark], np.float32)
 
     def _detect(self, rgb: np.ndarray, model: int) -> list[Face]:
+        if self.fast:
+            if model not in self._det:
+                self._det[model] = BlazeFace(model, self.min_confidence)
+            h, w = rgb.shape[:2]
+            return [Face((max(0.0, b[0]), max(0.0, b[1]), min(float(w), b[2]), min(float(h), b[3])), score, kp[:4])
+                    for b, score, kp in self._det[model](rgb)
+                    if min(float(w), b[2]) - max(0.0, b[0]) >= 4 and min(float(h), b[3]) - max(0.0, b[1]) >= 4]
         if model not in self._det:
             with _quiet_native_stderr():
                 self._det[model] = self._mp().face_detection.FaceDetection(
@@ -198,7 +207,7 @@ class FaceAnalyzer:
     def _fast_mesh(self, rgb: np.ndarray, f: Face) -> np.ndarray | None:
         """(478, 2) landmarks from the fast path (iris points NaN), or None where it does not apply or says there
         is no face."""
-        if not self.fast_landmarks or len(f.keypoints) != 4 or not np.isfinite(f.keypoints[:2]).all():
+        if not self.fast or len(f.keypoints) != 4 or not np.isfinite(f.keypoints[:2]).all():
             return None
         if self._fast is None:
             self._fast = LandmarkModel()
@@ -296,6 +305,6 @@ class FaceAnalyzer:
 
     def close(self) -> None:
         for obj in [self._mesh, *self._det.values()]:
-            if obj is not None:
+            if obj is not None and hasattr(obj, "close"):  # mediapipe graphs; LiteRT interpreters just go
                 obj.close()
-        self._mesh, self._det = None, {}
+        self._mesh, self._det, self._fast = None, {}, None

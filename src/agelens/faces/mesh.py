@@ -11,6 +11,7 @@ downstream `align_face` call is unchanged.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import cv2
@@ -47,10 +48,17 @@ def template_keypoints(mesh: np.ndarray, template: np.ndarray = CONTOUR_TEMPLATE
     return transform_points(TEMPLATE_KEYPOINTS, inv)
 
 
-def model_path() -> str:
-    import mediapipe
+def mediapipe_modules() -> str:
+    """mediapipe's `modules` folder (its .tflite models), found without importing mediapipe (a second, most of it
+    matplotlib, which its solutions package imports)."""
+    spec = importlib.util.find_spec("mediapipe")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    return os.path.join(list(spec.submodule_search_locations)[0], "modules")
 
-    return os.path.join(os.path.dirname(mediapipe.__file__), "modules", "face_landmark", "face_landmark.tflite")
+
+def model_path() -> str:
+    return os.path.join(mediapipe_modules(), "face_landmark", "face_landmark.tflite")
 
 
 def available() -> bool:

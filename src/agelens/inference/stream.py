@@ -55,7 +55,7 @@ def _detect(job: tuple[str, int, bool, bool]) -> tuple[str, list | None, str | N
     from ..faces.detect import FaceAnalyzer
 
     if _worker_analyzer is None:
-        _worker_analyzer = FaceAnalyzer(fast_landmarks=None)  # as AgeEstimator.analyzer
+        _worker_analyzer = FaceAnalyzer(fast=None)  # as AgeEstimator.analyzer
     path, cache_size, detect, keep_rgb = job
     return _find(path, _worker_analyzer, cache_size, detect, keep_rgb)
 

@@ -1,4 +1,5 @@
-"""The fast landmark path (`faces.mesh`): its region, its template keypoints, and its agreement with FaceMesh."""
+"""The fast face path: BlazeFace through LiteRT (`faces.blazeface`) and the plain landmark model (`faces.mesh`):
+their geometry, and their agreement with mediapipe's graphs."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agelens.faces import mesh
+from agelens.faces import blazeface, mesh
 from agelens.faces.align import TEMPLATE_KEYPOINTS, align_face, similarity_transform, transform_points
-from agelens.faces.detect import FaceAnalyzer
+from agelens.faces.detect import FaceAnalyzer, _iou
 
 pytestmark = pytest.mark.skipif(not mesh.available(), reason="LiteRT (ai-edge-litert) not installed")
 
@@ -40,7 +41,7 @@ def test_template_keypoints_give_the_contour_template_alignment():
 
 
 def test_fast_landmarks_agree_with_facemesh_and_align_the_same_face(astronaut):
-    fast, iris = FaceAnalyzer(fast_landmarks=True), FaceAnalyzer(fast_landmarks=False)
+    fast, iris = FaceAnalyzer(fast=True), FaceAnalyzer(fast=False)
     try:
         f = fast.find_faces(astronaut)[0]
         g = iris.find_faces(astronaut)[0]
@@ -63,3 +64,45 @@ def test_the_model_says_when_there_is_no_face():
     flat = np.full((200, 200, 3), 128, np.uint8)
     lm, presence = lmm(flat, (50.0, 50.0, 150.0, 150.0), np.array([[80.0, 90.0], [120.0, 90.0]]))
     assert lm is None and presence < mesh.PRESENCE
+
+
+def test_anchors_match_the_models_outputs():
+    assert len(blazeface.anchors(blazeface.MODELS[0])) == 896  # 16×16×2 + 8×8×6
+    assert len(blazeface.anchors(blazeface.MODELS[1])) == 2304  # 48×48×1
+    a = blazeface.anchors(blazeface.MODELS[0])
+    np.testing.assert_allclose(a[0], [1 / 32, 1 / 32])  # first cell of the stride-8 layer
+    np.testing.assert_allclose(a[512], [1 / 16, 1 / 16])  # first cell of the stride-16 layers
+
+
+def test_letterbox_centres_the_image_and_reports_the_border():
+    img = np.full((50, 100, 3), 255, np.uint8)
+    x, pad = blazeface.letterbox(img, 128)
+    assert x.shape == (128, 128, 3) and x.dtype == np.float32
+    np.testing.assert_allclose(pad, [0, 32 / 128, 0, 32 / 128])
+    assert x[0, 0, 0] == -1.0 and x[64, 64, 0] == 1.0  # black border, white image in [-1, 1]
+
+
+def test_weighted_nms_merges_a_cluster_into_its_score_weighted_mean():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], np.float32)
+    points = np.zeros((3, 6, 2), np.float32)
+    points[1] += 3.0
+    out = blazeface.weighted_nms(boxes, points, np.array([0.9, 0.6, 0.8], np.float32))
+    assert [round(s, 2) for _, _, s in out] == [0.9, 0.8]
+    np.testing.assert_allclose(out[0][0], [0.4, 0, 10.4, 10], atol=1e-5)  # 0.6 / 1.5 of the way to the second box
+    np.testing.assert_allclose(out[0][1], 1.2, atol=1e-5)
+
+
+def test_blazeface_finds_the_face_mediapipe_finds(astronaut):
+    an = FaceAnalyzer()
+    try:
+        ref = an._detect(astronaut, 0)
+    finally:
+        an.close()
+    got = blazeface.BlazeFace(0)(astronaut)
+    assert len(ref) == len(got) == 1
+    (box, score, kp), f = got[0], ref[0]
+    w = f.box[2] - f.box[0]
+    # not bit-exact: mediapipe resamples the 512 px photo to 128 px its own way
+    assert _iou(box, f.box) > 0.85 and abs(score - f.score) < 0.05
+    assert np.abs(kp[:4] - f.keypoints).max() < 0.08 * w
+    assert blazeface.BlazeFace(0)(np.full((300, 300, 3), 128, np.uint8)) == []
