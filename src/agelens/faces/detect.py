@@ -141,14 +141,13 @@ class FaceAnalyzer:
         h, w = rgb.shape[:2]
         return np.array([[p.x * w, p.y * h] for p in res.multi_face_landmarks[0].landmark], np.float32)
 
-    def _detect(self, rgb: np.ndarray, model: int) -> list[Face]:
+    def _raw_detections(self, rgb: np.ndarray, model: int) -> list[tuple[tuple[float, ...], float, np.ndarray]]:
+        """(box x1, y1, x2, y2, score, (4, 2) keypoints: eyes, nose, mouth) in pixels, from BlazeFace through LiteRT
+        (fast) or mediapipe's FaceDetection graph."""
         if self.fast:
             if model not in self._det:
                 self._det[model] = BlazeFace(model, self.min_confidence)
-            h, w = rgb.shape[:2]
-            return [Face((max(0.0, b[0]), max(0.0, b[1]), min(float(w), b[2]), min(float(h), b[3])), score, kp[:4])
-                    for b, score, kp in self._det[model](rgb)
-                    if min(float(w), b[2]) - max(0.0, b[0]) >= 4 and min(float(h), b[3]) - max(0.0, b[1]) >= 4]
+            return [(box, score, kp[:4]) for box, score, kp in self._det[model](rgb)]
         if model not in self._det:
             with _quiet_native_stderr():
                 self._det[model] = self._mp().face_detection.FaceDetection(
@@ -156,15 +155,22 @@ class FaceAnalyzer:
                 self._det[model].process(np.zeros((64, 64, 3), np.uint8))
         res = self._det[model].process(np.ascontiguousarray(rgb))
         h, w = rgb.shape[:2]
-        faces = []
+        out = []
         for d in res.detections or []:
             bb = d.location_data.relative_bounding_box
-            box = (max(0.0, bb.xmin * w), max(0.0, bb.ymin * h),
-                   min(float(w), (bb.xmin + bb.width) * w), min(float(h), (bb.ymin + bb.height) * h))
-            if box[2] - box[0] < 4 or box[3] - box[1] < 4:
-                continue
+            box = (bb.xmin * w, bb.ymin * h, (bb.xmin + bb.width) * w, (bb.ymin + bb.height) * h)
             kp = np.array([[k.x * w, k.y * h] for k in d.location_data.relative_keypoints[:4]], np.float32)
-            faces.append(Face(box, float(d.score[0]), kp))
+            out.append((box, float(d.score[0]), kp))
+        return out
+
+    def _detect(self, rgb: np.ndarray, model: int) -> list[Face]:
+        """The detector's faces, boxes clipped to the image; slivers under 4 px dropped."""
+        h, w = rgb.shape[:2]
+        faces = []
+        for b, score, kp in self._raw_detections(rgb, model):
+            box = (max(0.0, float(b[0])), max(0.0, float(b[1])), min(float(w), float(b[2])), min(float(h), float(b[3])))
+            if box[2] - box[0] >= 4 and box[3] - box[1] >= 4:
+                faces.append(Face(box, score, kp))
         return faces
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
