@@ -35,10 +35,11 @@ def test_guard_heads_answer_from_the_age_pass():
 
 
 class CountingTeacher(TorchModel):
-    calls = 0
+    calls = views = 0
 
     def run_guards(self, views):
         type(self).calls += 1
+        type(self).views += len(views)
         return super().run_guards(views)
 
 
@@ -59,6 +60,25 @@ def test_estimator_runs_the_teacher_once_per_crop_for_verifier_occlusion_and_age
     other[0, 0, 0] ^= 1  # one changed pixel is another crop: it gets its own pass
     est.analyse_crops(other)
     assert CountingTeacher.calls == 3  # the check above, and the one new crop
+
+
+def test_memo_survives_repeated_crops_and_batches_larger_than_it():
+    """Identical crops within a batch get one pass; a crop seen before keeps its answer even when the batch that
+    repeats it evicts older entries (an evaluate batch of duplicate UTKFace photos once raised KeyError here)."""
+    teacher = CountingTeacher(_model(), 56, 48, "teacher", tta_flip=False, numerics=FP32,
+                              guard_thresholds={"occlusion": 0.5, "face": 0.4})
+    est = AgeEstimator(teacher)
+    est.MEMO_SIZE = 4
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    b = rng.integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    first = est.trunk(a)[0]
+    n, seen = CountingTeacher.calls, CountingTeacher.views
+    mixed = np.concatenate([b[:2], a[:1], b[2:], a[:1]])  # new crops around a known one, which also repeats
+    got = est.trunk(mixed)[0]
+    assert CountingTeacher.calls == n + 1 and CountingTeacher.views == seen + 5  # the five new crops, once each
+    assert np.allclose(got[[2, 6]], first[0], atol=1e-5)
+    assert np.allclose(est.trunk(mixed)[0], got, atol=1e-5) and CountingTeacher.calls == n + 1  # batch kept whole
 
 
 class FixedGuard:

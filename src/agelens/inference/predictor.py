@@ -251,18 +251,20 @@ class AgeEstimator:
         crop: the face verifier, the occlusion flag and the age of the same crop share it. Needs a teacher with
         guard heads."""
         keys = [(c.shape, hash(c.tobytes())) for c in crops]
-        with self._memo_lock:
-            miss = [i for i, k in enumerate(keys) if k not in self._memo]
-        if miss:
-            t = self.teacher
+        with self._memo_lock:  # rows come from this local dict, so an eviction by another call cannot lose them
+            found = {k: self._memo[k] for k in keys if k in self._memo}
+            for k in found:
+                self._memo.move_to_end(k)
+        first = {k: i for i, k in reversed(list(enumerate(keys))) if k not in found}  # one pass per distinct crop
+        if first:
+            t, miss = self.teacher, list(first.values())
             res = t.run_guards(centre_views(crops[miss], t.crop_size, t.input_size))
             with self._memo_lock:
                 for j, i in enumerate(miss):
-                    self._memo[keys[i]] = (res[0][j], res[1][j], res[2][j])
-                while len(self._memo) > max(self.MEMO_SIZE, len(keys)):
+                    found[keys[i]] = self._memo[keys[i]] = (res[0][j], res[1][j], res[2][j])
+                while len(self._memo) > max(self.MEMO_SIZE, len(keys)):  # keep this batch for the next call
                     self._memo.popitem(last=False)
-        with self._memo_lock:
-            rows = [self._memo[k] for k in keys]
+        rows = [found[k] for k in keys]
         if not rows:
             return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32)
         return (np.array([r[0] for r in rows], np.float32), np.array([r[1] for r in rows], np.float32),
