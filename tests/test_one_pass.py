@@ -81,6 +81,37 @@ def test_memo_survives_repeated_crops_and_batches_larger_than_it():
     assert np.allclose(est.trunk(mixed)[0], got, atol=1e-5) and CountingTeacher.calls == n + 1  # batch kept whole
 
 
+def test_selective_tta_mirrors_only_the_unsure_faces():
+    """tta_spread: a crop whose single view has spread at or above it gets the full-TTA answer (both views
+    averaged), the others keep the single view; only the unsure crops cost a second pass."""
+    model = _model()
+    kw = dict(numerics=FP32, guard_thresholds={"occlusion": 0.5, "face": 0.4})
+    single = CountingTeacher(model, 56, 48, "teacher", tta_flip=False, **kw)
+    both = TorchModel(model, 56, 48, "teacher", tta_flip=True, **kw)
+    crops = np.random.default_rng(3).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    views = centre_views(crops, 56, 48)
+    one, full = single.run_guards(views), both.run_guards(views)
+    cut = float(np.sort(one[1])[3])  # the three crops with the largest spread are unsure
+    est = AgeEstimator(single, tta_spread=cut)
+    seen = CountingTeacher.views
+    age, spread, guards = est.trunk(crops)
+    unsure = one[1] >= cut
+    assert CountingTeacher.views - seen == len(crops) + int(unsure.sum()) and unsure.sum() == 3
+    np.testing.assert_allclose(age[unsure], full[0][unsure], atol=1e-3)
+    np.testing.assert_allclose(guards[unsure], full[2][unsure], atol=1e-5)
+    np.testing.assert_allclose(age[~unsure], one[0][~unsure], atol=1e-5)
+    assert AgeEstimator(both, tta_spread=cut).tta_spread is None  # a two-view teacher needs no selection
+
+
+def test_tta_modes_are_named_and_checked():
+    from agelens.errors import AgelensError
+    from agelens.inference.predictor import tta_mode
+
+    assert (tta_mode(True), tta_mode(False), tta_mode("full")) == ("auto", "none", "full")
+    with pytest.raises(AgelensError, match="tta must be one of"):
+        tta_mode("sometimes")
+
+
 class FixedGuard:
     name, threshold = "separate", 0.7
 

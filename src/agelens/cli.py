@@ -154,7 +154,10 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
              config: ConfigOpt = None,
              part: Annotated[str, typer.Option(help="with --config and no --root: split part to evaluate")] = "test",
              detect: Annotated[bool, typer.Option("--detect/--no-detect", help="detect+align faces, or treat images as aligned crops")] = True,
-             tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face")] = True,
+             tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face (as predict: "
+                                               "where the teacher's first view is unsure; --from-cache: every face)"
+                                               )] = True,
+             full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
              groups_csv: Annotated[Path | None, typer.Option(help="duplicate-groups CSV (utkface)")] = None,
              workers: Annotated[int, typer.Option(help="processes for detection")] = 2,
              route: Annotated[str, typer.Option(help="auto (detector → teacher/student) | teacher | student")] = "auto",
@@ -199,7 +202,10 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {m['bias_score']:.3f}"
                    + (f"  (KNN k={m['knn']['k']}, w={m['knn']['w']})" if knn_index else "") + f" -> {output}/metrics.json")
         return
-    est = AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, student=student, detector=detector,
+    if full_tta and not tta:
+        raise AgelensError("--full-tta and --no-tta contradict each other: give one")
+    est = AgeEstimator.from_pretrained(model, tta_flip="full" if full_tta else tta, route=route, student=student,
+                                       detector=detector,
                                        backend="torch")
     if root is None and config is None:
         raise AgelensError("evaluate needs --root DIR (with --dataset) or --config with a split")
@@ -243,8 +249,10 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             batch_size: Annotated[int, typer.Option(help="faces per model batch")] = 32,
             detect: Annotated[bool, typer.Option("--detect/--no-detect", help="--no-detect: inputs are face crops")] = True,
             save_annotated: Annotated[Path | None, typer.Option(help="write images with boxes and ages here")] = None,
-            tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face (--no-tta: "
-                                              "the models do half the work, MAE about +0.05)")] = True,
+            tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face where the "
+                                              "teacher's first view is unsure (--no-tta: one view, the models do "
+                                              "half the work)")] = True,
+            full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
             route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
             backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
             demo: Annotated[bool, typer.Option(help="run on the bundled astronaut photo")] = False,
@@ -290,7 +298,10 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         files.insert(0, str(resources.files("agelens") / "assets" / "astronaut.jpg"))
     if not files:
         raise AgelensError("no input: give image files, folders or globs (or --demo)")
-    est = AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=_err)
+    if full_tta and not tta:
+        raise AgelensError("--full-tta and --no-tta contradict each other: give one")
+    tta_flip = "full" if full_tta else tta
+    est = AgeEstimator.from_pretrained(model, tta_flip=tta_flip, route=route, backend=backend, log=_err)
     if backend != "auto":
         _err(f"backend: {est.backend}")
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
@@ -300,7 +311,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         _err(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
     results, failed = [], 0
     if engine == "ray":
-        stream = _ray_stream(todo, est, model, route, backend, tta, detect, workers, batch_size, address,
+        stream = _ray_stream(todo, est, model, route, backend, tta_flip, detect, workers, batch_size, address,
                              gpus_per_worker)
     else:
         stream = predict_stream(est, todo, detect, workers, batch_size, keep_rgb=save_annotated is not None)

@@ -13,7 +13,7 @@ ENGINES = ("local", "ray")
 
 
 def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local", *, model: str | None = None,
-                 route: str = "auto", backend: str = "auto", tta: bool = True, detect: bool = True,
+                 route: str = "auto", backend: str = "auto", tta: bool | str = True, detect: bool = True,
                  workers: int | None = None, batch_size: int = 32, address: str | None = None,
                  num_cpus: int | None = None, gpus_per_worker: float = 0.0, skip: Collection[str] = (),
                  estimator=None, log=None) -> Iterator[dict]:

@@ -17,7 +17,7 @@ from ..faces.detect import FaceAnalyzer, whole_image_crop
 from ..faces.mesh import N_MESH
 from ..faces.prepare import prepare_face
 from ..imageio import load_image
-from .backends import Z90, AgeBackend, CropClassifier
+from .backends import TTA_MODES, Z90, AgeBackend, CropClassifier, tta_mode  # noqa: F401 (TTA_MODES: public)
 from .backends.torch import TorchModel
 
 if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs without it
@@ -59,11 +59,11 @@ def soft_weight(score: np.ndarray, occluded: np.ndarray) -> np.ndarray:
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
-def choose_backend(custom: bool = False, device: str = "cpu", tta_flip: bool = True) -> tuple[str, str]:
+def choose_backend(custom: bool = False, device: str = "cpu") -> tuple[str, str]:
     """The fastest inference backend this machine supports, and why. Measured end to end by
     benchmarks/inference.py (docs/inference_benchmark.md, AMD EPYC, 2 cores): onnxruntime fp32 about 2x torch fp32
     channels_last at the same MAE; static int8 was no faster end to end there and cost 2.5 years of MAE, so it is
-    never picked automatically. tta_flip=False runs the single-view graphs."""
+    never picked automatically. Every TTA mode runs on both (single-view graphs for "none" and "auto")."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
     if custom:
@@ -111,7 +111,7 @@ class AgeEstimator:
 
     def __init__(self, teacher: AgeBackend, student: AgeBackend | None = None, detector: CropClassifier | None = None,
                  route: str = "auto", cache_size: int = 256, device: str = "cpu", backend: str = "torch-fp32",
-                 verifier: CropClassifier | None = None) -> None:
+                 verifier: CropClassifier | None = None, tta_spread: float | None = None) -> None:
         if route not in ROUTES:
             raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         if route == "student" and student is None:
@@ -121,6 +121,9 @@ class AgeEstimator:
         self.crop_size, self.input_size, self.cache_size = teacher.crop_size, teacher.input_size, cache_size
         self.name, self.device = teacher.name, device
         self.tta_flip = getattr(teacher, "tta_flip", True)
+        # selective flip-TTA for a single-view teacher with guard heads: `trunk` adds the mirrored view only for
+        # crops whose single-view spread is at least this (None: the teacher's own views)
+        self.tta_spread = tta_spread if tta_spread and not self.tta_flip else None
         self.min_age, self.max_age = float(getattr(teacher, "min_age", 0.0)), float(getattr(teacher, "max_age", 100.0))
         self.backend = backend
         self._analyzer: FaceAnalyzer | None = None
@@ -153,7 +156,7 @@ class AgeEstimator:
         return cls(teacher, student, detector, route, cache_size, device, f"torch-{numerics.dtype}", verifier)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | None = None, device: str = "cpu", tta_flip: bool = True,
+    def from_pretrained(cls, name_or_path: str | None = None, device: str = "cpu", tta_flip: bool | str = True,
                         route: str = "auto", student: str | None = None, detector: str | None = None,
                         backend: str = "auto", onnx_dir: str | Path | None = None, log=None,
                         threads: int | None = None) -> AgeEstimator:
@@ -161,7 +164,9 @@ class AgeEstimator:
 
         backend: torch (fp32 + channels_last), torch-bf16, onnx (fp32), onnx-int8, or auto = the fastest this
         machine supports (`choose_backend`; the ONNX ones only for the shipped models or an onnx_dir). threads: the
-        models' CPU threads (default: all cores; the batch engine's worker processes use one each)."""
+        models' CPU threads (default: all cores; the batch engine's worker processes use one each). tta_flip: a
+        `tta_mode` (True = "auto": the mirrored view only where the teacher's first view is unsure)."""
+        tta_flip = tta_mode(tta_flip)
         est = cls._from_pretrained(name_or_path, device, tta_flip, route, student, detector, backend, onnx_dir, log,
                                    threads)
         # how to build this estimator again in a worker process (inference.stream); resolved names, not "auto"
@@ -177,7 +182,7 @@ class AgeEstimator:
         auto = backend == "auto"
         custom = any((name_or_path, student, detector)) and onnx_dir is None
         if auto:
-            backend, why = choose_backend(custom=custom, device=device, tta_flip=tta_flip)
+            backend, why = choose_backend(custom=custom, device=device)
             if log:
                 log(f"backend: {backend} ({why})")
         if backend not in BACKENDS:
@@ -204,35 +209,41 @@ class AgeEstimator:
 
             torch.set_num_threads(threads)
         numerics = Numerics(device, "bf16" if backend == "torch-bf16" else "fp32", True, f"{backend} requested")
-        teacher = TorchModel.load(name_or_path, tta_flip, numerics)
+        teacher = TorchModel.load(name_or_path, tta_flip != "none", numerics)
+        selective = tta_flip == "auto" and bool(teacher.tta_spread and teacher.guard_thresholds)
+        if selective:  # single views; `trunk` mirrors the unsure faces
+            teacher = replace(teacher, tta_flip=False)
         shipped = shipped_models()
         stu_name = student or ("student" if "student" in shipped else None)
-        stu = TorchModel.load(stu_name, tta_flip, numerics) if stu_name else None
+        stu = TorchModel.load(stu_name, tta_flip != "none", numerics) if stu_name else None
         det_name = detector or ("occlusion" if "occlusion" in shipped else None)
         det = OcclusionDetector.from_pretrained(det_name, device) if det_name else None
         ver = OcclusionDetector.from_pretrained("faceness", device) if "faceness" in shipped else None
-        est = cls(teacher, stu, det, route, 256, device, f"torch-{numerics.dtype}", ver)
+        est = cls(teacher, stu, det, route, 256, device, f"torch-{numerics.dtype}", ver,
+                  teacher.tta_spread if selective else None)
         if detector:  # a detector asked for by name decides every face (no screening by the teacher's head)
             est.detector = det
         return est
 
     @classmethod
     def from_onnx(cls, onnx_dir: str | Path | None = None, precision: str = "fp32", route: str = "auto",
-                  cache_size: int = 256, log=None, threads: int | None = None, tta: bool = True) -> AgeEstimator:
+                  cache_size: int = 256, log=None, threads: int | None = None, tta: bool | str = True
+                  ) -> AgeEstimator:
         """onnxruntime backend (no torch needed when onnx_dir holds an export): teacher, student and detector
         from `agelens export onnx --output DIR`; without onnx_dir the shipped weights' export (made once).
-        threads: onnxruntime's intra-op threads per model (default: all cores); tta=False: the age models'
-        single-view graphs (no flip-TTA: half the work, about +0.05 MAE)."""
+        threads: onnxruntime's intra-op threads per model (default: all cores); tta: a `tta_mode` ("none": the age
+        models' single-view graphs, half the work; "auto": the teacher's single view, mirrored where unsure)."""
         from ..export.shipped import ensure_export
         from .backends.onnx import load_onnx_models
 
         if precision not in ("fp32", "int8"):
             raise AgelensError(f"ONNX precision must be fp32 or int8, got {precision!r}")
+        tta = tta_mode(tta)
         d = ensure_export(onnx_dir, log)
         models = load_onnx_models(d, precision, threads, tta)
         t = models["teacher"]
         est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
-                  models.get("faceness"))
+                  models.get("faceness"), t.tta_spread if tta == "auto" else None)
         est.onnx_dir = d
         est.spec = ("from_onnx", {"onnx_dir": str(d), "precision": precision, "route": route, "cache_size": cache_size,
                                   "tta": tta})
@@ -258,7 +269,15 @@ class AgeEstimator:
         first = {k: i for i, k in reversed(list(enumerate(keys))) if k not in found}  # one pass per distinct crop
         if first:
             t, miss = self.teacher, list(first.values())
-            res = t.run_guards(centre_views(crops[miss], t.crop_size, t.input_size))
+            views = centre_views(crops[miss], t.crop_size, t.input_size)
+            res = t.run_guards(views)
+            if self.tta_spread is not None:  # the mirrored view where the first is unsure, averaged as full TTA does
+                flip = res[1] >= self.tta_spread
+                if flip.any():
+                    mirrored = t.run_guards(np.ascontiguousarray(views[flip][:, :, ::-1]))
+                    res = tuple(r.copy() for r in res)
+                    for r, m in zip(res, mirrored, strict=True):
+                        r[flip] = (r[flip] + m) / 2
             with self._memo_lock:
                 for j, i in enumerate(miss):
                     found[keys[i]] = self._memo[keys[i]] = (res[0][j], res[1][j], res[2][j])

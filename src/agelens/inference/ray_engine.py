@@ -72,7 +72,7 @@ def _detect_row(row: dict, cache_size: int, detect: bool, cwd: str) -> dict:
 class _ModelActor:
     """One loaded AgeEstimator; each call is a batch of detected files → their JSON records."""
 
-    def __init__(self, model: str | None, route: str, backend: str, tta: bool, device: str) -> None:
+    def __init__(self, model: str | None, route: str, backend: str, tta: bool | str, device: str) -> None:
         from .predictor import AgeEstimator
 
         self.est = AgeEstimator.from_pretrained(model, device=device, tta_flip=tta, route=route, backend=backend)
@@ -85,7 +85,7 @@ class _ModelActor:
 
 
 def ray_predict(files: list[str], *, model: str | None = None, route: str = "auto", backend: str = "auto",
-                tta: bool = True, detect: bool = True, cache_size: int = 256, workers: int = 1, batch_size: int = 32,
+                tta: bool | str = True, detect: bool = True, cache_size: int = 256, workers: int = 1, batch_size: int = 32,
                 gpus_per_worker: float = 0.0) -> Iterator[dict]:
     """Yield one record per file ({"file", "faces", "error"}, as the local engine) from a Ray Data pipeline on
     the Ray this process is connected to (see `ray_session`). workers: model actors; each holds one CPU, or

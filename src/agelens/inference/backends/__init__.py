@@ -9,7 +9,21 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ...errors import AgelensError
+
 Z90 = 1.645  # interval = age ± z·spread; z = the model card's conformal `interval_z`, else 1.645 (normal model)
+# Flip-TTA: "auto" mirrors a face only where the teacher's single view is unsure (its spread at least the card's
+# `tta_spread`; a teacher without it gets both views), "full" always, "none" never. True means "auto", False "none".
+TTA_MODES = ("auto", "full", "none")
+
+
+def tta_mode(tta: bool | str) -> str:
+    """The TTA_MODES name of a tta / tta_flip argument."""
+    if isinstance(tta, bool):
+        return "auto" if tta else "none"
+    if tta not in TTA_MODES:
+        raise AgelensError(f"tta must be one of {', '.join(TTA_MODES)} (or a bool), got {tta!r}")
+    return tta
 
 
 @runtime_checkable

@@ -55,6 +55,7 @@ class OnnxModel:
         # guard heads in the graph (models.model.GUARDS): {"occlusion": t, "face": t}, else None
         self.guard_thresholds = meta.get("guard_thresholds") or None
         self.guard_cascade = meta.get("guard_cascade") or None  # where the heads skip the separate guards
+        self.tta_spread = meta.get("tta_spread")  # selective flip-TTA (card): see AgeEstimator.trunk
 
     def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, S, S, 3) centre views → (age, spread) float32 (N,)."""
@@ -87,19 +88,23 @@ class OnnxModel:
         return self.run(self.views(crops))[0]
 
 
-def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int | None = None, tta: bool = True
-                     ) -> dict[str, OnnxModel]:
-    """role → OnnxModel for the roles present; precision int8 takes <role>.int8.onnx where exported, tta=False the
-    age models' single-view <role>.notta.onnx (fp32 only); threads: intra-op threads of each age model (default:
-    all cores)."""
-    d = Path(onnx_dir)
-    if not tta and precision != "fp32":
+def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int | None = None,
+                     tta: bool | str = True) -> dict[str, OnnxModel]:
+    """role → OnnxModel for the roles present; precision int8 takes <role>.int8.onnx where exported; tta (a
+    `tta_mode`): "none" runs the age models' single-view <role>.notta.onnx (fp32 only), "auto" the teacher's
+    single-view graph when its card says where the mirror pays (the estimator then mirrors only those faces,
+    AgeEstimator.trunk) and the student's two-view one; threads: intra-op threads of each age model (default: all
+    cores)."""
+    from . import tta_mode
+
+    d, mode = Path(onnx_dir), tta_mode(tta)
+    if mode == "none" and precision != "fp32":
         raise AgelensError("the single-view (no flip-TTA) ONNX graphs are fp32 only")
     out = {}
     for role in SHIPPED:
         p8, p32, p1 = d / f"{role}.int8.onnx", d / f"{role}.onnx", d / f"{role}.notta.onnx"
         p = p8 if precision == "int8" and p8.is_file() else p32
-        if not tta and role in ("teacher", "student") and p32.is_file():
+        if mode == "none" and role in ("teacher", "student") and p32.is_file():
             if not p1.is_file():
                 raise CheckpointError(f"{d} has no single-view {p1.name} for --no-tta; re-export it with "
                                       "`agelens export onnx --output DIR`")
@@ -108,4 +113,7 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
             out[role] = OnnxModel(p, threads=1 if role == "faceness" else threads)
     if "teacher" not in out:
         raise CheckpointError(f"{d} has no teacher.onnx")
+    t, single = out["teacher"], d / "teacher.notta.onnx"
+    if mode == "auto" and precision == "fp32" and t.tta_spread and t.guard_thresholds and single.is_file():
+        out["teacher"] = OnnxModel(single, threads=threads)
     return out

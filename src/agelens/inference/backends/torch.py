@@ -22,6 +22,7 @@ class TorchModel:
     numerics: object = field(default=None)  # agelens.numerics.Numerics; None: fp32 + channels_last on CPU
     guard_thresholds: dict | None = None  # the model's guard heads' thresholds (card), when it has them
     guard_cascade: dict | None = None  # where the heads are sure enough to skip the separate guards (card)
+    tta_spread: float | None = None  # selective flip-TTA: the single view's spread from which the mirror pays (card)
 
     def __post_init__(self) -> None:
         import torch
@@ -43,7 +44,8 @@ class TorchModel:
         has = getattr(model, "guards", None) is not None
         return cls(model, cfg.data.crop_size, cfg.data.input_size, str(card.get("name", name_or_path or "teacher")),
                    float(card.get("interval_z") or Z90), tta_flip, numerics,
-                   card.get("guard_thresholds") if has else None, card.get("guard_cascade") if has else None)
+                   card.get("guard_thresholds") if has else None, card.get("guard_cascade") if has else None,
+                   card.get("tta_spread"))
 
     @property
     def min_age(self) -> float:

@@ -1,0 +1,88 @@
+"""Where does the mirrored view pay? Fits the shipped teacher's `tta_spread` (the card's selective flip-TTA cut,
+`AgeEstimator.trunk`) and measures it end to end.
+
+Photos of the UTKFace and All-Age-Faces validation parts (seeded samples) are found and aligned as `predict` does;
+the teacher's single-view graph reads the largest face and its mirror. The cut is the median single-view spread on
+validation (so about half the faces get the second view); the test parts' photos then give MAE for one view,
+both views, and the mirror only at or above the cut. Routing is left out (the teacher alone, which answers about
+99 % of clean faces).
+
+    python benchmarks/tta_spread.py --n 300 --out docs/tta_spread.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agelens import AgeEstimator
+from agelens.errors import NoFaceError
+from agelens.imageio import load_image
+from agelens.inference.backends.onnx import OnnxModel
+from agelens.utils import atomic_write_json
+
+SPLITS = {"utkface": "splits/utkface_seed0.json", "aaf": "splits/aaf_seed0.json"}
+
+
+def files(dataset: str, part: str, n: int, seed: int) -> list[tuple[Path, float]]:
+    s = json.loads(Path(SPLITS[dataset]).read_text())
+    names, root = sorted(s["parts"][part]), Path(s["root"])
+    idx = sorted(np.random.default_rng(seed).permutation(len(names))[:n])
+    if dataset == "aaf":
+        ages = dict(pd.read_csv(root.parent / "aaf.csv")[["file", "age"]].itertuples(index=False))
+        return [(root / names[i], float(ages[names[i]])) for i in idx]
+    return [(root / names[i], float(names[i].split("_")[0])) for i in idx]
+
+
+def views(est: AgeEstimator, single: OnnxModel, dataset: str, part: str, n: int, seed: int) -> np.ndarray:
+    """(true age, single-view age, its spread, mirrored view's age) per photo with a face."""
+    rows = []
+    for p, age in files(dataset, part, n, seed):
+        try:
+            faces = est.faces_of(load_image(p))
+        except NoFaceError:
+            continue
+        box, _, crop, _, _ = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
+        v = single.views(crop[None])
+        a1, s1, _ = single.run_guards(v)
+        a2, _, _ = single.run_guards(np.ascontiguousarray(v[:, :, ::-1]))
+        rows.append((age, a1[0], s1[0], a2[0]))
+    return np.array(rows, np.float32)
+
+
+def mae(r: np.ndarray, cut: float | None) -> float:
+    both = (r[:, 1] + r[:, 3]) / 2
+    pred = r[:, 1] if cut is None else np.where(r[:, 2] >= cut, both, r[:, 1])
+    return float(np.abs(pred - r[:, 0]).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=300, help="photos per dataset and part")
+    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    est = AgeEstimator.from_pretrained(threads=1, tta_flip="full")
+    single = OnnxModel(est.onnx_dir / "teacher.notta.onnx", threads=1)
+    val = {d: views(est, single, d, "val", a.n, a.seed) for d in SPLITS}
+    cut = float(np.median(np.concatenate([v[:, 2] for v in val.values()])))
+    test = {d: views(est, single, d, "test", a.n, a.seed) for d in SPLITS}
+    res = {"command": f"python benchmarks/tta_spread.py --n {a.n} --seed {a.seed}" + (f" --out {a.out}" if a.out else ""),
+           "tta_spread": round(cut, 3), "parts": {}}
+    for part, data in (("val", val), ("test", test)):
+        for d, r in {**data, "both datasets": np.concatenate(list(data.values()))}.items():
+            both = float(np.abs((r[:, 1] + r[:, 3]) / 2 - r[:, 0]).mean())
+            res["parts"][f"{part} {d}"] = {"n": len(r), "one_view": round(mae(r, None), 3), "both_views": round(both, 3),
+                                           "selective": round(mae(r, cut), 3),
+                                           "mirrored_share": round(float((r[:, 2] >= cut).mean()), 3)}
+    print(json.dumps(res, indent=1))
+    if a.out:
+        atomic_write_json(Path(a.out), res)
+
+
+if __name__ == "__main__":
+    main()
