@@ -70,6 +70,10 @@ def test_whole_image_fallback_only_with_a_verifier_that_accepts_it(analyzer):
     # a flat image or a long strip is never taken as a face crop, whatever the verifier says
     assert analyzer.find_faces(np.full((100, 100, 3), 90, np.uint8), yes.scores, yes.threshold) == []
     assert analyzer.find_faces(noise[:20], yes.scores, yes.threshold) == []
+    # a fallback verifier (the predictor's separate face network) decides the fallback steps instead
+    no = FixedVerifier(0.2)
+    assert analyzer.find_faces(noise, yes.scores, yes.threshold, fallback_verifier=(no.scores, no.threshold)) == []
+    assert no.seen == 1
 
 
 def test_padded_retry_finds_a_face_that_fills_the_frame(analyzer, astronaut):

@@ -262,7 +262,8 @@ class FaceAnalyzer:
         return [f for f, p in zip(faces, scores, strict=True) if p >= threshold]
 
     def find_faces(self, rgb: np.ndarray, verifier: Verifier | None = None, threshold: float = 0.5,
-                   crop_size: int = 256, whole_image: bool = True, verify: bool = False) -> list[Face]:
+                   crop_size: int = 256, whole_image: bool = True, verify: bool = False,
+                   fallback_verifier: tuple[Verifier, float] | None = None) -> list[Face]:
         """Every face with landmarks where the mesh finds them, found by the cascade in the module docstring.
 
         With a verifier, a face from the fallback steps counts only when the verifier scores its aligned crop at
@@ -270,13 +271,17 @@ class FaceAnalyzer:
         keeps the detector's score, one from the mesh or the whole image gets the verifier's); faces it rejects
         send the search on to the next step. Without one, verify=True (the predictor) stops after the detector
         steps; verify=False (preparing a dataset that is all faces) lets the mesh-only step answer unverified and
-        skips the whole-image step."""
+        skips the whole-image step. fallback_verifier (verifier, threshold), when given, decides the fallback steps
+        instead: the predictor screens the detector's faces with the teacher's own face head and leaves the
+        fallbacks, where no detection at the usual confidence vouches for a face, to the separate face network."""
         # landmarks first, so the verifier sees the crop the models will (a verifier that is the age model itself,
         # `inference.predictor.TrunkGuard`, then answers both from one pass)
         faces = self._verified(rgb, self._with_mesh(rgb, self.detect(rgb)), verifier,
                                min(threshold, DETECTED_THRESHOLD), crop_size)
         if faces:
             return faces
+        if fallback_verifier is not None:
+            verifier, threshold = fallback_verifier
         h, w = rgb.shape[:2]
         padded, p = pad_border(rgb)
         faces = []

@@ -445,8 +445,10 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
         crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
         return [([0.0, 0.0, float(w), float(h)], 1.0, crop, not np.isnan(lm).any(), "whole-image")]
     v = shipped_verifier() if isinstance(verifier, str) else verifier
+    sep = getattr(v, "fallback", None)  # a TrunkGuard's separate face network: it alone vouches for fallback faces
     faces = analyzer.find_faces(rgb, v.scores if v is not None else None, v.threshold if v is not None else 0.5,
-                                cache_size, verify=True)
+                                cache_size, verify=True,
+                                fallback_verifier=(sep.scores, sep.threshold) if sep is not None else None)
     if not faces:
         raise NoFaceError("no face found")
     out = []
