@@ -252,7 +252,7 @@ class AgeEstimator:
     @property
     def analyzer(self) -> FaceAnalyzer:
         if self._analyzer is None:
-            self._analyzer = FaceAnalyzer(fast=None)  # the fast landmark path where LiteRT is installed
+            self._analyzer = FaceAnalyzer(fast=None)  # the LiteRT face path where ai-edge-litert is installed
         return self._analyzer
 
     MEMO_SIZE = 64  # crops whose teacher pass is kept (the faces of the last few images)
