@@ -3,12 +3,11 @@
 mediapipe's FaceMesh graph (static mode) runs its own face detector first and then the larger attention model
 (`face_landmark_with_attention`, whose iris points our template was measured on): 9.6 ms per face on an AMD EPYC
 core. Here the detector's face gives the region (mediapipe's own rule: the box × 1.5, square, turned level by the
-eye keypoints) and the plain 468-point model reads it: about 4 ms with the crop. It has no iris points, so the eyes are the
-centres of their contours, and `CONTOUR_TEMPLATE` (where those five points fall in crops aligned the iris way,
-fitted by `benchmarks/fit_contour_template.py`) turns them into keypoints for the usual template, so every
-downstream `align_face` call is unchanged.
+eye keypoints) and the plain 468-point model reads it: about 4 ms with the crop. It has no iris points, so the
+eyes are the centres of their contours, and `CONTOUR_TEMPLATE` (where those five points fall in crops aligned the
+iris way, fitted by `benchmarks/fit_contour_template.py`) turns them into keypoints for the usual template, so
+every downstream `align_face` call is unchanged.
 """
-
 from __future__ import annotations
 
 import importlib.util
