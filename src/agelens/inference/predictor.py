@@ -17,7 +17,14 @@ from ..faces.detect import FaceAnalyzer, whole_image_crop
 from ..faces.mesh import N_MESH
 from ..faces.prepare import prepare_face
 from ..imageio import load_image
-from .backends import TTA_MODES, Z90, AgeBackend, CropClassifier, tta_mode  # noqa: F401 (TTA_MODES: public)
+from .backends import (  # noqa: F401 (TTA_MODES: public)
+    TTA_MODES,
+    Z90,
+    AgeBackend,
+    CropClassifier,
+    selective_tta,
+    tta_mode,
+)
 from .backends.torch import TorchModel
 
 if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs without it
@@ -210,7 +217,7 @@ class AgeEstimator:
             torch.set_num_threads(threads)
         numerics = Numerics(device, "bf16" if backend == "torch-bf16" else "fp32", True, f"{backend} requested")
         teacher = TorchModel.load(name_or_path, tta_flip != "none", numerics)
-        selective = tta_flip == "auto" and bool(teacher.tta_spread and teacher.guard_thresholds)
+        selective = tta_flip == "auto" and selective_tta(teacher)
         if selective:  # single views; `trunk` mirrors the unsure faces
             teacher = replace(teacher, tta_flip=False)
         shipped = shipped_models()

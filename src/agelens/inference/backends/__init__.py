@@ -26,6 +26,12 @@ def tta_mode(tta: bool | str) -> str:
     return tta
 
 
+def selective_tta(model) -> bool:
+    """Whether a teacher backend can run selective flip-TTA (`AgeEstimator.trunk`): its card gives the cut
+    (`tta_spread`) and it has the guard heads `trunk` runs."""
+    return bool(getattr(model, "tta_spread", None) and getattr(model, "guard_thresholds", None))
+
+
 @runtime_checkable
 class AgeBackend(Protocol):
     """An age model ready to run: uint8 (N, S, S, 3) centre views → (age, spread) float32 (N,)."""

@@ -57,25 +57,21 @@ class OnnxModel:
         self.guard_cascade = meta.get("guard_cascade") or None  # where the heads skip the separate guards
         self.tta_spread = meta.get("tta_spread")  # selective flip-TTA (card): see AgeEstimator.trunk
 
+    def _batched(self, names: list[str], views: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs `names` for uint8 centre views, run in batches of batch_size, as float32 arrays."""
+        outs = [self.session.run(names, {"image": np.ascontiguousarray(views[i:i + self.batch_size])})
+                for i in range(0, len(views), self.batch_size)]
+        return [np.concatenate([o[k] for o in outs]).astype(np.float32) if outs else np.zeros(0, np.float32)
+                for k in range(len(names))]
+
     def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, S, S, 3) centre views → (age, spread) float32 (N,)."""
-        ages, spreads = [], []
-        for i in range(0, len(views), self.batch_size):
-            a, s = self.session.run(["age", "spread"], {"image": np.ascontiguousarray(views[i:i + self.batch_size])})
-            ages.append(a)
-            spreads.append(s)
-        if not ages:
-            return np.zeros(0, np.float32), np.zeros(0, np.float32)
-        return np.concatenate(ages).astype(np.float32), np.concatenate(spreads).astype(np.float32)
+        age, spread = self._batched(["age", "spread"], views)
+        return age, spread
 
     def run_guards(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 centre views → (age, spread, guard probabilities (N, 2): occlusion, face) from one pass."""
-        outs = [self.session.run(["age", "spread", "occlusion", "face"],
-                                 {"image": np.ascontiguousarray(views[i:i + self.batch_size])})
-                for i in range(0, len(views), self.batch_size)]
-        if not outs:
-            return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32)
-        age, spread, occ, face = (np.concatenate([o[k] for o in outs]).astype(np.float32) for k in range(4))
+        age, spread, occ, face = self._batched(["age", "spread", "occlusion", "face"], views)
         return age, spread, np.stack([occ, face], 1)
 
     def views(self, crops: np.ndarray) -> np.ndarray:
@@ -95,7 +91,7 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
     single-view graph when its card says where the mirror pays (the estimator then mirrors only those faces,
     AgeEstimator.trunk) and the student's two-view one; threads: intra-op threads of each age model (default: all
     cores)."""
-    from . import tta_mode
+    from . import selective_tta, tta_mode
 
     d, mode = Path(onnx_dir), tta_mode(tta)
     if mode == "none" and precision != "fp32":
@@ -109,11 +105,13 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
                 raise CheckpointError(f"{d} has no single-view {p1.name} for --no-tta; re-export it with "
                                       "`agelens export onnx --output DIR`")
             p = p1
+        if mode == "auto" and role == "teacher" and precision == "fp32" and p1.is_file():
+            single = OnnxModel(p1, threads=threads)  # its metadata carries the same card as the two-view graph's
+            if selective_tta(single):
+                out[role] = single
+                continue
         if p.is_file():  # the face verifier runs inside face finding, one crop at a time: one thread
             out[role] = OnnxModel(p, threads=1 if role == "faceness" else threads)
     if "teacher" not in out:
         raise CheckpointError(f"{d} has no teacher.onnx")
-    t, single = out["teacher"], d / "teacher.notta.onnx"
-    if mode == "auto" and precision == "fp32" and t.tta_spread and t.guard_thresholds and single.is_file():
-        out["teacher"] = OnnxModel(single, threads=threads)
     return out
