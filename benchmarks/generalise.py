@@ -41,12 +41,12 @@ SPLITS = {"utkface": ("splits/utkface_seed0.json", "../shared/data/utkface"),
 STABILITY = ("jpeg_q75", "png", "scale_0.5", "shift_2px")
 
 
-def test_files(dataset: str, n: int, seed: int) -> list[tuple[Path, float]]:
-    """A seeded sample of the test part of a saved split, with the true ages."""
+def test_files(dataset: str, n: int, seed: int, part: str = "test") -> list[tuple[Path, float]]:
+    """A seeded sample of a part (default: the test part) of a saved split, with the true ages."""
     import pandas as pd
 
     split_p, root = SPLITS[dataset]
-    names = json.loads(Path(split_p).read_text())["parts"]["test"]
+    names = json.loads(Path(split_p).read_text())["parts"][part]
     if dataset == "aaf":
         ages = dict(pd.read_csv(Path(root).parent / "aaf.csv")[["file", "age"]].itertuples(index=False))
         rows = [(Path(root) / f, float(ages[f])) for f in names]

@@ -17,31 +17,21 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from agelens import AgeEstimator
 from agelens.errors import NoFaceError
 from agelens.imageio import load_image
 from agelens.inference.backends.onnx import OnnxModel
 from agelens.utils import atomic_write_json
+from generalise import test_files  # benchmarks/generalise.py: the same seeded samples of a split's parts
 
-SPLITS = {"utkface": "splits/utkface_seed0.json", "aaf": "splits/aaf_seed0.json"}
-
-
-def files(dataset: str, part: str, n: int, seed: int) -> list[tuple[Path, float]]:
-    s = json.loads(Path(SPLITS[dataset]).read_text())
-    names, root = sorted(s["parts"][part]), Path(s["root"])
-    idx = sorted(np.random.default_rng(seed).permutation(len(names))[:n])
-    if dataset == "aaf":
-        ages = dict(pd.read_csv(root.parent / "aaf.csv")[["file", "age"]].itertuples(index=False))
-        return [(root / names[i], float(ages[names[i]])) for i in idx]
-    return [(root / names[i], float(names[i].split("_")[0])) for i in idx]
+DATASETS = ("utkface", "aaf")
 
 
 def views(est: AgeEstimator, single: OnnxModel, dataset: str, part: str, n: int, seed: int) -> np.ndarray:
     """(true age, single-view age, its spread, mirrored view's age) per photo with a face."""
     rows = []
-    for p, age in files(dataset, part, n, seed):
+    for p, age in test_files(dataset, n, seed, part):
         try:
             faces = est.faces_of(load_image(p))
         except NoFaceError:
@@ -68,9 +58,9 @@ def main() -> None:
     a = ap.parse_args()
     est = AgeEstimator.from_pretrained(threads=1, tta_flip="full")
     single = OnnxModel(est.onnx_dir / "teacher.notta.onnx", threads=1)
-    val = {d: views(est, single, d, "val", a.n, a.seed) for d in SPLITS}
+    val = {d: views(est, single, d, "val", a.n, a.seed) for d in DATASETS}
     cut = float(np.median(np.concatenate([v[:, 2] for v in val.values()])))
-    test = {d: views(est, single, d, "test", a.n, a.seed) for d in SPLITS}
+    test = {d: views(est, single, d, "test", a.n, a.seed) for d in DATASETS}
     res = {"command": f"python benchmarks/tta_spread.py --n {a.n} --seed {a.seed}" + (f" --out {a.out}" if a.out else ""),
            "tta_spread": round(cut, 3), "parts": {}}
     for part, data in (("val", val), ("test", test)):
