@@ -24,6 +24,13 @@ def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+def _tta(tta: bool, full_tta: bool) -> bool | str:
+    """The estimator's tta_flip from --tta/--no-tta and --full-tta."""
+    if full_tta and not tta:
+        raise AgelensError("--full-tta and --no-tta contradict each other: give one")
+    return "full" if full_tta else tta
+
+
 def _load(config: Path | None, overrides: list[str] | None):
     from .config import load_config
     from .models import check_config
@@ -202,11 +209,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {m['bias_score']:.3f}"
                    + (f"  (KNN k={m['knn']['k']}, w={m['knn']['w']})" if knn_index else "") + f" -> {output}/metrics.json")
         return
-    if full_tta and not tta:
-        raise AgelensError("--full-tta and --no-tta contradict each other: give one")
-    est = AgeEstimator.from_pretrained(model, tta_flip="full" if full_tta else tta, route=route, student=student,
-                                       detector=detector,
-                                       backend="torch")
+    est = AgeEstimator.from_pretrained(model, tta_flip=_tta(tta, full_tta), route=route, student=student,
+                                       detector=detector, backend="torch")
     if root is None and config is None:
         raise AgelensError("evaluate needs --root DIR (with --dataset) or --config with a split")
     if root is not None:
@@ -298,9 +302,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         files.insert(0, str(resources.files("agelens") / "assets" / "astronaut.jpg"))
     if not files:
         raise AgelensError("no input: give image files, folders or globs (or --demo)")
-    if full_tta and not tta:
-        raise AgelensError("--full-tta and --no-tta contradict each other: give one")
-    tta_flip = "full" if full_tta else tta
+    tta_flip = _tta(tta, full_tta)
     est = AgeEstimator.from_pretrained(model, tta_flip=tta_flip, route=route, backend=backend, log=_err)
     if backend != "auto":
         _err(f"backend: {est.backend}")
