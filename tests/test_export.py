@@ -150,6 +150,31 @@ def test_no_tta_runs_the_single_view_graphs(onnx_dir, astronaut_path):
         AgeEstimator.from_pretrained(backend="onnx-int8", tta_flip=False)
 
 
+def test_rarely_needed_models_load_on_first_use(onnx_dir, tmp_path):
+    """The student and the face network (occluded faces, fallbacks) take their metadata from the export's
+    manifest and make their session when first asked, answering as an eagerly loaded graph does."""
+    import shutil
+
+    from agelens.errors import CheckpointError
+    from agelens.inference.backends.onnx import OnnxModel, load_onnx_models
+
+    models = load_onnx_models(onnx_dir)
+    assert models["teacher"]._session is not None
+    student, face = models["student"], models["faceness"]
+    assert student._session is None and face._session is None
+    assert student.meta["name"] == "student" and face.kind == "occlusion" and face.threshold == OnnxModel(
+        onnx_dir / "faceness.onnx").threshold
+    views = _views(3, student.input_size, seed=2)
+    np.testing.assert_allclose(student.run(views)[0], OnnxModel(student.path).run(views)[0], atol=1e-5)
+    assert student._session is not None and face._session is None
+    assert load_onnx_models(onnx_dir, tta="none")["student"].tta_flip is False
+    broken = tmp_path / "export"  # a corrupt graph still fails with the file's name, when it is first used
+    shutil.copytree(onnx_dir, broken)
+    (broken / "faceness.onnx").write_bytes(b"not onnx")
+    with pytest.raises(CheckpointError, match="faceness.onnx"):
+        load_onnx_models(broken)["faceness"].scores(np.zeros((1, 256, 256, 3), np.uint8))
+
+
 def _agelens(*args):
     return subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, args)], capture_output=True, text=True,
                           env=ENV, timeout=600)

@@ -57,6 +57,23 @@ def test_detector_faces_are_verified_and_say_how_they_were_found(analyzer, astro
     assert analyzer.find_faces(astronaut, no.scores, no.threshold, verify=True) == []
 
 
+def test_the_verified_crop_is_the_crop_the_models_read_warped_once(analyzer, astronaut, monkeypatch):
+    import agelens.faces.detect as detect
+    from agelens.faces.prepare import prepare_face
+
+    warps = []
+    real = detect.align_face
+    monkeypatch.setattr(detect, "align_face", lambda *a, **k: warps.append(1) or real(*a, **k))
+    yes = FixedVerifier(0.9)
+    (face,) = analyzer.find_faces(astronaut, yes.scores, yes.threshold)
+    crop, _ = prepare_face(astronaut, analyzer, 256, aligned=False, face=face)
+    assert len(warps) == 1 and np.array_equal(crop, real(astronaut, face.keypoints, 256)[0])
+    face.keypoints = face.keypoints + 3.0  # new keypoints (or another size): a new warp
+    moved, _ = face.aligned(astronaut, 256)
+    assert len(warps) == 2 and not np.array_equal(moved, crop)
+    assert face.aligned(astronaut, 128)[0].shape == (128, 128, 3) and len(warps) == 3
+
+
 def test_whole_image_fallback_only_with_a_verifier_that_accepts_it(analyzer):
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 255, (120, 110, 3), dtype=np.uint8)  # no detector or mesh finds a face in noise

@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -56,6 +56,15 @@ class Face:
     keypoints: np.ndarray  # (5, 2) from the mesh, or (4, 2) eyes/nose/mouth from the detector
     landmarks: np.ndarray | None = None  # (478, 2) FaceMesh, None when the mesh failed
     detection: str = "detector"  # how it was found: one of DETECTIONS
+    _crop: dict = field(default_factory=dict, repr=False, compare=False)  # aligned(): the last crop made
+
+    def aligned(self, rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """align_face(rgb, keypoints, size) of the image this face was found in, warped once: the verifier's crop
+        is the crop the models read (a second warp cost about 1 ms per face)."""
+        key = (size, self.keypoints.tobytes())
+        if key not in self._crop:
+            self._crop = {key: align_face(rgb, self.keypoints, size)}
+        return self._crop[key]
 
 
 DETECTIONS = ("detector", "padded", "mesh", "whole-image")
@@ -258,7 +267,7 @@ class FaceAnalyzer:
         """The faces whose aligned crop the verifier scores at `threshold` or more (all of them without one)."""
         if verifier is None or not faces:
             return faces
-        scores = verifier(np.stack([align_face(rgb, f.keypoints, crop_size)[0] for f in faces]))
+        scores = verifier(np.stack([f.aligned(rgb, crop_size)[0] for f in faces]))
         return [f for f, p in zip(faces, scores, strict=True) if p >= threshold]
 
     def find_faces(self, rgb: np.ndarray, verifier: Verifier | None = None, threshold: float = 0.5,
@@ -301,7 +310,7 @@ class FaceAnalyzer:
         if face is not None:
             if verifier is None:
                 return [face]
-            score = float(verifier(align_face(rgb, face.keypoints, crop_size)[0][None])[0])
+            score = float(verifier(face.aligned(rgb, crop_size)[0][None])[0])
             if score >= threshold:
                 face.score = score
                 return [face]

@@ -38,5 +38,5 @@ def prepare_face(rgb: np.ndarray, analyzer: FaceAnalyzer, size: int, aligned: bo
         if not faces:
             raise NoFaceError("no face found")
         face = largest_face(faces)
-    crop, m = align_face(rgb, face.keypoints, size)
+    crop, m = face.aligned(rgb, size)
     return crop, (transform_points(face.landmarks, m) if face.landmarks is not None else nan)

@@ -84,10 +84,14 @@ MIN_FILES_PER_WORKER = 32
 
 
 def _init_pipeline(spec: tuple[str, dict]) -> None:
-    """Pipeline worker start-up: rebuild the estimator with one thread per model (the workers share the cores)."""
+    """Pipeline worker start-up: rebuild the estimator with one thread per model, and OpenCV's warps and resizes
+    on one thread too (the workers share the cores)."""
     global _worker_est, _worker_error
+    import cv2
+
     from .predictor import AgeEstimator
 
+    cv2.setNumThreads(1)
     build, kwargs = spec
     try:
         _worker_est = getattr(AgeEstimator, build)(**kwargs, threads=1)

@@ -21,7 +21,10 @@ from ...utils import SHIPPED
 class OnnxModel:
     """One exported model: an AgeBackend (age models: run, interval_z) or a CropClassifier (binary: scores)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32, spin: bool = False) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32, spin: bool = False,
+                 meta: dict | None = None) -> None:
+        """meta: the graph's metadata when known (the export's manifest.json): the session is then made on first
+        use, so a model a job never needs (the student on clean photos) costs no start-up."""
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -36,15 +39,13 @@ class OnnxModel:
             # between model calls, keep both cores: predict on single images 20.5-21.8 img/s without spinning vs
             # 12-17.6 with it (80 UTKFace test images, shipped models, no verifier, 2 AMD EPYC cores)
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
-            raise CheckpointError(f"cannot load ONNX model {path}: {e}") from e
-        meta = {k: json.loads(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
+        self.path, self._options, self._session = path, so, None
+        if meta is None:
+            meta = {k: json.loads(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
         missing = {"name", "kind", "crop_size", "input_size", "min_age", "max_age"} - set(meta)
         if missing:
             raise CheckpointError(f"{path} is not an agelens export (metadata lacks {sorted(missing)})")
-        self.path, self.meta, self.batch_size = path, meta, batch_size
+        self.meta, self.batch_size = meta, batch_size
         self.name, self.kind = str(meta["name"]), str(meta["kind"])
         self.crop_size, self.input_size = int(meta["crop_size"]), int(meta["input_size"])
         self.min_age, self.max_age = float(meta["min_age"]), float(meta["max_age"])
@@ -56,6 +57,18 @@ class OnnxModel:
         self.guard_thresholds = meta.get("guard_thresholds") or None
         self.guard_cascade = meta.get("guard_cascade") or None  # where the heads skip the separate guards
         self.tta_spread = meta.get("tta_spread")  # selective flip-TTA (card): see AgeEstimator.trunk
+
+    @property
+    def session(self):
+        """The onnxruntime session, made on first use."""
+        if self._session is None:
+            import onnxruntime as ort
+
+            try:
+                self._session = ort.InferenceSession(str(self.path), self._options, providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+                raise CheckpointError(f"cannot load ONNX model {self.path}: {e}") from e
+        return self._session
 
     def _batched(self, names: list[str], views: np.ndarray) -> list[np.ndarray]:
         """The graph's outputs `names` for uint8 centre views, run in batches of batch_size, as float32 arrays."""
@@ -94,6 +107,10 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
     from . import selective_tta, tta_mode
 
     d, mode = Path(onnx_dir), tta_mode(tta)
+    try:
+        manifest = json.loads((d / "manifest.json").read_text())["models"]
+    except (OSError, ValueError, KeyError):  # an export without a readable manifest: metadata from each graph
+        manifest = {}
     if mode == "none" and precision != "fp32":
         raise AgelensError("the single-view (no flip-TTA) ONNX graphs are fp32 only")
     out = {}
@@ -111,7 +128,11 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
                 out[role] = single
                 continue
         if p.is_file():  # the face verifier runs inside face finding, one crop at a time: one thread
-            out[role] = OnnxModel(p, threads=1 if role == "faceness" else threads)
+            # the student and the face network answer few faces (occluded ones, fallbacks): sessions made on demand
+            meta = manifest.get(role) if role in ("student", "faceness") and p != p8 else None
+            if meta is not None and p == p1:
+                meta = {**meta, "tta": False}
+            out[role] = OnnxModel(p, threads=1 if role == "faceness" else threads, meta=meta)
     if "teacher" not in out:
         raise CheckpointError(f"{d} has no teacher.onnx")
     return out
