@@ -132,14 +132,15 @@ def cpu_name() -> str:
 
 def lever_estimators(onnx_dir: Path, work: Path):
     """(name, estimator factory, detector-range switch, LiteRT face path) per lever, each adding one to the
-    previous. The graphs before export format v2 (run-time 'same' padding) are exported once into `work`."""
+    previous. The graphs before export format v2 (run-time 'same' padding) are exported once into `work`, in a folder
+    named like the shipped export's (its fingerprint of the weights and cards)."""
     from agelens import AgeEstimator
     from agelens.export.onnx import export_model
     from agelens.inference.backends.onnx import OnnxModel
 
-    work.mkdir(parents=True, exist_ok=True)
-    old = work / "padding_at_run_time"  # every model as exported before the padding was folded into the convs
-    old.mkdir(exist_ok=True)
+    # every model as exported before the padding was folded into the convs, kept per version of the shipped weights
+    old = work / f"padding_at_run_time-{onnx_dir.name}"
+    old.mkdir(parents=True, exist_ok=True)
     for role, kw in [("teacher", {}), ("student", {}), ("occlusion", {}), ("faceness", {}),
                      ("teacher.noguards", {"guards": False})]:
         if not (old / f"{role}.onnx").is_file():
