@@ -1,5 +1,6 @@
-"""Where does the mirrored view pay? Fits a shipped age model's `tta_spread` (the card's selective flip-TTA cut,
-`AgeEstimator.trunk` for the teacher, `AgeEstimator._ages` for the student) and measures it end to end.
+"""Where does the mirrored view pay? Fits the shipped teacher's `tta_spread` (the card's selective flip-TTA cut,
+`AgeEstimator.trunk`) and measures it end to end; --model student measures the same rule for the student (predict
+does not use it: it did not pay, `docs/inference_levers.md`).
 
 Photos of the UTKFace and All-Age-Faces validation parts (seeded samples) are found and aligned as `predict` does;
 the model's single-view graph reads the largest face and its mirror. The cut is the median single-view spread on
@@ -48,7 +49,7 @@ def occluded_photo(an, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray 
         img = occlude(rgb, largest_face(faces).landmarks, OCCLUSION_TYPES[rng.integers(len(OCCLUSION_TYPES))], rng).image
     except OcclusionError:
         return None
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    _, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
 
 
