@@ -251,6 +251,10 @@ def test_stagewise_distillation_trains_only_the_current_stage(tmp_path):
     student0 = student_from_teacher(cfg, teacher.eval())
     x = torch.randn(2, 3, 64, 64)
     assert torch.allclose(student0.eval()(x)["embedding"], teacher(x)["embedding"], atol=1e-5)
+    guarded = build_model(tcfg.model)  # a teacher with guard heads (the shipped one) still seeds a plain student
+    guarded.load_state_dict(teacher.state_dict())
+    guarded.guards = torch.nn.Linear(8, 2)
+    assert student_from_teacher(cfg, guarded.eval()).guards is None
     before = {k: v.clone() for k, v in student0.state_dict().items()}
     res = distill_stages(cfg, _FakeCache(8), _FakeCache(4), log=lambda *_: None)
     assert (tmp_path / "kd" / "stages.pt").is_file() and res["stages"][0]["stage"] == 2

@@ -38,7 +38,9 @@ def load_teacher(spec: str):
 def student_from_teacher(cfg: RunConfig, teacher) -> torch.nn.Module:
     cfg.model.pretrained = False
     student = build_model(cfg.model)
-    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    # the teacher's guard heads read the teacher's own features: a student without guards leaves them behind
+    state = {k: v for k, v in teacher.state_dict().items() if student.guards is not None or not k.startswith("guards.")}
+    missing, unexpected = student.load_state_dict(state, strict=False)
     if unexpected or any(".adapters." not in k and not k.startswith("backbone.adapters") for k in missing):
         raise CheckpointError(f"teacher weights do not fit the student ({(unexpected or missing)[:3]})")
     return student
