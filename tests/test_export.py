@@ -175,6 +175,29 @@ def test_rarely_needed_models_load_on_first_use(onnx_dir, tmp_path):
         load_onnx_models(broken)["faceness"].scores(np.zeros((1, 256, 256, 3), np.uint8))
 
 
+def test_auto_tta_takes_a_single_view_graph_where_the_card_gives_a_cut(onnx_dir, tmp_path):
+    """tta="auto": an age model whose card gives `tta_spread` runs its single-view graph (the estimator mirrors the
+    unsure faces); "full" and "none" never select per face."""
+    import json
+    import shutil
+
+    from agelens.inference.backends.onnx import load_onnx_models
+
+    d = tmp_path / "export"
+    shutil.copytree(onnx_dir, d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    for cut, graph in ((None, "student.onnx"), (5.0, "student.notta.onnx")):
+        manifest["models"]["student"]["tta_spread"] = cut
+        (d / "manifest.json").write_text(json.dumps(manifest))
+        student = load_onnx_models(d)["student"]
+        assert (student.path.name, student.tta_spread, student.tta_flip) == (graph, cut, cut is None)
+    assert load_onnx_models(d, tta="full")["student"].path.name == "student.onnx"
+    for mode in ("full", "none"):
+        assert load_onnx_models(d, tta=mode)["student"].tta_spread is None
+    teacher = load_onnx_models(d)["teacher"]  # the shipped teacher's card gives a cut and it has guard heads
+    assert teacher.path.name == "teacher.notta.onnx" and teacher.tta_spread == manifest["models"]["teacher"]["tta_spread"]
+
+
 def _agelens(*args):
     return subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, args)], capture_output=True, text=True,
                           env=ENV, timeout=600)

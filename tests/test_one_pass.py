@@ -103,6 +103,40 @@ def test_selective_tta_mirrors_only_the_unsure_faces():
     assert AgeEstimator(both, tta_spread=cut).tta_spread is None  # a two-view teacher needs no selection
 
 
+class CountingStudent(TorchModel):
+    views = 0
+
+    def run(self, views):
+        type(self).views += len(views)
+        return super().run(views)
+
+
+def test_a_single_view_student_with_a_cut_mirrors_only_its_unsure_faces():
+    """The student's card cut (`tta_spread`) works as the teacher's: unsure faces get the two-view answer. A student
+    that runs both views, or one loaded outside tta="auto" (from_model clears the cut), ignores it."""
+    teacher = TorchModel(_model(guards=False), 56, 48, "teacher", numerics=FP32)
+    model = _model(guards=False)
+    crops = np.random.default_rng(4).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    views = centre_views(crops, 56, 48)
+    one = TorchModel(model, 56, 48, "student", tta_flip=False, numerics=FP32).run(views)
+    full = TorchModel(model, 56, 48, "student", tta_flip=True, numerics=FP32).run(views)
+    cut = float(np.sort(one[1])[4])  # the two crops with the largest spread are unsure
+    student = CountingStudent(model, 56, 48, "student", tta_flip=False, numerics=FP32, tta_spread=cut)
+    est = AgeEstimator(teacher, student, route="student")
+    assert est.student_tta_spread == cut and est.tta_spread is None
+    seen = CountingStudent.views
+    r = est.analyse_crops(crops)
+    unsure = one[1] >= cut
+    assert unsure.sum() == 2 and CountingStudent.views - seen == len(crops) + 2
+    np.testing.assert_allclose(r["age"][unsure], full[0][unsure], atol=1e-3)
+    np.testing.assert_allclose(r["age"][~unsure], one[0][~unsure], atol=1e-5)
+    assert set(r["model"]) == {"student"}
+    both = TorchModel(model, 56, 48, "student", tta_flip=True, numerics=FP32, tta_spread=cut)
+    assert AgeEstimator(teacher, both, route="student").student_tta_spread is None
+    off = AgeEstimator.from_model(_model(guards=False), 56, 48, student=student, tta_flip=False, numerics=FP32)
+    assert off.student_tta_spread is None
+
+
 def test_tta_modes_are_named_and_checked():
     from agelens.errors import AgelensError
     from agelens.inference.predictor import tta_mode

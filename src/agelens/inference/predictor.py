@@ -22,6 +22,7 @@ from .backends import (  # noqa: F401 (TTA_MODES: public)
     Z90,
     AgeBackend,
     CropClassifier,
+    mirror_unsure,
     selective_tta,
     tta_mode,
 )
@@ -131,6 +132,9 @@ class AgeEstimator:
         # selective flip-TTA for a single-view teacher with guard heads: `trunk` adds the mirrored view only for
         # crops whose single-view spread is at least this (None: the teacher's own views)
         self.tta_spread = tta_spread if tta_spread and not self.tta_flip else None
+        # the same for a single-view student whose card gives the cut (the loaders clear it outside tta="auto")
+        self.student_tta_spread = (getattr(student, "tta_spread", None) or None
+                                   if student is not None and not getattr(student, "tta_flip", True) else None)
         self.min_age, self.max_age = float(getattr(teacher, "min_age", 0.0)), float(getattr(teacher, "max_age", 100.0))
         self.backend = backend
         self._analyzer: FaceAnalyzer | None = None
@@ -159,7 +163,7 @@ class AgeEstimator:
         numerics = numerics or Numerics(device, "fp32", True, "inference default: fp32 + channels_last")
         teacher = TorchModel(model, crop_size, input_size, name, interval_z, tta_flip, numerics)
         if isinstance(student, TorchModel):  # one device, numerics and TTA setting for both models
-            student = replace(student, tta_flip=tta_flip, numerics=numerics)
+            student = replace(student, tta_flip=tta_flip, numerics=numerics, tta_spread=None)
         return cls(teacher, student, detector, route, cache_size, device, f"torch-{numerics.dtype}", verifier)
 
     @classmethod
@@ -223,6 +227,8 @@ class AgeEstimator:
         shipped = shipped_models()
         stu_name = student or ("student" if "student" in shipped else None)
         stu = TorchModel.load(stu_name, tta_flip != "none", numerics) if stu_name else None
+        if stu is not None:  # a student whose card gives a cut runs single views in "auto", mirroring unsure faces
+            stu = replace(stu, tta_flip=False) if tta_flip == "auto" and stu.tta_spread else replace(stu, tta_spread=None)
         det_name = detector or ("occlusion" if "occlusion" in shipped else None)
         det = OcclusionDetector.from_pretrained(det_name, device) if det_name else None
         ver = OcclusionDetector.from_pretrained("faceness", device) if "faceness" in shipped else None
@@ -277,14 +283,7 @@ class AgeEstimator:
         if first:
             t, miss = self.teacher, list(first.values())
             views = centre_views(crops[miss], t.crop_size, t.input_size)
-            res = t.run_guards(views)
-            if self.tta_spread is not None:  # the mirrored view where the first is unsure, averaged as full TTA does
-                flip = res[1] >= self.tta_spread
-                if flip.any():
-                    mirrored = t.run_guards(np.ascontiguousarray(views[flip][:, :, ::-1]))
-                    res = tuple(r.copy() for r in res)
-                    for r, m in zip(res, mirrored, strict=True):
-                        r[flip] = (r[flip] + m) / 2
+            res = mirror_unsure(t.run_guards, views, self.tta_spread)
             with self._memo_lock:
                 for j, i in enumerate(miss):
                     found[keys[i]] = self._memo[keys[i]] = (res[0][j], res[1][j], res[2][j])
@@ -302,7 +301,7 @@ class AgeEstimator:
             return self.trunk(crops)[:2]
         views = centre_views(crops, expert.crop_size, expert.input_size)
         if not embed:
-            return expert.run(views)
+            return mirror_unsure(expert.run, views, self.student_tta_spread if expert is self.student else None)
         if not hasattr(expert, "embed"):
             raise AgelensError("embeddings (KNN refinement, --save-embeddings) need the torch backend")
         return expert.embed(views)

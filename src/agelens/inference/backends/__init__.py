@@ -12,8 +12,9 @@ import numpy as np
 from ...errors import AgelensError
 
 Z90 = 1.645  # interval = age ± z·spread; z = the model card's conformal `interval_z`, else 1.645 (normal model)
-# Flip-TTA: "auto" mirrors a face only where the teacher's single view is unsure (its spread at least the card's
-# `tta_spread`; a teacher without it gets both views), "full" always, "none" never. True means "auto", False "none".
+# Flip-TTA: "auto" mirrors a face only where an age model's single view is unsure (its spread at least the model
+# card's `tta_spread`; a model without it gets both views), "full" always, "none" never. True means "auto", False
+# "none".
 TTA_MODES = ("auto", "full", "none")
 
 
@@ -30,6 +31,21 @@ def selective_tta(model) -> bool:
     """Whether a teacher backend can run selective flip-TTA (`AgeEstimator.trunk`): its card gives the cut
     (`tta_spread`) and it has the guard heads `trunk` runs."""
     return bool(getattr(model, "tta_spread", None) and getattr(model, "guard_thresholds", None))
+
+
+def mirror_unsure(run, views: np.ndarray, cut: float | None) -> tuple[np.ndarray, ...]:
+    """`run(views)` (a tuple of per-view arrays, spread second), with the mirrored view averaged in, as full
+    flip-TTA does, for the views whose spread is at least `cut` (None: the single views as they are)."""
+    res = run(views)
+    if cut is None:
+        return res
+    flip = res[1] >= cut
+    if flip.any():
+        mirrored = run(np.ascontiguousarray(views[flip][:, :, ::-1]))
+        res = tuple(r.copy() for r in res)
+        for r, m in zip(res, mirrored, strict=True):
+            r[flip] = (r[flip] + m) / 2
+    return res
 
 
 @runtime_checkable
@@ -54,4 +70,4 @@ class CropClassifier(Protocol):
     def scores(self, crops: np.ndarray) -> np.ndarray: ...
 
 
-__all__ = ["Z90", "AgeBackend", "CropClassifier"]
+__all__ = ["Z90", "AgeBackend", "CropClassifier", "mirror_unsure"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -100,10 +101,11 @@ class OnnxModel:
 def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int | None = None,
                      tta: bool | str = True) -> dict[str, OnnxModel]:
     """role → OnnxModel for the roles present; precision int8 takes <role>.int8.onnx where exported; tta (a
-    `tta_mode`): "none" runs the age models' single-view <role>.notta.onnx (fp32 only), "auto" the teacher's
-    single-view graph when its card says where the mirror pays (the estimator then mirrors only those faces,
-    AgeEstimator.trunk) and the student's two-view one; threads: intra-op threads of each age model (default: all
-    cores)."""
+    `tta_mode`): "none" runs the age models' single-view <role>.notta.onnx (fp32 only), "auto" an age model's
+    single-view graph when its card says where the mirror pays (`tta_spread`; the teacher also needs its guard
+    heads): the estimator then mirrors only the unsure faces (`mirror_unsure`); threads: intra-op threads of each age
+    model (default: all cores). Sessions are made on first use where the export's manifest.json gives a graph's
+    metadata (the student and the face network answer few faces: a job of clean photos never builds them)."""
     from . import selective_tta, tta_mode
 
     d, mode = Path(onnx_dir), tta_mode(tta)
@@ -117,22 +119,21 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
     for role in SHIPPED:
         p8, p32, p1 = d / f"{role}.int8.onnx", d / f"{role}.onnx", d / f"{role}.notta.onnx"
         p = p8 if precision == "int8" and p8.is_file() else p32
-        if mode == "none" and role in ("teacher", "student") and p32.is_file():
-            if not p1.is_file():
+        meta = manifest.get(role) if p != p8 else None
+        if role in ("teacher", "student") and p32.is_file():
+            if mode == "none" and not p1.is_file():
                 raise CheckpointError(f"{d} has no single-view {p1.name} for --no-tta; re-export it with "
                                       "`agelens export onnx --output DIR`")
-            p = p1
-        if mode == "auto" and role == "teacher" and precision == "fp32" and p1.is_file():
-            single = OnnxModel(p1, threads=threads)  # its metadata carries the same card as the two-view graph's
-            if selective_tta(single):
-                out[role] = single
-                continue
+            card = meta or {}
+            pays = card.get("tta_spread") and (role == "student" or selective_tta(SimpleNamespace(**card)))
+            if mode == "none" or (mode == "auto" and precision == "fp32" and p1.is_file() and pays):
+                p, meta = p1, {**meta, "tta": False} if meta else None
         if p.is_file():  # the face verifier runs inside face finding, one crop at a time: one thread
-            # the student and the face network answer few faces (occluded ones, fallbacks): sessions made on demand
-            meta = manifest.get(role) if role in ("student", "faceness") and p != p8 else None
-            if meta is not None and p == p1:
-                meta = {**meta, "tta": False}
-            out[role] = OnnxModel(p, threads=1 if role == "faceness" else threads, meta=meta)
+            model = OnnxModel(p, threads=1 if role == "faceness" else threads,
+                              meta=meta if role != "teacher" else None)
+            if mode != "auto" or model.tta_flip:
+                model.tta_spread = None  # the mirror is chosen per face only in "auto", on single views
+            out[role] = model
     if "teacher" not in out:
         raise CheckpointError(f"{d} has no teacher.onnx")
     return out
