@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from agelens.errors import ConfigError
 from agelens.train import guards
 
 
@@ -76,3 +77,10 @@ def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_
 
     v = OcclusionDetector.from_pretrained(str(p))
     assert v.threshold == pytest.approx(m["threshold"]) and v.scores(np.stack([crop, neg[0]])).shape == (2,)
+    # the occlusion guard's positives can come from every occluder family; its card's recipe says so
+    m = guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, threads=1, kinds="all")
+    assert m["kinds"] == "all" and 0 <= m["threshold"] <= 1
+    card = json.loads(guards.ship(tmp_path / "occ", "occlusion", tmp_path / "weights").with_suffix(".json").read_text())
+    assert card["recipe"].endswith("--kinds all")
+    with pytest.raises(ConfigError, match="kinds"):
+        guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, kinds="hands")

@@ -34,6 +34,7 @@ import torch
 from ..config import ModelConfig, RunConfig, config_to_dict
 from ..data.dataset import degrade
 from ..data.views import resize_square
+from ..errors import ConfigError
 from ..faces.detect import FaceAnalyzer, whole_image_crop
 from ..faces.prepare import largest_face, prepare_face
 from ..imageio import load_image
@@ -300,8 +301,9 @@ def _occluded(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator,
 class GuardSamples:
     """Draws (uint8 view, label) training samples for one guard from the collected arrays."""
 
-    def __init__(self, data: dict[str, np.ndarray], task: str) -> None:
-        self.d, self.task = data, task
+    def __init__(self, data: dict[str, np.ndarray], task: str, kinds: tuple[str, ...] = OCCLUSION_TYPES) -> None:
+        """kinds: the synthetic occluders that make an occlusion positive (faceness: every family, always)."""
+        self.d, self.task, self.kinds = data, task, kinds
         self.faces = [(k, i) for k in ("utk", "aaf") for i in range(len(data[k]))]
 
     def _face(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -332,16 +334,22 @@ class GuardSamples:
                 img, label = self.d["real"][rng.integers(len(self.d["real"]))], 1.0
             else:
                 img, lm = self._face(rng)
-                occ = _occluded(img, lm, rng)
+                occ = _occluded(img, lm, rng, self.kinds)
                 img, label = (occ, 1.0) if occ is not None else (img, 0.0)
         if rng.random() < 0.5:
             img = degrade(img, rng)
         return _view(img, rng), label
 
 
+OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion guard's synthetic positives
+
+
 def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str | None, seed: int = 0,
-        threads: int = 0) -> dict:
-    """Train one guard for `steps` batches (AdamW, cosine), choose its threshold, write OUT/best.pt + metrics."""
+        threads: int = 0, kinds: str = "paper") -> dict:
+    """Train one guard for `steps` batches (AdamW, cosine), choose its threshold, write OUT/best.pt + metrics.
+    kinds (occlusion): "paper" (the paper's six types) or "all" (every synthesizer family, double ones included)."""
+    if kinds not in OCCLUDER_SETS:
+        raise ConfigError(f"kinds must be one of {', '.join(OCCLUDER_SETS)}, got {kinds!r}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     torch.set_flush_denormal(True)  # tiny gradients of a confident binary model otherwise crawl on x86
@@ -366,7 +374,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
                             weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
                                                 pct_start=0.1)
-    samples = GuardSamples(data, task)
+    samples = GuardSamples(data, task, OCCLUDER_SETS[kinds])
     model.train()
     t0, log = time.perf_counter(), []
     for step in range(steps):
@@ -382,7 +390,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
             log.append({"step": step, "loss": round(loss.item(), 4), "s": round(time.perf_counter() - t0, 1)})
             print(json.dumps(log[-1]), flush=True)
     model.eval()
-    metrics = {"task": task, "steps": steps, "batch": batch, "seconds": round(time.perf_counter() - t0), "log": log}
+    metrics = {"task": task, "steps": steps, "batch": batch, "kinds": kinds, "seconds": round(time.perf_counter() - t0), "log": log}
     metrics.update(choose_threshold(model, data, task))
     out.mkdir(parents=True, exist_ok=True)
     ck = {"model": model.state_dict(), "config": config_to_dict(cfg), "epoch": 0, "metrics": metrics}
@@ -426,7 +434,8 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
     metrics = json.loads((run / "metrics.json").read_text())
     card = {"source_checkpoint": str(run / "best.pt"), "threshold": metrics["threshold"], "licence": LICENCE,
             "recipe": f"python -m agelens.train.guards fit {metrics['task']} --steps {metrics['steps']} "
-                      f"--batch {metrics['batch']}" + (" --init occlusion" if metrics["task"] == "occlusion" else ""),
+                      f"--batch {metrics['batch']}" + (" --init occlusion" if metrics["task"] == "occlusion" else "")
+                      + (f" --kinds {metrics['kinds']}" if metrics.get("kinds", "paper") != "paper" else ""),
             "test_metrics": {k: v for k, v in metrics.items() if k != "log"}}
     return export_weights(model, cfg, out_dir or weights_dir(), name, card)
 
@@ -448,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--batch", type=int, default=32)
     f.add_argument("--init", default=None, help="start from this model (shipped name or path); default ImageNet")
     f.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    f.add_argument("--kinds", choices=tuple(OCCLUDER_SETS), default="paper",
+                   help="occlusion: synthetic positives from the paper's six types or from every family")
     sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
     sh.add_argument("run", type=Path)
     sh.add_argument("--name", required=True, choices=("faceness", "occlusion"))
@@ -458,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
         build_data(a.out, a.shared, a.n_utk, a.n_aaf, a.n_procedural)
     else:
         print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init,
-                                                     threads=a.threads).items()
+                                                     threads=a.threads, kinds=a.kinds).items()
                           if k != "log"}))
 
 
