@@ -96,7 +96,7 @@ NEW_KINDS = tuple(k for fam, kinds in FAMILIES.items() if fam != "paper" for k i
 def utk_protocols(est: AgeEstimator, an: FaceAnalyzer, files: list[Path], tmp: Path, seed: int,
                   n_new: int) -> dict:
     """End-to-end and aligned-crop rows for clean, each paper occlusion type (all files) and each kind of the
-    newer families (the first n_new files; never seen by the shipped student)."""
+    newer families (the first n_new files)."""
     conds = ("clean",) + OCCLUSION_TYPES + NEW_KINDS
     e2e: dict[str, list] = {c: [] for c in conds}
     crops: dict[str, list] = {c: [] for c in conds}
@@ -268,8 +268,9 @@ def main() -> None:
                      "`AgeEstimator.predict(file)` (shipped models, default settings, backend "
                      f"{est.backend}). Aligned crop: the same occluder type drawn on the aligned crop of the clean "
                      "image, detection skipped (the protocol of occlusion_report.py). Paper types on every face; "
-                     f"the newer families (occlusion/families.py, never in the student's or the detector's "
-                     f"training) on the first {a.n_new} faces each. Seeded occluders (seed {a.seed}). Soft route: "
+                     f"the newer families (occlusion/families.py; their kinds are in the shipped student's and "
+                     "detector's training, drawn on other faces: families never seen are measured by "
+                     f"benchmarks/lofo.py) on the first {a.n_new} faces each. Seeded occluders (seed {a.seed}). Soft route: "
                      "teacher and student ages blended by the occlusion probability, on the same faces.")}
     with tempfile.TemporaryDirectory() as tmp:
         res["utk"] = utk_protocols(est, an, files, Path(tmp), a.seed, a.n_new)
