@@ -162,7 +162,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
              part: Annotated[str, typer.Option(help="with --config and no --root: split part to evaluate")] = "test",
              detect: Annotated[bool, typer.Option("--detect/--no-detect", help="detect+align faces, or treat images as aligned crops")] = True,
              tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face (as predict: "
-                                               "where the teacher's first view is unsure; --from-cache: every face)"
+                                               "where the model's first view is unsure; --from-cache: every face)"
                                                )] = True,
              full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
              groups_csv: Annotated[Path | None, typer.Option(help="duplicate-groups CSV (utkface)")] = None,
@@ -254,7 +254,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             detect: Annotated[bool, typer.Option("--detect/--no-detect", help="--no-detect: inputs are face crops")] = True,
             save_annotated: Annotated[Path | None, typer.Option(help="write images with boxes and ages here")] = None,
             tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face where the "
-                                              "teacher's first view is unsure (--no-tta: one view, the models do "
+                                              "model's first view is unsure (--no-tta: one view, the models do "
                                               "half the work)")] = True,
             full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
             route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",

@@ -176,7 +176,7 @@ class AgeEstimator:
         backend: torch (fp32 + channels_last), torch-bf16, onnx (fp32), onnx-int8, or auto = the fastest this
         machine supports (`choose_backend`; the ONNX ones only for the shipped models or an onnx_dir). threads: the
         models' CPU threads (default: all cores; the batch engine's worker processes use one each). tta_flip: a
-        `tta_mode` (True = "auto": the mirrored view only where the teacher's first view is unsure)."""
+        `tta_mode` (True = "auto": the mirrored view only where a model's first view is unsure)."""
         tta_flip = tta_mode(tta_flip)
         est = cls._from_pretrained(name_or_path, device, tta_flip, route, student, detector, backend, onnx_dir, log,
                                    threads)
