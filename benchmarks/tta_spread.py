@@ -1,6 +1,5 @@
-"""Where does the mirrored view pay? Fits the shipped teacher's `tta_spread` (the card's selective flip-TTA cut,
-`AgeEstimator.trunk`) and measures it end to end; --model student measures the same rule for the student (predict
-does not use it: it did not pay, `docs/inference_levers.md`).
+"""Where does the mirrored view pay? Fits a shipped age model's `tta_spread` (the card's selective flip-TTA cut:
+`AgeEstimator.trunk` for the teacher, `inference.backends.mirror_unsure` for both) and measures it end to end.
 
 Photos of the UTKFace and All-Age-Faces validation parts (seeded samples) are found and aligned as `predict` does;
 the model's single-view graph reads the largest face and its mirror. The cut is the median single-view spread on

@@ -256,7 +256,7 @@ class AgeEstimator:
         models = load_onnx_models(d, precision, threads, tta)
         t = models["teacher"]
         est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
-                  models.get("faceness"), t.tta_spread if tta == "auto" else None)
+                  models.get("faceness"), t.tta_spread)  # the loader leaves a cut only where "auto" uses it
         est.onnx_dir = d
         est.spec = ("from_onnx", {"onnx_dir": str(d), "precision": precision, "route": route, "cache_size": cache_size,
                                   "tta": tta})
