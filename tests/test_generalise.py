@@ -179,3 +179,80 @@ extra_data:
     assert n_train >= 1
     q = json.loads([x for x in (run / "metrics.jsonl").read_text().splitlines() if '"dro_q"' in x][-1])["dro_q"]
     assert any(k.endswith("|unknown|female") or k.endswith("|unknown|male") for k in q)  # AAF: no race label
+
+
+def test_source_scale_degrades_at_the_photo_s_pixel_size(monkeypatch):
+    """Grain drawn at a lower working resolution and scaled back is coarse: neighbouring pixels move together."""
+    monkeypatch.setattr(augment, "TRAIN_P", {"noise": 1.0})
+    flat = np.full((128, 128, 3), 128, np.uint8)
+
+    def roughness(out):  # neighbour difference relative to the noise's own size
+        x = out[..., 0].astype(float)
+        return np.abs(np.diff(x, axis=1)).mean() / (np.abs(x - 128).mean() + 1e-6)
+
+    fine = np.mean([roughness(augment.realistic(flat, np.random.default_rng(s))) for s in range(8)])
+    coarse = np.mean([roughness(augment.realistic(flat, np.random.default_rng(s), source_scale=1.0))
+                      for s in range(8)])
+    assert coarse < 0.7 * fine
+    out = augment.realistic(flat, np.random.default_rng(0), source_scale=1.0)
+    assert out.shape == flat.shape and out.dtype == np.uint8
+
+
+class _FakeCache:
+    """What CachedFaceDataset reads from a FaceCache: images, ages, landmarks, size."""
+
+    def __init__(self, n: int = 2, size: int = 64) -> None:
+        self.images = np.stack([_face(i, size) for i in range(n)])
+        self.ages = np.linspace(30, 50, n).astype(np.float32)
+        self.landmarks = np.full((n, 478, 2), np.nan, np.float32)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def test_augment_pair_gives_two_degradation_draws_under_one_crop_and_flip(monkeypatch):
+    from agelens.data.dataset import CachedFaceDataset
+
+    ds = CachedFaceDataset(_FakeCache(), train=True, crop_size=56, input_size=48, seed=1, augment=1.0,
+                           augment_pair=True)
+    views = [ds[0][0], ds[1][0]]
+    assert all(v.shape == (2, 48, 48, 3) for v in views)
+    assert any((v[0] != v[1]).any() for v in views)  # two draws of the degradations
+    monkeypatch.setattr(augment, "realistic", lambda img, rng, strength=1.0, source_scale=0.0: img)
+    for k in range(2):  # without degradations the two views are the same pixels: same crop, same flip
+        v = ds[k][0]
+        assert (v[0] == v[1]).all()
+    with pytest.raises(ValueError, match="augment_pair=True needs augment > 0"):
+        CachedFaceDataset(_FakeCache(), train=True, crop_size=56, input_size=48, augment_pair=True)
+
+
+def test_pair_consistency_costs_only_when_the_two_views_disagree():
+    from agelens.config import ModelConfig
+    from agelens.models.model import build_model
+    from agelens.numerics import Numerics
+    from agelens.train.engine import train_step
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(backbone="efficientnet_lite0", pretrained=False, dropout=0.0)).eval()
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    fp32 = Numerics("cpu", "fp32", False, "test")
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.integers(0, 255, (2, 48, 48, 3), dtype=np.uint8))
+    b = torch.from_numpy(rng.integers(0, 255, (2, 48, 48, 3), dtype=np.uint8))
+    ages = torch.tensor([20.0, 60.0])
+    plain = train_step(m, m.head, opt, scaler, fp32, a, ages)
+    assert train_step(m, m.head, opt, scaler, fp32, torch.cat([a, a]), ages, pair_consistency=1.0) == \
+        pytest.approx(plain, rel=1e-4)
+    both = train_step(m, m.head, opt, scaler, fp32, torch.cat([a, b]), ages.repeat(2))
+    assert train_step(m, m.head, opt, scaler, fp32, torch.cat([a, b]), ages, pair_consistency=1.0) > both + 1e-5
+    with pytest.raises(ValueError, match="two views per label"):
+        train_step(m, m.head, opt, scaler, fp32, a, ages, pair_consistency=1.0)
+
+
+def test_augment_consistency_config_is_checked():
+    with pytest.raises(ConfigError, match="augment_consistency needs train.augment > 0"):
+        load_config(None, ["train.augment_consistency=1.0"])
+    cfg = load_config(None, ["train.augment_consistency=1.0", "train.augment=1.0", "train.augment_source_scale=0.5"])
+    assert cfg.train.augment_consistency == 1.0 and cfg.train.augment_source_scale == 0.5

@@ -91,6 +91,12 @@ class TrainConfig:
     #                       mild geometry), each at its own probability × this strength; 0 = off
     flip_consistency: float = 0.0  # >0: every face is seen with its mirror image in the same batch, and this weight
     #                                × |age(face) − age(mirror)| joins the loss, so one view answers as the flip-TTA pair
+    augment_source_scale: float = 0.0  # probability that the pixel-level degradations (grain, noise, blur, JPEG) run at
+    #                                    a lower working resolution, as they do on a small face in a photo (0: off)
+    augment_consistency: float = 0.0  # >0: every face is seen twice in the batch, under two independent draws of the
+    #                                   photo degradations (same crop and flip), both fitted to the label, and this
+    #                                   weight × |age(view 1) − age(view 2)| joins the loss: the same face gets the same
+    #                                   age whatever the photo did to it (needs train.augment > 0)
 
 
 def _paper_mix() -> dict[str, float]:
@@ -212,6 +218,12 @@ class RunConfig:
             (t.balance_power >= 0, f"train.balance_power must be >= 0, got {t.balance_power}"),
             (0 <= t.tail_augment <= 1, f"train.tail_augment must be in [0, 1], got {t.tail_augment}"),
             (0 <= t.augment <= 3, f"train.augment must be in [0, 3], got {t.augment}"),
+            (0 <= t.augment_source_scale <= 1,
+             f"train.augment_source_scale must be in [0, 1], got {t.augment_source_scale}"),
+            (t.augment_consistency >= 0, f"train.augment_consistency must be >= 0, got {t.augment_consistency}"),
+            (t.augment_consistency == 0 or (t.augment > 0 and t.flip_consistency == 0 and not m.region_attention),
+             "train.augment_consistency needs train.augment > 0, and works without train.flip_consistency and "
+             "model.region_attention"),
             (0 <= f.cb_beta < 1, f"fairness.cb_beta must be in [0, 1), got {f.cb_beta}"),
             (_keys_ok(f.cb_by), f"fairness.cb_by must be a non-empty list from {', '.join(GROUP_KEYS)}, got {f.cb_by!r}"),
             (f.lds_sigma > 0, f"fairness.lds_sigma must be > 0, got {f.lds_sigma}"),

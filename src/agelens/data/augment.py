@@ -125,16 +125,36 @@ TRAIN_P = {"geometry": 0.4, "grayscale": 0.12, "sepia": 0.06, "colour_cast": 0.3
 EXCLUSIVE = (("grayscale", "sepia"), ("blur", "defocus"))  # at most one of each pair per image
 
 
-def realistic(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
-    """Training augmentation: each degradation with its TRAIN_P probability (× strength), in a fixed order."""
+# pixel-level degradations: what the camera, the scanner and the encoder do at the photo's own resolution
+PIXEL_LEVEL = ("blur", "defocus", "noise", "scan_grain", "jpeg")
+SOURCE_SCALE = (0.35, 1.0)  # working resolution of the pixel-level degradations, as a share of the cached crop
+
+
+def realistic(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
+              source_scale: float = 0.0) -> np.ndarray:
+    """Training augmentation: each degradation with its TRAIN_P probability (× strength), in a fixed order.
+
+    source_scale: the probability that the pixel-level ones (PIXEL_LEVEL) run at a lower working resolution
+    (uniform in SOURCE_SCALE × the crop's side) and are scaled back up: a small face in a photo gets its grain,
+    noise, blur and JPEG blocks at the photo's pixel size, coarse relative to the face, not at the 256 px template's.
+    """
     picked = {k for k, p in TRAIN_P.items() if rng.random() < p * strength}
     for a, b in EXCLUSIVE:
         if a in picked and b in picked:
             picked.discard(a if rng.random() < 0.5 else b)
+    small = source_scale > 0 and rng.random() < source_scale and bool(picked & set(PIXEL_LEVEL))
     out = np.ascontiguousarray(img)
+    h, w = out.shape[:2]
     for name, fn in DEGRADATIONS.items():
-        if name in picked:
-            out = np.ascontiguousarray(fn(out, rng))
+        if name not in picked:
+            continue
+        if small and name in PIXEL_LEVEL:
+            f = rng.uniform(*SOURCE_SCALE)
+            out = cv2.resize(out, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
+            small = False  # scaled once; the remaining pixel-level ones run at this size
+        out = np.ascontiguousarray(fn(out, rng))
+    if out.shape[:2] != (h, w):
+        out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
     return out
 
 

@@ -54,14 +54,17 @@ class CachedFaceDataset(Dataset):
     strong_p: per cache record, the probability of strong augmentation in training (fairness tail augmentation).
     regions=True appends (R, REGION_RES, REGION_RES) face-region masks of the view (not with pair=True).
     augment > 0: realistic photo degradations in training (data.augment.realistic at this strength), drawn after the
-    occluder so it is degraded with the face. degradation: one named data.augment degradation on every image, seeded
+    occluder so it is degraded with the face; source_scale: realistic's probability of degrading at a lower working
+    resolution. augment_pair=True (training): the image is a (2, H, W, 3) stack of two independent degradation
+    draws of the same face under the same occluder, crop and flip (consistency training). degradation: one named data.augment degradation on every image, seeded
     per record (the degraded test).
     """
 
     def __init__(self, cache: FaceCache, train: bool, crop_size: int, input_size: int, seed: int = 0,
                  indices: np.ndarray | None = None, scale_jitter: float = 0.08, occlusion=None,
                  target: str = "age", pair: bool = False, degrade: bool = False, strong_p: np.ndarray | None = None,
-                 regions: bool = False, augment: float = 0.0, degradation: str | None = None) -> None:
+                 regions: bool = False, augment: float = 0.0, degradation: str | None = None,
+                 source_scale: float = 0.0, augment_pair: bool = False) -> None:
         self.cache, self.train = cache, train
         self.crop, self.size = min(crop_size, cache.size), input_size
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
@@ -69,8 +72,11 @@ class CachedFaceDataset(Dataset):
         self.occlusion, self.target, self.pair, self.degrade = occlusion, target, pair, degrade
         self.strong_p, self.regions = strong_p, regions
         self.augment, self.degradation = augment, degradation
+        self.source_scale, self.augment_pair = source_scale, augment_pair
         if regions and pair:
             raise ValueError("regions=True is not supported with pair=True")
+        if augment_pair and (pair or regions or augment <= 0):
+            raise ValueError("augment_pair=True needs augment > 0 and works without pair and regions")
         if target not in ("age", "occluded"):
             raise ValueError(f"target must be age|occluded, got {target!r}")
 
@@ -83,9 +89,10 @@ class CachedFaceDataset(Dataset):
     def _rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.epoch, int(i)))
 
-    def occluded_view(self, i: int, with_alpha: bool = False):
+    def occluded_view(self, i: int, with_alpha: bool = False, draw: int = 0):
         """The full cached image of record i with its occluder (or clean) and the occlusion type drawn (None when
-        clean); with_alpha adds the occluder's coverage map (None when clean)."""
+        clean); with_alpha adds the occluder's coverage map (None when clean). draw: which draw of the photo
+        degradations (the second view of augment_pair uses draw 1; the occluder is the same)."""
         from ..occlusion.synth import OcclusionError, occlude
 
         img = np.asarray(self.cache.images[i])
@@ -109,7 +116,8 @@ class CachedFaceDataset(Dataset):
         if self.augment > 0 and self.train:
             from .augment import realistic
 
-            img = realistic(img, np.random.default_rng((self.seed, self.epoch, int(i), 13)), self.augment)
+            img = realistic(img, np.random.default_rng((self.seed, self.epoch, int(i), 13 + 4 * draw)), self.augment,
+                            self.source_scale)
         if self.degradation is not None:
             from .augment import degrade_for_test
 
@@ -148,11 +156,16 @@ class CachedFaceDataset(Dataset):
         """The sample of cache record i (what __getitem__ returns for the position of i); the streamed shard
         dataset calls it with a one-record store, so both paths augment identically."""
         shown, kind = self.occluded_view(i)
+        second = self.occluded_view(i, draw=1)[0] if self.augment_pair and self.train else None
         warp = None
         if self.train and self.strong_p is not None and self.strong_p[i] > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i, 11))
             if rng.random() < self.strong_p[i]:
+                state = rng.bit_generator.state  # the second view gets the same rotation and contrast
                 shown, warp = strong_augment(shown, rng)
+                if second is not None:
+                    rng.bit_generator.state = state
+                    second = strong_augment(second, rng)[0]
         state = self._rng(i).bit_generator.state if self.train else None
 
         def view(img):
@@ -169,6 +182,8 @@ class CachedFaceDataset(Dataset):
             return view(np.asarray(self.cache.images[i]))[0], view(shown)[0], age, i
         target = torch.tensor(float(kind is not None)) if self.target == "occluded" else age
         img, geom = view(shown)
+        if second is not None:
+            img = torch.stack([img, view(second)[0]])
         if self.regions:
             return img, target, i, self._masks(i, geom, warp)
         return img, target, i

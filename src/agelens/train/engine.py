@@ -96,26 +96,34 @@ def _lr_factor(cfg: RunConfig, epoch: int, step_frac: float) -> float:
 
 def train_step(net: torch.nn.Module, head, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                numerics: Numerics, images: torch.Tensor, ages: torch.Tensor, grad_clip: float = 0.0,
-               regions: torch.Tensor | None = None, loss_fn=None, flip_consistency: float = 0.0) -> float:
+               regions: torch.Tensor | None = None, loss_fn=None, flip_consistency: float = 0.0,
+               pair_consistency: float = 0.0) -> float:
     """One optimisation step on a uint8 NHWC batch with the chosen numerics; returns the loss. `regions`: face-region
     masks for region attention; `loss_fn(out, y)` replaces head.loss (the fairness terms). flip_consistency > 0: the
     batch also holds every face's mirror image (same label), and that weight × the mean |age(face) − age(mirror)|
-    is added, so a single view learns to answer as the flip-TTA pair does."""
+    is added, so a single view learns to answer as the flip-TTA pair does. pair_consistency > 0: `images` already
+    holds two views of every face (all first views, then the second views in the same order; `ages` labels one
+    half), each fitted to the label, and that weight × the mean |age(view 1) − age(view 2)| is added."""
+    if flip_consistency > 0 and pair_consistency > 0:
+        raise ValueError("flip_consistency and pair_consistency are exclusive")
     mean, std = (net.module if hasattr(net, "module") else net).mean_std
     x = to_input(images, mean, std, numerics.device, numerics.channels_last)
     y = ages.to(numerics.device)
-    n = len(x)
+    n = len(y)
+    if pair_consistency > 0 and len(x) != 2 * n:
+        raise ValueError(f"pair_consistency needs two views per label: {len(x)} images for {n} labels")
     if flip_consistency > 0:
         x = torch.cat([x, torch.flip(x, dims=[3])])
         if regions is not None:
             regions = torch.cat([regions, torch.flip(regions, dims=[3])])
     with numerics.autocast():
         out = net(x) if regions is None else net(x, regions.to(x.device))
-        if flip_consistency > 0:
+        weight = flip_consistency + pair_consistency
+        if weight > 0:
             halves = [{k: v[sl] for k, v in out.items() if torch.is_tensor(v)} for sl in (slice(0, n), slice(n, None))]
             fit = [head.loss(o, y) if loss_fn is None else loss_fn(o, y) for o in halves]
             gap = (head.decode(halves[0])[0].float() - head.decode(halves[1])[0].float()).abs().mean()
-            loss = (fit[0] + fit[1]) / 2 + flip_consistency * gap
+            loss = (fit[0] + fit[1]) / 2 + weight * gap
         else:
             loss = head.loss(out, y) if loss_fn is None else loss_fn(out, y)
     optimizer.zero_grad(set_to_none=True)
@@ -301,7 +309,8 @@ class Trainer:
         view_kw = {"crop_size": cfg.data.crop_size, "input_size": cfg.data.input_size, "occlusion": occlusion_mix(cfg),
                    "target": "occluded" if t.task == "occlusion" else "age", "degrade": cfg.occlusion.degrade,
                    "strong_p": fair["strong_p"], "regions": self.model.region_attention is not None,
-                   "augment": t.augment}
+                   "augment": t.augment, "source_scale": t.augment_source_scale,
+                   "augment_pair": t.augment_consistency > 0}
         sampler = fair["sampler"]
         loss_fn = fair["loss"]
         gen = torch.Generator().manual_seed(t.seed)
@@ -345,11 +354,13 @@ class Trainer:
                 factor = _lr_factor(cfg, epoch, step / n_steps)
                 for g in self.optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor * self.lr_scale
+                if t.augment_consistency > 0:  # (B, 2, H, W, 3): all first views, then all second views
+                    imgs = torch.cat([imgs[:, 0], imgs[:, 1]])
                 imgs = photometric_jitter(imgs, jitter_gen)
                 step_loss = None if loss_fn is None else (lambda out, y, idx=idx: loss_fn(out, y, idx))
                 loss = train_step(net, self.model.head, self.optimizer, self.scaler, self.numerics, imgs, ages, t.grad_clip,
                                   regions=rest[0] if rest else None, loss_fn=step_loss,
-                                  flip_consistency=t.flip_consistency)
+                                  flip_consistency=t.flip_consistency, pair_consistency=t.augment_consistency)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at epoch {epoch} step {step}; lower train.lr")
                 seen += len(imgs)
