@@ -56,8 +56,8 @@ class CachedFaceDataset(Dataset):
     augment > 0: realistic photo degradations in training (data.augment.realistic at this strength), drawn after the
     occluder so it is degraded with the face; source_scale: realistic's probability of degrading at a lower working
     resolution. augment_pair=True (training): the image is a (2, H, W, 3) stack of two independent degradation
-    draws of the same face under the same occluder, crop and flip (consistency training). degradation: one named data.augment degradation on every image, seeded
-    per record (the degraded test).
+    draws of the same face under the same occluder, crop and flip (consistency training). degradation: one named
+    data.augment degradation on every image, seeded per record (the degraded test).
     """
 
     def __init__(self, cache: FaceCache, train: bool, crop_size: int, input_size: int, seed: int = 0,
@@ -161,10 +161,10 @@ class CachedFaceDataset(Dataset):
         if self.train and self.strong_p is not None and self.strong_p[i] > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i, 11))
             if rng.random() < self.strong_p[i]:
-                state = rng.bit_generator.state  # the second view gets the same rotation and contrast
+                drawn = rng.bit_generator.state  # the second view gets the same rotation and contrast
                 shown, warp = strong_augment(shown, rng)
                 if second is not None:
-                    rng.bit_generator.state = state
+                    rng.bit_generator.state = drawn
                     second = strong_augment(second, rng)[0]
         state = self._rng(i).bit_generator.state if self.train else None
 
