@@ -89,10 +89,15 @@ class CachedFaceDataset(Dataset):
     def _rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng((self.seed, self.epoch, int(i)))
 
-    def occluded_view(self, i: int, with_alpha: bool = False, draw: int = 0):
+    def occluded_view(self, i: int, with_alpha: bool = False):
         """The full cached image of record i with its occluder (or clean) and the occlusion type drawn (None when
-        clean); with_alpha adds the occluder's coverage map (None when clean). draw: which draw of the photo
-        degradations (the second view of augment_pair uses draw 1; the occluder is the same)."""
+        clean), photo-degraded as configured; with_alpha adds the occluder's coverage map (None when clean)."""
+        img, kind, alpha = self._occluded(i)
+        img = self._photo(img, i)
+        return (img, kind, alpha) if with_alpha else (img, kind)
+
+    def _occluded(self, i: int) -> tuple[np.ndarray, str | None, np.ndarray | None]:
+        """Record i's cached image with its occluder drawn (image, type or None, coverage map or None)."""
         from ..occlusion.synth import OcclusionError, occlude
 
         img = np.asarray(self.cache.images[i])
@@ -113,6 +118,11 @@ class CachedFaceDataset(Dataset):
                     img, alpha = o.image, o.alpha
                 except OcclusionError:
                     kind = None
+        return img, kind, alpha
+
+    def _photo(self, img: np.ndarray, i: int, draw: int = 0) -> np.ndarray:
+        """The photo degradations of record i: training's realistic draw number `draw` (the second view of
+        augment_pair uses draw 1), then the named test degradation."""
         if self.augment > 0 and self.train:
             from .augment import realistic
 
@@ -122,7 +132,7 @@ class CachedFaceDataset(Dataset):
             from .augment import degrade_for_test
 
             img = degrade_for_test(img, self.degradation, self.seed * 1_000_003 + int(i))
-        return (img, kind, alpha) if with_alpha else (img, kind)
+        return img
 
     def _view_geom(self, img: np.ndarray, rng: np.random.Generator | None) -> tuple[np.ndarray, tuple]:
         """The view and its geometry (x0, y0, crop side, flipped) in pixels of the cached image."""
@@ -155,8 +165,9 @@ class CachedFaceDataset(Dataset):
     def item(self, i: int):
         """The sample of cache record i (what __getitem__ returns for the position of i); the streamed shard
         dataset calls it with a one-record store, so both paths augment identically."""
-        shown, kind = self.occluded_view(i)
-        second = self.occluded_view(i, draw=1)[0] if self.augment_pair and self.train else None
+        base, kind, _ = self._occluded(i)
+        shown = self._photo(base, i)
+        second = self._photo(base, i, draw=1) if self.augment_pair and self.train else None  # one occluder, drawn once
         warp = None
         if self.train and self.strong_p is not None and self.strong_p[i] > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i, 11))
