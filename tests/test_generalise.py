@@ -227,30 +227,6 @@ def test_augment_pair_gives_two_degradation_draws_under_one_crop_and_flip(monkey
         CachedFaceDataset(_FakeCache(), train=True, crop_size=56, input_size=48, augment_pair=True)
 
 
-def test_pair_consistency_costs_only_when_the_two_views_disagree():
-    from agelens.config import ModelConfig
-    from agelens.models.model import build_model
-    from agelens.numerics import Numerics
-    from agelens.train.engine import train_step
-
-    torch.manual_seed(0)
-    m = build_model(ModelConfig(backbone="efficientnet_lite0", pretrained=False, dropout=0.0)).eval()
-    opt = torch.optim.SGD(m.parameters(), lr=0.0)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    fp32 = Numerics("cpu", "fp32", False, "test")
-    rng = np.random.default_rng(0)
-    a = torch.from_numpy(rng.integers(0, 255, (2, 48, 48, 3), dtype=np.uint8))
-    b = torch.from_numpy(rng.integers(0, 255, (2, 48, 48, 3), dtype=np.uint8))
-    ages = torch.tensor([20.0, 60.0])
-    plain = train_step(m, m.head, opt, scaler, fp32, a, ages)
-    assert train_step(m, m.head, opt, scaler, fp32, torch.cat([a, a]), ages, pair_consistency=1.0) == \
-        pytest.approx(plain, rel=1e-4)
-    both = train_step(m, m.head, opt, scaler, fp32, torch.cat([a, b]), ages.repeat(2))
-    assert train_step(m, m.head, opt, scaler, fp32, torch.cat([a, b]), ages, pair_consistency=1.0) > both + 1e-5
-    with pytest.raises(ValueError, match="two views per label"):
-        train_step(m, m.head, opt, scaler, fp32, a, ages, pair_consistency=1.0)
-
-
 def test_augment_consistency_config_is_checked():
     with pytest.raises(ConfigError, match="augment_consistency needs train.augment > 0"):
         load_config(None, ["train.augment_consistency=1.0"])

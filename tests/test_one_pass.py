@@ -1,4 +1,4 @@
-"""One backbone pass per face (guard heads on the age model), flip-consistency training and the batch engine's
+"""One backbone pass per face (guard heads on the age model), flip- and pair-consistency training and the batch engine's
 worker sizing."""
 
 from __future__ import annotations
@@ -186,6 +186,23 @@ def test_flip_consistency_is_free_on_mirror_symmetric_faces_and_costs_on_others(
     odd = torch.from_numpy(rng.integers(0, 255, (2, 48, 48, 3), dtype=np.uint8))
     both = train_step(m, m.head, opt, scaler, FP32, torch.cat([odd, odd.flip(2)]), ages.repeat(2))
     assert train_step(m, m.head, opt, scaler, FP32, odd, ages, flip_consistency=1.0) > both - 1e-4
+
+
+def test_pair_consistency_costs_only_when_the_two_views_disagree():
+    m = _model(guards=False).eval()
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.integers(0, 255, (2, 48, 48, 3), dtype=np.uint8))
+    b = torch.from_numpy(rng.integers(0, 255, (2, 48, 48, 3), dtype=np.uint8))
+    ages = torch.tensor([20.0, 60.0])
+    plain = train_step(m, m.head, opt, scaler, FP32, a, ages)
+    assert train_step(m, m.head, opt, scaler, FP32, torch.cat([a, a]), ages, pair_consistency=1.0) == \
+        pytest.approx(plain, rel=1e-4)
+    both = train_step(m, m.head, opt, scaler, FP32, torch.cat([a, b]), ages.repeat(2))
+    assert train_step(m, m.head, opt, scaler, FP32, torch.cat([a, b]), ages, pair_consistency=1.0) > both + 1e-5
+    with pytest.raises(ValueError, match="two views per label"):
+        train_step(m, m.head, opt, scaler, FP32, a, ages, pair_consistency=1.0)
 
 
 def test_workers_are_sized_to_the_cores_and_the_input(monkeypatch):
