@@ -1,4 +1,4 @@
-"""The face-finding cascade: detector → padded → mesh → whole image, each fallback behind the face verifier."""
+"""The face-finding cascade: detector → padded → mesh → whole image → tiles, each fallback behind the face verifier."""
 
 from __future__ import annotations
 
@@ -124,3 +124,55 @@ def test_shipped_pipeline_answers_double_occluded_crops_and_rejects_non_faces(an
     for img in (flat, ramp, stripes, rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)):
         with pytest.raises(NoFaceError):
             find_and_align(np.ascontiguousarray(img), analyzer, 256)
+
+
+def _small_face_scene(astronaut: np.ndarray, side: int = 50) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """scikit-image's coffee at 400 × 300 with the astronaut's head pasted at `side` px (her face about 12 px
+    wide: too small for the detector on the whole image); returns the scene and the pasted square."""
+    import cv2
+    from skimage import data
+
+    scene = cv2.resize(data.coffee(), (400, 300), interpolation=cv2.INTER_AREA)
+    head = cv2.resize(astronaut[0:400, 60:460], (side, side), interpolation=cv2.INTER_AREA)
+    scene[40:40 + side, 250:250 + side] = head
+    return np.ascontiguousarray(scene), (250, 40, 250 + side, 40 + side)
+
+
+def test_detect_tiled_finds_a_small_face_in_image_pixels(analyzer, astronaut):
+    scene, (x1, y1, x2, y2) = _small_face_scene(astronaut)
+    assert not analyzer.detect(scene), "the whole-image detector must miss the 12 px face for this test to mean much"
+    faces = analyzer.detect_tiled(scene, 2)
+    assert faces, "the 2 x 2 tiles must find the face"
+    f = faces[0]
+    cx, cy = (f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2
+    assert x1 <= cx <= x2 and y1 <= cy <= y2, (f.box, (x1, y1, x2, y2))
+    assert f.box[2] - f.box[0] <= 0.25 * scene.shape[1]
+    assert ((f.keypoints >= [x1 - 5, y1 - 5]) & (f.keypoints <= [x2 + 5, y2 + 5])).all()
+    assert not analyzer.detect_tiled(scene, 2, max_face=0.01), "max_face drops faces wider than its share"
+
+
+def test_tile_step_runs_last_and_only_behind_its_verifier(analyzer, astronaut):
+    scene, _ = _small_face_scene(astronaut)
+    no = FixedVerifier(0.0)
+    assert analyzer.find_faces(scene, no.scores, no.threshold, verify=True) == []
+    assert no.seen > 0
+    yes = FixedVerifier(1.0)
+    faces = analyzer.find_faces(scene, FixedVerifier(0.0).scores, 0.5, verify=True,
+                                tile_verifier=(yes.scores, yes.threshold))
+    assert faces and faces[0].detection == "detector" and yes.seen > 0
+    assert analyzer.find_faces(scene, yes.scores, 0.5, verify=False, whole_image=False) == []
+
+
+@pytest.mark.skipif("faceness" not in shipped_models(), reason="no shipped face verifier")
+def test_shipped_pipeline_finds_a_small_face_in_a_scene_and_not_in_the_coffee(analyzer, astronaut):
+    import cv2
+    from skimage import data
+
+    from agelens.inference.predictor import find_and_align
+
+    scene, (x1, y1, x2, y2) = _small_face_scene(astronaut)
+    faces = find_and_align(scene, analyzer, 256)
+    box = faces[0][0]
+    assert x1 - 5 <= box[0] < box[2] <= x2 + 5 and y1 - 5 <= box[1] < box[3] <= y2 + 5, box
+    with pytest.raises(NoFaceError):
+        find_and_align(np.ascontiguousarray(cv2.resize(data.coffee(), (400, 300))), analyzer, 256)

@@ -98,6 +98,15 @@ class TrunkGuard:
         self.skip_below = -np.inf if skip_below is None else float(skip_below)
         self.skip_above = np.inf if skip_above is None else float(skip_above)
 
+    def head_scores(self, crops: np.ndarray) -> np.ndarray:
+        """The teacher's guard head alone."""
+        return self.est.trunk(np.asarray(crops))[2][:, self.index].copy()
+
+    def both_scores(self, crops: np.ndarray) -> np.ndarray:
+        """min(guard head, fallback): a crop passes only when both networks say so (the fallback's threshold)."""
+        p = self.head_scores(crops)
+        return p if self.fallback is None else np.minimum(p, self.fallback.scores(np.asarray(crops)))
+
     def scores(self, crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)
         p = self.est.trunk(crops)[2][:, self.index].copy()
@@ -454,7 +463,8 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     sep = getattr(v, "fallback", None)  # a TrunkGuard's separate face network: it alone vouches for fallback faces
     faces = analyzer.find_faces(rgb, v.scores if v is not None else None, v.threshold if v is not None else 0.5,
                                 cache_size, verify=True,
-                                fallback_verifier=(sep.scores, sep.threshold) if sep is not None else None)
+                                fallback_verifier=(sep.scores, sep.threshold) if sep is not None else None,
+                                tile_verifier=(v.both_scores, v.threshold) if hasattr(v, "both_scores") else None)
     if not faces:
         raise NoFaceError("no face found")
     out = []
