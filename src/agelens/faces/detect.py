@@ -316,10 +316,10 @@ class FaceAnalyzer:
         keeps the detector's score, one from the mesh or the whole image gets the verifier's); faces it rejects
         send the search on to the next step. Without one, verify=True (the predictor) stops after the detector
         steps; verify=False (preparing a dataset that is all faces) lets the mesh-only step answer unverified and
-        skips the whole-image and tile steps, as does whole_image=False. fallback_verifier (verifier, threshold), when given, decides the fallback steps
-        instead: the predictor screens the detector's faces with the teacher's own face head and leaves the
-        fallbacks, where no detection at the usual confidence vouches for a face, to the separate face network.
-        tile_verifier (verifier, threshold), when given, decides the tile step (the predictor asks both networks
+        skips the whole-image and tile steps, as does whole_image=False. fallback_verifier (verifier, threshold),
+        when given, decides the fallback steps instead: the predictor screens the detector's faces with the
+        teacher's own face head and leaves the fallbacks, where no detection at the usual confidence vouches for a
+        face, to the separate face network. tile_verifier (verifier, threshold), when given, decides the tile step (the predictor asks both networks
         there: a cat's face or a coin on a tile passes one of them, not both)."""
         # landmarks first, so the verifier sees the crop the models will (a verifier that is the age model itself,
         # `inference.predictor.TrunkGuard`, then answers both from one pass)
