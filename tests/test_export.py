@@ -76,6 +76,20 @@ def test_int8_quantisation_keeps_metadata_and_runs(onnx_dir, tmp_path):
     p = m8.run(views)[0]
     assert p.shape == (20,) and np.all((p >= 0) & (p <= 1))
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.pre.onnx"))
+    # the recipe: ReLU6 (Clip) and residual Adds quantised with their Conv, the first and last Conv left in fp32
+    import onnx
+
+    nodes = onnx.load(str(q)).graph.node
+    made = {o: n for n in nodes for o in n.output}
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    quantised = [c for c in convs if made.get(c.input[1]) is not None and made[c.input[1]].op_type == "DequantizeLinear"]
+    assert convs[0] not in quantised and convs[-1] not in quantised and len(quantised) == len(convs) - 2
+    # a quantised ReLU6 is folded into its Conv's uint8 output range: Clips remain only after the fp32 Convs
+    clips = [n for n in nodes if n.op_type == "Clip"]
+    assert {made[c.input[0]].name for c in clips} <= {convs[0].name, convs[-1].name}
+    assert sum(n.op_type == "Clip" for n in onnx.load(str(onnx_dir / "occlusion.onnx")).graph.node) > len(clips) + 10
+    adds = [n for n in nodes if n.op_type == "Add"]
+    assert adds and all(made[i].op_type == "DequantizeLinear" for a in adds for i in a.input)
 
 
 def test_onnx_backend_runs_without_torch(onnx_dir, astronaut_path):
@@ -230,3 +244,26 @@ def test_predict_streams_jsonl_and_resumes(tmp_path, astronaut_path, onnx_dir):
         assert (a["error"] is None) == (b["error"] is None)
     r = _agelens("predict", d, "-f", "table", "-o", part)
     assert r.returncode == 2 and "--output needs --format json, jsonl or csv" in r.stderr
+
+
+def test_int8_auto_tta_takes_the_int8_single_view_graph(onnx_dir, tmp_path):
+    """precision int8 with tta "auto": <role>.notta.int8.onnx where exported (selective flip-TTA on int8), else the
+    two-view <role>.int8.onnx with the mirror on every face."""
+    import shutil
+
+    from agelens.inference.backends.onnx import load_onnx_models
+
+    d = tmp_path / "export"
+    shutil.copytree(onnx_dir, d)
+    for role in ("teacher", "student"):  # stand-ins: the selection reads file names and the manifest only
+        shutil.copy(d / f"{role}.onnx", d / f"{role}.int8.onnx")
+    models = load_onnx_models(d, "int8")
+    assert models["teacher"].path.name == "teacher.int8.onnx" and models["teacher"].tta_spread is None
+    for role in ("teacher", "student"):
+        shutil.copy(d / f"{role}.notta.onnx", d / f"{role}.notta.int8.onnx")
+    models = load_onnx_models(d, "int8")
+    for role in ("teacher", "student"):
+        m = models[role]
+        assert m.path.name == f"{role}.notta.int8.onnx" and m.precision == "int8" and not m.tta_flip
+        assert m.tta_spread is not None
+    assert load_onnx_models(d, "int8", tta="full")["teacher"].path.name == "teacher.int8.onnx"

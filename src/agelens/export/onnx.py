@@ -205,8 +205,15 @@ def calibration_views(cache, crop_size: int, input_size: int, n: int = 300, seed
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray | None) -> str:
-    """Static QDQ int8 (per-channel weights, calibrated on `views`) or, without views, dynamic int8 (weights only).
-    Returns the method used."""
+    """Static QDQ int8 (calibrated on `views`) or, without views, dynamic int8 (weights only). Returns the method.
+
+    Static recipe, measured on the shipped teacher's single-view graph (500 cached test faces per dataset, ages
+    against fp32): Conv with its Clip (ReLU6) and the residual Add quantised together, uint8 activations, int8
+    per-channel weights, percentile ranges, the first and last Conv left in fp32. Mean age change 0.36 / 0.41 years
+    (UTKFace / All-Age-Faces), MAE 4.752 / 5.624 against fp32's 4.771 / 5.614, and 1.95x faster per face on a CPU
+    with AVX-512 VNNI. Quantising Conv alone (its output range is the pre-ReLU6 one) moved ages by 2.5 / 3.1 years,
+    and int8 activations gained no speed there."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -220,21 +227,24 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
+        keep_fp32 = [c for c in (convs[:1] + convs[-1:]) if c] if len(convs) > 2 else []
 
         def write(tmp: Path) -> None:
             if views is None:
                 quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
             else:  # measured on our teacher: MinMax ranges collapse accuracy (MAE 3.4 → 10.8), percentile holds
                 quantize_static(str(pre), str(tmp), _CropReader(views, _calib_batch(len(views))),
-                                quant_format=QuantFormat.QDQ, per_channel=True, op_types_to_quantize=["Conv"],
-                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                quant_format=QuantFormat.QDQ, per_channel=True,
+                                op_types_to_quantize=["Conv", "Clip", "Add"], nodes_to_exclude=keep_fp32,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=CalibrationMethod.Percentile)
             _copy_metadata(fp32_path, tmp)
 
         atomic_write(out_path, write)
     finally:
         pre.unlink(missing_ok=True)
-    return "dynamic" if views is None else "static-qdq-per-channel-percentile"
+    return "dynamic" if views is None else "static-qdq-u8s8-percentile-conv-clip-add-ends-fp32"
 
 
 def _calib_batch(n: int) -> int:
@@ -255,7 +265,8 @@ def _copy_metadata(src: Path, dst: Path) -> None:
 def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: str = "static",
                calibration: str | Path | None = None, n_calib: int = 64, log=print) -> dict:
     """Export teacher, student and occlusion detector (or `models`: role → name/path) into out_dir as
-    <role>.onnx (+ <role>.int8.onnx; age models also <role>.notta.onnx, without flip-TTA) and manifest.json."""
+    <role>.onnx (+ <role>.int8.onnx; age models also <role>.notta.onnx, without flip-TTA, and its int8 copy
+    <role>.notta.int8.onnx) and manifest.json."""
     if int8 not in ("static", "dynamic", "none"):
         raise AgelensError(f"int8 must be static, dynamic or none, got {int8!r}")
     if int8 == "static" and calibration is None:
@@ -290,6 +301,11 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
             entry["int8_method"] = quantize_int8(p, q, views)
             entry["int8"] = q.name
             log(f"{role}: {q} ({q.stat().st_size / 1e6:.1f} MB, {entry['int8_method']})")
+            if "fp32_single_view" in entry:  # selective flip-TTA (tta "auto") runs single views
+                q1 = out / f"{role}.notta.int8.onnx"
+                quantize_int8(out / entry["fp32_single_view"], q1, views)
+                entry["int8_single_view"] = q1.name
+                log(f"{role}: {q1} ({q1.stat().st_size / 1e6:.1f} MB, single view)")
         manifest["models"][role] = entry
     atomic_write_json(out / "manifest.json", manifest)
     return manifest

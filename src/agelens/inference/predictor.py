@@ -70,8 +70,10 @@ BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 def choose_backend(custom: bool = False, device: str = "cpu") -> tuple[str, str]:
     """The fastest inference backend this machine supports, and why. Measured end to end by
     benchmarks/inference.py (docs/inference_benchmark.md, AMD EPYC, 2 cores): onnxruntime fp32 about 2x torch fp32
-    channels_last at the same MAE; static int8 was no faster end to end there and cost 2.5 years of MAE, so it is
-    never picked automatically. Every TTA mode runs on both (single-view graphs for "none" and "auto")."""
+    channels_last at the same MAE. int8 (`agelens export onnx --calibration ...`, then backend onnx-int8) is 1.32x
+    faster end to end on a CPU with AVX-512 VNNI for +0.04 / −0.02 MAE (docs/inference_levers.md), but needs a face
+    cache to calibrate on, so it is never picked automatically. Every TTA mode runs on fp32 (single-view graphs for
+    "none" and "auto"); int8 runs "auto" and "full"."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
     if custom:

@@ -100,7 +100,8 @@ class OnnxModel:
 
 def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int | None = None,
                      tta: bool | str = True) -> dict[str, OnnxModel]:
-    """role → OnnxModel for the roles present; precision int8 takes <role>.int8.onnx where exported; tta (a
+    """role → OnnxModel for the roles present; precision int8 takes <role>.int8.onnx (in "auto" the single-view
+    <role>.notta.int8.onnx) where exported; tta (a
     `tta_mode`): "none" runs the age models' single-view <role>.notta.onnx (fp32 only), "auto" an age model's
     single-view graph when its card says where the mirror pays (`tta_spread`; the teacher also needs its guard
     heads): the estimator then mirrors only the unsure faces (`mirror_unsure`); threads: intra-op threads of each age
@@ -118,16 +119,19 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
     out = {}
     for role in SHIPPED:
         p8, p32, p1 = d / f"{role}.int8.onnx", d / f"{role}.onnx", d / f"{role}.notta.onnx"
+        p18 = d / f"{role}.notta.int8.onnx"
         p = p8 if precision == "int8" and p8.is_file() else p32
         meta = manifest.get(role) if p != p8 else None
         if role in ("teacher", "student") and p32.is_file():
             if mode == "none" and not p1.is_file():
                 raise CheckpointError(f"{d} has no single-view {p1.name} for --no-tta; re-export it with "
                                       "`agelens export onnx --output DIR`")
-            card = meta or {}
+            card = manifest.get(role) or {}  # the fp32 graph's metadata: the int8 copies share it
             pays = card.get("tta_spread") and (role == "student" or selective_tta(SimpleNamespace(**card)))
             if mode == "none" or (mode == "auto" and precision == "fp32" and p1.is_file() and pays):
                 p, meta = p1, {**meta, "tta": False} if meta else None
+            elif mode == "auto" and precision == "int8" and p18.is_file() and pays:  # int8 single views
+                p, meta = p18, None
         if p.is_file():  # the face verifier runs inside face finding, one crop at a time: one thread
             model = OnnxModel(p, threads=1 if role == "faceness" else threads,
                               meta=meta if role != "teacher" else None)
