@@ -170,8 +170,10 @@ def lever_estimators(onnx_dir: Path, work: Path):
              lambda: AgeEstimator.from_onnx(onnx_dir, tta="full"), True, True),
             ("+ the mirrored view only where the first view is unsure (shipped default)",
              lambda: AgeEstimator.from_onnx(onnx_dir), True, True),
-            ("+ no flip-TTA (`--no-tta`; not the default: MAE)", lambda: AgeEstimator.from_onnx(onnx_dir, tta=False),
-             True, True)]
+            ("+ int8 graphs (the default on CPUs with VNNI or AMX)", lambda: AgeEstimator.from_onnx(onnx_dir, "int8"),
+             True, True),
+            ("+ no flip-TTA, int8 (`--no-tta`; not the default: MAE)",
+             lambda: AgeEstimator.from_onnx(onnx_dir, "int8", tta=False), True, True)]
 
 
 def main() -> None:
@@ -251,7 +253,8 @@ def main() -> None:
                             "(`agelens predict`)",
                             pred, files, ages, secs, steady_images_per_s=steady))
     backends = []
-    for name, kw in [("torch fp32 channels_last", {"backend": "torch"}), ("onnxruntime fp32", {"backend": "onnx"})]:
+    for name, kw in [("torch fp32 channels_last", {"backend": "torch"}), ("onnxruntime fp32", {"backend": "onnx"}),
+                     ("onnxruntime int8", {"backend": "onnx-int8"})]:
         e = AgeEstimator.from_pretrained(**kw)
         t = time.perf_counter()
         pred, lat = run_ours(e, files)

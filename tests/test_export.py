@@ -153,15 +153,14 @@ def test_auto_backend_falls_back_to_torch_when_no_export_can_be_made(tmp_path, m
 def test_no_tta_runs_the_single_view_graphs(onnx_dir, astronaut_path):
     """--no-tta runs the exported single-view graphs (half the work), as torch does without TTA."""
     from agelens import AgeEstimator
-    from agelens.errors import AgelensError
 
-    est = AgeEstimator.from_pretrained(tta_flip=False)
+    est = AgeEstimator.from_pretrained(tta_flip=False, backend="onnx")
     assert est.backend == "onnx-fp32" and not est.tta_flip and est.teacher.path.name == "teacher.notta.onnx"
     ref = AgeEstimator.from_pretrained(backend="torch", tta_flip=False)
     assert est.predict(astronaut_path)[0].age == pytest.approx(ref.predict(astronaut_path)[0].age, abs=0.05)
     assert est.predict(astronaut_path)[0].age != AgeEstimator.from_pretrained().predict(astronaut_path)[0].age
-    with pytest.raises(AgelensError, match="fp32 only"):
-        AgeEstimator.from_pretrained(backend="onnx-int8", tta_flip=False)
+    int8 = AgeEstimator.from_pretrained(backend="onnx-int8", tta_flip=False)  # int8 single views
+    assert int8.backend == "onnx-int8" and int8.teacher.path.name == "teacher.notta.int8.onnx"
 
 
 def test_rarely_needed_models_load_on_first_use(onnx_dir, tmp_path):
@@ -247,23 +246,66 @@ def test_predict_streams_jsonl_and_resumes(tmp_path, astronaut_path, onnx_dir):
 
 
 def test_int8_auto_tta_takes_the_int8_single_view_graph(onnx_dir, tmp_path):
-    """precision int8 with tta "auto": <role>.notta.int8.onnx where exported (selective flip-TTA on int8), else the
-    two-view <role>.int8.onnx with the mirror on every face."""
+    """precision int8: <role>.notta.int8.onnx in tta "auto" (selective flip-TTA on int8) and "none"; without it the
+    two-view <role>.int8.onnx with the mirror on every face; fp32 where a graph has no int8 copy."""
     import shutil
 
     from agelens.inference.backends.onnx import load_onnx_models
 
     d = tmp_path / "export"
     shutil.copytree(onnx_dir, d)
-    for role in ("teacher", "student"):  # stand-ins: the selection reads file names and the manifest only
-        shutil.copy(d / f"{role}.onnx", d / f"{role}.int8.onnx")
-    models = load_onnx_models(d, "int8")
-    assert models["teacher"].path.name == "teacher.int8.onnx" and models["teacher"].tta_spread is None
-    for role in ("teacher", "student"):
-        shutil.copy(d / f"{role}.notta.onnx", d / f"{role}.notta.int8.onnx")
     models = load_onnx_models(d, "int8")
     for role in ("teacher", "student"):
         m = models[role]
         assert m.path.name == f"{role}.notta.int8.onnx" and m.precision == "int8" and not m.tta_flip
         assert m.tta_spread is not None
+        assert load_onnx_models(d, "int8", tta="none")[role].path.name == f"{role}.notta.int8.onnx"
+    assert models["occlusion"].path.name == "occlusion.int8.onnx" and models["faceness"].precision == "fp32"
     assert load_onnx_models(d, "int8", tta="full")["teacher"].path.name == "teacher.int8.onnx"
+    for role in ("teacher", "student"):
+        (d / f"{role}.notta.int8.onnx").unlink()
+    models = load_onnx_models(d, "int8")
+    assert models["teacher"].path.name == "teacher.int8.onnx" and models["teacher"].tta_spread is None
+    assert load_onnx_models(d, "int8", tta="none")["teacher"].path.name == "teacher.notta.onnx"
+
+
+def test_shipped_int8_ranges_match_this_export(onnx_dir):
+    """The export made on first use quantises every age graph and the occlusion detector from the ranges shipped
+    with the weights (their tensor names come from the torch exporter: a mismatch leaves them fp32)."""
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())["models"]
+    for role in ("teacher", "student"):
+        assert (onnx_dir / f"{role}.int8.onnx").is_file() and (onnx_dir / f"{role}.notta.int8.onnx").is_file()
+        assert manifest[role]["int8_method"].endswith("(saved ranges)")
+    assert (onnx_dir / "occlusion.int8.onnx").is_file()
+
+
+def test_int8_ranges_round_trip_and_mismatch(onnx_dir, tmp_path):
+    """Ranges saved while calibrating reproduce the same int8 graph without any faces; ranges naming tensors the
+    graph lacks are refused with a clear error, and nothing is left behind."""
+    from agelens.errors import CheckpointError
+    from agelens.export.onnx import quantize_int8
+    from agelens.inference.backends.onnx import OnnxModel
+
+    src = onnx_dir / "occlusion.onnx"
+    views = _views(20, OnnxModel(src).input_size, seed=2)
+    ranges = tmp_path / "occlusion.int8-ranges.json"
+    quantize_int8(src, tmp_path / "a.int8.onnx", views, ranges)
+    assert ranges.is_file()
+    assert quantize_int8(src, tmp_path / "b.int8.onnx", None, ranges).endswith("(saved ranges)")
+    a, b = (OnnxModel(tmp_path / f"{k}.int8.onnx").run(views)[0] for k in "ab")
+    np.testing.assert_array_equal(a, b)
+    bad = json.loads(ranges.read_text())
+    bad["data"] = {k.replace("/model/", "/other/"): v for k, v in bad["data"].items()}
+    ranges.write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="do not match this export"):
+        quantize_int8(src, tmp_path / "c.int8.onnx", None, ranges)
+    assert not (tmp_path / "c.int8.onnx").exists() and not list(tmp_path.glob("*.pre.onnx"))
+
+
+def test_auto_backend_takes_int8_only_on_cpus_with_int8_dot_products():
+    from agelens.inference.predictor import choose_backend
+
+    assert choose_backend(flags={"avx2", "avx512_vnni"})[0] == "onnx-int8"
+    assert choose_backend(flags={"amx_int8"})[0] == "onnx-int8"
+    assert choose_backend(flags={"avx2", "fma"})[0] == "onnx"
+    assert choose_backend(custom=True, flags={"avx512_vnni"})[0] == "torch"

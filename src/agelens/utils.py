@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, seeding, JSON."""
+"""Small shared helpers: atomic writes, seeding, JSON, CPU flags."""
 
 from __future__ import annotations
 
@@ -107,3 +107,29 @@ def shipped_models() -> list[str]:
     """Names of the shipped models: NAME.json + NAME.safetensors pairs in weights_dir()."""
     d = weights_dir()
     return sorted(p.stem for p in d.glob("*.json") if (d / f"{p.stem}.safetensors").is_file()) if d.is_dir() else []
+
+
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # CPUs whose int8 dot products make int8 graphs pay
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import AgelensError
+from ..errors import AgelensError, CheckpointError
 from ..utils import SHIPPED, atomic_write, atomic_write_json, sha256_file
 
 OPSET = 17
@@ -204,8 +204,11 @@ def calibration_views(cache, crop_size: int, input_size: int, n: int = 300, seed
     return centre_views((cache.images[i] for i in idx), crop_size, input_size)
 
 
-def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray | None) -> str:
-    """Static QDQ int8 (calibrated on `views`) or, without views, dynamic int8 (weights only). Returns the method.
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray | None,
+                  ranges: str | Path | None = None) -> str:
+    """Static QDQ int8 calibrated on `views` (their activation ranges also saved to `ranges` when given), static
+    from saved `ranges` without views (the shipped `<graph>.int8-ranges.json`: no face data needed), or, with
+    neither, dynamic int8 (weights only). Returns the method.
 
     Static recipe, measured on the shipped teacher's single-view graph (500 cached test faces per dataset, ages
     against fp32): Conv with its Clip (ReLU6) and the residual Add quantised together, uint8 activations, int8
@@ -224,27 +227,53 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
+    ranges = Path(ranges) if ranges is not None else None
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
+        graph = onnx.load(str(pre)).graph
+        convs = [n.name for n in graph.node if n.op_type == "Conv"]
         keep_fp32 = [c for c in (convs[:1] + convs[-1:]) if c] if len(convs) > 2 else []
+        if views is None and ranges is not None:
+            _check_ranges(ranges, {t for n in graph.node for t in (*n.input, *n.output)})
+        elif ranges is not None:  # calibrate afresh: onnxruntime would read an existing file instead
+            ranges.unlink(missing_ok=True)
 
         def write(tmp: Path) -> None:
-            if views is None:
+            if views is None and ranges is None:
                 quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
             else:  # measured on our teacher: MinMax ranges collapse accuracy (MAE 3.4 → 10.8), percentile holds
-                quantize_static(str(pre), str(tmp), _CropReader(views, _calib_batch(len(views))),
-                                quant_format=QuantFormat.QDQ, per_channel=True,
+                reader = _CropReader(views, _calib_batch(len(views))) if views is not None else None
+                quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                                 op_types_to_quantize=["Conv", "Clip", "Add"], nodes_to_exclude=keep_fp32,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.Percentile)
+                                calibrate_method=CalibrationMethod.Percentile,
+                                calibration_cache_path=str(ranges) if ranges is not None else None)
             _copy_metadata(fp32_path, tmp)
 
         atomic_write(out_path, write)
     finally:
         pre.unlink(missing_ok=True)
-    return "dynamic" if views is None else "static-qdq-u8s8-percentile-conv-clip-add-ends-fp32"
+    if views is None:
+        return "dynamic" if ranges is None else f"{STATIC_INT8} (saved ranges)"
+    return STATIC_INT8
+
+
+STATIC_INT8 = "static-qdq-u8s8-percentile-conv-clip-add-ends-fp32"
+
+
+def _check_ranges(path: Path, tensors: set[str]) -> None:
+    """Saved activation ranges must name this graph's tensors (tensor names come from the torch exporter: another
+    torch version may name them differently)."""
+    try:
+        names = set(json.loads(path.read_text())["data"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"int8 ranges {path} cannot be read: {e}") from e
+    missing = names - tensors
+    if not names or missing:
+        raise CheckpointError(f"int8 ranges {path} do not match this export ({len(missing)} of {len(names)} tensors "
+                              f"not in the graph, e.g. {sorted(missing)[:2]}); quantise with calibration faces "
+                              "instead (`agelens export onnx --calibration CACHE`)")
 
 
 def _calib_batch(n: int) -> int:
@@ -265,14 +294,16 @@ def _copy_metadata(src: Path, dst: Path) -> None:
 def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: str = "static",
                calibration: str | Path | None = None, n_calib: int = 64, log=print) -> dict:
     """Export teacher, student and occlusion detector (or `models`: role → name/path) into out_dir as
-    <role>.onnx (+ <role>.int8.onnx; age models also <role>.notta.onnx, without flip-TTA, and its int8 copy
-    <role>.notta.int8.onnx) and manifest.json."""
-    if int8 not in ("static", "dynamic", "none"):
-        raise AgelensError(f"int8 must be static, dynamic or none, got {int8!r}")
+    <role>.onnx (age models also <role>.notta.onnx, without flip-TTA) and manifest.json, with an int8 copy of
+    each graph (<graph>.int8.onnx). int8: "static" calibrates on `calibration` (a face cache) and saves each
+    graph's activation ranges as <graph>.int8-ranges.json; "shipped" quantises from the ranges shipped beside the
+    weights (graphs without matching ranges stay fp32 only, logged); "dynamic" weights only; "none"."""
+    if int8 not in ("static", "shipped", "dynamic", "none"):
+        raise AgelensError(f"int8 must be static, shipped, dynamic or none, got {int8!r}")
     if int8 == "static" and calibration is None:
         raise AgelensError("static int8 needs --calibration CACHE_DIR (a prepared face cache); "
                            "or use --int8 dynamic / none")
-    from ..models.weights import shipped_models
+    from ..models.weights import shipped_models, weights_dir
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,25 +318,33 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
         meta = export_model(src, p)
         entry = {"fp32": p.name, **meta}
         log(f"{role}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
+        graphs = {"": p}
         if meta["kind"] == "age" and meta["tta"]:  # the single-view graph `--no-tta` runs (half the work)
             entry["fp32_single_view"] = (out / f"{role}.notta.onnx").name
             export_model(src, out / entry["fp32_single_view"], tta=False)
-        if int8 != "none":
-            views = None
-            if int8 == "static":
-                key = (meta["crop_size"], meta["input_size"])
-                if key not in calib_views:
-                    calib_views[key] = calibration_views(calib_cache, *key, n_calib)
-                views = calib_views[key]
-            q = out / f"{role}.int8.onnx"
-            entry["int8_method"] = quantize_int8(p, q, views)
-            entry["int8"] = q.name
-            log(f"{role}: {q} ({q.stat().st_size / 1e6:.1f} MB, {entry['int8_method']})")
-            if "fp32_single_view" in entry:  # selective flip-TTA (tta "auto") runs single views
-                q1 = out / f"{role}.notta.int8.onnx"
-                quantize_int8(out / entry["fp32_single_view"], q1, views)
-                entry["int8_single_view"] = q1.name
-                log(f"{role}: {q1} ({q1.stat().st_size / 1e6:.1f} MB, single view)")
+            graphs["_single_view"] = out / entry["fp32_single_view"]
+        views = None
+        if int8 == "static":
+            key = (meta["crop_size"], meta["input_size"])
+            if key not in calib_views:
+                calib_views[key] = calibration_views(calib_cache, *key, n_calib)
+            views = calib_views[key]
+        for suffix, g in (graphs if int8 != "none" else {}).items():
+            stem = g.name.removesuffix(".onnx")
+            q = out / f"{stem}.int8.onnx"
+            ranges = {"static": out / f"{stem}.int8-ranges.json", "shipped": weights_dir() /
+                      f"{stem}.int8-ranges.json"}.get(int8)
+            if int8 == "shipped" and not ranges.is_file():
+                continue
+            try:
+                method = quantize_int8(g, q, views, ranges)
+            except CheckpointError as e:  # shipped ranges made by another torch exporter: fp32 only
+                if int8 != "shipped":
+                    raise
+                log(f"{stem}: no int8 copy ({e})")
+                continue
+            entry[f"int8{suffix}"], entry["int8_method"] = q.name, method
+            log(f"{stem}: {q} ({q.stat().st_size / 1e6:.1f} MB, {method})")
         manifest["models"][role] = entry
     atomic_write_json(out / "manifest.json", manifest)
     return manifest

@@ -9,7 +9,8 @@ from pathlib import Path
 from ..errors import AgelensError, CheckpointError
 from ..utils import SHIPPED, weights_dir
 
-EXPORT_FORMAT = "agelens-onnx-v2"  # bump when the graphs change (v2: constant padding folded into Conv): redone
+EXPORT_FORMAT = "agelens-onnx-v3"  # bump when the graphs change (v2: constant padding folded into Conv; v3: int8
+# copies from the shipped ranges): redone
 
 
 def shipped_fingerprint() -> str:
@@ -23,6 +24,9 @@ def shipped_fingerprint() -> str:
             card = p.with_suffix(".json")  # the card's calibration (interval_z, thresholds) is in the export too
             if card.is_file():
                 h.update(card.read_bytes())
+            for ranges in sorted(weights_dir().glob(f"{role}.*int8-ranges.json")):  # the int8 copies' ranges
+                h.update(ranges.name.encode())
+                h.update(ranges.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -37,7 +41,7 @@ def default_onnx_dir() -> Path:
 
 def ensure_export(onnx_dir: str | Path | None = None, log=None) -> Path:
     """The folder holding teacher/student/occlusion .onnx; exports the shipped weights there first when it lacks
-    them (needs torch, once)."""
+    them (needs torch, once), with int8 copies quantised from the ranges shipped beside the weights."""
     d = Path(onnx_dir) if onnx_dir else default_onnx_dir()
     if (d / "manifest.json").is_file() and (d / "teacher.onnx").is_file() and (
             onnx_dir is not None or (d / "teacher.notta.onnx").is_file()):  # a cache from before single-view graphs
@@ -53,5 +57,5 @@ def ensure_export(onnx_dir: str | Path | None = None, log=None) -> Path:
 
     if log:
         log(f"exporting the shipped models to ONNX once: {d}")
-    export_all(d, int8="none", log=log or (lambda *_: None))
+    export_all(d, int8="shipped", log=log or (lambda *_: None))
     return d

@@ -17,6 +17,7 @@ from ..faces.detect import FaceAnalyzer, whole_image_crop
 from ..faces.mesh import N_MESH
 from ..faces.prepare import prepare_face
 from ..imageio import load_image
+from ..utils import INT8_FLAGS, cpu_flags
 from .backends import (  # noqa: F401 (TTA_MODES: public)
     TTA_MODES,
     Z90,
@@ -67,13 +68,13 @@ def soft_weight(score: np.ndarray, occluded: np.ndarray) -> np.ndarray:
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 
 
-def choose_backend(custom: bool = False, device: str = "cpu") -> tuple[str, str]:
+def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | None = None) -> tuple[str, str]:
     """The fastest inference backend this machine supports, and why. Measured end to end by
     benchmarks/inference.py (docs/inference_benchmark.md, AMD EPYC, 2 cores): onnxruntime fp32 about 2x torch fp32
-    channels_last at the same MAE. int8 (`agelens export onnx --calibration ...`, then backend onnx-int8) is 1.32x
-    faster end to end on a CPU with AVX-512 VNNI for +0.04 / −0.02 MAE (docs/inference_levers.md), but needs a face
-    cache to calibrate on, so it is never picked automatically. Every TTA mode runs on fp32 (single-view graphs for
-    "none" and "auto"); int8 runs "auto" and "full"."""
+    channels_last at the same MAE. On a CPU with int8 dot products (VNNI or AMX: `utils.INT8_FLAGS`) the int8
+    graphs, quantised from the ranges shipped with the weights: 1.32x images/s end to end on an AVX-512 VNNI EPYC,
+    paired MAE +0.04 / -0.02 on 400 UTKFace / 300 All-Age-Faces test photos (`benchmarks/int8_e2e.py`,
+    docs/inference_levers.md). flags: the CPU's (default: read from /proc/cpuinfo)."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
     if custom:
@@ -82,7 +83,10 @@ def choose_backend(custom: bool = False, device: str = "cpu") -> tuple[str, str]
         import onnxruntime  # noqa: F401
     except ImportError:
         return "torch", "onnxruntime not installed"
-    return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused"
+    vnni = sorted(set(INT8_FLAGS) & (cpu_flags() if flags is None else flags))
+    if vnni:
+        return "onnx-int8", f"onnxruntime int8 graphs: this CPU has {', '.join(vnni)}"
+    return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused (no VNNI/AMX for int8)"
 
 
 class TrunkGuard:

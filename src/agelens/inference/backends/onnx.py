@@ -100,9 +100,9 @@ class OnnxModel:
 
 def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int | None = None,
                      tta: bool | str = True) -> dict[str, OnnxModel]:
-    """role → OnnxModel for the roles present; precision int8 takes <role>.int8.onnx (in "auto" the single-view
-    <role>.notta.int8.onnx) where exported; tta (a
-    `tta_mode`): "none" runs the age models' single-view <role>.notta.onnx (fp32 only), "auto" an age model's
+    """role → OnnxModel for the roles present; precision int8 takes the int8 copy of a graph where exported
+    (<role>.int8.onnx, <role>.notta.int8.onnx), else its fp32 graph; tta (a
+    `tta_mode`): "none" runs the age models' single-view <role>.notta[.int8].onnx, "auto" an age model's
     single-view graph when its card says where the mirror pays (`tta_spread`; the teacher also needs its guard
     heads): the estimator then mirrors only the unsure faces (`mirror_unsure`); threads: intra-op threads of each age
     model (default: all cores). Sessions are made on first use where the export's manifest.json gives a graph's
@@ -114,8 +114,6 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
         manifest = json.loads((d / "manifest.json").read_text())["models"]
     except (OSError, ValueError, KeyError):  # an export without a readable manifest: metadata from each graph
         manifest = {}
-    if mode == "none" and precision != "fp32":
-        raise AgelensError("the single-view (no flip-TTA) ONNX graphs are fp32 only")
     out = {}
     for role in SHIPPED:
         p8, p32, p1 = d / f"{role}.int8.onnx", d / f"{role}.onnx", d / f"{role}.notta.onnx"
@@ -128,10 +126,10 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
                                       "`agelens export onnx --output DIR`")
             card = manifest.get(role) or {}  # the fp32 graph's metadata: the int8 copies share it
             pays = card.get("tta_spread") and (role == "student" or selective_tta(SimpleNamespace(**card)))
-            if mode == "none" or (mode == "auto" and precision == "fp32" and p1.is_file() and pays):
+            if precision == "int8" and p18.is_file() and (mode == "none" or (mode == "auto" and pays)):
+                p, meta = p18, {**card, "tta": False} if card else None  # int8 single views
+            elif mode == "none" or (mode == "auto" and p == p32 and p1.is_file() and pays):
                 p, meta = p1, {**meta, "tta": False} if meta else None
-            elif mode == "auto" and precision == "int8" and p18.is_file() and pays:  # int8 single views
-                p, meta = p18, None
         if p.is_file():  # the face verifier runs inside face finding, one crop at a time: one thread
             model = OnnxModel(p, threads=1 if role == "faceness" else threads,
                               meta=meta if role != "teacher" else None)
