@@ -3,7 +3,8 @@
 usage: python benchmarks/int8_e2e.py --onnx-dir DIR [--utk 400] [--aaf 300] [--rounds 2] [--out docs/int8_e2e.json]
 DIR is an export with int8 graphs: `agelens export onnx --output DIR --calibration cache/utkface/val --n-calib 320`.
 Whole processes (start to exit), the two backends in turns, best of --rounds; MAE of each photo's largest face,
-the paired difference with a 95 % bootstrap interval, mean and p99 age change, and occluded-flag agreement.
+the paired difference with a 95 % bootstrap interval (overall and per age bin), mean and p99 age change, and
+occluded-flag agreement.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import time
 
 import numpy as np
 
-from agelens.numerics import cpu_flags, cpu_model
-from agelens.utils import atomic_write_json
+from agelens.utils import atomic_write_json, cpu_flags, cpu_model
 from generalise import test_files
 from inference import largest_age
+
+BINS = ((0, 10), (11, 20), (21, 40), (41, 60), (61, 120))
 
 
 def main() -> None:
@@ -60,7 +62,15 @@ def main() -> None:
         change = np.array([abs(ages["onnx-int8"][k] - ages["onnx"][k]) for k in both])
         flags = np.mean([recs["onnx"][k]["faces"][0]["occluded"] == recs["onnx-int8"][k]["faces"][0]["occluded"]
                          for k in both])
-        result["datasets"][name] = {
+        bins = {}
+        t = np.array([truth[k] for k in both])
+        for lo, hi in BINS:
+            m = (t >= lo) & (t <= hi)
+            if m.sum():
+                bb = [d[m][rng.integers(0, m.sum(), m.sum())].mean() for _ in range(1000)]
+                bins[f"{lo}-{hi}"] = {"n": int(m.sum()), "paired": [round(float(x), 3) for x in
+                                                                   (d[m].mean(), *np.percentile(bb, [2.5, 97.5]))]}
+        result["datasets"][name] = {"paired_per_age_bin": bins,
             "answered": {be: sum(v is not None for v in ages[be].values()) for be in secs}, "n": len(both),
             "mae_fp32": round(float(e32.mean()), 3), "mae_int8": round(float(e8.mean()), 3),
             "paired": [round(float(x), 3) for x in (d.mean(), *np.percentile(boot, [2.5, 97.5]))],

@@ -302,10 +302,31 @@ def test_int8_ranges_round_trip_and_mismatch(onnx_dir, tmp_path):
     assert not (tmp_path / "c.int8.onnx").exists() and not list(tmp_path.glob("*.pre.onnx"))
 
 
-def test_auto_backend_takes_int8_only_on_cpus_with_int8_dot_products():
+def test_auto_backend_stays_fp32_and_offers_int8_where_it_pays():
+    """int8 costs ages 11-20 about 0.15 years: auto keeps fp32 and names int8 only on CPUs with VNNI or AMX."""
     from agelens.inference.predictor import choose_backend
 
-    assert choose_backend(flags={"avx2", "avx512_vnni"})[0] == "onnx-int8"
-    assert choose_backend(flags={"amx_int8"})[0] == "onnx-int8"
-    assert choose_backend(flags={"avx2", "fma"})[0] == "onnx"
+    backend, why = choose_backend(flags={"avx2", "avx512_vnni"})
+    assert backend == "onnx" and "onnx-int8" in why and "avx512_vnni" in why
+    assert "onnx-int8" in choose_backend(flags={"amx_int8"})[1]
+    backend, why = choose_backend(flags={"avx2", "fma"})
+    assert backend == "onnx" and "int8" not in why
     assert choose_backend(custom=True, flags={"avx512_vnni"})[0] == "torch"
+
+
+def test_shipped_ranges_are_used_only_with_the_weights_they_were_calibrated_on(tmp_path, monkeypatch):
+    """New weights with the old ranges file would quantise silently wrong: the card names the weights' SHA-256."""
+    import agelens.export.onnx as ex
+    from agelens.utils import sha256_file
+
+    monkeypatch.setattr(ex, "weights_dir", lambda: tmp_path)
+    (tmp_path / "teacher.safetensors").write_bytes(b"weights v1")
+    ranges = tmp_path / "teacher.notta.int8-ranges.json"
+    ranges.write_text("{}")
+    card = {"int8_ranges": {"weights_sha256": sha256_file(tmp_path / "teacher.safetensors")}}
+    (tmp_path / "teacher.json").write_text(json.dumps(card))
+    said = []
+    assert ex._ranges_fit(ranges, "teacher", said.append) and not said
+    (tmp_path / "teacher.safetensors").write_bytes(b"weights v2")
+    assert not ex._ranges_fit(ranges, "teacher", said.append) and "other weights" in said[0]
+    assert not ex._ranges_fit(tmp_path / "student.int8-ranges.json", "student", said.append)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import AgelensError, CheckpointError
-from ..utils import SHIPPED, atomic_write, atomic_write_json, sha256_file
+from ..utils import SHIPPED, atomic_write, atomic_write_json, sha256_file, weights_dir
 
 OPSET = 17
 
@@ -141,7 +141,7 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
     timm's run-time 'same' padding (the graphs before export format v2, for benchmarks/inference.py)."""
     import onnx
 
-    from ..models.weights import resolve_model, weights_dir
+    from ..models.weights import resolve_model
     from ..occlusion.detector import card_threshold
 
     model, cfg, card = resolve_model(name_or_path)
@@ -204,6 +204,9 @@ def calibration_views(cache, crop_size: int, input_size: int, n: int = 300, seed
     return centre_views((cache.images[i] for i in idx), crop_size, input_size)
 
 
+STATIC_INT8 = "static-qdq-u8s8-percentile-conv-clip-add-ends-fp32"  # the recipe quantize_int8 applies
+
+
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray | None,
                   ranges: str | Path | None = None) -> str:
     """Static QDQ int8 calibrated on `views` (their activation ranges also saved to `ranges` when given), static
@@ -259,9 +262,6 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
     return STATIC_INT8
 
 
-STATIC_INT8 = "static-qdq-u8s8-percentile-conv-clip-add-ends-fp32"
-
-
 def _check_ranges(path: Path, tensors: set[str]) -> None:
     """Saved activation ranges must name this graph's tensors (tensor names come from the torch exporter: another
     torch version may name them differently)."""
@@ -274,6 +274,21 @@ def _check_ranges(path: Path, tensors: set[str]) -> None:
         raise CheckpointError(f"int8 ranges {path} do not match this export ({len(missing)} of {len(names)} tensors "
                               f"not in the graph, e.g. {sorted(missing)[:2]}); quantise with calibration faces "
                               "instead (`agelens export onnx --calibration CACHE`)")
+
+
+def _ranges_fit(ranges: Path, src: str, log) -> bool:
+    """Shipped ranges exist and were calibrated on these weights: the card's `int8_ranges.weights_sha256` names
+    the weights file they were measured with (new weights need new ranges, not stale ones)."""
+    weights = weights_dir() / f"{src}.safetensors"
+    if not ranges.is_file() or not weights.is_file():
+        return False
+    card = weights.with_suffix(".json")
+    made_for = json.loads(card.read_text()).get("int8_ranges", {}).get("weights_sha256") if card.is_file() else None
+    if made_for != sha256_file(weights):
+        log(f"{ranges.name}: calibrated for other weights than {weights.name}; no int8 copy (recalibrate: "
+            "`python benchmarks/int8_ranges.py`)")
+        return False
+    return True
 
 
 def _calib_batch(n: int) -> int:
@@ -303,7 +318,7 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
     if int8 == "static" and calibration is None:
         raise AgelensError("static int8 needs --calibration CACHE_DIR (a prepared face cache); "
                            "or use --int8 dynamic / none")
-    from ..models.weights import shipped_models, weights_dir
+    from ..models.weights import shipped_models
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -334,7 +349,7 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
             q = out / f"{stem}.int8.onnx"
             ranges = {"static": out / f"{stem}.int8-ranges.json", "shipped": weights_dir() /
                       f"{stem}.int8-ranges.json"}.get(int8)
-            if int8 == "shipped" and not ranges.is_file():
+            if int8 == "shipped" and not _ranges_fit(ranges, src, log):
                 continue
             try:
                 method = quantize_int8(g, q, views, ranges)
