@@ -1,7 +1,8 @@
 """int8 against fp32 end to end: `agelens predict` on test photos with --backend onnx and onnx-int8, one export.
 
-usage: python benchmarks/int8_e2e.py --onnx-dir DIR [--utk 400] [--aaf 300] [--rounds 2] [--out docs/int8_e2e.json]
-DIR is an export with int8 graphs: `agelens export onnx --output DIR --calibration cache/utkface/val --n-calib 320`.
+usage: python benchmarks/int8_e2e.py [--onnx-dir DIR] [--utk 400] [--aaf 300] [--rounds 2] [--out docs/int8_e2e.json]
+DIR: an export with int8 graphs; default: the shipped models' export (quantised from the shipped ranges, made on
+first use). Also `agelens export onnx --output DIR --calibration cache/utkface/val --n-calib 320`.
 Whole processes (start to exit), the two backends in turns, best of --rounds; MAE of each photo's largest face,
 the paired difference with a 95 % bootstrap interval (overall and per age bin), mean and p99 age change, and
 occluded-flag agreement.
@@ -26,7 +27,7 @@ BINS = ((0, 10), (11, 20), (21, 40), (41, 60), (61, 120))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--onnx-dir", required=True)
+    ap.add_argument("--onnx-dir", help="export to run (default: the shipped models' export)")
     ap.add_argument("--utk", type=int, default=400)
     ap.add_argument("--aaf", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=2)
@@ -35,6 +36,10 @@ def main() -> None:
     a = ap.parse_args()
     files = {"utkface": test_files("utkface", a.utk, a.seed), "aaf": test_files("aaf", a.aaf, a.seed)}
     truth = {str(p): age for rows in files.values() for p, age in rows}
+    if a.onnx_dir is None:
+        from agelens.export.shipped import ensure_export
+
+        a.onnx_dir = str(ensure_export())
     env = {**os.environ, "AGELENS_ONNX_DIR": a.onnx_dir}
     secs: dict[str, list[float]] = {"onnx": [], "onnx-int8": []}
     recs: dict[str, dict] = {}
