@@ -555,7 +555,9 @@ def export_onnx_cmd(output: Annotated[Path, typer.Option("--output", "-o", help=
                     student: Annotated[str | None, typer.Option(help="student (default: shipped)")] = None,
                     detector: Annotated[str | None, typer.Option(help="occlusion detector (default: shipped)")] = None,
                     int8: Annotated[str | None, typer.Option(help="static (QDQ, calibrated; the default with "
-                                                             "--calibration) | dynamic | none (the default without)")] = None,
+                                                             "--calibration) | shipped (static, from the ranges "
+                                                             "shipped with the weights: no faces needed) | dynamic | "
+                                                             "none (the default without)")] = None,
                     calibration: Annotated[Path | None, typer.Option(help="prepared face cache for static int8, "
                                                                      "e.g. cache/utkface/val")] = None,
                     n_calib: Annotated[int, typer.Option(help="calibration faces (the percentile calibrator keeps "
