@@ -319,8 +319,8 @@ class FaceAnalyzer:
         skips the whole-image and tile steps, as does whole_image=False. fallback_verifier (verifier, threshold),
         when given, decides the fallback steps instead: the predictor screens the detector's faces with the
         teacher's own face head and leaves the fallbacks, where no detection at the usual confidence vouches for a
-        face, to the separate face network. tile_verifier (verifier, threshold), when given, decides the tile step (the predictor asks both networks
-        there: a cat's face or a coin on a tile passes one of them, not both)."""
+        face, to the separate face network. tile_verifier (verifier, threshold), when given, decides the tile step
+        (the predictor asks both networks there: a cat's face or a coin on a tile passes one of them, not both)."""
         # landmarks first, so the verifier sees the crop the models will (a verifier that is the age model itself,
         # `inference.predictor.TrunkGuard`, then answers both from one pass)
         faces = self._verified(rgb, self._with_mesh(rgb, self.detect(rgb)), verifier,
@@ -354,13 +354,13 @@ class FaceAnalyzer:
                 return [face]
         if verifier is None or not whole_image:
             return []
-        if 0.5 <= w / h <= 2.0 and float(rgb.std()) >= 4.0:  # a strip, a panorama or a flat image is no face crop
+        if float(rgb.std()) < 4.0:  # a flat image holds no face, whole or on a tile
+            return []
+        if 0.5 <= w / h <= 2.0:  # a strip or a panorama is no face crop
             score = float(verifier(whole_image_crop(rgb, crop_size)[None])[0])
             if score >= threshold:
                 return [Face((0.0, 0.0, float(w), float(h)), score, np.full((4, 2), np.nan, np.float32), None,
                              "whole-image")]
-        if float(rgb.std()) < 4.0:
-            return []
         if tile_verifier is not None:
             verifier, threshold = tile_verifier
         for n in TILE_GRIDS:

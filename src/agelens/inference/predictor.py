@@ -117,7 +117,7 @@ class TrunkGuard:
 
     def scores(self, crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)
-        p = self.est.trunk(crops)[2][:, self.index].copy()
+        p = self.head_scores(crops)
         if self.fallback is not None:
             unsure = (p >= self.skip_below) & (p < self.skip_above)
             if unsure.any():
