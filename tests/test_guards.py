@@ -84,3 +84,28 @@ def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_
     assert card["recipe"].endswith("--kinds all")
     with pytest.raises(ConfigError, match="kinds"):
         guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, kinds="hands")
+
+
+def test_cascade_bands_keep_every_verdict_of_the_separate_networks_with_a_margin(tmp_path):
+    from agelens.train.guard_bands import bands, write_card
+
+    def row(s, head_occ, sep_occ, head_face=0.99999):
+        return {"set": s, "head_occ": head_occ, "sep_occ": sep_occ, "head_face": head_face, "sep_face": 0.99}
+
+    rows = [row("utk_clean", 0.001, 0.02), row("utk_clean", 0.3, 0.6, 0.5), row("aaf_clean", 0.0001, 0.0),
+            row("utk_sunglasses", 0.08, 0.97), row("utk_mask", 0.9, 0.99), row("real_mask", 0.2, 0.95),
+            row("real_sunglasses", 0.03, 0.05),  # the separate detector does not count it: not in the rule
+            row("utk_hair", 1e-5, 0.4)]  # a newer family: reported, not in the rule
+    neg_head = np.array([0.2, 0.9995, 0.99999, 0.5])
+    neg_sep = np.array([0.1, 0.05, 0.9, 0.3])  # 0.99999 passes the separate network too: not a rejected one
+    res = bands(rows, neg_head, neg_sep, occ_min=0.1)
+    assert res["occlusion"]["skip_below"] == 0.04 and res["occlusion"]["n_flagged"] == 3
+    assert res["face"]["skip_above"] == pytest.approx(0.99975) and res["face"]["negatives_skipped"] == 1
+    per = res["per_set"]
+    assert per["utk_clean"] == {"n": 2, "occlusion_skipped": 0.5, "face_skipped": 0.5}
+    assert per["utk_hair"]["occlusion_skipped"] == 1.0 and per["utk_mask"]["occlusion_skipped"] == 0.0
+    (tmp_path / "teacher.json").write_text(json.dumps({"name": "teacher", "guard_metrics": {"n_train": 4}}))
+    write_card({**res, "recipe": "r"}, tmp_path)
+    card = json.loads((tmp_path / "teacher.json").read_text())
+    assert card["guard_cascade"] == {"occlusion": {"skip_below": 0.04}, "face": {"skip_above": 0.99975}}
+    assert card["guard_metrics"]["n_train"] == 4 and card["guard_metrics"]["cascade"]["recipe"] == "r"

@@ -15,7 +15,8 @@ Alone, the heads do not match the separate networks (a linear read of age featur
 occlusion head finds about 3 in 4 real masks, the occlusion detector 49 in 50), so they are used as a cascade
 (`guard_cascade` in the card): where a head is sure (a clean face below half the lowest held-out occluded face's
 score; a face above every held-out non-face) its answer stands, and only the uncertain crops go to the separate
-network, whose threshold decides.
+network, whose threshold decides. These first bands come from aligned crops; `train.guard_bands` measures them
+again on faces as `predict` finds them and writes the card's final ones.
 
 Every crop is seen at the teacher's own view (centre crop, input size), half of them photo-degraded. Held out for
 the metrics: the validation faces, the odd half of the real occluded faces and of the negatives.
