@@ -231,3 +231,34 @@ def test_onnx_export_holds_the_guard_heads(tmp_path):
     for a, b in zip(om.run_guards(views), tm.run_guards(views), strict=True):
         assert np.allclose(a, b, atol=2e-2)
     assert AgeEstimator(om).detector.threshold == 0.6
+
+
+def test_batch_engine_verifies_a_chunk_of_files_in_one_teacher_pass(tmp_path):
+    from importlib import resources
+
+    from PIL import Image
+
+    from agelens.inference.stream import _find, _find_chunk
+
+    teacher = CountingTeacher(_model(), 224, 160, "teacher", tta_flip=False, numerics=FP32,
+                              guard_thresholds={"occlusion": 0.5, "face": 0.0})  # an untrained head: accept all
+    est = AgeEstimator(teacher)
+    photo = Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB")
+    files = []
+    for k, scale in enumerate((1.0, 0.6, 0.8)):
+        p = tmp_path / f"face{k}.jpg"
+        photo.resize((int(photo.width * scale), int(photo.height * scale))).save(p)
+        files.append(str(p))
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    files.insert(1, str(tmp_path / "bad.jpg"))
+    CountingTeacher.calls = 0
+    chunk = _find_chunk(est, files, True, False)
+    assert CountingTeacher.calls == 1  # the three photos' faces verified from one pass
+    est._memo.clear()
+    for got, ref in zip(chunk, [_find(f, est.analyzer, est.cache_size, True, False, est.verifier) for f in files],
+                        strict=True):
+        assert got[0] == ref[0] and got[2] == ref[2] and (got[1] is None) == (ref[1] is None)
+        if ref[1] is not None:
+            assert [f[0] for f in got[1]] == [f[0] for f in ref[1]]
+            assert all(np.array_equal(a[2], b[2]) for a, b in zip(got[1], ref[1], strict=True))
+    assert chunk[1][1] is None and "bad.jpg" in chunk[1][2]

@@ -305,10 +305,15 @@ class FaceAnalyzer:
         scores = verifier(np.stack([f.aligned(rgb, crop_size)[0] for f in faces]))
         return [f for f, p in zip(faces, scores, strict=True) if p >= threshold]
 
+    def propose(self, rgb: np.ndarray) -> list[Face]:
+        """The detector step's faces with their landmarks: what `find_faces` verifies first."""
+        return self._with_mesh(rgb, self.detect(rgb))
+
     def find_faces(self, rgb: np.ndarray, verifier: Verifier | None = None, threshold: float = 0.5,
                    crop_size: int = 256, whole_image: bool = True, verify: bool = False,
                    fallback_verifier: tuple[Verifier, float] | None = None,
-                   tile_verifier: tuple[Verifier, float] | None = None) -> list[Face]:
+                   tile_verifier: tuple[Verifier, float] | None = None,
+                   proposed: list[Face] | None = None) -> list[Face]:
         """Every face with landmarks where the mesh finds them, found by the cascade in the module docstring.
 
         With a verifier, a face from the fallback steps counts only when the verifier scores its aligned crop at
@@ -320,10 +325,12 @@ class FaceAnalyzer:
         when given, decides the fallback steps instead: the predictor screens the detector's faces with the
         teacher's own face head and leaves the fallbacks, where no detection at the usual confidence vouches for a
         face, to the separate face network. tile_verifier (verifier, threshold), when given, decides the tile step
-        (the predictor asks both networks there: a cat's face or a coin on a tile passes one of them, not both)."""
+        (the predictor asks both networks there: a cat's face or a coin on a tile passes one of them, not both).
+        proposed: this image's `propose` output, when the caller already has it (the batch engine proposes the faces
+        of several files first, to verify them in one model pass)."""
         # landmarks first, so the verifier sees the crop the models will (a verifier that is the age model itself,
         # `inference.predictor.TrunkGuard`, then answers both from one pass)
-        faces = self._verified(rgb, self._with_mesh(rgb, self.detect(rgb)), verifier,
+        faces = self._verified(rgb, self.propose(rgb) if proposed is None else proposed, verifier,
                                min(threshold, DETECTED_THRESHOLD), crop_size)
         if faces:
             return faces

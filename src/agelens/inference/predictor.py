@@ -458,11 +458,13 @@ def shipped_verifier():
 
 
 def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, detect: bool = True,
-                   verifier="shipped") -> list[tuple[list[float], float, np.ndarray, bool, str]]:
+                   verifier="shipped", proposed: list | None = None
+                   ) -> list[tuple[list[float], float, np.ndarray, bool, str]]:
     """(box, score, aligned crop, landmarks_found, detection) for each face; detect=False: the image is one face
     crop. Every face, from the detector or a fallback, counts only when `verifier` (a binary crop classifier with
     `scores` and `threshold`; "shipped" = the shipped face verifier, None = none: detector steps only) says it is
-    a face. Raises NoFaceError when there is no face."""
+    a face. proposed: the image's `FaceAnalyzer.propose` faces when the caller has them. Raises NoFaceError when
+    there is no face."""
     h, w = rgb.shape[:2]
     if not detect:
         crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
@@ -472,7 +474,8 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     faces = analyzer.find_faces(rgb, v.scores if v is not None else None, v.threshold if v is not None else 0.5,
                                 cache_size, verify=True,
                                 fallback_verifier=(sep.scores, sep.threshold) if sep is not None else None,
-                                tile_verifier=(v.both_scores, v.threshold) if hasattr(v, "both_scores") else None)
+                                tile_verifier=(v.both_scores, v.threshold) if hasattr(v, "both_scores") else None,
+                                proposed=proposed)
     if not faces:
         raise NoFaceError("no face found")
     out = []

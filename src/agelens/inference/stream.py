@@ -60,6 +60,13 @@ def _detect(job: tuple[str, int, bool, bool]) -> tuple[str, list | None, str | N
     return _find(path, _worker_analyzer, cache_size, detect, keep_rgb)
 
 
+def _error(path: str, e: Exception) -> str:
+    """What one file's failure reads as: the error, naming the file."""
+    if isinstance(e, AgelensError):
+        return str(e) if path in str(e) else f"{path}: {e}"
+    return f"{path}: {type(e).__name__}: {e}"  # OS errors, odd arrays, the face detector: that file only
+
+
 def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, verifier="shipped"
           ) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
     from ..imageio import load_image
@@ -70,17 +77,52 @@ def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, ve
         rgb = check_rgb(load_image(path))
         faces = find_and_align(rgb, analyzer, cache_size, detect, verifier)
         return path, faces, None, rgb if keep_rgb else None, time.perf_counter() - t0
-    except AgelensError as e:
-        msg = str(e)
-        return path, None, msg if path in msg else f"{path}: {msg}", None, time.perf_counter() - t0
-    except Exception as e:  # anything else one file triggers (OS errors, odd arrays, the face detector):
-        # reported for that file, the batch goes on
-        return path, None, f"{path}: {type(e).__name__}: {e}", None, time.perf_counter() - t0
+    except Exception as e:  # reported for that file, the batch goes on
+        return path, None, _error(path, e), None, time.perf_counter() - t0
+
+
+def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
+                ) -> list[tuple[str, list | None, str | None, np.ndarray | None, float]]:
+    """`_find` for consecutive files, with the teacher's verification pass batched over them: where the face
+    verifier is the teacher's own head (`TrunkGuard`), every file's detector faces are proposed first and their
+    crops go through the teacher in one batch (`AgeEstimator.trunk` keeps the result), so verifying each file, and
+    then its age, read that pass instead of a one-face pass each (batch 1: 5.9 ms a face, batch 4+: 4.8-5.1 on one
+    thread)."""
+    verifier = _verifier(est)
+    if not detect or not hasattr(verifier, "head_scores"):
+        return [_find(f, est.analyzer, est.cache_size, detect, keep_rgb, verifier) for f in files]
+    from ..imageio import load_image
+    from .predictor import check_rgb, find_and_align
+
+    loaded = []  # (path, rgb, proposed faces, error, seconds)
+    for f in files:
+        t0 = time.perf_counter()
+        try:
+            rgb = check_rgb(load_image(f))
+            loaded.append((f, rgb, est.analyzer.propose(rgb), None, time.perf_counter() - t0))
+        except Exception as e:  # reported for that file, the batch goes on
+            loaded.append((f, None, None, _error(f, e), time.perf_counter() - t0))
+    crops = [p.aligned(rgb, est.cache_size)[0] for _, rgb, props, _, _ in loaded for p in props or []]
+    if crops:
+        est.trunk(np.stack(crops))
+    out = []
+    for f, rgb, props, err, dt in loaded:
+        t0 = time.perf_counter()
+        if err is None:
+            try:
+                faces = find_and_align(rgb, est.analyzer, est.cache_size, True, verifier, proposed=props)
+                out.append((f, faces, None, rgb if keep_rgb else None, dt + time.perf_counter() - t0))
+                continue
+            except Exception as e:
+                err = _error(f, e)
+        out.append((f, None, err, None, dt + time.perf_counter() - t0))
+    return out
 
 
 _worker_est = None  # pipeline workers: the estimator this process rebuilt from the main process's spec
 _worker_error: str | None = None
 MIN_FILES_PER_WORKER = 32
+CHUNK = 8  # consecutive files whose faces are verified and estimated in one model batch
 
 
 def _init_pipeline(spec: tuple[str, dict]) -> None:
@@ -105,9 +147,7 @@ def _pipeline(job: tuple[list[str], bool, bool]) -> list[tuple[dict, np.ndarray 
     if _worker_est is None:
         raise AgelensError(_worker_error or "pipeline worker not initialised")
     files, detect, keep_rgb = job
-    est = _worker_est
-    pending = [_find(f, est.analyzer, est.cache_size, detect, keep_rgb, _verifier(est)) for f in files]
-    return list(_flush(est, pending))
+    return list(_flush(_worker_est, _find_chunk(_worker_est, files, detect, keep_rgb)))
 
 
 def _verifier(est):
@@ -142,7 +182,8 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
         detected: Iterable = pool.imap(_detect, [(f, est.cache_size, detect, keep_rgb) for f in files], chunksize=2)
     else:
         pool = None
-        detected = (_find(f, est.analyzer, est.cache_size, detect, keep_rgb, _verifier(est)) for f in files)
+        detected = (r for i in range(0, len(files), CHUNK) for r in _find_chunk(est, files[i:i + CHUNK], detect,
+                                                                                 keep_rgb))
     pending: list = []
     n_faces = 0
     try:
@@ -162,7 +203,7 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
 def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_size: int, keep_rgb: bool
                      ) -> Iterator[tuple[dict, np.ndarray | None]]:
     # chunks small enough to keep every worker busy to the end, at most batch_size files (one model batch) each
-    chunk = max(1, min(batch_size, 8, len(files) // (4 * workers)))
+    chunk = max(1, min(batch_size, CHUNK, len(files) // (4 * workers)))
     jobs = [(files[i:i + chunk], detect, keep_rgb) for i in range(0, len(files), chunk)]
     pool = mp.get_context("spawn").Pool(workers, initializer=_init_pipeline, initargs=(est.spec,))
     try:
