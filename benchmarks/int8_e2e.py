@@ -39,7 +39,7 @@ def main() -> None:
     if a.onnx_dir is None:
         from agelens.export.shipped import ensure_export
 
-        a.onnx_dir = str(ensure_export())
+        a.onnx_dir = str(ensure_export(int8=True))
     env = {**os.environ, "AGELENS_ONNX_DIR": a.onnx_dir}
     secs: dict[str, list[float]] = {"onnx": [], "onnx-int8": []}
     recs: dict[str, dict] = {}

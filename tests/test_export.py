@@ -28,6 +28,14 @@ def onnx_dir():
     return ensure_export()
 
 
+@pytest.fixture(scope="module")
+def onnx_int8_dir(onnx_dir):
+    """The same export with its int8 copies (made the first time `--backend onnx-int8` asks for them)."""
+    from agelens.export.shipped import ensure_export
+
+    return ensure_export(int8=True)
+
+
 def _views(n, size, seed=0):
     from agelens.data.views import centre_crop
 
@@ -245,7 +253,7 @@ def test_predict_streams_jsonl_and_resumes(tmp_path, astronaut_path, onnx_dir):
     assert r.returncode == 2 and "--output needs --format json, jsonl or csv" in r.stderr
 
 
-def test_int8_auto_tta_takes_the_int8_single_view_graph(onnx_dir, tmp_path):
+def test_int8_auto_tta_takes_the_int8_single_view_graph(onnx_int8_dir, tmp_path):
     """precision int8: <role>.notta.int8.onnx in tta "auto" (selective flip-TTA on int8) and "none"; without it the
     two-view <role>.int8.onnx with the mirror on every face; fp32 where a graph has no int8 copy."""
     import shutil
@@ -253,7 +261,7 @@ def test_int8_auto_tta_takes_the_int8_single_view_graph(onnx_dir, tmp_path):
     from agelens.inference.backends.onnx import load_onnx_models
 
     d = tmp_path / "export"
-    shutil.copytree(onnx_dir, d)
+    shutil.copytree(onnx_int8_dir, d)
     models = load_onnx_models(d, "int8")
     for role in ("teacher", "student"):
         m = models[role]
@@ -269,14 +277,36 @@ def test_int8_auto_tta_takes_the_int8_single_view_graph(onnx_dir, tmp_path):
     assert load_onnx_models(d, "int8", tta="none")["teacher"].path.name == "teacher.notta.onnx"
 
 
-def test_shipped_int8_ranges_match_this_export(onnx_dir):
-    """The export made on first use quantises every age graph and the occlusion detector from the ranges shipped
+def test_shipped_int8_ranges_match_this_export(onnx_int8_dir):
+    """The int8 copies made on request quantise every age graph and the occlusion detector from the ranges shipped
     with the weights (their tensor names come from the torch exporter: a mismatch leaves them fp32)."""
-    manifest = json.loads((onnx_dir / "manifest.json").read_text())["models"]
+    d = onnx_int8_dir
+    manifest = json.loads((d / "manifest.json").read_text())["models"]
     for role in ("teacher", "student"):
-        assert (onnx_dir / f"{role}.int8.onnx").is_file() and (onnx_dir / f"{role}.notta.int8.onnx").is_file()
+        assert (d / f"{role}.int8.onnx").is_file() and (d / f"{role}.notta.int8.onnx").is_file()
         assert manifest[role]["int8_method"].endswith("(saved ranges)")
-    assert (onnx_dir / "occlusion.int8.onnx").is_file()
+    assert (d / "occlusion.int8.onnx").is_file()
+
+
+def test_int8_copies_are_made_once_when_first_asked_for(onnx_dir, tmp_path):
+    """The first-use export is fp32 only; `add_shipped_int8` (what `--backend onnx-int8` triggers through
+    `ensure_export(int8=True)`) quantises from the shipped ranges and records it, once."""
+    import shutil
+
+    from agelens.export.onnx import add_shipped_int8
+
+    m = json.loads((onnx_dir / "manifest.json").read_text())
+    entry = {k: v for k, v in m["models"]["occlusion"].items() if not k.startswith("int8")}
+    d = tmp_path / "export"
+    d.mkdir()
+    shutil.copy(onnx_dir / "occlusion.onnx", d)
+    (d / "manifest.json").write_text(json.dumps({**m, "models": {"occlusion": entry}}))
+    add_shipped_int8(d, log=lambda *_: None)
+    got = json.loads((d / "manifest.json").read_text())["models"]["occlusion"]
+    assert got["int8"] == "occlusion.int8.onnx" and got["int8_tried"] and got["int8_method"].endswith("ranges)")
+    stamp = (d / "occlusion.int8.onnx").stat().st_mtime_ns
+    add_shipped_int8(d, log=lambda *_: None)
+    assert (d / "occlusion.int8.onnx").stat().st_mtime_ns == stamp
 
 
 def test_int8_ranges_round_trip_and_mismatch(onnx_dir, tmp_path):

@@ -344,22 +344,48 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
             if key not in calib_views:
                 calib_views[key] = calibration_views(calib_cache, *key, n_calib)
             views = calib_views[key]
-        for suffix, g in (graphs if int8 != "none" else {}).items():
-            stem = g.name.removesuffix(".onnx")
-            q = out / f"{stem}.int8.onnx"
-            ranges = {"static": out / f"{stem}.int8-ranges.json", "shipped": weights_dir() /
-                      f"{stem}.int8-ranges.json"}.get(int8)
-            if int8 == "shipped" and not _ranges_fit(ranges, src, log):
-                continue
-            try:
-                method = quantize_int8(g, q, views, ranges)
-            except CheckpointError as e:  # shipped ranges made by another torch exporter: fp32 only
-                if int8 != "shipped":
-                    raise
-                log(f"{stem}: no int8 copy ({e})")
-                continue
-            entry[f"int8{suffix}"], entry["int8_method"] = q.name, method
-            log(f"{stem}: {q} ({q.stat().st_size / 1e6:.1f} MB, {method})")
+        if int8 != "none":
+            _int8_copies(out, src, entry, graphs, int8, views, log)
+            entry["int8_tried"] = True
         manifest["models"][role] = entry
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _int8_copies(out: Path, src: str, entry: dict, graphs: dict[str, Path], int8: str, views, log) -> None:
+    """<graph>.int8.onnx beside each fp32 graph of one model (graphs: manifest-key suffix → graph), recorded in
+    its manifest `entry`; int8 as in `export_all`."""
+    for suffix, g in graphs.items():
+        stem = g.name.removesuffix(".onnx")
+        q = out / f"{stem}.int8.onnx"
+        ranges = {"static": out / f"{stem}.int8-ranges.json", "shipped": weights_dir() /
+                  f"{stem}.int8-ranges.json"}.get(int8)
+        if int8 == "shipped" and not _ranges_fit(ranges, src, log):
+            continue
+        try:
+            method = quantize_int8(g, q, views, ranges)
+        except CheckpointError as e:  # shipped ranges made by another torch exporter: fp32 only
+            if int8 != "shipped":
+                raise
+            log(f"{stem}: no int8 copy ({e})")
+            continue
+        entry[f"int8{suffix}"], entry["int8_method"] = q.name, method
+        log(f"{stem}: {q} ({q.stat().st_size / 1e6:.1f} MB, {method})")
+
+
+def add_shipped_int8(out_dir: str | Path, log=print) -> dict:
+    """int8 copies, quantised from the ranges shipped beside the weights, for an export of the shipped models
+    that has none yet (`ensure_export` makes fp32 graphs only: int8 is asked for by `--backend onnx-int8`). Roles
+    whose copies exist, or were tried, are left alone; the manifest is rewritten atomically."""
+    out = Path(out_dir)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for role, entry in manifest["models"].items():
+        if entry.get("int8_tried") or "int8" in entry:
+            continue
+        graphs = {"": out / entry["fp32"]}
+        if entry.get("fp32_single_view"):
+            graphs["_single_view"] = out / entry["fp32_single_view"]
+        _int8_copies(out, role, entry, graphs, "shipped", None, log)
+        entry["int8_tried"] = True
     atomic_write_json(out / "manifest.json", manifest)
     return manifest

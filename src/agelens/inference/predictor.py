@@ -269,7 +269,7 @@ class AgeEstimator:
         if precision not in ("fp32", "int8"):
             raise AgelensError(f"ONNX precision must be fp32 or int8, got {precision!r}")
         tta = tta_mode(tta)
-        d = ensure_export(onnx_dir, log)
+        d = ensure_export(onnx_dir, log, int8=precision == "int8")
         models = load_onnx_models(d, precision, threads, tta)
         t = models["teacher"]
         est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
