@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -41,9 +42,8 @@ def default_onnx_dir() -> Path:
 
 def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool = False) -> Path:
     """The folder holding teacher/student/occlusion .onnx; exports the shipped weights there first when it lacks
-    them (needs torch, once: fp32 graphs, about 15 s). int8=True (for the shipped export, onnx_dir None): also the
-    int8 copies, quantised from the ranges shipped beside the weights, made the first time they are asked for
-    (about 9 s more)."""
+    them (needs torch, once: the fp32 graphs). int8=True (for the shipped export, onnx_dir None): also the int8
+    copies, quantised from the ranges shipped beside the weights, made the first time they are asked for."""
     d = Path(onnx_dir) if onnx_dir else default_onnx_dir()
     if (d / "manifest.json").is_file() and (d / "teacher.onnx").is_file() and (
             onnx_dir is not None or (d / "teacher.notta.onnx").is_file()):  # a cache from before single-view graphs
@@ -67,8 +67,6 @@ def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool = Fal
 
 def _ensure_int8(d: Path, log=None) -> None:
     """The shipped export's int8 copies, made now where they were never tried (`export.onnx.add_shipped_int8`)."""
-    import json
-
     entries = json.loads((d / "manifest.json").read_text()).get("models", {}).values()
     if all(e.get("int8_tried") or "int8" in e for e in entries):
         return
