@@ -109,3 +109,15 @@ def test_cascade_bands_keep_every_verdict_of_the_separate_networks_with_a_margin
     card = json.loads((tmp_path / "teacher.json").read_text())
     assert card["guard_cascade"] == {"occlusion": {"skip_below": 0.04}, "face": {"skip_above": 0.99975}}
     assert card["guard_metrics"]["n_train"] == 4 and card["guard_metrics"]["cascade"]["recipe"] == "r"
+
+
+def test_face_like_negatives_are_the_predictors_proposals_on_face_free_photos(tmp_path):
+    """Crops of every seeded sub-crop (aligned detector proposals and the sub-crop whole), all SIZE, reproducible;
+    non-image files are ignored."""
+    photo = Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB")  # a face: proposals
+    photo.save(tmp_path / "a.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    crops = guards.face_like_negatives(tmp_path, views=4)
+    assert len(crops) > 4 and all(c.shape == (guards.SIZE, guards.SIZE, 3) for c in crops)  # proposals + 4 wholes
+    again = guards.face_like_negatives(tmp_path, views=4)
+    assert len(again) == len(crops) and all(np.array_equal(a, b) for a, b in zip(crops, again, strict=True))

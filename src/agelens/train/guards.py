@@ -5,12 +5,13 @@
   images, clean and under every synthetic occluder family (`synth.ALL_TYPES`, double ones included), and real
   masked / sunglasses faces from the fit half of realocc. Negatives: patches of the realocc photos away from every face, sample images that ship
   with scikit-learn and matplotlib (never scikit-image's: those are the measurement set), and procedural images
-  (noise, gradients, shapes, colour wheels, stripes, text pages, star fields, cell-like blobs).
+  (noise, gradients, shapes, colour wheels, stripes, text pages, star fields, cell-like blobs); with
+  `--extra-negatives DIR`, also the faces a detector proposes on photos of animals (`face_like_negatives`).
 - `occlusion` (fine-tuned from the shipped detector): real masked / sunglasses faces of the realocc fit half and
   synthetic occluders as positives, clean training faces (some with see-through glasses) as negatives; the
   threshold is set on clean validation faces for 99 % specificity.
 
-    python -m agelens.train.guards data --out cache/guards          # collect crops once (~5 min on 2 cores)
+    python -m agelens.train.guards data --out cache/guards [--extra-negatives DIR]   # collect crops (~2 min)
     python -m agelens.train.guards fit faceness --data cache/guards --out runs/faceness
     python -m agelens.train.guards fit occlusion --data cache/guards --out runs/occlusion_real
 
@@ -35,7 +36,7 @@ from ..config import ModelConfig, RunConfig, config_to_dict
 from ..data.dataset import degrade
 from ..data.views import resize_square
 from ..errors import ConfigError
-from ..faces.detect import FaceAnalyzer, whole_image_crop
+from ..faces.detect import FaceAnalyzer, pad_border, whole_image_crop
 from ..faces.prepare import largest_face, prepare_face
 from ..imageio import load_image
 from ..models.inputs import to_input
@@ -243,8 +244,32 @@ def collect_negatives(realocc_paths: list[str], analyzer: FaceAnalyzer, n_proced
     return np.stack(out)
 
 
-def build_data(out: Path, shared: Path, n_utk: int, n_aaf: int, n_procedural: int) -> None:
-    """Collect every crop the two guards train on into OUT/guards.npz (written atomically)."""
+def face_like_negatives(folder: Path, seed: int = 1, views: int = 40) -> list[np.ndarray]:
+    """Crops of photos without a human face that a face detector may still take for one (animals): for each of
+    `views` seeded sub-crops of each image (40–100 % of its sides, every other one mirrored), the aligned crop of
+    every face the predictor's detector proposes on it and inside a padded border, and the whole sub-crop. The
+    procedural and library negatives have no such faces: a cat's scored 0.99 on both face networks."""
+    rng = np.random.default_rng(seed)
+    an = FaceAnalyzer(fast=None)  # the predictor's face path
+    out = []
+    for p in sorted(q for q in folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        rgb = load_image(p)
+        h, w = rgb.shape[:2]
+        for k in range(views):
+            s = rng.uniform(0.4, 1.0)
+            ch, cw = int(h * s), int(w * s)
+            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            v = np.ascontiguousarray(rgb[y:y + ch, x:x + cw][:, ::-1] if k % 2 else rgb[y:y + ch, x:x + cw])
+            for img in (v, pad_border(v)[0]):
+                out += [f.aligned(img, SIZE)[0] for f in an.propose(img)]
+            out.append(whole_image_crop(v, SIZE))
+    return out
+
+
+def build_data(out: Path, shared: Path, n_utk: int, n_aaf: int, n_procedural: int,
+               extra_negatives: Path | None = None) -> None:
+    """Collect every crop the two guards train on into OUT/guards.npz (written atomically); extra_negatives: a
+    folder of face-free photos of animals (`face_like_negatives`), added to the negatives."""
     import pandas as pd
 
     t0 = time.perf_counter()
@@ -269,6 +294,8 @@ def build_data(out: Path, shared: Path, n_utk: int, n_aaf: int, n_procedural: in
         kinds += [kind] * len(crops)
     arrays["real"], arrays["real_kind"] = np.concatenate(real), np.array(kinds)
     arrays["neg"] = collect_negatives([str(shared / f) for f in occ.file], an, n_procedural)
+    if extra_negatives is not None:
+        arrays["neg"] = np.concatenate([arrays["neg"], np.stack(face_like_negatives(extra_negatives))])
     print(f"real occluded {len(arrays['real'])}, negatives {len(arrays['neg'])} ({time.perf_counter() - t0:.0f} s)",
           flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -449,6 +476,8 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--n-utk", type=int, default=2500)
     d.add_argument("--n-aaf", type=int, default=1500)
     d.add_argument("--n-procedural", type=int, default=2800)
+    d.add_argument("--extra-negatives", type=Path, default=None,
+                   help="folder of face-free photos of animals, added to the negatives (see the model card)")
     f = sub.add_parser("fit", help="train one guard")
     f.add_argument("task", choices=("faceness", "occlusion"))
     f.add_argument("--data", type=Path, default=Path("cache/guards"))
@@ -466,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "ship":
         print(f"wrote {ship(a.run, a.name)}")
     elif a.cmd == "data":
-        build_data(a.out, a.shared, a.n_utk, a.n_aaf, a.n_procedural)
+        build_data(a.out, a.shared, a.n_utk, a.n_aaf, a.n_procedural, a.extra_negatives)
     else:
         print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init,
                                                      threads=a.threads, kinds=a.kinds).items()

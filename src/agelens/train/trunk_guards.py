@@ -8,8 +8,9 @@ kinds of crops the separate guards learn from (`cache/guards`, see `train.guards
 - occlusion: real masked / sunglasses faces (the realocc fit half) and synthetic occluders of the paper's types are
   positives; clean faces (30 % with see-through glasses) negatives. Threshold: 99 % specificity on clean
   validation faces.
-- face: faces (clean, under any occluder family, real occluded) are positives; non-face patches and procedural
-  images negatives. Threshold: keeps 99.5 % of validation faces (clean and occluded).
+- face: faces (clean, under any occluder family, real occluded) are positives; the guards' negatives (non-face
+  patches, procedural images and, where the data has them, detector proposals on animal photos) negatives.
+  Threshold: keeps 99.5 % of validation faces (clean and occluded).
 
 Alone, the heads do not match the separate networks (a linear read of age features: at 99 % specificity the
 occlusion head finds about 3 in 4 real masks, the occlusion detector 49 in 50), so they are used as a cascade
