@@ -262,3 +262,16 @@ def test_batch_engine_verifies_a_chunk_of_files_in_one_teacher_pass(tmp_path):
             assert [f[0] for f in got[1]] == [f[0] for f in ref[1]]
             assert all(np.array_equal(a[2], b[2]) for a, b in zip(got[1], ref[1], strict=True))
     assert chunk[1][1] is None and "bad.jpg" in chunk[1][2]
+    calls, trunk = [], est.trunk
+
+    def failing_batch(crops):  # the batched pass fails; one-file passes work
+        calls.append(len(crops))
+        if len(crops) > 1:
+            raise RuntimeError("batch failed")
+        return trunk(crops)
+
+    est._memo.clear()
+    est.trunk = failing_batch
+    again = _find_chunk(est, files, True, False)
+    assert calls[0] == 3 and [r[2] for r in again] == [r[2] for r in chunk]
+    assert all((a[1] is None) == (b[1] is None) for a, b in zip(again, chunk, strict=True))

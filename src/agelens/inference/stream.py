@@ -5,6 +5,7 @@ resumes after an interruption (files already answered are skipped; a torn last l
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
@@ -104,7 +105,10 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
             loaded.append((f, None, None, _error(f, e), time.perf_counter() - t0))
     crops = [p.aligned(rgb, est.cache_size)[0] for _, rgb, props, _, _ in loaded for p in props or []]
     if crops:
-        est.trunk(np.stack(crops))
+        # a head start only: if the batch fails, each file's own verification below runs the pass again and
+        # reports its error for that file alone
+        with contextlib.suppress(Exception):
+            est.trunk(np.stack(crops))
     out = []
     for f, rgb, props, err, dt in loaded:
         t0 = time.perf_counter()
