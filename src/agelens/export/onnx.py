@@ -333,11 +333,9 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
         meta = export_model(src, p)
         entry = {"fp32": p.name, **meta}
         log(f"{role}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
-        graphs = {"": p}
         if meta["kind"] == "age" and meta["tta"]:  # the single-view graph `--no-tta` runs (half the work)
             entry["fp32_single_view"] = (out / f"{role}.notta.onnx").name
             export_model(src, out / entry["fp32_single_view"], tta=False)
-            graphs["_single_view"] = out / entry["fp32_single_view"]
         views = None
         if int8 == "static":
             key = (meta["crop_size"], meta["input_size"])
@@ -345,17 +343,18 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
                 calib_views[key] = calibration_views(calib_cache, *key, n_calib)
             views = calib_views[key]
         if int8 != "none":
-            _int8_copies(out, src, entry, graphs, int8, views, log)
+            _int8_copies(out, src, entry, int8, views, log)
             entry["int8_tried"] = True
         manifest["models"][role] = entry
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
 
-def _int8_copies(out: Path, src: str, entry: dict, graphs: dict[str, Path], int8: str, views, log) -> None:
-    """<graph>.int8.onnx beside each fp32 graph of one model (graphs: manifest-key suffix → graph), recorded in
-    its manifest `entry`; int8 as in `export_all`."""
-    for suffix, g in graphs.items():
+def _int8_copies(out: Path, src: str, entry: dict, int8: str, views, log) -> None:
+    """<graph>.int8.onnx beside each fp32 graph of one model (its manifest `entry`: "fp32", and "fp32_single_view"
+    for age models), recorded in `entry` as "int8" / "int8_single_view"; int8 as in `export_all`."""
+    graphs = {"": entry["fp32"], "_single_view": entry.get("fp32_single_view")}
+    for suffix, g in ((k, out / v) for k, v in graphs.items() if v):
         stem = g.name.removesuffix(".onnx")
         q = out / f"{stem}.int8.onnx"
         ranges = {"static": out / f"{stem}.int8-ranges.json", "shipped": weights_dir() /
@@ -382,10 +381,7 @@ def add_shipped_int8(out_dir: str | Path, log=print) -> dict:
     for role, entry in manifest["models"].items():
         if entry.get("int8_tried") or "int8" in entry:
             continue
-        graphs = {"": out / entry["fp32"]}
-        if entry.get("fp32_single_view"):
-            graphs["_single_view"] = out / entry["fp32_single_view"]
-        _int8_copies(out, role, entry, graphs, "shipped", None, log)
+        _int8_copies(out, role, entry, "shipped", None, log)
         entry["int8_tried"] = True
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
