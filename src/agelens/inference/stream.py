@@ -68,18 +68,32 @@ def _error(path: str, e: Exception) -> str:
     return f"{path}: {type(e).__name__}: {e}"  # OS errors, odd arrays, the face detector: that file only
 
 
-def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, verifier="shipped"
-          ) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
-    from ..imageio import load_image
-    from .predictor import check_rgb, find_and_align
-
+def _attempt(path: str, fn):
+    """(fn(), None, seconds), or (None, the error named for `path`, seconds): a file's failure stays with it."""
     t0 = time.perf_counter()
     try:
-        rgb = check_rgb(load_image(path))
-        faces = find_and_align(rgb, analyzer, cache_size, detect, verifier)
-        return path, faces, None, rgb if keep_rgb else None, time.perf_counter() - t0
+        return fn(), None, time.perf_counter() - t0
     except Exception as e:  # reported for that file, the batch goes on
-        return path, None, _error(path, e), None, time.perf_counter() - t0
+        return None, _error(path, e), time.perf_counter() - t0
+
+
+def _decode(path: str) -> np.ndarray:
+    from ..imageio import load_image
+    from .predictor import check_rgb
+
+    return check_rgb(load_image(path))
+
+
+def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, verifier="shipped"
+          ) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
+    from .predictor import find_and_align
+
+    def run():
+        rgb = _decode(path)
+        return rgb, find_and_align(rgb, analyzer, cache_size, detect, verifier)
+
+    got, err, dt = _attempt(path, run)
+    return path, got and got[1], err, got[0] if got and keep_rgb else None, dt
 
 
 def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
@@ -92,34 +106,28 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
     verifier = _verifier(est)
     if not detect or not hasattr(verifier, "head_scores"):
         return [_find(f, est.analyzer, est.cache_size, detect, keep_rgb, verifier) for f in files]
-    from ..imageio import load_image
-    from .predictor import check_rgb, find_and_align
+    from .predictor import find_and_align
 
-    loaded = []  # (path, rgb, proposed faces, error, seconds)
-    for f in files:
-        t0 = time.perf_counter()
-        try:
-            rgb = check_rgb(load_image(f))
-            loaded.append((f, rgb, est.analyzer.propose(rgb), None, time.perf_counter() - t0))
-        except Exception as e:  # reported for that file, the batch goes on
-            loaded.append((f, None, None, _error(f, e), time.perf_counter() - t0))
-    crops = [p.aligned(rgb, est.cache_size)[0] for _, rgb, props, _, _ in loaded for p in props or []]
+    def propose(f):
+        rgb = _decode(f)
+        return rgb, est.analyzer.propose(rgb)
+
+    loaded = [(f, *_attempt(f, lambda f=f: propose(f))) for f in files]  # (path, (rgb, proposals), error, seconds)
+    crops = [p.aligned(got[0], est.cache_size)[0] for _, got, _, _ in loaded if got for p in got[1]]
     if crops:
         # a head start only: if the batch fails, each file's own verification below runs the pass again and
         # reports its error for that file alone
         with contextlib.suppress(Exception):
             est.trunk(np.stack(crops))
     out = []
-    for f, rgb, props, err, dt in loaded:
-        t0 = time.perf_counter()
+    for f, got, err, dt in loaded:
+        faces = None
         if err is None:
-            try:
-                faces = find_and_align(rgb, est.analyzer, est.cache_size, True, verifier, proposed=props)
-                out.append((f, faces, None, rgb if keep_rgb else None, dt + time.perf_counter() - t0))
-                continue
-            except Exception as e:
-                err = _error(f, e)
-        out.append((f, None, err, None, dt + time.perf_counter() - t0))
+            rgb, props = got
+            faces, err, dt2 = _attempt(f, lambda rgb=rgb, props=props: find_and_align(
+                rgb, est.analyzer, est.cache_size, True, verifier, proposed=props))
+            dt += dt2
+        out.append((f, faces, err, got[0] if err is None and keep_rgb else None, dt))
     return out
 
 
