@@ -49,6 +49,23 @@ def test_realistic_augmentation_is_seeded_and_strength_zero_is_identity():
     assert 0.6 < changed < 1.0  # most images get something, a few stay clean
 
 
+def test_augment_p_replaces_the_named_probabilities():
+    img = _face()
+    off = dict.fromkeys(augment.TRAIN_P, 0.0)
+    np.testing.assert_array_equal(augment.realistic(img, np.random.default_rng(1), p=off), img)
+    grey = augment.realistic(img, np.random.default_rng(1), p={**off, "grayscale": 1.0})
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey != img).any()
+    # the working resolution of the pixel-level ones: lower source_min, coarser JPEG blocks
+    jpeg_only = {**off, "jpeg": 1.0}
+    fine = augment.realistic(img, np.random.default_rng(2), source_scale=1.0, p=jpeg_only, source_min=1.0)
+    coarse = augment.realistic(img, np.random.default_rng(2), source_scale=1.0, p=jpeg_only, source_min=0.1)
+    assert fine.shape == coarse.shape == img.shape and (fine != coarse).any()
+    with pytest.raises(ConfigError, match="train.augment_p must map"):
+        load_config(None, ["train.augment_p={fog: 0.5}"])
+    with pytest.raises(ConfigError, match="augment_source_min must be in"):
+        load_config(None, ["train.augment_source_min=0.01"])
+
+
 def test_unknown_degradation_is_named():
     with pytest.raises(ValueError, match="unknown degradation 'fog'"):
         augment.degrade_for_test(_face(), "fog", 0)
@@ -219,7 +236,7 @@ def test_augment_pair_gives_two_degradation_draws_under_one_crop_and_flip(monkey
     views = [ds[0][0], ds[1][0]]
     assert all(v.shape == (2, 48, 48, 3) for v in views)
     assert any((v[0] != v[1]).any() for v in views)  # two draws of the degradations
-    monkeypatch.setattr(augment, "realistic", lambda img, rng, strength=1.0, source_scale=0.0: img)
+    monkeypatch.setattr(augment, "realistic", lambda img, *args, **kwargs: img)
     for k in range(2):  # without degradations the two views are the same pixels: same crop, same flip
         v = ds[k][0]
         assert (v[0] == v[1]).all()
@@ -227,8 +244,24 @@ def test_augment_pair_gives_two_degradation_draws_under_one_crop_and_flip(monkey
         CachedFaceDataset(_FakeCache(), train=True, crop_size=56, input_size=48, augment_pair=True)
 
 
+def test_anchored_pair_keeps_the_first_view_undegraded():
+    from agelens.data.dataset import CachedFaceDataset
+
+    kw = {"train": True, "crop_size": 56, "input_size": 48, "seed": 1}
+    plain = CachedFaceDataset(_FakeCache(), **kw)  # no degradations: the same crop and flip per record and epoch
+    ds = CachedFaceDataset(_FakeCache(), augment=3.0, augment_pair=True, anchor=True, **kw)
+    for k in range(2):
+        pair = ds[k][0]
+        assert (pair[0] == plain[k][0]).all()
+        assert (pair[1] != pair[0]).any()  # at strength 3 every degradation is drawn on the second view
+    with pytest.raises(ValueError, match="anchor=True needs augment_pair=True"):
+        CachedFaceDataset(_FakeCache(), augment=1.0, anchor=True, **kw)
+
+
 def test_augment_consistency_config_is_checked():
     with pytest.raises(ConfigError, match="augment_consistency needs train.augment > 0"):
         load_config(None, ["train.augment_consistency=1.0"])
     cfg = load_config(None, ["train.augment_consistency=1.0", "train.augment=1.0", "train.augment_source_scale=0.5"])
     assert cfg.train.augment_consistency == 1.0 and cfg.train.augment_source_scale == 0.5
+    with pytest.raises(ConfigError, match="augment_anchor needs train.augment_consistency > 0"):
+        load_config(None, ["train.augment_anchor=true", "train.augment=1.0"])

@@ -91,12 +91,19 @@ class TrainConfig:
     #                       mild geometry), each at its own probability × this strength; 0 = off
     flip_consistency: float = 0.0  # >0: every face is seen with its mirror image in the same batch, and this weight
     #                                × |age(face) − age(mirror)| joins the loss, so one view answers as the flip-TTA pair
+    augment_p: dict[str, float] = field(default_factory=dict)  # per-degradation training probabilities that replace
+    #                                                            data.augment.TRAIN_P's (e.g. scan_grain: 0.4)
+    augment_source_min: float = 0.35  # the smallest working resolution of augment_source_scale, share of the crop
     augment_source_scale: float = 0.0  # probability that the pixel-level degradations (grain, noise, blur, JPEG) run at
     #                                    a lower working resolution, as they do on a small face in a photo (0: off)
     augment_consistency: float = 0.0  # >0: every face is seen twice in the batch, under two independent draws of the
     #                                   photo degradations (same crop and flip), both fitted to the label, and this
     #                                   weight × |age(view 1) − age(view 2)| joins the loss: the same face gets the same
     #                                   age whatever the photo did to it (needs train.augment > 0)
+    augment_anchor: bool = False  # with augment_consistency: the first view is the undegraded face (same occluder,
+    #                               crop and flip) and the term pulls only the degraded view towards its answer
+    #                               (stop-gradient), so a degraded photo learns the clean answer instead of both views
+    #                               meeting in between, nearer the mean age
 
 
 def _paper_mix() -> dict[str, float]:
@@ -177,6 +184,8 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise ConfigError naming the first bad value."""
+        from .data.augment import TRAIN_P
+
         d, m, t, f = self.data, self.model, self.train, self.fairness
         checks = [
             (0 <= d.val_frac < 1 and 0 <= d.test_frac < 1 and d.val_frac + d.test_frac < 1,
@@ -221,9 +230,16 @@ class RunConfig:
             (0 <= t.augment_source_scale <= 1,
              f"train.augment_source_scale must be in [0, 1], got {t.augment_source_scale}"),
             (t.augment_consistency >= 0, f"train.augment_consistency must be >= 0, got {t.augment_consistency}"),
+            (isinstance(t.augment_p, dict) and all(k in TRAIN_P and 0 <= v <= 1 for k, v in t.augment_p.items()),
+             f"train.augment_p must map degradations from {', '.join(TRAIN_P)} to probabilities in [0, 1], "
+             f"got {t.augment_p!r}"),
+            (0.1 <= t.augment_source_min <= 1,
+             f"train.augment_source_min must be in [0.1, 1], got {t.augment_source_min}"),
             (t.augment_consistency == 0 or (t.augment > 0 and t.flip_consistency == 0 and not m.region_attention),
              "train.augment_consistency needs train.augment > 0, and works without train.flip_consistency and "
              "model.region_attention"),
+            (not t.augment_anchor or t.augment_consistency > 0,
+             "train.augment_anchor needs train.augment_consistency > 0"),
             (0 <= f.cb_beta < 1, f"fairness.cb_beta must be in [0, 1), got {f.cb_beta}"),
             (_keys_ok(f.cb_by), f"fairness.cb_by must be a non-empty list from {', '.join(GROUP_KEYS)}, got {f.cb_by!r}"),
             (f.lds_sigma > 0, f"fairness.lds_sigma must be > 0, got {f.lds_sigma}"),

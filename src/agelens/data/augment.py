@@ -131,14 +131,17 @@ SOURCE_SCALE = (0.35, 1.0)  # working resolution of the pixel-level degradations
 
 
 def realistic(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
-              source_scale: float = 0.0) -> np.ndarray:
+              source_scale: float = 0.0, p: dict[str, float] | None = None,
+              source_min: float = SOURCE_SCALE[0]) -> np.ndarray:
     """Training augmentation: each degradation with its TRAIN_P probability (× strength), in a fixed order.
 
     source_scale: the probability that the pixel-level ones (PIXEL_LEVEL) run at a lower working resolution
-    (uniform in SOURCE_SCALE × the crop's side) and are scaled back up: a small face in a photo gets its grain,
+    (uniform in [source_min, 1] × the crop's side) and are scaled back up: a small face in a photo gets its grain,
     noise, blur and JPEG blocks at the photo's pixel size, coarse relative to the face, not at the 256 px template's.
+    p: probabilities that replace TRAIN_P's for the degradations it names (before × strength).
     """
-    picked = {k for k, p in TRAIN_P.items() if rng.random() < p * strength}
+    probs = TRAIN_P if not p else {**TRAIN_P, **p}
+    picked = {k for k, q in probs.items() if rng.random() < q * strength}
     for a, b in EXCLUSIVE:
         if a in picked and b in picked:
             picked.discard(a if rng.random() < 0.5 else b)
@@ -149,7 +152,7 @@ def realistic(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
         if name not in picked:
             continue
         if small and name in PIXEL_LEVEL:
-            f = rng.uniform(*SOURCE_SCALE)
+            f = rng.uniform(source_min, SOURCE_SCALE[1])
             out = cv2.resize(out, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
             small = False  # scaled once; the remaining pixel-level ones run at this size
         out = np.ascontiguousarray(fn(out, rng))

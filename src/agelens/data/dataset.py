@@ -55,8 +55,10 @@ class CachedFaceDataset(Dataset):
     regions=True appends (R, REGION_RES, REGION_RES) face-region masks of the view (not with pair=True).
     augment > 0: realistic photo degradations in training (data.augment.realistic at this strength), drawn after the
     occluder so it is degraded with the face; source_scale: realistic's probability of degrading at a lower working
-    resolution. augment_pair=True (training): the image is a (2, H, W, 3) stack of two independent degradation
-    draws of the same face under the same occluder, crop and flip (consistency training). degradation: one named
+    resolution, source_min its smallest working scale; augment_p: realistic's per-degradation probabilities that
+    replace the defaults. augment_pair=True (training): the image is a (2, H, W, 3) stack of two independent degradation
+    draws of the same face under the same occluder, crop and flip (consistency training); with anchor=True the first
+    of the two is the undegraded face (the reference of anchored consistency). degradation: one named
     data.augment degradation on every image, seeded per record (the degraded test).
     """
 
@@ -64,7 +66,8 @@ class CachedFaceDataset(Dataset):
                  indices: np.ndarray | None = None, scale_jitter: float = 0.08, occlusion=None,
                  target: str = "age", pair: bool = False, degrade: bool = False, strong_p: np.ndarray | None = None,
                  regions: bool = False, augment: float = 0.0, degradation: str | None = None,
-                 source_scale: float = 0.0, augment_pair: bool = False) -> None:
+                 source_scale: float = 0.0, augment_pair: bool = False, anchor: bool = False,
+                 augment_p: dict[str, float] | None = None, source_min: float = 0.35) -> None:
         self.cache, self.train = cache, train
         self.crop, self.size = min(crop_size, cache.size), input_size
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
@@ -72,7 +75,10 @@ class CachedFaceDataset(Dataset):
         self.occlusion, self.target, self.pair, self.degrade = occlusion, target, pair, degrade
         self.strong_p, self.regions = strong_p, regions
         self.augment, self.degradation = augment, degradation
-        self.source_scale, self.augment_pair = source_scale, augment_pair
+        self.source_scale, self.augment_pair, self.anchor = source_scale, augment_pair, anchor
+        self.augment_p, self.source_min = augment_p or {}, source_min
+        if anchor and not augment_pair:
+            raise ValueError("anchor=True needs augment_pair=True")
         if regions and pair:
             raise ValueError("regions=True is not supported with pair=True")
         if augment_pair and (pair or regions or augment <= 0):
@@ -127,7 +133,7 @@ class CachedFaceDataset(Dataset):
             from .augment import realistic
 
             img = realistic(img, np.random.default_rng((self.seed, self.epoch, int(i), 13 + 4 * draw)), self.augment,
-                            self.source_scale)
+                            self.source_scale, self.augment_p, self.source_min)
         if self.degradation is not None:
             from .augment import degrade_for_test
 
@@ -166,8 +172,9 @@ class CachedFaceDataset(Dataset):
         """The sample of cache record i (what __getitem__ returns for the position of i); the streamed shard
         dataset calls it with a one-record store, so both paths augment identically."""
         base, kind, _ = self._occluded(i)
-        shown = self._photo(base, i)
-        second = self._photo(base, i, draw=1) if self.augment_pair and self.train else None  # one occluder, drawn once
+        paired = self.augment_pair and self.train
+        shown = base if paired and self.anchor else self._photo(base, i)
+        second = self._photo(base, i, draw=1) if paired else None  # one occluder, drawn once
         warp = None
         if self.train and self.strong_p is not None and self.strong_p[i] > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i, 11))

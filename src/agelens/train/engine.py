@@ -97,13 +97,14 @@ def _lr_factor(cfg: RunConfig, epoch: int, step_frac: float) -> float:
 def train_step(net: torch.nn.Module, head, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                numerics: Numerics, images: torch.Tensor, ages: torch.Tensor, grad_clip: float = 0.0,
                regions: torch.Tensor | None = None, loss_fn=None, flip_consistency: float = 0.0,
-               pair_consistency: float = 0.0) -> float:
+               pair_consistency: float = 0.0, pair_anchor: bool = False) -> float:
     """One optimisation step on a uint8 NHWC batch with the chosen numerics; returns the loss. `regions`: face-region
     masks for region attention; `loss_fn(out, y)` replaces head.loss (the fairness terms). flip_consistency > 0: the
     batch also holds every face's mirror image (same label), and that weight × the mean |age(face) − age(mirror)|
     is added, so a single view learns to answer as the flip-TTA pair does. pair_consistency > 0: `images` already
     holds two views of every face (all first views, then the second views in the same order; `ages` labels one
-    half), each fitted to the label, and that weight × the mean |age(view 1) − age(view 2)| is added."""
+    half), each fitted to the label, and that weight × the mean |age(view 1) − age(view 2)| is added; pair_anchor:
+    view 1 is the reference, held fixed in that term (stop-gradient), so only view 2 moves towards it."""
     if flip_consistency > 0 and pair_consistency > 0:
         raise ValueError("flip_consistency and pair_consistency are exclusive")
     mean, std = (net.module if hasattr(net, "module") else net).mean_std
@@ -122,7 +123,10 @@ def train_step(net: torch.nn.Module, head, optimizer: torch.optim.Optimizer, sca
         if weight > 0:
             halves = [{k: v[sl] for k, v in out.items() if torch.is_tensor(v)} for sl in (slice(0, n), slice(n, None))]
             fit = [head.loss(o, y) if loss_fn is None else loss_fn(o, y) for o in halves]
-            gap = (head.decode(halves[0])[0].float() - head.decode(halves[1])[0].float()).abs().mean()
+            ref = head.decode(halves[0])[0].float()
+            if pair_anchor:
+                ref = ref.detach()
+            gap = (ref - head.decode(halves[1])[0].float()).abs().mean()
             loss = (fit[0] + fit[1]) / 2 + weight * gap
         else:
             loss = head.loss(out, y) if loss_fn is None else loss_fn(out, y)
@@ -154,8 +158,12 @@ class Trainer:
             from ..models.weights import resolve_model
 
             init = cfg.model.init_from  # a shipped name, .safetensors, .pt checkpoint or run folder
-            fresh = load_compatible(self.model, resolve_model(init)[0].state_dict(), f"model.init_from={init}")
-            log(f"initialised from {init}" + (f" (new, at identity: {', '.join(fresh)})" if fresh else ""))
+            state = resolve_model(init)[0].state_dict()
+            stale = [k for k in state if k.startswith("guards.")] if self.model.guards is None else []
+            fresh = load_compatible(self.model, {k: v for k, v in state.items() if k not in stale},
+                                    f"model.init_from={init}")
+            log(f"initialised from {init}" + (f" (new, at identity: {', '.join(fresh)})" if fresh else "")
+                + (" (its guard heads left out: refit them on the new trunk with train.trunk_guards)" if stale else ""))
 
         def probe_loss(m, x, y):
             return m.head.loss(m(x), y)
@@ -309,8 +317,9 @@ class Trainer:
         view_kw = {"crop_size": cfg.data.crop_size, "input_size": cfg.data.input_size, "occlusion": occlusion_mix(cfg),
                    "target": "occluded" if t.task == "occlusion" else "age", "degrade": cfg.occlusion.degrade,
                    "strong_p": fair["strong_p"], "regions": self.model.region_attention is not None,
-                   "augment": t.augment, "source_scale": t.augment_source_scale,
-                   "augment_pair": t.augment_consistency > 0}
+                   "augment": t.augment, "source_scale": t.augment_source_scale, "augment_p": t.augment_p,
+                   "source_min": t.augment_source_min,
+                   "augment_pair": t.augment_consistency > 0, "anchor": t.augment_anchor}
         sampler = fair["sampler"]
         loss_fn = fair["loss"]
         gen = torch.Generator().manual_seed(t.seed)
@@ -360,7 +369,8 @@ class Trainer:
                 step_loss = None if loss_fn is None else (lambda out, y, idx=idx: loss_fn(out, y, idx))
                 loss = train_step(net, self.model.head, self.optimizer, self.scaler, self.numerics, imgs, ages, t.grad_clip,
                                   regions=rest[0] if rest else None, loss_fn=step_loss,
-                                  flip_consistency=t.flip_consistency, pair_consistency=t.augment_consistency)
+                                  flip_consistency=t.flip_consistency, pair_consistency=t.augment_consistency,
+                                  pair_anchor=t.augment_anchor)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at epoch {epoch} step {step}; lower train.lr")
                 seen += len(imgs)
