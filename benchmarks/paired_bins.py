@@ -1,0 +1,61 @@
+"""Two models on the same faces, paired face by face: MAE change per age bin with a bootstrap 95 % interval, and the
+mean signed error of each (who is over- or under-estimated), from two `agelens evaluate` outputs.
+
+    agelens evaluate -c configs/teacher_stable.yaml --model teacher --part test -o runs/e2e_old
+    agelens evaluate -c configs/teacher_stable.yaml --model runs/teacher_x --part test -o runs/e2e_new
+    python benchmarks/paired_bins.py runs/e2e_old runs/e2e_new [--out runs/paired.json]
+
+Faces are matched on `path`; a face only one of them answered is left out (the count is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agelens.utils import atomic_write_json
+
+BINS = ((0, 200), (0, 10), (11, 20), (21, 30), (31, 40), (41, 50), (51, 60), (61, 200))
+
+
+def compare(old: Path, new: Path, boots: int = 1000, seed: int = 0) -> list[dict]:
+    a, b = (pd.read_csv(Path(d) / "predictions.csv") for d in (old, new))
+    m = a.merge(b, on="path", suffixes=("_o", "_n"))
+    if len(m) < max(len(a), len(b)):
+        print(f"{max(len(a), len(b)) - len(m)} face(s) answered by one model only are left out")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for lo, hi in BINS:
+        s = m[(m.age_o >= lo) & (m.age_o <= hi)]
+        if s.empty:
+            continue
+        d = (s.abs_error_n - s.abs_error_o).to_numpy()
+        ci = np.percentile([d[rng.integers(0, len(d), len(d))].mean() for _ in range(boots)], [2.5, 97.5])
+        rows.append({"ages": "all" if (lo, hi) == BINS[0] else f"{lo}-{hi}" if hi < 200 else f"{lo}+", "n": len(s),
+                     "mae_old": round(float(s.abs_error_o.mean()), 3), "mae_new": round(float(s.abs_error_n.mean()), 3),
+                     "diff": round(float(d.mean()), 3), "ci": [round(float(c), 3) for c in ci],
+                     "signed_old": round(float((s.pred_o - s.age_o).mean()), 2),
+                     "signed_new": round(float((s.pred_n - s.age_o).mean()), 2)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    rows = compare(a.old, a.new)
+    print(f"| ages | n | {a.old.name} | {a.new.name} | difference [95 %] | signed error |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['ages']} | {r['n']} | {r['mae_old']:.2f} | {r['mae_new']:.2f} | {r['diff']:+.2f} "
+              f"[{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] | {r['signed_old']:+.2f} → {r['signed_new']:+.2f} |")
+    if a.out:
+        atomic_write_json(a.out, {"old": str(a.old), "new": str(a.new), "bins": rows})
+
+
+if __name__ == "__main__":
+    main()
