@@ -82,6 +82,14 @@ def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_
     assert m["kinds"] == "all" and 0 <= m["threshold"] <= 1
     card = json.loads(guards.ship(tmp_path / "occ", "occlusion", tmp_path / "weights").with_suffix(".json").read_text())
     assert card["recipe"].endswith("--kinds all")
+    # --photo: a quarter of the samples get the grain / pixelation / noise of scanned prints and small faces
+    plain, photo = guards.GuardSamples(data, "faceness"), guards.GuardSamples(data, "faceness", photo=True)
+    pairs = [(plain.draw(np.random.default_rng(k)), photo.draw(np.random.default_rng(k))) for k in range(16)]
+    assert all(b[0].shape == (guards.INPUT, guards.INPUT, 3) and a[1] == b[1] for a, b in pairs)
+    assert any((a[0] != b[0]).any() for a, b in pairs)
+    m = guards.fit("faceness", tmp_path, tmp_path / "photo", steps=1, batch=4, init=None, threads=1, photo=True)
+    card = json.loads(guards.ship(tmp_path / "photo", "faceness", tmp_path / "weights").with_suffix(".json").read_text())
+    assert m["photo"] and card["recipe"].endswith("--photo")
     with pytest.raises(ConfigError, match="kinds"):
         guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, kinds="hands")
 
