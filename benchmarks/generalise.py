@@ -146,14 +146,17 @@ def markdown(res: dict, args) -> str:
              f"`python benchmarks/generalise.py --models {' '.join(args.models)} --n {args.n} --seed {args.seed}"
              f" --out {args.out}`", "",
              "Every figure is `AgeEstimator.predict` on image files (detection, alignment, occlusion detector, "
-             "routing), largest face per photo; test parts of the saved splits (never trained on).", ""]
+             "routing), largest face per photo; test parts of the saved splits (never trained on). MAE per "
+             "condition over the answered photos; where a condition leaves photos \"no face found\", the answered "
+             "share follows in brackets.", ""]
     conds = ["clean", *TEST_DEGRADATIONS, "occluded"]
     for ds in res["datasets"]:
         lines += [f"## {ds}", "", "| model | " + " | ".join(conds) + " | degraded mean (× clean) |",
                   "|---|" + "---|" * (len(conds) + 1)]
         for m, r in res["results"].items():
             d = r[ds]
-            cells = [f"{d[c]['mae']:.2f}" if "mae" in d[c] else "—" for c in conds]
+            cells = [(f"{d[c]['mae']:.2f}" if "mae" in d[c] else "—")
+                     + (f" ({100 * d[c]['answered']:.1f} %)" if d[c].get("answered", 1.0) < 1 else "") for c in conds]
             lines.append(f"| {m} | " + " | ".join(cells)
                          + f" | {d['degraded_mean']['mae']:.2f} ({d['degraded_mean']['ratio_to_clean']:.2f}×) |")
         lines += ["", "Answered share, 90 % interval coverage (clean / occluded), stability (mean / p99 age change, "
