@@ -19,7 +19,6 @@ import numpy as np
 
 import generalise as g  # benchmarks/ is on the path when this file runs as a script
 import occlusion_e2e as o
-from agelens.data.augment import TEST_DEGRADATIONS, degrade_for_test
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json
@@ -45,7 +44,7 @@ def main() -> None:
             errs = []
             for i, (f, age) in enumerate(files):
                 rgb = load_image(f)
-                img = rgb if name == "clean" else degrade_for_test(rgb, name, i * 101 + TEST_DEGRADATIONS.index(name))
+                img = rgb if name == "clean" else g.degraded(rgb, name, i, 0)
                 r = g.one_age(est, img)
                 errs.append(None if r is None else abs(r[0] - age))
             ok = [e for e in errs if e is not None]

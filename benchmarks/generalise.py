@@ -79,6 +79,11 @@ def variant(ref: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(kind)
 
 
+def degraded(rgb: np.ndarray, name: str, i: int, seed: int) -> np.ndarray:
+    """Test photo number i under one of TEST_DEGRADATIONS, seeded as every benchmark that compares with these rows."""
+    return degrade_for_test(rgb, name, seed * 100_003 + i * 101 + TEST_DEGRADATIONS.index(name))
+
+
 def one_age(est: AgeEstimator, rgb: np.ndarray) -> tuple[float, list[float]] | None:
     """(age, interval) of the largest face `predict` finds, None when it finds none."""
     try:
@@ -113,8 +118,8 @@ def run_model(est: AgeEstimator, an: FaceAnalyzer, files: list[tuple[Path, float
         ref = encode(rgb, ".jpg", 95)
         clean = one_age(est, ref)
         rows["clean"].append(clean)
-        for k, name in enumerate(TEST_DEGRADATIONS):
-            rows[name].append(one_age(est, degrade_for_test(rgb, name, seed * 100_003 + i * 101 + k)))
+        for name in TEST_DEGRADATIONS:
+            rows[name].append(one_age(est, degraded(rgb, name, i, seed)))
         occ = None  # one paper occluder, placed from the clean photo's FaceMesh
         faces = [x for x in an.find_faces(rgb) if x.landmarks is not None]
         if faces:

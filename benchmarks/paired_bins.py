@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agelens.evaluate.metrics import AGE_BINS, age_bin
 from agelens.utils import atomic_write_json
-
-BINS = ((0, 200), (0, 10), (11, 20), (21, 30), (31, 40), (41, 50), (51, 60), (61, 200))
 
 
 def compare(old: Path, new: Path, boots: int = 1000, seed: int = 0) -> list[dict]:
@@ -28,13 +27,14 @@ def compare(old: Path, new: Path, boots: int = 1000, seed: int = 0) -> list[dict
         print(f"{max(len(a), len(b)) - len(m)} face(s) answered by one model only are left out")
     rng = np.random.default_rng(seed)
     rows = []
-    for lo, hi in BINS:
-        s = m[(m.age_o >= lo) & (m.age_o <= hi)]
+    bins = m.age_o.map(age_bin)
+    for label in ["all", *(b for b, _, _ in AGE_BINS)]:
+        s = m if label == "all" else m[bins == label]
         if s.empty:
             continue
         d = (s.abs_error_n - s.abs_error_o).to_numpy()
         ci = np.percentile([d[rng.integers(0, len(d), len(d))].mean() for _ in range(boots)], [2.5, 97.5])
-        rows.append({"ages": "all" if (lo, hi) == BINS[0] else f"{lo}-{hi}" if hi < 200 else f"{lo}+", "n": len(s),
+        rows.append({"ages": label, "n": len(s),
                      "mae_old": round(float(s.abs_error_o.mean()), 3), "mae_new": round(float(s.abs_error_n.mean()), 3),
                      "diff": round(float(d.mean()), 3), "ci": [round(float(c), 3) for c in ci],
                      "signed_old": round(float((s.pred_o - s.age_o).mean()), 2),
