@@ -178,6 +178,7 @@ def test_rarely_needed_models_load_on_first_use(onnx_dir, tmp_path):
 
     from agelens.errors import CheckpointError
     from agelens.inference.backends.onnx import OnnxModel, load_onnx_models
+    from agelens.inference.predictor import AgeEstimator
 
     models = load_onnx_models(onnx_dir)
     assert models["teacher"]._session is not None
@@ -189,6 +190,12 @@ def test_rarely_needed_models_load_on_first_use(onnx_dir, tmp_path):
     np.testing.assert_allclose(student.run(views)[0], OnnxModel(student.path).run(views)[0], atol=1e-5)
     assert student._session is not None and face._session is None
     assert load_onnx_models(onnx_dir, tta="none")["student"].tta_flip is False
+    if "faceness_photo" in models:  # the photo face network: lazy and one thread too, and the verifier's second
+        photo = models["faceness_photo"]
+        assert photo._session is None and photo.threshold == OnnxModel(onnx_dir / "faceness_photo.onnx").threshold
+        est = AgeEstimator.from_onnx(onnx_dir)
+        assert est.verifier.photo.path.name == "faceness_photo.onnx" and est.verifier.fallback.path.name == (
+            "faceness.onnx")
     broken = tmp_path / "export"  # a corrupt graph still fails with the file's name, when it is first used
     shutil.copytree(onnx_dir, broken)
     (broken / "faceness.onnx").write_bytes(b"not onnx")

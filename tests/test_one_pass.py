@@ -62,6 +62,45 @@ def test_estimator_runs_the_teacher_once_per_crop_for_verifier_occlusion_and_age
     assert CountingTeacher.calls == 3  # the check above, and the one new crop
 
 
+class ByMean:
+    """A face network whose score is a crop's mean pixel value / 255 (a stand-in for the separate networks)."""
+
+    def __init__(self, threshold: float, scale: float = 1.0) -> None:
+        self.name, self.threshold, self.scale, self.seen = "stub", threshold, scale, 0
+
+    def scores(self, crops):
+        self.seen += len(crops)
+        return np.asarray(crops, np.float32).mean(axis=(1, 2, 3)) / 255.0 * self.scale
+
+
+def test_photo_network_vouches_where_the_strict_one_rejects_but_not_on_tiles():
+    """`faceness_photo`: a crop the separate network rejects passes when the photo network vouches for it, at
+    DETECTED_THRESHOLD for the detector's own faces and at its own threshold on the fallback steps; the tile step
+    (`both_scores`) keeps the strict network alone, and the photo network only sees the crops in doubt."""
+    from agelens.faces.detect import DETECTED_THRESHOLD
+
+    teacher = TorchModel(_model(), 56, 48, "teacher", tta_flip=False, numerics=FP32,
+                         guard_thresholds={"occlusion": 0.5, "face": 0.4})
+    strict, photo = ByMean(0.9, scale=0.25), ByMean(0.6)  # strict: at most 0.25 here; photo: mean / 255
+    est = AgeEstimator(teacher, verifier=strict, photo_verifier=photo)
+    v = est.verifier
+    assert v.photo is photo and v.threshold == 0.9
+    crops = np.stack([np.full((64, 64, 3), x, np.uint8) for x in (20, 100, 200)])  # photo: 0.08, 0.39, 0.78
+    det = v.scores(crops)  # the detector step, decided at DETECTED_THRESHOLD
+    assert list(det >= DETECTED_THRESHOLD) == [False, True, True] and photo.seen == 3
+    assert det[1] == pytest.approx(100 / 255)  # the photo network's own score, not a made-up one
+    sep = v.separate_scores(crops)  # the fallback steps, decided at the strict threshold
+    assert list(sep >= v.threshold) == [False, False, True] and sep[2] == pytest.approx(0.9)
+    assert not (v.both_scores(crops) >= v.threshold).any()  # tiles: the strict network alone
+    alone = AgeEstimator(teacher, verifier=strict).verifier
+    assert not (alone.separate_scores(crops) >= alone.threshold).any()
+    assert not (alone.scores(crops) >= DETECTED_THRESHOLD).any()  # strict: 0.02, 0.10, 0.196
+    seen = photo.seen
+    sure = ByMean(0.01)  # a strict network that passes every crop never asks the photo network
+    AgeEstimator(teacher, verifier=sure, photo_verifier=photo).verifier.separate_scores(crops)
+    assert photo.seen == seen
+
+
 def test_memo_survives_repeated_crops_and_batches_larger_than_it():
     """Identical crops within a batch get one pass; a crop seen before keeps its answer even when the batch that
     repeats it evicts older entries (an evaluate batch of duplicate UTKFace photos once raised KeyError here)."""

@@ -100,7 +100,7 @@ def weights_dir() -> Path:
     return Path(str(resources.files("agelens") / "weights"))
 
 
-SHIPPED = ("teacher", "student", "occlusion", "faceness")  # the roles of the shipped models
+SHIPPED = ("teacher", "student", "occlusion", "faceness", "faceness_photo")  # the roles of the shipped models
 
 
 def shipped_models() -> list[str]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data.views import centre_views
 from ..errors import AgelensError, NoFaceError
-from ..faces.detect import FaceAnalyzer, whole_image_crop
+from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, whole_image_crop
 from ..faces.mesh import N_MESH
 from ..faces.prepare import prepare_face
 from ..imageio import load_image
@@ -100,8 +100,13 @@ class TrunkGuard:
 
     def __init__(self, est: AgeEstimator, index: int, name: str, threshold: float,
                  fallback: CropClassifier | None = None, skip_below: float | None = None,
-                 skip_above: float | None = None) -> None:
+                 skip_above: float | None = None, photo: CropClassifier | None = None,
+                 photo_min: float = DETECTED_THRESHOLD) -> None:
         self.est, self.index, self.name, self.fallback = est, index, name, fallback
+        # a second face network trained on degraded photos (`faceness_photo`): a crop the fallback rejects passes
+        # when it vouches for it, at photo_min for the detector's own faces (`scores`) and at its own threshold on
+        # the fallback steps (`separate_scores`); the tile step keeps the fallback alone (`both_scores`)
+        self.photo, self.photo_min = photo, float(photo_min)
         self.threshold = float(fallback.threshold if fallback is not None else threshold)
         self.skip_below = -np.inf if skip_below is None else float(skip_below)
         self.skip_above = np.inf if skip_above is None else float(skip_above)
@@ -122,7 +127,29 @@ class TrunkGuard:
             unsure = (p >= self.skip_below) & (p < self.skip_above)
             if unsure.any():
                 p[unsure] = self.fallback.scores(crops[unsure])
+            self._photo_vouches(crops, p, unsure & (p < DETECTED_THRESHOLD), self.photo_min, DETECTED_THRESHOLD)
         return p
+
+    def separate_scores(self, crops: np.ndarray) -> np.ndarray:
+        """The separate networks alone, for the fallback steps (decided at `threshold`): the fallback's score, or
+        the photo network's where the fallback rejects a crop and the photo network passes it at its own
+        threshold (either network vouches)."""
+        crops = np.asarray(crops)
+        p = self.fallback.scores(crops)
+        if self.photo is not None:
+            self._photo_vouches(crops, p, p < self.threshold, self.photo.threshold, self.threshold)
+        return p
+
+    def _photo_vouches(self, crops: np.ndarray, p: np.ndarray, doubted: np.ndarray, need: float,
+                       floor: float) -> None:
+        """In place: the `doubted` crops that the photo network scores at `need` or more get its score, at least
+        `floor` (the decision point of the step asking)."""
+        if self.photo is None or not doubted.any():
+            return
+        idx = np.flatnonzero(doubted)
+        q = self.photo.scores(crops[idx])
+        ok = q >= need
+        p[idx[ok]] = np.maximum(q[ok], floor)
 
 
 class AgeEstimator:
@@ -136,7 +163,8 @@ class AgeEstimator:
 
     def __init__(self, teacher: AgeBackend, student: AgeBackend | None = None, detector: CropClassifier | None = None,
                  route: str = "auto", cache_size: int = 256, device: str = "cpu", backend: str = "torch-fp32",
-                 verifier: CropClassifier | None = None, tta_spread: float | None = None) -> None:
+                 verifier: CropClassifier | None = None, tta_spread: float | None = None,
+                 photo_verifier: CropClassifier | None = None) -> None:
         if route not in ROUTES:
             raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         if route == "student" and student is None:
@@ -163,7 +191,8 @@ class AgeEstimator:
             self.detector = TrunkGuard(self, 0, "occlusion", guards["occlusion"], detector,
                                        skip_below=(cascade.get("occlusion") or {}).get("skip_below"))
             self.verifier = TrunkGuard(self, 1, "face", guards["face"], verifier,
-                                       skip_above=(cascade.get("face") or {}).get("skip_above"))
+                                       skip_above=(cascade.get("face") or {}).get("skip_above"),
+                                       photo=photo_verifier if verifier is not None else None)
         self.onnx_dir: Path | None = None  # the export an ONNX-backed estimator runs
         # (classmethod, keyword arguments) that rebuild this estimator in another process (from_pretrained and
         # from_onnx set it); None: built from objects in memory, so the batch engine's workers only detect
@@ -249,8 +278,9 @@ class AgeEstimator:
         det_name = detector or ("occlusion" if "occlusion" in shipped else None)
         det = OcclusionDetector.from_pretrained(det_name, device) if det_name else None
         ver = OcclusionDetector.from_pretrained("faceness", device) if "faceness" in shipped else None
+        photo = OcclusionDetector.from_pretrained("faceness_photo", device) if "faceness_photo" in shipped else None
         est = cls(teacher, stu, det, route, 256, device, f"torch-{numerics.dtype}", ver,
-                  teacher.tta_spread if selective else None)
+                  teacher.tta_spread if selective else None, photo)
         if detector:  # a detector asked for by name decides every face (no screening by the teacher's head)
             est.detector = det
         return est
@@ -273,7 +303,8 @@ class AgeEstimator:
         models = load_onnx_models(d, precision, threads, tta)
         t = models["teacher"]
         est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
-                  models.get("faceness"), t.tta_spread)  # the loader leaves a cut only where "auto" uses it
+                  models.get("faceness"), t.tta_spread,  # the loader leaves a cut only where "auto" uses it
+                  models.get("faceness_photo"))
         est.onnx_dir = d
         est.spec = ("from_onnx", {"onnx_dir": str(d), "precision": precision, "route": route, "cache_size": cache_size,
                                   "tta": tta})
@@ -470,10 +501,10 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
         crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
         return [([0.0, 0.0, float(w), float(h)], 1.0, crop, not np.isnan(lm).any(), "whole-image")]
     v = shipped_verifier() if isinstance(verifier, str) else verifier
-    sep = getattr(v, "fallback", None)  # a TrunkGuard's separate face network: it alone vouches for fallback faces
+    sep = getattr(v, "fallback", None)  # a TrunkGuard's separate face network(s): they alone vouch for fallback faces
     faces = analyzer.find_faces(rgb, v.scores if v is not None else None, v.threshold if v is not None else 0.5,
                                 cache_size, verify=True,
-                                fallback_verifier=(sep.scores, sep.threshold) if sep is not None else None,
+                                fallback_verifier=(v.separate_scores, sep.threshold) if sep is not None else None,
                                 tile_verifier=(v.both_scores, v.threshold) if hasattr(v, "both_scores") else None,
                                 proposed=proposed)
     if not faces:

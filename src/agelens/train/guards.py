@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="also the photo degradations of scanned prints and small faces (grain, pixelation, noise)")
     sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
     sh.add_argument("run", type=Path)
-    sh.add_argument("--name", required=True, choices=("faceness", "occlusion"))
+    sh.add_argument("--name", required=True, choices=("faceness", "faceness_photo", "occlusion"))
     a = ap.parse_args(argv)
     if a.cmd == "ship":
         print(f"wrote {ship(a.run, a.name)}")

@@ -131,7 +131,7 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
             elif mode == "none" or (mode == "auto" and p == p32 and p1.is_file() and pays):
                 p, meta = p1, {**meta, "tta": False} if meta else None
         if p.is_file():  # the face verifier runs inside face finding, one crop at a time: one thread
-            model = OnnxModel(p, threads=1 if role == "faceness" else threads,
+            model = OnnxModel(p, threads=1 if role.startswith("faceness") else threads,
                               meta=meta if role != "teacher" else None)
             if mode != "auto" or model.tta_flip:
                 model.tta_spread = None  # the mirror is chosen per face only in "auto", on single views
