@@ -129,3 +129,17 @@ def test_face_like_negatives_are_the_predictors_proposals_on_face_free_photos(tm
     assert len(crops) > 4 and all(c.shape == (guards.SIZE, guards.SIZE, 3) for c in crops)  # proposals + 4 wholes
     again = guards.face_like_negatives(tmp_path, views=4)
     assert len(again) == len(crops) and all(np.array_equal(a, b) for a, b in zip(crops, again, strict=True))
+
+
+def test_split_part_reads_the_age_models_split_and_names_what_is_missing(tmp_path):
+    """The guards take their faces from the split the age models use (no test face of theirs is a guard's training
+    face); a missing file or part is a ConfigError naming it."""
+    from agelens.errors import ConfigError
+
+    f = tmp_path / "split.json"
+    f.write_text('{"parts": {"train": ["a.jpg", "b.jpg"], "val": ["c.jpg"], "test": ["d.jpg"]}}')
+    assert guards.split_part(f, "train") == ["a.jpg", "b.jpg"] and guards.split_part(f, "test") == ["d.jpg"]
+    with pytest.raises(ConfigError, match="no part 'holdout'"):
+        guards.split_part(f, "holdout")
+    with pytest.raises(ConfigError, match="missing.json"):
+        guards.split_part(tmp_path / "missing.json", "train")

@@ -40,7 +40,7 @@ from ..faces.prepare import largest_face
 from ..imageio import load_image
 from ..occlusion.synth import FAMILIES, OcclusionError, occlude
 from ..utils import atomic_write_json, weights_dir
-from .guards import realocc_half
+from .guards import realocc_half, split_part
 
 KINDS = tuple(k for kinds in FAMILIES.values() for k in kinds)
 
@@ -64,10 +64,10 @@ def collect(est, shared: Path, n: int, n_kinds: int, seed: int = 0) -> list[dict
     import pandas as pd
 
     rows = []
-    split = json.loads(Path("splits/utkface_seed0.json").read_text())["parts"]
+    utk_val = split_part(Path("splits/utkface_seed0.json"), "val")
     an = FaceAnalyzer(fast=False)  # FaceMesh with iris points: the occluders are placed from them
     with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(split["val"][:n]):
+        for i, name in enumerate(utk_val[:n]):
             rgb = load_image(shared / "utkface" / name)
             faces = [f for f in an.find_faces(rgb) if f.landmarks is not None]
             if not faces:
@@ -85,8 +85,7 @@ def collect(est, shared: Path, n: int, n_kinds: int, seed: int = 0) -> list[dict
                 r = scores(est, p)
                 if r is not None:
                     rows.append({"set": f"utk_{kind}", **r})
-    aaf = pd.read_csv(shared / "aaf.csv")
-    for f in aaf[aaf.aaf_split == "val"].file[:n]:
+    for f in split_part(Path("splits/aaf_seed0.json"), "val")[:n]:
         r = scores(est, shared / "aaf" / f)
         if r is not None:
             rows.append({"set": "aaf_clean", **r})
@@ -162,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     res["seconds"] = round(time.perf_counter() - t0)
     a.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out / "bands.json", res)
+    atomic_write_json(a.out / "rows.json", rows)  # every measured face's head and separate scores
     print(json.dumps(res, indent=1))
     if a.write_card:
         write_card(res, weights_dir())

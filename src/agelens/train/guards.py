@@ -54,6 +54,19 @@ def realocc_half(file: str) -> str:
     return "fit" if int(hashlib.md5(file.encode()).hexdigest(), 16) % 2 == 0 else "measure"
 
 
+def split_part(split_file: Path, part: str) -> list[str]:
+    """The file names of one part ("train", "val", "test") of a dataset split (`splits/*_seed0.json`): the guards
+    train and are banded on the parts the age models use, so no test face of theirs is a guard's training face
+    (All-Age-Faces' own `aaf_split` column is not that split)."""
+    try:
+        parts = json.loads(Path(split_file).read_text())["parts"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"cannot read the parts of split file {split_file}: {e}") from e
+    if part not in parts:
+        raise ConfigError(f"split file {split_file} has no part {part!r} (parts: {', '.join(parts)})")
+    return list(parts[part])
+
+
 # ---- positives: faces as the predictor crops them ----------------------------------------------------------------
 
 
@@ -274,11 +287,9 @@ def build_data(out: Path, shared: Path, n_utk: int, n_aaf: int, n_procedural: in
 
     t0 = time.perf_counter()
     an = FaceAnalyzer()
-    split = json.loads(Path("splits/utkface_seed0.json").read_text())["parts"]
-    utk = [str(shared / "utkface" / f) for f in split["train"][:n_utk]]
-    utk_val = [str(shared / "utkface" / f) for f in split["val"][:600]]
-    aaf = pd.read_csv(shared / "aaf.csv")
-    aaf_train = [str(shared / "aaf" / f) for f in aaf[aaf.aaf_split == "train"].file[:n_aaf]]
+    utk = [str(shared / "utkface" / f) for f in split_part(Path("splits/utkface_seed0.json"), "train")[:n_utk]]
+    utk_val = [str(shared / "utkface" / f) for f in split_part(Path("splits/utkface_seed0.json"), "val")[:600]]
+    aaf_train = [str(shared / "aaf" / f) for f in split_part(Path("splits/aaf_seed0.json"), "train")[:n_aaf]]
     occ = pd.read_csv(shared / "realocc.csv")
     occ = occ[occ.file.map(realocc_half) == "fit"]
     arrays = {}
