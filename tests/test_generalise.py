@@ -265,3 +265,16 @@ def test_augment_consistency_config_is_checked():
     assert cfg.train.augment_consistency == 1.0 and cfg.train.augment_source_scale == 0.5
     with pytest.raises(ConfigError, match="augment_anchor needs train.augment_consistency > 0"):
         load_config(None, ["train.augment_anchor=true", "train.augment=1.0"])
+
+
+def test_the_smallest_working_resolution_has_one_default():
+    """train.augment_source_min and CachedFaceDataset's source_min default to the augmentation's own floor."""
+    import inspect
+
+    from agelens.config import TrainConfig
+    from agelens.data.augment import SOURCE_SCALE
+    from agelens.data.dataset import CachedFaceDataset
+
+    default = inspect.signature(CachedFaceDataset.__init__).parameters["source_min"].default
+    assert TrainConfig().augment_source_min == default == SOURCE_SCALE[0]
+

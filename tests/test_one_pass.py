@@ -336,3 +336,37 @@ def test_batch_engine_verifies_a_chunk_of_files_in_one_teacher_pass(tmp_path):
     again = _find_chunk(est, files, True, False)
     assert calls[0] == 3 and [r[2] for r in again] == [r[2] for r in chunk]
     assert all((a[1] is None) == (b[1] is None) for a, b in zip(again, chunk, strict=True))
+
+
+def test_batch_engine_keeps_a_chunk_going_when_one_file_cannot_be_aligned(tmp_path, monkeypatch):
+    """A face whose alignment raises fails its own file only: the chunk's other files are verified and answered
+    (the batched head start used to align every file outside the per-file error wrapper)."""
+    from importlib import resources
+
+    from PIL import Image
+
+    from agelens.faces.detect import Face
+    from agelens.inference.stream import _find_chunk
+
+    teacher = CountingTeacher(_model(), 224, 160, "teacher", tta_flip=False, numerics=FP32,
+                              guard_thresholds={"occlusion": 0.5, "face": 0.0})
+    est = AgeEstimator(teacher)
+    photo = Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB")
+    files = []
+    for k, scale in enumerate((1.0, 0.6, 0.8)):
+        p = tmp_path / f"face{k}.jpg"
+        photo.resize((int(photo.width * scale), int(photo.height * scale))).save(p)
+        files.append(str(p))
+    real = Face.aligned
+    bad_width = int(photo.width * 0.6)
+
+    def aligned(self, rgb, size):
+        if rgb.shape[1] == bad_width:
+            raise ValueError("degenerate keypoints")
+        return real(self, rgb, size)
+
+    monkeypatch.setattr(Face, "aligned", aligned)
+    got = _find_chunk(est, files, True, False)
+    assert [r[1] is None for r in got] == [False, True, False]
+    assert "degenerate keypoints" in got[1][2] and got[0][2] is None and got[2][2] is None
+

@@ -113,7 +113,12 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
         return rgb, est.analyzer.propose(rgb)
 
     loaded = [(f, *_attempt(f, lambda f=f: propose(f))) for f in files]  # (path, (rgb, proposals), error, seconds)
-    crops = [p.aligned(got[0], est.cache_size)[0] for _, got, _, _ in loaded if got for p in got[1]]
+    crops = []
+    for _, got, _, _ in loaded:
+        if got:
+            # a file whose faces cannot be aligned is left out of the batch; its own pass below reports the error
+            with contextlib.suppress(Exception):
+                crops += [p.aligned(got[0], est.cache_size)[0] for p in got[1]]
     if crops:
         # a head start only: if the batch fails, each file's own verification below runs the pass again and
         # reports its error for that file alone
