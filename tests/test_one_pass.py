@@ -294,22 +294,32 @@ def test_onnx_export_holds_the_guard_heads(tmp_path):
     assert AgeEstimator(om).detector.threshold == 0.6
 
 
-def test_batch_engine_verifies_a_chunk_of_files_in_one_teacher_pass(tmp_path):
+CHUNK_SCALES = (1.0, 0.6, 0.8)
+
+
+def _chunk_setup(tmp_path):
+    """A teacher whose untrained face head accepts every crop, and the astronaut saved at CHUNK_SCALES (its width at
+    each scale is returned too)."""
     from importlib import resources
 
     from PIL import Image
 
+    teacher = CountingTeacher(_model(), 224, 160, "teacher", tta_flip=False, numerics=FP32,
+                              guard_thresholds={"occlusion": 0.5, "face": 0.0})
+    photo = Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB")
+    files, widths = [], []
+    for k, scale in enumerate(CHUNK_SCALES):
+        p = tmp_path / f"face{k}.jpg"
+        widths.append(int(photo.width * scale))
+        photo.resize((widths[-1], int(photo.height * scale))).save(p)
+        files.append(str(p))
+    return teacher, AgeEstimator(teacher), files, widths
+
+
+def test_batch_engine_verifies_a_chunk_of_files_in_one_teacher_pass(tmp_path):
     from agelens.inference.stream import _find, _find_chunk
 
-    teacher = CountingTeacher(_model(), 224, 160, "teacher", tta_flip=False, numerics=FP32,
-                              guard_thresholds={"occlusion": 0.5, "face": 0.0})  # an untrained head: accept all
-    est = AgeEstimator(teacher)
-    photo = Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB")
-    files = []
-    for k, scale in enumerate((1.0, 0.6, 0.8)):
-        p = tmp_path / f"face{k}.jpg"
-        photo.resize((int(photo.width * scale), int(photo.height * scale))).save(p)
-        files.append(str(p))
+    teacher, est, files, _ = _chunk_setup(tmp_path)
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     files.insert(1, str(tmp_path / "bad.jpg"))
     CountingTeacher.calls = 0
@@ -341,24 +351,12 @@ def test_batch_engine_verifies_a_chunk_of_files_in_one_teacher_pass(tmp_path):
 def test_batch_engine_keeps_a_chunk_going_when_one_file_cannot_be_aligned(tmp_path, monkeypatch):
     """A face whose alignment raises fails its own file only: the chunk's other files are verified and answered
     (the batched head start used to align every file outside the per-file error wrapper)."""
-    from importlib import resources
-
-    from PIL import Image
-
     from agelens.faces.detect import Face
     from agelens.inference.stream import _find_chunk
 
-    teacher = CountingTeacher(_model(), 224, 160, "teacher", tta_flip=False, numerics=FP32,
-                              guard_thresholds={"occlusion": 0.5, "face": 0.0})
-    est = AgeEstimator(teacher)
-    photo = Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB")
-    files = []
-    for k, scale in enumerate((1.0, 0.6, 0.8)):
-        p = tmp_path / f"face{k}.jpg"
-        photo.resize((int(photo.width * scale), int(photo.height * scale))).save(p)
-        files.append(str(p))
+    _, est, files, widths = _chunk_setup(tmp_path)
     real = Face.aligned
-    bad_width = int(photo.width * 0.6)
+    bad_width = widths[1]
 
     def aligned(self, rgb, size):
         if rgb.shape[1] == bad_width:
