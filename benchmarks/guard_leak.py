@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from agelens.errors import NoFaceError
+from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.train.guards import split_part
@@ -39,7 +40,7 @@ def main() -> None:
         except NoFaceError:
             rows[key].append((0.0, 0.0, np.nan))
             continue
-        k = max(faces, key=lambda x: (x.box[2] - x.box[0]) * (x.box[3] - x.box[1]))
+        k = largest_face(faces)
         rows[key].append((1.0, float(k.extra["occluded"]), k.extra["occlusion_score"]))
     res = {"command": "python benchmarks/guard_leak.py" + (f" --out {a.out}" if a.out else "")}
     for key, v in rows.items():

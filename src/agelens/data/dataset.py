@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .augment import SOURCE_SCALE
 from .cache import FaceCache
 from .views import centre_crop, resize_square  # noqa: F401  (re-exported)
 
@@ -67,7 +68,7 @@ class CachedFaceDataset(Dataset):
                  target: str = "age", pair: bool = False, degrade: bool = False, strong_p: np.ndarray | None = None,
                  regions: bool = False, augment: float = 0.0, degradation: str | None = None,
                  source_scale: float = 0.0, augment_pair: bool = False, anchor: bool = False,
-                 augment_p: dict[str, float] | None = None, source_min: float = 0.35) -> None:
+                 augment_p: dict[str, float] | None = None, source_min: float = SOURCE_SCALE[0]) -> None:
         self.cache, self.train = cache, train
         self.crop, self.size = min(crop_size, cache.size), input_size
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)

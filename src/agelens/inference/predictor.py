@@ -100,13 +100,12 @@ class TrunkGuard:
 
     def __init__(self, est: AgeEstimator, index: int, name: str, threshold: float,
                  fallback: CropClassifier | None = None, skip_below: float | None = None,
-                 skip_above: float | None = None, photo: CropClassifier | None = None,
-                 photo_min: float = DETECTED_THRESHOLD) -> None:
+                 skip_above: float | None = None, photo: CropClassifier | None = None) -> None:
         self.est, self.index, self.name, self.fallback = est, index, name, fallback
         # a second face network trained on degraded photos (`faceness_photo`): a crop the fallback rejects passes
-        # when it vouches for it, at photo_min for the detector's own faces (`scores`) and at its own threshold on
-        # the fallback steps (`separate_scores`); the tile step keeps the fallback alone (`both_scores`)
-        self.photo, self.photo_min = photo, float(photo_min)
+        # when it vouches for it, at DETECTED_THRESHOLD for the detector's own faces (`scores`) and at its own
+        # threshold on the fallback steps (`separate_scores`); the tile step keeps the fallback alone (`both_scores`)
+        self.photo = photo
         self.threshold = float(fallback.threshold if fallback is not None else threshold)
         self.skip_below = -np.inf if skip_below is None else float(skip_below)
         self.skip_above = np.inf if skip_above is None else float(skip_above)
@@ -127,7 +126,7 @@ class TrunkGuard:
             unsure = (p >= self.skip_below) & (p < self.skip_above)
             if unsure.any():
                 p[unsure] = self.fallback.scores(crops[unsure])
-            self._photo_vouches(crops, p, unsure & (p < DETECTED_THRESHOLD), self.photo_min, DETECTED_THRESHOLD)
+            self._photo_vouches(crops, p, unsure & (p < DETECTED_THRESHOLD), DETECTED_THRESHOLD, DETECTED_THRESHOLD)
         return p
 
     def separate_scores(self, crops: np.ndarray) -> np.ndarray:

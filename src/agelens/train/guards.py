@@ -379,9 +379,7 @@ class GuardSamples:
                 img, label = (occ, 1.0) if occ is not None else (img, 0.0)
         u = rng.random()
         if self.photo and u < 0.25:
-            from ..data.augment import realistic
-
-            img = realistic(img, rng, source_scale=0.7, p=PHOTO_P, source_min=0.2)
+            img = photo_degraded(img, rng)
         elif u < 0.5:
             img = degrade(img, rng)
         return _view(img, rng), label
@@ -389,6 +387,13 @@ class GuardSamples:
 
 # the photo degradations a guard meets on scanned prints and small faces (`--photo`): grain, pixelation, noise
 PHOTO_P = {"scan_grain": 0.4, "lowres": 0.4, "noise": 0.3, "jpeg": 0.4, "blur": 0.15, "grayscale": 0.2, "sepia": 0.1}
+
+
+def photo_degraded(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw of `PHOTO_P` at the working resolution of a small face in a scanned or low-resolution photo."""
+    from ..data.augment import realistic
+
+    return realistic(img, rng, source_scale=0.7, p=PHOTO_P, source_min=0.2)
 
 
 OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion guard's synthetic positives
@@ -465,10 +470,7 @@ def choose_threshold(model, data: dict[str, np.ndarray], task: str, photo: bool 
     occ_imgs = [o for o in (_occluded(v, m, rng, kinds) for v, m in zip(val, lm, strict=True)) if o is not None]
     occ = guard_scores(np.stack(occ_imgs))
     if task == "faceness":
-        from ..data.augment import realistic
-
-        degraded = guard_scores(np.stack([realistic(v, rng, source_scale=0.7, p=PHOTO_P, source_min=0.2)
-                                          for v in val])) if photo else np.zeros(0, np.float32)
+        degraded = guard_scores(np.stack([photo_degraded(v, rng) for v in val])) if photo else np.zeros(0, np.float32)
         thr = float(np.quantile(np.concatenate([clean, occ]), 0.005))
         neg = guard_scores(data["neg"][::4])
         extra = {"val_photo_recall": float((degraded >= thr).mean())} if photo else {}
