@@ -19,7 +19,6 @@ Writes OUT.json and OUT.md.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 
 from agelens.data.augment import TEST_DEGRADATIONS, degrade_for_test
+from agelens.data.splits import split_part
 from agelens.errors import NoFaceError
 from agelens.evaluate.metrics import AGE_BINS, age_bin
 from agelens.faces.detect import FaceAnalyzer
@@ -46,7 +46,7 @@ def test_files(dataset: str, n: int, seed: int, part: str = "test") -> list[tupl
     import pandas as pd
 
     split_p, root = SPLITS[dataset]
-    names = json.loads(Path(split_p).read_text())["parts"][part]
+    names = split_part(split_p, part)
     if dataset == "aaf":
         ages = dict(pd.read_csv(Path(root).parent / "aaf.csv")[["file", "age"]].itertuples(index=False))
         rows = [(Path(root) / f, float(ages[f])) for f in names]

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agelens.data.splits import split_part
 from agelens.errors import NoFaceError
 from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
-from agelens.train.guards import split_part
 from agelens.utils import atomic_write_json
 
 

@@ -38,7 +38,9 @@ from reference_compare import run_ours, run_reference, sample_labelled  # noqa: 
 def aaf_sample(shared: Path, n: int, seed: int) -> tuple[list[str], np.ndarray]:
     import pandas as pd
 
-    test = set(json.loads(Path("splits/aaf_seed0.json").read_text())["parts"]["test"])
+    from agelens.data.splits import split_part
+
+    test = set(split_part("splits/aaf_seed0.json", "test"))
     d = pd.read_csv(shared / "aaf.csv")
     d = d[d.file.isin(test)].sort_values("file")
     d = d.iloc[np.sort(np.random.default_rng(seed).choice(len(d), min(n, len(d)), replace=False))]
@@ -190,10 +192,11 @@ def main() -> None:
 
     import agelens.faces.detect as detect_mod
     from agelens import AgeEstimator
+    from agelens.data.splits import split_part
     from agelens.inference.predictor import choose_backend
     from agelens.utils import atomic_write_json, atomic_write_text
 
-    split = json.loads(Path("splits/utkface_seed0.json").read_text())["parts"]["test"]
+    split = split_part("splits/utkface_seed0.json", "test")
     files_json = a.work / "utk_test.json"
     a.work.mkdir(parents=True, exist_ok=True)
     files_json.write_text(json.dumps(split))

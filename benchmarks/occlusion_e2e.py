@@ -26,6 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agelens.data.splits import split_part
 from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import largest_face, prepare_face
@@ -259,8 +260,7 @@ def main() -> None:
     t0 = time.perf_counter()
     est = AgeEstimator.from_pretrained(backend=a.backend)
     an = FaceAnalyzer()
-    split = json.loads(Path(a.split).read_text())
-    files = [a.shared / "utkface" / f for f in sorted(split["parts"]["test"])[:a.n]]
+    files = [a.shared / "utkface" / f for f in sorted(split_part(a.split, "test"))[:a.n]]
     res = {"command": "python benchmarks/occlusion_e2e.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k not in ("shared", "split")),
         "protocol": (f"First {len(files)} test faces of {a.split} (file-name order). End to end: occluder placed "

@@ -133,13 +133,17 @@ def test_face_like_negatives_are_the_predictors_proposals_on_face_free_photos(tm
 
 def test_split_part_reads_the_age_models_split_and_names_what_is_missing(tmp_path):
     """The guards take their faces from the split the age models use (no test face of theirs is a guard's training
-    face); a missing file or part is a ConfigError naming it."""
-    from agelens.errors import ConfigError
+    face); a missing file, a missing part or a file that is not a split is a DataError naming it."""
+    from agelens.data.splits import split_part
+    from agelens.errors import DataError
 
     f = tmp_path / "split.json"
     f.write_text('{"parts": {"train": ["a.jpg", "b.jpg"], "val": ["c.jpg"], "test": ["d.jpg"]}}')
-    assert guards.split_part(f, "train") == ["a.jpg", "b.jpg"] and guards.split_part(f, "test") == ["d.jpg"]
-    with pytest.raises(ConfigError, match="no part 'holdout'"):
-        guards.split_part(f, "holdout")
-    with pytest.raises(ConfigError, match="missing.json"):
-        guards.split_part(tmp_path / "missing.json", "train")
+    assert split_part(f, "train") == ["a.jpg", "b.jpg"] and split_part(f, "test") == ["d.jpg"]
+    with pytest.raises(DataError, match="no part 'holdout'"):
+        split_part(f, "holdout")
+    with pytest.raises(DataError, match="missing.json"):
+        split_part(tmp_path / "missing.json", "train")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="not a valid agelens split"):
+        split_part(tmp_path / "list.json", "train")

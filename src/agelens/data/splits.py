@@ -71,16 +71,30 @@ def save_split(path: str | Path, records: list[FaceRecord], parts: dict[str, lis
     atomic_write_json(path, data)
 
 
-def load_split(path: str | Path, records: list[FaceRecord], root: str) -> dict[str, list[FaceRecord]]:
-    """Match a saved split against the records found now; files missing now are reported, not ignored."""
+def read_parts(path: str | Path) -> dict[str, list[str]]:
+    """{part: [file relative to the dataset root]} of a saved split (`save_split`)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"split file not found: {p}")
     try:
-        data = json.loads(p.read_text())
-        parts = data["parts"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        parts = json.loads(p.read_text())["parts"]
+        return {str(k): list(v) for k, v in parts.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise DataError(f"split file {p} is not a valid agelens split") from None
+
+
+def split_part(path: str | Path, part: str) -> list[str]:
+    """The file names of one part ("train", "val", "test") of a saved split."""
+    parts = read_parts(path)
+    if part not in parts:
+        raise DataError(f"split file {path} has no part {part!r} (parts: {', '.join(parts)})")
+    return parts[part]
+
+
+def load_split(path: str | Path, records: list[FaceRecord], root: str) -> dict[str, list[FaceRecord]]:
+    """Match a saved split against the records found now; files missing now are reported, not ignored."""
+    p = Path(path)
+    parts = read_parts(p)
     by_rel = {_rel(r.path, root): r for r in records}
     out: dict[str, list[FaceRecord]] = {}
     missing = []

@@ -34,13 +34,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.splits import split_part
 from ..errors import NoFaceError
 from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer
 from ..faces.prepare import largest_face
 from ..imageio import load_image
 from ..occlusion.synth import FAMILIES, OcclusionError, occlude
 from ..utils import atomic_write_json, weights_dir
-from .guards import realocc_half, split_part
+from .guards import realocc_half
 
 KINDS = tuple(k for kinds in FAMILIES.values() for k in kinds)
 

@@ -34,6 +34,7 @@ import torch
 
 from ..config import ModelConfig, RunConfig, config_to_dict
 from ..data.dataset import degrade
+from ..data.splits import split_part
 from ..data.views import resize_square
 from ..errors import ConfigError
 from ..faces.detect import FaceAnalyzer, pad_border, whole_image_crop
@@ -52,19 +53,6 @@ CROP, INPUT = 224, 112  # the guards' view: centre 224 of 256, at 112 px (as the
 def realocc_half(file: str) -> str:
     """'fit' or 'measure': a fixed half of realocc by file name."""
     return "fit" if int(hashlib.md5(file.encode()).hexdigest(), 16) % 2 == 0 else "measure"
-
-
-def split_part(split_file: Path, part: str) -> list[str]:
-    """The file names of one part ("train", "val", "test") of a dataset split (`splits/*_seed0.json`): the guards
-    train and are banded on the parts the age models use, so no test face of theirs is a guard's training face
-    (All-Age-Faces' own `aaf_split` column is not that split)."""
-    try:
-        parts = json.loads(Path(split_file).read_text())["parts"]
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"cannot read the parts of split file {split_file}: {e}") from e
-    if part not in parts:
-        raise ConfigError(f"split file {split_file} has no part {part!r} (parts: {', '.join(parts)})")
-    return list(parts[part])
 
 
 # ---- positives: faces as the predictor crops them ----------------------------------------------------------------
