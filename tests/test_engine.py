@@ -65,3 +65,27 @@ def test_numerics_choice(monkeypatch):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     n = num.choose_numerics(cfg, model, lambda m, x, y: m(x).float().mean(), input_size=16, probe_batch=2)
     assert set(n.probe) == {"fp32", "fp32+channels_last", "bf16", "bf16+channels_last"}
+
+
+def test_output_distillation_fine_tunes_a_student_from_a_teacher_run(tmp_path, utk_folder):
+    """train.kd_weight: the trainer loads distill.teacher, shows it the clean faces and adds its term (the loss
+    differs from the same run without it); a head without an age distribution is refused."""
+    from agelens.errors import ConfigError
+
+    quiet = {"progress": False, "log": lambda *_: None}
+    train_and_test(_cfg(tmp_path, utk_folder, "teacher", "train.epochs=1", "train.freeze_backbone_epochs=0"), **quiet)
+    occ = ["train.epochs=1", "train.freeze_backbone_epochs=0", "occlusion.enabled=true",
+           f"model.init_from={tmp_path}/runs/teacher", f"distill.teacher={tmp_path}/runs/teacher"]
+    logs: list[str] = []
+    train_and_test(_cfg(tmp_path, utk_folder, "kd", *occ, "train.kd_weight=1.0"), progress=False, log=logs.append)
+    train_and_test(_cfg(tmp_path, utk_folder, "plain", *occ), **quiet)
+    assert any("output distillation" in x for x in logs)
+
+    def losses(name):
+        rows = [json.loads(x) for x in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    assert losses("kd") and losses("kd") != losses("plain")
+    assert (tmp_path / "runs" / "kd" / "best.pt").is_file()
+    with pytest.raises(ConfigError, match="kd_weight needs a distribution head"):
+        _cfg(tmp_path, utk_folder, "bad", "train.kd_weight=1.0", "model.head=regression")

@@ -12,6 +12,7 @@ from agelens.data.views import centre_views
 from agelens.inference.backends.torch import TorchModel
 from agelens.inference.predictor import AgeEstimator, TrunkGuard
 from agelens.inference.stream import MIN_FILES_PER_WORKER, auto_workers
+from agelens.models.inputs import to_input
 from agelens.models.model import GUARDS, build_model
 from agelens.numerics import Numerics
 from agelens.train.engine import train_step
@@ -368,3 +369,24 @@ def test_batch_engine_keeps_a_chunk_going_when_one_file_cannot_be_aligned(tmp_pa
     assert [r[1] is None for r in got] == [False, True, False]
     assert "degenerate keypoints" in got[1][2] and got[0][2] is None and got[2][2] is None
 
+
+
+def test_output_distillation_costs_only_where_the_teacher_disagrees():
+    """train.kd_weight: KL(teacher's age distribution ‖ the model's) joins the loss; a teacher that answers as the
+    model does adds nothing, one that answers another age adds a positive term."""
+    m = _model(guards=False).eval()
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    imgs = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (2, 48, 48, 3), dtype=np.uint8))
+    ages = torch.tensor([20.0, 60.0])
+    plain = train_step(m, m.head, opt, scaler, FP32, imgs, ages)
+    with torch.no_grad():
+        mean, std = m.mean_std
+        own = m(to_input(imgs, mean, std, "cpu", False))["logits"]
+    assert train_step(m, m.head, opt, scaler, FP32, imgs, ages, teacher_logits=own, kd_weight=1.0) == \
+        pytest.approx(plain, abs=1e-4)
+    other = torch.full_like(own, -10.0)
+    other[:, 70] = 10.0  # a teacher sure of age 70 (bin 70 of the 0-100 head)
+    assert train_step(m, m.head, opt, scaler, FP32, imgs, ages, teacher_logits=other, kd_weight=1.0) > plain + 1.0
+    assert train_step(m, m.head, opt, scaler, FP32, imgs, ages, teacher_logits=other, kd_weight=0.0) == \
+        pytest.approx(plain, abs=1e-4)

@@ -104,6 +104,9 @@ class TrainConfig:
     #                               crop and flip) and the term pulls only the degraded view towards its answer
     #                               (stop-gradient), so a degraded photo learns the clean answer instead of both views
     #                               meeting in between, nearer the mean age
+    kd_weight: float = 0.0  # >0: output distillation (the occlusion student's fine-tuning): the frozen teacher
+    #                         (distill.teacher) reads the clean face under the same crop and flip, and this weight ×
+    #                         KL(teacher's age distribution ‖ the model's on the occluded, degraded face) joins the loss
 
 
 def _paper_mix() -> dict[str, float]:
@@ -240,6 +243,11 @@ class RunConfig:
              "model.region_attention"),
             (not t.augment_anchor or t.augment_consistency > 0,
              "train.augment_anchor needs train.augment_consistency > 0"),
+            (t.kd_weight >= 0, f"train.kd_weight must be >= 0, got {t.kd_weight}"),
+            (t.kd_weight == 0 or (m.head in ("dldl", "ce") and t.task == "age" and t.augment_consistency == 0
+                                  and t.flip_consistency == 0 and not m.region_attention),
+             "train.kd_weight needs a distribution head (dldl or ce) on the age task, without the consistency terms "
+             "and region attention"),
             (0 <= f.cb_beta < 1, f"fairness.cb_beta must be in [0, 1), got {f.cb_beta}"),
             (_keys_ok(f.cb_by), f"fairness.cb_by must be a non-empty list from {', '.join(GROUP_KEYS)}, got {f.cb_by!r}"),
             (f.lds_sigma > 0, f"fairness.lds_sigma must be > 0, got {f.lds_sigma}"),

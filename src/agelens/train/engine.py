@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import RunConfig, config_to_dict
@@ -94,17 +95,25 @@ def _lr_factor(cfg: RunConfig, epoch: int, step_frac: float) -> float:
     return 1.0
 
 
+def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher's age distribution ‖ the model's), mean over the batch (output distillation, Hinton et al.)."""
+    return F.kl_div(logits.float().log_softmax(-1), teacher_logits.float().log_softmax(-1), log_target=True,
+                    reduction="batchmean")
+
+
 def train_step(net: torch.nn.Module, head, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                numerics: Numerics, images: torch.Tensor, ages: torch.Tensor, grad_clip: float = 0.0,
                regions: torch.Tensor | None = None, loss_fn=None, flip_consistency: float = 0.0,
-               pair_consistency: float = 0.0, pair_anchor: bool = False) -> float:
+               pair_consistency: float = 0.0, pair_anchor: bool = False, teacher_logits: torch.Tensor | None = None,
+               kd_weight: float = 0.0) -> float:
     """One optimisation step on a uint8 NHWC batch with the chosen numerics; returns the loss. `regions`: face-region
     masks for region attention; `loss_fn(out, y)` replaces head.loss (the fairness terms). flip_consistency > 0: the
     batch also holds every face's mirror image (same label), and that weight × the mean |age(face) − age(mirror)|
     is added, so a single view learns to answer as the flip-TTA pair does. pair_consistency > 0: `images` already
     holds two views of every face (all first views, then the second views in the same order; `ages` labels one
     half), each fitted to the label, and that weight × the mean |age(view 1) − age(view 2)| is added; pair_anchor:
-    view 1 is the reference, held fixed in that term (stop-gradient), so only view 2 moves towards it."""
+    view 1 is the reference, held fixed in that term (stop-gradient), so only view 2 moves towards it.
+    teacher_logits with kd_weight > 0: the frozen teacher's age logits for the same faces (`kd_loss`)."""
     if flip_consistency > 0 and pair_consistency > 0:
         raise ValueError("flip_consistency and pair_consistency are exclusive")
     mean, std = (net.module if hasattr(net, "module") else net).mean_std
@@ -130,6 +139,8 @@ def train_step(net: torch.nn.Module, head, optimizer: torch.optim.Optimizer, sca
             loss = (fit[0] + fit[1]) / 2 + weight * gap
         else:
             loss = head.loss(out, y) if loss_fn is None else loss_fn(out, y)
+        if teacher_logits is not None and kd_weight > 0:
+            loss = loss + kd_weight * kd_loss(out["logits"], teacher_logits)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip > 0:
@@ -180,6 +191,14 @@ class Trainer:
         self.model.to(dev)
         if self.numerics.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.teacher = None  # the frozen teacher of output distillation (train.kd_weight)
+        if t.kd_weight > 0:
+            from .distill import load_teacher
+
+            self.teacher = load_teacher(cfg.distill.teacher)[0].to(dev)
+            if self.numerics.channels_last:
+                self.teacher.to(memory_format=torch.channels_last)
+            log(f"output distillation from {cfg.distill.teacher} (weight {t.kd_weight})")
         head_lr = t.head_lr or t.lr
         groups = [{"params": list(self.model.backbone.parameters()), "lr": t.lr, "base_lr": t.lr},
                   {"params": self.model.head_parameters(), "lr": head_lr, "base_lr": head_lr}]
@@ -299,6 +318,14 @@ class Trainer:
             self.log("fairness: " + "; ".join(msg))
         return out
 
+    @torch.no_grad()
+    def _teacher_logits(self, clean: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's age logits for uint8 NHWC clean views."""
+        mean, std = self.teacher.mean_std
+        x = to_input(clean, mean, std, self.numerics.device, self.numerics.channels_last)
+        with self.numerics.autocast():
+            return self.teacher(x)["logits"].float()
+
     # -- loop --
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -319,7 +346,8 @@ class Trainer:
                    "strong_p": fair["strong_p"], "regions": self.model.region_attention is not None,
                    "augment": t.augment, "source_scale": t.augment_source_scale, "augment_p": t.augment_p,
                    "source_min": t.augment_source_min,
-                   "augment_pair": t.augment_consistency > 0, "anchor": t.augment_anchor}
+                   "augment_pair": t.augment_consistency > 0, "anchor": t.augment_anchor,
+                   "pair": self.teacher is not None}  # (clean view for the teacher, shown view, age, index)
         sampler = fair["sampler"]
         loss_fn = fair["loss"]
         gen = torch.Generator().manual_seed(t.seed)
@@ -357,20 +385,28 @@ class Trainer:
             t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, len(dl)
             if t.max_steps_per_epoch:
                 n_steps = min(n_steps, t.max_steps_per_epoch)
-            for step, (imgs, ages, idx, *rest) in enumerate(dl):
+            for step, batch in enumerate(dl):
                 if step >= n_steps:
                     break
+                clean = None
+                if self.teacher is not None:
+                    clean, imgs, ages, idx = batch
+                    rest = []
+                else:
+                    imgs, ages, idx, *rest = batch
                 factor = _lr_factor(cfg, epoch, step / n_steps)
                 for g in self.optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor * self.lr_scale
                 if t.augment_consistency > 0:  # (B, 2, H, W, 3): all first views, then all second views
                     imgs = torch.cat([imgs[:, 0], imgs[:, 1]])
                 imgs = photometric_jitter(imgs, jitter_gen)
+                teacher_logits = None if clean is None else self._teacher_logits(clean)
                 step_loss = None if loss_fn is None else (lambda out, y, idx=idx: loss_fn(out, y, idx))
                 loss = train_step(net, self.model.head, self.optimizer, self.scaler, self.numerics, imgs, ages, t.grad_clip,
                                   regions=rest[0] if rest else None, loss_fn=step_loss,
                                   flip_consistency=t.flip_consistency, pair_consistency=t.augment_consistency,
-                                  pair_anchor=t.augment_anchor)
+                                  pair_anchor=t.augment_anchor, teacher_logits=teacher_logits,
+                                  kd_weight=t.kd_weight)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at epoch {epoch} step {step}; lower train.lr")
                 seen += len(imgs)
