@@ -89,3 +89,6 @@ def test_output_distillation_fine_tunes_a_student_from_a_teacher_run(tmp_path, u
     assert (tmp_path / "runs" / "kd" / "best.pt").is_file()
     with pytest.raises(ConfigError, match="kd_weight needs a distribution head"):
         _cfg(tmp_path, utk_folder, "bad", "train.kd_weight=1.0", "model.head=regression")
+    with pytest.raises(ConfigError, match="same ages"):  # the teacher answers 0-100, this model 0-90
+        train_and_test(_cfg(tmp_path, utk_folder, "ages", *occ[:3], f"distill.teacher={tmp_path}/runs/teacher",
+                            "model.max_age=90", "train.kd_weight=1.0"), **quiet)

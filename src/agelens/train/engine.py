@@ -196,6 +196,13 @@ class Trainer:
             from .distill import load_teacher
 
             self.teacher = load_teacher(cfg.distill.teacher)[0].to(dev)
+            from ..models.heads import DistributionHead
+
+            t_ages, m_ages = self.teacher.head.ages.cpu(), self.model.head.ages.cpu()
+            if not isinstance(self.teacher.head, DistributionHead) or t_ages.shape != m_ages.shape \
+                    or not torch.equal(t_ages, m_ages):
+                raise ConfigError(f"train.kd_weight: the teacher {cfg.distill.teacher} must answer over the same ages "
+                                  f"as the model ({cfg.model.min_age}-{cfg.model.max_age}, a distribution head)")
             if self.numerics.channels_last:
                 self.teacher.to(memory_format=torch.channels_last)
             log(f"output distillation from {cfg.distill.teacher} (weight {t.kd_weight})")
