@@ -2,7 +2,9 @@
 predict anyway (its guard heads share the pass), so a blend costs nothing. End to end: each seeded UTKFace photo of
 a split part is saved clean, under each of the paper's six types and (the first --n-new photos) under each newer
 kind, then found and aligned as `predict` does; the face nearest the clean face's box gets the teacher's and the
-student's (age, spread) and the occlusion score. Rules are compared on the same faces.
+student's (age, spread) and the occlusion score. Rules are compared on the same faces; --students adds other
+student weights (torch, single view plus the shipped student's selective mirror), each scored alone and routed as
+the shipped student is.
 
     python benchmarks/route_blend.py --part val --n 200 --n-new 100 --rows runs/blend_val.npz --out docs/route_blend.json
 
@@ -20,10 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from agelens.data.splits import split_part
+from agelens.data.views import centre_views
 from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
+from agelens.inference.backends import mirror_unsure
+from agelens.inference.backends.torch import TorchModel
 from agelens.inference.predictor import SOFT_BAND, AgeEstimator
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json
@@ -32,13 +37,14 @@ from occlusion_e2e import NEW_KINDS, save_jpeg
 FIELDS = ("cond", "y", "ta", "ts", "sa", "ss", "occ")
 
 
-def collect(part: str, n: int, n_new: int, seed: int) -> dict[str, np.ndarray]:
+def collect(part: str, n: int, n_new: int, seed: int, students: list[str] = ()) -> dict[str, np.ndarray]:
     est = AgeEstimator.from_pretrained(backend="auto")
+    others = [TorchModel.load(s, tta_flip=False) for s in students]
     an = FaceAnalyzer()
     names = sorted(split_part("splits/utkface_seed0.json", part))
     files = [Path("../shared/data/utkface") / names[i] for i in sorted(np.random.default_rng(seed).permutation(len(names))[:n])]
     conds = ("clean",) + OCCLUSION_TYPES + NEW_KINDS
-    rec: dict[str, list] = {k: [] for k in FIELDS}
+    rec: dict[str, list] = {k: [] for k in FIELDS + tuple(f"{x}{j}" for j in range(len(others)) for x in ("sa", "ss"))}
     with tempfile.TemporaryDirectory() as tmp:
         for i, f in enumerate(files):
             rgb = load_image(f)
@@ -67,11 +73,27 @@ def collect(part: str, n: int, n_new: int, seed: int) -> dict[str, np.ndarray]:
                 ta, ts, _ = est.trunk(crop)
                 sa, ss = est._ages(est.student, crop)
                 row = (cond, float(f.name.split("_")[0]), ta[0], ts[0], sa[0], ss[0], est.detector.scores(crop)[0])
-                for key, v in zip(FIELDS, row, strict=True):
+                for m in others:
+                    views = centre_views(crop, m.crop_size, m.input_size)
+                    a, sp = mirror_unsure(m.run, views, est.student_tta_spread)
+                    row += (a[0], sp[0])
+                for key, v in zip(rec, row, strict=True):
                     rec[key].append(v)
             if (i + 1) % 25 == 0:
                 print(f"{i + 1}/{len(files)} photos", flush=True)
     return {k: np.array(v) for k, v in rec.items()}
+
+
+def candidates(d: dict[str, np.ndarray], students: list[str]) -> dict[str, dict]:
+    """Each --students entry alone and routed (the shipped soft route with it as the student), beside the shipped."""
+    cands = {"shipped": d}
+    for j, name in enumerate(students):
+        cands[name] = {**d, "sa": d[f"sa{j}"], "ss": d[f"ss{j}"]}
+    out = {}
+    for name, c in cands.items():
+        r = rules(c)
+        out[name] = {"routed": r["shipped soft route"], "student alone": r["student only"]}
+    return out
 
 
 def rules(d: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -101,16 +123,19 @@ def main() -> None:
     ap.add_argument("--n-new", type=int, default=100)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--rows", type=Path, default=None, help="per-face rows (.npz): written, or read when present")
+    ap.add_argument("--students", nargs="*", default=[], help="other student weights to score on the same faces")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     if a.rows is not None and a.rows.is_file():
         d = dict(np.load(a.rows))
     else:
-        d = collect(a.part, a.n, a.n_new, a.seed)
+        d = collect(a.part, a.n, a.n_new, a.seed, a.students)
         if a.rows is not None:
             np.savez(a.rows, **d)
     res = {"command": f"python benchmarks/route_blend.py --part {a.part} --n {a.n} --n-new {a.n_new} --seed {a.seed}",
            "faces": len(d["y"]), "rules": rules(d)}
+    if a.students:
+        res["students"] = candidates(d, a.students)
     print(json.dumps(res, indent=1))
     if a.out:
         atomic_write_json(a.out, res)
