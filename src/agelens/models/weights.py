@@ -46,6 +46,14 @@ def load_weights(path: str | Path) -> tuple[AgeModel, RunConfig, dict]:
     return model.eval(), cfg, card
 
 
+def frozen_model(name_or_path: str) -> tuple[AgeModel, RunConfig]:
+    """`resolve_model`'s model in eval mode with no parameter trainable (a distillation teacher), and its config."""
+    model, cfg, _ = resolve_model(name_or_path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), cfg
+
+
 def resolve_model(name_or_path: str | None = None) -> tuple[AgeModel, RunConfig, dict]:
     """A shipped model name, a .safetensors file, a .pt checkpoint, or a run folder (its best.pt)."""
     from .checkpoint import model_from_checkpoint

@@ -20,19 +20,11 @@ from ..evaluate.predict import predict_cache
 from ..models import build_model
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.inputs import to_input
+from ..models.weights import frozen_model
 from ..numerics import choose_numerics
 from ..utils import atomic_write_json, seed_everything
 from .batch import photometric_jitter
 from .engine import occlusion_mix
-
-
-def load_teacher(spec: str):
-    from ..models.weights import resolve_model
-
-    model, cfg, _ = resolve_model(spec)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval(), cfg
 
 
 def student_from_teacher(cfg: RunConfig, teacher) -> torch.nn.Module:
@@ -66,7 +58,7 @@ def distill_stages(cfg: RunConfig, train_cache, val_cache, resume: bool = False,
     if t.threads > 0:
         torch.set_num_threads(t.threads)
     seed_everything(t.seed)
-    teacher, tcfg = load_teacher(d.teacher)
+    teacher, tcfg = frozen_model(d.teacher)
     if tcfg.model.backbone != cfg.model.backbone:
         raise CheckpointError(f"teacher backbone {tcfg.model.backbone} differs from student {cfg.model.backbone}")
     student = student_from_teacher(cfg, teacher)

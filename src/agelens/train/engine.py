@@ -193,9 +193,9 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.teacher = None  # the frozen teacher of output distillation (train.kd_weight)
         if t.kd_weight > 0:
-            from .distill import load_teacher
+            from ..models.weights import frozen_model
 
-            self.teacher = load_teacher(cfg.distill.teacher)[0].to(dev)
+            self.teacher = frozen_model(cfg.distill.teacher)[0].to(dev)
             from ..models.heads import DistributionHead
 
             t_ages, m_ages = self.teacher.head.ages.cpu(), self.model.head.ages.cpu()
