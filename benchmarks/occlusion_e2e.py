@@ -70,6 +70,23 @@ def answer(est: AgeEstimator, path: Path, ref_box: tuple[float, ...] | None = No
     return out
 
 
+def occluded_on_photo(placer: FaceAnalyzer, rgb: np.ndarray, kinds: tuple[str, ...], key: tuple[int, ...]
+                      ) -> tuple[object, dict[str, np.ndarray]] | None:
+    """The largest face `placer` finds with landmarks, and per kind the photo with that occluder drawn from them
+    (seeded by (*key, index of the kind)); kinds that cannot be placed are left out; None without such a face."""
+    faces = [f for f in placer.find_faces(rgb) if f.landmarks is not None]
+    if not faces:
+        return None
+    face = largest_face(faces)
+    out = {}
+    for k, kind in enumerate(kinds):
+        try:
+            out[kind] = occlude(rgb, face.landmarks, kind, np.random.default_rng((*key, k))).image
+        except OcclusionError:
+            continue
+    return face, out
+
+
 def soft_age(r: dict) -> float:
     """Teacher and student blended by the occlusion probability."""
     p = float(r["score"])

@@ -17,13 +17,12 @@ import pandas as pd
 
 from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.mesh import LandmarkModel
-from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
-from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
+from agelens.occlusion.synth import OCCLUSION_TYPES
 from agelens.train.guards import realocc_half
 from agelens.utils import atomic_write_json
 from generalise import encode, test_files
-from occlusion_e2e import sample_images
+from occlusion_e2e import occluded_on_photo, sample_images
 
 
 def main() -> None:
@@ -58,17 +57,9 @@ def main() -> None:
         "UTKFace clean": [largest(load_image(f)) for f, _ in test_files("utkface", a.n, 5, "val")],
         "All-Age-Faces clean": [largest(load_image(f)) for f, _ in test_files("aaf", a.n, 5, "val")]}
     for i, (f, _) in enumerate(test_files("utkface", 3 * a.n // 4, 5, "val")):
-        rgb = load_image(f)
-        found = [x for x in mesh_an.find_faces(rgb) if x.landmarks is not None]
-        if not found:
-            continue
-        lm = largest_face(found).landmarks
-        for k, t in enumerate(OCCLUSION_TYPES):
-            try:
-                img = encode(occlude(rgb, lm, t, np.random.default_rng((i, k))).image, ".jpg", 95)
-            except OcclusionError:
-                continue
-            sets.setdefault(f"UTKFace {t}", []).append(largest(img))
+        placed = occluded_on_photo(mesh_an, load_image(f), OCCLUSION_TYPES, (i,))
+        for t, img in (placed[1] if placed else {}).items():
+            sets.setdefault(f"UTKFace {t}", []).append(largest(encode(img, ".jpg", 95)))
     d = pd.read_csv("../shared/data/realocc.csv")
     d = d[d.file.map(realocc_half) != "measure"]
     for src in ("rwmfd", "maskon", "sgs"):
