@@ -278,3 +278,32 @@ def test_the_smallest_working_resolution_has_one_default():
     default = inspect.signature(CachedFaceDataset.__init__).parameters["source_min"].default
     assert TrainConfig().augment_source_min == default == SOURCE_SCALE[0]
 
+
+
+def test_realign_finds_the_occluded_face_again_as_predict_does():
+    """occlusion.realign: an occluded training face is found and aligned again on the occluded image (the landmarks
+    meet the occluder); without a face found the image stays as it is; evaluation never realigns."""
+    from importlib import resources
+
+    from PIL import Image
+
+    from agelens.data.dataset import CachedFaceDataset
+    from agelens.faces.detect import FaceAnalyzer
+    from agelens.faces.prepare import prepare_face
+    from agelens.occlusion.synth import OcclusionMix
+
+    photo = np.asarray(Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB"))
+    crop, lm = prepare_face(photo, FaceAnalyzer(), 256, aligned=False)
+    cache = _FakeCache(1, 256)
+    cache.images, cache.landmarks = crop[None], lm[None]
+    kw = {"crop_size": 224, "input_size": 64, "seed": 3, "occlusion": OcclusionMix({"sunglasses+mask": 1.0})}
+    kept, kind = CachedFaceDataset(cache, train=True, **kw).occluded_view(0)
+    ds = CachedFaceDataset(cache, train=True, realign=1.0, **kw)
+    again, kind2 = ds.occluded_view(0)
+    assert kind == kind2 == "sunglasses+mask" and again.shape == kept.shape
+    assert np.abs(again.astype(int) - kept.astype(int)).mean() > 1  # warped again from the found landmarks
+    noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    assert ds._realigned(noise) is noise
+    same, _ = CachedFaceDataset(cache, train=False, realign=1.0, **kw).occluded_view(0)
+    plain, _ = CachedFaceDataset(cache, train=False, **kw).occluded_view(0)
+    assert np.array_equal(same, plain)

@@ -124,6 +124,9 @@ class OcclusionConfig:
     clean_fraction: float = 0.0  # share of training images left clean
     clear_glasses: float = 0.0  # share of clean images given see-through glasses (hard negatives, detector)
     degrade: bool = False  # random blur / rescale / JPEG on training images (detector)
+    realign: float = 0.0  # training: the share of occluded faces found and aligned again on the occluded image, as
+    #                       predict finds them on a photo (the landmarks then meet the occluder), instead of keeping
+    #                       the clean face's alignment
 
 
 @dataclass
@@ -244,6 +247,7 @@ class RunConfig:
             (not t.augment_anchor or t.augment_consistency > 0,
              "train.augment_anchor needs train.augment_consistency > 0"),
             (t.kd_weight >= 0, f"train.kd_weight must be >= 0, got {t.kd_weight}"),
+            (0 <= self.occlusion.realign <= 1, f"occlusion.realign must be in [0, 1], got {self.occlusion.realign}"),
             (t.kd_weight == 0 or (m.head in ("dldl", "ce") and t.task == "age" and t.augment_consistency == 0
                                   and t.flip_consistency == 0 and not m.region_attention),
              "train.kd_weight needs a distribution head (dldl or ce) on the age task, without the consistency terms "

@@ -68,7 +68,8 @@ class CachedFaceDataset(Dataset):
                  target: str = "age", pair: bool = False, degrade: bool = False, strong_p: np.ndarray | None = None,
                  regions: bool = False, augment: float = 0.0, degradation: str | None = None,
                  source_scale: float = 0.0, augment_pair: bool = False, anchor: bool = False,
-                 augment_p: dict[str, float] | None = None, source_min: float = SOURCE_SCALE[0]) -> None:
+                 augment_p: dict[str, float] | None = None, source_min: float = SOURCE_SCALE[0],
+                 realign: float = 0.0) -> None:
         self.cache, self.train = cache, train
         self.crop, self.size = min(crop_size, cache.size), input_size
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
@@ -78,6 +79,7 @@ class CachedFaceDataset(Dataset):
         self.augment, self.degradation = augment, degradation
         self.source_scale, self.augment_pair, self.anchor = source_scale, augment_pair, anchor
         self.augment_p, self.source_min = augment_p or {}, source_min
+        self.realign, self._analyzer = realign, None
         if anchor and not augment_pair:
             raise ValueError("anchor=True needs augment_pair=True")
         if regions and pair:
@@ -125,7 +127,20 @@ class CachedFaceDataset(Dataset):
                     img, alpha = o.image, o.alpha
                 except OcclusionError:
                     kind = None
+                if kind is not None and self.train and self.realign > 0 and rng.random() < self.realign:
+                    img, alpha = self._realigned(img), None
         return img, kind, alpha
+
+    def _realigned(self, img: np.ndarray) -> np.ndarray:
+        """The largest face found on the occluded image, aligned as predict aligns a photo's face (the landmarks
+        meet the occluder); the image as it is where no face is found."""
+        from ..faces.detect import FaceAnalyzer
+        from ..faces.prepare import largest_face
+
+        if self._analyzer is None:  # one per process: data-loader workers build their own
+            self._analyzer = FaceAnalyzer(fast=None)
+        faces = self._analyzer.find_faces(img, crop_size=img.shape[0])
+        return largest_face(faces).aligned(img, img.shape[0])[0] if faces else img
 
     def _photo(self, img: np.ndarray, i: int, draw: int = 0) -> np.ndarray:
         """The photo degradations of record i: training's realistic draw number `draw` (the second view of

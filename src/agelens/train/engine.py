@@ -354,7 +354,7 @@ class Trainer:
                    "augment": t.augment, "source_scale": t.augment_source_scale, "augment_p": t.augment_p,
                    "source_min": t.augment_source_min,
                    "augment_pair": t.augment_consistency > 0, "anchor": t.augment_anchor,
-                   "pair": self.teacher is not None}  # (clean view for the teacher, shown view, age, index)
+                   "pair": self.teacher is not None, "realign": cfg.occlusion.realign}  # (clean view for the teacher, shown view, age, index)
         sampler = fair["sampler"]
         loss_fn = fair["loss"]
         gen = torch.Generator().manual_seed(t.seed)
