@@ -193,11 +193,10 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.teacher = None  # the frozen teacher of output distillation (train.kd_weight)
         if t.kd_weight > 0:
+            from ..models.heads import DistributionHead
             from ..models.weights import frozen_model
 
             self.teacher = frozen_model(cfg.distill.teacher)[0].to(dev)
-            from ..models.heads import DistributionHead
-
             t_ages, m_ages = self.teacher.head.ages.cpu(), self.model.head.ages.cpu()
             if not isinstance(self.teacher.head, DistributionHead) or t_ages.shape != m_ages.shape \
                     or not torch.equal(t_ages, m_ages):
