@@ -44,6 +44,13 @@ def save_jpeg(path: Path, rgb: np.ndarray, quality: int = 95) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
 
 
+def nearest_box(boxes: list, ref_box: tuple[float, ...]) -> int:
+    """The index of the box (x1, y1, x2, y2) whose centre is nearest ref_box's centre."""
+    cx, cy = (ref_box[0] + ref_box[2]) / 2, (ref_box[1] + ref_box[3]) / 2
+    return min(range(len(boxes)), key=lambda i: ((boxes[i][0] + boxes[i][2]) / 2 - cx) ** 2
+               + ((boxes[i][1] + boxes[i][3]) / 2 - cy) ** 2)
+
+
 def answer(est: AgeEstimator, path: Path, ref_box: tuple[float, ...] | None = None) -> dict:
     """The face `predict` gives for this file (the one nearest the reference box, else the largest), plus the
     teacher's and the student's own ages for it, so hard and soft routing are compared on the same faces."""
@@ -55,9 +62,7 @@ def answer(est: AgeEstimator, path: Path, ref_box: tuple[float, ...] | None = No
     r = est.analyse_crops(np.stack([f[2] for f in faces]))
     preds = est.predictions(faces, r, {})
     if ref_box is not None:
-        cx, cy = (ref_box[0] + ref_box[2]) / 2, (ref_box[1] + ref_box[3]) / 2
-        k = min(range(len(preds)), key=lambda i: ((preds[i].box[0] + preds[i].box[2]) / 2 - cx) ** 2
-                + ((preds[i].box[1] + preds[i].box[3]) / 2 - cy) ** 2)
+        k = nearest_box([p.box for p in preds], ref_box)
     else:
         k = preds.index(largest_face(preds))
     d = preds[k].to_dict()

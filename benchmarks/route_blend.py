@@ -32,7 +32,7 @@ from agelens.inference.backends.torch import TorchModel
 from agelens.inference.predictor import SOFT_BAND, AgeEstimator
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json
-from occlusion_e2e import NEW_KINDS, save_jpeg
+from occlusion_e2e import NEW_KINDS, nearest_box, save_jpeg
 
 FIELDS = ("cond", "y", "ta", "ts", "sa", "ss", "occ")
 
@@ -52,7 +52,6 @@ def collect(part: str, n: int, n_new: int, seed: int, students: list[str] = ()) 
             if not faces:
                 continue
             face = largest_face(faces)
-            cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
             for k, cond in enumerate(conds):
                 if cond in NEW_KINDS and i >= n_new:
                     continue
@@ -67,9 +66,7 @@ def collect(part: str, n: int, n_new: int, seed: int, students: list[str] = ()) 
                     fs = est.faces_of(load_image(p))
                 except NoFaceError:
                     continue
-                j = min(range(len(fs)), key=lambda q: ((fs[q][0][0] + fs[q][0][2]) / 2 - cx) ** 2
-                        + ((fs[q][0][1] + fs[q][0][3]) / 2 - cy) ** 2)
-                crop = fs[j][2][None]
+                crop = fs[nearest_box([x[0] for x in fs], face.box)][2][None]
                 ta, ts, _ = est.trunk(crop)
                 sa, ss = est._ages(est.student, crop)
                 row = (cond, float(f.name.split("_")[0]), ta[0], ts[0], sa[0], ss[0], est.detector.scores(crop)[0])
