@@ -16,7 +16,7 @@ import os
 import cv2
 import numpy as np
 
-from .align import TEMPLATE_KEYPOINTS, similarity_transform, transform_points
+from .align import TEMPLATE_KEYPOINTS, similarity_transform, transform_points, warp
 
 N_MESH = 468
 INPUT = 192  # the model's input side
@@ -101,7 +101,7 @@ class LandmarkModel:
         """(468, 2) landmarks in image pixels (None when the model says there is no face there) and its
         face-presence probability."""
         m = roi(box, eyes)
-        crop = cv2.warpAffine(rgb, m, (INPUT, INPUT), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        crop = warp(rgb, m, INPUT, cv2.BORDER_CONSTANT)
         self.interpreter.set_tensor(self._in, (crop[None].astype(np.float32) / 255.0))
         self.interpreter.invoke()
         presence = float(1.0 / (1.0 + np.exp(-self.interpreter.get_tensor(self._flag).reshape(-1)[0])))
