@@ -172,7 +172,7 @@ def lever_estimators(onnx_dir: Path, work: Path):
              lambda: AgeEstimator.from_onnx(onnx_dir, tta="full"), True, True),
             ("+ the mirrored view only where the first view is unsure (shipped default)",
              lambda: AgeEstimator.from_onnx(onnx_dir), True, True),
-            ("+ int8 graphs (`--backend onnx-int8`; not the default: ages 11-20 +0.15)",
+            ("+ int8 graphs (`--backend onnx-int8`; the default on CPUs with VNNI or AMX)",
              lambda: AgeEstimator.from_onnx(onnx_dir, "int8"), True, True),
             ("+ no flip-TTA, int8 (`--no-tta`; not the default: MAE)",
              lambda: AgeEstimator.from_onnx(onnx_dir, "int8", tta=False), True, True)]
@@ -253,7 +253,7 @@ def main() -> None:
     detect_mod.LARGE_FACE = 0.3
     pred, secs, w, steady = run_stream(est, files, None)
     levers.append(summarise(f"+ {w} worker processes, each the whole pipeline with one thread, selective TTA kept "
-                            "(`agelens predict` defaults: fp32)",
+                            f"(`agelens predict` defaults: {est.backend})",
                             pred, files, ages, secs, steady_images_per_s=steady))
     backends = []
     for name, kw in [("torch fp32 channels_last", {"backend": "torch"}), ("onnxruntime fp32", {"backend": "onnx"}),

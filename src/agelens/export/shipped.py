@@ -10,8 +10,8 @@ from pathlib import Path
 from ..errors import AgelensError, CheckpointError
 from ..utils import SHIPPED, weights_dir
 
-EXPORT_FORMAT = "agelens-onnx-v3"  # bump when the graphs change (v2: constant padding folded into Conv; v3: int8
-# copies from the shipped ranges): redone
+EXPORT_FORMAT = "agelens-onnx-v4"  # bump when the graphs change (v2: constant padding folded into Conv; v3: int8
+# copies from the shipped ranges; v4: int8 keeps the first block in fp32): redone
 
 
 def shipped_fingerprint() -> str:

@@ -71,10 +71,11 @@ BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | None = None) -> tuple[str, str]:
     """The fastest inference backend this machine supports at the shipped accuracy, and why. Measured end to end by
     benchmarks/inference.py (docs/inference_benchmark.md, AMD EPYC, 2 cores): onnxruntime fp32 about 2x torch fp32
-    channels_last at the same MAE. int8 (`onnx-int8`, quantised from the ranges shipped with the weights) is 1.35x
-    faster on a CPU with VNNI or AMX at the same overall MAE, but moves ages 11-20 up by 0.13-0.15 years
-    (`benchmarks/int8_e2e.py`, docs/inference_levers.md), so it is offered, not chosen: the reason says so where the
-    CPU has the instructions. flags: the CPU's (default: read from /proc/cpuinfo)."""
+    channels_last at the same MAE. On a CPU with VNNI or AMX, int8 (`onnx-int8`, quantised from the ranges shipped
+    with the weights, the first block kept in fp32) is 1.43x faster than fp32 with the overall MAE within 0.01
+    (`benchmarks/int8_e2e.py`: 1,000 UTKFace and 800 All-Age-Faces test photos, whole processes; ages move 0.25-0.29
+    years per face, ages 0-20 +0.03 to +0.10), so it is chosen there; `onnx` keeps fp32. Without those instructions
+    int8 gains nothing. flags: the CPU's (default: read from /proc/cpuinfo)."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
     if custom:
@@ -83,12 +84,12 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
         import onnxruntime  # noqa: F401
     except ImportError:
         return "torch", "onnxruntime not installed"
-    why = "onnxruntime installed: fp32 graph with preprocessing and TTA fused"
     vnni = sorted(set(INT8_FLAGS) & (cpu_flags() if flags is None else flags))
     if vnni:
-        why += (f"; this CPU has {', '.join(vnni)}: --backend onnx-int8 is about 1.35x faster, ages 11-20 +0.15 "
-                "MAE (docs/inference_levers.md)")
-    return "onnx", why
+        return "onnx-int8", (f"onnxruntime installed and this CPU has {', '.join(vnni)}: int8 graphs, about 1.4x "
+                             "the fp32 speed at the same overall MAE (--backend onnx for fp32; "
+                             "docs/inference_levers.md)")
+    return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused (no VNNI/AMX for int8)"
 
 
 class TrunkGuard:
