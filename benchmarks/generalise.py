@@ -197,9 +197,14 @@ def main() -> None:
             res["results"][label][ds] = r = run_model(est, an, test_files(ds, args.n, args.seed), args.seed)
             print(f"{label} {ds}: clean {r['clean']} degraded {r['degraded_mean']} ({time.time() - t0:.0f} s)",
                   flush=True)
-    out = Path(args.out)
+    write_report(args.out, res, markdown(res, args))
+
+
+def write_report(out: str | Path, res: dict, md: str) -> None:
+    """OUT.json (the figures) and OUT.md (the tables), each written atomically."""
+    out = Path(out)
     atomic_write_json(out.with_suffix(".json"), res)
-    atomic_write_text(out.with_suffix(".md"), markdown(res, args))
+    atomic_write_text(out.with_suffix(".md"), md)
     print(f"wrote {out}.json and {out}.md")
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,7 +25,6 @@ import agelens.faces.align as align
 import generalise as g  # benchmarks/ is on the path when this file runs as a script
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
-from agelens.utils import atomic_write_json, atomic_write_text
 
 WARPS = {"anti-aliased": align.AA_SCALE, "bilinear": 0.0}
 
@@ -110,10 +108,7 @@ def main() -> None:
         t0 = time.time()
         res["datasets"][ds] = run(est, g.test_files(ds, args.n, args.seed), args.scales)
         print(ds, res["datasets"][ds], f"{time.time() - t0:.0f} s", flush=True)
-    out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), res)
-    atomic_write_text(out.with_suffix(".md"), markdown(res, args))
-    print(f"wrote {out}.json and {out}.md")
+    g.write_report(args.out, res, markdown(res, args))
 
 
 if __name__ == "__main__":
