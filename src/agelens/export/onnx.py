@@ -206,22 +206,22 @@ def calibration_views(cache, crop_size: int, input_size: int, n: int = 300, seed
 
 STATIC_INT8 = "static-qdq-u8s8-percentile-conv-clip-add-first3-last-fp32"  # the recipe quantize_int8 applies
 # Conv nodes left in fp32 at the graph's start: the stem and EfficientNet-Lite's first block (depthwise + projection).
-# On the teacher's single view (benchmark: runs of benchmarks/int8_ranges.py's faces, 1,200 validation faces of both
-# datasets, one thread, batch 8): the stem alone 0.42 years mean change from fp32, 2.39 ms per face; + block 1
-# 0.31 years, 2.31 ms (where fp32 says 10-20: +0.27 → +0.17); + block 2's expansion 0.29 years but 2.90 ms;
-# the first 6 0.28 years, 2.68 ms. fp32: 4.80 ms.
+# `python benchmarks/int8_layers.py` (docs/int8_layers.json; the teacher's single view, 1,200 cached validation faces
+# of both datasets, one thread, batches of 8, AVX-512 VNNI): the stem alone 0.42 years mean change from fp32, 2.41 ms
+# per face; + block 1 0.31 years, 2.34 ms (where fp32 says 10-20: +0.27 → +0.17); + block 2's expansion 0.29 years
+# but 2.80 ms; the first 6 0.28 years, 2.64 ms. fp32: 4.65 ms.
 INT8_FP32_FIRST = 3
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray | None,
-                  ranges: str | Path | None = None) -> str:
+                  ranges: str | Path | None = None, fp32_first: int = INT8_FP32_FIRST) -> str:
     """Static QDQ int8 calibrated on `views` (their activation ranges also saved to `ranges` when given), static
     from saved `ranges` without views (the shipped `<graph>.int8-ranges.json`: no face data needed), or, with
     neither, dynamic int8 (weights only). Returns the method.
 
     Static recipe, measured on the shipped teacher's single-view graph (500 cached test faces per dataset, ages
     against fp32): Conv with its Clip (ReLU6) and the residual Add quantised together, uint8 activations, int8
-    per-channel weights, percentile ranges, the first INT8_FP32_FIRST Conv (the stem and the first block) and the last
+    per-channel weights, percentile ranges, the first `fp32_first` Conv (the stem and the first block) and the last
     left in fp32. Mean age change 0.31 years on 1,200 cached validation faces of both datasets (0.42 with the stem
     alone in fp32), 2.1x faster per face on a CPU with AVX-512 VNNI. Quantising Conv alone (its output range is the
     pre-ReLU6 one) moved ages by 2.5 / 3.1 years, and int8 activations gained no speed there."""
@@ -242,7 +242,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         graph = onnx.load(str(pre)).graph
         convs = [n.name for n in graph.node if n.op_type == "Conv"]
-        keep_fp32 = [c for c in (convs[:INT8_FP32_FIRST] + convs[-1:]) if c] if len(convs) > INT8_FP32_FIRST else []
+        keep_fp32 = [c for c in (convs[:fp32_first] + convs[-1:]) if c] if len(convs) > fp32_first else []
         if views is None and ranges is not None:
             _check_ranges(ranges, {t for n in graph.node for t in (*n.input, *n.output)})
         elif ranges is not None:  # calibrate afresh: onnxruntime would read an existing file instead
