@@ -10,6 +10,7 @@ needs nothing but onnxruntime and numpy.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +168,10 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
     outputs = ["age", "spread"] + (["occlusion", "face"] if with_guards else [])
 
     def write(tmp: Path) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the exporter's note that Slice nodes with a step other than 1 are not constant-folded: harmless, and
+            # only noise on the user's first run
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             torch.onnx.export(graph, (dummy,), str(tmp), input_names=["image"], output_names=outputs,
                               dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                               opset_version=OPSET, dynamo=False)
