@@ -17,7 +17,8 @@ TEMPLATE_SIZE = 256
 # 4 source pixels per output pixel whatever the scale, so a face shrunk 4x keeps a sixteenth of its pixels and
 # their noise and fine texture alias into the crop. Measured (benchmarks/hires.py): UTKFace test photos enlarged 6x
 # as a phone takes them move 0.49 years from their small originals instead of 0.91. At 0.75 the landmark input of
-# most UTKFace chips (shrunk 0.7x) changed too, for no gain; at 0.5 no test photo at its own size changes.
+# most UTKFace chips (shrunk 0.7x) changed too, for no gain; at 0.5 no test photo at its own size changes. At most
+# 0.5: `warp` reduces by whole factors of at least 2.
 AA_SCALE = 0.5
 
 
@@ -54,11 +55,14 @@ def align_face(rgb: np.ndarray, keypoints: np.ndarray, size: int = TEMPLATE_SIZE
 
 
 def warp(rgb: np.ndarray, m: np.ndarray, size: int, border: int = cv2.BORDER_REPLICATE) -> np.ndarray:
-    """cv2.warpAffine of the size×size output (bilinear), anti-aliased where it shrinks: when the scale is under
-    AA_SCALE, the source region the output reads is first reduced by area averaging to about the output's scale and
-    the warp reads that (a face 1,000 px wide in a phone photo then looks as the same face 250 px wide does)."""
+    """cv2.warpAffine of the size×size output (bilinear), anti-aliased where it shrinks: when the scale s is under
+    AA_SCALE, the source region the output reads is first area-averaged by the integer factor k = ⌊1/s⌋ (OpenCV's
+    fast path: 1.7 ms for a 1,300 px region, 5 ms at a fractional factor), and the warp reads that at the scale
+    s·k ∈ (1 − s, 1], where bilinear sampling loses nothing (a face 1,000 px wide in a phone photo then looks as the
+    same face 250 px wide does)."""
     s = float(np.sqrt(abs(np.linalg.det(np.asarray(m, np.float64)[:, :2]))))
-    if s >= AA_SCALE:
+    k = int(1 / s) if s > 0 else 1
+    if s >= AA_SCALE or k < 2:
         return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
     m = np.asarray(m, np.float64)
     h, w = rgb.shape[:2]
@@ -66,30 +70,14 @@ def warp(rgb: np.ndarray, m: np.ndarray, size: int, border: int = cv2.BORDER_REP
     quad = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64) @ inv[:, :2].T + inv[:, 2]
     x0, y0 = (int(v) for v in np.clip(np.floor(quad.min(0)) - 2, 0, [w - 1, h - 1]))
     x1, y1 = (int(v) for v in np.clip(np.ceil(quad.max(0)) + 2, [x0 + 1, y0 + 1], [w, h]))
-    to_src = np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1]])  # region pixel → source pixel
-    k = int(1 / s)
-    if k >= 2:  # an integer factor first: OpenCV's fast area path (5 ms → 1.7 ms for a 1,300 px region)
-        rw, rh = -(-(x1 - x0) // k) * k, -(-(y1 - y0) // k) * k
-        x1, y1 = min(w, x0 + rw), min(h, y0 + rh)
-        region = cv2.copyMakeBorder(rgb[y0:y1, x0:x1], 0, y0 + rh - y1, 0, x0 + rw - x1, border)
-        region = cv2.resize(region, (rw // k, rh // k), interpolation=cv2.INTER_AREA)
-        to_src = to_src @ _resized_to_source(k, k)
-    else:
-        region = rgb[y0:y1, x0:x1]
-    rest = s * k if k >= 2 else s
-    if rest < AA_SCALE:  # the remaining factor, on a region that is now small
-        rw, rh = max(1, round(region.shape[1] * rest)), max(1, round(region.shape[0] * rest))
-        fx, fy = region.shape[1] / rw, region.shape[0] / rh
-        region = cv2.resize(region, (rw, rh), interpolation=cv2.INTER_AREA)
-        to_src = to_src @ _resized_to_source(fx, fy)
-    m2 = m @ to_src
-    return cv2.warpAffine(region, m2.astype(np.float32), (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
-
-
-def _resized_to_source(fx: float, fy: float) -> np.ndarray:
-    """3×3 map from a pixel of an image shrunk fx × fy times by cv2.resize to its source pixel (pixel centres:
-    q ↦ (q + 0.5) · f − 0.5)."""
-    return np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])
+    rw, rh = -(-(x1 - x0) // k) * k, -(-(y1 - y0) // k) * k  # the region, a multiple of k; past the image: border
+    x1, y1 = min(w, x0 + rw), min(h, y0 + rh)
+    region = cv2.copyMakeBorder(rgb[y0:y1, x0:x1], 0, y0 + rh - y1, 0, x0 + rw - x1, border)
+    small = cv2.resize(region, (rw // k, rh // k), interpolation=cv2.INTER_AREA)
+    # a pixel q of `small` is source pixel (q + 0.5)·k − 0.5 + (x0, y0) (cv2.resize's pixel centres)
+    to_src = np.array([[k, 0, 0.5 * k - 0.5 + x0], [0, k, 0.5 * k - 0.5 + y0], [0, 0, 1.0]])
+    return cv2.warpAffine(small, (m @ to_src).astype(np.float32), (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=border)
 
 
 def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
