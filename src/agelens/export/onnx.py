@@ -223,12 +223,12 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
     from saved `ranges` without views (the shipped `<graph>.int8-ranges.json`: no face data needed), or, with
     neither, dynamic int8 (weights only). Returns the method.
 
-    Static recipe, measured on the shipped teacher's single-view graph (500 cached test faces per dataset, ages
-    against fp32): Conv with its Clip (ReLU6) and the residual Add quantised together, uint8 activations, int8
+    Static recipe: Conv with its Clip (ReLU6) and the residual Add quantised together, uint8 activations, int8
     per-channel weights, percentile ranges, the first `fp32_first` Conv (the stem and the first block) and the last
-    left in fp32. Mean age change 0.31 years on 1,200 cached validation faces of both datasets (0.42 with the stem
-    alone in fp32), 2.1x faster per face on a CPU with AVX-512 VNNI. Quantising Conv alone (its output range is the
-    pre-ReLU6 one) moved ages by 2.5 / 3.1 years, and int8 activations gained no speed there."""
+    left in fp32. On the shipped teacher's single-view graph, against fp32 (`benchmarks/int8_layers.py`, 1,200 cached
+    validation faces of both datasets): mean age change 0.31 years (0.42 with the stem alone in fp32), 2.0x faster
+    per face on a CPU with AVX-512 VNNI. Quantising Conv alone (its output range is the pre-ReLU6 one) had moved ages
+    by 2.5 / 3.1 years, and int8 activations gained no speed there."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
