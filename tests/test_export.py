@@ -344,7 +344,7 @@ def test_int8_ranges_round_trip_and_mismatch(onnx_dir, tmp_path):
 
 
 def test_auto_backend_takes_int8_only_where_the_cpu_pays_for_it():
-    """int8 runs 1.4x faster on CPUs with VNNI or AMX at the same overall MAE, and gains nothing without them."""
+    """int8 runs 1.4x faster on CPUs with VNNI or AMX at the same overall MAE; elsewhere auto stays on fp32."""
     from agelens.inference.predictor import choose_backend
 
     backend, why = choose_backend(flags={"avx2", "avx512_vnni"})

@@ -75,7 +75,7 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
     with the weights, the first block kept in fp32) is 1.43x faster than fp32 with the overall MAE within 0.01
     (`benchmarks/int8_e2e.py`: 1,000 UTKFace and 800 All-Age-Faces test photos, whole processes; ages move 0.25-0.29
     years per face, ages 0-20 +0.03 to +0.10), so it is chosen there; `onnx` keeps fp32. Without those instructions
-    int8 gains nothing. flags: the CPU's (default: read from /proc/cpuinfo)."""
+    auto stays on fp32 (int8 was not measured on such a CPU). flags: the CPU's (default: read from /proc/cpuinfo)."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
     if custom:
