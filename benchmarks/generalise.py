@@ -200,6 +200,12 @@ def main() -> None:
     write_report(args.out, res, markdown(res, args))
 
 
+def paired_ci(d: np.ndarray, boots: int = 1000) -> list[float]:
+    """Mean of paired differences d and its 95 % bootstrap interval (resample k drawn with seed k)."""
+    bs = [np.random.default_rng(k).choice(d, len(d)).mean() for k in range(boots)]
+    return [float(np.mean(d)), float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))]
+
+
 def write_report(out: str | Path, res: dict, md: str) -> None:
     """OUT.json (the figures) and OUT.md (the tables), each written atomically."""
     out = Path(out)

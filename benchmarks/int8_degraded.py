@@ -27,10 +27,8 @@ def compare(rows: list[dict], cond: str) -> dict:
     ok = [r for r in rows if r[f"{cond}_fp32"] is not None and r[f"{cond}_int8"] is not None]
     err = {b: np.array([abs(r[f"{cond}_{b}"] - r["age"]) for r in ok]) for b in ("fp32", "int8")}
     d = err["int8"] - err["fp32"]
-    bs = [np.random.default_rng(k).choice(d, len(d)).mean() for k in range(1000)]
     return {"n": len(ok), "mae_fp32": round(float(err["fp32"].mean()), 3), "mae_int8": round(float(err["int8"].mean()), 3),
-            "paired": [round(float(d.mean()), 3), round(float(np.percentile(bs, 2.5)), 3),
-                       round(float(np.percentile(bs, 97.5)), 3)],
+            "paired": [round(x, 3) for x in g.paired_ci(d)],
             "change_mean": round(float(np.mean([abs(r[f"{cond}_int8"] - r[f"{cond}_fp32"]) for r in ok])), 3)}
 
 

@@ -69,8 +69,7 @@ def main() -> None:
             base = a.sigmas[0]
             pd_ = np.array([abs(r[f"clean_{sg}"] - r["age"]) - abs(r[f"clean_{base}"] - r["age"]) for r in rows
                             if r[f"clean_{sg}"] is not None and r[f"clean_{base}"] is not None])
-            bs = [np.random.default_rng(b).choice(pd_, len(pd_)).mean() for b in range(1000)]
-            summ["paired_clean"] = [float(pd_.mean()), float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))]
+            summ["paired_clean"] = g.paired_ci(pd_)
             res[ds]["summary"][str(sg)] = summ
             print(ds, sg, {k: round(v, 3) if isinstance(v, float) else v for k, v in summ.items()}, flush=True)
     atomic_write_json(a.out, res)
