@@ -9,7 +9,7 @@ from PIL import Image
 
 from agelens.faces import blazeface, mesh
 from agelens.faces.align import TEMPLATE_KEYPOINTS, align_face, similarity_transform, transform_points
-from agelens.faces.detect import FaceAnalyzer, _iou
+from agelens.faces.detect import FaceAnalyzer, iou
 
 pytestmark = pytest.mark.skipif(not mesh.available(), reason="LiteRT (ai-edge-litert) not installed")
 
@@ -103,6 +103,6 @@ def test_blazeface_finds_the_face_mediapipe_finds(astronaut):
     (box, score, kp), f = got[0], ref[0]
     w = f.box[2] - f.box[0]
     # not bit-exact: mediapipe resamples the 512 px photo to 128 px its own way
-    assert _iou(box, f.box) > 0.85 and abs(score - f.score) < 0.05
+    assert iou(box, f.box) > 0.85 and abs(score - f.score) < 0.05
     assert np.abs(kp[:4] - f.keypoints).max() < 0.08 * w
     assert blazeface.BlazeFace(0)(np.full((300, 300, 3), 128, np.uint8)) == []

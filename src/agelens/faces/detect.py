@@ -109,18 +109,19 @@ def whole_image_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
     x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
     inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
     ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / ua if ua > 0 else 0.0
 
 
-def _merge(cands: list[Face], iou: float = 0.4) -> list[Face]:
-    """Faces by descending score, each dropped where it overlaps a kept one by `iou` or more."""
+def _merge(cands: list[Face], overlap: float = 0.4) -> list[Face]:
+    """Faces by descending score, each dropped where it overlaps a kept one by `overlap` (IoU) or more."""
     kept: list[Face] = []
     for f in sorted(cands, key=lambda f: -f.score):
-        if all(_iou(f.box, k.box) < iou for k in kept):
+        if all(iou(f.box, k.box) < overlap for k in kept):
             kept.append(f)
     return kept
 
@@ -313,7 +314,7 @@ class FaceAnalyzer:
                    crop_size: int = 256, whole_image: bool = True, verify: bool = False,
                    fallback_verifier: tuple[Verifier, float] | None = None,
                    tile_verifier: tuple[Verifier, float] | None = None,
-                   proposed: list[Face] | None = None) -> list[Face]:
+                   proposed: list[Face] | None = None, detector_only: bool = False) -> list[Face]:
         """Every face with landmarks where the mesh finds them, found by the cascade in the module docstring.
 
         With a verifier, a face from the fallback steps counts only when the verifier scores its aligned crop at
@@ -327,12 +328,13 @@ class FaceAnalyzer:
         face, to the separate face network. tile_verifier (verifier, threshold), when given, decides the tile step
         (the predictor asks both networks there: a cat's face or a coin on a tile passes one of them, not both).
         proposed: this image's `propose` output, when the caller already has it (the batch engine proposes the faces
-        of several files first, to verify them in one model pass)."""
+        of several files first, to verify them in one model pass). detector_only: the first step alone (the
+        detector on the image, verified)."""
         # landmarks first, so the verifier sees the crop the models will (a verifier that is the age model itself,
         # `inference.predictor.TrunkGuard`, then answers both from one pass)
         faces = self._verified(rgb, self.propose(rgb) if proposed is None else proposed, verifier,
                                min(threshold, DETECTED_THRESHOLD), crop_size)
-        if faces:
+        if faces or detector_only:
             return faces
         if fallback_verifier is not None:
             verifier, threshold = fallback_verifier

@@ -13,8 +13,10 @@ import numpy as np
 
 from ..data.views import centre_views
 from ..errors import AgelensError, NoFaceError
-from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, whole_image_crop
+from ..faces import orientation
+from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_crop
 from ..faces.mesh import N_MESH
+from ..faces.orientation import turned_back
 from ..faces.prepare import prepare_face
 from ..imageio import load_image
 from ..utils import INT8_FLAGS, cpu_flags
@@ -183,6 +185,7 @@ class AgeEstimator:
         self.min_age, self.max_age = float(getattr(teacher, "min_age", 0.0)), float(getattr(teacher, "max_age", 100.0))
         self.backend = backend
         self._analyzer: FaceAnalyzer | None = None
+        self.upright = True  # faces read as turned are looked for again on the image turned upright
         self._memo: OrderedDict = OrderedDict()  # crop → teacher (age, spread, guards) for a teacher with guards
         self._memo_lock = threading.Lock()
         guards = getattr(teacher, "guard_thresholds", None)
@@ -412,7 +415,7 @@ class AgeEstimator:
 
     def faces_of(self, rgb: np.ndarray, detect: bool = True) -> list[tuple[list[float], float, np.ndarray, bool, str]]:
         """(box, score, aligned crop, landmarks_found, detection) per face; raises NoFaceError when there is none."""
-        return find_and_align(rgb, self.analyzer, self.cache_size, detect, self.verifier)
+        return find_and_align(rgb, self.analyzer, self.cache_size, detect, self.verifier, upright=self.upright)
 
     def predictions(self, faces: list, r: dict[str, np.ndarray], timing: dict) -> list[FacePrediction]:
         """FacePredictions from `faces_of` output and the matching `analyse_crops` result."""
@@ -489,32 +492,88 @@ def shipped_verifier():
 
 
 def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, detect: bool = True,
-                   verifier="shipped", proposed: list | None = None
+                   verifier="shipped", proposed: list | None = None, upright: bool = True
                    ) -> list[tuple[list[float], float, np.ndarray, bool, str]]:
     """(box, score, aligned crop, landmarks_found, detection) for each face; detect=False: the image is one face
     crop. Every face, from the detector or a fallback, counts only when `verifier` (a binary crop classifier with
     `scores` and `threshold`; "shipped" = the shipped face verifier, None = none: detector steps only) says it is
-    a face. proposed: the image's `FaceAnalyzer.propose` faces when the caller has them. Raises NoFaceError when
-    there is no face."""
+    a face. proposed: the image's `FaceAnalyzer.propose` faces when the caller has them. upright: where the largest
+    face does not read upright (`faces.orientation`), the image is looked at again turned each way (`_upright`).
+    Raises NoFaceError when there is no face."""
     h, w = rgb.shape[:2]
     if not detect:
         crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
         return [([0.0, 0.0, float(w), float(h)], 1.0, crop, not np.isnan(lm).any(), "whole-image")]
     v = shipped_verifier() if isinstance(verifier, str) else verifier
     sep = getattr(v, "fallback", None)  # a TrunkGuard's separate face network(s): they alone vouch for fallback faces
-    faces = analyzer.find_faces(rgb, v.scores if v is not None else None, v.threshold if v is not None else 0.5,
-                                cache_size, verify=True,
-                                fallback_verifier=(v.separate_scores, sep.threshold) if sep is not None else None,
-                                tile_verifier=(v.both_scores, v.threshold) if hasattr(v, "both_scores") else None,
-                                proposed=proposed)
+
+    def find(img: np.ndarray, proposed: list | None = None, detector_only: bool = False) -> list:
+        return analyzer.find_faces(img, v.scores if v is not None else None, v.threshold if v is not None else 0.5,
+                                   cache_size, verify=True,
+                                   fallback_verifier=(v.separate_scores, sep.threshold) if sep is not None else None,
+                                   tile_verifier=(v.both_scores, v.threshold) if hasattr(v, "both_scores") else None,
+                                   proposed=proposed, detector_only=detector_only)
+
+    faces = find(rgb, proposed)
     if not faces:
         raise NoFaceError("no face found")
     out = []
-    for f in faces:
+    for f, img, turn in _upright(rgb, faces, find, analyzer.detect) if upright else [(f, rgb, 0) for f in faces]:
         if f.detection == "whole-image":
-            crop, found = whole_image_crop(rgb, cache_size), False
+            crop, found = whole_image_crop(img, cache_size), False
         else:
-            crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=False, face=f)
+            crop, lm = prepare_face(img, analyzer, cache_size, aligned=False, face=f)
             found = not np.isnan(lm[:N_MESH]).any()  # the fast path has no iris points
-        out.append(([round(float(v), 1) for v in f.box], f.score, crop, found, f.detection))
+        box = turned_back(f.box, turn, rgb.shape)
+        out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection))
     return out
+
+
+def _upright(rgb: np.ndarray, faces: list, find, detect) -> list[tuple[object, np.ndarray, int]]:
+    """(face, the image it was found on, that image's quarter turns from `rgb`) per face. Where the largest face
+    does not read upright (`faces.orientation`: probability under LOOK_AGAIN), the detector alone (`detect`: raw
+    boxes, nothing verified) looks at the image turned each other way, the likeliest turn first, until its largest
+    box reads upright with at least CONFIDENT. Such a turn wins if it beats the image as it is by MARGIN: the
+    detector step of `find` (verified, with landmarks) then runs on it, and its faces that read upright
+    (≥ LOOK_AGAIN) replace those they cover (in `rgb`'s coordinates); faces of the image as it is that read upright
+    stay beside them. Without a shipped classifier, or where no turn wins, the faces stay as found."""
+    model = orientation.shipped()
+    kept = [(f, rgb, 0) for f in faces]
+    if model is None:
+        return kept
+
+    def largest(img: np.ndarray, boxes: list) -> np.ndarray:
+        """The turn probabilities of the largest box (the one face read on an upright photo)."""
+        return model.turns(img, [max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))])[0]
+
+    reads = largest(rgb, [f.box for f in faces])
+    here = float(reads[0])
+    if here >= orientation.LOOK_AGAIN:
+        return kept
+    best = (here, 0)
+    # np.rot90(rgb, turn) turns a face read as k quarter turns upright when turn = 4 - k: likeliest first
+    for turn in sorted((1, 2, 3), key=lambda t: -reads[(4 - t) % 4]):
+        img = np.ascontiguousarray(np.rot90(rgb, turn))
+        boxes = [f.box for f in detect(img)]
+        if boxes:
+            score = float(largest(img, boxes)[0])
+            if score > best[0]:
+                best = (score, turn)
+            if score >= orientation.CONFIDENT:
+                break
+    score, turn = best
+    if turn == 0 or score < orientation.CONFIDENT or score - here < orientation.MARGIN:
+        return kept
+    img = np.ascontiguousarray(np.rot90(rgb, turn))
+    again = find(img, detector_only=True)  # turned upright, the face is the detector's to find
+    if not again:
+        return kept
+    up = model.turns(img, [f.box for f in again])[:, 0] >= orientation.LOOK_AGAIN
+    found = [(f, img, turn) for f, ok in zip(again, up, strict=True) if ok]
+    if not found:
+        return kept
+    boxes = [turned_back(f.box, turn, rgb.shape) for f, _, _ in found]
+    stay = model.turns(rgb, [f.box for f in faces])[:, 0] >= orientation.LOOK_AGAIN
+    rest = [(f, rgb, 0) for f, ok in zip(faces, stay, strict=True) if ok and all(iou(f.box, b) < 0.3 for b in boxes)]
+    return found + rest
+

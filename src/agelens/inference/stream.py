@@ -84,13 +84,13 @@ def _decode(path: str) -> np.ndarray:
     return check_rgb(load_image(path))
 
 
-def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, verifier="shipped"
-          ) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
+def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, verifier="shipped",
+          upright: bool = True) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
     from .predictor import find_and_align
 
     def run():
         rgb = _decode(path)
-        return rgb, find_and_align(rgb, analyzer, cache_size, detect, verifier)
+        return rgb, find_and_align(rgb, analyzer, cache_size, detect, verifier, upright=upright)
 
     got, err, dt = _attempt(path, run)
     return path, got and got[1], err, got[0] if got and keep_rgb else None, dt
@@ -105,7 +105,8 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
     thread)."""
     verifier = _verifier(est)
     if not detect or not hasattr(verifier, "head_scores"):
-        return [_find(f, est.analyzer, est.cache_size, detect, keep_rgb, verifier) for f in files]
+        return [_find(f, est.analyzer, est.cache_size, detect, keep_rgb, verifier, getattr(est, "upright", True))
+                for f in files]
     from .predictor import find_and_align
 
     def propose(f):
@@ -130,7 +131,7 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
         if err is None:
             rgb, props = got
             faces, err, dt2 = _attempt(f, lambda rgb=rgb, props=props: find_and_align(
-                rgb, est.analyzer, est.cache_size, True, verifier, proposed=props))
+                rgb, est.analyzer, est.cache_size, True, verifier, proposed=props, upright=getattr(est, "upright", True)))
             dt += dt2
         out.append((f, faces, err, got[0] if err is None and keep_rgb else None, dt))
     return out
