@@ -136,3 +136,18 @@ def test_upright_check_looks_again_only_where_the_largest_face_reads_turned(monk
     monkeypatch.setattr(orientation, "shipped", lambda: StubReader({(60, 100): [0.1, 0.5, 0.2, 0.2],
                                                                      (100, 60): [0.6, 0.2, 0.1, 0.1]}))
     assert predictor._upright(rgb, faces, find, detect) == [(faces[0], rgb, 0)] and len(looked) == 3
+
+
+@needs_weights
+def test_worker_processes_honour_the_estimators_upright_setting(astronaut, tmp_path):
+    from agelens import AgeEstimator
+    from agelens.inference.stream import predict_stream
+
+    path = tmp_path / "turned.png"
+    Image.fromarray(np.ascontiguousarray(np.rot90(astronaut, 2))).save(path)
+    est = AgeEstimator.from_pretrained()
+    for upright in (True, False):
+        est.upright = upright
+        here = [r["faces"][0]["age"] for r, _ in predict_stream(est, [str(path)], workers=0)]
+        there = [r["faces"][0]["age"] for r, _ in predict_stream(est, [str(path)], workers=1)]
+        assert here == pytest.approx(there, abs=0.05), (upright, here, there)

@@ -66,7 +66,7 @@ def _detect_row(row: dict, cache_size: int, detect: bool, cwd: str) -> dict:
     if os.getcwd() != cwd and os.path.isdir(cwd):
         os.chdir(cwd)  # the task's worker process only; the file name in the record stays as given
     path = os.fsdecode(row["path"])  # bytes column: file names that are not UTF-8 survive Arrow
-    return {"item": pickle.dumps(_detect((path, cache_size, detect, False)), protocol=5)}
+    return {"item": pickle.dumps(_detect((path, cache_size, detect, False, True)), protocol=5)}
 
 
 class _ModelActor:

@@ -50,15 +50,16 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _detect(job: tuple[str, int, bool, bool]) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
-    """Detection worker: one file → (file, faces, error, rgb if asked, detect seconds). Never raises for a bad file."""
+def _detect(job: tuple[str, int, bool, bool, bool]) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
+    """Detection worker: one file → (file, faces, error, rgb if asked, detect seconds). Never raises for a bad file.
+    job: (path, cache_size, detect, keep_rgb, upright)."""
     global _worker_analyzer
     from ..faces.detect import FaceAnalyzer
 
     if _worker_analyzer is None:
         _worker_analyzer = FaceAnalyzer(fast=None)  # as AgeEstimator.analyzer
-    path, cache_size, detect, keep_rgb = job
-    return _find(path, _worker_analyzer, cache_size, detect, keep_rgb)
+    path, cache_size, detect, keep_rgb, upright = job
+    return _find(path, _worker_analyzer, cache_size, detect, keep_rgb, upright=upright)
 
 
 def _error(path: str, e: Exception) -> str:
@@ -159,12 +160,13 @@ def _init_pipeline(spec: tuple[str, dict]) -> None:
         _worker_error = f"a worker could not load the models: {type(e).__name__}: {e}"
 
 
-def _pipeline(job: tuple[list[str], bool, bool]) -> list[tuple[dict, np.ndarray | None]]:
+def _pipeline(job: tuple[list[str], bool, bool, bool]) -> list[tuple[dict, np.ndarray | None]]:
     """Pipeline worker: a chunk of files → their records (decode, detect, align, then the models on the chunk's
-    faces as one batch), in order."""
+    faces as one batch), in order. job: (files, detect, keep_rgb, upright: the calling estimator's)."""
     if _worker_est is None:
         raise AgelensError(_worker_error or "pipeline worker not initialised")
-    files, detect, keep_rgb = job
+    files, detect, keep_rgb, upright = job
+    _worker_est.upright = upright
     return list(_flush(_worker_est, _find_chunk(_worker_est, files, detect, keep_rgb)))
 
 
@@ -197,7 +199,8 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
     if workers > 0:
         ctx = mp.get_context("spawn")  # mediapipe and torch threads do not survive fork
         pool = ctx.Pool(workers)
-        detected: Iterable = pool.imap(_detect, [(f, est.cache_size, detect, keep_rgb) for f in files], chunksize=2)
+        detected: Iterable = pool.imap(_detect, [(f, est.cache_size, detect, keep_rgb, getattr(est, "upright", True))
+                                                 for f in files], chunksize=2)
     else:
         pool = None
         detected = (r for i in range(0, len(files), CHUNK) for r in _find_chunk(est, files[i:i + CHUNK], detect,
@@ -222,7 +225,7 @@ def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_si
                      ) -> Iterator[tuple[dict, np.ndarray | None]]:
     # chunks small enough to keep every worker busy to the end, at most batch_size files (one model batch) each
     chunk = max(1, min(batch_size, CHUNK, len(files) // (4 * workers)))
-    jobs = [(files[i:i + chunk], detect, keep_rgb) for i in range(0, len(files), chunk)]
+    jobs = [(files[i:i + chunk], detect, keep_rgb, getattr(est, "upright", True)) for i in range(0, len(files), chunk)]
     pool = mp.get_context("spawn").Pool(workers, initializer=_init_pipeline, initargs=(est.spec,))
     try:
         for records in pool.imap(_pipeline, jobs):
