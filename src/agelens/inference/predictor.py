@@ -17,7 +17,7 @@ from ..faces import orientation
 from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_crop
 from ..faces.mesh import N_MESH
 from ..faces.orientation import turned_back
-from ..faces.prepare import prepare_face
+from ..faces.prepare import largest_face, prepare_face
 from ..imageio import load_image
 from ..utils import INT8_FLAGS, cpu_flags
 from .backends import (  # noqa: F401 (TTA_MODES: public)
@@ -542,11 +542,11 @@ def _upright(rgb: np.ndarray, faces: list, find, detect) -> list[tuple[object, n
     if model is None:
         return kept
 
-    def largest(img: np.ndarray, boxes: list) -> np.ndarray:
-        """The turn probabilities of the largest box (the one face read on an upright photo)."""
-        return model.turns(img, [max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))])[0]
+    def largest(img: np.ndarray, found: list) -> np.ndarray:
+        """The turn probabilities of the largest face (the one face read on an upright photo)."""
+        return model.turns(img, [largest_face(found).box])[0]
 
-    reads = largest(rgb, [f.box for f in faces])
+    reads = largest(rgb, faces)
     here = float(reads[0])
     if here >= orientation.LOOK_AGAIN:
         return kept
@@ -554,9 +554,9 @@ def _upright(rgb: np.ndarray, faces: list, find, detect) -> list[tuple[object, n
     # np.rot90(rgb, turn) turns a face read as k quarter turns upright when turn = 4 - k: likeliest first
     for turn in sorted((1, 2, 3), key=lambda t: -reads[(4 - t) % 4]):
         img = np.ascontiguousarray(np.rot90(rgb, turn))
-        boxes = [f.box for f in detect(img)]
-        if boxes:
-            score = float(largest(img, boxes)[0])
+        seen = detect(img)
+        if seen:
+            score = float(largest(img, seen)[0])
             if score > best[0]:
                 best = (score, turn)
             if score >= orientation.CONFIDENT:

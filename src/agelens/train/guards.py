@@ -55,6 +55,13 @@ def realocc_half(file: str) -> str:
     return "fit" if int(hashlib.md5(file.encode()).hexdigest(), 16) % 2 == 0 else "measure"
 
 
+def realocc_files(shared: Path, half: str) -> list[str]:
+    """realocc.csv's files (relative to `shared`, in the CSV's order) in one half, "fit" or "measure"."""
+    import pandas as pd
+
+    return [f for f in pd.read_csv(shared / "realocc.csv").file if realocc_half(f) == half]
+
+
 # ---- positives: faces as the predictor crops them ----------------------------------------------------------------
 
 

@@ -95,21 +95,18 @@ def photo_set(paths: list[str], rng: np.random.Generator, analyzer: FaceAnalyzer
 def photo_paths(shared: Path, part: str, n: int, seed: int) -> dict[str, list[str]]:
     """A seeded sample of n photos per source: UTKFace and All-Age-Faces from the saved splits' `part`, realocc
     from its "fit" half (part "train") or its "measure" half (any other part)."""
-    import pandas as pd
-
     from ..data.splits import split_part
-    from .guards import realocc_half
+    from .guards import realocc_files
 
     rng = np.random.default_rng(seed)
 
     def pick(files: list[str]) -> list[str]:
         return [files[i] for i in sorted(rng.permutation(len(files))[:n])]
 
-    occ = pd.read_csv(shared / "realocc.csv")
     half = "fit" if part == "train" else "measure"
     return {"utkface": pick([str(shared / "utkface" / f) for f in split_part(Path("splits/utkface_seed0.json"), part)]),
             "aaf": pick([str(shared / "aaf" / f) for f in split_part(Path("splits/aaf_seed0.json"), part)]),
-            "realocc": pick([str(shared / f) for f in occ.file if realocc_half(f) == half])}
+            "realocc": pick([str(shared / f) for f in realocc_files(shared, half)])}
 
 
 def turned_set(cache: FaceCache, idx: np.ndarray, rng: np.random.Generator, condition: str | None,
