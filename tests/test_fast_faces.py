@@ -106,3 +106,24 @@ def test_blazeface_finds_the_face_mediapipe_finds(astronaut):
     assert iou(box, f.box) > 0.85 and abs(score - f.score) < 0.05
     assert np.abs(kp[:4] - f.keypoints).max() < 0.08 * w
     assert blazeface.BlazeFace(0)(np.full((300, 300, 3), 128, np.uint8)) == []
+
+
+def test_mediapipe_loads_without_matplotlib_and_still_draws():
+    """The FaceMesh fallback imports mediapipe without its drawing helpers (matplotlib.pyplot, half a second of a
+    worker's first fallback); a caller who asks for them later still gets the real modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from agelens.faces.detect import mediapipe_solutions\n"
+        "s = mediapipe_solutions()\n"
+        "assert s.face_mesh.FaceMesh and 'matplotlib' not in sys.modules, sorted(sys.modules)\n"
+        "import mediapipe as mp\n"
+        "assert mp.solutions.drawing_utils.DrawingSpec and 'matplotlib.pyplot' in sys.modules\n"
+        "from mediapipe.python.solutions import drawing_styles\n"
+        "assert drawing_styles.get_default_face_mesh_contours_style()\n"
+        "assert mediapipe_solutions() is s\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

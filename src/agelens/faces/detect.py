@@ -12,8 +12,10 @@ aligned crops → face probability) accepts the crop.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -47,6 +49,38 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.dup2(saved, fd)
         os.close(saved)
         os.close(devnull)
+
+
+_DRAWING = ("drawing_utils", "drawing_styles")
+
+
+def mediapipe_solutions():  # noqa: ANN201 - mediapipe has no stubs
+    """`mediapipe.solutions`, imported without its drawing helpers when nothing has imported mediapipe yet.
+
+    `import mediapipe` loads `solutions.drawing_utils`, which imports matplotlib.pyplot: half of the 0.8 s a worker
+    process spends on its first FaceMesh fallback, for modules the face graphs never use. They are stubbed during
+    the import, then removed, and the package loads them on first use (`solutions.drawing_utils` still works)."""
+    if "mediapipe" in sys.modules:
+        return sys.modules["mediapipe"].solutions
+    names = [f"mediapipe.python.solutions.{n}" for n in _DRAWING]
+    for name in names:
+        sys.modules[name] = types.ModuleType(name)
+    try:
+        import mediapipe as mp
+    finally:
+        for name in names:
+            del sys.modules[name]
+    solutions = sys.modules["mediapipe.python.solutions"]
+    for n in _DRAWING:
+        solutions.__dict__.pop(n, None)
+
+    def lazy(attr: str):  # noqa: ANN202 - PEP 562: the drawing modules load when first asked for
+        if attr in _DRAWING:
+            return importlib.import_module(f"{solutions.__name__}.{attr}")
+        raise AttributeError(f"module {solutions.__name__!r} has no attribute {attr!r}")
+
+    solutions.__getattr__ = lazy
+    return mp.solutions
 
 
 @dataclass
@@ -148,9 +182,7 @@ class FaceAnalyzer:
         self._det: dict[int, object] = {}
 
     def _mp(self):  # noqa: ANN202 - mediapipe has no stubs
-        import mediapipe as mp
-
-        return mp.solutions
+        return mediapipe_solutions()
 
     def mesh(self, rgb: np.ndarray) -> np.ndarray | None:
         """478 landmarks (x, y) in pixels for the most prominent face, or None."""
