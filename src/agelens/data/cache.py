@@ -41,12 +41,25 @@ def _work(args: tuple[_Job, int, bool, bool | None]) -> tuple[int, np.ndarray | 
         _ANALYZER = (fast, FaceAnalyzer(fast=fast))
     try:
         rgb = load_image(job.path)
-        crop, lm = prepare_face(rgb, _ANALYZER[1], size, aligned)
+        if fast is None and not aligned:
+            crop, lm = _as_predicted(rgb, _ANALYZER[1], size)
+        else:
+            crop, lm = prepare_face(rgb, _ANALYZER[1], size, aligned)
         return job.index, crop, lm, None
     except (ImageError, NoFaceError) as e:
         return job.index, None, None, str(e).replace(f"{job.path}: ", "")
     except Exception as e:  # a worker must report, never kill the whole run
         return job.index, None, None, f"{type(e).__name__}: {e}"
+
+
+def _as_predicted(rgb: np.ndarray, analyzer: FaceAnalyzer, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The largest face as `predict` finds and aligns it (`inference.predictor.find_and_align`: every step checked
+    by the shipped face verifier, a photo turned sideways or upside down looked at upright), landmarks NaN."""
+    from ..inference.predictor import find_and_align
+
+    faces = find_and_align(rgb, analyzer, size)
+    crop = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))[2]
+    return crop, np.full((N_LANDMARKS, 2), np.nan, np.float32)
 
 
 def cache_signature(records: list[FaceRecord], size: int, aligned: bool) -> str:
@@ -129,9 +142,10 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
                 workers: int = 2, progress: bool = True, force: bool = False, fast: bool | None = False) -> FaceCache:
     """Write (or reuse, when the signature matches) the cache for these records; atomic via a temp folder.
     fast: the face path (`FaceAnalyzer(fast=...)`): False, mediapipe's graphs with iris points (training caches,
-    occluder placement); None, predict's own (LiteRT where installed; iris points NaN)."""
+    occluder placement); True, the LiteRT models (iris points NaN); None, predict's own face search (LiteRT where
+    installed, verified, turned upright; `evaluate` end to end; landmarks NaN)."""
     out = Path(out_dir)
-    sig = cache_signature(records, size, aligned) + ("" if fast is False else "-fast")
+    sig = cache_signature(records, size, aligned) + {False: "", True: "-fast", None: "-predict"}[fast]
     if not force and (out / "meta.json").is_file():
         try:  # the signature first: a stale cache is rebuilt without reading (and checksumming) its arrays
             if json.loads((out / "meta.json").read_text()).get("signature") == sig:
