@@ -98,6 +98,12 @@ def test_evaluate_contract(tmp_path, tiny_checkpoint, astronaut_path):
     assert set(m["per_bin"]) == {"21-30", "31-40", "41-50", "61+"} and set(m["per_gender"]) == {"male", "female"}
     pred = (tmp_path / "out" / "predictions.csv").read_text()
     assert "failed: no face found" in pred
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "out" / "predictions.csv").dropna(subset=["pred"])
+    hit = ((rows.interval_lo <= rows.age) & (rows.age <= rows.interval_hi)).mean()
+    assert (rows.interval_lo < rows.pred).all() and (rows.pred < rows.interval_hi).all()
+    assert m["interval"]["n"] == 4 and m["interval"]["coverage"] == pytest.approx(hit)
 
 
 @pytest.mark.skipif(not shipped_models(), reason="no shipped weights in this checkout")

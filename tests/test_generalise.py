@@ -156,6 +156,51 @@ def test_conformal_z_covers_the_level_on_new_faces():
         conformal_z(np.ones(3), np.ones(3), np.ones(3), level=1.5)
 
 
+def _age_dependent_errors(rng, n):
+    """Predictions whose error grows with age faster than their spread says (as the age models' do)."""
+    true = rng.uniform(1, 80, n)
+    spread = rng.uniform(1.5, 3.0, n)
+    pred = true + rng.normal(0, 1, n) * spread * (0.6 + true / 25)
+    return pred, true, spread
+
+
+def test_calibrate_from_end_to_end_predictions_writes_z_to_the_card(tmp_path):
+    import json
+    import shutil
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from agelens.cli import app
+    from agelens.utils import weights_dir
+
+    for ext in (".safetensors", ".json"):
+        shutil.copy(weights_dir() / f"teacher{ext}", tmp_path / f"t{ext}")
+    name = json.loads((tmp_path / "t.json").read_text())["name"]
+    rng = np.random.default_rng(3)
+    files = []
+    for k in range(2):
+        pred, true, spread = _age_dependent_errors(rng, 1500)
+        d = pd.DataFrame({"path": [f"{k}_{i}.jpg" for i in range(len(pred))], "age": true, "pred": pred,
+                          "spread": spread, "model": [name] * (len(pred) - 50) + ["student"] * 50})
+        files.append(tmp_path / f"val_{k}" / "predictions.csv")
+        files[-1].parent.mkdir()
+        d.to_csv(files[-1], index=False)
+    args = ["calibrate", str(tmp_path / "t.safetensors"), "--quiet"] + [a for f in files for a in ("--predictions", str(f))]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "t.json").read_text())
+    rec = card["interval_calibration"]
+    assert rec["coverage"]["n"] == 2 * 1450  # the model's own rows only
+    assert card["interval_z"] == rec["interval_z"] and 0.895 <= rec["coverage"]["coverage"] <= 0.905
+    assert set(rec["per_dataset"]) == {str(f) for f in files}
+    test_csv = tmp_path / "test" / "predictions.csv"
+    test_csv.parent.mkdir()
+    shutil.copy(files[0], test_csv)
+    bad = CliRunner().invoke(app, ["calibrate", str(tmp_path / "t.safetensors"), "--predictions", str(test_csv)])
+    assert bad.exit_code != 0 and "test part" in str(bad.exception)
+
+
 def test_two_datasets_train_together_and_each_test_part_is_reported(tmp_path, utk_folder):
     """UTKFace-style + an All-Age-Faces-style second dataset: one run over both train parts, realistic augmentation
     and group DRO within age bins, then one test report per dataset."""

@@ -155,17 +155,19 @@ def test_worker_processes_honour_the_estimators_upright_setting(astronaut, tmp_p
 
 @needs_weights
 def test_evaluate_prepares_a_turned_photo_as_predict_does(astronaut, tmp_path):
-    """`agelens evaluate`'s end-to-end cache (build_cache fast=None) takes predict's face search: the photo turned
-    upside down gives the upright photo's crop, where the detector alone aligns it upside down."""
+    """`agelens evaluate`'s end-to-end cache (build_cache with predict's face search) turns an upside-down photo
+    upright: the upright photo's crop, where the detector alone aligns it upside down."""
     from agelens.data.adapters import FaceRecord
     from agelens.data.cache import build_cache
+    from agelens.inference.predictor import predicted_face
 
     paths = []
     for k in (0, 2):
         paths.append(tmp_path / f"30_1_0_{k}.png")
         Image.fromarray(np.ascontiguousarray(np.rot90(astronaut, k))).save(paths[-1])
     recs = [FaceRecord(path=str(p), age=30.0, gender="female", race="white", group=str(p)) for p in paths]
-    crops = build_cache(recs, tmp_path / "c", size=128, aligned=False, workers=1, progress=False, fast=None).images
-    plain = build_cache(recs, tmp_path / "p", size=128, aligned=False, workers=1, progress=False, fast=True).images
+    kw = {"size": 128, "aligned": False, "workers": 1, "progress": False, "fast": None}
+    crops = build_cache(recs, tmp_path / "c", prepare=predicted_face, **kw).images
+    plain = build_cache(recs, tmp_path / "p", **kw).images
     diff = [float(np.abs(c[0].astype(np.float32) - c[1]).mean()) for c in (crops, plain)]
     assert diff[0] < 5 and diff[1] > 30, diff

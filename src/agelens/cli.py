@@ -189,7 +189,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
     from .data.cache import build_cache
     from .data.prepare import make_or_load_split
     from .evaluate.runner import evaluate_estimator
-    from .inference.predictor import AgeEstimator
+    from .inference.predictor import AgeEstimator, predicted_face
     from .occlusion.synth import OcclusionMix
 
     if not 0 <= occlude <= 1:
@@ -224,7 +224,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         # faces found and aligned as predict does; drawn occluders need FaceMesh's iris points, so --occlude
         # prepares the faces with mediapipe's graphs
         cache = build_cache(records, tmp / "cache", est.cache_size, aligned=not detect, workers=workers,
-                            progress=not quiet, fast=None if occ is None else False)
+                            progress=not quiet, fast=None if occ is None else False,
+                            prepare=predicted_face if occ is None else None)
         torch.set_grad_enabled(False)
         m = evaluate_estimator(est, cache, output, occlusion=occ, seed=seed, progress=not quiet, knn=knn_index,
                                embeddings=save_embeddings, bootstrap=bootstrap,
@@ -491,8 +492,11 @@ def index(model: Annotated[str, typer.Argument(help="run folder, .pt checkpoint,
 @app.command()
 def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safetensors (the card is updated), or a "
                                                       "run folder / .pt (reported only)")],
-              config: Annotated[Path, typer.Option("--config", "-c", help="config whose prepared caches to use "
-                                                   "(its data and every extra_data)")],
+              config: Annotated[Path | None, typer.Option("--config", "-c", help="config whose prepared caches to use "
+                                                          "(its data and every extra_data)")] = None,
+              predictions: Annotated[list[Path] | None, typer.Option(
+                  "--predictions", help="instead of --config: `agelens evaluate` predictions.csv of a val part (end "
+                  "to end), one per dataset; repeat the option")] = None,
               part: Annotated[str, typer.Option(help="split part to calibrate on (never the test part)")] = "val",
               occluded: Annotated[bool, typer.Option(help="every face with a synthetic occluder (the student)")] = False,
               level: Annotated[float, typer.Option(help="interval coverage to calibrate for")] = 0.9,
@@ -500,14 +504,30 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
               quiet: bool = False) -> None:
     """Split-conformal interval calibration: finds z so that age ± z·spread covers LEVEL of held-out ages and
     stores it in the model card (`interval_z`), where predict, the service and the ONNX export read it."""
-    from .evaluate.calibrate import calibrate_model
+    from .evaluate.calibrate import calibrate_model, calibrate_predictions
     from .utils import atomic_write_json, shipped_models, weights_dir
 
     if part == "test":
         raise AgelensError("calibrate on val (or train), never on the test part the metrics are reported on")
     if not 0 < level < 1:
         raise AgelensError(f"--level must be a coverage in (0, 1), got {level}")
-    rec = calibrate_model(model, str(config), part, occluded, level, progress=not quiet)
+    if (config is None) == (not predictions):
+        raise AgelensError("calibrate needs either --config (cached faces) or --predictions (end-to-end predictions)")
+    if predictions:
+        for f in predictions:
+            if not f.is_file():
+                raise AgelensError(f"--predictions: no such file: {f}")
+            if "test" in f.parts or f.parent.name.startswith("test"):
+                raise AgelensError(f"--predictions: {f} looks like a test part; calibrate on val predictions")
+        from .models.weights import resolve_model
+
+        name = str(resolve_model(model)[2].get("name", model))  # the name evaluate wrote in its `model` column
+        try:
+            rec = calibrate_predictions([str(f) for f in predictions], name, level)
+        except ValueError as e:
+            raise AgelensError(str(e)) from None
+    else:
+        rec = calibrate_model(model, str(config), part, occluded, level, progress=not quiet)
     typer.echo(json.dumps(rec, indent=1))
     if not write:
         return

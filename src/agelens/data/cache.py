@@ -8,7 +8,7 @@ import json
 import multiprocessing as mp
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,15 +34,16 @@ class _Job:
 _ANALYZER: tuple[bool | None, FaceAnalyzer] | None = None  # (the `fast` it was made with, the analyzer)
 
 
-def _work(args: tuple[_Job, int, bool, bool | None]) -> tuple[int, np.ndarray | None, np.ndarray | None, str | None]:
+def _work(args: tuple[_Job, int, bool, bool | None, Callable | None]
+          ) -> tuple[int, np.ndarray | None, np.ndarray | None, str | None]:
     global _ANALYZER
-    job, size, aligned, fast = args
+    job, size, aligned, fast, prepare = args
     if _ANALYZER is None or _ANALYZER[0] != fast:
         _ANALYZER = (fast, FaceAnalyzer(fast=fast))
     try:
         rgb = load_image(job.path)
-        if fast is None and not aligned:
-            crop, lm = _as_predicted(rgb, _ANALYZER[1], size)
+        if prepare is not None and not aligned:
+            crop, lm = prepare(rgb, _ANALYZER[1], size)
         else:
             crop, lm = prepare_face(rgb, _ANALYZER[1], size, aligned)
         return job.index, crop, lm, None
@@ -50,16 +51,6 @@ def _work(args: tuple[_Job, int, bool, bool | None]) -> tuple[int, np.ndarray | 
         return job.index, None, None, str(e).replace(f"{job.path}: ", "")
     except Exception as e:  # a worker must report, never kill the whole run
         return job.index, None, None, f"{type(e).__name__}: {e}"
-
-
-def _as_predicted(rgb: np.ndarray, analyzer: FaceAnalyzer, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The largest face as `predict` finds and aligns it (`inference.predictor.find_and_align`: every step checked
-    by the shipped face verifier, a photo turned sideways or upside down looked at upright), landmarks NaN."""
-    from ..inference.predictor import find_and_align
-
-    faces = find_and_align(rgb, analyzer, size)
-    crop = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))[2]
-    return crop, np.full((N_LANDMARKS, 2), np.nan, np.float32)
 
 
 def cache_signature(records: list[FaceRecord], size: int, aligned: bool) -> str:
@@ -127,9 +118,9 @@ class FaceCache(FaceSet):
             raise DataError(f"face cache {self.path} is corrupt: array shapes do not match {n} records")
 
 
-def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int, fast: bool | None = False
-                  ) -> Iterator[tuple]:
-    args = [(j, size, aligned, fast) for j in jobs]
+def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int, fast: bool | None = False,
+                  prepare: Callable | None = None) -> Iterator[tuple]:
+    args = [(j, size, aligned, fast, prepare) for j in jobs]
     if workers <= 1:
         yield from map(_work, args)
         return
@@ -139,13 +130,17 @@ def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int, fast
 
 
 def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256, aligned: bool = True,
-                workers: int = 2, progress: bool = True, force: bool = False, fast: bool | None = False) -> FaceCache:
+                workers: int = 2, progress: bool = True, force: bool = False, fast: bool | None = False,
+                prepare: Callable | None = None) -> FaceCache:
     """Write (or reuse, when the signature matches) the cache for these records; atomic via a temp folder.
     fast: the face path (`FaceAnalyzer(fast=...)`): False, mediapipe's graphs with iris points (training caches,
-    occluder placement); True, the LiteRT models (iris points NaN); None, predict's own face search (LiteRT where
-    installed, verified, turned upright; `evaluate` end to end; landmarks NaN)."""
+    occluder placement); None, predict's own (LiteRT where installed; iris points NaN). prepare: a module-level
+    function (rgb, analyzer, size) → (crop, landmarks) that finds and aligns the face of a photo instead of the
+    analyzer's largest face (`inference.predictor.predicted_face`: predict's own search, for `evaluate`)."""
     out = Path(out_dir)
-    sig = cache_signature(records, size, aligned) + {False: "", True: "-fast", None: "-predict"}[fast]
+    sig = cache_signature(records, size, aligned) + ("" if fast is False else "-fast")
+    if prepare is not None:
+        sig += f"-{prepare.__module__}.{prepare.__qualname__}"
     if not force and (out / "meta.json").is_file():
         try:  # the signature first: a stale cache is rebuilt without reading (and checksumming) its arrays
             if json.loads((out / "meta.json").read_text()).get("signature") == sig:
@@ -166,7 +161,7 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
         jobs = [_Job(i, r.path) for i, r in enumerate(records)]
         from ..progress import track
 
-        for i, crop, lm, err in track(_iter_results(jobs, size, aligned, workers, fast), total=n,
+        for i, crop, lm, err in track(_iter_results(jobs, size, aligned, workers, fast, prepare), total=n,
                                       description=f"caching {out.name}", enabled=progress):
             if err is not None:
                 failed.append({"path": records[i].path, "reason": err})

@@ -1,7 +1,11 @@
 """Calibrated age intervals (split conformal): the interval is age ± z·spread, with z chosen on held-out faces so
 that it covers the true age of `level` of them. The spread (the std of the predicted age distribution) keeps each
 face's own width; z makes the widths honest. z is stored per model in its card (`interval_z`) and used by both
-backends; `coverage` reports how often, overall and per age bin, an interval holds the true age."""
+backends; `coverage` reports how often, overall and per age bin, an interval holds the true age.
+
+The calibration faces can be cached crops (`calibrate_model`) or end-to-end predictions of `agelens evaluate` on
+a val part (`calibrate_predictions`), which carry the detection and alignment noise the cached crops do not.
+`docs/interval_coverage.md` compares the two, and one z per predicted-age bin, on the test parts end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import math
 
 import numpy as np
 
-from .metrics import AGE_BINS, age_bin
+from .metrics import interval_report, mae
 
 LEVEL = 0.9  # without calibration the interval is ± 1.645·spread (inference.backends.Z90, a normal error model)
 
@@ -34,11 +38,37 @@ def coverage(pred: np.ndarray, true: np.ndarray, spread: np.ndarray, z: float, m
     the true age: overall, per age bin, and the mean interval width."""
     pred, true, spread = (np.asarray(a, np.float64) for a in (pred, true, spread))
     lo, hi = np.maximum(min_age, pred - z * spread), np.minimum(max_age, pred + z * spread)
-    hit = (lo <= true) & (true <= hi)
-    bins = np.array([age_bin(a) for a in true])
-    per_bin = {label: round(float(hit[bins == label].mean()), 4) for label, _, _ in AGE_BINS if (bins == label).any()}
-    return {"z": round(float(z), 4), "n": int(len(true)), "coverage": round(float(hit.mean()), 4),
-            "mean_width": round(float((hi - lo).mean()), 3), "per_bin": per_bin}
+    return {"z": round(float(z), 4), **interval_report(true, lo, hi)}
+
+
+def _record(parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], level: float, lo: float, hi: float,
+            **about) -> dict:
+    """The calibration record of pooled (pred, true, spread) per dataset: z and the coverage it gives on these
+    faces, overall and per dataset."""
+    pred, true, spread = (np.concatenate([p[i] for p in parts.values()]) for i in range(3))
+    z = conformal_z(pred, true, spread, level)
+    return {"interval_z": round(z, 4), "level": level, **about, "coverage": coverage(pred, true, spread, z, lo, hi),
+            "per_dataset": {k: {**coverage(p, t, s, z, lo, hi), "mae": round(mae(p, t), 4)}
+                            for k, (p, t, s) in parts.items()}}
+
+
+def calibrate_predictions(files: list[str], model: str, level: float = LEVEL, min_age: float = 0.0,
+                          max_age: float = 100.0) -> dict:
+    """z for one model from end-to-end predictions: `agelens evaluate` predictions.csv files of val parts (each
+    file one dataset), the rows the model answered (column `model`)."""
+    import pandas as pd
+
+    parts = {}
+    for f in files:
+        d = pd.read_csv(f)
+        missing = {"age", "pred", "spread", "model"} - set(d.columns)
+        if missing:
+            raise ValueError(f"{f} is not an `agelens evaluate` predictions.csv (no {sorted(missing)})")
+        d = d[d.model == model]
+        if len(d) == 0:
+            raise ValueError(f"{f} has no faces answered by {model!r} (models there: {sorted(set(pd.read_csv(f).model))})")
+        parts[str(f)] = (d.pred.to_numpy(), d.age.to_numpy(), d.spread.to_numpy())
+    return _record(parts, level, min_age, max_age, part="predictions", files=[str(f) for f in files], model=model)
 
 
 def calibrate_model(model_spec: str, config: str, part: str = "val", occluded: bool = False, level: float = LEVEL,
@@ -49,25 +79,16 @@ def calibrate_model(model_spec: str, config: str, part: str = "val", occluded: b
     from ..config import load_config
     from ..fairness.evaluate import _numerics, load_model_config, open_part
     from ..occlusion.synth import PAPER_MIX, OcclusionMix
-    from .metrics import mae
     from .predict import predict_cache
 
     model, cfg, _ = load_model_config(model_spec, config)
     crop, size = cfg.data.crop_size, cfg.data.input_size  # the model's own view, whatever the data config says
     occ = OcclusionMix(dict(PAPER_MIX), 0.0) if occluded else None
-    preds, trues, spreads, parts = [], [], [], {}
+    parts = {}
     for data in [cfg.data, *load_config(config).extra_data]:
         cfg.data = dataclasses.replace(data, crop_size=crop, input_size=size)
         cache = open_part(cfg, part)
         p, s, _ = predict_cache(model, cache, cfg, _numerics(), progress=progress, occlusion=occ, seed=seed + 1)
-        preds.append(p)
-        spreads.append(s)
-        trues.append(cache.ages)
         parts[data.dataset] = (p, cache.ages, s)
-    pred, true, spread = (np.concatenate(a) for a in (preds, trues, spreads))
-    z = conformal_z(pred, true, spread, level)
-    lo, hi = float(cfg.model.min_age), float(cfg.model.max_age)
-    return {"interval_z": round(z, 4), "level": level, "part": part, "occluded": occluded, "config": str(config),
-            "coverage": coverage(pred, true, spread, z, lo, hi),
-            "per_dataset": {k: {**coverage(p, t, s, z, lo, hi), "mae": round(mae(p, t), 4)}
-                            for k, (p, t, s) in parts.items()}}
+    return _record(parts, level, float(cfg.model.min_age), float(cfg.model.max_age), part=part, occluded=occluded,
+                   config=str(config))

@@ -31,6 +31,16 @@ def per_bin_mae(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     return {label: float(err[bins == label].mean()) for label, _, _ in AGE_BINS if (bins == label).any()}
 
 
+def interval_report(true: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict:
+    """How often the intervals [lo, hi] hold the true ages: n, coverage overall and per age bin, mean width."""
+    true, lo, hi = (np.asarray(a, np.float64) for a in (true, lo, hi))
+    hit = (lo <= true) & (true <= hi)
+    bins = np.array([age_bin(a) for a in true])
+    per_bin = {label: round(float(hit[bins == label].mean()), 4) for label, _, _ in AGE_BINS if (bins == label).any()}
+    return {"n": int(len(true)), "coverage": round(float(hit.mean()), 4),
+            "mean_width": round(float((hi - lo).mean()), 3), "per_bin": per_bin}
+
+
 def per_group_mae(pred: np.ndarray, true: np.ndarray, groups: Sequence[str | None]) -> dict[str, float]:
     err = np.abs(np.asarray(pred, float) - np.asarray(true, float))
     g = np.array([x if x else "" for x in groups], dtype=object)

@@ -14,7 +14,7 @@ from ..data.cache import FaceCache
 from ..models import AgeModel
 from ..numerics import Numerics
 from ..utils import atomic_write_json, atomic_write_npz, atomic_write_text
-from .metrics import bootstrap_ci, compute_metrics, group_report, standardised_mae
+from .metrics import bootstrap_ci, compute_metrics, group_report, interval_report, standardised_mae
 
 BOOTSTRAP = 1000  # resamples for the 95 % intervals in every metrics.json
 
@@ -107,7 +107,7 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
 
     ds = CachedFaceDataset(cache, False, 16, 16, occlusion=occlusion, seed=seed)
     n = min(len(cache), max_eval or len(cache))
-    ages, spreads, scores, occluded, models, kinds, embs = [], [], [], [], [], [], []
+    ages, spreads, zs, scores, occluded, models, kinds, embs = [], [], [], [], [], [], [], []
     for start in track(range(0, n, batch_size), total=(n + batch_size - 1) // batch_size, description="evaluating",
                        enabled=progress):
         views = [ds.occluded_view(i, with_alpha=True) for i in range(start, min(n, start + batch_size))]
@@ -119,6 +119,7 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
             embs.append(r["embedding"])
         ages.append(r["age"])
         spreads.append(r["spread"])
+        zs.append(r["interval_z"])
         scores.append(r["occlusion_score"])
         occluded.append(r["occluded"])
         models += list(r["model"])
@@ -151,6 +152,11 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     if est.detector is not None:
         truth = kinds_a != "clean"
         metrics["detector_accuracy"] = round(float((occ == truth).mean()), 4)
+    # predict's 90 % intervals (each model's calibrated `interval_z`, blended as the ages): how often they hold
+    z = np.concatenate(zs)
+    lo = np.maximum(est.min_age, pred - z * spread)
+    hi = np.minimum(est.max_age, pred + z * spread)
+    metrics["interval"] = interval_report(true, lo, hi)
     metrics["failed"] = len(cache.failed)
     metrics["route"] = est.route
     metrics.update(extra or {})
@@ -159,12 +165,14 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["path", "age", "pred", "spread", "abs_error", "gender", "race", "occlusion", "occlusion_score",
-                    "occluded", "model"] + (["pred_before_knn"] if knn else []))
-        for r, p, s, k, sc, o, m, p0 in zip(recs, pred, spread, kinds, score, occ, models, raw):
+                    "occluded", "model", "interval_lo", "interval_hi"] + (["pred_before_knn"] if knn else []))
+        for r, p, s, k, sc, o, m, a, b, p0 in zip(recs, pred, spread, kinds, score, occ, models, lo, hi, raw):
             w.writerow([r.path, r.age, f"{p:.3f}", f"{s:.3f}", f"{abs(p - r.age):.3f}", r.gender or "", r.race or "",
-                        k, "" if not np.isfinite(sc) else f"{sc:.4f}", int(o), m] + ([f"{p0:.3f}"] if knn else []))
+                        k, "" if not np.isfinite(sc) else f"{sc:.4f}", int(o), m, f"{a:.1f}", f"{b:.1f}"]
+                       + ([f"{p0:.3f}"] if knn else []))
         for f in cache.failed:
-            w.writerow([f["path"], "", "", "", "", "", f"failed: {f['reason']}", "", "", "", ""] + ([""] if knn else []))
+            w.writerow([f["path"], "", "", "", "", "", f"failed: {f['reason']}", "", "", "", "", "", ""]
+                       + ([""] if knn else []))
         atomic_write_text(out / "predictions.csv", buf.getvalue())
         if embeddings:
             save_embeddings(out / "embeddings.npz", np.concatenate(embs), true, pred, recs)

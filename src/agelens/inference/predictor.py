@@ -17,7 +17,7 @@ from ..faces import orientation
 from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_crop
 from ..faces.mesh import N_MESH
 from ..faces.orientation import turned_back
-from ..faces.prepare import largest_face, prepare_face
+from ..faces.prepare import N_LANDMARKS, largest_face, prepare_face
 from ..imageio import load_image
 from ..utils import INT8_FLAGS, cpu_flags
 from .backends import (  # noqa: F401 (TTA_MODES: public)
@@ -527,6 +527,15 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
         box = turned_back(f.box, turn, rgb.shape)
         out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection))
     return out
+
+
+def predicted_face(rgb: np.ndarray, analyzer: FaceAnalyzer, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The largest face as `predict` finds and aligns it (`find_and_align`: every step checked by the shipped face
+    verifier, a photo turned sideways or upside down looked at upright) and NaN landmarks: `evaluate`'s end-to-end
+    preparation (`data.cache.build_cache(prepare=...)`). Raises NoFaceError when there is no face."""
+    faces = find_and_align(rgb, analyzer, size)
+    crop = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))[2]
+    return crop, np.full((N_LANDMARKS, 2), np.nan, np.float32)
 
 
 def _upright(rgb: np.ndarray, faces: list, find, detect) -> list[tuple[object, np.ndarray, int]]:
