@@ -61,3 +61,51 @@ def test_predict_many_takes_a_folder_a_glob_or_an_iterator(est, astronaut, tmp_p
     assert [r["file"] for r in by_folder] == [r["file"] for r in by_iter] == [r["file"] for r in by_glob]
     assert len(by_folder) == 3 and all(r["error"] is None and len(r["faces"]) >= 1 for r in by_folder)
     assert {r["faces"][0]["age"] for r in by_folder + by_iter} == {est.predict(tmp_path / "p0.jpg")[0].age}
+
+
+def test_a_large_jpeg_is_decoded_at_the_size_the_faces_need(tmp_path, astronaut):
+    """A 12 MP phone JPEG is decoded at half size (libjpeg's DCT scaling); other formats and smaller photos whole."""
+    import cv2
+    from PIL import Image
+
+    from agelens.imageio import FACE_MIN_SIDE, decode_reduced, load_image
+
+    big = cv2.resize(astronaut, (4032, 3024), interpolation=cv2.INTER_CUBIC)
+    jpg = tmp_path / "phone.jpg"
+    Image.fromarray(big).save(jpg, quality=90)
+    rgb, scale = decode_reduced(jpg.read_bytes())
+    assert rgb.shape == (1512, 2016, 3) and scale == 2.0 and max(rgb.shape) >= FACE_MIN_SIDE
+    whole = load_image(jpg)
+    assert whole.shape == (3024, 4032, 3)
+    halved = cv2.resize(whole, (2016, 1512), interpolation=cv2.INTER_AREA)
+    assert np.abs(rgb.astype(float) - halved).mean() < 2.0  # the same picture, anti-aliased
+    ex = Image.Exif()
+    ex[0x0112] = 6  # stored sideways: shown turned 90° clockwise
+    Image.fromarray(np.ascontiguousarray(np.rot90(big))).save(tmp_path / "exif.jpg", quality=90, exif=ex)
+    turned, s = decode_reduced((tmp_path / "exif.jpg").read_bytes())
+    assert turned.shape == (1512, 2016, 3) and s == 2.0
+    Image.fromarray(big).save(tmp_path / "phone.png")
+    assert decode_reduced((tmp_path / "phone.png").read_bytes())[1] == 1.0  # only JPEG scales while decoding
+    small = cv2.resize(astronaut, (2000, 1500))
+    Image.fromarray(small).save(tmp_path / "small.jpg")
+    assert decode_reduced((tmp_path / "small.jpg").read_bytes())[0].shape == (1500, 2000, 3)
+    assert decode_reduced(jpg.read_bytes(), None)[1] == 1.0
+
+
+def test_predict_on_a_large_jpeg_gives_boxes_in_the_files_pixels(est, astronaut, tmp_path):
+    import cv2
+    from PIL import Image
+
+    from agelens.inference.stream import predict_stream
+
+    big = cv2.resize(astronaut, (4096, 4096), interpolation=cv2.INTER_CUBIC)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(big).save(path, quality=92)
+    on_file = est.predict(path)[0]  # decoded at 2048 px
+    on_array = est.predict(big)[0]  # every pixel
+    assert np.allclose(on_file.box, on_array.box, atol=8), (on_file.box, on_array.box)
+    assert abs(on_file.age - on_array.age) < 2.0
+    (rec, rgb), = predict_stream(est, [str(path)], workers=0, keep_rgb=True)  # kept to draw on: decoded whole
+    assert rgb.shape == big.shape and np.allclose(rec["faces"][0]["box"], on_file.box, atol=8)
+    (rec, _), = predict_stream(est, [str(path)], workers=0)
+    assert rec["faces"][0]["box"] == on_file.box

@@ -236,6 +236,18 @@ def test_exif_orientation_honoured():
     assert r.status_code == 200 and r.json()["image"] == {"width": 20, "height": 40}
 
 
+def test_a_large_jpeg_upload_is_read_at_half_size_and_answered_in_its_own_pixels():
+    est = FakeEstimator()
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((3024, 4032, 3), np.uint8)).save(buf, "JPEG")
+    app = create_app(est, max_upload_bytes=2**24)
+    r = TestClient(app).post("/v1/predict", content=buf.getvalue(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    assert est.calls[-1][0] == (1512, 2016, 3)  # the estimator saw the reduced decode
+    assert r.json()["image"] == {"width": 4032, "height": 3024}
+    assert r.json()["faces"][0]["box"] == [2.0, 4.0, 6.0, 8.0]  # the fake's box, back in the upload's pixels
+
+
 def test_estimator_crash_is_clean_500():
     c = TestClient(create_app(FakeEstimator(RuntimeError("boom /secret/path"))))
     r = c.post("/v1/predict", content=png_bytes(np.zeros((8, 8, 3), np.uint8)), headers={"content-type": "image/png"})

@@ -12,6 +12,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError, ImageTooLargeError
 
 MAX_PIXELS = 60_000_000  # decompression-bomb guard (e.g. 20000×20000 is refused)
+# predict's faces need no more than this long side: a larger JPEG is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's
+# DCT scaling, anti-aliased) while its long side stays at least this (a 12 MP phone photo: 4032 → 2016 px, decoded
+# in a quarter of the time), and face boxes are scaled back (`decode_reduced`; docs/inference_levers.md)
+FACE_MIN_SIDE = 1536
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
@@ -35,6 +39,14 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
 def decode_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "<bytes>") -> np.ndarray:
     """Decode in memory to RGB uint8 (EXIF orientation honoured). The header's dimensions are checked against
     max_pixels before any pixel is decoded: ImageTooLargeError when over it, ImageError for anything unusable."""
+    return decode_reduced(data, None, max_pixels, name)[0]
+
+
+def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels: int = MAX_PIXELS,
+                   name: str = "<bytes>") -> tuple[np.ndarray, float]:
+    """(RGB uint8, scale): as `decode_image_bytes`, but a JPEG whose long side is at least twice min_side is decoded
+    at the smallest of 1/2, 1/4, 1/8 of its size that keeps the long side at least min_side. scale = original long
+    side / decoded long side (1.0 when decoded whole): multiply coordinates on the array by it to get the file's."""
     if not data:
         raise ImageError(f"{name}: empty file")
     try:
@@ -47,8 +59,11 @@ def decode_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "<
                 if w < 2 or h < 2:
                     raise ImageError(f"{name}: image is {w}x{h}, too small to hold a face")
                 im.seek(0)
+                if min_side and im.format == "JPEG" and max(w, h) >= 2 * min_side:
+                    f = min_side / max(w, h)  # libjpeg picks the smallest scale whose result is at least this
+                    im.draft(im.mode, (max(1, int(w * f + 0.999)), max(1, int(h * f + 0.999))))
                 im.load()
-                return _to_rgb(im)
+                return _to_rgb(im), max(w, h) / max(im.size)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -61,6 +76,16 @@ def decode_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "<
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file to RGB uint8, raising ImageError naming the file and the problem."""
+    return decode_image(_read(path), str(path))
+
+
+def load_reduced(path: str | Path, min_side: int | None = FACE_MIN_SIDE) -> tuple[np.ndarray, float]:
+    """`load_image` with `decode_reduced`'s reduced decoding of large JPEGs: (RGB uint8, scale)."""
+    return decode_reduced(_read(path), min_side, MAX_PIXELS, str(path))
+
+
+def _read(path: str | Path) -> bytes:
+    """The file's bytes, or ImageError naming the file and the problem."""
     p = Path(path)
     if p.is_dir():
         raise ImageError(f"{p}: is a directory, not an image")
@@ -72,4 +97,4 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{p}: permission denied") from None
     except OSError as e:
         raise ImageError(f"{p}: cannot read ({e.strerror})") from None
-    return decode_image(data, str(p))
+    return data

@@ -18,7 +18,7 @@ from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_cr
 from ..faces.mesh import N_MESH
 from ..faces.orientation import turned_back
 from ..faces.prepare import N_LANDMARKS, largest_face, prepare_face
-from ..imageio import load_image
+from ..imageio import load_reduced
 from ..utils import INT8_FLAGS, cpu_flags
 from .backends import (  # noqa: F401 (TTA_MODES: public)
     TTA_MODES,
@@ -442,19 +442,29 @@ class AgeEstimator:
         it) with its age estimate and occlusion verdict."""
         if channels not in ("rgb", "bgr"):
             raise AgelensError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
+        scale = 1.0
         if isinstance(image, str | Path):
-            rgb = check_rgb(load_image(image))
+            rgb, scale = load_reduced(image)  # a large JPEG at the size the faces need (imageio.FACE_MIN_SIDE)
+            rgb = check_rgb(rgb)
         else:
             rgb = check_rgb(np.asarray(image))
             if channels == "bgr":
                 rgb = np.ascontiguousarray(rgb[..., ::-1])
         t0 = time.perf_counter()
-        faces = self.faces_of(rgb, detect)
+        faces = in_file_pixels(self.faces_of(rgb, detect), scale)
         t1 = time.perf_counter()
         r = self.analyse_crops(np.stack([f[2] for f in faces]))
         t2 = time.perf_counter()
         return self.predictions(faces, r, {"detect_ms": round(1000 * (t1 - t0), 1),
                                            "model_ms": round(1000 * (t2 - t1), 1)})
+
+
+def in_file_pixels(faces: list, scale: float) -> list:
+    """`find_and_align` faces with their boxes multiplied by scale: from a reduced decode's pixels
+    (`imageio.decode_reduced`) to the file's."""
+    if scale == 1.0:
+        return faces
+    return [([round(v * scale, 1) for v in box], *rest) for box, *rest in faces]
 
 
 def check_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -78,20 +78,23 @@ def _attempt(path: str, fn):
         return None, _error(path, e), time.perf_counter() - t0
 
 
-def _decode(path: str) -> np.ndarray:
-    from ..imageio import load_image
+def _decode(path: str, reduce: bool = True) -> tuple[np.ndarray, float]:
+    """(RGB, scale): a large JPEG decoded at the size the faces need (`imageio.decode_reduced`) unless
+    reduce=False (the image is kept to draw on)."""
+    from ..imageio import FACE_MIN_SIDE, load_reduced
     from .predictor import check_rgb
 
-    return check_rgb(load_image(path))
+    rgb, scale = load_reduced(path, FACE_MIN_SIDE if reduce else None)
+    return check_rgb(rgb), scale
 
 
 def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, verifier="shipped",
           upright: bool = True) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
-    from .predictor import find_and_align
+    from .predictor import find_and_align, in_file_pixels
 
     def run():
-        rgb = _decode(path)
-        return rgb, find_and_align(rgb, analyzer, cache_size, detect, verifier, upright=upright)
+        rgb, scale = _decode(path, reduce=not keep_rgb)
+        return rgb, in_file_pixels(find_and_align(rgb, analyzer, cache_size, detect, verifier, upright=upright), scale)
 
     got, err, dt = _attempt(path, run)
     return path, got and got[1], err, got[0] if got and keep_rgb else None, dt
@@ -108,13 +111,14 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
     if not detect or not hasattr(verifier, "head_scores"):
         return [_find(f, est.analyzer, est.cache_size, detect, keep_rgb, verifier, getattr(est, "upright", True))
                 for f in files]
-    from .predictor import find_and_align
+    from .predictor import find_and_align, in_file_pixels
 
     def propose(f):
-        rgb = _decode(f)
-        return rgb, est.analyzer.propose(rgb)
+        rgb, scale = _decode(f, reduce=not keep_rgb)
+        return rgb, est.analyzer.propose(rgb), scale
 
-    loaded = [(f, *_attempt(f, lambda f=f: propose(f))) for f in files]  # (path, (rgb, proposals), error, seconds)
+    # (path, (rgb, proposals, scale), error, seconds)
+    loaded = [(f, *_attempt(f, lambda f=f: propose(f))) for f in files]
     crops = []
     for _, got, _, _ in loaded:
         if got:
@@ -130,9 +134,10 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
     for f, got, err, dt in loaded:
         faces = None
         if err is None:
-            rgb, props = got
-            faces, err, dt2 = _attempt(f, lambda rgb=rgb, props=props: find_and_align(
-                rgb, est.analyzer, est.cache_size, True, verifier, proposed=props, upright=getattr(est, "upright", True)))
+            rgb, props, scale = got
+            faces, err, dt2 = _attempt(f, lambda rgb=rgb, props=props, scale=scale: in_file_pixels(find_and_align(
+                rgb, est.analyzer, est.cache_size, True, verifier, proposed=props, upright=getattr(est, "upright", True)),
+                scale))
             dt += dt2
         out.append((f, faces, err, got[0] if err is None and keep_rgb else None, dt))
     return out

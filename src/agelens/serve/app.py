@@ -1,8 +1,9 @@
 """HTTP service around AgeEstimator: POST /v1/predict, GET /healthz and a demo page at GET /.
 
 Uploads are read into memory with a byte budget (Content-Length checked first, then every byte counted), decoded
-in memory by `imageio.decode_image_bytes` (pixel limit checked from the header before decoding) and run through
-one estimator, one image at a time, in a worker thread. Bad input is always a 4xx with `{"detail": message}`.
+in memory by `imageio.decode_reduced` (pixel limit checked from the header before decoding; a large JPEG decoded at
+the size the faces need, boxes and size reported in the upload's pixels) and run through one estimator, one image
+at a time, in a worker thread. Bad input is always a 4xx with `{"detail": message}`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 
 from ..errors import AgelensError, ImageError, ImageTooLargeError, NoFaceError
-from ..imageio import decode_image_bytes
+from ..imageio import FACE_MIN_SIDE, decode_reduced
 
 log = logging.getLogger("agelens.serve")
 
@@ -292,8 +293,8 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
             data, detect = extract_image(media_type, params, body, request.query_params.get("detect"))
             del body
             t1 = time.perf_counter()
-            rgb = await anyio.to_thread.run_sync(decode_image_bytes, data, svc.max_pixels, "upload",
-                                                 limiter=svc.decode_limiter)
+            rgb, scale = await anyio.to_thread.run_sync(decode_reduced, data, FACE_MIN_SIDE, svc.max_pixels,
+                                                        "upload", limiter=svc.decode_limiter)
             del data
         except RequestError as e:
             return _error(e.status, e.message)
@@ -311,13 +312,15 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
             log.exception("estimator failed on a %dx%d image", rgb.shape[1], rgb.shape[0])
             return _error(500, "internal error while estimating ages (logged on the server)")
         t3 = time.perf_counter()
+        if scale != 1.0:  # boxes from the reduced decode, in the upload's pixels
+            faces = [{**f, "box": [round(v * scale, 1) for v in f["box"]]} for f in faces]
         timing = faces[0].get("timing", {}) if faces else {}
         timings = {"read_ms": 1000 * (t1 - t0), "decode_ms": 1000 * (t2 - t1), "queue_ms": 1000 * (started - t2),
                    "detect_ms": timing.get("detect_ms"), "model_ms": timing.get("model_ms"),
                    "total_ms": 1000 * (t3 - t0)}
         return JSONResponse({
             "faces": faces, "message": message,
-            "image": {"width": int(rgb.shape[1]), "height": int(rgb.shape[0])},
+            "image": {"width": round(rgb.shape[1] * scale), "height": round(rgb.shape[0] * scale)},
             "timings": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in timings.items()},
         })
 
