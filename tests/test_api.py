@@ -109,3 +109,21 @@ def test_predict_on_a_large_jpeg_gives_boxes_in_the_files_pixels(est, astronaut,
     assert rgb.shape == big.shape and np.allclose(rec["faces"][0]["box"], on_file.box, atol=8)
     (rec, _), = predict_stream(est, [str(path)], workers=0)
     assert rec["faces"][0]["box"] == on_file.box
+
+
+def test_a_heic_photo_is_read_or_refused_naming_the_extra(tmp_path, astronaut, monkeypatch):
+    import sys
+
+    from PIL import Image
+
+    from agelens.errors import ImageError
+    from agelens.imageio import load_image
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    Image.fromarray(astronaut).save(tmp_path / "a.heic", quality=90)
+    rgb = load_image(tmp_path / "a.heic")
+    assert rgb.shape == astronaut.shape and np.abs(rgb.astype(float) - astronaut).mean() < 6
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if the `heif` extra were not installed
+    with pytest.raises(ImageError, match=r"a.heic: a HEIC/HEIF photo; reading it needs pillow-heif"):
+        load_image(tmp_path / "a.heic")

@@ -16,6 +16,22 @@ MAX_PIXELS = 60_000_000  # decompression-bomb guard (e.g. 20000×20000 is refuse
 # DCT scaling, anti-aliased) while its long side stays at least this (a 12 MP phone photo: 4032 → 2016 px, decoded
 # in a quarter of the time), and face boxes are scaled back (`decode_reduced`; docs/inference_levers.md)
 FACE_MIN_SIDE = 1536
+# ISO-BMFF brands of HEIC/HEIF stills (an iPhone's photos): read through pillow-heif, the `heif` extra
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+
+
+def is_heif(data: bytes) -> bool:
+    """Whether the bytes are a HEIF container (an ftyp box whose major brand is a HEIF one)."""
+    return len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS
+
+
+def _heif_opener(name: str) -> None:
+    """Registers pillow-heif's Pillow plugin (once), or ImageError naming the extra that reads HEIC photos."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageError(f"{name}: a HEIC/HEIF photo; reading it needs pillow-heif: pip install 'agelens[heif]'") from None
+    pillow_heif.register_heif_opener()
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
@@ -49,6 +65,8 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
     side / decoded long side (1.0 when decoded whole): multiply coordinates on the array by it to get the file's."""
     if not data:
         raise ImageError(f"{name}: empty file")
+    if is_heif(data):
+        _heif_opener(name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..registry import DATASETS
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif"}
 MAX_AGE = 120
 UTK_GENDER = {"0": "male", "1": "female"}
 UTK_RACE = {"0": "white", "1": "black", "2": "asian", "3": "indian", "4": "other"}
