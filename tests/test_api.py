@@ -90,6 +90,8 @@ def test_a_large_jpeg_is_decoded_at_the_size_the_faces_need(tmp_path, astronaut)
     Image.fromarray(small).save(tmp_path / "small.jpg")
     assert decode_reduced((tmp_path / "small.jpg").read_bytes())[0].shape == (1500, 2000, 3)
     assert decode_reduced(jpg.read_bytes(), None)[1] == 1.0
+    Image.fromarray(big).save(tmp_path / "camera.mpo", "MPO", save_all=True, append_images=[Image.fromarray(big)])
+    assert decode_reduced((tmp_path / "camera.mpo").read_bytes())[0].shape == (1512, 2016, 3)  # a camera's JPEG
 
 
 def test_predict_on_a_large_jpeg_gives_boxes_in_the_files_pixels(est, astronaut, tmp_path):

@@ -77,7 +77,7 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
                 if w < 2 or h < 2:
                     raise ImageError(f"{name}: image is {w}x{h}, too small to hold a face")
                 im.seek(0)
-                if min_side and im.format == "JPEG" and max(w, h) >= 2 * min_side:
+                if min_side and im.format in ("JPEG", "MPO") and max(w, h) >= 2 * min_side:  # MPO: cameras' JPEGs
                     f = min_side / max(w, h)  # libjpeg picks the smallest scale whose result is at least this
                     im.draft(im.mode, (max(1, int(w * f + 0.999)), max(1, int(h * f + 0.999))))
                 im.load()
