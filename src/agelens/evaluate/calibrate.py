@@ -60,13 +60,13 @@ def calibrate_predictions(files: list[str], model: str, level: float = LEVEL, mi
 
     parts = {}
     for f in files:
-        d = pd.read_csv(f)
-        missing = {"age", "pred", "spread", "model"} - set(d.columns)
+        every = pd.read_csv(f)
+        missing = {"age", "pred", "spread", "model"} - set(every.columns)
         if missing:
             raise ValueError(f"{f} is not an `agelens evaluate` predictions.csv (no {sorted(missing)})")
-        d = d[d.model == model]
+        d = every[every.model == model]
         if len(d) == 0:
-            raise ValueError(f"{f} has no faces answered by {model!r} (models there: {sorted(set(pd.read_csv(f).model))})")
+            raise ValueError(f"{f} has no faces answered by {model!r} (models there: {sorted(set(every.model))})")
         parts[str(f)] = (d.pred.to_numpy(), d.age.to_numpy(), d.spread.to_numpy())
     return _record(parts, level, min_age, max_age, part="predictions", files=[str(f) for f in files], model=model)
 

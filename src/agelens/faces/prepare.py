@@ -12,9 +12,14 @@ from .detect import Face, FaceAnalyzer
 N_LANDMARKS = 478
 
 
-def largest_face(faces: list):
-    """The face with the largest box (works for detector Faces and FacePredictions alike)."""
-    return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+def largest_face(faces: list, box=lambda f: f.box):
+    """The face with the largest box (detector Faces and FacePredictions alike; `box` reads it from anything else,
+    e.g. `find_and_align`'s tuples)."""
+    def area(f) -> float:
+        x1, y1, x2, y2 = box(f)
+        return (x2 - x1) * (y2 - y1)
+
+    return max(faces, key=area)
 
 
 def prepare_face(rgb: np.ndarray, analyzer: FaceAnalyzer, size: int, aligned: bool,

@@ -543,8 +543,7 @@ def predicted_face(rgb: np.ndarray, analyzer: FaceAnalyzer, size: int) -> tuple[
     """The largest face as `predict` finds and aligns it (`find_and_align`: every step checked by the shipped face
     verifier, a photo turned sideways or upside down looked at upright) and NaN landmarks: `evaluate`'s end-to-end
     preparation (`data.cache.build_cache(prepare=...)`). Raises NoFaceError when there is no face."""
-    faces = find_and_align(rgb, analyzer, size)
-    crop = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))[2]
+    crop = largest_face(find_and_align(rgb, analyzer, size), box=lambda f: f[0])[2]
     return crop, np.full((N_LANDMARKS, 2), np.nan, np.float32)
 
 
