@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from agelens.errors import NoFaceError
-from agelens.faces.detect import DETECTIONS, FaceAnalyzer, pad_border, whole_image_crop
+from agelens.faces.detect import DETECTIONS, FaceAnalyzer, pad_border, pad_border_capped, whole_image_crop
 from agelens.utils import shipped_models
 
 
@@ -103,6 +103,39 @@ def test_padded_retry_finds_a_face_that_fills_the_frame(analyzer, astronaut):
         assert 0 <= x1 < x2 <= tight.shape[1] and 0 <= y1 < y2 <= tight.shape[0]
     padded, _ = pad_border(tight)
     assert analyzer.detect(padded), "the padded image must hold a detectable face"
+
+
+def test_padded_copy_is_capped_and_maps_back():
+    """The padded step shrinks a huge image first (its padded copy at most PAD_MAX_SIDE): points map back."""
+    img = np.zeros((100, 400, 3), np.uint8)
+    img[58:62, 298:302] = 255  # a 4 px marker centred on (300, 60)
+    padded, p, scale = pad_border_capped(img, max_side=400)
+    assert scale == 0.5 and p == 100 and padded.shape == (250, 400, 3)
+    ys, xs = np.nonzero(padded[..., 0] == 255)
+    assert abs((xs.mean() - p) / scale - 300) <= 1 and abs((ys.mean() - p) / scale - 60) <= 1
+    same, p1, s1 = pad_border_capped(img)  # small images are padded at their own size
+    assert s1 == 1.0 and (same == pad_border(img)[0]).all() and p1 == 200
+
+
+def test_a_panorama_strip_is_searched_without_crashing(analyzer, monkeypatch):
+    """A 20 × 20,000 strip with its 50 % border was a 2.4 GB image, and mediapipe's mesh graph killed the process
+    (SIGSEGV) on it: the padded copy is now capped, and the search ends with no face."""
+    strip = np.full((20, 20000, 3), 120, np.uint8)
+    strip[:, ::50] = 30
+    no = FixedVerifier(0.1)
+    assert analyzer.find_faces(strip, no.scores, no.threshold, verify=True) == []
+
+
+def test_padded_step_finds_a_tight_face_on_a_shrunk_copy(astronaut, monkeypatch):
+    import agelens.faces.detect as detect
+
+    an = FaceAnalyzer(fast=None)  # the predictor's face path
+    tight = np.ascontiguousarray(astronaut[95:165, 190:262])  # 70 × 72: the detector misses it, the padded step not
+    full = an.find_faces(tight, verify=False)
+    monkeypatch.setattr(detect, "PAD_MAX_SIDE", 100)  # shrink the 144 px padded copy to 100 px
+    small = an.find_faces(tight, verify=False)
+    assert [f.detection for f in full] == [f.detection for f in small] == ["padded"]
+    assert np.allclose(full[0].box, small[0].box, atol=3)
 
 
 @pytest.mark.skipif("faceness" not in shipped_models(), reason="no shipped face verifier")

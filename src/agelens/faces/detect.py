@@ -106,6 +106,10 @@ class Face:
 DETECTIONS = ("detector", "padded", "mesh", "whole-image")
 N_IRIS = 10  # FaceMesh's iris points (468-477), which only the refined graph has
 PAD_FRACTION = 0.5  # border added on every side for the second detector pass, as a share of the long side
+# the padded copy's long side at most (the image is shrunk first beyond it): the detector and the mesh see it at a
+# few hundred pixels anyway, and mediapipe's mesh graph crashes the process (SIGSEGV) on an image of 2 GB or more,
+# which a 20,000 px panorama with its border reaches. Images up to 4,096 px are padded at their own size.
+PAD_MAX_SIDE = 8192
 # A verifier: aligned face crops (N, S, S, 3) uint8 → face probabilities (N,); `threshold` is its decision point.
 Verifier = Callable[[np.ndarray], np.ndarray]
 # What a face the detector itself found (step 1) must score: the detector's own evidence counts, so only clear
@@ -130,6 +134,18 @@ def pad_border(rgb: np.ndarray, fraction: float = PAD_FRACTION) -> tuple[np.ndar
     """The image inside a constant mid-grey border of fraction × its long side; returns (image, border px)."""
     p = int(round(fraction * max(rgb.shape[:2])))
     return cv2.copyMakeBorder(rgb, p, p, p, p, cv2.BORDER_CONSTANT, value=(127, 127, 127)), p
+
+
+def pad_border_capped(rgb: np.ndarray, max_side: int | None = None) -> tuple[np.ndarray, int, float]:
+    """`pad_border` of the image shrunk (anti-aliased) so that the padded copy's long side is at most `max_side`
+    (default PAD_MAX_SIDE): (padded, border px, scale); a point (x, y) of the padded copy is ((x − border) / scale,
+    (y − border) / scale) in the image."""
+    h, w = rgb.shape[:2]
+    scale = min(1.0, (max_side or PAD_MAX_SIDE) / ((1 + 2 * PAD_FRACTION) * max(h, w)))
+    if scale < 1.0:
+        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    padded, p = pad_border(rgb)
+    return padded, p, scale
 
 
 def whole_image_crop(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -312,8 +328,8 @@ class FaceAnalyzer:
                 f.keypoints = keypoints_from_mesh(lm)
         return faces
 
-    def _mesh_face(self, rgb: np.ndarray, padded: np.ndarray, p: int) -> Face | None:
-        """The mesh alone, on the image and then on `padded` (the image inside a p px border); box = the
+    def _mesh_face(self, rgb: np.ndarray, padded: np.ndarray, p: int, scale: float = 1.0) -> Face | None:
+        """The mesh alone, on the image and then on `padded` (the image at `scale` inside a p px border); box = the
         landmarks' extent."""
         h, w = rgb.shape[:2]
         lm = self.mesh(rgb)
@@ -321,7 +337,7 @@ class FaceAnalyzer:
             lm = self.mesh(padded)
             if lm is None:
                 return None
-            lm = lm - p
+            lm = (lm - p) / scale
         x1, y1 = lm.min(0)
         x2, y2 = lm.max(0)
         box = (max(0.0, float(x1)), max(0.0, float(y1)), min(float(w), float(x2)), min(float(h), float(y2)))
@@ -371,12 +387,12 @@ class FaceAnalyzer:
         if fallback_verifier is not None:
             verifier, threshold = fallback_verifier
         h, w = rgb.shape[:2]
-        padded, p = pad_border(rgb)
+        padded, p, scale = pad_border_capped(rgb)
         faces = []
         for f in self.detect(padded):
-            x1, y1, x2, y2 = (v - p for v in f.box)
+            x1, y1, x2, y2 = ((v - p) / scale for v in f.box)
             f.box = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
-            f.keypoints = f.keypoints - p
+            f.keypoints = (f.keypoints - p) / scale
             f.detection = "padded"
             if f.box[2] - f.box[0] >= 4 and f.box[3] - f.box[1] >= 4:
                 faces.append(f)
@@ -385,7 +401,7 @@ class FaceAnalyzer:
             return faces
         if verifier is None and verify:
             return []
-        face = self._mesh_face(rgb, padded, p)
+        face = self._mesh_face(rgb, padded, p, scale)
         if face is not None:
             if verifier is None:
                 return [face]
