@@ -231,13 +231,69 @@ def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_si
     # chunks small enough to keep every worker busy to the end, at most batch_size files (one model batch) each
     chunk = max(1, min(batch_size, CHUNK, len(files) // (4 * workers)))
     jobs = [(files[i:i + chunk], detect, keep_rgb, getattr(est, "upright", True)) for i in range(0, len(files), chunk)]
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_pipeline, initargs=(est.spec,))
+    yield from crash_safe_map(_pipeline, jobs, workers, _init_pipeline, (est.spec,))
+
+
+AHEAD = 4  # jobs in flight per worker process
+CRASHED = ("the worker process died on this file (a crash inside a native library); the other files were answered "
+           "in fresh processes")
+
+
+def crash_safe_map(run, jobs: list[tuple], workers: int, init=None, initargs: tuple = ()
+                   ) -> Iterator[tuple[dict, np.ndarray | None]]:
+    """The records of `run(job)` for each job (a tuple whose first item is its list of files), in order, from
+    `workers` spawned processes. A worker that dies (SIGSEGV or abort in a native library; multiprocessing.Pool
+    then waits forever for its task) neither hangs nor ends the stream: the jobs in flight run again one file per
+    job, and a file that kills its worker again gets an error record; the rest continue in fresh processes."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # mediapipe and torch threads do not survive fork
+    done = 0
+    while done < len(jobs):
+        ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=initargs)
+        inflight: deque = deque()
+        sent, broken = done, False
+        try:
+            while done < len(jobs):
+                while sent < len(jobs) and len(inflight) < AHEAD * workers:
+                    inflight.append(ex.submit(run, jobs[sent]))
+                    sent += 1
+                try:
+                    records = inflight.popleft().result()
+                except BrokenProcessPool:
+                    broken = True
+                    break
+                yield from records
+                done += 1
+        finally:
+            ex.shutdown(wait=not broken, cancel_futures=True)
+        if broken:
+            for job in jobs[done:sent]:
+                yield from _one_file_each(run, job, init, initargs, ctx)
+            done = sent
+
+
+def _one_file_each(run, job: tuple, init, initargs: tuple, ctx) -> Iterator[tuple[dict, np.ndarray | None]]:
+    """`run` on each file of `job` alone, in one worker process, started again after a file that kills it."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ex = None
     try:
-        for records in pool.imap(_pipeline, jobs):
+        for f in job[0]:
+            ex = ex or ProcessPoolExecutor(1, mp_context=ctx, initializer=init, initargs=initargs)
+            try:
+                records = ex.submit(run, ([f], *job[1:])).result()
+            except BrokenProcessPool:
+                ex.shutdown(wait=False)
+                ex = None
+                records = [({"file": printable(f), "faces": [], "error": CRASHED}, None)]
             yield from records
     finally:
-        pool.terminate()
-        pool.join()
+        if ex is not None:
+            ex.shutdown(wait=True)
 
 
 def _flush(est, pending: list) -> Iterator[tuple[dict, np.ndarray | None]]:

@@ -1,0 +1,57 @@
+"""A worker process that dies on a file (a native crash) neither hangs the batch engine nor ends its stream."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from agelens.inference.stream import CRASHED, crash_safe_map
+
+
+def crash_or_answer(job: tuple) -> list:
+    """A stand-in for the pipeline worker: a file named crash* kills its process as a segfault would."""
+    for f in job[0]:
+        if os.path.basename(f).startswith("crash"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+    return [({"file": f, "faces": [], "error": None}, None) for f in job[0]]
+
+
+@pytest.fixture
+def deadline():
+    """Fail instead of hanging (multiprocessing.Pool waits forever for a dead worker's task)."""
+    def boom(*_):
+        raise TimeoutError("the stream hung")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_file_that_kills_its_worker_gets_an_error_and_the_rest_are_answered_in_order(deadline):
+    files = [f"f{i}.jpg" for i in range(20)]
+    files[7] = "crash7.jpg"
+    files[16] = "crash16.jpg"
+    jobs = [(files[i:i + 3], True) for i in range(0, len(files), 3)]
+    out = list(crash_safe_map(crash_or_answer, jobs, 2))
+    assert [r["file"] for r, _ in out] == files
+    errors = {r["file"]: r["error"] for r, _ in out}
+    assert errors.pop("crash7.jpg") == CRASHED and errors.pop("crash16.jpg") == CRASHED
+    assert set(errors.values()) == {None}
+
+
+def raise_on_bad(job: tuple) -> list:
+    if "bad.jpg" in job[0]:
+        raise ValueError("models could not load")  # as `_pipeline` raises when its initializer failed
+    return [({"file": f, "faces": [], "error": None}, None) for f in job[0]]
+
+
+def test_an_exception_in_a_worker_reaches_the_caller_as_before(deadline):
+    got = []
+    with pytest.raises(ValueError, match="models could not load"):
+        for r, _ in crash_safe_map(raise_on_bad, [(["a.jpg"],), (["b.jpg"],), (["bad.jpg"],), (["c.jpg"],)], 2):
+            got.append(r["file"])
+    assert got == ["a.jpg", "b.jpg"]
