@@ -41,6 +41,10 @@ def test_a_file_that_kills_its_worker_gets_an_error_and_the_rest_are_answered_in
     errors = {r["file"]: r["error"] for r, _ in out}
     assert errors.pop("crash7.jpg") == CRASHED and errors.pop("crash16.jpg") == CRASHED
     assert set(errors.values()) == {None}
+    # the detection workers' stream (estimators built from objects in memory) makes its own items for such a file
+    out = list(crash_safe_map(crash_or_answer, jobs, 2, on_crash=lambda f: ("crashed", f)))
+    assert [x for x in out if x[0] == "crashed"] == [("crashed", "crash7.jpg"), ("crashed", "crash16.jpg")]
+    assert len(out) == len(files)
 
 
 def raise_on_bad(job: tuple) -> list:
@@ -55,3 +59,27 @@ def test_an_exception_in_a_worker_reaches_the_caller_as_before(deadline):
         for r, _ in crash_safe_map(raise_on_bad, [(["a.jpg"],), (["b.jpg"],), (["bad.jpg"],), (["c.jpg"],)], 2):
             got.append(r["file"])
     assert got == ["a.jpg", "b.jpg"]
+
+
+def test_detection_workers_give_the_same_answers_as_this_process(tmp_path, deadline):
+    """An estimator without a spec (built from objects in memory) runs the models here and lets the workers decode
+    and detect, through the same crash-safe map."""
+    from importlib import resources
+
+    from PIL import Image
+
+    from agelens import AgeEstimator
+    from agelens.inference.stream import predict_stream
+
+    photo = Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB")
+    files = []
+    for k, scale in enumerate((1.0, 0.7, 0.5)):
+        files.append(str(tmp_path / f"a{k}.jpg"))
+        photo.resize((int(photo.width * scale), int(photo.height * scale))).save(files[-1])
+    files.insert(1, str(tmp_path / "missing.jpg"))
+    est = AgeEstimator.from_pretrained()
+    est.spec = None  # as if built from models in memory
+    here = [r for r, _ in predict_stream(est, files, workers=0)]
+    there = [r for r, _ in predict_stream(est, files, workers=2)]
+    assert [r["file"] for r in there] == files and there[1]["error"] and not there[0]["error"]
+    assert [[f["age"] for f in r["faces"]] for r in here] == [[f["age"] for f in r["faces"]] for r in there]

@@ -13,7 +13,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,13 @@ def _detect(job: tuple[str, int, bool, bool, bool]) -> tuple[str, list | None, s
         _worker_analyzer = FaceAnalyzer(fast=None)  # as AgeEstimator.analyzer
     path, cache_size, detect, keep_rgb, upright = job
     return _find(path, _worker_analyzer, cache_size, detect, keep_rgb, upright=upright)
+
+
+def _detect_chunk(job: tuple[list[str], int, bool, bool, bool]) -> list[tuple]:
+    """Detection worker on consecutive files: `_detect` of each. job: (paths, cache_size, detect, keep_rgb,
+    upright)."""
+    files, *rest = job
+    return [_detect((f, *rest)) for f in files]
 
 
 def _error(path: str, e: Exception) -> str:
@@ -202,12 +209,11 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
         yield from _pipeline_stream(est, files, detect, workers, batch_size, keep_rgb)
         return
     if workers > 0:
-        ctx = mp.get_context("spawn")  # mediapipe and torch threads do not survive fork
-        pool = ctx.Pool(workers)
-        detected: Iterable = pool.imap(_detect, [(f, est.cache_size, detect, keep_rgb, getattr(est, "upright", True))
-                                                 for f in files], chunksize=2)
+        jobs = [(files[i:i + 2], est.cache_size, detect, keep_rgb, getattr(est, "upright", True))
+                for i in range(0, len(files), 2)]
+        detected: Iterator = crash_safe_map(_detect_chunk, jobs, workers,
+                                            on_crash=lambda f: (f, None, f"{f}: {CRASHED}", None, 0.0))
     else:
-        pool = None
         detected = (r for i in range(0, len(files), CHUNK) for r in _find_chunk(est, files[i:i + CHUNK], detect,
                                                                                  keep_rgb))
     pending: list = []
@@ -221,9 +227,7 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
                 pending, n_faces = [], 0
         yield from _flush(est, pending)
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        detected.close()  # the workers, if any, are shut down
 
 
 def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_size: int, keep_rgb: bool
@@ -239,12 +243,17 @@ CRASHED = ("the worker process died on this file (a crash inside a native librar
            "in fresh processes")
 
 
-def crash_safe_map(run, jobs: list[tuple], workers: int, init=None, initargs: tuple = ()
-                   ) -> Iterator[tuple[dict, np.ndarray | None]]:
-    """The records of `run(job)` for each job (a tuple whose first item is its list of files), in order, from
-    `workers` spawned processes. A worker that dies (SIGSEGV or abort in a native library; multiprocessing.Pool
-    then waits forever for its task) neither hangs nor ends the stream: the jobs in flight run again one file per
-    job, and a file that kills its worker again gets an error record; the rest continue in fresh processes."""
+def _crashed(path: str) -> tuple[dict, None]:
+    return {"file": printable(path), "faces": [], "error": CRASHED}, None
+
+
+def crash_safe_map(run, jobs: list[tuple], workers: int, init=None, initargs: tuple = (), on_crash=_crashed
+                   ) -> Iterator:
+    """The items of `run(job)` (a list per job, one item per file) for each job (a tuple whose first item is its
+    list of files), in order, from `workers` spawned processes. A worker that dies (SIGSEGV or abort in a native
+    library; multiprocessing.Pool then waits forever for its task) neither hangs nor ends the stream: the jobs in
+    flight run again one file per job, and a file that kills its worker again gets `on_crash(file)` (an error
+    record); the rest continue in fresh processes."""
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -271,11 +280,11 @@ def crash_safe_map(run, jobs: list[tuple], workers: int, init=None, initargs: tu
             ex.shutdown(wait=not broken, cancel_futures=True)
         if broken:
             for job in jobs[done:sent]:
-                yield from _one_file_each(run, job, init, initargs, ctx)
+                yield from _one_file_each(run, job, init, initargs, ctx, on_crash)
             done = sent
 
 
-def _one_file_each(run, job: tuple, init, initargs: tuple, ctx) -> Iterator[tuple[dict, np.ndarray | None]]:
+def _one_file_each(run, job: tuple, init, initargs: tuple, ctx, on_crash) -> Iterator:
     """`run` on each file of `job` alone, in one worker process, started again after a file that kills it."""
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -289,7 +298,7 @@ def _one_file_each(run, job: tuple, init, initargs: tuple, ctx) -> Iterator[tupl
             except BrokenProcessPool:
                 ex.shutdown(wait=False)
                 ex = None
-                records = [({"file": printable(f), "faces": [], "error": CRASHED}, None)]
+                records = [on_crash(f)]
             yield from records
     finally:
         if ex is not None:
