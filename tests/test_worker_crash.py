@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from agelens.inference.stream import CRASHED, crash_safe_map
+from agelens.inference.stream import _crashed
+from agelens.parallel import CRASHED, crash_safe_map
 
 
 def crash_or_answer(job: tuple) -> list:
@@ -36,13 +37,13 @@ def test_a_file_that_kills_its_worker_gets_an_error_and_the_rest_are_answered_in
     files[7] = "crash7.jpg"
     files[16] = "crash16.jpg"
     jobs = [(files[i:i + 3], True) for i in range(0, len(files), 3)]
-    out = list(crash_safe_map(crash_or_answer, jobs, 2))
+    out = list(crash_safe_map(crash_or_answer, jobs, 2, _crashed))
     assert [r["file"] for r, _ in out] == files
     errors = {r["file"]: r["error"] for r, _ in out}
     assert errors.pop("crash7.jpg") == CRASHED and errors.pop("crash16.jpg") == CRASHED
     assert set(errors.values()) == {None}
     # the detection workers' stream (estimators built from objects in memory) makes its own items for such a file
-    out = list(crash_safe_map(crash_or_answer, jobs, 2, on_crash=lambda f: ("crashed", f)))
+    out = list(crash_safe_map(crash_or_answer, jobs, 2, lambda f: ("crashed", f)))
     assert [x for x in out if x[0] == "crashed"] == [("crashed", "crash7.jpg"), ("crashed", "crash16.jpg")]
     assert len(out) == len(files)
 
@@ -56,7 +57,7 @@ def raise_on_bad(job: tuple) -> list:
 def test_an_exception_in_a_worker_reaches_the_caller_as_before(deadline):
     got = []
     with pytest.raises(ValueError, match="models could not load"):
-        for r, _ in crash_safe_map(raise_on_bad, [(["a.jpg"],), (["b.jpg"],), (["bad.jpg"],), (["c.jpg"],)], 2):
+        for r, _ in crash_safe_map(raise_on_bad, [(["a.jpg"],), (["b.jpg"],), (["bad.jpg"],), (["c.jpg"],)], 2, _crashed):
             got.append(r["file"])
     assert got == ["a.jpg", "b.jpg"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import multiprocessing as mp
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from ..faces.detect import FaceAnalyzer
 from ..faces.mesh import N_MESH
 from ..faces.prepare import N_LANDMARKS, prepare_face
 from ..imageio import load_image
+from ..parallel import CRASHED, crash_safe_map
 from ..utils import crc32_file
 from .adapters import FaceRecord
 
@@ -118,15 +118,19 @@ class FaceCache(FaceSet):
             raise DataError(f"face cache {self.path} is corrupt: array shapes do not match {n} records")
 
 
+def _work_many(job: tuple[list[_Job], int, bool, bool | None, Callable | None]) -> list[tuple]:
+    jobs, *rest = job
+    return [_work((j, *rest)) for j in jobs]
+
+
 def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int, fast: bool | None = False,
                   prepare: Callable | None = None) -> Iterator[tuple]:
-    args = [(j, size, aligned, fast, prepare) for j in jobs]
     if workers <= 1:
-        yield from map(_work, args)
+        yield from (_work((j, size, aligned, fast, prepare)) for j in jobs)
         return
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap(_work, args, chunksize=16)
+    # a worker that dies on a photo (a native crash) fails that photo only, instead of hanging the run
+    chunks = [(jobs[i:i + 16], size, aligned, fast, prepare) for i in range(0, len(jobs), 16)]
+    yield from crash_safe_map(_work_many, chunks, workers, lambda j: (j.index, None, None, CRASHED))
 
 
 def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256, aligned: bool = True,

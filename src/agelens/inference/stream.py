@@ -10,7 +10,6 @@ import csv
 import glob
 import io
 import json
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AgelensError
+from ..parallel import CRASHED, crash_safe_map
 
 CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "occluded", "occlusion_score",
                "model", "detection", "error"]
@@ -211,8 +211,7 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
     if workers > 0:
         jobs = [(files[i:i + 2], est.cache_size, detect, keep_rgb, getattr(est, "upright", True))
                 for i in range(0, len(files), 2)]
-        detected: Iterator = crash_safe_map(_detect_chunk, jobs, workers,
-                                            on_crash=lambda f: (f, None, f"{f}: {CRASHED}", None, 0.0))
+        detected: Iterator = crash_safe_map(_detect_chunk, jobs, workers, lambda f: (f, None, f"{f}: {CRASHED}", None, 0.0))
     else:
         detected = (r for i in range(0, len(files), CHUNK) for r in _find_chunk(est, files[i:i + CHUNK], detect,
                                                                                  keep_rgb))
@@ -235,74 +234,14 @@ def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_si
     # chunks small enough to keep every worker busy to the end, at most batch_size files (one model batch) each
     chunk = max(1, min(batch_size, CHUNK, len(files) // (4 * workers)))
     jobs = [(files[i:i + chunk], detect, keep_rgb, getattr(est, "upright", True)) for i in range(0, len(files), chunk)]
-    yield from crash_safe_map(_pipeline, jobs, workers, _init_pipeline, (est.spec,))
-
-
-AHEAD = 4  # jobs in flight per worker process
-CRASHED = ("the worker process died on this file (a crash inside a native library); the other files were answered "
-           "in fresh processes")
+    yield from crash_safe_map(_pipeline, jobs, workers, _crashed, _init_pipeline, (est.spec,))
 
 
 def _crashed(path: str) -> tuple[dict, None]:
+    """The record of a file its worker process died on."""
     return {"file": printable(path), "faces": [], "error": CRASHED}, None
 
 
-def crash_safe_map(run, jobs: list[tuple], workers: int, init=None, initargs: tuple = (), on_crash=_crashed
-                   ) -> Iterator:
-    """The items of `run(job)` (a list per job, one item per file) for each job (a tuple whose first item is its
-    list of files), in order, from `workers` spawned processes. A worker that dies (SIGSEGV or abort in a native
-    library; multiprocessing.Pool then waits forever for its task) neither hangs nor ends the stream: the jobs in
-    flight run again one file per job, and a file that kills its worker again gets `on_crash(file)` (an error
-    record); the rest continue in fresh processes."""
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    ctx = mp.get_context("spawn")  # mediapipe and torch threads do not survive fork
-    done = 0
-    while done < len(jobs):
-        ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=initargs)
-        inflight: deque = deque()
-        sent, broken = done, False
-        try:
-            while done < len(jobs):
-                while sent < len(jobs) and len(inflight) < AHEAD * workers:
-                    inflight.append(ex.submit(run, jobs[sent]))
-                    sent += 1
-                try:
-                    records = inflight.popleft().result()
-                except BrokenProcessPool:
-                    broken = True
-                    break
-                yield from records
-                done += 1
-        finally:
-            ex.shutdown(wait=not broken, cancel_futures=True)
-        if broken:
-            for job in jobs[done:sent]:
-                yield from _one_file_each(run, job, init, initargs, ctx, on_crash)
-            done = sent
-
-
-def _one_file_each(run, job: tuple, init, initargs: tuple, ctx, on_crash) -> Iterator:
-    """`run` on each file of `job` alone, in one worker process, started again after a file that kills it."""
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    ex = None
-    try:
-        for f in job[0]:
-            ex = ex or ProcessPoolExecutor(1, mp_context=ctx, initializer=init, initargs=initargs)
-            try:
-                records = ex.submit(run, ([f], *job[1:])).result()
-            except BrokenProcessPool:
-                ex.shutdown(wait=False)
-                ex = None
-                records = [on_crash(f)]
-            yield from records
-    finally:
-        if ex is not None:
-            ex.shutdown(wait=True)
 
 
 def _flush(est, pending: list) -> Iterator[tuple[dict, np.ndarray | None]]:

@@ -1,0 +1,72 @@
+"""Worker processes that may die: an order-keeping parallel map that survives a native crash in a worker.
+
+`multiprocessing.Pool` waits forever for the task of a worker that died (SIGSEGV or abort inside a native library:
+mediapipe, LiteRT, onnxruntime, an image codec), so one bad file could hang a whole batch. `crash_safe_map` runs
+the same jobs on a `ProcessPoolExecutor` (spawned processes), which notices the death; the jobs that were in flight
+run again one item per job, and the item that kills its worker again is reported through `on_crash`."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable, Iterator
+
+AHEAD = 4  # jobs in flight per worker process
+CRASHED = ("the worker process died on this file (a crash inside a native library); the other files were answered "
+           "in fresh processes")  # the error an input that kills its worker twice reports
+
+
+def crash_safe_map(run, jobs: list[tuple], workers: int, on_crash: Callable, init=None, initargs: tuple = ()
+                   ) -> Iterator:
+    """The results of `run(job)` (a list, one result per input) for each job (a tuple whose first item is its list
+    of inputs: files, records), in order, from `workers` spawned processes (`init(*initargs)` in each). A worker
+    that dies neither hangs nor ends the stream: the jobs in flight run again one input per job, and an input that
+    kills its worker again gets `on_crash(input)` as its result; the rest continue in fresh processes."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # mediapipe and torch threads do not survive fork
+    done = 0
+    while done < len(jobs):
+        ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=initargs)
+        inflight: deque = deque()
+        sent, broken = done, False
+        try:
+            while done < len(jobs):
+                while sent < len(jobs) and len(inflight) < AHEAD * workers:
+                    inflight.append(ex.submit(run, jobs[sent]))
+                    sent += 1
+                try:
+                    records = inflight.popleft().result()
+                except BrokenProcessPool:
+                    broken = True
+                    break
+                yield from records
+                done += 1
+        finally:
+            ex.shutdown(wait=not broken, cancel_futures=True)
+        if broken:
+            for job in jobs[done:sent]:
+                yield from _one_file_each(run, job, init, initargs, ctx, on_crash)
+            done = sent
+
+
+def _one_file_each(run, job: tuple, init, initargs: tuple, ctx, on_crash) -> Iterator:
+    """`run` on each input of `job` alone, in one worker process, started again after an input that kills it."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ex = None
+    try:
+        for f in job[0]:
+            ex = ex or ProcessPoolExecutor(1, mp_context=ctx, initializer=init, initargs=initargs)
+            try:
+                records = ex.submit(run, ([f], *job[1:])).result()
+            except BrokenProcessPool:
+                ex.shutdown(wait=False)
+                ex = None
+                records = [on_crash(f)]
+            yield from records
+    finally:
+        if ex is not None:
+            ex.shutdown(wait=True)
