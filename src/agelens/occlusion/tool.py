@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import multiprocessing as mp
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AgelensError
+from ..parallel import CRASHED, crash_safe_map
 from ..utils import atomic_write, atomic_write_text
 from .synth import OcclusionError, OcclusionMix, occlude
 
@@ -37,6 +37,20 @@ def _init_worker() -> None:
     _analyzer = FaceAnalyzer()
 
 
+def _occlude_many(job: tuple[list[_Job], OcclusionMix, int]) -> list[dict]:
+    jobs, mix, seed = job
+    return [_occlude_one((j, mix, seed)) for j in jobs]
+
+
+def _error_row(src: str, reason: str = "") -> dict:
+    """A CSV row of a photo that was not occluded (fields filled in by `_occlude_one` as it goes)."""
+    return {**dict.fromkeys(CSV_FIELDS, ""), "file": src, "status": "error", "reason": reason}
+
+
+def _crashed_row(job: _Job) -> dict:
+    return _error_row(job.src, CRASHED)
+
+
 def _occlude_one(args: tuple[_Job, OcclusionMix, int]) -> dict:
     import cv2
 
@@ -44,8 +58,7 @@ def _occlude_one(args: tuple[_Job, OcclusionMix, int]) -> dict:
     from ..imageio import load_image
 
     job, mix, seed = args
-    row = {"file": job.src, "output": "", "status": "error", "type": "", "style": "", "area_fraction": "",
-           "eye_fraction": "", "mouth_fraction": "", "reason": ""}
+    row = _error_row(job.src)
     try:
         rgb = load_image(job.src)
         rng = np.random.default_rng((seed, job.index))
@@ -98,10 +111,10 @@ def occlude_folder(src: str | Path, dst: str | Path, mix: OcclusionMix, seed: in
         _init_worker()
         it = map(_occlude_one, args)
         rows = list(track(it, total=len(jobs), description="occluding", enabled=progress))
-    else:
-        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-            it = pool.imap(_occlude_one, args, chunksize=8)
-            rows = list(track(it, total=len(jobs), description="occluding", enabled=progress))
+    else:  # a worker that dies on a photo (a native crash) fails that photo only, instead of hanging the run
+        chunks = [(jobs[i:i + 8], mix, seed) for i in range(0, len(jobs), 8)]
+        it = crash_safe_map(_occlude_many, chunks, workers, _crashed_row, _init_worker)
+        rows = list(track(it, total=len(jobs), description="occluding", enabled=progress))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
     w.writeheader()
