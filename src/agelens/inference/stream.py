@@ -211,7 +211,8 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
     if workers > 0:
         jobs = [(files[i:i + 2], est.cache_size, detect, keep_rgb, getattr(est, "upright", True))
                 for i in range(0, len(files), 2)]
-        detected: Iterator = crash_safe_map(_detect_chunk, jobs, workers, lambda f: (f, None, f"{f}: {CRASHED}", None, 0.0))
+        detected: Iterator = crash_safe_map(_detect_chunk, jobs, workers,
+                                            lambda f: (f, None, f"{f}: {CRASHED}", None, 0.0))
     else:
         detected = (r for i in range(0, len(files), CHUNK) for r in _find_chunk(est, files[i:i + CHUNK], detect,
                                                                                  keep_rgb))
@@ -240,8 +241,6 @@ def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_si
 def _crashed(path: str) -> tuple[dict, None]:
     """The record of a file its worker process died on."""
     return {"file": printable(path), "faces": [], "error": CRASHED}, None
-
-
 
 
 def _flush(est, pending: list) -> Iterator[tuple[dict, np.ndarray | None]]:
