@@ -84,3 +84,21 @@ def test_detection_workers_give_the_same_answers_as_this_process(tmp_path, deadl
     there = [r for r, _ in predict_stream(est, files, workers=2)]
     assert [r["file"] for r in there] == files and there[1]["error"] and not there[0]["error"]
     assert [[f["age"] for f in r["faces"]] for r in here] == [[f["age"] for f in r["faces"]] for r in there]
+
+
+def die_at_start() -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_workers_that_cannot_start_end_the_run_with_an_error_not_a_crash_per_file(deadline):
+    """When every fresh worker dies before answering (here its initializer), no file is to blame: after
+    MAX_FRESH_DEATHS in a row the run stops with an error instead of spawning a process per file."""
+    from agelens.errors import AgelensError
+    from agelens.parallel import MAX_FRESH_DEATHS
+
+    jobs = [([f"f{i}.jpg" for i in range(k, k + 4)], True) for k in range(0, 40, 4)]
+    got = []
+    with pytest.raises(AgelensError, match="cannot run here"):
+        for r, _ in crash_safe_map(crash_or_answer, jobs, 2, _crashed, die_at_start):
+            got.append(r)
+    assert len(got) == MAX_FRESH_DEATHS - 1  # the first ones were reported before the pattern was clear

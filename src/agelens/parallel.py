@@ -10,6 +10,8 @@ from __future__ import annotations
 import multiprocessing as mp
 from collections.abc import Callable, Iterator
 
+from .errors import AgelensError
+
 AHEAD = 4  # jobs in flight per worker process
 CRASHED = ("the worker process died on this file (a crash inside a native library); the other files were answered "
            "in fresh processes")  # the error an input that kills its worker twice reports
@@ -46,27 +48,38 @@ def crash_safe_map(run, jobs: list[tuple], workers: int, on_crash: Callable, ini
         finally:
             ex.shutdown(wait=not broken, cancel_futures=True)
         if broken:
-            for job in jobs[done:sent]:
-                yield from _one_file_each(run, job, init, initargs, ctx, on_crash)
+            yield from _one_input_each(run, jobs[done:sent], init, initargs, ctx, on_crash)
             done = sent
 
 
-def _one_file_each(run, job: tuple, init, initargs: tuple, ctx, on_crash) -> Iterator:
-    """`run` on each input of `job` alone, in one worker process, started again after an input that kills it."""
+MAX_FRESH_DEATHS = 5  # fresh worker processes dying on their first input in a row: they cannot run here at all
+
+
+def _one_input_each(run, jobs: list[tuple], init, initargs: tuple, ctx, on_crash) -> Iterator:
+    """`run` on each input of `jobs` alone, in one worker process, started again after an input that kills it.
+    Raises AgelensError when MAX_FRESH_DEATHS fresh processes in a row die on their first input: then no input is
+    to blame (the workers cannot start: a script run from standard input, a library that fails to load)."""
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    ex = None
+    ex, answered, fresh_deaths = None, 0, 0
     try:
-        for f in job[0]:
-            ex = ex or ProcessPoolExecutor(1, mp_context=ctx, initializer=init, initargs=initargs)
-            try:
-                records = ex.submit(run, ([f], *job[1:])).result()
-            except BrokenProcessPool:
-                ex.shutdown(wait=False)
-                ex = None
-                records = [on_crash(f)]
-            yield from records
+        for job in jobs:
+            for f in job[0]:
+                if ex is None:
+                    ex, answered = ProcessPoolExecutor(1, mp_context=ctx, initializer=init, initargs=initargs), 0
+                try:
+                    records = ex.submit(run, ([f], *job[1:])).result()
+                    answered, fresh_deaths = answered + 1, 0
+                except BrokenProcessPool:
+                    ex.shutdown(wait=False)
+                    ex = None
+                    fresh_deaths = fresh_deaths + 1 if answered == 0 else 1
+                    if fresh_deaths >= MAX_FRESH_DEATHS:
+                        raise AgelensError(f"worker processes die before answering anything ({fresh_deaths} in a "
+                                           "row): they cannot run here (run with 0 workers to see why)") from None
+                    records = [on_crash(f)]
+                yield from records
     finally:
         if ex is not None:
             ex.shutdown(wait=True)

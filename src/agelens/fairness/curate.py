@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import multiprocessing as mp
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import yaml
 
 from ..errors import ConfigError, DataError
 from ..evaluate.metrics import AGE_BINS, age_bin
+from ..parallel import crash_safe_map
 from ..utils import atomic_write_json, atomic_write_text
 
 MANIFEST_COLUMNS = ("path", "age", "gender", "race", "group", "source")
@@ -131,11 +131,15 @@ def image_hashes(path: str) -> tuple[str, np.ndarray] | None:
     return hashlib.sha256(data).hexdigest(), np.packbits((g[:, 1:] > g[:, :-1]).ravel())
 
 
+def _hashes_of(job: tuple[list[str]]) -> list[tuple[str, np.ndarray] | None]:
+    return [image_hashes(p) for p in job[0]]
+
+
 def _hash_all(paths: list[str], workers: int) -> list[tuple[str, np.ndarray] | None]:
     if workers <= 1 or len(paths) < 64:
         return [image_hashes(p) for p in paths]
-    with mp.get_context("spawn").Pool(workers) as pool:
-        return pool.map(image_hashes, paths, chunksize=64)
+    jobs = [(paths[i:i + 64],) for i in range(0, len(paths), 64)]
+    return list(crash_safe_map(_hashes_of, jobs, workers, lambda _: None))  # a file that kills its worker: unreadable
 
 
 def near_duplicate_pairs(codes: np.ndarray, max_dist: int) -> list[tuple[int, int]]:
