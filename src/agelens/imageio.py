@@ -92,6 +92,11 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
         raise ImageError(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
+def file_box(box, scale: float) -> list[float]:
+    """A box on a reduced decode (`decode_reduced`'s scale) in the file's own pixels, to 0.1 px."""
+    return [round(float(v) * scale, 1) for v in box]
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file to RGB uint8, raising ImageError naming the file and the problem."""
     return decode_image(_read(path), str(path))

@@ -18,7 +18,7 @@ from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_cr
 from ..faces.mesh import N_MESH
 from ..faces.orientation import turned_back
 from ..faces.prepare import N_LANDMARKS, largest_face, prepare_face
-from ..imageio import load_reduced
+from ..imageio import file_box, load_reduced
 from ..utils import INT8_FLAGS, cpu_flags
 from .backends import (  # noqa: F401 (TTA_MODES: public)
     TTA_MODES,
@@ -464,7 +464,7 @@ def in_file_pixels(faces: list, scale: float) -> list:
     (`imageio.decode_reduced`) to the file's."""
     if scale == 1.0:
         return faces
-    return [([round(v * scale, 1) for v in box], *rest) for box, *rest in faces]
+    return [(file_box(box, scale), *rest) for box, *rest in faces]
 
 
 def check_rgb(rgb: np.ndarray) -> np.ndarray:

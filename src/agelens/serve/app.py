@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 
 from ..errors import AgelensError, ImageError, ImageTooLargeError, NoFaceError
-from ..imageio import FACE_MIN_SIDE, decode_reduced
+from ..imageio import FACE_MIN_SIDE, decode_reduced, file_box
 
 log = logging.getLogger("agelens.serve")
 
@@ -313,7 +313,7 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
             return _error(500, "internal error while estimating ages (logged on the server)")
         t3 = time.perf_counter()
         if scale != 1.0:  # boxes from the reduced decode, in the upload's pixels
-            faces = [{**f, "box": [round(v * scale, 1) for v in f["box"]]} for f in faces]
+            faces = [{**f, "box": file_box(f["box"], scale)} for f in faces]
         timing = faces[0].get("timing", {}) if faces else {}
         timings = {"read_ms": 1000 * (t1 - t0), "decode_ms": 1000 * (t2 - t1), "queue_ms": 1000 * (started - t2),
                    "detect_ms": timing.get("detect_ms"), "model_ms": timing.get("model_ms"),
