@@ -7,6 +7,7 @@ run again one item per job, and the item that kills its worker again is reported
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 from collections.abc import Callable, Iterator
 
@@ -15,6 +16,17 @@ from .errors import AgelensError
 AHEAD = 4  # jobs in flight per worker process
 CRASHED = ("the worker process died on this file (a crash inside a native library); the other files were answered "
            "in fresh processes")  # the error an input that kills its worker twice reports
+
+
+def _each(fn: Callable, job: tuple) -> list:
+    inputs, *rest = job
+    return [fn((x, *rest)) for x in inputs]
+
+
+def per_input(fn: Callable) -> Callable:
+    """A job runner for `crash_safe_map` from a per-input function: job (inputs, *rest) → [fn((x, *rest)) for x
+    in inputs] (picklable when fn is a module-level function)."""
+    return functools.partial(_each, fn)
 
 
 def crash_safe_map(run, jobs: list[tuple], workers: int, on_crash: Callable, init=None, initargs: tuple = ()

@@ -18,7 +18,7 @@ from ..faces.detect import FaceAnalyzer
 from ..faces.mesh import N_MESH
 from ..faces.prepare import N_LANDMARKS, prepare_face
 from ..imageio import load_image
-from ..parallel import CRASHED, crash_safe_map
+from ..parallel import CRASHED, crash_safe_map, per_input
 from ..utils import crc32_file
 from .adapters import FaceRecord
 
@@ -118,11 +118,6 @@ class FaceCache(FaceSet):
             raise DataError(f"face cache {self.path} is corrupt: array shapes do not match {n} records")
 
 
-def _work_many(job: tuple[list[_Job], int, bool, bool | None, Callable | None]) -> list[tuple]:
-    jobs, *rest = job
-    return [_work((j, *rest)) for j in jobs]
-
-
 def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int, fast: bool | None = False,
                   prepare: Callable | None = None) -> Iterator[tuple]:
     if workers <= 1:
@@ -130,7 +125,7 @@ def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int, fast
         return
     # a worker that dies on a photo (a native crash) fails that photo only, instead of hanging the run
     chunks = [(jobs[i:i + 16], size, aligned, fast, prepare) for i in range(0, len(jobs), 16)]
-    yield from crash_safe_map(_work_many, chunks, workers, lambda j: (j.index, None, None, CRASHED))
+    yield from crash_safe_map(per_input(_work), chunks, workers, lambda j: (j.index, None, None, CRASHED))
 
 
 def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256, aligned: bool = True,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AgelensError
-from ..parallel import CRASHED, crash_safe_map
+from ..parallel import CRASHED, crash_safe_map, per_input
 
 CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "occluded", "occlusion_score",
                "model", "detection", "error"]
@@ -60,13 +60,6 @@ def _detect(job: tuple[str, int, bool, bool, bool]) -> tuple[str, list | None, s
         _worker_analyzer = FaceAnalyzer(fast=None)  # as AgeEstimator.analyzer
     path, cache_size, detect, keep_rgb, upright = job
     return _find(path, _worker_analyzer, cache_size, detect, keep_rgb, upright=upright)
-
-
-def _detect_chunk(job: tuple[list[str], int, bool, bool, bool]) -> list[tuple]:
-    """Detection worker on consecutive files: `_detect` of each. job: (paths, cache_size, detect, keep_rgb,
-    upright)."""
-    files, *rest = job
-    return [_detect((f, *rest)) for f in files]
 
 
 def _error(path: str, e: Exception) -> str:
@@ -211,7 +204,7 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
     if workers > 0:
         jobs = [(files[i:i + 2], est.cache_size, detect, keep_rgb, getattr(est, "upright", True))
                 for i in range(0, len(files), 2)]
-        detected: Iterator = crash_safe_map(_detect_chunk, jobs, workers,
+        detected: Iterator = crash_safe_map(per_input(_detect), jobs, workers,
                                             lambda f: (f, None, f"{f}: {CRASHED}", None, 0.0))
     else:
         detected = (r for i in range(0, len(files), CHUNK) for r in _find_chunk(est, files[i:i + CHUNK], detect,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AgelensError
-from ..parallel import CRASHED, crash_safe_map
+from ..parallel import CRASHED, crash_safe_map, per_input
 from ..utils import atomic_write, atomic_write_text
 from .synth import OcclusionError, OcclusionMix, occlude
 
@@ -35,11 +35,6 @@ def _init_worker() -> None:
     from ..faces.detect import FaceAnalyzer
 
     _analyzer = FaceAnalyzer()
-
-
-def _occlude_many(job: tuple[list[_Job], OcclusionMix, int]) -> list[dict]:
-    jobs, mix, seed = job
-    return [_occlude_one((j, mix, seed)) for j in jobs]
 
 
 def _error_row(src: str, reason: str = "") -> dict:
@@ -113,7 +108,7 @@ def occlude_folder(src: str | Path, dst: str | Path, mix: OcclusionMix, seed: in
         rows = list(track(it, total=len(jobs), description="occluding", enabled=progress))
     else:  # a worker that dies on a photo (a native crash) fails that photo only, instead of hanging the run
         chunks = [(jobs[i:i + 8], mix, seed) for i in range(0, len(jobs), 8)]
-        it = crash_safe_map(_occlude_many, chunks, workers, _crashed_row, _init_worker)
+        it = crash_safe_map(per_input(_occlude_one), chunks, workers, _crashed_row, _init_worker)
         rows = list(track(it, total=len(jobs), description="occluding", enabled=progress))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
