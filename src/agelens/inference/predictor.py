@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data.views import centre_views
 from ..errors import AgelensError, NoFaceError
-from ..faces import orientation
+from ..faces import animal, orientation
 from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_crop
 from ..faces.mesh import N_MESH
 from ..faces.orientation import turned_back
@@ -536,7 +536,32 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
             found = not np.isnan(lm[:N_MESH]).any()  # the fast path has no iris points
         box = turned_back(f.box, turn, rgb.shape)
         out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection))
+    out = without_cats(rgb, out, v)
+    if not out:
+        raise NoFaceError("no face found")
     return out
+
+
+def without_cats(rgb: np.ndarray, faces: list, verifier) -> list:
+    """`find_and_align` faces less those the cat check (`faces.animal`) vetoes. It is asked about the faces of
+    animal.MIN_SIDE px or more that the detector was not sure of (a fallback step's, or scored under
+    animal.CHECK_BELOW) whose occlusion score (the one
+    predict reports: the teacher's head from the verification pass, the separate network where the head is unsure)
+    reaches animal.OCCLUDED; where the verifier is not the teacher's head, about every such face. Without the check
+    (no torch to export it), the faces as they are."""
+    ask = np.array([(how != "detector" or score < animal.CHECK_BELOW)
+                    and min(b[2] - b[0], b[3] - b[1]) >= animal.MIN_SIDE for b, score, _, _, how in faces], bool)
+    if not ask.any():
+        return faces
+    est = getattr(verifier, "est", None)
+    if est is not None and est.detector is not None:  # a TrunkGuard: the teacher's own heads
+        ask[ask] = est.detector.scores(np.stack([faces[i][2] for i in np.flatnonzero(ask)])) >= animal.OCCLUDED
+    check = animal.shipped() if ask.any() else None
+    if check is None:
+        return faces
+    idx = np.flatnonzero(ask)
+    cats = set(idx[check.cats(rgb, [faces[i][0] for i in idx])].tolist())
+    return [f for i, f in enumerate(faces) if i not in cats]
 
 
 def predicted_face(rgb: np.ndarray, analyzer: FaceAnalyzer, size: int) -> tuple[np.ndarray, np.ndarray]:
