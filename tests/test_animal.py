@@ -79,3 +79,17 @@ def test_the_shipped_check_turns_a_cat_away_and_keeps_the_astronaut(monkeypatch)
     assert len(est.predict(data.astronaut())) == 1
     monkeypatch.setattr(predictor, "without_cats", lambda rgb, faces, v: faces)
     assert est.predict(cat)[0].extra["detection"] == "detector"  # the check, not another step, turned it away
+
+
+def test_the_batch_engine_makes_the_export_before_its_workers(monkeypatch, tmp_path):
+    from agelens.inference import stream
+
+    made = []
+    monkeypatch.setattr(animal, "ensure_export", lambda: made.append(1))
+    monkeypatch.setattr(stream, "_pipeline_stream", lambda *a: iter(()))
+
+    class Est:
+        spec = ("from_onnx", {})
+
+    assert list(stream.predict_stream(Est(), ["a.jpg"], workers=2)) == [] and made == [1]
+    assert list(stream.predict_stream(Est(), [], workers=0)) == [] and made == [1]  # in process: on first use

@@ -122,14 +122,20 @@ def export(path: str | Path) -> Path:
     return Path(path)
 
 
-@lru_cache(maxsize=1)
-def shipped() -> FelidCheck | None:
-    """The check, exported on first use; None where it cannot be made (no torch for the export, no ImageNet
-    weights): faces are then not checked for cats."""
+def ensure_export() -> Path | None:
+    """The exported check, made first where it is missing; None where it cannot be made (no torch for the export,
+    no ImageNet weights). The batch engine calls it before starting its workers, so they do not each export it."""
     p = export_path()
     if not p.is_file():
         try:
             export(p)
         except ImportError:
             return None
-    return FelidCheck(p)
+    return p
+
+
+@lru_cache(maxsize=1)
+def shipped() -> FelidCheck | None:
+    """The check, exported on first use; None where it cannot be made: faces are then not checked for cats."""
+    p = ensure_export()
+    return FelidCheck(p) if p is not None else None

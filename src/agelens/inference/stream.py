@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AgelensError
+from ..faces import animal
 from ..parallel import CRASHED, crash_safe_map, per_input
 
 CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "occluded", "occlusion_score",
@@ -198,6 +199,8 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
     workers = 0: everything here, faces of consecutive files batched through `est.analyse_crops`."""
     if workers is None:
         workers = auto_workers(len(files))
+    if workers > 0:
+        animal.ensure_export()  # made once here, not by every worker on a first run
     if workers > 0 and getattr(est, "spec", None) is not None:
         yield from _pipeline_stream(est, files, detect, workers, batch_size, keep_rgb)
         return
