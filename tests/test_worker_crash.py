@@ -40,7 +40,8 @@ def test_a_file_that_kills_its_worker_gets_an_error_and_the_rest_are_answered_in
     out = list(crash_safe_map(crash_or_answer, jobs, 2, _crashed))
     assert [r["file"] for r, _ in out] == files
     errors = {r["file"]: r["error"] for r, _ in out}
-    assert errors.pop("crash7.jpg") == CRASHED and errors.pop("crash16.jpg") == CRASHED
+    # worded as every other error record: the file, then the cause (as the detection workers' path words it)
+    assert errors.pop("crash7.jpg") == f"crash7.jpg: {CRASHED}" and errors.pop("crash16.jpg") == f"crash16.jpg: {CRASHED}"
     assert set(errors.values()) == {None}
     # the detection workers' stream (estimators built from objects in memory) makes its own items for such a file
     out = list(crash_safe_map(crash_or_answer, jobs, 2, lambda f: ("crashed", f)))

@@ -236,7 +236,7 @@ def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_si
 
 def _crashed(path: str) -> tuple[dict, None]:
     """The record of a file its worker process died on."""
-    return {"file": printable(path), "faces": [], "error": CRASHED}, None
+    return {"file": printable(path), "faces": [], "error": printable(f"{path}: {CRASHED}")}, None
 
 
 def _flush(est, pending: list) -> Iterator[tuple[dict, np.ndarray | None]]:
