@@ -93,3 +93,15 @@ def test_the_batch_engine_makes_the_export_before_its_workers(monkeypatch, tmp_p
 
     assert list(stream.predict_stream(Est(), ["a.jpg"], workers=2)) == [] and made == [1]
     assert list(stream.predict_stream(Est(), [], workers=0)) == [] and made == [1]  # in process: on first use
+
+
+def test_a_check_that_cannot_be_exported_warns_and_leaves_faces_unchecked(monkeypatch, tmp_path):
+    monkeypatch.setenv("AGELENS_ONNX_DIR", str(tmp_path / "ro"))
+
+    def fail(path):
+        raise PermissionError(f"{path}: read-only file system")
+
+    monkeypatch.setattr(animal, "export", fail)
+    with pytest.warns(RuntimeWarning, match="not checked for cats"):
+        assert animal.ensure_export() is None
+    assert not (tmp_path / "ro").exists()

@@ -545,10 +545,10 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
 def without_cats(rgb: np.ndarray, faces: list, verifier) -> list:
     """`find_and_align` faces less those the cat check (`faces.animal`) vetoes. It is asked about the faces of
     animal.MIN_SIDE px or more that the detector was not sure of (a fallback step's, or scored under
-    animal.CHECK_BELOW) whose occlusion score (the one
-    predict reports: the teacher's head from the verification pass, the separate network where the head is unsure)
-    reaches animal.OCCLUDED; where the verifier is not the teacher's head, about every such face. Without the check
-    (no torch to export it), the faces as they are."""
+    animal.CHECK_BELOW) and whose occlusion score reaches animal.OCCLUDED: the score predict reports, from the
+    teacher's head in the verification pass and the separate network where the head is unsure. Where the verifier
+    is not the teacher's head, it is asked about every such face regardless of occlusion. Without the check (no
+    torch to export it), the faces stay as they are."""
     ask = np.array([(how != "detector" or score < animal.CHECK_BELOW)
                     and min(b[2] - b[0], b[3] - b[1]) >= animal.MIN_SIDE for b, score, _, _, how in faces], bool)
     if not ask.any():
