@@ -93,6 +93,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def cpu_session(path: str | Path, threads: int = 1) -> tuple:
+    """(onnxruntime CPU session with `threads` intra-op threads and one inter-op thread, its input's name): for the
+    small classifiers beside the models (faces.orientation, faces.animal)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return session, session.get_inputs()[0].name
+
+
 def weights_dir() -> Path:
     """The package's shipped-weights folder (torch-free, so the onnxruntime backend can use it)."""
     from importlib import resources

@@ -45,13 +45,9 @@ class OrientationModel:
     """The exported classifier: `probs(crops)` → (N, 4) probabilities of 0, 1, 2, 3 quarter turns."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort
+        from ..utils import cpu_session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        self._in = self.session.get_inputs()[0].name
+        self.session, self._in = cpu_session(path, threads)
 
     def probs(self, crops: list[np.ndarray] | np.ndarray) -> np.ndarray:
         if len(crops) == 0:
