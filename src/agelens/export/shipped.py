@@ -31,13 +31,15 @@ def shipped_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+def onnx_cache_root() -> Path:
+    """$XDG_CACHE_HOME/agelens/onnx (default ~/.cache/agelens/onnx): where ONNX exports made on first use live."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agelens" / "onnx"
+
+
 def default_onnx_dir() -> Path:
     """$AGELENS_ONNX_DIR, else ~/.cache/agelens/onnx/<fingerprint of the shipped weights>."""
     env = os.environ.get("AGELENS_ONNX_DIR")
-    if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "agelens" / "onnx" / shipped_fingerprint()
+    return Path(env) if env else onnx_cache_root() / shipped_fingerprint()
 
 
 def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool = False) -> Path:

@@ -72,11 +72,10 @@ class FelidCheck:
 def export_path() -> Path:
     """$AGELENS_ONNX_DIR/felid-v1.onnx, else ~/.cache/agelens/onnx/felid-v1.onnx (the ImageNet weights come from a
     pinned pip package, not from the shipped weights, so the file is not keyed by them)."""
+    from ..export.shipped import onnx_cache_root
+
     env = os.environ.get("AGELENS_ONNX_DIR")
-    if env:
-        return Path(env) / f"{FORMAT}.onnx"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "agelens" / "onnx" / f"{FORMAT}.onnx"
+    return (Path(env) if env else onnx_cache_root()) / f"{FORMAT}.onnx"
 
 
 def export(path: str | Path) -> Path:
