@@ -4,11 +4,8 @@ Human side: every face `AgeEstimator.faces_of` answers on the UTKFace and All-Ag
 UTKFace val photos with one occluder (of every family in turn) drawn on the photo, and on all realocc photos. Non-face
 side: scikit-image's sample images (as `occlusion_e2e.py` takes them) whole and in seeded crops, and, with
 --animals DIR, photos of animals (for instance those inside pip wheels, docs/occlusion_report.md) whole and in
-seeded crops. Each face is scored on its context squares (`animal.context_crop`) at the prescreen side (128 px) and
-at the deciding side (224 px) by the shipped check whether or not the gate of `predictor.without_cats` would ask it,
-with that check switched off so every candidate is seen. "at_veto" counts the faces the check vetoes (prescreen at
-`animal.PRESCREEN` or more, then 224 px at `animal.VETO` or more); "prescreen" gives the share of faces read again
-at 224 px.
+seeded crops. Each face is scored on its context square (`animal.context_crop`) by the shipped check whether or not
+the gate of `predictor.without_cats` would ask it, with that check switched off so every candidate is seen.
 
     python benchmarks/cat_check.py --out docs/cat_check.json [--animals DIR]     # about 6 min on 2 cores
 """
@@ -51,7 +48,7 @@ def main() -> None:
     if check is None:
         raise SystemExit("the cat check cannot be exported here (torch is needed once)")
     predictor.without_cats = lambda rgb, faces, verifier: faces  # score every candidate, asked or not
-    rows: list[tuple[str, str, float, float]] = []  # (group, face, 224 px score, prescreen score)
+    rows: list[tuple[str, str, float]] = []
 
     def add(group: str, name: str, rgb: np.ndarray) -> None:
         try:
@@ -59,12 +56,7 @@ def main() -> None:
         except NoFaceError:
             return
         p = check.probs([animal.context_crop(rgb, f[0]) for f in faces])
-        q = check.prescreen([animal.context_crop(rgb, f[0], animal.PRESCREEN_SIZE) for f in faces])
-        rows.extend((group, f"{name}#{k}:{f[4]}", float(v), float(u))
-                    for k, (f, v, u) in enumerate(zip(faces, p, q, strict=True)))
-
-    def vetoed(v: np.ndarray, u: np.ndarray) -> np.ndarray:
-        return (u >= animal.PRESCREEN) & (v >= animal.VETO)
+        rows.extend((group, f"{name}#{k}:{f[4]}", float(v)) for k, (f, v) in enumerate(zip(faces, p, strict=True)))
 
     rng = np.random.default_rng(0)
     images = [(f"{n}", img) for n, img in sample_images()]
@@ -96,31 +88,25 @@ def main() -> None:
     for f in pd.read_csv(SHARED / "realocc.csv").file:
         add("realocc", f, load_image(SHARED / f))
 
-    groups = sorted({g for g, _, _, _ in rows})
-    human = np.array([(v, u) for g, _, v, u in rows if g not in ("nonface", "animal")])
+    groups = sorted({g for g, _, _ in rows})
+    human = np.array([v for g, _, v in rows if g not in ("nonface", "animal")])
     out = {"command": "python benchmarks/cat_check.py " + " ".join(sys.argv[1:]), "veto": animal.VETO,
-           "prescreen": {"size": animal.PRESCREEN_SIZE, "threshold": animal.PRESCREEN},
-           "human": {"n": len(human), "max": round(float(human[:, 0].max()), 4),
-                     "p99_9": round(float(np.percentile(human[:, 0], 99.9)), 4),
-                     "prescreen_max": round(float(human[:, 1].max()), 4),
-                     "prescreen_passed": round(float((human[:, 1] >= animal.PRESCREEN).mean()), 4),
-                     "at_veto": int(vetoed(human[:, 0], human[:, 1]).sum())},
+           "human": {"n": len(human), "max": round(float(human.max()), 4),
+                     "p99_9": round(float(np.percentile(human, 99.9)), 4), "at_veto": int((human >= animal.VETO).sum())},
            "groups": {}, "seconds": round(time.time() - t0)}
     for g in groups:
-        vu = np.array([(v, u) for gg, _, v, u in rows if gg == g])
-        out["groups"][g] = {"n": len(vu), "max": round(float(vu[:, 0].max()), 4),
-                            "prescreen_passed": round(float((vu[:, 1] >= animal.PRESCREEN).mean()), 4),
-                            "at_veto": int(vetoed(vu[:, 0], vu[:, 1]).sum())}
+        v = np.array([x for gg, _, x in rows if gg == g])
+        out["groups"][g] = {"n": len(v), "max": round(float(v.max()), 4), "at_veto": int((v >= animal.VETO).sum())}
     by_race: dict[str, list[float]] = {r: [] for r in UTK_RACES}
-    for g, name, v, _ in rows:
+    for g, name, v in rows:
         parts = name.split("_")
         if g.startswith("utkface") and len(parts) >= 4 and parts[2] in "01234":
             by_race[UTK_RACES[int(parts[2])]].append(v)
     out["utkface_by_race"] = {r: {"n": len(v), "mean": round(float(np.mean(v)), 4),
                                   "p99": round(float(np.percentile(v, 99)), 4), "max": round(float(np.max(v)), 4)}
                               for r, v in by_race.items() if v}
-    out["non_human_faces"] = [{"image": n, "group": g, "cat": round(v, 3), "prescreen": round(u, 3)}
-                              for g, n, v, u in rows if g in ("nonface", "animal")]
+    out["non_human_faces"] = [{"image": n, "group": g, "cat": round(v, 3)} for g, n, v in rows
+                              if g in ("nonface", "animal")]
     atomic_write_json(a.out, out)
     print({k: out[k] for k in ("human", "groups", "utkface_by_race")})
 

@@ -26,34 +26,6 @@ def test_context_crop_centres_the_box_with_context_and_grey_outside_the_image():
     assert np.abs(animal.context_crop(big, (2500, 1500, 3500, 2500)).astype(int) - c).mean() < 3
 
 
-class FixedSession:
-    """An onnxruntime session stand-in: the i-th crop it sees scores scores[i]; it keeps the crops' sides."""
-
-    def __init__(self, scores: list[float]) -> None:
-        self.scores, self.sides = scores, []
-
-    def run(self, _outputs, feed: dict) -> list[np.ndarray]:
-        x = next(iter(feed.values()))
-        self.sides.append(x.shape[1])
-        return [np.array(self.scores[:len(x)], np.float32)]
-
-
-def test_the_prescreen_reads_only_the_faces_it_cannot_rule_out_at_full_size():
-    check = animal.FelidCheck.__new__(animal.FelidCheck)
-    small = FixedSession([0.001, 0.5, animal.PRESCREEN])  # no cat; unsure; at the threshold: read again
-    full = FixedSession([0.9, 0.2])
-    check.session, check._in, check._small = full, "image", (small, "image")
-    rgb = np.zeros((100, 100, 3), np.uint8)
-    boxes = [(10, 10, 40, 40), (50, 50, 80, 80), (20, 60, 50, 90)]
-    p = check.scores(rgb, boxes)
-    assert small.sides == [animal.PRESCREEN_SIZE] and full.sides == [animal.SIZE]
-    assert p.tolist() == pytest.approx([0.001, 0.9, 0.2])
-    assert check.cats(rgb, boxes).tolist() == [False, True, False]
-    small.scores = [0.0, 0.0, 0.0]
-    full.sides.clear()
-    assert not check.cats(rgb, boxes).any() and full.sides == []  # all ruled out: the 224 px graph never runs
-
-
 class StubCheck:
     """A cat check that calls everything a cat, counting the faces it was asked about."""
 
@@ -126,7 +98,7 @@ def test_the_batch_engine_makes_the_export_before_its_workers(monkeypatch, tmp_p
 def test_a_check_that_cannot_be_exported_warns_and_leaves_faces_unchecked(monkeypatch, tmp_path):
     monkeypatch.setenv("AGELENS_ONNX_DIR", str(tmp_path / "ro"))
 
-    def fail(path, size):
+    def fail(path):
         raise PermissionError(f"{path}: read-only file system")
 
     monkeypatch.setattr(animal, "export", fail)

@@ -8,13 +8,10 @@ cats). On 9,978 human faces `predict` answers (UTKFace and All-Age-Faces val and
 sum is at most 0.136; on the cat crops that got an age it is 0.93-0.97 (`benchmarks/cat_check.py`). Dogs and other
 animals are not vetoed: real masked faces read as hounds with up to 0.95.
 
-The check costs one 224 px pass (about 12 ms on one core), so `inference.predictor.find_and_align` asks it only
+The check costs one 224 px pass (about 11 ms on one core), so `inference.predictor.find_and_align` asks it only
 about faces of MIN_SIDE px or more whose occlusion score reaches OCCLUDED (every cat crop's did, 0.79-1.0) and
-that the detector was not sure of (CHECK_BELOW; cats 0.53-0.65, animals at most 0.83), and the same classifier
-first reads each of them at PRESCREEN_SIZE px (a third of the cost): a face it scores under PRESCREEN there is no
-cat, and only the others get the 224 px pass that decides (real masked faces the check is asked about: 0.3 % go
-on; cats read 0.83-1.0 at 128 px; `benchmarks/cat_check.py`). The classifier is exported to ONNX once per input
-side, on first use (needs torch), into the cache folder beside the shipped models' export."""
+that the detector was not sure of (CHECK_BELOW; cats 0.53-0.65, animals at most 0.83). The classifier is exported
+to ONNX once, on first use (needs torch), into the cache folder beside the shipped models' export."""
 
 from __future__ import annotations
 
@@ -34,82 +31,55 @@ VETO = 0.3  # a face whose cat probability reaches this is no human face (human 
 CHECK_BELOW = 0.85  # detector faces scored at or above this are not asked about (every animal photo's were lower)
 OCCLUDED = 0.5  # nor faces whose occlusion score is under this (clean faces)
 MIN_SIDE = 40  # nor faces smaller than this (px): crowds of masked faces, too small for the classifier to see a cat
-PRESCREEN_SIZE = 128  # the first, cheap read of every face asked about
-PRESCREEN = 0.01  # a face scored under this at PRESCREEN_SIZE is no cat (not read at SIZE)
 FORMAT = "felid-v1"  # the exported graph's name: bump when the graph changes
 
 
-def context_crop(rgb: np.ndarray, box: tuple[float, ...] | list[float], size: int = SIZE) -> np.ndarray:
-    """The size px square of the image around a box (side CONTEXT × the box's long side, centred on it; the part
+def context_crop(rgb: np.ndarray, box: tuple[float, ...] | list[float]) -> np.ndarray:
+    """The SIZE px square of the image around a box (side CONTEXT × the box's long side, centred on it; the part
     outside the image is mid-grey, zero after the weights' normalisation)."""
     x0, y0, x1, y1 = (float(v) for v in box)
     side = CONTEXT * max(x1 - x0, y1 - y0, 8.0)
-    s = size / side
-    m = np.array([[s, 0, size / 2 - (x0 + x1) / 2 * s], [0, s, size / 2 - (y0 + y1) / 2 * s]], np.float32)
+    s = SIZE / side
+    m = np.array([[s, 0, SIZE / 2 - (x0 + x1) / 2 * s], [0, s, SIZE / 2 - (y0 + y1) / 2 * s]], np.float32)
     if s < 0.5:  # a large face: average the pixels first, as faces.align.warp does, instead of sampling 4 of them
         k = int(1 / s)
         small = cv2.resize(rgb, (max(1, rgb.shape[1] // k), max(1, rgb.shape[0] // k)), interpolation=cv2.INTER_AREA)
         m[0, 0] *= rgb.shape[1] / small.shape[1]
         m[1, 1] *= rgb.shape[0] / small.shape[0]
         rgb = small
-    return cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+    return cv2.warpAffine(rgb, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=(127, 127, 127))
 
 
 class FelidCheck:
-    """The exported classifier at SIZE (`probs`) and, given its PRESCREEN_SIZE export, at that side too
-    (`prescreen`): (N,) probability that each context crop of that side shows a cat."""
+    """The exported classifier: `probs(crops)` → (N,) probability that each SIZE px context crop shows a cat."""
 
-    def __init__(self, path: str | Path, prescreen: str | Path | None = None, threads: int = 1) -> None:
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
         from ..utils import cpu_session
 
         self.session, self._in = cpu_session(path, threads)
-        self._small = cpu_session(prescreen, threads) if prescreen is not None else None
-
-    @staticmethod
-    def _run(session, name: str, crops: list[np.ndarray] | np.ndarray) -> np.ndarray:
-        if len(crops) == 0:
-            return np.zeros(0, np.float32)
-        return session.run(None, {name: np.ascontiguousarray(np.stack(crops), dtype=np.uint8)})[0]
 
     def probs(self, crops: list[np.ndarray] | np.ndarray) -> np.ndarray:
-        return self._run(self.session, self._in, crops)
-
-    def prescreen(self, crops: list[np.ndarray] | np.ndarray) -> np.ndarray:
-        if self._small is None:
-            raise ValueError("this FelidCheck was built without its prescreen graph")
-        return self._run(*self._small, crops)
-
-    def scores(self, rgb: np.ndarray, boxes: list) -> np.ndarray:
-        """(N,) cat probability of each box of the image: its PRESCREEN_SIZE score where that is under PRESCREEN
-        (no cat; SIZE not read), else its SIZE score. Without the prescreen graph, the SIZE score of every box."""
-        if self._small is None:
-            return self.probs([context_crop(rgb, b) for b in boxes])
-        p = self.prescreen([context_crop(rgb, b, PRESCREEN_SIZE) for b in boxes])
-        go = np.flatnonzero(p >= PRESCREEN)
-        if len(go):
-            p[go] = self.probs([context_crop(rgb, boxes[i]) for i in go])
-        return p
+        if len(crops) == 0:
+            return np.zeros(0, np.float32)
+        return self.session.run(None, {self._in: np.ascontiguousarray(np.stack(crops), dtype=np.uint8)})[0]
 
     def cats(self, rgb: np.ndarray, boxes: list) -> np.ndarray:
-        """(N,) bool: which of these boxes of the image hold a cat (`scores` ≥ VETO)."""
-        return self.scores(rgb, boxes) >= VETO
+        """(N,) bool: which of these boxes of the image hold a cat (probability ≥ VETO)."""
+        return self.probs([context_crop(rgb, b) for b in boxes]) >= VETO
 
 
-def export_path(size: int = SIZE) -> Path:
-    """$AGELENS_ONNX_DIR/felid-v1.onnx (felid-v1-128px.onnx at another side), else the same under
-    ~/.cache/agelens/onnx (the ImageNet weights come from a pinned pip package, not from the shipped weights, so the
-    file is not keyed by them)."""
+def export_path() -> Path:
+    """$AGELENS_ONNX_DIR/felid-v1.onnx, else ~/.cache/agelens/onnx/felid-v1.onnx (the ImageNet weights come from a
+    pinned pip package, not from the shipped weights, so the file is not keyed by them)."""
     from ..export.shipped import onnx_cache_root
 
     env = os.environ.get("AGELENS_ONNX_DIR")
-    name = FORMAT if size == SIZE else f"{FORMAT}-{size}px"
-    return (Path(env) if env else onnx_cache_root()) / f"{name}.onnx"
+    return (Path(env) if env else onnx_cache_root()) / f"{FORMAT}.onnx"
 
 
-def export(path: str | Path, size: int = SIZE) -> Path:
-    """Write the classifier for size px input as ONNX (uint8 NHWC in, cat probability out), atomically. Needs
-    torch and timm."""
+def export(path: str | Path) -> Path:
+    """Write the classifier as ONNX (uint8 NHWC in, cat probability out), atomically. Needs torch and timm."""
     import torch
     from torch import nn
 
@@ -118,7 +88,7 @@ def export(path: str | Path, size: int = SIZE) -> Path:
     from ..utils import atomic_write
 
     net = efficientnet_lite_imagenet(0).float().eval()
-    static_same_padding(net, size)
+    static_same_padding(net, SIZE)
 
     class Graph(nn.Module):
         def __init__(self) -> None:
@@ -133,7 +103,7 @@ def export(path: str | Path, size: int = SIZE) -> Path:
     def write(tmp: str) -> None:
         import onnx
 
-        dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+        dummy = torch.zeros(2, SIZE, SIZE, 3, dtype=torch.uint8)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # harmless (export/onnx.py)
             torch.onnx.export(Graph().eval(), (dummy,), tmp, input_names=["image"], output_names=["cat"],
@@ -148,27 +118,25 @@ def export(path: str | Path, size: int = SIZE) -> Path:
     return Path(path)
 
 
-def ensure_export() -> tuple[Path, Path] | None:
-    """The exported check (its SIZE and PRESCREEN_SIZE graphs), made first where missing; None where it cannot be
-    made (no torch for the export, no ImageNet weights, a cache folder that cannot be written), with a warning: faces
-    are then not checked for cats. The batch engine calls it before starting its workers, so they do not each
-    export it."""
+def ensure_export() -> Path | None:
+    """The exported check, made first where it is missing; None where it cannot be made (no torch for the export,
+    no ImageNet weights, a cache folder that cannot be written), with a warning: faces are then not checked for
+    cats. The batch engine calls it before starting its workers, so they do not each export it."""
     from ..errors import CheckpointError
 
-    paths = (export_path(), export_path(PRESCREEN_SIZE))
-    for p, size in zip(paths, (SIZE, PRESCREEN_SIZE), strict=True):
-        if not p.is_file():
-            try:
-                export(p, size)
-            except (ImportError, CheckpointError, OSError) as e:
-                warnings.warn(f"faces are not checked for cats: the check cannot be exported to {p} "
-                              f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
-                return None
-    return paths
+    p = export_path()
+    if not p.is_file():
+        try:
+            export(p)
+        except (ImportError, CheckpointError, OSError) as e:
+            warnings.warn(f"faces are not checked for cats: the check cannot be exported to {p} "
+                          f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
+            return None
+    return p
 
 
 @lru_cache(maxsize=1)
 def shipped() -> FelidCheck | None:
     """The check, exported on first use; None where it cannot be made: faces are then not checked for cats."""
-    paths = ensure_export()
-    return FelidCheck(*paths) if paths is not None else None
+    p = ensure_export()
+    return FelidCheck(p) if p is not None else None
