@@ -63,6 +63,17 @@ def _detect(job: tuple[str, int, bool, bool, bool]) -> tuple[str, list | None, s
     return _find(path, _worker_analyzer, cache_size, detect, keep_rgb, upright=upright)
 
 
+def _turns_upright(est) -> bool:
+    """Whether the estimator looks at turned photos upright (`AgeEstimator.upright`; an estimator-like object
+    without the attribute: yes, the default)."""
+    return getattr(est, "upright", True)
+
+
+def _crash_error(path: str) -> str:
+    """The error of a file its worker process died on."""
+    return f"{path}: {CRASHED}"
+
+
 def _error(path: str, e: Exception) -> str:
     """What one file's failure reads as: the error, naming the file."""
     if isinstance(e, AgelensError):
@@ -110,7 +121,7 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
     thread)."""
     verifier = _verifier(est)
     if not detect or not hasattr(verifier, "head_scores"):
-        return [_find(f, est.analyzer, est.cache_size, detect, keep_rgb, verifier, getattr(est, "upright", True))
+        return [_find(f, est.analyzer, est.cache_size, detect, keep_rgb, verifier, _turns_upright(est))
                 for f in files]
     from .predictor import find_and_align, in_file_pixels
 
@@ -137,7 +148,7 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
         if err is None:
             rgb, props, scale = got
             faces, err, dt2 = _attempt(f, lambda rgb=rgb, props=props, scale=scale: in_file_pixels(find_and_align(
-                rgb, est.analyzer, est.cache_size, True, verifier, proposed=props, upright=getattr(est, "upright", True)),
+                rgb, est.analyzer, est.cache_size, True, verifier, proposed=props, upright=_turns_upright(est)),
                 scale))
             dt += dt2
         out.append((f, faces, err, got[0] if err is None and keep_rgb else None, dt))
@@ -205,10 +216,10 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
         yield from _pipeline_stream(est, files, detect, workers, batch_size, keep_rgb)
         return
     if workers > 0:
-        jobs = [(files[i:i + 2], est.cache_size, detect, keep_rgb, getattr(est, "upright", True))
+        jobs = [(files[i:i + 2], est.cache_size, detect, keep_rgb, _turns_upright(est))
                 for i in range(0, len(files), 2)]
         detected: Iterator = crash_safe_map(per_input(_detect), jobs, workers,
-                                            lambda f: (f, None, f"{f}: {CRASHED}", None, 0.0))
+                                            lambda f: (f, None, _crash_error(f), None, 0.0))
     else:
         detected = (r for i in range(0, len(files), CHUNK) for r in _find_chunk(est, files[i:i + CHUNK], detect,
                                                                                  keep_rgb))
@@ -230,13 +241,13 @@ def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_si
                      ) -> Iterator[tuple[dict, np.ndarray | None]]:
     # chunks small enough to keep every worker busy to the end, at most batch_size files (one model batch) each
     chunk = max(1, min(batch_size, CHUNK, len(files) // (4 * workers)))
-    jobs = [(files[i:i + chunk], detect, keep_rgb, getattr(est, "upright", True)) for i in range(0, len(files), chunk)]
+    jobs = [(files[i:i + chunk], detect, keep_rgb, _turns_upright(est)) for i in range(0, len(files), chunk)]
     yield from crash_safe_map(_pipeline, jobs, workers, _crashed, _init_pipeline, (est.spec,))
 
 
 def _crashed(path: str) -> tuple[dict, None]:
     """The record of a file its worker process died on."""
-    return {"file": printable(path), "faces": [], "error": printable(f"{path}: {CRASHED}")}, None
+    return {"file": printable(path), "faces": [], "error": printable(_crash_error(path))}, None
 
 
 def _flush(est, pending: list) -> Iterator[tuple[dict, np.ndarray | None]]:
