@@ -58,17 +58,25 @@ def scores(est, path: Path) -> dict | None:
             "head_face": float(est.verifier.head_scores(c)[0]), "sep_face": float(est.verifier.fallback.scores(c)[0])}
 
 
+def sample(names: list[str], n: int, seed: int) -> list[str]:
+    """n of the names, drawn at random (seeded) and kept in their order. Not the first n: the split files list
+    names sorted, and UTKFace and All-Age-Faces names begin with the age (or with an ID that follows it), so the
+    first 250 validation photos of either are all under 30."""
+    rng = np.random.default_rng(seed)
+    return [names[i] for i in sorted(rng.choice(len(names), min(n, len(names)), replace=False))]
+
+
 def collect(est, shared: Path, n: int, n_kinds: int, seed: int = 0) -> list[dict]:
-    """Rows {set, ...scores}: UTKFace validation photos clean and with each occluder kind drawn before detection
-    (every paper type on n photos, the newer kinds on the first n_kinds), All-Age-Faces validation photos, the
-    realocc fit half."""
+    """Rows {set, ...scores}: a seeded sample of UTKFace validation photos clean and with each occluder kind drawn
+    before detection (every paper type on n photos, the newer kinds on the first n_kinds of them), a seeded sample
+    of All-Age-Faces validation photos, the realocc fit half."""
     import pandas as pd
 
     rows = []
-    utk_val = split_part(Path("splits/utkface_seed0.json"), "val")
+    utk_val = sample(split_part(Path("splits/utkface_seed0.json"), "val"), n, seed)
     an = FaceAnalyzer(fast=False)  # FaceMesh with iris points: the occluders are placed from them
     with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(utk_val[:n]):
+        for i, name in enumerate(utk_val):
             rgb = load_image(shared / "utkface" / name)
             faces = [f for f in an.find_faces(rgb) if f.landmarks is not None]
             if not faces:
@@ -86,7 +94,7 @@ def collect(est, shared: Path, n: int, n_kinds: int, seed: int = 0) -> list[dict
                 r = scores(est, p)
                 if r is not None:
                     rows.append({"set": f"utk_{kind}", **r})
-    for f in split_part(Path("splits/aaf_seed0.json"), "val")[:n]:
+    for f in sample(split_part(Path("splits/aaf_seed0.json"), "val"), n, seed):
         r = scores(est, shared / "aaf" / f)
         if r is not None:
             rows.append({"set": "aaf_clean", **r})
