@@ -61,7 +61,7 @@ def scores(est, path: Path) -> dict | None:
 def sample(names: list[str], n: int, seed: int) -> list[str]:
     """n of the names, drawn at random (seeded) and kept in their order. Not the first n: the split files list
     names sorted, and UTKFace and All-Age-Faces names begin with the age (or with an ID that follows it), so the
-    first 250 validation photos of either are all under 30."""
+    first 250 validation photos of either are all but one under 30."""
     rng = np.random.default_rng(seed)
     return [names[i] for i in sorted(rng.choice(len(names), min(n, len(names)), replace=False))]
 
