@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agelens.data.splits import split_part
+from agelens.data.splits import sample_names, split_part
 from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import largest_face, prepare_face
@@ -282,10 +282,11 @@ def main() -> None:
     t0 = time.perf_counter()
     est = AgeEstimator.from_pretrained(backend=a.backend)
     an = FaceAnalyzer()
-    files = [a.shared / "utkface" / f for f in sorted(split_part(a.split, "test"))[:a.n]]
+    files = [a.shared / "utkface" / f for f in sample_names(sorted(split_part(a.split, "test")), a.n, a.seed)]
     res = {"command": "python benchmarks/occlusion_e2e.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k not in ("shared", "split")),
-        "protocol": (f"First {len(files)} test faces of {a.split} (file-name order). End to end: occluder placed "
+        "protocol": (f"{len(files)} test faces of {a.split}, a seeded random sample (seed {a.seed}; the first N in "
+                     "file-name order would be children and teenagers). End to end: occluder placed "
                      "from the clean image's FaceMesh on the original 200 px image, saved as JPEG q95, then "
                      "`AgeEstimator.predict(file)` (shipped models, default settings, backend "
                      f"{est.backend}). Aligned crop: the same occluder type drawn on the aligned crop of the clean "

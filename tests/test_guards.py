@@ -94,16 +94,6 @@ def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_
         guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, kinds="hands")
 
 
-def test_band_photos_are_a_seeded_random_sample_not_the_first_names():
-    from agelens.train.guard_bands import sample
-
-    names = [f"{age}_0_0_x.jpg" for age in range(1, 101)]  # sorted by age, as a split file lists UTKFace names
-    s = sample(names, 10, 0)
-    assert len(s) == len(set(s)) == 10 and s == sorted(s, key=names.index) and s == sample(names, 10, 0)
-    assert s != names[:10] and max(int(n.split("_")[0]) for n in s) > 30
-    assert sample(names, 500, 0) == names  # fewer names than asked: all of them
-
-
 def test_cascade_bands_keep_every_verdict_of_the_separate_networks_with_a_margin(tmp_path):
     from agelens.train.guard_bands import bands, write_card
 

@@ -47,3 +47,13 @@ def test_group_leak_detected():
     a, b = FaceRecord("/1", 3, group="g"), FaceRecord("/2", 4, group="g")
     with pytest.raises(DataError, match="appears in both"):
         check_group_safe({"train": [a], "test": [b]})
+
+
+def test_sample_names_is_a_seeded_random_sample_not_the_first_names():
+    from agelens.data.splits import sample_names as sample
+
+    names = [f"{age}_0_0_x.jpg" for age in range(1, 101)]  # sorted by age, as a split file lists UTKFace names
+    s = sample(names, 10, 0)
+    assert len(s) == len(set(s)) == 10 and s == sorted(s, key=names.index) and s == sample(names, 10, 0)
+    assert s != names[:10] and max(int(n.split("_")[0]) for n in s) > 30
+    assert sample(names, 500, 0) == names  # fewer names than asked: all of them

@@ -91,6 +91,15 @@ def split_part(path: str | Path, part: str) -> list[str]:
     return parts[part]
 
 
+def sample_names(names: list[str], n: int, seed: int) -> list[str]:
+    """n of the names, drawn at random (seeded) and kept in their order; all of them when there are n or fewer.
+    Measure on this, not on the first n: the split files list names sorted, and UTKFace and All-Age-Faces names
+    begin with the age (or with an ID that follows it), so the first few hundred of a part are children and
+    teenagers."""
+    rng = np.random.default_rng(seed)
+    return [names[i] for i in sorted(rng.choice(len(names), min(n, len(names)), replace=False))]
+
+
 def load_split(path: str | Path, records: list[FaceRecord], root: str) -> dict[str, list[FaceRecord]]:
     """Match a saved split against the records found now; files missing now are reported, not ignored."""
     p = Path(path)

@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..data.splits import split_part
+from ..data.splits import sample_names, split_part
 from ..errors import NoFaceError
 from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer
 from ..faces.prepare import largest_face
@@ -58,14 +58,6 @@ def scores(est, path: Path) -> dict | None:
             "head_face": float(est.verifier.head_scores(c)[0]), "sep_face": float(est.verifier.fallback.scores(c)[0])}
 
 
-def sample(names: list[str], n: int, seed: int) -> list[str]:
-    """n of the names, drawn at random (seeded) and kept in their order. Not the first n: the split files list
-    names sorted, and UTKFace and All-Age-Faces names begin with the age (or with an ID that follows it), so the
-    first 250 validation photos of either are all but one under 30."""
-    rng = np.random.default_rng(seed)
-    return [names[i] for i in sorted(rng.choice(len(names), min(n, len(names)), replace=False))]
-
-
 def collect(est, shared: Path, n: int, n_kinds: int, seed: int = 0) -> list[dict]:
     """Rows {set, ...scores}: a seeded sample of UTKFace validation photos clean and with each occluder kind drawn
     before detection (every paper type on n photos, the newer kinds on the first n_kinds of them), a seeded sample
@@ -73,7 +65,7 @@ def collect(est, shared: Path, n: int, n_kinds: int, seed: int = 0) -> list[dict
     import pandas as pd
 
     rows = []
-    utk_val = sample(split_part(Path("splits/utkface_seed0.json"), "val"), n, seed)
+    utk_val = sample_names(split_part(Path("splits/utkface_seed0.json"), "val"), n, seed)
     an = FaceAnalyzer(fast=False)  # FaceMesh with iris points: the occluders are placed from them
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(utk_val):
@@ -94,7 +86,7 @@ def collect(est, shared: Path, n: int, n_kinds: int, seed: int = 0) -> list[dict
                 r = scores(est, p)
                 if r is not None:
                     rows.append({"set": f"utk_{kind}", **r})
-    for f in sample(split_part(Path("splits/aaf_seed0.json"), "val"), n, seed):
+    for f in sample_names(split_part(Path("splits/aaf_seed0.json"), "val"), n, seed):
         r = scores(est, shared / "aaf" / f)
         if r is not None:
             rows.append({"set": "aaf_clean", **r})
