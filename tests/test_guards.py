@@ -33,6 +33,17 @@ def test_realocc_half_is_a_fixed_split():
     assert halves == [guards.realocc_half(n) for n in names] and 60 < halves.count("fit") < 140
 
 
+def test_guard_crops_pick_a_random_sample_unless_asked_for_the_first_names():
+    from agelens.train.guards import pick
+
+    names = [f"{age}_0_0_x.jpg" for age in range(1, 101)]
+    assert pick(names, 5, "first") == names[:5]
+    rnd = pick(names, 5, "random")
+    assert rnd != names[:5] and rnd == sorted(rnd, key=names.index) and rnd == pick(names, 5, "random")
+    with pytest.raises(ValueError, match="random, first"):
+        pick(names, 5, "last")
+
+
 def test_procedural_negatives_are_varied_images():
     rng = np.random.default_rng(0)
     for make in guards.PROCEDURAL:
