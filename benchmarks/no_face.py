@@ -33,10 +33,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for k, seed in enumerate(a.seeds):
             r = no_face_rows(est, Path(tmp), a.crops, seed)
-            whole = [x for x in r["answered"] if x["image"].endswith("/whole")]
-            # the whole images are the same for every seed: counted with the first only
-            seen = r["n"] if k == 0 else r["n"] - r["n"] // (a.crops + 1)
-            wrong = r["answered"] if k == 0 else [x for x in r["answered"] if x not in whole]
+            first = k == 0  # the whole images are the same for every seed: counted with the first only
+            seen = r["n"] if first else r["n"] - r["n"] // (a.crops + 1)
+            wrong = [x for x in r["answered"] if first or not x["image"].endswith("/whole")]
             per_seed[str(seed)] = {"images": seen, "no_face_found": round(1 - len(wrong) / max(1, seen), 4)}
             answered += [{**x, "seed": seed} for x in wrong]
             n += seen
