@@ -395,3 +395,15 @@ def add_shipped_int8(out_dir: str | Path, log=print) -> dict:
         entry["int8_tried"] = True
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def export_crop_net(net: nn.Module, out: str | Path, size: int, output: str) -> None:
+    """A small crop network (uint8 NHWC `crops` of size×size in, `output` out, the batch dynamic) to ONNX, written
+    atomically: the orientation classifier and the realignment network."""
+
+    def write(tmp: str) -> None:
+        torch.onnx.export(net, torch.zeros(1, size, size, 3, dtype=torch.uint8), tmp, input_names=["crops"],
+                          output_names=[output], dynamic_axes={"crops": {0: "n"}, output: {0: "n"}},
+                          opset_version=17, dynamo=False)
+
+    atomic_write(out, write)

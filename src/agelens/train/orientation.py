@@ -217,17 +217,10 @@ def fit_net(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, batch: int = 1
 
 
 def export(net, out: Path) -> None:  # noqa: ANN001
-    """The CNN to ONNX (uint8 NHWC in, probabilities out), written atomically."""
-    import torch
+    """The network to ONNX (uint8 NHWC in, probabilities out), written atomically."""
+    from ..export.onnx import export_crop_net
 
-    from ..utils import atomic_write
-
-    def write(tmp: str) -> None:
-        torch.onnx.export(net, torch.zeros(1, SIZE, SIZE, 3, dtype=torch.uint8), tmp, input_names=["crops"],
-                          output_names=["probs"], dynamic_axes={"crops": {0: "n"}, "probs": {0: "n"}},
-                          opset_version=17, dynamo=False)
-
-    atomic_write(out, write)
+    export_crop_net(net, out, SIZE, "probs")
 
 
 def main(argv: list[str] | None = None) -> None:
