@@ -186,6 +186,7 @@ class AgeEstimator:
         self.backend = backend
         self._analyzer: FaceAnalyzer | None = None
         self.upright = True  # faces read as turned are looked for again on the image turned upright
+        self.realign = True  # the student reads its crops realigned (faces.realign) where that network is shipped
         self._memo: OrderedDict = OrderedDict()  # crop → teacher (age, spread, guards) for a teacher with guards
         self._memo_lock = threading.Lock()
         guards = getattr(teacher, "guard_thresholds", None)
@@ -350,6 +351,8 @@ class AgeEstimator:
         """(ages, spreads) of one model, plus its embeddings with embed=True (torch models only)."""
         if expert is self.teacher and not embed and getattr(expert, "guard_thresholds", None):
             return self.trunk(crops)[:2]
+        if expert is self.student and self.realign:
+            crops = realigned(crops)
         views = centre_views(crops, expert.crop_size, expert.input_size)
         if not embed:
             return mirror_unsure(expert.run, views, self.student_tta_spread if expert is self.student else None)
@@ -457,6 +460,14 @@ class AgeEstimator:
         t2 = time.perf_counter()
         return self.predictions(faces, r, {"detect_ms": round(1000 * (t1 - t0), 1),
                                            "model_ms": round(1000 * (t2 - t1), 1)})
+
+
+def realigned(crops: np.ndarray) -> np.ndarray:
+    """The crops as the shipped realignment network (`faces.realign`) corrects them; unchanged without it."""
+    from ..faces import realign
+
+    model = realign.shipped()
+    return crops if model is None or len(crops) == 0 else model.realign(crops)
 
 
 def in_file_pixels(faces: list, scale: float) -> list:

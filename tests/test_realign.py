@@ -1,0 +1,131 @@
+"""Realigning the student's crops: the correction's geometry, the training targets, the exported network, the
+shipped one on a shifted face, and the predictor's wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agelens.faces import realign
+from agelens.faces.align import TEMPLATE_KEYPOINTS, align_face, transform_points, warp
+from agelens.faces.realign import RealignModel
+
+needs_weights = pytest.mark.skipif(realign.shipped() is None, reason="no shipped realignment network")
+
+
+@pytest.fixture(scope="module")
+def aligned() -> np.ndarray:
+    """The astronaut's face, aligned as the caches are (FaceMesh with iris points), 256 px."""
+    from importlib import resources
+
+    from agelens.faces.detect import FaceAnalyzer
+    from agelens.faces.prepare import largest_face
+
+    rgb = np.asarray(Image.open(resources.files("agelens") / "assets" / "astronaut.jpg").convert("RGB"))
+    a = FaceAnalyzer()
+    face = largest_face([f for f in a.find_faces(rgb) if f.landmarks is not None])
+    a.close()
+    return align_face(rgb, face.keypoints, 256)[0]
+
+
+class TrueReader(RealignModel):
+    """Reads the template's keypoints where a known similarity `j` put them: the ideal network."""
+
+    def __init__(self, j: np.ndarray) -> None:
+        self.j, self.calls = j, 0
+
+    def points(self, crops):
+        j = self.j if self.calls == 0 else np.eye(2, 3, dtype=np.float32)  # after one correction: aligned
+        self.calls += 1
+        side = np.asarray(crops).shape[1]
+        return np.stack([transform_points(TEMPLATE_KEYPOINTS * side / 256, j) / side] * len(crops))
+
+
+def jitter(scale: float, degrees: float, shift: tuple[float, float], side: int = 256) -> np.ndarray:
+    r = np.radians(degrees)
+    a = scale * np.array([[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]])
+    c = np.array([side / 2, side / 2])
+    return np.hstack([a, (c - a @ c + np.array(shift))[:, None]]).astype(np.float32)
+
+
+def test_correction_undoes_a_known_misalignment(aligned):
+    j = jitter(1.12, 6.0, (14.0, -9.0))
+    moved = warp(aligned, j, 256)
+    back = TrueReader(j).realign(moved[None])[0]
+    inner = slice(48, 208)  # away from the edges the warps replicated
+    err = np.abs(back[inner, inner].astype(int) - aligned[inner, inner]).mean()
+    assert err < 6, err  # bilinear resampling twice, nothing more
+    assert np.abs(moved[inner, inner].astype(int) - aligned[inner, inner]).mean() > 3 * err
+
+
+def test_training_targets_follow_the_jitter_and_mirror_consistently():
+    from agelens.train.realign import mirrored, sample, sample_jitter
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((256, 256, 3), np.uint8)
+    for p in TEMPLATE_KEYPOINTS.astype(int):  # a bright dot on each template keypoint
+        img[p[1] - 3:p[1] + 4, p[0] - 3:p[0] + 4] = 255
+    lm = np.full((478, 2), np.nan, np.float32)  # no landmarks: never occluded
+    for _ in range(5):
+        x, y = sample(img, lm, np.random.default_rng(rng.integers(1 << 30)), degraded_p=0.0)
+        big = np.repeat(np.repeat(x, 4, 0), 4, 1)
+        for p in (y.reshape(5, 2) * 256).astype(int):  # each target keypoint sits on a dot
+            assert big[np.clip(p[1], 0, 255), np.clip(p[0], 0, 255)].max() > 60
+    tpl = (TEMPLATE_KEYPOINTS / 256).reshape(1, 10)
+    assert np.allclose(mirrored(np.zeros((1, 4, 4, 3), np.uint8), tpl)[1], tpl, atol=1e-6)  # the template is symmetric
+    for seed in range(20):  # a similarity about the centre: rotation and scale only, shift within 25 px
+        j = sample_jitter(np.random.default_rng(seed))
+        assert j[0, 0] == pytest.approx(j[1, 1]) and j[0, 1] == pytest.approx(-j[1, 0])
+        assert 0.77 < np.linalg.det(j[:, :2]) ** 0.5 < 1.3
+        assert np.abs(transform_points(np.array([[128.0, 128.0]]), j) - 128).max() <= 25.0 + 1e-3
+
+
+def test_exported_network_matches_torch_on_uint8_crops(tmp_path):
+    import torch
+
+    from agelens.train.realign import export, make_net
+
+    torch.manual_seed(0)
+    net = make_net().eval()
+    export(net, tmp_path / "r.onnx")
+    m = RealignModel(tmp_path / "r.onnx")
+    crops = np.random.default_rng(0).integers(0, 255, (3, realign.SIZE, realign.SIZE, 3), dtype=np.uint8)
+    with torch.no_grad():
+        want = net(torch.from_numpy(crops)).numpy().reshape(3, 5, 2)
+    assert np.allclose(m.points(crops), want, atol=1e-4)
+    assert m.points(np.zeros((0, 64, 64, 3), np.uint8)).shape == (0, 5, 2)
+    assert m.realign(np.zeros((0, 256, 256, 3), np.uint8)).shape == (0, 256, 256, 3)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _keypoint_error(net: RealignModel, crop: np.ndarray, j: np.ndarray) -> tuple[float, float]:
+    """Mean distance (px) of the template keypoints from where they belong, before and after the correction."""
+    true = transform_points(TEMPLATE_KEYPOINTS, j)
+    before = np.linalg.norm(true - TEMPLATE_KEYPOINTS, axis=1).mean()
+    m = net.corrections(crop[None])[0]
+    after = np.linalg.norm(transform_points(true, m) - TEMPLATE_KEYPOINTS, axis=1).mean()
+    return float(before), float(after)
+
+
+@needs_weights
+def test_shipped_network_brings_a_misaligned_face_back(aligned):
+    net = realign.shipped()
+    for j in (jitter(1.15, 0.0, (0.0, 12.0)), jitter(0.9, -7.0, (-10.0, 5.0))):
+        before, after = _keypoint_error(net, warp(aligned, j, 256), j)
+        assert after < 0.5 * before, (before, after)
+    _, still = _keypoint_error(net, aligned, np.eye(2, 3, dtype=np.float32))
+    assert still < 3.0  # an aligned face stays about where it is
+
+
+@needs_weights
+def test_student_reads_realigned_crops_and_the_switch_turns_it_off(aligned):
+    from agelens import AgeEstimator
+
+    est = AgeEstimator.from_pretrained(backend="onnx", route="student")
+    moved = warp(aligned, jitter(1.12, 5.0, (10.0, 12.0)), 256)[None]
+    on = est.analyse_crops(moved)["age"]
+    est.realign = False
+    off = est.analyse_crops(moved)["age"]
+    by_hand = est.analyse_crops(realign.shipped().realign(moved))["age"]
+    assert on == pytest.approx(by_hand, abs=1e-4) and abs(on[0] - off[0]) > 1e-3
