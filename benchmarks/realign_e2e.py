@@ -6,7 +6,7 @@ aligned as `predict` does; on the face nearest the clean face's box this reports
   landmarks (the ceiling: what perfect alignment would give);
 - the routed MAE (`analyse_crops`, as `predict` answers) without and with realignment.
 
-    python benchmarks/realign_e2e.py --part val --n 200 --out docs/realign_val.json
+    python benchmarks/realign_e2e.py --part val --n 200 --seed 5 --out docs/realign_val   # writes .json and .md
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ read the crop as found."""
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -86,8 +85,3 @@ def shipped() -> RealignModel | None:
     """The shipped network, or None where the package has none (the student then reads the crop as found)."""
     p = weights_path()
     return RealignModel(p) if p.is_file() else None
-
-
-def card() -> dict:
-    p = weights_path().with_suffix(".json")
-    return json.loads(p.read_text()) if p.is_file() else {}
