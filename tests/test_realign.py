@@ -93,7 +93,14 @@ def test_exported_network_matches_torch_on_uint8_crops(tmp_path):
     crops = np.random.default_rng(0).integers(0, 255, (3, realign.SIZE, realign.SIZE, 3), dtype=np.uint8)
     with torch.no_grad():
         want = net(torch.from_numpy(crops)).numpy().reshape(3, 5, 2)
-    assert np.allclose(m.points(crops), want, atol=1e-4)
+    assert np.allclose(m.points(crops, mirror=False), want, atol=1e-4)
+    # the default reading averages each crop's with its mirror image's, mirrored back: so a mirrored crop reads
+    # as the mirror image of the crop's reading
+    flipped = np.ascontiguousarray(crops[:, :, ::-1])
+    back = m.points(flipped)[:, realign.FLIP]
+    back[..., 0] = 1.0 - back[..., 0]
+    assert np.allclose(back, m.points(crops), atol=1e-5)
+    assert not np.allclose(m.points(crops), want, atol=1e-4)
     assert m.points(np.zeros((0, 64, 64, 3), np.uint8)).shape == (0, 5, 2)
     assert m.realign(np.zeros((0, 256, 256, 3), np.uint8)).shape == (0, 256, 256, 3)
     assert not list(tmp_path.glob("*.tmp"))

@@ -49,11 +49,22 @@ class RealignModel:
 
         self.session, self._in = cpu_session(path, threads)
 
-    def points(self, crops: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    def points(self, crops: list[np.ndarray] | np.ndarray, mirror: bool = True) -> np.ndarray:
+        """mirror: the mean of the reading of each crop and of its mirror image (mirrored back), in one pass. On
+        real masked photos re-encoded JPEG q95 → q75 the student's age then moves 2.77 years on average against
+        3.17 with single readings (2.54 without realignment); validation MAE is the same (docs/realign_val.md)."""
         if len(crops) == 0:
             return np.zeros((0, 5, 2), np.float32)
         x = np.stack([as_input(c) for c in crops]).astype(np.uint8)
-        return self.session.run(None, {self._in: x})[0].reshape(-1, 5, 2)
+        n = len(x)
+        if mirror:
+            x = np.concatenate([x, np.ascontiguousarray(x[:, :, ::-1])])
+        p = self.session.run(None, {self._in: x})[0].reshape(-1, 5, 2)
+        if not mirror:
+            return p
+        q = p[n:, FLIP].copy()
+        q[..., 0] = 1.0 - q[..., 0]
+        return (p[:n] + q) / 2
 
     def corrections(self, crops: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:
         """(N, 2, 3) similarities from each crop's pixels to its realigned crop's pixels (the same side)."""
