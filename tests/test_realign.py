@@ -42,11 +42,10 @@ class TrueReader(RealignModel):
         return np.stack([transform_points(TEMPLATE_KEYPOINTS * side / 256, j) / side] * len(crops))
 
 
-def jitter(scale: float, degrees: float, shift: tuple[float, float], side: int = 256) -> np.ndarray:
-    r = np.radians(degrees)
-    a = scale * np.array([[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]])
-    c = np.array([side / 2, side / 2])
-    return np.hstack([a, (c - a @ c + np.array(shift))[:, None]]).astype(np.float32)
+def jitter(scale: float, degrees: float, shift: tuple[float, float]) -> np.ndarray:
+    from agelens.train.realign import centred_similarity
+
+    return centred_similarity(scale, degrees, shift)
 
 
 def test_correction_undoes_a_known_misalignment(aligned):
@@ -97,7 +96,7 @@ def test_exported_network_matches_torch_on_uint8_crops(tmp_path):
     # the default reading averages each crop's with its mirror image's, mirrored back: so a mirrored crop reads
     # as the mirror image of the crop's reading
     flipped = np.ascontiguousarray(crops[:, :, ::-1])
-    back = m.points(flipped)[:, realign.FLIP]
+    back = m.points(flipped)[:, realign.FLIP]  # mirrored back by hand, not by the code under test
     back[..., 0] = 1.0 - back[..., 0]
     assert np.allclose(back, m.points(crops), atol=1e-5)
     assert not np.allclose(m.points(crops), want, atol=1e-4)

@@ -16,9 +16,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from ..data.views import resize_square
 from .align import TEMPLATE_KEYPOINTS, TEMPLATE_SIZE, similarity_transform, warp
 
 SIZE = 64  # side of the crop the network reads
@@ -29,11 +29,12 @@ ITERATIONS = 3
 FLIP = [1, 0, 2, 4, 3]  # the template's keypoints mirrored left-right (eyes and mouth corners swap)
 
 
-def as_input(crop: np.ndarray) -> np.ndarray:
-    """A square face crop (S, S, 3) uint8 RGB at the network's SIZE."""
-    if crop.shape[:2] == (SIZE, SIZE):
-        return np.ascontiguousarray(crop)
-    return cv2.resize(crop, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+def mirrored_points(points: np.ndarray) -> np.ndarray:
+    """Template keypoints (N, 5, 2) as fractions of the side → the same points of the crops mirrored left-right
+    (the pairs swapped, x reflected)."""
+    q = points[:, FLIP].copy()
+    q[..., 0] = 1.0 - q[..., 0]
+    return q
 
 
 def compose(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -55,16 +56,14 @@ class RealignModel:
         3.17 with single readings (2.54 without realignment); validation MAE is the same (docs/realign_val.md)."""
         if len(crops) == 0:
             return np.zeros((0, 5, 2), np.float32)
-        x = np.stack([as_input(c) for c in crops]).astype(np.uint8)
+        x = np.stack([resize_square(c, SIZE) for c in crops]).astype(np.uint8)
         n = len(x)
         if mirror:
             x = np.concatenate([x, np.ascontiguousarray(x[:, :, ::-1])])
         p = self.session.run(None, {self._in: x})[0].reshape(-1, 5, 2)
         if not mirror:
             return p
-        q = p[n:, FLIP].copy()
-        q[..., 0] = 1.0 - q[..., 0]
-        return (p[:n] + q) / 2
+        return (p[:n] + mirrored_points(p[n:])) / 2
 
     def corrections(self, crops: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:
         """(N, 2, 3) similarities from each crop's pixels to its realigned crop's pixels (the same side)."""

@@ -25,12 +25,20 @@ import numpy as np
 from ..data import augment
 from ..data.cache import FaceCache
 from ..faces.align import TEMPLATE_KEYPOINTS, TEMPLATE_SIZE, transform_points, warp
-from ..faces.realign import FLIP, SIZE, RealignModel
+from ..faces.realign import SIZE, RealignModel, mirrored_points
 from ..occlusion.synth import ALL_TYPES, OcclusionError, occlude
 
 CACHES = ("cache/utkface", "cache/aaf")
 OCCLUDED_P, DEGRADED_P = 0.85, 0.3
 CHUNK = 250
+
+
+def centred_similarity(scale: float, degrees: float, shift, side: float = TEMPLATE_SIZE) -> np.ndarray:
+    """The 2×3 similarity that scales and turns a side px crop about its centre, then shifts it by `shift` px."""
+    r = np.radians(degrees)
+    a = scale * np.array([[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]])
+    c = np.array([side / 2, side / 2])
+    return np.hstack([a, (c - a @ c + np.asarray(shift, float))[:, None]]).astype(np.float32)
 
 
 def sample_jitter(rng: np.random.Generator, side: float = TEMPLATE_SIZE) -> np.ndarray:
@@ -40,10 +48,7 @@ def sample_jitter(rng: np.random.Generator, side: float = TEMPLATE_SIZE) -> np.n
         ls, th, t = rng.normal(0, 0.06), rng.normal(0, 3.0), rng.normal(0, 6.0, 2) * u
     else:
         ls, th, t = rng.uniform(-0.25, 0.25), rng.uniform(-10, 10), rng.uniform(-25, 25, 2) * u
-    s, r = np.exp(ls), np.radians(th)
-    a = s * np.array([[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]])
-    c = np.array([side / 2, side / 2])
-    return np.hstack([a, (c - a @ c + t)[:, None]]).astype(np.float32)
+    return centred_similarity(float(np.exp(ls)), th, t, side)
 
 
 def sample(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator, occluded_p: float = OCCLUDED_P,
@@ -123,9 +128,7 @@ def make_net():  # noqa: ANN201 - torch is imported lazily
 
 def mirrored(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Crops mirrored left-right and their keypoints (the pairs swapped, x reflected)."""
-    y = y.reshape(-1, 5, 2)[:, FLIP].copy()
-    y[..., 0] = 1.0 - y[..., 0]
-    return np.ascontiguousarray(x[:, :, ::-1]), y.reshape(-1, 10)
+    return np.ascontiguousarray(x[:, :, ::-1]), mirrored_points(y.reshape(-1, 5, 2)).reshape(-1, 10)
 
 
 def fit_net(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, batch: int = 128, lr: float = 2e-3):  # noqa: ANN201
