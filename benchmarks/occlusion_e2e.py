@@ -31,7 +31,7 @@ from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import largest_face, prepare_face
 from agelens.imageio import load_image
-from agelens.inference.predictor import AgeEstimator
+from agelens.inference.predictor import AgeEstimator, face_source
 from agelens.occlusion.synth import FAMILIES, OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.train.guards import realocc_half
 from agelens.utils import atomic_write_json, atomic_write_text
@@ -59,7 +59,7 @@ def answer(est: AgeEstimator, path: Path, ref_box: tuple[float, ...] | None = No
         faces = est.faces_of(rgb)
     except NoFaceError:
         return {"answered": False}
-    r = est.analyse_crops(np.stack([f[2] for f in faces]))
+    r = est.analyse_faces(faces)
     preds = est.predictions(faces, r, {})
     if ref_box is not None:
         k = nearest_box([p.box for p in preds], ref_box)
@@ -71,7 +71,7 @@ def answer(est: AgeEstimator, path: Path, ref_box: tuple[float, ...] | None = No
     if est.student is not None:
         crop = faces[k][2][None]
         out["teacher_age"] = float(est._ages(est.teacher, crop)[0][0])
-        out["student_age"] = float(est._ages(est.student, crop)[0][0])
+        out["student_age"] = float(est._ages(est.student, crop, sources=[face_source(faces[k])])[0][0])
     return out
 
 

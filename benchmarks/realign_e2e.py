@@ -26,7 +26,7 @@ from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import largest_face
 from agelens.faces.realign import shipped
 from agelens.imageio import load_image
-from agelens.inference.predictor import AgeEstimator
+from agelens.inference.predictor import AgeEstimator, face_source
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json, atomic_write_text
 from occlusion_e2e import nearest_box, save_jpeg
@@ -69,18 +69,20 @@ def run(a: argparse.Namespace) -> dict:
                     rows[cond].append({"answered": False})
                     continue
                 j = nearest_box([f[0] for f in found], face.box)
-                crop = found[j][2][None]
+                crop, src = found[j][2][None], [face_source(found[j])]
                 ideal = align_face(occ, face.keypoints, est.cache_size)[0]
-                corr = net.corrections(crop)[0]
+                corr = net.corrections(crop, sources=src)[0]
                 est.realign = False
                 s_found = float(est._ages(est.student, crop)[0][0])
                 s_ideal = float(est._ages(est.student, ideal[None])[0][0])
                 routed_off = est.analyse_crops(crop)
                 est.realign = True
-                s_real = float(est._ages(est.student, crop)[0][0])
-                routed_on = est.analyse_crops(crop)
+                s_in_crop = float(est._ages(est.student, crop)[0][0])  # no source: warped within the crop
+                s_real = float(est._ages(est.student, crop, sources=src)[0][0])
+                routed_on = est.analyse_crops(crop, sources=src)
                 rows[cond].append({
                     "answered": True, "y": age, "student_found": s_found, "student_realigned": s_real,
+                    "student_in_crop": s_in_crop,
                     "student_ideal": s_ideal, "routed_off": float(routed_off["age"][0]),
                     "routed_on": float(routed_on["age"][0]), "occluded": bool(routed_on["occluded"][0]),
                     "correction_px": float(np.linalg.norm(transform_points(FRAME, corr) - FRAME, axis=1).mean())})
@@ -91,7 +93,7 @@ def run(a: argparse.Namespace) -> dict:
 
 def summarise(rows: dict[str, list]) -> dict:
     out = {}
-    keys = ("student_found", "student_realigned", "student_ideal", "routed_off", "routed_on")
+    keys = ("student_found", "student_in_crop", "student_realigned", "student_ideal", "routed_off", "routed_on")
     pooled: dict[str, list] = {"all occluded": []}
     for cond, rs in rows.items():
         ans = [r for r in rs if r["answered"]]
@@ -112,8 +114,11 @@ def summarise(rows: dict[str, list]) -> dict:
         d = diff["routed_on"] - diff["routed_off"]
         boot = np.random.default_rng(0).choice(len(d), (2000, len(d))).astype(np.int64)
         lo, hi = np.percentile(d[boot].mean(1), [2.5, 97.5])
+        e = diff["student_realigned"] - diff["student_in_crop"]
+        lo2, hi2 = np.percentile(e[boot].mean(1), [2.5, 97.5])
         out[name] = {"n": len(ans), **{k: round(float(v.mean()), 3) for k, v in diff.items()},
-                     "routed_change": round(float(d.mean()), 3), "routed_change_ci95": [round(lo, 3), round(hi, 3)]}
+                     "routed_change": round(float(d.mean()), 3), "routed_change_ci95": [round(lo, 3), round(hi, 3)],
+                     "source_change": round(float(e.mean()), 3), "source_change_ci95": [round(lo2, 3), round(hi2, 3)]}
     return out
 
 
@@ -121,20 +126,24 @@ def markdown(res: dict, cmd: str) -> str:
     lines = [f"# Realigned student crops, end to end ({res['part']} part, {res['n_photos']} photos)", "",
              f"Command: `{cmd}`", "",
              "Occluder drawn on the photo from the clean face's FaceMesh, JPEG q95, found and aligned as predict "
-             "does. Student MAE on the crop as found / realigned (`faces.realign`) / the photo aligned by the clean "
-             "face's landmarks (the ceiling). Routed = predict's answer without / with realignment (the teacher "
-             "answers unflagged faces the same way in both). Change: routed MAE with minus without, paired "
-             "bootstrap 95 % over faces.", "",
-             "| condition | faces | student: found / realigned / ideal | routed: without / with | flagged | mean correction (px) |",
+             "does. Student MAE on the crop as found / realigned (`faces.realign`) within the crop (edges "
+             "replicated) / realigned from the photo (its `CropSource`, as predict does) / the photo aligned by the "
+             "clean face's landmarks (the ceiling). Routed = predict's answer without / with realignment (the "
+             "teacher answers unflagged faces the same way in both). Change: routed MAE with minus without; from "
+             "the photo minus within the crop; paired bootstrap 95 % over faces.", "",
+             "| condition | faces | student: found / in crop / from photo / ideal | routed: without / with | flagged "
+             "| mean correction (px) |",
              "|---|---|---|---|---|---|"]
     for cond, r in res["summary"].items():
         if "answered" not in r:
             continue
-        lines.append(f"| {cond} | {r['n']} | {r['student_found']} / {r['student_realigned']} / {r['student_ideal']} "
+        lines.append(f"| {cond} | {r['n']} | {r['student_found']} / {r['student_in_crop']} / "
+                     f"{r['student_realigned']} / {r['student_ideal']} "
                      f"| {r['routed_off']} / {r['routed_on']} | {r['flagged']:.1%} | {r['correction_px']} |")
     for name in ("paper types", "all occluded"):
         r = res["summary"][name]
-        lines.append(f"| **{name}** | {r['n']} | {r['student_found']} / {r['student_realigned']} / "
+        lines.append(f"| **{name}** | {r['n']} | {r['student_found']} / {r['student_in_crop']} / "
+                     f"{r['student_realigned']} (change {r['source_change']} {r['source_change_ci95']}) / "
                      f"{r['student_ideal']} | {r['routed_off']} / **{r['routed_on']}**, change {r['routed_change']} "
                      f"{r['routed_change_ci95']} | | |")
     lines += ["", f"Wall time {res['seconds']} s."]

@@ -29,7 +29,7 @@ from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
 from agelens.inference.backends import mirror_unsure
 from agelens.inference.backends.torch import TorchModel
-from agelens.inference.predictor import SOFT_BAND, AgeEstimator
+from agelens.inference.predictor import SOFT_BAND, AgeEstimator, face_source
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json
 from occlusion_e2e import NEW_KINDS, nearest_box, save_jpeg
@@ -66,9 +66,10 @@ def collect(part: str, n: int, n_new: int, seed: int, students: list[str] = ()) 
                     fs = est.faces_of(load_image(p))
                 except NoFaceError:
                     continue
-                crop = fs[nearest_box([x[0] for x in fs], face.box)][2][None]
+                chosen = fs[nearest_box([x[0] for x in fs], face.box)]
+                crop = chosen[2][None]
                 ta, ts, _ = est.trunk(crop)
-                sa, ss = est._ages(est.student, crop)
+                sa, ss = est._ages(est.student, crop, sources=[face_source(chosen)])
                 row = (cond, float(f.name.split("_")[0]), ta[0], ts[0], sa[0], ss[0], est.detector.scores(crop)[0])
                 for m in others:
                     views = centre_views(crop, m.crop_size, m.input_size)

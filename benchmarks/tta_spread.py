@@ -62,7 +62,7 @@ def views(est: AgeEstimator, single: OnnxModel, dataset: str, part: str, n: int,
             faces = est.faces_of(rgb)
         except NoFaceError:
             continue
-        box, _, crop, _, _ = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
+        box, _, crop, *_ = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
         v = single.views(crop[None])
         a1, s1 = single.run(v)
         a2, _ = single.run(np.ascontiguousarray(v[:, :, ::-1]))

@@ -1,5 +1,5 @@
 """Realigning the student's crops: the correction's geometry, the training targets, the exported network, the
-shipped one on a shifted face, and the predictor's wiring."""
+shipped one on a shifted face, resampling from the crop's source, and the predictor's wiring."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ needs_weights = pytest.mark.skipif(realign.shipped() is None, reason="no shipped
 
 
 @pytest.fixture(scope="module")
-def aligned() -> np.ndarray:
-    """The astronaut's face, aligned as the caches are (FaceMesh with iris points), 256 px."""
+def photo() -> tuple[np.ndarray, np.ndarray]:
+    """The astronaut photo and its face's keypoints (FaceMesh with iris points, as the caches are aligned)."""
     from importlib import resources
 
     from agelens.faces.detect import FaceAnalyzer
@@ -26,7 +26,13 @@ def aligned() -> np.ndarray:
     a = FaceAnalyzer()
     face = largest_face([f for f in a.find_faces(rgb) if f.landmarks is not None])
     a.close()
-    return align_face(rgb, face.keypoints, 256)[0]
+    return rgb, face.keypoints
+
+
+@pytest.fixture(scope="module")
+def aligned(photo) -> np.ndarray:
+    """The astronaut's face, aligned as the caches are, 256 px."""
+    return align_face(photo[0], photo[1], 256)[0]
 
 
 class TrueReader(RealignModel):
@@ -56,6 +62,29 @@ def test_correction_undoes_a_known_misalignment(aligned):
     err = np.abs(back[inner, inner].astype(int) - aligned[inner, inner]).mean()
     assert err < 6, err  # bilinear resampling twice, nothing more
     assert np.abs(moved[inner, inner].astype(int) - aligned[inner, inner]).mean() > 3 * err
+
+
+def test_a_source_resamples_the_crop_from_its_surroundings_and_travels_framed(photo, aligned):
+    import pickle
+
+    rgb, kp = photo
+    crop, m = align_face(rgb, kp, 256)
+    src = realign.CropSource(rgb, m, 256)
+    same = np.abs(src.resample(np.eye(2, 3, dtype=np.float32)).astype(int) - crop)
+    assert same.mean() < 0.05  # the crop again, but for OpenCV's 1/32 px rounding of the shifted warp
+    shift = jitter(0.85, 8.0, (30.0, -20.0))  # zooms out and shifts past the crop's edges
+    want = warp(rgb, realign.compose(shift, m), 256)  # the moved crop warped from the photo
+    assert np.abs(src.resample(shift).astype(int) - want).mean() < 1.5  # resampled twice, nothing cut off
+    from_crop = warp(crop, shift, 256)  # the crop's edges replicated where the photo has the face's surroundings
+    assert np.abs(from_crop.astype(int) - want).mean() > 5
+    d = int(round(realign.CONTEXT * 256))
+    assert src.framed_source() is src.framed_source() and src.framed_source().image.shape == (256 + 2 * d,) * 2 + (3,)
+    sent = pickle.loads(pickle.dumps(src))  # as a worker process gets it: the frame, not the photo
+    assert sent.framed and sent.image.nbytes < rgb.nbytes
+    assert np.array_equal(sent.resample(shift), src.resample(shift))  # the same answer in every process
+    assert np.array_equal(pickle.loads(pickle.dumps(sent)).image, sent.image)
+    moved = TrueReader(shift).realign(crop[None], sources=[src])[0]  # the realignment warps from the source
+    assert np.array_equal(moved, src.resample(TrueReader(shift).corrections(crop[None])[0]))
 
 
 def test_training_targets_follow_the_jitter_and_mirror_consistently():
@@ -135,3 +164,21 @@ def test_student_reads_realigned_crops_and_the_switch_turns_it_off(aligned):
     off = est.analyse_crops(moved)["age"]
     by_hand = est.analyse_crops(realign.shipped().realign(moved))["age"]
     assert on == pytest.approx(by_hand, abs=1e-4) and abs(on[0] - off[0]) > 1e-3
+
+
+@needs_weights
+def test_predict_realigns_the_students_faces_from_the_photo(photo):
+    from agelens import AgeEstimator
+
+    rgb = photo[0]
+    est = AgeEstimator.from_pretrained(backend="onnx", route="student")
+    faces = est.faces_of(rgb)
+    src = faces[0][5]
+    assert isinstance(src, realign.CropSource) and src.image is rgb
+    crops = np.stack([f[2] for f in faces])
+    got = [p.age for p in est.predict(rgb)]
+    from_crops = est.analyse_crops(crops)["age"]  # no sources: realigned within the crop
+    est.realign = False
+    want = est.analyse_crops(realign.shipped().realign(crops, sources=[f[5] for f in faces]))["age"]
+    assert got == pytest.approx(want, abs=0.01) and abs(from_crops[0] - want[0]) > 1e-3
+    assert est.analyse_faces(faces)["age"] == pytest.approx(est.analyse_crops(crops)["age"], abs=1e-5)

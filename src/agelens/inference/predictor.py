@@ -18,6 +18,7 @@ from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_cr
 from ..faces.mesh import N_MESH
 from ..faces.orientation import turned_back
 from ..faces.prepare import N_LANDMARKS, largest_face, prepare_face
+from ..faces.realign import CropSource
 from ..imageio import file_box, load_reduced
 from ..utils import INT8_FLAGS, cpu_flags
 from .backends import (  # noqa: F401 (TTA_MODES: public)
@@ -347,12 +348,14 @@ class AgeEstimator:
         return (np.array([r[0] for r in rows], np.float32), np.array([r[1] for r in rows], np.float32),
                 np.stack([r[2] for r in rows]).astype(np.float32))
 
-    def _ages(self, expert: AgeBackend, crops: np.ndarray, embed: bool = False) -> tuple[np.ndarray, ...]:
-        """(ages, spreads) of one model, plus its embeddings with embed=True (torch models only)."""
+    def _ages(self, expert: AgeBackend, crops: np.ndarray, embed: bool = False, sources: list | None = None
+              ) -> tuple[np.ndarray, ...]:
+        """(ages, spreads) of one model, plus its embeddings with embed=True (torch models only). sources: per crop
+        its `faces.realign.CropSource` or None, for the student's realignment."""
         if expert is self.teacher and not embed and getattr(expert, "guard_thresholds", None):
             return self.trunk(crops)[:2]
         if expert is self.student and self.realign:
-            crops = realigned(crops)
+            crops = realigned(crops, sources)
         views = centre_views(crops, expert.crop_size, expert.input_size)
         if not embed:
             return mirror_unsure(expert.run, views, self.student_tta_spread if expert is self.student else None)
@@ -360,14 +363,20 @@ class AgeEstimator:
             raise AgelensError("embeddings (KNN refinement, --save-embeddings) need the torch backend")
         return expert.embed(views)
 
-    def analyse_crops(self, crops: np.ndarray, embeddings: bool = False, all_faces: bool = True
-                      ) -> dict[str, np.ndarray]:
+    def analyse_faces(self, faces: list, **kwargs) -> dict[str, np.ndarray]:
+        """`analyse_crops` of `faces_of` faces: their crops, with their sources for the student's realignment."""
+        return self.analyse_crops(np.stack([f[2] for f in faces]), sources=[face_source(f) for f in faces],
+                                  **kwargs)
+
+    def analyse_crops(self, crops: np.ndarray, embeddings: bool = False, all_faces: bool = True,
+                      sources: list | None = None) -> dict[str, np.ndarray]:
         """Aligned cache_size crops (N, S, S, 3) uint8 → age, spread, occlusion_score (NaN without a detector),
         occluded, student_weight and model (the name of the model with the larger weight), routed as configured:
         with route="auto", a face the detector is sure about goes to one model, an uncertain one (score inside
         SOFT_BAND) gets the two models' ages blended by its score (`soft_weight`). embeddings=True adds "embedding": the teacher's
         embedding of every face (from the same pass for the faces the teacher answers; all_faces=False leaves the
-        rows of the student's faces zero instead of running the teacher on them)."""
+        rows of the student's faces zero instead of running the teacher on them). sources: per crop the image it was
+        warped from (`faces.realign.CropSource`) or None, which the student's realignment resamples from."""
         n = len(crops)
         out = {"age": np.zeros(n, np.float32), "spread": np.zeros(n, np.float32),
                "occlusion_score": np.full(n, np.nan, np.float32), "occluded": np.zeros(n, bool),
@@ -391,7 +400,8 @@ class AgeEstimator:
         for k, (expert, sel) in enumerate(((self.teacher, to_teacher), (self.student, to_student))):
             if sel.any():
                 want = embeddings and expert is self.teacher
-                res = self._ages(expert, crops[sel], want)
+                src = None if sources is None or expert is self.teacher else [sources[i] for i in np.flatnonzero(sel)]
+                res = self._ages(expert, crops[sel], want, src)
                 ages[k, sel], spreads[k, sel] = res[:2]
                 if want:
                     parts.append((sel, res[2]))
@@ -416,14 +426,15 @@ class AgeEstimator:
         r = self.analyse_crops(crops)
         return r["age"], r["spread"]
 
-    def faces_of(self, rgb: np.ndarray, detect: bool = True) -> list[tuple[list[float], float, np.ndarray, bool, str]]:
-        """(box, score, aligned crop, landmarks_found, detection) per face; raises NoFaceError when there is none."""
+    def faces_of(self, rgb: np.ndarray, detect: bool = True) -> list[tuple]:
+        """(box, score, aligned crop, landmarks_found, detection, source) per face (`find_and_align`); raises
+        NoFaceError when there is none."""
         return find_and_align(rgb, self.analyzer, self.cache_size, detect, self.verifier, upright=self.upright)
 
     def predictions(self, faces: list, r: dict[str, np.ndarray], timing: dict) -> list[FacePrediction]:
         """FacePredictions from `faces_of` output and the matching `analyse_crops` result."""
         preds = []
-        for k, (box, score, _, found, how) in enumerate(faces):
+        for k, (box, score, _, found, how, *_) in enumerate(faces):
             a, s = float(r["age"][k]), float(r["spread"][k])
             z = float(r["interval_z"][k])
             occ_score = float(r["occlusion_score"][k])
@@ -456,18 +467,24 @@ class AgeEstimator:
         t0 = time.perf_counter()
         faces = in_file_pixels(self.faces_of(rgb, detect), scale)
         t1 = time.perf_counter()
-        r = self.analyse_crops(np.stack([f[2] for f in faces]))
+        r = self.analyse_faces(faces)
         t2 = time.perf_counter()
         return self.predictions(faces, r, {"detect_ms": round(1000 * (t1 - t0), 1),
                                            "model_ms": round(1000 * (t2 - t1), 1)})
 
 
-def realigned(crops: np.ndarray) -> np.ndarray:
-    """The crops as the shipped realignment network (`faces.realign`) corrects them; unchanged without it."""
+def realigned(crops: np.ndarray, sources: list | None = None) -> np.ndarray:
+    """The crops as the shipped realignment network (`faces.realign`) corrects them, each warped from its source
+    where `sources` gives one; unchanged without the network."""
     from ..faces import realign
 
     model = realign.shipped()
-    return crops if model is None or len(crops) == 0 else model.realign(crops)
+    return crops if model is None or len(crops) == 0 else model.realign(crops, sources=sources)
+
+
+def face_source(face: tuple):
+    """A `find_and_align` face's CropSource (None for a whole-image face, or a face tuple without one)."""
+    return face[5] if len(face) > 5 else None
 
 
 def in_file_pixels(faces: list, scale: float) -> list:
@@ -514,9 +531,10 @@ def shipped_verifier():
 
 def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, detect: bool = True,
                    verifier="shipped", proposed: list | None = None, upright: bool = True
-                   ) -> list[tuple[list[float], float, np.ndarray, bool, str]]:
-    """(box, score, aligned crop, landmarks_found, detection) for each face; detect=False: the image is one face
-    crop. Every face, from the detector or a fallback, counts only when `verifier` (a binary crop classifier with
+                   ) -> list[tuple]:
+    """(box, score, aligned crop, landmarks_found, detection, source) for each face; detect=False: the image is
+    one face crop. source: the image the crop was warped from and how (`faces.realign.CropSource`), None for a
+    whole-image face. Every face, from the detector or a fallback, counts only when `verifier` (a binary crop classifier with
     `scores` and `threshold`; "shipped" = the shipped face verifier, None = none: detector steps only) says it is
     a face. proposed: the image's `FaceAnalyzer.propose` faces when the caller has them. upright: where the largest
     face does not read upright (`faces.orientation`), the image is looked at again turned each way (`_upright`).
@@ -524,7 +542,7 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     h, w = rgb.shape[:2]
     if not detect:
         crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
-        return [([0.0, 0.0, float(w), float(h)], 1.0, crop, not np.isnan(lm).any(), "whole-image")]
+        return [([0.0, 0.0, float(w), float(h)], 1.0, crop, not np.isnan(lm).any(), "whole-image", None)]
     v = shipped_verifier() if isinstance(verifier, str) else verifier
     sep = getattr(v, "fallback", None)  # a TrunkGuard's separate face network(s): they alone vouch for fallback faces
 
@@ -540,13 +558,15 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
         raise NoFaceError("no face found")
     out = []
     for f, img, turn in _upright(rgb, faces, find, analyzer.detect) if upright else [(f, rgb, 0) for f in faces]:
+        source = None
         if f.detection == "whole-image":
             crop, found = whole_image_crop(img, cache_size), False
         else:
             crop, lm = prepare_face(img, analyzer, cache_size, aligned=False, face=f)
             found = not np.isnan(lm[:N_MESH]).any()  # the fast path has no iris points
+            source = CropSource(img, f.aligned(img, cache_size)[1], cache_size)  # the warp prepare_face made
         box = turned_back(f.box, turn, rgb.shape)
-        out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection))
+        out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection, source))
     out = without_cats(rgb, out, v)
     if not out:
         raise NoFaceError("no face found")
@@ -561,7 +581,7 @@ def without_cats(rgb: np.ndarray, faces: list, verifier) -> list:
     is not the teacher's head, it is asked about every such face regardless of occlusion. Without the check (no
     torch to export it), the faces stay as they are."""
     ask = np.array([(how != "detector" or score < animal.CHECK_BELOW)
-                    and min(b[2] - b[0], b[3] - b[1]) >= animal.MIN_SIDE for b, score, _, _, how in faces], bool)
+                    and min(b[2] - b[0], b[3] - b[1]) >= animal.MIN_SIDE for b, score, _, _, how, *_ in faces], bool)
     if not ask.any():
         return faces
     est = getattr(verifier, "est", None)

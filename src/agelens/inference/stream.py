@@ -251,10 +251,10 @@ def _crashed(path: str) -> tuple[dict, None]:
 
 
 def _flush(est, pending: list) -> Iterator[tuple[dict, np.ndarray | None]]:
-    crops = [f[2] for _, faces, _, _, _ in pending for f in (faces or [])]
+    faces_all = [f for _, faces, _, _, _ in pending for f in (faces or [])]
     t0 = time.perf_counter()
-    r = est.analyse_crops(np.stack(crops)) if crops else None
-    per_face_ms = 1000 * (time.perf_counter() - t0) / max(1, len(crops))
+    r = est.analyse_faces(faces_all) if faces_all else None
+    per_face_ms = 1000 * (time.perf_counter() - t0) / max(1, len(faces_all))
     k = 0
     for path, faces, error, rgb, det_s in pending:
         if error is not None:
