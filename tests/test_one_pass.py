@@ -10,7 +10,7 @@ import torch
 from agelens.config import ModelConfig, RunConfig
 from agelens.data.views import centre_views
 from agelens.inference.backends.torch import TorchModel
-from agelens.inference.predictor import AgeEstimator, TrunkGuard
+from agelens.inference.predictor import SINGLE_VIEW, AgeEstimator, TrunkGuard
 from agelens.inference.stream import MIN_FILES_PER_WORKER, auto_workers
 from agelens.models.inputs import to_input
 from agelens.models.model import GUARDS, build_model
@@ -163,7 +163,7 @@ def test_a_single_view_student_with_a_cut_mirrors_only_its_unsure_faces():
     cut = float(np.sort(one[1])[4])  # the two crops with the largest spread are unsure
     student = CountingStudent(model, 56, 48, "student", tta_flip=False, numerics=FP32, tta_spread=cut)
     est = AgeEstimator(teacher, student, route="student")
-    est.realign = False  # these random crops are the student's input as they are (tests/test_realign.py)
+    est.realign, est.student_views = False, SINGLE_VIEW  # the crops as they are, one view (tests/test_realign.py)
     assert est.student_tta_spread == cut and est.tta_spread is None
     seen = CountingStudent.views
     r = est.analyse_crops(crops)

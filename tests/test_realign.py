@@ -10,6 +10,7 @@ from PIL import Image
 from agelens.faces import realign
 from agelens.faces.align import TEMPLATE_KEYPOINTS, align_face, transform_points, warp
 from agelens.faces.realign import RealignModel
+from agelens.inference.predictor import SINGLE_VIEW, STUDENT_VIEWS
 
 needs_weights = pytest.mark.skipif(realign.shipped() is None, reason="no shipped realignment network")
 
@@ -49,7 +50,7 @@ class TrueReader(RealignModel):
 
 
 def jitter(scale: float, degrees: float, shift: tuple[float, float]) -> np.ndarray:
-    from agelens.train.realign import centred_similarity
+    from agelens.faces.realign import centred_similarity
 
     return centred_similarity(scale, degrees, shift)
 
@@ -158,6 +159,7 @@ def test_student_reads_realigned_crops_and_the_switch_turns_it_off(aligned):
     from agelens import AgeEstimator
 
     est = AgeEstimator.from_pretrained(backend="onnx", route="student")
+    est.student_views = SINGLE_VIEW  # the views are tested below
     moved = warp(aligned, jitter(1.12, 5.0, (10.0, 12.0)), 256)[None]
     on = est.analyse_crops(moved)["age"]
     est.realign = False
@@ -172,6 +174,7 @@ def test_predict_realigns_the_students_faces_from_the_photo(photo):
 
     rgb = photo[0]
     est = AgeEstimator.from_pretrained(backend="onnx", route="student")
+    est.student_views = SINGLE_VIEW
     faces = est.faces_of(rgb)
     src = faces[0][5]
     assert isinstance(src, realign.CropSource) and src.image is rgb
@@ -182,3 +185,26 @@ def test_predict_realigns_the_students_faces_from_the_photo(photo):
     want = est.analyse_crops(realign.shipped().realign(crops, sources=[f[5] for f in faces]))["age"]
     assert got == pytest.approx(want, abs=0.01) and abs(from_crops[0] - want[0]) > 1e-3
     assert est.analyse_faces(faces)["age"] == pytest.approx(est.analyse_crops(crops)["age"], abs=1e-5)
+
+
+@needs_weights
+def test_student_answers_the_mean_of_its_views(photo):
+    from agelens import AgeEstimator
+
+    est = AgeEstimator.from_pretrained(backend="onnx", route="student")
+    assert est.student_views == STUDENT_VIEWS and len(STUDENT_VIEWS) > 1
+    faces = est.faces_of(photo[0])
+    crops, sources = np.stack([f[2] for f in faces]), [f[5] for f in faces]
+    got = est.analyse_faces(faces)
+    net = realign.shipped()
+    c = net.corrections(crops, sources=sources)
+    est.realign, est.student_views = False, SINGLE_VIEW
+    per_view = []  # each view warped by hand from the source, read as one plain view
+    for scale, degrees in STUDENT_VIEWS:
+        v = realign.centred_similarity(scale, degrees)
+        per_view.append(est.analyse_crops(np.stack([s.resample(realign.compose(v, m)) for s, m in zip(sources, c)])))
+    assert got["age"] == pytest.approx(np.mean([r["age"] for r in per_view], 0), abs=1e-4)
+    assert got["spread"] == pytest.approx(np.mean([r["spread"] for r in per_view], 0), abs=1e-4)
+    assert np.ptp([r["age"][0] for r in per_view]) > 1e-3  # the views differ
+    single = AgeEstimator.from_pretrained(backend="onnx", route="student", tta_flip="none")
+    assert single.student_views == SINGLE_VIEW

@@ -70,6 +70,14 @@ class CropSource:
         return CropSource, (f.image, f.matrix, f.size, True)
 
 
+def centred_similarity(scale: float, degrees: float, shift=(0.0, 0.0), side: float = TEMPLATE_SIZE) -> np.ndarray:
+    """The 2×3 similarity that scales and turns a side px crop about its centre, then shifts it by `shift` px."""
+    r = np.radians(degrees)
+    a = scale * np.array([[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]])
+    c = np.array([side / 2, side / 2])
+    return np.hstack([a, (c - a @ c + np.asarray(shift, float))[:, None]]).astype(np.float32)
+
+
 def mirrored_points(points: np.ndarray) -> np.ndarray:
     """Template keypoints (N, 5, 2) as fractions of the side → the same points of the crops mirrored left-right
     (the pairs swapped, x reflected)."""

@@ -25,20 +25,12 @@ import numpy as np
 from ..data import augment
 from ..data.cache import FaceCache
 from ..faces.align import TEMPLATE_KEYPOINTS, TEMPLATE_SIZE, transform_points, warp
-from ..faces.realign import SIZE, RealignModel, mirrored_points
+from ..faces.realign import SIZE, RealignModel, centred_similarity, mirrored_points
 from ..occlusion.synth import ALL_TYPES, OcclusionError, occlude
 
 CACHES = ("cache/utkface", "cache/aaf")
 OCCLUDED_P, DEGRADED_P = 0.85, 0.3
 CHUNK = 250
-
-
-def centred_similarity(scale: float, degrees: float, shift, side: float = TEMPLATE_SIZE) -> np.ndarray:
-    """The 2×3 similarity that scales and turns a side px crop about its centre, then shifts it by `shift` px."""
-    r = np.radians(degrees)
-    a = scale * np.array([[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]])
-    c = np.array([side / 2, side / 2])
-    return np.hstack([a, (c - a @ c + np.asarray(shift, float))[:, None]]).astype(np.float32)
 
 
 def sample_jitter(rng: np.random.Generator, side: float = TEMPLATE_SIZE) -> np.ndarray:
