@@ -28,7 +28,7 @@ from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import largest_face
 from agelens.faces.realign import compose, shipped
 from agelens.imageio import load_image
-from agelens.inference.predictor import AgeEstimator, face_source
+from agelens.inference.predictor import SINGLE_VIEW, AgeEstimator, face_source
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json
 from occlusion_e2e import nearest_box, save_jpeg
@@ -52,7 +52,7 @@ def correction(net, sample, side: int = 256, iterations: int = 3) -> np.ndarray:
 
 def run(n: int, seed: int, part: str) -> list[dict]:
     est = AgeEstimator.from_pretrained(backend="auto")
-    est.realign = False  # the variants are made here
+    est.realign, est.student_views = False, SINGLE_VIEW  # the variants are made here, each read as one view
     net, placer = shipped(), FaceAnalyzer()
     split = "splits/utkface_seed0.json"
     root = Path(json.loads(Path(split).read_text())["root"])

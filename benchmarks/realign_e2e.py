@@ -5,6 +5,8 @@ aligned as `predict` does; on the face nearest the clean face's box this reports
 - the student's MAE on the crop as found, realigned, and on the occluded photo aligned by the clean face's
   landmarks (the ceiling: what perfect alignment would give);
 - the routed MAE (`analyse_crops`, as `predict` answers) without and with realignment.
+The student reads each crop as the estimator is set (`AgeEstimator.student_views`: three views since 2026-12-02;
+docs/realign_val.md was made with one view).
 
     python benchmarks/realign_e2e.py --part val --n 200 --seed 5 --out docs/realign_val   # writes .json and .md
 """

@@ -31,9 +31,9 @@ SIZE = 64  # side of the crop the network reads
 ITERATIONS = 3
 FLIP = [1, 0, 2, 4, 3]  # the template's keypoints mirrored left-right (eyes and mouth corners swap)
 # The realignment resamples a face from the crop with this share of its side of the face's surroundings on every
-# side (`CropSource.framed`), in this process and in any other alike. On 270 UTKFace validation photos under 11
-# occluder kinds (2,790 faces) the student read the realigned crops at 6.791 warped within the crop (its edges
-# replicated), 6.672 from this frame, 6.657 from the whole photo (runs/aligndiag, docs/realign_val.md).
+# side (`CropSource.framed_source`), in this process and in any other alike. On 270 UTKFace validation photos under
+# 11 occluder kinds (2,790 faces) the student read the realigned crops at 6.791 warped within the crop (its edges
+# replicated), 6.672 from this frame, 6.657 from the whole photo (benchmarks/realign_context.py).
 CONTEXT = 0.25
 
 
