@@ -16,23 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from agelens.data.splits import sample_names, split_part
-from agelens.errors import NoFaceError
 from agelens.faces.align import TEMPLATE_KEYPOINTS, similarity_transform, warp
-from agelens.faces.detect import FaceAnalyzer
-from agelens.faces.prepare import largest_face
 from agelens.faces.realign import compose, shipped
-from agelens.imageio import load_image
 from agelens.inference.predictor import SINGLE_VIEW, AgeEstimator, face_source
-from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
+from agelens.occlusion.synth import OCCLUSION_TYPES
 from agelens.utils import atomic_write_json
-from occlusion_e2e import nearest_box, save_jpeg
-from realign_e2e import KINDS
+from realign_e2e import student_faces
 
 VARIANTS = ("found", "crop", "photo_final", "ctx32", "ctx64", "ctx96", "photo")
 
@@ -53,46 +46,20 @@ def correction(net, sample, side: int = 256, iterations: int = 3) -> np.ndarray:
 def run(n: int, seed: int, part: str) -> list[dict]:
     est = AgeEstimator.from_pretrained(backend="auto")
     est.realign, est.student_views = False, SINGLE_VIEW  # the variants are made here, each read as one view
-    net, placer = shipped(), FaceAnalyzer()
-    split = "splits/utkface_seed0.json"
-    root = Path(json.loads(Path(split).read_text())["root"])
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(sample_names(sorted(split_part(split, part)), n, seed)):
-            rgb = load_image(root / name)
-            faces = [f for f in placer.find_faces(rgb) if f.landmarks is not None]
-            if not faces:
-                continue
-            face = largest_face(faces)
-            for k, cond in enumerate(KINDS):
-                try:
-                    img = occlude(rgb, face.landmarks, cond, np.random.default_rng((seed, i, k))).image
-                except OcclusionError:
-                    continue
-                p = Path(tmp) / "face.jpg"
-                save_jpeg(p, img)
-                try:
-                    found = est.faces_of(load_image(p))
-                except NoFaceError:
-                    continue
-                chosen = found[nearest_box([f[0] for f in found], face.box)]
-                src = face_source(chosen)
-                if src is None:  # a whole-image face: nothing around it to warp from
-                    continue
-                crop, photo, m = chosen[2], src.image, src.matrix
-                c = net.corrections(crop[None])[0]
-                crops = {"found": crop, "crop": warp(crop, c, 256), "photo_final": warp(photo, compose(c, m), 256)}
-                for d in (32, 64, 96):
-                    frame = warp(photo, compose(shift(d), m), 256 + 2 * d)
-                    cd = correction(net, lambda x, f=frame, d=d: warp(f, compose(x, shift(-d)), 256))
-                    crops[f"ctx{d}"] = warp(frame, compose(cd, shift(-d)), 256)
-                cp = correction(net, lambda x, photo=photo, m=m: warp(photo, compose(x, m), 256))
-                crops["photo"] = warp(photo, compose(cp, m), 256)
-                ages = est._ages(est.student, np.stack([crops[v] for v in VARIANTS]))[0]
-                rows.append({"cond": cond, "y": float(name.split("_")[0]),
-                             **{v: float(a) for v, a in zip(VARIANTS, ages, strict=True)}})
-            if (i + 1) % 25 == 0:
-                print(f"{i + 1}/{n} photos", flush=True)
+    net, rows = shipped(), []
+    for age, cond, chosen in student_faces(est, n, seed, part):
+        src = face_source(chosen)
+        crop, photo, m = chosen[2], src.image, src.matrix
+        c = net.corrections(crop[None])[0]
+        crops = {"found": crop, "crop": warp(crop, c, 256), "photo_final": warp(photo, compose(c, m), 256)}
+        for d in (32, 64, 96):
+            frame = warp(photo, compose(shift(d), m), 256 + 2 * d)
+            cd = correction(net, lambda x, f=frame, d=d: warp(f, compose(x, shift(-d)), 256))
+            crops[f"ctx{d}"] = warp(frame, compose(cd, shift(-d)), 256)
+        cp = correction(net, lambda x, photo=photo, m=m: warp(photo, compose(x, m), 256))
+        crops["photo"] = warp(photo, compose(cp, m), 256)
+        ages = est._ages(est.student, np.stack([crops[v] for v in VARIANTS]))[0]
+        rows.append({"cond": cond, "y": age, **{v: float(a) for v, a in zip(VARIANTS, ages, strict=True)}})
     return rows
 
 

@@ -37,6 +37,38 @@ KINDS = OCCLUSION_TYPES + ("fabric_mask", "scarf", "hand", "cap+fabric_mask", "s
 FRAME = np.array([[0, 0], [256, 0], [0, 256], [256, 256], [128, 128]], np.float32)
 
 
+def student_faces(est: AgeEstimator, n: int, seed: int, part: str = "val"):
+    """Seeded UTKFace photos of a split part, each under each of KINDS (drawn on the photo from the clean face's
+    FaceMesh, saved as JPEG q95), found as predict finds them: yields (age, kind, the found face nearest the clean
+    face's box) for the faces found with a source (`face_source`) to warp from."""
+    placer = FaceAnalyzer()
+    split = "splits/utkface_seed0.json"
+    root = Path(json.loads(Path(split).read_text())["root"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(sample_names(sorted(split_part(split, part)), n, seed)):
+            rgb = load_image(root / name)
+            faces = [f for f in placer.find_faces(rgb) if f.landmarks is not None]
+            if not faces:
+                continue
+            face = largest_face(faces)
+            for k, cond in enumerate(KINDS):
+                try:
+                    img = occlude(rgb, face.landmarks, cond, np.random.default_rng((seed, i, k))).image
+                except OcclusionError:
+                    continue
+                p = Path(tmp) / "face.jpg"
+                save_jpeg(p, img)
+                try:
+                    found = est.faces_of(load_image(p))
+                except NoFaceError:
+                    continue
+                chosen = found[nearest_box([f[0] for f in found], face.box)]
+                if face_source(chosen) is not None:  # not a whole-image face
+                    yield float(name.split("_")[0]), cond, chosen
+            if (i + 1) % 25 == 0:
+                print(f"{i + 1}/{n} photos", flush=True)
+
+
 def run(a: argparse.Namespace) -> dict:
     est = AgeEstimator.from_pretrained(backend=a.backend)
     net = shipped()

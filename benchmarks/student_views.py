@@ -13,22 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from agelens.data.splits import sample_names, split_part
-from agelens.errors import NoFaceError
-from agelens.faces.detect import FaceAnalyzer
-from agelens.faces.prepare import largest_face
 from agelens.faces.realign import centred_similarity, compose, shipped
-from agelens.imageio import load_image
 from agelens.inference.predictor import SINGLE_VIEW, AgeEstimator, face_source
-from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
+from agelens.occlusion.synth import OCCLUSION_TYPES
 from agelens.utils import atomic_write_json
-from occlusion_e2e import nearest_box, save_jpeg
-from realign_e2e import KINDS
+from realign_e2e import student_faces
 
 NAMES = ("centre", "x+", "x-", "y+", "y-", "scale 1.04", "scale 1/1.04", "turn +3", "turn -3")
 SETS = {"x shifts": [0, 1, 2], "y shifts": [0, 3, 4], "scales (shipped)": [0, 5, 6], "turns": [0, 7, 8],
@@ -46,39 +39,13 @@ def run(n: int, seed: int, shift: float, mirror: bool, scales: list[float] | Non
     est.realign, est.student_views = False, SINGLE_VIEW  # the views are made here, read one by one
     if not mirror:
         est.student_tta_spread = None
-    net, placer = shipped(), FaceAnalyzer()
+    net, rows = shipped(), []
     at = views(shift) if not scales else [centred_similarity(1, 0)] + [centred_similarity(k, 0) for k in scales]
-    split = "splits/utkface_seed0.json"
-    root = Path(json.loads(Path(split).read_text())["root"])
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(sample_names(sorted(split_part(split, "val")), n, seed)):
-            rgb = load_image(root / name)
-            faces = [f for f in placer.find_faces(rgb) if f.landmarks is not None]
-            if not faces:
-                continue
-            face = largest_face(faces)
-            for k, cond in enumerate(KINDS):
-                try:
-                    img = occlude(rgb, face.landmarks, cond, np.random.default_rng((seed, i, k))).image
-                except OcclusionError:
-                    continue
-                p = Path(tmp) / "face.jpg"
-                save_jpeg(p, img)
-                try:
-                    found = est.faces_of(load_image(p))
-                except NoFaceError:
-                    continue
-                chosen = found[nearest_box([f[0] for f in found], face.box)]
-                src = face_source(chosen)
-                if src is None:  # a whole-image face
-                    continue
-                c = net.corrections(chosen[2][None], sources=[src])[0]
-                ages, spreads = est._ages(est.student, np.stack([src.resample(compose(v, c)) for v in at]))
-                rows.append({"cond": cond, "y": float(name.split("_")[0]), "ages": [float(a) for a in ages],
-                             "spreads": [float(x) for x in spreads]})
-            if (i + 1) % 25 == 0:
-                print(f"{i + 1}/{n} photos", flush=True)
+    for age, cond, chosen in student_faces(est, n, seed):
+        src = face_source(chosen)
+        c = net.corrections(chosen[2][None], sources=[src])[0]
+        ages, spreads = est._ages(est.student, np.stack([src.resample(compose(v, c)) for v in at]))
+        rows.append({"cond": cond, "y": age, "ages": [float(a) for a in ages], "spreads": [float(x) for x in spreads]})
     return rows
 
 
