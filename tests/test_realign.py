@@ -65,7 +65,7 @@ def test_correction_undoes_a_known_misalignment(aligned):
     assert np.abs(moved[inner, inner].astype(int) - aligned[inner, inner]).mean() > 3 * err
 
 
-def test_a_source_resamples_the_crop_from_its_surroundings_and_travels_framed(photo, aligned):
+def test_a_source_resamples_the_crop_from_its_surroundings_and_travels_framed(photo):
     import pickle
 
     rgb, kp = photo
