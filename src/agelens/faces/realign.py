@@ -30,6 +30,7 @@ SIZE = 64  # side of the crop the network reads
 # warp gave 7.288 but cost 3 ms a face, a fifth of predict's time on masked photos; the paper types read the same.
 ITERATIONS = 3
 FLIP = [1, 0, 2, 4, 3]  # the template's keypoints mirrored left-right (eyes and mouth corners swap)
+SINGLE_VIEW = ((1.0, 0.0),)  # `moved`'s views: the corrected crop alone
 # The realignment resamples a face from the crop with this share of its side of the face's surroundings on every
 # side (`CropSource.framed_source`), in this process and in any other alike. On 270 UTKFace validation photos under
 # 11 occluder kinds (2,790 faces) the student read the realigned crops at 6.791 warped within the crop (its edges
@@ -135,13 +136,16 @@ class RealignModel:
         return moved(crops, self.corrections(crops, iterations, sources), sources)
 
 
-def moved(crops: np.ndarray, corrections: np.ndarray, sources: list | None = None) -> np.ndarray:
-    """Each crop warped by its correction: from its CropSource (of the crops' side) where there is one, else from
-    the crop."""
+def moved(crops: np.ndarray, corrections: np.ndarray, sources: list | None = None, views=SINGLE_VIEW
+          ) -> np.ndarray:
+    """Each crop warped by its correction, then at each view (scale, degrees about the centre), each warped once:
+    from its CropSource (of the crops' side) where there is one, else from the crop. (N × len(views), S, S, 3), the
+    views of a crop together."""
     side = crops.shape[1]
+    at = [centred_similarity(scale, degrees, side=side) for scale, degrees in views]
     srcs = sources if sources is not None else [None] * len(crops)
-    return np.stack([s.resample(m) if s is not None else warp(c, m, side)
-                     for c, m, s in zip(crops, corrections, srcs, strict=True)])
+    return np.stack([s.resample(compose(v, m)) if s is not None else warp(c, compose(v, m), side)
+                     for c, m, s in zip(crops, corrections, srcs, strict=True) for v in at])
 
 
 def weights_path() -> Path:

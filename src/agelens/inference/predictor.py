@@ -18,7 +18,7 @@ from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_cr
 from ..faces.mesh import N_MESH
 from ..faces.orientation import turned_back
 from ..faces.prepare import N_LANDMARKS, largest_face, prepare_face
-from ..faces.realign import CropSource
+from ..faces.realign import SINGLE_VIEW, CropSource
 from ..imageio import file_box, load_reduced
 from ..utils import INT8_FLAGS, cpu_flags
 from .backends import (  # noqa: F401 (TTA_MODES: public)
@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs wi
     from ..numerics import Numerics
 
 
-SINGLE_VIEW = ((1.0, 0.0),)
 # The student reads each face at these views, (scale, degrees) about the centre of its realigned crop, and answers
 # their mean (ages and spreads). One view's age moves 1.2 years on average between such views of the same occluded
 # face, so the mean is steadier. Chosen on two samples of 100 UTKFace validation photos under 11 occluder kinds,
@@ -511,11 +510,7 @@ def realigned(crops: np.ndarray, sources: list | None = None, views=SINGLE_VIEW,
         return crops
     ms = (model.corrections(crops, sources=sources) if model is not None
           else np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1)))
-    side = crops.shape[1]
-    at = [realign.centred_similarity(scale, degrees, side=side) for scale, degrees in views]
-    k = len(at)
-    return realign.moved(np.repeat(crops, k, 0), np.stack([realign.compose(v, m) for m in ms for v in at]),
-                         None if sources is None else [src for src in sources for _ in range(k)])
+    return realign.moved(crops, ms, sources, views)
 
 
 def face_source(face: tuple):
