@@ -121,6 +121,26 @@ def test_memo_survives_repeated_crops_and_batches_larger_than_it():
     assert np.allclose(est.trunk(mixed)[0], got, atol=1e-5) and CountingTeacher.calls == n + 1  # batch kept whole
 
 
+def test_separate_network_reads_each_crop_once():
+    """The cascade's separate network reads a crop once while it stays in the memo: the cat check's occlusion
+    score and routing ask about the same faces. Scores are the network's own, in the crops' order."""
+    teacher = TorchModel(_model(), 56, 48, "teacher", tta_flip=False, numerics=FP32,
+                         guard_thresholds={"occlusion": 0.5, "face": 0.4})
+    net = ByMean(0.5)
+    est = AgeEstimator(teacher, detector=net)
+    g = est.detector
+    g.skip_below = -np.inf  # every crop is unsure: the separate network decides
+    crops = np.stack([np.full((64, 64, 3), x, np.uint8) for x in (20, 100, 200, 100)])
+    first = g.scores(crops)
+    assert net.seen == 3  # the repeated crop read once
+    assert first == pytest.approx(np.array([20, 100, 200, 100]) / 255)
+    assert g.scores(crops[[2, 0]]) == pytest.approx(first[[2, 0]]) and net.seen == 3
+    est.MEMO_SIZE = 1
+    g.scores(np.stack([np.full((64, 64, 3), 7, np.uint8)]))  # a new crop evicts all but itself
+    assert len(g._memo) == 1 and net.seen == 4
+    assert g.scores(crops[:1]) == pytest.approx(first[:1]) and net.seen == 5
+
+
 def test_selective_tta_mirrors_only_the_unsure_faces():
     """tta_spread: a crop whose single view has spread at or above it gets the full-TTA answer (both views
     averaged), the others keep the single view; only the unsure crops cost a second pass."""

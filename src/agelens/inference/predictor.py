@@ -105,6 +105,41 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
     return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused (no VNNI/AMX for int8)"
 
 
+class CropMemo:
+    """Per-crop answers of one network for the last crops it read (least recently used dropped first): a crop asked
+    about twice (verified, then estimated; the cat check's occlusion score, then routing) runs once. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._rows: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+    def rows(self, crops: np.ndarray, compute, size: int) -> list:
+        """One answer per crop: kept ones, and `compute(distinct new crops)` (one row per crop it is given) for
+        the rest. Keeps at least this call's crops, and `size` in all."""
+        keys = [(c.shape, hash(c.tobytes())) for c in crops]
+        with self._lock:  # rows come from this local dict, so an eviction by another call cannot lose them
+            found = {k: self._rows[k] for k in keys if k in self._rows}
+            for k in found:
+                self._rows.move_to_end(k)
+        first = {k: i for i, k in reversed(list(enumerate(keys))) if k not in found}  # one read per distinct crop
+        if first:
+            miss = list(first.values())
+            new = compute(crops[miss])
+            with self._lock:
+                for i, row in zip(miss, new, strict=True):
+                    found[keys[i]] = self._rows[keys[i]] = row
+                while len(self._rows) > max(size, len(keys)):  # keep this batch for the next call
+                    self._rows.popitem(last=False)
+        return [found[k] for k in keys]
+
+
 class TrunkGuard:
     """A CropClassifier answered first by the teacher's own guard head (`ModelConfig.guards`): the estimator runs the
     teacher once per crop and keeps the result (`AgeEstimator.trunk`), so verifying a face, flagging its occlusion
@@ -123,6 +158,11 @@ class TrunkGuard:
         self.threshold = float(fallback.threshold if fallback is not None else threshold)
         self.skip_below = -np.inf if skip_below is None else float(skip_below)
         self.skip_above = np.inf if skip_above is None else float(skip_above)
+        self._memo = CropMemo()  # the fallback's scores: the cat check and routing ask about the same crops
+
+    def fallback_scores(self, crops: np.ndarray) -> np.ndarray:
+        """The separate network's scores, each crop read once while it stays in the memo."""
+        return np.array(self._memo.rows(crops, self.fallback.scores, self.est.MEMO_SIZE), np.float32)
 
     def head_scores(self, crops: np.ndarray) -> np.ndarray:
         """The teacher's guard head alone."""
@@ -131,7 +171,7 @@ class TrunkGuard:
     def both_scores(self, crops: np.ndarray) -> np.ndarray:
         """min(guard head, fallback): a crop passes only when both networks say so (the fallback's threshold)."""
         p = self.head_scores(crops)
-        return p if self.fallback is None else np.minimum(p, self.fallback.scores(np.asarray(crops)))
+        return p if self.fallback is None else np.minimum(p, self.fallback_scores(np.asarray(crops)))
 
     def scores(self, crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)
@@ -139,7 +179,7 @@ class TrunkGuard:
         if self.fallback is not None:
             unsure = (p >= self.skip_below) & (p < self.skip_above)
             if unsure.any():
-                p[unsure] = self.fallback.scores(crops[unsure])
+                p[unsure] = self.fallback_scores(crops[unsure])
             self._photo_vouches(crops, p, unsure & (p < DETECTED_THRESHOLD), DETECTED_THRESHOLD, DETECTED_THRESHOLD)
         return p
 
@@ -148,7 +188,7 @@ class TrunkGuard:
         the photo network's where the fallback rejects a crop and the photo network passes it at its own
         threshold (either network vouches)."""
         crops = np.asarray(crops)
-        p = self.fallback.scores(crops)
+        p = self.fallback_scores(crops)
         if self.photo is not None:
             self._photo_vouches(crops, p, p < self.threshold, self.photo.threshold, self.threshold)
         return p
@@ -199,8 +239,7 @@ class AgeEstimator:
         self.upright = True  # faces read as turned are looked for again on the image turned upright
         self.realign = True  # the student reads its crops realigned (faces.realign) where that network is shipped
         self.student_views = STUDENT_VIEWS  # the student's answer: the mean over these views of each face
-        self._memo: OrderedDict = OrderedDict()  # crop → teacher (age, spread, guards) for a teacher with guards
-        self._memo_lock = threading.Lock()
+        self._memo = CropMemo()  # crop → teacher (age, spread, guards) for a teacher with guards
         guards = getattr(teacher, "guard_thresholds", None)
         if guards:  # the teacher's own heads screen every crop; the separate networks (if any) see the unsure ones
             cascade = getattr(teacher, "guard_cascade", None) or {}
@@ -345,22 +384,13 @@ class AgeEstimator:
         """The teacher's (age, spread, guard probabilities (N, 2)) for aligned crops, from one pass per distinct
         crop: the face verifier, the occlusion flag and the age of the same crop share it. Needs a teacher with
         guard heads."""
-        keys = [(c.shape, hash(c.tobytes())) for c in crops]
-        with self._memo_lock:  # rows come from this local dict, so an eviction by another call cannot lose them
-            found = {k: self._memo[k] for k in keys if k in self._memo}
-            for k in found:
-                self._memo.move_to_end(k)
-        first = {k: i for i, k in reversed(list(enumerate(keys))) if k not in found}  # one pass per distinct crop
-        if first:
-            t, miss = self.teacher, list(first.values())
-            views = centre_views(crops[miss], t.crop_size, t.input_size)
-            res = mirror_unsure(t.run_guards, views, self.tta_spread)
-            with self._memo_lock:
-                for j, i in enumerate(miss):
-                    found[keys[i]] = self._memo[keys[i]] = (res[0][j], res[1][j], res[2][j])
-                while len(self._memo) > max(self.MEMO_SIZE, len(keys)):  # keep this batch for the next call
-                    self._memo.popitem(last=False)
-        rows = [found[k] for k in keys]
+        t = self.teacher
+
+        def run(miss: np.ndarray) -> list:
+            res = mirror_unsure(t.run_guards, centre_views(miss, t.crop_size, t.input_size), self.tta_spread)
+            return list(zip(*res, strict=True))
+
+        rows = self._memo.rows(np.asarray(crops), run, self.MEMO_SIZE)
         if not rows:
             return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32)
         return (np.array([r[0] for r in rows], np.float32), np.array([r[1] for r in rows], np.float32),
