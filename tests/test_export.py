@@ -30,10 +30,12 @@ def onnx_dir():
 
 @pytest.fixture(scope="module")
 def onnx_int8_dir(onnx_dir):
-    """The same export with its int8 copies (made the first time `--backend onnx-int8` asks for them)."""
+    """The same export with its int8 copies of both flavours (made the first time `--backend onnx-int8` asks for
+    them: 8-bit weights for CPUs with VNNI or AMX, 7-bit for AVX2 alone)."""
     from agelens.export.shipped import ensure_export
 
-    return ensure_export(int8=True)
+    ensure_export(int8="int8")
+    return ensure_export(int8="int8w7")
 
 
 def _views(n, size, seed=0):
@@ -171,8 +173,10 @@ def test_no_tta_runs_the_single_view_graphs(onnx_dir, astronaut_path):
     ref = AgeEstimator.from_pretrained(backend="torch", tta_flip=False)
     assert est.predict(astronaut_path)[0].age == pytest.approx(ref.predict(astronaut_path)[0].age, abs=0.05)
     assert est.predict(astronaut_path)[0].age != AgeEstimator.from_pretrained().predict(astronaut_path)[0].age
-    int8 = AgeEstimator.from_pretrained(backend="onnx-int8", tta_flip=False)  # int8 single views
-    assert int8.backend == "onnx-int8" and int8.teacher.path.name == "teacher.notta.int8.onnx"
+    from agelens.utils import int8_flavor
+
+    int8 = AgeEstimator.from_pretrained(backend="onnx-int8", tta_flip=False)  # this CPU's int8 single views
+    assert int8.backend == "onnx-int8" and int8.teacher.path.name == f"teacher.notta.{int8_flavor() or 'int8'}.onnx"
 
 
 def test_rarely_needed_models_load_on_first_use(onnx_dir, tmp_path):
@@ -288,6 +292,35 @@ def test_int8_auto_tta_takes_the_int8_single_view_graph(onnx_int8_dir, tmp_path)
     assert load_onnx_models(d, "int8", tta="none")["teacher"].path.name == "teacher.notta.onnx"
 
 
+def test_int8_flavours_per_cpu(onnx_int8_dir, tmp_path):
+    """AVX2 without VNNI runs the 7-bit-weight copies (<graph>.int8w7.onnx: 8-bit products saturate there); an
+    export without them falls back on the 8-bit copies; other precisions are refused by name."""
+    import shutil
+
+    from agelens.errors import CheckpointError
+    from agelens.inference.backends.onnx import load_onnx_models
+    from agelens.utils import int8_flavor
+
+    assert int8_flavor({"avx2", "avx512_vnni"}) == "int8" and int8_flavor({"amx_int8"}) == "int8"
+    assert int8_flavor({"avx2", "fma"}) == "int8w7" and int8_flavor({"sse4_2"}) is None
+    d = tmp_path / "export"
+    shutil.copytree(onnx_int8_dir, d)
+    models = load_onnx_models(d, "int8w7")
+    assert models["teacher"].path.name == "teacher.notta.int8w7.onnx" and models["teacher"].precision == "int8"
+    assert models["occlusion"].path.name == "occlusion.int8w7.onnx"
+    assert models["student"].path.name == "student.notta.onnx"  # the student stays fp32 there
+    views = _views(4, 160)
+    w7, w8 = models["teacher"].run(views)[0], load_onnx_models(d, "int8")["teacher"].run(views)[0]
+    assert not np.array_equal(w7, w8)  # another graph, not the 8-bit one renamed
+    m = json.loads((d / "manifest.json").read_text())
+    for entry in m["models"].values():  # an export made before the 7-bit flavour: its 8-bit copies run
+        entry.pop("int8w7_tried", None)
+    (d / "manifest.json").write_text(json.dumps(m))
+    assert load_onnx_models(d, "int8w7")["teacher"].path.name == "teacher.notta.int8.onnx"
+    with pytest.raises(CheckpointError, match="precision"):
+        load_onnx_models(d, "int4")
+
+
 def test_shipped_int8_ranges_match_this_export(onnx_int8_dir):
     """The int8 copies made on request quantise every age graph and the occlusion detector from the ranges shipped
     with the weights (their tensor names come from the torch exporter: a mismatch leaves them fp32)."""
@@ -296,7 +329,10 @@ def test_shipped_int8_ranges_match_this_export(onnx_int8_dir):
     for role in ("teacher", "student"):
         assert (d / f"{role}.int8.onnx").is_file() and (d / f"{role}.notta.int8.onnx").is_file()
         assert manifest[role]["int8_method"].endswith("(saved ranges)")
-    assert (d / "occlusion.int8.onnx").is_file()
+        assert manifest[role]["int8w7_tried"]
+    assert manifest["teacher"]["int8w7_method"].endswith("-w7 (saved ranges)")
+    assert (d / "teacher.notta.int8w7.onnx").is_file() and not list(d.glob("student*.int8w7.onnx"))
+    assert (d / "occlusion.int8.onnx").is_file() and (d / "occlusion.int8w7.onnx").is_file()
 
 
 def test_int8_copies_are_made_once_when_first_asked_for(onnx_dir, tmp_path):
@@ -318,6 +354,10 @@ def test_int8_copies_are_made_once_when_first_asked_for(onnx_dir, tmp_path):
     stamp = (d / "occlusion.int8.onnx").stat().st_mtime_ns
     add_shipped_int8(d, log=lambda *_: None)
     assert (d / "occlusion.int8.onnx").stat().st_mtime_ns == stamp
+    assert not (d / "occlusion.int8w7.onnx").exists()  # one flavour asked for, one made
+    add_shipped_int8(d, log=lambda *_: None, flavor="int8w7")
+    got = json.loads((d / "manifest.json").read_text())["models"]["occlusion"]
+    assert got["int8w7"] == "occlusion.int8w7.onnx" and got["int8w7_tried"] and got["int8"] == "occlusion.int8.onnx"
 
 
 def test_int8_ranges_round_trip_and_mismatch(onnx_dir, tmp_path):
@@ -344,14 +384,17 @@ def test_int8_ranges_round_trip_and_mismatch(onnx_dir, tmp_path):
 
 
 def test_auto_backend_takes_int8_only_where_the_cpu_pays_for_it():
-    """int8 runs 1.4x faster on CPUs with VNNI or AMX at the same overall MAE; elsewhere auto stays on fp32."""
+    """int8 runs 1.4x faster on CPUs with VNNI or AMX and 1.3x on AVX2 alone (7-bit weights) at the same overall
+    MAE; elsewhere auto stays on fp32."""
     from agelens.inference.predictor import choose_backend
 
     backend, why = choose_backend(flags={"avx2", "avx512_vnni"})
-    assert backend == "onnx-int8" and "avx512_vnni" in why and "--backend onnx" in why
+    assert backend == "onnx-int8" and "VNNI" in why and "7-bit" not in why and "--backend onnx" in why
     assert choose_backend(flags={"amx_int8"})[0] == "onnx-int8"
     backend, why = choose_backend(flags={"avx2", "fma"})
-    assert backend == "onnx" and "VNNI" in why
+    assert backend == "onnx-int8" and "7-bit" in why and "--backend onnx" in why
+    backend, why = choose_backend(flags={"sse4_2"})
+    assert backend == "onnx" and "AVX2" in why
     assert choose_backend(custom=True, flags={"avx512_vnni"})[0] == "torch"
 
 

@@ -122,6 +122,28 @@ def shipped_models() -> list[str]:
 
 
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # CPUs whose int8 dot products make int8 graphs pay
+# CPUs whose int8 kernels sum pairs of uint8 x int8 products in int16 (vpmaddubsw), which saturates with 8-bit
+# weights: their int8 graphs keep 7 (onnxruntime's reduce_range), docs/inference_levers.md
+INT8_W7_FLAGS = ("avx2",)
+# int8 flavours: file suffix → (7-bit weights, roles left in fp32). On AVX2 without VNNI onnxruntime sums uint8 x
+# int8 products pairwise in int16, which saturates with 8-bit weights: on the shipped teacher's single view (600
+# cached validation faces, AMD EPYC AVX2) ages moved 0.69 years per face from fp32 with 8-bit weights, 0.53 with
+# 7-bit ones (onnxruntime's reduce_range); end to end on 400 UTKFace / 300 All-Age-Faces test photos MAE +0.090 /
+# +0.011 with 8-bit weights, -0.028 / -0.027 with 7-bit ones (`benchmarks/int8_e2e.py`). The student stays fp32
+# there: its 7-bit copy cost the newer occluder families 0.20 years end to end (5.116 → 5.313, combinations
+# +0.08 to +0.59; `benchmarks/occlusion_e2e.py`), fp32 0.06 (5.173, the occlusion flags of int8). `int8_flavor`
+# picks the flavour per CPU.
+INT8_FLAVORS: dict[str, tuple[bool, tuple[str, ...]]] = {"int8": (False, ()), "int8w7": (True, ("student",))}
+
+
+def int8_flavor(flags: set[str] | None = None) -> str | None:
+    """The int8 graphs this CPU runs well (`INT8_FLAVORS`): "int8" (8-bit weights) with VNNI or AMX, "int8w7"
+    (7-bit weights) with AVX2 alone, else None (int8 not measured on such a CPU). flags: the CPU's (default:
+    /proc/cpuinfo)."""
+    flags = cpu_flags() if flags is None else flags
+    if set(INT8_FLAGS) & flags:
+        return "int8"
+    return "int8w7" if set(INT8_W7_FLAGS) & flags else None
 
 
 def cpu_flags() -> set[str]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import AgelensError, CheckpointError
-from ..utils import SHIPPED, atomic_write, atomic_write_json, sha256_file, weights_dir
+from ..utils import INT8_FLAVORS, SHIPPED, atomic_write, atomic_write_json, sha256_file, weights_dir
 
 OPSET = 17
 
@@ -218,7 +218,8 @@ INT8_FP32_FIRST = 3
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray | None,
-                  ranges: str | Path | None = None, fp32_first: int = INT8_FP32_FIRST) -> str:
+                  ranges: str | Path | None = None, fp32_first: int = INT8_FP32_FIRST, reduce_range: bool = False
+                  ) -> str:
     """Static QDQ int8 calibrated on `views` (their activation ranges also saved to `ranges` when given), static
     from saved `ranges` without views (the shipped `<graph>.int8-ranges.json`: no face data needed), or, with
     neither, dynamic int8 (weights only). Returns the method.
@@ -228,7 +229,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
     left in fp32. On the shipped teacher's single-view graph, against fp32 (`benchmarks/int8_layers.py`, 1,200 cached
     validation faces of both datasets): mean age change 0.31 years (0.42 with the stem alone in fp32), 2.0x faster
     per face on a CPU with AVX-512 VNNI. Quantising Conv alone (its output range is the pre-ReLU6 one) had moved ages
-    by 2.5 / 3.1 years, and int8 activations gained no speed there."""
+    by 2.5 / 3.1 years, and int8 activations gained no speed there. reduce_range: 7-bit weights (the "int8w7"
+    flavour, for CPUs without VNNI: `INT8_FLAVORS`)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -254,22 +256,24 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
 
         def write(tmp: Path) -> None:
             if views is None and ranges is None:
-                quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+                quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                                 reduce_range=reduce_range)
             else:  # measured on our teacher: MinMax ranges collapse accuracy (MAE 3.4 → 10.8), percentile holds
                 reader = _CropReader(views, _calib_batch(len(views))) if views is not None else None
                 quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                                 op_types_to_quantize=["Conv", "Clip", "Add"], nodes_to_exclude=keep_fp32,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.Percentile,
+                                calibrate_method=CalibrationMethod.Percentile, reduce_range=reduce_range,
                                 calibration_cache_path=str(ranges) if ranges is not None else None)
             _copy_metadata(fp32_path, tmp)
 
         atomic_write(out_path, write)
     finally:
         pre.unlink(missing_ok=True)
+    w7 = "-w7" if reduce_range else ""
     if views is None:
-        return "dynamic" if ranges is None else f"{STATIC_INT8} (saved ranges)"
-    return STATIC_INT8
+        return f"dynamic{w7}" if ranges is None else f"{STATIC_INT8}{w7} (saved ranges)"
+    return STATIC_INT8 + w7
 
 
 def _check_ranges(path: Path, tensors: set[str]) -> None:
@@ -317,10 +321,12 @@ def _copy_metadata(src: Path, dst: Path) -> None:
 
 
 def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: str = "static",
-               calibration: str | Path | None = None, n_calib: int = 64, log=print) -> dict:
+               calibration: str | Path | None = None, n_calib: int = 64, log=print,
+               flavors: tuple[str, ...] = tuple(INT8_FLAVORS)) -> dict:
     """Export teacher, student and occlusion detector (or `models`: role → name/path) into out_dir as
-    <role>.onnx (age models also <role>.notta.onnx, without flip-TTA) and manifest.json, with an int8 copy of
-    each graph (<graph>.int8.onnx). int8: "static" calibrates on `calibration` (a face cache) and saves each
+    <role>.onnx (age models also <role>.notta.onnx, without flip-TTA) and manifest.json, with int8 copies of
+    each graph (<graph>.<flavor>.onnx for each of `flavors`, `INT8_FLAVORS`: the CPU that runs them picks one).
+    int8: "static" calibrates on `calibration` (a face cache) and saves each
     graph's activation ranges as <graph>.int8-ranges.json; "shipped" quantises from the ranges shipped beside the
     weights (graphs without matching ranges stay fp32 only, logged); "dynamic" weights only; "none"."""
     if int8 not in ("static", "shipped", "dynamic", "none"):
@@ -353,46 +359,54 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
                 calib_views[key] = calibration_views(calib_cache, *key, n_calib)
             views = calib_views[key]
         if int8 != "none":
-            _int8_copies(out, src, entry, int8, views, log)
-            entry["int8_tried"] = True
+            for flavor in flavors:
+                if role not in INT8_FLAVORS[flavor][1]:
+                    _int8_copies(out, src, entry, int8, views, log, flavor)
+                entry[f"{flavor}_tried"] = True
         manifest["models"][role] = entry
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 
 
-def _int8_copies(out: Path, src: str, entry: dict, int8: str, views, log) -> None:
-    """<graph>.int8.onnx beside each fp32 graph of one model (its manifest `entry`: "fp32", and "fp32_single_view"
-    for age models), recorded in `entry` as "int8" / "int8_single_view"; int8 as in `export_all`."""
+def _int8_copies(out: Path, src: str, entry: dict, int8: str, views, log, flavor: str = "int8") -> None:
+    """<graph>.<flavor>.onnx beside each fp32 graph of one model (its manifest `entry`: "fp32", and
+    "fp32_single_view" for age models), recorded in `entry` as "<flavor>" / "<flavor>_single_view"; int8 as in
+    `export_all`, flavor one of `INT8_FLAVORS` (the activation ranges are the same for each; the caller leaves
+    out the roles a flavour keeps in fp32)."""
     graphs = {"": entry["fp32"], "_single_view": entry.get("fp32_single_view")}
     for suffix, g in ((k, out / v) for k, v in graphs.items() if v):
         stem = g.name.removesuffix(".onnx")
-        q = out / f"{stem}.int8.onnx"
+        q = out / f"{stem}.{flavor}.onnx"
         ranges = {"static": out / f"{stem}.int8-ranges.json", "shipped": weights_dir() /
                   f"{stem}.int8-ranges.json"}.get(int8)
         if int8 == "shipped" and not _ranges_fit(ranges, src, log):
             continue
         try:
-            method = quantize_int8(g, q, views, ranges)
+            method = quantize_int8(g, q, views, ranges, reduce_range=INT8_FLAVORS[flavor][0])
         except CheckpointError as e:  # shipped ranges made by another torch exporter: fp32 only
             if int8 != "shipped":
                 raise
             log(f"{stem}: no int8 copy ({e})")
             continue
-        entry[f"int8{suffix}"], entry["int8_method"] = q.name, method
+        entry[f"{flavor}{suffix}"], entry[f"{flavor}_method"] = q.name, method
         log(f"{stem}: {q} ({q.stat().st_size / 1e6:.1f} MB, {method})")
 
 
-def add_shipped_int8(out_dir: str | Path, log=print) -> dict:
-    """int8 copies, quantised from the ranges shipped beside the weights, for an export of the shipped models
-    that has none yet (`ensure_export` makes fp32 graphs only: int8 is asked for by `--backend onnx-int8`). Roles
-    whose copies exist, or were tried, are left alone; the manifest is rewritten atomically."""
+def add_shipped_int8(out_dir: str | Path, log=print, flavor: str = "int8") -> dict:
+    """int8 copies of one flavour (`INT8_FLAVORS`), quantised from the ranges shipped beside the weights, for an
+    export of the shipped models that has none yet (`ensure_export` makes fp32 graphs only: int8 is asked for by
+    `--backend onnx-int8`). Roles whose copies exist, or were tried, are left alone; the manifest is rewritten
+    atomically."""
+    if flavor not in INT8_FLAVORS:
+        raise AgelensError(f"int8 flavour must be one of {sorted(INT8_FLAVORS)}, got {flavor!r}")
     out = Path(out_dir)
     manifest = json.loads((out / "manifest.json").read_text())
     for role, entry in manifest["models"].items():
-        if entry.get("int8_tried") or "int8" in entry:
+        if entry.get(f"{flavor}_tried") or flavor in entry:
             continue
-        _int8_copies(out, role, entry, "shipped", None, log)
-        entry["int8_tried"] = True
+        if role not in INT8_FLAVORS[flavor][1]:
+            _int8_copies(out, role, entry, "shipped", None, log, flavor)
+        entry[f"{flavor}_tried"] = True
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
 

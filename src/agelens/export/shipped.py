@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ..errors import AgelensError, CheckpointError
-from ..utils import SHIPPED, weights_dir
+from ..utils import SHIPPED, int8_flavor, weights_dir
 
 EXPORT_FORMAT = "agelens-onnx-v4"  # bump when the graphs change (v2: constant padding folded into Conv; v3: int8
 # copies from the shipped ranges; v4: int8 keeps the first block in fp32): redone
@@ -42,15 +42,17 @@ def default_onnx_dir() -> Path:
     return Path(env) if env else onnx_cache_root() / shipped_fingerprint()
 
 
-def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool = False) -> Path:
+def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool | str = False) -> Path:
     """The folder holding teacher/student/occlusion .onnx; exports the shipped weights there first when it lacks
-    them (needs torch, once: the fp32 graphs). int8=True (for the shipped export, onnx_dir None): also the int8
-    copies, quantised from the ranges shipped beside the weights, made the first time they are asked for."""
+    them (needs torch, once: the fp32 graphs). int8 (for the shipped export, onnx_dir None): also the int8 copies
+    of that flavour (`utils.INT8_FLAVORS`; True: this CPU's, `utils.int8_flavor`), quantised from the ranges
+    shipped beside the weights, made the first time they are asked for."""
+    flavor = (int8 if isinstance(int8, str) else int8_flavor() or "int8") if int8 else None
     d = Path(onnx_dir) if onnx_dir else default_onnx_dir()
     if (d / "manifest.json").is_file() and (d / "teacher.onnx").is_file() and (
             onnx_dir is not None or (d / "teacher.notta.onnx").is_file()):  # a cache from before single-view graphs
-        if int8 and onnx_dir is None:
-            _ensure_int8(d, log)
+        if flavor and onnx_dir is None:
+            _ensure_int8(d, flavor, log)
         return d
     if onnx_dir is not None and d.exists() and any(d.iterdir()):
         raise CheckpointError(f"{d} holds no agelens ONNX export (manifest.json + teacher.onnx)")
@@ -63,14 +65,16 @@ def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool = Fal
 
     if log:
         log(f"exporting the shipped models to ONNX once: {d}")
-    export_all(d, int8="shipped" if int8 and onnx_dir is None else "none", log=log or (lambda *_: None))
+    export_all(d, int8="shipped" if flavor and onnx_dir is None else "none", log=log or (lambda *_: None),
+               flavors=(flavor,) if flavor else ())
     return d
 
 
-def _ensure_int8(d: Path, log=None) -> None:
-    """The shipped export's int8 copies, made now where they were never tried (`export.onnx.add_shipped_int8`)."""
+def _ensure_int8(d: Path, flavor: str, log=None) -> None:
+    """The shipped export's int8 copies of one flavour, made now where they were never tried
+    (`export.onnx.add_shipped_int8`)."""
     entries = json.loads((d / "manifest.json").read_text()).get("models", {}).values()
-    if all(e.get("int8_tried") or "int8" in e for e in entries):
+    if all(e.get(f"{flavor}_tried") or flavor in e for e in entries):
         return
     try:
         from ..export.onnx import add_shipped_int8
@@ -79,5 +83,5 @@ def _ensure_int8(d: Path, log=None) -> None:
             log(f"no int8 copies in {d} and torch is not installed to make them ({e}): fp32 graphs run")
         return
     if log:
-        log(f"quantising the shipped models' ONNX graphs to int8 once: {d}")
-    add_shipped_int8(d, log=log or (lambda *_: None))
+        log(f"quantising the shipped models' ONNX graphs to int8 once ({flavor}): {d}")
+    add_shipped_int8(d, log=log or (lambda *_: None), flavor=flavor)

@@ -20,7 +20,7 @@ from ..faces.orientation import turned_back
 from ..faces.prepare import N_LANDMARKS, largest_face, prepare_face
 from ..faces.realign import SINGLE_VIEW, CropSource
 from ..imageio import file_box, load_reduced
-from ..utils import INT8_FLAGS, cpu_flags
+from ..utils import int8_flavor
 from .backends import (  # noqa: F401 (TTA_MODES: public)
     TTA_MODES,
     Z90,
@@ -84,11 +84,13 @@ BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | None = None) -> tuple[str, str]:
     """The fastest inference backend this machine supports at the shipped accuracy, and why. Measured end to end by
     benchmarks/inference.py (docs/inference_benchmark.md, AMD EPYC, 2 cores): onnxruntime fp32 about 2x torch fp32
-    channels_last at the same MAE. On a CPU with VNNI or AMX, int8 (`onnx-int8`, quantised from the ranges shipped
-    with the weights, the first block kept in fp32) is 1.43x faster than fp32 with the overall MAE within 0.01
-    (`benchmarks/int8_e2e.py`: 1,000 UTKFace and 800 All-Age-Faces test photos, whole processes; ages move 0.25-0.29
-    years per face, ages 0-20 +0.03 to +0.10), so it is chosen there; `onnx` keeps fp32. Without those instructions
-    auto stays on fp32 (int8 was not measured on such a CPU). flags: the CPU's (default: read from /proc/cpuinfo)."""
+    channels_last at the same MAE. int8 (`onnx-int8`, quantised from the ranges shipped with the weights, the first
+    block kept in fp32) keeps the overall MAE (`benchmarks/int8_e2e.py`, test photos through whole processes): on
+    a CPU with VNNI or AMX (8-bit weights) 1.43x faster than fp32, MAE within 0.01 on 1,000 UTKFace and 800
+    All-Age-Faces photos, ages moving 0.25-0.29 years per face; on AVX2 alone (7-bit weights, the student in fp32:
+    `utils.INT8_FLAVORS`) 1.33x, MAE -0.03 on 400 + 300 photos, ages moving 0.44-0.45 years per face. So auto
+    takes int8 there; `onnx`
+    keeps fp32, and other CPUs (int8 not measured) stay on fp32. flags: the CPU's (default: /proc/cpuinfo)."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
     if custom:
@@ -97,12 +99,15 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
         import onnxruntime  # noqa: F401
     except ImportError:
         return "torch", "onnxruntime not installed"
-    vnni = sorted(set(INT8_FLAGS) & (cpu_flags() if flags is None else flags))
-    if vnni:
-        return "onnx-int8", (f"onnxruntime installed and this CPU has {', '.join(vnni)}: int8 graphs, about 1.4x "
-                             "the fp32 speed at the same overall MAE (--backend onnx for fp32; "
+    flavor = int8_flavor(flags)
+    if flavor == "int8":
+        return "onnx-int8", ("onnxruntime installed and this CPU has VNNI or AMX: int8 graphs, about 1.4x the fp32 "
+                             "speed at the same overall MAE (--backend onnx for fp32; docs/inference_levers.md)")
+    if flavor == "int8w7":
+        return "onnx-int8", ("onnxruntime installed and this CPU has AVX2 without VNNI: int8 graphs with 7-bit "
+                             "weights, about 1.3x the fp32 speed at the same overall MAE (--backend onnx for fp32; "
                              "docs/inference_levers.md)")
-    return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused (no VNNI/AMX for int8)"
+    return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused (no AVX2, VNNI or AMX for int8)"
 
 
 class CropMemo:
@@ -351,16 +356,18 @@ class AgeEstimator:
                   ) -> AgeEstimator:
         """onnxruntime backend (no torch needed when onnx_dir holds an export): teacher, student and detector
         from `agelens export onnx --output DIR`; without onnx_dir the shipped weights' export (made once).
-        threads: onnxruntime's intra-op threads per model (default: all cores); tta: a `tta_mode` ("none": the age
-        models' single-view graphs, half the work; "auto": the teacher's single view, mirrored where unsure)."""
+        precision: fp32, or int8 (the int8 graphs made for this CPU, `utils.int8_flavor`). threads: onnxruntime's
+        intra-op threads per model (default: all cores); tta: a `tta_mode` ("none": the age models' single-view
+        graphs, half the work; "auto": the teacher's single view, mirrored where unsure)."""
         from ..export.shipped import ensure_export
         from .backends.onnx import load_onnx_models
 
         if precision not in ("fp32", "int8"):
             raise AgelensError(f"ONNX precision must be fp32 or int8, got {precision!r}")
         tta = tta_mode(tta)
-        d = ensure_export(onnx_dir, log, int8=precision == "int8")
-        models = load_onnx_models(d, precision, threads, tta)
+        flavor = (int8_flavor() or "int8") if precision == "int8" else None  # this CPU's int8 graphs
+        d = ensure_export(onnx_dir, log, int8=flavor or False)
+        models = load_onnx_models(d, flavor or precision, threads, tta)
         t = models["teacher"]
         est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
                   models.get("faceness"), t.tta_spread,  # the loader leaves a cut only where "auto" uses it

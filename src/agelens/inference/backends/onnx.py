@@ -16,7 +16,7 @@ import numpy as np
 
 from ...data.views import centre_views
 from ...errors import AgelensError, CheckpointError
-from ...utils import SHIPPED
+from ...utils import INT8_FLAVORS, SHIPPED
 
 
 class OnnxModel:
@@ -52,7 +52,7 @@ class OnnxModel:
         self.min_age, self.max_age = float(meta["min_age"]), float(meta["max_age"])
         self.threshold = float(meta["threshold"]) if meta.get("threshold") is not None else 0.5
         self.interval_z = float(meta.get("interval_z") or 1.645)  # calibrated interval multiplier (age models)
-        self.precision = "int8" if ".int8." in path.name else "fp32"
+        self.precision = "int8" if ".int8" in path.name else "fp32"  # <graph>.int8.onnx, <graph>.int8w7.onnx
         self.tta_flip = bool(meta.get("tta", True))  # flip-TTA inside the graph (not in <role>.notta.onnx)
         # guard heads in the graph (models.model.GUARDS): {"occlusion": t, "face": t}, else None
         self.guard_thresholds = meta.get("guard_thresholds") or None
@@ -100,8 +100,10 @@ class OnnxModel:
 
 def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int | None = None,
                      tta: bool | str = True) -> dict[str, OnnxModel]:
-    """role → OnnxModel for the roles present; precision int8 takes the int8 copy of a graph where exported
-    (<role>.int8.onnx, <role>.notta.int8.onnx), else its fp32 graph; tta (a
+    """role → OnnxModel for the roles present; precision "int8" or "int8w7" (an int8 flavour,
+    `utils.INT8_FLAVORS`) takes that copy of a graph where exported (<role>.int8.onnx,
+    <role>.notta.int8w7.onnx, ...; int8w7 takes the int8 copies of an export made before it existed), else its
+    fp32 graph (the student under int8w7, `utils.INT8_FLAVORS`); tta (a
     `tta_mode`): "none" runs the age models' single-view <role>.notta[.int8].onnx, "auto" an age model's
     single-view graph when its card says where the mirror pays (`tta_spread`; the teacher also needs its guard
     heads): the estimator then mirrors only the unsure faces (`mirror_unsure`); threads: intra-op threads of each age
@@ -110,15 +112,22 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
     from . import selective_tta, tta_mode
 
     d, mode = Path(onnx_dir), tta_mode(tta)
+    if precision not in ("fp32", "int8", "int8w7"):
+        raise CheckpointError(f"ONNX precision must be fp32, int8 or int8w7, got {precision!r}")
     try:
         manifest = json.loads((d / "manifest.json").read_text())["models"]
     except (OSError, ValueError, KeyError):  # an export without a readable manifest: metadata from each graph
         manifest = {}
     out = {}
     for role in SHIPPED:
-        p8, p32, p1 = d / f"{role}.int8.onnx", d / f"{role}.onnx", d / f"{role}.notta.onnx"
-        p18 = d / f"{role}.notta.int8.onnx"
-        p = p8 if precision == "int8" and p8.is_file() else p32
+        q = precision  # an export made before the 7-bit flavour existed: its 8-bit copies
+        if q == "int8w7" and not (manifest.get(role) or {}).get("int8w7_tried"):
+            q = "int8"
+        if q != "fp32" and role in INT8_FLAVORS[q][1]:  # a role this flavour keeps in fp32
+            q = "fp32"
+        p8, p32, p1 = d / f"{role}.{q}.onnx", d / f"{role}.onnx", d / f"{role}.notta.onnx"
+        p18 = d / f"{role}.notta.{q}.onnx"
+        p = p8 if precision != "fp32" and p8.is_file() else p32
         meta = manifest.get(role) if p != p8 else None
         if role in ("teacher", "student") and p32.is_file():
             if mode == "none" and not p1.is_file():
@@ -126,7 +135,7 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
                                       "`agelens export onnx --output DIR`")
             card = manifest.get(role) or {}  # the fp32 graph's metadata: the int8 copies share it
             pays = card.get("tta_spread") and (role == "student" or selective_tta(SimpleNamespace(**card)))
-            if precision == "int8" and p18.is_file() and (mode == "none" or (mode == "auto" and pays)):
+            if precision != "fp32" and p18.is_file() and (mode == "none" or (mode == "auto" and pays)):
                 p, meta = p18, {**card, "tta": False} if card else None  # int8 single views
             elif mode == "none" or (mode == "auto" and p == p32 and p1.is_file() and pays):
                 p, meta = p1, {**meta, "tta": False} if meta else None
