@@ -6,7 +6,9 @@
 
 Each run decodes the photos first, answers them once to warm up (first-use exports, sessions), then times one
 pass in one process with the shipped models and the auto backend. Reports each side's seconds per run, their
-medians, and whether every run gave the same ages for every face (a speed lever must not change answers).
+medians, and whether every run gave the same ages for every face (a speed lever must not change answers). Where a
+lever does change them on a labelled set, each side's MAE of the largest face and their paired difference (this −
+other, 95 % bootstrap interval) say what it cost.
 Sets: realocc (the measure half), aaf (All-Age-Faces test photos), utkface (UTKFace test crops), as in
 `benchmarks/inference.py`.
 """
@@ -28,14 +30,19 @@ SHARED = HERE.parents[1] / "shared" / "data"
 
 
 def photos(which: str, n: int) -> list[str]:
+    return labelled(which, n)[0]
+
+
+def labelled(which: str, n: int) -> tuple[list[str], np.ndarray | None]:
+    """The set's files and true ages (None for realocc, which has none)."""
     sys.path.insert(0, str(HERE))
     from inference import aaf_sample, realocc_sample
     from reference_compare import sample_labelled
 
     if which == "realocc":
-        return realocc_sample(SHARED, n, 0)
+        return realocc_sample(SHARED, n, 0), None
     if which == "aaf":
-        return aaf_sample(SHARED, n, 0)[0]
+        return aaf_sample(SHARED, n, 0)
     import tempfile
 
     from agelens.data.splits import split_part
@@ -43,7 +50,7 @@ def photos(which: str, n: int) -> list[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:  # the test part's file names, as inference.py does
         json.dump(sorted(split_part(str(HERE.parent / "splits" / "utkface_seed0.json"), "test")), f)
         f.flush()
-        return sample_labelled(str(SHARED / "utkface"), f.name, n, 0)[0]
+        return sample_labelled(str(SHARED / "utkface"), f.name, n, 0)
 
 
 def one_run(which: str, n: int) -> dict:
@@ -56,19 +63,38 @@ def one_run(which: str, n: int) -> dict:
     images = [load_image(f) for f in photos(which, n)]
     est = AgeEstimator.from_pretrained()
 
-    def answer() -> list:
-        out = []
+    def answer() -> tuple[list, list]:
+        out, largest = [], []
         for im in images:
             try:
-                out.append([round(f.age, 2) for f in est.predict(im)])
+                faces = est.predict(im)
             except NoFaceError:
                 out.append(None)
-        return out
+                largest.append(None)
+                continue
+            out.append([round(f.age, 2) for f in faces])
+            largest.append(float(max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).age))
+        return out, largest
 
     answer()
     t = time.perf_counter()
-    ages = answer()
-    return {"src": str(Path(agelens.__file__).parent), "seconds": round(time.perf_counter() - t, 3), "ages": ages}
+    ages, largest = answer()
+    return {"src": str(Path(agelens.__file__).parent), "seconds": round(time.perf_counter() - t, 3), "ages": ages,
+            "largest": largest}
+
+
+def cost(this: list, other: list, truth: np.ndarray, boots: int = 2000) -> dict:
+    """MAE of each side's largest-face ages on the photos both answered, and the paired difference."""
+    both = [i for i, (a, b) in enumerate(zip(this, other, strict=True)) if a is not None and b is not None]
+    ea = np.abs(np.array([this[i] for i in both]) - truth[both])
+    eb = np.abs(np.array([other[i] for i in both]) - truth[both])
+    d = ea - eb
+    rng = np.random.default_rng(0)
+    bs = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(boots)]
+    return {"photos": len(both), "mae_this": round(float(ea.mean()), 3), "mae_other": round(float(eb.mean()), 3),
+            "paired": [round(float(d.mean()), 4), round(float(np.percentile(bs, 2.5)), 4),
+                       round(float(np.percentile(bs, 97.5)), 4)],
+            "faces_changed": int(np.sum(np.abs(np.array([this[i] for i in both]) - [other[i] for i in both]) > 1e-6))}
 
 
 def main() -> None:
@@ -103,6 +129,9 @@ def main() -> None:
            **{f"{k}_median": round(float(np.median([x["seconds"] for x in v])), 3) for k, v in runs.items()},
            "same_answers": all(x["ages"] == first for v in runs.values() for x in v)}
     out["change"] = round(out["this_median"] / out["other_median"] - 1, 4)
+    truth = labelled(a.which, a.n)[1]
+    if not out["same_answers"] and truth is not None:
+        out["mae"] = cost(runs["this"][0]["largest"], runs["other"][0]["largest"], truth)
     print(json.dumps(out))
     if a.out:
         from agelens.utils import atomic_write_json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agelens.inference.predictor import SOFT_BAND, AgeEstimator, soft_weight
+from agelens.inference.predictor import SOFT_BAND, VIEWS_FROM, AgeEstimator, soft_weight
 
 
 class FakeExpert:
@@ -49,9 +49,10 @@ def test_auto_route_blends_only_uncertain_faces_and_names_the_heavier_model():
     assert list(r["model"]) == ["teacher", "teacher", "student", "student"]
     assert list(r["occluded"]) == [False, False, True, True]
     assert np.allclose(r["student_weight"], [0, 0.3, 0.7, 1])
-    # each model ran only on the faces it weighs: the teacher on 3, the student on 3 (each at its views)
-    assert len(est.student_views) == 3
-    assert est.teacher.calls == 3 and est.student.calls == 3 * len(est.student_views)
+    # each model ran only on the faces it weighs: the teacher on 3, the student on 3, at its views where it weighs
+    # VIEWS_FROM or more (0.7, 1.0) and at one view where it is blended in under that (0.3)
+    assert len(est.student_views) == 3 and 0.3 < VIEWS_FROM <= 0.7
+    assert est.teacher.calls == 3 and est.student.calls == 1 + 2 * len(est.student_views)
 
 
 @pytest.mark.parametrize(("route", "age", "model"), [("teacher", 20.0, "teacher"), ("student", 40.0, "student")])

@@ -45,6 +45,10 @@ if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs wi
 # gained 0.03 more for two more passes. Test photos: paper types 6.515 → 6.446; +38 % predict time where the
 # student answers nearly every face (docs/inference_levers.md). tta="none" reads one view.
 STUDENT_VIEWS = ((1.0, 0.0), (1.04, 0.0), (1 / 1.04, 0.0))
+# The views are read for faces whose student weight (`soft_weight`) is at least this; a face blended below it
+# (mostly clean faces the occlusion detector is unsure of: 12 % of clean UTKFace test faces) takes one view, its
+# share of the answer being small.
+VIEWS_FROM = 0.5
 
 
 @dataclass
@@ -403,16 +407,31 @@ class AgeEstimator:
         return (np.array([r[0] for r in rows], np.float32), np.array([r[1] for r in rows], np.float32),
                 np.stack([r[2] for r in rows]).astype(np.float32))
 
-    def _ages(self, expert: AgeBackend, crops: np.ndarray, embed: bool = False, sources: list | None = None
-              ) -> tuple[np.ndarray, ...]:
+    def _student_ages(self, crops: np.ndarray, sel: np.ndarray, w: np.ndarray, sources: list | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The student's (ages, spreads) of the `sel` crops: the mean of `student_views` where its weight w is at
+        least VIEWS_FROM, one view where it is blended in below that."""
+        idx = np.flatnonzero(sel)
+        ages, spreads = np.zeros((2, len(idx)), np.float32)
+        many = w[idx] >= VIEWS_FROM
+        for group, views in ((many, self.student_views), (~many, SINGLE_VIEW)):
+            if group.any():
+                src = None if sources is None else [sources[i] for i in idx[group]]
+                ages[group], spreads[group] = self._ages(self.student, crops[idx[group]], sources=src, views=views)
+        return ages, spreads
+
+    def _ages(self, expert: AgeBackend, crops: np.ndarray, embed: bool = False, sources: list | None = None,
+              views=None) -> tuple[np.ndarray, ...]:
         """(ages, spreads) of one model, plus its embeddings with embed=True (torch models only). sources: per crop
-        its `faces.realign.CropSource` or None, for the student's realignment."""
+        its `faces.realign.CropSource` or None, for the student's realignment; views: the student's (default
+        `student_views`), whose mean it answers."""
         if expert is self.teacher and not embed and getattr(expert, "guard_thresholds", None):
             return self.trunk(crops)[:2]
         k = 1
         if expert is self.student and not embed:
-            k = len(self.student_views)
-            crops = realigned(crops, sources, self.student_views, self.realign)
+            views = self.student_views if views is None else views
+            k = len(views)
+            crops = realigned(crops, sources, views, self.realign)
         views = centre_views(crops, expert.crop_size, expert.input_size)
         if not embed:
             ages, spreads = mirror_unsure(expert.run, views, self.student_tta_spread if expert is self.student else None)
@@ -460,8 +479,10 @@ class AgeEstimator:
         for k, (expert, sel) in enumerate(((self.teacher, to_teacher), (self.student, to_student))):
             if sel.any():
                 want = embeddings and expert is self.teacher
-                src = None if sources is None or expert is self.teacher else [sources[i] for i in np.flatnonzero(sel)]
-                res = self._ages(expert, crops[sel], want, src)
+                if expert is self.student:
+                    res = self._student_ages(crops, sel, w, sources)
+                else:
+                    res = self._ages(expert, crops[sel], want)
                 ages[k, sel], spreads[k, sel] = res[:2]
                 if want:
                     parts.append((sel, res[2]))
