@@ -190,7 +190,7 @@ def lever_estimators(onnx_dir: Path, work: Path):
              lambda: AgeEstimator.from_onnx(onnx_dir, tta="full"), True, True),
             ("+ the mirrored view only where the first view is unsure (shipped default)",
              lambda: AgeEstimator.from_onnx(onnx_dir), True, True),
-            ("+ int8 graphs (`--backend onnx-int8`; the default on CPUs with VNNI or AMX)",
+            ("+ int8 graphs (`--backend onnx-int8`; the default on CPUs with VNNI, AMX or AVX2)",
              lambda: AgeEstimator.from_onnx(onnx_dir, "int8"), True, True),
             ("+ no flip-TTA, int8 (`--no-tta`; not the default: MAE)",
              lambda: AgeEstimator.from_onnx(onnx_dir, "int8", tta=False), True, True)]

@@ -359,9 +359,11 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
                 calib_views[key] = calibration_views(calib_cache, *key, n_calib)
             views = calib_views[key]
         if int8 != "none":
+            calibrated = False  # static: the first flavour calibrates and saves the ranges, the others read them
             for flavor in flavors:
                 if role not in INT8_FLAVORS[flavor][1]:
-                    _int8_copies(out, src, entry, int8, views, log, flavor)
+                    _int8_copies(out, src, entry, int8, None if calibrated else views, log, flavor)
+                    calibrated = views is not None
                 entry[f"{flavor}_tried"] = True
         manifest["models"][role] = entry
     atomic_write_json(out / "manifest.json", manifest)

@@ -92,8 +92,8 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
     block kept in fp32) keeps the overall MAE (`benchmarks/int8_e2e.py`, test photos through whole processes): on
     a CPU with VNNI or AMX (8-bit weights) 1.43x faster than fp32, MAE within 0.01 on 1,000 UTKFace and 800
     All-Age-Faces photos, ages moving 0.25-0.29 years per face; on AVX2 alone (7-bit weights, the student in fp32:
-    `utils.INT8_FLAVORS`) 1.33x, MAE -0.03 on 400 + 300 photos, ages moving 0.44-0.45 years per face. So auto
-    takes int8 there; `onnx`
+    `utils.INT8_FLAVORS`) 1.12-1.33x in two runs, MAE -0.02 on 400 + 300 photos, ages moving 0.44 years per face.
+    So auto takes int8 there; `onnx`
     keeps fp32, and other CPUs (int8 not measured) stay on fp32. flags: the CPU's (default: /proc/cpuinfo)."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
@@ -109,7 +109,7 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
                              "speed at the same overall MAE (--backend onnx for fp32; docs/inference_levers.md)")
     if flavor == "int8w7":
         return "onnx-int8", ("onnxruntime installed and this CPU has AVX2 without VNNI: int8 graphs with 7-bit "
-                             "weights, about 1.3x the fp32 speed at the same overall MAE (--backend onnx for fp32; "
+                             "weights, about 1.1-1.3x the fp32 speed at the same overall MAE (--backend onnx for fp32; "
                              "docs/inference_levers.md)")
     return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused (no AVX2, VNNI or AMX for int8)"
 
