@@ -93,8 +93,8 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
     a CPU with VNNI or AMX (8-bit weights) 1.43x faster than fp32, MAE within 0.01 on 1,000 UTKFace and 800
     All-Age-Faces photos, ages moving 0.25-0.29 years per face; on AVX2 alone (7-bit weights, the student in fp32:
     `utils.INT8_FLAVORS`) 1.12-1.33x in two runs, MAE -0.02 on 400 + 300 photos, ages moving 0.44 years per face.
-    So auto takes int8 there; `onnx`
-    keeps fp32, and other CPUs (int8 not measured) stay on fp32. flags: the CPU's (default: /proc/cpuinfo)."""
+    So auto takes int8 there; `onnx` keeps fp32, and other CPUs (int8 not measured) stay on fp32. flags: the CPU's
+    (default: /proc/cpuinfo)."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
     if custom:
@@ -417,21 +417,22 @@ class AgeEstimator:
         for group, views in ((many, self.student_views), (~many, SINGLE_VIEW)):
             if group.any():
                 src = None if sources is None else [sources[i] for i in idx[group]]
-                ages[group], spreads[group] = self._ages(self.student, crops[idx[group]], sources=src, views=views)
+                ages[group], spreads[group] = self._ages(self.student, crops[idx[group]], sources=src,
+                                                         view_set=views)
         return ages, spreads
 
     def _ages(self, expert: AgeBackend, crops: np.ndarray, embed: bool = False, sources: list | None = None,
-              views=None) -> tuple[np.ndarray, ...]:
+              view_set=None) -> tuple[np.ndarray, ...]:
         """(ages, spreads) of one model, plus its embeddings with embed=True (torch models only). sources: per crop
-        its `faces.realign.CropSource` or None, for the student's realignment; views: the student's (default
-        `student_views`), whose mean it answers."""
+        its `faces.realign.CropSource` or None, for the student's realignment; view_set: the student's (scale,
+        degrees) views (default `student_views`), whose mean it answers."""
         if expert is self.teacher and not embed and getattr(expert, "guard_thresholds", None):
             return self.trunk(crops)[:2]
         k = 1
         if expert is self.student and not embed:
-            views = self.student_views if views is None else views
-            k = len(views)
-            crops = realigned(crops, sources, views, self.realign)
+            view_set = self.student_views if view_set is None else view_set
+            k = len(view_set)
+            crops = realigned(crops, sources, view_set, self.realign)
         views = centre_views(crops, expert.crop_size, expert.input_size)
         if not embed:
             ages, spreads = mirror_unsure(expert.run, views, self.student_tta_spread if expert is self.student else None)
