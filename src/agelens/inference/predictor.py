@@ -92,7 +92,8 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
     block kept in fp32) keeps the overall MAE (`benchmarks/int8_e2e.py`, test photos through whole processes): on
     a CPU with VNNI or AMX (8-bit weights) 1.43x faster than fp32, MAE within 0.01 on 1,000 UTKFace and 800
     All-Age-Faces photos, ages moving 0.25-0.29 years per face; on AVX2 alone (7-bit weights, the student in fp32:
-    `utils.INT8_FLAVORS`) 1.12-1.33x in two runs, MAE -0.02 on 400 + 300 photos, ages moving 0.44 years per face.
+    `utils.INT8_FLAVORS`) 1.12-1.33x in three runs, MAE +0.013 / +0.042 on 1,000 UTKFace / 500 All-Age-Faces
+    photos (ages 11-20 +0.2 to +0.3), ages moving 0.42-0.50 years per face.
     So auto takes int8 there; `onnx` keeps fp32, and other CPUs (int8 not measured) stay on fp32. flags: the CPU's
     (default: /proc/cpuinfo)."""
     if device != "cpu":
