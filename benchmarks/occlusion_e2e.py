@@ -51,6 +51,17 @@ def nearest_box(boxes: list, ref_box: tuple[float, ...]) -> int:
                + ((boxes[i][1] + boxes[i][3]) / 2 - cy) ** 2)
 
 
+def found_nearest(est: AgeEstimator, rgb: np.ndarray, ref_box: tuple[float, ...], path: Path) -> tuple | None:
+    """The photo saved as JPEG q95 at path and found as `predict` finds it (`faces_of`): the face nearest ref_box,
+    None when no face is found."""
+    save_jpeg(path, rgb)
+    try:
+        found = est.faces_of(load_image(path))
+    except NoFaceError:
+        return None
+    return found[nearest_box([f[0] for f in found], ref_box)]
+
+
 def answer(est: AgeEstimator, path: Path, ref_box: tuple[float, ...] | None = None) -> dict:
     """The face `predict` gives for this file (the one nearest the reference box, else the largest), plus the
     teacher's and the student's own ages for it, so hard and soft routing are compared on the same faces."""

@@ -31,7 +31,7 @@ from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator, face_source
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json, atomic_write_text
-from occlusion_e2e import nearest_box, save_jpeg
+from occlusion_e2e import found_nearest, nearest_box, save_jpeg
 
 KINDS = OCCLUSION_TYPES + ("fabric_mask", "scarf", "hand", "cap+fabric_mask", "scarf+sunglasses")
 FRAME = np.array([[0, 0], [256, 0], [0, 256], [256, 256], [128, 128]], np.float32)
@@ -56,14 +56,8 @@ def student_faces(est: AgeEstimator, n: int, seed: int, part: str = "val"):
                     img = occlude(rgb, face.landmarks, cond, np.random.default_rng((seed, i, k))).image
                 except OcclusionError:
                     continue
-                p = Path(tmp) / "face.jpg"
-                save_jpeg(p, img)
-                try:
-                    found = est.faces_of(load_image(p))
-                except NoFaceError:
-                    continue
-                chosen = found[nearest_box([f[0] for f in found], face.box)]
-                if face_source(chosen) is not None:  # not a whole-image face
+                chosen = found_nearest(est, img, face.box, Path(tmp) / "face.jpg")
+                if chosen is not None and face_source(chosen) is not None:  # not a whole-image face
                     yield float(name.split("_")[0]), cond, chosen
             if (i + 1) % 25 == 0:
                 print(f"{i + 1}/{n} photos", flush=True)

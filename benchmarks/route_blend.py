@@ -23,7 +23,6 @@ import numpy as np
 
 from agelens.data.splits import split_part
 from agelens.data.views import centre_views
-from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
@@ -32,7 +31,7 @@ from agelens.inference.backends.torch import TorchModel
 from agelens.inference.predictor import SOFT_BAND, AgeEstimator, face_source
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json
-from occlusion_e2e import NEW_KINDS, nearest_box, save_jpeg
+from occlusion_e2e import NEW_KINDS, found_nearest
 
 FIELDS = ("cond", "y", "ta", "ts", "sa", "ss", "occ")
 
@@ -60,13 +59,9 @@ def collect(part: str, n: int, n_new: int, seed: int, students: list[str] = ()) 
                                                                np.random.default_rng((11, i, k))).image
                 except OcclusionError:
                     continue
-                p = Path(tmp) / f"{i}_{k}.jpg"
-                save_jpeg(p, img)
-                try:
-                    fs = est.faces_of(load_image(p))
-                except NoFaceError:
+                chosen = found_nearest(est, img, face.box, Path(tmp) / f"{i}_{k}.jpg")
+                if chosen is None:
                     continue
-                chosen = fs[nearest_box([x[0] for x in fs], face.box)]
                 crop = chosen[2][None]
                 ta, ts, _ = est.trunk(crop)
                 sa, ss = est._ages(est.student, crop, sources=[face_source(chosen)])
