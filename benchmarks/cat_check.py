@@ -1,11 +1,13 @@
-"""The cat check's two sides (`faces/animal.py`): its cat probability on the faces `predict` answers.
+"""The ImageNet check's two sides (`faces/animal.py`): its cat probability and people mass on the faces `predict`
+answers, and which faces each veto turns away (the people veto only where the check is asked: the detector unsure).
 
 Human side: every face `AgeEstimator.faces_of` answers on the UTKFace and All-Age-Faces val and test photos, on
-UTKFace val photos with one occluder (of every family in turn) drawn on the photo, and on all realocc photos. Non-face
+UTKFace val photos with one occluder (of every family in turn) drawn on the photo, and on all realocc photos (its fit
+half, which the people table was fitted on, and its measure half reported apart). Non-face
 side: scikit-image's sample images (as `occlusion_e2e.py` takes them) whole and in seeded crops, and, with
 --animals DIR, photos of animals (for instance those inside pip wheels, docs/occlusion_report.md) whole and in
 seeded crops. Each face is scored on its context square (`animal.context_crop`) by the shipped check whether or not
-the gate of `predictor.without_cats` would ask it, with that check switched off so every candidate is seen.
+the gate of `predictor.without_non_faces` would ask it, with that check switched off so every candidate is seen.
 
     python benchmarks/cat_check.py --out docs/cat_check.json [--animals DIR]     # about 6 min on 2 cores
 """
@@ -28,6 +30,7 @@ from agelens.faces.detect import FaceAnalyzer  # noqa: E402
 from agelens.imageio import load_image  # noqa: E402
 from agelens.inference import predictor  # noqa: E402
 from agelens.occlusion.synth import ALL_TYPES  # noqa: E402
+from agelens.train.guards import realocc_half  # noqa: E402
 from agelens.utils import atomic_write_json  # noqa: E402
 from occlusion_e2e import occluded_on_photo, sample_images  # noqa: E402
 
@@ -47,16 +50,19 @@ def main() -> None:
     check = animal.shipped()
     if check is None:
         raise SystemExit("the cat check cannot be exported here (torch is needed once)")
-    predictor.without_cats = lambda rgb, faces, verifier: faces  # score every candidate, asked or not
+    predictor.without_non_faces = lambda rgb, faces, verifier=None: faces  # score every candidate, asked or not
     rows: list[tuple[str, str, float]] = []
+    people: list[tuple[str, str, float, bool]] = []  # (group, face, people mass, asked)
 
     def add(group: str, name: str, rgb: np.ndarray) -> None:
         try:
             faces = est.faces_of(rgb)
         except NoFaceError:
             return
-        p = check.probs([animal.context_crop(rgb, f[0]) for f in faces])
-        rows.extend((group, f"{name}#{k}:{f[4]}", float(v)) for k, (f, v) in enumerate(zip(faces, p, strict=True)))
+        cat, mass = check.scores(rgb, [f[0] for f in faces])
+        for k, (f, v, m) in enumerate(zip(faces, cat, mass, strict=True)):
+            rows.append((group, f"{name}#{k}:{f[4]}", float(v)))
+            people.append((group, f"{name}#{k}:{f[4]}", float(m), f[4] != "detector" or f[1] < animal.PEOPLE_BELOW))
 
     rng = np.random.default_rng(0)
     images = [(f"{n}", img) for n, img in sample_images()]
@@ -86,7 +92,7 @@ def main() -> None:
     import pandas as pd
 
     for f in pd.read_csv(SHARED / "realocc.csv").file:
-        add("realocc", f, load_image(SHARED / f))
+        add(f"realocc_{realocc_half(f)}", f, load_image(SHARED / f))
 
     groups = sorted({g for g, _, _ in rows})
     human = np.array([v for g, _, v in rows if g not in ("nonface", "animal")])
@@ -107,8 +113,19 @@ def main() -> None:
                               for r, v in by_race.items() if v}
     out["non_human_faces"] = [{"image": n, "group": g, "cat": round(v, 3)} for g, n, v in rows
                               if g in ("nonface", "animal")]
+    table = check.people
+    if table is not None:  # the people veto: faces asked whose mass is under the table's threshold
+        out["people"] = {"threshold": table.threshold, "classes": len(table.classes), "groups": {}}
+        for g in sorted({x[0] for x in people}):
+            sel = [x for x in people if x[0] == g]
+            gone = [x for x in sel if x[3] and x[2] < table.threshold]
+            out["people"]["groups"][g] = {"faces": len(sel), "asked": sum(x[3] for x in sel), "vetoed": len(gone),
+                                          "vetoed_faces": [x[1] for x in gone][:40]}
+        human = [x for x in people if x[0] not in ("nonface", "animal", "realocc_fit")]  # not in the table's fit
+        out["people"]["human_not_fitted_on"] = {"faces": len(human), "vetoed": sum(
+            1 for x in human if x[3] and x[2] < table.threshold)}
     atomic_write_json(a.out, out)
-    print({k: out[k] for k in ("human", "groups", "utkface_by_race")})
+    print({k: out[k] for k in ("human", "groups", "utkface_by_race", "people") if k in out})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The cat check (faces.animal): its context crop, which faces it is asked about, and the shipped check on a cat."""
+"""The ImageNet check (faces.animal): its context crop, which faces it is asked about, its two vetoes (cats, too little
+people mass), the people table's fit and file, and the shipped check on a cat and on non-face crops."""
 
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ def test_context_crop_centres_the_box_with_context_and_grey_outside_the_image():
 
 
 class StubCheck:
-    """A cat check that calls everything a cat, counting the faces it was asked about."""
+    """A check that vetoes everything, recording the people-veto mask of each call."""
 
     def __init__(self) -> None:
-        self.asked: list[int] = []
+        self.asked: list[list[bool]] = []
 
-    def cats(self, rgb: np.ndarray, boxes: list) -> np.ndarray:
-        self.asked.append(len(boxes))
+    def vetoes(self, rgb: np.ndarray, boxes: list, people: np.ndarray) -> np.ndarray:
+        self.asked.append(people.tolist())
         return np.ones(len(boxes), bool)
 
 
@@ -52,19 +53,84 @@ def _face(score: float, how: str, side: float = 50.0) -> tuple:
     return ([0.0, 0.0, side, side], score, np.zeros((8, 8, 3), np.uint8), True, how)
 
 
-def test_only_faces_the_detector_was_unsure_of_and_that_read_occluded_are_asked(monkeypatch):
+def test_which_faces_each_veto_is_asked_about(monkeypatch):
     stub = StubCheck()
     monkeypatch.setattr(animal, "shipped", lambda: stub)
     rgb = np.zeros((20, 20, 3), np.uint8)
-    faces = [_face(0.95, "detector"), _face(0.6, "detector"), _face(0.9, "padded"), _face(0.5, "detector", 30.0)]
-    kept = predictor.without_cats(rgb, faces, StubGuard(0.9))  # sure, unsure, a fallback's, too small to ask
-    assert [f[1] for f in kept] == [0.95, 0.5] and stub.asked == [2]
+    # sure; unsure (both vetoes); unsure for cats only; a fallback's (both); unsure for cats only but too small
+    faces = [_face(0.95, "detector"), _face(0.6, "detector"), _face(0.8, "detector"), _face(0.9, "padded"),
+             _face(0.8, "detector", 30.0)]
+    kept = predictor.without_non_faces(rgb, faces, StubGuard(0.9))  # reads occluded: the cat veto is asked too
+    assert [f[1] for f in kept] == [0.95, 0.8] and kept[1][0][2] == 30.0 and stub.asked == [[True, False, True]]
     stub.asked.clear()
-    assert predictor.without_cats(rgb, faces, StubGuard(0.1)) is faces and stub.asked == []  # clean: not asked
-    kept = predictor.without_cats(rgb, faces, object())  # no teacher heads: every unsure face is asked
-    assert [f[1] for f in kept] == [0.95, 0.5] and stub.asked == [2]
+    kept = predictor.without_non_faces(rgb, faces, StubGuard(0.1))  # clean: the cat veto alone is not asked
+    assert len(kept) == 3 and stub.asked == [[True, True]]
+    stub.asked.clear()
+    predictor.without_non_faces(rgb, faces, object())  # no teacher heads: every unsure face is asked about cats
+    assert stub.asked == [[True, False, True]]
+    sure = [_face(0.95, "detector"), _face(0.9, "detector")]
+    assert predictor.without_non_faces(rgb, sure, StubGuard(0.9)) is sure
     monkeypatch.setattr(animal, "shipped", lambda: None)  # no check (no torch to export it): faces as they are
-    assert predictor.without_cats(rgb, faces, StubGuard(0.9)) is faces
+    assert predictor.without_non_faces(rgb, faces, StubGuard(0.9)) is faces
+
+
+def _probs(*rows: dict) -> np.ndarray:
+    p = np.zeros((len(rows), 1000), np.float32)
+    for i, r in enumerate(rows):
+        for k, v in r.items():
+            p[i, k] = v
+    return p
+
+
+def test_the_check_vetoes_cats_and_faces_with_little_people_mass(monkeypatch):
+    table = animal.PeopleTable(np.array([10, 20, 30]), 0.5)
+    check = animal.ImageNetCheck.__new__(animal.ImageNetCheck)
+    check.people = table
+    probs = _probs({10: 0.4, 20: 0.4}, {10: 0.2, 999: 0.8}, {281: 0.2, 282: 0.2, 10: 0.6}, {10: 0.5})
+    monkeypatch.setattr(check, "probs", lambda crops: probs)
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    boxes = [[0, 0, 32, 32]] * 4
+    cat, people = check.scores(rgb, boxes)
+    assert np.allclose(cat, [0, 0, 0.4, 0]) and np.allclose(people, [0.8, 0.2, 0.6, 0.5])
+    assert check.vetoes(rgb, boxes).tolist() == [False, True, True, False]  # a person; too little mass; a cat; at
+    assert check.vetoes(rgb, boxes, np.array([True, False, False, True])).tolist() == [False, False, True, False]
+    check.people = None  # no table: cats only
+    assert check.vetoes(rgb, boxes).tolist() == [False, False, True, False]
+
+
+def test_fit_table_takes_the_classes_carrying_the_cover_and_a_low_quantile_of_their_mass():
+    from agelens.train.people import fit_table
+
+    rng = np.random.default_rng(0)
+    probs = _probs(*([{1: 0.6, 2: 0.3, 3: 0.1}] * 50 + [{1: 0.3, 2: 0.3, 4: 0.4}] * 50))
+    probs += rng.uniform(0, 1e-4, probs.shape).astype(np.float32)
+    asked = np.ones(100, bool)
+    classes, thr = fit_table(probs, asked, cover=0.7, quantile=0.0)
+    assert classes.tolist() == [1, 2]  # means 0.45 + 0.3 reach 0.7 of the mass
+    assert 0.6 <= thr <= 0.61  # the least mass among the asked faces (the second kind: 0.3 + 0.3)
+    classes, _ = fit_table(probs, asked, cover=0.99, quantile=0.0)
+    assert {1, 2, 3, 4} <= set(classes.tolist())
+    with pytest.raises(ValueError, match="no human faces"):
+        fit_table(probs, np.zeros(100, bool))
+
+
+def test_a_people_table_that_is_not_one_is_a_clear_error(monkeypatch, tmp_path):
+    from agelens.errors import CheckpointError
+
+    monkeypatch.setattr("agelens.utils.weights_dir", lambda: tmp_path)
+    animal.people_table.cache_clear()
+    try:
+        assert animal.people_table() is None  # no table: cats only
+        (tmp_path / animal.PEOPLE).write_text('{"classes": [1, 2000], "threshold": 0.5}')
+        animal.people_table.cache_clear()
+        with pytest.raises(CheckpointError, match="not a people table"):
+            animal.people_table()
+        (tmp_path / animal.PEOPLE).write_text('{"classes": [1, 2, 3], "threshold": 0.25}')
+        animal.people_table.cache_clear()
+        t = animal.people_table()
+        assert t.classes.tolist() == [1, 2, 3] and t.threshold == 0.25
+    finally:
+        animal.people_table.cache_clear()
 
 
 def test_the_shipped_check_turns_a_cat_away_and_keeps_the_astronaut(monkeypatch):
@@ -77,8 +143,23 @@ def test_the_shipped_check_turns_a_cat_away_and_keeps_the_astronaut(monkeypatch)
     with pytest.raises(NoFaceError):
         est.predict(cat)
     assert len(est.predict(data.astronaut())) == 1
-    monkeypatch.setattr(predictor, "without_cats", lambda rgb, faces, v: faces)
+    monkeypatch.setattr(predictor, "without_non_faces", lambda rgb, faces, v: faces)
     assert est.predict(cat)[0].extra["detection"] == "detector"  # the check, not another step, turned it away
+
+
+@pytest.mark.parametrize("name, box", [("hubble_deep_field", (249, 11, 523, 600)), ("rocket", (105, 103, 302, 453))])
+def test_the_shipped_check_turns_away_crops_that_look_like_nothing_a_person_looks_like(monkeypatch, name, box):
+    from skimage import data
+
+    from agelens import AgeEstimator
+
+    y, x, h, w = box
+    crop = np.ascontiguousarray(getattr(data, name)()[y:y + h, x:x + w, :3])  # the detector finds a "face" here
+    est = AgeEstimator.from_pretrained()
+    with pytest.raises(NoFaceError):
+        est.predict(crop)
+    monkeypatch.setattr(predictor, "without_non_faces", lambda rgb, faces, v: faces)
+    assert est.predict(crop)[0].detection_score < animal.PEOPLE_BELOW  # the check, not another step, turned it away
 
 
 def test_the_batch_engine_makes_the_export_before_its_workers(monkeypatch, tmp_path):
@@ -102,6 +183,6 @@ def test_a_check_that_cannot_be_exported_warns_and_leaves_faces_unchecked(monkey
         raise PermissionError(f"{path}: read-only file system")
 
     monkeypatch.setattr(animal, "export", fail)
-    with pytest.warns(RuntimeWarning, match="not checked for cats"):
+    with pytest.warns(RuntimeWarning, match="not checked for cats and non-faces"):
         assert animal.ensure_export() is None
     assert not (tmp_path / "ro").exists()

@@ -1,22 +1,32 @@
-"""Is a detected "face" a cat's? The face detector and both face networks take the face of a cat (scikit-image's
-chelsea, a lion, a cheetah) for a human one: the teacher's and the face network's scores on cat crops are as high as
-on people (0.99+), and a veto head fitted on their features could not tell cats from small blurred human faces
-(docs/occlusion_report.md). A classifier that has seen thousands of cats can: EfficientNet-Lite0 with its ImageNet
-classifier (the pip weights the age models start from). It reads the detector box with context (CONTEXT × its
-side, 224 px, as ImageNet images are framed) and sums its probabilities over the 13 cat classes (domestic and big
-cats). On 9,978 human faces `predict` answers (UTKFace and All-Age-Faces val and test, every realocc photo) that
-sum is at most 0.136; on the cat crops that got an age it is 0.93-0.97 (`benchmarks/cat_check.py`). Dogs and other
-animals are not vetoed: real masked faces read as hounds with up to 0.95.
+"""Is a detected "face" a human one? Two vetoes from one ImageNet classifier (EfficientNet-Lite0 with its ImageNet
+head, the pip weights the age models start from), reading the detector box with context (CONTEXT × its side, 224 px,
+as ImageNet images are framed):
 
-The check costs one 224 px pass (about 11 ms on one core), so `inference.predictor.find_and_align` asks it only
-about faces of MIN_SIDE px or more whose occlusion score reaches OCCLUDED (every cat crop's did, 0.79-1.0) and
-that the detector was not sure of (CHECK_BELOW; cats 0.53-0.65, animals at most 0.83). The classifier is exported
-to ONNX once, on first use (needs torch), into the cache folder beside the shipped models' export."""
+- **Cats.** The face detector and both face networks take the face of a cat (scikit-image's chelsea, a lion, a
+  cheetah) for a human one (0.99+), and a veto head fitted on their features could not tell cats from small blurred
+  human faces (docs/occlusion_report.md). The classifier's probability summed over the 13 cat classes: at most
+  0.136 on 9,978 human faces `predict` answers, 0.93-0.97 on the cat crops that got an age
+  (`benchmarks/cat_check.py`). Dogs are not vetoed: real masked faces read as hounds with up to 0.95.
+- **Things that look like nothing a person looks like** (galaxies, rockets, cells, coins). Human faces, masked,
+  degraded or not, put their ImageNet probability on a set of classes (neck brace, sunglasses, ski mask, gown, ...);
+  the shipped people table (`weights/people_classes.json`, `agelens.train.people`) lists the classes that carry
+  most of that mass on faces of the fit data, and the mass below which a face is no person's (a low quantile of
+  the human faces' mass). It is fitted on human faces only: no non-face image is used.
+
+The check costs one 224 px pass (about 11-18 ms on one core), so `inference.predictor.without_non_faces` asks it only
+about faces a fallback step found and faces the detector was unsure of: for the cat veto, faces of MIN_SIDE px or
+more scored under CHECK_BELOW whose occlusion score reaches OCCLUDED (every cat crop's did, 0.79-1.0; cats scored
+0.53-0.65, animals at most 0.83); for the people veto, faces scored under PEOPLE_BELOW (the non-face faces measured
+scored 0.50-0.80, most under 0.7, while 72 % of UTKFace test crops score under 0.85 and 17 % under 0.7). The
+classifier is exported to ONNX once, on first use (needs torch), into the cache folder beside the shipped models'
+export."""
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,10 +38,14 @@ CONTEXT = 2.2  # the square read around a detector box, in box sides
 FELIDS = tuple(range(281, 294))  # ImageNet: tabby ... Egyptian cat, cougar, lynx, leopard, ..., lion, tiger, cheetah
 VETO = 0.3  # a face whose cat probability reaches this is no human face (human faces: at most 0.136; a
 # borderline cat crop read 0.33-0.75 as the input size changed from 160 to 208 px, docs/occlusion_report.md)
-CHECK_BELOW = 0.85  # detector faces scored at or above this are not asked about (every animal photo's were lower)
+CHECK_BELOW = 0.85  # the cat veto: detector faces scored at or above this are not asked about (every animal
+# photo's were lower)
 OCCLUDED = 0.5  # nor faces whose occlusion score is under this (clean faces)
 MIN_SIDE = 40  # nor faces smaller than this (px): crowds of masked faces, too small for the classifier to see a cat
-FORMAT = "felid-v1"  # the exported graph's name: bump when the graph changes
+PEOPLE_BELOW = 0.7  # the people veto: detector faces scored at or above this are not asked about
+FORMAT = "imagenet-v1"  # the exported graph's name (uint8 NHWC in, the 1000 ImageNet probabilities out): bump
+# when the graph changes
+PEOPLE = "people_classes.json"  # the people table in the weights folder
 
 
 def context_crop(rgb: np.ndarray, box: tuple[float, ...] | list[float]) -> np.ndarray:
@@ -51,22 +65,70 @@ def context_crop(rgb: np.ndarray, box: tuple[float, ...] | list[float]) -> np.nd
                           borderValue=(127, 127, 127))
 
 
-class FelidCheck:
-    """The exported classifier: `probs(crops)` → (N,) probability that each SIZE px context crop shows a cat."""
+@dataclass(frozen=True)
+class PeopleTable:
+    """The ImageNet classes human faces put their probability on, and the summed probability below which a face is
+    no person's (`agelens.train.people`)."""
 
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
+    classes: np.ndarray
+    threshold: float
+
+    def mass(self, probs: np.ndarray) -> np.ndarray:
+        """(N,) the probability each row of (N, 1000) puts on the table's classes."""
+        return probs[:, self.classes].sum(1)
+
+
+@lru_cache(maxsize=1)
+def people_table() -> PeopleTable | None:
+    """The shipped people table, or None where the weights folder has none (then only cats are vetoed)."""
+    from ..errors import CheckpointError
+    from ..utils import weights_dir
+
+    p = weights_dir() / PEOPLE
+    if not p.is_file():
+        return None
+    try:
+        d = json.loads(p.read_text())
+        classes = np.asarray(d["classes"], np.int64)
+        if classes.ndim != 1 or len(classes) == 0 or classes.min() < 0 or classes.max() >= 1000:
+            raise ValueError("classes must be ImageNet class indices 0-999")
+        return PeopleTable(classes, float(d["threshold"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{p} is not a people table ({e})") from None
+
+
+class ImageNetCheck:
+    """The exported classifier: `probs(crops)` → (N, 1000) ImageNet probabilities of SIZE px context crops;
+    `vetoes(rgb, boxes)` → which boxes hold a cat or something no person looks like."""
+
+    def __init__(self, path: str | Path, threads: int = 1, people: PeopleTable | None = None) -> None:
         from ..utils import cpu_session
 
         self.session, self._in = cpu_session(path, threads)
+        self.people = people
 
     def probs(self, crops: list[np.ndarray] | np.ndarray) -> np.ndarray:
         if len(crops) == 0:
-            return np.zeros(0, np.float32)
+            return np.zeros((0, 1000), np.float32)
         return self.session.run(None, {self._in: np.ascontiguousarray(np.stack(crops), dtype=np.uint8)})[0]
 
-    def cats(self, rgb: np.ndarray, boxes: list) -> np.ndarray:
-        """(N,) bool: which of these boxes of the image hold a cat (probability ≥ VETO)."""
-        return self.probs([context_crop(rgb, b) for b in boxes]) >= VETO
+    def scores(self, rgb: np.ndarray, boxes: list) -> tuple[np.ndarray, np.ndarray]:
+        """(cat probability, people mass (NaN without a table)) per box of the image."""
+        p = self.probs([context_crop(rgb, b) for b in boxes])
+        people = self.people.mass(p) if self.people is not None else np.full(len(p), np.nan, np.float32)
+        return cat_probability(p), people
+
+    def vetoes(self, rgb: np.ndarray, boxes: list, people: np.ndarray | None = None) -> np.ndarray:
+        """(N,) bool: which of these boxes of the image are no human face: a cat, or, where `people` (default: every
+        box) says the people veto applies, too little people mass."""
+        cat, mass = self.scores(rgb, boxes)
+        little = mass < self.people.threshold if self.people is not None else np.zeros(len(cat), bool)
+        return (cat >= VETO) | (little & (True if people is None else np.asarray(people, bool)))
+
+
+def cat_probability(probs: np.ndarray) -> np.ndarray:
+    """(N,) the probability each row of (N, 1000) ImageNet probabilities puts on the cat classes (FELIDS)."""
+    return probs[:, list(FELIDS)].sum(1)
 
 
 def export_path() -> Path:
@@ -79,7 +141,8 @@ def export_path() -> Path:
 
 
 def export(path: str | Path) -> Path:
-    """Write the classifier as ONNX (uint8 NHWC in, cat probability out), atomically. Needs torch and timm."""
+    """Write the classifier as ONNX (uint8 NHWC in, the 1000 ImageNet probabilities out), atomically. Needs torch
+    and timm."""
     import torch
     from torch import nn
 
@@ -94,11 +157,10 @@ def export(path: str | Path) -> Path:
         def __init__(self) -> None:
             super().__init__()
             self.net = net
-            self.register_buffer("idx", torch.tensor(FELIDS))
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
             x = (image.permute(0, 3, 1, 2).float() / 255.0 - 0.498) / 0.502  # the weights' normalisation
-            return torch.softmax(self.net(x), 1).index_select(1, self.idx).sum(1)
+            return torch.softmax(self.net(x), 1)
 
     def write(tmp: str) -> None:
         import onnx
@@ -106,8 +168,8 @@ def export(path: str | Path) -> Path:
         dummy = torch.zeros(2, SIZE, SIZE, 3, dtype=torch.uint8)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # harmless (export/onnx.py)
-            torch.onnx.export(Graph().eval(), (dummy,), tmp, input_names=["image"], output_names=["cat"],
-                              dynamic_axes={"image": {0: "batch"}, "cat": {0: "batch"}}, opset_version=OPSET,
+            torch.onnx.export(Graph().eval(), (dummy,), tmp, input_names=["image"], output_names=["probs"],
+                              dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)
         m = onnx.load(tmp)
         fuse_pads(m, {"image": dummy.numpy()})
@@ -129,14 +191,15 @@ def ensure_export() -> Path | None:
         try:
             export(p)
         except (ImportError, CheckpointError, OSError) as e:
-            warnings.warn(f"faces are not checked for cats: the check cannot be exported to {p} "
+            warnings.warn(f"faces are not checked for cats and non-faces: the check cannot be exported to {p} "
                           f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
             return None
     return p
 
 
 @lru_cache(maxsize=1)
-def shipped() -> FelidCheck | None:
-    """The check, exported on first use; None where it cannot be made: faces are then not checked for cats."""
+def shipped() -> ImageNetCheck | None:
+    """The check with the shipped people table, exported on first use; None where it cannot be made: faces are
+    then not checked."""
     p = ensure_export()
-    return FelidCheck(p) if p is not None else None
+    return ImageNetCheck(p, people=people_table()) if p is not None else None

@@ -621,7 +621,7 @@ def shipped_verifier():
 
 
 def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, detect: bool = True,
-                   verifier="shipped", proposed: list | None = None, upright: bool = True
+                   verifier="shipped", proposed: list | None = None, upright: bool = True, vet: bool = True
                    ) -> list[tuple]:
     """(box, score, aligned crop, landmarks_found, detection, source) for each face; detect=False: the image is
     one face crop. source: the image the crop was warped from and how (`faces.realign.CropSource`), None for a
@@ -629,7 +629,8 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     `scores` and `threshold`; "shipped" = the shipped face verifier, None = none: detector steps only) says it is
     a face. proposed: the image's `FaceAnalyzer.propose` faces when the caller has them. upright: where the largest
     face does not read upright (`faces.orientation`), the image is looked at again turned each way (`_upright`).
-    Raises NoFaceError when there is no face."""
+    vet: faces the detector was unsure of go through the ImageNet check (`without_non_faces`); False only to fit
+    or measure that check. Raises NoFaceError when there is no face."""
     h, w = rgb.shape[:2]
     if not detect:
         crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
@@ -658,32 +659,35 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
             source = CropSource(img, f.aligned(img, cache_size)[1], cache_size)  # the warp prepare_face made
         box = turned_back(f.box, turn, rgb.shape)
         out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection, source))
-    out = without_cats(rgb, out, v)
+    out = without_non_faces(rgb, out, v) if vet else out
     if not out:
         raise NoFaceError("no face found")
     return out
 
 
-def without_cats(rgb: np.ndarray, faces: list, verifier) -> list:
-    """`find_and_align` faces less those the cat check (`faces.animal`) vetoes. It is asked about the faces of
-    animal.MIN_SIDE px or more that the detector was not sure of (a fallback step's, or scored under
-    animal.CHECK_BELOW) and whose occlusion score reaches animal.OCCLUDED: the score predict reports, from the
-    teacher's head in the verification pass and the separate network where the head is unsure. Where the verifier
-    is not the teacher's head, it is asked about every such face regardless of occlusion. Without the check (no
-    torch to export it), the faces stay as they are."""
-    ask = np.array([(how != "detector" or score < animal.CHECK_BELOW)
-                    and min(b[2] - b[0], b[3] - b[1]) >= animal.MIN_SIDE for b, score, _, _, how, *_ in faces], bool)
-    if not ask.any():
-        return faces
+def without_non_faces(rgb: np.ndarray, faces: list, verifier=None) -> list:
+    """`find_and_align` faces less those the ImageNet check (`faces.animal`) vetoes. The people veto (too little
+    probability on the classes human faces look like) is asked about faces a fallback step found or the detector
+    scored under animal.PEOPLE_BELOW. The cat veto is asked about those and about faces of animal.MIN_SIDE px or
+    more scored under animal.CHECK_BELOW whose occlusion score reaches animal.OCCLUDED: the score predict reports,
+    from the teacher's head in the verification pass and the separate network where the head is unsure (where the
+    verifier is not the teacher's head, regardless of occlusion). Without the check (no torch to export it), the
+    faces stay as they are."""
+    fallback = np.array([how != "detector" for _, _, _, _, how, *_ in faces], bool)
+    score = np.array([s for _, s, *_ in faces], np.float64)
+    people = fallback | (score < animal.PEOPLE_BELOW)
+    cat = ((fallback | (score < animal.CHECK_BELOW))
+           & np.array([min(b[2] - b[0], b[3] - b[1]) >= animal.MIN_SIDE for b, *_ in faces], bool) & ~people)
     est = getattr(verifier, "est", None)
-    if est is not None and est.detector is not None:  # a TrunkGuard: the teacher's own heads
-        ask[ask] = est.detector.scores(np.stack([faces[i][2] for i in np.flatnonzero(ask)])) >= animal.OCCLUDED
+    if cat.any() and est is not None and est.detector is not None:  # a TrunkGuard: the teacher's own heads
+        cat[cat] = est.detector.scores(np.stack([faces[i][2] for i in np.flatnonzero(cat)])) >= animal.OCCLUDED
+    ask = people | cat
     check = animal.shipped() if ask.any() else None
     if check is None:
         return faces
     idx = np.flatnonzero(ask)
-    cats = set(idx[check.cats(rgb, [faces[i][0] for i in idx])].tolist())
-    return [f for i, f in enumerate(faces) if i not in cats]
+    vetoed = set(idx[check.vetoes(rgb, [faces[i][0] for i in idx], people[idx])].tolist())
+    return [f for i, f in enumerate(faces) if i not in vetoed]
 
 
 def predicted_face(rgb: np.ndarray, analyzer: FaceAnalyzer, size: int) -> tuple[np.ndarray, np.ndarray]:
