@@ -36,6 +36,7 @@ from occlusion_e2e import occluded_on_photo, sample_images  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 UTK_RACES = ("white", "black", "asian", "indian", "other")
+TRADE_OFF = (0.70, 0.72, 0.74, 0.76, 0.78, 0.80)  # people-mass thresholds whose vetoes are counted per group too
 
 
 def main() -> None:
@@ -119,11 +120,15 @@ def main() -> None:
         for g in sorted({x[0] for x in people}):
             sel = [x for x in people if x[0] == g]
             gone = [x for x in sel if x[3] and x[2] < table.threshold]
-            out["people"]["groups"][g] = {"faces": len(sel), "asked": sum(x[3] for x in sel), "vetoed": len(gone),
-                                          "vetoed_faces": [x[1] for x in gone][:40]}
+            asked = np.array([x[2] for x in sel if x[3]])
+            out["people"]["groups"][g] = {"faces": len(sel), "asked": len(asked), "vetoed": len(gone),
+                                          "vetoed_faces": [x[1] for x in gone][:40],
+                                          "vetoed_at": {f"{t:.2f}": int((asked < t).sum()) for t in TRADE_OFF}}
         human = [x for x in people if x[0] not in ("nonface", "animal", "realocc_fit")]  # not in the table's fit
-        out["people"]["human_not_fitted_on"] = {"faces": len(human), "vetoed": sum(
-            1 for x in human if x[3] and x[2] < table.threshold)}
+        asked = np.array([x[2] for x in human if x[3]])
+        out["people"]["human_not_fitted_on"] = {"faces": len(human), "asked": len(asked),
+                                                "vetoed": int((asked < table.threshold).sum()),
+                                                "vetoed_at": {f"{t:.2f}": int((asked < t).sum()) for t in TRADE_OFF}}
     atomic_write_json(a.out, out)
     print({k: out[k] for k in ("human", "groups", "utkface_by_race", "people") if k in out})
 

@@ -38,15 +38,23 @@ class StubCheck:
         return np.ones(len(boxes), bool)
 
 
-class StubGuard:
-    """A TrunkGuard stand-in: its estimator's occlusion score is `occ` for every crop."""
+class Scores:
+    """A crop classifier scoring every crop `value`."""
 
-    def __init__(self, occ: float) -> None:
-        self.est = self.detector = self
-        self.occ = occ
+    def __init__(self, value: float) -> None:
+        self.value = value
 
     def scores(self, crops: np.ndarray) -> np.ndarray:
-        return np.full(len(crops), self.occ)
+        return np.full(len(crops), self.value)
+
+
+class StubGuard(Scores):
+    """A TrunkGuard stand-in: face score `face` for every crop, its estimator's occlusion score `occ`."""
+
+    def __init__(self, occ: float, face: float = 0.9) -> None:
+        super().__init__(face)
+        self.est = self
+        self.detector = Scores(occ)
 
 
 def _face(score: float, how: str, side: float = 50.0) -> tuple:
@@ -68,6 +76,9 @@ def test_which_faces_each_veto_is_asked_about(monkeypatch):
     stub.asked.clear()
     predictor.without_non_faces(rgb, faces, object())  # no teacher heads: every unsure face is asked about cats
     assert stub.asked == [[True, False, True]]
+    stub.asked.clear()
+    kept = predictor.without_non_faces(rgb, faces, StubGuard(0.9, face=0.9995))  # the verifier is sure: cats only
+    assert [f[1] for f in kept] == [0.95, 0.8] and stub.asked == [[False, False, False]]
     sure = [_face(0.95, "detector"), _face(0.9, "detector")]
     assert predictor.without_non_faces(rgb, sure, StubGuard(0.9)) is sure
     monkeypatch.setattr(animal, "shipped", lambda: None)  # no check (no torch to export it): faces as they are

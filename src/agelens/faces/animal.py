@@ -17,7 +17,8 @@ The check costs one 224 px pass (about 11-18 ms on one core), so `inference.pred
 about faces a fallback step found and faces the detector was unsure of: for the cat veto, faces of MIN_SIDE px or
 more scored under CHECK_BELOW whose occlusion score reaches OCCLUDED (every cat crop's did, 0.79-1.0; cats scored
 0.53-0.65, animals at most 0.83); for the people veto, faces scored under PEOPLE_BELOW (the non-face faces measured
-scored 0.50-0.80, most under 0.7, while 72 % of UTKFace test crops score under 0.85 and 17 % under 0.7). The
+scored 0.50-0.80, most under 0.7, while 72 % of UTKFace test crops score under 0.85 and 16 % under 0.7) that the
+face verifier is not sure of (under FACE_SURE, from scores it has already computed). The
 classifier is exported to ONNX once, on first use (needs torch), into the cache folder beside the shipped models'
 export."""
 
@@ -43,6 +44,8 @@ CHECK_BELOW = 0.85  # the cat veto: detector faces scored at or above this are n
 OCCLUDED = 0.5  # nor faces whose occlusion score is under this (clean faces)
 MIN_SIDE = 40  # nor faces smaller than this (px): crowds of masked faces, too small for the classifier to see a cat
 PEOPLE_BELOW = 0.7  # the people veto: detector faces scored at or above this are not asked about
+FACE_SURE = 0.999  # nor faces the face verifier (the teacher's head, then the cascade) scores at or above this:
+# 92 % of the UTKFace test faces under PEOPLE_BELOW, while 40 of the 45 non-face faces the veto turned away scored less
 FORMAT = "imagenet-v1"  # the exported graph's name (uint8 NHWC in, the 1000 ImageNet probabilities out): bump
 # when the graph changes
 PEOPLE = "people_classes.json"  # the people table in the weights folder

@@ -668,7 +668,7 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
 def without_non_faces(rgb: np.ndarray, faces: list, verifier=None) -> list:
     """`find_and_align` faces less those the ImageNet check (`faces.animal`) vetoes. The people veto (too little
     probability on the classes human faces look like) is asked about faces a fallback step found or the detector
-    scored under animal.PEOPLE_BELOW. The cat veto is asked about those and about faces of animal.MIN_SIDE px or
+    scored under animal.PEOPLE_BELOW, less those a TrunkGuard verifier scores animal.FACE_SURE or more. The cat veto is asked about those and about faces of animal.MIN_SIDE px or
     more scored under animal.CHECK_BELOW whose occlusion score reaches animal.OCCLUDED: the score predict reports,
     from the teacher's head in the verification pass and the separate network where the head is unsure (where the
     verifier is not the teacher's head, regardless of occlusion). Without the check (no torch to export it), the
@@ -676,10 +676,13 @@ def without_non_faces(rgb: np.ndarray, faces: list, verifier=None) -> list:
     fallback = np.array([how != "detector" for _, _, _, _, how, *_ in faces], bool)
     score = np.array([s for _, s, *_ in faces], np.float64)
     people = fallback | (score < animal.PEOPLE_BELOW)
+    est = getattr(verifier, "est", None)
+    if people.any() and est is not None:  # a TrunkGuard, whose scores of these crops are memoised: faces it is
+        idx = np.flatnonzero(people)  # sure of are not asked
+        people[idx] = verifier.scores(np.stack([faces[i][2] for i in idx])) < animal.FACE_SURE
     cat = ((fallback | (score < animal.CHECK_BELOW))
            & np.array([min(b[2] - b[0], b[3] - b[1]) >= animal.MIN_SIDE for b, *_ in faces], bool) & ~people)
-    est = getattr(verifier, "est", None)
-    if cat.any() and est is not None and est.detector is not None:  # a TrunkGuard: the teacher's own heads
+    if cat.any() and est is not None and est.detector is not None:  # the teacher's own occlusion head
         cat[cat] = est.detector.scores(np.stack([faces[i][2] for i in np.flatnonzero(cat)])) >= animal.OCCLUDED
     ask = people | cat
     check = animal.shipped() if ask.any() else None
