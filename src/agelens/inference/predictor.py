@@ -668,11 +668,12 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
 def without_non_faces(rgb: np.ndarray, faces: list, verifier=None) -> list:
     """`find_and_align` faces less those the ImageNet check (`faces.animal`) vetoes. The people veto (too little
     probability on the classes human faces look like) is asked about faces a fallback step found or the detector
-    scored under animal.PEOPLE_BELOW, less those a TrunkGuard verifier scores animal.FACE_SURE or more. The cat veto is asked about those and about faces of animal.MIN_SIDE px or
-    more scored under animal.CHECK_BELOW whose occlusion score reaches animal.OCCLUDED: the score predict reports,
-    from the teacher's head in the verification pass and the separate network where the head is unsure (where the
-    verifier is not the teacher's head, regardless of occlusion). Without the check (no torch to export it), the
-    faces stay as they are."""
+    scored under animal.PEOPLE_BELOW, less those a TrunkGuard verifier scores animal.FACE_SURE or more (its
+    memoised scores). The cat veto is asked about those and about faces of animal.MIN_SIDE px or more scored under
+    animal.CHECK_BELOW whose occlusion score reaches animal.OCCLUDED: the score predict reports, from the teacher's
+    head in the verification pass and the separate network where the head is unsure (where the verifier is not the
+    teacher's head, regardless of occlusion). Without the check (no torch to export it), the faces stay as they
+    are."""
     fallback = np.array([how != "detector" for _, _, _, _, how, *_ in faces], bool)
     score = np.array([s for _, s, *_ in faces], np.float64)
     people = fallback | (score < animal.PEOPLE_BELOW)

@@ -1,16 +1,17 @@
 """Fit the people table of the ImageNet check (`faces.animal.PeopleTable`), from human faces only.
 
-Every face `predict` finds (the check switched off) on the fit photos: UTKFace and All-Age-Faces train photos, the
-same photos under the test degradations (`data.augment.TEST_DEGRADATIONS`, one each in turn), UTKFace train photos
-with an occluder of each family in turn drawn on the photo, and realocc's fit half (real masks and sunglasses). Each
+Every face `predict` finds (the check switched off) on the fit photos: UTKFace and All-Age-Faces train photos, more
+train photos of both under one test degradation each (`data.augment.TEST_DEGRADATIONS` in turn), UTKFace train
+photos with an occluder of each family in turn drawn on the photo, and realocc's fit half (real masks and
+sunglasses). Each
 face's context crop (`animal.context_crop`) is read by the ImageNet classifier. The table's classes are those with
 the largest mean probability over all these faces, together carrying `cover` of it; its threshold is the `quantile`
 of the class mass over the faces the people veto is asked about (a fallback step's, or the detector under
-`animal.PEOPLE_BELOW`: `predictor.without_non_faces`).
-No image without a face is used: what the check turns away is measured afterwards (`benchmarks/no_face.py`,
-`benchmarks/cat_check.py`).
+`animal.PEOPLE_BELOW`: `predictor.without_non_faces`; its verifier gate, `animal.FACE_SURE`, which only saves
+time, is not applied here). No image without a face is used: what the check turns away is measured afterwards
+(`benchmarks/no_face.py`, `benchmarks/cat_check.py`).
 
-    python -m agelens.train.people --out src/agelens/weights/people_classes.json     # about 8 min on 2 cores
+    python -m agelens.train.people --out src/agelens/weights/people_classes.json     # about 4 min on 2 cores
 """
 
 from __future__ import annotations
