@@ -63,7 +63,7 @@ def main() -> None:
         cat, mass = check.scores(rgb, [f[0] for f in faces])
         for k, (f, v, m) in enumerate(zip(faces, cat, mass, strict=True)):
             rows.append((group, f"{name}#{k}:{f[4]}", float(v)))
-            people.append((group, f"{name}#{k}:{f[4]}", float(m), f[4] != "detector" or f[1] < animal.PEOPLE_BELOW))
+            people.append((group, f"{name}#{k}:{f[4]}", float(m), animal.people_asked(f[1], f[4])))
 
     rng = np.random.default_rng(0)
     images = [(f"{n}", img) for n, img in sample_images()]

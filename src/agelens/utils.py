@@ -122,9 +122,7 @@ def shipped_models() -> list[str]:
 
 
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # CPUs whose int8 dot products make int8 graphs pay
-# CPUs whose int8 kernels sum pairs of uint8 x int8 products in int16 (vpmaddubsw), which saturates with 8-bit
-# weights: their int8 graphs keep 7 (onnxruntime's reduce_range), docs/inference_levers.md
-INT8_W7_FLAGS = ("avx2",)
+INT8_W7_FLAGS = ("avx2",)  # CPUs whose int8 graphs keep 7-bit weights (the "int8w7" flavour below)
 # int8 flavours: file suffix → (7-bit weights, roles left in fp32). On AVX2 without VNNI onnxruntime sums uint8 x
 # int8 products pairwise in int16, which saturates with 8-bit weights: on the shipped teacher's single view (600
 # cached validation faces, AMD EPYC AVX2) ages moved 0.69 years per face from fp32 with 8-bit weights, 0.53 with

@@ -68,6 +68,12 @@ def context_crop(rgb: np.ndarray, box: tuple[float, ...] | list[float]) -> np.nd
                           borderValue=(127, 127, 127))
 
 
+def people_asked(score: float, how: str) -> bool:
+    """Whether the people veto is asked about a face, from how it was found and its detector score (before the
+    verifier gate, `FACE_SURE`): a fallback step's face, or a detector score under PEOPLE_BELOW."""
+    return how != "detector" or score < PEOPLE_BELOW
+
+
 @dataclass(frozen=True)
 class PeopleTable:
     """The ImageNet classes human faces put their probability on, and the summed probability below which a face is

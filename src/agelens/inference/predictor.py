@@ -676,7 +676,7 @@ def without_non_faces(rgb: np.ndarray, faces: list, verifier=None) -> list:
     are."""
     fallback = np.array([how != "detector" for _, _, _, _, how, *_ in faces], bool)
     score = np.array([s for _, s, *_ in faces], np.float64)
-    people = fallback | (score < animal.PEOPLE_BELOW)
+    people = np.array([animal.people_asked(s, how) for _, s, _, _, how, *_ in faces], bool)
     est = getattr(verifier, "est", None)
     if people.any() and est is not None:  # a TrunkGuard, whose scores of these crops are memoised: faces it is
         idx = np.flatnonzero(people)  # sure of are not asked

@@ -61,7 +61,7 @@ def collect(est, photos, log=print) -> tuple[np.ndarray, np.ndarray, dict]:
         except NoFaceError:
             continue
         probs.append(check.probs([animal.context_crop(rgb, f[0]) for f in faces]))
-        asked += [how != "detector" or score < animal.PEOPLE_BELOW for _, score, _, _, how, *_ in faces]
+        asked += [animal.people_asked(score, how) for _, score, _, _, how, *_ in faces]
         counts[group] = counts.get(group, 0) + len(faces)
         if i % 500 == 0:
             log(f"{i} photos, {len(asked)} faces, {time.time() - t0:.0f} s")

@@ -127,7 +127,7 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
             q = "fp32"
         p8, p32, p1 = d / f"{role}.{q}.onnx", d / f"{role}.onnx", d / f"{role}.notta.onnx"
         p18 = d / f"{role}.notta.{q}.onnx"
-        p = p8 if precision != "fp32" and p8.is_file() else p32
+        p = p8 if q != "fp32" and p8.is_file() else p32
         meta = manifest.get(role) if p != p8 else None
         if role in ("teacher", "student") and p32.is_file():
             if mode == "none" and not p1.is_file():
@@ -135,7 +135,7 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
                                       "`agelens export onnx --output DIR`")
             card = manifest.get(role) or {}  # the fp32 graph's metadata: the int8 copies share it
             pays = card.get("tta_spread") and (role == "student" or selective_tta(SimpleNamespace(**card)))
-            if precision != "fp32" and p18.is_file() and (mode == "none" or (mode == "auto" and pays)):
+            if q != "fp32" and p18.is_file() and (mode == "none" or (mode == "auto" and pays)):
                 p, meta = p18, {**card, "tta": False} if card else None  # int8 single views
             elif mode == "none" or (mode == "auto" and p == p32 and p1.is_file() and pays):
                 p, meta = p1, {**meta, "tta": False} if meta else None
