@@ -1,6 +1,6 @@
 """Calibrate the int8 activation ranges that ship beside the weights (`src/agelens/weights/<graph>.int8-ranges.json`).
 
-usage: python benchmarks/int8_ranges.py [--n 320] [--seed 0] [--weights src/agelens/weights]
+usage: python benchmarks/int8_ranges.py [--n 320] [--seed 0] [--weights src/agelens/weights] [--roles ROLE ...]
 
 Each graph is calibrated on the faces it answers in use: the teacher on clean validation faces (UTKFace), the
 student on occluded ones (UTKFace + All-Age-Faces validation faces, half with one of the paper's six occluders, half
@@ -47,8 +47,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=320, help="calibration faces per model (a multiple of 16)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", type=Path, default=Path("src/agelens/weights"))
+    ap.add_argument("--roles", nargs="+", default=list(CALIBRATION), choices=list(CALIBRATION),
+                    help="the graphs to calibrate (default: all; a retrained model alone: its role)")
     a = ap.parse_args()
-    for role, (datasets, occluded) in CALIBRATION.items():
+    for role in a.roles:
+        datasets, occluded = CALIBRATION[role]
         card_p = a.weights / f"{role}.json"
         card = json.loads(card_p.read_text())
         files = []

@@ -101,6 +101,14 @@ def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_
     m = guards.fit("faceness", tmp_path, tmp_path / "photo", steps=1, batch=4, init=None, threads=1, photo=True)
     card = json.loads(guards.ship(tmp_path / "photo", "faceness", tmp_path / "weights").with_suffix(".json").read_text())
     assert m["photo"] and card["recipe"].endswith("--photo")
+    # the occlusion guard under --photo also reports its specificity on photo-degraded validation faces
+    m = guards.fit("occlusion", tmp_path, tmp_path / "occ_photo", steps=1, batch=4, init=None, threads=1,
+                   kinds="all", photo=True)
+    card = json.loads(guards.ship(tmp_path / "occ_photo", "occlusion", tmp_path / "weights").with_suffix(".json")
+                      .read_text())
+    assert 0 <= m["val_photo_specificity"] <= 1 and card["recipe"].endswith("--kinds all --photo")
+    assert "val_photo_specificity" not in guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4,
+                                                     init=None, threads=1)
     with pytest.raises(ConfigError, match="kinds"):
         guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, kinds="hands")
 
@@ -158,3 +166,30 @@ def test_split_part_reads_the_age_models_split_and_names_what_is_missing(tmp_pat
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(DataError, match="not a valid agelens split"):
         split_part(tmp_path / "list.json", "train")
+
+
+def test_occlusion_threshold_rule_reports_specificity_under_photo_degradations(face_crop):
+    """A detector that reads pixel noise as occlusion keeps 99 % of clean validation faces under its threshold but
+    few of the same faces under grain and noise: the report must show the gap (photo) and leave it out (plain)."""
+    import torch
+
+    class NoiseReader(torch.nn.Module):
+        mean_std = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+        def predict(self, x, tta_flip=False):
+            hf = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean((1, 2, 3))  # high-frequency energy
+            return torch.sigmoid(hf - hf.new_tensor(8.0)), None, None
+
+    crop, lm = face_crop
+    smooth = np.stack([cv2_blur(np.roll(crop, k, axis=1)) for k in range(0, 40, 4)])
+    data = {"utk_val": smooth, "utk_val_lm": np.stack([lm] * len(smooth))}
+    plain = guards.choose_threshold(NoiseReader(), data, "occlusion")
+    photo = guards.choose_threshold(NoiseReader(), data, "occlusion", photo=True)
+    assert "val_photo_specificity" not in plain and plain["val_specificity"] >= 0.9
+    assert photo["threshold"] == plain["threshold"] and photo["val_photo_specificity"] < plain["val_specificity"]
+
+
+def cv2_blur(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(img, (0, 0), 3)
