@@ -61,7 +61,8 @@ def main() -> None:
     if a.write_card:
         card_p = weights_dir() / "occlusion.json"
         card = json.loads(card_p.read_text())
-        card["threshold_rule"] = {"threshold": thr, "fit_threshold": card["threshold"], "command": res["command"],
+        fit_thr = (card.get("test_metrics") or {}).get("threshold", card["threshold"])  # the fit's own rule
+        card["threshold_rule"] = {"threshold": thr, "fit_threshold": fit_thr, "command": res["command"],
                                   "rule": f"the {QUANTILE:.0%} quantile of the occlusion score of clean validation "
                                           "photos end to end (both datasets, largest face)"}
         card["threshold"] = thr
