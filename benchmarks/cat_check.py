@@ -39,6 +39,11 @@ UTK_RACES = ("white", "black", "asian", "indian", "other")
 TRADE_OFF = (0.70, 0.72, 0.74, 0.76, 0.78, 0.80)  # people-mass thresholds whose vetoes are counted per group too
 
 
+def vetoed_at(asked: np.ndarray) -> dict[str, int]:
+    """How many of the asked faces' people masses fall under each TRADE_OFF threshold."""
+    return {f"{t:.2f}": int((asked < t).sum()) for t in TRADE_OFF}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="docs/cat_check.json")
@@ -123,12 +128,12 @@ def main() -> None:
             asked = np.array([x[2] for x in sel if x[3]])
             out["people"]["groups"][g] = {"faces": len(sel), "asked": len(asked), "vetoed": len(gone),
                                           "vetoed_faces": [x[1] for x in gone][:40],
-                                          "vetoed_at": {f"{t:.2f}": int((asked < t).sum()) for t in TRADE_OFF}}
+                                          "vetoed_at": vetoed_at(asked)}
         human = [x for x in people if x[0] not in ("nonface", "animal", "realocc_fit")]  # not in the table's fit
         asked = np.array([x[2] for x in human if x[3]])
         out["people"]["human_not_fitted_on"] = {"faces": len(human), "asked": len(asked),
                                                 "vetoed": int((asked < table.threshold).sum()),
-                                                "vetoed_at": {f"{t:.2f}": int((asked < t).sum()) for t in TRADE_OFF}}
+                                                "vetoed_at": vetoed_at(asked)}
     atomic_write_json(a.out, out)
     print({k: out[k] for k in ("human", "groups", "utkface_by_race", "people") if k in out})
 

@@ -23,20 +23,11 @@ import numpy as np
 
 import generalise as g  # benchmarks/ is on the path when this file runs as a script
 from agelens.data.augment import TEST_DEGRADATIONS
-from agelens.errors import NoFaceError
-from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json, atomic_write_text
 
 CONDITIONS = ("clean", *TEST_DEGRADATIONS)
-
-
-def largest(est: AgeEstimator, rgb: np.ndarray):
-    try:
-        return largest_face(est.predict(rgb))
-    except NoFaceError:
-        return None
 
 
 def run_set(auto: AgeEstimator, teacher: AgeEstimator, files: list[tuple[Path, float]], seed: int,
@@ -46,8 +37,8 @@ def run_set(auto: AgeEstimator, teacher: AgeEstimator, files: list[tuple[Path, f
         rgb = load_image(f)
         for c in conditions:
             img = g.encode(rgb, ".jpg", 95) if c == "clean" else g.degraded(rgb, c, i, seed)
-            a = largest(auto, img)
-            t = largest(teacher, img) if a is not None else None
+            a = g.largest_prediction(auto, img)
+            t = g.largest_prediction(teacher, img) if a is not None else None
             rows[c].append((age, a, t))
         if (i + 1) % 50 == 0:
             print(f"  {i + 1}/{len(files)}", flush=True)

@@ -84,14 +84,18 @@ def degraded(rgb: np.ndarray, name: str, i: int, seed: int) -> np.ndarray:
     return degrade_for_test(rgb, name, seed * 100_003 + i * 101 + TEST_DEGRADATIONS.index(name))
 
 
-def one_age(est: AgeEstimator, rgb: np.ndarray) -> tuple[float, list[float]] | None:
-    """(age, interval) of the largest face `predict` finds, None when it finds none."""
+def largest_prediction(est: AgeEstimator, rgb: np.ndarray):
+    """The FacePrediction of the largest face `predict` finds, None when it finds none."""
     try:
-        preds = est.predict(rgb)
+        return largest_face(est.predict(rgb))
     except NoFaceError:
         return None
-    p = largest_face(preds)
-    return p.age, p.interval
+
+
+def one_age(est: AgeEstimator, rgb: np.ndarray) -> tuple[float, list[float]] | None:
+    """(age, interval) of the largest face `predict` finds, None when it finds none."""
+    p = largest_prediction(est, rgb)
+    return None if p is None else (p.age, p.interval)
 
 
 def summary(rows: list, ages: list[float]) -> dict:

@@ -21,8 +21,6 @@ from pathlib import Path
 import numpy as np
 
 import generalise as g  # benchmarks/ is on the path when this file runs as a script
-from agelens.errors import NoFaceError
-from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json, weights_dir
@@ -42,11 +40,8 @@ def main() -> None:
     for ds in ("utkface", "aaf"):
         s = []
         for f, _ in g.test_files(ds, a.n, a.seed, part="val"):
-            try:
-                p = largest_face(est.predict(g.encode(load_image(f), ".jpg", 95)))
-            except NoFaceError:
-                continue
-            if p.extra.get("occlusion_score") is not None:
+            p = g.largest_prediction(est, g.encode(load_image(f), ".jpg", 95))
+            if p is not None and p.extra.get("occlusion_score") is not None:
                 s.append(float(p.extra["occlusion_score"]))
         scores[ds] = s
         print(ds, len(s), "quantiles 0.95 / 0.98 / 0.99:", np.quantile(s, [0.95, 0.98, 0.99]).round(4), flush=True)

@@ -169,6 +169,7 @@ class TrunkGuard:
         self.skip_below = -np.inf if skip_below is None else float(skip_below)
         self.skip_above = np.inf if skip_above is None else float(skip_above)
         self._memo = CropMemo()  # the fallback's scores: the cat check and routing ask about the same crops
+        self._photo_memo = CropMemo()  # the photo network's: verification and the people veto's gate ask again
 
     def fallback_scores(self, crops: np.ndarray) -> np.ndarray:
         """The separate network's scores, each crop read once while it stays in the memo."""
@@ -210,7 +211,7 @@ class TrunkGuard:
         if self.photo is None or not doubted.any():
             return
         idx = np.flatnonzero(doubted)
-        q = self.photo.scores(crops[idx])
+        q = np.array(self._photo_memo.rows(crops[idx], self.photo.scores, self.est.MEMO_SIZE), np.float32)
         ok = q >= need
         p[idx[ok]] = np.maximum(q[ok], floor)
 

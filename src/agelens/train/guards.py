@@ -479,8 +479,8 @@ def choose_threshold(model, data: dict[str, np.ndarray], task: str, photo: bool 
     kinds = ALL_TYPES if task == "faceness" else OCCLUSION_TYPES
     occ_imgs = [o for o in (_occluded(v, m, rng, kinds) for v, m in zip(val, lm, strict=True)) if o is not None]
     occ = guard_scores(np.stack(occ_imgs))
+    degraded = guard_scores(np.stack([photo_degraded(v, rng) for v in val])) if photo else np.zeros(0, np.float32)
     if task == "faceness":
-        degraded = guard_scores(np.stack([photo_degraded(v, rng) for v in val])) if photo else np.zeros(0, np.float32)
         thr = float(np.quantile(np.concatenate([clean, occ]), 0.005))
         neg = guard_scores(data["neg"][::4])
         extra = {"val_photo_recall": float((degraded >= thr).mean())} if photo else {}
@@ -488,10 +488,7 @@ def choose_threshold(model, data: dict[str, np.ndarray], task: str, photo: bool 
                 "val_occluded_recall": float((occ >= thr).mean()), **extra,
                 "train_negatives_accepted": float((neg >= thr).mean()), "n_val": int(len(clean))}
     thr = float(np.quantile(clean, 0.99))
-    extra = {}
-    if photo:
-        degraded = guard_scores(np.stack([photo_degraded(v, rng) for v in val]))
-        extra = {"val_photo_specificity": float((degraded < thr).mean())}
+    extra = {"val_photo_specificity": float((degraded < thr).mean())} if photo else {}
     return {"threshold": round(thr, 4), "val_specificity": float((clean < thr).mean()),
             "val_synthetic_recall": float((occ >= thr).mean()), **extra, "n_val": int(len(clean))}
 
