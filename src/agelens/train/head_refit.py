@@ -1,0 +1,248 @@
+"""Re-fit the teacher's age head on its frozen trunk, with faces re-weighted by age bin and by group within each bin.
+
+The trunk's features are extracted once from the cached faces of the train parts (clean, mirrored and one draw of
+the training degradations, `data.augment.realistic`); the DLDL head (one linear layer over 1,280 features) is then
+trained again from its shipped weights, with the same loss, on those features. This is classifier re-training
+(Kang et al. 2020, "Decoupling representation and classifier") and last-layer re-weighting (Kirichenko et al.
+2022): with the trunk fixed, the guard heads, the face verifier and everything that reads the trunk stay as they
+are, and only the age decoding changes. Weights (`group_weights`): each age bin's faces weighted by the bin's count
+to the power −`age_power` (0: as trained), and within a bin and dataset each race × gender group (All-Age-Faces,
+without race labels: gender) given equal mass, `group_power` of the way.
+
+    python -m agelens.train.head_refit features --out runs/head
+    python -m agelens.train.head_refit fit --features runs/head --age-power 0.5 --group-power 0.5 --out runs/head/fit
+    python -m agelens.train.head_refit apply --fit runs/head/fit --out runs/head/fit/weights
+
+`apply` writes the shipped teacher with the new head (NAME.safetensors + NAME.json); the card keeps the trunk's and
+guards' entries and drops those measured on the old head's outputs (test metrics, interval z, TTA cut, int8 ranges),
+which are measured again before it ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..evaluate.metrics import AGE_BINS, age_bin, standardised_mae
+from ..utils import atomic_write_json
+
+DATASETS = ("utkface", "aaf")
+VIEWS = ("clean", "mirror", "degraded")
+BINS = [b for b, _, _ in AGE_BINS]
+
+
+def group_weights(ages: np.ndarray, groups: np.ndarray, age_power: float, group_power: float,
+                  strata: np.ndarray | None = None) -> np.ndarray:
+    """Per-face weights with mean 1: count(age bin)^−age_power × count(bin, stratum, group)^−group_power, the
+    latter rescaled so every (bin, stratum) keeps the mass it had (strata: e.g. the dataset, so balancing the
+    groups of one dataset does not move weight to or from the other)."""
+    bins = np.array([age_bin(a) for a in ages])
+    _, b_inv = np.unique(bins, return_inverse=True)
+    w = np.bincount(b_inv)[b_inv].astype(np.float64) ** -age_power
+    if group_power > 0:
+        cell = np.char.add(bins.astype(str), "|")
+        if strata is not None:
+            cell = np.char.add(np.char.add(cell, np.asarray(strata, str)), "|")
+        _, c_inv = np.unique(cell, return_inverse=True)
+        _, k_inv = np.unique(np.char.add(cell, np.asarray(groups, str)), return_inverse=True)
+        g = np.bincount(k_inv)[k_inv].astype(np.float64) ** -group_power
+        for c in np.unique(c_inv):
+            sel = c_inv == c
+            g[sel] *= sel.sum() / g[sel].sum()
+        w *= g
+    return w / w.mean()
+
+
+def groups_of(race: np.ndarray, gender: np.ndarray) -> np.ndarray:
+    """race|gender per face; faces without a race label (All-Age-Faces) form 'aaf|gender'."""
+    race = np.where(np.asarray(race, str) == "", "aaf", np.asarray(race, str))
+    return np.char.add(np.char.add(race, "|"), np.asarray(gender, str))
+
+
+def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 64) -> None:
+    """Trunk features (fp16) of every cached face of each part: clean and mirrored; train parts also one degraded
+    draw. One .npz per part, with age, gender and race."""
+    import torch
+
+    from ..data.augment import realistic
+    from ..data.cache import FaceCache
+    from ..data.views import centre_views
+    from ..inference.backends.torch import TorchModel
+    from ..models.inputs import to_input
+
+    t = TorchModel.load("teacher", tta_flip=False)
+    m = t.model
+
+    def emb(views: np.ndarray) -> np.ndarray:
+        res = []
+        for i in range(0, len(views), batch):
+            x = to_input(torch.from_numpy(np.ascontiguousarray(views[i:i + batch])), *m.mean_std, "cpu", True)
+            with torch.no_grad():
+                res.append(m(x)["embedding"].float().numpy().astype(np.float16))
+        return np.concatenate(res)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for key, d in part_dirs.items():
+        t0 = time.time()
+        c = FaceCache(d, verify=False)
+        imgs = np.asarray(c.images)
+        v = centre_views(imgs, t.crop_size, t.input_size)
+        arrays = {"clean": emb(v), "mirror": emb(v[:, :, ::-1])}
+        if key.endswith("_train"):
+            rng = np.random.default_rng(seed)
+            deg = np.stack([realistic(im, rng, 1.0, 0.5) for im in imgs])
+            arrays["degraded"] = emb(centre_views(deg, t.crop_size, t.input_size))
+        rec = c.records
+        np.savez(out / f"{key}.npz", age=np.array([r.age for r in rec], np.float32),
+                 gender=np.array([r.gender or "" for r in rec]), race=np.array([r.race or "" for r in rec]),
+                 **arrays)
+        print(f"{key}: {len(rec)} faces, {time.time() - t0:.0f} s", flush=True)
+
+
+def fit_head(emb: np.ndarray, ages: np.ndarray, weights: np.ndarray, w0: np.ndarray, b0: np.ndarray,
+             sigma: float, epochs: int = 6, lr: float = 3e-4, dropout: float = 0.2, batch: int = 512,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The DLDL loss (KL to a Gaussian label distribution + |expectation − age|), weighted per face, minimised
+    over a linear head from (w0, b0) with AdamW and a cosine schedule; the trunk's dropout kept on the features."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..models.heads import gaussian_label_distribution
+
+    n_ages = w0.shape[0]
+    grid = torch.arange(n_ages, dtype=torch.float32)
+    e, y = torch.from_numpy(np.asarray(emb, np.float32)), torch.from_numpy(np.asarray(ages, np.float32))
+    wt = torch.from_numpy(np.asarray(weights, np.float32))
+    w = torch.tensor(w0, dtype=torch.float32, requires_grad=True)
+    b = torch.tensor(b0, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.AdamW([w, b], lr=lr, weight_decay=0.0)
+    per_epoch = max(1, len(y) // batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=gen)
+        for i in range(per_epoch):
+            idx = perm[i * batch:(i + 1) * batch]
+            logits = F.dropout(e[idx], dropout, training=True) @ w.T + b
+            target = gaussian_label_distribution(y[idx], grid, sigma)
+            mean = logits.softmax(-1) @ grid
+            loss = F.kl_div(logits.log_softmax(-1), target, reduction="none").sum(1) + (mean - y[idx]).abs()
+            opt.zero_grad()
+            (loss * wt[idx]).mean().backward()
+            opt.step()
+            sched.step()
+    return w.detach().numpy(), b.detach().numpy()
+
+
+def head_ages(w: np.ndarray, b: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    """The head's expected age per row of features."""
+    z = np.asarray(emb, np.float32) @ w.T + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return p @ np.arange(w.shape[0], dtype=np.float32)
+
+
+def scores(w: np.ndarray, b: np.ndarray, part: dict, n_boot: int = 0) -> dict:
+    """Flip-TTA MAE, per-bin MAE and signed error, and (with race labels) age-standardised race spread and gender
+    gap (with bootstrap 95 % intervals when n_boot > 0), of a head on one part's features."""
+    p = (head_ages(w, b, part["clean"]) + head_ages(w, b, part["mirror"])) / 2
+    y = part["age"]
+    bins = np.array([age_bin(a) for a in y])
+    out = {"n": len(y), "mae": round(float(np.abs(p - y).mean()), 3),
+           "bin_mae": {k: round(float(np.abs(p - y)[bins == k].mean()), 2) for k in BINS if (bins == k).any()},
+           "bin_signed": {k: round(float((p - y)[bins == k].mean()), 2) for k in BINS if (bins == k).any()}}
+    if (part["race"] != "").all():
+        s = standardised_mae(p, y, list(part["gender"]), list(part["race"]), n_boot=n_boot)
+        out |= {"race_spread": s["race"]["spread"], "gender_gap": s["gender"]["spread"],
+                "race_spread_ci95": s["race"]["spread_ci95"], "gender_gap_ci95": s["gender"]["spread_ci95"],
+                "race": {k: v["mae"] for k, v in s["race"]["by_group"].items()}}
+    return out
+
+
+STALE = ("test_metrics", "test_metrics_aaf", "interval_z", "interval_calibration", "tta_spread", "tta_spread_recipe",
+         "int8_ranges")
+
+
+def apply(fit: Path, out: Path, name: str = "teacher") -> Path:
+    """The shipped teacher with the head from fit/head.npz, exported to out (fp16 + card with the re-fit recipe)."""
+    import torch
+
+    from ..models.weights import export_weights, load_weights, weights_dir
+
+    src = weights_dir() / "teacher.safetensors"
+    model, cfg, card = load_weights(src)
+    head = np.load(fit / "head.npz")
+    with torch.no_grad():
+        model.head.fc.weight.copy_(torch.from_numpy(head["weight"]))
+        model.head.fc.bias.copy_(torch.from_numpy(head["bias"]))
+    recipe = json.loads((fit / "scores.json").read_text())["recipe"]
+    card = {k: v for k, v in card.items() if k not in STALE and k != "name"}
+    card["head_refit"] = {"recipe": recipe, "trunk_from": card.get("source_checkpoint")}
+    return export_weights(model, cfg, out, name, card)
+
+
+def load_parts(features: Path, part: str) -> dict[str, dict]:
+    return {ds: dict(np.load(features / f"{ds}_{part}.npz")) for ds in DATASETS}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("features", help="extract the shipped teacher's trunk features of the cached faces")
+    f.add_argument("--cache", type=Path, default=Path("cache"))
+    f.add_argument("--parts", nargs="+", default=["val", "test", "train"])
+    f.add_argument("--out", type=Path, default=Path("runs/head"))
+    g = sub.add_parser("fit", help="re-fit the head; writes OUT/head.npz and OUT/scores.json (val and test)")
+    g.add_argument("--features", type=Path, default=Path("runs/head"))
+    g.add_argument("--age-power", type=float, default=0.5)
+    g.add_argument("--group-power", type=float, default=0.0)
+    g.add_argument("--epochs", type=int, default=6)
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", type=Path, required=True)
+    h = sub.add_parser("apply", help="write the shipped teacher with a fitted head")
+    h.add_argument("--fit", type=Path, required=True, help="a `fit` output folder")
+    h.add_argument("--name", default="teacher")
+    h.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    if a.cmd == "apply":
+        apply(a.fit, a.out, a.name)
+        return
+    if a.cmd == "features":
+        extract({f"{ds}_{p}": a.cache / ds / p for p in a.parts for ds in DATASETS}, a.out)
+        return
+    from ..inference.backends.torch import TorchModel
+
+    head = TorchModel.load("teacher", tta_flip=False).model.head
+    w0, b0 = head.fc.weight.detach().float().numpy(), head.fc.bias.detach().float().numpy()
+    train = load_parts(a.features, "train")
+    emb = np.concatenate([np.concatenate([d[v] for v in VIEWS]) for d in train.values()])
+    ages = np.concatenate([np.tile(d["age"], len(VIEWS)) for d in train.values()])
+    groups = np.concatenate([np.tile(groups_of(d["race"], d["gender"]), len(VIEWS)) for d in train.values()])
+    strata = np.concatenate([np.full(len(d["age"]) * len(VIEWS), ds) for ds, d in train.items()])
+    w, b = fit_head(emb, ages, group_weights(ages, groups, a.age_power, a.group_power, strata), w0, b0, head.sigma,
+                    a.epochs, a.lr, seed=a.seed)
+    parts = {p: load_parts(a.features, p) for p in ("val", "test")}
+    res = {"recipe": vars(a) | {"features": str(a.features), "out": str(a.out)},
+           "shipped": {p: {ds: scores(w0, b0, d, 1000 * (p == "test")) for ds, d in parts[p].items()} for p in parts},
+           "refit": {p: {ds: scores(w, b, d, 1000 * (p == "test")) for ds, d in parts[p].items()} for p in parts}}
+    for ds, d in parts["test"].items():  # paired change in absolute error on the test part, 95 % bootstrap
+        y = d["age"]
+        old = np.abs((head_ages(w0, b0, d["clean"]) + head_ages(w0, b0, d["mirror"])) / 2 - y)
+        new = np.abs((head_ages(w, b, d["clean"]) + head_ages(w, b, d["mirror"])) / 2 - y)
+        boot = np.random.default_rng(0).integers(0, len(y), (1000, len(y)))
+        res["refit"]["test"][ds]["paired_change"] = [round(float((new - old).mean()), 3)] + [
+            round(float(v), 3) for v in np.percentile((new - old)[boot].mean(1), [2.5, 97.5])]
+    a.out.mkdir(parents=True, exist_ok=True)
+    np.savez(a.out / "head.npz", weight=w, bias=b)
+    atomic_write_json(a.out / "scores.json", res)
+    print(json.dumps({k: res[k]["val"] for k in ("shipped", "refit")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

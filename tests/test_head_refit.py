@@ -1,0 +1,40 @@
+"""The head re-fit: its weights and its fit on synthetic features."""
+
+import numpy as np
+
+from agelens.train.head_refit import fit_head, group_weights, groups_of, head_ages
+
+
+def test_group_weights_balance_bins_and_groups():
+    ages = np.array([5.0] * 8 + [25.0] * 2)
+    groups = np.array(["a"] * 6 + ["b"] * 2 + ["a", "b"])
+    same = group_weights(ages, groups, 0.0, 0.0)
+    assert np.allclose(same, 1.0)
+    w = group_weights(ages, groups, 1.0, 0.0)  # each bin the same total mass
+    assert np.isclose(w[:8].sum(), w[8:].sum()) and np.isclose(w.mean(), 1.0)
+    g = group_weights(ages, groups, 0.0, 1.0)  # within 0-10: a and b the same mass, the bin's mass kept
+    assert np.isclose(g[:6].sum(), g[6:8].sum()) and np.isclose(g[:8].sum(), 8.0)
+    assert np.allclose(g[8:], 1.0)
+
+
+def test_groups_of_marks_unlabelled_race():
+    assert list(groups_of(np.array(["white", ""]), np.array(["male", "female"]))) == ["white|male", "aaf|female"]
+
+
+def test_fit_head_learns_and_reweights():
+    rng = np.random.default_rng(0)
+    ages = rng.uniform(0, 80, 2000).astype(np.float32)
+    emb = np.stack([ages / 80, rng.normal(size=2000)], 1).astype(np.float32) + rng.normal(0, 0.02, (2000, 2))
+    w0, b0 = np.zeros((101, 2), np.float32), np.zeros(101, np.float32)
+    before = np.abs(head_ages(w0, b0, emb) - ages).mean()
+    w, b = fit_head(emb, ages, np.ones(2000), w0, b0, sigma=2.0, epochs=30, lr=0.05, dropout=0.0, batch=256)
+    after = np.abs(head_ages(w, b, emb) - ages).mean()
+    assert after < 0.5 * before
+
+
+def test_group_weights_keep_each_stratum_mass():
+    ages = np.full(6, 30.0)
+    groups = np.array(["a", "a", "b", "x", "x", "x"])
+    strata = np.array(["utk"] * 3 + ["aaf"] * 3)
+    g = group_weights(ages, groups, 0.0, 1.0, strata)
+    assert np.isclose(g[:3].sum(), 3.0) and np.isclose(g[:2].sum(), g[2]) and np.allclose(g[3:], 1.0)
