@@ -2,33 +2,60 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
 
 from ..errors import AgelensError, CheckpointError
-from ..utils import SHIPPED, int8_flavor, weights_dir
+from ..utils import SHIPPED, atomic_write_json, int8_flavor, weights_dir
 
+FINGERPRINT_MEMO = "fingerprints.json"  # shipped_fingerprint's memo: key of the files' stats → fingerprint
+FINGERPRINT_MEMO_SIZE = 16  # entries kept (one per state of the weights folder seen)
 EXPORT_FORMAT = "agelens-onnx-v4"  # bump when the graphs change (v2: constant padding folded into Conv; v3: int8
 # copies from the shipped ranges; v4: int8 keeps the first block in fp32): redone
 
 
-def shipped_fingerprint() -> str:
-    """SHA-256 over the export format and the shipped weights (names + bytes): the key of their cached export."""
-    h = hashlib.sha256(EXPORT_FORMAT.encode())
+def _fingerprinted_files() -> list[tuple[str, Path]]:
+    """(label, path) of every file the fingerprint reads, in its order: per shipped role its weights, card and int8
+    ranges."""
+    out = []
     for role in SHIPPED:
         p = weights_dir() / f"{role}.safetensors"
         if p.is_file():
-            h.update(role.encode())
-            h.update(p.read_bytes())
+            out.append((role, p))
             card = p.with_suffix(".json")  # the card's calibration (interval_z, thresholds) is in the export too
             if card.is_file():
-                h.update(card.read_bytes())
+                out.append(("", card))
             for ranges in sorted(weights_dir().glob(f"{role}.*int8-ranges.json")):  # the int8 copies' ranges
-                h.update(ranges.name.encode())
-                h.update(ranges.read_bytes())
-    return h.hexdigest()[:16]
+                out.append((ranges.name, ranges))
+    return out
+
+
+def shipped_fingerprint() -> str:
+    """SHA-256 over the export format and the shipped weights (names + bytes): the key of their cached export.
+    Remembered per file list, sizes and modification times (FINGERPRINT_MEMO in the cache root), so a process
+    does not read and hash 30 MB of weights at every start (about 40 ms)."""
+    files = _fingerprinted_files()
+    stats = [(label, str(p), p.stat().st_size, p.stat().st_mtime_ns) for label, p in files]
+    key = hashlib.sha256(json.dumps([EXPORT_FORMAT, stats]).encode()).hexdigest()
+    memo_p = onnx_cache_root() / FINGERPRINT_MEMO
+    try:
+        memo = json.loads(memo_p.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if isinstance(memo, dict) and isinstance(memo.get(key), str):
+        return memo[key]
+    h = hashlib.sha256(EXPORT_FORMAT.encode())
+    for label, p in files:
+        h.update(label.encode())
+        h.update(p.read_bytes())
+    fp = h.hexdigest()[:16]
+    with contextlib.suppress(OSError):  # a read-only cache only costs the hashing again next time
+        kept = list((memo if isinstance(memo, dict) else {}).items())[-(FINGERPRINT_MEMO_SIZE - 1):]
+        atomic_write_json(memo_p, {**dict(kept), key: fp})
+    return fp
 
 
 def onnx_cache_root() -> Path:
