@@ -28,7 +28,7 @@ from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
 from agelens.inference.backends import mirror_unsure
 from agelens.inference.backends.torch import TorchModel
-from agelens.inference.predictor import SOFT_BAND, AgeEstimator, face_source
+from agelens.inference.predictor import AgeEstimator, face_source, soft_weight
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json
 from occlusion_e2e import NEW_KINDS, found_nearest
@@ -92,8 +92,7 @@ def candidates(d: dict[str, np.ndarray], students: list[str]) -> dict[str, dict]
 def rules(d: dict[str, np.ndarray]) -> dict[str, dict]:
     """MAE per rule: clean, paper types, newer families and each paper type."""
     cond, y, ta, ts, sa, ss, occ = (d[k] for k in FIELDS)
-    lo, hi = SOFT_BAND
-    w0 = np.where(occ >= hi, 1.0, np.where(occ <= lo, 0.0, occ))  # the shipped soft route's student weight
+    w0 = soft_weight(occ, occ >= 0.5)  # the shipped soft route's student weight
     out = {}
     cands = {"shipped soft route": w0, "teacher only": np.zeros_like(w0), "student only": np.ones_like(w0)}
     for a in (0.3, 0.5, 0.7):

@@ -1,4 +1,5 @@
-"""Soft routing: teacher and student blended by the occlusion score inside SOFT_BAND, one model outside it."""
+"""Soft routing: teacher and student blended across SOFT_BAND (the student's weight rising with the occlusion
+score), one model outside it."""
 
 from __future__ import annotations
 
@@ -35,23 +36,27 @@ def estimator(scores: list[float], route: str = "auto") -> AgeEstimator:
                         backend="fake")
 
 
-def test_soft_weight_is_zero_score_one_outside_and_inside_the_band():
+def test_soft_weight_is_zero_below_the_band_one_above_and_a_ramp_inside():
     lo, hi = SOFT_BAND
-    s = np.array([0.0, lo, 0.3, 0.7, hi, 1.0, np.nan, np.nan], np.float32)
+    quarter, three = lo + 0.25 * (hi - lo), lo + 0.75 * (hi - lo)
+    s = np.array([0.0, lo, quarter, three, hi, 1.0, np.nan, np.nan], np.float32)
     occ = np.array([0, 0, 0, 1, 1, 1, 1, 0], bool)
-    assert np.allclose(soft_weight(s, occ), [0, 0, 0.3, 0.7, 1, 1, 1, 0])
+    assert np.allclose(soft_weight(s, occ), [0, 0, 0.25, 0.75, 1, 1, 1, 0], atol=1e-6)
+    ramp = soft_weight(np.linspace(0, 1, 101, dtype=np.float32), np.zeros(101, bool))
+    assert np.all(np.diff(ramp) >= 0) and np.abs(np.diff(ramp)).max() < 0.02  # no jump anywhere
 
 
 def test_auto_route_blends_only_uncertain_faces_and_names_the_heavier_model():
-    est = estimator([0.02, 0.3, 0.7, 0.99])
+    lo, hi = SOFT_BAND
+    est = estimator([0.02, lo + 0.25 * (hi - lo), lo + 0.75 * (hi - lo), 0.99])
     r = est.analyse_crops(np.zeros((4, 256, 256, 3), np.uint8))
-    assert np.allclose(r["age"], [20, 20 * 0.7 + 40 * 0.3, 20 * 0.3 + 40 * 0.7, 40], atol=1e-4)
+    assert np.allclose(r["age"], [20, 20 * 0.75 + 40 * 0.25, 20 * 0.25 + 40 * 0.75, 40], atol=1e-4)
     assert list(r["model"]) == ["teacher", "teacher", "student", "student"]
     assert list(r["occluded"]) == [False, False, True, True]
-    assert np.allclose(r["student_weight"], [0, 0.3, 0.7, 1])
+    assert np.allclose(r["student_weight"], [0, 0.25, 0.75, 1], atol=1e-6)
     # each model ran only on the faces it weighs: the teacher on 3, the student on 3, at its views where it weighs
-    # VIEWS_FROM or more (0.7, 1.0) and at one view where it is blended in under that (0.3)
-    assert len(est.student_views) == 3 and 0.3 < VIEWS_FROM <= 0.7
+    # VIEWS_FROM or more (0.75, 1.0) and at one view where it is blended in under that (0.25)
+    assert len(est.student_views) == 3 and 0.25 < VIEWS_FROM <= 0.75
     assert est.teacher.calls == 3 and est.student.calls == 1 + 2 * len(est.student_views)
 
 
