@@ -38,3 +38,22 @@ def test_group_weights_keep_each_stratum_mass():
     strata = np.array(["utk"] * 3 + ["aaf"] * 3)
     g = group_weights(ages, groups, 0.0, 1.0, strata)
     assert np.isclose(g[:3].sum(), 3.0) and np.isclose(g[:2].sum(), g[2]) and np.allclose(g[3:], 1.0)
+
+
+def test_apply_writes_the_teacher_with_the_new_head(tmp_path):
+    import json
+
+    from agelens.models.weights import load_weights, weights_dir
+    from agelens.train.head_refit import STALE, apply
+
+    _, _, card = load_weights(weights_dir() / "teacher.safetensors")
+    w = np.random.default_rng(0).normal(0, 0.01, (101, 1280)).astype(np.float32)
+    b = np.linspace(-1, 1, 101).astype(np.float32)
+    np.savez(tmp_path / "head.npz", weight=w, bias=b)
+    (tmp_path / "scores.json").write_text(json.dumps({"recipe": {"age_power": 0.0}}))
+    out = apply(tmp_path, tmp_path / "weights")
+    model, _, new_card = load_weights(out)
+    assert np.allclose(model.head.fc.weight.detach().numpy(), w, atol=1e-4)
+    assert np.allclose(model.head.fc.bias.detach().numpy(), b, atol=1e-3)
+    assert new_card["head_refit"]["recipe"] == {"age_power": 0.0}
+    assert not set(STALE) & set(new_card) and new_card["guard_thresholds"] == card["guard_thresholds"]

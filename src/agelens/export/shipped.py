@@ -36,9 +36,9 @@ def _fingerprinted_files() -> list[tuple[str, Path]]:
 def shipped_fingerprint() -> str:
     """SHA-256 over the export format and the shipped weights (names + bytes): the key of their cached export.
     Remembered per file list, sizes and modification times (FINGERPRINT_MEMO in the cache root), so a process
-    does not read and hash 30 MB of weights at every start (about 40 ms)."""
+    does not read and hash 30 MB of weights at every start (48 ms against 1 ms)."""
     files = _fingerprinted_files()
-    stats = [(label, str(p), p.stat().st_size, p.stat().st_mtime_ns) for label, p in files]
+    stats = [(label, str(p), st.st_size, st.st_mtime_ns) for label, p in files for st in (p.stat(),)]
     key = hashlib.sha256(json.dumps([EXPORT_FORMAT, stats]).encode()).hexdigest()
     memo_p = onnx_cache_root() / FINGERPRINT_MEMO
     try:

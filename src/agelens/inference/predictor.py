@@ -46,8 +46,8 @@ if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs wi
 # student answers nearly every face (docs/inference_levers.md). tta="none" reads one view.
 STUDENT_VIEWS = ((1.0, 0.0), (1.04, 0.0), (1 / 1.04, 0.0))
 # The views are read for faces whose student weight (`soft_weight`) is at least this; a face blended below it
-# (mostly clean faces the occlusion detector is unsure of: 12 % of clean UTKFace test faces) takes one view, its
-# share of the answer being small.
+# (mostly clean faces the occlusion detector is unsure of: 12 % of clean UTKFace test faces when the band began at
+# 0.1, about 2 % since its ramp from 0.3) takes one view, its share of the answer being small.
 VIEWS_FROM = 0.5
 
 
@@ -461,10 +461,11 @@ class AgeEstimator:
         """Aligned cache_size crops (N, S, S, 3) uint8 → age, spread, occlusion_score (NaN without a detector),
         occluded, student_weight and model (the name of the model with the larger weight), routed as configured:
         with route="auto", a face the detector is sure about goes to one model, an uncertain one (score inside
-        SOFT_BAND) gets the two models' ages blended by a weight that follows its score (`soft_weight`). embeddings=True adds "embedding": the teacher's
-        embedding of every face (from the same pass for the faces the teacher answers; all_faces=False leaves the
-        rows of the student's faces zero instead of running the teacher on them). sources: per crop the image it was
-        warped from (`faces.realign.CropSource`) or None, which the student's realignment resamples from."""
+        SOFT_BAND) gets the two models' ages blended by a weight that follows its score (`soft_weight`).
+        embeddings=True adds "embedding": the teacher's embedding of every face (from the same pass for the faces
+        the teacher answers; all_faces=False leaves the rows of the student's faces zero instead of running the
+        teacher on them). sources: per crop the image it was warped from (`faces.realign.CropSource`) or None,
+        which the student's realignment resamples from."""
         n = len(crops)
         out = {"age": np.zeros(n, np.float32), "spread": np.zeros(n, np.float32),
                "occlusion_score": np.full(n, np.nan, np.float32), "occluded": np.zeros(n, bool),

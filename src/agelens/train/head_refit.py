@@ -10,7 +10,7 @@ to the power −`age_power` (0: as trained), and within a bin and dataset each r
 without race labels: gender) given equal mass, `group_power` of the way.
 
     python -m agelens.train.head_refit features --out runs/head
-    python -m agelens.train.head_refit fit --features runs/head --age-power 0.5 --group-power 0.5 --out runs/head/fit
+    python -m agelens.train.head_refit fit --features runs/head --age-power 0 --group-power 1 --epochs 12 --out runs/head/fit
     python -m agelens.train.head_refit apply --fit runs/head/fit --out runs/head/fit/weights
 
 `apply` writes the shipped teacher with the new head (NAME.safetensors + NAME.json); the card keeps the trunk's and
@@ -199,8 +199,8 @@ def main() -> None:
     f.add_argument("--out", type=Path, default=Path("runs/head"))
     g = sub.add_parser("fit", help="re-fit the head; writes OUT/head.npz and OUT/scores.json (val and test)")
     g.add_argument("--features", type=Path, default=Path("runs/head"))
-    g.add_argument("--age-power", type=float, default=0.5)
-    g.add_argument("--group-power", type=float, default=0.0)
+    g.add_argument("--age-power", type=float, default=0.0, help="age-bin weight count^-A (0: as trained)")
+    g.add_argument("--group-power", type=float, default=0.0, help="within-bin group balance (1: equal mass)")
     g.add_argument("--epochs", type=int, default=6)
     g.add_argument("--lr", type=float, default=3e-4)
     g.add_argument("--seed", type=int, default=0)
