@@ -303,6 +303,41 @@ def test_anchored_pair_keeps_the_first_view_undegraded():
         CachedFaceDataset(_FakeCache(), augment=1.0, anchor=True, **kw)
 
 
+def test_resave_pair_is_one_photo_saved_twice():
+    from agelens.data.augment import resave_pair
+
+    img = _face(0, 64)
+    for seed in range(12):
+        a, b = resave_pair(img, np.random.default_rng(seed))
+        assert a.shape == b.shape == img.shape and a.dtype == b.dtype == np.uint8
+        assert 0 < np.abs(a.astype(int) - b.astype(int)).mean() < 12  # the same face, not the same pixels
+        a2, b2 = resave_pair(img, np.random.default_rng(seed))
+        assert (a == a2).all() and (b == b2).all()  # seeded
+
+
+def test_resaved_pair_views_share_crop_flip_and_degradations(monkeypatch):
+    from agelens.data import augment as aug
+    from agelens.data.dataset import CachedFaceDataset
+
+    kw = {"train": True, "crop_size": 56, "input_size": 48, "seed": 1}
+    ds = CachedFaceDataset(_FakeCache(), augment=1.0, augment_pair=True, resave=True, **kw)
+    for k in range(2):
+        pair = ds[k][0]
+        assert pair.shape == (2, 48, 48, 3)
+        assert 0 < (pair[0].int() - pair[1].int()).abs().float().mean() < 12
+    monkeypatch.setattr(aug, "resave_pair", lambda img, rng, source_min: (img, img))
+    plain = CachedFaceDataset(_FakeCache(), augment=1.0, augment_pair=True, resave=True, **kw)
+    for k in range(2):  # without the re-save the two views are the same degraded pixels
+        pair = plain[k][0]
+        assert (pair[0] == pair[1]).all()
+    with pytest.raises(ValueError, match="resave=True needs augment_pair=True"):
+        CachedFaceDataset(_FakeCache(), augment=1.0, resave=True, **kw)
+    with pytest.raises(ConfigError, match="augment_resave needs train.augment_consistency > 0"):
+        load_config(None, ["train.augment_resave=true", "train.augment=1.0"])
+    cfg = load_config(None, ["train.augment_resave=true", "train.augment=1.0", "train.augment_consistency=1.0"])
+    assert cfg.train.augment_resave
+
+
 def test_augment_consistency_config_is_checked():
     with pytest.raises(ConfigError, match="augment_consistency needs train.augment > 0"):
         load_config(None, ["train.augment_consistency=1.0"])

@@ -104,6 +104,10 @@ class TrainConfig:
     #                               crop and flip) and the term pulls only the degraded view towards its answer
     #                               (stop-gradient), so a degraded photo learns the clean answer instead of both views
     #                               meeting in between, nearer the mean age
+    augment_resave: bool = False  # with augment_consistency: the two views are one degradation draw saved as two files
+    #                               (JPEG re-encoded at a lower quality, halved and restored, or shifted 2 px, at a
+    #                               small face's working resolution: data.augment.resave_pair), what issue 19's
+    #                               stability benchmark does to a photo
     kd_weight: float = 0.0  # >0: output distillation (the occlusion student's fine-tuning): the frozen teacher
     #                         (distill.teacher) reads the clean face under the same crop and flip, and this weight ×
     #                         KL(teacher's age distribution ‖ the model's on the occluded, degraded face) joins the loss
@@ -246,6 +250,8 @@ class RunConfig:
              "model.region_attention"),
             (not t.augment_anchor or t.augment_consistency > 0,
              "train.augment_anchor needs train.augment_consistency > 0"),
+            (not t.augment_resave or (t.augment_consistency > 0 and not t.augment_anchor),
+             "train.augment_resave needs train.augment_consistency > 0 and works without train.augment_anchor"),
             (t.kd_weight >= 0, f"train.kd_weight must be >= 0, got {t.kd_weight}"),
             (0 <= self.occlusion.realign <= 1, f"occlusion.realign must be in [0, 1], got {self.occlusion.realign}"),
             (t.kd_weight == 0 or (m.head in ("dldl", "ce") and t.task == "age" and t.augment_consistency == 0

@@ -63,9 +63,13 @@ def defocus(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.filter2D(img, -1, k / k.sum(), borderType=cv2.BORDER_REFLECT)
 
 
-def jpeg(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 70))])
+def _jpeg_q(img: np.ndarray, q: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(q)])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy() if ok else img
+
+
+def jpeg(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return _jpeg_q(img, int(rng.integers(15, 70)))
 
 
 def noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -159,6 +163,32 @@ def realistic(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
     if out.shape[:2] != (h, w):
         out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
     return out
+
+
+RESAVE_KINDS = (("jpeg", 0.6), ("half", 0.2), ("shift", 0.2))  # how the second file of resave_pair differs
+
+
+def resave_pair(img: np.ndarray, rng: np.random.Generator,
+                source_min: float = SOURCE_SCALE[0]) -> tuple[np.ndarray, np.ndarray]:
+    """Two files of one photo, as a user's copies of it differ (consistency training for stable answers, issue 19):
+    the face at one working resolution (uniform in [source_min, 1] × the crop: a small face in a photo), saved as a
+    good JPEG (q 85-98), and that file saved again worse: re-encoded at q 50-85 (60 %), scaled × 0.5 and back (20 %)
+    or shifted by up to 2 of its pixels (20 %). Both are scaled back to the crop's size."""
+    h, w = img.shape[:2]
+    f = rng.uniform(source_min, 1.0)
+    small = cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
+    a = _jpeg_q(small, int(rng.integers(85, 99)))
+    kind = rng.choice([k for k, _ in RESAVE_KINDS], p=[q for _, q in RESAVE_KINDS])
+    sh, sw = a.shape[:2]
+    if kind == "jpeg":
+        b = _jpeg_q(a, int(rng.integers(50, 86)))
+    elif kind == "half":
+        b = cv2.resize(cv2.resize(a, (max(8, sw // 2), max(8, sh // 2)), interpolation=cv2.INTER_AREA), (sw, sh),
+                       interpolation=cv2.INTER_LINEAR)
+    else:
+        m = np.float32([[1, 0, rng.uniform(-2, 2)], [0, 1, rng.uniform(-2, 2)]])
+        b = cv2.warpAffine(a, m, (sw, sh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return tuple(np.ascontiguousarray(cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)) for x in (a, b))
 
 
 # the degraded test: each test face under each of these (geometry is left out: it moves the face off the

@@ -59,7 +59,8 @@ class CachedFaceDataset(Dataset):
     resolution, source_min its smallest working scale; augment_p: realistic's per-degradation probabilities that
     replace the defaults. augment_pair=True (training): the image is a (2, H, W, 3) stack of two independent degradation
     draws of the same face under the same occluder, crop and flip (consistency training); with anchor=True the first
-    of the two is the undegraded face (the reference of anchored consistency). degradation: one named
+    of the two is the undegraded face (the reference of anchored consistency); with resave=True the pair is one
+    degradation draw saved as two files (`augment.resave_pair`: JPEG re-encoded, halved, shifted). degradation: one named
     data.augment degradation on every image, seeded per record (the degraded test).
     """
 
@@ -69,7 +70,7 @@ class CachedFaceDataset(Dataset):
                  regions: bool = False, augment: float = 0.0, degradation: str | None = None,
                  source_scale: float = 0.0, augment_pair: bool = False, anchor: bool = False,
                  augment_p: dict[str, float] | None = None, source_min: float = SOURCE_SCALE[0],
-                 realign: float = 0.0) -> None:
+                 realign: float = 0.0, resave: bool = False) -> None:
         self.cache, self.train = cache, train
         self.crop, self.size = min(crop_size, cache.size), input_size
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
@@ -79,9 +80,11 @@ class CachedFaceDataset(Dataset):
         self.augment, self.degradation = augment, degradation
         self.source_scale, self.augment_pair, self.anchor = source_scale, augment_pair, anchor
         self.augment_p, self.source_min = augment_p or {}, source_min
-        self.realign, self._analyzer = realign, None
+        self.realign, self._analyzer, self.resave = realign, None, resave
         if anchor and not augment_pair:
             raise ValueError("anchor=True needs augment_pair=True")
+        if resave and (not augment_pair or anchor):
+            raise ValueError("resave=True needs augment_pair=True and works without anchor")
         if regions and pair:
             raise ValueError("regions=True is not supported with pair=True")
         if augment_pair and (pair or regions or augment <= 0):
@@ -190,7 +193,14 @@ class CachedFaceDataset(Dataset):
         base, kind, _ = self._occluded(i)
         paired = self.augment_pair and self.train
         shown = base if paired and self.anchor else self._photo(base, i)
-        second = self._photo(base, i, draw=1) if paired else None  # one occluder, drawn once
+        second = None
+        if paired and self.resave:  # one draw of the degradations, saved as two files
+            from .augment import resave_pair
+
+            shown, second = resave_pair(shown, np.random.default_rng((self.seed, self.epoch, int(i), 29)),
+                                        self.source_min)
+        elif paired:
+            second = self._photo(base, i, draw=1)  # one occluder, drawn once
         warp = None
         if self.train and self.strong_p is not None and self.strong_p[i] > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i, 11))

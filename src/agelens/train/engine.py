@@ -352,7 +352,7 @@ class Trainer:
                    "strong_p": fair["strong_p"], "regions": self.model.region_attention is not None,
                    "augment": t.augment, "source_scale": t.augment_source_scale, "augment_p": t.augment_p,
                    "source_min": t.augment_source_min,
-                   "augment_pair": t.augment_consistency > 0, "anchor": t.augment_anchor,
+                   "augment_pair": t.augment_consistency > 0, "anchor": t.augment_anchor, "resave": t.augment_resave,
                    "pair": self.teacher is not None, "realign": cfg.occlusion.realign}  # (clean view for the teacher, shown view, age, index)
         sampler = fair["sampler"]
         loss_fn = fair["loss"]
