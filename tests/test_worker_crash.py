@@ -103,3 +103,24 @@ def test_workers_that_cannot_start_end_the_run_with_an_error_not_a_crash_per_fil
         for r, _ in crash_safe_map(crash_or_answer, jobs, 2, _crashed, die_at_start):
             got.append(r)
     assert len(got) == MAX_FRESH_DEATHS - 1  # the first ones were reported before the pattern was clear
+
+
+def worker_modules(job: tuple) -> list:
+    """A job that reports whether the pipeline's modules were already imported when the worker started it."""
+    import sys
+
+    return [("agelens.inference.stream" in sys.modules and "onnxruntime" in sys.modules, os.getpid())
+            for _ in job[0]]
+
+
+def test_workers_come_from_a_forkserver_that_imported_the_pipeline(deadline):
+    import multiprocessing as mp
+
+    from agelens.parallel import worker_context
+
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("no forkserver on this platform (spawn is used)")
+    assert worker_context().get_start_method() == "forkserver"
+    out = list(crash_safe_map(worker_modules, [(["a"],), (["b"],)], 2, lambda f: None))
+    assert [ready for ready, _ in out] == [True, True]  # imported before the job ran: preloaded, forked ready
+    assert os.getpid() not in {pid for _, pid in out}

@@ -2,8 +2,9 @@
 
 `multiprocessing.Pool` waits forever for the task of a worker that died (SIGSEGV or abort inside a native library:
 mediapipe, LiteRT, onnxruntime, an image codec), so one bad file could hang a whole batch. `crash_safe_map` runs
-the same jobs on a `ProcessPoolExecutor` (spawned processes), which notices the death; the jobs that were in flight
-run again one item per job, and the item that kills its worker again is reported through `on_crash`."""
+the same jobs on a `ProcessPoolExecutor` (processes forked from a forkserver: `worker_context`), which notices
+the death; the jobs that were in flight run again one item per job, and the item that kills its worker again is
+reported through `on_crash`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,23 @@ from .errors import AgelensError
 AHEAD = 4  # jobs in flight per worker process
 CRASHED = ("the worker process died on this file (a crash inside a native library); the other files were answered "
            "in fresh processes")  # the error an input that kills its worker twice reports
+# what a forkserver imports once, before it forks the workers (a missing one is skipped): the parent's own script
+# first, so the workers do not each import it again
+PRELOAD = ["__main__", "numpy", "cv2", "onnxruntime", "PIL.Image", "agelens.inference.stream",
+           "agelens.inference.predictor", "agelens.inference.backends.onnx", "agelens.faces.detect"]
+
+
+def worker_context():
+    """The start method of the worker processes: a forkserver that has imported the pipeline's modules once
+    (`PRELOAD`), so each worker is forked ready instead of starting Python and importing numpy, OpenCV and
+    onnxruntime on its own; spawn where there is no forkserver (Windows). Never plain fork: a parent that has run the
+    models holds threads (mediapipe, torch, onnxruntime) a forked child would inherit mid-work; the forkserver
+    only imports."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)  # read when the server starts: once per process
+    return ctx
 
 
 def _each(fn: Callable, job: tuple) -> list:
@@ -39,7 +57,7 @@ def crash_safe_map(run, jobs: list[tuple], workers: int, on_crash: Callable, ini
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    ctx = mp.get_context("spawn")  # mediapipe and torch threads do not survive fork
+    ctx = worker_context()
     done = 0
     while done < len(jobs):
         ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=initargs)

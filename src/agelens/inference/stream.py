@@ -194,7 +194,8 @@ def _verifier(est):
 
 def auto_workers(n_files: int) -> int:
     """Worker processes for n_files: one per core when there are enough files to repay their start-up (imports and
-    model sessions, about 2 s), else 0 (everything in this process)."""
+    model sessions: 0.3-0.4 s for two workers on 2 cores, docs/inference_benchmark.md), else 0 (everything in this
+    process)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if cores < 2 or n_files < MIN_FILES_PER_WORKER * 2 else min(cores, n_files // MIN_FILES_PER_WORKER)
 
