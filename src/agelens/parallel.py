@@ -23,7 +23,7 @@ PRELOAD = ["__main__", "numpy", "cv2", "onnxruntime", "PIL.Image", "agelens.infe
            "agelens.inference.predictor", "agelens.inference.backends.onnx", "agelens.faces.detect"]
 
 
-def worker_context():
+def worker_context() -> mp.context.BaseContext:
     """The start method of the worker processes: a forkserver that has imported the pipeline's modules once
     (`PRELOAD`), so each worker is forked ready instead of starting Python and importing numpy, OpenCV and
     onnxruntime on its own; spawn where there is no forkserver (Windows). Never plain fork: a parent that has run the
