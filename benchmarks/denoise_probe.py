@@ -1,9 +1,10 @@
 """Does denoising grainy photos before `predict` undo the age that grain adds? End to end on test photos of both
 datasets (`generalise.py`'s seeded sample and degradations): each photo, clean (JPEG q95) and under a few
 degradations, and re-encoded JPEG q75 (the stability pair), answered by the shipped pipeline as it is and after
-OpenCV's non-local means (`fastNlMeansDenoisingColored`, filter strength h) for each h in --hs. The noise sigma is Immerkaer's estimate
-(1996) on the grey photo, at its own size and at half size (blurred grain reads as noise only there); the gate
-(denoise only when the larger of the two > T) is evaluated afterwards for every T in --gates, on the same answers.
+OpenCV's non-local means (`fastNlMeansDenoisingColored`, filter strength h) for each h in --hs. The noise sigma is
+Immerkaer's estimate (1996) on the grey photo, at its own size and at half size (blurred grain reads as noise only
+there); the gate (denoise only when the larger of the two > T) is evaluated afterwards for every T in --gates, on the
+same answers.
 
     python benchmarks/denoise_probe.py --n 200 --hs 4 8 --gates 0 3 4 5 6 --out runs/denoise_probe.json   # 7.4 min
 """
@@ -43,6 +44,42 @@ def age(est: AgeEstimator, rgb: np.ndarray) -> float | None:
     return None if p is None else float(p.age)
 
 
+def gated(variants: list[str], gates: list[float]) -> list[tuple[str, float]]:
+    """(variant, gate) pairs: the photo as it is once, each denoise at every gate (0: always)."""
+    return [("none", 0.0)] + [(v, t) for v in variants[1:] for t in gates]
+
+
+def pick(cell: dict, v: str, t: float) -> str:
+    """The answer a gate takes for one photo: the denoised one where its noise estimate is above the gate."""
+    return v if cell["sigma"] > t else "none"
+
+
+def label(v: str, t: float) -> str:
+    return v if t == 0 else f"{v}>{t}"
+
+
+def summarise(rows: list[dict], variants: list[str], gates: list[float]) -> dict:
+    """Per condition: MAE, mean signed error and answered count for each (variant, gate), the denoised share, and
+    the noise estimate's spread; then the mean JPEG q95 -> q75 age change for each (variant, gate)."""
+    summ = {}
+    for c in CONDITIONS:
+        sig = np.array([r[c]["sigma"] for r in rows])
+        summ[c] = {"sigma_p10_50_90": [round(float(x), 2) for x in np.percentile(sig, [10, 50, 90])]}
+        for v, t in gated(variants, gates):
+            got = [(r[c][pick(r[c], v, t)], r["age"]) for r in rows]
+            err = [p - y for p, y in got if p is not None]
+            summ[c][label(v, t)] = {"mae": round(float(np.mean(np.abs(err))), 3),
+                                    "signed": round(float(np.mean(err)), 3), "answered": len(err)}
+            if v != "none":
+                summ[c][label(v, t)]["denoised"] = round(float(np.mean([pick(r[c], v, t) != "none" for r in rows])), 3)
+    summ["jpeg_q75_change"] = {}
+    for v, t in gated(variants, gates):
+        pairs = [(r["clean"][pick(r["clean"], v, t)], r["jpeg_q75"][pick(r["jpeg_q75"], v, t)]) for r in rows]
+        summ["jpeg_q75_change"][label(v, t)] = round(float(np.mean([abs(p - q) for p, q in pairs
+                                                                     if None not in (p, q)])), 3)
+    return summ
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=200)
@@ -74,37 +111,7 @@ def main() -> None:
             rows.append(row)
             if (i + 1) % 50 == 0:
                 print(f"{ds} {i + 1}/{len(files)} {time.time() - t0:.0f}s", flush=True)
-        summ = {}
-        for c in CONDITIONS:
-            sig = np.array([r[c]["sigma"] for r in rows])
-            summ[c] = {"sigma_p10_50_90": [round(float(x), 2) for x in np.percentile(sig, [10, 50, 90])]}
-            for v in variants[1:]:
-                for t in a.gates:
-                    key = v if t == 0 else f"{v}>{t}"
-                    errs, signed, used = [], [], 0
-                    for r in rows:
-                        pick = v if r[c]["sigma"] > t else "none"
-                        used += pick != "none"
-                        if r[c][pick] is not None:
-                            errs.append(abs(r[c][pick] - r["age"]))
-                            signed.append(r[c][pick] - r["age"])
-                    summ[c][key] = {"mae": round(float(np.mean(errs)), 3), "signed": round(float(np.mean(signed)), 3),
-                                    "denoised": round(used / len(rows), 3), "answered": len(errs)}
-            e = [abs(r[c]["none"] - r["age"]) for r in rows if r[c]["none"] is not None]
-            s_ = [r[c]["none"] - r["age"] for r in rows if r[c]["none"] is not None]
-            summ[c]["none"] = {"mae": round(float(np.mean(e)), 3), "signed": round(float(np.mean(s_)), 3),
-                               "answered": len(e)}
-        stab = {}
-        for v in variants:
-            for t in ([0] if v == "none" else a.gates):
-                key = v if t == 0 else f"{v}>{t}"
-                ch = []
-                for r in rows:
-                    p = [r[c][v if r[c]["sigma"] > t else "none"] for c in ("clean", "jpeg_q75")]
-                    if None not in p:
-                        ch.append(abs(p[0] - p[1]))
-                stab[key] = round(float(np.mean(ch)), 3)
-        summ["jpeg_q75_change"] = stab
+        summ = summarise(rows, variants, a.gates)
         res["datasets"][ds] = {"summary": summ, "rows": rows}
         atomic_write_json(a.out, res)
     res["seconds"] = round(time.time() - t0)

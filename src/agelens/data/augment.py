@@ -134,6 +134,14 @@ PIXEL_LEVEL = ("blur", "defocus", "noise", "scan_grain", "jpeg")
 SOURCE_SCALE = (0.35, 1.0)  # working resolution of the pixel-level degradations, as a share of the cached crop
 
 
+def _working_resolution(img: np.ndarray, rng: np.random.Generator, source_min: float) -> np.ndarray:
+    """The image shrunk to a random working resolution, uniform in [source_min, SOURCE_SCALE[1]] × its side (at least
+    16 px): where a small face in a photo gets its pixel-level degradations."""
+    h, w = img.shape[:2]
+    f = rng.uniform(source_min, SOURCE_SCALE[1])
+    return cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
+
+
 def realistic(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
               source_scale: float = 0.0, p: dict[str, float] | None = None,
               source_min: float = SOURCE_SCALE[0]) -> np.ndarray:
@@ -156,8 +164,7 @@ def realistic(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
         if name not in picked:
             continue
         if small and name in PIXEL_LEVEL:
-            f = rng.uniform(source_min, SOURCE_SCALE[1])
-            out = cv2.resize(out, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
+            out = _working_resolution(out, rng, source_min)
             small = False  # scaled once; the remaining pixel-level ones run at this size
         out = np.ascontiguousarray(fn(out, rng))
     if out.shape[:2] != (h, w):
@@ -175,9 +182,7 @@ def resave_pair(img: np.ndarray, rng: np.random.Generator,
     good JPEG (q 85-98), and that file saved again worse: re-encoded at q 50-85 (60 %), scaled × 0.5 and back (20 %)
     or shifted by up to 2 of its pixels (20 %). Both are scaled back to the crop's size."""
     h, w = img.shape[:2]
-    f = rng.uniform(source_min, 1.0)
-    small = cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
-    a = _jpeg_q(small, int(rng.integers(85, 99)))
+    a = _jpeg_q(_working_resolution(img, rng, source_min), int(rng.integers(85, 99)))
     kind = rng.choice([k for k, _ in RESAVE_KINDS], p=[q for _, q in RESAVE_KINDS])
     sh, sw = a.shape[:2]
     if kind == "jpeg":
