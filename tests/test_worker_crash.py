@@ -124,3 +124,32 @@ def test_workers_come_from_a_forkserver_that_imported_the_pipeline(deadline):
     out = list(crash_safe_map(worker_modules, [(["a"],), (["b"],)], 2, lambda f: None))
     assert [ready for ready, _ in out] == [True, True]  # imported before the job ran: preloaded, forked ready
     assert os.getpid() not in {pid for _, pid in out}
+
+
+def test_workers_started_early_come_from_the_server_already_running(deadline):
+    import multiprocessing as mp
+    from multiprocessing import forkserver
+
+    from agelens.parallel import start_workers_early
+
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("no forkserver on this platform (spawn is used)")
+    start_workers_early()
+    server = forkserver._forkserver._forkserver_pid
+    assert server is not None
+    start_workers_early()  # a second call keeps the same server
+    assert forkserver._forkserver._forkserver_pid == server
+    out = list(crash_safe_map(worker_modules, [(["a"],), (["b"],)], 2, lambda f: None))
+    assert [ready for ready, _ in out] == [True, True]
+    assert forkserver._forkserver._forkserver_pid == server  # the workers came from it, not a new one
+
+
+def test_sizing_and_starting_workers_needs_no_pipeline_import():
+    """`predict` sizes its workers and starts their forkserver before it imports numpy, OpenCV or the models."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import agelens.inference.inputs, agelens.parallel; "
+            "print(sorted(m for m in ('numpy', 'cv2', 'onnxruntime', 'agelens.inference.predictor') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

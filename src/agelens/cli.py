@@ -267,16 +267,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                                                         "ray://HOST:10001); default: start a local Ray")] = None,
             gpus_per_worker: Annotated[float, typer.Option(help="--engine ray: GPUs per model actor (0: CPU)")] = 0.0) -> None:
     """Estimate the age of every face in images; exit code 1 when some files failed."""
-    from .inference.predictor import AgeEstimator
-    from .inference.stream import (
-        CSV_COLUMNS,
-        STREAM_FORMATS,
-        csv_rows,
-        expand_inputs,
-        open_sink,
-        predict_stream,
-        printable,
-    )
+    from .inference.inputs import STREAM_FORMATS, expand_inputs, printable
 
     if fmt not in ("table", "json", *STREAM_FORMATS):
         raise AgelensError(f"--format must be table, json, jsonl or csv (or parquet), got {fmt!r}")
@@ -303,6 +294,13 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         files.insert(0, str(resources.files("agelens") / "assets" / "astronaut.jpg"))
     if not files:
         raise AgelensError("no input: give image files, folders or globs (or --demo)")
+    from .parallel import auto_workers, start_workers_early
+
+    if engine == "local" and (auto_workers(len(files)) if workers is None else workers) > 0:
+        start_workers_early()  # their forkserver imports the pipeline while this process loads the models
+    from .inference.predictor import AgeEstimator
+    from .inference.stream import CSV_COLUMNS, csv_rows, open_sink, predict_stream
+
     tta_flip = _tta(tta, full_tta)
     est = AgeEstimator.from_pretrained(model, tta_flip=tta_flip, route=route, backend=backend, log=_err)
     if backend != "auto":

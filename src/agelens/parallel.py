@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Iterator
 
 from .errors import AgelensError
@@ -34,6 +35,28 @@ def worker_context() -> mp.context.BaseContext:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)  # read when the server starts: once per process
     return ctx
+
+
+MIN_FILES_PER_WORKER = 32  # files per worker process that repay its start-up
+
+
+def auto_workers(n_files: int) -> int:
+    """Worker processes for n_files: one per core when there are enough files to repay their start-up (imports and
+    model sessions: 0.3-0.4 s for two workers on 2 cores, docs/inference_benchmark.md), else 0 (everything in this
+    process)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores < 2 or n_files < MIN_FILES_PER_WORKER * 2 else min(cores, n_files // MIN_FILES_PER_WORKER)
+
+
+def start_workers_early() -> None:
+    """Start the forkserver the worker processes will come from (`worker_context`) now, so that it imports the
+    pipeline (`PRELOAD`) on another core while this process imports and loads its own models, instead of after.
+    Does nothing where workers are spawned, or when the server is already running."""
+    ctx = worker_context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def _each(fn: Callable, job: tuple) -> list:

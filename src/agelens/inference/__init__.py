@@ -26,13 +26,18 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
     engine="ray": `workers` model actors (default 1) fed by detection tasks on the Ray at `address`, or on a
     local Ray with num_cpus CPUs (default: this machine's, at least workers + 1); records in completion order.
     `estimator`: an already loaded AgeEstimator (local engine; the Ray engine only reads its cache_size)."""
-    from .predictor import AgeEstimator
-    from .stream import expand_inputs, predict_stream, printable
+    from ..parallel import start_workers_early
+    from .inputs import expand_inputs, printable
 
     if engine not in ENGINES:
         raise AgelensError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     paths = [str(source)] if isinstance(source, str | Path) else [str(p) for p in source]  # list, tuple, iterator
     files = [f for f in expand_inputs(paths) if printable(f) not in skip]
+    if engine == "local" and workers:
+        start_workers_early()  # their forkserver imports the pipeline while this process loads the models
+    from .predictor import AgeEstimator
+    from .stream import predict_stream
+
     est = estimator or AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=log)
     if engine == "local":
         for r, _ in predict_stream(est, files, detect, workers or 0, batch_size):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import glob
 import io
 import json
 import os
@@ -19,36 +18,13 @@ import numpy as np
 
 from ..errors import AgelensError
 from ..faces import animal
-from ..parallel import CRASHED, crash_safe_map, per_input
+from ..parallel import CRASHED, MIN_FILES_PER_WORKER, auto_workers, crash_safe_map, per_input  # noqa: F401
+from .inputs import STREAM_FORMATS, expand_inputs, printable  # noqa: F401  (their home before inputs.py)
 
 CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "occluded", "occlusion_score",
                "model", "detection", "error"]
 
 _worker_analyzer = None
-STREAM_FORMATS = ("jsonl", "csv", "parquet")
-
-
-def expand_inputs(paths: list[str]) -> list[str]:
-    """Files as given, folders → their images (recursive, sorted), globs expanded; unknown paths kept (reported)."""
-    from ..data.adapters import IMAGE_EXTS
-
-    out: list[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            found = sorted(str(q) for q in Path(p).rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
-            out += found or [p]  # an empty folder (or a folder named like an image) is reported, not skipped
-        elif not os.path.exists(p) and any(c in p for c in "*?["):
-            hits = sorted(glob.glob(p, recursive=True))
-            out += hits if hits else [p]
-        else:
-            out.append(p)
-    return out
-
-
-def printable(text: str) -> str:
-    """File names that are not valid UTF-8 (surrogate-escaped by Python) as readable, valid UTF-8:
-    the undecodable bytes become \\xNN, so CSV/JSON/terminal output never breaks on them."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _detect(job: tuple[str, int, bool, bool, bool]) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
@@ -157,7 +133,6 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
 
 _worker_est = None  # pipeline workers: the estimator this process rebuilt from the main process's spec
 _worker_error: str | None = None
-MIN_FILES_PER_WORKER = 32
 CHUNK = 8  # consecutive files whose faces are verified and estimated in one model batch
 
 
@@ -190,14 +165,6 @@ def _pipeline(job: tuple[list[str], bool, bool, bool]) -> list[tuple[dict, np.nd
 def _verifier(est):
     """The estimator's face verifier, or the shipped one (as the detection workers use) when it has none."""
     return est.verifier if getattr(est, "verifier", None) is not None else "shipped"
-
-
-def auto_workers(n_files: int) -> int:
-    """Worker processes for n_files: one per core when there are enough files to repay their start-up (imports and
-    model sessions: 0.3-0.4 s for two workers on 2 cores, docs/inference_benchmark.md), else 0 (everything in this
-    process)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 0 if cores < 2 or n_files < MIN_FILES_PER_WORKER * 2 else min(cores, n_files // MIN_FILES_PER_WORKER)
 
 
 def predict_stream(est, files: list[str], detect: bool = True, workers: int | None = None, batch_size: int = 32,
