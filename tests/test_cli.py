@@ -152,3 +152,32 @@ def test_occluded_photo_is_flagged_and_routed(tmp_path, astronaut_path):
     assert m["routed_to"] == {expected: 4} and m["detector_accuracy"] == 1.0
     r = agelens("evaluate", "--dataset", "utkface", "--root", d, "--output", tmp_path / "ev2", "--occlude", "1.5")
     assert r.returncode == 2 and "--occlude must be a share" in r.stderr
+
+
+EXIT_PROBE = """
+import atexit, sys, threading, time
+import agelens.cli as cli
+
+def app():
+    atexit.register(lambda: open(sys.argv[1], "w").write("handlers ran"))
+    if sys.argv[2] == "thread":  # a non-daemon thread still working: the exit must wait for it
+        threading.Thread(target=lambda: (time.sleep(0.3), print("thread done"))).start()
+    for i in range(20000):  # more than a pipe's buffer, still buffered in sys.stdout at exit
+        print(f"line {i}")
+    raise SystemExit(3)
+
+cli.app = app
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "thread"])
+def test_exit_skips_the_teardown_but_keeps_output_status_and_handlers(tmp_path, mode):
+    marker = tmp_path / "marker"
+    r = subprocess.run([sys.executable, "-c", EXIT_PROBE, str(marker), mode], capture_output=True, text=True,
+                       env=ENV, timeout=120)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 3, r.stderr
+    assert [x for x in lines if x.startswith("line")] == [f"line {i}" for i in range(20000)]
+    assert ("thread done" in lines) == (mode == "thread")
+    assert marker.read_text() == "handlers ran"

@@ -598,18 +598,46 @@ def export_onnx_cmd(output: Annotated[Path, typer.Option("--output", "-o", help=
 
 
 def main() -> None:
-    """Console entry point: AgelensError and bad paths become one-line messages with exit code 2."""
+    """Console entry point: AgelensError and bad paths become one-line messages with exit code 2. The process then
+    ends without the interpreter's teardown (`_exit_now`)."""
+    code: int | str | None = 0
     try:
         app()
+    except SystemExit as e:
+        code = e.code
     except AgelensError as e:
         _err(f"error: {e}")
-        sys.exit(2)
+        code = 2
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
         _err(f"error: {e.strerror}: {e.filename}")
-        sys.exit(2)
+        code = 2
     except KeyboardInterrupt:
         _err("interrupted")
-        sys.exit(130)
+        code = 130
+    _exit_now(code)
+
+
+def _exit_now(code: int | str | None) -> None:
+    """End the process as `sys.exit(code)` would, less the interpreter's teardown (freeing every module and object:
+    about 0.1 s, a sixth of `agelens predict photo.jpg`): exit handlers run and the standard streams are flushed
+    first, and every output file is closed by then. Where a non-daemon thread is still running, or the exit
+    handlers cannot be run this way, it is a plain sys.exit."""
+    import atexit
+    import contextlib
+    import os
+    import threading
+
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_handlers is None or any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, exit status 1
+        _err(str(code))
+        code = 1
+    run_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            stream.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":
