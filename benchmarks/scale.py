@@ -25,7 +25,7 @@ import numpy as np
 
 
 def pick_images(folder: str, n: int, seed: int) -> list[str]:
-    from agelens.inference.stream import expand_inputs
+    from agelens.inference.inputs import expand_inputs
 
     files = expand_inputs([folder])
     if len(files) < n:

@@ -387,3 +387,14 @@ def test_realign_finds_the_occluded_face_again_as_predict_does():
     same, _ = CachedFaceDataset(cache, train=False, realign=1.0, **kw).occluded_view(0)
     plain, _ = CachedFaceDataset(cache, train=False, **kw).occluded_view(0)
     assert np.array_equal(same, plain)
+    # realign_net: the found crop then corrected by the shipped realignment network, as predict corrects it
+    from agelens.faces import realign
+
+    model = realign.shipped()
+    if model is None:
+        return
+    net = CachedFaceDataset(cache, train=True, realign=1.0, realign_net=True, **kw)
+    corrected, kind3 = net.occluded_view(0)
+    assert kind3 == kind and corrected.shape == again.shape
+    assert np.abs(corrected.astype(int) - again.astype(int)).mean() > 1
+    assert net._realigned(noise) is noise

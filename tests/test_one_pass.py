@@ -11,10 +11,10 @@ from agelens.config import ModelConfig, RunConfig
 from agelens.data.views import centre_views
 from agelens.inference.backends.torch import TorchModel
 from agelens.inference.predictor import SINGLE_VIEW, AgeEstimator, TrunkGuard
-from agelens.inference.stream import MIN_FILES_PER_WORKER, auto_workers
 from agelens.models.inputs import to_input
 from agelens.models.model import GUARDS, build_model
 from agelens.numerics import Numerics
+from agelens.parallel import MIN_FILES_PER_WORKER, auto_workers
 from agelens.train.engine import train_step
 
 FP32 = Numerics("cpu", "fp32", False, "test")

@@ -34,7 +34,7 @@ def corpus(tmp_path_factory, astronaut_path):
 
 
 def test_predict_answers_every_entry(corpus):
-    from agelens.inference.stream import printable
+    from agelens.inference.inputs import printable
 
     r = agelens("predict", *[p for p, _ in corpus.values()], "-f", "json")
     _clean(r)

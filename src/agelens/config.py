@@ -131,6 +131,8 @@ class OcclusionConfig:
     realign: float = 0.0  # training: the share of occluded faces found and aligned again on the occluded image, as
     #                       predict finds them on a photo (the landmarks then meet the occluder), instead of keeping
     #                       the clean face's alignment
+    realign_net: bool = False  # with realign: the found crop then corrected by the shipped realignment network
+    #                            (faces.realign), as predict corrects every crop the student reads
 
 
 @dataclass

@@ -70,7 +70,7 @@ class CachedFaceDataset(Dataset):
                  regions: bool = False, augment: float = 0.0, degradation: str | None = None,
                  source_scale: float = 0.0, augment_pair: bool = False, anchor: bool = False,
                  augment_p: dict[str, float] | None = None, source_min: float = SOURCE_SCALE[0],
-                 realign: float = 0.0, resave: bool = False) -> None:
+                 realign: float = 0.0, resave: bool = False, realign_net: bool = False) -> None:
         self.cache, self.train = cache, train
         self.crop, self.size = min(crop_size, cache.size), input_size
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
@@ -80,7 +80,7 @@ class CachedFaceDataset(Dataset):
         self.augment, self.degradation = augment, degradation
         self.source_scale, self.augment_pair, self.anchor = source_scale, augment_pair, anchor
         self.augment_p, self.source_min = augment_p or {}, source_min
-        self.realign, self._analyzer, self.resave = realign, None, resave
+        self.realign, self._analyzer, self.resave, self.realign_net = realign, None, resave, realign_net
         if anchor and not augment_pair:
             raise ValueError("anchor=True needs augment_pair=True")
         if resave and (not augment_pair or anchor):
@@ -136,14 +136,25 @@ class CachedFaceDataset(Dataset):
 
     def _realigned(self, img: np.ndarray) -> np.ndarray:
         """The largest face found on the occluded image, aligned as predict aligns a photo's face (the landmarks
-        meet the occluder); the image as it is where no face is found."""
+        meet the occluder), and with realign_net corrected by the shipped realignment network as predict corrects
+        the student's crops (warped from the image around it); the image as it is where no face is found."""
         from ..faces.detect import FaceAnalyzer
         from ..faces.prepare import largest_face
 
         if self._analyzer is None:  # one per process: data-loader workers build their own
             self._analyzer = FaceAnalyzer(fast=None)
         faces = self._analyzer.find_faces(img, crop_size=img.shape[0])
-        return largest_face(faces).aligned(img, img.shape[0])[0] if faces else img
+        if not faces:
+            return img
+        crop, m = largest_face(faces).aligned(img, img.shape[0])
+        if self.realign_net:
+            from ..faces import realign
+
+            model = realign.shipped()
+            if model is not None:
+                src = [realign.CropSource(img, m, img.shape[0])]
+                crop = realign.moved(crop[None], model.corrections(crop[None], sources=src), src)[0]
+        return crop
 
     def _photo(self, img: np.ndarray, i: int, draw: int = 0) -> np.ndarray:
         """The photo degradations of record i: training's realistic draw number `draw` (the second view of

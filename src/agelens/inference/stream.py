@@ -18,8 +18,8 @@ import numpy as np
 
 from ..errors import AgelensError
 from ..faces import animal
-from ..parallel import CRASHED, MIN_FILES_PER_WORKER, auto_workers, crash_safe_map, per_input  # noqa: F401
-from .inputs import STREAM_FORMATS, expand_inputs, printable  # noqa: F401  (their home before inputs.py)
+from ..parallel import CRASHED, auto_workers, crash_safe_map, per_input
+from .inputs import printable
 
 CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "occluded", "occlusion_score",
                "model", "detection", "error"]

@@ -353,7 +353,8 @@ class Trainer:
                    "augment": t.augment, "source_scale": t.augment_source_scale, "augment_p": t.augment_p,
                    "source_min": t.augment_source_min,
                    "augment_pair": t.augment_consistency > 0, "anchor": t.augment_anchor, "resave": t.augment_resave,
-                   "pair": self.teacher is not None, "realign": cfg.occlusion.realign}  # (clean view for the teacher, shown view, age, index)
+                   "pair": self.teacher is not None, "realign": cfg.occlusion.realign,
+                   "realign_net": cfg.occlusion.realign_net}  # (clean view for the teacher, shown view, age, index)
         sampler = fair["sampler"]
         loss_fn = fair["loss"]
         gen = torch.Generator().manual_seed(t.seed)
