@@ -345,15 +345,43 @@ def _occluded(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator,
         return None
 
 
+# Full-width bands over the eyes (brows to the bridge of the nose) and the mouth (nose to chin): larger than the
+# synthesizer's eye and mouth blocks. Faces under both were answered 86 % of the time before `faceness` saw them
+# (docs/occlusion_report.md); on a non-face image bands alone make no face.
+BAND_P = 0.15  # of the faceness positives under an occluder; the same share of its "occluded" negatives
+BANDS = {"eyes": ([105, 334, 66, 296], [6, 197, 195]), "mouth": ([2, 164], [152, 148, 377])}
+
+
+def _bands(img: np.ndarray, lm: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Solid bands across the face at the eyes, the mouth or both (from the landmarks, each grown or shrunk at
+    random); on an image without landmarks, one or two bands at random heights."""
+    out, h, w = img.copy(), img.shape[0], img.shape[1]
+    colour = tuple(int(c) for c in (rng.integers(0, 70, 3) if rng.random() < 0.5 else rng.integers(0, 256, 3)))
+    parts = [("eyes", "mouth"), ("eyes",), ("mouth",)][rng.choice(3, p=[0.6, 0.2, 0.2])]
+    for part in parts:
+        if lm is None:
+            y0 = rng.uniform(0.1, 0.7) * h
+            x0, x1, y1 = rng.uniform(0, 0.2) * w, rng.uniform(0.8, 1.0) * w, y0 + rng.uniform(0.1, 0.3) * h
+        else:
+            top, bottom = BANDS[part]
+            x0, x1 = float(lm[[234, 93], 0].min()), float(lm[[454, 323], 0].max())
+            y0, y1 = float(lm[top, 1].min()), float(lm[bottom, 1].max())
+            gx, gy = rng.uniform(-0.05, 0.3) * (x1 - x0) / 2, rng.uniform(-0.1, 0.25) * (y1 - y0) / 2
+            x0, x1, y0, y1 = x0 - gx, x1 + gx, y0 - gy, y1 + gy
+        cv2.rectangle(out, (int(x0), int(y0)), (int(x1), int(y1)), colour, -1)
+    return out
+
+
 class GuardSamples:
     """Draws (uint8 view, label) training samples for one guard from the collected arrays."""
 
     def __init__(self, data: dict[str, np.ndarray], task: str, kinds: tuple[str, ...] = OCCLUSION_TYPES,
-                 photo: bool = False) -> None:
+                 photo: bool = False, bands: bool = False) -> None:
         """kinds: the synthetic occluders that make an occlusion positive (faceness: every family, always).
         photo: half of the degraded samples get the photo degradations of scanned prints and small faces instead
-        (`PHOTO_P`, at the photo's working resolution), faces and non-faces alike."""
-        self.d, self.task, self.kinds, self.photo = data, task, kinds, photo
+        (`PHOTO_P`, at the photo's working resolution), faces and non-faces alike. bands (faceness): BAND_P of the
+        occluded faces are under full-width bands instead (`_bands`), and as many occluded negatives get bands too."""
+        self.d, self.task, self.kinds, self.photo, self.bands = data, task, kinds, photo, bands
         self.faces = [(k, i) for k in ("utk", "aaf") for i in range(len(data[k]))]
 
     def _face(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -367,11 +395,15 @@ class GuardSamples:
                 img, label = self.d["neg"][rng.integers(len(self.d["neg"]))], 0.0
                 if rng.random() < 0.3:  # a negative under an "occluder" still is no face
                     img = _shapes(rng) if rng.random() < 0.5 else img
+                    if self.bands and rng.random() < BAND_P:
+                        img = _bands(img, None, rng)
             elif u < 0.5:
                 img, label = self.d["real"][rng.integers(len(self.d["real"]))], 1.0
             else:
                 img, lm = self._face(rng)  # a face stays a face under any occluder family, the newer ones included
                 occ = _occluded(img, lm, rng, ALL_TYPES) if rng.random() < 0.6 else None
+                if occ is not None and self.bands and rng.random() < BAND_P and np.isfinite(lm[:468]).all():
+                    occ = _bands(img, lm, rng)
                 img, label = (img if occ is None else occ), 1.0
         else:  # occlusion
             if u < 0.5:
@@ -409,10 +441,10 @@ OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion gu
 
 
 def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str | None, seed: int = 0,
-        threads: int = 0, kinds: str = "paper", photo: bool = False) -> dict:
+        threads: int = 0, kinds: str = "paper", photo: bool = False, bands: bool = False) -> dict:
     """Train one guard for `steps` batches (AdamW, cosine), choose its threshold, write OUT/best.pt + metrics.
     kinds (occlusion): "paper" (the paper's six types) or "all" (every synthesizer family, double ones included).
-    photo: the photo degradations of `GuardSamples` as well."""
+    photo: the photo degradations of `GuardSamples` as well; bands: its full-width bands (faceness)."""
     if kinds not in OCCLUDER_SETS:
         raise ConfigError(f"kinds must be one of {', '.join(OCCLUDER_SETS)}, got {kinds!r}")
     torch.manual_seed(seed)
@@ -439,7 +471,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
                             weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
                                                 pct_start=0.1)
-    samples = GuardSamples(data, task, OCCLUDER_SETS[kinds], photo)
+    samples = GuardSamples(data, task, OCCLUDER_SETS[kinds], photo, bands)
     model.train()
     t0, log = time.perf_counter(), []
     for step in range(steps):
@@ -455,7 +487,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
             log.append({"step": step, "loss": round(loss.item(), 4), "s": round(time.perf_counter() - t0, 1)})
             print(json.dumps(log[-1]), flush=True)
     model.eval()
-    metrics = {"task": task, "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo,
+    metrics = {"task": task, "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo, "bands": bands,
                "seconds": round(time.perf_counter() - t0), "log": log}
     metrics.update(choose_threshold(model, data, task, photo))
     out.mkdir(parents=True, exist_ok=True)
@@ -541,6 +573,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="occlusion: synthetic positives from the paper's six types or from every family")
     f.add_argument("--photo", action="store_true",
                    help="also the photo degradations of scanned prints and small faces (grain, pixelation, noise)")
+    f.add_argument("--bands", action="store_true", help="faceness: also faces under full-width bands (`_bands`)")
     sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
     sh.add_argument("run", type=Path)
     sh.add_argument("--name", required=True, choices=("faceness", "faceness_photo", "occlusion"))
@@ -551,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
         build_data(a.out, a.shared, a.n_utk, a.n_aaf, a.n_procedural, a.extra_negatives, a.sample)
     else:
         print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init,
-                                                     threads=a.threads, kinds=a.kinds, photo=a.photo).items()
+                                                     threads=a.threads, kinds=a.kinds, photo=a.photo, bands=a.bands).items()
                           if k != "log"}))
 
 
