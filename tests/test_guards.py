@@ -193,3 +193,19 @@ def cv2_blur(img: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.GaussianBlur(img, (0, 0), 3)
+
+
+def test_bands_cover_the_eyes_and_mouth_rows_from_the_landmarks(face_crop):
+    img, lm = face_crop
+    eyes_top, chin = lm[[105, 334, 66, 296], 1].min(), lm[[152, 148, 377], 1].max()
+    seen = set()
+    for seed in range(12):
+        out = guards._bands(img, lm, np.random.default_rng(seed))
+        changed = np.abs(out.astype(int) - img.astype(int)).sum(2) > 0
+        rows = np.flatnonzero(changed.any(1))
+        assert out.shape == img.shape and len(rows)
+        assert rows.min() >= eyes_top - 0.2 * (chin - eyes_top) and rows.max() <= chin + 0.2 * (chin - eyes_top)
+        seen.add((rows.min() < lm[6, 1], rows.max() > lm[2, 1]))  # (eyes covered, mouth covered)
+    assert {(True, True), (True, False), (False, True)} <= seen  # both bands, the eyes' alone, the mouth's alone
+    blank = np.full_like(img, 128)
+    assert (guards._bands(blank, None, np.random.default_rng(0)) != 128).any()  # no landmarks: bands anyway
