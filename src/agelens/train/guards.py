@@ -347,7 +347,8 @@ def _occluded(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator,
 
 # Full-width bands over the eyes (brows to the bridge of the nose) and the mouth (nose to chin): larger than the
 # synthesizer's eye and mouth blocks. Faces under both were answered 86 % of the time before `faceness` saw them
-# (docs/occlusion_report.md); on a non-face image bands alone make no face.
+# (docs/occlusion_report.md); on a non-face image bands alone make no face. The shipped `faceness` was not trained
+# with them: the fine-tune that answers every banded face lost real masked faces (same document).
 BAND_P = 0.15  # of the faceness positives under an occluder; the same share of its "occluded" negatives
 BANDS = {"eyes": ([105, 334, 66, 296], [6, 197, 195]), "mouth": ([2, 164], [152, 148, 377])}
 
