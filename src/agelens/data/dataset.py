@@ -148,12 +148,9 @@ class CachedFaceDataset(Dataset):
             return img
         crop, m = largest_face(faces).aligned(img, img.shape[0])
         if self.realign_net:
-            from ..faces import realign
+            from ..faces.realign import CropSource, realigned
 
-            model = realign.shipped()
-            if model is not None:
-                src = [realign.CropSource(img, m, img.shape[0])]
-                crop = realign.moved(crop[None], model.corrections(crop[None], sources=src), src)[0]
+            crop = realigned(crop[None], [CropSource(img, m, img.shape[0])])[0]
         return crop
 
     def _photo(self, img: np.ndarray, i: int, draw: int = 0) -> np.ndarray:

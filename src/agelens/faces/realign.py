@@ -148,6 +148,21 @@ def moved(crops: np.ndarray, corrections: np.ndarray, sources: list | None = Non
                      for c, m, s in zip(crops, corrections, srcs, strict=True) for v in at])
 
 
+def realigned(crops: np.ndarray, sources: list | None = None, views=SINGLE_VIEW, correct: bool = True
+              ) -> np.ndarray:
+    """The crops as the student reads them: corrected by the shipped realignment network (with correct=True and
+    where it is shipped), then at each view (scale, degrees about the centre), each warped once, from its source
+    where `sources` gives one: (N × len(views), S, S, 3), the views of a face together. Unchanged with one plain view
+    and no correction."""
+    n = len(crops)
+    model = shipped() if correct else None
+    if n == 0 or (model is None and tuple(views) == SINGLE_VIEW):
+        return crops
+    ms = (model.corrections(crops, sources=sources) if model is not None
+          else np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1)))
+    return moved(crops, ms, sources, views)
+
+
 def weights_path() -> Path:
     from ..utils import weights_dir
 

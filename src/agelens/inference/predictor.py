@@ -18,7 +18,7 @@ from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_cr
 from ..faces.mesh import N_MESH
 from ..faces.orientation import turned_back
 from ..faces.prepare import N_LANDMARKS, largest_face, prepare_face
-from ..faces.realign import SINGLE_VIEW, CropSource
+from ..faces.realign import SINGLE_VIEW, CropSource, realigned
 from ..imageio import file_box, load_reduced
 from ..utils import int8_flavor
 from .backends import (  # noqa: F401 (TTA_MODES: public)
@@ -563,23 +563,6 @@ class AgeEstimator:
         t2 = time.perf_counter()
         return self.predictions(faces, r, {"detect_ms": round(1000 * (t1 - t0), 1),
                                            "model_ms": round(1000 * (t2 - t1), 1)})
-
-
-def realigned(crops: np.ndarray, sources: list | None = None, views=SINGLE_VIEW, correct: bool = True
-              ) -> np.ndarray:
-    """The crops as the student reads them: corrected by the shipped realignment network (`faces.realign`; with
-    correct=True and where it is shipped), then at each view (scale, degrees about the centre), each warped once,
-    from its source where `sources` gives one: (N × len(views), S, S, 3), the views of a face together. Unchanged
-    with one plain view and no correction."""
-    from ..faces import realign
-
-    n = len(crops)
-    model = realign.shipped() if correct else None
-    if n == 0 or (model is None and tuple(views) == SINGLE_VIEW):
-        return crops
-    ms = (model.corrections(crops, sources=sources) if model is not None
-          else np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1)))
-    return realign.moved(crops, ms, sources, views)
 
 
 def face_source(face: tuple):
