@@ -204,6 +204,10 @@ def test_rarely_needed_models_load_on_first_use(onnx_dir, tmp_path):
         est = AgeEstimator.from_onnx(onnx_dir)
         assert est.verifier.photo.path.name == "faceness_photo.onnx" and est.verifier.fallback.path.name == (
             "faceness.onnx")
+    if "faceness_bands" in models:  # the band network: lazy, asked by the verifier at the whole-image step only
+        bands = models["faceness_bands"]
+        assert bands._session is None and bands.threshold == OnnxModel(onnx_dir / "faceness_bands.onnx").threshold
+        assert AgeEstimator.from_onnx(onnx_dir).verifier.bands.path.name == "faceness_bands.onnx"
     broken = tmp_path / "export"  # a corrupt graph still fails with the file's name, when it is first used
     shutil.copytree(onnx_dir, broken)
     (broken / "faceness.onnx").write_bytes(b"not onnx")

@@ -91,6 +91,12 @@ def test_whole_image_fallback_only_with_a_verifier_that_accepts_it(analyzer):
     no = FixedVerifier(0.2)
     assert analyzer.find_faces(noise, yes.scores, yes.threshold, fallback_verifier=(no.scores, no.threshold)) == []
     assert no.seen == 1
+    # a whole-image verifier (the predictor adds the band network there) decides that step alone: not the tiles
+    wide, tiles = FixedVerifier(0.7, 0.6), FixedVerifier(0.2)
+    (face,) = analyzer.find_faces(noise, no.scores, no.threshold, whole_verifier=(wide.scores, wide.threshold))
+    assert face.detection == "whole-image" and face.score == pytest.approx(0.7) and wide.seen == 1
+    assert analyzer.find_faces(noise, yes.scores, yes.threshold, tile_verifier=(tiles.scores, tiles.threshold),
+                               whole_verifier=(no.scores, no.threshold)) == []
 
 
 def test_padded_retry_finds_a_face_that_fills_the_frame(analyzer, astronaut):

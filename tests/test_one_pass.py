@@ -102,6 +102,23 @@ def test_photo_network_vouches_where_the_strict_one_rejects_but_not_on_tiles():
     assert photo.seen == seen
 
 
+def test_band_network_vouches_at_the_whole_image_step_only():
+    """`faceness_bands`: asked only by `whole_scores` (the whole-image step), for the crops the separate networks
+    reject, at its own threshold; the detector, fallback and tile steps never see it."""
+    teacher = TorchModel(_model(), 56, 48, "teacher", tta_flip=False, numerics=FP32,
+                         guard_thresholds={"occlusion": 0.5, "face": 0.4})
+    strict, photo, bands = ByMean(0.9, scale=0.25), ByMean(0.95), ByMean(0.7)
+    v = AgeEstimator(teacher, verifier=strict, photo_verifier=photo, bands_verifier=bands).verifier
+    assert v.bands is bands
+    crops = np.stack([np.full((64, 64, 3), x, np.uint8) for x in (100, 200)])  # bands: 0.39, 0.78
+    v.scores(crops), v.separate_scores(crops), v.both_scores(crops)
+    assert bands.seen == 0
+    whole = v.whole_scores(crops)
+    assert list(whole >= v.threshold) == [False, True] and whole[1] == pytest.approx(0.9) and bands.seen == 2
+    assert np.allclose(v.whole_scores(crops), whole) and bands.seen == 2  # memoised
+    assert AgeEstimator(teacher, bands_verifier=bands).verifier.bands is None  # no separate network: no bands
+
+
 def test_memo_survives_repeated_crops_and_batches_larger_than_it():
     """Identical crops within a batch get one pass; a crop seen before keeps its answer even when the batch that
     repeats it evicts older entries (an evaluate batch of duplicate UTKFace photos once raised KeyError here)."""

@@ -112,7 +112,8 @@ def weights_dir() -> Path:
     return Path(str(resources.files("agelens") / "weights"))
 
 
-SHIPPED = ("teacher", "student", "occlusion", "faceness", "faceness_photo")  # the roles of the shipped models
+# the roles of the shipped models
+SHIPPED = ("teacher", "student", "occlusion", "faceness", "faceness_photo", "faceness_bands")
 
 
 def shipped_models() -> list[str]:

@@ -362,7 +362,8 @@ class FaceAnalyzer:
                    crop_size: int = 256, whole_image: bool = True, verify: bool = False,
                    fallback_verifier: tuple[Verifier, float] | None = None,
                    tile_verifier: tuple[Verifier, float] | None = None,
-                   proposed: list[Face] | None = None, detector_only: bool = False) -> list[Face]:
+                   proposed: list[Face] | None = None, detector_only: bool = False,
+                   whole_verifier: tuple[Verifier, float] | None = None) -> list[Face]:
         """Every face with landmarks where the mesh finds them, found by the cascade in the module docstring.
 
         With a verifier, a face from the fallback steps counts only when the verifier scores its aligned crop at
@@ -374,7 +375,8 @@ class FaceAnalyzer:
         when given, decides the fallback steps instead: the predictor screens the detector's faces with the
         teacher's own face head and leaves the fallbacks, where no detection at the usual confidence vouches for a
         face, to the separate face network. tile_verifier (verifier, threshold), when given, decides the tile step
-        (the predictor asks both networks there: a cat's face or a coin on a tile passes one of them, not both).
+        (the predictor asks both networks there: a cat's face or a coin on a tile passes one of them, not both);
+        whole_verifier, the whole-image step (the predictor adds a network trained on faces under full-width bands).
         proposed: this image's `propose` output, when the caller already has it (the batch engine proposes the faces
         of several files first, to verify them in one model pass). detector_only: the first step alone (the
         detector on the image, verified)."""
@@ -414,8 +416,9 @@ class FaceAnalyzer:
         if float(rgb.std()) < 4.0:  # a flat image holds no face, whole or on a tile
             return []
         if 0.5 <= w / h <= 2.0:  # a strip or a panorama is no face crop
-            score = float(verifier(whole_image_crop(rgb, crop_size)[None])[0])
-            if score >= threshold:
+            whole, need = whole_verifier or (verifier, threshold)
+            score = float(whole(whole_image_crop(rgb, crop_size)[None])[0])
+            if score >= need:
                 return [Face((0.0, 0.0, float(w), float(h)), score, np.full((4, 2), np.nan, np.float32), None,
                              "whole-image")]
         if tile_verifier is not None:

@@ -166,17 +166,22 @@ class TrunkGuard:
 
     def __init__(self, est: AgeEstimator, index: int, name: str, threshold: float,
                  fallback: CropClassifier | None = None, skip_below: float | None = None,
-                 skip_above: float | None = None, photo: CropClassifier | None = None) -> None:
+                 skip_above: float | None = None, photo: CropClassifier | None = None,
+                 bands: CropClassifier | None = None) -> None:
         self.est, self.index, self.name, self.fallback = est, index, name, fallback
         # a second face network trained on degraded photos (`faceness_photo`): a crop the fallback rejects passes
         # when it vouches for it, at DETECTED_THRESHOLD for the detector's own faces (`scores`) and at its own
         # threshold on the fallback steps (`separate_scores`); the tile step keeps the fallback alone (`both_scores`)
         self.photo = photo
+        # a third one fine-tuned on faces under full-width bands (`faceness_bands`): asked only at the whole-image
+        # step (`whole_scores`), where a face crop covered brow to chin by two bands is otherwise rejected
+        self.bands = bands
         self.threshold = float(fallback.threshold if fallback is not None else threshold)
         self.skip_below = -np.inf if skip_below is None else float(skip_below)
         self.skip_above = np.inf if skip_above is None else float(skip_above)
         self._memo = CropMemo()  # the fallback's scores: the cat check and routing ask about the same crops
         self._photo_memo = CropMemo()  # the photo network's: verification and the people veto's gate ask again
+        self._bands_memo = CropMemo()
 
     def fallback_scores(self, crops: np.ndarray) -> np.ndarray:
         """The separate network's scores, each crop read once while it stays in the memo."""
@@ -211,14 +216,25 @@ class TrunkGuard:
             self._photo_vouches(crops, p, p < self.threshold, self.photo.threshold, self.threshold)
         return p
 
+    def whole_scores(self, crops: np.ndarray) -> np.ndarray:
+        """The whole-image step's scores (decided at `threshold`): `separate_scores`, and where those reject a crop
+        the band network's at its own threshold (any of the three vouches)."""
+        crops = np.asarray(crops)
+        p = self.separate_scores(crops)
+        if self.bands is not None:
+            self._photo_vouches(crops, p, p < self.threshold, self.bands.threshold, self.threshold, self.bands,
+                                self._bands_memo)
+        return p
+
     def _photo_vouches(self, crops: np.ndarray, p: np.ndarray, doubted: np.ndarray, need: float,
-                       floor: float) -> None:
-        """In place: the `doubted` crops that the photo network scores at `need` or more get its score, at least
-        `floor` (the decision point of the step asking)."""
-        if self.photo is None or not doubted.any():
+                       floor: float, net: CropClassifier | None = None, memo: CropMemo | None = None) -> None:
+        """In place: the `doubted` crops that the photo network (or `net`, its scores kept in `memo`) scores at
+        `need` or more get its score, at least `floor` (the decision point of the step asking)."""
+        net, memo = (self.photo, self._photo_memo) if net is None else (net, memo)
+        if net is None or not doubted.any():
             return
         idx = np.flatnonzero(doubted)
-        q = np.array(self._photo_memo.rows(crops[idx], self.photo.scores, self.est.MEMO_SIZE), np.float32)
+        q = np.array(memo.rows(crops[idx], net.scores, self.est.MEMO_SIZE), np.float32)
         ok = q >= need
         p[idx[ok]] = np.maximum(q[ok], floor)
 
@@ -235,7 +251,7 @@ class AgeEstimator:
     def __init__(self, teacher: AgeBackend, student: AgeBackend | None = None, detector: CropClassifier | None = None,
                  route: str = "auto", cache_size: int = 256, device: str = "cpu", backend: str = "torch-fp32",
                  verifier: CropClassifier | None = None, tta_spread: float | None = None,
-                 photo_verifier: CropClassifier | None = None) -> None:
+                 photo_verifier: CropClassifier | None = None, bands_verifier: CropClassifier | None = None) -> None:
         if route not in ROUTES:
             raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         if route == "student" and student is None:
@@ -265,7 +281,8 @@ class AgeEstimator:
                                        skip_below=(cascade.get("occlusion") or {}).get("skip_below"))
             self.verifier = TrunkGuard(self, 1, "face", guards["face"], verifier,
                                        skip_above=(cascade.get("face") or {}).get("skip_above"),
-                                       photo=photo_verifier if verifier is not None else None)
+                                       photo=photo_verifier if verifier is not None else None,
+                                       bands=bands_verifier if verifier is not None else None)
         self.onnx_dir: Path | None = None  # the export an ONNX-backed estimator runs
         # (classmethod, keyword arguments) that rebuild this estimator in another process (from_pretrained and
         # from_onnx set it); None: built from objects in memory, so the batch engine's workers only detect
@@ -355,8 +372,9 @@ class AgeEstimator:
         det = OcclusionDetector.from_pretrained(det_name, device) if det_name else None
         ver = OcclusionDetector.from_pretrained("faceness", device) if "faceness" in shipped else None
         photo = OcclusionDetector.from_pretrained("faceness_photo", device) if "faceness_photo" in shipped else None
+        bands = OcclusionDetector.from_pretrained("faceness_bands", device) if "faceness_bands" in shipped else None
         est = cls(teacher, stu, det, route, 256, device, f"torch-{numerics.dtype}", ver,
-                  teacher.tta_spread if selective else None, photo)
+                  teacher.tta_spread if selective else None, photo, bands)
         if detector:  # a detector asked for by name decides every face (no screening by the teacher's head)
             est.detector = det
         if tta_flip == "none":
@@ -384,7 +402,7 @@ class AgeEstimator:
         t = models["teacher"]
         est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
                   models.get("faceness"), t.tta_spread,  # the loader leaves a cut only where "auto" uses it
-                  models.get("faceness_photo"))
+                  models.get("faceness_photo"), models.get("faceness_bands"))
         est.onnx_dir = d
         if tta == "none":
             est.student_views = SINGLE_VIEW
@@ -635,6 +653,8 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
                                    cache_size, verify=True,
                                    fallback_verifier=(v.separate_scores, sep.threshold) if sep is not None else None,
                                    tile_verifier=(v.both_scores, v.threshold) if hasattr(v, "both_scores") else None,
+                                   whole_verifier=(v.whole_scores, v.threshold)
+                                   if getattr(v, "bands", None) is not None else None,
                                    proposed=proposed, detector_only=detector_only)
 
     faces = find(rgb, proposed)

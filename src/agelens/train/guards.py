@@ -543,7 +543,8 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
                       + (f" --init {metrics['init']}" if metrics.get("init") else
                          " --init occlusion" if metrics["task"] == "occlusion" and "init" not in metrics else "")
                       + (f" --kinds {metrics['kinds']}" if metrics.get("kinds", "paper") != "paper" else "")
-                      + (" --photo" if metrics.get("photo") else ""),
+                      + (" --photo" if metrics.get("photo") else "")
+                      + (" --bands" if metrics.get("bands") else ""),
             "test_metrics": {k: v for k, v in metrics.items() if k != "log"}}
     return export_weights(model, cfg, out_dir or weights_dir(), name, card)
 
@@ -577,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--bands", action="store_true", help="faceness: also faces under full-width bands (`_bands`)")
     sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
     sh.add_argument("run", type=Path)
-    sh.add_argument("--name", required=True, choices=("faceness", "faceness_photo", "occlusion"))
+    sh.add_argument("--name", required=True, choices=("faceness", "faceness_photo", "faceness_bands", "occlusion"))
     a = ap.parse_args(argv)
     if a.cmd == "ship":
         print(f"wrote {ship(a.run, a.name)}")
