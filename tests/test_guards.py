@@ -209,3 +209,26 @@ def test_bands_cover_the_eyes_and_mouth_rows_from_the_landmarks(face_crop):
     assert {(True, True), (True, False), (False, True)} <= seen  # both bands, the eyes' alone, the mouth's alone
     blank = np.full_like(img, 128)
     assert (guards._bands(blank, None, np.random.default_rng(0)) != 128).any()  # no landmarks: bands anyway
+
+
+def test_large_blocks_cover_one_side_of_the_face_or_a_third_of_it(face_crop):
+    """`halves`: a half face from about the nose's midline outwards, or a block of 30-45 % of the face box."""
+    img, lm = face_crop
+    x0, x1 = lm[[234, 93], 0].min(), lm[[454, 323], 0].max()
+    mid = lm[[1, 6, 197, 195], 0].mean()
+    sides, blocks = set(), 0
+    for seed in range(20):
+        out = guards._large_block(img, lm, np.random.default_rng(seed))
+        changed = np.abs(out.astype(int) - img.astype(int)).sum(2) > 0
+        cols = np.flatnonzero(changed.any(0))
+        assert out.shape == img.shape and len(cols)
+        if cols.min() <= x0 and abs(cols.max() - mid) <= 0.11 * (x1 - x0) + 1:
+            sides.add("the image's left half")
+        elif cols.max() >= min(x1, img.shape[1] - 1) and abs(cols.min() - mid) <= 0.11 * (x1 - x0) + 1:
+            sides.add("the image's right half")
+        else:
+            blocks += 1
+            assert changed.mean() > 0.02  # a block of a third of the face, not a speck
+    assert len(sides) == 2 and blocks > 0
+    blank = np.full_like(img, 128)
+    assert (guards._large_block(blank, None, np.random.default_rng(1)) != 128).any()  # no landmarks: a block anyway

@@ -350,14 +350,19 @@ def _occluded(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator,
 # (docs/occlusion_report.md); on a non-face image bands alone make no face. The shipped `faceness` was not trained
 # with them: the fine-tune that answers every banded face lost real masked faces (same document).
 BAND_P = 0.15  # of the faceness positives under an occluder; the same share of its "occluded" negatives
+HALVES_P = 0.3  # the same with `halves`: half the draws are then a half face or a large block
 BANDS = {"eyes": ([105, 334, 66, 296], [6, 197, 195]), "mouth": ([2, 164], [152, 148, 377])}
 
 
-def _bands(img: np.ndarray, lm: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+def _bands(img: np.ndarray, lm: np.ndarray | None, rng: np.random.Generator, halves: bool = False) -> np.ndarray:
     """Solid bands across the face at the eyes, the mouth or both (from the landmarks, each grown or shrunk at
-    random); on an image without landmarks, one or two bands at random heights."""
+    random); on an image without landmarks, one or two bands at random heights. halves: half the time instead one
+    side of the face covered from about the nose's midline outwards, or a block of 30-45 % of the face box
+    (`_large_block`)."""
+    if halves and rng.random() < 0.5:
+        return _large_block(img, lm, rng)
     out, h, w = img.copy(), img.shape[0], img.shape[1]
-    colour = tuple(int(c) for c in (rng.integers(0, 70, 3) if rng.random() < 0.5 else rng.integers(0, 256, 3)))
+    colour = _block_colour(rng)
     parts = [("eyes", "mouth"), ("eyes",), ("mouth",)][rng.choice(3, p=[0.6, 0.2, 0.2])]
     for part in parts:
         if lm is None:
@@ -373,16 +378,49 @@ def _bands(img: np.ndarray, lm: np.ndarray | None, rng: np.random.Generator) -> 
     return out
 
 
+def _block_colour(rng: np.random.Generator) -> tuple[int, ...]:
+    return tuple(int(c) for c in (rng.integers(0, 70, 3) if rng.random() < 0.5 else rng.integers(0, 256, 3)))
+
+
+def _large_block(img: np.ndarray, lm: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """One solid block: 60 % of the time one side of the face, from the nose's midline (shifted by up to a tenth of
+    the face's width either way) outwards, brows to chin and beyond; else a rectangle of 30-45 % of the face box
+    at a random place inside it. Without landmarks the image's box stands in for the face's."""
+    out, h, w = img.copy(), img.shape[0], img.shape[1]
+    if lm is None:
+        x0, x1, y0, y1, mid = 0.0, float(w), 0.0, float(h), rng.uniform(0.3, 0.7) * w
+    else:
+        x0, x1 = float(lm[[234, 93], 0].min()), float(lm[[454, 323], 0].max())
+        y0, y1 = float(lm[[105, 334, 66, 296], 1].min()), float(lm[[152, 148, 377], 1].max())
+        y0 -= 0.25 * (y1 - y0)
+        mid = float(lm[[1, 6, 197, 195], 0].mean())
+    fw, fh = x1 - x0, y1 - y0
+    if rng.random() < 0.6:
+        mid += rng.uniform(-0.1, 0.1) * fw
+        a, b = (mid, x1 + 0.1 * fw) if rng.random() < 0.5 else (x0 - 0.1 * fw, mid)
+        c, d = y0 - rng.uniform(0, 0.1) * fh, y1 + rng.uniform(0, 0.1) * fh
+    else:
+        share, aspect = rng.uniform(0.3, 0.45), rng.uniform(0.6, 1.6)
+        rw = min(fw, float(np.sqrt(share * fw * fh * aspect)))
+        rh = min(fh, share * fw * fh / rw)
+        a, c = x0 + rng.uniform(0, max(1e-6, fw - rw)), y0 + rng.uniform(0, max(1e-6, fh - rh))
+        b, d = a + rw, c + rh
+    cv2.rectangle(out, (int(a), int(c)), (int(b), int(d)), _block_colour(rng), -1)
+    return out
+
+
 class GuardSamples:
     """Draws (uint8 view, label) training samples for one guard from the collected arrays."""
 
     def __init__(self, data: dict[str, np.ndarray], task: str, kinds: tuple[str, ...] = OCCLUSION_TYPES,
-                 photo: bool = False, bands: bool = False) -> None:
+                 photo: bool = False, bands: bool = False, halves: bool = False) -> None:
         """kinds: the synthetic occluders that make an occlusion positive (faceness: every family, always).
         photo: half of the degraded samples get the photo degradations of scanned prints and small faces instead
         (`PHOTO_P`, at the photo's working resolution), faces and non-faces alike. bands (faceness): BAND_P of the
-        occluded faces are under full-width bands instead (`_bands`), and as many occluded negatives get bands too."""
-        self.d, self.task, self.kinds, self.photo, self.bands = data, task, kinds, photo, bands
+        occluded faces are under full-width bands instead (`_bands`), and as many occluded negatives get bands too;
+        halves (with bands): HALVES_P of them, half of those under a half-face or large block instead."""
+        self.d, self.task, self.kinds, self.photo, self.bands, self.halves = data, task, kinds, photo, bands, halves
+        self.band_p = HALVES_P if halves else BAND_P
         self.faces = [(k, i) for k in ("utk", "aaf") for i in range(len(data[k]))]
 
     def _face(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -396,15 +434,15 @@ class GuardSamples:
                 img, label = self.d["neg"][rng.integers(len(self.d["neg"]))], 0.0
                 if rng.random() < 0.3:  # a negative under an "occluder" still is no face
                     img = _shapes(rng) if rng.random() < 0.5 else img
-                    if self.bands and rng.random() < BAND_P:
-                        img = _bands(img, None, rng)
+                    if self.bands and rng.random() < self.band_p:
+                        img = _bands(img, None, rng, self.halves)
             elif u < 0.5:
                 img, label = self.d["real"][rng.integers(len(self.d["real"]))], 1.0
             else:
                 img, lm = self._face(rng)  # a face stays a face under any occluder family, the newer ones included
                 occ = _occluded(img, lm, rng, ALL_TYPES) if rng.random() < 0.6 else None
-                if occ is not None and self.bands and rng.random() < BAND_P and np.isfinite(lm[:468]).all():
-                    occ = _bands(img, lm, rng)
+                if occ is not None and self.bands and rng.random() < self.band_p and np.isfinite(lm[:468]).all():
+                    occ = _bands(img, lm, rng, self.halves)
                 img, label = (img if occ is None else occ), 1.0
         else:  # occlusion
             if u < 0.5:
@@ -442,10 +480,12 @@ OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion gu
 
 
 def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str | None, seed: int = 0,
-        threads: int = 0, kinds: str = "paper", photo: bool = False, bands: bool = False) -> dict:
+        threads: int = 0, kinds: str = "paper", photo: bool = False, bands: bool = False, halves: bool = False
+        ) -> dict:
     """Train one guard for `steps` batches (AdamW, cosine), choose its threshold, write OUT/best.pt + metrics.
     kinds (occlusion): "paper" (the paper's six types) or "all" (every synthesizer family, double ones included).
-    photo: the photo degradations of `GuardSamples` as well; bands: its full-width bands (faceness)."""
+    photo: the photo degradations of `GuardSamples` as well; bands: its full-width bands (faceness), halves: and
+    its half faces and large blocks."""
     if kinds not in OCCLUDER_SETS:
         raise ConfigError(f"kinds must be one of {', '.join(OCCLUDER_SETS)}, got {kinds!r}")
     torch.manual_seed(seed)
@@ -472,7 +512,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
                             weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
                                                 pct_start=0.1)
-    samples = GuardSamples(data, task, OCCLUDER_SETS[kinds], photo, bands)
+    samples = GuardSamples(data, task, OCCLUDER_SETS[kinds], photo, bands, halves)
     model.train()
     t0, log = time.perf_counter(), []
     for step in range(steps):
@@ -489,6 +529,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
             print(json.dumps(log[-1]), flush=True)
     model.eval()
     metrics = {"task": task, "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo, "bands": bands,
+               "halves": halves,
                "seconds": round(time.perf_counter() - t0), "log": log}
     metrics.update(choose_threshold(model, data, task, photo))
     out.mkdir(parents=True, exist_ok=True)
@@ -544,7 +585,8 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
                          " --init occlusion" if metrics["task"] == "occlusion" and "init" not in metrics else "")
                       + (f" --kinds {metrics['kinds']}" if metrics.get("kinds", "paper") != "paper" else "")
                       + (" --photo" if metrics.get("photo") else "")
-                      + (" --bands" if metrics.get("bands") else ""),
+                      + (" --bands" if metrics.get("bands") else "")
+                      + (" --halves" if metrics.get("halves") else ""),
             "test_metrics": {k: v for k, v in metrics.items() if k != "log"}}
     return export_weights(model, cfg, out_dir or weights_dir(), name, card)
 
@@ -576,6 +618,8 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--photo", action="store_true",
                    help="also the photo degradations of scanned prints and small faces (grain, pixelation, noise)")
     f.add_argument("--bands", action="store_true", help="faceness: also faces under full-width bands (`_bands`)")
+    f.add_argument("--halves", action="store_true", help="with --bands: half of those draws a half face or a block "
+                   "of 30-45 %% of the face (`_large_block`)")
     sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
     sh.add_argument("run", type=Path)
     sh.add_argument("--name", required=True, choices=("faceness", "faceness_photo", "faceness_bands", "occlusion"))
@@ -586,7 +630,8 @@ def main(argv: list[str] | None = None) -> None:
         build_data(a.out, a.shared, a.n_utk, a.n_aaf, a.n_procedural, a.extra_negatives, a.sample)
     else:
         print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init,
-                                                     threads=a.threads, kinds=a.kinds, photo=a.photo, bands=a.bands).items()
+                                                     threads=a.threads, kinds=a.kinds, photo=a.photo, bands=a.bands,
+                                                     halves=a.halves).items()
                           if k != "log"}))
 
 
