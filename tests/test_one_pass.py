@@ -119,6 +119,26 @@ def test_band_network_vouches_at_the_whole_image_step_only():
     assert AgeEstimator(teacher, bands_verifier=bands).verifier.bands is None  # no separate network: no bands
 
 
+def test_separate_guard_asks_the_face_networks_as_predict_does_without_a_teacher():
+    """`SeparateGuard` (evaluate's face preparation, detection-only workers): `faceness` decides, the photo network
+    vouches at DETECTED_THRESHOLD on the detector step and at its own threshold on the fallback steps, the band
+    network at the whole-image step only; the tile step keeps `faceness` alone."""
+    from agelens.faces.detect import DETECTED_THRESHOLD
+    from agelens.inference.predictor import SeparateGuard
+
+    face, photo, bands = ByMean(0.9, scale=0.25), ByMean(0.6), ByMean(0.7)
+    v = SeparateGuard(face, photo, bands)
+    assert v.est is None and v.threshold == 0.9 and v.fallback is face
+    crops = np.stack([np.full((64, 64, 3), x, np.uint8) for x in (20, 100, 170, 200)])  # photo/bands: .08 .39 .67 .78
+    assert list(v.scores(crops) >= DETECTED_THRESHOLD) == [False, True, True, True]
+    assert list(v.separate_scores(crops) >= v.threshold) == [False, False, True, True]
+    assert list(v.whole_scores(crops) >= v.threshold) == [False, False, True, True]
+    assert not (v.both_scores(crops) >= v.threshold).any()
+    only_bands = SeparateGuard(face, None, ByMean(0.7))
+    assert list(only_bands.whole_scores(crops) >= 0.9) == [False, False, False, True]
+    assert not (only_bands.separate_scores(crops) >= 0.9).any()
+
+
 def test_memo_survives_repeated_crops_and_batches_larger_than_it():
     """Identical crops within a batch get one pass; a crop seen before keeps its answer even when the batch that
     repeats it evicts older entries (an evaluate batch of duplicate UTKFace photos once raised KeyError here)."""

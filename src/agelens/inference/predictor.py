@@ -183,9 +183,14 @@ class TrunkGuard:
         self._photo_memo = CropMemo()  # the photo network's: verification and the people veto's gate ask again
         self._bands_memo = CropMemo()
 
+    @property
+    def memo_size(self) -> int:
+        """Crops each network's memo keeps: the estimator's MEMO_SIZE (AgeEstimator's without one)."""
+        return (self.est or AgeEstimator).MEMO_SIZE
+
     def fallback_scores(self, crops: np.ndarray) -> np.ndarray:
         """The separate network's scores, each crop read once while it stays in the memo."""
-        return np.array(self._memo.rows(crops, self.fallback.scores, self.est.MEMO_SIZE), np.float32)
+        return np.array(self._memo.rows(crops, self.fallback.scores, self.memo_size), np.float32)
 
     def head_scores(self, crops: np.ndarray) -> np.ndarray:
         """The teacher's guard head alone."""
@@ -234,9 +239,22 @@ class TrunkGuard:
         if net is None or not doubted.any():
             return
         idx = np.flatnonzero(doubted)
-        q = np.array(memo.rows(crops[idx], net.scores, self.est.MEMO_SIZE), np.float32)
+        q = np.array(memo.rows(crops[idx], net.scores, self.memo_size), np.float32)
         ok = q >= need
         p[idx[ok]] = np.maximum(q[ok], floor)
+
+
+class SeparateGuard(TrunkGuard):
+    """predict's face networks without the teacher's head, for code that runs no teacher (`shipped_verifier`:
+    evaluate's face preparation, the detection-only workers): `faceness` decides every step, `faceness_photo`
+    vouches where a TrunkGuard lets it, `faceness_bands` at the whole-image step."""
+
+    def __init__(self, face: CropClassifier, photo: CropClassifier | None = None,
+                 bands: CropClassifier | None = None) -> None:
+        super().__init__(None, 1, "face", face.threshold, face, photo=photo, bands=bands)
+
+    def head_scores(self, crops: np.ndarray) -> np.ndarray:
+        return self.fallback_scores(np.asarray(crops))
 
 
 class AgeEstimator:
@@ -606,28 +624,37 @@ _SHIPPED_VERIFIER: list = []  # [verifier or None], loaded on first use in this 
 
 
 def shipped_verifier():
-    """The shipped face verifier (`faceness`), loaded once per process: its cached ONNX export when there is one,
-    else torch; None when it is not shipped or neither can run."""
+    """The shipped face networks as predict asks them, less the teacher's head (`SeparateGuard`: `faceness`, with
+    `faceness_photo` and `faceness_bands` where shipped), loaded once per process: each from its cached ONNX export
+    when there is one, else torch; None when `faceness` is not shipped or cannot run."""
     if not _SHIPPED_VERIFIER:
         from ..utils import shipped_models
 
+        shipped = shipped_models()
+        face = _shipped_face_network("faceness") if "faceness" in shipped else None
         v = None
-        if "faceness" in shipped_models():
-            from ..export.shipped import default_onnx_dir
-            from .backends.onnx import OnnxModel
-
-            onnx = default_onnx_dir() / "faceness.onnx"  # made by the first ONNX-backed run (fast, torch-free)
-            try:
-                v = OnnxModel(onnx, threads=1)
-            except Exception:
-                try:
-                    from ..occlusion.detector import OcclusionDetector
-
-                    v = OcclusionDetector.from_pretrained("faceness")
-                except ImportError:  # neither an export nor torch: the detector steps only
-                    v = None
+        if face is not None:
+            v = SeparateGuard(face, *(_shipped_face_network(r) if r in shipped else None
+                                      for r in ("faceness_photo", "faceness_bands")))
         _SHIPPED_VERIFIER.append(v)
     return _SHIPPED_VERIFIER[0]
+
+
+def _shipped_face_network(role: str):
+    """One shipped face network: its cached ONNX graph (made by the first ONNX-backed run: fast, torch-free), else
+    torch; None when neither can run."""
+    from ..export.shipped import default_onnx_dir
+    from .backends.onnx import OnnxModel
+
+    try:
+        return OnnxModel(default_onnx_dir() / f"{role}.onnx", threads=1)
+    except Exception:
+        try:
+            from ..occlusion.detector import OcclusionDetector
+
+            return OcclusionDetector.from_pretrained(role)
+        except ImportError:  # neither an export nor torch: the detector steps only
+            return None
 
 
 def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, detect: bool = True,
