@@ -1,0 +1,125 @@
+"""90 % intervals end to end on occluded photos: seeded photos of a split part (UTKFace and All-Age-Faces), each
+clean, under each of the paper's six occluder types and (the first --n-new photos) each newer kind, drawn on the
+photo from the clean face's FaceMesh and saved as JPEG q95, then `AgeEstimator.predict` on the file (shipped
+models, default settings: the student reads realigned crops at three views). Reports how often predict's own
+`interval` holds the true age, per condition and per answering model, with the mean width; and writes, per
+dataset, an `agelens evaluate`-style predictions.csv (age, pred, spread, model) of the answered faces, which
+`agelens calibrate MODEL --predictions ...` fits a model's z on (val parts only).
+
+    python benchmarks/interval_e2e.py --part val --n 200 --n-new 40 --seed 3 --out runs/interval_e2e_val
+
+Writes OUT/summary.json, OUT/summary.md and OUT/<dataset>_predictions.csv. Run from the repo root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import generalise as g  # benchmarks/ is on the path when this file runs as a script
+from agelens.errors import NoFaceError
+from agelens.faces.detect import FaceAnalyzer
+from agelens.imageio import load_image
+from agelens.inference.predictor import AgeEstimator
+from agelens.occlusion.synth import OCCLUSION_TYPES
+from agelens.utils import atomic_write_json, atomic_write_text
+from occlusion_e2e import NEW_KINDS, nearest_box, occluded_on_photo, save_jpeg
+
+GROUPS = {"clean": ("clean",), "paper types": OCCLUSION_TYPES, "newer kinds": NEW_KINDS}
+
+
+def face_rows(est: AgeEstimator, files: list[tuple[Path, float]], n_new: int, seed: int, dataset: str) -> list[dict]:
+    """One row per answered face: true age, predicted age, spread, interval, model, condition."""
+    an, rows = FaceAnalyzer(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "photo.jpg"
+        for i, (f, age) in enumerate(files):
+            rgb = load_image(f)
+            kinds = OCCLUSION_TYPES + (NEW_KINDS if i < n_new else ())
+            placed = occluded_on_photo(an, rgb, kinds, (seed, i))
+            if placed is None:
+                continue
+            face, occluded = placed
+            for cond, img in (("clean", rgb), *occluded.items()):
+                save_jpeg(path, img)
+                try:
+                    preds = est.predict(path)
+                except NoFaceError:
+                    continue
+                p = preds[nearest_box([q.box for q in preds], face.box)]
+                rows.append({"dataset": dataset, "file": f.name, "condition": cond, "age": age, "pred": p.age,
+                             "spread": p.spread, "lo": p.interval[0], "hi": p.interval[1], "model": p.model})
+            if (i + 1) % 50 == 0:
+                print(f"{dataset}: {i + 1}/{len(files)} photos", flush=True)
+    return rows
+
+
+def cover(rows: list[dict]) -> dict:
+    if not rows:
+        return {"n": 0}
+    age = np.array([r["age"] for r in rows])
+    lo, hi = np.array([r["lo"] for r in rows]), np.array([r["hi"] for r in rows])
+    return {"n": len(rows), "coverage": round(float(((lo <= age) & (age <= hi)).mean()), 4),
+            "mean_width": round(float((hi - lo).mean()), 2),
+            "mae": round(float(np.mean([abs(r["pred"] - r["age"]) for r in rows])), 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", default="val")
+    ap.add_argument("--n", type=int, default=200, help="photos per dataset")
+    ap.add_argument("--n-new", type=int, default=40, help="of those, photos also under each newer kind")
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--datasets", nargs="+", default=["utkface", "aaf"])
+    ap.add_argument("--out", type=Path, default=Path("runs/interval_e2e_val"))
+    a = ap.parse_args()
+    t0 = time.time()
+    est = AgeEstimator.from_pretrained()
+    rows = []
+    for ds in a.datasets:
+        rows += face_rows(est, g.test_files(ds, a.n, a.seed, a.part), a.n_new, a.seed, ds)
+    a.out.mkdir(parents=True, exist_ok=True)
+    for ds in a.datasets:  # evaluate's predictions.csv columns that `agelens calibrate --predictions` reads
+        rs = [r for r in rows if r["dataset"] == ds]
+        tmp = a.out / f".{ds}_predictions.csv.tmp"
+        with tmp.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["path", "age", "pred", "spread", "model", "condition", "lo", "hi"])
+            w.writeheader()
+            for r in rs:
+                w.writerow({"path": r["file"], **{k: r[k] for k in ("age", "pred", "spread", "model", "condition",
+                                                                  "lo", "hi")}})
+        tmp.replace(a.out / f"{ds}_predictions.csv")
+    table = {}
+    for group, conds in GROUPS.items():
+        for model in ("all", "teacher", "student"):
+            rs = [r for r in rows if r["condition"] in conds and model in ("all", r["model"])]
+            table[f"{group} / {model}"] = cover(rs)
+    per_ds = {ds: {group: cover([r for r in rows if r["dataset"] == ds and r["condition"] in conds])
+                   for group, conds in GROUPS.items()} for ds in a.datasets}
+    cmd = (f"python benchmarks/interval_e2e.py --part {a.part} --n {a.n} --n-new {a.n_new} --seed {a.seed} "
+           f"--out {a.out}")
+    res = {"command": cmd, "backend": est.backend, "z": {"teacher": getattr(est.teacher, "interval_z", None),
+                                                          "student": getattr(est.student, "interval_z", None)},
+           "table": table, "per_dataset": per_ds, "seconds": round(time.time() - t0)}
+    atomic_write_json(a.out / "summary.json", res)
+    lines = ["# 90 % intervals end to end on occluded photos", "", f"Command: `{cmd}` (backend {est.backend}, "
+             f"z teacher {res['z']['teacher']}, student {res['z']['student']}; {res['seconds']} s)", "",
+             "| condition / model | faces | coverage | mean width | MAE |", "|---|---|---|---|---|"]
+    for k, r in table.items():
+        if r["n"]:
+            lines.append(f"| {k} | {r['n']} | {r['coverage']:.3f} | {r['mean_width']:.1f} | {r['mae']:.2f} |")
+    lines += ["", "| dataset | " + " | ".join(GROUPS) + " |", "|---|" + "---|" * len(GROUPS)]
+    for ds, groups in per_ds.items():
+        lines.append(f"| {ds} | " + " | ".join(f"{r['coverage']:.3f} ({r['n']})" if r["n"] else "—"
+                                              for r in groups.values()) + " |")
+    atomic_write_text(a.out / "summary.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
