@@ -15,12 +15,13 @@ share flagged occluded, and how the faces were found. Kinds:
 
     python benchmarks/foreign_occluders.py --part val --n 150 --seed 11 --out runs/foreign_val
 
-Writes OUT.json and OUT.md. Run from the repo root.
+Writes OUT.json (the table), OUT.md and OUT.rows.jsonl (every face). Run from the repo root.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections import Counter
@@ -156,8 +157,10 @@ def main() -> None:
                        "detection": dict(Counter(r["detection"] for r in ans))}
     cmd = (f"python benchmarks/foreign_occluders.py --part {a.part} --n {a.n} --seed {a.seed} --out {a.out}"
            + (f" --kinds {' '.join(a.kinds)}" if list(a.kinds) != list(KINDS) else ""))
-    res = {"command": cmd, "backend": est.backend, "table": table, "rows": rows, "seconds": round(time.time() - t0)}
+    res = {"command": cmd, "backend": est.backend, "table": table, "seconds": round(time.time() - t0)}
     atomic_write_json(Path(f"{a.out}.json"), res)
+    # every face, one JSON object per line, for looking into the misses
+    atomic_write_text(Path(f"{a.out}.rows.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
     lines = ["# Foreign occluders end to end", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
              f"Command: `{cmd}` (backend {est.backend}, {res['seconds']} s)", "",
              "| kind | photos | answered | MAE (answered) | flagged occluded | found by |", "|---|---|---|---|---|---|"]
