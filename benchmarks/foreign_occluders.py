@@ -33,11 +33,10 @@ import numpy as np
 from agelens.data.splits import sample_names, split_part
 from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
-from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json, atomic_write_text
-from occlusion_e2e import nearest_box, save_jpeg
+from occlusion_e2e import nearest_box, placed_face, save_jpeg
 
 KINDS = ("eye_bar", "eye_mosaic", "left_half", "right_half", "top_half", "lower_ellipse", "random_rect",
          "noise_patch", "both_bands")
@@ -131,10 +130,9 @@ def main() -> None:
         path = Path(tmp) / "occluded.jpg"
         for i, f in enumerate(files):
             rgb = load_image(f)
-            found = [x for x in an.find_faces(rgb) if x.landmarks is not None]
-            if not found:
+            face, age = placed_face(an, rgb), float(f.name.split("_")[0])
+            if face is None:
                 continue
-            face, age = largest_face(found), float(f.name.split("_")[0])
             for k, kind in enumerate(a.kinds):
                 save_jpeg(path, draw(rgb, face.landmarks, kind, np.random.default_rng((a.seed, i, k))))
                 try:

@@ -86,14 +86,19 @@ def answer(est: AgeEstimator, path: Path, ref_box: tuple[float, ...] | None = No
     return out
 
 
+def placed_face(placer: FaceAnalyzer, rgb: np.ndarray):
+    """The largest face `placer` finds with landmarks (what an occluder is placed from), or None."""
+    faces = [f for f in placer.find_faces(rgb) if f.landmarks is not None]
+    return largest_face(faces) if faces else None
+
+
 def occluded_on_photo(placer: FaceAnalyzer, rgb: np.ndarray, kinds: tuple[str, ...], key: tuple[int, ...]
                       ) -> tuple[object, dict[str, np.ndarray]] | None:
     """The largest face `placer` finds with landmarks, and per kind the photo with that occluder drawn from them
     (seeded by (*key, index of the kind)); kinds that cannot be placed are left out; None without such a face."""
-    faces = [f for f in placer.find_faces(rgb) if f.landmarks is not None]
-    if not faces:
+    face = placed_face(placer, rgb)
+    if face is None:
         return None
-    face = largest_face(faces)
     out = {}
     for k, kind in enumerate(kinds):
         try:

@@ -22,12 +22,11 @@ import numpy as np
 from agelens.data.splits import sample_names, split_part
 from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
-from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator, face_source
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json
-from occlusion_e2e import NEW_KINDS, nearest_box, save_jpeg
+from occlusion_e2e import NEW_KINDS, nearest_box, placed_face, save_jpeg
 
 
 def face_rows(est: AgeEstimator, candidate, files: list[Path], n_new: int, seed: int) -> list[dict]:
@@ -38,10 +37,9 @@ def face_rows(est: AgeEstimator, candidate, files: list[Path], n_new: int, seed:
         path = Path(tmp) / "occluded.jpg"
         for i, f in enumerate(files):
             rgb = load_image(f)
-            found = [x for x in an.find_faces(rgb) if x.landmarks is not None]
-            if not found:
+            face, age = placed_face(an, rgb), float(f.name.split("_")[0])
+            if face is None:
                 continue
-            face, age = largest_face(found), float(f.name.split("_")[0])
             for k, kind in enumerate(kinds):
                 if kind in NEW_KINDS and i >= n_new:
                     continue
