@@ -2,8 +2,9 @@
 shapes that neither `occlusion.synth` nor `occlusion.families` draws (and no model trained on), placed from the clean
 face's FaceMesh on the original image, saved as JPEG q95, then `AgeEstimator.predict` on the file (shipped models,
 default settings). Per kind: answered share, MAE of the answered faces (the face nearest the clean face's box),
-share flagged occluded, and how the faces were found. Kinds:
+share flagged occluded, and how the faces were found.
 
+Kinds:
 - eye_bar: a black censorship bar across both eyes, 40 % of the eye-to-eye distance high, 30 % wider than the eyes;
 - eye_mosaic: the eyes pixelated (blocks of a quarter of the eye-to-eye distance), as privacy tools do;
 - left_half / right_half: one half of the face, from the nose's midline outwards, under a solid colour;
@@ -81,7 +82,10 @@ def draw(rgb: np.ndarray, lm: np.ndarray, kind: str, rng: np.random.Generator) -
         mid = float(lm[[NOSE_TIP, *BRIDGE], 0].mean())
         top, bot = y_brow - 0.3 * iod, y_chin + 0.1 * iod
         # the subject's left is the image's right
-        rect(mid, top, x1 + 0.1 * iod, bot) if kind == "left_half" else rect(x0 - 0.1 * iod, top, mid, bot)
+        if kind == "left_half":
+            rect(mid, top, x1 + 0.1 * iod, bot)
+        else:
+            rect(x0 - 0.1 * iod, top, mid, bot)
     elif kind == "top_half":
         rect(x0, y_brow, x1, float(lm[NOSE_TIP, 1]))
     elif kind == "lower_ellipse":
