@@ -208,7 +208,8 @@ class TrunkGuard:
             unsure = (p >= self.skip_below) & (p < self.skip_above)
             if unsure.any():
                 p[unsure] = self.fallback_scores(crops[unsure])
-            self._photo_vouches(crops, p, unsure & (p < DETECTED_THRESHOLD), DETECTED_THRESHOLD, DETECTED_THRESHOLD)
+            self._vouch(self.photo, self._photo_memo, crops, p, unsure & (p < DETECTED_THRESHOLD), DETECTED_THRESHOLD,
+                        DETECTED_THRESHOLD)
         return p
 
     def separate_scores(self, crops: np.ndarray) -> np.ndarray:
@@ -218,7 +219,8 @@ class TrunkGuard:
         crops = np.asarray(crops)
         p = self.fallback_scores(crops)
         if self.photo is not None:
-            self._photo_vouches(crops, p, p < self.threshold, self.photo.threshold, self.threshold)
+            self._vouch(self.photo, self._photo_memo, crops, p, p < self.threshold, self.photo.threshold,
+                        self.threshold)
         return p
 
     def whole_scores(self, crops: np.ndarray) -> np.ndarray:
@@ -227,15 +229,14 @@ class TrunkGuard:
         crops = np.asarray(crops)
         p = self.separate_scores(crops)
         if self.bands is not None:
-            self._photo_vouches(crops, p, p < self.threshold, self.bands.threshold, self.threshold, self.bands,
-                                self._bands_memo)
+            self._vouch(self.bands, self._bands_memo, crops, p, p < self.threshold, self.bands.threshold,
+                        self.threshold)
         return p
 
-    def _photo_vouches(self, crops: np.ndarray, p: np.ndarray, doubted: np.ndarray, need: float,
-                       floor: float, net: CropClassifier | None = None, memo: CropMemo | None = None) -> None:
-        """In place: the `doubted` crops that the photo network (or `net`, its scores kept in `memo`) scores at
+    def _vouch(self, net: CropClassifier | None, memo: CropMemo, crops: np.ndarray, p: np.ndarray,
+               doubted: np.ndarray, need: float, floor: float) -> None:
+        """In place: the `doubted` crops that `net` (a second face network, its scores kept in `memo`) scores at
         `need` or more get its score, at least `floor` (the decision point of the step asking)."""
-        net, memo = (self.photo, self._photo_memo) if net is None else (net, memo)
         if net is None or not doubted.any():
             return
         idx = np.flatnonzero(doubted)
