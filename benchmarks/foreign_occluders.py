@@ -34,10 +34,9 @@ import numpy as np
 from agelens.data.splits import sample_names, split_part
 from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
-from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json, atomic_write_text
-from occlusion_e2e import nearest_box, placed_face, save_jpeg
+from occlusion_e2e import nearest_box, placed_photos, save_jpeg
 
 KINDS = ("eye_bar", "eye_mosaic", "left_half", "right_half", "top_half", "lower_ellipse", "random_rect",
          "noise_patch", "both_bands")
@@ -132,11 +131,7 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "occluded.jpg"
-        for i, f in enumerate(files):
-            rgb = load_image(f)
-            face, age = placed_face(an, rgb), float(f.name.split("_")[0])
-            if face is None:
-                continue
+        for i, f, rgb, face, age in placed_photos(an, files):
             for k, kind in enumerate(a.kinds):
                 save_jpeg(path, draw(rgb, face.landmarks, kind, np.random.default_rng((a.seed, i, k))))
                 try:
@@ -147,8 +142,6 @@ def main() -> None:
                 p = preds[nearest_box([q.box for q in preds], face.box)].to_dict()
                 rows.append({"file": f.name, "kind": kind, "age": age, "answered": True, "pred": p["age"],
                              "occluded": p["occluded"], "detection": p["detection"], "model": p["model"]})
-            if (i + 1) % 25 == 0:
-                print(f"{i + 1}/{len(files)} photos", flush=True)
     table = {}
     for kind in a.kinds:
         rs = [r for r in rows if r["kind"] == kind]

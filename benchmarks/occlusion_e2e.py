@@ -92,6 +92,18 @@ def placed_face(placer: FaceAnalyzer, rgb: np.ndarray):
     return largest_face(faces) if faces else None
 
 
+def placed_photos(placer: FaceAnalyzer, files: list[Path], every: int = 25):
+    """(index, file, photo, clean face, age) for each UTKFace file whose face `placed_face` finds (the age from the
+    file name), printing progress every `every` files."""
+    for i, f in enumerate(files):
+        rgb = load_image(f)
+        face = placed_face(placer, rgb)
+        if face is not None:
+            yield i, f, rgb, face, float(f.name.split("_")[0])
+        if (i + 1) % every == 0:
+            print(f"{i + 1}/{len(files)} photos", flush=True)
+
+
 def occluded_on_photo(placer: FaceAnalyzer, rgb: np.ndarray, kinds: tuple[str, ...], key: tuple[int, ...]
                       ) -> tuple[object, dict[str, np.ndarray]] | None:
     """The largest face `placer` finds with landmarks, and per kind the photo with that occluder drawn from them

@@ -26,7 +26,7 @@ from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator, face_source
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json
-from occlusion_e2e import NEW_KINDS, nearest_box, placed_face, save_jpeg
+from occlusion_e2e import NEW_KINDS, nearest_box, placed_photos, save_jpeg
 
 
 def face_rows(est: AgeEstimator, candidate, files: list[Path], n_new: int, seed: int) -> list[dict]:
@@ -35,11 +35,7 @@ def face_rows(est: AgeEstimator, candidate, files: list[Path], n_new: int, seed:
     kinds = list(OCCLUSION_TYPES) + list(NEW_KINDS)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "occluded.jpg"
-        for i, f in enumerate(files):
-            rgb = load_image(f)
-            face, age = placed_face(an, rgb), float(f.name.split("_")[0])
-            if face is None:
-                continue
+        for i, _, rgb, face, age in placed_photos(an, files):
             for k, kind in enumerate(kinds):
                 if kind in NEW_KINDS and i >= n_new:
                     continue
@@ -58,8 +54,6 @@ def face_rows(est: AgeEstimator, candidate, files: list[Path], n_new: int, seed:
                 est.student = shipped
                 rows.append({"kind": kind, "age": age, "teacher": float(est._ages(est.teacher, crop)[0][0]),
                              "shipped": ages[0], "candidate": ages[1], "w": preds[j].to_dict()["student_weight"]})
-            if (i + 1) % 25 == 0:
-                print(f"{i + 1}/{len(files)} photos", flush=True)
     return rows
 
 
