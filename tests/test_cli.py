@@ -81,6 +81,39 @@ def test_predict_no_detect_csv_and_folder(tmp_path, tiny_checkpoint, astronaut_p
     assert rows[0].startswith("file,face,x1") and len(rows) == 2 and ",0,0.0,0.0,200.0,270.0," in rows[1]
 
 
+def test_predict_adapts_a_jobs_ages_in_every_format(tmp_path, tiny_checkpoint, astronaut_path):
+    """A job of 24 faces is adapted to its own age mix (the card's `age_prior`: a training mix at 60) in json,
+    stdout jsonl and a streamed --output alike; --no-adapt keeps each face's own answer, streamed."""
+    from agelens.models.checkpoint import model_from_checkpoint
+    from agelens.models.weights import export_weights
+
+    model, cfg = model_from_checkpoint(tiny_checkpoint)
+    mix = np.exp(-0.5 * ((np.arange(101) - 60) / 5.0) ** 2)
+    w = export_weights(model, cfg, tmp_path / "w", "tiny", {"age_prior": list(mix / mix.sum()), "licence": "test"})
+    img = np.asarray(Image.open(astronaut_path))
+    d = tmp_path / "faces"
+    d.mkdir()
+    for i in range(24):  # different crops, different answers
+        Image.fromarray(img[10 + 4 * i:300 + 2 * i, 110 + 3 * i:340]).save(d / f"f{i:02d}.jpg")
+
+    def ages(text, lines=False):
+        recs = [json.loads(x) for x in text.splitlines()] if lines else json.loads(text)
+        return {r["file"]: r["faces"][0]["age"] for r in recs}
+
+    base = ["predict", d, "--no-detect", "--model", w, "--workers", "0"]
+    adapted, raw = agelens(*base, "-f", "json"), agelens(*base, "-f", "json", "--no-adapt")
+    lines = agelens(*base, "-f", "jsonl")
+    streamed = agelens(*base, "-f", "jsonl", "-o", tmp_path / "out.jsonl")
+    for r in (adapted, raw, lines, streamed):
+        _no_traceback(r)
+        assert r.returncode == 0, r.stderr
+    assert "ages adapted to this job's age mix" in adapted.stderr and "adapted" not in raw.stderr
+    a, b = ages(adapted.stdout), ages(raw.stdout)
+    assert len(a) == 24 and a.keys() == b.keys() and any(abs(a[k] - b[k]) > 0.5 for k in a)
+    assert ages(lines.stdout, True) == a == ages((tmp_path / "out.jsonl").read_text(), True)
+    assert not list(tmp_path.glob(".out.jsonl*"))  # the rewrite leaves nothing beside it
+
+
 def test_evaluate_contract(tmp_path, tiny_checkpoint, astronaut_path):
     img = np.asarray(Image.open(astronaut_path))[20:320, 120:340]
     d = tmp_path / "utk"

@@ -178,6 +178,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
              from_cache: Annotated[bool, typer.Option(help="evaluate the prepared cache of --part (the config's, else the "
                                                             "model's cache_dir) with --model alone, as training does")] = False,
              bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95 % intervals (0: none)")] = 1000,
+             adapt: Annotated[bool, typer.Option("--adapt/--no-adapt", help="adapt the ages to the dataset's own age "
+                                                 "mix, as predict does for a job (not with --from-cache)")] = True,
              quiet: bool = False) -> None:
     """Evaluate a model on a labelled dataset: writes OUTPUT/metrics.json and OUTPUT/predictions.csv."""
     import shutil
@@ -228,7 +230,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
                             prepare=predicted_face if occ is None else None)
         torch.set_grad_enabled(False)
         m = evaluate_estimator(est, cache, output, occlusion=occ, seed=seed, progress=not quiet, knn=knn_index,
-                               embeddings=save_embeddings, bootstrap=bootstrap,
+                               embeddings=save_embeddings, bootstrap=bootstrap, adapt=adapt,
                                extra={"model": est.name, "student": est.student.name if est.student else None,
                                       "detector": est.detector.name if est.detector else None, "dataset": dataset,
                                       "root": str(root or config), "detect": detect, "bad_rows": len(bad),
@@ -260,6 +262,9 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
             route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
             backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
+            adapt: Annotated[bool, typer.Option("--adapt/--no-adapt", help="adapt the ages to the job's own age mix "
+                                                "(20+ faces; results are written at the end; --no-adapt: each "
+                                                "face's own answer, streamed)")] = True,
             demo: Annotated[bool, typer.Option(help="run on the bundled astronaut photo")] = False,
             engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data: a local Ray, or the "
                                                 "cluster at --address; pip install \"agelens[ray]\")")] = "local",
@@ -326,22 +331,31 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
 
         writer = csv.writer(sys.stdout)
         writer.writerow(CSV_COLUMNS)
+    hold = adapt or sink is None and fmt in ("json", "table")  # records kept for the job's age mix / the end
     try:
         for k, (r, rgb) in enumerate(stream):
             failed += r["error"] is not None
             if sink is not None:
                 sink.write(r)
-            elif fmt == "jsonl":
+            elif not adapt and fmt == "jsonl":
                 typer.echo(json.dumps(r))
-            elif writer is not None:
+            elif not adapt and writer is not None:
                 writer.writerows(csv_rows(r))
-            else:
+            if hold:
                 results.append(r)
             if save_annotated is not None and rgb is not None:
                 _annotate(rgb, r["faces"], save_annotated, r["file"], k + 1)
     finally:
         if sink is not None:
             sink.close()
+    if adapt:
+        _adapt_job(est, results, sink, output, fmt)
+        if sink is None and fmt == "jsonl":
+            for r in results:
+                typer.echo(json.dumps(r))
+        elif writer is not None:
+            for r in results:
+                writer.writerows(csv_rows(r))
     if fmt == "json" and output is not None:
         from .utils import atomic_write_text
 
@@ -351,6 +365,26 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if failed:
         _err(f"{failed} of {len(todo)} file(s) failed")
         raise typer.Exit(1)
+
+
+def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str) -> None:
+    """The job's faces adapted to its own age mix (`AgeEstimator.adapt`), in `results` and in a streamed --output
+    (rewritten whole, atomically); a resumed output whose earlier files this run did not hold is left as streamed."""
+    if sink is not None and sink.done:
+        _err(f"ages in {output} are each face's own answer: a resumed job is not adapted to its age mix as a whole")
+        return
+    info = est.adapt(results)
+    if not info["applied"]:
+        return
+    if sink is not None:
+        from .inference.stream import rewrite_output
+
+        rewrite_output(output, fmt, results)
+    mixes = "; ".join(f"{name}: {m['faces']} faces, estimated mean age {m['mix_mean_age']} (training mix "
+                      f"{m['training_mean_age']})" if m["applied"] else f"{name}: {m['faces']} faces, left as answered"
+                      for name, m in info["models"].items())
+    _err(f"ages adapted to this job's age mix ({mixes}), mean change {info['mean_change']} years; --no-adapt keeps "
+         "each face's own answer")
 
 
 def _ray_stream(files: list[str], est, model, route, backend, tta, detect, workers, batch_size, address,

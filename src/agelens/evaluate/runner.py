@@ -93,7 +93,7 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
 def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlusion=None, seed: int = 0,
                        batch_size: int = 64, progress: bool = True, extra: dict | None = None,
                        inpaint: bool = False, max_eval: int = 0, knn=None, embeddings: bool = False,
-                       bootstrap: int = BOOTSTRAP, groups: bool = True) -> dict:
+                       bootstrap: int = BOOTSTRAP, groups: bool = True, adapt: bool = False) -> dict:
     """Evaluate a (routed) AgeEstimator on a cache, optionally on seeded occluded copies (`occlusion`, an
     OcclusionMix whose clean_fraction sets the clean share, e.g. 0.5 for the paper's 50 % protocol).
     Adds per-occlusion-type MAE, the routing shares and the detector's accuracy against the drawn truth.
@@ -101,13 +101,15 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     inpainting baseline of paper 1. max_eval > 0: only the first max_eval faces.
     knn: a KnnIndex built for the teacher, applied to the faces the teacher answered; embeddings=True writes the
     teacher's embeddings to OUT/embeddings.npz (from the teacher's own pass; faces routed to the student get an
-    extra teacher pass only for that file). bootstrap=0 / groups=False leave out the intervals / fairlearn report."""
+    extra teacher pass only for that file). bootstrap=0 / groups=False leave out the intervals / fairlearn report.
+    adapt=True: the ages adapted to the faces' own age mix as `agelens predict` adapts a job's
+    (`AgeEstimator.adapt_arrays`), before any KNN refinement; metrics gain `prior_adaptation`."""
     from ..data.dataset import CachedFaceDataset
     from ..progress import track
 
     ds = CachedFaceDataset(cache, False, 16, 16, occlusion=occlusion, seed=seed)
     n = min(len(cache), max_eval or len(cache))
-    ages, spreads, zs, scores, occluded, models, kinds, embs = [], [], [], [], [], [], [], []
+    ages, spreads, weights, scores, occluded, models, kinds, embs = [], [], [], [], [], [], [], []
     for start in track(range(0, n, batch_size), total=(n + batch_size - 1) // batch_size, description="evaluating",
                        enabled=progress):
         views = [ds.occluded_view(i, with_alpha=True) for i in range(start, min(n, start + batch_size))]
@@ -119,15 +121,20 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
             embs.append(r["embedding"])
         ages.append(r["age"])
         spreads.append(r["spread"])
-        zs.append(r["interval_z"])
+        weights.append(r["student_weight"])
         scores.append(r["occlusion_score"])
         occluded.append(r["occluded"])
         models += list(r["model"])
         kinds += [v[1] or "clean" for v in views]
-    pred, spread = np.concatenate(ages), np.concatenate(spreads)
+    pred, spread, w = np.concatenate(ages), np.concatenate(spreads), np.concatenate(weights)
     score, occ = np.concatenate(scores), np.concatenate(occluded)
     recs = cache.records[:n]
     true = cache.ages[:n]
+    adapted = None
+    if adapt:
+        unadapted = pred
+        pred, spread, lo, hi, adapted = est.adapt_arrays(pred, spread, w)
+        adapted["mae_unadapted"] = round(float(np.abs(unadapted - np.asarray(true)).mean()), 4) if n else None
     raw, knn_info = pred, None
     if knn is not None:
         from ..fairness.knn import model_fingerprint
@@ -153,10 +160,13 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         truth = kinds_a != "clean"
         metrics["detector_accuracy"] = round(float((occ == truth).mean()), 4)
     # predict's 90 % intervals (each model's calibrated `interval_z`, blended as the ages): how often they hold
-    z = np.concatenate(zs)
-    lo = np.maximum(est.min_age, pred - z * spread)
-    hi = np.minimum(est.max_age, pred + z * spread)
+    if adapted is None or knn_info is not None:
+        z = est.interval_z(w)
+        lo = np.maximum(est.min_age, pred - z * spread)
+        hi = np.minimum(est.max_age, pred + z * spread)
     metrics["interval"] = interval_report(true, lo, hi)
+    if adapted is not None:
+        metrics["prior_adaptation"] = adapted
     metrics["failed"] = len(cache.failed)
     metrics["route"] = est.route
     metrics.update(extra or {})

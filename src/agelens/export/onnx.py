@@ -156,6 +156,7 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
             "threshold": card_threshold(card) if kind == "occlusion" else None, "tta": tta,
             "interval_z": card.get("interval_z") if kind == "age" else None,
             "tta_spread": card.get("tta_spread") if kind == "age" else None,
+            "age_prior": card.get("age_prior") if kind == "age" else None,
             "guard_thresholds": card.get("guard_thresholds") if with_guards else None,
             "guard_cascade": card.get("guard_cascade") if with_guards else None,
             "source_sha256": sha256_file(src) if src.is_file() else None, "opset": OPSET}

@@ -536,8 +536,7 @@ class AgeEstimator:
                     parts.append((sel, res[2]))
         out["age"] = (1 - w) * ages[0] + w * ages[1]
         out["spread"] = (1 - w) * spreads[0] + w * spreads[1]
-        zs = [getattr(e, "interval_z", Z90) for e in (self.teacher, self.student)]  # None (no student) → Z90
-        out["interval_z"] = (1 - w) * zs[0] + w * zs[1]  # each model's calibrated multiplier, blended as the ages
+        out["interval_z"] = self.interval_z(w)
         out["student_weight"] = w
         if self.student is not None:
             out["model"][w >= 0.5] = self.student.name
@@ -559,6 +558,55 @@ class AgeEstimator:
         """(box, score, aligned crop, landmarks_found, detection, source) per face (`find_and_align`); raises
         NoFaceError when there is none."""
         return find_and_align(rgb, self.analyzer, self.cache_size, detect, self.verifier, upright=self.upright)
+
+    def interval_z(self, student_weight: np.ndarray) -> np.ndarray:
+        """Each face's interval multiplier: the models' calibrated `interval_z`, blended as their ages."""
+        zs = [getattr(e, "interval_z", Z90) for e in (self.teacher, self.student)]  # None (no student) → Z90
+        return (1 - student_weight) * zs[0] + student_weight * zs[1]
+
+    def adapt_arrays(self, ages: np.ndarray, spreads: np.ndarray, student_weight: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """A job's (ages, spreads, interval lows, interval highs, summary), adapted to the job's own age mix
+        (`inference.prior.adapt_ages`). Each model's faces (the student's: student weight ≥ 0.5) are adapted
+        apart, against that model's training mix (its card's `age_prior`): an occluded face's answer leans
+        further towards the training mix than a clean one's. A model's faces stay as they are under
+        prior.MIN_FACES or without `age_prior` in its card."""
+        from .prior import adapt_ages
+
+        a = np.asarray(ages, np.float32).copy()
+        s = np.asarray(spreads, np.float32).copy()
+        w = np.asarray(student_weight, np.float32)
+        info: dict = {"applied": False, "faces": int(len(a)), "models": {}}
+        for model, sel in ((self.teacher, w < 0.5), (self.student, w >= 0.5)):
+            if model is None or not sel.any():
+                continue
+            na, ns, mi = adapt_ages(a[sel] - self.min_age, s[sel], getattr(model, "age_prior", None))
+            a[sel], s[sel] = na + self.min_age, ns
+            info["models"][model.name] = mi
+            info["applied"] |= mi["applied"]
+        if info["applied"]:
+            info["mean_change"] = round(float(np.abs(a - np.asarray(ages, np.float32)).mean()), 3)
+        z = self.interval_z(w)
+        return a, s, np.maximum(self.min_age, a - z * s), np.minimum(self.max_age, a + z * s), info
+
+    def adapt(self, records: list[dict]) -> dict:
+        """In place: the faces of a job's records ({"file", "faces", "error"}, as `predict_many` yields them)
+        adapted to the job's own age mix: ages, spreads and intervals (`inference.prior`). Returns the summary
+        (`adapt_arrays`: per model, `applied` False and ages unchanged under prior.MIN_FACES faces or without
+        the card's `age_prior`)."""
+        faces = [f for r in records for f in (r.get("faces") or [])]
+        if not faces:
+            return {"applied": False, "faces": 0, "models": {}}
+        w = np.array([f.get("student_weight") if f.get("student_weight") is not None
+                      else float(self.student is not None and f.get("model") == self.student.name)
+                      for f in faces], np.float32)
+        a, s, lo, hi, info = self.adapt_arrays(np.array([f["age"] for f in faces], np.float32),
+                                               np.array([f["spread"] for f in faces], np.float32), w)
+        if info["applied"]:
+            for f, ai, si, li, hi_ in zip(faces, a, s, lo, hi, strict=True):
+                f["age"], f["spread"], f["interval"] = round(float(ai), 2), round(float(si), 2), [
+                    round(float(li), 1), round(float(hi_), 1)]
+        return info
 
     def predictions(self, faces: list, r: dict[str, np.ndarray], timing: dict) -> list[FacePrediction]:
         """FacePredictions from `faces_of` output and the matching `analyse_crops` result."""

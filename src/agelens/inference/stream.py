@@ -393,6 +393,32 @@ def _null_faces(schema) -> bool:
     return pa.types.is_list(t) and pa.types.is_null(t.value_type)
 
 
+def rewrite_output(path: str | Path, fmt: str, records: list[dict]) -> None:
+    """Replace a streamed --output (a JSONL or CSV file, or a Parquet folder) with `records`: written beside it
+    first, then swapped in, so a kill leaves the old output or the new one."""
+    import shutil
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.rewrite")
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    sink = open_sink(tmp, fmt)
+    try:
+        for r in records:
+            sink.write(r)
+    finally:
+        sink.close()
+    if fmt != "parquet":
+        os.replace(tmp, path)
+        return
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir():
+        shutil.rmtree(old)
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def open_sink(path: str | Path, fmt: str, resume: bool = False) -> StreamSink | ParquetSink:
     """The streamed, resumable sink for --format jsonl, csv (a file) or parquet (a folder of parts)."""
     if fmt == "parquet":

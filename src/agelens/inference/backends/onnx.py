@@ -58,6 +58,7 @@ class OnnxModel:
         self.guard_thresholds = meta.get("guard_thresholds") or None
         self.guard_cascade = meta.get("guard_cascade") or None  # where the heads skip the separate guards
         self.tta_spread = meta.get("tta_spread")  # selective flip-TTA (card): see AgeEstimator.trunk
+        self.age_prior = meta.get("age_prior")  # the training age mix (card): see inference.prior
 
     @property
     def session(self):

@@ -23,6 +23,7 @@ class TorchModel:
     guard_thresholds: dict | None = None  # the model's guard heads' thresholds (card), when it has them
     guard_cascade: dict | None = None  # where the heads are sure enough to skip the separate guards (card)
     tta_spread: float | None = None  # selective flip-TTA: the single view's spread from which the mirror pays (card)
+    age_prior: list | None = None  # the training age mix (card `age_prior`): see inference.prior
 
     def __post_init__(self) -> None:
         import torch
@@ -45,7 +46,7 @@ class TorchModel:
         return cls(model, cfg.data.crop_size, cfg.data.input_size, str(card.get("name", name_or_path or "teacher")),
                    float(card.get("interval_z") or Z90), tta_flip, numerics,
                    card.get("guard_thresholds") if has else None, card.get("guard_cascade") if has else None,
-                   card.get("tta_spread"))
+                   card.get("tta_spread"), card.get("age_prior"))
 
     @property
     def min_age(self) -> float:
