@@ -3,7 +3,8 @@ folder, with and without adapting the ages to the folder's own age mix.
 
 Every test photo of UTKFace and All-Age-Faces goes once through the whole pipeline (`inference.stream.
 predict_stream`, the CLI's path: detection, alignment, guards, routing); so do `--occluded` seeded test photos of
-each dataset with one of the paper's occluder types drawn on the photo (saved as JPEG q95). A folder is then a
+each dataset with one of the paper's occluder types drawn on the photo (saved as JPEG q95), and with --degraded
+every test photo under one realistic degradation. A folder is then a
 seeded sample of those records with a given age mix, and `AgeEstimator.adapt` does to it what `agelens predict`
 does to a job (every face of the folder; the file's largest face is scored, as `check_contracts.sh` scores).
 
@@ -12,7 +13,7 @@ the age-bin shares of: mostly children (0.37, 0.34, 0.14, 0.08, 0.05, 0.015, 0.0
 mix of public scanned-photo sets such as family albums), even, mostly over 50, ages 31-60 only, children only
 (0-10), young adults only (21-30).
 
-    python benchmarks/prior_adapt.py --n 400 --seeds 3 --occluded 300 --out docs/prior_adapt
+    python benchmarks/prior_adapt.py --n 400 --seeds 5 --occluded 300 --degraded --out docs/prior_adapt
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from agelens.data.augment import TEST_DEGRADATIONS
 from agelens.faces.detect import FaceAnalyzer
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.inference.stream import predict_stream
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json, atomic_write_text
-from generalise import SPLITS, test_files
+from generalise import SPLITS, degraded, test_files
 from occlusion_e2e import placed_face, save_jpeg
 
 BINS = ((0, 10), (11, 20), (21, 30), (31, 40), (41, 50), (51, 60), (61, 200))
@@ -117,6 +119,18 @@ def occluded_files(photos: list[tuple[Path, float]], n: int, tmp: Path, seed: in
     return out
 
 
+def degraded_files(photos: list[tuple[Path, float]], tmp: Path, seed: int) -> list[tuple[str, float]]:
+    """Every photo under one of the realistic test degradations in turn (`generalise.degraded`, seeded as there),
+    saved as JPEG q95: a folder of old, scanned, small or badly lit photos."""
+    out = []
+    for i, (p, age) in enumerate(photos):
+        name = TEST_DEGRADATIONS[i % len(TEST_DEGRADATIONS)]
+        f = tmp / f"{p.parent.name}_{name}_{p.name}"
+        save_jpeg(f, degraded(load_image(p), name, i, seed))
+        out.append((str(f), age))
+    return out
+
+
 def markdown(res: dict) -> list[str]:
     lines = ["| folder | photos (answered) | MAE as answered | MAE adapted | change per seed | 90 % coverage: as "
              "answered / adapted | true mean age | estimated mean age per model (first sample) |", "|---|---|---|---|---|---|---|---|"]
@@ -133,6 +147,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=400, help="photos per mixed folder")
     ap.add_argument("--seeds", type=int, default=3, help="samples per mix")
     ap.add_argument("--occluded", type=int, default=300, help="occluded test photos per dataset (0: none)")
+    ap.add_argument("--degraded", action="store_true",
+                    help="also every test photo under one realistic degradation (grey, sepia, scan grain, ...)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", default="runs/prior_adapt")
@@ -141,13 +157,22 @@ def main() -> None:
     est = AgeEstimator.from_pretrained(backend=a.backend)
     photos = {ds: test_files(ds, 100000, 0) for ds in SPLITS}  # whole test parts
     res: dict = {"command": f"python benchmarks/prior_adapt.py --n {a.n} --seeds {a.seeds} --occluded {a.occluded} "
-                            f"--seed {a.seed} --backend {a.backend} --out {a.out}", "backend": est.backend}
+                            f"{'--degraded ' if a.degraded else ''}--seed {a.seed} --backend {a.backend} --out {a.out}", "backend": est.backend}
     clean = {}
     for ds, ph in photos.items():
         recs = answer_all(est, [str(p) for p, _ in ph])
         clean[ds] = ([recs[str(p)] for p, _ in ph], [age for _, age in ph])
         print(ds, "clean answered", flush=True)
     res["clean"] = folders(est, clean, a.n, a.seeds)
+    if a.degraded:
+        with tempfile.TemporaryDirectory() as tmp:
+            deg = {}
+            for ds, ph in photos.items():
+                files = degraded_files(ph, Path(tmp), a.seed)
+                recs = answer_all(est, [f for f, _ in files])
+                deg[ds] = ([recs[f] for f, _ in files], [age for _, age in files])
+                print(ds, "degraded answered", flush=True)
+        res["degraded"] = folders(est, deg, a.n, a.seeds)
     if a.occluded:
         with tempfile.TemporaryDirectory() as tmp:
             occ = {}
@@ -162,6 +187,9 @@ def main() -> None:
     lines = ["# A job's age mix, end to end", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
              f"Command: `{res['command']}` (backend {est.backend}, {res['seconds']} s)", "", "## Clean photos", "",
              *markdown(res["clean"])]
+    if "degraded" in res:
+        lines += ["", "## Photos under one realistic degradation each (grey, sepia, colour cast, gamma, blur, defocus, "
+                  "JPEG, noise, low resolution, scan grain, vignette in turn)", "", *markdown(res["degraded"])]
     if "occluded" in res:
         lines += ["", "## Photos with one of the paper's occluder types drawn on the photo", "",
                   *markdown(res["occluded"])]
