@@ -50,6 +50,18 @@ def answer_all(est: AgeEstimator, files: list[str]) -> dict[str, dict]:
     return {r["file"]: r for r, _ in predict_stream(est, files, True, 0, 32)}
 
 
+def answered(est: AgeEstimator, photos: dict[str, list[tuple[Path, float]]], make) -> dict:
+    """Per dataset (predict's records, true ages) of the files `make(photos, tmp folder)` names or writes there."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for ds, ph in photos.items():
+            files = make(ph, Path(tmp))
+            recs = answer_all(est, [f for f, _ in files])
+            out[ds] = ([recs[f] for f, _ in files], [age for _, age in files])
+            print(ds, "answered", flush=True)
+    return out
+
+
 def largest(r: dict) -> dict | None:
     faces = r.get("faces") or []
     return max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1])) if faces else None
@@ -156,31 +168,15 @@ def main() -> None:
     t0 = time.time()
     est = AgeEstimator.from_pretrained(backend=a.backend)
     photos = {ds: test_files(ds, 100000, 0) for ds in SPLITS}  # whole test parts
-    res: dict = {"command": f"python benchmarks/prior_adapt.py --n {a.n} --seeds {a.seeds} --occluded {a.occluded} "
-                            f"{'--degraded ' if a.degraded else ''}--seed {a.seed} --backend {a.backend} --out {a.out}", "backend": est.backend}
-    clean = {}
-    for ds, ph in photos.items():
-        recs = answer_all(est, [str(p) for p, _ in ph])
-        clean[ds] = ([recs[str(p)] for p, _ in ph], [age for _, age in ph])
-        print(ds, "clean answered", flush=True)
-    res["clean"] = folders(est, clean, a.n, a.seeds)
+    cmd = (f"python benchmarks/prior_adapt.py --n {a.n} --seeds {a.seeds} --occluded {a.occluded} "
+           f"{'--degraded ' if a.degraded else ''}--seed {a.seed} --backend {a.backend} --out {a.out}")
+    res: dict = {"command": cmd, "backend": est.backend}
+    res["clean"] = folders(est, answered(est, photos, lambda ph, tmp: [(str(p), age) for p, age in ph]), a.n, a.seeds)
     if a.degraded:
-        with tempfile.TemporaryDirectory() as tmp:
-            deg = {}
-            for ds, ph in photos.items():
-                files = degraded_files(ph, Path(tmp), a.seed)
-                recs = answer_all(est, [f for f, _ in files])
-                deg[ds] = ([recs[f] for f, _ in files], [age for _, age in files])
-                print(ds, "degraded answered", flush=True)
-        res["degraded"] = folders(est, deg, a.n, a.seeds)
+        res["degraded"] = folders(est, answered(est, photos, lambda ph, tmp: degraded_files(ph, tmp, a.seed)), a.n,
+                                  a.seeds)
     if a.occluded:
-        with tempfile.TemporaryDirectory() as tmp:
-            occ = {}
-            for ds, ph in photos.items():
-                files = occluded_files(ph, a.occluded, Path(tmp), a.seed)
-                recs = answer_all(est, [f for f, _ in files])
-                occ[ds] = ([recs[f] for f, _ in files], [age for _, age in files])
-                print(ds, "occluded answered", flush=True)
+        occ = answered(est, photos, lambda ph, tmp: occluded_files(ph, a.occluded, tmp, a.seed))
         res["occluded"] = folders(est, occ, min(a.n, a.occluded), a.seeds)
     res["seconds"] = round(time.time() - t0)
     atomic_write_json(f"{a.out}.json", res)
