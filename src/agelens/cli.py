@@ -237,8 +237,11 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
                                       "occluded_share": occlude, "occlusion_mix": parse_mix(occlusion_mix)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    pa = m.get("prior_adaptation") or {}
     typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {m['bias_score']:.3f}"
-               f"  routed {m['routed_to']}  ({m['failed']} without a face, {len(bad)} bad rows) -> {output}/metrics.json")
+               + (f"  (adapted to the dataset's age mix; as answered {pa['mae_unadapted']:.3f})" if pa.get("applied")
+                  else "")
+               + f"  routed {m['routed_to']}  ({m['failed']} without a face, {len(bad)} bad rows) -> {output}/metrics.json")
 
 
 @app.command()
