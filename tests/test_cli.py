@@ -101,7 +101,8 @@ def test_predict_adapts_a_jobs_ages_in_every_format(tmp_path, tiny_checkpoint, a
         return {r["file"]: r["faces"][0]["age"] for r in recs}
 
     base = ["predict", d, "--no-detect", "--model", w, "--workers", "0"]
-    adapted, raw = agelens(*base, "-f", "json"), agelens(*base, "-f", "json", "--no-adapt")
+    adapted = agelens(*base, "-f", "json", "--save-annotated", tmp_path / "ann")  # drawn once the ages are adapted
+    raw = agelens(*base, "-f", "json", "--no-adapt")
     lines = agelens(*base, "-f", "jsonl")
     streamed = agelens(*base, "-f", "jsonl", "-o", tmp_path / "out.jsonl")
     for r in (adapted, raw, lines, streamed):
@@ -112,6 +113,7 @@ def test_predict_adapts_a_jobs_ages_in_every_format(tmp_path, tiny_checkpoint, a
     assert len(a) == 24 and a.keys() == b.keys() and any(abs(a[k] - b[k]) > 0.5 for k in a)
     assert ages(lines.stdout, True) == a == ages((tmp_path / "out.jsonl").read_text(), True)
     assert not list(tmp_path.glob(".out.jsonl*"))  # the rewrite leaves nothing beside it
+    assert len(list((tmp_path / "ann").glob("*.jpg"))) == 24
 
 
 def test_evaluate_contract(tmp_path, tiny_checkpoint, astronaut_path):

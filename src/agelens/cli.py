@@ -323,7 +323,9 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         stream = _ray_stream(todo, est, model, route, backend, tta_flip, detect, workers, batch_size, address,
                              gpus_per_worker)
     else:
-        stream = predict_stream(est, todo, detect, workers, batch_size, keep_rgb=save_annotated is not None)
+        # adapted ages are known only at the end: the annotated images are drawn then, from the files
+        stream = predict_stream(est, todo, detect, workers, batch_size,
+                                keep_rgb=save_annotated is not None and not adapt)
     if output is not None:
         from .progress import track
 
@@ -353,6 +355,17 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             sink.close()
     if adapt:
         _adapt_job(est, results, sink, output, fmt)
+        if save_annotated is not None:
+            from .inference.stream import _decode
+
+            for k, (path, r) in enumerate(zip(todo, results, strict=True)):  # the local engine keeps input order
+                if r["faces"]:
+                    try:
+                        rgb = _decode(path, reduce=False)[0]
+                    except Exception as e:  # the file changed or went since it was answered: no drawing, no stop
+                        _err(f"{r['file']}: not annotated: {e}")
+                        continue
+                    _annotate(rgb, r["faces"], save_annotated, r["file"], k + 1)
         if sink is None and fmt == "jsonl":
             for r in results:
                 typer.echo(json.dumps(r))
