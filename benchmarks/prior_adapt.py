@@ -80,8 +80,8 @@ def folder_mae(est: AgeEstimator, records: list[dict], ages: list[float]) -> dic
     cov = [float(np.mean([f[i]["interval"][0] <= ages[i] <= f[i]["interval"][1] for i in keep])) for f in (before, after)]
     return {"photos": len(records), "answered": len(keep), "mae": round(float(e0.mean()), 3),
             "mae_adapted": round(float(e1.mean()), 3), "coverage": round(cov[0], 3), "coverage_adapted": round(cov[1], 3),
-            "mix_mean_age": " / ".join(f"{m}: {v['mix_mean_age']}" for m, v in info["models"].items() if v["applied"])
-            or None, "true_mean_age": round(float(t.mean()), 2), "applied": info["applied"]}
+            "mix_mean_age": " / ".join(f"{m}: {v['mix_mean_age']} ({v['strength']:.2f})"
+                                       for m, v in info["models"].items() if "mix_mean_age" in v) or None, "true_mean_age": round(float(t.mean()), 2), "applied": info["applied"]}
 
 
 def mix_sample(ages: np.ndarray, shares, n: int, seed: int) -> np.ndarray:
@@ -145,7 +145,7 @@ def degraded_files(photos: list[tuple[Path, float]], tmp: Path, seed: int) -> li
 
 def markdown(res: dict) -> list[str]:
     lines = ["| folder | photos (answered) | MAE as answered | MAE adapted | change per seed | 90 % coverage: as "
-             "answered / adapted | true mean age | estimated mean age per model (first sample) |", "|---|---|---|---|---|---|---|---|"]
+             "answered / adapted | true mean age | per model: estimated mean age (strength), first sample |", "|---|---|---|---|---|---|---|---|"]
     for name, r in res.items():
         ch = ", ".join(f"{c:+.2f}" for c in r.get("per_seed_change", [r["mae_adapted"] - r["mae"]]))
         lines.append(f"| {name} | {r['photos']:g} ({r['answered']:g}) | {r['mae']:.3f} | **{r['mae_adapted']:.3f}** | "

@@ -390,17 +390,27 @@ def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str) ->
         _err(f"ages in {output} are each face's own answer: a resumed job is not adapted to its age mix as a whole")
         return
     info = est.adapt(results)
+    mixes = "; ".join(_adapted_model(name, m) for name, m in info["models"].items())
     if not info["applied"]:
+        if any("divergence" in m for m in info["models"].values()):
+            _err(f"ages left as answered: this job's age mix is like the training mix ({mixes})")
         return
     if sink is not None:
         from .inference.stream import rewrite_output
 
         rewrite_output(output, fmt, results)
-    mixes = "; ".join(f"{name}: {m['faces']} faces, estimated mean age {m['mix_mean_age']} (training mix "
-                      f"{m['training_mean_age']})" if m["applied"] else f"{name}: {m['faces']} faces, left as answered"
-                      for name, m in info["models"].items())
     _err(f"ages adapted to this job's age mix ({mixes}), mean change {info['mean_change']} years; --no-adapt keeps "
          "each face's own answer")
+
+
+def _adapted_model(name: str, m: dict) -> str:
+    """One model's part of the adaptation message (`inference.prior.adapt_ages`'s summary)."""
+    if not m["applied"]:
+        return f"{name}: {m['faces']} faces, left as answered" + (
+            " (a mix like the training one)" if "divergence" in m else "")
+    moved = "fully" if m["strength"] == 1 else f"{m['strength']:.0%} of the way"
+    return (f"{name}: {m['faces']} faces, estimated mean age {m['mix_mean_age']} (training mix "
+            f"{m['training_mean_age']}), moved {moved}")
 
 
 def _ray_stream(files: list[str], est, model, route, backend, tta, detect, workers, batch_size, address,
