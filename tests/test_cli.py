@@ -105,13 +105,18 @@ def test_predict_adapts_a_jobs_ages_in_every_format(tmp_path, tiny_checkpoint, a
     raw = agelens(*base, "-f", "json", "--no-adapt")
     lines = agelens(*base, "-f", "jsonl")
     streamed = agelens(*base, "-f", "jsonl", "-o", tmp_path / "out.jsonl")
-    for r in (adapted, raw, lines, streamed):
+    table = agelens(*base, "-f", "csv", "-o", tmp_path / "out.csv")
+    for r in (adapted, raw, lines, streamed, table):
         _no_traceback(r)
         assert r.returncode == 0, r.stderr
     assert "ages adapted to this job's age mix" in adapted.stderr and "adapted" not in raw.stderr
     a, b = ages(adapted.stdout), ages(raw.stdout)
     assert len(a) == 24 and a.keys() == b.keys() and any(abs(a[k] - b[k]) > 0.5 for k in a)
     assert ages(lines.stdout, True) == a == ages((tmp_path / "out.jsonl").read_text(), True)
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "out.csv")
+    assert dict(zip(rows.file, rows.age, strict=True)) == pytest.approx(a)
     assert not list(tmp_path.glob(".out.jsonl*"))  # the rewrite leaves nothing beside it
     assert len(list((tmp_path / "ann").glob("*.jpg"))) == 24
 

@@ -570,7 +570,8 @@ class AgeEstimator:
         (`inference.prior.adapt_ages`). Each model's faces (the student's: student weight ≥ 0.5) are adapted
         apart, against that model's training mix (its card's `age_prior`): an occluded face's answer leans
         further towards the training mix than a clean one's. A model's faces stay as they are under
-        prior.MIN_FACES or without `age_prior` in its card."""
+        prior.MIN_FACES, without `age_prior` in its card, or where the job's mix is like that training mix
+        (within prior.KL_FROM)."""
         from .prior import adapt_ages
 
         a = np.asarray(ages, np.float32).copy()
@@ -592,20 +593,20 @@ class AgeEstimator:
     def adapt(self, records: list[dict]) -> dict:
         """In place: the faces of a job's records ({"file", "faces", "error"}, as `predict_many` yields them)
         adapted to the job's own age mix: ages, spreads and intervals (`inference.prior`). Returns the summary
-        (`adapt_arrays`: per model, `applied` False and ages unchanged under prior.MIN_FACES faces or without
-        the card's `age_prior`)."""
+        (`adapt_arrays`; the faces of a model it leaves as they are keep their record untouched)."""
         faces = [f for r in records for f in (r.get("faces") or [])]
         if not faces:
             return {"applied": False, "faces": 0, "models": {}}
         w = np.array([f.get("student_weight") if f.get("student_weight") is not None
                       else float(self.student is not None and f.get("model") == self.student.name)
                       for f in faces], np.float32)
-        a, s, lo, hi, info = self.adapt_arrays(np.array([f["age"] for f in faces], np.float32),
-                                               np.array([f["spread"] for f in faces], np.float32), w)
-        if info["applied"]:
-            for f, ai, si, li, hi_ in zip(faces, a, s, lo, hi, strict=True):
-                f["age"], f["spread"], f["interval"] = round(float(ai), 2), round(float(si), 2), [
-                    round(float(li), 1), round(float(hi_), 1)]
+        a0 = np.array([f["age"] for f in faces], np.float32)
+        s0 = np.array([f["spread"] for f in faces], np.float32)
+        a, s, lo, hi, info = self.adapt_arrays(a0, s0, w)
+        for k in np.flatnonzero((a != a0) | (s != s0)):
+            f = faces[k]
+            f["age"], f["spread"] = round(float(a[k]), 2), round(float(s[k]), 2)
+            f["interval"] = [round(float(lo[k]), 1), round(float(hi[k]), 1)]
         return info
 
     def predictions(self, faces: list, r: dict[str, np.ndarray], timing: dict) -> list[FacePrediction]:

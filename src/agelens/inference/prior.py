@@ -55,8 +55,8 @@ def posteriors(ages: np.ndarray, spreads: np.ndarray, grid: np.ndarray) -> np.nd
 
 def estimate_mix(ages: np.ndarray, spreads: np.ndarray, base: np.ndarray, pseudo: float = PSEUDO_FACES,
                  sigma: float = SMOOTH_YEARS, iterations: int = ITERATIONS) -> np.ndarray:
-    """The job's age mix over the whole ages of `base` (its grid starts at age 0 unless `grid` says otherwise), by
-    EM: the weights job mix / base that make the mean re-weighed answer the job mix."""
+    """The job's age mix over the whole ages of `base` (ages counted from the head's min_age), by EM: the weights
+    job mix / base that make the mean re-weighed answer the job mix."""
     base = np.asarray(base, np.float64)
     grid = np.arange(len(base), dtype=np.float64)
     p0 = posteriors(ages, spreads, grid)
@@ -99,7 +99,7 @@ def adapt_ages(ages: np.ndarray, spreads: np.ndarray, base: np.ndarray | list | 
     info: dict = {"applied": False, "faces": int(len(ages))}
     if base is None or len(ages) < MIN_FACES:
         return ages, spreads, info
-    base = np.asarray(base, np.float64)
+    base = np.maximum(np.asarray(base, np.float64), 1e-9)  # a card's mix rounded to zero at an age nobody has
     base = base / base.sum()
     idx = np.arange(len(ages))
     if len(idx) > MAX_FACES:
