@@ -4,7 +4,8 @@ folder, with and without adapting the ages to the folder's own age mix.
 Every test photo of UTKFace and All-Age-Faces goes once through the whole pipeline (`inference.stream.
 predict_stream`, the CLI's path: detection, alignment, guards, routing); so do `--occluded` seeded test photos of
 each dataset with one of the paper's occluder types drawn on the photo (saved as JPEG q95), and with --degraded
-every test photo under one realistic degradation. A folder is then a
+every test photo under one realistic degradation; with --foreign, UTKFace test photos under the occluders of
+`foreign_occluders.py`. A folder is then a
 seeded sample of those records with a given age mix, and `AgeEstimator.adapt` does to it what `agelens predict`
 does to a job (every face of the folder; the file's largest face is scored, as `check_contracts.sh` scores).
 
@@ -13,7 +14,7 @@ the age-bin shares of: mostly children (0.37, 0.34, 0.14, 0.08, 0.05, 0.015, 0.0
 mix of public scanned-photo sets such as family albums), even, mostly over 50, ages 31-60 only, children only
 (0-10), young adults only (21-30).
 
-    python benchmarks/prior_adapt.py --n 400 --seeds 5 --occluded 300 --degraded --out docs/prior_adapt
+    python benchmarks/prior_adapt.py --n 400 --seeds 5 --occluded 300 --degraded --foreign 250 --out docs/prior_adapt
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from agelens.data.augment import TEST_DEGRADATIONS
+from agelens.data.splits import sample_names, split_part
 from agelens.faces.detect import FaceAnalyzer
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.inference.stream import predict_stream
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json, atomic_write_text
+from foreign_occluders import KINDS, draw
 from generalise import SPLITS, degraded, test_files
-from occlusion_e2e import placed_face, save_jpeg
+from occlusion_e2e import placed_face, placed_photos, save_jpeg
 
 BINS = ((0, 10), (11, 20), (21, 30), (31, 40), (41, 50), (51, 60), (61, 200))
 MIXES = {"mostly children": (0.37, 0.34, 0.14, 0.08, 0.05, 0.015, 0.008),
@@ -80,8 +83,7 @@ def folder_mae(est: AgeEstimator, records: list[dict], ages: list[float]) -> dic
     cov = [float(np.mean([f[i]["interval"][0] <= ages[i] <= f[i]["interval"][1] for i in keep])) for f in (before, after)]
     return {"photos": len(records), "answered": len(keep), "mae": round(float(e0.mean()), 3),
             "mae_adapted": round(float(e1.mean()), 3), "coverage": round(cov[0], 3), "coverage_adapted": round(cov[1], 3),
-            "mix_mean_age": " / ".join(f"{m}: {v['mix_mean_age']} ({v['strength']:.2f})"
-                                       for m, v in info["models"].items() if "mix_mean_age" in v) or None, "true_mean_age": round(float(t.mean()), 2), "applied": info["applied"]}
+            "mix_mean_age": f"{info['mix_mean_age']} ({info['strength']:.2f})" if "mix_mean_age" in info else None, "true_mean_age": round(float(t.mean()), 2), "applied": info["applied"]}
 
 
 def mix_sample(ages: np.ndarray, shares, n: int, seed: int) -> np.ndarray:
@@ -143,9 +145,32 @@ def degraded_files(photos: list[tuple[Path, float]], tmp: Path, seed: int) -> li
     return out
 
 
+def foreign_folders(est: AgeEstimator, n: int, seed: int) -> dict:
+    """Folders of UTKFace test photos under the occluders of `foreign_occluders.py` (shapes no synthesizer of ours
+    draws): one folder per kind, and one of every kind together."""
+    split, root = SPLITS["utkface"]
+    files = [Path(root) / f for f in sample_names(sorted(split_part(split, "test")), n, seed)]
+    out, every = {}, ([], [])
+    with tempfile.TemporaryDirectory() as tmp:
+        per = {k: [] for k in KINDS}
+        for i, _, rgb, face, age in placed_photos(FaceAnalyzer(), files, every=10 ** 9):
+            for k, kind in enumerate(KINDS):
+                f = f"{tmp}/{kind}_{i}.jpg"
+                save_jpeg(Path(f), draw(rgb, face.landmarks, kind, np.random.default_rng((seed, i, k))))
+                per[kind].append((f, age))
+        for kind, fl in per.items():
+            recs = answer_all(est, [f for f, _ in fl])
+            rr, aa = [recs[f] for f, _ in fl], [age for _, age in fl]
+            out[f"utkface: {kind}"] = folder_mae(est, rr, aa)
+            every[0].extend(rr)
+            every[1].extend(aa)
+    out["utkface: every kind together"] = folder_mae(est, *every)
+    return out
+
+
 def markdown(res: dict) -> list[str]:
     lines = ["| folder | photos (answered) | MAE as answered | MAE adapted | change per seed | 90 % coverage: as "
-             "answered / adapted | true mean age | per model: estimated mean age (strength), first sample |", "|---|---|---|---|---|---|---|---|"]
+             "answered / adapted | true mean age | estimated mean age (strength), first sample |", "|---|---|---|---|---|---|---|---|"]
     for name, r in res.items():
         ch = ", ".join(f"{c:+.2f}" for c in r.get("per_seed_change", [r["mae_adapted"] - r["mae"]]))
         lines.append(f"| {name} | {r['photos']:g} ({r['answered']:g}) | {r['mae']:.3f} | **{r['mae_adapted']:.3f}** | "
@@ -161,6 +186,8 @@ def main() -> None:
     ap.add_argument("--occluded", type=int, default=300, help="occluded test photos per dataset (0: none)")
     ap.add_argument("--degraded", action="store_true",
                     help="also every test photo under one realistic degradation (grey, sepia, scan grain, ...)")
+    ap.add_argument("--foreign", type=int, default=0,
+                    help="UTKFace test photos under each of foreign_occluders.py's kinds (0: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", default="runs/prior_adapt")
@@ -169,7 +196,7 @@ def main() -> None:
     est = AgeEstimator.from_pretrained(backend=a.backend)
     photos = {ds: test_files(ds, 100000, 0) for ds in SPLITS}  # whole test parts
     cmd = (f"python benchmarks/prior_adapt.py --n {a.n} --seeds {a.seeds} --occluded {a.occluded} "
-           f"{'--degraded ' if a.degraded else ''}--seed {a.seed} --backend {a.backend} --out {a.out}")
+           f"{'--degraded ' if a.degraded else ''}--foreign {a.foreign} --seed {a.seed} --backend {a.backend} --out {a.out}")
     res: dict = {"command": cmd, "backend": est.backend}
     res["clean"] = folders(est, answered(est, photos, lambda ph, tmp: [(str(p), age) for p, age in ph]), a.n, a.seeds)
     if a.degraded:
@@ -178,6 +205,8 @@ def main() -> None:
     if a.occluded:
         occ = answered(est, photos, lambda ph, tmp: occluded_files(ph, a.occluded, tmp, a.seed))
         res["occluded"] = folders(est, occ, min(a.n, a.occluded), a.seeds)
+    if a.foreign:
+        res["foreign"] = foreign_folders(est, a.foreign, a.seed)
     res["seconds"] = round(time.time() - t0)
     atomic_write_json(f"{a.out}.json", res)
     lines = ["# A job's age mix, end to end", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
@@ -189,6 +218,9 @@ def main() -> None:
     if "occluded" in res:
         lines += ["", "## Photos with one of the paper's occluder types drawn on the photo", "",
                   *markdown(res["occluded"])]
+    if "foreign" in res:
+        lines += ["", "## Occluders no synthesizer of ours draws (`foreign_occluders.py`), a folder per kind", "",
+                  *markdown(res["foreign"])]
     atomic_write_text(f"{a.out}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

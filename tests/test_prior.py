@@ -98,8 +98,15 @@ def test_estimator_adapts_a_jobs_records_with_their_intervals(base):
                 "faces": [{"age": float(x), "spread": float(y), "interval": [0.0, 100.0], "student_weight": 0.0,
                            "model": "teacher"}]} for i, (x, y) in enumerate(zip(a, s, strict=True))]
     records.append({"file": "bad.jpg", "error": "no face found", "faces": []})
-    info = _estimator(list(base)).adapt(records)
-    assert info["applied"] and info["faces"] == 60 and info["models"]["teacher"]["applied"]
+    occluded = [{"file": "occ.jpg", "error": None, "faces": [
+        {"age": 30.0, "spread": 9.0, "interval": [14.0, 46.0], "student_weight": 1.0, "model": "student",
+         "occlusion_score": 0.97},
+        {"age": 31.0, "spread": 9.0, "interval": [15.0, 47.0], "student_weight": 0.0, "model": "teacher",
+         "occlusion_score": 0.25}]}]
+    kept = json.loads(json.dumps(occluded))
+    info = _estimator(list(base)).adapt(records + occluded)
+    assert info["applied"] and info["faces"] == 60 and info["left_as_answered"] == 2
+    assert occluded == kept  # an occluded or unsure face keeps its own answer
     ages = np.array([r["faces"][0]["age"] for r in records[:-1]])
     assert np.abs(ages - true).mean() < np.abs(a - true).mean()
     for r in records[:-1]:  # the intervals follow the adapted answers (rounded to 0.01 years, then 0.1)

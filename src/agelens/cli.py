@@ -390,27 +390,20 @@ def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str) ->
         _err(f"ages in {output} are each face's own answer: a resumed job is not adapted to its age mix as a whole")
         return
     info = est.adapt(results)
-    mixes = "; ".join(_adapted_model(name, m) for name, m in info["models"].items())
     if not info["applied"]:
-        if any("divergence" in m for m in info["models"].values()):
-            _err(f"ages left as answered: this job's age mix is like the training mix ({mixes})")
+        if "divergence" in info:
+            _err(f"ages left as answered: the age mix of this job's {info['faces']} clean faces is like the "
+                 f"training mix (estimated mean age {info['mix_mean_age']}, training {info['training_mean_age']})")
         return
     if sink is not None:
         from .inference.stream import rewrite_output
 
         rewrite_output(output, fmt, results)
-    _err(f"ages adapted to this job's age mix ({mixes}), mean change {info['mean_change']} years; --no-adapt keeps "
-         "each face's own answer")
-
-
-def _adapted_model(name: str, m: dict) -> str:
-    """One model's part of the adaptation message (`inference.prior.adapt_ages`'s summary)."""
-    if not m["applied"]:
-        return f"{name}: {m['faces']} faces, left as answered" + (
-            " (a mix like the training one)" if "divergence" in m else "")
-    moved = "fully" if m["strength"] == 1 else f"{m['strength']:.0%} of the way"
-    return (f"{name}: {m['faces']} faces, estimated mean age {m['mix_mean_age']} (training mix "
-            f"{m['training_mean_age']}), moved {moved}")
+    moved = "fully" if info["strength"] == 1 else f"{info['strength']:.0%} of the way"
+    _err(f"ages adapted to this job's age mix: {info['faces']} clean faces, estimated mean age "
+         f"{info['mix_mean_age']} (training mix {info['training_mean_age']}), moved {moved}, mean change "
+         f"{info['mean_change']} years ({info['left_as_answered']} occluded or unsure faces left as answered); "
+         "--no-adapt keeps each face's own answer")
 
 
 def _ray_stream(files: list[str], est, model, route, backend, tta, detect, workers, batch_size, address,

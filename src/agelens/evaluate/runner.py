@@ -133,7 +133,7 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     adapted = None
     if adapt:
         unadapted = pred
-        pred, spread, lo, hi, adapted = est.adapt_arrays(pred, spread, w)
+        pred, spread, lo, hi, adapted = est.adapt_arrays(pred, spread, w, score)
         adapted["mae_unadapted"] = round(float(np.abs(unadapted - np.asarray(true)).mean()), 4) if n else None
     raw, knn_info = pred, None
     if knn is not None:

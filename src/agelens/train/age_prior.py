@@ -6,7 +6,6 @@ face): what the model's answers look like on faces that follow its training mix.
 `age_prior` (one probability per whole age from the head's min_age).
 
     python -m agelens.train.age_prior --model teacher --config configs/teacher_stable.yaml --n 3000 --write
-    python -m agelens.train.age_prior --model student --config configs/student_160.yaml --n 3000 --occluded --write
 """
 
 from __future__ import annotations
@@ -25,22 +24,14 @@ from ..models.weights import resolve_model, weights_dir
 from ..utils import atomic_write_json
 
 
-def answers(model, cache: FaceCache, idx: np.ndarray, crop: int, size: int, batch: int = 64, occlusion=None,
-            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(ages, spreads) of the cached faces `idx`, face and mirror averaged; occlusion (an OcclusionMix): each face
-    under a seeded synthetic occluder first."""
+def answers(model, cache: FaceCache, idx: np.ndarray, crop: int, size: int, batch: int = 64
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(ages, spreads) of the cached faces `idx`, face and mirror averaged."""
     import torch
-
-    from ..data.dataset import CachedFaceDataset
-
-    ds = CachedFaceDataset(cache, False, 16, 16, occlusion=occlusion, seed=seed) if occlusion is not None else None
-
-    def image(i: int) -> np.ndarray:
-        return np.asarray(cache.images[i]) if ds is None else ds.occluded_view(int(i))[0]
 
     ages, spreads = [], []
     for k in range(0, len(idx), batch):
-        imgs = np.stack([centre_crop(image(i), crop, size) for i in idx[k:k + batch]])
+        imgs = np.stack([centre_crop(np.asarray(cache.images[i]), crop, size) for i in idx[k:k + batch]])
         x = to_input(torch.from_numpy(imgs), *model.mean_std, "cpu", False)
         with torch.no_grad():
             a, s, _ = model.predict(x, True)
@@ -49,16 +40,14 @@ def answers(model, cache: FaceCache, idx: np.ndarray, crop: int, size: int, batc
     return np.concatenate(ages), np.concatenate(spreads)
 
 
-def training_mix(model, caches: list[str], n: int, crop: int, size: int, seed: int = 0, occlusion=None
-                 ) -> np.ndarray:
-    """The mean Gaussian answer over up to n seeded faces per train cache (each occluded as `answers` does with an
-    OcclusionMix), caches weighted by their sizes."""
+def training_mix(model, caches: list[str], n: int, crop: int, size: int, seed: int = 0) -> np.ndarray:
+    """The mean Gaussian answer over up to n seeded faces per train cache, caches weighted by their sizes."""
     grid = np.arange(int(model.head.max_age - model.head.min_age) + 1, dtype=np.float64)
     total, mix = 0, np.zeros(len(grid))
     for path in caches:
         c = FaceCache(path)
         idx = np.sort(np.random.default_rng(seed).choice(len(c), min(n, len(c)), replace=False))
-        a, s = answers(model, c, idx, crop, size, occlusion=occlusion, seed=seed)
+        a, s = answers(model, c, idx, crop, size)
         mix += posteriors(a - model.head.min_age, s, grid).mean(0) * len(c)
         total += len(c)
         print(f"{path}: {len(idx)} faces, mean age {a.mean():.2f}", flush=True)
@@ -71,8 +60,6 @@ def main() -> None:
     ap.add_argument("--config", required=True, help="the model's training config (its train caches)")
     ap.add_argument("--n", type=int, default=3000, help="faces per train cache")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--occluded", action="store_true",
-                    help="every face under an occluder of the config's occlusion mix (a student: the faces it answers)")
     ap.add_argument("--write", action="store_true", help="store it in the shipped model's card")
     a = ap.parse_args()
     import torch
@@ -82,17 +69,11 @@ def main() -> None:
     model, mcfg, _ = resolve_model(a.model)
     model.eval()
     caches = [f"{d.cache_dir}/train" for d in [cfg.data, *cfg.extra_data]]
-    occlusion = None
-    if a.occluded:
-        from ..occlusion.synth import OcclusionMix
-
-        occlusion = OcclusionMix(dict(cfg.occlusion.mix), 0.0)
-    mix = training_mix(model, caches, a.n, mcfg.data.crop_size, mcfg.data.input_size, a.seed, occlusion)
+    mix = training_mix(model, caches, a.n, mcfg.data.crop_size, mcfg.data.input_size, a.seed)
     grid = np.arange(len(mix))
     rec = {"age_prior": [round(float(p), 7) for p in mix],
            "age_prior_recipe": f"python -m agelens.train.age_prior --model {a.model} --config {a.config} --n {a.n}"
-                               f" --seed {a.seed}{' --occluded' if a.occluded else ''}: mean Gaussian answer over "
-                               f"{'occluded ' if a.occluded else ''}training faces, mean age "
+                               f" --seed {a.seed}: mean Gaussian answer over training faces, mean age "
                                f"{float(mix @ grid):.2f}"}
     print(rec["age_prior_recipe"])
     if a.write:
