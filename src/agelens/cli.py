@@ -265,9 +265,10 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
             route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
             backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
-            adapt: Annotated[bool, typer.Option("--adapt/--no-adapt", help="adapt the ages to the job's own age mix "
-                                                "(20+ faces; results are written at the end; --no-adapt: each "
-                                                "face's own answer, streamed)")] = True,
+            adapt: Annotated[bool, typer.Option("--adapt/--no-adapt", help="adapt clean faces' ages to the job's own "
+                                                "age mix where it is far from the training mix (20+ such faces; "
+                                                "results are written at the end; --no-adapt: each face's own "
+                                                "answer, streamed)")] = True,
             demo: Annotated[bool, typer.Option(help="run on the bundled astronaut photo")] = False,
             engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data: a local Ray, or the "
                                                 "cluster at --address; pip install \"agelens[ray]\")")] = "local",

@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--write", action="store_true", help="store it in the shipped model's card")
     a = ap.parse_args()
+    if a.write and not (weights_dir() / f"{a.model}.json").is_file():
+        ap.error(f"--write stores the mix in a shipped model's card; {a.model!r} is not a shipped model")
     import torch
 
     torch.set_num_threads(2)
