@@ -115,3 +115,35 @@ def test_estimator_adapts_a_jobs_records_with_their_intervals(base):
         assert f["interval"][1] == pytest.approx(min(100.0, f["age"] + 1.8 * f["spread"]), abs=0.1)
     unchanged = json.loads(json.dumps(records))
     assert not _estimator(None).adapt(unchanged)["applied"] and unchanged == records  # no card mix: as answered
+
+
+@pytest.mark.parametrize("fmt,name", [("jsonl", "out.jsonl"), ("csv", "out.csv"), ("parquet", "out.parquet")])
+def test_an_adapted_job_replaces_its_streamed_output_whole(tmp_path, fmt, name):
+    """A streamed --output is rewritten with the adapted records: all of it, in every format, nothing left beside."""
+    import pandas as pd
+
+    from agelens.inference.stream import open_sink, rewrite_output
+
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    face = {"box": [1.0, 2.0, 30.0, 40.0], "age": 30.0, "spread": 5.0, "interval": [21.0, 39.0],
+            "detection_score": 0.9, "model": "teacher", "landmarks_found": True, "detection": "detector",
+            "occluded": False, "occlusion_score": 0.01, "student_weight": 0.0}
+    records = [{"file": f"{i}.jpg", "error": None, "faces": [dict(face, age=30.0 + i)]} for i in range(5)]
+    out = tmp_path / name
+    sink = open_sink(out, fmt)
+    for r in records:
+        sink.write(r)
+    sink.close()
+    adapted = json.loads(json.dumps(records))
+    for r in adapted:
+        r["faces"][0]["age"] -= 7.5
+    rewrite_output(out, fmt, adapted)
+    if fmt == "jsonl":
+        ages = [json.loads(x)["faces"][0]["age"] for x in out.read_text().splitlines()]
+    elif fmt == "csv":
+        ages = list(pd.read_csv(out)["age"])
+    else:
+        ages = [r["faces"][0]["age"] for r in pd.read_parquet(out).to_dict("records")]
+    assert ages == [22.5 + i for i in range(5)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
