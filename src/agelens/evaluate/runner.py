@@ -133,7 +133,7 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     adapted = None
     if adapt:
         unadapted = pred
-        pred, spread, lo, hi, adapted = est.adapt_arrays(pred, spread, w, score)
+        pred, spread, adapted = est.adapt_arrays(pred, spread, w, score)
         adapted["mae_unadapted"] = round(float(np.abs(unadapted - np.asarray(true)).mean()), 4) if n else None
     raw, knn_info = pred, None
     if knn is not None:
@@ -160,10 +160,7 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         truth = kinds_a != "clean"
         metrics["detector_accuracy"] = round(float((occ == truth).mean()), 4)
     # predict's 90 % intervals (each model's calibrated `interval_z`, blended as the ages): how often they hold
-    if adapted is None or knn_info is not None:
-        z = est.interval_z(w)
-        lo = np.maximum(est.min_age, pred - z * spread)
-        hi = np.minimum(est.max_age, pred + z * spread)
+    lo, hi = est.intervals(pred, spread, w)
     metrics["interval"] = interval_report(true, lo, hi)
     if adapted is not None:
         metrics["prior_adaptation"] = adapted

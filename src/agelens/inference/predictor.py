@@ -564,10 +564,15 @@ class AgeEstimator:
         zs = [getattr(e, "interval_z", Z90) for e in (self.teacher, self.student)]  # None (no student) → Z90
         return (1 - student_weight) * zs[0] + student_weight * zs[1]
 
+    def intervals(self, ages: np.ndarray, spreads: np.ndarray, student_weight: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Each face's 90 % interval (low, high): age ± the blended `interval_z` × spread, within the age range."""
+        z = self.interval_z(np.asarray(student_weight, np.float32))
+        return np.maximum(self.min_age, ages - z * spreads), np.minimum(self.max_age, ages + z * spreads)
+
     def adapt_arrays(self, ages: np.ndarray, spreads: np.ndarray, student_weight: np.ndarray,
-                     occlusion_score: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-        """A job's (ages, spreads, interval lows, interval highs, summary), adapted to the job's own age mix
+                     occlusion_score: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """A job's (ages, spreads, summary), adapted to the job's own age mix
         (`inference.prior.adapt_ages`, against the teacher's training mix, its card's `age_prior`). Only the faces
         the teacher answers alone and the occlusion detector scores under prior.CLEAN_BELOW (every teacher face
         without a detector) take part: an occluded face's answer leans by its occluder, not by the job's mix (a
@@ -584,8 +589,7 @@ class AgeEstimator:
         na, ns, info = adapt_ages(a[sel] - self.min_age, s[sel], getattr(self.teacher, "age_prior", None))
         a[sel], s[sel] = na + self.min_age, ns
         info["left_as_answered"] = int((~sel).sum())  # occluded or unsure faces
-        z = self.interval_z(w)
-        return a, s, np.maximum(self.min_age, a - z * s), np.minimum(self.max_age, a + z * s), info
+        return a, s, info
 
     def adapt(self, records: list[dict]) -> dict:
         """In place: the faces of a job's records ({"file", "faces", "error"}, as `predict_many` yields them)
@@ -600,7 +604,8 @@ class AgeEstimator:
         score = np.array([np.nan if f.get("occlusion_score") is None else f["occlusion_score"] for f in faces])
         a0 = np.array([f["age"] for f in faces], np.float32)
         s0 = np.array([f["spread"] for f in faces], np.float32)
-        a, s, lo, hi, info = self.adapt_arrays(a0, s0, w, score)
+        a, s, info = self.adapt_arrays(a0, s0, w, score)
+        lo, hi = self.intervals(a, s, w)
         for k in np.flatnonzero((a != a0) | (s != s0)):
             f = faces[k]
             f["age"], f["spread"] = round(float(a[k]), 2), round(float(s[k]), 2)
