@@ -352,6 +352,12 @@ def _occluded(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator,
 BAND_P = 0.15  # of the faceness positives under an occluder; the same share of its "occluded" negatives
 HALVES_P = 0.3  # the same with `halves`: half the draws are then a half face or a large block
 BANDS = {"eyes": ([105, 334, 66, 296], [6, 197, 195]), "mouth": ([2, 164], [152, 148, 377])}
+FACE_SIDES = ([234, 93], [454, 323])  # FaceMesh points at the face's left and right edges
+
+
+def _face_sides(lm: np.ndarray) -> tuple[float, float]:
+    """The face's left and right edges (pixels) from its FaceMesh landmarks."""
+    return float(lm[FACE_SIDES[0], 0].min()), float(lm[FACE_SIDES[1], 0].max())
 
 
 def _bands(img: np.ndarray, lm: np.ndarray | None, rng: np.random.Generator, halves: bool = False) -> np.ndarray:
@@ -370,7 +376,7 @@ def _bands(img: np.ndarray, lm: np.ndarray | None, rng: np.random.Generator, hal
             x0, x1, y1 = rng.uniform(0, 0.2) * w, rng.uniform(0.8, 1.0) * w, y0 + rng.uniform(0.1, 0.3) * h
         else:
             top, bottom = BANDS[part]
-            x0, x1 = float(lm[[234, 93], 0].min()), float(lm[[454, 323], 0].max())
+            x0, x1 = _face_sides(lm)
             y0, y1 = float(lm[top, 1].min()), float(lm[bottom, 1].max())
             gx, gy = rng.uniform(-0.05, 0.3) * (x1 - x0) / 2, rng.uniform(-0.1, 0.25) * (y1 - y0) / 2
             x0, x1, y0, y1 = x0 - gx, x1 + gx, y0 - gy, y1 + gy
@@ -390,10 +396,11 @@ def _large_block(img: np.ndarray, lm: np.ndarray | None, rng: np.random.Generato
     if lm is None:
         x0, x1, y0, y1, mid = 0.0, float(w), 0.0, float(h), rng.uniform(0.3, 0.7) * w
     else:
-        x0, x1 = float(lm[[234, 93], 0].min()), float(lm[[454, 323], 0].max())
-        y0, y1 = float(lm[[105, 334, 66, 296], 1].min()), float(lm[[152, 148, 377], 1].max())
+        (brows, bridge), chin = BANDS["eyes"], BANDS["mouth"][1]
+        x0, x1 = _face_sides(lm)
+        y0, y1 = float(lm[brows, 1].min()), float(lm[chin, 1].max())
         y0 -= 0.25 * (y1 - y0)
-        mid = float(lm[[1, 6, 197, 195], 0].mean())
+        mid = float(lm[[1, *bridge], 0].mean())  # the nose's tip and bridge
     fw, fh = x1 - x0, y1 - y0
     if rng.random() < 0.6:
         mid += rng.uniform(-0.1, 0.1) * fw
