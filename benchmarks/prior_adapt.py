@@ -30,6 +30,7 @@ import numpy as np
 from agelens.data.augment import TEST_DEGRADATIONS
 from agelens.data.splits import sample_names, split_part
 from agelens.faces.detect import FaceAnalyzer
+from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.inference.stream import predict_stream
@@ -66,8 +67,9 @@ def answered(est: AgeEstimator, photos: dict[str, list[tuple[Path, float]]], mak
 
 
 def largest(r: dict) -> dict | None:
+    """A record's largest face (`faces.prepare.largest_face` on its boxes), None without one."""
     faces = r.get("faces") or []
-    return max(faces, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1])) if faces else None
+    return largest_face(faces, box=lambda f: f["box"]) if faces else None
 
 
 def folder_mae(est: AgeEstimator, records: list[dict], ages: list[float]) -> dict:
