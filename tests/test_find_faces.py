@@ -7,7 +7,16 @@ import pytest
 from PIL import Image
 
 from agelens.errors import NoFaceError
-from agelens.faces.detect import DETECTIONS, FaceAnalyzer, pad_border, pad_border_capped, whole_image_crop
+from agelens.faces.detect import (
+    DETECTIONS,
+    MIRROR_SURE,
+    FaceAnalyzer,
+    iou,
+    mirror_completed,
+    pad_border,
+    pad_border_capped,
+    whole_image_crop,
+)
 from agelens.utils import shipped_models
 
 
@@ -109,6 +118,58 @@ def test_padded_retry_finds_a_face_that_fills_the_frame(analyzer, astronaut):
         assert 0 <= x1 < x2 <= tight.shape[1] and 0 <= y1 < y2 <= tight.shape[0]
     padded, _ = pad_border(tight)
     assert analyzer.detect(padded), "the padded image must hold a detectable face"
+
+
+def test_mirror_completed_maps_points_back():
+    """A point of the mirror-completed copy is (x + offset, y) on the image, on either side of the axis."""
+    img = np.zeros((20, 100, 3), np.uint8)
+    img[10, 30] = img[10, 70] = 255
+    left, dx = mirror_completed(img, 40, "left")  # columns 0-39 and their mirror image
+    assert left.shape == (20, 80, 3) and dx == 0
+    assert set(np.nonzero(left[10, :, 0])[0].tolist()) == {30, 49}  # 49 = 79 - 30: the marker's reflection
+    right, dx = mirror_completed(img, 40, "right")  # columns 40-99, preceded by their mirror image
+    assert right.shape == (20, 120, 3) and dx == -20
+    xs = np.nonzero(right[10, :, 0])[0]
+    assert 90 in xs and 90 + dx == 70  # the marker right of the axis maps back to column 70
+
+
+def _half_hidden(analyzer, astronaut):
+    """The astronaut's face crop with her left half (the image's right, from the nose outwards) under a panel, and
+    the clean crop's landmarks."""
+    crop = np.ascontiguousarray(astronaut[20:320, 120:340])
+    lm = analyzer.mesh(crop)
+    mid = int(lm[[1, 6, 197, 195], 0].mean())
+    hidden = crop.copy()
+    hidden[int(lm[:, 1].min()) - 20:int(lm[:, 1].max()) + 5, mid:int(lm[:, 0].max()) + 15] = (30, 40, 50)
+    return hidden, lm
+
+
+def test_mirror_step_finds_a_half_hidden_face_in_image_pixels(analyzer, astronaut):
+    """The visible half completed by its mirror image is a face the detector finds; it comes back on the image
+    itself (box, keypoints and landmarks), says "padded", and counts only when the verifier is sure of it."""
+    hidden, lm = _half_hidden(analyzer, astronaut)
+    yes = FixedVerifier(0.99)
+    faces = analyzer._mirrored(hidden, yes.scores, 0.5, 256)
+    assert len(faces) == 1 and faces[0].detection == "padded" and faces[0].score == pytest.approx(0.99)
+    f = faces[0]
+    clean = (*lm.min(0), *lm.max(0))
+    assert iou(f.box, clean) > 0.5
+    assert f.landmarks.shape == lm.shape
+    assert np.linalg.norm(f.landmarks[1] - lm[1]) < 0.1 * (clean[2] - clean[0])  # the nose tip where it is
+    unsure = FixedVerifier(MIRROR_SURE - 0.01)  # over its own threshold, under the step's bar
+    assert analyzer._mirrored(hidden, unsure.scores, 0.5, 256) == [] and unsure.seen >= 1
+
+
+def test_mirror_step_runs_after_the_whole_image_and_only_behind_a_verifier(analyzer, monkeypatch):
+    """With a verifier the step is asked once the whole-image step has rejected a crop-shaped image; without one
+    (or without the whole-image steps) never."""
+    calls = []
+    monkeypatch.setattr(analyzer, "_mirrored", lambda rgb, v, t, s: calls.append(t) or [])
+    img = np.random.default_rng(0).integers(0, 255, (120, 100, 3), dtype=np.uint8)
+    no = FixedVerifier(0.1)
+    assert analyzer.find_faces(img, no.scores, no.threshold, verify=True) == [] and calls == [0.5]
+    assert analyzer.find_faces(img, verify=True) == [] and analyzer.find_faces(img, verify=False) == []
+    assert analyzer.find_faces(img, no.scores, no.threshold, whole_image=False) == [] and calls == [0.5]
 
 
 def test_padded_copy_is_capped_and_maps_back():
