@@ -160,16 +160,19 @@ def test_mirror_step_finds_a_half_hidden_face_in_image_pixels(analyzer, astronau
     assert analyzer._mirrored(hidden, unsure.scores, 0.5, 256) == [] and unsure.seen >= 1
 
 
-def test_mirror_step_runs_after_the_whole_image_and_only_behind_a_verifier(analyzer, monkeypatch):
-    """With a verifier the step is asked once the whole-image step has rejected a crop-shaped image; without one
-    (or without the whole-image steps) never."""
+def test_mirror_step_runs_last_and_only_behind_a_verifier(analyzer, monkeypatch):
+    """With a verifier the step is asked last (after the whole-image and tile steps) about a crop-shaped image,
+    with the fallback steps' verifier, not the tile step's; without one (or without the whole-image steps) never."""
     calls = []
     monkeypatch.setattr(analyzer, "_mirrored", lambda rgb, v, t, s: calls.append(t) or [])
+    monkeypatch.setattr(analyzer, "detect_tiled", lambda rgb, n: calls.append(f"tiles {n}") or [])
     img = np.random.default_rng(0).integers(0, 255, (120, 100, 3), dtype=np.uint8)
     no = FixedVerifier(0.1)
-    assert analyzer.find_faces(img, no.scores, no.threshold, verify=True) == [] and calls == [0.5]
+    assert analyzer.find_faces(img, no.scores, no.threshold, verify=True, tile_verifier=(no.scores, 0.7)) == []
+    assert calls == ["tiles 2", "tiles 3", 0.5]
+    calls.clear()
     assert analyzer.find_faces(img, verify=True) == [] and analyzer.find_faces(img, verify=False) == []
-    assert analyzer.find_faces(img, no.scores, no.threshold, whole_image=False) == [] and calls == [0.5]
+    assert analyzer.find_faces(img, no.scores, no.threshold, whole_image=False) == [] and calls == []
 
 
 def test_padded_copy_is_capped_and_maps_back():

@@ -2,10 +2,10 @@
 
 Finding faces is a cascade that survives occlusion (sunglasses + mask, blocks over the eyes and mouth defeat the
 detector on tight crops): the detector on the image; the detector on the image inside a 50 % border (a face that
-fills the frame is what it misses most); FaceMesh alone; the whole image as one face crop; the detector on the
-image's visible half completed by its mirror image (a face crop with one side hidden from the nose outwards; reported
-as "padded", the detector on a re-framed copy); the detector on overlapping tiles of the image (2 × 2, then 3 × 3),
-for faces too small for the detector's input (a masked crowd in a 256 px photo). Every face says which step found it (`Face.detection`; a face found on a tile is the detector's).
+fills the frame is what it misses most); FaceMesh alone; the whole image as one face crop; the detector on
+overlapping tiles of the image (2 × 2, then 3 × 3), for faces too small for the detector's input (a masked crowd in
+a 256 px photo); last, the detector on the image's visible half completed by its mirror image (a face crop with one
+side hidden from the nose outwards; reported as "padded", the detector on a re-framed copy). Every face says which step found it (`Face.detection`; a face found on a tile is the detector's).
 The fallback steps can be fooled by a cat or a colour wheel, so they answer only when a face verifier (a callable:
 aligned crops → face probability) accepts the crop.
 """
@@ -446,9 +446,7 @@ class FaceAnalyzer:
             if score >= need:
                 return [Face((0.0, 0.0, float(w), float(h)), score, np.full((4, 2), np.nan, np.float32), None,
                              "whole-image")]
-            faces = self._mirrored(rgb, verifier, threshold, crop_size)
-            if faces:
-                return faces
+        fallback = (verifier, threshold)
         if tile_verifier is not None:
             verifier, threshold = tile_verifier
         for n in TILE_GRIDS:
@@ -456,6 +454,8 @@ class FaceAnalyzer:
                                    crop_size)
             if faces:
                 return faces
+        if 0.5 <= w / h <= 2.0:  # last, the most speculative step: a face crop with one half hidden
+            return self._mirrored(rgb, *fallback, crop_size)
         return []
 
     def _mirrored(self, rgb: np.ndarray, verifier: Verifier, threshold: float, crop_size: int) -> list[Face]:
