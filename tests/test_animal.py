@@ -32,9 +32,11 @@ class StubCheck:
 
     def __init__(self) -> None:
         self.asked: list[list[bool]] = []
+        self.mirrored: list[list[bool]] = []
 
-    def vetoes(self, rgb: np.ndarray, boxes: list, people: np.ndarray) -> np.ndarray:
+    def vetoes(self, rgb: np.ndarray, boxes: list, people: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
         self.asked.append(people.tolist())
+        self.mirrored.append(mirrored.tolist())
         return np.ones(len(boxes), bool)
 
 
@@ -81,6 +83,10 @@ def test_which_faces_each_veto_is_asked_about(monkeypatch):
     assert [f[1] for f in kept] == [0.95, 0.8] and stub.asked == [[False, False, False]]
     sure = [_face(0.95, "detector"), _face(0.9, "detector")]
     assert predictor.without_non_faces(rgb, sure, StubGuard(0.9)) is sure
+    stub.asked.clear()
+    # a face the mirror step built is asked the people veto even where the verifier is sure, and said to be mirrored
+    kept = predictor.without_non_faces(rgb, sure, StubGuard(0.1, face=0.9995), [False, True])
+    assert [f[1] for f in kept] == [0.95] and stub.asked == [[True]] and stub.mirrored[-1] == [True]
     monkeypatch.setattr(animal, "shipped", lambda: None)  # no check (no torch to export it): faces as they are
     assert predictor.without_non_faces(rgb, faces, StubGuard(0.9)) is faces
 
@@ -105,6 +111,8 @@ def test_the_check_vetoes_cats_and_faces_with_little_people_mass(monkeypatch):
     assert np.allclose(cat, [0, 0, 0.4, 0]) and np.allclose(people, [0.8, 0.2, 0.6, 0.5])
     assert check.vetoes(rgb, boxes).tolist() == [False, True, True, False]  # a person; too little mass; a cat; at
     assert check.vetoes(rgb, boxes, np.array([True, False, False, True])).tolist() == [False, False, True, False]
+    # faces the mirror step built need animal.MIRROR_PEOPLE (0.85): 0.8 was enough for the table, not for them
+    assert check.vetoes(rgb, boxes, None, np.array([True, False, False, False])).tolist() == [True, True, True, False]
     check.people = None  # no table: cats only
     assert check.vetoes(rgb, boxes).tolist() == [False, False, True, False]
 
@@ -154,7 +162,7 @@ def test_the_shipped_check_turns_a_cat_away_and_keeps_the_astronaut(monkeypatch)
     with pytest.raises(NoFaceError):
         est.predict(cat)
     assert len(est.predict(data.astronaut())) == 1
-    monkeypatch.setattr(predictor, "without_non_faces", lambda rgb, faces, v: faces)
+    monkeypatch.setattr(predictor, "without_non_faces", lambda rgb, faces, *_: faces)
     assert est.predict(cat)[0].extra["detection"] == "detector"  # the check, not another step, turned it away
 
 
@@ -172,7 +180,7 @@ def test_the_shipped_check_turns_away_crops_that_look_like_nothing_a_person_look
     est = AgeEstimator.from_pretrained()
     with pytest.raises(NoFaceError):
         est.predict(crop)
-    monkeypatch.setattr(predictor, "without_non_faces", lambda rgb, faces, v: faces)
+    monkeypatch.setattr(predictor, "without_non_faces", lambda rgb, faces, *_: faces)
     assert est.predict(crop)[0].detection_score < animal.PEOPLE_BELOW  # the check, not another step, turned it away
 
 

@@ -11,6 +11,7 @@ from agelens.faces.detect import (
     DETECTIONS,
     MIRROR_SURE,
     FaceAnalyzer,
+    chroma,
     iou,
     mirror_completed,
     pad_border,
@@ -158,6 +159,10 @@ def test_mirror_step_finds_a_half_hidden_face_in_image_pixels(analyzer, astronau
     assert np.linalg.norm(f.landmarks[1] - lm[1]) < 0.1 * (clean[2] - clean[0])  # the nose tip where it is
     unsure = FixedVerifier(MIRROR_SURE - 0.01)  # over its own threshold, under the step's bar
     assert analyzer._mirrored(hidden, unsure.scores, 0.5, 256) == [] and unsure.seen >= 1
+    grey = np.repeat(hidden.mean(2, keepdims=True).astype(np.uint8), 3, 2)  # a grey image is not looked at
+    never = FixedVerifier(0.99)
+    assert chroma(grey) == 0.0 and chroma(hidden) > 10
+    assert analyzer._mirrored(grey, never.scores, 0.5, 256) == [] and never.seen == 0
 
 
 def test_mirror_step_runs_last_and_only_behind_a_verifier(analyzer, monkeypatch):

@@ -740,7 +740,7 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     faces = find(rgb, proposed)
     if not faces:
         raise NoFaceError("no face found")
-    out = []
+    out, mirrored = [], []
     for f, img, turn in _upright(rgb, faces, find, analyzer.detect) if upright else [(f, rgb, 0) for f in faces]:
         source = None
         if f.detection == "whole-image":
@@ -751,21 +751,23 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
             source = CropSource(img, f.aligned(img, cache_size)[1], cache_size)  # the warp prepare_face made
         box = turned_back(f.box, turn, rgb.shape)
         out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection, source))
-    out = without_non_faces(rgb, out, v) if vet else out
+        mirrored.append(f.mirrored)
+    out = without_non_faces(rgb, out, v, mirrored) if vet else out
     if not out:
         raise NoFaceError("no face found")
     return out
 
 
-def without_non_faces(rgb: np.ndarray, faces: list, verifier=None) -> list:
+def without_non_faces(rgb: np.ndarray, faces: list, verifier=None, mirrored: list | None = None) -> list:
     """`find_and_align` faces less those the ImageNet check (`faces.animal`) vetoes. The people veto (too little
     probability on the classes human faces look like) is asked about faces a fallback step found or the detector
     scored under animal.PEOPLE_BELOW, less those a TrunkGuard verifier scores animal.FACE_SURE or more (its
     memoised scores). The cat veto is asked about those and about faces of animal.MIN_SIDE px or more scored under
     animal.CHECK_BELOW whose occlusion score reaches animal.OCCLUDED: the score predict reports, from the teacher's
     head in the verification pass and the separate network where the head is unsure (where the verifier is not the
-    teacher's head, regardless of occlusion). Without the check (no torch to export it), the faces stay as they
-    are."""
+    teacher's head, regardless of occlusion). Faces the mirror step built (`mirrored`, one flag per face) are always
+    asked the people veto, at animal.MIRROR_PEOPLE. Without the check (no torch to export it), the faces stay as
+    they are."""
     fallback = np.array([how != "detector" for _, _, _, _, how, *_ in faces], bool)
     score = np.array([s for _, s, *_ in faces], np.float64)
     people = np.array([animal.people_asked(s, how) for _, s, _, _, how, *_ in faces], bool)
@@ -773,6 +775,8 @@ def without_non_faces(rgb: np.ndarray, faces: list, verifier=None) -> list:
     if people.any() and est is not None:  # a TrunkGuard, whose scores of these crops are memoised: faces it is
         idx = np.flatnonzero(people)  # sure of are not asked
         people[idx] = verifier.scores(np.stack([faces[i][2] for i in idx])) < animal.FACE_SURE
+    strict = np.zeros(len(faces), bool) if mirrored is None else np.asarray(mirrored, bool)
+    people |= strict
     cat = ((fallback | (score < animal.CHECK_BELOW))
            & np.array([min(b[2] - b[0], b[3] - b[1]) >= animal.MIN_SIDE for b, *_ in faces], bool) & ~people)
     if cat.any() and est is not None and est.detector is not None:  # the teacher's own occlusion head
@@ -782,7 +786,7 @@ def without_non_faces(rgb: np.ndarray, faces: list, verifier=None) -> list:
     if check is None:
         return faces
     idx = np.flatnonzero(ask)
-    vetoed = set(idx[check.vetoes(rgb, [faces[i][0] for i in idx], people[idx])].tolist())
+    vetoed = set(idx[check.vetoes(rgb, [faces[i][0] for i in idx], people[idx], strict[idx])].tolist())
     return [f for i, f in enumerate(faces) if i not in vetoed]
 
 
