@@ -490,10 +490,12 @@ class FaceAnalyzer:
                 img, dx = mirror_completed(rgb, axis, side)
                 if img.shape[1] < 8:
                     continue
-                found = self.detect(img)
+                # the short-range model alone: the face of a face crop fills it (a LARGE_FACE), where the full range
+                # adds nothing but time
+                found = self._detect(img, 0)
                 if not found:
                     padded, p, scale = pad_border_capped(img)
-                    found = self.detect(padded)
+                    found = self._detect(padded, 0)
                     for f in found:
                         f.box = tuple((v - p) / scale for v in f.box)
                         f.keypoints = (f.keypoints - p) / scale
