@@ -157,6 +157,12 @@ def test_mirror_step_finds_a_half_hidden_face_in_image_pixels(analyzer, astronau
     assert iou(f.box, clean) > 0.5
     assert f.landmarks.shape == lm.shape
     assert np.linalg.norm(f.landmarks[1] - lm[1]) < 0.1 * (clean[2] - clean[0])  # the nose tip where it is
+    import cv2
+
+    big = cv2.resize(hidden, None, fx=5, fy=5, interpolation=cv2.INTER_LINEAR)  # 1,100 × 1,500: read shrunk
+    large = analyzer._mirrored(big, yes.scores, 0.5, 256)
+    assert len(large) == 1 and iou(large[0].box, tuple(5 * v for v in clean)) > 0.5
+    assert np.linalg.norm(large[0].landmarks[1] - 5 * lm[1]) < 0.5 * (clean[2] - clean[0])  # in the big image's pixels
     unsure = FixedVerifier(MIRROR_SURE - 0.01)  # over its own threshold, under the step's bar
     assert analyzer._mirrored(hidden, unsure.scores, 0.5, 256) == [] and unsure.seen >= 1
     grey = np.repeat(hidden.mean(2, keepdims=True).astype(np.uint8), 3, 2)  # a grey image is not looked at
