@@ -479,9 +479,9 @@ class FaceAnalyzer:
         return []
 
     def _mirrored(self, rgb: np.ndarray, verifier: Verifier, threshold: float, crop_size: int) -> list[Face]:
-        """The mirror step (MIRROR_AXES): the detector (then on the padded copy) on each mirror-completed copy of the
-        image (in colour: MIRROR_MIN_CHROMA); faces centred on their axis, wide enough and with landmarks, verified on
-        the completed copy's aligned crop. Returns the best-verified one at `threshold` (MIRROR_SURE at least) or
+        """The mirror step (MIRROR_AXES): the short-range detector (then on the padded copy) on each mirror-completed
+        copy of the image (in colour, MIRROR_MIN_CHROMA; shrunk to MIRROR_MAX_SIDE); faces centred on their axis, wide
+        enough and with landmarks, verified on the completed copy's aligned crop. Returns the best-verified one at `threshold` (MIRROR_SURE at least) or
         more, in image pixels, keypoints and landmarks included (the hidden half's are its mirror image), detection
         "padded" (the detector on a re-framed copy of the image) and `mirrored` set, or []."""
         h, w = rgb.shape[:2]
