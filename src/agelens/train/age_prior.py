@@ -15,39 +15,26 @@ import json
 
 import numpy as np
 
-from ..config import load_config
+from ..config import RunConfig, load_config
 from ..data.cache import FaceCache
-from ..data.views import centre_crop
+from ..evaluate.predict import predict_cache
 from ..inference.prior import posteriors
-from ..models.inputs import to_input
 from ..models.weights import resolve_model, weights_dir
+from ..numerics import Numerics
 from ..utils import atomic_write_json
 
 
-def answers(model, cache: FaceCache, idx: np.ndarray, crop: int, size: int, batch: int = 64
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """(ages, spreads) of the cached faces `idx`, face and mirror averaged."""
-    import torch
-
-    ages, spreads = [], []
-    for k in range(0, len(idx), batch):
-        imgs = np.stack([centre_crop(np.asarray(cache.images[i]), crop, size) for i in idx[k:k + batch]])
-        x = to_input(torch.from_numpy(imgs), *model.mean_std, "cpu", False)
-        with torch.no_grad():
-            a, s, _ = model.predict(x, True)
-        ages.append(a.float().numpy())
-        spreads.append(s.float().numpy())
-    return np.concatenate(ages), np.concatenate(spreads)
-
-
-def training_mix(model, caches: list[str], n: int, crop: int, size: int, seed: int = 0) -> np.ndarray:
-    """The mean Gaussian answer over up to n seeded faces per train cache, caches weighted by their sizes."""
+def training_mix(model, caches: list[str], n: int, cfg: RunConfig, seed: int = 0) -> np.ndarray:
+    """The mean Gaussian answer over up to n seeded faces per train cache, caches weighted by their sizes; each
+    face answered by the cache evaluation pass (`evaluate.predict.predict_cache`, face and mirror, fp32 on the CPU)
+    at the model's own crop and input size (`cfg`, its config)."""
     grid = np.arange(int(model.head.max_age - model.head.min_age) + 1, dtype=np.float64)
+    numerics = Numerics("cpu", "fp32", False, "the training age mix: fp32")
     total, mix = 0, np.zeros(len(grid))
     for path in caches:
         c = FaceCache(path)
         idx = np.sort(np.random.default_rng(seed).choice(len(c), min(n, len(c)), replace=False))
-        a, s = answers(model, c, idx, crop, size)
+        a, s, _ = predict_cache(model, c, cfg, numerics, tta_flip=True, indices=idx)
         mix += posteriors(a - model.head.min_age, s, grid).mean(0) * len(c)
         total += len(c)
         print(f"{path}: {len(idx)} faces, mean age {a.mean():.2f}", flush=True)
@@ -71,7 +58,7 @@ def main() -> None:
     model, mcfg, _ = resolve_model(a.model)
     model.eval()
     caches = [f"{d.cache_dir}/train" for d in [cfg.data, *cfg.extra_data]]
-    mix = training_mix(model, caches, a.n, mcfg.data.crop_size, mcfg.data.input_size, a.seed)
+    mix = training_mix(model, caches, a.n, mcfg, a.seed)
     grid = np.arange(len(mix))
     rec = {"age_prior": [round(float(p), 7) for p in mix],
            "age_prior_recipe": f"python -m agelens.train.age_prior --model {a.model} --config {a.config} --n {a.n}"
