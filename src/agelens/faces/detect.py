@@ -460,22 +460,20 @@ class FaceAnalyzer:
             return []
         if float(rgb.std()) < 4.0:  # a flat image holds no face, whole or on a tile
             return []
-        if 0.5 <= w / h <= 2.0:  # a strip or a panorama is no face crop
+        crop_shaped = 0.5 <= w / h <= 2.0  # a strip or a panorama is no face crop
+        if crop_shaped:
             whole, need = whole_verifier or (verifier, threshold)
             score = float(whole(whole_image_crop(rgb, crop_size)[None])[0])
             if score >= need:
                 return [Face((0.0, 0.0, float(w), float(h)), score, np.full((4, 2), np.nan, np.float32), None,
                              "whole-image")]
-        fallback = (verifier, threshold)
-        if tile_verifier is not None:
-            verifier, threshold = tile_verifier
+        tiles, need = tile_verifier or (verifier, threshold)
         for n in TILE_GRIDS:
-            faces = self._verified(rgb, self._with_mesh(rgb, self.detect_tiled(rgb, n)), verifier, threshold,
-                                   crop_size)
+            faces = self._verified(rgb, self._with_mesh(rgb, self.detect_tiled(rgb, n)), tiles, need, crop_size)
             if faces:
                 return faces
-        if 0.5 <= w / h <= 2.0:  # last, the most speculative step: a face crop with one half hidden
-            return self._mirrored(rgb, *fallback, crop_size)
+        if crop_shaped:  # last, the most speculative step: a face crop with one half hidden
+            return self._mirrored(rgb, verifier, threshold, crop_size)
         return []
 
     def _mirrored(self, rgb: np.ndarray, verifier: Verifier, threshold: float, crop_size: int) -> list[Face]:
