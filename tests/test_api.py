@@ -61,6 +61,12 @@ def test_predict_many_takes_a_folder_a_glob_or_an_iterator(est, astronaut, tmp_p
     assert [r["file"] for r in by_folder] == [r["file"] for r in by_iter] == [r["file"] for r in by_glob]
     assert len(by_folder) == 3 and all(r["error"] is None and len(r["faces"]) >= 1 for r in by_folder)
     assert {r["faces"][0]["age"] for r in by_folder + by_iter} == {est.predict(tmp_path / "p0.jpg")[0].age}
+    # the estimator's own method (issue 16's `AgeEstimator.predict_many(source)`): the same records, skip honoured
+    by_method = list(est.predict_many(tmp_path, batch_size=2))
+    assert [(r["file"], r["faces"][0]["age"]) for r in by_method] == [(r["file"], r["faces"][0]["age"])
+                                                                     for r in by_folder]
+    assert [r["file"] for r in est.predict_many(tmp_path, skip={by_folder[0]["file"]})] == \
+        [r["file"] for r in by_folder[1:]]
 
 
 def test_a_large_jpeg_is_decoded_at_the_size_the_faces_need(tmp_path, astronaut):

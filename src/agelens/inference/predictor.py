@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -652,6 +653,18 @@ class AgeEstimator:
         t2 = time.perf_counter()
         return self.predictions(faces, r, {"detect_ms": round(1000 * (t1 - t0), 1),
                                            "model_ms": round(1000 * (t2 - t1), 1)})
+
+    def predict_many(self, source, *, detect: bool = True, workers: int = 0, batch_size: int = 32,
+                     skip=()) -> Iterator[dict]:
+        """`agelens.predict_many` with this estimator (its backend, routing and TTA): {"file", "faces", "error"}
+        for every image under `source` (a file, folder or glob, or a list or iterator of them), streamed in input
+        order, the faces of consecutive files batched through the models; `faces` are `FacePrediction.to_dict()`
+        records. workers > 0 runs that many processes (a script then needs Python's `if __name__ == "__main__":`
+        guard); `est.adapt(records)` adapts a finished job to its own age mix, as `agelens predict` does."""
+        from . import predict_many
+
+        yield from predict_many(source, detect=detect, workers=workers, batch_size=batch_size, skip=skip,
+                                estimator=self)
 
 
 def face_source(face: tuple):
