@@ -124,9 +124,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--out", default="runs/foreign_val")
+    ap.add_argument("--route", default="auto", choices=("auto", "teacher", "student"),
+                    help="which model answers (auto: the occlusion detector routes, as predict does)")
     a = ap.parse_args()
     t0 = time.time()
-    est, an = AgeEstimator.from_pretrained(), FaceAnalyzer()
+    est, an = AgeEstimator.from_pretrained(route=a.route), FaceAnalyzer()
     files = [a.root / f for f in sample_names(sorted(split_part(a.split, a.part)), a.n, a.seed)]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +153,8 @@ def main() -> None:
                        "flagged_occluded": round(float(np.mean([r["occluded"] for r in ans])), 4) if ans else None,
                        "detection": dict(Counter(r["detection"] for r in ans))}
     cmd = (f"python benchmarks/foreign_occluders.py --part {a.part} --n {a.n} --seed {a.seed} --out {a.out}"
-           + (f" --kinds {' '.join(a.kinds)}" if list(a.kinds) != list(KINDS) else ""))
+           + (f" --kinds {' '.join(a.kinds)}" if list(a.kinds) != list(KINDS) else "")
+           + (f" --route {a.route}" if a.route != "auto" else ""))
     res = {"command": cmd, "backend": est.backend, "table": table, "seconds": round(time.time() - t0)}
     atomic_write_json(Path(f"{a.out}.json"), res)
     # every face, one JSON object per line, for looking into the misses

@@ -357,12 +357,12 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if adapt:
         _adapt_job(est, results, sink, output, fmt)
         if save_annotated is not None:
-            from .inference.stream import _decode
+            from .inference.stream import decode_file
 
             for k, (path, r) in enumerate(zip(todo, results, strict=True)):  # the local engine keeps input order
                 if r["faces"]:
                     try:
-                        rgb = _decode(path, reduce=False)[0]
+                        rgb = decode_file(path, reduce=False)[0]
                     except Exception as e:  # the file changed or went since it was answered: no drawing, no stop
                         _err(f"{r['file']}: not annotated: {e}")
                         continue

@@ -66,7 +66,7 @@ def _attempt(path: str, fn):
         return None, _error(path, e), time.perf_counter() - t0
 
 
-def _decode(path: str, reduce: bool = True) -> tuple[np.ndarray, float]:
+def decode_file(path: str, reduce: bool = True) -> tuple[np.ndarray, float]:
     """(RGB, scale): a large JPEG decoded at the size the faces need (`imageio.decode_reduced`) unless
     reduce=False (the image is kept to draw on)."""
     from ..imageio import FACE_MIN_SIDE, load_reduced
@@ -81,7 +81,7 @@ def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, ve
     from .predictor import find_and_align, in_file_pixels
 
     def run():
-        rgb, scale = _decode(path, reduce=not keep_rgb)
+        rgb, scale = decode_file(path, reduce=not keep_rgb)
         return rgb, in_file_pixels(find_and_align(rgb, analyzer, cache_size, detect, verifier, upright=upright), scale)
 
     got, err, dt = _attempt(path, run)
@@ -102,7 +102,7 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
     from .predictor import find_and_align, in_file_pixels
 
     def propose(f):
-        rgb, scale = _decode(f, reduce=not keep_rgb)
+        rgb, scale = decode_file(f, reduce=not keep_rgb)
         return rgb, est.analyzer.propose(rgb), scale
 
     # (path, (rgb, proposals, scale), error, seconds)
