@@ -143,7 +143,8 @@ def main() -> None:
                     continue
                 p = preds[nearest_box([q.box for q in preds], face.box)].to_dict()
                 rows.append({"file": f.name, "kind": kind, "age": age, "answered": True, "pred": p["age"],
-                             "occluded": p["occluded"], "detection": p["detection"], "model": p["model"]})
+                             "occluded": p["occluded"], "detection": p["detection"], "model": p["model"],
+                             "occlusion_score": p["occlusion_score"], "student_weight": p.get("student_weight")})
     table = {}
     for kind in a.kinds:
         rs = [r for r in rows if r["kind"] == kind]
