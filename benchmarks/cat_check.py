@@ -7,7 +7,7 @@ half, which the people table was fitted on, and its measure half reported apart)
 side: scikit-image's sample images (as `occlusion_e2e.py` takes them) whole and in seeded crops, and, with
 --animals DIR, photos of animals (for instance those inside pip wheels, docs/occlusion_report.md) whole and in
 seeded crops. Each face is scored on its context square (`animal.context_crop`) by the shipped check whether or not
-the gate of `predictor.without_non_faces` would ask it, with that check switched off so every candidate is seen.
+the gate of `finding.without_non_faces` would ask it, with that check switched off so every candidate is seen.
 
     python benchmarks/cat_check.py --out docs/cat_check.json [--animals DIR]     # about 6 min on 2 cores
 """
@@ -28,7 +28,7 @@ from agelens.errors import NoFaceError  # noqa: E402
 from agelens.faces import animal  # noqa: E402
 from agelens.faces.detect import FaceAnalyzer  # noqa: E402
 from agelens.imageio import load_image  # noqa: E402
-from agelens.inference import predictor  # noqa: E402
+from agelens.inference import finding  # noqa: E402
 from agelens.occlusion.synth import ALL_TYPES  # noqa: E402
 from agelens.train.guards import realocc_half  # noqa: E402
 from agelens.utils import atomic_write_json  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> None:
     check = animal.shipped()
     if check is None:
         raise SystemExit("the cat check cannot be exported here (torch is needed once)")
-    predictor.without_non_faces = lambda rgb, faces, verifier=None: faces  # score every candidate, asked or not
+    finding.without_non_faces = lambda rgb, faces, verifier=None: faces  # score every candidate, asked or not
     rows: list[tuple[str, str, float]] = []
     people: list[tuple[str, str, float, bool]] = []  # (group, face, people mass, asked)
 

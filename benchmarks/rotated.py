@@ -2,7 +2,7 @@
 (np.rot90, counter-clockwise; lossless), then `AgeEstimator.predict` on it (detection, alignment, guards, routing),
 largest face; realocc's measure half (real masks and sunglasses, no ages) beside them. Two arms in one run on the
 same images: the shipped pipeline, which looks again on the image turned each way where the largest face does not
-read upright (`inference.predictor._upright`), and the same pipeline with that check off (`est.upright = False`).
+read upright (`inference.finding._upright`), and the same pipeline with that check off (`est.upright = False`).
 Per turn: answered share, MAE, the mean age change against the upright photo's answer and the time per image; on
 the upright photos, the answers the check changed, each arm's time per image (one process, the arms taking turns
 over --rounds rounds) and the time spent inside the check itself.

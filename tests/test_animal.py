@@ -9,7 +9,7 @@ import pytest
 
 from agelens.errors import NoFaceError
 from agelens.faces import animal
-from agelens.inference import predictor
+from agelens.inference import finding
 
 
 def test_context_crop_centres_the_box_with_context_and_grey_outside_the_image():
@@ -70,25 +70,25 @@ def test_which_faces_each_veto_is_asked_about(monkeypatch):
     # sure; unsure (both vetoes); unsure for cats only; a fallback's (both); unsure for cats only but too small
     faces = [_face(0.95, "detector"), _face(0.6, "detector"), _face(0.8, "detector"), _face(0.9, "padded"),
              _face(0.8, "detector", 30.0)]
-    kept = predictor.without_non_faces(rgb, faces, StubGuard(0.9))  # reads occluded: the cat veto is asked too
+    kept = finding.without_non_faces(rgb, faces, StubGuard(0.9))  # reads occluded: the cat veto is asked too
     assert [f[1] for f in kept] == [0.95, 0.8] and kept[1][0][2] == 30.0 and stub.asked == [[True, False, True]]
     stub.asked.clear()
-    kept = predictor.without_non_faces(rgb, faces, StubGuard(0.1))  # clean: the cat veto alone is not asked
+    kept = finding.without_non_faces(rgb, faces, StubGuard(0.1))  # clean: the cat veto alone is not asked
     assert len(kept) == 3 and stub.asked == [[True, True]]
     stub.asked.clear()
-    predictor.without_non_faces(rgb, faces, object())  # no teacher heads: every unsure face is asked about cats
+    finding.without_non_faces(rgb, faces, object())  # no teacher heads: every unsure face is asked about cats
     assert stub.asked == [[True, False, True]]
     stub.asked.clear()
-    kept = predictor.without_non_faces(rgb, faces, StubGuard(0.9, face=0.9995))  # the verifier is sure: cats only
+    kept = finding.without_non_faces(rgb, faces, StubGuard(0.9, face=0.9995))  # the verifier is sure: cats only
     assert [f[1] for f in kept] == [0.95, 0.8] and stub.asked == [[False, False, False]]
     sure = [_face(0.95, "detector"), _face(0.9, "detector")]
-    assert predictor.without_non_faces(rgb, sure, StubGuard(0.9)) is sure
+    assert finding.without_non_faces(rgb, sure, StubGuard(0.9)) is sure
     stub.asked.clear()
     # a face the mirror step built is asked the people veto even where the verifier is sure, and said to be mirrored
-    kept = predictor.without_non_faces(rgb, sure, StubGuard(0.1, face=0.9995), [False, True])
+    kept = finding.without_non_faces(rgb, sure, StubGuard(0.1, face=0.9995), [False, True])
     assert [f[1] for f in kept] == [0.95] and stub.asked == [[True]] and stub.mirrored[-1] == [True]
     monkeypatch.setattr(animal, "shipped", lambda: None)  # no check (no torch to export it): faces as they are
-    assert predictor.without_non_faces(rgb, faces, StubGuard(0.9)) is faces
+    assert finding.without_non_faces(rgb, faces, StubGuard(0.9)) is faces
 
 
 def _probs(*rows: dict) -> np.ndarray:
@@ -162,7 +162,7 @@ def test_the_shipped_check_turns_a_cat_away_and_keeps_the_astronaut(monkeypatch)
     with pytest.raises(NoFaceError):
         est.predict(cat)
     assert len(est.predict(data.astronaut())) == 1
-    monkeypatch.setattr(predictor, "without_non_faces", lambda rgb, faces, *_: faces)
+    monkeypatch.setattr(finding, "without_non_faces", lambda rgb, faces, *_: faces)
     assert est.predict(cat)[0].extra["detection"] == "detector"  # the check, not another step, turned it away
 
 
@@ -180,7 +180,7 @@ def test_the_shipped_check_turns_away_crops_that_look_like_nothing_a_person_look
     est = AgeEstimator.from_pretrained()
     with pytest.raises(NoFaceError):
         est.predict(crop)
-    monkeypatch.setattr(predictor, "without_non_faces", lambda rgb, faces, *_: faces)
+    monkeypatch.setattr(finding, "without_non_faces", lambda rgb, faces, *_: faces)
     assert est.predict(crop)[0].detection_score < animal.PEOPLE_BELOW  # the check, not another step, turned it away
 
 

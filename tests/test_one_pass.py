@@ -124,7 +124,7 @@ def test_separate_guard_asks_the_face_networks_as_predict_does_without_a_teacher
     vouches at DETECTED_THRESHOLD on the detector step and at its own threshold on the fallback steps, the band
     network at the whole-image step only; the tile step keeps `faceness` alone."""
     from agelens.faces.detect import DETECTED_THRESHOLD
-    from agelens.inference.predictor import SeparateGuard
+    from agelens.inference.finding import SeparateGuard
 
     face, photo, bands = ByMean(0.9, scale=0.25), ByMean(0.6), ByMean(0.7)
     v = SeparateGuard(face, photo, bands)

@@ -108,7 +108,7 @@ def _face(box):
 
 
 def test_upright_check_looks_again_only_where_the_largest_face_reads_turned(monkeypatch):
-    from agelens.inference import predictor
+    from agelens.inference import finding
 
     rgb = np.zeros((60, 100, 3), np.uint8)
     looked = []
@@ -124,18 +124,18 @@ def test_upright_check_looks_again_only_where_the_largest_face_reads_turned(monk
     faces = [_face((10, 10, 50, 50))]
     # upright already: no second look
     monkeypatch.setattr(orientation, "shipped", lambda: StubReader({(60, 100): [0.9, 0.05, 0.03, 0.02]}))
-    assert predictor._upright(rgb, faces, find, detect) == [(faces[0], rgb, 0)] and not looked
+    assert finding._upright(rgb, faces, find, detect) == [(faces[0], rgb, 0)] and not looked
     # read as turned once (k = 1): np.rot90(rgb, 3) first, where the face reads upright; boxes come back turned
     monkeypatch.setattr(orientation, "shipped", lambda: StubReader({(60, 100): [0.05, 0.9, 0.03, 0.02],
                                                                      (100, 60): [0.97, 0.01, 0.01, 0.01]}))
-    (f, img, turn), = predictor._upright(rgb, faces, find, detect)
+    (f, img, turn), = finding._upright(rgb, faces, find, detect)
     assert turn == 3 and img.shape[:2] == (100, 60) and looked == [(100, 60)]
     assert turned_back(f.box, turn, rgb.shape) == (20, 30, 50, 50)  # (y1, h - x2, y2, h - x1)
     # no turn reads upright surely enough: the faces stay as found (a masked face read unsure is not turned)
     looked.clear()
     monkeypatch.setattr(orientation, "shipped", lambda: StubReader({(60, 100): [0.1, 0.5, 0.2, 0.2],
                                                                      (100, 60): [0.6, 0.2, 0.1, 0.1]}))
-    assert predictor._upright(rgb, faces, find, detect) == [(faces[0], rgb, 0)] and len(looked) == 3
+    assert finding._upright(rgb, faces, find, detect) == [(faces[0], rgb, 0)] and len(looked) == 3
 
 
 @needs_weights
@@ -159,7 +159,7 @@ def test_evaluate_prepares_a_turned_photo_as_predict_does(astronaut, tmp_path):
     upright: the upright photo's crop, where the detector alone aligns it upside down."""
     from agelens.data.adapters import FaceRecord
     from agelens.data.cache import build_cache
-    from agelens.inference.predictor import predicted_face
+    from agelens.inference.finding import predicted_face
 
     paths = []
     for k in (0, 2):

@@ -191,7 +191,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
     from .data.cache import build_cache
     from .data.prepare import make_or_load_split
     from .evaluate.runner import evaluate_estimator
-    from .inference.predictor import AgeEstimator, predicted_face
+    from .inference.finding import predicted_face
+    from .inference.predictor import AgeEstimator
     from .occlusion.synth import OcclusionMix
 
     if not 0 <= occlude <= 1:

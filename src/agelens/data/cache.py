@@ -135,7 +135,7 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
     fast: the face path (`FaceAnalyzer(fast=...)`): False, mediapipe's graphs with iris points (training caches,
     occluder placement); None, predict's own (LiteRT where installed; iris points NaN). prepare: a module-level
     function (rgb, analyzer, size) → (crop, landmarks) that finds and aligns the face of a photo instead of the
-    analyzer's largest face (`inference.predictor.predicted_face`: predict's own search, for `evaluate`)."""
+    analyzer's largest face (`inference.finding.predicted_face`: predict's own search, for `evaluate`)."""
     out = Path(out_dir)
     sig = cache_signature(records, size, aligned) + ("" if fast is False else "-fast")
     if prepare is not None:

@@ -13,7 +13,7 @@ as ImageNet images are framed):
   most of that mass on faces of the fit data, and the mass below which a face is no person's (a low quantile of
   the human faces' mass). It is fitted on human faces only: no non-face image is used.
 
-The check costs one 224 px pass (about 11-18 ms on one core), so `inference.predictor.without_non_faces` asks it only
+The check costs one 224 px pass (about 11-18 ms on one core), so `inference.finding.without_non_faces` asks it only
 about faces a fallback step found and faces the detector was unsure of: for the cat veto, faces of MIN_SIDE px or
 more scored under CHECK_BELOW whose occlusion score reaches OCCLUDED (every cat crop's did, 0.79-1.0; cats scored
 0.53-0.65, animals at most 0.83); for the people veto, faces scored under PEOPLE_BELOW (the non-face faces measured

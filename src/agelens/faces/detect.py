@@ -426,7 +426,7 @@ class FaceAnalyzer:
         of several files first, to verify them in one model pass). detector_only: the first step alone (the
         detector on the image, verified)."""
         # landmarks first, so the verifier sees the crop the models will (a verifier that is the age model itself,
-        # `inference.predictor.TrunkGuard`, then answers both from one pass)
+        # `inference.finding.TrunkGuard`, then answers both from one pass)
         faces = self._verified(rgb, self.propose(rgb) if proposed is None else proposed, verifier,
                                min(threshold, DETECTED_THRESHOLD), crop_size)
         if faces or detector_only:

@@ -4,7 +4,7 @@ face were upright: the aligned crop comes out upside down or mis-scaled and the 
 90°, 180° and 270° read 38.2, 24.7 and 29.4 against 34.8 upright). This module reads the quarter turn from the
 detector box's square crop: a small CNN (`agelens.train.orientation` trains it on detector crops of turned photos
 and occluded faces, and exports it to ONNX with the uint8 → float scaling inside), run with onnxruntime.
-`inference.predictor.find_and_align` uses it to decide when to look again on the image turned each way."""
+`inference.finding.find_and_align` uses it to decide when to look again on the image turned each way."""
 
 from __future__ import annotations
 

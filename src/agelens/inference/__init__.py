@@ -36,12 +36,10 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
     if engine == "local" and workers:
         start_workers_early()  # their forkserver imports the pipeline while this process loads the models
     from .predictor import AgeEstimator
-    from .stream import predict_stream
 
     est = estimator or AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=log)
     if engine == "local":
-        for r, _ in predict_stream(est, files, detect, workers or 0, batch_size):
-            yield r
+        yield from est.predict_many(files, detect=detect, workers=workers or 0, batch_size=batch_size)
         return
     from .ray_engine import ray_predict, ray_session
 

@@ -70,7 +70,7 @@ def decode_file(path: str, reduce: bool = True) -> tuple[np.ndarray, float]:
     """(RGB, scale): a large JPEG decoded at the size the faces need (`imageio.decode_reduced`) unless
     reduce=False (the image is kept to draw on)."""
     from ..imageio import FACE_MIN_SIDE, load_reduced
-    from .predictor import check_rgb
+    from .finding import check_rgb
 
     rgb, scale = load_reduced(path, FACE_MIN_SIDE if reduce else None)
     return check_rgb(rgb), scale
@@ -78,7 +78,7 @@ def decode_file(path: str, reduce: bool = True) -> tuple[np.ndarray, float]:
 
 def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, verifier="shipped",
           upright: bool = True) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
-    from .predictor import find_and_align, in_file_pixels
+    from .finding import find_and_align, in_file_pixels
 
     def run():
         rgb, scale = decode_file(path, reduce=not keep_rgb)
@@ -99,7 +99,7 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
     if not detect or not hasattr(verifier, "head_scores"):
         return [_find(f, est.analyzer, est.cache_size, detect, keep_rgb, verifier, _turns_upright(est))
                 for f in files]
-    from .predictor import find_and_align, in_file_pixels
+    from .finding import find_and_align, in_file_pixels
 
     def propose(f):
         rgb, scale = decode_file(f, reduce=not keep_rgb)
@@ -136,18 +136,17 @@ _worker_error: str | None = None
 CHUNK = 8  # consecutive files whose faces are verified and estimated in one model batch
 
 
-def _init_pipeline(spec: tuple[str, dict]) -> None:
-    """Pipeline worker start-up: rebuild the estimator with one thread per model, and OpenCV's warps and resizes
-    on one thread too (the workers share the cores)."""
+def _init_pipeline(cls: type, spec: tuple[str, dict]) -> None:
+    """Pipeline worker start-up: rebuild the estimator (`cls`, the caller's AgeEstimator class, passed in so this
+    module needs no import of it) with one thread per model, and OpenCV's warps and resizes on one thread too (the
+    workers share the cores)."""
     global _worker_est, _worker_error
     import cv2
-
-    from .predictor import AgeEstimator
 
     cv2.setNumThreads(1)
     build, kwargs = spec
     try:
-        _worker_est = getattr(AgeEstimator, build)(**kwargs, threads=1)
+        _worker_est = getattr(cls, build)(**kwargs, threads=1)
     except Exception as e:  # raised per chunk in the main process: a failing initializer would respawn forever
         _worker_error = f"a worker could not load the models: {type(e).__name__}: {e}"
 
@@ -210,7 +209,7 @@ def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_si
     # chunks small enough to keep every worker busy to the end, at most batch_size files (one model batch) each
     chunk = max(1, min(batch_size, CHUNK, len(files) // (4 * workers)))
     jobs = [(files[i:i + chunk], detect, keep_rgb, _turns_upright(est)) for i in range(0, len(files), chunk)]
-    yield from crash_safe_map(_pipeline, jobs, workers, _crashed, _init_pipeline, (est.spec,))
+    yield from crash_safe_map(_pipeline, jobs, workers, _crashed, _init_pipeline, (type(est), est.spec))
 
 
 def _crashed(path: str) -> tuple[dict, None]:

@@ -1,7 +1,7 @@
 """Where the teacher's guard heads are sure enough to skip the separate networks, measured on faces as `predict`
 finds them.
 
-The cascade (`inference.predictor.TrunkGuard`) runs the separate occlusion detector and face network only on crops
+The cascade (`inference.finding.TrunkGuard`) runs the separate occlusion detector and face network only on crops
 whose head score falls inside a band; `train.trunk_guards` sets first bands from aligned validation crops. End to
 end the crops score differently (in a 200-photo profile the separate networks still ran on 0.74 and 0.86 crops per
 UTKFace photo, a quarter of the time per photo), so the bands are measured here on held-out data, with one

@@ -7,7 +7,7 @@ sunglasses). Each
 face's context crop (`animal.context_crop`) is read by the ImageNet classifier. The table's classes are those with
 the largest mean probability over all these faces, together carrying `cover` of it; its threshold is the `quantile`
 of the class mass over the faces the people veto is asked about (a fallback step's, or the detector under
-`animal.PEOPLE_BELOW`: `predictor.without_non_faces`; its verifier gate, `animal.FACE_SURE`, which only saves
+`animal.PEOPLE_BELOW`: `inference.finding.without_non_faces`; its verifier gate, `animal.FACE_SURE`, which only saves
 time, is not applied here). No image without a face is used: what the check turns away is measured afterwards
 (`benchmarks/no_face.py`, `benchmarks/cat_check.py`).
 
@@ -48,7 +48,7 @@ def collect(est, photos, log=print) -> tuple[np.ndarray, np.ndarray, dict]:
     """(probs, asked, faces per group) over (group, rgb) photos: every face `find_and_align` answers with the check
     switched off, read on its context crop."""
     from ..faces import animal
-    from ..inference.predictor import find_and_align
+    from ..inference.finding import find_and_align
 
     check = animal.shipped()
     if check is None:

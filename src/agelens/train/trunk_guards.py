@@ -162,7 +162,7 @@ def fit_guards(model_path: str, data_dir: Path, out: Path, n: int = 4000, seed: 
     t_occ = float(np.quantile(p_occ["val_clean"], 0.99))
     t_face = float(np.quantile(np.concatenate([p_face["val_clean"], p_face["val_occluded_any"]]), 0.005))
     kinds = data["real_kind"][real_held]
-    # the cascade (inference.predictor.TrunkGuard): where the head is sure, the separate network is not run. Sure
+    # the cascade (inference.finding.TrunkGuard): where the head is sure, the separate network is not run. Sure
     # clean: below half the lowest score of any held-out occluded face (synthetic and real; a margin, because
     # occluders drawn on whole photos score lower than these: a cut at the 0.2 % quantile lost 3 of 99 sunglasses
     # end to end); sure face: above every held-out non-face and the separate verifier's threshold
