@@ -232,3 +232,26 @@ def test_large_blocks_cover_one_side_of_the_face_or_a_third_of_it(face_crop):
     assert len(sides) == 2 and blocks > 0
     blank = np.full_like(img, 128)
     assert (guards._large_block(blank, None, np.random.default_rng(1)) != 128).any()  # no landmarks: a block anyway
+
+
+def test_side_covers_hide_one_side_of_the_face_behind_a_soft_edge(face_crop):
+    """`sides` (the occlusion guard): one side of the face covered from about the nose's midline outwards, both
+    sides over seeds; GuardSamples draws them among the occlusion positives."""
+    img, lm = face_crop
+    x0, x1 = lm[[234, 93], 0].min(), lm[[454, 323], 0].max()
+    mid, fw = lm[[1, 6, 197, 195], 0].mean(), x1 - x0
+    eye_row = int(lm[[33, 263], 1].mean())
+    sides = set()
+    for seed in range(16):
+        out = guards._side_cover(img, lm, np.random.default_rng(seed))
+        assert out.shape == img.shape and out.dtype == np.uint8
+        changed = (np.abs(out.astype(int) - img.astype(int)).sum(2) > 6)[eye_row]
+        left = changed[int(x0):int(mid - 0.25 * fw)].mean()
+        right = changed[int(mid + 0.25 * fw):int(x1)].mean()
+        assert max(left, right) > 0.9 and min(left, right) < 0.1  # one side covered at the eyes, the other not
+        sides.add("left" if left > right else "right")
+    assert sides == {"left", "right"}
+    rng = np.random.default_rng(0)
+    samples = guards.GuardSamples({"utk": img[None], "utk_lm": lm[None], "aaf": img[:0], "aaf_lm": lm[None][:0],
+                                   "real": img[None]}, "occlusion", sides=True)
+    assert {samples.draw(rng)[1] for _ in range(40)} == {0.0, 1.0}

@@ -416,17 +416,64 @@ def _large_block(img: np.ndarray, lm: np.ndarray | None, rng: np.random.Generato
     return out
 
 
+SIDE_P = 0.25  # with `sides` (occlusion): share of the synthetic positives with one side of the face covered instead
+
+
+def _side_cover(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One side of the face covered, as a hand, a held object, a doorframe or a person in front covers it: from
+    about the nose's midline (± 12 % of the face's width) outwards, brows to chin and beyond, behind a wavy,
+    slightly tilted, soft edge, filled with a natural texture (`occlusion.families.TEXTURE_SOURCES`), a shaded skin
+    tone or a dark grainy cloth. Never a flat colour with a straight edge: `benchmarks/foreign_occluders.py`'s half
+    faces (solid rectangles) stay a style the detector never saw."""
+    from ..occlusion.families import TEXTURE_SOURCES, _texture_source
+
+    h, w = img.shape[:2]
+    (brows, bridge), chin = BANDS["eyes"], BANDS["mouth"][1]
+    x0, x1 = _face_sides(lm)
+    y0, y1 = float(lm[brows, 1].min()), float(lm[chin, 1].max())
+    y0 -= 0.25 * (y1 - y0)
+    fw, fh = x1 - x0, y1 - y0
+    mid = float(lm[[1, *bridge], 0].mean()) + rng.uniform(-0.12, 0.12) * fw
+    top, bottom = y0 - rng.uniform(0, 0.15) * fh, y1 + rng.uniform(0, 0.3) * fh
+    ys = np.linspace(top, bottom, 24)
+    t = (ys - top) / max(1e-6, bottom - top)
+    edge = (mid + rng.uniform(-0.1, 0.1) * fw * (t - 0.5)
+            + rng.uniform(0, 0.06) * fw * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * t + rng.uniform(0, 2 * np.pi)))
+    outer = x1 + 0.3 * fw if rng.random() < 0.5 else x0 - 0.3 * fw
+    poly = np.concatenate([np.stack([edge, ys], 1), [[outer, bottom], [outer, top]]]).astype(np.int32)
+    alpha = np.zeros((h, w), np.float32)
+    cv2.fillPoly(alpha, [poly], 1.0)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), max(0.5, rng.uniform(0.005, 0.03) * fw))[..., None]
+    u = rng.random()
+    if u < 0.5:  # a natural texture, at a random scale and place
+        src = _texture_source(TEXTURE_SOURCES[rng.integers(len(TEXTURE_SOURCES))])
+        s = rng.uniform(0.5, 2.0) * max(h, w) / min(src.shape[:2])
+        fill = cv2.resize(src, (max(w, int(src.shape[1] * s)) + 1, max(h, int(src.shape[0] * s)) + 1))
+        oy, ox = rng.integers(0, fill.shape[0] - h + 1), rng.integers(0, fill.shape[1] - w + 1)
+        fill = fill[oy:oy + h, ox:ox + w]
+    else:  # a skin tone (a hand, a cheek in front) or a dark cloth, shaded across the cover, with grain
+        base = (rng.uniform([150, 100, 80], [235, 190, 160]) if u < 0.75 else rng.uniform(0, 80, 3)).astype(np.float32)
+        shade = 0.75 + 0.35 * np.linspace(0, 1, w, dtype=np.float32)[None, :, None] ** rng.uniform(0.5, 2.0)
+        if rng.random() < 0.5:
+            shade = shade[:, ::-1]
+        fill = base * shade + rng.normal(0, rng.uniform(2, 10), (h, w, 1)).astype(np.float32)
+    out = img.astype(np.float32) * (1 - alpha) + np.clip(fill, 0, 255) * alpha
+    return out.round().astype(np.uint8)
+
+
 class GuardSamples:
     """Draws (uint8 view, label) training samples for one guard from the collected arrays."""
 
     def __init__(self, data: dict[str, np.ndarray], task: str, kinds: tuple[str, ...] = OCCLUSION_TYPES,
-                 photo: bool = False, bands: bool = False, halves: bool = False) -> None:
+                 photo: bool = False, bands: bool = False, halves: bool = False, sides: bool = False) -> None:
         """kinds: the synthetic occluders that make an occlusion positive (faceness: every family, always).
         photo: half of the degraded samples get the photo degradations of scanned prints and small faces instead
         (`PHOTO_P`, at the photo's working resolution), faces and non-faces alike. bands (faceness): BAND_P of the
         occluded faces are under full-width bands instead (`_bands`), and as many occluded negatives get bands too;
-        halves (with bands): HALVES_P of them, half of those under a half-face or large block instead."""
+        halves (with bands): HALVES_P of them, half of those under a half-face or large block instead.
+        sides (occlusion): SIDE_P of the synthetic positives with one side of the face covered (`_side_cover`)."""
         self.d, self.task, self.kinds, self.photo, self.bands, self.halves = data, task, kinds, photo, bands, halves
+        self.sides = sides
         self.band_p = HALVES_P if halves else BAND_P
         self.faces = [(k, i) for k in ("utk", "aaf") for i in range(len(data[k]))]
 
@@ -462,7 +509,10 @@ class GuardSamples:
                 img, label = self.d["real"][rng.integers(len(self.d["real"]))], 1.0
             else:
                 img, lm = self._face(rng)
-                occ = _occluded(img, lm, rng, self.kinds)
+                if self.sides and rng.random() < SIDE_P and np.isfinite(lm[:468]).all():
+                    occ = _side_cover(img, lm, rng)
+                else:
+                    occ = _occluded(img, lm, rng, self.kinds)
                 img, label = (occ, 1.0) if occ is not None else (img, 0.0)
         u = rng.random()
         if self.photo and u < 0.25:
@@ -487,12 +537,12 @@ OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion gu
 
 
 def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str | None, seed: int = 0,
-        threads: int = 0, kinds: str = "paper", photo: bool = False, bands: bool = False, halves: bool = False
-        ) -> dict:
+        threads: int = 0, kinds: str = "paper", photo: bool = False, bands: bool = False, halves: bool = False,
+        sides: bool = False) -> dict:
     """Train one guard for `steps` batches (AdamW, cosine), choose its threshold, write OUT/best.pt + metrics.
     kinds (occlusion): "paper" (the paper's six types) or "all" (every synthesizer family, double ones included).
     photo: the photo degradations of `GuardSamples` as well; bands: its full-width bands (faceness), halves: and
-    its half faces and large blocks."""
+    its half faces and large blocks; sides (occlusion): faces with one side covered (`_side_cover`)."""
     if kinds not in OCCLUDER_SETS:
         raise ConfigError(f"kinds must be one of {', '.join(OCCLUDER_SETS)}, got {kinds!r}")
     torch.manual_seed(seed)
@@ -519,7 +569,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
                             weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
                                                 pct_start=0.1)
-    samples = GuardSamples(data, task, OCCLUDER_SETS[kinds], photo, bands, halves)
+    samples = GuardSamples(data, task, OCCLUDER_SETS[kinds], photo, bands, halves, sides)
     model.train()
     t0, log = time.perf_counter(), []
     for step in range(steps):
@@ -536,7 +586,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
             print(json.dumps(log[-1]), flush=True)
     model.eval()
     metrics = {"task": task, "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo, "bands": bands,
-               "halves": halves,
+               "halves": halves, "sides": sides,
                "seconds": round(time.perf_counter() - t0), "log": log}
     metrics.update(choose_threshold(model, data, task, photo))
     out.mkdir(parents=True, exist_ok=True)
@@ -593,7 +643,8 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
                       + (f" --kinds {metrics['kinds']}" if metrics.get("kinds", "paper") != "paper" else "")
                       + (" --photo" if metrics.get("photo") else "")
                       + (" --bands" if metrics.get("bands") else "")
-                      + (" --halves" if metrics.get("halves") else ""),
+                      + (" --halves" if metrics.get("halves") else "")
+                      + (" --sides" if metrics.get("sides") else ""),
             "test_metrics": {k: v for k, v in metrics.items() if k != "log"}}
     return export_weights(model, cfg, out_dir or weights_dir(), name, card)
 
@@ -627,6 +678,8 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--bands", action="store_true", help="faceness: also faces under full-width bands (`_bands`)")
     f.add_argument("--halves", action="store_true", help="with --bands: half of those draws a half face or a block "
                    "of 30-45 %% of the face (`_large_block`)")
+    f.add_argument("--sides", action="store_true", help="occlusion: also faces with one side covered behind a wavy "
+                   "edge (`_side_cover`)")
     sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
     sh.add_argument("run", type=Path)
     sh.add_argument("--name", required=True, choices=("faceness", "faceness_photo", "faceness_bands", "occlusion"))
@@ -638,7 +691,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init,
                                                      threads=a.threads, kinds=a.kinds, photo=a.photo, bands=a.bands,
-                                                     halves=a.halves).items()
+                                                     halves=a.halves, sides=a.sides).items()
                           if k != "log"}))
 
 
