@@ -93,8 +93,9 @@ def test_predict_adapts_a_jobs_ages_in_every_format(tmp_path, tiny_checkpoint, a
     img = np.asarray(Image.open(astronaut_path))
     d = tmp_path / "faces"
     d.mkdir()
-    for i in range(24):  # different crops, different answers
-        Image.fromarray(img[10 + 4 * i:300 + 2 * i, 110 + 3 * i:340]).save(d / f"f{i:02d}.jpg")
+    for i in range(24):  # different crops, different answers; the face whole in each (a face cut off by the edge
+        # reads as occluded to the detector's stage 5 and stays out of the mix)
+        Image.fromarray(img[10 + 3 * i:300 + 2 * i, 110 + 2 * i:340 + i]).save(d / f"f{i:02d}.jpg")
 
     def ages(text, lines=False):
         recs = [json.loads(x) for x in text.splitlines()] if lines else json.loads(text)
