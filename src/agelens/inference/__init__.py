@@ -27,19 +27,20 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
     local Ray with num_cpus CPUs (default: this machine's, at least workers + 1); records in completion order.
     `estimator`: an already loaded AgeEstimator (local engine; the Ray engine only reads its cache_size)."""
     from ..parallel import start_workers_early
-    from .inputs import expand_inputs, printable
+    from .inputs import job_files
 
     if engine not in ENGINES:
         raise AgelensError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    paths = [str(source)] if isinstance(source, str | Path) else [str(p) for p in source]  # list, tuple, iterator
-    files = [f for f in expand_inputs(paths) if printable(f) not in skip]
+    files = job_files(source, skip)  # expanded once, before the models load
     if engine == "local" and workers:
         start_workers_early()  # their forkserver imports the pipeline while this process loads the models
     from .predictor import AgeEstimator
+    from .stream import predict_stream
 
     est = estimator or AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=log)
-    if engine == "local":
-        yield from est.predict_many(files, detect=detect, workers=workers or 0, batch_size=batch_size)
+    if engine == "local":  # as `AgeEstimator.predict_many`, on the files expanded above
+        for r, _ in predict_stream(est, files, detect, workers or 0, batch_size):
+            yield r
         return
     from .ray_engine import ray_predict, ray_session
 

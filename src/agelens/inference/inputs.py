@@ -28,6 +28,13 @@ def expand_inputs(paths: list[str]) -> list[str]:
     return out
 
 
+def job_files(source, skip=()) -> list[str]:
+    """The image files of a job's `source` (a file, folder or glob, or a list or iterator of them), expanded
+    (`expand_inputs`), less those whose printable name is in `skip` (already answered: resume)."""
+    paths = [str(source)] if isinstance(source, str | Path) else [str(p) for p in source]
+    return [f for f in expand_inputs(paths) if printable(f) not in skip]
+
+
 def printable(text: str) -> str:
     """File names that are not valid UTF-8 (surrogate-escaped by Python) as readable, valid UTF-8:
     the undecodable bytes become \\xNN, so CSV/JSON/terminal output never breaks on them."""

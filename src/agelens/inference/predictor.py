@@ -530,11 +530,10 @@ class AgeEstimator:
         then needs Python's `if __name__ == "__main__":` guard). `est.adapt(records)` adapts a finished job to its
         own age mix, as `agelens predict` does; `agelens.predict_many` adds the Ray engine."""
         from ..parallel import start_workers_early
-        from .inputs import expand_inputs, printable
+        from .inputs import job_files
         from .stream import predict_stream
 
-        paths = [str(source)] if isinstance(source, str | Path) else [str(p) for p in source]  # list, iterator
-        files = [f for f in expand_inputs(paths) if printable(f) not in skip]
+        files = job_files(source, skip)
         if workers:
             start_workers_early()
         for r, _ in predict_stream(self, files, detect, workers, batch_size):
