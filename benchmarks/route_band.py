@@ -6,8 +6,7 @@ datasets clean and under each test degradation (`benchmarks/generalise.py`'s see
 photos under each occluder of `occlusion.synth` (the paper's six types and the newer families, placed from the
 clean face's FaceMesh; the face nearest the clean face's box). Each face gets the teacher's (age, spread), the
 student's mean over its views and its single view (the two ways `analyse_crops` reads it, by weight) and the
-occlusion score. A band (lo, hi) gives the student the weight clip((score − lo) / (hi − lo), 0, 1), as
-`inference.predictor.soft_weight`; per band: MAE of clean and degraded photos per dataset, of the paper types and of
+occlusion score. A band (lo, hi) gives the student the weight `inference.predictor.soft_weight` gives with that band; per band: MAE of clean and degraded photos per dataset, of the paper types and of
 the newer families, and the share of clean / degraded faces the student reads (its time).
 
     python benchmarks/route_band.py --part val --n 200 --rows runs/route_band_val.npz --out runs/route_band_val.json
@@ -33,7 +32,7 @@ from agelens.faces.detect import FaceAnalyzer  # noqa: E402
 from agelens.faces.prepare import largest_face  # noqa: E402
 from agelens.faces.realign import SINGLE_VIEW  # noqa: E402
 from agelens.imageio import load_image  # noqa: E402
-from agelens.inference.predictor import SOFT_BAND, VIEWS_FROM, AgeEstimator, face_source  # noqa: E402
+from agelens.inference.predictor import SOFT_BAND, VIEWS_FROM, AgeEstimator, face_source, soft_weight  # noqa: E402
 from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude  # noqa: E402
 from agelens.utils import atomic_write_json  # noqa: E402
 from occlusion_e2e import NEW_KINDS, found_nearest, save_jpeg  # noqa: E402
@@ -105,8 +104,7 @@ def collect(part: str, n: int, seed: int, foreign: bool) -> dict[str, np.ndarray
 def answers(d: dict[str, np.ndarray], band: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """(routed age, student weight) per face under a band, as `analyse_crops` routes: the student's views from
     VIEWS_FROM, its single view below."""
-    lo, hi = band
-    w = np.clip((d["occ"] - lo) / (hi - lo), 0.0, 1.0)
+    w = soft_weight(d["occ"], d["occ"] >= 0.5, band)
     return (1 - w) * d["ta"] + w * np.where(w >= VIEWS_FROM, d["sa"], d["s1"]), w
 
 

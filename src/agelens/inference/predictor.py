@@ -84,11 +84,11 @@ ROUTES = ("auto", "teacher", "student")
 SOFT_BAND = (0.3, 0.9)
 
 
-def soft_weight(score: np.ndarray, occluded: np.ndarray) -> np.ndarray:
-    """The student's weight per face: 0 up to SOFT_BAND's foot, rising linearly to 1 at its top, 1 above it. NaN
-    scores (no detector) fall back to the hard verdict."""
+def soft_weight(score: np.ndarray, occluded: np.ndarray, band: tuple[float, float] = SOFT_BAND) -> np.ndarray:
+    """The student's weight per face: 0 up to the band's foot (SOFT_BAND unless given), rising linearly to 1 at its
+    top, 1 above it. NaN scores (no detector) fall back to the hard verdict."""
     s = np.asarray(score, np.float32)
-    lo, hi = SOFT_BAND
+    lo, hi = band
     w = np.clip((s - lo) / (hi - lo), 0.0, 1.0)
     return np.where(np.isfinite(s), w, np.asarray(occluded, np.float32)).astype(np.float32)
 
