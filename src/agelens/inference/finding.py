@@ -158,6 +158,14 @@ class SeparateGuard(TrunkGuard):
     def head_scores(self, crops: np.ndarray) -> np.ndarray:
         return self.fallback_scores(np.asarray(crops))
 
+    def scores(self, crops: np.ndarray) -> np.ndarray:
+        """`TrunkGuard.scores` with no head to be sure: every crop is the fallback's (read from the memo once)."""
+        crops = np.asarray(crops)
+        p = self.fallback_scores(crops)
+        self._vouch(self.photo, self._photo_memo, crops, p, p < DETECTED_THRESHOLD, DETECTED_THRESHOLD,
+                    DETECTED_THRESHOLD)
+        return p
+
 
 def face_source(face: tuple):
     """A `find_and_align` face's CropSource (None for a whole-image face, or a face tuple without one)."""
