@@ -77,9 +77,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--datasets", nargs="+", default=["utkface", "aaf"])
     ap.add_argument("--out", type=Path, default=Path("runs/interval_e2e_val"))
+    ap.add_argument("--backend", default="auto", help="predict's backend (auto: as predict chooses on this CPU)")
     a = ap.parse_args()
     t0 = time.time()
-    est = AgeEstimator.from_pretrained()
+    est = AgeEstimator.from_pretrained(backend=a.backend)
     rows = []
     for ds in a.datasets:
         rows += face_rows(est, g.test_files(ds, a.n, a.seed, a.part), a.n_new, a.seed, ds)
@@ -102,7 +103,7 @@ def main() -> None:
     per_ds = {ds: {group: cover([r for r in rows if r["dataset"] == ds and r["condition"] in conds])
                    for group, conds in GROUPS.items()} for ds in a.datasets}
     cmd = (f"python benchmarks/interval_e2e.py --part {a.part} --n {a.n} --n-new {a.n_new} --seed {a.seed} "
-           f"--out {a.out}")
+           f"--out {a.out}" + (f" --backend {a.backend}" if a.backend != "auto" else ""))
     res = {"command": cmd, "backend": est.backend, "z": {"teacher": getattr(est.teacher, "interval_z", None),
                                                           "student": getattr(est.student, "interval_z", None)},
            "table": table, "per_dataset": per_ds, "seconds": round(time.time() - t0)}
