@@ -387,6 +387,24 @@ def test_int8_ranges_round_trip_and_mismatch(onnx_dir, tmp_path):
     assert not (tmp_path / "c.int8.onnx").exists() and not list(tmp_path.glob("*.pre.onnx"))
 
 
+def test_int8_recalibration_cut_short_keeps_the_old_ranges(onnx_dir, tmp_path):
+    """Calibrating afresh writes the new ranges only once the int8 graph is done: a calibration that fails (here
+    faces of the wrong size) leaves the ranges file as it was and no side file behind."""
+    from agelens.export.onnx import quantize_int8
+    from agelens.inference.backends.onnx import OnnxModel
+
+    src = onnx_dir / "occlusion.onnx"
+    ranges = tmp_path / "occlusion.int8-ranges.json"
+    ranges.write_text('{"data": {}}')
+    wrong = _views(4, OnnxModel(src).input_size + 8, seed=3)
+    with pytest.raises(Exception):  # noqa: B017 (onnxruntime's own error for the wrong input shape)
+        quantize_int8(src, tmp_path / "a.int8.onnx", wrong, ranges)
+    assert ranges.read_text() == '{"data": {}}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["occlusion.int8-ranges.json"]
+    quantize_int8(src, tmp_path / "a.int8.onnx", _views(20, OnnxModel(src).input_size, seed=2), ranges)
+    assert json.loads(ranges.read_text())["data"] and not (tmp_path / "occlusion.int8-ranges.json.new").exists()
+
+
 def test_auto_backend_takes_int8_only_where_the_cpu_pays_for_it():
     """int8 runs 1.4x faster on CPUs with VNNI or AMX and 1.3x on AVX2 alone (7-bit weights) at the same overall
     MAE; elsewhere auto stays on fp32."""

@@ -10,6 +10,7 @@ needs nothing but onnxruntime and numpy.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -245,6 +246,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     ranges = Path(ranges) if ranges is not None else None
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    # ranges measured afresh go to a side file first and replace `ranges` only once the graph is written: a run cut
+    # short leaves the old ranges in place (onnxruntime would read an existing cache file instead of measuring)
+    cache = ranges if views is None or ranges is None else ranges.with_name(ranges.name + ".new")
     try:
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         graph = onnx.load(str(pre)).graph
@@ -252,8 +256,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
         keep_fp32 = [c for c in (convs[:fp32_first] + convs[-1:]) if c] if len(convs) > fp32_first else []
         if views is None and ranges is not None:
             _check_ranges(ranges, {t for n in graph.node for t in (*n.input, *n.output)})
-        elif ranges is not None:  # calibrate afresh: onnxruntime would read an existing file instead
-            ranges.unlink(missing_ok=True)
+        elif cache is not None:
+            cache.unlink(missing_ok=True)
 
         def write(tmp: Path) -> None:
             if views is None and ranges is None:
@@ -265,12 +269,16 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
                                 op_types_to_quantize=["Conv", "Clip", "Add"], nodes_to_exclude=keep_fp32,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 calibrate_method=CalibrationMethod.Percentile, reduce_range=reduce_range,
-                                calibration_cache_path=str(ranges) if ranges is not None else None)
+                                calibration_cache_path=str(cache) if cache is not None else None)
             _copy_metadata(fp32_path, tmp)
 
         atomic_write(out_path, write)
+        if cache is not None and cache != ranges:
+            os.replace(cache, ranges)
     finally:
         pre.unlink(missing_ok=True)
+        if cache is not None and cache != ranges:
+            cache.unlink(missing_ok=True)
     w7 = "-w7" if reduce_range else ""
     if views is None:
         return f"dynamic{w7}" if ranges is None else f"{STATIC_INT8}{w7} (saved ranges)"
