@@ -248,7 +248,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
     pre = out_path.with_name(out_path.stem + ".pre.onnx")
     # ranges measured afresh go to a side file first and replace `ranges` only once the graph is written: a run cut
     # short leaves the old ranges in place (onnxruntime would read an existing cache file instead of measuring)
-    cache = ranges if views is None or ranges is None else ranges.with_name(ranges.name + ".new")
+    fresh = views is not None and ranges is not None
+    cache = ranges.with_name(ranges.name + ".new") if fresh else ranges
     try:
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         graph = onnx.load(str(pre)).graph
@@ -256,7 +257,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
         keep_fp32 = [c for c in (convs[:fp32_first] + convs[-1:]) if c] if len(convs) > fp32_first else []
         if views is None and ranges is not None:
             _check_ranges(ranges, {t for n in graph.node for t in (*n.input, *n.output)})
-        elif cache is not None:
+        elif fresh:
             cache.unlink(missing_ok=True)
 
         def write(tmp: Path) -> None:
@@ -273,11 +274,11 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
             _copy_metadata(fp32_path, tmp)
 
         atomic_write(out_path, write)
-        if cache is not None and cache != ranges:
+        if fresh:
             os.replace(cache, ranges)
     finally:
         pre.unlink(missing_ok=True)
-        if cache is not None and cache != ranges:
+        if fresh:
             cache.unlink(missing_ok=True)
     w7 = "-w7" if reduce_range else ""
     if views is None:
