@@ -104,14 +104,19 @@ class TrunkGuard:
 
     def scores(self, crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)
-        p = self.head_scores(crops)
+        p, unsure = self._cascade(crops)
         if self.fallback is not None:
-            unsure = (p >= self.skip_below) & (p < self.skip_above)
-            if unsure.any():
-                p[unsure] = self.fallback_scores(crops[unsure])
             self._vouch(self.photo, self._photo_memo, crops, p, unsure & (p < DETECTED_THRESHOLD), DETECTED_THRESHOLD,
                         DETECTED_THRESHOLD)
         return p
+
+    def _cascade(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The head's scores with the fallback's where the head is unsure, and which crops those were."""
+        p = self.head_scores(crops)
+        unsure = (p >= self.skip_below) & (p < self.skip_above)
+        if self.fallback is not None and unsure.any():
+            p[unsure] = self.fallback_scores(crops[unsure])
+        return p, unsure
 
     def separate_scores(self, crops: np.ndarray) -> np.ndarray:
         """The separate networks alone, for the fallback steps (decided at `threshold`): the fallback's score, or
@@ -158,13 +163,9 @@ class SeparateGuard(TrunkGuard):
     def head_scores(self, crops: np.ndarray) -> np.ndarray:
         return self.fallback_scores(np.asarray(crops))
 
-    def scores(self, crops: np.ndarray) -> np.ndarray:
-        """`TrunkGuard.scores` with no head to be sure: every crop is the fallback's (read from the memo once)."""
-        crops = np.asarray(crops)
-        p = self.fallback_scores(crops)
-        self._vouch(self.photo, self._photo_memo, crops, p, p < DETECTED_THRESHOLD, DETECTED_THRESHOLD,
-                    DETECTED_THRESHOLD)
-        return p
+    def _cascade(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """No head to be sure: every crop is the fallback's, read from the memo once."""
+        return self.fallback_scores(crops), np.ones(len(crops), bool)
 
 
 def face_source(face: tuple):
