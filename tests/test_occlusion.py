@@ -267,3 +267,44 @@ def test_stagewise_distillation_trains_only_the_current_stage(tmp_path):
     for j in (0, 2, 3):
         assert not after[f"backbone.adapters.{j}.body.6.weight"].any()
     assert after["backbone.adapters.1.body.6.weight"].any()
+
+
+def test_stagewise_distillation_can_continue_from_an_earlier_student(tmp_path):
+    """distill.student_init: the stage-wise phase starts from an earlier student (adapters included), not from the
+    teacher; a student of another architecture is refused by name."""
+    from agelens.config import RunConfig, config_to_dict
+    from agelens.errors import CheckpointError
+    from agelens.models import build_model
+    from agelens.models.checkpoint import save_checkpoint
+    from agelens.train.distill import distill_stages, student_to_continue
+
+    cfg = RunConfig(name="kd2", out_dir=str(tmp_path))
+    cfg.model.backbone, cfg.model.pretrained, cfg.model.align = "resnet18", False, "residual"
+    cfg.data.crop_size, cfg.data.input_size = 224, 64
+    cfg.train.batch_size, cfg.train.max_steps_per_epoch, cfg.train.numerics, cfg.train.tta_flip = 4, 2, "fp32", False
+    cfg.distill.stages, cfg.distill.stage_epochs = [3], 1
+    cfg.occlusion.enabled = True
+    tcfg = RunConfig()
+    tcfg.model.backbone, tcfg.model.pretrained = "resnet18", False
+    save_checkpoint(tmp_path / "teacher.pt", {"model": build_model(tcfg.model).state_dict(),
+                                              "config": config_to_dict(tcfg)})
+    earlier = build_model(cfg.model)
+    with torch.no_grad():
+        for p in earlier.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # an earlier student: neither the teacher nor fresh adapters
+    save_checkpoint(tmp_path / "earlier.pt", {"model": earlier.state_dict(), "config": config_to_dict(cfg)})
+    cont = student_to_continue(cfg, str(tmp_path / "earlier.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(cont.state_dict().values(), earlier.state_dict().values()))
+    cfg.distill.teacher, cfg.distill.student_init = str(tmp_path / "teacher.pt"), str(tmp_path / "earlier.pt")
+    distill_stages(cfg, _FakeCache(8), _FakeCache(4), log=lambda *_: None)
+    after = torch.load(tmp_path / "kd2" / "stages.pt", weights_only=False)["model"]
+    before = earlier.state_dict()
+    # stages other than 3 keep the earlier student's weights, adapters included
+    assert torch.equal(after["backbone.adapters.0.body.6.weight"], before["backbone.adapters.0.body.6.weight"])
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("backbone.stages.2."))
+    other = RunConfig()
+    other.model.backbone, other.model.pretrained, other.model.align = "resnet18", False, "none"
+    save_checkpoint(tmp_path / "plain.pt", {"model": build_model(other.model).state_dict(),
+                                            "config": config_to_dict(other)})
+    with pytest.raises(CheckpointError, match="align"):
+        student_to_continue(cfg, str(tmp_path / "plain.pt"))

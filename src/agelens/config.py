@@ -144,6 +144,9 @@ class DistillConfig:
     stage_epochs: int = 40
     stage_lrs: list[float] = field(default_factory=lambda: [1e-4, 5e-5, 1e-5, 5e-6])  # one per stage 1..4
     finetune: bool = True  # then global fine-tuning with age labels on occluded faces (the train section)
+    # "" = the student starts as a copy of the teacher (the paper); else a student to continue from (shipped name,
+    # .safetensors, .pt checkpoint or run folder, same architecture): stage-wise budget added across runs
+    student_init: str = ""
 
 
 GROUP_KEYS = ("age_bin", "age", "gender", "race")

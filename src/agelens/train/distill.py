@@ -38,6 +38,24 @@ def student_from_teacher(cfg: RunConfig, teacher) -> torch.nn.Module:
     return student
 
 
+def student_to_continue(cfg: RunConfig, name_or_path: str) -> torch.nn.Module:
+    """A student built from `cfg.model` holding the weights of an earlier student (`distill.student_init`)."""
+    from ..models.weights import resolve_model
+
+    earlier, ecfg, _ = resolve_model(name_or_path)
+    if ecfg.model.backbone != cfg.model.backbone or ecfg.model.align != cfg.model.align:
+        raise CheckpointError(f"student_init {name_or_path!r} is a {ecfg.model.backbone} (align {ecfg.model.align}), "
+                              f"the config asks for {cfg.model.backbone} (align {cfg.model.align})")
+    cfg.model.pretrained = False
+    student = build_model(cfg.model)
+    state = {k: v.float() for k, v in earlier.state_dict().items()
+             if student.guards is not None or not k.startswith("guards.")}
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"student_init {name_or_path!r} does not fit the student ({(missing or unexpected)[:3]})")
+    return student
+
+
 def _set_stage_trainable(model, k: int) -> list[torch.nn.Parameter]:
     for p in model.parameters():
         p.requires_grad_(False)
@@ -61,7 +79,11 @@ def distill_stages(cfg: RunConfig, train_cache, val_cache, resume: bool = False,
     teacher, tcfg = frozen_model(d.teacher)
     if tcfg.model.backbone != cfg.model.backbone:
         raise CheckpointError(f"teacher backbone {tcfg.model.backbone} differs from student {cfg.model.backbone}")
-    student = student_from_teacher(cfg, teacher)
+    if d.student_init:
+        student = student_to_continue(cfg, d.student_init)
+        log(f"stage-wise distillation continues from {d.student_init}")
+    else:
+        student = student_from_teacher(cfg, teacher)
 
     def probe_loss(m, x, y):
         return m.head.loss(m(x), y)
