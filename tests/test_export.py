@@ -273,8 +273,8 @@ def test_predict_streams_jsonl_and_resumes(tmp_path, astronaut_path, onnx_dir):
 
 
 def test_int8_auto_tta_takes_the_int8_single_view_graph(onnx_int8_dir, tmp_path):
-    """precision int8: <role>.notta.int8.onnx in tta "auto" (selective flip-TTA on int8) and "none"; without it the
-    two-view <role>.int8.onnx with the mirror on every face; fp32 where a graph has no int8 copy."""
+    """precision int8: teacher.notta.int8.onnx in tta "auto" (selective flip-TTA on int8) and "none"; without it the
+    two-view teacher.int8.onnx with the mirror on every face; fp32 where a graph has no int8 copy (the student)."""
     import shutil
 
     from agelens.inference.backends.onnx import load_onnx_models
@@ -282,11 +282,12 @@ def test_int8_auto_tta_takes_the_int8_single_view_graph(onnx_int8_dir, tmp_path)
     d = tmp_path / "export"
     shutil.copytree(onnx_int8_dir, d)
     models = load_onnx_models(d, "int8")
-    for role in ("teacher", "student"):
-        m = models[role]
-        assert m.path.name == f"{role}.notta.int8.onnx" and m.precision == "int8" and not m.tta_flip
-        assert m.tta_spread is not None
-        assert load_onnx_models(d, "int8", tta="none")[role].path.name == f"{role}.notta.int8.onnx"
+    m = models["teacher"]
+    assert m.path.name == "teacher.notta.int8.onnx" and m.precision == "int8" and not m.tta_flip
+    assert m.tta_spread is not None
+    assert load_onnx_models(d, "int8", tta="none")["teacher"].path.name == "teacher.notta.int8.onnx"
+    s = models["student"]  # the student stays fp32 under every int8 flavour (utils.INT8_FLAVORS), selective TTA kept
+    assert s.path.name == "student.notta.onnx" and s.precision == "fp32" and s.tta_spread is not None
     assert models["occlusion"].path.name == "occlusion.int8.onnx" and models["faceness"].precision == "fp32"
     assert load_onnx_models(d, "int8", tta="full")["teacher"].path.name == "teacher.int8.onnx"
     for role in ("teacher", "student"):
@@ -313,6 +314,7 @@ def test_int8_flavours_per_cpu(onnx_int8_dir, tmp_path):
     assert models["teacher"].path.name == "teacher.notta.int8w7.onnx" and models["teacher"].precision == "int8"
     assert models["occlusion"].path.name == "occlusion.int8w7.onnx"
     assert models["student"].path.name == "student.notta.onnx"  # the student stays fp32 there
+    assert load_onnx_models(d, "int8")["student"].precision == "fp32"  # and on VNNI / AMX CPUs too
     views = _views(4, 160)
     w7, w8 = models["teacher"].run(views)[0], load_onnx_models(d, "int8")["teacher"].run(views)[0]
     assert not np.array_equal(w7, w8)  # another graph, not the 8-bit one renamed

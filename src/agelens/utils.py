@@ -130,9 +130,12 @@ INT8_W7_FLAGS = ("avx2",)  # CPUs whose int8 graphs keep 7-bit weights (the "int
 # 7-bit ones (onnxruntime's reduce_range); end to end on 400 UTKFace / 300 All-Age-Faces test photos MAE +0.090 /
 # +0.011 with 8-bit weights, -0.028 / -0.027 with 7-bit ones (`benchmarks/int8_e2e.py`). The student stays fp32
 # there: its 7-bit copy cost the newer occluder families 0.20 years end to end (5.116 → 5.313, combinations
-# +0.08 to +0.59; `benchmarks/occlusion_e2e.py`), fp32 0.06 (5.173, the occlusion flags of int8). `int8_flavor`
-# picks the flavour per CPU.
-INT8_FLAVORS: dict[str, tuple[bool, tuple[str, ...]]] = {"int8": (False, ()), "int8w7": (True, ("student",))}
+# +0.08 to +0.59; `benchmarks/occlusion_e2e.py`), fp32 0.06 (5.173, the occlusion flags of int8). Since 2026-12-04 it
+# stays fp32 with VNNI / AMX too: its 8-bit copy cost the newer occluder kinds 0.16 years end to end (test photos of
+# both datasets, `benchmarks/interval_e2e.py --seed 3`: 5.84 fp32, 6.00 int8; paper types 6.32 / 6.33) for 10.7 % of
+# predict's time on real masked photos, where it answers nearly every face, and 1.0 % on clean ones
+# (`benchmarks/ab_predict.py`, docs/inference_levers.md). `int8_flavor` picks the flavour per CPU.
+INT8_FLAVORS: dict[str, tuple[bool, tuple[str, ...]]] = {"int8": (False, ("student",)), "int8w7": (True, ("student",))}
 
 
 def int8_flavor(flags: set[str] | None = None) -> str | None:
