@@ -48,7 +48,7 @@ def student_to_continue(cfg: RunConfig, name_or_path: str) -> torch.nn.Module:
                               f"the config asks for {cfg.model.backbone} (align {cfg.model.align})")
     cfg.model.pretrained = False
     student = build_model(cfg.model)
-    state = {k: v.float() for k, v in earlier.state_dict().items()
+    state = {k: v.float() if v.is_floating_point() else v for k, v in earlier.state_dict().items()
              if student.guards is not None or not k.startswith("guards.")}
     missing, unexpected = student.load_state_dict(state, strict=False)
     if missing or unexpected:
