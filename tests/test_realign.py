@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from agelens.data.views import centre_views
 from agelens.faces import realign
 from agelens.faces.align import TEMPLATE_KEYPOINTS, align_face, transform_points, warp
 from agelens.faces.realign import RealignModel
-from agelens.inference.predictor import SINGLE_VIEW, STUDENT_VIEWS
+from agelens.inference.predictor import FULL_STUDENT_VIEWS, SINGLE_VIEW, STUDENT_VIEWS
 
 needs_weights = pytest.mark.skipif(realign.shipped() is None, reason="no shipped realignment network")
 
@@ -188,23 +189,34 @@ def test_predict_realigns_the_students_faces_from_the_photo(photo):
 
 
 @needs_weights
-def test_student_answers_the_mean_of_its_views(photo):
+@pytest.mark.parametrize(("tta", "views"), [("auto", STUDENT_VIEWS), ("full", FULL_STUDENT_VIEWS)])
+def test_student_answers_the_mean_of_its_views(photo, tta, views):
+    """Each view warped from the source, read plain and mirrored ("auto": the mirror for every view of a face the
+    student answers; "full": the flip-TTA graph), the answer their mean."""
     from agelens import AgeEstimator
 
-    est = AgeEstimator.from_pretrained(backend="onnx", route="student")
-    assert est.student_views == STUDENT_VIEWS and len(STUDENT_VIEWS) > 1
+    est = AgeEstimator.from_pretrained(backend="onnx", route="student", tta_flip=tta)
+    assert est.student_views == views
     faces = est.faces_of(photo[0])
     crops, sources = np.stack([f[2] for f in faces]), [f[5] for f in faces]
     got = est.analyse_faces(faces)
     net = realign.shipped()
     c = net.corrections(crops, sources=sources)
     est.realign, est.student_views = False, SINGLE_VIEW
-    per_view = []  # each view warped by hand from the source, read as one plain view
-    for scale, degrees in STUDENT_VIEWS:
+    s = est.student
+    per_view = []  # each view warped by hand from the source, read plain and mirrored
+    for scale, degrees in views:
         v = realign.centred_similarity(scale, degrees)
-        per_view.append(est.analyse_crops(np.stack([s.resample(realign.compose(v, m)) for s, m in zip(sources, c)])))
-    assert got["age"] == pytest.approx(np.mean([r["age"] for r in per_view], 0), abs=1e-4)
-    assert got["spread"] == pytest.approx(np.mean([r["spread"] for r in per_view], 0), abs=1e-4)
-    assert np.ptp([r["age"][0] for r in per_view]) > 1e-3  # the views differ
+        moved = centre_views(np.stack([src.resample(realign.compose(v, m)) for src, m in zip(sources, c)]),
+                             s.crop_size, s.input_size)
+        plain = s.run(moved)
+        if tta == "auto":  # the single-view graph: the mirror by hand
+            mirrored = s.run(np.ascontiguousarray(moved[:, :, ::-1]))
+            plain = tuple((p + m) / 2 for p, m in zip(plain, mirrored))
+        per_view.append(plain)
+    assert got["age"] == pytest.approx(np.mean([r[0] for r in per_view], 0), abs=1e-4)
+    assert got["spread"] == pytest.approx(np.mean([r[1] for r in per_view], 0), abs=1e-4)
+    if len(views) > 1:
+        assert np.ptp([r[0][0] for r in per_view]) > 1e-3  # the views differ
     single = AgeEstimator.from_pretrained(backend="onnx", route="student", tta_flip="none")
     assert single.student_views == SINGLE_VIEW

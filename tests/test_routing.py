@@ -56,8 +56,45 @@ def test_auto_route_blends_only_uncertain_faces_and_names_the_heavier_model():
     assert np.allclose(r["student_weight"], [0, 0.25, 0.75, 1], atol=1e-6)
     # each model ran only on the faces it weighs: the teacher on 3, the student on 3, at its views where it weighs
     # VIEWS_FROM or more (0.75, 1.0) and at one view where it is blended in under that (0.25)
-    assert len(est.student_views) == 3 and 0.25 < VIEWS_FROM <= 0.75
+    assert 0.25 < VIEWS_FROM <= 0.75
     assert est.teacher.calls == 3 and est.student.calls == 1 + 2 * len(est.student_views)
+
+
+class SelectiveStudent(FakeExpert):
+    """A single-view student whose card gives a selective-TTA cut (tta="auto"): spread 2 on plain views (under the
+    cut), 9 on mirrored ones; counts mirrored views apart."""
+
+    tta_flip, tta_spread = False, 5.0
+
+    def __init__(self) -> None:
+        super().__init__("student", 40.0)
+        self.mirrored = 0
+
+    def run(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.calls += len(views)
+        marked = views[:, 0, 0, 0] == 1  # the fake crops mark their left column, which a mirror moves right
+        self.mirrored += int((~marked).sum())
+        return np.full(len(views), self.age, np.float32), np.where(marked, 2.0, 9.0).astype(np.float32)
+
+
+def test_auto_student_mirrors_every_view_of_its_faces_and_only_unsure_blended_ones():
+    lo, hi = SOFT_BAND
+    est = AgeEstimator(FakeExpert("teacher", 20.0), SelectiveStudent(), FakeDetector([lo + 0.25 * (hi - lo), 0.99]),
+                       "auto", backend="fake")
+    assert est.student_tta_spread == 5.0 and est.student_mirror
+    crops = np.zeros((2, 256, 256, 3), np.uint8)
+    crops[:, :, :60] = 1
+    est.realign = False  # the fake crops as they are (no realignment network)
+    r = est.analyse_crops(crops)
+    # the blended face: one plain view, sure (spread 2 < 5), not mirrored; the student's face: each view plain and
+    # mirrored although sure, its spread the mean of the two (2 and 9)
+    views = len(est.student_views)
+    assert est.student.calls == 1 + 2 * views and est.student.mirrored == views
+    assert r["spread"][1] == pytest.approx(5.5)
+    est.student.calls = est.student.mirrored = 0
+    est.student_mirror = False  # each view mirrored only where unsure: none here
+    est.analyse_crops(crops)
+    assert est.student.calls == 1 + views and est.student.mirrored == 0
 
 
 @pytest.mark.parametrize(("route", "age", "model"), [("teacher", 20.0, "teacher"), ("student", 40.0, "student")])

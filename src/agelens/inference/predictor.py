@@ -41,14 +41,16 @@ if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs wi
     from ..numerics import Numerics
 
 
-# The student reads each face at these views, (scale, degrees) about the centre of its realigned crop, and answers
-# their mean (ages and spreads). One view's age moves 1.2 years on average between such views of the same occluded
-# face, so the mean is steadier. Chosen on two samples of 100 UTKFace validation photos under 11 occluder kinds,
-# found and realigned as predict does (student alone, change against one view, paired bootstrap 95 %): paper types
-# −0.119 [−0.202, −0.042] and −0.155 [−0.225, −0.082] (benchmarks/student_views.py); scale and rotation views (5)
-# gained 0.03 more for two more passes. Test photos: paper types 6.515 → 6.446; +38 % predict time where the
-# student answers nearly every face (docs/inference_levers.md). tta="none" reads one view.
-STUDENT_VIEWS = ((1.0, 0.0), (1.04, 0.0), (1 / 1.04, 0.0))
+# The student reads each face at these views, (scale, degrees) about the centre of its realigned crop, each plain and
+# mirrored (`AgeEstimator.student_mirror`), and answers their mean (ages and spreads): one view's age moves 1.2 years on
+# average between such views of the same occluded face, so a mean is steadier. From 2026-12-02 to 12-04 it read the
+# three FULL_STUDENT_VIEWS, each mirrored only where unsure (4.3 passes a face); on 1,556 faces of 150 UTKFace
+# validation photos under 11 occluder kinds, found and realigned as predict does, reading one view at scale 1/1.04
+# plain and mirrored (2 passes) changed the student's MAE by -0.034 [-0.126, +0.054] (paper types -0.007 [-0.130,
+# +0.120]), all six passes by -0.053 [-0.085, -0.022] (benchmarks/student_passes.py, paired bootstrap 95 %; test part:
+# docs/inference_levers.md). The six are what tta="full" reads; tta="none" reads SINGLE_VIEW alone.
+STUDENT_VIEWS = ((1 / 1.04, 0.0),)
+FULL_STUDENT_VIEWS = ((1.0, 0.0), (1.04, 0.0), (1 / 1.04, 0.0))
 # The views are read for faces whose student weight (`soft_weight`) is at least this; a face blended below it
 # (mostly clean faces the occlusion detector is unsure of: 12 % of clean UTKFace test faces when the band began at
 # 0.1, about 2 % since its ramp from 0.3) takes one view, its share of the answer being small.
@@ -160,6 +162,9 @@ class AgeEstimator:
         self.upright = True  # faces read as turned are looked for again on the image turned upright
         self.realign = True  # the student reads its crops realigned (faces.realign) where that network is shipped
         self.student_views = STUDENT_VIEWS  # the student's answer: the mean over these views of each face
+        # a single-view student with a selective cut (tta="auto") reads each of `student_views` mirrored as well,
+        # not only where unsure; the faces blended in under VIEWS_FROM keep the cut
+        self.student_mirror = True
         self._memo = CropMemo()  # crop → teacher (age, spread, guards) for a teacher with guards
         guards = getattr(teacher, "guard_thresholds", None)
         if guards:  # the teacher's own heads screen every crop; the separate networks (if any) see the unsure ones
@@ -264,8 +269,8 @@ class AgeEstimator:
                   teacher.tta_spread if selective else None, photo, bands)
         if detector:  # a detector asked for by name decides every face (no screening by the teacher's head)
             est.detector = det
-        if tta_flip == "none":
-            est.student_views = SINGLE_VIEW
+        if tta_flip in ("none", "full"):
+            est.student_views = SINGLE_VIEW if tta_flip == "none" else FULL_STUDENT_VIEWS
         return est
 
     @classmethod
@@ -291,8 +296,8 @@ class AgeEstimator:
                   models.get("faceness"), t.tta_spread,  # the loader leaves a cut only where "auto" uses it
                   models.get("faceness_photo"), models.get("faceness_bands"))
         est.onnx_dir = d
-        if tta == "none":
-            est.student_views = SINGLE_VIEW
+        if tta in ("none", "full"):
+            est.student_views = SINGLE_VIEW if tta == "none" else FULL_STUDENT_VIEWS
         est.spec = ("from_onnx", {"onnx_dir": str(d), "precision": precision, "route": route, "cache_size": cache_size,
                                   "tta": tta})
         return est
@@ -328,28 +333,33 @@ class AgeEstimator:
         idx = np.flatnonzero(sel)
         ages, spreads = np.zeros((2, len(idx)), np.float32)
         many = w[idx] >= VIEWS_FROM
-        for group, views in ((many, self.student_views), (~many, SINGLE_VIEW)):
+        for group, views, mirror in ((many, self.student_views, self.student_mirror), (~many, SINGLE_VIEW, False)):
             if group.any():
                 src = None if sources is None else [sources[i] for i in idx[group]]
                 ages[group], spreads[group] = self._ages(self.student, crops[idx[group]], sources=src,
-                                                         view_set=views)
+                                                         view_set=views, mirror_all=mirror)
         return ages, spreads
 
     def _ages(self, expert: AgeBackend, crops: np.ndarray, embed: bool = False, sources: list | None = None,
-              view_set=None) -> tuple[np.ndarray, ...]:
+              view_set=None, mirror_all: bool | None = None) -> tuple[np.ndarray, ...]:
         """(ages, spreads) of one model, plus its embeddings with embed=True (torch models only). sources: per crop
         its `faces.realign.CropSource` or None, for the student's realignment; view_set: the student's (scale,
-        degrees) views (default `student_views`), whose mean it answers."""
+        degrees) views (default `student_views`), whose mean it answers; mirror_all: a student that mirrors where
+        unsure (tta="auto") mirrors every view (default: `student_mirror` at `student_views`, as predict reads the
+        faces it answers; no at other view sets)."""
         if expert is self.teacher and not embed and getattr(expert, "guard_thresholds", None):
             return self.trunk(crops)[:2]
         k = 1
         if expert is self.student and not embed:
+            if mirror_all is None:
+                mirror_all = self.student_mirror and (view_set is None or tuple(view_set) == tuple(self.student_views))
             view_set = self.student_views if view_set is None else view_set
             k = len(view_set)
             crops = realigned(crops, sources, view_set, self.realign)
         views = centre_views(crops, expert.crop_size, expert.input_size)
         if not embed:
-            ages, spreads = mirror_unsure(expert.run, views, self.student_tta_spread if expert is self.student else None)
+            cut = self.student_tta_spread if expert is self.student else None
+            ages, spreads = mirror_unsure(expert.run, views, 0.0 if mirror_all and cut is not None else cut)
             if k > 1:  # the mean of each face's views (`student_views`)
                 ages, spreads = ages.reshape(-1, k).mean(1), spreads.reshape(-1, k).mean(1)
             return ages, spreads
