@@ -37,13 +37,18 @@ KINDS = OCCLUSION_TYPES + ("fabric_mask", "scarf", "hand", "cap+fabric_mask", "s
 FRAME = np.array([[0, 0], [256, 0], [0, 256], [256, 256], [128, 128]], np.float32)
 
 
-def student_faces(est: AgeEstimator, n: int, seed: int, part: str = "val"):
-    """Seeded UTKFace photos of a split part, each under each of KINDS (drawn on the photo from the clean face's
-    FaceMesh, saved as JPEG q95), found as predict finds them: yields (age, kind, the found face nearest the clean
-    face's box) for the faces found with a source (`face_source`) to warp from."""
+def student_faces(est: AgeEstimator, n: int, seed: int, part: str = "val", dataset: str = "utkface"):
+    """Seeded photos of a split part of a dataset (splits/DATASET_seed0.json), each under each of KINDS (drawn on
+    the photo from the clean face's FaceMesh, saved as JPEG q95), found as predict finds them: yields (age, kind,
+    the found face nearest the clean face's box) for the faces found with a source (`face_source`) to warp from."""
     placer = FaceAnalyzer()
-    split = "splits/utkface_seed0.json"
+    split = f"splits/{dataset}_seed0.json"
     root = Path(json.loads(Path(split).read_text())["root"])
+    ages = None  # UTKFace: the age is the file name's first field
+    if dataset == "aaf":
+        import pandas as pd
+
+        ages = dict(pd.read_csv(root.parent / "aaf.csv")[["file", "age"]].itertuples(index=False))
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(sample_names(sorted(split_part(split, part)), n, seed)):
             rgb = load_image(root / name)
@@ -58,7 +63,7 @@ def student_faces(est: AgeEstimator, n: int, seed: int, part: str = "val"):
                     continue
                 chosen = found_nearest(est, img, face.box, Path(tmp) / "face.jpg")
                 if chosen is not None and face_source(chosen) is not None:  # not a whole-image face
-                    yield float(name.split("_")[0]), cond, chosen
+                    yield float(name.split("_")[0] if ages is None else ages[name]), cond, chosen
             if (i + 1) % 25 == 0:
                 print(f"{i + 1}/{n} photos", flush=True)
 

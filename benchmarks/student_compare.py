@@ -1,8 +1,8 @@
 """A candidate student against the shipped one, end to end on the same faces: seeded UTKFace photos of a split part,
 each under the paper's six occluder types and (the first --n-new photos) each newer kind, drawn on the photo from the
 clean face's FaceMesh and saved as JPEG q95, then found and aligned as `predict` does (shipped pipeline, torch fp32).
-Both students read each found face as predict's student does (realigned from the photo, at `student_views`, each
-mirrored: `AgeEstimator.student_mirror`); routed ages use the shipped soft-route weight of that face. Prints MAE alone
+Both students read each found face as predict's student does (realigned from the photo, three views, the selective
+mirror at the shipped student's cut); routed ages use the shipped soft-route weight of that face. Prints MAE alone
 and routed per group, with the paired change (bootstrap 95 %).
 
     python benchmarks/student_compare.py runs/student_realign_net --part val --n 200 --n-new 60 --seed 5 \
@@ -50,7 +50,7 @@ def face_rows(est: AgeEstimator, candidate, files: list[Path], n_new: int, seed:
                 ages = []
                 for student in (shipped, candidate):
                     est.student = student
-                    ages.append(float(est._ages(student, crop, sources=src, mirror_all=est.student_mirror)[0][0]))
+                    ages.append(float(est._ages(student, crop, sources=src)[0][0]))
                 est.student = shipped
                 rows.append({"kind": kind, "age": age, "teacher": float(est._ages(est.teacher, crop)[0][0]),
                              "shipped": ages[0], "candidate": ages[1], "w": preds[j].to_dict()["student_weight"]})

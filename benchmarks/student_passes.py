@@ -1,41 +1,46 @@
-"""How many student passes does an occluded face need? The student answers nearly every face of a masked photo, each
-at `STUDENT_VIEWS` (3 views) with the mirrored view added where a view's spread reaches its card's `tta_spread`:
-about 4.5 passes a face, most of `predict`'s time on such photos. Seeded photos of a split part under 11 occluder
-kinds (drawn on the photo from the clean face's FaceMesh, JPEG q95), found and realigned as predict does
-(`realign_e2e.student_faces`); the student reads every view plain and mirrored once, then view policies are
-scored on those readings: MAE of the student alone (paper types, all kinds), mean passes a face, and the paired
-change against the shipped policy (bootstrap 95 %).
+"""How many student passes does an occluded face need? The student answers nearly every face of a masked photo; until
+2026-12-04 it read each at the three FULL_STUDENT_VIEWS scales with the mirrored view added where a view's spread
+reached its card's `tta_spread` (about 4.3 passes a face, most of `predict`'s time on such photos); since then one
+view 4 % smaller, plain and mirrored (`STUDENT_VIEWS`, 2 passes). Seeded photos of a split part under 11 occluder
+kinds (drawn on the photo from the clean face's FaceMesh, JPEG q95; UTKFace, or All-Age-Faces with --dataset aaf),
+found and realigned as predict does (`realign_e2e.student_faces`); the student reads each of the three scales
+plain and mirrored once, then view policies are scored on those readings: MAE of the student alone (paper types,
+all kinds), mean passes a face, and the paired change against the three-scale policy (`shipped` in the output, as
+it was when the lever was measured; bootstrap 95 %).
 
-Policies: `shipped` (each view, its mirror where unsure); `centre-first c` (the centre view and its mirror where
-unsure; the other two views, each with its mirror where unsure, only where the centre's spread reaches c, at the
-quantiles of the centre's spread given by --quantiles); `views, no mirror`; `centre + mirror`; `centre + mirror
-where unsure`; `all six`.
+Policies: `shipped` (each scale, its mirror where unsure); `centre-first c` (the centre view and its mirror where
+unsure; the other two scales, each with its mirror where unsure, only where the centre's spread reaches c, at the
+quantiles of the centre's spread given by --quantiles); `views, no mirror`; `centre + mirror`; `1/1.04 + mirror`
+(predict's since 2026-12-04); `scales 1.04 and 1/1.04`; `centre and 1/1.04, each mirrored`; `centre + mirror where
+unsure`; `all six`.
 
-    python benchmarks/student_passes.py --part val --n 150 --seed 21 --out docs/student_passes_val.json
+    python benchmarks/student_passes.py --part val --n 150 --seed 21 --out runs/student_passes_val.json
+    python benchmarks/student_passes.py --part val --dataset aaf --n 150 --seed 21 --out runs/student_passes_val_aaf.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 
 from agelens.data.views import centre_views
 from agelens.faces.realign import realigned
-from agelens.inference.predictor import STUDENT_VIEWS, AgeEstimator, face_source
+from agelens.inference.predictor import FULL_STUDENT_VIEWS, AgeEstimator, face_source
 from agelens.occlusion.synth import OCCLUSION_TYPES
 from agelens.utils import atomic_write_json
 from realign_e2e import student_faces
 
 
-def readings(part: str, n: int, seed: int) -> tuple[list[dict], float]:
-    """Per face: kind, true age, and the student's (age, spread) at each of STUDENT_VIEWS plain and mirrored
+def readings(part: str, n: int, seed: int, dataset: str = "utkface") -> tuple[list[dict], float]:
+    """Per face: kind, true age, and the student's (age, spread) at each of FULL_STUDENT_VIEWS plain and mirrored
     ((3, 2) arrays); and the card's tta_spread."""
     est = AgeEstimator.from_pretrained(backend="auto")
     s, rows = est.student, []
-    for age, cond, chosen in student_faces(est, n, seed, part):
-        crops = realigned(chosen[2][None], [face_source(chosen)], STUDENT_VIEWS, est.realign)
+    for age, cond, chosen in student_faces(est, n, seed, part, dataset):
+        crops = realigned(chosen[2][None], [face_source(chosen)], FULL_STUDENT_VIEWS, est.realign)
         v = centre_views(crops, s.crop_size, s.input_size)
         plain, mirrored = s.run(v), s.run(np.ascontiguousarray(v[:, :, ::-1]))
         rows.append({"cond": cond, "y": age,
@@ -56,6 +61,9 @@ def policies(a: np.ndarray, s: np.ndarray, cut: float, quantiles: list[float]) -
     out = {"shipped": (m.mean(1), p.sum(1)),
            "views, no mirror": (a[:, :, 0].mean(1), np.full(len(a), 3.0)),
            "centre + mirror": (a[:, 0].mean(1), np.full(len(a), 2.0)),
+           "1/1.04 + mirror": (a[:, 2].mean(1), np.full(len(a), 2.0)),
+           "scales 1.04 and 1/1.04": (a[:, 1:, 0].mean(1), np.full(len(a), 2.0)),
+           "centre and 1/1.04, each mirrored": (a[:, [0, 2]].reshape(len(a), -1).mean(1), np.full(len(a), 4.0)),
            "centre + mirror where unsure": (m[:, 0], p[:, 0]),
            "all six": (a.reshape(len(a), -1).mean(1), np.full(len(a), 6.0))}
     for q in quantiles:
@@ -99,18 +107,28 @@ def report(rows: list[dict], cut: float, quantiles: list[float], cuts: dict | No
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", default="val", choices=("val", "test"))
+    ap.add_argument("--dataset", default="utkface", choices=("utkface", "aaf"))
     ap.add_argument("--n", type=int, default=150, help="photos (each under 11 occluder kinds)")
     ap.add_argument("--seed", type=int, default=21)
     ap.add_argument("--quantiles", type=float, nargs="*", default=[0.25, 0.4, 0.5, 0.6, 0.75])
     ap.add_argument("--cut", type=float, action="append", default=[],
                     help="also score centre-first at this fixed centre spread (repeatable; e.g. a cut chosen on val)")
     ap.add_argument("--out", type=Path, default=None, help="JSON with the readings and the table")
+    ap.add_argument("--report", type=Path, nargs="+", default=None,
+                    help="score saved readings (--out files of earlier runs, pooled) instead of reading faces")
     a = ap.parse_args()
-    rows, cut = readings(a.part, a.n, a.seed)
+    if a.report:
+        saved = [json.loads(f.read_text()) for f in a.report]
+        if len({d["tta_spread"] for d in saved}) > 1:
+            raise SystemExit("these readings were made with different tta_spread cuts: report them one by one")
+        report([r for d in saved for r in d["rows"]], saved[0]["tta_spread"], a.quantiles,
+               {f"centre-first {c:.2f} (fixed)": c for c in a.cut})
+        return
+    rows, cut = readings(a.part, a.n, a.seed, a.dataset)
     table = report(rows, cut, a.quantiles, {f"centre-first {c:.2f} (fixed)": c for c in a.cut})
     if a.out:
-        atomic_write_json(a.out, {"command": f"python benchmarks/student_passes.py --part {a.part} --n {a.n} "
-                                  f"--seed {a.seed}", "tta_spread": cut, "table": table, "rows": rows})
+        atomic_write_json(a.out, {"command": f"python benchmarks/student_passes.py --part {a.part} --dataset "
+                                  f"{a.dataset} --n {a.n} --seed {a.seed}", "tta_spread": cut, "table": table, "rows": rows})
 
 
 if __name__ == "__main__":

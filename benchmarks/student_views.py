@@ -1,6 +1,6 @@
 """Would the student answer better as the mean of several views of each occluded face? Seeded validation photos
 under 11 occluder kinds (drawn on the photo from the clean face's FaceMesh, JPEG q95), found and realigned as
-predict does; the student (alone, one view each, mirrored as predict's student is unless --no-mirror) reads the realigned
+predict does; the student (alone, one plain view each, its selective mirror unless --no-mirror) reads the realigned
 crop and eight views of it, each warped from the crop's source: shifted ±D px in x and in y, scaled ×1.04 and
 /1.04, turned ±3°. Prints the MAE of each view alone and of view sets (mean age), and the paired change of each
 set against the realigned crop alone (bootstrap 95 %), for the paper's six types and for all kinds.
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--shift", type=float, default=3.0, help="px of the shifted views (256 px crops)")
-    ap.add_argument("--no-mirror", action="store_true", help="the student's mirror off")
+    ap.add_argument("--no-mirror", action="store_true", help="the student's selective mirror off")
     ap.add_argument("--scales", type=float, nargs="+", default=None,
                     help="instead of the nine views: the realigned crop and these scales of it, each read alone")
     ap.add_argument("--out", type=Path, default=None, help="JSON of the per-face rows")

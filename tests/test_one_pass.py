@@ -221,7 +221,6 @@ def test_a_single_view_student_with_a_cut_mirrors_only_its_unsure_faces():
     student = CountingStudent(model, 56, 48, "student", tta_flip=False, numerics=FP32, tta_spread=cut)
     est = AgeEstimator(teacher, student, route="student")
     est.realign, est.student_views = False, SINGLE_VIEW  # the crops as they are, one view (tests/test_realign.py)
-    est.student_mirror = False  # the cut as the faces blended in under VIEWS_FROM meet it (tests/test_routing.py)
     assert est.student_tta_spread == cut and est.tta_spread is None
     seen = CountingStudent.views
     r = est.analyse_crops(crops)

@@ -77,11 +77,12 @@ class SelectiveStudent(FakeExpert):
         return np.full(len(views), self.age, np.float32), np.where(marked, 2.0, 9.0).astype(np.float32)
 
 
-def test_auto_student_mirrors_every_view_of_its_faces_and_only_unsure_blended_ones():
+def test_student_mirror_mirrors_every_view_of_its_faces_and_only_unsure_blended_ones():
     lo, hi = SOFT_BAND
     est = AgeEstimator(FakeExpert("teacher", 20.0), SelectiveStudent(), FakeDetector([lo + 0.25 * (hi - lo), 0.99]),
                        "auto", backend="fake")
-    assert est.student_tta_spread == 5.0 and est.student_mirror
+    assert est.student_tta_spread == 5.0 and not est.student_mirror  # by default each view mirrored where unsure
+    est.student_mirror = True
     crops = np.zeros((2, 256, 256, 3), np.uint8)
     crops[:, :, :60] = 1
     est.realign = False  # the fake crops as they are (no realignment network)

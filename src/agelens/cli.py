@@ -261,11 +261,9 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             detect: Annotated[bool, typer.Option("--detect/--no-detect", help="--no-detect: inputs are face crops")] = True,
             save_annotated: Annotated[Path | None, typer.Option(help="write images with boxes and ages here")] = None,
             tta: Annotated[bool, typer.Option("--tta/--no-tta", help="average with the mirrored face where the "
-                                              "teacher's first view is unsure; the student reads its occluded "
-                                              "faces 4 % smaller, plain and mirrored (--no-tta: one view, the "
-                                              "models do half the work)")] = True,
-            full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror (the "
-                                                   "student: three scales, each mirrored)")] = False,
+                                              "model's first view is unsure (--no-tta: one view, the models do "
+                                              "half the work)")] = True,
+            full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
             route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
             backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
             adapt: Annotated[bool, typer.Option("--adapt/--no-adapt", help="adapt clean faces' ages to the job's own "

@@ -41,16 +41,21 @@ if TYPE_CHECKING:  # torch stays optional at inference: the ONNX backend runs wi
     from ..numerics import Numerics
 
 
-# The student reads each face at these views, (scale, degrees) about the centre of its realigned crop, each plain and
-# mirrored (`AgeEstimator.student_mirror`), and answers their mean (ages and spreads): one view's age moves 1.2 years on
-# average between such views of the same occluded face, so a mean is steadier. From 2026-12-02 to 12-04 it read the
-# three FULL_STUDENT_VIEWS, each mirrored only where unsure (4.3 passes a face); on 1,556 faces of 150 UTKFace
-# validation photos under 11 occluder kinds, found and realigned as predict does, reading one view at scale 1/1.04
-# plain and mirrored (2 passes) changed the student's MAE by -0.034 [-0.126, +0.054] (paper types -0.007 [-0.130,
-# +0.120]), all six passes by -0.053 [-0.085, -0.022] (benchmarks/student_passes.py, paired bootstrap 95 %; test part:
-# docs/inference_levers.md). The six are what tta="full" reads; tta="none" reads SINGLE_VIEW alone.
-STUDENT_VIEWS = ((1 / 1.04, 0.0),)
-FULL_STUDENT_VIEWS = ((1.0, 0.0), (1.04, 0.0), (1 / 1.04, 0.0))
+# The student reads each face at these views, (scale, degrees) about the centre of its realigned crop, each with its
+# mirror where that view is unsure (the card's `tta_spread`), and answers their mean (ages and spreads): one view's
+# age moves 1.2 years on average between such views of the same occluded face, so the mean is steadier. Chosen on
+# two samples of 100 UTKFace validation photos under 11 occluder kinds, found and realigned as predict does (student
+# alone, change against one view, paired bootstrap 95 %): paper types −0.119 [−0.202, −0.042] and −0.155 [−0.225,
+# −0.082] (benchmarks/student_views.py); scale and rotation views (5) gained 0.03 more for two more passes. Test
+# photos: paper types 6.515 → 6.446; +38 % predict time where the student answers nearly every face
+# (docs/inference_levers.md). tta="none" reads SINGLE_VIEW alone; tta="full" reads every view mirrored.
+STUDENT_VIEWS = ((1.0, 0.0), (1.04, 0.0), (1 / 1.04, 0.0))
+# Two passes instead of about 4.5: FAST_STUDENT_VIEWS with `AgeEstimator.student_mirror` = True (the view plain and
+# mirrored). Tied on UTKFace (validation all kinds −0.034 [−0.126, +0.054], test +0.000 [−0.083, +0.088]) but worse
+# on All-Age-Faces validation (+0.087 [+0.008, +0.171]: the zoomed-out view reads older, and the student already
+# over-estimates those faces), 21 % faster on real masked photos (benchmarks/student_passes.py,
+# docs/inference_levers.md): an option for speed, not the default.
+FAST_STUDENT_VIEWS = ((1 / 1.04, 0.0),)
 # The views are read for faces whose student weight (`soft_weight`) is at least this; a face blended below it
 # (mostly clean faces the occlusion detector is unsure of: 12 % of clean UTKFace test faces when the band began at
 # 0.1, about 2 % since its ramp from 0.3) takes one view, its share of the answer being small.
@@ -162,9 +167,9 @@ class AgeEstimator:
         self.upright = True  # faces read as turned are looked for again on the image turned upright
         self.realign = True  # the student reads its crops realigned (faces.realign) where that network is shipped
         self.student_views = STUDENT_VIEWS  # the student's answer: the mean over these views of each face
-        # a single-view student with a selective cut (tta="auto") reads each of `student_views` mirrored as well,
-        # not only where unsure; the faces blended in under VIEWS_FROM keep the cut
-        self.student_mirror = True
+        # True: a single-view student with a selective cut (tta="auto") reads each of `student_views` mirrored as
+        # well, not only where unsure (with FAST_STUDENT_VIEWS); the faces blended in under VIEWS_FROM keep the cut
+        self.student_mirror = False
         self._memo = CropMemo()  # crop → teacher (age, spread, guards) for a teacher with guards
         guards = getattr(teacher, "guard_thresholds", None)
         if guards:  # the teacher's own heads screen every crop; the separate networks (if any) see the unsure ones
@@ -269,8 +274,8 @@ class AgeEstimator:
                   teacher.tta_spread if selective else None, photo, bands)
         if detector:  # a detector asked for by name decides every face (no screening by the teacher's head)
             est.detector = det
-        if tta_flip in ("none", "full"):
-            est.student_views = SINGLE_VIEW if tta_flip == "none" else FULL_STUDENT_VIEWS
+        if tta_flip == "none":
+            est.student_views = SINGLE_VIEW
         return est
 
     @classmethod
@@ -296,8 +301,8 @@ class AgeEstimator:
                   models.get("faceness"), t.tta_spread,  # the loader leaves a cut only where "auto" uses it
                   models.get("faceness_photo"), models.get("faceness_bands"))
         est.onnx_dir = d
-        if tta in ("none", "full"):
-            est.student_views = SINGLE_VIEW if tta == "none" else FULL_STUDENT_VIEWS
+        if tta == "none":
+            est.student_views = SINGLE_VIEW
         est.spec = ("from_onnx", {"onnx_dir": str(d), "precision": precision, "route": route, "cache_size": cache_size,
                                   "tta": tta})
         return est
