@@ -1,7 +1,7 @@
-"""How many student passes does an occluded face need? The student answers nearly every face of a masked photo; until
-2026-12-04 it read each at the three FULL_STUDENT_VIEWS scales with the mirrored view added where a view's spread
-reached its card's `tta_spread` (about 4.3 passes a face, most of `predict`'s time on such photos); since then one
-view 4 % smaller, plain and mirrored (`STUDENT_VIEWS`, 2 passes). Seeded photos of a split part under 11 occluder
+"""How many student passes does an occluded face need? The student answers nearly every face of a masked photo; by
+default it reads each at three scales (`STUDENT_VIEWS`) with the mirrored view added where a view's spread
+reaches its card's `tta_spread` (about 4.3 passes a face, most of `predict`'s time on such photos); the option
+`FAST_STUDENT_VIEWS` with `student_mirror` reads one view 4 % smaller, plain and mirrored (2 passes). Seeded photos of a split part under 11 occluder
 kinds (drawn on the photo from the clean face's FaceMesh, JPEG q95; UTKFace, or All-Age-Faces with --dataset aaf),
 found and realigned as predict does (`realign_e2e.student_faces`); the student reads each of the three scales
 plain and mirrored once, then view policies are scored on those readings: MAE of the student alone (paper types,
@@ -28,19 +28,22 @@ import numpy as np
 
 from agelens.data.views import centre_views
 from agelens.faces.realign import realigned
-from agelens.inference.predictor import FULL_STUDENT_VIEWS, AgeEstimator, face_source
+from agelens.inference.predictor import AgeEstimator, face_source
 from agelens.occlusion.synth import OCCLUSION_TYPES
 from agelens.utils import atomic_write_json
 from realign_e2e import student_faces
 
+# the three scales read per face, in the order the policies index them (STUDENT_VIEWS as of 2026-12-04)
+SCALES = ((1.0, 0.0), (1.04, 0.0), (1 / 1.04, 0.0))
+
 
 def readings(part: str, n: int, seed: int, dataset: str = "utkface") -> tuple[list[dict], float]:
-    """Per face: kind, true age, and the student's (age, spread) at each of FULL_STUDENT_VIEWS plain and mirrored
+    """Per face: kind, true age, and the student's (age, spread) at each of SCALES plain and mirrored
     ((3, 2) arrays); and the card's tta_spread."""
     est = AgeEstimator.from_pretrained(backend="auto")
     s, rows = est.student, []
     for age, cond, chosen in student_faces(est, n, seed, part, dataset):
-        crops = realigned(chosen[2][None], [face_source(chosen)], FULL_STUDENT_VIEWS, est.realign)
+        crops = realigned(chosen[2][None], [face_source(chosen)], SCALES, est.realign)
         v = centre_views(crops, s.crop_size, s.input_size)
         plain, mirrored = s.run(v), s.run(np.ascontiguousarray(v[:, :, ::-1]))
         rows.append({"cond": cond, "y": age,
