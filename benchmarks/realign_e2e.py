@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agelens.data.adapters import load_dataset
 from agelens.data.splits import sample_names, split_part
 from agelens.errors import NoFaceError
 from agelens.faces.align import align_face, transform_points
@@ -44,11 +45,7 @@ def student_faces(est: AgeEstimator, n: int, seed: int, part: str = "val", datas
     placer = FaceAnalyzer()
     split = f"splits/{dataset}_seed0.json"
     root = Path(json.loads(Path(split).read_text())["root"])
-    ages = None  # UTKFace: the age is the file name's first field
-    if dataset == "aaf":
-        import pandas as pd
-
-        ages = dict(pd.read_csv(root.parent / "aaf.csv")[["file", "age"]].itertuples(index=False))
+    ages = {Path(r.path).name: r.age for r in load_dataset(dataset, str(root)).records}  # the dataset's adapter
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(sample_names(sorted(split_part(split, part)), n, seed)):
             rgb = load_image(root / name)
@@ -63,7 +60,7 @@ def student_faces(est: AgeEstimator, n: int, seed: int, part: str = "val", datas
                     continue
                 chosen = found_nearest(est, img, face.box, Path(tmp) / "face.jpg")
                 if chosen is not None and face_source(chosen) is not None:  # not a whole-image face
-                    yield float(name.split("_")[0] if ages is None else ages[name]), cond, chosen
+                    yield float(ages[name]), cond, chosen
             if (i + 1) % 25 == 0:
                 print(f"{i + 1}/{n} photos", flush=True)
 

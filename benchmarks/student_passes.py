@@ -1,8 +1,8 @@
 """How many student passes does an occluded face need? The student answers nearly every face of a masked photo; by
 default it reads each at three scales (`STUDENT_VIEWS`) with the mirrored view added where a view's spread
 reaches its card's `tta_spread` (about 4.3 passes a face, most of `predict`'s time on such photos); the option
-`FAST_STUDENT_VIEWS` with `student_mirror` reads one view 4 % smaller, plain and mirrored (2 passes). Seeded photos of a split part under 11 occluder
-kinds (drawn on the photo from the clean face's FaceMesh, JPEG q95; UTKFace, or All-Age-Faces with --dataset aaf),
+`FAST_STUDENT_VIEWS` with `student_mirror` reads one view 4 % smaller, plain and mirrored (2 passes). Seeded photos
+of a split part under 11 occluder kinds (drawn on the photo from the clean face's FaceMesh, JPEG q95; UTKFace, or All-Age-Faces with --dataset aaf),
 found and realigned as predict does (`realign_e2e.student_faces`); the student reads each of the three scales
 plain and mirrored once, then view policies are scored on those readings: MAE of the student alone (paper types,
 all kinds), mean passes a face, and the paired change against the three-scale policy (`shipped` in the output, as
@@ -11,7 +11,7 @@ it was when the lever was measured; bootstrap 95 %).
 Policies: `shipped` (each scale, its mirror where unsure); `centre-first c` (the centre view and its mirror where
 unsure; the other two scales, each with its mirror where unsure, only where the centre's spread reaches c, at the
 quantiles of the centre's spread given by --quantiles); `views, no mirror`; `centre + mirror`; `1/1.04 + mirror`
-(predict's since 2026-12-04); `scales 1.04 and 1/1.04`; `centre and 1/1.04, each mirrored`; `centre + mirror where
+(the FAST_STUDENT_VIEWS option); `scales 1.04 and 1/1.04`; `centre and 1/1.04, each mirrored`; `centre + mirror where
 unsure`; `all six`.
 
     python benchmarks/student_passes.py --part val --n 150 --seed 21 --out runs/student_passes_val.json
@@ -58,8 +58,16 @@ def with_mirror(a: np.ndarray, s: np.ndarray, cut: float) -> tuple[np.ndarray, n
     return np.where(flip, a.mean(2), a[:, :, 0]), 1 + flip.astype(np.float64)
 
 
-def policies(a: np.ndarray, s: np.ndarray, cut: float, quantiles: list[float]) -> dict[str, tuple]:
-    """name → ((N,) answered ages, (N,) passes)."""
+def centre_first(m: np.ndarray, p: np.ndarray, s: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) ages and passes: the centre view (its mirror where unsure), the other scales too where the centre's plain
+    spread reaches c; m, p: `with_mirror`'s ages and pass counts."""
+    more = s[:, 0, 0] >= c
+    return np.where(more, m.mean(1), m[:, 0]), np.where(more, p.sum(1), p[:, 0])
+
+
+def policies(a: np.ndarray, s: np.ndarray, cut: float, quantiles: list[float], cuts: dict | None = None
+             ) -> dict[str, tuple]:
+    """name → ((N,) answered ages, (N,) passes); cuts: fixed centre-first cuts (name → cut) besides the quantiles."""
     m, p = with_mirror(a, s, cut)
     out = {"shipped": (m.mean(1), p.sum(1)),
            "views, no mirror": (a[:, :, 0].mean(1), np.full(len(a), 3.0)),
@@ -71,9 +79,9 @@ def policies(a: np.ndarray, s: np.ndarray, cut: float, quantiles: list[float]) -
            "all six": (a.reshape(len(a), -1).mean(1), np.full(len(a), 6.0))}
     for q in quantiles:
         c = float(np.quantile(s[:, 0, 0], q))
-        more = s[:, 0, 0] >= c
-        out[f"centre-first {c:.2f} (q{q:.2f})"] = (np.where(more, m.mean(1), m[:, 0]),
-                                                   np.where(more, p.sum(1), p[:, 0]))
+        out[f"centre-first {c:.2f} (q{q:.2f})"] = centre_first(m, p, s, c)
+    for name, c in (cuts or {}).items():
+        out[name] = centre_first(m, p, s, c)
     return out
 
 
@@ -82,11 +90,7 @@ def report(rows: list[dict], cut: float, quantiles: list[float], cuts: dict | No
     cuts: fixed centre-first cuts (name → cut) to score instead of quantiles of these readings."""
     y = np.array([r["y"] for r in rows])
     a, s = np.array([r["ages"] for r in rows]), np.array([r["spreads"] for r in rows])
-    pol = policies(a, s, cut, quantiles)
-    for name, c in (cuts or {}).items():
-        m, p = with_mirror(a, s, cut)
-        more = s[:, 0, 0] >= c
-        pol[name] = (np.where(more, m.mean(1), m[:, 0]), np.where(more, p.sum(1), p[:, 0]))
+    pol = policies(a, s, cut, quantiles, cuts)
     out = {}
     for group in ("paper types", "all kinds"):
         sel = np.array([group == "all kinds" or r["cond"] in OCCLUSION_TYPES for r in rows])
