@@ -49,6 +49,25 @@ def test_draw_marks_each_face_and_leaves_the_input_alone(est, astronaut):
         agelens.draw(astronaut[..., 0], faces)
 
 
+def test_a_folder_is_read_for_every_image_format_pillow_reads(tmp_path, astronaut):
+    """A folder of browser downloads (.jfif), GIFs and AVIFs is expanded to them, and each decodes; other files are
+    left out."""
+    from PIL import Image, features
+
+    from agelens.imageio import load_image
+    from agelens.inference.inputs import expand_inputs
+
+    im = Image.fromarray(astronaut[::4, ::4])
+    names = ["a.jfif", "b.JPE", "c.gif"] + (["d.avif"] if features.check("avif") else [])
+    fmt = {"jfif": "JPEG", "jpe": "JPEG", "gif": "GIF", "avif": "AVIF"}
+    for name in names:
+        im.save(tmp_path / name, fmt[name.rsplit(".", 1)[1].lower()])
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = expand_inputs([str(tmp_path)])
+    assert [p.rsplit("/", 1)[1] for p in found] == names
+    assert all(load_image(p).shape == (128, 128, 3) for p in found)
+
+
 def test_predict_many_takes_a_folder_a_glob_or_an_iterator(est, astronaut, tmp_path):
     import cv2
 
@@ -98,6 +117,34 @@ def test_a_large_jpeg_is_decoded_at_the_size_the_faces_need(tmp_path, astronaut)
     assert decode_reduced(jpg.read_bytes(), None)[1] == 1.0
     Image.fromarray(big).save(tmp_path / "camera.mpo", "MPO", save_all=True, append_images=[Image.fromarray(big)])
     assert decode_reduced((tmp_path / "camera.mpo").read_bytes())[0].shape == (1512, 2016, 3)  # a camera's JPEG
+
+
+def test_the_pixel_limit_applies_to_the_pixels_decoded(monkeypatch, astronaut):
+    """A JPEG over the limit that decodes reduced under it is read (a 108 or 200 MP phone photo, in miniature: the
+    limit and Pillow's own bomb guard scaled down); whole, or in another format, it is refused before decoding."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    from agelens.errors import ImageTooLargeError
+    from agelens.imageio import decode_reduced
+
+    big = cv2.resize(astronaut, (2400, 1800), interpolation=cv2.INTER_LINEAR)  # 4.3 MP
+    encoded = {}
+    for fmt in ("JPEG", "PNG"):
+        buf = io.BytesIO()
+        Image.fromarray(big).save(buf, fmt)
+        encoded[fmt] = buf.getvalue()
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow would refuse 4.3 MP from Image.open on
+    rgb, scale = decode_reduced(encoded["JPEG"], min_side=300, max_pixels=1_000_000)
+    assert rgb.shape == (225, 300, 3) and scale == 8.0  # 1/8: 67,500 pixels decoded
+    with pytest.raises(ImageTooLargeError, match=r"2400x1800, 1200x900 decoded at 1/2, over the 1,000,000-pixel"):
+        decode_reduced(encoded["JPEG"], min_side=1000, max_pixels=1_000_000)
+    with pytest.raises(ImageTooLargeError, match="pixel limit"):
+        decode_reduced(encoded["JPEG"], min_side=None, max_pixels=10_000_000)  # whole: Pillow's guard stands
+    with pytest.raises(ImageTooLargeError, match="pixel limit"):
+        decode_reduced(encoded["PNG"], min_side=300, max_pixels=10_000_000)  # only JPEG decodes reduced
 
 
 def test_predict_on_a_large_jpeg_gives_boxes_in_the_files_pixels(est, astronaut, tmp_path):

@@ -478,7 +478,7 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
           model: Annotated[str | None, typer.Option(help="shipped model name, .safetensors, .pt or run folder")] = None,
           route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
           max_upload_mb: Annotated[float, typer.Option(help="largest request body in MB (413 above)")] = 10.0,
-          max_pixels: Annotated[int, typer.Option(help="largest image in pixels, checked before decoding (413 above)")] = 40_000_000,
+          max_pixels: Annotated[int, typer.Option(help="largest image in pixels decoded (a large JPEG at 1/2-1/8 of its size), checked before decoding (413 above)")] = 40_000_000,
           backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
           log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info") -> None:
     """HTTP service: POST /v1/predict (multipart `file` or JSON base64), GET /healthz, demo page at GET /."""

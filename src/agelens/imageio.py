@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import ImageError, ImageTooLargeError
 
@@ -16,6 +16,7 @@ MAX_PIXELS = 60_000_000  # decompression-bomb guard (e.g. 20000×20000 is refuse
 # DCT scaling, anti-aliased) while its long side stays at least this (a 12 MP phone photo: 4032 → 2016 px, decoded
 # in a quarter of the time), and face boxes are scaled back (`decode_reduced`; docs/inference_levers.md)
 FACE_MIN_SIDE = 1536
+JPEG_SOI = b"\xff\xd8\xff"  # a JPEG file's first bytes (start of image, then a marker)
 # ISO-BMFF brands of HEIC/HEIF stills (an iPhone's photos): read through pillow-heif, the `heif` extra
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
@@ -47,6 +48,16 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 
+def _open(data: bytes, reduce_jpeg: bool) -> Image.Image:
+    """The image's header read (no pixels decoded). A JPEG that may be decoded reduced is opened by Pillow's JPEG
+    plugin itself: `Image.open` would apply Pillow's own decompression-bomb check to the header's size (a warning
+    from 89 MP, an error from 179 MP), which would refuse a 108 or 200 MP phone photo that decodes at 1/8 of its
+    size in under 4 MP; `decode_reduced` checks the size it will decode instead."""
+    if reduce_jpeg and data[:3] == JPEG_SOI:
+        return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+    return Image.open(io.BytesIO(data))
+
+
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array (first frame of animations)."""
     return decode_image_bytes(data, MAX_PIXELS, name)
@@ -62,7 +73,9 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
                    name: str = "<bytes>") -> tuple[np.ndarray, float]:
     """(RGB uint8, scale): as `decode_image_bytes`, but a JPEG whose long side is at least twice min_side is decoded
     at the smallest of 1/2, 1/4, 1/8 of its size that keeps the long side at least min_side. scale = original long
-    side / decoded long side (1.0 when decoded whole): multiply coordinates on the array by it to get the file's."""
+    side / decoded long side (1.0 when decoded whole): multiply coordinates on the array by it to get the file's.
+    max_pixels bounds the pixels decoded, checked before decoding: a 200 MP phone JPEG decoded at 1/8 passes, a
+    200 MP PNG does not."""
     if not data:
         raise ImageError(f"{name}: empty file")
     if is_heif(data):
@@ -70,16 +83,18 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with _open(data, reduce_jpeg=bool(min_side)) as im:
                 w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageTooLargeError(f"{name}: image is {w}x{h}, over the {max_pixels:,}-pixel limit")
-                if w < 2 or h < 2:
-                    raise ImageError(f"{name}: image is {w}x{h}, too small to hold a face")
                 im.seek(0)
                 if min_side and im.format in ("JPEG", "MPO") and max(w, h) >= 2 * min_side:  # MPO: cameras' JPEGs
                     f = min_side / max(w, h)  # libjpeg picks the smallest scale whose result is at least this
                     im.draft(im.mode, (max(1, int(w * f + 0.999)), max(1, int(h * f + 0.999))))
+                dw, dh = im.size  # what will be decoded: the header's size, or the reduced one after draft()
+                if dw * dh > max_pixels:
+                    at = f", {dw}x{dh} decoded at 1/{round(w / dw)}" if (dw, dh) != (w, h) else ""
+                    raise ImageTooLargeError(f"{name}: image is {w}x{h}{at}, over the {max_pixels:,}-pixel limit")
+                if w < 2 or h < 2:
+                    raise ImageError(f"{name}: image is {w}x{h}, too small to hold a face")
                 im.load()
                 return _to_rgb(im), max(w, h) / max(im.size)
     except ImageError:

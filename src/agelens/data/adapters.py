@@ -12,7 +12,10 @@ from pathlib import Path
 from ..errors import DataError
 from ..registry import DATASETS
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif"}
+# image files a folder is read for (predict, curate, the adapters): JPEG under its other names too (.jfif is what
+# browsers save), GIF (its first frame) and AVIF (Pillow 11.3+)
+IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".avif", ".tif", ".tiff", ".heic",
+              ".heif"}
 MAX_AGE = 120
 UTK_GENDER = {"0": "male", "1": "female"}
 UTK_RACE = {"0": "white", "1": "black", "2": "asian", "3": "indian", "4": "other"}

@@ -1,8 +1,8 @@
 """HTTP service around AgeEstimator: POST /v1/predict, GET /healthz and a demo page at GET /.
 
 Uploads are read into memory with a byte budget (Content-Length checked first, then every byte counted), decoded
-in memory by `imageio.decode_reduced` (pixel limit checked from the header before decoding; a large JPEG decoded at
-the size the faces need, boxes and size reported in the upload's pixels) and run through one estimator, one image
+in memory by `imageio.decode_reduced` (pixel limit on the pixels decoded, checked from the header before decoding; a
+large JPEG decoded at the size the faces need, boxes and size reported in the upload's pixels) and run through one estimator, one image
 at a time, in a worker thread. Bad input is always a 4xx with `{"detail": message}`.
 """
 
@@ -32,7 +32,9 @@ from ..imageio import FACE_MIN_SIDE, decode_reduced, file_box
 log = logging.getLogger("agelens.serve")
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # whole request body; base64 JSON carries ~7.5 MB of image
-DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000×5000; PIL's own bomb guard (~89 MP) stays in force above it
+# pixels decoded, e.g. 8000×5000; a larger JPEG counts at the size it decodes at (1/2-1/8), other formats at their own
+# size, under Pillow's bomb guard (~89 MP) too
+DEFAULT_MAX_PIXELS = 40_000_000
 MAX_PARTS = 8  # multipart parts accepted in one request
 NO_FACE = "no face found"
 RAW_TYPES = ("application/octet-stream",)
