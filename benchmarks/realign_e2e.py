@@ -38,6 +38,11 @@ KINDS = OCCLUSION_TYPES + ("fabric_mask", "scarf", "hand", "cap+fabric_mask", "s
 FRAME = np.array([[0, 0], [256, 0], [0, 256], [256, 256], [128, 128]], np.float32)
 
 
+def file_ages(dataset: str, root: Path) -> dict[str, float]:
+    """File name → true age, from the dataset's adapter (All-Age-Faces' ages are in its CSV, not its names)."""
+    return {Path(r.path).name: float(r.age) for r in load_dataset(dataset, str(root)).records}
+
+
 def student_faces(est: AgeEstimator, n: int, seed: int, part: str = "val", dataset: str = "utkface"):
     """Seeded photos of a split part of a dataset (splits/DATASET_seed0.json), each under each of KINDS (drawn on
     the photo from the clean face's FaceMesh, saved as JPEG q95), found as predict finds them: yields (age, kind,
@@ -45,7 +50,7 @@ def student_faces(est: AgeEstimator, n: int, seed: int, part: str = "val", datas
     placer = FaceAnalyzer()
     split = f"splits/{dataset}_seed0.json"
     root = Path(json.loads(Path(split).read_text())["root"])
-    ages = {Path(r.path).name: r.age for r in load_dataset(dataset, str(root)).records}  # the dataset's adapter
+    ages = file_ages(dataset, root)
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(sample_names(sorted(split_part(split, part)), n, seed)):
             rgb = load_image(root / name)
@@ -74,6 +79,7 @@ def run(a: argparse.Namespace) -> dict:
     split = f"splits/{a.dataset}_seed0.json"
     root = Path(json.loads(Path(split).read_text())["root"])
     names = sample_names(sorted(split_part(split, a.part)), a.n, a.seed)
+    ages = file_ages(a.dataset, root)
     conds = ("clean",) + KINDS
     rows: dict[str, list] = {c: [] for c in conds}
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +89,7 @@ def run(a: argparse.Namespace) -> dict:
             if not faces:
                 continue
             face = largest_face(faces)
-            age = float(name.split("_")[0])
+            age = ages[name]
             for k, cond in enumerate(conds):
                 try:
                     img = rgb if cond == "clean" else occlude(rgb, face.landmarks, cond,
