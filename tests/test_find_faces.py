@@ -82,6 +82,50 @@ def test_the_verified_crop_is_the_crop_the_models_read_warped_once(analyzer, ast
     moved, _ = face.aligned(astronaut, 256)
     assert len(warps) == 2 and not np.array_equal(moved, crop)
     assert face.aligned(astronaut, 128)[0].shape == (128, 128, 3) and len(warps) == 3
+    dark = np.zeros_like(astronaut)  # the same face's keypoints on another image: that image's crop, not the memo
+    assert face.aligned(dark, 128)[0].max() == 0 and len(warps) == 4
+    assert face.aligned(astronaut, 128)[0].max() > 0 and len(warps) == 5
+
+
+def test_a_detector_face_inside_a_wider_padded_face_is_a_part_of_it(astronaut, monkeypatch):
+    """Faces do not nest: a detector face scored under NESTED_BELOW that a wider face of the padded copy holds around
+    its centre (the detector fired on the nose of a face under sunglasses and a mask) is replaced by that face once
+    the fallback verifier passes it; a sure detector face, a wider face that does not hold it, holds it off its
+    centre or spans a small share of the image, or one the verifier rejects leave the detector's face as it was."""
+    import agelens.faces.detect as detect
+    from agelens.faces.detect import NESTED_BELOW, Face
+
+    an = FaceAnalyzer()
+    part_box, whole_box = (60.0, 60.0, 110.0, 110.0), (20.0, 20.0, 180.0, 190.0)
+    kp = np.array([[70, 75], [100, 75], [85, 90], [85, 100]], np.float32)
+
+    def faces_with(box, score, how="detector"):
+        return [Face(box, score, kp.copy(), np.zeros((478, 2), np.float32), how)]
+
+    scene = {"part": 0.6, "wider": whole_box}
+    monkeypatch.setattr(FaceAnalyzer, "propose", lambda self, rgb: faces_with(part_box, scene["part"]))
+    monkeypatch.setattr(FaceAnalyzer, "_padded_faces",
+                        lambda self, rgb: (faces_with(scene["wider"], 0.8, "padded"), None, 0, 1.0))
+    monkeypatch.setattr(FaceAnalyzer, "_with_mesh", lambda self, rgb, faces: faces)
+    img = np.ascontiguousarray(astronaut[:200, :200])
+    yes, no = FixedVerifier(0.9), FixedVerifier(0.3)
+
+    def found(fallback=yes):
+        return [(f.box, f.detection) for f in an.find_faces(img, yes.scores, yes.threshold,
+                                                            fallback_verifier=(fallback.scores, fallback.threshold))]
+
+    assert scene["part"] < NESTED_BELOW and found() == [(whole_box, "padded")]
+    assert found(no) == [(part_box, "detector")]  # the wider face is not verified
+    scene["wider"] = (100.0, 100.0, 190.0, 190.0)  # wider, but beside it
+    assert found() == [(part_box, "detector")]
+    scene["wider"] = (40.0, 50.0, 150.0, 250.0)  # holds it near its top (a head with shoulders around a face)
+    assert found() == [(part_box, "detector")]
+    scene["wider"] = (55.0, 55.0, 130.0, 130.0)  # holds it, but a small share of the image: a scene, not a crop
+    assert found() == [(part_box, "detector")]
+    scene["wider"], scene["part"] = whole_box, 0.9  # a sure detector face: the padded copy is not read
+    monkeypatch.setattr(FaceAnalyzer, "_padded_faces", lambda self, rgb: pytest.fail("padded copy read"))
+    assert found() == [(part_box, "detector")]
+    assert detect.NESTED_WIDER > 1 and 0 < detect.NESTED_INSIDE <= 1
 
 
 def test_whole_image_fallback_only_with_a_verifier_that_accepts_it(analyzer):
