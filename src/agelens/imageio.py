@@ -85,7 +85,6 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _open(data, reduce_jpeg=bool(min_side)) as im:
                 w, h = im.size
-                im.seek(0)
                 if min_side and im.format in ("JPEG", "MPO") and max(w, h) >= 2 * min_side:  # MPO: cameras' JPEGs
                     f = min_side / max(w, h)  # libjpeg picks the smallest scale whose result is at least this
                     im.draft(im.mode, (max(1, int(w * f + 0.999)), max(1, int(h * f + 0.999))))
@@ -95,6 +94,7 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
                     raise ImageTooLargeError(f"{name}: image is {w}x{h}{at}, over the {max_pixels:,}-pixel limit")
                 if w < 2 or h < 2:
                     raise ImageError(f"{name}: image is {w}x{h}, too small to hold a face")
+                im.seek(0)
                 im.load()
                 return _to_rgb(im), max(w, h) / max(im.size)
     except ImageError:

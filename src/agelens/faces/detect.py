@@ -96,7 +96,7 @@ class Face:
     landmarks: np.ndarray | None = None  # (478, 2) FaceMesh, None when the mesh failed
     detection: str = "detector"  # how it was found: one of DETECTIONS
     mirrored: bool = False  # found by the mirror step (`FaceAnalyzer._mirrored`): the people check is stricter
-    _crop: dict = field(default_factory=dict, repr=False, compare=False)  # aligned(): the last crop made, of which image
+    _crop: dict = field(default_factory=dict, repr=False, compare=False)  # aligned(): the last crop, and its image
 
     def aligned(self, rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """align_face(rgb, keypoints, size) of the image this face was found in, warped once: the verifier's crop

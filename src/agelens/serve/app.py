@@ -2,8 +2,8 @@
 
 Uploads are read into memory with a byte budget (Content-Length checked first, then every byte counted), decoded
 in memory by `imageio.decode_reduced` (pixel limit on the pixels decoded, checked from the header before decoding; a
-large JPEG decoded at the size the faces need, boxes and size reported in the upload's pixels) and run through one estimator, one image
-at a time, in a worker thread. Bad input is always a 4xx with `{"detail": message}`.
+large JPEG decoded at the size the faces need, boxes and size reported in the upload's pixels) and run through one
+estimator, one image at a time, in a worker thread. Bad input is always a 4xx with `{"detail": message}`.
 """
 
 from __future__ import annotations
