@@ -182,3 +182,32 @@ def test_a_heic_photo_is_read_or_refused_naming_the_extra(tmp_path, astronaut, m
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if the `heif` extra were not installed
     with pytest.raises(ImageError, match=r"a.heic: a HEIC/HEIF photo; reading it needs pillow-heif"):
         load_image(tmp_path / "a.heic")
+
+
+def test_a_jpeg_too_large_to_keep_whole_is_answered_and_drawn_at_its_reduced_size(monkeypatch, tmp_path, astronaut):
+    """`--save-annotated` keeps images whole to draw on; one over the pixel limit whole (a 108 MP phone JPEG, in
+    miniature: the limit scaled down) is kept at the size the faces need instead of refused, and its boxes, in the
+    file's pixels, are drawn scaled to that size."""
+    import cv2
+    from PIL import Image
+
+    import agelens.imageio as imageio
+    from agelens.cli import _annotate
+    from agelens.errors import ImageTooLargeError
+    from agelens.inference.stream import decode_file
+
+    big = np.full((1800, 2400, 3), 255, np.uint8)
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(big).save(path)
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 1_000_000)
+    monkeypatch.setattr(imageio, "FACE_MIN_SIDE", 300)
+    with pytest.raises(ImageTooLargeError):
+        imageio.load_image(path)
+    rgb, scale = decode_file(str(path), reduce=False)
+    assert rgb.shape == (225, 300, 3) and scale == 8.0 and imageio.image_size(path) == (2400, 1800)
+    face = {"box": [800.0, 400.0, 1600.0, 1200.0], "age": 30.0, "occluded": False}
+    _annotate(rgb, [face], tmp_path / "ann", str(path), 1, str(path))
+    drawn = cv2.imread(str(tmp_path / "ann" / "00001_phone.jpg"))[..., ::-1]
+    assert drawn.shape == (225, 300, 3)
+    assert drawn[50, 150, 1] > 150 and drawn[50, 150, 0] < 100  # the top edge, green, at y = 400 / 8
+    assert drawn[100, 150].min() > 200  # inside the box: untouched

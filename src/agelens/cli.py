@@ -351,7 +351,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             if hold:
                 results.append(r)
             if save_annotated is not None and rgb is not None:
-                _annotate(rgb, r["faces"], save_annotated, r["file"], k + 1)
+                _annotate(rgb, r["faces"], save_annotated, r["file"], k + 1, todo[k])
     finally:
         if sink is not None:
             sink.close()
@@ -367,7 +367,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                     except Exception as e:  # the file changed or went since it was answered: no drawing, no stop
                         _err(f"{r['file']}: not annotated: {e}")
                         continue
-                    _annotate(rgb, r["faces"], save_annotated, r["file"], k + 1)
+                    _annotate(rgb, r["faces"], save_annotated, r["file"], k + 1, path)
         if sink is None and fmt == "jsonl":
             for r in results:
                 typer.echo(json.dumps(r))
@@ -439,12 +439,23 @@ def _emit(results: list[dict], fmt: str) -> None:
     Console(width=160).print(t)
 
 
-def _annotate(rgb, faces: list[dict], out_dir: Path, src: str, k: int) -> None:
+def _annotate(rgb, faces: list[dict], out_dir: Path, src: str, k: int, path: str | None = None) -> None:
+    """Writes the image with its faces drawn. path: the file, whose stored size tells whether `rgb` is a reduced
+    decode of it (a JPEG too large to keep whole), so the boxes, in the file's pixels, are drawn scaled to it."""
+    import contextlib
+
     import cv2
 
     from .inference.draw import draw
     from .utils import atomic_write
 
+    if path is not None and faces:
+        from .imageio import image_size
+
+        with contextlib.suppress(Exception):  # an unreadable header: drawn as given
+            scale = max(image_size(path)) / max(rgb.shape[:2])
+            if scale > 1.0:
+                faces = [{**f, "box": [v / scale for v in f["box"]]} for f in faces]
     name = f"{k:05d}_{Path(src).stem}.jpg"
     ok, buf = cv2.imencode(".jpg", draw(rgb, faces, channels="rgb")[..., ::-1])
     if ok:

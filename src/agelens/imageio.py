@@ -112,6 +112,16 @@ def file_box(box, scale: float) -> list[float]:
     return [round(float(v) * scale, 1) for v in box]
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """The image file's (width, height) as stored, from its header (no pixels decoded; a JPEG of any size)."""
+    with open(path, "rb") as fh:
+        head = fh.read(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with (JpegImagePlugin.JpegImageFile(path) if head == JPEG_SOI else Image.open(path)) as im:
+            return im.size
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file to RGB uint8, raising ImageError naming the file and the problem."""
     return decode_image(_read(path), str(path))
