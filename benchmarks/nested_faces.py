@@ -2,7 +2,7 @@
 under other settings of its constants, in one process, the settings taking turns on every photo.
 
 Under two occluders the detector often misses the face and fires on a part of it (the nose, one lens), which the
-face networks pass; the rule reads the padded copy where a detector face scores under the cut and lets a wider face
+face networks pass; the rule reads the padded copy where a detector face scores under NESTED_BELOW and lets a wider face
 found there that holds it replace it. Measured here:
 
 - UTKFace photos of a split part (seeded sample), clean and under the paper's six occluder types (every photo) and
@@ -87,8 +87,8 @@ def answers(est: AgeEstimator, path: Path, settings: list[str], ref_box, seconds
     out = {}
     shift = answers.calls % len(settings)  # the settings take turns going first
     answers.calls += 1
-    for cut in settings[shift:] + settings[:shift]:
-        apply(cut, SHIPPED)
+    for setting in settings[shift:] + settings[:shift]:
+        apply(setting, SHIPPED)
         forget(est)
         before = counter.n
         t0 = time.perf_counter()
@@ -96,17 +96,17 @@ def answers(est: AgeEstimator, path: Path, settings: list[str], ref_box, seconds
             preds = est.predict(path)
         except NoFaceError:
             preds = []
-        seconds[cut] += time.perf_counter() - t0
-        reads[cut] += counter.n - before
+        seconds[setting] += time.perf_counter() - t0
+        reads[setting] += counter.n - before
         if not preds:
-            out[cut] = None
+            out[setting] = None
             continue
         if ref_box is None:
             p = max(preds, key=lambda q: (q.box[2] - q.box[0]) * (q.box[3] - q.box[1]))
         else:
             p = preds[nearest_box([q.box for q in preds], ref_box)]
         d = p.to_dict()
-        out[cut] = (float(d["age"]), bool(d["occluded"]), d["detection"])
+        out[setting] = (float(d["age"]), bool(d["occluded"]), d["detection"])
     return out
 
 
@@ -127,16 +127,16 @@ def forget(est: AgeEstimator) -> None:
 def summary(rows: list[dict], settings: list[str], ages: np.ndarray | None) -> dict:
     off = settings[0]
     res = {}
-    for cut in settings:
-        got = [r[cut] for r in rows]
+    for setting in settings:
+        got = [r[setting] for r in rows]
         answered = np.array([g is not None for g in got])
         r = {"n": len(rows), "answered": round(float(answered.mean()), 4) if rows else None,
-             "changed": int(sum(1 for x in rows if x[cut] != x[off]))}
+             "changed": int(sum(1 for x in rows if x[setting] != x[off]))}
         if ages is not None and rows:
             both = answered & np.array([x[off] is not None for x in rows])
             err = np.array([abs(g[0] - a) if g is not None else np.nan for g, a in zip(got, ages, strict=True)])
             r["mae"] = round(float(np.nanmean(err)), 3) if answered.any() else None
-            if cut != off and both.any():
+            if setting != off and both.any():
                 base = np.array([abs(x[off][0] - a) for x, a, ok in zip(rows, ages, both, strict=True) if ok])
                 new = err[both]
                 m, lo, hi = paired_ci(base, new)
@@ -144,7 +144,7 @@ def summary(rows: list[dict], settings: list[str], ages: np.ndarray | None) -> d
         else:
             flagged = [g[1] for g in got if g is not None]
             r["flagged"] = round(float(np.mean(flagged)), 4) if flagged else None
-        res[str(cut)] = r
+        res[str(setting)] = r
     return res
 
 
