@@ -334,3 +334,18 @@ def test_shipped_pipeline_finds_a_small_face_in_a_scene_and_not_in_the_coffee(an
     assert x1 - 5 <= box[0] < box[2] <= x2 + 5 and y1 - 5 <= box[1] < box[3] <= y2 + 5, box
     with pytest.raises(NoFaceError):
         find_and_align(np.ascontiguousarray(cv2.resize(data.coffee(), (400, 300))), analyzer, 256)
+
+
+def test_one_person_found_twice_is_answered_once():
+    """A tight face box inside a loose head box (the detector's two answers for one masked face): the one it scored
+    higher stays; faces side by side, or overlapping less, all stay."""
+    from agelens.faces.detect import Face, without_nested
+
+    kp = np.zeros((4, 2), np.float32)
+    tight, loose = Face((50, 50, 90, 90), 0.8, kp), Face((40, 40, 110, 120), 0.6, kp)
+    beside = Face((150, 50, 190, 90), 0.55, kp)
+    assert without_nested([loose, tight, beside]) == [tight, beside]
+    loose.score = 0.9
+    assert without_nested([tight, loose, beside]) == [loose, beside]
+    half_out = Face((80, 50, 120, 90), 0.7, kp)  # three quarters of it inside the loose box (under 0.8): kept
+    assert len(without_nested([loose, half_out])) == 2
