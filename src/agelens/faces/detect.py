@@ -238,13 +238,15 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / ua if ua > 0 else 0.0
 
 
+def inside(b: tuple[float, ...], a: tuple[float, ...]) -> bool:
+    """Whether box b lies NESTED_INSIDE (its area's share) inside box a; boxes are (x1, y1, x2, y2)."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter >= NESTED_INSIDE * (b[2] - b[0]) * (b[3] - b[1])
+
+
 def without_nested(faces: list[Face]) -> list[Face]:
     """Faces by descending score, each dropped where it lies NESTED_INSIDE inside a kept one's box or a kept one lies
     that far inside its own (one person found twice)."""
-    def inside(b: tuple[float, ...], a: tuple[float, ...]) -> bool:
-        inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        return inter >= NESTED_INSIDE * (b[2] - b[0]) * (b[3] - b[1])
-
     kept: list[Face] = []
     for f in sorted(faces, key=lambda f: -f.score):
         if not any(inside(f.box, k.box) or inside(k.box, f.box) for k in kept):
@@ -391,9 +393,8 @@ class FaceAnalyzer:
 
         def holds(big: Face, small: Face) -> bool:
             a, b = big.box, small.box
-            inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
             bw, bh = a[2] - a[0], a[3] - a[1]
-            return (inter >= NESTED_INSIDE * (b[2] - b[0]) * (b[3] - b[1]) and bw >= NESTED_WIDER * (b[2] - b[0])
+            return (inside(b, a) and bw >= NESTED_WIDER * (b[2] - b[0])
                     and bw >= NESTED_FILLS * rgb.shape[1]
                     and abs((b[0] + b[2] - a[0] - a[2]) / 2) <= NESTED_CENTRED * bw
                     and abs((b[1] + b[3] - a[1] - a[3]) / 2) <= NESTED_CENTRED * bh)
