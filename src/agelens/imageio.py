@@ -48,14 +48,12 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 
-def _open(data: bytes, reduce_jpeg: bool) -> Image.Image:
-    """The image's header read (no pixels decoded). A JPEG that may be decoded reduced is opened by Pillow's JPEG
-    plugin itself: `Image.open` would apply Pillow's own decompression-bomb check to the header's size (a warning
-    from 89 MP, an error from 179 MP), which would refuse a 108 or 200 MP phone photo that decodes at 1/8 of its
-    size in under 4 MP; `decode_reduced` checks the size it will decode instead."""
-    if reduce_jpeg and data[:3] == JPEG_SOI:
-        return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
-    return Image.open(io.BytesIO(data))
+def _open(src, jpeg: bool) -> Image.Image:
+    """The image's header read (no pixels decoded) from a path or a file object. jpeg: opened by Pillow's JPEG plugin
+    itself: `Image.open` would apply Pillow's own decompression-bomb check to the header's size (a warning from 89 MP,
+    an error from 179 MP), which would refuse a 108 or 200 MP phone photo that decodes at 1/8 of its size in under
+    4 MP; `decode_reduced` checks the size it will decode instead."""
+    return JpegImagePlugin.JpegImageFile(src) if jpeg else Image.open(src)
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
@@ -83,7 +81,7 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _open(data, reduce_jpeg=bool(min_side)) as im:
+            with _open(io.BytesIO(data), jpeg=bool(min_side) and data[:3] == JPEG_SOI) as im:
                 w, h = im.size
                 if min_side and im.format in ("JPEG", "MPO") and max(w, h) >= 2 * min_side:  # MPO: cameras' JPEGs
                     f = min_side / max(w, h)  # libjpeg picks the smallest scale whose result is at least this
@@ -118,7 +116,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         head = fh.read(3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with (JpegImagePlugin.JpegImageFile(path) if head == JPEG_SOI else Image.open(path)) as im:
+        with _open(path, jpeg=head == JPEG_SOI) as im:
             return im.size
 
 

@@ -6,9 +6,10 @@ fills the frame is what it misses most); FaceMesh alone; the whole image as one 
 overlapping tiles of the image (2 × 2, then 3 × 3), for faces too small for the detector's input (a masked crowd in
 a 256 px photo); last, the detector on the image's visible half completed by its mirror image (a face crop with one
 side hidden from the nose outwards; reported as "padded", the detector on a re-framed copy). Faces do not nest: a
-detector face scored low that a wider face of the padded copy holds is a part of that face, which replaces it
-(NESTED_*). Every face says which step found it (`Face.detection`; a face found on a tile is the detector's). The fallback steps can be fooled by a
-cat or a colour wheel, so they answer only when a face verifier (a callable: aligned crops → face probability)
+detector face scored low that a wider face of the padded copy holds is a part of that face, which replaces it, and
+of two nested detector faces the higher-scored stays (NESTED_*). Every face says which step found it
+(`Face.detection`; a face found on a tile is the detector's). The fallback steps can be fooled by a cat or a colour
+wheel, so they answer only when a face verifier (a callable: aligned crops → face probability)
 accepts the crop.
 """
 
