@@ -5,7 +5,7 @@ Both students read each found face as predict's student does (realigned from the
 mirror at the shipped student's cut); routed ages use the shipped soft-route weight of that face. Prints MAE alone
 and routed per group, with the paired change (bootstrap 95 %).
 
-    python benchmarks/student_compare.py runs/student_realign_net --part val --n 200 --n-new 60 --seed 5 \
+    python benchmarks/student_compare.py runs/student_realign_net [MORE ...] --part val --n 200 --n-new 60 --seed 5 \
         --out runs/student_compare.json
 """
 
@@ -29,8 +29,9 @@ from agelens.utils import atomic_write_json
 from occlusion_e2e import NEW_KINDS, nearest_box, placed_photos, save_jpeg
 
 
-def face_rows(est: AgeEstimator, candidate, files: list[Path], n_new: int, seed: int) -> list[dict]:
-    """Per occluded face found: its age, occluder kind, the teacher's age, both students' ages and the soft weight."""
+def face_rows(est: AgeEstimator, candidates: list, files: list[Path], n_new: int, seed: int) -> list[dict]:
+    """Per occluded face found: its age, occluder kind, the teacher's age, the students' ages (the shipped one first,
+    then each candidate's) and the soft weight."""
     shipped, an, rows = est.student, FaceAnalyzer(), []
     kinds = list(OCCLUSION_TYPES) + list(NEW_KINDS)
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,17 +49,18 @@ def face_rows(est: AgeEstimator, candidate, files: list[Path], n_new: int, seed:
                 j = nearest_box([p.box for p in preds], face.box)
                 crop, src = faces[j][2][None], [face_source(faces[j])]
                 ages = []
-                for student in (shipped, candidate):
+                for student in (shipped, *candidates):
                     est.student = student
                     ages.append(float(est._ages(student, crop, sources=src)[0][0]))
                 est.student = shipped
                 rows.append({"kind": kind, "age": age, "teacher": float(est._ages(est.teacher, crop)[0][0]),
-                             "shipped": ages[0], "candidate": ages[1], "w": preds[j].to_dict()["student_weight"]})
+                             "shipped": ages[0], "candidates": ages[1:], "w": preds[j].to_dict()["student_weight"]})
     return rows
 
 
-def summary(rows: list[dict], kinds: tuple[str, ...]) -> dict:
-    rs = [r for r in rows if r["kind"] in kinds]
+def summary(rows: list[dict], kinds: tuple[str, ...], c: int = 0) -> dict:
+    """MAE of the shipped student and candidate number `c`, alone and routed, with the paired change."""
+    rs = [{**r, "candidate": r["candidates"][c]} for r in rows if r["kind"] in kinds]
     if not rs:
         return {"n": 0}
     age = np.array([r["age"] for r in rs])
@@ -78,7 +80,7 @@ def summary(rows: list[dict], kinds: tuple[str, ...]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("candidate", help="student weights: a run folder, .pt or .safetensors")
+    ap.add_argument("candidates", nargs="+", help="student weights: run folders, .pt or .safetensors files")
     ap.add_argument("--part", default="val", choices=["val", "test"])
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--n-new", type=int, default=60)
@@ -88,17 +90,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     est = AgeEstimator.from_pretrained(backend="torch")
-    candidate = AgeEstimator.from_pretrained(backend="torch", student=a.candidate).student
-    candidate = replace(candidate, tta_flip=est.student.tta_flip, tta_spread=est.student.tta_spread)
+    candidates = [replace(AgeEstimator.from_pretrained(backend="torch", student=c).student,
+                          tta_flip=est.student.tta_flip, tta_spread=est.student.tta_spread) for c in a.candidates]
     files = [a.root / f for f in sample_names(sorted(split_part(a.split, a.part)), a.n, a.seed)]
-    rows = face_rows(est, candidate, files, a.n_new, a.seed)
+    rows = face_rows(est, candidates, files, a.n_new, a.seed)
     groups = {"paper types": OCCLUSION_TYPES, "newer kinds": NEW_KINDS,
               **{k: (k,) for k in ("sunglasses+mask", "eye+mouth_block")}}
     res = {"command": "python benchmarks/student_compare.py " + " ".join(
-        [a.candidate] + [f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k in ("part", "n", "n_new", "seed")]),
-        **{name: summary(rows, kinds) for name, kinds in groups.items()}}
-    for name in groups:
-        print(name, json.dumps(res[name]))
+        a.candidates + [f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k in ("part", "n", "n_new", "seed")]),
+        "candidates": [{"weights": c, **{name: summary(rows, kinds, i) for name, kinds in groups.items()}}
+                       for i, c in enumerate(a.candidates)]}
+    for cand in res["candidates"]:
+        for name in groups:
+            print(cand["weights"], name, json.dumps(cand[name]))
     if a.out is not None:
         atomic_write_json(a.out, {**res, "rows": rows})
 
