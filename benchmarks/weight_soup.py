@@ -1,6 +1,7 @@
 """A weight soup (Wortsman et al. 2022): the mean (uniform, or weighted by --weights) of several fine-tunes of one
-parent, written as a training checkpoint that `agelens evaluate --model` reads. Members: shipped names, .safetensors, .pt checkpoints or run folders
-of the same architecture; parameters and BatchNorm statistics are averaged, counters taken from the first member.
+parent, written as a training checkpoint that `agelens evaluate --model` reads. Members: shipped names,
+.safetensors, .pt checkpoints or run folders of the same architecture; parameters and BatchNorm statistics are
+averaged, counters taken from the first member.
 
     python benchmarks/weight_soup.py teacher runs/teacher_anchor runs/teacher_anchor_hard --out runs/soup/all3/best.pt
     agelens evaluate -c configs/teacher_stable.yaml --model runs/soup/all3/best.pt --part val --from-cache -o OUT
