@@ -245,23 +245,24 @@ def inside(b: tuple[float, ...], a: tuple[float, ...]) -> bool:
     return inter >= NESTED_INSIDE * (b[2] - b[0]) * (b[3] - b[1])
 
 
+def _best_first(faces: list[Face], clash: Callable[[Face, Face], bool]) -> list[Face]:
+    """Faces by descending score, each dropped where it clashes with a face already kept (greedy suppression)."""
+    kept: list[Face] = []
+    for f in sorted(faces, key=lambda f: -f.score):
+        if not any(clash(f, k) for k in kept):
+            kept.append(f)
+    return kept
+
+
 def without_nested(faces: list[Face]) -> list[Face]:
     """Faces by descending score, each dropped where it lies NESTED_INSIDE inside a kept one's box or a kept one lies
     that far inside its own (one person found twice)."""
-    kept: list[Face] = []
-    for f in sorted(faces, key=lambda f: -f.score):
-        if not any(inside(f.box, k.box) or inside(k.box, f.box) for k in kept):
-            kept.append(f)
-    return kept
+    return _best_first(faces, lambda f, k: inside(f.box, k.box) or inside(k.box, f.box))
 
 
 def _merge(cands: list[Face], overlap: float = 0.4) -> list[Face]:
     """Faces by descending score, each dropped where it overlaps a kept one by `overlap` (IoU) or more."""
-    kept: list[Face] = []
-    for f in sorted(cands, key=lambda f: -f.score):
-        if all(iou(f.box, k.box) < overlap for k in kept):
-            kept.append(f)
-    return kept
+    return _best_first(cands, lambda f, k: iou(f.box, k.box) >= overlap)
 
 
 class FaceAnalyzer:
