@@ -17,6 +17,17 @@ best (validation MAE) weights come back, as fp16 checkpoints whose config points
     python benchmarks/gpu_train.py pack --out .gpu/r34pack --test 1000 --no-imagenet
     python benchmarks/gpu_train.py resnet34 --pack .gpu/r34pack --out $OUT --workers 6   # → docs/kd_ablation_resnet34.json
 
+    # the shipped recipes trained long (configs/teacher_stable.yaml, configs/student_160_continue.yaml), both
+    # datasets, shipped geometry (crop 7/8 of the cache, input 160); docs/results.md "Shipped recipes on an H200"
+    python benchmarks/gpu_train.py pack-ship --size 183 --out .gpu/shippack183                # here, ~2 min, 52 MiB
+    python benchmarks/gpu_train.py ship --pack .gpu/shippack183 --out $OUT --rows student --deadline 500 \
+        distill.stage_epochs=0                                                                 # there
+    # 183 px = 256 x 160/224: no resampling between pack and input. At 160 px (the crop 140 upsampled) UTKFace
+    # lost detail its 200 px sources have: a student trained there beat the shipped one by 0.35 on 400 packed
+    # validation faces and lost to it by 0.14 on the same faces at full resolution. The pack and the tracked tree must stay under 64 MiB together:
+    # for the run, take docs/, splits/, tests/ and the weights a row does not read out of git's index
+    # (`git rm -r --cached` + .git/info/exclude; `git reset` after).
+
 "there" = the `run` tool with carry [".gpu/<pack>"] and PYTHONPATH=src (the package needs no install there).
 Geometry: cache 128 px, crop 112, input 112 = the CPU protocols' 256/224/112 at half the resolution.
 """
@@ -87,24 +98,7 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
         if part == "test" and not limits.get("test"):
             continue
         c = FaceCache(caches / part)
-        n = min(len(c), limits[part] or len(c))  # the first n records (data.max_train / max_eval take these)
-        scale = SIZE / c.size
-        blobs, offsets = [], [0]
-        for i in range(n):
-            small = cv2.resize(np.asarray(c.images[i]), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-            ok, buf = cv2.imencode(".webp", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_WEBP_QUALITY, quality])
-            if not ok:
-                raise RuntimeError(f"WebP encoding failed for {part} record {i}")
-            blobs.append(buf.tobytes())
-            offsets.append(offsets[-1] + len(blobs[-1]))
-        (out / f"{part}.webp.bin").write_bytes(b"".join(blobs))
-        lm = np.asarray(c.landmarks[:n])[:, idx] * scale  # (N, P, 2) pixels of the 128 px crop
-        q = np.where(np.isfinite(lm), np.round(np.nan_to_num(lm) * 4), -32768).clip(-32768, 32767).astype(np.int16)
-        np.savez_compressed(out / f"{part}.npz", offsets=np.array(offsets, np.int64), landmarks=q)
-        meta = {k: v for k, v in c.meta.items() if k not in ("checksums",)}
-        meta["records"] = meta["records"][:n]
-        (out / f"{part}.meta.json.gz").write_bytes(gzip.compress(json.dumps(meta).encode()))
-        print(f"{part}: {n} faces, {offsets[-1] / 2**20:.1f} MiB of WebP", flush=True)
+        _pack_part(c, min(len(c), limits[part] or len(c)), out, part, idx, SIZE, quality)
     if imagenet:
         from agelens.models.backbones import efficientnet_lite_imagenet
 
@@ -118,37 +112,81 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
     print(f"pack: {total / 2**20:.1f} MiB in {out}")
 
 
+def _pack_part(c, n: int | np.ndarray, out: Path, name: str, idx: np.ndarray, size: int, quality: int,
+               delta: bool = False) -> None:
+    """The first n records (or the rows n) of cache c → out/<name>.webp.bin (size px WebP), .npz (offsets, landmarks), .meta.json.gz.
+    Landmarks: int16 quarter pixels, or with `delta` int8 whole pixels from the part's median face (half the bytes;
+    the few points further than 127 px from it are clipped)."""
+    scale = size / c.size
+    rows = np.arange(n) if np.isscalar(n) else np.asarray(n)
+    blobs, offsets = [], [0]
+    for i in rows:
+        small = cv2.resize(np.asarray(c.images[i]), (size, size), interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".webp", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_WEBP_QUALITY, quality])
+        if not ok:
+            raise RuntimeError(f"WebP encoding failed for {name} record {i}")
+        blobs.append(buf.tobytes())
+        offsets.append(offsets[-1] + len(blobs[-1]))
+    (out / f"{name}.webp.bin").write_bytes(b"".join(blobs))
+    lm = np.asarray(c.landmarks)[rows][:, idx] * scale  # (N, P, 2) pixels of the packed crop
+    arrays = {"offsets": np.array(offsets, np.int64)}
+    if delta:
+        median = np.nanmedian(lm, axis=0).astype(np.float32)
+        arrays["median"] = median
+        arrays["landmarks"] = np.where(np.isfinite(lm), np.round(np.nan_to_num(lm) - median), -128).clip(
+            -128, 127).astype(np.int8)
+    else:
+        arrays["landmarks"] = np.where(np.isfinite(lm), np.round(np.nan_to_num(lm) * 4), -32768).clip(
+            -32768, 32767).astype(np.int16)
+    np.savez_compressed(out / f"{name}.npz", **arrays)
+    meta = {k: v for k, v in c.meta.items() if k not in ("checksums",)}
+    meta["records"] = [meta["records"][i] for i in rows]
+    (out / f"{name}.meta.json.gz").write_bytes(gzip.compress(json.dumps(meta).encode()))
+    print(f"{name}: {len(rows)} faces, {offsets[-1] / 2**20:.1f} MiB of WebP", flush=True)
+
+
 def unpack(pack_dir: Path, dest: Path) -> Path:
-    """The pack → FaceCache folders dest/<part> for each packed part; FaceMesh points that neither the region
-    masks nor the occluders read are filled with the mean landmarks."""
+    """The pack → FaceCache folders: dest/<part> for each packed part, dest/<dataset>/<part> for a ship pack's
+    <dataset>_<part>; dest/.unpacked marks the work done."""
+    idx = np.load(pack_dir / "points.npy")
+    size = json.loads((pack_dir / "pack.json").read_text())["size"] if (pack_dir / "pack.json").is_file() else SIZE
+    for f in sorted(pack_dir.glob("*.npz")):
+        _unpack_part(pack_dir, f.stem, dest.joinpath(*f.stem.rsplit("_", 1)), idx, size)
+    (dest / ".unpacked").touch()
+    return dest
+
+
+def _unpack_part(pack_dir: Path, name: str, out: Path, idx: np.ndarray, size: int) -> None:
+    """One packed part → a FaceCache folder; FaceMesh points that neither the region masks nor the occluders read
+    are filled with the mean landmarks."""
     from agelens.data.cache import N_LANDMARKS, cache_checksums
     from agelens.models.regions import MEAN_LANDMARK_SIZE, mean_landmarks
 
-    idx = np.load(pack_dir / "points.npy")
-    mean = mean_landmarks() * (SIZE / MEAN_LANDMARK_SIZE)
-    for part in [p for p in PARTS if (pack_dir / f"{p}.npz").is_file()]:
-        out = dest / part
-        out.mkdir(parents=True, exist_ok=True)
-        z = np.load(pack_dir / f"{part}.npz")
-        offsets, q = z["offsets"], z["landmarks"]
-        blob = np.frombuffer((pack_dir / f"{part}.webp.bin").read_bytes(), np.uint8)
-        n = len(offsets) - 1
-        imgs = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, SIZE, SIZE, 3))
-        for i in range(n):
-            imgs[i] = cv2.cvtColor(cv2.imdecode(blob[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        imgs.flush()
-        del imgs
-        lm = np.broadcast_to(mean, (n, N_LANDMARKS, 2)).copy()
+    mean = mean_landmarks() * (size / MEAN_LANDMARK_SIZE)
+    out.mkdir(parents=True, exist_ok=True)
+    z = np.load(pack_dir / f"{name}.npz")
+    offsets, q = z["offsets"], z["landmarks"]
+    blob = np.frombuffer((pack_dir / f"{name}.webp.bin").read_bytes(), np.uint8)
+    n = len(offsets) - 1
+    imgs = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    for i in range(n):
+        imgs[i] = cv2.cvtColor(cv2.imdecode(blob[offsets[i]:offsets[i + 1]], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    imgs.flush()
+    del imgs
+    lm = np.broadcast_to(mean, (n, N_LANDMARKS, 2)).copy()
+    if "median" in z:  # int8 whole pixels from the part's median face
+        missing = (q == -128).any(axis=(1, 2))
+        lm[:, idx] = q.astype(np.float32) + z["median"]
+    else:
         missing = (q == -32768).any(axis=(1, 2))
         lm[:, idx] = q.astype(np.float32) / 4
-        lm[missing] = np.nan
-        np.save(out / "landmarks.npy", lm.astype(np.float32))
-        meta = json.loads(gzip.decompress((pack_dir / f"{part}.meta.json.gz").read_bytes()))
-        meta["size"] = SIZE
-        meta["checksums"] = cache_checksums(out)
-        (out / "meta.json").write_text(json.dumps(meta))
-        print(f"unpacked {part}: {n} faces", flush=True)
-    return dest
+    lm[missing] = np.nan
+    np.save(out / "landmarks.npy", lm.astype(np.float32))
+    meta = json.loads(gzip.decompress((pack_dir / f"{name}.meta.json.gz").read_bytes()))
+    meta["size"] = size
+    meta["checksums"] = cache_checksums(out)
+    (out / "meta.json").write_text(json.dumps(meta))
+    print(f"unpacked {name}: {n} faces", flush=True)
 
 
 def install_imagenet_shim(pack_dir: Path, where: Path) -> None:
@@ -176,15 +214,18 @@ def install_imagenet_shim(pack_dir: Path, where: Path) -> None:
 
 def slim_checkpoint(src: Path, dst: Path, restore: dict[str, str] | None = None) -> dict:
     """best.pt → fp16 model weights + config (no optimiser state), set up for evaluation on the 256 px caches;
-    `restore` puts back config values ("section.key": value) that pointed at the pack."""
+    `restore` puts back config values ("section.key" or a top-level key: value) that pointed at the pack."""
     from agelens.models.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(src)
     config = ck["config"]
     config["data"].update(cache_size=256, crop_size=224)  # the same geometry: crop 7/8 of the cache, resize to 112
     for key, value in (restore or {}).items():
-        section, k = key.split(".")
-        config[section][k] = value
+        if "." in key:
+            section, k = key.split(".")
+            config[section][k] = value
+        else:
+            config[key] = value
     slim = {"model": _fp16(ck["model"]),
             "config": config, "epoch": ck.get("epoch"), "best_mae": ck.get("best_mae"), "history": ck.get("history"),
             "trained_on": f"benchmarks/gpu_train.py pack: {SIZE} px WebP crops, crop {CROP}, input {INPUT}"}
@@ -246,7 +287,152 @@ def packed_teacher(row: str, pack_dir: Path, work: Path) -> Path:
     return pack_dir / f"teacher_{KD_ROWS[row][1]}.pt"
 
 
-JOBS = {"fair": fair_row, "kd": kd_row}
+# The shipped models' own recipes, trained long (issue 19's large recipe; issue 20's student): both datasets'
+# training faces at the shipped geometry (crop 7/8 of the cache, input 160), each row time-boxed to the deadline
+SHIP_DATASETS = ("utkface", "aaf")
+SHIP_ROWS = {"teacher": "configs/teacher_stable.yaml", "student": "configs/student_160_continue.yaml"}
+SHIP_WORKERS = {"teacher": 1, "student": 2}  # shares of the loader processes: the student's occluders cost more
+SHIP_COMMON = ["train.batch_size=128", "train.early_stop_patience=0", "train.log_every=50", "data.max_eval=0",
+               "data.num_workers=0"]
+SHIP_TRAIN = {"teacher": ["model.init_from=teacher", "train.lr=0.0003", "train.head_lr=0.001",
+                          "train.warmup_epochs=0.3"],
+              "student": ["distill.stage_epochs=1", "train.lr=0.0003", "train.head_lr=0.00075",
+                          "train.warmup_epochs=0.3", "distill.student_init=student"]}  # distill.stage_epochs=0: none
+# faces/s one row's own process kept up on the H200 (2026-12-04: teacher 590-750, student 580-670 after its first
+# epoch), however fast the loader probe said its workers were (teacher 1,323, student 786 and 995): the schedule
+# is sized by the smaller, or the rows are stopped before their cosine ends (as both were on that day)
+SHIP_ROW_RATE = {"teacher": 550.0, "student": 500.0}
+SHIP_STAGE_SHARE = 0.25  # of the student's training time: stage-wise distillation (1 epoch per stage), rest fine-tuning
+
+
+def pack_ship(out: Path, size: int, quality: int, n_val: dict[str, int], n_train: int | None = None,
+              caches: Path = Path("cache")) -> None:
+    """Every training face of both datasets (or the first n_train of each) and n_val validation faces of each
+    (a seeded sample), size px WebP; the shipped teacher and student travel with the repository."""
+    from agelens.data.cache import FaceCache
+
+    out.mkdir(parents=True, exist_ok=True)
+    idx = used_points()
+    np.save(out / "points.npy", idx)
+    for ds in SHIP_DATASETS:
+        for part in ("train", "val"):
+            c = FaceCache(caches / ds / part)
+            if part == "train":
+                _pack_part(c, min(len(c), n_train or len(c)), out, f"{ds}_{part}", idx, size, quality, delta=True)
+            else:  # a seeded sample: the caches are in file-name order, and UTKFace's names start with the age
+                rows = np.sort(np.random.default_rng(0).choice(len(c), min(len(c), n_val[ds]), replace=False))
+                _pack_part(c, rows, out, f"{ds}_{part}", idx, size, quality, delta=True)
+    (out / "pack.json").write_text(json.dumps({"size": size, "quality": quality, "val": n_val}))
+    total = sum(p.stat().st_size for p in out.iterdir())
+    print(f"pack: {total / 2**20:.1f} MiB in {out}")
+
+
+def _data_rate(ds, batch: int, workers: int, seconds: float = 20.0) -> float:
+    """Faces per second the loader gives with this many workers (the prefetched batches not counted)."""
+    from torch.utils.data import DataLoader
+
+    dl = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                    persistent_workers=workers > 0)
+
+    def batches():
+        while True:
+            yield from dl
+
+    it = batches()
+    for _ in range(2 * workers + 1):
+        next(it)
+    t0, n = time.time(), 0
+    while time.time() - t0 < seconds:
+        next(it)
+        n += batch
+    rate = n / (time.time() - t0)
+    it.close()
+    return rate
+
+
+def ship_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], log, budget_s: float) -> dict:
+    """Teacher or student recipe on the packed faces; epochs sized from the loader's measured rate so the cosine
+    schedule ends inside budget_s. out/<row>.pt: the best validation epoch, fp16, config back on the 256 px caches."""
+    from agelens.config import config_to_dict, load_config
+    from agelens.data.cache import FaceCache
+    from agelens.data.dataset import CachedFaceDataset
+    from agelens.data.prepare import combine_caches
+    from agelens.train.distill import distill_stages
+    from agelens.train.engine import Trainer, occlusion_mix
+
+    t0 = time.time()
+    cv2.setNumThreads(1)
+    size = json.loads((pack_dir / "pack.json").read_text())["size"]
+    crop = round(size * 224 / 256)
+    caches = {part: combine_caches([FaceCache(work / "cache" / ds / part) for ds in SHIP_DATASETS],
+                                   work / "cache" / f"combined_{part}") for part in ("train", "val")}
+    base = config_to_dict(load_config(SHIP_ROWS[row], []))
+    restore = {"extra_data": base["extra_data"],  # set aside there: the packed datasets come in combined
+               **{f"data.{k}": base["data"][k] for k in ("cache_dir", "max_eval", "num_workers")}}
+    cfg = load_config(SHIP_ROWS[row], [f"name=gpu_{row}", f"out_dir={work / 'runs'}", f"data.cache_size={size}",
+                                       f"data.crop_size={crop}", "extra_data=[]", *SHIP_COMMON, *SHIP_TRAIN[row], *extra])
+    t = cfg.train
+    kw = {"augment": t.augment, "source_scale": t.augment_source_scale, "augment_p": t.augment_p,
+          "source_min": t.augment_source_min, "augment_pair": t.augment_consistency > 0,
+          "occlusion": occlusion_mix(cfg)}
+    rate = _data_rate(CachedFaceDataset(caches["train"], True, crop, cfg.data.input_size, **kw), t.batch_size,
+                      cfg.data.num_workers)
+    n_train, n_val = len(caches["train"]), len(caches["val"])
+    eval_s = n_val / (80.0 if cfg.occlusion.enabled else 400.0)  # one validation pass (occluders drawn in-process)
+    left = budget_s - (time.time() - t0) - 20.0  # 20 s: checkpoints and the slim copy
+    speed = min(0.85 * rate, SHIP_ROW_RATE[row])  # faces/s the row can train at, with a margin
+    faces = speed * left
+    log(f"loader {rate:.0f} faces/s with {cfg.data.num_workers} workers; {left:.0f} s left: ~{faces:.0f} faces")
+    summary: dict = {"loader_faces_per_s": round(rate, 1), "faces_budget": int(faces)}
+    if row == "student" and cfg.distill.stage_epochs == 0:  # fine-tuning only, from the shipped student
+        cfg.model.init_from, cfg.model.pretrained = cfg.distill.student_init, False
+    elif row == "student":
+        stage_faces = SHIP_STAGE_SHARE * faces - 4 * eval_s * speed
+        t.max_steps_per_epoch = max(10, min(n_train // t.batch_size, int(stage_faces / 4 / t.batch_size)))
+        summary["stage_steps"] = t.max_steps_per_epoch
+        log(f"stage-wise: 4 stages x {t.max_steps_per_epoch} steps")
+        summary["distill_history"] = distill_stages(cfg, caches["train"], caches["val"], log=log)["stages"]
+        cfg.model.init_from, cfg.model.pretrained = str(cfg.run_dir / "stages.pt"), False
+        left = budget_s - (time.time() - t0) - 20.0
+        faces = speed * left
+    cap = cfg.train.epochs if any(o.startswith("train.epochs=") for o in extra) else 40  # a given epochs caps it
+    epochs = int(np.clip(faces / (n_train + speed * eval_s), min(2, cap), cap))
+    t.epochs = epochs
+    t.max_steps_per_epoch = max(10, min(n_train // t.batch_size,
+                                        int((faces / epochs - speed * eval_s) / t.batch_size)))
+    summary.update(epochs=epochs, steps_per_epoch=t.max_steps_per_epoch)
+    log(f"training: {epochs} epochs x {t.max_steps_per_epoch} steps of {t.batch_size}")
+    summary.update(Trainer(cfg, caches["train"], caches["val"], progress=False, log=log).fit())
+    slim_checkpoint(cfg.run_dir / "best.pt", out / f"{row}.pt", restore)
+    return summary
+
+
+def gpu_throughput(seconds: float = 8.0) -> dict:
+    """The shipped student's forward pass on the GPU (faces/s at input 160): fp32 and bf16 autocast, batch 256."""
+    import torch
+
+    from agelens.models.weights import resolve_model
+
+    if not torch.cuda.is_available():
+        return {}
+    model = resolve_model("student")[0].float().cuda().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(256, 3, 160, 160, device="cuda").to(memory_format=torch.channels_last)
+    result = {"device": torch.cuda.get_device_name(0), "batch": 256, "input": 160}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            for _ in range(5):
+                model(x)
+            torch.cuda.synchronize()
+            t0, n = time.time(), 0
+            while time.time() - t0 < seconds:
+                model(x)
+                n += 256
+            torch.cuda.synchronize()
+            result[f"{name}_faces_per_s"] = round(n / (time.time() - t0))
+    return result
+
+
+JOBS = {"fair": fair_row, "kd": kd_row, "ship": ship_row}
 
 
 def resnet34_job(pack_dir: Path, out: Path, work: Path, workers: int, deadline_s: float, n_test: int,
@@ -296,11 +482,12 @@ def resnet34_job(pack_dir: Path, out: Path, work: Path, workers: int, deadline_s
     (out / "resnet34.json").write_text(json.dumps(result, indent=1, default=str))
 
 
-def run_row(job: str, pack_dir: Path, out: Path, row: str, work: Path, extra: list[str]) -> None:
+def run_row(job: str, pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], budget_s: float) -> None:
     import torch
 
     t0 = time.time()
-    summary = JOBS[job](pack_dir, out, row, work, extra, lambda m: print(f"[{row}] {m}", flush=True))
+    kw = {"budget_s": budget_s} if job == "ship" else {}  # ship rows size their schedule to the time left
+    summary = JOBS[job](pack_dir, out, row, work, extra, lambda m: print(f"[{row}] {m}", flush=True), **kw)
     summary.update(seconds=round(time.time() - t0, 1),
                    device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
     (work / f"summary_{row}.json").write_text(json.dumps(summary, default=str))
@@ -315,13 +502,21 @@ def run_side_by_side(job: str, pack_dir: Path, out: Path, rows: list[str], work:
     import subprocess
 
     t0 = time.time()
-    if not (work / "cache" / "val" / "meta.json").is_file():
+    if not (work / "cache" / ".unpacked").is_file():
         unpack(pack_dir, work / "cache")
     if job == "fair":  # once, before the rows start (they would otherwise race to write it)
         install_imagenet_shim(pack_dir, work / "shim")
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
-    procs = {row: subprocess.Popen([sys.executable, __file__, "row", job, row, f"data.num_workers={workers}", *extra,
-                                    "--pack", str(pack_dir), "--out", str(out), "--work", str(work)], env=env)
+    budget = deadline_s - (time.time() - t0) - 15  # 15 s for the rows to start and the summary
+    if job == "ship":  # the machine's cores shared out by SHIP_WORKERS, one left for the rows' own processes
+        share = sum(SHIP_WORKERS[r] for r in rows)
+        n_workers = {r: max(1, round(((os.cpu_count() or 2) - 1) * SHIP_WORKERS[r] / share)) for r in rows}
+    else:
+        n_workers = dict.fromkeys(rows, workers)
+    procs = {row: subprocess.Popen([sys.executable, __file__, "row", job, row, f"data.num_workers={n_workers[row]}",
+                                    *extra,
+                                    "--pack", str(pack_dir), "--out", str(out), "--work", str(work),
+                                    "--budget", str(budget)], env=env)
              for row in rows}
     while any(p.poll() is None for p in procs.values()) and time.time() - t0 < deadline_s:
         time.sleep(2)
@@ -338,6 +533,8 @@ def run_side_by_side(job: str, pack_dir: Path, out: Path, rows: list[str], work:
             if best is not None:
                 ck = slim_checkpoint(best, out / f"{row}.pt")
                 summary[row].update(best_val_mae=ck["best_mae"], best_epoch=ck["best_epoch"], history=ck["history"])
+    if job == "ship":
+        summary["gpu_throughput"] = gpu_throughput()
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps({r: {k: v for k, v in s.items() if k not in ("history", "distill_history")}
                       for r, s in summary.items()}, indent=1, default=str))
@@ -355,11 +552,18 @@ def main() -> None:
     p.add_argument("--teachers", nargs="*", default=[], help="heads whose runs/heads_<head> teacher goes along")
     p.add_argument("--no-imagenet", action="store_true", help="leave out the ImageNet backbone")
     p.add_argument("--test", type=int, help="also pack the first N test faces (the resnet34 job evaluates there)")
+    p = sub.add_parser("pack-ship")
+    p.add_argument("--out", default=".gpu/shippack")
+    p.add_argument("--size", type=int, default=160, help="packed face size (px)")
+    p.add_argument("--quality", type=int, default=60)
+    p.add_argument("--val", type=int, nargs=2, default=[400, 300], metavar=("UTKFACE", "AAF"),
+                   help="validation faces packed per dataset")
+    p.add_argument("--train", type=int, help="pack only the first N training faces of each dataset (smoke runs)")
     jobs = {name: sub.add_parser(name) for name in [*JOBS, "resnet34"]}
     for name, q in jobs.items():
         if name != "resnet34":
             q.add_argument("--rows", nargs="+", required=name == "kd",
-                           default=list(FAIR_ROWS) if name == "fair" else None)
+                           default={"fair": list(FAIR_ROWS), "ship": list(SHIP_ROWS)}.get(name))
         else:
             q.add_argument("--n-test", type=int, default=1000)
         q.add_argument("--workers", type=int, default=2, help="data-loader processes per row")
@@ -367,6 +571,7 @@ def main() -> None:
     r = sub.add_parser("row")
     r.add_argument("job", choices=list(JOBS))
     r.add_argument("row")
+    r.add_argument("--budget", type=float, default=0.0, help="seconds a ship row has (run_side_by_side sets it)")
     for q in (*jobs.values(), r):
         q.add_argument("--pack", default=".gpu/fairpack")
         q.add_argument("--out", required=True, help="fp16 checkpoints <row>.pt (+ summary.json) go here")
@@ -377,11 +582,14 @@ def main() -> None:
         pack(Path(a.caches), Path(a.out), a.quality, {"train": a.train, "val": a.val, "test": a.test}, a.teachers,
              not a.no_imagenet)
         return
+    if a.cmd == "pack-ship":
+        pack_ship(Path(a.out), a.size, a.quality, dict(zip(SHIP_DATASETS, a.val)), a.train)
+        return
     Path(a.out).mkdir(parents=True, exist_ok=True)
     if a.cmd == "resnet34":
         resnet34_job(Path(a.pack), Path(a.out), Path(a.work), a.workers, a.deadline, a.n_test, a.overrides)
     elif a.cmd == "row":
-        run_row(a.job, Path(a.pack), Path(a.out), a.row, Path(a.work), a.overrides)
+        run_row(a.job, Path(a.pack), Path(a.out), a.row, Path(a.work), a.overrides, a.budget)
     else:
         run_side_by_side(a.cmd, Path(a.pack), Path(a.out), a.rows, Path(a.work), a.overrides, a.workers, a.deadline)
 

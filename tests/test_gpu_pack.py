@@ -55,3 +55,23 @@ def test_pack_unpack_roundtrip(tmp_path):
     small = np.asarray(got.images[2]).astype(float)  # lossy WebP of an area-downscaled crop
     ref = np.asarray(src.images[2]).reshape(128, 2, 128, 2, 3).mean((1, 3))
     assert np.abs(small - ref).mean() < 6
+
+
+def test_ship_pack_roundtrip(tmp_path):
+    """The ship pack: both datasets at a chosen size, landmarks as int8 pixels from the median face (NaN kept), a
+    seeded validation sample rather than the first faces (the caches are in file-name order, age first)."""
+    caches = tmp_path / "caches"
+    for ds in gpu_train.SHIP_DATASETS:
+        for part, n in (("train", 5), ("val", 6)):
+            _fake_cache(caches / ds / part, n)
+    gpu_train.pack_ship(tmp_path / "pack", 183, 90, dict.fromkeys(gpu_train.SHIP_DATASETS, 3), caches=caches)
+    out = gpu_train.unpack(tmp_path / "pack", tmp_path / "unpacked")
+    for ds in gpu_train.SHIP_DATASETS:
+        src, got = FaceCache(caches / ds / "train"), FaceCache(out / ds / "train")
+        assert len(got) == 5 and got.size == 183
+        idx = gpu_train.used_points()
+        np.testing.assert_allclose(got.landmarks[0][idx], src.landmarks[0][idx] * 183 / 256, atol=0.51)
+        assert np.isnan(got.landmarks[1]).all() and np.isfinite(got.landmarks[2]).all()
+        val = FaceCache(out / ds / "val")
+        ages = [r.age for r in val.records]
+        assert len(ages) == 3 and ages == sorted(ages) and ages != [20.0, 21.0, 22.0]  # a sample, not the first 3
