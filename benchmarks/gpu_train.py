@@ -24,9 +24,9 @@ best (validation MAE) weights come back, as fp16 checkpoints whose config points
         distill.stage_epochs=0                                                                 # there
     # 183 px = 256 x 160/224: no resampling between pack and input. At 160 px (the crop 140 upsampled) UTKFace
     # lost detail its 200 px sources have: a student trained there beat the shipped one by 0.35 on 400 packed
-    # validation faces and lost to it by 0.14 on the same faces at full resolution. The pack and the tracked tree must stay under 64 MiB together:
-    # for the run, take docs/, splits/, tests/ and the weights a row does not read out of git's index
-    # (`git rm -r --cached` + .git/info/exclude; `git reset` after).
+    # validation faces and lost to it by 0.14 on the same faces at full resolution. The pack and the tracked tree
+    # must stay under 64 MiB together: for the run, take docs/, splits/, tests/ and the weights a row does not read
+    # out of git's index (`git rm -r --cached` + .git/info/exclude; `git reset` after).
 
 "there" = the `run` tool with carry [".gpu/<pack>"] and PYTHONPATH=src (the package needs no install there).
 Geometry: cache 128 px, crop 112, input 112 = the CPU protocols' 256/224/112 at half the resolution.
@@ -350,10 +350,20 @@ def _data_rate(ds, batch: int, workers: int, seconds: float = 20.0) -> float:
     return rate
 
 
-def ship_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], log, budget_s: float) -> dict:
-    """Teacher or student recipe on the packed faces; epochs sized from the loader's measured rate so the cosine
-    schedule ends inside budget_s. out/<row>.pt: the best validation epoch, fp16, config back on the 256 px caches."""
+def _ship_restore(row: str) -> dict:
+    """What a ship row's checkpoint config gets back from the row's config (set aside there: the packed datasets
+    come in combined, validated in full, loaded by worker processes)."""
     from agelens.config import config_to_dict, load_config
+
+    base = config_to_dict(load_config(SHIP_ROWS[row], []))
+    return {"extra_data": base["extra_data"],
+            **{f"data.{k}": base["data"][k] for k in ("cache_dir", "max_eval", "num_workers")}}
+
+
+def ship_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], log, budget_s: float) -> dict:
+    """Teacher or student recipe on the packed faces; epochs sized from the loader's measured rate (capped by
+    SHIP_ROW_RATE) so the cosine schedule ends inside budget_s. out/<row>.pt: the best validation epoch, fp16, config back on the 256 px caches."""
+    from agelens.config import load_config
     from agelens.data.cache import FaceCache
     from agelens.data.dataset import CachedFaceDataset
     from agelens.data.prepare import combine_caches
@@ -366,9 +376,7 @@ def ship_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], 
     crop = round(size * 224 / 256)
     caches = {part: combine_caches([FaceCache(work / "cache" / ds / part) for ds in SHIP_DATASETS],
                                    work / "cache" / f"combined_{part}") for part in ("train", "val")}
-    base = config_to_dict(load_config(SHIP_ROWS[row], []))
-    restore = {"extra_data": base["extra_data"],  # set aside there: the packed datasets come in combined
-               **{f"data.{k}": base["data"][k] for k in ("cache_dir", "max_eval", "num_workers")}}
+    restore = _ship_restore(row)
     cfg = load_config(SHIP_ROWS[row], [f"name=gpu_{row}", f"out_dir={work / 'runs'}", f"data.cache_size={size}",
                                        f"data.crop_size={crop}", "extra_data=[]", *SHIP_COMMON, *SHIP_TRAIN[row], *extra])
     t = cfg.train
@@ -387,10 +395,11 @@ def ship_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], 
     if row == "student" and cfg.distill.stage_epochs == 0:  # fine-tuning only, from the shipped student
         cfg.model.init_from, cfg.model.pretrained = cfg.distill.student_init, False
     elif row == "student":
-        stage_faces = SHIP_STAGE_SHARE * faces - 4 * eval_s * speed
-        t.max_steps_per_epoch = max(10, min(n_train // t.batch_size, int(stage_faces / 4 / t.batch_size)))
+        k = len(cfg.distill.stages)
+        stage_faces = SHIP_STAGE_SHARE * faces - k * eval_s * speed
+        t.max_steps_per_epoch = max(10, min(n_train // t.batch_size, int(stage_faces / k / t.batch_size)))
         summary["stage_steps"] = t.max_steps_per_epoch
-        log(f"stage-wise: 4 stages x {t.max_steps_per_epoch} steps")
+        log(f"stage-wise: {k} stages x {t.max_steps_per_epoch} steps")
         summary["distill_history"] = distill_stages(cfg, caches["train"], caches["val"], log=log)["stages"]
         cfg.model.init_from, cfg.model.pretrained = str(cfg.run_dir / "stages.pt"), False
         left = budget_s - (time.time() - t0) - 20.0
@@ -531,7 +540,7 @@ def run_side_by_side(job: str, pack_dir: Path, out: Path, rows: list[str], work:
             summary[row] = {"failed": p.returncode, "incomplete": True}
             best = next((b for b in sorted((work / "runs").glob(f"*{row}/best.pt"))), None)
             if best is not None:
-                ck = slim_checkpoint(best, out / f"{row}.pt")
+                ck = slim_checkpoint(best, out / f"{row}.pt", _ship_restore(row) if job == "ship" else None)
                 summary[row].update(best_val_mae=ck["best_mae"], best_epoch=ck["best_epoch"], history=ck["history"])
     if job == "ship":
         summary["gpu_throughput"] = gpu_throughput()
