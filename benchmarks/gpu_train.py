@@ -98,7 +98,7 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
         if part == "test" and not limits.get("test"):
             continue
         c = FaceCache(caches / part)
-        _pack_part(c, min(len(c), limits[part] or len(c)), out, part, idx, SIZE, quality)
+        _pack_part(c, np.arange(min(len(c), limits[part] or len(c))), out, part, idx, SIZE, quality)
     if imagenet:
         from agelens.models.backbones import efficientnet_lite_imagenet
 
@@ -112,13 +112,12 @@ def pack(caches: Path, out: Path, quality: int, limits: dict[str, int | None], t
     print(f"pack: {total / 2**20:.1f} MiB in {out}")
 
 
-def _pack_part(c, n: int | np.ndarray, out: Path, name: str, idx: np.ndarray, size: int, quality: int,
+def _pack_part(c, rows: np.ndarray, out: Path, name: str, idx: np.ndarray, size: int, quality: int,
                delta: bool = False) -> None:
-    """The first n records (or the rows n) of cache c → out/<name>.webp.bin (size px WebP), .npz (offsets, landmarks), .meta.json.gz.
+    """The records `rows` of cache c → out/<name>.webp.bin (size px WebP), .npz (offsets, landmarks), .meta.json.gz.
     Landmarks: int16 quarter pixels, or with `delta` int8 whole pixels from the part's median face (half the bytes;
     the few points further than 127 px from it are clipped)."""
     scale = size / c.size
-    rows = np.arange(n) if np.isscalar(n) else np.asarray(n)
     blobs, offsets = [], [0]
     for i in rows:
         small = cv2.resize(np.asarray(c.images[i]), (size, size), interpolation=cv2.INTER_AREA)
@@ -318,7 +317,8 @@ def pack_ship(out: Path, size: int, quality: int, n_val: dict[str, int], n_train
         for part in ("train", "val"):
             c = FaceCache(caches / ds / part)
             if part == "train":
-                _pack_part(c, min(len(c), n_train or len(c)), out, f"{ds}_{part}", idx, size, quality, delta=True)
+                _pack_part(c, np.arange(min(len(c), n_train or len(c))), out, f"{ds}_{part}", idx, size, quality,
+                           delta=True)
             else:  # a seeded sample: the caches are in file-name order, and UTKFace's names start with the age
                 rows = np.sort(np.random.default_rng(0).choice(len(c), min(len(c), n_val[ds]), replace=False))
                 _pack_part(c, rows, out, f"{ds}_{part}", idx, size, quality, delta=True)
@@ -362,7 +362,8 @@ def _ship_restore(row: str) -> dict:
 
 def ship_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], log, budget_s: float) -> dict:
     """Teacher or student recipe on the packed faces; epochs sized from the loader's measured rate (capped by
-    SHIP_ROW_RATE) so the cosine schedule ends inside budget_s. out/<row>.pt: the best validation epoch, fp16, config back on the 256 px caches."""
+    SHIP_ROW_RATE) so the cosine schedule ends inside budget_s. out/<row>.pt: the best validation epoch, fp16, config
+    back on the 256 px caches."""
     from agelens.config import load_config
     from agelens.data.cache import FaceCache
     from agelens.data.dataset import CachedFaceDataset
@@ -376,7 +377,6 @@ def ship_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], 
     crop = round(size * 224 / 256)
     caches = {part: combine_caches([FaceCache(work / "cache" / ds / part) for ds in SHIP_DATASETS],
                                    work / "cache" / f"combined_{part}") for part in ("train", "val")}
-    restore = _ship_restore(row)
     cfg = load_config(SHIP_ROWS[row], [f"name=gpu_{row}", f"out_dir={work / 'runs'}", f"data.cache_size={size}",
                                        f"data.crop_size={crop}", "extra_data=[]", *SHIP_COMMON, *SHIP_TRAIN[row], *extra])
     t = cfg.train
@@ -387,32 +387,36 @@ def ship_row(pack_dir: Path, out: Path, row: str, work: Path, extra: list[str], 
                       cfg.data.num_workers)
     n_train, n_val = len(caches["train"]), len(caches["val"])
     eval_s = n_val / (80.0 if cfg.occlusion.enabled else 400.0)  # one validation pass (occluders drawn in-process)
-    left = budget_s - (time.time() - t0) - 20.0  # 20 s: checkpoints and the slim copy
     speed = min(0.85 * rate, SHIP_ROW_RATE[row])  # faces/s the row can train at, with a margin
-    faces = speed * left
-    log(f"loader {rate:.0f} faces/s with {cfg.data.num_workers} workers; {left:.0f} s left: ~{faces:.0f} faces")
+
+    def faces_left() -> float:  # what the row can still train on, 20 s kept for checkpoints and the slim copy
+        return speed * (budget_s - (time.time() - t0) - 20.0)
+
+    def steps(faces_per_epoch: float) -> int:  # at most one pass over the training faces
+        return max(10, min(n_train // t.batch_size, int(faces_per_epoch / t.batch_size)))
+
+    faces = faces_left()
+    log(f"loader {rate:.0f} faces/s with {cfg.data.num_workers} workers; ~{faces:.0f} faces in the time left")
     summary: dict = {"loader_faces_per_s": round(rate, 1), "faces_budget": int(faces)}
     if row == "student" and cfg.distill.stage_epochs == 0:  # fine-tuning only, from the shipped student
         cfg.model.init_from, cfg.model.pretrained = cfg.distill.student_init, False
     elif row == "student":
         k = len(cfg.distill.stages)
         stage_faces = SHIP_STAGE_SHARE * faces - k * eval_s * speed
-        t.max_steps_per_epoch = max(10, min(n_train // t.batch_size, int(stage_faces / k / t.batch_size)))
+        t.max_steps_per_epoch = steps(stage_faces / k)
         summary["stage_steps"] = t.max_steps_per_epoch
         log(f"stage-wise: {k} stages x {t.max_steps_per_epoch} steps")
         summary["distill_history"] = distill_stages(cfg, caches["train"], caches["val"], log=log)["stages"]
         cfg.model.init_from, cfg.model.pretrained = str(cfg.run_dir / "stages.pt"), False
-        left = budget_s - (time.time() - t0) - 20.0
-        faces = speed * left
+        faces = faces_left()
     cap = cfg.train.epochs if any(o.startswith("train.epochs=") for o in extra) else 40  # a given epochs caps it
     epochs = int(np.clip(faces / (n_train + speed * eval_s), min(2, cap), cap))
     t.epochs = epochs
-    t.max_steps_per_epoch = max(10, min(n_train // t.batch_size,
-                                        int((faces / epochs - speed * eval_s) / t.batch_size)))
+    t.max_steps_per_epoch = steps(faces / epochs - speed * eval_s)
     summary.update(epochs=epochs, steps_per_epoch=t.max_steps_per_epoch)
     log(f"training: {epochs} epochs x {t.max_steps_per_epoch} steps of {t.batch_size}")
     summary.update(Trainer(cfg, caches["train"], caches["val"], progress=False, log=log).fit())
-    slim_checkpoint(cfg.run_dir / "best.pt", out / f"{row}.pt", restore)
+    slim_checkpoint(cfg.run_dir / "best.pt", out / f"{row}.pt", _ship_restore(row))
     return summary
 
 
