@@ -448,3 +448,29 @@ def test_output_distillation_costs_only_where_the_teacher_disagrees():
     assert train_step(m, m.head, opt, scaler, FP32, imgs, ages, teacher_logits=other, kd_weight=1.0) > plain + 1.0
     assert train_step(m, m.head, opt, scaler, FP32, imgs, ages, teacher_logits=other, kd_weight=0.0) == \
         pytest.approx(plain, abs=1e-4)
+
+
+class HeadByMean:
+    """A stand-in estimator whose face head (guard column 1) scores a crop's mean pixel value / 255 × scale."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def trunk(self, crops):
+        p = np.asarray(crops, np.float32).mean(axis=(1, 2, 3)) / 255.0 * self.scale
+        return None, None, np.stack([np.zeros_like(p), p], 1)
+
+
+def test_tile_step_holds_the_head_to_its_own_bar():
+    """`both_scores` (the tile step) passes a crop only when the separate network clears its threshold and the
+    teacher's head its bar: `tile_head` from the card, the separate network's threshold without one."""
+    crops = np.stack([np.full((8, 8, 3), x, np.uint8) for x in (200, 240, 250)])  # separate: .78 .94 .98
+    fb = ByMean(0.9)
+    head = HeadByMean(0.9)  # head: .71 .85 .88, below 0.9 everywhere
+    assert not (TrunkGuard(head, 1, "face", 0.5, fb).both_scores(crops) >= 0.9).any()
+    v = TrunkGuard(head, 1, "face", 0.5, fb, tile_head=0.86)
+    got = v.both_scores(crops)
+    assert list(got >= v.threshold) == [False, False, True] and got[2] == pytest.approx(250 / 255)
+    # a head that clears the bar does not let a crop the separate network rejects through
+    assert not (TrunkGuard(HeadByMean(1.0), 1, "face", 0.5, ByMean(0.99), tile_head=0.5).both_scores(crops)
+                >= 0.99).any()

@@ -68,7 +68,7 @@ class TrunkGuard:
     def __init__(self, est, index: int, name: str, threshold: float,
                  fallback: CropClassifier | None = None, skip_below: float | None = None,
                  skip_above: float | None = None, photo: CropClassifier | None = None,
-                 bands: CropClassifier | None = None) -> None:
+                 bands: CropClassifier | None = None, tile_head: float | None = None) -> None:
         self.est, self.index, self.name, self.fallback = est, index, name, fallback
         # a second face network trained on degraded photos (`faceness_photo`): a crop the fallback rejects passes
         # when it vouches for it, at DETECTED_THRESHOLD for the detector's own faces (`scores`) and at its own
@@ -80,6 +80,9 @@ class TrunkGuard:
         self.threshold = float(fallback.threshold if fallback is not None else threshold)
         self.skip_below = -np.inf if skip_below is None else float(skip_below)
         self.skip_above = np.inf if skip_above is None else float(skip_above)
+        # the head's own bar at the tile step (`both_scores`; the card's `guard_cascade`): None = the fallback's
+        # threshold, a bar that depends on how sure of faces a given trunk's head happens to be
+        self.tile_head = None if tile_head is None else float(tile_head)
         self._memo = CropMemo()  # the fallback's scores: the cat check and routing ask about the same crops
         self._photo_memo = CropMemo()  # the photo network's: verification and the people veto's gate ask again
         self._bands_memo = CropMemo()
@@ -98,9 +101,15 @@ class TrunkGuard:
         return self.est.trunk(np.asarray(crops))[2][:, self.index].copy()
 
     def both_scores(self, crops: np.ndarray) -> np.ndarray:
-        """min(guard head, fallback): a crop passes only when both networks say so (the fallback's threshold)."""
+        """A crop passes (at `threshold`) only when both networks say so: the fallback at its threshold and the
+        guard head at `tile_head` (the fallback's threshold without one). The fallback's score where the head clears
+        its bar; elsewhere the lower of it and the head's score scaled so that the bar maps onto `threshold`."""
         p = self.head_scores(crops)
-        return p if self.fallback is None else np.minimum(p, self.fallback_scores(np.asarray(crops)))
+        if self.fallback is None:
+            return p
+        q = self.fallback_scores(np.asarray(crops))
+        bar = self.threshold if self.tile_head is None else self.tile_head
+        return np.where(p >= bar, q, np.minimum(q, p * (self.threshold / bar))).astype(np.float32)
 
     def scores(self, crops: np.ndarray) -> np.ndarray:
         crops = np.asarray(crops)

@@ -179,7 +179,8 @@ class AgeEstimator:
             self.verifier = TrunkGuard(self, 1, "face", guards["face"], verifier,
                                        skip_above=(cascade.get("face") or {}).get("skip_above"),
                                        photo=photo_verifier if verifier is not None else None,
-                                       bands=bands_verifier if verifier is not None else None)
+                                       bands=bands_verifier if verifier is not None else None,
+                                       tile_head=(cascade.get("face") or {}).get("tile_head"))
         self.onnx_dir: Path | None = None  # the export an ONNX-backed estimator runs
         # (classmethod, keyword arguments) that rebuild this estimator in another process (from_pretrained and
         # from_onnx set it); None: built from objects in memory, so the batch engine's workers only detect
