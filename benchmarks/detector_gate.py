@@ -26,23 +26,14 @@ from agelens.errors import NoFaceError  # noqa: E402
 from agelens.imageio import load_image  # noqa: E402
 from agelens.inference.predictor import AgeEstimator  # noqa: E402
 from agelens.utils import atomic_write_json, atomic_write_text  # noqa: E402
-from tile_bar import inputs  # noqa: E402
+from tile_bar import add_input_args, inputs  # noqa: E402
 
 GATES = [(d, v) for d in (0.6, 0.7, 0.8) for v in (0.3, 0.4, 0.5, 0.6, 0.7)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--split", default="splits/utkface_seed0.json")
-    ap.add_argument("--root", type=Path, default=Path("../shared/data/utkface"))
-    ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--part", default="val")
-    ap.add_argument("--n", type=int, default=150)
-    ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--realocc-half", default="measure", choices=("fit", "measure"))
-    ap.add_argument("--crops", type=int, default=12)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--backend", default="auto")
+    add_input_args(ap)
     ap.add_argument("--out", default="docs/detector_gate.json")
     a = ap.parse_args()
     t0 = time.perf_counter()

@@ -238,17 +238,23 @@ def sample_images() -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def seeded_crops(img: np.ndarray, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """n crops of the image, each 30-80 % of each side at a random place (drawn from rng in turn)."""
+    h, w = img.shape[:2]
+    out = []
+    for _ in range(n):
+        s = rng.uniform(0.3, 0.8)
+        ch, cw = int(h * s), int(w * s)
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        out.append(img[y:y + ch, x:x + cw])
+    return out
+
+
 def no_face_rows(est: AgeEstimator, tmp: Path, crops_per_image: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     rows = []
     for name, img in sample_images():
-        h, w = img.shape[:2]
-        views = [("whole", img)]
-        for k in range(crops_per_image):
-            s = rng.uniform(0.3, 0.8)
-            ch, cw = int(h * s), int(w * s)
-            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            views.append((f"crop{k}", img[y:y + ch, x:x + cw]))
+        views = [("whole", img)] + [(f"crop{k}", c) for k, c in enumerate(seeded_crops(img, rng, crops_per_image))]
         for tag, v in views:
             p = tmp / f"{name}_{tag}.png"
             cv2.imwrite(str(p), cv2.cvtColor(np.ascontiguousarray(v), cv2.COLOR_RGB2BGR))

@@ -34,7 +34,7 @@ from agelens.inference.predictor import AgeEstimator  # noqa: E402
 from agelens.train.guards import realocc_half  # noqa: E402
 from agelens.utils import atomic_write_json  # noqa: E402
 from foreign_occluders import KINDS, draw  # noqa: E402
-from occlusion_e2e import placed_photos, sample_images, save_jpeg  # noqa: E402
+from occlusion_e2e import placed_photos, sample_images, save_jpeg, seeded_crops  # noqa: E402
 
 
 def inputs(a, tmp: Path) -> list[tuple[str, str, Path]]:
@@ -53,18 +53,27 @@ def inputs(a, tmp: Path) -> list[tuple[str, str, Path]]:
     for seed in a.seeds:
         rng = np.random.default_rng(seed)
         for name, img in sample_images():
-            h, w = img.shape[:2]
             views = [("whole", img)] if seed == a.seeds[0] else []
-            for k in range(a.crops):
-                s = rng.uniform(0.3, 0.8)
-                ch, cw = int(h * s), int(w * s)
-                y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-                views.append((f"s{seed}crop{k}", img[y:y + ch, x:x + cw]))
+            views += [(f"s{seed}crop{k}", c) for k, c in enumerate(seeded_crops(img, rng, a.crops))]
             for tag, v in views:
                 p = tmp / f"nonface_{name}_{tag}.png"
                 cv2.imwrite(str(p), cv2.cvtColor(np.ascontiguousarray(v), cv2.COLOR_RGB2BGR))
                 out.append(("no human face", f"{name}/{tag}", p))
     return out
+
+
+def add_input_args(ap: argparse.ArgumentParser) -> None:
+    """The options `inputs` reads, and the backend (this script's and `detector_gate.py`'s)."""
+    ap.add_argument("--split", default="splits/utkface_seed0.json")
+    ap.add_argument("--root", type=Path, default=Path("../shared/data/utkface"))
+    ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--part", default="val")
+    ap.add_argument("--n", type=int, default=150, help="UTKFace photos of the part (seeded sample)")
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--realocc-half", default="measure", choices=("fit", "measure"))
+    ap.add_argument("--crops", type=int, default=12, help="seeded crops per sample image and seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--backend", default="auto")
 
 
 def found(est: AgeEstimator, path: Path) -> bool:
@@ -76,17 +85,8 @@ def found(est: AgeEstimator, path: Path) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--split", default="splits/utkface_seed0.json")
-    ap.add_argument("--root", type=Path, default=Path("../shared/data/utkface"))
-    ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--part", default="val")
-    ap.add_argument("--n", type=int, default=150, help="UTKFace photos of the part (seeded sample)")
-    ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--realocc-half", default="measure", choices=("fit", "measure"))
-    ap.add_argument("--crops", type=int, default=12, help="seeded crops per sample image and seed")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    add_input_args(ap)
     ap.add_argument("--bars", type=float, nargs="+", required=True, help="the head's tile-step bars to compare")
-    ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", default="docs/tile_bar.json")
     a = ap.parse_args()
     t0 = time.perf_counter()
