@@ -57,3 +57,43 @@ def test_apply_writes_the_teacher_with_the_new_head(tmp_path):
     assert np.allclose(model.head.fc.bias.detach().numpy(), b, atol=1e-3)
     assert new_card["head_refit"]["recipe"] == {"age_power": 0.0}
     assert not set(STALE) & set(new_card) and new_card["guard_thresholds"] == card["guard_thresholds"]
+
+
+def test_consistency_moves_the_head_off_features_that_change_on_resave():
+    """Two features carry the age equally well; the second one moves between two files of a face. With the
+    consistency term the head leans on the first and the pairs' answers agree more."""
+    rng = np.random.default_rng(0)
+    ages = rng.uniform(0, 80, 3000).astype(np.float32)
+    emb = np.stack([ages / 80 + rng.normal(0, 0.05, 3000), ages / 80 + rng.normal(0, 0.05, 3000)], 1)
+    emb = emb.astype(np.float32)
+    b_view = emb + np.stack([np.zeros(3000), rng.normal(0, 0.2, 3000)], 1).astype(np.float32)
+    w0, b0 = np.zeros((101, 2), np.float32), np.zeros(101, np.float32)
+    change = {}
+    for c in (0.0, 5.0):
+        w, b = fit_head(emb, ages, np.ones(3000), w0, b0, sigma=2.0, epochs=30, lr=0.05, dropout=0.0, batch=256,
+                        pairs=(emb, b_view, ages, np.ones(3000)), consistency=c)
+        change[c] = np.abs(head_ages(w, b, emb) - head_ages(w, b, b_view)).mean()
+    assert change[5.0] < 0.6 * change[0.0]
+
+
+def test_jpeg_pair_keeps_the_size_and_differs():
+    from agelens.train.head_refit import jpeg_pair
+
+    img = (np.random.default_rng(0).uniform(0, 255, (64, 64, 3))).astype(np.uint8)
+    a, b = jpeg_pair(img, np.random.default_rng(1))
+    assert a.shape == b.shape == img.shape and a.dtype == np.uint8 and np.abs(a.astype(int) - b).mean() > 0
+
+
+def test_occluded_draws_one_occluder_per_face_and_skips_faces_without_landmarks():
+    from importlib import resources
+
+    from agelens.train.head_refit import occluded
+
+    lm = np.load(str(resources.files("agelens") / "assets" / "mean_landmarks_256.npy")).astype(np.float32)
+    imgs = np.full((3, 256, 256, 3), 150, np.uint8)
+    lms = np.stack([lm, np.full_like(lm, np.nan), lm])
+    out = occluded(imgs, lms, {"mask": 1.0}, seed=0)
+    changed = [(out[i] != imgs[i]).any() for i in range(3)]
+    assert changed == [True, False, True] and (imgs == 150).all()  # the input is left as it was
+    again = occluded(imgs, lms, {"mask": 1.0}, seed=0)
+    assert (again == out).all()  # seeded per face
