@@ -97,3 +97,18 @@ def test_occluded_draws_one_occluder_per_face_and_skips_faces_without_landmarks(
     assert changed == [True, False, True] and (imgs == 150).all()  # the input is left as it was
     again = occluded(imgs, lms, {"mask": 1.0}, seed=0)
     assert (again == out).all()  # seeded per face
+
+
+def test_fit_refuses_another_models_features(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    from agelens.train import head_refit
+
+    for ds in head_refit.DATASETS:
+        np.savez(tmp_path / f"{ds}_train.npz", age=np.zeros(2, np.float32), model=np.array("teacher"))
+    monkeypatch.setattr(sys, "argv", ["head_refit", "fit", "--model", "student", "--features", str(tmp_path),
+                                      "--out", str(tmp_path / "fit")])
+    with pytest.raises(SystemExit, match="teacher's features"):
+        head_refit.main()

@@ -9,7 +9,7 @@ are, and only the age decoding changes. Weights (`group_weights`): each age bin'
 to the power −`age_power` (0: as trained), and within a bin and dataset each race × gender group (All-Age-Faces,
 without race labels: gender) given equal mass, `group_power` of the way.
 
-Stable answers (issue 19): `features --resave` adds, per face, the trunk features of two files of the face as a user's
+Stable answers (issue 19): `features --views resave` adds, per face, the trunk features of two files of the face as a user's
 copies of it differ (`resave_features`: train parts the mixed `data.augment.resave_pair`, other parts the stability
 benchmark's JPEG q95 -> q75 at a small face's resolution); `fit --consistency C` then adds C x |age(file 1) -
 age(file 2)| per pair to the loss (both files also fitted to the label), and the scores report the pairs' mean and
@@ -17,8 +17,12 @@ p99 age change.
 
     python -m agelens.train.head_refit features --out runs/head
     python -m agelens.train.head_refit fit --features runs/head --age-power 0 --group-power 1 --epochs 12 --out runs/head/fit
-    python -m agelens.train.head_refit features --resave --out runs/head    # optional: the re-saved pairs
+    python -m agelens.train.head_refit features --views resave --out runs/head    # optional: the re-saved pairs
     python -m agelens.train.head_refit fit --features runs/head --consistency 1 --out runs/head/fit_c1
+
+`--views NAME` (a test degradation, e.g. lowres) adds that view's features (scored per view; `fit --extra-views NAME`
+also fits them). `--model student` re-fits the student's head: `extract` draws one occluder of the student's
+training mix on every face first (the added views do not).
     python -m agelens.train.head_refit apply --fit runs/head/fit --out runs/head/fit/weights
 
 `apply` writes the shipped teacher with the new head (NAME.safetensors + NAME.json); the card keeps the trunk's and
@@ -92,13 +96,14 @@ def jpeg_pair(img: np.ndarray, rng: np.random.Generator, q: tuple[int, int] = (9
     return tuple(np.ascontiguousarray(cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)) for x in (a, b))
 
 
-def resave_features(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 64) -> None:
+def resave_features(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 64,
+                    model: str = "teacher") -> None:
     """Trunk features (fp16) of two files of every cached face (KEY_resave.npz: a, b): train parts one draw of
     `data.augment.resave_pair` (working resolution 30-100 %, JPEG / x0.5 / shift), other parts `jpeg_pair`."""
     from ..data.augment import resave_pair
     from ..data.cache import FaceCache
 
-    emb, t = _embedder(batch)
+    emb, t = _embedder(batch, model)
     out.mkdir(parents=True, exist_ok=True)
     for key, d in part_dirs.items():
         t0 = time.time()
@@ -112,7 +117,7 @@ def resave_features(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch:
 
 
 def degraded_features(part_dirs: dict[str, Path], names: list[str], out: Path, seed: int = 0,
-                      batch: int = 64) -> None:
+                      batch: int = 64, model: str = "teacher") -> None:
     """Trunk features (fp16) of every cached face under each named test degradation (KEY_NAME.npz: x), seeded per
     face as `data.augment.degrade_for_test`."""
     from ..data.augment import degrade_for_test
@@ -121,7 +126,7 @@ def degraded_features(part_dirs: dict[str, Path], names: list[str], out: Path, s
     unknown = sorted(set(names) - set(TEST_DEGRADATIONS))
     if unknown:
         raise SystemExit(f"unknown view(s) {', '.join(unknown)}; known: resave, {', '.join(TEST_DEGRADATIONS)}")
-    emb, t = _embedder(batch)
+    emb, t = _embedder(batch, model)
     out.mkdir(parents=True, exist_ok=True)
     for key, d in part_dirs.items():
         imgs = np.asarray(FaceCache(d, verify=False).images)
@@ -202,7 +207,7 @@ def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 6
         rec = c.records
         np.savez(out / f"{key}.npz", age=np.array([r.age for r in rec], np.float32),
                  gender=np.array([r.gender or "" for r in rec]), race=np.array([r.race or "" for r in rec]),
-                 **arrays)
+                 model=np.array(model), **arrays)
         print(f"{key}: {len(rec)} faces, {time.time() - t0:.0f} s", flush=True)
 
 
@@ -368,15 +373,19 @@ def main() -> None:
         if a.views is None:
             extract(dirs, a.out, model=a.model)
         if a.views and "resave" in a.views:
-            resave_features(dirs, a.out)
+            resave_features(dirs, a.out, model=a.model)
         if a.views and set(a.views) - {"resave"}:
-            degraded_features(dirs, [v for v in a.views if v != "resave"], a.out)
+            degraded_features(dirs, [v for v in a.views if v != "resave"], a.out, model=a.model)
         return
     from ..inference.backends.torch import TorchModel
 
+    train = load_parts(a.features, "train")
+    made_by = {str(d["model"]) for d in train.values() if "model" in d}
+    if made_by - {a.model}:
+        raise SystemExit(f"{a.features} holds the {', '.join(sorted(made_by))}'s features; this fit is for "
+                         f"--model {a.model}")
     head = TorchModel.load(a.model, tta_flip=False).model.head
     w0, b0 = head.fc.weight.detach().float().numpy(), head.fc.bias.detach().float().numpy()
-    train = load_parts(a.features, "train")
     views = list(VIEWS) + [f"view_{v}" for v in a.extra_views]
     missing = [f"{ds}: {v}" for ds, d in train.items() for v in views if v not in d]
     if missing:
