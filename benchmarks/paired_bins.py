@@ -31,6 +31,8 @@ def compare(old: Path, new: Path, boots: int = 1000, seed: int = 0, csv: str = "
             f["abs_error"] = (f.pred - f.age).abs()
     key = ["path", "condition"] if "condition" in a and "condition" in b else ["path"]
     if conditions:
+        if key == ["path"]:
+            raise SystemExit(f"--conditions needs a `condition` column in both {csv} files")
         a, b = a[a.condition.isin(conditions)], b[b.condition.isin(conditions)]
     m = a.merge(b, on=key, suffixes=("_o", "_n"))
     if len(m) < max(len(a), len(b)):
