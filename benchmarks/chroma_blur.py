@@ -2,7 +2,7 @@
 cost? On cached validation crops: each face brought to a small photo's resolution (30-60 % of the crop) and saved
 as JPEG q95, that file re-saved at q75 (`agelens.train.head_refit.jpeg_pair`), both scaled back; the chroma then
 blurred by SIGMA photo pixels. Reports the mean and p99 age change between the two files and the MAE of the q95 file
-and of the clean crop (chroma blurred at half the crop's scale). Teacher, torch fp32, one view.
+and of the clean crop (its chroma blurred by 2 x SIGMA crop pixels, as if the crop were a photo at half its size). Teacher, torch fp32, one view.
 
     python benchmarks/chroma_blur.py --n 500 --out docs/chroma_blur.json
 """
