@@ -14,25 +14,15 @@ import argparse
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from agelens.faces.align import align_face
-from agelens.faces.detect import FaceAnalyzer
-from agelens.faces.prepare import largest_face
+from agelens.faces.align import align_face, warp
 from agelens.imageio import load_image
-from agelens.inference.backends.torch import TorchModel
-from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json
-from generalise import degraded, encode, test_files
+from generalise import degraded, encode, test_files, variant
+from stability_source import teacher_reader
 
 CONDITIONS = ("lowres", "half", "jpeg", "blur")
-
-
-def half(rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    small = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def main() -> None:
@@ -42,15 +32,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the summary JSON here")
     a = ap.parse_args()
-    est = AgeEstimator(TorchModel.load(a.model), route="teacher")
-    an = FaceAnalyzer()
-
-    def age(crop: np.ndarray) -> float:
-        return float(est._ages(est.teacher, crop[None])[0][0])
-
-    def face(img: np.ndarray):
-        found = an.find_faces(img)
-        return largest_face(found) if found else None
+    age, face = teacher_reader(a.model)
 
     res: dict = {"command": f"python benchmarks/degraded_alignment.py --model {a.model} --n {a.n} --seed {a.seed}"}
     for ds in ("aaf", "utkface"):
@@ -63,12 +45,12 @@ def main() -> None:
             crop, m = align_face(ref, fr.keypoints, 256)
             rows["clean"].append((y, age(crop), age(crop)))
             for k in CONDITIONS:
-                img = half(ref) if k == "half" else degraded(ref, k, i, a.seed)
+                img = variant(ref, "scale_0.5") if k == "half" else degraded(ref, k, i, a.seed)
                 fl = face(img)
                 if fl is None:
                     continue
                 own = align_face(img, fl.keypoints, 256)[0]
-                fixed = cv2.warpAffine(img, m, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                fixed = warp(img, m, 256)
                 rows[k].append((y, age(own), age(fixed)))
         res[ds] = {}
         for k, r in rows.items():

@@ -16,11 +16,10 @@ import argparse
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from agelens.data.cache import FaceCache
-from agelens.faces.align import align_face, similarity_transform
+from agelens.faces.align import align_face, similarity_transform, warp
 from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
@@ -30,17 +29,11 @@ from agelens.utils import atomic_write_json
 from generalise import encode, test_files
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="teacher")
-    ap.add_argument("--n", type=int, default=40, help="test photos per dataset (UTKFace, All-Age-Faces)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default=None, help="write the summary JSON here")
-    a = ap.parse_args()
-    est = AgeEstimator(TorchModel.load(a.model), route="teacher")
+def teacher_reader(model: str = "teacher"):
+    """(age of a 256 px aligned crop read by `model` alone as predict's teacher, torch fp32 with its mirror rule;
+    the largest face `FaceAnalyzer` finds in an image, or None)."""
+    est = AgeEstimator(TorchModel.load(model), route="teacher")
     an = FaceAnalyzer()
-    lm = np.asarray(FaceCache("cache/utkface/val", verify=False).landmarks[:1500])
-    template = np.nanmean(lm[~np.isnan(lm).any((1, 2))], 0)[:468]
 
     def age(crop: np.ndarray) -> float:
         return float(est._ages(est.teacher, crop[None])[0][0])
@@ -49,8 +42,19 @@ def main() -> None:
         found = an.find_faces(img)
         return largest_face(found) if found else None
 
-    def warp(img: np.ndarray, m: np.ndarray) -> np.ndarray:
-        return cv2.warpAffine(img, m, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return age, face
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="teacher")
+    ap.add_argument("--n", type=int, default=40, help="test photos per dataset (UTKFace, All-Age-Faces)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default=None, help="write the summary JSON here")
+    a = ap.parse_args()
+    age, face = teacher_reader(a.model)
+    lm = np.asarray(FaceCache("cache/utkface/val", verify=False).landmarks[:1500])
+    template = np.nanmean(lm[~np.isnan(lm).any((1, 2))], 0)[:468]
 
     out: dict[str, list[float]] = {"pipeline": [], "fixed_alignment": [], "many_point_alignment": []}
     for ds in ("utkface", "aaf"):
@@ -62,10 +66,10 @@ def main() -> None:
                 continue
             cr, m = align_face(ref, fr.keypoints, 256)
             out["pipeline"].append(abs(age(cr) - age(align_face(low, fl.keypoints, 256)[0])))
-            out["fixed_alignment"].append(abs(age(cr) - age(warp(low, m))))
+            out["fixed_alignment"].append(abs(age(cr) - age(warp(low, m, 256))))
             mr = similarity_transform(fr.landmarks[:468], template)
             ml = similarity_transform(fl.landmarks[:468], template)
-            out["many_point_alignment"].append(abs(age(warp(ref, mr)) - age(warp(low, ml))))
+            out["many_point_alignment"].append(abs(age(warp(ref, mr, 256)) - age(warp(low, ml, 256))))
     res = {"model": a.model, "n": len(out["pipeline"]),
            **{k: {"mean_change": round(float(np.mean(v)), 3), "p99_change": round(float(np.percentile(v, 99)), 3)}
               for k, v in out.items()}}
