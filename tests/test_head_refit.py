@@ -112,3 +112,17 @@ def test_fit_refuses_another_models_features(tmp_path, monkeypatch):
                                       "--out", str(tmp_path / "fit")])
     with pytest.raises(SystemExit, match="teacher's features"):
         head_refit.main()
+
+
+def test_photo_scale_degradation_is_coarser_than_at_crop_scale():
+    """Grain added at a small photo's pixel scale and enlarged is smoother (coarser blobs) than the same grain
+    drawn on the crop: the view `features --views photo_scan_grain` extracts."""
+    from agelens.data.augment import degrade_for_test
+    from agelens.train.head_refit import at_photo_scale
+
+    img = np.full((128, 128, 3), 128, np.uint8)
+    photo, crop = at_photo_scale(img, "noise", 3), degrade_for_test(img, "noise", 3)
+    assert photo.shape == img.shape and photo.dtype == np.uint8
+    grad = {k: np.abs(np.diff(v.astype(np.float32), axis=1)).mean() for k, v in (("photo", photo), ("crop", crop))}
+    assert grad["photo"] < 0.6 * grad["crop"] and photo.std() > 1.0
+    assert (at_photo_scale(img, "noise", 3) == photo).all()  # seeded

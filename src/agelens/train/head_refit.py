@@ -116,24 +116,46 @@ def resave_features(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch:
         print(f"{key} resave: {len(imgs)} pairs, {time.time() - t0:.0f} s", flush=True)
 
 
+PHOTO = "photo_"  # a view name's prefix: the degradation at a small photo's pixel scale (`at_photo_scale`)
+
+
+def at_photo_scale(img: np.ndarray, name: str, seed: int) -> np.ndarray:
+    """A cached crop under test degradation `name` applied where a small photo applies it: the face shrunk to a
+    working resolution drawn from RESAVE_SCALE of the crop, degraded there (grain, noise and blur at the photo's
+    pixel scale, as `benchmarks/generalise.py` degrades a whole photo), brought back to the crop's size."""
+    import cv2
+
+    from ..data.augment import degrade_for_test
+
+    h, w = img.shape[:2]
+    f = np.random.default_rng(seed).uniform(*RESAVE_SCALE)
+    small = cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(cv2.resize(degrade_for_test(small, name, seed), (w, h),
+                                           interpolation=cv2.INTER_LINEAR))
+
+
 def degraded_features(part_dirs: dict[str, Path], names: list[str], out: Path, seed: int = 0,
                       batch: int = 64, model: str = "teacher") -> None:
     """Trunk features (fp16) of every cached face under each named test degradation (KEY_NAME.npz: x), seeded per
-    face as `data.augment.degrade_for_test`."""
+    face as `data.augment.degrade_for_test`; a name prefixed PHOTO degrades at a small photo's scale
+    (`at_photo_scale`)."""
     from ..data.augment import degrade_for_test
     from ..data.cache import FaceCache
 
-    unknown = sorted(set(names) - set(TEST_DEGRADATIONS))
+    unknown = sorted(n for n in names if n.removeprefix(PHOTO) not in TEST_DEGRADATIONS)
     if unknown:
-        raise SystemExit(f"unknown view(s) {', '.join(unknown)}; known: resave, {', '.join(TEST_DEGRADATIONS)}")
+        raise SystemExit(f"unknown view(s) {', '.join(unknown)}; known: resave, {', '.join(TEST_DEGRADATIONS)}, "
+                         f"each also as {PHOTO}NAME")
     emb, t = _embedder(batch, model)
     out.mkdir(parents=True, exist_ok=True)
     for key, d in part_dirs.items():
         imgs = np.asarray(FaceCache(d, verify=False).images)
         for name in names:
             t0 = time.time()
-            k = TEST_DEGRADATIONS.index(name)
-            views = np.stack([degrade_for_test(im, name, seed * 100_003 + i * 101 + k) for i, im in enumerate(imgs)])
+            base = name.removeprefix(PHOTO)
+            k = TEST_DEGRADATIONS.index(base)
+            degrade = at_photo_scale if name.startswith(PHOTO) else degrade_for_test
+            views = np.stack([degrade(im, base, seed * 100_003 + i * 101 + k) for i, im in enumerate(imgs)])
             np.savez(out / f"{key}_{name}.npz", x=emb(centre_views(views, t.crop_size, t.input_size)))
             print(f"{key} {name}: {len(imgs)} faces, {time.time() - t0:.0f} s", flush=True)
 
@@ -327,7 +349,7 @@ def load_parts(features: Path, part: str) -> dict[str, dict]:
         if (features / f"{ds}_{part}_resave.npz").exists():
             r = np.load(features / f"{ds}_{part}_resave.npz")
             d |= {"resave_a": r["a"], "resave_b": r["b"]}
-        for name in TEST_DEGRADATIONS:
+        for name in TEST_DEGRADATIONS + tuple(PHOTO + n for n in TEST_DEGRADATIONS):
             if (features / f"{ds}_{part}_{name}.npz").exists():
                 d[f"view_{name}"] = np.load(features / f"{ds}_{part}_{name}.npz")["x"]
         parts[ds] = d

@@ -1,0 +1,78 @@
+"""The student's tail re-fit: the cut reproduces the network, the tail trains alone, apply writes it back."""
+
+import json
+
+import pytest
+import torch
+
+from agelens.models.weights import load_weights, weights_dir
+from agelens.train.tail_refit import apply, front_and_tail, tail_modules
+
+
+@pytest.fixture(scope="module")
+def student():
+    model, _, card = load_weights(weights_dir() / "student.safetensors")
+    return model.float().eval(), card
+
+
+def test_front_then_tail_is_the_network(student):
+    model, _ = student
+    x = torch.randn(2, 3, 160, 160)
+    front, tail = front_and_tail(model)
+    with torch.no_grad():
+        maps = front(x)
+        assert maps.shape == (2, 192, 5, 5)
+        assert torch.allclose(model(x)["logits"], tail(maps)["logits"], atol=1e-5)
+
+
+def test_tail_modules_hold_the_tail_and_not_the_front(student):
+    model, _ = student
+    tail = {id(p) for m in tail_modules(model) for p in m.parameters()}
+    assert {id(p) for p in model.head.parameters()} <= tail
+    assert not tail & {id(p) for p in model.backbone.stem.parameters()}
+    assert not tail & {id(p) for p in model.backbone.stages[0].parameters()}
+    n = sum(p.numel() for p in model.parameters())
+    assert 0.3 * n < sum(p.numel() for m in tail_modules(model) for p in m.parameters()) < 0.6 * n
+
+
+def test_apply_writes_the_student_with_the_new_tail(tmp_path, student):
+    from agelens.train.head_refit import STALE
+
+    model, card = student
+    keep = {}
+    for i, m in enumerate(tail_modules(model)):
+        for k, v in m.state_dict().items():
+            keep[f"{i}.{k}"] = v.clone()
+    keep["0.conv_pw.weight"] = keep["0.conv_pw.weight"] * 0.5  # the tail's first block changed
+    torch.save(keep, tmp_path / "tail.pt")
+    (tmp_path / "scores.json").write_text(json.dumps({"recipe": {"epochs": 1}}))
+    new, _, new_card = load_weights(apply(tmp_path, tmp_path / "weights"))
+    got = tail_modules(new)[0].conv_pw.weight.detach().float()
+    assert torch.allclose(got, keep["0.conv_pw.weight"].float(), atol=1e-3, rtol=1e-2)
+    assert torch.equal(new.backbone.stem[0].weight.detach().float(),
+                       model.backbone.stem[0].weight.detach().float().half().float())
+    assert new_card["tail_refit"]["recipe"] == {"epochs": 1} and not set(STALE) & set(new_card)
+    assert new_card["config"] == card["config"]
+
+
+def test_fit_trains_the_tail_and_writes_its_outputs(tmp_path):
+    """A one-epoch fit on random maps: tail.pt and scores.json are written, with the shipped student's scores on
+    the same maps beside the re-fit's."""
+    import numpy as np
+
+    from agelens.train.head_refit import DATASETS
+    from agelens.train.tail_refit import fit
+
+    rng = np.random.default_rng(0)
+    for ds in DATASETS:
+        for part, views in (("train", 3), ("val", 2), ("test", 2)):
+            n = 24
+            np.savez(tmp_path / f"{ds}_{part}.npz", maps=rng.uniform(0, 2, (n, views, 192, 5, 5)).astype(np.float16),
+                     age=rng.uniform(1, 80, n).astype(np.float32), gender=np.array(["male"] * n),
+                     race=np.array(["white" if ds == "utkface" else ""] * n))
+    res = fit(tmp_path, tmp_path / "fit", epochs=1, batch=16)
+    assert (tmp_path / "fit" / "tail.pt").is_file() and (tmp_path / "fit" / "scores.json").is_file()
+    assert set(res["refit"]["test"]) == set(DATASETS) and len(res["refit"]["test"]["aaf"]["paired_change"]) == 3
+    assert [e["epoch"] for e in res["log"]] == [-1, 0] and res["best_epoch"] in (-1, 0)
+    keep = torch.load(tmp_path / "fit" / "tail.pt")
+    assert any(k.endswith("conv_pw.weight") for k in keep)
