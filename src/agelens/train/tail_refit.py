@@ -10,8 +10,8 @@ occluder of the student's training mix (`head_refit.occluded`), a fresh draw per
 of every face (one as it is, one mirrored, one with a draw of the training degradations), val and test parts one
 draw, read plain and mirrored (flip-TTA, as `head_refit` scores).
 
-    python -m agelens.train.tail_refit features --out runs/tail                   # ~25 min on 2 cores
-    python -m agelens.train.tail_refit fit --features runs/tail --epochs 6 --out runs/tail/fit
+    python -m agelens.train.tail_refit features --out runs/tail                   # 28 min on 2 cores
+    python -m agelens.train.tail_refit fit --features runs/tail --epochs 6 --out runs/tail/fit   # 16 min
     python -m agelens.train.tail_refit apply --fit runs/tail/fit --out src/agelens/weights
 
 `fit` keeps the epoch with the lowest validation MAE (mean over the datasets) and writes OUT/tail.pt and
