@@ -160,8 +160,9 @@ def degraded_features(part_dirs: dict[str, Path], names: list[str], out: Path, s
             print(f"{key} {name}: {len(imgs)} faces, {time.time() - t0:.0f} s", flush=True)
 
 
-def _embedder(batch: int, model: str = "teacher"):
-    """(features of a stack of views, the shipped model's TorchModel)."""
+def _embedder(batch: int, model: str = "teacher", read=None):
+    """(features of a stack of views, the shipped model's TorchModel); read(model, x) picks what is kept of a
+    normalised batch (default: the pooled trunk features)."""
     import torch
 
     from ..inference.backends.torch import TorchModel
@@ -175,7 +176,7 @@ def _embedder(batch: int, model: str = "teacher"):
         for i in range(0, len(views), batch):
             x = to_input(torch.from_numpy(np.ascontiguousarray(views[i:i + batch])), *m.mean_std, "cpu", True)
             with torch.no_grad():
-                res.append(m(x)["embedding"].float().numpy().astype(np.float16))
+                res.append((m(x)["embedding"] if read is None else read(m, x)).float().numpy().astype(np.float16))
         return np.concatenate(res)
 
     return emb, t

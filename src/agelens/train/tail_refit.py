@@ -31,7 +31,7 @@ import numpy as np
 
 from ..data.views import centre_views
 from ..utils import atomic_write_json
-from .head_refit import DATASETS, STALE, group_weights, groups_of, occluded
+from .head_refit import DATASETS, STALE, _embedder, group_weights, groups_of, occluded
 
 TAIL_FROM = 3  # the tail starts at block TAIL_FROM of the first block group of the backbone's last stage
 VIEWS_TRAIN = ("plain", "mirror", "degraded")
@@ -75,28 +75,6 @@ def tail_modules(model) -> list:
     return mods
 
 
-def _student(batch: int):
-    """(front maps of a stack of uint8 views, the shipped student's TorchModel)."""
-    import torch
-
-    from ..inference.backends.torch import TorchModel
-    from ..models.inputs import to_input
-
-    t = TorchModel.load("student", tta_flip=False)
-    m = t.model.eval()
-    front, _ = front_and_tail(m)
-
-    def maps(views: np.ndarray) -> np.ndarray:
-        res = []
-        for i in range(0, len(views), batch):
-            x = to_input(torch.from_numpy(np.ascontiguousarray(views[i:i + batch])), *m.mean_std, "cpu", True)
-            with torch.no_grad():
-                res.append(front(x).float().numpy().astype(np.float16))
-        return np.concatenate(res)
-
-    return maps, t
-
-
 def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 64) -> None:
     """Front maps (fp16, (N, V, C, H, W)) of every cached face of each part, one occluder draw per view; one .npz per
     part with age, gender and race."""
@@ -104,7 +82,7 @@ def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 6
     from ..data.cache import FaceCache
     from ..utils import weights_dir
 
-    maps, t = _student(batch)
+    maps, t = _embedder(batch, "student", read=lambda m, x: front_and_tail(m)[0](x))
     mix = json.loads((weights_dir() / "student.json").read_text())["config"]["occlusion"]["mix"]
     out.mkdir(parents=True, exist_ok=True)
     for key, d in part_dirs.items():
