@@ -102,8 +102,10 @@ def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 6
             v = centre_views(occluded(imgs, c.landmarks, mix, seed), t.crop_size, t.input_size)
             views += [maps(v), maps(np.ascontiguousarray(v[:, :, ::-1]))]
         rec = c.records
-        np.savez(out / f"{key}.npz", maps=np.stack(views, 1), age=np.array([r.age for r in rec], np.float32),
+        tmp = out / f"{key}.partial.npz"  # renamed when whole: an interrupted run leaves no half-written part
+        np.savez(tmp, maps=np.stack(views, 1), age=np.array([r.age for r in rec], np.float32),
                  gender=np.array([r.gender or "" for r in rec]), race=np.array([r.race or "" for r in rec]))
+        tmp.replace(out / f"{key}.npz")
         print(f"{key}: {len(rec)} faces x {len(views)} views, {time.time() - t0:.0f} s", flush=True)
 
 
