@@ -65,14 +65,17 @@ def front_and_tail(model):
     return front, tail
 
 
-def tail_modules(model) -> list:
-    """The modules `tail` trains (all of its parameters)."""
+def tail_modules(model):
+    """The modules `tail` trains (all of its parameters), as one nn.ModuleList: its state dict (keys "INDEX.NAME")
+    is what `fit` keeps and `apply` loads."""
+    from torch import nn
+
     b = model.backbone
     last = b.stages[-1]
     mods = [*last[0][TAIL_FROM:], *last[1:], b.final, model.head]
     if b.adapters is not None:
         mods.append(b.adapters[len(b.stages) - 1])
-    return mods
+    return nn.ModuleList(mods)
 
 
 def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 64) -> None:
@@ -160,7 +163,7 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     y = torch.from_numpy(ages.astype(np.float32))
     mods = tail_modules(model)
     head_params = {id(p) for p in head.parameters()}
-    body = [p for m in mods for p in m.parameters() if id(p) not in head_params]
+    body = [p for p in mods.parameters() if id(p) not in head_params]
     opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": list(head.parameters()), "lr": head_lr}],
                             weight_decay=weight_decay)
     per_epoch = len(y) // batch
@@ -168,10 +171,9 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     gen = torch.Generator().manual_seed(seed)
 
     def state():
-        return {k: v.detach().clone() for m_i, m in enumerate(mods) for k, v in
-                ((f"{m_i}.{n}", p) for n, p in m.state_dict().items())}
+        return {k: v.detach().clone() for k, v in mods.state_dict().items()}
 
-    shipped_val = evaluate(tail, head, val)
+    shipped_val, old_test = evaluate(tail, head, val), evaluate(tail, head, test)  # the shipped tail, untrained
     best = (np.mean([r["mae"] for r in shipped_val.values()]), -1, state())
     log = [{"epoch": -1, "val": {ds: r["mae"] for ds, r in shipped_val.items()}}]
     print(json.dumps(log[-1]), flush=True)
@@ -195,12 +197,8 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
         if score < best[0]:
             best = (score, ep, state())
     keep = best[2]
-    for m_i, m in enumerate(mods):
-        m.load_state_dict({n.split(".", 1)[1]: v for n, v in keep.items() if n.split(".", 1)[0] == str(m_i)})
+    mods.load_state_dict(keep)
     new_val, new_test = evaluate(tail, head, val), evaluate(tail, head, test)
-    base = TorchModel.load("student", tta_flip=False).model.float().eval()
-    _, base_tail = front_and_tail(base)
-    old_test = evaluate(base_tail, base.head, test)
     res = {"recipe": {"cmd": "fit", "features": str(features), "epochs": epochs, "lr": lr, "head_lr": head_lr,
                       "weight_decay": weight_decay, "batch": batch, "age_power": age_power, "seed": seed,
                       "tail_from": TAIL_FROM, "out": str(out)},
@@ -231,9 +229,7 @@ def apply(fit_dir: Path, out: Path) -> Path:
     from ..models.weights import export_weights, load_weights, weights_dir
 
     model, cfg, card = load_weights(weights_dir() / "student.safetensors")
-    keep = torch.load(fit_dir / "tail.pt")
-    for m_i, m in enumerate(tail_modules(model)):
-        m.load_state_dict({n.split(".", 1)[1]: v for n, v in keep.items() if n.split(".", 1)[0] == str(m_i)})
+    tail_modules(model).load_state_dict(torch.load(fit_dir / "tail.pt"))
     recipe = json.loads((fit_dir / "scores.json").read_text())["recipe"]
     card = {k: v for k, v in card.items() if k not in STALE and k != "name"}
     card["tail_refit"] = {"recipe": recipe, "front_from": card.get("source_checkpoint")}
