@@ -76,3 +76,57 @@ def test_fit_trains_the_tail_and_writes_its_outputs(tmp_path):
     assert [e["epoch"] for e in res["log"]] == [-1, 0] and res["best_epoch"] in (-1, 0)
     keep = torch.load(tmp_path / "fit" / "tail.pt")
     assert any(k.endswith("conv_pw.weight") for k in keep)
+
+
+def _random_parts(path, model, train_views, held_views, n=24):
+    import numpy as np
+
+    from agelens.train.head_refit import DATASETS
+
+    rng = np.random.default_rng(0)
+    for ds in DATASETS:
+        for part, views in (("train", train_views), ("val", held_views), ("test", held_views)):
+            np.savez(path / f"{ds}_{part}.npz", maps=rng.uniform(0, 2, (n, views, 192, 5, 5)).astype(np.float16),
+                     age=rng.uniform(1, 80, n).astype(np.float32), gender=np.array(["male"] * n),
+                     race=np.array(["white" if ds == "utkface" else ""] * n), model=np.array(model))
+
+
+def test_teacher_fit_scores_grain_and_resave_views_and_trains_for_consistency(tmp_path):
+    """The teacher's held-out parts carry plain, mirror, grain and a JPEG pair: the fit reports grain MAE and the
+    pair's age change, selects on clean and grain MAE, and trains with the consistency term."""
+    from agelens.train.tail_refit import TEACHER_VIEWS_HELD, TEACHER_VIEWS_TRAIN, fit, score
+
+    _random_parts(tmp_path, "teacher", len(TEACHER_VIEWS_TRAIN), len(TEACHER_VIEWS_HELD))
+    res = fit(tmp_path, tmp_path / "fit", epochs=1, batch=12, model_name="teacher", consistency=1.0)
+    val = res["refit"]["val"]["aaf"]
+    assert {"grain_mae", "grain_bin_signed", "resave_change"} <= set(val) and len(val["resave_change"]) == 3
+    assert res["recipe"]["model"] == "teacher" and res["recipe"]["consistency"] == 1.0
+    assert score({"a": {"mae": 4.0, "grain_mae": 6.0}, "b": {"mae": 5.0}}) == 5.0
+    tail = torch.load(tmp_path / "fit" / "tail.pt")
+    if res["best_epoch"] == 0:  # the kept tail is the trained one, not the shipped
+        from agelens.models.weights import load_weights, weights_dir
+
+        shipped = tail_modules(load_weights(weights_dir() / "teacher.safetensors")[0]).state_dict()
+        assert any(not torch.allclose(tail[k].float(), shipped[k].float()) for k in tail if k.endswith("weight"))
+
+
+def test_fit_refuses_maps_of_another_model(tmp_path):
+    from agelens.train.tail_refit import fit
+
+    _random_parts(tmp_path, "student", 3, 2, n=8)
+    with pytest.raises(SystemExit, match="run `features --model teacher`"):
+        fit(tmp_path, tmp_path / "fit", epochs=1, batch=8, model_name="teacher")
+
+
+def test_apply_to_the_teacher_drops_what_reads_its_tail(tmp_path):
+    """The teacher's guard heads and age prior read the tail's output: apply drops them with the stale metrics."""
+    from agelens.train.head_refit import STALE
+    from agelens.train.tail_refit import GUARD_ENTRIES
+
+    model, _, card = load_weights(weights_dir() / "teacher.safetensors")
+    torch.save(tail_modules(model.float()).state_dict(), tmp_path / "tail.pt")
+    (tmp_path / "scores.json").write_text(json.dumps({"recipe": {"model": "teacher", "epochs": 1}}))
+    new, _, new_card = load_weights(apply(tmp_path, tmp_path / "weights"))
+    assert (tmp_path / "weights" / "teacher.safetensors").is_file()
+    assert new.guards is not None and new_card["config"] == card["config"]
+    assert not (set(STALE) | set(GUARD_ENTRIES)) & set(new_card) and new_card["tail_refit"]["recipe"]["epochs"] == 1

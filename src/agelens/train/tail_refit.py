@@ -1,4 +1,4 @@
-"""Re-train the student's last blocks and age head (its tail) on its frozen front, from cached front maps.
+"""Re-train a model's last blocks and age head (its tail) on its frozen front, from cached front maps.
 
 `head_refit --model student` re-fits the linear head alone on one occluder draw per face. This goes one step deeper
 on the same idea at CPU cost: the network is cut before its last inverted-residual block of stage 4 (`TAIL_FROM`:
@@ -15,9 +15,23 @@ draw, read plain and mirrored (flip-TTA, as `head_refit` scores).
     python -m agelens.train.tail_refit apply --fit runs/tail/fit --out src/agelens/weights
 
 `fit` keeps the epoch with the lowest validation MAE (mean over the datasets) and writes OUT/tail.pt and
-OUT/scores.json (val and test per dataset, and the shipped student's on the same maps). `apply` writes the shipped
-student with the new tail; its card drops what was measured on the old outputs (test metrics, interval z, TTA
+OUT/scores.json (val and test per dataset, and the shipped model's on the same maps). `apply` writes the shipped
+model with the new tail; its card drops what was measured on the old outputs (test metrics, interval z, TTA
 cut), measured again before it ships.
+
+`--model teacher` (issue 19: photos, not occluders): the teacher reads clean faces, so no occluder is drawn. Train
+parts: the face as it is, mirrored, and one `photo_view` (the face at a small photo's working resolution, degraded
+there with grain, noise, colour and JPEG as a scanned or re-saved photo is, brought back up). Val and test parts:
+plain, mirrored, `PHOTO + "scan_grain"` (`head_refit.at_photo_scale`, seeded as `head_refit features --views`)
+and the stability benchmark's JPEG q95 -> q75 pair at a small face's resolution (`head_refit.jpeg_pair`); `fit`
+scores clean flip-TTA MAE, grain MAE (signed per age bin) and the pair's age change, and keeps the epoch with the
+lowest mean of clean and grain MAE. `fit --consistency C` batches by face and adds C x |age(view) - age(plain)|
+(plain held fixed) for every other view of the face. The teacher's guard heads read the tail's maps: after
+`apply`, `train.trunk_guards` and `train.guard_bands` fit them again (the card drops their entries too).
+
+    python -m agelens.train.tail_refit features --model teacher --out runs/tail_teacher
+    python -m agelens.train.tail_refit fit --model teacher --features runs/tail_teacher --consistency 0.3 \
+        --age-power 0.25 --out runs/tail_teacher/fit
 """
 
 from __future__ import annotations
@@ -29,12 +43,45 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.augment import TEST_DEGRADATIONS
 from ..data.views import centre_views
 from ..utils import atomic_write_json
-from .head_refit import DATASETS, STALE, _embedder, group_weights, groups_of, occluded
+from .head_refit import (
+    DATASETS,
+    PHOTO,
+    RESAVE_SCALE,
+    STALE,
+    _embedder,
+    at_photo_scale,
+    group_weights,
+    groups_of,
+    jpeg_pair,
+    occluded,
+)
 
 TAIL_FROM = 3  # the tail starts at block TAIL_FROM of the first block group of the backbone's last stage
 VIEWS_TRAIN = ("plain", "mirror", "degraded")
+TEACHER_VIEWS_TRAIN = ("plain", "mirror", "photo")
+TEACHER_VIEWS_HELD = ("plain", "mirror", PHOTO + "scan_grain", "jpeg_q95", "jpeg_q75")
+GUARD_ENTRIES = ("guard_thresholds", "guard_cascade", "guard_metrics", "guard_recipe", "age_prior",
+                 "age_prior_recipe")  # what reads the teacher's tail's maps or outputs, fitted again after apply
+# the pixel-level and colour degradations of a scanned or re-saved photo (`realistic` probabilities they replace)
+PHOTO_P = {"grayscale": 0.2, "sepia": 0.1, "lowres": 0.05, "blur": 0.15, "noise": 0.3, "scan_grain": 0.3,
+           "jpeg": 0.3}
+
+
+def photo_view(img, rng):
+    """A cached crop as a small photo gives it: shrunk to a working resolution drawn from [RESAVE_SCALE[0], 1] of
+    the crop, degraded there (`data.augment.realistic` with PHOTO_P), saved as JPEG q 60-95, brought back up."""
+    import cv2
+
+    from ..data.augment import _jpeg_q, realistic
+
+    h, w = img.shape[:2]
+    f = rng.uniform(RESAVE_SCALE[0], 1.0)
+    small = cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
+    small = _jpeg_q(realistic(small, rng, 1.0, p=PHOTO_P), int(rng.integers(60, 96)))
+    return np.ascontiguousarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
 
 
 def front_and_tail(model):
@@ -78,36 +125,55 @@ def tail_modules(model):
     return nn.ModuleList(mods)
 
 
-def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 64) -> None:
-    """Front maps (fp16, (N, V, C, H, W)) of every cached face of each part, one occluder draw per view; one .npz per
-    part with age, gender and race."""
+def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 64, model: str = "student") -> None:
+    """Front maps (fp16, (N, V, C, H, W)) of every cached face of each part; one .npz per part with age, gender and
+    race. Student: one occluder draw per view; teacher: the views of TEACHER_VIEWS_TRAIN / TEACHER_VIEWS_HELD."""
     from ..data.augment import realistic
     from ..data.cache import FaceCache
     from ..utils import weights_dir
 
-    maps, t = _embedder(batch, "student", read=lambda m, x: front_and_tail(m)[0](x))
+    maps, t = _embedder(batch, model, read=lambda m, x: front_and_tail(m)[0](x))
     mix = json.loads((weights_dir() / "student.json").read_text())["config"]["occlusion"]["mix"]
     out.mkdir(parents=True, exist_ok=True)
+
+    def mirrored(v):
+        return np.ascontiguousarray(v[:, :, ::-1])
+
     for key, d in part_dirs.items():
         t0 = time.time()
         c = FaceCache(d, verify=False)
         imgs = np.asarray(c.images)
         views = []
-        if key.endswith("_train"):
-            rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed)
+        if model == "teacher" and key.endswith("_train"):
+            v = centre_views(imgs, t.crop_size, t.input_size)
+            views += [maps(v), maps(mirrored(v))]
+            photo = np.stack([photo_view(im, rng) for im in imgs])
+            views.append(maps(centre_views(photo, t.crop_size, t.input_size)))
+        elif model == "teacher":
+            v = centre_views(imgs, t.crop_size, t.input_size)
+            views += [maps(v), maps(mirrored(v))]
+            k = TEST_DEGRADATIONS.index("scan_grain")  # seeded as `head_refit features --views photo_scan_grain`
+            grain = np.stack([at_photo_scale(im, "scan_grain", seed * 100_003 + i * 101 + k)
+                              for i, im in enumerate(imgs)])
+            views.append(maps(centre_views(grain, t.crop_size, t.input_size)))
+            pairs = [jpeg_pair(im, rng) for im in imgs]
+            views += [maps(centre_views(np.stack([p[j] for p in pairs]), t.crop_size, t.input_size)) for j in (0, 1)]
+        elif key.endswith("_train"):
             for k, how in enumerate(VIEWS_TRAIN):
                 occ = occluded(imgs, c.landmarks, mix, seed * 1000 + k + 1)
                 if how == "degraded":
                     occ = np.stack([realistic(im, rng, 1.0, 0.5) for im in occ])
                 v = centre_views(occ, t.crop_size, t.input_size)
-                views.append(maps(np.ascontiguousarray(v[:, :, ::-1]) if how == "mirror" else v))
+                views.append(maps(mirrored(v) if how == "mirror" else v))
         else:
             v = centre_views(occluded(imgs, c.landmarks, mix, seed), t.crop_size, t.input_size)
-            views += [maps(v), maps(np.ascontiguousarray(v[:, :, ::-1]))]
+            views += [maps(v), maps(mirrored(v))]
         rec = c.records
         tmp = out / f"{key}.partial.npz"  # renamed when whole: an interrupted run leaves no half-written part
         np.savez(tmp, maps=np.stack(views, 1), age=np.array([r.age for r in rec], np.float32),
-                 gender=np.array([r.gender or "" for r in rec]), race=np.array([r.race or "" for r in rec]))
+                 gender=np.array([r.gender or "" for r in rec]), race=np.array([r.race or "" for r in rec]),
+                 model=np.array(model))
         tmp.replace(out / f"{key}.npz")
         print(f"{key}: {len(rec)} faces x {len(views)} views, {time.time() - t0:.0f} s", flush=True)
 
@@ -125,40 +191,66 @@ def _ages(tail, head, maps: np.ndarray, batch: int = 256) -> np.ndarray:
 
 
 def evaluate(tail, head, parts: dict[str, dict]) -> dict[str, dict]:
-    """Flip-TTA MAE (plain and mirrored view of one occluder draw) and per-bin signed error per dataset."""
+    """Per dataset: flip-TTA MAE (views 0 and 1: plain and mirrored) and per-bin signed error; with the teacher's
+    held-out views (TEACHER_VIEWS_HELD) also the grain view's MAE and per-bin signed error and the JPEG pair's age
+    change (mean, p99, share over 5 years)."""
     from ..evaluate.metrics import AGE_BINS, age_bin
+
+    def signed(e, bins):
+        return {b: round(float(e[bins == b].mean()), 2) for b, _, _ in AGE_BINS if (bins == b).any()}
 
     res = {}
     for ds, d in parts.items():
         y = d["age"]
         p = (_ages(tail, head, d["maps"][:, 0]) + _ages(tail, head, d["maps"][:, 1])) / 2
         bins = np.array([age_bin(a) for a in y])
-        res[ds] = {"n": len(y), "mae": round(float(np.abs(p - y).mean()), 3),
-                   "bin_signed": {b: round(float((p - y)[bins == b].mean()), 2) for b, _, _ in AGE_BINS
-                                  if (bins == b).any()},
-                   "abs_err": np.abs(p - y)}
+        r = {"n": len(y), "mae": round(float(np.abs(p - y).mean()), 3), "bin_signed": signed(p - y, bins),
+             "abs_err": np.abs(p - y)}
+        if d["maps"].shape[1] == len(TEACHER_VIEWS_HELD):
+            g = _ages(tail, head, d["maps"][:, 2])
+            change = np.abs(_ages(tail, head, d["maps"][:, 3]) - _ages(tail, head, d["maps"][:, 4]))
+            r.update(grain_mae=round(float(np.abs(g - y).mean()), 3), grain_bin_signed=signed(g - y, bins),
+                     resave_change=[round(float(change.mean()), 3), round(float(np.percentile(change, 99)), 2),
+                                    round(float((change > 5).mean()), 4)])
+        res[ds] = r
     return res
 
 
+def score(r: dict[str, dict]) -> float:
+    """The selection score of `evaluate`'s result: mean over the datasets of the MAE, or of the mean of clean and
+    grain MAE where the grain view was scored (the teacher)."""
+    return float(np.mean([(v["mae"] + v["grain_mae"]) / 2 if "grain_mae" in v else v["mae"] for v in r.values()]))
+
+
 def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: float = 3e-4,
-        weight_decay: float = 1e-4, batch: int = 128, age_power: float = 0.0, seed: int = 0) -> dict:
-    """Train the student's tail on the train parts' maps from its shipped weights; keep the best validation epoch."""
+        weight_decay: float = 1e-4, batch: int = 128, age_power: float = 0.0, seed: int = 0,
+        model_name: str = "student", consistency: float = 0.0) -> dict:
+    """Train the model's tail on the train parts' maps from its shipped weights; keep the best validation epoch.
+    consistency > 0: batches of batch // V faces with all V views, plus consistency x |age(view) - age(view 0)|
+    (view 0 held fixed) over the other views."""
     import torch
 
     from ..inference.backends.torch import TorchModel
 
     torch.manual_seed(seed)
-    model = TorchModel.load("student", tta_flip=False).model.float().eval()
+    model = TorchModel.load(model_name, tta_flip=False).model.float().eval()
     _, tail = front_and_tail(model)
     head = model.head
     train = {ds: dict(np.load(features / f"{ds}_train.npz")) for ds in DATASETS}
     val = {ds: dict(np.load(features / f"{ds}_val.npz")) for ds in DATASETS}
     test = {ds: dict(np.load(features / f"{ds}_test.npz")) for ds in DATASETS}
-    maps = np.concatenate([d["maps"].reshape(-1, *d["maps"].shape[2:]) for d in train.values()])
-    nv = {ds: d["maps"].shape[1] for ds, d in train.items()}
-    ages = np.concatenate([np.repeat(d["age"], nv[ds]) for ds, d in train.items()])
-    groups = np.concatenate([np.repeat(groups_of(d["race"], d["gender"]), nv[ds]) for ds, d in train.items()])
-    strata = np.concatenate([np.full(len(d["age"]) * nv[ds], ds) for ds, d in train.items()])
+    made_by = {str(d.get("model", "student")) for d in train.values()}
+    if made_by != {model_name}:
+        raise SystemExit(f"{features} holds the front maps of {', '.join(sorted(made_by))}, not {model_name}: "
+                         f"run `features --model {model_name}`")
+    views = {d["maps"].shape[1] for d in train.values()}
+    if len(views) != 1:
+        raise SystemExit(f"{features}: the train parts differ in their number of views ({sorted(views)})")
+    nv = views.pop()
+    maps = np.concatenate([d["maps"] for d in train.values()])  # (N faces, V, C, H, W)
+    ages = np.concatenate([d["age"] for d in train.values()])
+    groups = np.concatenate([groups_of(d["race"], d["gender"]) for d in train.values()])
+    strata = np.concatenate([np.full(len(d["age"]), ds) for ds, d in train.items()])
     weights = torch.from_numpy(group_weights(ages, groups, age_power, 0.0, strata).astype(np.float32))
     y = torch.from_numpy(ages.astype(np.float32))
     mods = tail_modules(model)
@@ -166,42 +258,57 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     body = [p for p in mods.parameters() if id(p) not in head_params]
     opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": list(head.parameters()), "lr": head_lr}],
                             weight_decay=weight_decay)
-    per_epoch = len(y) // batch
+    faces = batch // nv if consistency > 0 else batch  # per step: faces with all their views, or single views
+    rows = len(y) if consistency > 0 else len(y) * nv
+    per_epoch = rows // faces
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch)
     gen = torch.Generator().manual_seed(seed)
 
     def state():
         return {k: v.detach().clone() for k, v in mods.state_dict().items()}
 
+    def step(idx):
+        if consistency <= 0:  # rows are (face, view) pairs
+            f, v = idx // nv, idx % nv
+            return head.loss(tail(torch.from_numpy(maps[f, v].astype(np.float32))), y[f], weights[f])
+        f = np.sort(idx)
+        x = torch.from_numpy(maps[f].astype(np.float32))  # (B, V, C, H, W)
+        pred = tail(x.flatten(0, 1))
+        yy, ww = y[f].repeat_interleave(nv), weights[f].repeat_interleave(nv)
+        age = head.decode(pred)[0].view(len(f), nv)
+        cons = (age[:, 1:] - age[:, :1].detach()).abs().mean(1)
+        return head.loss(pred, yy, ww) + consistency * (cons * weights[f]).mean()
+
     shipped_val, old_test = evaluate(tail, head, val), evaluate(tail, head, test)  # the shipped tail, untrained
-    best = (np.mean([r["mae"] for r in shipped_val.values()]), -1, state())
-    log = [{"epoch": -1, "val": {ds: r["mae"] for ds, r in shipped_val.items()}}]
+    best = (score(shipped_val), -1, state())
+
+    def brief(r):
+        return {ds: {k: v[k] for k in ("mae", "grain_mae", "resave_change") if k in v} for ds, v in r.items()}
+
+    log = [{"epoch": -1, "val": brief(shipped_val)}]
     print(json.dumps(log[-1]), flush=True)
     t0 = time.time()
     for ep in range(epochs):
         model.dropout.train()
-        perm = torch.randperm(len(y), generator=gen)
+        perm = torch.randperm(rows, generator=gen).numpy()
         for i in range(per_epoch):
-            idx = perm[i * batch:(i + 1) * batch]
-            pred = tail(torch.from_numpy(maps[idx.numpy()].astype(np.float32)))
-            loss = head.loss(pred, y[idx], weights[idx])
+            loss = step(perm[i * faces:(i + 1) * faces])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
         model.dropout.eval()
         r = evaluate(tail, head, val)
-        score = float(np.mean([v["mae"] for v in r.values()]))
-        log.append({"epoch": ep, "val": {ds: v["mae"] for ds, v in r.items()}, "seconds": round(time.time() - t0)})
+        log.append({"epoch": ep, "val": brief(r), "score": round(score(r), 3), "seconds": round(time.time() - t0)})
         print(json.dumps(log[-1]), flush=True)
-        if score < best[0]:
-            best = (score, ep, state())
+        if score(r) < best[0]:
+            best = (score(r), ep, state())
     keep = best[2]
     mods.load_state_dict(keep)
     new_val, new_test = evaluate(tail, head, val), evaluate(tail, head, test)
-    res = {"recipe": {"cmd": "fit", "features": str(features), "epochs": epochs, "lr": lr, "head_lr": head_lr,
-                      "weight_decay": weight_decay, "batch": batch, "age_power": age_power, "seed": seed,
-                      "tail_from": TAIL_FROM, "out": str(out)},
+    res = {"recipe": {"cmd": "fit", "model": model_name, "features": str(features), "epochs": epochs, "lr": lr,
+                      "head_lr": head_lr, "weight_decay": weight_decay, "batch": batch, "age_power": age_power,
+                      "consistency": consistency, "seed": seed, "tail_from": TAIL_FROM, "out": str(out)},
            "best_epoch": best[1], "log": log,
            "shipped": {"val": _public(shipped_val), "test": _public(old_test)},
            "refit": {"val": _public(new_val), "test": _public(new_test)}}
@@ -223,23 +330,27 @@ def _public(r: dict) -> dict:
 
 
 def apply(fit_dir: Path, out: Path) -> Path:
-    """The shipped student with the tail from fit_dir/tail.pt, exported to out (fp16 + card with the recipe)."""
+    """The shipped model (the fit's recipe says which) with the tail from fit_dir/tail.pt, exported to out (fp16 +
+    card with the recipe). The teacher's card also drops its guard and age-prior entries (GUARD_ENTRIES)."""
     import torch
 
     from ..models.weights import export_weights, load_weights, weights_dir
 
-    model, cfg, card = load_weights(weights_dir() / "student.safetensors")
-    tail_modules(model).load_state_dict(torch.load(fit_dir / "tail.pt"))
     recipe = json.loads((fit_dir / "scores.json").read_text())["recipe"]
-    card = {k: v for k, v in card.items() if k not in STALE and k != "name"}
+    name = recipe.get("model", "student")
+    model, cfg, card = load_weights(weights_dir() / f"{name}.safetensors")
+    tail_modules(model).load_state_dict(torch.load(fit_dir / "tail.pt"))
+    drop = set(STALE) | {"name"} | (set(GUARD_ENTRIES) if name == "teacher" else set())
+    card = {k: v for k, v in card.items() if k not in drop}
     card["tail_refit"] = {"recipe": recipe, "front_from": card.get("source_checkpoint")}
-    return export_weights(model, cfg, out, "student", card)
+    return export_weights(model, cfg, out, name, card)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("features", help="extract the student's front maps of the cached faces, occluded")
+    f = sub.add_parser("features", help="extract the model's front maps of the cached faces (student: occluded)")
+    f.add_argument("--model", choices=("student", "teacher"), default="student")
     f.add_argument("--cache", type=Path, default=Path("cache"))
     f.add_argument("--parts", nargs="+", default=["val", "test", "train"])
     f.add_argument("--seed", type=int, default=0)
@@ -252,15 +363,20 @@ def main() -> None:
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--age-power", type=float, default=0.0, help="age-bin weight count^-A")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--model", choices=("student", "teacher"), default="student")
+    g.add_argument("--consistency", type=float, default=0.0,
+                   help="weight of |age(view) - age(plain)| over a face's other views (batches by face)")
     g.add_argument("--out", type=Path, required=True)
-    h = sub.add_parser("apply", help="write the shipped student with a fitted tail")
+    h = sub.add_parser("apply", help="write the shipped model with a fitted tail")
     h.add_argument("--fit", type=Path, required=True)
     h.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     if a.cmd == "features":
-        extract({f"{ds}_{p}": a.cache / ds / p for p in a.parts for ds in DATASETS}, a.out, a.seed)
+        extract({f"{ds}_{p}": a.cache / ds / p for p in a.parts for ds in DATASETS}, a.out, a.seed,
+                model=a.model)
     elif a.cmd == "fit":
-        res = fit(a.features, a.out, a.epochs, a.lr, a.head_lr, a.weight_decay, age_power=a.age_power, seed=a.seed)
+        res = fit(a.features, a.out, a.epochs, a.lr, a.head_lr, a.weight_decay, age_power=a.age_power, seed=a.seed,
+                  model_name=a.model, consistency=a.consistency)
         print(json.dumps({k: res[k]["test"] for k in ("shipped", "refit")}), flush=True)
     else:
         apply(a.fit, a.out)
