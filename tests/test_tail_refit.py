@@ -91,13 +91,17 @@ def _random_parts(path, model, train_views, held_views, n=24):
                      race=np.array(["white" if ds == "utkface" else ""] * n), model=np.array(model))
 
 
-def test_teacher_fit_scores_grain_and_resave_views_and_trains_for_consistency(tmp_path):
+@pytest.mark.parametrize("label_views", [None, 2])
+def test_teacher_fit_scores_grain_and_resave_views_and_trains_for_consistency(tmp_path, label_views):
     """The teacher's held-out parts carry plain, mirror, grain and a JPEG pair: the fit reports grain MAE and the
-    pair's age change, selects on clean and grain MAE, and trains with the consistency term."""
+    pair's age change, selects on clean and grain MAE, and trains with the consistency term (every view fitted to
+    the label, or only the first two)."""
     from agelens.train.tail_refit import TEACHER_VIEWS_HELD, TEACHER_VIEWS_TRAIN, fit, score
 
     _random_parts(tmp_path, "teacher", len(TEACHER_VIEWS_TRAIN), len(TEACHER_VIEWS_HELD))
-    res = fit(tmp_path, tmp_path / "fit", epochs=1, batch=12, model_name="teacher", consistency=1.0)
+    res = fit(tmp_path, tmp_path / "fit", epochs=1, batch=12, model_name="teacher", consistency=1.0,
+              label_views=label_views)
+    assert res["recipe"]["label_views"] == label_views
     val = res["refit"]["val"]["aaf"]
     assert {"grain_mae", "grain_bin_signed", "resave_change"} <= set(val) and len(val["resave_change"]) == 3
     assert res["recipe"]["model"] == "teacher" and res["recipe"]["consistency"] == 1.0

@@ -224,10 +224,11 @@ def score(r: dict[str, dict]) -> float:
 
 def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: float = 3e-4,
         weight_decay: float = 1e-4, batch: int = 128, age_power: float = 0.0, seed: int = 0,
-        model_name: str = "student", consistency: float = 0.0) -> dict:
+        model_name: str = "student", consistency: float = 0.0, label_views: int | None = None) -> dict:
     """Train the model's tail on the train parts' maps from its shipped weights; keep the best validation epoch.
     consistency > 0: batches of batch // V faces with all V views, plus consistency x |age(view) - age(view 0)|
-    (view 0 held fixed) over the other views."""
+    (view 0 held fixed) over the other views; label_views = K (with consistency): only the first K views of a face
+    are fitted to its label, the others learn the plain view's answer alone."""
     import torch
 
     from ..inference.backends.torch import TorchModel
@@ -274,7 +275,9 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
         f = np.sort(idx)
         x = torch.from_numpy(maps[f].astype(np.float32))  # (B, V, C, H, W)
         pred = tail(x.flatten(0, 1))
-        yy, ww = y[f].repeat_interleave(nv), weights[f].repeat_interleave(nv)
+        k = nv if label_views is None else label_views
+        lab = torch.from_numpy(np.tile(np.arange(nv) < k, len(f)))  # the (face, view) rows fitted to the label
+        yy, ww = y[f].repeat_interleave(nv), weights[f].repeat_interleave(nv) * lab * (nv / k)
         age = head.decode(pred)[0].view(len(f), nv)
         cons = (age[:, 1:] - age[:, :1].detach()).abs().mean(1)
         return head.loss(pred, yy, ww) + consistency * (cons * weights[f]).mean()
@@ -308,7 +311,8 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     new_val, new_test = evaluate(tail, head, val), evaluate(tail, head, test)
     res = {"recipe": {"cmd": "fit", "model": model_name, "features": str(features), "epochs": epochs, "lr": lr,
                       "head_lr": head_lr, "weight_decay": weight_decay, "batch": batch, "age_power": age_power,
-                      "consistency": consistency, "seed": seed, "tail_from": TAIL_FROM, "out": str(out)},
+                      "consistency": consistency, "label_views": label_views, "seed": seed, "tail_from": TAIL_FROM,
+                      "out": str(out)},
            "best_epoch": best[1], "log": log,
            "shipped": {"val": _public(shipped_val), "test": _public(old_test)},
            "refit": {"val": _public(new_val), "test": _public(new_test)}}
@@ -366,6 +370,9 @@ def main() -> None:
     g.add_argument("--model", choices=("student", "teacher"), default="student")
     g.add_argument("--consistency", type=float, default=0.0,
                    help="weight of |age(view) - age(plain)| over a face's other views (batches by face)")
+    g.add_argument("--label-views", type=int, default=None,
+                   help="with --consistency: only a face's first K views are fitted to the label (teacher: 2, plain "
+                        "and mirror; the photo view learns the plain view's answer)")
     g.add_argument("--out", type=Path, required=True)
     h = sub.add_parser("apply", help="write the shipped model with a fitted tail")
     h.add_argument("--fit", type=Path, required=True)
@@ -376,7 +383,7 @@ def main() -> None:
                 model=a.model)
     elif a.cmd == "fit":
         res = fit(a.features, a.out, a.epochs, a.lr, a.head_lr, a.weight_decay, age_power=a.age_power, seed=a.seed,
-                  model_name=a.model, consistency=a.consistency)
+                  model_name=a.model, consistency=a.consistency, label_views=a.label_views)
         print(json.dumps({k: res[k]["test"] for k in ("shipped", "refit")}), flush=True)
     else:
         apply(a.fit, a.out)
