@@ -105,12 +105,16 @@ CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 def fit_logistic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Logistic regression on standardised features, its L2 strength chosen by 5-fold cross-validated log-loss
     over CS, folded back to raw features: (weights, bias, C)."""
+    import sklearn
     from sklearn.linear_model import LogisticRegressionCV
 
+    # scikit-learn 1.8 names the L2 penalty l1_ratios=(0,) and will forbid the old default; the same fit either way
+    new_api = tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8)
+    kw = {"l1_ratios": (0.0,), "use_legacy_attributes": False} if new_api else {}
     mu, sd = x.mean(0), x.std(0) + 1e-6
-    lr = LogisticRegressionCV(Cs=list(CS), cv=5, scoring="neg_log_loss", max_iter=3000).fit((x - mu) / sd, y)
-    w = lr.coef_[0] / sd
-    return w.astype(np.float32), float(lr.intercept_[0] - (w * mu).sum()), float(lr.C_[0])
+    lr = LogisticRegressionCV(Cs=list(CS), cv=5, scoring="neg_log_loss", max_iter=3000, **kw).fit((x - mu) / sd, y)
+    w = np.ravel(lr.coef_) / sd
+    return w.astype(np.float32), float(np.ravel(lr.intercept_)[0] - (w * mu).sum()), float(np.ravel(lr.C_)[0])
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
