@@ -134,3 +134,13 @@ def test_apply_to_the_teacher_drops_what_reads_its_tail(tmp_path):
     assert (tmp_path / "weights" / "teacher.safetensors").is_file()
     assert new.guards is not None and new_card["config"] == card["config"]
     assert not (set(STALE) | set(GUARD_ENTRIES)) & set(new_card) and new_card["tail_refit"]["recipe"]["epochs"] == 1
+
+
+def test_label_views_needs_consistency_and_a_view_count_that_exists(tmp_path):
+    from agelens.train.tail_refit import fit
+
+    _random_parts(tmp_path, "teacher", 3, 5, n=8)
+    with pytest.raises(SystemExit, match="needs --consistency"):
+        fit(tmp_path, tmp_path / "fit", epochs=1, batch=6, model_name="teacher", label_views=2)
+    with pytest.raises(SystemExit, match="hold 3 views"):
+        fit(tmp_path, tmp_path / "fit", epochs=1, batch=6, model_name="teacher", consistency=1.0, label_views=4)

@@ -29,9 +29,12 @@ lowest mean of clean and grain MAE. `fit --consistency C` batches by face and ad
 (plain held fixed) for every other view of the face. The teacher's guard heads read the tail's maps: after
 `apply`, `train.trunk_guards` and `train.guard_bands` fit them again (the card drops their entries too).
 
-    python -m agelens.train.tail_refit features --model teacher --out runs/tail_teacher
-    python -m agelens.train.tail_refit fit --model teacher --features runs/tail_teacher --consistency 0.3 \
-        --age-power 0.25 --out runs/tail_teacher/fit
+    python -m agelens.train.tail_refit features --model teacher --out runs/tail_teacher      # 13 min on 2 cores
+    python -m agelens.train.tail_refit fit --model teacher --features runs/tail_teacher --consistency 1 \
+        --age-power 0 --out runs/tail_teacher/fit_c1_a0                                   # 16 min
+
+Measured 2026-12-05 and not shipped (`docs/results.md`, "The teacher's tail on photo views"): grain reads a little
+better, clean and grey children a little worse end to end.
 """
 
 from __future__ import annotations
@@ -233,6 +236,8 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
 
     from ..inference.backends.torch import TorchModel
 
+    if label_views is not None and consistency <= 0:
+        raise SystemExit("--label-views needs --consistency > 0 (the other views learn the plain view's answer)")
     torch.manual_seed(seed)
     model = TorchModel.load(model_name, tta_flip=False).model.float().eval()
     _, tail = front_and_tail(model)
@@ -248,6 +253,8 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     if len(views) != 1:
         raise SystemExit(f"{features}: the train parts differ in their number of views ({sorted(views)})")
     nv = views.pop()
+    if label_views is not None and not 1 <= label_views <= nv:
+        raise SystemExit(f"--label-views {label_views}: the train parts hold {nv} views a face")
     maps = np.concatenate([d["maps"] for d in train.values()])  # (N faces, V, C, H, W)
     ages = np.concatenate([d["age"] for d in train.values()])
     groups = np.concatenate([groups_of(d["race"], d["gender"]) for d in train.values()])
