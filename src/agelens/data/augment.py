@@ -134,12 +134,16 @@ PIXEL_LEVEL = ("blur", "defocus", "noise", "scan_grain", "jpeg")
 SOURCE_SCALE = (0.35, 1.0)  # working resolution of the pixel-level degradations, as a share of the cached crop
 
 
+def shrink(img: np.ndarray, f: float) -> np.ndarray:
+    """The image at f × its side (at least 16 px), area-averaged: a face at a small photo's working resolution."""
+    h, w = img.shape[:2]
+    return cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
+
+
 def _working_resolution(img: np.ndarray, rng: np.random.Generator, source_min: float) -> np.ndarray:
     """The image shrunk to a random working resolution, uniform in [source_min, SOURCE_SCALE[1]] × its side (at least
     16 px): where a small face in a photo gets its pixel-level degradations."""
-    h, w = img.shape[:2]
-    f = rng.uniform(source_min, SOURCE_SCALE[1])
-    return cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
+    return shrink(img, rng.uniform(source_min, SOURCE_SCALE[1]))
 
 
 def realistic(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0,

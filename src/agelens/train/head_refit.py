@@ -87,11 +87,10 @@ def jpeg_pair(img: np.ndarray, rng: np.random.Generator, q: tuple[int, int] = (9
     crop's size."""
     import cv2
 
-    from ..data.augment import _jpeg_q
+    from ..data.augment import _jpeg_q, shrink
 
     h, w = img.shape[:2]
-    f = rng.uniform(*RESAVE_SCALE) if scale is None else scale
-    a = _jpeg_q(cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA), q[0])
+    a = _jpeg_q(shrink(img, rng.uniform(*RESAVE_SCALE) if scale is None else scale), q[0])
     b = _jpeg_q(a, q[1])
     return tuple(np.ascontiguousarray(cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)) for x in (a, b))
 
@@ -125,13 +124,23 @@ def at_photo_scale(img: np.ndarray, name: str, seed: int) -> np.ndarray:
     pixel scale, as `benchmarks/generalise.py` degrades a whole photo), brought back to the crop's size."""
     import cv2
 
-    from ..data.augment import degrade_for_test
+    from ..data.augment import degrade_for_test, shrink
 
     h, w = img.shape[:2]
-    f = np.random.default_rng(seed).uniform(*RESAVE_SCALE)
-    small = cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
+    small = shrink(img, np.random.default_rng(seed).uniform(*RESAVE_SCALE))
     return np.ascontiguousarray(cv2.resize(degrade_for_test(small, name, seed), (w, h),
                                            interpolation=cv2.INTER_LINEAR))
+
+
+def degraded_views(imgs: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
+    """Every face of a stack under test degradation `name` (prefixed PHOTO: at a small photo's scale), seeded per
+    face and degradation: the views `features --views NAME` extracts."""
+    from ..data.augment import degrade_for_test
+
+    base = name.removeprefix(PHOTO)
+    k = TEST_DEGRADATIONS.index(base)
+    degrade = at_photo_scale if name.startswith(PHOTO) else degrade_for_test
+    return np.stack([degrade(im, base, seed * 100_003 + i * 101 + k) for i, im in enumerate(imgs)])
 
 
 def degraded_features(part_dirs: dict[str, Path], names: list[str], out: Path, seed: int = 0,
@@ -139,7 +148,6 @@ def degraded_features(part_dirs: dict[str, Path], names: list[str], out: Path, s
     """Trunk features (fp16) of every cached face under each named test degradation (KEY_NAME.npz: x), seeded per
     face as `data.augment.degrade_for_test`; a name prefixed PHOTO degrades at a small photo's scale
     (`at_photo_scale`)."""
-    from ..data.augment import degrade_for_test
     from ..data.cache import FaceCache
 
     unknown = sorted(n for n in names if n.removeprefix(PHOTO) not in TEST_DEGRADATIONS)
@@ -152,10 +160,7 @@ def degraded_features(part_dirs: dict[str, Path], names: list[str], out: Path, s
         imgs = np.asarray(FaceCache(d, verify=False).images)
         for name in names:
             t0 = time.time()
-            base = name.removeprefix(PHOTO)
-            k = TEST_DEGRADATIONS.index(base)
-            degrade = at_photo_scale if name.startswith(PHOTO) else degrade_for_test
-            views = np.stack([degrade(im, base, seed * 100_003 + i * 101 + k) for i, im in enumerate(imgs)])
+            views = degraded_views(imgs, name, seed)
             np.savez(out / f"{key}_{name}.npz", x=emb(centre_views(views, t.crop_size, t.input_size)))
             print(f"{key} {name}: {len(imgs)} faces, {time.time() - t0:.0f} s", flush=True)
 

@@ -46,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.augment import TEST_DEGRADATIONS
 from ..data.views import centre_views
 from ..utils import atomic_write_json
 from .head_refit import (
@@ -55,7 +54,7 @@ from .head_refit import (
     RESAVE_SCALE,
     STALE,
     _embedder,
-    at_photo_scale,
+    degraded_views,
     group_weights,
     groups_of,
     jpeg_pair,
@@ -78,11 +77,10 @@ def photo_view(img, rng):
     the crop, degraded there (`data.augment.realistic` with PHOTO_P), saved as JPEG q 60-95, brought back up."""
     import cv2
 
-    from ..data.augment import _jpeg_q, realistic
+    from ..data.augment import _jpeg_q, _working_resolution, realistic
 
     h, w = img.shape[:2]
-    f = rng.uniform(RESAVE_SCALE[0], 1.0)
-    small = cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
+    small = _working_resolution(img, rng, RESAVE_SCALE[0])
     small = _jpeg_q(realistic(small, rng, 1.0, p=PHOTO_P), int(rng.integers(60, 96)))
     return np.ascontiguousarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
 
@@ -136,7 +134,8 @@ def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 6
     from ..utils import weights_dir
 
     maps, t = _embedder(batch, model, read=lambda m, x: front_and_tail(m)[0](x))
-    mix = json.loads((weights_dir() / "student.json").read_text())["config"]["occlusion"]["mix"]
+    if model == "student":  # the student's own training mix of occluders
+        mix = json.loads((weights_dir() / "student.json").read_text())["config"]["occlusion"]["mix"]
     out.mkdir(parents=True, exist_ok=True)
 
     def mirrored(v):
@@ -148,20 +147,18 @@ def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 6
         imgs = np.asarray(c.images)
         views = []
         rng = np.random.default_rng(seed)
-        if model == "teacher" and key.endswith("_train"):
+        if model == "teacher":  # TEACHER_VIEWS_TRAIN / TEACHER_VIEWS_HELD
             v = centre_views(imgs, t.crop_size, t.input_size)
             views += [maps(v), maps(mirrored(v))]
-            photo = np.stack([photo_view(im, rng) for im in imgs])
-            views.append(maps(centre_views(photo, t.crop_size, t.input_size)))
-        elif model == "teacher":
-            v = centre_views(imgs, t.crop_size, t.input_size)
-            views += [maps(v), maps(mirrored(v))]
-            k = TEST_DEGRADATIONS.index("scan_grain")  # seeded as `head_refit features --views photo_scan_grain`
-            grain = np.stack([at_photo_scale(im, "scan_grain", seed * 100_003 + i * 101 + k)
-                              for i, im in enumerate(imgs)])
-            views.append(maps(centre_views(grain, t.crop_size, t.input_size)))
-            pairs = [jpeg_pair(im, rng) for im in imgs]
-            views += [maps(centre_views(np.stack([p[j] for p in pairs]), t.crop_size, t.input_size)) for j in (0, 1)]
+            if key.endswith("_train"):
+                photo = np.stack([photo_view(im, rng) for im in imgs])
+                views.append(maps(centre_views(photo, t.crop_size, t.input_size)))
+            else:
+                views.append(maps(centre_views(degraded_views(imgs, TEACHER_VIEWS_HELD[2], seed), t.crop_size,
+                                               t.input_size)))
+                pairs = [jpeg_pair(im, rng) for im in imgs]
+                views += [maps(centre_views(np.stack([p[j] for p in pairs]), t.crop_size, t.input_size))
+                          for j in (0, 1)]
         elif key.endswith("_train"):
             for k, how in enumerate(VIEWS_TRAIN):
                 occ = occluded(imgs, c.landmarks, mix, seed * 1000 + k + 1)
