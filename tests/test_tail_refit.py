@@ -144,3 +144,35 @@ def test_label_views_needs_consistency_and_a_view_count_that_exists(tmp_path):
         fit(tmp_path, tmp_path / "fit", epochs=1, batch=6, model_name="teacher", label_views=2)
     with pytest.raises(SystemExit, match="hold 3 views"):
         fit(tmp_path, tmp_path / "fit", epochs=1, batch=6, model_name="teacher", consistency=1.0, label_views=4)
+
+
+def test_kd_pulls_the_student_towards_the_teachers_answers(tmp_path):
+    """`fit --kd`: the teacher's clean-face distributions (here all at age 70) pull the tail's answers towards them,
+    against labels drawn at random; without targets, or for the teacher, it refuses."""
+    import numpy as np
+
+    from agelens.train.head_refit import DATASETS
+    from agelens.train.tail_refit import fit
+
+    _random_parts(tmp_path, "student", 3, 2, n=16)
+    with pytest.raises(SystemExit, match="run `targets` first"):
+        fit(tmp_path, tmp_path / "fit", epochs=1, batch=8, kd=1.0)
+    with pytest.raises(SystemExit, match="--model student"):
+        fit(tmp_path, tmp_path / "fit", epochs=1, batch=8, kd=1.0, model_name="teacher")
+    probs = np.zeros((16, 2, 101), np.float16)
+    probs[:, :, 70] = 1
+    for ds in DATASETS:
+        np.savez(tmp_path / f"{ds}_train.teacher.npz", probs=probs)
+    means = {}
+    for kd in (0.0, 20.0):
+        res = fit(tmp_path, tmp_path / f"fit_{kd}", epochs=3, batch=8, lr=3e-3, head_lr=1e-2, kd=kd)
+        assert res["recipe"]["kd"] == kd
+        train = dict(np.load(tmp_path / "aaf_train.npz"))
+        from agelens.inference.backends.torch import TorchModel
+        from agelens.train.tail_refit import _ages
+
+        model = TorchModel.load("student", tta_flip=False).model.float().eval()
+        _, tail = front_and_tail(model)
+        tail_modules(model).load_state_dict(torch.load(tmp_path / f"fit_{kd}" / "tail.pt"))
+        means[kd] = float(_ages(tail, model.head, train["maps"][:, 0]).mean())
+    assert means[20.0] > means[0.0] + 3

@@ -35,6 +35,15 @@ lowest mean of clean and grain MAE. `fit --consistency C` batches by face and ad
 
 Measured 2026-12-05 and not shipped (`docs/results.md`, "The teacher's tail on photo views"): grain reads a little
 better, clean and grey children a little worse end to end.
+
+`fit --kd W` (the student): the paper's distillation at the output, plus W x KL(teacher || tail) towards the shipped
+teacher's distribution of the same face clean (plain, or mirrored for the mirrored view), from `targets` (4 min):
+
+    python -m agelens.train.tail_refit targets --out runs/tail
+    python -m agelens.train.tail_refit fit --features runs/tail --epochs 6 --kd 1 --out runs/tail/fit_kd1    # 18 min
+
+Measured 2026-12-05 from the shipped tail and not shipped (`docs/results.md`, "Distilling the teacher's answers
+into the student's tail"): no change on the cached test faces.
 """
 
 from __future__ import annotations
@@ -178,6 +187,23 @@ def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 6
         print(f"{key}: {len(rec)} faces x {len(views)} views, {time.time() - t0:.0f} s", flush=True)
 
 
+def teacher_targets(part_dirs: dict[str, Path], out: Path, batch: int = 64) -> None:
+    """The shipped teacher's age distributions (fp16, (N, 2, ages): the clean face plain and mirrored) of every
+    cached face of each part, in the order of its front maps: `fit --kd`'s soft targets (OUT/KEY.teacher.npz)."""
+    from ..data.cache import FaceCache
+
+    probs, t = _embedder(batch, "teacher", read=lambda m, x: m(x)["logits"].float().softmax(-1))
+    out.mkdir(parents=True, exist_ok=True)
+    for key, d in part_dirs.items():
+        t0 = time.time()
+        v = centre_views(np.asarray(FaceCache(d, verify=False).images), t.crop_size, t.input_size)
+        p = np.stack([probs(v), probs(np.ascontiguousarray(v[:, :, ::-1]))], 1)
+        tmp = out / f"{key}.teacher.partial.npz"  # renamed when whole
+        np.savez(tmp, probs=p)
+        tmp.replace(out / f"{key}.teacher.npz")
+        print(f"{key}: teacher targets of {len(p)} faces, {time.time() - t0:.0f} s", flush=True)
+
+
 def _ages(tail, head, maps: np.ndarray, batch: int = 256) -> np.ndarray:
     """The tail's expected ages of fp16 front maps (eval mode)."""
     import torch
@@ -224,17 +250,22 @@ def score(r: dict[str, dict]) -> float:
 
 def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: float = 3e-4,
         weight_decay: float = 1e-4, batch: int = 128, age_power: float = 0.0, seed: int = 0,
-        model_name: str = "student", consistency: float = 0.0, label_views: int | None = None) -> dict:
+        model_name: str = "student", consistency: float = 0.0, label_views: int | None = None,
+        kd: float = 0.0) -> dict:
     """Train the model's tail on the train parts' maps from its shipped weights; keep the best validation epoch.
     consistency > 0: batches of batch // V faces with all V views, plus consistency x |age(view) - age(view 0)|
     (view 0 held fixed) over the other views; label_views = K (with consistency): only the first K views of a face
-    are fitted to its label, the others learn the plain view's answer alone."""
+    are fitted to its label, the others learn the plain view's answer alone. kd > 0 (the student, single views):
+    plus kd x KL(teacher || tail) towards the shipped teacher's distribution of the same face clean (`teacher_targets`;
+    the mirrored one for the mirrored view), the paper's teacher-to-student distillation at the output."""
     import torch
 
     from ..inference.backends.torch import TorchModel
 
     if label_views is not None and consistency <= 0:
         raise SystemExit("--label-views needs --consistency > 0 (the other views learn the plain view's answer)")
+    if kd > 0 and (model_name != "student" or consistency > 0):
+        raise SystemExit("--kd distils the teacher into the student's single views: --model student, no --consistency")
     torch.manual_seed(seed)
     model = TorchModel.load(model_name, tta_flip=False).model.float().eval()
     _, tail = front_and_tail(model)
@@ -253,6 +284,15 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     if label_views is not None and not 1 <= label_views <= nv:
         raise SystemExit(f"--label-views {label_views}: the train parts hold {nv} views a face")
     maps = np.concatenate([d["maps"] for d in train.values()])  # (N faces, V, C, H, W)
+    soft = None
+    if kd > 0:
+        missing = [ds for ds in DATASETS if not (features / f"{ds}_train.teacher.npz").exists()]
+        if missing:
+            raise SystemExit(f"{features}: no teacher targets for {', '.join(missing)}: run `targets` first")
+        soft = np.concatenate([np.load(features / f"{ds}_train.teacher.npz")["probs"] for ds in DATASETS])
+        if len(soft) != len(maps):
+            raise SystemExit(f"{features}: {len(soft)} teacher targets for {len(maps)} faces")
+        which = np.array([1 if v == "mirror" else 0 for v in VIEWS_TRAIN[:nv]])  # the teacher view per view
     ages = np.concatenate([d["age"] for d in train.values()])
     groups = np.concatenate([groups_of(d["race"], d["gender"]) for d in train.values()])
     strata = np.concatenate([np.full(len(d["age"]), ds) for ds, d in train.items()])
@@ -275,7 +315,13 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     def step(idx):
         if consistency <= 0:  # rows are (face, view) pairs
             f, v = idx // nv, idx % nv
-            return head.loss(tail(torch.from_numpy(maps[f, v].astype(np.float32))), y[f], weights[f])
+            out = tail(torch.from_numpy(maps[f, v].astype(np.float32)))
+            loss = head.loss(out, y[f], weights[f])
+            if soft is None:
+                return loss
+            target = torch.from_numpy(soft[f, which[v]].astype(np.float32))
+            kl = torch.nn.functional.kl_div(out["logits"].float().log_softmax(-1), target, reduction="none").sum(1)
+            return loss + kd * head.reduce(kl, weights[f])
         f = np.sort(idx)
         x = torch.from_numpy(maps[f].astype(np.float32))  # (B, V, C, H, W)
         pred = tail(x.flatten(0, 1))
@@ -315,7 +361,7 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     new_val, new_test = evaluate(tail, head, val), evaluate(tail, head, test)
     res = {"recipe": {"cmd": "fit", "model": model_name, "features": str(features), "epochs": epochs, "lr": lr,
                       "head_lr": head_lr, "weight_decay": weight_decay, "batch": batch, "age_power": age_power,
-                      "consistency": consistency, "label_views": label_views, "seed": seed, "tail_from": TAIL_FROM,
+                      "consistency": consistency, "label_views": label_views, "kd": kd, "seed": seed, "tail_from": TAIL_FROM,
                       "out": str(out)},
            "best_epoch": best[1], "log": log,
            "shipped": {"val": _public(shipped_val), "test": _public(old_test)},
@@ -378,6 +424,12 @@ def main() -> None:
                    help="with --consistency: only a face's first K views are fitted to the label (teacher: 2, plain "
                         "and mirror; the photo view learns the plain view's answer)")
     g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--kd", type=float, default=0.0,
+                   help="student: weight of KL(teacher on the clean face || tail) (needs `targets`)")
+    k = sub.add_parser("targets", help="the shipped teacher's age distributions of the clean cached train faces")
+    k.add_argument("--cache", type=Path, default=Path("cache"))
+    k.add_argument("--parts", nargs="+", default=["train"])
+    k.add_argument("--out", type=Path, default=Path("runs/tail"))
     h = sub.add_parser("apply", help="write the shipped model with a fitted tail")
     h.add_argument("--fit", type=Path, required=True)
     h.add_argument("--out", type=Path, required=True)
@@ -387,8 +439,10 @@ def main() -> None:
                 model=a.model)
     elif a.cmd == "fit":
         res = fit(a.features, a.out, a.epochs, a.lr, a.head_lr, a.weight_decay, age_power=a.age_power, seed=a.seed,
-                  model_name=a.model, consistency=a.consistency, label_views=a.label_views)
+                  model_name=a.model, consistency=a.consistency, label_views=a.label_views, kd=a.kd)
         print(json.dumps({k: res[k]["test"] for k in ("shipped", "refit")}), flush=True)
+    elif a.cmd == "targets":
+        teacher_targets({f"{ds}_{p}": a.cache / ds / p for p in a.parts for ds in DATASETS}, a.out)
     else:
         apply(a.fit, a.out)
 
