@@ -33,10 +33,13 @@ class StubCheck:
     def __init__(self) -> None:
         self.asked: list[list[bool]] = []
         self.mirrored: list[list[bool]] = []
+        self.small: list[list[bool]] = []
 
-    def vetoes(self, rgb: np.ndarray, boxes: list, people: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    def vetoes(self, rgb: np.ndarray, boxes: list, people: np.ndarray, mirrored: np.ndarray,
+               small: np.ndarray) -> np.ndarray:
         self.asked.append(people.tolist())
         self.mirrored.append(mirrored.tolist())
+        self.small.append(small.tolist())
         return np.ones(len(boxes), bool)
 
 
@@ -87,8 +90,23 @@ def test_which_faces_each_veto_is_asked_about(monkeypatch):
     # a face the mirror step built is asked the people veto even where the verifier is sure, and said to be mirrored
     kept = finding.without_non_faces(rgb, sure, StubGuard(0.1, face=0.9995), [False, True])
     assert [f[1] for f in kept] == [0.95] and stub.asked == [[True]] and stub.mirrored[-1] == [True]
+    # on a large image the same faces are small: the one the detector was unsure of (0.6, under SMALL_BELOW) is asked
+    # the people veto at SMALL_PEOPLE though the verifier is sure; the sure one (0.95) is not
+    stub.asked.clear()
+    big = np.zeros((400, 400, 3), np.uint8)
+    kept = finding.without_non_faces(big, [_face(0.95, "detector"), _face(0.6, "detector")],
+                                     StubGuard(0.1, face=0.9995))
+    assert [f[1] for f in kept] == [0.95] and stub.asked == [[True]] and stub.small[-1] == [True]
     monkeypatch.setattr(animal, "shipped", lambda: None)  # no check (no torch to export it): faces as they are
     assert finding.without_non_faces(rgb, faces, StubGuard(0.9)) is faces
+
+
+def test_small_and_unsure_reads_the_face_against_its_image():
+    shape = (400, 300, 3)  # short side 300: under 105 px is small
+    assert animal.small_and_unsure([0, 0, 100, 100], 0.7, shape)
+    assert animal.small_and_unsure([0, 0, 200, 100], 0.7, shape)  # the box's short side counts
+    assert not animal.small_and_unsure([0, 0, 120, 110], 0.7, shape)  # 110 px of 300: not small
+    assert not animal.small_and_unsure([0, 0, 100, 100], 0.8, shape)  # the detector was sure enough
 
 
 def _probs(*rows: dict) -> np.ndarray:
@@ -113,6 +131,9 @@ def test_the_check_vetoes_cats_and_faces_with_little_people_mass(monkeypatch):
     assert check.vetoes(rgb, boxes, np.array([True, False, False, True])).tolist() == [False, False, True, False]
     # faces the mirror step built need animal.MIRROR_PEOPLE (0.85): 0.8 was enough for the table, not for them
     assert check.vetoes(rgb, boxes, None, np.array([True, False, False, False])).tolist() == [True, True, True, False]
+    # small faces the detector was unsure of need animal.SMALL_PEOPLE (0.82)
+    assert check.vetoes(rgb, boxes, None, None, np.array([True, False, False, True])).tolist() == [True, True, True,
+                                                                                                   True]
     check.people = None  # no table: cats only
     assert check.vetoes(rgb, boxes).tolist() == [False, False, True, False]
 

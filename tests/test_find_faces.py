@@ -349,3 +349,25 @@ def test_one_person_found_twice_is_answered_once():
     assert without_nested([tight, loose, beside]) == [loose, beside]
     half_out = Face((80, 50, 120, 90), 0.7, kp)  # three quarters of it inside the loose box (under 0.8): kept
     assert len(without_nested([loose, half_out])) == 2
+
+
+def test_when_every_detection_is_vetoed_the_fallback_steps_look_once(analyzer, astronaut, monkeypatch):
+    """A detection the ImageNet check vetoes is no detection: the fallback steps look (once) as on an image the
+    detector finds nothing on; where they find nothing either, or are vetoed too, there is no face."""
+    from agelens.inference import finding
+
+    crop = np.ascontiguousarray(astronaut[40:300, 140:330])
+    calls = []
+
+    def veto_detector(rgb, faces, verifier=None, mirrored=None):
+        calls.append([how for _, _, _, _, how, *_ in faces])
+        return [f for f in faces if f[4] != "detector"]
+
+    monkeypatch.setattr(finding, "without_non_faces", veto_detector)
+    faces = finding.find_and_align(crop, analyzer, 256, verifier=FixedVerifier(0.99), upright=False)
+    assert calls[0] == ["detector"] and len(calls) == 2 and faces and all(f[4] != "detector" for f in faces)
+    calls.clear()
+    monkeypatch.setattr(finding, "without_non_faces", lambda rgb, faces, *a: calls.append(1) or [])
+    with pytest.raises(NoFaceError):
+        finding.find_and_align(crop, analyzer, 256, verifier=FixedVerifier(0.99), upright=False)
+    assert len(calls) == 2  # the image as found, then its fallback steps: no third look

@@ -243,7 +243,9 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     a face. proposed: the image's `FaceAnalyzer.propose` faces when the caller has them. upright: where the largest
     face does not read upright (`faces.orientation`), the image is looked at again turned each way (`_upright`).
     vet: faces the detector was unsure of go through the ImageNet check (`without_non_faces`); False only to fit
-    or measure that check. Raises NoFaceError when there is no face."""
+    or measure that check. Where the check vetoes every face and all came from the detector step (a detection on
+    a fragment of a half-hidden face, or on something no face), the fallback steps look once, as for an image the
+    detector finds nothing on (their faces checked again). Raises NoFaceError when there is no face."""
     h, w = rgb.shape[:2]
     if not detect:
         crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
@@ -275,10 +277,14 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
         box = turned_back(f.box, turn, rgb.shape)
         out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection, source))
         mirrored.append(f.mirrored)
-    out = without_non_faces(rgb, out, v, mirrored) if vet else out
-    if not out:
+    kept = without_non_faces(rgb, out, v, mirrored) if vet else out
+    looked = proposed is not None and len(proposed) == 0  # the detector step gave nothing: the fallbacks have run
+    if not kept and not looked and all(how == "detector" for _, _, _, _, how, _ in out):
+        # every detection vetoed: there was none, so the fallback steps look (`find` on an empty detector step)
+        return find_and_align(rgb, analyzer, cache_size, detect, verifier, [], upright, vet)
+    if not kept:
         raise NoFaceError("no face found")
-    return out
+    return kept
 
 
 def without_non_faces(rgb: np.ndarray, faces: list, verifier=None, mirrored: list | None = None) -> list:
@@ -290,7 +296,8 @@ def without_non_faces(rgb: np.ndarray, faces: list, verifier=None, mirrored: lis
     head in the verification pass and the separate network where the head is unsure (where the verifier is not the
     teacher's head, regardless of occlusion). Faces the mirror step built (`mirrored`, one flag per face) are always
     asked the people veto, at animal.MIRROR_PEOPLE. Without the check (no torch to export it), the faces stay as
-    they are."""
+    they are. A face small in its image that the detector was unsure of (`animal.small_and_unsure`) is always asked
+    the people veto, at animal.SMALL_PEOPLE."""
     fallback = np.array([how != "detector" for _, _, _, _, how, *_ in faces], bool)
     score = np.array([s for _, s, *_ in faces], np.float64)
     people = np.array([animal.people_asked(s, how) for _, s, _, _, how, *_ in faces], bool)
@@ -299,7 +306,8 @@ def without_non_faces(rgb: np.ndarray, faces: list, verifier=None, mirrored: lis
         idx = np.flatnonzero(people)  # sure of are not asked
         people[idx] = verifier.scores(np.stack([faces[i][2] for i in idx])) < animal.FACE_SURE
     strict = np.zeros(len(faces), bool) if mirrored is None else np.asarray(mirrored, bool)
-    people |= strict
+    small = np.array([animal.small_and_unsure(b, s, rgb.shape) for b, s, *_ in faces], bool)
+    people |= strict | small
     cat = ((fallback | (score < animal.CHECK_BELOW))
            & np.array([min(b[2] - b[0], b[3] - b[1]) >= animal.MIN_SIDE for b, *_ in faces], bool) & ~people)
     if cat.any() and est is not None and est.detector is not None:  # the teacher's own occlusion head
@@ -309,7 +317,7 @@ def without_non_faces(rgb: np.ndarray, faces: list, verifier=None, mirrored: lis
     if check is None:
         return faces
     idx = np.flatnonzero(ask)
-    vetoed = set(idx[check.vetoes(rgb, [faces[i][0] for i in idx], people[idx], strict[idx])].tolist())
+    vetoed = set(idx[check.vetoes(rgb, [faces[i][0] for i in idx], people[idx], strict[idx], small[idx])].tolist())
     return [f for i, f in enumerate(faces) if i not in vetoed]
 
 
