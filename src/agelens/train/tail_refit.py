@@ -315,12 +315,12 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     def step(idx):
         if consistency <= 0:  # rows are (face, view) pairs
             f, v = idx // nv, idx % nv
-            out = tail(torch.from_numpy(maps[f, v].astype(np.float32)))
-            loss = head.loss(out, y[f], weights[f])
+            pred = tail(torch.from_numpy(maps[f, v].astype(np.float32)))
+            loss = head.loss(pred, y[f], weights[f])
             if soft is None:
                 return loss
             target = torch.from_numpy(soft[f, which[v]].astype(np.float32))
-            kl = torch.nn.functional.kl_div(out["logits"].float().log_softmax(-1), target, reduction="none").sum(1)
+            kl = torch.nn.functional.kl_div(pred["logits"].float().log_softmax(-1), target, reduction="none").sum(1)
             return loss + kd * head.reduce(kl, weights[f])
         f = np.sort(idx)
         x = torch.from_numpy(maps[f].astype(np.float32))  # (B, V, C, H, W)
@@ -361,8 +361,8 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     new_val, new_test = evaluate(tail, head, val), evaluate(tail, head, test)
     res = {"recipe": {"cmd": "fit", "model": model_name, "features": str(features), "epochs": epochs, "lr": lr,
                       "head_lr": head_lr, "weight_decay": weight_decay, "batch": batch, "age_power": age_power,
-                      "consistency": consistency, "label_views": label_views, "kd": kd, "seed": seed, "tail_from": TAIL_FROM,
-                      "out": str(out)},
+                      "consistency": consistency, "label_views": label_views, "kd": kd, "seed": seed,
+                      "tail_from": TAIL_FROM, "out": str(out)},
            "best_epoch": best[1], "log": log,
            "shipped": {"val": _public(shipped_val), "test": _public(old_test)},
            "refit": {"val": _public(new_val), "test": _public(new_test)}}
