@@ -25,6 +25,33 @@ def test_front_then_tail_is_the_network(student):
         assert torch.allclose(model(x)["logits"], tail(maps)["logits"], atol=1e-5)
 
 
+def test_a_cut_before_the_whole_last_stage_is_the_network_too(student):
+    """tail_from=0: the front ends after stage 3's adapter (112 x 10 x 10 at 160 px), the tail holds the whole last
+    stage."""
+    model, _ = student
+    x = torch.randn(2, 3, 160, 160)
+    front, tail = front_and_tail(model, 0)
+    with torch.no_grad():
+        maps = front(x)
+        assert maps.shape == (2, 112, 10, 10)
+        assert torch.allclose(model(x)["logits"], tail(maps)["logits"], atol=1e-5)
+    deep = {id(p) for m in tail_modules(model, 0) for p in m.parameters()}
+    assert {id(p) for p in model.backbone.stages[-1].parameters()} <= deep
+    assert {id(p) for m in tail_modules(model) for p in m.parameters()} < deep
+
+
+def test_fit_refuses_maps_of_different_cuts(tmp_path):
+    import numpy as np
+
+    from agelens.train.tail_refit import fit
+
+    _random_parts(tmp_path, "student", 3, 2, n=8)
+    d = dict(np.load(tmp_path / "aaf_val.npz"))
+    np.savez(tmp_path / "aaf_val.npz", **d, tail_from=np.array(0))
+    with pytest.raises(SystemExit, match="different cuts"):
+        fit(tmp_path, tmp_path / "fit", epochs=1, batch=8)
+
+
 def test_tail_modules_hold_the_tail_and_not_the_front(student):
     model, _ = student
     tail = {id(p) for m in tail_modules(model) for p in m.parameters()}

@@ -94,9 +94,10 @@ def photo_view(img, rng):
     return np.ascontiguousarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR))
 
 
-def front_and_tail(model):
-    """(front, tail) of an AgeModel: front(x) = the maps before the tail (normalised NCHW input), tail(maps) = the
-    head's output dict; tail(front(x)) is the model's forward (eval mode)."""
+def front_and_tail(model, tail_from: int = TAIL_FROM):
+    """(front, tail) of an AgeModel cut before block `tail_from` of the last stage's first block group: front(x) =
+    the maps before the tail (normalised NCHW input), tail(maps) = the head's output dict; tail(front(x)) is the
+    model's forward (eval mode)."""
     b = model.backbone
     last = b.stages[-1]
 
@@ -107,12 +108,12 @@ def front_and_tail(model):
         x = b.stem(x)
         for k, s in enumerate(b.stages[:-1]):
             x = adapt(k, s(x))
-        for blk in last[0][:TAIL_FROM]:
+        for blk in last[0][:tail_from]:
             x = blk(x)
         return x
 
     def tail(x):
-        for blk in last[0][TAIL_FROM:]:
+        for blk in last[0][tail_from:]:
             x = blk(x)
         for group in last[1:]:
             x = group(x)
@@ -122,27 +123,29 @@ def front_and_tail(model):
     return front, tail
 
 
-def tail_modules(model):
+def tail_modules(model, tail_from: int = TAIL_FROM):
     """The modules `tail` trains (all of its parameters), as one nn.ModuleList: its state dict (keys "INDEX.NAME")
     is what `fit` keeps and `apply` loads."""
     from torch import nn
 
     b = model.backbone
     last = b.stages[-1]
-    mods = [*last[0][TAIL_FROM:], *last[1:], b.final, model.head]
+    mods = [*last[0][tail_from:], *last[1:], b.final, model.head]
     if b.adapters is not None:
         mods.append(b.adapters[len(b.stages) - 1])
     return nn.ModuleList(mods)
 
 
-def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 64, model: str = "student") -> None:
-    """Front maps (fp16, (N, V, C, H, W)) of every cached face of each part; one .npz per part with age, gender and
-    race. Student: one occluder draw per view; teacher: the views of TEACHER_VIEWS_TRAIN / TEACHER_VIEWS_HELD."""
+def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 64, model: str = "student",
+            tail_from: int = TAIL_FROM) -> None:
+    """Front maps (fp16, (N, V, C, H, W)) of every cached face of each part, the network cut at `tail_from`; one
+    .npz per part with age, gender, race and the cut. Student: one occluder draw per view; teacher: the views of
+    TEACHER_VIEWS_TRAIN / TEACHER_VIEWS_HELD."""
     from ..data.augment import realistic
     from ..data.cache import FaceCache
     from ..utils import weights_dir
 
-    maps, t = _embedder(batch, model, read=lambda m, x: front_and_tail(m)[0](x))
+    maps, t = _embedder(batch, model, read=lambda m, x: front_and_tail(m, tail_from)[0](x))
     if model == "student":  # the student's own training mix of occluders
         mix = json.loads((weights_dir() / "student.json").read_text())["config"]["occlusion"]["mix"]
     out.mkdir(parents=True, exist_ok=True)
@@ -182,7 +185,7 @@ def extract(part_dirs: dict[str, Path], out: Path, seed: int = 0, batch: int = 6
         tmp = out / f"{key}.partial.npz"  # renamed when whole: an interrupted run leaves no half-written part
         np.savez(tmp, maps=np.stack(views, 1), age=np.array([r.age for r in rec], np.float32),
                  gender=np.array([r.gender or "" for r in rec]), race=np.array([r.race or "" for r in rec]),
-                 model=np.array(model))
+                 model=np.array(model), tail_from=np.array(tail_from))
         tmp.replace(out / f"{key}.npz")
         print(f"{key}: {len(rec)} faces x {len(views)} views, {time.time() - t0:.0f} s", flush=True)
 
@@ -268,11 +271,15 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
         raise SystemExit("--kd distils the teacher into the student's single views: --model student, no --consistency")
     torch.manual_seed(seed)
     model = TorchModel.load(model_name, tta_flip=False).model.float().eval()
-    _, tail = front_and_tail(model)
-    head = model.head
     train = {ds: dict(np.load(features / f"{ds}_train.npz")) for ds in DATASETS}
     val = {ds: dict(np.load(features / f"{ds}_val.npz")) for ds in DATASETS}
     test = {ds: dict(np.load(features / f"{ds}_test.npz")) for ds in DATASETS}
+    cuts = {int(d.get("tail_from", TAIL_FROM)) for part in (train, val, test) for d in part.values()}
+    if len(cuts) != 1:
+        raise SystemExit(f"{features}: the parts' maps come from different cuts ({sorted(cuts)})")
+    tail_from = cuts.pop()
+    _, tail = front_and_tail(model, tail_from)
+    head = model.head
     made_by = {str(d.get("model", "student")) for d in train.values()}
     if made_by != {model_name}:
         raise SystemExit(f"{features} holds the front maps of {', '.join(sorted(made_by))}, not {model_name}: "
@@ -298,7 +305,7 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     strata = np.concatenate([np.full(len(d["age"]), ds) for ds, d in train.items()])
     weights = torch.from_numpy(group_weights(ages, groups, age_power, 0.0, strata).astype(np.float32))
     y = torch.from_numpy(ages.astype(np.float32))
-    mods = tail_modules(model)
+    mods = tail_modules(model, tail_from)
     head_params = {id(p) for p in head.parameters()}
     body = [p for p in mods.parameters() if id(p) not in head_params]
     opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": list(head.parameters()), "lr": head_lr}],
@@ -362,7 +369,7 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     res = {"recipe": {"cmd": "fit", "model": model_name, "features": str(features), "epochs": epochs, "lr": lr,
                       "head_lr": head_lr, "weight_decay": weight_decay, "batch": batch, "age_power": age_power,
                       "consistency": consistency, "label_views": label_views, "kd": kd, "seed": seed,
-                      "tail_from": TAIL_FROM, "out": str(out)},
+                      "tail_from": tail_from, "out": str(out)},
            "best_epoch": best[1], "log": log,
            "shipped": {"val": _public(shipped_val), "test": _public(old_test)},
            "refit": {"val": _public(new_val), "test": _public(new_test)}}
@@ -393,7 +400,7 @@ def apply(fit_dir: Path, out: Path) -> Path:
     recipe = json.loads((fit_dir / "scores.json").read_text())["recipe"]
     name = recipe.get("model", "student")
     model, cfg, card = load_weights(weights_dir() / f"{name}.safetensors")
-    tail_modules(model).load_state_dict(torch.load(fit_dir / "tail.pt"))
+    tail_modules(model, recipe.get("tail_from", TAIL_FROM)).load_state_dict(torch.load(fit_dir / "tail.pt"))
     drop = set(STALE) | {"name"} | (set(GUARD_ENTRIES) if name == "teacher" else set())
     card = {k: v for k, v in card.items() if k not in drop}
     card["tail_refit"] = {"recipe": recipe, "front_from": card.get("source_checkpoint")}
@@ -409,6 +416,8 @@ def main() -> None:
     f.add_argument("--parts", nargs="+", default=["val", "test", "train"])
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", type=Path, default=Path("runs/tail"))
+    f.add_argument("--tail-from", type=int, default=TAIL_FROM,
+                   help="cut before this block of the last stage's first block group (0: the whole last stage)")
     g = sub.add_parser("fit", help="re-train the tail; writes OUT/tail.pt and OUT/scores.json")
     g.add_argument("--features", type=Path, default=Path("runs/tail"))
     g.add_argument("--epochs", type=int, default=6)
@@ -436,7 +445,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.cmd == "features":
         extract({f"{ds}_{p}": a.cache / ds / p for p in a.parts for ds in DATASETS}, a.out, a.seed,
-                model=a.model)
+                model=a.model, tail_from=a.tail_from)
     elif a.cmd == "fit":
         res = fit(a.features, a.out, a.epochs, a.lr, a.head_lr, a.weight_decay, age_power=a.age_power, seed=a.seed,
                   model_name=a.model, consistency=a.consistency, label_views=a.label_views, kd=a.kd)
