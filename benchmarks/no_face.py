@@ -26,7 +26,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--out", default="docs/no_face.json")
+    ap.add_argument("--tile-grids", type=int, nargs="+", default=None,
+                    help="the tile step's grids instead of faces.detect.TILE_GRIDS (to measure another set)")
     a = ap.parse_args()
+    if a.tile_grids:
+        import agelens.faces.detect as detect
+
+        detect.TILE_GRIDS = tuple(a.tile_grids)
     t0 = time.perf_counter()
     est = AgeEstimator.from_pretrained(backend=a.backend)
     per_seed, answered, n = {}, [], 0
@@ -40,6 +46,7 @@ def main() -> None:
             answered += [{**x, "seed": seed} for x in wrong]
             n += seen
     out = {"command": "python benchmarks/no_face.py " + " ".join(sys.argv[1:]), "backend": est.backend,
+           "tile_grids": list(__import__("agelens.faces.detect", fromlist=["TILE_GRIDS"]).TILE_GRIDS),
            "images": n, "no_face_found": round(1 - len(answered) / max(1, n), 4), "per_seed": per_seed,
            "answered": answered, "seconds": round(time.perf_counter() - t0)}
     atomic_write_json(a.out, out)
