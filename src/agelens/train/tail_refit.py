@@ -44,6 +44,10 @@ teacher's distribution of the same face clean (plain, or mirrored for the mirror
 
 Measured 2026-12-05 from the shipped tail and not shipped (`docs/results.md`, "Distilling the teacher's answers
 into the student's tail"): no change on the cached test faces.
+
+`features --tail-from 0` cuts before the whole last stage (maps 112 x 10 x 10; the maps record their cut, `fit` and
+`apply` follow it). Measured 2026-12-05 on the student and not shipped (`docs/results.md`, "The student's whole last
+stage re-trained"): validation UTKFace worse, All-Age-Faces better, neither cached test change significant.
 """
 
 from __future__ import annotations
