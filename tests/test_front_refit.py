@@ -67,3 +67,8 @@ def test_apply_refuses_a_front_of_another_cut(tmp_path, teacher):
                tmp_path / "front.pt")
     with pytest.raises(ValueError, match="stages"):
         apply(tmp_path, tmp_path / "weights")
+
+
+def test_a_fit_folder_without_a_front_is_refused_clearly(tmp_path):
+    with pytest.raises(SystemExit, match="front.pt not found"):
+        apply(tmp_path, tmp_path / "weights")

@@ -176,7 +176,10 @@ def front_state(fit_dir: Path) -> dict:
     """FIT/front.pt, checked to be a front of this module's cut (FRONT_STAGES)."""
     import torch
 
-    state = torch.load(Path(fit_dir) / "front.pt", weights_only=False)
+    path = Path(fit_dir) / "front.pt"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run `python -m agelens.train.front_refit fit --out {fit_dir}` first")
+    state = torch.load(path, weights_only=False)
     if state.get("front_stages") != FRONT_STAGES:
         raise ValueError(f"{fit_dir} holds a front of {state.get('front_stages')} stages, this module cuts after "
                          f"{FRONT_STAGES}")
