@@ -65,27 +65,24 @@ def views(imgs: np.ndarray, rng: np.random.Generator, mix: dict | None = None, l
     """(x, r, a, b) for a stack of cached crops (see the module docstring)."""
     import cv2
 
-    from ..data.augment import _jpeg_q, shrink
+    from ..data.augment import shrink
+    from .head_refit import jpeg_pair, occluded
 
     h, w = imgs.shape[1:3]
     xs, rs, as_, bs = [], [], [], []
     occ = None
     if mix is not None and landmarks is not None:
-        from .head_refit import occluded
-
         occ = occluded(imgs, landmarks, mix, int(rng.integers(1 << 30)))
     for i, im in enumerate(imgs):
-        if rng.random() < 0.5:
-            im = im[:, ::-1]
-        small = shrink(np.ascontiguousarray(im), rng.uniform(*RESAVE_SCALE_TRAIN))
-        first = _jpeg_q(small, int(rng.integers(*Q_FIRST)))
-        second = _jpeg_q(first, int(rng.integers(*Q_SECOND)))
-        up = [cv2.resize(s, (w, h), interpolation=cv2.INTER_LINEAR) for s in (small, first, second)]
+        im = np.ascontiguousarray(im[:, ::-1] if rng.random() < 0.5 else im)
+        scale = rng.uniform(*RESAVE_SCALE_TRAIN)
+        q = (int(rng.integers(*Q_FIRST)), int(rng.integers(*Q_SECOND)))
+        a, b = jpeg_pair(im, rng, q, scale)  # the stability benchmark's re-save, at this draw's qualities
         x = occ[i] if occ is not None and rng.random() < 0.5 else imgs[i]
         xs.append(np.ascontiguousarray(x))
-        rs.append(up[0])
-        as_.append(up[1])
-        bs.append(up[2])
+        rs.append(cv2.resize(shrink(im, scale), (w, h), interpolation=cv2.INTER_LINEAR))
+        as_.append(a)
+        bs.append(b)
     return tuple(np.stack(v) for v in (xs, rs, as_, bs))
 
 
