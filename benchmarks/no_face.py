@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import agelens.faces.detect as detect  # noqa: E402
 from agelens import AgeEstimator  # noqa: E402
 from agelens.utils import atomic_write_json  # noqa: E402
 from occlusion_e2e import no_face_rows  # noqa: E402
@@ -30,8 +31,6 @@ def main() -> None:
                     help="the tile step's grids instead of faces.detect.TILE_GRIDS (to measure another set)")
     a = ap.parse_args()
     if a.tile_grids:
-        import agelens.faces.detect as detect
-
         detect.TILE_GRIDS = tuple(a.tile_grids)
     t0 = time.perf_counter()
     est = AgeEstimator.from_pretrained(backend=a.backend)
@@ -46,7 +45,7 @@ def main() -> None:
             answered += [{**x, "seed": seed} for x in wrong]
             n += seen
     out = {"command": "python benchmarks/no_face.py " + " ".join(sys.argv[1:]), "backend": est.backend,
-           "tile_grids": list(__import__("agelens.faces.detect", fromlist=["TILE_GRIDS"]).TILE_GRIDS),
+           "tile_grids": list(detect.TILE_GRIDS),
            "images": n, "no_face_found": round(1 - len(answered) / max(1, n), 4), "per_seed": per_seed,
            "answered": answered, "seconds": round(time.perf_counter() - t0)}
     atomic_write_json(a.out, out)
