@@ -61,11 +61,18 @@ def test_apply_writes_the_teacher_with_the_new_front(tmp_path, teacher):
     assert new_card["config"] == card["config"]
 
 
-def test_apply_refuses_a_front_of_another_cut(tmp_path, teacher):
+def test_apply_follows_the_stage_count_the_front_was_trained_with(tmp_path, teacher):
     model, _ = teacher
-    torch.save({"front": front_modules(model).state_dict(), "step": 1, "front_stages": FRONT_STAGES + 1},
-               tmp_path / "front.pt")
-    with pytest.raises(ValueError, match="stages"):
+    state = {k: v.clone() for k, v in front_modules(model, FRONT_STAGES + 1).state_dict().items()}
+    key = next(k for k in state if k.startswith(f"{FRONT_STAGES + 1}.") and k.endswith("weight") and state[k].ndim == 4)
+    state[key] = state[key] * 0.5  # a weight of the extra stage
+    torch.save({"front": state, "step": 1, "front_stages": FRONT_STAGES + 1}, tmp_path / "front.pt")
+    new, _, card = load_weights(apply(tmp_path, tmp_path / "weights"))
+    assert torch.allclose(front_modules(new, FRONT_STAGES + 1).state_dict()[key].float(), state[key].float(),
+                          atol=1e-3, rtol=1e-2)
+    assert card["front_refit"]["front_stages"] == FRONT_STAGES + 1
+    torch.save({"front": state, "step": 1}, tmp_path / "front.pt")  # no stage count: refused
+    with pytest.raises(SystemExit, match="not a front re-fit"):
         apply(tmp_path, tmp_path / "weights")
 
 

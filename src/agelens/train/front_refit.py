@@ -40,14 +40,14 @@ Q_FIRST, Q_SECOND = (80, 99), (45, 90)  # the first file's JPEG quality, then th
 DATASETS = ("utkface", "aaf")
 
 
-def front_modules(model):
-    """The modules the front re-fit trains (stem and the first FRONT_STAGES stages) as one nn.ModuleList."""
+def front_modules(model, stages: int = FRONT_STAGES):
+    """The modules the front re-fit trains (the stem and the first `stages` stages) as one nn.ModuleList."""
     from torch import nn
 
     b = model.backbone
     if b.adapters is not None:
         raise ValueError("front_refit is for models without feature adapters (the teacher)")
-    return nn.ModuleList([b.stem, *b.stages[:FRONT_STAGES]])
+    return nn.ModuleList([b.stem, *b.stages[:stages]])
 
 
 def forward(model, x):
@@ -104,9 +104,10 @@ def _to_input(t, m, imgs: np.ndarray):
 
 
 def fit(cache: Path, out: Path, epochs: float = 1.0, batch: int = 32, lr: float = 1e-4, seed: int = 0,
-        w_feat: float = 1.0, save_every: int = 50) -> None:
-    """Train the front (see the module docstring); OUT/front.pt every save_every steps (atomic, resumable), a log
-    line per 10 steps."""
+        w_feat: float = 1.0, save_every: int = 50, stages: int = FRONT_STAGES, pair: float = 0.0) -> None:
+    """Train the stem and the first `stages` stages (see the module docstring); pair > 0 adds pair x |age(a) -
+    age(b)| (the two files of a face read alike). OUT/front.pt every save_every steps (atomic, resumable), a log line
+    per 10 steps."""
     import copy
 
     import torch
@@ -119,7 +120,7 @@ def fit(cache: Path, out: Path, epochs: float = 1.0, batch: int = 32, lr: float 
     for p in ref.parameters():
         p.requires_grad_(False)
     model = copy.deepcopy(ref)
-    front = front_modules(model)
+    front = front_modules(model, stages)
     for p in front.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(front.parameters(), lr=lr)
@@ -131,7 +132,9 @@ def fit(cache: Path, out: Path, epochs: float = 1.0, batch: int = 32, lr: float 
     ck = out / "front.pt"
     step = 0
     if ck.is_file():
-        state = torch.load(ck, weights_only=False)
+        state = front_state(out)
+        if state["front_stages"] != stages:
+            raise SystemExit(f"{ck} trains {state['front_stages']} stages, not {stages}: another --out")
         front.load_state_dict(state["front"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
@@ -152,7 +155,7 @@ def fit(cache: Path, out: Path, epochs: float = 1.0, batch: int = 32, lr: float 
         l_age = (fa - age_r).abs().mean() + (fb - age_r).abs().mean()
         l_id = (fx[0] - age_x).abs().mean()
         l_feat = ((fx[1] - g_x) ** 2).mean() / g_x.var() + ((fx[2] - e_x) ** 2).mean() / e_x.var()
-        loss = l_age + l_id + w_feat * l_feat
+        loss = l_age + l_id + w_feat * l_feat + pair * (fa - fb).abs().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -165,28 +168,28 @@ def fit(cache: Path, out: Path, epochs: float = 1.0, batch: int = 32, lr: float 
         if step % save_every == 0 or step == steps:
             tmp = ck.with_suffix(".tmp")
             torch.save({"front": front.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "front_stages": FRONT_STAGES}, tmp)
+                        "front_stages": stages, "pair": pair, "lr": lr}, tmp)
             tmp.replace(ck)
 
 
 def front_state(fit_dir: Path) -> dict:
-    """FIT/front.pt, checked to be a front of this module's cut (FRONT_STAGES)."""
+    """FIT/front.pt: the front's weights, how many stages it spans (`front_stages`) and the step it reached."""
     import torch
 
     path = Path(fit_dir) / "front.pt"
     if not path.is_file():
         raise SystemExit(f"{path} not found: run `python -m agelens.train.front_refit fit --out {fit_dir}` first")
     state = torch.load(path, weights_only=False)
-    if state.get("front_stages") != FRONT_STAGES:
-        raise ValueError(f"{fit_dir} holds a front of {state.get('front_stages')} stages, this module cuts after "
-                         f"{FRONT_STAGES}")
+    if not isinstance(state, dict) or not isinstance(state.get("front_stages"), int) or "front" not in state:
+        raise SystemExit(f"{path} is not a front re-fit (no front weights or stage count)")
     return state
 
 
 def _with_front(fit_dir: Path | None):
     t, m = _load()
     if fit_dir is not None:
-        front_modules(m).load_state_dict(front_state(fit_dir)["front"])
+        state = front_state(fit_dir)
+        front_modules(m, state["front_stages"]).load_state_dict(state["front"])
     return t, m
 
 
@@ -244,9 +247,10 @@ def apply(fit_dir: Path, out: Path) -> Path:
 
     state = front_state(fit_dir)
     model, cfg, card = load_weights(weights_dir() / "teacher.safetensors")
-    front_modules(model).load_state_dict(state["front"])
+    front_modules(model, state["front_stages"]).load_state_dict(state["front"])
     card = {k: v for k, v in card.items() if k not in STALE and k != "name"}
-    card["front_refit"] = {"fit": str(fit_dir), "front_stages": FRONT_STAGES, "steps": state["step"],
+    card["front_refit"] = {"fit": str(fit_dir), "front_stages": state["front_stages"], "pair": state.get("pair", 0.0),
+                           "steps": state["step"],
                            "resave_scale": RESAVE_SCALE_TRAIN, "q_first": Q_FIRST, "q_second": Q_SECOND}
     return export_weights(model, cfg, out, "teacher", card)
 
@@ -261,6 +265,8 @@ def main() -> None:
     f.add_argument("--batch", type=int, default=32)
     f.add_argument("--lr", type=float, default=1e-4)
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--stages", type=int, default=FRONT_STAGES, help="train the stem and this many stages")
+    f.add_argument("--pair", type=float, default=0.0, help="weight of |age(file 1) - age(file 2)|")
     s = sub.add_parser("score")
     s.add_argument("--cache", type=Path, default=Path("cache"))
     s.add_argument("--fit", type=Path, required=True)
@@ -270,7 +276,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     if a.cmd == "fit":
-        fit(a.cache, a.out, a.epochs, a.batch, a.lr, a.seed)
+        fit(a.cache, a.out, a.epochs, a.batch, a.lr, a.seed, stages=a.stages, pair=a.pair)
     elif a.cmd == "score":
         atomic_write_json(a.fit / "scores.json", score(a.cache, a.fit, a.n))
     else:
