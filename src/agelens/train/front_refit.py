@@ -20,7 +20,8 @@ fitted on the trunk stays valid). Everything after the front stays frozen, batch
     python -m agelens.train.front_refit apply --fit runs/front --out DIR    # DIR/teacher.safetensors + teacher.json
 
 Measured 2026-12-05 and not shipped (`docs/results.md`, "A re-saved photo's age change"): at lr 2e-4 the loss stayed
-flat for 220 steps and the re-save change on cached validation faces did not move (All-Age-Faces 1.257 -> 1.300).
+flat for 220 steps and the re-save change on cached validation faces did not move (All-Age-Faces 1.257 -> 1.300);
+`--stages 3 --pair 1` neither (1.257 -> 1.255).
 """
 
 from __future__ import annotations
