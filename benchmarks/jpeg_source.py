@@ -26,9 +26,10 @@ from agelens.utils import atomic_write_json
 from generalise import encode, largest_prediction, test_files, variant
 
 
-def pil_jpeg(img: np.ndarray, q: int, fmt: str = "JPEG") -> np.ndarray:
+def pil_jpeg(img: np.ndarray, q: int) -> np.ndarray:
+    """The image saved as JPEG at quality q by Pillow (as a user's tool saves it) and read back."""
     b = io.BytesIO()
-    Image.fromarray(img).save(b, fmt, quality=q)
+    Image.fromarray(img).save(b, "JPEG", quality=q)
     return np.array(Image.open(b).convert("RGB"))
 
 
