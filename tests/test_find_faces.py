@@ -122,6 +122,14 @@ def test_a_detector_face_inside_a_wider_padded_face_is_a_part_of_it(astronaut, m
     assert found() == [(part_box, "detector")]
     scene["wider"] = (55.0, 55.0, 130.0, 130.0)  # holds it, but a small share of the image: a scene, not a crop
     assert found() == [(part_box, "detector")]
+    # the detector surer of the wider face by NESTED_MORE_SURE: it holds a part left of or below its centre (the
+    # lower half of a grainy face) whatever its width, but not one high in it (a head with shoulders around a face)
+    scene["wider"], scene["part"] = (0.0, 0.0, 110.0, 160.0), 0.5  # the part right of its centre by 0.27 of its width
+    assert detect.NESTED_MORE_SURE <= 0.8 - 0.5 and found() == [(scene["wider"], "padded")]
+    scene["part"] = 0.8 - detect.NESTED_MORE_SURE + 0.01  # not surer enough: off-centre, so no part of it
+    assert found() == [(part_box, "detector")]
+    scene["wider"], scene["part"] = (40.0, 50.0, 150.0, 250.0), 0.5
+    assert found() == [(part_box, "detector")]
     scene["wider"], scene["part"] = whole_box, 0.9  # a sure detector face: the padded copy is not read
     monkeypatch.setattr(FaceAnalyzer, "_padded_faces", lambda self, rgb: pytest.fail("padded copy read"))
     assert found() == [(part_box, "detector")]
