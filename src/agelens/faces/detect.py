@@ -154,6 +154,7 @@ NESTED_FILLS = 0.5
 # it (benchmarks/nested_faces.py --degraded 300, docs/nested_more_sure_{val,test}.md): UTKFace scan grain −0.09
 # (val) / −0.11 (test), everything else within ±0.015 but clean test −0.045; at 0.15, grain −0.13 / −0.16 but
 # 17 % of clean validation answers moved, low resolution +0.04 and paper types +0.02 on test, 4-6 % more time.
+# Its cost: +4.9 % predict time on UTKFace crops (benchmarks/ab_predict.py), none on photos.
 NESTED_MORE_SURE = 0.25
 # The same person found twice: on real masked photos the detector often returns a tight box on the face and a loose
 # one around the head (both verified; 63 of 1,832 answered realocc photos had a face inside another, every one looked
