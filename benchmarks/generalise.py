@@ -126,6 +126,20 @@ def summary(rows: list, ages: list[float]) -> dict:
     return out
 
 
+def occluded_photo(an: FaceAnalyzer, rgb: np.ndarray, i: int, seed: int) -> np.ndarray | None:
+    """Test photo number i with one of the paper's occluders (type i mod 6, seeded) placed from the clean photo's
+    FaceMesh, saved as JPEG q95; None where no face with landmarks is found or the occluder cannot be placed."""
+    faces = [x for x in an.find_faces(rgb) if x.landmarks is not None]
+    if not faces:
+        return None
+    try:
+        img = occlude(rgb, largest_face(faces).landmarks, OCCLUSION_TYPES[i % len(OCCLUSION_TYPES)],
+                      np.random.default_rng((seed, i))).image
+    except OcclusionError:
+        return None
+    return encode(img, ".jpg")
+
+
 def run_model(est: AgeEstimator, an: FaceAnalyzer, files: list[tuple[Path, float]], seed: int) -> dict:
     conds = ("clean",) + TEST_DEGRADATIONS + ("occluded",)
     rows: dict[str, list] = {c: [] for c in conds}
@@ -138,16 +152,8 @@ def run_model(est: AgeEstimator, an: FaceAnalyzer, files: list[tuple[Path, float
         rows["clean"].append(clean)
         for name in TEST_DEGRADATIONS:
             rows[name].append(one_age(est, degraded(rgb, name, i, seed)))
-        occ = None  # one paper occluder, placed from the clean photo's FaceMesh
-        faces = [x for x in an.find_faces(rgb) if x.landmarks is not None]
-        if faces:
-            rng = np.random.default_rng((seed, i))
-            try:
-                occ = one_age(est, encode(occlude(rgb, largest_face(faces).landmarks,
-                                                  OCCLUSION_TYPES[i % len(OCCLUSION_TYPES)], rng).image, ".jpg"))
-            except OcclusionError:
-                occ = None
-        rows["occluded"].append(occ)
+        occ = occluded_photo(an, rgb, i, seed)
+        rows["occluded"].append(None if occ is None else one_age(est, occ))
         for k in STABILITY:
             v = one_age(est, variant(ref, k))
             if clean is not None and v is not None:

@@ -33,9 +33,8 @@ from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import largest_face
 from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
-from agelens.occlusion.synth import OCCLUSION_TYPES, OcclusionError, occlude
 from agelens.utils import atomic_write_json
-from generalise import STABILITY, degraded, encode, one_age, paired_ci, test_files, variant
+from generalise import STABILITY, degraded, encode, occluded_photo, one_age, paired_ci, test_files, variant
 
 DATASETS = ("utkface", "aaf")
 TONED_BELOW = 1e-3  # second / first principal variance of a photo's RGB pixels: toned prints sit under it
@@ -89,14 +88,9 @@ def second_opinion(args) -> dict:
             row = {"age": age, "clean": opinion_row(est, ref)}
             for name in TEST_DEGRADATIONS:
                 row[name] = opinion_row(est, degraded(rgb, name, i, args.seed))
-            faces = [x for x in an.find_faces(rgb) if x.landmarks is not None]
-            if faces:  # one paper occluder, as generalise.py draws it
-                try:
-                    img = occlude(rgb, largest_face(faces).landmarks, OCCLUSION_TYPES[i % len(OCCLUSION_TYPES)],
-                                  np.random.default_rng((args.seed, i))).image
-                    row["occluded"] = opinion_row(est, encode(img, ".jpg"))
-                except OcclusionError:
-                    pass
+            occ = occluded_photo(an, rgb, i, args.seed)  # one paper occluder, as generalise.py draws it
+            if occ is not None:
+                row["occluded"] = opinion_row(est, occ)
             for k in STABILITY:
                 row[k] = opinion_row(est, variant(ref, k))
             rows.append(row)
