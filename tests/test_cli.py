@@ -222,3 +222,35 @@ def test_exit_skips_the_teardown_but_keeps_output_status_and_handlers(tmp_path, 
     assert [x for x in lines if x.startswith("line")] == [f"line {i}" for i in range(20000)]
     assert ("thread done" in lines) == (mode == "thread")
     assert marker.read_text() == "handlers ran"
+
+
+def test_table_prints_file_names_as_they_are(tmp_path, tiny_checkpoint):
+    (tmp_path / "x[").mkdir()
+    (tmp_path / "x[" / "b].jpg").write_bytes(b"not an image")  # read as Rich markup: "[/b]" closes no tag
+    (tmp_path / "[red]y.jpg").write_bytes(b"not an image")
+    r = agelens("predict", "x[/b].jpg", "[red]y.jpg", "--model", tiny_checkpoint, cwd=tmp_path)
+    _no_traceback(r)
+    assert r.returncode == 1 and "x[/b].jpg" in r.stdout and "[red]y.jpg" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["-f", "json", "-o", "{file}/res.json"], "a part of the path is a file"),
+    (["-f", "jsonl", "-o", "{file}/res.jsonl"], "a part of the path is a file"),
+    (["-f", "json", "-o", "{dir}"], "is a folder; give a file name"),
+    (["--save-annotated", "{file}"], "is a file; give a folder"),
+])
+def test_outputs_that_cannot_be_written_are_refused_before_the_job(tmp_path, args, fragment):
+    (tmp_path / "file.txt").write_text("x")
+    args = [a.format(file=tmp_path / "file.txt", dir=tmp_path) for a in args]
+    r = agelens("predict", "--demo", *args)
+    _no_traceback(r)
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], r.stderr
+
+
+def test_json_output_through_a_symlink_writes_its_target(tmp_path, tiny_checkpoint, astronaut_path):
+    target, link = tmp_path / "real.json", tmp_path / "out.json"
+    link.symlink_to(target)
+    r = agelens("predict", astronaut_path, "--model", tiny_checkpoint, "-f", "json", "-o", link)
+    _no_traceback(r)
+    assert r.returncode == 0 and link.is_symlink() and json.loads(target.read_text())[0]["file"] == astronaut_path

@@ -277,7 +277,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                                                         "ray://HOST:10001); default: start a local Ray")] = None,
             gpus_per_worker: Annotated[float, typer.Option(help="--engine ray: GPUs per model actor (0: CPU)")] = 0.0) -> None:
     """Estimate the age of every face in images; exit code 1 when some files failed."""
-    from .inference.inputs import STREAM_FORMATS, expand_inputs, printable
+    from .inference.inputs import STREAM_FORMATS, expand_inputs, not_done
 
     if fmt not in ("table", "json", *STREAM_FORMATS):
         raise AgelensError(f"--format must be table, json, jsonl or csv (or parquet), got {fmt!r}")
@@ -297,6 +297,10 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         raise AgelensError("--format parquet needs --output FOLDER")
     if resume and (output is None or fmt not in STREAM_FORMATS):
         raise AgelensError("--resume continues a streamed --output file (--format jsonl or csv) or parquet folder")
+    if output is not None:
+        _check_output(output, folder=fmt == "parquet", flag="--output")
+    if save_annotated is not None:
+        _check_output(save_annotated, folder=True, flag="--save-annotated")
     files = expand_inputs(list(paths or []))
     if demo:
         from importlib import resources
@@ -317,7 +321,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         _err(f"backend: {est.backend}")
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
     sink = open_sink(output, fmt, resume) if output is not None and fmt in STREAM_FORMATS else None
-    todo = [f for f in files if sink is None or printable(f) not in sink.done]
+    todo = files if sink is None else not_done(files, sink.done)
     if sink is not None and sink.done:
         _err(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
     results, failed = [], 0
@@ -385,11 +389,43 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         raise typer.Exit(1)
 
 
+def _check_output(path: Path, folder: bool, flag: str) -> None:
+    """AgelensError naming the problem where `path` (a file, or with folder=True a folder, made if missing) cannot
+    be written, checked by writing a file beside it: before the job runs, not after it."""
+    import os
+    import tempfile
+
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise AgelensError(f"{flag} {path} is a file; give a folder")
+        where = path
+    else:
+        if path.is_dir():
+            raise AgelensError(f"{flag} {path} is a folder; give a file name")
+        if path.exists() and not path.is_file():  # a device or a pipe (/dev/stdout): written in place
+            return
+        where = Path(os.path.realpath(path)).parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".agelens-write-check.", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise AgelensError(f"{flag} {path}: a part of the path is a file, not a folder") from None
+    except OSError as e:
+        raise AgelensError(f"{flag} {path}: cannot write in {where} ({e.strerror or e})") from None
+
+
 def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str) -> None:
     """The job's faces adapted to its own age mix (`AgeEstimator.adapt`), in `results` and in a streamed --output
-    (rewritten whole, atomically); a resumed output whose earlier files this run did not hold is left as streamed."""
+    (rewritten whole, atomically); a resumed output whose earlier files this run did not hold, or one that is not
+    a file that can be swapped (a device or a pipe), is left as streamed."""
     if sink is not None and sink.done:
         _err(f"ages in {output} are each face's own answer: a resumed job is not adapted to its age mix as a whole")
+        return
+    if sink is not None and not (output.is_dir() if fmt == "parquet" else output.is_file()):
+        _err(f"ages in {output} are each face's own answer: it is not a regular file, so it is not rewritten with "
+             "the job's adapted ages (--no-adapt says so up front)")
         return
     info = est.adapt(results)
     if not info["applied"]:
@@ -425,16 +461,17 @@ def _emit(results: list[dict], fmt: str) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title="agelens predict")
     for c in ("file", "face", "box", "age", "90% interval", "occluded (score)", "model"):
         t.add_column(c)
-    for r in results:
+    for r in results:  # file names and errors as Text: printed as they are, never read as markup ("[red]x.jpg")
         if r["error"]:
-            t.add_row(r["file"], "-", "-", "-", "-", "-", f"[red]{r['error']}[/red]")
+            t.add_row(Text(r["file"]), "-", "-", "-", "-", "-", Text(r["error"], style="red"))
         for i, f in enumerate(r["faces"]):
             occ = "-" if f["occluded"] is None else f"{'yes' if f['occluded'] else 'no'} ({f['occlusion_score']:.2f})"
-            t.add_row(r["file"], str(i), ",".join(f"{v:.0f}" for v in f["box"]), f"{f['age']:.1f}",
+            t.add_row(Text(r["file"]), str(i), ",".join(f"{v:.0f}" for v in f["box"]), f"{f['age']:.1f}",
                       f"{f['interval'][0]:.0f}-{f['interval'][1]:.0f}", occ, f["model"])
     Console(width=160).print(t)
 
@@ -674,8 +711,8 @@ def main() -> None:
     except AgelensError as e:
         _err(f"error: {e}")
         code = 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        _err(f"error: {e.strerror}: {e.filename}")
+    except OSError as e:  # a path that cannot be read or written, a full disk
+        _err(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
         code = 2
     except KeyboardInterrupt:
         _err("interrupted")

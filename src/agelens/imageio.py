@@ -35,12 +35,17 @@ def _heif_opener(name: str) -> None:
     pillow_heif.register_heif_opener()
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """A Pillow image as RGB uint8, upright by its EXIF orientation: 16-bit and integer images stretched to 8 bits,
+    float images (mode F) read as 0-1 where they lie in it (else stretched), transparency composited on white."""
     im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im, dtype=np.float64)
-        a = (255 * (a - a.min()) / max(1.0, a.max() - a.min())).astype(np.uint8)
-        im = Image.fromarray(a, "L")
+        if im.mode == "F" and a.size and a.min() >= 0.0 and a.max() <= 1.0:  # a float image of 0-1 values
+            a = np.round(255 * a)
+        elif a.size:
+            a = 255 * (a - a.min()) / max(1e-12 if im.mode == "F" else 1.0, a.max() - a.min())
+        im = Image.fromarray(a.astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -94,7 +99,7 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
                     raise ImageError(f"{name}: image is {w}x{h}, too small to hold a face")
                 im.seek(0)
                 im.load()
-                return _to_rgb(im), max(w, h) / max(im.size)
+                return pil_to_rgb(im), max(w, h) / max(im.size)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -134,8 +139,14 @@ def _read(path: str | Path) -> bytes:
     """The file's bytes, or ImageError naming the file and the problem."""
     p = Path(path)
     if p.is_dir():
-        raise ImageError(f"{p}: is a directory, not an image")
+        from .data.adapters import IMAGE_EXTS
+
+        if not any(q.suffix.lower() in IMAGE_EXTS for q in p.rglob("*")):
+            raise ImageError(f"{p}: is a directory with no image files in it (looked for {', '.join(sorted(IMAGE_EXTS))})")
+        raise ImageError(f"{p}: is a directory, not an image (`agelens predict` and predict_many read folders)")
     if not p.exists():
+        if any(c in str(p) for c in "*?["):
+            raise ImageError(f"{p}: no file matches this pattern")
         raise ImageError(f"{p}: file not found")
     try:
         data = p.read_bytes()

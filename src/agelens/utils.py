@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +17,20 @@ import numpy as np
 
 
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
-    """Call writer(tmp_path) then rename onto path, so readers never see a half-written file."""
+    """Call writer(tmp_path) then rename onto path, so readers never see a half-written file. A symlink is followed
+    (its target is replaced, the link stays); a device, pipe or socket (`/dev/stdout`) is written in place, having
+    no file to swap."""
     p = Path(path)
+    try:
+        mode = os.stat(p).st_mode  # follows links
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(p))
+    if mode is not None and not stat.S_ISREG(mode):
+        writer(str(p))
+        return
+    p = Path(os.path.realpath(p))
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)

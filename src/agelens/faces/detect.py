@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..errors import ImageError
 from .align import align_face, keypoints_from_mesh
 from .blazeface import BlazeFace
 from .mesh import LandmarkModel, template_keypoints
@@ -307,12 +308,19 @@ class FaceAnalyzer:
                 self._mesh = self._mp().face_mesh.FaceMesh(
                     static_image_mode=True, max_num_faces=1, refine_landmarks=True,
                     min_detection_confidence=self.mesh_confidence)
-        if self._mesh_quiet:  # the mesh graph logs a projection warning on its first face, once
-            with _quiet_native_stderr():
+        try:
+            if self._mesh_quiet:  # the mesh graph logs a projection warning on its first face, once
+                with _quiet_native_stderr():
+                    res = self._mesh.process(np.ascontiguousarray(rgb))
+                self._mesh_quiet = not res.multi_face_landmarks
+            else:
                 res = self._mesh.process(np.ascontiguousarray(rgb))
-            self._mesh_quiet = not res.multi_face_landmarks
-        else:
-            res = self._mesh.process(np.ascontiguousarray(rgb))
+        except RuntimeError as e:  # a failed run leaves mediapipe's graph unusable: the next call builds a new one
+            with contextlib.suppress(RuntimeError, ValueError):  # closing a failed graph reports the failure again
+                self._mesh.close()
+            self._mesh = None
+            raise ImageError(f"the face landmark graph failed on a {rgb.shape[1]}x{rgb.shape[0]} image: "
+                             f"{str(e).splitlines()[0] if str(e) else 'RuntimeError'}") from e
         if not res.multi_face_landmarks:
             return None
         h, w = rgb.shape[:2]

@@ -16,7 +16,15 @@ def draw(image: np.ndarray, faces: Sequence, channels: str = "rgb") -> np.ndarra
 
     if channels not in ("rgb", "bgr"):
         raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
-    img = np.ascontiguousarray(np.asarray(image, np.uint8)).copy()
+    img = np.asarray(image)
+    if img.dtype != np.uint8:  # a float image of 0-1 values (matplotlib's) is scaled, not cast to black
+        lo, hi = (float(img.min()), float(img.max())) if img.size else (0.0, 0.0)
+        if img.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+            img = np.round(img * 255.0)
+        elif img.dtype.kind not in "iuf" or lo < 0 or hi > 255:
+            raise ValueError(f"expected uint8 pixel values (or floats in 0-1), got {img.dtype} from {lo} to {hi}")
+        img = img.astype(np.uint8)
+    img = np.ascontiguousarray(img).copy()
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
     scale = max(1.0, max(img.shape[:2]) / 600)

@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..errors import AgelensError, NoFaceError
+from ..errors import AgelensError, ImageError, NoFaceError
 from ..faces import animal, orientation
 from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_crop
 from ..faces.mesh import N_MESH
@@ -191,8 +191,11 @@ def in_file_pixels(faces: list, scale: float) -> list:
 
 
 def check_rgb(rgb: np.ndarray) -> np.ndarray:
+    """rgb itself, or AgelensError where it is no RGB uint8 image of at least 2 x 2 pixels (as the decoder asks)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise AgelensError(f"expected an RGB uint8 image (H, W, 3), got shape {rgb.shape} dtype {rgb.dtype}")
+    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise ImageError(f"image is {rgb.shape[1]}x{rgb.shape[0]}, too small to hold a face")
     return rgb
 
 

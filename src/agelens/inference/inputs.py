@@ -4,6 +4,7 @@ made printable, the streamed output formats. Standard library only, so a caller 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
     out: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            found = sorted(str(q) for q in Path(p).rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
+            found = _images_under(p, IMAGE_EXTS)
             out += found or [p]  # an empty folder (or a folder named like an image) is reported, not skipped
         elif not os.path.exists(p) and any(c in p for c in "*?["):
             hits = sorted(glob.glob(p, recursive=True))
@@ -28,11 +29,52 @@ def expand_inputs(paths: list[str]) -> list[str]:
     return out
 
 
+def _images_under(folder: str, exts) -> list[str]:
+    """The image files under a folder, sorted, subfolders included, symlinked ones too (each real folder once, so
+    a link back up the tree ends)."""
+    found, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [str(Path(root) / n) for n in names
+                  if Path(n).suffix.lower() in exts and os.path.isfile(os.path.join(root, n))]
+    return sorted(found)
+
+
 def job_files(source, skip=()) -> list[str]:
     """The image files of a job's `source` (a file, folder or glob, or a list or iterator of them), expanded
     (`expand_inputs`), less those whose printable name is in `skip` (already answered: resume)."""
-    paths = [str(source)] if isinstance(source, str | Path) else [str(p) for p in source]
-    return [f for f in expand_inputs(paths) if printable(f) not in skip]
+    if isinstance(source, str | os.PathLike):
+        paths = [os.fspath(source)]
+    else:
+        paths = None
+        if not isinstance(source, bytes | bytearray | memoryview) and not hasattr(source, "__array_interface__"):
+            with contextlib.suppress(TypeError):  # not iterable: a Pillow image, a number
+                paths = list(source)
+        bad = source if paths is None else next((p for p in paths if not isinstance(p, str | os.PathLike)), None)
+        if paths is None or bad is not None:
+            raise TypeError("predict_many reads image files, folders or globs (or a list or iterator of them), got "
+                            f"{'an item of type ' if paths is not None else ''}{type(bad).__name__}; for an image "
+                            "in memory use predict(image)")
+        paths = [os.fspath(p) for p in paths]
+    return not_done(expand_inputs(paths), skip)
+
+
+def not_done(files: list[str], done) -> list[str]:
+    """`files` less those already answered: whose record name (`printable`) is in `done`, compared as absolute
+    paths from this working directory, so a job resumed with its folder spelled another way (relative, absolute,
+    `a/./b`) skips the same files."""
+    if not done:
+        return list(files)
+    seen = {_key(d) for d in done}
+    return [f for f in files if _key(printable(f)) not in seen]
+
+
+def _key(name: str) -> str:
+    return os.path.normpath(os.path.abspath(name))
 
 
 def printable(text: str) -> str:

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image as PILImage
 
 from ..data.views import centre_views
 from ..errors import AgelensError
 from ..faces.detect import FaceAnalyzer
 from ..faces.realign import SINGLE_VIEW, realigned
-from ..imageio import load_reduced
+from ..imageio import decode_reduced, load_reduced, pil_to_rgb
 from ..utils import int8_flavor
 from .backends import (  # noqa: F401 (TTA_MODES: public)
     TTA_MODES,
@@ -131,6 +132,25 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
                              "weights, about 1.1-1.3x the fp32 speed at the same overall MAE (--backend onnx for fp32; "
                              "docs/inference_levers.md)")
     return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused (no AVX2, VNNI or AMX for int8)"
+
+
+def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
+    """(RGB uint8 array, scale) of an image `AgeEstimator.predict` is given: a path or encoded bytes (a large JPEG
+    decoded at the size the faces need, `imageio.FACE_MIN_SIDE`: scale = the file's pixels per array pixel), a
+    Pillow image, or an array (RGB, or BGR with channels="bgr"). ImageError / AgelensError name what is wrong."""
+    if channels not in ("rgb", "bgr"):
+        raise AgelensError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
+    if isinstance(image, str | Path):
+        rgb, scale = load_reduced(image)
+    elif isinstance(image, bytes | bytearray | memoryview):
+        rgb, scale = decode_reduced(bytes(image))
+    elif isinstance(image, PILImage.Image):
+        rgb, scale = pil_to_rgb(image), 1.0  # Pillow's images are RGB (or convert to it): channels is for arrays
+    else:
+        rgb, scale = check_rgb(np.asarray(image)), 1.0
+        if channels == "bgr":
+            rgb = np.ascontiguousarray(rgb[..., ::-1])
+    return check_rgb(rgb), scale
 
 
 class AgeEstimator:
@@ -515,20 +535,13 @@ class AgeEstimator:
                  "timing": timing}))
         return preds
 
-    def predict(self, image: str | Path | np.ndarray, detect: bool = True, channels: str = "rgb"
+    def predict(self, image: str | Path | np.ndarray | bytes, detect: bool = True, channels: str = "rgb"
                 ) -> list[FacePrediction]:
-        """Every face in an image (path, or uint8 HxWx3 array: RGB, or BGR with channels="bgr" as OpenCV reads
-        it) with its age estimate and occlusion verdict."""
-        if channels not in ("rgb", "bgr"):
-            raise AgelensError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
-        scale = 1.0
-        if isinstance(image, str | Path):
-            rgb, scale = load_reduced(image)  # a large JPEG at the size the faces need (imageio.FACE_MIN_SIDE)
-            rgb = check_rgb(rgb)
-        else:
-            rgb = check_rgb(np.asarray(image))
-            if channels == "bgr":
-                rgb = np.ascontiguousarray(rgb[..., ::-1])
+        """Every face in an image with its age estimate and occlusion verdict. image: a path, encoded image bytes
+        (a file's contents), a Pillow image (turned upright by its EXIF orientation, as a file is), or a uint8
+        HxWx3 array: RGB, or BGR with channels="bgr" as OpenCV reads it. Boxes are in the pixels of the image as
+        displayed (a file's EXIF orientation applied)."""
+        rgb, scale = as_rgb(image, channels)
         t0 = time.perf_counter()
         faces = in_file_pixels(self.faces_of(rgb, detect), scale)
         t1 = time.perf_counter()

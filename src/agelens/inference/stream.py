@@ -88,11 +88,26 @@ def _find(path: str, analyzer, cache_size: int, detect: bool, keep_rgb: bool, ve
     from .finding import find_and_align, in_file_pixels
 
     def run():
-        rgb, scale = decode_file(path, reduce=not keep_rgb)
-        return rgb, in_file_pixels(find_and_align(rgb, analyzer, cache_size, detect, verifier, upright=upright), scale)
+        rgb, scale = decode_file(path)
+        return rgb, scale, in_file_pixels(find_and_align(rgb, analyzer, cache_size, detect, verifier, upright=upright),
+                                          scale)
 
     got, err, dt = _attempt(path, run)
-    return path, got and got[1], err, got[0] if got and keep_rgb else None, dt
+    kept = None
+    if got and keep_rgb:
+        kept, dt2 = _whole(path, got[0], got[1])
+        dt += dt2
+    return path, got and got[2], err, kept, dt
+
+
+def _whole(path: str, rgb: np.ndarray, scale: float) -> tuple[np.ndarray | None, float]:
+    """(the image to draw on (`keep_rgb`), seconds): the decode the faces were found on where it is the whole
+    image, else the file decoded again whole (None if that fails: the file is answered, not drawn). The faces are
+    always found on `decode_file`'s reduced decode, so keeping the image to draw on does not change them."""
+    if scale == 1.0:
+        return rgb, 0.0
+    kept, _, dt = _attempt(path, lambda: decode_file(path, reduce=False)[0])
+    return kept, dt
 
 
 def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
@@ -109,7 +124,7 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
     from .finding import find_and_align, in_file_pixels
 
     def propose(f):
-        rgb, scale = decode_file(f, reduce=not keep_rgb)
+        rgb, scale = decode_file(f)
         return rgb, est.analyzer.propose(rgb), scale
 
     # (path, (rgb, proposals, scale), error, seconds)
@@ -134,7 +149,11 @@ def _find_chunk(est, files: list[str], detect: bool, keep_rgb: bool
                 rgb, est.analyzer, est.cache_size, True, verifier, proposed=props, upright=_turns_upright(est)),
                 scale))
             dt += dt2
-        out.append((f, faces, err, got[0] if err is None and keep_rgb else None, dt))
+        kept = None
+        if err is None and keep_rgb:
+            kept, dt2 = _whole(f, got[0], got[2])
+            dt += dt2
+        out.append((f, faces, err, kept, dt))
     return out
 
 
@@ -404,7 +423,7 @@ def rewrite_output(path: str | Path, fmt: str, records: list[dict]) -> None:
     first, then swapped in, so a kill leaves the old output or the new one."""
     import shutil
 
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # a symlinked output: its target is rewritten, the link stays
     tmp = path.with_name(f".{path.name}.rewrite")
     if tmp.is_dir():
         shutil.rmtree(tmp)
