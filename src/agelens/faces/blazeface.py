@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from .mesh import mediapipe_modules
+from .native import quiet_native_stderr
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,9 @@ class BlazeFace:
         from ai_edge_litert.interpreter import Interpreter
 
         self.cfg, self.min_score = MODELS[model], min_score
-        self.interpreter = Interpreter(model_path=os.path.join(mediapipe_modules(), "face_detection", self.cfg.file), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        with quiet_native_stderr():  # LiteRT announces its XNNPACK delegate on stderr
+            self.interpreter = Interpreter(model_path=os.path.join(mediapipe_modules(), "face_detection", self.cfg.file), num_threads=threads)
+            self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]["index"]
         outs = {o["shape"][-1]: o["index"] for o in self.interpreter.get_output_details()}
         self._boxes, self._scores = outs[4 + 2 * N_KEYPOINTS], outs[1]

@@ -21,7 +21,7 @@ import os
 import sys
 import types
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -32,29 +32,10 @@ from .align import align_face, keypoints_from_mesh
 from .blazeface import BlazeFace
 from .mesh import LandmarkModel, template_keypoints
 from .mesh import available as fast_mesh_available
+from .native import quiet_native_stderr as _quiet_native_stderr
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Silence the C++ (absl/TFLite) start-up chatter mediapipe writes straight to file descriptor 2."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(devnull)
 
 
 _DRAWING = ("drawing_utils", "drawing_styles")

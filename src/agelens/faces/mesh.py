@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from .align import TEMPLATE_KEYPOINTS, similarity_transform, transform_points, warp
+from .native import quiet_native_stderr
 
 N_MESH = 468
 INPUT = 192  # the model's input side
@@ -91,8 +92,9 @@ class LandmarkModel:
     def __init__(self, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=model_path(), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        with quiet_native_stderr():  # LiteRT announces its XNNPACK delegate on stderr
+            self.interpreter = Interpreter(model_path=model_path(), num_threads=threads)
+            self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]["index"]
         outs = {tuple(o["shape"]): o["index"] for o in self.interpreter.get_output_details()}
         self._mesh, self._flag = outs[(1, 1, 1, 3 * N_MESH)], outs[(1, 1, 1, 1)]
