@@ -2,8 +2,11 @@
 mean signed error of each (who is over- or under-estimated), from two `agelens evaluate` outputs.
 
     agelens evaluate -c configs/teacher_stable.yaml --model teacher --part test -o runs/e2e_old
-    agelens evaluate -c configs/teacher_stable.yaml --model runs/teacher_x --part test -o runs/e2e_new
+    agelens evaluate -c configs/teacher_stable.yaml --model runs/teacher_x --route auto --part test -o runs/e2e_new
     python benchmarks/paired_bins.py runs/e2e_old runs/e2e_new [--out runs/paired.json]
+
+`--route auto` routes the candidate teacher as the shipped one is (occluded faces to the shipped student); without
+it a model of one's own answers every face.
 
 Faces are matched on `path` (and `condition`, where both files have one: `benchmarks/interval_e2e.py` writes each
 photo under several occluders, `--csv aaf_predictions.csv`); a face only one of them answered is left out (the count

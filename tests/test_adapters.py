@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,44 @@ def test_missing_root_is_clear(tmp_path):
         load_dataset("utkface", tmp_path / "nowhere")
     with pytest.raises(DataError, match="no usable records"):
         load_dataset("utkface", tmp_path)
+
+
+def test_csv_from_spreadsheets_duplicates_and_codes(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.jpg")
+    rows = f"path,age,gender,race\na.jpg,31,M,White\nb.jpg,40,female,white\n{tmp_path / 'a.jpg'},31,M,White\n./b.jpg,40,F,x\n"
+    (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbf" + rows.encode())  # Excel's "CSV UTF-8": a byte-order mark
+    lst = load_dataset("csv", tmp_path / "labels.csv")
+    assert [(Path(r.path).name, r.gender, r.race) for r in lst.records] == [("a.jpg", "male", "white"),
+                                                                             ("b.jpg", "female", "white")]
+    assert [b.reason.split(" ")[0] for b in lst.bad] == ["duplicate", "duplicate"]  # relative, absolute, ./
+    (tmp_path / "coded.csv").write_text("path,age,gender\na.jpg,31,0\n")
+    with pytest.raises(DataError, match="gender '0' is a number"):
+        load_dataset("csv", tmp_path / "coded.csv")
+    (tmp_path / "ages" / "30").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "ages" / "30" / "c.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "ages" / "loose.jpg")
+    lst = load_dataset("folder", tmp_path / "ages")
+    assert len(lst.records) == 1 and [Path(b.path).name for b in lst.bad] == ["loose.jpg"]
+
+
+def test_a_reused_split_says_what_it_leaves_out_and_which_settings_it_keeps(tmp_path):
+    from agelens.config import load_config
+    from agelens.data.prepare import make_or_load_split
+
+    for i in range(30):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"f{i}.jpg")
+    (tmp_path / "labels.csv").write_text("path,age\n" + "".join(f"f{i}.jpg,{20 + i}\n" for i in range(20)))
+    data = load_config(None, ["data.dataset=csv", f"data.root={tmp_path / 'labels.csv'}",
+                              f"data.split_file={tmp_path / 'split.json'}"]).data
+    said: list[str] = []
+    make_or_load_split(data, log=said.append)
+    assert said == []
+    (tmp_path / "labels.csv").write_text("path,age\n" + "".join(f"f{i}.jpg,{20 + i}\n" for i in range(30))
+                                         + "missing.jpg,40\n")
+    data.split_seed = 7
+    parts = make_or_load_split(data, log=said.append)
+    assert sum(map(len, parts.values())) == 20
+    assert any("10 of the dataset's 30 records are in no part" in s for s in said), said
+    assert any("made with seed 0 (the config says 7)" in s for s in said), said
+    assert any("1 row(s) of csv skipped (missing file: 1)" in s for s in said), said

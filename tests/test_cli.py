@@ -254,3 +254,22 @@ def test_json_output_through_a_symlink_writes_its_target(tmp_path, tiny_checkpoi
     r = agelens("predict", astronaut_path, "--model", tiny_checkpoint, "-f", "json", "-o", link)
     _no_traceback(r)
     assert r.returncode == 0 and link.is_symlink() and json.loads(target.read_text())[0]["file"] == astronaut_path
+
+
+def test_own_model_answers_every_face_and_researcher_mistakes_are_one_line(tmp_path, tiny_checkpoint, astronaut_path,
+                                                                          utk_folder):
+    r = agelens("predict", astronaut_path, "--model", tiny_checkpoint, "-f", "json")
+    _no_traceback(r)
+    assert "answers every face (--route teacher)" in r.stderr and r.returncode == 0
+    assert all(f["model"] != "student" for f in json.loads(r.stdout)[0]["faces"])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  root: {utk_folder}\n  split_file: {tmp_path}/s.json\n")
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "metrics.json").write_text("{not json")
+    for args, fragment in ((["evaluate", "-c", cfg, "--part", "tset", "--model", tiny_checkpoint, "-o", tmp_path / "x"],
+                            "--part must be one of train, val, test, got 'tset'"),
+                           (["report", tmp_path / "ev"], "metrics.json is not valid JSON")):
+        r = agelens(*args)
+        _no_traceback(r)
+        lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], r.stderr

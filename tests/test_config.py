@@ -46,5 +46,5 @@ def test_missing_and_invalid_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line 2, column 1\)"):
         load_config(bad)

@@ -92,3 +92,17 @@ def test_output_distillation_fine_tunes_a_student_from_a_teacher_run(tmp_path, u
     with pytest.raises(ConfigError, match="same ages"):  # the teacher answers 0-100, this model 0-90
         train_and_test(_cfg(tmp_path, utk_folder, "ages", *occ[:3], f"distill.teacher={tmp_path}/runs/teacher",
                             "model.max_age=90", "train.kd_weight=1.0"), **quiet)
+
+
+def test_a_fresh_run_under_an_old_name_says_so_and_resume_names_another_architecture(tmp_path, utk_folder):
+    said: list[str] = []
+    train_and_test(_cfg(tmp_path, utk_folder, "mine", "train.epochs=1"), progress=False, log=said.append)
+    run = tmp_path / "runs" / "mine"
+    (run / "report").mkdir()  # made from the first model by `agelens report`
+    assert not any("earlier run" in s for s in said)
+    train_and_test(_cfg(tmp_path, utk_folder, "mine", "train.epochs=1", "train.seed=3"), progress=False, log=said.append)
+    assert any("holds an earlier run" in s and "report/" in s for s in said), said
+    assert not (run / "report").exists() and (run / "test" / "metrics.json").is_file()  # the new run's test
+    with pytest.raises(CheckpointError, match="holds a resnet18 \\+ dldl model, the config resnet34 \\+ dldl"):
+        train_and_test(_cfg(tmp_path, utk_folder, "mine", "train.epochs=2", "model.backbone=resnet34"), resume=True,
+                       progress=False, log=lambda *_: None)

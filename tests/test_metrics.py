@@ -28,3 +28,19 @@ def test_hand_computed():
 def test_rejects_empty():
     with pytest.raises(ValueError):
         compute_metrics(np.array([]), np.array([]))
+
+
+def test_reports_stay_standard_json_and_one_group_is_no_gap(tmp_path):
+    import json
+
+    from agelens.evaluate.metrics import group_report
+    from agelens.utils import atomic_write_json
+
+    true = np.array([25.0, 26.0, 27.0, 28.0])
+    pred = true + 10  # every face more than 5 years off: Acc@5 is 0 in every group, its ratio 0 / 0
+    rep = group_report(pred, true, ["male", "female", "male", "female"], ["white"] * 4)
+    assert rep["gender"]["ratio"]["acc5"] is None and rep["gender"]["difference"]["mae"] == 0.0
+    assert rep["race"]["difference"]["mae"] is None and "one group" in rep["race"]["note"]
+    atomic_write_json(tmp_path / "m.json", {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.array([np.nan])})
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail) == {"a": None, "b": [None, 1.5],
+                                                                                          "c": [None]}

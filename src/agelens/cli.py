@@ -20,8 +20,27 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML con
 Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides: section.key=value", show_default=False)]
 
 
+ROUTE_HELP = ("auto (occlusion detector → teacher for clean faces, student for occluded ones) | teacher | student; "
+              "default: auto with the shipped models, teacher with a --model of your own")
+
+
 def _err(msg: str) -> None:
     typer.echo(msg, err=True)
+
+
+def _route(route: str | None, model: str | None, student: str | None = None) -> str:
+    """--route as given; by default auto for the shipped models, and teacher for a --model of one's own (without
+    a --student), so that the model asked about answers every face: under auto the faces the occlusion detector
+    flags would go to the shipped student, and its answers would be counted as the model's."""
+    if route is not None:
+        return route
+    from .utils import shipped_models
+
+    if model is None or student is not None or model in shipped_models():
+        return "auto"
+    _err(f"--model {model} answers every face (--route teacher); --route auto would send the faces the occlusion "
+         "detector flags to the shipped student")
+    return "teacher"
 
 
 def _tta(tta: bool, full_tta: bool) -> bool | str:
@@ -94,7 +113,9 @@ def train(config: ConfigOpt = None, overrides: Overrides = None,
     res = train_and_test(cfg, resume=resume, progress=not quiet, log=typer.echo if not quiet else (lambda *_: None))
     if "test" in res:
         keys = ("threshold", "min_type_accuracy") if cfg.train.task == "occlusion" else ("n", "mae", "cs5", "cmae", "bias_score")
-        typer.echo(json.dumps({k: res["test"][k] for k in keys}))
+        from .utils import finite_json
+
+        typer.echo(json.dumps(finite_json({k: res["test"][k] for k in keys})))
 
 
 @app.command()
@@ -107,7 +128,9 @@ def distill(config: ConfigOpt = None, overrides: Overrides = None,
     cfg = _load(config, overrides)
     res = distill_and_finetune(cfg, resume=resume, progress=not quiet, log=typer.echo if not quiet else (lambda *_: None))
     out = {k: res[k]["mae"] for k in ("test", "test_occluded") if k in res}
-    typer.echo(json.dumps({"mae": out, "stages": res.get("stages", [])}))
+    from .utils import finite_json
+
+    typer.echo(json.dumps(finite_json({"mae": out, "stages": res.get("stages", [])})))
 
 
 def parse_mix(text: str | None):
@@ -148,9 +171,12 @@ def occlude(src: Annotated[Path, typer.Argument(help="image file or folder (recu
     except ValueError as e:
         raise AgelensError(str(e)) from None
     summary = occlude_folder(src, dst, m, seed=seed, workers=workers, limit=limit, progress=not quiet)
-    typer.echo(json.dumps(summary))
+    from .utils import finite_json
+
+    typer.echo(json.dumps(finite_json(summary)))
     if summary["status"].get("error"):
         _err(f"{summary['status']['error']} image(s) not occluded: see {dst}/occlusions.csv (reason column)")
+        raise typer.Exit(1)  # as predict: some files failed
 
 
 @app.command()
@@ -167,7 +193,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
              full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
              groups_csv: Annotated[Path | None, typer.Option(help="duplicate-groups CSV (utkface)")] = None,
              workers: Annotated[int, typer.Option(help="processes for detection")] = 2,
-             route: Annotated[str, typer.Option(help="auto (detector → teacher/student) | teacher | student")] = "auto",
+             route: Annotated[str | None, typer.Option(help=ROUTE_HELP, show_default=False)] = None,
              occlude: Annotated[float, typer.Option(help="share of faces given a synthetic occluder (0.5 = paper's 50 % protocol, 1 = all)")] = 0.0,
              occlusion_mix: Annotated[str | None, typer.Option(help="TYPE=P,... for --occlude (default: paper Table 7)")] = None,
              student: Annotated[str | None, typer.Option(help="student model (default: shipped)")] = None,
@@ -212,6 +238,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {m['bias_score']:.3f}"
                    + (f"  (KNN k={m['knn']['k']}, w={m['knn']['w']})" if knn_index else "") + f" -> {output}/metrics.json")
         return
+    route = _route(route, model, student)
     est = AgeEstimator.from_pretrained(model, tta_flip=_tta(tta, full_tta), route=route, student=student,
                                        detector=detector, backend="torch")
     if root is None and config is None:
@@ -221,7 +248,10 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         records, bad = listing.records, listing.bad
     else:
         cfg = _load(config, [])
-        records, bad = make_or_load_split(cfg.data)[part], []
+        parts = make_or_load_split(cfg.data)
+        if part not in parts:
+            raise AgelensError(f"--part must be one of {', '.join(parts)}, got {part!r}")
+        records, bad = parts[part], []
     tmp = Path(tempfile.mkdtemp(prefix="agelens-eval-"))
     try:
         # faces found and aligned as predict does; drawn occluders need FaceMesh's iris points, so --occlude
@@ -264,7 +294,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                                               "model's first view is unsure (--no-tta: one view, the models do "
                                               "half the work)")] = True,
             full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
-            route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
+            route: Annotated[str | None, typer.Option(help=ROUTE_HELP, show_default=False)] = None,
             backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
             adapt: Annotated[bool, typer.Option("--adapt/--no-adapt", help="adapt clean faces' ages to the job's own "
                                                 "age mix where it is far from the training mix (20+ such faces; "
@@ -316,6 +346,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     from .inference.stream import CSV_COLUMNS, csv_rows, open_sink, predict_stream
 
     tta_flip = _tta(tta, full_tta)
+    route = _route(route, model)
     est = AgeEstimator.from_pretrained(model, tta_flip=tta_flip, route=route, backend=backend, log=_err)
     if backend != "auto":
         _err(f"backend: {est.backend}")
@@ -524,7 +555,7 @@ def export_weights_cmd(run: Annotated[Path, typer.Argument(help="run folder (bes
 def serve(host: Annotated[str, typer.Option(help="address to bind (default: loopback only)")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="TCP port")] = 8000,
           model: Annotated[str | None, typer.Option(help="shipped model name, .safetensors, .pt or run folder")] = None,
-          route: Annotated[str, typer.Option(help="auto (occlusion detector → teacher/student) | teacher | student")] = "auto",
+          route: Annotated[str | None, typer.Option(help=ROUTE_HELP, show_default=False)] = None,
           max_upload_mb: Annotated[float, typer.Option(help="largest request body in MB (413 above)")] = 10.0,
           max_pixels: Annotated[int, typer.Option(help="largest image in pixels decoded (a large JPEG at 1/2-1/8 of its size), checked before decoding (413 above)")] = 40_000_000,
           backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
@@ -543,6 +574,7 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
         raise AgelensError(f"--port must be in 1..65535, got {port}")
     if max_upload_mb <= 0 or max_pixels < 4:
         raise AgelensError("--max-upload-mb and --max-pixels must be positive")
+    route = _route(route, model)
     est = AgeEstimator.from_pretrained(model, route=route, backend=backend, log=_err)
     web = create_app(est, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels)
     if host not in ("127.0.0.1", "localhost", "::1"):

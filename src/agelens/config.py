@@ -407,7 +407,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+            mark = getattr(e, "problem_mark", None)  # where the parser stopped (1-based line and column)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"config file {p} is not valid YAML{where}: {what}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must contain a mapping at top level")
         _apply(cfg, data)

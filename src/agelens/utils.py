@@ -64,7 +64,22 @@ def atomic_write_npz(path: str | Path, /, **arrays: Any) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Standard JSON (NaN and infinities written as null, which every parser reads), atomically."""
+    atomic_write_text(path, json.dumps(finite_json(obj), indent=2, sort_keys=False, default=_json_default,
+                                       allow_nan=False) + "\n")
+
+
+def finite_json(obj: Any) -> Any:
+    """obj with every NaN or infinite float (numpy's too, in arrays as well) replaced by None: JSON has no NaN."""
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite_json(obj.tolist())
+    return obj
 
 
 def _json_default(o: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class Listing:
 
     records: list[FaceRecord] = field(default_factory=list)
     bad: list[BadRecord] = field(default_factory=list)
+    _seen: dict[str, str] = field(default_factory=dict, repr=False)  # absolute path → the row that listed it first
 
     def add(self, path: str | Path, age: object, gender: str | None = None, race: str | None = None,
             group: str | None = None, check_file: bool = True) -> None:
@@ -60,6 +62,11 @@ class Listing:
         if check_file and not Path(p).is_file():
             self.bad.append(BadRecord(p, "missing file"))
             return
+        key = os.path.normpath(os.path.abspath(p))  # the same image listed twice (relative and absolute, a/./b)
+        if key in self._seen:
+            self.bad.append(BadRecord(p, f"duplicate of {self._seen[key]} (kept once)"))
+            return
+        self._seen[key] = p
         self.records.append(FaceRecord(p, a, gender or None, race or None, group if group else p))
 
 
@@ -87,7 +94,7 @@ def _norm_gender(g: str | None) -> str | None:
 
 def _csv_rows(p: Path, required: set[str], what: str) -> list[dict[str, str]]:
     """Rows of a CSV after checking its required columns (DataError naming the file and the missing ones)."""
-    with p.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with p.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             raise DataError(f"{p}: {what} is empty (no header row; need columns {sorted(required)})")
@@ -144,7 +151,8 @@ def utkface(root: str | Path, groups_csv: str | Path | None = None, **_: object)
 
 @DATASETS.register("csv")
 def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Listing:
-    """Generic CSV with columns `path,age[,gender][,race][,group]`; paths relative to the CSV's folder."""
+    """Generic CSV with columns `path,age[,gender][,race][,group]`; paths relative to the CSV's folder. gender:
+    male / female (m / f; any case); race: any labels, read in lower case."""
     p = Path(csv_path) if csv_path else Path(root)
     if p.is_dir():
         cands = sorted(p.glob("*.csv"))
@@ -158,9 +166,14 @@ def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: objec
         if not row.get("path"):
             out.bad.append(BadRecord(f"{p}:{i}", "empty path"))
             continue
+        g = (row.get("gender") or "").strip()
+        if g.replace(".", "", 1).isdigit():  # no convention to follow: UTKFace codes 0 as male, IMDB-WIKI as female
+            raise DataError(f"{p}:{i}: gender {g!r} is a number, which datasets code either way (UTKFace 0 = male, "
+                            "IMDB-WIKI 0 = female); write male / female (or m / f)")
         img = Path(row["path"])
         img = img if img.is_absolute() else p.parent / img
-        out.add(img, row.get("age"), _norm_gender(row.get("gender")), row.get("race") or None, row.get("group") or None)
+        race = (row.get("race") or "").strip().lower() or None  # "White" and "white" are one group
+        out.add(img, row.get("age"), _norm_gender(g), race, row.get("group") or None)
     return out
 
 
@@ -189,6 +202,8 @@ def folder_per_age(root: str | Path, **_: object) -> Listing:
     """`ROOT/AGE/*.jpg`: one folder per age."""
     r = _require_dir(root)
     out = Listing()
+    for p in _images(r):  # an image beside the age folders has no age: reported, not passed over
+        out.bad.append(BadRecord(str(p), "not inside an AGE folder (ROOT/AGE/*.jpg)"))
     for d in sorted(x for x in r.iterdir() if x.is_dir()):
         for p in _images(d, recursive=True):
             out.add(p, d.name, check_file=False)

@@ -2,41 +2,71 @@
 
 from __future__ import annotations
 
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import DataConfig
 from ..errors import DataError
 from .adapters import FaceRecord, Listing, load_dataset, write_bad_rows
 from .cache import FaceCache, build_cache
-from .splits import check_group_safe, group_split, load_split, save_split
+from .splits import check_group_safe, group_split, load_split, save_split, split_settings
 
 
 def list_records(data: DataConfig) -> Listing:
     return load_dataset(data.dataset, data.root, groups_csv=data.groups_csv)
 
 
-def make_or_load_split(data: DataConfig, listing: Listing | None = None, force: bool = False) -> dict[str, list[FaceRecord]]:
-    """Reuse data.split_file when present, else make a group-safe seeded split and save it."""
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def make_or_load_split(data: DataConfig, listing: Listing | None = None, force: bool = False,
+                       log: Callable[[str], None] | None = _stderr) -> dict[str, list[FaceRecord]]:
+    """Reuse data.split_file when present, else make a group-safe seeded split and save it. `log` (None: quiet)
+    hears what a user would not see otherwise: rows skipped (listed in SPLIT.bad_rows.csv), records a reused split
+    leaves out (added to the dataset after it was made), and split settings of the config that a reused split does
+    not follow."""
     listing = listing or list_records(data)
     recs = listing.records
     sp = Path(data.split_file)
+    note = log or (lambda _: None)
     if sp.is_file() and not force:
         parts = load_split(sp, recs, data.root)
+        left_out = len(recs) - sum(len(v) for v in parts.values())
+        if left_out > 0:
+            note(f"{left_out} of the dataset's {len(recs)} records are in no part of {sp} (the split was made before "
+                 "they were there): they are left out; `agelens split --force` makes the split anew")
+        made = split_settings(sp)
+        differs = [f"{k} {made[k]} (the config says {want})" for k, want in
+                   (("seed", data.split_seed), ("val_frac", data.val_frac), ("test_frac", data.test_frac))
+                   if k in made and made[k] != want]
+        if differs:
+            note(f"{sp} was made with {', '.join(differs)}; it is used as it is: `agelens split --force`, or another "
+                 "data.split_file, makes the split the config asks for")
     else:
         idx = group_split(recs, data.val_frac, data.test_frac, data.split_seed)
         save_split(sp, recs, idx, dataset=data.dataset, root=data.root, seed=data.split_seed,
                    val_frac=data.val_frac, test_frac=data.test_frac, groups_csv=data.groups_csv)
         parts = {k: [recs[i] for i in v] for k, v in idx.items()}
-        if listing.bad:
-            write_bad_rows(listing.bad, sp.with_suffix(".bad_rows.csv"))
+    if listing.bad:
+        bad_p = sp.with_suffix(".bad_rows.csv")
+        write_bad_rows(listing.bad, bad_p)
+        reasons = Counter(re.sub(r" ?'[^']*'| of .*", "", b.reason) for b in listing.bad)  # the kinds, values left out
+        note(f"{len(listing.bad)} row(s) of {data.dataset} skipped ({', '.join(f'{r}: {n}' for r, n in reasons.most_common(3))}"
+             f"{', ...' if len(reasons) > 3 else ''}): every one in {bad_p}")
     check_group_safe(parts)
     return parts
 
 
 def prepare_caches(data: DataConfig, parts_wanted: tuple[str, ...] = ("train", "val", "test"), workers: int = 2,
-                   progress: bool = True, force: bool = False, listing: Listing | None = None) -> dict[str, FaceCache]:
-    """`listing`: the dataset's records when the caller has listed them already (else listed here)."""
-    parts = make_or_load_split(data, listing)
+                   progress: bool = True, force: bool = False, listing: Listing | None = None,
+                   log: Callable[[str], None] | None = _stderr) -> dict[str, FaceCache]:
+    """`listing`: the dataset's records when the caller has listed them already (else listed here); `log`: as
+    `make_or_load_split`."""
+    parts = make_or_load_split(data, listing, log=log)
     out = {}
     for k in parts_wanted:
         if not parts.get(k):
@@ -61,11 +91,12 @@ def combine_caches(caches: list[FaceCache], path: str | Path) -> FaceCache:
 
 
 def prepare_all(main: DataConfig, extra: list[DataConfig], parts_wanted: tuple[str, ...] = ("train", "val", "test"),
-                workers: int = 2, progress: bool = True, force: bool = False) -> dict[str, dict[str, FaceCache]]:
+                workers: int = 2, progress: bool = True, force: bool = False,
+                log: Callable[[str], None] | None = _stderr) -> dict[str, dict[str, FaceCache]]:
     """Caches of the main dataset and of every extra one: {dataset name: {part: cache}}, main first."""
-    out = {main.dataset: prepare_caches(main, parts_wanted, workers, progress, force)}
+    out = {main.dataset: prepare_caches(main, parts_wanted, workers, progress, force, log=log)}
     for d in extra:
         if d.dataset in out:
             raise DataError(f"dataset {d.dataset!r} is listed twice (data and extra_data)")
-        out[d.dataset] = prepare_caches(d, parts_wanted, workers, progress, force)
+        out[d.dataset] = prepare_caches(d, parts_wanted, workers, progress, force, log=log)
     return out

@@ -83,6 +83,15 @@ def read_parts(path: str | Path) -> dict[str, list[str]]:
         raise DataError(f"split file {p} is not a valid agelens split") from None
 
 
+def split_settings(path: str | Path) -> dict:
+    """The settings a saved split was made with (`save_split`: seed, val_frac, test_frac, ...), {} where unknown."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if k not in ("parts", "counts")} if isinstance(data, dict) else {}
+
+
 def split_part(path: str | Path, part: str) -> list[str]:
     """The file names of one part ("train", "val", "test") of a saved split."""
     parts = read_parts(path)

@@ -179,9 +179,18 @@ def group_report(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | Non
             rows[label] = {"n": int(row["n"]), "mae": r(row["mae"]), "acc5": r(row["acc5"]),
                            "mean_error": r(row["mean_error"])}
         diff, ratio = mf.difference(), mf.ratio()
-        out["×".join(attrs)] = {"by_group": rows, "difference": {m: r(diff[m]) for m in ("mae", "acc5", "mean_error")},
-                                "ratio": {m: r(ratio[m]) for m in ("mae", "acc5")}}
+        if len(rows) < 2:  # one group: nothing to compare, which is not "perfectly fair"
+            out["×".join(attrs)] = {"by_group": rows, "difference": dict.fromkeys(("mae", "acc5", "mean_error")),
+                                    "ratio": dict.fromkeys(("mae", "acc5")), "note": "one group: no gap to measure"}
+            continue
+        # a ratio of 0 / 0 (every group with Acc@5 0) is undefined: None, as JSON writes it
+        out["×".join(attrs)] = {"by_group": rows, "difference": {m: _finite(diff[m], r) for m in ("mae", "acc5", "mean_error")},
+                                "ratio": {m: _finite(ratio[m], r) for m in ("mae", "acc5")}}
     return out
+
+
+def _finite(x, r) -> float | None:
+    return r(x) if np.isfinite(x) else None
 
 
 def _std_mae(err: np.ndarray, grp: np.ndarray, bins: np.ndarray, n_groups: int, n_bins: int,

@@ -293,6 +293,11 @@ def standardised_table(metrics: dict) -> str:
             "<th>standardised MAE [95 % CI]</th></tr>" + "".join(rows) + "</table>")
 
 
+def _num(x) -> str:
+    """A metric to 3 decimals, or "n/a" where it is undefined (one group to compare; 0 / 0)."""
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def _fmt_ci(ci: dict | None, key: str) -> str:
     v = (ci or {}).get(key)
     return f" [{v[0]:.2f}, {v[1]:.2f}]" if v else ""
@@ -304,6 +309,9 @@ def _load_model_and_cache(metrics: dict, run: Path | None):
     from ..models.weights import resolve_model
 
     spec = str(run) if run is not None else metrics.get("run") or metrics.get("model_path")
+    if not spec and metrics.get("model"):  # `agelens evaluate` end to end: its aligned faces were temporary
+        return None, (f"these metrics come from `agelens evaluate` end to end (model {metrics['model']}), which keeps "
+                      "no aligned faces to draw; `agelens evaluate --from-cache` or `agelens report RUN` keep them")
     if not spec:
         return None, "no model recorded with these metrics"
     try:
@@ -324,7 +332,10 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
 
     matplotlib.use("Agg")
     eval_dir, run = locate(path)
-    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    try:
+        metrics = json.loads((eval_dir / "metrics.json").read_text())
+    except ValueError as e:
+        raise DataError(f"{eval_dir / 'metrics.json'} is not valid JSON ({e}): evaluate again to rewrite it") from None
     pr = read_predictions(eval_dir)
     sections: list[tuple[str, str | None, str]] = []
     sections.append(("Error by age", plot_error_by_age(pr["age"], pr["pred"]), ""))
@@ -356,7 +367,7 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     summary = "".join(f"<tr><td>{html.escape(k)}</td><td>{metrics[k]:.3f}{_fmt_ci(ci, k)}</td></tr>"
                       for k in ("mae", "cmae", "bias_score", "acc5") if k in metrics)
     groups = metrics.get("groups", {})
-    gtab = "".join(f"<tr><td>{html.escape(a)}</td><td>{g['difference']['mae']:.3f}</td><td>{g['ratio']['mae']:.3f}</td>"
+    gtab = "".join(f"<tr><td>{html.escape(a)}</td><td>{_num(g['difference']['mae'])}</td><td>{_num(g['ratio']['mae'])}</td>"
                    f"<td>{len(g['by_group'])}</td></tr>" for a, g in groups.items())
     knn = metrics.get("knn")
     parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {metrics.get('n')}"

@@ -26,7 +26,7 @@ from ..models import AgeModel, build_model
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.inputs import to_input
 from ..numerics import Numerics, choose_numerics
-from ..utils import atomic_write_json, atomic_write_text, seed_everything
+from ..utils import atomic_write_json, atomic_write_text, finite_json, seed_everything
 from .batch import photometric_jitter
 
 
@@ -255,7 +255,15 @@ class Trainer:
         if not p.is_file():
             raise CheckpointError(f"--resume given but no checkpoint at {p}")
         ck = load_checkpoint(p)
-        self.model.load_state_dict(ck["model"])
+        try:
+            self.model.load_state_dict(ck["model"])
+        except RuntimeError as e:  # another architecture: name both, not thousands of missing keys
+            was, now = (ck.get("config") or {}).get("model") or {}, self.cfg.model
+            what = (f"a {was.get('backbone')} + {was.get('head')} model, the config {now.backbone} + {now.head}"
+                    if (was.get("backbone"), was.get("head")) != (now.backbone, now.head)
+                    else f"weights that do not fit the config's model ({str(e).splitlines()[0]})")
+            raise CheckpointError(f"--resume: {p} holds {what}; resume with the run's own config.yaml, or train "
+                                  "under another name=") from None
         self.optimizer.load_state_dict(ck["optimizer"])
         self.lr_scale, self.plateau_bad = ck["scheduler"]["lr_scale"], ck["scheduler"]["plateau_bad"]
         self.scaler.load_state_dict(ck["scaler"])
@@ -269,10 +277,25 @@ class Trainer:
             self.dro.load_state_dict(ck["group_dro"])
         self.log(f"resumed from {p} at epoch {self.start_epoch}")
 
+    def _replace_earlier_run(self) -> None:
+        """A fresh run under the name of an earlier one replaces it: say so, and remove what was made from the
+        earlier model (its test metrics and reports), which would otherwise sit beside the new one."""
+        import shutil
+
+        earlier = [f for f in ("best.pt", "last.pt") if (self.run_dir / f).is_file()]
+        if not earlier:
+            return
+        made = sorted(d for d in self.run_dir.iterdir() if d.is_dir() and (d.name.startswith("test") or d.name == "report"))
+        self.log(f"warning: {self.run_dir} holds an earlier run ({', '.join(earlier)}): this run replaces it"
+                 + (f", and its {', '.join(d.name + '/' for d in made)} go" if made else "")
+                 + " (--resume continues it instead; name= another run keeps it)")
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+
     def _write_jsonl(self, row: dict) -> None:
         if self.dist.main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps(finite_json(row)) + "\n")  # a NaN loss as null: JSON has no NaN
 
     def validate(self, idx: np.ndarray) -> float:
         """Validation score, lower is better: age MAE (on occluded copies when occlusion is on), or for the
@@ -340,6 +363,7 @@ class Trainer:
             import yaml
 
             if not self.resume:  # a fresh run starts a fresh log
+                self._replace_earlier_run()
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             atomic_write_json(self.run_dir / "env.json", environment(self.numerics))
