@@ -273,3 +273,20 @@ def test_own_model_answers_every_face_and_researcher_mistakes_are_one_line(tmp_p
         _no_traceback(r)
         lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
         assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], r.stderr
+
+
+def test_sigterm_ends_a_job_as_ctrl_c_does(tmp_path, tiny_checkpoint, astronaut_path):
+    import shutil
+    import signal
+
+    for i in range(300):
+        shutil.copy(astronaut_path, tmp_path / f"p{i:03d}.jpg")
+    job = subprocess.Popen([sys.executable, "-m", "agelens.cli", "predict", str(tmp_path), "--model", str(tiny_checkpoint),
+                            "-f", "jsonl", "--no-adapt", "--workers", "2"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=ENV)
+    first = job.stdout.readline()  # the job is under way
+    job.send_signal(signal.SIGTERM)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 143 and "terminated" in err and "Traceback" not in err, err
+    lines = [first, *out.splitlines()]
+    assert 1 <= len(lines) < 300 and all(json.loads(x)["file"] for x in lines)  # whole records only

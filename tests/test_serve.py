@@ -90,7 +90,7 @@ def test_healthz_names_models(client):
     assert body["status"] == "ok"
     assert body["models"]["teacher"] == "teacher"
     assert body["models"]["occlusion_detector"] == "occlusion" and body["models"]["student"] == "student"
-    assert body["limits"] == {"max_upload_bytes": UPLOAD_LIMIT, "max_pixels": 4_000_000}
+    assert body["limits"] == {"max_upload_bytes": UPLOAD_LIMIT, "max_pixels": 4_000_000, "max_queue": 32}
 
 
 def test_index_page_is_self_contained(client):
@@ -265,3 +265,16 @@ def test_cli_serve_rejects_bad_options():
                        text=True, env=env, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "error: --port must be in 1..65535, got 70000" in r.stderr
+
+
+def test_a_full_queue_answers_503_at_once():
+    est = FakeEstimator()
+    app = create_app(est, max_queue=2)
+    with TestClient(app) as c:
+        img = png_bytes(np.zeros((20, 30, 3), np.uint8))
+        app.state.service.pending = 3  # one answered, two waiting: full
+        r = c.post("/v1/predict", content=img, headers={"content-type": "image/png"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "busy" in r.json()["detail"]
+        app.state.service.pending = 0
+        r = c.post("/v1/predict", content=img, headers={"content-type": "image/png"})
+        assert r.status_code == 200 and app.state.service.pending == 0

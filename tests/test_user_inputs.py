@@ -77,3 +77,71 @@ def test_float_images_and_folders_read_as_a_user_expects(tmp_path):
     assert np.array_equal(draw(img.astype(np.float32) / 255, [face]), draw(img, [face]))
     with pytest.raises(ValueError, match="expected uint8 pixel values"):
         draw(img.astype(np.float32) * 2, [face])
+
+
+def _gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting to be reaped counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_worker_processes_end_when_the_job_is_killed():
+    import subprocess
+    import sys
+    import time
+
+    script = ("import os, time\nfrom agelens import parallel\n"
+              "ex = parallel._pool(1, parallel.worker_context(), None, ())\n"
+              "print(ex.submit(os.getpid).result(), flush=True)\ntime.sleep(120)\n")
+    job = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = int(job.stdout.readline())
+    assert not _gone(worker)
+    job.kill()  # kill -9: nothing of the job runs again; its worker must notice on its own
+    job.wait()
+    deadline = time.monotonic() + 20
+    while not _gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(worker)
+
+
+def test_csv_resume_redoes_a_file_cut_between_its_faces(tmp_path):
+    from agelens.inference.stream import CSV_COLUMNS, StreamSink
+
+    face = {"box": [1, 2, 3, 4], "age": 30.0, "interval": [20, 40], "occluded": False, "occlusion_score": 0.1,
+            "model": "teacher", "detection": "detector"}
+    sink = StreamSink(tmp_path / "out.csv", "csv")
+    sink.write({"file": "a.jpg", "faces": [face], "error": None})
+    sink.write({"file": "b.jpg", "faces": [face, face], "error": None})
+    sink.close()
+    text = (tmp_path / "out.csv").read_text()
+    (tmp_path / "out.csv").write_text(text[:text.rfind("b.jpg")])  # cut between b.jpg's two faces
+    again = StreamSink(tmp_path / "out.csv", "csv", resume=True)
+    again.close()
+    assert again.done == {"a.jpg"}
+    assert (tmp_path / "out.csv").read_text().splitlines() == [",".join(CSV_COLUMNS), text.splitlines()[1]]
+
+
+def test_a_kill_between_the_parquet_swaps_leaves_the_rewritten_output(tmp_path):
+    from agelens.inference.stream import finish_rewrite
+
+    out = tmp_path / "out"
+    (tmp_path / ".out.old").mkdir()  # moved aside by the rewrite
+    (tmp_path / ".out.old" / "part-00000.parquet").write_bytes(b"old")
+    (tmp_path / ".out.rewrite").mkdir()  # complete, not yet moved in
+    (tmp_path / ".out.rewrite" / "part-00000.parquet").write_bytes(b"new")
+    finish_rewrite(out)
+    assert (out / "part-00000.parquet").read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / ".out.rewrite").mkdir()  # an unfinished rewrite beside a whole output: removed
+    finish_rewrite(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_broken_link_in_a_folder_is_reported(tmp_path):
+    (tmp_path / "ok.jpg").write_bytes(b"x")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert [Path(f).name for f in expand_inputs([str(tmp_path)])] == ["gone.jpg", "ok.jpg"]
+    with pytest.raises(ImageError, match="a link to .*nowhere.jpg, which is not there"):
+        load_image(tmp_path / "gone.jpg")

@@ -558,6 +558,8 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
           route: Annotated[str | None, typer.Option(help=ROUTE_HELP, show_default=False)] = None,
           max_upload_mb: Annotated[float, typer.Option(help="largest request body in MB (413 above)")] = 10.0,
           max_pixels: Annotated[int, typer.Option(help="largest image in pixels decoded (a large JPEG at 1/2-1/8 of its size), checked before decoding (413 above)")] = 40_000_000,
+          max_queue: Annotated[int, typer.Option(help="requests that may wait for the models (503 with Retry-After "
+                                                 "beyond it)")] = 32,
           backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
           log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info") -> None:
     """HTTP service: POST /v1/predict (multipart `file` or JSON base64), GET /healthz, demo page at GET /."""
@@ -572,11 +574,11 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
 
     if not 0 < port < 65536:
         raise AgelensError(f"--port must be in 1..65535, got {port}")
-    if max_upload_mb <= 0 or max_pixels < 4:
-        raise AgelensError("--max-upload-mb and --max-pixels must be positive")
+    if max_upload_mb <= 0 or max_pixels < 4 or max_queue < 0:
+        raise AgelensError("--max-upload-mb and --max-pixels must be positive, --max-queue at least 0")
     route = _route(route, model)
     est = AgeEstimator.from_pretrained(model, route=route, backend=backend, log=_err)
-    web = create_app(est, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels)
+    web = create_app(est, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels, max_queue=max_queue)
     if host not in ("127.0.0.1", "localhost", "::1"):
         _err(f"warning: binding {host}: the service has no authentication; put it behind a proxy you control")
     uvicorn.run(web, host=host, port=port, log_level=log_level, workers=1)
@@ -732,10 +734,20 @@ def export_onnx_cmd(output: Annotated[Path, typer.Option("--output", "-o", help=
     typer.echo(f"wrote {output}/manifest.json; use: AgeEstimator.from_pretrained(backend='onnx', onnx_dir='{output}')")
 
 
+def _terminated(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
+    """SIGTERM (`timeout`, systemd, SLURM, Kubernetes) ends a command as Ctrl-C does: output files closed whole,
+    worker processes shut down; exit status 143 (128 + 15)."""
+    _err("terminated")
+    raise SystemExit(143)
+
+
 def main() -> None:
-    """Console entry point: AgelensError and bad paths become one-line messages with exit code 2. The process then
-    ends without the interpreter's teardown (`_exit_now`)."""
+    """Console entry point: AgelensError and bad paths become one-line messages with exit code 2; SIGTERM ends
+    the command cleanly. The process then ends without the interpreter's teardown (`_exit_now`)."""
+    import signal
+
     code: int | str | None = 0
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except SystemExit as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -145,6 +146,8 @@ def _read(path: str | Path) -> bytes:
             raise ImageError(f"{p}: is a directory with no image files in it (looked for {', '.join(sorted(IMAGE_EXTS))})")
         raise ImageError(f"{p}: is a directory, not an image (`agelens predict` and predict_many read folders)")
     if not p.exists():
+        if p.is_symlink():
+            raise ImageError(f"{p}: a link to {os.readlink(p)}, which is not there")
         if any(c in str(p) for c in "*?["):
             raise ImageError(f"{p}: no file matches this pattern")
         raise ImageError(f"{p}: file not found")

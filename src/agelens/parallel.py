@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import multiprocessing as mp
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 from .errors import AgelensError
@@ -59,6 +61,39 @@ def start_workers_early() -> None:
         forkserver.ensure_running()
 
 
+ORPHAN_CHECK_S = 1.0  # how often a worker looks whether the process it works for is still there
+
+
+def _watch_parent(parent: int) -> None:
+    """Ends this worker once `parent` (the process it works for) is gone. Its task queue never reaches end-of-file
+    (a worker holds the queue's write end too), so after a kill -9 or an out-of-memory kill of the parent nothing
+    else would end it; the forkserver then ends with its last worker."""
+    while True:
+        time.sleep(ORPHAN_CHECK_S)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # the number now belongs to another user's process: the parent is gone
+            os._exit(1)
+
+
+def _start_worker(parent: int, init: Callable | None, initargs: tuple) -> None:
+    """A worker process's initializer: the orphan watch (POSIX; Windows' os.kill would end the parent), then
+    `init(*initargs)`."""
+    if os.name == "posix":
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="agelens-parent-watch").start()
+    if init is not None:
+        init(*initargs)
+
+
+def _pool(workers: int, ctx, init, initargs: tuple):
+    """A ProcessPoolExecutor whose workers run `init(*initargs)` and end themselves when this process is gone."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(), init, initargs))
+
+
 def _each(fn: Callable, job: tuple) -> list:
     inputs, *rest = job
     return [fn((x, *rest)) for x in inputs]
@@ -77,13 +112,12 @@ def crash_safe_map(run, jobs: list[tuple], workers: int, on_crash: Callable, ini
     that dies neither hangs nor ends the stream: the jobs in flight run again one input per job, and an input that
     kills its worker again gets `on_crash(input)` as its result; the rest continue in fresh processes."""
     from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     ctx = worker_context()
     done = 0
     while done < len(jobs):
-        ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=initargs)
+        ex = _pool(workers, ctx, init, initargs)
         inflight: deque = deque()
         sent, broken = done, False
         try:
@@ -112,7 +146,6 @@ def _one_input_each(run, jobs: list[tuple], init, initargs: tuple, ctx, on_crash
     """`run` on each input of `jobs` alone, in one worker process, started again after an input that kills it.
     Raises AgelensError when MAX_FRESH_DEATHS fresh processes in a row die on their first input: then no input is
     to blame (the workers cannot start: a script run from standard input, a library that fails to load)."""
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     ex, answered, fresh_deaths = None, 0, 0
@@ -120,7 +153,7 @@ def _one_input_each(run, jobs: list[tuple], init, initargs: tuple, ctx, on_crash
         for job in jobs:
             for f in job[0]:
                 if ex is None:
-                    ex, answered = ProcessPoolExecutor(1, mp_context=ctx, initializer=init, initargs=initargs), 0
+                    ex, answered = _pool(1, ctx, init, initargs), 0
                 try:
                     records = ex.submit(run, ([f], *job[1:])).result()
                     answered, fresh_deaths = answered + 1, 0

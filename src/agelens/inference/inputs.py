@@ -31,7 +31,7 @@ def expand_inputs(paths: list[str]) -> list[str]:
 
 def _images_under(folder: str, exts) -> list[str]:
     """The image files under a folder, sorted, subfolders included, symlinked ones too (each real folder once, so
-    a link back up the tree ends)."""
+    a link back up the tree ends); a link to a file that is gone is kept, so that it is reported."""
     found, seen = [], set()
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -39,8 +39,8 @@ def _images_under(folder: str, exts) -> list[str]:
             dirs[:] = []
             continue
         seen.add(real)
-        found += [str(Path(root) / n) for n in names
-                  if Path(n).suffix.lower() in exts and os.path.isfile(os.path.join(root, n))]
+        found += [str(Path(root) / n) for n in names if Path(n).suffix.lower() in exts  # a broken link is listed:
+                  and (os.path.isfile(q := os.path.join(root, n)) or os.path.islink(q))]  # it gets its own error
     return sorted(found)
 
 

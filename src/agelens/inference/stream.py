@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import AgelensError
 from ..faces import animal
 from ..parallel import CRASHED, auto_workers, crash_safe_map, per_input
+from ..utils import atomic_write_text
 from .inputs import printable
 
 CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "occluded", "occlusion_score",
@@ -269,8 +270,9 @@ def csv_rows(result: dict) -> list[list]:
 
 
 class StreamSink:
-    """Append-only JSONL or CSV results file. resume=True keeps what is there (minus a torn last line) and
-    reports the files already answered; otherwise the file starts empty."""
+    """Append-only JSONL or CSV results file. resume=True keeps what is there (minus a torn last line, and in a CSV
+    the rows of its last file, which may be cut between two of its faces) and reports the files already answered;
+    otherwise the file starts empty."""
 
     def __init__(self, path: str | Path, fmt: str, resume: bool = False) -> None:
         if fmt not in ("jsonl", "csv"):
@@ -306,7 +308,15 @@ class StreamSink:
                 self.path.write_text(",".join(CSV_COLUMNS) + "\n")
             elif rows[0] != CSV_COLUMNS:
                 raise AgelensError(f"cannot resume {self.path}: its header is not agelens predict's CSV header")
-            self.done = {row[0] for row in rows[1:] if row}
+            body = [row for row in rows[1:] if row]
+            if body:  # a file's faces are several rows, and a cut may fall between them: its rows go, the file is redone
+                last = body[-1][0]
+                while body and body[-1][0] == last:
+                    body.pop()
+                buf = io.StringIO()
+                csv.writer(buf, lineterminator="\n").writerows([CSV_COLUMNS, *body])
+                atomic_write_text(self.path, buf.getvalue())
+            self.done = {row[0] for row in body}
 
     FSYNC_S = 1.0  # seconds between syncs to the disk
 
@@ -444,8 +454,26 @@ def rewrite_output(path: str | Path, fmt: str, records: list[dict]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def finish_rewrite(path: str | Path) -> None:
+    """Puts right what a kill during `rewrite_output` left beside `path`: a Parquet folder moved aside (.NAME.old)
+    before the rewritten one (.NAME.rewrite, complete by then) took its place is replaced by the rewritten one; an
+    unfinished rewrite, or the old folder of a finished one, is removed."""
+    import shutil
+
+    path = Path(os.path.realpath(path))
+    tmp, old = path.with_name(f".{path.name}.rewrite"), path.with_name(f".{path.name}.old")
+    if not path.exists() and old.is_dir():
+        os.replace(tmp if tmp.is_dir() else old, path)
+    for stale in (tmp, old):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        elif stale.exists():
+            stale.unlink()
+
+
 def open_sink(path: str | Path, fmt: str, resume: bool = False) -> StreamSink | ParquetSink:
     """The streamed, resumable sink for --format jsonl, csv (a file) or parquet (a folder of parts)."""
+    finish_rewrite(path)
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401

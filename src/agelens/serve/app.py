@@ -35,6 +35,9 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # whole request body; base64 JSON c
 # pixels decoded, e.g. 8000×5000; a larger JPEG counts at the size it decodes at (1/2-1/8), other formats at their own
 # size, under Pillow's bomb guard (~89 MP) too
 DEFAULT_MAX_PIXELS = 40_000_000
+# requests that may wait for the models beside the one they are answering: beyond it a request gets 503 at once (a
+# queue that only grows, as under clients that time out and retry, would leave every request answered too late)
+DEFAULT_MAX_QUEUE = 32
 MAX_PARTS = 8  # multipart parts accepted in one request
 NO_FACE = "no face found"
 RAW_TYPES = ("application/octet-stream",)
@@ -200,11 +203,14 @@ def check_media_type(media_type: str) -> None:
 class Service:
     """The estimator (loaded once, lazily) and the locks around it."""
 
-    def __init__(self, estimator: Any | None, max_upload_bytes: int, max_pixels: int) -> None:
-        if max_upload_bytes < 1 or max_pixels < 4:
-            raise AgelensError(f"limits must be positive (max_upload_bytes={max_upload_bytes}, max_pixels={max_pixels})")
+    def __init__(self, estimator: Any | None, max_upload_bytes: int, max_pixels: int,
+                 max_queue: int = DEFAULT_MAX_QUEUE) -> None:
+        if max_upload_bytes < 1 or max_pixels < 4 or max_queue < 0:
+            raise AgelensError(f"limits must be positive (max_upload_bytes={max_upload_bytes}, max_pixels={max_pixels}, "
+                               f"max_queue={max_queue})")
         self._estimator = estimator
-        self.max_upload_bytes, self.max_pixels = max_upload_bytes, max_pixels
+        self.max_upload_bytes, self.max_pixels, self.max_queue = max_upload_bytes, max_pixels, max_queue
+        self.pending = 0  # requests waiting for the models or being answered (the event loop's count: one thread)
         self._load_lock = threading.Lock()
         self.model_lock = threading.Lock()  # mediapipe graphs and the torch models: one image at a time
         self.model_limiter = anyio.CapacityLimiter(1)  # queue in the event loop, not in blocked threads
@@ -251,10 +257,11 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
     """The FastAPI app. estimator: an AgeEstimator (or anything with its `predict`); None loads the shipped
-    models once at startup (or on the first request when the app runs without its lifespan)."""
-    svc = Service(estimator, max_upload_bytes, max_pixels)
+    models once at startup (or on the first request when the app runs without its lifespan). max_queue: requests
+    that may wait for the models (503 beyond it); a request whose client has gone is dropped when its turn comes."""
+    svc = Service(estimator, max_upload_bytes, max_pixels, max_queue)
     page = (resources.files("agelens") / "serve" / "static" / "index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
@@ -281,7 +288,8 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
     async def healthz() -> dict:
         models = await anyio.to_thread.run_sync(svc.models)
         return {"status": "ok", "models": models,
-                "limits": {"max_upload_bytes": svc.max_upload_bytes, "max_pixels": svc.max_pixels}}
+                "limits": {"max_upload_bytes": svc.max_upload_bytes, "max_pixels": svc.max_pixels,
+                           "max_queue": svc.max_queue}, "pending": svc.pending}
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -305,14 +313,22 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
         except ImageError as e:
             return _error(422, str(e))
         t2 = time.perf_counter()
+        if svc.pending > svc.max_queue:  # one answered, max_queue waiting: no room
+            return JSONResponse({"detail": f"busy: {svc.pending} requests are waiting for the models; try again "
+                                           "shortly"}, status_code=503, headers={"Retry-After": "1"})
+        svc.pending += 1
         try:
-            faces, message, started = await anyio.to_thread.run_sync(svc.infer, rgb, detect,
-                                                                     limiter=svc.model_limiter)
+            async with svc.model_limiter:
+                if await request.is_disconnected():  # its client gave up while it waited: nobody to answer
+                    return _error(499, "the client closed the request before its turn")
+                faces, message, started = await anyio.to_thread.run_sync(svc.infer, rgb, detect)
         except AgelensError as e:
             return _error(422, str(e))
         except Exception:
             log.exception("estimator failed on a %dx%d image", rgb.shape[1], rgb.shape[0])
             return _error(500, "internal error while estimating ages (logged on the server)")
+        finally:
+            svc.pending -= 1
         t3 = time.perf_counter()
         if scale != 1.0:  # boxes from the reduced decode, in the upload's pixels
             faces = [{**f, "box": file_box(f["box"], scale)} for f in faces]
