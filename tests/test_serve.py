@@ -90,7 +90,7 @@ def test_healthz_names_models(client):
     assert body["status"] == "ok"
     assert body["models"]["teacher"] == "teacher"
     assert body["models"]["occlusion_detector"] == "occlusion" and body["models"]["student"] == "student"
-    assert body["limits"] == {"max_upload_bytes": UPLOAD_LIMIT, "max_pixels": 4_000_000, "max_queue": 32}
+    assert body["limits"] == {"max_upload_bytes": UPLOAD_LIMIT, "max_pixels": 4_000_000, "max_queue": 64}
 
 
 def test_index_page_is_self_contained(client):

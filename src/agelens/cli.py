@@ -559,7 +559,7 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
           max_upload_mb: Annotated[float, typer.Option(help="largest request body in MB (413 above)")] = 10.0,
           max_pixels: Annotated[int, typer.Option(help="largest image in pixels decoded (a large JPEG at 1/2-1/8 of its size), checked before decoding (413 above)")] = 40_000_000,
           max_queue: Annotated[int, typer.Option(help="requests that may wait for the models (503 with Retry-After "
-                                                 "beyond it)")] = 32,
+                                                 "beyond it)")] = 64,
           backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
           log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info") -> None:
     """HTTP service: POST /v1/predict (multipart `file` or JSON base64), GET /healthz, demo page at GET /."""

@@ -37,7 +37,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # whole request body; base64 JSON c
 DEFAULT_MAX_PIXELS = 40_000_000
 # requests that may wait for the models beside the one they are answering: beyond it a request gets 503 at once (a
 # queue that only grows, as under clients that time out and retry, would leave every request answered too late)
-DEFAULT_MAX_QUEUE = 32
+DEFAULT_MAX_QUEUE = 64  # the load test's 50 concurrent clients all wait (docs/load_test.json)
 MAX_PARTS = 8  # multipart parts accepted in one request
 NO_FACE = "no face found"
 RAW_TYPES = ("application/octet-stream",)
