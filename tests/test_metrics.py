@@ -44,3 +44,15 @@ def test_reports_stay_standard_json_and_one_group_is_no_gap(tmp_path):
     atomic_write_json(tmp_path / "m.json", {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.array([np.nan])})
     assert json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail) == {"a": None, "b": [None, 1.5],
                                                                                           "c": [None]}
+
+
+def test_a_group_of_a_few_faces_stays_out_of_the_spread():
+    from agelens.evaluate.metrics import standardised_mae
+
+    rng = np.random.default_rng(0)
+    ages = rng.integers(1, 80, 201).astype(float)
+    race = ["a"] * 100 + ["b"] * 100 + ["c"]  # one face of c, read 40 years off
+    pred = ages + rng.normal(0, 3, 201)
+    pred[-1] += 40
+    r = standardised_mae(pred, ages, None, race, n_boot=100)["race"]
+    assert r["left_out_of_spread"] == ["c"] and r["spread"] < 5 and r["by_group"]["c"]["n"] == 1

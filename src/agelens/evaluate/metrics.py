@@ -212,12 +212,13 @@ def _std_mae(err: np.ndarray, grp: np.ndarray, bins: np.ndarray, n_groups: int, 
 
 def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | None] | None = None,
                      races: Sequence[str | None] | None = None, n_boot: int = 1000, seed: int = 0,
-                     level: float = 0.95, min_n: int = 1) -> dict:
+                     level: float = 0.95, min_n: int = 10) -> dict:
     """Age-standardised MAE per gender, race and gender × race: each group's per-age-bin MAE weighted by the whole
     test's bin shares, so groups are compared at equal age (a raw per-group MAE mostly reflects the group's age mix).
     Per attribute: {"by_group": {g: {"mae", "ci95", "n"}}, "spread": max − min over groups, "spread_ci95"}, with
     seeded bootstrap (faces resampled) bias-corrected percentile intervals. Groups with fewer than min_n faces are
-    left out of the spread."""
+    left out of the spread (named in "left_out_of_spread"): one face's error is no group's accuracy, and its
+    interval, resampled from that one face, has no width."""
     pred, true = np.asarray(pred, float), np.asarray(true, float)
     err = np.abs(pred - true)
     n = len(err)
@@ -248,7 +249,8 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
         for j, name in enumerate(names):
             ci = _bc_interval(boot[:, j], float(point[j]), level) if boot is not None else None
             groups[name] = {"mae": round(float(point[j]), 4), "ci95": ci, "n": int(counts[j])}
-        entry = {"by_group": groups, "spread": None if spread is None else round(spread, 4), "spread_ci95": None}
+        entry = {"by_group": groups, "spread": None if spread is None else round(spread, 4), "spread_ci95": None,
+                 "min_n": min_n, "left_out_of_spread": [nm for nm, k in zip(names, keep, strict=True) if not k]}
         if boot is not None and spread is not None:
             b = boot[:, keep]
             with np.errstate(invalid="ignore"):

@@ -284,9 +284,14 @@ def standardised_table(metrics: dict) -> str:
         for g, v in a["by_group"].items():
             rows.append(f"<tr><td>{html.escape(attr)}</td><td>{html.escape(g)}</td><td>{v['n']}</td>"
                         f"<td>{v['mae']:.3f}{ci(v['ci95'])}</td></tr>")
+        out = a.get("left_out_of_spread") or []
+        left = f" (without {', '.join(html.escape(g) for g in out)}: under {a.get('min_n')} faces)" if out else ""
         if a.get("spread") is not None:
-            rows.append(f"<tr><td>{html.escape(attr)}</td><td><b>spread (max − min)</b></td><td></td>"
+            rows.append(f"<tr><td>{html.escape(attr)}</td><td><b>spread (max − min)</b>{left}</td><td></td>"
                         f"<td><b>{a['spread']:.3f}{ci(a.get('spread_ci95'))}</b></td></tr>")
+        elif out:
+            rows.append(f"<tr><td>{html.escape(attr)}</td><td><b>spread (max − min)</b>{left}</td><td></td>"
+                        "<td>n/a: fewer than two groups large enough</td></tr>")
     return ("<h2>Age-standardised MAE (equal error at equal age)</h2><p>Each group's per-age-bin MAE weighted by "
             "the whole test's age-bin shares, so groups with different age mixes are compared at equal age; "
             "seeded bootstrap 95 % intervals.</p><table><tr><th>attribute</th><th>group</th><th>n</th>"
