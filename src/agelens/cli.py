@@ -752,6 +752,8 @@ def main() -> None:
         app()
     except SystemExit as e:
         code = e.code
+        if code == 130:  # Ctrl-C: typer turns the KeyboardInterrupt into exit status 130 without a word
+            _err("interrupted")
     except AgelensError as e:
         _err(f"error: {e}")
         code = 2
