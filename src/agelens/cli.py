@@ -302,7 +302,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                                                 "answer, streamed)")] = True,
             demo: Annotated[bool, typer.Option(help="run on the bundled astronaut photo")] = False,
             engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data: a local Ray, or the "
-                                                "cluster at --address; pip install \"agelens[ray]\")")] = "local",
+                                                "cluster at --address; pip install \"agelens\\[ray]\")")] = "local",
             address: Annotated[str | None, typer.Option(help="--engine ray: Ray cluster address (auto, HOST:6379, "
                                                         "ray://HOST:10001); default: start a local Ray")] = None,
             gpus_per_worker: Annotated[float, typer.Option(help="--engine ray: GPUs per model actor (0: CPU)")] = 0.0) -> None:
@@ -452,7 +452,8 @@ def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str) ->
     (rewritten whole, atomically); a resumed output whose earlier files this run did not hold, or one that is not
     a file that can be swapped (a device or a pipe), is left as streamed."""
     if sink is not None and sink.done:
-        _err(f"ages in {output} are each face's own answer: a resumed job is not adapted to its age mix as a whole")
+        _err(f"the ages this run added to {output} are each face's own answer, and its earlier lines are left as "
+             "they were: a resumed job is not adapted to its age mix as a whole")
         return
     if sink is not None and not (output.is_dir() if fmt == "parquet" else output.is_file()):
         _err(f"ages in {output} are each face's own answer: it is not a regular file, so it is not rewritten with "

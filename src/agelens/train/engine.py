@@ -169,7 +169,10 @@ class Trainer:
             from ..models.weights import resolve_model
 
             init = cfg.model.init_from  # a shipped name, .safetensors, .pt checkpoint or run folder
-            state = resolve_model(init)[0].state_dict()
+            try:
+                state = resolve_model(init)[0].state_dict()
+            except (CheckpointError, ConfigError) as e:  # say which setting named it
+                raise type(e)(f"model.init_from={init}: {e}") from None
             stale = [k for k in state if k.startswith("guards.")] if self.model.guards is None else []
             fresh = load_compatible(self.model, {k: v for k, v in state.items() if k not in stale},
                                     f"model.init_from={init}")
