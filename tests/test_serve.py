@@ -278,3 +278,28 @@ def test_a_full_queue_answers_503_at_once():
         app.state.service.pending = 0
         r = c.post("/v1/predict", content=img, headers={"content-type": "image/png"})
         assert r.status_code == 200 and app.state.service.pending == 0
+
+
+def test_a_request_whose_client_has_gone_is_dropped_at_its_turn():
+    import asyncio
+
+    est = FakeEstimator()
+    app = create_app(est)
+    img = png_bytes(np.zeros((20, 30, 3), np.uint8))
+    messages = [{"type": "http.request", "body": img, "more_body": False}]  # then the client goes
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    sent: list = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(img)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 499 and est.calls == [] and app.state.service.pending == 0  # the model never ran

@@ -19,11 +19,13 @@ from agelens.inference.inputs import expand_inputs, job_files, not_done
 from agelens.utils import atomic_write_text
 
 
-def test_atomic_write_follows_links_and_writes_pipes_in_place(tmp_path):
+def test_atomic_write_follows_links_where_asked_and_writes_pipes_in_place(tmp_path):
     target, link = tmp_path / "real.json", tmp_path / "link.json"
     link.symlink_to(target)
-    atomic_write_text(link, "through the link")
+    atomic_write_text(link, "through the link", follow_links=True)  # a user's -o: the link's target is written
     assert link.is_symlink() and target.read_text() == "through the link"
+    atomic_write_text(link, "in place of the link")  # the default (checkpoints, caches): a shared target is left alone
+    assert not link.is_symlink() and link.read_text() == "in place of the link" and target.read_text() == "through the link"
     fifo = tmp_path / "fifo"  # as /dev/stdout in a pipe: nothing to swap, written in place
     os.mkfifo(fifo)
     got: list[str] = []
@@ -116,12 +118,20 @@ def test_csv_resume_redoes_a_file_cut_between_its_faces(tmp_path):
     sink.write({"file": "a.jpg", "faces": [face], "error": None})
     sink.write({"file": "b.jpg", "faces": [face, face], "error": None})
     sink.close()
-    text = (tmp_path / "out.csv").read_text()
-    (tmp_path / "out.csv").write_text(text[:text.rfind("b.jpg")])  # cut between b.jpg's two faces
+    full = (tmp_path / "out.csv").read_text()
+    cut = full[:full.rfind("b.jpg")]  # cut between b.jpg's two faces
+    (tmp_path / "out.csv").write_text(cut)
     again = StreamSink(tmp_path / "out.csv", "csv", resume=True)
+    assert again.done == {"a.jpg"}  # b.jpg is answered again, if the job holds it
+    again.write({"file": "b.jpg", "faces": [face, face], "error": None})  # its cut row goes first
     again.close()
-    assert again.done == {"a.jpg"}
-    assert (tmp_path / "out.csv").read_text().splitlines() == [",".join(CSV_COLUMNS), text.splitlines()[1]]
+    assert (tmp_path / "out.csv").read_text() == full
+    (tmp_path / "out.csv").write_text(cut)
+    other = StreamSink(tmp_path / "out.csv", "csv", resume=True)  # a job without b.jpg: its row stays
+    other.write({"file": "c.jpg", "faces": [face], "error": None})
+    other.close()
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert rows[0] == ",".join(CSV_COLUMNS) and [r.split(",")[0] for r in rows[1:]] == ["a.jpg", "b.jpg", "c.jpg"]
 
 
 def test_a_kill_between_the_parquet_swaps_leaves_the_rewritten_output(tmp_path):

@@ -31,7 +31,9 @@ def _err(msg: str) -> None:
 def _route(route: str | None, model: str | None, student: str | None = None) -> str:
     """--route as given; by default auto for the shipped models, and teacher for a --model of one's own (without
     a --student), so that the model asked about answers every face: under auto the faces the occlusion detector
-    flags would go to the shipped student, and its answers would be counted as the model's."""
+    flags would go to the shipped student, and its answers would be counted as the model's. (The Python API,
+    `AgeEstimator.from_pretrained`, keeps route="auto": the benchmarks pass candidate teachers that way, routed as
+    the shipped one is.)"""
     if route is not None:
         return route
     from .utils import shipped_models
@@ -328,6 +330,9 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if resume and (output is None or fmt not in STREAM_FORMATS):
         raise AgelensError("--resume continues a streamed --output file (--format jsonl or csv) or parquet folder")
     if output is not None:
+        from .inference.stream import finish_rewrite
+
+        finish_rewrite(output)  # first: a kill during an earlier job's final rewrite, put right
         _check_output(output, folder=fmt == "parquet", flag="--output")
     if save_annotated is not None:
         _check_output(save_annotated, folder=True, flag="--save-annotated")
@@ -412,7 +417,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if fmt == "json" and output is not None:
         from .utils import atomic_write_text
 
-        atomic_write_text(output, json.dumps(results, indent=1))
+        atomic_write_text(output, json.dumps(results, indent=1), follow_links=True)
     elif fmt in ("json", "table"):
         _emit(results, fmt)
     if failed:

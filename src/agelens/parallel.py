@@ -72,10 +72,13 @@ def _watch_parent(parent: int) -> None:
         time.sleep(ORPHAN_CHECK_S)
         try:
             os.kill(parent, 0)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # gone (or its number is another user's process now)
             os._exit(1)
-        except PermissionError:  # the number now belongs to another user's process: the parent is gone
-            os._exit(1)
+        try:  # a killed parent nobody has reaped yet (no init in a container) still answers os.kill: a zombie
+            if open(f"/proc/{parent}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":  # noqa: SIM115
+                os._exit(1)
+        except (OSError, IndexError):  # no /proc (macOS): os.kill above decides alone
+            pass
 
 
 def _start_worker(parent: int, init: Callable | None, initargs: tuple) -> None:

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 
 
-def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
-    """Call writer(tmp_path) then rename onto path, so readers never see a half-written file. A symlink is followed
-    (its target is replaced, the link stays); a device, pipe or socket (`/dev/stdout`) is written in place, having
-    no file to swap."""
+def atomic_write(path: str | Path, writer: Callable[[str], None], follow_links: bool = False) -> None:
+    """Call writer(tmp_path) then rename onto path, so readers never see a half-written file. A device, pipe or
+    socket (`/dev/stdout`) is written in place, having no file to swap. A symlink is replaced by the new file, or
+    with follow_links=True (a user's `-o` output) followed: its target is replaced and the link stays (not the
+    default: a link into a content-addressed store, as DVC's or the Hugging Face cache's, points at a shared
+    object)."""
     p = Path(path)
     try:
         mode = os.stat(p).st_mode  # follows links
@@ -30,7 +32,8 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
     if mode is not None and not stat.S_ISREG(mode):
         writer(str(p))
         return
-    p = Path(os.path.realpath(p))
+    if follow_links:
+        p = Path(os.path.realpath(p))
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
@@ -46,9 +49,9 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str, follow_links: bool = False) -> None:
     """UTF-8; file names that are not UTF-8 (surrogate-escaped) are written back as their original bytes."""
-    atomic_write(path, lambda t: Path(t).write_text(text, encoding="utf-8", errors="surrogateescape"))
+    atomic_write(path, lambda t: Path(t).write_text(text, encoding="utf-8", errors="surrogateescape"), follow_links)
 
 
 def atomic_write_npz(path: str | Path, /, **arrays: Any) -> None:

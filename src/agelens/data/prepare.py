@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections import Counter
@@ -33,7 +34,8 @@ def make_or_load_split(data: DataConfig, listing: Listing | None = None, force: 
     recs = listing.records
     sp = Path(data.split_file)
     note = log or (lambda _: None)
-    if sp.is_file() and not force:
+    made_here = not sp.is_file() or force
+    if not made_here:
         parts = load_split(sp, recs, data.root)
         left_out = len(recs) - sum(len(v) for v in parts.values())
         if left_out > 0:
@@ -53,7 +55,9 @@ def make_or_load_split(data: DataConfig, listing: Listing | None = None, force: 
         parts = {k: [recs[i] for i in v] for k, v in idx.items()}
     if listing.bad:
         bad_p = sp.with_suffix(".bad_rows.csv")
-        write_bad_rows(listing.bad, bad_p)
+        if made_here or not bad_p.is_file():
+            with contextlib.suppress(OSError):  # a split reused from a read-only place: the count below still says
+                write_bad_rows(listing.bad, bad_p)
         reasons = Counter(re.sub(r" ?'[^']*'| of .*", "", b.reason) for b in listing.bad)  # the kinds, values left out
         note(f"{len(listing.bad)} row(s) of {data.dataset} skipped ({', '.join(f'{r}: {n}' for r, n in reasons.most_common(3))}"
              f"{', ...' if len(reasons) > 3 else ''}): every one in {bad_p}")

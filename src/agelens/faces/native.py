@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
 
 
@@ -17,13 +18,17 @@ def quiet_native_stderr() -> Iterator[None]:
     except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured): nothing to silence
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(devnull)
+    with _LOCK:  # one redirection at a time: a second, nested in another thread, would save /dev/null as stderr
+        sys.stderr.flush()
+        saved = os.dup(fd)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            os.close(devnull)
+
+
+_LOCK = threading.RLock()

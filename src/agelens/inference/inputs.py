@@ -51,7 +51,7 @@ def job_files(source, skip=()) -> list[str]:
         paths = [os.fspath(source)]
     else:
         paths = None
-        if not isinstance(source, bytes | bytearray | memoryview) and not hasattr(source, "__array_interface__"):
+        if not isinstance(source, bytes | bytearray | memoryview) and not _pixels(source):
             with contextlib.suppress(TypeError):  # not iterable: a Pillow image, a number
                 paths = list(source)
         bad = source if paths is None else next((p for p in paths if not isinstance(p, str | os.PathLike)), None)
@@ -61,6 +61,14 @@ def job_files(source, skip=()) -> list[str]:
                             "in memory use predict(image)")
         paths = [os.fspath(p) for p in paths]
     return not_done(expand_inputs(paths), skip)
+
+
+def _pixels(source) -> bool:
+    """Whether `source` is an array of pixels: a NumPy-like array other than a 1-D array of strings (the paths of
+    a DataFrame column, `df["path"].values`, are a list of files)."""
+    if not hasattr(source, "__array_interface__"):
+        return False
+    return getattr(source, "ndim", 0) != 1 or getattr(getattr(source, "dtype", None), "kind", "") not in "UO"
 
 
 def not_done(files: list[str], done) -> list[str]:

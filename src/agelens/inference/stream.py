@@ -270,9 +270,9 @@ def csv_rows(result: dict) -> list[list]:
 
 
 class StreamSink:
-    """Append-only JSONL or CSV results file. resume=True keeps what is there (minus a torn last line, and in a CSV
-    the rows of its last file, which may be cut between two of its faces) and reports the files already answered;
-    otherwise the file starts empty."""
+    """Append-only JSONL or CSV results file. resume=True keeps what is there (minus a torn last line) and reports
+    the files already answered, less a CSV's last file, whose rows may be cut between two of its faces: if the job
+    answers it again, its earlier rows go first. Otherwise the file starts empty."""
 
     def __init__(self, path: str | Path, fmt: str, resume: bool = False) -> None:
         if fmt not in ("jsonl", "csv"):
@@ -282,6 +282,7 @@ class StreamSink:
             raise AgelensError(f"--output {self.path} is a folder; give a file name")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: set[str] = set()
+        self._redo: str | None = None  # a resumed CSV's last file, whose rows may be cut short
         if resume and self.path.is_file():
             self._recover()
         else:
@@ -309,14 +310,10 @@ class StreamSink:
             elif rows[0] != CSV_COLUMNS:
                 raise AgelensError(f"cannot resume {self.path}: its header is not agelens predict's CSV header")
             body = [row for row in rows[1:] if row]
-            if body:  # a file's faces are several rows, and a cut may fall between them: its rows go, the file is redone
-                last = body[-1][0]
-                while body and body[-1][0] == last:
-                    body.pop()
-                buf = io.StringIO()
-                csv.writer(buf, lineterminator="\n").writerows([CSV_COLUMNS, *body])
-                atomic_write_text(self.path, buf.getvalue())
-            self.done = {row[0] for row in body}
+            # a file's faces are several rows, and a cut may fall between them: the last file counts as not done,
+            # and if this job answers it again its earlier rows are dropped first (`write`)
+            self._redo = body[-1][0] if body else None
+            self.done = {row[0] for row in body if row[0] != self._redo}
 
     FSYNC_S = 1.0  # seconds between syncs to the disk
 
@@ -325,6 +322,8 @@ class StreamSink:
         nothing), synced to the disk by the first write FSYNC_S seconds after the last sync and at close (a power
         cut loses the lines since the last sync, which --resume redoes; a sync per line cost 0.5 ms here, more on
         slow or network disks)."""
+        if self._redo is not None and result["file"] == self._redo:
+            self._drop_rows(self._redo)
         if self.fmt == "jsonl":
             text = json.dumps(result) + "\n"
         else:
@@ -336,6 +335,17 @@ class StreamSink:
         if time.monotonic() - self._synced >= self.FSYNC_S:
             os.fsync(self._f.fileno())
             self._synced = time.monotonic()
+
+    def _drop_rows(self, name: str) -> None:
+        """The rows of file `name` taken out of the CSV (atomically), before the file is answered again."""
+        self._f.close()
+        with open(self.path, encoding="utf-8", newline="") as f:
+            rows = [row for row in csv.reader(f) if row]
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([rows[0], *(row for row in rows[1:] if row[0] != name)])
+        atomic_write_text(self.path, buf.getvalue(), follow_links=True)
+        self._f = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (kept open, closed by close())
+        self._redo = None
 
     def close(self) -> None:
         self._f.flush()
@@ -462,7 +472,10 @@ def finish_rewrite(path: str | Path) -> None:
 
     path = Path(os.path.realpath(path))
     tmp, old = path.with_name(f".{path.name}.rewrite"), path.with_name(f".{path.name}.old")
-    if not path.exists() and old.is_dir():
+    missing = not path.exists() or (path.is_dir() and not any(path.iterdir()))  # an empty folder made since
+    if missing and old.is_dir():
+        if path.is_dir():
+            path.rmdir()
         os.replace(tmp if tmp.is_dir() else old, path)
     for stale in (tmp, old):
         if stale.is_dir():

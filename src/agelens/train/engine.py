@@ -288,7 +288,8 @@ class Trainer:
         earlier = [f for f in ("best.pt", "last.pt") if (self.run_dir / f).is_file()]
         if not earlier:
             return
-        made = sorted(d for d in self.run_dir.iterdir() if d.is_dir() and (d.name.startswith("test") or d.name == "report"))
+        made = sorted(d for d in self.run_dir.iterdir()
+                      if d.is_dir() and (d.name in ("test", "report") or d.name.startswith("test_")))
         self.log(f"warning: {self.run_dir} holds an earlier run ({', '.join(earlier)}): this run replaces it"
                  + (f", and its {', '.join(d.name + '/' for d in made)} go" if made else "")
                  + " (--resume continues it instead; name= another run keeps it)")

@@ -23,11 +23,11 @@ def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, 
         caches = shard_caches(cfg.data.shards)
     per_dataset: dict = {}
     if caches is None and cfg.extra_data:  # several datasets: train and val concatenated, tests kept apart
-        per_dataset = prepare_all(cfg.data, cfg.extra_data, progress=progress)
+        per_dataset = prepare_all(cfg.data, cfg.extra_data, progress=progress, log=log)
         caches = {k: combine_caches([c[k] for c in per_dataset.values()], Path(cfg.data.cache_dir) / f"combined_{k}")
                   for k in ("train", "val")}
         caches["test"] = per_dataset[cfg.data.dataset]["test"]
-    caches = caches or prepare_caches(cfg.data, ("train", "val", "test"), progress=progress)
+    caches = caches or prepare_caches(cfg.data, ("train", "val", "test"), progress=progress, log=log)
     trainer = Trainer(cfg, caches["train"], caches["val"], resume=resume, progress=progress, log=log)
     result = trainer.fit()
     if trainer.dist.main:
