@@ -290,3 +290,19 @@ def test_sigterm_ends_a_job_as_ctrl_c_does(tmp_path, tiny_checkpoint, astronaut_
     assert job.returncode == 143 and "terminated" in err and "Traceback" not in err, err
     lines = [first, *out.splitlines()]
     assert 1 <= len(lines) < 300 and all(json.loads(x)["file"] for x in lines)  # whole records only
+
+
+def test_a_parquet_output_killed_between_its_final_swaps_is_resumed_from_the_cli(tmp_path, tiny_checkpoint,
+                                                                                  astronaut_path):
+    pytest.importorskip("pyarrow")
+    import shutil
+
+    out = tmp_path / "out"
+    base = ["predict", astronaut_path, "--model", tiny_checkpoint, "-f", "parquet", "-o", out, "--no-adapt"]
+    assert agelens(*base).returncode == 0
+    shutil.copytree(out, tmp_path / ".out.old")  # the rewrite had moved the output aside ...
+    out.rename(tmp_path / ".out.rewrite")  # ... and written the new one, not yet moved in
+    r = agelens(*base, "--resume")
+    _no_traceback(r)
+    assert r.returncode == 0 and "1 of 1 file(s) already done" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out") or p.name == "out") == ["out"]
