@@ -306,3 +306,12 @@ def test_a_parquet_output_killed_between_its_final_swaps_is_resumed_from_the_cli
     _no_traceback(r)
     assert r.returncode == 0 and "1 of 1 file(s) already done" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out") or p.name == "out") == ["out"]
+
+
+def test_predict_reads_an_image_piped_to_standard_input(tiny_checkpoint, astronaut_path):
+    with open(astronaut_path, "rb") as f:
+        r = subprocess.run([sys.executable, "-m", "agelens.cli", "predict", "-", "--model", str(tiny_checkpoint),
+                            "-f", "jsonl"], stdin=f, capture_output=True, env=ENV, timeout=600)
+    _no_traceback(subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode()))
+    rec = json.loads(r.stdout)
+    assert r.returncode == 0 and rec["file"] == "-" and rec["error"] is None and len(rec["faces"]) == 1

@@ -337,6 +337,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if save_annotated is not None:
         _check_output(save_annotated, folder=True, flag="--save-annotated")
     files = expand_inputs(list(paths or []))
+    stdin_file = _stdin_image(files)
     if demo:
         from importlib import resources
 
@@ -368,6 +369,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         # adapted ages are known only at the end: the annotated images are drawn then, from the files
         stream = predict_stream(est, todo, detect, workers, batch_size,
                                 keep_rgb=save_annotated is not None and not adapt)
+    if stdin_file is not None:
+        stream = _named(stream, stdin_file, "-")
     if output is not None:
         from .progress import track
 
@@ -423,6 +426,34 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if failed:
         _err(f"{failed} of {len(todo)} file(s) failed")
         raise typer.Exit(1)
+
+
+def _stdin_image(files: list[str]) -> str | None:
+    """`-` among the inputs (`curl URL | agelens predict -`): the image on standard input, kept in a temporary file
+    for the job (removed at exit), whose path replaces `-` in `files`; None when there is none."""
+    if "-" not in files:
+        return None
+    import atexit
+    import shutil
+    import tempfile
+
+    if sys.stdin.isatty():
+        raise AgelensError("`-` reads an image from standard input, but nothing is piped in")
+    data = sys.stdin.buffer.read()
+    folder = tempfile.mkdtemp(prefix="agelens-stdin-")
+    atexit.register(shutil.rmtree, folder, True)
+    path = str(Path(folder) / "stdin")
+    Path(path).write_bytes(data)
+    files[:] = [path if f == "-" else f for f in files]
+    return path
+
+
+def _named(stream, real: str, shown: str):
+    """The records of `stream` with file `real` reported as `shown` (standard input's temporary file as `-`)."""
+    for r, rgb in stream:
+        if r["file"] == real:
+            r = {**r, "file": shown, "error": r["error"].replace(real, shown) if r["error"] else r["error"]}
+        yield r, rgb
 
 
 def _check_output(path: Path, folder: bool, flag: str) -> None:
