@@ -330,9 +330,6 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if resume and (output is None or fmt not in STREAM_FORMATS):
         raise AgelensError("--resume continues a streamed --output file (--format jsonl or csv) or parquet folder")
     if output is not None:
-        from .inference.stream import finish_rewrite
-
-        finish_rewrite(output)  # first: a kill during an earlier job's final rewrite, put right
         _check_output(output, folder=fmt == "parquet", flag="--output")
     if save_annotated is not None:
         _check_output(save_annotated, folder=True, flag="--save-annotated")
@@ -457,28 +454,31 @@ def _named(stream, real: str, shown: str):
 
 
 def _check_output(path: Path, folder: bool, flag: str) -> None:
-    """AgelensError naming the problem where `path` (a file, or with folder=True a folder, made if missing) cannot
-    be written, checked by writing a file beside it: before the job runs, not after it."""
+    """AgelensError naming the problem where `path` (a file, or with folder=True a folder) cannot be written,
+    checked before the job runs, not after it, by writing a file in the nearest folder of the path that exists.
+    Nothing is made: the writers make the missing folders, and the output sinks put right what a killed earlier
+    job left (`inference.stream.finish_rewrite`) only where the output is missing."""
     import os
     import tempfile
 
     if folder:
         if path.exists() and not path.is_dir():
             raise AgelensError(f"{flag} {path} is a file; give a folder")
-        where = path
+        where = Path(os.path.realpath(path))
     else:
         if path.is_dir():
             raise AgelensError(f"{flag} {path} is a folder; give a file name")
         if path.exists() and not path.is_file():  # a device or a pipe (/dev/stdout): written in place
             return
         where = Path(os.path.realpath(path)).parent
+    while not where.exists():  # the folders the writers will make: their nearest existing parent is written in
+        where = where.parent
+    if not where.is_dir():
+        raise AgelensError(f"{flag} {path}: a part of the path is a file, not a folder")
     try:
-        where.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".agelens-write-check.", dir=where)
         os.close(fd)
         os.unlink(probe)
-    except FileExistsError:
-        raise AgelensError(f"{flag} {path}: a part of the path is a file, not a folder") from None
     except OSError as e:
         raise AgelensError(f"{flag} {path}: cannot write in {where} ({e.strerror or e})") from None
 
