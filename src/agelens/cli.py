@@ -229,6 +229,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         occ = OcclusionMix(parse_mix(occlusion_mix), 1 - occlude) if occlude > 0 else None
     except ValueError as e:
         raise AgelensError(str(e)) from None
+    from .evaluate.metrics import fmt
     from .fairness.knn import KnnIndex
 
     knn_index = KnnIndex.load(knn) if knn is not None else None
@@ -237,7 +238,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
 
         m = evaluate_prepared_cache(model, config, part, output, tta=tta, occlusion=occ, seed=seed, knn=knn_index,
                                     embeddings=save_embeddings, bootstrap=bootstrap, progress=not quiet)
-        typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {m['bias_score']:.3f}"
+        typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {fmt(m['bias_score'])}"
                    + (f"  (KNN k={m['knn']['k']}, w={m['knn']['w']})" if knn_index else "") + f" -> {output}/metrics.json")
         return
     route = _route(route, model, student)
@@ -271,7 +272,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     pa = m.get("prior_adaptation") or {}
-    typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {m['bias_score']:.3f}"
+    typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {fmt(m['bias_score'])}"
                + (f"  (adapted to the dataset's age mix; as answered {pa['mae_unadapted']:.3f})" if pa.get("applied")
                   else "")
                + f"  routed {m['routed_to']}  ({m['failed']} without a face, {len(bad)} bad rows) -> {output}/metrics.json")

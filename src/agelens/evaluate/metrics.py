@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# (label, low, high) inclusive on the integer (rounded) true age
+# (label, low, high) inclusive on the true age rounded half up (10.5 → 11-20, 10.4 → 0-10)
 AGE_BINS: list[tuple[str, int, int]] = [("0-10", 0, 10), ("11-20", 11, 20), ("21-30", 21, 30), ("31-40", 31, 40),
                                         ("41-50", 41, 50), ("51-60", 51, 60), ("61+", 61, 10**6)]
 
 
 def age_bin(age: float) -> str:
-    a = int(round(float(age)))
+    a = int(np.floor(float(age) + 0.5))
     return next(label for label, lo, hi in AGE_BINS if lo <= a <= hi) if a >= 0 else AGE_BINS[0][0]
 
 
@@ -50,7 +50,8 @@ def per_group_mae(pred: np.ndarray, true: np.ndarray, groups: Sequence[str | Non
 def compute_metrics(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | None] | None = None,
                     races: Sequence[str | None] | None = None, ks: Sequence[int] = (1, 3, 5, 10),
                     ndigits: int = 4) -> dict:
-    """All headline metrics; CMAE = mean of per-bin MAE, bias score = max − min per-bin MAE.
+    """All headline metrics; CMAE = mean of per-bin MAE, bias score = max − min per-bin MAE (None with one age bin:
+    there is no gap to measure).
 
     Acc@5 (fairness paper) and CS(5) (occlusion paper) are the same quantity, |error| <= 5 years."""
     pred, true = np.asarray(pred, float), np.asarray(true, float)
@@ -60,7 +61,7 @@ def compute_metrics(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | 
     r = lambda x: round(float(x), ndigits)  # noqa: E731
     out = {"n": int(len(pred)), "mae": r(mae(pred, true)), "cs5": r(cumulative_score(pred, true, 5)),
            "cmae": r(np.mean(list(bins.values()))), "acc5": r(cumulative_score(pred, true, 5)),
-           "bias_score": r(max(bins.values()) - min(bins.values())),
+           "bias_score": r(max(bins.values()) - min(bins.values())) if len(bins) >= 2 else None,
            "cs": {str(k): r(cumulative_score(pred, true, k)) for k in ks},
            "per_bin": {k: r(v) for k, v in bins.items()},
            "per_bin_n": {label: int(sum(age_bin(a) == label for a in true)) for label in bins},
@@ -135,15 +136,18 @@ def bootstrap_ci(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | Non
               "bias_score": max(point_bins.values()) - min(point_bins.values())}
     out: dict = {"method": "bootstrap, bias-corrected percentile", "n_boot": n_boot, "seed": seed, "level": level}
     for k, v in stats.items():
-        out[k] = _bc_interval(np.concatenate(v), points[k], level)
+        # one age bin: no bias score, so no interval (every resample would give 0)
+        out[k] = _bc_interval(np.concatenate(v), points[k], level) if k != "bias_score" or len(point_bins) >= 2 else None
     point_groups = {"per_bin": point_bins,
                     "per_gender": per_group_mae(pred, true, genders) if genders is not None else {},
                     "per_race": per_group_mae(pred, true, races) if races is not None else {}}
     for key, parts in groups.items():
         m = np.concatenate(parts)
-        names = attrs[key][1]
-        out[key] = {name: _bc_interval(m[:, j], point_groups[key][name], level) for j, name in enumerate(names)
-                    if name in point_groups[key]}
+        codes, names = attrs[key]
+        counts = np.bincount(codes[codes >= 0], minlength=len(names))
+        # a group of one face resamples to that face alone: an interval of no width, which is no interval
+        out[key] = {name: _bc_interval(m[:, j], point_groups[key][name], level) if counts[j] >= 2 else None
+                    for j, name in enumerate(names) if name in point_groups[key]}
     return out
 
 
@@ -210,15 +214,49 @@ def _std_mae(err: np.ndarray, grp: np.ndarray, bins: np.ndarray, n_groups: int, 
         return np.where(w.sum(2) > 0, (per * w).sum(2) / w.sum(2), np.nan)
 
 
+# a group lacking faces in age bins that hold more than this share of the test is not compared at equal age
+MISSING_SHARE = 0.05
+
+
+def _spread_interval(boot: np.ndarray, point: np.ndarray, keep: np.ndarray, level: float) -> list[float] | None:
+    """Interval for the spread (max − min over the kept groups) from simultaneous intervals of every pairwise
+    difference (bootstrap max-|t|: d ± c·se, c the `level` quantile over resamples of the largest standardised
+    deviation of any pair): where every pair's interval holds its true difference, the true spread, the largest
+    |difference|, lies between the largest lower and the largest upper bound on |difference|. Unlike an interval
+    resampled from the spread itself, it does not collapse when the spread is near 0 (a max − min is biased upwards
+    under resampling), and it reaches 0 when no pair is told apart."""
+    idx = np.flatnonzero(keep)
+    pairs = np.array([(i, j) for k, i in enumerate(idx) for j in idx[k + 1:]])
+    if len(pairs) == 0:
+        return None
+    d_hat = point[pairs[:, 0]] - point[pairs[:, 1]]
+    d = boot[:, pairs[:, 0]] - boot[:, pairs[:, 1]]
+    d = d[np.isfinite(d).all(1)]
+    if len(d) < 2:
+        return None
+    se = d.std(0, ddof=1)
+    se = np.where(se > 0, se, np.inf)  # a pair that never varies adds no deviation
+    c = float(np.quantile(np.max(np.abs(d - d_hat) / se, 1), level))
+    lo, hi = d_hat - c * se, d_hat + c * se
+    finite = np.isfinite(se)
+    lo, hi = np.where(finite, lo, d_hat), np.where(finite, hi, d_hat)
+    upper = np.maximum(np.abs(lo), np.abs(hi))
+    lower = np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(np.abs(lo), np.abs(hi)))
+    return [round(float(lower.max()), 4), round(float(upper.max()), 4)]
+
+
 def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | None] | None = None,
                      races: Sequence[str | None] | None = None, n_boot: int = 1000, seed: int = 0,
                      level: float = 0.95, min_n: int = 10) -> dict:
     """Age-standardised MAE per gender, race and gender × race: each group's per-age-bin MAE weighted by the whole
     test's bin shares, so groups are compared at equal age (a raw per-group MAE mostly reflects the group's age mix).
     Per attribute: {"by_group": {g: {"mae", "ci95", "n"}}, "spread": max − min over groups, "spread_ci95"}, with
-    seeded bootstrap (faces resampled) bias-corrected percentile intervals. Groups with fewer than min_n faces are
-    left out of the spread (named in "left_out_of_spread"): one face's error is no group's accuracy, and its
-    interval, resampled from that one face, has no width."""
+    seeded bootstrap (faces resampled) bias-corrected percentile intervals per group and, for the spread,
+    simultaneous intervals of the pairwise differences (`_spread_interval`). Left out of the spread, named in
+    "left_out_of_spread" with the reason in "left_out_reasons": groups with fewer than min_n faces (one face's error
+    is no group's accuracy) and groups with no faces in age bins holding more than MISSING_SHARE of the test (their
+    value is re-weighted over the bins they have, so they are not compared at equal age; each group lists its
+    "missing_bins")."""
     pred, true = np.asarray(pred, float), np.asarray(true, float)
     err = np.abs(pred - true)
     n = len(err)
@@ -230,15 +268,28 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
             "gender×race": [f"{g}|{r}" if g and r else None for g, r in zip(g_, r_)]}
     rng = np.random.default_rng(seed)
     boot_idx = rng.integers(0, n, size=(n_boot, n)) if n_boot > 0 and n else None
-    out: dict = {"method": "per-bin MAE weighted by the test's age-bin shares; bootstrap, bias-corrected percentile",
+    out: dict = {"method": "per-bin MAE weighted by the test's age-bin shares; bootstrap, bias-corrected percentile "
+                           "per group; for the spread, simultaneous (bootstrap max-|t|) intervals of the pairwise differences",
                  "bin_shares": {b: round(float(w), 4) for b, w in zip(bin_names, weights)}, "n_boot": n_boot,
                  "seed": seed}
     for attr, labels in cols.items():
         codes, names = _codes(labels)
         if not names:
             continue
-        counts = np.bincount(codes[codes >= 0], minlength=len(names))
-        keep = counts >= min_n
+        ok = codes >= 0
+        counts = np.bincount(codes[ok], minlength=len(names))
+        cells = np.zeros((len(names), len(bin_names)), np.int64)
+        np.add.at(cells, (codes[ok], bin_codes[ok]), 1)
+        missing = [[b for b, c in zip(bin_names, row, strict=True) if c == 0] for row in cells]
+        missing_share = ((cells == 0) * weights[None]).sum(1)
+        reasons = {}
+        for j, name in enumerate(names):
+            if counts[j] < min_n:
+                reasons[name] = f"{counts[j]} face{'' if counts[j] == 1 else 's'} (under {min_n})"
+            elif missing_share[j] > MISSING_SHARE:
+                reasons[name] = (f"no faces aged {', '.join(missing[j])} ({missing_share[j]:.1%} of the test): "
+                                 "not comparable at equal age")
+        keep = np.array([nm not in reasons for nm in names], bool)
         point = _std_mae(err[None], codes[None], bin_codes[None], len(names), len(bin_names), weights)[0]
         spread = float(np.nanmax(point[keep]) - np.nanmin(point[keep])) if keep.sum() >= 2 else None
         groups = {}
@@ -247,14 +298,21 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
             boot = np.concatenate([_std_mae(err[ix], codes[ix], bin_codes[ix], len(names), len(bin_names), weights)
                                    for ix in np.array_split(boot_idx, max(1, n_boot // 100))])
         for j, name in enumerate(names):
-            ci = _bc_interval(boot[:, j], float(point[j]), level) if boot is not None else None
-            groups[name] = {"mae": round(float(point[j]), 4), "ci95": ci, "n": int(counts[j])}
+            # one face resamples to itself: an interval of no width is no interval
+            ci = _bc_interval(boot[:, j], float(point[j]), level) if boot is not None and counts[j] >= 2 else None
+            groups[name] = {"mae": round(float(point[j]), 4), "ci95": ci, "n": int(counts[j]),
+                            "missing_bins": missing[j]}
         entry = {"by_group": groups, "spread": None if spread is None else round(spread, 4), "spread_ci95": None,
-                 "min_n": min_n, "left_out_of_spread": [nm for nm, k in zip(names, keep, strict=True) if not k]}
-        if boot is not None and spread is not None:
-            b = boot[:, keep]
-            with np.errstate(invalid="ignore"):
-                bs = np.nanmax(b, 1) - np.nanmin(b, 1)
-            entry["spread_ci95"] = _bc_interval(bs[np.isfinite(bs)], spread, level)
+                 "min_n": min_n, "left_out_of_spread": list(reasons), "left_out_reasons": reasons}
+        if spread is None:
+            entry["note"] = ("one group: no gap to measure" if len(names) == 1 else
+                             "fewer than two groups can be compared: no gap to measure")
+        elif boot is not None:
+            entry["spread_ci95"] = _spread_interval(boot, point, keep, level)
         out[attr] = entry
     return out
+
+
+def fmt(x: float | None, ndigits: int = 3) -> str:
+    """A metric for a log line: 'n/a' where it is undefined (None)."""
+    return "n/a" if x is None else f"{x:.{ndigits}f}"

@@ -64,7 +64,7 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
 
 
 def _pick(m: dict) -> dict:
-    return {"n": int(m["n"]), **{k: float(m[k]) for k in CV_KEYS}}
+    return {"n": int(m["n"]), **{k: float("nan") if m[k] is None else float(m[k]) for k in CV_KEYS}}  # None: n/a
 
 
 def format_cv(summary: dict) -> str:

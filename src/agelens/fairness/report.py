@@ -285,22 +285,26 @@ def standardised_table(metrics: dict) -> str:
             rows.append(f"<tr><td>{html.escape(attr)}</td><td>{html.escape(g)}</td><td>{v['n']}</td>"
                         f"<td>{v['mae']:.3f}{ci(v['ci95'])}</td></tr>")
         out = a.get("left_out_of_spread") or []
-        left = f" (without {', '.join(html.escape(g) for g in out)}: under {a.get('min_n')} faces)" if out else ""
+        why = a.get("left_out_reasons") or {g: f"under {a.get('min_n')} faces" for g in out}  # older metrics.json
+        named = "; ".join(f"{html.escape(g)}: {html.escape(why.get(g, ''))}" for g in out)
+        left = f" (without {named})" if out else ""
         if a.get("spread") is not None:
             rows.append(f"<tr><td>{html.escape(attr)}</td><td><b>spread (max − min)</b>{left}</td><td></td>"
                         f"<td><b>{a['spread']:.3f}{ci(a.get('spread_ci95'))}</b></td></tr>")
-        elif out:
+        else:
             rows.append(f"<tr><td>{html.escape(attr)}</td><td><b>spread (max − min)</b>{left}</td><td></td>"
-                        "<td>n/a: fewer than two groups large enough</td></tr>")
+                        f"<td>n/a: {html.escape(a.get('note') or 'fewer than two groups large enough')}</td></tr>")
     return ("<h2>Age-standardised MAE (equal error at equal age)</h2><p>Each group's per-age-bin MAE weighted by "
             "the whole test's age-bin shares, so groups with different age mixes are compared at equal age; "
-            "seeded bootstrap 95 % intervals.</p><table><tr><th>attribute</th><th>group</th><th>n</th>"
+            "seeded bootstrap 95 % intervals per group; the spread's interval holds every pairwise difference at once.</p><table><tr><th>attribute</th><th>group</th><th>n</th>"
             "<th>standardised MAE [95 % CI]</th></tr>" + "".join(rows) + "</table>")
 
 
 def _num(x) -> str:
     """A metric to 3 decimals, or "n/a" where it is undefined (one group to compare; 0 / 0)."""
-    return "n/a" if x is None else f"{x:.3f}"
+    from ..evaluate.metrics import fmt
+
+    return fmt(x)
 
 
 def _fmt_ci(ci: dict | None, key: str) -> str:
@@ -369,7 +373,7 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     else:
         sections.append(("Grad-CAM and face-region attention", None, f"Skipped: {why}."))
     ci = metrics.get("ci95")
-    summary = "".join(f"<tr><td>{html.escape(k)}</td><td>{metrics[k]:.3f}{_fmt_ci(ci, k)}</td></tr>"
+    summary = "".join(f"<tr><td>{html.escape(k)}</td><td>{_num(metrics[k])}{_fmt_ci(ci, k)}</td></tr>"
                       for k in ("mae", "cmae", "bias_score", "acc5") if k in metrics)
     groups = metrics.get("groups", {})
     gtab = "".join(f"<tr><td>{html.escape(a)}</td><td>{_num(g['difference']['mae'])}</td><td>{_num(g['ratio']['mae'])}</td>"

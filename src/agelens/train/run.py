@@ -9,6 +9,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.prepare import combine_caches, prepare_all, prepare_caches
+from ..evaluate.metrics import fmt
 from ..evaluate.runner import evaluate_cache
 from ..models.checkpoint import model_from_checkpoint
 from .engine import Trainer
@@ -60,7 +61,7 @@ def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, 
                                  seed=1, extra={"occlusion": "all test faces, mix " + json.dumps(cfg.occlusion.mix)})
             result["test_occluded"] = occ
             log(f"test (occluded): MAE {occ['mae']:.3f}  CS5 {occ['cs5']:.3f}")
-        log(f"test: MAE {test['mae']:.3f}  CS5 {test['cs5']:.3f}  CMAE {test['cmae']:.3f}  bias {test['bias_score']:.3f}")
+        log(f"test: MAE {test['mae']:.3f}  CS5 {test['cs5']:.3f}  CMAE {test['cmae']:.3f}  bias {fmt(test['bias_score'])}")
     return _finish(result)
 
 

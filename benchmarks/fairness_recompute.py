@@ -1,0 +1,60 @@
+"""Age-standardised fairness figures recomputed from `agelens evaluate` outputs' predictions.csv with today's
+`evaluate.metrics.standardised_mae` (no model runs): per attribute the spread, its interval and the groups left out,
+for runs whose metrics.json was written by an earlier method.
+
+    python benchmarks/fairness_recompute.py runs/e2e_refit runs/e2e_old --out docs/fairness_recompute.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agelens.evaluate.metrics import standardised_mae
+from agelens.utils import atomic_write_json
+
+
+def recompute(run: Path, n_boot: int) -> dict:
+    with open(run / "predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"age", "pred", "gender", "race"} <= set(rows[0]):
+        raise SystemExit(f"{run}/predictions.csv: not an `agelens evaluate` output with gender and race")
+    true = np.array([float(r["age"]) for r in rows])
+    pred = np.array([float(r["pred"]) for r in rows])
+    std = standardised_mae(pred, true, [r["gender"] or None for r in rows], [r["race"] or None for r in rows],
+                           n_boot=n_boot)
+    before = json.loads((run / "metrics.json").read_text()).get("standardised", {}) if (run / "metrics.json").is_file() else {}
+    out = {"n": len(rows), "mae": round(float(np.abs(pred - true).mean()), 4)}
+    for attr in ("gender", "race", "gender×race"):
+        a, b = std.get(attr, {}), before.get(attr, {})
+        out[attr] = {"spread": a.get("spread"), "spread_ci95": a.get("spread_ci95"),
+                     "left_out_reasons": a.get("left_out_reasons"),
+                     "by_group": {g: v["mae"] for g, v in a.get("by_group", {}).items()},
+                     "before": {"spread": b.get("spread"), "spread_ci95": b.get("spread_ci95")}}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    res = {"command": "python benchmarks/fairness_recompute.py " + " ".join(map(str, a.runs))
+           + (f" --out {a.out}" if a.out else ""), "runs": {str(r): recompute(r, a.bootstrap) for r in a.runs}}
+    for run, r in res["runs"].items():
+        print(f"{run} (n {r['n']}, MAE {r['mae']:.3f})")
+        for attr in ("gender", "race", "gender×race"):
+            x = r[attr]
+            print(f"  {attr:12s} spread {x['spread']} {x['spread_ci95']}  (before: {x['before']['spread']} "
+                  f"{x['before']['spread_ci95']})" + (f"  left out: {x['left_out_reasons']}" if x["left_out_reasons"] else ""))
+    if a.out:
+        atomic_write_json(a.out, res)
+
+
+if __name__ == "__main__":
+    main()
