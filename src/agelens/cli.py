@@ -268,7 +268,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
                                extra={"model": est.name, "student": est.student.name if est.student else None,
                                       "detector": est.detector.name if est.detector else None, "dataset": dataset,
                                       "root": str(root or config), "detect": detect, "bad_rows": len(bad),
-                                      "occluded_share": occlude, "occlusion_mix": parse_mix(occlusion_mix)})
+                                      "occluded_share": occlude,
+                                      "occlusion_mix": parse_mix(occlusion_mix) if occlude > 0 else None})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     pa = m.get("prior_adaptation") or {}

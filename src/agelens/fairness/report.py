@@ -379,7 +379,9 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     gtab = "".join(f"<tr><td>{html.escape(a)}</td><td>{_num(g['difference']['mae'])}</td><td>{_num(g['ratio']['mae'])}</td>"
                    f"<td>{len(g['by_group'])}</td></tr>" for a, g in groups.items())
     knn = metrics.get("knn")
+    failed = metrics.get("failed") or 0
     parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {metrics.get('n')}"
+             + (f" ({failed} more image{'' if failed == 1 else 's'} with no face found, not counted)" if failed else "")
              + (f", KNN refinement k={knn['k']}, w={knn['w']}" if knn else "") + "</p>",
              f"<table><tr><th>metric</th><th>value [95 % CI]</th></tr>{summary}</table>"]
     if gtab:
