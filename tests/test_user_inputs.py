@@ -155,3 +155,26 @@ def test_a_broken_link_in_a_folder_is_reported(tmp_path):
     assert [Path(f).name for f in expand_inputs([str(tmp_path)])] == ["gone.jpg", "ok.jpg"]
     with pytest.raises(ImageError, match="a link to .*nowhere.jpg, which is not there"):
         load_image(tmp_path / "gone.jpg")
+
+
+def test_streamed_results_into_a_pipe_and_the_bar_off_stdout(tmp_path, capsys):
+    """`agelens predict photos/ -f jsonl -o /dev/stdout | ...`: a pipe cannot be fsynced ("Invalid argument" ended
+    the job at its first sync), and the progress bar drawn on stdout went into the results."""
+    from agelens.inference.stream import StreamSink
+    from agelens.progress import track
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    sink = StreamSink(fifo, "jsonl")
+    sink.FSYNC_S = 0.0  # a sync due at every line
+    for k in range(3):
+        sink.write({"file": f"{k}.jpg", "faces": [], "error": None})
+    sink.close()
+    reader.join(10)
+    assert [line[:14] for line in got[0].splitlines()] == ['{"file": "0.jp', '{"file": "1.jp', '{"file": "2.jp']
+    assert list(track(range(3), total=3, description="predicting")) == [0, 1, 2]
+    out = capsys.readouterr()
+    assert out.out == "" and "predicting" in out.err

@@ -378,7 +378,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if sink is None and fmt == "csv":
         import csv
 
-        writer = csv.writer(sys.stdout)
+        writer = csv.writer(sys.stdout, lineterminator="\n")  # as -o writes it
         writer.writerow(CSV_COLUMNS)
     hold = adapt or sink is None and fmt in ("json", "table")  # records kept for the job's age mix / the end
     try:

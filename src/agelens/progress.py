@@ -21,8 +21,11 @@ def track(it: Iterable[T], total: int | None = None, description: str = "", enab
         TimeRemainingColumn,
     )
 
+    from rich.console import Console
+
+    # on stderr: stdout carries results (`-o /dev/stdout`, `> out.json`), which a bar would corrupt
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), transient=False) as p:
+                  TimeRemainingColumn(), transient=False, console=Console(stderr=True)) as p:
         task = p.add_task(description, total=total)
         for x in it:
             yield x

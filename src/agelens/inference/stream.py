@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,6 +290,13 @@ class StreamSink:
             self.path.write_text(",".join(CSV_COLUMNS) + "\n" if fmt == "csv" else "")
         self._f = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (kept open, closed by close())
         self._synced = time.monotonic()
+        # a pipe or terminal (-o /dev/stdout) cannot be synced: fsync fails there with "Invalid argument"
+        self._disk = stat.S_ISREG(os.fstat(self._f.fileno()).st_mode)
+
+    def _sync(self) -> None:
+        if self._disk:
+            os.fsync(self._f.fileno())
+        self._synced = time.monotonic()
 
     def _recover(self) -> None:
         data = self.path.read_bytes()
@@ -333,8 +341,7 @@ class StreamSink:
         self._f.write(text)
         self._f.flush()
         if time.monotonic() - self._synced >= self.FSYNC_S:
-            os.fsync(self._f.fileno())
-            self._synced = time.monotonic()
+            self._sync()
 
     def _drop_rows(self, name: str) -> None:
         """The rows of file `name` taken out of the CSV (atomically), before the file is answered again."""
@@ -349,7 +356,7 @@ class StreamSink:
 
     def close(self) -> None:
         self._f.flush()
-        os.fsync(self._f.fileno())
+        self._sync()
         self._f.close()
 
 
