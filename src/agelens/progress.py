@@ -12,6 +12,7 @@ def track(it: Iterable[T], total: int | None = None, description: str = "", enab
     if not enabled:
         yield from it
         return
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -20,8 +21,6 @@ def track(it: Iterable[T], total: int | None = None, description: str = "", enab
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
-
-    from rich.console import Console
 
     # on stderr: stdout carries results (`-o /dev/stdout`, `> out.json`), which a bar would corrupt
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
