@@ -3,8 +3,8 @@
     python benchmarks/scale.py --images ../shared/data/utkface --n 200 --repeat 3 --json docs/scale_benchmark.json
 
 Rows: `local` (predict_many engine="local", --workers 1: one detection process + the models in this process),
-`ray-1` / `ray-2` (engine="ray" on a fresh local Ray: 1 or 2 model actors, detection in Ray tasks; the local Ray
-gets max(cores, actors + 1) CPUs, as `agelens predict --engine ray` starts it). For each: wall time including
+`ray-1` / `ray-2` (engine="ray" on a fresh local Ray: 1 or 2 actors, each the whole pipeline; the local Ray gets
+max(cores, actors) CPUs, as `agelens predict --engine ray` starts it). For each: wall time including
 start-up (Ray start, actor model loading), time to the first record and img/s after it, mean detect ms per
 image and model ms per face (the records' own timings), and per file the largest age difference to the local
 engine. Also the driver's sink rates (records/s into JSONL, fsync per line, and Parquet), which bound a cluster run.

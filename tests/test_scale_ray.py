@@ -120,3 +120,18 @@ def test_cli_predict_parquet_local(images, tmp_path):
     assert r.exit_code != 0 and "--format parquet needs --output FOLDER" in str(r.exception)
     r = CliRunner().invoke(app, ["predict", str(images), "--engine", "spark", "-f", "jsonl"])
     assert "--engine must be local or ray" in str(r.exception)
+
+
+def test_ray_engine_finds_checks_and_answers_as_the_estimator_given(ray_local, images):
+    """The Ray actors rebuild the caller's estimator with its settings (a route changed after loading held only
+    locally), and find faces through the same pipeline (the teacher's own face head checks them, as locally)."""
+    from agelens import AgeEstimator, predict_many
+
+    est = AgeEstimator.from_pretrained(backend="torch")
+    est.route = "student"
+    files = [str(images / "a0.jpg"), str(images / "a1.png")]
+    local = list(predict_many(files, estimator=est))
+    got = list(predict_many(files, "ray", estimator=est, batch_size=2))
+    _same(got, local)
+    assert {f["model"] for r in got for f in r["faces"]} == {"student"}
+

@@ -289,7 +289,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             resume: Annotated[bool, typer.Option(help="continue --output: skip files already in it")] = False,
             workers: Annotated[int | None, typer.Option(
                 help="local: processes that each decode, detect and run the models (0: all in this process; "
-                     "default: one per core for 64+ files); ray: model actors (default: one)",
+                     "default: one per core for 64+ files); ray: actors that each run the whole pipeline "
+                     "(default: one per CPU of the Ray)",
                 show_default=False)] = None,
             batch_size: Annotated[int, typer.Option(help="faces per model batch")] = 32,
             detect: Annotated[bool, typer.Option("--detect/--no-detect", help="--no-detect: inputs are face crops")] = True,
@@ -362,8 +363,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         _err(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
     results, failed = [], 0
     if engine == "ray":
-        stream = _ray_stream(todo, est, model, route, backend, tta_flip, detect, workers, batch_size, address,
-                             gpus_per_worker)
+        stream = _ray_stream(todo, est, detect, workers, batch_size, address, gpus_per_worker)
     else:
         # adapted ages are known only at the end: the annotated images are drawn then, from the files
         stream = predict_stream(est, todo, detect, workers, batch_size,
@@ -514,14 +514,12 @@ def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str) ->
          "--no-adapt keeps each face's own answer")
 
 
-def _ray_stream(files: list[str], est, model, route, backend, tta, detect, workers, batch_size, address,
-                gpus_per_worker):
+def _ray_stream(files: list[str], est, detect, workers, batch_size, address, gpus_per_worker):
     """The Ray engine's records (`predict_many(engine="ray")`) as (record, None), as predict_stream yields them."""
     from .inference import predict_many
 
-    for r in predict_many(files, "ray", model=model, route=route, backend=backend, tta=tta, detect=detect,
-                          workers=workers, batch_size=batch_size, address=address, gpus_per_worker=gpus_per_worker,
-                          estimator=est):
+    for r in predict_many(files, "ray", detect=detect, workers=workers, batch_size=batch_size, address=address,
+                          gpus_per_worker=gpus_per_worker, estimator=est):
         yield r, None
 
 

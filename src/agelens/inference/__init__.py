@@ -23,9 +23,12 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
     engine="local": `workers` processes that each run the whole pipeline (default 0: all in this process; more
     need the `if __name__ == "__main__":` guard that Python's multiprocessing asks of scripts; `agelens predict`
     uses one per core), records in input order.
-    engine="ray": `workers` model actors (default 1) fed by detection tasks on the Ray at `address`, or on a
-    local Ray with num_cpus CPUs (default: this machine's, at least workers + 1); records in completion order.
-    `estimator`: an already loaded AgeEstimator (local engine; the Ray engine only reads its cache_size)."""
+    engine="ray": `workers` actors (default: one per CPU of the Ray), each running the whole pipeline as the local
+    engine does, on the Ray at `address`, or on a local Ray with num_cpus CPUs (default: this machine's, at least
+    workers); records in completion order.
+    `estimator`: an already loaded AgeEstimator, run with its settings (route, realign, student_views, ...) by
+    either engine; the Ray engine rebuilds it in every actor, so it must come from `from_pretrained` or
+    `from_onnx`."""
     from ..parallel import start_workers_early
     from .inputs import job_files
 
@@ -44,10 +47,8 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
         return
     from .ray_engine import ray_predict, ray_session
 
-    n_actors = workers or 1
-    with ray_session(address, num_cpus or max(os.cpu_count() or 1, n_actors + 1)):
-        yield from ray_predict(files, model=model, route=route, backend=backend, tta=tta, detect=detect,
-                               cache_size=est.cache_size, workers=n_actors, batch_size=batch_size,
+    with ray_session(address, num_cpus or max(os.cpu_count() or 1, workers or 1)):
+        yield from ray_predict(files, est, detect=detect, workers=workers, batch_size=batch_size,
                                gpus_per_worker=gpus_per_worker)
 
 

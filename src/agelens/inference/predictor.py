@@ -206,6 +206,19 @@ class AgeEstimator:
         # from_onnx set it); None: built from objects in memory, so the batch engine's workers only detect
         self.spec: tuple[str, dict] | None = None
 
+    # what a caller may change on a built estimator; worker processes and Ray actors rebuilt from `spec` take them on
+    SETTINGS = ("route", "upright", "realign", "student_views", "student_mirror")
+
+    def settings(self) -> dict:
+        """This estimator's `SETTINGS` as they are now (`apply_settings` gives them to a rebuilt copy)."""
+        return {k: getattr(self, k) for k in self.SETTINGS}
+
+    def apply_settings(self, settings: dict) -> None:
+        for k, v in settings.items():
+            if k not in self.SETTINGS:
+                raise AgelensError(f"not an estimator setting: {k!r} (one of {', '.join(self.SETTINGS)})")
+            setattr(self, k, v)
+
     @classmethod
     def from_model(cls, model: AgeModel, crop_size: int, input_size: int, name: str = "teacher",
                    student: AgeBackend | None = None, detector: CropClassifier | None = None, route: str = "auto",

@@ -1,10 +1,13 @@
 """Batch prediction on Ray Data (`agelens predict --engine ray`, `predict_many(engine="ray")`).
 
-Pipeline: the driver lists the files → Ray tasks decode, detect and align each file (`inference.stream._detect`, one
-CPU each) → a pool of model actors (CPU, or GPU with gpus_per_worker > 0) runs `inference.stream._flush` on batches of
-files, i.e. `AgeEstimator.analyse_crops` + `predictions`, exactly as the local engine → the records stream back to
-the driver, which writes them through the local engine's sinks (`inference.stream.open_sink`), so the output, the
-per-file errors and `--resume` are the same. Records arrive in completion order, not input order.
+Pipeline: the driver lists the files → a pool of actors (one CPU each, or GPUs with gpus_per_worker > 0), each the
+driver's estimator rebuilt from its `spec` with its `settings()`, runs the local engine's whole pipeline on batches of
+files (`inference.stream._find_chunk` + `_flush`: decode, detect, verify with the teacher's own heads, align, the
+models), so every face is found, checked and answered as the local engine does → the records stream back to the
+driver, which writes them through the local engine's sinks (`inference.stream.open_sink`), so the output, the
+per-file errors and `--resume` are the same. Records arrive in completion order, not input order. (Until
+2026-12-05 detection ran in separate Ray tasks that checked faces with the separate face networks alone, and
+about 2 in 75 crowd photos got a face more or less than the local engine gave them.)
 
 Files and `--model` paths must be readable at the same path on every node (a shared filesystem)."""
 
@@ -14,15 +17,12 @@ import json
 import logging
 import math
 import os
-import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 
 from ..errors import AgelensError
-
-DETECT_MEMORY = 512 * 2**20  # per detection task: mediapipe's graphs + one decoded image
 
 
 def _require_ray():
@@ -57,62 +57,70 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
-def _detect_row(row: dict, cache_size: int, detect: bool, cwd: str) -> dict:
-    """Ray task: one file → the local engine's `_detect` tuple, pickled (crops are variable-length arrays and the
-    tuple's shape belongs to serve/). Relative paths resolve against the driver's folder, as in the local engine
-    (where that folder exists on the node: use absolute paths on a shared filesystem)."""
-    from .stream import _detect
+class _PipelineActor:
+    """One estimator rebuilt from the driver's (class, spec, settings); each call is a batch of files → their JSON
+    records, through the local engine's pipeline. Relative paths resolve against the driver's folder, as in the
+    local engine (where that folder exists on the node: use absolute paths on a shared filesystem)."""
 
-    if os.getcwd() != cwd and os.path.isdir(cwd):
-        os.chdir(cwd)  # the task's worker process only; the file name in the record stays as given
-    path = os.fsdecode(row["path"])  # bytes column: file names that are not UTF-8 survive Arrow
-    return {"item": pickle.dumps(_detect((path, cache_size, detect, False, True)), protocol=5)}
+    def __init__(self, cls: type, spec: tuple[str, dict], settings: dict, device: str | None, detect: bool,
+                 cwd: str) -> None:
+        import cv2
 
-
-class _ModelActor:
-    """One loaded AgeEstimator; each call is a batch of detected files → their JSON records."""
-
-    def __init__(self, model: str | None, route: str, backend: str, tta: bool | str, device: str) -> None:
-        from .predictor import AgeEstimator
-
-        self.est = AgeEstimator.from_pretrained(model, device=device, tta_flip=tta, route=route, backend=backend)
+        cv2.setNumThreads(1)  # as the local engine's workers: one core each
+        build, kwargs = spec
+        self.est = getattr(cls, build)(**({**kwargs, "device": device} if device else kwargs), threads=1)
+        self.est.apply_settings(settings)
+        self.detect, self.cwd = detect, cwd
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .stream import _flush
+        from .stream import CHUNK, _find_chunk, _flush
 
-        pending = [pickle.loads(b) for b in batch["item"]]
-        return {"record": np.array([json.dumps(r) for r, _ in _flush(self.est, pending)], dtype=object)}
+        if os.getcwd() != self.cwd and os.path.isdir(self.cwd):
+            os.chdir(self.cwd)  # this actor's process only; the file name in the record stays as given
+        files = [os.fsdecode(p) for p in batch["path"]]  # bytes column: file names that are not UTF-8 survive Arrow
+        out = [json.dumps(r) for i in range(0, len(files), CHUNK)
+               for r, _ in _flush(self.est, _find_chunk(self.est, files[i:i + CHUNK], self.detect, False))]
+        return {"record": np.array(out, dtype=object)}
 
 
-def ray_predict(files: list[str], *, model: str | None = None, route: str = "auto", backend: str = "auto",
-                tta: bool | str = True, detect: bool = True, cache_size: int = 256, workers: int = 1, batch_size: int = 32,
+def ray_predict(files: list[str], est, *, detect: bool = True, workers: int | None = None, batch_size: int = 32,
                 gpus_per_worker: float = 0.0) -> Iterator[dict]:
     """Yield one record per file ({"file", "faces", "error"}, as the local engine) from a Ray Data pipeline on
-    the Ray this process is connected to (see `ray_session`). workers: model actors; each holds one CPU, or
-    gpus_per_worker GPUs (then the models run on CUDA with torch)."""
+    the Ray this process is connected to (see `ray_session`). est: the estimator to run, rebuilt in every actor
+    from its `spec` (made by `from_pretrained` / `from_onnx`) with its current `settings()`. workers: actors (None:
+    one per CPU of the cluster); each holds one CPU, or gpus_per_worker GPUs (then the models run on CUDA)."""
     ray = _require_ray()
-    if workers < 1 or batch_size < 1 or gpus_per_worker < 0:
+    if (workers is not None and workers < 1) or batch_size < 1 or gpus_per_worker < 0:
         raise AgelensError(f"the Ray engine needs workers >= 1, batch_size >= 1 and gpus_per_worker >= 0, got "
                            f"{workers}, {batch_size} and {gpus_per_worker}")
+    spec = getattr(est, "spec", None)
+    if spec is None:
+        raise AgelensError("the Ray engine rebuilds the estimator on every node: load it with "
+                           "AgeEstimator.from_pretrained or from_onnx (one built from objects in memory cannot travel)")
     if not files:
         return
-    if model and os.path.exists(model):  # a checkpoint or run folder: the actors may run elsewhere
-        model = os.path.abspath(model)
+    build, kwargs = spec
+    kwargs = dict(kwargs)
+    from ..export.shipped import default_onnx_dir
+
+    if kwargs.get("onnx_dir") and os.path.abspath(kwargs["onnx_dir"]) == os.path.abspath(default_onnx_dir()):
+        kwargs["onnx_dir"] = None  # the shipped weights' export in this machine's cache: each node has or makes its own
+    for key in ("name_or_path", "student", "detector", "onnx_dir"):  # files: the actors may run elsewhere
+        if kwargs.get(key) and os.path.exists(kwargs[key]):
+            kwargs[key] = os.path.abspath(kwargs[key])
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-dataset lines through our progress bar
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the caller shows one bar over files
     ctx.print_on_execution_start = False
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    per_block = max(1, min(batch_size, math.ceil(len(files) / (4 * cpus))))  # small blocks: work spreads, records stream
+    n_actors = workers or cpus
+    per_block = max(1, min(batch_size, math.ceil(len(files) / (4 * n_actors))))  # small blocks: work spreads, records stream
     ds = ray.data.from_items([{"path": os.fsencode(f)} for f in files],
                              override_num_blocks=math.ceil(len(files) / per_block))
-    # detection reserves memory as well as a CPU: with the actors' resources it would be fused into the actors
-    ds = ds.map(_detect_row, fn_kwargs={"cache_size": cache_size, "detect": detect, "cwd": os.getcwd()}, num_cpus=1,
-                memory=DETECT_MEMORY)
-    device = "cuda" if gpus_per_worker > 0 else "cpu"
-    ds = ds.map_batches(_ModelActor, fn_constructor_kwargs={"model": model, "route": route, "backend": backend,
-                                                            "tta": tta, "device": device},
-                        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-                        num_cpus=1, num_gpus=gpus_per_worker or None)
+    ds = ds.map_batches(_PipelineActor, fn_constructor_kwargs={
+        "cls": type(est), "spec": (build, kwargs), "settings": est.settings(),
+        "device": "cuda" if gpus_per_worker > 0 else None, "detect": detect, "cwd": os.getcwd()},
+        batch_size=per_block, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=1,
+        num_gpus=gpus_per_worker or None)
     for row in ds.iter_rows():
         yield json.loads(row["record"])

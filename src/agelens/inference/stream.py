@@ -179,13 +179,13 @@ def _init_pipeline(cls: type, spec: tuple[str, dict]) -> None:
         _worker_error = f"a worker could not load the models: {type(e).__name__}: {e}"
 
 
-def _pipeline(job: tuple[list[str], bool, bool, bool]) -> list[tuple[dict, np.ndarray | None]]:
+def _pipeline(job: tuple[list[str], bool, bool, dict]) -> list[tuple[dict, np.ndarray | None]]:
     """Pipeline worker: a chunk of files → their records (decode, detect, align, then the models on the chunk's
-    faces as one batch), in order. job: (files, detect, keep_rgb, upright: the calling estimator's)."""
+    faces as one batch), in order. job: (files, detect, keep_rgb, the calling estimator's `settings()`)."""
     if _worker_est is None:
         raise AgelensError(_worker_error or "pipeline worker not initialised")
-    files, detect, keep_rgb, upright = job
-    _worker_est.upright = upright
+    files, detect, keep_rgb, settings = job
+    _worker_est.apply_settings(settings)
     return list(_flush(_worker_est, _find_chunk(_worker_est, files, detect, keep_rgb)))
 
 
@@ -236,7 +236,8 @@ def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_si
                      ) -> Iterator[tuple[dict, np.ndarray | None]]:
     # chunks small enough to keep every worker busy to the end, at most batch_size files (one model batch) each
     chunk = max(1, min(batch_size, CHUNK, len(files) // (4 * workers)))
-    jobs = [(files[i:i + chunk], detect, keep_rgb, _turns_upright(est)) for i in range(0, len(files), chunk)]
+    settings = est.settings()  # what the caller changed after loading (realign, student_views, ...) holds there too
+    jobs = [(files[i:i + chunk], detect, keep_rgb, settings) for i in range(0, len(files), chunk)]
     yield from crash_safe_map(_pipeline, jobs, workers, _crashed, _init_pipeline, (type(est), est.spec))
 
 
