@@ -315,3 +315,19 @@ def test_predict_reads_an_image_piped_to_standard_input(tiny_checkpoint, astrona
     _no_traceback(subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode()))
     rec = json.loads(r.stdout)
     assert r.returncode == 0 and rec["file"] == "-" and rec["error"] is None and len(rec["faces"]) == 1
+
+
+def test_closed_standard_streams_and_the_version(tmp_path, tiny_checkpoint, astronaut_path):
+    """`2>&-`: a job that succeeds exits 0 (it exited 1, failing on its own log lines); `>&-` with results for
+    stdout and `- <&-`: one line naming the closed stream, not a TypeError or AttributeError traceback."""
+    args = [sys.executable, "-m", "agelens", "predict", str(astronaut_path), "--model", str(tiny_checkpoint), "-f", "csv"]
+    r = subprocess.run(args, stdout=subprocess.PIPE, text=True, env=ENV, timeout=600,
+                       preexec_fn=lambda: os.close(2))
+    assert r.returncode == 0 and r.stdout.startswith("file,face,")
+    r = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=ENV, timeout=600, preexec_fn=lambda: os.close(1))
+    assert r.returncode == 2 and "error: standard output is closed" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(args[:4] + ["-"], capture_output=True, text=True, env=ENV, timeout=600,
+                       preexec_fn=lambda: os.close(0))
+    assert r.returncode == 2 and "standard input, which is closed" in r.stderr and "Traceback" not in r.stderr
+    r = agelens("--version")
+    assert r.returncode == 0 and r.stdout.startswith("agelens ")

@@ -437,3 +437,20 @@ def test_shipped_ranges_are_used_only_with_the_weights_they_were_calibrated_on(t
     (tmp_path / "teacher.safetensors").write_bytes(b"weights v2")
     assert not ex._ranges_fit(ranges, "teacher", said.append) and "other weights" in said[0]
     assert not ex._ranges_fit(tmp_path / "student.int8-ranges.json", "student", said.append)
+
+
+def test_quantising_processes_each_have_their_own_scratch_graph(onnx_dir, tmp_path, monkeypatch):
+    """First runs started together quantise the same graph into the same cache: a shared `<graph>.pre.onnx` beside
+    the output was read half-written or deleted under one of them (a crash, or a silent fall-back to torch)."""
+    import onnxruntime.quantization.shape_inference as si
+
+    from agelens.export.onnx import quantize_int8
+
+    seen = []
+    real = si.quant_pre_process
+    monkeypatch.setattr(si, "quant_pre_process", lambda a, b, **kw: seen.append(b) or real(a, b, **kw))
+    out = tmp_path / "same.int8.onnx"
+    for _ in range(2):
+        quantize_int8(onnx_dir / "occlusion.onnx", out, None, None)
+    assert len(set(seen)) == 2 and all(os.path.dirname(p) != str(tmp_path) for p in seen)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.int8.onnx"]

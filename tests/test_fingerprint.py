@@ -37,3 +37,33 @@ def test_fingerprint_without_a_writable_cache(tmp_path, monkeypatch):
     blocker.write_text("not a folder")  # the cache root cannot be created
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     assert len(shipped.shipped_fingerprint()) == 16
+
+
+def test_a_home_cache_that_cannot_be_used_falls_back_to_a_private_temp_folder(tmp_path, monkeypatch):
+    """`docker run --user UID` (HOME=/, no passwd entry), a read-only home, HOME set empty: the exports and the cat
+    check go to this user's temp folder, not nowhere (the cat check was then off: a cat got an age) and not the
+    working folder; an export made ahead where the home cache is read-only is still read there."""
+    from pathlib import Path
+
+    monkeypatch.setattr(shipped.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    temp = tmp_path / "tmp" / f"agelens-{os.getuid()}" / "onnx"
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))  # cannot be made, even by root
+    assert shipped.onnx_cache_root() == temp and oct(temp.parent.stat().st_mode)[-3:] == "700"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", "")
+    assert shipped.cache_roots() == [temp]
+    monkeypatch.delenv("HOME")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert shipped.cache_roots() == [temp]
+    ahead = tmp_path / "baked" / "agelens" / "onnx"  # made ahead (a Docker image's build), then the file found there
+    (ahead / "imagenet-v1.onnx").parent.mkdir(parents=True)
+    (ahead / "imagenet-v1.onnx").write_bytes(b"graph")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "baked"))
+    assert shipped.cached_file("imagenet-v1.onnx") == ahead / "imagenet-v1.onnx"

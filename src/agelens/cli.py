@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +18,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Occlusion-robust, fairness-aware facial age estimation.")
 export_app = typer.Typer(no_args_is_help=True, help="Export models (shipped fp16 weights).")
 app.add_typer(export_app, name="export")
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"agelens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="print the version and exit")] = False) -> None:
+    """Occlusion-robust, fairness-aware facial age estimation."""
+
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see configs/)")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="config overrides: section.key=value", show_default=False)]
@@ -436,6 +453,8 @@ def _stdin_image(files: list[str]) -> str | None:
     import shutil
     import tempfile
 
+    if sys.stdin is None:
+        raise AgelensError("`-` reads an image from standard input, which is closed")
     if sys.stdin.isatty():
         raise AgelensError("`-` reads an image from standard input, but nothing is piped in")
     data = sys.stdin.buffer.read()
@@ -618,7 +637,13 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
     web = create_app(est, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels, max_queue=max_queue)
     if host not in ("127.0.0.1", "localhost", "::1"):
         _err(f"warning: binding {host}: the service has no authentication; put it behind a proxy you control")
-    uvicorn.run(web, host=host, port=port, log_level=log_level, workers=1)
+    try:
+        uvicorn.run(web, host=host, port=port, log_level=log_level, workers=1)
+    except SystemExit as e:
+        # SIGTERM is how a service manager stops a server: uvicorn drains the requests in flight, then passes the
+        # signal on, which would end the process with 143 and mark a systemd unit as failed
+        if e.code != 143:
+            raise
 
 
 @app.command()
@@ -768,6 +793,11 @@ def export_onnx_cmd(output: Annotated[Path, typer.Option("--output", "-o", help=
     if n_calib < 1:
         raise AgelensError(f"--n-calib must be >= 1, got {n_calib}")
     export_all(output, models, int8 or ("static" if calibration else "none"), calibration, n_calib, log=typer.echo)
+    from .faces import animal
+
+    # the cat / non-face check beside them, so that a machine without torch checks faces as this one does
+    check = animal.export(output / f"{animal.FORMAT}.onnx")
+    typer.echo(f"wrote {check} (the cat and non-face check)")
     typer.echo(f"wrote {output}/manifest.json; use: AgeEstimator.from_pretrained(backend='onnx', onnx_dir='{output}')")
 
 
@@ -778,6 +808,54 @@ def _terminated(signum, frame) -> None:  # noqa: ARG001 - a signal handler's sig
     raise SystemExit(143)
 
 
+class _ClosedStream(io.TextIOBase):
+    """Stands for a standard stream the caller closed (`>&-`, `2>&-`: Python then has None): writing to it is an
+    OSError, reported as one line, not a TypeError from deep inside the output code."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        raise OSError(errno.EBADF, f"standard {self.name} is closed")
+
+
+def _closed(stream) -> bool:
+    """Whether a standard output stream was closed by the caller: None, a descriptor no longer open, or one that
+    cannot be written (after `2>&-` the interpreter's start-up may open a file read-only as descriptor 2)."""
+    if stream is None:
+        return True
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # replaced by a test runner or an IDE: in use
+        return False
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return False
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    except OSError:
+        return True
+
+
+def _usable_streams() -> None:
+    """Closed standard streams become `_ClosedStream`s (stderr: a sink, its messages have nowhere to go), and
+    stdout/stderr in an encoding short of a file name's characters (LC_ALL=C with PYTHONUTF8=0) write them as
+    escapes instead of failing the job."""
+    if _closed(sys.stdout):
+        sys.stdout = _ClosedStream("output")
+    if _closed(sys.stderr):
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process's stderr from here on)
+    for stream in (sys.stdout, sys.stderr):
+        enc = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if enc and enc != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main() -> None:
     """Console entry point: AgelensError and bad paths become one-line messages with exit code 2; SIGTERM ends
     the command cleanly. The process then ends without the interpreter's teardown (`_exit_now`)."""
@@ -785,6 +863,7 @@ def main() -> None:
 
     code: int | str | None = 0
     signal.signal(signal.SIGTERM, _terminated)
+    _usable_streams()
     try:
         app()
     except SystemExit as e:
@@ -821,7 +900,7 @@ def _exit_now(code: int | str | None) -> None:
         code = 1
     run_handlers()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a closed pipe or stream (None: `2>&-`)
             stream.flush()
     os._exit(code or 0)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -245,7 +247,10 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     ranges = Path(ranges) if ranges is not None else None
-    pre = out_path.with_name(out_path.stem + ".pre.onnx")
+    # this process's own scratch copy: processes quantising the same graph at once (first runs in parallel) each
+    # had the same `.pre.onnx` beside the output, and read one another's half-written or deleted file
+    scratch = Path(tempfile.mkdtemp(prefix="agelens-quant-"))
+    pre = scratch / (out_path.stem + ".pre.onnx")
     # ranges measured afresh go to a side file first and replace `ranges` only once the graph is written: a run cut
     # short leaves the old ranges in place (onnxruntime would read an existing cache file instead of measuring)
     fresh = views is not None and ranges is not None
@@ -277,7 +282,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
         if fresh:
             os.replace(cache, ranges)
     finally:
-        pre.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
         if fresh:
             cache.unlink(missing_ok=True)
     w7 = "-w7" if reduce_range else ""

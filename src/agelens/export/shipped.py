@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from ..errors import AgelensError, CheckpointError
@@ -58,15 +59,69 @@ def shipped_fingerprint() -> str:
     return fp
 
 
+def _home_cache() -> Path | None:
+    """$XDG_CACHE_HOME, else ~/.cache; None where no home can be found (a container's uid with no passwd entry and
+    no HOME) or HOME is set empty (which would put the cache in the working folder)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg)
+    if os.environ.get("HOME") == "":
+        return None
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):  # "Could not determine home directory"
+        return None
+    return home / ".cache" if str(home) not in ("", ".") else None
+
+
+def cache_roots() -> list[Path]:
+    """Where exports made on first use are looked for, in order: $XDG_CACHE_HOME/agelens/onnx (default
+    ~/.cache/agelens/onnx), then this user's folder under the temp folder, for machines whose home cache cannot be
+    found or written (`docker run --user UID` gives HOME=/, read-only homes)."""
+    home = _home_cache()
+    uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    temp = Path(tempfile.gettempdir()) / f"agelens-{uid}" / "onnx"
+    return [p for p in (home / "agelens" / "onnx" if home else None, temp) if p is not None]
+
+
+def _writable(root: Path) -> bool:
+    """root exists (made here if missing, private where it is the temp folder's), is ours to write, and is a folder."""
+    in_temp = str(root).startswith(tempfile.gettempdir())
+    try:
+        if in_temp:
+            root.parent.mkdir(exist_ok=True, mode=0o700)
+        root.mkdir(parents=True, exist_ok=True)
+        owners = {root.stat().st_uid, root.parent.stat().st_uid}
+    except OSError:
+        return False
+    # another user's folder of the same name in a shared temp folder is not used
+    mine = not in_temp or not hasattr(os, "getuid") or owners == {os.getuid()}
+    return mine and os.access(root, os.W_OK | os.X_OK)
+
+
 def onnx_cache_root() -> Path:
-    """$XDG_CACHE_HOME/agelens/onnx (default ~/.cache/agelens/onnx): where ONNX exports made on first use live."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agelens" / "onnx"
+    """Where ONNX exports made on first use are written: the first of `cache_roots` that can be written; the home
+    one where none can (the errors then name it)."""
+    roots = cache_roots()
+    key = tuple(map(str, roots))
+    if key not in _ROOT_MEMO:
+        _ROOT_MEMO[key] = next((r for r in roots if _writable(r)), roots[0])
+    return _ROOT_MEMO[key]
+
+
+_ROOT_MEMO: dict[tuple[str, ...], Path] = {}
+
+
+def cached_file(name: str) -> Path:
+    """`name` in the first of `cache_roots` that holds it (a cache made ahead, read-only, is read where it is),
+    else where it is to be made (`onnx_cache_root`)."""
+    return next((r / name for r in cache_roots() if (r / name).exists()), onnx_cache_root() / name)
 
 
 def default_onnx_dir() -> Path:
-    """$AGELENS_ONNX_DIR, else ~/.cache/agelens/onnx/<fingerprint of the shipped weights>."""
+    """$AGELENS_ONNX_DIR, else <cache root>/<fingerprint of the shipped weights> (`cached_file`)."""
     env = os.environ.get("AGELENS_ONNX_DIR")
-    return Path(env) if env else onnx_cache_root() / shipped_fingerprint()
+    return Path(env) if env else cached_file(shipped_fingerprint())
 
 
 def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool | str = False) -> Path:
@@ -108,6 +163,10 @@ def _ensure_int8(d: Path, flavor: str, log=None) -> None:
     except ImportError as e:  # torch absent: the fp32 graphs run
         if log:
             log(f"no int8 copies in {d} and torch is not installed to make them ({e}): fp32 graphs run")
+        return
+    if not os.access(d, os.W_OK):  # a cache made ahead on another CPU, read-only here: its fp32 graphs run
+        if log:
+            log(f"no {flavor} int8 copies in {d}, which cannot be written: fp32 graphs run")
         return
     if log:
         log(f"quantising the shipped models' ONNX graphs to int8 once ({flavor}): {d}")

@@ -170,13 +170,21 @@ def cat_probability(probs: np.ndarray) -> np.ndarray:
     return probs[:, list(FELIDS)].sum(1)
 
 
-def export_path() -> Path:
-    """$AGELENS_ONNX_DIR/felid-v1.onnx, else ~/.cache/agelens/onnx/felid-v1.onnx (the ImageNet weights come from a
-    pinned pip package, not from the shipped weights, so the file is not keyed by them)."""
-    from ..export.shipped import onnx_cache_root
+EXPORT_DIRS: list[Path] = []  # folders of `agelens export onnx` an estimator runs (`from_onnx`): their check first
 
+
+def export_path() -> Path:
+    """FORMAT.onnx in the export folder an estimator runs (`EXPORT_DIRS`, where it has one: `agelens export onnx`
+    writes it there, for machines without torch), else $AGELENS_ONNX_DIR/FORMAT.onnx, else in the cache
+    (`export.shipped.cached_file`; the ImageNet weights come from a pinned pip package, not from the shipped
+    weights, so the file is not keyed by them)."""
+    from ..export.shipped import cached_file
+
+    for d in EXPORT_DIRS:
+        if (d / f"{FORMAT}.onnx").is_file():
+            return d / f"{FORMAT}.onnx"
     env = os.environ.get("AGELENS_ONNX_DIR")
-    return (Path(env) if env else onnx_cache_root()) / f"{FORMAT}.onnx"
+    return Path(env) / f"{FORMAT}.onnx" if env else cached_file(f"{FORMAT}.onnx")
 
 
 def export(path: str | Path) -> Path:

@@ -278,9 +278,18 @@ class AgeEstimator:
             except Exception as e:  # auto only: an export that cannot be made or read must not stop a prediction
                 if not auto or onnx_dir is not None:
                     raise
-                backend = "torch"
-                if log:
-                    log(f"backend: torch (the ONNX export could not be used: {type(e).__name__}: {e})")
+                why = f"{type(e).__name__}: {e}"
+            if backend == "onnx-int8":  # the int8 copies failed: the fp32 graphs, where they are, before torch
+                try:
+                    est = cls.from_onnx(None, "fp32", route, log=log, threads=threads, tta=tta_flip)
+                    if log:
+                        log(f"backend: onnx (the int8 copies could not be used: {why})")
+                    return est
+                except Exception as e:
+                    why = f"{type(e).__name__}: {e}"
+            backend = "torch"
+            if log:
+                log(f"backend: torch (the ONNX export could not be used: {why})")
         from ..models.weights import shipped_models
         from ..numerics import Numerics
         from ..occlusion.detector import OcclusionDetector
@@ -329,6 +338,12 @@ class AgeEstimator:
         tta = tta_mode(tta)
         flavor = (int8_flavor() or "int8") if precision == "int8" else None  # this CPU's int8 graphs
         d = ensure_export(onnx_dir, log, int8=flavor or False)
+        if onnx_dir is not None:
+            from ..faces import animal
+
+            if d not in animal.EXPORT_DIRS and (d / f"{animal.FORMAT}.onnx").is_file():
+                animal.EXPORT_DIRS.insert(0, d)  # its own cat / non-face check (a torch-free machine has no other)
+                animal.shipped.cache_clear()
         models = load_onnx_models(d, flavor or precision, threads, tta)
         t = models["teacher"]
         est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",

@@ -1,0 +1,5 @@
+"""`python -m agelens`: the `agelens` command."""
+
+from .cli import main
+
+main()
