@@ -165,8 +165,13 @@ def test_streamed_results_into_a_pipe_and_the_bar_off_stdout(tmp_path, capsys):
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    got: list[str] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    got: list[str] = [""]
+
+    def read() -> None:  # the sink opens its output twice (emptied, then appended to): a reader reopens as a shell's does
+        while got[0].count("\n") < 3:
+            got[0] += fifo.read_text()
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     sink = StreamSink(fifo, "jsonl")
     sink.FSYNC_S = 0.0  # a sync due at every line
