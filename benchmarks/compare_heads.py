@@ -35,7 +35,7 @@ def main() -> None:
         rows.append((h, m))
     print(f"\n{'head':10s} {'val MAE':>8s} {'test MAE':>9s} {'CS5':>6s} {'CMAE':>7s} {'bias':>6s}")
     for h, m in rows:
-        print(f"{h:10s} {m['best_val_mae']:8.3f} {m['mae']:9.3f} {m['cs5']:6.3f} {m['cmae']:7.3f} {m['bias_score']:6.2f}")
+        print(f"{h:10s} {m['best_val_mae']:8.3f} {m['mae']:9.3f} {m['cs5']:6.3f} {m['cmae']:7.3f} {'n/a' if m['bias_score'] is None else format(m['bias_score'], '.2f'):>6s}")
 
 
 if __name__ == "__main__":

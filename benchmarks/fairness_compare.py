@@ -170,7 +170,7 @@ def markdown(rows: list[dict], command: str, protocol: str = PROTOCOL_CPU) -> st
         knn = f" (k={r['knn']['k']}, w={r['knn']['w']})" if r.get("knn") else ""
         num = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         lines.append(f"| {r['label']}{knn} | {r['mae']:.3f}{ci(r['mae_ci95'])} | {r['cmae']:.3f} | "
-                     f"{r['bias_score']:.3f}{ci(r['bias_ci95'])} | {r['acc5']:.3f} | {num(r['gender_gap'])} | "
+                     f"{num(r['bias_score'])}{ci(r['bias_ci95'])} | {r['acc5']:.3f} | {num(r['gender_gap'])} | "
                      f"{num(r['race_gap'])} | {num(r.get('std_gender_gap'))}{ci(r.get('std_gender_gap_ci95'))} | "
                      f"{num(r.get('std_race_spread'))}{ci(r.get('std_race_spread_ci95'))} | "
                      + " | ".join(num(r["per_bin"].get(b)) for b in bins) + " |")

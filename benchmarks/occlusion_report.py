@@ -70,7 +70,7 @@ def main() -> None:
         m = evaluate_estimator(est, cache, None, occlusion=occ, seed=a.seed, progress=False,
                                inpaint=inpaint, max_eval=n or a.n, bootstrap=0, groups=False)  # none of that is kept
         row = {"model": name, "condition": cond, "n": m["n"], "mae": round(m["mae"], 3), "cs5": round(m["cs5"], 3),
-               "cmae": round(m["cmae"], 3), "bias_score": round(m["bias_score"], 3),
+               "cmae": round(m["cmae"], 3), "bias_score": None if m["bias_score"] is None else round(m["bias_score"], 3),
                "per_occlusion": {k: v["mae"] for k, v in m["per_occlusion"].items()}, "routed_to": m["routed_to"],
                "detector_accuracy": m.get("detector_accuracy"), "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)

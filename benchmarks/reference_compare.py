@@ -131,7 +131,7 @@ def main() -> None:
           f"{ref['fallback_whole_crop']}")
     print(f"{'model':28s} {'answered':>8s} {'MAE':>7s} {'CS5':>6s} {'CMAE':>7s} {'bias':>6s} {'img/s':>7s}")
     for name, s, ips in rows:
-        print(f"{name:28s} {s['answered']:8d} {s['mae']:7.3f} {s['cs5']:6.3f} {s['cmae']:7.3f} {s['bias_score']:6.2f} {ips:7.1f}")
+        print(f"{name:28s} {s['answered']:8d} {s['mae']:7.3f} {s['cs5']:6.3f} {s['cmae']:7.3f} {'n/a' if s['bias_score'] is None else format(s['bias_score'], '.2f'):>6s} {ips:7.1f}")
     print(f"MAE ratio ours/ref: {rows[0][1]['mae'] / rows[1][1]['mae']:.3f}; speed ratio ours/ref: {rows[0][2] / rows[1][2]:.2f}x")
 
 

@@ -326,8 +326,12 @@ def test_closed_standard_streams_and_the_version(tmp_path, tiny_checkpoint, astr
     assert r.returncode == 0 and r.stdout.startswith("file,face,")
     r = subprocess.run(args, stderr=subprocess.PIPE, text=True, env=ENV, timeout=600, preexec_fn=lambda: os.close(1))
     assert r.returncode == 2 and "error: standard output is closed" in r.stderr and "Traceback" not in r.stderr
+    out = tmp_path / "r.csv"  # results to a file: a closed stdout is no matter, and the file is not descriptor 1
+    r = subprocess.run([*args, "-o", str(out)], stderr=subprocess.PIPE, text=True, env=ENV, timeout=600,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 0 and out.read_text().startswith("file,face,"), r.stderr
     r = subprocess.run(args[:4] + ["-"], capture_output=True, text=True, env=ENV, timeout=600,
                        preexec_fn=lambda: os.close(0))
-    assert r.returncode == 2 and "standard input, which is closed" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "standard input is closed" in r.stderr and "Traceback" not in r.stderr
     r = agelens("--version")
     assert r.returncode == 0 and r.stdout.startswith("agelens ")

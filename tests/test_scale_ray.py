@@ -135,3 +135,23 @@ def test_ray_engine_finds_checks_and_answers_as_the_estimator_given(ray_local, i
     _same(got, local)
     assert {f["model"] for r in got for f in r["faces"]} == {"student"}
 
+
+
+def test_actor_spec_holds_the_device_each_actor_has(tmp_path, monkeypatch):
+    """A GPU actor runs torch on CUDA whatever this machine's CPU backend was (the driver's resolved onnx-int8
+    left the GPUs idle); a CPU actor runs on the CPU; an ONNX export cannot be sent to a GPU."""
+    from agelens.errors import AgelensError
+    from agelens.inference.ray_engine import actor_spec
+
+    model = tmp_path / "mine.safetensors"
+    model.write_bytes(b"x")
+    spec = ("from_pretrained", {"name_or_path": "mine.safetensors", "device": "cuda", "backend": "onnx-int8",
+                                "onnx_dir": None})
+    monkeypatch.chdir(tmp_path)
+    assert actor_spec(spec, 1.0)[1] == {"name_or_path": str(model), "device": "cuda", "backend": "torch",
+                                        "onnx_dir": None}
+    assert actor_spec(spec, 0.0)[1]["device"] == "cpu" and actor_spec(spec, 0.0)[1]["backend"] == "onnx-int8"
+    with pytest.raises(AgelensError, match="from_pretrained"):
+        actor_spec(("from_onnx", {"onnx_dir": str(tmp_path)}), 1.0)
+    with pytest.raises(AgelensError, match="cannot travel"):
+        actor_spec(None, 0.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -351,6 +350,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         raise AgelensError("--resume continues a streamed --output file (--format jsonl or csv) or parquet folder")
     if output is not None:
         _check_output(output, folder=fmt == "parquet", flag="--output")
+    else:
+        _needs_stream("output", "the results are written there; give -o FILE")
     if save_annotated is not None:
         _check_output(save_annotated, folder=True, flag="--save-annotated")
     files = expand_inputs(list(paths or []))
@@ -453,8 +454,7 @@ def _stdin_image(files: list[str]) -> str | None:
     import shutil
     import tempfile
 
-    if sys.stdin is None:
-        raise AgelensError("`-` reads an image from standard input, which is closed")
+    _needs_stream("input", "`-` reads an image from it")
     if sys.stdin.isatty():
         raise AgelensError("`-` reads an image from standard input, but nothing is piped in")
     data = sys.stdin.buffer.read()
@@ -808,24 +808,12 @@ def _terminated(signum, frame) -> None:  # noqa: ARG001 - a signal handler's sig
     raise SystemExit(143)
 
 
-class _ClosedStream(io.TextIOBase):
-    """Stands for a standard stream the caller closed (`>&-`, `2>&-`: Python then has None): writing to it is an
-    OSError, reported as one line, not a TypeError from deep inside the output code."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, s: str) -> int:
-        raise OSError(errno.EBADF, f"standard {self.name} is closed")
+_CLOSED: set[str] = set()  # the standard streams ("input", "output", "error") the caller closed
 
 
-def _closed(stream) -> bool:
-    """Whether a standard output stream was closed by the caller: None, a descriptor no longer open, or one that
-    cannot be written (after `2>&-` the interpreter's start-up may open a file read-only as descriptor 2)."""
+def _closed(stream, write: bool = True) -> bool:
+    """Whether a standard stream was closed by the caller: None, a descriptor no longer open, or (an output) one
+    that cannot be written (after `2>&-` the interpreter's start-up may open a file read-only as descriptor 2)."""
     if stream is None:
         return True
     try:
@@ -837,23 +825,39 @@ def _closed(stream) -> bool:
     except ImportError:  # Windows
         return False
     try:
-        return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        return write and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
     except OSError:
         return True
 
 
 def _usable_streams() -> None:
-    """Closed standard streams become `_ClosedStream`s (stderr: a sink, its messages have nowhere to go), and
-    stdout/stderr in an encoding short of a file name's characters (LC_ALL=C with PYTHONUTF8=0) write them as
-    escapes instead of failing the job."""
-    if _closed(sys.stdout):
-        sys.stdout = _ClosedStream("output")
-    if _closed(sys.stderr):
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process's stderr from here on)
+    """Closed standard streams (`<&-`, `>&-`, `2>&-`) are read and written as the null device, their descriptor
+    held by it so that no file opened later takes it (an `-o` file would become descriptor 1), and named in
+    `_CLOSED`: where a command's results or input are due on one, it says so (`_needs_stream`). stdout/stderr in
+    an encoding short of a file name's characters (LC_ALL=C with PYTHONUTF8=0) write them as escapes instead of
+    failing the job."""
+    for fd, (attr, name) in enumerate((("stdin", "input"), ("stdout", "output"), ("stderr", "error"))):
+        if not _closed(getattr(sys, attr), write=fd > 0):
+            continue
+        _CLOSED.add(name)
+        try:
+            os.fstat(fd)  # open, read-only, taken by another file at start-up: left to it
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        setattr(sys, attr, open(os.devnull, "r" if fd == 0 else "w"))  # noqa: SIM115 (the process's stream)
     for stream in (sys.stdout, sys.stderr):
         enc = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
         if enc and enc != "utf8" and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+
+
+def _needs_stream(name: str, why: str) -> None:
+    """An error where a command's results or input are due on a standard stream the caller closed."""
+    if name in _CLOSED:
+        raise AgelensError(f"standard {name} is closed: {why}")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -74,48 +75,63 @@ def _home_cache() -> Path | None:
     return home / ".cache" if str(home) not in ("", ".") else None
 
 
-def cache_roots() -> list[Path]:
-    """Where exports made on first use are looked for, in order: $XDG_CACHE_HOME/agelens/onnx (default
-    ~/.cache/agelens/onnx), then this user's folder under the temp folder, for machines whose home cache cannot be
-    found or written (`docker run --user UID` gives HOME=/, read-only homes)."""
+def _home_root() -> Path | None:
     home = _home_cache()
+    return home / "agelens" / "onnx" if home else None
+
+
+def _temp_root() -> Path:
     uid = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    temp = Path(tempfile.gettempdir()) / f"agelens-{uid}" / "onnx"
-    return [p for p in (home / "agelens" / "onnx" if home else None, temp) if p is not None]
+    return Path(tempfile.gettempdir()) / f"agelens-{uid}" / "onnx"
 
 
-def _writable(root: Path) -> bool:
-    """root exists (made here if missing, private where it is the temp folder's), is ours to write, and is a folder."""
-    in_temp = str(root).startswith(tempfile.gettempdir())
+def _home_writable(root: Path) -> bool:
+    """The home cache root exists (made here if missing) and can be written."""
     try:
-        if in_temp:
-            root.parent.mkdir(exist_ok=True, mode=0o700)
         root.mkdir(parents=True, exist_ok=True)
-        owners = {root.stat().st_uid, root.parent.stat().st_uid}
     except OSError:
         return False
-    # another user's folder of the same name in a shared temp folder is not used
-    mine = not in_temp or not hasattr(os, "getuid") or owners == {os.getuid()}
-    return mine and os.access(root, os.W_OK | os.X_OK)
+    return os.access(root, os.W_OK | os.X_OK)
+
+
+def _private(root: Path) -> bool:
+    """The temp cache root (TMP/agelens-UID/onnx) is this user's alone: its folder (made here if missing) is a real
+    folder, not a link, owned by this user and closed to others (made so where it is ours), and so is `root`. A
+    folder of that name planted by another user in the shared temp folder is neither read nor written."""
+    mine = (lambda st: st.st_uid == os.getuid()) if hasattr(os, "getuid") else (lambda st: True)
+    try:
+        root.parent.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(root.parent)
+        if not stat.S_ISDIR(st.st_mode) or not mine(st):
+            return False
+        if st.st_mode & 0o077:
+            os.chmod(root.parent, 0o700)
+        root.mkdir(exist_ok=True)
+        st = os.lstat(root)
+        return stat.S_ISDIR(st.st_mode) and mine(st) and os.access(root, os.W_OK | os.X_OK)
+    except OSError:
+        return False
 
 
 def onnx_cache_root() -> Path:
-    """Where ONNX exports made on first use are written: the first of `cache_roots` that can be written; the home
-    one where none can (the errors then name it)."""
-    roots = cache_roots()
-    key = tuple(map(str, roots))
-    if key not in _ROOT_MEMO:
-        _ROOT_MEMO[key] = next((r for r in roots if _writable(r)), roots[0])
-    return _ROOT_MEMO[key]
-
-
-_ROOT_MEMO: dict[tuple[str, ...], Path] = {}
+    """Where ONNX exports made on first use are written: $XDG_CACHE_HOME/agelens/onnx (default
+    ~/.cache/agelens/onnx) where it can be written; else this user's private folder under the temp folder (`docker
+    run --user UID` gives HOME=/ and no passwd entry; read-only homes); the home one where neither can be used (the
+    errors then name it)."""
+    home = _home_root()
+    if home is not None and _home_writable(home):
+        return home
+    temp = _temp_root()
+    return temp if _private(temp) or home is None else home
 
 
 def cached_file(name: str) -> Path:
-    """`name` in the first of `cache_roots` that holds it (a cache made ahead, read-only, is read where it is),
-    else where it is to be made (`onnx_cache_root`)."""
-    return next((r / name for r in cache_roots() if (r / name).exists()), onnx_cache_root() / name)
+    """`name` in the home cache where it is there (a cache made ahead, read-only, is read where it is), else where
+    it is to be made (`onnx_cache_root`)."""
+    home = _home_root()
+    if home is not None and (home / name).exists():
+        return home / name
+    return onnx_cache_root() / name
 
 
 def default_onnx_dir() -> Path:

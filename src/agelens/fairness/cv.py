@@ -57,10 +57,17 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
         res = train_and_test(fcfg, resume=resume, progress=progress, log=log, caches=caches)
         rows.append({"fold": i, **_pick(res["test"])})
     summary = {"folds": folds, "config": cfg.name, "runs": str(root), "per_fold": rows,
-               "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in CV_KEYS},
-               "std": {k: round(float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0, 4) for k in CV_KEYS}}
+               # a fold without a value (a bias score with one age bin) is left out of that key's mean and std
+               "mean": {k: _round(np.nanmean(v)) if np.isfinite(v).any() else None
+                        for k in CV_KEYS for v in [np.array([r[k] for r in rows], float)]},
+               "std": {k: _round(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0
+                       for k in CV_KEYS for v in [np.array([r[k] for r in rows], float)]}}
     atomic_write_json(root / "cv.json", summary)
     return summary
+
+
+def _round(x) -> float:
+    return round(float(x), 4)
 
 
 def _pick(m: dict) -> dict:
@@ -73,6 +80,7 @@ def format_cv(summary: dict) -> str:
     lines = [head]
     for r in summary["per_fold"]:
         lines.append(f"{r['fold']:>6d} {r['n']:>6d} " + " ".join(f"{r[k]:>14.3f}" for k in CV_KEYS))
-    lines.append(f"{'mean':>6s} {'':>6s} " + " ".join(f"{summary['mean'][k]:>7.3f} ± {summary['std'][k]:<4.2f}"
+    lines.append(f"{'mean':>6s} {'':>6s} " + " ".join(f"{'n/a':>14s}" if summary["mean"][k] is None else
+                                                       f"{summary['mean'][k]:>7.3f} ± {summary['std'][k]:<4.2f}"
                                                        for k in CV_KEYS))
     return "\n".join(lines)

@@ -217,6 +217,8 @@ class AgeEstimator:
         for k, v in settings.items():
             if k not in self.SETTINGS:
                 raise AgelensError(f"not an estimator setting: {k!r} (one of {', '.join(self.SETTINGS)})")
+            if k == "route" and (v not in ROUTES or v == "student" and self.student is None):
+                raise AgelensError(f"route must be one of {', '.join(ROUTES)} (student needs a student model), got {v!r}")
             setattr(self, k, v)
 
     @classmethod

@@ -62,14 +62,10 @@ class _PipelineActor:
     records, through the local engine's pipeline. Relative paths resolve against the driver's folder, as in the
     local engine (where that folder exists on the node: use absolute paths on a shared filesystem)."""
 
-    def __init__(self, cls: type, spec: tuple[str, dict], settings: dict, device: str | None, detect: bool,
-                 cwd: str) -> None:
-        import cv2
+    def __init__(self, cls: type, spec: tuple[str, dict], settings: dict, detect: bool, cwd: str) -> None:
+        from .stream import rebuild
 
-        cv2.setNumThreads(1)  # as the local engine's workers: one core each
-        build, kwargs = spec
-        self.est = getattr(cls, build)(**({**kwargs, "device": device} if device else kwargs), threads=1)
-        self.est.apply_settings(settings)
+        self.est = rebuild(cls, spec, settings)
         self.detect, self.cwd = detect, cwd
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -83,6 +79,31 @@ class _PipelineActor:
         return {"record": np.array(out, dtype=object)}
 
 
+def actor_spec(spec: tuple[str, dict] | None, gpus_per_worker: float) -> tuple[str, dict]:
+    """The estimator spec each actor rebuilds: file paths made absolute (the actors may run elsewhere), the shipped
+    export of this machine's cache left for each node to find or make, and the device the actor holds: CUDA with
+    torch where it holds GPUs (the driver's resolved backend is this machine's CPU choice), else the CPU."""
+    if spec is None:
+        raise AgelensError("the Ray engine rebuilds the estimator on every node: load it with "
+                           "AgeEstimator.from_pretrained or from_onnx (one built from objects in memory cannot travel)")
+    build, kwargs = spec[0], dict(spec[1])
+    from ..export.shipped import default_onnx_dir
+
+    if kwargs.get("onnx_dir") and os.path.abspath(kwargs["onnx_dir"]) == os.path.abspath(default_onnx_dir()):
+        kwargs["onnx_dir"] = None  # the shipped weights' export in this machine's cache: each node has or makes its own
+    for key in ("name_or_path", "student", "detector", "onnx_dir"):
+        if kwargs.get(key) and os.path.exists(kwargs[key]):
+            kwargs[key] = os.path.abspath(kwargs[key])
+    if gpus_per_worker > 0:
+        if build != "from_pretrained":
+            raise AgelensError("--gpus-per-worker runs the models with torch on CUDA: load the estimator with "
+                               "AgeEstimator.from_pretrained, not from an ONNX export")
+        kwargs.update(device="cuda", backend="torch")
+    elif build == "from_pretrained":
+        kwargs["device"] = "cpu"
+    return build, kwargs
+
+
 def ray_predict(files: list[str], est, *, detect: bool = True, workers: int | None = None, batch_size: int = 32,
                 gpus_per_worker: float = 0.0) -> Iterator[dict]:
     """Yield one record per file ({"file", "faces", "error"}, as the local engine) from a Ray Data pipeline on
@@ -93,33 +114,28 @@ def ray_predict(files: list[str], est, *, detect: bool = True, workers: int | No
     if (workers is not None and workers < 1) or batch_size < 1 or gpus_per_worker < 0:
         raise AgelensError(f"the Ray engine needs workers >= 1, batch_size >= 1 and gpus_per_worker >= 0, got "
                            f"{workers}, {batch_size} and {gpus_per_worker}")
-    spec = getattr(est, "spec", None)
-    if spec is None:
-        raise AgelensError("the Ray engine rebuilds the estimator on every node: load it with "
-                           "AgeEstimator.from_pretrained or from_onnx (one built from objects in memory cannot travel)")
+    spec = actor_spec(getattr(est, "spec", None), gpus_per_worker)
     if not files:
         return
-    build, kwargs = spec
-    kwargs = dict(kwargs)
-    from ..export.shipped import default_onnx_dir
+    from ..faces import animal
 
-    if kwargs.get("onnx_dir") and os.path.abspath(kwargs["onnx_dir"]) == os.path.abspath(default_onnx_dir()):
-        kwargs["onnx_dir"] = None  # the shipped weights' export in this machine's cache: each node has or makes its own
-    for key in ("name_or_path", "student", "detector", "onnx_dir"):  # files: the actors may run elsewhere
-        if kwargs.get(key) and os.path.exists(kwargs[key]):
-            kwargs[key] = os.path.abspath(kwargs[key])
+    animal.ensure_export()  # the cat check, made once here rather than by every actor of a fresh machine at once
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # no per-dataset lines through our progress bar
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the caller shows one bar over files
     ctx.print_on_execution_start = False
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    n_actors = workers or cpus
-    per_block = max(1, min(batch_size, math.ceil(len(files) / (4 * n_actors))))  # small blocks: work spreads, records stream
-    ds = ray.data.from_items([{"path": os.fsencode(f)} for f in files],
-                             override_num_blocks=math.ceil(len(files) / per_block))
+    res = ray.cluster_resources()
+    per_block = max(1, min(batch_size, math.ceil(len(files) / (4 * max(1, int(res.get("CPU", 1)))))))
+    n_blocks = math.ceil(len(files) / per_block)
+    if workers:
+        n_actors = workers
+    elif gpus_per_worker > 0:  # as many as the GPUs hold
+        n_actors = max(1, int(res.get("GPU", 0) // gpus_per_worker))
+    else:  # one per CPU, no more than there are blocks (each actor loads every model)
+        n_actors = max(1, min(int(res.get("CPU", 1)), n_blocks))
+    ds = ray.data.from_items([{"path": os.fsencode(f)} for f in files], override_num_blocks=n_blocks)
     ds = ds.map_batches(_PipelineActor, fn_constructor_kwargs={
-        "cls": type(est), "spec": (build, kwargs), "settings": est.settings(),
-        "device": "cuda" if gpus_per_worker > 0 else None, "detect": detect, "cwd": os.getcwd()},
+        "cls": type(est), "spec": spec, "settings": est.settings(), "detect": detect, "cwd": os.getcwd()},
         batch_size=per_block, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=1,
         num_gpus=gpus_per_worker or None)
     for row in ds.iter_rows():

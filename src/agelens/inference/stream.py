@@ -164,17 +164,25 @@ _worker_error: str | None = None
 CHUNK = 8  # consecutive files whose faces are verified and estimated in one model batch
 
 
-def _init_pipeline(cls: type, spec: tuple[str, dict]) -> None:
-    """Pipeline worker start-up: rebuild the estimator (`cls`, the caller's AgeEstimator class, passed in so this
-    module needs no import of it) with one thread per model, and OpenCV's warps and resizes on one thread too (the
-    workers share the cores)."""
-    global _worker_est, _worker_error
+def rebuild(cls: type, spec: tuple[str, dict], settings: dict | None = None):
+    """The caller's estimator in a worker process or Ray actor: `cls` (the caller's AgeEstimator class, passed in
+    so this module needs no import of it) built from its spec with one thread per model, OpenCV's warps and
+    resizes on one thread too (the workers share the cores), and the caller's `settings()`."""
     import cv2
 
     cv2.setNumThreads(1)
     build, kwargs = spec
+    est = getattr(cls, build)(**kwargs, threads=1)
+    if settings:
+        est.apply_settings(settings)
+    return est
+
+
+def _init_pipeline(cls: type, spec: tuple[str, dict]) -> None:
+    """Pipeline worker start-up: `rebuild` (the settings come with each chunk)."""
+    global _worker_est, _worker_error
     try:
-        _worker_est = getattr(cls, build)(**kwargs, threads=1)
+        _worker_est = rebuild(cls, spec)
     except Exception as e:  # raised per chunk in the main process: a failing initializer would respawn forever
         _worker_error = f"a worker could not load the models: {type(e).__name__}: {e}"
 
