@@ -303,3 +303,33 @@ def test_a_request_whose_client_has_gone_is_dropped_at_its_turn():
     asyncio.run(app(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 499 and est.calls == [] and app.state.service.pending == 0  # the model never ran
+
+
+def test_cli_serve_ends_with_status_0_on_sigterm():
+    """SIGTERM is a service manager's stop: the server drains and the process ends 0 (143 marked a systemd unit as
+    failed)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "agelens", "serve", "--port", str(port)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except OSError:
+                assert p.poll() is None, p.stderr.read()
+                time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 0
+    finally:
+        p.kill()
