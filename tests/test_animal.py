@@ -229,3 +229,16 @@ def test_a_check_that_cannot_be_exported_warns_and_leaves_faces_unchecked(monkey
     with pytest.warns(RuntimeWarning, match="not checked for cats and non-faces"):
         assert animal.ensure_export() is None
     assert not (tmp_path / "ro").exists()
+
+
+def test_the_first_export_of_the_shipped_models_makes_the_check_too_and_says_so(monkeypatch, tmp_path):
+    from agelens.export import onnx as export_onnx
+    from agelens.export import shipped
+
+    monkeypatch.setenv("AGELENS_ONNX_DIR", str(tmp_path))
+    monkeypatch.setattr(export_onnx, "export_all", lambda d, **kw: None)
+    monkeypatch.setattr(animal, "export", lambda p: p.write_bytes(b"\0" * 2_000_000))
+    said = []
+    assert shipped.ensure_export(log=said.append) == tmp_path
+    assert (tmp_path / f"{animal.FORMAT}.onnx").is_file()
+    assert said[-1] == f"cat / non-face check: {tmp_path / animal.FORMAT}.onnx (2.0 MB)"

@@ -227,16 +227,19 @@ def export(path: str | Path) -> Path:
     return Path(path)
 
 
-def ensure_export() -> Path | None:
-    """The exported check, made first where it is missing; None where it cannot be made (no torch for the export,
-    no ImageNet weights, a cache folder that cannot be written), with a warning: faces are then not checked for
-    cats. The batch engine calls it before starting its workers, so they do not each export it."""
+def ensure_export(log=None) -> Path | None:
+    """The exported check, made first where it is missing (said through `log` where one is given); None where it
+    cannot be made (no torch for the export, no ImageNet weights, a cache folder that cannot be written), with a
+    warning: faces are then not checked for cats. The batch engine calls it before starting its workers, so they do
+    not each export it; the shipped models' first export makes it too (`export.shipped.ensure_export`)."""
     from ..errors import CheckpointError
 
     p = export_path()
     if not p.is_file():
         try:
             export(p)
+            if log:
+                log(f"cat / non-face check: {p} ({p.stat().st_size / 1e6:.1f} MB)")
         except (ImportError, CheckpointError, OSError) as e:
             warnings.warn(f"faces are not checked for cats and non-faces: the check cannot be exported to {p} "
                           f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=2)
