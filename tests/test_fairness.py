@@ -389,3 +389,15 @@ def test_analyse_crops_embeddings_are_the_teachers(route):
     assert r["embedding"].shape == want.shape
     np.testing.assert_allclose(r["embedding"], want, atol=1e-4)
     assert "embedding" not in est.analyse_crops(crops)
+
+
+def test_signed_error_cells_carry_face_counts_and_empty_cells():
+    from agelens.fairness.report import plot_signed_error, signed_error_cells
+
+    by = {"0-10|female": {"mean_error": 1.5, "n": 12}, "61+|female": {"mean_error": -9.0, "n": 2},
+          "0-10|male": {"mean_error": -0.5, "n": 3}}
+    m, n, labels = signed_error_cells({"groups": {"age_bin×gender": {"by_group": by}}})
+    assert labels == ["female", "male"] and m.shape == n.shape == (2, 7)
+    assert (m[0, 0], n[0, 0], m[0, 6], n[0, 6], n[1, 0]) == (1.5, 12, -9.0, 2, 3)
+    assert np.isnan(m[1, 1:]).all() and (n[1, 1:] == 0).all()
+    assert signed_error_cells({})[2] == [] and plot_signed_error({}) is None

@@ -240,33 +240,48 @@ def plot_faces(model, cfg, cache, n: int = 6) -> tuple[str, list[float] | None]:
 # ---- page ----------------------------------------------------------------------------------------------------------
 
 
+FEW_FACES = 10  # signed-error cells with fewer faces are drawn pale
+
+
+def signed_error_cells(metrics: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Mean signed error (NaN where empty) and face count per group (rows: genders, then races) × age bin."""
+    from ..evaluate.metrics import AGE_BINS
+
+    groups = metrics.get("groups", {})
+    rows, sizes, labels = [], [], []
+    for attr in ("age_bin×gender", "age_bin×race"):
+        by = groups.get(attr, {}).get("by_group", {})
+        for g in sorted({k.split("|", 1)[1] for k in by}):
+            cells = [by.get(f"{b}|{g}", {}) for b, _, _ in AGE_BINS]
+            rows.append([c.get("mean_error", np.nan) for c in cells])
+            sizes.append([c.get("n", 0) for c in cells])
+            labels.append(g)
+    return np.array(rows, float).reshape(-1, len(AGE_BINS)), np.array(sizes, int).reshape(-1, len(AGE_BINS)), labels
+
+
 def plot_signed_error(metrics: dict) -> str | None:
-    """Heatmap of the mean signed error (pred − true) per group × age bin: who is over- or under-estimated."""
+    """Heatmap of the mean signed error (pred − true) per group × age bin: who is over- or under-estimated. Each
+    cell gives its number of faces; cells of fewer than FEW_FACES are drawn pale (their mean is noise)."""
     import matplotlib.pyplot as plt
 
     from ..evaluate.metrics import AGE_BINS
 
-    groups = metrics.get("groups", {})
-    rows, labels = [], []
-    for attr in ("age_bin×gender", "age_bin×race"):
-        by = groups.get(attr, {}).get("by_group", {})
-        names = sorted({k.split("|", 1)[1] for k in by})
-        for g in names:
-            rows.append([by.get(f"{b}|{g}", {}).get("mean_error", np.nan) for b, _, _ in AGE_BINS])
-            labels.append(g)
-    if not rows:
+    m, n, labels = signed_error_cells(metrics)
+    if not labels:
         return None
-    m = np.array(rows, float)
     lim = max(1.0, float(np.nanmax(np.abs(m))))
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.2))
     im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    few = np.isfinite(m) & (n < FEW_FACES)
+    ax.imshow(np.where(few[..., None], (1.0, 1.0, 1.0, 0.65), 0.0), aspect="auto")  # washed out
     ax.set_xticks(range(len(AGE_BINS)), [b for b, _, _ in AGE_BINS])
     ax.set_yticks(range(len(labels)), labels)
     for (i, j), v in np.ndenumerate(m):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=8)
+            ax.text(j, i, f"{v:+.1f}\n{n[i, j]}", ha="center", va="center", fontsize=7, linespacing=0.9,
+                    color="0.45" if few[i, j] else "black")
     fig.colorbar(im, ax=ax, label="mean signed error, years (red: over-estimated)")
-    ax.set_title("Signed error per group and age bin")
+    ax.set_title(f"Signed error per group and age bin (below: faces; pale: under {FEW_FACES})")
     return _png(fig)
 
 
