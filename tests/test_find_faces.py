@@ -379,3 +379,23 @@ def test_when_every_detection_is_vetoed_the_fallback_steps_look_once(analyzer, a
     with pytest.raises(NoFaceError):
         finding.find_and_align(crop, analyzer, 256, verifier=FixedVerifier(0.99), upright=False)
     assert len(calls) == 2  # the image as found, then its fallback steps: no third look
+
+
+@pytest.mark.skipif("faceness" not in shipped_models(), reason="no shipped face verifier")
+def test_a_group_photo_keeps_the_people_smaller_than_the_one_the_detector_found(analyzer, astronaut):
+    """The whole-image detector finds the nearest person only; the 2 x 2 tiles find the six further back."""
+    import cv2
+
+    from agelens.inference.predictor import find_and_align
+
+    rng = np.random.default_rng(0)
+    scene = np.clip(np.full((900, 1600, 3), (120, 140, 160)) + rng.normal(0, 4, (900, 1600, 3)), 0, 255)
+    scene = scene.astype(np.uint8)
+    spots = [(1050, 200, 400)] + [(40 + (i % 3) * 320, 100 + (i // 3) * 380, 220) for i in range(6)]
+    for x, y, s in spots:
+        scene[y:y + s, x:x + s] = cv2.resize(astronaut[0:400, 60:460], (s, s), interpolation=cv2.INTER_AREA)
+    assert len(analyzer.detect(scene)) == 1, "the test means something only where the detector finds one face"
+    faces = find_and_align(scene, analyzer, 256)
+    held = sorted(next(i for i, (x, y, s) in enumerate(spots) if x <= (b[0] + b[2]) / 2 <= x + s
+                       and y <= (b[1] + b[3]) / 2 <= y + s) for b, *_ in faces)
+    assert held == list(range(7)), held  # each person once

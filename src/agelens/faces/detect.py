@@ -151,6 +151,16 @@ NESTED_DUPLICATES = True
 TILE_GRIDS = (2, 3)
 TILE_OVERLAP = 0.25
 TILE_MAX_FACE = 0.25
+# More faces: where the detector step found faces but the smallest is under MORE_FACES_BELOW of the image's long side
+# (a group or scene photo, its faces near the size the whole-image pass can see), the 2 × 2 tiles are read too and
+# their faces that overlap none found are added (tile-verified). Without it a group photo lost the people a little
+# smaller than the one it found: 8 faces of 130 px in a 1600 px photo, 1 of 8 found, where the tiles alone found 8.
+# On 300 realocc photos (measure half) it ran on 69 and added 40 faces in 25 of them (at 0.15: 92, 42 in 27), every
+# earlier answer unchanged; of the 42 looked at, 40 were real (masked) faces, 2 a hand. Time on 150 such photos:
+# 13.9 against 10.4 s (`benchmarks/ab_predict.py`), the pass itself 1.8 s, the rest answering the faces it adds.
+# Not covered: a face under a tenth of the image beside one larger (a child by an adult close to the camera).
+MORE_FACES_BELOW = 0.1
+MORE_FACES_GRID = 2
 # The mirror step, for a face crop with one half hidden (a hand, a panel, hair over one side from the nose outwards,
 # which the detector and the mesh miss): the visible half of the image left or right of each of these columns (as a
 # share of the width) completed by its own mirror image, so the detector sees a whole face; a face found there is
@@ -521,6 +531,8 @@ class FaceAnalyzer:
             faces = self._unnested(rgb, faces, step_verifier, step_threshold, crop_size)
             if NESTED_DUPLICATES and len(faces) > 1:
                 faces = without_nested(faces)
+        if faces and not detector_only and tile_verifier is not None:
+            faces = faces + self._more_faces(rgb, faces, tile_verifier, crop_size)
         if faces or detector_only:
             return faces
         verifier, threshold = step_verifier, step_threshold
@@ -558,6 +570,17 @@ class FaceAnalyzer:
         if crop_shaped:  # last, the most speculative step: a face crop with one half hidden
             return self._mirrored(rgb, verifier, threshold, crop_size)
         return []
+
+    def _more_faces(self, rgb: np.ndarray, found: list[Face], verifier: tuple[Verifier, float],
+                    crop_size: int) -> list[Face]:
+        """Faces of the MORE_FACES_GRID tiles that overlap none of `found` (neither nested nor by IoU), verified,
+        where the smallest found face is under MORE_FACES_BELOW of the long side; [] otherwise."""
+        side = max(rgb.shape[:2])
+        if min(f.box[2] - f.box[0] for f in found) >= MORE_FACES_BELOW * side:
+            return []
+        new = [t for t in self.detect_tiled(rgb, MORE_FACES_GRID)
+               if not any(iou(t.box, f.box) > 0.1 or inside(t.box, f.box) or inside(f.box, t.box) for f in found)]
+        return without_nested(self._verified(rgb, self._with_mesh(rgb, new), *verifier, crop_size)) if new else []
 
     def _mirrored(self, rgb: np.ndarray, verifier: Verifier, threshold: float, crop_size: int) -> list[Face]:
         """The mirror step (MIRROR_AXES): the short-range detector (then on the padded copy) on each mirror-completed
