@@ -106,3 +106,22 @@ def test_a_fresh_run_under_an_old_name_says_so_and_resume_names_another_architec
     with pytest.raises(CheckpointError, match="holds a resnet18 \\+ dldl model, the config resnet34 \\+ dldl"):
         train_and_test(_cfg(tmp_path, utk_folder, "mine", "train.epochs=2", "model.backbone=resnet34"), resume=True,
                        progress=False, log=lambda *_: None)
+
+
+def test_ages_the_head_cannot_answer_are_refused_before_training(tmp_path, utk_folder):
+    from agelens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"faces are aged outside model.min_age..max_age \(0-40\)"):
+        train_and_test(_cfg(tmp_path, utk_folder, "narrow", "train.epochs=1", "model.max_age=40"), progress=False,
+                       log=lambda *_: None)
+    assert not (tmp_path / "runs" / "narrow" / "last.pt").exists()
+
+
+def test_a_diverged_loss_is_an_agelens_error_naming_the_lever(tmp_path, utk_folder, monkeypatch):
+    from agelens.errors import AgelensError, NonFiniteLossError
+    from agelens.train import engine
+
+    monkeypatch.setattr(engine, "train_step", lambda *a, **k: float("nan"))
+    with pytest.raises(NonFiniteLossError, match="lower train.lr") as e:
+        train_and_test(_cfg(tmp_path, utk_folder, "nan", "train.epochs=1"), progress=False, log=lambda *_: None)
+    assert isinstance(e.value, AgelensError) and isinstance(e.value, FloatingPointError)

@@ -27,3 +27,7 @@ class CheckpointError(AgelensError):
 
 class ImageTooLargeError(ImageError):
     """An image's dimensions exceed the pixel limit (decompression-bomb guard)."""
+
+
+class NonFiniteLossError(AgelensError, FloatingPointError):
+    """Training diverged: the loss became NaN or infinite."""

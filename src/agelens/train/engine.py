@@ -20,7 +20,7 @@ from ..config import RunConfig, config_to_dict
 from ..data.cache import FaceCache
 from ..data.dataset import CachedFaceDataset
 from ..data.shards import ShardSet, ShardStream
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..evaluate.predict import predict_cache
 from ..models import AgeModel, build_model
 from ..models.checkpoint import load_checkpoint, save_checkpoint
@@ -151,6 +151,18 @@ def train_step(net: torch.nn.Module, head, optimizer: torch.optim.Optimizer, sca
     return loss.item()
 
 
+def _check_label_range(train: FaceCache, val: FaceCache | None, lo: int, hi: int) -> None:
+    """A ConfigError where a training or validation age lies outside the head's model.min_age..max_age: the head
+    cannot answer it (a distribution head's target for an age far past the end is 0 / 0, a NaN loss)."""
+    for name, cache in (("training", train), ("validation", val)):
+        ages = np.asarray(cache.ages if cache is not None else [], np.float64)
+        out = ages[(ages < lo) | (ages > hi)]
+        if len(out):
+            raise ConfigError(f"{len(out)} of the {len(ages)} {name} faces are aged outside model.min_age..max_age "
+                              f"({lo}-{hi}): {out.min():g} to {out.max():g}; set model.min_age / model.max_age to "
+                              "cover them (at most 0-120) or leave those faces out of the dataset")
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, train_cache: FaceCache, val_cache: FaceCache | None, resume: bool = False,
                  progress: bool = True, log=print) -> None:
@@ -161,6 +173,8 @@ class Trainer:
         if t.threads > 0:
             torch.set_num_threads(t.threads)
         seed_everything(t.seed)
+        if t.task == "age":
+            _check_label_range(train_cache, val_cache, cfg.model.min_age, cfg.model.max_age)
         self.model = build_model(cfg.model)
         if self.model.region_attention is not None:  # mean-face fallback masks for this run's evaluation crop
             self.model.region_attention.set_prior(min(1.0, cfg.data.crop_size / cfg.data.cache_size))
@@ -443,7 +457,8 @@ class Trainer:
                                   pair_anchor=t.augment_anchor, teacher_logits=teacher_logits,
                                   kd_weight=t.kd_weight)
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at epoch {epoch} step {step}; lower train.lr")
+                    raise NonFiniteLossError(f"training loss became {loss} at epoch {epoch} step {step}: lower "
+                                             "train.lr (the last checkpoint, if any, resumes with --resume)")
                 seen += len(imgs)
                 loss_sum += loss
                 if (step + 1) % t.log_every == 0 or step + 1 == n_steps:
