@@ -102,3 +102,16 @@ def test_student_mirror_mirrors_every_view_of_its_faces_and_only_unsure_blended_
 def test_forced_routes_use_one_model(route, age, model):
     r = estimator([0.3, 0.99], route).analyse_crops(np.zeros((2, 256, 256, 3), np.uint8))
     assert np.allclose(r["age"], age) and list(r["model"]) == [model, model]
+
+
+def test_a_binary_classifier_is_refused_as_an_age_model():
+    from agelens.errors import CheckpointError
+    from agelens.inference.backends.torch import TorchModel
+    from agelens.utils import shipped_models
+
+    if "occlusion" not in shipped_models():
+        pytest.skip("no shipped occlusion detector")
+    with pytest.raises(CheckpointError, match="binary classifier .* not an age model"):
+        TorchModel.load("occlusion")
+    with pytest.raises(CheckpointError, match="not an age model"):
+        AgeEstimator.from_pretrained("occlusion", backend="torch")

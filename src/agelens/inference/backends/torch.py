@@ -42,6 +42,12 @@ class TorchModel:
         from ...models.weights import resolve_model
 
         model, cfg, card = resolve_model(name_or_path)
+        if cfg.model.head == "binary":  # an occlusion detector or face verifier would answer its probability as an age
+            from ...errors import CheckpointError
+
+            raise CheckpointError(f"{name_or_path} is a binary classifier (an occlusion detector or face verifier, "
+                                  "head 'binary'), not an age model: give it as the occlusion detector (`agelens evaluate "
+                                  "--detector`, `AgeEstimator.from_pretrained(detector=...)`)")
         has = getattr(model, "guards", None) is not None
         return cls(model, cfg.data.crop_size, cfg.data.input_size, str(card.get("name", name_or_path or "teacher")),
                    float(card.get("interval_z") or Z90), tta_flip, numerics,
