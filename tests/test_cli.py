@@ -137,11 +137,14 @@ def test_evaluate_contract(tmp_path, tiny_checkpoint, astronaut_path):
     assert {"n", "mae", "cs5", "cmae", "acc5", "bias_score", "per_bin", "per_gender", "per_race"} <= set(m)
     assert m["n"] == 4 and m["failed"] == 1
     assert set(m["per_bin"]) == {"21-30", "31-40", "41-50", "61+"} and set(m["per_gender"]) == {"male", "female"}
-    pred = (tmp_path / "out" / "predictions.csv").read_text()
-    assert "failed: no face found" in pred
     import pandas as pd
 
-    rows = pd.read_csv(tmp_path / "out" / "predictions.csv").dropna(subset=["pred"])
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype={"race": str})
+    failed = table[table.error.notna()]  # the face without a face: its labels kept, the reason in `error`
+    assert len(failed) == 1 and failed.error.iloc[0] == "no face found" and failed.pred.isna().all()
+    assert (failed.age.iloc[0], failed.gender.iloc[0], failed.race.iloc[0]) == (30, "female", "white")
+    rows = table.dropna(subset=["pred"])
+    assert rows.error.isna().all() and not rows.race.str.startswith("failed").any()
     hit = ((rows.interval_lo <= rows.age) & (rows.age <= rows.interval_hi)).mean()
     assert (rows.interval_lo < rows.pred).all() and (rows.pred < rows.interval_hi).all()
     assert m["interval"]["n"] == 4 and m["interval"]["coverage"] == pytest.approx(hit)
@@ -190,9 +193,13 @@ def test_occluded_photo_is_flagged_and_routed(tmp_path, astronaut_path):
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["per_occlusion"]["mask"]["n"] == 4 and m["occluded_share"] == 1.0
+    assert (m["occlusion_mix"], m["occlusion_seed"], m["occlusion_protocol"]) == ({"mask": 1.0}, 0, "aligned-crop")
     assert m["routed_to"] == {expected: 4} and m["detector_accuracy"] == 1.0
     r = agelens("evaluate", "--dataset", "utkface", "--root", d, "--output", tmp_path / "ev2", "--occlude", "1.5")
     assert r.returncode == 2 and "--occlude must be a share" in r.stderr
+    r = agelens("evaluate", "--dataset", "utkface", "--root", d, "--output", tmp_path / "ev3", "--occlusion-mix",
+                "mask=1")
+    assert r.returncode == 2 and "give --occlude SHARE too" in r.stderr and not (tmp_path / "ev3").exists()
 
 
 EXIT_PROBE = """

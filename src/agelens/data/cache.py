@@ -129,6 +129,11 @@ def _iter_results(jobs: list[_Job], size: int, aligned: bool, workers: int, fast
     yield from crash_safe_map(per_input(_work), chunks, workers, lambda j: (j.index, None, None, CRASHED))
 
 
+def _failure(record: FaceRecord, reason: str) -> dict:
+    """A record the cache could not prepare: its path, why, and its labels (predictions.csv keeps them)."""
+    return {"path": record.path, "reason": reason, "age": record.age, "gender": record.gender, "race": record.race}
+
+
 def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256, aligned: bool = True,
                 workers: int = 2, progress: bool = True, force: bool = False, fast: bool | None = False,
                 prepare: Callable | None = None) -> FaceCache:
@@ -159,7 +164,7 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
         imgs = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         lms = np.lib.format.open_memmap(tmp / "landmarks.npy", mode="w+", dtype=np.float32, shape=(n, N_LANDMARKS, 2))
         ok = np.zeros(n, bool)
-        failed: list[dict[str, str]] = []
+        failed: list[dict] = []
         no_landmarks: list[str] = []
         jobs = [_Job(i, r.path) for i, r in enumerate(records)]
         from ..progress import track
@@ -167,7 +172,7 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
         for i, crop, lm, err in track(_iter_results(jobs, size, aligned, workers, fast, prepare), total=n,
                                       description=f"caching {out.name}", enabled=progress):
             if err is not None:
-                failed.append({"path": records[i].path, "reason": err})
+                failed.append(_failure(records[i], err))
                 continue
             imgs[i], lms[i], ok[i] = crop, lm, True
             if np.isnan(lm[:N_MESH]).any():  # the fast face path has no iris points (468-477) by design
@@ -245,7 +250,7 @@ def subset_cache(records: list[FaceRecord], donors: list[FaceCache], path: str |
         if r.path in where:
             picks.append(where[r.path])
         elif r.path in failed_in:
-            failed.append(failed_in[r.path])
+            failed.append(_failure(r, failed_in[r.path]["reason"]))
         else:
             raise DataError(f"{r.path} is in none of the prepared caches {[str(c.path) for c in donors]}; "
                             f"run `agelens prepare` with this dataset first")

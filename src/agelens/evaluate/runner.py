@@ -77,17 +77,25 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
         out = Path(out_dir)
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["path", "age", "pred", "spread", "abs_error", "gender", "race"] + (["pred_before_knn"] if knn else []))
+        w.writerow(["path", "age", "pred", "spread", "abs_error", "gender", "race"] + (["pred_before_knn"] if knn else [])
+                   + ["error"])
         for r, p, s, p0 in zip(recs, pred, spread, raw):
             w.writerow([r.path, r.age, f"{p:.3f}", f"{s:.3f}", f"{abs(p - r.age):.3f}", r.gender or "", r.race or ""]
-                       + ([f"{p0:.3f}"] if knn else []))
+                       + ([f"{p0:.3f}"] if knn else []) + [""])
         for f in cache.failed:
-            w.writerow([f["path"], "", "", "", "", "", f"failed: {f['reason']}"] + ([""] if knn else []))
+            w.writerow(_failed_row(f, 4, 0) + ([""] if knn else []) + [f["reason"]])
         atomic_write_text(out / "predictions.csv", buf.getvalue())
         if embeddings:
             save_embeddings(out / "embeddings.npz", emb, true, pred, recs)
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _failed_row(failure: dict, blank_before: int, blank_after: int) -> list:
+    """predictions.csv's row of a face the cache could not prepare: its path and labels (where the cache kept them)
+    around blank prediction columns; the reason goes in the last column, `error`."""
+    labels = [failure.get("gender") or "", failure.get("race") or ""]
+    return [failure["path"], failure.get("age", ""), *[""] * (blank_before - 1), *labels, *[""] * blank_after]
 
 
 def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlusion=None, seed: int = 0,
@@ -172,14 +180,14 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["path", "age", "pred", "spread", "abs_error", "gender", "race", "occlusion", "occlusion_score",
-                    "occluded", "model", "interval_lo", "interval_hi"] + (["pred_before_knn"] if knn else []))
+                    "occluded", "model", "interval_lo", "interval_hi"] + (["pred_before_knn"] if knn else [])
+                   + ["error"])
         for r, p, s, k, sc, o, m, a, b, p0 in zip(recs, pred, spread, kinds, score, occ, models, lo, hi, raw):
             w.writerow([r.path, r.age, f"{p:.3f}", f"{s:.3f}", f"{abs(p - r.age):.3f}", r.gender or "", r.race or "",
                         k, "" if not np.isfinite(sc) else f"{sc:.4f}", int(o), m, f"{a:.1f}", f"{b:.1f}"]
-                       + ([f"{p0:.3f}"] if knn else []))
+                       + ([f"{p0:.3f}"] if knn else []) + [""])
         for f in cache.failed:
-            w.writerow([f["path"], "", "", "", "", "", f"failed: {f['reason']}", "", "", "", "", "", ""]
-                       + ([""] if knn else []))
+            w.writerow(_failed_row(f, 4, 6) + ([""] if knn else []) + [f["reason"]])
         atomic_write_text(out / "predictions.csv", buf.getvalue())
         if embeddings:
             save_embeddings(out / "embeddings.npz", np.concatenate(embs), true, pred, recs)
