@@ -45,14 +45,15 @@ def open_part(cfg: RunConfig, part: str) -> FaceCache:
 
 def evaluate_prepared_cache(model_spec: str | None, config: str | Path | None, part: str, output: str | Path, *,
                             tta: bool = True, occlusion=None, seed: int = 0, knn=None, embeddings: bool = False,
-                            bootstrap: int = 1000, progress: bool = True) -> dict:
-    """The model alone (no detector, no routing) on cache_dir/PART, as at the end of training."""
+                            bootstrap: int = 1000, progress: bool = True, extra: dict | None = None) -> dict:
+    """The model alone (no detector, no routing) on cache_dir/PART, as at the end of training; `extra` goes into
+    metrics.json as it is (the CLI's occlusion settings)."""
     from ..evaluate.runner import evaluate_cache
 
     model, cfg, card = load_model_config(model_spec, config)
     cache = open_part(cfg, part)
     extra = {"model": str(card.get("name", model_spec)), "model_path": str(model_spec), "cache": str(cache.path),
-             "part": part, "detect": False, "tta_flip": tta}
+             "part": part, "detect": False, "tta_flip": tta, **(extra or {})}
     return evaluate_cache(model, cache, cfg, _numerics(), output, tta_flip=tta, progress=progress, extra=extra,
                           occlusion=occlusion, seed=seed, knn=knn, embeddings=embeddings, bootstrap=bootstrap)
 
