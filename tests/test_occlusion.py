@@ -4,6 +4,7 @@ the dataset hook, the detector head/metrics and `agelens occlude`."""
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,6 +215,31 @@ def test_occlude_folder_writes_copies_and_csv(tmp_path, monkeypatch):
         tool.occlude_folder(src, src / "out", OcclusionMix(), workers=1, progress=False)
     with pytest.raises(AgelensError, match="not found"):
         tool.occlude_folder(tmp_path / "missing", tmp_path / "o2", OcclusionMix(), workers=1, progress=False)
+
+    # an earlier run's folder is refused, or cleared with overwrite (its outputs only)
+    (tmp_path / "out" / "mine.txt").write_text("the user's own file")
+    with pytest.raises(AgelensError, match="holds an earlier run"):
+        tool.occlude_folder(src, tmp_path / "out", OcclusionMix(), seed=1, workers=1, progress=False, limit=2)
+    tool.occlude_folder(src, tmp_path / "out", OcclusionMix(), seed=1, workers=1, progress=False, limit=2,
+                        overwrite=True)
+    again = list(csv.DictReader((tmp_path / "out" / "occlusions.csv").read_text().splitlines()))
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jpg"))
+    assert len(again) == 2 and written == ["f0.jpg", "f2.jpg"] and (tmp_path / "out" / "mine.txt").is_file()
+
+    # each image's occluder follows its own path: a file added in front changes no other image's draw
+    def drawn(folder):
+        rows = csv.DictReader((folder / "occlusions.csv").read_text().splitlines())
+        return {Path(r["file"]).name: (r["type"], r["style"]) for r in rows}
+
+    mix = OcclusionMix(clean_fraction=0.3)
+    tool.occlude_folder(src, tmp_path / "a", mix, seed=3, workers=1, progress=False)
+    Image.fromarray(random_face(rng)[0]).save(src / "a0.gif")  # sorts first; GIF is written as PNG
+    Image.fromarray(random_face(rng)[0]).save(src / "z.tif")
+    tool.occlude_folder(src, tmp_path / "b", mix, seed=3, workers=1, progress=False)
+    a, b = drawn(tmp_path / "a"), drawn(tmp_path / "b")
+    assert all(b[k] == v for k, v in a.items()) and len(b) == len(a) + 2
+    assert (tmp_path / "b" / "a0.gif.png").read_bytes()[:4] == b"\x89PNG"
+    assert Image.open(tmp_path / "b" / "z.tif").format == "TIFF"
 
 
 def test_alignment_modules_start_as_identity():

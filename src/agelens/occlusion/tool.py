@@ -1,6 +1,10 @@
 """`agelens occlude IN OUT`: occluded copies of every image under IN, written to OUT with the same relative paths,
 plus OUT/occlusions.csv (file, output, status, type, style, area fractions, reason). Landmarks come from FaceMesh on
-each image (the largest face); faces without landmarks are listed with the reason and not written."""
+each image (the largest face); faces without landmarks are listed with the reason and not written. Each image's
+occluder is drawn from (seed, its relative path), so it does not change as files are added or left out; the CSV
+grows as images are done (an interrupted run lists what it wrote) and is rewritten in file order at the end. An
+OUT that holds an earlier run's occlusions.csv is refused unless overwrite=True, which first deletes that run's
+outputs."""
 
 from __future__ import annotations
 
@@ -24,7 +28,23 @@ CSV_FIELDS = ["file", "output", "status", "type", "style", "area_fraction", "eye
 class _Job:
     src: str
     dst: str
-    index: int
+    key: int  # the image's own seed: a stable hash of its path relative to the input
+
+
+def path_key(relative: str) -> int:
+    """A stable 63-bit number for a relative path (the same on every machine and Python run)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(relative.replace("\\", "/").encode()).digest()[:8], "big") >> 1
+
+
+# extensions OpenCV writes; an image of another kind (GIF, HEIC, AVIF...) is written as PNG, named NAME.EXT.png
+ENCODED = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def output_path(dst: Path) -> Path:
+    """Where an occluded copy is written: dst, or dst + ".png" where OpenCV cannot write dst's format."""
+    return dst if dst.suffix.lower() in ENCODED else dst.with_name(dst.name + ".png")
 
 
 _analyzer = None
@@ -56,7 +76,7 @@ def _occlude_one(args: tuple[_Job, OcclusionMix, int]) -> dict:
     row = _error_row(job.src)
     try:
         rgb = load_image(job.src)
-        rng = np.random.default_rng((seed, job.index))
+        rng = np.random.default_rng((seed, job.key))
         kind = mix.sample(rng)
         if kind is None:
             out, row["status"], row["type"] = rgb, "clean", "clean"
@@ -70,21 +90,39 @@ def _occlude_one(args: tuple[_Job, OcclusionMix, int]) -> dict:
             row.update(status="ok", type=kind, style=occ.style, area_fraction=f"{occ.fraction:.4f}",
                        eye_fraction=f"{occ.parts['eyes']:.4f}" if "eyes" in occ.parts else "",
                        mouth_fraction=f"{occ.parts['mouth']:.4f}" if "mouth" in occ.parts else "")
-        ext = Path(job.dst).suffix.lower()
-        ok, buf = cv2.imencode(ext if ext in (".jpg", ".jpeg", ".png", ".bmp", ".webp") else ".png",
-                               cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
+        dst = output_path(Path(job.dst))
+        ext = dst.suffix.lower()
+        ok, buf = cv2.imencode(ext, cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else [])
         if not ok:
-            raise AgelensError(f"could not encode {job.dst}")
-        atomic_write(job.dst, lambda tmp: Path(tmp).write_bytes(buf.tobytes()))
-        row["output"] = job.dst
+            raise AgelensError(f"could not encode {dst}")
+        atomic_write(dst, lambda tmp: Path(tmp).write_bytes(buf.tobytes()))
+        row["output"] = str(dst)
     except AgelensError as e:
         row["reason"] = str(e)
     return row
 
 
+def _clear_earlier_run(dst: Path, overwrite: bool) -> None:
+    """Refuse a dst that holds an earlier run (its occlusions.csv), or with overwrite delete that run's outputs and
+    CSV (nothing else in dst)."""
+    csv_path = dst / "occlusions.csv"
+    if not csv_path.is_file():
+        return
+    if not overwrite:
+        raise AgelensError(f"{dst} holds an earlier run (occlusions.csv): give an empty folder, or --overwrite to "
+                           "delete that run's outputs first")
+    with open(csv_path, newline="") as f:
+        outputs = [r.get("output") or "" for r in csv.DictReader(f)]
+    for o in outputs:
+        p = Path(o)
+        if o and p.is_file() and dst.resolve() in p.resolve().parents:
+            p.unlink()
+    csv_path.unlink()
+
+
 def occlude_folder(src: str | Path, dst: str | Path, mix: OcclusionMix, seed: int = 0, workers: int = 2,
-                   limit: int = 0, progress: bool = True) -> dict:
+                   limit: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
     """Write occluded copies of every image under src into dst; returns a summary (counts, fraction stats)."""
     from ..data.adapters import IMAGE_EXTS
     from ..progress import track
@@ -99,17 +137,27 @@ def occlude_folder(src: str | Path, dst: str | Path, mix: OcclusionMix, seed: in
         files = files[:limit]
     if not files:
         raise AgelensError(f"no images found in {src}")
-    jobs = [_Job(str(f), str(dst / (f.name if src.is_file() else f.relative_to(src))), i) for i, f in enumerate(files)]
-    rows: list[dict] = []
+    _clear_earlier_run(dst, overwrite)
+    rel = [f.name if src.is_file() else f.relative_to(src).as_posix() for f in files]
+    jobs = [_Job(str(f), str(dst / r), path_key(r)) for f, r in zip(files, rel, strict=True)]
     args = [(j, mix, seed) for j in jobs]
     if workers <= 1:
         _init_worker()
         it = map(_occlude_one, args)
-        rows = list(track(it, total=len(jobs), description="occluding", enabled=progress))
     else:  # a worker that dies on a photo (a native crash) fails that photo only, instead of hanging the run
         chunks = [(jobs[i:i + 8], mix, seed) for i in range(0, len(jobs), 8)]
         it = crash_safe_map(per_input(_occlude_one), chunks, workers, _crashed_row, _init_worker)
-        rows = list(track(it, total=len(jobs), description="occluding", enabled=progress))
+    dst.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    with open(dst / "occlusions.csv", "w", newline="") as f:  # grows as images are done: a stop leaves what was done
+        live = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        live.writeheader()
+        for row in track(it, total=len(jobs), description="occluding", enabled=progress):
+            rows.append(row)
+            live.writerow(row)
+            f.flush()
+    order = {j.src: i for i, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order.get(r["file"], len(order)))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
     w.writeheader()
