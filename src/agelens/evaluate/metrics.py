@@ -237,7 +237,8 @@ def _spread_interval(boot: np.ndarray, point: np.ndarray, keep: np.ndarray, leve
     se = d.std(0, ddof=1)
     se = np.where(se > 0, se, np.inf)  # a pair that never varies adds no deviation
     c = float(np.quantile(np.max(np.abs(d - d_hat) / se, 1), level))
-    lo, hi = d_hat - c * se, d_hat + c * se
+    with np.errstate(invalid="ignore"):  # c = 0 (every pair constant) times an infinite se: replaced just below
+        lo, hi = d_hat - c * se, d_hat + c * se
     finite = np.isfinite(se)
     lo, hi = np.where(finite, lo, d_hat), np.where(finite, hi, d_hat)
     upper = np.maximum(np.abs(lo), np.abs(hi))
