@@ -38,6 +38,9 @@ def test_train_writes_run_dir_and_resume_matches_uninterrupted(tmp_path, utk_fol
     a = load_checkpoint(run / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "runs" / "part" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    said = []  # resumed with fewer epochs than it has: it says that nothing runs
+    train_and_test(_cfg(tmp_path, utk_folder, "part", "train.epochs=2"), resume=True, progress=False, log=said.append)
+    assert any("already reach train.epochs=2, so no epoch runs" in m for m in said), said
 
 
 def test_resume_without_checkpoint_and_corrupt_checkpoint(tmp_path, utk_folder):

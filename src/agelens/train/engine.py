@@ -292,7 +292,10 @@ class Trainer:
             self.knn.load_state_dict(ck["knn_bank"])
         if self.dro is not None and "group_dro" in ck:
             self.dro.load_state_dict(ck["group_dro"])
-        self.log(f"resumed from {p} at epoch {self.start_epoch}")
+        done = self.start_epoch >= self.cfg.train.epochs
+        self.log(f"resumed from {p} at epoch {self.start_epoch}" + (
+            f": its {self.start_epoch} epochs already reach train.epochs={self.cfg.train.epochs}, so no epoch runs "
+            "(raise train.epochs to train on)" if done else ""))
 
     def _replace_earlier_run(self) -> None:
         """A fresh run under the name of an earlier one replaces it: say so, and remove what was made from the
