@@ -41,6 +41,8 @@ def _no_traceback(r):
     (["evaluate", "--root", "/no/such/dir", "--output", "/tmp/x", "--model", "/no/model.pt"], "checkpoint not found"),
     (["predict", "--model", "nosuchmodel", "x.jpg"], "neither a file nor a shipped model"),
     (["predict", "--format", "xml", "x.jpg"], "--format must be table, json, jsonl or csv"),
+    (["predict", "--detector", "/no/detector.pt", "x.jpg"], "checkpoint not found"),
+    (["serve", "--student", "/no/student.pt"], "checkpoint not found"),
     (["calibrate", "teacher", "-c", "x.yaml", "--part", "test"], "never on the test part"),
     (["calibrate", "teacher", "-c", "x.yaml", "--level", "1.5"], "--level must be a coverage in (0, 1)"),
 ])
@@ -342,3 +344,11 @@ def test_closed_standard_streams_and_the_version(tmp_path, tiny_checkpoint, astr
     assert r.returncode == 2 and "standard input is closed" in r.stderr and "Traceback" not in r.stderr
     r = agelens("--version")
     assert r.returncode == 0 and r.stdout.startswith("agelens ")
+
+
+def test_predict_takes_a_student_of_ones_own(tiny_checkpoint, astronaut_path):
+    r = agelens("predict", astronaut_path, "--student", tiny_checkpoint, "--route", "student", "--format", "json")
+    _no_traceback(r)
+    assert r.returncode == 0, r.stderr
+    face = json.loads(r.stdout)[0]["faces"][0]
+    assert face["model"] not in ("student", "teacher") and "tiny" in face["model"], face

@@ -44,6 +44,11 @@ def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+STUDENT_HELP = ("the model for occluded faces under --route auto (a .safetensors, .pt or run folder of `agelens "
+                "distill`; default: shipped)")
+DETECTOR_HELP = "occlusion detector that routes each face (a binary model of `agelens train`; default: shipped)"
+
+
 def _route(route: str | None, model: str | None, student: str | None = None) -> str:
     """--route as given; by default auto for the shipped models, and teacher for a --model of one's own (without
     a --student), so that the model asked about answers every face: under auto the faces the occlusion detector
@@ -327,6 +332,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                                               "half the work)")] = True,
             full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
             route: Annotated[str | None, typer.Option(help=ROUTE_HELP, show_default=False)] = None,
+            student: Annotated[str | None, typer.Option(help=STUDENT_HELP, show_default=False)] = None,
+            detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP, show_default=False)] = None,
             backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
             adapt: Annotated[bool, typer.Option("--adapt/--no-adapt", help="adapt clean faces' ages to the job's own "
                                                 "age mix where it is far from the training mix (20+ such faces; "
@@ -381,8 +388,9 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     from .inference.stream import CSV_COLUMNS, csv_rows, open_sink, predict_stream
 
     tta_flip = _tta(tta, full_tta)
-    route = _route(route, model)
-    est = AgeEstimator.from_pretrained(model, tta_flip=tta_flip, route=route, backend=backend, log=_err)
+    route = _route(route, model, student)
+    est = AgeEstimator.from_pretrained(model, tta_flip=tta_flip, route=route, student=student, detector=detector,
+                                       backend=backend, log=_err)
     if backend != "auto":
         _err(f"backend: {est.backend}")
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
@@ -623,6 +631,8 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
           port: Annotated[int, typer.Option(help="TCP port")] = 8000,
           model: Annotated[str | None, typer.Option(help="shipped model name, .safetensors, .pt or run folder")] = None,
           route: Annotated[str | None, typer.Option(help=ROUTE_HELP, show_default=False)] = None,
+          student: Annotated[str | None, typer.Option(help=STUDENT_HELP, show_default=False)] = None,
+          detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP, show_default=False)] = None,
           max_upload_mb: Annotated[float, typer.Option(help="largest request body in MB (413 above)")] = 10.0,
           max_pixels: Annotated[int, typer.Option(help="largest image in pixels decoded (a large JPEG at 1/2-1/8 of its size), checked before decoding (413 above)")] = 40_000_000,
           max_queue: Annotated[int, typer.Option(help="requests that may wait for the models (503 with Retry-After "
@@ -643,8 +653,9 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
         raise AgelensError(f"--port must be in 1..65535, got {port}")
     if max_upload_mb <= 0 or max_pixels < 4 or max_queue < 0:
         raise AgelensError("--max-upload-mb and --max-pixels must be positive, --max-queue at least 0")
-    route = _route(route, model)
-    est = AgeEstimator.from_pretrained(model, route=route, backend=backend, log=_err)
+    route = _route(route, model, student)
+    est = AgeEstimator.from_pretrained(model, route=route, student=student, detector=detector, backend=backend,
+                                       log=_err)
     web = create_app(est, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels, max_queue=max_queue)
     if host not in ("127.0.0.1", "localhost", "::1"):
         _err(f"warning: binding {host}: the service has no authentication; put it behind a proxy you control")
