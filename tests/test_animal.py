@@ -231,14 +231,21 @@ def test_a_check_that_cannot_be_exported_warns_and_leaves_faces_unchecked(monkey
     assert not (tmp_path / "ro").exists()
 
 
-def test_the_first_export_of_the_shipped_models_makes_the_check_too_and_says_so(monkeypatch, tmp_path):
-    from agelens.export import onnx as export_onnx
+def test_an_estimator_on_the_shipped_export_makes_the_check_as_it_loads_and_says_so(monkeypatch, tmp_path):
     from agelens.export import shipped
+    from agelens.inference import predictor
+    from agelens.inference.backends import onnx as onnx_backend
 
     monkeypatch.setenv("AGELENS_ONNX_DIR", str(tmp_path))
-    monkeypatch.setattr(export_onnx, "export_all", lambda d, **kw: None)
+    monkeypatch.setattr(shipped, "ensure_export", lambda d, log, int8: tmp_path)
     monkeypatch.setattr(animal, "export", lambda p: p.write_bytes(b"\0" * 2_000_000))
+
+    def stop(*a):
+        raise RuntimeError("models not loaded in this test")
+
+    monkeypatch.setattr(onnx_backend, "load_onnx_models", stop)
     said = []
-    assert shipped.ensure_export(log=said.append) == tmp_path
+    with pytest.raises(RuntimeError, match="models not loaded"):
+        predictor.AgeEstimator.from_onnx(log=said.append)
     assert (tmp_path / f"{animal.FORMAT}.onnx").is_file()
-    assert said[-1] == f"cat / non-face check: {tmp_path / animal.FORMAT}.onnx (2.0 MB)"
+    assert said == [f"cat / non-face check: {tmp_path / animal.FORMAT}.onnx (2.0 MB)"]

@@ -165,10 +165,6 @@ def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool | str
         log(f"exporting the shipped models to ONNX once: {d}")
     export_all(d, int8="shipped" if flavor and onnx_dir is None else "none", log=log or (lambda *_: None),
                flavors=(flavor,) if flavor else ())
-    if onnx_dir is None:  # the cat / non-face check predict asks for on its first photo: made in the same step, said
-        from ..faces import animal
-
-        animal.ensure_export(log)
     return d
 
 

@@ -231,7 +231,7 @@ def ensure_export(log=None) -> Path | None:
     """The exported check, made first where it is missing (said through `log` where one is given); None where it
     cannot be made (no torch for the export, no ImageNet weights, a cache folder that cannot be written), with a
     warning: faces are then not checked for cats. The batch engine calls it before starting its workers, so they do
-    not each export it; the shipped models' first export makes it too (`export.shipped.ensure_export`)."""
+    not each export it; an estimator on the shipped ONNX export makes it as it loads (`AgeEstimator.from_onnx`)."""
     from ..errors import CheckpointError
 
     p = export_path()
