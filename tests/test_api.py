@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 import numpy as np
 import pytest
 
 import agelens
 from agelens.errors import AgelensError
+
+AST_JPG = resources.files("agelens") / "assets" / "astronaut.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,14 @@ def test_draw_marks_each_face_and_leaves_the_input_alone(est, astronaut):
     np.testing.assert_array_equal(bgr[..., ::-1], out)  # dicts (JSON records) draw the same, in either order
     with pytest.raises(ValueError, match="HxWx3"):
         agelens.draw(astronaut[..., 0], faces)
+    from PIL import Image
+
+    from agelens.imageio import load_image
+
+    on_file = est.predict(AST_JPG)  # a path or a Pillow image is read as predict reads it
+    want = agelens.draw(load_image(str(AST_JPG)), on_file)
+    np.testing.assert_array_equal(agelens.draw(AST_JPG, on_file), want)
+    np.testing.assert_array_equal(agelens.draw(Image.open(AST_JPG), on_file), want)
 
 
 def test_a_folder_is_read_for_every_image_format_pillow_reads(tmp_path, astronaut):
@@ -221,7 +233,12 @@ def test_predict_takes_pillow_images_upright_and_file_bytes(est, astronaut, tmp_
     path = tmp_path / "turned.jpg"
     Image.fromarray(astronaut).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif.tobytes(), quality=95)
     on_file = est.predict(path)
-    for other in (est.predict(Image.open(path)), est.predict(path.read_bytes())):
+    import io
+
+    with open(path, "rb") as fh:
+        from_file_object = est.predict(fh)
+    for other in (est.predict(Image.open(path)), est.predict(path.read_bytes()), from_file_object,
+                  est.predict(io.BytesIO(path.read_bytes()))):
         assert [f.box for f in other] == [f.box for f in on_file] and [f.age for f in other] == [f.age for f in on_file]
     assert np.allclose(on_file[0].box, est.predict(astronaut)[0].box, atol=6)  # in the upright photo's pixels
 
@@ -246,3 +263,50 @@ def test_a_failed_landmark_graph_run_does_not_break_the_next():
     with pytest.raises(ImageError, match="landmark graph failed"):
         an.mesh(np.zeros((0, 0, 3), np.uint8))
     assert an.mesh(data.astronaut()) is not None
+
+
+def test_what_is_no_image_is_a_type_error_naming_what_is(est):
+    for bad in (None, 5, {"path": "x.jpg"}):
+        with pytest.raises(TypeError, match=f"cannot read an image from {type(bad).__name__}: give a path"):
+            est.predict(bad)
+
+
+def test_threads_sharing_an_estimator_get_the_answers_of_one_thread(est, astronaut):
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [astronaut, np.ascontiguousarray(astronaut[:, ::-1]), astronaut[::2, ::2].copy(),
+              np.ascontiguousarray(astronaut[40:400, 60:460])]
+
+    def answers(img):
+        return [(f.box, f.age, f.model) for f in est.predict(img)]
+
+    serial = [answers(im) for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(answers, images * 3))
+    assert threaded == serial * 3
+    with ThreadPoolExecutor(2) as pool:  # predict_many beside predict
+        many = pool.submit(lambda: [r["faces"][0]["age"] for r in est.predict_many([str(AST_JPG)] * 4)])
+        one = [pool.submit(answers, images[0]) for _ in range(4)]
+        assert len(set(many.result())) == 1 and all(f.result() == serial[0] for f in one)
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"route": "bogus"}, "route must be one of auto, teacher, student, got 'bogus'"),
+    ({"device": "cuda", "backend": "onnx"}, "backend onnx runs on the CPU"),
+    ({"device": "gpu"}, "'gpu' is not a torch device"),
+])
+def test_settings_that_cannot_run_are_refused_before_any_model_loads(kwargs, fragment, monkeypatch):
+    from agelens.inference import predictor
+
+    monkeypatch.setattr(predictor.AgeEstimator, "from_onnx", lambda *a, **k: pytest.fail("a model loaded"))
+    with pytest.raises(AgelensError, match=fragment):
+        agelens.AgeEstimator.from_pretrained(**kwargs)
+
+
+def test_a_gpu_this_machine_lacks_is_an_agelens_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(AgelensError, match="torch sees no CUDA GPU here"):
+        agelens.AgeEstimator.from_pretrained(device="cuda")

@@ -9,13 +9,22 @@ import numpy as np
 GREEN, ORANGE = (0, 200, 0), (255, 140, 0)  # RGB: clean faces, occluded faces
 
 
-def draw(image: np.ndarray, faces: Sequence, channels: str = "rgb") -> np.ndarray:
-    """A copy of `image` (HxWx3 uint8, RGB or with channels="bgr" BGR) with each face's box and age drawn; faces
-    are FacePredictions or their dicts (`to_dict()`, JSON records). Occluded faces are drawn in orange."""
+def draw(image, faces: Sequence, channels: str = "rgb") -> np.ndarray:
+    """A copy of `image` (HxWx3 uint8, RGB or with channels="bgr" BGR; or a path or Pillow image, read upright as
+    predict reads it, and drawn in RGB) with each face's box and age drawn; faces are FacePredictions or their dicts
+    (`to_dict()`, JSON records). Occluded faces are drawn in orange."""
+    import os
+
     import cv2
+    from PIL import Image
 
     if channels not in ("rgb", "bgr"):
         raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
+    if isinstance(image, str | os.PathLike | Image.Image):
+        from ..imageio import load_image, pil_to_rgb
+
+        image = pil_to_rgb(image) if isinstance(image, Image.Image) else load_image(os.fspath(image))
+        channels = "rgb"
     img = np.asarray(image)
     if img.dtype != np.uint8:  # a float image of 0-1 values (matplotlib's) is scaled, not cast to black
         lo, hi = (float(img.min()), float(img.max())) if img.size else (0.0, 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -134,6 +135,27 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
     return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused (no AVX2, VNNI or AMX for int8)"
 
 
+def check_device(device: str, backend: str = "auto") -> None:
+    """AgelensError where `device` cannot run here: not a torch device, a GPU this machine lacks, or a GPU asked of
+    the ONNX backends (they run on the CPU)."""
+    if device == "cpu":
+        return
+    if backend.startswith("onnx"):
+        raise AgelensError(f"backend {backend} runs on the CPU: for device={device!r} use backend='torch' or 'auto'")
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise AgelensError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N, mps): {e}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise AgelensError(f"device {device!r}: torch sees no CUDA GPU here (torch.cuda.is_available() is False)")
+    if kind == "cuda" and (torch.device(device).index or 0) >= torch.cuda.device_count():
+        raise AgelensError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise AgelensError(f"device {device!r}: torch sees no Apple GPU (MPS) here")
+
+
 def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
     """(RGB uint8 array, scale) of an image `AgeEstimator.predict` is given: a path or encoded bytes (a large JPEG
     decoded at the size the faces need, `imageio.FACE_MIN_SIDE`: scale = the file's pixels per array pixel), a
@@ -144,8 +166,16 @@ def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
         rgb, scale = load_reduced(image)
     elif isinstance(image, bytes | bytearray | memoryview):
         rgb, scale = decode_reduced(bytes(image))
+    elif hasattr(image, "read"):  # an open file, io.BytesIO, an upload's stream
+        data = image.read()
+        if not isinstance(data, bytes | bytearray):
+            raise TypeError(f"the file object gave {type(data).__name__}, not bytes: open the image in binary mode")
+        rgb, scale = decode_reduced(bytes(data))
     elif isinstance(image, PILImage.Image):
         rgb, scale = pil_to_rgb(image), 1.0  # Pillow's images are RGB (or convert to it): channels is for arrays
+    elif image is None or isinstance(image, int | float | complex | bool | dict | set):
+        raise TypeError(f"cannot read an image from {type(image).__name__}: give a path, encoded bytes, a binary "
+                        "file object, a Pillow image or an HxWx3 uint8 array")
     else:
         rgb, scale = check_rgb(np.asarray(image)), 1.0
         if channels == "bgr":
@@ -158,6 +188,7 @@ class AgeEstimator:
 
     Routing (paper 1, Fig. 2): the occlusion detector scores every face; with route="auto" occluded faces go to
     the student and clean ones to the teacher; "teacher"/"student" force one model. Every answer names its model.
+    Threads may share one estimator: their calls take turns (build one per thread to run them at once).
     The models are AgeBackends (inference.backends: torch or onnxruntime), the detector and the face verifier
     CropClassifiers; build one with `from_pretrained`, `from_onnx` or, for torch models in memory, `from_model`.
     """
@@ -201,10 +232,21 @@ class AgeEstimator:
                                        photo=photo_verifier if verifier is not None else None,
                                        bands=bands_verifier if verifier is not None else None,
                                        tile_head=(cascade.get("face") or {}).get("tile_head"))
+        # predict / predict_many hold it: the face path's interpreters (LiteRT, mediapipe) and the memo of teacher
+        # passes are not thread-safe, so threads sharing one estimator take turns (one estimator per thread runs
+        # them at once)
+        self._lock = threading.RLock()
         self.onnx_dir: Path | None = None  # the export an ONNX-backed estimator runs
         # (classmethod, keyword arguments) that rebuild this estimator in another process (from_pretrained and
         # from_onnx set it); None: built from objects in memory, so the batch engine's workers only detect
         self.spec: tuple[str, dict] | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # what a caller may change on a built estimator; worker processes and Ray actors rebuilt from `spec` take them on
     SETTINGS = ("route", "upright", "realign", "student_views", "student_mirror")
@@ -262,6 +304,9 @@ class AgeEstimator:
     @classmethod
     def _from_pretrained(cls, name_or_path, device, tta_flip, route, student, detector, backend, onnx_dir, log,
                          threads) -> AgeEstimator:
+        if route not in ROUTES:  # before any model loads (an ONNX failure must not hide it)
+            raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+        check_device(device, backend)
         auto = backend == "auto"
         custom = any((name_or_path, student, detector)) and onnx_dir is None
         if auto:
@@ -340,12 +385,14 @@ class AgeEstimator:
         tta = tta_mode(tta)
         flavor = (int8_flavor() or "int8") if precision == "int8" else None  # this CPU's int8 graphs
         d = ensure_export(onnx_dir, log, int8=flavor or False)
-        if onnx_dir is not None:
-            from ..faces import animal
+        from ..faces import animal
 
+        if onnx_dir is not None:
             if d not in animal.EXPORT_DIRS and (d / f"{animal.FORMAT}.onnx").is_file():
                 animal.EXPORT_DIRS.insert(0, d)  # its own cat / non-face check (a torch-free machine has no other)
                 animal.shipped.cache_clear()
+        else:  # the cat / non-face check predict asks for on its first photo: made now where missing, and said
+            animal.ensure_export(log)
         models = load_onnx_models(d, flavor or precision, threads, tta)
         t = models["teacher"]
         est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
@@ -572,13 +619,14 @@ class AgeEstimator:
         HxWx3 array: RGB, or BGR with channels="bgr" as OpenCV reads it. Boxes are in the pixels of the image as
         displayed (a file's EXIF orientation applied)."""
         rgb, scale = as_rgb(image, channels)
-        t0 = time.perf_counter()
-        faces = in_file_pixels(self.faces_of(rgb, detect), scale)
-        t1 = time.perf_counter()
-        r = self.analyse_faces(faces)
-        t2 = time.perf_counter()
-        return self.predictions(faces, r, {"detect_ms": round(1000 * (t1 - t0), 1),
-                                           "model_ms": round(1000 * (t2 - t1), 1)})
+        with self._lock:
+            t0 = time.perf_counter()
+            faces = in_file_pixels(self.faces_of(rgb, detect), scale)
+            t1 = time.perf_counter()
+            r = self.analyse_faces(faces)
+            t2 = time.perf_counter()
+            return self.predictions(faces, r, {"detect_ms": round(1000 * (t1 - t0), 1),
+                                               "model_ms": round(1000 * (t2 - t1), 1)})
 
     def predict_many(self, source, *, detect: bool = True, workers: int = 0, batch_size: int = 32,
                      skip=()) -> Iterator[dict]:
@@ -587,7 +635,8 @@ class AgeEstimator:
         streamed in input order, the faces of consecutive files batched through the models; `faces` are
         `FacePrediction.to_dict()` records. workers > 0 runs that many processes, each the whole pipeline (a script
         then needs Python's `if __name__ == "__main__":` guard). `est.adapt(records)` adapts a finished job to its
-        own age mix, as `agelens predict` does; `agelens.predict_many` adds the Ray engine."""
+        own age mix, as `agelens predict` does; `agelens.predict_many` adds the Ray engine. An iterator is read to
+        its end first (its items are expanded into files before the first record)."""
         from ..parallel import start_workers_early
         from .inputs import job_files
         from .stream import predict_stream
@@ -595,5 +644,10 @@ class AgeEstimator:
         files = job_files(source, skip)
         if workers:
             start_workers_early()
-        for r, _ in predict_stream(self, files, detect, workers, batch_size):
-            yield r
+        it = predict_stream(self, files, detect, workers, batch_size)
+        while True:  # the estimator is held while a record is made, not while the caller has it
+            with self._lock:
+                nxt = next(it, None)
+            if nxt is None:
+                return
+            yield nxt[0]
