@@ -58,6 +58,18 @@ def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder):
     assert (tmp / "eval" / "embeddings.npz").is_file()
     assert "pred_before_knn" in (tmp / "eval" / "predictions.csv").read_text().splitlines()[0]
 
+    # occluded from the cache: each face's drawn type is reported, in metrics.json and predictions.csv
+    import pandas as pd
+
+    from agelens.occlusion.synth import OcclusionMix
+
+    occ = evaluate_prepared_cache(str(run), None, "test", tmp / "occ", occlusion=OcclusionMix({"mask": 1.0}, 0.5),
+                                  seed=3, bootstrap=0, progress=False, extra={"occlusion_seed": 3})
+    table = pd.read_csv(tmp / "occ" / "predictions.csv")
+    counts = table.occlusion.value_counts().to_dict()
+    assert occ["occlusion_seed"] == 3 and {k: v["n"] for k, v in occ["per_occlusion"].items()} == counts
+    assert sum(counts.values()) == occ["n"] and set(counts) <= {"mask", "clean"}
+
     # an index built for another model is refused
     ck = load_checkpoint(run / "best.pt")
     ck["model"]["head.fc.bias"] += 1.0

@@ -70,6 +70,15 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
     metrics = compute_metrics(pred, true, genders, races)
     add_fairness(metrics, pred, true, genders, races, bootstrap)
     metrics["failed"] = len(cache.failed)
+    kinds = None
+    if occlusion is not None:  # the occluder each face got (the same seeded draw predict_cache made), per type
+        from ..data.dataset import CachedFaceDataset
+
+        ds = CachedFaceDataset(cache, False, 16, 16, occlusion=occlusion, seed=seed)
+        kinds = np.array([ds.occluded_view(int(i))[1] or "clean" for i in idx])
+        err = np.abs(pred - true)
+        metrics["per_occlusion"] = {k: {"n": int((kinds == k).sum()), "mae": round(float(err[kinds == k].mean()), 4)}
+                                    for k in sorted(set(kinds))}
     if knn_info is not None:
         metrics["knn"] = knn_info
     metrics.update(extra or {})
@@ -77,13 +86,14 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
         out = Path(out_dir)
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["path", "age", "pred", "spread", "abs_error", "gender", "race"] + (["pred_before_knn"] if knn else [])
-                   + ["error"])
-        for r, p, s, p0 in zip(recs, pred, spread, raw):
+        occ = ["occlusion"] if kinds is not None else []
+        w.writerow(["path", "age", "pred", "spread", "abs_error", "gender", "race"] + occ
+                   + (["pred_before_knn"] if knn else []) + ["error"])
+        for j, (r, p, s, p0) in enumerate(zip(recs, pred, spread, raw)):
             w.writerow([r.path, r.age, f"{p:.3f}", f"{s:.3f}", f"{abs(p - r.age):.3f}", r.gender or "", r.race or ""]
-                       + ([f"{p0:.3f}"] if knn else []) + [""])
+                       + ([kinds[j]] if kinds is not None else []) + ([f"{p0:.3f}"] if knn else []) + [""])
         for f in cache.failed:
-            w.writerow(_failed_row(f, 4, 0) + ([""] if knn else []) + [f["reason"]])
+            w.writerow(_failed_row(f, 4, len(occ)) + ([""] if knn else []) + [f["reason"]])
         atomic_write_text(out / "predictions.csv", buf.getvalue())
         if embeddings:
             save_embeddings(out / "embeddings.npz", emb, true, pred, recs)
