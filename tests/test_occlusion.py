@@ -209,6 +209,9 @@ def test_occlude_folder_writes_copies_and_csv(tmp_path, monkeypatch):
         if r["status"] == "ok":
             assert r["type"] in OCCLUSION_TYPES and r["style"] and 0 < float(r["area_fraction"]) < 1
     assert s["inside_bounds_share"] == 1.0
+    newer = {**dict.fromkeys(tool.CSV_FIELDS, ""), "status": "ok", "type": "hand"}  # no part fractions: not counted
+    assert tool.summarise([newer])["inside_bounds_share"] is None
+    assert tool.summarise([newer, *rows])["inside_bounds_share"] == s["inside_bounds_share"]
     from agelens.errors import AgelensError
 
     with pytest.raises(AgelensError, match="inside"):

@@ -167,23 +167,26 @@ def occlude_folder(src: str | Path, dst: str | Path, mix: OcclusionMix, seed: in
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Counts per status and type, and how many achieved fractions sit inside the per-part bounds."""
+    """Counts per status and type, and how many of the occluders with part bounds (the paper's types) sit inside
+    them (None when none has: the newer families)."""
     from .synth import BOUNDS
 
     ok = [r for r in rows if r["status"] == "ok"]
-    inside, parts = 0, {"eyes": [], "mouth": []}
-    for r in ok:
-        good = True
+    inside, bounded, parts = 0, 0, {"eyes": [], "mouth": []}
+    for r in ok:  # only the paper's types have part bounds (the newer families record no part fractions)
+        good, measured = True, False
         for part, key in (("eyes", "eye_fraction"), ("mouth", "mouth_fraction")):
             if r[key] != "":
                 v = float(r[key])
                 parts[part].append(v)
                 good &= BOUNDS[part][0] <= v <= BOUNDS[part][1]
-        inside += good
+                measured = True
+        inside += good and measured
+        bounded += measured
     q = {p: ({"min": round(min(v), 4), "p1": round(float(np.percentile(v, 1)), 4),
               "median": round(float(np.median(v)), 4), "p99": round(float(np.percentile(v, 99)), 4),
               "max": round(max(v), 4), "n": len(v)} if v else None) for p, v in parts.items()}
     return {"images": len(rows), "status": dict(Counter(r["status"] for r in rows)),
-            "types": dict(Counter(r["type"] for r in ok)), "inside_bounds": inside,
-            "inside_bounds_share": round(inside / len(ok), 4) if ok else None, "fractions": q,
+            "types": dict(Counter(r["type"] for r in ok)), "with_part_bounds": bounded, "inside_bounds": inside,
+            "inside_bounds_share": round(inside / bounded, 4) if bounded else None, "fractions": q,
             "errors": dict(Counter(r["reason"] for r in rows if r["status"] == "error").most_common(5))}
