@@ -173,6 +173,7 @@ def test_binary_head_and_detector_metrics():
     assert m["accuracy"] == pytest.approx(0.8) and m["recall"] == 1.0 and m["precision"] == pytest.approx(2 / 3, abs=1e-4)
     assert m["roc_auc"] == pytest.approx(1.0)
     assert 0.6 < best_threshold(scores, labels) <= 0.8
+    assert repr(best_threshold(np.array([0.1, 0.485, 0.495, 0.8]), np.array([0, 0, 1, 1]))) == "0.49"  # as written
 
 
 def test_occlude_folder_writes_copies_and_csv(tmp_path, monkeypatch):

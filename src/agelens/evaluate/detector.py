@@ -34,7 +34,7 @@ def binary_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """The threshold with the highest accuracy (ties → closest to 0.5)."""
-    cands = np.unique(np.concatenate([np.linspace(0.05, 0.95, 91), [0.5]]))
+    cands = np.unique(np.round(np.concatenate([np.linspace(0.05, 0.95, 91), [0.5]]), 2))  # 0.49, not 0.48999...
     acc = np.array([((scores >= t) == labels.astype(bool)).mean() for t in cands])
     best = np.flatnonzero(acc == acc.max())
     return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
