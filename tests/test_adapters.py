@@ -143,6 +143,9 @@ def test_csv_from_spreadsheets_duplicates_and_codes(tmp_path):
     assert [(Path(r.path).name, r.gender, r.race) for r in lst.records] == [("a.jpg", "male", "white"),
                                                                              ("b.jpg", "female", "white")]
     assert [b.reason.split(" ")[0] for b in lst.bad] == ["duplicate", "duplicate"]  # relative, absolute, ./
+    (tmp_path / "unknown.csv").write_text("path,age,gender,race\na.jpg,31,unknown,N/A\nb.jpg,40,u,Unknown\n")
+    lst = load_dataset("csv", tmp_path / "unknown.csv")  # "not known" is no group of its own
+    assert [(r.gender, r.race) for r in lst.records] == [(None, None), (None, None)]
     (tmp_path / "coded.csv").write_text("path,age,gender\na.jpg,31,0\n")
     with pytest.raises(DataError, match="gender '0' is a number"):
         load_dataset("csv", tmp_path / "coded.csv")

@@ -59,12 +59,15 @@ def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder):
     assert "pred_before_knn" in (tmp / "eval" / "predictions.csv").read_text().splitlines()[0]
 
     # occluded from the cache: each face's drawn type is reported, in metrics.json and predictions.csv
+    import os
+
     import pandas as pd
 
     from agelens.occlusion.synth import OcclusionMix
 
-    occ = evaluate_prepared_cache(str(run), None, "test", tmp / "occ", occlusion=OcclusionMix({"mask": 1.0}, 0.5),
-                                  seed=3, bootstrap=0, progress=False, extra={"occlusion_seed": 3})
+    occ = evaluate_prepared_cache(os.path.relpath(run), None, "test", tmp / "occ", progress=False, bootstrap=0,
+                                  occlusion=OcclusionMix({"mask": 1.0}, 0.5), seed=3, extra={"occlusion_seed": 3})
+    assert occ["model_path"] == str(run.resolve())  # absolute: `report` reloads it from any folder
     table = pd.read_csv(tmp / "occ" / "predictions.csv")
     counts = table.occlusion.value_counts().to_dict()
     assert occ["occlusion_seed"] == 3 and {k: v["n"] for k, v in occ["per_occlusion"].items()} == counts

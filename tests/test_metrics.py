@@ -38,7 +38,7 @@ def test_reports_stay_standard_json_and_one_group_is_no_gap(tmp_path):
 
     true = np.array([25.0, 26.0, 27.0, 28.0])
     pred = true + 10  # every face more than 5 years off: Acc@5 is 0 in every group, its ratio 0 / 0
-    rep = group_report(pred, true, ["male", "female", "male", "female"], ["white"] * 4)
+    rep = group_report(pred, true, ["male", "female", "male", "female"], ["white"] * 4, min_n=2)
     assert rep["gender"]["ratio"]["acc5"] is None and rep["gender"]["difference"]["mae"] == 0.0
     assert rep["race"]["difference"]["mae"] is None and "one group" in rep["race"]["note"]
     atomic_write_json(tmp_path / "m.json", {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.array([np.nan])})
@@ -104,3 +104,19 @@ def test_one_bin_one_face_and_one_gender_are_not_gaps():
     s = standardised_mae(pred, true, ["male"] * 5, races, n_boot=50, min_n=1)
     assert s["gender"]["spread"] is None and s["gender"]["note"] == "one group: no gap to measure"
     assert s["race"]["by_group"]["b"]["ci95"] is None
+
+
+def test_group_gaps_leave_out_groups_of_a_few_faces():
+    from agelens.evaluate.metrics import group_report
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(20, 60, 41)
+    pred = true + rng.normal(0, 3, 41)
+    races = ["white"] * 20 + ["black"] * 20 + ["pacific"]
+    pred[-1] = true[-1] + 40  # one face of its own group, 40 years off
+    rep = group_report(pred, true, None, races)["race"]
+    assert rep["left_out_of_difference"] == ["pacific"] and rep["by_group"]["pacific"]["n"] == 1
+    w, b = rep["by_group"]["white"]["mae"], rep["by_group"]["black"]["mae"]
+    assert rep["difference"]["mae"] == pytest.approx(abs(w - b), abs=1e-4) and rep["difference"]["mae"] < 5
+    two = group_report(pred[-21:], true[-21:], None, races[-21:])["race"]  # black (20) and pacific (1)
+    assert two["difference"]["mae"] is None and "fewer than two groups of 10+ faces" in two["note"]

@@ -84,12 +84,17 @@ def _images(root: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in it if p.suffix.lower() in IMAGE_EXTS and not p.is_dir())
 
 
+# labels that say the value is not known: left out of the groups that use the attribute, as an empty cell is
+MISSING_LABELS = frozenset({"", "nan", "none", "null", "na", "n/a", "unknown", "unk", "u", "?", "-", "missing",
+                            "not given", "not known"})
+
+
 def _norm_gender(g: str | None) -> str | None:
     if g is None:
         return None
     s = str(g).strip().lower()
     return {"m": "male", "male": "male", "1": "male", "1.0": "male", "f": "female", "female": "female",
-            "0": "female", "0.0": "female"}.get(s, s or None) if s not in ("", "nan", "none") else None
+            "0": "female", "0.0": "female"}.get(s, s) if s not in MISSING_LABELS else None
 
 
 def _csv_rows(p: Path, required: set[str], what: str) -> list[dict[str, str]]:
@@ -172,7 +177,8 @@ def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: objec
                             "IMDB-WIKI 0 = female); write male / female (or m / f)")
         img = Path(row["path"])
         img = img if img.is_absolute() else p.parent / img
-        race = (row.get("race") or "").strip().lower() or None  # "White" and "white" are one group
+        race = (row.get("race") or "").strip().lower()  # "White" and "white" are one group
+        race = None if race in MISSING_LABELS else race
         out.add(img, row.get("age"), _norm_gender(g), race, row.get("group") or None)
     return out
 

@@ -152,9 +152,10 @@ def bootstrap_ci(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | Non
 
 
 def group_report(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | None] | None = None,
-                 races: Sequence[str | None] | None = None, ndigits: int = 4) -> dict:
+                 races: Sequence[str | None] | None = None, ndigits: int = 4, min_n: int = 10) -> dict:
     """fairlearn MetricFrame per sensitive attribute (age bin, gender, race and their pairwise intersections): per
-    group n, MAE, Acc@5 and mean signed error, plus the between-group difference (max − min) and ratio (min / max).
+    group n, MAE, Acc@5 and mean signed error, plus the between-group difference (max − min) and ratio (min / max)
+    over the groups of min_n faces or more (the others listed in "left_out_of_difference").
     Faces missing an attribute are left out of the frames that use it."""
     import pandas as pd
     from fairlearn.metrics import MetricFrame
@@ -182,14 +183,23 @@ def group_report(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | Non
             label = "|".join(map(str, key)) if isinstance(key, tuple) else str(key)
             rows[label] = {"n": int(row["n"]), "mae": r(row["mae"]), "acc5": r(row["acc5"]),
                            "mean_error": r(row["mean_error"])}
-        diff, ratio = mf.difference(), mf.ratio()
-        if len(rows) < 2:  # one group: nothing to compare, which is not "perfectly fair"
-            out["×".join(attrs)] = {"by_group": rows, "difference": dict.fromkeys(("mae", "acc5", "mean_error")),
-                                    "ratio": dict.fromkeys(("mae", "acc5")), "note": "one group: no gap to measure"}
+        # the gaps are between groups of min_n faces or more (a 1-face group's error is one face's, not a group's)
+        small = sorted(g for g, v in rows.items() if v["n"] < min_n)
+        kept = [g for g in rows if g not in small]
+        entry = {"by_group": rows, "min_n": min_n, "left_out_of_difference": small}
+        if len(kept) < 2:  # nothing to compare, which is not "perfectly fair"
+            out["×".join(attrs)] = {**entry, "difference": dict.fromkeys(("mae", "acc5", "mean_error")),
+                                    "ratio": dict.fromkeys(("mae", "acc5")),
+                                    "note": "one group: no gap to measure" if len(rows) < 2 else
+                                    f"fewer than two groups of {min_n}+ faces: no gap measured"}
             continue
-        # a ratio of 0 / 0 (every group with Acc@5 0) is undefined: None, as JSON writes it
-        out["×".join(attrs)] = {"by_group": rows, "difference": {m: _finite(diff[m], r) for m in ("mae", "acc5", "mean_error")},
-                                "ratio": {m: _finite(ratio[m], r) for m in ("mae", "acc5")}}
+        diff, ratio = {}, {}
+        for m in ("mae", "acc5", "mean_error"):
+            v = np.array([rows[g][m] for g in kept], float)
+            diff[m] = _finite(v.max() - v.min(), r)
+            if m != "mean_error":  # a ratio of 0 / 0 (every group with Acc@5 0) is undefined: None, as JSON writes it
+                ratio[m] = _finite(v.min() / v.max(), r) if v.max() > 0 else None
+        out["×".join(attrs)] = {**entry, "difference": diff, "ratio": ratio}
     return out
 
 

@@ -52,7 +52,9 @@ def evaluate_prepared_cache(model_spec: str | None, config: str | Path | None, p
 
     model, cfg, card = load_model_config(model_spec, config)
     cache = open_part(cfg, part)
-    extra = {"model": str(card.get("name", model_spec)), "model_path": str(model_spec), "cache": str(cache.path),
+    spec = Path(model_spec)  # a path as typed would not load from another folder (`agelens report` reloads it)
+    extra = {"model": str(card.get("name", model_spec)),
+             "model_path": str(spec.resolve()) if spec.exists() else str(model_spec), "cache": str(cache.path.resolve()),
              "part": part, "detect": False, "tta_flip": tta, **(extra or {})}
     return evaluate_cache(model, cache, cfg, _numerics(), output, tta_flip=tta, progress=progress, extra=extra,
                           occlusion=occlusion, seed=seed, knn=knn, embeddings=embeddings, bootstrap=bootstrap)

@@ -85,16 +85,23 @@ def plot_groups(metrics: dict) -> str:
     panels = [(k, t) for k, t in (("per_bin", "age bin"), ("per_gender", "gender"), ("per_race", "race"))
               if metrics.get(k)]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.2 * max(1, len(panels)), 3.6), squeeze=False)
+    attr = {"per_bin": "age_bin", "per_gender": "gender", "per_race": "race"}
     for ax, (key, title) in zip(axes[0], panels):
         names = list(metrics[key])
         vals = np.array([metrics[key][n] for n in names])
-        lo = np.array([(ci.get(key, {}).get(n) or [v, v])[0] for n, v in zip(names, vals)])
-        hi = np.array([(ci.get(key, {}).get(n) or [v, v])[1] for n, v in zip(names, vals)])
-        ax.bar(range(len(names)), vals, color="#4c72b0",
-               yerr=np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)]), capsize=3)
+        # no whisker where a group has no interval (a group of one face): a zero-width one would read as precise
+        lo = np.array([(ci.get(key, {}).get(n) or [np.nan, np.nan])[0] for n in names], float)
+        hi = np.array([(ci.get(key, {}).get(n) or [np.nan, np.nan])[1] for n in names], float)
+        ax.bar(range(len(names)), vals, color="#4c72b0")
+        has = np.isfinite(lo) & np.isfinite(hi)
+        if has.any():
+            ax.errorbar(np.flatnonzero(has), vals[has], fmt="none", ecolor="k", capsize=3,
+                        yerr=np.vstack([np.clip(vals - lo, 0, None)[has], np.clip(hi - vals, 0, None)[has]]))
         ax.axhline(metrics["mae"], color="k", ls="--", lw=0.8, label="overall MAE")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set(title=f"MAE per {title} (95 % CI)", ylabel="MAE (years)")
+        by = metrics.get("groups", {}).get(attr[key], {}).get("by_group", {})
+        ax.set_xticks(range(len(names)), [f"{n} ({by[n]['n']})" if n in by else n for n in names],
+                      rotation=30, ha="right")
+        ax.set(title=f"MAE per {title} (95 % CI; faces)", ylabel="MAE (years)")
     axes[0][0].legend(fontsize=8)
     return _png(fig)
 
@@ -181,9 +188,10 @@ def _overlay(img: np.ndarray, heat: np.ndarray, cmap: str = "jet", alpha: float 
     return (img * (1 - alpha) + rgb * alpha).astype(np.uint8)
 
 
-def plot_faces(model, cfg, cache, n: int = 6) -> tuple[str, list[float] | None]:
+def plot_faces(model, cfg, cache, n: int = 6, said: str = "predicted") -> tuple[str, list[float] | None]:
     """One row per sample face (one per age bin where possible): crop, Grad-CAM, region attention (or the region
-    layout when the model has none). Returns the PNG and the learned region weights (None without attention)."""
+    layout when the model has none). Returns the PNG and the learned region weights (None without attention).
+    said: how the model's own answer is named over each face ("model alone" where the evaluation refined it)."""
     import cv2
     import matplotlib
     import matplotlib.pyplot as plt
@@ -213,7 +221,7 @@ def plot_faces(model, cfg, cache, n: int = 6) -> tuple[str, list[float] | None]:
         x = to_input(torch.from_numpy(view[None]), *model.mean_std, "cpu", False)
         cam, pred = grad_cam(model, x, torch.from_numpy(masks[None]) if ra is not None else None)
         row[0].imshow(view)
-        row[0].set_title(f"age {cache.ages[i]:g}, predicted {pred:.1f}", fontsize=8)
+        row[0].set_title(f"age {cache.ages[i]:g}, {said} {pred:.1f}", fontsize=8)
         row[1].imshow(_overlay(view, cam))
         row[1].set_title("Grad-CAM (last feature map)", fontsize=8)
         if ra is not None:
@@ -241,6 +249,11 @@ def plot_faces(model, cfg, cache, n: int = 6) -> tuple[str, list[float] | None]:
 
 
 FEW_FACES = 10  # signed-error cells with fewer faces are drawn pale
+
+
+def _left_out(group: dict) -> str:
+    """The groups a gap leaves out for their size, with their face counts: "pacific (1), hispanic (2)"."""
+    return ", ".join(f"{g} ({group['by_group'][g]['n']})" for g in group.get("left_out_of_difference") or [])
 
 
 def signed_error_cells(metrics: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -378,7 +391,8 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     loaded, why = _load_model_and_cache(metrics, run)
     if loaded is not None:
         model, cfg, cache = loaded
-        png, weights = plot_faces(model, cfg, cache, samples)
+        png, weights = plot_faces(model, cfg, cache, samples,  # KNN refines after the model: not shown here
+                                  "model alone (before KNN)" if metrics.get("knn") else "predicted")
         note = ""
         if weights is not None:
             from ..models.regions import REGION_NAMES
@@ -392,7 +406,8 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
                       for k in ("mae", "cmae", "bias_score", "acc5") if k in metrics)
     groups = metrics.get("groups", {})
     gtab = "".join(f"<tr><td>{html.escape(a)}</td><td>{_num(g['difference']['mae'])}</td><td>{_num(g['ratio']['mae'])}</td>"
-                   f"<td>{len(g['by_group'])}</td></tr>" for a, g in groups.items())
+                   f"<td>{len(g['by_group']) - len(g.get('left_out_of_difference') or [])}</td>"
+                   f"<td>{html.escape(_left_out(g))}</td></tr>" for a, g in groups.items())
     knn = metrics.get("knn")
     failed = metrics.get("failed") or 0
     parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {metrics.get('n')}"
@@ -401,7 +416,8 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
              f"<table><tr><th>metric</th><th>value [95 % CI]</th></tr>{summary}</table>"]
     if gtab:
         parts.append("<h2>Group gaps (fairlearn MetricFrame)</h2><table><tr><th>attribute</th><th>MAE difference "
-                     f"(max−min)</th><th>MAE ratio (min/max)</th><th>groups</th></tr>{gtab}</table>")
+                     "(max−min)</th><th>MAE ratio (min/max)</th><th>groups compared</th><th>left out (faces)</th></tr>"
+                     f"{gtab}</table>")
     parts.append(standardised_table(metrics))
     for title, png, note in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
