@@ -118,11 +118,17 @@ def run_row(row: Row, runs: Path, extra: list[str], elsewhere: bool = False) -> 
 def summarise(row: Row, m: dict, runs: Path, elsewhere: dict) -> dict:
     """The table row of one metrics.json; `elsewhere`: RUNS/summary.json of benchmarks/gpu_train.py ({} if none)."""
     ci = m.get("ci95", {})
-    gap = lambda d: round(max(d.values()) - min(d.values()), 4) if d else None  # noqa: E731
+    def gap(attr: str):  # between groups of 10+ faces (metrics' groups.ATTR.difference); older files: raw max − min
+        g = m.get("groups", {}).get(attr)
+        if g is not None and "left_out_of_difference" in g:
+            return g["difference"]["mae"]
+        d = m.get(f"per_{attr}", {})
+        return round(max(d.values()) - min(d.values()), 4) if d else None
+
     out = {"row": row.name, "label": row.label, "n": m["n"], "mae": m["mae"], "mae_ci95": ci.get("mae"),
            "cmae": m["cmae"], "cmae_ci95": ci.get("cmae"), "bias_score": m["bias_score"],
            "bias_ci95": ci.get("bias_score"), "acc5": m["acc5"], "per_bin": m["per_bin"],
-           "gender_gap": gap(m.get("per_gender", {})), "race_gap": gap(m.get("per_race", {})),
+           "gender_gap": gap("gender"), "race_gap": gap("race"),
            "knn": m.get("knn"), "metrics": str(metrics_path(runs, row))}
     std = m.get("standardised", {})  # age-standardised group MAE (equal error at equal age), with CIs
     for key, attr in (("std_gender_gap", "gender"), ("std_race_spread", "race")):
