@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agelens.config import load_config
-from agelens.errors import CheckpointError
+from agelens.errors import CheckpointError, ConfigError
 from agelens.fairness.cv import format_cv, run_cv
 from agelens.fairness.evaluate import build_index_file, evaluate_prepared_cache
 from agelens.fairness.knn import KnnIndex
@@ -93,6 +93,9 @@ def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder):
 def test_cv_two_folds_is_resumable(tmp_path, utk_folder):
     cfg = load_config(None, _args(tmp_path, utk_folder, "cvt"))
     summary = run_cv(cfg, 2, **QUIET)
+    assert run_cv(cfg, 2, **QUIET)["per_fold"] == summary["per_fold"]  # finished folds: read, not made again
+    with pytest.raises(ConfigError, match=r"holds folds of another recipe \(train.lr: 0.001 → 0.01\)"):
+        run_cv(load_config(None, _args(tmp_path, utk_folder, "cvt", "train.lr=0.01")), 2, **QUIET)
     assert [r["fold"] for r in summary["per_fold"]] == [0, 1]
     assert sum(r["n"] for r in summary["per_fold"]) == 24  # every face tested once
     for k in ("mae", "cmae", "bias_score"):

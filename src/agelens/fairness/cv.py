@@ -35,6 +35,14 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
         fcfg = copy.deepcopy(cfg)
         fcfg.out_dir, fcfg.name = str(root), f"fold{i}"
         metrics_p = fcfg.run_dir / "test" / "metrics.json"
+        if (fcfg.run_dir / "config.yaml").is_file():  # a fold made earlier counts only under the same recipe
+            changed = recipe_changes(fcfg.run_dir / "config.yaml", fcfg)
+            if changed:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"{root} holds folds of another recipe ({'; '.join(changed[:4])}"
+                                  f"{'; ...' if len(changed) > 4 else ''}): give this one its own name=, or remove "
+                                  f"{root} to make them again")
         if metrics_p.is_file():
             log(f"fold {i}: finished earlier, skipped ({metrics_p})")
             rows.append({"fold": i, **_pick(json.loads(metrics_p.read_text()))})
@@ -64,6 +72,27 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
                        for k in CV_KEYS for v in [np.array([r[k] for r in rows], float)]}}
     atomic_write_json(root / "cv.json", summary)
     return summary
+
+
+IGNORED = ("name", "out_dir", "data.split_file")  # a fold's own; the rest is the recipe
+
+
+def recipe_changes(saved_yaml: Path, cfg: RunConfig) -> list[str]:
+    """'key: saved → now' for every setting of `cfg` that differs from a run's saved config.yaml (less IGNORED)."""
+    import yaml
+
+    from ..config import config_to_dict
+
+    def flat(d: dict, pre: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
+        return out
+
+    saved = flat(yaml.safe_load(saved_yaml.read_text()) or {})
+    now = flat(yaml.safe_load(yaml.safe_dump(config_to_dict(cfg), sort_keys=False)))  # tuples read back as saved
+    return [f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+            if k not in IGNORED and saved.get(k) != now.get(k)]
 
 
 def _round(x) -> float:
