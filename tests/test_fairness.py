@@ -182,6 +182,22 @@ def test_knn_adjustment_targets_exact_neighbours():
     fresh = KnnAdjustment(k=1, bank_size=4)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.bank_emb, knn.bank_emb)
+    old = {k: v for k, v in state.items() if k != "bank_idx"}  # a checkpoint from before the bank kept indices
+    fresh.load_state_dict(old)
+    assert fresh.bank_idx.tolist() == [-1] * 4
+
+
+def test_knn_adjustment_never_reads_a_faces_own_copies():
+    """A balanced sampler draws with replacement: a face's earlier copy in the bank, or a second copy in the batch,
+    is not its neighbour (it would be an L1 to its own label)."""
+    knn = KnnAdjustment(k=1, bank_size=8)
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    knn.targets(emb, torch.tensor([10.0, 20.0, 50.0]), torch.tensor([7, 8, 9]))  # into the bank
+    again = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # face 7 twice more, in one batch
+    t = knn.targets(again, torch.tensor([10.0, 10.0]), torch.tensor([7, 7]))
+    assert t.tolist() == pytest.approx([20.0, 20.0], abs=1e-3)  # face 8, not a copy of 7
+    assert knn.bank_idx.tolist() == [7, 8, 9, 7, 7]
+    assert knn.targets(again, torch.tensor([10.0, 10.0])).tolist() == pytest.approx([10.0, 10.0])  # no indices
 
 
 # ---- region attention ----------------------------------------------------------------------------------------------

@@ -84,44 +84,59 @@ def sample_weights(cfg: FairnessConfig, ages: Sequence[float], genders: Sequence
 class KnnAdjustment(torch.nn.Module):
     """γ·KNN term: pulls each prediction towards the similarity-weighted mean true age of its k nearest neighbours
     (cosine similarity of detached embeddings) among a FIFO memory bank of recent training samples and the rest of
-    the batch (never itself). Loss = mean |pred_i − Σ_j s_ij·age_j / Σ_j s_ij| with s clipped at 0; 0 while the
-    bank and batch hold fewer than 2 samples. The bank is a buffer, so it is saved in checkpoints."""
+    the batch (never itself: with the faces' dataset indices given, none of its own copies either, which a balanced
+    sampler drawing with replacement puts in the bank and the batch). Loss = mean |pred_i − Σ_j s_ij·age_j /
+    Σ_j s_ij| with s clipped at 0 over the k nearest others; 0 while there are fewer than 2 samples. The bank is a
+    buffer, so it is saved in checkpoints."""
 
     def __init__(self, k: int = 10, bank_size: int = 2048) -> None:
         super().__init__()
         self.k, self.bank_size = k, bank_size
         self.register_buffer("bank_emb", torch.zeros(0))
         self.register_buffer("bank_age", torch.zeros(0))
+        self.register_buffer("bank_idx", torch.zeros(0, dtype=torch.long))  # -1: index not known
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("bank_emb", "bank_age"):  # the bank's size varies: adopt the saved shape
+        for name in ("bank_emb", "bank_age", "bank_idx"):  # the bank's size varies: adopt the saved shape
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        if prefix + "bank_idx" not in state_dict and prefix + "bank_age" in state_dict:  # a checkpoint from before
+            state_dict[prefix + "bank_idx"] = torch.full(state_dict[prefix + "bank_age"].shape, -1, dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def targets(self, emb: torch.Tensor, ages: torch.Tensor) -> torch.Tensor | None:
-        """Neighbour targets for a batch (no gradient), then the batch joins the bank."""
+    def targets(self, emb: torch.Tensor, ages: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Neighbour targets for a batch (no gradient), then the batch joins the bank. idx: the faces' dataset
+        indices (their own copies are not neighbours)."""
         z = F.normalize(emb.detach().float(), dim=1)
         a = ages.detach().float().to(z.device)
+        b = len(z)
+        ids = torch.full((b,), -1, dtype=torch.long, device=z.device) if idx is None else idx.long().to(z.device)
         bank_e = self.bank_emb.to(z.device) if self.bank_emb.numel() and self.bank_emb.shape[1] == z.shape[1] else z[:0]
         bank_a = self.bank_age.to(z.device)[: len(bank_e)]
-        keys, vals = torch.cat([bank_e, z]), torch.cat([bank_a, a])
+        bank_i = self.bank_idx.to(z.device)[: len(bank_e)]
+        if len(bank_i) < len(bank_e):
+            bank_i = torch.cat([torch.full((len(bank_e) - len(bank_i),), -1, dtype=torch.long, device=z.device),
+                                bank_i])
+        keys, vals, key_ids = torch.cat([bank_e, z]), torch.cat([bank_a, a]), torch.cat([bank_i, ids])
+        sims = z @ keys.T
+        sims[torch.arange(b, device=z.device), len(bank_e) + torch.arange(b, device=z.device)] = -float("inf")
+        same = (ids[:, None] == key_ids[None, :]) & (ids[:, None] >= 0)
+        sims[same] = -float("inf")
         out = None
-        k = min(self.k, len(keys) - 1)
+        k = min(self.k, int(torch.isfinite(sims).sum(1).min()) if b else 0)
         if k >= 1:
-            sims = z @ keys.T
-            b = len(z)
-            sims[torch.arange(b, device=z.device), len(bank_e) + torch.arange(b, device=z.device)] = -float("inf")
-            top, idx = sims.topk(k, dim=1)
+            top, nn = sims.topk(k, dim=1)
             w = top.clamp_min(0) + 1e-6
-            out = (w * vals[idx]).sum(1) / w.sum(1)
+            out = (w * vals[nn]).sum(1) / w.sum(1)
         if self.bank_size > 0:
             self.bank_emb = torch.cat([bank_e, z])[-self.bank_size:]
             self.bank_age = torch.cat([bank_a, a])[-self.bank_size:]
+            self.bank_idx = torch.cat([bank_i, ids])[-self.bank_size:]
         return out
 
-    def forward(self, pred: torch.Tensor, emb: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
-        t = self.targets(emb, ages)
+    def forward(self, pred: torch.Tensor, emb: torch.Tensor, ages: torch.Tensor,
+                idx: torch.Tensor | None = None) -> torch.Tensor:
+        t = self.targets(emb, ages, idx)
         if t is None:
             return pred.sum() * 0.0
         return (pred.float() - t).abs().mean()
@@ -195,5 +210,5 @@ class FairLoss:
             per = self.head.losses(out, y)
             loss = self.dro(per if w is None else per * w.to(per.dtype), idx)
         if self.knn is not None:
-            loss = loss + self.gamma * self.knn(self.head.decode(out)[0], out["embedding"], y)
+            loss = loss + self.gamma * self.knn(self.head.decode(out)[0], out["embedding"], y, idx)
         return loss
