@@ -352,3 +352,24 @@ def test_predict_takes_a_student_of_ones_own(tiny_checkpoint, astronaut_path):
     assert r.returncode == 0, r.stderr
     face = json.loads(r.stdout)[0]["faces"][0]
     assert face["model"] not in ("student", "teacher") and "tiny" in face["model"], face
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_annotated_images_keep_their_place_in_the_job_when_resumed(tmp_path, astronaut_path, workers):
+    d = tmp_path / "cam"
+    for sub in ("a", "b"):  # camera folders: the same names in each
+        (d / sub).mkdir(parents=True)
+        Image.open(astronaut_path).save(d / sub / "IMG_0001.JPG")
+    Image.open(astronaut_path).save(d / "b" / ("x" * 240 + ".jpg"))  # a legal name too long to prefix whole
+    base = ["predict", d, "--no-adapt", "--workers", workers, "-f", "jsonl", "-o", tmp_path / "o.jsonl",
+            "--save-annotated", tmp_path / "ann"]
+    r = agelens(*base)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "o.jsonl").read_text().splitlines()
+    (tmp_path / "o.jsonl").write_text(lines[0] + "\n")  # as if stopped after the first file
+    first = sorted(p.name for p in (tmp_path / "ann").iterdir())
+    r = agelens(*base, "--resume")
+    assert r.returncode == 0, r.stderr
+    again = sorted(p.name for p in (tmp_path / "ann").iterdir())
+    assert again == first and len(again) == 3 and again[:2] == ["00001_IMG_0001.jpg", "00002_IMG_0001.jpg"]
+    assert again[2] == "00003_" + "x" * 100 + ".jpg"

@@ -48,6 +48,29 @@ def test_folders_are_read_through_symlinks_each_once(tmp_path):
     (photos / "loop").symlink_to(photos)  # a link back up the tree ends
     names = [Path(f).relative_to(photos).as_posix() for f in expand_inputs([str(photos)])]
     assert names == ["a.jpg", "linked/b.png", "sub/c.JPG"]
+    # a glob: the loop's copies once, a folder it matches read as a folder
+    hits = [Path(f).relative_to(photos).as_posix() for f in expand_inputs([str(photos / "**" / "*.jpg")])]
+    assert hits == ["a.jpg"]
+    assert [Path(f).name for f in expand_inputs([str(photos / "s*")])] == ["c.JPG"]
+
+
+def test_hidden_files_and_folders_are_left_out_and_unreadable_folders_reported(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    for p in ("a.jpg", ".thumbnails/a.jpg", "._a.jpg", "@eaDir/.x.jpg", "locked/b.jpg"):
+        (photos / p).parent.mkdir(parents=True, exist_ok=True)
+        (photos / p).write_bytes(b"x")
+    real_walk = os.walk
+
+    def walk(top, **kw):  # root reads every folder: a folder it cannot read is made to fail here
+        for root, dirs, names in real_walk(top, **kw):
+            if root.endswith("locked"):
+                kw["onerror"](PermissionError(13, "Permission denied", root))
+                continue
+            yield root, dirs, names
+
+    monkeypatch.setattr(os, "walk", walk)
+    names = [Path(f).relative_to(photos).as_posix() for f in expand_inputs([str(photos)])]
+    assert names == ["a.jpg", "locked"]  # the locked folder stands for itself, so that predict reports it
 
 
 def test_a_resumed_job_skips_the_same_files_however_its_folder_is_spelled(tmp_path, monkeypatch):
@@ -55,6 +78,9 @@ def test_a_resumed_job_skips_the_same_files_however_its_folder_is_spelled(tmp_pa
     done = {str(tmp_path / "many" / "a.jpg"), "many/./b.jpg"}
     assert not_done(["many/a.jpg", str(tmp_path / "many" / "b.jpg"), "many/c.jpg"], done) == ["many/c.jpg"]
     assert not_done(["x.jpg"], set()) == ["x.jpg"]
+    (tmp_path / "many").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "many")  # the folder resumed through a link to it
+    assert not_done(["link/a.jpg", "link/c.jpg"], done) == ["link/c.jpg"]
 
 
 def test_predict_many_names_images_in_memory_as_the_wrong_input():

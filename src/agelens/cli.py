@@ -346,7 +346,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                                                         "ray://HOST:10001); default: start a local Ray")] = None,
             gpus_per_worker: Annotated[float, typer.Option(help="--engine ray: GPUs per model actor (0: CPU)")] = 0.0) -> None:
     """Estimate the age of every face in images; exit code 1 when some files failed."""
-    from .inference.inputs import STREAM_FORMATS, expand_inputs, not_done
+    from .inference.inputs import STREAM_FORMATS, expand_inputs, remaining
 
     if fmt not in ("table", "json", *STREAM_FORMATS):
         raise AgelensError(f"--format must be table, json, jsonl or csv (or parquet), got {fmt!r}")
@@ -395,7 +395,9 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         _err(f"backend: {est.backend}")
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
     sink = open_sink(output, fmt, resume) if output is not None and fmt in STREAM_FORMATS else None
-    todo = files if sink is None else not_done(files, sink.done)
+    left = list(range(len(files))) if sink is None else remaining(files, sink.done)
+    todo = [files[i] for i in left]
+    number = [i + 1 for i in left]  # each file's place in the whole job: annotated images keep it when resumed
     if sink is not None and sink.done:
         _err(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
     results, failed = [], 0
@@ -429,24 +431,17 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                 writer.writerows(csv_rows(r))
             if hold:
                 results.append(r)
-            if save_annotated is not None and rgb is not None:
-                _annotate(rgb, r["faces"], save_annotated, r["file"], k + 1, todo[k])
+            if save_annotated is not None and not adapt and r["faces"]:
+                _annotate_file(rgb, r, save_annotated, number[k], todo[k])
     finally:
         if sink is not None:
             sink.close()
     if adapt:
         _adapt_job(est, results, sink, output, fmt)
         if save_annotated is not None:
-            from .inference.stream import decode_file
-
             for k, (path, r) in enumerate(zip(todo, results, strict=True)):  # the local engine keeps input order
                 if r["faces"]:
-                    try:
-                        rgb = decode_file(path, reduce=False)[0]
-                    except Exception as e:  # the file changed or went since it was answered: no drawing, no stop
-                        _err(f"{r['file']}: not annotated: {e}")
-                        continue
-                    _annotate(rgb, r["faces"], save_annotated, r["file"], k + 1, path)
+                    _annotate_file(None, r, save_annotated, number[k], path)
         if sink is None and fmt == "jsonl":
             for r in results:
                 typer.echo(json.dumps(r))
@@ -582,6 +577,19 @@ def _emit(results: list[dict], fmt: str) -> None:
     Console(width=160).print(t)
 
 
+def _annotate_file(rgb, record: dict, out_dir: Path, k: int, path: str) -> None:
+    """`_annotate` of one answered file, decoded again where its image did not come with the record; a file that
+    cannot be read again or an image that cannot be written is said, and the job goes on."""
+    try:
+        if rgb is None:
+            from .inference.stream import decode_file
+
+            rgb = decode_file(path, reduce=False)[0]
+        _annotate(rgb, record["faces"], out_dir, record["file"], k, path)
+    except Exception as e:  # the file changed or went since it was answered, a full disk: no drawing, no stop
+        _err(f"{record['file']}: not annotated: {e}")
+
+
 def _annotate(rgb, faces: list[dict], out_dir: Path, src: str, k: int, path: str | None = None) -> None:
     """Writes the image with its faces drawn. path: the file, whose stored size tells whether `rgb` is a reduced
     decode of it (a JPEG too large to keep whole), so the boxes, in the file's pixels, are drawn scaled to it."""
@@ -599,7 +607,7 @@ def _annotate(rgb, faces: list[dict], out_dir: Path, src: str, k: int, path: str
             scale = max(image_size(path)) / max(rgb.shape[:2])
             if scale > 1.0:
                 faces = [{**f, "box": [v / scale for v in f["box"]]} for f in faces]
-    name = f"{k:05d}_{Path(src).stem}.jpg"
+    name = f"{k:05d}_{Path(src).stem[:100]}.jpg"  # numbered by the file's place in the job; long names cut
     ok, buf = cv2.imencode(".jpg", draw(rgb, faces, channels="rgb")[..., ::-1])
     if ok:
         atomic_write(Path(out_dir) / name, lambda tmp: Path(tmp).write_bytes(buf.tobytes()))

@@ -142,6 +142,8 @@ def _read(path: str | Path) -> bytes:
     if p.is_dir():
         from .data.adapters import IMAGE_EXTS
 
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise ImageError(f"{p}: permission denied (a folder this user cannot read)")
         if not any(q.suffix.lower() in IMAGE_EXTS for q in p.rglob("*")):
             raise ImageError(f"{p}: is a directory with no image files in it (looked for {', '.join(sorted(IMAGE_EXTS))})")
         raise ImageError(f"{p}: is a directory, not an image (`agelens predict` and predict_many read folders)")

@@ -8,6 +8,7 @@ reported through `on_crash`."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing as mp
 import os
@@ -125,10 +126,10 @@ def crash_safe_map(run, jobs: list[tuple], workers: int, on_crash: Callable, ini
         sent, broken = done, False
         try:
             while done < len(jobs):
-                while sent < len(jobs) and len(inflight) < AHEAD * workers:
-                    inflight.append(ex.submit(run, jobs[sent]))
-                    sent += 1
-                try:
+                try:  # submitting to a pool whose worker just died raises too
+                    while sent < len(jobs) and len(inflight) < AHEAD * workers:
+                        inflight.append(ex.submit(run, jobs[sent]))
+                        sent += 1
                     records = inflight.popleft().result()
                 except BrokenProcessPool:
                     broken = True
@@ -136,6 +137,10 @@ def crash_safe_map(run, jobs: list[tuple], workers: int, on_crash: Callable, ini
                 yield from records
                 done += 1
         finally:
+            if broken:  # the survivors go too: a pipe a dying worker left half-written must not hold the pool open
+                for proc in list((getattr(ex, "_processes", None) or {}).values()):
+                    with contextlib.suppress(Exception):
+                        proc.kill()
             ex.shutdown(wait=not broken, cancel_futures=True)
         if broken:
             yield from _one_input_each(run, jobs[done:sent], init, initargs, ctx, on_crash)

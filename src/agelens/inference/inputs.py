@@ -13,7 +13,10 @@ STREAM_FORMATS = ("jsonl", "csv", "parquet")  # written one file at a time by `s
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
-    """Files as given, folders → their images (recursive, sorted), globs expanded; unknown paths kept (reported)."""
+    """Files as given, folders → their images (recursive, sorted; hidden files and folders, whose names start with
+    a dot, left out as a glob leaves them: thumbnail caches, macOS's ._ files), globs expanded (a folder a glob
+    matches is read as a folder; a file the walk reached by a link back up the tree once); unknown paths kept
+    (reported). A subfolder that cannot be read is kept as an input of its own, so that it is reported."""
     from ..data.adapters import IMAGE_EXTS
 
     out: list[str] = []
@@ -22,26 +25,43 @@ def expand_inputs(paths: list[str]) -> list[str]:
             found = _images_under(p, IMAGE_EXTS)
             out += found or [p]  # an empty folder (or a folder named like an image) is reported, not skipped
         elif not os.path.exists(p) and any(c in p for c in "*?["):
-            hits = sorted(glob.glob(p, recursive=True))
-            out += hits if hits else [p]
+            hits = _unique(sorted(glob.glob(p, recursive=True)))
+            out += [f for h in hits for f in ((_images_under(h, IMAGE_EXTS) or [h]) if os.path.isdir(h) else [h])]
+            out += [] if hits else [p]
         else:
+            out.append(p)
+    return out
+
+
+def _unique(paths: list[str]) -> list[str]:
+    """Paths less those that are the same file as one before them (`**` follows a link back up the tree)."""
+    seen, out = set(), []
+    for p in paths:
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
             out.append(p)
     return out
 
 
 def _images_under(folder: str, exts) -> list[str]:
     """The image files under a folder, sorted, subfolders included, symlinked ones too (each real folder once, so
-    a link back up the tree ends); a link to a file that is gone is kept, so that it is reported."""
+    a link back up the tree ends; real folders before links to them), hidden ones left out; a link to a file that
+    is gone is kept, and a subfolder that cannot be read, so that they are reported."""
     found, seen = [], set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    unreadable: list[str] = []
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=lambda e: unreadable.append(e.filename)):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        found += [str(Path(root) / n) for n in names if Path(n).suffix.lower() in exts  # a broken link is listed:
-                  and (os.path.isfile(q := os.path.join(root, n)) or os.path.islink(q))]  # it gets its own error
-    return sorted(found)
+        dirs[:] = sorted((d for d in dirs if not d.startswith(".")),  # real folders first: a link to one is the
+                         key=lambda d: (os.path.islink(os.path.join(root, d)), d))  # second name of the same files
+        found += [str(Path(root) / n) for n in names if Path(n).suffix.lower() in exts and not n.startswith(".")
+                  and (os.path.isfile(q := os.path.join(root, n)) or os.path.islink(q))]  # a broken link is listed:
+    # it gets its own error, as does a subfolder that could not be read (the folder asked about is reported as such)
+    return sorted(found) + [u for u in unreadable if u and os.path.normpath(u) != os.path.normpath(folder)]
 
 
 def job_files(source, skip=()) -> list[str]:
@@ -75,14 +95,22 @@ def not_done(files: list[str], done) -> list[str]:
     """`files` less those already answered: whose record name (`printable`) is in `done`, compared as absolute
     paths from this working directory, so a job resumed with its folder spelled another way (relative, absolute,
     `a/./b`) skips the same files."""
+    return [files[i] for i in remaining(files, done)]
+
+
+def remaining(files: list[str], done) -> list[int]:
+    """The positions in `files` of those `not_done` keeps."""
     if not done:
-        return list(files)
+        return list(range(len(files)))
     seen = {_key(d) for d in done}
-    return [f for f in files if _key(printable(f)) not in seen]
+    return [i for i, f in enumerate(files) if _key(printable(f)) not in seen]
 
 
 def _key(name: str) -> str:
-    return os.path.normpath(os.path.abspath(name))
+    """A file's name as resume compares it: its folder's real path (a link to the folder, `a/./b`, relative or
+    absolute all agree) and its own name."""
+    folder, base = os.path.split(os.path.abspath(name))
+    return os.path.join(os.path.realpath(folder), base)
 
 
 def printable(text: str) -> str:

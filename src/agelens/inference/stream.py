@@ -210,10 +210,13 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
     `from_pretrained` / `from_onnx` (it has a `spec`), that many processes each run the whole pipeline (decode,
     detect, align, the models with one thread) on chunks of consecutive files; for one built from objects in
     memory they decode and detect while this process runs the models on batches of up to batch_size faces.
-    workers = 0: everything here, faces of consecutive files batched through `est.analyse_crops`."""
+    workers = 0: everything here, faces of consecutive files batched through `est.analyse_crops`. keep_rgb: each
+    file's decoded image comes with its record, in this process only (workers send records alone: an image is a
+    big message, and a worker killed while sending one left the pool waiting for the rest; decode the file again)."""
     if workers is None:
         workers = auto_workers(len(files))
     if workers > 0:
+        keep_rgb = False
         animal.ensure_export()  # made once here, not by every worker on a first run
     if workers > 0 and getattr(est, "spec", None) is not None:
         yield from _pipeline_stream(est, files, detect, workers, batch_size, keep_rgb)
