@@ -155,3 +155,30 @@ def test_actor_spec_holds_the_device_each_actor_has(tmp_path, monkeypatch):
         actor_spec(("from_onnx", {"onnx_dir": str(tmp_path)}), 1.0)
     with pytest.raises(AgelensError, match="cannot travel"):
         actor_spec(None, 0.0)
+
+
+def test_a_ray_session_keeps_the_callers_signal_handlers(monkeypatch):
+    """ray.init puts its own SIGTERM / SIGINT handlers in place (SIGTERM then ended the CLI with a C++ stack dump,
+    exit 134); the session puts the caller's back."""
+    import signal
+
+    from agelens.inference import ray_engine
+
+    def mine(signum, frame):
+        raise SystemExit(143)
+
+    def fake_init(**kw):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    old = signal.signal(signal.SIGTERM, mine)
+    try:
+        with ray_engine.ray_session(num_cpus=1):
+            assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, before)

@@ -13,6 +13,7 @@ Files and `--model` paths must be readable at the same path on every node (a sha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -43,6 +44,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield
         return
     kw: dict = {"logging_level": logging.WARNING, "log_to_driver": False}
+    import signal
+
+    held = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}  # ray.init puts its own in place
     try:
         if address:
             ray.init(address=address, **kw)
@@ -51,6 +55,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **kw)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise AgelensError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}") from None
+    for sig, handler in held.items():  # the caller's: the CLI ends on SIGTERM with 143 and its files closed whole
+        if handler is not None:
+            with contextlib.suppress(ValueError, TypeError, OSError):  # not the main thread
+                signal.signal(sig, handler)
     try:
         yield
     finally:
