@@ -373,3 +373,6 @@ def test_annotated_images_keep_their_place_in_the_job_when_resumed(tmp_path, ast
     again = sorted(p.name for p in (tmp_path / "ann").iterdir())
     assert again == first and len(again) == 3 and again[:2] == ["00001_IMG_0001.jpg", "00002_IMG_0001.jpg"]
     assert again[2] == "00003_" + "x" * 100 + ".jpg"
+    assert "holds an earlier job's results" not in r.stderr
+    r = agelens(*base)  # the same job again without --resume replaces its results, and says so
+    assert r.returncode == 0 and "o.jsonl holds an earlier job's results: they are replaced" in r.stderr

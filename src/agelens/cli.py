@@ -318,7 +318,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             output: Annotated[Path | None, typer.Option("--output", "-o", help="write results here (jsonl/csv: "
                                                         "streamed, one file at a time, resumable; parquet: a "
                                                         "folder of part files)")] = None,
-            resume: Annotated[bool, typer.Option(help="continue --output: skip files already in it")] = False,
+            resume: Annotated[bool, typer.Option(help="continue --output: skip files already in it (those that "
+                                                 "failed too: their records keep the reason)")] = False,
             workers: Annotated[int | None, typer.Option(
                 help="local: processes that each decode, detect and run the models (0: all in this process; "
                      "default: one per core for 64+ files); ray: actors that each run the whole pipeline "
@@ -394,6 +395,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     if backend != "auto":
         _err(f"backend: {est.backend}")
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
+    if output is not None and not resume and _holds_results(output):
+        _err(f"{output} holds an earlier job's results: they are replaced (--resume continues that job instead)")
     sink = open_sink(output, fmt, resume) if output is not None and fmt in STREAM_FORMATS else None
     left = list(range(len(files))) if sink is None else remaining(files, sink.done)
     todo = [files[i] for i in left]
@@ -575,6 +578,17 @@ def _emit(results: list[dict], fmt: str) -> None:
             t.add_row(Text(r["file"]), str(i), ",".join(f"{v:.0f}" for v in f["box"]), f"{f['age']:.1f}",
                       f"{f['interval'][0]:.0f}-{f['interval'][1]:.0f}", occ, f["model"])
     Console(width=160).print(t)
+
+
+def _holds_results(output: Path) -> bool:
+    """Whether --output already holds something a new job would replace: a non-empty regular file, or a folder
+    with files in it (parquet)."""
+    try:
+        if output.is_dir():
+            return any(output.iterdir())
+        return output.is_file() and output.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _annotate_file(rgb, record: dict, out_dir: Path, k: int, path: str) -> None:
