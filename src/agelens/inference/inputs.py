@@ -5,6 +5,7 @@ made printable, the streamed output formats. Standard library only, so a caller 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 from pathlib import Path
@@ -110,7 +111,13 @@ def _key(name: str) -> str:
     """A file's name as resume compares it: its folder's real path (a link to the folder, `a/./b`, relative or
     absolute all agree) and its own name."""
     folder, base = os.path.split(os.path.abspath(name))
-    return os.path.join(os.path.realpath(folder), base)
+    return os.path.join(_real_folder(folder), base)
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    """os.path.realpath of a folder, asked once per folder (an archive's files share few folders)."""
+    return os.path.realpath(folder)
 
 
 def printable(text: str) -> str:
