@@ -209,3 +209,21 @@ def test_streamed_results_into_a_pipe_and_the_bar_off_stdout(tmp_path, capsys):
     assert list(track(range(3), total=3, description="predicting")) == [0, 1, 2]
     out = capsys.readouterr()
     assert out.out == "" and "predicting" in out.err
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_two_jobs_cannot_write_one_output(tmp_path, fmt):
+    from agelens.errors import AgelensError
+    from agelens.inference.stream import open_sink
+
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    out = tmp_path / ("out" if fmt == "parquet" else "out.jsonl")
+    first = open_sink(out, fmt)
+    with pytest.raises(AgelensError, match="being written by another agelens job"):
+        open_sink(out, fmt, resume=True)
+    first.write({"file": "a.jpg", "faces": [], "error": "no face found"})
+    first.close()
+    again = open_sink(out, fmt, resume=True)  # free once the first job has ended
+    assert again.done == {"a.jpg"}
+    again.close()

@@ -282,6 +282,32 @@ def csv_rows(result: dict) -> list[list]:
     return rows
 
 
+def hold_output(path: Path) -> int | None:
+    """An exclusive lock on a job's output (a regular file, created where missing), held until `release_output`:
+    AgelensError where another job holds it (two jobs appending to one file interleave and duplicate records).
+    None where there is nothing to lock (a pipe or terminal) or no flock (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    if path.exists() and not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise AgelensError(f"{path} is being written by another agelens job: wait for it to end, or give this job "
+                           "another --output") from None
+    return fd
+
+
+def release_output(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class StreamSink:
     """Append-only JSONL or CSV results file. resume=True keeps what is there (minus a torn last line) and reports
     the files already answered, less a CSV's last file, whose rows may be cut between two of its faces: if the job
@@ -294,6 +320,7 @@ class StreamSink:
         if self.path.is_dir():
             raise AgelensError(f"--output {self.path} is a folder; give a file name")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._held = hold_output(self.path)  # before anything there is read or cut
         self.done: set[str] = set()
         self._redo: str | None = None  # a resumed CSV's last file, whose rows may be cut short
         if resume and self.path.is_file():
@@ -367,9 +394,12 @@ class StreamSink:
         self._redo = None
 
     def close(self) -> None:
-        self._f.flush()
-        self._sync()
-        self._f.close()
+        try:
+            self._f.flush()
+            self._sync()
+            self._f.close()
+        finally:
+            release_output(self._held)
 
 
 class ParquetSink:
@@ -386,6 +416,7 @@ class ParquetSink:
         if self.path.is_file():
             raise AgelensError(f"--output {self.path} is a file; Parquet output is a folder of part files")
         self.path.mkdir(parents=True, exist_ok=True)
+        self._held = hold_output(self.path / ".agelens.lock")  # a hidden file: Parquet readers skip it
         for stray in self.path.glob(".part-*.tmp"):  # temp files of a killed run
             stray.unlink()
         self.done: set[str] = set()
@@ -446,7 +477,10 @@ class ParquetSink:
         self._buf, self._t0 = [], time.monotonic()
 
     def close(self) -> None:
-        self.flush(final=True)
+        try:
+            self.flush(final=True)
+        finally:
+            release_output(self._held)
 
 
 def _null_faces(schema) -> bool:
