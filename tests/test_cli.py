@@ -365,6 +365,7 @@ def test_annotated_images_keep_their_place_in_the_job_when_resumed(tmp_path, ast
             "--save-annotated", tmp_path / "ann"]
     r = agelens(*base)
     assert r.returncode == 0, r.stderr
+    assert "3 of 3 file(s) answered, 3 face(s), in " in r.stderr and f"-> {tmp_path / 'o.jsonl'}" in r.stderr
     lines = (tmp_path / "o.jsonl").read_text().splitlines()
     (tmp_path / "o.jsonl").write_text(lines[0] + "\n")  # as if stopped after the first file
     first = sorted(p.name for p in (tmp_path / "ann").iterdir())

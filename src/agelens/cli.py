@@ -6,6 +6,7 @@ import io
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -403,7 +404,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     number = [i + 1 for i in left]  # each file's place in the whole job: annotated images keep it when resumed
     if sink is not None and sink.done:
         _err(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
-    results, failed = [], 0
+    results, failed, n_faces, started = [], 0, 0, time.monotonic()
     if engine == "ray":
         stream = _ray_stream(todo, est, detect, workers, batch_size, address, gpus_per_worker)
     else:
@@ -426,6 +427,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     try:
         for k, (r, rgb) in enumerate(stream):
             failed += r["error"] is not None
+            n_faces += len(r["faces"] or [])
             if sink is not None:
                 sink.write(r)
             elif not adapt and fmt == "jsonl":
@@ -457,6 +459,9 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         atomic_write_text(output, json.dumps(results, indent=1), follow_links=True)
     elif fmt in ("json", "table"):
         _emit(results, fmt)
+    if output is not None:  # a batch job's log (stderr to a file under nohup, cron, SLURM) ends with what it did
+        _err(f"{len(todo) - failed} of {len(todo)} file(s) answered, {n_faces} face(s), in "
+             f"{time.monotonic() - started:.1f} s -> {output}")
     if failed:
         _err(f"{failed} of {len(todo)} file(s) failed")
         raise typer.Exit(1)
