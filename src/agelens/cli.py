@@ -574,7 +574,7 @@ def _emit(results: list[dict], fmt: str) -> None:
 
     t = Table(title="agelens predict")
     for c in ("file", "face", "box", "age", "90% interval", "occluded (score)", "model"):
-        t.add_column(c)
+        t.add_column(c, overflow="fold")  # a narrow terminal folds a long path or box, never cuts it to "…"
     for r in results:  # file names and errors as Text: printed as they are, never read as markup ("[red]x.jpg")
         if r["error"]:
             t.add_row(Text(r["file"]), "-", "-", "-", "-", "-", Text(r["error"], style="red"))
@@ -582,7 +582,8 @@ def _emit(results: list[dict], fmt: str) -> None:
             occ = "-" if f["occluded"] is None else f"{'yes' if f['occluded'] else 'no'} ({f['occlusion_score']:.2f})"
             t.add_row(Text(r["file"]), str(i), ",".join(f"{v:.0f}" for v in f["box"]), f"{f['age']:.1f}",
                       f"{f['interval'][0]:.0f}-{f['interval'][1]:.0f}", occ, f["model"])
-    Console(width=160).print(t)
+    # a terminal's own width (an 80-column one wrapped a 160-column table); 160 where the table goes to a file or pipe
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
 
 
 def _holds_results(output: Path) -> bool:
