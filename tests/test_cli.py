@@ -377,3 +377,21 @@ def test_annotated_images_keep_their_place_in_the_job_when_resumed(tmp_path, ast
     assert "holds an earlier job's results" not in r.stderr
     r = agelens(*base)  # the same job again without --resume replaces its results, and says so
     assert r.returncode == 0 and "o.jsonl holds an earlier job's results: they are replaced" in r.stderr
+
+
+def test_the_table_fits_a_narrow_terminal_and_keeps_whole_paths(monkeypatch, capsys):
+    from agelens import cli
+
+    long = "/photos/" + "holiday_" * 6 + "beach.jpg"
+    rec = {"file": long, "error": None, "faces": [{"box": [178.2, 81.0, 272.4, 175.1], "age": 31.2,
+                                                   "interval": [17.0, 46.0], "occluded": False,
+                                                   "occlusion_score": 0.0, "model": "teacher"}]}
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    cli._emit([rec], "table")
+    import re
+
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # a terminal gets colours
+    assert max(len(x) for x in out.splitlines()) <= 80
+    cells = "".join(x.split("│")[1].strip() for x in out.splitlines() if x.startswith("│"))
+    assert long in cells and "…" not in out  # folded over lines, not cut
