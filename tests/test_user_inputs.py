@@ -227,3 +227,24 @@ def test_two_jobs_cannot_write_one_output(tmp_path, fmt):
     again = open_sink(out, fmt, resume=True)  # free once the first job has ended
     assert again.done == {"a.jpg"}
     again.close()
+
+
+def test_progress_to_a_log_file_is_plain_lines_as_it_goes(monkeypatch, capsys):
+    import time
+
+    from agelens import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.05)
+
+    def slow():
+        for i in range(4):
+            time.sleep(0.04)
+            yield i
+
+    got = []
+    for x in progress.track(slow(), total=4, description="predicting"):
+        got.append((x, capsys.readouterr().err))  # what the log holds as each item comes
+    lines = "".join(e for _, e in got).splitlines() + capsys.readouterr().err.splitlines()
+    assert [x for x, _ in got] == [0, 1, 2, 3]
+    assert any(e.startswith("predicting: ") and "/4 in " in e for _, e in got[:3])  # before the end
+    assert lines[-1].startswith("predicting: 4/4 in ") and "━" not in "".join(lines)
