@@ -29,16 +29,16 @@ CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "oc
 _worker_analyzer = None
 
 
-def _detect(job: tuple[str, int, bool, bool, bool]) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
-    """Detection worker: one file → (file, faces, error, rgb if asked, detect seconds). Never raises for a bad file.
-    job: (path, cache_size, detect, keep_rgb, upright)."""
+def _detect(job: tuple[str, int, bool, bool]) -> tuple[str, list | None, str | None, np.ndarray | None, float]:
+    """Detection worker: one file → (file, faces, error, None: workers send no image, detect seconds). Never raises
+    for a bad file. job: (path, cache_size, detect, upright)."""
     global _worker_analyzer
     from ..faces.detect import FaceAnalyzer
 
     if _worker_analyzer is None:
         _worker_analyzer = FaceAnalyzer(fast=None)  # as AgeEstimator.analyzer
-    path, cache_size, detect, keep_rgb, upright = job
-    return _find(path, _worker_analyzer, cache_size, detect, keep_rgb, upright=upright)
+    path, cache_size, detect, upright = job
+    return _find(path, _worker_analyzer, cache_size, detect, False, upright=upright)
 
 
 def _turns_upright(est) -> bool:
@@ -187,14 +187,14 @@ def _init_pipeline(cls: type, spec: tuple[str, dict]) -> None:
         _worker_error = f"a worker could not load the models: {type(e).__name__}: {e}"
 
 
-def _pipeline(job: tuple[list[str], bool, bool, dict]) -> list[tuple[dict, np.ndarray | None]]:
+def _pipeline(job: tuple[list[str], bool, dict]) -> list[tuple[dict, np.ndarray | None]]:
     """Pipeline worker: a chunk of files → their records (decode, detect, align, then the models on the chunk's
-    faces as one batch), in order. job: (files, detect, keep_rgb, the calling estimator's `settings()`)."""
+    faces as one batch), in order, without images. job: (files, detect, the calling estimator's `settings()`)."""
     if _worker_est is None:
         raise AgelensError(_worker_error or "pipeline worker not initialised")
-    files, detect, keep_rgb, settings = job
+    files, detect, settings = job
     _worker_est.apply_settings(settings)
-    return list(_flush(_worker_est, _find_chunk(_worker_est, files, detect, keep_rgb)))
+    return list(_flush(_worker_est, _find_chunk(_worker_est, files, detect, False)))
 
 
 def _verifier(est):
@@ -216,13 +216,12 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
     if workers is None:
         workers = auto_workers(len(files))
     if workers > 0:
-        keep_rgb = False
         animal.ensure_export()  # made once here, not by every worker on a first run
     if workers > 0 and getattr(est, "spec", None) is not None:
-        yield from _pipeline_stream(est, files, detect, workers, batch_size, keep_rgb)
+        yield from _pipeline_stream(est, files, detect, workers, batch_size)
         return
     if workers > 0:
-        jobs = [(files[i:i + 2], est.cache_size, detect, keep_rgb, _turns_upright(est))
+        jobs = [(files[i:i + 2], est.cache_size, detect, _turns_upright(est))
                 for i in range(0, len(files), 2)]
         detected: Iterator = crash_safe_map(per_input(_detect), jobs, workers,
                                             lambda f: (f, None, _crash_error(f), None, 0.0))
@@ -243,12 +242,12 @@ def predict_stream(est, files: list[str], detect: bool = True, workers: int | No
         detected.close()  # the workers, if any, are shut down
 
 
-def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_size: int, keep_rgb: bool
+def _pipeline_stream(est, files: list[str], detect: bool, workers: int, batch_size: int
                      ) -> Iterator[tuple[dict, np.ndarray | None]]:
     # chunks small enough to keep every worker busy to the end, at most batch_size files (one model batch) each
     chunk = max(1, min(batch_size, CHUNK, len(files) // (4 * workers)))
     settings = est.settings()  # what the caller changed after loading (realign, student_views, ...) holds there too
-    jobs = [(files[i:i + chunk], detect, keep_rgb, settings) for i in range(0, len(files), chunk)]
+    jobs = [(files[i:i + chunk], detect, settings) for i in range(0, len(files), chunk)]
     yield from crash_safe_map(_pipeline, jobs, workers, _crashed, _init_pipeline, (type(est), est.spec))
 
 
