@@ -248,3 +248,18 @@ def test_progress_to_a_log_file_is_plain_lines_as_it_goes(monkeypatch, capsys):
     assert [x for x, _ in got] == [0, 1, 2, 3]
     assert any(e.startswith("predicting: ") and "/4 in " in e for _, e in got[:3])  # before the end
     assert lines[-1].startswith("predicting: 4/4 in ") and "━" not in "".join(lines)
+
+
+def test_a_resumed_csv_keeps_its_lock_after_rewriting_its_last_file(tmp_path):
+    from agelens.errors import AgelensError
+    from agelens.inference.stream import open_sink
+
+    out = tmp_path / "out.csv"
+    first = open_sink(out, "csv")
+    first.write({"file": "a.jpg", "faces": [], "error": "no face found"})
+    first.close()
+    again = open_sink(out, "csv", resume=True)  # a.jpg, the last file, is answered again: its rows rewritten
+    again.write({"file": "a.jpg", "faces": [], "error": "no face found"})
+    with pytest.raises(AgelensError, match="being written by another agelens job"):
+        open_sink(out, "csv", resume=True)
+    again.close()

@@ -389,6 +389,9 @@ class StreamSink:
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows([rows[0], *(row for row in rows[1:] if row[0] != name)])
         atomic_write_text(self.path, buf.getvalue(), follow_links=True)
+        held = hold_output(self.path)  # the lock goes with the file that replaced the locked one
+        release_output(self._held)
+        self._held = held
         self._f = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (kept open, closed by close())
         self._redo = None
 
