@@ -2,7 +2,7 @@
 
 Pipeline: the driver lists the files → a pool of actors (one CPU each, or GPUs with gpus_per_worker > 0), each the
 driver's estimator rebuilt from its `spec` with its `settings()`, runs the local engine's whole pipeline on batches of
-files (`inference.stream._find_chunk` + `_flush`: decode, detect, verify with the teacher's own heads, align, the
+files (`inference.stream.answer_files`: decode, detect, verify with the teacher's own heads, align, the
 models), so every face is found, checked and answered as the local engine does → the records stream back to the
 driver, which writes them through the local engine's sinks (`inference.stream.open_sink`), so the output, the
 per-file errors and `--resume` are the same. Records arrive in completion order, not input order. (Until
@@ -77,13 +77,12 @@ class _PipelineActor:
         self.detect, self.cwd = detect, cwd
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .stream import CHUNK, _find_chunk, _flush
+        from .stream import answer_files
 
         if os.getcwd() != self.cwd and os.path.isdir(self.cwd):
             os.chdir(self.cwd)  # this actor's process only; the file name in the record stays as given
         files = [os.fsdecode(p) for p in batch["path"]]  # bytes column: file names that are not UTF-8 survive Arrow
-        out = [json.dumps(r) for i in range(0, len(files), CHUNK)
-               for r, _ in _flush(self.est, _find_chunk(self.est, files[i:i + CHUNK], self.detect, False))]
+        out = [json.dumps(r) for r in answer_files(self.est, files, self.detect)]
         return {"record": np.array(out, dtype=object)}
 
 

@@ -187,14 +187,21 @@ def _init_pipeline(cls: type, spec: tuple[str, dict]) -> None:
         _worker_error = f"a worker could not load the models: {type(e).__name__}: {e}"
 
 
-def _pipeline(job: tuple[list[str], bool, dict]) -> list[tuple[dict, np.ndarray | None]]:
-    """Pipeline worker: a chunk of files → their records (decode, detect, align, then the models on the chunk's
-    faces as one batch), in order, without images. job: (files, detect, the calling estimator's `settings()`)."""
+def answer_files(est, files: list[str], detect: bool) -> list[dict]:
+    """The records of `files` in order, CHUNK files at a time through the whole pipeline (decode, detect, align,
+    then the models on each chunk's faces as one batch), without images: what a pipeline worker or a Ray actor
+    sends back."""
+    return [r for i in range(0, len(files), CHUNK)
+            for r, _ in _flush(est, _find_chunk(est, files[i:i + CHUNK], detect, False))]
+
+
+def _pipeline(job: tuple[list[str], bool, dict]) -> list[tuple[dict, None]]:
+    """Pipeline worker: `answer_files` of a chunk. job: (files, detect, the calling estimator's `settings()`)."""
     if _worker_est is None:
         raise AgelensError(_worker_error or "pipeline worker not initialised")
     files, detect, settings = job
     _worker_est.apply_settings(settings)
-    return list(_flush(_worker_est, _find_chunk(_worker_est, files, detect, False)))
+    return [(r, None) for r in answer_files(_worker_est, files, detect)]
 
 
 def _verifier(est):
