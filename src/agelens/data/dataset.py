@@ -76,6 +76,7 @@ class CachedFaceDataset(Dataset):
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
         self.seed, self.epoch, self.scale_jitter = seed, 0, scale_jitter
         self.occlusion, self.target, self.pair, self.degrade = occlusion, target, pair, degrade
+        self.drawn: dict[int, str | None] = {}  # with an occlusion mix: the type each record last got (None: clean)
         self.strong_p, self.regions = strong_p, regions
         self.augment, self.degradation = augment, degradation
         self.source_scale, self.augment_pair, self.anchor = source_scale, augment_pair, anchor
@@ -132,6 +133,7 @@ class CachedFaceDataset(Dataset):
                     kind = None
                 if kind is not None and self.train and self.realign > 0 and rng.random() < self.realign:
                     img, alpha = self._realigned(img), None
+            self.drawn[int(i)] = kind
         return img, kind, alpha
 
     def _realigned(self, img: np.ndarray) -> np.ndarray:

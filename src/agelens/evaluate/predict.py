@@ -18,11 +18,13 @@ from ..numerics import Numerics
 @torch.no_grad()
 def predict_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics, batch_size: int = 64,
                   tta_flip: bool = True, indices: np.ndarray | None = None, progress: bool = False, occlusion=None,
-                  seed: int = 0, target: str = "age", degradation: str | None = None) -> tuple[np.ndarray, ...]:
+                  seed: int = 0, target: str = "age", degradation: str | None = None,
+                  drawn: dict | None = None) -> tuple[np.ndarray, ...]:
     """Ages (or occlusion probabilities for a binary head), spreads and embeddings for (a subset of) a cache,
-    centre-cropped; `occlusion` (an OcclusionMix) draws a fixed, seeded occluder per image first. With
-    target="occluded" a fourth array holds 1/0 for the faces that did / did not get an occluder. `degradation` (a
-    data.augment name) degrades every face the same seeded way (the degraded test)."""
+    centre-cropped; `occlusion` (an OcclusionMix) draws a fixed, seeded occluder per image first (`drawn`, where
+    given, gets each record's type: index → type, None when clean). With target="occluded" a fourth array holds
+    1/0 for the faces that did / did not get an occluder. `degradation` (a data.augment name) degrades every face
+    the same seeded way (the degraded test)."""
     regions = getattr(model, "region_attention", None) is not None  # masks from each face's cached landmarks
     ds = CachedFaceDataset(cache, False, cfg.data.crop_size, cfg.data.input_size, indices=indices, occlusion=occlusion,
                            seed=seed, target=target, regions=regions, degradation=degradation)
@@ -40,5 +42,7 @@ def predict_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: N
         spreads.append(s.cpu())
         embs.append(e.cpu())
         targets.append(tgt)
+    if drawn is not None:
+        drawn.update(ds.drawn)
     out = torch.cat(ages).numpy(), torch.cat(spreads).numpy(), torch.cat(embs).numpy()
     return (*out, torch.cat(targets).float().numpy()) if target == "occluded" else out

@@ -55,8 +55,9 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
     from ..evaluate.predict import predict_cache
 
     idx = np.arange(min(len(cache), cfg.data.max_eval or len(cache)))
+    drawn: dict = {}
     pred, spread, emb = predict_cache(model, cache, cfg, numerics, tta_flip=tta_flip, indices=idx, progress=progress,
-                                      occlusion=occlusion, seed=seed)
+                                      occlusion=occlusion, seed=seed, drawn=drawn)
     raw = pred
     knn_info = None
     if knn is not None:
@@ -71,14 +72,9 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
     add_fairness(metrics, pred, true, genders, races, bootstrap)
     metrics["failed"] = len(cache.failed)
     kinds = None
-    if occlusion is not None:  # the occluder each face got (the same seeded draw predict_cache made), per type
-        from ..data.dataset import CachedFaceDataset
-
-        ds = CachedFaceDataset(cache, False, 16, 16, occlusion=occlusion, seed=seed)
-        kinds = np.array([ds.occluded_view(int(i))[1] or "clean" for i in idx])
-        err = np.abs(pred - true)
-        metrics["per_occlusion"] = {k: {"n": int((kinds == k).sum()), "mae": round(float(err[kinds == k].mean()), 4)}
-                                    for k in sorted(set(kinds))}
+    if occlusion is not None:  # the occluder each face got in predict_cache, per type
+        kinds = np.array([drawn.get(int(i)) or "clean" for i in idx])
+        metrics["per_occlusion"] = per_type(kinds, np.abs(pred - true))
     if knn_info is not None:
         metrics["knn"] = knn_info
     metrics.update(extra or {})
@@ -99,6 +95,11 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
             save_embeddings(out / "embeddings.npz", emb, true, pred, recs)
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def per_type(kinds: np.ndarray, err: np.ndarray) -> dict:
+    """{occlusion type (or "clean"): {"n", "mae"}} of absolute errors."""
+    return {k: {"n": int((kinds == k).sum()), "mae": round(float(err[kinds == k].mean()), 4)} for k in sorted(set(kinds))}
 
 
 def _failed_row(failure: dict, blank_before: int, blank_after: int) -> list:
@@ -170,9 +171,7 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     if knn_info is not None:
         metrics["knn"] = knn_info
     kinds_a, models_a = np.array(kinds), np.array(models)
-    err = np.abs(pred - true)
-    metrics["per_occlusion"] = {k: {"n": int((kinds_a == k).sum()), "mae": round(float(err[kinds_a == k].mean()), 4)}
-                                for k in sorted(set(kinds))}
+    metrics["per_occlusion"] = per_type(kinds_a, np.abs(pred - true))
     metrics["routed_to"] = {m: int((models_a == m).sum()) for m in sorted(set(models))}
     if est.detector is not None:
         truth = kinds_a != "clean"
