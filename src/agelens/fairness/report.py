@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..evaluate.metrics import AGE_BINS, age_bin
+from ..evaluate.metrics import AGE_BINS, age_bin, fmt
 from ..utils import atomic_write_text
 
 
@@ -258,8 +258,6 @@ def _left_out(group: dict) -> str:
 
 def signed_error_cells(metrics: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Mean signed error (NaN where empty) and face count per group (rows: genders, then races) × age bin."""
-    from ..evaluate.metrics import AGE_BINS
-
     groups = metrics.get("groups", {})
     rows, sizes, labels = [], [], []
     for attr in ("age_bin×gender", "age_bin×race"):
@@ -276,8 +274,6 @@ def plot_signed_error(metrics: dict) -> str | None:
     """Heatmap of the mean signed error (pred − true) per group × age bin: who is over- or under-estimated. Each
     cell gives its number of faces; cells of fewer than FEW_FACES are drawn pale (their mean is noise)."""
     import matplotlib.pyplot as plt
-
-    from ..evaluate.metrics import AGE_BINS
 
     m, n, labels = signed_error_cells(metrics)
     if not labels:
@@ -326,13 +322,6 @@ def standardised_table(metrics: dict) -> str:
             "the whole test's age-bin shares, so groups with different age mixes are compared at equal age; "
             "seeded bootstrap 95 % intervals per group; the spread's interval holds every pairwise difference at once.</p><table><tr><th>attribute</th><th>group</th><th>n</th>"
             "<th>standardised MAE [95 % CI]</th></tr>" + "".join(rows) + "</table>")
-
-
-def _num(x) -> str:
-    """A metric to 3 decimals, or "n/a" where it is undefined (one group to compare; 0 / 0)."""
-    from ..evaluate.metrics import fmt
-
-    return fmt(x)
 
 
 def _fmt_ci(ci: dict | None, key: str) -> str:
@@ -402,10 +391,10 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     else:
         sections.append(("Grad-CAM and face-region attention", None, f"Skipped: {why}."))
     ci = metrics.get("ci95")
-    summary = "".join(f"<tr><td>{html.escape(k)}</td><td>{_num(metrics[k])}{_fmt_ci(ci, k)}</td></tr>"
+    summary = "".join(f"<tr><td>{html.escape(k)}</td><td>{fmt(metrics[k])}{_fmt_ci(ci, k)}</td></tr>"
                       for k in ("mae", "cmae", "bias_score", "acc5") if k in metrics)
     groups = metrics.get("groups", {})
-    gtab = "".join(f"<tr><td>{html.escape(a)}</td><td>{_num(g['difference']['mae'])}</td><td>{_num(g['ratio']['mae'])}</td>"
+    gtab = "".join(f"<tr><td>{html.escape(a)}</td><td>{fmt(g['difference']['mae'])}</td><td>{fmt(g['ratio']['mae'])}</td>"
                    f"<td>{len(g['by_group']) - len(g.get('left_out_of_difference') or [])}</td>"
                    f"<td>{html.escape(_left_out(g))}</td></tr>" for a, g in groups.items())
     knn = metrics.get("knn")
