@@ -2,14 +2,13 @@
 plus OUT/occlusions.csv (file, output, status, type, style, area fractions, reason). Landmarks come from FaceMesh on
 each image (the largest face); faces without landmarks are listed with the reason and not written. Each image's
 occluder is drawn from (seed, its relative path), so it does not change as files are added or left out; the CSV
-grows as images are done (an interrupted run lists what it wrote) and is rewritten in file order at the end. An
+grows, in file order, as images are done (an interrupted run lists what it wrote). An
 OUT that holds an earlier run's occlusions.csv is refused unless overwrite=True, which first deletes that run's
 outputs."""
 
 from __future__ import annotations
 
 import csv
-import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from ..errors import AgelensError
 from ..parallel import CRASHED, crash_safe_map, per_input
-from ..utils import atomic_write, atomic_write_text
+from ..utils import atomic_write
 from .synth import OcclusionError, OcclusionMix, occlude
 
 CSV_FIELDS = ["file", "output", "status", "type", "style", "area_fraction", "eye_fraction", "mouth_fraction", "reason"]
@@ -149,20 +148,14 @@ def occlude_folder(src: str | Path, dst: str | Path, mix: OcclusionMix, seed: in
         it = crash_safe_map(per_input(_occlude_one), chunks, workers, _crashed_row, _init_worker)
     dst.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    with open(dst / "occlusions.csv", "w", newline="") as f:  # grows as images are done: a stop leaves what was done
+    # the rows come in file order (both maps keep it); the CSV grows as images are done: a stop leaves what was done
+    with open(dst / "occlusions.csv", "w", newline="") as f:
         live = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         live.writeheader()
         for row in track(it, total=len(jobs), description="occluding", enabled=progress):
             rows.append(row)
             live.writerow(row)
             f.flush()
-    order = {j.src: i for i, j in enumerate(jobs)}
-    rows.sort(key=lambda r: order.get(r["file"], len(order)))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(dst / "occlusions.csv", buf.getvalue())
     return summarise(rows)
 
 
