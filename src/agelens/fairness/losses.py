@@ -113,10 +113,7 @@ class KnnAdjustment(torch.nn.Module):
         ids = torch.full((b,), -1, dtype=torch.long, device=z.device) if idx is None else idx.long().to(z.device)
         bank_e = self.bank_emb.to(z.device) if self.bank_emb.numel() and self.bank_emb.shape[1] == z.shape[1] else z[:0]
         bank_a = self.bank_age.to(z.device)[: len(bank_e)]
-        bank_i = self.bank_idx.to(z.device)[: len(bank_e)]
-        if len(bank_i) < len(bank_e):
-            bank_i = torch.cat([torch.full((len(bank_e) - len(bank_i),), -1, dtype=torch.long, device=z.device),
-                                bank_i])
+        bank_i = self.bank_idx.to(z.device)[: len(bank_e)]  # as long as the bank (a checkpoint without it: -1s)
         keys, vals, key_ids = torch.cat([bank_e, z]), torch.cat([bank_a, a]), torch.cat([bank_i, ids])
         sims = z @ keys.T
         sims[torch.arange(b, device=z.device), len(bank_e) + torch.arange(b, device=z.device)] = -float("inf")
