@@ -501,7 +501,6 @@ def _check_output(path: Path, folder: bool, flag: str) -> None:
     checked before the job runs, not after it, by writing a file in the nearest folder of the path that exists.
     Nothing is made: the writers make the missing folders, and the output sinks put right what a killed earlier
     job left (`inference.stream.finish_rewrite`) only where the output is missing."""
-    import os
     import tempfile
 
     if folder:
@@ -943,7 +942,6 @@ def _exit_now(code: int | str | None) -> None:
     handlers cannot be run this way, it is a plain sys.exit."""
     import atexit
     import contextlib
-    import os
     import threading
 
     run_handlers = getattr(atexit, "_run_exitfuncs", None)
