@@ -35,7 +35,7 @@ def make_corpus(d: Path, face_rgb: np.ndarray) -> dict[str, tuple[Path, str]]:
 
     good = _jpeg(face)
     put("good.jpg", good, OK)
-    put("truncated.jpg", good[: len(good) // 3], "cannot decode image")
+    put("truncated.jpg", good[: len(good) // 3], "cut short (truncated)")
     rgba = face.convert("RGBA")
     rgba.putalpha(Image.new("L", face.size, 200))
     buf = io.BytesIO()

@@ -310,3 +310,18 @@ def test_a_gpu_this_machine_lacks_is_an_agelens_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(AgelensError, match="torch sees no CUDA GPU here"):
         agelens.AgeEstimator.from_pretrained(device="cuda")
+
+
+def test_a_thumbnail_too_small_to_hold_a_face_gets_no_face(est, astronaut):
+    """An 8 x 8 thumbnail of the astronaut: the padded retry read it as a face (verified at 0.98) and gave it an
+    age of 2.8, or 26.7 at another JPEG quality; now "no face found", saying why."""
+    import io
+
+    from PIL import Image
+
+    from agelens.errors import NoFaceError
+
+    buf = io.BytesIO()
+    Image.fromarray(astronaut).resize((8, 8), Image.Resampling.LANCZOS).save(buf, "JPEG", quality=95)
+    with pytest.raises(NoFaceError, match="8x8: under 16 px on a side"):
+        est.predict(buf.getvalue())

@@ -90,7 +90,7 @@ def test_evaluate_keeps_going_and_reports(tmp_path, corpus):
     not_files = sum(not p.is_file() for p, _ in corpus.values())  # folder.jpg, missing.jpg: "missing file" rows
     assert f"{len(BAD_ROWS) + not_files} bad rows" in r.stdout + r.stderr, r.stdout
     text = (tmp_path / "ev" / "predictions.csv").read_text(errors="replace")
-    for reason in ("cannot decode image", "pixel limit", "empty file", "not a recognised image format"):
+    for reason in ("cut short (truncated)", "pixel limit", "empty file", "not a recognised image format"):
         assert reason in text, reason
 
 

@@ -263,3 +263,81 @@ def test_a_resumed_csv_keeps_its_lock_after_rewriting_its_last_file(tmp_path):
     with pytest.raises(AgelensError, match="being written by another agelens job"):
         open_sink(out, "csv", resume=True)
     again.close()
+
+
+def _photo_jpeg(size=(256, 256), **kw) -> bytes:
+    import io
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size[1], :size[0]]
+    img = np.stack([(xx * 255 // size[0]), (yy * 255 // size[1]), (xx + yy) % 256], -1).astype(np.uint8)
+    img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def test_a_jpeg_cut_short_is_read_when_only_a_sliver_is_missing(tmp_path):
+    """An interrupted copy: a JPEG without its end marker is read whole; one cut at a third is refused, saying
+    how much of it is missing (before: both "cannot decode image (image file is truncated ...)")."""
+    good = _photo_jpeg()
+    (tmp_path / "noeoi.jpg").write_bytes(good[:-2])
+    (tmp_path / "third.jpg").write_bytes(good[: len(good) // 3])
+    whole = load_image_bytes(good)
+    assert np.array_equal(load_image(tmp_path / "noeoi.jpg"), whole)
+    with pytest.raises(ImageError, match=r"third.jpg: the file is cut short \(truncated\): the last \d+ of its 256 "
+                                         r"rows \(\d+%\) are missing"):
+        load_image(tmp_path / "third.jpg")
+
+
+def load_image_bytes(data: bytes) -> np.ndarray:
+    from agelens.imageio import decode_image
+
+    return decode_image(data)
+
+
+def test_oversized_images_and_odd_paths_get_messages_that_say_what_is_wrong(tmp_path):
+    """A PNG past Pillow's own bomb check names its pixel count; a loop of links is called one (before: "a link to
+    b.jpg, which is not there" though b.jpg is there); an empty path is named as such (before: "." is a folder)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    # a 20000 x 20000 PNG header (400 MP) with one row of data: refused from the header
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00" * 60001)) + chunk(b"IEND", b""))
+    (tmp_path / "bomb.png").write_bytes(png)
+    with pytest.raises(ImageError, match=r"bomb.png: image of 400,000,000 pixels \(from its header\), over the "
+                                         r"60,000,000-pixel limit"):
+        load_image(tmp_path / "bomb.png")
+    os.symlink("b.jpg", tmp_path / "a.jpg")
+    os.symlink("a.jpg", tmp_path / "b.jpg")
+    with pytest.raises(ImageError, match="a loop of links"):
+        load_image(tmp_path / "a.jpg")
+    with pytest.raises(ImageError, match="an empty path"):
+        load_image("")
+
+
+def test_a_pillow_image_that_cannot_be_read_is_an_image_error(tmp_path):
+    import io
+
+    from agelens.imageio import read_pil
+
+    good = _photo_jpeg()
+    with pytest.raises(ImageError, match="cannot decode image"):
+        read_pil(Image.open(io.BytesIO(good[: len(good) // 3])))
+
+
+def test_draw_reads_a_photo_over_the_pixel_limit_as_predict_does(tmp_path, monkeypatch):
+    """`draw(path, faces)` on a photo predict answers at a reduced decode draws there, boxes (file pixels) scaled
+    (before: ImageTooLargeError)."""
+    import agelens.imageio as imageio
+
+    p = tmp_path / "big.jpg"
+    p.write_bytes(_photo_jpeg((4000, 3000)))
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 5_000_000)
+    out = draw(p, [{"box": [400, 400, 1200, 1200], "age": 30.0, "occluded": False}])
+    assert out.shape == (1500, 2000, 3)
+    assert (out[200, 300:400] == (0, 200, 0)).all()  # the top edge at y = 400 / 2

@@ -18,6 +18,10 @@ MAX_PIXELS = 60_000_000  # decompression-bomb guard (e.g. 20000×20000 is refuse
 # in a quarter of the time), and face boxes are scaled back (`decode_reduced`; docs/inference_levers.md)
 FACE_MIN_SIDE = 1536
 JPEG_SOI = b"\xff\xd8\xff"  # a JPEG file's first bytes (start of image, then a marker)
+JPEG_EOI = b"\xff\xd9"  # a JPEG file's last two bytes (end of image)
+# A JPEG cut short (an interrupted copy or download) is read when at most this share of its rows is missing (a file
+# that lacks only its end marker, or its last few bytes); one missing more is refused, naming how much is missing
+TRUNCATED_ROWS_OK = 0.02
 # ISO-BMFF brands of HEIC/HEIF stills (an iPhone's photos): read through pillow-heif, the `heif` extra
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
@@ -54,6 +58,17 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 
+def read_pil(im: Image.Image) -> np.ndarray:
+    """`pil_to_rgb` of a Pillow image a caller opened (its pixels are read here): ImageError where they cannot be."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data": the pixels are read all the same
+            return pil_to_rgb(im)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{getattr(im, 'filename', '') or '<Pillow image>'}: cannot decode image "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
 def _open(src, jpeg: bool) -> Image.Image:
     """The image's header read (no pixels decoded) from a path or a file object. jpeg: opened by Pillow's JPEG plugin
     itself: `Image.open` would apply Pillow's own decompression-bomb check to the header's size (a warning from 89 MP,
@@ -85,8 +100,41 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
     if is_heif(data):
         _heif_opener(name)
     try:
+        return _decode_reduced(data, min_side, max_pixels, name)
+    except ImageError as e:
+        # a JPEG cut short: decoded again with its end marker put back, and read where only a sliver is missing
+        if not (data[:3] == JPEG_SOI and "truncated" in str(e) and data[-2:] != JPEG_EOI):
+            raise
+        try:
+            rgb, scale = _decode_reduced(data + JPEG_EOI, min_side, max_pixels, name)
+        except ImageError:
+            raise e from None
+        missing = _missing_rows(rgb)
+        if missing > TRUNCATED_ROWS_OK * len(rgb):
+            raise ImageError(f"{name}: the file is cut short (truncated): the last {missing} of its {len(rgb)} rows "
+                             f"({missing / len(rgb):.0%}) are missing") from None
+        return rgb, scale
+
+
+def _missing_rows(rgb: np.ndarray) -> int:
+    """How many rows at the bottom are one flat colour (what the decoder leaves where a cut JPEG's data ends)."""
+    flat = (rgb == rgb[:, :1]).all((1, 2))
+    return len(rgb) - int(np.flatnonzero(~flat).max()) - 1 if (~flat).any() else len(rgb)
+
+
+def _pixels_said(e: Exception) -> str:
+    """ "of N pixels" from Pillow's decompression-bomb message, which names the image's size, or ""."""
+    import re
+
+    m = re.search(r"Image size \((\d+) pixels\)", str(e))
+    return f" of {int(m.group(1)):,} pixels" if m else ""
+
+
+def _decode_reduced(data: bytes, min_side: int | None, max_pixels: int, name: str) -> tuple[np.ndarray, float]:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's "Corrupt EXIF data" and kin: the pixels are read
             with _open(io.BytesIO(data), jpeg=bool(min_side) and data[:3] == JPEG_SOI) as im:
                 w, h = im.size
                 if min_side and im.format in ("JPEG", "MPO") and max(w, h) >= 2 * min_side:  # MPO: cameras' JPEGs
@@ -105,8 +153,9 @@ def decode_reduced(data: bytes, min_side: int | None = FACE_MIN_SIDE, max_pixels
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLargeError(f"{name}: image dimensions exceed the pixel limit (decompression-bomb guard)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(f"{name}: image{_pixels_said(e)} (from its header), over the {max_pixels:,}-pixel "
+                                 "limit (decompression-bomb guard)") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
@@ -138,6 +187,8 @@ def load_reduced(path: str | Path, min_side: int | None = FACE_MIN_SIDE) -> tupl
 
 def _read(path: str | Path) -> bytes:
     """The file's bytes, or ImageError naming the file and the problem."""
+    if not str(path):
+        raise ImageError("an empty path: no file named")
     p = Path(path)
     if p.is_dir():
         from .data.adapters import IMAGE_EXTS
@@ -149,7 +200,10 @@ def _read(path: str | Path) -> bytes:
         raise ImageError(f"{p}: is a directory, not an image (`agelens predict` and predict_many read folders)")
     if not p.exists():
         if p.is_symlink():
-            raise ImageError(f"{p}: a link to {os.readlink(p)}, which is not there")
+            target = os.readlink(p)
+            if os.path.lexists(os.path.join(os.path.dirname(p), target)):
+                raise ImageError(f"{p}: a link to {target}, a loop of links that never reaches a file")
+            raise ImageError(f"{p}: a link to {target}, which is not there")
         if any(c in str(p) for c in "*?["):
             raise ImageError(f"{p}: no file matches this pattern")
         raise ImageError(f"{p}: file not found")

@@ -20,10 +20,19 @@ def draw(image, faces: Sequence, channels: str = "rgb") -> np.ndarray:
 
     if channels not in ("rgb", "bgr"):
         raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
-    if isinstance(image, str | os.PathLike | Image.Image):
-        from ..imageio import load_image, pil_to_rgb
+    per_px = 1.0  # file pixels per pixel drawn on: a photo over the pixel limit is drawn on a reduced decode
+    if isinstance(image, Image.Image):
+        from ..imageio import read_pil
 
-        image = pil_to_rgb(image) if isinstance(image, Image.Image) else load_image(os.fspath(image))
+        image, channels = read_pil(image), "rgb"
+    elif isinstance(image, str | os.PathLike):
+        from ..errors import ImageTooLargeError
+        from ..imageio import FACE_MIN_SIDE, load_image, load_reduced
+
+        try:
+            image = load_image(os.fspath(image))
+        except ImageTooLargeError:  # as predict reads it (`inference.stream.decode_file`): boxes are in file pixels
+            image, per_px = load_reduced(os.fspath(image), FACE_MIN_SIDE)
         channels = "rgb"
     img = np.asarray(image)
     if img.dtype != np.uint8:  # a float image of 0-1 values (matplotlib's) is scaled, not cast to black
@@ -43,7 +52,7 @@ def draw(image, faces: Sequence, channels: str = "rgb") -> np.ndarray:
         colour = ORANGE if d.get("occluded") else GREEN
         if channels == "bgr":
             colour = colour[::-1]
-        x1, y1, x2, y2 = (int(round(v)) for v in d["box"])
+        x1, y1, x2, y2 = (int(round(v / per_px)) for v in d["box"])
         cv2.rectangle(img, (x1, y1), (x2, y2), colour, thick)
         cv2.putText(img, f"{d['age']:.0f}", (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour,
                     thick)

@@ -20,6 +20,9 @@ from ..faces.realign import CropSource
 from ..imageio import file_box
 from .backends import CropClassifier
 
+# An image under this on a side holds no face to find: the padded retry read an 8 x 8 thumbnail as one (verified at
+# 0.98) and gave it an age; under 16 px the face networks reject faces anyway (an audit's 10-32 px thumbnails)
+MIN_IMAGE_SIDE = 16
 MEMO_SIZE = 64  # crops whose answers a memo keeps (the faces of the last few images): AgeEstimator.MEMO_SIZE
 
 
@@ -253,6 +256,9 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     if not detect:
         crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
         return [([0.0, 0.0, float(w), float(h)], 1.0, crop, not np.isnan(lm).any(), "whole-image", None)]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise NoFaceError(f"no face found (the image is {w}x{h}: under {MIN_IMAGE_SIDE} px on a side, too small to "
+                          "find a face in)")
     v = shipped_verifier() if isinstance(verifier, str) else verifier
     sep = getattr(v, "fallback", None)  # a TrunkGuard's separate face network(s): they alone vouch for fallback faces
 

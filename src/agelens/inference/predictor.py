@@ -16,7 +16,7 @@ from ..data.views import centre_views
 from ..errors import AgelensError
 from ..faces.detect import FaceAnalyzer
 from ..faces.realign import SINGLE_VIEW, realigned
-from ..imageio import decode_reduced, load_reduced, pil_to_rgb
+from ..imageio import decode_reduced, load_reduced, read_pil
 from ..utils import int8_flavor
 from .backends import (  # noqa: F401 (TTA_MODES: public)
     TTA_MODES,
@@ -172,7 +172,7 @@ def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
             raise TypeError(f"the file object gave {type(data).__name__}, not bytes: open the image in binary mode")
         rgb, scale = decode_reduced(bytes(data))
     elif isinstance(image, PILImage.Image):
-        rgb, scale = pil_to_rgb(image), 1.0  # Pillow's images are RGB (or convert to it): channels is for arrays
+        rgb, scale = read_pil(image), 1.0  # Pillow's images are RGB (or convert to it): channels is for arrays
     elif image is None or isinstance(image, int | float | complex | bool | dict | set):
         raise TypeError(f"cannot read an image from {type(image).__name__}: give a path, encoded bytes, a binary "
                         "file object, a Pillow image or an HxWx3 uint8 array")
