@@ -176,3 +176,41 @@ def test_a_reused_split_says_what_it_leaves_out_and_which_settings_it_keeps(tmp_
     assert any("10 of the dataset's 30 records are in no part" in s for s in said), said
     assert any("made with seed 0 (the config says 7)" in s for s in said), said
     assert any("1 row(s) of csv skipped (missing file: 1)" in s for s in said), said
+
+
+def test_csv_columns_under_other_names_are_read_and_the_rest_named(tmp_path):
+    """A researcher's own header: `sex` / `Ethnicity` / `subject_id` are read as gender, race and group (before: every
+    face "unknown" and no identity groups, silently); columns not read are named; ambiguous or unknown labels refused."""
+    for n in "abcd":
+        _img(tmp_path / f"{n}.jpg")
+    (tmp_path / "mine.csv").write_text("Path,Age,Sex,Ethnicity,subject_id,camera\na.jpg,31,Woman,East Asian,p1,x\n"
+                                       "b.jpg,33,M,white,p1,x\nc.jpg,40,,,p2,y\nd.jpg,50,girl,White,,y\n")
+    lst = load_dataset("csv", tmp_path / "mine.csv")
+    assert [(r.gender, r.race, r.group) for r in lst.records] == [
+        ("female", "east asian", "p1"), ("male", "white", "p1"), (None, None, "p2"),
+        ("female", "white", str(tmp_path / "d.jpg"))]
+    assert len(lst.notes) == 1 and "column(s) not read: camera" in lst.notes[0]
+    (tmp_path / "two.csv").write_text("path,age,gender,sex\na.jpg,31,m,m\n")
+    with pytest.raises(DataError, match=r"more than one column for gender \(gender, sex\)"):
+        load_dataset("csv", tmp_path / "two.csv")
+    (tmp_path / "odd.csv").write_text("path,age,gender\na.jpg,31,W\nb.jpg,40,W\nc.jpg,41,x\n")
+    with pytest.raises(DataError, match=r"gender values not read: 'W' \(2 rows\), 'x' \(1 rows\)"):
+        load_dataset("csv", tmp_path / "odd.csv")
+
+
+def test_a_cache_folder_of_other_images_is_not_replaced(tmp_path):
+    """A CSV config left data.cache_dir at UTKFace's default: building its cache there would have deleted UTKFace's
+    (a stale cache of the same images is still rebuilt)."""
+    from agelens.data.adapters import FaceRecord
+    from agelens.data.cache import build_cache
+
+    recs = []
+    for n in "abcd":
+        _img(tmp_path / f"{n}.jpg")
+        recs.append(FaceRecord(str(tmp_path / f"{n}.jpg"), 30.0))
+    build_cache(recs[:2], tmp_path / "cache", size=32, workers=0, progress=False)
+    relabelled = [FaceRecord(recs[0].path, 31.0), recs[1]]
+    assert build_cache(relabelled, tmp_path / "cache", size=32, workers=0, progress=False).records[0].age == 31.0
+    with pytest.raises(DataError, match="holds the cache of other images .2 faces.*set data.cache_dir"):
+        build_cache(recs[2:], tmp_path / "cache", size=32, workers=0, progress=False)
+    assert len(build_cache(recs[2:], tmp_path / "cache", size=32, workers=0, progress=False, force=True).records) == 2

@@ -95,6 +95,12 @@ def test_output_distillation_fine_tunes_a_student_from_a_teacher_run(tmp_path, u
     with pytest.raises(ConfigError, match="same ages"):  # the teacher answers 0-100, this model 0-90
         train_and_test(_cfg(tmp_path, utk_folder, "ages", *occ[:3], f"distill.teacher={tmp_path}/runs/teacher",
                             "model.max_age=90", "train.kd_weight=1.0"), **quiet)
+    # fine-tuning a model to another age range takes its trunk and starts the head afresh (before: "weights do not
+    # fit this model (Error(s) in loading state_dict for AgeModel:)")
+    logs.clear()
+    train_and_test(_cfg(tmp_path, utk_folder, "wider", *occ[:2], f"model.init_from={tmp_path}/runs/teacher",
+                        "model.max_age=110"), progress=False, log=logs.append)
+    assert any("its age head left out, trained afresh" in x and "(101, 512) → (111, 512)" in x for x in logs), logs
 
 
 def test_a_fresh_run_under_an_old_name_says_so_and_resume_names_another_architecture(tmp_path, utk_folder):

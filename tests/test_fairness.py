@@ -1,8 +1,10 @@
 """Fairness building blocks: sampler, loss weights, KNN term, region masks, KNN refinement, bootstrap, curation."""
 
 import csv
+import json
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -370,12 +372,19 @@ def test_cli_curate_and_one_line_errors(tmp_path):
     for i, age in enumerate([3, 30, 64]):
         _noise_image(d / f"{age}_{i % 2}_{i}_2017{i:05d}.jpg.chip.jpg", i)
     shutil.copy(d / "3_0_0_201700000.jpg.chip.jpg", d / "9_0_0_201700009.jpg.chip.jpg")  # conflicting duplicate
+    _noise_image(d / "holiday.jpg", 9)  # no UTKFace name: a row the adapter skips
     run = lambda *a: subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, a)], capture_output=True,  # noqa: E731
                                     text=True, timeout=300)
     r = run("curate", "--source", f"utkface={d}", "-o", tmp_path / "m.csv", "--workers", "1")
     assert r.returncode == 0, r.stderr
     assert "0-10" in r.stdout and "2→0" in r.stdout and "4 → 2 records" in r.stdout
-    assert (tmp_path / "m.report.json").is_file()
+    # the skipped row is said, and listed with its reason (before: a count in the report only)
+    assert "utkface: 1 row(s) skipped" in r.stdout and "holiday.jpg: file name does not start" in r.stdout
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert [Path(b["path"]).name for b in report["bad_row_list"]["utkface"]] == ["holiday.jpg"]
+    # exporting a run with the defaults would replace the shipped teacher: refused, saying how to write one's own
+    r = run("export", "weights", tmp_path / "no_run")
+    assert r.returncode == 2 and "would replace the shipped teacher" in r.stderr and "--output DIR" in r.stderr
     r = run("curate", "--source", "utkface", "-o", tmp_path / "x.csv")
     assert r.returncode == 2 and "error: --source 'utkface' is not DATASET=ROOT" in r.stderr and "Traceback" not in r.stderr
     r = run("evaluate", "--from-cache", "--model", "teacher", "--knn", tmp_path / "none.npz", "-o", tmp_path / "o")

@@ -110,6 +110,14 @@ def test_cv_two_folds_is_resumable(tmp_path, utk_folder):
     again = run_cv(cfg, 2, progress=False, log=logs.append)  # finished folds are skipped
     assert again["mean"] == summary["mean"] and sum("skipped" in x for x in logs) == 2
     assert "mean" in format_cv(summary)
+    # the later folds train at the numerics the first fold's probe chose (before: a probe per fold, fp32 then bf16)
+    from agelens.fairness.cv import _pin_numerics
+
+    assert json.loads((out / "fold0" / "test" / "metrics.json").read_text())["numerics"] == "fp32"
+    auto = load_config(None, _args(tmp_path, utk_folder, "cvt", "train.numerics=auto"))
+    _pin_numerics(auto, {"numerics": "bf16"}, logs.append)
+    _pin_numerics(cfg, {"numerics": "bf16"}, logs.append)  # a config that names its numerics keeps them
+    assert (auto.train.numerics, cfg.train.numerics) == ("bf16", "fp32") and "the first fold's choice" in logs[-1]
 
 
 def test_group_dro_training_logs_checkpoints_and_resumes_q(tmp_path, utk_folder):

@@ -199,6 +199,17 @@ def test_calibrate_from_end_to_end_predictions_writes_z_to_the_card(tmp_path):
     shutil.copy(files[0], test_csv)
     bad = CliRunner().invoke(app, ["calibrate", str(tmp_path / "t.safetensors"), "--predictions", str(test_csv)])
     assert bad.exit_code != 0 and "test part" in str(bad.exception)
+    # the part evaluate recorded decides, not a folder named test higher up (before: refused as "a test part")
+    val_csv = tmp_path / "test" / "mine" / "predictions.csv"
+    val_csv.parent.mkdir()
+    shutil.copy(files[0], val_csv)
+    (val_csv.parent / "metrics.json").write_text(json.dumps({"part": "val"}))
+    ok = CliRunner().invoke(app, ["calibrate", str(tmp_path / "t.safetensors"), "--predictions", str(val_csv),
+                                  "--no-write"])
+    assert ok.exit_code == 0, ok.output
+    (val_csv.parent / "metrics.json").write_text(json.dumps({"part": "test"}))
+    bad = CliRunner().invoke(app, ["calibrate", str(tmp_path / "t.safetensors"), "--predictions", str(val_csv)])
+    assert bad.exit_code != 0 and "its metrics.json says so" in str(bad.exception)
 
 
 def test_two_datasets_train_together_and_each_test_part_is_reported(tmp_path, utk_folder):

@@ -245,7 +245,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
 
     from .data.adapters import load_dataset
     from .data.cache import build_cache
-    from .data.prepare import make_or_load_split
+    from .data.prepare import list_records, make_or_load_split
     from .evaluate.runner import evaluate_estimator
     from .inference.finding import predicted_face
     from .inference.predictor import AgeEstimator
@@ -282,13 +282,18 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         raise AgelensError("evaluate needs --root DIR (with --dataset) or --config with a split")
     if root is not None:
         listing = load_dataset(dataset, root, groups_csv=groups_csv)
-        records, bad = listing.records, listing.bad
-    else:
+        for note in listing.notes:
+            typer.echo(note, err=True)
+        source = {"dataset": dataset, "root": str(root)}
+    else:  # the config's dataset and split (before: recorded as --dataset's default and the config's path as root)
         cfg = _load(config, [])
-        parts = make_or_load_split(cfg.data)
+        listing = list_records(cfg.data)
+        parts = make_or_load_split(cfg.data, listing)
         if part not in parts:
             raise AgelensError(f"--part must be one of {', '.join(parts)}, got {part!r}")
-        records, bad = parts[part], []
+        source = {"dataset": cfg.data.dataset, "root": str(cfg.data.root), "config": str(config),
+                  "split_file": str(cfg.data.split_file), "part": part}
+    records, bad = (listing.records if root is not None else parts[part]), listing.bad
     tmp = Path(tempfile.mkdtemp(prefix="agelens-eval-"))
     try:
         # faces found and aligned as predict does; drawn occluders need FaceMesh's iris points, so --occlude
@@ -300,8 +305,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         m = evaluate_estimator(est, cache, output, occlusion=occ, seed=seed, progress=not quiet, knn=knn_index,
                                embeddings=save_embeddings, bootstrap=bootstrap, adapt=adapt,
                                extra={"model": est.name, "student": est.student.name if est.student else None,
-                                      "detector": est.detector.name if est.detector else None, "dataset": dataset,
-                                      "root": str(root or config), "detect": detect, "bad_rows": len(bad),
+                                      "detector": est.detector.name if est.detector else None, **source,
+                                      "detect": detect, "bad_rows": len(bad),
                                       **occlusion_info})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -632,21 +637,42 @@ def _annotate(rgb, faces: list[dict], out_dir: Path, src: str, k: int, path: str
         atomic_write(Path(out_dir) / name, lambda tmp: Path(tmp).write_bytes(buf.tobytes()))
 
 
+# what the cards of weights trained on a dataset say of its licence (`export weights`)
+DATA_LICENCES = {"utkface": "UTKFace: non-commercial research use only",
+                 "aaf": "All-Age-Faces: research use only"}
+
+
+def _data_licence(cfg) -> str:
+    """The card's licence line for weights trained on cfg's datasets (the dataset's own terms where not known)."""
+    names = dict.fromkeys(d.dataset for d in [cfg.data, *cfg.extra_data])
+    return "weights trained on " + "; ".join(DATA_LICENCES.get(n, f"dataset {n!r} (under its own licence)")
+                                             for n in names)
+
+
 @export_app.command("weights")
 def export_weights_cmd(run: Annotated[Path, typer.Argument(help="run folder (best.pt) or checkpoint .pt")],
                        name: Annotated[str, typer.Option(help="name of the shipped model")] = "teacher",
-                       output: Annotated[Path | None, typer.Option(help="folder (default: the package's weights/)")] = None,
-                       licence: Annotated[str, typer.Option(help="the weights' licence, as the card states it")] =
-                       "weights trained on UTKFace: non-commercial research use only") -> None:
+                       output: Annotated[Path | None, typer.Option(help="folder (default: the package's weights/, "
+                                                                   "where predict's shipped models are)")] = None,
+                       licence: Annotated[str | None, typer.Option(help="the weights' licence, as the card states it "
+                                                                   "(default: from the datasets the run trained on)",
+                                                                   show_default=False)] = None,
+                       force: Annotated[bool, typer.Option(help="replace a shipped model of that name in the "
+                                                           "package's weights/")] = False) -> None:
     """Write a checkpoint as fp16 safetensors + JSON card (with its test metrics when the run has them)."""
     from .models.checkpoint import model_from_checkpoint
     from .models.weights import export_weights, weights_dir
 
+    out_dir = output or weights_dir()
+    shipped = out_dir.resolve() == weights_dir().resolve() and (out_dir / f"{name}.safetensors").is_file()
+    if shipped and not force:  # before: `export weights RUN`, as calibrate advised, replaced the shipped teacher
+        raise AgelensError(f"this would replace the shipped {name} ({out_dir / (name + '.safetensors')}) that predict "
+                           "uses: give --output DIR (and --name) for your own model, or --force to replace it")
     ck = run / "best.pt" if run.is_dir() else run
     model, cfg = model_from_checkpoint(ck)
     test_p = ck.parent / "test" / "metrics.json"
     card = {"source_checkpoint": str(ck), "test_metrics": json.loads(test_p.read_text()) if test_p.is_file() else None,
-            "licence": licence}
+            "licence": licence or _data_licence(cfg)}
     if cfg.model.head == "binary":  # the occlusion detector ships with its validation-chosen threshold
         card["threshold"] = float((card["test_metrics"] or {}).get("threshold", 0.5))
     p = export_weights(model, cfg, output or weights_dir(), name, card)
@@ -735,6 +761,15 @@ def index(model: Annotated[str, typer.Argument(help="run folder, .pt checkpoint,
                f"{idx.meta['val_mae_before']:.3f} → {idx.meta['val_mae_after']:.3f}")
 
 
+def _evaluated_part(predictions: Path) -> str | None:
+    """The split part an `agelens evaluate` output beside `predictions` says it ran on (its metrics.json), or None."""
+    try:
+        part = json.loads((predictions.parent / "metrics.json").read_text()).get("part")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(part) if part else None
+
+
 @app.command()
 def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safetensors (the card is updated), or a "
                                                       "run folder / .pt (reported only)")],
@@ -763,13 +798,18 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
         for f in predictions:
             if not f.is_file():
                 raise AgelensError(f"--predictions: no such file: {f}")
-            if "test" in f.parts or f.parent.name.startswith("test"):
-                raise AgelensError(f"--predictions: {f} looks like a test part; calibrate on val predictions")
+            said = _evaluated_part(f)  # the part `evaluate --config` recorded; else the folder's name is the hint
+            if said == "test" or (said is None and f.parent.name.lower().startswith("test")):
+                raise AgelensError(f"--predictions: {f} " + ("is of the test part (its metrics.json says so)" if said
+                                   else "looks like a test part (its folder's name)")
+                                   + "; calibrate on val predictions")
         from .models.weights import resolve_model
 
-        name = str(resolve_model(model)[2].get("name", model))  # the name evaluate wrote in its `model` column
-        try:
-            rec = calibrate_predictions([str(f) for f in predictions], name, level)
+        _, mcfg, card = resolve_model(model)
+        name = str(card.get("name", model))  # the name evaluate wrote in its `model` column
+        try:  # intervals clipped to the model's own age range (before: 0-100 whatever it was)
+            rec = calibrate_predictions([str(f) for f in predictions], name, level, mcfg.model.min_age,
+                                        mcfg.model.max_age)
         except ValueError as e:
             raise AgelensError(str(e)) from None
     else:
@@ -782,7 +822,8 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
     elif Path(model).suffix in (".safetensors", ".json"):
         card_p = Path(model).with_suffix(".json")
     else:
-        typer.echo("not written: a run folder or .pt has no model card (export it with `agelens export weights`)")
+        typer.echo("not written: a run folder or .pt has no model card; export it first, then calibrate the "
+                   ".safetensors: `agelens export weights RUN --name NAME --output DIR`")
         return
     if not card_p.is_file():
         raise AgelensError(f"no model card at {card_p} to write interval_z into")

@@ -45,6 +45,7 @@ class Listing:
 
     records: list[FaceRecord] = field(default_factory=list)
     bad: list[BadRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what a user should hear about the listing (columns not read)
     _seen: dict[str, str] = field(default_factory=dict, repr=False)  # absolute path → the row that listed it first
 
     def add(self, path: str | Path, age: object, gender: str | None = None, race: str | None = None,
@@ -89,12 +90,23 @@ MISSING_LABELS = frozenset({"", "nan", "none", "null", "na", "n/a", "unknown", "
                             "not given", "not known"})
 
 
+GENDER_LABELS = {"m": "male", "male": "male", "man": "male", "men": "male", "boy": "male", "1": "male", "1.0": "male",
+                 "f": "female", "female": "female", "woman": "female", "women": "female", "girl": "female",
+                 "0": "female", "0.0": "female"}
+
+
 def _norm_gender(g: str | None) -> str | None:
     if g is None:
         return None
     s = str(g).strip().lower()
-    return {"m": "male", "male": "male", "1": "male", "1.0": "male", "f": "female", "female": "female",
-            "0": "female", "0.0": "female"}.get(s, s) if s not in MISSING_LABELS else None
+    return GENDER_LABELS.get(s, s) if s not in MISSING_LABELS else None
+
+
+# The generic CSV's columns (`csv_dataset`), each under the header names it is read from (any case)
+CSV_COLUMNS = {"path": ("path", "file", "filename", "file_name", "image", "image_path"),
+               "age": ("age", "age_years", "age_in_years"),
+               "gender": ("gender", "sex"), "race": ("race", "ethnicity"),
+               "group": ("group", "identity", "identity_id", "subject", "subject_id", "person", "person_id")}
 
 
 def _csv_rows(p: Path, required: set[str], what: str) -> list[dict[str, str]]:
@@ -156,8 +168,11 @@ def utkface(root: str | Path, groups_csv: str | Path | None = None, **_: object)
 
 @DATASETS.register("csv")
 def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Listing:
-    """Generic CSV with columns `path,age[,gender][,race][,group]`; paths relative to the CSV's folder. gender:
-    male / female (m / f; any case); race: any labels, read in lower case."""
+    """Generic CSV with columns `path,age[,gender][,race][,group]` (other header names for each in `CSV_COLUMNS`:
+    `sex`, `ethnicity`, `subject_id`, ...; any case); paths relative to the CSV's folder. gender: male / female
+    (m / f, man / woman; any case; other values are refused, naming them); race: any labels, read in lower case;
+    group: the identity or duplicate group, kept on one side of every split. Columns not read go into the
+    listing's notes."""
     p = Path(csv_path) if csv_path else Path(root)
     if p.is_dir():
         cands = sorted(p.glob("*.csv"))
@@ -167,20 +182,59 @@ def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: objec
     if not p.is_file():
         raise DataError(f"CSV not found: {p}")
     out = Listing()
-    for i, row in enumerate(_csv_rows(p, {"path", "age"}, "CSV"), start=2):
+    rows = _csv_rows(p, set(), "CSV")
+    cols = _csv_columns(p, _csv_header(p), out)
+    unknown: dict[str, int] = {}
+    for i, raw in enumerate(rows, start=2):
+        row = {k: (raw.get(c) or "").strip() for k, c in cols.items()}
         if not row.get("path"):
             out.bad.append(BadRecord(f"{p}:{i}", "empty path"))
             continue
-        g = (row.get("gender") or "").strip()
+        g = row.get("gender", "")
         if g.replace(".", "", 1).isdigit():  # no convention to follow: UTKFace codes 0 as male, IMDB-WIKI as female
             raise DataError(f"{p}:{i}: gender {g!r} is a number, which datasets code either way (UTKFace 0 = male, "
                             "IMDB-WIKI 0 = female); write male / female (or m / f)")
+        gender = _norm_gender(g)
+        if gender not in (None, "male", "female"):
+            unknown[g] = unknown.get(g, 0) + 1
+            continue
         img = Path(row["path"])
         img = img if img.is_absolute() else p.parent / img
-        race = (row.get("race") or "").strip().lower()  # "White" and "white" are one group
+        race = row.get("race", "").lower()  # "White" and "white" are one group
         race = None if race in MISSING_LABELS else race
-        out.add(img, row.get("age"), _norm_gender(g), race, row.get("group") or None)
+        out.add(img, row.get("age"), gender, race, row.get("group") or None)
+    if unknown:
+        raise DataError(f"{p}: gender values not read: {', '.join(f'{g!r} ({n} rows)' for g, n in unknown.items())}; "
+                        "write male / female (or m / f, man / woman, boy / girl) or "
+                        "leave the cell empty where it is not known")
     return out
+
+
+def _csv_header(p: Path) -> list[str]:
+    with p.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        return next(csv.reader(f), [])
+
+
+def _csv_columns(p: Path, header: list[str], out: Listing) -> dict[str, str]:
+    """field → the CSV header it is read from (`CSV_COLUMNS`, any case); DataError where `path` or `age` has none or
+    a field has two; the columns left unread go into out.notes."""
+    found: dict[str, list[str]] = {}
+    for h in header:
+        for k, names in CSV_COLUMNS.items():
+            if h.strip().lower() in names:
+                found.setdefault(k, []).append(h)
+    missing = [k for k in ("path", "age") if k not in found]
+    if missing:
+        raise DataError(f"{p}: CSV missing required column(s) {missing} (read from "
+                        f"{'; '.join('/'.join(CSV_COLUMNS[k]) for k in missing)}); have {header}")
+    twice = {k: v for k, v in found.items() if len(v) > 1}
+    if twice:
+        raise DataError(f"{p}: more than one column for " + "; ".join(f"{k} ({', '.join(v)})" for k, v in twice.items()))
+    unread = [h for h in header if not any(h in v for v in found.values())]
+    if unread:
+        out.notes.append(f"{p}: column(s) not read: {', '.join(unread)} (the csv adapter reads "
+                         f"{'; '.join(f'{k} from ' + '/'.join(v) for k, v in CSV_COLUMNS.items())}, any case)")
+    return {k: v[0] for k, v in found.items()}
 
 
 @DATASETS.register("aaf")

@@ -134,6 +134,17 @@ def _failure(record: FaceRecord, reason: str) -> dict:
     return {"path": record.path, "reason": reason, "age": record.age, "gender": record.gender, "race": record.race}
 
 
+def _refuse_another_dataset(out: Path, old: dict | None, records: list[FaceRecord]) -> None:
+    """DataError where the cache at `out` (its meta.json `old`) shares no image with `records`: the folder holds
+    another dataset's faces, which a rebuild would delete (a config for a CSV dataset left data.cache_dir at UTKFace's
+    default); a stale cache of the same images (other labels, size or split) is rebuilt as before."""
+    had = {r.get("path") for r in (old or {}).get("records") or [] if isinstance(r, dict)}
+    if had and records and not had & {r.path for r in records}:
+        example = next(iter(sorted(had)))
+        raise DataError(f"{out} holds the cache of other images ({len(had)} faces, e.g. {example}), which this run "
+                        "would replace: set data.cache_dir to a folder of this dataset's own (or remove that cache)")
+
+
 def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256, aligned: bool = True,
                 workers: int = 2, progress: bool = True, force: bool = False, fast: bool | None = False,
                 prepare: Callable | None = None) -> FaceCache:
@@ -148,10 +159,12 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
         sig += f"-{prepare.__module__}.{prepare.__qualname__}"
     if not force and (out / "meta.json").is_file():
         try:  # the signature first: a stale cache is rebuilt without reading (and checksumming) its arrays
-            if json.loads((out / "meta.json").read_text()).get("signature") == sig:
+            old = json.loads((out / "meta.json").read_text())
+            if old.get("signature") == sig:
                 return FaceCache(out)
         except (DataError, OSError, ValueError):
-            pass
+            old = None
+        _refuse_another_dataset(out, old, records)
     if not records:
         raise DataError(f"no records to cache into {out}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ def make_or_load_split(data: DataConfig, listing: Listing | None = None, force: 
     recs = listing.records
     sp = Path(data.split_file)
     note = log or (lambda _: None)
+    for n in listing.notes:
+        note(n)
     made_here = not sp.is_file() or force
     if not made_here:
         parts = load_split(sp, recs, data.root)

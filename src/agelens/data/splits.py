@@ -120,7 +120,11 @@ def load_split(path: str | Path, records: list[FaceRecord], root: str) -> dict[s
         out[k] = [by_rel[n] for n in names if n in by_rel]
         missing += [n for n in names if n not in by_rel]
     if missing:
-        raise DataError(f"split file {p}: {len(missing)} listed files are not in the dataset now (first: {missing[0]})")
+        hint = ("none of them is: the split is another dataset's; set data.split_file to this dataset's own (made on "
+                "first use)" if len(missing) == sum(map(len, parts.values())) else
+                "`agelens split --force` makes the split anew")
+        raise DataError(f"split file {p}: {len(missing)} listed files are not in the dataset now (first: {missing[0]}); "
+                        + hint)
     return out
 
 

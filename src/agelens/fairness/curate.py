@@ -225,10 +225,17 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
 
     rows: list[dict] = []
     bad: dict[str, int] = {}
+    bad_listed: dict[str, list[dict]] = {}
     for s in cfg.sources:
         kw = {k: v for k, v in (("groups_csv", s.groups_csv), ("csv_path", s.csv_path)) if v}
         listing = load_dataset(s.dataset, s.root, **kw)
         bad[s.label] = len(listing.bad)
+        bad_listed[s.label] = [{"path": b.path, "reason": b.reason} for b in listing.bad]
+        for note in listing.notes:
+            log(f"curate: {note}")
+        if listing.bad:  # before: counted in the report only, while "N -> N records" read as if none were dropped
+            log(f"curate: {s.label}: {len(listing.bad)} row(s) skipped (each with its reason in the report's "
+                f"bad_row_list), e.g. {listing.bad[0].path}: {listing.bad[0].reason}")
         for r in sorted(listing.records, key=lambda r: r.path):
             rows.append({"path": str(Path(r.path).resolve()), "age": float(r.age), "gender": r.gender, "race": r.race,
                          "adapter_group": f"{s.label}:{r.group}", "source": s.label, "dup_groups": s.groups_are_duplicates})
@@ -318,7 +325,7 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
     w.writerows(out_rows)
     atomic_write_text(cfg.output, buf.getvalue())
     report = {"output": str(cfg.output), "config": {k: v for k, v in asdict(cfg).items() if k != "sources"},
-              "sources": [asdict(s) for s in cfg.sources], "bad_rows": bad,
+              "sources": [asdict(s) for s in cfg.sources], "bad_rows": bad, "bad_row_list": bad_listed,
               "records_in": n, "records_out": len(out_rows), "unreadable": [rows[i]["path"] for i in unreadable],
               "duplicate_groups": dup_groups, "near_duplicate_links": int(near), "conflicting_groups": conflicting,
               "dropped_groups": dropped_groups, "outliers": outliers,

@@ -22,10 +22,20 @@ def cv_dir(cfg: RunConfig, folds: int) -> Path:
     return Path(cfg.out_dir) / f"{cfg.name}_cv{folds}"
 
 
+def _pin_numerics(cfg: RunConfig, result: dict, log) -> None:
+    """With train.numerics "auto", the later folds train at the numerics the first fold's timing probe chose: a probe
+    per fold picked fp32 for one and bf16 for the next, and folds at two precisions are not one recipe."""
+    chosen = result.get("numerics")
+    if cfg.train.numerics == "auto" and chosen:
+        cfg.train.numerics = str(chosen)
+        log(f"the folds train at {chosen} (the first fold's choice; set train.numerics to choose)")
+
+
 def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict:
     """Train and test every fold; writes OUT_DIR/NAME_cvK/{foldI/..., splits/foldI.json, cv.json}."""
     from ..train.run import train_and_test
 
+    cfg = copy.deepcopy(cfg)  # `_pin_numerics` sets the later folds' numerics on this copy, not the caller's config
     listing = list_records(cfg.data)
     donors = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress, listing=listing)  # cached once
     recs = listing.records
@@ -45,7 +55,9 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
                                   f"{root} to make them again")
         if metrics_p.is_file():
             log(f"fold {i}: finished earlier, skipped ({metrics_p})")
-            rows.append({"fold": i, **_pick(json.loads(metrics_p.read_text()))})
+            done = json.loads(metrics_p.read_text())
+            rows.append({"fold": i, **_pick(done)})
+            _pin_numerics(cfg, done, log)
             continue
         test_set = set(test_idx)
         rest = [j for j in range(len(recs)) if j not in test_set]
@@ -64,6 +76,7 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
             + (" (resuming)" if resume else ""))
         res = train_and_test(fcfg, resume=resume, progress=progress, log=log, caches=caches)
         rows.append({"fold": i, **_pick(res["test"])})
+        _pin_numerics(cfg, res, log)
     summary = {"folds": folds, "config": cfg.name, "runs": str(root), "per_fold": rows,
                # a fold without a value (a bias score with one age bin) is left out of that key's mean and std
                "mean": {k: _round(np.nanmean(v)) if np.isfinite(v).any() else None

@@ -109,16 +109,20 @@ def guard_dim(backbone: Backbone) -> int:
 OPTIONAL_PREFIXES = ("region_attention.",)
 
 
-def load_compatible(model: AgeModel, state: dict[str, torch.Tensor], source: str) -> list[str]:
-    """load_state_dict that tolerates only missing optional modules (region attention): returns the keys that kept
-    their fresh (identity) initialisation; anything else that does not fit raises CheckpointError naming `source`."""
+def load_compatible(model: AgeModel, state: dict[str, torch.Tensor], source: str,
+                    fresh_ok: tuple[str, ...] = ()) -> list[str]:
+    """load_state_dict that tolerates only missing optional modules (region attention, and the `fresh_ok` prefixes):
+    returns the keys that kept their fresh initialisation; anything else that does not fit raises CheckpointError
+    naming `source` and the first tensor that does not fit."""
     from ..errors import CheckpointError
 
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
-        raise CheckpointError(f"{source}: weights do not fit this model ({str(e).splitlines()[0]})") from None
-    bad = [k for k in missing if not k.startswith(OPTIONAL_PREFIXES)] + list(unexpected)
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        said = next((x for x in lines if "size mismatch" in x), lines[0] if lines else type(e).__name__)
+        raise CheckpointError(f"{source}: weights do not fit this model ({said})") from None
+    bad = [k for k in missing if not k.startswith((*OPTIONAL_PREFIXES, *fresh_ok))] + list(unexpected)
     if bad:
         raise CheckpointError(f"{source}: weights do not fit this model (missing/unexpected keys: {bad[:3]})")
     return list(missing)

@@ -188,10 +188,17 @@ class Trainer:
             except (CheckpointError, ConfigError) as e:  # say which setting named it
                 raise type(e)(f"model.init_from={init}: {e}") from None
             stale = [k for k in state if k.startswith("guards.")] if self.model.guards is None else []
-            fresh = load_compatible(self.model, {k: v for k, v in state.items() if k not in stale},
-                                    f"model.init_from={init}")
+            own = self.model.state_dict()
+            # another age range (model.min_age / max_age) changes only the head's output size: the trunk is taken
+            # and the head starts fresh (before: "weights do not fit this model")
+            resized = [k for k in state if k.startswith("head.") and k in own and own[k].shape != state[k].shape]
+            fresh = load_compatible(self.model, {k: v for k, v in state.items() if k not in stale + resized},
+                                    f"model.init_from={init}", fresh_ok=("head.",) if resized else ())
+            fresh = [k for k in fresh if k not in resized]
             log(f"initialised from {init}" + (f" (new, at identity: {', '.join(fresh)})" if fresh else "")
-                + (" (its guard heads left out: refit them on the new trunk with train.trunk_guards)" if stale else ""))
+                + (" (its guard heads left out: refit them on the new trunk with train.trunk_guards)" if stale else "")
+                + (f" (its age head left out, trained afresh: it reads another age range, "
+                   f"{tuple(state[resized[0]].shape)} → {tuple(own[resized[0]].shape)})" if resized else ""))
 
         def probe_loss(m, x, y):
             return m.head.loss(m(x), y)
@@ -503,7 +510,7 @@ class Trainer:
                 self.log(f"early stopping at epoch {epoch}: no val MAE gain for {self.bad_epochs} epochs")
                 break
         result = {"best_val_mae": self.best_mae if self.best_mae < float("inf") else None, "best_epoch": self.best_epoch,
-                  "epochs_run": len(self.history)}
+                  "epochs_run": len(self.history), "numerics": self.numerics.dtype}
         if self.dist.world > 1:
             dist.barrier()
         return result
