@@ -454,3 +454,73 @@ def test_quantising_processes_each_have_their_own_scratch_graph(onnx_dir, tmp_pa
         quantize_int8(onnx_dir / "occlusion.onnx", out, None, None)
     assert len(set(seen)) == 2 and all(os.path.dirname(p) != str(tmp_path) for p in seen)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same.int8.onnx"]
+
+
+def _tiny_pt(path, *overrides):
+    import torch
+
+    from agelens.config import config_to_dict, load_config
+    from agelens.models import build_model
+
+    cfg = load_config(None, ["model.backbone=resnet18", "data.crop_size=200", "data.input_size=48", *overrides])
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": build_model(cfg.model).state_dict(), "config": config_to_dict(cfg)}, path)
+    return str(path)
+
+
+def test_an_export_is_made_whole_or_not_at_all_and_each_role_checked(tmp_path, monkeypatch):
+    """An export into a folder holding an earlier one replaces it whole (before: its int8 copies stayed and were
+    run); one cut short leaves the earlier one as it was; a folder of other files is refused; each role's model must
+    be of its kind (before: a detector exported as the teacher, its probability read as an age); dynamic int8
+    graphs run (before: every image failed); the loader runs only the int8 copies the manifest names."""
+    from agelens import AgeEstimator
+    from agelens.errors import AgelensError, CheckpointError
+    from agelens.export.onnx import export_all
+    from agelens.export.shipped import ensure_export
+    from agelens.inference.backends.onnx import OnnxModel, load_onnx_models
+    from agelens.occlusion.detector import OcclusionDetector
+
+    quiet = lambda *_: None  # noqa: E731
+    age = _tiny_pt(tmp_path / "age" / "tiny.pt", "model.head=dldl")
+    _tiny_pt(tmp_path / "det" / "best.pt", "model.head=binary", "train.task=occlusion", "occlusion.enabled=true")
+    (tmp_path / "det" / "test").mkdir()
+    (tmp_path / "det" / "test" / "metrics.json").write_text(json.dumps({"threshold": 0.55}))
+    d = tmp_path / "exp"
+    export_all(d, {"teacher": age}, int8="dynamic", log=quiet)
+    views = _views(2, 48)
+    assert OnnxModel(d / "teacher.int8.onnx").run(views)[0].shape == (2,)
+    export_all(d, {"teacher": age, "occlusion": str(tmp_path / "det")}, int8="none", log=quiet)
+    assert not (d / "teacher.int8.onnx").exists() and (d / "occlusion.onnx").is_file()
+    assert OnnxModel(d / "occlusion.onnx").threshold == 0.55  # the run's own threshold (before: 0.5)
+
+    def cut(_):
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        export_all(d, {"teacher": age}, int8="none", log=quiet, also=cut)
+    assert (d / "occlusion.onnx").is_file() and not list(tmp_path.glob(".exp.*"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(AgelensError, match="holds other files"):
+        export_all(mine, {"teacher": age}, int8="none", log=quiet)
+    with pytest.raises(AgelensError, match="cannot be the teacher: it is a binary crop classifier"):
+        export_all(tmp_path / "r1", {"teacher": str(tmp_path / "det")}, int8="none", log=quiet)
+    with pytest.raises(AgelensError, match="cannot be the occlusion: it is an age model"):
+        export_all(tmp_path / "r2", {"teacher": age, "occlusion": age}, int8="none", log=quiet)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+    # a graph named as an int8 copy that the manifest does not list is not run
+    import shutil
+
+    for flavor in ("int8", "int8w7"):
+        shutil.copy(d / "teacher.onnx", d / f"teacher.{flavor}.onnx")
+        assert load_onnx_models(d, flavor)["teacher"].precision == "fp32"
+    with pytest.raises(CheckpointError, match="no such folder"):  # before: a mistyped folder got a new export
+        ensure_export(tmp_path / "exp_typo")
+    with pytest.raises(AgelensError, match="onnx_dir runs the models of that export"):
+        AgeEstimator.from_pretrained(age, backend="onnx", onnx_dir=d)
+    with pytest.raises(CheckpointError, match="not an occlusion detector: a binary classifier trained for"):
+        OcclusionDetector.from_pretrained("faceness", task="occlusion")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert OnnxModel(d / "teacher.onnx")._options.intra_op_num_threads == 1

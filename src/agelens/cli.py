@@ -872,22 +872,27 @@ def export_onnx_cmd(output: Annotated[Path, typer.Option("--output", "-o", help=
     """ONNX graphs (dynamic batch; preprocessing, flip-TTA and decoding inside) + int8 copies + manifest.json."""
     from .export.onnx import export_all
     from .models.weights import shipped_models
+    from .utils import SHIPPED
 
     shipped = shipped_models()
     models = {"teacher": teacher}
     for role, given in (("student", student), ("occlusion", detector)):
         if given or role in shipped:
             models[role] = given or role
+    # the face networks predict verifies every face with (before: left out, so an export found other faces)
+    models.update({r: r for r in SHIPPED if r.startswith("faceness") and r in shipped})
+    if not str(output):
+        raise AgelensError("--output: an empty path; name a folder for the export")
     if calibration is not None and not calibration.is_dir():
         raise AgelensError(f"--calibration {calibration}: not a prepared face cache folder")
     if n_calib < 1:
         raise AgelensError(f"--n-calib must be >= 1, got {n_calib}")
-    export_all(output, models, int8 or ("static" if calibration else "none"), calibration, n_calib, log=typer.echo)
     from .faces import animal
 
     # the cat / non-face check beside them, so that a machine without torch checks faces as this one does
-    check = animal.export(output / f"{animal.FORMAT}.onnx")
-    typer.echo(f"wrote {check} (the cat and non-face check)")
+    export_all(output, models, int8 or ("static" if calibration else "none"), calibration, n_calib, log=typer.echo,
+               also=lambda d: animal.export(d / f"{animal.FORMAT}.onnx"))
+    typer.echo(f"wrote {output}/{animal.FORMAT}.onnx (the cat and non-face check)")
     typer.echo(f"wrote {output}/manifest.json; use: AgeEstimator.from_pretrained(backend='onnx', onnx_dir='{output}')")
 
 

@@ -154,9 +154,10 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
     with_guards = guards and getattr(model, "guards", None) is not None
     src = weights_dir() / f"{name_or_path}.safetensors"
     src = src if src.is_file() else Path(name_or_path)
-    meta = {"name": str(card.get("name", name_or_path)), "kind": kind, "crop_size": cfg.data.crop_size,
+    meta = {"name": str(card.get("name", name_or_path)), "kind": kind, "task": cfg.train.task,
+            "crop_size": cfg.data.crop_size,
             "input_size": cfg.data.input_size, "min_age": cfg.model.min_age, "max_age": cfg.model.max_age,
-            "threshold": card_threshold(card) if kind == "occlusion" else None, "tta": tta,
+            "threshold": card_threshold(card, name_or_path) if kind == "occlusion" else None, "tta": tta,
             "interval_z": card.get("interval_z") if kind == "age" else None,
             "tta_spread": card.get("tta_spread") if kind == "age" else None,
             "age_prior": card.get("age_prior") if kind == "age" else None,
@@ -267,7 +268,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
 
         def write(tmp: Path) -> None:
             if views is None and ranges is None:
-                quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                # per-tensor: onnxruntime's CPU kernels refuse per-channel zero points in MatMulIntegerToFloat
+                # (every image failed with "b zero point is not valid")
+                quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=False,
                                  reduce_range=reduce_range)
             else:  # measured on our teacher: MinMax ranges collapse accuracy (MAE 3.4 → 10.8), percentile holds
                 reader = _CropReader(views, _calib_batch(len(views))) if views is not None else None
@@ -277,6 +280,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
                                 calibrate_method=CalibrationMethod.Percentile, reduce_range=reduce_range,
                                 calibration_cache_path=str(cache) if cache is not None else None)
             _copy_metadata(fp32_path, tmp)
+            _runs(tmp)
 
         atomic_write(out_path, write)
         if fresh:
@@ -289,6 +293,18 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
     if views is None:
         return f"dynamic{w7}" if ranges is None else f"{STATIC_INT8}{w7} (saved ranges)"
     return STATIC_INT8 + w7
+
+
+def _runs(path: Path) -> None:
+    """CheckpointError unless onnxruntime runs the graph at `path` on one blank view (a graph written must answer)."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        size = int(json.loads(sess.get_modelmeta().custom_metadata_map["input_size"]))
+        sess.run(None, {"image": np.zeros((1, size, size, 3), np.uint8)})
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise CheckpointError(f"the int8 graph made from {path.name} does not run: {str(e).splitlines()[0]}") from None
 
 
 def _check_ranges(path: Path, tensors: set[str]) -> None:
@@ -337,13 +353,16 @@ def _copy_metadata(src: Path, dst: Path) -> None:
 
 def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: str = "static",
                calibration: str | Path | None = None, n_calib: int = 64, log=print,
-               flavors: tuple[str, ...] = tuple(INT8_FLAVORS)) -> dict:
+               flavors: tuple[str, ...] = tuple(INT8_FLAVORS), also=None, replace: bool = True) -> dict:
     """Export teacher, student and occlusion detector (or `models`: role → name/path) into out_dir as
     <role>.onnx (age models also <role>.notta.onnx, without flip-TTA) and manifest.json, with int8 copies of
     each graph (<graph>.<flavor>.onnx for each of `flavors`, `INT8_FLAVORS`: the CPU that runs them picks one).
     int8: "static" calibrates on `calibration` (a face cache) and saves each
     graph's activation ranges as <graph>.int8-ranges.json; "shipped" quantises from the ranges shipped beside the
-    weights (graphs without matching ranges stay fp32 only, logged); "dynamic" weights only; "none"."""
+    weights (graphs without matching ranges stay fp32 only, logged); "dynamic" weights only; "none". Each role's
+    model must be of its kind (`ROLE_KINDS`). The folder is written whole or not at all: made beside out_dir, then
+    swapped in (an earlier export there replaced; replace=False keeps one that another process made meanwhile);
+    also(folder), when given, writes more files into it first (the CLI's cat / non-face check)."""
     if int8 not in ("static", "shipped", "dynamic", "none"):
         raise AgelensError(f"int8 must be static, shipped, dynamic or none, got {int8!r}")
     if int8 == "static" and calibration is None:
@@ -351,9 +370,51 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
                            "or use --int8 dynamic / none")
     from ..models.weights import shipped_models
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir)
+    if final.exists() and not final.is_dir():
+        raise AgelensError(f"{final} is a file, not a folder for the export")
+    if final.is_dir() and any(final.iterdir()) and not (final / "manifest.json").is_file():
+        raise AgelensError(f"{final} holds other files (and no manifest.json of an earlier export, which would be "
+                           "replaced): give a new or empty folder")
     models = models or {r: r for r in SHIPPED if r in shipped_models()}
+    # the whole export is made in a staging folder beside it and swapped in at the end: an export cut short leaves
+    # the earlier one as it was, and no graph of an earlier export (an int8 copy) outlives it
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.export-", dir=final.parent))
+    try:
+        manifest = _export_into(out, models, int8, calibration, n_calib, log, flavors)
+        if also is not None:
+            also(out)
+        mask = os.umask(0)
+        os.umask(mask)
+        out.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the export is as readable as any folder made here
+        _swap_in(out, final, replace)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return manifest
+
+
+def _swap_in(stage: Path, final: Path, replace: bool) -> None:
+    """`stage` becomes `final`: an earlier folder there is moved aside, then removed (replace=False: an export that
+    appeared there meanwhile, another process's, is kept and `stage` dropped)."""
+    if final.exists() and (final / "manifest.json").is_file() and not replace:
+        return
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(stage, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+ROLE_KINDS = {"teacher": "age", "student": "age", "occlusion": "occlusion"}  # export_model's kinds; else binary
+
+
+def _export_into(out: Path, models: dict[str, str], int8: str, calibration, n_calib: int, log,
+                 flavors: tuple[str, ...]) -> dict:
+    """`export_all`'s graphs and manifest written into the folder `out`."""
     if int8 == "static":  # opened (and checksummed) once; views drawn once per (crop, input) size
         from ..data.cache import FaceCache
 
@@ -362,8 +423,14 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
     for role, src in models.items():
         p = out / f"{role}.onnx"
         meta = export_model(src, p)
+        want = ROLE_KINDS.get(role, "occlusion")
+        if meta["kind"] != want or (role == "occlusion" and meta["task"] != "occlusion"):
+            raise AgelensError(f"{src} cannot be the {role}: it is " + ("an age model" if meta["kind"] == "age" else
+                               f"a binary crop classifier of {meta['task']!r}")
+                               + (" (the occlusion detector is a binary classifier trained on train.task occlusion)"
+                                  if role == "occlusion" else ""))
         entry = {"fp32": p.name, **meta}
-        log(f"{role}: {p} ({p.stat().st_size / 1e6:.1f} MB)")
+        log(f"{role}: {p.name} ({p.stat().st_size / 1e6:.1f} MB)")
         if meta["kind"] == "age" and meta["tta"]:  # the single-view graph `--no-tta` runs (half the work)
             entry["fp32_single_view"] = (out / f"{role}.notta.onnx").name
             export_model(src, out / entry["fp32_single_view"], tta=False)
@@ -406,7 +473,7 @@ def _int8_copies(out: Path, src: str, entry: dict, int8: str, views, log, flavor
             log(f"{stem}: no int8 copy ({e})")
             continue
         entry[f"{flavor}{suffix}"], entry[f"{flavor}_method"] = q.name, method
-        log(f"{stem}: {q} ({q.stat().st_size / 1e6:.1f} MB, {method})")
+        log(f"{stem}: {q.name} ({q.stat().st_size / 1e6:.1f} MB, {method})")
 
 
 def add_shipped_int8(out_dir: str | Path, log=print, flavor: str = "int8") -> dict:

@@ -152,7 +152,9 @@ def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool | str
         if flavor and onnx_dir is None:
             _ensure_int8(d, flavor, log)
         return d
-    if onnx_dir is not None and d.exists() and any(d.iterdir()):
+    if onnx_dir is not None and not d.is_dir():  # before: a mistyped folder got a new export of the shipped models
+        raise CheckpointError(f"{d}: no such folder (an export is made by `agelens export onnx --output DIR`)")
+    if onnx_dir is not None and any(d.iterdir()):
         raise CheckpointError(f"{d} holds no agelens ONNX export (manifest.json + teacher.onnx)")
     try:
         import torch  # noqa: F401
@@ -164,7 +166,7 @@ def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool | str
     if log:
         log(f"exporting the shipped models to ONNX once: {d}")
     export_all(d, int8="shipped" if flavor and onnx_dir is None else "none", log=log or (lambda *_: None),
-               flavors=(flavor,) if flavor else ())
+               flavors=(flavor,) if flavor else (), replace=False)  # another process's export, made meanwhile, stays
     return d
 
 

@@ -308,7 +308,13 @@ class AgeEstimator:
             raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         check_device(device, backend)
         auto = backend == "auto"
-        custom = any((name_or_path, student, detector)) and onnx_dir is None
+        given = [n for n, shipped_name in ((name_or_path, "teacher"), (student, "student"), (detector, "occlusion"))
+                 if n is not None and n != shipped_name]  # models other than the shipped ones
+        if onnx_dir is not None and given:  # before: the export's models ran, and these were silently not used
+            raise AgelensError(f"onnx_dir runs the models of that export: {', '.join(map(str, given))} cannot run "
+                               "from it; export them with `agelens export onnx --teacher/--student/--detector ... "
+                               "--output DIR`, or use backend='torch'")
+        custom = any((name_or_path, student, detector)) and onnx_dir is None  # a model named: torch runs it
         if auto:
             backend, why = choose_backend(custom=custom, device=device)
             if log:
@@ -356,7 +362,7 @@ class AgeEstimator:
         if stu is not None:  # a student whose card gives a cut runs single views in "auto", mirroring unsure faces
             stu = replace(stu, tta_flip=False) if tta_flip == "auto" and stu.tta_spread else replace(stu, tta_spread=None)
         det_name = detector or ("occlusion" if "occlusion" in shipped else None)
-        det = OcclusionDetector.from_pretrained(det_name, device) if det_name else None
+        det = OcclusionDetector.from_pretrained(det_name, device, task="occlusion") if det_name else None
         ver = OcclusionDetector.from_pretrained("faceness", device) if "faceness" in shipped else None
         photo = OcclusionDetector.from_pretrained("faceness_photo", device) if "faceness_photo" in shipped else None
         bands = OcclusionDetector.from_pretrained("faceness_bands", device) if "faceness_bands" in shipped else None

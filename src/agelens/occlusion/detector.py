@@ -12,8 +12,19 @@ from ..models.inputs import to_input
 from ..numerics import Numerics
 
 
-def card_threshold(card: dict) -> float:
-    """The decision threshold a detector's weights card records (top level, else its test metrics), else 0.5."""
+def card_threshold(card: dict, name_or_path: str | None = None) -> float:
+    """The decision threshold a detector's weights card records (top level, else its test metrics); for a run folder
+    or checkpoint (no card: `name_or_path`) the one its test chose (RUN/test/metrics.json); else 0.5."""
+    if "threshold" not in card and card.get("source") == "checkpoint" and name_or_path:
+        import json
+        from pathlib import Path
+
+        p = Path(name_or_path)
+        try:  # before: 0.5, whatever the run's validation had chosen
+            return float(json.loads(((p if p.is_dir() else p.parent) / "test" / "metrics.json").read_text())
+                         ["threshold"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
     return float(card.get("threshold", (card.get("test_metrics") or {}).get("threshold", 0.5)))
 
 
@@ -30,18 +41,23 @@ class OcclusionDetector:
             self.model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "occlusion", device: str = "cpu") -> OcclusionDetector:
-        """A binary crop classifier with its card's threshold, on `device`: the occlusion detector, or another
-        binary model such as the face verifier `faceness`."""
+    def from_pretrained(cls, name_or_path: str = "occlusion", device: str = "cpu",
+                        task: str | None = None) -> OcclusionDetector:
+        """A binary crop classifier with its card's threshold (a run folder's or checkpoint's: the one its test
+        chose), on `device`: the occlusion detector, or another binary model such as the face verifier `faceness`.
+        task: the training task it must have been trained for ("occlusion" where it will flag occluded faces)."""
+        from ..errors import CheckpointError
         from ..models.weights import resolve_model
 
         model, cfg, card = resolve_model(name_or_path)
         if cfg.model.head != "binary":
-            from ..errors import CheckpointError
-
             raise CheckpointError(f"{name_or_path} is not an occlusion detector (head {cfg.model.head!r})")
+        if task is not None and cfg.train.task != task:  # e.g. the face verifier flagged every face occluded
+            raise CheckpointError(f"{name_or_path} is not an occlusion detector: a binary classifier trained for "
+                                  f"train.task {cfg.train.task!r} (the face verifier is one)")
+
         numerics = Numerics(device, "fp32", True, f"inference default on {device}: fp32 + channels_last")
-        return cls(model, cfg.data.crop_size, cfg.data.input_size, card_threshold(card),
+        return cls(model, cfg.data.crop_size, cfg.data.input_size, card_threshold(card, name_or_path),
                    str(card.get("name", name_or_path)), numerics)
 
     @torch.no_grad()

@@ -19,6 +19,15 @@ from ...errors import AgelensError, CheckpointError
 from ...utils import INT8_FLAVORS, SHIPPED
 
 
+def _env_threads() -> int | None:
+    """OMP_NUM_THREADS where set to a positive number (torch honours it; onnxruntime does not read it)."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
 class OnnxModel:
     """One exported model: an AgeBackend (age models: run, interval_z) or a CropClassifier (binary: scores)."""
 
@@ -34,7 +43,7 @@ class OnnxModel:
         if not path.is_file():
             raise CheckpointError(f"ONNX model not found: {path}")
         so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or max(1, len(os.sched_getaffinity(0)))
+        so.intra_op_num_threads = threads or _env_threads() or max(1, len(os.sched_getaffinity(0)))
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not spin:  # idle threads sleep at once instead of spinning, so mediapipe's detection and mesh, which run
             # between model calls, keep both cores: predict on single images 20.5-21.8 img/s without spinning vs
@@ -128,6 +137,10 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
             q = "fp32"
         p8, p32, p1 = d / f"{role}.{q}.onnx", d / f"{role}.onnx", d / f"{role}.notta.onnx"
         p18 = d / f"{role}.notta.{q}.onnx"
+        listed = manifest.get(role)  # an export's manifest names its int8 copies: a file it does not name is stale
+        if listed is not None and q != "fp32":
+            p8 = p8 if listed.get(q) == p8.name else d / "-"
+            p18 = p18 if listed.get(f"{q}_single_view") == p18.name else d / "-"
         p = p8 if q != "fp32" and p8.is_file() else p32
         meta = manifest.get(role) if p != p8 else None
         if role in ("teacher", "student") and p32.is_file():
@@ -145,6 +158,11 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
                               meta=meta if role != "teacher" else None)
             if mode != "auto" or model.tta_flip:
                 model.tta_spread = None  # the mirror is chosen per face only in "auto", on single views
+            want = "age" if role in ("teacher", "student") else "occlusion"  # export_model's kinds
+            if model.kind != want or (role == "occlusion" and model.meta.get("task", "occlusion") != "occlusion"):
+                raise CheckpointError(f"{p} is not a {role} model (it is {model.name!r}, a"
+                                      f"{'n age model' if model.kind == 'age' else ' binary crop classifier'}"
+                                      f"{'' if model.kind == 'age' else ' of ' + str(model.meta.get('task'))})")
             out[role] = model
     if "teacher" not in out:
         raise CheckpointError(f"{d} has no teacher.onnx")
