@@ -524,3 +524,19 @@ def test_an_export_is_made_whole_or_not_at_all_and_each_role_checked(tmp_path, m
         OcclusionDetector.from_pretrained("faceness", task="occlusion")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert OnnxModel(d / "teacher.onnx")._options.intra_op_num_threads == 1
+
+
+def test_predict_runs_an_export_named_on_the_command_line(onnx_dir, astronaut_path):
+    """`agelens predict --onnx-dir DIR` runs that export (before: no such option; only $AGELENS_ONNX_DIR, which
+    treated a custom export as the shipped one); torch cannot run it."""
+    from typer.testing import CliRunner
+
+    from agelens.cli import app
+
+    r = CliRunner().invoke(app, ["predict", str(astronaut_path), "--onnx-dir", str(onnx_dir), "-f", "json",
+                                 "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    faces = json.loads(r.stdout[r.stdout.index("["):])[0]["faces"]
+    assert faces and faces[0]["backend"].startswith("onnx")
+    r = CliRunner().invoke(app, ["predict", str(astronaut_path), "--onnx-dir", str(onnx_dir), "--backend", "torch"])
+    assert r.exit_code != 0 and "--onnx-dir runs an ONNX export" in str(r.exception)

@@ -342,6 +342,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
             student: Annotated[str | None, typer.Option(help=STUDENT_HELP, show_default=False)] = None,
             detector: Annotated[str | None, typer.Option(help=DETECTOR_HELP, show_default=False)] = None,
             backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
+            onnx_dir: Annotated[Path | None, typer.Option(help=ONNX_DIR_HELP, show_default=False)] = None,
             adapt: Annotated[bool, typer.Option("--adapt/--no-adapt", help="adapt clean faces' ages to the job's own "
                                                 "age mix where it is far from the training mix (20+ such faces; "
                                                 "results are written at the end; --no-adapt: each face's own "
@@ -397,7 +398,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     tta_flip = _tta(tta, full_tta)
     route = _route(route, model, student)
     est = AgeEstimator.from_pretrained(model, tta_flip=tta_flip, route=route, student=student, detector=detector,
-                                       backend=backend, log=_err)
+                                       backend=_onnx_backend(backend, onnx_dir), onnx_dir=onnx_dir, log=_err)
     if backend != "auto":
         _err(f"backend: {est.backend}")
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
@@ -679,6 +680,24 @@ def export_weights_cmd(run: Annotated[Path, typer.Argument(help="run folder (bes
     typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
 
 
+ONNX_DIR_HELP = ("a folder made by `agelens export onnx` (your own models, runs without torch): its models answer, "
+                 "through onnxruntime")
+
+
+def _onnx_backend(backend: str, onnx_dir: Path | None) -> str:
+    """--backend for an --onnx-dir job: auto means onnxruntime (int8 where this CPU pays for it); torch is refused."""
+    if onnx_dir is None:
+        return backend
+    if backend.startswith("torch"):
+        raise AgelensError(f"--onnx-dir runs an ONNX export: --backend {backend} cannot run it (use onnx or onnx-int8)")
+    if backend != "auto":
+        return backend
+    from .inference.predictor import choose_backend
+
+    chosen, _ = choose_backend()
+    return chosen if chosen.startswith("onnx") else "onnx"
+
+
 @app.command()
 def serve(host: Annotated[str, typer.Option(help="address to bind (default: loopback only)")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="TCP port")] = 8000,
@@ -691,6 +710,7 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
           max_queue: Annotated[int, typer.Option(help="requests that may wait for the models (503 with Retry-After "
                                                  "beyond it)")] = 64,
           backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
+          onnx_dir: Annotated[Path | None, typer.Option(help=ONNX_DIR_HELP, show_default=False)] = None,
           log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info") -> None:
     """HTTP service: POST /v1/predict (multipart `file` or JSON base64), GET /healthz, demo page at GET /."""
     try:
@@ -707,8 +727,8 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
     if max_upload_mb <= 0 or max_pixels < 4 or max_queue < 0:
         raise AgelensError("--max-upload-mb and --max-pixels must be positive, --max-queue at least 0")
     route = _route(route, model, student)
-    est = AgeEstimator.from_pretrained(model, route=route, student=student, detector=detector, backend=backend,
-                                       log=_err)
+    est = AgeEstimator.from_pretrained(model, route=route, student=student, detector=detector,
+                                       backend=_onnx_backend(backend, onnx_dir), onnx_dir=onnx_dir, log=_err)
     web = create_app(est, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels, max_queue=max_queue)
     if host not in ("127.0.0.1", "localhost", "::1"):
         _err(f"warning: binding {host}: the service has no authentication; put it behind a proxy you control")
