@@ -326,8 +326,8 @@ def _ranges_fit(ranges: Path, src: str, log) -> bool:
     the weights file they were measured with (new weights need new ranges, not stale ones)."""
     weights = weights_dir() / f"{src}.safetensors"
     if not ranges.is_file() or not weights.is_file():
-        log(f"{ranges.name.removesuffix('.int8-ranges.json')}: no int8 copy ({src} is not a shipped model with "
-            "shipped int8 ranges: --int8 static --calibration CACHE_DIR calibrates one)")
+        log(f"{ranges.name.removesuffix('.int8-ranges.json')}: no int8 copy (no int8 ranges are shipped for {src}; "
+            "`agelens export onnx --int8 static --calibration CACHE_DIR` measures them)")
         return False
     card = weights.with_suffix(".json")
     made_for = json.loads(card.read_text()).get("int8_ranges", {}).get("weights_sha256") if card.is_file() else None
