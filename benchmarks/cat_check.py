@@ -56,7 +56,7 @@ def main() -> None:
     check = animal.shipped()
     if check is None:
         raise SystemExit("the cat check cannot be exported here (torch is needed once)")
-    finding.without_non_faces = lambda rgb, faces, verifier=None: faces  # score every candidate, asked or not
+    finding.without_non_faces = lambda rgb, faces, verifier=None, mirrored=None: faces  # score every candidate
     rows: list[tuple[str, str, float]] = []
     people: list[tuple[str, str, float, bool]] = []  # (group, face, people mass, asked)
 

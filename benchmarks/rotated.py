@@ -66,12 +66,12 @@ def speed(est: AgeEstimator, images: list[np.ndarray], rounds: int) -> dict:
 
 
 def check_cost(est: AgeEstimator, images: list[np.ndarray]) -> dict:
-    """Time spent inside the check itself (`predictor._upright`) per upright image, and how often it looked
+    """Time spent inside the check itself (`finding._upright`) per upright image, and how often it looked
     again (ran the detector on turned images) or switched to a turn."""
-    from agelens.inference import predictor
+    from agelens.inference import finding
 
     spent, looked, switched = [0.0], [0], [0]
-    check = predictor._upright
+    check = finding._upright
 
     def timed(rgb, faces, find, detect):
         def counting(img):  # the check runs the detector only on turned images
@@ -85,12 +85,12 @@ def check_cost(est: AgeEstimator, images: list[np.ndarray]) -> dict:
         return out
 
     est.upright = True
-    predictor._upright = timed
+    finding._upright = timed
     try:
         for rgb in images:
             one_age(est, rgb)
     finally:
-        predictor._upright = check
+        finding._upright = check
     return {"ms_per_image": round(1000 * spent[0] / len(images), 3),
             "detector_passes_on_turned_images_per_image": round(looked[0] / len(images), 3),
             "switched": switched[0]}

@@ -117,13 +117,23 @@ def test_a_fresh_run_under_an_old_name_says_so_and_resume_names_another_architec
                        progress=False, log=lambda *_: None)
 
 
-def test_ages_the_head_cannot_answer_are_refused_before_training(tmp_path, utk_folder):
-    from agelens.errors import ConfigError
+def test_ages_past_the_heads_range_are_fitted_at_its_end_and_said(tmp_path, utk_folder):
+    """UTKFace holds 17 training faces aged 101-116 for the 0-100 heads: a run trains and says so (for a day every
+    UTKFace recipe was refused); a distribution head's target for an age far past its end is its last age, where it
+    had been 0 / 0 (a NaN loss)."""
+    import numpy as np
 
-    with pytest.raises(ConfigError, match=r"faces are aged outside model.min_age..max_age \(0-40\)"):
-        train_and_test(_cfg(tmp_path, utk_folder, "narrow", "train.epochs=1", "model.max_age=40"), progress=False,
-                       log=lambda *_: None)
-    assert not (tmp_path / "runs" / "narrow" / "last.pt").exists()
+    from agelens.models.heads import gaussian_label_distribution
+
+    said: list[str] = []
+    res = train_and_test(_cfg(tmp_path, utk_folder, "narrow", "train.epochs=1", "model.max_age=40"), progress=False,
+                         log=said.append)
+    assert any("aged outside model.min_age..max_age (0-40)" in s and "nearest end" in s for s in said), said
+    assert np.isfinite(res["best_val_mae"]) and (tmp_path / "runs" / "narrow" / "best.pt").is_file()
+    d = gaussian_label_distribution(torch.tensor([200.0, 116.0, 20.0]), torch.arange(0, 101).float(), 2.0)
+    assert torch.isfinite(d).all() and int(d[0].argmax()) == 100 and int(d[1].argmax()) == 100
+    old = torch.exp(-0.5 * ((torch.arange(0, 101).float() - 20.0) / 2.0) ** 2)
+    assert torch.allclose(d[2], old / old.sum(), atol=1e-6)  # inside the range: the same target as before
 
 
 def test_a_diverged_loss_is_an_agelens_error_naming_the_lever(tmp_path, utk_folder, monkeypatch):

@@ -100,7 +100,8 @@ class FaceCache(FaceSet):
         self.path = Path(path)
         meta_p = self.path / "meta.json"
         if not meta_p.is_file():
-            raise DataError(f"not a face cache (no meta.json): {self.path}")
+            raise DataError(f"not a face cache (no meta.json): {self.path} (`agelens prepare -c CONFIG` makes a "
+                            "config's caches)")
         try:
             self.meta = json.loads(meta_p.read_text())
             self.images = np.load(self.path / "images.npy", mmap_mode="r")

@@ -90,8 +90,9 @@ class CoralHead(AgeHead):
 
 
 def gaussian_label_distribution(age: torch.Tensor, ages: torch.Tensor, sigma: float) -> torch.Tensor:
-    d = torch.exp(-0.5 * ((ages[None, :] - age.float()[:, None]) / sigma) ** 2)
-    return d / d.sum(1, keepdim=True)
+    """A Gaussian of width sigma at each age over the head's ages, normalised (a softmax of the log-densities: an age
+    far past the range gets its end, where exp() of each density had underflowed to 0 / 0 = NaN)."""
+    return torch.softmax(-0.5 * ((ages[None, :] - age.float()[:, None]) / sigma) ** 2, dim=1)
 
 
 class DistributionHead(AgeHead):
