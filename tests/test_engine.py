@@ -144,3 +144,67 @@ def test_a_diverged_loss_is_an_agelens_error_naming_the_lever(tmp_path, utk_fold
     with pytest.raises(NonFiniteLossError, match="lower train.lr") as e:
         train_and_test(_cfg(tmp_path, utk_folder, "nan", "train.epochs=1"), progress=False, log=lambda *_: None)
     assert isinstance(e.value, AgelensError) and isinstance(e.value, FloatingPointError)
+
+
+def test_resume_keeps_the_runs_own_recipe_and_record(tmp_path, utk_folder, monkeypatch):
+    """--resume: another recipe is refused (before: the new lr was ignored, another dataset trained on, config.yaml
+    rewritten); an early-stopped run stays stopped (before: it trained on); metrics.jsonl is cut back to the
+    checkpoint (before: an interrupted epoch's rows twice); one run folder, one training process (before: two
+    interleaved); a fresh run under the name removes the earlier checkpoints at once."""
+    import os
+
+    from agelens.errors import CheckpointError, ConfigError
+    from agelens.train.engine import Trainer
+
+    quiet = {"progress": False, "log": lambda *_: None}
+    stop = ["train.epochs=6", "train.early_stop_patience=1", "train.freeze_backbone_epochs=0", "train.lr=1e-6"]
+    monkeypatch.setattr(Trainer, "validate", lambda self, idx: 10.0)  # no gain after the first epoch: it stops
+    res = train_and_test(_cfg(tmp_path, utk_folder, "r", *stop), **quiet)
+    run = tmp_path / "runs" / "r"
+    assert res["epochs_run"] < 6  # it stopped early
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(rows) + '\n{"epoch": 99, "step": 1}\n{"epoch": 3, "ste')  # a kill
+    said: list[str] = []
+    again = train_and_test(_cfg(tmp_path, utk_folder, "r", *stop), resume=True, progress=False, log=said.append)
+    assert any("had stopped early" in s for s in said) and again["epochs_run"] == res["epochs_run"]
+    assert (run / "metrics.jsonl").read_text().splitlines() == rows
+    with pytest.raises(ConfigError, match=r"--resume: .* was trained with other settings \(train.lr: 1e-06 → 0.01\)"):
+        train_and_test(_cfg(tmp_path, utk_folder, "r", *stop[:-1], "train.lr=0.01"), resume=True, **quiet)
+    from agelens.data.prepare import prepare_caches
+
+    cfg = _cfg(tmp_path, utk_folder, "r", *stop)
+    caches = prepare_caches(cfg.data, ("train", "val"), progress=False, log=None)
+    first = Trainer(cfg, caches["train"], caches["val"], **quiet)
+    first._hold_run_dir()
+    (run / ".last.pt.abc123.tmp").write_bytes(b"x" * 10)
+    with pytest.raises(CheckpointError, match="being written by another training process"):
+        Trainer(cfg, caches["train"], caches["val"], **quiet).fit()
+    first.release()
+    assert (run / "best.pt").is_file()
+    fresh = Trainer(_cfg(tmp_path, utk_folder, "r", *stop[:-1], "train.lr=0.01"), caches["train"], caches["val"],
+                    **quiet)
+    monkeypatch.setattr(fresh, "_fairness_setup", lambda n: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # killed before its first checkpoint
+        fresh.fit()
+    assert not (run / "best.pt").exists() and not (run / "last.pt").exists()
+    assert not list(run.glob(".*.tmp")) and not os.path.exists(run / ".last.pt.abc123.tmp")
+
+
+def test_loader_workers_draw_new_augmentations_each_epoch(tmp_path, utk_folder, monkeypatch):
+    """With data.num_workers > 0 the workers were kept across epochs with the first epoch's dataset, so every epoch
+    drew the same crops, flips and occluders (and a resume did not reproduce the run): the epoch the workers' dataset
+    reads is recorded from inside them."""
+    from agelens.data.dataset import CachedFaceDataset
+
+    log = tmp_path / "epochs.txt"
+    real = CachedFaceDataset.item
+
+    def item(self, i):
+        with open(log, "a") as f:  # written from the loader's worker process
+            f.write(f"{self.epoch}\n")
+        return real(self, i)
+
+    monkeypatch.setattr(CachedFaceDataset, "item", item)
+    cfg = _cfg(tmp_path, utk_folder, "w", "train.epochs=2", "train.freeze_backbone_epochs=0", "data.num_workers=1")
+    train_and_test(cfg, progress=False, log=lambda *_: None)
+    assert set(log.read_text().split()) == {"0", "1"}

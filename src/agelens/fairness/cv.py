@@ -94,18 +94,9 @@ def recipe_changes(saved_yaml: Path, cfg: RunConfig) -> list[str]:
     """'key: saved → now' for every setting of `cfg` that differs from a run's saved config.yaml (less IGNORED)."""
     import yaml
 
-    from ..config import config_to_dict
+    from ..config import config_changes
 
-    def flat(d: dict, pre: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
-        return out
-
-    saved = flat(yaml.safe_load(saved_yaml.read_text()) or {})
-    now = flat(yaml.safe_load(yaml.safe_dump(config_to_dict(cfg), sort_keys=False)))  # tuples read back as saved
-    return [f"{k}: {saved.get(k)!r} → {now.get(k)!r}" for k in sorted(set(saved) | set(now))
-            if k not in IGNORED and saved.get(k) != now.get(k)]
+    return config_changes(yaml.safe_load(saved_yaml.read_text()) or {}, cfg, IGNORED)
 
 
 def _round(x) -> float:

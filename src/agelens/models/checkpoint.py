@@ -39,7 +39,11 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """Atomic write; the state's digest goes in as "checksum" and is verified by load_checkpoint."""
     state = {k: v for k, v in state.items() if k != "checksum"}
     state["checksum"] = state_digest(state)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except RuntimeError as e:  # torch.save on a full disk: "unexpected pos ..." (the temp file is removed)
+        raise CheckpointError(f"could not write checkpoint {path} ({str(e).splitlines()[0] if str(e) else e!r}; "
+                              "is the disk full?)") from None
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -103,7 +103,7 @@ def distill_stages(cfg: RunConfig, train_cache, val_cache, resume: bool = False,
                            indices=np.arange(n_train), occlusion=mix, pair=True)
     gen = torch.Generator()
     dl = DataLoader(ds, batch_size=t.batch_size, shuffle=True, generator=gen, num_workers=cfg.data.num_workers,
-                    drop_last=len(ds) > t.batch_size, persistent_workers=cfg.data.num_workers > 0)
+                    drop_last=len(ds) > t.batch_size)  # fresh workers each epoch: set_epoch reaches them
     mean, std = student.mean_std
     done: list[tuple[int, int]] = []
     history: list[dict] = []

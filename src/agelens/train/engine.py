@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..config import RunConfig, config_to_dict
+from ..config import RunConfig, config_changes, config_to_dict
 from ..data.cache import FaceCache
 from ..data.dataset import CachedFaceDataset
 from ..data.shards import ShardSet, ShardStream
@@ -207,7 +207,8 @@ class Trainer:
         want_cuda = t.device in ("auto", "cuda") and torch.cuda.is_available()
         self.dist = setup_distributed("cuda" if want_cuda else "cpu")
         # every rank must use the same numerics: rank 0 chooses (and probes), the others receive its choice
-        numerics = [choose_numerics(t, self.model, probe_loss, cfg.data.input_size) if self.dist.main else None]
+        numerics = [(self._started_numerics() or choose_numerics(t, self.model, probe_loss, cfg.data.input_size))
+                    if self.dist.main else None]
         if self.dist.world > 1:
             dist.broadcast_object_list(numerics, src=0)
         self.numerics: Numerics = numerics[0]
@@ -275,6 +276,21 @@ class Trainer:
                 **({"knn_bank": self.knn.state_dict()} if self.knn is not None else {}),
                 **({"group_dro": self.dro.state_dict()} if self.dro is not None else {})}
 
+    def _started_numerics(self) -> Numerics | None:
+        """On --resume with train.numerics / channels_last "auto": the numerics the run started with (its env.json;
+        a probe per resume had switched a run between them), else None."""
+        t = self.cfg.train
+        if not self.resume or "auto" not in (t.numerics, t.channels_last):
+            return None
+        try:
+            was = json.loads((self.run_dir / "env.json").read_text())["numerics"]
+            return Numerics(was["device"], was["dtype"], bool(was["channels_last"]),
+                            f"as the run started ({was.get('reason', '')})")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    RESUME_FREE = ("train.epochs", "train.log_every", "train.threads", "data.num_workers")  # may change on resume
+
     def _load_resume(self) -> None:
         p = self.run_dir / "last.pt"
         if not p.is_file():
@@ -289,6 +305,11 @@ class Trainer:
                     else f"weights that do not fit the config's model ({str(e).splitlines()[0]})")
             raise CheckpointError(f"--resume: {p} holds {what}; resume with the run's own config.yaml, or train "
                                   "under another name=") from None
+        changed = config_changes(ck.get("config") or {}, self.cfg, self.RESUME_FREE) if ck.get("config") else []
+        if changed:  # before: resumed all the same, and config.yaml then described settings the run never had
+            raise ConfigError(f"--resume: {p} was trained with other settings ({'; '.join(changed[:4])}"
+                              f"{'; ...' if len(changed) > 4 else ''}): resume with the run's own config.yaml "
+                              f"(only {', '.join(self.RESUME_FREE)} may change), or train under another name=")
         self.optimizer.load_state_dict(ck["optimizer"])
         self.lr_scale, self.plateau_bad = ck["scheduler"]["lr_scale"], ck["scheduler"]["plateau_bad"]
         self.scaler.load_state_dict(ck["scaler"])
@@ -300,10 +321,31 @@ class Trainer:
             self.knn.load_state_dict(ck["knn_bank"])
         if self.dro is not None and "group_dro" in ck:
             self.dro.load_state_dict(ck["group_dro"])
-        done = self.start_epoch >= self.cfg.train.epochs
-        self.log(f"resumed from {p} at epoch {self.start_epoch}" + (
-            f": its {self.start_epoch} epochs already reach train.epochs={self.cfg.train.epochs}, so no epoch runs "
-            "(raise train.epochs to train on)" if done else ""))
+        if ck.get("stopped_early"):  # before: a resume trained on past the early stop
+            self.start_epoch = self.cfg.train.epochs
+            self.log(f"resumed from {p}: the run had stopped early at epoch {ck['epoch']}, so no epoch runs")
+        else:
+            done = self.start_epoch >= self.cfg.train.epochs
+            self.log(f"resumed from {p} at epoch {self.start_epoch}" + (
+                f": its {self.start_epoch} epochs already reach train.epochs={self.cfg.train.epochs}, so no epoch "
+                "runs (raise train.epochs to train on)" if done else ""))
+        self._trim_jsonl(int(ck["epoch"]))
+
+    def _trim_jsonl(self, epoch: int) -> None:
+        """metrics.jsonl cut back to the rows of epochs up to the checkpoint's (before: a resume appended the
+        interrupted epoch's rows again, after any torn last line)."""
+        p = self.run_dir / "metrics.jsonl"
+        if not self.dist.main or not p.is_file():
+            return
+        kept = []
+        for line in p.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and int(row.get("epoch", -1)) <= epoch:
+                kept.append(line + "\n")
+        atomic_write_text(p, "".join(kept))
 
     def _replace_earlier_run(self) -> None:
         """A fresh run under the name of an earlier one replaces it: say so, and remove what was made from the
@@ -320,6 +362,34 @@ class Trainer:
                  + " (--resume continues it instead; name= another run keeps it)")
         for d in made:
             shutil.rmtree(d, ignore_errors=True)
+        for f in earlier:  # before: kept until this run's first checkpoint, so a --resume after an early kill
+            (self.run_dir / f).unlink(missing_ok=True)  # continued the earlier model under this run's config
+
+    def _hold_run_dir(self) -> None:
+        """An exclusive lock on the run folder for this process (CheckpointError where another training process
+        holds it: two runs under one name had interleaved their epochs and tested each other's best.pt), then the
+        temp files a killed run left behind are removed."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock
+            return
+        if getattr(self, "_lock_fd", None) is None:
+            fd = os.open(self.run_dir / ".agelens.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise CheckpointError(f"{self.run_dir} is being written by another training process: wait for it, "
+                                      "or train under another name=") from None
+            self._lock_fd = fd
+        for tmp in self.run_dir.glob(".*.pt.*.tmp"):  # `utils.atomic_write`'s, left by a kill -9
+            tmp.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Lets go of the run folder's lock (`_hold_run_dir`)."""
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
     def _write_jsonl(self, row: dict) -> None:
         if self.dist.main:
@@ -386,9 +456,17 @@ class Trainer:
 
     # -- loop --
     def fit(self) -> dict:
+        """Trains from start_epoch to train.epochs (or an early stop); the run folder is locked meanwhile."""
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._hold_run_dir()
             import yaml
 
             if not self.resume:  # a fresh run starts a fresh log
@@ -423,7 +501,8 @@ class Trainer:
                 sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, shuffle=True, seed=t.seed)
             dl = DataLoader(ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
                             generator=gen if sampler is None else None, num_workers=cfg.data.num_workers,
-                            drop_last=len(ds) > t.batch_size, persistent_workers=cfg.data.num_workers > 0)
+                            drop_last=len(ds) > t.batch_size)  # workers made afresh each epoch: kept ones held
+            # the first epoch's copy of the dataset, so set_epoch never reached them (the same draws every epoch)
         jitter_gen = torch.Generator().manual_seed(t.seed + 1)
         for epoch in range(self.start_epoch, t.epochs):
             frozen = epoch < t.freeze_backbone_epochs
@@ -502,12 +581,13 @@ class Trainer:
                     self.bad_epochs += 1
             self.history.append(row)
             self._write_jsonl(row)
+            stop = bool(t.early_stop_patience and self.bad_epochs >= t.early_stop_patience and not frozen)
             if self.dist.main:
                 self.log(json.dumps(row))
-                save_checkpoint(self.run_dir / "last.pt", self._state(epoch))
+                save_checkpoint(self.run_dir / "last.pt", {**self._state(epoch), "stopped_early": stop})
                 if self.val_cache is None:
                     save_checkpoint(self.run_dir / "best.pt", self._state(epoch))
-            if t.early_stop_patience and self.bad_epochs >= t.early_stop_patience and not frozen:
+            if stop:
                 self.log(f"early stopping at epoch {epoch}: no val MAE gain for {self.bad_epochs} epochs")
                 break
         result = {"best_val_mae": self.best_mae if self.best_mae < float("inf") else None, "best_epoch": self.best_epoch,
