@@ -399,3 +399,34 @@ def test_a_group_photo_keeps_the_people_smaller_than_the_one_the_detector_found(
     held = sorted(next(i for i, (x, y, s) in enumerate(spots) if x <= (b[0] + b[2]) / 2 <= x + s
                        and y <= (b[1] + b[3]) / 2 <= y + s) for b, *_ in faces)
     assert held == list(range(7)), held  # each person once
+
+
+def test_fill_step_finds_a_face_under_a_flat_patch_on_the_filled_copy(analyzer, astronaut, monkeypatch):
+    """A face crop whose middle is under one flat patch: filled in from its surroundings, the detector finds the face
+    there; it comes back in the image's pixels, says "padded", is marked for the strict people veto, and counts only
+    when the verifier is sure of it on the filled copy. Images without such a patch (or mostly one) are not looked
+    at; the step runs after the mirror step and only where that found nothing."""
+    from agelens.faces import detect
+
+    face = np.ascontiguousarray(astronaut[50:230, 140:310])  # 180 x 170 around her face
+    clean = analyzer.detect(face)[0].box
+    covered = face.copy()
+    covered[95:150, 55:125] = (20, 30, 90)  # nose and mouth under a flat block
+    yes = FixedVerifier(0.99)
+    found = analyzer._filled(covered, yes.scores, 0.5, 256)
+    assert len(found) == 1 and found[0].detection == "padded" and found[0].mirrored and yes.seen >= 1
+    assert iou(found[0].box, clean) > 0.5 and found[0].landmarks.shape == (478, 2)
+    unsure = FixedVerifier(detect.FILL_SURE - 0.01)
+    assert analyzer._filled(covered, unsure.scores, 0.5, 256) == []
+    never = FixedVerifier(0.99)
+    noise = np.random.default_rng(0).integers(0, 255, face.shape, dtype=np.uint8)
+    mostly_flat = face.copy()
+    mostly_flat[:, 20:] = 128
+    assert analyzer._filled(noise, never.scores, 0.5, 256) == [] and never.seen == 0
+    assert analyzer._filled(mostly_flat, never.scores, 0.5, 256) == [] and never.seen == 0
+    calls = []
+    monkeypatch.setattr(analyzer, "_mirrored", lambda rgb, v, t, s: calls.append("mirror") or [])
+    monkeypatch.setattr(analyzer, "_filled", lambda rgb, v, t, s: calls.append("fill") or [])
+    monkeypatch.setattr(analyzer, "detect_tiled", lambda rgb, n: [])
+    no = FixedVerifier(0.1)
+    assert analyzer.find_faces(noise, no.scores, no.threshold, verify=True) == [] and calls == ["mirror", "fill"]

@@ -4,8 +4,10 @@ Finding faces is a cascade that survives occlusion (sunglasses + mask, blocks ov
 detector on tight crops): the detector on the image; the detector on the image inside a 50 % border (a face that
 fills the frame is what it misses most); FaceMesh alone; the whole image as one face crop; the detector on
 overlapping tiles of the image (2 × 2, then 3 × 3), for faces too small for the detector's input (a masked crowd in
-a 256 px photo); last, the detector on the image's visible half completed by its mirror image (a face crop with one
-side hidden from the nose outwards; reported as "padded", the detector on a re-framed copy). Faces do not nest: a
+a 256 px photo); then the detector on the image's visible half completed by its mirror image (a face crop with one
+side hidden from the nose outwards; reported as "padded", the detector on a re-framed copy); last, the detector on the
+image with its largest flat patch filled in from around it (a face crop whose middle is under a block or a panel;
+also "padded"). Faces do not nest: a
 detector face scored low that a wider face of the padded copy holds is a part of that face, which replaces it, and
 of two nested detector faces the higher-scored stays (NESTED_*). Every face says which step found it
 (`Face.detection`; a face found on a tile is the detector's). The fallback steps can be fooled by a cat or a colour
@@ -79,7 +81,7 @@ class Face:
     keypoints: np.ndarray  # (5, 2) from the mesh, or (4, 2) eyes/nose/mouth from the detector
     landmarks: np.ndarray | None = None  # (478, 2) FaceMesh, None when the mesh failed
     detection: str = "detector"  # how it was found: one of DETECTIONS
-    mirrored: bool = False  # found by the mirror step (`FaceAnalyzer._mirrored`): the people check is stricter
+    mirrored: bool = False  # found on a completed copy (the mirror or the fill step): the people check is stricter
     _crop: dict = field(default_factory=dict, repr=False, compare=False)  # aligned(): the last crop, and its image
 
     def aligned(self, rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,6 +188,32 @@ MIRROR_MIN_CHROMA = 2.0
 # reads 128 px): on a 4,000 × 3,000 photo without a face its ten completed copies and their borders cost 3.3 s at
 # full size. Every image measured (face crops, scikit-image photos) is smaller, so none is read differently.
 MIRROR_MAX_SIDE = 1024
+
+
+# The fill step (`FaceAnalyzer._filled`): a face crop whose middle is under one flat-coloured patch (a censor block, a
+# panel, a sticker) defeats the detector, but with the patch filled in from its surroundings (OpenCV's inpainting) it
+# reads as a face again. Asked last, for crop-shaped images the other steps left without a face, where the largest
+# flat region (local standard deviation under FILL_FLAT_SD in a 5 x 5 window) covers FILL_SHARE of the image; the face
+# must be verified on the filled copy at FILL_SURE or more, and the people veto is asked about it as about a mirrored
+# face.
+FILL_STEP = True
+FILL_FLAT_SD = 3.0
+FILL_SHARE = (0.12, 0.6)
+FILL_SURE = 0.95
+FILL_MAX_SIDE = 512
+
+
+def flat_region(rgb: np.ndarray, sd: float = FILL_FLAT_SD) -> np.ndarray:
+    """uint8 mask (255 = in) of the largest 8-connected region of flat pixels (local standard deviation under `sd`
+    in every channel, 5 x 5 window), grown by 2 px."""
+    g = rgb.astype(np.float32)
+    mu, sq = cv2.blur(g, (5, 5)), cv2.blur(g * g, (5, 5))
+    flat = (np.sqrt(np.maximum(sq - mu * mu, 0)).max(2) < sd).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(flat, 8)
+    if n <= 1:
+        return np.zeros(rgb.shape[:2], np.uint8)
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return cv2.dilate((lab == i).astype(np.uint8) * 255, np.ones((5, 5), np.uint8))
 
 
 def chroma(rgb: np.ndarray) -> float:
@@ -567,8 +595,9 @@ class FaceAnalyzer:
             faces = self._verified(rgb, self._with_mesh(rgb, self.detect_tiled(rgb, n)), tiles, need, crop_size)
             if faces:
                 return faces
-        if crop_shaped:  # last, the most speculative step: a face crop with one half hidden
-            return self._mirrored(rgb, verifier, threshold, crop_size)
+        if crop_shaped:  # last, the most speculative steps: a face crop with one half hidden, or its middle
+            return self._mirrored(rgb, verifier, threshold, crop_size) or (
+                self._filled(rgb, verifier, threshold, crop_size) if FILL_STEP else [])
         return []
 
     def _more_faces(self, rgb: np.ndarray, found: list[Face], verifier: tuple[Verifier, float],
@@ -631,6 +660,34 @@ class FaceAnalyzer:
             return []
         cands[best].score = float(scores[best])
         return [cands[best]]
+
+    def _filled(self, rgb: np.ndarray, verifier: Verifier, threshold: float, crop_size: int) -> list[Face]:
+        """The fill step (FILL_STEP): the largest flat region (`flat_region`, FILL_SHARE of the image) inpainted from
+        its surroundings, the detector (then on the padded copy) on the filled copy (shrunk to FILL_MAX_SIDE), faces
+        with landmarks verified on the filled copy's aligned crop at `threshold` (FILL_SURE at least). Returns the
+        best one in image pixels, detection "padded" (the detector on a re-framed copy) and `mirrored` set (the
+        strict people veto), or []."""
+        h, w = rgb.shape[:2]
+        k = min(1.0, FILL_MAX_SIDE / max(h, w))
+        small = rgb if k == 1.0 else cv2.resize(rgb, (max(1, round(w * k)), max(1, round(h * k))),
+                                                interpolation=cv2.INTER_AREA)
+        mask = flat_region(small)
+        if not FILL_SHARE[0] <= float(mask.mean()) / 255 <= FILL_SHARE[1]:
+            return []
+        fill = cv2.inpaint(np.ascontiguousarray(small), mask, 7, cv2.INPAINT_TELEA)
+        found = self.detect(fill) or self._padded_faces(fill)[0]
+        found = [f for f in self._with_mesh(fill, found) if f.landmarks is not None]
+        if not found:
+            return []
+        scores = np.asarray(verifier(np.stack([f.aligned(fill, crop_size)[0] for f in found])), np.float64)
+        best = int(np.argmax(scores))
+        if scores[best] < max(threshold, FILL_SURE):
+            return []
+        f = found[best]
+        box = (max(0.0, f.box[0] / k), max(0.0, f.box[1] / k), min(float(w), f.box[2] / k), min(float(h), f.box[3] / k))
+        if box[2] - box[0] < 4 or box[3] - box[1] < 4:
+            return []
+        return [Face(box, float(scores[best]), f.keypoints / k, f.landmarks / k, "padded", mirrored=True)]
 
     def close(self) -> None:
         for obj in [self._mesh, *self._det.values()]:
