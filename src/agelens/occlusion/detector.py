@@ -55,7 +55,6 @@ class OcclusionDetector:
         if task is not None and cfg.train.task != task:  # e.g. the face verifier flagged every face occluded
             raise CheckpointError(f"{name_or_path} is not an occlusion detector: a binary classifier trained for "
                                   f"train.task {cfg.train.task!r} (the face verifier is one)")
-
         numerics = Numerics(device, "fp32", True, f"inference default on {device}: fp32 + channels_last")
         return cls(model, cfg.data.crop_size, cfg.data.input_size, card_threshold(card, name_or_path),
                    str(card.get("name", name_or_path)), numerics)
