@@ -214,3 +214,24 @@ def test_a_cache_folder_of_other_images_is_not_replaced(tmp_path):
     with pytest.raises(DataError, match="holds the cache of other images .2 faces.*set data.cache_dir"):
         build_cache(recs[2:], tmp_path / "cache", size=32, workers=0, progress=False)
     assert len(build_cache(recs[2:], tmp_path / "cache", size=32, workers=0, progress=False, force=True).records) == 2
+
+
+def test_staging_folders_of_killed_cache_builds_are_removed(tmp_path):
+    """A `prepare` killed with SIGKILL left `.NAME.XXXX/` with its partly written arrays, for good; a build in
+    progress (files changed recently) is left alone."""
+    import os
+    import time
+
+    from agelens.data.adapters import FaceRecord
+    from agelens.data.cache import build_cache
+
+    _img(tmp_path / "a.jpg")
+    stale, live = tmp_path / ".cache.dead1", tmp_path / ".cache.live1"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "images.npy").write_bytes(b"x" * 100)
+    old = time.time() - 3600
+    for f in (stale / "images.npy", stale):
+        os.utime(f, (old, old))
+    build_cache([FaceRecord(str(tmp_path / "a.jpg"), 30.0)], tmp_path / "cache", size=32, workers=0, progress=False)
+    assert not stale.exists() and live.is_dir()

@@ -188,6 +188,9 @@ def test_resume_keeps_the_runs_own_recipe_and_record(tmp_path, utk_folder, monke
         fresh.fit()
     assert not (run / "best.pt").exists() and not (run / "last.pt").exists()
     assert not list(run.glob(".*.tmp")) and not os.path.exists(run / ".last.pt.abc123.tmp")
+    said.clear()  # a requeued job killed before its first checkpoint: --resume starts it (before: an error)
+    train_and_test(_cfg(tmp_path, utk_folder, "r", *stop), resume=True, progress=False, log=said.append)
+    assert any("no checkpoint in" in s and "starts from the beginning" in s for s in said) and (run / "best.pt").is_file()
 
 
 def test_loader_workers_draw_new_augmentations_each_epoch(tmp_path, utk_folder, monkeypatch):

@@ -297,6 +297,13 @@ def test_stagewise_distillation_trains_only_the_current_stage(tmp_path):
     for j in (0, 2, 3):
         assert not after[f"backbone.adapters.{j}.body.6.weight"].any()
     assert after["backbone.adapters.1.body.6.weight"].any()
+    # a resume with other settings is refused (before: the stages left ran with the new teacher or rates)
+    from agelens.errors import ConfigError
+
+    assert (tmp_path / "kd" / "stages_last.pt").is_file()
+    cfg.distill.stage_lrs = [1e-3, 5e-3, 1e-3, 1e-3]
+    with pytest.raises(ConfigError, match=r"was distilled with other settings \(distill.stage_lrs"):
+        distill_stages(cfg, _FakeCache(8), _FakeCache(4), resume=True, log=lambda *_: None)
 
 
 def test_stagewise_distillation_can_continue_from_an_earlier_student(tmp_path):

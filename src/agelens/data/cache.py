@@ -135,6 +135,22 @@ def _failure(record: FaceRecord, reason: str) -> dict:
     return {"path": record.path, "reason": reason, "age": record.age, "gender": record.gender, "race": record.race}
 
 
+STALE_STAGING_S = 600  # a staging folder none of whose files changed for this long belongs to a killed build
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Removes the staging folders (`.NAME.XXXX` beside `out`) that builds killed with SIGKILL left: the partly
+    written arrays of a whole cache each (a build in progress writes to its own at least every few seconds)."""
+    import time
+
+    for d in out.parent.glob(f".{out.name}.*"):
+        try:
+            if d.is_dir() and all(time.time() - f.stat().st_mtime > STALE_STAGING_S for f in [d, *d.iterdir()]):
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+
+
 def _refuse_another_dataset(out: Path, old: dict | None, records: list[FaceRecord]) -> None:
     """DataError where the cache at `out` (its meta.json `old`) shares no image with `records`: the folder holds
     another dataset's faces, which a rebuild would delete (a config for a CSV dataset left data.cache_dir at UTKFace's
@@ -169,6 +185,7 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
     if not records:
         raise DataError(f"no records to cache into {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     mask = os.umask(0)
     os.umask(mask)

@@ -170,6 +170,9 @@ class Trainer:
         self.cfg, self.train_cache, self.val_cache = cfg, train_cache, val_cache
         self.resume, self.progress, self.log = resume, progress, log
         self.run_dir = cfg.run_dir
+        if resume and not (self.run_dir / "last.pt").is_file():  # a requeued job killed before its first checkpoint
+            log(f"--resume: no checkpoint in {self.run_dir} yet, so the run starts from the beginning")
+            self.resume = resume = False
         t = cfg.train
         if t.threads > 0:
             torch.set_num_threads(t.threads)
@@ -263,7 +266,7 @@ class Trainer:
                 mass = np.bincount(s_of_rec, minlength=len(s_names)).astype(np.float64)
             self.dro = GroupDRO(groups, len(names), f.dro_eta, strata, mass)
             self.dro_groups = [str(n) for n in names]
-        if resume:
+        if self.resume:
             self._load_resume()
 
     # -- state --
