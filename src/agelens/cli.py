@@ -901,8 +901,6 @@ def export_onnx_cmd(output: Annotated[Path, typer.Option("--output", "-o", help=
             models[role] = given or role
     # the face networks predict verifies every face with (before: left out, so an export found other faces)
     models.update({r: r for r in SHIPPED if r.startswith("faceness") and r in shipped})
-    if not str(output):
-        raise AgelensError("--output: an empty path; name a folder for the export")
     if calibration is not None and int8 not in (None, "static"):
         raise AgelensError(f"--calibration is for --int8 static; --int8 {int8} would not read it")
     if calibration is not None and not calibration.is_dir():
