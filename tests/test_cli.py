@@ -44,6 +44,7 @@ def _no_traceback(r):
     (["predict", "--detector", "/no/detector.pt", "x.jpg"], "checkpoint not found"),
     (["serve", "--student", "/no/student.pt"], "checkpoint not found"),
     (["calibrate", "teacher", "-c", "x.yaml", "--part", "test"], "never on the test part"),
+    (["serve", "--allow-origin", "app.example.com"], "give an origin as scheme://host[:port]"),
     (["calibrate", "teacher", "-c", "x.yaml", "--level", "1.5"], "--level must be a coverage in (0, 1)"),
 ])
 def test_bad_input_one_line_error(args, fragment):

@@ -333,3 +333,22 @@ def test_cli_serve_ends_with_status_0_on_sigterm():
         assert p.wait(60) == 0
     finally:
         p.kill()
+
+
+def test_browser_pages_of_allowed_origins_may_call_the_api():
+    """CORS: without --allow-origin a page elsewhere gets no permission to read the answers; with it, the preflight
+    and the answer carry that origin (before: no CORS at all, so a web app on another origin could not call it)."""
+    img = png_bytes(np.zeros((20, 30, 3), np.uint8))
+    origin = {"origin": "https://app.example.com"}
+    with TestClient(create_app(FakeEstimator())) as c:
+        r = c.post("/v1/predict", content=img, headers={"content-type": "image/png", **origin})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    with TestClient(create_app(FakeEstimator(), allow_origins=["https://app.example.com"])) as c:
+        pre = c.options("/v1/predict", headers={**origin, "access-control-request-method": "POST",
+                                                "access-control-request-headers": "content-type"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://app.example.com"
+        r = c.post("/v1/predict", content=img, headers={"content-type": "image/png", **origin})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+        other = c.post("/v1/predict", content=img, headers={"content-type": "image/png",
+                                                            "origin": "https://evil.example.org"})
+        assert "access-control-allow-origin" not in other.headers

@@ -711,6 +711,9 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
                                                  "beyond it)")] = 64,
           backend: Annotated[str, typer.Option(help="auto (fastest here) | torch | torch-bf16 | onnx | onnx-int8")] = "auto",
           onnx_dir: Annotated[Path | None, typer.Option(help=ONNX_DIR_HELP, show_default=False)] = None,
+          allow_origin: Annotated[list[str] | None, typer.Option(
+              help="a web page origin (https://app.example.com, or *) allowed to call the API from a browser (CORS); "
+                   "repeat for several; none by default", show_default=False)] = None,
           log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info") -> None:
     """HTTP service: POST /v1/predict (multipart `file` or JSON base64), GET /healthz, demo page at GET /."""
     try:
@@ -726,10 +729,14 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
         raise AgelensError(f"--port must be in 1..65535, got {port}")
     if max_upload_mb <= 0 or max_pixels < 4 or max_queue < 0:
         raise AgelensError("--max-upload-mb and --max-pixels must be positive, --max-queue at least 0")
+    for o in allow_origin or []:
+        if o != "*" and not (o.startswith(("http://", "https://")) and "/" not in o.split("://", 1)[1]):
+            raise AgelensError(f"--allow-origin {o!r}: give an origin as scheme://host[:port] (no path), or *")
     route = _route(route, model, student)
     est = AgeEstimator.from_pretrained(model, route=route, student=student, detector=detector,
                                        backend=_onnx_backend(backend, onnx_dir), onnx_dir=onnx_dir, log=_err)
-    web = create_app(est, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels, max_queue=max_queue)
+    web = create_app(est, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels, max_queue=max_queue,
+                     allow_origins=allow_origin)
     if host not in ("127.0.0.1", "localhost", "::1"):
         _err(f"warning: binding {host}: the service has no authentication; put it behind a proxy you control")
     try:

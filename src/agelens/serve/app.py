@@ -257,10 +257,13 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = DEFAULT_MAX_QUEUE,
+               allow_origins: list[str] | None = None) -> FastAPI:
     """The FastAPI app. estimator: an AgeEstimator (or anything with its `predict`); None loads the shipped
     models once at startup (or on the first request when the app runs without its lifespan). max_queue: requests
-    that may wait for the models (503 beyond it); a request whose client has gone is dropped when its turn comes."""
+    that may wait for the models (503 beyond it); a request whose client has gone is dropped when its turn comes.
+    allow_origins: web pages of these origins (scheme://host[:port], or "*") may call the API from a browser
+    (CORS, preflight included); none by default, so a page elsewhere cannot read the answers."""
     svc = Service(estimator, max_upload_bytes, max_pixels, max_queue)
     page = (resources.files("agelens") / "serve" / "static" / "index.html").read_text(encoding="utf-8")
 
@@ -271,6 +274,11 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
 
     app = FastAPI(title="agelens", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = svc
+    if allow_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type"], max_age=600)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
