@@ -278,7 +278,7 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Content-Type"], max_age=600)
+                           allow_headers=["Content-Type"], expose_headers=["Retry-After"], max_age=600)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
