@@ -445,3 +445,17 @@ def config_changes(saved: dict, cfg: RunConfig, ignored: tuple[str, ...] = ()) -
     now = flat(_yaml.safe_load(_yaml.safe_dump(config_to_dict(cfg), sort_keys=False)))
     # settings one of them lacks (a version of agelens before a setting existed, or after one went) are not changes
     return [f"{k}: {was[k]!r} → {now[k]!r}" for k in sorted(set(was) & set(now)) if k not in ignored and was[k] != now[k]]
+
+
+# settings a run may change when it is resumed (`refuse_resume_changes`); any other change is another recipe
+RESUME_FREE = ("train.epochs", "train.log_every", "train.threads", "data.num_workers")
+
+
+def refuse_resume_changes(saved: dict | None, cfg: RunConfig, checkpoint: str | Path, did: str = "trained") -> None:
+    """ConfigError where `cfg` changes a setting of the checkpoint's saved config other than RESUME_FREE (before: a
+    resume ran on with the new settings, or ignored them, and the run's record described settings it never had)."""
+    changed = config_changes(saved, cfg, RESUME_FREE) if saved else []
+    if changed:
+        raise ConfigError(f"--resume: {checkpoint} was {did} with other settings ({'; '.join(changed[:4])}"
+                          f"{'; ...' if len(changed) > 4 else ''}): resume with the run's own config (only "
+                          f"{', '.join(RESUME_FREE)} may change), or {did.removesuffix('ed')} under another name=")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -47,6 +48,43 @@ def atomic_write(path: str | Path, writer: Callable[[str], None], follow_links: 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def staging_dir(target: Path, tag: str = "") -> Path:
+    """A new hidden folder beside `target` (`.NAME.TAGxxxx`) to build it in and then swap in, readable as any folder
+    made here (mkdtemp makes it 0700)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{tag}", dir=target.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)
+    return tmp
+
+
+def exclusive_lock(path: str | Path, busy: str, error: type[Exception] | None = None, mode: int = 0o666) -> int | None:
+    """An exclusive, non-blocking flock on `path` (a regular file, created where missing), held by the returned
+    descriptor until `release_lock`: `error(busy)` (AgelensError by default) where another process holds it. None
+    where there is no flock (Windows). The output sinks of predict and a training run's folder lock this way."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        if error is None:
+            from .errors import AgelensError as error
+        raise error(busy) from None
+    return fd
+
+
+def release_lock(fd: int | None) -> None:
+    """Lets go of an `exclusive_lock` (None: nothing held)."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str, follow_links: bool = False) -> None:

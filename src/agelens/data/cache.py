@@ -5,9 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from ..faces.mesh import N_MESH
 from ..faces.prepare import N_LANDMARKS, prepare_face
 from ..imageio import load_image
 from ..parallel import CRASHED, crash_safe_map, per_input
-from ..utils import crc32_file
+from ..utils import crc32_file, staging_dir
 from .adapters import FaceRecord
 
 CACHE_VERSION = 1
@@ -186,10 +184,7 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
         raise DataError(f"no records to cache into {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    tmp.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the cache it becomes is as readable as any folder made here
+    tmp = staging_dir(out)
     try:
         n = len(records)
         imgs = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))

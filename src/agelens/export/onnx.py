@@ -21,7 +21,15 @@ import torch
 from torch import nn
 
 from ..errors import AgelensError, CheckpointError
-from ..utils import INT8_FLAVORS, SHIPPED, atomic_write, atomic_write_json, sha256_file, weights_dir
+from ..utils import (
+    INT8_FLAVORS,
+    SHIPPED,
+    atomic_write,
+    atomic_write_json,
+    sha256_file,
+    staging_dir,
+    weights_dir,
+)
 
 OPSET = 17
 
@@ -381,15 +389,11 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
     models = models or {r: r for r in SHIPPED if r in shipped_models()}
     # the whole export is made in a staging folder beside it and swapped in at the end: an export cut short leaves
     # the earlier one as it was, and no graph of an earlier export (an int8 copy) outlives it
-    final.parent.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.export-", dir=final.parent))
+    out = staging_dir(final, "export-")
     try:
         manifest = _export_into(out, models, int8, calibration, n_calib, log, flavors)
         if also is not None:
             also(out)
-        mask = os.umask(0)
-        os.umask(mask)
-        out.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the export is as readable as any folder made here
         _swap_in(out, final, replace)
     finally:
         shutil.rmtree(out, ignore_errors=True)

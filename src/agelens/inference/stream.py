@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import AgelensError
 from ..faces import animal
 from ..parallel import CRASHED, auto_workers, crash_safe_map, per_input
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, exclusive_lock, release_lock
 from .inputs import printable
 
 CSV_COLUMNS = ["file", "face", "x1", "y1", "x2", "y2", "age", "low", "high", "occluded", "occlusion_score",
@@ -289,29 +289,13 @@ def csv_rows(result: dict) -> list[list]:
 
 
 def hold_output(path: Path) -> int | None:
-    """An exclusive lock on a job's output (a regular file, created where missing), held until `release_output`:
-    AgelensError where another job holds it (two jobs appending to one file interleave and duplicate records).
-    None where there is nothing to lock (a pipe or terminal) or no flock (Windows)."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
+    """An exclusive lock on a job's output (`utils.exclusive_lock`), held until `utils.release_lock`: AgelensError where
+    another job holds it (two jobs appending to one file interleave and duplicate records). None where there is
+    nothing to lock (a pipe or terminal) or no flock (Windows)."""
     if path.exists() and not path.is_file():
         return None
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise AgelensError(f"{path} is being written by another agelens job: wait for it to end, or give this job "
-                           "another --output") from None
-    return fd
-
-
-def release_output(fd: int | None) -> None:
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    return exclusive_lock(path, f"{path} is being written by another agelens job: wait for it to end, or give this "
+                                "job another --output")
 
 
 class StreamSink:
@@ -397,7 +381,7 @@ class StreamSink:
         csv.writer(buf, lineterminator="\n").writerows([rows[0], *(row for row in rows[1:] if row[0] != name)])
         atomic_write_text(self.path, buf.getvalue(), follow_links=True)
         held = hold_output(self.path)  # the lock goes with the file that replaced the locked one
-        release_output(self._held)
+        release_lock(self._held)
         self._held = held
         self._f = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (kept open, closed by close())
         self._redo = None
@@ -408,7 +392,7 @@ class StreamSink:
             self._sync()
             self._f.close()
         finally:
-            release_output(self._held)
+            release_lock(self._held)
 
 
 class ParquetSink:
@@ -489,7 +473,7 @@ class ParquetSink:
         try:
             self.flush(final=True)
         finally:
-            release_output(self._held)
+            release_lock(self._held)
 
 
 def _null_faces(schema) -> bool:

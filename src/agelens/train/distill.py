@@ -110,16 +110,9 @@ def distill_stages(cfg: RunConfig, train_cache, val_cache, resume: bool = False,
     ck_path = run / "stages_last.pt"
     if resume and ck_path.is_file():
         ck = load_checkpoint(ck_path)
-        from ..config import config_changes
+        from ..config import refuse_resume_changes
 
-        changed = config_changes(ck["config"], cfg, ("train.epochs", "train.log_every", "train.threads",
-                                                     "data.num_workers")) if ck.get("config") else []
-        if changed:  # before: a resume took another teacher or stage lrs for the stages left
-            from ..errors import ConfigError
-
-            raise ConfigError(f"--resume: {ck_path} was distilled with other settings ({'; '.join(changed[:4])}"
-                              f"{'; ...' if len(changed) > 4 else ''}): resume with the run's own config, or "
-                              "distill under another name=")
+        refuse_resume_changes(ck.get("config"), cfg, ck_path, "distilled")  # another teacher, other stage rates
         student.load_state_dict(ck["model"])
         done, history = [tuple(x) for x in ck["done"]], ck["history"]
         log(f"resumed stage-wise distillation after {done[-1] if done else 'nothing'}")

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..config import RunConfig, config_changes, config_to_dict
+from ..config import RunConfig, config_to_dict, refuse_resume_changes
 from ..data.cache import FaceCache
 from ..data.dataset import CachedFaceDataset
 from ..data.shards import ShardSet, ShardStream
@@ -26,7 +26,14 @@ from ..models import AgeModel, build_model
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.inputs import to_input
 from ..numerics import Numerics, choose_numerics
-from ..utils import atomic_write_json, atomic_write_text, finite_json, seed_everything
+from ..utils import (
+    atomic_write_json,
+    atomic_write_text,
+    exclusive_lock,
+    finite_json,
+    release_lock,
+    seed_everything,
+)
 from .batch import photometric_jitter
 
 
@@ -170,6 +177,7 @@ class Trainer:
         self.cfg, self.train_cache, self.val_cache = cfg, train_cache, val_cache
         self.resume, self.progress, self.log = resume, progress, log
         self.run_dir = cfg.run_dir
+        self._lock_fd: int | None = None  # the run folder's lock while fit runs (`_hold_run_dir`)
         if resume and not (self.run_dir / "last.pt").is_file():  # a requeued job killed before its first checkpoint
             log(f"--resume: no checkpoint in {self.run_dir} yet, so the run starts from the beginning")
             self.resume = resume = False
@@ -292,8 +300,6 @@ class Trainer:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    RESUME_FREE = ("train.epochs", "train.log_every", "train.threads", "data.num_workers")  # may change on resume
-
     def _load_resume(self) -> None:
         p = self.run_dir / "last.pt"
         if not p.is_file():
@@ -308,11 +314,7 @@ class Trainer:
                     else f"weights that do not fit the config's model ({str(e).splitlines()[0]})")
             raise CheckpointError(f"--resume: {p} holds {what}; resume with the run's own config.yaml, or train "
                                   "under another name=") from None
-        changed = config_changes(ck.get("config") or {}, self.cfg, self.RESUME_FREE) if ck.get("config") else []
-        if changed:  # before: resumed all the same, and config.yaml then described settings the run never had
-            raise ConfigError(f"--resume: {p} was trained with other settings ({'; '.join(changed[:4])}"
-                              f"{'; ...' if len(changed) > 4 else ''}): resume with the run's own config.yaml "
-                              f"(only {', '.join(self.RESUME_FREE)} may change), or train under another name=")
+        refuse_resume_changes(ck.get("config"), self.cfg, p)
         self.optimizer.load_state_dict(ck["optimizer"])
         self.lr_scale, self.plateau_bad = ck["scheduler"]["lr_scale"], ck["scheduler"]["plateau_bad"]
         self.scaler.load_state_dict(ck["scaler"])
@@ -372,27 +374,17 @@ class Trainer:
         """An exclusive lock on the run folder for this process (CheckpointError where another training process
         holds it: two runs under one name had interleaved their epochs and tested each other's best.pt), then the
         temp files a killed run left behind are removed."""
-        try:
-            import fcntl
-        except ImportError:  # Windows: no lock
-            return
-        if getattr(self, "_lock_fd", None) is None:
-            fd = os.open(self.run_dir / ".agelens.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise CheckpointError(f"{self.run_dir} is being written by another training process: wait for it, "
-                                      "or train under another name=") from None
-            self._lock_fd = fd
+        if self._lock_fd is None:
+            self._lock_fd = exclusive_lock(self.run_dir / ".agelens.lock", f"{self.run_dir} is being written by "
+                                           "another training process: wait for it, or train under another name=",
+                                           CheckpointError, 0o644)
         for tmp in self.run_dir.glob(".*.pt.*.tmp"):  # `utils.atomic_write`'s, left by a kill -9
             tmp.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Lets go of the run folder's lock (`_hold_run_dir`)."""
-        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
-        if fd is not None:
-            os.close(fd)
+        fd, self._lock_fd = self._lock_fd, None
+        release_lock(fd)
 
     def _write_jsonl(self, row: dict) -> None:
         if self.dist.main:
