@@ -111,6 +111,11 @@ CSV_COLUMNS = {"path": ("path", "file", "filename", "file_name", "image", "image
 
 def _csv_rows(p: Path, required: set[str], what: str) -> list[dict[str, str]]:
     """Rows of a CSV after checking its required columns (DataError naming the file and the missing ones)."""
+    return _csv_table(p, required, what)[1]
+
+
+def _csv_table(p: Path, required: set[str], what: str) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of a CSV, read once, after checking its required columns (`_csv_rows`)."""
     with p.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
@@ -118,7 +123,7 @@ def _csv_rows(p: Path, required: set[str], what: str) -> list[dict[str, str]]:
         cols = set(reader.fieldnames)
         if not required <= cols:
             raise DataError(f"{p}: {what} missing required column(s) {sorted(required - cols)}; have {sorted(cols)}")
-        return list(reader)
+        return list(reader.fieldnames), list(reader)
 
 
 def _from_names(root: Path, pattern: re.Pattern[str], expected: str, recursive: bool,
@@ -182,8 +187,8 @@ def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: objec
     if not p.is_file():
         raise DataError(f"CSV not found: {p}")
     out = Listing()
-    rows = _csv_rows(p, set(), "CSV")
-    cols = _csv_columns(p, _csv_header(p), out)
+    header, rows = _csv_table(p, set(), "CSV")
+    cols = _csv_columns(p, header, out)
     unknown: dict[str, int] = {}
     for i, raw in enumerate(rows, start=2):
         row = {k: (raw.get(c) or "").strip() for k, c in cols.items()}
@@ -208,11 +213,6 @@ def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: objec
                         "write male / female (or m / f, man / woman, boy / girl) or "
                         "leave the cell empty where it is not known")
     return out
-
-
-def _csv_header(p: Path) -> list[str]:
-    with p.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        return next(csv.reader(f), [])
 
 
 def _csv_columns(p: Path, header: list[str], out: Listing) -> dict[str, str]:
