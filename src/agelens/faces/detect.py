@@ -216,6 +216,22 @@ def flat_region(rgb: np.ndarray, sd: float = FILL_FLAT_SD) -> np.ndarray:
     return cv2.dilate((lab == i).astype(np.uint8) * 255, np.ones((5, 5), np.uint8))
 
 
+def shrunk(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """(the image shrunk, anti-aliased, to a long side of at most max_side, its scale k; 1.0: the image as it is)."""
+    h, w = rgb.shape[:2]
+    k = min(1.0, max_side / max(h, w))
+    if k == 1.0:
+        return rgb, k
+    return cv2.resize(rgb, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA), k
+
+
+def box_back(box: tuple[float, ...], k: float, shape: tuple[int, ...], dx: float = 0.0) -> tuple[float, ...]:
+    """A box on a `shrunk` copy (shifted by dx px there) in the image's pixels, clipped to its (h, w) `shape`."""
+    h, w = shape[:2]
+    return (max(0.0, (box[0] + dx) / k), max(0.0, box[1] / k), min(float(w), (box[2] + dx) / k),
+            min(float(h), box[3] / k))
+
+
 def chroma(rgb: np.ndarray) -> float:
     """Mean |R − G| + |G − B| over (a grid of at most about 256 × 256 of) the image's pixels: 0 for a grey image."""
     step = max(1, max(rgb.shape[:2]) // 256)
@@ -617,12 +633,9 @@ class FaceAnalyzer:
         enough and with landmarks, verified on the completed copy's aligned crop. Returns the best-verified one at `threshold` (MIRROR_SURE at least) or
         more, in image pixels, keypoints and landmarks included (the hidden half's are its mirror image), detection
         "padded" (the detector on a re-framed copy of the image) and `mirrored` set, or []."""
-        h, w = rgb.shape[:2]
         if chroma(rgb) < MIRROR_MIN_CHROMA:
             return []
-        k = min(1.0, MIRROR_MAX_SIDE / max(h, w))  # the image at scale k
-        small = rgb if k == 1.0 else cv2.resize(rgb, (max(1, round(w * k)), max(1, round(h * k))),
-                                                interpolation=cv2.INTER_AREA)
+        small, k = shrunk(rgb, MIRROR_MAX_SIDE)  # the image at scale k
         sw = small.shape[1]
         cands, crops = [], []
         for a in MIRROR_AXES:
@@ -648,8 +661,7 @@ class FaceAnalyzer:
                         continue
                     crops.append(align_face(img, f.keypoints, crop_size)[0])
                     off = np.array([dx, 0], np.float32)
-                    box = (max(0.0, (f.box[0] + dx) / k), max(0.0, f.box[1] / k), min(float(w), (f.box[2] + dx) / k),
-                           min(float(h), f.box[3] / k))
+                    box = box_back(f.box, k, rgb.shape, dx)
                     cands.append(Face(box, f.score, (f.keypoints + off) / k, (f.landmarks + off) / k, "padded",
                                       mirrored=True))
         if not cands:
@@ -667,10 +679,7 @@ class FaceAnalyzer:
         with landmarks verified on the filled copy's aligned crop at `threshold` (FILL_SURE at least). Returns the
         best one in image pixels, detection "padded" (the detector on a re-framed copy) and `mirrored` set (the
         strict people veto), or []."""
-        h, w = rgb.shape[:2]
-        k = min(1.0, FILL_MAX_SIDE / max(h, w))
-        small = rgb if k == 1.0 else cv2.resize(rgb, (max(1, round(w * k)), max(1, round(h * k))),
-                                                interpolation=cv2.INTER_AREA)
+        small, k = shrunk(rgb, FILL_MAX_SIDE)
         mask = flat_region(small)
         if not FILL_SHARE[0] <= float(mask.mean()) / 255 <= FILL_SHARE[1]:
             return []
@@ -684,7 +693,7 @@ class FaceAnalyzer:
         if scores[best] < max(threshold, FILL_SURE):
             return []
         f = found[best]
-        box = (max(0.0, f.box[0] / k), max(0.0, f.box[1] / k), min(float(w), f.box[2] / k), min(float(h), f.box[3] / k))
+        box = box_back(f.box, k, rgb.shape)
         if box[2] - box[0] < 4 or box[3] - box[1] < 4:
             return []
         return [Face(box, float(scores[best]), f.keypoints / k, f.landmarks / k, "padded", mirrored=True)]
