@@ -186,6 +186,15 @@ def weights_dir() -> Path:
 SHIPPED = ("teacher", "student", "occlusion", "faceness", "faceness_photo", "faceness_bands")
 
 
+def role_fits(role: str, kind: str, task: str | None) -> bool:
+    """Whether an exported model of `kind` ("age", or "occlusion" for any binary crop classifier) trained for
+    train.task `task` can serve as `role`: the age models are age models, the occlusion detector a binary model
+    trained on occlusion (not a face verifier), the face networks binary ones."""
+    if role in ("teacher", "student"):
+        return kind == "age"
+    return kind == "occlusion" and (role != "occlusion" or task in (None, "occlusion"))
+
+
 def shipped_models() -> list[str]:
     """Names of the shipped models: NAME.json + NAME.safetensors pairs in weights_dir()."""
     d = weights_dir()

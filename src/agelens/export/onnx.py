@@ -26,6 +26,7 @@ from ..utils import (
     SHIPPED,
     atomic_write,
     atomic_write_json,
+    role_fits,
     sha256_file,
     staging_dir,
     weights_dir,
@@ -370,7 +371,7 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
     int8: "static" calibrates on `calibration` (a face cache) and saves each
     graph's activation ranges as <graph>.int8-ranges.json; "shipped" quantises from the ranges shipped beside the
     weights (graphs without matching ranges stay fp32 only, logged); "dynamic" weights only; "none". Each role's
-    model must be of its kind (`ROLE_KINDS`). The folder is written whole or not at all: made beside out_dir, then
+    model must fit it (`utils.role_fits`). The folder is written whole or not at all: made beside out_dir, then
     swapped in (an earlier export there replaced; replace=False keeps one that another process made meanwhile);
     also(folder), when given, writes more files into it first (the CLI's cat / non-face check)."""
     if int8 not in ("static", "shipped", "dynamic", "none"):
@@ -415,9 +416,6 @@ def _swap_in(stage: Path, final: Path, replace: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-ROLE_KINDS = {"teacher": "age", "student": "age", "occlusion": "occlusion"}  # export_model's kinds; else binary
-
-
 def _export_into(out: Path, models: dict[str, str], int8: str, calibration, n_calib: int, log,
                  flavors: tuple[str, ...]) -> dict:
     """`export_all`'s graphs and manifest written into the folder `out`."""
@@ -429,8 +427,7 @@ def _export_into(out: Path, models: dict[str, str], int8: str, calibration, n_ca
     for role, src in models.items():
         p = out / f"{role}.onnx"
         meta = export_model(src, p)
-        want = ROLE_KINDS.get(role, "occlusion")
-        if meta["kind"] != want or (role == "occlusion" and meta["task"] != "occlusion"):
+        if not role_fits(role, meta["kind"], meta["task"]):
             raise AgelensError(f"{src} cannot be the {role}: it is " + ("an age model" if meta["kind"] == "age" else
                                f"a binary crop classifier of {meta['task']!r}")
                                + (" (the occlusion detector is a binary classifier trained on train.task occlusion)"

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...data.views import centre_views
 from ...errors import AgelensError, CheckpointError
-from ...utils import INT8_FLAVORS, SHIPPED
+from ...utils import INT8_FLAVORS, SHIPPED, role_fits
 
 
 def _env_threads() -> int | None:
@@ -158,8 +158,7 @@ def load_onnx_models(onnx_dir: str | Path, precision: str = "fp32", threads: int
                               meta=meta if role != "teacher" else None)
             if mode != "auto" or model.tta_flip:
                 model.tta_spread = None  # the mirror is chosen per face only in "auto", on single views
-            want = "age" if role in ("teacher", "student") else "occlusion"  # export_model's kinds
-            if model.kind != want or (role == "occlusion" and model.meta.get("task", "occlusion") != "occlusion"):
+            if not role_fits(role, model.kind, model.meta.get("task")):  # an export made before "task": None
                 raise CheckpointError(f"{p} is not a {role} model (it is {model.name!r}, a"
                                       f"{'n age model' if model.kind == 'age' else ' binary crop classifier'}"
                                       f"{'' if model.kind == 'age' else ' of ' + str(model.meta.get('task'))})")
