@@ -58,6 +58,11 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 
+def _cannot_decode(name: str, e: Exception) -> ImageError:
+    """"NAME: cannot decode image (the decoder's first line)"."""
+    return ImageError(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+
+
 def read_pil(im: Image.Image) -> np.ndarray:
     """`pil_to_rgb` of a Pillow image a caller opened (its pixels are read here): ImageError where they cannot be."""
     try:
@@ -65,8 +70,7 @@ def read_pil(im: Image.Image) -> np.ndarray:
             warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data": the pixels are read all the same
             return pil_to_rgb(im)
     except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{getattr(im, 'filename', '') or '<Pillow image>'}: cannot decode image "
-                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise _cannot_decode(getattr(im, "filename", "") or "<Pillow image>", e) from None
 
 
 def _open(src, jpeg: bool) -> Image.Image:
@@ -157,7 +161,7 @@ def _decode_reduced(data: bytes, min_side: int | None, max_pixels: int, name: st
         raise ImageTooLargeError(f"{name}: image{_pixels_said(e)} (from its header), over the {max_pixels:,}-pixel "
                                  "limit (decompression-bomb guard)") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise _cannot_decode(name, e) from None
 
 
 def file_box(box, scale: float) -> list[float]:
