@@ -26,8 +26,62 @@ def astronaut():
 
 
 def test_public_names():
-    assert {"AgeEstimator", "FacePrediction", "draw", "predict_many"} <= set(agelens.__all__)
+    assert {"AgeEstimator", "FacePrediction", "draw", "predict_many", "NoFaceError"} <= set(agelens.__all__)
     assert agelens.FacePrediction.__name__ == "FacePrediction"
+    assert agelens.NoFaceError is __import__("agelens.errors").errors.NoFaceError  # what predict raises, at hand
+
+
+def test_arrays_of_other_kinds_read_as_the_same_pixels(est, astronaut):
+    """Grey, one-channel, RGBA / BGRA, 16-bit and 0-1 float arrays (OpenCV's and matplotlib's reads) are the image
+    they hold, as their file would be; before, each was refused as "expected an RGB uint8 image"."""
+    ages = lambda img, **k: [f.age for f in est.predict(img, **k)]  # noqa: E731
+    want = ages(astronaut)
+    opaque = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
+    assert ages(opaque) == want and ages(np.ascontiguousarray(opaque[..., [2, 1, 0, 3]]), channels="bgr") == want
+    assert ages(astronaut / 255.0) == want and ages(astronaut.astype(np.uint16) * 257) == want
+    assert ages(astronaut.astype(np.float32)) == want  # 0-255 floats
+    grey = astronaut[..., 1]
+    assert ages(grey) == ages(grey[..., None]) == ages(np.repeat(grey[..., None], 3, axis=2))
+    clear = opaque.copy()
+    clear[..., 3] = 0  # fully transparent: white, as a PNG's transparency is read
+    assert (agelens.draw(clear, []) == 255).all()
+    for bad, fragment in ((astronaut * 2.0, "expected pixel values in 0-255"), (astronaut[..., :2], "got shape"),
+                          (astronaut.astype(np.complex64), "got shape")):
+        with pytest.raises(AgelensError, match=fragment):
+            est.predict(bad)
+
+
+def test_common_mistakes_are_named(est, astronaut):
+    with pytest.raises(TypeError, match="predict_many reads several"):
+        est.predict([str(AST_JPG), str(AST_JPG)])
+    with pytest.raises(agelens.ImageError, match="a URL; agelens reads files and does not download"):
+        est.predict("https://example.com/face.jpg")
+    with pytest.raises(agelens.NoFaceError):
+        est.predict(np.full((120, 120, 3), 128, np.uint8))
+
+
+def test_predictions_compare_by_their_answer_and_the_estimator_pickles(est, astronaut):
+    """Two reads of one image are equal (their timing aside); an estimator pickles as the recipe that built it, so
+    a multiprocessing pool can take it (before: TypeError, cannot pickle an onnxruntime session or a lock)."""
+    import pickle
+
+    first = est.predict(astronaut)
+    assert est.predict(astronaut) == first
+    est.route = "teacher"
+    try:
+        copy = pickle.loads(pickle.dumps(est))
+    finally:
+        est.route = "auto"
+    assert copy.route == "teacher" and copy.backend == est.backend and copy is not est
+    est_teacher = [f.age for f in copy.predict(astronaut)]
+    est.route = "teacher"
+    try:
+        assert est_teacher == [f.age for f in est.predict(astronaut)]
+    finally:
+        est.route = "auto"
+    in_memory = agelens.AgeEstimator(est.teacher)
+    with pytest.raises(AgelensError, match="cannot be pickled: build it in each process"):
+        pickle.dumps(in_memory)
 
 
 def test_bgr_input_gives_the_rgb_answer(est, astronaut):
@@ -49,8 +103,8 @@ def test_draw_marks_each_face_and_leaves_the_input_alone(est, astronaut):
     assert tuple(out[y1, (x1 + x2) // 2]) == (0, 200, 0)  # the box's top edge, green in RGB
     bgr = agelens.draw(astronaut[..., ::-1], [f.to_dict() for f in faces], channels="bgr")
     np.testing.assert_array_equal(bgr[..., ::-1], out)  # dicts (JSON records) draw the same, in either order
-    with pytest.raises(ValueError, match="HxWx3"):
-        agelens.draw(astronaut[..., 0], faces)
+    with pytest.raises(AgelensError, match=r"\(H, W, 3\) RGB, \(H, W, 4\) RGBA or \(H, W\) grey"):
+        agelens.draw(astronaut[..., :2], faces)
     from PIL import Image
 
     from agelens.imageio import load_image
@@ -59,6 +113,11 @@ def test_draw_marks_each_face_and_leaves_the_input_alone(est, astronaut):
     want = agelens.draw(load_image(str(AST_JPG)), on_file)
     np.testing.assert_array_equal(agelens.draw(AST_JPG, on_file), want)
     np.testing.assert_array_equal(agelens.draw(Image.open(AST_JPG), on_file), want)
+    import io
+
+    data = AST_JPG.read_bytes()  # the bytes or an open file, as predict takes them
+    np.testing.assert_array_equal(agelens.draw(data, on_file), want)
+    np.testing.assert_array_equal(agelens.draw(io.BytesIO(data), on_file), want)
 
 
 def test_a_folder_is_read_for_every_image_format_pillow_reads(tmp_path, astronaut):
@@ -294,6 +353,8 @@ def test_threads_sharing_an_estimator_get_the_answers_of_one_thread(est, astrona
     ({"route": "bogus"}, "route must be one of auto, teacher, student, got 'bogus'"),
     ({"device": "cuda", "backend": "onnx"}, "backend onnx runs on the CPU"),
     ({"device": "gpu"}, "'gpu' is not a torch device"),
+    ({"device": None}, "device must be a string"),
+    ({"threads": -1}, "threads must be a whole number of 1 or more"),
 ])
 def test_settings_that_cannot_run_are_refused_before_any_model_loads(kwargs, fragment, monkeypatch):
     from agelens.inference import predictor

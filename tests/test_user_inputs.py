@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agelens.errors import ImageError
+from agelens.errors import AgelensError, ImageError
 from agelens.imageio import load_image
 from agelens.inference.draw import draw
 from agelens.inference.inputs import expand_inputs, job_files, not_done
@@ -103,7 +103,7 @@ def test_float_images_and_folders_read_as_a_user_expects(tmp_path):
     img = np.full((40, 40, 3), 200, np.uint8)
     face = {"box": [5, 5, 30, 30], "age": 30.0, "occluded": False}
     assert np.array_equal(draw(img.astype(np.float32) / 255, [face]), draw(img, [face]))
-    with pytest.raises(ValueError, match="expected uint8 pixel values"):
+    with pytest.raises(AgelensError, match="expected pixel values in 0-255"):
         draw(img.astype(np.float32) * 2, [face])
 
 
@@ -213,7 +213,6 @@ def test_streamed_results_into_a_pipe_and_the_bar_off_stdout(tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_two_jobs_cannot_write_one_output(tmp_path, fmt):
-    from agelens.errors import AgelensError
     from agelens.inference.stream import open_sink
 
     if fmt == "parquet":

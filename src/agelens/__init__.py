@@ -19,6 +19,10 @@ def __getattr__(name: str):  # lazy: `import agelens` stays cheap (no torch, no 
         from .inference.draw import draw
 
         return draw
+    if name in ("AgelensError", "ImageError", "NoFaceError"):
+        from . import errors
+
+        return getattr(errors, name)
     if name == "predict_many":
         from .inference import predict_many
 
@@ -26,4 +30,5 @@ def __getattr__(name: str):  # lazy: `import agelens` stays cheap (no torch, no 
     raise AttributeError(name)
 
 
-__all__ = ["AgeEstimator", "FacePrediction", "__version__", "draw", "predict_many"]
+__all__ = ["AgeEstimator", "AgelensError", "FacePrediction", "ImageError", "NoFaceError", "__version__", "draw",
+           "predict_many"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-from .errors import ImageError, ImageTooLargeError
+from .errors import AgelensError, ImageError, ImageTooLargeError
 
 MAX_PIXELS = 60_000_000  # decompression-bomb guard (e.g. 20000×20000 is refused)
 # predict's faces need no more than this long side: a larger JPEG is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's
@@ -56,6 +57,40 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, im)
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def array_to_rgb(a: np.ndarray, channels: str = "rgb") -> np.ndarray:
+    """An image array as RGB uint8 (H, W, 3), as `pil_to_rgb` reads the same pixels from a file: grey (H, W) or
+    (H, W, 1) repeated, RGBA (BGRA with channels="bgr") composited on white, BGR reversed with channels="bgr"; uint8
+    as it is, 16-bit by its high byte, floats in 0-1 (matplotlib's) scaled to 0-255, other numbers in 0-255 rounded.
+    AgelensError names any other shape or range."""
+    if channels not in ("rgb", "bgr"):
+        raise AgelensError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or a.ndim == 3 and a.shape[2] in (3, 4)) or a.dtype.kind not in "uif" or a.dtype == np.uint64:
+        raise AgelensError(f"expected an image array (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) grey, got shape {a.shape} "
+                           f"dtype {a.dtype}")
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if a.size else (0.0, 0.0)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise AgelensError(f"image array of {a.dtype} holds infinite values")
+        if a.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+            a = a * 255.0
+        elif lo < 0 or hi > 255:
+            raise AgelensError(f"expected pixel values in 0-255 (or floats in 0-1), got {a.dtype} from {lo:g} to {hi:g}")
+        a = np.round(np.nan_to_num(a)).astype(np.uint8)
+    if a.ndim == 2:
+        return np.ascontiguousarray(np.repeat(a[..., None], 3, axis=2))
+    if channels == "bgr":
+        a = a[..., [2, 1, 0, 3][:a.shape[2]]]
+    if a.shape[2] == 4:
+        alpha = a[..., 3:].astype(np.float32) / 255.0
+        a = np.round(a[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(a)
 
 
 def _cannot_decode(name: str, e: Exception) -> ImageError:
@@ -181,18 +216,21 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file to RGB uint8, raising ImageError naming the file and the problem."""
-    return decode_image(_read(path), str(path))
+    return decode_image(read_file(path), str(path))
 
 
 def load_reduced(path: str | Path, min_side: int | None = FACE_MIN_SIDE) -> tuple[np.ndarray, float]:
     """`load_image` with `decode_reduced`'s reduced decoding of large JPEGs: (RGB uint8, scale)."""
-    return decode_reduced(_read(path), min_side, MAX_PIXELS, str(path))
+    return decode_reduced(read_file(path), min_side, MAX_PIXELS, str(path))
 
 
-def _read(path: str | Path) -> bytes:
+def read_file(path: str | Path) -> bytes:
     """The file's bytes, or ImageError naming the file and the problem."""
     if not str(path):
         raise ImageError("an empty path: no file named")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(path)):
+        raise ImageError(f"{path}: a URL; agelens reads files and does not download (fetch it first, e.g. "
+                         "`curl -s URL | agelens predict -`)")
     p = Path(path)
     if p.is_dir():
         from .data.adapters import IMAGE_EXTS

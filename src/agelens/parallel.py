@@ -171,7 +171,8 @@ def _one_input_each(run, jobs: list[tuple], init, initargs: tuple, ctx, on_crash
                     fresh_deaths = fresh_deaths + 1 if answered == 0 else 1
                     if fresh_deaths >= MAX_FRESH_DEATHS:
                         raise AgelensError(f"worker processes die before answering anything ({fresh_deaths} in a "
-                                           "row): they cannot run here (run with 0 workers to see why)") from None
+                                           "row): they cannot run here (run with 0 workers to see why; a script that starts workers needs "
+                                           "Python's `if __name__ == \"__main__\":` guard around its work)") from None
                     records = [on_crash(f)]
                 yield from records
     finally:

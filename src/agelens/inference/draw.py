@@ -10,41 +10,39 @@ GREEN, ORANGE = (0, 200, 0), (255, 140, 0)  # RGB: clean faces, occluded faces
 
 
 def draw(image, faces: Sequence, channels: str = "rgb") -> np.ndarray:
-    """A copy of `image` (HxWx3 uint8, RGB or with channels="bgr" BGR; or a path or Pillow image, read upright as
-    predict reads it, and drawn in RGB) with each face's box and age drawn; faces are FacePredictions or their dicts
-    (`to_dict()`, JSON records). Occluded faces are drawn in orange."""
+    """A copy of `image` with each face's box and age drawn; faces are FacePredictions or their dicts (`to_dict()`,
+    JSON records). Occluded faces are drawn in orange. `image` is what predict reads: an array (RGB, or BGR with
+    channels="bgr", drawn in that order; grey, RGBA, 16-bit and float ones read as `imageio.array_to_rgb` reads
+    them), or a path, encoded bytes, a binary file object or a Pillow image (read upright, drawn in RGB). An image
+    over the pixel limit (`imageio.MAX_PIXELS`) is drawn on at the reduced size predict read it at, so the copy is
+    smaller than the file (the boxes, in file pixels, are scaled to it)."""
     import os
 
     import cv2
     from PIL import Image
 
+    from ..errors import ImageTooLargeError
+    from .. import imageio
+    from ..imageio import FACE_MIN_SIDE, array_to_rgb, decode_image, decode_reduced, read_file, read_pil
+
     if channels not in ("rgb", "bgr"):
         raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
     per_px = 1.0  # file pixels per pixel drawn on: a photo over the pixel limit is drawn on a reduced decode
     if isinstance(image, Image.Image):
-        from ..imageio import read_pil
-
         image, channels = read_pil(image), "rgb"
-    elif isinstance(image, str | os.PathLike):
-        from ..errors import ImageTooLargeError
-        from ..imageio import FACE_MIN_SIDE, load_image, load_reduced
-
+    elif isinstance(image, str | os.PathLike | bytes | bytearray | memoryview) or hasattr(image, "read"):
+        if isinstance(image, str | os.PathLike):
+            data, name = read_file(os.fspath(image)), os.fspath(image)
+        else:
+            data, name = (image.read() if hasattr(image, "read") else image), "<bytes>"
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise TypeError(f"the file object gave {type(data).__name__}, not bytes: open the image in binary mode")
         try:
-            image = load_image(os.fspath(image))
+            image = decode_image(bytes(data), name)
         except ImageTooLargeError:  # as predict reads it (`inference.stream.decode_file`): boxes are in file pixels
-            image, per_px = load_reduced(os.fspath(image), FACE_MIN_SIDE)
+            image, per_px = decode_reduced(bytes(data), FACE_MIN_SIDE, imageio.MAX_PIXELS, name)
         channels = "rgb"
-    img = np.asarray(image)
-    if img.dtype != np.uint8:  # a float image of 0-1 values (matplotlib's) is scaled, not cast to black
-        lo, hi = (float(img.min()), float(img.max())) if img.size else (0.0, 0.0)
-        if img.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-            img = np.round(img * 255.0)
-        elif img.dtype.kind not in "iuf" or lo < 0 or hi > 255:
-            raise ValueError(f"expected uint8 pixel values (or floats in 0-1), got {img.dtype} from {lo} to {hi}")
-        img = img.astype(np.uint8)
-    img = np.ascontiguousarray(img).copy()
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
+    img = array_to_rgb(image).copy()  # RGB or BGR order kept: `channels` says which to draw in
     scale = max(1.0, max(img.shape[:2]) / 600)
     thick = max(1, int(2 * scale))
     for f in faces:

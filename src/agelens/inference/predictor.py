@@ -16,7 +16,7 @@ from ..data.views import centre_views
 from ..errors import AgelensError
 from ..faces.detect import FaceAnalyzer
 from ..faces.realign import SINGLE_VIEW, realigned
-from ..imageio import decode_reduced, load_reduced, read_pil
+from ..imageio import array_to_rgb, decode_reduced, load_reduced, read_pil
 from ..utils import int8_flavor
 from .backends import (  # noqa: F401 (TTA_MODES: public)
     TTA_MODES,
@@ -66,6 +66,11 @@ VIEWS_FROM = 0.5
 
 @dataclass
 class FacePrediction:
+    """One face: box [x1, y1, x2, y2] in the image's pixels, age and its spread (years), the `interval` (90 % unless
+    calibrated otherwise), the detector's score, the model that gave most of the answer (teacher or student),
+    whether landmarks were found; `extra` holds how it was found (`detection`), the occlusion verdict (`occluded`,
+    `occlusion_score`, `student_weight`), the backend and the timing. `to_dict()`: one flat JSON-ready dict."""
+
     box: list[float]
     age: float
     spread: float
@@ -79,6 +84,13 @@ class FacePrediction:
         d = asdict(self)
         d.update(d.pop("extra"))
         return d
+
+    def __eq__(self, other) -> bool:  # the same answer, whatever each took to compute (extra["timing"])
+        if not isinstance(other, FacePrediction):
+            return NotImplemented
+        a, b = self.to_dict(), other.to_dict()
+        a.pop("timing", None), b.pop("timing", None)
+        return a == b
 
 
 ROUTES = ("auto", "teacher", "student")
@@ -138,6 +150,8 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
 def check_device(device: str, backend: str = "auto") -> None:
     """AgelensError where `device` cannot run here: not a torch device, a GPU this machine lacks, or a GPU asked of
     the ONNX backends (they run on the CPU)."""
+    if not isinstance(device, str):
+        raise AgelensError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', got {device!r}")
     if device == "cpu":
         return
     if backend.startswith("onnx"):
@@ -159,7 +173,8 @@ def check_device(device: str, backend: str = "auto") -> None:
 def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
     """(RGB uint8 array, scale) of an image `AgeEstimator.predict` is given: a path or encoded bytes (a large JPEG
     decoded at the size the faces need, `imageio.FACE_MIN_SIDE`: scale = the file's pixels per array pixel), a
-    Pillow image, or an array (RGB, or BGR with channels="bgr"). ImageError / AgelensError name what is wrong."""
+    Pillow image, or an array (RGB, or BGR with channels="bgr"; grey, RGBA, 16-bit and float ones as
+    `imageio.array_to_rgb` reads them). ImageError / AgelensError name what is wrong."""
     if channels not in ("rgb", "bgr"):
         raise AgelensError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
     if isinstance(image, str | Path):
@@ -175,12 +190,21 @@ def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
         rgb, scale = read_pil(image), 1.0  # Pillow's images are RGB (or convert to it): channels is for arrays
     elif image is None or isinstance(image, int | float | complex | bool | dict | set):
         raise TypeError(f"cannot read an image from {type(image).__name__}: give a path, encoded bytes, a binary "
-                        "file object, a Pillow image or an HxWx3 uint8 array")
+                        "file object, a Pillow image or an image array")
+    elif isinstance(image, list | tuple) and image and isinstance(image[0], str | Path | bytes | np.ndarray
+                                                                   | PILImage.Image):
+        raise TypeError(f"predict reads one image, not a {type(image).__name__} of them: predict_many reads several")
     else:
-        rgb, scale = check_rgb(np.asarray(image)), 1.0
-        if channels == "bgr":
-            rgb = np.ascontiguousarray(rgb[..., ::-1])
+        rgb, scale = array_to_rgb(image, channels), 1.0
     return check_rgb(rgb), scale
+
+
+def _unpickled(cls: type, spec: tuple[str, dict], settings: dict):
+    """An estimator `AgeEstimator.__reduce__` pickled, built again from its spec and settings."""
+    build, kwargs = spec
+    est = getattr(cls, build)(**kwargs)
+    est.apply_settings(settings)
+    return est
 
 
 class AgeEstimator:
@@ -241,12 +265,13 @@ class AgeEstimator:
         # from_onnx set it); None: built from objects in memory, so the batch engine's workers only detect
         self.spec: tuple[str, dict] | None = None
 
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
+    def __reduce__(self):
+        """Pickled (for another process: multiprocessing, joblib) as the recipe that built it (`spec`) and its
+        `settings()`, rebuilt there: its model sessions and locks do not travel."""
+        if self.spec is None:
+            raise AgelensError("an estimator built from models in memory (from_model, the constructor) cannot be "
+                               "pickled: build it in each process (from_pretrained or from_onnx)")
+        return _unpickled, (type(self), self.spec, self.settings())
 
     # what a caller may change on a built estimator; worker processes and Ray actors rebuilt from `spec` take them on
     SETTINGS = ("route", "upright", "realign", "student_views", "student_mirror")
@@ -307,6 +332,8 @@ class AgeEstimator:
         if route not in ROUTES:  # before any model loads (an ONNX failure must not hide it)
             raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         check_device(device, backend)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise AgelensError(f"threads must be a whole number of 1 or more (None: all cores), got {threads!r}")
         auto = backend == "auto"
         given = [n for n, shipped_name in ((name_or_path, "teacher"), (student, "student"), (detector, "occlusion"))
                  if n is not None and n != shipped_name]  # models other than the shipped ones
@@ -622,8 +649,10 @@ class AgeEstimator:
                 ) -> list[FacePrediction]:
         """Every face in an image with its age estimate and occlusion verdict. image: a path, encoded image bytes
         (a file's contents), a Pillow image (turned upright by its EXIF orientation, as a file is), or a uint8
-        HxWx3 array: RGB, or BGR with channels="bgr" as OpenCV reads it. Boxes are in the pixels of the image as
-        displayed (a file's EXIF orientation applied)."""
+        HxWx3 array: RGB, or BGR with channels="bgr" as OpenCV reads it (grey, RGBA, 16-bit and float arrays as
+        `imageio.array_to_rgb` reads them). Boxes are in the pixels of the image as displayed (a file's EXIF
+        orientation applied). Raises NoFaceError where the image holds no face (`agelens.NoFaceError`; predict_many
+        and the service answer such an image with no faces), ImageError where it cannot be read."""
         rgb, scale = as_rgb(image, channels)
         with self._lock:
             t0 = time.perf_counter()
