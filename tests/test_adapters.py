@@ -128,7 +128,7 @@ def test_imdbclean_csv(tmp_path):
 
 
 def test_missing_root_is_clear(tmp_path):
-    with pytest.raises(DataError, match="dataset root not found"):
+    with pytest.raises(DataError, match=r"dataset root not found: .*nowhere \(give the folder with data.root=DIR"):
         load_dataset("utkface", tmp_path / "nowhere")
     with pytest.raises(DataError, match="no usable records"):
         load_dataset("utkface", tmp_path)

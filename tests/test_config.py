@@ -44,6 +44,8 @@ def test_bad_values_name_the_key(override, fragment):
 def test_missing_and_invalid_yaml(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="come with the source repository, not the installed package"):
+        load_config("configs/not_shipped_with_the_package.yaml")  # a README example run from another folder
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match=r"not valid YAML \(line 2, column 1\)"):

@@ -409,3 +409,28 @@ def test_realign_finds_the_occluded_face_again_as_predict_does():
     assert kind3 == kind and corrected.shape == again.shape
     assert np.abs(corrected.astype(int) - again.astype(int)).mean() > 1
     assert net._realigned(noise) is noise
+
+
+def test_calibrate_leaves_a_shipped_card_alone_unless_forced(tmp_path):
+    """`agelens calibrate teacher --predictions ...` wrote into the installed package's card (site-packages for a
+    pip user: every user of the install got the new intervals, a reinstall undid them); now refused without
+    --force, and a calibration on few faces says its z is uncertain."""
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from agelens.cli import app
+    from agelens.utils import weights_dir
+
+    card = (weights_dir() / "teacher.json").read_text()
+    name = json.loads(card)["name"]
+    pred, true, spread = _age_dependent_errors(np.random.default_rng(5), 120)
+    f = tmp_path / "val" / "predictions.csv"
+    f.parent.mkdir()
+    pd.DataFrame({"path": [f"{i}.jpg" for i in range(len(pred))], "age": true, "pred": pred, "spread": spread,
+                  "model": name}).to_csv(f, index=False)
+    r = CliRunner().invoke(app, ["calibrate", "teacher", "--predictions", str(f)])
+    assert r.exit_code != 0 and "is a shipped model" in str(r.exception) and "--force" in str(r.exception)
+    assert (weights_dir() / "teacher.json").read_text() == card
+    assert "calibrated on 120 faces" in r.output and '"interval_z"' in r.output  # the record is still reported

@@ -797,6 +797,9 @@ def _evaluated_part(predictions: Path) -> str | None:
     return str(part) if part else None
 
 
+CALIBRATE_ADVISED = 500  # faces: fewer leave a 90 % conformal z uncertain by a few points of coverage
+
+
 @app.command()
 def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safetensors (the card is updated), or a "
                                                       "run folder / .pt (reported only)")],
@@ -809,6 +812,8 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
               occluded: Annotated[bool, typer.Option(help="every face with a synthetic occluder (the student)")] = False,
               level: Annotated[float, typer.Option(help="interval coverage to calibrate for")] = 0.9,
               write: Annotated[bool, typer.Option(help="store interval_z in the model card")] = True,
+              force: Annotated[bool, typer.Option("--force", help="write into a shipped model's card (the installed "
+                                                  "package's own)")] = False,
               quiet: bool = False) -> None:
     """Split-conformal interval calibration: finds z so that age ± z·spread covers LEVEL of held-out ages and
     stores it in the model card (`interval_z`), where predict, the service and the ONNX export read it."""
@@ -842,9 +847,17 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
     else:
         rec = calibrate_model(model, str(config), part, occluded, level, progress=not quiet)
     typer.echo(json.dumps(rec, indent=1))
+    n = int(rec["coverage"]["n"])
+    if n < CALIBRATE_ADVISED:
+        typer.echo(f"note: calibrated on {n} faces; z from fewer than {CALIBRATE_ADVISED} is uncertain (its coverage "
+                   "on new faces may miss the level by several points)", err=True)
     if not write:
         return
     if model in shipped_models():
+        if not force:
+            raise AgelensError(f"not written: {model} is a shipped model and its card is part of the installed package "
+                               f"({weights_dir()}): every user of this install would get the new intervals, and a "
+                               "reinstall undoes them; --force writes it there, --no-write only reports")
         card_p = weights_dir() / f"{model}.json"
     elif Path(model).suffix in (".safetensors", ".json"):
         card_p = Path(model).with_suffix(".json")

@@ -403,7 +403,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+            hint = (" (the configs/ examples come with the source repository, not the installed package: copy one "
+                    "from there, or write your own: its sections and keys are the fields of agelens.config.RunConfig)"
+                    if p.parts[:1] == ("configs",) else "")
+            raise ConfigError(f"config file not found: {p}{hint}")
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

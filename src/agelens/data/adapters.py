@@ -74,7 +74,8 @@ class Listing:
 def _require_dir(root: str | Path) -> Path:
     r = Path(root)
     if not r.exists():
-        raise DataError(f"dataset root not found: {r}")
+        raise DataError(f"dataset root not found: {r} (give the folder with data.root=DIR, on the command line or "
+                        "in the -c config's data section)")
     if not r.is_dir():
         raise DataError(f"dataset root is not a folder: {r}")
     return r
