@@ -328,7 +328,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                                                  "failed too: their records keep the reason)")] = False,
             workers: Annotated[int | None, typer.Option(
                 help="local: processes that each decode, detect and run the models (0: all in this process; "
-                     "default: one per core for 64+ files); ray: actors that each run the whole pipeline "
+                     "default for 64+ files: one per 32 files, up to one per core); ray: actors that each run the whole pipeline "
                      "(default: one per CPU of the Ray)",
                 show_default=False)] = None,
             batch_size: Annotated[int, typer.Option(help="faces per model batch")] = 32,
