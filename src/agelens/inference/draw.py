@@ -21,8 +21,8 @@ def draw(image, faces: Sequence, channels: str = "rgb") -> np.ndarray:
     import cv2
     from PIL import Image
 
-    from ..errors import ImageTooLargeError
     from .. import imageio
+    from ..errors import ImageTooLargeError
     from ..imageio import FACE_MIN_SIDE, array_to_rgb, decode_image, decode_reduced, read_file, read_pil
 
     if channels not in ("rgb", "bgr"):
