@@ -345,3 +345,61 @@ def test_stagewise_distillation_can_continue_from_an_earlier_student(tmp_path):
                                             "config": config_to_dict(other)})
     with pytest.raises(CheckpointError, match="align"):
         student_to_continue(cfg, str(tmp_path / "plain.pt"))
+
+
+def test_distillation_refuses_a_teacher_that_cannot_teach_and_replaces_an_earlier_run(tmp_path):
+    """A teacher with another head, age range or task was loaded into the student with a raw size-mismatch
+    traceback (and a run folder made first); stages out of order ran as given; a fresh run under an earlier one's
+    name kept its stages.pt and best.pt, so a --resume after an early kill skipped to the earlier fine-tuning."""
+    from agelens.config import RunConfig, config_to_dict
+    from agelens.errors import CheckpointError, ConfigError
+    from agelens.models import build_model
+    from agelens.models.checkpoint import save_checkpoint
+    from agelens.train.distill import distill_stages
+
+    cfg = RunConfig(name="kd3", out_dir=str(tmp_path))
+    cfg.model.backbone, cfg.model.pretrained, cfg.model.align = "resnet18", False, "residual"
+    cfg.data.crop_size, cfg.data.input_size = 224, 64
+    cfg.train.batch_size, cfg.train.max_steps_per_epoch, cfg.train.numerics, cfg.train.tta_flip = 4, 1, "fp32", False
+    cfg.distill.stages, cfg.distill.stage_epochs = [4], 1
+    cfg.occlusion.enabled = True
+    for name, change in (("coral", {"head": "coral"}), ("old", {"max_age": 80}), ("bin", {"head": "binary"})):
+        tcfg = RunConfig()
+        tcfg.model.backbone, tcfg.model.pretrained = "resnet18", False
+        for k, v in change.items():
+            setattr(tcfg.model, k, v)
+        save_checkpoint(tmp_path / f"{name}.pt", {"model": build_model(tcfg.model).state_dict(),
+                                                  "config": config_to_dict(tcfg)})
+    cfg.distill.teacher = str(tmp_path / "coral.pt")
+    with pytest.raises(CheckpointError, match=r"does not fit the student.*model.head: 'dldl' \(student\) vs 'coral'"):
+        distill_stages(cfg, _FakeCache(8), _FakeCache(4), log=lambda *_: None)
+    assert not (tmp_path / "kd3").exists()  # refused before the run folder is made
+    cfg.distill.teacher = str(tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"model.max_age: 100 \(student\) vs 80 \(teacher\)"):
+        distill_stages(cfg, _FakeCache(8), _FakeCache(4), log=lambda *_: None)
+    cfg.distill.teacher = str(tmp_path / "bin.pt")
+    with pytest.raises(CheckpointError, match="the teacher must be an age model"):
+        distill_stages(cfg, _FakeCache(8), _FakeCache(4), log=lambda *_: None)
+    for stages in ([4, 1], [2, 2], []):
+        cfg.distill.stages = stages
+        with pytest.raises(ConfigError, match="in increasing order, each once"):
+            cfg.validate()
+    cfg.distill.stages = [4]
+    tcfg = RunConfig()
+    tcfg.model.backbone, tcfg.model.pretrained = "resnet18", False
+    tcfg.data.input_size = 112
+    save_checkpoint(tmp_path / "teacher.pt", {"model": build_model(tcfg.model).state_dict(),
+                                              "config": config_to_dict(tcfg)})
+    cfg.distill.teacher = str(tmp_path / "teacher.pt")
+    run = tmp_path / "kd3"
+    run.mkdir()
+    for f in ("stages.pt", "best.pt", "last.pt"):  # an earlier run's, finished
+        (run / f).write_bytes(b"earlier")
+    (run / "test").mkdir()
+    logged: list[str] = []
+    distill_stages(cfg, _FakeCache(8), _FakeCache(4), log=logged.append)
+    assert any("holds an earlier run (stages.pt, best.pt, last.pt)" in m and "test/ go" in m for m in logged), logged
+    assert any("the teacher was trained on 224 px crops read at 112 px and reads 224 px crops at 64 px" in m
+               for m in logged), logged
+    assert not (run / "best.pt").exists() and not (run / "test").exists()
+    assert (run / "stages.pt").read_bytes() != b"earlier"

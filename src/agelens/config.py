@@ -230,8 +230,13 @@ class RunConfig:
             (t.task in ("age", "occlusion"), f"train.task must be age|occlusion, got {t.task!r}"),
             (t.task == "age" or (self.occlusion.enabled and m.head == "binary"),
              "train.task=occlusion needs occlusion.enabled=true and model.head=binary"),
-            (isinstance(self.distill.stages, list) and all(k in (1, 2, 3, 4) for k in self.distill.stages),
-             f"distill.stages must be a list drawn from 1,2,3,4, got {self.distill.stages!r}"),
+            (isinstance(self.distill.stages, list) and bool(self.distill.stages)
+             and all(k in (1, 2, 3, 4) for k in self.distill.stages)
+             and list(self.distill.stages) == sorted(set(self.distill.stages)),
+             "distill.stages must be stages of 1,2,3,4 in increasing order, each once (the paper's order: each "
+             f"stage is distilled with the earlier ones in place), got {self.distill.stages!r}; to fine-tune on "
+             "occluded faces without stage-wise distillation, train with occlusion.enabled=true and "
+             "model.init_from=TEACHER"),
             (isinstance(self.distill.stage_lrs, list) and len(self.distill.stage_lrs) == 4
              and all(isinstance(v, int | float) and v > 0 for v in self.distill.stage_lrs),
              f"distill.stage_lrs must be 4 positive numbers (stages 1..4), got {self.distill.stage_lrs!r}"),

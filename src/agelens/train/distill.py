@@ -22,9 +22,29 @@ from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.inputs import to_input
 from ..models.weights import frozen_model
 from ..numerics import choose_numerics
-from ..utils import atomic_write_json, seed_everything
+from ..utils import atomic_write_json, exclusive_lock, release_lock, seed_everything
 from .batch import photometric_jitter
-from .engine import occlusion_mix
+from .engine import RUN_CHECKPOINTS, occlusion_mix, replace_earlier_run
+
+# what the student takes over from the teacher whole, so must match (the feature `align` modules are the student's own)
+TEACHER_FITS = ("backbone", "head", "min_age", "max_age", "region_attention")
+STAGE_FILES = ("stages.pt", "stages_last.pt", "distill_history.json")
+
+
+def check_teacher(name: str, tcfg: RunConfig, cfg: RunConfig, log=print) -> None:
+    """CheckpointError where `distill.teacher` cannot be the student's teacher (not an age model, or a model whose
+    weights do not fit the student's `TEACHER_FITS`); a note where it reads crops unlike the ones it trained on."""
+    if tcfg.train.task != "age" or tcfg.model.head == "binary":
+        raise CheckpointError(f"distill.teacher {name!r} is a binary classifier (train.task={tcfg.train.task}, "
+                              f"model.head={tcfg.model.head}): the teacher must be an age model")
+    off = [f"model.{k}: {getattr(cfg.model, k)!r} (student) vs {getattr(tcfg.model, k)!r} (teacher)"
+           for k in TEACHER_FITS if getattr(cfg.model, k) != getattr(tcfg.model, k)]
+    if off:
+        raise CheckpointError(f"distill.teacher {name!r} does not fit the student, which starts from its weights: "
+                              f"{'; '.join(off)}: give the student the teacher's")
+    if (tcfg.data.input_size, tcfg.data.crop_size) != (cfg.data.input_size, cfg.data.crop_size):
+        log(f"note: the teacher was trained on {tcfg.data.crop_size} px crops read at {tcfg.data.input_size} px and "
+            f"reads {cfg.data.crop_size} px crops at {cfg.data.input_size} px here (the student's)")
 
 
 def student_from_teacher(cfg: RunConfig, teacher) -> torch.nn.Module:
@@ -72,13 +92,25 @@ def distill_stages(cfg: RunConfig, train_cache, val_cache, resume: bool = False,
     """Run the stage-wise phase; returns a summary and leaves RUN_DIR/stages.pt (model + config)."""
     d, t = cfg.distill, cfg.train
     run = cfg.run_dir
-    run.mkdir(parents=True, exist_ok=True)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
     seed_everything(t.seed)
     teacher, tcfg = frozen_model(d.teacher)
-    if tcfg.model.backbone != cfg.model.backbone:
-        raise CheckpointError(f"teacher backbone {tcfg.model.backbone} differs from student {cfg.model.backbone}")
+    check_teacher(d.teacher, tcfg, cfg, log)
+    run.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder behind
+    lock = exclusive_lock(run / ".agelens.lock", f"{run} is being written by another training process: wait for "
+                          "it, or distil under another name=", CheckpointError, 0o644)
+    try:
+        if not resume:
+            replace_earlier_run(run, log, STAGE_FILES + RUN_CHECKPOINTS)
+        return _stages(cfg, teacher, train_cache, val_cache, resume, log)
+    finally:
+        release_lock(lock)  # the fine-tuning engine takes it next
+
+
+def _stages(cfg: RunConfig, teacher, train_cache, val_cache, resume: bool, log) -> dict:
+    """`distill_stages` once the teacher is checked and the run folder held."""
+    d, t, run = cfg.distill, cfg.train, cfg.run_dir
     if d.student_init:
         student = student_to_continue(cfg, d.student_init)
         log(f"stage-wise distillation continues from {d.student_init}")

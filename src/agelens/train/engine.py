@@ -9,6 +9,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -169,6 +170,29 @@ def _check_label_range(train: FaceCache, val: FaceCache | None, lo: int, hi: int
             log(f"note: {len(out)} of the {len(ages)} {name} faces are aged outside model.min_age..max_age "
                 f"({lo}-{hi}): {out.min():g} to {out.max():g}; the head reads them at the nearest end of its range "
                 "(model.min_age / model.max_age, at most 0-120, cover them)")
+
+
+RUN_CHECKPOINTS = ("best.pt", "last.pt")
+
+
+def replace_earlier_run(run_dir: Path, log, checkpoints: tuple[str, ...] = RUN_CHECKPOINTS) -> None:
+    """A fresh run under the name of an earlier one replaces it: say so, and remove the earlier run's `checkpoints`
+    and what was made from its model (test metrics, reports), which would otherwise sit beside the new one (and a
+    --resume after an early kill would continue the earlier model under this run's config)."""
+    import shutil
+
+    earlier = [f for f in checkpoints if (run_dir / f).is_file()]
+    if not earlier:
+        return
+    made = sorted(d for d in run_dir.iterdir()
+                  if d.is_dir() and (d.name in ("test", "report") or d.name.startswith("test_")))
+    log(f"warning: {run_dir} holds an earlier run ({', '.join(earlier)}): this run replaces it"
+        + (f", and its {', '.join(d.name + '/' for d in made)} go" if made else "")
+        + " (--resume continues it instead; name= another run keeps it)")
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
+    for f in earlier:
+        (run_dir / f).unlink(missing_ok=True)
 
 
 class Trainer:
@@ -353,22 +377,7 @@ class Trainer:
         atomic_write_text(p, "".join(kept))
 
     def _replace_earlier_run(self) -> None:
-        """A fresh run under the name of an earlier one replaces it: say so, and remove what was made from the
-        earlier model (its test metrics and reports), which would otherwise sit beside the new one."""
-        import shutil
-
-        earlier = [f for f in ("best.pt", "last.pt") if (self.run_dir / f).is_file()]
-        if not earlier:
-            return
-        made = sorted(d for d in self.run_dir.iterdir()
-                      if d.is_dir() and (d.name in ("test", "report") or d.name.startswith("test_")))
-        self.log(f"warning: {self.run_dir} holds an earlier run ({', '.join(earlier)}): this run replaces it"
-                 + (f", and its {', '.join(d.name + '/' for d in made)} go" if made else "")
-                 + " (--resume continues it instead; name= another run keeps it)")
-        for d in made:
-            shutil.rmtree(d, ignore_errors=True)
-        for f in earlier:  # before: kept until this run's first checkpoint, so a --resume after an early kill
-            (self.run_dir / f).unlink(missing_ok=True)  # continued the earlier model under this run's config
+        replace_earlier_run(self.run_dir, self.log)
 
     def _hold_run_dir(self) -> None:
         """An exclusive lock on the run folder for this process (CheckpointError where another training process
