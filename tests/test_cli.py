@@ -139,6 +139,7 @@ def test_evaluate_contract(tmp_path, tiny_checkpoint, astronaut_path):
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert {"n", "mae", "cs5", "cmae", "acc5", "bias_score", "per_bin", "per_gender", "per_race"} <= set(m)
     assert m["n"] == 4 and m["failed"] == 1
+    assert m["route"] == "teacher" and m["student"] is None  # the shipped student answered nothing: not named
     assert set(m["per_bin"]) == {"21-30", "31-40", "41-50", "61+"} and set(m["per_gender"]) == {"male", "female"}
     import pandas as pd
 

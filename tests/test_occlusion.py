@@ -403,3 +403,29 @@ def test_distillation_refuses_a_teacher_that_cannot_teach_and_replaces_an_earlie
                for m in logged), logged
     assert not (run / "best.pt").exists() and not (run / "test").exists()
     assert (run / "stages.pt").read_bytes() != b"earlier"
+
+
+def test_detector_metrics_say_where_the_threshold_came_from_and_what_they_measured(tmp_path):
+    """The detector's test/metrics.json named no run, split or part nor how its threshold was chosen, and its clean
+    row held precision, recall and F1 of 0 (there is nothing occluded among clean faces to find)."""
+    import json
+
+    from agelens.config import RunConfig
+    from agelens.evaluate.detector import evaluate_detector
+    from agelens.models import build_model
+    from agelens.numerics import Numerics
+
+    cfg = RunConfig()
+    cfg.model.backbone, cfg.model.pretrained, cfg.model.head = "resnet18", False, "binary"
+    cfg.data.crop_size, cfg.data.input_size = 224, 64
+    cfg.train.task, cfg.occlusion.enabled, cfg.train.tta_flip = "occlusion", True, False
+    model = build_model(cfg.model).eval()
+    out = evaluate_detector(model, _FakeCache(4), _FakeCache(4), cfg, Numerics("cpu", "fp32", False, "test"),
+                            tmp_path, extra={"run": "runs/det", "split": "s.json", "part": "test"})
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(out))
+    assert (written["run"], written["split"], written["part"]) == ("runs/det", "s.json", "test")
+    assert written["threshold_from"].startswith("chosen on the validation part")
+    assert set(written["clean"]) == {"n", "accuracy", "specificity"} and written["clean"]["n"] == 4
+    given = evaluate_detector(model, None, _FakeCache(4), cfg, Numerics("cpu", "fp32", False, "test"), threshold=0.3)
+    assert given["threshold"] == 0.3 and given["threshold_from"] == "given"

@@ -304,7 +304,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         torch.set_grad_enabled(False)
         m = evaluate_estimator(est, cache, output, occlusion=occ, seed=seed, progress=not quiet, knn=knn_index,
                                embeddings=save_embeddings, bootstrap=bootstrap, adapt=adapt,
-                               extra={"model": est.name, "student": est.student.name if est.student else None,
+                               extra={"model": est.name,  # a student under route teacher answers nothing
+                                      "student": est.student.name if est.student and est.route != "teacher" else None,
                                       "detector": est.detector.name if est.detector else None, **source,
                                       "detect": detect, "bad_rows": len(bad),
                                       **occlusion_info})

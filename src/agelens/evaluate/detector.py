@@ -53,8 +53,13 @@ def detector_scores(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics:
 
 
 def evaluate_detector(model: AgeModel, val: FaceCache | None, test: FaceCache, cfg: RunConfig, numerics: Numerics,
-                      out_dir: str | Path | None = None, threshold: float | None = None) -> dict:
-    """Threshold from validation (clean + Table 7 mix), then test metrics: clean vs each type, clean vs the mix."""
+                      out_dir: str | Path | None = None, threshold: float | None = None, extra: dict | None = None
+                      ) -> dict:
+    """Threshold from validation (clean + Table 7 mix), then test metrics: clean vs each type, clean vs the mix.
+    The clean faces hold no occluded one, so their row is their count and specificity (precision and recall there
+    would be 0 for want of positives); `extra` (run, split, part) is written with the metrics."""
+    source = "given" if threshold is not None else "0.5 (no validation part)" if val is None else \
+        "chosen on the validation part (clean + the occlusion mix)"
     if threshold is None:
         if val is None:
             threshold = 0.5
@@ -64,8 +69,10 @@ def evaluate_detector(model: AgeModel, val: FaceCache | None, test: FaceCache, c
             s1, l1 = detector_scores(model, val, cfg, numerics, mix, seed=12)
             threshold = best_threshold(np.concatenate([s0, s1]), np.concatenate([l0, l1]))
     clean_s, clean_l = detector_scores(model, test, cfg, numerics, None, seed=21)
-    out = {"threshold": threshold, "clean": binary_metrics(clean_s, clean_l, threshold), "per_type": {}}
-    out["clean"]["specificity"] = out["clean"]["accuracy"]
+    clean = binary_metrics(clean_s, clean_l, threshold)
+    out = {**(extra or {}), "threshold": threshold, "threshold_from": source,
+           "clean": {"n": clean["n"], "accuracy": clean["accuracy"],
+                     "specificity": clean["accuracy"]}, "per_type": {}}
     all_s, all_l = [clean_s], [clean_l]
     for k, kind in enumerate(OCCLUSION_TYPES):
         s, lab = detector_scores(model, test, cfg, numerics, OcclusionMix({kind: 1.0}, 0.0), seed=22 + k)

@@ -39,7 +39,8 @@ def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, 
         if cfg.train.task == "occlusion":
             from ..evaluate.detector import evaluate_detector
 
-            test = evaluate_detector(model, caches["val"], caches["test"], cfg, trainer.numerics, cfg.run_dir / "test")
+            test = evaluate_detector(model, caches["val"], caches["test"], cfg, trainer.numerics, cfg.run_dir / "test",
+                                     extra={"run": str(cfg.run_dir), "split": cfg.data.split_file, "part": "test"})
             result["test"] = test
             log(f"occlusion detector: threshold {test['threshold']:.2f}, clean accuracy {test['clean']['accuracy']:.4f}, "
                 f"lowest per-type accuracy {test['min_type_accuracy']:.4f}, all-types AUC {test['all_types']['roc_auc']}")
