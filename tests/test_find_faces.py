@@ -401,6 +401,30 @@ def test_a_group_photo_keeps_the_people_smaller_than_the_one_the_detector_found(
     assert held == list(range(7)), held  # each person once
 
 
+def test_a_small_face_beside_a_large_one_in_a_photo_is_found(analyzer, astronaut, monkeypatch):
+    """A child by an adult close to the camera: on a 1000 px photo the detector finds the large face only, its
+    smallest face is over MORE_FACES_BELOW of the image, so the tiles were never read and the small face was lost;
+    in an image MORE_FACES_MIN_SIDE long the tiles (cut from a halved copy) are read too."""
+    import cv2
+
+    import agelens.faces.detect as D
+    from agelens.inference.predictor import find_and_align
+
+    head = astronaut[30:250, 130:330]
+    scene = np.ascontiguousarray(cv2.resize(astronaut[300:400, 0:100], (1000, 750)))
+    scene[130:614, 60:500] = cv2.resize(head, (440, 484))
+    scene[300:410, 700:800] = cv2.resize(head, (100, 110), interpolation=cv2.INTER_AREA)
+
+    def centres():
+        return sorted(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b, *_ in find_and_align(scene, analyzer, 256))
+
+    found = centres()
+    assert len(found) == 2, found
+    assert 60 <= found[0][0] <= 500 and 700 <= found[1][0] <= 800 and 300 <= found[1][1] <= 410  # image pixels
+    monkeypatch.setattr(D, "MORE_FACES_MIN_SIDE", 10**9)  # the rule before: the test means something
+    assert len(centres()) == 1
+
+
 def test_fill_step_finds_a_face_under_a_flat_patch_on_the_filled_copy(analyzer, astronaut, monkeypatch):
     """A face crop whose middle is under one flat patch: filled in from its surroundings, the detector finds the face
     there; it comes back in the image's pixels, says "padded", is marked for the strict people veto, and counts only

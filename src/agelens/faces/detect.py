@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ImageError
 from .align import align_face, keypoints_from_mesh
-from .blazeface import BlazeFace
+from .blazeface import MODELS, BlazeFace
 from .mesh import LandmarkModel, template_keypoints
 from .mesh import available as fast_mesh_available
 from .native import quiet_native_stderr as _quiet_native_stderr
@@ -160,9 +160,17 @@ TILE_MAX_FACE = 0.25
 # On 300 realocc photos (measure half) it ran on 69 and added 40 faces in 25 of them (at 0.15: 92, 42 in 27), every
 # earlier answer unchanged; of the 42 looked at, 40 were real (masked) faces, 2 a hand. Time on 150 such photos:
 # 13.9 against 10.4 s (`benchmarks/ab_predict.py`), the pass itself 1.8 s, the rest answering the faces it adds.
-# Not covered: a face under a tenth of the image beside one larger (a child by an adult close to the camera).
+# In an image MORE_FACES_MIN_SIDE px long or longer (a phone or camera photo, a web picture) the tiles are read too
+# while the smallest face found is under MORE_FACES_LARGE_BELOW of the long side, cut from a halved copy (cheap on a
+# 12 MP photo): before, a face under a tenth of the image beside a larger one (a child by an adult close to the
+# camera) was lost (benchmarks/small_beside_large.py, docs/small_beside_large.md: a UTKFace face 0.05 of the long side
+# beside one about 0.43 wide on a 1000 px photo, 0 of 30 found, now 29; realocc photos enlarged 2.5 times, 9 more
+# faces in 150 photos, all real, every earlier answer the same; with the full-range model alone on the tiles, 6).
+# Face crops and realocc's own photos (400 px at most) are smaller than the size and read as before.
 MORE_FACES_BELOW = 0.1
 MORE_FACES_GRID = 2
+MORE_FACES_MIN_SIDE = 480
+MORE_FACES_LARGE_BELOW = 0.6
 # The mirror step, for a face crop with one half hidden (a hand, a panel, hair over one side from the nose outwards,
 # which the detector and the mesh miss): the visible half of the image left or right of each of these columns (as a
 # share of the width) completed by its own mirror image, so the detector sees a whole face; a face found there is
@@ -403,12 +411,22 @@ class FaceAnalyzer:
         return _merge(cands)
 
     def detect_tiled(self, rgb: np.ndarray, n: int, overlap: float = TILE_OVERLAP,
-                     max_face: float = TILE_MAX_FACE) -> list[Face]:
-        """`detect` on each of n × n overlapping tiles (each scaled up to the detector's input, so a face of a few
-        pixels becomes one it can see), in image pixels, merged by IoU; faces wider than max_face of the image's
-        width or taller than max_face of its height are dropped."""
+                     max_face: float = TILE_MAX_FACE, halved: bool = False) -> list[Face]:
+        """`detect` on each of n × n overlapping tiles (each scaled to the detector's input, so a face of a few pixels
+        becomes one it can see), in image pixels, merged by IoU; faces wider than max_face of the image's width or
+        taller than max_face of its height are dropped. halved: the tiles of a large image are cut from a copy
+        halved (exact 2 x 2 averages, cheap) while a tile is over twice the full-range model's input: one area
+        resize of a 12 MP photo's tile to the model's input cost more than the model."""
         h, w = rgb.shape[:2]
         tw, th = w / (n - (n - 1) * overlap), h / (n - (n - 1) * overlap)
+        if halved and max(tw, th) > 2 * MODELS[1].size:
+            half = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+            sx, sy = w / half.shape[1], h / half.shape[0]
+            found = self.detect_tiled(half, n, overlap, max_face, halved)
+            for f in found:
+                f.box = (f.box[0] * sx, f.box[1] * sy, min(float(w), f.box[2] * sx), min(float(h), f.box[3] * sy))
+                f.keypoints = f.keypoints * np.array([sx, sy], np.float32)
+            return found
         cands = []
         for i in range(n):
             for j in range(n):
@@ -619,11 +637,14 @@ class FaceAnalyzer:
     def _more_faces(self, rgb: np.ndarray, found: list[Face], verifier: tuple[Verifier, float],
                     crop_size: int) -> list[Face]:
         """Faces of the MORE_FACES_GRID tiles that overlap none of `found` (neither nested nor by IoU), verified,
-        where the smallest found face is under MORE_FACES_BELOW of the long side; [] otherwise."""
+        where the smallest found face is under MORE_FACES_BELOW of the long side, or under MORE_FACES_LARGE_BELOW in
+        an image MORE_FACES_MIN_SIDE long or longer (then tiles of a `halved` copy); [] otherwise."""
         side = max(rgb.shape[:2])
-        if min(f.box[2] - f.box[0] for f in found) >= MORE_FACES_BELOW * side:
+        smallest = min(f.box[2] - f.box[0] for f in found) / side
+        beside_large = MORE_FACES_BELOW <= smallest < MORE_FACES_LARGE_BELOW and side >= MORE_FACES_MIN_SIDE
+        if smallest >= MORE_FACES_BELOW and not beside_large:
             return []
-        new = [t for t in self.detect_tiled(rgb, MORE_FACES_GRID)
+        new = [t for t in self.detect_tiled(rgb, MORE_FACES_GRID, halved=beside_large)
                if not any(iou(t.box, f.box) > 0.1 or inside(t.box, f.box) or inside(f.box, t.box) for f in found)]
         return without_nested(self._verified(rgb, self._with_mesh(rgb, new), *verifier, crop_size)) if new else []
 

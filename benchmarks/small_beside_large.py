@@ -1,0 +1,186 @@
+"""Small faces beside a large one, end to end: the large-image more-faces rule (`faces.detect`, MORE_FACES_MIN_SIDE,
+MORE_FACES_LARGE_BELOW) on and off, in one process, with the shipped models (`AgeEstimator.predict` on JPEG files).
+
+    python benchmarks/small_beside_large.py --pairs 30 --realocc 150 --phone 30 --out docs/small_beside_large
+
+- composites: a UTKFace test photo enlarged to --big px on a 1000 x 750 wall (its own corner, enlarged) and another
+  one beside it, its face SHARE of the long side (a child by an adult close to the camera): how often each face is
+  found (a face found: a predicted box holds its centre);
+- realocc measure-half photos enlarged --factor times with cubic interpolation (scene photos at a phone's or a web
+  picture's size): faces answered, the faces the rule adds (a contact sheet, OUT.png, to look at), and whether every
+  earlier answer stayed the same;
+- the cost: seconds per image with the rule on and off, the two taking turns over --rounds, on the enlarged realocc
+  photos and on --phone All-Age-Faces test photos as 4032 px phone JPEGs (`benchmarks/inference.py --phone`).
+
+"Off" is the rule before it (the tiles read only where the smallest face is under MORE_FACES_BELOW of the long side).
+Writes OUT.json, OUT.md and OUT.png. Run from the repo root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+import agelens.faces.detect as D
+from agelens.data.splits import sample_names, split_part
+from agelens.errors import NoFaceError
+from agelens.inference.predictor import AgeEstimator
+from agelens.utils import atomic_write_json, atomic_write_text
+
+W, H = 1000, 750
+RULE_ON = D.MORE_FACES_MIN_SIDE
+DEFAULT_SHARES = [0.03, 0.04, 0.05, 0.06, 0.08, 0.12]
+
+
+def rule(on: bool) -> None:
+    D.MORE_FACES_MIN_SIDE = RULE_ON if on else 10**9
+
+
+def faces(est: AgeEstimator, path: Path) -> list:
+    try:
+        return est.predict(path)
+    except NoFaceError:
+        return []
+
+
+def holds(preds: list, x: float, y: float) -> bool:
+    return any(p.box[0] <= x <= p.box[2] and p.box[1] <= y <= p.box[3] for p in preds)
+
+
+def composite(big: np.ndarray, small: np.ndarray, share: float, big_side: int, rng: np.random.Generator
+              ) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """The canvas, the large face's centre and the small face's centre (a UTKFace crop's face is about half its
+    width, so the small crop is 2 * share of the long side)."""
+    canvas = cv2.resize(big[:20, :20], (W, H), interpolation=cv2.INTER_LINEAR)
+    y0 = (H - big_side) // 2
+    canvas[y0:y0 + big_side, 60:60 + big_side] = cv2.resize(big, (big_side, big_side), interpolation=cv2.INTER_CUBIC)
+    s = max(8, int(round(2 * share * W)))
+    x = int(rng.integers(60 + big_side + 20, W - s))
+    y = int(rng.integers(40, H - s - 40))
+    canvas[y:y + s, x:x + s] = cv2.resize(small, (s, s), interpolation=cv2.INTER_AREA)
+    return canvas, (60 + big_side / 2, y0 + big_side / 2), (x + s / 2, y + s / 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--split", default="splits/utkface_seed0.json")
+    ap.add_argument("--root", type=Path, default=Path("../shared/data/utkface"))
+    ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--pairs", type=int, default=30)
+    ap.add_argument("--shares", type=float, nargs="+", default=DEFAULT_SHARES)
+    ap.add_argument("--big", type=int, default=480, help="the large face's crop side, px (its face: about half)")
+    ap.add_argument("--realocc", type=int, default=150)
+    ap.add_argument("--factor", type=float, default=2.5)
+    ap.add_argument("--phone", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/small_beside_large")
+    a = ap.parse_args()
+    from inference import phone_sample, realocc_sample
+
+    t0 = time.time()
+    est = AgeEstimator.from_pretrained()
+    names = sample_names(sorted(split_part(a.split, "test")), 2 * a.pairs, a.seed)
+    photos = [cv2.cvtColor(cv2.imread(str(a.root / n)), cv2.COLOR_BGR2RGB) for n in names]
+    res: dict = {"composites": {}, "backend": est.backend}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        path = work / "c.jpg"
+        for share in a.shares:
+            rng = np.random.default_rng((a.seed, int(share * 1000)))
+            made = [composite(photos[2 * i], photos[2 * i + 1], share, a.big, rng) for i in range(a.pairs)]
+            row = {}
+            for on in (False, True):
+                rule(on)
+                small = big = 0
+                for canvas, cb, cs in made:
+                    cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+                    preds = faces(est, path)
+                    big += holds(preds, *cb)
+                    small += holds(preds, *cs)
+                row["on" if on else "off"] = {"small_found": small, "large_found": big, "n": a.pairs}
+            res["composites"][str(share)] = row
+            print(share, row, flush=True)
+        ups = []
+        for i, f in enumerate(realocc_sample(a.shared, a.realocc, a.seed)):
+            p = work / f"realocc_{i:04d}.jpg"
+            im = cv2.imread(f)
+            cv2.imwrite(str(p), cv2.resize(im, None, fx=a.factor, fy=a.factor, interpolation=cv2.INTER_CUBIC),
+                        [cv2.IMWRITE_JPEG_QUALITY, 92])
+            ups.append(p)
+        phone = phone_sample(a.shared, a.phone, a.seed, work)[0] if a.phone else []
+        timing: dict = {}
+        answers: dict = {}
+        for r in range(a.rounds):
+            for on in ((False, True) if r % 2 == 0 else (True, False)):
+                rule(on)
+                for name, files in (("realocc", ups), ("phone", phone)):
+                    if not files:
+                        continue
+                    t = time.perf_counter()
+                    out = {p: faces(est, p) for p in files}
+                    timing.setdefault(name, {}).setdefault("on" if on else "off", []).append(
+                        round((time.perf_counter() - t) / len(files) * 1000, 1))
+                    answers.setdefault((name, on), out)
+        rule(True)
+        added, changed, sheet = 0, 0, []
+        before, after = answers[("realocc", False)], answers[("realocc", True)]
+        for p in ups:
+            old = [q.box for q in before[p]]
+            new = [q for q in after[p] if q.box not in old]
+            changed += sorted(round(q.age, 3) for q in before[p]) != sorted(
+                round(q.age, 3) for q in after[p] if q.box in old)
+            added += len(new)
+            if new:
+                im = cv2.imread(str(p))
+                for q in new:
+                    x0, y0, x1, y1 = (int(v) for v in q.box)
+                    crop = im[max(0, y0):y1, max(0, x0):x1]
+                    if crop.size:
+                        sheet.append(cv2.resize(crop, (96, 96)))
+        res["realocc"] = {"photos": len(ups), "factor": a.factor,
+                          "faces_off": sum(len(v) for v in before.values()),
+                          "faces_on": sum(len(v) for v in after.values()), "added": added,
+                          "photos_with_earlier_answers_changed": changed}
+        if phone:
+            res["phone"] = {"photos": len(phone), "faces_off": sum(len(v) for v in answers[("phone", False)].values()),
+                            "faces_on": sum(len(v) for v in answers[("phone", True)].values())}
+    res["ms_per_image"] = {k: {m: {"runs": v, "median": round(float(np.median(v)), 1)} for m, v in d.items()}
+                           for k, d in timing.items()}
+    cmd = (f"python benchmarks/small_beside_large.py --pairs {a.pairs} --realocc {a.realocc} --factor {a.factor} "
+           f"--phone {a.phone} --rounds {a.rounds} --seed {a.seed} --out {a.out}"
+           + (f" --shares {' '.join(map(str, a.shares))}" if a.shares != DEFAULT_SHARES else ""))
+    res["command"], res["seconds"] = cmd, round(time.time() - t0)
+    if sheet:
+        sheet += [np.zeros_like(sheet[0])] * (-len(sheet) % 10)
+        cv2.imwrite(f"{a.out}.png", np.vstack([np.hstack(sheet[j:j + 10]) for j in range(0, len(sheet), 10)]))
+    atomic_write_json(Path(f"{a.out}.json"), res)
+    lines = ["# Small faces beside a large one", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
+             f"Command: `{cmd}` (backend {est.backend}, {res['seconds']} s)", "",
+             f"Composites ({a.pairs} per row, the large face's crop {a.big} px on a {W} x {H} photo):", "",
+             "| small face, share of the long side | small found, off | small found, on | large found, off | "
+             "large found, on |", "|---|---|---|---|---|"]
+    for share, row in res["composites"].items():
+        lines.append(f"| {share} | {row['off']['small_found']}/{a.pairs} | {row['on']['small_found']}/{a.pairs} | "
+                     f"{row['off']['large_found']}/{a.pairs} | {row['on']['large_found']}/{a.pairs} |")
+    r = res["realocc"]
+    lines += ["", f"realocc measure half enlarged {a.factor} times: {r['photos']} photos, faces answered "
+              f"{r['faces_off']} off, {r['faces_on']} on ({r['added']} added: `{Path(a.out).name}.png`); photos "
+              f"whose earlier answers changed: {r['photos_with_earlier_answers_changed']}."]
+    if phone:
+        lines += [f"Phone photos: {res['phone']['photos']}, faces answered {res['phone']['faces_off']} off, "
+                  f"{res['phone']['faces_on']} on."]
+    lines += ["", "| images | ms per image, off | ms per image, on | runs off | runs on |", "|---|---|---|---|---|"]
+    for k, d in res["ms_per_image"].items():
+        lines.append(f"| {k} | {d['off']['median']} | {d['on']['median']} | {d['off']['runs']} | {d['on']['runs']} |")
+    atomic_write_text(Path(f"{a.out}.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
