@@ -51,13 +51,23 @@ def test_arrays_of_other_kinds_read_as_the_same_pixels(est, astronaut):
             est.predict(bad)
 
 
-def test_common_mistakes_are_named(est, astronaut):
+def test_common_mistakes_are_named(est, astronaut, tmp_path):
     with pytest.raises(TypeError, match="predict_many reads several"):
         est.predict([str(AST_JPG), str(AST_JPG)])
     with pytest.raises(agelens.ImageError, match="a URL; agelens reads files and does not download"):
         est.predict("https://example.com/face.jpg")
     with pytest.raises(agelens.NoFaceError):
         est.predict(np.full((120, 120, 3), 128, np.uint8))
+    import io
+
+    stream = io.BytesIO(AST_JPG.read_bytes())
+    est.predict(stream)
+    with pytest.raises(agelens.ImageError, match=r"already read to its end \(seek\(0\)"):
+        est.predict(stream)  # a second read of the same stream
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "stages.pt").write_bytes(b"x")  # a distillation whose fine-tuning has not run
+    with pytest.raises(AgelensError, match="holds no best.pt .* is its stage-wise student; give that file"):
+        agelens.AgeEstimator.from_pretrained(str(tmp_path / "run"), backend="torch")
 
 
 def test_predictions_compare_by_their_answer_and_the_estimator_pickles(est, astronaut):

@@ -540,3 +540,24 @@ def test_predict_runs_an_export_named_on_the_command_line(onnx_dir, astronaut_pa
     assert faces and faces[0]["backend"].startswith("onnx")
     r = CliRunner().invoke(app, ["predict", str(astronaut_path), "--onnx-dir", str(onnx_dir), "--backend", "torch"])
     assert r.exit_code != 0 and "--onnx-dir runs an ONNX export" in str(r.exception)
+
+
+def test_exported_weights_carry_every_test_part_the_run_measured(tmp_path):
+    """A student's card held its clean test metrics only, not test_occluded/ (the faces it is for), nor a run's
+    extra datasets' test parts."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from agelens.cli import app
+
+    run = tmp_path / "run"
+    _tiny_pt(run / "best.pt", "model.head=dldl")
+    for part, mae in (("test", 5.0), ("test_occluded", 7.5), ("test_aaf", 6.0)):
+        (run / part).mkdir()
+        (run / part / "metrics.json").write_text(json.dumps({"mae": mae}))
+    r = CliRunner().invoke(app, ["export", "weights", str(run), "--name", "mine", "--output", str(tmp_path / "w")])
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "w" / "mine.json").read_text())
+    assert card["test_metrics"] == {"mae": 5.0}
+    assert card["more_test_metrics"] == {"test_aaf": {"mae": 6.0}, "test_occluded": {"mae": 7.5}}

@@ -675,6 +675,10 @@ def export_weights_cmd(run: Annotated[Path, typer.Argument(help="run folder (bes
     test_p = ck.parent / "test" / "metrics.json"
     card = {"source_checkpoint": str(ck), "test_metrics": json.loads(test_p.read_text()) if test_p.is_file() else None,
             "licence": licence or _data_licence(cfg)}
+    more = {d.name: json.loads((d / "metrics.json").read_text()) for d in sorted(ck.parent.glob("test_*"))
+            if (d / "metrics.json").is_file()}  # the occluded test faces (a student), each extra dataset's test part
+    if more:
+        card["more_test_metrics"] = more
     if cfg.model.head == "binary":  # the occlusion detector ships with its validation-chosen threshold
         card["threshold"] = float((card["test_metrics"] or {}).get("threshold", 0.5))
     p = export_weights(model, cfg, output or weights_dir(), name, card)

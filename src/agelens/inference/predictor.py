@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ..data.views import centre_views
-from ..errors import AgelensError
+from ..errors import AgelensError, ImageError
 from ..faces.detect import FaceAnalyzer
 from ..faces.realign import SINGLE_VIEW, realigned
 from ..imageio import array_to_rgb, decode_reduced, load_reduced, read_pil
@@ -185,6 +185,9 @@ def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
         data = image.read()
         if not isinstance(data, bytes | bytearray):
             raise TypeError(f"the file object gave {type(data).__name__}, not bytes: open the image in binary mode")
+        if not data:
+            raise ImageError("the file object gave no bytes: empty, or already read to its end (seek(0) to read it "
+                             "again)")
         rgb, scale = decode_reduced(bytes(data))
     elif isinstance(image, PILImage.Image):
         rgb, scale = read_pil(image), 1.0  # Pillow's images are RGB (or convert to it): channels is for arrays

@@ -61,6 +61,9 @@ def resolve_model(name_or_path: str | None = None) -> tuple[AgeModel, RunConfig,
     target = name_or_path or DEFAULT_MODEL
     p = Path(target)
     if p.is_dir():
+        if not (p / "best.pt").is_file() and (p / "stages.pt").is_file():
+            raise CheckpointError(f"{p} holds no best.pt (its fine-tuning has not run or finished): {p / 'stages.pt'} "
+                                  "is its stage-wise student; give that file")
         p = p / "best.pt"
     if p.suffix == ".pt" or (p.is_file() and p.suffix not in (".safetensors", ".json")):
         model, cfg = model_from_checkpoint(p)
