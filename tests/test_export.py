@@ -507,8 +507,12 @@ def test_an_export_is_made_whole_or_not_at_all_and_each_role_checked(tmp_path, m
         export_all(mine, {"teacher": age}, int8="none", log=quiet)
     with pytest.raises(AgelensError, match="cannot be the teacher: it is a binary crop classifier"):
         export_all(tmp_path / "r1", {"teacher": str(tmp_path / "det")}, int8="none", log=quiet)
-    with pytest.raises(AgelensError, match="cannot be the occlusion: it is an age model"):
-        export_all(tmp_path / "r2", {"teacher": age, "occlusion": age}, int8="none", log=quiet)
+    import agelens.export.onnx as onnx_export
+
+    with monkeypatch.context() as m:  # every role is checked before any model is exported
+        m.setattr(onnx_export, "export_model", lambda *a, **k: pytest.fail("a model was exported first"))
+        with pytest.raises(AgelensError, match="cannot be the occlusion: it is an age model"):
+            export_all(tmp_path / "r2", {"teacher": age, "occlusion": age}, int8="none", log=quiet)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
     # a graph named as an int8 copy that the manifest does not list is not run
     import shutil

@@ -147,6 +147,25 @@ class ExportGraph(nn.Module):
         return age, spread
 
 
+def model_kind(cfg) -> str:
+    """"age", or "occlusion" for any binary crop classifier (the kinds of `utils.role_fits`)."""
+    return "occlusion" if cfg.model.head == "binary" else "age"
+
+
+def check_roles(models: dict[str, str]) -> None:
+    """AgelensError naming the first model that cannot serve its role (`utils.role_fits`), before any is exported."""
+    from ..models.weights import resolve_model
+
+    for role, src in models.items():
+        cfg = resolve_model(src)[1]
+        kind, task = model_kind(cfg), cfg.train.task
+        if not role_fits(role, kind, task):
+            raise AgelensError(f"{src} cannot be the {role}: it is " + ("an age model" if kind == "age" else
+                               f"a binary crop classifier of {task!r}")
+                               + (" (the occlusion detector is a binary classifier trained on train.task occlusion)"
+                                  if role == "occlusion" else ""))
+
+
 def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = None, guards: bool = True,
                  fold_padding: bool = True) -> dict:
     """Export one model (shipped name, .safetensors, .pt or run folder) to ONNX fp32; returns its metadata.
@@ -158,7 +177,7 @@ def export_model(name_or_path: str, out_path: str | Path, tta: bool | None = Non
     from ..occlusion.detector import card_threshold
 
     model, cfg, card = resolve_model(name_or_path)
-    kind = "occlusion" if cfg.model.head == "binary" else "age"
+    kind = model_kind(cfg)
     tta = (kind == "age") if tta is None else tta
     with_guards = guards and getattr(model, "guards", None) is not None
     src = weights_dir() / f"{name_or_path}.safetensors"
@@ -388,6 +407,7 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
         raise AgelensError(f"{final} holds other files (and no manifest.json of an earlier export, which would be "
                            "replaced): give a new or empty folder")
     models = models or {r: r for r in SHIPPED if r in shipped_models()}
+    check_roles(models)  # every role before the first export (before: a wrong detector, after the age models' minute)
     # the whole export is made in a staging folder beside it and swapped in at the end: an export cut short leaves
     # the earlier one as it was, and no graph of an earlier export (an int8 copy) outlives it
     out = staging_dir(final, "export-")
@@ -427,11 +447,6 @@ def _export_into(out: Path, models: dict[str, str], int8: str, calibration, n_ca
     for role, src in models.items():
         p = out / f"{role}.onnx"
         meta = export_model(src, p)
-        if not role_fits(role, meta["kind"], meta["task"]):
-            raise AgelensError(f"{src} cannot be the {role}: it is " + ("an age model" if meta["kind"] == "age" else
-                               f"a binary crop classifier of {meta['task']!r}")
-                               + (" (the occlusion detector is a binary classifier trained on train.task occlusion)"
-                                  if role == "occlusion" else ""))
         entry = {"fp32": p.name, **meta}
         log(f"{role}: {p.name} ({p.stat().st_size / 1e6:.1f} MB)")
         if meta["kind"] == "age" and meta["tta"]:  # the single-view graph `--no-tta` runs (half the work)
