@@ -493,6 +493,9 @@ def test_an_export_is_made_whole_or_not_at_all_and_each_role_checked(tmp_path, m
     export_all(d, {"teacher": age, "occlusion": str(tmp_path / "det")}, int8="none", log=quiet)
     assert not (d / "teacher.int8.onnx").exists() and (d / "occlusion.onnx").is_file()
     assert OnnxModel(d / "occlusion.onnx").threshold == 0.55  # the run's own threshold (before: 0.5)
+    notes: list[str] = []  # int8 asked of an export without int8 graphs: fp32 runs, and the user is told why
+    assert AgeEstimator.from_pretrained(backend="onnx-int8", onnx_dir=d, log=notes.append).backend == "onnx-fp32"
+    assert any("graphs for this CPU" in n and "its fp32 graphs run" in n for n in notes), notes
 
     def cut(_):
         raise RuntimeError("killed")

@@ -431,6 +431,9 @@ class AgeEstimator:
             animal.ensure_export(log)
         models = load_onnx_models(d, flavor or precision, threads, tta)
         t = models["teacher"]
+        if precision == "int8" and t.precision != "int8" and log is not None:
+            log(f"note: {d} holds no {flavor} graphs for this CPU (an export made with --int8 none, or for another "
+                "CPU's int8 flavour): its fp32 graphs run")
         est = cls(t, models.get("student"), models.get("occlusion"), route, cache_size, "cpu", f"onnx-{t.precision}",
                   models.get("faceness"), t.tta_spread,  # the loader leaves a cut only where "auto" uses it
                   models.get("faceness_photo"), models.get("faceness_bands"))
