@@ -214,6 +214,16 @@ def image_size(path: str | Path) -> tuple[int, int]:
             return im.size
 
 
+def decode_whole(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, float]:
+    """(RGB uint8, scale): the image whole, or where whole it would be over MAX_PIXELS decoded reduced as predict
+    reads it (`decode_reduced` to FACE_MIN_SIDE; scale = the file's pixels per array pixel): what a result is drawn
+    on (a 108 MP phone JPEG is drawn on at its reduced size rather than refused)."""
+    try:
+        return decode_reduced(data, None, MAX_PIXELS, name)
+    except ImageTooLargeError:
+        return decode_reduced(data, FACE_MIN_SIDE, MAX_PIXELS, name)
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file to RGB uint8, raising ImageError naming the file and the problem."""
     return decode_image(read_file(path), str(path))

@@ -21,9 +21,7 @@ def draw(image, faces: Sequence, channels: str = "rgb") -> np.ndarray:
     import cv2
     from PIL import Image
 
-    from .. import imageio
-    from ..errors import ImageTooLargeError
-    from ..imageio import FACE_MIN_SIDE, array_to_rgb, decode_image, decode_reduced, read_file, read_pil
+    from ..imageio import array_to_rgb, decode_whole, read_file, read_pil
 
     if channels not in ("rgb", "bgr"):
         raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
@@ -37,10 +35,7 @@ def draw(image, faces: Sequence, channels: str = "rgb") -> np.ndarray:
             data, name = (image.read() if hasattr(image, "read") else image), "<bytes>"
             if not isinstance(data, bytes | bytearray | memoryview):
                 raise TypeError(f"the file object gave {type(data).__name__}, not bytes: open the image in binary mode")
-        try:
-            image = decode_image(bytes(data), name)
-        except ImageTooLargeError:  # as predict reads it (`inference.stream.decode_file`): boxes are in file pixels
-            image, per_px = decode_reduced(bytes(data), FACE_MIN_SIDE, imageio.MAX_PIXELS, name)
+        image, per_px = decode_whole(bytes(data), name)  # as predict reads it: boxes are in file pixels
         channels = "rgb"
     img = array_to_rgb(image).copy()  # RGB or BGR order kept: `channels` says which to draw in
     scale = max(1.0, max(img.shape[:2]) / 600)

@@ -72,16 +72,10 @@ def decode_file(path: str, reduce: bool = True) -> tuple[np.ndarray, float]:
     """(RGB, scale): a large JPEG decoded at the size the faces need (`imageio.decode_reduced`) unless
     reduce=False (the image is kept to draw on): then whole, or reduced all the same where whole it would be over
     the pixel limit (a 108 MP phone JPEG is answered, and drawn on at that size, rather than refused)."""
-    from ..errors import ImageTooLargeError
-    from ..imageio import FACE_MIN_SIDE, load_reduced
+    from ..imageio import decode_whole, load_reduced, read_file
     from .finding import check_rgb
 
-    try:
-        rgb, scale = load_reduced(path, FACE_MIN_SIDE if reduce else None)
-    except ImageTooLargeError:
-        if reduce:
-            raise
-        rgb, scale = load_reduced(path, FACE_MIN_SIDE)
+    rgb, scale = load_reduced(path) if reduce else decode_whole(read_file(path), path)
     return check_rgb(rgb), scale
 
 
