@@ -202,14 +202,6 @@ def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
     return check_rgb(rgb), scale
 
 
-def _unpickled(cls: type, spec: tuple[str, dict], settings: dict):
-    """An estimator `AgeEstimator.__reduce__` pickled, built again from its spec and settings."""
-    build, kwargs = spec
-    est = getattr(cls, build)(**kwargs)
-    est.apply_settings(settings)
-    return est
-
-
 class AgeEstimator:
     """Load once, call `predict(image)` many times.
 
@@ -274,7 +266,9 @@ class AgeEstimator:
         if self.spec is None:
             raise AgelensError("an estimator built from models in memory (from_model, the constructor) cannot be "
                                "pickled: build it in each process (from_pretrained or from_onnx)")
-        return _unpickled, (type(self), self.spec, self.settings())
+        from .stream import built
+
+        return built, (type(self), self.spec, self.settings())
 
     # what a caller may change on a built estimator; worker processes and Ray actors rebuilt from `spec` take them on
     SETTINGS = ("route", "upright", "realign", "student_views", "student_mirror")

@@ -158,18 +158,24 @@ _worker_error: str | None = None
 CHUNK = 8  # consecutive files whose faces are verified and estimated in one model batch
 
 
-def rebuild(cls: type, spec: tuple[str, dict], settings: dict | None = None):
-    """The caller's estimator in a worker process or Ray actor: `cls` (the caller's AgeEstimator class, passed in
-    so this module needs no import of it) built from its spec with one thread per model, OpenCV's warps and
-    resizes on one thread too (the workers share the cores), and the caller's `settings()`."""
-    import cv2
-
-    cv2.setNumThreads(1)
+def built(cls: type, spec: tuple[str, dict], settings: dict | None = None, **more):
+    """An estimator built from its spec (`AgeEstimator.spec`: the classmethod and its arguments, plus `more`) with
+    the `settings()` of the one it copies: what `AgeEstimator` pickles as."""
     build, kwargs = spec
-    est = getattr(cls, build)(**kwargs, threads=1)
+    est = getattr(cls, build)(**kwargs, **more)
     if settings:
         est.apply_settings(settings)
     return est
+
+
+def rebuild(cls: type, spec: tuple[str, dict], settings: dict | None = None):
+    """The caller's estimator in a worker process or Ray actor: `cls` (the caller's AgeEstimator class, passed in
+    so this module needs no import of it) `built` with one thread per model, OpenCV's warps and resizes on one
+    thread too (the workers share the cores), and the caller's `settings()`."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return built(cls, spec, settings, threads=1)
 
 
 def _init_pipeline(cls: type, spec: tuple[str, dict]) -> None:
