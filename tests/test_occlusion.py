@@ -429,3 +429,42 @@ def test_detector_metrics_say_where_the_threshold_came_from_and_what_they_measur
     assert set(written["clean"]) == {"n", "accuracy", "specificity"} and written["clean"]["n"] == 4
     given = evaluate_detector(model, None, _FakeCache(4), cfg, Numerics("cpu", "fp32", False, "test"), threshold=0.3)
     assert given["threshold"] == 0.3 and given["threshold_from"] == "given"
+
+
+def test_a_resumed_distillation_keeps_the_numerics_it_started_with(tmp_path, monkeypatch):
+    """With train.numerics auto, each resume probed again (fp32, bf16, fp32 across one run and its resumes under
+    load); the stages' checkpoint now carries the numerics chosen, and a resume refused for other settings is
+    refused before the probe."""
+    import agelens.train.distill as distill
+    from agelens.config import RunConfig, config_to_dict
+    from agelens.errors import ConfigError
+    from agelens.models import build_model
+    from agelens.models.checkpoint import load_checkpoint, save_checkpoint
+    from agelens.numerics import Numerics
+
+    cfg = RunConfig(name="kd4", out_dir=str(tmp_path))
+    cfg.model.backbone, cfg.model.pretrained, cfg.model.align = "resnet18", False, "residual"
+    cfg.data.crop_size, cfg.data.input_size = 224, 64
+    cfg.train.batch_size, cfg.train.max_steps_per_epoch, cfg.train.tta_flip = 4, 1, False
+    cfg.distill.stages, cfg.distill.stage_epochs = [3, 4], 1
+    cfg.occlusion.enabled = True
+    tcfg = RunConfig()
+    tcfg.model.backbone, tcfg.model.pretrained = "resnet18", False
+    save_checkpoint(tmp_path / "t.pt", {"model": build_model(tcfg.model).state_dict(), "config": config_to_dict(tcfg)})
+    cfg.distill.teacher = str(tmp_path / "t.pt")
+    probed = []
+    monkeypatch.setattr(distill, "choose_numerics", lambda *a, **k: probed.append(1) or Numerics("cpu", "fp32", False,
+                                                                                                  "the probe"))
+    distill.distill_stages(cfg, _FakeCache(8), _FakeCache(4), log=lambda *_: None)
+    ck_path = tmp_path / "kd4" / "stages_last.pt"
+    ck = load_checkpoint(ck_path)
+    assert ck["numerics"]["reason"] == "the probe" and len(probed) == 1
+    ck["done"], ck["history"] = ck["done"][:1], ck["history"][:1]  # as if killed after stage 3
+    save_checkpoint(ck_path, ck)
+    logged: list[str] = []
+    distill.distill_stages(cfg, _FakeCache(8), _FakeCache(4), resume=True, log=logged.append)
+    assert len(probed) == 1 and any("as the distillation started" in m for m in logged), logged
+    cfg.distill.stage_lrs = [1e-3, 1e-3, 2e-3, 1e-3]
+    with pytest.raises(ConfigError, match="distilled with other settings"):
+        distill.distill_stages(cfg, _FakeCache(8), _FakeCache(4), resume=True, log=lambda *_: None)
+    assert len(probed) == 1  # refused before any probe

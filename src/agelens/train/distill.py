@@ -21,7 +21,7 @@ from ..models import build_model
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.inputs import to_input
 from ..models.weights import frozen_model
-from ..numerics import choose_numerics
+from ..numerics import Numerics, choose_numerics
 from ..utils import atomic_write_json, exclusive_lock, release_lock, seed_everything
 from .batch import photometric_jitter
 from .engine import RUN_CHECKPOINTS, occlusion_mix, replace_earlier_run
@@ -120,7 +120,21 @@ def _stages(cfg: RunConfig, teacher, train_cache, val_cache, resume: bool, log) 
     def probe_loss(m, x, y):
         return m.head.loss(m(x), y)
 
-    numerics = choose_numerics(t, student, probe_loss, cfg.data.input_size)
+    done: list[tuple[int, int]] = []
+    history: list[dict] = []
+    ck_path, ck, numerics = run / "stages_last.pt", None, None
+    if resume and ck_path.is_file():  # checked before the numerics probe: a refused resume costs nothing
+        ck = load_checkpoint(ck_path)
+        from ..config import refuse_resume_changes
+
+        refuse_resume_changes(ck.get("config"), cfg, ck_path, "distilled")  # another teacher, other stage rates
+        student.load_state_dict(ck["model"])
+        done, history = [tuple(x) for x in ck["done"]], ck["history"]
+        log(f"resumed stage-wise distillation after {done[-1] if done else 'nothing'}")
+        if ck.get("numerics") and "auto" in (t.numerics, t.channels_last):  # a probe per resume had switched them
+            was = ck["numerics"]
+            numerics = Numerics(was["device"], was["dtype"], bool(was["channels_last"]), "as the distillation started")
+    numerics = numerics or choose_numerics(t, student, probe_loss, cfg.data.input_size)
     dev = numerics.device
     for m in (teacher, student):
         m.to(dev)
@@ -137,23 +151,12 @@ def _stages(cfg: RunConfig, teacher, train_cache, val_cache, resume: bool, log) 
     dl = DataLoader(ds, batch_size=t.batch_size, shuffle=True, generator=gen, num_workers=cfg.data.num_workers,
                     drop_last=len(ds) > t.batch_size)  # fresh workers each epoch: set_epoch reaches them
     mean, std = student.mean_std
-    done: list[tuple[int, int]] = []
-    history: list[dict] = []
-    ck_path = run / "stages_last.pt"
-    if resume and ck_path.is_file():
-        ck = load_checkpoint(ck_path)
-        from ..config import refuse_resume_changes
-
-        refuse_resume_changes(ck.get("config"), cfg, ck_path, "distilled")  # another teacher, other stage rates
-        student.load_state_dict(ck["model"])
-        done, history = [tuple(x) for x in ck["done"]], ck["history"]
-        log(f"resumed stage-wise distillation after {done[-1] if done else 'nothing'}")
     jitter_gen = torch.Generator()
     val_idx = np.arange(min(len(val_cache), cfg.data.max_eval or len(val_cache)))
     for k in d.stages:
         params = _set_stage_trainable(student, k)
         opt = torch.optim.Adam(params, lr=d.stage_lrs[k - 1])
-        if resume and ck_path.is_file() and ck.get("stage") == k and ck.get("optimizer"):
+        if ck is not None and ck.get("stage") == k and ck.get("optimizer"):
             opt.load_state_dict(ck["optimizer"])
         for epoch in range(d.stage_epochs):
             if (k, epoch) in done:
@@ -192,12 +195,13 @@ def _stages(cfg: RunConfig, teacher, train_cache, val_cache, resume: bool, log) 
             done.append((k, epoch))
             log(json.dumps(row))
             save_checkpoint(ck_path, {"model": student.state_dict(), "optimizer": opt.state_dict(), "stage": k,
-                                      "done": done, "history": history, "config": config_to_dict(cfg)})
+                                      "done": done, "history": history, "config": config_to_dict(cfg),
+                                      "numerics": numerics.as_dict()})
     student.cpu().to(memory_format=torch.contiguous_format)
     save_checkpoint(run / "stages.pt", {"model": student.state_dict(), "config": config_to_dict(cfg),
-                                        "history": history})
+                                        "history": history, "numerics": numerics.as_dict()})
     atomic_write_json(run / "distill_history.json", history)
-    return {"stages": history}
+    return {"stages": history, "numerics": numerics.as_dict()}
 
 
 def distill_and_finetune(cfg: RunConfig, resume: bool = False, progress: bool = True, log=print) -> dict:
@@ -210,6 +214,13 @@ def distill_and_finetune(cfg: RunConfig, resume: bool = False, progress: bool = 
     summary = {} if stages_done else distill_stages(cfg, caches["train"], caches["val"], resume=resume, log=log)
     if not cfg.distill.finetune:
         return summary
+    chosen = summary.get("numerics") or load_checkpoint(cfg.run_dir / "stages.pt").get("numerics")
+    if chosen and cfg.train.numerics == "auto":  # the fine-tuning at the stages' numerics: one recipe, one precision
+        cfg.train.numerics = chosen["dtype"]
+        if cfg.train.channels_last == "auto":
+            cfg.train.channels_last = "on" if chosen["channels_last"] else "off"
+        log(f"fine-tuning at the stage-wise phase's numerics: {chosen['dtype']}, channels_last="
+            f"{chosen['channels_last']}")
     cfg.model.init_from = str(cfg.run_dir / "stages.pt")
     cfg.model.pretrained = False
     ft_resume = resume and (cfg.run_dir / "last.pt").is_file()
