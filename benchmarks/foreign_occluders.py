@@ -16,6 +16,10 @@ Kinds:
 
     python benchmarks/foreign_occluders.py --part val --n 150 --seed 11 --out runs/foreign_val
 
+--embed SIDE pastes each occluded photo into a scene SIDE px high (`embedded`), so that the face is a quarter or so
+of a wider photo, as in a user's own photos, where the steps that read a face crop as a whole (padded, whole image,
+mirror, fill) do not apply; a face counts as answered only when found on the pasted photo.
+
 Writes OUT.json (the table), OUT.md and OUT.rows.jsonl (every face). Run from the repo root.
 """
 
@@ -115,6 +119,21 @@ def draw(rgb: np.ndarray, lm: np.ndarray, kind: str, rng: np.random.Generator) -
     return out
 
 
+def embedded(img: np.ndarray, side: int, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+    """`img` pasted at a seeded place into a scene with no face (a seeded part of scikit-image's coffee photo,
+    enlarged) `side` px high and 4/3 as wide: the face a share of a wider photo, as in a user's photo rather than a
+    face crop. Returns the scene and where the image's top-left corner went."""
+    from skimage import data
+
+    h, w = side, int(round(side * 4 / 3))
+    big = cv2.resize(data.coffee(), (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
+    y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+    scene = np.ascontiguousarray(big[y0:y0 + h, x0:x0 + w])
+    py, px = int(rng.integers(0, h - img.shape[0] + 1)), int(rng.integers(0, w - img.shape[1] + 1))
+    scene[py:py + img.shape[0], px:px + img.shape[1]] = img
+    return scene, px, py
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", default="splits/utkface_seed0.json")
@@ -124,6 +143,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--out", default="runs/foreign_val")
+    ap.add_argument("--embed", type=int, default=0, help="paste each occluded photo into a scene this many px high "
+                    "(`embedded`; 0: the photo as it is); answered: a face found on it")
     ap.add_argument("--route", default="auto", choices=("auto", "teacher", "student"),
                     help="which model answers (auto: the occlusion detector routes, as predict does)")
     a = ap.parse_args()
@@ -135,13 +156,21 @@ def main() -> None:
         path = Path(tmp) / "occluded.jpg"
         for i, f, rgb, face, age in placed_photos(an, files):
             for k, kind in enumerate(a.kinds):
-                save_jpeg(path, draw(rgb, face.landmarks, kind, np.random.default_rng((a.seed, i, k))))
+                img, box = draw(rgb, face.landmarks, kind, np.random.default_rng((a.seed, i, k))), face.box
+                if a.embed:
+                    img, px, py = embedded(img, a.embed, np.random.default_rng((a.seed, i, k, 1)))
+                    box = (box[0] + px, box[1] + py, box[2] + px, box[3] + py)
+                save_jpeg(path, img)
                 try:
                     preds = est.predict(path)
                 except NoFaceError:
+                    preds = []
+                near = preds[nearest_box([q.box for q in preds], box)] if preds else None
+                if near is None or a.embed and not (px <= (near.box[0] + near.box[2]) / 2 <= px + rgb.shape[1]
+                                                    and py <= (near.box[1] + near.box[3]) / 2 <= py + rgb.shape[0]):
                     rows.append({"file": f.name, "kind": kind, "age": age, "answered": False})
                     continue
-                p = preds[nearest_box([q.box for q in preds], face.box)].to_dict()
+                p = near.to_dict()
                 rows.append({"file": f.name, "kind": kind, "age": age, "answered": True, "pred": p["age"],
                              "occluded": p["occluded"], "detection": p["detection"], "model": p["model"],
                              "occlusion_score": p["occlusion_score"], "student_weight": p.get("student_weight")})
@@ -155,7 +184,7 @@ def main() -> None:
                        "detection": dict(Counter(r["detection"] for r in ans))}
     cmd = (f"python benchmarks/foreign_occluders.py --part {a.part} --n {a.n} --seed {a.seed} --out {a.out}"
            + (f" --kinds {' '.join(a.kinds)}" if list(a.kinds) != list(KINDS) else "")
-           + (f" --route {a.route}" if a.route != "auto" else ""))
+           + (f" --route {a.route}" if a.route != "auto" else "") + (f" --embed {a.embed}" if a.embed else ""))
     res = {"command": cmd, "backend": est.backend, "table": table, "seconds": round(time.time() - t0)}
     atomic_write_json(Path(f"{a.out}.json"), res)
     # every face, one JSON object per line, for looking into the misses
