@@ -396,3 +396,16 @@ def test_a_thumbnail_too_small_to_hold_a_face_gets_no_face(est, astronaut):
     Image.fromarray(astronaut).resize((8, 8), Image.Resampling.LANCZOS).save(buf, "JPEG", quality=95)
     with pytest.raises(NoFaceError, match="8x8: under 16 px on a side"):
         est.predict(buf.getvalue())
+
+
+def test_faces_come_largest_first(est):
+    """A photo's faces came in the order the cascade found them (by detector score, tile faces last: a small face
+    could come before the main one); now the largest first, so `predict(photo)[0]` is the photo's main face, in
+    predict and predict_many alike (both through `predictions`)."""
+    boxes = [[10.0, 10.0, 50.0, 50.0], [100.0, 10.0, 300.0, 210.0], [400.0, 10.0, 480.0, 90.0]]
+    faces = [(b, 0.9, None, True, "detector", None) for b in boxes]
+    r = {"age": np.array([5.0, 30.0, 60.0]), "spread": np.ones(3), "interval_z": np.full(3, 1.645),
+         "occlusion_score": np.zeros(3), "occluded": np.zeros(3, bool), "model": np.array(["teacher"] * 3),
+         "student_weight": np.zeros(3)}
+    preds = est.predictions(faces, r, {})
+    assert [p.age for p in preds] == [30.0, 60.0, 5.0] and preds[0].box == boxes[1]

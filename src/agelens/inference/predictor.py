@@ -627,7 +627,8 @@ class AgeEstimator:
         return info
 
     def predictions(self, faces: list, r: dict[str, np.ndarray], timing: dict) -> list[FacePrediction]:
-        """FacePredictions from `faces_of` output and the matching `analyse_crops` result."""
+        """FacePredictions from `faces_of` output and the matching `analyse_crops` result, the largest face first
+        (the photo's main face at [0]; equal sizes keep the order they were found in)."""
         preds = []
         for k, (box, score, _, found, how, *_) in enumerate(faces):
             a, s = float(r["age"][k]), float(r["spread"][k])
@@ -643,7 +644,7 @@ class AgeEstimator:
                  "student_weight": round(float(r["student_weight"][k]), 4) if "student_weight" in r else None,
                  "backend": self.backend,
                  "timing": timing}))
-        return preds
+        return sorted(preds, key=lambda p: -(p.box[2] - p.box[0]) * (p.box[3] - p.box[1]))
 
     def predict(self, image: str | Path | np.ndarray | bytes, detect: bool = True, channels: str = "rgb"
                 ) -> list[FacePrediction]:
