@@ -39,6 +39,11 @@ class Numerics:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict, reason: str) -> Numerics:
+        """The numerics an `as_dict` recorded (a checkpoint's, a run's env.json), with a new reason."""
+        return cls(d["device"], d["dtype"], bool(d["channels_last"]), reason)
+
 
 def _probe_step(model: nn.Module, loss_fn, dtype: torch.dtype | None, channels_last: bool, batch: int, size: int,
                 steps: int) -> float:

@@ -132,8 +132,7 @@ def _stages(cfg: RunConfig, teacher, train_cache, val_cache, resume: bool, log) 
         done, history = [tuple(x) for x in ck["done"]], ck["history"]
         log(f"resumed stage-wise distillation after {done[-1] if done else 'nothing'}")
         if ck.get("numerics") and "auto" in (t.numerics, t.channels_last):  # a probe per resume had switched them
-            was = ck["numerics"]
-            numerics = Numerics(was["device"], was["dtype"], bool(was["channels_last"]), "as the distillation started")
+            numerics = Numerics.from_dict(ck["numerics"], "as the distillation started")
     numerics = numerics or choose_numerics(t, student, probe_loss, cfg.data.input_size)
     dev = numerics.device
     for m in (teacher, student):
@@ -214,7 +213,8 @@ def distill_and_finetune(cfg: RunConfig, resume: bool = False, progress: bool = 
     summary = {} if stages_done else distill_stages(cfg, caches["train"], caches["val"], resume=resume, log=log)
     if not cfg.distill.finetune:
         return summary
-    chosen = summary.get("numerics") or load_checkpoint(cfg.run_dir / "stages.pt").get("numerics")
+    ft_resume = resume and (cfg.run_dir / "last.pt").is_file()  # (a resumed fine-tuning keeps its own numerics)
+    chosen = None if ft_resume else summary.get("numerics") or load_checkpoint(cfg.run_dir / "stages.pt").get("numerics")
     if chosen and cfg.train.numerics == "auto":  # the fine-tuning at the stages' numerics: one recipe, one precision
         cfg.train.numerics = chosen["dtype"]
         if cfg.train.channels_last == "auto":
@@ -223,6 +223,5 @@ def distill_and_finetune(cfg: RunConfig, resume: bool = False, progress: bool = 
             f"{chosen['channels_last']}")
     cfg.model.init_from = str(cfg.run_dir / "stages.pt")
     cfg.model.pretrained = False
-    ft_resume = resume and (cfg.run_dir / "last.pt").is_file()
     summary.update(train_and_test(cfg, resume=ft_resume, progress=progress, log=log))
     return summary

@@ -319,8 +319,7 @@ class Trainer:
             return None
         try:
             was = json.loads((self.run_dir / "env.json").read_text())["numerics"]
-            return Numerics(was["device"], was["dtype"], bool(was["channels_last"]),
-                            f"as the run started ({was.get('reason', '')})")
+            return Numerics.from_dict(was, f"as the run started ({was.get('reason', '')})")
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
