@@ -258,30 +258,48 @@ def test_alignment_modules_start_as_identity():
         build_adapters("attention", (24,))
 
 
-def test_stagewise_distillation_trains_only_the_current_stage(tmp_path):
-    """Stage 2 only: stage-2 weights (and its adapter) move, every other weight stays; stages.pt is written and
-    the student starts as the teacher (identity adapters)."""
+def _kd_config(tmp_path, name: str, stages: list[int], steps: int = 1):
+    """A tiny stage-wise distillation config (resnet18 student with residual adapters, 64 px, fp32)."""
+    from agelens.config import RunConfig
+
+    cfg = RunConfig(name=name, out_dir=str(tmp_path))
+    cfg.model.backbone, cfg.model.pretrained, cfg.model.align = "resnet18", False, "residual"
+    cfg.data.crop_size, cfg.data.input_size = 224, 64
+    cfg.train.batch_size, cfg.train.max_steps_per_epoch, cfg.train.numerics, cfg.train.tta_flip = 4, steps, "fp32", False
+    cfg.distill.stages, cfg.distill.stage_epochs = stages, 1
+    cfg.occlusion.enabled = True
+    return cfg
+
+
+def _kd_teacher(path, model: dict | None = None, data: dict | None = None):
+    """A resnet18 teacher checkpoint at path (its model and data config changed by `model` / `data`): the model."""
     from agelens.config import RunConfig, config_to_dict
     from agelens.models import build_model
     from agelens.models.checkpoint import save_checkpoint
-    from agelens.train.distill import distill_stages, student_from_teacher
 
-    cfg = RunConfig(name="kd", out_dir=str(tmp_path))
-    cfg.model.backbone, cfg.model.pretrained, cfg.model.align = "resnet18", False, "residual"
-    cfg.data.crop_size, cfg.data.input_size = 224, 64
-    cfg.train.batch_size, cfg.train.max_steps_per_epoch, cfg.train.numerics, cfg.train.tta_flip = 4, 2, "fp32", False
-    cfg.distill.stages, cfg.distill.stage_epochs = [2], 1
-    cfg.distill.stage_lrs = [1e-3, 1e-2, 1e-3, 1e-3]
-    cfg.occlusion.enabled = True
     tcfg = RunConfig()
     tcfg.model.backbone, tcfg.model.pretrained = "resnet18", False
+    for section, changes in ((tcfg.model, model), (tcfg.data, data)):
+        for k, v in (changes or {}).items():
+            setattr(section, k, v)
     teacher = build_model(tcfg.model)
-    save_checkpoint(tmp_path / "teacher.pt", {"model": teacher.state_dict(), "config": config_to_dict(tcfg)})
+    save_checkpoint(path, {"model": teacher.state_dict(), "config": config_to_dict(tcfg)})
+    return teacher
+
+
+def test_stagewise_distillation_trains_only_the_current_stage(tmp_path):
+    """Stage 2 only: stage-2 weights (and its adapter) move, every other weight stays; stages.pt is written and
+    the student starts as the teacher (identity adapters)."""
+    from agelens.train.distill import distill_stages, student_from_teacher
+
+    cfg = _kd_config(tmp_path, "kd", [2], steps=2)
+    cfg.distill.stage_lrs = [1e-3, 1e-2, 1e-3, 1e-3]
+    teacher = _kd_teacher(tmp_path / "teacher.pt")
     cfg.distill.teacher = str(tmp_path / "teacher.pt")
     student0 = student_from_teacher(cfg, teacher.eval())
     x = torch.randn(2, 3, 64, 64)
     assert torch.allclose(student0.eval()(x)["embedding"], teacher(x)["embedding"], atol=1e-5)
-    guarded = build_model(tcfg.model)  # a teacher with guard heads (the shipped one) still seeds a plain student
+    guarded = _kd_teacher(tmp_path / "guarded.pt")  # a teacher with guard heads (the shipped one) seeds a plain one
     guarded.load_state_dict(teacher.state_dict())
     guarded.guards = torch.nn.Linear(8, 2)
     assert student_from_teacher(cfg, guarded.eval()).guards is None
@@ -315,16 +333,8 @@ def test_stagewise_distillation_can_continue_from_an_earlier_student(tmp_path):
     from agelens.models.checkpoint import save_checkpoint
     from agelens.train.distill import distill_stages, student_to_continue
 
-    cfg = RunConfig(name="kd2", out_dir=str(tmp_path))
-    cfg.model.backbone, cfg.model.pretrained, cfg.model.align = "resnet18", False, "residual"
-    cfg.data.crop_size, cfg.data.input_size = 224, 64
-    cfg.train.batch_size, cfg.train.max_steps_per_epoch, cfg.train.numerics, cfg.train.tta_flip = 4, 2, "fp32", False
-    cfg.distill.stages, cfg.distill.stage_epochs = [3], 1
-    cfg.occlusion.enabled = True
-    tcfg = RunConfig()
-    tcfg.model.backbone, tcfg.model.pretrained = "resnet18", False
-    save_checkpoint(tmp_path / "teacher.pt", {"model": build_model(tcfg.model).state_dict(),
-                                              "config": config_to_dict(tcfg)})
+    cfg = _kd_config(tmp_path, "kd2", [3], steps=2)
+    _kd_teacher(tmp_path / "teacher.pt")
     earlier = build_model(cfg.model)
     with torch.no_grad():
         for p in earlier.parameters():
@@ -351,25 +361,12 @@ def test_distillation_refuses_a_teacher_that_cannot_teach_and_replaces_an_earlie
     """A teacher with another head, age range or task was loaded into the student with a raw size-mismatch
     traceback (and a run folder made first); stages out of order ran as given; a fresh run under an earlier one's
     name kept its stages.pt and best.pt, so a --resume after an early kill skipped to the earlier fine-tuning."""
-    from agelens.config import RunConfig, config_to_dict
     from agelens.errors import CheckpointError, ConfigError
-    from agelens.models import build_model
-    from agelens.models.checkpoint import save_checkpoint
     from agelens.train.distill import distill_stages
 
-    cfg = RunConfig(name="kd3", out_dir=str(tmp_path))
-    cfg.model.backbone, cfg.model.pretrained, cfg.model.align = "resnet18", False, "residual"
-    cfg.data.crop_size, cfg.data.input_size = 224, 64
-    cfg.train.batch_size, cfg.train.max_steps_per_epoch, cfg.train.numerics, cfg.train.tta_flip = 4, 1, "fp32", False
-    cfg.distill.stages, cfg.distill.stage_epochs = [4], 1
-    cfg.occlusion.enabled = True
+    cfg = _kd_config(tmp_path, "kd3", [4])
     for name, change in (("coral", {"head": "coral"}), ("old", {"max_age": 80}), ("bin", {"head": "binary"})):
-        tcfg = RunConfig()
-        tcfg.model.backbone, tcfg.model.pretrained = "resnet18", False
-        for k, v in change.items():
-            setattr(tcfg.model, k, v)
-        save_checkpoint(tmp_path / f"{name}.pt", {"model": build_model(tcfg.model).state_dict(),
-                                                  "config": config_to_dict(tcfg)})
+        _kd_teacher(tmp_path / f"{name}.pt", change)
     cfg.distill.teacher = str(tmp_path / "coral.pt")
     with pytest.raises(CheckpointError, match=r"does not fit the student.*model.head: 'dldl' \(student\) vs 'coral'"):
         distill_stages(cfg, _FakeCache(8), _FakeCache(4), log=lambda *_: None)
@@ -385,11 +382,7 @@ def test_distillation_refuses_a_teacher_that_cannot_teach_and_replaces_an_earlie
         with pytest.raises(ConfigError, match="in increasing order, each once"):
             cfg.validate()
     cfg.distill.stages = [4]
-    tcfg = RunConfig()
-    tcfg.model.backbone, tcfg.model.pretrained = "resnet18", False
-    tcfg.data.input_size = 112
-    save_checkpoint(tmp_path / "teacher.pt", {"model": build_model(tcfg.model).state_dict(),
-                                              "config": config_to_dict(tcfg)})
+    _kd_teacher(tmp_path / "teacher.pt", data={"input_size": 112})
     cfg.distill.teacher = str(tmp_path / "teacher.pt")
     run = tmp_path / "kd3"
     run.mkdir()
@@ -436,21 +429,13 @@ def test_a_resumed_distillation_keeps_the_numerics_it_started_with(tmp_path, mon
     load); the stages' checkpoint now carries the numerics chosen, and a resume refused for other settings is
     refused before the probe."""
     import agelens.train.distill as distill
-    from agelens.config import RunConfig, config_to_dict
     from agelens.errors import ConfigError
-    from agelens.models import build_model
     from agelens.models.checkpoint import load_checkpoint, save_checkpoint
     from agelens.numerics import Numerics
 
-    cfg = RunConfig(name="kd4", out_dir=str(tmp_path))
-    cfg.model.backbone, cfg.model.pretrained, cfg.model.align = "resnet18", False, "residual"
-    cfg.data.crop_size, cfg.data.input_size = 224, 64
-    cfg.train.batch_size, cfg.train.max_steps_per_epoch, cfg.train.tta_flip = 4, 1, False
-    cfg.distill.stages, cfg.distill.stage_epochs = [3, 4], 1
-    cfg.occlusion.enabled = True
-    tcfg = RunConfig()
-    tcfg.model.backbone, tcfg.model.pretrained = "resnet18", False
-    save_checkpoint(tmp_path / "t.pt", {"model": build_model(tcfg.model).state_dict(), "config": config_to_dict(tcfg)})
+    cfg = _kd_config(tmp_path, "kd4", [3, 4])
+    cfg.train.numerics = "auto"
+    _kd_teacher(tmp_path / "t.pt")
     cfg.distill.teacher = str(tmp_path / "t.pt")
     probed = []
     monkeypatch.setattr(distill, "choose_numerics", lambda *a, **k: probed.append(1) or Numerics("cpu", "fp32", False,
