@@ -92,6 +92,11 @@ def test_predictions_compare_by_their_answer_and_the_estimator_pickles(est, astr
     in_memory = agelens.AgeEstimator(est.teacher)
     with pytest.raises(AgelensError, match="cannot be pickled: build it in each process"):
         pickle.dumps(in_memory)
+    with pytest.raises(AgelensError, match="route must be one of auto, teacher, student, got 'bogus'"):
+        est.route = "bogus"  # before: taken, and every face then answered as under auto
+    with pytest.raises(AgelensError, match="route=student needs a student model"):
+        in_memory.route = "student"
+    assert est.route == "auto" and in_memory.route == "auto"
 
 
 def test_bgr_input_gives_the_rgb_answer(est, astronaut):

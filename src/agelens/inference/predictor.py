@@ -216,11 +216,8 @@ class AgeEstimator:
                  route: str = "auto", cache_size: int = 256, device: str = "cpu", backend: str = "torch-fp32",
                  verifier: CropClassifier | None = None, tta_spread: float | None = None,
                  photo_verifier: CropClassifier | None = None, bands_verifier: CropClassifier | None = None) -> None:
-        if route not in ROUTES:
-            raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
-        if route == "student" and student is None:
-            raise AgelensError("route=student needs a student model (none shipped or given)")
-        self.teacher, self.student, self.detector, self.route = teacher, student, detector, route
+        self.teacher, self.student, self.detector = teacher, student, detector
+        self.route = route  # checked (`route`'s setter), as any later change is
         self.verifier = verifier  # face verifier (`faceness`): checks every face find_faces proposes
         self.crop_size, self.input_size, self.cache_size = teacher.crop_size, teacher.input_size, cache_size
         self.name, self.device = teacher.name, device
@@ -281,9 +278,21 @@ class AgeEstimator:
         for k, v in settings.items():
             if k not in self.SETTINGS:
                 raise AgelensError(f"not an estimator setting: {k!r} (one of {', '.join(self.SETTINGS)})")
-            if k == "route" and (v not in ROUTES or v == "student" and self.student is None):
-                raise AgelensError(f"route must be one of {', '.join(ROUTES)} (student needs a student model), got {v!r}")
             setattr(self, k, v)
+
+    @property
+    def route(self) -> str:
+        """auto (the occlusion detector routes each face), teacher or student: refused when set to anything else,
+        or to student without a student model."""
+        return self._route
+
+    @route.setter
+    def route(self, value: str) -> None:
+        if value not in ROUTES:
+            raise AgelensError(f"route must be one of {', '.join(ROUTES)}, got {value!r}")
+        if value == "student" and self.student is None:
+            raise AgelensError("route=student needs a student model (none shipped or given)")
+        self._route = value
 
     @classmethod
     def from_model(cls, model: AgeModel, crop_size: int, input_size: int, name: str = "teacher",
