@@ -397,3 +397,15 @@ def test_the_table_fits_a_narrow_terminal_and_keeps_whole_paths(monkeypatch, cap
     assert max(len(x) for x in out.splitlines()) <= 80
     cells = "".join(x.split("│")[1].strip() for x in out.splitlines() if x.startswith("│"))
     assert long in cells and "…" not in out  # folded over lines, not cut
+
+
+def test_developer_tools_word_their_errors_as_the_cli_does(tmp_path):
+    """`python -m agelens.train.people` outside the repository (its default split file missing) ended in a
+    DataError traceback; the tools now print one `error:` line and exit 2, as `agelens` does."""
+    import subprocess
+    import sys
+
+    for module in ("agelens.train.people", "agelens.train.guard_bands"):
+        r = subprocess.run([sys.executable, "-m", module], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stderr.startswith("error: "), (module, r.stderr[-500:])
+        assert "Traceback" not in r.stderr

@@ -80,6 +80,20 @@ def exclusive_lock(path: str | Path, busy: str, error: type[Exception] | None = 
     return fd
 
 
+def run_tool(main) -> None:
+    """A `python -m agelens.train.X` tool's main(): an AgelensError (a file not there, a bad argument) as one
+    `error:` line and exit status 2, as the CLI words it, not a traceback."""
+    import sys
+
+    from .errors import AgelensError
+
+    try:
+        main()
+    except AgelensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def release_lock(fd: int | None) -> None:
     """Lets go of an `exclusive_lock` (None: nothing held)."""
     if fd is not None:

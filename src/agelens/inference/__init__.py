@@ -22,7 +22,7 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
 
     engine="local": `workers` processes that each run the whole pipeline (default 0: all in this process; more
     need the `if __name__ == "__main__":` guard that Python's multiprocessing asks of scripts; `agelens predict`
-    uses one per core), records in input order.
+    uses one per 32 files, up to one per core), records in input order.
     engine="ray": `workers` actors (default: one per CPU of the Ray), each running the whole pipeline as the local
     engine does, on the Ray at `address`, or on a local Ray with num_cpus CPUs (default: this machine's, at least
     workers); records in completion order.

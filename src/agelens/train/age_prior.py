@@ -74,4 +74,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ..utils import run_tool
+
+    run_tool(main)

@@ -285,4 +285,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ..utils import run_tool
+
+    run_tool(main)

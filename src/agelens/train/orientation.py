@@ -274,4 +274,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ..utils import run_tool
+
+    run_tool(main)
