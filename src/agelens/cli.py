@@ -223,7 +223,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
              occlude: Annotated[float, typer.Option(help="share of faces given a synthetic occluder (0.5 = paper's 50 % "
                                                     "protocol, 1 = all), drawn on the aligned face crop as the paper "
                                                     "does (faces then found with mediapipe's graphs, the largest per "
-                                                    "image; occluded photos end to end: benchmarks/occlusion_e2e.py)"
+                                                    "image; occluded photos end to end: `agelens occlude` the folder, then "
+                                                    "evaluate its output)"
                                                     )] = 0.0,
              occlusion_mix: Annotated[str | None, typer.Option(help="TYPE=P,... for --occlude (default: paper Table 7)")] = None,
              student: Annotated[str | None, typer.Option(help="student model (default: shipped)")] = None,
