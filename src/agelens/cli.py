@@ -682,7 +682,7 @@ def export_weights_cmd(run: Annotated[Path, typer.Argument(help="run folder (bes
         card["more_test_metrics"] = more
     if cfg.model.head == "binary":  # the occlusion detector ships with its validation-chosen threshold
         card["threshold"] = float((card["test_metrics"] or {}).get("threshold", 0.5))
-    p = export_weights(model, cfg, output or weights_dir(), name, card)
+    p = export_weights(model, cfg, out_dir, name, card)
     typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -441,16 +441,14 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 def config_changes(saved: dict, cfg: RunConfig, ignored: tuple[str, ...] = ()) -> list[str]:
     """'key: saved → now' for every setting of `cfg` that differs from a saved config (a run's config.yaml or a
     checkpoint's "config"), less the `ignored` keys and those only one of them has."""
-    import yaml as _yaml
-
     def flat(d: dict, pre: str = "") -> dict:
         out = {}
         for k, v in d.items():
             out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
         return out
 
-    was = flat(_yaml.safe_load(_yaml.safe_dump(saved, sort_keys=False)) or {})  # tuples read back as saved
-    now = flat(_yaml.safe_load(_yaml.safe_dump(config_to_dict(cfg), sort_keys=False)))
+    was = flat(yaml.safe_load(yaml.safe_dump(saved, sort_keys=False)) or {})  # tuples read back as saved
+    now = flat(yaml.safe_load(yaml.safe_dump(config_to_dict(cfg), sort_keys=False)))
     # settings one of them lacks (a version of agelens before a setting existed, or after one went) are not changes
     return [f"{k}: {was[k]!r} → {now[k]!r}" for k in sorted(set(was) & set(now)) if k not in ignored and was[k] != now[k]]
 

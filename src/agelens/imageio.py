@@ -163,8 +163,6 @@ def _missing_rows(rgb: np.ndarray) -> int:
 
 def _pixels_said(e: Exception) -> str:
     """ "of N pixels" from Pillow's decompression-bomb message, which names the image's size, or ""."""
-    import re
-
     m = re.search(r"Image size \((\d+) pixels\)", str(e))
     return f" of {int(m.group(1)):,} pixels" if m else ""
 

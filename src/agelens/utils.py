@@ -80,6 +80,13 @@ def exclusive_lock(path: str | Path, busy: str, error: type[Exception] | None = 
     return fd
 
 
+def release_lock(fd: int | None) -> None:
+    """Lets go of an `exclusive_lock` (None: nothing held)."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def run_tool(main) -> None:
     """A `python -m agelens.train.X` tool's main(): an AgelensError (a file not there, a bad argument) as one
     `error:` line and exit status 2, as the CLI words it, not a traceback."""
@@ -92,13 +99,6 @@ def run_tool(main) -> None:
     except AgelensError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def release_lock(fd: int | None) -> None:
-    """Lets go of an `exclusive_lock` (None: nothing held)."""
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str, follow_links: bool = False) -> None:
