@@ -22,9 +22,9 @@ from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.inputs import to_input
 from ..models.weights import frozen_model
 from ..numerics import Numerics, choose_numerics
-from ..utils import atomic_write_json, exclusive_lock, release_lock, seed_everything
+from ..utils import atomic_write_json, release_lock, seed_everything
 from .batch import photometric_jitter
-from .engine import RUN_CHECKPOINTS, occlusion_mix, replace_earlier_run
+from .engine import RUN_CHECKPOINTS, lock_run_dir, occlusion_mix, replace_earlier_run
 
 # what the student takes over from the teacher whole, so must match (the feature `align` modules are the student's own)
 TEACHER_FITS = ("backbone", "head", "min_age", "max_age", "region_attention")
@@ -98,8 +98,7 @@ def distill_stages(cfg: RunConfig, train_cache, val_cache, resume: bool = False,
     teacher, tcfg = frozen_model(d.teacher)
     check_teacher(d.teacher, tcfg, cfg, log)
     run.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves no folder behind
-    lock = exclusive_lock(run / ".agelens.lock", f"{run} is being written by another training process: wait for "
-                          "it, or distil under another name=", CheckpointError, 0o644)
+    lock = lock_run_dir(run, "distil")
     try:
         if not resume:
             replace_earlier_run(run, log, STAGE_FILES + RUN_CHECKPOINTS)

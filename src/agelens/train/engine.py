@@ -195,6 +195,14 @@ def replace_earlier_run(run_dir: Path, log, checkpoints: tuple[str, ...] = RUN_C
         (run_dir / f).unlink(missing_ok=True)
 
 
+def lock_run_dir(run_dir: Path, verb: str = "train") -> int | None:
+    """An exclusive lock on a run folder (`utils.exclusive_lock`, released with `utils.release_lock`):
+    CheckpointError where another training process holds it (two runs under one name had interleaved their epochs
+    and tested each other's best.pt)."""
+    return exclusive_lock(run_dir / ".agelens.lock", f"{run_dir} is being written by another training process: "
+                          f"wait for it, or {verb} under another name=", CheckpointError, 0o644)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, train_cache: FaceCache, val_cache: FaceCache | None, resume: bool = False,
                  progress: bool = True, log=print) -> None:
@@ -375,17 +383,11 @@ class Trainer:
                 kept.append(line + "\n")
         atomic_write_text(p, "".join(kept))
 
-    def _replace_earlier_run(self) -> None:
-        replace_earlier_run(self.run_dir, self.log)
-
     def _hold_run_dir(self) -> None:
-        """An exclusive lock on the run folder for this process (CheckpointError where another training process
-        holds it: two runs under one name had interleaved their epochs and tested each other's best.pt), then the
-        temp files a killed run left behind are removed."""
+        """The run folder locked for this process (`lock_run_dir`), then the temp files a killed run left behind
+        removed."""
         if self._lock_fd is None:
-            self._lock_fd = exclusive_lock(self.run_dir / ".agelens.lock", f"{self.run_dir} is being written by "
-                                           "another training process: wait for it, or train under another name=",
-                                           CheckpointError, 0o644)
+            self._lock_fd = lock_run_dir(self.run_dir)
         for tmp in self.run_dir.glob(".*.pt.*.tmp"):  # `utils.atomic_write`'s, left by a kill -9
             tmp.unlink(missing_ok=True)
 
@@ -473,7 +475,7 @@ class Trainer:
             import yaml
 
             if not self.resume:  # a fresh run starts a fresh log
-                self._replace_earlier_run()
+                replace_earlier_run(self.run_dir, self.log)
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
             atomic_write_json(self.run_dir / "env.json", environment(self.numerics))
