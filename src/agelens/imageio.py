@@ -212,6 +212,17 @@ def image_size(path: str | Path) -> tuple[int, int]:
             return im.size
 
 
+def read_stream(f) -> bytes:
+    """The bytes of an open binary file object (an upload's stream, io.BytesIO): TypeError for a text-mode one,
+    ImageError where it gives none (empty, or already read to its end)."""
+    data = f.read()
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"the file object gave {type(data).__name__}, not bytes: open the image in binary mode")
+    if not data:
+        raise ImageError("the file object gave no bytes: empty, or already read to its end (seek(0) to read it again)")
+    return bytes(data)
+
+
 def decode_whole(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, float]:
     """(RGB uint8, scale): the image whole, or where whole it would be over MAX_PIXELS decoded reduced as predict
     reads it (`decode_reduced` to FACE_MIN_SIDE; scale = the file's pixels per array pixel): what a result is drawn

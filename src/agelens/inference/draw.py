@@ -21,7 +21,7 @@ def draw(image, faces: Sequence, channels: str = "rgb") -> np.ndarray:
     import cv2
     from PIL import Image
 
-    from ..imageio import array_to_rgb, decode_whole, read_file, read_pil
+    from ..imageio import array_to_rgb, decode_whole, read_file, read_pil, read_stream
 
     if channels not in ("rgb", "bgr"):
         raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
@@ -32,10 +32,8 @@ def draw(image, faces: Sequence, channels: str = "rgb") -> np.ndarray:
         if isinstance(image, str | os.PathLike):
             data, name = read_file(os.fspath(image)), os.fspath(image)
         else:
-            data, name = (image.read() if hasattr(image, "read") else image), "<bytes>"
-            if not isinstance(data, bytes | bytearray | memoryview):
-                raise TypeError(f"the file object gave {type(data).__name__}, not bytes: open the image in binary mode")
-        image, per_px = decode_whole(bytes(data), name)  # as predict reads it: boxes are in file pixels
+            data, name = (read_stream(image) if hasattr(image, "read") else bytes(image)), "<bytes>"
+        image, per_px = decode_whole(data, name)  # as predict reads it: boxes are in file pixels
         channels = "rgb"
     img = array_to_rgb(image).copy()  # RGB or BGR order kept: `channels` says which to draw in
     scale = max(1.0, max(img.shape[:2]) / 600)

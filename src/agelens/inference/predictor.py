@@ -13,10 +13,10 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ..data.views import centre_views
-from ..errors import AgelensError, ImageError
+from ..errors import AgelensError
 from ..faces.detect import FaceAnalyzer
 from ..faces.realign import SINGLE_VIEW, realigned
-from ..imageio import array_to_rgb, decode_reduced, load_reduced, read_pil
+from ..imageio import array_to_rgb, decode_reduced, load_reduced, read_pil, read_stream
 from ..utils import int8_flavor
 from .backends import (  # noqa: F401 (TTA_MODES: public)
     TTA_MODES,
@@ -182,13 +182,7 @@ def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
     elif isinstance(image, bytes | bytearray | memoryview):
         rgb, scale = decode_reduced(bytes(image))
     elif hasattr(image, "read"):  # an open file, io.BytesIO, an upload's stream
-        data = image.read()
-        if not isinstance(data, bytes | bytearray):
-            raise TypeError(f"the file object gave {type(data).__name__}, not bytes: open the image in binary mode")
-        if not data:
-            raise ImageError("the file object gave no bytes: empty, or already read to its end (seek(0) to read it "
-                             "again)")
-        rgb, scale = decode_reduced(bytes(data))
+        rgb, scale = decode_reduced(read_stream(image))
     elif isinstance(image, PILImage.Image):
         rgb, scale = read_pil(image), 1.0  # Pillow's images are RGB (or convert to it): channels is for arrays
     elif image is None or isinstance(image, int | float | complex | bool | dict | set):
