@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from agelens.config import load_config
+from agelens.errors import ConfigError
 from agelens.models import build_model
 from agelens.models.backbones import efficientnet_lite_imagenet
 
@@ -20,6 +21,16 @@ def test_stage_taps(backbone, chans):
     assert [s.shape[-1] for s in out["stages"]] == [16, 8, 4, 2]
     assert sum(p.numel() for k in range(1, 5) for p in m.backbone.stage_parameters(k)) == \
         sum(p.numel() for p in m.backbone.parameters())
+
+
+def test_pretrained_resnet_is_refused_not_silently_random():
+    """Only EfficientNet-Lite has ImageNet weights offline: asking for them on a ResNet is an error (it trained
+    from scratch without a word), while the default (none) takes them where they install."""
+    with pytest.raises(ConfigError, match="no ImageNet weights for resnet50"):
+        build_model(load_config(None, ["model.backbone=resnet50", "model.pretrained=true"]).model)
+    assert build_model(load_config(None, ["model.backbone=resnet18"]).model).backbone.info.weights.startswith("random")
+    lite = build_model(load_config(None, ["model.backbone=efficientnet_lite0"]).model)
+    assert lite.backbone.info.weights.startswith("ImageNet")
 
 
 @pytest.mark.parametrize("k,size", [(0, 224), (1, 240), (2, 260)])

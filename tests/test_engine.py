@@ -29,6 +29,7 @@ def test_train_writes_run_dir_and_resume_matches_uninterrupted(tmp_path, utk_fol
     assert rows[0]["frozen_backbone"] is True
     env = json.loads((run / "env.json").read_text())
     assert env["numerics"]["dtype"] == "fp32"
+    assert env["init"] == "random init (no offline ResNet weights)"  # what the run started from, said where it ran
     test = json.loads((run / "test/metrics.json").read_text())
     assert {"n", "mae", "cs5", "cmae", "acc5", "bias_score", "per_bin", "per_gender", "per_race"} <= set(test)
 

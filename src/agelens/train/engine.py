@@ -478,9 +478,11 @@ class Trainer:
                 replace_earlier_run(self.run_dir, self.log)
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-            atomic_write_json(self.run_dir / "env.json", environment(self.numerics))
+            init = (f"{cfg.model.init_from} (model.init_from)" if cfg.model.init_from
+                    else self.model.backbone.info.weights)
+            atomic_write_json(self.run_dir / "env.json", {**environment(self.numerics), "init": init})
             self.log(f"numerics: {self.numerics.dtype}, channels_last={self.numerics.channels_last} on "
-                     f"{self.numerics.device} ({self.numerics.reason})")
+                     f"{self.numerics.device} ({self.numerics.reason}); weights at the start: {init}")
         n_train = min(len(self.train_cache), cfg.data.max_train or len(self.train_cache))
         fair = self._fairness_setup(n_train)
         view_kw = {"crop_size": cfg.data.crop_size, "input_size": cfg.data.input_size, "occlusion": occlusion_mix(cfg),
