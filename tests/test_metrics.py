@@ -98,12 +98,30 @@ def test_one_bin_one_face_and_one_gender_are_not_gaps():
     pred = true + np.array([1.0, -2.0, 3.0, 0.5, 4.0])
     races = ["w", "w", "w", "w", "b"]
     m = compute_metrics(pred, true, ["male"] * 5, races)
-    ci = bootstrap_ci(pred, true, ["male"] * 5, races, n_boot=50)
+    ci = bootstrap_ci(pred, true, ["male"] * 5, races, n_boot=50, min_n=1)
     assert m["bias_score"] is None and ci["bias_score"] is None  # one age bin: no gap, not 0 [0, 0]
     assert ci["per_race"]["b"] is None and ci["per_race"]["w"] is not None  # one face: no interval of no width
     s = standardised_mae(pred, true, ["male"] * 5, races, n_boot=50, min_n=1)
     assert s["gender"]["spread"] is None and s["gender"]["note"] == "one group: no gap to measure"
     assert s["race"]["by_group"]["b"]["ci95"] is None
+
+
+def test_groups_of_a_few_faces_get_no_interval_and_small_bins_are_named():
+    """Two faces aged 61+ resample to themselves: [38.0, 38.2] read as a precise group MAE; under MIN_N faces a group
+    gets no interval, and compute_metrics names the age bins its CMAE and bias score read from a few faces."""
+    from agelens.evaluate.metrics import MIN_N, bootstrap_ci, standardised_mae
+
+    rng = np.random.default_rng(0)
+    true = np.r_[rng.uniform(22, 38, 60), [70.0, 75.0]]
+    pred = true + np.r_[rng.normal(0, 3, 60), [-38.0, -38.2]]
+    races = ["white"] * 55 + ["asian"] * 7
+    m = compute_metrics(pred, true, ["male", "female"] * 31, races)
+    assert m["small_bins"] == {"61+": 2} and m["per_bin_n"]["61+"] == 2 and MIN_N == 10
+    ci = bootstrap_ci(pred, true, ["male", "female"] * 31, races, n_boot=100)
+    assert ci["per_bin"]["61+"] is None and ci["per_race"]["asian"] is None
+    assert ci["per_bin"]["21-30"] is not None and ci["per_race"]["white"] is not None
+    s = standardised_mae(pred, true, ["male", "female"] * 31, races, n_boot=100)
+    assert s["race"]["by_group"]["asian"]["ci95"] is None and s["race"]["by_group"]["white"]["ci95"] is not None
 
 
 def test_group_gaps_leave_out_groups_of_a_few_faces():

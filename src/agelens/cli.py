@@ -205,6 +205,15 @@ def occlude(src: Annotated[Path, typer.Argument(help="image file or folder (recu
         raise typer.Exit(1)  # as predict: some files failed
 
 
+def _headline(m: dict) -> str:
+    """evaluate's summary line: n, MAE, CS5, CMAE and bias score, naming the age bins of too few faces in the last two."""
+    from .evaluate.metrics import fmt
+
+    small = m.get("small_bins") or {}
+    return (f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {fmt(m['bias_score'])}"
+            + (f" (over age bins of few faces: {', '.join(f'{b} {c}' for b, c in small.items())})" if small else ""))
+
+
 @app.command()
 def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder for metrics.json + predictions.csv")],
              dataset: Annotated[str, typer.Option(help="dataset adapter")] = "utkface",
@@ -263,7 +272,6 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         occ = OcclusionMix(parse_mix(occlusion_mix), 1 - occlude) if occlude > 0 else None
     except ValueError as e:
         raise AgelensError(str(e)) from None
-    from .evaluate.metrics import fmt
     from .fairness.knn import KnnIndex
 
     knn_index = KnnIndex.load(knn) if knn is not None else None
@@ -273,8 +281,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         m = evaluate_prepared_cache(model, config, part, output, tta=tta, occlusion=occ, seed=seed, knn=knn_index,
                                     embeddings=save_embeddings, bootstrap=bootstrap, progress=not quiet,
                                     extra=occlusion_info)
-        typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {fmt(m['bias_score'])}"
-                   + (f"  (KNN k={m['knn']['k']}, w={m['knn']['w']})" if knn_index else "") + f" -> {output}/metrics.json")
+        typer.echo(f"{_headline(m)}" + (f"  (KNN k={m['knn']['k']}, w={m['knn']['w']})" if knn_index else "")
+                   + f" -> {output}/metrics.json")
         return
     route = _route(route, model, student)
     est = AgeEstimator.from_pretrained(model, tta_flip=_tta(tta, full_tta), route=route, student=student,
@@ -313,7 +321,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     pa = m.get("prior_adaptation") or {}
-    typer.echo(f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {fmt(m['bias_score'])}"
+    typer.echo(_headline(m)
                + (f"  (adapted to the dataset's age mix; as answered {pa['mae_unadapted']:.3f})" if pa.get("applied")
                   else "")
                + f"  routed {m['routed_to']}  ({m['failed']} without a face, {len(bad)} bad rows) -> {output}/metrics.json")

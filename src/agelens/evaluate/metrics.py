@@ -11,6 +11,12 @@ AGE_BINS: list[tuple[str, int, int]] = [("0-10", 0, 10), ("11-20", 11, 20), ("21
                                         ("41-50", 41, 50), ("51-60", 51, 60), ("61+", 61, 10**6)]
 
 
+# Fewest faces a group (age bin, gender, race) needs for an interval, a gap or a spread: the bootstrap of a few faces
+# spans only their own errors (two faces aged 61+ read [38.0, 38.2]: falsely precise), and a gap to a group of one
+# face is that face's error.
+MIN_N = 10
+
+
 def age_bin(age: float) -> str:
     a = int(np.floor(float(age) + 0.5))
     return next(label for label, lo, hi in AGE_BINS if lo <= a <= hi) if a >= 0 else AGE_BINS[0][0]
@@ -51,20 +57,24 @@ def compute_metrics(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | 
                     races: Sequence[str | None] | None = None, ks: Sequence[int] = (1, 3, 5, 10),
                     ndigits: int = 4) -> dict:
     """All headline metrics; CMAE = mean of per-bin MAE, bias score = max − min per-bin MAE (None with one age bin:
-    there is no gap to measure).
+    there is no gap to measure), both over every bin present; "small_bins" names those of under MIN_N faces.
 
     Acc@5 (fairness paper) and CS(5) (occlusion paper) are the same quantity, |error| <= 5 years."""
     pred, true = np.asarray(pred, float), np.asarray(true, float)
     if len(pred) != len(true) or len(pred) == 0:
         raise ValueError(f"need equal, non-empty prediction and label arrays (got {len(pred)} and {len(true)})")
     bins = per_bin_mae(pred, true)
+    labels = [age_bin(a) for a in true]
+    counts = {label: labels.count(label) for label in bins}
     r = lambda x: round(float(x), ndigits)  # noqa: E731
     out = {"n": int(len(pred)), "mae": r(mae(pred, true)), "cs5": r(cumulative_score(pred, true, 5)),
            "cmae": r(np.mean(list(bins.values()))), "acc5": r(cumulative_score(pred, true, 5)),
            "bias_score": r(max(bins.values()) - min(bins.values())) if len(bins) >= 2 else None,
            "cs": {str(k): r(cumulative_score(pred, true, k)) for k in ks},
            "per_bin": {k: r(v) for k, v in bins.items()},
-           "per_bin_n": {label: int(sum(age_bin(a) == label for a in true)) for label in bins},
+           "per_bin_n": counts,
+           # bins in CMAE and the bias score with under MIN_N faces: their MAE is a few faces' errors
+           "small_bins": {label: c for label, c in counts.items() if c < MIN_N},
            "per_gender": {k: r(v) for k, v in per_group_mae(pred, true, genders).items()} if genders is not None else {},
            "per_race": {k: r(v) for k, v in per_group_mae(pred, true, races).items()} if races is not None else {},
            "mean_error": r(np.mean(pred - true))}
@@ -98,10 +108,11 @@ def _bc_interval(boot: np.ndarray, point: float, level: float) -> list[float] | 
 
 def bootstrap_ci(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | None] | None = None,
                  races: Sequence[str | None] | None = None, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95, chunk: int = 100) -> dict:
+                 level: float = 0.95, chunk: int = 100, min_n: int = MIN_N) -> dict:
     """Seeded bootstrap (faces resampled with replacement) 95 % intervals for MAE, CMAE, bias score, Acc@5 and the
     per-bin / per-gender / per-race MAE; bias-corrected percentile intervals (the bias score, a max − min, is
-    biased upwards under resampling). A group absent from a resample is left out of that resample's CMAE/bias."""
+    biased upwards under resampling). A group absent from a resample is left out of that resample's CMAE/bias; a
+    group of fewer than min_n faces gets no interval (None)."""
     pred, true = np.asarray(pred, float), np.asarray(true, float)
     err = np.abs(pred - true)
     n = len(err)
@@ -145,14 +156,14 @@ def bootstrap_ci(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | Non
         m = np.concatenate(parts)
         codes, names = attrs[key]
         counts = np.bincount(codes[codes >= 0], minlength=len(names))
-        # a group of one face resamples to that face alone: an interval of no width, which is no interval
-        out[key] = {name: _bc_interval(m[:, j], point_groups[key][name], level) if counts[j] >= 2 else None
+        # a group of a few faces resamples to those faces alone: an interval as narrow as their errors, not a group's
+        out[key] = {name: _bc_interval(m[:, j], point_groups[key][name], level) if counts[j] >= max(min_n, 2) else None
                     for j, name in enumerate(names) if name in point_groups[key]}
     return out
 
 
 def group_report(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | None] | None = None,
-                 races: Sequence[str | None] | None = None, ndigits: int = 4, min_n: int = 10) -> dict:
+                 races: Sequence[str | None] | None = None, ndigits: int = 4, min_n: int = MIN_N) -> dict:
     """fairlearn MetricFrame per sensitive attribute (age bin, gender, race and their pairwise intersections): per
     group n, MAE, Acc@5 and mean signed error, plus the between-group difference (max − min) and ratio (min / max)
     over the groups of min_n faces or more (the others listed in "left_out_of_difference").
@@ -258,7 +269,7 @@ def _spread_interval(boot: np.ndarray, point: np.ndarray, keep: np.ndarray, leve
 
 def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | None] | None = None,
                      races: Sequence[str | None] | None = None, n_boot: int = 1000, seed: int = 0,
-                     level: float = 0.95, min_n: int = 10) -> dict:
+                     level: float = 0.95, min_n: int = MIN_N) -> dict:
     """Age-standardised MAE per gender, race and gender × race: each group's per-age-bin MAE weighted by the whole
     test's bin shares, so groups are compared at equal age (a raw per-group MAE mostly reflects the group's age mix).
     Per attribute: {"by_group": {g: {"mae", "ci95", "n"}}, "spread": max − min over groups, "spread_ci95"}, with
@@ -309,8 +320,8 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
             boot = np.concatenate([_std_mae(err[ix], codes[ix], bin_codes[ix], len(names), len(bin_names), weights)
                                    for ix in np.array_split(boot_idx, max(1, n_boot // 100))])
         for j, name in enumerate(names):
-            # one face resamples to itself: an interval of no width is no interval
-            ci = _bc_interval(boot[:, j], float(point[j]), level) if boot is not None and counts[j] >= 2 else None
+            # a few faces resample to themselves: no interval under min_n (as bootstrap_ci)
+            ci = _bc_interval(boot[:, j], float(point[j]), level) if boot is not None and counts[j] >= max(min_n, 2) else None
             groups[name] = {"mae": round(float(point[j]), 4), "ci95": ci, "n": int(counts[j]),
                             "missing_bins": missing[j]}
         entry = {"by_group": groups, "spread": None if spread is None else round(spread, 4), "spread_ci95": None,

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..evaluate.metrics import AGE_BINS, age_bin, fmt
+from ..evaluate.metrics import AGE_BINS, MIN_N, age_bin, fmt
 from ..utils import atomic_write_text
 
 
@@ -365,8 +365,9 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     pr = read_predictions(eval_dir)
     sections: list[tuple[str, str | None, str]] = []
     sections.append(("Error by age", plot_error_by_age(pr["age"], pr["pred"]), ""))
-    sections.append(("Per-group MAE", plot_groups(metrics), "Whiskers: seeded bootstrap 95 % intervals (ci95)."
-                     if metrics.get("ci95") else "No ci95 in metrics.json (older evaluation): no whiskers."))
+    sections.append(("Per-group MAE", plot_groups(metrics), "Whiskers: seeded bootstrap 95 % intervals (ci95); none for a group of under "
+                     f"{MIN_N} faces." if metrics.get("ci95") else
+                     "No ci95 in metrics.json (evaluated with --bootstrap 0, or by an older version): no whiskers."))
     sections.append(("Confusion over age bins", plot_confusion(pr["age"], pr["pred"]), ""))
     signed = plot_signed_error(metrics)
     if signed:
@@ -398,11 +399,17 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
                    f"<td>{len(g['by_group']) - len(g.get('left_out_of_difference') or [])}</td>"
                    f"<td>{html.escape(_left_out(g))}</td></tr>" for a, g in groups.items())
     knn = metrics.get("knn")
+    small = metrics.get("small_bins") or {}
     failed = metrics.get("failed") or 0
     parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {metrics.get('n')}"
              + (f" ({failed} more image{'' if failed == 1 else 's'} with no face found, not counted)" if failed else "")
              + (f", KNN refinement k={knn['k']}, w={knn['w']}" if knn else "") + "</p>",
-             f"<table><tr><th>metric</th><th>value [95 % CI]</th></tr>{summary}</table>"]
+             f"<table><tr><th>metric</th><th>value [95 % CI]</th></tr>{summary}</table>",
+             "<p>CMAE and the bias score (max − min MAE over age bins) take every age bin present"
+             + (": " + ", ".join(f"{html.escape(b)} holds only {c} face{'' if c == 1 else 's'}"
+                                 for b, c in small.items()) + ", so they read a few faces' errors" if small else "")
+             + (f"; the age_bin row of the group gaps below leaves out bins of under {MIN_N} faces"
+                if "age_bin" in groups else "") + ".</p>"]
     if gtab:
         parts.append("<h2>Group gaps (fairlearn MetricFrame)</h2><table><tr><th>attribute</th><th>MAE difference "
                      "(max−min)</th><th>MAE ratio (min/max)</th><th>groups compared</th><th>left out (faces)</th></tr>"
