@@ -30,7 +30,7 @@ FAIR = ["model.region_attention=true", "train.sampler=balanced", "train.balance_
         "fairness.gamma_knn=0.1", "fairness.knn_k=3"]
 
 
-def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder):
+def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder, monkeypatch):
     import torch
 
     from agelens.data.cache import FaceCache
@@ -77,9 +77,16 @@ def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder):
     ck = load_checkpoint(run / "best.pt")
     ck["model"]["head.fc.bias"] += 1.0
     torch.save(ck, tmp / "other.pt")
+    import agelens.evaluate.predict as predict_mod
+
+    def no_pass(*a, **k):  # refused before the prediction pass (before: after every face was read)
+        raise AssertionError("the faces were read before the index was checked")
+
+    monkeypatch.setattr(predict_mod, "predict_cache", no_pass)
     with pytest.raises(CheckpointError, match="fingerprint"):
         evaluate_prepared_cache(str(tmp / "other.pt"), None, "test", tmp / "eval2", knn=KnnIndex.load(tmp / "knn.npz"),
                                 progress=False)
+    monkeypatch.undo()
 
     page = build_report(tmp / "eval", tmp / "report", samples=3, log=lambda *_: None).read_text()
     # error-by-age, groups, confusion, signed error per group × bin, t-SNE, Grad-CAM/regions

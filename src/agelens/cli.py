@@ -287,6 +287,10 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
     route = _route(route, model, student)
     est = AgeEstimator.from_pretrained(model, tta_flip=_tta(tta, full_tta), route=route, student=student,
                                        detector=detector, backend="torch")
+    if knn_index is not None:  # an index of another model is refused before any photo is searched for faces
+        from .evaluate.runner import teacher_fingerprint
+
+        knn_index.check(teacher_fingerprint(est), f"model {est.teacher.name}")
     if root is None and config is None:
         raise AgelensError("evaluate needs --root DIR (with --dataset) or --config with a split")
     if root is not None:

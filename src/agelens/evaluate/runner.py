@@ -46,6 +46,14 @@ def apply_knn(knn, fingerprint: str, pred: np.ndarray, emb: np.ndarray, what: st
     return knn.refine(pred, emb), info
 
 
+def teacher_fingerprint(est) -> str:
+    """The fingerprint a KNN index must carry to refine this estimator's teacher (checked before any face is read)."""
+    from ..fairness.knn import model_fingerprint
+
+    t = est.teacher
+    return model_fingerprint(t.model, t.crop_size, t.input_size)
+
+
 def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: Numerics, out_dir: str | Path | None,
                    tta_flip: bool = True, progress: bool = True, extra: dict | None = None, occlusion=None,
                    seed: int = 0, knn=None, embeddings: bool = False, bootstrap: int = BOOTSTRAP) -> dict:
@@ -54,6 +62,11 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
     OUT/embeddings.npz; bootstrap > 0 adds seeded 95 % intervals (metrics["ci95"])."""
     from ..evaluate.predict import predict_cache
 
+    if knn is not None:  # an index of another model is refused before the prediction pass, not after it
+        from ..fairness.knn import model_fingerprint
+
+        fingerprint = model_fingerprint(model, cfg.data.crop_size, cfg.data.input_size)
+        knn.check(fingerprint, "the evaluated model")
     idx = np.arange(min(len(cache), cfg.data.max_eval or len(cache)))
     drawn: dict = {}
     pred, spread, emb = predict_cache(model, cache, cfg, numerics, tta_flip=tta_flip, indices=idx, progress=progress,
@@ -61,10 +74,7 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
     raw = pred
     knn_info = None
     if knn is not None:
-        from ..fairness.knn import model_fingerprint
-
-        pred, knn_info = apply_knn(knn, model_fingerprint(model, cfg.data.crop_size, cfg.data.input_size), pred, emb,
-                                   "the evaluated model")
+        pred, knn_info = apply_knn(knn, fingerprint, pred, emb, "the evaluated model")
     recs = [cache.records[i] for i in idx]
     true = cache.ages[idx]
     genders, races = [r.gender for r in recs], [r.race for r in recs]
@@ -126,6 +136,9 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     from ..data.dataset import CachedFaceDataset
     from ..progress import track
 
+    if knn is not None:
+        fingerprint = teacher_fingerprint(est)
+        knn.check(fingerprint, f"model {est.teacher.name}")
     ds = CachedFaceDataset(cache, False, 16, 16, occlusion=occlusion, seed=seed)
     n = min(len(cache), max_eval or len(cache))
     ages, spreads, weights, scores, occluded, models, kinds, embs = [], [], [], [], [], [], [], []
@@ -156,12 +169,10 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         adapted["mae_unadapted"] = round(float(np.abs(unadapted - np.asarray(true)).mean()), 4) if n else None
     raw, knn_info = pred, None
     if knn is not None:
-        from ..fairness.knn import model_fingerprint
-
         t = est.teacher
         by_teacher = np.array(models) == t.name  # only the teacher's answers are refined
-        refined, knn_info = apply_knn(knn, model_fingerprint(t.model, t.crop_size, t.input_size), pred[by_teacher],
-                                      np.concatenate(embs)[by_teacher], f"model {t.name}")
+        refined, knn_info = apply_knn(knn, fingerprint, pred[by_teacher], np.concatenate(embs)[by_teacher],
+                                      f"model {t.name}")
         pred = pred.copy()
         pred[by_teacher] = refined
         knn_info["refined"] = int(by_teacher.sum())
