@@ -303,6 +303,17 @@ def test_sigterm_ends_a_job_as_ctrl_c_does(tmp_path, tiny_checkpoint, astronaut_
     assert 1 <= len(lines) < 300 and all(json.loads(x)["file"] for x in lines)  # whole records only
 
 
+def test_a_reader_that_goes_ends_the_job_quietly_with_141(tmp_path, tiny_checkpoint, astronaut_path):
+    """`agelens predict DIR | head -1`: the closed pipe ends the job as it ends `yes | head` (128 + SIGPIPE, no
+    message), not with 1, which means some files failed."""
+    job = subprocess.Popen([sys.executable, "-m", "agelens.cli", "predict", str(astronaut_path), "--model",
+                            str(tiny_checkpoint), "-f", "csv", "--no-adapt"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=ENV)
+    job.stdout.close()  # the reader went before the first line
+    err = job.stderr.read()
+    assert job.wait(timeout=120) == 141 and "Traceback" not in err and "error" not in err, err
+
+
 def test_a_parquet_output_killed_between_its_final_swaps_is_resumed_from_the_cli(tmp_path, tiny_checkpoint,
                                                                                   astronaut_path):
     pytest.importorskip("pyarrow")

@@ -153,3 +153,33 @@ def test_sizing_and_starting_workers_needs_no_pipeline_import():
             "print(sorted(m for m in ('numpy', 'cv2', 'onnxruntime', 'agelens.inference.predictor') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def slow_pid(job: tuple) -> list:
+    """A job whose first input answers at once with the worker's pid and whose others take a minute each."""
+    import time
+
+    if job[0][0] != "first":
+        time.sleep(60)
+    return [(os.getpid(), signal.getsignal(signal.SIGINT) == signal.SIG_IGN) for _ in job[0]]
+
+
+def test_a_stream_ended_early_kills_its_workers_instead_of_waiting_for_them(deadline):
+    """A caller that stops reading (Ctrl-C, SIGTERM, a closed pipe) ends the workers at once: before, the pool waited
+    for the jobs in flight (6-12 s for `kill PID`; a second Ctrl-C landed in that wait and hung the job)."""
+    import time
+
+    stream = crash_safe_map(slow_pid, [(["first"],), (["a"],), (["b"],), (["c"],)], 2, lambda f: None)
+    pid, ignores_ctrl_c = next(stream)
+    assert ignores_ctrl_c  # the terminal's Ctrl-C reaches every process of the job: only this one answers it
+    t0 = time.monotonic()
+    stream.close()
+    assert time.monotonic() - t0 < 30  # not the minute of the jobs in flight
+    for _ in range(100):  # reaped by the forkserver that forked it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"worker {pid} still runs")

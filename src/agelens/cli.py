@@ -1027,6 +1027,10 @@ def main() -> None:
         code = e.code
         if code == 130:  # Ctrl-C: typer turns the KeyboardInterrupt into exit status 130 without a word
             _err("interrupted")
+        elif code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            # the reader of our output went (`agelens predict DIR | head`): Click exits 1, which here means "some
+            # files failed"; a closed pipe ends a Unix tool quietly with 141 (128 + SIGPIPE), as `yes | head` does
+            code = 141
     except AgelensError as e:
         _err(f"error: {e}")
         code = 2

@@ -57,9 +57,16 @@ def start_workers_early() -> None:
     Does nothing where workers are spawned, or when the server is already running."""
     ctx = worker_context()
     if ctx.get_start_method() == "forkserver":
+        import signal
         from multiprocessing import forkserver
 
-        forkserver.ensure_running()
+        # Ctrl-C while the server imports would print its traceback; with SIGINT blocked it starts, and the server
+        # and its workers keep it blocked (the parent alone answers Ctrl-C: it ends the workers, `_end_pool`)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 ORPHAN_CHECK_S = 1.0  # how often a worker looks whether the process it works for is still there
@@ -83,8 +90,12 @@ def _watch_parent(parent: int) -> None:
 
 
 def _start_worker(parent: int, init: Callable | None, initargs: tuple) -> None:
-    """A worker process's initializer: the orphan watch (POSIX; Windows' os.kill would end the parent), then
+    """A worker process's initializer: Ctrl-C ignored (the terminal sends it to every process of the job; the parent
+    ends the workers, `_end_pool`), the orphan watch (POSIX; Windows' os.kill would end the parent), then
     `init(*initargs)`."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.name == "posix":
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="agelens-parent-watch").start()
     if init is not None:
@@ -96,6 +107,17 @@ def _pool(workers: int, ctx, init, initargs: tuple):
     from concurrent.futures import ProcessPoolExecutor
 
     return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(), init, initargs))
+
+
+def _end_pool(ex, kill: bool) -> None:
+    """Shut a pool down: waiting for its workers where the stream ran to its end, else (a worker died, Ctrl-C,
+    SIGTERM, a closed pipe, a caller that stopped reading) killing them first, so nothing waits on work no one will
+    read (before, a second Ctrl-C landed in that wait and hung the job, and stopping it took 6-12 s)."""
+    if kill:  # the survivors go too: a pipe a dying worker left half-written must not hold the pool open
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                proc.kill()
+    ex.shutdown(wait=not kill, cancel_futures=True)
 
 
 def _each(fn: Callable, job: tuple) -> list:
@@ -123,7 +145,7 @@ def crash_safe_map(run, jobs: list[tuple], workers: int, on_crash: Callable, ini
     while done < len(jobs):
         ex = _pool(workers, ctx, init, initargs)
         inflight: deque = deque()
-        sent, broken = done, False
+        sent, broken, ended = done, False, False
         try:
             while done < len(jobs):
                 try:  # submitting to a pool whose worker just died raises too
@@ -136,12 +158,9 @@ def crash_safe_map(run, jobs: list[tuple], workers: int, on_crash: Callable, ini
                     break
                 yield from records
                 done += 1
+            ended = not broken
         finally:
-            if broken:  # the survivors go too: a pipe a dying worker left half-written must not hold the pool open
-                for proc in list((getattr(ex, "_processes", None) or {}).values()):
-                    with contextlib.suppress(Exception):
-                        proc.kill()
-            ex.shutdown(wait=not broken, cancel_futures=True)
+            _end_pool(ex, kill=not ended)
         if broken:
             yield from _one_input_each(run, jobs[done:sent], init, initargs, ctx, on_crash)
             done = sent
@@ -156,7 +175,7 @@ def _one_input_each(run, jobs: list[tuple], init, initargs: tuple, ctx, on_crash
     to blame (the workers cannot start: a script run from standard input, a library that fails to load)."""
     from concurrent.futures.process import BrokenProcessPool
 
-    ex, answered, fresh_deaths = None, 0, 0
+    ex, answered, fresh_deaths, ended = None, 0, 0, False
     try:
         for job in jobs:
             for f in job[0]:
@@ -175,6 +194,7 @@ def _one_input_each(run, jobs: list[tuple], init, initargs: tuple, ctx, on_crash
                                            "Python's `if __name__ == \"__main__\":` guard around its work)") from None
                     records = [on_crash(f)]
                 yield from records
+        ended = True
     finally:
         if ex is not None:
-            ex.shutdown(wait=True)
+            _end_pool(ex, kill=not ended)
