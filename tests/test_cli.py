@@ -303,6 +303,40 @@ def test_sigterm_ends_a_job_as_ctrl_c_does(tmp_path, tiny_checkpoint, astronaut_
     assert 1 <= len(lines) < 300 and all(json.loads(x)["file"] for x in lines)  # whole records only
 
 
+def test_predict_reads_a_list_of_files_writes_o_dash_to_stdout_and_keeps_quiet(tmp_path, tiny_checkpoint,
+                                                                               astronaut_path):
+    """--files-from (a file or `-`) for lists too long for the command line; `-o -` is standard output, as Unix tools
+    read it (before: a file named `-`); --quiet leaves stderr to failures; names piped to `-` get a pointer."""
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{astronaut_path}\n\n{astronaut_path}\n")
+    base = ["predict", "--model", tiny_checkpoint, "--no-adapt", "-f", "jsonl"]
+    r = agelens(*base, "--files-from", listing, "-o", "-", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert [json.loads(x)["file"] for x in r.stdout.splitlines()] == [str(astronaut_path)] * 2
+    assert not (tmp_path / "-").exists()
+    r = subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, base), "--files-from", "-"], env=ENV,
+                       input=f"{astronaut_path}\n", capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1 and "backend" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, base), "-"], env=ENV,
+                       input=f"{astronaut_path}\n", capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "holds file names, not an image: read them with --files-from -" in r.stderr, r.stderr
+    r = agelens(*base, "--files-from", tmp_path / "nope.txt")
+    assert r.returncode == 2 and "--files-from" in r.stderr and "nope.txt" not in r.stdout, r.stderr
+
+
+def test_a_narrow_terminal_gets_a_line_per_face_not_numbers_folded_in_a_table(capsys, monkeypatch):
+    from agelens import cli
+
+    face = {"box": [178.2, 81.0, 272.4, 175.9], "age": 88.94, "interval": [76.8, 100.0], "occluded": False,
+            "occlusion_score": 0.01, "model": "teacher"}
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "40")
+    cli._emit([{"file": "photo.jpg", "faces": [face], "error": None},
+               {"file": "x.jpg", "faces": [], "error": "x.jpg: file not found"}], "table")
+    out = capsys.readouterr().out
+    assert "age 88.9 (77-100)" in out.replace("\n", " ") and "x.jpg: file not found" in out and "┃" not in out
+
+
 def test_a_reader_that_goes_ends_the_job_quietly_with_141(tmp_path, tiny_checkpoint, astronaut_path):
     """`agelens predict DIR | head -1`: the closed pipe ends the job as it ends `yes | head` (128 + SIGPIPE, no
     message), not with 1, which means some files failed."""
@@ -399,13 +433,13 @@ def test_the_table_fits_a_narrow_terminal_and_keeps_whole_paths(monkeypatch, cap
     rec = {"file": long, "error": None, "faces": [{"box": [178.2, 81.0, 272.4, 175.1], "age": 31.2,
                                                    "interval": [17.0, 46.0], "occluded": False,
                                                    "occlusion_score": 0.0, "model": "teacher"}]}
-    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("COLUMNS", "104")
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     cli._emit([rec], "table")
     import re
 
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # a terminal gets colours
-    assert max(len(x) for x in out.splitlines()) <= 80
+    assert max(len(x) for x in out.splitlines()) <= 104 and "31.2" in out and "178,81,272,175" in out
     cells = "".join(x.split("│")[1].strip() for x in out.splitlines() if x.startswith("│"))
     assert long in cells and "…" not in out  # folded over lines, not cut
 

@@ -50,7 +50,7 @@ STUDENT_HELP = ("the model for occluded faces under --route auto (a .safetensors
 DETECTOR_HELP = "occlusion detector that routes each face (a binary model of `agelens train`; default: shipped)"
 
 
-def _route(route: str | None, model: str | None, student: str | None = None) -> str:
+def _route(route: str | None, model: str | None, student: str | None = None, say=None) -> str:
     """--route as given; by default auto for the shipped models, and teacher for a --model of one's own (without
     a --student), so that the model asked about answers every face: under auto the faces the occlusion detector
     flags would go to the shipped student, and its answers would be counted as the model's. (The Python API,
@@ -62,7 +62,7 @@ def _route(route: str | None, model: str | None, student: str | None = None) -> 
 
     if model is None or student is not None or model in shipped_models():
         return "auto"
-    _err(f"--model {model} answers every face (--route teacher); --route auto would send the faces the occlusion "
+    (say or _err)(f"--model {model} answers every face (--route teacher); --route auto would send the faces the occlusion "
          "detector flags to the shipped student")
     return "teacher"
 
@@ -186,7 +186,7 @@ def occlude(src: Annotated[Path, typer.Argument(help="image file or folder (recu
             workers: Annotated[int, typer.Option(help="processes")] = 2,
             limit: Annotated[int, typer.Option(help="only the first N images (0 = all)")] = 0,
             overwrite: Annotated[bool, typer.Option(help="DST holds an earlier run: delete its outputs first")] = False,
-            quiet: bool = False) -> None:
+            quiet: Annotated[bool, typer.Option(help="no progress output")] = False) -> None:
     """Write synthetically occluded copies of images (sunglasses, masks/veils, blocks) and a CSV of what was drawn."""
     from .occlusion.synth import OcclusionMix
     from .occlusion.tool import occlude_folder
@@ -246,7 +246,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
              bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95 % intervals (0: none)")] = 1000,
              adapt: Annotated[bool, typer.Option("--adapt/--no-adapt", help="adapt the ages to the dataset's own age "
                                                  "mix, as predict does for a job (not with --from-cache)")] = True,
-             quiet: bool = False) -> None:
+             quiet: Annotated[bool, typer.Option(help="no progress output")] = False) -> None:
     """Evaluate a model on a labelled dataset: writes OUTPUT/metrics.json and OUTPUT/predictions.csv."""
     import shutil
     import tempfile
@@ -332,7 +332,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
 
 
 @app.command()
-def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files, folders or globs", show_default=False)] = None,
+def predict(paths: Annotated[list[str] | None, typer.Argument(
+                help="image files, folders or globs (`-`: one image on standard input)", show_default=False)] = None,
             model: Annotated[str | None, typer.Option(help="shipped model name, .safetensors, .pt or run folder")] = None,
             fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | jsonl | csv | parquet")] = "table",
             output: Annotated[Path | None, typer.Option("--output", "-o", help="write results here (jsonl/csv: "
@@ -362,6 +363,11 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                                                 "results are written at the end; --no-adapt: each face's own "
                                                 "answer, streamed)")] = True,
             demo: Annotated[bool, typer.Option(help="run on the bundled astronaut photo")] = False,
+            files_from: Annotated[str | None, typer.Option(
+                "--files-from", help="also read image paths from this file, one per line (`-`: standard input; "
+                "for lists too long for the command line)", show_default=False)] = None,
+            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no notes or progress on stderr (the backend "
+                                                "chosen, the age mix, the summary); failures are still said")] = False,
             engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data: a local Ray, or the "
                                                 "cluster at --address; pip install \"agelens\\[ray]\")")] = "local",
             address: Annotated[str | None, typer.Option(help="--engine ray: Ray cluster address (auto, HOST:6379, "
@@ -372,6 +378,10 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
 
     if fmt not in ("table", "json", *STREAM_FORMATS):
         raise AgelensError(f"--format must be table, json, jsonl or csv (or parquet), got {fmt!r}")
+    if output is not None and str(output) == "-":  # as Unix tools read `-o -`: standard output
+        if fmt == "parquet" or resume:
+            raise AgelensError("-o -: standard output takes --format json, jsonl, csv or table, without --resume")
+        output = None
     if (workers is not None and workers < 0) or batch_size < 1:
         raise AgelensError(f"--workers must be >= 0 and --batch-size >= 1, got {workers} and {batch_size}")
     from .inference import ENGINES
@@ -394,7 +404,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         _needs_stream("output", "the results are written there; give -o FILE")
     if save_annotated is not None:
         _check_output(save_annotated, folder=True, flag="--save-annotated")
-    files = expand_inputs(list(paths or []))
+    files = expand_inputs(list(paths or []) + _listed(files_from, paths or []))
     stdin_file = _stdin_image(files)
     if demo:
         from importlib import resources
@@ -410,20 +420,21 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     from .inference.stream import CSV_COLUMNS, csv_rows, open_sink, predict_stream
 
     tta_flip = _tta(tta, full_tta)
-    route = _route(route, model, student)
+    note = (lambda *_: None) if quiet else _err
+    route = _route(route, model, student, note)
     est = AgeEstimator.from_pretrained(model, tta_flip=tta_flip, route=route, student=student, detector=detector,
-                                       backend=_onnx_backend(backend, onnx_dir), onnx_dir=onnx_dir, log=_err)
+                                       backend=_onnx_backend(backend, onnx_dir), onnx_dir=onnx_dir, log=note)
     if backend != "auto":
-        _err(f"backend: {est.backend}")
+        note(f"backend: {est.backend}")
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
     if output is not None and not resume and _holds_results(output):
-        _err(f"{output} holds an earlier job's results: they are replaced (--resume continues that job instead)")
+        note(f"{output} holds an earlier job's results: they are replaced (--resume continues that job instead)")
     sink = open_sink(output, fmt, resume) if output is not None and fmt in STREAM_FORMATS else None
     left = list(range(len(files))) if sink is None else remaining(files, sink.done)
     todo = [files[i] for i in left]
     number = [i + 1 for i in left]  # each file's place in the whole job: annotated images keep it when resumed
     if sink is not None and sink.done:
-        _err(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
+        note(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
     results, failed, n_faces, started = [], 0, 0, time.monotonic()
     if engine == "ray":
         stream = _ray_stream(todo, est, detect, workers, batch_size, address, gpus_per_worker)
@@ -433,7 +444,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
                                 keep_rgb=save_annotated is not None and not adapt)
     if stdin_file is not None:
         stream = _named(stream, stdin_file, "-")
-    if output is not None:
+    # progress with -o, and on a terminal's stderr while the results go to a file or pipe (`> ages.jsonl`)
+    if not quiet and (output is not None or sys.stderr.isatty() and not sys.stdout.isatty()):
         from .progress import track
 
         stream = track(stream, total=len(todo), description="predicting")
@@ -462,7 +474,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
         if sink is not None:
             sink.close()
     if adapt:
-        _adapt_job(est, results, sink, output, fmt)
+        _adapt_job(est, results, sink, output, fmt, note)
         if save_annotated is not None:
             for k, (path, r) in enumerate(zip(todo, results, strict=True)):  # the local engine keeps input order
                 if r["faces"]:
@@ -480,11 +492,28 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(help="image files,
     elif fmt in ("json", "table"):
         _emit(results, fmt)
     if output is not None:  # a batch job's log (stderr to a file under nohup, cron, SLURM) ends with what it did
-        _err(f"{len(todo) - failed} of {len(todo)} file(s) answered, {n_faces} face(s), in "
+        note(f"{len(todo) - failed} of {len(todo)} file(s) answered, {n_faces} face(s), in "
              f"{time.monotonic() - started:.1f} s -> {output}")
     if failed:
         _err(f"{failed} of {len(todo)} file(s) failed")
         raise typer.Exit(1)
+
+
+def _listed(files_from: str | None, paths: list[str]) -> list[str]:
+    """The image paths a --files-from list names, one per line (blank lines skipped; `-`: standard input)."""
+    if files_from is None:
+        return []
+    if files_from == "-":
+        if "-" in paths:
+            raise AgelensError("--files-from - and the input `-` both read standard input: give one of them")
+        _needs_stream("input", "--files-from - reads the file names from it")
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(files_from).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise AgelensError(f"--files-from {files_from}: {getattr(e, 'strerror', None) or e}") from None
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 
 
 def _stdin_image(files: list[str]) -> str | None:
@@ -500,6 +529,9 @@ def _stdin_image(files: list[str]) -> str | None:
     if sys.stdin.isatty():
         raise AgelensError("`-` reads an image from standard input, but nothing is piped in")
     data = sys.stdin.buffer.read()
+    first = data[:4096].split(b"\n", 1)[0].strip()
+    if first and b"\0" not in first and Path(os.fsdecode(first)).is_file():  # `ls *.jpg | agelens predict -`
+        raise AgelensError("standard input holds file names, not an image: read them with --files-from -")
     folder = tempfile.mkdtemp(prefix="agelens-stdin-")
     atexit.register(shutil.rmtree, folder, True)
     path = str(Path(folder) / "stdin")
@@ -545,22 +577,23 @@ def _check_output(path: Path, folder: bool, flag: str) -> None:
         raise AgelensError(f"{flag} {path}: cannot write in {where} ({e.strerror or e})") from None
 
 
-def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str) -> None:
+def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str, note=None) -> None:
     """The job's faces adapted to its own age mix (`AgeEstimator.adapt`), in `results` and in a streamed --output
     (rewritten whole, atomically); a resumed output whose earlier files this run did not hold, or one that is not
-    a file that can be swapped (a device or a pipe), is left as streamed."""
+    a file that can be swapped (a device or a pipe), is left as streamed. `note` says what was done (stderr)."""
+    note = note or _err
     if sink is not None and sink.done:
-        _err(f"the ages this run added to {output} are each face's own answer, and its earlier lines are left as "
+        note(f"the ages this run added to {output} are each face's own answer, and its earlier lines are left as "
              "they were: a resumed job is not adapted to its age mix as a whole")
         return
     if sink is not None and not (output.is_dir() if fmt == "parquet" else output.is_file()):
-        _err(f"ages in {output} are each face's own answer: it is not a regular file, so it is not rewritten with "
+        note(f"ages in {output} are each face's own answer: it is not a regular file, so it is not rewritten with "
              "the job's adapted ages (--no-adapt says so up front)")
         return
     info = est.adapt(results)
     if not info["applied"]:
         if "divergence" in info:
-            _err(f"ages left as answered: the age mix of this job's {info['faces']} clean faces is like the "
+            note(f"ages left as answered: the age mix of this job's {info['faces']} clean faces is like the "
                  f"training mix (estimated mean age {info['mix_mean_age']}, training {info['training_mean_age']})")
         return
     if sink is not None:
@@ -568,7 +601,7 @@ def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str) ->
 
         rewrite_output(output, fmt, results)
     moved = "fully" if info["strength"] == 1 else f"{info['strength']:.0%} of the way"
-    _err(f"ages adapted to this job's age mix: {info['faces']} clean faces, estimated mean age "
+    note(f"ages adapted to this job's age mix: {info['faces']} clean faces, estimated mean age "
          f"{info['mix_mean_age']} (training mix {info['training_mean_age']}), moved {moved}, mean change "
          f"{info['mean_change']} years ({info['left_as_answered']} occluded or unsure faces left as answered); "
          "--no-adapt keeps each face's own answer")
@@ -591,18 +624,34 @@ def _emit(results: list[dict], fmt: str) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    console = Console(width=None if sys.stdout.isatty() else 160)  # 160 where the table goes to a file or pipe
+    if console.width < TABLE_MIN_WIDTH:  # a narrow terminal: a line per face, wrapped between words, not in a number
+        for r in results:
+            if r["error"]:
+                console.print(Text(r["error"], style="red"))  # it names the file
+            for i, f in enumerate(r["faces"]):
+                console.print(Text(f"{r['file']} face {i}: age {f['age']:.1f} ({f['interval'][0]:.0f}-"
+                                   f"{f['interval'][1]:.0f}), box {','.join(f'{v:.0f}' for v in f['box'])}, "
+                                   f"{_occluded(f)}, {f['model']}"))
+        return
     t = Table(title="agelens predict")
-    for c in ("file", "face", "box", "age", "90% interval", "occluded (score)", "model"):
-        t.add_column(c, overflow="fold")  # a narrow terminal folds a long path or box, never cuts it to "…"
+    # a long path or error folds, never cut to "…"; numbers stay whole on one line (a folded age read "88" over ".9")
+    for c in ("file", "face", "box", "age", "90% interval", "occluded (score)", "model / error"):
+        t.add_column(c, overflow="fold", no_wrap=c not in ("file", "model / error"))
     for r in results:  # file names and errors as Text: printed as they are, never read as markup ("[red]x.jpg")
         if r["error"]:
             t.add_row(Text(r["file"]), "-", "-", "-", "-", "-", Text(r["error"], style="red"))
         for i, f in enumerate(r["faces"]):
-            occ = "-" if f["occluded"] is None else f"{'yes' if f['occluded'] else 'no'} ({f['occlusion_score']:.2f})"
             t.add_row(Text(r["file"]), str(i), ",".join(f"{v:.0f}" for v in f["box"]), f"{f['age']:.1f}",
-                      f"{f['interval'][0]:.0f}-{f['interval'][1]:.0f}", occ, f["model"])
-    # a terminal's own width (an 80-column one wrapped a 160-column table); 160 where the table goes to a file or pipe
-    Console(width=None if sys.stdout.isatty() else 160).print(t)
+                      f"{f['interval'][0]:.0f}-{f['interval'][1]:.0f}", _occluded(f), f["model"])
+    console.print(t)
+
+
+TABLE_MIN_WIDTH = 100  # narrower terminals get a line per face instead of the table
+
+
+def _occluded(face: dict) -> str:
+    return "-" if face["occluded"] is None else f"{'yes' if face['occluded'] else 'no'} ({face['occlusion_score']:.2f})"
 
 
 def _holds_results(output: Path) -> bool:
@@ -797,7 +846,7 @@ def index(model: Annotated[str, typer.Argument(help="run folder, .pt checkpoint,
           output: Annotated[Path, typer.Option("--output", "-o", help="index file (.npz)")],
           config: ConfigOpt = None, overrides: Overrides = None,
           criterion: Annotated[str, typer.Option(help="tune k, w for validation mae | cmae")] = "mae",
-          quiet: bool = False) -> None:
+          quiet: Annotated[bool, typer.Option(help="no progress output")] = False) -> None:
     """Build the KNN-refinement index (faiss) of a model's training embeddings; k, w tuned on validation."""
     from .fairness.evaluate import build_index_file
 
@@ -832,7 +881,7 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
               write: Annotated[bool, typer.Option(help="store interval_z in the model card")] = True,
               force: Annotated[bool, typer.Option("--force", help="write into a shipped model's card (the installed "
                                                   "package's own)")] = False,
-              quiet: bool = False) -> None:
+              quiet: Annotated[bool, typer.Option(help="no progress output")] = False) -> None:
     """Split-conformal interval calibration: finds z so that age ± z·spread covers LEVEL of held-out ages and
     stores it in the model card (`interval_z`), where predict, the service and the ONNX export read it."""
     from .evaluate.calibrate import calibrate_model, calibrate_predictions
