@@ -454,3 +454,15 @@ def test_developer_tools_word_their_errors_as_the_cli_does(tmp_path):
         r = subprocess.run([sys.executable, "-m", module], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and r.stderr.startswith("error: "), (module, r.stderr[-500:])
         assert "Traceback" not in r.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_before_loading_models():
+    """Before: uvicorn's log lines and exit status 3 after the models had loaded."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        r = agelens("serve", "--port", port, "--model", "no_such_model")  # the model would fail later, with 2 too
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: port {port} on 127.0.0.1 is in use (another service, or agelens serve already running): pick "
+        "another with --port, or --port 0 for any free one"), r.stderr

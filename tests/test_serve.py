@@ -264,7 +264,7 @@ def test_cli_serve_rejects_bad_options():
     r = subprocess.run([sys.executable, "-m", "agelens.cli", "serve", "--port", "70000"], capture_output=True,
                        text=True, env=env, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "error: --port must be in 1..65535, got 70000" in r.stderr
+    assert "error: --port must be in 0..65535 (0: any free port), got 70000" in r.stderr
 
 
 def test_a_full_queue_answers_503_at_once():

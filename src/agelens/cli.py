@@ -767,7 +767,7 @@ def _onnx_backend(backend: str, onnx_dir: Path | None) -> str:
 
 @app.command()
 def serve(host: Annotated[str, typer.Option(help="address to bind (default: loopback only)")] = "127.0.0.1",
-          port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+          port: Annotated[int, typer.Option(help="TCP port (0: any free port, said on stderr)")] = 8000,
           model: Annotated[str | None, typer.Option(help="shipped model name, .safetensors, .pt or run folder")] = None,
           route: Annotated[str | None, typer.Option(help=ROUTE_HELP, show_default=False)] = None,
           student: Annotated[str | None, typer.Option(help=STUDENT_HELP, show_default=False)] = None,
@@ -792,13 +792,14 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
                            f"{e.name} is missing): reinstall agelens") from None
     from .inference.predictor import AgeEstimator
 
-    if not 0 < port < 65536:
-        raise AgelensError(f"--port must be in 1..65535, got {port}")
+    if not 0 <= port < 65536:
+        raise AgelensError(f"--port must be in 0..65535 (0: any free port), got {port}")
     if max_upload_mb <= 0 or max_pixels < 4 or max_queue < 0:
         raise AgelensError("--max-upload-mb and --max-pixels must be positive, --max-queue at least 0")
     for o in allow_origin or []:
         if o != "*" and not (o.startswith(("http://", "https://")) and "/" not in o.split("://", 1)[1]):
             raise AgelensError(f"--allow-origin {o!r}: give an origin as scheme://host[:port] (no path), or *")
+    requested, sock = port, _listen(host, port)  # before the models load: a port in use is said at once, in one line
     route = _route(route, model, student)
     est = AgeEstimator.from_pretrained(model, route=route, student=student, detector=detector,
                                        backend=_onnx_backend(backend, onnx_dir), onnx_dir=onnx_dir, log=_err)
@@ -806,13 +807,38 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
                      allow_origins=allow_origin)
     if host not in ("127.0.0.1", "localhost", "::1"):
         _err(f"warning: binding {host}: the service has no authentication; put it behind a proxy you control")
+    port = sock.getsockname()[1]
+    if port != requested:
+        _err(f"listening on port {port}")
+    server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level=log_level, workers=1))
     try:
-        uvicorn.run(web, host=host, port=port, log_level=log_level, workers=1)
+        server.run(sockets=[sock])
     except SystemExit as e:
         # SIGTERM is how a service manager stops a server: uvicorn drains the requests in flight, then passes the
         # signal on, which would end the process with 143 and mark a systemd unit as failed
         if e.code != 143:
             raise
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has drained the requests in flight
+        pass
+    if not server.started:
+        raise AgelensError(f"the service did not start on {host}:{port} (its log above says why)")
+
+
+def _listen(host: str, port: int):
+    """The service's listening socket, bound (with SO_REUSEADDR, as uvicorn binds it) before anything slow runs."""
+    import errno
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except socket.gaierror as e:
+        raise AgelensError(f"--host {host}: {e.strerror}") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise AgelensError(f"port {port} on {host} is in use (another service, or agelens serve already "
+                               "running): pick another with --port, or --port 0 for any free one") from None
+        raise AgelensError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 @app.command()
