@@ -363,6 +363,36 @@ def test_curate_drops_conflicting_duplicates_and_counts_bins(tmp_path):
         load_curate_config(None, sources=sources, conflicts="vote")
 
 
+def test_curate_names_the_paths_listed_not_their_symlink_targets(tmp_path):
+    """A symlinked dataset: manifest, dropped groups and outliers name the links the CSV lists, made absolute
+    (before: the resolved targets, which the user's CSV does not hold); exact duplicates are still found."""
+    import os
+
+    from agelens.fairness.curate import curate, load_curate_config, parse_source
+
+    real, links = tmp_path / "real", tmp_path / "links"
+    real.mkdir()
+    links.mkdir()
+    for i in range(3):
+        _noise_image(real / f"r{i}.png", i)
+    for name, target in (("a.png", "r0.png"), ("a_copy.png", "r0.png"), ("b.png", "r1.png"), ("c.png", "r2.png")):
+        (links / name).symlink_to(real / target)
+    (links / "labels.csv").write_text("path,age,gender\na.png,20,male\na_copy.png,30,male\nb.png,70,female\n"
+                                      "c.png,40,female\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # a relative source: paths made absolute against the working folder
+    try:
+        cfg = load_curate_config(None, sources=[parse_source("csv=links/labels.csv")], output=str(tmp_path / "m.csv"),
+                                 max_age=60.0, workers=1)
+        rep = curate(cfg, log=lambda *_: None)
+    finally:
+        os.chdir(cwd)
+    rows = list(csv.DictReader((tmp_path / "m.csv").read_text().splitlines()))
+    assert sorted(r["path"] for r in rows) == [str(links / "b.png"), str(links / "c.png")]
+    assert rep["dropped_groups"][0]["paths"] == [str(links / "a.png"), str(links / "a_copy.png")]
+    assert [(o["path"], o["source"]) for o in rep["outliers"]] == [(str(links / "b.png"), "csv")]
+
+
 def test_cli_curate_and_one_line_errors(tmp_path):
     import subprocess
     import sys

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -237,7 +238,9 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
             log(f"curate: {s.label}: {len(listing.bad)} row(s) skipped (each with its reason in the report's "
                 f"bad_row_list), e.g. {listing.bad[0].path}: {listing.bad[0].reason}")
         for r in sorted(listing.records, key=lambda r: r.path):
-            rows.append({"path": str(Path(r.path).resolve()), "age": float(r.age), "gender": r.gender, "race": r.race,
+            # the path as the source listed it, made absolute but not resolved: a symlinked dataset's manifest and
+            # report name the links the user listed (before: their targets, not findable in the user's CSV)
+            rows.append({"path": os.path.abspath(r.path), "age": float(r.age), "gender": r.gender, "race": r.race,
                          "adapter_group": f"{s.label}:{r.group}", "source": s.label, "dup_groups": s.groups_are_duplicates})
     n = len(rows)
     counts_before = demographic_counts(rows)
@@ -250,7 +253,7 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
         if r["dup_groups"]:
             j = first_of.setdefault("g:" + r["adapter_group"], i)
             dup.union(i, j)
-        if hashes[i] is not None:
+        if hashes[i] is not None:  # identical bytes: one image, whatever path or link lists it
             dup.union(i, first_of.setdefault("h:" + hashes[i][0], i))
     ok = [i for i in range(n) if hashes[i] is not None]
     near = 0
@@ -267,15 +270,16 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
     flagged = set()
     for i in ok:
         if not 0 <= rows[i]["age"] <= cfg.max_age:
-            outliers.append({"path": rows[i]["path"], "age": rows[i]["age"], "reason": f"age outside 0-{cfg.max_age:g}"})
+            outliers.append({"path": rows[i]["path"], "source": rows[i]["source"], "age": rows[i]["age"],
+                             "reason": f"age outside 0-{cfg.max_age:g}"})
             flagged.add(i)
     for m in members.values():
         if len(m) >= 3:
             ages = np.array([rows[i]["age"] for i in m])
             for i, out in zip(m, _robust_outliers(ages, cfg.outlier_z)):
                 if out and i not in flagged:
-                    outliers.append({"path": rows[i]["path"], "age": rows[i]["age"], "reason":
-                                     f"robust z > {cfg.outlier_z:g} against {len(m) - 1} duplicate(s) "
+                    outliers.append({"path": rows[i]["path"], "source": rows[i]["source"], "age": rows[i]["age"],
+                                     "reason": f"robust z > {cfg.outlier_z:g} against {len(m) - 1} duplicate(s) "
                                      f"(group median {float(np.median(ages)):g})"})
                     flagged.add(i)
 
@@ -296,7 +300,8 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
         conflict = max(ages) - min(ages) > cfg.age_tolerance or len(genders) > 1 or len(races) > 1
         conflicting += conflict
         if conflict and cfg.conflicts == "drop":
-            dropped_groups.append({"paths": [rows[i]["path"] for i in m], "ages": ages,
+            dropped_groups.append({"paths": [rows[i]["path"] for i in m], "sources": [rows[i]["source"] for i in m],
+                                   "ages": ages,
                                    "genders": [rows[i]["gender"] for i in m], "races": [rows[i]["race"] for i in m]})
             continue
         if conflict and cfg.conflicts == "median":
