@@ -393,6 +393,36 @@ def test_curate_names_the_paths_listed_not_their_symlink_targets(tmp_path):
     assert [(o["path"], o["source"]) for o in rep["outliers"]] == [(str(links / "b.png"), "csv")]
 
 
+def test_curate_fills_a_kept_duplicates_missing_labels_and_reports_resolved_groups(tmp_path):
+    """A consistent duplicate group whose first member lacks gender and race keeps it with the labels its copies
+    agree on (before: kept unlabelled); a conflicting group kept by --conflicts median is listed with its members'
+    labels and the ones kept."""
+    from agelens.fairness.curate import curate, load_curate_config, parse_source
+
+    for name, seed in (("a.png", 0), ("a_copy.png", 0), ("a_copy2.png", 0), ("b.png", 1), ("b_copy.png", 1)):
+        _noise_image(tmp_path / name, seed)
+    (tmp_path / "labels.csv").write_text("path,age,gender,race\na.png,20,,\na_copy.png,20,female,\n"
+                                         "a_copy2.png,20,,asian\nb.png,30,male,white\nb_copy.png,34,female,white\n")
+    src = [parse_source(f"csv={tmp_path / 'labels.csv'}")]
+    rep = curate(load_curate_config(None, sources=src, output=str(tmp_path / "m.csv"), conflicts="median",
+                                    workers=1), log=lambda *_: None)
+    rows = {Path(r["path"]).name: r for r in csv.DictReader((tmp_path / "m.csv").read_text().splitlines())}
+    assert (rows["a.png"]["gender"], rows["a.png"]["race"]) == ("female", "asian")
+    assert rep["filled_labels"] == [{"path": str(tmp_path / "a.png"), "source": "csv", "gender": "female",
+                                     "race": "asian", "from": [str(tmp_path / "a_copy.png"),
+                                                               str(tmp_path / "a_copy2.png")]}]
+    assert rep["counts_after"]["11-20"] == {"female": {"asian": 1}}
+    (g,) = rep["resolved_groups"]
+    assert g["genders"] == ["male", "female"] and g["ages"] == [30.0, 34.0]
+    assert g["kept"]["path"] == str(tmp_path / "b.png") and g["kept"]["age"] == 32.0
+    # keep_duplicates: every member of the consistent group gets the labels it lacked
+    rep = curate(load_curate_config(None, sources=src, output=str(tmp_path / "m2.csv"), keep_duplicates=True,
+                                    workers=1), log=lambda *_: None)
+    rows = list(csv.DictReader((tmp_path / "m2.csv").read_text().splitlines()))
+    assert [(r["gender"], r["race"]) for r in rows] == [("female", "asian")] * 3
+    assert len(rep["filled_labels"]) == 3 and len(rep["dropped_groups"]) == 1
+
+
 def test_cli_curate_and_one_line_errors(tmp_path):
     import subprocess
     import sys

@@ -789,7 +789,7 @@ def curate(config: Annotated[Path | None, typer.Option("--config", "-c", help="c
     typer.echo(format_counts(r["counts_before"], r["counts_after"]))
     typer.echo(f"{r['records_in']} → {r['records_out']} records; {r['duplicate_groups']} duplicate groups, "
                f"{r['conflicting_groups']} with conflicting labels ({cfg.conflicts}); {len(r['outliers'])} outliers flagged; "
-               f"{len(r['unreadable'])} unreadable -> {cfg.output}, {r['report']}")
+               f"{len(r['filled_labels'])} record(s) given a duplicate's gender/race; {len(r['unreadable'])} unreadable -> {cfg.output}, {r['report']}")
 
 
 @app.command()
