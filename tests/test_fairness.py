@@ -486,3 +486,29 @@ def test_signed_error_cells_carry_face_counts_and_empty_cells():
     assert (m[0, 0], n[0, 0], m[0, 6], n[0, 6], n[1, 0]) == (1.5, 12, -9.0, 2, 3)
     assert np.isnan(m[1, 1:]).all() and (n[1, 1:] == 0).all()
     assert signed_error_cells({})[2] == [] and plot_signed_error({}) is None
+
+
+def test_report_says_where_grad_cam_has_no_positive_evidence_and_its_resolution():
+    """A model whose age does not move with its features (head zeroed) has a CAM of 0 everywhere: said, and drawn
+    without a heat map (before: a uniform tint, no note); the note gives the last feature map's cells (2×2 here)."""
+    from types import SimpleNamespace
+
+    import matplotlib
+
+    from agelens.fairness.report import faces_note, plot_faces
+
+    matplotlib.use("Agg")
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.backbone=resnet18", "model.pretrained=false", "model.head=dldl",
+                             "data.crop_size=64", "data.input_size=64"])
+    model = build_model(cfg.model)
+    for p in model.head.parameters():
+        torch.nn.init.zeros_(p)
+    rng = np.random.default_rng(0)
+    cache = SimpleNamespace(ages=np.array([5.0, 25.0]), size=64, landmarks=[mean_landmarks() / 4] * 2,
+                            images=[rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)])
+    png, weights, info = plot_faces(model, cfg, cache, 2)
+    assert png and weights is None and info == {"cam_size": (2, 2), "faces": 2, "no_evidence": 2}
+    note = faces_note(info, 64, None)
+    assert "2×2 cells over the 64 px input" in note and "2 of 2 face(s): no positive evidence" in note
+    assert "no positive evidence" not in faces_note({"cam_size": (7, 7), "faces": 3, "no_evidence": 0}, 224, None)
