@@ -512,3 +512,26 @@ def test_report_says_where_grad_cam_has_no_positive_evidence_and_its_resolution(
     note = faces_note(info, 64, None)
     assert "2×2 cells over the 64 px input" in note and "2 of 2 face(s): no positive evidence" in note
     assert "no positive evidence" not in faces_note({"cam_size": (7, 7), "faces": 3, "no_evidence": 0}, 224, None)
+
+
+def test_report_header_names_the_runs_recipe_components(tmp_path):
+    """A run folder's config.yaml says which parts of the fairness recipe were on; a shipped model has none."""
+    import yaml
+
+    from agelens.config import config_to_dict
+    from agelens.fairness.report import recipe_line, run_config_file
+
+    cfg = load_config(None, ["model.region_attention=true", "train.sampler=balanced", "train.balance_by=age_bin,gender",
+                             "fairness.gamma_knn=0.1", "fairness.knn_k=3"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    for metrics, found in (({"model_path": str(run)}, True), ({"model_path": str(run / "best.pt")}, True),
+                           ({"model": "teacher"}, False), ({"model_path": str(tmp_path / "w.safetensors")}, False)):
+        assert (run_config_file(metrics, None) == run / "config.yaml") is found, metrics
+    assert run_config_file({}, run) == run / "config.yaml"
+    line = recipe_line(run / "config.yaml")
+    assert "balanced sampler on (by age_bin × gender, power 1)" in line and "class-balanced loss off" in line
+    assert "KNN loss on (γ 0.1, k 3)" in line and "region attention on" in line and "group DRO off" in line
+    assert "LDS off" in line
+

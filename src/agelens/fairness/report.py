@@ -354,6 +354,45 @@ def _fmt_ci(ci: dict | None, key: str) -> str:
     return f" [{v[0]:.2f}, {v[1]:.2f}]" if v else ""
 
 
+def run_config_file(metrics: dict, run: Path | None) -> Path | None:
+    """The config.yaml of the run folder evaluated (the folder given, or the model_path evaluate recorded: a run
+    folder or a checkpoint in one), or None (a shipped model or loose weights carry no training recipe)."""
+    cands = [run] if run is not None else []
+    spec = metrics.get("model_path") or metrics.get("run")
+    if spec:
+        cands += [Path(spec).parent] if Path(spec).name in ("best.pt", "last.pt") else [Path(spec)]
+    return next((c / "config.yaml" for c in cands if (c / "config.yaml").is_file()), None)
+
+
+def _join(keys: list[str]) -> str:
+    return " × ".join(keys)
+
+
+def recipe_line(path: Path) -> str:
+    """Which components of the fairness recipe the run trained with, from its config.yaml ("" if unreadable)."""
+    import yaml
+
+    from ..config import config_from_dict
+
+    try:
+        cfg = config_from_dict(yaml.safe_load(path.read_text()) or {})
+    except Exception:  # a config of another version only removes the line
+        return ""
+    t, f = cfg.train, cfg.fairness
+
+    def on(flag: bool, detail: str = "") -> str:
+        return ("on" + (f" ({detail})" if detail else "")) if flag else "off"
+
+    tail = f", tail augmentation {t.tail_augment:g}" if t.tail_augment else ""
+    parts = [f"balanced sampler {on(t.sampler == 'balanced', f'by {_join(t.balance_by)}, power {t.balance_power:g}{tail}')}",
+             f"class-balanced loss {on(f.cb_beta > 0, f'β {f.cb_beta:g} by {_join(f.cb_by)}, λ {f.lambda_cb:g}')}",
+             f"LDS {on(f.lds, f'σ {f.lds_sigma:g}')}",
+             f"KNN loss {on(f.gamma_knn > 0, f'γ {f.gamma_knn:g}, k {f.knn_k}')}",
+             f"region attention {on(cfg.model.region_attention)}",
+             f"group DRO {on(f.group_dro, f'by {_join(f.dro_by)}, η {f.dro_eta:g}')}"]
+    return "Training recipe (" + str(path) + "): " + "; ".join(parts) + "."
+
+
 def _load_model_and_cache(metrics: dict, run: Path | None):
     """(model, config, cache) for the face panels, or None with the reason."""
     from ..data.cache import FaceCache
@@ -419,11 +458,14 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
                    f"<td>{len(g['by_group']) - len(g.get('left_out_of_difference') or [])}</td>"
                    f"<td>{html.escape(_left_out(g))}</td></tr>" for a, g in groups.items())
     knn = metrics.get("knn")
+    conf = run_config_file(metrics, run)
+    recipe = recipe_line(conf) if conf is not None else ""
     small = metrics.get("small_bins") or {}
     failed = metrics.get("failed") or 0
     parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {metrics.get('n')}"
              + (f" ({failed} more image{'' if failed == 1 else 's'} with no face found, not counted)" if failed else "")
              + (f", KNN refinement k={knn['k']}, w={knn['w']}" if knn else "") + "</p>",
+             f"<p>{html.escape(recipe)}</p>" if recipe else "",
              f"<table><tr><th>metric</th><th>value [95 % CI]</th></tr>{summary}</table>",
              "<p>CMAE and the bias score (max − min MAE over age bins) take every age bin present"
              + (": " + ", ".join(f"{html.escape(b)} holds only {c} face{'' if c == 1 else 's'}"
