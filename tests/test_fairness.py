@@ -535,3 +535,49 @@ def test_report_header_names_the_runs_recipe_components(tmp_path):
     assert "KNN loss on (γ 0.1, k 3)" in line and "region attention on" in line and "group DRO off" in line
     assert "LDS off" in line
 
+
+def test_evaluate_mae_unadapted_is_the_same_pipeline_with_knn(monkeypatch):
+    """With --knn, prior_adaptation.mae_unadapted is the MAE of the unadapted answers refined by the same index
+    (before: taken before KNN, so mae − mae_unadapted credited KNN's gain to the adaptation). An index of weight 1
+    and k = 1 over the test faces' own embeddings answers each face's true age, adapted or not: both MAEs are 0."""
+    from types import SimpleNamespace
+
+    import agelens.data.dataset as dataset_mod
+    from agelens.data.adapters import FaceRecord
+    from agelens.evaluate.runner import evaluate_estimator
+
+    n = 4
+    true = np.array([10.0, 30.0, 50.0, 70.0], np.float32)
+    emb = np.eye(n, 8, dtype=np.float32)
+    teacher = SimpleNamespace(name="t", model=torch.nn.Linear(2, 2), crop_size=224, input_size=224)
+    est = SimpleNamespace(
+        teacher=teacher, detector=None, route="teacher",
+        analyse_crops=lambda crops, **_: {"age": true + 6, "spread": np.ones(n, np.float32), "embedding": emb,
+                                          "student_weight": np.zeros(n, np.float32), "occluded": np.zeros(n, bool),
+                                          "occlusion_score": np.full(n, np.nan), "model": np.array(["t"] * n)},
+        adapt_arrays=lambda a, s, w, sc: (a - 3, s, {"applied": True}),
+        intervals=lambda a, s, w: (a - 1, a + 1))
+    fingerprint = model_fingerprint(teacher.model, 224, 224)
+    knn = KnnIndex.from_embeddings(emb, true, fingerprint=fingerprint)
+    knn.k, knn.w = 1, 1.0
+
+    class Views:
+        def __init__(self, *a, **k):
+            pass
+
+        def occluded_view(self, i, with_alpha=False):
+            return np.zeros((16, 16, 3), np.uint8), None, None
+
+    monkeypatch.setattr(dataset_mod, "CachedFaceDataset", Views)
+    class Cache:
+        records, ages, failed = [FaceRecord(f"{i}.jpg", float(a)) for i, a in enumerate(true)], true, []
+
+        def __len__(self):
+            return n
+
+    cache = Cache()
+    m = evaluate_estimator(est, cache, None, progress=False, knn=knn, bootstrap=0, groups=False, adapt=True)
+    assert m["mae"] == pytest.approx(0, abs=1e-4)
+    assert m["prior_adaptation"]["mae_unadapted"] == pytest.approx(0, abs=1e-4)
+    m = evaluate_estimator(est, cache, None, progress=False, bootstrap=0, groups=False, adapt=True)
+    assert m["mae"] == pytest.approx(3) and m["prior_adaptation"]["mae_unadapted"] == pytest.approx(6)

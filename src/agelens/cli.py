@@ -326,7 +326,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         shutil.rmtree(tmp, ignore_errors=True)
     pa = m.get("prior_adaptation") or {}
     typer.echo(_headline(m)
-               + (f"  (adapted to the dataset's age mix; as answered {pa['mae_unadapted']:.3f})" if pa.get("applied")
+               + (f"  (adapted to the dataset's age mix; unadapted{' with KNN' if m.get('knn') else ''} "
+                  f"{pa['mae_unadapted']:.3f})" if pa.get("applied")
                   else "")
                + f"  routed {m['routed_to']}  ({m['failed']} without a face, {len(bad)} bad rows) -> {output}/metrics.json")
 
