@@ -287,6 +287,33 @@ def test_knn_refinement_exact_neighbours_tuning_and_fingerprint(tmp_path):
         KnnIndex.load(tmp_path / "bad.npz")
 
 
+def test_index_with_k_and_w_given_uses_them_instead_of_tuning(monkeypatch):
+    """`agelens index --k 3 --w 0.25` (the paper's fixed values, say) keeps them, measured on validation; without
+    them k and w are tuned over the grids."""
+    import agelens.evaluate.predict as predict_mod
+    from agelens.fairness.knn import build_index
+
+    rng = np.random.default_rng(0)
+
+    class Cache:
+        def __init__(self, n, path):
+            self.ages, self.path = rng.uniform(1, 80, n).astype(np.float32), path
+
+        def __len__(self):
+            return len(self.ages)
+
+    train, val = Cache(60, "train"), Cache(12, "val")
+    embs = {"train": rng.normal(size=(60, 8)), "val": rng.normal(size=(12, 8))}
+    monkeypatch.setattr(predict_mod, "predict_cache", lambda model, cache, *a, **k: (
+        cache.ages + 5, np.ones(len(cache)), embs[cache.path]))
+    cfg, model = load_config(None), torch.nn.Linear(2, 2)
+    idx = build_index(model, cfg, train, val, None, ks=(3,), ws=(0.25,), progress=False, log=lambda *_: None)
+    assert (idx.k, idx.w, idx.meta["k_grid"], idx.meta["w_grid"]) == (3, 0.25, [3], [0.25])
+    assert [(g["k"], g["w"]) for g in idx.meta["grid"]] == [(3, 0.25)]
+    tuned = build_index(model, cfg, train, val, None, progress=False, log=lambda *_: None)
+    assert len(tuned.meta["grid"]) == 6 * 11 and tuned.meta["k_grid"] == [1, 3, 5, 10, 20, 50]
+
+
 def test_model_fingerprint_tracks_weights_and_geometry():
     m = build_model(load_config(None, ["model.backbone=resnet18", "model.pretrained=false"]).model)
     a = model_fingerprint(m, 224, 112)
@@ -449,6 +476,8 @@ def test_cli_curate_and_one_line_errors(tmp_path):
     assert r.returncode == 2 and "error: --source 'utkface' is not DATASET=ROOT" in r.stderr and "Traceback" not in r.stderr
     r = run("evaluate", "--from-cache", "--model", "teacher", "--knn", tmp_path / "none.npz", "-o", tmp_path / "o")
     assert r.returncode == 2 and "error: KNN index not found" in r.stderr and "Traceback" not in r.stderr
+    r = run("index", "teacher", "-o", tmp_path / "knn.npz", "--k", "3", "--w", "1.5")
+    assert r.returncode == 2 and "error: --k must be >= 1 and --w in [0, 1]" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("route", ["teacher", "student"])

@@ -798,11 +798,18 @@ def index(model: Annotated[str, typer.Argument(help="run folder, .pt checkpoint,
           output: Annotated[Path, typer.Option("--output", "-o", help="index file (.npz)")],
           config: ConfigOpt = None, overrides: Overrides = None,
           criterion: Annotated[str, typer.Option(help="tune k, w for validation mae | cmae")] = "mae",
+          k: Annotated[int | None, typer.Option("--k", help="neighbours, fixed instead of tuned")] = None,
+          w: Annotated[float | None, typer.Option("--w", help="weight of the neighbours' age in [0, 1], fixed instead "
+                                                  "of tuned")] = None,
           quiet: bool = False) -> None:
     """Build the KNN-refinement index (faiss) of a model's training embeddings; k, w tuned on validation."""
     from .fairness.evaluate import build_index_file
+    from .fairness.knn import K_GRID, W_GRID
 
-    idx = build_index_file(model, output, config, overrides, criterion, progress=not quiet, log=typer.echo)
+    if (k is not None and k < 1) or (w is not None and not 0 <= w <= 1):
+        raise AgelensError(f"--k must be >= 1 and --w in [0, 1], got --k {k} --w {w}")
+    idx = build_index_file(model, output, config, overrides, criterion, progress=not quiet, log=typer.echo,
+                           ks=K_GRID if k is None else (k,), ws=W_GRID if w is None else (w,))
     typer.echo(f"wrote {output}: {idx.index.ntotal} faces, k={idx.k}, w={idx.w}, val MAE "
                f"{idx.meta['val_mae_before']:.3f} → {idx.meta['val_mae_after']:.3f}")
 
