@@ -178,6 +178,20 @@ def test_a_reused_split_says_what_it_leaves_out_and_which_settings_it_keeps(tmp_
     assert any("1 row(s) of csv skipped (missing file: 1)" in s for s in said), said
 
 
+def test_a_curate_manifest_loads_without_a_note(tmp_path):
+    """The `source` column `agelens curate` writes is passed over quietly (before: "column(s) not read: source" on
+    every split, prepare, train, index and cv of a curated dataset); another unknown column is still named."""
+    from agelens.fairness.curate import MANIFEST_COLUMNS
+
+    _img(tmp_path / "a.jpg")
+    (tmp_path / "m.csv").write_text(",".join(MANIFEST_COLUMNS) + f"\n{tmp_path / 'a.jpg'},31,female,asian,utk:a,utk\n")
+    lst = load_dataset("csv", tmp_path / "m.csv")
+    assert len(lst.records) == 1 and lst.notes == []
+    (tmp_path / "n.csv").write_text("path,age,Source,camera\na.jpg,31,utk,x\n")
+    (note,) = load_dataset("csv", tmp_path / "n.csv").notes
+    assert "column(s) not read: camera (" in note
+
+
 def test_csv_columns_under_other_names_are_read_and_the_rest_named(tmp_path):
     """A researcher's own header: `sex` / `Ethnicity` / `subject_id` are read as gender, race and group (before: every
     face "unknown" and no identity groups, silently); columns not read are named; ambiguous or unknown labels refused."""

@@ -287,6 +287,33 @@ def test_knn_refinement_exact_neighbours_tuning_and_fingerprint(tmp_path):
         KnnIndex.load(tmp_path / "bad.npz")
 
 
+def test_index_with_k_and_w_given_uses_them_instead_of_tuning(monkeypatch):
+    """`agelens index --k 3 --w 0.25` (the paper's fixed values, say) keeps them, measured on validation; without
+    them k and w are tuned over the grids."""
+    import agelens.evaluate.predict as predict_mod
+    from agelens.fairness.knn import build_index
+
+    rng = np.random.default_rng(0)
+
+    class Cache:
+        def __init__(self, n, path):
+            self.ages, self.path = rng.uniform(1, 80, n).astype(np.float32), path
+
+        def __len__(self):
+            return len(self.ages)
+
+    train, val = Cache(60, "train"), Cache(12, "val")
+    embs = {"train": rng.normal(size=(60, 8)), "val": rng.normal(size=(12, 8))}
+    monkeypatch.setattr(predict_mod, "predict_cache", lambda model, cache, *a, **k: (
+        cache.ages + 5, np.ones(len(cache)), embs[cache.path]))
+    cfg, model = load_config(None), torch.nn.Linear(2, 2)
+    idx = build_index(model, cfg, train, val, None, ks=(3,), ws=(0.25,), progress=False, log=lambda *_: None)
+    assert (idx.k, idx.w, idx.meta["k_grid"], idx.meta["w_grid"]) == (3, 0.25, [3], [0.25])
+    assert [(g["k"], g["w"]) for g in idx.meta["grid"]] == [(3, 0.25)]
+    tuned = build_index(model, cfg, train, val, None, progress=False, log=lambda *_: None)
+    assert len(tuned.meta["grid"]) == 6 * 11 and tuned.meta["k_grid"] == [1, 3, 5, 10, 20, 50]
+
+
 def test_model_fingerprint_tracks_weights_and_geometry():
     m = build_model(load_config(None, ["model.backbone=resnet18", "model.pretrained=false"]).model)
     a = model_fingerprint(m, 224, 112)
@@ -363,6 +390,66 @@ def test_curate_drops_conflicting_duplicates_and_counts_bins(tmp_path):
         load_curate_config(None, sources=sources, conflicts="vote")
 
 
+def test_curate_names_the_paths_listed_not_their_symlink_targets(tmp_path):
+    """A symlinked dataset: manifest, dropped groups and outliers name the links the CSV lists, made absolute
+    (before: the resolved targets, which the user's CSV does not hold); exact duplicates are still found."""
+    import os
+
+    from agelens.fairness.curate import curate, load_curate_config, parse_source
+
+    real, links = tmp_path / "real", tmp_path / "links"
+    real.mkdir()
+    links.mkdir()
+    for i in range(3):
+        _noise_image(real / f"r{i}.png", i)
+    for name, target in (("a.png", "r0.png"), ("a_copy.png", "r0.png"), ("b.png", "r1.png"), ("c.png", "r2.png")):
+        (links / name).symlink_to(real / target)
+    (links / "labels.csv").write_text("path,age,gender\na.png,20,male\na_copy.png,30,male\nb.png,70,female\n"
+                                      "c.png,40,female\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # a relative source: paths made absolute against the working folder
+    try:
+        cfg = load_curate_config(None, sources=[parse_source("csv=links/labels.csv")], output=str(tmp_path / "m.csv"),
+                                 max_age=60.0, workers=1)
+        rep = curate(cfg, log=lambda *_: None)
+    finally:
+        os.chdir(cwd)
+    rows = list(csv.DictReader((tmp_path / "m.csv").read_text().splitlines()))
+    assert sorted(r["path"] for r in rows) == [str(links / "b.png"), str(links / "c.png")]
+    assert rep["dropped_groups"][0]["paths"] == [str(links / "a.png"), str(links / "a_copy.png")]
+    assert [(o["path"], o["source"]) for o in rep["outliers"]] == [(str(links / "b.png"), "csv")]
+
+
+def test_curate_fills_a_kept_duplicates_missing_labels_and_reports_resolved_groups(tmp_path):
+    """A consistent duplicate group whose first member lacks gender and race keeps it with the labels its copies
+    agree on (before: kept unlabelled); a conflicting group kept by --conflicts median is listed with its members'
+    labels and the ones kept."""
+    from agelens.fairness.curate import curate, load_curate_config, parse_source
+
+    for name, seed in (("a.png", 0), ("a_copy.png", 0), ("a_copy2.png", 0), ("b.png", 1), ("b_copy.png", 1)):
+        _noise_image(tmp_path / name, seed)
+    (tmp_path / "labels.csv").write_text("path,age,gender,race\na.png,20,,\na_copy.png,20,female,\n"
+                                         "a_copy2.png,20,,asian\nb.png,30,male,white\nb_copy.png,34,female,white\n")
+    src = [parse_source(f"csv={tmp_path / 'labels.csv'}")]
+    rep = curate(load_curate_config(None, sources=src, output=str(tmp_path / "m.csv"), conflicts="median",
+                                    workers=1), log=lambda *_: None)
+    rows = {Path(r["path"]).name: r for r in csv.DictReader((tmp_path / "m.csv").read_text().splitlines())}
+    assert (rows["a.png"]["gender"], rows["a.png"]["race"]) == ("female", "asian")
+    assert rep["filled_labels"] == [{"path": str(tmp_path / "a.png"), "source": "csv", "gender": "female",
+                                     "race": "asian", "from": [str(tmp_path / "a_copy.png"),
+                                                               str(tmp_path / "a_copy2.png")]}]
+    assert rep["counts_after"]["11-20"] == {"female": {"asian": 1}}
+    (g,) = rep["resolved_groups"]
+    assert g["genders"] == ["male", "female"] and g["ages"] == [30.0, 34.0]
+    assert g["kept"]["path"] == str(tmp_path / "b.png") and g["kept"]["age"] == 32.0
+    # keep_duplicates: every member of the consistent group gets the labels it lacked
+    rep = curate(load_curate_config(None, sources=src, output=str(tmp_path / "m2.csv"), keep_duplicates=True,
+                                    workers=1), log=lambda *_: None)
+    rows = list(csv.DictReader((tmp_path / "m2.csv").read_text().splitlines()))
+    assert [(r["gender"], r["race"]) for r in rows] == [("female", "asian")] * 3
+    assert len(rep["filled_labels"]) == 3 and len(rep["dropped_groups"]) == 1
+
+
 def test_cli_curate_and_one_line_errors(tmp_path):
     import subprocess
     import sys
@@ -389,6 +476,8 @@ def test_cli_curate_and_one_line_errors(tmp_path):
     assert r.returncode == 2 and "error: --source 'utkface' is not DATASET=ROOT" in r.stderr and "Traceback" not in r.stderr
     r = run("evaluate", "--from-cache", "--model", "teacher", "--knn", tmp_path / "none.npz", "-o", tmp_path / "o")
     assert r.returncode == 2 and "error: KNN index not found" in r.stderr and "Traceback" not in r.stderr
+    r = run("index", "teacher", "-o", tmp_path / "knn.npz", "--k", "3", "--w", "1.5")
+    assert r.returncode == 2 and "error: --k must be >= 1 and --w in [0, 1]" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("route", ["teacher", "student"])
@@ -426,3 +515,98 @@ def test_signed_error_cells_carry_face_counts_and_empty_cells():
     assert (m[0, 0], n[0, 0], m[0, 6], n[0, 6], n[1, 0]) == (1.5, 12, -9.0, 2, 3)
     assert np.isnan(m[1, 1:]).all() and (n[1, 1:] == 0).all()
     assert signed_error_cells({})[2] == [] and plot_signed_error({}) is None
+
+
+def test_report_says_where_grad_cam_has_no_positive_evidence_and_its_resolution():
+    """A model whose age does not move with its features (head zeroed) has a CAM of 0 everywhere: said, and drawn
+    without a heat map (before: a uniform tint, no note); the note gives the last feature map's cells (2×2 here)."""
+    from types import SimpleNamespace
+
+    import matplotlib
+
+    from agelens.fairness.report import faces_note, plot_faces
+
+    matplotlib.use("Agg")
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.backbone=resnet18", "model.pretrained=false", "model.head=dldl",
+                             "data.crop_size=64", "data.input_size=64"])
+    model = build_model(cfg.model)
+    for p in model.head.parameters():
+        torch.nn.init.zeros_(p)
+    rng = np.random.default_rng(0)
+    cache = SimpleNamespace(ages=np.array([5.0, 25.0]), size=64, landmarks=[mean_landmarks() / 4] * 2,
+                            images=[rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)])
+    png, weights, info = plot_faces(model, cfg, cache, 2)
+    assert png and weights is None and info == {"cam_size": (2, 2), "faces": 2, "no_evidence": 2}
+    note = faces_note(info, 64, None)
+    assert "2×2 cells over the 64 px input" in note and "2 of 2 face(s): no positive evidence" in note
+    assert "no positive evidence" not in faces_note({"cam_size": (7, 7), "faces": 3, "no_evidence": 0}, 224, None)
+
+
+def test_report_header_names_the_runs_recipe_components(tmp_path):
+    """A run folder's config.yaml says which parts of the fairness recipe were on; a shipped model has none."""
+    import yaml
+
+    from agelens.config import config_to_dict
+    from agelens.fairness.report import recipe_line, run_config_file
+
+    cfg = load_config(None, ["model.region_attention=true", "train.sampler=balanced", "train.balance_by=age_bin,gender",
+                             "fairness.gamma_knn=0.1", "fairness.knn_k=3"])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    for metrics, found in (({"model_path": str(run)}, True), ({"model_path": str(run / "best.pt")}, True),
+                           ({"model": "teacher"}, False), ({"model_path": str(tmp_path / "w.safetensors")}, False)):
+        assert (run_config_file(metrics, None) == run / "config.yaml") is found, metrics
+    assert run_config_file({}, run) == run / "config.yaml"
+    line = recipe_line(run / "config.yaml")
+    assert "balanced sampler on (by age_bin × gender, power 1)" in line and "class-balanced loss off" in line
+    assert "KNN loss on (γ 0.1, k 3)" in line and "region attention on" in line and "group DRO off" in line
+    assert "LDS off" in line
+
+
+def test_evaluate_mae_unadapted_is_the_same_pipeline_with_knn(monkeypatch):
+    """With --knn, prior_adaptation.mae_unadapted is the MAE of the unadapted answers refined by the same index
+    (before: taken before KNN, so mae − mae_unadapted credited KNN's gain to the adaptation). An index of weight 1
+    and k = 1 over the test faces' own embeddings answers each face's true age, adapted or not: both MAEs are 0."""
+    from types import SimpleNamespace
+
+    import agelens.data.dataset as dataset_mod
+    from agelens.data.adapters import FaceRecord
+    from agelens.evaluate.runner import evaluate_estimator
+
+    n = 4
+    true = np.array([10.0, 30.0, 50.0, 70.0], np.float32)
+    emb = np.eye(n, 8, dtype=np.float32)
+    teacher = SimpleNamespace(name="t", model=torch.nn.Linear(2, 2), crop_size=224, input_size=224)
+    est = SimpleNamespace(
+        teacher=teacher, detector=None, route="teacher",
+        analyse_crops=lambda crops, **_: {"age": true + 6, "spread": np.ones(n, np.float32), "embedding": emb,
+                                          "student_weight": np.zeros(n, np.float32), "occluded": np.zeros(n, bool),
+                                          "occlusion_score": np.full(n, np.nan), "model": np.array(["t"] * n)},
+        adapt_arrays=lambda a, s, w, sc: (a - 3, s, {"applied": True}),
+        intervals=lambda a, s, w: (a - 1, a + 1))
+    fingerprint = model_fingerprint(teacher.model, 224, 224)
+    knn = KnnIndex.from_embeddings(emb, true, fingerprint=fingerprint)
+    knn.k, knn.w = 1, 1.0
+
+    class Views:
+        def __init__(self, *a, **k):
+            pass
+
+        def occluded_view(self, i, with_alpha=False):
+            return np.zeros((16, 16, 3), np.uint8), None, None
+
+    monkeypatch.setattr(dataset_mod, "CachedFaceDataset", Views)
+    class Cache:
+        records, ages, failed = [FaceRecord(f"{i}.jpg", float(a)) for i, a in enumerate(true)], true, []
+
+        def __len__(self):
+            return n
+
+    cache = Cache()
+    m = evaluate_estimator(est, cache, None, progress=False, knn=knn, bootstrap=0, groups=False, adapt=True)
+    assert m["mae"] == pytest.approx(0, abs=1e-4)
+    assert m["prior_adaptation"]["mae_unadapted"] == pytest.approx(0, abs=1e-4)
+    m = evaluate_estimator(est, cache, None, progress=False, bootstrap=0, groups=False, adapt=True)
+    assert m["mae"] == pytest.approx(3) and m["prior_adaptation"]["mae_unadapted"] == pytest.approx(6)

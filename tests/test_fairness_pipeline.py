@@ -94,6 +94,10 @@ def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder, 
     assert "Learned region weights" in page and "Grad-CAM" in page
     assert "Age-standardised MAE" in page and "spread (max − min)" in page
     run_page = build_report(run, log=lambda *_: None).read_text()  # a run folder: its test/ part
+    # the recipe trained with, from the run's config.yaml, in both pages (the evaluation names the run folder)
+    for text in (page, run_page):
+        assert "balanced sampler on (by age_bin × gender" in text and "region attention on" in text
+        assert "KNN loss on (γ 0.1, k 3)" in text and "group DRO off" in text
     assert run_page.count("data:image/png;base64,") == 5  # no embeddings saved during training
 
 

@@ -326,7 +326,8 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         shutil.rmtree(tmp, ignore_errors=True)
     pa = m.get("prior_adaptation") or {}
     typer.echo(_headline(m)
-               + (f"  (adapted to the dataset's age mix; as answered {pa['mae_unadapted']:.3f})" if pa.get("applied")
+               + (f"  (adapted to the dataset's age mix; unadapted{' with KNN' if m.get('knn') else ''} "
+                  f"{pa['mae_unadapted']:.3f})" if pa.get("applied")
                   else "")
                + f"  routed {m['routed_to']}  ({m['failed']} without a face, {len(bad)} bad rows) -> {output}/metrics.json")
 
@@ -864,7 +865,7 @@ def curate(config: Annotated[Path | None, typer.Option("--config", "-c", help="c
     typer.echo(format_counts(r["counts_before"], r["counts_after"]))
     typer.echo(f"{r['records_in']} → {r['records_out']} records; {r['duplicate_groups']} duplicate groups, "
                f"{r['conflicting_groups']} with conflicting labels ({cfg.conflicts}); {len(r['outliers'])} outliers flagged; "
-               f"{len(r['unreadable'])} unreadable -> {cfg.output}, {r['report']}")
+               f"{len(r['filled_labels'])} record(s) given a duplicate's gender/race; {len(r['unreadable'])} unreadable -> {cfg.output}, {r['report']}")
 
 
 @app.command()
@@ -872,11 +873,18 @@ def index(model: Annotated[str, typer.Argument(help="run folder, .pt checkpoint,
           output: Annotated[Path, typer.Option("--output", "-o", help="index file (.npz)")],
           config: ConfigOpt = None, overrides: Overrides = None,
           criterion: Annotated[str, typer.Option(help="tune k, w for validation mae | cmae")] = "mae",
+          k: Annotated[int | None, typer.Option("--k", help="neighbours, fixed instead of tuned")] = None,
+          w: Annotated[float | None, typer.Option("--w", help="weight of the neighbours' age in [0, 1], fixed instead "
+                                                  "of tuned")] = None,
           quiet: Annotated[bool, typer.Option(help="no progress output")] = False) -> None:
     """Build the KNN-refinement index (faiss) of a model's training embeddings; k, w tuned on validation."""
     from .fairness.evaluate import build_index_file
+    from .fairness.knn import K_GRID, W_GRID
 
-    idx = build_index_file(model, output, config, overrides, criterion, progress=not quiet, log=typer.echo)
+    if (k is not None and k < 1) or (w is not None and not 0 <= w <= 1):
+        raise AgelensError(f"--k must be >= 1 and --w in [0, 1], got --k {k} --w {w}")
+    idx = build_index_file(model, output, config, overrides, criterion, progress=not quiet, log=typer.echo,
+                           ks=K_GRID if k is None else (k,), ws=W_GRID if w is None else (w,))
     typer.echo(f"wrote {output}: {idx.index.ntotal} faces, k={idx.k}, w={idx.w}, val MAE "
                f"{idx.meta['val_mae_before']:.3f} → {idx.meta['val_mae_after']:.3f}")
 

@@ -108,6 +108,8 @@ CSV_COLUMNS = {"path": ("path", "file", "filename", "file_name", "image", "image
                "age": ("age", "age_years", "age_in_years"),
                "gender": ("gender", "sex"), "race": ("race", "ethnicity"),
                "group": ("group", "identity", "identity_id", "subject", "subject_id", "person", "person_id")}
+# columns known and not needed, passed over without a note: `source`, the dataset `agelens curate` took a row from
+CSV_PASSED_OVER = ("source",)
 
 
 def _csv_rows(p: Path, required: set[str], what: str) -> list[dict[str, str]]:
@@ -218,7 +220,7 @@ def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: objec
 
 def _csv_columns(p: Path, header: list[str], out: Listing) -> dict[str, str]:
     """field → the CSV header it is read from (`CSV_COLUMNS`, any case); DataError where `path` or `age` has none or
-    a field has two; the columns left unread go into out.notes."""
+    a field has two; the columns left unread (but CSV_PASSED_OVER) go into out.notes."""
     found: dict[str, list[str]] = {}
     for h in header:
         for k, names in CSV_COLUMNS.items():
@@ -231,7 +233,7 @@ def _csv_columns(p: Path, header: list[str], out: Listing) -> dict[str, str]:
     twice = {k: v for k, v in found.items() if len(v) > 1}
     if twice:
         raise DataError(f"{p}: more than one column for " + "; ".join(f"{k} ({', '.join(v)})" for k, v in twice.items()))
-    unread = [h for h in header if not any(h in v for v in found.values())]
+    unread = [h for h in header if not any(h in v for v in found.values()) and h.strip().lower() not in CSV_PASSED_OVER]
     if unread:
         out.notes.append(f"{p}: column(s) not read: {', '.join(unread)} (the csv adapter reads "
                          f"{'; '.join(f'{k} from ' + '/'.join(v) for k, v in CSV_COLUMNS.items())}, any case)")

@@ -132,7 +132,8 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     teacher's embeddings to OUT/embeddings.npz (from the teacher's own pass; faces routed to the student get an
     extra teacher pass only for that file). bootstrap=0 / groups=False leave out the intervals / fairlearn report.
     adapt=True: the ages adapted to the faces' own age mix as `agelens predict` adapts a job's
-    (`AgeEstimator.adapt_arrays`), before any KNN refinement; metrics gain `prior_adaptation`."""
+    (`AgeEstimator.adapt_arrays`), before any KNN refinement; metrics gain `prior_adaptation`, whose `mae_unadapted`
+    is the MAE of the same pipeline without the adaptation (KNN refinement included where on)."""
     from ..data.dataset import CachedFaceDataset
     from ..progress import track
 
@@ -162,20 +163,28 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
     score, occ = np.concatenate(scores), np.concatenate(occluded)
     recs = cache.records[:n]
     true = cache.ages[:n]
-    adapted = None
+    adapted = unadapted = None
     if adapt:
         unadapted = pred
         pred, spread, adapted = est.adapt_arrays(pred, spread, w, score)
-        adapted["mae_unadapted"] = round(float(np.abs(unadapted - np.asarray(true)).mean()), 4) if n else None
     raw, knn_info = pred, None
     if knn is not None:
         t = est.teacher
         by_teacher = np.array(models) == t.name  # only the teacher's answers are refined
-        refined, knn_info = apply_knn(knn, fingerprint, pred[by_teacher], np.concatenate(embs)[by_teacher],
-                                      f"model {t.name}")
+        emb_t = np.concatenate(embs)[by_teacher]
+        refined, knn_info = apply_knn(knn, fingerprint, pred[by_teacher], emb_t, f"model {t.name}")
         pred = pred.copy()
         pred[by_teacher] = refined
         knn_info["refined"] = int(by_teacher.sum())
+        if unadapted is not None and not np.array_equal(unadapted, raw):
+            # the same pipeline without adaptation refines its answers too, so mae − mae_unadapted is what the
+            # adaptation did (before: the unadapted MAE was taken before KNN, crediting KNN's change to it)
+            unadapted = unadapted.copy()
+            unadapted[by_teacher] = knn.refine(unadapted[by_teacher], emb_t)
+        elif unadapted is not None:
+            unadapted = pred
+    if adapted is not None:
+        adapted["mae_unadapted"] = round(float(np.abs(unadapted - np.asarray(true)).mean()), 4) if n else None
     genders, races = [r.gender for r in recs], [r.race for r in recs]
     metrics = compute_metrics(pred, true, genders, races)
     add_fairness(metrics, pred, true, genders, races, bootstrap, groups=groups)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -219,6 +220,13 @@ def _majority(values: list[str | None]) -> str | None:
     return Counter(vals).most_common(1)[0][0] if vals else None
 
 
+def _group_entry(rows: list[dict], m: list[int]) -> dict:
+    """A duplicate group in the report: its members' paths, sources and labels."""
+    return {"paths": [rows[i]["path"] for i in m], "sources": [rows[i]["source"] for i in m],
+            "ages": [rows[i]["age"] for i in m], "genders": [rows[i]["gender"] for i in m],
+            "races": [rows[i]["race"] for i in m]}
+
+
 def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
     """Run the curation and write the manifest and the report (atomically); returns the report."""
     from ..data.adapters import load_dataset
@@ -237,7 +245,9 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
             log(f"curate: {s.label}: {len(listing.bad)} row(s) skipped (each with its reason in the report's "
                 f"bad_row_list), e.g. {listing.bad[0].path}: {listing.bad[0].reason}")
         for r in sorted(listing.records, key=lambda r: r.path):
-            rows.append({"path": str(Path(r.path).resolve()), "age": float(r.age), "gender": r.gender, "race": r.race,
+            # the path as the source listed it, made absolute but not resolved: a symlinked dataset's manifest and
+            # report name the links the user listed (before: their targets, not findable in the user's CSV)
+            rows.append({"path": os.path.abspath(r.path), "age": float(r.age), "gender": r.gender, "race": r.race,
                          "adapter_group": f"{s.label}:{r.group}", "source": s.label, "dup_groups": s.groups_are_duplicates})
     n = len(rows)
     counts_before = demographic_counts(rows)
@@ -250,7 +260,7 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
         if r["dup_groups"]:
             j = first_of.setdefault("g:" + r["adapter_group"], i)
             dup.union(i, j)
-        if hashes[i] is not None:
+        if hashes[i] is not None:  # identical bytes: one image, whatever path or link lists it
             dup.union(i, first_of.setdefault("h:" + hashes[i][0], i))
     ok = [i for i in range(n) if hashes[i] is not None]
     near = 0
@@ -267,20 +277,23 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
     flagged = set()
     for i in ok:
         if not 0 <= rows[i]["age"] <= cfg.max_age:
-            outliers.append({"path": rows[i]["path"], "age": rows[i]["age"], "reason": f"age outside 0-{cfg.max_age:g}"})
+            outliers.append({"path": rows[i]["path"], "source": rows[i]["source"], "age": rows[i]["age"],
+                             "reason": f"age outside 0-{cfg.max_age:g}"})
             flagged.add(i)
     for m in members.values():
         if len(m) >= 3:
             ages = np.array([rows[i]["age"] for i in m])
             for i, out in zip(m, _robust_outliers(ages, cfg.outlier_z)):
                 if out and i not in flagged:
-                    outliers.append({"path": rows[i]["path"], "age": rows[i]["age"], "reason":
-                                     f"robust z > {cfg.outlier_z:g} against {len(m) - 1} duplicate(s) "
+                    outliers.append({"path": rows[i]["path"], "source": rows[i]["source"], "age": rows[i]["age"],
+                                     "reason": f"robust z > {cfg.outlier_z:g} against {len(m) - 1} duplicate(s) "
                                      f"(group median {float(np.median(ages)):g})"})
                     flagged.add(i)
 
     keep: list[dict] = []
     dropped_groups: list[dict] = []
+    resolved_groups: list[dict] = []  # conflicting groups kept by --conflicts median | first
+    filled: list[dict] = []  # missing gender / race taken from the record's duplicates
     dup_groups = conflicting = 0
     for root_i, m in sorted(members.items()):
         m = [i for i in m if not (cfg.drop_outliers and i in flagged)]
@@ -296,16 +309,26 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
         conflict = max(ages) - min(ages) > cfg.age_tolerance or len(genders) > 1 or len(races) > 1
         conflicting += conflict
         if conflict and cfg.conflicts == "drop":
-            dropped_groups.append({"paths": [rows[i]["path"] for i in m], "ages": ages,
-                                   "genders": [rows[i]["gender"] for i in m], "races": [rows[i]["race"] for i in m]})
+            dropped_groups.append(_group_entry(rows, m))
             continue
-        if conflict and cfg.conflicts == "median":
-            keep.append(dict(rows[m[0]], age=float(np.median(ages)), gender=_majority([rows[i]["gender"] for i in m]),
-                             race=_majority([rows[i]["race"] for i in m]), dup_root=root_i))
-        elif cfg.keep_duplicates and not conflict:
-            keep += [dict(rows[i], dup_root=root_i) for i in m]
-        else:  # first, or a consistent group reduced to its first member
-            keep.append(dict(rows[m[0]], dup_root=root_i))
+        gender, race = _majority([rows[i]["gender"] for i in m]), _majority([rows[i]["race"] for i in m])
+        if conflict:  # kept by median or first: said in the report with the labels kept, as a dropped group is
+            kept = (dict(rows[m[0]], age=float(np.median(ages)), gender=gender, race=race, dup_root=root_i)
+                    if cfg.conflicts == "median" else dict(rows[m[0]], dup_root=root_i))
+            keep.append(kept)
+            labels = {k: kept[k] for k in ("path", "age", "gender", "race")}
+            resolved_groups.append({**_group_entry(rows, m), "kept": labels})
+            continue
+        # a consistent group's members agree where labelled: a label one member lacks is taken from the others
+        # (before: the first member was kept as is, its missing gender or race too)
+        kept_rows = [dict(rows[i], dup_root=root_i) for i in (m if cfg.keep_duplicates else m[:1])]
+        for r in kept_rows:
+            got = {k: v for k, v in (("gender", gender), ("race", race)) if not r[k] and v}
+            if got:
+                filled.append({"path": r["path"], "source": r["source"], **got,
+                               "from": [rows[i]["path"] for i in m if rows[i]["path"] != r["path"]]})
+                r.update(got)
+        keep += kept_rows
 
     # split groups: records linked by a duplicate group or by an adapter identity group share one group id
     link = _UnionFind(len(keep))
@@ -328,7 +351,8 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
               "sources": [asdict(s) for s in cfg.sources], "bad_rows": bad, "bad_row_list": bad_listed,
               "records_in": n, "records_out": len(out_rows), "unreadable": [rows[i]["path"] for i in unreadable],
               "duplicate_groups": dup_groups, "near_duplicate_links": int(near), "conflicting_groups": conflicting,
-              "dropped_groups": dropped_groups, "outliers": outliers,
+              "dropped_groups": dropped_groups, "resolved_groups": resolved_groups, "filled_labels": filled,
+              "outliers": outliers,
               "counts_before": counts_before, "counts_after": counts_after}
     report_p = cfg.report or str(Path(cfg.output).with_suffix(".report.json"))
     atomic_write_json(report_p, report)

@@ -61,14 +61,16 @@ def evaluate_prepared_cache(model_spec: str | None, config: str | Path | None, p
 
 
 def build_index_file(model_spec: str, output: str | Path, config: str | Path | None = None,
-                     overrides: list[str] | None = None, criterion: str = "mae", progress: bool = True, log=print):
-    """`agelens index`: embed the model's training cache, tune (k, w) on its validation cache, save atomically."""
+                     overrides: list[str] | None = None, criterion: str = "mae", progress: bool = True, log=print,
+                     ks=None, ws=None):
+    """`agelens index`: embed the model's training cache, tune (k, w) on its validation cache over the grids ks, ws
+    (default knn.K_GRID, W_GRID; one value each fixes them), save atomically."""
     from ..data.prepare import prepare_caches
-    from .knn import build_index
+    from .knn import K_GRID, W_GRID, build_index
 
     model, cfg, card = load_model_config(model_spec, config, overrides)
     caches = prepare_caches(cfg.data, ("train", "val"), progress=progress)
     idx = build_index(model, cfg, caches["train"], caches["val"], _numerics(), model_name=str(card.get("name", model_spec)),
-                      criterion=criterion, progress=progress, log=log)
+                      criterion=criterion, progress=progress, log=log, ks=ks or K_GRID, ws=ws or W_GRID)
     idx.save(output)
     return idx

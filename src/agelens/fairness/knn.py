@@ -159,9 +159,11 @@ def build_index(model, cfg, train_cache, val_cache, numerics, *, model_name: str
     idx.k, idx.w, grid = tune(pred, true, sims, nb, ks, ws, criterion)
     before = float(np.abs(pred - true).mean())
     after = float(np.abs(refine(pred, sims, nb, idx.k, idx.w) - true).mean())
-    idx.meta.update({"val_cache": str(val_cache.path), "n_val": int(n_va), "criterion": criterion, "grid": grid,
+    idx.meta.update({"val_cache": str(val_cache.path), "n_val": int(n_va), "criterion": criterion,
+                     "k_grid": [int(k) for k in ks], "w_grid": [float(w) for w in ws], "grid": grid,
                      "val_mae_before": round(before, 4), "val_mae_after": round(after, 4),
                      "build_s": round(time.perf_counter() - t0, 1)})
-    log(f"KNN index: {n_tr} training faces, tuned on {n_va} validation faces → k={idx.k}, w={idx.w} "
+    how = "tuned on" if len(ks) > 1 or len(ws) > 1 else "given; measured on"
+    log(f"KNN index: {n_tr} training faces, {how} {n_va} validation faces → k={idx.k}, w={idx.w} "
         f"(val MAE {before:.3f} → {after:.3f})")
     return idx

@@ -188,9 +188,10 @@ def _overlay(img: np.ndarray, heat: np.ndarray, cmap: str = "jet", alpha: float 
     return (img * (1 - alpha) + rgb * alpha).astype(np.uint8)
 
 
-def plot_faces(model, cfg, cache, n: int = 6, said: str = "predicted") -> tuple[str, list[float] | None]:
+def plot_faces(model, cfg, cache, n: int = 6, said: str = "predicted") -> tuple[str, list[float] | None, dict]:
     """One row per sample face (one per age bin where possible): crop, Grad-CAM, region attention (or the region
-    layout when the model has none). Returns the PNG and the learned region weights (None without attention).
+    layout when the model has none). Returns the PNG, the learned region weights (None without attention) and
+    {"cam_size": (h, w) of the last feature map, "faces", "no_evidence": faces whose CAM is 0 everywhere}.
     said: how the model's own answer is named over each face ("model alone" where the evaluation refined it)."""
     import cv2
     import matplotlib
@@ -214,6 +215,7 @@ def plot_faces(model, cfg, cache, n: int = 6, said: str = "predicted") -> tuple[
     fig, axes = plt.subplots(len(picks), 3, figsize=(7.5, 2.5 * len(picks)), squeeze=False)
     handles = [matplotlib.lines.Line2D([], [], color=matplotlib.colormaps["tab10"](k), label=n)
                for k, n in enumerate(REGION_NAMES)]
+    no_evidence, cam_size = 0, None
     for row, i in zip(axes, picks):
         img = np.asarray(cache.images[i])
         view = centre_crop(img, min(cfg.data.crop_size, cache.size), cfg.data.input_size)
@@ -222,8 +224,14 @@ def plot_faces(model, cfg, cache, n: int = 6, said: str = "predicted") -> tuple[
         cam, pred = grad_cam(model, x, torch.from_numpy(masks[None]) if ra is not None else None)
         row[0].imshow(view)
         row[0].set_title(f"age {cache.ages[i]:g}, {said} {pred:.1f}", fontsize=8)
-        row[1].imshow(_overlay(view, cam))
-        row[1].set_title("Grad-CAM (last feature map)", fontsize=8)
+        cam_size = cam.shape
+        if cam.max() > 0:
+            row[1].imshow(_overlay(view, cam))
+            row[1].set_title("Grad-CAM (last feature map)", fontsize=8)
+        else:  # no cell's gradient-weighted features raise the age: a heat map of zeros would read as a uniform tint
+            no_evidence += 1
+            row[1].imshow(view)
+            row[1].set_title("Grad-CAM: no positive evidence", fontsize=8)
         if ra is not None:
             w = ra.weight.detach().float().numpy()
             att = 1 + np.tensordot(w, masks, 1)
@@ -242,7 +250,24 @@ def plot_faces(model, cfg, cache, n: int = 6, said: str = "predicted") -> tuple[
     fig.legend(handles=handles, loc="lower center", ncol=len(REGION_NAMES), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     weights = [round(float(v), 4) for v in ra.weight.detach()] if ra is not None else None
-    return _png(fig), weights
+    return _png(fig), weights, {"cam_size": cam_size, "faces": len(picks), "no_evidence": no_evidence}
+
+
+def faces_note(info: dict, input_size: int, weights: list[float] | None) -> str:
+    """The face panels' note: the Grad-CAM resolution, the faces without positive evidence, the region weights."""
+    parts = []
+    if info.get("cam_size"):
+        h, w = info["cam_size"]
+        parts.append(f"Grad-CAM on the backbone's last feature map, {h}×{w} cells over the {input_size} px input "
+                     f"(one cell per {input_size // max(h, 1)} px; a coarse map can only point at a region).")
+    if info.get("no_evidence"):
+        parts.append(f"{info['no_evidence']} of {info['faces']} face(s): no positive evidence (the CAM is 0 in every "
+                     "cell: no feature, weighted by its gradient, raises the age), drawn without a heat map.")
+    if weights is not None:
+        from ..models.regions import REGION_NAMES
+
+        parts.append("Learned region weights: " + ", ".join(f"{n} {w:+.4f}" for n, w in zip(REGION_NAMES, weights)))
+    return " ".join(parts)
 
 
 # ---- page ----------------------------------------------------------------------------------------------------------
@@ -329,6 +354,45 @@ def _fmt_ci(ci: dict | None, key: str) -> str:
     return f" [{v[0]:.2f}, {v[1]:.2f}]" if v else ""
 
 
+def run_config_file(metrics: dict, run: Path | None) -> Path | None:
+    """The config.yaml of the run folder evaluated (the folder given, or the model_path evaluate recorded: a run
+    folder or a checkpoint in one), or None (a shipped model or loose weights carry no training recipe)."""
+    cands = [run] if run is not None else []
+    spec = metrics.get("model_path") or metrics.get("run")
+    if spec:
+        cands += [Path(spec).parent] if Path(spec).name in ("best.pt", "last.pt") else [Path(spec)]
+    return next((c / "config.yaml" for c in cands if (c / "config.yaml").is_file()), None)
+
+
+def _join(keys: list[str]) -> str:
+    return " × ".join(keys)
+
+
+def recipe_line(path: Path) -> str:
+    """Which components of the fairness recipe the run trained with, from its config.yaml ("" if unreadable)."""
+    import yaml
+
+    from ..config import config_from_dict
+
+    try:
+        cfg = config_from_dict(yaml.safe_load(path.read_text()) or {})
+    except Exception:  # a config of another version only removes the line
+        return ""
+    t, f = cfg.train, cfg.fairness
+
+    def on(flag: bool, detail: str = "") -> str:
+        return ("on" + (f" ({detail})" if detail else "")) if flag else "off"
+
+    tail = f", tail augmentation {t.tail_augment:g}" if t.tail_augment else ""
+    parts = [f"balanced sampler {on(t.sampler == 'balanced', f'by {_join(t.balance_by)}, power {t.balance_power:g}{tail}')}",
+             f"class-balanced loss {on(f.cb_beta > 0, f'β {f.cb_beta:g} by {_join(f.cb_by)}, λ {f.lambda_cb:g}')}",
+             f"LDS {on(f.lds, f'σ {f.lds_sigma:g}')}",
+             f"KNN loss {on(f.gamma_knn > 0, f'γ {f.gamma_knn:g}, k {f.knn_k}')}",
+             f"region attention {on(cfg.model.region_attention)}",
+             f"group DRO {on(f.group_dro, f'by {_join(f.dro_by)}, η {f.dro_eta:g}')}"]
+    return "Training recipe (" + str(path) + "): " + "; ".join(parts) + "."
+
+
 def _load_model_and_cache(metrics: dict, run: Path | None):
     """(model, config, cache) for the face panels, or None with the reason."""
     from ..data.cache import FaceCache
@@ -381,14 +445,9 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     loaded, why = _load_model_and_cache(metrics, run)
     if loaded is not None:
         model, cfg, cache = loaded
-        png, weights = plot_faces(model, cfg, cache, samples,  # KNN refines after the model: not shown here
-                                  "model alone (before KNN)" if metrics.get("knn") else "predicted")
-        note = ""
-        if weights is not None:
-            from ..models.regions import REGION_NAMES
-
-            note = "Learned region weights: " + ", ".join(f"{n} {w:+.4f}" for n, w in zip(REGION_NAMES, weights))
-        sections.append(("Grad-CAM and face-region attention", png, note))
+        png, weights, info = plot_faces(model, cfg, cache, samples,  # KNN refines after the model: not shown here
+                                        "model alone (before KNN)" if metrics.get("knn") else "predicted")
+        sections.append(("Grad-CAM and face-region attention", png, faces_note(info, cfg.data.input_size, weights)))
     else:
         sections.append(("Grad-CAM and face-region attention", None, f"Skipped: {why}."))
     ci = metrics.get("ci95")
@@ -399,11 +458,14 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
                    f"<td>{len(g['by_group']) - len(g.get('left_out_of_difference') or [])}</td>"
                    f"<td>{html.escape(_left_out(g))}</td></tr>" for a, g in groups.items())
     knn = metrics.get("knn")
+    conf = run_config_file(metrics, run)
+    recipe = recipe_line(conf) if conf is not None else ""
     small = metrics.get("small_bins") or {}
     failed = metrics.get("failed") or 0
     parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {metrics.get('n')}"
              + (f" ({failed} more image{'' if failed == 1 else 's'} with no face found, not counted)" if failed else "")
              + (f", KNN refinement k={knn['k']}, w={knn['w']}" if knn else "") + "</p>",
+             f"<p>{html.escape(recipe)}</p>" if recipe else "",
              f"<table><tr><th>metric</th><th>value [95 % CI]</th></tr>{summary}</table>",
              "<p>CMAE and the bias score (max − min MAE over age bins) take every age bin present"
              + (": " + ", ".join(f"{html.escape(b)} holds only {c} face{'' if c == 1 else 's'}"
