@@ -466,3 +466,21 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_before_loading_models():
     assert r.returncode == 2 and r.stderr.strip() == (
         f"error: port {port} on 127.0.0.1 is in use (another service, or agelens serve already running): pick "
         "another with --port, or --port 0 for any free one"), r.stderr
+
+
+def test_engine_ray_without_ray_is_said_before_the_models_load(monkeypatch, tmp_path):
+    """Before: after the models had loaded, leaving an empty -o file."""
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from agelens import cli
+    from agelens.errors import AgelensError
+    from agelens.inference.predictor import AgeEstimator
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    monkeypatch.setattr(AgeEstimator, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("models loaded")))
+    r = CliRunner().invoke(cli.app, ["predict", "--engine", "ray", "x.jpg", "-f", "jsonl", "-o", str(tmp_path / "o.jsonl")])
+    assert isinstance(r.exception, AgelensError) and "needs Ray Data" in str(r.exception)
+    assert not (tmp_path / "o.jsonl").exists()

@@ -393,6 +393,11 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
         raise AgelensError("--address and --gpus-per-worker need --engine ray")
     if engine == "ray" and save_annotated is not None:
         raise AgelensError("--save-annotated needs --engine local")
+    if engine == "ray":  # said before the models load and before an -o file is opened
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise AgelensError('--engine ray needs Ray Data: pip install "agelens[ray]"')
     if output is not None and fmt == "table":
         raise AgelensError("--output needs --format json, jsonl or csv (or parquet)")
     if fmt == "parquet" and output is None:

@@ -31,7 +31,7 @@ def _require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise AgelensError('--engine ray needs Ray Data: pip install "agelens[ray]"') from None
+        raise AgelensError('engine="ray" (--engine ray) needs Ray Data: pip install "agelens[ray]"') from None
     return ray
 
 
