@@ -127,6 +127,14 @@ def test_cv_two_folds_is_resumable(tmp_path, utk_folder):
     assert (auto.train.numerics, cfg.train.numerics) == ("bf16", "fp32") and "the first fold's choice" in logs[-1]
 
 
+def test_cv_refuses_more_folds_than_groups_before_any_work(tmp_path, utk_folder):
+    """Before: the caches were made and the folds with test records trained, then a fold without any crashed."""
+    cfg = load_config(None, _args(tmp_path, utk_folder, "cvt"))
+    with pytest.raises(ConfigError, match="30 folds need at least 30 groups; the dataset has 24"):
+        run_cv(cfg, 30, **QUIET)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
 def test_group_dro_training_logs_checkpoints_and_resumes_q(tmp_path, utk_folder):
     import torch
 

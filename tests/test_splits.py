@@ -2,7 +2,7 @@ import pytest
 
 from agelens.data.adapters import FaceRecord
 from agelens.data.splits import check_group_safe, group_split, kfold_split, load_split, save_split
-from agelens.errors import DataError
+from agelens.errors import ConfigError, DataError
 
 
 def _records(n=200):
@@ -30,6 +30,22 @@ def test_kfold_covers_everything_once():
     assert sorted(sum(folds, [])) == list(range(len(recs)))
     assert max(map(len, folds)) - min(map(len, folds)) <= 3
     check_group_safe({str(i): [recs[j] for j in f] for i, f in enumerate(folds)})
+
+
+def test_kfold_refuses_more_folds_than_groups():
+    """A fold without a group tested nothing (before: `cv --folds 8` on 6 records crashed with a TypeError)."""
+    with pytest.raises(ConfigError, match="3 folds need at least 3 groups; the dataset has 2 .*--folds 2 or fewer"):
+        kfold_split(_records(6), 3)  # 2 groups of 3
+    assert all(kfold_split(_records(12), 4))  # 4 groups, 4 folds: each fold tests one group
+
+
+def test_split_cli_refuses_more_folds_than_groups_before_writing(tmp_path, utk_folder):
+    """Before: `split --folds 50` on 24 faces wrote fold files with 0 test records."""
+    from agelens.cli import split
+
+    with pytest.raises(ConfigError, match="50 folds need at least 50 groups; the dataset has 24"):
+        split(None, [f"data.root={utk_folder}", f"data.split_file={tmp_path}/split.json"], folds=50)
+    assert not list(tmp_path.glob("split*.json"))
 
 
 def test_save_load_roundtrip_and_missing_files(tmp_path):

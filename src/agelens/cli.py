@@ -91,14 +91,15 @@ def split(config: ConfigOpt = None, overrides: Overrides = None,
 
     cfg = _load(config, overrides)
     listing = list_records(cfg.data)
+    recs = listing.records
+    fold_list = kfold_split(recs, folds, cfg.data.split_seed) if folds else []  # too few groups: refused before writing
     parts = make_or_load_split(cfg.data, listing, force=force)
     typer.echo(f"split {cfg.data.split_file}: " + ", ".join(f"{k} {len(v)}" for k, v in parts.items())
                + f"; {len(listing.bad)} bad rows skipped")
     for b in listing.bad[:10]:
         typer.echo(f"  skipped {b.path}: {b.reason}")
     if folds:
-        recs = listing.records
-        for i, fold in enumerate(kfold_split(recs, folds, cfg.data.split_seed)):
+        for i, fold in enumerate(fold_list):
             test = set(fold)
             p = Path(cfg.data.split_file).with_suffix(f".fold{i}of{folds}.json")
             save_split(p, recs, {"train": [j for j in range(len(recs)) if j not in test], "val": [], "test": sorted(test)},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..utils import atomic_write_json
 from .adapters import FaceRecord
 
@@ -45,10 +45,15 @@ def group_split(records: list[FaceRecord], val_frac: float = 0.1, test_frac: flo
 
 
 def kfold_split(records: list[FaceRecord], k: int = 5, seed: int = 0) -> list[list[int]]:
-    """k folds of whole groups with near-equal record counts (largest groups placed first)."""
+    """k folds of whole groups with near-equal record counts (largest groups placed first); ConfigError when there
+    are fewer groups than folds (a fold would test nothing)."""
     if k < 2:
         raise DataError(f"k-fold needs k >= 2, got {k}")
     groups = sorted(_shuffled_groups(records, seed), key=len, reverse=True)  # stable: ties keep seeded order
+    if len(groups) < k:  # a fold without a group would have no test records (and no metrics to average)
+        raise ConfigError(f"{k} folds need at least {k} groups; the dataset has {len(groups)} (a group: one identity "
+                          "or set of duplicates, else one record): "
+                          + (f"use --folds {len(groups)} or fewer, or more data" if len(groups) >= 2 else "use more data"))
     folds: list[list[int]] = [[] for _ in range(k)]
     for members in groups:
         min(folds, key=len).extend(members)

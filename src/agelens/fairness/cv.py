@@ -37,11 +37,12 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
 
     cfg = copy.deepcopy(cfg)  # `_pin_numerics` sets the later folds' numerics on this copy, not the caller's config
     listing = list_records(cfg.data)
-    donors = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress, listing=listing)  # cached once
     recs = listing.records
+    fold_list = kfold_split(recs, folds, cfg.data.split_seed)  # too few groups: refused before the caches are made
+    donors = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress, listing=listing)  # cached once
     root = cv_dir(cfg, folds)
     rows = []
-    for i, test_idx in enumerate(kfold_split(recs, folds, cfg.data.split_seed)):
+    for i, test_idx in enumerate(fold_list):
         fcfg = copy.deepcopy(cfg)
         fcfg.out_dir, fcfg.name = str(root), f"fold{i}"
         metrics_p = fcfg.run_dir / "test" / "metrics.json"
