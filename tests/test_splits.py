@@ -48,6 +48,29 @@ def test_split_cli_refuses_more_folds_than_groups_before_writing(tmp_path, utk_f
     assert not list(tmp_path.glob("split*.json"))
 
 
+def test_a_new_split_that_leaves_a_wanted_part_empty_is_refused(tmp_path, utk_folder):
+    """Before: `split` printed `val 0` (exit 0) and `prepare` failed later; a part given no share may stay empty."""
+    from agelens.cli import split
+    from agelens.config import load_config
+    from agelens.data.prepare import make_or_load_split
+
+    args = [f"data.root={utk_folder}", f"data.split_file={tmp_path}/split.json"]
+    with pytest.raises(ConfigError, match=r"split of 24 records in 24 groups leaves val empty: .*raise data.val_frac "
+                                          r"to at least 0.03"):
+        split(None, [*args, "data.val_frac=0.01"])
+    assert not (tmp_path / "split.json").exists()
+    with pytest.raises(ConfigError, match="into 3 parts needs at least 3 groups"):
+        make_or_load_split(load_config(None, args).data, _two_faces(tmp_path), log=None)
+    parts = make_or_load_split(load_config(None, [*args, "data.test_frac=0"]).data, log=None)
+    assert not parts["test"] and parts["val"] and parts["train"]
+
+
+def _two_faces(tmp_path):
+    from agelens.data.adapters import Listing
+
+    return Listing([FaceRecord(f"{tmp_path}/{i}.jpg", 30.0) for i in range(2)], [], [])
+
+
 def test_save_load_roundtrip_and_missing_files(tmp_path):
     recs = _records(30)
     parts = group_split(recs, 0.2, 0.2, seed=0)
