@@ -71,6 +71,32 @@ def _two_faces(tmp_path):
     return Listing([FaceRecord(f"{tmp_path}/{i}.jpg", 30.0) for i in range(2)], [], [])
 
 
+def test_kfold_parts_carve_a_group_safe_val_part_from_each_folds_rest():
+    from agelens.data.splits import kfold_parts
+
+    recs = _records()
+    folds = kfold_parts(recs, 5, 0.1, seed=0)
+    assert [f["test"] for f in folds] == kfold_split(recs, 5, seed=0)
+    for f in folds:
+        assert sorted(f["train"] + f["val"] + f["test"]) == list(range(len(recs)))
+        assert abs(len(f["val"]) - 20) <= 3
+        check_group_safe({k: [recs[i] for i in v] for k, v in f.items()})
+
+
+def test_split_cli_fold_files_have_the_val_part_cv_trains_with(tmp_path, utk_folder):
+    """Before: `split --folds K` wrote "val": [], which `train` refused ("split part 'val' is empty")."""
+    import json
+
+    from agelens.cli import split
+
+    split(None, [f"data.root={utk_folder}", f"data.split_file={tmp_path}/split.json", "data.val_frac=0.2"], folds=3)
+    files = sorted(tmp_path.glob("split.fold*of3.json"))
+    parts = [json.loads(f.read_text())["parts"] for f in files]
+    assert len(parts) == 3 and all(p["train"] and p["val"] and p["test"] for p in parts)
+    assert all(not set(p["val"]) & set(p["train"]) for p in parts)
+    assert sorted(n for p in parts for n in p["test"]) == sorted({n for p in parts for n in p["test"]})
+
+
 def test_save_load_roundtrip_and_missing_files(tmp_path):
     recs = _records(30)
     parts = group_split(recs, 0.2, 0.2, seed=0)

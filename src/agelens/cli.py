@@ -87,24 +87,23 @@ def split(config: ConfigOpt = None, overrides: Overrides = None,
           force: Annotated[bool, typer.Option(help="re-make the split even if the file exists")] = False) -> None:
     """Make (or show) the group-safe, seeded train/val/test split; optionally k folds."""
     from .data.prepare import list_records, make_or_load_split
-    from .data.splits import kfold_split, save_split
+    from .data.splits import kfold_parts, save_split
 
     cfg = _load(config, overrides)
     listing = list_records(cfg.data)
     recs = listing.records
-    fold_list = kfold_split(recs, folds, cfg.data.split_seed) if folds else []  # too few groups: refused before writing
+    # too few groups: refused before anything is written
+    fold_list = kfold_parts(recs, folds, cfg.data.val_frac, cfg.data.split_seed) if folds else []
     parts = make_or_load_split(cfg.data, listing, force=force)
     typer.echo(f"split {cfg.data.split_file}: " + ", ".join(f"{k} {len(v)}" for k, v in parts.items())
                + f"; {len(listing.bad)} bad rows skipped")
     for b in listing.bad[:10]:
         typer.echo(f"  skipped {b.path}: {b.reason}")
-    if folds:
-        for i, fold in enumerate(fold_list):
-            test = set(fold)
-            p = Path(cfg.data.split_file).with_suffix(f".fold{i}of{folds}.json")
-            save_split(p, recs, {"train": [j for j in range(len(recs)) if j not in test], "val": [], "test": sorted(test)},
-                       dataset=cfg.data.dataset, root=cfg.data.root, seed=cfg.data.split_seed, fold=i, folds=folds)
-            typer.echo(f"fold {i}: {p} ({len(test)} test)")
+    for i, fold in enumerate(fold_list):  # the parts `agelens cv` trains each fold on (val carved from the rest)
+        p = Path(cfg.data.split_file).with_suffix(f".fold{i}of{folds}.json")
+        save_split(p, recs, fold, dataset=cfg.data.dataset, root=cfg.data.root, seed=cfg.data.split_seed, fold=i,
+                   folds=folds)
+        typer.echo(f"fold {i}: {p} (" + ", ".join(f"{k} {len(v)}" for k, v in fold.items()) + ")")
 
 
 @app.command()

@@ -60,6 +60,20 @@ def kfold_split(records: list[FaceRecord], k: int = 5, seed: int = 0) -> list[li
     return [sorted(f) for f in folds]
 
 
+def kfold_parts(records: list[FaceRecord], k: int, val_frac: float, seed: int = 0) -> list[dict[str, list[int]]]:
+    """Per fold {train, val, test}: test is that fold of `kfold_split`, val a group-safe share of the rest
+    (`val_frac` of the whole dataset, at most half the rest; seeded per fold), train the remainder."""
+    out = []
+    for i, test_idx in enumerate(kfold_split(records, k, seed)):
+        test_set = set(test_idx)
+        rest = [j for j in range(len(records)) if j not in test_set]
+        inner = group_split([records[j] for j in rest], min(0.5, val_frac * len(records) / max(1, len(rest))), 0.0,
+                            seed + i)
+        out.append({"train": [rest[j] for j in inner["train"]], "val": [rest[j] for j in inner["val"]],
+                    "test": sorted(test_idx)})
+    return out
+
+
 def _rel(path: str, root: str) -> str:
     try:
         return os.path.relpath(path, root)

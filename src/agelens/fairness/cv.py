@@ -12,7 +12,7 @@ import numpy as np
 from ..config import RunConfig
 from ..data.cache import subset_cache
 from ..data.prepare import list_records, prepare_caches
-from ..data.splits import group_split, kfold_split, save_split
+from ..data.splits import kfold_parts, save_split
 from ..utils import atomic_write_json
 
 CV_KEYS = ("mae", "cmae", "bias_score", "cs5")
@@ -38,11 +38,12 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
     cfg = copy.deepcopy(cfg)  # `_pin_numerics` sets the later folds' numerics on this copy, not the caller's config
     listing = list_records(cfg.data)
     recs = listing.records
-    fold_list = kfold_split(recs, folds, cfg.data.split_seed)  # too few groups: refused before the caches are made
+    # too few groups: refused before the caches are made
+    fold_list = kfold_parts(recs, folds, cfg.data.val_frac, cfg.data.split_seed)
     donors = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress, listing=listing)  # cached once
     root = cv_dir(cfg, folds)
     rows = []
-    for i, test_idx in enumerate(fold_list):
+    for i, parts in enumerate(fold_list):
         fcfg = copy.deepcopy(cfg)
         fcfg.out_dir, fcfg.name = str(root), f"fold{i}"
         metrics_p = fcfg.run_dir / "test" / "metrics.json"
@@ -60,12 +61,6 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
             rows.append({"fold": i, **_pick(done)})
             _pin_numerics(cfg, done, log)
             continue
-        test_set = set(test_idx)
-        rest = [j for j in range(len(recs)) if j not in test_set]
-        val_frac = min(0.5, cfg.data.val_frac * len(recs) / max(1, len(rest)))
-        inner = group_split([recs[j] for j in rest], val_frac, 0.0, cfg.data.split_seed + i)
-        parts = {"train": [rest[j] for j in inner["train"]], "val": [rest[j] for j in inner["val"]],
-                 "test": sorted(test_idx)}
         split_p = root / "splits" / f"fold{i}.json"
         save_split(split_p, recs, parts, dataset=cfg.data.dataset, root=cfg.data.root, seed=cfg.data.split_seed,
                    fold=i, folds=folds)
