@@ -125,6 +125,22 @@ def test_cv_two_folds_is_resumable(tmp_path, utk_folder):
     _pin_numerics(auto, {"numerics": "bf16"}, logs.append)
     _pin_numerics(cfg, {"numerics": "bf16"}, logs.append)  # a config that names its numerics keeps them
     assert (auto.train.numerics, cfg.train.numerics) == ("bf16", "fp32") and "the first fold's choice" in logs[-1]
+    # records changed since the folds were made: a resume is refused (before: a face added to the dataset went into
+    # the folds made anew, and the finished folds, of the old records, were skipped and mixed into one table)
+    import shutil
+
+    face = next(utk_folder.glob("*.chip.jpg"))
+    added = face.with_name("33_1_0_20990101000000000.jpg.chip.jpg")
+    shutil.copy(face, added)
+    with pytest.raises(ConfigError, match=r"holds folds of 24 records, the dataset lists 25 now: a resume would mix "
+                                          r"old and new folds; remove .*cvt_cv2 \(or give this cv its own name=\)"):
+        run_cv(cfg, 2, **QUIET)
+    added.unlink()
+    age, rest = face.name.split("_", 1)
+    face.rename(face.with_name(f"{int(age) + 1}_{rest}"))  # relabelled
+    with pytest.raises(ConfigError, match=r"lists 24 now \(the same count: files or labels changed\)"):
+        run_cv(cfg, 2, **QUIET)
+    assert json.loads((out / "records.json").read_text())["records"] == 24
 
 
 def test_cv_refuses_more_folds_than_groups_before_any_work(tmp_path, utk_folder):

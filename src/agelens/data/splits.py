@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import defaultdict
@@ -79,6 +80,15 @@ def _rel(path: str, root: str) -> str:
         return os.path.relpath(path, root)
     except ValueError:
         return path
+
+
+def records_fingerprint(records: list[FaceRecord], root: str) -> str:
+    """A hash of the records' sorted `path|age|group` lines (paths relative to `root`): any record added, removed or
+    relabelled changes it."""
+    h = hashlib.sha256()
+    for line in sorted(f"{_rel(r.path, root)}|{r.age}|{r.group or ''}" for r in records):
+        h.update(f"{line}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
 
 
 def save_split(path: str | Path, records: list[FaceRecord], parts: dict[str, list[int]], *, dataset: str,
