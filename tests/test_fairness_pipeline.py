@@ -116,6 +116,7 @@ def test_cv_two_folds_is_resumable(tmp_path, utk_folder):
     logs = []
     again = run_cv(cfg, 2, progress=False, log=logs.append)  # finished folds are skipped
     assert again["mean"] == summary["mean"] and sum("skipped" in x for x in logs) == 2
+    assert logs[0].startswith("fold 1/2 (fold0): ") and logs[1].startswith("fold 2/2 (fold1): ")  # before: 0/2, 1/2
     assert "mean" in format_cv(summary)
     # the later folds train at the numerics the first fold's probe chose (before: a probe per fold, fp32 then bf16)
     from agelens.fairness.cv import _pin_numerics

@@ -56,7 +56,7 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
                                   f"{'; ...' if len(changed) > 4 else ''}): give this one its own name=, or remove "
                                   f"{root} to make them again")
         if metrics_p.is_file():
-            log(f"fold {i}: finished earlier, skipped ({metrics_p})")
+            log(f"fold {i + 1}/{folds} (fold{i}): finished earlier, skipped ({metrics_p})")
             done = json.loads(metrics_p.read_text())
             rows.append({"fold": i, **_pick(done)})
             _pin_numerics(cfg, done, log)
@@ -68,7 +68,7 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
         caches = {k: subset_cache([recs[j] for j in v], list(donors.values()), f"{split_p}:{k}") if v else None
                   for k, v in parts.items()}
         resume = (fcfg.run_dir / "last.pt").is_file()
-        log(f"fold {i}/{folds}: train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
+        log(f"fold {i + 1}/{folds} (fold{i}): train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
             + (" (resuming)" if resume else ""))
         res = train_and_test(fcfg, resume=resume, progress=progress, log=log, caches=caches)
         rows.append({"fold": i, **_pick(res["test"])})
