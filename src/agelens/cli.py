@@ -118,10 +118,11 @@ def prepare(config: ConfigOpt = None, overrides: Overrides = None,
 
     cfg = _load(config, [*(overrides or []), *([f"data.shards={shards}"] if shards else [])])
     every = prepare_all(cfg.data, cfg.extra_data, workers=workers, force=force)
+    sharded = {d.dataset: d.shards for d in [cfg.data, *cfg.extra_data] if d.shards}  # the datasets it sharded
     for name, part, cache in ((n, k, c) for n, parts in every.items() for k, c in parts.items()):
         typer.echo(f"{name} {part}: {len(cache)} faces in {cache.path}; {len(cache.failed)} without a face, "
                    f"{len(cache.meta.get('no_landmarks', []))} without landmarks"
-                   + (f"; shards in {Path(cfg.data.shards) / part}" if cfg.data.shards else ""))
+                   + (f"; shards in {Path(sharded[name]) / part}" if name in sharded else ""))
         for f in cache.failed[:10]:
             typer.echo(f"  no face: {f['path']}: {f['reason']}")
 

@@ -102,9 +102,20 @@ def prepare_caches(data: DataConfig, parts_wanted: tuple[str, ...] = ("train", "
     if data.shards:  # the caches (new or reused as they are) → WebDataset shards for streamed, multi-node training
         from .shards import write_shards
 
+        source = {"dataset": data.dataset, "root": str(data.root), "split_file": str(data.split_file)}
         for k, cache in out.items():
-            write_shards(cache, Path(data.shards) / k, data.shard_size, data.split_seed, force, progress)
+            write_shards(cache, Path(data.shards) / k, data.shard_size, data.split_seed, force, progress,
+                         {**source, "part": k})
     return out
+
+
+def refuse_shards_with_extra(main: DataConfig, extra: list[DataConfig]) -> None:
+    """ConfigError for data.shards with extra_data: training from shards streams one dataset's parts, so the extra
+    datasets would be left out of training without a word."""
+    if extra and (main.shards or any(d.shards for d in extra)):
+        raise ConfigError(f"data.shards streams one dataset's parts, so training from them would leave extra_data "
+                          f"({', '.join(d.dataset for d in extra)}) out: unset data.shards (train from the caches) "
+                          "or extra_data")
 
 
 def combine_caches(caches: list[FaceCache], path: str | Path) -> FaceCache:
@@ -121,6 +132,7 @@ def prepare_all(main: DataConfig, extra: list[DataConfig], parts_wanted: tuple[s
                 workers: int = 2, progress: bool = True, force: bool = False,
                 log: Callable[[str], None] | None = _stderr) -> dict[str, dict[str, FaceCache]]:
     """Caches of the main dataset and of every extra one: {dataset name: {part: cache}}, main first."""
+    refuse_shards_with_extra(main, extra)
     out = {main.dataset: prepare_caches(main, parts_wanted, workers, progress, force, log=log)}
     for d in extra:
         if d.dataset in out:
