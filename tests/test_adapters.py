@@ -249,3 +249,7 @@ def test_staging_folders_of_killed_cache_builds_are_removed(tmp_path):
         os.utime(f, (old, old))
     build_cache([FaceRecord(str(tmp_path / "a.jpg"), 30.0)], tmp_path / "cache", size=32, workers=0, progress=False)
     assert not stale.exists() and live.is_dir()
+    stale.mkdir()  # left beside a cache that is up to date: removed too (before: only when the cache was next rebuilt)
+    os.utime(stale, (old, old))
+    build_cache([FaceRecord(str(tmp_path / "a.jpg"), 30.0)], tmp_path / "cache", size=32, workers=0, progress=False)
+    assert not stale.exists() and live.is_dir()

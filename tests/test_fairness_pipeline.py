@@ -120,6 +120,7 @@ def test_cv_two_folds_is_resumable(tmp_path, utk_folder):
     logs = []
     again = run_cv(cfg, 2, progress=False, log=logs.append)  # finished folds are skipped
     assert again["mean"] == summary["mean"] and sum("skipped" in x for x in logs) == 2
+    assert logs[0].startswith("fold 1/2 (fold0): ") and logs[1].startswith("fold 2/2 (fold1): ")  # before: 0/2, 1/2
     assert "mean" in format_cv(summary)
     # the later folds train at the numerics the first fold's probe chose (before: a probe per fold, fp32 then bf16)
     from agelens.fairness.cv import _pin_numerics
@@ -129,6 +130,30 @@ def test_cv_two_folds_is_resumable(tmp_path, utk_folder):
     _pin_numerics(auto, {"numerics": "bf16"}, logs.append)
     _pin_numerics(cfg, {"numerics": "bf16"}, logs.append)  # a config that names its numerics keeps them
     assert (auto.train.numerics, cfg.train.numerics) == ("bf16", "fp32") and "the first fold's choice" in logs[-1]
+    # records changed since the folds were made: a resume is refused (before: a face added to the dataset went into
+    # the folds made anew, and the finished folds, of the old records, were skipped and mixed into one table)
+    import shutil
+
+    face = next(utk_folder.glob("*.chip.jpg"))
+    added = face.with_name("33_1_0_20990101000000000.jpg.chip.jpg")
+    shutil.copy(face, added)
+    with pytest.raises(ConfigError, match=r"holds folds of 24 records, the dataset lists 25 now: a resume would mix "
+                                          r"old and new folds; remove .*cvt_cv2 \(or give this cv its own name=\)"):
+        run_cv(cfg, 2, **QUIET)
+    added.unlink()
+    age, rest = face.name.split("_", 1)
+    face.rename(face.with_name(f"{int(age) + 1}_{rest}"))  # relabelled
+    with pytest.raises(ConfigError, match=r"lists 24 now \(the same count: files or labels changed\)"):
+        run_cv(cfg, 2, **QUIET)
+    assert json.loads((out / "records.json").read_text())["records"] == 24
+
+
+def test_cv_refuses_more_folds_than_groups_before_any_work(tmp_path, utk_folder):
+    """Before: the caches were made and the folds with test records trained, then a fold without any crashed."""
+    cfg = load_config(None, _args(tmp_path, utk_folder, "cvt"))
+    with pytest.raises(ConfigError, match="30 folds need at least 30 groups; the dataset has 24"):
+        run_cv(cfg, 30, **QUIET)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
 
 
 def test_group_dro_training_logs_checkpoints_and_resumes_q(tmp_path, utk_folder):

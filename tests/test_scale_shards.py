@@ -101,3 +101,73 @@ def test_torchrun_two_ranks_stream_shards(tmp_path, utk_folder):
     assert ck["epoch"] == 0 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
     assert all("val_mae" in h for h in ck["history"])
     assert (tmp_path / "runs" / "shards" / "test" / "metrics.json").is_file()
+
+
+def _cfg(tmp_path, utk_folder, *extra):
+    from agelens.config import load_config
+
+    return load_config(None, [f"data.root={utk_folder}", f"data.split_file={tmp_path}/split.json",
+                              f"data.cache_dir={tmp_path}/cache", "data.cache_size=48", "data.crop_size=40",
+                              "data.input_size=32", "data.shard_size=4", f"data.shards={tmp_path}/shards",
+                              "model.backbone=resnet18", "model.pretrained=false", "train.batch_size=4",
+                              "train.epochs=1", "train.freeze_backbone_epochs=0", "train.numerics=fp32",
+                              "train.channels_last=off", f"out_dir={tmp_path}/runs", "name=shards", *extra])
+
+
+def test_shards_with_extra_data_are_refused_at_prepare_and_train(tmp_path, utk_folder):
+    """Before: prepare sharded the main dataset only (and printed shard folders for the extra one too), and train
+    streamed those shards, leaving the extra datasets out without a word."""
+    import copy
+
+    from agelens.data.prepare import prepare_all
+    from agelens.errors import ConfigError
+    from agelens.train.run import train_and_test
+
+    cfg = _cfg(tmp_path, utk_folder)
+    extra = copy.deepcopy(cfg.data)
+    extra.dataset, extra.shards = "csv", None
+    extra.root, extra.split_file, extra.cache_dir = f"{tmp_path}/b.csv", f"{tmp_path}/b.json", f"{tmp_path}/bc"
+    cfg.extra_data = [extra]
+    with pytest.raises(ConfigError, match=r"would leave extra_data \(csv\) out: unset data.shards"):
+        prepare_all(cfg.data, cfg.extra_data, workers=1, progress=False, log=None)
+    with pytest.raises(ConfigError, match=r"would leave extra_data \(csv\) out"):
+        train_and_test(cfg, progress=False, log=lambda *_: None)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
+def test_shards_are_checked_against_the_config_and_the_loader_slots_before_the_run_folder(tmp_path, utk_folder):
+    """Before: shards of another split or dataset trained without a word, and too few shards for the loader workers
+    were found after config.yaml and env.json had replaced an earlier run's."""
+    import json
+
+    from agelens.data.prepare import make_or_load_split, prepare_caches
+    from agelens.data.shards import check_shards
+    from agelens.errors import ConfigError
+    from agelens.train.run import train_and_test
+
+    cfg = _cfg(tmp_path, utk_folder)
+    prepare_caches(cfg.data, workers=1, progress=False, log=None)
+    m = json.loads((tmp_path / "shards" / "train" / MANIFEST).read_text())
+    assert (m["dataset"], m["root"], m["split_file"], m["part"]) == ("utkface", str(utk_folder),
+                                                                     f"{tmp_path}/split.json", "train")
+    said: list[str] = []
+    check_shards(cfg.data, said.append)
+    assert said == []
+    earlier = tmp_path / "runs" / "shards"
+    earlier.mkdir(parents=True)
+    (earlier / "config.yaml").write_text("an: earlier run\n")
+    with pytest.raises(DataError, match=r"shard\(s\) for 1 rank\(s\) x 8 loader worker\(s\)"):
+        train_and_test(_cfg(tmp_path, utk_folder, "data.num_workers=8"), progress=False, log=lambda *_: None)
+    assert (earlier / "config.yaml").read_text() == "an: earlier run\n" and not (earlier / "env.json").exists()
+    with pytest.raises(ConfigError, match=r"shards/train was written from split_file .*/split.json \(the config: "
+                                          r".*/other.json\): rewrite it with `agelens prepare"):
+        check_shards(_cfg(tmp_path, utk_folder, f"data.split_file={tmp_path}/other.json").data)
+    make_or_load_split(_cfg(tmp_path, utk_folder, "data.split_seed=5").data, force=True, log=None)  # same file, anew
+    with pytest.raises(ConfigError, match=r"holds other faces than part \w+ of .*/split.json gives now"):
+        train_and_test(cfg, progress=False, log=lambda *_: None)
+    for k in ("train", "val", "test"):  # shards written before the manifest recorded its source
+        p = tmp_path / "shards" / k / MANIFEST
+        p.write_text(json.dumps({key: v for key, v in json.loads(p.read_text()).items()
+                                 if key not in ("dataset", "root", "split_file", "part")}))
+    check_shards(cfg.data, said.append)
+    assert len(said) == 1 and "not checked against the config" in said[0]

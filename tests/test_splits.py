@@ -2,7 +2,7 @@ import pytest
 
 from agelens.data.adapters import FaceRecord
 from agelens.data.splits import check_group_safe, group_split, kfold_split, load_split, save_split
-from agelens.errors import DataError
+from agelens.errors import ConfigError, DataError
 
 
 def _records(n=200):
@@ -30,6 +30,71 @@ def test_kfold_covers_everything_once():
     assert sorted(sum(folds, [])) == list(range(len(recs)))
     assert max(map(len, folds)) - min(map(len, folds)) <= 3
     check_group_safe({str(i): [recs[j] for j in f] for i, f in enumerate(folds)})
+
+
+def test_kfold_refuses_more_folds_than_groups():
+    """A fold without a group tested nothing (before: `cv --folds 8` on 6 records crashed with a TypeError)."""
+    with pytest.raises(ConfigError, match="3 folds need at least 3 groups; the dataset has 2 .*--folds 2 or fewer"):
+        kfold_split(_records(6), 3)  # 2 groups of 3
+    assert all(kfold_split(_records(12), 4))  # 4 groups, 4 folds: each fold tests one group
+
+
+def test_split_cli_refuses_more_folds_than_groups_before_writing(tmp_path, utk_folder):
+    """Before: `split --folds 50` on 24 faces wrote fold files with 0 test records."""
+    from agelens.cli import split
+
+    with pytest.raises(ConfigError, match="50 folds need at least 50 groups; the dataset has 24"):
+        split(None, [f"data.root={utk_folder}", f"data.split_file={tmp_path}/split.json"], folds=50)
+    assert not list(tmp_path.glob("split*.json"))
+
+
+def test_a_new_split_that_leaves_a_wanted_part_empty_is_refused(tmp_path, utk_folder):
+    """Before: `split` printed `val 0` (exit 0) and `prepare` failed later; a part given no share may stay empty."""
+    from agelens.cli import split
+    from agelens.config import load_config
+    from agelens.data.prepare import make_or_load_split
+
+    args = [f"data.root={utk_folder}", f"data.split_file={tmp_path}/split.json"]
+    with pytest.raises(ConfigError, match=r"split of 24 records in 24 groups leaves val empty: .*raise data.val_frac "
+                                          r"to at least 0.03"):
+        split(None, [*args, "data.val_frac=0.01"])
+    assert not (tmp_path / "split.json").exists()
+    with pytest.raises(ConfigError, match="into 3 parts needs at least 3 groups"):
+        make_or_load_split(load_config(None, args).data, _two_faces(tmp_path), log=None)
+    parts = make_or_load_split(load_config(None, [*args, "data.test_frac=0"]).data, log=None)
+    assert not parts["test"] and parts["val"] and parts["train"]
+
+
+def _two_faces(tmp_path):
+    from agelens.data.adapters import Listing
+
+    return Listing([FaceRecord(f"{tmp_path}/{i}.jpg", 30.0) for i in range(2)], [], [])
+
+
+def test_kfold_parts_carve_a_group_safe_val_part_from_each_folds_rest():
+    from agelens.data.splits import kfold_parts
+
+    recs = _records()
+    folds = kfold_parts(recs, 5, 0.1, seed=0)
+    assert [f["test"] for f in folds] == kfold_split(recs, 5, seed=0)
+    for f in folds:
+        assert sorted(f["train"] + f["val"] + f["test"]) == list(range(len(recs)))
+        assert abs(len(f["val"]) - 20) <= 3
+        check_group_safe({k: [recs[i] for i in v] for k, v in f.items()})
+
+
+def test_split_cli_fold_files_have_the_val_part_cv_trains_with(tmp_path, utk_folder):
+    """Before: `split --folds K` wrote "val": [], which `train` refused ("split part 'val' is empty")."""
+    import json
+
+    from agelens.cli import split
+
+    split(None, [f"data.root={utk_folder}", f"data.split_file={tmp_path}/split.json", "data.val_frac=0.2"], folds=3)
+    files = sorted(tmp_path.glob("split.fold*of3.json"))
+    parts = [json.loads(f.read_text())["parts"] for f in files]
+    assert len(parts) == 3 and all(p["train"] and p["val"] and p["test"] for p in parts)
+    assert all(not set(p["val"]) & set(p["train"]) for p in parts)
+    assert sorted(n for p in parts for n in p["test"]) == sorted({n for p in parts for n in p["test"]})
 
 
 def test_save_load_roundtrip_and_missing_files(tmp_path):

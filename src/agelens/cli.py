@@ -87,23 +87,23 @@ def split(config: ConfigOpt = None, overrides: Overrides = None,
           force: Annotated[bool, typer.Option(help="re-make the split even if the file exists")] = False) -> None:
     """Make (or show) the group-safe, seeded train/val/test split; optionally k folds."""
     from .data.prepare import list_records, make_or_load_split
-    from .data.splits import kfold_split, save_split
+    from .data.splits import kfold_parts, save_split
 
     cfg = _load(config, overrides)
     listing = list_records(cfg.data)
+    recs = listing.records
+    # too few groups: refused before anything is written
+    fold_list = kfold_parts(recs, folds, cfg.data.val_frac, cfg.data.split_seed) if folds else []
     parts = make_or_load_split(cfg.data, listing, force=force)
     typer.echo(f"split {cfg.data.split_file}: " + ", ".join(f"{k} {len(v)}" for k, v in parts.items())
                + f"; {len(listing.bad)} bad rows skipped")
     for b in listing.bad[:10]:
         typer.echo(f"  skipped {b.path}: {b.reason}")
-    if folds:
-        recs = listing.records
-        for i, fold in enumerate(kfold_split(recs, folds, cfg.data.split_seed)):
-            test = set(fold)
-            p = Path(cfg.data.split_file).with_suffix(f".fold{i}of{folds}.json")
-            save_split(p, recs, {"train": [j for j in range(len(recs)) if j not in test], "val": [], "test": sorted(test)},
-                       dataset=cfg.data.dataset, root=cfg.data.root, seed=cfg.data.split_seed, fold=i, folds=folds)
-            typer.echo(f"fold {i}: {p} ({len(test)} test)")
+    for i, fold in enumerate(fold_list):  # the parts `agelens cv` trains each fold on (val carved from the rest)
+        p = Path(cfg.data.split_file).with_suffix(f".fold{i}of{folds}.json")
+        save_split(p, recs, fold, dataset=cfg.data.dataset, root=cfg.data.root, seed=cfg.data.split_seed, fold=i,
+                   folds=folds)
+        typer.echo(f"fold {i}: {p} (" + ", ".join(f"{k} {len(v)}" for k, v in fold.items()) + ")")
 
 
 @app.command()
@@ -118,10 +118,11 @@ def prepare(config: ConfigOpt = None, overrides: Overrides = None,
 
     cfg = _load(config, [*(overrides or []), *([f"data.shards={shards}"] if shards else [])])
     every = prepare_all(cfg.data, cfg.extra_data, workers=workers, force=force)
+    sharded = {d.dataset: d.shards for d in [cfg.data, *cfg.extra_data] if d.shards}  # the datasets it sharded
     for name, part, cache in ((n, k, c) for n, parts in every.items() for k, c in parts.items()):
         typer.echo(f"{name} {part}: {len(cache)} faces in {cache.path}; {len(cache.failed)} without a face, "
                    f"{len(cache.meta.get('no_landmarks', []))} without landmarks"
-                   + (f"; shards in {Path(cfg.data.shards) / part}" if cfg.data.shards else ""))
+                   + (f"; shards in {Path(sharded[name]) / part}" if name in sharded else ""))
         for f in cache.failed[:10]:
             typer.echo(f"  no face: {f['path']}: {f['reason']}")
 

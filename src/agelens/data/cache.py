@@ -176,6 +176,7 @@ def build_cache(records: list[FaceRecord], out_dir: str | Path, size: int = 256,
         try:  # the signature first: a stale cache is rebuilt without reading (and checksumming) its arrays
             old = json.loads((out / "meta.json").read_text())
             if old.get("signature") == sig:
+                _remove_stale_staging(out)  # a killed rebuild's, else kept until the cache is next rebuilt
                 return FaceCache(out)
         except (DataError, OSError, ValueError):
             old = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import sys
 from collections import Counter
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .adapters import FaceRecord, Listing, load_dataset, write_bad_rows
 from .cache import FaceCache, build_cache
 from .splits import check_group_safe, group_split, load_split, save_split, split_settings
@@ -52,6 +53,7 @@ def make_or_load_split(data: DataConfig, listing: Listing | None = None, force: 
                  "data.split_file, makes the split the config asks for")
     else:
         idx = group_split(recs, data.val_frac, data.test_frac, data.split_seed)
+        _refuse_empty_parts(data, recs, idx)
         save_split(sp, recs, idx, dataset=data.dataset, root=data.root, seed=data.split_seed,
                    val_frac=data.val_frac, test_frac=data.test_frac, groups_csv=data.groups_csv)
         parts = {k: [recs[i] for i in v] for k, v in idx.items()}
@@ -65,6 +67,25 @@ def make_or_load_split(data: DataConfig, listing: Listing | None = None, force: 
              f"{', ...' if len(reasons) > 3 else ''}): every one in {bad_p}")
     check_group_safe(parts)
     return parts
+
+
+def _refuse_empty_parts(data: DataConfig, recs: list[FaceRecord], idx: dict[str, list[int]]) -> None:
+    """ConfigError where a new split leaves a part empty that the config gives a share (before: `split` printed
+    `val 0` and `prepare` failed later); a part asked for with a 0 fraction may stay empty."""
+    fracs = {"train": 1.0, "val": data.val_frac, "test": data.test_frac}
+    empty = [k for k, f in fracs.items() if f > 0 and not idx.get(k)]
+    if not empty:
+        return
+    sizes = Counter(r.group or r.path for r in recs)
+    n, g = len(recs), len(sizes)
+    wanted = sum(f > 0 for f in fracs.values())
+    if g < wanted:
+        fix = f"a split into {wanted} parts needs at least {wanted} groups: use more data"
+    else:  # a part takes a whole group once the group's middle fits its share (splits.group_split)
+        need = math.ceil(100 * min(sizes.values()) / (2 * n)) / 100
+        fix = (f"a part takes whole groups only, so raise {' and '.join(f'data.{k}_frac' for k in empty)} to at "
+               f"least {need:g} (half the smallest group's share of the records), or use more data")
+    raise ConfigError(f"the split of {n} records in {g} groups leaves {' and '.join(empty)} empty: {fix}")
 
 
 def prepare_caches(data: DataConfig, parts_wanted: tuple[str, ...] = ("train", "val", "test"), workers: int = 2,
@@ -81,9 +102,20 @@ def prepare_caches(data: DataConfig, parts_wanted: tuple[str, ...] = ("train", "
     if data.shards:  # the caches (new or reused as they are) → WebDataset shards for streamed, multi-node training
         from .shards import write_shards
 
+        source = {"dataset": data.dataset, "root": str(data.root), "split_file": str(data.split_file)}
         for k, cache in out.items():
-            write_shards(cache, Path(data.shards) / k, data.shard_size, data.split_seed, force, progress)
+            write_shards(cache, Path(data.shards) / k, data.shard_size, data.split_seed, force, progress,
+                         {**source, "part": k})
     return out
+
+
+def refuse_shards_with_extra(main: DataConfig, extra: list[DataConfig]) -> None:
+    """ConfigError for data.shards with extra_data: training from shards streams one dataset's parts, so the extra
+    datasets would be left out of training without a word."""
+    if extra and (main.shards or any(d.shards for d in extra)):
+        raise ConfigError(f"data.shards streams one dataset's parts, so training from them would leave extra_data "
+                          f"({', '.join(d.dataset for d in extra)}) out: unset data.shards (train from the caches) "
+                          "or extra_data")
 
 
 def combine_caches(caches: list[FaceCache], path: str | Path) -> FaceCache:
@@ -100,6 +132,7 @@ def prepare_all(main: DataConfig, extra: list[DataConfig], parts_wanted: tuple[s
                 workers: int = 2, progress: bool = True, force: bool = False,
                 log: Callable[[str], None] | None = _stderr) -> dict[str, dict[str, FaceCache]]:
     """Caches of the main dataset and of every extra one: {dataset name: {part: cache}}, main first."""
+    refuse_shards_with_extra(main, extra)
     out = {main.dataset: prepare_caches(main, parts_wanted, workers, progress, force, log=log)}
     for d in extra:
         if d.dataset in out:

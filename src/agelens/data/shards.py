@@ -3,8 +3,9 @@
 A shard folder (one per split part, e.g. SHARDS/train) holds
     shard-000000.tar, ...  samples "<index>.crop.npy" (uint8 S×S×3), "<index>.landmarks.npy" (float32 478×2) and
                            "<index>.json" (the FaceRecord); <index> (8 digits) is the row in the source FaceCache
-    shards.json            version, crop size, the source cache's signature, every record in index order, failed
-                           files, and per shard its name and indices. Written last: a folder without it is incomplete.
+    shards.json            version, crop size, the source cache's signature, the dataset, root, split file and part
+                           it holds, every record in index order, failed files, and per shard its name and
+                           indices. Written last: a folder without it is incomplete.
 Rows go to shards by a seeded permutation, so each shard is a random sample of the part. Every shard is written to
 a temporary name and renamed, so a killed `prepare` leaves whole shards or none.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..utils import atomic_write, atomic_write_json
 from .adapters import FaceRecord
 from .cache import N_LANDMARKS, FaceCache, FaceSet
@@ -29,15 +30,16 @@ PARTS = ("train", "val", "test")
 
 
 def write_shards(cache: FaceCache, out_dir: str | Path, shard_size: int = 1000, seed: int = 0, force: bool = False,
-                 progress: bool = False) -> Path:
-    """Write (or keep, when its manifest matches this cache, shard size and seed) the shards of one cache."""
+                 progress: bool = False, source: dict | None = None) -> Path:
+    """Write (or keep, when its manifest matches this cache, shard size, seed and source) the shards of one cache.
+    source: {dataset, root, split_file, part} the cache was made from, recorded for `check_shards`."""
     import webdataset as wds
 
     out = Path(out_dir)
     if shard_size < 1:
         raise DataError(f"shard size must be >= 1, got {shard_size}")
     want = {"version": SHARD_VERSION, "signature": cache.meta.get("signature"), "shard_size": shard_size,
-            "seed": seed, "n": len(cache)}
+            "seed": seed, "n": len(cache), **(source or {})}
     if not force and (out / MANIFEST).is_file():
         try:
             have = json.loads((out / MANIFEST).read_text())
@@ -71,6 +73,54 @@ def write_shards(cache: FaceCache, out_dir: str | Path, shard_size: int = 1000, 
                                        "records": [asdict(r) for r in cache.records], "failed": cache.failed,
                                        "no_landmarks": cache.meta.get("no_landmarks", []), "shards": shards})
     return out
+
+
+SOURCE_KEYS = ("dataset", "root", "split_file")
+
+
+def check_shards(data, log=print) -> None:
+    """ConfigError where data.shards were written from another dataset, root or split file than the config names,
+    or hold other faces than the config's split gives each part now (their cache signature, computed from the
+    listed records without detection). Shards written before they recorded their source pass with a note."""
+    from .cache import cache_signature
+    from .prepare import list_records
+    from .splits import load_split
+
+    root = Path(data.shards)
+    have = {}
+    for k in PARTS:
+        try:
+            have[k] = json.loads((root / k / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue  # missing or torn: ShardSet says so when it loads the part
+    if any(not all(key in m for key in SOURCE_KEYS) for m in have.values()):
+        log(f"note: {root} was written before shards recorded their dataset and split, so it is not checked "
+            "against the config (`agelens prepare --shards` rewrites it)")
+        return
+    now = {"dataset": data.dataset, "root": str(data.root), "split_file": str(data.split_file)}
+    for k, m in have.items():
+        differ = [f"{key} {m[key]} (the config: {now[key]})" for key in SOURCE_KEYS if m[key] != now[key]]
+        if differ:
+            raise ConfigError(f"{root / k} was written from {', '.join(differ)}: rewrite it with `agelens prepare "
+                              f"-c CONFIG --shards {root}`, or set data.shards to this config's shards")
+    if not Path(data.root).exists():  # a node with the shards but not the dataset: the faces cannot be listed here
+        log(f"note: {data.root} is not on this machine, so the faces of {root} are not checked against its split")
+        return
+    parts = load_split(data.split_file, list_records(data).records, data.root)
+    for k, m in have.items():
+        sig = cache_signature(parts.get(k, []), data.cache_size, data.aligned)
+        if m.get("signature") != sig:
+            raise ConfigError(f"{root / k} holds other faces than part {k} of {data.split_file} gives now (cache "
+                              f"signature {m.get('signature')}, now {sig}: the dataset, the split, data.cache_size or "
+                              f"data.aligned changed since): rewrite it with `agelens prepare -c CONFIG --shards {root}`")
+
+
+def check_slots(shards: ShardSet, world: int, num_workers: int) -> None:
+    """DataError where a shard folder has fewer shards than (rank, loader worker) slots: a slot would read none."""
+    workers = max(1, num_workers)
+    if len(shards.shards) < world * workers:
+        raise DataError(f"{shards.path} has {len(shards.shards)} shard(s) for {world} rank(s) x {workers} loader "
+                        f"worker(s); rewrite it with a smaller data.shard_size")
 
 
 class ShardSet(FaceSet):
@@ -166,10 +216,7 @@ class ShardStream(IterableDataset):
         self.store = _RowStore(shards.size)
         self.view = CachedFaceDataset(self.store, True, seed=seed, indices=np.arange(0), **view_kw)
         self.counts = np.array([sum(i < limit for i in s["indices"]) for s in shards.shards])
-        slots = self.world * self.workers
-        if len(shards.shards) < slots:
-            raise DataError(f"{shards.path} has {len(shards.shards)} shard(s) for {self.world} rank(s) x "
-                            f"{self.workers} loader worker(s); rewrite it with a smaller data.shard_size")
+        check_slots(shards, world, num_workers)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

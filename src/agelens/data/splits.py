@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import defaultdict
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..utils import atomic_write_json
 from .adapters import FaceRecord
 
@@ -45,14 +46,33 @@ def group_split(records: list[FaceRecord], val_frac: float = 0.1, test_frac: flo
 
 
 def kfold_split(records: list[FaceRecord], k: int = 5, seed: int = 0) -> list[list[int]]:
-    """k folds of whole groups with near-equal record counts (largest groups placed first)."""
+    """k folds of whole groups with near-equal record counts (largest groups placed first); ConfigError when there
+    are fewer groups than folds (a fold would test nothing)."""
     if k < 2:
         raise DataError(f"k-fold needs k >= 2, got {k}")
     groups = sorted(_shuffled_groups(records, seed), key=len, reverse=True)  # stable: ties keep seeded order
+    if len(groups) < k:  # a fold without a group would have no test records (and no metrics to average)
+        raise ConfigError(f"{k} folds need at least {k} groups; the dataset has {len(groups)} (a group: one identity "
+                          "or set of duplicates, else one record): "
+                          + (f"use --folds {len(groups)} or fewer, or more data" if len(groups) >= 2 else "use more data"))
     folds: list[list[int]] = [[] for _ in range(k)]
     for members in groups:
         min(folds, key=len).extend(members)
     return [sorted(f) for f in folds]
+
+
+def kfold_parts(records: list[FaceRecord], k: int, val_frac: float, seed: int = 0) -> list[dict[str, list[int]]]:
+    """Per fold {train, val, test}: test is that fold of `kfold_split`, val a group-safe share of the rest
+    (`val_frac` of the whole dataset, at most half the rest; seeded per fold), train the remainder."""
+    out = []
+    for i, test_idx in enumerate(kfold_split(records, k, seed)):
+        test_set = set(test_idx)
+        rest = [j for j in range(len(records)) if j not in test_set]
+        inner = group_split([records[j] for j in rest], min(0.5, val_frac * len(records) / max(1, len(rest))), 0.0,
+                            seed + i)
+        out.append({"train": [rest[j] for j in inner["train"]], "val": [rest[j] for j in inner["val"]],
+                    "test": sorted(test_idx)})
+    return out
 
 
 def _rel(path: str, root: str) -> str:
@@ -60,6 +80,15 @@ def _rel(path: str, root: str) -> str:
         return os.path.relpath(path, root)
     except ValueError:
         return path
+
+
+def records_fingerprint(records: list[FaceRecord], root: str) -> str:
+    """A hash of the records' sorted `path|age|group` lines (paths relative to `root`): any record added, removed or
+    relabelled changes it."""
+    h = hashlib.sha256()
+    for line in sorted(f"{_rel(r.path, root)}|{r.age}|{r.group or ''}" for r in records):
+        h.update(f"{line}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
 
 
 def save_split(path: str | Path, records: list[FaceRecord], parts: dict[str, list[int]], *, dataset: str,

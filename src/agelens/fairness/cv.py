@@ -12,7 +12,8 @@ import numpy as np
 from ..config import RunConfig
 from ..data.cache import subset_cache
 from ..data.prepare import list_records, prepare_caches
-from ..data.splits import group_split, kfold_split, save_split
+from ..data.splits import kfold_parts, records_fingerprint, save_split
+from ..errors import ConfigError
 from ..utils import atomic_write_json
 
 CV_KEYS = ("mae", "cmae", "bias_score", "cs5")
@@ -37,34 +38,29 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
 
     cfg = copy.deepcopy(cfg)  # `_pin_numerics` sets the later folds' numerics on this copy, not the caller's config
     listing = list_records(cfg.data)
-    donors = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress, listing=listing)  # cached once
     recs = listing.records
+    # too few groups: refused before the caches are made
+    fold_list = kfold_parts(recs, folds, cfg.data.val_frac, cfg.data.split_seed)
     root = cv_dir(cfg, folds)
+    _same_records(root, recs, cfg.data.root, log)
+    donors = prepare_caches(cfg.data, ("train", "val", "test"), progress=progress, listing=listing)  # cached once
     rows = []
-    for i, test_idx in enumerate(kfold_split(recs, folds, cfg.data.split_seed)):
+    for i, parts in enumerate(fold_list):
         fcfg = copy.deepcopy(cfg)
         fcfg.out_dir, fcfg.name = str(root), f"fold{i}"
         metrics_p = fcfg.run_dir / "test" / "metrics.json"
         if (fcfg.run_dir / "config.yaml").is_file():  # a fold made earlier counts only under the same recipe
             changed = recipe_changes(fcfg.run_dir / "config.yaml", fcfg)
             if changed:
-                from ..errors import ConfigError
-
                 raise ConfigError(f"{root} holds folds of another recipe ({'; '.join(changed[:4])}"
                                   f"{'; ...' if len(changed) > 4 else ''}): give this one its own name=, or remove "
                                   f"{root} to make them again")
         if metrics_p.is_file():
-            log(f"fold {i}: finished earlier, skipped ({metrics_p})")
+            log(f"fold {i + 1}/{folds} (fold{i}): finished earlier, skipped ({metrics_p})")
             done = json.loads(metrics_p.read_text())
             rows.append({"fold": i, **_pick(done)})
             _pin_numerics(cfg, done, log)
             continue
-        test_set = set(test_idx)
-        rest = [j for j in range(len(recs)) if j not in test_set]
-        val_frac = min(0.5, cfg.data.val_frac * len(recs) / max(1, len(rest)))
-        inner = group_split([recs[j] for j in rest], val_frac, 0.0, cfg.data.split_seed + i)
-        parts = {"train": [rest[j] for j in inner["train"]], "val": [rest[j] for j in inner["val"]],
-                 "test": sorted(test_idx)}
         split_p = root / "splits" / f"fold{i}.json"
         save_split(split_p, recs, parts, dataset=cfg.data.dataset, root=cfg.data.root, seed=cfg.data.split_seed,
                    fold=i, folds=folds)
@@ -72,7 +68,7 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
         caches = {k: subset_cache([recs[j] for j in v], list(donors.values()), f"{split_p}:{k}") if v else None
                   for k, v in parts.items()}
         resume = (fcfg.run_dir / "last.pt").is_file()
-        log(f"fold {i}/{folds}: train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
+        log(f"fold {i + 1}/{folds} (fold{i}): train {len(parts['train'])}, val {len(parts['val'])}, test {len(parts['test'])}"
             + (" (resuming)" if resume else ""))
         res = train_and_test(fcfg, resume=resume, progress=progress, log=log, caches=caches)
         rows.append({"fold": i, **_pick(res["test"])})
@@ -85,6 +81,30 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
                        for k in CV_KEYS for v in [np.array([r[k] for r in rows], float)]}}
     atomic_write_json(root / "cv.json", summary)
     return summary
+
+
+STATE = "records.json"  # the records the folds were made from (`_same_records`)
+
+
+def _same_records(root: Path, recs: list, data_root: str, log) -> None:
+    """ConfigError where the cv folder's folds were made from other records than the dataset lists now (the folds
+    are made anew each run: a resume would mix folds of the old and the new records); else records them."""
+    now = {"records": len(recs), "fingerprint": records_fingerprint(recs, data_root)}
+    p = root / STATE
+    try:
+        was = json.loads(p.read_text())
+    except (OSError, ValueError):
+        was = None
+    if isinstance(was, dict) and "fingerprint" in was:
+        if was["fingerprint"] != now["fingerprint"]:
+            raise ConfigError(f"{root} holds folds of {was.get('records')} records, the dataset lists {len(recs)} "
+                              f"now{' (the same count: files or labels changed)' if was.get('records') == len(recs) else ''}: "
+                              f"a resume would mix old and new folds; remove {root} (or give this cv its own name=) to "
+                              "start afresh")
+        return
+    if any(root.glob("fold*/config.yaml")):
+        log(f"{root}: folds made before their records were recorded, taken as they are")
+    atomic_write_json(p, now)
 
 
 IGNORED = ("name", "out_dir", "data.split_file")  # a fold's own; the rest is the recipe

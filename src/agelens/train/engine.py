@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..config import RunConfig, config_to_dict, refuse_resume_changes
 from ..data.cache import FaceCache
 from ..data.dataset import CachedFaceDataset
-from ..data.shards import ShardSet, ShardStream
+from ..data.shards import ShardSet, ShardStream, check_slots
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..evaluate.predict import predict_cache
 from ..models import AgeModel, build_model
@@ -469,6 +469,8 @@ class Trainer:
 
     def _fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
+        if isinstance(self.train_cache, ShardSet):  # before the run folder is written (and an earlier run replaced)
+            check_slots(self.train_cache, self.dist.world, cfg.data.num_workers)
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._hold_run_dir()

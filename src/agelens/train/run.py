@@ -19,8 +19,11 @@ def train_and_test(cfg: RunConfig, resume: bool = False, progress: bool = True, 
                    caches: dict | None = None) -> dict:
     """`caches` ({train, val, test}: FaceCache-like, val may be None) replaces the config's split caches (k-fold)."""
     if caches is None and cfg.data.shards:  # streamed train shards; val/test shards read into memory
-        from ..data.shards import shard_caches
+        from ..data.prepare import refuse_shards_with_extra
+        from ..data.shards import check_shards, shard_caches
 
+        refuse_shards_with_extra(cfg.data, cfg.extra_data)
+        check_shards(cfg.data, log)
         caches = shard_caches(cfg.data.shards)
     per_dataset: dict = {}
     if caches is None and cfg.extra_data:  # several datasets: train and val concatenated, tests kept apart
