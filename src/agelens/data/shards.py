@@ -82,8 +82,8 @@ def check_shards(data, log=print) -> None:
     """ConfigError where data.shards were written from another dataset, root or split file than the config names,
     or hold other faces than the config's split gives each part now (their cache signature, computed from the
     listed records without detection). Shards written before they recorded their source pass with a note."""
+    from .adapters import load_dataset
     from .cache import cache_signature
-    from .prepare import list_records
     from .splits import load_split
 
     root = Path(data.shards)
@@ -106,7 +106,8 @@ def check_shards(data, log=print) -> None:
     if not Path(data.root).exists():  # a node with the shards but not the dataset: the faces cannot be listed here
         log(f"note: {data.root} is not on this machine, so the faces of {root} are not checked against its split")
         return
-    parts = load_split(data.split_file, list_records(data).records, data.root)
+    parts = load_split(data.split_file, load_dataset(data.dataset, data.root, groups_csv=data.groups_csv).records,
+                       data.root)  # as prepare.list_records lists them (prepare imports this module)
     for k, m in have.items():
         sig = cache_signature(parts.get(k, []), data.cache_size, data.aligned)
         if m.get("signature") != sig:
