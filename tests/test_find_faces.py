@@ -454,3 +454,33 @@ def test_fill_step_finds_a_face_under_a_flat_patch_on_the_filled_copy(analyzer, 
     monkeypatch.setattr(analyzer, "detect_tiled", lambda rgb, n: [])
     no = FixedVerifier(0.1)
     assert analyzer.find_faces(noise, no.scores, no.threshold, verify=True) == [] and calls == ["mirror", "fill"]
+
+
+def test_a_crowd_in_a_large_photo_is_read_on_tiles_its_faces_show_on(astronaut, monkeypatch):
+    """Twelve faces about 110 px wide on a 2400 x 1800 photo: the whole image and its 2 x 2 / 3 x 3 tiles show them
+    under 20 px at the detector's input, and the first grid that finds any face decided (3 found); a grid sized by
+    the smallest face found (`fine_grid`) finds the rest."""
+    import cv2
+
+    import agelens.faces.detect as D
+    from agelens.inference.predictor import AgeEstimator
+
+    assert D.fine_grid(900, 20) == 0 and D.fine_grid(2400, 110) == 4 and D.fine_grid(8000, 20) == D.FINE_MAX_GRID
+    rng = np.random.default_rng(0)
+    scene = cv2.GaussianBlur(rng.integers(90, 160, (1800, 2400, 3), dtype=np.uint8), (0, 0), 3)
+    spots = []
+    for i in range(3):
+        for j in range(4):
+            x, y = 150 + j * 560 + int(rng.integers(0, 200)), 150 + i * 560 + int(rng.integers(0, 200))
+            scene[y:y + 110, x:x + 110] = cv2.resize(astronaut[30:250, 130:330], (110, 110), interpolation=cv2.INTER_AREA)
+            spots.append((x, y))
+
+    est = AgeEstimator.from_pretrained()  # its face checks: the tile steps answer only behind them
+
+    def held():
+        return {k for f in est.predict(scene) for k, (x, y) in enumerate(spots)
+                if x <= (f.box[0] + f.box[2]) / 2 <= x + 110 and y <= (f.box[1] + f.box[3]) / 2 <= y + 110}
+
+    assert len(held()) >= 10
+    monkeypatch.setattr(D, "FINE_MAX_GRID", 0)  # the grids before: the test means something
+    assert len(held()) <= 4

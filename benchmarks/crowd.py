@@ -1,0 +1,203 @@
+"""Crowds in large photos, end to end: the finer tiles (`faces.detect` FINE_MIN_SIDE, FINE_FACE_PX, FINE_MAX_GRID)
+and the more-faces pass after the padded step (MORE_FACES_AFTER_PADDED) on and off, in one process, with the shipped
+models (`AgeEstimator.predict` on JPEG files).
+
+    python benchmarks/crowd.py --photos 3 --realocc 150 --phone 30 --out docs/crowd
+
+- composites: UTKFace test photos (a face about half of its crop) pasted in a jittered grid on a large canvas (a
+  scikit-image photo without a person, enlarged and blurred), each also mirrored left-right, for a few canvas sizes,
+  crop sizes and counts (a class or team photo): faces found (a predicted box holds a pasted face's centre), boxes
+  that hold none (extra), MAE of the faces found, ms per image;
+- whether anything else moves: realocc measure-half photos enlarged --factor times (web or phone sized scenes) and
+  --phone All-Age-Faces test photos as 4032 px phone JPEGs (`benchmarks/inference.py --phone`): faces answered, the
+  photos whose earlier answers changed, ms per image with the rules on and off taking turns over --rounds.
+
+Writes OUT.json and OUT.md. Run from the repo root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+import agelens.faces.detect as D
+from agelens.data.splits import sample_names, split_part
+from agelens.errors import NoFaceError
+from agelens.inference.predictor import AgeEstimator
+from agelens.utils import atomic_write_json, atomic_write_text
+
+FINE = D.FINE_MAX_GRID
+# (canvas width, height, crop side px, columns, rows): faces about half the crop side
+LAYOUTS = [(4000, 3000, 200, 5, 5), (4000, 3000, 140, 8, 6), (3000, 2000, 120, 6, 4), (2000, 1500, 100, 5, 4)]
+
+
+def rules(on: bool) -> None:
+    D.FINE_MAX_GRID = FINE if on else 0
+    D.MORE_FACES_AFTER_PADDED = on
+
+
+def faces(est: AgeEstimator, path: Path) -> list:
+    try:
+        return est.predict(path)
+    except NoFaceError:
+        return []
+
+
+def background(w: int, h: int) -> np.ndarray:
+    from skimage import data
+
+    bg = cv2.resize(data.coffee(), (w, h), interpolation=cv2.INTER_CUBIC)
+    return cv2.GaussianBlur(bg, (0, 0), 6)
+
+
+def composite(photos: list[np.ndarray], layout: tuple, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    """The canvas and each pasted crop's (x0, y0, x1, y1) box."""
+    w, h, c, cols, rows = layout
+    canvas = background(w, h)
+    cw, ch = w / cols, h / rows
+    boxes = []
+    for k, im in enumerate(photos):
+        i, j = divmod(k, cols)
+        x = int(j * cw + rng.uniform(0, max(1.0, cw - c)))
+        y = int(i * ch + rng.uniform(0, max(1.0, ch - c)))
+        canvas[y:y + c, x:x + c] = cv2.resize(im, (c, c), interpolation=cv2.INTER_AREA)
+        boxes.append((x, y, x + c, y + c))
+    return canvas, boxes
+
+
+def score(preds: list, boxes: list, ages: list) -> tuple[int, int, list]:
+    """Faces found (a pasted crop whose centre a prediction's box holds, each once), extra boxes, errors."""
+    found, extra, errors = set(), 0, []
+    for p in preds:
+        hit = [k for k, b in enumerate(boxes) if b[0] <= (p.box[0] + p.box[2]) / 2 <= b[2]
+               and b[1] <= (p.box[1] + p.box[3]) / 2 <= b[3] and k not in found]
+        if not hit:
+            extra += 1
+            continue
+        found.add(hit[0])
+        errors.append(abs(p.age - ages[hit[0]]))
+    return len(found), extra, errors
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--split", default="splits/utkface_seed0.json")
+    ap.add_argument("--root", type=Path, default=Path("../shared/data/utkface"))
+    ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--photos", type=int, default=3, help="composites per layout (each also mirrored)")
+    ap.add_argument("--realocc", type=int, default=150)
+    ap.add_argument("--factor", type=float, default=2.5)
+    ap.add_argument("--phone", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/crowd")
+    a = ap.parse_args()
+    from inference import phone_sample, realocc_sample
+
+    t0 = time.time()
+    est = AgeEstimator.from_pretrained()
+    need = max(cols * rows for *_, cols, rows in LAYOUTS) * a.photos
+    names = sample_names(sorted(split_part(a.split, "test")), need, a.seed)
+    photos = [cv2.cvtColor(cv2.imread(str(a.root / n)), cv2.COLOR_BGR2RGB) for n in names]
+    ages = [float(n.split("_")[0]) for n in names]
+    res: dict = {"composites": [], "backend": est.backend}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for layout in LAYOUTS:
+            w, h, c, cols, rows = layout
+            n = cols * rows
+            row = {"layout": f"{w}x{h}, {n} faces of about {c // 2} px", "faces": 0}
+            for k in range(a.photos):
+                pick = list(range(k * n, (k + 1) * n))
+                canvas, boxes = composite([photos[i] for i in pick], layout, np.random.default_rng((a.seed, k, w, n)))
+                for mirrored in (False, True):
+                    img = canvas[:, ::-1] if mirrored else canvas
+                    bx = [(w - b[2], b[1], w - b[0], b[3]) for b in boxes] if mirrored else boxes
+                    path = work / f"crowd_{w}_{n}_{k}_{int(mirrored)}.jpg"
+                    cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_JPEG_QUALITY, 92])
+                    row["faces"] += n
+                    for on in (False, True):
+                        rules(on)
+                        t = time.perf_counter()
+                        preds = faces(est, path)
+                        ms = (time.perf_counter() - t) * 1000
+                        found, extra, errors = score(preds, bx, [ages[i] for i in pick])
+                        m = row.setdefault("on" if on else "off", {"found": 0, "extra": 0, "errors": [], "ms": []})
+                        m["found"] += found
+                        m["extra"] += extra
+                        m["errors"] += errors
+                        m["ms"].append(round(ms))
+                        m.setdefault("found_per_image", []).append(found)
+            for m in (row["off"], row["on"]):
+                m["mae"] = round(float(np.mean(m.pop("errors"))), 2) if m["found"] else None
+                m["ms_median"] = round(float(np.median(m["ms"])))
+            res["composites"].append(row)
+            print(row, flush=True)
+        ups = []
+        for i, f in enumerate(realocc_sample(a.shared, a.realocc, a.seed)):
+            p = work / f"realocc_{i:04d}.jpg"
+            im = cv2.imread(f)
+            cv2.imwrite(str(p), cv2.resize(im, None, fx=a.factor, fy=a.factor, interpolation=cv2.INTER_CUBIC),
+                        [cv2.IMWRITE_JPEG_QUALITY, 92])
+            ups.append(p)
+        phone = phone_sample(a.shared, a.phone, a.seed, work)[0] if a.phone else []
+        timing: dict = {}
+        answers: dict = {}
+        for r in range(a.rounds):
+            for on in ((False, True) if r % 2 == 0 else (True, False)):
+                rules(on)
+                for name, files in (("realocc", ups), ("phone", phone)):
+                    if not files:
+                        continue
+                    t = time.perf_counter()
+                    out = {p: faces(est, p) for p in files}
+                    timing.setdefault(name, {}).setdefault("on" if on else "off", []).append(
+                        round((time.perf_counter() - t) / len(files) * 1000, 1))
+                    answers.setdefault((name, on), out)
+        rules(True)
+        for name, files in (("realocc", ups), ("phone", phone)):
+            if not files:
+                continue
+            before, after = answers[(name, False)], answers[(name, True)]
+            changed = sum(sorted((tuple(q.box), round(q.age, 3)) for q in before[p])
+                          != sorted((tuple(q.box), round(q.age, 3)) for q in after[p]) for p in files)
+            res[name] = {"photos": len(files), "faces_off": sum(len(v) for v in before.values()),
+                         "faces_on": sum(len(v) for v in after.values()), "photos_changed": changed}
+    res["ms_per_image"] = {k: {m: {"runs": v, "median": round(float(np.median(v)), 1)} for m, v in d.items()}
+                           for k, d in timing.items()}
+    cmd = (f"python benchmarks/crowd.py --photos {a.photos} --realocc {a.realocc} --factor {a.factor} "
+           f"--phone {a.phone} --rounds {a.rounds} --seed {a.seed} --out {a.out}")
+    res["command"], res["seconds"] = cmd, round(time.time() - t0)
+    atomic_write_json(Path(f"{a.out}.json"), res)
+    lines = ["# Crowds in large photos", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
+             f"Command: `{cmd}` (backend {est.backend}, {res['seconds']} s)", "",
+             f"Composites: {a.photos} per layout, each also mirrored left-right; off = the rules before (2 x 2 tiles "
+             "only, nothing after the padded step).", "",
+             "| layout | faces | found, off | found, on | extra boxes, off / on | MAE found, off / on | "
+             "ms per image, off / on (median) |", "|---|---|---|---|---|---|---|"]
+    for row in res["composites"]:
+        off, on = row["off"], row["on"]
+        lines.append(f"| {row['layout']} | {row['faces']} | {off['found']} ({off['found_per_image']}) | "
+                     f"{on['found']} ({on['found_per_image']}) | {off['extra']} / {on['extra']} | {off['mae']} / "
+                     f"{on['mae']} | {off['ms_median']} / {on['ms_median']} |")
+    for name in ("realocc", "phone"):
+        if name in res:
+            r = res[name]
+            lines.append("")
+            lines.append(f"{name}: {r['photos']} photos, faces answered {r['faces_off']} off, {r['faces_on']} on; "
+                         f"photos whose answers changed: {r['photos_changed']}.")
+    lines += ["", "| images | ms per image, off | ms per image, on | runs off | runs on |", "|---|---|---|---|---|"]
+    for k, d in res["ms_per_image"].items():
+        lines.append(f"| {k} | {d['off']['median']} | {d['on']['median']} | {d['off']['runs']} | {d['on']['runs']} |")
+    atomic_write_text(Path(f"{a.out}.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
