@@ -45,6 +45,11 @@ class OnnxModel:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or _env_threads() or max(1, len(os.sched_getaffinity(0)))
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no memory arena: it keeps the largest batch's buffers for the session's life (three crowd photos of 23-46
+        # faces: peak 1198 -> 1083 MB; time the same, benchmarks/ab_predict.py: UTKFace +1.2 %, realocc -0.5 %,
+        # same answers). The small classifiers' sessions (utils.cpu_session) keep theirs: without, 781 MB but
+        # realocc +8.7 %.
+        so.enable_cpu_mem_arena = False
         if not spin:  # idle threads sleep at once instead of spinning, so mediapipe's detection and mesh, which run
             # between model calls, keep both cores: predict on single images 20.5-21.8 img/s without spinning vs
             # 12-17.6 with it (80 UTKFace test images, shipped models, no verifier, 2 AMD EPYC cores)
