@@ -484,3 +484,19 @@ def test_a_crowd_in_a_large_photo_is_read_on_tiles_its_faces_show_on(astronaut, 
     assert len(held()) >= 10
     monkeypatch.setattr(D, "FINE_MAX_GRID", 0)  # the grids before: the test means something
     assert len(held()) <= 4
+
+
+def test_a_flat_large_image_is_judged_on_a_sample_of_its_pixels():
+    """The flat-image check of a 40 MP image took a float64 copy of every pixel (about 1 GB, seconds)."""
+    import tracemalloc
+
+    from agelens.faces.detect import flat_image
+
+    big = np.full((5000, 8000, 3), 128, np.uint8)
+    big[::97, ::89] = 131  # a faint pattern: still flat
+    tracemalloc.start()
+    assert flat_image(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100 * 2**20, peak
+    assert not flat_image(np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8))
