@@ -280,6 +280,28 @@ def test_a_full_queue_answers_503_at_once():
         assert r.status_code == 200 and app.state.service.pending == 0
 
 
+def test_waiting_images_are_bounded_by_their_pixels_and_a_full_queue_decodes_nothing(monkeypatch):
+    """Ten 39 MP PNGs of 130 KB each, under every byte and pixel limit, held 4 GB decoded while they waited."""
+    import agelens.serve.app as A
+
+    est = FakeEstimator()
+    app = create_app(est, max_queue=8)
+    with TestClient(app) as c:
+        img = png_bytes(np.zeros((20, 30, 3), np.uint8))
+        svc = app.state.service
+        svc.pending, svc.waiting_pixels = 1, A.WAIT_PIXELS - 100  # one large image being answered
+        calls = len(est.calls)  # the start-up's warm-up call
+        r = c.post("/v1/predict", content=img, headers={"content-type": "image/png"})
+        assert r.status_code == 503 and "busy" in r.json()["detail"] and len(est.calls) == calls
+        svc.pending, svc.waiting_pixels = 9, 0  # a full queue: refused before the upload is decoded
+        monkeypatch.setattr(A, "decode_reduced", lambda *a, **k: pytest.fail("decoded"))
+        assert c.post("/v1/predict", content=img, headers={"content-type": "image/png"}).status_code == 503
+        monkeypatch.undo()
+        svc.pending = 0
+        r = c.post("/v1/predict", content=img, headers={"content-type": "image/png"})
+        assert r.status_code == 200 and svc.pending == 0 and svc.waiting_pixels == 0
+
+
 def test_a_request_whose_client_has_gone_is_dropped_at_its_turn():
     import asyncio
 

@@ -38,6 +38,10 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # requests that may wait for the models beside the one they are answering: beyond it a request gets 503 at once (a
 # queue that only grows, as under clients that time out and retry, would leave every request answered too late)
 DEFAULT_MAX_QUEUE = 64  # the load test's 50 concurrent clients all wait (docs/load_test.json)
+# decoded pixels that may wait for the models beside the image being answered: a decoded image holds 3 bytes a pixel
+# until its turn, so ten 39 MP PNGs of 130 KB each (under every byte and pixel limit) held 4 GB; beyond this budget a
+# request gets 503 at once, as on a full queue (an image alone may always wait, however large)
+WAIT_PIXELS = 200_000_000
 MAX_PARTS = 8  # multipart parts accepted in one request
 NO_FACE = "no face found"
 RAW_TYPES = ("application/octet-stream",)
@@ -211,6 +215,7 @@ class Service:
         self._estimator = estimator
         self.max_upload_bytes, self.max_pixels, self.max_queue = max_upload_bytes, max_pixels, max_queue
         self.pending = 0  # requests waiting for the models or being answered (the event loop's count: one thread)
+        self.waiting_pixels = 0  # their decoded pixels (WAIT_PIXELS)
         self._load_lock = threading.Lock()
         self.model_lock = threading.Lock()  # mediapipe graphs and the torch models: one image at a time
         self.model_limiter = anyio.CapacityLimiter(1)  # queue in the event loop, not in blocked threads
@@ -254,6 +259,11 @@ class Service:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
+
+
+def _busy(svc: Service) -> JSONResponse:
+    return JSONResponse({"detail": f"busy: {svc.pending} requests are waiting for the models; try again shortly"},
+                        status_code=503, headers={"Retry-After": "1"})
 
 
 def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -304,6 +314,8 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
         """Ages of every face in an image: multipart field `file`, JSON {"image": base64} or an image/* body.
         Query (or form/JSON field) `detect=false` treats the image as an aligned face crop."""
         t0 = time.perf_counter()
+        if svc.pending > svc.max_queue:  # no room: said before the body is read or decoded
+            return _busy(svc)
         try:
             media_type, params = _media_type(request.headers.get("content-type", ""))
             check_media_type(media_type)  # 415 before the body is read
@@ -321,10 +333,12 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
         except ImageError as e:
             return _error(422, str(e))
         t2 = time.perf_counter()
-        if svc.pending > svc.max_queue:  # one answered, max_queue waiting: no room
-            return JSONResponse({"detail": f"busy: {svc.pending} requests are waiting for the models; try again "
-                                           "shortly"}, status_code=503, headers={"Retry-After": "1"})
+        pixels = rgb.shape[0] * rgb.shape[1]
+        # one answered, max_queue waiting, or the waiting images' pixels over their budget: no room
+        if svc.pending > svc.max_queue or (svc.pending and svc.waiting_pixels + pixels > WAIT_PIXELS):
+            return _busy(svc)
         svc.pending += 1
+        svc.waiting_pixels += pixels
         try:
             async with svc.model_limiter:
                 if await request.is_disconnected():  # its client gave up while it waited: nobody to answer
@@ -337,6 +351,7 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
             return _error(500, "internal error while estimating ages (logged on the server)")
         finally:
             svc.pending -= 1
+            svc.waiting_pixels -= pixels
         t3 = time.perf_counter()
         if scale != 1.0:  # boxes from the reduced decode, in the upload's pixels
             faces = [{**f, "box": file_box(f["box"], scale)} for f in faces]
