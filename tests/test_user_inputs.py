@@ -54,6 +54,21 @@ def test_folders_are_read_through_symlinks_each_once(tmp_path):
     assert [Path(f).name for f in expand_inputs([str(photos / "s*")])] == ["c.JPG"]
 
 
+def test_a_file_named_more_than_once_is_answered_once(tmp_path, monkeypatch):
+    """`photos/ photos/a.jpg ./photos/a.jpg`: before, a.jpg three times (three records, and three faces in the job's
+    age mix); a link under another name stays an input of its own."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (photos / name).write_bytes(b"x")
+    (photos / "a_link.jpg").symlink_to(photos / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    repeated: list[str] = []
+    got = expand_inputs(["photos", "photos/a.jpg", "./photos/a.jpg", str(photos / "b.jpg"), "photos/*.jpg"], repeated)
+    assert [Path(f).name for f in got] == ["a.jpg", "a_link.jpg", "b.jpg"]
+    assert len(repeated) == 5  # the glob itself reads a file and a link to it once (`_unique`)
+
+
 def test_hidden_files_and_folders_are_left_out_and_unreadable_folders_reported(tmp_path, monkeypatch):
     photos = tmp_path / "photos"
     for p in ("a.jpg", ".thumbnails/a.jpg", "._a.jpg", "@eaDir/.x.jpg", "locked/b.jpg"):

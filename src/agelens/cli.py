@@ -411,7 +411,11 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
         _needs_stream("output", "the results are written there; give -o FILE")
     if save_annotated is not None:
         _check_output(save_annotated, folder=True, flag="--save-annotated")
-    files = expand_inputs(list(paths or []) + _listed(files_from, paths or []))
+    note = (lambda *_: None) if quiet else _err
+    repeated: list[str] = []
+    files = expand_inputs(list(paths or []) + _listed(files_from, paths or []), repeated)
+    if repeated:
+        note(f"{len(repeated)} input(s) named more than once (e.g. {repeated[0]}): each file is answered once")
     stdin_file = _stdin_image(files)
     if demo:
         from importlib import resources
@@ -427,7 +431,6 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
     from .inference.stream import CSV_COLUMNS, csv_rows, open_sink, predict_stream
 
     tta_flip = _tta(tta, full_tta)
-    note = (lambda *_: None) if quiet else _err
     route = _route(route, model, student, note)
     est = AgeEstimator.from_pretrained(model, tta_flip=tta_flip, route=route, student=student, detector=detector,
                                        backend=_onnx_backend(backend, onnx_dir), onnx_dir=onnx_dir, log=note)

@@ -13,11 +13,28 @@ from pathlib import Path
 STREAM_FORMATS = ("jsonl", "csv", "parquet")  # written one file at a time by `stream.open_sink`
 
 
-def expand_inputs(paths: list[str]) -> list[str]:
+def expand_inputs(paths: list[str], repeated: list[str] | None = None) -> list[str]:
     """Files as given, folders → their images (recursive, sorted; hidden files and folders, whose names start with
     a dot, left out as a glob leaves them: thumbnail caches, macOS's ._ files), globs expanded (a folder a glob
     matches is read as a folder; a file the walk reached by a link back up the tree once); unknown paths kept
-    (reported). A subfolder that cannot be read is kept as an input of its own, so that it is reported."""
+    (reported). A subfolder that cannot be read is kept as an input of its own, so that it is reported. A file named
+    more than once (`photos/ photos/a.jpg`, `a.jpg ./a.jpg`) comes once, where first named; the repeats go into
+    `repeated` when given. (A link under another name is another input.)"""
+    found = _expanded(paths)
+    seen: set[str] = set()
+    out = []
+    for p in found:
+        key = os.path.normcase(os.path.abspath(p))
+        if key in seen:
+            if repeated is not None:
+                repeated.append(p)
+            continue
+        seen.add(key)
+        out.append(p)
+    return out
+
+
+def _expanded(paths: list[str]) -> list[str]:
     from ..data.adapters import IMAGE_EXTS
 
     out: list[str] = []
