@@ -307,12 +307,16 @@ def test_predict_reads_a_list_of_files_writes_o_dash_to_stdout_and_keeps_quiet(t
                                                                                astronaut_path):
     """--files-from (a file or `-`) for lists too long for the command line; `-o -` is standard output, as Unix tools
     read it (before: a file named `-`); --quiet leaves stderr to failures; names piped to `-` get a pointer."""
+    import shutil
+
+    other = tmp_path / "b.jpg"
+    shutil.copy(astronaut_path, other)
     listing = tmp_path / "list.txt"
-    listing.write_text(f"{astronaut_path}\n\n{astronaut_path}\n")
+    listing.write_text(f"{astronaut_path}\n\n{other}\n")
     base = ["predict", "--model", tiny_checkpoint, "--no-adapt", "-f", "jsonl"]
     r = agelens(*base, "--files-from", listing, "-o", "-", "--quiet", cwd=tmp_path)
     assert r.returncode == 0 and r.stderr == "", r.stderr
-    assert [json.loads(x)["file"] for x in r.stdout.splitlines()] == [str(astronaut_path)] * 2
+    assert [json.loads(x)["file"] for x in r.stdout.splitlines()] == [str(astronaut_path), str(other)]
     assert not (tmp_path / "-").exists()
     r = subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, base), "--files-from", "-"], env=ENV,
                        input=f"{astronaut_path}\n", capture_output=True, text=True, timeout=600)

@@ -184,6 +184,7 @@ MORE_FACES_LARGE_BELOW = 0.6
 FINE_MIN_SIDE = 1000
 FINE_FACE_PX = 28
 FINE_MAX_GRID = 6
+FINE_LARGEST = 2.0  # the widest face the finer grid may add, times the smallest face found
 # The same more-faces pass after the padded step, in images MORE_FACES_MIN_SIDE long or longer: where only the padded
 # copy showed faces, the search stopped at them (a mirrored class photo gave 3 of 25).
 MORE_FACES_AFTER_PADDED = True
@@ -685,8 +686,14 @@ class FaceAnalyzer:
                grid: int) -> list[Face]:
         """The faces of a grid finer than `grid` (`fine_grid`, from the smallest face found) that overlap none of
         `found`, verified; [] where no finer grid is called for."""
-        n = fine_grid(max(rgb.shape[:2]), min(f.box[2] - f.box[0] for f in found))
-        return without_nested(self._tile_faces(rgb, n, found, verifier, crop_size, halved=True)) if n > grid else []
+        smallest = min(f.box[2] - f.box[0] for f in found)
+        n = fine_grid(max(rgb.shape[:2]), smallest)
+        if n <= grid:
+            return []
+        # the grid is sized for faces as small as the smallest found: a face much larger would have shown on the
+        # coarser tiles, and one found only now is a texture more often than a face (a helmet's rim beside a face)
+        return without_nested([f for f in self._tile_faces(rgb, n, found, verifier, crop_size, halved=True)
+                               if f.box[2] - f.box[0] <= FINE_LARGEST * smallest])
 
     def _tile_faces(self, rgb: np.ndarray, n: int, found: list[Face], verifier: tuple[Verifier, float],
                     crop_size: int, halved: bool) -> list[Face]:
