@@ -177,9 +177,9 @@ MORE_FACES_LARGE_BELOW = 0.6
 # full-range model's input, a grid of tiles that shows it at that size is read too (at most FINE_MAX_GRID per side,
 # tiles no smaller than the model's input), and its faces that overlap none found are added (tile-verified); also
 # after the tile step. On composites of 20-48 UTKFace test faces on 2000-4000 px photos (`benchmarks/crowd.py`,
-# docs/crowd.md) 101 of 702 faces were found before, 572 now, boxes holding no face 6 -> 11, about 0.3-0.6 s more
-# per such photo; enlarged realocc scenes: 10 more real masked faces in 150 photos, no earlier answer changed; phone
-# photos of one person as before. The grid is sized from a face found, so a crowd none of whose faces any step
+# docs/crowd.md) 101 of 702 faces were found before, 572 now, boxes holding no face 6 -> 9, 0.2-0.6 s more per such
+# photo; enlarged realocc scenes: 10 more real masked faces in 150 photos, no earlier answer changed; phone photos
+# of one person as before. The grid is sized from a face found, so a crowd none of whose faces any step
 # finds is still missed, and a photo without a face costs what it did.
 FINE_MIN_SIDE = 1000
 FINE_FACE_PX = 28
