@@ -76,6 +76,40 @@ def realocc_sample(shared: Path, n: int, seed: int) -> list[str]:
     return [str(shared / f) for f in d.file]
 
 
+def enlarged_realocc(shared: Path, n: int, seed: int, factor: float, work: Path) -> list[Path]:
+    """`realocc_sample` photos enlarged `factor` times (cubic) as JPEG q92 under WORK: scene photos at a phone's or a
+    web picture's size."""
+    import cv2
+
+    out = []
+    for i, f in enumerate(realocc_sample(shared, n, seed)):
+        p = work / f"realocc_{i:04d}.jpg"
+        cv2.imwrite(str(p), cv2.resize(cv2.imread(f), None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC),
+                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+        out.append(p)
+    return out
+
+
+def rule_rounds(sets: dict[str, list], rule, answer, rounds: int) -> tuple[dict, dict]:
+    """A rule switched off and on (`rule(on)`), the two taking turns over `rounds`: ms per image of `answer(file)` on
+    each set per side ({set: {"off"|"on": [ms, ...]}}), and each side's first answers ({(set, on): {file: ...}})."""
+    timing: dict = {}
+    answers: dict = {}
+    for r in range(rounds):
+        for on in ((False, True) if r % 2 == 0 else (True, False)):
+            rule(on)
+            for name, files in sets.items():
+                if not files:
+                    continue
+                t = time.perf_counter()
+                out = {p: answer(p) for p in files}
+                timing.setdefault(name, {}).setdefault("on" if on else "off", []).append(
+                    round((time.perf_counter() - t) / len(files) * 1000, 1))
+                answers.setdefault((name, on), out)
+    rule(True)
+    return timing, answers
+
+
 def largest_age(record: dict) -> float | None:
     """The age of the largest face of one predict record (JSONL / predict_stream), None when it has none."""
     faces = record["faces"]

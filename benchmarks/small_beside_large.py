@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/small_beside_large")
     a = ap.parse_args()
-    from inference import phone_sample, realocc_sample
+    from inference import enlarged_realocc, phone_sample, rule_rounds
 
     t0 = time.time()
     est = AgeEstimator.from_pretrained()
@@ -106,28 +106,9 @@ def main() -> None:
                 row["on" if on else "off"] = {"small_found": small, "large_found": big, "n": a.pairs}
             res["composites"][str(share)] = row
             print(share, row, flush=True)
-        ups = []
-        for i, f in enumerate(realocc_sample(a.shared, a.realocc, a.seed)):
-            p = work / f"realocc_{i:04d}.jpg"
-            im = cv2.imread(f)
-            cv2.imwrite(str(p), cv2.resize(im, None, fx=a.factor, fy=a.factor, interpolation=cv2.INTER_CUBIC),
-                        [cv2.IMWRITE_JPEG_QUALITY, 92])
-            ups.append(p)
+        ups = enlarged_realocc(a.shared, a.realocc, a.seed, a.factor, work)
         phone = phone_sample(a.shared, a.phone, a.seed, work)[0] if a.phone else []
-        timing: dict = {}
-        answers: dict = {}
-        for r in range(a.rounds):
-            for on in ((False, True) if r % 2 == 0 else (True, False)):
-                rule(on)
-                for name, files in (("realocc", ups), ("phone", phone)):
-                    if not files:
-                        continue
-                    t = time.perf_counter()
-                    out = {p: faces(est, p) for p in files}
-                    timing.setdefault(name, {}).setdefault("on" if on else "off", []).append(
-                        round((time.perf_counter() - t) / len(files) * 1000, 1))
-                    answers.setdefault((name, on), out)
-        rule(True)
+        timing, answers = rule_rounds({"realocc": ups, "phone": phone}, rule, lambda p: faces(est, p), a.rounds)
         added, changed, sheet = 0, 0, []
         before, after = answers[("realocc", False)], answers[("realocc", True)]
         for p in ups:
