@@ -324,8 +324,18 @@ def test_predict_reads_a_list_of_files_writes_o_dash_to_stdout_and_keeps_quiet(t
     r = subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, base), "-"], env=ENV,
                        input=f"{astronaut_path}\n", capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "holds file names, not an image: read them with --files-from -" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "agelens.cli", *map(str, base), "-"], env=ENV,  # names of another folder
+                       input="holiday/IMG_0001.JPG\n", capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "--files-from -" in r.stderr, r.stderr
     r = agelens(*base, "--files-from", tmp_path / "nope.txt")
     assert r.returncode == 2 and "--files-from" in r.stderr and "nope.txt" not in r.stdout, r.stderr
+    # a list saved by Notepad (byte-order mark, CRLF) and a name that is no UTF-8, read as the command line reads it
+    odd = tmp_path / "caf\udce9.jpg"  # b"caf\xe9.jpg"
+    shutil.copy(astronaut_path, os.fsencode(odd))
+    listing.write_bytes(b"\xef\xbb\xbf" + os.fsencode(astronaut_path) + b"\r\n" + os.fsencode(odd) + b"\r\n")
+    r = agelens(*base, "--files-from", listing, "-o", "./-", "-q", cwd=tmp_path)  # `./-`: a file named -
+    rows = [json.loads(x) for x in (tmp_path / "-").read_text().splitlines()]
+    assert r.returncode == 0 and r.stdout == "" and [x["error"] for x in rows] == [None, None], r.stderr
 
 
 def test_a_narrow_terminal_gets_a_line_per_face_not_numbers_folded_in_a_table(capsys, monkeypatch):
@@ -350,6 +360,10 @@ def test_a_reader_that_goes_ends_the_job_quietly_with_141(tmp_path, tiny_checkpo
     job.stdout.close()  # the reader went before the first line
     err = job.stderr.read()
     assert job.wait(timeout=120) == 141 and "Traceback" not in err and "error" not in err, err
+    table = subprocess.Popen([sys.executable, "-m", "agelens.cli", "predict", str(astronaut_path), "--model",
+                              str(tiny_checkpoint), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    table.stdout.close()  # the table, printed by rich, which ended a closed pipe with exit 1
+    assert table.wait(timeout=120) == 141, table.stderr.read()
 
 
 def test_a_parquet_output_killed_between_its_final_swaps_is_resumed_from_the_cli(tmp_path, tiny_checkpoint,

@@ -353,6 +353,7 @@ def test_cli_serve_ends_with_status_0_on_sigterm():
                 time.sleep(0.5)
         p.send_signal(signal.SIGTERM)
         assert p.wait(60) == 0
+        assert f"listening on http://127.0.0.1:{port}" in p.stderr.read()  # uvicorn no longer says it: we bind
     finally:
         p.kill()
 

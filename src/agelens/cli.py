@@ -212,7 +212,8 @@ def _headline(m: dict) -> str:
 
     small = m.get("small_bins") or {}
     return (f"n {m['n']}  MAE {m['mae']:.3f}  CS5 {m['cs5']:.3f}  CMAE {m['cmae']:.3f}  bias {fmt(m['bias_score'])}"
-            + (f" (over age bins of few faces: {', '.join(f'{b} {c}' for b, c in small.items())})" if small else ""))
+            + (" (age bins of few faces in CMAE and bias: " + ", ".join(f"{b} has {c}" for b, c in small.items()) + ")"
+               if small else ""))
 
 
 @app.command()
@@ -338,7 +339,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
                 help="image files, folders or globs (`-`: one image on standard input)", show_default=False)] = None,
             model: Annotated[str | None, typer.Option(help="shipped model name, .safetensors, .pt or run folder")] = None,
             fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | jsonl | csv | parquet")] = "table",
-            output: Annotated[Path | None, typer.Option("--output", "-o", help="write results here (jsonl/csv: "
+            output: Annotated[str | None, typer.Option("--output", "-o", help="write results here (`-`: standard output; jsonl/csv: "
                                                         "streamed, one file at a time, resumable; parquet: a "
                                                         "folder of part files)")] = None,
             resume: Annotated[bool, typer.Option(help="continue --output: skip files already in it (those that "
@@ -369,7 +370,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
                 "--files-from", help="also read image paths from this file, one per line (`-`: standard input; "
                 "for lists too long for the command line)", show_default=False)] = None,
             quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no notes or progress on stderr (the backend "
-                                                "chosen, the age mix, the summary); failures are still said")] = False,
+                                                "chosen, the age mix, the summary); the count of failed files is still said")] = False,
             engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data: a local Ray, or the "
                                                 "cluster at --address; pip install \"agelens\\[ray]\")")] = "local",
             address: Annotated[str | None, typer.Option(help="--engine ray: Ray cluster address (auto, HOST:6379, "
@@ -380,10 +381,11 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
 
     if fmt not in ("table", "json", *STREAM_FORMATS):
         raise AgelensError(f"--format must be table, json, jsonl or csv (or parquet), got {fmt!r}")
-    if output is not None and str(output) == "-":  # as Unix tools read `-o -`: standard output
+    if output == "-":  # as Unix tools read `-o -`: standard output (the text as given: `-o ./-` is a file named -)
         if fmt == "parquet" or resume:
             raise AgelensError("-o -: standard output takes --format json, jsonl, csv or table, without --resume")
         output = None
+    output = Path(output) if output is not None else None
     if (workers is not None and workers < 0) or batch_size < 1:
         raise AgelensError(f"--workers must be >= 0 and --batch-size >= 1, got {workers} and {batch_size}")
     from .inference import ENGINES
@@ -517,13 +519,21 @@ def _listed(files_from: str | None, paths: list[str]) -> list[str]:
         if "-" in paths:
             raise AgelensError("--files-from - and the input `-` both read standard input: give one of them")
         _needs_stream("input", "--files-from - reads the file names from it")
-        text = sys.stdin.read()
+        data = sys.stdin.buffer.read()
     else:
         try:
-            text = Path(files_from).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise AgelensError(f"--files-from {files_from}: {getattr(e, 'strerror', None) or e}") from None
-    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+            data = Path(files_from).read_bytes()
+        except OSError as e:
+            raise AgelensError(f"--files-from {files_from}: {e.strerror or e}") from None
+    # names as the command line takes them (bytes that are no UTF-8 kept, os.fsdecode); a leading byte-order mark
+    # (Notepad, PowerShell) is no part of the first name
+    names = [os.fsdecode(line.rstrip(b"\r")) for line in data.removeprefix(b"\xef\xbb\xbf").split(b"\n") if line.strip()]
+    if files_from == "-" and "-" in names:
+        raise AgelensError("--files-from - reads standard input, so the list cannot name `-` (an image on it) too")
+    return names
+
+
+IMAGE_NAME_ENDS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".avif")
 
 
 def _stdin_image(files: list[str]) -> str | None:
@@ -540,7 +550,9 @@ def _stdin_image(files: list[str]) -> str | None:
         raise AgelensError("`-` reads an image from standard input, but nothing is piped in")
     data = sys.stdin.buffer.read()
     first = data[:4096].split(b"\n", 1)[0].strip()
-    if first and b"\0" not in first and Path(os.fsdecode(first)).is_file():  # `ls *.jpg | agelens predict -`
+    named = first and b"\0" not in first and (Path(os.fsdecode(first)).is_file()
+                                             or os.fsdecode(first).lower().endswith(IMAGE_NAME_ENDS))
+    if named:  # `ls *.jpg | agelens predict -`
         raise AgelensError("standard input holds file names, not an image: read them with --files-from -")
     folder = tempfile.mkdtemp(prefix="agelens-stdin-")
     atexit.register(shutil.rmtree, folder, True)
@@ -634,7 +646,13 @@ def _emit(results: list[dict], fmt: str) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(width=None if sys.stdout.isatty() else 160)  # 160 where the table goes to a file or pipe
+    class PipeConsole(Console):  # a closed pipe as Click meets one (exit 141 in `main`), not rich's exit 1
+        def on_broken_pipe(self) -> None:
+            import errno
+
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    console = PipeConsole(width=None if sys.stdout.isatty() else 160)  # 160 where the table goes to a file or pipe
     if console.width < TABLE_MIN_WIDTH:  # a narrow terminal: a line per face, wrapped between words, not in a number
         for r in results:
             if r["error"]:
@@ -818,8 +836,8 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
     if host not in ("127.0.0.1", "localhost", "::1"):
         _err(f"warning: binding {host}: the service has no authentication; put it behind a proxy you control")
     port = sock.getsockname()[1]
-    if port != requested:
-        _err(f"listening on port {port}")
+    _err(f"listening on http://{f'[{host}]' if ':' in host else host}:{port}"
+         + (" (--port 0: a free port)" if port != requested else ""))  # uvicorn says so only when it binds itself
     server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level=log_level, workers=1))
     try:
         server.run(sockets=[sock])
