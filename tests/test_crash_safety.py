@@ -1,9 +1,11 @@
-"""Crash safety: SIGKILL during training then --resume ends where an uninterrupted run ends; corrupted
-checkpoints and caches are caught by their checksums with a clear error."""
+"""Crash safety: SIGKILL during training then --resume ends where an uninterrupted run ends, and so does SIGTERM or
+Ctrl-C in the middle of an epoch (saved at that step); corrupted checkpoints and caches are caught by their
+checksums with a clear error."""
 
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +81,54 @@ def test_sigkill_then_resume_matches_uninterrupted(prepared):
     wa = load_checkpoint(tmp / "runs" / "straight" / "last.pt")["model"]
     wb = load_checkpoint(run / "last.pt")["model"]
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=TOL) for k in wa)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_epoch_saves_the_step_and_resume_matches_uninterrupted(prepared, sig, code):
+    d, tmp = prepared
+    if not (tmp / "runs" / "straight" / "test" / "metrics.json").exists():
+        assert _cli("train", "--quiet", *_args(d, tmp, "straight")).returncode == 0
+    name = f"stopped_{sig.name}"
+    run = tmp / "runs" / name
+    finished = 0
+    for _ in range(5):  # the signal as soon as a step of the second epoch is logged
+        shutil.rmtree(run, ignore_errors=True)  # no earlier attempt's log
+        p = subprocess.Popen([sys.executable, "-m", "agelens.cli", "train", *_args(d, tmp, name), "train.log_every=1"],
+                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        log = run / "metrics.jsonl"
+        while p.poll() is None and not (log.exists() and '"epoch": 1, "step"' in log.read_text()):
+            time.sleep(0.005)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=120)
+        if p.returncode == 0:
+            finished += 1  # it ended before the signal
+            continue
+        assert p.returncode == code, err[-2000:]
+        ck = load_checkpoint(run / "last.pt")
+        if ck.get("in_epoch"):
+            break
+    else:
+        if finished == 5:
+            pytest.skip("training finished before the signal five times (machine too fast for this test)")
+        pytest.fail(f"the signal stopped the run {5 - finished} times without a mid-epoch checkpoint")
+    part = ck["in_epoch"]
+    assert part["epoch"] == ck["epoch"] + 1 and 0 <= part["step"] <= part["steps"]
+    assert f"saved {run / 'last.pt'} at epoch {part['epoch']} step {part['step']}/" in out + err
+    r = _cli("train", "--resume", *_args(d, tmp, name), "train.log_every=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"at epoch {part['epoch']} step {part['step']}/{part['steps']}" in r.stdout + r.stderr
+    a = json.loads((tmp / "runs" / "straight" / "test" / "metrics.json").read_text())
+    b = json.loads((run / "test" / "metrics.json").read_text())
+    assert abs(a["mae"] - b["mae"]) <= TOL and abs(a["cmae"] - b["cmae"]) <= TOL, (a["mae"], b["mae"])
+    wa = load_checkpoint(tmp / "runs" / "straight" / "last.pt")["model"]
+    wb = load_checkpoint(run / "last.pt")["model"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=TOL) for k in wa)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    ends = [r["epoch"] for r in rows if "train_loss" in r]
+    assert ends == list(range(EPOCHS)), ends  # each epoch's row once
+    straight = [json.loads(x) for x in (tmp / "runs" / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in rows if "train_loss" in r] == pytest.approx(
+        [r["train_loss"] for r in straight if "train_loss" in r], abs=1e-5)
 
 
 def _flip_byte(path, frac=0.6):

@@ -1,12 +1,16 @@
 """One training engine for every recipe: Adam + schedulers, frozen-backbone warm-up, early stopping, numerics per
-machine, DDP under torchrun, atomic checkpoints with --resume, JSONL metrics, resolved config in the run dir."""
+machine, DDP under torchrun, atomic checkpoints with --resume (after every epoch, and at the step where SIGTERM or
+Ctrl-C stops a single-process run), JSONL metrics, resolved config in the run dir."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler
 
 from ..config import RunConfig, config_to_dict, refuse_resume_changes
 from ..data.cache import FaceCache
@@ -203,6 +207,70 @@ def lock_run_dir(run_dir: Path, verb: str = "train") -> int | None:
                           f"wait for it, or {verb} under another name=", CheckpointError, 0o644)
 
 
+class StepBoundary:
+    """SIGTERM and Ctrl-C held to the end of the training step under way, so that the run can save where it is
+    (`Trainer._fit`: a mid-epoch last.pt that --resume continues from that step); the signal then does what it did
+    before (the CLI: exit 143 / 130; a program's default SIGTERM: the process ends by it). Outside the steps
+    (validation, checkpoints, set-up) and at a second signal it acts at once, as before. Installed only from the
+    main thread; a signal the program ignores stays ignored."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.in_steps = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> StepBoundary:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                prev = signal.getsignal(s)
+                if prev in (signal.SIG_IGN, None):
+                    continue
+                self._previous[s] = prev
+                signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        previous, self._previous = self._previous, {}
+        for s, prev in previous.items():
+            signal.signal(s, prev)
+
+    def _handle(self, signum, frame) -> None:
+        if self.in_steps and self.pending is None:
+            self.pending = signum
+            return
+        self.deliver(signum, frame)
+
+    def deliver(self, signum: int, frame=None) -> None:
+        """The signal's own action, the handlers as they were before: raises (the CLI's SystemExit, Python's
+        KeyboardInterrupt) or ends the process."""
+        prev = self._previous.get(signum, signal.SIG_DFL)
+        self.__exit__()
+        if callable(prev):
+            prev(signum, frame)
+        else:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+class SkipFirst(Sampler):
+    """A batch sampler that passes over its inner one's first `skip` batches without their faces being read (a run
+    resumed mid-epoch): the inner sampler draws the epoch's order as it does uninterrupted. `skip` applies once."""
+
+    def __init__(self, inner: BatchSampler) -> None:
+        self.inner, self.skip = inner, 0
+
+    def __iter__(self):
+        it, skip, self.skip = iter(self.inner), self.skip, 0
+        for _ in range(skip):
+            next(it, None)
+        yield from it
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, train_cache: FaceCache, val_cache: FaceCache | None, resume: bool = False,
                  progress: bool = True, log=print) -> None:
@@ -290,6 +358,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.numerics.dtype == "fp16")
         self.start_epoch, self.best_mae, self.best_epoch, self.bad_epochs = 0, float("inf"), -1, 0
         self.history: list[dict] = []
+        self.in_epoch: dict | None = None  # a resumed mid-epoch checkpoint's place in its epoch (`_save_stopped`)
         from ..fairness.losses import GroupDRO, KnnAdjustment
         from ..fairness.sampling import records_labels
 
@@ -360,16 +429,21 @@ class Trainer:
         if ck.get("stopped_early"):  # before: a resume trained on past the early stop
             self.start_epoch = self.cfg.train.epochs
             self.log(f"resumed from {p}: the run had stopped early at epoch {ck['epoch']}, so no epoch runs")
+        elif ck.get("in_epoch"):  # saved at a step by SIGTERM / Ctrl-C
+            self.in_epoch = ck["in_epoch"]
+            self.log(f"resumed from {p} at epoch {self.start_epoch} step {self.in_epoch['step']}/"
+                     f"{self.in_epoch['steps']}")
         else:
             done = self.start_epoch >= self.cfg.train.epochs
             self.log(f"resumed from {p} at epoch {self.start_epoch}" + (
                 f": its {self.start_epoch} epochs already reach train.epochs={self.cfg.train.epochs}, so no epoch "
                 "runs (raise train.epochs to train on)" if done else ""))
-        self._trim_jsonl(int(ck["epoch"]))
+        self._trim_jsonl(int(ck["epoch"]), self.in_epoch["step"] if self.in_epoch else 0)
 
-    def _trim_jsonl(self, epoch: int) -> None:
-        """metrics.jsonl cut back to the rows of epochs up to the checkpoint's (before: a resume appended the
-        interrupted epoch's rows again, after any torn last line)."""
+    def _trim_jsonl(self, epoch: int, steps: int = 0) -> None:
+        """metrics.jsonl cut back to the rows of epochs up to the checkpoint's, and of the next epoch's first `steps`
+        steps when it was saved mid-epoch (before: a resume appended the interrupted epoch's rows again, after any
+        torn last line)."""
         p = self.run_dir / "metrics.jsonl"
         if not self.dist.main or not p.is_file():
             return
@@ -379,9 +453,32 @@ class Trainer:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(row, dict) and int(row.get("epoch", -1)) <= epoch:
+            if not isinstance(row, dict):
+                continue
+            e = int(row.get("epoch", -1))
+            if e <= epoch or (e == epoch + 1 and "train_loss" not in row and int(row.get("step", steps + 1)) <= steps):
                 kept.append(line + "\n")
         atomic_write_text(p, "".join(kept))
+
+    def _stop_at(self, epoch: int, done: int, n_steps: int, loss_sum: float, seen: int, t0: float,
+                 jitter_gen: torch.Generator, held: StepBoundary) -> None:
+        """A signal held to the step's end: last.pt saved at step `done`, then the signal's own action."""
+        signum, held.pending, held.in_steps = held.pending, None, False
+        self._save_stopped(epoch, done, n_steps, loss_sum, seen, time.perf_counter() - t0, jitter_gen, signum)
+        held.deliver(signum)
+        held.in_steps = True  # a handler that returned: training goes on (the handlers as they were before)
+
+    def _save_stopped(self, epoch: int, done: int, n_steps: int, loss_sum: float, seen: int, train_s: float,
+                      jitter_gen: torch.Generator, signum: int) -> None:
+        """last.pt at step `done` of `epoch`, stopped by signal `signum`: the state after that step, and what the
+        rest of the epoch needs to go on as if uninterrupted (its loss sum, faces seen, time, jitter generator)."""
+        save_checkpoint(self.run_dir / "last.pt", {
+            **self._state(epoch - 1), "in_epoch": {"epoch": epoch, "step": done, "steps": n_steps,
+                                                   "loss_sum": loss_sum, "seen": seen, "train_s": train_s,
+                                                   "jitter": jitter_gen.get_state()}})
+        name = signal.Signals(signum).name
+        self.log(f"{name}: saved {self.run_dir / 'last.pt'} at epoch {epoch} step {done}/{n_steps}; "
+                 "--resume continues from there")
 
     def _hold_run_dir(self) -> None:
         """The run folder locked for this process (`lock_run_dir`), then the temp files a killed run left behind
@@ -504,15 +601,28 @@ class Trainer:
             ds = ShardStream(self.train_cache, n_train, t.batch_size, self.dist.rank, self.dist.world,
                              cfg.data.num_workers, t.seed, **view_kw)
             dl = DataLoader(ds, batch_size=t.batch_size, num_workers=cfg.data.num_workers)
+            batches = None  # streamed shards are not resumed mid-epoch
         else:
             ds = CachedFaceDataset(self.train_cache, True, seed=t.seed, indices=np.arange(n_train), **view_kw)
             if sampler is None and self.dist.world > 1:
                 sampler = DistributedSampler(ds, self.dist.world, self.dist.rank, shuffle=True, seed=t.seed)
-            dl = DataLoader(ds, batch_size=t.batch_size, shuffle=sampler is None, sampler=sampler,
-                            generator=gen if sampler is None else None, num_workers=cfg.data.num_workers,
-                            drop_last=len(ds) > t.batch_size)  # workers made afresh each epoch: kept ones held
+            # what DataLoader(shuffle=True, generator=gen) builds, with a way past the batches a run resumed
+            # mid-epoch has done
+            batches = SkipFirst(BatchSampler(sampler if sampler is not None else RandomSampler(ds, generator=gen),
+                                             t.batch_size, drop_last=len(ds) > t.batch_size))
+            dl = DataLoader(ds, batch_sampler=batches, generator=gen if sampler is None else None,
+                            num_workers=cfg.data.num_workers)  # workers made afresh each epoch: kept ones held
             # the first epoch's copy of the dataset, so set_epoch never reached them (the same draws every epoch)
         jitter_gen = torch.Generator().manual_seed(t.seed + 1)
+        held = StepBoundary() if batches is not None and self.dist.world == 1 else None
+        with held or contextlib.nullcontext():
+            return self._epochs(ds, dl, batches, gen, jitter_gen, sampler, loss_fn, held)
+
+    def _epochs(self, ds, dl: DataLoader, batches: SkipFirst | None, gen: torch.Generator,
+                jitter_gen: torch.Generator, sampler, loss_fn, held: StepBoundary | None) -> dict:
+        """The epochs from start_epoch on (a resumed mid-epoch checkpoint's from its step); `held` (single-process,
+        map-style data): a SIGTERM or Ctrl-C during the steps saves last.pt after the step under way."""
+        cfg, t = self.cfg, self.cfg.train
         for epoch in range(self.start_epoch, t.epochs):
             frozen = epoch < t.freeze_backbone_epochs
             _set_backbone_trainable(self.model, not frozen)
@@ -533,9 +643,27 @@ class Trainer:
             t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, len(dl)
             if t.max_steps_per_epoch:
                 n_steps = min(n_steps, t.max_steps_per_epoch)
-            for step, batch in enumerate(dl):
-                if step >= n_steps:
+            first, part = 0, self.in_epoch if self.in_epoch and self.in_epoch["epoch"] == epoch else None
+            if part is not None:  # resumed mid-epoch: on from the step it was saved at, as if never stopped
+                first, loss_sum, seen = int(part["step"]), float(part["loss_sum"]), int(part["seen"])
+                t0 -= float(part["train_s"])
+                batches.skip = first
+                jitter_gen.set_state(part["jitter"])
+                rng, self.in_epoch = torch.get_rng_state(), None
+            if held is not None:
+                held.in_steps = True
+            loader = iter(dl)
+            if part is not None:
+                torch.set_rng_state(rng)  # as saved: the loader's start may have drawn from it
+            for step in range(first, n_steps):
+                try:
+                    batch = next(loader)
+                except StopIteration:
                     break
+                except Exception:  # the loader's workers ended by the same Ctrl-C: save the steps done
+                    if held is not None and held.pending is not None:
+                        self._stop_at(epoch, step, n_steps, loss_sum, seen, t0, jitter_gen, held)
+                    raise
                 clean = None
                 if self.teacher is not None:
                     clean, imgs, ages, idx = batch
@@ -570,6 +698,10 @@ class Trainer:
                     self._write_jsonl(row)
                     if self.dist.main and self.progress:
                         self.log(f"epoch {epoch} step {step + 1}/{n_steps} loss {row['loss']:.3f} {row['img_s']:.1f} img/s")
+                if held is not None and held.pending is not None:
+                    self._stop_at(epoch, step + 1, n_steps, loss_sum, seen, t0, jitter_gen, held)
+            if held is not None:
+                held.in_steps = False
             train_time = time.perf_counter() - t0
             row = {"epoch": epoch, "train_loss": round(loss_sum / max(1, n_steps), 4), "train_s": round(train_time, 1),
                    "train_img_s": round(seen * self.dist.world / train_time, 2)}
