@@ -285,6 +285,8 @@ def test_knn_refinement_exact_neighbours_tuning_and_fingerprint(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"junk")
     with pytest.raises(Exception, match="not a readable agelens KNN index"):
         KnnIndex.load(tmp_path / "bad.npz")
+    with pytest.raises(Exception, match=r"is a folder; give the index file .* \(here: bad.npz, knn.npz\)"):
+        KnnIndex.load(tmp_path)  # `evaluate --knn` given the folder the index went into
 
 
 def test_index_with_k_and_w_given_uses_them_instead_of_tuning(monkeypatch):

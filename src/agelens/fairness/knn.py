@@ -124,6 +124,10 @@ class KnnIndex:
         import faiss
 
         p = Path(path)
+        if p.is_dir():  # a folder: name the index file in it, if there is one
+            found = sorted(p.glob("*.npz"))
+            raise DataError(f"KNN index {p} is a folder; give the index file `agelens index -o` wrote"
+                            + (f" (here: {', '.join(f.name for f in found[:3])})" if found else " (none here: *.npz)"))
         if not p.is_file():
             raise DataError(f"KNN index not found: {p}")
         try:
