@@ -3,6 +3,7 @@ spelled another way (no models needed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import threading
@@ -173,6 +174,50 @@ def test_csv_resume_redoes_a_file_cut_between_its_faces(tmp_path):
     other.close()
     rows = (tmp_path / "out.csv").read_text().splitlines()
     assert rows[0] == ",".join(CSV_COLUMNS) and [r.split(",")[0] for r in rows[1:]] == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_retry_takes_out_the_failed_records_of_the_job_s_files_only(tmp_path, fmt):
+    """--resume --retry-failed: the records of files that failed (and that this job names) are taken out of the
+    output, so the job answers them again; a failed file this job does not name keeps its record."""
+    from agelens.inference.inputs import in_job
+    from agelens.inference.stream import open_sink
+
+    face = {"box": [1.0, 2.0, 3.0, 4.0], "age": 30.0, "interval": [20.0, 40.0], "occluded": False,
+            "occlusion_score": 0.1, "model": "teacher", "detection": "detector"}
+    d = tmp_path / "in"
+    out = tmp_path / f"out.{fmt}"
+    recs = [{"file": str(d / "a.jpg"), "faces": [face], "error": None},
+            {"file": str(d / "b.jpg"), "faces": [], "error": "ImageError: cannot read it"},
+            {"file": str(d / "other.jpg"), "faces": [], "error": "NoFaceError: no face found"},
+            {"file": str(d / "c.jpg"), "faces": [face, face], "error": None}]
+    last = {str(d / "c.jpg")} if fmt == "csv" else set()  # a resumed CSV's last file is redone (cut faces)
+    sink = open_sink(out, fmt)
+    for r in recs:
+        sink.write(r)
+    sink.close()
+    plain = open_sink(out, fmt, resume=True)
+    plain.close()
+    assert plain.done == {r["file"] for r in recs} - last and not plain.retried
+    job = [str(d / n) for n in ("a.jpg", "b.jpg", "c.jpg", "d.jpg")]
+    sink = open_sink(out, fmt, resume=True, retry=in_job(job))
+    assert sink.retried == {str(d / "b.jpg")}
+    assert sink.done == {str(d / n) for n in ("a.jpg", "c.jpg", "other.jpg")} - last
+    sink.write({"file": str(d / "b.jpg"), "faces": [face], "error": None})
+    sink.close()
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        files = pq.read_table(out).column("file").to_pylist()
+    elif fmt == "jsonl":
+        files = [json.loads(x)["file"] for x in out.read_text().splitlines()]
+    else:
+        files = [r.split(",")[0] for r in out.read_text().splitlines()[1:]]
+    kept = ["a.jpg", "other.jpg"] + ["c.jpg"] * (2 if fmt == "csv" else 1)  # a CSV row per face
+    assert files == [str(d / n) for n in [*kept, "b.jpg"]], files
+    again = open_sink(out, fmt, resume=True, retry=in_job(job))  # nothing failed among the job's files now
+    again.close()
+    assert not again.retried
 
 
 def test_a_kill_between_the_parquet_swaps_leaves_the_rewritten_output(tmp_path):

@@ -344,6 +344,9 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
                                                         "folder of part files)")] = None,
             resume: Annotated[bool, typer.Option(help="continue --output: skip files already in it (those that "
                                                  "failed too: their records keep the reason)")] = False,
+            retry_failed: Annotated[bool, typer.Option(help="with --resume: answer again the files whose records in "
+                                                       "--output have an error (unreadable then, no face found, a "
+                                                       "worker lost); their old records are taken out")] = False,
             workers: Annotated[int | None, typer.Option(
                 help="local: processes that each decode, detect and run the models (0: all in this process; "
                      "default for 64+ files: one per 32 files, up to one per core); ray: actors that each run the whole pipeline "
@@ -407,6 +410,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
         raise AgelensError("--format parquet needs --output FOLDER")
     if resume and (output is None or fmt not in STREAM_FORMATS):
         raise AgelensError("--resume continues a streamed --output file (--format jsonl or csv) or parquet folder")
+    if retry_failed and not resume:
+        raise AgelensError("--retry-failed goes with --resume (it answers again the files that failed in --output)")
     if output is not None:
         _check_output(output, folder=fmt == "parquet", flag="--output")
     else:
@@ -429,6 +434,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
 
     if engine == "local" and (auto_workers(len(files)) if workers is None else workers) > 0:
         start_workers_early()  # their forkserver imports the pipeline while this process loads the models
+    from .inference.inputs import in_job
     from .inference.predictor import AgeEstimator
     from .inference.stream import CSV_COLUMNS, csv_rows, open_sink, predict_stream
 
@@ -441,12 +447,14 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
     if output is not None and not resume and _holds_results(output):
         note(f"{output} holds an earlier job's results: they are replaced (--resume continues that job instead)")
-    sink = open_sink(output, fmt, resume) if output is not None and fmt in STREAM_FORMATS else None
+    retry = in_job(files) if retry_failed else None  # failed records of files outside this job are kept
+    sink = open_sink(output, fmt, resume, retry) if output is not None and fmt in STREAM_FORMATS else None
     left = list(range(len(files))) if sink is None else remaining(files, sink.done)
     todo = [files[i] for i in left]
     number = [i + 1 for i in left]  # each file's place in the whole job: annotated images keep it when resumed
-    if sink is not None and sink.done:
-        note(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done")
+    if sink is not None and (sink.done or sink.retried):
+        note(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done"
+             + (f"; {len(sink.retried)} that failed before are tried again" if sink.retried else ""))
     results, failed, n_faces, started = [], 0, 0, time.monotonic()
     if engine == "ray":
         stream = _ray_stream(todo, est, detect, workers, batch_size, address, gpus_per_worker)

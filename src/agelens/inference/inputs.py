@@ -8,6 +8,7 @@ import contextlib
 import functools
 import glob
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 STREAM_FORMATS = ("jsonl", "csv", "parquet")  # written one file at a time by `stream.open_sink`
@@ -122,6 +123,12 @@ def remaining(files: list[str], done) -> list[int]:
         return list(range(len(files)))
     seen = {_key(d) for d in done}
     return [i for i, f in enumerate(files) if _key(printable(f)) not in seen]
+
+
+def in_job(files: list[str]) -> Callable[[str], bool]:
+    """Whether a file named in a record (its printable name) is one of `files`, compared as resume compares them."""
+    keys = {_key(printable(f)) for f in files}
+    return lambda name: _key(name) in keys
 
 
 def _key(name: str) -> str:

@@ -12,7 +12,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -301,9 +301,12 @@ def hold_output(path: Path) -> int | None:
 class StreamSink:
     """Append-only JSONL or CSV results file. resume=True keeps what is there (minus a torn last line) and reports
     the files already answered, less a CSV's last file, whose rows may be cut between two of its faces: if the job
-    answers it again, its earlier rows go first. Otherwise the file starts empty."""
+    answers it again, its earlier rows go first. `retry` (with resume) also takes out the records of the files that
+    failed (an `error`) and that retry(file) picks, which then count as not done (`retried`). Otherwise the file
+    starts empty."""
 
-    def __init__(self, path: str | Path, fmt: str, resume: bool = False) -> None:
+    def __init__(self, path: str | Path, fmt: str, resume: bool = False,
+                 retry: Callable[[str], bool] | None = None) -> None:
         if fmt not in ("jsonl", "csv"):
             raise AgelensError(f"streamed output needs --format jsonl or csv, got {fmt!r}")
         self.path, self.fmt = Path(path), fmt
@@ -312,9 +315,10 @@ class StreamSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._held = hold_output(self.path)  # before anything there is read or cut
         self.done: set[str] = set()
+        self.retried: set[str] = set()  # files whose failed records `retry` took out
         self._redo: str | None = None  # a resumed CSV's last file, whose rows may be cut short
         if resume and self.path.is_file():
-            self._recover()
+            self._recover(retry)
         else:
             self.path.write_text(",".join(CSV_COLUMNS) + "\n" if fmt == "csv" else "")
         self._f = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (kept open, closed by close())
@@ -327,7 +331,7 @@ class StreamSink:
             os.fsync(self._f.fileno())
         self._synced = time.monotonic()
 
-    def _recover(self) -> None:
+    def _recover(self, retry: Callable[[str], bool] | None = None) -> None:
         data = self.path.read_bytes()
         keep = data[:data.rfind(b"\n") + 1]  # a line cut by a kill is dropped (and redone)
         if len(keep) != len(data):
@@ -335,11 +339,20 @@ class StreamSink:
                 f.truncate(len(keep))
         text = keep.decode("utf-8", errors="replace")
         if self.fmt == "jsonl":
+            kept = []
             for line in text.splitlines():
                 try:
-                    self.done.add(json.loads(line)["file"])
+                    rec = json.loads(line)
+                    name = rec["file"]
                 except (ValueError, KeyError, TypeError) as e:
                     raise AgelensError(f"cannot resume {self.path}: not an agelens JSONL line: {line[:80]!r}") from e
+                if retry is not None and rec.get("error") and retry(name):
+                    self.retried.add(name)
+                else:
+                    self.done.add(name)
+                    kept.append(line + "\n")
+            if self.retried:
+                self._replace("".join(kept))
         else:
             rows = list(csv.reader(io.StringIO(text)))
             if not rows:
@@ -347,10 +360,25 @@ class StreamSink:
             elif rows[0] != CSV_COLUMNS:
                 raise AgelensError(f"cannot resume {self.path}: its header is not agelens predict's CSV header")
             body = [row for row in rows[1:] if row]
+            if retry is not None:
+                err = CSV_COLUMNS.index("error")
+                self.retried = {row[0] for row in body if len(row) > err and row[err] and retry(row[0])}
+                if self.retried:
+                    body = [row for row in body if row[0] not in self.retried]
+                    buf = io.StringIO()
+                    csv.writer(buf, lineterminator="\n").writerows([rows[0], *body])
+                    self._replace(buf.getvalue())
             # a file's faces are several rows, and a cut may fall between them: the last file counts as not done,
             # and if this job answers it again its earlier rows are dropped first (`write`)
             self._redo = body[-1][0] if body else None
             self.done = {row[0] for row in body if row[0] != self._redo}
+
+    def _replace(self, text: str) -> None:
+        """The file replaced by `text` (atomically), the lock moved onto the new file."""
+        atomic_write_text(self.path, text, follow_links=True)
+        held = hold_output(self.path)  # the lock goes with the file that replaced the locked one
+        release_lock(self._held)
+        self._held = held
 
     FSYNC_S = 1.0  # seconds between syncs to the disk
 
@@ -379,10 +407,7 @@ class StreamSink:
             rows = [row for row in csv.reader(f) if row]
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows([rows[0], *(row for row in rows[1:] if row[0] != name)])
-        atomic_write_text(self.path, buf.getvalue(), follow_links=True)
-        held = hold_output(self.path)  # the lock goes with the file that replaced the locked one
-        release_lock(self._held)
-        self._held = held
+        self._replace(buf.getvalue())
         self._f = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (kept open, closed by close())
         self._redo = None
 
@@ -400,9 +425,12 @@ class ParquetSink:
     or `pyarrow.parquet.read_table(OUT)`), one row per input file with the JSONL record's keys (`file`, `faces` as a
     list of structs, `error`). Records are buffered and each part is written atomically (temp file + rename) every
     `rows_per_part` records or `flush_s` seconds, so a kill loses at most the unwritten buffer, which a resume redoes.
-    resume=True reads the `file` column of the parts there; otherwise earlier parts are removed."""
+    resume=True reads the `file` column of the parts there (with `retry`: a part holding records with an `error`
+    whose file retry(file) picks is rewritten without them, and those files count as not done); otherwise earlier
+    parts are removed."""
 
-    def __init__(self, path: str | Path, resume: bool = False, rows_per_part: int = 1000, flush_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, resume: bool = False, rows_per_part: int = 1000, flush_s: float = 30.0,
+                 retry: Callable[[str], bool] | None = None) -> None:
         import pyarrow.parquet as pq
 
         self.path, self.rows_per_part, self.flush_s = Path(path), rows_per_part, flush_s
@@ -413,6 +441,7 @@ class ParquetSink:
         for stray in self.path.glob(".part-*.tmp"):  # temp files of a killed run
             stray.unlink()
         self.done: set[str] = set()
+        self.retried: set[str] = set()
         self.schema = None  # the faces' struct type, fixed by the first part that has a face
         parts = sorted(self.path.glob("part-*.parquet"))
         if not resume:
@@ -426,12 +455,34 @@ class ParquetSink:
                 raise AgelensError(f"cannot resume {self.path}: {q.name} is not a readable Parquet file ({e})") from None
             if "file" not in t.column_names or "faces" not in t.column_names:
                 raise AgelensError(f"cannot resume {self.path}: {q.name} has no file/faces columns")
+            if retry is not None and "error" in t.column_names:
+                t = self._without_failed(q, t, retry)
             self.done.update(t.column("file").to_pylist())
             if self.schema is None and not _null_faces(t.schema):
                 self.schema = t.schema
         self._next = 1 + max((int(q.stem.split("-")[1]) for q in parts), default=-1)
         self._buf: list[dict] = []
         self._t0 = time.monotonic()
+
+    def _without_failed(self, part: Path, t, retry: Callable[[str], bool]):
+        """Part `part` (table t) without the records that have an `error` and whose file `retry` picks (rewritten
+        atomically, removed when none is left); those files go to `retried`."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ..utils import atomic_write
+
+        again = [bool(e) and retry(f) for f, e in zip(t.column("file").to_pylist(), t.column("error").to_pylist(),
+                                                      strict=True)]
+        if not any(again):
+            return t
+        self.retried.update(f for f, a in zip(t.column("file").to_pylist(), again, strict=True) if a)
+        t = t.filter(pa.array([not a for a in again]))
+        if t.num_rows:
+            atomic_write(part, lambda tmp: pq.write_table(t, tmp))
+        else:
+            part.unlink()
+        return t
 
     def write(self, result: dict) -> None:
         self._buf.append(result)
@@ -530,13 +581,16 @@ def finish_rewrite(path: str | Path) -> None:
             stale.unlink()
 
 
-def open_sink(path: str | Path, fmt: str, resume: bool = False) -> StreamSink | ParquetSink:
-    """The streamed, resumable sink for --format jsonl, csv (a file) or parquet (a folder of parts)."""
+def open_sink(path: str | Path, fmt: str, resume: bool = False, retry: Callable[[str], bool] | None = None
+              ) -> StreamSink | ParquetSink:
+    """The streamed, resumable sink for --format jsonl, csv (a file) or parquet (a folder of parts); `retry` (with
+    resume): the records of the files that failed and that retry(file) picks are taken out, so that the job
+    answers those files again."""
     finish_rewrite(path)
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             raise AgelensError("--format parquet needs pyarrow: pip install pyarrow (or \"agelens[ray]\")") from None
-        return ParquetSink(path, resume)
-    return StreamSink(path, fmt, resume)
+        return ParquetSink(path, resume, retry=retry)
+    return StreamSink(path, fmt, resume, retry)
