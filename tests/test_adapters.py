@@ -99,7 +99,8 @@ def test_imdbwiki_mat(tmp_path):
     dt = [("dob", "O"), ("photo_taken", "O"), ("full_path", "O"), ("gender", "O"), ("name", "O"),
           ("face_score", "O"), ("second_face_score", "O")]
     s = np.zeros((1, 1), dtype=dt)
-    # Matlab datenum of 1980-07-01 = 723363; photo taken 2010 → age 30
+    # Matlab datenum of 1980-07-01 = 723363; photo taken 2010 → age 29 (the dataset's own definition: to the
+    # middle of 2010, a day short of 30 years)
     s[0, 0]["dob"] = np.array([[723363, 723363, 723363]], float)
     s[0, 0]["photo_taken"] = np.array([[2010, 2010, 2010]])
     fp = np.empty((1, 3), dtype=object)
@@ -113,18 +114,76 @@ def test_imdbwiki_mat(tmp_path):
     s[0, 0]["second_face_score"] = np.array([[np.nan, np.nan, 1.9]])
     savemat(root / "imdb.mat", {"imdb": s})
     lst = load_dataset("imdbwiki", root)
-    assert [(r.age, r.gender, r.group) for r in lst.records] == [(30.0, "male", "Ann")]
+    assert [(r.age, r.gender, r.group) for r in lst.records] == [(29.0, "male", "Ann")]
     assert sorted(b.reason.split(" (")[0] for b in lst.bad) == ["no face", "second face present"]
 
 
+def test_imdb_age_is_the_datasets_own():
+    """IMDB-WIKI's age: `datevec(datenum(photo_taken, 7, 1) - dob)`, the years to the middle of the year taken; a
+    birthday from July on is one year less than photo_taken − birth year (before: half of all ages one too old)."""
+    import datetime as dt
+
+    from agelens.data.adapters import imdb_age
+
+    def datenum(y, m, d):
+        return dt.date(y, m, d).toordinal() + 366
+
+    assert imdb_age(2012, datenum(1971, 12, 31)) == 40  # taken − birth year would say 41
+    assert imdb_age(2012, datenum(1960, 11, 9)) == 51
+    assert imdb_age(2012, datenum(1960, 3, 9)) == 52
+    assert imdb_age(2012, datenum(1960, 6, 30)) == 52
+    assert imdb_age(2012, 100) > 120  # a date of birth before year 1 (datenum < 367): an age out of range, no crash
+
+
+def test_all_age_faces_as_published_without_a_csv(tmp_path):
+    """The download: `aligned faces/%05dA%02d.jpg`, gender from the serial number (the dataset's README)."""
+    root = tmp_path / "All-Age-Faces Dataset"
+    for name in ("00012A02.jpg", "07380A41.jpg", "07381A23.jpg", "13321A80.jpg"):
+        _img(root / "aligned faces" / name)
+    _img(root / "aligned faces" / "notes.jpg")
+    (root / "image sets").mkdir()
+    for r in (root, root / "aligned faces"):
+        lst = load_dataset("aaf", r)
+        assert [(Path(x.path).name, x.age, x.gender) for x in lst.records] == [
+            ("00012A02.jpg", 2.0, "female"), ("07380A41.jpg", 41.0, "female"), ("07381A23.jpg", 23.0, "male"),
+            ("13321A80.jpg", 80.0, "male")]
+        assert len({x.group for x in lst.records}) == 4 and [Path(b.path).name for b in lst.bad] == ["notes.jpg"]
+        assert "gender from the serial number" in lst.notes[0]
+    with pytest.raises(DataError, match="All-Age-Faces CSV not found: .*nowhere.csv"):
+        load_dataset("aaf", root, labels=tmp_path / "nowhere.csv")
+
+
+def test_afad_images_outside_a_gender_folder_are_reported(tmp_path):
+    _img(tmp_path / "15" / "111" / "a.jpg")
+    _img(tmp_path / "15" / "113" / "b.jpg")
+    _img(tmp_path / "15" / "c.jpg")
+    lst = load_dataset("afad", tmp_path)
+    assert [(r.age, r.gender) for r in lst.records] == [(15.0, "male")]
+    assert sorted(b.reason for b in lst.bad) == ["gender folder '113' is not 111 (male) or 112 (female)",
+                                                 "not inside a gender folder (ROOT/AGE/111 or 112/*.jpg)"]
+
+
 def test_imdbclean_csv(tmp_path):
+    """Every split CSV of the checkout is read (before: the first found, the test split), the IMDb person id is
+    the group."""
     root = tmp_path / "imdbclean"
-    _img(root / "imdb-clean-1024" / "00" / "nm1_rm1_1990_2000.jpg")
-    (root / "csvs").mkdir()
-    (root / "csvs" / "imdb_test_new_1024.csv").write_text(
-        "filename,age,gender,x_min,y_min,x_max,y_max\n00/nm1_rm1_1990_2000.jpg,10,F,1,1,5,5\n")
+    head = "filename,age,gender,x_min,y_min,x_max,y_max\n"
+    rows = {"train": ["00/nm0000001_rm1_1990_2000.jpg,10,F,1,1,5,5", "00/nm0000001_rm2_1990_2005.jpg,15,F,1,1,5,5"],
+            "valid": ["01/nm0000002_rm3_1950_2000.jpg,50,M,1,1,5,5"],
+            "test": ["02/nm0000003_rm4_1970_2000.jpg,30,M,1,1,5,5"]}
+    (root / "csvs").mkdir(parents=True)
+    for split, lines in rows.items():
+        for line in lines:
+            _img(root / "data" / "imdb-clean-1024" / line.split(",")[0])
+        (root / "csvs" / f"imdb_{split}_new_1024.csv").write_text(head + "\n".join(lines) + "\n")
+        (root / "csvs" / f"imdb_{split}_new.csv").write_text(head + "\n".join(lines) + "\n")  # the same, 1024 wins
     lst = load_dataset("imdbclean", root)
-    assert [(r.age, r.gender) for r in lst.records] == [(10.0, "female")]
+    assert sorted((r.age, r.gender, r.group) for r in lst.records) == [
+        (10.0, "female", "nm0000001"), (15.0, "female", "nm0000001"), (30.0, "male", "nm0000003"),
+        (50.0, "male", "nm0000002")]
+    assert not lst.bad and "read 3 CSV(s)" in lst.notes[0]
+    one = load_dataset("imdbclean", root, labels=root / "csvs" / "imdb_valid_new_1024.csv")
+    assert [r.age for r in one.records] == [50.0]
 
 
 def test_missing_root_is_clear(tmp_path):
@@ -132,6 +191,13 @@ def test_missing_root_is_clear(tmp_path):
         load_dataset("utkface", tmp_path / "nowhere")
     with pytest.raises(DataError, match="no usable records"):
         load_dataset("utkface", tmp_path)
+    (tmp_path / "AFAD-Full" / "15" / "111").mkdir(parents=True)  # the folder above AFAD-Full given
+    _img(tmp_path / "AFAD-Full" / "15" / "111" / "a.jpg")
+    with pytest.raises(DataError, match=r"no usable records \(0 bad rows; no image found\). The afad adapter reads: "
+                                        r"AFAD-Full: `ROOT/AGE/\{111,112\}/\*.jpg`"):
+        load_dataset("afad", tmp_path)
+    with pytest.raises(DataError, match=r"\(1 bad rows; 1 file name is not SSSAaa.JPG, e.g. .*a.jpg\)\. The fgnet"):
+        load_dataset("fgnet", tmp_path)
 
 
 def test_csv_from_spreadsheets_duplicates_and_codes(tmp_path):

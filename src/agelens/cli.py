@@ -229,6 +229,9 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
                                                )] = True,
              full_tta: Annotated[bool, typer.Option("--full-tta", help="average every face with its mirror")] = False,
              groups_csv: Annotated[Path | None, typer.Option(help="duplicate-groups CSV (utkface)")] = None,
+             labels: Annotated[Path | None, typer.Option(help="the dataset's label file where ROOT does not hold it "
+                                                         "(aaf / morph / imdbclean / csv: a CSV; imdbwiki: the .mat)"
+                                                         )] = None,
              workers: Annotated[int, typer.Option(help="processes for detection")] = 2,
              route: Annotated[str | None, typer.Option(help=ROUTE_HELP, show_default=False)] = None,
              occlude: Annotated[float, typer.Option(help="share of faces given a synthetic occluder (0.5 = paper's 50 % "
@@ -296,7 +299,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
     if root is None and config is None:
         raise AgelensError("evaluate needs --root DIR (with --dataset) or --config with a split")
     if root is not None:
-        listing = load_dataset(dataset, root, groups_csv=groups_csv)
+        listing = load_dataset(dataset, root, groups_csv=groups_csv, labels=labels)
         for note in listing.notes:
             typer.echo(note, err=True)
         source = {"dataset": dataset, "root": str(root)}

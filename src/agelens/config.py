@@ -21,6 +21,8 @@ class DataConfig:
     dataset: str = "utkface"
     root: str = "../shared/data/utkface"
     groups_csv: str | None = None
+    labels: str | None = None  # the dataset's label file where its adapter reads one and ROOT does not hold it
+    # (aaf / morph / imdbclean / csv: a CSV; imdbwiki: the .mat)
     split_file: str = "splits/utkface_seed0.json"
     split_seed: int = 0
     val_frac: float = 0.1

@@ -175,12 +175,14 @@ def utkface(root: str | Path, groups_csv: str | Path | None = None, **_: object)
 
 
 @DATASETS.register("csv")
-def csv_dataset(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Listing:
+def csv_dataset(root: str | Path, csv_path: str | Path | None = None, labels: str | Path | None = None,
+                **_: object) -> Listing:
     """Generic CSV with columns `path,age[,gender][,race][,group]` (other header names for each in `CSV_COLUMNS`:
     `sex`, `ethnicity`, `subject_id`, ...; any case); paths relative to the CSV's folder. gender: male / female
     (m / f, man / woman; any case; other values are refused, naming them); race: any labels, read in lower case;
     group: the identity or duplicate group, kept on one side of every split. Columns not read go into the
     listing's notes."""
+    csv_path = csv_path or labels
     p = Path(csv_path) if csv_path else Path(root)
     if p.is_dir():
         cands = sorted(p.glob("*.csv"))
@@ -240,16 +242,28 @@ def _csv_columns(p: Path, header: list[str], out: Listing) -> dict[str, str]:
     return {k: v[0] for k, v in found.items()}
 
 
+_AAF = re.compile(r"^(\d{5})A(\d{2})\.(jpg|jpeg|png)$", re.IGNORECASE)
+AAF_LAST_FEMALE = 7380  # the dataset's README: serial numbers 00000-07380 are female, 07381-13321 male
+AAF_FOLDERS = ("aligned faces", "aglined faces", "original images")  # as published (one mirror spells it aglined)
+
+
 @DATASETS.register("aaf")
-def aaf(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Listing:
-    """All-Age-Faces: images in ROOT, labels in `aaf.csv` beside ROOT (or csv_path) with columns
-    `file,age,gender[,src_md5]`; records sharing a source image hash share a group. Race is not labelled."""
+def aaf(root: str | Path, csv_path: str | Path | None = None, labels: str | Path | None = None,
+        **_: object) -> Listing:
+    """All-Age-Faces: images in ROOT, labels in `aaf.csv` beside ROOT or inside it (or data.labels) with columns
+    `file,age,gender[,src_md5]`; records sharing a source image hash share a group. Without such a CSV, the
+    dataset as published: ROOT its `aligned faces` folder (or the folder holding it), labels from the names
+    `%05dA%02d.jpg` (serial number, age), gender from the serial number (00000-07380 female, 07381 on male, as
+    the dataset's README says), each image its own person. Race is not labelled."""
     r = _require_dir(root)
+    csv_path = csv_path or labels
     p = Path(csv_path) if csv_path else r.parent / f"{r.name}.csv"
     if not p.is_file():
         p = r / "aaf.csv"
     if not p.is_file():
-        raise DataError(f"All-Age-Faces CSV not found: {r.parent / (r.name + '.csv')} (pass csv_path)")
+        if csv_path:
+            raise DataError(f"All-Age-Faces CSV not found: {csv_path}")
+        return _aaf_published(r)
     out = Listing()
     for i, row in enumerate(_csv_rows(p, {"file", "age", "gender"}, "All-Age-Faces CSV"), start=2):
         if not row.get("file"):
@@ -257,6 +271,24 @@ def aaf(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Li
             continue
         out.add(r / row["file"], row["age"], _norm_gender(row.get("gender")), None,
                 row.get("src_md5") or row["file"])
+    return out
+
+
+def _aaf_published(r: Path) -> Listing:
+    """All-Age-Faces as downloaded (`_AAF` names), from ROOT or the first of AAF_FOLDERS inside it."""
+    for name in AAF_FOLDERS:
+        if (r / name).is_dir() and not any(_AAF.match(x.name) for x in _images(r)):
+            r = r / name
+            break
+    out = _from_names(r, _AAF, "%05dA%02d.jpg (NNNNNAyy.jpg) or listed in an aaf.csv", False,
+                      lambda m: (m.group(2), f"aaf{m.group(1)}"))
+    if not out.records:
+        return out
+    gender = {rec.path: "female" if int(Path(rec.path).name[:5]) <= AAF_LAST_FEMALE else "male"
+              for rec in out.records}
+    out.records = [FaceRecord(x.path, x.age, gender[x.path], None, x.group) for x in out.records]
+    out.notes.append(f"All-Age-Faces read from the file names in {r} (no aaf.csv): age from NNNNNAyy.jpg, gender "
+                     f"from the serial number (up to {AAF_LAST_FEMALE:05d} female, after it male)")
     return out
 
 
@@ -275,24 +307,33 @@ def folder_per_age(root: str | Path, **_: object) -> Listing:
 
 @DATASETS.register("afad")
 def afad(root: str | Path, **_: object) -> Listing:
-    """AFAD-Full: `ROOT/AGE/{111,112}/*.jpg` (111 male, 112 female), all Asian."""
+    """AFAD-Full: `ROOT/AGE/{111,112}/*.jpg` (111 male, 112 female), all Asian; ROOT is the AFAD-Full folder."""
     r = _require_dir(root)
     out = Listing()
     for d in sorted(x for x in r.iterdir() if x.is_dir()):
+        for p in _images(d):
+            out.bad.append(BadRecord(str(p), "not inside a gender folder (ROOT/AGE/111 or 112/*.jpg)"))
         for g in sorted(x for x in d.iterdir() if x.is_dir()):
             gender = {"111": "male", "112": "female"}.get(g.name)
             for p in _images(g):
-                out.add(p, d.name, gender, "asian", check_file=False)
+                if gender is None:
+                    out.bad.append(BadRecord(str(p), f"gender folder {g.name!r} is not 111 (male) or 112 (female)"))
+                else:
+                    out.add(p, d.name, gender, "asian", check_file=False)
     return out
 
 
 @DATASETS.register("morph")
-def morph(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Listing:
-    """MORPH-2 album CSV: columns `id_num, photo, age, gender (M/F), race (B/W/A/H/O)`; identity is the group."""
+def morph(root: str | Path, csv_path: str | Path | None = None, labels: str | Path | None = None,
+          **_: object) -> Listing:
+    """MORPH-2 album CSV (the first *.csv in ROOT, or data.labels): columns `id_num, photo, age, gender (M/F),
+    race (B/W/A/H/O)`, photo paths relative to ROOT; identity is the group."""
     r = _require_dir(root)
+    csv_path = csv_path or labels
     p = Path(csv_path) if csv_path else next(iter(sorted(r.glob("*.csv"))), None)
     if p is None or not p.is_file():
-        raise DataError(f"MORPH CSV not found under {r}")
+        raise DataError(f"MORPH CSV not found: {p}" if csv_path else
+                        f"MORPH CSV not found under {r} (a *.csv beside the photos; or data.labels=FILE)")
     races = {"B": "black", "W": "white", "A": "asian", "H": "hispanic", "O": "other"}
     out = Listing()
     for row in _csv_rows(p, {"photo", "age"}, "MORPH CSV"):
@@ -319,20 +360,28 @@ def fgnet(root: str | Path, **_: object) -> Listing:
     return _from_names(_require_dir(root), _FGNET, "SSSAaa.JPG", True, lambda m: (m.group(2), f"fgnet{m.group(1)}"))
 
 
-def _matlab_datenum_year(dn: float) -> int:
-    return (_dt.date.fromordinal(max(1, int(dn))) - _dt.timedelta(days=366)).year
+def imdb_age(taken: float, dob: float) -> int:
+    """IMDB-WIKI's age: the years from the date of birth (a MATLAB datenum) to the middle of the year the photo
+    was taken, as the dataset defines it (`datevec(datenum(photo_taken, 7, 1) - dob)`): photo_taken − birth year,
+    less one for a birthday from July on."""
+    birth = _dt.date.fromordinal(max(int(dob) - 366, 1))
+    return int(taken) - birth.year - (birth.month >= 7)
 
 
 @DATASETS.register("imdbwiki")
-def imdbwiki(root: str | Path, mat_path: str | Path | None = None, min_face_score: float = 1.0, **_: object) -> Listing:
-    """IMDB-WIKI `.mat` (imdb.mat / wiki.mat): age = photo_taken − birth year; rows with no face or 2 faces skipped."""
+def imdbwiki(root: str | Path, mat_path: str | Path | None = None, min_face_score: float = 1.0,
+             labels: str | Path | None = None, **_: object) -> Listing:
+    """IMDB-WIKI `.mat` (imdb.mat / wiki.mat in ROOT, the imdb_crop / wiki_crop folder, or data.labels): age as the
+    dataset defines it (`imdb_age`); rows with no face or 2 faces skipped."""
     import numpy as np
     from scipy.io import loadmat
 
     r = _require_dir(root)
+    mat_path = mat_path or labels
     p = Path(mat_path) if mat_path else next(iter(sorted(r.glob("*.mat"))), None)
     if p is None or not p.is_file():
-        raise DataError(f"IMDB-WIKI .mat file not found under {r}")
+        raise DataError(f"IMDB-WIKI .mat file not found: {p}" if mat_path else
+                        f"IMDB-WIKI .mat file not found under {r} (imdb.mat / wiki.mat; or data.labels=FILE)")
     try:
         mat = loadmat(str(p))
     except Exception as e:  # scipy raises several types for corrupt files
@@ -356,31 +405,64 @@ def imdbwiki(root: str | Path, mat_path: str | Path | None = None, min_face_scor
         if np.isfinite(second[i]):
             out.bad.append(BadRecord(str(img), "second face present"))
             continue
-        age = int(taken[i]) - _matlab_datenum_year(float(dob[i]))
+        if not (np.isfinite(dob[i]) and np.isfinite(taken[i])):
+            out.bad.append(BadRecord(str(img), f"no date of birth or year taken ({dob[i]}, {taken[i]})"))
+            continue
+        age = imdb_age(float(taken[i]), float(dob[i]))
         g = None if not np.isfinite(gender[i]) else ("male" if gender[i] == 1 else "female")
         out.add(img, age, g, None, names[i] or None)
     return out
 
 
+_IMDB_PERSON = re.compile(r"nm\d+")
+
+
+def _imdbclean_csvs(r: Path) -> list[Path]:
+    """The split CSVs of an IMDB-Clean checkout (`csvs/imdb_{train,valid,test}_new_1024.csv`, or without _1024, or
+    in data/imdb-clean-1024/): those of the 1024 px crops where there are, else the others; one set, not both."""
+    found = sorted(r.rglob("imdb_*_new_1024.csv")) or sorted(r.rglob("imdb_*_new.csv")) or sorted(r.rglob("*.csv"))
+    return found
+
+
 @DATASETS.register("imdbclean")
-def imdbclean(root: str | Path, csv_path: str | Path | None = None, **_: object) -> Listing:
-    """IMDB-Clean CSV (`filename,age,gender,...`), images relative to ROOT/imdb-clean-1024 or ROOT."""
+def imdbclean(root: str | Path, csv_path: str | Path | None = None, labels: str | Path | None = None,
+              **_: object) -> Listing:
+    """IMDB-Clean (yiminglin-ai/imdb-clean, ROOT its checkout or data folder): every split CSV
+    (`imdb_{train,valid,test}_new_1024.csv`, else `..._new.csv`; or the one data.labels names), columns
+    `filename,age,gender,...`, images relative to ROOT[/data]/imdb-clean-1024 or ROOT; the person (the `nm...`
+    IMDb id in each file name) is the group, so nobody is on both sides of a split."""
     r = _require_dir(root)
-    p = Path(csv_path) if csv_path else next(iter(sorted(r.rglob("*.csv"))), None)
-    if p is None or not p.is_file():
-        raise DataError(f"IMDB-Clean CSV not found under {r}")
-    base = r / "imdb-clean-1024" if (r / "imdb-clean-1024").is_dir() else r
+    csv_path = csv_path or labels
+    csvs = [Path(csv_path)] if csv_path else _imdbclean_csvs(r)
+    if not csvs or not csvs[0].is_file():
+        raise DataError(f"IMDB-Clean CSV not found {'at ' + str(csv_path) if csv_path else 'under ' + str(r)} "
+                        "(imdb_train_new_1024.csv, imdb_valid_new_1024.csv, imdb_test_new_1024.csv)")
+    base = next((b for b in (r / "imdb-clean-1024", r / "data" / "imdb-clean-1024") if b.is_dir()), r)
     out = Listing()
-    for row in _csv_rows(p, {"filename", "age"}, "IMDB-Clean CSV"):
-        out.add(base / row["filename"], row["age"], _norm_gender(row.get("gender")))
+    for p in csvs:
+        for row in _csv_rows(p, {"filename", "age"}, "IMDB-Clean CSV"):
+            person = _IMDB_PERSON.search(row["filename"])
+            out.add(base / row["filename"], row["age"], _norm_gender(row.get("gender")), None,
+                    person.group(0) if person else None)
+    if not csv_path:
+        out.notes.append(f"IMDB-Clean: read {len(csvs)} CSV(s) ({', '.join(p.name for p in csvs)}); images under "
+                         f"{base}")
     return out
 
 
 def load_dataset(name: str, root: str | Path, **kwargs: object) -> Listing:
-    """Run the named adapter; raises DataError when nothing usable is found."""
+    """Run the named adapter; raises DataError when nothing usable is found, with the commonest reasons rows were
+    skipped (one example each) and the layout the adapter reads."""
     listing = DATASETS.build(name, root, **kwargs)
     if not listing.records:
-        raise DataError(f"dataset {name!r} at {root}: no usable records ({len(listing.bad)} bad rows)")
+        why: dict[str, list[str]] = {}
+        for b in listing.bad:
+            why.setdefault(b.reason if "(" not in b.reason else b.reason.split(" (")[0], []).append(b.path)
+        top = sorted(why.items(), key=lambda kv: -len(kv[1]))[:3]
+        doc = " ".join((DATASETS.get(name).__doc__ or "").split())
+        raise DataError(f"dataset {name!r} at {root}: no usable records ({len(listing.bad)} bad rows"
+                        + ("".join(f"; {len(v)} {k}, e.g. {v[0]}" for k, v in top) if top else "; no image found")
+                        + f"). The {name} adapter reads: {doc}")
     return listing
 
 

@@ -106,7 +106,7 @@ def check_shards(data, log=print) -> None:
     if not Path(data.root).exists():  # a node with the shards but not the dataset: the faces cannot be listed here
         log(f"note: {data.root} is not on this machine, so the faces of {root} are not checked against its split")
         return
-    parts = load_split(data.split_file, load_dataset(data.dataset, data.root, groups_csv=data.groups_csv).records,
+    parts = load_split(data.split_file, load_dataset(data.dataset, data.root, groups_csv=data.groups_csv, labels=data.labels).records,
                        data.root)  # as prepare.list_records lists them (prepare imports this module)
     for k, m in have.items():
         sig = cache_signature(parts.get(k, []), data.cache_size, data.aligned)
