@@ -41,6 +41,10 @@ from ..occlusion.synth import ALL_TYPES, OCCLUSION_TYPES, OcclusionError, add_cl
 from ..utils import atomic_write, atomic_write_json
 from .guards import _occluded, _shapes, _view, degrade
 
+GUARDED_LICENCE = ("weights trained on UTKFace (non-commercial research use) and All-Age-Faces (research use); the guard "
+                   "layer also on realocc photos (RWMFD, MaskON, Selfies-with-sunglasses: research/evaluation use): "
+                   "non-commercial research use only")
+
 
 def _pool(data: dict[str, np.ndarray], n: int, rng: np.random.Generator, real_idx: np.ndarray,
           neg_idx: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -205,6 +209,8 @@ def fit_guards(model_path: str, data_dir: Path, out: Path, n: int = 4000, seed: 
                                        "face": {"skip_above": cascade["face"]["skip_above"]}},
                      "guard_metrics": metrics,
                      "guard_recipe": f"python -m agelens.train.trunk_guards --model {model_path} --n {n}"})
+    if "realocc" not in str(new_card.get("licence", "")):  # the guard layer learnt from realocc's real occluders
+        new_card["licence"] = GUARDED_LICENCE
     out.mkdir(parents=True, exist_ok=True)
     export_weights(model, cfg, out, "teacher", new_card)
     atomic_write_json(out / "metrics.json", metrics)
