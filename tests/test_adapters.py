@@ -184,6 +184,13 @@ def test_imdbclean_csv(tmp_path):
     assert not lst.bad and "read 3 CSV(s)" in lst.notes[0]
     one = load_dataset("imdbclean", root, labels=root / "csvs" / "imdb_valid_new_1024.csv")
     assert [r.age for r in one.records] == [50.0]
+    other = tmp_path / "other"
+    (other / "a").mkdir(parents=True)
+    for name in ("a/x.csv", "y.csv"):  # no split CSV of the checkout: not every CSV there is read as one
+        (other / name).write_text(head)
+    with pytest.raises(DataError, match=r"no imdb_\*_new\[_1024\].csv under .*, and 2 other CSVs \(a/x.csv, y.csv\): "
+                                        "name one with data.labels=FILE"):
+        load_dataset("imdbclean", other)
 
 
 def test_missing_root_is_clear(tmp_path):

@@ -274,7 +274,7 @@ def test_predict_streams_jsonl_and_resumes(tmp_path, astronaut_path, onnx_dir):
     assert r.returncode == 2 and "--retry-failed goes with --resume" in r.stderr
     shutil.copy(astronaut_path, d / "bad.jpg")  # the broken file mended: answered again, in place of its error
     r = _agelens("predict", d, "-f", "jsonl", "-o", part, "--resume", "--retry-failed")
-    assert r.returncode == 0 and "3 of 4 file(s) already done; 1 that failed before are tried again" in r.stderr, r.stderr
+    assert r.returncode == 0 and "3 of 4 file(s) already done; 1 failed before and is tried again" in r.stderr, r.stderr
     again = {x["file"]: x for x in map(json.loads, part.read_text().splitlines())}
     assert len(again) == 4 and again[str(d / "bad.jpg")]["error"] is None
     assert [f["age"] for f in again[str(d / "bad.jpg")]["faces"]] == pytest.approx(

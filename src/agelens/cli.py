@@ -457,7 +457,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
     number = [i + 1 for i in left]  # each file's place in the whole job: annotated images keep it when resumed
     if sink is not None and (sink.done or sink.retried):
         note(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done"
-             + (f"; {len(sink.retried)} that failed before are tried again" if sink.retried else ""))
+             + (f"; {len(sink.retried)} failed before and {'is' if len(sink.retried) == 1 else 'are'} tried again"
+                if sink.retried else ""))
     results, failed, n_faces, started = [], 0, 0, time.monotonic()
     if engine == "ray":
         stream = _ray_stream(todo, est, detect, workers, batch_size, address, gpus_per_worker)

@@ -419,9 +419,16 @@ _IMDB_PERSON = re.compile(r"nm\d+")
 
 def _imdbclean_csvs(r: Path) -> list[Path]:
     """The split CSVs of an IMDB-Clean checkout (`csvs/imdb_{train,valid,test}_new_1024.csv`, or without _1024, or
-    in data/imdb-clean-1024/): those of the 1024 px crops where there are, else the others; one set, not both."""
-    found = sorted(r.rglob("imdb_*_new_1024.csv")) or sorted(r.rglob("imdb_*_new.csv")) or sorted(r.rglob("*.csv"))
-    return found
+    in data/imdb-clean-1024/): those of the 1024 px crops where there are, else the others; one set, not both.
+    Without either, the one CSV under ROOT (several: DataError naming them)."""
+    found = sorted(r.rglob("imdb_*_new_1024.csv")) or sorted(r.rglob("imdb_*_new.csv"))
+    if found:
+        return found
+    other = sorted(r.rglob("*.csv"))
+    if len(other) > 1:
+        raise DataError(f"IMDB-Clean: no imdb_*_new[_1024].csv under {r}, and {len(other)} other CSVs "
+                        f"({', '.join(str(x.relative_to(r)) for x in other[:4])}): name one with data.labels=FILE")
+    return other
 
 
 @DATASETS.register("imdbclean")

@@ -644,6 +644,9 @@ class Trainer:
             if t.max_steps_per_epoch:
                 n_steps = min(n_steps, t.max_steps_per_epoch)
             first, part = 0, self.in_epoch if self.in_epoch and self.in_epoch["epoch"] == epoch else None
+            if part is not None and batches is None:
+                raise CheckpointError(f"{self.run_dir / 'last.pt'} was saved in the middle of epoch {epoch} of a "
+                                      "run on the prepared cache: resume it without data.shards, as it ran")
             if part is not None:  # resumed mid-epoch: on from the step it was saved at, as if never stopped
                 first, loss_sum, seen = int(part["step"]), float(part["loss_sum"]), int(part["seen"])
                 t0 -= float(part["train_s"])
