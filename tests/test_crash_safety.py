@@ -55,6 +55,16 @@ def prepared(tmp_path_factory):
     return d, tmp
 
 
+def _assert_same_as_straight(tmp, run):
+    """The run in `run` ended where the uninterrupted one did: test MAE and CMAE, every weight within TOL."""
+    a = json.loads((tmp / "runs" / "straight" / "test" / "metrics.json").read_text())
+    b = json.loads((run / "test" / "metrics.json").read_text())
+    assert abs(a["mae"] - b["mae"]) <= TOL and abs(a["cmae"] - b["cmae"]) <= TOL, (a["mae"], b["mae"])
+    wa = load_checkpoint(tmp / "runs" / "straight" / "last.pt")["model"]
+    wb = load_checkpoint(run / "last.pt")["model"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=TOL) for k in wa)
+
+
 def test_sigkill_then_resume_matches_uninterrupted(prepared):
     d, tmp = prepared
     r = _cli("train", "--quiet", *_args(d, tmp, "straight"))
@@ -75,12 +85,7 @@ def test_sigkill_then_resume_matches_uninterrupted(prepared):
         pytest.skip("training finished before the kill five times (machine too fast for this test)")
     r = _cli("train", "--quiet", "--resume", *_args(d, tmp, "killed"))
     assert r.returncode == 0, r.stderr[-2000:]
-    a = json.loads((tmp / "runs" / "straight" / "test" / "metrics.json").read_text())
-    b = json.loads((run / "test" / "metrics.json").read_text())
-    assert abs(a["mae"] - b["mae"]) <= TOL and abs(a["cmae"] - b["cmae"]) <= TOL, (a["mae"], b["mae"])
-    wa = load_checkpoint(tmp / "runs" / "straight" / "last.pt")["model"]
-    wb = load_checkpoint(run / "last.pt")["model"]
-    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=TOL) for k in wa)
+    _assert_same_as_straight(tmp, run)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -117,12 +122,7 @@ def test_signal_mid_epoch_saves_the_step_and_resume_matches_uninterrupted(prepar
     r = _cli("train", "--resume", *_args(d, tmp, name), "train.log_every=1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"at epoch {part['epoch']} step {part['step']}/{part['steps']}" in r.stdout + r.stderr
-    a = json.loads((tmp / "runs" / "straight" / "test" / "metrics.json").read_text())
-    b = json.loads((run / "test" / "metrics.json").read_text())
-    assert abs(a["mae"] - b["mae"]) <= TOL and abs(a["cmae"] - b["cmae"]) <= TOL, (a["mae"], b["mae"])
-    wa = load_checkpoint(tmp / "runs" / "straight" / "last.pt")["model"]
-    wb = load_checkpoint(run / "last.pt")["model"]
-    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=TOL) for k in wa)
+    _assert_same_as_straight(tmp, run)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     ends = [r["epoch"] for r in rows if "train_loss" in r]
     assert ends == list(range(EPOCHS)), ends  # each epoch's row once
