@@ -109,6 +109,17 @@ def test_bgr_input_gives_the_rgb_answer(est, astronaut):
         est.predict(astronaut, channels="hsv")
 
 
+def test_a_face_answers_the_fields_the_cli_prints_as_attributes(est, astronaut):
+    """face.occluded, .occlusion_score, .student_weight, .detection: the README's fields, also in Python (before:
+    only in face.extra, and face.occluded raised AttributeError)."""
+    f = est.predict(astronaut)[0]
+    d = f.to_dict()
+    assert (f.occluded, f.occlusion_score, f.student_weight, f.detection) == (
+        d["occluded"], d["occlusion_score"], d["student_weight"], d["detection"])
+    assert f.detection == "detector" and f.occluded is False
+    assert est.predict(astronaut[:300, 100:350], detect=False)[0].detection == "whole-image"
+
+
 def test_draw_marks_each_face_and_leaves_the_input_alone(est, astronaut):
     faces = est.predict(astronaut)
     before = astronaut.copy()

@@ -85,6 +85,26 @@ class FacePrediction:
         d.update(d.pop("extra"))
         return d
 
+    @property
+    def occluded(self) -> bool | None:
+        """The occlusion detector's verdict (None without a detector)."""
+        return self.extra.get("occluded")
+
+    @property
+    def occlusion_score(self) -> float | None:
+        """The occlusion detector's score, 0-1 (None without a detector)."""
+        return self.extra.get("occlusion_score")
+
+    @property
+    def student_weight(self) -> float | None:
+        """The student's share of the answer (0: the teacher alone, 1: the student alone)."""
+        return self.extra.get("student_weight")
+
+    @property
+    def detection(self) -> str | None:
+        """How the face was found: detector, padded, mesh or whole-image (a crop read as it is, detect=False)."""
+        return self.extra.get("detection")
+
     def __eq__(self, other) -> bool:  # the same answer, whatever each took to compute (extra["timing"])
         if not isinstance(other, FacePrediction):
             return NotImplemented
