@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from ..errors import AgelensError, CheckpointError
@@ -164,10 +165,25 @@ def ensure_export(onnx_dir: str | Path | None = None, log=None, int8: bool | str
     from ..export.onnx import export_all
 
     if log:
-        log(f"exporting the shipped models to ONNX once: {d}")
-    export_all(d, int8="shipped" if flavor and onnx_dir is None else "none", log=log or (lambda *_: None),
-               flavors=(flavor,) if flavor else (), replace=False)  # another process's export, made meanwhile, stays
+        log(f"preparing the shipped models for this machine once (ONNX export{', int8 copies' if flavor else ''}; "
+            f"about half a minute, later runs start at once): {d}")
+    with _detail_log(d, log) as detail:
+        export_all(d, int8="shipped" if flavor and onnx_dir is None else "none", log=detail,
+                   flavors=(flavor,) if flavor else (), replace=False)  # another process's export, made meanwhile, stays
     return d
+
+
+@contextlib.contextmanager
+def _detail_log(d: Path, log=None):
+    """A log for the export's line per graph: kept in d/export.log (appended), and one line through `log` at the
+    end with the time it took and where the details are."""
+    lines: list[str] = []
+    t0 = time.monotonic()
+    yield lines.append
+    with contextlib.suppress(OSError), open(d / "export.log", "a", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+    if log:
+        log(f"prepared in {time.monotonic() - t0:.0f} s ({len(lines)} steps, each in {d / 'export.log'})")
 
 
 def _ensure_int8(d: Path, flavor: str, log=None) -> None:
@@ -188,4 +204,5 @@ def _ensure_int8(d: Path, flavor: str, log=None) -> None:
         return
     if log:
         log(f"quantising the shipped models' ONNX graphs to int8 once ({flavor}): {d}")
-    add_shipped_int8(d, log=log or (lambda *_: None), flavor=flavor)
+    with _detail_log(d, log) as detail:
+        add_shipped_int8(d, log=detail, flavor=flavor)
