@@ -270,6 +270,10 @@ def test_predict_streams_jsonl_and_resumes(tmp_path, astronaut_path, onnx_dir):
         assert (a["error"] is None) == (b["error"] is None)
     r = _agelens("predict", d, "-f", "table", "-o", part)
     assert r.returncode == 2 and "--output needs --format json, jsonl or csv" in r.stderr
+    r = _agelens("predict", d, "-f", "jsonl", "-o", part, "--resume")  # nothing left: the failure is still said
+    assert r.returncode == 1 and "4 of 4 file(s) already done, 1 of them failed" in r.stderr, r.stderr
+    assert "1 of 4 file(s) failed (1 in an earlier run: --resume --retry-failed" in r.stderr
+    assert "predicting" not in r.stderr and "the ages this run added" not in r.stderr
     r = _agelens("predict", d, "-f", "jsonl", "-o", part, "--retry-failed")
     assert r.returncode == 2 and "--retry-failed goes with --resume" in r.stderr
     shutil.copy(astronaut_path, d / "bad.jpg")  # the broken file mended: answered again, in place of its error

@@ -199,9 +199,10 @@ def test_retry_takes_out_the_failed_records_of_the_job_s_files_only(tmp_path, fm
     plain = open_sink(out, fmt, resume=True)
     plain.close()
     assert plain.done == {r["file"] for r in recs} - last and not plain.retried
+    assert plain.failed_done == {str(d / "b.jpg"), str(d / "other.jpg")}  # what the resumed job says failed before
     job = [str(d / n) for n in ("a.jpg", "b.jpg", "c.jpg", "d.jpg")]
     sink = open_sink(out, fmt, resume=True, retry=in_job(job))
-    assert sink.retried == {str(d / "b.jpg")}
+    assert sink.retried == {str(d / "b.jpg")} and sink.failed_done == {str(d / "other.jpg")}
     assert sink.done == {str(d / n) for n in ("a.jpg", "c.jpg", "other.jpg")} - last
     sink.write({"file": str(d / "b.jpg"), "faces": [face], "error": None})
     sink.close()

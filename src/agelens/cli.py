@@ -450,13 +450,17 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
     if output is not None and not resume and _holds_results(output):
         note(f"{output} holds an earlier job's results: they are replaced (--resume continues that job instead)")
-    retry = in_job(files) if retry_failed else None  # failed records of files outside this job are kept
+    of_job = in_job(files) if resume else None
+    retry = of_job if retry_failed else None  # failed records of files outside this job are kept
     sink = open_sink(output, fmt, resume, retry) if output is not None and fmt in STREAM_FORMATS else None
     left = list(range(len(files))) if sink is None else remaining(files, sink.done)
     todo = [files[i] for i in left]
     number = [i + 1 for i in left]  # each file's place in the whole job: annotated images keep it when resumed
+    failed_before = 0 if of_job is None or sink is None else sum(map(of_job, sink.failed_done))
     if sink is not None and (sink.done or sink.retried):
         note(f"resuming {output}: {len(files) - len(todo)} of {len(files)} file(s) already done"
+             + (f", {failed_before} of them failed (their records keep the reason; --retry-failed answers them "
+                "again)" if failed_before else "")
              + (f"; {len(sink.retried)} failed before and {'is' if len(sink.retried) == 1 else 'are'} tried again"
                 if sink.retried else ""))
     results, failed, n_faces, started = [], 0, 0, time.monotonic()
@@ -469,7 +473,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
     if stdin_file is not None:
         stream = _named(stream, stdin_file, "-")
     # progress with -o, and on a terminal's stderr while the results go to a file or pipe (`> ages.jsonl`)
-    if not quiet and (output is not None or sys.stderr.isatty() and not sys.stdout.isatty()):
+    if todo and not quiet and (output is not None or sys.stderr.isatty() and not sys.stdout.isatty()):
         from .progress import track
 
         stream = track(stream, total=len(todo), description="predicting")
@@ -518,8 +522,10 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
     if output is not None:  # a batch job's log (stderr to a file under nohup, cron, SLURM) ends with what it did
         note(f"{len(todo) - failed} of {len(todo)} file(s) answered, {n_faces} face(s), in "
              f"{time.monotonic() - started:.1f} s -> {output}")
-    if failed:
-        _err(f"{failed} of {len(todo)} file(s) failed")
+    if failed or failed_before:  # a resumed job's earlier failures too: the same command, the same exit status
+        msg = f"{failed + failed_before} of {len(files) if failed_before else len(todo)} file(s) failed"
+        _err(msg + (f" ({failed_before} in an earlier run: --resume --retry-failed answers them again)"
+                    if failed_before else ""))
         raise typer.Exit(1)
 
 
@@ -616,6 +622,8 @@ def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str, no
     (rewritten whole, atomically); a resumed output whose earlier files this run did not hold, or one that is not
     a file that can be swapped (a device or a pipe), is left as streamed. `note` says what was done (stderr)."""
     note = note or _err
+    if not results:  # a resumed job with nothing left to answer
+        return
     if sink is not None and sink.done:
         note(f"the ages this run added to {output} are each face's own answer, and its earlier lines are left as "
              "they were: a resumed job is not adapted to its age mix as a whole")

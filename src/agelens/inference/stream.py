@@ -316,6 +316,7 @@ class StreamSink:
         self._held = hold_output(self.path)  # before anything there is read or cut
         self.done: set[str] = set()
         self.retried: set[str] = set()  # files whose failed records `retry` took out
+        self.failed_done: set[str] = set()  # files done whose records keep an error (not retried)
         self._redo: str | None = None  # a resumed CSV's last file, whose rows may be cut short
         if resume and self.path.is_file():
             self._recover(retry)
@@ -351,6 +352,8 @@ class StreamSink:
                 else:
                     self.done.add(name)
                     kept.append(line + "\n")
+                    if isinstance(rec, dict) and rec.get("error"):
+                        self.failed_done.add(name)
             if self.retried:
                 self._replace("".join(kept))
         else:
@@ -360,8 +363,8 @@ class StreamSink:
             elif rows[0] != CSV_COLUMNS:
                 raise AgelensError(f"cannot resume {self.path}: its header is not agelens predict's CSV header")
             body = [row for row in rows[1:] if row]
+            err = CSV_COLUMNS.index("error")
             if retry is not None:
-                err = CSV_COLUMNS.index("error")
                 self.retried = {row[0] for row in body if len(row) > err and row[err] and retry(row[0])}
                 if self.retried:
                     body = [row for row in body if row[0] not in self.retried]
@@ -372,6 +375,7 @@ class StreamSink:
             # and if this job answers it again its earlier rows are dropped first (`write`)
             self._redo = body[-1][0] if body else None
             self.done = {row[0] for row in body if row[0] != self._redo}
+            self.failed_done = {row[0] for row in body if len(row) > err and row[err] and row[0] in self.done}
 
     def _replace(self, text: str) -> None:
         """The file replaced by `text` (atomically), the lock moved onto the new file."""
@@ -442,6 +446,7 @@ class ParquetSink:
             stray.unlink()
         self.done: set[str] = set()
         self.retried: set[str] = set()
+        self.failed_done: set[str] = set()  # files done whose records keep an error (not retried)
         self.schema = None  # the faces' struct type, fixed by the first part that has a face
         parts = sorted(self.path.glob("part-*.parquet"))
         if not resume:
@@ -458,6 +463,9 @@ class ParquetSink:
             if retry is not None and "error" in t.column_names:
                 t = self._without_failed(q, t, retry)
             self.done.update(t.column("file").to_pylist())
+            if "error" in t.column_names:
+                self.failed_done.update(f for f, e in zip(t.column("file").to_pylist(), t.column("error").to_pylist(),
+                                                          strict=True) if e)
             if self.schema is None and not _null_faces(t.schema):
                 self.schema = t.schema
         self._next = 1 + max((int(q.stem.split("-")[1]) for q in parts), default=-1)
