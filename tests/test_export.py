@@ -270,6 +270,10 @@ def test_predict_streams_jsonl_and_resumes(tmp_path, astronaut_path, onnx_dir):
         assert (a["error"] is None) == (b["error"] is None)
     r = _agelens("predict", d, "-f", "table", "-o", part)
     assert r.returncode == 2 and "--output needs --format json, jsonl or csv" in r.stderr
+    r = _agelens("predict", d / "p0.jpg", "-o", tmp_path / "ages.txt")
+    assert r.returncode == 2 and "give --format json, jsonl, csv or parquet (its name has no such ext" in r.stderr
+    r = _agelens("predict", d / "p0.jpg", "-o", tmp_path / "ages.csv")  # no -f: the extension's format
+    assert r.returncode == 0 and (tmp_path / "ages.csv").read_text().startswith("file,face,x1"), r.stderr
     r = _agelens("predict", d, "-f", "jsonl", "-o", part, "--resume")  # nothing left: the failure is still said
     assert r.returncode == 1 and "4 of 4 file(s) already done, 1 of them failed" in r.stderr, r.stderr
     assert "1 of 4 file(s) failed (1 in an earlier run: --resume --retry-failed" in r.stderr

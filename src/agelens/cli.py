@@ -341,7 +341,9 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
 def predict(paths: Annotated[list[str] | None, typer.Argument(
                 help="image files, folders or globs (`-`: one image on standard input)", show_default=False)] = None,
             model: Annotated[str | None, typer.Option(help="shipped model name, .safetensors, .pt or run folder")] = None,
-            fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | jsonl | csv | parquet")] = "table",
+            fmt: Annotated[str | None, typer.Option("--format", "-f", help="table | json | jsonl | csv | parquet "
+                                                     "(default: table; with -o FILE, its extension's)",
+                                                     show_default=False)] = None,
             output: Annotated[str | None, typer.Option("--output", "-o", help="write results here (`-`: standard output; jsonl/csv: "
                                                         "streamed, one file at a time, resumable; parquet: a "
                                                         "folder of part files)")] = None,
@@ -385,6 +387,12 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
     """Estimate the age of every face in images; exit code 1 when some files failed."""
     from .inference.inputs import STREAM_FORMATS, expand_inputs, remaining
 
+    if fmt is None:  # -o ages.jsonl says its format as a user would expect; else the table
+        ext = Path(output).suffix.lower().lstrip(".") if output not in (None, "-") else ""
+        fmt = ext if ext in ("json", "jsonl", "csv", "parquet") else "table"
+        if output not in (None, "-") and fmt == "table":
+            raise AgelensError(f"--output {output}: give --format json, jsonl, csv or parquet (its name has no such "
+                               "extension to tell)")
     if fmt not in ("table", "json", *STREAM_FORMATS):
         raise AgelensError(f"--format must be table, json, jsonl or csv (or parquet), got {fmt!r}")
     if output == "-":  # as Unix tools read `-o -`: standard output (the text as given: `-o ./-` is a file named -)
