@@ -1080,7 +1080,8 @@ def export_onnx_cmd(output: Annotated[Path, typer.Option("--output", "-o", help=
     if calibration is not None and int8 not in (None, "static"):
         raise AgelensError(f"--calibration is for --int8 static; --int8 {int8} would not read it")
     if calibration is not None and not calibration.is_dir():
-        raise AgelensError(f"--calibration {calibration}: not a prepared face cache folder")
+        raise AgelensError(f"--calibration {calibration}: not a prepared face cache folder (`agelens prepare -c "
+                           "CONFIG` makes one, e.g. cache/utkface/val; --int8 shipped needs none)")
     if n_calib < 1:
         raise AgelensError(f"--n-calib must be >= 1, got {n_calib}")
     from .faces import animal
