@@ -650,11 +650,14 @@ def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str, no
         from .inference.stream import rewrite_output
 
         rewrite_output(output, fmt, results)
+    from .inference.prior import KL_FROM, KL_FULL
+
     moved = "fully" if info["strength"] == 1 else f"{info['strength']:.0%} of the way"
     note(f"ages adapted to this job's age mix: {info['faces']} clean faces, estimated mean age "
-         f"{info['mix_mean_age']} (training mix {info['training_mean_age']}), moved {moved}, mean change "
-         f"{info['mean_change']} years ({info['left_as_answered']} occluded or unsure faces left as answered); "
-         "--no-adapt keeps each face's own answer")
+         f"{info['mix_mean_age']} (training mix {info['training_mean_age']}); the two mixes' ages spread "
+         f"differently (divergence {info['divergence']}: adapted from {KL_FROM}, fully from {KL_FULL}), so the "
+         f"ages moved {moved}, mean change {info['mean_change']} years ({info['left_as_answered']} occluded or unsure "
+         "faces left as answered); --no-adapt keeps each face's own answer")
 
 
 def _ray_stream(files: list[str], est, detect, workers, batch_size, address, gpus_per_worker):
