@@ -132,7 +132,13 @@ def test_imdb_age_is_the_datasets_own():
     assert imdb_age(2012, datenum(1960, 11, 9)) == 51
     assert imdb_age(2012, datenum(1960, 3, 9)) == 52
     assert imdb_age(2012, datenum(1960, 6, 30)) == 52
+    # MATLAB's year 0 is a leap year, so the day count's year is not the calendar difference: 61 years and a day
+    # read 60 (born 1940-06-30, photo 2001; `taken - year - (month >= 7)` said 61)
+    assert imdb_age(2001, datenum(1940, 6, 30)) == 60
+    assert imdb_age(2010, datenum(2010, 3, 1)) == 0 and imdb_age(2010, datenum(2011, 1, 1)) == -1
     assert imdb_age(2012, 100) > 120  # a date of birth before year 1 (datenum < 367): an age out of range, no crash
+    with pytest.raises(ValueError):
+        imdb_age(2012, -5e6)  # beyond the year 9999: the adapter makes it a bad row
 
 
 def test_all_age_faces_as_published_without_a_csv(tmp_path):
@@ -159,8 +165,20 @@ def test_afad_images_outside_a_gender_folder_are_reported(tmp_path):
     _img(tmp_path / "15" / "c.jpg")
     lst = load_dataset("afad", tmp_path)
     assert [(r.age, r.gender) for r in lst.records] == [(15.0, "male")]
-    assert sorted(b.reason for b in lst.bad) == ["gender folder '113' is not 111 (male) or 112 (female)",
+    assert sorted(b.reason for b in lst.bad) == ["gender folder '113' is neither 111 = male nor 112 = female",
                                                  "not inside a gender folder (ROOT/AGE/111 or 112/*.jpg)"]
+
+
+def test_labels_apart_from_root(tmp_path):
+    """data.labels / --labels: a csv label file kept apart from the images reads its paths relative to ROOT; an
+    adapter that reads no label file refuses one instead of passing over it."""
+    _img(tmp_path / "imgs" / "sub" / "x0.jpg")
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "my labels.csv").write_text("path,age\nsub/x0.jpg,33\n")
+    lst = load_dataset("csv", tmp_path / "imgs", labels=tmp_path / "lab" / "my labels.csv")
+    assert [(Path(r.path).name, r.age) for r in lst.records] == [("x0.jpg", 33.0)]
+    with pytest.raises(DataError, match="the utkface adapter reads its labels from the file names or folders"):
+        load_dataset("utkface", tmp_path / "imgs", labels=tmp_path / "lab" / "my labels.csv")
 
 
 def test_imdbclean_csv(tmp_path):

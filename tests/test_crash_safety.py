@@ -55,12 +55,12 @@ def prepared(tmp_path_factory):
     return d, tmp
 
 
-def _assert_same_as_straight(tmp, run):
+def _assert_same_as_straight(tmp, run, straight="straight"):
     """The run in `run` ended where the uninterrupted one did: test MAE and CMAE, every weight within TOL."""
-    a = json.loads((tmp / "runs" / "straight" / "test" / "metrics.json").read_text())
+    a = json.loads((tmp / "runs" / straight / "test" / "metrics.json").read_text())
     b = json.loads((run / "test" / "metrics.json").read_text())
     assert abs(a["mae"] - b["mae"]) <= TOL and abs(a["cmae"] - b["cmae"]) <= TOL, (a["mae"], b["mae"])
-    wa = load_checkpoint(tmp / "runs" / "straight" / "last.pt")["model"]
+    wa = load_checkpoint(tmp / "runs" / straight / "last.pt")["model"]
     wb = load_checkpoint(run / "last.pt")["model"]
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=TOL) for k in wa)
 
@@ -129,6 +129,46 @@ def test_signal_mid_epoch_saves_the_step_and_resume_matches_uninterrupted(prepar
     straight = [json.loads(x) for x in (tmp / "runs" / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in rows if "train_loss" in r] == pytest.approx(
         [r["train_loss"] for r in straight if "train_loss" in r], abs=1e-5)
+
+
+def _train_stopped_at(d, tmp, name, call, *extra):
+    """`agelens train` that sends itself SIGTERM during its `call`-th training step (train_step patched): a stop at
+    a step chosen exactly, where a signal from outside lands where it may."""
+    script = ("import os, signal, sys\n"
+              "import agelens.train.engine as e\n"
+              "real, n = e.train_step, [0]\n"
+              "def step(*a, **k):\n"
+              "    n[0] += 1\n"
+              f"    if n[0] == {call}:\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    return real(*a, **k)\n"
+              "e.train_step = step\n"
+              "from agelens.cli import main\n"
+              "sys.argv = ['agelens', *sys.argv[1:]]\n"
+              "main()\n")
+    return subprocess.run([sys.executable, "-c", script, "train", "--quiet", *_args(d, tmp, name), *extra],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+
+
+@pytest.mark.parametrize("extra", [(), ("train.max_steps_per_epoch=3",)], ids=["full", "max_steps"])
+def test_a_stop_at_an_epochs_last_step_resumes_into_a_whole_next_epoch(prepared, extra):
+    """Saved after the last step of epoch 0, the resume runs no step of it and the next epoch reads all its batches
+    (before: the skip meant for epoch 0 was left set, and epoch 1 trained on nothing)."""
+    d, tmp = prepared
+    tag = "_".join(x.split("=")[0].split(".")[-1] for x in extra)
+    straight = f"straight{tag}"
+    if not (tmp / "runs" / straight / "test" / "metrics.json").exists():
+        assert _cli("train", "--quiet", *_args(d, tmp, straight), *extra).returncode == 0
+    rows = [json.loads(x) for x in (tmp / "runs" / straight / "metrics.jsonl").read_text().splitlines()]
+    steps = next(r["steps"] for r in rows if "steps" in r)
+    name = f"last_step{tag}"
+    r = _train_stopped_at(d, tmp, name, steps, *extra)
+    assert r.returncode == 143, r.stderr[-2000:]
+    part = load_checkpoint(tmp / "runs" / name / "last.pt")["in_epoch"]
+    assert (part["epoch"], part["step"], part["steps"]) == (0, steps, steps)
+    r = _cli("train", "--quiet", "--resume", *_args(d, tmp, name), *extra)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _assert_same_as_straight(tmp, tmp / "runs" / name, straight)
 
 
 def _flip_byte(path, frac=0.6):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import inspect
 import os
 import re
 from collections.abc import Callable
@@ -178,12 +179,15 @@ def utkface(root: str | Path, groups_csv: str | Path | None = None, **_: object)
 def csv_dataset(root: str | Path, csv_path: str | Path | None = None, labels: str | Path | None = None,
                 **_: object) -> Listing:
     """Generic CSV with columns `path,age[,gender][,race][,group]` (other header names for each in `CSV_COLUMNS`:
-    `sex`, `ethnicity`, `subject_id`, ...; any case); paths relative to the CSV's folder. gender: male / female
+    `sex`, `ethnicity`, `subject_id`, ...; any case); paths relative to the CSV's folder (to ROOT where data.labels
+    names the CSV and ROOT is the images' folder). gender: male / female
     (m / f, man / woman; any case; other values are refused, naming them); race: any labels, read in lower case;
     group: the identity or duplicate group, kept on one side of every split. Columns not read go into the
     listing's notes."""
     csv_path = csv_path or labels
     p = Path(csv_path) if csv_path else Path(root)
+    # image paths relative to the CSV's folder; a label file named apart from a ROOT folder: relative to ROOT
+    base_given = Path(root) if labels and Path(root).is_dir() else None
     if p.is_dir():
         cands = sorted(p.glob("*.csv"))
         if len(cands) != 1:
@@ -191,6 +195,7 @@ def csv_dataset(root: str | Path, csv_path: str | Path | None = None, labels: st
         p = cands[0]
     if not p.is_file():
         raise DataError(f"CSV not found: {p}")
+    base = base_given or p.parent
     out = Listing()
     header, rows = _csv_table(p, set(), "CSV")
     cols = _csv_columns(p, header, out)
@@ -209,7 +214,7 @@ def csv_dataset(root: str | Path, csv_path: str | Path | None = None, labels: st
             unknown[g] = unknown.get(g, 0) + 1
             continue
         img = Path(row["path"])
-        img = img if img.is_absolute() else p.parent / img
+        img = img if img.is_absolute() else base / img
         race = row.get("race", "").lower()  # "White" and "white" are one group
         race = None if race in MISSING_LABELS else race
         out.add(img, row.get("age"), gender, race, row.get("group") or None)
@@ -317,7 +322,7 @@ def afad(root: str | Path, **_: object) -> Listing:
             gender = {"111": "male", "112": "female"}.get(g.name)
             for p in _images(g):
                 if gender is None:
-                    out.bad.append(BadRecord(str(p), f"gender folder {g.name!r} is not 111 (male) or 112 (female)"))
+                    out.bad.append(BadRecord(str(p), f"gender folder {g.name!r} is neither 111 = male nor 112 = female"))
                 else:
                     out.add(p, d.name, gender, "asian", check_file=False)
     return out
@@ -361,11 +366,14 @@ def fgnet(root: str | Path, **_: object) -> Listing:
 
 
 def imdb_age(taken: float, dob: float) -> int:
-    """IMDB-WIKI's age: the years from the date of birth (a MATLAB datenum) to the middle of the year the photo
-    was taken, as the dataset defines it (`datevec(datenum(photo_taken, 7, 1) - dob)`): photo_taken − birth year,
-    less one for a birthday from July on."""
-    birth = _dt.date.fromordinal(max(int(dob) - 366, 1))
-    return int(taken) - birth.year - (birth.month >= 7)
+    """IMDB-WIKI's age as the dataset defines it, `[age, ~] = datevec(datenum(photo_taken, 7, 1) - dob)`: the year of
+    MATLAB's date number for the days from the date of birth (a datenum) to the middle of the year the photo was
+    taken (MATLAB's year 0 is a leap year: day numbers 1-366; from 367 they are Python's ordinals + 366). −1 for a
+    birth after that day; ValueError for dates outside the years 1-9999."""
+    days = int((_dt.date(int(taken), 7, 1).toordinal() + 366) - dob)  # datevec reads the whole days
+    if days < 1:
+        return -1
+    return 0 if days < 367 else _dt.date.fromordinal(days - 366).year
 
 
 @DATASETS.register("imdbwiki")
@@ -408,7 +416,11 @@ def imdbwiki(root: str | Path, mat_path: str | Path | None = None, min_face_scor
         if not (np.isfinite(dob[i]) and np.isfinite(taken[i])):
             out.bad.append(BadRecord(str(img), f"no date of birth or year taken ({dob[i]}, {taken[i]})"))
             continue
-        age = imdb_age(float(taken[i]), float(dob[i]))
+        try:
+            age = imdb_age(float(taken[i]), float(dob[i]))
+        except (ValueError, OverflowError):
+            out.bad.append(BadRecord(str(img), f"date of birth {dob[i]} or year taken {taken[i]} out of range"))
+            continue
         g = None if not np.isfinite(gender[i]) else ("male" if gender[i] == 1 else "female")
         out.add(img, age, g, None, names[i] or None)
     return out
@@ -460,6 +472,9 @@ def imdbclean(root: str | Path, csv_path: str | Path | None = None, labels: str 
 def load_dataset(name: str, root: str | Path, **kwargs: object) -> Listing:
     """Run the named adapter; raises DataError when nothing usable is found, with the commonest reasons rows were
     skipped (one example each) and the layout the adapter reads."""
+    if kwargs.get("labels") and "labels" not in inspect.signature(DATASETS.get(name)).parameters:
+        raise DataError(f"data.labels / --labels: the {name} adapter reads its labels from the file names or "
+                        "folders, not from a label file")
     listing = DATASETS.build(name, root, **kwargs)
     if not listing.records:
         why: dict[str, list[str]] = {}

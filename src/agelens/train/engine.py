@@ -705,6 +705,8 @@ class Trainer:
                     self._stop_at(epoch, step + 1, n_steps, loss_sum, seen, t0, jitter_gen, held)
             if held is not None:
                 held.in_steps = False
+            if batches is not None:  # a resume saved at an epoch's last step reads no batch, so skip is still set
+                batches.skip = 0
             train_time = time.perf_counter() - t0
             row = {"epoch": epoch, "train_loss": round(loss_sum / max(1, n_steps), 4), "train_s": round(train_time, 1),
                    "train_img_s": round(seen * self.dist.world / train_time, 2)}
