@@ -80,10 +80,12 @@ def test_estimated_mix_is_a_distribution_and_equal_mixes_change_nothing(base):
 
 def test_small_jobs_and_models_without_a_training_mix_are_left_as_answered(base):
     a, s = np.linspace(5, 60, MIN_FACES - 1), np.full(MIN_FACES - 1, 5.0)
-    for args in ((a, s, base), (np.linspace(5, 60, 50), np.full(50, 5.0), None)):
+    for args, why in (((a, s, base), f"fewer than {MIN_FACES} clean faces"),
+                      ((np.linspace(5, 60, 50), np.full(50, 5.0), None), "no training age mix")):
         new_a, new_s, info = adapt_ages(*args)
         assert not info["applied"] and np.array_equal(new_a, np.asarray(args[0], np.float32))
         assert np.array_equal(new_s, np.asarray(args[1], np.float32))
+        assert why in info["reason"]  # the summary says why, for a Python caller of est.adapt
 
 
 def _estimator(prior):

@@ -634,7 +634,7 @@ class AgeEstimator:
         (`adapt_arrays`; faces it leaves as they are keep their records untouched)."""
         faces = [f for r in records for f in (r.get("faces") or [])]
         if not faces:
-            return {"applied": False, "faces": 0, "left_as_answered": 0}
+            return {"applied": False, "faces": 0, "left_as_answered": 0, "reason": "no face in the records"}
         w = np.array([f.get("student_weight") if f.get("student_weight") is not None
                       else float(self.student is not None and f.get("model") == self.student.name)
                       for f in faces], np.float32)

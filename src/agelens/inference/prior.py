@@ -103,6 +103,8 @@ def adapt_ages(ages: np.ndarray, spreads: np.ndarray, base: np.ndarray | list | 
     ages, spreads = np.asarray(ages, np.float32), np.asarray(spreads, np.float32)
     info: dict = {"applied": False, "faces": int(len(ages))}
     if base is None or len(ages) < MIN_FACES:
+        info["reason"] = (f"fewer than {MIN_FACES} clean faces: a mix cannot be told from them" if base is not None
+                          else "the model card has no training age mix (age_prior)")
         return ages, spreads, info
     base = np.maximum(np.asarray(base, np.float64), 1e-9)  # a card's mix rounded to zero at an age nobody has
     base = base / base.sum()
@@ -116,6 +118,7 @@ def adapt_ages(ages: np.ndarray, spreads: np.ndarray, base: np.ndarray | list | 
     info.update({"mix_mean_age": round(float(mix @ grid), 2), "training_mean_age": round(float(base @ grid), 2),
                  "divergence": round(kl, 4), "strength": round(strength, 3)})
     if strength == 0.0:
+        info["reason"] = f"the job's age mix is like the training mix (divergence {kl:.3f}, adapted from {KL_FROM})"
         return ages, spreads, info
     new_a, new_s = reweigh(ages, spreads, base, base * (mix / base) ** strength)
     info.update({"applied": True, "mean_change": round(float(np.abs(new_a - ages).mean()), 3)})
