@@ -351,6 +351,16 @@ def test_a_narrow_terminal_gets_a_line_per_face_not_numbers_folded_in_a_table(ca
     assert "age 88.9 (77-100)" in out.replace("\n", " ") and "x.jpg: file not found" in out and "┃" not in out
 
 
+def test_a_wide_table_names_a_failed_file_once(capsys, monkeypatch):
+    from agelens import cli
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "140")
+    cli._emit([{"file": "coffee.jpg", "faces": [], "error": "coffee.jpg: no face found"}], "table")
+    out = capsys.readouterr().out
+    assert out.count("coffee.jpg") == 1 and "no face found" in out  # the file column, then the reason alone
+
+
 def test_a_reader_that_goes_ends_the_job_quietly_with_141(tmp_path, tiny_checkpoint, astronaut_path):
     """`agelens predict DIR | head -1`: the closed pipe ends the job as it ends `yes | head` (128 + SIGPIPE, no
     message), not with 1, which means some files failed."""

@@ -698,8 +698,9 @@ def _emit(results: list[dict], fmt: str) -> None:
     for c in ("file", "face", "box", "age", "90% interval", "occluded (score)", "model / error"):
         t.add_column(c, overflow="fold", no_wrap=c not in ("file", "model / error"))
     for r in results:  # file names and errors as Text: printed as they are, never read as markup ("[red]x.jpg")
-        if r["error"]:
-            t.add_row(Text(r["file"]), "-", "-", "-", "-", "-", Text(r["error"], style="red"))
+        if r["error"]:  # the file is in its own column: not again before the reason
+            err = r["error"].removeprefix(f"{r['file']}: ")
+            t.add_row(Text(r["file"]), "-", "-", "-", "-", "-", Text(err, style="red"))
         for i, f in enumerate(r["faces"]):
             t.add_row(Text(r["file"]), str(i), ",".join(f"{v:.0f}" for v in f["box"]), f"{f['age']:.1f}",
                       f"{f['interval'][0]:.0f}-{f['interval'][1]:.0f}", _occluded(f), f["model"])
