@@ -453,8 +453,8 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
     route = _route(route, model, student, note)
     est = AgeEstimator.from_pretrained(model, tta_flip=tta_flip, route=route, student=student, detector=detector,
                                        backend=_onnx_backend(backend, onnx_dir), onnx_dir=onnx_dir, log=note)
-    if backend != "auto":
-        note(f"backend: {est.backend}")
+    if backend != "auto" or onnx_dir is not None:  # (auto without --onnx-dir: said as it was chosen)
+        note(f"backend: {est.backend}" + (f" from {onnx_dir}" if onnx_dir is not None else ""))
     # the output file is opened only once the models load: a bad --model leaves an earlier file untouched
     if output is not None and not resume and _holds_results(output):
         note(f"{output} holds an earlier job's results: they are replaced (--resume continues that job instead)")
