@@ -349,6 +349,17 @@ def _check_ranges(path: Path, tensors: set[str]) -> None:
                               "instead (`agelens export onnx --calibration CACHE`)")
 
 
+def _once(log):
+    """`log` that says each line once."""
+    said: set[str] = set()
+
+    def say(msg: str) -> None:
+        if msg not in said:
+            said.add(msg)
+            log(msg)
+    return say
+
+
 def _ranges_fit(ranges: Path, src: str, log) -> bool:
     """Shipped ranges exist and were calibrated on these weights: the card's `int8_ranges.weights_sha256` names
     the weights file they were measured with (new weights need new ranges, not stale ones)."""
@@ -411,6 +422,7 @@ def export_all(out_dir: str | Path, models: dict[str, str] | None = None, int8: 
     # the whole export is made in a staging folder beside it and swapped in at the end: an export cut short leaves
     # the earlier one as it was, and no graph of an earlier export (an int8 copy) outlives it
     out = staging_dir(final, "export-")
+    log = _once(log)  # a note about a graph's missing ranges is the same for each int8 flavour: said once
     try:
         manifest = _export_into(out, models, int8, calibration, n_calib, log, flavors)
         if also is not None:
