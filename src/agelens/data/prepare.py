@@ -16,7 +16,8 @@ from .adapters import FaceRecord, Listing, load_dataset, write_bad_rows
 from .cache import FaceCache, build_cache
 from .splits import check_group_safe, group_split, load_split, save_split, split_settings
 
-# datasets of whole photos rather than face crops: read with data.aligned=true, a photo's face is not looked for
+# datasets whose faces are not aligned crops (each at its own place and scale): read with data.aligned=true, a
+# photo's face is not looked for
 FULL_PHOTO_DATASETS = ("afad", "morph", "cacd", "imdbwiki", "imdbclean", "fgnet")
 
 
@@ -24,8 +25,8 @@ def list_records(data: DataConfig) -> Listing:
     """The config's dataset (its adapter); a note where a dataset of whole photos is read as aligned crops."""
     listing = load_dataset(data.dataset, data.root, groups_csv=data.groups_csv, labels=data.labels)
     if data.aligned and data.dataset in FULL_PHOTO_DATASETS:
-        listing.notes.append(f"{data.dataset} holds whole photos, and data.aligned=true reads each as a face crop "
-                             "(no face detection): give data.aligned=false to find each face first")
+        listing.notes.append(f"{data.dataset}'s faces are not aligned crops, and data.aligned=true reads each image "
+                             "as one (no face detection): give data.aligned=false to find each face first")
     return listing
 
 
