@@ -88,6 +88,14 @@ def test_sigkill_then_resume_matches_uninterrupted(prepared):
     _assert_same_as_straight(tmp, run)
 
 
+def _answers_ctrl_c():
+    """In the child before exec: SIGINT as a terminal's foreground job has it (default action, not blocked). A
+    process inherits an ignored or blocked SIGINT (a background job of a script; here, whatever earlier tests left
+    in pytest's process), and Python then leaves Ctrl-C ignored, as it should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_mid_epoch_saves_the_step_and_resume_matches_uninterrupted(prepared, sig, code):
     d, tmp = prepared
@@ -99,7 +107,8 @@ def test_signal_mid_epoch_saves_the_step_and_resume_matches_uninterrupted(prepar
     for _ in range(5):  # the signal as soon as a step of the second epoch is logged
         shutil.rmtree(run, ignore_errors=True)  # no earlier attempt's log
         p = subprocess.Popen([sys.executable, "-m", "agelens.cli", "train", *_args(d, tmp, name), "train.log_every=1"],
-                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_answers_ctrl_c)
         log = run / "metrics.jsonl"
         while p.poll() is None and not (log.exists() and '"epoch": 1, "step"' in log.read_text()):
             time.sleep(0.005)
