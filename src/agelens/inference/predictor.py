@@ -64,6 +64,11 @@ FAST_STUDENT_VIEWS = ((1 / 1.04, 0.0),)
 VIEWS_FROM = 0.5
 
 
+def _from_extra(key: str, doc: str) -> property:
+    """A read-only attribute for `extra[key]` (None where it is not set)."""
+    return property(lambda self: self.extra.get(key), doc=doc)
+
+
 @dataclass
 class FacePrediction:
     """One face: box [x1, y1, x2, y2] in the image's pixels, age and its spread (years), the `interval` (90 % unless
@@ -85,25 +90,13 @@ class FacePrediction:
         d.update(d.pop("extra"))
         return d
 
-    @property
-    def occluded(self) -> bool | None:
-        """The occlusion detector's verdict (None without a detector)."""
-        return self.extra.get("occluded")
-
-    @property
-    def occlusion_score(self) -> float | None:
-        """The occlusion detector's score, 0-1 (None without a detector)."""
-        return self.extra.get("occlusion_score")
-
-    @property
-    def student_weight(self) -> float | None:
-        """The student's share of the answer (0: the teacher alone, 1: the student alone)."""
-        return self.extra.get("student_weight")
-
-    @property
-    def detection(self) -> str | None:
-        """How the face was found: detector, padded, mesh or whole-image (a crop read as it is, detect=False)."""
-        return self.extra.get("detection")
+    # the fields the CLI prints, kept in `extra`, read as attributes too (not dataclass fields: no annotation)
+    occluded = _from_extra("occluded", "The occlusion detector's verdict (None without a detector).")
+    occlusion_score = _from_extra("occlusion_score", "The occlusion detector's score, 0-1 (None without a detector).")
+    student_weight = _from_extra("student_weight", "The student's share of the answer (0: the teacher alone, 1: "
+                                 "the student alone).")
+    detection = _from_extra("detection", "How the face was found: detector, padded, mesh or whole-image (a crop "
+                            "read as it is, detect=False).")
 
     def __eq__(self, other) -> bool:  # the same answer, whatever each took to compute (extra["timing"])
         if not isinstance(other, FacePrediction):
