@@ -86,18 +86,11 @@ def score(preds: list, boxes: list, ages: list) -> tuple[int, int, list]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--split", default="splits/utkface_seed0.json")
-    ap.add_argument("--root", type=Path, default=Path("../shared/data/utkface"))
-    ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    from inference import add_rule_args, ms_table, rule_side_sets
+
     ap.add_argument("--photos", type=int, default=3, help="composites per layout (each also mirrored)")
-    ap.add_argument("--realocc", type=int, default=150)
-    ap.add_argument("--factor", type=float, default=2.5)
-    ap.add_argument("--phone", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="runs/crowd")
+    add_rule_args(ap, "runs/crowd")
     a = ap.parse_args()
-    from inference import enlarged_realocc, phone_sample, rule_rounds
 
     t0 = time.time()
     est = AgeEstimator.from_pretrained()
@@ -139,9 +132,7 @@ def main() -> None:
                 m["ms_median"] = round(float(np.median(m["ms"])))
             res["composites"].append(row)
             print(row, flush=True)
-        ups = enlarged_realocc(a.shared, a.realocc, a.seed, a.factor, work)
-        phone = phone_sample(a.shared, a.phone, a.seed, work)[0] if a.phone else []
-        timing, answers = rule_rounds({"realocc": ups, "phone": phone}, rules, lambda p: faces(est, p), a.rounds)
+        ups, phone, answers, res["ms_per_image"] = rule_side_sets(a, rules, lambda p: faces(est, p), work)
         for name, files in (("realocc", ups), ("phone", phone)):
             if not files:
                 continue
@@ -150,8 +141,6 @@ def main() -> None:
                           != sorted((tuple(q.box), round(q.age, 3)) for q in after[p]) for p in files)
             res[name] = {"photos": len(files), "faces_off": sum(len(v) for v in before.values()),
                          "faces_on": sum(len(v) for v in after.values()), "photos_changed": changed}
-    res["ms_per_image"] = {k: {m: {"runs": v, "median": round(float(np.median(v)), 1)} for m, v in d.items()}
-                           for k, d in timing.items()}
     cmd = (f"python benchmarks/crowd.py --photos {a.photos} --realocc {a.realocc} --factor {a.factor} "
            f"--phone {a.phone} --rounds {a.rounds} --seed {a.seed} --out {a.out}")
     res["command"], res["seconds"] = cmd, round(time.time() - t0)
@@ -173,9 +162,7 @@ def main() -> None:
             lines.append("")
             lines.append(f"{name}: {r['photos']} photos, faces answered {r['faces_off']} off, {r['faces_on']} on; "
                          f"photos whose answers changed: {r['photos_changed']}.")
-    lines += ["", "| images | ms per image, off | ms per image, on | runs off | runs on |", "|---|---|---|---|---|"]
-    for k, d in res["ms_per_image"].items():
-        lines.append(f"| {k} | {d['off']['median']} | {d['on']['median']} | {d['off']['runs']} | {d['on']['runs']} |")
+    lines += ms_table(res["ms_per_image"])
     atomic_write_text(Path(f"{a.out}.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -110,6 +110,39 @@ def rule_rounds(sets: dict[str, list], rule, answer, rounds: int) -> tuple[dict,
     return timing, answers
 
 
+def add_rule_args(ap, out: str) -> None:
+    """The options a face-finding rule's on/off benchmark shares (crowd.py, small_beside_large.py): where the
+    UTKFace test photos and the shared data are, the enlarged realocc and phone sets, rounds, seed, output."""
+    ap.add_argument("--split", default="splits/utkface_seed0.json")
+    ap.add_argument("--root", type=Path, default=Path("../shared/data/utkface"))
+    ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--realocc", type=int, default=150)
+    ap.add_argument("--factor", type=float, default=2.5)
+    ap.add_argument("--phone", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=out)
+
+
+def rule_side_sets(a, rule, answer, work: Path) -> tuple[list[Path], list, dict, dict]:
+    """The rule off and on over the enlarged realocc photos and the phone photos (`add_rule_args`' options a):
+    (realocc files, phone files, each side's first answers as `rule_rounds` gives them, ms per image per set and
+    side with the median of the rounds)."""
+    ups = enlarged_realocc(a.shared, a.realocc, a.seed, a.factor, work)
+    phone = phone_sample(a.shared, a.phone, a.seed, work)[0] if a.phone else []
+    timing, answers = rule_rounds({"realocc": ups, "phone": phone}, rule, answer, a.rounds)
+    ms = {k: {m: {"runs": v, "median": round(float(np.median(v)), 1)} for m, v in d.items()} for k, d in timing.items()}
+    return ups, phone, answers, ms
+
+
+def ms_table(ms: dict) -> list[str]:
+    """Markdown lines of `rule_side_sets`' ms per image: a row per set, medians and each round's figure."""
+    lines = ["", "| images | ms per image, off | ms per image, on | runs off | runs on |", "|---|---|---|---|---|"]
+    for k, d in ms.items():
+        lines.append(f"| {k} | {d['off']['median']} | {d['on']['median']} | {d['off']['runs']} | {d['on']['runs']} |")
+    return lines
+
+
 def largest_age(record: dict) -> float | None:
     """The age of the largest face of one predict record (JSONL / predict_stream), None when it has none."""
     faces = record["faces"]

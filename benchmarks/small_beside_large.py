@@ -68,20 +68,13 @@ def composite(big: np.ndarray, small: np.ndarray, share: float, big_side: int, r
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--split", default="splits/utkface_seed0.json")
-    ap.add_argument("--root", type=Path, default=Path("../shared/data/utkface"))
-    ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    from inference import add_rule_args, ms_table, rule_side_sets
+
     ap.add_argument("--pairs", type=int, default=30)
     ap.add_argument("--shares", type=float, nargs="+", default=DEFAULT_SHARES)
     ap.add_argument("--big", type=int, default=480, help="the large face's crop side, px (its face: about half)")
-    ap.add_argument("--realocc", type=int, default=150)
-    ap.add_argument("--factor", type=float, default=2.5)
-    ap.add_argument("--phone", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="runs/small_beside_large")
+    add_rule_args(ap, "runs/small_beside_large")
     a = ap.parse_args()
-    from inference import enlarged_realocc, phone_sample, rule_rounds
 
     t0 = time.time()
     est = AgeEstimator.from_pretrained()
@@ -106,9 +99,7 @@ def main() -> None:
                 row["on" if on else "off"] = {"small_found": small, "large_found": big, "n": a.pairs}
             res["composites"][str(share)] = row
             print(share, row, flush=True)
-        ups = enlarged_realocc(a.shared, a.realocc, a.seed, a.factor, work)
-        phone = phone_sample(a.shared, a.phone, a.seed, work)[0] if a.phone else []
-        timing, answers = rule_rounds({"realocc": ups, "phone": phone}, rule, lambda p: faces(est, p), a.rounds)
+        ups, phone, answers, res["ms_per_image"] = rule_side_sets(a, rule, lambda p: faces(est, p), work)
         added, changed, sheet = 0, 0, []
         before, after = answers[("realocc", False)], answers[("realocc", True)]
         for p in ups:
@@ -131,8 +122,6 @@ def main() -> None:
         if phone:
             res["phone"] = {"photos": len(phone), "faces_off": sum(len(v) for v in answers[("phone", False)].values()),
                             "faces_on": sum(len(v) for v in answers[("phone", True)].values())}
-    res["ms_per_image"] = {k: {m: {"runs": v, "median": round(float(np.median(v)), 1)} for m, v in d.items()}
-                           for k, d in timing.items()}
     cmd = (f"python benchmarks/small_beside_large.py --pairs {a.pairs} --realocc {a.realocc} --factor {a.factor} "
            f"--phone {a.phone} --rounds {a.rounds} --seed {a.seed} --out {a.out}"
            + (f" --shares {' '.join(map(str, a.shares))}" if a.shares != DEFAULT_SHARES else ""))
@@ -156,9 +145,7 @@ def main() -> None:
     if phone:
         lines += [f"Phone photos: {res['phone']['photos']}, faces answered {res['phone']['faces_off']} off, "
                   f"{res['phone']['faces_on']} on."]
-    lines += ["", "| images | ms per image, off | ms per image, on | runs off | runs on |", "|---|---|---|---|---|"]
-    for k, d in res["ms_per_image"].items():
-        lines.append(f"| {k} | {d['off']['median']} | {d['on']['median']} | {d['off']['runs']} | {d['on']['runs']} |")
+    lines += ms_table(res["ms_per_image"])
     atomic_write_text(Path(f"{a.out}.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
