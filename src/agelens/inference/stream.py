@@ -460,32 +460,33 @@ class ParquetSink:
                 raise AgelensError(f"cannot resume {self.path}: {q.name} is not a readable Parquet file ({e})") from None
             if "file" not in t.column_names or "faces" not in t.column_names:
                 raise AgelensError(f"cannot resume {self.path}: {q.name} has no file/faces columns")
-            if retry is not None and "error" in t.column_names:
-                t = self._without_failed(q, t, retry)
-            self.done.update(t.column("file").to_pylist())
-            if "error" in t.column_names:
-                self.failed_done.update(f for f, e in zip(t.column("file").to_pylist(), t.column("error").to_pylist(),
-                                                          strict=True) if e)
+            files = t.column("file").to_pylist()
+            errors = t.column("error").to_pylist() if "error" in t.column_names else [None] * len(files)
+            if retry is not None:
+                again = [bool(e) and retry(f) for f, e in zip(files, errors, strict=True)]
+                if any(again):
+                    t = self._without(q, t, again)
+                    self.retried.update(f for f, a in zip(files, again, strict=True) if a)
+                    files = [f for f, a in zip(files, again, strict=True) if not a]
+                    errors = [e for e, a in zip(errors, again, strict=True) if not a]
+            self.done.update(files)
+            self.failed_done.update(f for f, e in zip(files, errors, strict=True) if e)
             if self.schema is None and not _null_faces(t.schema):
                 self.schema = t.schema
         self._next = 1 + max((int(q.stem.split("-")[1]) for q in parts), default=-1)
         self._buf: list[dict] = []
         self._t0 = time.monotonic()
 
-    def _without_failed(self, part: Path, t, retry: Callable[[str], bool]):
-        """Part `part` (table t) without the records that have an `error` and whose file `retry` picks (rewritten
-        atomically, removed when none is left); those files go to `retried`."""
+    @staticmethod
+    def _without(part: Path, t, drop: list[bool]):
+        """Part `part` (table t) without the rows `drop` marks (failed records retried): rewritten atomically,
+        removed when none is left."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         from ..utils import atomic_write
 
-        again = [bool(e) and retry(f) for f, e in zip(t.column("file").to_pylist(), t.column("error").to_pylist(),
-                                                      strict=True)]
-        if not any(again):
-            return t
-        self.retried.update(f for f, a in zip(t.column("file").to_pylist(), again, strict=True) if a)
-        t = t.filter(pa.array([not a for a in again]))
+        t = t.filter(pa.array([not d for d in drop]))
         if t.num_rows:
             atomic_write(part, lambda tmp: pq.write_table(t, tmp))
         else:
