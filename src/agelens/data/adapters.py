@@ -131,16 +131,17 @@ def _csv_table(p: Path, required: set[str], what: str) -> tuple[list[str], list[
 
 
 def _from_names(root: Path, pattern: re.Pattern[str], expected: str, recursive: bool,
-                fields: Callable[[re.Match[str]], tuple[str, str]]) -> Listing:
-    """Labels parsed from file names: fields(match) → (age, group); names that do not match are reported."""
+                fields: Callable[[re.Match[str]], tuple[str, ...]]) -> Listing:
+    """Labels parsed from file names: fields(match) → (age, group[, gender]); names that do not match are
+    reported."""
     out = Listing()
     for p in _images(root, recursive=recursive):
         m = pattern.match(p.name)
         if not m:
             out.bad.append(BadRecord(str(p), f"file name is not {expected}"))
             continue
-        age, group = fields(m)
-        out.add(p, age, group=group, check_file=False)
+        age, group, *gender = fields(m)
+        out.add(p, age, gender[0] if gender else None, group=group, check_file=False)
     return out
 
 
@@ -281,19 +282,14 @@ def aaf(root: str | Path, csv_path: str | Path | None = None, labels: str | Path
 
 def _aaf_published(r: Path) -> Listing:
     """All-Age-Faces as downloaded (`_AAF` names), from ROOT or the first of AAF_FOLDERS inside it."""
-    for name in AAF_FOLDERS:
-        if (r / name).is_dir() and not any(_AAF.match(x.name) for x in _images(r)):
-            r = r / name
-            break
+    if not any(_AAF.match(x.name) for x in _images(r)):  # ROOT the folder holding the download's folders
+        r = next((r / name for name in AAF_FOLDERS if (r / name).is_dir()), r)
     out = _from_names(r, _AAF, "%05dA%02d.jpg (NNNNNAyy.jpg) or listed in an aaf.csv", False,
-                      lambda m: (m.group(2), f"aaf{m.group(1)}"))
-    if not out.records:
-        return out
-    gender = {rec.path: "female" if int(Path(rec.path).name[:5]) <= AAF_LAST_FEMALE else "male"
-              for rec in out.records}
-    out.records = [FaceRecord(x.path, x.age, gender[x.path], None, x.group) for x in out.records]
-    out.notes.append(f"All-Age-Faces read from the file names in {r} (no aaf.csv): age from NNNNNAyy.jpg, gender "
-                     f"from the serial number (up to {AAF_LAST_FEMALE:05d} female, after it male)")
+                      lambda m: (m.group(2), f"aaf{m.group(1)}",
+                                 "female" if int(m.group(1)) <= AAF_LAST_FEMALE else "male"))
+    if out.records:
+        out.notes.append(f"All-Age-Faces read from the file names in {r} (no aaf.csv): age from NNNNNAyy.jpg, gender "
+                         f"from the serial number (up to {AAF_LAST_FEMALE:05d} female, after it male)")
     return out
 
 
