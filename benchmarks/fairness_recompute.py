@@ -1,6 +1,7 @@
 """Age-standardised fairness figures recomputed from `agelens evaluate` outputs' predictions.csv with today's
 `evaluate.metrics.standardised_mae` (no model runs): per attribute the spread, its interval and the groups left out,
-for runs whose metrics.json was written by an earlier method.
+for runs whose metrics.json was written by an earlier method; beside them the same with every face of a group's
+age bin counted, however few (`min_cell=1`, the method before 2026-12-06).
 
     python benchmarks/fairness_recompute.py runs/e2e_refit runs/e2e_old --out docs/fairness_recompute.json
 """
@@ -25,15 +26,21 @@ def recompute(run: Path, n_boot: int) -> dict:
         raise SystemExit(f"{run}/predictions.csv: not an `agelens evaluate` output with gender and race")
     true = np.array([float(r["age"]) for r in rows])
     pred = np.array([float(r["pred"]) for r in rows])
-    std = standardised_mae(pred, true, [r["gender"] or None for r in rows], [r["race"] or None for r in rows],
-                           n_boot=n_boot)
+    genders, races = [r["gender"] or None for r in rows], [r["race"] or None for r in rows]
+    std = standardised_mae(pred, true, genders, races, n_boot=n_boot)
+    # every face of a group's age bin counted, however few (the method before 2026-12-06)
+    every = standardised_mae(pred, true, genders, races, n_boot=n_boot, min_cell=1)
     before = json.loads((run / "metrics.json").read_text()).get("standardised", {}) if (run / "metrics.json").is_file() else {}
-    out = {"n": len(rows), "mae": round(float(np.abs(pred - true).mean()), 4)}
+    out = {"n": len(rows), "mae": round(float(np.abs(pred - true).mean()), 4), "min_cell": std["min_cell"]}
     for attr in ("gender", "race", "gender×race"):
-        a, b = std.get(attr, {}), before.get(attr, {})
+        a, b, e = std.get(attr, {}), before.get(attr, {}), every.get(attr, {})
         out[attr] = {"spread": a.get("spread"), "spread_ci95": a.get("spread_ci95"),
                      "left_out_reasons": a.get("left_out_reasons"),
                      "by_group": {g: v["mae"] for g, v in a.get("by_group", {}).items()},
+                     "thin_bins": {g: v["thin_bins"] for g, v in a.get("by_group", {}).items() if v["thin_bins"]},
+                     "every_face_counted": {"spread": e.get("spread"), "spread_ci95": e.get("spread_ci95"),
+                                            "left_out": e.get("left_out_of_spread"),
+                                            "by_group": {g: v["mae"] for g, v in e.get("by_group", {}).items()}},
                      "before": {"spread": b.get("spread"), "spread_ci95": b.get("spread_ci95")}}
     return out
 
@@ -50,8 +57,10 @@ def main() -> None:
         print(f"{run} (n {r['n']}, MAE {r['mae']:.3f})")
         for attr in ("gender", "race", "gender×race"):
             x = r[attr]
-            print(f"  {attr:12s} spread {x['spread']} {x['spread_ci95']}  (before: {x['before']['spread']} "
-                  f"{x['before']['spread_ci95']})" + (f"  left out: {x['left_out_reasons']}" if x["left_out_reasons"] else ""))
+            e = x["every_face_counted"]
+            print(f"  {attr:12s} spread {x['spread']} {x['spread_ci95']}  (every face counted: {e['spread']} "
+                  f"{e['spread_ci95']}; metrics.json: {x['before']['spread']} {x['before']['spread_ci95']})"
+                  + (f"  left out: {x['left_out_reasons']}" if x["left_out_reasons"] else ""))
     if a.out:
         atomic_write_json(a.out, res)
 

@@ -7,6 +7,7 @@ import pytest
 
 from agelens.config import load_config
 from agelens.errors import CheckpointError, ConfigError
+from agelens.evaluate.metrics import MIN_N
 from agelens.fairness.cv import format_cv, run_cv
 from agelens.fairness.evaluate import build_index_file, evaluate_prepared_cache
 from agelens.fairness.knn import KnnIndex
@@ -44,7 +45,11 @@ def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder, 
     test = res["test"]
     assert {"n", "mae", "cs5", "cmae", "acc5", "bias_score", "per_bin", "per_gender", "per_race"} <= set(test)
     ci = test["ci95"]
-    assert ci["mae"][0] <= test["mae"] <= ci["mae"][1] and set(ci["per_bin"]) == set(test["per_bin"])
+    if test["n"] >= MIN_N:
+        assert ci["mae"][0] <= test["mae"] <= ci["mae"][1]
+    else:  # a test of a few faces resamples to their own errors: no interval, as for a small group
+        assert ci["mae"] is None and ci["cmae"] is None
+    assert set(ci["per_bin"]) == set(test["per_bin"])
     assert "gender" in test["groups"] and "age_bin×gender" in test["groups"]
 
     idx = build_index_file(str(run), tmp / "knn.npz", **QUIET)

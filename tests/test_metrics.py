@@ -91,6 +91,30 @@ def test_a_group_missing_age_bins_is_not_compared_at_equal_age():
     assert r["by_group"]["c"]["missing_bins"] == ["41-50", "51-60", "61+"] and r["by_group"]["a"]["missing_bins"] == []
 
 
+def test_one_face_in_a_heavy_age_bin_does_not_stand_for_the_bin():
+    """A group with a single face aged 61+ (10 % of the test's weight) read 20 years off: with that face weighing
+    as a whole bin the group looked 2 years worse than a like group, an interval excluding 0; a bin of under
+    MIN_CELL faces counts as missing, so the group is not compared at equal age."""
+    from agelens.evaluate.metrics import MIN_CELL, standardised_mae
+
+    rng = np.random.default_rng(5)
+    ages = np.concatenate([rng.integers(0, 61, 900), rng.integers(61, 90, 100)]).astype(float)
+    race = np.array(["w"] * 1000, object)
+    race[np.flatnonzero(ages < 61)[:79]] = "o"
+    race[np.flatnonzero(ages >= 61)[0]] = "o"
+    err = rng.normal(0, 1, 1000) * np.where(ages >= 61, 10.0, 4.0)
+    err[np.flatnonzero(ages >= 61)[0]] = 20.0
+    r = standardised_mae(ages + err, ages, None, list(race), n_boot=200)["race"]
+    assert r["by_group"]["o"]["thin_bins"] == {"61+": 1} and r["by_group"]["o"]["missing_bins"] == []
+    assert r["left_out_of_spread"] == ["o"] and "1 face aged 61+" in r["left_out_reasons"]["o"]
+    assert r["spread"] is None and r["spread_ci95"] is None
+    # the same group with MIN_CELL faces in the bin, like the others': kept, and no gap told apart
+    race[np.flatnonzero(ages >= 61)[:MIN_CELL]] = "o"
+    err[np.flatnonzero(ages >= 61)[0]] = 0.0
+    r = standardised_mae(ages + err, ages, None, list(race), n_boot=200)["race"]
+    assert r["left_out_of_spread"] == [] and r["by_group"]["o"]["thin_bins"] == {} and r["spread_ci95"][0] == 0.0
+
+
 def test_one_bin_one_face_and_one_gender_are_not_gaps():
     from agelens.evaluate.metrics import bootstrap_ci, standardised_mae
 
@@ -138,3 +162,42 @@ def test_group_gaps_leave_out_groups_of_a_few_faces():
     assert rep["difference"]["mae"] == pytest.approx(abs(w - b), abs=1e-4) and rep["difference"]["mae"] < 5
     two = group_report(pred[-21:], true[-21:], None, races[-21:])["race"]  # black (20) and pacific (1)
     assert two["difference"]["mae"] is None and "fewer than two groups of 10+ faces" in two["note"]
+
+
+def test_the_report_names_groups_left_out_or_re_weighted():
+    from agelens.evaluate.metrics import standardised_mae
+    from agelens.fairness.report import standardised_table
+
+    rng = np.random.default_rng(3)
+    # a: every age; b: none aged 0-10 (4 % of the test: kept, re-weighted); c: none over 60; d: 3 faces
+    ages = np.concatenate([rng.integers(1, 11, 20), rng.integers(11, 80, 180), rng.integers(11, 80, 200),
+                           rng.integers(11, 58, 80), [65.0, 25.0, 35.0]]).astype(float)
+    race = ["a"] * 200 + ["b"] * 200 + ["c"] * 80 + ["d"] * 3
+    std = standardised_mae(ages + rng.normal(0, 3, len(ages)), ages, None, race, n_boot=50)
+    r = std["race"]
+    assert r["left_out_of_spread"] == ["c", "d"] and r["by_group"]["b"]["missing_bins"] == ["0-10"]
+    page = standardised_table({"standardised": std})
+    assert "re-weighted without 0-10" in page and page.count("left out of the spread") == 2
+    assert "under 3 faces counts as missing" in page
+    # a group whose every bin is thin has no standardised value: n/a, not a crash
+    r["by_group"]["d"]["mae"] = None
+    assert "n/a" in standardised_table({"standardised": std})
+
+
+def test_metrics_refuse_nan_ages_and_small_tests_get_no_interval():
+    from agelens.evaluate.metrics import bootstrap_ci
+    from agelens.fairness.cv import CV_KEYS, format_cv
+
+    with pytest.raises(ValueError, match="1 true age.*not finite.*position 1"):
+        compute_metrics(np.array([20.0, 30.0]), np.array([21.0, np.nan]))
+    with pytest.raises(ValueError, match="predicted age"):
+        bootstrap_ci(np.array([np.inf, 30.0]), np.array([21.0, 30.0]))
+    ci = bootstrap_ci(np.array([20.0]), np.array([25.0]), n_boot=50)
+    assert ci["mae"] is None and ci["acc5"] is None  # one face: no interval, not [5.0, 5.0]
+    # a cross-validation whose bias score has a value in one fold only: its std is unknown, not 0
+    rows = [{"fold": 0, "n": 40, **dict.fromkeys(CV_KEYS, 5.0)}, {"fold": 1, "n": 40, **dict.fromkeys(CV_KEYS, 6.0)}]
+    rows[1]["bias_score"] = None
+    summary = {"per_fold": rows, "mean": {k: 5.5 for k in CV_KEYS} | {"bias_score": 5.0},
+               "std": {k: 0.71 for k in CV_KEYS} | {"bias_score": None}}
+    table = format_cv(summary)
+    assert "5.000 ± n/a" in table and table.count("n/a") == 2

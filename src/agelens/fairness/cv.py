@@ -77,7 +77,7 @@ def run_cv(cfg: RunConfig, folds: int, progress: bool = True, log=print) -> dict
                # a fold without a value (a bias score with one age bin) is left out of that key's mean and std
                "mean": {k: _round(np.nanmean(v)) if np.isfinite(v).any() else None
                         for k in CV_KEYS for v in [np.array([r[k] for r in rows], float)]},
-               "std": {k: _round(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0
+               "std": {k: _round(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else None  # one value: no spread
                        for k in CV_KEYS for v in [np.array([r[k] for r in rows], float)]}}
     atomic_write_json(root / "cv.json", summary)
     return summary
@@ -132,8 +132,12 @@ def format_cv(summary: dict) -> str:
     head = f"{'fold':>6s} {'n':>6s} " + " ".join(f"{k:>14s}" for k in CV_KEYS)
     lines = [head]
     for r in summary["per_fold"]:
-        lines.append(f"{r['fold']:>6d} {r['n']:>6d} " + " ".join(f"{r[k]:>14.3f}" for k in CV_KEYS))
-    lines.append(f"{'mean':>6s} {'':>6s} " + " ".join(f"{'n/a':>14s}" if summary["mean"][k] is None else
-                                                       f"{summary['mean'][k]:>7.3f} ± {summary['std'][k]:<4.2f}"
-                                                       for k in CV_KEYS))
+        lines.append(f"{r['fold']:>6d} {r['n']:>6d} " + " ".join(f"{'n/a':>14s}" if r[k] is None else f"{r[k]:>14.3f}"
+                                                          for k in CV_KEYS))
+
+    def mean_std(k: str) -> str:
+        m, sd = summary["mean"][k], summary["std"][k]
+        return f"{'n/a':>14s}" if m is None else f"{m:>7.3f} ± {'n/a' if sd is None else f'{sd:.2f}':<4s}"
+
+    lines.append(f"{'mean':>6s} {'':>6s} " + " ".join(mean_std(k) for k in CV_KEYS))
     return "\n".join(lines)

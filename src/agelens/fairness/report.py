@@ -330,23 +330,31 @@ def standardised_table(metrics: dict) -> str:
         a = std.get(attr)
         if not a:
             continue
-        for g, v in a["by_group"].items():
-            rows.append(f"<tr><td>{html.escape(attr)}</td><td>{html.escape(g)}</td><td>{v['n']}</td>"
-                        f"<td>{v['mae']:.3f}{ci(v['ci95'])}</td></tr>")
         out = a.get("left_out_of_spread") or []
         why = a.get("left_out_reasons") or {g: f"under {a.get('min_n')} faces" for g in out}  # older metrics.json
+        for g, v in a["by_group"].items():
+            value = "n/a" if v["mae"] is None else f"{v['mae']:.3f}{ci(v['ci95'])}"
+            lacks = v.get("missing_bins", []) + list(v.get("thin_bins", {}))
+            # a group kept in the spread though it lacks a light bin: its value is re-weighted over the bins it has
+            note = ("left out of the spread" if g in out else
+                    f"re-weighted without {', '.join(lacks)}" if lacks else "")
+            rows.append(f"<tr><td>{html.escape(attr)}</td><td>{html.escape(g)}</td><td>{v['n']}</td>"
+                        f"<td>{value}</td><td>{html.escape(note)}</td></tr>")
         named = "; ".join(f"{html.escape(g)}: {html.escape(why.get(g, ''))}" for g in out)
         left = f" (without {named})" if out else ""
         if a.get("spread") is not None:
             rows.append(f"<tr><td>{html.escape(attr)}</td><td><b>spread (max − min)</b>{left}</td><td></td>"
-                        f"<td><b>{a['spread']:.3f}{ci(a.get('spread_ci95'))}</b></td></tr>")
+                        f"<td><b>{a['spread']:.3f}{ci(a.get('spread_ci95'))}</b></td><td></td></tr>")
         else:
             rows.append(f"<tr><td>{html.escape(attr)}</td><td><b>spread (max − min)</b>{left}</td><td></td>"
-                        f"<td>n/a: {html.escape(a.get('note') or 'fewer than two groups large enough')}</td></tr>")
+                        f"<td>n/a: {html.escape(a.get('note') or 'fewer than two groups large enough')}</td>"
+                        "<td></td></tr>")
     return ("<h2>Age-standardised MAE (equal error at equal age)</h2><p>Each group's per-age-bin MAE weighted by "
             "the whole test's age-bin shares, so groups with different age mixes are compared at equal age; "
-            "seeded bootstrap 95 % intervals per group; the spread's interval holds every pairwise difference at once.</p><table><tr><th>attribute</th><th>group</th><th>n</th>"
-            "<th>standardised MAE [95 % CI]</th></tr>" + "".join(rows) + "</table>")
+            "seeded bootstrap 95 % intervals per group; the spread's interval holds every pairwise difference at once. "
+            "A group's age bin of under " + str(std.get("min_cell", 1)) + " faces counts as missing.</p><table><tr>"
+            "<th>attribute</th><th>group</th><th>n</th><th>standardised MAE [95 % CI]</th><th>note</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 def _fmt_ci(ci: dict | None, key: str) -> str:
