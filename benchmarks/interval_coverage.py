@@ -83,10 +83,15 @@ def check(test: dict[str, pd.DataFrame], zs: dict[str, float | dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=Path, default=Path("runs/cal"))
-    ap.add_argument("--cards", type=float, nargs=2, metavar=("TEACHER_Z", "STUDENT_Z"), default=(1.7868, 1.773),
-                    help="the shipped cards' z (from cached val crops)")
+    ap.add_argument("--cards", type=float, nargs=2, metavar=("TEACHER_Z", "STUDENT_Z"),
+                    help="the z to compare with (default: the shipped cards' interval_z)")
     ap.add_argument("--out", type=Path, default=Path("docs/interval_coverage"))
     a = ap.parse_args()
+    if a.cards is None:
+        from agelens.utils import weights_dir
+
+        a.cards = tuple(json.loads((weights_dir() / f"{m}.json").read_text())["interval_z"]
+                        for m in ("teacher", "student"))
     val = {c: load(a.runs, "val", c) for c in CONDITIONS}
     test = {c: load(a.runs, "test", c) for c in CONDITIONS}
     names = {"teacher": "teacher", "student": "student"}

@@ -154,6 +154,10 @@ def test_conformal_z_covers_the_level_on_new_faces():
     assert set(new["per_bin"]) >= {"0-10", "61+"}
     with pytest.raises(ValueError, match="level"):
         conformal_z(np.ones(3), np.ones(3), np.ones(3), level=1.5)
+    # under 9 faces no score is beyond the ⌈(n+1)·0.9⌉-th: the largest would cover 5 new faces in 6, not 9 in 10
+    with pytest.raises(ValueError, match="8 calibration faces cannot calibrate a 90% interval: it needs at least 9"):
+        conformal_z(*draw(8), level=0.9)
+    assert conformal_z(*draw(9), level=0.9) > 0
 
 
 def _age_dependent_errors(rng, n):
@@ -210,6 +214,15 @@ def test_calibrate_from_end_to_end_predictions_writes_z_to_the_card(tmp_path):
     (val_csv.parent / "metrics.json").write_text(json.dumps({"part": "test"}))
     bad = CliRunner().invoke(app, ["calibrate", str(tmp_path / "t.safetensors"), "--predictions", str(val_csv)])
     assert bad.exit_code != 0 and "its metrics.json says so" in str(bad.exception)
+    # --occluded picks cached faces; given with predictions it would be ignored: refused
+    bad = CliRunner().invoke(app, ["calibrate", str(tmp_path / "t.safetensors"), "--predictions", str(files[0]),
+                                   "--occluded", "--no-write"])
+    assert bad.exit_code != 0 and "--occluded choose cached faces" in str(bad.exception)
+    few = tmp_path / "val_few" / "predictions.csv"
+    few.parent.mkdir()
+    pd.read_csv(files[0]).head(5).to_csv(few, index=False)
+    bad = CliRunner().invoke(app, ["calibrate", str(tmp_path / "t.safetensors"), "--predictions", str(few)])
+    assert bad.exit_code != 0 and "5 calibration faces cannot calibrate" in str(bad.exception)
 
 
 def test_two_datasets_train_together_and_each_test_part_is_reported(tmp_path, utk_folder):

@@ -986,6 +986,9 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
         raise AgelensError(f"--level must be a coverage in (0, 1), got {level}")
     if (config is None) == (not predictions):
         raise AgelensError("calibrate needs either --config (cached faces) or --predictions (end-to-end predictions)")
+    if predictions and (part != "val" or occluded):
+        raise AgelensError("--part and --occluded choose cached faces for --config; with --predictions the faces are "
+                           "those `agelens evaluate` answered (its part and its --occlude)")
     if predictions:
         for f in predictions:
             if not f.is_file():
@@ -1005,7 +1008,10 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
         except ValueError as e:
             raise AgelensError(str(e)) from None
     else:
-        rec = calibrate_model(model, str(config), part, occluded, level, progress=not quiet)
+        try:
+            rec = calibrate_model(model, str(config), part, occluded, level, progress=not quiet)
+        except ValueError as e:  # too few faces for the level
+            raise AgelensError(str(e)) from None
     typer.echo(json.dumps(rec, indent=1))
     n = int(rec["coverage"]["n"])
     if n < CALIBRATE_ADVISED:

@@ -27,8 +27,11 @@ def conformal_z(pred: np.ndarray, true: np.ndarray, spread: np.ndarray, level: f
         raise ValueError(f"need equal, non-empty arrays, got {len(pred)}, {len(true)}, {len(spread)}")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+    k = math.ceil((len(pred) + 1) * level)
+    if k > len(pred):  # the guarantee needs a score beyond the largest: no finite z holds it
+        raise ValueError(f"{len(pred)} calibration faces cannot calibrate a {level:.0%} interval: it needs at least "
+                         f"{math.ceil(level / (1 - level) - 1e-9)} (the {k}-th smallest score of {len(pred)})")
     scores = np.sort(np.abs(pred - true) / np.maximum(spread, 1e-3))
-    k = min(len(scores), math.ceil((len(scores) + 1) * level))
     return float(scores[k - 1])
 
 
