@@ -164,6 +164,17 @@ def test_auto_backend_falls_back_to_torch_when_no_export_can_be_made(tmp_path, m
         AgeEstimator.from_pretrained(backend="onnx")
 
 
+def test_naming_the_shipped_models_keeps_the_default_backend(onnx_dir):
+    """from_pretrained("teacher") is the default model: it ran on torch ("models other than the shipped ones"), and
+    backend="onnx" with it was refused."""
+    from agelens import AgeEstimator
+
+    said = []
+    est = AgeEstimator.from_pretrained("teacher", student="student", detector="occlusion", log=said.append)
+    assert est.backend == AgeEstimator.from_pretrained().backend != "torch-fp32", said
+    assert AgeEstimator.from_pretrained("teacher", backend="onnx").backend == "onnx-fp32"
+
+
 def test_no_tta_runs_the_single_view_graphs(onnx_dir, astronaut_path):
     """--no-tta runs the exported single-view graphs (half the work), as torch does without TTA."""
     from agelens import AgeEstimator
