@@ -480,6 +480,13 @@ def test_cli_curate_and_one_line_errors(tmp_path):
     assert r.returncode == 2 and "error: KNN index not found" in r.stderr and "Traceback" not in r.stderr
     r = run("index", "teacher", "-o", tmp_path / "knn.npz", "--k", "3", "--w", "1.5")
     assert r.returncode == 2 and "error: --k must be >= 1 and --w in [0, 1]" in r.stderr, r.stderr
+    r = run("index", "teacher", "-o", tmp_path / "knn.npz", "--criterion", "rmse")
+    assert r.returncode == 2 and "error: --criterion must be mae or cmae" in r.stderr
+    # options that --from-cache cannot use, and --root with --config, were silently not used
+    r = run("evaluate", "--from-cache", "--model", "teacher", "--route", "student", "--no-detect", "-o", tmp_path / "o")
+    assert r.returncode == 2 and "--no-detect, --route cannot apply" in r.stderr
+    r = run("evaluate", "--root", tmp_path, "-c", "configs/teacher_stable.yaml", "-o", tmp_path / "o")
+    assert r.returncode == 2 and "not both" in r.stderr
 
 
 @pytest.mark.parametrize("route", ["teacher", "student"])

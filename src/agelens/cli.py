@@ -279,6 +279,17 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
         raise AgelensError(str(e)) from None
     from .fairness.knn import KnnIndex
 
+    unused = [flag for flag, given in (("--root", root is not None), ("--dataset", dataset != "utkface"),
+                                       ("--labels", labels is not None), ("--groups-csv", groups_csv is not None),
+                                       ("--no-detect", not detect), ("--workers", workers != 2),
+                                       ("--route", route is not None), ("--student", student is not None),
+                                       ("--detector", detector is not None), ("--full-tta", full_tta)) if given]
+    if from_cache and unused:  # before: silently not used
+        raise AgelensError(f"--from-cache evaluates the prepared cache with --model alone: {', '.join(unused)} "
+                           "cannot apply (evaluate photos end to end without --from-cache)")
+    if root is not None and (config is not None or part != "test"):  # before: --config / --part silently not used
+        raise AgelensError("give --root (a dataset folder, with --dataset) or --config (its dataset's split, with "
+                           "--part), not both")
     knn_index = KnnIndex.load(knn) if knn is not None else None
     if from_cache:
         from .fairness.evaluate import evaluate_prepared_cache
@@ -942,6 +953,8 @@ def index(model: Annotated[str, typer.Argument(help="run folder, .pt checkpoint,
 
     if (k is not None and k < 1) or (w is not None and not 0 <= w <= 1):
         raise AgelensError(f"--k must be >= 1 and --w in [0, 1], got --k {k} --w {w}")
+    if criterion not in ("mae", "cmae"):  # before: a traceback after the caches were embedded
+        raise AgelensError(f"--criterion must be mae or cmae, got {criterion!r}")
     idx = build_index_file(model, output, config, overrides, criterion, progress=not quiet, log=typer.echo,
                            ks=K_GRID if k is None else (k,), ws=W_GRID if w is None else (w,))
     typer.echo(f"wrote {output}: {idx.index.ntotal} faces, k={idx.k}, w={idx.w}, val MAE "
