@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from agelens.config import config_from_dict, config_to_dict, load_config, parse_overrides
@@ -33,11 +35,18 @@ def test_parse_overrides_nested():
     ("train.numerics=int4", "train.numerics"),
     ("data.aligned=maybe", "data.aligned must be true/false"),
     ("noequals", "not of the form key=value"),
+    # accepted before, then a division by zero mid-training (log_every) or nonsense silently trained
+    ("train.log_every=0", "train.log_every must be >= 1"),
+    ("model.dropout=1.5", "model.dropout must be in [0, 1)"),
+    ("train.grad_clip=-1", "train.grad_clip must be >= 0"),
+    ("train.warmup_epochs=-1", "train.warmup_epochs must be >= 0"),
+    ("data.max_train=-5", "data.max_train / data.max_eval must be >= 0"),
+    ("model.mwr_iterations=0", "model.mwr_iterations must be >= 1"),
 ])
 def test_bad_values_name_the_key(override, fragment):
     from agelens.models import check_config
 
-    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
         check_config(load_config(None, [override]))  # what every CLI command loads
 
 
