@@ -116,6 +116,17 @@ def test_imdbwiki_mat(tmp_path):
     lst = load_dataset("imdbwiki", root)
     assert [(r.age, r.gender, r.group) for r in lst.records] == [(29.0, "male", "Ann")]
     assert sorted(b.reason.split(" (")[0] for b in lst.bad) == ["no face", "second face present"]
+    # curate's csv_path= is the source's label file: here a .mat kept apart from ROOT (before: imdbwiki did not
+    # take csv_path, which was silently not used, and the first .mat under ROOT was read instead)
+    from agelens.fairness.curate import CurateConfig, Source, curate
+
+    s[0, 0]["photo_taken"] = np.array([[2011, 2011, 2011]])
+    savemat(tmp_path / "mine.mat", {"imdb": s})
+    cfg = CurateConfig(sources=[Source("imdbwiki", str(root), csv_path=str(tmp_path / "mine.mat"))],
+                       output=str(tmp_path / "m.csv"), near_dup=-1)
+    curate(cfg, progress=False, log=lambda *_: None)
+    manifest = (tmp_path / "m.csv").read_text()
+    assert "a.jpg" in manifest and ",30" in manifest and ",29" not in manifest, manifest
 
 
 def test_imdb_age_is_the_datasets_own():
@@ -179,6 +190,10 @@ def test_labels_apart_from_root(tmp_path):
     assert [(Path(r.path).name, r.age) for r in lst.records] == [("x0.jpg", 33.0)]
     with pytest.raises(DataError, match="the utkface adapter reads its labels from the file names or folders"):
         load_dataset("utkface", tmp_path / "imgs", labels=tmp_path / "lab" / "my labels.csv")
+    # an option the adapter does not take was silently not used (data.groups_csv on All-Age-Faces)
+    with pytest.raises(DataError, match="the csv adapter takes no groups_csv"):
+        load_dataset("csv", tmp_path / "imgs", labels=tmp_path / "lab" / "my labels.csv", groups_csv="dups.csv")
+    assert load_dataset("csv", tmp_path / "imgs", labels=tmp_path / "lab" / "my labels.csv", groups_csv=None).records
 
 
 def test_imdbclean_csv(tmp_path):

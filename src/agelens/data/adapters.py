@@ -468,9 +468,16 @@ def imdbclean(root: str | Path, csv_path: str | Path | None = None, labels: str 
 def load_dataset(name: str, root: str | Path, **kwargs: object) -> Listing:
     """Run the named adapter; raises DataError when nothing usable is found, with the commonest reasons rows were
     skipped (one example each) and the layout the adapter reads."""
-    if kwargs.get("labels") and "labels" not in inspect.signature(DATASETS.get(name)).parameters:
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    params = {p.name for p in inspect.signature(DATASETS.get(name)).parameters.values()
+              if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    if kwargs.get("labels") and "labels" not in params:
         raise DataError(f"data.labels / --labels: the {name} adapter reads its labels from the file names or "
                         "folders, not from a label file")
+    unused = sorted(set(kwargs) - params)
+    if unused:  # before: silently not used (groups_csv on All-Age-Faces, csv_path on IMDB-WIKI)
+        raise DataError(f"the {name} adapter takes no {', '.join(unused)} (it takes: "
+                        f"{', '.join(sorted(params - {'root'})) or 'nothing but ROOT'})")
     listing = DATASETS.build(name, root, **kwargs)
     if not listing.records:
         why: dict[str, list[str]] = {}

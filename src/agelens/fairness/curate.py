@@ -235,7 +235,7 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
     bad: dict[str, int] = {}
     bad_listed: dict[str, list[dict]] = {}
     for s in cfg.sources:
-        kw = {k: v for k, v in (("groups_csv", s.groups_csv), ("csv_path", s.csv_path)) if v}
+        kw = {k: v for k, v in (("groups_csv", s.groups_csv), ("labels", s.csv_path)) if v}  # csv_path: the label file
         listing = load_dataset(s.dataset, s.root, **kw)
         bad[s.label] = len(listing.bad)
         bad_listed[s.label] = [{"path": b.path, "reason": b.reason} for b in listing.bad]
