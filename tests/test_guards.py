@@ -93,6 +93,7 @@ def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_
     assert m["kinds"] == "all" and 0 <= m["threshold"] <= 1
     card = json.loads(guards.ship(tmp_path / "occ", "occlusion", tmp_path / "weights").with_suffix(".json").read_text())
     assert card["recipe"].endswith("--kinds all")
+    assert f"--out {tmp_path / 'occ'}" in card["recipe"]  # the recipe runs as written (--out is required)
     # --photo: a quarter of the samples get the grain / pixelation / noise of scanned prints and small faces
     plain, photo = guards.GuardSamples(data, "faceness"), guards.GuardSamples(data, "faceness", photo=True)
     pairs = [(plain.draw(np.random.default_rng(k)), photo.draw(np.random.default_rng(k))) for k in range(16)]

@@ -637,7 +637,7 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
     metrics = json.loads((run / "metrics.json").read_text())
     card = {"source_checkpoint": str(run / "best.pt"), "threshold": metrics["threshold"], "licence": LICENCE,
             "recipe": f"python -m agelens.train.guards fit {metrics['task']} --steps {metrics['steps']} "
-                      f"--batch {metrics['batch']}"
+                      f"--batch {metrics['batch']} --out {run}"
                       + (f" --init {metrics['init']}" if metrics.get("init") else
                          " --init occlusion" if metrics["task"] == "occlusion" and "init" not in metrics else "")
                       + (f" --kinds {metrics['kinds']}" if metrics.get("kinds", "paper") != "paper" else "")

@@ -208,7 +208,7 @@ def fit_guards(model_path: str, data_dir: Path, out: Path, n: int = 4000, seed: 
                      "guard_cascade": {"occlusion": {"skip_below": cascade["occlusion"]["skip_below"]},
                                        "face": {"skip_above": cascade["face"]["skip_above"]}},
                      "guard_metrics": metrics,
-                     "guard_recipe": f"python -m agelens.train.trunk_guards --model {model_path} --n {n}"})
+                     "guard_recipe": f"python -m agelens.train.trunk_guards --model {model_path} --out {out} --n {n}"})
     if "realocc" not in str(new_card.get("licence", "")):  # the guard layer learnt from realocc's real occluders
         new_card["licence"] = GUARDED_LICENCE
     out.mkdir(parents=True, exist_ok=True)
