@@ -1,4 +1,5 @@
-"""`agelens` command line: prepare, split, train, evaluate, predict, export."""
+"""`agelens` command line: predict and serve; split, prepare, curate, train, distill, occlude; evaluate, calibrate,
+index, report, cv; export weights / onnx."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .errors import AgelensError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Occlusion-robust, fairness-aware facial age estimation.")
-export_app = typer.Typer(no_args_is_help=True, help="Export models (shipped fp16 weights).")
+export_app = typer.Typer(no_args_is_help=True, help="Export models: fp16 weights with their card, or ONNX graphs.")
 app.add_typer(export_app, name="export")
 
 def _version(value: bool) -> None:
@@ -570,7 +571,6 @@ def _listed(files_from: str | None, paths: list[str]) -> list[str]:
     return names
 
 
-IMAGE_NAME_ENDS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".avif")
 
 
 def _stdin_image(files: list[str]) -> str | None:
@@ -582,13 +582,15 @@ def _stdin_image(files: list[str]) -> str | None:
     import shutil
     import tempfile
 
+    from .data.adapters import IMAGE_EXTS
+
     _needs_stream("input", "`-` reads an image from it")
     if sys.stdin.isatty():
         raise AgelensError("`-` reads an image from standard input, but nothing is piped in")
     data = sys.stdin.buffer.read()
     first = data[:4096].split(b"\n", 1)[0].strip()
     named = first and b"\0" not in first and (Path(os.fsdecode(first)).is_file()
-                                             or os.fsdecode(first).lower().endswith(IMAGE_NAME_ENDS))
+                                             or os.fsdecode(first).lower().endswith(tuple(IMAGE_EXTS)))
     if named:  # `ls *.jpg | agelens predict -`
         raise AgelensError("standard input holds file names, not an image: read them with --files-from -")
     folder = tempfile.mkdtemp(prefix="agelens-stdin-")

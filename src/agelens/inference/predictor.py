@@ -211,8 +211,9 @@ def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
 class AgeEstimator:
     """Load once, call `predict(image)` many times.
 
-    Routing (paper 1, Fig. 2): the occlusion detector scores every face; with route="auto" occluded faces go to
-    the student and clean ones to the teacher; "teacher"/"student" force one model. Every answer names its model.
+    Routing (paper 1, Fig. 2): the occlusion detector scores every face; with route="auto" clean faces go to the
+    teacher, occluded ones to the student, and faces scored between (`SOFT_BAND`) get the two ages blended by the
+    score (`soft_weight`); "teacher"/"student" force one model. Every answer names its model.
     Threads may share one estimator: their calls take turns (build one per thread to run them at once).
     The models are AgeBackends (inference.backends: torch or onnxruntime), the detector and the face verifier
     CropClassifiers; build one with `from_pretrained`, `from_onnx` or, for torch models in memory, `from_model`.
@@ -305,7 +306,7 @@ class AgeEstimator:
                    student: AgeBackend | None = None, detector: CropClassifier | None = None, route: str = "auto",
                    cache_size: int = 256, device: str = "cpu", tta_flip: bool = True, numerics: Numerics | None = None,
                    verifier: CropClassifier | None = None, interval_z: float = Z90) -> AgeEstimator:
-        """An estimator around a torch AgeModel already in memory (training code, tests, benchmarks)."""
+        """An estimator around a torch AgeModel already in memory (tests, benchmarks, a model being trained)."""
         from ..numerics import Numerics
 
         numerics = numerics or Numerics(device, "fp32", True, "inference default: fp32 + channels_last")
@@ -578,11 +579,6 @@ class AgeEstimator:
             for sel, emb in parts:
                 out["embedding"][sel] = emb
         return out
-
-    def estimate_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Aligned cache_size crops (N, S, S, 3) uint8 → (ages, spreads), routed."""
-        r = self.analyse_crops(crops)
-        return r["age"], r["spread"]
 
     def faces_of(self, rgb: np.ndarray, detect: bool = True) -> list[tuple]:
         """(box, score, aligned crop, landmarks_found, detection, source) per face (`find_and_align`); raises
