@@ -201,3 +201,27 @@ def test_metrics_refuse_nan_ages_and_small_tests_get_no_interval():
                "std": {k: 0.71 for k in CV_KEYS} | {"bias_score": None}}
     table = format_cv(summary)
     assert "5.000 ± n/a" in table and table.count("n/a") == 2
+
+
+def test_copies_of_one_photo_are_resampled_together():
+    """40 photos saved 10 times each: resampling faces treats the copies as 400 independent errors and gives an
+    interval about √10 too narrow; resampling the duplicate groups gives the 40 photos' own uncertainty."""
+    from agelens.evaluate.metrics import bootstrap_ci, standardised_mae
+
+    rng = np.random.default_rng(4)
+    ages = np.repeat(rng.uniform(1, 80, 40), 10)
+    pred = ages + np.repeat(rng.normal(0, 5, 40), 10)
+    photo = [f"p{i // 10}" for i in range(400)]
+    gender = np.repeat(np.array(["f", "m"] * 20, object), 10).tolist()
+    faces = bootstrap_ci(pred, ages, gender, None, n_boot=400)
+    groups = bootstrap_ci(pred, ages, gender, None, n_boot=400, clusters=photo)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert faces["resampled"] == "faces" and groups["resampled"] == "clusters (40 for 400 faces)"
+    assert width(groups["mae"]) > 2.5 * width(faces["mae"])
+    assert width(groups["per_gender"]["f"]) > 2.5 * width(faces["per_gender"]["f"])
+    s_faces = standardised_mae(pred, ages, gender, None, n_boot=400)["gender"]
+    s_groups = standardised_mae(pred, ages, gender, None, n_boot=400, clusters=photo)["gender"]
+    assert s_groups["spread"] == s_faces["spread"] and width(s_groups["spread_ci95"]) > 2 * width(s_faces["spread_ci95"])
+    # labels no two faces share (or none): faces resampled, the same seeded draws as without clusters
+    assert bootstrap_ci(pred, ages, gender, None, n_boot=100, clusters=[None] * 400) == bootstrap_ci(
+        pred, ages, gender, None, n_boot=100)

@@ -117,35 +117,68 @@ def _bc_interval(boot: np.ndarray, point: float, level: float) -> list[float] | 
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
+def _resample_weights(rng: np.random.Generator, n: int, c: int, clusters: np.ndarray | None) -> np.ndarray:
+    """(c, n) counts: how often each face is in each of c bootstrap resamples. clusters None: faces drawn with
+    replacement; else cluster codes (n,): whole clusters drawn (as many as there are), every face of a drawn
+    cluster counted as often as its cluster was drawn."""
+    rows = np.repeat(np.arange(c), n)
+    if clusters is None:
+        idx = rng.integers(0, n, size=(c, n))
+        return np.bincount(rows * n + idx.ravel(), minlength=c * n).reshape(c, n).astype(np.float64)
+    k = int(clusters.max()) + 1
+    draws = rng.integers(0, k, size=(c, k))
+    counts = np.bincount(np.repeat(np.arange(c), k) * k + draws.ravel(), minlength=c * k).reshape(c, k)
+    return counts[:, clusters].astype(np.float64)
+
+
+def _cluster_codes(clusters: Sequence[str | None] | None, n: int) -> np.ndarray | None:
+    """Integer cluster per face from group labels (None or "": a cluster of its own); None where no two faces share
+    one (faces are then resampled one by one)."""
+    if clusters is None:
+        return None
+    if len(clusters) != n:
+        raise ValueError(f"need one cluster label per face, got {len(clusters)} for {n}")
+    labels = [f"g{g}" if g else f"f{i}" for i, g in enumerate(clusters)]
+    _, codes = np.unique(np.array(labels, dtype=object), return_inverse=True)
+    return codes.astype(np.int64) if codes.max() + 1 < n else None
+
+
+def _group_sums(w: np.ndarray, err: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per resample (rows of w) and group code (0..k-1; -1 left out): the weighted sum of errors and of weights."""
+    onehot = np.zeros((len(codes), k))
+    ok = codes >= 0
+    onehot[np.flatnonzero(ok), codes[ok]] = 1.0
+    return w @ (onehot * err[:, None]), w @ onehot
+
+
 def bootstrap_ci(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | None] | None = None,
                  races: Sequence[str | None] | None = None, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95, chunk: int = 100, min_n: int = MIN_N) -> dict:
-    """Seeded bootstrap (faces resampled with replacement) 95 % intervals for MAE, CMAE, bias score, Acc@5 and the
-    per-bin / per-gender / per-race MAE; bias-corrected percentile intervals (the bias score, a max − min, is
-    biased upwards under resampling). A group absent from a resample is left out of that resample's CMAE/bias; a
-    group of fewer than min_n faces gets no interval (None), nor does any statistic of a test that small."""
+                 level: float = 0.95, chunk: int = 100, min_n: int = MIN_N,
+                 clusters: Sequence[str | None] | None = None) -> dict:
+    """Seeded bootstrap 95 % intervals for MAE, CMAE, bias score, Acc@5 and the per-bin / per-gender / per-race MAE;
+    bias-corrected percentile intervals (the bias score, a max − min, is biased upwards under resampling). Faces are
+    resampled with replacement, or, given `clusters` (a label per face: a duplicate group or a person; None or "" a
+    face of its own), whole clusters, since copies of one photo or one person's faces are not independent. A group
+    absent from a resample is left out of that resample's CMAE/bias; a group of fewer than min_n faces gets no
+    interval (None), nor does any statistic of a test that small."""
     pred, true = _checked(pred, true)
     err = np.abs(pred - true)
     n = len(err)
+    cl = _cluster_codes(clusters, n)
     rng = np.random.default_rng(seed)
     attrs = {"per_bin": _codes([age_bin(a) for a in true]), "per_gender": _codes(genders) if genders is not None else None,
              "per_race": _codes(races) if races is not None else None}
     stats: dict[str, list[np.ndarray]] = {"mae": [], "acc5": [], "cmae": [], "bias_score": []}
     groups: dict[str, list[np.ndarray]] = {k: [] for k, v in attrs.items() if v is not None}
+    hit = (err <= 5).astype(np.float64)
     for start in range(0, n_boot, chunk):
-        c = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(c, n))
-        e = err[idx]
-        stats["mae"].append(e.mean(1))
-        stats["acc5"].append((e <= 5).mean(1))
-        rows = np.repeat(np.arange(c), n)
+        w = _resample_weights(rng, n, min(chunk, n_boot - start), cl)
+        total = w.sum(1)
+        stats["mae"].append(w @ err / total)
+        stats["acc5"].append(w @ hit / total)
         for key in groups:
             codes, names = attrs[key]
-            g = codes[idx].ravel()
-            ok = g >= 0
-            flat = rows[ok] * len(names) + g[ok]
-            sums = np.bincount(flat, weights=e.ravel()[ok], minlength=c * len(names)).reshape(c, -1)
-            cnt = np.bincount(flat, minlength=c * len(names)).reshape(c, -1)
+            sums, cnt = _group_sums(w, err, codes, len(names))
             with np.errstate(invalid="ignore", divide="ignore"):
                 m = np.where(cnt > 0, sums / np.maximum(cnt, 1), np.nan)
             groups[key].append(m)
@@ -156,7 +189,8 @@ def bootstrap_ci(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | Non
     points = {"mae": mae(pred, true), "acc5": cumulative_score(pred, true, 5),
               "cmae": float(np.mean(list(point_bins.values()))),
               "bias_score": max(point_bins.values()) - min(point_bins.values())}
-    out: dict = {"method": "bootstrap, bias-corrected percentile", "n_boot": n_boot, "seed": seed, "level": level}
+    out: dict = {"method": "bootstrap, bias-corrected percentile", "n_boot": n_boot, "seed": seed, "level": level,
+                 "resampled": "faces" if cl is None else f"clusters ({int(cl.max()) + 1} for {n} faces)"}
     for k, v in stats.items():
         # one age bin: no bias score, so no interval (every resample would give 0)
         out[k] = (_bc_interval(np.concatenate(v), points[k], level)
@@ -230,24 +264,21 @@ def _finite(x, r) -> float | None:
     return r(x) if np.isfinite(x) else None
 
 
-def _std_mae(err: np.ndarray, grp: np.ndarray, bins: np.ndarray, n_groups: int, n_bins: int,
+def _std_mae(w: np.ndarray, err: np.ndarray, grp: np.ndarray, bins: np.ndarray, n_groups: int, n_bins: int,
              weights: np.ndarray, use: np.ndarray | None = None) -> np.ndarray:
-    """Age-standardised MAE of each group for R resamples at once: err, grp, bins are (R, n); → (R, n_groups),
-    NaN for a group with no faces. Bins a group lacks, or that `use` (n_groups, n_bins) leaves out, are dropped and
-    the weights renormalised over the rest."""
-    r = err.shape[0]
-    ok = grp >= 0
-    rows = np.broadcast_to(np.arange(r)[:, None], err.shape)[ok]
-    flat = (rows * n_groups + grp[ok]) * n_bins + bins[ok]
-    size = r * n_groups * n_bins
-    sums = np.bincount(flat, weights=err[ok], minlength=size).reshape(r, n_groups, n_bins)
-    cnt = np.bincount(flat, minlength=size).reshape(r, n_groups, n_bins)
+    """Age-standardised MAE of each group for R resamples at once: w (R, n) how often each face is in each resample
+    (`_resample_weights`; ones for the test itself), err, grp, bins (n,); → (R, n_groups), NaN for a group with no
+    faces. Bins a group lacks, or that `use` (n_groups, n_bins) leaves out, are dropped and the weights
+    renormalised over the rest."""
+    cell = np.where(grp >= 0, grp * n_bins + bins, -1)
+    sums, cnt = _group_sums(w, err, cell, n_groups * n_bins)
+    sums, cnt = sums.reshape(-1, n_groups, n_bins), cnt.reshape(-1, n_groups, n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         per = np.where(cnt > 0, sums / np.maximum(cnt, 1), 0.0)
-        w = weights[None, None, :] * (cnt > 0)
+        wt = weights[None, None, :] * (cnt > 0)
         if use is not None:
-            w = w * use[None]
-        return np.where(w.sum(2) > 0, (per * w).sum(2) / w.sum(2), np.nan)
+            wt = wt * use[None]
+        return np.where(wt.sum(2) > 0, (per * wt).sum(2) / wt.sum(2), np.nan)
 
 
 # a group lacking faces in age bins that hold more than this share of the test is not compared at equal age
@@ -290,11 +321,13 @@ def _spread_interval(boot: np.ndarray, point: np.ndarray, keep: np.ndarray, leve
 
 def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | None] | None = None,
                      races: Sequence[str | None] | None = None, n_boot: int = 1000, seed: int = 0,
-                     level: float = 0.95, min_n: int = MIN_N, min_cell: int = MIN_CELL) -> dict:
+                     level: float = 0.95, min_n: int = MIN_N, min_cell: int = MIN_CELL,
+                     clusters: Sequence[str | None] | None = None) -> dict:
     """Age-standardised MAE per gender, race and gender × race: each group's per-age-bin MAE weighted by the whole
     test's bin shares, so groups are compared at equal age (a raw per-group MAE mostly reflects the group's age mix).
     Per attribute: {"by_group": {g: {"mae", "ci95", "n"}}, "spread": max − min over groups, "spread_ci95"}, with
-    seeded bootstrap (faces resampled) bias-corrected percentile intervals per group and, for the spread,
+    seeded bootstrap (faces resampled, or whole `clusters` as in `bootstrap_ci`) bias-corrected percentile
+    intervals per group and, for the spread,
     simultaneous intervals of the pairwise differences (`_spread_interval`). A group's age bin of fewer than
     min_cell faces counts as missing, listed with its faces in "thin_bins" (min_cell 1: every face counts, the
     method before 2026-12-06). Left out of the spread, named in
@@ -311,12 +344,14 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
     r_ = list(races) if races is not None else [None] * n
     cols = {"gender": g_, "race": r_,
             "gender×race": [f"{g}|{r}" if g and r else None for g, r in zip(g_, r_)]}
+    cl = _cluster_codes(clusters, n)
     rng = np.random.default_rng(seed)
-    boot_idx = rng.integers(0, n, size=(n_boot, n)) if n_boot > 0 and n else None
+    boot_w = _resample_weights(rng, n, n_boot, cl) if n_boot > 0 else None
     out: dict = {"method": "per-bin MAE weighted by the test's age-bin shares; bootstrap, bias-corrected percentile "
                            "per group; for the spread, simultaneous (bootstrap max-|t|) intervals of the pairwise differences",
                  "bin_shares": {b: round(float(w), 4) for b, w in zip(bin_names, weights)}, "min_cell": min_cell,
-                 "n_boot": n_boot, "seed": seed}
+                 "n_boot": n_boot, "seed": seed,
+                 "resampled": "faces" if cl is None else f"clusters ({int(cl.max()) + 1} for {n} faces)"}
     for attr, labels in cols.items():
         codes, names = _codes(labels)
         if not names:
@@ -340,13 +375,13 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
                 reasons[name] = (f"{', '.join(lacks)} ({missing_share[j]:.1%} of the test{thin_note}): "
                                  "not comparable at equal age")
         keep = np.array([nm not in reasons for nm in names], bool)
-        point = _std_mae(err[None], codes[None], bin_codes[None], len(names), len(bin_names), weights, use)[0]
+        point = _std_mae(np.ones((1, n)), err, codes, bin_codes, len(names), len(bin_names), weights, use)[0]
         spread = float(np.nanmax(point[keep]) - np.nanmin(point[keep])) if keep.sum() >= 2 else None
         groups = {}
         boot = None
-        if boot_idx is not None:
-            boot = np.concatenate([_std_mae(err[ix], codes[ix], bin_codes[ix], len(names), len(bin_names), weights,
-                                            use) for ix in np.array_split(boot_idx, max(1, n_boot // 100))])
+        if boot_w is not None:
+            boot = np.concatenate([_std_mae(w, err, codes, bin_codes, len(names), len(bin_names), weights, use)
+                                   for w in np.array_split(boot_w, max(1, n_boot // 100))])
         for j, name in enumerate(names):
             # a few faces resample to themselves: no interval under min_n (as bootstrap_ci)
             ci = _bc_interval(boot[:, j], float(point[j]), level) if boot is not None and counts[j] >= max(min_n, 2) else None

@@ -20,15 +20,16 @@ BOOTSTRAP = 1000  # resamples for the 95 % intervals in every metrics.json
 
 
 def add_fairness(metrics: dict, pred: np.ndarray, true: np.ndarray, genders: list, races: list,
-                 bootstrap: int = BOOTSTRAP, seed: int = 0, groups: bool = True) -> dict:
+                 bootstrap: int = BOOTSTRAP, seed: int = 0, groups: bool = True, clusters: list | None = None) -> dict:
     """metrics["ci95"] (seeded bootstrap intervals, bootstrap > 0) and metrics["groups"] (fairlearn MetricFrame
-    report, groups=True)."""
+    report, groups=True). clusters: the records' groups (duplicate groups, persons), resampled whole."""
     if bootstrap > 0:
-        metrics["ci95"] = bootstrap_ci(pred, true, genders, races, n_boot=bootstrap, seed=seed)
+        metrics["ci95"] = bootstrap_ci(pred, true, genders, races, n_boot=bootstrap, seed=seed, clusters=clusters)
     if groups:
         metrics["groups"] = group_report(pred, true, genders, races)
         if any(genders) or any(races):  # equal error at equal age (issue 18): age-standardised MAE per group
-            metrics["standardised"] = standardised_mae(pred, true, genders, races, n_boot=bootstrap, seed=seed)
+            metrics["standardised"] = standardised_mae(pred, true, genders, races, n_boot=bootstrap, seed=seed,
+                                                       clusters=clusters)
     return metrics
 
 
@@ -79,7 +80,7 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
     true = cache.ages[idx]
     genders, races = [r.gender for r in recs], [r.race for r in recs]
     metrics = compute_metrics(pred, true, genders, races)
-    add_fairness(metrics, pred, true, genders, races, bootstrap)
+    add_fairness(metrics, pred, true, genders, races, bootstrap, clusters=[r.group for r in recs])
     metrics["failed"] = len(cache.failed)
     kinds = None
     if occlusion is not None:  # the occluder each face got in predict_cache, per type
@@ -187,7 +188,7 @@ def evaluate_estimator(est, cache: FaceCache, out_dir: str | Path | None, occlus
         adapted["mae_unadapted"] = round(float(np.abs(unadapted - np.asarray(true)).mean()), 4) if n else None
     genders, races = [r.gender for r in recs], [r.race for r in recs]
     metrics = compute_metrics(pred, true, genders, races)
-    add_fairness(metrics, pred, true, genders, races, bootstrap, groups=groups)
+    add_fairness(metrics, pred, true, genders, races, bootstrap, groups=groups, clusters=[r.group for r in recs])
     if knn_info is not None:
         metrics["knn"] = knn_info
     kinds_a, models_a = np.array(kinds), np.array(models)
