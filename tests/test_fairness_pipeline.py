@@ -8,9 +8,9 @@ import pytest
 from agelens.config import load_config
 from agelens.errors import CheckpointError, ConfigError
 from agelens.evaluate.metrics import MIN_N
+from agelens.evaluate.prepared import evaluate_prepared_cache
 from agelens.fairness.cv import format_cv, run_cv
-from agelens.fairness.evaluate import build_index_file, evaluate_prepared_cache
-from agelens.fairness.knn import KnnIndex
+from agelens.fairness.knn import KnnIndex, build_index_file
 from agelens.fairness.report import build_report
 from agelens.models.checkpoint import load_checkpoint
 from agelens.train.run import train_and_test

@@ -113,6 +113,25 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" → ".join(c) for c in cycles)
 
 
+# the inference path and what it stands on; evaluation sits above it, training and fairness above that
+INFERENCE = ("agelens.inference", "agelens.faces", "agelens.models", "agelens.serve", "agelens.export",
+             "agelens.imageio", "agelens.numerics", "agelens.utils", "agelens.errors")
+ABOVE_INFERENCE = ("agelens.train", "agelens.fairness", "agelens.occlusion.synth", "agelens.occlusion.families",
+                   "agelens.occlusion.paper", "agelens.occlusion.tool", "agelens.data.dataset", "agelens.evaluate",
+                   "agelens.cli")
+
+
+def test_layers_import_only_downwards():
+    """Statically, deferred imports included: the inference path imports nothing of evaluation, training, fairness
+    or the occluder synthesizer, and evaluation nothing of training or fairness (before: evaluate.calibrate took
+    its model loading from fairness.evaluate, and evaluate.runner the model fingerprint from fairness.knn)."""
+    files = {_module_name(p): p for p in PKG.rglob("*.py")}
+    rules = [(INFERENCE, ABOVE_INFERENCE), (("agelens.evaluate",), ("agelens.train", "agelens.fairness", "agelens.cli"))]
+    bad = sorted(f"{m} imports {d}" for low, high in rules for m, p in files.items() if m.startswith(low)
+                 for d in _imports(p) if d in files and d.startswith(high))
+    assert not bad, bad
+
+
 def test_predicting_loads_no_training_code(astronaut_path):
     code = f"""
 import sys

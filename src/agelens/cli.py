@@ -293,7 +293,7 @@ def evaluate(output: Annotated[Path, typer.Option("--output", "-o", help="folder
                            "--part), not both")
     knn_index = KnnIndex.load(knn) if knn is not None else None
     if from_cache:
-        from .fairness.evaluate import evaluate_prepared_cache
+        from .evaluate.prepared import evaluate_prepared_cache
 
         m = evaluate_prepared_cache(model, config, part, output, tta=tta, occlusion=occ, seed=seed, knn=knn_index,
                                     embeddings=save_embeddings, bootstrap=bootstrap, progress=not quiet,
@@ -950,8 +950,7 @@ def index(model: Annotated[str, typer.Argument(help="run folder, .pt checkpoint,
                                                   "of tuned")] = None,
           quiet: Annotated[bool, typer.Option(help="no progress output")] = False) -> None:
     """Build the KNN-refinement index (faiss) of a model's training embeddings; k, w tuned on validation."""
-    from .fairness.evaluate import build_index_file
-    from .fairness.knn import K_GRID, W_GRID
+    from .fairness.knn import K_GRID, W_GRID, build_index_file
 
     if (k is not None and k < 1) or (w is not None and not 0 <= w <= 1):
         raise AgelensError(f"--k must be >= 1 and --w in [0, 1], got --k {k} --w {w}")

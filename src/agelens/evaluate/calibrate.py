@@ -80,9 +80,9 @@ def calibrate_model(model_spec: str, config: str, part: str = "val", occluded: b
     clean faces, or with occluded=True every face given a seeded synthetic occluder (the student's faces).
     Returns the calibration record (z, level, coverage on the calibration faces, per dataset)."""
     from ..config import load_config
-    from ..fairness.evaluate import _numerics, load_model_config, open_part
     from ..occlusion.synth import PAPER_MIX, OcclusionMix
     from .predict import predict_cache
+    from .prepared import eval_numerics, load_model_config, open_part
 
     model, cfg, _ = load_model_config(model_spec, config)
     crop, size = cfg.data.crop_size, cfg.data.input_size  # the model's own view, whatever the data config says
@@ -91,7 +91,7 @@ def calibrate_model(model_spec: str, config: str, part: str = "val", occluded: b
     for data in [cfg.data, *load_config(config).extra_data]:
         cfg.data = dataclasses.replace(data, crop_size=crop, input_size=size)
         cache = open_part(cfg, part)
-        p, s, _ = predict_cache(model, cache, cfg, _numerics(), progress=progress, occlusion=occ, seed=seed + 1)
+        p, s, _ = predict_cache(model, cache, cfg, eval_numerics(), progress=progress, occlusion=occ, seed=seed + 1)
         parts[data.dataset] = (p, cache.ages, s)
     return _record(parts, level, float(cfg.model.min_age), float(cfg.model.max_age), part=part, occluded=occluded,
                    config=str(config))

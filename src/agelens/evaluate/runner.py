@@ -49,7 +49,7 @@ def apply_knn(knn, fingerprint: str, pred: np.ndarray, emb: np.ndarray, what: st
 
 def teacher_fingerprint(est) -> str:
     """The fingerprint a KNN index must carry to refine this estimator's teacher (checked before any face is read)."""
-    from ..fairness.knn import model_fingerprint
+    from ..models.weights import model_fingerprint
 
     t = est.teacher
     return model_fingerprint(t.model, t.crop_size, t.input_size)
@@ -64,7 +64,7 @@ def evaluate_cache(model: AgeModel, cache: FaceCache, cfg: RunConfig, numerics: 
     from ..evaluate.predict import predict_cache
 
     if knn is not None:  # an index of another model is refused before the prediction pass, not after it
-        from ..fairness.knn import model_fingerprint
+        from ..models.weights import model_fingerprint
 
         fingerprint = model_fingerprint(model, cfg.data.crop_size, cfg.data.input_size)
         knn.check(fingerprint, "the evaluated model")

@@ -5,33 +5,20 @@ together with a fingerprint of the model, so an index is never applied to a mode
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import CheckpointError, DataError
+from ..models.weights import model_fingerprint
 from ..utils import atomic_write_npz
 
 K_GRID = (1, 3, 5, 10, 20, 50)
 W_GRID = tuple(round(x, 2) for x in np.linspace(0, 1, 11))
 FORMAT = "agelens-knn-1"
-
-
-def model_fingerprint(model: torch.nn.Module, crop_size: int, input_size: int) -> str:
-    """sha256 (16 hex) of the model's weights rounded to fp16 (so a .pt run and its exported fp16 weights agree)
-    and the crop geometry the embeddings were computed with."""
-    h = hashlib.sha256(f"{crop_size}|{input_size}".encode())
-    for k, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu()
-        t = t.half() if t.is_floating_point() else t
-        h.update(k.encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -170,4 +157,20 @@ def build_index(model, cfg, train_cache, val_cache, numerics, *, model_name: str
     how = "tuned on" if len(ks) > 1 or len(ws) > 1 else "given; measured on"
     log(f"KNN index: {n_tr} training faces, {how} {n_va} validation faces → k={idx.k}, w={idx.w} "
         f"(val MAE {before:.3f} → {after:.3f})")
+    return idx
+
+
+def build_index_file(model_spec: str, output: str | Path, config: str | Path | None = None,
+                     overrides: list[str] | None = None, criterion: str = "mae", progress: bool = True, log=print,
+                     ks=None, ws=None):
+    """`agelens index`: embed the model's training cache, tune (k, w) on its validation cache over the grids ks, ws
+    (default knn.K_GRID, W_GRID; one value each fixes them), save atomically."""
+    from ..data.prepare import prepare_caches
+    from ..evaluate.prepared import eval_numerics, load_model_config
+
+    model, cfg, card = load_model_config(model_spec, config, overrides)
+    caches = prepare_caches(cfg.data, ("train", "val"), progress=progress)
+    idx = build_index(model, cfg, caches["train"], caches["val"], eval_numerics(), model_name=str(card.get("name", model_spec)),
+                      criterion=criterion, progress=progress, log=log, ks=ks or K_GRID, ws=ws or W_GRID)
+    idx.save(output)
     return idx

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import RunConfig, config_from_dict, config_to_dict
@@ -75,3 +77,15 @@ def resolve_model(name_or_path: str | None = None) -> tuple[AgeModel, RunConfig,
     avail = shipped_models()
     raise CheckpointError(f"model {target!r} is neither a file nor a shipped model "
                           f"(shipped: {', '.join(avail) if avail else 'none'})")
+
+
+def model_fingerprint(model: torch.nn.Module, crop_size: int, input_size: int) -> str:
+    """sha256 (16 hex) of the model's weights rounded to fp16 (so a .pt run and its exported fp16 weights agree)
+    and the crop geometry the embeddings were computed with."""
+    h = hashlib.sha256(f"{crop_size}|{input_size}".encode())
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu()
+        t = t.half() if t.is_floating_point() else t
+        h.update(k.encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

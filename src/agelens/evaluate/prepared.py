@@ -1,4 +1,5 @@
-"""Model + prepared-cache helpers behind `agelens evaluate --from-cache` and `agelens index`."""
+"""A model on prepared caches: `agelens evaluate --from-cache`, and the model and caches `agelens index` and
+`agelens calibrate` read."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from ..errors import AgelensError, DataError
 from ..numerics import Numerics
 
 
-def _numerics() -> Numerics:
+def eval_numerics() -> Numerics:
+    """CPU fp32, channels_last: what evaluation on prepared caches runs with."""
     return Numerics("cpu", "fp32", True, "evaluation default: fp32 + channels_last")
 
 
@@ -48,7 +50,7 @@ def evaluate_prepared_cache(model_spec: str | None, config: str | Path | None, p
                             bootstrap: int = 1000, progress: bool = True, extra: dict | None = None) -> dict:
     """The model alone (no detector, no routing) on cache_dir/PART, as at the end of training; `extra` goes into
     metrics.json as it is (the CLI's occlusion settings)."""
-    from ..evaluate.runner import evaluate_cache
+    from .runner import evaluate_cache
 
     model, cfg, card = load_model_config(model_spec, config)
     cache = open_part(cfg, part)
@@ -56,21 +58,5 @@ def evaluate_prepared_cache(model_spec: str | None, config: str | Path | None, p
     extra = {"model": str(card.get("name", model_spec)),
              "model_path": str(spec.resolve()) if spec.exists() else str(model_spec), "cache": str(cache.path.resolve()),
              "part": part, "detect": False, "tta_flip": tta, **(extra or {})}
-    return evaluate_cache(model, cache, cfg, _numerics(), output, tta_flip=tta, progress=progress, extra=extra,
+    return evaluate_cache(model, cache, cfg, eval_numerics(), output, tta_flip=tta, progress=progress, extra=extra,
                           occlusion=occlusion, seed=seed, knn=knn, embeddings=embeddings, bootstrap=bootstrap)
-
-
-def build_index_file(model_spec: str, output: str | Path, config: str | Path | None = None,
-                     overrides: list[str] | None = None, criterion: str = "mae", progress: bool = True, log=print,
-                     ks=None, ws=None):
-    """`agelens index`: embed the model's training cache, tune (k, w) on its validation cache over the grids ks, ws
-    (default knn.K_GRID, W_GRID; one value each fixes them), save atomically."""
-    from ..data.prepare import prepare_caches
-    from .knn import K_GRID, W_GRID, build_index
-
-    model, cfg, card = load_model_config(model_spec, config, overrides)
-    caches = prepare_caches(cfg.data, ("train", "val"), progress=progress)
-    idx = build_index(model, cfg, caches["train"], caches["val"], _numerics(), model_name=str(card.get("name", model_spec)),
-                      criterion=criterion, progress=progress, log=log, ks=ks or K_GRID, ws=ws or W_GRID)
-    idx.save(output)
-    return idx
