@@ -425,3 +425,56 @@ def test_faces_come_largest_first(est):
          "student_weight": np.zeros(3)}
     preds = est.predictions(faces, r, {})
     assert [p.age for p in preds] == [30.0, 60.0, 5.0] and preds[0].box == boxes[1]
+
+
+def test_a_process_forked_after_the_face_graphs_started_says_so_instead_of_hanging():
+    """A fork-started pool (Linux's default before Python 3.14) after the parent had run mediapipe's FaceMesh graph
+    hung in the inherited graph, or aborted building a new one; now the child raises, naming spawn."""
+    import subprocess
+    import sys
+
+    code = """
+import os, sys, time
+import numpy as np
+from agelens.errors import AgelensError
+from agelens.faces.detect import FaceAnalyzer
+fa = FaceAnalyzer(fast=False)
+fa.mesh(np.zeros((96, 96, 3), np.uint8))  # the graph starts in this process
+pid = os.fork()
+if pid == 0:
+    said = 0
+    for analyzer in (fa, FaceAnalyzer(fast=False)):  # the inherited graph, then a new one
+        try:
+            analyzer.mesh(np.zeros((96, 96, 3), np.uint8))
+        except AgelensError as e:
+            said += "spawn" in str(e)
+    code = 3 if said == 2 else 4
+    os._exit(code)
+for _ in range(300):
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.1)
+os.kill(pid, 9)
+sys.exit(9)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, (out.returncode, out.stderr[-1500:])  # 9: the child hung, as before
+
+
+def test_every_public_step_takes_turns(est, astronaut):
+    """faces_of / analyse_faces / analyse_crops take the estimator's lock as predict does (before: four threads
+    calling faces_of changed 67-74 of 80 answers, LiteRT and mediapipe errors and silent wrong boxes)."""
+    import threading
+
+    rgb = astronaut
+    faces = est.faces_of(rgb)
+    for call in (lambda: est.faces_of(rgb), lambda: est.analyse_faces(faces), lambda: est.analyse_crops(
+            np.stack([f[2] for f in faces]))):
+        done = threading.Event()
+        with est._lock:  # another caller holds the estimator
+            t = threading.Thread(target=lambda c=call, d=done: (c(), d.set()))
+            t.start()
+            assert not done.wait(0.5)  # waits its turn
+        t.join(60)
+        assert done.is_set()

@@ -104,6 +104,8 @@ def test_predict_many_names_images_in_memory_as_the_wrong_input():
     for bad in (rgb, rgb.tobytes(), Image.fromarray(rgb), (a for a in [rgb]), [Path("a.jpg"), 3]):
         with pytest.raises(TypeError, match="predict_many reads image files"):
             job_files(bad)
+    with pytest.raises(TypeError, match="got an item of type NoneType"):  # before: os.fspath's own TypeError
+        job_files(["a.jpg", None])
     assert job_files([Path("a.jpg"), "b.jpg"]) == ["a.jpg", "b.jpg"]
 
 

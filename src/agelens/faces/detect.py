@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..errors import ImageError
+from ..errors import AgelensError, ImageError
 from .align import align_face, keypoints_from_mesh
 from .blazeface import MODELS, BlazeFace
 from .mesh import LandmarkModel, template_keypoints
@@ -42,6 +42,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 _DRAWING = ("drawing_utils", "drawing_styles")
+
+
+# the process that started mediapipe's face graphs (FaceMesh, FaceDetection): a process forked from it inherits
+# their threads' locks but not the threads, and a graph then hangs (an inherited one) or aborts (a new one)
+_GRAPH_PID: int | None = None
+
+
+def _graphs_usable_here() -> None:
+    """Raise AgelensError in a process forked after mediapipe's graphs started (before: it hung, or died)."""
+    if _GRAPH_PID is not None and os.getpid() != _GRAPH_PID:
+        raise AgelensError(
+            f"mediapipe's face graphs were started in process {_GRAPH_PID} before it forked this one, and cannot "
+            "run in a forked process (they hang or abort): start worker processes with the 'spawn' or 'forkserver' "
+            "method (multiprocessing.get_context('spawn').Pool(...)), or let agelens run them "
+            "(est.predict_many(files, workers=N), `agelens predict --workers N`)")
 
 
 def mediapipe_solutions():  # noqa: ANN201 - mediapipe has no stubs
@@ -375,6 +390,9 @@ class FaceAnalyzer:
         self._det: dict[int, object] = {}
 
     def _mp(self):  # noqa: ANN202 - mediapipe has no stubs
+        _graphs_usable_here()
+        global _GRAPH_PID
+        _GRAPH_PID = os.getpid()
         return mediapipe_solutions()
 
     def mesh(self, rgb: np.ndarray) -> np.ndarray | None:
@@ -384,6 +402,7 @@ class FaceAnalyzer:
                 self._mesh = self._mp().face_mesh.FaceMesh(
                     static_image_mode=True, max_num_faces=1, refine_landmarks=True,
                     min_detection_confidence=self.mesh_confidence)
+        _graphs_usable_here()
         try:
             if self._mesh_quiet:  # the mesh graph logs a projection warning on its first face, once
                 with _quiet_native_stderr():
@@ -414,6 +433,7 @@ class FaceAnalyzer:
                 self._det[model] = self._mp().face_detection.FaceDetection(
                     model_selection=model, min_detection_confidence=self.min_confidence)
                 self._det[model].process(np.zeros((64, 64, 3), np.uint8))
+        _graphs_usable_here()
         res = self._det[model].process(np.ascontiguousarray(rgb))
         h, w = rgb.shape[:2]
         out = []

@@ -93,8 +93,10 @@ def job_files(source, skip=()) -> list[str]:
         if not isinstance(source, bytes | bytearray | memoryview) and not _pixels(source):
             with contextlib.suppress(TypeError):  # not iterable: a Pillow image, a number
                 paths = list(source)
-        bad = source if paths is None else next((p for p in paths if not isinstance(p, str | os.PathLike)), None)
-        if paths is None or bad is not None:
+        # an item that is no path (a None among them too: before, None read as "nothing wrong" and failed later)
+        wrong = [] if paths is None else [p for p in paths if not isinstance(p, str | os.PathLike)][:1]
+        bad = source if paths is None else (wrong[0] if wrong else None)
+        if paths is None or wrong:
             raise TypeError("predict_many reads image files, folders or globs (or a list or iterator of them), got "
                             f"{'an item of type ' if paths is not None else ''}{type(bad).__name__}; for an image "
                             "in memory use predict(image)")

@@ -208,13 +208,26 @@ def as_rgb(image, channels: str = "rgb") -> tuple[np.ndarray, float]:
     return check_rgb(rgb), scale
 
 
+def _takes_turns(method):
+    """The estimator's method, run under its lock: threads sharing one estimator take turns (mediapipe's graphs
+    and LiteRT's interpreters answer one call at a time; before, only predict and predict_many took the lock)."""
+    import functools
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class AgeEstimator:
     """Load once, call `predict(image)` many times.
 
     Routing (paper 1, Fig. 2): the occlusion detector scores every face; with route="auto" clean faces go to the
     teacher, occluded ones to the student, and faces scored between (`SOFT_BAND`) get the two ages blended by the
     score (`soft_weight`); "teacher"/"student" force one model. Every answer names its model.
-    Threads may share one estimator: their calls take turns (build one per thread to run them at once).
+    Threads may share one estimator: their calls (predict, predict_many, faces_of, analyse_faces, analyse_crops,
+    trunk) take turns (build one per thread to run them at once).
     The models are AgeBackends (inference.backends: torch or onnxruntime), the detector and the face verifier
     CropClassifiers; build one with `from_pretrained`, `from_onnx` or, for torch models in memory, `from_model`.
     """
@@ -463,6 +476,7 @@ class AgeEstimator:
 
     MEMO_SIZE = MEMO_SIZE  # crops whose teacher pass is kept (the faces of the last few images)
 
+    @_takes_turns
     def trunk(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The teacher's (age, spread, guard probabilities (N, 2)) for aligned crops, from one pass per distinct
         crop: the face verifier, the occlusion flag and the age of the same crop share it. Needs a teacher with
@@ -525,6 +539,7 @@ class AgeEstimator:
         return self.analyse_crops(np.stack([f[2] for f in faces]), sources=[face_source(f) for f in faces],
                                   **kwargs)
 
+    @_takes_turns
     def analyse_crops(self, crops: np.ndarray, embeddings: bool = False, all_faces: bool = True,
                       sources: list | None = None) -> dict[str, np.ndarray]:
         """Aligned cache_size crops (N, S, S, 3) uint8 → age, spread, occlusion_score (NaN without a detector),
@@ -580,6 +595,7 @@ class AgeEstimator:
                 out["embedding"][sel] = emb
         return out
 
+    @_takes_turns
     def faces_of(self, rgb: np.ndarray, detect: bool = True) -> list[tuple]:
         """(box, score, aligned crop, landmarks_found, detection, source) per face (`find_and_align`); raises
         NoFaceError when there is none."""
