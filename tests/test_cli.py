@@ -62,6 +62,8 @@ def test_predict_json_contract_and_per_file_errors(tmp_path, tiny_checkpoint, as
                 "--model", tiny_checkpoint, "--format", "json", "--save-annotated", tmp_path / "ann")
     _no_traceback(r)
     assert r.returncode == 1 and "3 of 4 file(s) failed" in r.stderr
+    # the failed files are named with their reasons (before: the count alone, -q or not)
+    assert f"\n  {tmp_path / 'missing.jpg'}: file not found" in r.stderr and "junk.jpg: not a recognised" in r.stderr
     out = json.loads(r.stdout)
     assert [o["file"] for o in out] == [astronaut_path, str(tmp_path / "junk.jpg"), str(tmp_path / "blank.png"),
                                         str(tmp_path / "missing.jpg")]

@@ -484,6 +484,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
              + (f"; {len(sink.retried)} failed before and {'is' if len(sink.retried) == 1 else 'are'} tried again"
                 if sink.retried else ""))
     results, failed, n_faces, started = [], 0, 0, time.monotonic()
+    first_failed: list[str] = []  # named in the closing line, -q or not (before: a count alone)
     if engine == "ray":
         stream = _ray_stream(todo, est, detect, workers, batch_size, address, gpus_per_worker)
     else:
@@ -507,6 +508,9 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
     try:
         for k, (r, rgb) in enumerate(stream):
             failed += r["error"] is not None
+            if r["error"] is not None and len(first_failed) < SHOWN_FAILURES:
+                first_failed.append(r["error"] if str(r["error"]).startswith(str(r["file"])) else
+                                    f"{r['file']}: {r['error']}")
             n_faces += len(r["faces"] or [])
             if sink is not None:
                 sink.write(r)
@@ -545,8 +549,14 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
     if failed or failed_before:  # a resumed job's earlier failures too: the same command, the same exit status
         msg = f"{failed + failed_before} of {len(files) if failed_before else len(todo)} file(s) failed"
         _err(msg + (f" ({failed_before} in an earlier run: --resume --retry-failed answers them again)"
-                    if failed_before else ""))
+                    if failed_before else "")
+             + "".join(f"\n  {f}" for f in first_failed)
+             + (f"\n  ... and {failed - len(first_failed)} more (each record's error says why)"
+                if failed > len(first_failed) else ""))
         raise typer.Exit(1)
+
+
+SHOWN_FAILURES = 5  # failed files named on stderr at the end of a job
 
 
 def _listed(files_from: str | None, paths: list[str]) -> list[str]:
