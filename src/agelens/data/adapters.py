@@ -123,7 +123,9 @@ def _csv_table(p: Path, required: set[str], what: str) -> tuple[list[str], list[
     with p.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
-            raise DataError(f"{p}: {what} is empty (no header row; need columns {sorted(required)})")
+            need = (f"need columns {sorted(required)}" if required else
+                    "it needs one naming at least the path and age columns")
+            raise DataError(f"{p}: {what} is empty (no header row; {need})")
         cols = set(reader.fieldnames)
         if not required <= cols:
             raise DataError(f"{p}: {what} missing required column(s) {sorted(required - cols)}; have {sorted(cols)}")
