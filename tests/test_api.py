@@ -478,3 +478,31 @@ def test_every_public_step_takes_turns(est, astronaut):
             assert not done.wait(0.5)  # waits its turn
         t.join(60)
         assert done.is_set()
+
+
+def test_an_endless_source_streams(est, tmp_path, monkeypatch):
+    """predict_many read an iterator to its end before the first record: an endless one (a queue, a watched
+    folder) filled memory and answered nothing; it is read a window at a time."""
+    import itertools
+
+    from PIL import Image
+    from skimage import data
+
+    import agelens.inference.inputs as inputs
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "a.jpg")
+    monkeypatch.setattr(inputs, "WINDOW", 2, raising=False)
+    seen = []
+
+    def endless():  # long rather than endless: the code before read all of it, then answered
+        for i in range(20000):
+            seen.append(i)
+            yield tmp_path / "a.jpg"
+
+    records = list(itertools.islice(est.predict_many(endless()), 3))
+    # each window of 2 names one file twice, answered once: 3 records from 3 windows
+    assert [len(r["faces"]) for r in records] == [1, 1, 1] and len(seen) <= 6
+    # the module-level engine too, and a list still answered whole
+    records = list(itertools.islice(agelens.predict_many(endless(), estimator=est), 3))
+    assert len(records) == 3 and all(r["error"] is None for r in records)
+    assert len(list(est.predict_many([tmp_path / "a.jpg"] * 3))) == 1  # one file named thrice: answered once

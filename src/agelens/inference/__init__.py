@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
@@ -30,20 +31,25 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
     either engine; the Ray engine rebuilds it in every actor, so it must come from `from_pretrained` or
     `from_onnx`."""
     from ..parallel import start_workers_early
-    from .inputs import job_files
+    from .inputs import job_windows
 
     if engine not in ENGINES:
         raise AgelensError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    files = job_files(source, skip)  # expanded once, before the models load
+    # expanded before the models load: the whole source, or an iterator's first window (the local engine reads
+    # an iterator `inputs.WINDOW` items at a time, so an endless one streams)
+    windows = job_windows(source, skip)
+    files = next(windows, []) if engine == "local" else [f for w in windows for f in w]
     if engine == "local" and workers:
         start_workers_early()  # their forkserver imports the pipeline while this process loads the models
     from .predictor import AgeEstimator
     from .stream import predict_stream
 
     est = estimator or AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=log)
-    if engine == "local":  # as `AgeEstimator.predict_many`, on the files expanded above
-        for r, _ in predict_stream(est, files, detect, workers or 0, batch_size):
-            yield r
+    if engine == "local":  # as `AgeEstimator.predict_many`, on the files expanded above, then the next windows
+        for window in itertools.chain([files], windows):
+            if window:  # empty where every file of the window was skipped (resume)
+                for r, _ in predict_stream(est, window, detect, workers or 0, batch_size):
+                    yield r
         return
     from .ray_engine import ray_predict, ray_session
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +103,23 @@ def job_files(source, skip=()) -> list[str]:
                             "in memory use predict(image)")
         paths = [os.fspath(p) for p in paths]
     return not_done(expand_inputs(paths), skip)
+
+
+WINDOW = 1024  # items of an iterator expanded and answered at a time (predict_many)
+
+
+def job_windows(source, skip=(), window: int | None = None):
+    """`job_files` of `source` in windows: a path, or a list or other sized collection, at once; an iterator
+    `window` items at a time, each window expanded and answered before the next is read, so that an endless or
+    slow source (a queue, a watched folder) streams records (before: read to its end first). A file named in two
+    windows is answered in each."""
+    if (isinstance(source, str | os.PathLike | bytes | bytearray | memoryview) or hasattr(source, "__len__")
+            or _pixels(source) or not hasattr(source, "__iter__")):
+        yield job_files(source, skip)
+        return
+    items = iter(source)
+    while chunk := list(itertools.islice(items, window or WINDOW)):
+        yield job_files(chunk, skip)
 
 
 def _pixels(source) -> bool:

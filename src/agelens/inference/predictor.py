@@ -699,19 +699,21 @@ class AgeEstimator:
         streamed in input order, the faces of consecutive files batched through the models; `faces` are
         `FacePrediction.to_dict()` records. workers > 0 runs that many processes, each the whole pipeline (a script
         then needs Python's `if __name__ == "__main__":` guard). `est.adapt(records)` adapts a finished job to its
-        own age mix, as `agelens predict` does; `agelens.predict_many` adds the Ray engine. An iterator is read to
-        its end first (its items are expanded into files before the first record)."""
+        own age mix, as `agelens predict` does; `agelens.predict_many` adds the Ray engine. An iterator is read
+        `inputs.WINDOW` items at a time (`inputs.job_windows`), so an endless one streams."""
         from ..parallel import start_workers_early
-        from .inputs import job_files
+        from .inputs import job_windows
         from .stream import predict_stream
 
-        files = job_files(source, skip)
-        if workers:
-            start_workers_early()
-        it = predict_stream(self, files, detect, workers, batch_size)
-        while True:  # the estimator is held while a record is made, not while the caller has it
-            with self._lock:
-                nxt = next(it, None)
-            if nxt is None:
-                return
-            yield nxt[0]
+        for files in job_windows(source, skip):
+            if not files:  # every file of the window skipped (resume)
+                continue
+            if workers:
+                start_workers_early()
+            it = predict_stream(self, files, detect, workers, batch_size)
+            while True:  # the estimator is held while a record is made, not while the caller has it
+                with self._lock:
+                    nxt = next(it, None)
+                if nxt is None:
+                    break
+                yield nxt[0]
