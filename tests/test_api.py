@@ -506,3 +506,26 @@ def test_an_endless_source_streams(est, tmp_path, monkeypatch):
     records = list(itertools.islice(agelens.predict_many(endless(), estimator=est), 3))
     assert len(records) == 3 and all(r["error"] is None for r in records)
     assert len(list(est.predict_many([tmp_path / "a.jpg"] * 3))) == 1  # one file named thrice: answered once
+
+
+def test_the_module_predict_many_takes_the_estimators_turn(est, tmp_path, monkeypatch):
+    """agelens.predict_many(estimator=est) holds est's lock while it finds faces and makes a record, as
+    est.predict_many does (before: faces were found without it, and threads sharing est got LiteRT errors and
+    missing faces)."""
+    from PIL import Image
+    from skimage import data
+
+    import agelens.inference.stream as stream
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "a.jpg")
+    held, find = [], stream._find_chunk
+
+    def watched(e, *args, **kwargs):
+        held.append(e._lock._is_owned())
+        return find(e, *args, **kwargs)
+
+    monkeypatch.setattr(stream, "_find_chunk", watched)
+    records = list(agelens.predict_many([tmp_path / "a.jpg"], estimator=est))
+    assert len(records[0]["faces"]) == 1 and held == [True]
+    held.clear()
+    assert len(list(est.predict_many([tmp_path / "a.jpg"]))) == 1 and held == [True]

@@ -175,6 +175,18 @@ def test_naming_the_shipped_models_keeps_the_default_backend(onnx_dir):
     assert AgeEstimator.from_pretrained("teacher", backend="onnx").backend == "onnx-fp32"
 
 
+def test_a_run_folder_named_like_a_shipped_model_is_the_users(tmp_path, monkeypatch):
+    """./teacher (a user's run folder) is read first by resolve_model: it is a model of the user's, so the ONNX
+    backend refuses it and auto picks torch, rather than running the shipped export in its place."""
+    from agelens import AgeEstimator
+    from agelens.errors import AgelensError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher").mkdir()
+    with pytest.raises(AgelensError, match="the ONNX backend runs the shipped models"):
+        AgeEstimator.from_pretrained("teacher", backend="onnx")
+
+
 def test_no_tta_runs_the_single_view_graphs(onnx_dir, astronaut_path):
     """--no-tta runs the exported single-view graphs (half the work), as torch does without TTA."""
     from agelens import AgeEstimator

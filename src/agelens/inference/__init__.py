@@ -31,14 +31,17 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
     either engine; the Ray engine rebuilds it in every actor, so it must come from `from_pretrained` or
     `from_onnx`."""
     from ..parallel import start_workers_early
-    from .inputs import job_windows
+    from .inputs import job_files, job_windows
 
     if engine not in ENGINES:
         raise AgelensError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     # expanded before the models load: the whole source, or an iterator's first window (the local engine reads
     # an iterator `inputs.WINDOW` items at a time, so an endless one streams)
-    windows = job_windows(source, skip)
-    files = next(windows, []) if engine == "local" else [f for w in windows for f in w]
+    if engine == "local":
+        windows = job_windows(source, skip)
+        files = next(windows, [])
+    else:
+        files = job_files(source, skip)
     if engine == "local" and workers:
         start_workers_early()  # their forkserver imports the pipeline while this process loads the models
     from .predictor import AgeEstimator
@@ -48,8 +51,13 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
     if engine == "local":  # as `AgeEstimator.predict_many`, on the files expanded above, then the next windows
         for window in itertools.chain([files], windows):
             if window:  # empty where every file of the window was skipped (resume)
-                for r, _ in predict_stream(est, window, detect, workers or 0, batch_size):
-                    yield r
+                it = predict_stream(est, window, detect, workers or 0, batch_size)
+                while True:  # the estimator is held while a record is made, as AgeEstimator.predict_many does
+                    with est._lock:
+                        nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    yield nxt[0]
         return
     from .ray_engine import ray_predict, ray_session
 

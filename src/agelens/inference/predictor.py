@@ -361,8 +361,10 @@ class AgeEstimator:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise AgelensError(f"threads must be a whole number of 1 or more (None: all cores), got {threads!r}")
         auto = backend == "auto"
+        # models other than the shipped ones: a shipped name is the shipped model unless a path of that name exists
+        # (resolve_model reads the path first: a run folder ./teacher is the user's)
         given = [n for n, shipped_name in ((name_or_path, "teacher"), (student, "student"), (detector, "occlusion"))
-                 if n is not None and n != shipped_name]  # models other than the shipped ones
+                 if n is not None and (n != shipped_name or Path(n).exists())]
         if onnx_dir is not None and given:  # before: the export's models ran, and these were silently not used
             raise AgelensError(f"onnx_dir runs the models of that export: {', '.join(map(str, given))} cannot run "
                                "from it; export them with `agelens export onnx --teacher/--student/--detector ... "
