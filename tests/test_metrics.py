@@ -225,3 +225,24 @@ def test_copies_of_one_photo_are_resampled_together():
     # labels no two faces share (or none): faces resampled, the same seeded draws as without clusters
     assert bootstrap_ci(pred, ages, gender, None, n_boot=100, clusters=[None] * 400) == bootstrap_ci(
         pred, ages, gender, None, n_boot=100)
+
+
+def test_a_few_clusters_get_no_interval_however_many_faces():
+    """60 faces of one person resample to that person alone: an interval of no width (before), not an interval."""
+    from agelens.evaluate.metrics import bootstrap_ci, standardised_mae
+
+    rng = np.random.default_rng(6)
+    ages = rng.uniform(1, 80, 120)
+    pred = ages + rng.normal(0, 4, 120)
+    gender = ["m"] * 60 + ["f"] * 60
+    person = ["p0"] * 60 + [f"q{i}" for i in range(60)]  # the men: one person; the women: 60
+    ci = bootstrap_ci(pred, ages, gender, None, n_boot=100, clusters=person)
+    assert ci["per_gender"]["m"] is None and ci["per_gender"]["f"] is not None and ci["mae"] is not None
+    assert bootstrap_ci(pred[:60], ages[:60], n_boot=100, clusters=person[:60])["mae"] is None
+    s = standardised_mae(pred, ages, gender, None, n_boot=100, clusters=person)["gender"]
+    assert s["left_out_of_spread"] == ["m"] and "60 faces in 1 cluster (under 10)" in s["left_out_reasons"]["m"]
+    # a label 0 is a cluster like any other; None, "" and NaN are faces of their own
+    from agelens.evaluate.metrics import _cluster_codes
+
+    codes = _cluster_codes([0, 0, None, "", float("nan"), "a", "a"], 7)
+    assert codes[0] == codes[1] and codes[5] == codes[6] and len(set(codes[2:5].tolist())) == 3

@@ -121,10 +121,9 @@ def _resample_weights(rng: np.random.Generator, n: int, c: int, clusters: np.nda
     """(c, n) counts: how often each face is in each of c bootstrap resamples. clusters None: faces drawn with
     replacement; else cluster codes (n,): whole clusters drawn (as many as there are), every face of a drawn
     cluster counted as often as its cluster was drawn."""
-    rows = np.repeat(np.arange(c), n)
     if clusters is None:
         idx = rng.integers(0, n, size=(c, n))
-        return np.bincount(rows * n + idx.ravel(), minlength=c * n).reshape(c, n).astype(np.float64)
+        return np.bincount((np.arange(c)[:, None] * n + idx).ravel(), minlength=c * n).reshape(c, n).astype(np.float64)
     k = int(clusters.max()) + 1
     draws = rng.integers(0, k, size=(c, k))
     counts = np.bincount(np.repeat(np.arange(c), k) * k + draws.ravel(), minlength=c * k).reshape(c, k)
@@ -138,9 +137,19 @@ def _cluster_codes(clusters: Sequence[str | None] | None, n: int) -> np.ndarray 
         return None
     if len(clusters) != n:
         raise ValueError(f"need one cluster label per face, got {len(clusters)} for {n}")
-    labels = [f"g{g}" if g else f"f{i}" for i, g in enumerate(clusters)]
+    alone = lambda g: g is None or g == "" or (isinstance(g, float) and g != g)  # noqa: E731 - None, "", NaN
+    labels = [f"f{i}" if alone(g) else f"g{g}" for i, g in enumerate(clusters)]
     _, codes = np.unique(np.array(labels, dtype=object), return_inverse=True)
     return codes.astype(np.int64) if codes.max() + 1 < n else None
+
+
+def _units(codes: np.ndarray, cl: np.ndarray | None, k: int) -> np.ndarray:
+    """How many independent units (faces, or clusters where given) each group code 0..k-1 holds: an interval
+    resampled from a few clusters spans only their errors, however many faces they hold."""
+    ok = codes >= 0
+    if cl is None:
+        return np.bincount(codes[ok], minlength=k)
+    return np.array([len(np.unique(cl[ok][codes[ok] == j])) for j in range(k)], np.int64)
 
 
 def _group_sums(w: np.ndarray, err: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +174,7 @@ def bootstrap_ci(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | Non
     err = np.abs(pred - true)
     n = len(err)
     cl = _cluster_codes(clusters, n)
+    units = n if cl is None else int(cl.max()) + 1  # faces, or clusters
     rng = np.random.default_rng(seed)
     attrs = {"per_bin": _codes([age_bin(a) for a in true]), "per_gender": _codes(genders) if genders is not None else None,
              "per_race": _codes(races) if races is not None else None}
@@ -194,15 +204,15 @@ def bootstrap_ci(pred: np.ndarray, true: np.ndarray, genders: Sequence[str | Non
     for k, v in stats.items():
         # one age bin: no bias score, so no interval (every resample would give 0)
         out[k] = (_bc_interval(np.concatenate(v), points[k], level)
-                  if n >= max(min_n, 2) and (k != "bias_score" or len(point_bins) >= 2) else None)
+                  if units >= max(min_n, 2) and (k != "bias_score" or len(point_bins) >= 2) else None)
     point_groups = {"per_bin": point_bins,
                     "per_gender": per_group_mae(pred, true, genders) if genders is not None else {},
                     "per_race": per_group_mae(pred, true, races) if races is not None else {}}
     for key, parts in groups.items():
         m = np.concatenate(parts)
         codes, names = attrs[key]
-        counts = np.bincount(codes[codes >= 0], minlength=len(names))
-        # a group of a few faces resamples to those faces alone: an interval as narrow as their errors, not a group's
+        counts = _units(codes, cl, len(names))
+        # a group of a few faces (clusters) resamples to them alone: an interval as narrow as their errors
         out[key] = {name: _bc_interval(m[:, j], point_groups[key][name], level) if counts[j] >= max(min_n, 2) else None
                     for j, name in enumerate(names) if name in point_groups[key]}
     return out
@@ -345,8 +355,11 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
     cols = {"gender": g_, "race": r_,
             "gender×race": [f"{g}|{r}" if g and r else None for g, r in zip(g_, r_)]}
     cl = _cluster_codes(clusters, n)
-    rng = np.random.default_rng(seed)
-    boot_w = _resample_weights(rng, n, n_boot, cl) if n_boot > 0 else None
+
+    def boot_weights():  # the same seeded draws for every attribute, 100 resamples at a time (memory ~ 100·n)
+        rng = np.random.default_rng(seed)
+        for start in range(0, n_boot, 100):
+            yield _resample_weights(rng, n, min(100, n_boot - start), cl)
     out: dict = {"method": "per-bin MAE weighted by the test's age-bin shares; bootstrap, bias-corrected percentile "
                            "per group; for the spread, simultaneous (bootstrap max-|t|) intervals of the pairwise differences",
                  "bin_shares": {b: round(float(w), 4) for b, w in zip(bin_names, weights)}, "min_cell": min_cell,
@@ -358,6 +371,7 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
             continue
         ok = codes >= 0
         counts = np.bincount(codes[ok], minlength=len(names))
+        units = _units(codes, cl, len(names))
         cells = np.zeros((len(names), len(bin_names)), np.int64)
         np.add.at(cells, (codes[ok], bin_codes[ok]), 1)
         use = cells >= max(min_cell, 1)
@@ -368,6 +382,8 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
         for j, name in enumerate(names):
             if counts[j] < min_n:
                 reasons[name] = f"{counts[j]} face{'' if counts[j] == 1 else 's'} (under {min_n})"
+            elif units[j] < min_n:
+                reasons[name] = f"{counts[j]} faces in {units[j]} cluster{'' if units[j] == 1 else 's'} (under {min_n})"
             elif missing_share[j] > MISSING_SHARE:
                 lacks = [f"no faces aged {', '.join(missing[j])}"] if missing[j] else []
                 lacks += [f"{c} face{'' if c == 1 else 's'} aged {b}" for b, c in thin[j].items()]
@@ -379,12 +395,12 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
         spread = float(np.nanmax(point[keep]) - np.nanmin(point[keep])) if keep.sum() >= 2 else None
         groups = {}
         boot = None
-        if boot_w is not None:
+        if n_boot > 0:
             boot = np.concatenate([_std_mae(w, err, codes, bin_codes, len(names), len(bin_names), weights, use)
-                                   for w in np.array_split(boot_w, max(1, n_boot // 100))])
+                                   for w in boot_weights()])
         for j, name in enumerate(names):
             # a few faces resample to themselves: no interval under min_n (as bootstrap_ci)
-            ci = _bc_interval(boot[:, j], float(point[j]), level) if boot is not None and counts[j] >= max(min_n, 2) else None
+            ci = _bc_interval(boot[:, j], float(point[j]), level) if boot is not None and units[j] >= max(min_n, 2) else None
             # every bin of a group thin: no standardised value (None), and no interval
             groups[name] = {"mae": _finite(point[j], lambda x: round(float(x), 4)), "ci95": ci, "n": int(counts[j]),
                             "missing_bins": missing[j], "thin_bins": thin[j]}
