@@ -22,7 +22,7 @@ from agelens.utils import atomic_write_json
 
 def recompute(run: Path, n_boot: int, groups_csv: Path | None = None) -> dict:
     with open(run / "predictions.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if r.get("pred")]  # blank: a face evaluate could not prepare
     if not rows or not {"age", "pred", "gender", "race"} <= set(rows[0]):
         raise SystemExit(f"{run}/predictions.csv: not an `agelens evaluate` output with gender and race")
     true = np.array([float(r["age"]) for r in rows])

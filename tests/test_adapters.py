@@ -194,6 +194,15 @@ def test_labels_apart_from_root(tmp_path):
     with pytest.raises(DataError, match="the csv adapter takes no groups_csv"):
         load_dataset("csv", tmp_path / "imgs", labels=tmp_path / "lab" / "my labels.csv", groups_csv="dups.csv")
     assert load_dataset("csv", tmp_path / "imgs", labels=tmp_path / "lab" / "my labels.csv", groups_csv=None).records
+    # curate's csv_path= of a csv source is its CSV, whose image paths read from its own folder (as before)
+    from agelens.fairness.curate import CurateConfig, Source, curate
+
+    _img(tmp_path / "meta" / "a.jpg")
+    (tmp_path / "meta" / "labels.csv").write_text("path,age\na.jpg,27\n")
+    cfg = CurateConfig(sources=[Source("csv", str(tmp_path / "imgs"), csv_path=str(tmp_path / "meta" / "labels.csv"))],
+                       output=str(tmp_path / "m.csv"), near_dup=-1)
+    curate(cfg, progress=False, log=lambda *_: None)
+    assert "a.jpg" in (tmp_path / "m.csv").read_text()
 
 
 def test_imdbclean_csv(tmp_path):

@@ -474,8 +474,8 @@ def load_dataset(name: str, root: str | Path, **kwargs: object) -> Listing:
     params = {p.name for p in inspect.signature(DATASETS.get(name)).parameters.values()
               if p.kind is not inspect.Parameter.VAR_KEYWORD}
     if kwargs.get("labels") and "labels" not in params:
-        raise DataError(f"data.labels / --labels: the {name} adapter reads its labels from the file names or "
-                        "folders, not from a label file")
+        raise DataError(f"a label file (data.labels, --labels, curate's csv_path=): the {name} adapter reads its "
+                        "labels from the file names or folders, not from a label file")
     unused = sorted(set(kwargs) - params)
     if unused:  # before: silently not used (groups_csv on All-Age-Faces, csv_path on IMDB-WIKI)
         raise DataError(f"the {name} adapter takes no {', '.join(unused)} (it takes: "

@@ -227,6 +227,16 @@ def _group_entry(rows: list[dict], m: list[int]) -> dict:
             "races": [rows[i]["race"] for i in m]}
 
 
+def _label_key(dataset: str) -> str:
+    """The adapter keyword curate's csv_path= goes to: csv_path where the adapter takes one (its image paths then
+    read relative to the CSV's folder), else labels (IMDB-WIKI's .mat; refused by adapters that read no file)."""
+    import inspect
+
+    from ..data.adapters import DATASETS
+
+    return "csv_path" if "csv_path" in inspect.signature(DATASETS.get(dataset)).parameters else "labels"
+
+
 def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
     """Run the curation and write the manifest and the report (atomically); returns the report."""
     from ..data.adapters import load_dataset
@@ -235,7 +245,7 @@ def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:
     bad: dict[str, int] = {}
     bad_listed: dict[str, list[dict]] = {}
     for s in cfg.sources:
-        kw = {k: v for k, v in (("groups_csv", s.groups_csv), ("labels", s.csv_path)) if v}  # csv_path: the label file
+        kw = {k: v for k, v in (("groups_csv", s.groups_csv), (_label_key(s.dataset), s.csv_path)) if v}
         listing = load_dataset(s.dataset, s.root, **kw)
         bad[s.label] = len(listing.bad)
         bad_listed[s.label] = [{"path": b.path, "reason": b.reason} for b in listing.bad]
