@@ -144,6 +144,12 @@ def test_draw_marks_each_face_and_leaves_the_input_alone(est, astronaut):
     data = AST_JPG.read_bytes()  # the bytes or an open file, as predict takes them
     np.testing.assert_array_equal(agelens.draw(data, on_file), want)
     np.testing.assert_array_equal(agelens.draw(io.BytesIO(data), on_file), want)
+    # a face crop whose box touches the top: the age is drawn inside the box, whole (before: half off the image)
+    crop = np.full((200, 200, 3), 128, np.uint8)
+    drawn = agelens.draw(crop, [{"box": [20.0, 0.0, 180.0, 190.0], "age": 88.0, "occluded": False}])
+    green = np.all(drawn == (0, 200, 0), axis=2)
+    rows = np.flatnonzero(green[:, 30:170].any(1))  # the label and the box's top edge
+    assert rows.min() <= 2 and green[8:30, 22:60].sum() > 20  # the digits sit under the top edge, in the box
 
 
 def test_a_folder_is_read_for_every_image_format_pillow_reads(tmp_path, astronaut):

@@ -45,6 +45,10 @@ def draw(image, faces: Sequence, channels: str = "rgb") -> np.ndarray:
             colour = colour[::-1]
         x1, y1, x2, y2 = (int(round(v / per_px)) for v in d["box"])
         cv2.rectangle(img, (x1, y1), (x2, y2), colour, thick)
-        cv2.putText(img, f"{d['age']:.0f}", (x1, max(12, y1 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour,
-                    thick)
+        label = f"{d['age']:.0f}"
+        (_, h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, thick)
+        # above the box, or inside it under its top edge where the box touches the image's top (a face crop)
+        y = y1 - 6 if y1 - 6 - h >= 0 else y1 + h + 6 + thick
+        cv2.putText(img, label, (max(0, x1 + (0 if y < y1 else 4)), y), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale,
+                    colour, thick)
     return img
