@@ -145,11 +145,12 @@ def test_draw_marks_each_face_and_leaves_the_input_alone(est, astronaut):
     np.testing.assert_array_equal(agelens.draw(data, on_file), want)
     np.testing.assert_array_equal(agelens.draw(io.BytesIO(data), on_file), want)
     # a face crop whose box touches the top: the age is drawn inside the box, whole (before: half off the image)
-    crop = np.full((200, 200, 3), 128, np.uint8)
-    drawn = agelens.draw(crop, [{"box": [20.0, 0.0, 180.0, 190.0], "age": 88.0, "occluded": False}])
+    crop = np.full((1200, 1200, 3), 128, np.uint8)  # drawn at twice the size: a label 26 px tall
+    drawn = agelens.draw(crop, [{"box": [100.0, 0.0, 1100.0, 1150.0], "age": 88.0, "occluded": False}])
     green = np.all(drawn == (0, 200, 0), axis=2)
-    rows = np.flatnonzero(green[:, 30:170].any(1))  # the label and the box's top edge
-    assert rows.min() <= 2 and green[8:30, 22:60].sum() > 20  # the digits sit under the top edge, in the box
+    label = green[8:60, 108:300]  # under the box's top edge (4 px), inside it
+    rows = np.flatnonzero(label.any(1)) + 8
+    assert len(rows) and rows.min() > 8 and rows.max() < 59  # the digits whole, in the box
 
 
 def test_a_folder_is_read_for_every_image_format_pillow_reads(tmp_path, astronaut):
