@@ -619,3 +619,20 @@ def test_evaluate_mae_unadapted_is_the_same_pipeline_with_knn(monkeypatch):
     assert m["prior_adaptation"]["mae_unadapted"] == pytest.approx(0, abs=1e-4)
     m = evaluate_estimator(est, cache, None, progress=False, bootstrap=0, groups=False, adapt=True)
     assert m["mae"] == pytest.approx(3) and m["prior_adaptation"]["mae_unadapted"] == pytest.approx(6)
+
+
+def test_curate_help_states_the_defaults_it_falls_back_to():
+    """The options default to the YAML's values, so their help names the fallback; it must be CurateConfig's."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from agelens.cli import app
+    from agelens.fairness.curate import CurateConfig
+
+    out = CliRunner().invoke(app, ["curate", "--help"], env={"COLUMNS": "200"}).output
+    text = re.sub(r"\s+", " ", out.replace("│", " "))
+    c = CurateConfig()
+    for fallback in (f"else {c.conflicts})", f"else {c.near_dup})", f"else {c.age_tolerance:g})",
+                     f"else {c.workers})", "else drop)" if c.drop_outliers else "else keep)"):
+        assert fallback in text, (fallback, text)

@@ -929,12 +929,16 @@ def curate(config: Annotated[Path | None, typer.Option("--config", "-c", help="c
            source: Annotated[list[str] | None, typer.Option(help="DATASET=ROOT[,groups_csv=F][,csv_path=F][,name=N]"
                                                                  "[,duplicate_groups=true] (repeatable)")] = None,
            output: Annotated[Path | None, typer.Option("--output", "-o", help="manifest CSV")] = None,
-           conflicts: Annotated[str | None, typer.Option(help="duplicate groups with conflicting labels: drop | median | first")] = None,
-           near_dup: Annotated[int | None, typer.Option(help="max Hamming distance of 256-bit dHashes (-1: exact only)")] = None,
-           age_tolerance: Annotated[float | None, typer.Option(help="age spread within a duplicate group still consistent")] = None,
-           drop_outliers: Annotated[bool | None, typer.Option("--drop-outliers/--keep-outliers", help="remove flagged outliers")] = None,
+           conflicts: Annotated[str | None, typer.Option(help="duplicate groups with conflicting labels: drop | median | first (default: the config's, else "
+                                                                    "drop)")] = None,
+           near_dup: Annotated[int | None, typer.Option(help="max Hamming distance of 256-bit dHashes (-1: exact only; default: "
+                                                             "the config's, else 12)")] = None,
+           age_tolerance: Annotated[float | None, typer.Option(help="age spread within a duplicate group still consistent (default: the "
+                                                                   "config's, else 0)")] = None,
+           drop_outliers: Annotated[bool | None, typer.Option("--drop-outliers/--keep-outliers", help="remove flagged outliers (default: the "
+                                                                                                "config's, else keep)")] = None,
            report: Annotated[Path | None, typer.Option(help="JSON report (default: OUTPUT.report.json)")] = None,
-           workers: Annotated[int | None, typer.Option(help="processes for image hashing")] = None) -> None:
+           workers: Annotated[int | None, typer.Option(help="processes for image hashing (default: the config's, else 2)")] = None) -> None:
     """Merge dataset adapters into one manifest CSV, resolve duplicate groups, flag outliers, count demographics."""
     from .fairness.curate import curate as run_curate
     from .fairness.curate import format_counts, load_curate_config, parse_source
