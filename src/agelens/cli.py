@@ -1199,6 +1199,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
     _usable_streams()
     try:
+        from .registry import load_plugins
+
+        load_plugins()  # the user's components (AGELENS_PLUGINS, agelens.plugins entry points): docs/extending.md
         app()
     except SystemExit as e:
         code = e.code

@@ -59,6 +59,10 @@ class ModelConfig:
     region_attention: bool = False  # face-region attention on the last feature map (fairness recipe; identity at init)
     guards: bool = False  # occlusion and face logits from the same pooled features (train.trunk_guards fits them), so
     #                       one backbone pass answers age, occlusion and faceness at inference
+    backbone_args: dict = field(default_factory=dict)  # keyword options of the backbone's builder (a plugin's own
+    #                                                    backbone, docs/extending.md); saved with the model
+    head_args: dict = field(default_factory=dict)  # keyword options of the head's builder, beside sigma / window /
+    #                                                iterations (dldl_sigma, mwr_window, mwr_iterations)
 
 
 @dataclass
@@ -220,6 +224,8 @@ class RunConfig:
             (m.align in ("none", "residual", "concat"), f"model.align must be none|residual|concat, got {m.align!r}"),
             (m.mwr_window >= 2, f"model.mwr_window must be >= 2, got {m.mwr_window}"),
             (m.mwr_iterations >= 1, f"model.mwr_iterations must be >= 1, got {m.mwr_iterations}"),
+            (isinstance(m.backbone_args, dict) and isinstance(m.head_args, dict),
+             f"model.backbone_args / model.head_args must be mappings, got {m.backbone_args!r} / {m.head_args!r}"),
             (0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}"),
             (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
             (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),

@@ -92,12 +92,15 @@ def _watch_parent(parent: int) -> None:
 def _start_worker(parent: int, init: Callable | None, initargs: tuple) -> None:
     """A worker process's initializer: Ctrl-C ignored (the terminal sends it to every process of the job; the parent
     ends the workers, `_end_pool`), the orphan watch (POSIX; Windows' os.kill would end the parent), then
-    `init(*initargs)`."""
+    the user's plugins (`registry.load_plugins`), then `init(*initargs)`."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.name == "posix":
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="agelens-parent-watch").start()
+    from .registry import load_plugins
+
+    load_plugins()  # the user's components (AGELENS_PLUGINS), before the models are built
     if init is not None:
         init(*initargs)
 

@@ -240,5 +240,6 @@ class MWRHead(AgeHead):
 
 
 def build_head(name: str, in_features: int, min_age: int, max_age: int, *, sigma: float = 2.0, window: int = 10,
-               iterations: int = 3) -> AgeHead:
-    return HEADS.build(name, in_features, min_age, max_age, sigma=sigma, window=window, iterations=iterations)
+               iterations: int = 3, **head_args: object) -> AgeHead:
+    return HEADS.build(name, in_features, min_age, max_age, sigma=sigma, window=window, iterations=iterations,
+                       **head_args)

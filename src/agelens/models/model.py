@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..registry import BACKBONES
+from ..errors import ConfigError
+from ..registry import BACKBONES, HEADS
 from .backbones import Backbone
 from .heads import AgeHead, build_head
 from .regions import RegionAttention
@@ -77,14 +78,30 @@ class AgeModel(nn.Module):
         return m["age"], m["spread"], m["embedding"]
 
 
+def _takes(builder, args: dict, what: str, key: str) -> None:
+    """ConfigError naming the options a builder does not take (a builder with **kwargs takes any)."""
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    if args and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(args) - set(params))
+        if unknown:
+            own = [n for n in params if n not in ("pretrained", "in_features", "min_age", "max_age")]
+            raise ConfigError(f"{key}: {what} takes no {', '.join(unknown)} (its options: "
+                              f"{', '.join(own) or 'none'})")
+
+
 def build_model(cfg: ModelConfig) -> AgeModel:
-    backbone = BACKBONES.build(cfg.backbone, pretrained=cfg.pretrained)
+    """The model a ModelConfig describes: its registered backbone (with `backbone_args`) and head (`head_args`)."""
+    _takes(BACKBONES.get(cfg.backbone), cfg.backbone_args, f"backbone {cfg.backbone!r}", "model.backbone_args")
+    _takes(HEADS.get(cfg.head), cfg.head_args, f"head {cfg.head!r}", "model.head_args")
+    backbone = BACKBONES.build(cfg.backbone, pretrained=cfg.pretrained, **cfg.backbone_args)
     if cfg.align != "none":
         from .align import build_adapters
 
         backbone.adapters = build_adapters(cfg.align, backbone.info.stage_channels)
     head = build_head(cfg.head, backbone.info.out_channels, cfg.min_age, cfg.max_age, sigma=cfg.dldl_sigma,
-                      window=cfg.mwr_window, iterations=cfg.mwr_iterations)
+                      window=cfg.mwr_window, iterations=cfg.mwr_iterations, **cfg.head_args)
     model = AgeModel(backbone, head, cfg.dropout, RegionAttention() if cfg.region_attention else None)
     if cfg.guards:
         model.guards = nn.Linear(guard_dim(backbone), len(GUARDS))
