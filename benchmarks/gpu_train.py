@@ -29,6 +29,10 @@ best (validation MAE) weights come back, as fp16 checkpoints whose config points
     # out of git's index (`git rm -r --cached` + .git/info/exclude; `git reset` after).
 
 "there" = the `run` tool with carry [".gpu/<pack>"] and PYTHONPATH=src (the package needs no install there).
+`pack` and `pack-ship` read the prepared caches: `agelens prepare -c configs/teacher_stable.yaml` first (about 5 min
+on 2 cores, 6.3 GB under cache/). `fair` writes $OUT/<row>.pt: copy each to runs/fairness_gpu/<row>/best.pt (and
+summary.json to runs/fairness_gpu/) before `fairness_compare.py --trained-elsewhere`. The step-by-step session,
+sized to 15 device-minutes, is in docs/gpu_session.md.
 Geometry: cache 128 px, crop 112, input 112 = the CPU protocols' 256/224/112 at half the resolution.
 """
 
@@ -546,9 +550,13 @@ def run_side_by_side(job: str, pack_dir: Path, out: Path, rows: list[str], work:
             if best is not None:
                 ck = slim_checkpoint(best, out / f"{row}.pt", _ship_restore(row) if job == "ship" else None)
                 summary[row].update(best_val_mae=ck["best_mae"], best_epoch=ck["best_epoch"], history=ck["history"])
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))  # before the timing, which may fail
     if job == "ship":
-        summary["gpu_throughput"] = gpu_throughput()
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        try:  # the shipped student's weights may have been left out of the tree to fit the carry limit
+            summary["gpu_throughput"] = gpu_throughput()
+        except Exception as e:  # noqa: BLE001 - a timing must not cost the trained rows' summary
+            summary["gpu_throughput"] = {"error": f"{type(e).__name__}: {e}"}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps({r: {k: v for k, v in s.items() if k not in ("history", "distill_history")}
                       for r, s in summary.items()}, indent=1, default=str))
 
