@@ -21,6 +21,16 @@ def synthetic_face(age: float, rng: np.random.Generator, size: int = 64) -> np.n
     return np.repeat(img[..., None], 3, axis=2).astype(np.uint8)
 
 
+def utk_faces(d, n: int, seed: int = 0):
+    """n synthetic faces named as UTKFace names them (AGE_GENDER_RACE_DATE.jpg.chip.jpg) in a new folder d."""
+    rng = np.random.default_rng(seed)
+    d.mkdir()
+    for i in range(n):
+        age = int(rng.integers(1, 90))
+        Image.fromarray(synthetic_face(age, rng)).save(d / f"{age}_{i % 2}_{i % 5}_2017011{i:04d}.jpg.chip.jpg")
+    return d
+
+
 @pytest.fixture()
 def utk_folder(tmp_path):
     """A UTKFace-style folder of synthetic images, one name lacking the race field, one bad name."""

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -39,17 +38,10 @@ def _cli(*args, **kw):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from PIL import Image
-
-    from conftest import synthetic_face
+    from conftest import utk_faces
 
     tmp = tmp_path_factory.mktemp("crash")
-    d = tmp / "utk"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        age = int(rng.integers(1, 90))
-        Image.fromarray(synthetic_face(age, rng)).save(d / f"{age}_{i % 2}_{i % 5}_2017011{i:04d}.jpg.chip.jpg")
+    d = utk_faces(tmp / "utk", 40)
     r = _cli("prepare", "--workers", "1", *_args(d, tmp, "x"))
     assert r.returncode == 0, r.stderr[-2000:]
     return d, tmp

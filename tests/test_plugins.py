@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 PLUGIN = '''
@@ -53,17 +52,10 @@ def _run(*args, env):
 
 
 def test_a_plugins_backbone_and_head_train_and_load_in_fresh_processes(tmp_path):
-    from PIL import Image
-
-    from conftest import synthetic_face
+    from conftest import utk_faces
 
     (tmp_path / "myplug.py").write_text(textwrap.dedent(PLUGIN))
-    d = tmp_path / "utk"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        age = int(rng.integers(1, 90))
-        Image.fromarray(synthetic_face(age, rng)).save(d / f"{age}_{i % 2}_{i % 5}_2017011{i:04d}.jpg.chip.jpg")
+    d = utk_faces(tmp_path / "utk", 24)
     base = {**os.environ, "GLOG_minloglevel": "3", "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     args = [f"data.root={d}", f"data.split_file={tmp_path}/split.json", f"data.cache_dir={tmp_path}/cache",
