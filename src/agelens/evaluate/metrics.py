@@ -131,8 +131,8 @@ def _resample_weights(rng: np.random.Generator, n: int, c: int, clusters: np.nda
 
 
 def _cluster_codes(clusters: Sequence[str | None] | None, n: int) -> np.ndarray | None:
-    """Integer cluster per face from group labels (None or "": a cluster of its own); None where no two faces share
-    one (faces are then resampled one by one)."""
+    """Integer cluster per face from group labels (None, "" or NaN: a cluster of its own); None where no two faces
+    share one (faces are then resampled one by one)."""
     if clusters is None:
         return None
     if len(clusters) != n:
@@ -336,13 +336,12 @@ def standardised_mae(pred: np.ndarray, true: np.ndarray, genders: Sequence[str |
     """Age-standardised MAE per gender, race and gender × race: each group's per-age-bin MAE weighted by the whole
     test's bin shares, so groups are compared at equal age (a raw per-group MAE mostly reflects the group's age mix).
     Per attribute: {"by_group": {g: {"mae", "ci95", "n"}}, "spread": max − min over groups, "spread_ci95"}, with
-    seeded bootstrap (faces resampled, or whole `clusters` as in `bootstrap_ci`) bias-corrected percentile
-    intervals per group and, for the spread,
-    simultaneous intervals of the pairwise differences (`_spread_interval`). A group's age bin of fewer than
-    min_cell faces counts as missing, listed with its faces in "thin_bins" (min_cell 1: every face counts, the
-    method before 2026-12-06). Left out of the spread, named in
-    "left_out_of_spread" with the reason in "left_out_reasons": groups with fewer than min_n faces (one face's error
-    is no group's accuracy) and groups missing age bins that hold more than MISSING_SHARE of the test (their value is
+    seeded bootstrap (faces resampled, or whole `clusters` as in `bootstrap_ci`) bias-corrected percentile intervals
+    per group and, for the spread, simultaneous intervals of the pairwise differences (`_spread_interval`). A
+    group's age bin of fewer than min_cell faces counts as missing, listed with its faces in "thin_bins" (min_cell
+    1: every face counts, the method before 2026-12-06). Left out of the spread, named in "left_out_of_spread" with
+    the reason in "left_out_reasons": groups with fewer than min_n faces (one face's error is no group's accuracy)
+    or min_n clusters, and groups missing age bins that hold more than MISSING_SHARE of the test (their value is
     re-weighted over the bins they have, so they are not compared at equal age; each group lists its
     "missing_bins")."""
     pred, true = _checked(pred, true)

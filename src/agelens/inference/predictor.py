@@ -136,10 +136,10 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
     channels_last at the same MAE. int8 (`onnx-int8`, quantised from the ranges shipped with the weights, the first
     block kept in fp32) keeps the overall MAE (`benchmarks/int8_e2e.py`, test photos through whole processes): on
     a CPU with VNNI or AMX (8-bit weights) 1.43x faster than fp32, MAE within 0.01 on 1,000 UTKFace and 800
-    All-Age-Faces photos, ages moving 0.25-0.29 years per face; on AVX2 alone (7-bit weights) 1.12-1.33x in three runs, MAE +0.013 / +0.042 on 1,000 UTKFace / 500 All-Age-Faces
-    photos (ages 11-20 +0.2 to +0.3), ages moving 0.42-0.50 years per face.
-    The student stays fp32 on both (`utils.INT8_FLAVORS`). So auto takes int8 there; `onnx` keeps fp32, and other CPUs (int8 not measured) stay on fp32. flags: the CPU's
-    (default: /proc/cpuinfo)."""
+    All-Age-Faces photos, ages moving 0.25-0.29 years per face; on AVX2 alone (7-bit weights) 1.12-1.33x in three
+    runs, MAE +0.013 / +0.042 on 1,000 UTKFace / 500 All-Age-Faces photos (ages 11-20 +0.2 to +0.3), ages moving
+    0.42-0.50 years per face. The student stays fp32 on both (`utils.INT8_FLAVORS`). So auto takes int8 there;
+    `onnx` keeps fp32, and other CPUs (int8 not measured) stay on fp32. flags: the CPU's (default: /proc/cpuinfo)."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
     if custom:
