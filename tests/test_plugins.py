@@ -78,7 +78,7 @@ def test_a_plugins_backbone_and_head_train_and_load_in_fresh_processes(tmp_path)
     r = _run("-c", code, env=env)
     assert r.returncode == 0 and r.stdout.split()[0] == "2.0", r.stderr[-2000:]
     r = _run("-c", code, env=base)  # and without it named: the message says what to do
-    assert r.returncode != 0 and "AGELENS_PLUGINS" in r.stderr
+    assert r.returncode != 0 and "AGELENS_PLUGINS" in r.stderr and f"{run / 'best.pt'}: unknown backbone" in r.stderr
     # worker processes import it too
     r = _run("-m", "agelens.cli", "predict", d, "--model", run, "--no-detect", "--workers", "2", "-f", "jsonl", env=env)
     assert r.returncode == 0, r.stderr[-2000:]

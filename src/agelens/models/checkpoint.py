@@ -61,12 +61,23 @@ def load_checkpoint(path: str | Path) -> dict:
     return ck
 
 
+def build_model_of(path: str | Path, cfg: RunConfig) -> AgeModel:
+    """The model a saved config describes; CheckpointError naming the file where a component is not registered
+    (a plugin's backbone or head, not imported: `docs/extending.md`)."""
+    from ..errors import ConfigError
+
+    try:
+        return build_model(cfg.model)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
 def model_from_checkpoint(path: str | Path) -> tuple[AgeModel, RunConfig]:
     ck = load_checkpoint(path)
     if "model" not in ck or "config" not in ck:
         raise CheckpointError(f"{path} is not an agelens checkpoint (missing model/config)")
     cfg = config_from_dict(ck["config"])
     cfg.model.pretrained = False
-    model = build_model(cfg.model)
+    model = build_model_of(path, cfg)
     model.load_state_dict(ck["model"])
     return model.eval(), cfg

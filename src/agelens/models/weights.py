@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from ..config import RunConfig, config_from_dict, config_to_dict
 from ..errors import CheckpointError
 from ..utils import atomic_write, atomic_write_json, shipped_models, weights_dir
-from .model import AgeModel, build_model
+from .checkpoint import build_model_of
+from .model import AgeModel
 
 DEFAULT_MODEL = "teacher"
 __all__ = ["DEFAULT_MODEL", "export_weights", "load_weights", "resolve_model", "shipped_models", "weights_dir"]
@@ -40,7 +41,7 @@ def load_weights(path: str | Path) -> tuple[AgeModel, RunConfig, dict]:
     except Exception as e:
         raise CheckpointError(f"weights {p} are unreadable or corrupt ({type(e).__name__}: {e})") from None
     cfg.model.pretrained = False
-    model = build_model(cfg.model)
+    model = build_model_of(p, cfg)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
     except RuntimeError as e:
