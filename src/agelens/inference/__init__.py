@@ -45,19 +45,10 @@ def predict_many(source: str | Path | Iterable[str | Path], engine: str = "local
     if engine == "local" and workers:
         start_workers_early()  # their forkserver imports the pipeline while this process loads the models
     from .predictor import AgeEstimator
-    from .stream import predict_stream
 
     est = estimator or AgeEstimator.from_pretrained(model, tta_flip=tta, route=route, backend=backend, log=log)
     if engine == "local":  # as `AgeEstimator.predict_many`, on the files expanded above, then the next windows
-        for window in itertools.chain([files], windows):
-            if window:  # empty where every file of the window was skipped (resume)
-                it = predict_stream(est, window, detect, workers or 0, batch_size)
-                while True:  # the estimator is held while a record is made, as AgeEstimator.predict_many does
-                    with est._lock:
-                        nxt = next(it, None)
-                    if nxt is None:
-                        break
-                    yield nxt[0]
+        yield from est._records(itertools.chain([files], windows), detect, workers or 0, batch_size)
         return
     from .ray_engine import ray_predict, ray_session
 

@@ -703,17 +703,23 @@ class AgeEstimator:
         then needs Python's `if __name__ == "__main__":` guard). `est.adapt(records)` adapts a finished job to its
         own age mix, as `agelens predict` does; `agelens.predict_many` adds the Ray engine. An iterator is read
         `inputs.WINDOW` items at a time (`inputs.job_windows`), so an endless one streams."""
-        from ..parallel import start_workers_early
         from .inputs import job_windows
+
+        yield from self._records(job_windows(source, skip), detect, workers, batch_size)
+
+    def _records(self, windows, detect: bool, workers: int, batch_size: int) -> Iterator[dict]:
+        """The records of each window's files (`predict_stream`; a window whose files were all skipped is empty),
+        the estimator held while a record is made, not while the caller has it: both predict_many read this."""
+        from ..parallel import start_workers_early
         from .stream import predict_stream
 
-        for files in job_windows(source, skip):
-            if not files:  # every file of the window skipped (resume)
+        for files in windows:
+            if not files:
                 continue
             if workers:
-                start_workers_early()
+                start_workers_early()  # nothing where the server runs already
             it = predict_stream(self, files, detect, workers, batch_size)
-            while True:  # the estimator is held while a record is made, not while the caller has it
+            while True:
                 with self._lock:
                     nxt = next(it, None)
                 if nxt is None:
