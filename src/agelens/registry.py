@@ -71,6 +71,14 @@ class Registry:
                               "ONNX, which runs without it: docs/extending.md)")
         return self._items[name]
 
+    def options(self, name: str) -> tuple[list[str], bool]:
+        """The parameters `name`'s builder names (in order), and whether it also takes any keyword (**kwargs)."""
+        import inspect
+
+        params = inspect.signature(self.get(name)).parameters.values()
+        return ([p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD],
+                any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params))
+
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self.get(name)(*args, **kwargs)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import inspect
 import os
 import re
 from collections.abc import Callable
@@ -471,8 +470,7 @@ def load_dataset(name: str, root: str | Path, **kwargs: object) -> Listing:
     """Run the named adapter; raises DataError when nothing usable is found, with the commonest reasons rows were
     skipped (one example each) and the layout the adapter reads."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    params = {p.name for p in inspect.signature(DATASETS.get(name)).parameters.values()
-              if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    params = set(DATASETS.options(name)[0])  # an adapter's **_ swallows what it does not read: not counted
     if kwargs.get("labels") and "labels" not in params:
         raise DataError(f"a label file (data.labels, --labels, curate's csv_path=): the {name} adapter reads its "
                         "labels from the file names or folders, not from a label file")

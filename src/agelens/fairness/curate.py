@@ -230,11 +230,9 @@ def _group_entry(rows: list[dict], m: list[int]) -> dict:
 def _label_key(dataset: str) -> str:
     """The adapter keyword curate's csv_path= goes to: csv_path where the adapter takes one (its image paths then
     read relative to the CSV's folder), else labels (IMDB-WIKI's .mat; refused by adapters that read no file)."""
-    import inspect
-
     from ..data.adapters import DATASETS
 
-    return "csv_path" if "csv_path" in inspect.signature(DATASETS.get(dataset)).parameters else "labels"
+    return "csv_path" if "csv_path" in DATASETS.options(dataset)[0] else "labels"
 
 
 def curate(cfg: CurateConfig, progress: bool = True, log=print) -> dict:

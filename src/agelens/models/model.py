@@ -78,23 +78,21 @@ class AgeModel(nn.Module):
         return m["age"], m["spread"], m["embedding"]
 
 
-def _takes(builder, args: dict, what: str, key: str) -> None:
+def _takes(registry, name: str, args: dict, key: str) -> None:
     """ConfigError naming the options a builder does not take (a builder with **kwargs takes any)."""
-    import inspect
-
-    params = inspect.signature(builder).parameters
-    if args and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    params, takes_any = registry.options(name)
+    if args and not takes_any:
         unknown = sorted(set(args) - set(params))
         if unknown:
             own = [n for n in params if n not in ("pretrained", "in_features", "min_age", "max_age")]
-            raise ConfigError(f"{key}: {what} takes no {', '.join(unknown)} (its options: "
+            raise ConfigError(f"{key}: {registry.kind} {name!r} takes no {', '.join(unknown)} (its options: "
                               f"{', '.join(own) or 'none'})")
 
 
 def build_model(cfg: ModelConfig) -> AgeModel:
     """The model a ModelConfig describes: its registered backbone (with `backbone_args`) and head (`head_args`)."""
-    _takes(BACKBONES.get(cfg.backbone), cfg.backbone_args, f"backbone {cfg.backbone!r}", "model.backbone_args")
-    _takes(HEADS.get(cfg.head), cfg.head_args, f"head {cfg.head!r}", "model.head_args")
+    _takes(BACKBONES, cfg.backbone, cfg.backbone_args, "model.backbone_args")
+    _takes(HEADS, cfg.head, cfg.head_args, "model.head_args")
     backbone = BACKBONES.build(cfg.backbone, pretrained=cfg.pretrained, **cfg.backbone_args)
     if cfg.align != "none":
         from .align import build_adapters
