@@ -509,8 +509,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
         for k, (r, rgb) in enumerate(stream):
             failed += r["error"] is not None
             if r["error"] is not None and len(first_failed) < SHOWN_FAILURES:
-                first_failed.append(r["error"] if str(r["error"]).startswith(str(r["file"])) else
-                                    f"{r['file']}: {r['error']}")
+                first_failed.append(f"{r['file']}: {_reason(r)}")
             n_faces += len(r["faces"] or [])
             if sink is not None:
                 sink.write(r)
@@ -557,6 +556,11 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
 
 
 SHOWN_FAILURES = 5  # failed files named on stderr at the end of a job
+
+
+def _reason(record: dict) -> str:
+    """A failed record's error without the file name it may begin with (where the file is said beside it)."""
+    return record["error"].removeprefix(f"{record['file']}: ")
 
 
 def _listed(files_from: str | None, paths: list[str]) -> list[str]:
@@ -722,8 +726,7 @@ def _emit(results: list[dict], fmt: str) -> None:
         t.add_column(c, overflow="fold", no_wrap=c not in ("file", "model / error"))
     for r in results:  # file names and errors as Text: printed as they are, never read as markup ("[red]x.jpg")
         if r["error"]:  # the file is in its own column: not again before the reason
-            err = r["error"].removeprefix(f"{r['file']}: ")
-            t.add_row(Text(r["file"]), "-", "-", "-", "-", "-", Text(err, style="red"))
+            t.add_row(Text(r["file"]), "-", "-", "-", "-", "-", Text(_reason(r), style="red"))
         for i, f in enumerate(r["faces"]):
             t.add_row(Text(r["file"]), str(i), ",".join(f"{v:.0f}" for v in f["box"]), f"{f['age']:.1f}",
                       f"{f['interval'][0]:.0f}-{f['interval'][1]:.0f}", _occluded(f), f["model"])
