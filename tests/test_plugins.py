@@ -104,3 +104,82 @@ def test_a_broken_plugin_is_named():
     code = "from agelens.registry import BACKBONES; BACKBONES.get('nope')"
     r = _run("-c", code, env={**os.environ, "AGELENS_PLUGINS": "no_such_plugin_module"})
     assert r.returncode != 0 and "agelens plugin 'no_such_plugin_module'" in r.stderr and "could not be imported" in r.stderr
+
+
+OCCLUDER_PLUGIN = '''
+import cv2
+import numpy as np
+
+from agelens.occlusion.families import register_occluder
+
+COLOURS = {"red": (200, 30, 40), "navy": (20, 30, 90)}
+
+
+@register_occluder("bandana", styles=list(COLOURS))
+def bandana(img, fr, rng, style):
+    """A flat band from the nose tip to the chin, the face's width."""
+    top, chin = fr.pt["nose"][1], fr.pt["chin"][1]
+    poly = np.array([[-1.6, top], [1.6, top], [1.6, chin + 0.2], [-1.6, chin + 0.2]])
+    alpha = np.zeros(img.shape[:2], np.float32)
+    cv2.fillPoly(alpha, [np.round(fr.to_px(poly)).astype(np.int32)], 1.0)
+    out = img * (1 - alpha[..., None]) + np.array(COLOURS[style], np.float32) * alpha[..., None]
+    return out, alpha, fr.covered(alpha)
+'''
+
+
+def test_a_plugins_occluder_is_drawn_alone_and_combined_by_the_cli_workers_and_the_api(tmp_path, astronaut_path):
+    import csv
+    import shutil
+
+    (tmp_path / "occplug.py").write_text(textwrap.dedent(OCCLUDER_PLUGIN))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        shutil.copy(astronaut_path, src / f"a{i}.jpg")
+    base = {**os.environ, "GLOG_minloglevel": "3", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    r = _run("-m", "agelens.cli", "occlude", src, tmp_path / "no", "--mix", "bandana=1", "--quiet", env=base)
+    assert r.returncode == 2 and "unknown occlusion type 'bandana'" in r.stderr and "extending.md" in r.stderr
+    env = {**base, "AGELENS_PLUGINS": "occplug"}
+    # worker processes (forkserver) import the plugin when the name is asked for
+    r = _run("-m", "agelens.cli", "occlude", src, tmp_path / "out", "--mix", "bandana=1,bandana+sunglasses=1",
+             "--workers", "2", "--quiet", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "out" / "occlusions.csv").open()))
+    assert {row["status"] for row in rows} == {"ok"} and len(rows) == 3
+    assert {row["type"] for row in rows} <= {"bandana", "bandana+sunglasses"}
+    for row in rows:
+        assert row["style"].split("+")[0] in ("red", "navy") and 0.15 < float(row["area_fraction"]) < 0.8
+    code = '''
+import numpy as np
+from skimage import data
+from agelens.faces.detect import FaceAnalyzer
+from agelens.occlusion.synth import OcclusionMix, occlude, styles_for
+from agelens.occlusion.families import register_occluder
+img = data.astronaut()
+lm = FaceAnalyzer().mesh(img)
+o = occlude(img, lm, "cap+bandana", np.random.default_rng(0))
+covered = o.alpha > 0.5
+print(o.kind, sorted(o.parts), round(float(np.abs(o.image[covered].astype(int) - img[covered]).mean()), 1))
+print(len(styles_for("bandana+cap")), OcclusionMix({"bandana": 1.0}).types)
+for bad in ("bandanna", "bandana+bandana", "bandana+mask"):
+    try:
+        OcclusionMix({bad: 1.0})
+    except ValueError as e:
+        print("refused", bad, "bandana" in str(e), "only sunglasses combines" in str(e))
+try:
+    register_occluder("mask", ["x"])(lambda *a: None)
+except Exception as e:
+    print(type(e).__name__, "paper's types" in str(e))
+'''
+    r = _run("-c", code, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    kind, parts, change = lines[0].split(" ", 1)[0], lines[0].split("[")[1].split("]")[0], float(lines[0].split()[-1])
+    assert kind == "cap+bandana" and parts == "'bandana', 'cap'" and change > 20  # both drawn, pixels changed
+    from agelens.occlusion.families import CAP_STYLES
+
+    assert lines[1] == f"{2 * len(CAP_STYLES)} ['bandana']"
+    assert lines[2:5] == ["refused bandanna True False", "refused bandana+bandana True False",
+                          "refused bandana+mask True True"]
+    assert lines[5] == "ConfigError True"

@@ -181,8 +181,9 @@ def occlude(src: Annotated[Path, typer.Argument(help="image file or folder (recu
             mix: Annotated[str | None, typer.Option(help="TYPE=P,... over the paper's sunglasses, mask, sunglasses+mask, "
                                                         "eye_block, mouth_block, eye+mouth_block and the families fabric_mask, scarf, "
                                                         "hand, cap, hair, object, eye_patch, face_shield, thick_glasses, "
-                                                        "texture_patch and their combinations such as hand+sunglasses "
-                                                        "(default: paper Table 7)")] = None,
+                                                        "texture_patch, their combinations such as hand+sunglasses "
+                                                        "and occluders of your own (docs/extending.md); default: "
+                                                        "paper Table 7")] = None,
             clean_fraction: Annotated[float, typer.Option(help="share of images copied without an occluder")] = 0.0,
             seed: Annotated[int, typer.Option(help="random seed (same seed and file path → same occluder)")] = 0,
             workers: Annotated[int, typer.Option(help="processes")] = 2,

@@ -1,4 +1,5 @@
-"""Name → builder registries for backbones, heads and datasets (timm-style), and the plugins that add to them.
+"""Name → builder registries for backbones, heads, datasets and occluders (timm-style), and the plugins that add to
+them.
 
 A plugin is a module of the user's that registers its own components (`BACKBONES.register("mine")`, ...) when
 imported. Name it in `AGELENS_PLUGINS` (comma-separated module names) or as an `agelens.plugins` entry point of an
@@ -92,3 +93,4 @@ class Registry:
 BACKBONES = Registry("backbone")
 HEADS = Registry("head")
 DATASETS = Registry("dataset")
+OCCLUDERS = Registry("occluder")  # drawing functions with their `styles` (occlusion.families.register_occluder)

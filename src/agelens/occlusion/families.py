@@ -10,6 +10,7 @@ one (a hand, a phone) and the covered share is reached by sliding it into place;
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .kinds import FAMILIES
+from .kinds import ALL_TYPES, FAMILIES, OCCLUSION_TYPES
 from .paper import (
     BOUNDS,
     SS,
@@ -834,53 +835,132 @@ def _draw_texture_patch(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator
 
 # ---- registry ---------------------------------------------------------------------------------------------------------
 
-DRAWERS: dict[str, tuple[Drawer, list[str]]] = {
-    "fabric_mask": (_draw_fabric_mask, list(FABRIC_MASK_STYLES)), "scarf": (_draw_scarf, list(SCARF_STYLES)),
-    "hand": (_draw_hand, HAND_STYLES), "cap": (_draw_cap, list(CAP_STYLES)), "hair": (_draw_hair, HAIR_STYLES),
-    "object": (_draw_object, list(OBJECT_STYLES)), "eye_patch": (_draw_eye_patch, list(EYE_PATCH_STYLES)),
-    "face_shield": (_draw_face_shield, list(FACE_SHIELD_STYLES)),
-    "thick_glasses": (_draw_thick_glasses, list(THICK_GLASSES_STYLES)),
-    "texture_patch": (_draw_texture_patch, list(TEXTURE_SOURCES)),
-    "sunglasses": (lambda img, fr, rng, st: _draw_sunglasses(img, fr, rng, st, BOUNDS["eyes"]), list(SUNGLASS_STYLES)),
-}
+
+def register_occluder(name: str, styles: list[str] | tuple[str, ...]) -> Callable[[Drawer], Drawer]:
+    """Register a drawer under `name` in `registry.OCCLUDERS` with its style names: `occlude`, `agelens occlude
+    --mix NAME=1`, `occlusion.mix` and `evaluate --occlusion-mix` then draw it, alone or combined ('NAME+cap').
+    A drawer takes (image float32 RGB, FaceFrame, rng, style) and returns (image, coverage alpha, covered share of
+    the face oval); `docs/extending.md`."""
+    from ..errors import ConfigError
+
+    styles = list(styles)
+    if not name or "+" in name or name in OCCLUSION_TYPES:
+        raise ConfigError(f"occluder name {name!r} is not usable: it must be non-empty, without '+' (which joins a "
+                          f"combination) and not one of the paper's types {', '.join(OCCLUSION_TYPES)}")
+    if not styles or not all(isinstance(st, str) and st and "+" not in st for st in styles):
+        raise ConfigError(f"occluder {name!r} needs a list of style names (non-empty strings without '+'), "
+                          f"got {styles!r}")
+
+    return _registered(name, styles)
 
 
-def _component_styles(name: str, combined: bool) -> list[str]:
-    styles = DRAWERS[name][1]
+_STYLES: dict[str, list[str]] = {}
+
+
+def _registered(name: str, styles: list[str]) -> Callable[[Drawer], Drawer]:
+    from ..registry import OCCLUDERS
+
+    def deco(fn: Drawer) -> Drawer:
+        OCCLUDERS.register(name)(fn)
+        _STYLES[name] = styles
+        return fn
+
+    return deco
+
+
+def _sunglasses(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str):
+    return _draw_sunglasses(img, fr, rng, style, BOUNDS["eyes"])
+
+
+for _name, _draw, _styles in (
+        ("fabric_mask", _draw_fabric_mask, FABRIC_MASK_STYLES), ("scarf", _draw_scarf, SCARF_STYLES),
+        ("hand", _draw_hand, HAND_STYLES), ("cap", _draw_cap, CAP_STYLES), ("hair", _draw_hair, HAIR_STYLES),
+        ("object", _draw_object, OBJECT_STYLES), ("eye_patch", _draw_eye_patch, EYE_PATCH_STYLES),
+        ("face_shield", _draw_face_shield, FACE_SHIELD_STYLES),
+        ("thick_glasses", _draw_thick_glasses, THICK_GLASSES_STYLES),
+        ("texture_patch", _draw_texture_patch, TEXTURE_SOURCES), ("sunglasses", _sunglasses, SUNGLASS_STYLES)):
+    _registered(_name, list(_styles))(_draw)  # sunglasses too: it combines with the families
+del _name, _draw, _styles
+
+
+def unknown_kind(*kinds: str) -> ValueError:
+    """The error for occlusion types no one draws: names every type there is."""
+    note = ""
+    if any("+" in k and n in OCCLUSION_TYPES and n != "sunglasses" for k in kinds for n in k.split("+")):
+        note = " (of the paper's types only sunglasses combines with the families)"
+    what = f"type {kinds[0]!r}" if len(kinds) == 1 else f"types {list(kinds)}"
+    return ValueError(f"unknown occlusion {what}{note}; choose from {', '.join(occluder_kinds())} or a combination "
+                      "of different families such as cap+sunglasses (your own: docs/extending.md)")
+
+
+def occluder_kinds() -> tuple[str, ...]:
+    """Every occlusion type: the built-in ones (`kinds.ALL_TYPES`), then those registered by plugins."""
+    from ..registry import OCCLUDERS
+
+    return ALL_TYPES + tuple(n for n in OCCLUDERS.names() if n not in ALL_TYPES)
+
+
+def _components(kind: str) -> list[tuple[Drawer, list[str]]]:
+    """The registered drawers (and styles) of a family kind's components; plugins (AGELENS_PLUGINS) are imported
+    where a name is missing. ValueError naming every type for a kind no one draws."""
+    from ..registry import OCCLUDERS, load_plugins
+
+    names = kind.split("+")
+    if kind in OCCLUSION_TYPES or len(set(names)) < len(names):
+        raise unknown_kind(kind)  # the paper's types are drawn by synth.occlude; a family twice is no combination
+    if any(n not in OCCLUDERS for n in names):
+        load_plugins()
+    if any(n not in OCCLUDERS for n in names):
+        raise unknown_kind(kind)
+    return [(OCCLUDERS.get(n), _STYLES[n]) for n in names]
+
+
+def is_kind(kind: str) -> bool:
+    """Whether `kind` names an occlusion type: one of the paper's six, a registered family or a combination 'a+b'
+    of different ones."""
+    if kind in OCCLUSION_TYPES:
+        return True
+    try:
+        _components(kind)
+    except ValueError:
+        return False
+    return True
+
+
+def _component_styles(name: str, styles: list[str], combined: bool) -> list[str]:
     if combined and name == "hand":  # with sunglasses or a mask the hand is over the mouth or on the cheek
         return [s for s in styles if not s.startswith("eyes")]
     return styles
 
 
 def family_styles(kind: str) -> list[str]:
-    """Styles of a family kind; a combination's styles are 'styleA+styleB'."""
-    names = kind.split("+")
-    if len(names) == 1:
-        return list(DRAWERS[kind][1])
-    a, b = (_component_styles(n, True) for n in names)
-    return [f"{x}+{y}" for x in a for y in b]
+    """Styles of a family kind; a combination's are 'styleA+styleB'."""
+    names, parts = kind.split("+"), _components(kind)
+    combined = len(names) > 1
+    return ["+".join(p) for p in itertools.product(*(_component_styles(n, st, combined)
+                                                     for n, (_, st) in zip(names, parts, strict=True)))]
 
 
 def draw_family(img: np.ndarray, landmarks: np.ndarray, kind: str, rng: np.random.Generator, style: str | None,
                 jitter: bool = True) -> Occluded:
     """Draw one occluder of a family kind (or a combination 'a+b'); called by `synth.occlude`."""
-    names = kind.split("+")
+    names, parts = kind.split("+"), _components(kind)
+    picks = [_component_styles(n, st, len(names) > 1) for n, (_, st) in zip(names, parts, strict=True)]
     if style is None:
-        picks = [_component_styles(n, len(names) > 1) for n in names]
         style = "+".join(p[rng.integers(len(p))] for p in picks)
-    elif style not in family_styles(kind):
-        raise ValueError(f"unknown style {style!r} for {kind}")
+    elif len(style.split("+")) != len(names) or any(s not in p for s, p in zip(style.split("+"), picks, strict=False)):
+        raise ValueError(f"unknown style {style!r} for {kind}; its styles: {', '.join(family_styles(kind)[:12])}...")
     fr = FaceFrame(landmarks, img.shape[:2], rng if jitter else None)
-    out, parts, alphas = img.astype(np.float32), {}, []
+    out, covered, alphas = img.astype(np.float32), {}, []
     order = sorted(range(len(names)), key=lambda i: names[i] != "sunglasses")  # glasses under hands, scarves, hair
     for i in order:
-        out, a, parts[names[i]] = DRAWERS[names[i]][0](out, fr, rng, style.split("+")[i])
+        out, a, covered[names[i]] = parts[i][0](out, fr, rng, style.split("+")[i])
         alphas.append(a)
     alpha = np.maximum.reduce(alphas)
     if img.ndim == 3 and np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]):
         out = np.repeat(out.mean(2, keepdims=True), 3, 2)  # a greyscale photo gets a greyscale occluder
     return Occluded(np.clip(out + 0.5, 0, 255).astype(np.uint8), kind, style, round(fr.covered(alpha), 4),
-                    {k: round(v, 4) for k, v in parts.items()}, alpha)
+                    {k: round(v, 4) for k, v in covered.items()}, alpha)
 
 
-assert set(DRAWERS) >= {n for k in FAMILIES if k != "paper" for kind in FAMILIES[k] for n in kind.split("+")}
+assert set(_STYLES) >= {n for k in FAMILIES if k != "paper" for kind in FAMILIES[k] for n in kind.split("+")}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .families import draw_family, family_styles
+from .families import draw_family, family_styles, is_kind, occluder_kinds, unknown_kind  # noqa: F401
 from .kinds import ALL_TYPES, FAMILIES, OCCLUSION_TYPES, PAPER_MIX  # noqa: F401  (re-exported)
 from .paper import (  # noqa: F401  (re-exported: the occluder vocabulary callers and tests use)
     BLOCK_COLOURS,
@@ -32,12 +32,9 @@ from .paper import (  # noqa: F401  (re-exported: the occluder vocabulary caller
 # ---- public API ---------------------------------------------------------------------------------------------------
 
 
-def _unknown(kind: str) -> ValueError:
-    return ValueError(f"unknown occlusion type {kind!r}; choose from {', '.join(ALL_TYPES)}")
-
-
 def styles_for(kind: str) -> list[str]:
-    if kind in ALL_TYPES and kind not in OCCLUSION_TYPES:
+    """The style names of an occlusion type (a combination's are 'styleA+styleB')."""
+    if kind not in OCCLUSION_TYPES:
         return family_styles(kind)
     if kind == "sunglasses":
         return list(SUNGLASS_STYLES)
@@ -47,16 +44,15 @@ def styles_for(kind: str) -> list[str]:
         return [f"{a}+{b}" for a in SUNGLASS_STYLES for b in MASK_STYLES]
     if kind in ("eye_block", "mouth_block", "eye+mouth_block"):
         return list(BLOCK_COLOURS)
-    raise _unknown(kind)
+    raise unknown_kind(kind)
 
 
 def occlude(img: np.ndarray, landmarks: np.ndarray, kind: str, rng: np.random.Generator, style: str | None = None,
             jitter: bool = True) -> Occluded:
-    """Draw one occlusion of `kind` (any of ALL_TYPES) on an RGB uint8 image whose FaceMesh landmarks (478, 2) are in
-    its pixels; kinds outside the paper's six are drawn by occlusion/families.py."""
+    """Draw one occlusion of `kind` (any of `occluder_kinds()`, or a combination 'a+b' of registered families) on
+    an RGB uint8 image whose FaceMesh landmarks (478, 2) are in its pixels; kinds outside the paper's six are drawn
+    by the drawers registered in `registry.OCCLUDERS` (occlusion/families.py and plugins)."""
     if kind not in OCCLUSION_TYPES:
-        if kind not in ALL_TYPES:
-            raise _unknown(kind)
         return draw_family(img, landmarks, kind, rng, style, jitter)
     styles = styles_for(kind)
     if style is None:
@@ -92,9 +88,9 @@ class OcclusionMix:
     clear_glasses: float = 0.0  # share of the clean draws given see-through glasses (detector hard negatives)
 
     def __post_init__(self) -> None:
-        bad = set(self.mix) - set(ALL_TYPES)
+        bad = [k for k in self.mix if not is_kind(k)]
         if bad:
-            raise ValueError(f"unknown occlusion type(s) {sorted(bad)}; choose from {', '.join(ALL_TYPES)}")
+            raise unknown_kind(*bad)
         if any(p < 0 for p in self.mix.values()) or sum(self.mix.values()) <= 0:
             raise ValueError("occlusion mix needs non-negative probabilities with a positive sum")
         if not 0 <= self.clean_fraction <= 1:
