@@ -46,6 +46,9 @@ def test_a_folder_of_children_is_read_younger_and_closer(base):
     true, a, s = _answers(kids, 600, 1)
     new_a, new_s, info = adapt_ages(a, s, base)
     assert info["applied"] and info["faces"] == 600
+    moved = np.abs(new_a - a)
+    assert info["mean_change"] == round(float(moved.mean()), 3) and info["max_change"] == round(float(moved.max()), 3)
+    assert info["max_change"] > info["mean_change"] > 0
     assert np.abs(new_a - true).mean() < 0.85 * np.abs(a - true).mean()  # the lean towards 30 is undone
     assert info["mix_mean_age"] < 15 < info["training_mean_age"]
     assert np.mean(new_a) < np.mean(a) and np.all(new_s > 0)

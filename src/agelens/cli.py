@@ -684,7 +684,8 @@ def _adapt_job(est, results: list[dict], sink, output: Path | None, fmt: str, no
     note(f"ages adapted to this job's age mix: {info['faces']} clean faces, estimated mean age "
          f"{info['mix_mean_age']} (training mix {info['training_mean_age']}); the two mixes' ages spread "
          f"differently (divergence {info['divergence']}: adapted from {KL_FROM}, fully from {KL_FULL}), so the "
-         f"ages moved {moved}, mean change {info['mean_change']} years ({info['left_as_answered']} occluded or unsure "
+         f"ages moved {moved}, mean change {info['mean_change']} years, at most {info['max_change']} "
+         f"({info['left_as_answered']} occluded or unsure "
          "faces left as answered); --no-adapt keeps each face's own answer")
 
 

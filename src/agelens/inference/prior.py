@@ -98,7 +98,7 @@ def adapt_ages(ages: np.ndarray, spreads: np.ndarray, base: np.ndarray | list | 
                ) -> tuple[np.ndarray, np.ndarray, dict]:
     """A job's (ages, spreads) adapted to its own age mix, and a summary (`applied`, `faces`; once estimated the
     mix's mean age against the training mix's, their divergence and the `strength` it sets; where applied the
-    mean age change). Left as they are (applied False) with fewer than MIN_FACES faces, without a training mix
+    mean and largest age change). Left as they are (applied False) with fewer than MIN_FACES faces, without a training mix
     (`base` None: a model card without `age_prior`) or with a mix within KL_FROM of the training mix."""
     ages, spreads = np.asarray(ages, np.float32), np.asarray(spreads, np.float32)
     info: dict = {"applied": False, "faces": int(len(ages))}
@@ -121,5 +121,7 @@ def adapt_ages(ages: np.ndarray, spreads: np.ndarray, base: np.ndarray | list | 
         info["reason"] = f"the job's age mix is like the training mix (divergence {kl:.3f}, adapted from {KL_FROM})"
         return ages, spreads, info
     new_a, new_s = reweigh(ages, spreads, base, base * (mix / base) ** strength)
-    info.update({"applied": True, "mean_change": round(float(np.abs(new_a - ages).mean()), 3)})
+    change = np.abs(new_a - ages)
+    info.update({"applied": True, "mean_change": round(float(change.mean()), 3),
+                 "max_change": round(float(change.max()), 3)})
     return new_a, new_s, info
