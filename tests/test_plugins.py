@@ -171,6 +171,11 @@ try:
     register_occluder("mask", ["x"])(lambda *a: None)
 except Exception as e:
     print(type(e).__name__, "paper's types" in str(e))
+register_occluder("broken", ["x"])(lambda img, fr, rng, style: (img[:10], img[..., 0], 0.1))
+try:
+    occlude(img, lm, "broken", np.random.default_rng(0))
+except Exception as e:
+    print(type(e).__name__, "occluder 'broken' must return" in str(e))
 '''
     r = _run("-c", code, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -182,4 +187,4 @@ except Exception as e:
     assert lines[1] == f"{2 * len(CAP_STYLES)} ['bandana']"
     assert lines[2:5] == ["refused bandanna True False", "refused bandana+bandana True False",
                           "refused bandana+mask True True"]
-    assert lines[5] == "ConfigError True"
+    assert lines[5:] == ["ConfigError True", "ConfigError True"]

@@ -941,6 +941,23 @@ def family_styles(kind: str) -> list[str]:
                                                      for n, (_, st) in zip(names, parts, strict=True)))]
 
 
+def _checked(name: str, shape: tuple[int, ...], drawn) -> tuple[np.ndarray, np.ndarray, float]:
+    """A drawer's (image, alpha, covered share) as it returned them, or a ConfigError naming the occluder where
+    they are not arrays of the image's shape with finite values."""
+    from ..errors import ConfigError
+
+    try:
+        out, alpha, covered = drawn
+        ok = (np.shape(out) == shape and np.shape(alpha) == shape[:2] and np.isfinite(out).all()
+              and np.isfinite(alpha).all() and np.isfinite(float(covered)))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"occluder {name!r} must return (image, alpha, covered share): an image of the input's "
+                          f"shape {shape}, an alpha of shape {shape[:2]} and a number, all finite")
+    return out, alpha, float(covered)
+
+
 def draw_family(img: np.ndarray, landmarks: np.ndarray, kind: str, rng: np.random.Generator, style: str | None,
                 jitter: bool = True) -> Occluded:
     """Draw one occluder of a family kind (or a combination 'a+b'); called by `synth.occlude`."""
@@ -954,7 +971,7 @@ def draw_family(img: np.ndarray, landmarks: np.ndarray, kind: str, rng: np.rando
     out, covered, alphas = img.astype(np.float32), {}, []
     order = sorted(range(len(names)), key=lambda i: names[i] != "sunglasses")  # glasses under hands, scarves, hair
     for i in order:
-        out, a, covered[names[i]] = parts[i][0](out, fr, rng, style.split("+")[i])
+        out, a, covered[names[i]] = _checked(names[i], out.shape, parts[i][0](out, fr, rng, style.split("+")[i]))
         alphas.append(a)
     alpha = np.maximum.reduce(alphas)
     if img.ndim == 3 and np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]):
