@@ -207,3 +207,29 @@ def test_corrupt_cache_is_caught(prepared):
     _flip_byte(copy / "images.npy", 0.7)
     with pytest.raises(AgelensError, match="checksum"):
         FaceCache(copy)
+
+
+def test_a_checkpoint_that_names_python_objects_is_refused_unless_trusted(tmp_path, monkeypatch):
+    import torch
+
+    from agelens.models.checkpoint import TRUST_ENV
+
+    ran = tmp_path / "ran"
+    torch.save({"model": {}, "hook": _Touch(str(ran))}, tmp_path / "evil.pt")
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    with pytest.raises(AgelensError, match=f"beyond tensors and plain data.*{TRUST_ENV}=1"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not ran.exists()  # nothing the file names was run
+    monkeypatch.setenv(TRUST_ENV, "1")
+    load_checkpoint(tmp_path / "evil.pt")
+    assert ran.exists()
+
+
+class _Touch:
+    """Unpickling this runs code: what a hostile .pt would do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

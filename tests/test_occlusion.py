@@ -306,7 +306,7 @@ def test_stagewise_distillation_trains_only_the_current_stage(tmp_path):
     before = {k: v.clone() for k, v in student0.state_dict().items()}
     res = distill_stages(cfg, _FakeCache(8), _FakeCache(4), log=lambda *_: None)
     assert (tmp_path / "kd" / "stages.pt").is_file() and res["stages"][0]["stage"] == 2
-    after = torch.load(tmp_path / "kd" / "stages.pt", weights_only=False)["model"]
+    after = torch.load(tmp_path / "kd" / "stages.pt", weights_only=True)["model"]
     # adapters are freshly initialised per build, so compare the teacher-derived weights, and check that the
     # other adapters' zero-initialised output convs were never trained
     moved = {k for k, v in after.items() if v.is_floating_point() and ".adapters." not in f".{k}"
@@ -344,7 +344,7 @@ def test_stagewise_distillation_can_continue_from_an_earlier_student(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(cont.state_dict().values(), earlier.state_dict().values()))
     cfg.distill.teacher, cfg.distill.student_init = str(tmp_path / "teacher.pt"), str(tmp_path / "earlier.pt")
     distill_stages(cfg, _FakeCache(8), _FakeCache(4), log=lambda *_: None)
-    after = torch.load(tmp_path / "kd2" / "stages.pt", weights_only=False)["model"]
+    after = torch.load(tmp_path / "kd2" / "stages.pt", weights_only=True)["model"]
     before = earlier.state_dict()
     # stages other than 3 keep the earlier student's weights, adapters included
     assert torch.equal(after["backbone.adapters.0.body.6.weight"], before["backbone.adapters.0.body.6.weight"])

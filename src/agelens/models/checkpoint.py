@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +47,29 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
                               "is the disk full?)") from None
 
 
+TRUST_ENV = "AGELENS_TRUST_CHECKPOINTS"  # =1: load .pt files that hold Python objects (runs code the file names)
+
+
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's state, read as tensors and plain data only (torch's `weights_only`): a .pt that names other
+    Python objects would run code while loading, so it is refused unless TRUST_ENV=1 (agelens' own hold none)."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
+        ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated/corrupt files
-        raise CheckpointError(f"checkpoint {p} is unreadable or corrupt ({type(e).__name__})") from None
+        if "Unsupported global" not in str(e):
+            raise CheckpointError(f"checkpoint {p} is unreadable or corrupt ({type(e).__name__})") from None
+        if os.environ.get(TRUST_ENV) != "1":
+            what = next((ln.split("GLOBAL", 1)[1].split()[0] for ln in str(e).splitlines() if "GLOBAL" in ln), "?")
+            raise CheckpointError(f"checkpoint {p} holds Python objects beyond tensors and plain data (first: {what}); "
+                                  f"loading it would run code the file names, so it is refused. If you trust where it "
+                                  f"came from, set {TRUST_ENV}=1") from None
+        try:
+            ck = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise CheckpointError(f"checkpoint {p} is unreadable or corrupt ({type(e2).__name__})") from None
     if isinstance(ck, dict) and "checksum" in ck:  # checkpoints from before checksums load unverified
         expected = ck.pop("checksum")
         if state_digest(ck) != expected:

@@ -180,7 +180,7 @@ def front_state(fit_dir: Path) -> dict:
     path = Path(fit_dir) / "front.pt"
     if not path.is_file():
         raise SystemExit(f"{path} not found: run `python -m agelens.train.front_refit fit --out {fit_dir}` first")
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)  # tensors and plain data: a .pt naming objects would run code
     if not isinstance(state, dict) or not isinstance(state.get("front_stages"), int) or "front" not in state:
         raise SystemExit(f"{path} is not a front re-fit (no front weights or stage count)")
     return state
