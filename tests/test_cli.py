@@ -246,6 +246,21 @@ def test_table_prints_file_names_as_they_are(tmp_path, tiny_checkpoint):
     assert r.returncode == 1 and "x[/b].jpg" in r.stdout and "[red]y.jpg" in r.stdout, r.stdout
 
 
+def test_control_characters_in_file_names_are_shown_not_sent_to_the_terminal(tmp_path, tiny_checkpoint,
+                                                                           astronaut_path):
+    """A name holding an escape sequence (one retitles the terminal, one colours it) or a newline (a spoofed row)
+    is printed with those characters as \\xNN, in the table and on stderr alike."""
+    import shutil
+
+    shutil.copy(astronaut_path, tmp_path / "a\x1b]0;PWNED\x07.jpg")
+    (tmp_path / "b\x1b[31m\nfake.jpg").write_bytes(b"not an image")
+    r = agelens("predict", ".", "--model", tiny_checkpoint, "--no-detect", cwd=tmp_path)
+    _no_traceback(r)
+    assert r.returncode == 1
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout and "\x1b" not in r.stderr, (r.stdout, r.stderr)
+    assert "a\\x1b]0;PWNED\\x07.jpg" in r.stdout and "  b\\x1b[31m\\x0afake.jpg: not a recognised" in r.stderr
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["-f", "json", "-o", "{file}/res.json"], "a part of the path is a file"),
     (["-f", "jsonl", "-o", "{file}/res.jsonl"], "a part of the path is a file"),

@@ -98,6 +98,22 @@ def test_fair_recipe_trains_indexes_evaluates_and_reports(tmp_path, utk_folder, 
     assert page.count("data:image/png;base64,") == 6
     assert "Learned region weights" in page and "Grad-CAM" in page
     assert "Age-standardised MAE" in page and "spread (max − min)" in page
+    # an evaluate folder from elsewhere: what its metrics.json holds is shown as text, never run as the page's HTML
+    import json
+    import shutil
+
+    shutil.copytree(tmp / "eval", tmp / "eval_hostile")
+    m = json.loads((tmp / "eval_hostile" / "metrics.json").read_text())
+    evil = "<script>alert(1)</script>"
+    m["n"], m["failed"] = evil, evil
+    if m.get("knn"):
+        m["knn"]["k"] = evil
+    for attr in ("gender", "race"):
+        for g in m["standardised"][attr]["by_group"].values():
+            g["n"] = evil
+    (tmp / "eval_hostile" / "metrics.json").write_text(json.dumps(m))
+    hostile = build_report(tmp / "eval_hostile", tmp / "report_hostile", samples=0, log=lambda *_: None).read_text()
+    assert "<script>" not in hostile and "&lt;script&gt;alert(1)&lt;/script&gt;" in hostile
     run_page = build_report(run, log=lambda *_: None).read_text()  # a run folder: its test/ part
     # the recipe trained with, from the run's config.yaml, in both pages (the evaluation names the run folder)
     for text in (page, run_page):

@@ -197,6 +197,9 @@ def test_bad_json_422(client, payload, fragment):
 def test_malformed_requests_422(client, astronaut):
     r = client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"})
     assert_error(r, 422, "not valid JSON")
+    deep = b"[" * 200_000 + b"]" * 200_000  # nested beyond the parser's recursion limit: a 422, not a 500
+    assert_error(client.post("/v1/predict", content=deep, headers={"content-type": "application/json"}), 422,
+                 "not valid JSON")
     r = client.post("/v1/predict", files={"other": ("a.jpg", astronaut, "image/jpeg")})
     assert_error(r, 422, 'missing form field "file"')
     r = client.post("/v1/predict", data={"file": "just text"})  # urlencoded form

@@ -403,3 +403,63 @@ def test_draw_reads_a_photo_over_the_pixel_limit_as_predict_does(tmp_path, monke
     out = draw(p, [{"box": [400, 400, 1200, 1200], "age": 30.0, "occluded": False}])
     assert out.shape == (1500, 2000, 3)
     assert (out[200, 300:400] == (0, 200, 0)).all()  # the top edge at y = 400 / 2
+
+
+def test_a_device_or_pipe_behind_a_file_name_is_refused_not_read(tmp_path):
+    """/dev/zero never ends and a named pipe blocks forever: both are named, not read (in a child process, so that
+    a regression fails the test instead of hanging it)."""
+    import subprocess
+    import sys
+
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    code = ("import sys\nfrom agelens.imageio import read_file\nfor f in sys.argv[1:]:\n    try:\n"
+            "        read_file(f)\n    except Exception as e:\n        print(type(e).__name__, e)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "zero.jpg"), str(tmp_path / "pipe.jpg")],
+                       capture_output=True, text=True, timeout=60)
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("ImageError") and "not a regular file" in lines[0] and "behind a link" in lines[0]
+    assert lines[1].startswith("ImageError") and "not a regular file" in lines[1]
+
+
+def test_a_jpeg_whose_header_claims_more_than_any_photo_is_refused_before_decoding():
+    import io
+
+    from agelens.errors import ImageTooLargeError
+    from agelens.imageio import MAX_JPEG_PIXELS, decode_reduced
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5:sof + 9] = (15000).to_bytes(2, "big") + (15000).to_bytes(2, "big")  # 225 MP, 1/8 of it 3.5 MP
+    assert MAX_JPEG_PIXELS < 15000 * 15000
+    with pytest.raises(ImageTooLargeError, match="15000x15000"):
+        decode_reduced(bytes(data))
+
+
+def test_a_file_that_breaks_the_decoder_in_an_unexpected_way_is_an_image_error(monkeypatch):
+    """Broken EXIF or a plugin's odd exception (struct.error, TypeError, NotImplementedError in fuzzed files) is
+    the file's fault: ImageError naming it, or the pixels without the orientation where only EXIF is broken."""
+    import io
+    import struct
+
+    from PIL import ImageFile, ImageOps
+
+    from agelens.imageio import decode_image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(buf, "PNG")
+
+    def bad_exif(im, *a, **k):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", bad_exif)
+    assert decode_image(buf.getvalue(), "x.png").shape == (20, 24, 3)  # pixels as stored
+
+    def bad_load(self, *a, **k):
+        raise NotImplementedError("a format this plugin cannot decode")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", bad_load)
+    with pytest.raises(ImageError, match="x.png: cannot decode image"):
+        decode_image(buf.getvalue(), "x.png")

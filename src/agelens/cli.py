@@ -43,7 +43,9 @@ ROUTE_HELP = ("auto (occlusion detector → teacher for clean faces, student for
 
 
 def _err(msg: str) -> None:
-    typer.echo(msg, err=True)
+    from .inference.inputs import terminal_safe
+
+    typer.echo(terminal_safe(msg, lines=True), err=True)  # a file name's escape sequences shown, not acted on
 
 
 STUDENT_HELP = ("the model for occluded faces under --route auto (a .safetensors, .pt or run folder of `agelens "
@@ -398,7 +400,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
                                                         "ray://HOST:10001); default: start a local Ray")] = None,
             gpus_per_worker: Annotated[float, typer.Option(help="--engine ray: GPUs per model actor (0: CPU)")] = 0.0) -> None:
     """Estimate the age of every face in images; exit code 1 when some files failed."""
-    from .inference.inputs import STREAM_FORMATS, expand_inputs, remaining
+    from .inference.inputs import STREAM_FORMATS, expand_inputs, remaining, terminal_safe
 
     if fmt is None:  # -o ages.jsonl says its format as a user would expect; else the table
         ext = Path(output).suffix.lower().lstrip(".") if output not in (None, "-") else ""
@@ -550,7 +552,7 @@ def predict(paths: Annotated[list[str] | None, typer.Argument(
         msg = f"{failed + failed_before} of {len(files) if failed_before else len(todo)} file(s) failed"
         _err(msg + (f" ({failed_before} in an earlier run: --resume --retry-failed answers them again)"
                     if failed_before else "")
-             + "".join(f"\n  {f}" for f in first_failed)
+             + "".join(f"\n  {terminal_safe(f)}" for f in first_failed)  # one line each, whatever the name holds
              + (f"\n  ... and {failed - len(first_failed)} more (each record's error says why)"
                 if failed > len(first_failed) else ""))
         raise typer.Exit(1)
@@ -712,6 +714,10 @@ def _emit(results: list[dict], fmt: str) -> None:
 
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
+    from .inference.inputs import terminal_safe
+
+    results = [{**r, "file": terminal_safe(r["file"]), "error": r["error"] and terminal_safe(r["error"])}
+               for r in results]  # a file name's control characters shown as \xNN, not acted on by the terminal
     console = PipeConsole(width=None if sys.stdout.isatty() else 160)  # 160 where the table goes to a file or pipe
     if console.width < TABLE_MIN_WIDTH:  # a narrow terminal: a line per face, wrapped between words, not in a number
         for r in results:

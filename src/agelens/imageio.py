@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -14,6 +16,10 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 from .errors import AgelensError, ImageError, ImageTooLargeError
 
 MAX_PIXELS = 60_000_000  # decompression-bomb guard (e.g. 20000×20000 is refused)
+# A JPEG decoded reduced (`decode_reduced`) is checked at its reduced size, but libjpeg holds a progressive JPEG's
+# coefficients at full size (about 2 bytes a pixel): its header may say at most this many pixels (200 MP phones pass)
+MAX_JPEG_PIXELS = 210_000_000
+MAX_FILE_BYTES = 1 << 30  # an image file larger than 1 GiB is refused before it is read (60 MP of 16-bit RGB: 360 MB)
 # predict's faces need no more than this long side: a larger JPEG is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's
 # DCT scaling, anti-aliased) while its long side stays at least this (a 12 MP phone photo: 4032 → 2016 px, decoded
 # in a quarter of the time), and face boxes are scaled back (`decode_reduced`; docs/inference_levers.md)
@@ -44,14 +50,18 @@ def _heif_opener(name: str) -> None:
 def pil_to_rgb(im: Image.Image) -> np.ndarray:
     """A Pillow image as RGB uint8, upright by its EXIF orientation: 16-bit and integer images stretched to 8 bits,
     float images (mode F) read as 0-1 where they lie in it (else stretched), transparency composited on white."""
-    im = ImageOps.exif_transpose(im)
+    with contextlib.suppress(Exception):  # EXIF so broken Pillow cannot read its orientation: the pixels as stored
+        im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        if im.mode == "F" and a.size and a.min() >= 0.0 and a.max() <= 1.0:  # a float image of 0-1 values
-            a = np.round(255 * a)
-        elif a.size:
-            a = 255 * (a - a.min()) / max(1e-12 if im.mode == "F" else 1.0, a.max() - a.min())
-        im = Image.fromarray(a.astype(np.uint8), "L")
+        a = np.asarray(im)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        gray = np.empty(a.shape, np.uint8)
+        unit = im.mode == "F" and lo >= 0.0 and hi <= 1.0  # a float image of 0-1 values, else stretched
+        scale = 255.0 if unit else 255 / max(1e-12 if im.mode == "F" else 1.0, hi - lo)
+        for r in range(0, len(a), 512):  # in bands of rows: a small 16-bit PNG of many pixels takes no float copy
+            band = a[r:r + 512].astype(np.float64)
+            gray[r:r + 512] = np.round(band * scale) if unit else (band - lo) * scale
+        im = Image.fromarray(gray, "L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
@@ -104,7 +114,9 @@ def read_pil(im: Image.Image) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data": the pixels are read all the same
             return pil_to_rgb(im)
-    except (OSError, ValueError, SyntaxError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # OSError, ValueError... and what a broken file makes a plugin raise (struct.error)
         raise _cannot_decode(getattr(im, "filename", "") or "<Pillow image>", e) from None
 
 
@@ -174,6 +186,9 @@ def _decode_reduced(data: bytes, min_side: int | None, max_pixels: int, name: st
             warnings.simplefilter("ignore", UserWarning)  # Pillow's "Corrupt EXIF data" and kin: the pixels are read
             with _open(io.BytesIO(data), jpeg=bool(min_side) and data[:3] == JPEG_SOI) as im:
                 w, h = im.size
+                if w * h > max(max_pixels, MAX_JPEG_PIXELS):
+                    raise ImageTooLargeError(f"{name}: image is {w}x{h} ({w * h:,} pixels), over the "
+                                             f"{max(max_pixels, MAX_JPEG_PIXELS):,}-pixel limit of any file")
                 if min_side and im.format in ("JPEG", "MPO") and max(w, h) >= 2 * min_side:  # MPO: cameras' JPEGs
                     f = min_side / max(w, h)  # libjpeg picks the smallest scale whose result is at least this
                     im.draft(im.mode, (max(1, int(w * f + 0.999)), max(1, int(h * f + 0.999))))
@@ -193,8 +208,10 @@ def _decode_reduced(data: bytes, min_side: int | None, max_pixels: int, name: st
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLargeError(f"{name}: image{_pixels_said(e)} (from its header), over the {max_pixels:,}-pixel "
                                  "limit (decompression-bomb guard)") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise _cannot_decode(name, e) from None
+    except MemoryError:
+        raise
+    except Exception as e:  # OSError, ValueError... and what a broken file makes a plugin raise (struct.error,
+        raise _cannot_decode(name, e) from None  # TypeError, NotImplementedError): the file's fault, not ours
 
 
 def file_box(box, scale: float) -> list[float]:
@@ -269,9 +286,18 @@ def read_file(path: str | Path) -> bytes:
             raise ImageError(f"{p}: no file matches this pattern")
         raise ImageError(f"{p}: file not found")
     try:
-        data = p.read_bytes()
+        st = p.stat()  # what a link leads to
+        if not stat.S_ISREG(st.st_mode):  # a device (/dev/zero never ends), a pipe (blocks forever), a socket
+            raise ImageError(f"{p}: not a regular file (a device, pipe or socket{' behind a link' if p.is_symlink() else ''})")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ImageTooLargeError(f"{p}: the file is {st.st_size / 2**20:,.0f} MiB, over the "
+                                     f"{MAX_FILE_BYTES // 2**20:,} MiB an image may take")
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)  # bounded: a file that grew since stat() is not read without end
     except PermissionError:
         raise ImageError(f"{p}: permission denied") from None
     except OSError as e:
         raise ImageError(f"{p}: cannot read ({e.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageTooLargeError(f"{p}: the file is over the {MAX_FILE_BYTES // 2**20:,} MiB an image may take")
     return data

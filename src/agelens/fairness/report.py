@@ -338,7 +338,7 @@ def standardised_table(metrics: dict) -> str:
             # a group kept in the spread though it lacks a light bin: its value is re-weighted over the bins it has
             note = ("left out of the spread" if g in out else
                     f"re-weighted without {', '.join(lacks)}" if lacks else "")
-            rows.append(f"<tr><td>{html.escape(attr)}</td><td>{html.escape(g)}</td><td>{v['n']}</td>"
+            rows.append(f"<tr><td>{html.escape(attr)}</td><td>{html.escape(g)}</td><td>{html.escape(str(v['n']))}</td>"
                         f"<td>{value}</td><td>{html.escape(note)}</td></tr>")
         named = "; ".join(f"{html.escape(g)}: {html.escape(why.get(g, ''))}" for g in out)
         left = f" (without {named})" if out else ""
@@ -470,13 +470,14 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     recipe = recipe_line(conf) if conf is not None else ""
     small = metrics.get("small_bins") or {}
     failed = metrics.get("failed") or 0
-    parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {metrics.get('n')}"
-             + (f" ({failed} more image{'' if failed == 1 else 's'} with no face found, not counted)" if failed else "")
-             + (f", KNN refinement k={knn['k']}, w={knn['w']}" if knn else "") + "</p>",
+    parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {html.escape(str(metrics.get('n')))}"
+             + (f" ({html.escape(str(failed))} more image{'' if failed == 1 else 's'} with no face found, not counted)"
+                if failed else "")
+             + (f", KNN refinement k={html.escape(str(knn['k']))}, w={html.escape(str(knn['w']))}" if knn else "") + "</p>",
              f"<p>{html.escape(recipe)}</p>" if recipe else "",
              f"<table><tr><th>metric</th><th>value [95 % CI]</th></tr>{summary}</table>",
              "<p>CMAE and the bias score (max − min MAE over age bins) take every age bin present"
-             + (": " + ", ".join(f"{html.escape(b)} holds only {c} face{'' if c == 1 else 's'}"
+             + (": " + ", ".join(f"{html.escape(b)} holds only {html.escape(str(c))} face{'' if c == 1 else 's'}"
                                  for b, c in small.items()) + ", so they read a few faces' errors" if small else "")
              + (f"; the age_bin row of the group gaps below leaves out bins of under {MIN_N} faces"
                 if "age_bin" in groups else "") + ".</p>"]

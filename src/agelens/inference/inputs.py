@@ -164,6 +164,17 @@ def _real_folder(folder: str) -> str:
     return os.path.realpath(folder)
 
 
+_CONTROL = __import__("re").compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str, lines: bool = False) -> str:
+    """`printable` text with control characters (newlines, escape sequences that retitle a terminal or write its
+    clipboard) shown as \\xNN: what a file name may hold and a terminal must not act on. lines=True keeps newlines
+    and tabs (a message of several lines)."""
+    keep = "\n\t" if lines else ""
+    return _CONTROL.sub(lambda m: m.group() if m.group() in keep else f"\\x{ord(m.group()):02x}", printable(text))
+
+
 def printable(text: str) -> str:
     """File names that are not valid UTF-8 (surrogate-escaped by Python) as readable, valid UTF-8:
     the undecodable bytes become \\xNN, so CSV/JSON/terminal output never breaks on them."""

@@ -184,7 +184,7 @@ def extract_image(media_type: str, params: dict[str, str], body: bytes, query_de
     if media_type == "application/json":
         try:
             obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: arrays nested beyond reason
             raise RequestError(422, "body is not valid JSON") from None
         if not isinstance(obj, dict) or "image" not in obj:
             raise RequestError(422, 'JSON body must be an object with an "image" field (base64)')
@@ -320,7 +320,9 @@ def create_app(estimator: Any | None = None, max_upload_bytes: int = DEFAULT_MAX
             media_type, params = _media_type(request.headers.get("content-type", ""))
             check_media_type(media_type)  # 415 before the body is read
             body = await read_body(request, svc.max_upload_bytes)
-            data, detect = extract_image(media_type, params, body, request.query_params.get("detect"))
+            # in a thread: parsing a large JSON or multipart body must not hold up other requests (/healthz)
+            data, detect = await anyio.to_thread.run_sync(extract_image, media_type, params, body,
+                                                          request.query_params.get("detect"))
             del body
             t1 = time.perf_counter()
             rgb, scale = await anyio.to_thread.run_sync(decode_reduced, data, FACE_MIN_SIDE, svc.max_pixels,
