@@ -463,3 +463,19 @@ def test_a_file_that_breaks_the_decoder_in_an_unexpected_way_is_an_image_error(m
     monkeypatch.setattr(ImageFile.ImageFile, "load", bad_load)
     with pytest.raises(ImageError, match="x.png: cannot decode image"):
         decode_image(buf.getvalue(), "x.png")
+
+
+def test_only_photo_formats_are_opened():
+    """EPS is not opened (Pillow reads it by running Ghostscript where that is installed); photo formats are."""
+    import io
+
+    from agelens.imageio import decode_image
+
+    for fmt, ok in (("EPS", False), ("PNG", True), ("TIFF", True), ("PPM", True), ("GIF", True)):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), 40, np.uint8)).save(buf, fmt)
+        if ok:
+            assert decode_image(buf.getvalue(), f"x.{fmt}").shape == (8, 8, 3)
+        else:
+            with pytest.raises(ImageError, match="not a recognised image format"):
+                decode_image(buf.getvalue(), f"x.{fmt}")

@@ -125,7 +125,19 @@ def _open(src, jpeg: bool) -> Image.Image:
     itself: `Image.open` would apply Pillow's own decompression-bomb check to the header's size (a warning from 89 MP,
     an error from 179 MP), which would refuse a 108 or 200 MP phone photo that decodes at 1/8 of its size in under
     4 MP; `decode_reduced` checks the size it will decode instead."""
-    return JpegImagePlugin.JpegImageFile(src) if jpeg else Image.open(src)
+    return JpegImagePlugin.JpegImageFile(src) if jpeg else Image.open(src, formats=photo_formats())
+
+
+# Raster photo formats Pillow may open (HEIF once pillow-heif registers it). Not EPS, which Pillow reads by running
+# Ghostscript where it is installed, nor the scientific and stub formats a photo never comes in.
+PHOTO_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "GIF", "WEBP", "AVIF", "TIFF", "HEIF", "PPM", "JPEG2000", "TGA", "ICO",
+                 "PSD", "SGI", "PCX", "QOI")
+
+
+def photo_formats() -> list[str]:
+    """The PHOTO_FORMATS this Pillow can open."""
+    Image.init()
+    return [f for f in PHOTO_FORMATS if f in Image.OPEN]
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:

@@ -123,11 +123,15 @@ def image_hashes(path: str) -> tuple[str, np.ndarray] | None:
     """(sha256 of the file bytes, 256-bit difference hash packed into 32 bytes), or None when unreadable."""
     from PIL import Image
 
+    from ..imageio import photo_formats, read_file
+
     try:
-        data = Path(path).read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
+        data = read_file(path)  # a regular file of bounded size (not a device or pipe behind a name)
+        with Image.open(io.BytesIO(data), formats=photo_formats()) as im:
             g = np.asarray(im.convert("L").resize((HASH_SIZE + 1, HASH_SIZE), Image.BILINEAR), np.int16)
-    except (OSError, ValueError):
+    except MemoryError:
+        raise
+    except Exception:  # unreadable, or a file that breaks the decoder (ImageError, OSError, struct.error...)
         return None
     return hashlib.sha256(data).hexdigest(), np.packbits((g[:, 1:] > g[:, :-1]).ravel())
 
