@@ -246,3 +246,70 @@ def test_a_few_clusters_get_no_interval_however_many_faces():
 
     codes = _cluster_codes([0, 0, None, "", float("nan"), "a", "a"], 7)
     assert codes[0] == codes[1] and codes[5] == codes[6] and len(set(codes[2:5].tolist())) == 3
+
+
+# ---- pinned by hand: each of these numbers a mutation of the code once changed unnoticed (a mutation audit) ----
+
+
+def test_signed_errors_small_bins_and_negative_ages_by_hand():
+    true = np.array([5, 5, 25, 25, 70])
+    pred = np.array([6, 9, 25, 35, 64])
+    m = compute_metrics(pred, true)
+    assert m["mean_error"] == pytest.approx((1 + 4 + 0 + 10 - 6) / 5)  # predicted − true: positive reads older
+    assert age_bin(-1) == "0-10" and age_bin(-0.4) == "0-10"
+    ten = compute_metrics(np.arange(10) + 1.0, np.arange(10.0))  # a bin of exactly MIN_N faces is not small
+    assert ten["small_bins"] == {}
+    nine = compute_metrics(np.arange(9) + 1.0, np.arange(9.0))
+    assert nine["small_bins"] == {"0-10": 9}
+
+
+def test_group_report_by_hand():
+    from agelens.evaluate.metrics import group_report
+
+    true = np.full(30, 30.0)
+    pred = np.concatenate([true[:20] + 2, true[20:] + 4])  # 20 women off by +2, 10 men by +4
+    genders = ["female"] * 20 + ["male"] * 10
+    g = group_report(pred, true, genders)["gender"]
+    assert g["by_group"]["female"]["mean_error"] == 2.0 and g["by_group"]["male"]["mean_error"] == 4.0
+    assert g["difference"]["mae"] == 2.0 and g["ratio"]["mae"] == 0.5  # min / max
+    small = group_report(pred[:25], true[:25], genders[:25])["gender"]  # 5 men: under min_n = 10
+    assert small["left_out_of_difference"] == ["male"] and small["difference"]["mae"] is None
+
+
+def test_standardised_spread_leaves_out_a_small_group_however_far_off():
+    from agelens.evaluate.metrics import standardised_mae
+
+    rng = np.random.default_rng(0)
+    true = np.tile([5.0, 25.0, 45.0], 40)  # 120 faces, three age bins
+    pred = true + rng.choice([-3.0, 3.0], len(true))
+    races = ["a"] * 57 + ["b"] * 57 + ["c"] * 6  # c: 2 faces per bin, and 40 years off
+    pred[114:] = true[114:] + 40
+    s = standardised_mae(pred, true, races=races, n_boot=0, min_cell=1)["race"]
+    assert "c" in s["left_out_of_spread"] and s["spread"] < 5
+
+
+def test_bias_corrected_interval_by_hand():
+    from agelens.evaluate.metrics import _bc_interval
+
+    # Efron's correction: the point at the 30th of 100 values pulls the interval down, not the middle 90 %
+    assert _bc_interval(np.arange(100.0), 30.0, 0.9) == pytest.approx([0.3811, 72.6579], abs=1e-3)
+    # the level is honoured: a uniform spread of resamples, the point in the middle, gives its quantiles
+    assert _bc_interval(np.linspace(0, 1, 100001), 0.5, 0.95) == pytest.approx([0.025, 0.975], abs=1e-3)
+
+
+def test_bootstrap_cmae_is_the_mean_of_bins_and_small_tests_get_none():
+    from agelens.evaluate.metrics import bootstrap_ci
+
+    true = np.repeat([5.0, 25.0, 45.0], 20)
+    err = np.repeat([1.0, 1.0, 10.0], 20)  # bins of MAE 1, 1, 10: CMAE 4 (a median of bins would read 1)
+    ci = bootstrap_ci(true + err, true, n_boot=200)
+    assert ci["cmae"][0] <= 4.0 <= ci["cmae"][1] and ci["cmae"][0] > 1.5
+    assert bootstrap_ci(true[:5] + 1, true[:5], n_boot=50)["mae"] is None  # 5 faces: no interval
+
+
+def test_interval_report_by_hand():
+    from agelens.evaluate.metrics import interval_report
+
+    assert interval_report([10], [8], [13])["mean_width"] == 5.0
+    r = interval_report([5, 70], [0, 0], [10, 60])
+    assert r["per_bin"] == {"0-10": 1.0, "61+": 0.0} and r["coverage"] == 0.5

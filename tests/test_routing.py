@@ -115,3 +115,25 @@ def test_a_binary_classifier_is_refused_as_an_age_model():
         TorchModel.load("occlusion")
     with pytest.raises(CheckpointError, match="not an age model"):
         AgeEstimator.from_pretrained("occlusion", backend="torch")
+
+
+def test_each_models_interval_z_blends_with_the_weight_and_intervals_stay_in_the_age_range():
+    est = estimator([0.02])
+    est.student.interval_z = 3.0
+    assert np.allclose(est.interval_z(np.array([0.0, 1.0, 0.5], np.float32)), [1.645, 3.0, 2.3225], atol=1e-5)
+    lo, hi = est.intervals(np.array([99.0, 1.0]), np.array([5.0, 5.0]), np.array([0.0, 0.0], np.float32))
+    assert hi[0] == est.max_age and lo[1] == est.min_age
+    assert lo[0] == pytest.approx(99 - 1.645 * 5) and hi[1] == pytest.approx(1 + 1.645 * 5)
+
+
+def test_a_face_weighed_half_and_half_is_named_the_students():
+    lo, hi = SOFT_BAND
+    s = np.float32(lo + 0.5 * (hi - lo))
+    for _ in range(8):  # the float32 score whose weight is exactly one half
+        w = soft_weight(np.array([s]), np.zeros(1, bool))[0]
+        if w == 0.5:
+            break
+        s = np.nextafter(s, np.float32(1 if w < 0.5 else 0))
+    assert soft_weight(np.array([s]), np.zeros(1, bool))[0] == 0.5
+    r = estimator([float(s)]).analyse_crops(np.zeros((1, 256, 256, 3), np.uint8))
+    assert r["student_weight"][0] == 0.5 and r["model"][0] == "student" and r["age"][0] == pytest.approx(30.0)
