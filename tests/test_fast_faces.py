@@ -127,3 +127,24 @@ def test_mediapipe_loads_without_matplotlib_and_still_draws():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ---- alignment geometry, pinned by hand (a mutation audit changed these unnoticed) --------------------------------
+
+
+def test_alignment_lands_keypoints_on_the_template_at_any_size_and_repeats_the_border():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (300, 300, 3), np.uint8)
+    kp = TEMPLATE_KEYPOINTS * 0.8 + [30.0, 40.0]  # the template shrunk and moved: a pure similarity
+    for size in (128, 256):
+        _, m = align_face(img, kp, size)
+        mapped = kp @ m[:, :2].T + m[:, 2]
+        assert np.allclose(mapped, TEMPLATE_KEYPOINTS * size / 256, atol=1e-3)
+    four = np.vstack([kp[:3], kp[3:].mean(0)])  # the detector's keypoints: mouth centre
+    _, m = align_face(img, four, 256)
+    assert np.allclose(four[3] @ m[:, :2].T + m[:, 2], [128.0, 176.8], atol=1e-3)
+    with pytest.raises(ValueError, match="degenerate"):
+        similarity_transform(np.ones((5, 2)), TEMPLATE_KEYPOINTS)
+    flat = np.full((40, 40, 3), 200, np.uint8)
+    crop, _ = align_face(flat, TEMPLATE_KEYPOINTS * 0.1 - 5, 256)  # the crop reaches past the top-left edge
+    assert crop.min() == 200  # the border repeats the edge, not black

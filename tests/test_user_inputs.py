@@ -479,3 +479,15 @@ def test_only_photo_formats_are_opened():
         else:
             with pytest.raises(ImageError, match="not a recognised image format"):
                 decode_image(buf.getvalue(), f"x.{fmt}")
+
+
+def test_a_file_named_like_a_pattern_is_read_and_a_pattern_matching_nothing_is_reported(tmp_path):
+    from agelens.inference.inputs import printable
+
+    for name in ("a[1].jpg", "a1.jpg"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name)
+    assert expand_inputs([str(tmp_path / "a[1].jpg")]) == [str(tmp_path / "a[1].jpg")]  # the file, not a glob
+    assert expand_inputs([str(tmp_path / "a[1].*")]) == [str(tmp_path / "a1.jpg")]  # a pattern: its matches
+    nothing = str(tmp_path / "nope" / "*.jpg")
+    assert expand_inputs([nothing]) == [nothing]  # kept, so that it is reported ("no file matches this pattern")
+    assert printable(b"\xff.jpg".decode("utf-8", "surrogateescape")) == "\\xff.jpg"
