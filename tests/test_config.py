@@ -42,12 +42,46 @@ def test_parse_overrides_nested():
     ("train.warmup_epochs=-1", "train.warmup_epochs must be >= 0"),
     ("data.max_train=-5", "data.max_train / data.max_eval must be >= 0"),
     ("model.mwr_iterations=0", "model.mwr_iterations must be >= 1"),
+    # each of these a mutation of the check once let through (a mutation audit)
+    ("data.val_frac=0.5,data.test_frac=0.5", "data.val_frac + data.test_frac must be in [0, 1)"),
+    ("model.min_age=40,model.max_age=40", "model.min_age/max_age must satisfy"),
+    ("fairness.dro_by=[age_bin],fairness.dro_within=[age_bin]", "fairness.dro_within must be a strict subset"),
+    ("train.augment=3.5", "train.augment must be in [0, 3]"),
+    ("model.dldl_sigma=0", "model.dldl_sigma must be > 0"),
+    ("data.cache_size=16,data.crop_size=16", "data.cache_size must be >= 32"),
+    ("train.epochs=true", "train.epochs must be an integer"),
+    ("train.task=occlusion,model.head=binary", "train.task=occlusion needs occlusion.enabled=true"),
+    ("train.kd_weight=1,model.head=coral", "train.kd_weight needs a distribution head"),
+    ("train.balance_by=[gender,gender]", "train.balance_by must be a non-empty list"),
 ])
 def test_bad_values_name_the_key(override, fragment):
     from agelens.models import check_config
 
     with pytest.raises(ConfigError, match=re.escape(fragment)):
-        check_config(load_config(None, [override]))  # what every CLI command loads
+        check_config(load_config(None, override.split(",") if "=[" not in override else _split(override)))
+
+
+def _split(text: str) -> list[str]:
+    """'a=[x,y],b=1' → ['a=[x,y]', 'b=1'] (commas inside brackets kept)."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur]
+
+
+def test_values_are_read_as_a_user_writes_them():
+    cfg = load_config(None, ["data.aligned=1", "train.balance_by=[age_bin, gender]", "model.head_args={scale: 2}"])
+    assert cfg.data.aligned is True and cfg.train.balance_by == ["age_bin", "gender"]
+    assert parse_overrides(["a.b=x=y"]) == {"a": {"b": "x=y"}}
+    old = config_to_dict(load_config())
+    old["train"]["a_key_of_an_older_version"] = 3  # a saved run of another version: ignored, not refused
+    assert config_to_dict(config_from_dict(old)) == config_to_dict(load_config())
 
 
 def test_missing_and_invalid_yaml(tmp_path):

@@ -378,3 +378,29 @@ def test_browser_pages_of_allowed_origins_may_call_the_api():
         other = c.post("/v1/predict", content=img, headers={"content-type": "image/png",
                                                             "origin": "https://evil.example.org"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_body_that_stalls_is_answered_408_and_freed(monkeypatch):
+    """A client that sends part of a body and stalls would hold it in memory for as long as it likes."""
+    import anyio
+
+    import agelens.serve.app as app_mod
+    from agelens.serve.app import RequestError, read_body
+
+    class Stalling:
+        headers = {"content-length": "1000"}
+
+        async def stream(self):
+            yield b"x" * 10
+            await anyio.sleep(30)
+            yield b"never"
+
+    monkeypatch.setattr(app_mod, "BODY_SECONDS", 0.2)
+
+    async def main():
+        with pytest.raises(RequestError) as e:
+            await read_body(Stalling(), 10_000)
+        return e.value
+
+    err = anyio.run(main)
+    assert err.status == 408 and "did not arrive within" in err.message and "10 bytes came" in err.message

@@ -122,3 +122,57 @@ def test_sample_names_is_a_seeded_random_sample_not_the_first_names():
     assert len(s) == len(set(s)) == 10 and s == sorted(s, key=names.index) and s == sample(names, 10, 0)
     assert s != names[:10] and max(int(n.split("_")[0]) for n in s) > 30
     assert sample(names, 500, 0) == names  # fewer names than asked: all of them
+
+
+# ---- pinned by hand (each a mutation of splits.py once passed unnoticed) -----------------------------------------
+
+
+def test_a_group_joins_a_part_while_half_of_it_still_fits():
+    recs = [FaceRecord(f"/d/{i}.jpg", 30.0, group=f"g{i // 4}") for i in range(100)]  # 25 groups of 4
+    parts = group_split(recs, 0.0, 0.1, seed=0)  # test target 10 faces: groups join at 0, 4 and 8 (8 + 2 <= 10)
+    assert len(parts["test"]) == 12 and len(parts["val"]) == 0
+    assert all(v == sorted(v) for v in parts.values())
+
+
+def test_test_is_filled_first_from_the_seeded_group_order_and_record_order_does_not_matter():
+    import random
+
+    from agelens.data.splits import _shuffled_groups
+
+    recs = _records()
+    parts = group_split(recs, 0.1, 0.1, seed=3)
+    assert set(_shuffled_groups(recs, 3)[0]) <= set(parts["test"])
+    shuffled = recs[:]
+    random.Random(0).shuffle(shuffled)
+    again = group_split(shuffled, 0.1, 0.1, seed=3)
+    names = lambda p, rs: sorted(rs[i].path for i in p)  # noqa: E731
+    assert all(names(parts[k], recs) == names(again[k], shuffled) for k in parts)
+    with pytest.raises(DataError, match="must be in"):
+        group_split(recs, 0.5, 0.5)
+
+
+def test_kfold_places_the_largest_groups_first_and_needs_two_folds():
+    for seed in range(6):
+        recs = [FaceRecord(f"/d/{i}.jpg", 30.0, group="big" if i < 5 else f"s{i}") for i in range(10)]
+        assert sorted(len(f) for f in kfold_split(recs, 2, seed)) == [5, 5]
+    with pytest.raises(DataError, match="k >= 2"):
+        kfold_split(_records(), 1)
+
+
+def test_a_relabelled_record_changes_the_fingerprint_and_a_missing_part_is_named(tmp_path):
+    from agelens.data.splits import records_fingerprint, split_part
+
+    recs = _records(20)
+    moved = recs[:5] + [FaceRecord(recs[5].path, recs[5].age + 1, group=recs[5].group)] + recs[6:]
+    assert records_fingerprint(recs, "/d") != records_fingerprint(moved, "/d")
+    assert records_fingerprint(recs, "/d") == records_fingerprint(recs[::-1], "/d")
+    save_split(tmp_path / "s.json", recs, group_split(recs, 0.2, 0.2), dataset="x", root="/d", seed=0)
+    with pytest.raises(DataError, match="has no part 'nope'"):
+        split_part(tmp_path / "s.json", "nope")
+
+
+def test_records_without_a_group_are_each_their_own_group_in_the_leak_check():
+    a, b = FaceRecord("/d/a.jpg", 30.0), FaceRecord("/d/b.jpg", 40.0)  # group "" (not set): one record each
+    check_group_safe({"train": [a], "val": [b]})
+    with pytest.raises(DataError, match="appears in both"):
+        check_group_safe({"train": [a], "val": [a]})

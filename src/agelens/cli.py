@@ -904,7 +904,10 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
     port = sock.getsockname()[1]
     _err(f"listening on http://{f'[{host}]' if ':' in host else host}:{port}"
          + (" (--port 0: a free port)" if port != requested else ""))  # uvicorn says so only when it binds itself
-    server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level=log_level, workers=1))
+    from .serve.app import CONNECTIONS
+
+    server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level=log_level, workers=1,
+                                           limit_concurrency=max(CONNECTIONS, 2 * max_queue)))
     try:
         server.run(sockets=[sock])
     except SystemExit as e:

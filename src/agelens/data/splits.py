@@ -158,9 +158,11 @@ def load_split(path: str | Path, records: list[FaceRecord], root: str) -> dict[s
 
 
 def check_group_safe(parts: dict[str, list[FaceRecord]]) -> None:
-    """Raise DataError when a group appears in more than one part."""
+    """Raise DataError when a group appears in more than one part (a record without a group is its own, as the
+    splits treat it)."""
     seen: dict[str, str] = {}
     for k, recs in parts.items():
         for r in recs:
-            if seen.setdefault(r.group, k) != k:
-                raise DataError(f"group {r.group!r} appears in both {seen[r.group]} and {k}")
+            g = r.group or r.path
+            if seen.setdefault(g, k) != k:
+                raise DataError(f"group {g!r} appears in both {seen[g]} and {k}")
