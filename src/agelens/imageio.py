@@ -300,7 +300,8 @@ def read_file(path: str | Path) -> bytes:
     try:
         st = p.stat()  # what a link leads to
         if not stat.S_ISREG(st.st_mode):  # a device (/dev/zero never ends), a pipe (blocks forever), a socket
-            raise ImageError(f"{p}: not a regular file (a device, pipe or socket{' behind a link' if p.is_symlink() else ''})")
+            via = " behind a link" if p.is_symlink() else ""
+            raise ImageError(f"{p}: not a regular file (a device, pipe or socket{via})")
         if st.st_size > MAX_FILE_BYTES:
             raise ImageTooLargeError(f"{p}: the file is {st.st_size / 2**20:,.0f} MiB, over the "
                                      f"{MAX_FILE_BYTES // 2**20:,} MiB an image may take")

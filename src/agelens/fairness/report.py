@@ -470,10 +470,12 @@ def build_report(path: str | Path, output: str | Path | None = None, samples: in
     recipe = recipe_line(conf) if conf is not None else ""
     small = metrics.get("small_bins") or {}
     failed = metrics.get("failed") or 0
-    parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {html.escape(str(metrics.get('n')))}"
+    n = html.escape(str(metrics.get("n")))  # a received metrics.json is shown as text, never run as the page's HTML
+    parts = [f"<h1>agelens fairness report</h1><p>{html.escape(str(eval_dir))} — n = {n}"
              + (f" ({html.escape(str(failed))} more image{'' if failed == 1 else 's'} with no face found, not counted)"
                 if failed else "")
-             + (f", KNN refinement k={html.escape(str(knn['k']))}, w={html.escape(str(knn['w']))}" if knn else "") + "</p>",
+             + (f", KNN refinement k={html.escape(str(knn['k']))}, w={html.escape(str(knn['w']))}" if knn else "")
+             + "</p>",
              f"<p>{html.escape(recipe)}</p>" if recipe else "",
              f"<table><tr><th>metric</th><th>value [95 % CI]</th></tr>{summary}</table>",
              "<p>CMAE and the bias score (max − min MAE over age bins) take every age bin present"

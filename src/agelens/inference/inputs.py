@@ -9,6 +9,7 @@ import functools
 import glob
 import itertools
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def _real_folder(folder: str) -> str:
     return os.path.realpath(folder)
 
 
-_CONTROL = __import__("re").compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters
 
 
 def terminal_safe(text: str, lines: bool = False) -> str:

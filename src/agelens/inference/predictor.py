@@ -683,8 +683,9 @@ class AgeEstimator:
         HxWx3 array: RGB, or BGR with channels="bgr" as OpenCV reads it (grey, RGBA, 16-bit and float arrays as
         `imageio.array_to_rgb` reads them). A JPEG of 3,072 px or more given as a path or bytes is decoded
         reduced (`imageio.decode_reduced`), an array or Pillow image is read whole: the two can differ by up to
-        about a year. Boxes are in the pixels of the image as displayed (a file's EXIF orientation applied). Raises NoFaceError where the image holds no face (`agelens.NoFaceError`; predict_many
-        and the service answer such an image with no faces), ImageError where it cannot be read."""
+        about a year. Boxes are in the pixels of the image as displayed (a file's EXIF orientation applied).
+        Raises NoFaceError where the image holds no face (`agelens.NoFaceError`; predict_many and the service
+        answer such an image with no faces), ImageError where it cannot be read."""
         rgb, scale = as_rgb(image, channels)
         with self._lock:
             t0 = time.perf_counter()

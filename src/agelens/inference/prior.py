@@ -98,8 +98,9 @@ def adapt_ages(ages: np.ndarray, spreads: np.ndarray, base: np.ndarray | list | 
                ) -> tuple[np.ndarray, np.ndarray, dict]:
     """A job's (ages, spreads) adapted to its own age mix, and a summary (`applied`, `faces`; once estimated the
     mix's mean age against the training mix's, their divergence and the `strength` it sets; where applied the
-    mean and largest age change). Left as they are (applied False) with fewer than MIN_FACES faces, without a training mix
-    (`base` None: a model card without `age_prior`) or with a mix within KL_FROM of the training mix."""
+    mean and largest age change). Left as they are (applied False) with fewer than MIN_FACES faces, without a
+    training mix (`base` None: a model card without `age_prior`) or with a mix within KL_FROM of the training
+    mix."""
     ages, spreads = np.asarray(ages, np.float32), np.asarray(spreads, np.float32)
     info: dict = {"applied": False, "faces": int(len(ages))}
     if base is None or len(ages) < MIN_FACES:
