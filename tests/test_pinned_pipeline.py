@@ -1,0 +1,117 @@
+"""Values pinned by hand where a mutation audit changed the pipeline's output unnoticed: each file's own record in
+a batch, every file of a job, CSV columns, 16-bit and transparent images, the smallest images, box geometry, the
+learning-rate schedule."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agelens.errors import ImageError, NoFaceError
+
+
+@pytest.fixture(scope="module")
+def estimator():
+    from agelens import AgeEstimator
+
+    return AgeEstimator.from_pretrained()
+
+
+def test_each_file_of_a_batch_keeps_its_own_answer_and_none_is_dropped(tmp_path, estimator):
+    """9 different faces, batches of 4 faces and chunks of 8 files: a record mixed up with another file's, or a
+    file left out at a chunk's edge, shows."""
+    from agelens.inference.stream import CHUNK, answer_files
+    from conftest import utk_faces
+
+    files = sorted(str(p) for p in utk_faces(tmp_path / "u", CHUNK + 1).iterdir())
+    solo = [estimator.predict(f, detect=False)[0].age for f in files]
+    assert len({round(a) for a in solo}) >= 3  # the faces read differently, so a mix-up would show
+    for recs in (list(estimator.predict_many(files, detect=False, workers=0, batch_size=4)),
+                 answer_files(estimator, files, False)):  # what a pipeline worker or a Ray actor sends back
+        assert [r["file"] for r in recs] == files
+        assert [r["faces"][0]["age"] for r in recs] == pytest.approx(solo, abs=0.01)
+
+
+def test_csv_columns_hold_what_their_names_say():
+    from agelens.inference.stream import CSV_COLUMNS, csv_rows
+
+    face = {"box": [1.0, 2.0, 3.0, 4.0], "age": 30.0, "interval": [20.0, 40.0], "occluded": False,
+            "occlusion_score": 0.1, "model": "teacher", "detection": "padded"}
+    row = dict(zip(CSV_COLUMNS, csv_rows({"file": "a.jpg", "faces": [face], "error": None})[0], strict=True))
+    assert row == {"file": "a.jpg", "face": 0, "x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0, "age": 30.0, "low": 20.0,
+                   "high": 40.0, "occluded": False, "occlusion_score": 0.1, "model": "teacher", "detection": "padded",
+                   "error": ""}
+    bad = csv_rows({"file": "b.jpg", "faces": [], "error": "b.jpg: not a recognised image format"})
+    assert bad == [["b.jpg", *[""] * (len(CSV_COLUMNS) - 2), "b.jpg: not a recognised image format"]]
+
+
+def test_an_error_names_its_file_once():
+    from agelens.inference.stream import _error
+
+    assert _error("a.jpg", ImageError("a.jpg: bad")) == "a.jpg: bad"
+    assert _error("a.jpg", ImageError("bad")) == "a.jpg: bad"
+    assert _error("a.jpg", OSError("disk")) == "a.jpg: OSError: disk"
+
+
+def _png(arr: np.ndarray, mode: str | None = None, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def test_16_bit_images_are_stretched_from_their_own_range_in_every_row():
+    from agelens.imageio import decode_image
+
+    ramp = np.repeat(np.linspace(1000, 3000, 50).astype(np.uint16)[None], 1100, 0)  # 1,100 rows: three bands
+    rgb = decode_image(_png(ramp), "r.png")
+    assert rgb.min() == 0 and rgb.max() == 255
+    expect = np.round((ramp[700].astype(float) - 1000) * 255 / 2000).astype(int)
+    assert np.abs(rgb[700, :, 0].astype(int) - expect).max() <= 1 and (rgb[1099] == rgb[0]).all()
+
+
+def test_transparency_reads_as_white_in_palette_images_and_bgra_arrays():
+    from agelens.imageio import array_to_rgb, decode_image
+
+    pal = Image.new("P", (4, 4), 1)
+    pal.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    pal.info["transparency"] = 1
+    buf = io.BytesIO()
+    pal.save(buf, "PNG", transparency=1)
+    assert (decode_image(buf.getvalue(), "p.png") == 255).all()
+    bgra = np.zeros((4, 4, 4), np.uint8)  # black, fully transparent
+    assert (array_to_rgb(bgra, channels="bgr") == 255).all()
+
+
+def test_images_too_small_for_a_face_are_refused(estimator):
+    from agelens.imageio import decode_image
+
+    with pytest.raises(ImageError, match="too small"):
+        decode_image(_png(np.zeros((100, 1, 3), np.uint8)), "thin.png")
+    with pytest.raises(NoFaceError, match="under 16 px"):
+        estimator.predict(np.zeros((12, 200, 3), np.uint8))
+
+
+def test_the_largest_face_and_boxes_brought_back_from_a_shrunk_copy():
+    from types import SimpleNamespace
+
+    from agelens.faces.detect import box_back
+    from agelens.faces.prepare import largest_face
+
+    small, big = SimpleNamespace(box=(0, 0, 10, 10)), SimpleNamespace(box=(0, 0, 100, 100))
+    assert largest_face([small, big]) is big and largest_face([big, small]) is big
+    assert box_back((0, 0, 50, 80), 1.0, (60, 100)) == (0.0, 0.0, 50.0, 60.0)  # clipped to the height, 60
+    assert box_back((10, 10, 30, 30), 0.5, (1000, 1000), dx=4) == (28.0, 20.0, 68.0, 60.0)
+
+
+def test_learning_rate_warms_up_then_follows_the_cosine():
+    from agelens.config import load_config
+    from agelens.train.engine import _lr_factor
+
+    cfg = load_config(None, ["train.epochs=10", "train.warmup_epochs=2", "train.scheduler=cosine"])
+    assert _lr_factor(cfg, 0, 0.5) == pytest.approx(0.25)
+    assert _lr_factor(cfg, 2, 0.0) == pytest.approx(1.0)
+    assert _lr_factor(cfg, 6, 0.0) == pytest.approx(0.5)
+    assert _lr_factor(cfg, 10, 0.0) == pytest.approx(0.0, abs=1e-9)
