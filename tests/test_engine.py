@@ -213,3 +213,21 @@ def test_loader_workers_draw_new_augmentations_each_epoch(tmp_path, utk_folder, 
     cfg = _cfg(tmp_path, utk_folder, "w", "train.epochs=2", "train.freeze_backbone_epochs=0", "data.num_workers=1")
     train_and_test(cfg, progress=False, log=lambda *_: None)
     assert set(log.read_text().split()) == {"0", "1"}
+
+
+def test_best_checkpoint_plateau_and_early_stopping_follow_the_validation_maes(tmp_path, utk_folder, monkeypatch):
+    """Validation MAEs 5, 4, 4.5, 4.5, ... (stubbed): the best is epoch 1 (best.pt holds it), two epochs without a
+    gain halve the lr once (plateau) and stop the run at patience 2, after 4 epochs of 6."""
+    from agelens.train import engine
+
+    maes = iter([5.0, 4.0, 4.5, 4.5, 4.5, 4.5])
+    monkeypatch.setattr(engine.Trainer, "validate", lambda self, idx: next(maes))
+    cfg = _cfg(tmp_path, utk_folder, "stop", "train.epochs=6", "train.early_stop_patience=2",
+               "train.freeze_backbone_epochs=0", "train.max_steps_per_epoch=2")
+    result = train_and_test(cfg, progress=False, log=lambda *_: None)
+    assert result["best_epoch"] == 1 and result["best_val_mae"] == 4.0 and result["epochs_run"] == 4
+    run = tmp_path / "runs" / "stop"
+    assert load_checkpoint(run / "best.pt")["epoch"] == 1
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 3 and last["stopped_early"] and last["best_mae"] == 4.0 and last["bad_epochs"] == 2
+    assert last["scheduler"]["lr_scale"] == 0.5
