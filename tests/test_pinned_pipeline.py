@@ -115,3 +115,60 @@ def test_learning_rate_warms_up_then_follows_the_cosine():
     assert _lr_factor(cfg, 2, 0.0) == pytest.approx(1.0)
     assert _lr_factor(cfg, 6, 0.0) == pytest.approx(0.5)
     assert _lr_factor(cfg, 10, 0.0) == pytest.approx(0.0, abs=1e-9)
+
+
+def _face(box, kp=None):
+    from agelens.faces.detect import Face
+
+    x1, y1, x2, y2 = box
+    kp = np.array([[x1 + 0.3 * (x2 - x1), y1 + 0.4 * (y2 - y1)]] * 4, np.float32) if kp is None else kp
+    return Face(tuple(float(v) for v in box), 0.9, kp)
+
+
+def test_tiles_map_faces_back_to_the_image_and_drop_oversized_ones(monkeypatch):
+    """The detector (stubbed) finds one face in every tile: mapped back from tiles of a halved copy, its box and
+    keypoints are in the image's pixels, keypoints inside the box; a face taller than max_face of the image is
+    dropped however narrow."""
+    from agelens.faces import detect as D
+
+    an = D.FaceAnalyzer()
+    monkeypatch.setattr(an, "detect", lambda tile: [_face((10, 10, 40, 40))])
+    img = np.zeros((2400, 2400, 3), np.uint8)
+    faces = an.detect_tiled(img, 2, halved=True)
+    assert faces and all(f.box[0] <= k[0] <= f.box[2] and f.box[1] <= k[1] <= f.box[3]
+                         for f in faces for k in f.keypoints)
+    widths = {round(f.box[2] - f.box[0]) for f in faces}
+    assert widths <= {60, 120, 240} and widths != set()  # 30 px on a copy halved once or more
+    monkeypatch.setattr(an, "detect", lambda tile: [_face((0, 0, 20, tile.shape[0]))])  # thin, the tile's height
+    assert an.detect_tiled(np.zeros((400, 400, 3), np.uint8), 2, max_face=0.5) == []
+
+
+def test_the_padded_retry_maps_boxes_and_keypoints_back_to_a_non_square_image(monkeypatch):
+    from agelens.faces import detect as D
+
+    an = D.FaceAnalyzer()
+    img = np.zeros((100, 200, 3), np.uint8)  # 200 wide, 100 high
+    p, scale = 50, 0.5  # a border of 50 px around the image shrunk to half (as for a large image)
+
+    def on_padded(padded):
+        kp = np.array([[p + 50.0 * scale, p + 40.0 * scale]] * 4, np.float32)
+        return [_face((p - 10, p - 10, p + 200 * scale + 10, p + 100 * scale + 10), kp)]
+
+    monkeypatch.setattr(an, "detect", on_padded)
+    monkeypatch.setattr(D, "pad_border_capped", lambda rgb: (np.zeros((10, 10, 3), np.uint8), p, scale))
+    faces = an._padded_faces(img)[0]
+    assert faces[0].box == (0.0, 0.0, 200.0, 100.0) and faces[0].detection == "padded"
+    assert np.allclose(faces[0].keypoints, [[50.0, 40.0]] * 4)
+
+
+def test_a_tile_face_overlapping_a_found_face_is_not_added_again(monkeypatch):
+    from agelens.faces import detect as D
+
+    an = D.FaceAnalyzer()
+    tile = _face((70, 0, 170, 100))  # IoU 0.18 with the found face
+    monkeypatch.setattr(an, "detect_tiled", lambda rgb, n, halved=False: [tile])
+    monkeypatch.setattr(an, "_with_mesh", lambda rgb, faces: faces)
+    monkeypatch.setattr(an, "_verified", lambda rgb, faces, *a: faces)
+    img = np.zeros((400, 400, 3), np.uint8)
+    assert an._tile_faces(img, 3, [_face((0, 0, 100, 100))], (None, 0.5), 256, False) == []
+    assert an._tile_faces(img, 3, [_face((300, 300, 380, 380))], (None, 0.5), 256, False) == [tile]
