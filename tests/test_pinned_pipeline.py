@@ -172,3 +172,17 @@ def test_a_tile_face_overlapping_a_found_face_is_not_added_again(monkeypatch):
     img = np.zeros((400, 400, 3), np.uint8)
     assert an._tile_faces(img, 3, [_face((0, 0, 100, 100))], (None, 0.5), 256, False) == []
     assert an._tile_faces(img, 3, [_face((300, 300, 380, 380))], (None, 0.5), 256, False) == [tile]
+
+
+def test_the_file_size_guard_and_the_rows_a_cut_jpeg_lacks(tmp_path, monkeypatch):
+    import agelens.imageio as io_
+    from agelens.errors import ImageTooLargeError
+
+    f = tmp_path / "a.png"
+    f.write_bytes(b"x" * 11)
+    monkeypatch.setattr(io_, "MAX_FILE_BYTES", 10)
+    with pytest.raises(ImageTooLargeError, match="the file is 0 MiB, over the 0 MiB"):  # from stat(), before reading
+        io_.read_file(f)
+    rgb = np.full((100, 8, 3), 7, np.uint8)
+    rgb[:90] = np.arange(8, dtype=np.uint8)[None, :, None]  # 90 rows of detail, then 10 flat rows: what a cut leaves
+    assert io_._missing_rows(rgb) == 10
