@@ -70,6 +70,8 @@ def test_16_bit_images_are_stretched_from_their_own_range_in_every_row():
     assert rgb.min() == 0 and rgb.max() == 255
     expect = np.round((ramp[700].astype(float) - 1000) * 255 / 2000).astype(int)
     assert np.abs(rgb[700, :, 0].astype(int) - expect).max() <= 1 and (rgb[1099] == rgb[0]).all()
+    small = decode_image(_png(np.array([[0, 12, 25]] * 4, np.uint16)), "s.png")  # a span where 255 / 25 rounds down
+    assert small[0, :, 0].tolist() == [0, 122, 255]
 
 
 def test_transparency_reads_as_white_in_palette_images_and_bgra_arrays():

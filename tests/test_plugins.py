@@ -162,7 +162,7 @@ o = occlude(img, lm, "cap+bandana", np.random.default_rng(0))
 covered = o.alpha > 0.5
 print(o.kind, sorted(o.parts), round(float(np.abs(o.image[covered].astype(int) - img[covered]).mean()), 1))
 print(len(styles_for("bandana+cap")), OcclusionMix({"bandana": 1.0}).types)
-for bad in ("bandanna", "bandana+bandana", "bandana+mask"):
+for bad in ("bandanna", "bandana+bandana", "bandana+mask", "bandana+cap+hair"):
     try:
         OcclusionMix({bad: 1.0})
     except ValueError as e:
@@ -171,6 +171,10 @@ try:
     register_occluder("mask", ["x"])(lambda *a: None)
 except Exception as e:
     print(type(e).__name__, "paper's types" in str(e))
+try:
+    register_occluder("a,b", ["x"])(lambda *a: None)  # `--mix TYPE=P,...` could not name it
+except Exception as e:
+    print(type(e).__name__, "',' or '='" in str(e))
 register_occluder("broken", ["x"])(lambda img, fr, rng, style: (img[:10], img[..., 0], 0.1))
 try:
     occlude(img, lm, "broken", np.random.default_rng(0))
@@ -185,6 +189,6 @@ except Exception as e:
     from agelens.occlusion.families import CAP_STYLES
 
     assert lines[1] == f"{2 * len(CAP_STYLES)} ['bandana']"
-    assert lines[2:5] == ["refused bandanna True False", "refused bandana+bandana True False",
-                          "refused bandana+mask True True"]
-    assert lines[5:] == ["ConfigError True", "ConfigError True"]
+    assert lines[2:6] == ["refused bandanna True False", "refused bandana+bandana True False",
+                          "refused bandana+mask True True", "refused bandana+cap+hair True False"]
+    assert lines[6:] == ["ConfigError True", "ConfigError True", "ConfigError True"]

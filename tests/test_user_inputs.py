@@ -420,6 +420,12 @@ def test_a_device_or_pipe_behind_a_file_name_is_refused_not_read(tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0].startswith("ImageError") and "not a regular file" in lines[0] and "behind a link" in lines[0]
     assert lines[1].startswith("ImageError") and "not a regular file" in lines[1]
+    # the pipe the shell hands over for `agelens predict <(curl -s URL)` is read
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(png)
+    r = subprocess.run(["bash", "-c", f'{sys.executable} -c "{code}" <(cat {png})'], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr  # no error printed: the bytes were read
 
 
 def test_a_jpeg_whose_header_claims_more_than_any_photo_is_refused_before_decoding():

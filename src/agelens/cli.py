@@ -1226,7 +1226,9 @@ def main() -> None:
             # files failed"; a closed pipe ends a Unix tool quietly with 141 (128 + SIGPIPE), as `yes | head` does
             code = 141
     except AgelensError as e:
-        _err(f"error: {e}")
+        from .inference.inputs import terminal_safe
+
+        _err(terminal_safe(f"error: {e}"))  # one line, whatever a file name in it holds
         code = 2
     except OSError as e:  # a path that cannot be read or written, a full disk
         _err(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))

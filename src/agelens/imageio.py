@@ -57,10 +57,11 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
         lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         gray = np.empty(a.shape, np.uint8)
         unit = im.mode == "F" and lo >= 0.0 and hi <= 1.0  # a float image of 0-1 values, else stretched
-        scale = 255.0 if unit else 255 / max(1e-12 if im.mode == "F" else 1.0, hi - lo)
+        span = max(1e-12 if im.mode == "F" else 1.0, hi - lo)
         for r in range(0, len(a), 512):  # in bands of rows: a small 16-bit PNG of many pixels takes no float copy
             band = a[r:r + 512].astype(np.float64)
-            gray[r:r + 512] = np.round(band * scale) if unit else (band - lo) * scale
+            # (x − lo) · 255 / span, in that order: the top level lands on 255 exactly, then truncates to it
+            gray[r:r + 512] = np.round(band * 255) if unit else (band - lo) * 255 / span
         im = Image.fromarray(gray, "L")
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
@@ -299,7 +300,10 @@ def read_file(path: str | Path) -> bytes:
         raise ImageError(f"{p}: file not found")
     try:
         st = p.stat()  # what a link leads to
-        if not stat.S_ISREG(st.st_mode):  # a device (/dev/zero never ends), a pipe (blocks forever), a socket
+        # a device (/dev/zero never ends), a pipe (blocks forever), a socket: refused, but for the pipe the shell
+        # hands over for `agelens predict <(curl -s URL)`, read (at most MAX_FILE_BYTES + 1 bytes, below)
+        handed = stat.S_ISFIFO(st.st_mode) and str(p).startswith(("/dev/fd/", "/proc/self/fd/"))
+        if not (stat.S_ISREG(st.st_mode) or handed):
             via = " behind a link" if p.is_symlink() else ""
             raise ImageError(f"{p}: not a regular file (a device, pipe or socket{via})")
         if st.st_size > MAX_FILE_BYTES:

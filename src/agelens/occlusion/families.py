@@ -844,9 +844,10 @@ def register_occluder(name: str, styles: list[str] | tuple[str, ...]) -> Callabl
     from ..errors import ConfigError
 
     styles = list(styles)
-    if not name or "+" in name or name in OCCLUSION_TYPES:
+    if not name or any(c in name for c in "+,= \t") or name in OCCLUSION_TYPES:
         raise ConfigError(f"occluder name {name!r} is not usable: it must be non-empty, without '+' (which joins a "
-                          f"combination) and not one of the paper's types {', '.join(OCCLUSION_TYPES)}")
+                          "combination), ',' or '=' (which `--mix TYPE=P,...` reads) or spaces, and not one of the "
+                          f"paper's types {', '.join(OCCLUSION_TYPES)}")
     if not styles or not all(isinstance(st, str) and st and "+" not in st for st in styles):
         raise ConfigError(f"occluder {name!r} needs a list of style names (non-empty strings without '+'), "
                           f"got {styles!r}")
@@ -906,8 +907,8 @@ def _components(kind: str) -> list[tuple[Drawer, list[str]]]:
     from ..registry import OCCLUDERS, load_plugins
 
     names = kind.split("+")
-    if kind in OCCLUSION_TYPES or len(set(names)) < len(names):
-        raise unknown_kind(kind)  # the paper's types are drawn by synth.occlude; a family twice is no combination
+    if kind in OCCLUSION_TYPES or len(set(names)) < len(names) or len(names) > 2:
+        raise unknown_kind(kind)  # the paper's types are drawn by synth.occlude; a combination is of two families
     if any(n not in OCCLUDERS for n in names):
         load_plugins()
     if any(n not in OCCLUDERS for n in names):
@@ -917,7 +918,7 @@ def _components(kind: str) -> list[tuple[Drawer, list[str]]]:
 
 def is_kind(kind: str) -> bool:
     """Whether `kind` names an occlusion type: one of the paper's six, a registered family or a combination 'a+b'
-    of different ones."""
+    of two different ones."""
     if kind in OCCLUSION_TYPES:
         return True
     try:

@@ -404,7 +404,8 @@ def apply(fit_dir: Path, out: Path) -> Path:
     recipe = json.loads((fit_dir / "scores.json").read_text())["recipe"]
     name = recipe.get("model", "student")
     model, cfg, card = load_weights(weights_dir() / f"{name}.safetensors")
-    tail_modules(model, recipe.get("tail_from", TAIL_FROM)).load_state_dict(torch.load(fit_dir / "tail.pt"))
+    tail = torch.load(fit_dir / "tail.pt", map_location="cpu", weights_only=True)  # tensors only: no code runs
+    tail_modules(model, recipe.get("tail_from", TAIL_FROM)).load_state_dict(tail)
     drop = set(STALE) | {"name"} | (set(GUARD_ENTRIES) if name == "teacher" else set())
     card = {k: v for k, v in card.items() if k not in drop}
     card["tail_refit"] = {"recipe": recipe, "front_from": card.get("source_checkpoint")}
