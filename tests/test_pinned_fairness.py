@@ -139,3 +139,30 @@ def test_conformal_z_and_coverage_by_hand():
     assert C.coverage([1.0], [1.0], [2.0], 1.0, 0, 100)["mean_width"] == 3.0  # [0, 3]: clipped at the youngest age
     rec = C._record({"a": (p, t, s)}, 0.5, 0, 100)
     assert rec["interval_z"] == 5.0 and rec["per_dataset"]["a"]["mae"] == 0.5
+
+
+def test_calibrating_for_occluded_faces_occludes_every_face(monkeypatch, tmp_path):
+    """`agelens calibrate student --occluded` fits z on faces each given a paper occluder; without it, clean."""
+    import agelens.evaluate.predict as predict_mod
+    import agelens.evaluate.prepared as prepared
+    from agelens.config import load_config
+    from agelens.occlusion.synth import PAPER_MIX, OcclusionMix
+
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  dataset: utkface\n")
+    cfg = load_config(config)
+    monkeypatch.setattr(prepared, "load_model_config", lambda spec, path: (None, cfg, None))
+    monkeypatch.setattr(prepared, "open_part", lambda c, part: SimpleNamespace(ages=np.arange(10.0)))
+    monkeypatch.setattr(prepared, "eval_numerics", lambda: None)
+    asked = []
+
+    def answers(model, cache, cfg, numerics, progress=True, occlusion=None, seed=0):
+        asked.append(occlusion)
+        return np.arange(10.0) + 1, np.ones(10), None
+
+    monkeypatch.setattr(predict_mod, "predict_cache", answers)
+    rec = C.calibrate_model("student", str(config), occluded=True, progress=False)
+    assert isinstance(asked[-1], OcclusionMix) and asked[-1].mix == PAPER_MIX and asked[-1].clean_fraction == 0
+    assert rec["occluded"] is True and rec["interval_z"] == 1.0  # every error 1 with spread 1
+    C.calibrate_model("teacher", str(config), occluded=False, progress=False)
+    assert asked[-1] is None
