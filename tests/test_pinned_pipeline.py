@@ -188,3 +188,36 @@ def test_the_file_size_guard_and_the_rows_a_cut_jpeg_lacks(tmp_path, monkeypatch
     rgb = np.full((100, 8, 3), 7, np.uint8)
     rgb[:90] = np.arange(8, dtype=np.uint8)[None, :, None]  # 90 rows of detail, then 10 flat rows: what a cut leaves
     assert io_._missing_rows(rgb) == 10
+
+
+def test_a_resumed_csv_counts_earlier_failures_but_not_the_last_file_it_redoes(tmp_path):
+    """The last file of a cut CSV is answered again (its rows may be cut between faces), so it is no earlier
+    failure; a failure before it is one (`--resume` says how many failed before, `--retry-failed` redoes them)."""
+    from agelens.inference.stream import CSV_COLUMNS, csv_rows, open_sink
+
+    ok = {"file": "a.jpg", "faces": [{"box": [0, 0, 9, 9], "age": 30.0, "interval": [20, 40], "occluded": False,
+                                      "occlusion_score": 0.0, "model": "teacher", "detection": "detector"}],
+          "error": None}
+    bad = {"file": "b.jpg", "faces": [], "error": "b.jpg: not a recognised image format"}
+
+    def written(*records):
+        import csv
+
+        f = tmp_path / f"{len(list(tmp_path.iterdir()))}.csv"
+        with f.open("w", newline="") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(CSV_COLUMNS)
+            for r in records:
+                w.writerows(csv_rows(r))
+        return f
+
+    sink = open_sink(written(ok, bad), "csv", resume=True)
+    try:
+        assert sink.done == {"a.jpg"} and sink.failed_done == set()
+    finally:
+        sink.close()
+    sink = open_sink(written(bad, ok), "csv", resume=True)
+    try:
+        assert sink.done == {"b.jpg"} and sink.failed_done == {"b.jpg"}
+    finally:
+        sink.close()
