@@ -880,7 +880,7 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
     try:
         import uvicorn
 
-        from .serve.app import create_app
+        from .serve.app import CONNECTIONS, create_app
     except ImportError as e:
         raise AgelensError(f"serve needs fastapi, uvicorn and python-multipart (agelens dependencies; "
                            f"{e.name} is missing): reinstall agelens") from None
@@ -904,8 +904,6 @@ def serve(host: Annotated[str, typer.Option(help="address to bind (default: loop
     port = sock.getsockname()[1]
     _err(f"listening on http://{f'[{host}]' if ':' in host else host}:{port}"
          + (" (--port 0: a free port)" if port != requested else ""))  # uvicorn says so only when it binds itself
-    from .serve.app import CONNECTIONS
-
     server = uvicorn.Server(uvicorn.Config(web, host=host, port=port, log_level=log_level, workers=1,
                                            limit_concurrency=max(CONNECTIONS, 2 * max_queue)))
     try:

@@ -62,10 +62,15 @@ class Registry:
 
         return deco
 
+    def has(self, name: str) -> bool:
+        """Whether `name` is registered, the plugins imported first where it is not (a component of the user's,
+        registered by a plugin not imported yet)."""
+        if name not in self._items:
+            load_plugins()
+        return name in self._items
+
     def get(self, name: str) -> Callable[..., Any]:
-        if name not in self._items:
-            load_plugins()  # a component of the user's, registered by a plugin not imported yet
-        if name not in self._items:
+        if not self.has(name):
             raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))} (one of "
                               f"your own is registered by your code: name its module in {PLUGINS_ENV}=module[,...] so "
                               "that the CLI, worker processes and a fresh process import it, or export the model to "

@@ -904,14 +904,12 @@ def occluder_kinds() -> tuple[str, ...]:
 def _components(kind: str) -> list[tuple[Drawer, list[str]]]:
     """The registered drawers (and styles) of a family kind's components; plugins (AGELENS_PLUGINS) are imported
     where a name is missing. ValueError naming every type for a kind no one draws."""
-    from ..registry import OCCLUDERS, load_plugins
+    from ..registry import OCCLUDERS
 
     names = kind.split("+")
     if kind in OCCLUSION_TYPES or len(set(names)) < len(names) or len(names) > 2:
         raise unknown_kind(kind)  # the paper's types are drawn by synth.occlude; a combination is of two families
-    if any(n not in OCCLUDERS for n in names):
-        load_plugins()
-    if any(n not in OCCLUDERS for n in names):
+    if not all(OCCLUDERS.has(n) for n in names):
         raise unknown_kind(kind)
     return [(OCCLUDERS.get(n), _STYLES[n]) for n in names]
 
