@@ -176,17 +176,23 @@ TILE_MAX_FACE = 0.25
 # On 300 realocc photos (measure half) it ran on 69 and added 40 faces in 25 of them (at 0.15: 92, 42 in 27), every
 # earlier answer unchanged; of the 42 looked at, 40 were real (masked) faces, 2 a hand. Time on 150 such photos:
 # 13.9 against 10.4 s (`benchmarks/ab_predict.py`), the pass itself 1.8 s, the rest answering the faces it adds.
-# In an image MORE_FACES_MIN_SIDE px long or longer (a phone or camera photo, a web picture) the tiles are read too
+# In an image BESIDE_LARGE_MIN_SIDE px long or longer (a phone or camera photo, a web picture) the tiles are read too
 # while the smallest face found is under MORE_FACES_LARGE_BELOW of the long side, cut from a halved copy (cheap on a
 # 12 MP photo): before, a face under a tenth of the image beside a larger one (a child by an adult close to the
 # camera) was lost (benchmarks/small_beside_large.py, docs/small_beside_large.md: a UTKFace face 0.05 of the long side
 # beside one about 0.43 wide on a 1000 px photo, 0 of 30 found, now 29; realocc photos enlarged 2.5 times, 9 more
 # faces in 150 photos, all real, every earlier answer the same; with the full-range model alone on the tiles, 6).
 # Face crops and realocc's own photos (400 px at most) are smaller than the size and read as before.
+# The size was 480 px until 2026-12-06: the faces this reading adds are 0.03-0.08 of the long side (the whole-image
+# pass finds larger ones), a twentieth of it under 32 px in an image under 640 (where the 90 % intervals stop
+# holding, docs/small_face_intervals_test.json), while its eight detector passes cost every portrait 2.5 times the time:
+# 300 All-Age-Faces test photos as 480 px scanned prints (`benchmarks/inference.py --portraits`), 32.8 against 13.3
+# ms per photo, one face more (a drawing on the wall). Composites at 640 and 1000 px find the small face as before.
 MORE_FACES_BELOW = 0.1
 MORE_FACES_GRID = 2
 MORE_FACES_MIN_SIDE = 480
 MORE_FACES_LARGE_BELOW = 0.6
+BESIDE_LARGE_MIN_SIDE = 640
 # Finer tiles for a crowd in a large photo: in an image FINE_MIN_SIDE px long or longer, where the smallest face found
 # (the 2 x 2 tiles' included) would show under FINE_FACE_PX px wide on a tile of the grid read so far at the
 # full-range model's input, a grid of tiles that shows it at that size is read too (at most FINE_MAX_GRID per side,
@@ -693,10 +699,10 @@ class FaceAnalyzer:
                     crop_size: int) -> list[Face]:
         """Faces of the MORE_FACES_GRID tiles that overlap none of `found` (neither nested nor by IoU), verified,
         where the smallest found face is under MORE_FACES_BELOW of the long side, or under MORE_FACES_LARGE_BELOW in
-        an image MORE_FACES_MIN_SIDE long or longer (then tiles of a `halved` copy); [] otherwise."""
+        an image BESIDE_LARGE_MIN_SIDE long or longer (then tiles of a `halved` copy); [] otherwise."""
         side = max(rgb.shape[:2])
         smallest = min(f.box[2] - f.box[0] for f in found) / side
-        beside_large = MORE_FACES_BELOW <= smallest < MORE_FACES_LARGE_BELOW and side >= MORE_FACES_MIN_SIDE
+        beside_large = MORE_FACES_BELOW <= smallest < MORE_FACES_LARGE_BELOW and side >= BESIDE_LARGE_MIN_SIDE
         if smallest >= MORE_FACES_BELOW and not beside_large:
             return []
         more = self._tile_faces(rgb, MORE_FACES_GRID, found, verifier, crop_size, halved=beside_large)
