@@ -185,7 +185,7 @@ TILE_MAX_FACE = 0.25
 # Face crops and realocc's own photos (400 px at most) are smaller than the size and read as before.
 # The size was 480 px until 2026-12-06: the faces this reading adds are 0.03-0.08 of the long side (the whole-image
 # pass finds larger ones), a twentieth of it under 32 px in an image under 640 (where the 90 % intervals stop
-# holding, docs/small_face_intervals_test.json), while its eight detector passes cost every portrait 2.5 times the time:
+# holding, docs/small_face_intervals_test.json), while its detector passes (up to eight) cost every portrait 2.5 times the time:
 # 300 All-Age-Faces test photos as 480 px scanned prints (`benchmarks/inference.py --portraits`), 32.8 against 13.3
 # ms per photo, one face more (a drawing on the wall). Composites at 640 and 1000 px find the small face as before.
 MORE_FACES_BELOW = 0.1
