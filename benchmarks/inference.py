@@ -52,47 +52,50 @@ def aaf_sample(shared: Path, n: int, seed: int) -> tuple[list[str], np.ndarray]:
     return [str(shared / "aaf" / f) for f in d.file], d.age.to_numpy(float)
 
 
-def phone_sample(shared: Path, n: int, seed: int, work: Path) -> tuple[list[str], np.ndarray]:
-    """n All-Age-Faces test photos as 4032 px phone JPEGs, written once under WORK/phone."""
+def aaf_rewritten(shared: Path, n: int, seed: int, work: Path, name: str, write) -> tuple[list[str], np.ndarray]:
+    """n All-Age-Faces test photos (`aaf_sample`), each rewritten once as write(rgb, path, i) to WORK/NAME, and ages."""
     from agelens.imageio import load_image
-    from phone_decode import phone_file
 
     files, ages = aaf_sample(shared, n, seed)
-    (work / "phone").mkdir(parents=True, exist_ok=True)
+    (work / name).mkdir(parents=True, exist_ok=True)
     out = []
     for i, f in enumerate(files):
-        p = work / "phone" / f"{seed}_{i}_{Path(f).stem}.jpg"
+        p = work / name / f"{seed}_{i}_{Path(f).stem}.jpg"
         if not p.is_file():
-            phone_file(load_image(f), p, np.random.default_rng(i))
+            write(load_image(f), p, i)
         out.append(str(p))
     return out, ages
 
 
-def portrait_sample(shared: Path, n: int, seed: int, work: Path) -> tuple[list[str], np.ndarray]:
-    """n All-Age-Faces test photos as 480 px scanned prints (module docstring), written once under WORK/portraits."""
+def phone_sample(shared: Path, n: int, seed: int, work: Path) -> tuple[list[str], np.ndarray]:
+    """n All-Age-Faces test photos as 4032 px phone JPEGs, written once under WORK/phone."""
+    from phone_decode import phone_file
+
+    return aaf_rewritten(shared, n, seed, work, "phone",
+                         lambda img, p, i: phone_file(img, p, np.random.default_rng(i)))
+
+
+def scanned_print(img: np.ndarray, path: Path, i: int) -> None:
+    """A photo as a 480 px scanned print (module docstring; seeded by i) written to path as JPEG q90."""
     import cv2
 
     from agelens.data import augment
-    from agelens.imageio import load_image
 
-    files, ages = aaf_sample(shared, n, seed)
-    (work / "portraits").mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, f in enumerate(files):
-        p = work / "portraits" / f"{seed}_{i}_{Path(f).stem}.jpg"
-        if not p.is_file():
-            rng = np.random.default_rng(i)
-            img = cv2.resize(load_image(f), None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
-            u = rng.random()
-            if u < 0.17:
-                img = augment.grayscale(img, rng)
-            elif u < 0.27:
-                img = augment.sepia(img, rng)
-            if rng.random() < 0.3:
-                img = augment.scan_grain(img, rng)
-            cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        out.append(str(p))
-    return out, ages
+    rng = np.random.default_rng(i)
+    img = cv2.resize(img, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    u = rng.random()
+    if u < 0.17:
+        img = augment.grayscale(img, rng)
+    elif u < 0.27:
+        img = augment.sepia(img, rng)
+    if rng.random() < 0.3:
+        img = augment.scan_grain(img, rng)
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def portrait_sample(shared: Path, n: int, seed: int, work: Path) -> tuple[list[str], np.ndarray]:
+    """n All-Age-Faces test photos as 480 px scanned prints (`scanned_print`), written once under WORK/portraits."""
+    return aaf_rewritten(shared, n, seed, work, "portraits", scanned_print)
 
 
 def realocc_sample(shared: Path, n: int, seed: int) -> list[str]:
