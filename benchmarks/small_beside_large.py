@@ -34,12 +34,13 @@ from agelens.errors import NoFaceError
 from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json, atomic_write_text
 
-RULE_ON = [D.BESIDE_LARGE_MIN_SIDE]  # --on-side may set another size, to compare with an earlier one
+SHIPPED_SIDE = D.BESIDE_LARGE_MIN_SIDE
 DEFAULT_SHARES = [0.03, 0.04, 0.05, 0.06, 0.08, 0.12]
 
 
-def rule(on: bool) -> None:
-    D.BESIDE_LARGE_MIN_SIDE = RULE_ON[0] if on else 10**9
+def rule(on: bool, side: int = SHIPPED_SIDE) -> None:
+    """The rule on (in images `side` px long or longer) or off."""
+    D.BESIDE_LARGE_MIN_SIDE = side if on else 10**9
 
 
 def faces(est: AgeEstimator, path: Path) -> list:
@@ -77,11 +78,13 @@ def main() -> None:
     ap.add_argument("--shares", type=float, nargs="+", default=DEFAULT_SHARES)
     ap.add_argument("--widths", type=int, nargs="+", default=[1000], help="composite photos' widths, px")
     ap.add_argument("--portraits", type=int, default=0, help="AAF test photos as 480 px scanned prints, timed")
-    ap.add_argument("--on-side", type=int, default=RULE_ON[0],
+    ap.add_argument("--on-side", type=int, default=SHIPPED_SIDE,
                     help="BESIDE_LARGE_MIN_SIDE for the rule on (default: the shipped size)")
     add_rule_args(ap, "runs/small_beside_large")
     a = ap.parse_args()
-    RULE_ON[0] = a.on_side
+
+    def switch(on: bool) -> None:
+        rule(on, a.on_side)
 
     t0 = time.time()
     est = AgeEstimator.from_pretrained()
@@ -96,7 +99,7 @@ def main() -> None:
             made = [composite(photos[2 * i], photos[2 * i + 1], share, width, rng) for i in range(a.pairs)]
             row = {}
             for on in (False, True):
-                rule(on)
+                switch(on)
                 small = big = 0
                 for canvas, cb, cs in made:
                     cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -106,12 +109,12 @@ def main() -> None:
                 row["on" if on else "off"] = {"small_found": small, "large_found": big, "n": a.pairs}
             res["composites"].setdefault(str(width), {})[str(share)] = row
             print(width, share, row, flush=True)
-        ups, phone, answers, res["ms_per_image"] = rule_side_sets(a, rule, lambda p: faces(est, p), work)
+        ups, phone, answers, res["ms_per_image"] = rule_side_sets(a, switch, lambda p: faces(est, p), work)
         if a.portraits:
             from inference import portrait_sample, rule_rounds
 
             prints = portrait_sample(a.shared, a.portraits, a.seed, work)[0]
-            timing, got = rule_rounds({"portraits": prints}, rule, lambda p: faces(est, p), a.rounds)
+            timing, got = rule_rounds({"portraits": prints}, switch, lambda p: faces(est, p), a.rounds)
             res["ms_per_image"]["portraits"] = {m: {"runs": v, "median": round(float(np.median(v)), 1)}
                                                 for m, v in timing["portraits"].items()}
             res["portraits"] = {"photos": len(prints), **{f"faces_{m}": sum(len(v) for v in got[("portraits", on)]
