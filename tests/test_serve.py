@@ -132,6 +132,8 @@ def test_no_face_is_200_with_message(client):
     body = r.json()
     assert body["faces"] == [] and body["message"] == "no face found"
     assert body["image"] == {"width": 96, "height": 96}
+    t = body["timings"]  # the search that found nothing is detection time (it was null)
+    assert isinstance(t["detect_ms"], float) and 0 <= t["detect_ms"] <= t["total_ms"] and t["model_ms"] == 0
 
 
 def test_oversized_body_413(client):
