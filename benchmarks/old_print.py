@@ -4,6 +4,11 @@ then `AgeEstimator.predict` (largest face) routed as shipped and with the teache
 answered share, the share of faces the student answers (weight >= 0.5), MAE routed and teacher alone.
 
     python benchmarks/old_print.py --n 120 --out docs/old_print.json
+    python benchmarks/old_print.py --part val --models shipped=teacher new=runs/teacher_print/best.pt
+
+--part val samples the validation parts (`generalise.test_files`, seed 0) to choose between teachers; --models
+compares teachers (LABEL=MODEL, "teacher" the shipped one) on the same photos and looks, each with the shipped
+student, detector and guards.
 
 Looks: moderate = blur sigma 1.0, contrast x0.5, grain sigma 12 levels; heavy = blur 1.5, contrast x0.3, grain 20
 (both on sepia of the grey image, seeded per photo).
@@ -21,6 +26,7 @@ from agelens import AgeEstimator
 from agelens.errors import NoFaceError
 from agelens.imageio import load_image
 from agelens.utils import atomic_write_json
+from generalise import test_files
 
 LOOKS = {"clean": None, "moderate": (1.0, 0.5, 12.0), "heavy": (1.5, 0.3, 20.0)}
 
@@ -35,46 +41,64 @@ def old_print(rgb: np.ndarray, blur: float, contrast: float, grain: float, seed:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def largest(est: AgeEstimator, img: np.ndarray):
+    """The prediction for the largest face."""
+    return max(est.predict(img), key=lambda p: (p.box[2] - p.box[0]) * (p.box[3] - p.box[1]))
+
+
+def sample(which: str, part: str, n: int) -> tuple[list, list]:
+    """The photos and true ages: the test parts as before (`ab_predict.labelled`), or a seeded sample of another."""
+    if part == "test":
+        return labelled(which, n)
+    rows = test_files(which, n, 0, part)
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=120, help="photos per dataset (test parts)")
+    ap.add_argument("--n", type=int, default=120, help="photos per dataset")
+    ap.add_argument("--part", default="test", choices=("test", "val"), help="which split part to sample")
+    ap.add_argument("--models", nargs="+", default=["shipped=teacher"], help="LABEL=MODEL ... (teachers to compare)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    est = AgeEstimator.from_pretrained()
-
-    def largest(img: np.ndarray):
-        return max(est.predict(img), key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-
     table: dict = {}
-    for which in ("aaf", "utkface"):
-        files, ages = labelled(which, a.n)
-        for name, look in LOOKS.items():
-            err = {"auto": [], "teacher": []}
-            weights = []
-            for i, (f, age) in enumerate(zip(files, ages, strict=True)):
-                img = load_image(f)
-                if look is not None:
-                    img = old_print(img, *look, seed=i)
-                try:
-                    est.route = "auto"
-                    routed = largest(img)
-                    est.route = "teacher"
-                    alone = largest(img)
-                except NoFaceError:
-                    continue
-                finally:
-                    est.route = "auto"
-                err["auto"].append(abs(routed.age - age))
-                err["teacher"].append(abs(alone.age - age))
-                weights.append(routed.extra.get("student_weight") or 0.0)
-            w = np.array(weights)
-            row = {"answered": round(len(w) / len(files), 3), "student": round(float((w >= 0.5).mean()), 3) if len(w)
-                   else None, **{f"mae_{k}": round(float(np.mean(v)), 3) if v else None for k, v in err.items()}}
-            table[f"{which} {name}"] = row
-            print(f"{which:8} {name:9} answered {row['answered']:.3f}  student {row['student']}  "
-                  f"MAE routed {row['mae_auto']}  teacher alone {row['mae_teacher']}", flush=True)
+    for spec in a.models:
+        label, model = spec.split("=", 1)
+        est = AgeEstimator.from_pretrained(None if model == "teacher" else model)
+
+        for which in ("aaf", "utkface"):
+            files, ages = sample(which, a.part, a.n)
+            for name, look in LOOKS.items():
+                err = {"auto": [], "teacher": []}
+                weights = []
+                for i, (f, age) in enumerate(zip(files, ages, strict=True)):
+                    img = load_image(f)
+                    if look is not None:
+                        img = old_print(img, *look, seed=i)
+                    try:
+                        est.route = "auto"
+                        routed = largest(est, img)
+                        est.route = "teacher"
+                        alone = largest(est, img)
+                    except NoFaceError:
+                        continue
+                    finally:
+                        est.route = "auto"
+                    err["auto"].append(abs(routed.age - age))
+                    err["teacher"].append(abs(alone.age - age))
+                    weights.append(routed.extra.get("student_weight") or 0.0)
+                w = np.array(weights)
+                row = {"answered": round(len(w) / len(files), 3),
+                       "student": round(float((w >= 0.5).mean()), 3) if len(w) else None,
+                       **{f"mae_{k}": round(float(np.mean(v)), 3) if v else None for k, v in err.items()}}
+                key = f"{which} {name}" if len(a.models) == 1 else f"{label} {which} {name}"
+                table[key] = row
+                print(f"{label:8} {which:8} {name:9} answered {row['answered']:.3f}  student {row['student']}  "
+                      f"MAE routed {row['mae_auto']}  teacher alone {row['mae_teacher']}", flush=True)
     if a.out:
-        atomic_write_json(a.out, {"command": f"python benchmarks/old_print.py --n {a.n}", "table": table})
+        cmd = f"python benchmarks/old_print.py --n {a.n}" + (f" --part {a.part}" if a.part != "test" else "") + (
+            f" --models {' '.join(a.models)}" if a.models != ["shipped=teacher"] else "")
+        atomic_write_json(a.out, {"command": cmd, "table": table})
 
 
 if __name__ == "__main__":

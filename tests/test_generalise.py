@@ -3,6 +3,8 @@ group DRO within strata and the age-standardised group MAE."""
 
 from __future__ import annotations
 
+import unittest.mock as mock
+
 import numpy as np
 import pytest
 import torch
@@ -64,6 +66,26 @@ def test_augment_p_replaces_the_named_probabilities():
         load_config(None, ["train.augment_p={fog: 0.5}"])
     with pytest.raises(ConfigError, match="augment_source_min must be in"):
         load_config(None, ["train.augment_source_min=0.01"])
+
+
+def test_old_print_is_every_sign_at_once_and_off_unless_asked():
+    img = _face(size=128)
+    outs = [augment.old_print(img, np.random.default_rng(s)).astype(float) for s in range(12)]
+    for out in outs:
+        assert out.shape == img.shape
+        assert out.std() < img.std()  # faded: less contrast than the photo
+        assert np.abs(out[1:] - out[:-1]).mean() > 0.5  # grain, not a flat wash
+    # colour is gone or faint in every look (grey, toned, faded): the channels move together
+    sat = [np.abs(o - o.mean(axis=2, keepdims=True)).mean() for o in outs]
+    assert max(sat) < 0.5 * np.abs(img - img.mean(axis=2, keepdims=True)).mean()
+    assert augment.TRAIN_P["old_print"] == 0.0
+    # a degradation at probability 0 draws no random number: the recipes before it keep their exact stream
+    without = {k: v for k, v in augment.TRAIN_P.items() if k != "old_print"}
+    a = augment.realistic(img, np.random.default_rng(9), p={"old_print": 0.0})
+    with mock.patch.object(augment, "TRAIN_P", without):
+        np.testing.assert_array_equal(a, augment.realistic(img, np.random.default_rng(9)))
+    on = augment.realistic(img, np.random.default_rng(9), p={**dict.fromkeys(augment.TRAIN_P, 0.0), "old_print": 1.0})
+    assert np.abs(on.astype(float) - img).mean() > 5
 
 
 def test_unknown_degradation_is_named():

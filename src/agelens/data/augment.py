@@ -101,6 +101,29 @@ def scan_grain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _u8(x)
 
 
+def old_print(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A scanned old print, every sign at once: grey, sepia-toned or faded colour, soft, low in contrast with lifted
+    blacks, and grainy. Drawn one at a time (TRAIN_P) these meet in about 1 training view in 10,000, while together
+    they double the error on All-Age-Faces photos (docs/old_print.md)."""
+    s = img.shape[0] / 256
+    x = img.astype(np.float32)
+    g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None]
+    look = rng.random()
+    if look < 0.4:  # black and white
+        x = np.repeat(g, 3, axis=2)
+    elif look < 0.75:  # sepia / toned
+        x = g * (np.array([1.07, 0.92, 0.70], np.float32) + rng.uniform(-0.04, 0.04, 3).astype(np.float32))
+    else:  # faded colour print: desaturated, drifted towards yellow or magenta
+        x = g + (x - g) * rng.uniform(0.2, 0.6)
+        x = x * np.exp(rng.normal(0, 0.08, 3)).astype(np.float32)
+    x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.4, 2.0) * s)
+    mu = float(x.mean())
+    x = (x - mu) * rng.uniform(0.35, 0.85) + mu + rng.uniform(0, 30)
+    grain = cv2.GaussianBlur(rng.normal(0, 1, img.shape[:2]).astype(np.float32), (0, 0), rng.uniform(0.5, 1.2))
+    x += (grain * rng.uniform(3, 16) / (grain.std() + 1e-6))[..., None]
+    return _u8(x)
+
+
 def vignette(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -121,16 +144,16 @@ def geometry(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 DEGRADATIONS: dict[str, Degradation] = {
     "geometry": geometry, "grayscale": grayscale, "sepia": sepia, "colour_cast": colour_cast, "gamma": gamma,
     "contrast": contrast, "vignette": vignette, "lowres": lowres, "blur": blur, "defocus": defocus,
-    "noise": noise, "scan_grain": scan_grain, "jpeg": jpeg,
+    "noise": noise, "scan_grain": scan_grain, "old_print": old_print, "jpeg": jpeg,
 }
 TRAIN_P = {"geometry": 0.4, "grayscale": 0.12, "sepia": 0.06, "colour_cast": 0.3, "gamma": 0.3, "contrast": 0.3,
            "vignette": 0.1, "lowres": 0.2, "blur": 0.1, "defocus": 0.08, "noise": 0.15, "scan_grain": 0.06,
-           "jpeg": 0.35}
+           "jpeg": 0.35, "old_print": 0.0}  # old_print: a composite look, off unless a recipe asks (augment_p)
 EXCLUSIVE = (("grayscale", "sepia"), ("blur", "defocus"))  # at most one of each pair per image
 
 
 # pixel-level degradations: what the camera, the scanner and the encoder do at the photo's own resolution
-PIXEL_LEVEL = ("blur", "defocus", "noise", "scan_grain", "jpeg")
+PIXEL_LEVEL = ("blur", "defocus", "noise", "scan_grain", "old_print", "jpeg")
 SOURCE_SCALE = (0.35, 1.0)  # working resolution of the pixel-level degradations, as a share of the cached crop
 
 
@@ -157,7 +180,7 @@ def realistic(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0,
     p: probabilities that replace TRAIN_P's for the degradations it names (before × strength).
     """
     probs = TRAIN_P if not p else {**TRAIN_P, **p}
-    picked = {k for k, q in probs.items() if rng.random() < q * strength}
+    picked = {k for k, q in probs.items() if q > 0 and rng.random() < q * strength}  # q = 0 draws nothing
     for a, b in EXCLUSIVE:
         if a in picked and b in picked:
             picked.discard(a if rng.random() < 0.5 else b)
