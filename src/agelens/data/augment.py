@@ -106,7 +106,6 @@ def old_print(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     blacks, and grainy. Drawn one at a time (TRAIN_P) these meet in about 1 training view in 10,000, while together
     they double the error on All-Age-Faces photos (docs/old_print.md)."""
     s = img.shape[0] / 256
-    x = img.astype(np.float32)
     g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None]
     look = rng.random()
     if look < 0.4:  # black and white
@@ -114,7 +113,7 @@ def old_print(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     elif look < 0.75:  # sepia / toned
         x = g * (np.array([1.07, 0.92, 0.70], np.float32) + rng.uniform(-0.04, 0.04, 3).astype(np.float32))
     else:  # faded colour print: desaturated, drifted towards yellow or magenta
-        x = g + (x - g) * rng.uniform(0.2, 0.6)
+        x = g + (img.astype(np.float32) - g) * rng.uniform(0.2, 0.6)
         x = x * np.exp(rng.normal(0, 0.08, 3)).astype(np.float32)
     x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.4, 2.0) * s)
     mu = float(x.mean())
