@@ -21,16 +21,10 @@ from agelens.data.cache import FaceCache
 from agelens.models.weights import resolve_model
 from agelens.utils import atomic_write_json
 from degradation_shift import ages_of  # benchmarks/ is on the path when this file runs as a script
+from generalise import paired_ci
 from old_print import LOOKS, old_print
 
 CACHED_LOOKS = {"clean": None, "light": (0.6, 0.7, 6.0), "moderate": LOOKS["moderate"], "heavy": LOOKS["heavy"]}
-
-
-def paired(d: np.ndarray, boots: int = 1000) -> list[float]:
-    """Mean of d and its 95 % bootstrap interval."""
-    rng = np.random.default_rng(0)
-    b = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(boots)]
-    return [round(float(d.mean()), 3), round(float(np.percentile(b, 2.5)), 3), round(float(np.percentile(b, 97.5)), 3)]
 
 
 def main() -> None:
@@ -61,7 +55,7 @@ def main() -> None:
             err = {k: np.abs(ages_of(m, imgs, c, s) - truth) for k, (m, c, s) in models.items()}
             row: dict = {k: round(float(e.mean()), 3) for k, e in err.items()}
             for x, y in pairs:
-                row[f"{y}-{x}"] = paired(err[y] - err[x])
+                row[f"{y}-{x}"] = [round(v, 3) for v in paired_ci(err[y] - err[x])]
                 row[f"{y}-{x} ages 0-12"] = round(float((err[y] - err[x])[kids].mean()), 3)
             rows[f"{ds} {name}"] = {"n": len(truth), **row}
             print(ds, name, row, flush=True)
