@@ -39,6 +39,16 @@ def ages_of(model, imgs: list[np.ndarray], crop: int, size: int) -> np.ndarray:
         return torch.cat([model.head.decode(model(x[k:k + 50]))[0] for k in range(0, len(x), 50)]).numpy()
 
 
+def load_models(specs: list[str]) -> dict[str, tuple]:
+    """LABEL=MODEL ... -> {label: (model in eval mode, crop size, input size)}, as `ages_of` takes them."""
+    models = {}
+    for spec in specs:
+        label, _, name = spec.partition("=")
+        model, cfg, _ = resolve_model(name)
+        models[label] = (model.eval(), cfg.data.crop_size, cfg.data.input_size)
+    return models
+
+
 def degraded(imgs: list[np.ndarray], kind: str, scale: float) -> list[np.ndarray]:
     out = []
     for j, img in enumerate(imgs):
@@ -63,11 +73,7 @@ def main() -> None:
     idx = np.sort(np.random.default_rng(a.seed).choice(len(cache), min(a.n, len(cache)), replace=False))
     truth = np.asarray(cache.ages, np.float32)[idx]
     clean = [np.asarray(cache.images[i]) for i in idx]
-    models = {}
-    for spec in a.models:
-        label, _, name = spec.partition("=")
-        model, cfg, _ = resolve_model(name)
-        models[label] = (model.eval(), cfg.data.crop_size, cfg.data.input_size)
+    models = load_models(a.models)
     base = {k: ages_of(m, clean, c, s) for k, (m, c, s) in models.items()}
     res = {"cache": str(a.cache), "n": len(idx), "models": a.models,
            "clean": {k: {"mae": round(float(np.abs(p - truth).mean()), 3)} for k, p in base.items()}, "degraded": {}}

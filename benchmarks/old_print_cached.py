@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from agelens.data.cache import FaceCache
-from agelens.models.weights import resolve_model
 from agelens.utils import atomic_write_json
-from degradation_shift import ages_of  # benchmarks/ is on the path when this file runs as a script
+from degradation_shift import (  # benchmarks/ is on the path when this file runs as a script
+    ages_of,
+    load_models,
+)
 from generalise import paired_ci
 from old_print import LOOKS, old_print
 
@@ -36,11 +38,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(2)
-    models = {}
-    for spec in a.models:
-        label, _, name = spec.partition("=")
-        model, cfg, _ = resolve_model(name)
-        models[label] = (model.eval(), cfg.data.crop_size, cfg.data.input_size)
+    models = load_models(a.models)
     pairs = [p.split(">") for p in a.pairs]
     if unknown := sorted({x for p in pairs for x in p} - set(models)) or [p for p in a.pairs if p.count(">") != 1]:
         ap.error(f"--pairs: each A>B must name two of the --models labels; not understood: {unknown}")
