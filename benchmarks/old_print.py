@@ -8,7 +8,10 @@ answered share, the share of faces the student answers (weight >= 0.5), MAE rout
 
 --part val samples the validation parts (`generalise.test_files`, seed 0) to choose between teachers; --models
 compares teachers (LABEL=MODEL, "teacher" the shipped one) on the same photos and looks, each with the shipped
-student, detector and guards.
+student, detector and guards. With --out, every answered photo is also written to OUT's stem + .predictions.csv
+(path = file name, condition = dataset_look, age, pred = routed age, pred_teacher, student_weight), so that two runs (e.g. before
+and after a model changes) pair face by face:
+    python benchmarks/paired_bins.py DIR_OLD DIR_NEW --csv NAME.predictions.csv --conditions aaf_moderate
 
 Looks: moderate = blur sigma 1.0, contrast x0.5, grain sigma 12 levels; heavy = blur 1.5, contrast x0.3, grain 20
 (both on sepia of the grey image, seeded per photo).
@@ -17,15 +20,17 @@ Looks: moderate = blur sigma 1.0, contrast x0.5, grain sigma 12 levels; heavy = 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 from ab_predict import labelled  # benchmarks/ is on the path when this file runs as a script
 from agelens import AgeEstimator
 from agelens.errors import NoFaceError
 from agelens.imageio import load_image
-from agelens.utils import atomic_write_json
+from agelens.utils import atomic_write, atomic_write_json
 from generalise import test_files
 
 LOOKS = {"clean": None, "moderate": (1.0, 0.5, 12.0), "heavy": (1.5, 0.3, 20.0)}
@@ -62,6 +67,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     table: dict = {}
+    rows: list[dict] = []
     for spec in a.models:
         label, model = spec.split("=", 1)
         est = AgeEstimator.from_pretrained(None if model == "teacher" else model)
@@ -84,6 +90,9 @@ def main() -> None:
                         continue
                     finally:
                         est.route = "auto"
+                    rows.append({"path": Path(f).name, "condition": f"{which}_{name}" if len(a.models) == 1 else
+                                 f"{label}:{which}_{name}", "age": age, "pred": routed.age, "pred_teacher": alone.age,
+                                 "student_weight": routed.extra.get("student_weight") or 0.0})
                     err["auto"].append(abs(routed.age - age))
                     err["teacher"].append(abs(alone.age - age))
                     weights.append(routed.extra.get("student_weight") or 0.0)
@@ -99,6 +108,8 @@ def main() -> None:
         cmd = f"python benchmarks/old_print.py --n {a.n}" + (f" --part {a.part}" if a.part != "test" else "") + (
             f" --models {' '.join(a.models)}" if a.models != ["shipped=teacher"] else "")
         atomic_write_json(a.out, {"command": cmd, "table": table})
+        csv = Path(a.out).with_suffix(".predictions.csv")
+        atomic_write(csv, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
 
 
 if __name__ == "__main__":

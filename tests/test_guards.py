@@ -112,6 +112,21 @@ def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_
                                                      init=None, threads=1)
     with pytest.raises(ConfigError, match="kinds"):
         guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, kinds="hands")
+    # --old-print: that share of samples turned into scanned old prints, labels kept; at 0 the draws are as before
+    printed = guards.GuardSamples(data, "occlusion", old_print=1.0)
+    pairs = [(guards.GuardSamples(data, "occlusion").draw(np.random.default_rng(k)),
+              guards.GuardSamples(data, "occlusion", old_print=0.0).draw(np.random.default_rng(k)),
+              printed.draw(np.random.default_rng(k))) for k in range(8)]
+    assert all((a[0] == b[0]).all() and a[1] == b[1] == c[1] for a, b, c in pairs)
+    assert all((a[0] != c[0]).any() for a, _, c in pairs)
+    m = guards.fit("occlusion", tmp_path, tmp_path / "occ_print", steps=1, batch=4, init=None, threads=1,
+                   old_print=0.5)
+    card = json.loads(guards.ship(tmp_path / "occ_print", "occlusion", tmp_path / "weights").with_suffix(".json")
+                      .read_text())
+    assert card["recipe"].endswith("--old-print 0.5")
+    assert 0 <= m["val_old_print_specificity"] <= 1 and 0 <= m["val_old_print_recall"] <= 1
+    with pytest.raises(ConfigError, match="old_print"):
+        guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, old_print=1.5)
 
 
 def test_cascade_bands_keep_every_verdict_of_the_separate_networks_with_a_margin(tmp_path):

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig, RunConfig, config_to_dict
+from ..data.augment import old_print as old_print_look
 from ..data.dataset import degrade
 from ..data.splits import sample_names, split_part
 from ..data.views import resize_square
@@ -465,15 +466,18 @@ class GuardSamples:
     """Draws (uint8 view, label) training samples for one guard from the collected arrays."""
 
     def __init__(self, data: dict[str, np.ndarray], task: str, kinds: tuple[str, ...] = OCCLUSION_TYPES,
-                 photo: bool = False, bands: bool = False, halves: bool = False, sides: bool = False) -> None:
+                 photo: bool = False, bands: bool = False, halves: bool = False, sides: bool = False,
+                 old_print: float = 0.0) -> None:
         """kinds: the synthetic occluders that make an occlusion positive (faceness: every family, always).
         photo: half of the degraded samples get the photo degradations of scanned prints and small faces instead
         (`PHOTO_P`, at the photo's working resolution), faces and non-faces alike. bands (faceness): BAND_P of the
         occluded faces are under full-width bands instead (`_bands`), and as many occluded negatives get bands too;
         halves (with bands): HALVES_P of them, half of those under a half-face or large block instead.
-        sides (occlusion): SIDE_P of the synthetic positives with one side of the face covered (`_side_cover`)."""
+        sides (occlusion): SIDE_P of the synthetic positives with one side of the face covered (`_side_cover`).
+        old_print: this share of every kind of sample (clean, real and synthetic occluded, non-faces) turned into a
+        scanned old print (`data.augment.old_print`) before the other degradations: the look is not the label."""
         self.d, self.task, self.kinds, self.photo, self.bands, self.halves = data, task, kinds, photo, bands, halves
-        self.sides = sides
+        self.sides, self.old_print = sides, old_print
         self.band_p = HALVES_P if halves else BAND_P
         self.faces = [(k, i) for k in ("utk", "aaf") for i in range(len(data[k]))]
 
@@ -514,6 +518,8 @@ class GuardSamples:
                 else:
                     occ = _occluded(img, lm, rng, self.kinds)
                 img, label = (occ, 1.0) if occ is not None else (img, 0.0)
+        if self.old_print > 0 and rng.random() < self.old_print:  # no draw at 0: earlier recipes stay as they were
+            img = old_print_look(img, rng)
         u = rng.random()
         if self.photo and u < 0.25:
             img = photo_degraded(img, rng)
@@ -538,13 +544,16 @@ OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion gu
 
 def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str | None, seed: int = 0,
         threads: int = 0, kinds: str = "paper", photo: bool = False, bands: bool = False, halves: bool = False,
-        sides: bool = False) -> dict:
+        sides: bool = False, old_print: float = 0.0) -> dict:
     """Train one guard for `steps` batches (AdamW, cosine), choose its threshold, write OUT/best.pt + metrics.
     kinds (occlusion): "paper" (the paper's six types) or "all" (every synthesizer family, double ones included).
     photo: the photo degradations of `GuardSamples` as well; bands: its full-width bands (faceness), halves: and
-    its half faces and large blocks; sides (occlusion): faces with one side covered (`_side_cover`)."""
+    its half faces and large blocks; sides (occlusion): faces with one side covered (`_side_cover`); old_print: the
+    share of samples given the scanned old-print look (`GuardSamples`)."""
     if kinds not in OCCLUDER_SETS:
         raise ConfigError(f"kinds must be one of {', '.join(OCCLUDER_SETS)}, got {kinds!r}")
+    if not 0 <= old_print <= 1:
+        raise ConfigError(f"old_print must be a share between 0 and 1, got {old_print}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     torch.set_flush_denormal(True)  # tiny gradients of a confident binary model otherwise crawl on x86
@@ -569,7 +578,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
                             weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
                                                 pct_start=0.1)
-    samples = GuardSamples(data, task, OCCLUDER_SETS[kinds], photo, bands, halves, sides)
+    samples = GuardSamples(data, task, OCCLUDER_SETS[kinds], photo, bands, halves, sides, old_print)
     model.train()
     t0, log = time.perf_counter(), []
     for step in range(steps):
@@ -586,9 +595,9 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
             print(json.dumps(log[-1]), flush=True)
     model.eval()
     metrics = {"task": task, "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo, "bands": bands,
-               "halves": halves, "sides": sides,
+               "halves": halves, "sides": sides, "old_print": old_print,
                "seconds": round(time.perf_counter() - t0), "log": log}
-    metrics.update(choose_threshold(model, data, task, photo))
+    metrics.update(choose_threshold(model, data, task, photo, old_print > 0))
     out.mkdir(parents=True, exist_ok=True)
     ck = {"model": model.state_dict(), "config": config_to_dict(cfg), "epoch": 0, "metrics": metrics}
     atomic_write(out / "best.pt", lambda tmp: torch.save(ck, tmp))
@@ -596,13 +605,16 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
     return metrics
 
 
-def choose_threshold(model, data: dict[str, np.ndarray], task: str, photo: bool = False) -> dict:
+def choose_threshold(model, data: dict[str, np.ndarray], task: str, photo: bool = False,
+                     old_print: bool = False) -> dict:
     """faceness: the threshold keeping 99.5 % of held-out faces, occluded ones included (validation faces, each
     clean and under a seeded occluder of any family), and the share of training negatives it still lets through;
     with photo, also the share of validation faces under seeded photo degradations (`PHOTO_P`) it keeps, reported
     only: pooled into the rule they pulled the threshold to 0.80, where whole photos of a cat pass.
     occlusion: the 99th percentile of clean validation faces (≈ 99 % specificity); with photo, also the
-    specificity on the same faces under seeded photo degradations (reported only)."""
+    specificity on the same faces under seeded photo degradations (reported only); with old_print, the
+    specificity on them as scanned old prints and the recall on their occluded copies as old prints (reported
+    only)."""
     guard_scores = OcclusionDetector(model, CROP, INPUT, 0.5, task).scores
     rng = np.random.default_rng(123)
     val, lm = data["utk_val"], data["utk_val_lm"]
@@ -620,6 +632,12 @@ def choose_threshold(model, data: dict[str, np.ndarray], task: str, photo: bool 
                 "train_negatives_accepted": float((neg >= thr).mean()), "n_val": int(len(clean))}
     thr = float(np.quantile(clean, 0.99))
     extra = {"val_photo_specificity": float((degraded < thr).mean())} if photo else {}
+    if old_print:
+        look = np.random.default_rng(321)
+        extra["val_old_print_specificity"] = float((guard_scores(np.stack([old_print_look(v, look) for v in val]))
+                                                    < thr).mean())
+        extra["val_old_print_recall"] = float((guard_scores(np.stack([old_print_look(v, look) for v in occ_imgs]))
+                                               >= thr).mean())
     return {"threshold": round(thr, 4), "val_specificity": float((clean < thr).mean()),
             "val_synthetic_recall": float((occ >= thr).mean()), **extra, "n_val": int(len(clean))}
 
@@ -644,7 +662,8 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
                       + (" --photo" if metrics.get("photo") else "")
                       + (" --bands" if metrics.get("bands") else "")
                       + (" --halves" if metrics.get("halves") else "")
-                      + (" --sides" if metrics.get("sides") else ""),
+                      + (" --sides" if metrics.get("sides") else "")
+                      + (f" --old-print {metrics['old_print']}" if metrics.get("old_print") else ""),
             "test_metrics": {k: v for k, v in metrics.items() if k != "log"}}
     return export_weights(model, cfg, out_dir or weights_dir(), name, card)
 
@@ -680,6 +699,8 @@ def main(argv: list[str] | None = None) -> None:
                    "of 30-45 %% of the face (`_large_block`)")
     f.add_argument("--sides", action="store_true", help="occlusion: also faces with one side covered behind a wavy "
                    "edge (`_side_cover`)")
+    f.add_argument("--old-print", type=float, default=0.0, metavar="P",
+                   help="this share of samples as scanned old prints (grey/sepia/faded, soft, flat, grainy)")
     sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
     sh.add_argument("run", type=Path)
     sh.add_argument("--name", required=True, choices=("faceness", "faceness_photo", "faceness_bands", "occlusion"))
@@ -691,7 +712,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init,
                                                      threads=a.threads, kinds=a.kinds, photo=a.photo, bands=a.bands,
-                                                     halves=a.halves, sides=a.sides).items()
+                                                     halves=a.halves, sides=a.sides,
+                                                     old_print=a.old_print).items()
                           if k != "log"}))
 
 
