@@ -9,8 +9,8 @@ answered share, the share of faces the student answers (weight >= 0.5), MAE rout
 --part val samples the validation parts (`generalise.test_files`, seed 0) to choose between teachers; --models
 compares teachers (LABEL=MODEL, "teacher" the shipped one) on the same photos and looks, each with the shipped
 student, detector and guards. With --out, every answered photo is also written to OUT's stem + .predictions.csv
-(path = file name, condition = dataset_look, age, pred = routed age, pred_teacher, student_weight), so that two runs (e.g. before
-and after a model changes) pair face by face:
+(path = file name, condition = dataset_look, age, pred = routed age, pred_teacher, student_weight), so that two
+runs (e.g. before and after a model changes) pair face by face:
     python benchmarks/paired_bins.py DIR_OLD DIR_NEW --csv NAME.predictions.csv --conditions aaf_moderate
 
 Looks: moderate = blur sigma 1.0, contrast x0.5, grain sigma 12 levels; heavy = blur 1.5, contrast x0.3, grain 20
