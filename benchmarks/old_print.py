@@ -90,12 +90,12 @@ def main() -> None:
                         continue
                     finally:
                         est.route = "auto"
+                    weights.append(routed.extra.get("student_weight") or 0.0)
                     rows.append({"path": Path(f).name, "condition": f"{which}_{name}" if len(a.models) == 1 else
                                  f"{label}:{which}_{name}", "age": age, "pred": routed.age, "pred_teacher": alone.age,
-                                 "student_weight": routed.extra.get("student_weight") or 0.0})
+                                 "student_weight": weights[-1]})
                     err["auto"].append(abs(routed.age - age))
                     err["teacher"].append(abs(alone.age - age))
-                    weights.append(routed.extra.get("student_weight") or 0.0)
                 w = np.array(weights)
                 row = {"answered": round(len(w) / len(files), 3),
                        "student": round(float((w >= 0.5).mean()), 3) if len(w) else None,

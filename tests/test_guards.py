@@ -124,6 +124,7 @@ def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_
     card = json.loads(guards.ship(tmp_path / "occ_print", "occlusion", tmp_path / "weights").with_suffix(".json")
                       .read_text())
     assert card["recipe"].endswith("--old-print 0.5")
+    assert f"fit occlusion --data {tmp_path} --steps 1 " in card["recipe"]  # data other than the default is named
     assert 0 <= m["val_old_print_specificity"] <= 1 and 0 <= m["val_old_print_recall"] <= 1
     with pytest.raises(ConfigError, match="old_print"):
         guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, old_print=1.5)

@@ -539,6 +539,7 @@ def photo_degraded(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return realistic(img, rng, source_scale=0.7, p=PHOTO_P, source_min=0.2)
 
 
+DATA_DIR = "cache/guards"  # where `data` writes and `fit` reads by default; a card's recipe names any other
 OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion guard's synthetic positives
 
 
@@ -594,7 +595,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
             log.append({"step": step, "loss": round(loss.item(), 4), "s": round(time.perf_counter() - t0, 1)})
             print(json.dumps(log[-1]), flush=True)
     model.eval()
-    metrics = {"task": task, "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo, "bands": bands,
+    metrics = {"task": task, "data": str(data_dir), "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo, "bands": bands,
                "halves": halves, "sides": sides, "old_print": old_print,
                "seconds": round(time.perf_counter() - t0), "log": log}
     metrics.update(choose_threshold(model, data, task, photo, old_print > 0))
@@ -654,7 +655,9 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
     model, cfg = model_from_checkpoint(run / "best.pt")
     metrics = json.loads((run / "metrics.json").read_text())
     card = {"source_checkpoint": str(run / "best.pt"), "threshold": metrics["threshold"], "licence": LICENCE,
-            "recipe": f"python -m agelens.train.guards fit {metrics['task']} --steps {metrics['steps']} "
+            "recipe": f"python -m agelens.train.guards fit {metrics['task']}"
+                      + (f" --data {metrics['data']}" if metrics.get("data", DATA_DIR) != DATA_DIR else "")
+                      + f" --steps {metrics['steps']} "
                       f"--batch {metrics['batch']} --out {run}"
                       + (f" --init {metrics['init']}" if metrics.get("init") else
                          " --init occlusion" if metrics["task"] == "occlusion" and "init" not in metrics else "")
@@ -672,7 +675,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("data", help="collect the crops both guards train on")
-    d.add_argument("--out", type=Path, default=Path("cache/guards"))
+    d.add_argument("--out", type=Path, default=Path(DATA_DIR))
     d.add_argument("--shared", type=Path, default=Path("../shared/data"))
     d.add_argument("--n-utk", type=int, default=2500)
     d.add_argument("--n-aaf", type=int, default=1500)
@@ -684,7 +687,7 @@ def main(argv: list[str] | None = None) -> None:
                         "guards' crops; young faces only)")
     f = sub.add_parser("fit", help="train one guard")
     f.add_argument("task", choices=("faceness", "occlusion"))
-    f.add_argument("--data", type=Path, default=Path("cache/guards"))
+    f.add_argument("--data", type=Path, default=Path(DATA_DIR))
     f.add_argument("--out", type=Path, required=True)
     f.add_argument("--steps", type=int, default=600)
     f.add_argument("--batch", type=int, default=32)
