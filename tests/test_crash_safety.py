@@ -44,7 +44,8 @@ def prepared(tmp_path_factory):
     d = utk_faces(tmp / "utk", 40)
     r = _cli("prepare", "--workers", "1", *_args(d, tmp, "x"))
     assert r.returncode == 0, r.stderr[-2000:]
-    return d, tmp
+    yield d, tmp
+    shutil.rmtree(tmp, ignore_errors=True)  # ~2 GB of checkpoints: the retention policy only covers tmp_path
 
 
 def _assert_same_as_straight(tmp, run, straight="straight"):
