@@ -95,6 +95,7 @@ def test_a_detector_face_inside_a_wider_padded_face_is_a_part_of_it(astronaut, m
     import agelens.faces.detect as detect
     from agelens.faces.detect import NESTED_BELOW, Face
 
+    monkeypatch.setattr(detect, "NESTED_FALLBACK_WIDER", 0.0)  # the fallback steps' faces: the test below
     an = FaceAnalyzer()
     part_box, whole_box = (60.0, 60.0, 110.0, 110.0), (20.0, 20.0, 180.0, 190.0)
     kp = np.array([[70, 75], [100, 75], [85, 90], [85, 100]], np.float32)
@@ -134,6 +135,72 @@ def test_a_detector_face_inside_a_wider_padded_face_is_a_part_of_it(astronaut, m
     monkeypatch.setattr(FaceAnalyzer, "_padded_faces", lambda self, rgb: pytest.fail("padded copy read"))
     assert found() == [(part_box, "detector")]
     assert detect.NESTED_WIDER > 1 and 0 < detect.NESTED_INSIDE <= 1
+
+
+class DarkVerifier(FixedVerifier):
+    """Passes a crop unless a tenth or more of it is pure black (the test's stand-in for a fragment's crop)."""
+
+    def scores(self, crops: np.ndarray) -> np.ndarray:
+        super().scores(crops)
+        return np.where((crops.max(-1) == 0).mean((1, 2)) >= 0.1, 0.1, 0.9).astype(np.float32)
+
+
+def test_a_fragment_no_padded_face_holds_gives_way_to_the_mesh_or_the_whole_image(astronaut, monkeypatch):
+    """Under two occluders the padded copy may find nothing wider either: an unsure detector face that the fallback
+    verifier does not pass on its own, inside the mesh-only face and at most 1 / NESTED_FALLBACK_WIDER of its width,
+    gives way to it, else (an image shaped like a face crop, the part at most 1 / NESTED_WHOLE_WIDER of its width) to
+    the whole image, each once its verifier passes it. A part the fallback verifier passes, a wider part, a sure one,
+    another face inside the candidate, a rejected candidate, a strip of an image, or the step turned off leave the
+    detector's faces as they were."""
+    import agelens.faces.detect as detect
+    from agelens.faces.detect import NESTED_BELOW, Face
+
+    an = FaceAnalyzer()
+
+    def det(box, score):
+        x1, y1, x2, y2 = box
+        kp = np.array([[x1 + (x2 - x1) * a, y1 + (y2 - y1) * b] for a, b in ((.3, .4), (.7, .4), (.5, .6), (.5, .8))],
+                      np.float32)
+        return Face(box, score, kp, np.zeros((478, 2), np.float32), "detector")
+
+    corner = (150.0, 10.0, 180.0, 40.0)  # a 30 px corner of a 200 px crop, black: the verifier does not pass it
+    scene = {"faces": [det(corner, 0.6)], "mesh": None}
+    monkeypatch.setattr(FaceAnalyzer, "propose", lambda self, rgb: [det(f.box, f.score) for f in scene["faces"]])
+    monkeypatch.setattr(FaceAnalyzer, "_padded_faces", lambda self, rgb: ([], None, 0, 1.0))
+    monkeypatch.setattr(FaceAnalyzer, "_with_mesh", lambda self, rgb, faces: faces)
+    monkeypatch.setattr(FaceAnalyzer, "_mesh_face", lambda self, rgb, padded, p, scale=1.0: scene["mesh"])
+    img = np.ascontiguousarray(astronaut[:200, :200])
+    img[10:40, 150:180] = 0
+    dark, yes, no = DarkVerifier(0.9), FixedVerifier(0.9), FixedVerifier(0.3)
+
+    def found(image=img, fallback=dark, whole=yes):
+        return sorted((tuple(f.box), f.detection) for f in an.find_faces(
+            image, yes.scores, yes.threshold, fallback_verifier=(fallback.scores, fallback.threshold),
+            whole_verifier=(whole.scores, whole.threshold)))
+
+    whole_face, part = [((0.0, 0.0, 200.0, 200.0), "whole-image")], [(corner, "detector")]
+    assert scene["faces"][0].score < NESTED_BELOW and found() == whole_face
+    assert found(fallback=yes) == part  # the fallback verifier passes the part as a face: it stays
+    assert found(whole=no) == part  # the whole image is not passed as a face
+    mesh_box = (10.0, 5.0, 190.0, 195.0)
+    scene["mesh"] = det(mesh_box, 1.0)
+    scene["mesh"].detection = "mesh"
+    assert found() == [(mesh_box, "mesh")]  # the mesh face first: its landmarks align the crop
+    wide = (100.0, 5.0, 185.0, 90.0)  # 0.425 of the width, the black corner inside: a part of the mesh face ...
+    scene["faces"] = [det(wide, 0.6)]
+    assert detect.NESTED_FALLBACK_WIDER * 85 <= 180 and found() == [(mesh_box, "mesh")]
+    scene["mesh"] = None  # ... but not of the whole image
+    assert detect.NESTED_WHOLE_WIDER * 85 > 200 and found() == [(wide, "detector")]
+    scene["faces"] = [det(corner, 0.6), det((30.0, 60.0, 140.0, 190.0), 0.9)]  # a real face beside the part
+    assert found() == sorted([(corner, "detector"), ((30.0, 60.0, 140.0, 190.0), "detector")])
+    scene["faces"] = [det(corner, 0.6)]
+    strip = np.ascontiguousarray(img[:90])
+    assert found(image=strip) == part  # a strip is no face crop
+    scene["faces"] = [det(corner, 0.9)]  # a sure face: the step does not run
+    assert found() == part
+    scene["faces"] = [det(corner, 0.6)]
+    monkeypatch.setattr(detect, "NESTED_FALLBACK_WIDER", 0.0)
+    assert found() == part
 
 
 def test_whole_image_fallback_only_with_a_verifier_that_accepts_it(analyzer):

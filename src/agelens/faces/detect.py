@@ -8,8 +8,9 @@ a 256 px photo); then the detector on the image's visible half completed by its 
 side hidden from the nose outwards; reported as "padded", the detector on a re-framed copy); last, the detector on the
 image with its largest flat patch filled in from around it (a face crop whose middle is under a block or a panel;
 also "padded"). Faces do not nest: a
-detector face scored low that a wider face of the padded copy holds is a part of that face, which replaces it, and
-of two nested detector faces the higher-scored stays (NESTED_*). Every face says which step found it
+detector face scored low that a wider face of the padded copy holds is a part of that face, which replaces it (where
+none holds it and the fallback verifier does not pass it, the mesh-only or the whole-image face may), and of two
+nested detector faces the higher-scored stays (NESTED_*). Every face says which step found it
 (`Face.detection`; a face found on a tile is the detector's). The fallback steps can be fooled by a cat or a colour
 wheel, so they answer only when a face verifier (a callable: aligned crops → face probability)
 accepts the crop.
@@ -156,6 +157,18 @@ NESTED_FILLS = 0.5
 # 17 % of clean validation answers moved, low resolution +0.04 and paper types +0.02 on test, 4-6 % more time.
 # Its cost: +4.9 % predict time on UTKFace crops (benchmarks/ab_predict.py), none on photos.
 NESTED_MORE_SURE = 0.25
+# Where no face of the padded copy holds an unsure detector face, the fallback steps' faces may: the mesh alone, else,
+# for an image shaped like a face crop, the whole image (each verified as those steps verify it). One replaces the
+# unsure faces that lie inside it, are at most 1 / NESTED_FALLBACK_WIDER of its width (the whole image's:
+# 1 / NESTED_WHOLE_WIDER) and that the fallback verifier does not pass as faces on their own, when no other face found
+# lies inside it. Under sunglasses and a mask, or blocks over the eyes and the mouth, the detector fires on a lens, a
+# cheek or a corner of a face that fills the photo (a box a tenth to two fifths of its width, scored 0.5-0.65) and
+# the padded copy finds nothing wider: that fragment, aligned as a face and read by the student, was 10-60 years off
+# (docs/occlusion_report.md, "A fragment no padded face holds"). The safeguards keep real faces: a masked face a third
+# of a photo's width passes the fallback verifier (the whole photo of a woman in a sweater had replaced it), and a real
+# face beside a small false detection lies inside the whole image too. 0 turns the step off.
+NESTED_FALLBACK_WIDER = 2.0
+NESTED_WHOLE_WIDER = 2.5
 # The same person found twice: on real masked photos the detector often returns a tight box on the face and a loose
 # one around the head (both verified; 63 of 1,832 answered realocc photos had a face inside another, every one looked
 # at the same person's). Where a verified detector face lies NESTED_INSIDE inside another, only the one the detector
@@ -369,6 +382,14 @@ def without_nested(faces: list[Face]) -> list[Face]:
     return _best_first(faces, lambda f, k: inside(f.box, k.box) or inside(k.box, f.box))
 
 
+def _fragments(faces: list[Face], unsure: list[Face], big: Face, wider: float) -> list[Face]:
+    """The `unsure` faces that lie NESTED_INSIDE inside `big` and are at most 1 / wider of its width; none where
+    another of `faces` lies inside it (a real face there: `big` is not the face they are parts of)."""
+    held = [f for f in faces if inside(f.box, big.box)]
+    parts = [f for f in held if any(f is u for u in unsure) and wider * (f.box[2] - f.box[0]) <= big.box[2] - big.box[0]]
+    return parts if len(parts) == len(held) else []
+
+
 def _merge(cands: list[Face], overlap: float = 0.4) -> list[Face]:
     """Faces by descending score, each dropped where it overlaps a kept one by `overlap` (IoU) or more."""
     return _best_first(cands, lambda f, k: iou(f.box, k.box) >= overlap)
@@ -516,11 +537,13 @@ class FaceAnalyzer:
         return faces, padded, p, scale
 
     def _unnested(self, rgb: np.ndarray, faces: list[Face], verifier: Verifier, threshold: float,
-                  crop_size: int) -> list[Face]:
+                  crop_size: int, whole_verifier: tuple[Verifier, float] | None = None) -> list[Face]:
         """`faces` (the detector step's) with each one scored under NESTED_BELOW replaced by a verified face of the
         padded copy that holds it and is NESTED_FILLS of the image wide or more, and either is around its centre and
         NESTED_WIDER times as wide, or scores NESTED_MORE_SURE more and does not hold it high: the detector fired on a
-        part of a face it did not see whole."""
+        part of a face it did not see whole. Where none does, the mesh-only or the whole-image face replaces the unsure
+        faces it holds as fragments (NESTED_FALLBACK_WIDER, NESTED_WHOLE_WIDER; whole_verifier: the whole-image
+        step's)."""
         unsure = [f for f in faces if f.score < NESTED_BELOW]
         if not unsure:
             return faces
@@ -536,12 +559,49 @@ class FaceAnalyzer:
             return (bw >= NESTED_WIDER * (b[2] - b[0]) and abs((b[0] + b[2] - a[0] - a[2]) / 2) <= NESTED_CENTRED * bw
                     and abs(below) <= NESTED_CENTRED * bh)
 
-        wider = [g for g in self._padded_faces(rgb)[0] if any(holds(g, f) for f in unsure)]
-        if not wider:
-            return faces
-        wider = self._verified(rgb, self._with_mesh(rgb, wider), verifier, threshold, crop_size)
+        padded_faces, padded, p, scale = self._padded_faces(rgb)
+        holding = [g for g in padded_faces if any(holds(g, f) for f in unsure)]
+        wider = self._verified(rgb, self._with_mesh(rgb, holding), verifier, threshold, crop_size) if holding else []
         kept = [f for f in faces if not any(holds(g, f) for g in wider if f.score < NESTED_BELOW)]
+        # a fragment of a face inside the image is at most 1 / NESTED_FALLBACK_WIDER of the image's width (most unsure
+        # faces fill a crop: nothing more runs for them), and the fallback verifier does not vouch for it as a face
+        small = [f for f in kept if f.score < NESTED_BELOW
+                 and NESTED_FALLBACK_WIDER * (f.box[2] - f.box[0]) <= rgb.shape[1]] if NESTED_FALLBACK_WIDER > 0 else []
+        if small:
+            vouched = verifier(np.stack([f.aligned(rgb, crop_size)[0] for f in small]))
+            small = [f for f, v in zip(small, vouched, strict=True) if v < threshold]
+        outer = None
+        if small:
+            outer = self._outer_face(rgb, kept + wider, small, padded, p, scale, verifier, threshold, crop_size,
+                                     whole_verifier)
+            if outer is not None:
+                face, parts = outer
+                kept = [f for f in kept if not any(f is g for g in parts)] + [face]
+        if not holding and outer is None:
+            return faces
         return _merge(kept + wider)
+
+    def _outer_face(self, rgb: np.ndarray, faces: list[Face], unsure: list[Face], padded: np.ndarray, p: int,
+                    scale: float, verifier: Verifier, threshold: float, crop_size: int,
+                    whole_verifier: tuple[Verifier, float] | None) -> tuple[Face, list[Face]] | None:
+        """(face, the `unsure` faces that are its fragments (`_fragments` of `faces`)) for the mesh-only face, else
+        (an image shaped like a face crop) the whole image, verified as the fallback steps verify them; None where
+        neither has fragments and passes."""
+        face = self._mesh_face(rgb, padded, p, scale)
+        parts = _fragments(faces, unsure, face, NESTED_FALLBACK_WIDER) if face is not None else []
+        if parts:
+            score = float(verifier(face.aligned(rgb, crop_size)[0][None])[0])
+            if score >= threshold:
+                face.score = score
+                return face, parts
+        h, w = rgb.shape[:2]
+        whole = Face((0.0, 0.0, float(w), float(h)), 0.0, np.full((4, 2), np.nan, np.float32), None, "whole-image")
+        parts = _fragments(faces, unsure, whole, NESTED_WHOLE_WIDER) if 0.5 <= w / h <= 2.0 else []
+        if not parts or NESTED_WHOLE_WIDER <= 0:
+            return None
+        check, need = whole_verifier or (verifier, threshold)
+        whole.score = float(check(whole_image_crop(rgb, crop_size)[None])[0])
+        return (whole, parts) if whole.score >= need else None
 
     def _mesh_in_box(self, rgb: np.ndarray, box: tuple[float, ...]) -> np.ndarray | None:
         h, w = rgb.shape[:2]
@@ -649,7 +709,7 @@ class FaceAnalyzer:
                                min(threshold, DETECTED_THRESHOLD), crop_size)
         step_verifier, step_threshold = fallback_verifier or (verifier, threshold)
         if faces and step_verifier is not None and not detector_only:
-            faces = self._unnested(rgb, faces, step_verifier, step_threshold, crop_size)
+            faces = self._unnested(rgb, faces, step_verifier, step_threshold, crop_size, whole_verifier)
             if NESTED_DUPLICATES and len(faces) > 1:
                 faces = without_nested(faces)
         if faces and not detector_only and tile_verifier is not None:
