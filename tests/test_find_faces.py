@@ -95,7 +95,7 @@ def test_a_detector_face_inside_a_wider_padded_face_is_a_part_of_it(astronaut, m
     import agelens.faces.detect as detect
     from agelens.faces.detect import NESTED_BELOW, Face
 
-    monkeypatch.setattr(detect, "NESTED_FALLBACK_WIDER", 0.0)  # the fallback steps' faces: the test below
+    monkeypatch.setattr(detect, "NESTED_FALLBACK_WIDER", 0.0)  # the mesh or whole-image step: the next test
     an = FaceAnalyzer()
     part_box, whole_box = (60.0, 60.0, 110.0, 110.0), (20.0, 20.0, 180.0, 190.0)
     kp = np.array([[70, 75], [100, 75], [85, 90], [85, 100]], np.float32)
