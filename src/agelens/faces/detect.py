@@ -382,12 +382,19 @@ def without_nested(faces: list[Face]) -> list[Face]:
     return _best_first(faces, lambda f, k: inside(f.box, k.box) or inside(k.box, f.box))
 
 
-def _fragments(faces: list[Face], unsure: list[Face], big: Face, wider: float) -> list[Face]:
-    """The `unsure` faces that lie NESTED_INSIDE inside `big` and are at most 1 / wider of its width; none where
-    another of `faces` lies inside it (a real face there: `big` is not the face they are parts of)."""
-    held = [f for f in faces if inside(f.box, big.box)]
-    parts = [f for f in held if any(f is u for u in unsure) and wider * (f.box[2] - f.box[0]) <= big.box[2] - big.box[0]]
+def _fragments(faces: list[Face], unsure: list[Face], box: tuple[float, ...], wider: float) -> list[Face]:
+    """The `unsure` faces that lie NESTED_INSIDE inside `box` and are at most 1 / wider of its width; none where
+    another of `faces` lies inside it (a real face there: the box is not the face they are parts of)."""
+    held = [f for f in faces if inside(f.box, box)]
+    parts = [f for f in held if any(f is u for u in unsure) and wider * (f.box[2] - f.box[0]) <= box[2] - box[0]]
     return parts if len(parts) == len(held) else []
+
+
+def crop_shaped(rgb: np.ndarray) -> bool:
+    """Whether the image could be one face crop: neither side more than twice the other (a strip or a panorama is
+    none)."""
+    h, w = rgb.shape[:2]
+    return 0.5 <= w / h <= 2.0
 
 
 def _merge(cands: list[Face], overlap: float = 0.4) -> list[Face]:
@@ -588,20 +595,34 @@ class FaceAnalyzer:
         (an image shaped like a face crop) the whole image, verified as the fallback steps verify them; None where
         neither has fragments and passes."""
         face = self._mesh_face(rgb, padded, p, scale)
-        parts = _fragments(faces, unsure, face, NESTED_FALLBACK_WIDER) if face is not None else []
-        if parts:
-            score = float(verifier(face.aligned(rgb, crop_size)[0][None])[0])
-            if score >= threshold:
-                face.score = score
-                return face, parts
+        parts = _fragments(faces, unsure, face.box, NESTED_FALLBACK_WIDER) if face is not None else []
+        if parts and self._vouched(face, rgb, verifier, threshold, crop_size) is not None:
+            return face, parts
         h, w = rgb.shape[:2]
-        whole = Face((0.0, 0.0, float(w), float(h)), 0.0, np.full((4, 2), np.nan, np.float32), None, "whole-image")
-        parts = _fragments(faces, unsure, whole, NESTED_WHOLE_WIDER) if 0.5 <= w / h <= 2.0 else []
-        if not parts or NESTED_WHOLE_WIDER <= 0:
+        parts = (_fragments(faces, unsure, (0.0, 0.0, float(w), float(h)), NESTED_WHOLE_WIDER)
+                 if crop_shaped(rgb) and NESTED_WHOLE_WIDER > 0 else [])
+        whole = self._whole(rgb, crop_size, whole_verifier or (verifier, threshold)) if parts else None
+        return (whole, parts) if whole is not None else None
+
+    @staticmethod
+    def _vouched(face: Face, rgb: np.ndarray, verifier: Verifier, threshold: float, crop_size: int) -> Face | None:
+        """`face`, its score now the verifier's for its aligned crop, where that is `threshold` or more; else None."""
+        score = float(verifier(face.aligned(rgb, crop_size)[0][None])[0])
+        if score < threshold:
             return None
-        check, need = whole_verifier or (verifier, threshold)
-        whole.score = float(check(whole_image_crop(rgb, crop_size)[None])[0])
-        return (whole, parts) if whole.score >= need else None
+        face.score = score
+        return face
+
+    @staticmethod
+    def _whole(rgb: np.ndarray, crop_size: int, check: tuple[Verifier, float]) -> Face | None:
+        """The whole image as one face (detection "whole-image", no keypoints: its crop is `whole_image_crop`),
+        scored by check = (verifier, threshold), where that passes it; else None."""
+        verifier, need = check
+        score = float(verifier(whole_image_crop(rgb, crop_size)[None])[0])
+        if score < need:
+            return None
+        h, w = rgb.shape[:2]
+        return Face((0.0, 0.0, float(w), float(h)), score, np.full((4, 2), np.nan, np.float32), None, "whole-image")
 
     def _mesh_in_box(self, rgb: np.ndarray, box: tuple[float, ...]) -> np.ndarray | None:
         h, w = rgb.shape[:2]
@@ -727,30 +748,23 @@ class FaceAnalyzer:
         if verifier is None and verify:
             return []
         face = self._mesh_face(rgb, padded, p, scale)
-        if face is not None:
-            if verifier is None:
-                return [face]
-            score = float(verifier(face.aligned(rgb, crop_size)[0][None])[0])
-            if score >= threshold:
-                face.score = score
-                return [face]
+        if face is not None and (verifier is None
+                                 or self._vouched(face, rgb, verifier, threshold, crop_size) is not None):
+            return [face]
         if verifier is None or not whole_image:
             return []
         if flat_image(rgb):  # a flat image holds no face, whole or on a tile
             return []
-        crop_shaped = 0.5 <= w / h <= 2.0  # a strip or a panorama is no face crop
-        if crop_shaped:
-            whole, need = whole_verifier or (verifier, threshold)
-            score = float(whole(whole_image_crop(rgb, crop_size)[None])[0])
-            if score >= need:
-                return [Face((0.0, 0.0, float(w), float(h)), score, np.full((4, 2), np.nan, np.float32), None,
-                             "whole-image")]
+        shaped = crop_shaped(rgb)
+        whole = self._whole(rgb, crop_size, whole_verifier or (verifier, threshold)) if shaped else None
+        if whole is not None:
+            return [whole]
         tiles, need = tile_verifier or (verifier, threshold)
         for n in TILE_GRIDS:
             faces = self._verified(rgb, self._with_mesh(rgb, self.detect_tiled(rgb, n)), tiles, need, crop_size)
             if faces:  # in a large photo, the crowd around the faces this grid showed
                 return faces + self._finer(rgb, faces, (tiles, need), crop_size, n)
-        if crop_shaped:  # last, the most speculative steps: a face crop with one half hidden, or its middle
+        if shaped:  # last, the most speculative steps: a face crop with one half hidden, or its middle
             return self._mirrored(rgb, verifier, threshold, crop_size) or (
                 self._filled(rgb, verifier, threshold, crop_size) if FILL_STEP else [])
         return []
