@@ -290,6 +290,33 @@ def test_mirror_step_finds_a_half_hidden_face_in_image_pixels(analyzer, astronau
     assert analyzer._mirrored(grey, never.scores, 0.5, 256) == [] and never.seen == 0
 
 
+def test_mirror_and_fill_candidates_are_read_by_both_meshes(astronaut, monkeypatch):
+    """With predict's fast landmark path, each candidate of the mirror and fill steps comes twice: with the plain
+    landmark model's points (no iris) and with the FaceMesh graph's (iris included), on copies, so the verifier
+    can pass either; without BOTH_MESHES, once."""
+    from agelens.faces import detect
+
+    an = FaceAnalyzer(fast=None)
+    if not an.fast:
+        pytest.skip("the fast landmark path (ai-edge-litert) is not installed")
+    found = an.detect(astronaut)
+    both = an._both_meshes(astronaut, found)
+    assert len(both) == 2 * len(found) >= 2 and all(f.landmarks is None for f in found)
+    fast, graph = both[0], both[len(found)]
+    assert np.isnan(fast.landmarks[468:]).all() and np.isfinite(graph.landmarks).all()
+    width = fast.box[2] - fast.box[0]
+    assert np.linalg.norm(fast.landmarks[1] - graph.landmarks[1]) < 0.1 * width  # the same nose tip
+    hidden, _ = _half_hidden(an, astronaut)
+    seen = {}
+    for flag in (True, False):
+        monkeypatch.setattr(detect, "BOTH_MESHES", flag)
+        v = FixedVerifier(0.99)
+        assert len(an._mirrored(hidden, v.scores, 0.5, 256)) == 1
+        seen[flag] = v.seen
+    assert seen[True] == 2 * seen[False] > 0
+    an.close()
+
+
 def test_mirror_step_runs_last_and_only_behind_a_verifier(analyzer, monkeypatch):
     """With a verifier the step is asked last (after the whole-image and tile steps) about a crop-shaped image,
     with the fallback steps' verifier, not the tile step's; without one (or without the whole-image steps) never."""
