@@ -260,17 +260,18 @@ MIRROR_MAX_SIDE = 1024
 # must be verified on the filled copy at FILL_SURE or more, and the people veto is asked about it as about a mirrored
 # face.
 FILL_STEP = True
-# Both steps read each candidate's landmarks from both meshes where predict's fast path applies (`_both_meshes`): the
-# plain landmark model's and the FaceMesh graph's differ on a completed or filled face, and each gives some of them the
-# crop the verifier passes. The steps run only for crop-shaped images every other step left without a face. Measured
-# 2026-12-06 (foreign_occluders --part val --seed 11, four kinds): with the fast path's points alone (before) left /
-# right half 96.0 / 96.8 % answered; with the graph's alone 95.6 / 96.8 % (3 faces gained, 4 lost); with both 96.8 /
-# 97.2 % (3 gained, none lost); random block and top half unchanged; no image without a face newly answered (1,702).
-BOTH_MESHES = True
 FILL_FLAT_SD = 3.0
 FILL_SHARE = (0.12, 0.6)
 FILL_SURE = 0.95
 FILL_MAX_SIDE = 512
+# The mirror and fill steps read each candidate's landmarks from both meshes where predict's fast path applies
+# (`_both_meshes`): the plain landmark model's and the FaceMesh graph's differ on a completed or filled face, and each
+# gives some of them the crop the verifier passes. The steps run only for crop-shaped images every other step left
+# without a face. Measured 2026-12-06 (foreign_occluders --part val --seed 11, four kinds): with the fast path's points
+# alone (before) left / right half 96.0 / 96.8 % answered; with the graph's alone 95.6 / 96.8 % (3 faces gained, 4
+# lost); with both 96.8 / 97.2 % (3 gained, none lost); random block and top half unchanged; no image without a face
+# newly answered (1,702).
+BOTH_MESHES = True
 
 
 def flat_region(rgb: np.ndarray, sd: float = FILL_FLAT_SD) -> np.ndarray:
@@ -686,9 +687,10 @@ class FaceAnalyzer:
         return faces
 
     def _both_meshes(self, rgb: np.ndarray, faces: list[Face]) -> list[Face]:
-        """The faces that get landmarks, once per mesh: the fast path's and, where it applies (BOTH_MESHES), a copy
-        with the FaceMesh graph's. On a mirror-completed or filled face the two differ, and either may be the one
-        whose aligned crop the verifier passes."""
+        """The faces that get landmarks, once per mesh: the fast path's (the graph's where it passes a face over)
+        and, where this analyzer has the fast path (and BOTH_MESHES), a copy with the FaceMesh graph's. On a
+        mirror-completed or filled face the two differ, and either may be the one whose aligned crop the verifier
+        passes."""
         out = self._with_mesh(rgb, [replace(f) for f in faces])
         if BOTH_MESHES and self.fast:
             out += self._with_mesh(rgb, [replace(f) for f in faces], graph=True)
