@@ -688,13 +688,16 @@ class FaceAnalyzer:
 
     def _both_meshes(self, rgb: np.ndarray, faces: list[Face]) -> list[Face]:
         """The faces that get landmarks, once per mesh: the fast path's (the graph's where it passes a face over)
-        and, where this analyzer has the fast path (and BOTH_MESHES), a copy with the FaceMesh graph's. On a
+        and, for the faces the fast path read (with BOTH_MESHES), a copy with the FaceMesh graph's. On a
         mirror-completed or filled face the two differ, and either may be the one whose aligned crop the verifier
         passes."""
-        out = self._with_mesh(rgb, [replace(f) for f in faces])
-        if BOTH_MESHES and self.fast:
-            out += self._with_mesh(rgb, [replace(f) for f in faces], graph=True)
-        return [f for f in out if f.landmarks is not None]
+        first = self._with_mesh(rgb, [replace(f) for f in faces])
+        out = [g for g in first if g.landmarks is not None]
+        if BOTH_MESHES and self.fast:  # a fresh copy for the graph, of the faces the fast path read (no iris points)
+            fast = [replace(f) for f, g in zip(faces, first, strict=True)
+                    if g.landmarks is not None and np.isnan(g.landmarks[-N_IRIS:]).all()]
+            out += [g for g in self._with_mesh(rgb, fast, graph=True) if g.landmarks is not None]
+        return out
 
     def _mesh_face(self, rgb: np.ndarray, padded: np.ndarray, p: int, scale: float = 1.0) -> Face | None:
         """The mesh alone, on the image and then on `padded` (the image at `scale` inside a p px border); box = the
