@@ -89,6 +89,31 @@ def weighted_nms(boxes: np.ndarray, points: np.ndarray, scores: np.ndarray, iou:
     return out
 
 
+def decode(raw: np.ndarray, logits: np.ndarray, cfg: SsdConfig, pad: np.ndarray, shape: tuple[int, ...],
+           min_score: float, anchor_xy: np.ndarray) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
+    """The model's raw outputs for one image ((N, 16) regressions, (N,) score logits) as faces: (box x1, y1, x2, y2
+    in pixels, score, (6, 2) keypoints in pixels), best first, after mediapipe's weighted NMS; pad: `letterbox`'s
+    border, shape: the image's."""
+    h, w = shape[:2]
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -RAW_SCORE_CLIP, RAW_SCORE_CLIP)))
+    keep = scores >= min_score
+    if not keep.any():
+        return []
+    raw, a, scores = raw[keep] / cfg.size, anchor_xy[keep], scores[keep]
+    centre, half = raw[:, :2] + a, raw[:, 2:4] / 2
+    boxes = np.concatenate([centre - half, centre + half], 1)
+    points = raw[:, 4:].reshape(-1, N_KEYPOINTS, 2) + a[:, None]
+    valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    # undo the letterbox: model fractions → image fractions → pixels
+    scale = 1.0 - pad[:2] - pad[2:]
+    size = np.array([w, h], np.float32)
+    out = []
+    for box, pts, score in weighted_nms(boxes[valid], points[valid], scores[valid]):
+        b = ((box.reshape(2, 2) - pad[:2]) / scale * size).ravel()
+        out.append((tuple(float(v) for v in b), score, ((pts - pad[:2]) / scale * size).astype(np.float32)))
+    return out
+
+
 class BlazeFace:
     """One BlazeFace model (0: short range, 1: full range); not thread-safe (one per process)."""
 
@@ -106,26 +131,38 @@ class BlazeFace:
 
     def __call__(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
         """(box x1, y1, x2, y2 in pixels, score, (6, 2) keypoints in pixels) per face, best first."""
-        h, w = rgb.shape[:2]
         x, pad = letterbox(rgb, self.cfg.size)
         self.interpreter.set_tensor(self._in, x[None])
         self.interpreter.invoke()
         raw = self.interpreter.get_tensor(self._boxes)[0]
-        logits = np.clip(self.interpreter.get_tensor(self._scores)[0, :, 0], -RAW_SCORE_CLIP, RAW_SCORE_CLIP)
-        scores = 1.0 / (1.0 + np.exp(-logits))
-        keep = scores >= self.min_score
-        if not keep.any():
-            return []
-        raw, a, scores = raw[keep] / self.cfg.size, self.anchors[keep], scores[keep]
-        centre, half = raw[:, :2] + a, raw[:, 2:4] / 2
-        boxes = np.concatenate([centre - half, centre + half], 1)
-        points = raw[:, 4:].reshape(-1, N_KEYPOINTS, 2) + a[:, None]
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        # undo the letterbox: model fractions → image fractions → pixels
-        scale = 1.0 - pad[:2] - pad[2:]
-        size = np.array([w, h], np.float32)
-        out = []
-        for box, pts, score in weighted_nms(boxes[valid], points[valid], scores[valid]):
-            b = ((box.reshape(2, 2) - pad[:2]) / scale * size).ravel()
-            out.append((tuple(float(v) for v in b), score, ((pts - pad[:2]) / scale * size).astype(np.float32)))
-        return out
+        logits = self.interpreter.get_tensor(self._scores)[0, :, 0]
+        return decode(raw, logits, self.cfg, pad, rgb.shape, self.min_score, self.anchors)
+
+
+OCCLUDED_MODEL = "face_detector_occluded.onnx"  # the short-range model distilled to see occluded faces
+
+
+def occluded_model_path() -> str:
+    from ..utils import weights_dir
+
+    return str(weights_dir() / OCCLUDED_MODEL)
+
+
+class OccludedBlazeFace:
+    """The short-range detector's occlusion-robust copy (`train.face_detector`: distilled from the original on clean
+    photos while it read the same photos under occluders), shipped as ONNX: same input, outputs and post-processing
+    as `BlazeFace(0)`."""
+
+    def __init__(self, min_score: float = 0.5, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(occluded_model_path(), opts, providers=["CPUExecutionProvider"])
+        self.cfg, self.min_score = MODELS[0], min_score
+        self.anchors = anchors(self.cfg)
+
+    def __call__(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
+        x, pad = letterbox(rgb, self.cfg.size)
+        raw, logits = self.session.run(None, {"image": np.ascontiguousarray(x.transpose(2, 0, 1)[None])})
+        return decode(raw[0], logits[0, :, 0], self.cfg, pad, rgb.shape, self.min_score, self.anchors)

@@ -2,7 +2,8 @@
 
 Finding faces is a cascade that survives occlusion (sunglasses + mask, blocks over the eyes and mouth defeat the
 detector on tight crops): the detector on the image; the detector on the image inside a 50 % border (a face that
-fills the frame is what it misses most); FaceMesh alone; the whole image as one face crop; the detector on
+fills the frame is what it misses most); the detector's occlusion-robust copy on the image, then on the padded copy
+(reported as "detector" and "padded": `OCCLUDED_STEP`); FaceMesh alone; the whole image as one face crop; the detector on
 overlapping tiles of the image (2 × 2, then 3 × 3), for faces too small for the detector's input (a masked crowd in
 a 256 px photo); then the detector on the image's visible half completed by its mirror image (a face crop with one
 side hidden from the nose outwards; reported as "padded", the detector on a re-framed copy); last, the detector on the
@@ -33,7 +34,7 @@ import numpy as np
 
 from ..errors import AgelensError, ImageError
 from .align import align_face, keypoints_from_mesh
-from .blazeface import MODELS, BlazeFace
+from .blazeface import MODELS, BlazeFace, OccludedBlazeFace, occluded_model_path
 from .mesh import LandmarkModel, template_keypoints
 from .mesh import available as fast_mesh_available
 from .native import quiet_native_stderr as _quiet_native_stderr
@@ -99,6 +100,7 @@ class Face:
     landmarks: np.ndarray | None = None  # (478, 2) FaceMesh, None when the mesh failed
     detection: str = "detector"  # how it was found: one of DETECTIONS
     mirrored: bool = False  # found on a completed copy (the mirror or the fill step): the people check is stricter
+    robust: bool = False  # found by the occlusion-robust detector (`OCCLUDED_STEP`): checked as a fallback step's face
     _crop: dict = field(default_factory=dict, repr=False, compare=False)  # aligned(): the last crop, and its image
 
     def aligned(self, rgb: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,6 +274,21 @@ FILL_MAX_SIDE = 512
 # lost); with both 96.8 / 97.2 % (3 gained, none lost); random block and top half unchanged; no image without a face
 # newly answered (1,702).
 BOTH_MESHES = True
+
+# The occlusion-robust detector step (2026-12-07): where the detector found no face on the image or its padded copy,
+# the short-range detector's copy distilled to see occluded faces (`faces.blazeface.OccludedBlazeFace`,
+# `train.face_detector`) reads the image, then the padded copy. Its faces are verified as the tile step's are (both
+# face networks: with the separate one alone it answered two of 92 moon crops) and go through the ImageNet checks as
+# a fallback step's face (`Face.robust`). Skipped where its weights are missing.
+OCCLUDED_STEP = True
+OCCLUDED = 2  # `_raw_detections`' model number for it (0 and 1: mediapipe's short and full range)
+
+
+def occluded_available() -> bool:
+    """Whether the occlusion-robust detector's weights ship in this install (and onnxruntime can run them)."""
+    import importlib.util
+
+    return os.path.isfile(occluded_model_path()) and importlib.util.find_spec("onnxruntime") is not None
 
 
 def flat_region(rgb: np.ndarray, sd: float = FILL_FLAT_SD) -> np.ndarray:
@@ -470,6 +487,10 @@ class FaceAnalyzer:
     def _raw_detections(self, rgb: np.ndarray, model: int) -> list[tuple[tuple[float, ...], float, np.ndarray]]:
         """(box x1, y1, x2, y2, score, (4, 2) keypoints: eyes, nose, mouth) in pixels, from BlazeFace through LiteRT
         (fast) or mediapipe's FaceDetection graph."""
+        if model == OCCLUDED:
+            if model not in self._det:
+                self._det[model] = OccludedBlazeFace(self.min_confidence)
+            return [(box, score, kp[:4]) for box, score, kp in self._det[model](rgb)]
         if self.fast:
             if model not in self._det:
                 self._det[model] = BlazeFace(model, self.min_confidence)
@@ -554,6 +575,22 @@ class FaceAnalyzer:
             if f.box[2] - f.box[0] >= 4 and f.box[3] - f.box[1] >= 4:
                 faces.append(f)
         return faces, padded, p, scale
+
+    def _robust_faces(self, rgb: np.ndarray, padded: np.ndarray, p: int, scale: float) -> list[Face]:
+        """The occlusion-robust detector (`OCCLUDED_STEP`) on the image (detection "detector") or, where it finds
+        nothing there, on the padded copy ("padded"); no landmarks yet."""
+        faces = self._detect(rgb, OCCLUDED)
+        if not faces:
+            h, w = rgb.shape[:2]
+            for f in self._detect(padded, OCCLUDED):
+                x1, y1, x2, y2 = ((v - p) / scale for v in f.box)
+                f.box = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
+                f.keypoints, f.detection = (f.keypoints - p) / scale, "padded"
+                if f.box[2] - f.box[0] >= 4 and f.box[3] - f.box[1] >= 4:
+                    faces.append(f)
+        for f in faces:
+            f.robust = True
+        return faces
 
     def _unnested(self, rgb: np.ndarray, faces: list[Face], verifier: Verifier, threshold: float,
                   crop_size: int, whole_verifier: tuple[Verifier, float] | None = None) -> list[Face]:
@@ -734,7 +771,7 @@ class FaceAnalyzer:
                    fallback_verifier: tuple[Verifier, float] | None = None,
                    tile_verifier: tuple[Verifier, float] | None = None,
                    proposed: list[Face] | None = None, detector_only: bool = False,
-                   whole_verifier: tuple[Verifier, float] | None = None) -> list[Face]:
+                   whole_verifier: tuple[Verifier, float] | None = None, robust: bool = True) -> list[Face]:
         """Every face with landmarks where the mesh finds them, found by the cascade in the module docstring.
 
         With a verifier, a face from the fallback steps counts only when the verifier scores its aligned crop at
@@ -750,7 +787,8 @@ class FaceAnalyzer:
         whole_verifier, the whole-image step (the predictor adds a network trained on faces under full-width bands).
         proposed: this image's `propose` output, when the caller already has it (the batch engine proposes the faces
         of several files first, to verify them in one model pass). detector_only: the first step alone (the
-        detector on the image, verified)."""
+        detector on the image, verified). robust: the occlusion-robust detector's step (`OCCLUDED_STEP`; only with
+        a verifier)."""
         # landmarks first, so the verifier sees the crop the models will (a verifier that is the age model itself,
         # `inference.finding.TrunkGuard`, then answers both from one pass)
         faces = self._verified(rgb, self.propose(rgb) if proposed is None else proposed, verifier,
@@ -774,6 +812,13 @@ class FaceAnalyzer:
             return faces
         if verifier is None and verify:
             return []
+        if OCCLUDED_STEP and robust and verifier is not None and occluded_available():
+            # verified as a tile's face is (both networks where the caller gives them): a speculative proposer
+            rv, rt = tile_verifier or (verifier, threshold)
+            faces = self._verified(rgb, self._with_mesh(rgb, self._robust_faces(rgb, padded, p, scale)), rv, rt,
+                                   crop_size)
+            if faces:
+                return faces
         face = self._mesh_face(rgb, padded, p, scale)
         if face is not None and (verifier is None
                                  or self._vouched(face, rgb, verifier, threshold, crop_size) is not None):

@@ -240,8 +240,8 @@ def _shipped_face_network(role: str):
 
 
 def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, detect: bool = True,
-                   verifier="shipped", proposed: list | None = None, upright: bool = True, vet: bool = True
-                   ) -> list[tuple]:
+                   verifier="shipped", proposed: list | None = None, upright: bool = True, vet: bool = True,
+                   robust: bool = True) -> list[tuple]:
     """(box, score, aligned crop, landmarks_found, detection, source) for each face; detect=False: the image is
     one face crop. source: the image the crop was warped from and how (`faces.realign.CropSource`), None for a
     whole-image face. Every face, from the detector or a fallback, counts only when `verifier` (a binary crop classifier with
@@ -251,7 +251,9 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     vet: faces the detector was unsure of go through the ImageNet check (`without_non_faces`); False only to fit
     or measure that check. Where the check vetoes every face and all came from the detector step (a detection on
     a fragment of a half-hidden face, or on something no face), the fallback steps look once, as for an image the
-    detector finds nothing on (their faces checked again). Raises NoFaceError when there is no face."""
+    detector finds nothing on (their faces checked again); where it vetoes every face and the occlusion-robust
+    detector found one of them, the search runs again without that step (robust=False), as it ran before the step
+    existed. Raises NoFaceError when there is no face."""
     h, w = rgb.shape[:2]
     if not detect:
         crop, lm = prepare_face(rgb, analyzer, cache_size, aligned=True)
@@ -269,12 +271,12 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
                                    tile_verifier=(v.both_scores, v.threshold) if hasattr(v, "both_scores") else None,
                                    whole_verifier=(v.whole_scores, v.threshold)
                                    if getattr(v, "bands", None) is not None else None,
-                                   proposed=proposed, detector_only=detector_only)
+                                   proposed=proposed, detector_only=detector_only, robust=robust)
 
     faces = find(rgb, proposed)
     if not faces:
         raise NoFaceError("no face found")
-    out, mirrored = [], []
+    out, mirrored, robust_found = [], [], []
     for f, img, turn in _upright(rgb, faces, find, analyzer.detect) if upright else [(f, rgb, 0) for f in faces]:
         source = None
         if f.detection == "whole-image":
@@ -286,17 +288,23 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
         box = turned_back(f.box, turn, rgb.shape)
         out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection, source))
         mirrored.append(f.mirrored)
-    kept = without_non_faces(rgb, out, v, mirrored) if vet else out
+        robust_found.append(f.robust)
+    kept = without_non_faces(rgb, out, v, mirrored, robust_found) if vet else out
+    if not kept and robust and any(robust_found):
+        # every face turned away, one of them the robust detector's: its step may have stood in front of the steps
+        # that found this face before it existed (FaceMesh alone, the whole image, the tiles)
+        return find_and_align(rgb, analyzer, cache_size, detect, verifier, proposed, upright, vet, robust=False)
     looked = proposed is not None and len(proposed) == 0  # the detector step gave nothing: the fallbacks have run
     if not kept and not looked and all(how == "detector" for _, _, _, _, how, _ in out):
         # every detection vetoed: there was none, so the fallback steps look (`find` on an empty detector step)
-        return find_and_align(rgb, analyzer, cache_size, detect, verifier, [], upright, vet)
+        return find_and_align(rgb, analyzer, cache_size, detect, verifier, [], upright, vet, robust)
     if not kept:
         raise NoFaceError("no face found")
     return kept
 
 
-def without_non_faces(rgb: np.ndarray, faces: list, verifier=None, mirrored: list | None = None) -> list:
+def without_non_faces(rgb: np.ndarray, faces: list, verifier=None, mirrored: list | None = None,
+                      robust: list | None = None) -> list:
     """`find_and_align` faces less those the ImageNet check (`faces.animal`) vetoes. The people veto (too little
     probability on the classes human faces look like) is asked about faces a fallback step found or the detector
     scored under animal.PEOPLE_BELOW, less those a TrunkGuard verifier scores animal.FACE_SURE or more (its
@@ -306,10 +314,13 @@ def without_non_faces(rgb: np.ndarray, faces: list, verifier=None, mirrored: lis
     teacher's head, regardless of occlusion). Faces the mirror step built (`mirrored`, one flag per face) are always
     asked the people veto, at animal.MIRROR_PEOPLE. Without the check (no torch to export it), the faces stay as
     they are. A face small in its image that the detector was unsure of (`animal.small_and_unsure`) is always asked
-    the people veto, at animal.SMALL_PEOPLE."""
+    the people veto, at animal.SMALL_PEOPLE. Faces the occlusion-robust detector found (`robust`, one flag per face)
+    are checked as a fallback step's, whatever their detection says."""
     fallback = np.array([how != "detector" for _, _, _, _, how, *_ in faces], bool)
+    if robust is not None:
+        fallback |= np.asarray(robust, bool)
     score = np.array([s for _, s, *_ in faces], np.float64)
-    people = np.array([animal.people_asked(s, how) for _, s, _, _, how, *_ in faces], bool)
+    people = np.array([animal.people_asked(s, how) for _, s, _, _, how, *_ in faces], bool) | fallback
     est = getattr(verifier, "est", None)
     if people.any() and est is not None:  # a TrunkGuard, whose scores of these crops are memoised: faces it is
         idx = np.flatnonzero(people)  # sure of are not asked
