@@ -2,8 +2,8 @@
 
 Finding faces is a cascade that survives occlusion (sunglasses + mask, blocks over the eyes and mouth defeat the
 detector on tight crops): the detector on the image; the detector on the image inside a 50 % border (a face that
-fills the frame is what it misses most); the detector's occlusion-robust copy on the image, then on the padded copy
-(reported as "detector" and "padded": `OCCLUDED_STEP`); FaceMesh alone; the whole image as one face crop; the detector on
+fills the frame is what it misses most); the detector's occlusion-robust copy on the image, then on the padded
+copy (reported as "detector" and "padded": `OCCLUDED_STEP`); FaceMesh alone; the whole image as one face crop; the detector on
 overlapping tiles of the image (2 × 2, then 3 × 3), for faces too small for the detector's input (a masked crowd in
 a 256 px photo); then the detector on the image's visible half completed by its mirror image (a face crop with one
 side hidden from the nose outwards; reported as "padded", the detector on a re-framed copy); last, the detector on the
@@ -431,6 +431,20 @@ def _merge(cands: list[Face], overlap: float = 0.4) -> list[Face]:
     return _best_first(cands, lambda f, k: iou(f.box, k.box) >= overlap)
 
 
+def _unpadded(faces: list[Face], p: int, scale: float, shape: tuple[int, ...]) -> list[Face]:
+    """Faces found on `pad_border_capped`'s copy (border p, scale) in the image's pixels, detection "padded"; boxes
+    clipped to the image, slivers under 4 px dropped."""
+    h, w = shape[:2]
+    out = []
+    for f in faces:
+        x1, y1, x2, y2 = ((v - p) / scale for v in f.box)
+        f.box = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
+        f.keypoints, f.detection = (f.keypoints - p) / scale, "padded"
+        if f.box[2] - f.box[0] >= 4 and f.box[3] - f.box[1] >= 4:
+            out.append(f)
+    return out
+
+
 class FaceAnalyzer:
     """Wraps mediapipe; one instance per process (mediapipe graphs are not thread-safe).
 
@@ -486,7 +500,7 @@ class FaceAnalyzer:
 
     def _raw_detections(self, rgb: np.ndarray, model: int) -> list[tuple[tuple[float, ...], float, np.ndarray]]:
         """(box x1, y1, x2, y2, score, (4, 2) keypoints: eyes, nose, mouth) in pixels, from BlazeFace through LiteRT
-        (fast) or mediapipe's FaceDetection graph."""
+        (fast) or mediapipe's FaceDetection graph; model OCCLUDED: the occlusion-robust copy (ONNX), either way."""
         if model == OCCLUDED:
             if model not in self._det:
                 self._det[model] = OccludedBlazeFace(self.min_confidence)
@@ -564,30 +578,13 @@ class FaceAnalyzer:
     def _padded_faces(self, rgb: np.ndarray) -> tuple[list[Face], np.ndarray, int, float]:
         """The detector on the image inside a border (`pad_border_capped`): its faces in the image's pixels
         (detection "padded", no landmarks yet), and the padded copy, its border and scale."""
-        h, w = rgb.shape[:2]
         padded, p, scale = pad_border_capped(rgb)
-        faces = []
-        for f in self.detect(padded):
-            x1, y1, x2, y2 = ((v - p) / scale for v in f.box)
-            f.box = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
-            f.keypoints = (f.keypoints - p) / scale
-            f.detection = "padded"
-            if f.box[2] - f.box[0] >= 4 and f.box[3] - f.box[1] >= 4:
-                faces.append(f)
-        return faces, padded, p, scale
+        return _unpadded(self.detect(padded), p, scale, rgb.shape), padded, p, scale
 
     def _robust_faces(self, rgb: np.ndarray, padded: np.ndarray, p: int, scale: float) -> list[Face]:
         """The occlusion-robust detector (`OCCLUDED_STEP`) on the image (detection "detector") or, where it finds
         nothing there, on the padded copy ("padded"); no landmarks yet."""
-        faces = self._detect(rgb, OCCLUDED)
-        if not faces:
-            h, w = rgb.shape[:2]
-            for f in self._detect(padded, OCCLUDED):
-                x1, y1, x2, y2 = ((v - p) / scale for v in f.box)
-                f.box = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
-                f.keypoints, f.detection = (f.keypoints - p) / scale, "padded"
-                if f.box[2] - f.box[0] >= 4 and f.box[3] - f.box[1] >= 4:
-                    faces.append(f)
+        faces = self._detect(rgb, OCCLUDED) or _unpadded(self._detect(padded, OCCLUDED), p, scale, rgb.shape)
         for f in faces:
             f.robust = True
         return faces
