@@ -140,3 +140,19 @@ def test_a_vetoed_robust_face_sends_the_search_on_without_the_step(monkeypatch):
     out = finding.find_and_align(img, an, 256, verifier=Always(), upright=False)
     assert seen[0] == [True] and seen[-1] == [False]  # the robust face went, then a later step's face stayed
     assert len(out) == 1 and out[0][4] in detect.DETECTIONS
+
+
+def test_robust_tiles_ask_the_robust_model_and_its_bar(monkeypatch):
+    img = np.zeros((300, 400, 3), np.uint8)
+    an = FaceAnalyzer(fast=True)
+    asked = []
+    monkeypatch.setattr(an, "_raw_detections", lambda rgb, model: asked.append((model, rgb.shape[:2])) or [])
+    assert an.detect_tiled(img, 2, model=detect.OCCLUDED) == []
+    assert len(asked) == 4 and {m for m, _ in asked} == {detect.OCCLUDED}
+    assert all(h < 300 and w < 400 for _, (h, w) in asked)  # each tile, not the image
+
+    def verifier(crops):
+        return np.ones(len(crops))
+
+    assert FaceAnalyzer._robust_check(verifier, 0.5, None) == (verifier, detect.OCCLUDED_SURE)
+    assert FaceAnalyzer._robust_check(verifier, 0.5, (verifier, 0.99)) == (verifier, 0.99)

@@ -411,7 +411,10 @@ def test_detect_tiled_finds_a_small_face_in_image_pixels(analyzer, astronaut):
     assert not analyzer.detect_tiled(scene, 2, max_face=0.01), "max_face drops faces wider than its share"
 
 
-def test_tile_step_runs_last_and_only_behind_its_verifier(analyzer, astronaut):
+def test_tile_step_runs_last_and_only_behind_its_verifier(analyzer, astronaut, monkeypatch):
+    from agelens.faces import detect
+
+    monkeypatch.setattr(detect, "OCCLUDED_STEP", False)  # the robust detector, before the tiles, would find it
     scene, _ = _small_face_scene(astronaut)
     no = FixedVerifier(0.0)
     assert analyzer.find_faces(scene, no.scores, no.threshold, verify=True) == []
@@ -461,7 +464,7 @@ def test_when_every_detection_is_vetoed_the_fallback_steps_look_once(analyzer, a
     crop = np.ascontiguousarray(astronaut[40:300, 140:330])
     calls = []
 
-    def veto_detector(rgb, faces, verifier=None, mirrored=None):
+    def veto_detector(rgb, faces, verifier=None, mirrored=None, robust=None):
         calls.append([how for _, _, _, _, how, *_ in faces])
         return [f for f in faces if f[4] != "detector"]
 

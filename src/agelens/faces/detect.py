@@ -277,10 +277,15 @@ BOTH_MESHES = True
 
 # The occlusion-robust detector step (2026-12-07): where the detector found no face on the image or its padded copy,
 # the short-range detector's copy distilled to see occluded faces (`faces.blazeface.OccludedBlazeFace`,
-# `train.face_detector`) reads the image, then the padded copy. Its faces are verified as the tile step's are (both
-# face networks: with the separate one alone it answered two of 92 moon crops) and go through the ImageNet checks as
-# a fallback step's face (`Face.robust`). Skipped where its weights are missing.
+# `train.face_detector`) reads the image, then the padded copy, and (after the tile step) the 2 x 2 tiles. Its faces
+# must pass both face networks (as a tile's) at OCCLUDED_SURE, as the mirror step's do: at the networks' own bar it
+# answered two of 92 moon crops and a cup of coffee (scikit-image's, at 0.914; its 132 faces on validation scene
+# photos scored 0.93 or more, 130 of them 0.95 or more). They go through the ImageNet checks as a fallback step's face
+# (`Face.robust`). Skipped where its weights are missing.
 OCCLUDED_STEP = True
+OCCLUDED_SURE = 0.95
+OCCLUDED_TILE_GRIDS = (2,)  # on tiles, faces up to OCCLUDED_TILE_MAX_FACE of the image (a face in a scene)
+OCCLUDED_TILE_MAX_FACE = 0.6
 OCCLUDED = 2  # `_raw_detections`' model number for it (0 and 1: mediapipe's short and full range)
 
 
@@ -545,18 +550,19 @@ class FaceAnalyzer:
         return _merge(cands)
 
     def detect_tiled(self, rgb: np.ndarray, n: int, overlap: float = TILE_OVERLAP,
-                     max_face: float = TILE_MAX_FACE, halved: bool = False) -> list[Face]:
+                     max_face: float = TILE_MAX_FACE, halved: bool = False, model: int | None = None) -> list[Face]:
         """`detect` on each of n × n overlapping tiles (each scaled to the detector's input, so a face of a few pixels
         becomes one it can see), in image pixels, merged by IoU; faces wider than max_face of the image's width or
         taller than max_face of its height are dropped. halved: the tiles of a large image are cut from a copy
         halved (exact 2 x 2 averages, cheap) while a tile is over twice the full-range model's input: one area
-        resize of a 12 MP photo's tile to the model's input cost more than the model."""
+        resize of a 12 MP photo's tile to the model's input cost more than the model. model: one detector model
+        (`_detect`'s number, e.g. OCCLUDED) on each tile instead of `detect`'s two ranges."""
         h, w = rgb.shape[:2]
         tw, th = w / (n - (n - 1) * overlap), h / (n - (n - 1) * overlap)
         if halved and max(tw, th) > 2 * MODELS[1].size:
             half = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
             sx, sy = w / half.shape[1], h / half.shape[0]
-            found = self.detect_tiled(half, n, overlap, max_face, halved)
+            found = self.detect_tiled(half, n, overlap, max_face, halved, model)
             for f in found:
                 f.box = (f.box[0] * sx, f.box[1] * sy, min(float(w), f.box[2] * sx), min(float(h), f.box[3] * sy))
                 f.keypoints = f.keypoints * np.array([sx, sy], np.float32)
@@ -568,7 +574,8 @@ class FaceAnalyzer:
                 x1, y1 = min(w, int(round(x0 + tw))), min(h, int(round(y0 + th)))
                 if x1 - x0 < 8 or y1 - y0 < 8:
                     continue
-                for f in self.detect(rgb[y0:y1, x0:x1]):
+                tile = rgb[y0:y1, x0:x1]
+                for f in self.detect(tile) if model is None else self._detect(tile, model):
                     f.box = (f.box[0] + x0, f.box[1] + y0, f.box[2] + x0, f.box[3] + y0)
                     if f.box[2] - f.box[0] <= max_face * w and f.box[3] - f.box[1] <= max_face * h:
                         f.keypoints = f.keypoints + np.array([x0, y0], np.float32)
@@ -580,6 +587,14 @@ class FaceAnalyzer:
         (detection "padded", no landmarks yet), and the padded copy, its border and scale."""
         padded, p, scale = pad_border_capped(rgb)
         return _unpadded(self.detect(padded), p, scale, rgb.shape), padded, p, scale
+
+    @staticmethod
+    def _robust_check(verifier: Verifier, threshold: float, tile_verifier: tuple[Verifier, float] | None
+                      ) -> tuple[Verifier, float]:
+        """How the robust detector's faces are verified: as a tile's (both face networks where the caller gives
+        them), at OCCLUDED_SURE at least."""
+        rv, rt = tile_verifier or (verifier, threshold)
+        return rv, max(rt, OCCLUDED_SURE)
 
     def _robust_faces(self, rgb: np.ndarray, padded: np.ndarray, p: int, scale: float) -> list[Face]:
         """The occlusion-robust detector (`OCCLUDED_STEP`) on the image (detection "detector") or, where it finds
@@ -810,10 +825,8 @@ class FaceAnalyzer:
         if verifier is None and verify:
             return []
         if OCCLUDED_STEP and robust and verifier is not None and occluded_available():
-            # verified as a tile's face is (both networks where the caller gives them): a speculative proposer
-            rv, rt = tile_verifier or (verifier, threshold)
-            faces = self._verified(rgb, self._with_mesh(rgb, self._robust_faces(rgb, padded, p, scale)), rv, rt,
-                                   crop_size)
+            faces = self._verified(rgb, self._with_mesh(rgb, self._robust_faces(rgb, padded, p, scale)),
+                                   *self._robust_check(verifier, threshold, tile_verifier), crop_size)
             if faces:
                 return faces
         face = self._mesh_face(rgb, padded, p, scale)
@@ -833,6 +846,15 @@ class FaceAnalyzer:
             faces = self._verified(rgb, self._with_mesh(rgb, self.detect_tiled(rgb, n)), tiles, need, crop_size)
             if faces:  # in a large photo, the crowd around the faces this grid showed
                 return faces + self._finer(rgb, faces, (tiles, need), crop_size, n)
+        if OCCLUDED_STEP and robust and occluded_available():  # an occluded face in a scene, too small for step 2b
+            for n in OCCLUDED_TILE_GRIDS:
+                cands = self.detect_tiled(rgb, n, max_face=OCCLUDED_TILE_MAX_FACE, model=OCCLUDED)
+                for f in cands:
+                    f.robust = True
+                faces = self._verified(rgb, self._with_mesh(rgb, cands),
+                                       *self._robust_check(verifier, threshold, tile_verifier), crop_size)
+                if faces:
+                    return faces
         if shaped:  # last, the most speculative steps: a face crop with one half hidden, or its middle
             return self._mirrored(rgb, verifier, threshold, crop_size) or (
                 self._filled(rgb, verifier, threshold, crop_size) if FILL_STEP else [])
