@@ -320,13 +320,17 @@ def test_mirror_and_fill_candidates_are_read_by_both_meshes(astronaut, monkeypat
 def test_mirror_step_runs_last_and_only_behind_a_verifier(analyzer, monkeypatch):
     """With a verifier the step is asked last (after the whole-image and tile steps) about a crop-shaped image,
     with the fallback steps' verifier, not the tile step's; without one (or without the whole-image steps) never."""
+    from agelens.faces import detect
+
     calls = []
     monkeypatch.setattr(analyzer, "_mirrored", lambda rgb, v, t, s: calls.append(t) or [])
-    monkeypatch.setattr(analyzer, "detect_tiled", lambda rgb, n: calls.append(f"tiles {n}") or [])
+    monkeypatch.setattr(analyzer, "detect_tiled", lambda rgb, n, **kw: calls.append(
+        f"tiles {n}" + (" robust" if kw.get("model") is not None else "")) or [])
+    monkeypatch.setattr(detect, "occluded_available", lambda: True)
     img = np.random.default_rng(0).integers(0, 255, (120, 100, 3), dtype=np.uint8)
     no = FixedVerifier(0.1)
     assert analyzer.find_faces(img, no.scores, no.threshold, verify=True, tile_verifier=(no.scores, 0.7)) == []
-    assert calls == ["tiles 2", "tiles 3", 0.5]
+    assert calls == ["tiles 2", "tiles 3", "tiles 2 robust", 0.5]  # the robust detector's tiles before the mirror
     calls.clear()
     assert analyzer.find_faces(img, verify=True) == [] and analyzer.find_faces(img, verify=False) == []
     assert analyzer.find_faces(img, no.scores, no.threshold, whole_image=False) == [] and calls == []
@@ -557,7 +561,7 @@ def test_fill_step_finds_a_face_under_a_flat_patch_on_the_filled_copy(analyzer, 
     calls = []
     monkeypatch.setattr(analyzer, "_mirrored", lambda rgb, v, t, s: calls.append("mirror") or [])
     monkeypatch.setattr(analyzer, "_filled", lambda rgb, v, t, s: calls.append("fill") or [])
-    monkeypatch.setattr(analyzer, "detect_tiled", lambda rgb, n: [])
+    monkeypatch.setattr(analyzer, "detect_tiled", lambda rgb, n, **kw: [])
     no = FixedVerifier(0.1)
     assert analyzer.find_faces(noise, no.scores, no.threshold, verify=True) == [] and calls == ["mirror", "fill"]
 
