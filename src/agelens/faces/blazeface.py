@@ -1,7 +1,9 @@
 """mediapipe's BlazeFace detectors (short and full range) run directly with LiteRT: the models mediapipe ships,
 with its pre- and post-processing (letterbox to the model's square input in [-1, 1], SSD anchors, sigmoid scores,
 weighted non-maximum suppression) written out in numpy. Same faces as `mp.solutions.face_detection` for 2 ms
-instead of 4 ms per image, and predict no longer imports mediapipe's Python graphs (a second at start-up)."""
+instead of 4 ms per image, and predict no longer imports mediapipe's Python graphs (a second at start-up).
+`OccludedBlazeFace` runs the short-range model's occlusion-robust copy (ONNX, `train.face_detector`) through the
+same post-processing (`decode`)."""
 
 from __future__ import annotations
 
