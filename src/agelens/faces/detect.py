@@ -2,19 +2,18 @@
 
 Finding faces is a cascade that survives occlusion (sunglasses + mask, blocks over the eyes and mouth defeat the
 detector on tight crops): the detector on the image; the detector on the image inside a 50 % border (a face that
-fills the frame is what it misses most); the detector's occlusion-robust copy on the image, then on the padded
-copy (reported as "detector" and "padded": `OCCLUDED_STEP`); FaceMesh alone; the whole image as one face crop; the detector on
-overlapping tiles of the image (2 × 2, then 3 × 3), for faces too small for the detector's input (a masked crowd in
-a 256 px photo); then the detector on the image's visible half completed by its mirror image (a face crop with one
-side hidden from the nose outwards; reported as "padded", the detector on a re-framed copy); last, the detector on the
-image with its largest flat patch filled in from around it (a face crop whose middle is under a block or a panel;
-also "padded"). Faces do not nest: a
+fills the frame is what it misses most); the detector's occlusion-robust copy on the image, then on the padded copy
+(reported as "detector" and "padded": `OCCLUDED_STEP`); FaceMesh alone; the whole image as one face crop; the
+detector on overlapping tiles of the image (2 × 2, then 3 × 3), for faces too small for the detector's input (a
+masked crowd in a 256 px photo); the robust copy on 2 × 2 tiles (an occluded face in a scene); then the detector on
+the image's visible half completed by its mirror image (a face crop with one side hidden from the nose outwards;
+reported as "padded", the detector on a re-framed copy); last, the detector on the image with its largest flat patch
+filled in from around it (a face crop whose middle is under a block or a panel; also "padded"). Faces do not nest: a
 detector face scored low that a wider face of the padded copy holds is a part of that face, which replaces it (where
 none holds it and the fallback verifier does not pass it, the mesh-only or the whole-image face may), and of two
-nested detector faces the higher-scored stays (NESTED_*). Every face says which step found it
-(`Face.detection`; a face found on a tile is the detector's). The fallback steps can be fooled by a cat or a colour
-wheel, so they answer only when a face verifier (a callable: aligned crops → face probability)
-accepts the crop.
+nested detector faces the higher-scored stays (NESTED_*). Every face says which step found it (`Face.detection`; a
+face found on a tile is the detector's). The fallback steps can be fooled by a cat or a colour wheel, so they answer
+only when a face verifier (a callable: aligned crops → face probability) accepts the crop.
 """
 
 from __future__ import annotations

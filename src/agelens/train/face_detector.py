@@ -124,7 +124,8 @@ def make_pair(photos: list, backgrounds: list[np.ndarray], rng: np.random.Genera
     else:
         photo, lm = photos[rng.integers(len(photos))]
         if rng.random() < 0.5:
-            photo, lm = np.ascontiguousarray(photo[:, ::-1]), lm * np.float32([-1, 1]) + np.float32([photo.shape[1] - 1, 0])
+            lm = lm * np.float32([-1, 1]) + np.float32([photo.shape[1] - 1, 0])  # mirrored, landmarks with it
+            photo = np.ascontiguousarray(photo[:, ::-1])
         clean, lm = scene(photo, lm, backgrounds, rng)
         occluded, kind = clean, "clean"
         if rng.random() >= CLEAN_P:

@@ -1,11 +1,11 @@
 """A TFLite graph of plain convolutional ops (mediapipe's short-range BlazeFace) as a trainable torch module.
 
-The flatbuffer is read with the `tflite` package (schema bindings; in the dev and test extras): each operator becomes one step
-of `TFLiteNet.forward`, in the graph's order, its constant tensors (fp16 in mediapipe's files, dequantised) torch
-parameters. Tensors run NCHW; TFLite's NHWC semantics are kept where they show (channel padding, the reshapes of the
-SSD heads, TensorFlow's asymmetric 'SAME' padding). Supported ops: CONV_2D, DEPTHWISE_CONV_2D, ADD, RELU, PAD,
-MAX_POOL_2D, RESHAPE, CONCATENATION, DEQUANTIZE: enough for the short-range detector, checked against LiteRT's
-outputs by `tests/test_face_detector_training.py`."""
+The flatbuffer is read with the `tflite` package (schema bindings; in the dev and test extras): each operator
+becomes one step of `TFLiteNet.forward`, in the graph's order, its constant tensors (fp16 in mediapipe's files,
+dequantised) torch parameters. Tensors run NCHW; TFLite's NHWC semantics are kept where they show (channel padding,
+the reshapes of the SSD heads, TensorFlow's asymmetric 'SAME' padding). Supported ops: CONV_2D, DEPTHWISE_CONV_2D,
+ADD, RELU, PAD, MAX_POOL_2D, RESHAPE, CONCATENATION, DEQUANTIZE: enough for the short-range detector, checked
+against LiteRT's outputs by `tests/test_face_detector_training.py`."""
 
 from __future__ import annotations
 
