@@ -19,6 +19,7 @@ only when a face verifier (a callable: aligned crops → face probability) accep
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import math
 import os
@@ -288,6 +289,7 @@ OCCLUDED_TILE_MAX_FACE = 0.6
 OCCLUDED = 2  # `_raw_detections`' model number for it (0 and 1: mediapipe's short and full range)
 
 
+@functools.cache
 def occluded_available() -> bool:
     """Whether the occlusion-robust detector's weights ship in this install (and onnxruntime can run them)."""
     import importlib.util
@@ -505,13 +507,10 @@ class FaceAnalyzer:
     def _raw_detections(self, rgb: np.ndarray, model: int) -> list[tuple[tuple[float, ...], float, np.ndarray]]:
         """(box x1, y1, x2, y2, score, (4, 2) keypoints: eyes, nose, mouth) in pixels, from BlazeFace through LiteRT
         (fast) or mediapipe's FaceDetection graph; model OCCLUDED: the occlusion-robust copy (ONNX), either way."""
-        if model == OCCLUDED:
+        if self.fast or model == OCCLUDED:
             if model not in self._det:
-                self._det[model] = OccludedBlazeFace(self.min_confidence)
-            return [(box, score, kp[:4]) for box, score, kp in self._det[model](rgb)]
-        if self.fast:
-            if model not in self._det:
-                self._det[model] = BlazeFace(model, self.min_confidence)
+                self._det[model] = (OccludedBlazeFace(self.min_confidence) if model == OCCLUDED
+                                    else BlazeFace(model, self.min_confidence))
             return [(box, score, kp[:4]) for box, score, kp in self._det[model](rgb)]
         if model not in self._det:
             with _quiet_native_stderr():
@@ -530,13 +529,14 @@ class FaceAnalyzer:
         return out
 
     def _detect(self, rgb: np.ndarray, model: int) -> list[Face]:
-        """The detector's faces, boxes clipped to the image; slivers under 4 px dropped."""
+        """The detector's faces, boxes clipped to the image; slivers under 4 px dropped (`Face.robust` for the
+        occlusion-robust copy's)."""
         h, w = rgb.shape[:2]
         faces = []
         for b, score, kp in self._raw_detections(rgb, model):
             box = (max(0.0, float(b[0])), max(0.0, float(b[1])), min(float(w), float(b[2])), min(float(h), float(b[3])))
             if box[2] - box[0] >= 4 and box[3] - box[1] >= 4:
-                faces.append(Face(box, score, kp))
+                faces.append(Face(box, score, kp, robust=model == OCCLUDED))
         return faces
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
@@ -598,10 +598,7 @@ class FaceAnalyzer:
     def _robust_faces(self, rgb: np.ndarray, padded: np.ndarray, p: int, scale: float) -> list[Face]:
         """The occlusion-robust detector (`OCCLUDED_STEP`) on the image (detection "detector") or, where it finds
         nothing there, on the padded copy ("padded"); no landmarks yet."""
-        faces = self._detect(rgb, OCCLUDED) or _unpadded(self._detect(padded, OCCLUDED), p, scale, rgb.shape)
-        for f in faces:
-            f.robust = True
-        return faces
+        return self._detect(rgb, OCCLUDED) or _unpadded(self._detect(padded, OCCLUDED), p, scale, rgb.shape)
 
     def _unnested(self, rgb: np.ndarray, faces: list[Face], verifier: Verifier, threshold: float,
                   crop_size: int, whole_verifier: tuple[Verifier, float] | None = None) -> list[Face]:
@@ -848,8 +845,6 @@ class FaceAnalyzer:
         if OCCLUDED_STEP and robust and occluded_available():  # an occluded face in a scene, too small for step 2b
             for n in OCCLUDED_TILE_GRIDS:
                 cands = self.detect_tiled(rgb, n, max_face=OCCLUDED_TILE_MAX_FACE, model=OCCLUDED)
-                for f in cands:
-                    f.robust = True
                 faces = self._verified(rgb, self._with_mesh(rgb, cands),
                                        *self._robust_check(verifier, threshold, tile_verifier), crop_size)
                 if faces:
