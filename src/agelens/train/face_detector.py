@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.augment import _jpeg_q
 from ..data.splits import sample_names, split_part
 from ..faces.blazeface import MODELS, letterbox
 from ..faces.detect import FaceAnalyzer
@@ -103,11 +104,6 @@ def scene(photo: np.ndarray, lm: np.ndarray, backgrounds: list[np.ndarray], rng:
     return out, lm + np.float32([x, y])
 
 
-def _jpeg(img: np.ndarray, q: int) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1] if ok else img
-
-
 def _to_u8(img: np.ndarray) -> np.ndarray:
     """`blazeface.letterbox` as uint8 (its float input is u8 / 127.5 - 1 exactly; the border is 0)."""
     x, _ = letterbox(img, SIZE)
@@ -140,7 +136,7 @@ def make_pair(photos: list, backgrounds: list[np.ndarray], rng: np.random.Genera
     grey = rng.random() < 0.15
     views = []
     for img in (clean, occluded):
-        img = _jpeg(img, q)
+        img = _jpeg_q(img, q)
         if grey:
             img = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
         views.append(_to_u8(img))
