@@ -156,3 +156,30 @@ def test_robust_tiles_ask_the_robust_model_and_its_bar(monkeypatch):
 
     assert FaceAnalyzer._robust_check(verifier, 0.5, None) == (verifier, detect.OCCLUDED_SURE)
     assert FaceAnalyzer._robust_check(verifier, 0.5, (verifier, 0.99)) == (verifier, 0.99)
+
+
+def test_fill_step_reads_the_filled_copy_with_each_detector_in_turn(monkeypatch):
+    """The fill step asks the detector, its padded copy, then the robust copy on both, until a face passes; a face
+    the meshes miss counts only from the robust copy (on its own keypoints), and robust=False (the search rerun
+    without the step) never asks it."""
+    img = skimage_data.astronaut()[30:250, 120:330].copy()
+    img[100:175, 50:160] = (20, 30, 90)  # a flat block over the nose and mouth
+    an = FaceAnalyzer(fast=True)
+    real = an._raw_detections
+    asked = []
+
+    def fake(rgb, model):  # only the robust copy finds the face on the filled copy
+        asked.append(model)
+        return real(rgb, 0) if model == detect.OCCLUDED else []
+
+    monkeypatch.setattr(an, "_raw_detections", fake)
+    monkeypatch.setattr(detect, "occluded_available", lambda: True)
+    monkeypatch.setattr(an, "_with_mesh", lambda rgb, faces, graph=False: faces)  # no mesh reads any face
+    yes = lambda crops: np.ones(len(crops))  # noqa: E731
+    found = an._filled(img, yes, 0.5, 256)
+    assert len(found) == 1 and found[0].robust and found[0].mirrored and found[0].landmarks is None
+    assert asked[-1] == detect.OCCLUDED and 0 in asked  # the plain detector was asked first
+    asked.clear()
+    assert an._filled(img, yes, 0.5, 256, robust=False) == [] and detect.OCCLUDED not in asked
+    monkeypatch.setattr(detect, "FILL_ROBUST", False)
+    assert an._filled(img, yes, 0.5, 256) == []

@@ -560,7 +560,7 @@ def test_fill_step_finds_a_face_under_a_flat_patch_on_the_filled_copy(analyzer, 
     assert analyzer._filled(mostly_flat, never.scores, 0.5, 256) == [] and never.seen == 0
     calls = []
     monkeypatch.setattr(analyzer, "_mirrored", lambda rgb, v, t, s: calls.append("mirror") or [])
-    monkeypatch.setattr(analyzer, "_filled", lambda rgb, v, t, s: calls.append("fill") or [])
+    monkeypatch.setattr(analyzer, "_filled", lambda rgb, v, t, s, robust=True: calls.append("fill") or [])
     monkeypatch.setattr(analyzer, "detect_tiled", lambda rgb, n, **kw: [])
     no = FixedVerifier(0.1)
     assert analyzer.find_faces(noise, no.scores, no.threshold, verify=True) == [] and calls == ["mirror", "fill"]

@@ -266,6 +266,9 @@ FILL_FLAT_SD = 3.0
 FILL_SHARE = (0.12, 0.6)
 FILL_SURE = 0.95
 FILL_MAX_SIDE = 512
+# where neither finds a face on the filled copy, the occlusion-robust detector (`OCCLUDED_STEP`) reads it (the fill
+# leaves a smear the plain detector misses)
+FILL_ROBUST = True
 # The mirror and fill steps read each candidate's landmarks from both meshes where predict's fast path applies
 # (`_both_meshes`): the plain landmark model's and the FaceMesh graph's differ on a completed or filled face, and each
 # gives some of them the crop the verifier passes. The steps run only for crop-shaped images every other step left
@@ -731,13 +734,13 @@ class FaceAnalyzer:
                 f.keypoints = keypoints_from_mesh(lm)
         return faces
 
-    def _both_meshes(self, rgb: np.ndarray, faces: list[Face]) -> list[Face]:
+    def _both_meshes(self, rgb: np.ndarray, faces: list[Face], keep_unmeshed: bool = False) -> list[Face]:
         """The faces that get landmarks, once per mesh: the fast path's (the graph's where it passes a face over)
         and, for the faces the fast path read (with BOTH_MESHES), a copy with the FaceMesh graph's. On a
         mirror-completed or filled face the two differ, and either may be the one whose aligned crop the verifier
-        passes."""
+        passes. keep_unmeshed: the faces neither mesh reads stay too, on the detector's keypoints."""
         first = self._with_mesh(rgb, [replace(f) for f in faces])
-        out = [g for g in first if g.landmarks is not None]
+        out = [g for g in first if g.landmarks is not None or keep_unmeshed]
         if BOTH_MESHES and self.fast:  # a fresh copy for the graph, of the faces the fast path read (no iris points)
             fast = [replace(f) for f, g in zip(faces, first, strict=True)
                     if g.landmarks is not None and np.isnan(g.landmarks[-N_IRIS:]).all()]
@@ -851,7 +854,7 @@ class FaceAnalyzer:
                     return faces
         if shaped:  # last, the most speculative steps: a face crop with one half hidden, or its middle
             return self._mirrored(rgb, verifier, threshold, crop_size) or (
-                self._filled(rgb, verifier, threshold, crop_size) if FILL_STEP else [])
+                self._filled(rgb, verifier, threshold, crop_size, robust) if FILL_STEP else [])
         return []
 
     def _more_faces(self, rgb: np.ndarray, found: list[Face], verifier: tuple[Verifier, float],
@@ -931,30 +934,46 @@ class FaceAnalyzer:
         cands[best].score = float(scores[best])
         return [cands[best]]
 
-    def _filled(self, rgb: np.ndarray, verifier: Verifier, threshold: float, crop_size: int) -> list[Face]:
+    def _filled(self, rgb: np.ndarray, verifier: Verifier, threshold: float, crop_size: int,
+                robust: bool = True) -> list[Face]:
         """The fill step (FILL_STEP): the largest flat region (`flat_region`, FILL_SHARE of the image) inpainted from
-        its surroundings, the detector (then on the padded copy) on the filled copy (shrunk to FILL_MAX_SIDE), faces
-        with landmarks verified on the filled copy's aligned crop at `threshold` (FILL_SURE at least). Returns the
-        best one in image pixels, detection "padded" (the detector on a re-framed copy) and `mirrored` set (the
-        strict people veto), or []."""
+        its surroundings, then the filled copy (shrunk to FILL_MAX_SIDE) read by the detector, the detector on its
+        padded copy and (with `robust` and FILL_ROBUST) the occlusion-robust detector on both, in turn, until one
+        gives a face verified on the filled copy's aligned crop at `threshold` (FILL_SURE at least): faces with
+        landmarks, or the robust detector's on its own keypoints. Returns the best one in image pixels, detection
+        "padded" (the detector on a re-framed copy) and `mirrored` set (the strict people veto), or []."""
         small, k = shrunk(rgb, FILL_MAX_SIDE)
         mask = flat_region(small)
         if not FILL_SHARE[0] <= float(mask.mean()) / 255 <= FILL_SHARE[1]:
             return []
         fill = cv2.inpaint(np.ascontiguousarray(small), mask, 7, cv2.INPAINT_TELEA)
-        found = self.detect(fill) or self._padded_faces(fill)[0]
-        found = self._both_meshes(fill, found)
-        if not found:
-            return []
-        scores = np.asarray(verifier(np.stack([f.aligned(fill, crop_size)[0] for f in found])), np.float64)
-        best = int(np.argmax(scores))
-        if scores[best] < max(threshold, FILL_SURE):
-            return []
-        f = found[best]
-        box = box_back(f.box, k, rgb.shape)
-        if box[2] - box[0] < 4 or box[3] - box[1] < 4:
-            return []
-        return [Face(box, float(scores[best]), f.keypoints / k, f.landmarks / k, "padded", mirrored=True)]
+        need = max(threshold, FILL_SURE)
+        robust = robust and FILL_ROBUST and OCCLUDED_STEP and occluded_available()
+        padded = p = scale = None
+        for source in ("detector", "padded", "robust", "robust padded")[:4 if robust else 2]:
+            if source == "detector":
+                found = self.detect(fill)
+            elif source == "padded":
+                found, padded, p, scale = self._padded_faces(fill)
+            elif source == "robust":
+                found = self._detect(fill, OCCLUDED)
+            else:
+                found = _unpadded(self._detect(padded, OCCLUDED), p, scale, fill.shape)
+            # the robust detector's faces the meshes miss are aligned on its own keypoints, as in its step
+            found = self._both_meshes(fill, found, keep_unmeshed=source.startswith("robust"))
+            if not found:
+                continue
+            scores = np.asarray(verifier(np.stack([f.aligned(fill, crop_size)[0] for f in found])), np.float64)
+            best = int(np.argmax(scores))
+            if scores[best] < need:
+                continue
+            f = found[best]
+            box = box_back(f.box, k, rgb.shape)
+            if box[2] - box[0] < 4 or box[3] - box[1] < 4:
+                continue
+            lm = None if f.landmarks is None else f.landmarks / k
+            return [Face(box, float(scores[best]), f.keypoints / k, lm, "padded", mirrored=True, robust=f.robust)]
+        return []
 
     def close(self) -> None:
         for obj in [self._mesh, *self._det.values()]:
