@@ -175,7 +175,10 @@ def test_fill_step_reads_the_filled_copy_with_each_detector_in_turn(monkeypatch)
     monkeypatch.setattr(an, "_raw_detections", fake)
     monkeypatch.setattr(detect, "occluded_available", lambda: True)
     monkeypatch.setattr(an, "_with_mesh", lambda rgb, faces, graph=False: faces)  # no mesh reads any face
-    yes = lambda crops: np.ones(len(crops))  # noqa: E731
+
+    def yes(crops):
+        return np.ones(len(crops))
+
     found = an._filled(img, yes, 0.5, 256)
     assert len(found) == 1 and found[0].robust and found[0].mirrored and found[0].landmarks is None
     assert asked[-1] == detect.OCCLUDED and 0 in asked  # the plain detector was asked first

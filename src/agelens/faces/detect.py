@@ -952,19 +952,19 @@ class FaceAnalyzer:
             return []
         fill = cv2.inpaint(np.ascontiguousarray(small), mask, 7, cv2.INPAINT_TELEA)
         need = max(threshold, FILL_SURE)
-        robust = robust and FILL_ROBUST and OCCLUDED_STEP and occluded_available()
-        padded = p = scale = None
-        for source in ("detector", "padded", "robust", "robust padded")[:4 if robust else 2]:
-            if source == "detector":
-                found = self.detect(fill)
-            elif source == "padded":
-                found, padded, p, scale = self._padded_faces(fill)
-            elif source == "robust":
-                found = self._detect(fill, OCCLUDED)
-            else:
-                found = _unpadded(self._detect(padded, OCCLUDED), p, scale, fill.shape)
+        ask_robust = robust and FILL_ROBUST and OCCLUDED_STEP and occluded_available()
+
+        def candidates():  # (faces, whether the robust detector's), read lazily in turn
+            yield self.detect(fill), False
+            faces, padded, p, scale = self._padded_faces(fill)
+            yield faces, False
+            if ask_robust:
+                yield self._detect(fill, OCCLUDED), True
+                yield _unpadded(self._detect(padded, OCCLUDED), p, scale, fill.shape), True
+
+        for found, from_robust in candidates():
             # the robust detector's faces the meshes miss are aligned on its own keypoints, as in its step
-            found = self._both_meshes(fill, found, keep_unmeshed=source.startswith("robust"))
+            found = self._both_meshes(fill, found, keep_unmeshed=from_robust)
             if not found:
                 continue
             scores = np.asarray(verifier(np.stack([f.aligned(fill, crop_size)[0] for f in found])), np.float64)
