@@ -20,7 +20,7 @@ from agelens.train.tflite_torch import TFLiteNet  # noqa: E402
 
 @pytest.fixture(scope="module")
 def net() -> TFLiteNet:
-    return TFLiteNet(fd.short_range_path()).eval()
+    return TFLiteNet(blazeface.model_path(0)).eval()
 
 
 def test_torch_graph_matches_litert(net):

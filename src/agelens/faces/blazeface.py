@@ -116,6 +116,11 @@ def decode(raw: np.ndarray, logits: np.ndarray, cfg: SsdConfig, pad: np.ndarray,
     return out
 
 
+def model_path(model: int) -> str:
+    """mediapipe's own .tflite file of a BlazeFace model (0: short range, 1: full range)."""
+    return os.path.join(mediapipe_modules(), "face_detection", MODELS[model].file)
+
+
 class BlazeFace:
     """One BlazeFace model (0: short range, 1: full range); not thread-safe (one per process)."""
 
@@ -124,7 +129,7 @@ class BlazeFace:
 
         self.cfg, self.min_score = MODELS[model], min_score
         with quiet_native_stderr():  # LiteRT announces its XNNPACK delegate on stderr
-            self.interpreter = Interpreter(model_path=os.path.join(mediapipe_modules(), "face_detection", self.cfg.file), num_threads=threads)
+            self.interpreter = Interpreter(model_path=model_path(model), num_threads=threads)
             self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]["index"]
         outs = {o["shape"][-1]: o["index"] for o in self.interpreter.get_output_details()}
@@ -156,15 +161,13 @@ class OccludedBlazeFace:
     as `BlazeFace(0)`."""
 
     def __init__(self, min_score: float = 0.5, threads: int = 1) -> None:
-        import onnxruntime as ort
+        from ..utils import cpu_session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        self.session = ort.InferenceSession(occluded_model_path(), opts, providers=["CPUExecutionProvider"])
+        self.session, self._in = cpu_session(occluded_model_path(), threads)
         self.cfg, self.min_score = MODELS[0], min_score
         self.anchors = anchors(self.cfg)
 
     def __call__(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
         x, pad = letterbox(rgb, self.cfg.size)
-        raw, logits = self.session.run(None, {"image": np.ascontiguousarray(x.transpose(2, 0, 1)[None])})
+        raw, logits = self.session.run(None, {self._in: np.ascontiguousarray(x.transpose(2, 0, 1)[None])})
         return decode(raw[0], logits[0, :, 0], self.cfg, pad, rgb.shape, self.min_score, self.anchors)

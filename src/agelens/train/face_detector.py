@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -37,9 +36,8 @@ import torch.nn.functional as F
 
 from ..data.augment import _jpeg_q
 from ..data.splits import sample_names, split_part
-from ..faces.blazeface import MODELS, letterbox
+from ..faces.blazeface import MODELS, letterbox, model_path
 from ..faces.detect import FaceAnalyzer
-from ..faces.mesh import mediapipe_modules
 from ..faces.prepare import largest_face
 from ..imageio import load_image
 from ..occlusion.synth import ALL_TYPES, OCCLUSION_TYPES, OcclusionError, occlude
@@ -52,10 +50,6 @@ CLEAN_P = 0.2  # pairs left clean: the copy keeps the original's answers on clea
 EMPTY_P = 0.08  # background alone
 CROP_P = 0.35  # the photo as it is (a face crop), else pasted into a background
 SHIPPED = "face_detector_occluded"
-
-
-def short_range_path() -> str:
-    return os.path.join(mediapipe_modules(), "face_detection", MODELS[0].file)
 
 
 # ---- data --------------------------------------------------------------------------------------------------------
@@ -164,7 +158,7 @@ def build_data(out: Path, shared: Path, n_utk: int, n_aaf: int, pairs: int, seed
         if (i + 1) % 2000 == 0:
             print(f"{i + 1} pairs ({time.perf_counter() - t0:.0f} s)", flush=True)
     clean_a, occ_a = np.stack(clean), np.stack(occ)
-    teacher = TFLiteNet(short_range_path()).eval()
+    teacher = TFLiteNet(model_path(0)).eval()
     reg, logit = [], []
     with torch.no_grad():
         for j in range(0, len(clean_a), 256):
@@ -239,7 +233,7 @@ def fit(data: list[Path], out: Path, steps: int, batch: int, lr: float, seed: in
     order = rng.permutation(n)
     n_val = int(n * val_share)
     val, train = order[:n_val], order[n_val:]
-    student = TFLiteNet(short_range_path())
+    student = TFLiteNet(model_path(0))
     teacher_p_val = 1.0 / (1.0 + np.exp(-np.clip(t_logit[val], -80, 80)))
     base = recall_report(detection_scores(student.eval(), occ[val]), teacher_p_val, kinds[val])
     print("original on the occluded validation views:", json.dumps(base), flush=True)
@@ -289,7 +283,7 @@ def fit(data: list[Path], out: Path, steps: int, batch: int, lr: float, seed: in
 def ship(run: Path, out_dir: Path | None = None) -> Path:
     """The run's copy exported as ONNX (fp32, dynamic batch: 400 KB) with a JSON card beside it."""
     out_dir = out_dir or weights_dir()
-    net = TFLiteNet(short_range_path())
+    net = TFLiteNet(model_path(0))
     net.load_state_dict(torch.load(run / "model.pt", map_location="cpu"))
     net.eval()
     path = out_dir / f"{SHIPPED}.onnx"

@@ -114,8 +114,6 @@ class TFLiteNet(nn.Module):
                 self.steps.append(("concat", k, tuple(ins), outs[0], o.Axis() % rank))
             else:
                 raise ValueError(f"{path}: op {k} {name} is not supported")
-        # which tensors are still NCHW feature maps (4-d, not yet reshaped into NHWC order)
-        self.input_size = int(g.Tensors(self.inputs[0]).ShapeAsNumpy()[1])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         t: dict[int, torch.Tensor] = {self.inputs[0]: x}
