@@ -16,6 +16,9 @@ Kinds:
 
     python benchmarks/foreign_occluders.py --part val --n 150 --seed 11 --out runs/foreign_val
 
+--dataset aaf takes the photos from All-Age-Faces instead (head-and-shoulder photos of 160 px, where the face is
+smaller than in a UTKFace crop; a seeded sample of the part, ages from aaf.csv).
+
 --embed SIDE pastes each occluded photo into a scene SIDE px high (`embedded`), so that the face is a quarter or so
 of a wider photo, as in a user's own photos, where the steps that read a face crop as a whole (padded, whole image,
 mirror, fill) do not apply; a face counts as answered only when found on the pasted photo.
@@ -38,9 +41,10 @@ import numpy as np
 from agelens.data.splits import sample_names, split_part
 from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
+from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json, atomic_write_text
-from occlusion_e2e import nearest_box, placed_photos, save_jpeg
+from occlusion_e2e import nearest_box, placed_face, placed_photos, save_jpeg
 
 KINDS = ("eye_bar", "eye_mosaic", "left_half", "right_half", "top_half", "lower_ellipse", "random_rect",
          "noise_patch", "both_bands")
@@ -134,8 +138,22 @@ def embedded(img: np.ndarray, side: int, rng: np.random.Generator) -> tuple[np.n
     return scene, px, py
 
 
+def aaf_photos(an: FaceAnalyzer, part: str, n: int, seed: int):
+    """(index, file, photo, clean face, age) for a seeded sample of an All-Age-Faces part, as `placed_photos` gives
+    them for UTKFace files (the ages from aaf.csv)."""
+    import generalise as g  # benchmarks/ is on the path when this file runs as a script
+
+    for i, (f, age) in enumerate(g.test_files("aaf", n, seed, part)):
+        rgb = load_image(f)
+        face = placed_face(an, rgb)
+        if face is not None:
+            yield i, f, rgb, face, age
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="utkface", choices=("utkface", "aaf"),
+                    help="aaf: All-Age-Faces photos (--split and --root are UTKFace's)")
     ap.add_argument("--split", default="splits/utkface_seed0.json")
     ap.add_argument("--root", type=Path, default=Path("../shared/data/utkface"))
     ap.add_argument("--part", default="val")
@@ -154,7 +172,8 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "occluded.jpg"
-        for i, f, rgb, face, age in placed_photos(an, files):
+        photos = aaf_photos(an, a.part, a.n, a.seed) if a.dataset == "aaf" else placed_photos(an, files)
+        for i, f, rgb, face, age in photos:
             for k, kind in enumerate(a.kinds):
                 img, box = draw(rgb, face.landmarks, kind, np.random.default_rng((a.seed, i, k))), face.box
                 if a.embed:
@@ -182,7 +201,8 @@ def main() -> None:
                        "mae": round(float(np.mean([abs(r["pred"] - r["age"]) for r in ans])), 3) if ans else None,
                        "flagged_occluded": round(float(np.mean([r["occluded"] for r in ans])), 4) if ans else None,
                        "detection": dict(Counter(r["detection"] for r in ans))}
-    cmd = (f"python benchmarks/foreign_occluders.py --part {a.part} --n {a.n} --seed {a.seed} --out {a.out}"
+    cmd = ("python benchmarks/foreign_occluders.py" + (" --dataset aaf" if a.dataset == "aaf" else "")
+           + f" --part {a.part} --n {a.n} --seed {a.seed} --out {a.out}"
            + (f" --kinds {' '.join(a.kinds)}" if list(a.kinds) != list(KINDS) else "")
            + (f" --route {a.route}" if a.route != "auto" else "") + (f" --embed {a.embed}" if a.embed else ""))
     res = {"command": cmd, "backend": est.backend, "table": table, "seconds": round(time.time() - t0)}
