@@ -1,5 +1,5 @@
-"""Occluders drawn by a synthesizer that is not ours, end to end: each seeded UTKFace photo of a split part under
-shapes that neither `occlusion.synth` nor `occlusion.families` draws (and no model trained on), placed from the clean
+"""Occluders drawn by a synthesizer that is not ours, end to end: each seeded photo of a split part (UTKFace, or
+All-Age-Faces with --dataset aaf) under shapes that neither `occlusion.synth` nor `occlusion.families` draws (and no model trained on), placed from the clean
 face's FaceMesh on the original image, saved as JPEG q95, then `AgeEstimator.predict` on the file (shipped models,
 default settings). Per kind: answered share, MAE of the answered faces (the face nearest the clean face's box),
 share flagged occluded, and how the faces were found.
@@ -168,11 +168,13 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.time()
     est, an = AgeEstimator.from_pretrained(route=a.route), FaceAnalyzer()
-    files = [a.root / f for f in sample_names(sorted(split_part(a.split, a.part)), a.n, a.seed)]
+    if a.dataset == "aaf":
+        photos = aaf_photos(an, a.part, a.n, a.seed)
+    else:
+        photos = placed_photos(an, [a.root / f for f in sample_names(sorted(split_part(a.split, a.part)), a.n, a.seed)])
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "occluded.jpg"
-        photos = aaf_photos(an, a.part, a.n, a.seed) if a.dataset == "aaf" else placed_photos(an, files)
         for i, f, rgb, face, age in photos:
             for k, kind in enumerate(a.kinds):
                 img, box = draw(rgb, face.landmarks, kind, np.random.default_rng((a.seed, i, k))), face.box
