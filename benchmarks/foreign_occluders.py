@@ -1,6 +1,6 @@
 """Occluders drawn by a synthesizer that is not ours, end to end: each seeded photo of a split part (UTKFace, or
-All-Age-Faces with --dataset aaf) under shapes that neither `occlusion.synth` nor `occlusion.families` draws (and no model trained on), placed from the clean
-face's FaceMesh on the original image, saved as JPEG q95, then `AgeEstimator.predict` on the file (shipped models,
+All-Age-Faces with --dataset aaf) under shapes that neither `occlusion.synth` nor `occlusion.families` draws (and no
+model trained on), placed from the clean face's FaceMesh on the original image, saved as JPEG q95, then `AgeEstimator.predict` on the file (shipped models,
 default settings). Per kind: answered share, MAE of the answered faces (the face nearest the clean face's box),
 share flagged occluded, and how the faces were found.
 
@@ -38,13 +38,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+import generalise as g  # benchmarks/ is on the path when this file runs as a script
 from agelens.data.splits import sample_names, split_part
 from agelens.errors import NoFaceError
 from agelens.faces.detect import FaceAnalyzer
-from agelens.imageio import load_image
 from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json, atomic_write_text
-from occlusion_e2e import nearest_box, placed_face, placed_photos, save_jpeg
+from occlusion_e2e import nearest_box, placed_photos, save_jpeg
 
 KINDS = ("eye_bar", "eye_mosaic", "left_half", "right_half", "top_half", "lower_ellipse", "random_rect",
          "noise_patch", "both_bands")
@@ -138,18 +138,6 @@ def embedded(img: np.ndarray, side: int, rng: np.random.Generator) -> tuple[np.n
     return scene, px, py
 
 
-def aaf_photos(an: FaceAnalyzer, part: str, n: int, seed: int):
-    """(index, file, photo, clean face, age) for a seeded sample of an All-Age-Faces part, as `placed_photos` gives
-    them for UTKFace files (the ages from aaf.csv)."""
-    import generalise as g  # benchmarks/ is on the path when this file runs as a script
-
-    for i, (f, age) in enumerate(g.test_files("aaf", n, seed, part)):
-        rgb = load_image(f)
-        face = placed_face(an, rgb)
-        if face is not None:
-            yield i, f, rgb, face, age
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="utkface", choices=("utkface", "aaf"),
@@ -168,8 +156,9 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.time()
     est, an = AgeEstimator.from_pretrained(route=a.route), FaceAnalyzer()
-    if a.dataset == "aaf":
-        photos = aaf_photos(an, a.part, a.n, a.seed)
+    if a.dataset == "aaf":  # a seeded sample of the part, the ages from aaf.csv
+        pairs = g.test_files("aaf", a.n, a.seed, a.part)
+        photos = placed_photos(an, [f for f, _ in pairs], ages=[age for _, age in pairs])
     else:
         photos = placed_photos(an, [a.root / f for f in sample_names(sorted(split_part(a.split, a.part)), a.n, a.seed)])
     rows: list[dict] = []

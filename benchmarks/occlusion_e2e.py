@@ -92,14 +92,14 @@ def placed_face(placer: FaceAnalyzer, rgb: np.ndarray):
     return largest_face(faces) if faces else None
 
 
-def placed_photos(placer: FaceAnalyzer, files: list[Path], every: int = 25):
-    """(index, file, photo, clean face, age) for each UTKFace file whose face `placed_face` finds (the age from the
-    file name), printing progress every `every` files."""
+def placed_photos(placer: FaceAnalyzer, files: list[Path], every: int = 25, ages: list[float] | None = None):
+    """(index, file, photo, clean face, age) for each file whose face `placed_face` finds (the age from `ages`, else
+    from a UTKFace file name), printing progress every `every` files."""
     for i, f in enumerate(files):
         rgb = load_image(f)
         face = placed_face(placer, rgb)
         if face is not None:
-            yield i, f, rgb, face, float(f.name.split("_")[0])
+            yield i, f, rgb, face, float(f.name.split("_")[0]) if ages is None else ages[i]
         if (i + 1) % every == 0:
             print(f"{i + 1}/{len(files)} photos", flush=True)
 
