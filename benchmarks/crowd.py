@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 
 import agelens.faces.detect as D
-from agelens.data.splits import sample_names, split_part
 from agelens.errors import NoFaceError
 from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json, atomic_write_text
@@ -86,18 +85,15 @@ def score(preds: list, boxes: list, ages: list) -> tuple[int, int, list]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from inference import add_rule_args, ms_table, rule_side_sets
+    import inference as bench
 
     ap.add_argument("--photos", type=int, default=3, help="composites per layout (each also mirrored)")
-    add_rule_args(ap, "runs/crowd")
+    bench.add_rule_args(ap, "runs/crowd")
     a = ap.parse_args()
 
     t0 = time.time()
     est = AgeEstimator.from_pretrained()
-    need = max(cols * rows for *_, cols, rows in LAYOUTS) * a.photos
-    names = sample_names(sorted(split_part(a.split, "test")), need, a.seed)
-    photos = [cv2.cvtColor(cv2.imread(str(a.root / n)), cv2.COLOR_BGR2RGB) for n in names]
-    ages = [float(n.split("_")[0]) for n in names]
+    photos, ages = bench.utk_test_photos(a, max(cols * rows for *_, cols, rows in LAYOUTS) * a.photos)
     res: dict = {"composites": [], "backend": est.backend}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -132,15 +128,8 @@ def main() -> None:
                 m["ms_median"] = round(float(np.median(m["ms"])))
             res["composites"].append(row)
             print(row, flush=True)
-        ups, phone, answers, res["ms_per_image"] = rule_side_sets(a, rules, lambda p: faces(est, p), work)
-        for name, files in (("realocc", ups), ("phone", phone)):
-            if not files:
-                continue
-            before, after = answers[(name, False)], answers[(name, True)]
-            changed = sum(sorted((tuple(q.box), round(q.age, 3)) for q in before[p])
-                          != sorted((tuple(q.box), round(q.age, 3)) for q in after[p]) for p in files)
-            res[name] = {"photos": len(files), "faces_off": sum(len(v) for v in before.values()),
-                         "faces_on": sum(len(v) for v in after.values()), "photos_changed": changed}
+        ups, phone, answers, res["ms_per_image"] = bench.rule_side_sets(a, rules, lambda p: faces(est, p), work)
+        bench.side_set_changes(res, {"realocc": ups, "phone": phone}, answers)
     cmd = (f"python benchmarks/crowd.py --photos {a.photos} --realocc {a.realocc} --factor {a.factor} "
            f"--phone {a.phone} --rounds {a.rounds} --seed {a.seed} --out {a.out}")
     res["command"], res["seconds"] = cmd, round(time.time() - t0)
@@ -156,13 +145,7 @@ def main() -> None:
         lines.append(f"| {row['layout']} | {row['faces']} | {off['found']} ({off['found_per_image']}) | "
                      f"{on['found']} ({on['found_per_image']}) | {off['extra']} / {on['extra']} | {off['mae']} / "
                      f"{on['mae']} | {off['ms_median']} / {on['ms_median']} |")
-    for name in ("realocc", "phone"):
-        if name in res:
-            r = res[name]
-            lines.append("")
-            lines.append(f"{name}: {r['photos']} photos, faces answered {r['faces_off']} off, {r['faces_on']} on; "
-                         f"photos whose answers changed: {r['photos_changed']}.")
-    lines += ms_table(res["ms_per_image"])
+    lines += bench.side_set_lines(res) + bench.ms_table(res["ms_per_image"])
     atomic_write_text(Path(f"{a.out}.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -168,6 +168,41 @@ def rule_side_sets(a, rule, answer, work: Path) -> tuple[list[Path], list, dict,
     return ups, phone, answers, ms
 
 
+def utk_test_photos(a, n: int) -> tuple[list[np.ndarray], list[float]]:
+    """n seeded UTKFace test photos (`add_rule_args`' split, root and seed) as RGB arrays, and their ages."""
+    import cv2
+
+    from agelens.data.splits import sample_names, split_part
+
+    names = sample_names(sorted(split_part(a.split, "test")), n, a.seed)
+    return ([cv2.cvtColor(cv2.imread(str(a.root / m)), cv2.COLOR_BGR2RGB) for m in names],
+            [float(m.split("_")[0]) for m in names])
+
+
+def side_set_changes(res: dict, files: dict[str, list], answers: dict) -> None:
+    """res[set] = photos, faces answered with the rule off and on, and photos whose answers (boxes and ages) changed,
+    for each non-empty set of `files` ({set: files}) from `rule_side_sets`' answers."""
+    for name, fs in files.items():
+        if not fs:
+            continue
+        before, after = answers[(name, False)], answers[(name, True)]
+        changed = sum(sorted((tuple(q.box), round(q.age, 3)) for q in before[p])
+                      != sorted((tuple(q.box), round(q.age, 3)) for q in after[p]) for p in fs)
+        res[name] = {"photos": len(fs), "faces_off": sum(len(v) for v in before.values()),
+                     "faces_on": sum(len(v) for v in after.values()), "photos_changed": changed}
+
+
+def side_set_lines(res: dict, names: tuple[str, ...] = ("realocc", "phone")) -> list[str]:
+    """Markdown lines of `side_set_changes`' figures, a paragraph per set."""
+    lines = []
+    for name in names:
+        if name in res:
+            r = res[name]
+            lines += ["", f"{name}: {r['photos']} photos, faces answered {r['faces_off']} off, {r['faces_on']} on; "
+                      f"photos whose answers changed: {r['photos_changed']}."]
+    return lines
+
+
 def ms_table(ms: dict) -> list[str]:
     """Markdown lines of `rule_side_sets`' ms per image: a row per set, medians and each round's figure."""
     lines = ["", "| images | ms per image, off | ms per image, on | runs off | runs on |", "|---|---|---|---|---|"]

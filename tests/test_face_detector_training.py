@@ -174,7 +174,7 @@ def test_fill_step_reads_the_filled_copy_with_each_detector_in_turn(monkeypatch)
 
     monkeypatch.setattr(an, "_raw_detections", fake)
     monkeypatch.setattr(detect, "occluded_available", lambda: True)
-    monkeypatch.setattr(an, "_with_mesh", lambda rgb, faces, graph=False: faces)  # no mesh reads any face
+    monkeypatch.setattr(an, "_with_mesh", lambda rgb, faces, graph=False, others=True: faces)  # no mesh reads any face
 
     def yes(crops):
         return np.ones(len(crops))

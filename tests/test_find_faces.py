@@ -610,3 +610,91 @@ def test_a_flat_large_image_is_judged_on_a_sample_of_its_pixels():
     tracemalloc.stop()
     assert peak < 100 * 2**20, peak
     assert not flat_image(np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8))
+
+
+def test_a_mesh_of_another_face_does_not_align_this_box():
+    """FaceMesh on a box's region answers the most face-like face there: a neighbour's, or the one face in a scene
+    when the box is on a cup. Its landmarks count for the box only when they lie on it and span enough of it."""
+    from agelens.faces.detect import MESH_MIN_WIDTH, mesh_fits_box
+
+    def mesh(x0: float, y0: float, width: float) -> np.ndarray:  # 478 points spanning `width`, nose tip mid-face
+        lm = np.stack(np.meshgrid(np.linspace(0, width, 22), np.linspace(0, width, 22)), -1).reshape(-1, 2)[:478]
+        lm = np.vstack([lm, np.zeros((478 - len(lm), 2))]) + [x0, y0]
+        lm[1] = [x0 + width / 2, y0 + width / 2]
+        return lm.astype(np.float32)
+
+    box = (100.0, 100.0, 200.0, 200.0)
+    assert mesh_fits_box(mesh(105, 105, 90), box)
+    assert not mesh_fits_box(mesh(105, 260, 90), box), "a face below the box (its nose outside it) is another's"
+    assert not mesh_fits_box(mesh(140, 140, 0.9 * MESH_MIN_WIDTH * 100), box), "a face much smaller than the box"
+    assert mesh_fits_box(mesh(130, 130, 1.1 * MESH_MIN_WIDTH * 100), box)
+
+
+def test_one_face_boxed_twice_is_answered_once():
+    """Two boxes on one face (offset, neither 80 % inside the other): the one with the mesh's landmarks stays, else
+    the one scored higher, in the order found; faces side by side, of another size, or overlapping a little, all
+    stay."""
+    from agelens.faces.detect import Face, without_same_face
+
+    def kp(x: float, y: float, d: float = 20.0) -> np.ndarray:
+        return np.array([[x - d / 2, y], [x + d / 2, y], [x, y + d / 2], [x, y + d]], np.float32)
+
+    a = Face((300, 154, 351, 205), 0.72, kp(325, 170))
+    b = Face((291, 172, 357, 238), 0.70, kp(324, 190))  # IoU 0.32: `without_nested` keeps both
+    beside = Face((360, 160, 410, 210), 0.9, kp(385, 175))
+    assert without_same_face([b, a, beside]) == [a, beside]
+    b.landmarks = np.zeros((478, 2), np.float32)
+    assert without_same_face([b, a, beside]) == [b, beside]
+    far = Face((0, 0, 40, 40), 0.5, kp(325, 171, 21))  # boxes apart, but its eyes are a's: one face
+    assert without_same_face([a, far]) == [a]
+    big = Face((250, 120, 400, 270), 0.8, kp(325, 190, 60))  # three times as wide: a face of another size
+    assert len(without_same_face([a, big])) == 2
+    # two people whose heads overlap in a selfie (IoU 0.19, the smaller's centre just inside the larger): both stay
+    woman, man = Face((52.7, 60.9, 101.8, 110.0), 0.8, kp(77, 78, 18)), Face((67.4, 45.0, 100.4, 78.0), 0.7, kp(84, 56, 13))
+    assert len(without_same_face([woman, man])) == 2
+
+
+def test_tiles_come_before_the_whole_image_in_a_large_photo(analyzer, astronaut, monkeypatch):
+    """A scene photo with one small face: where the whole-image step's verifier passes the photo, the tiles' face is
+    the answer in a photo WHOLE_AFTER_TILES_MIN_SIDE long or longer; in a smaller image (a face crop) the whole
+    image still comes first."""
+    import cv2
+
+    from agelens.faces import detect
+
+    monkeypatch.setattr(detect, "OCCLUDED_STEP", False)
+    scene, (x1, y1, x2, y2) = _small_face_scene(astronaut)
+    big = np.ascontiguousarray(cv2.resize(scene, (800, 600), interpolation=cv2.INTER_CUBIC))
+    no, yes = FixedVerifier(0.0), FixedVerifier(1.0)
+    kw = dict(verify=True, tile_verifier=(yes.scores, yes.threshold), whole_verifier=(yes.scores, yes.threshold))
+    faces = analyzer.find_faces(big, no.scores, no.threshold, **kw)
+    assert faces and faces[0].detection == "detector"
+    cx, cy = (faces[0].box[0] + faces[0].box[2]) / 4, (faces[0].box[1] + faces[0].box[3]) / 4
+    assert x1 <= cx <= x2 and y1 <= cy <= y2
+    (whole,) = analyzer.find_faces(scene, no.scores, no.threshold, **kw)
+    assert whole.detection == "whole-image"
+    monkeypatch.setattr(detect, "WHOLE_AFTER_TILES_MIN_SIDE", 10**6)  # the order before: the test means something
+    (whole,) = analyzer.find_faces(big, no.scores, no.threshold, **kw)
+    assert whole.detection == "whole-image"
+
+
+@pytest.mark.skipif("faceness" not in shipped_models(), reason="no shipped face verifier")
+def test_one_small_face_in_a_large_photo_is_found_on_the_finest_tiles(astronaut, monkeypatch):
+    """One face about 55 px wide (under 2 % of the width) on a 3000 x 2250 photo: the 2 x 2 and 3 x 3 tiles show it
+    under the detector's smallest faces; the finest grid (LONE_TILES) finds it."""
+    import cv2
+
+    import agelens.faces.detect as D
+    from agelens.inference.predictor import AgeEstimator
+
+    rng = np.random.default_rng(0)
+    scene = cv2.GaussianBlur(rng.integers(90, 160, (2250, 3000, 3), dtype=np.uint8), (0, 0), 3)
+    x, y, side = 2000, 562, 120
+    scene[y:y + side, x:x + side] = cv2.resize(astronaut[30:250, 130:330], (side, side), interpolation=cv2.INTER_AREA)
+    est = AgeEstimator.from_pretrained()
+    (face,) = est.predict(scene)
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    assert x <= cx <= x + side and y <= cy <= y + side, face.box
+    monkeypatch.setattr(D, "LONE_TILES", False)  # the search before: the test means something
+    with pytest.raises(NoFaceError):
+        est.predict(scene)

@@ -4,11 +4,13 @@ Finding faces is a cascade that survives occlusion (sunglasses + mask, blocks ov
 detector on tight crops): the detector on the image; the detector on the image inside a 50 % border (a face that
 fills the frame is what it misses most); the detector's occlusion-robust copy on the image, then on the padded copy
 (reported as "detector" and "padded": `OCCLUDED_STEP`); FaceMesh alone; the whole image as one face crop; the
-detector on overlapping tiles of the image (2 × 2, then 3 × 3), for faces too small for the detector's input (a
-masked crowd in a 256 px photo); the robust copy on 2 × 2 tiles (an occluded face in a scene); then the detector on
-the image's visible half completed by its mirror image (a face crop with one side hidden from the nose outwards;
-reported as "padded", the detector on a re-framed copy); last, the detector on the image with its largest flat patch
-filled in from around it (a face crop whose middle is under a block or a panel; also "padded"). Faces do not nest: a
+detector on overlapping tiles of the image (2 × 2, then 3 × 3, then in a large photo 6 × 6), for faces too small for
+the detector's input (a masked crowd in a 256 px photo, one person far off in a phone photo; in an image 640 px or
+longer the tiles come before the whole-image step); the robust copy on 2 × 2 tiles (an occluded face in a scene);
+then the detector on the image's visible half completed by its mirror image (a face crop with one side hidden from
+the nose outwards; reported as "padded", the detector on a re-framed copy); last, the detector on the image with its
+largest flat patch filled in from around it (a face crop whose middle is under a block or a panel; also "padded").
+Faces do not nest: a
 detector face scored low that a wider face of the padded copy holds is a part of that face, which replaces it (where
 none holds it and the fallback verifier does not pass it, the mesh-only or the whole-image face may), and of two
 nested detector faces the higher-scored stays (NESTED_*). Every face says which step found it (`Face.detection`; a
@@ -35,7 +37,7 @@ import numpy as np
 from ..errors import AgelensError, ImageError
 from .align import align_face, keypoints_from_mesh
 from .blazeface import MODELS, BlazeFace, OccludedBlazeFace, occluded_model_path
-from .mesh import LandmarkModel, template_keypoints
+from .mesh import N_MESH, LandmarkModel, template_keypoints
 from .mesh import available as fast_mesh_available
 from .native import quiet_native_stderr as _quiet_native_stderr
 
@@ -130,6 +132,30 @@ Verifier = Callable[[np.ndarray], np.ndarray]
 # non-faces are dropped (a colour wheel scores 0.01, the Hubble deep field 0.07-0.13, while 98.6 % of the faces it
 # finds in real masked-face photos score above 0.2; measured with the shipped verifier).
 DETECTED_THRESHOLD = 0.2
+# FaceMesh on a face's region (`_mesh_in_box`, where the fast landmark model passes the face over) aligns that face
+# only where it describes it (`mesh_fits_box`); a mesh of another face becomes a face of its own (`_with_mesh`).
+# Before 2026-12-07 only the nose's column was checked: in 162 realocc photos 7 meshes were under half their box
+# wide, 5 of them another person's face (a neighbour's mesh gave a masked man the neighbour's crop and age; a box on a
+# backpack or a body was answered with the face above it).
+MESH_BOX_SLACK = 0.25
+MESH_MIN_WIDTH = 0.4
+# In an image this long or longer the tile step is read before the whole-image step: a scene photo with one small
+# face the detector's whole-image passes cannot see (2-5 % of a 2,000-4,000 px photo) was answered as one face, the
+# whole photo, where the tiles find the face. Face crops (smaller) keep the whole-image step first.
+WHOLE_AFTER_TILES_MIN_SIDE = 640
+# And where no step has found a face in an image FINE_MIN_SIDE long or longer, the finest grid (FINE_MAX_GRID per side)
+# is read: one person 3 % of a 2,000 or 4,000 px photo wide (a 60-120 px face, someone a few metres away) showed
+# under the detector's smallest faces on the 3 x 3 tiles, and 18 of 60 such faces on three backgrounds were missed.
+LONE_TILES = True
+# One face, two boxes: where the search's steps and the detector's two ranges boxed the same face differently (IoU
+# 0.3-0.4, neither box 80 % inside the other), predict answered it twice. In realocc's measure half (971 photos) every
+# pair of answered boxes overlapping by 0.3 or more (7 photos) was one person, in three of them with the landmark
+# model's eyes 10-26 px apart; pairs at 0.18-0.3 were one person (8) or two people whose heads overlap (2), and the
+# most two people's boxes overlapped was 0.2. The faces are compared by their boxes and by where their eyes are
+# (`same_face`).
+SAME_FACE_IOU = 0.3
+SAME_FACE_SHIFT = 0.35
+SAME_FACE_SCALE = 1.5
 # A short-range face this share of the image wide or wider means the full-range pass is skipped. On 300 realocc
 # photos it was skipped for 140 and lost one face of a group (none of the largest faces); it halves detection time
 # on face crops (short range 4.3 ms, full range 8.8 ms, AMD EPYC).
@@ -424,12 +450,64 @@ def without_nested(faces: list[Face]) -> list[Face]:
     return _best_first(faces, lambda f, k: inside(f.box, k.box) or inside(k.box, f.box))
 
 
+def same_face(a: Face, b: Face) -> bool:
+    """Whether two faces are one: boxes within SAME_FACE_SCALE of each other's width overlapping by SAME_FACE_IOU or
+    more; or their eyes' midpoints (the first two keypoints, from the mesh or the detector) within SAME_FACE_SHIFT
+    of the wider eye distance, the eye distances within SAME_FACE_SCALE of each other."""
+    wa, wb = a.box[2] - a.box[0], b.box[2] - b.box[0]
+    if min(wa, wb) > 0 and max(wa, wb) <= SAME_FACE_SCALE * min(wa, wb) and iou(a.box, b.box) >= SAME_FACE_IOU:
+        return True
+    ka, kb = a.keypoints[:2], b.keypoints[:2]
+    if len(ka) < 2 or len(kb) < 2 or not (np.isfinite(ka).all() and np.isfinite(kb).all()):
+        return False
+    da, db = float(np.linalg.norm(ka[0] - ka[1])), float(np.linalg.norm(kb[0] - kb[1]))
+    if min(da, db) <= 0 or max(da, db) > SAME_FACE_SCALE * min(da, db):
+        return False
+    return float(np.linalg.norm(ka.mean(0) - kb.mean(0))) <= SAME_FACE_SHIFT * max(da, db)
+
+
+def without_same_face(faces: list[Face]) -> list[Face]:
+    """Each face once (`same_face`): of two boxes on one face, the one with the mesh's landmarks stays, else the one
+    scored higher; the order of the faces kept is unchanged."""
+    if len(faces) < 2:
+        return faces
+    rank = sorted(range(len(faces)), key=lambda i: (faces[i].landmarks is None, -faces[i].score))
+    kept: list[int] = []
+    for i in rank:
+        if not any(same_face(faces[i], faces[k]) for k in kept):
+            kept.append(i)
+    return [faces[i] for i in sorted(kept)]
+
+
 def _fragments(faces: list[Face], unsure: list[Face], box: tuple[float, ...], wider: float) -> list[Face]:
     """The `unsure` faces that lie NESTED_INSIDE inside `box` and are at most 1 / wider of its width; none where
     another of `faces` lies inside it (a real face there: the box is not the face they are parts of)."""
     held = [f for f in faces if inside(f.box, box)]
     parts = [f for f in held if any(f is u for u in unsure) and wider * (f.box[2] - f.box[0]) <= box[2] - box[0]]
     return parts if len(parts) == len(held) else []
+
+
+def mesh_fits_box(lm: np.ndarray, box: tuple[float, ...]) -> bool:
+    """Whether FaceMesh's landmarks, found in a region twice the box, describe the box's face: its nose tip within
+    MESH_BOX_SLACK of the box (both ways) and its 468 points MESH_MIN_WIDTH of the box wide or wider. The graph runs
+    its own detector on the region and answers the most face-like face there: a neighbour's, or the face above a box
+    on something else (a backpack, a body)."""
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    nose = lm[1]
+    if not (box[0] - MESH_BOX_SLACK * bw <= nose[0] <= box[2] + MESH_BOX_SLACK * bw
+            and box[1] - MESH_BOX_SLACK * bh <= nose[1] <= box[3] + MESH_BOX_SLACK * bh):
+        return False
+    xs = lm[:N_MESH, 0]
+    return float(np.nanmax(xs) - np.nanmin(xs)) >= MESH_MIN_WIDTH * bw
+
+
+def mesh_box(lm: np.ndarray, shape: tuple[int, ...]) -> tuple[float, ...] | None:
+    """The extent of FaceMesh's landmarks, clipped to the image; None where under 4 px a side."""
+    h, w = shape[:2]
+    x1, y1 = np.nanmin(lm[:N_MESH], 0)
+    x2, y2 = np.nanmax(lm[:N_MESH], 0)
+    box = (max(0.0, float(x1)), max(0.0, float(y1)), min(float(w), float(x2)), min(float(h), float(y2)))
+    return None if box[2] - box[0] < 4 or box[3] - box[1] < 4 else box
 
 
 def crop_shaped(rgb: np.ndarray) -> bool:
@@ -704,12 +782,7 @@ class FaceAnalyzer:
         lm = self.mesh(crop)
         if lm is None:
             return None
-        lm = lm / scale + np.array([x0, y0], np.float32)
-        # the mesh must describe this face, not a neighbour inside the enlarged crop
-        c = lm[[1]].mean(0)
-        if not (box[0] - 0.25 * (box[2] - box[0]) <= c[0] <= box[2] + 0.25 * (box[2] - box[0])):
-            return None
-        return lm
+        return lm / scale + np.array([x0, y0], np.float32)
 
     def _fast_mesh(self, rgb: np.ndarray, f: Face) -> np.ndarray | None:
         """(478, 2) landmarks from the fast path (iris points NaN), or None where it does not apply or says there
@@ -723,9 +796,14 @@ class FaceAnalyzer:
             return None
         return np.vstack([lm, np.full((N_IRIS, 2), np.nan, np.float32)])
 
-    def _with_mesh(self, rgb: np.ndarray, faces: list[Face], graph: bool = False) -> list[Face]:
+    def _with_mesh(self, rgb: np.ndarray, faces: list[Face], graph: bool = False, others: bool = True
+                   ) -> list[Face]:
         """`faces` with landmarks where a mesh finds them: the fast path's where it applies, else (and always with
-        graph=True) the FaceMesh graph's on the face's region."""
+        graph=True) the FaceMesh graph's on the face's region, where it describes that face (`mesh_fits_box`).
+        others: a graph mesh that describes another face (a neighbour's, the face above a box on a backpack) is added
+        after `faces` as a face of its own, boxed by its landmarks' extent, scored a hair above the box it came from
+        (where both pass the verifier and one holds the other, the one with landmarks stays)."""
+        extra = []
         for f in faces:
             lm = None if graph else self._fast_mesh(rgb, f)
             if lm is not None:
@@ -733,40 +811,40 @@ class FaceAnalyzer:
                 f.keypoints = template_keypoints(lm)
                 continue
             lm = self._mesh_in_box(rgb, f.box)
-            if lm is not None:
+            if lm is None:
+                continue
+            if mesh_fits_box(lm, f.box):
                 f.landmarks = lm
                 f.keypoints = keypoints_from_mesh(lm)
-        return faces
+            elif others and (box := mesh_box(lm, rgb.shape)) is not None:
+                extra.append(Face(box, float(np.nextafter(f.score, np.inf)), keypoints_from_mesh(lm), lm, f.detection,
+                                  f.mirrored, f.robust))
+        return faces + extra
 
     def _both_meshes(self, rgb: np.ndarray, faces: list[Face], keep_unmeshed: bool = False) -> list[Face]:
         """The faces that get landmarks, once per mesh: the fast path's (the graph's where it passes a face over)
         and, for the faces the fast path read (with BOTH_MESHES), a copy with the FaceMesh graph's. On a
         mirror-completed or filled face the two differ, and either may be the one whose aligned crop the verifier
         passes. keep_unmeshed: the faces neither mesh reads stay too, on the detector's keypoints."""
-        first = self._with_mesh(rgb, [replace(f) for f in faces])
+        first = self._with_mesh(rgb, [replace(f) for f in faces], others=False)
         out = [g for g in first if g.landmarks is not None or keep_unmeshed]
         if BOTH_MESHES and self.fast:  # a fresh copy for the graph, of the faces the fast path read (no iris points)
             fast = [replace(f) for f, g in zip(faces, first, strict=True)
                     if g.landmarks is not None and np.isnan(g.landmarks[-N_IRIS:]).all()]
-            out += [g for g in self._with_mesh(rgb, fast, graph=True) if g.landmarks is not None]
+            out += [g for g in self._with_mesh(rgb, fast, graph=True, others=False) if g.landmarks is not None]
         return out
 
     def _mesh_face(self, rgb: np.ndarray, padded: np.ndarray, p: int, scale: float = 1.0) -> Face | None:
         """The mesh alone, on the image and then on `padded` (the image at `scale` inside a p px border); box = the
         landmarks' extent."""
-        h, w = rgb.shape[:2]
         lm = self.mesh(rgb)
         if lm is None:
             lm = self.mesh(padded)
             if lm is None:
                 return None
             lm = (lm - p) / scale
-        x1, y1 = lm.min(0)
-        x2, y2 = lm.max(0)
-        box = (max(0.0, float(x1)), max(0.0, float(y1)), min(float(w), float(x2)), min(float(h), float(y2)))
-        if box[2] - box[0] < 4 or box[3] - box[1] < 4:
-            return None
-        return Face(box, 1.0, keypoints_from_mesh(lm), lm, "mesh")
+        box = mesh_box(lm, rgb.shape)
+        return None if box is None else Face(box, 1.0, keypoints_from_mesh(lm), lm, "mesh")
 
     @staticmethod
     def _verified(rgb: np.ndarray, faces: list[Face], verifier: Verifier | None, threshold: float,
@@ -841,14 +919,26 @@ class FaceAnalyzer:
         if flat_image(rgb):  # a flat image holds no face, whole or on a tile
             return []
         shaped = crop_shaped(rgb)
+        tiles, need = tile_verifier or (verifier, threshold)
+
+        def tiled() -> list[Face]:
+            for n in TILE_GRIDS:
+                faces = self._verified(rgb, self._with_mesh(rgb, self.detect_tiled(rgb, n)), tiles, need, crop_size)
+                if faces:  # in a large photo, the crowd around the faces this grid showed
+                    return faces + self._finer(rgb, faces, (tiles, need), crop_size, n)
+            if LONE_TILES and max(h, w) >= FINE_MIN_SIDE:  # one small face in a large photo
+                return self._verified(rgb, self._with_mesh(rgb, self.detect_tiled(rgb, FINE_MAX_GRID, halved=True)),
+                                      tiles, need, crop_size)
+            return []
+
+        tiles_first = max(h, w) >= WHOLE_AFTER_TILES_MIN_SIDE
+        if tiles_first and (faces := tiled()):
+            return faces
         whole = self._whole(rgb, crop_size, whole_verifier or (verifier, threshold)) if shaped else None
         if whole is not None:
             return [whole]
-        tiles, need = tile_verifier or (verifier, threshold)
-        for n in TILE_GRIDS:
-            faces = self._verified(rgb, self._with_mesh(rgb, self.detect_tiled(rgb, n)), tiles, need, crop_size)
-            if faces:  # in a large photo, the crowd around the faces this grid showed
-                return faces + self._finer(rgb, faces, (tiles, need), crop_size, n)
+        if not tiles_first and (faces := tiled()):
+            return faces
         if OCCLUDED_STEP and robust and occluded_available():  # an occluded face in a scene, too small for step 2b
             for n in OCCLUDED_TILE_GRIDS:
                 cands = self.detect_tiled(rgb, n, max_face=OCCLUDED_TILE_MAX_FACE, model=OCCLUDED)

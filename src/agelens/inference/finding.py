@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import AgelensError, ImageError, NoFaceError
 from ..faces import animal, orientation
-from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_crop
+from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_crop, without_same_face
 from ..faces.mesh import N_MESH
 from ..faces.orientation import turned_back
 from ..faces.prepare import N_LANDMARKS, largest_face, prepare_face
@@ -265,13 +265,12 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     sep = getattr(v, "fallback", None)  # a TrunkGuard's separate face network(s): they alone vouch for fallback faces
 
     def find(img: np.ndarray, proposed: list | None = None, detector_only: bool = False) -> list:
-        return analyzer.find_faces(img, v.scores if v is not None else None, v.threshold if v is not None else 0.5,
-                                   cache_size, verify=True,
-                                   fallback_verifier=(v.separate_scores, sep.threshold) if sep is not None else None,
-                                   tile_verifier=(v.both_scores, v.threshold) if hasattr(v, "both_scores") else None,
-                                   whole_verifier=(v.whole_scores, v.threshold)
-                                   if getattr(v, "bands", None) is not None else None,
-                                   proposed=proposed, detector_only=detector_only, robust=robust)
+        return without_same_face(analyzer.find_faces(
+            img, v.scores if v is not None else None, v.threshold if v is not None else 0.5, cache_size, verify=True,
+            fallback_verifier=(v.separate_scores, sep.threshold) if sep is not None else None,
+            tile_verifier=(v.both_scores, v.threshold) if hasattr(v, "both_scores") else None,
+            whole_verifier=(v.whole_scores, v.threshold) if getattr(v, "bands", None) is not None else None,
+            proposed=proposed, detector_only=detector_only, robust=robust))
 
     faces = find(rgb, proposed)
     if not faces:
