@@ -630,6 +630,30 @@ def test_a_mesh_of_another_face_does_not_align_this_box():
     assert mesh_fits_box(mesh(130, 130, 1.1 * MESH_MIN_WIDTH * 100), box)
 
 
+def test_a_mesh_of_another_face_becomes_a_face_of_its_own(monkeypatch):
+    """Where FaceMesh on a box's region reads another face, the box keeps the detector's keypoints and the mesh's face
+    is added after the faces, boxed by its landmarks and scored a hair above the box (a candidate to verify); the
+    mirror and fill steps (others=False) add none."""
+    from agelens.faces.detect import Face, FaceAnalyzer
+
+    lm = np.zeros((478, 2), np.float32)
+    lm[:468, 0], lm[:468, 1] = np.linspace(210, 231, 468), np.linspace(76, 101, 468)
+    lm[468:] = lm[100:110]  # iris points inside the face
+    lm[1] = [220, 88]  # a neighbour's face, a third of the box wide
+    monkeypatch.setattr(FaceAnalyzer, "_fast_mesh", lambda self, rgb, f: None)
+    monkeypatch.setattr(FaceAnalyzer, "_mesh_in_box", lambda self, rgb, box: lm.copy())
+    an = FaceAnalyzer.__new__(FaceAnalyzer)
+    kp = np.array([[185, 60], [210, 60], [198, 72], [198, 82]], np.float32)
+    box = Face((173.0, 40.0, 226.0, 94.0), 0.7, kp.copy())
+    rgb = np.zeros((200, 300, 3), np.uint8)
+    out = an._with_mesh(rgb, [box])
+    assert len(out) == 2 and out[0] is box and box.landmarks is None and np.array_equal(box.keypoints, kp)
+    other = out[1]
+    assert other.box == pytest.approx((210.0, 76.0, 231.0, 101.0)) and other.landmarks is not None
+    assert other.score > 0.7 and other.score == pytest.approx(0.7) and other.detection == box.detection
+    assert an._with_mesh(rgb, [Face((173.0, 40.0, 226.0, 94.0), 0.7, kp.copy())], others=False)[1:] == []
+
+
 def test_one_face_boxed_twice_is_answered_once():
     """Two boxes on one face (offset, neither 80 % inside the other): the one with the mesh's landmarks stays, else
     the one scored higher, in the order found; faces side by side, of another size, or overlapping a little, all
@@ -649,7 +673,7 @@ def test_one_face_boxed_twice_is_answered_once():
     assert without_same_face([a, far]) == [a]
     big = Face((250, 120, 400, 270), 0.8, kp(325, 190, 60))  # three times as wide: a face of another size
     assert len(without_same_face([a, big])) == 2
-    # two people whose heads overlap in a selfie (IoU 0.19, the smaller's centre just inside the larger): both stay
+    # two people whose heads overlap in a selfie (IoU 0.19, one about 1.5 times the other): both stay
     woman, man = Face((52.7, 60.9, 101.8, 110.0), 0.8, kp(77, 78, 18)), Face((67.4, 45.0, 100.4, 78.0), 0.7, kp(84, 56, 13))
     assert len(without_same_face([woman, man])) == 2
 
