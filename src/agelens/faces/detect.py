@@ -135,8 +135,8 @@ DETECTED_THRESHOLD = 0.2
 # FaceMesh on a face's region (`_mesh_in_box`, where the fast landmark model passes the face over) aligns that face
 # only where it describes it (`mesh_fits_box`); a mesh of another face becomes a face of its own (`_with_mesh`).
 # Before 2026-12-07 only the nose's column was checked: in 162 realocc photos 7 meshes were under half their box
-# wide, 5 of them another person's face (a neighbour's mesh gave a masked man the neighbour's crop and age; a box on a
-# backpack or a body was answered with the face above it).
+# wide, 5 of them on another face than the box (a neighbour's mesh gave a masked man the neighbour's crop and age; a
+# box on a backpack or a body was answered with the face above it).
 MESH_BOX_SLACK = 0.25
 MESH_MIN_WIDTH = 0.4
 # In an image this long or longer the tile step is read before the whole-image step: a scene photo with one small
