@@ -1,6 +1,7 @@
 """One person in a large photo, end to end: the tiles before the whole-image step in images 640 px or longer
-(`faces.detect` WHOLE_AFTER_TILES_MIN_SIDE) and the finest grid where no step found a face (LONE_TILES) on and off, in
-one process, with the shipped models (`AgeEstimator.predict` on JPEG files).
+(`faces.detect` WHOLE_AFTER_TILES_MIN_SIDE), the finest grid where no step found a face (LONE_TILES) and the tiles
+beside faces the ImageNet check turned away (VETOED_TILES) on and off, in one process, with the shipped models
+(`AgeEstimator.predict` on JPEG files).
 
     python benchmarks/lone_face.py --faces 12 --realocc 150 --phone 30 --out docs/lone_face
 
@@ -31,7 +32,8 @@ from agelens.errors import NoFaceError
 from agelens.inference.predictor import AgeEstimator
 from agelens.utils import atomic_write_json, atomic_write_text
 
-RULES = {"WHOLE_AFTER_TILES_MIN_SIDE": D.WHOLE_AFTER_TILES_MIN_SIDE, "LONE_TILES": D.LONE_TILES}
+RULES = {"WHOLE_AFTER_TILES_MIN_SIDE": D.WHOLE_AFTER_TILES_MIN_SIDE, "LONE_TILES": D.LONE_TILES,
+         "VETOED_TILES": D.VETOED_TILES}
 BACKGROUNDS = ("coffee", "grass", "chelsea", "rocket")
 WIDTHS = (1000, 2000, 4000)
 SHARES = (0.02, 0.03, 0.05, 0.08)
@@ -40,6 +42,7 @@ SHARES = (0.02, 0.03, 0.05, 0.08)
 def rules(on: bool) -> None:
     D.WHOLE_AFTER_TILES_MIN_SIDE = RULES["WHOLE_AFTER_TILES_MIN_SIDE"] if on else 10**9
     D.LONE_TILES = RULES["LONE_TILES"] and on
+    D.VETOED_TILES = RULES["VETOED_TILES"] and on
 
 
 def faces(est: AgeEstimator, path: Path) -> list:
@@ -130,7 +133,8 @@ def main() -> None:
     lines = ["# One person in a large photo", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
              f"Command: `{cmd}` (backend {est.backend}, {res['seconds']} s)", "",
              f"{a.faces} faces per cell; off = the search before (the whole-image step before the tiles, no finest "
-             "grid where nothing was found). Both sides check each mesh against its box and answer each face once.",
+             "grid where nothing was found, no tiles after a veto). Both sides check each mesh against its box and "
+             "answer each face once.",
              "", "| face share of the width | faces | found, off | found, on | extra boxes, off / on |",
              "|---|---|---|---|---|"]
     for share, t in totals.items():

@@ -722,3 +722,26 @@ def test_one_small_face_in_a_large_photo_is_found_on_the_finest_tiles(astronaut,
     monkeypatch.setattr(D, "LONE_TILES", False)  # the search before: the test means something
     with pytest.raises(NoFaceError):
         est.predict(scene)
+
+
+@pytest.mark.skipif("faceness" not in shipped_models(), reason="no shipped face verifier")
+def test_a_face_beside_a_vetoed_cat_in_a_large_photo_is_found(astronaut, monkeypatch):
+    """scikit-image's cat enlarged to 2000 x 1500 with a small human face in a corner: the detector and the padded
+    step find the cat's face, the ImageNet check turns it away, and the tiles (VETOED_TILES) find the face beside it;
+    the cat itself stays unanswered."""
+    import cv2
+    from skimage import data
+
+    import agelens.faces.detect as D
+    from agelens.inference.predictor import AgeEstimator
+
+    scene = cv2.GaussianBlur(cv2.resize(data.chelsea(), (2000, 1500), interpolation=cv2.INTER_CUBIC), (0, 0), 3)
+    x = y = 150
+    scene[y:y + 200, x:x + 200] = cv2.resize(astronaut[30:250, 130:330], (200, 200), interpolation=cv2.INTER_AREA)
+    est = AgeEstimator.from_pretrained()
+    (face,) = est.predict(scene)
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    assert x <= cx <= x + 200 and y <= cy <= y + 200, face.box
+    monkeypatch.setattr(D, "VETOED_TILES", False)  # the search before: the test means something
+    with pytest.raises(NoFaceError):
+        est.predict(scene)

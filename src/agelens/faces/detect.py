@@ -154,6 +154,14 @@ LONE_TILES = True
 # most two people's boxes overlapped was 0.2. The faces are compared by their boxes and by where their eyes are
 # (`same_face`).
 SAME_FACE_IOU = 0.3
+# Where the ImageNet check turned away every face of a photo VETOED_TILES_MIN_SIDE long or longer after the fallback
+# steps looked (a cat's face, found first by the detector and again by the padded step), the tile steps had not run:
+# they are read for the faces beside the vetoed ones (`FaceAnalyzer.tiles_beside`, `inference.finding`). One face
+# pasted on scikit-image's cat enlarged to 1000-4000 px (`benchmarks/lone_face.py`): 124 -> 137 of 144 found, no box
+# without a face; its photos without a face enlarged to 1000-4000 px and no_face.py's 851 images: none answered more.
+VETOED_TILES = True
+VETOED_TILES_MIN_SIDE = 1000
+VETOED_SAME = 0.3
 SAME_FACE_SHIFT = 0.35
 SAME_FACE_SCALE = 1.5
 # A short-range face this share of the image wide or wider means the full-range pass is skipped. On 300 realocc
@@ -983,6 +991,19 @@ class FaceAnalyzer:
         new = [t for t in self.detect_tiled(rgb, n, halved=halved)
                if not any(iou(t.box, f.box) > 0.1 or inside(t.box, f.box) or inside(f.box, t.box) for f in found)]
         return self._verified(rgb, self._with_mesh(rgb, new), *verifier, crop_size) if new else []
+
+    def tiles_beside(self, rgb: np.ndarray, boxes: list, verifier: tuple[Verifier, float], crop_size: int
+                     ) -> list[Face]:
+        """The tile steps' verified faces (TILE_GRIDS, then with LONE_TILES the finest grid) other than the faces in
+        `boxes` (IoU under VETOED_SAME with each): for a large photo whose every face the ImageNet check turned away
+        (a cat's face found first, the tiles never read), the faces beside it."""
+        for n, halved in [(n, False) for n in TILE_GRIDS] + ([(FINE_MAX_GRID, True)] if LONE_TILES else []):
+            new = [t for t in self.detect_tiled(rgb, n, halved=halved)
+                   if all(iou(t.box, tuple(b)) < VETOED_SAME for b in boxes)]
+            faces = self._verified(rgb, self._with_mesh(rgb, new), *verifier, crop_size) if new else []
+            if faces:
+                return faces
+        return []
 
     def _mirrored(self, rgb: np.ndarray, verifier: Verifier, threshold: float, crop_size: int) -> list[Face]:
         """The mirror step (MIRROR_AXES): the short-range detector (then on the padded copy) on each mirror-completed

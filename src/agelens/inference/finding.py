@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import AgelensError, ImageError, NoFaceError
 from ..faces import animal, orientation
+from ..faces import detect as face_search
 from ..faces.detect import DETECTED_THRESHOLD, FaceAnalyzer, iou, whole_image_crop, without_same_face
 from ..faces.mesh import N_MESH
 from ..faces.orientation import turned_back
@@ -275,19 +276,24 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     faces = find(rgb, proposed)
     if not faces:
         raise NoFaceError("no face found")
-    out, mirrored, robust_found = [], [], []
-    for f, img, turn in _upright(rgb, faces, find, analyzer.detect) if upright else [(f, rgb, 0) for f in faces]:
-        source = None
-        if f.detection == "whole-image":
-            crop, found = whole_image_crop(img, cache_size), False
-        else:
-            crop, lm = prepare_face(img, analyzer, cache_size, aligned=False, face=f)
-            found = not np.isnan(lm[:N_MESH]).any()  # the fast path has no iris points
-            source = CropSource(img, f.aligned(img, cache_size)[1], cache_size)  # the warp prepare_face made
-        box = turned_back(f.box, turn, rgb.shape)
-        out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection, source))
-        mirrored.append(f.mirrored)
-        robust_found.append(f.robust)
+    def entries(turned: list) -> tuple[list, list, list]:
+        out, mirrored, robust_found = [], [], []
+        for f, img, turn in turned:
+            source = None
+            if f.detection == "whole-image":
+                crop, found = whole_image_crop(img, cache_size), False
+            else:
+                crop, lm = prepare_face(img, analyzer, cache_size, aligned=False, face=f)
+                found = not np.isnan(lm[:N_MESH]).any()  # the fast path has no iris points
+                source = CropSource(img, f.aligned(img, cache_size)[1], cache_size)  # the warp prepare_face made
+            box = turned_back(f.box, turn, rgb.shape)
+            out.append(([round(float(v), 1) for v in box], f.score, crop, found, f.detection, source))
+            mirrored.append(f.mirrored)
+            robust_found.append(f.robust)
+        return out, mirrored, robust_found
+
+    out, mirrored, robust_found = entries(_upright(rgb, faces, find, analyzer.detect) if upright
+                                          else [(f, rgb, 0) for f in faces])
     kept = without_non_faces(rgb, out, v, mirrored, robust_found) if vet else out
     if not kept and robust and any(robust_found):
         # every face turned away, one of them the robust detector's: its step may have stood in front of the steps
@@ -297,6 +303,14 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
     if not kept and not looked and all(how == "detector" for _, _, _, _, how, _ in out):
         # every detection vetoed: there was none, so the fallback steps look (`find` on an empty detector step)
         return find_and_align(rgb, analyzer, cache_size, detect, verifier, [], upright, vet, robust)
+    if (not kept and looked and face_search.VETOED_TILES and max(h, w) >= face_search.VETOED_TILES_MIN_SIDE
+            and hasattr(v, "both_scores")):
+        # every face turned away in a large photo, the fallbacks' too: the tiles, which those faces stood in front
+        # of, are read beside them
+        beside = analyzer.tiles_beside(rgb, [o[0] for o in out], (v.both_scores, v.threshold), cache_size)
+        if beside:
+            more, more_mirrored, more_robust = entries([(f, rgb, 0) for f in without_same_face(beside)])
+            kept = without_non_faces(rgb, more, v, more_mirrored, more_robust)
     if not kept:
         raise NoFaceError("no face found")
     return kept
