@@ -154,16 +154,18 @@ LONE_TILES = True
 # most two people's boxes overlapped was 0.2. The faces are compared by their boxes and by where their eyes are
 # (`same_face`).
 SAME_FACE_IOU = 0.3
-# Where the ImageNet check turned away every face of a photo VETOED_TILES_MIN_SIDE long or longer after the fallback
-# steps looked (a cat's face, found first by the detector and again by the padded step), the tile steps had not run:
-# they are read for the faces beside the vetoed ones (`FaceAnalyzer.tiles_beside`, `inference.finding`). One face
-# pasted on scikit-image's cat enlarged to 1000-4000 px (`benchmarks/lone_face.py`): 124 -> 137 of 144 found, no box
-# without a face; its photos without a face enlarged to 1000-4000 px and no_face.py's 851 images: none answered more.
+SAME_FACE_SHIFT = 0.35
+SAME_FACE_SCALE = 1.5
+# Where the ImageNet check turned away every face of a photo VETOED_TILES_MIN_SIDE long or longer, and then every face
+# the fallback steps found when asked again (a cat's face, found first by the detector and again by the padded step;
+# `inference.finding`'s second look), the tile steps had not run: they are read for the faces beside the vetoed ones
+# (`FaceAnalyzer.tiles_beside`). One face pasted on scikit-image's cat enlarged to 1000-4000 px
+# (`benchmarks/lone_face.py`): 124 -> 137 of 144 found, no box without a face; its photos without a face enlarged to
+# 1000-4000 px and no_face.py's 851 images: none answered more. (A photo whose first look found only fallback faces,
+# all turned away, is not read again: not measured.)
 VETOED_TILES = True
 VETOED_TILES_MIN_SIDE = 1000
 VETOED_SAME = 0.3
-SAME_FACE_SHIFT = 0.35
-SAME_FACE_SCALE = 1.5
 # A short-range face this share of the image wide or wider means the full-range pass is skipped. On 300 realocc
 # photos it was skipped for 140 and lost one face of a group (none of the largest faces); it halves detection time
 # on face crops (short range 4.3 ms, full range 8.8 ms, AMD EPYC).
