@@ -159,7 +159,7 @@ SAME_FACE_SCALE = 1.5
 # Where the ImageNet check turned away every face of a photo VETOED_TILES_MIN_SIDE long or longer, and then every face
 # the fallback steps found when asked again (a cat's face, found first by the detector and again by the padded step;
 # `inference.finding`'s second look), the tile steps had not run: they are read for the faces beside the vetoed ones
-# (`FaceAnalyzer.tiles_beside`). One face pasted on scikit-image's cat enlarged to 1000-4000 px
+# (`FaceAnalyzer.tile_steps`). One face pasted on scikit-image's cat enlarged to 1000-4000 px
 # (`benchmarks/lone_face.py`): 124 -> 137 of 144 found, no box without a face; its photos without a face enlarged to
 # 1000-4000 px and no_face.py's 851 images: none answered more. (A photo whose first look found only fallback faces,
 # all turned away, is not read again: not measured.)
@@ -930,24 +930,13 @@ class FaceAnalyzer:
             return []
         shaped = crop_shaped(rgb)
         tiles, need = tile_verifier or (verifier, threshold)
-
-        def tiled() -> list[Face]:
-            for n in TILE_GRIDS:
-                faces = self._verified(rgb, self._with_mesh(rgb, self.detect_tiled(rgb, n)), tiles, need, crop_size)
-                if faces:  # in a large photo, the crowd around the faces this grid showed
-                    return faces + self._finer(rgb, faces, (tiles, need), crop_size, n)
-            if LONE_TILES and max(h, w) >= FINE_MIN_SIDE:  # one small face in a large photo
-                return self._verified(rgb, self._with_mesh(rgb, self.detect_tiled(rgb, FINE_MAX_GRID, halved=True)),
-                                      tiles, need, crop_size)
-            return []
-
         tiles_first = max(h, w) >= WHOLE_AFTER_TILES_MIN_SIDE
-        if tiles_first and (faces := tiled()):
+        if tiles_first and (faces := self.tile_steps(rgb, (tiles, need), crop_size)):
             return faces
         whole = self._whole(rgb, crop_size, whole_verifier or (verifier, threshold)) if shaped else None
         if whole is not None:
             return [whole]
-        if not tiles_first and (faces := tiled()):
+        if not tiles_first and (faces := self.tile_steps(rgb, (tiles, need), crop_size)):
             return faces
         if OCCLUDED_STEP and robust and occluded_available():  # an occluded face in a scene, too small for step 2b
             for n in OCCLUDED_TILE_GRIDS:
@@ -994,17 +983,23 @@ class FaceAnalyzer:
                if not any(iou(t.box, f.box) > 0.1 or inside(t.box, f.box) or inside(f.box, t.box) for f in found)]
         return self._verified(rgb, self._with_mesh(rgb, new), *verifier, crop_size) if new else []
 
-    def tiles_beside(self, rgb: np.ndarray, boxes: list, verifier: tuple[Verifier, float], crop_size: int
-                     ) -> list[Face]:
-        """The tile steps' verified faces (TILE_GRIDS, then with LONE_TILES the finest grid) other than the faces in
-        `boxes` (IoU under VETOED_SAME with each): for a large photo whose every face the ImageNet check turned away
-        (a cat's face found first, the tiles never read), the faces beside it."""
-        for n, halved in [(n, False) for n in TILE_GRIDS] + ([(FINE_MAX_GRID, True)] if LONE_TILES else []):
-            new = [t for t in self.detect_tiled(rgb, n, halved=halved)
-                   if all(iou(t.box, tuple(b)) < VETOED_SAME for b in boxes)]
-            faces = self._verified(rgb, self._with_mesh(rgb, new), *verifier, crop_size) if new else []
+    def tile_steps(self, rgb: np.ndarray, verifier: tuple[Verifier, float], crop_size: int,
+                   beside: list | None = None) -> list[Face]:
+        """The tile steps' verified faces: the first of TILE_GRIDS that gives any (with the finer grid sized from them,
+        in a large photo the crowd around them), else with LONE_TILES in an image FINE_MIN_SIDE long or longer the
+        finest grid's (one small face in a large photo). beside: boxes of faces the ImageNet check turned away (a cat's
+        face found first, the tiles never read): the tiles' faces overlapping one by VETOED_SAME or more are left out,
+        and no finer grid is read."""
+        grids = [(n, False, beside is None) for n in TILE_GRIDS]  # (tiles per side, halved copy, finer grid after)
+        if LONE_TILES and max(rgb.shape[:2]) >= FINE_MIN_SIDE:
+            grids.append((FINE_MAX_GRID, True, False))
+        for n, halved, finer in grids:
+            cands = self.detect_tiled(rgb, n, halved=halved)
+            if beside is not None:
+                cands = [t for t in cands if all(iou(t.box, tuple(b)) < VETOED_SAME for b in beside)]
+            faces = self._verified(rgb, self._with_mesh(rgb, cands), *verifier, crop_size)
             if faces:
-                return faces
+                return faces + (self._finer(rgb, faces, verifier, crop_size, n) if finer else [])
         return []
 
     def _mirrored(self, rgb: np.ndarray, verifier: Verifier, threshold: float, crop_size: int) -> list[Face]:

@@ -307,7 +307,7 @@ def find_and_align(rgb: np.ndarray, analyzer: FaceAnalyzer, cache_size: int, det
             and hasattr(v, "both_scores")):
         # every face turned away in a large photo, the fallbacks' too: the tiles, which those faces stood in front
         # of, are read beside them
-        beside = analyzer.tiles_beside(rgb, [o[0] for o in out], (v.both_scores, v.threshold), cache_size)
+        beside = analyzer.tile_steps(rgb, (v.both_scores, v.threshold), cache_size, beside=[o[0] for o in out])
         if beside:
             more, more_mirrored, more_robust = entries([(f, rgb, 0) for f in without_same_face(beside)])
             kept = without_non_faces(rgb, more, v, more_mirrored, more_robust)
