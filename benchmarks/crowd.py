@@ -28,7 +28,6 @@ import numpy as np
 import agelens.faces.detect as D
 from agelens.errors import NoFaceError
 from agelens.inference.predictor import AgeEstimator
-from agelens.utils import atomic_write_json, atomic_write_text
 
 FINE = D.FINE_MAX_GRID
 # (canvas width, height, crop side px, columns, rows): faces about half the crop side
@@ -130,13 +129,7 @@ def main() -> None:
             print(row, flush=True)
         ups, phone, answers, res["ms_per_image"] = bench.rule_side_sets(a, rules, lambda p: faces(est, p), work)
         bench.side_set_changes(res, {"realocc": ups, "phone": phone}, answers)
-    cmd = (f"python benchmarks/crowd.py --photos {a.photos} --realocc {a.realocc} --factor {a.factor} "
-           f"--phone {a.phone} --rounds {a.rounds} --seed {a.seed} --out {a.out}")
-    res["command"], res["seconds"] = cmd, round(time.time() - t0)
-    atomic_write_json(Path(f"{a.out}.json"), res)
-    lines = ["# Crowds in large photos", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
-             f"Command: `{cmd}` (backend {est.backend}, {res['seconds']} s)", "",
-             f"Composites: {a.photos} per layout, each also mirrored left-right; off = the rules before (2 x 2 tiles "
+    lines = [f"Composites: {a.photos} per layout, each also mirrored left-right; off = the rules before (2 x 2 tiles "
              "only, nothing after the padded step).", "",
              "| layout | faces | found, off | found, on | extra boxes, off / on | MAE found, off / on | "
              "ms per image, off / on (median) |", "|---|---|---|---|---|---|---|"]
@@ -145,9 +138,7 @@ def main() -> None:
         lines.append(f"| {row['layout']} | {row['faces']} | {off['found']} ({off['found_per_image']}) | "
                      f"{on['found']} ({on['found_per_image']}) | {off['extra']} / {on['extra']} | {off['mae']} / "
                      f"{on['mae']} | {off['ms_median']} / {on['ms_median']} |")
-    lines += bench.side_set_lines(res) + bench.ms_table(res["ms_per_image"])
-    atomic_write_text(Path(f"{a.out}.md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    bench.rule_report(a, res, t0, est, "crowd.py", f"--photos {a.photos}", "Crowds in large photos", __doc__, lines)
 
 
 if __name__ == "__main__":

@@ -203,6 +203,24 @@ def side_set_lines(res: dict, names: tuple[str, ...] = ("realocc", "phone")) -> 
     return lines
 
 
+def rule_report(a, res: dict, t0: float, est, script: str, own_flags: str, title: str, doc: str,
+                body: list[str]) -> None:
+    """Write a rule's on/off benchmark (`add_rule_args`' options a) to a.out .json and .md and print the markdown:
+    the command (the script's own flags, then the shared ones), the seconds since t0, `body` (the script's own
+    lines) and the side sets' figures (`side_set_lines`, `ms_table`)."""
+    from agelens.utils import atomic_write_json, atomic_write_text
+
+    cmd = (f"python benchmarks/{script} {own_flags} --realocc {a.realocc} --factor {a.factor} --phone {a.phone} "
+           f"--rounds {a.rounds} --seed {a.seed} --out {a.out}")
+    res["command"], res["seconds"] = cmd, round(time.time() - t0)
+    atomic_write_json(Path(f"{a.out}.json"), res)
+    lines = [f"# {title}", "", doc.split("\n\n")[0].replace("\n", " "), "",
+             f"Command: `{cmd}` (backend {est.backend}, {res['seconds']} s)", "", *body]
+    lines += side_set_lines(res) + ms_table(res["ms_per_image"])
+    atomic_write_text(Path(f"{a.out}.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def ms_table(ms: dict) -> list[str]:
     """Markdown lines of `rule_side_sets`' ms per image: a row per set, medians and each round's figure."""
     lines = ["", "| images | ms per image, off | ms per image, on | runs off | runs on |", "|---|---|---|---|---|"]

@@ -30,7 +30,6 @@ import numpy as np
 import agelens.faces.detect as D
 from agelens.errors import NoFaceError
 from agelens.inference.predictor import AgeEstimator
-from agelens.utils import atomic_write_json, atomic_write_text
 
 RULES = {"WHOLE_AFTER_TILES_MIN_SIDE": D.WHOLE_AFTER_TILES_MIN_SIDE, "LONE_TILES": D.LONE_TILES,
          "VETOED_TILES": D.VETOED_TILES}
@@ -126,13 +125,7 @@ def main() -> None:
         ups, phone, answers, res["ms_per_image"] = bench.rule_side_sets(a, rules, lambda p: faces(est, p), work)
         bench.side_set_changes(res, {"realocc": ups, "phone": phone}, answers)
     rules(True)
-    cmd = (f"python benchmarks/lone_face.py --faces {a.faces} --realocc {a.realocc} --factor {a.factor} "
-           f"--phone {a.phone} --rounds {a.rounds} --seed {a.seed} --out {a.out}")
-    res["command"], res["seconds"] = cmd, round(time.time() - t0)
-    atomic_write_json(Path(f"{a.out}.json"), res)
-    lines = ["# One person in a large photo", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
-             f"Command: `{cmd}` (backend {est.backend}, {res['seconds']} s)", "",
-             f"{a.faces} faces per cell; off = the search before (the whole-image step before the tiles, no finest "
+    lines = [f"{a.faces} faces per cell; off = the search before (the whole-image step before the tiles, no finest "
              "grid where nothing was found, no tiles after a veto). Both sides check each mesh against its box and "
              "answer each face once.",
              "", "| face share of the width | faces | found, off | found, on | extra boxes, off / on |",
@@ -147,9 +140,8 @@ def main() -> None:
         lines.append(f"| {cell['background']} | {cell['width']} | {cell['face_px']} | {off['found']} / {on['found']} | "
                      f"{off['extra']} / {on['extra']} | {off['mae']} / {on['mae']} | {off['ms_median']} / "
                      f"{on['ms_median']} | {steps} |")
-    lines += bench.side_set_lines(res) + bench.ms_table(res["ms_per_image"])
-    atomic_write_text(Path(f"{a.out}.md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    bench.rule_report(a, res, t0, est, "lone_face.py", f"--faces {a.faces}", "One person in a large photo", __doc__,
+                      lines)
 
 
 if __name__ == "__main__":
