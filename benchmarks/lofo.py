@@ -1,8 +1,8 @@
 """Leave-one-family-out (issue 20): does what is learnt from occluded faces carry over to an occluder family never
 seen in training?
 
-Retraining the student and the occlusion detector once per family is beyond a CPU session, so this measures the
-two read-outs as linear probes on the shipped teacher's frozen features (`models.model.guard_features`: the last
+Retraining the student once per family is beyond a CPU session, so this measures the two read-outs as linear
+probes on the shipped teacher's frozen features (`models.model.guard_features`: the last
 map pooled over the upper and lower face apart, plus the last stage; the teacher saw no occluder in training, so
 its features favour no family):
 
@@ -14,8 +14,10 @@ For every family F: the probes are fitted once on clean faces plus every family 
 faces plus every family ("seen"), and both are scored on F's test crops (test faces never enter a fit). Train and
 test faces: seeded samples of the UTKFace train and test caches (aligned 256 px crops with FaceMesh landmarks);
 each train face appears clean and under two random families, each test face clean and under every family (a
-random kind of it), seeded. Beside them, the shipped student's own MAE on the same test crops (single view): its
-training saw the paper's types only, so for the other families that column is unseen as well.
+random kind of it), seeded. Beside them, the shipped student's own MAE on the same test crops (single view). The
+student of docs/lofo.md (2026-11-30) had seen the paper's types only; every student since 2026-12-04 trains on
+every family, so for today's student that column is seen. The occlusion detector itself, retrained once per
+family: `benchmarks/lofo_detector.py`.
 
     python benchmarks/lofo.py --train 1200 --test 400 --out docs/lofo
 """

@@ -272,3 +272,29 @@ def test_side_covers_hide_one_side_of_the_face_behind_a_soft_edge(face_crop):
     samples = guards.GuardSamples({"utk": img[None], "utk_lm": lm[None], "aaf": img[:0], "aaf_lm": lm[None][:0],
                                    "real": img[None]}, "occlusion", sides=True)
     assert {samples.draw(rng)[1] for _ in range(40)} == {0.0, 1.0}
+
+
+def test_leave_one_family_out_options_of_the_occlusion_guard(tmp_path, face_crop):
+    crop, lm = face_crop
+    data = {"utk": np.stack([crop] * 2), "utk_lm": np.stack([lm] * 2), "aaf": crop[None], "aaf_lm": lm[None],
+            "utk_val": np.stack([crop] * 2), "utk_val_lm": np.stack([lm] * 2),
+            "real": np.zeros((1, *crop.shape), np.uint8), "real_kind": np.array(["mask"])}
+    # without the real faces, a quarter of the draws that were real occluded faces are synthetic ones
+    plain, synthetic = guards.GuardSamples(data, "occlusion"), guards.GuardSamples(data, "occlusion", real=False)
+    rngs = [np.random.default_rng(k) for k in range(40)]
+    real_drawn = [k for k in range(40) if 0.5 <= np.random.default_rng(k).random() < 0.75]
+    assert real_drawn
+    for k in real_drawn:
+        a, b = plain.draw(np.random.default_rng(k)), synthetic.draw(np.random.default_rng(k))
+        assert a[1] == 1.0 and (a[0] != b[0]).any()
+    assert all(synthetic.draw(r)[0].shape == (guards.INPUT, guards.INPUT, 3) for r in rngs)
+    np.savez(tmp_path / "guards.npz", **data)
+    with pytest.raises(ConfigError, match="occlusion guard only"):
+        guards.fit("faceness", tmp_path, tmp_path / "f", steps=1, batch=4, init=None, without="hand")
+    with pytest.raises(ConfigError, match="unknown occluder family"):
+        guards.fit("occlusion", tmp_path, tmp_path / "o", steps=1, batch=4, init=None, kinds="all", without="hands")
+    m = guards.fit("occlusion", tmp_path, tmp_path / "o", steps=1, batch=4, init=None, threads=1, kinds="all",
+                   without="hand", real=False)
+    card = json.loads(guards.ship(tmp_path / "o", "occlusion", tmp_path / "weights").with_suffix(".json").read_text())
+    assert m["without"] == "hand" and m["real"] is False
+    assert card["recipe"].endswith("--kinds all --without hand --no-real")

@@ -106,3 +106,19 @@ def test_parse_mix_accepts_family_kinds():
     mix = parse_mix("fabric_mask=1,hand=0.5,scarf+sunglasses=0.25")
     assert mix == {"fabric_mask": 1.0, "hand": 0.5, "scarf+sunglasses": 0.25}
     OcclusionMix(mix)
+
+
+def test_kinds_without_leaves_a_family_and_the_double_kinds_that_hold_it_out():
+    from agelens.occlusion.kinds import ALL_TYPES, FAMILIES, kinds_without
+
+    rest = kinds_without("hand")
+    assert "hand" not in rest and "hand+sunglasses" not in rest and "sunglasses" in rest and "scarf" in rest
+    assert not {"sunglasses", "sunglasses+mask", "scarf+sunglasses", "cap+sunglasses"} & set(kinds_without("paper"))
+    assert "fabric_mask" in kinds_without("paper")
+    # "combined": only the double kinds go, their parts stay
+    assert set(ALL_TYPES) - set(kinds_without("combined")) == set(FAMILIES["combined"])
+    for fam, kinds in FAMILIES.items():  # never a kind of the family left, never anything else lost but doubles
+        rest = kinds_without(fam)
+        assert not set(kinds) & set(rest) and all("+" in k for k in set(ALL_TYPES) - set(rest) - set(kinds))
+    with pytest.raises(ValueError, match="unknown occluder family 'hands'"):
+        kinds_without("hands")

@@ -15,4 +15,17 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 ALL_TYPES: tuple[str, ...] = tuple(dict.fromkeys(k for kinds in FAMILIES.values() for k in kinds))
 
-__all__ = ["ALL_TYPES", "FAMILIES", "OCCLUSION_TYPES", "PAPER_MIX"]
+
+def kinds_without(family: str, kinds: tuple[str, ...] = ALL_TYPES) -> tuple[str, ...]:
+    """kinds less every kind of `family` and every double kind with one of the family's single kinds in it ("hand"
+    leaves out "hand+sunglasses" too, "paper" every kind with sunglasses; "combined" only its double kinds), so
+    that a model trained on the rest never sees the family (leave-one-family-out). ValueError for a family that is
+    not in FAMILIES."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown occluder family {family!r}; families: {', '.join(FAMILIES)}")
+    gone = set(FAMILIES[family])
+    singles = {k for k in gone if "+" not in k}
+    return tuple(k for k in kinds if k not in gone and not singles & set(k.split("+")))
+
+
+__all__ = ["ALL_TYPES", "FAMILIES", "OCCLUSION_TYPES", "PAPER_MIX", "kinds_without"]

@@ -44,6 +44,7 @@ from ..imageio import load_image
 from ..models.inputs import to_input
 from ..models.model import build_model
 from ..occlusion.detector import OcclusionDetector
+from ..occlusion.kinds import FAMILIES, kinds_without
 from ..occlusion.synth import ALL_TYPES, OCCLUSION_TYPES, OcclusionError, add_clear_glasses, occlude
 from ..utils import atomic_write, atomic_write_json
 
@@ -467,7 +468,7 @@ class GuardSamples:
 
     def __init__(self, data: dict[str, np.ndarray], task: str, kinds: tuple[str, ...] = OCCLUSION_TYPES,
                  photo: bool = False, bands: bool = False, halves: bool = False, sides: bool = False,
-                 old_print: float = 0.0) -> None:
+                 old_print: float = 0.0, real: bool = True) -> None:
         """kinds: the synthetic occluders that make an occlusion positive (faceness: every family, always).
         photo: half of the degraded samples get the photo degradations of scanned prints and small faces instead
         (`PHOTO_P`, at the photo's working resolution), faces and non-faces alike. bands (faceness): BAND_P of the
@@ -475,9 +476,11 @@ class GuardSamples:
         halves (with bands): HALVES_P of them, half of those under a half-face or large block instead.
         sides (occlusion): SIDE_P of the synthetic positives with one side of the face covered (`_side_cover`).
         old_print: this share of every kind of sample (clean, real and synthetic occluded, non-faces) turned into a
-        scanned old print (`data.augment.old_print`) before the other degradations: the look is not the label."""
+        scanned old print (`data.augment.old_print`) before the other degradations: the look is not the label.
+        real (occlusion): a quarter of the samples are real occluded faces (the realocc fit half); without, those
+        are synthetic too, so that `kinds` are the only occluders a model sees (leave-one-family-out)."""
         self.d, self.task, self.kinds, self.photo, self.bands, self.halves = data, task, kinds, photo, bands, halves
-        self.sides, self.old_print = sides, old_print
+        self.sides, self.old_print, self.real = sides, old_print, real
         self.band_p = HALVES_P if halves else BAND_P
         self.faces = [(k, i) for k in ("utk", "aaf") for i in range(len(data[k]))]
 
@@ -509,7 +512,7 @@ class GuardSamples:
                 if rng.random() < 0.3:
                     with contextlib.suppress(OcclusionError):
                         img = add_clear_glasses(img, lm, rng)
-            elif u < 0.75:
+            elif u < 0.75 and self.real:
                 img, label = self.d["real"][rng.integers(len(self.d["real"]))], 1.0
             else:
                 img, lm = self._face(rng)
@@ -545,14 +548,22 @@ OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion gu
 
 def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str | None, seed: int = 0,
         threads: int = 0, kinds: str = "paper", photo: bool = False, bands: bool = False, halves: bool = False,
-        sides: bool = False, old_print: float = 0.0) -> dict:
+        sides: bool = False, old_print: float = 0.0, without: str | None = None, real: bool = True) -> dict:
     """Train one guard for `steps` batches (AdamW, cosine), choose its threshold, write OUT/best.pt + metrics.
     kinds (occlusion): "paper" (the paper's six types) or "all" (every synthesizer family, double ones included).
     photo: the photo degradations of `GuardSamples` as well; bands: its full-width bands (faceness), halves: and
     its half faces and large blocks; sides (occlusion): faces with one side covered (`_side_cover`); old_print: the
-    share of samples given the scanned old-print look (`GuardSamples`)."""
+    share of samples given the scanned old-print look (`GuardSamples`). without (occlusion): an occluder family
+    left out of kinds (`occlusion.kinds.kinds_without`); real=False: no real occluded faces, synthetic ones in
+    their place (both for leave-one-family-out, `benchmarks/lofo_detector.py`)."""
     if kinds not in OCCLUDER_SETS:
         raise ConfigError(f"kinds must be one of {', '.join(OCCLUDER_SETS)}, got {kinds!r}")
+    if (without is not None or not real) and task != "occlusion":
+        raise ConfigError("without and real=False apply to the occlusion guard only")
+    try:
+        synthetic = OCCLUDER_SETS[kinds] if without is None else kinds_without(without, OCCLUDER_SETS[kinds])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not 0 <= old_print <= 1:
         raise ConfigError(f"old_print must be a share between 0 and 1, got {old_print}")
     torch.manual_seed(seed)
@@ -579,7 +590,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
                             weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
                                                 pct_start=0.1)
-    samples = GuardSamples(data, task, OCCLUDER_SETS[kinds], photo, bands, halves, sides, old_print)
+    samples = GuardSamples(data, task, synthetic, photo, bands, halves, sides, old_print, real)
     model.train()
     t0, log = time.perf_counter(), []
     for step in range(steps):
@@ -596,7 +607,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
             print(json.dumps(log[-1]), flush=True)
     model.eval()
     metrics = {"task": task, "data": str(data_dir), "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo, "bands": bands,
-               "halves": halves, "sides": sides, "old_print": old_print,
+               "halves": halves, "sides": sides, "old_print": old_print, "without": without, "real": real,
                "seconds": round(time.perf_counter() - t0), "log": log}
     metrics.update(choose_threshold(model, data, task, photo, old_print > 0))
     out.mkdir(parents=True, exist_ok=True)
@@ -666,7 +677,9 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
                       + (" --bands" if metrics.get("bands") else "")
                       + (" --halves" if metrics.get("halves") else "")
                       + (" --sides" if metrics.get("sides") else "")
-                      + (f" --old-print {metrics['old_print']}" if metrics.get("old_print") else ""),
+                      + (f" --old-print {metrics['old_print']}" if metrics.get("old_print") else "")
+                      + (f" --without {metrics['without']}" if metrics.get("without") else "")
+                      + (" --no-real" if metrics.get("real") is False else ""),
             "test_metrics": {k: v for k, v in metrics.items() if k != "log"}}
     return export_weights(model, cfg, out_dir or weights_dir(), name, card)
 
@@ -704,6 +717,10 @@ def main(argv: list[str] | None = None) -> None:
                    "edge (`_side_cover`)")
     f.add_argument("--old-print", type=float, default=0.0, metavar="P",
                    help="this share of samples as scanned old prints (grey/sepia/faded, soft, flat, grainy)")
+    f.add_argument("--without", default=None, metavar="FAMILY", choices=tuple(FAMILIES),
+                   help="occlusion: leave this occluder family out of --kinds (leave-one-family-out)")
+    f.add_argument("--no-real", dest="real", action="store_false",
+                   help="occlusion: no real occluded faces; synthetic ones in their place")
     sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
     sh.add_argument("run", type=Path)
     sh.add_argument("--name", required=True, choices=("faceness", "faceness_photo", "faceness_bands", "occlusion"))
@@ -716,7 +733,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init,
                                                      threads=a.threads, kinds=a.kinds, photo=a.photo, bands=a.bands,
                                                      halves=a.halves, sides=a.sides,
-                                                     old_print=a.old_print).items()
+                                                     old_print=a.old_print, without=a.without,
+                                                     real=a.real).items()
                           if k != "log"}))
 
 
