@@ -94,6 +94,7 @@ def make_crops(n: int, seed: int, out: Path) -> None:
             if (i + 1) % 50 == 0:
                 print(f"{i + 1}/{len(names)} photos", flush=True)
     arrays = {f"crops_{k}": np.stack(v) for k, v in crops.items() if v}
+    arrays["names"] = np.array(names)  # photo_* index into these (UTKFace names: the age leads)
     arrays.update({f"photo_{k}": np.array(v, np.int32) for k, v in photos.items()})
     arrays.update({f"kind_{k}": np.array(v) for k, v in kinds.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
