@@ -47,11 +47,10 @@ def make_crops(n: int, seed: int, out: Path) -> None:
     """The clean and per-family occluded crops of n seeded UTKFace test photos, as `predict` finds them."""
     from agelens import AgeEstimator
     from agelens.data.splits import sample_names, split_part
-    from agelens.errors import NoFaceError
     from agelens.faces.detect import FaceAnalyzer
     from agelens.imageio import load_image
     from agelens.occlusion.synth import OcclusionError, occlude
-    from occlusion_e2e import nearest_box, placed_face, save_jpeg
+    from occlusion_e2e import found_nearest, placed_face
 
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface"
     names = sample_names(split_part("splits/utkface_seed0.json", "test"), n, seed)
@@ -62,13 +61,9 @@ def make_crops(n: int, seed: int, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.jpg"
 
-        def found(rgb: np.ndarray, box) -> np.ndarray | None:
-            save_jpeg(path, rgb)
-            try:
-                faces = est.faces_of(load_image(path))
-            except NoFaceError:
-                return None
-            return faces[nearest_box([f[0] for f in faces], box)][2]
+        def found(rgb: np.ndarray, box) -> np.ndarray | None:  # the crop of `found_nearest`'s face
+            face = found_nearest(est, rgb, box, path)
+            return None if face is None else face[2]
 
         for i, name in enumerate(names):
             rgb = load_image(root / name)

@@ -37,9 +37,10 @@ from agelens.train.tail_refit import _ages, front_and_tail, tail_modules
 from agelens.utils import atomic_write_json, atomic_write_text
 
 
-def train_maps(cache: Path, n: int, views: int, seed: int, chunk: int = 400) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(front maps fp16 (M, C, H, W), ages (M,), kinds (M,)) of `views` occluded views of n seeded cached faces."""
-    front, t = _embedder(64, "teacher", read=lambda m, x: front_and_tail(m)[0](x))
+def train_maps(front, t, cache: Path, n: int, views: int, seed: int, chunk: int = 400
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(front maps fp16 (M, C, H, W), ages (M,), kinds (M,)) of `views` occluded views of n seeded cached faces;
+    front, t: `_embedder`'s teacher front and its TorchModel."""
     c = FaceCache(cache, verify=False)
     rng0 = np.random.default_rng(seed)
     idx = np.sort(rng0.choice(len(c.records), size=min(n, len(c.records)), replace=False))
@@ -68,9 +69,8 @@ def train_maps(cache: Path, n: int, views: int, seed: int, chunk: int = 400) -> 
     return np.concatenate(maps), np.array(ages, np.float32), np.array(kinds)
 
 
-def test_maps(crops_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def test_maps(front, t, crops_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per family (and "clean"): (front maps of its end-to-end crops, true ages from the photos' names)."""
-    front, t = _embedder(64, "teacher", read=lambda m, x: front_and_tail(m)[0](x))
     z = np.load(crops_path)
     ages = np.array([float(str(n).split("_")[0]) for n in z["names"]], np.float32)
     out = {}
@@ -123,13 +123,14 @@ def main() -> None:
     a = ap.parse_args()
     t0 = time.time()
     torch.set_flush_denormal(True)
-    maps, ages, kinds = train_maps(a.train_cache, a.n_train, a.views, a.seed)
-    test = test_maps(a.crops)
+    front, t = _embedder(64, "teacher", read=lambda m, x: front_and_tail(m)[0](x))
+    teacher = (front_and_tail(t.model)[1], t.model.head)  # the teacher's own tail, never trained on an occluder
+    maps, ages, kinds = train_maps(front, t, a.train_cache, a.n_train, a.views, a.seed)
+    test = test_maps(front, t, a.crops)
     allowed = {"seen": ALL_TYPES, **{f: kinds_without(f) for f in FAMILIES}}
     pools = {f: np.flatnonzero(np.isin(kinds, ks)) for f, ks in allowed.items()}
     m = min(len(p) for p in pools.values())
     rng = np.random.default_rng(a.seed)
-    teacher = TorchTail()
     fitted = {}
     for f, pool in pools.items():
         pick = np.sort(rng.choice(pool, size=m, replace=False))
@@ -142,7 +143,7 @@ def main() -> None:
         x, y = test[fam]
         eu = np.abs(_ages(*fitted[fam], x) - y)
         es = np.abs(_ages(*fitted["seen"], x) - y)
-        et = np.abs(_ages(*teacher.get(), x) - y)
+        et = np.abs(_ages(*teacher, x) - y)
         idx = boot.integers(0, len(eu), (2000, len(eu)))
         d = (eu - es)[idx].mean(1)
         rows.append({"family": fam, "crops": int(len(y)), "mae_unseen": round(float(eu.mean()), 3),
@@ -154,7 +155,7 @@ def main() -> None:
     res = {"command": "python benchmarks/lofo_student.py " + " ".join(sys.argv[1:]),
            "train_views_per_fit": int(m), "train_faces": a.n_train, "epochs": a.epochs,
            "clean": {"crops": int(len(yc)), "mae_seen": round(float(np.abs(_ages(*fitted["seen"], xc) - yc).mean()), 3),
-                     "mae_teacher": round(float(np.abs(_ages(*teacher.get(), xc) - yc).mean()), 3)},
+                     "mae_teacher": round(float(np.abs(_ages(*teacher, xc) - yc).mean()), 3)},
            "rows": rows,
            "mean_unseen_vs_seen": round(float(np.mean([r["unseen_vs_seen"] for r in rows])), 3),
            "max_unseen_vs_seen": round(float(np.max([r["unseen_vs_seen"] for r in rows])), 3),
@@ -162,21 +163,6 @@ def main() -> None:
     atomic_write_json(a.out.with_suffix(".json"), res)
     atomic_write_text(a.out.with_suffix(".md"), markdown(res))
     print(markdown(res))
-
-
-class TorchTail:
-    """The teacher's own tail and head, untrained on occluded faces (loaded once)."""
-
-    def __init__(self) -> None:
-        self._tail = None
-
-    def get(self):
-        if self._tail is None:
-            from agelens.inference.backends.torch import TorchModel
-
-            model = TorchModel.load("teacher", tta_flip=False).model.float().eval()
-            self._tail = (front_and_tail(model)[1], model.head)
-        return self._tail
 
 
 def markdown(res: dict) -> str:
