@@ -19,6 +19,9 @@ occluders, then fine-tuned in later stages) is scored beside them at its card's 
     python benchmarks/lofo_detector.py fit --runs runs/lofo_det --steps 300 [--families paper hand ...]
     python benchmarks/lofo_detector.py score --runs runs/lofo_det --crops runs/lofo_det/crops.npz --out docs/lofo_detector
 
+`fit --random-shapes P` gives every run (the "seen" one too) this share of its synthetic positives under
+`random_shape` (`occlusion.families`: shapes, colours and patterns of no family, domain randomisation).
+
 `fit` trains the runs that are missing (RUNS/seen, RUNS/without_F; each about 10 min on one core, its log in
 RUNS/NAME.log), so two `fit` processes over different --families share a machine and an interrupted one resumes
 (a run restarts from its first step).
@@ -102,8 +105,10 @@ def make_crops(n: int, seed: int, out: Path) -> None:
     print({k: len(v) for k, v in crops.items()})
 
 
-def fit_runs(runs: Path, families: list[str], steps: int, data: str, threads: int) -> None:
-    """Train each missing run: "seen" (every family) and "without_F" for each F asked for."""
+def fit_runs(runs: Path, families: list[str], steps: int, data: str, threads: int, random_shapes: float = 0.0
+             ) -> None:
+    """Train each missing run: "seen" (every family) and "without_F" for each F asked for; random_shapes: the share
+    of synthetic positives under a random shape, in every run (`guards fit --random-shapes`)."""
     for fam in families:
         run = runs / ("seen" if fam == "seen" else f"without_{fam}")
         if (run / "best.pt").is_file():
@@ -113,6 +118,8 @@ def fit_runs(runs: Path, families: list[str], steps: int, data: str, threads: in
                "--no-real", "--steps", str(steps), "--batch", "32", "--threads", str(threads), "--out", str(run)]
         if fam != "seen":
             cmd += ["--without", fam]
+        if random_shapes:
+            cmd += ["--random-shapes", str(random_shapes)]
         t = time.perf_counter()
         run.parent.mkdir(parents=True, exist_ok=True)
         with open(run.with_suffix(".log"), "w") as log:  # the fit's progress, one line per 25 steps
@@ -207,6 +214,8 @@ def main() -> None:
     f.add_argument("--steps", type=int, default=300)
     f.add_argument("--data", default="cache/guards_random")
     f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--random-shapes", type=float, default=0.0, metavar="P",
+                   help="this share of every run's synthetic positives under a random shape (no family's look)")
     s = sub.add_parser("score")
     s.add_argument("--runs", type=Path, default=Path("runs/lofo_det"))
     s.add_argument("--crops", type=Path, default=Path("runs/lofo_det/crops.npz"))
@@ -215,7 +224,7 @@ def main() -> None:
     if a.cmd == "crops":
         make_crops(a.n, a.seed, a.out)
     elif a.cmd == "fit":
-        fit_runs(a.runs, a.families, a.steps, a.data, a.threads)
+        fit_runs(a.runs, a.families, a.steps, a.data, a.threads, a.random_shapes)
     else:
         score(a.runs, a.crops, a.out)
 

@@ -13,6 +13,10 @@ crops`' end-to-end crops (UTKFace test photos with a kind of F drawn on the phot
 finds them), one view each. MAE per family unseen against seen, paired by crop with a bootstrap 95 % interval of
 the difference, and the teacher's own tail (no occluded face in its training) on the same crops.
 
+`--random-shapes P`: a share P of the training views is drawn under `random_shape` (`occlusion.families`: shapes,
+colours and patterns of no family, for domain randomisation) instead, in every fit, the ones without a family too;
+`--views-per-fit M` caps every fit's views, so that a run with random shapes trains on as many views as one without.
+
     python benchmarks/lofo_detector.py crops --n 400 --out runs/lofo_det/crops.npz
     python benchmarks/lofo_student.py --crops runs/lofo_det/crops.npz --out docs/lofo_student    # about 20 min
 """
@@ -37,10 +41,12 @@ from agelens.train.tail_refit import _ages, front_and_tail, tail_modules
 from agelens.utils import atomic_write_json, atomic_write_text
 
 
-def train_maps(front, t, cache: Path, n: int, views: int, seed: int, chunk: int = 400
+def train_maps(front, t, cache: Path, n: int, views: int, seed: int, random_shapes: float = 0.0, chunk: int = 400
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(front maps fp16 (M, C, H, W), ages (M,), kinds (M,)) of `views` occluded views of n seeded cached faces;
-    front, t: `_embedder`'s teacher front and its TorchModel."""
+    front, t: `_embedder`'s teacher front and its TorchModel. A share `random_shapes` of the views (decided by a
+    stream of its own, so the other views are those of a run without them) gets `random_shape` instead of a
+    family's kind."""
     c = FaceCache(cache, verify=False)
     rng0 = np.random.default_rng(seed)
     idx = np.sort(rng0.choice(len(c.records), size=min(n, len(c.records)), replace=False))
@@ -54,6 +60,8 @@ def train_maps(front, t, cache: Path, n: int, views: int, seed: int, chunk: int 
                     continue
                 rng = np.random.default_rng((seed, int(i), v))
                 kind = str(rng.choice(ALL_TYPES))
+                if random_shapes and np.random.default_rng((seed, int(i), v, 1)).random() < random_shapes:
+                    kind = "random_shape"
                 try:
                     img = occlude(np.asarray(c.images[i]), lm, kind, rng).image
                 except OcclusionError:
@@ -119,17 +127,30 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=2, help="occluded views per training face")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--views-per-fit", type=int, default=None, metavar="M",
+                    help="at most M training views per fit (default: as many as the smallest pool holds), so that "
+                         "runs with and without --random-shapes train on as many views")
+    ap.add_argument("--random-shapes", type=float, default=0.0, metavar="P",
+                    help="share of training views under a random shape (occlusion.families: domain randomisation, "
+                         "no family's look), kept in every fit, the ones without a family too")
     ap.add_argument("--out", type=Path, default=Path("docs/lofo_student"))
     a = ap.parse_args()
     t0 = time.time()
     torch.set_flush_denormal(True)
     front, t = _embedder(64, "teacher", read=lambda m, x: front_and_tail(m)[0](x))
     teacher = (front_and_tail(t.model)[1], t.model.head)  # the teacher's own tail, never trained on an occluder
-    maps, ages, kinds = train_maps(front, t, a.train_cache, a.n_train, a.views, a.seed)
+    if not 0 <= a.random_shapes < 1:
+        ap.error(f"--random-shapes is a share in [0, 1), got {a.random_shapes}")
+    maps, ages, kinds = train_maps(front, t, a.train_cache, a.n_train, a.views, a.seed, a.random_shapes)
     test = test_maps(front, t, a.crops)
     allowed = {"seen": ALL_TYPES, **{f: kinds_without(f) for f in FAMILIES}}
+    allowed = {f: (*ks, "random_shape") for f, ks in allowed.items()}  # in every fit: no family's look
     pools = {f: np.flatnonzero(np.isin(kinds, ks)) for f, ks in allowed.items()}
     m = min(len(p) for p in pools.values())
+    if a.views_per_fit is not None:
+        if not 0 < a.views_per_fit <= m:
+            ap.error(f"--views-per-fit {a.views_per_fit}: the smallest pool holds {m} views")
+        m = a.views_per_fit
     rng = np.random.default_rng(a.seed)
     fitted = {}
     for f, pool in pools.items():
@@ -154,6 +175,7 @@ def main() -> None:
     xc, yc = test["clean"]
     res = {"command": "python benchmarks/lofo_student.py " + " ".join(sys.argv[1:]),
            "train_views_per_fit": int(m), "train_faces": a.n_train, "epochs": a.epochs,
+           "random_shape_share": round(float(np.mean(kinds == "random_shape")), 3),
            "clean": {"crops": int(len(yc)), "mae_seen": round(float(np.abs(_ages(*fitted["seen"], xc) - yc).mean()), 3),
                      "mae_teacher": round(float(np.abs(_ages(*teacher, xc) - yc).mean()), 3)},
            "rows": rows,
@@ -165,11 +187,17 @@ def main() -> None:
     print(markdown(res))
 
 
+def _random_note(res: dict) -> str:
+    share = res.get("random_shape_share", 0)
+    return (f"; {share:.0%} of the views drawn were under a random shape, allowed in every fit (a fit without a "
+            "family draws from the rest, where they are a larger share)") if share else ""
+
+
 def markdown(res: dict) -> str:
     lines = ["# Leave-one-family-out, the occluded-face age with a trained tail", "",
              f"Command: `{res['command']}` ({res['seconds']} s). What the columns mean: the script's docstring. Each "
              f"fit: {res['train_views_per_fit']} occluded views of {res['train_faces']} UTKFace training faces, "
-             f"{res['epochs']} epochs. Clean test crops ({res['clean']['crops']}): the seen tail "
+             f"{res['epochs']} epochs{_random_note(res)}. Clean test crops ({res['clean']['crops']}): the seen tail "
              f"{res['clean']['mae_seen']:.2f}, the teacher {res['clean']['mae_teacher']:.2f}.", "",
              "| family | crops | MAE, trained without it | MAE, trained with it | unseen ÷ seen | unseen − seen [95 %] | "
              "teacher's own tail |", "|---|---|---|---|---|---|---|"]

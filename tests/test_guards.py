@@ -298,3 +298,32 @@ def test_leave_one_family_out_options_of_the_occlusion_guard(tmp_path, face_crop
     card = json.loads(guards.ship(tmp_path / "o", "occlusion", tmp_path / "weights").with_suffix(".json").read_text())
     assert m["without"] == "hand" and m["real"] is False
     assert card["recipe"].endswith("--kinds all --without hand --no-real")
+
+
+def test_random_shapes_in_the_occlusion_guard(tmp_path, face_crop, monkeypatch):
+    crop, lm = face_crop
+    data = {"utk": np.stack([crop] * 2), "utk_lm": np.stack([lm] * 2), "aaf": crop[None], "aaf_lm": lm[None],
+            "utk_val": np.stack([crop] * 2), "utk_val_lm": np.stack([lm] * 2),
+            "real": np.zeros((1, *crop.shape), np.uint8), "real_kind": np.array(["mask"])}
+    drawn = []
+    real_occluded = guards._occluded
+    monkeypatch.setattr(guards, "_occluded", lambda img, lm, rng, kinds=(): drawn.append(kinds) or
+                        real_occluded(img, lm, rng, kinds))
+    plain, none = guards.GuardSamples(data, "occlusion"), guards.GuardSamples(data, "occlusion", random_shapes=0.0)
+    for k in range(30):  # a share of 0 makes no draw: a recipe without the option samples as it did
+        a, b = plain.draw(np.random.default_rng(k)), none.draw(np.random.default_rng(k))
+        assert a[1] == b[1] and np.array_equal(a[0], b[0])
+    assert drawn and ("random_shape",) not in drawn
+    drawn.clear()
+    half = guards.GuardSamples(data, "occlusion", real=False, random_shapes=0.5)
+    for k in range(80):
+        half.draw(np.random.default_rng(k))
+    assert 0.25 < drawn.count(("random_shape",)) / len(drawn) < 0.75
+    np.savez(tmp_path / "guards.npz", **data)
+    for task, share in (("faceness", 0.2), ("occlusion", 1.5)):
+        with pytest.raises(ConfigError, match="random_shapes"):
+            guards.fit(task, tmp_path, tmp_path / "x", steps=1, batch=4, init=None, random_shapes=share)
+    m = guards.fit("occlusion", tmp_path, tmp_path / "o", steps=1, batch=4, init=None, threads=1, kinds="all",
+                   without="paper", real=False, random_shapes=0.25)
+    card = json.loads(guards.ship(tmp_path / "o", "occlusion", tmp_path / "weights").with_suffix(".json").read_text())
+    assert m["random_shapes"] == 0.25 and card["recipe"].endswith("--no-real --random-shapes 0.25")

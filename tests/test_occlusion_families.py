@@ -122,3 +122,20 @@ def test_kinds_without_leaves_a_family_and_the_double_kinds_that_hold_it_out():
         assert not set(kinds) & set(rest) and all("+" in k for k in set(ALL_TYPES) - set(rest) - set(kinds))
     with pytest.raises(ValueError, match="unknown occluder family 'hands'"):
         kinds_without("hands")
+
+
+def test_random_shapes_draw_every_style_seeded_and_stay_out_of_the_families(face):
+    from agelens.occlusion.families import RANDOM_BOUNDS, RANDOM_STYLES
+
+    img, lm = face
+    small = cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    assert "random_shape" not in ALL_TYPES  # a training aid, not a family: the shipped recipes' kinds are unchanged
+    assert styles_for("random_shape") == RANDOM_STYLES and len(RANDOM_STYLES) >= 20
+    for i, style in enumerate(RANDOM_STYLES):
+        o = occlude(small, lm * 0.5, "random_shape", np.random.default_rng(i), style=style)
+        assert o.style == style and RANDOM_BOUNDS[0] - 0.01 <= o.fraction <= RANDOM_BOUNDS[1] + 0.01, (style, o.fraction)
+        if style.endswith("translucent"):
+            assert o.alpha.max() < 0.85  # see-through: the face shows under it
+    a, b = (occlude(img, lm, "random_shape", np.random.default_rng(7)) for _ in range(2))
+    assert np.array_equal(a.image, b.image) and a.style == b.style
+    assert occlude(img, lm, "random_shape+sunglasses", np.random.default_rng(1)).kind == "random_shape+sunglasses"

@@ -1,5 +1,6 @@
 """Occluder families beyond the paper's six types: fabric masks, scarves, hands, caps, hair, held objects, eye
-patches, face shields, thick-rimmed glasses, natural-texture patches, and combinations of them.
+patches, face shields, thick-rimmed glasses, natural-texture patches, and combinations of them; and, for training
+only, random shapes that look like none of them (`random_shape`, not one of `kinds.FAMILIES`).
 
 Every drawer works in the face frame of `paper.FaceFrame` (origin between the eyes, unit = inter-iris distance) and
 returns (image, coverage alpha, fraction of the face oval covered). Real-world sizes are kept where the object has
@@ -833,6 +834,93 @@ def _draw_texture_patch(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator
     return _composite(out, tex, alpha), alpha, f
 
 
+# ---- random shapes (domain randomisation) ----------------------------------------------------------------------------
+
+RANDOM_SHAPES = ("polygon", "ellipse", "blob", "band", "strokes")
+RANDOM_FILLS = ("solid", "gradient", "noise", "stripes", "checks", "translucent")
+RANDOM_STYLES = [f"{s}_{f}" for s in RANDOM_SHAPES for f in RANDOM_FILLS]
+RANDOM_BOUNDS = (0.06, 0.50)
+
+
+def _random_outline(shape: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """Polygons of a random shape around the origin, within about a unit of it (a band reaches 1.6) before scaling."""
+    theta = rng.uniform(0, np.pi)
+    c, s = np.cos(theta), np.sin(theta)
+    rot = np.array([[c, s], [-s, c]])
+    t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    if shape == "polygon":
+        k = int(rng.integers(3, 9))  # star-shaped around its centre: never a sliver
+        a = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(-0.4, 0.4, k) * np.pi / k
+        r = rng.uniform(0.5, 1.0, len(a))
+        return [np.stack([np.cos(a) * r * rng.uniform(0.6, 1.4), np.sin(a) * r], 1) @ rot]
+    if shape == "ellipse":
+        a = rng.uniform(0.3, 1.0)
+        return [np.stack([np.cos(t), a * np.sin(t)], 1) @ rot]
+    if shape == "blob":
+        return [(np.stack([np.cos(t), np.sin(t)], 1) * rng.uniform(0.3, 0.7) + rng.uniform(-0.6, 0.6, 2)) @ rot
+                for _ in range(rng.integers(2, 6))]
+    if shape == "band":
+        hw = rng.uniform(0.12, 0.35)
+        return [np.array([[-1.6, -hw], [1.6, -hw], [1.6, hw], [-1.6, hw]]) @ rot]
+    # strokes: a few thick tapered lines, like strands, fingers, straps or frames
+    out = []
+    for _ in range(rng.integers(2, 7)):
+        p0, p1 = rng.uniform(-1, 1, 2), rng.uniform(-1, 1, 2)
+        out.append(_capsule(p0, p1, rng.uniform(0.06, 0.2), rng.uniform(0.06, 0.2)) @ rot)
+    return out
+
+
+def _random_fill(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, fill: str) -> np.ndarray:
+    """An H×W×3 float32 surface: one or two random colours laid out by the fill's pattern."""
+    h, w = fr.shape
+
+    def colour():
+        if rng.random() < 0.25:  # skin-like, dark or light: hardest to tell from the face itself
+            return _vary(_skin_colour(img, fr) * rng.uniform(0.6, 1.3), rng, 10)
+        hsv = np.uint8([[[rng.integers(0, 180), rng.integers(0, 256), rng.integers(20, 256)]]])
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+    a, b = colour(), colour()
+    u, v = fr.grid()
+    ang = rng.uniform(0, np.pi)
+    d = (np.cos(ang) * u + np.sin(ang) * v).astype(np.float32)
+    if fill == "gradient":
+        g = np.clip((d - d.min()) / max(1e-6, float(np.ptp(d))) * rng.uniform(1, 3) - rng.uniform(0, 1), 0, 1)
+    elif fill == "noise":
+        n = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), rng.uniform(0.02, 0.3) * fr.scale)
+        g = np.clip(0.5 + 0.35 * n / (n.std() + 1e-6), 0, 1)
+    elif fill == "stripes":
+        g = (np.sin(d * rng.uniform(4, 20) + rng.uniform(0, 6)) > rng.uniform(-0.5, 0.5)).astype(np.float32)
+    elif fill == "checks":
+        k = rng.uniform(3, 12)
+        e = (-np.sin(ang) * u + np.cos(ang) * v).astype(np.float32)
+        g = ((np.floor(d * k) + np.floor(e * k)) % 2).astype(np.float32)
+    else:  # solid, translucent
+        g = np.zeros((h, w), np.float32)
+    surf = a * (1 - g[..., None]) + b * g[..., None]
+    surf = surf * _noise((h, w), rng, max(0.5, 0.01 * fr.scale), rng.uniform(0, 0.06))
+    return np.clip(surf * _luma_shading(img, rng.uniform(0, 0.5)), 0, 255)
+
+
+def _draw_random_shape(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, style: str):
+    """A shape no real occluder has, filled with random colours and patterns (style = shape_fill), over a random
+    face region: domain randomisation for training, so that a model learns 'something covers this part of the face'
+    rather than what our other families look like. Not one of kinds.FAMILIES (the leave-one-family-out families):
+    `occlude(..., "random_shape", ...)` draws it."""
+    shape, fill = style.split("_", 1)
+    polys = _random_outline(shape, rng)
+    c = rng.uniform([-0.7, -0.5], [0.7, 1.4])
+    bnd = RANDOM_BOUNDS
+    alpha, f, s = _search(lambda s: _union(fr, [c + p * s for p in polys]), fr, _target(rng, bnd), 0.05, 4.0, bnd,
+                          "random shape")
+    surf = _random_fill(img, fr, rng, fill)
+    alpha = _soft(alpha, fr, rng.uniform(0.003, 0.04))
+    if fill == "translucent":
+        alpha = alpha * rng.uniform(0.35, 0.8)
+    out = _shadow(img, fr, alpha, rng.uniform([-0.05, 0.0], [0.05, 0.08]), 0.05, rng.uniform(0, 0.4))
+    return _composite(out, surf, alpha), alpha, fr.covered(alpha)
+
+
 # ---- registry ---------------------------------------------------------------------------------------------------------
 
 
@@ -879,7 +967,8 @@ for _name, _draw, _styles in (
         ("object", _draw_object, OBJECT_STYLES), ("eye_patch", _draw_eye_patch, EYE_PATCH_STYLES),
         ("face_shield", _draw_face_shield, FACE_SHIELD_STYLES),
         ("thick_glasses", _draw_thick_glasses, THICK_GLASSES_STYLES),
-        ("texture_patch", _draw_texture_patch, TEXTURE_SOURCES), ("sunglasses", _sunglasses, SUNGLASS_STYLES)):
+        ("texture_patch", _draw_texture_patch, TEXTURE_SOURCES), ("sunglasses", _sunglasses, SUNGLASS_STYLES),
+        ("random_shape", _draw_random_shape, RANDOM_STYLES)):
     _registered(_name, list(_styles))(_draw)  # sunglasses too: it combines with the families
 del _name, _draw, _styles
 
@@ -895,7 +984,8 @@ def unknown_kind(*kinds: str) -> ValueError:
 
 
 def occluder_kinds() -> tuple[str, ...]:
-    """Every occlusion type: the built-in ones (`kinds.ALL_TYPES`), then those registered by plugins."""
+    """Every occlusion type: the built-in ones (`kinds.ALL_TYPES`), then the other registered ones (the
+    training-only `random_shape`, plugins)."""
     from ..registry import OCCLUDERS
 
     return ALL_TYPES + tuple(n for n in OCCLUDERS.names() if n not in ALL_TYPES)

@@ -468,7 +468,7 @@ class GuardSamples:
 
     def __init__(self, data: dict[str, np.ndarray], task: str, kinds: tuple[str, ...] = OCCLUSION_TYPES,
                  photo: bool = False, bands: bool = False, halves: bool = False, sides: bool = False,
-                 old_print: float = 0.0, real: bool = True) -> None:
+                 old_print: float = 0.0, real: bool = True, random_shapes: float = 0.0) -> None:
         """kinds: the synthetic occluders that make an occlusion positive (faceness: every family, always).
         photo: half of the degraded samples get the photo degradations of scanned prints and small faces instead
         (`PHOTO_P`, at the photo's working resolution), faces and non-faces alike. bands (faceness): BAND_P of the
@@ -478,9 +478,11 @@ class GuardSamples:
         old_print: this share of every kind of sample (clean, real and synthetic occluded, non-faces) turned into a
         scanned old print (`data.augment.old_print`) before the other degradations: the look is not the label.
         real (occlusion): a quarter of the samples are real occluded faces (the realocc fit half); without, those
-        are synthetic too, so that `kinds` are the only occluders a model sees (leave-one-family-out)."""
+        are synthetic too, so that `kinds` are the only occluders a model sees (leave-one-family-out).
+        random_shapes (occlusion): this share of the synthetic positives under a random shape
+        (`occlusion.families`: domain randomisation, no family's look) instead of one of `kinds`."""
         self.d, self.task, self.kinds, self.photo, self.bands, self.halves = data, task, kinds, photo, bands, halves
-        self.sides, self.old_print, self.real = sides, old_print, real
+        self.sides, self.old_print, self.real, self.random_shapes = sides, old_print, real, random_shapes
         self.band_p = HALVES_P if halves else BAND_P
         self.faces = [(k, i) for k in ("utk", "aaf") for i in range(len(data[k]))]
 
@@ -518,6 +520,8 @@ class GuardSamples:
                 img, lm = self._face(rng)
                 if self.sides and rng.random() < SIDE_P and np.isfinite(lm[:468]).all():
                     occ = _side_cover(img, lm, rng)
+                elif self.random_shapes > 0 and rng.random() < self.random_shapes:  # no draw at 0: recipes as before
+                    occ = _occluded(img, lm, rng, ("random_shape",))
                 else:
                     occ = _occluded(img, lm, rng, self.kinds)
                 img, label = (occ, 1.0) if occ is not None else (img, 0.0)
@@ -548,14 +552,16 @@ OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion gu
 
 def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str | None, seed: int = 0,
         threads: int = 0, kinds: str = "paper", photo: bool = False, bands: bool = False, halves: bool = False,
-        sides: bool = False, old_print: float = 0.0, without: str | None = None, real: bool = True) -> dict:
+        sides: bool = False, old_print: float = 0.0, without: str | None = None, real: bool = True,
+        random_shapes: float = 0.0) -> dict:
     """Train one guard for `steps` batches (AdamW, cosine), choose its threshold, write OUT/best.pt + metrics.
     kinds (occlusion): "paper" (the paper's six types) or "all" (every synthesizer family, double ones included).
     photo: the photo degradations of `GuardSamples` as well; bands: its full-width bands (faceness), halves: and
     its half faces and large blocks; sides (occlusion): faces with one side covered (`_side_cover`); old_print: the
     share of samples given the scanned old-print look (`GuardSamples`). without (occlusion): an occluder family
     left out of kinds (`occlusion.kinds.kinds_without`); real=False: no real occluded faces, synthetic ones in
-    their place (both for leave-one-family-out, `benchmarks/lofo_detector.py`)."""
+    their place (both for leave-one-family-out, `benchmarks/lofo_detector.py`); random_shapes (occlusion): this
+    share of the synthetic positives under a random shape instead (`GuardSamples`)."""
     if kinds not in OCCLUDER_SETS:
         raise ConfigError(f"kinds must be one of {', '.join(OCCLUDER_SETS)}, got {kinds!r}")
     if (without is not None or not real) and task != "occlusion":
@@ -566,6 +572,9 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
         raise ConfigError(str(e)) from None
     if not 0 <= old_print <= 1:
         raise ConfigError(f"old_print must be a share between 0 and 1, got {old_print}")
+    if not 0 <= random_shapes <= 1 or (random_shapes and task != "occlusion"):
+        raise ConfigError(f"random_shapes is a share between 0 and 1 for the occlusion guard, got {random_shapes} "
+                          f"for {task}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     torch.set_flush_denormal(True)  # tiny gradients of a confident binary model otherwise crawl on x86
@@ -590,7 +599,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
                             weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
                                                 pct_start=0.1)
-    samples = GuardSamples(data, task, synthetic, photo, bands, halves, sides, old_print, real)
+    samples = GuardSamples(data, task, synthetic, photo, bands, halves, sides, old_print, real, random_shapes)
     model.train()
     t0, log = time.perf_counter(), []
     for step in range(steps):
@@ -608,7 +617,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
     model.eval()
     metrics = {"task": task, "data": str(data_dir), "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo, "bands": bands,
                "halves": halves, "sides": sides, "old_print": old_print, "without": without, "real": real,
-               "seconds": round(time.perf_counter() - t0), "log": log}
+               "random_shapes": random_shapes, "seconds": round(time.perf_counter() - t0), "log": log}
     metrics.update(choose_threshold(model, data, task, photo, old_print > 0))
     out.mkdir(parents=True, exist_ok=True)
     ck = {"model": model.state_dict(), "config": config_to_dict(cfg), "epoch": 0, "metrics": metrics}
@@ -679,7 +688,8 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
                       + (" --sides" if metrics.get("sides") else "")
                       + (f" --old-print {metrics['old_print']}" if metrics.get("old_print") else "")
                       + (f" --without {metrics['without']}" if metrics.get("without") else "")
-                      + (" --no-real" if metrics.get("real") is False else ""),
+                      + (" --no-real" if metrics.get("real") is False else "")
+                      + (f" --random-shapes {metrics['random_shapes']}" if metrics.get("random_shapes") else ""),
             "test_metrics": {k: v for k, v in metrics.items() if k != "log"}}
     return export_weights(model, cfg, out_dir or weights_dir(), name, card)
 
@@ -721,6 +731,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="occlusion: leave this occluder family out of --kinds (leave-one-family-out)")
     f.add_argument("--no-real", dest="real", action="store_false",
                    help="occlusion: no real occluded faces; synthetic ones in their place")
+    f.add_argument("--random-shapes", type=float, default=0.0, metavar="P",
+                   help="occlusion: this share of the synthetic positives under a random shape (no family's look)")
     sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
     sh.add_argument("run", type=Path)
     sh.add_argument("--name", required=True, choices=("faceness", "faceness_photo", "faceness_bands", "occlusion"))
@@ -734,7 +746,7 @@ def main(argv: list[str] | None = None) -> None:
                                                      threads=a.threads, kinds=a.kinds, photo=a.photo, bands=a.bands,
                                                      halves=a.halves, sides=a.sides,
                                                      old_print=a.old_print, without=a.without,
-                                                     real=a.real).items()
+                                                     real=a.real, random_shapes=a.random_shapes).items()
                           if k != "log"}))
 
 
