@@ -617,7 +617,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
     model.eval()
     metrics = {"task": task, "data": str(data_dir), "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo, "bands": bands,
                "halves": halves, "sides": sides, "old_print": old_print, "without": without, "real": real,
-               "random_shapes": random_shapes, "seconds": round(time.perf_counter() - t0), "log": log}
+               "random_shapes": random_shapes, "seed": seed, "seconds": round(time.perf_counter() - t0), "log": log}
     metrics.update(choose_threshold(model, data, task, photo, old_print > 0))
     out.mkdir(parents=True, exist_ok=True)
     ck = {"model": model.state_dict(), "config": config_to_dict(cfg), "epoch": 0, "metrics": metrics}
@@ -689,7 +689,8 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
                       + (f" --old-print {metrics['old_print']}" if metrics.get("old_print") else "")
                       + (f" --without {metrics['without']}" if metrics.get("without") else "")
                       + (" --no-real" if metrics.get("real") is False else "")
-                      + (f" --random-shapes {metrics['random_shapes']}" if metrics.get("random_shapes") else ""),
+                      + (f" --random-shapes {metrics['random_shapes']}" if metrics.get("random_shapes") else "")
+                      + (f" --seed {metrics['seed']}" if metrics.get("seed") else ""),
             "test_metrics": {k: v for k, v in metrics.items() if k != "log"}}
     return export_weights(model, cfg, out_dir or weights_dir(), name, card)
 
@@ -716,6 +717,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--batch", type=int, default=32)
     f.add_argument("--init", default=None, help="start from this model (shipped name or path); default ImageNet")
     f.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    f.add_argument("--seed", type=int, default=0, help="weights' initialisation of the head, sample draws, order")
     f.add_argument("--kinds", choices=tuple(OCCLUDER_SETS), default="paper",
                    help="occlusion: synthetic positives from the paper's six types or from every family")
     f.add_argument("--photo", action="store_true",
@@ -742,7 +744,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "data":
         build_data(a.out, a.shared, a.n_utk, a.n_aaf, a.n_procedural, a.extra_negatives, a.sample)
     else:
-        print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init,
+        print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init, seed=a.seed,
                                                      threads=a.threads, kinds=a.kinds, photo=a.photo, bands=a.bands,
                                                      halves=a.halves, sides=a.sides,
                                                      old_print=a.old_print, without=a.without,
