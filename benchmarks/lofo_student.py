@@ -135,12 +135,12 @@ def main() -> None:
                          "no family's look), kept in every fit, the ones without a family too")
     ap.add_argument("--out", type=Path, default=Path("docs/lofo_student"))
     a = ap.parse_args()
+    if not 0 <= a.random_shapes < 1:
+        ap.error(f"--random-shapes is a share in [0, 1), got {a.random_shapes}")
     t0 = time.time()
     torch.set_flush_denormal(True)
     front, t = _embedder(64, "teacher", read=lambda m, x: front_and_tail(m)[0](x))
     teacher = (front_and_tail(t.model)[1], t.model.head)  # the teacher's own tail, never trained on an occluder
-    if not 0 <= a.random_shapes < 1:
-        ap.error(f"--random-shapes is a share in [0, 1), got {a.random_shapes}")
     maps, ages, kinds = train_maps(front, t, a.train_cache, a.n_train, a.views, a.seed, a.random_shapes)
     test = test_maps(front, t, a.crops)
     allowed = {"seen": ALL_TYPES, **{f: kinds_without(f) for f in FAMILIES}}

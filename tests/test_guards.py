@@ -274,11 +274,16 @@ def test_side_covers_hide_one_side_of_the_face_behind_a_soft_edge(face_crop):
     assert {samples.draw(rng)[1] for _ in range(40)} == {0.0, 1.0}
 
 
-def test_leave_one_family_out_options_of_the_occlusion_guard(tmp_path, face_crop):
-    crop, lm = face_crop
-    data = {"utk": np.stack([crop] * 2), "utk_lm": np.stack([lm] * 2), "aaf": crop[None], "aaf_lm": lm[None],
+def _occlusion_data(crop: np.ndarray, lm: np.ndarray) -> dict[str, np.ndarray]:
+    """A guards.npz's arrays for the occlusion guard, made of one face crop (and one blank "real" occluded face)."""
+    return {"utk": np.stack([crop] * 2), "utk_lm": np.stack([lm] * 2), "aaf": crop[None], "aaf_lm": lm[None],
             "utk_val": np.stack([crop] * 2), "utk_val_lm": np.stack([lm] * 2),
             "real": np.zeros((1, *crop.shape), np.uint8), "real_kind": np.array(["mask"])}
+
+
+def test_leave_one_family_out_options_of_the_occlusion_guard(tmp_path, face_crop):
+    crop, lm = face_crop
+    data = _occlusion_data(crop, lm)
     # without the real faces, a quarter of the draws that were real occluded faces are synthetic ones
     plain, synthetic = guards.GuardSamples(data, "occlusion"), guards.GuardSamples(data, "occlusion", real=False)
     rngs = [np.random.default_rng(k) for k in range(40)]
@@ -302,9 +307,7 @@ def test_leave_one_family_out_options_of_the_occlusion_guard(tmp_path, face_crop
 
 def test_random_shapes_in_the_occlusion_guard(tmp_path, face_crop, monkeypatch):
     crop, lm = face_crop
-    data = {"utk": np.stack([crop] * 2), "utk_lm": np.stack([lm] * 2), "aaf": crop[None], "aaf_lm": lm[None],
-            "utk_val": np.stack([crop] * 2), "utk_val_lm": np.stack([lm] * 2),
-            "real": np.zeros((1, *crop.shape), np.uint8), "real_kind": np.array(["mask"])}
+    data = _occlusion_data(crop, lm)
     drawn = []
     real_occluded = guards._occluded
     monkeypatch.setattr(guards, "_occluded", lambda img, lm, rng, kinds=(): drawn.append(kinds) or

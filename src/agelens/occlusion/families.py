@@ -881,9 +881,10 @@ def _random_fill(img: np.ndarray, fr: FaceFrame, rng: np.random.Generator, fill:
         return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
     a, b = colour(), colour()
-    u, v = fr.grid()
     ang = rng.uniform(0, np.pi)
-    d = (np.cos(ang) * u + np.sin(ang) * v).astype(np.float32)
+    if fill in ("gradient", "stripes", "checks"):  # laid out along a direction in the face frame
+        u, v = fr.grid()
+        d = (np.cos(ang) * u + np.sin(ang) * v).astype(np.float32)
     if fill == "gradient":
         g = np.clip((d - d.min()) / max(1e-6, float(np.ptp(d))) * rng.uniform(1, 3) - rng.uniform(0, 1), 0, 1)
     elif fill == "noise":
