@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from agelens.occlusion.kinds import FAMILIES  # noqa: E402
+from agelens.train.guards import GuardRecipe  # noqa: E402
 from agelens.utils import atomic_write, atomic_write_json, atomic_write_text  # noqa: E402
 
 SPECIFICITY = 0.99
@@ -115,14 +116,10 @@ def fit_runs(runs: Path, families: list[str], steps: int, data: str, threads: in
         if (run / "best.pt").is_file():
             print(f"{run}: done before", flush=True)
             continue
-        cmd = [sys.executable, "-m", "agelens.train.guards", "fit", "occlusion", "--data", data, "--kinds", "all",
-               "--no-real", "--steps", str(steps), "--batch", "32", "--threads", str(threads), "--out", str(run)]
-        if fam != "seen":
-            cmd += ["--without", fam]
-        if random_shapes:
-            cmd += ["--random-shapes", str(random_shapes)]
-        if seed:
-            cmd += ["--seed", str(seed)]
+        recipe = GuardRecipe("occlusion", kinds="all", without=None if fam == "seen" else fam, real=False,
+                             random_shapes=random_shapes, seed=seed)
+        cmd = [sys.executable, "-m", "agelens.train.guards", "fit", "occlusion", "--data", data, "--steps", str(steps),
+               "--batch", "32", "--threads", str(threads), "--out", str(run), *recipe.flags()]
         t = time.perf_counter()
         run.parent.mkdir(parents=True, exist_ok=True)
         with open(run.with_suffix(".log"), "w") as log:  # the fit's progress, one line per 25 steps

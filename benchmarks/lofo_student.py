@@ -37,7 +37,7 @@ from agelens.data.views import centre_views
 from agelens.occlusion.kinds import ALL_TYPES, FAMILIES, kinds_without
 from agelens.occlusion.synth import OcclusionError, occlude
 from agelens.train.head_refit import _embedder
-from agelens.train.tail_refit import _ages, front_and_tail, tail_modules
+from agelens.train.tail_refit import _ages, front_and_tail, tail_optimiser
 from agelens.utils import atomic_write_json, atomic_write_text
 
 
@@ -97,12 +97,8 @@ def fit_tail(maps: np.ndarray, ages: np.ndarray, epochs: int, seed: int, batch: 
     model = TorchModel.load("teacher", tta_flip=False).model.float().eval()
     _, tail = front_and_tail(model)
     head = model.head
-    mods = tail_modules(model)
-    head_ids = {id(p) for p in head.parameters()}
-    opt = torch.optim.AdamW([{"params": [p for p in mods.parameters() if id(p) not in head_ids], "lr": 1e-4},
-                             {"params": list(head.parameters()), "lr": 3e-4}], weight_decay=1e-4)
     per_epoch = max(1, len(maps) // batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch)
+    _, opt, sched = tail_optimiser(model, epochs * per_epoch)
     gen = torch.Generator().manual_seed(seed)
     y, w = torch.from_numpy(ages), torch.ones(len(ages))
     for _ in range(epochs):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from agelens.errors import ConfigError
 from agelens.train import guards
+from agelens.train.guards import GuardRecipe
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,23 @@ def test_whole_image_landmarks_follow_the_square_padding():
     assert np.allclose(out, [[0, 50], [200, 150]])
 
 
+def test_a_guard_recipe_is_checked_and_its_flags_parse_back_to_it():
+    recipes = [GuardRecipe("faceness"), GuardRecipe("faceness", photo=True, bands=True, halves=True, old_print=0.2),
+               GuardRecipe("occlusion", kinds="all", sides=True, without="hand", real=False, random_shapes=0.25,
+                           seed=3)]
+    for r in recipes:
+        a = guards.parser().parse_args(["fit", r.task, "--out", "x", *r.flags()])
+        assert GuardRecipe.from_metrics(vars(a)) == r
+    assert recipes[0].flags() == [] and recipes[2].flags()[:2] == ["--kinds", "all"]
+    assert GuardRecipe.from_metrics({"task": "occlusion", "steps": 600}) == GuardRecipe("occlusion")  # an older run
+    for bad, match in (({"task": "verifier"}, "task"), ({"task": "occlusion", "kinds": "hands"}, "kinds"),
+                       ({"task": "faceness", "real": False}, "occlusion guard only"),
+                       ({"task": "occlusion", "without": "hands"}, "unknown occluder family"),
+                       ({"task": "occlusion", "old_print": -0.1}, "old_print")):
+        with pytest.raises(ConfigError, match=match):
+            GuardRecipe(**bad)
+
+
 def test_random_patch_keeps_away_from_faces():
     rng = np.random.default_rng(0)
     img = np.zeros((300, 300, 3), np.uint8)
@@ -76,10 +94,10 @@ def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_
             "real_kind": np.array(["mask"]), "neg": neg}
     np.savez(tmp_path / "guards.npz", **data)
     for task in ("faceness", "occlusion"):
-        samples = guards.GuardSamples(data, task)
+        samples = guards.GuardSamples(data, GuardRecipe(task))
         views = [samples.draw(rng) for _ in range(6)]
         assert all(v.shape == (guards.INPUT, guards.INPUT, 3) and lab in (0.0, 1.0) for v, lab in views)
-    m = guards.fit("faceness", tmp_path, tmp_path / "run", steps=2, batch=4, init=None, threads=1)
+    m = guards.fit(GuardRecipe("faceness"), tmp_path, tmp_path / "run", steps=2, batch=4, init=None, threads=1)
     assert 0 <= m["threshold"] <= 1 and m["n_val"] == 2 and len(m["log"]) == 2
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["threshold"] == m["threshold"]
@@ -89,45 +107,48 @@ def test_tiny_fit_writes_a_checkpoint_with_a_threshold_and_ships(tmp_path, face_
     v = OcclusionDetector.from_pretrained(str(p))
     assert v.threshold == pytest.approx(m["threshold"]) and v.scores(np.stack([crop, neg[0]])).shape == (2,)
     # the occlusion guard's positives can come from every occluder family; its card's recipe says so
-    m = guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, threads=1, kinds="all")
+    m = guards.fit(GuardRecipe("occlusion", kinds="all"), tmp_path, tmp_path / "occ", steps=1, batch=4, init=None,
+                   threads=1)
     assert m["kinds"] == "all" and 0 <= m["threshold"] <= 1
     card = json.loads(guards.ship(tmp_path / "occ", "occlusion", tmp_path / "weights").with_suffix(".json").read_text())
     assert card["recipe"].endswith("--kinds all")
     assert f"--out {tmp_path / 'occ'}" in card["recipe"]  # the recipe runs as written (--out is required)
     # --photo: a quarter of the samples get the grain / pixelation / noise of scanned prints and small faces
-    plain, photo = guards.GuardSamples(data, "faceness"), guards.GuardSamples(data, "faceness", photo=True)
+    plain = guards.GuardSamples(data, GuardRecipe("faceness"))
+    photo = guards.GuardSamples(data, GuardRecipe("faceness", photo=True))
     pairs = [(plain.draw(np.random.default_rng(k)), photo.draw(np.random.default_rng(k))) for k in range(16)]
     assert all(b[0].shape == (guards.INPUT, guards.INPUT, 3) and a[1] == b[1] for a, b in pairs)
     assert any((a[0] != b[0]).any() for a, b in pairs)
-    m = guards.fit("faceness", tmp_path, tmp_path / "photo", steps=1, batch=4, init=None, threads=1, photo=True)
+    m = guards.fit(GuardRecipe("faceness", photo=True), tmp_path, tmp_path / "photo", steps=1, batch=4, init=None,
+                   threads=1)
     card = json.loads(guards.ship(tmp_path / "photo", "faceness", tmp_path / "weights").with_suffix(".json").read_text())
     assert m["photo"] and card["recipe"].endswith("--photo")
     # the occlusion guard under --photo also reports its specificity on photo-degraded validation faces
-    m = guards.fit("occlusion", tmp_path, tmp_path / "occ_photo", steps=1, batch=4, init=None, threads=1,
-                   kinds="all", photo=True)
+    m = guards.fit(GuardRecipe("occlusion", kinds="all", photo=True), tmp_path, tmp_path / "occ_photo", steps=1,
+                   batch=4, init=None, threads=1)
     card = json.loads(guards.ship(tmp_path / "occ_photo", "occlusion", tmp_path / "weights").with_suffix(".json")
                       .read_text())
     assert 0 <= m["val_photo_specificity"] <= 1 and card["recipe"].endswith("--kinds all --photo")
-    assert "val_photo_specificity" not in guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4,
-                                                     init=None, threads=1)
+    assert "val_photo_specificity" not in guards.fit(GuardRecipe("occlusion"), tmp_path, tmp_path / "occ", steps=1,
+                                                     batch=4, init=None, threads=1)
     with pytest.raises(ConfigError, match="kinds"):
-        guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, kinds="hands")
+        guards.fit(GuardRecipe("occlusion", kinds="hands"), tmp_path, tmp_path / "occ", steps=1, batch=4, init=None)
     # --old-print: that share of samples turned into scanned old prints, labels kept; at 0 the draws are as before
-    printed = guards.GuardSamples(data, "occlusion", old_print=1.0)
-    pairs = [(guards.GuardSamples(data, "occlusion").draw(np.random.default_rng(k)),
-              guards.GuardSamples(data, "occlusion", old_print=0.0).draw(np.random.default_rng(k)),
+    printed = guards.GuardSamples(data, GuardRecipe("occlusion", old_print=1.0))
+    pairs = [(guards.GuardSamples(data, GuardRecipe("occlusion")).draw(np.random.default_rng(k)),
+              guards.GuardSamples(data, GuardRecipe("occlusion", old_print=0.0)).draw(np.random.default_rng(k)),
               printed.draw(np.random.default_rng(k))) for k in range(8)]
     assert all((a[0] == b[0]).all() and a[1] == b[1] == c[1] for a, b, c in pairs)
     assert all((a[0] != c[0]).any() for a, _, c in pairs)
-    m = guards.fit("occlusion", tmp_path, tmp_path / "occ_print", steps=1, batch=4, init=None, threads=1,
-                   old_print=0.5)
+    m = guards.fit(GuardRecipe("occlusion", old_print=0.5), tmp_path, tmp_path / "occ_print", steps=1, batch=4,
+                   init=None, threads=1)
     card = json.loads(guards.ship(tmp_path / "occ_print", "occlusion", tmp_path / "weights").with_suffix(".json")
                       .read_text())
     assert card["recipe"].endswith("--old-print 0.5")
     assert f"fit occlusion --data {tmp_path} --steps 1 " in card["recipe"]  # data other than the default is named
     assert 0 <= m["val_old_print_specificity"] <= 1 and 0 <= m["val_old_print_recall"] <= 1
     with pytest.raises(ConfigError, match="old_print"):
-        guards.fit("occlusion", tmp_path, tmp_path / "occ", steps=1, batch=4, init=None, old_print=1.5)
+        guards.fit(GuardRecipe("occlusion", old_print=1.5), tmp_path, tmp_path / "occ", steps=1, batch=4, init=None)
 
 
 def test_cascade_bands_keep_every_verdict_of_the_separate_networks_with_a_margin(tmp_path):
@@ -200,8 +221,8 @@ def test_occlusion_threshold_rule_reports_specificity_under_photo_degradations(f
     crop, lm = face_crop
     smooth = np.stack([cv2_blur(np.roll(crop, k, axis=1)) for k in range(0, 40, 4)])
     data = {"utk_val": smooth, "utk_val_lm": np.stack([lm] * len(smooth))}
-    plain = guards.choose_threshold(NoiseReader(), data, "occlusion")
-    photo = guards.choose_threshold(NoiseReader(), data, "occlusion", photo=True)
+    plain = guards.choose_threshold(NoiseReader(), data, GuardRecipe("occlusion"))
+    photo = guards.choose_threshold(NoiseReader(), data, GuardRecipe("occlusion", photo=True))
     assert "val_photo_specificity" not in plain and plain["val_specificity"] >= 0.9
     assert photo["threshold"] == plain["threshold"] and photo["val_photo_specificity"] < plain["val_specificity"]
 
@@ -270,7 +291,7 @@ def test_side_covers_hide_one_side_of_the_face_behind_a_soft_edge(face_crop):
     assert sides == {"left", "right"}
     rng = np.random.default_rng(0)
     samples = guards.GuardSamples({"utk": img[None], "utk_lm": lm[None], "aaf": img[:0], "aaf_lm": lm[None][:0],
-                                   "real": img[None]}, "occlusion", sides=True)
+                                   "real": img[None]}, GuardRecipe("occlusion", sides=True))
     assert {samples.draw(rng)[1] for _ in range(40)} == {0.0, 1.0}
 
 
@@ -285,7 +306,8 @@ def test_leave_one_family_out_options_of_the_occlusion_guard(tmp_path, face_crop
     crop, lm = face_crop
     data = _occlusion_data(crop, lm)
     # without the real faces, a quarter of the draws that were real occluded faces are synthetic ones
-    plain, synthetic = guards.GuardSamples(data, "occlusion"), guards.GuardSamples(data, "occlusion", real=False)
+    plain = guards.GuardSamples(data, GuardRecipe("occlusion"))
+    synthetic = guards.GuardSamples(data, GuardRecipe("occlusion", real=False))
     rngs = [np.random.default_rng(k) for k in range(40)]
     real_drawn = [k for k in range(40) if 0.5 <= np.random.default_rng(k).random() < 0.75]
     assert real_drawn
@@ -295,11 +317,12 @@ def test_leave_one_family_out_options_of_the_occlusion_guard(tmp_path, face_crop
     assert all(synthetic.draw(r)[0].shape == (guards.INPUT, guards.INPUT, 3) for r in rngs)
     np.savez(tmp_path / "guards.npz", **data)
     with pytest.raises(ConfigError, match="occlusion guard only"):
-        guards.fit("faceness", tmp_path, tmp_path / "f", steps=1, batch=4, init=None, without="hand")
+        guards.fit(GuardRecipe("faceness", without="hand"), tmp_path, tmp_path / "f", steps=1, batch=4, init=None)
     with pytest.raises(ConfigError, match="unknown occluder family"):
-        guards.fit("occlusion", tmp_path, tmp_path / "o", steps=1, batch=4, init=None, kinds="all", without="hands")
-    m = guards.fit("occlusion", tmp_path, tmp_path / "o", steps=1, batch=4, init=None, threads=1, kinds="all",
-                   without="hand", real=False)
+        guards.fit(GuardRecipe("occlusion", kinds="all", without="hands"), tmp_path, tmp_path / "o", steps=1, batch=4,
+                   init=None)
+    m = guards.fit(GuardRecipe("occlusion", kinds="all", without="hand", real=False), tmp_path, tmp_path / "o",
+                   steps=1, batch=4, init=None, threads=1)
     card = json.loads(guards.ship(tmp_path / "o", "occlusion", tmp_path / "weights").with_suffix(".json").read_text())
     assert m["without"] == "hand" and m["real"] is False
     assert card["recipe"].endswith("--kinds all --without hand --no-real")
@@ -312,21 +335,22 @@ def test_random_shapes_in_the_occlusion_guard(tmp_path, face_crop, monkeypatch):
     real_occluded = guards._occluded
     monkeypatch.setattr(guards, "_occluded", lambda img, lm, rng, kinds=(): drawn.append(kinds) or
                         real_occluded(img, lm, rng, kinds))
-    plain, none = guards.GuardSamples(data, "occlusion"), guards.GuardSamples(data, "occlusion", random_shapes=0.0)
+    plain = guards.GuardSamples(data, GuardRecipe("occlusion"))
+    none = guards.GuardSamples(data, GuardRecipe("occlusion", random_shapes=0.0))
     for k in range(30):  # a share of 0 makes no draw: a recipe without the option samples as it did
         a, b = plain.draw(np.random.default_rng(k)), none.draw(np.random.default_rng(k))
         assert a[1] == b[1] and np.array_equal(a[0], b[0])
     assert drawn and ("random_shape",) not in drawn
     drawn.clear()
-    half = guards.GuardSamples(data, "occlusion", real=False, random_shapes=0.5)
+    half = guards.GuardSamples(data, GuardRecipe("occlusion", real=False, random_shapes=0.5))
     for k in range(80):
         half.draw(np.random.default_rng(k))
     assert 0.25 < drawn.count(("random_shape",)) / len(drawn) < 0.75
     np.savez(tmp_path / "guards.npz", **data)
     for task, share in (("faceness", 0.2), ("occlusion", 1.5)):
         with pytest.raises(ConfigError, match="random_shapes"):
-            guards.fit(task, tmp_path, tmp_path / "x", steps=1, batch=4, init=None, random_shapes=share)
-    m = guards.fit("occlusion", tmp_path, tmp_path / "o", steps=1, batch=4, init=None, threads=1, kinds="all",
-                   without="paper", real=False, random_shapes=0.25, seed=2)
+            guards.fit(GuardRecipe(task, random_shapes=share), tmp_path, tmp_path / "x", steps=1, batch=4, init=None)
+    m = guards.fit(GuardRecipe("occlusion", kinds="all", without="paper", real=False, random_shapes=0.25, seed=2),
+                   tmp_path, tmp_path / "o", steps=1, batch=4, init=None, threads=1)
     card = json.loads(guards.ship(tmp_path / "o", "occlusion", tmp_path / "weights").with_suffix(".json").read_text())
     assert m["random_shapes"] == 0.25 and card["recipe"].endswith("--no-real --random-shapes 0.25 --seed 2")

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -463,27 +464,92 @@ def _side_cover(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator) -> np
     return out.round().astype(np.uint8)
 
 
-class GuardSamples:
-    """Draws (uint8 view, label) training samples for one guard from the collected arrays."""
+DATA_DIR = "cache/guards"  # where `data` writes and `fit` reads by default; a card's recipe names any other
+OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion guard's synthetic positives
+TASKS = ("faceness", "occlusion")
 
-    def __init__(self, data: dict[str, np.ndarray], task: str, kinds: tuple[str, ...] = OCCLUSION_TYPES,
-                 photo: bool = False, bands: bool = False, halves: bool = False, sides: bool = False,
-                 old_print: float = 0.0, real: bool = True, random_shapes: float = 0.0) -> None:
-        """kinds: the synthetic occluders that make an occlusion positive (faceness: every family, always).
-        photo: half of the degraded samples get the photo degradations of scanned prints and small faces instead
-        (`PHOTO_P`, at the photo's working resolution), faces and non-faces alike. bands (faceness): BAND_P of the
-        occluded faces are under full-width bands instead (`_bands`), and as many occluded negatives get bands too;
-        halves (with bands): HALVES_P of them, half of those under a half-face or large block instead.
-        sides (occlusion): SIDE_P of the synthetic positives with one side of the face covered (`_side_cover`).
-        old_print: this share of every kind of sample (clean, real and synthetic occluded, non-faces) turned into a
-        scanned old print (`data.augment.old_print`) before the other degradations: the look is not the label.
-        real (occlusion): a quarter of the samples are real occluded faces (the realocc fit half); without, those
-        are synthetic too, so that `kinds` are the only occluders a model sees (leave-one-family-out).
-        random_shapes (occlusion): this share of the synthetic positives under a random shape
-        (`occlusion.families`: domain randomisation, no family's look) instead of one of `kinds`."""
-        self.d, self.task, self.kinds, self.photo, self.bands, self.halves = data, task, kinds, photo, bands, halves
-        self.sides, self.old_print, self.real, self.random_shapes = sides, old_print, real, random_shapes
-        self.band_p = HALVES_P if halves else BAND_P
+
+@dataclass(frozen=True)
+class GuardRecipe:
+    """What one guard trains on, checked when made: `fit`'s samples and seed, the `fit` CLI's flags, recorded in the
+    metrics and, where they differ from the defaults, in the shipped card's recipe (`flags`).
+
+    kinds (occlusion): synthetic positives from the paper's six types ("paper") or every family ("all").
+    photo: half of the degraded samples get the photo degradations of scanned prints and small faces instead
+    (`PHOTO_P`, at the photo's working resolution), faces and non-faces alike. bands (faceness): BAND_P of the
+    occluded faces are under full-width bands instead (`_bands`), and as many occluded negatives get bands too;
+    halves (with bands): HALVES_P of them, half of those under a half-face or large block instead.
+    sides (occlusion): SIDE_P of the synthetic positives with one side of the face covered (`_side_cover`).
+    old_print: this share of every kind of sample (clean, real and synthetic occluded, non-faces) turned into a
+    scanned old print (`data.augment.old_print`) before the other degradations: the look is not the label.
+    without (occlusion): an occluder family left out of kinds (`occlusion.kinds.kinds_without`).
+    real (occlusion): a quarter of the samples are real occluded faces (the realocc fit half); without, those are
+    synthetic too, so that the synthetic kinds are the only occluders a model sees (leave-one-family-out,
+    `benchmarks/lofo_detector.py`). random_shapes (occlusion): this share of the synthetic positives under a random
+    shape (`occlusion.families`: domain randomisation, no family's look) instead. seed: the head's initialisation,
+    the sample draws and their order."""
+
+    task: str
+    kinds: str = "paper"
+    photo: bool = False
+    bands: bool = False
+    halves: bool = False
+    sides: bool = False
+    old_print: float = 0.0
+    without: str | None = None
+    real: bool = True
+    random_shapes: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.kinds not in OCCLUDER_SETS:
+            raise ConfigError(f"kinds must be one of {', '.join(OCCLUDER_SETS)}, got {self.kinds!r}")
+        if (self.without is not None or not self.real) and self.task != "occlusion":
+            raise ConfigError("without and real=False apply to the occlusion guard only")
+        self.synthetic()  # an unknown family to leave out
+        if not 0 <= self.old_print <= 1:
+            raise ConfigError(f"old_print must be a share between 0 and 1, got {self.old_print}")
+        if not 0 <= self.random_shapes <= 1 or (self.random_shapes and self.task != "occlusion"):
+            raise ConfigError(f"random_shapes is a share between 0 and 1 for the occlusion guard, got "
+                              f"{self.random_shapes} for {self.task}")
+
+    def synthetic(self) -> tuple[str, ...]:
+        """The synthetic occluder kinds that make an occlusion positive."""
+        try:
+            return OCCLUDER_SETS[self.kinds] if self.without is None else kinds_without(self.without,
+                                                                                        OCCLUDER_SETS[self.kinds])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def flags(self) -> list[str]:
+        """The `fit` CLI's flags for every field that differs from its default (the task is positional)."""
+        out: list[str] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "task" or value == f.default:
+                continue
+            if f.name == "real":
+                out.append("--no-real")
+            elif isinstance(value, bool):
+                out.append(f"--{f.name.replace('_', '-')}")
+            else:
+                out += [f"--{f.name.replace('_', '-')}", str(value)]
+        return out
+
+    @classmethod
+    def from_metrics(cls, metrics: dict) -> GuardRecipe:
+        """The recipe in a run's metrics.json or the parsed `fit` flags (fields an older run lacks: defaults)."""
+        return cls(**{f.name: metrics[f.name] for f in fields(cls) if f.name in metrics})
+
+
+class GuardSamples:
+    """Draws (uint8 view, label) training samples for one guard from the collected arrays, as its recipe says."""
+
+    def __init__(self, data: dict[str, np.ndarray], recipe: GuardRecipe) -> None:
+        self.d, self.recipe, self.kinds = data, recipe, recipe.synthetic()
+        self.band_p = HALVES_P if recipe.halves else BAND_P
         self.faces = [(k, i) for k in ("utk", "aaf") for i in range(len(data[k]))]
 
     def _face(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -491,21 +557,22 @@ class GuardSamples:
         return self.d[k][i], self.d[f"{k}_lm"][i]
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        r = self.recipe
         u = rng.random()
-        if self.task == "faceness":
+        if r.task == "faceness":
             if u < 0.4:
                 img, label = self.d["neg"][rng.integers(len(self.d["neg"]))], 0.0
                 if rng.random() < 0.3:  # a negative under an "occluder" still is no face
                     img = _shapes(rng) if rng.random() < 0.5 else img
-                    if self.bands and rng.random() < self.band_p:
-                        img = _bands(img, None, rng, self.halves)
+                    if r.bands and rng.random() < self.band_p:
+                        img = _bands(img, None, rng, r.halves)
             elif u < 0.5:
                 img, label = self.d["real"][rng.integers(len(self.d["real"]))], 1.0
             else:
                 img, lm = self._face(rng)  # a face stays a face under any occluder family, the newer ones included
                 occ = _occluded(img, lm, rng, ALL_TYPES) if rng.random() < 0.6 else None
-                if occ is not None and self.bands and rng.random() < self.band_p and np.isfinite(lm[:468]).all():
-                    occ = _bands(img, lm, rng, self.halves)
+                if occ is not None and r.bands and rng.random() < self.band_p and np.isfinite(lm[:468]).all():
+                    occ = _bands(img, lm, rng, r.halves)
                 img, label = (img if occ is None else occ), 1.0
         else:  # occlusion
             if u < 0.5:
@@ -514,21 +581,21 @@ class GuardSamples:
                 if rng.random() < 0.3:
                     with contextlib.suppress(OcclusionError):
                         img = add_clear_glasses(img, lm, rng)
-            elif u < 0.75 and self.real:
+            elif u < 0.75 and r.real:
                 img, label = self.d["real"][rng.integers(len(self.d["real"]))], 1.0
             else:
                 img, lm = self._face(rng)
-                if self.sides and rng.random() < SIDE_P and np.isfinite(lm[:468]).all():
+                if r.sides and rng.random() < SIDE_P and np.isfinite(lm[:468]).all():
                     occ = _side_cover(img, lm, rng)
-                elif self.random_shapes > 0 and rng.random() < self.random_shapes:  # no draw at 0: recipes as before
+                elif r.random_shapes > 0 and rng.random() < r.random_shapes:  # no draw at 0: recipes as before
                     occ = _occluded(img, lm, rng, ("random_shape",))
                 else:
                     occ = _occluded(img, lm, rng, self.kinds)
                 img, label = (occ, 1.0) if occ is not None else (img, 0.0)
-        if self.old_print > 0 and rng.random() < self.old_print:  # no draw at 0: earlier recipes stay as they were
+        if r.old_print > 0 and rng.random() < r.old_print:  # no draw at 0: earlier recipes stay as they were
             img = old_print_look(img, rng)
         u = rng.random()
-        if self.photo and u < 0.25:
+        if r.photo and u < 0.25:
             img = photo_degraded(img, rng)
         elif u < 0.5:
             img = degrade(img, rng)
@@ -546,35 +613,11 @@ def photo_degraded(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return realistic(img, rng, source_scale=0.7, p=PHOTO_P, source_min=0.2)
 
 
-DATA_DIR = "cache/guards"  # where `data` writes and `fit` reads by default; a card's recipe names any other
-OCCLUDER_SETS = {"paper": OCCLUSION_TYPES, "all": ALL_TYPES}  # the occlusion guard's synthetic positives
-
-
-def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str | None, seed: int = 0,
-        threads: int = 0, kinds: str = "paper", photo: bool = False, bands: bool = False, halves: bool = False,
-        sides: bool = False, old_print: float = 0.0, without: str | None = None, real: bool = True,
-        random_shapes: float = 0.0) -> dict:
-    """Train one guard for `steps` batches (AdamW, cosine), choose its threshold, write OUT/best.pt + metrics.
-    kinds (occlusion): "paper" (the paper's six types) or "all" (every synthesizer family, double ones included).
-    photo: the photo degradations of `GuardSamples` as well; bands: its full-width bands (faceness), halves: and
-    its half faces and large blocks; sides (occlusion): faces with one side covered (`_side_cover`); old_print: the
-    share of samples given the scanned old-print look (`GuardSamples`). without (occlusion): an occluder family
-    left out of kinds (`occlusion.kinds.kinds_without`); real=False: no real occluded faces, synthetic ones in
-    their place (both for leave-one-family-out, `benchmarks/lofo_detector.py`); random_shapes (occlusion): this
-    share of the synthetic positives under a random shape instead (`GuardSamples`)."""
-    if kinds not in OCCLUDER_SETS:
-        raise ConfigError(f"kinds must be one of {', '.join(OCCLUDER_SETS)}, got {kinds!r}")
-    if (without is not None or not real) and task != "occlusion":
-        raise ConfigError("without and real=False apply to the occlusion guard only")
-    try:
-        synthetic = OCCLUDER_SETS[kinds] if without is None else kinds_without(without, OCCLUDER_SETS[kinds])
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if not 0 <= old_print <= 1:
-        raise ConfigError(f"old_print must be a share between 0 and 1, got {old_print}")
-    if not 0 <= random_shapes <= 1 or (random_shapes and task != "occlusion"):
-        raise ConfigError(f"random_shapes is a share between 0 and 1 for the occlusion guard, got {random_shapes} "
-                          f"for {task}")
+def fit(recipe: GuardRecipe, data_dir: Path, out: Path, steps: int, batch: int, init: str | None,
+        threads: int = 0) -> dict:
+    """Train one guard on its recipe's samples for `steps` batches (AdamW, cosine), choose its threshold, write
+    OUT/best.pt + metrics.json (the recipe's fields among them)."""
+    task, seed = recipe.task, recipe.seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     torch.set_flush_denormal(True)  # tiny gradients of a confident binary model otherwise crawl on x86
@@ -599,7 +642,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
                             weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps,
                                                 pct_start=0.1)
-    samples = GuardSamples(data, task, synthetic, photo, bands, halves, sides, old_print, real, random_shapes)
+    samples = GuardSamples(data, recipe)
     model.train()
     t0, log = time.perf_counter(), []
     for step in range(steps):
@@ -615,10 +658,9 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
             log.append({"step": step, "loss": round(loss.item(), 4), "s": round(time.perf_counter() - t0, 1)})
             print(json.dumps(log[-1]), flush=True)
     model.eval()
-    metrics = {"task": task, "data": str(data_dir), "steps": steps, "batch": batch, "kinds": kinds, "init": init, "photo": photo, "bands": bands,
-               "halves": halves, "sides": sides, "old_print": old_print, "without": without, "real": real,
-               "random_shapes": random_shapes, "seed": seed, "seconds": round(time.perf_counter() - t0), "log": log}
-    metrics.update(choose_threshold(model, data, task, photo, old_print > 0))
+    metrics = {**asdict(recipe), "data": str(data_dir), "steps": steps, "batch": batch, "init": init,
+               "seconds": round(time.perf_counter() - t0), "log": log}
+    metrics.update(choose_threshold(model, data, recipe))
     out.mkdir(parents=True, exist_ok=True)
     ck = {"model": model.state_dict(), "config": config_to_dict(cfg), "epoch": 0, "metrics": metrics}
     atomic_write(out / "best.pt", lambda tmp: torch.save(ck, tmp))
@@ -626,8 +668,7 @@ def fit(task: str, data_dir: Path, out: Path, steps: int, batch: int, init: str 
     return metrics
 
 
-def choose_threshold(model, data: dict[str, np.ndarray], task: str, photo: bool = False,
-                     old_print: bool = False) -> dict:
+def choose_threshold(model, data: dict[str, np.ndarray], recipe: GuardRecipe) -> dict:
     """faceness: the threshold keeping 99.5 % of held-out faces, occluded ones included (validation faces, each
     clean and under a seeded occluder of any family), and the share of training negatives it still lets through;
     with photo, also the share of validation faces under seeded photo degradations (`PHOTO_P`) it keeps, reported
@@ -636,6 +677,7 @@ def choose_threshold(model, data: dict[str, np.ndarray], task: str, photo: bool 
     specificity on the same faces under seeded photo degradations (reported only); with old_print, the
     specificity on them as scanned old prints and the recall on their occluded copies as old prints (reported
     only)."""
+    task, photo, old_print = recipe.task, recipe.photo, recipe.old_print > 0
     guard_scores = OcclusionDetector(model, CROP, INPUT, 0.5, task).scores
     rng = np.random.default_rng(123)
     val, lm = data["utk_val"], data["utk_val_lm"]
@@ -675,27 +717,19 @@ def ship(run: Path, name: str, out_dir: Path | None = None) -> Path:
     model, cfg = model_from_checkpoint(run / "best.pt")
     metrics = json.loads((run / "metrics.json").read_text())
     card = {"source_checkpoint": str(run / "best.pt"), "threshold": metrics["threshold"], "licence": LICENCE,
-            "recipe": f"python -m agelens.train.guards fit {metrics['task']}"
-                      + (f" --data {metrics['data']}" if metrics.get("data", DATA_DIR) != DATA_DIR else "")
-                      + f" --steps {metrics['steps']} "
-                      f"--batch {metrics['batch']} --out {run}"
-                      + (f" --init {metrics['init']}" if metrics.get("init") else
-                         " --init occlusion" if metrics["task"] == "occlusion" and "init" not in metrics else "")
-                      + (f" --kinds {metrics['kinds']}" if metrics.get("kinds", "paper") != "paper" else "")
-                      + (" --photo" if metrics.get("photo") else "")
-                      + (" --bands" if metrics.get("bands") else "")
-                      + (" --halves" if metrics.get("halves") else "")
-                      + (" --sides" if metrics.get("sides") else "")
-                      + (f" --old-print {metrics['old_print']}" if metrics.get("old_print") else "")
-                      + (f" --without {metrics['without']}" if metrics.get("without") else "")
-                      + (" --no-real" if metrics.get("real") is False else "")
-                      + (f" --random-shapes {metrics['random_shapes']}" if metrics.get("random_shapes") else "")
-                      + (f" --seed {metrics['seed']}" if metrics.get("seed") else ""),
+            "recipe": " ".join([f"python -m agelens.train.guards fit {metrics['task']}"]
+                               + ([f"--data {metrics['data']}"] if metrics.get("data", DATA_DIR) != DATA_DIR else [])
+                               + [f"--steps {metrics['steps']} --batch {metrics['batch']} --out {run}"]
+                               + ([f"--init {metrics['init']}"] if metrics.get("init") else
+                                  ["--init occlusion"] if metrics["task"] == "occlusion" and "init" not in metrics
+                                  else [])
+                               + GuardRecipe.from_metrics(metrics).flags()),
             "test_metrics": {k: v for k, v in metrics.items() if k != "log"}}
     return export_weights(model, cfg, out_dir or weights_dir(), name, card)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The CLI: `data`, `fit` (a `GuardRecipe`'s fields are its flags) and `ship`."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("data", help="collect the crops both guards train on")
@@ -710,7 +744,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="UTKFace / All-Age-Faces files: a seeded random sample, or the first N by name (the shipped "
                         "guards' crops; young faces only)")
     f = sub.add_parser("fit", help="train one guard")
-    f.add_argument("task", choices=("faceness", "occlusion"))
+    f.add_argument("task", choices=TASKS)
     f.add_argument("--data", type=Path, default=Path(DATA_DIR))
     f.add_argument("--out", type=Path, required=True)
     f.add_argument("--steps", type=int, default=600)
@@ -738,18 +772,19 @@ def main(argv: list[str] | None = None) -> None:
     sh = sub.add_parser("ship", help="export a trained guard into the package's weights/")
     sh.add_argument("run", type=Path)
     sh.add_argument("--name", required=True, choices=("faceness", "faceness_photo", "faceness_bands", "occlusion"))
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     if a.cmd == "ship":
         print(f"wrote {ship(a.run, a.name)}")
     elif a.cmd == "data":
         build_data(a.out, a.shared, a.n_utk, a.n_aaf, a.n_procedural, a.extra_negatives, a.sample)
     else:
-        print(json.dumps({k: v for k, v in fit(a.task, a.data, a.out, a.steps, a.batch, a.init, seed=a.seed,
-                                                     threads=a.threads, kinds=a.kinds, photo=a.photo, bands=a.bands,
-                                                     halves=a.halves, sides=a.sides,
-                                                     old_print=a.old_print, without=a.without,
-                                                     real=a.real, random_shapes=a.random_shapes).items()
-                          if k != "log"}))
+        recipe = GuardRecipe.from_metrics(vars(a))
+        metrics = fit(recipe, a.data, a.out, a.steps, a.batch, a.init, threads=a.threads)
+        print(json.dumps({k: v for k, v in metrics.items() if k != "log"}))
 
 
 if __name__ == "__main__":

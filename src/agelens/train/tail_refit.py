@@ -255,6 +255,20 @@ def score(r: dict[str, dict]) -> float:
     return float(np.mean([(v["mae"] + v["grain_mae"]) / 2 if "grain_mae" in v else v["mae"] for v in r.values()]))
 
 
+def tail_optimiser(model, steps: int, lr: float = 1e-4, head_lr: float = 3e-4, weight_decay: float = 1e-4,
+                   tail_from: int = TAIL_FROM):
+    """(tail modules, AdamW, cosine schedule over `steps`) for training the model's tail from `tail_from` on: the
+    head at head_lr, the tail's other parameters at lr."""
+    import torch
+
+    mods = tail_modules(model, tail_from)
+    head_params = {id(p) for p in model.head.parameters()}
+    body = [p for p in mods.parameters() if id(p) not in head_params]
+    opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": list(model.head.parameters()), "lr": head_lr}],
+                            weight_decay=weight_decay)
+    return mods, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+
+
 def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: float = 3e-4,
         weight_decay: float = 1e-4, batch: int = 128, age_power: float = 0.0, seed: int = 0,
         model_name: str = "student", consistency: float = 0.0, label_views: int | None = None,
@@ -309,15 +323,10 @@ def fit(features: Path, out: Path, epochs: int = 6, lr: float = 1e-4, head_lr: f
     strata = np.concatenate([np.full(len(d["age"]), ds) for ds, d in train.items()])
     weights = torch.from_numpy(group_weights(ages, groups, age_power, 0.0, strata).astype(np.float32))
     y = torch.from_numpy(ages.astype(np.float32))
-    mods = tail_modules(model, tail_from)
-    head_params = {id(p) for p in head.parameters()}
-    body = [p for p in mods.parameters() if id(p) not in head_params]
-    opt = torch.optim.AdamW([{"params": body, "lr": lr}, {"params": list(head.parameters()), "lr": head_lr}],
-                            weight_decay=weight_decay)
     faces = batch // nv if consistency > 0 else batch  # per step: faces with all their views, or single views
     rows = len(y) if consistency > 0 else len(y) * nv
     per_epoch = rows // faces
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch)
+    mods, opt, sched = tail_optimiser(model, epochs * per_epoch, lr, head_lr, weight_decay, tail_from)
     gen = torch.Generator().manual_seed(seed)
 
     def state():
