@@ -405,6 +405,46 @@ def test_int8_copies_are_made_once_when_first_asked_for(onnx_dir, tmp_path):
     assert got["int8w7"] == "occlusion.int8w7.onnx" and got["int8w7_tried"] and got["int8"] == "occlusion.int8.onnx"
 
 
+def test_int8w7_keeps_8_bit_weights_only_in_depthwise_convolutions(onnx_dir, tmp_path):
+    """The AVX2 flavour: 7-bit weights where onnxruntime's u8s8 GEMM would saturate (dense and pointwise Conv),
+    8-bit in depthwise Conv (its kernel widens to int16 first), with ranges measured afresh or read back, or
+    with faces and no ranges file."""
+    import onnx
+    from onnx import numpy_helper
+
+    from agelens.export.onnx import quantize_int8
+    from agelens.inference.backends.onnx import OnnxModel
+
+    def widest(path):  # (largest |weight| of a depthwise Conv, of any other quantised Conv)
+        g = onnx.load(str(path)).graph
+        init = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        made_by = {o: n for n in g.node for o in n.output}
+        out = {True: 0, False: 0}
+        for n in g.node:
+            dq = made_by.get(n.input[1]) if n.op_type == "Conv" else None
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                depthwise = any(a.name == "group" and a.i > 1 for a in n.attribute)
+                out[depthwise] = max(out[depthwise], int(np.abs(init[dq.input[0]].astype(int)).max()))
+        return out[True], out[False]
+
+    src = onnx_dir / "occlusion.onnx"
+    views = _views(20, OnnxModel(src).input_size, seed=4)
+    ranges = tmp_path / "occlusion.int8-ranges.json"
+    made = [quantize_int8(src, tmp_path / "a.onnx", views, ranges, reduce_range=True),
+            quantize_int8(src, tmp_path / "b.onnx", None, ranges, reduce_range=True),
+            quantize_int8(src, tmp_path / "c.onnx", views, None, reduce_range=True)]
+    assert all(m.endswith("-w7") or m.endswith("-w7 (saved ranges)") for m in made)
+    for k in "abc":
+        depthwise, dense = widest(tmp_path / f"{k}.onnx")
+        assert dense <= 64 < depthwise <= 127, k
+    assert widest(tmp_path / "a.onnx") == widest(tmp_path / "b.onnx")
+    np.testing.assert_array_equal(*(OnnxModel(tmp_path / f"{k}.onnx").run(views)[0] for k in "ab"))
+    eight = tmp_path / "eight.onnx"
+    quantize_int8(src, eight, None, ranges)
+    assert widest(eight)[1] > 64  # the 8-bit flavour: every quantised Conv
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.pre.onnx"))
+
+
 def test_int8_ranges_round_trip_and_mismatch(onnx_dir, tmp_path):
     """Ranges saved while calibrating reproduce the same int8 graph without any faces; ranges naming tensors the
     graph lacks are refused with a clear error, and nothing is left behind."""

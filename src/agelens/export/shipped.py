@@ -16,8 +16,8 @@ from ..utils import SHIPPED, atomic_write_json, int8_flavor, weights_dir
 
 FINGERPRINT_MEMO = "fingerprints.json"  # shipped_fingerprint's memo: key of the files' stats → fingerprint
 FINGERPRINT_MEMO_SIZE = 16  # entries kept (one per state of the weights folder seen)
-EXPORT_FORMAT = "agelens-onnx-v4"  # bump when the graphs change (v2: constant padding folded into Conv; v3: int8
-# copies from the shipped ranges; v4: int8 keeps the first block in fp32): redone
+EXPORT_FORMAT = "agelens-onnx-v5"  # bump when the graphs change (v2: constant padding folded into Conv; v3: int8
+# copies from the shipped ranges; v4: int8 keeps the first block in fp32; v5: int8w7's depthwise Conv 8-bit): redone
 
 
 def _fingerprinted_files() -> list[tuple[str, Path]]:
