@@ -251,8 +251,8 @@ INT8_FP32_FIRST = 3
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray | None,
-                  ranges: str | Path | None = None, fp32_first: int = INT8_FP32_FIRST, reduce_range: bool = False
-                  ) -> str:
+                  ranges: str | Path | None = None, fp32_first: int = INT8_FP32_FIRST, reduce_range: bool = False,
+                  depthwise_8bit: bool = True) -> str:
     """Static QDQ int8 calibrated on `views` (their activation ranges also saved to `ranges` when given), static
     from saved `ranges` without views (the shipped `<graph>.int8-ranges.json`: no face data needed), or, with
     neither, dynamic int8 (weights only). Returns the method.
@@ -264,7 +264,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
     per face on a CPU with AVX-512 VNNI. Quantising Conv alone (its output range is the pre-ReLU6 one) had moved ages
     by 2.5 / 3.1 years, and int8 activations gained no speed there. reduce_range: 7-bit weights (the "int8w7"
     flavour, for CPUs without VNNI: `INT8_FLAVORS`) in every Conv but the depthwise ones, which keep 8-bit weights
-    (static recipe; `_depthwise_weights_from`)."""
+    (static recipe; `_depthwise_weights_from`; depthwise_8bit=False: 7-bit there too, as before 2026-12-07)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -313,7 +313,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
                     return _CropReader(views, _calib_batch(len(views))) if views is not None else None
 
                 static(tmp, reader(), reduce_range)
-                if reduce_range:  # the 8-bit copy reads the ranges `cache` holds now, or measures them again
+                if reduce_range and depthwise_8bit:  # the 8-bit copy: ranges from `cache`, else measured again
                     eight = scratch / "w8.onnx"
                     static(eight, None if cache is not None else reader(), False)
                     _depthwise_weights_from(eight, tmp)

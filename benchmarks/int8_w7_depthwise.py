@@ -1,0 +1,88 @@
+"""The AVX2 int8 flavour's weights: 7-bit everywhere against 7-bit in dense Conv and 8-bit in depthwise Conv (the
+shipped "int8w7" recipe since 2026-12-07), and 8-bit everywhere, each against the fp32 graph (E2E-aligned crops).
+
+usage: python benchmarks/int8_w7_depthwise.py [--n 300] [--seed 1] [--out docs/int8_w7_depthwise.json]
+
+Faces: --n validation photos of each dataset (splits/*_seed0.json, seeded sample), found and aligned as `predict`
+does (`faces.prepare.prepare_face`), read as the teacher's single-view graph reads them (centre 224 of 256 at its
+input size). Per recipe: mean, p95 and mean signed |age int8 - age fp32|, the mean shift where fp32 says 10-20, and
+ms per face on one thread in batches of 8. Why 8-bit weights are safe in depthwise Conv on AVX2 without VNNI:
+`export.onnx._depthwise_weights_from`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from agelens.data.views import centre_views
+from agelens.errors import AgelensError
+from agelens.export.onnx import quantize_int8
+from agelens.export.shipped import ensure_export
+from agelens.faces.detect import FaceAnalyzer
+from agelens.faces.prepare import prepare_face
+from agelens.imageio import load_image
+from agelens.utils import atomic_write_json, cpu_flags, cpu_model, weights_dir
+from int8_layers import ages_and_ms  # benchmarks/ is on the path when this file runs as a script
+
+ROOTS = {"utkface": "utkface", "aaf": "aaf"}  # dataset → folder under --shared
+
+
+def aligned_views(shared: Path, n: int, seed: int, crop: int = 224, size: int = 160) -> np.ndarray:
+    """n validation photos per dataset, aligned as `predict` aligns them, as the teacher's uint8 views."""
+    rng = np.random.default_rng(seed)
+    analyzer, crops = FaceAnalyzer(), []
+    try:
+        for ds, folder in ROOTS.items():
+            names = sorted(json.loads(Path(f"splits/{ds}_seed0.json").read_text())["parts"]["val"])
+            for name in rng.choice(names, n, replace=False):
+                try:
+                    crops.append(prepare_face(load_image(str(shared / folder / name)), analyzer, 256,
+                                              aligned=False)[0])
+                except AgelensError:  # no face found: that photo is left out
+                    continue
+    finally:
+        analyzer.close()
+    return centre_views(crops, crop, size)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--n", type=int, default=300, help="validation photos per dataset")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=100)
+    ap.add_argument("--out", default="docs/int8_w7_depthwise.json")
+    a = ap.parse_args()
+    fp32 = ensure_export() / "teacher.notta.onnx"
+    ranges = weights_dir() / "teacher.notta.int8-ranges.json"
+    views = aligned_views(a.shared, a.n, a.seed)
+    ref, ms_ref = ages_and_ms(fp32, views, a.reps)
+    teen = (ref >= 10) & (ref < 20)
+    res = {"cpu": cpu_model(), "avx2_without_vnni": "avx2" in cpu_flags() and "avx512_vnni" not in cpu_flags(),
+           "faces": len(views), "teen_faces": int(teen.sum()), "fp32_ms_per_face": round(ms_ref, 2), "rows": []}
+    recipes = {"8-bit weights everywhere (VNNI's int8; saturates on AVX2 alone)": {},
+               "7-bit weights everywhere (int8w7 before)": {"reduce_range": True, "depthwise_8bit": False},
+               "7-bit dense, 8-bit depthwise (int8w7 now)": {"reduce_range": True}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (name, kw) in enumerate(recipes.items()):
+            q = Path(tmp) / f"r{k}.onnx"
+            quantize_int8(fp32, q, None, ranges, **kw)
+            ages, ms = ages_and_ms(q, views, a.reps)
+            d = ages - ref
+            row = {"recipe": name, "mean_change": round(float(np.abs(d).mean()), 3),
+                   "p95_change": round(float(np.percentile(np.abs(d), 95)), 3),
+                   "mean_signed": round(float(d.mean()), 3), "teen_shift": round(float(d[teen].mean()), 3),
+                   "ms_per_face": round(ms, 2)}
+            res["rows"].append(row)
+            print(row, flush=True)
+    atomic_write_json(a.out, res)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
