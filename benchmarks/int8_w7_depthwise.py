@@ -27,7 +27,7 @@ from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import prepare_face
 from agelens.imageio import load_image
 from agelens.utils import atomic_write_json, cpu_flags, cpu_model, weights_dir
-from int8_layers import ages_and_ms  # benchmarks/ is on the path when this file runs as a script
+from int8_layers import ages_and_ms, change_stats  # benchmarks/ on the path when run as a script
 
 ROOTS = {"utkface": "utkface", "aaf": "aaf"}  # dataset → folder under --shared
 
@@ -73,11 +73,7 @@ def main() -> None:
             q = Path(tmp) / f"r{k}.onnx"
             quantize_int8(fp32, q, None, ranges, **kw)
             ages, ms = ages_and_ms(q, views, a.reps)
-            d = ages - ref
-            row = {"recipe": name, "mean_change": round(float(np.abs(d).mean()), 3),
-                   "p95_change": round(float(np.percentile(np.abs(d), 95)), 3),
-                   "mean_signed": round(float(d.mean()), 3), "teen_shift": round(float(d[teen].mean()), 3),
-                   "ms_per_face": round(ms, 2)}
+            row = {"recipe": name, **change_stats(ages, ref, teen, ms)}
             res["rows"].append(row)
             print(row, flush=True)
     atomic_write_json(a.out, res)
