@@ -137,8 +137,8 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
     block kept in fp32) keeps the overall MAE (`benchmarks/int8_e2e.py`, test photos through whole processes): on
     a CPU with VNNI or AMX (8-bit weights) 1.43x faster than fp32, MAE within 0.01 on 1,000 UTKFace and 800
     All-Age-Faces photos, ages moving 0.25-0.29 years per face; on AVX2 alone (7-bit weights, 8-bit in the
-    depthwise convolutions) 1.6-2.0x in whole processes, MAE +0.001 / +0.048 on 1,000 UTKFace / 800 All-Age-Faces
-    photos, ages moving 0.44-0.47 years per face. The student stays fp32 on both (`utils.INT8_FLAVORS`). So auto
+    depthwise convolutions) 1.24-1.28x side by side in benchmarks/inference.py, MAE +0.001 / +0.048 on 1,000
+    UTKFace / 800 All-Age-Faces photos, ages moving 0.44-0.47 years per face. The student stays fp32 on both (`utils.INT8_FLAVORS`). So auto
     takes int8 there;
     `onnx` keeps fp32, and other CPUs (int8 not measured) stay on fp32. flags: the CPU's (default: /proc/cpuinfo)."""
     if device != "cpu":
@@ -155,7 +155,7 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
                              "speed at the same overall MAE (--backend onnx for fp32; docs/inference_levers.md)")
     if flavor == "int8w7":
         return "onnx-int8", ("onnxruntime installed and this CPU has AVX2 without VNNI: int8 graphs with 7-bit "
-                             "weights (8-bit in depthwise convolutions), about 1.6x the fp32 speed, overall MAE within "
+                             "weights (8-bit in depthwise convolutions), about 1.25x the fp32 speed, overall MAE within "
                              "0.05 (--backend onnx for fp32; docs/inference_levers.md)")
     return "onnx", "onnxruntime installed: fp32 graph with preprocessing and TTA fused (no AVX2, VNNI or AMX for int8)"
 
