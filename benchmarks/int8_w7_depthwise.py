@@ -3,7 +3,7 @@ shipped "int8w7" recipe since 2026-12-07), and 8-bit everywhere, each against th
 
 usage: python benchmarks/int8_w7_depthwise.py [--n 300] [--seed 1] [--out docs/int8_w7_depthwise.json]
 
-Faces: --n validation photos of each dataset (splits/*_seed0.json, seeded sample), found and aligned as `predict`
+Faces: --n validation photos of each dataset (`generalise.test_files`, seeded), found and aligned as `predict`
 does (`faces.prepare.prepare_face`), read as the teacher's single-view graph reads them (centre 224 of 256 at its
 input size). Per recipe: mean, p95 and mean signed |age int8 - age fp32|, the mean shift where fp32 says 10-20, and
 ms per face on one thread in batches of 8. Why 8-bit weights are safe in depthwise Conv on AVX2 without VNNI:
@@ -13,7 +13,6 @@ ms per face on one thread in batches of 8. Why 8-bit weights are safe in depthwi
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -27,22 +26,19 @@ from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import prepare_face
 from agelens.imageio import load_image
 from agelens.utils import atomic_write_json, cpu_flags, cpu_model, weights_dir
-from int8_layers import ages_and_ms, change_stats  # benchmarks/ on the path when run as a script
+from generalise import SPLITS, test_files  # benchmarks/ on the path when run as a script
+from int8_layers import ages_and_ms, change_stats
 
-ROOTS = {"utkface": "utkface", "aaf": "aaf"}  # dataset → folder under --shared
 
-
-def aligned_views(shared: Path, n: int, seed: int, crop: int = 224, size: int = 160) -> np.ndarray:
-    """n validation photos per dataset, aligned as `predict` aligns them, as the teacher's uint8 views."""
-    rng = np.random.default_rng(seed)
+def aligned_views(n: int, seed: int, crop: int = 224, size: int = 160) -> np.ndarray:
+    """n validation photos per dataset (`generalise.test_files`), aligned as `predict` aligns them, as the teacher's
+    uint8 views."""
     analyzer, crops = FaceAnalyzer(), []
     try:
-        for ds, folder in ROOTS.items():
-            names = sorted(json.loads(Path(f"splits/{ds}_seed0.json").read_text())["parts"]["val"])
-            for name in rng.choice(names, n, replace=False):
+        for ds in SPLITS:
+            for path, _ in test_files(ds, n, seed, part="val"):
                 try:
-                    crops.append(prepare_face(load_image(str(shared / folder / name)), analyzer, 256,
-                                              aligned=False)[0])
+                    crops.append(prepare_face(load_image(str(path)), analyzer, 256, aligned=False)[0])
                 except AgelensError:  # no face found: that photo is left out
                     continue
     finally:
@@ -52,7 +48,6 @@ def aligned_views(shared: Path, n: int, seed: int, crop: int = 224, size: int = 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
     ap.add_argument("--n", type=int, default=300, help="validation photos per dataset")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--reps", type=int, default=100)
@@ -60,7 +55,7 @@ def main() -> None:
     a = ap.parse_args()
     fp32 = ensure_export() / "teacher.notta.onnx"
     ranges = weights_dir() / "teacher.notta.int8-ranges.json"
-    views = aligned_views(a.shared, a.n, a.seed)
+    views = aligned_views(a.n, a.seed)
     ref, ms_ref = ages_and_ms(fp32, views, a.reps)
     teen = (ref >= 10) & (ref < 20)
     res = {"cpu": cpu_model(), "avx2_without_vnni": "avx2" in cpu_flags() and "avx512_vnni" not in cpu_flags(),

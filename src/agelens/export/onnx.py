@@ -341,8 +341,8 @@ def _depthwise_weights_from(donor: Path, graph: Path) -> int:
     uint8 x int8 products in int16 and saturates, hence 7-bit weights; its depthwise kernel (MLAS
     `MlasConvDepthwiseKernelAvx2`) widens both operands to int16 first and cannot saturate, so 8-bit weights are
     safe there and halve their rounding error. The teacher's single view, 599 validation photos' aligned crops,
-    mean |age - fp32|, one thread: 7-bit everywhere 0.685 years, 8-bit everywhere (saturating) 0.579, this 0.527
-    (the same speed); `docs/inference_levers.md`."""
+    mean |age - fp32| (`benchmarks/int8_w7_depthwise.py`): 7-bit everywhere 0.627 years, 8-bit everywhere
+    (saturating) 0.576, this 0.490; `docs/inference_levers.md`."""
     import onnx
 
     g, d = onnx.load(str(graph)), onnx.load(str(donor))
