@@ -202,7 +202,9 @@ def test_calibrate_from_end_to_end_predictions_writes_z_to_the_card(tmp_path):
 
     for ext in (".safetensors", ".json"):
         shutil.copy(weights_dir() / f"teacher{ext}", tmp_path / f"t{ext}")
-    name = json.loads((tmp_path / "t.json").read_text())["name"]
+    before = json.loads((tmp_path / "t.json").read_text())
+    (tmp_path / "t.json").write_text(json.dumps(before, indent=1) + "\n")  # a card laid out as the shipped ones
+    name = before["name"]
     rng = np.random.default_rng(3)
     files = []
     for k in range(2):
@@ -215,8 +217,11 @@ def test_calibrate_from_end_to_end_predictions_writes_z_to_the_card(tmp_path):
     args = ["calibrate", str(tmp_path / "t.safetensors"), "--quiet"] + [a for f in files for a in ("--predictions", str(f))]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    card = json.loads((tmp_path / "t.json").read_text())
+    text = (tmp_path / "t.json").read_text()
+    card = json.loads(text)
     rec = card["interval_calibration"]
+    # written back in the card's own layout: the lines before the changed keys are the old file's, unchanged
+    assert text.splitlines()[:20] == (json.dumps(before, indent=1)).splitlines()[:20]
     assert rec["coverage"]["n"] == 2 * 1450  # the model's own rows only
     assert card["interval_z"] == rec["interval_z"] and 0.895 <= rec["coverage"]["coverage"] <= 0.905
     assert set(rec["per_dataset"]) == {str(f) for f in files}

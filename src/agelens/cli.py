@@ -1018,7 +1018,7 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
     """Split-conformal interval calibration: finds z so that age ± z·spread covers LEVEL of held-out ages and
     stores it in the model card (`interval_z`), where predict, the service and the ONNX export read it."""
     from .evaluate.calibrate import calibrate_model, calibrate_predictions
-    from .utils import atomic_write_json, shipped_models, weights_dir
+    from .utils import atomic_write_json, json_indent, shipped_models, weights_dir
 
     if part == "test":
         raise AgelensError("calibrate on val (or train), never on the test part the metrics are reported on")
@@ -1073,9 +1073,10 @@ def calibrate(model: Annotated[str, typer.Argument(help="shipped name or .safete
         return
     if not card_p.is_file():
         raise AgelensError(f"no model card at {card_p} to write interval_z into")
-    card = json.loads(card_p.read_text())
+    text = card_p.read_text()
+    card = json.loads(text)
     card["interval_z"], card["interval_calibration"] = rec["interval_z"], rec
-    atomic_write_json(card_p, card)
+    atomic_write_json(card_p, card, indent=json_indent(text))  # the card's own layout: a diff of what changed
     typer.echo(f"interval_z = {rec['interval_z']} written to {card_p}")
 
 

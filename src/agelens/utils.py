@@ -118,10 +118,19 @@ def atomic_write_npz(path: str | Path, /, **arrays: Any) -> None:
     atomic_write(path, write)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
+def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     """Standard JSON (NaN and infinities written as null, which every parser reads), atomically."""
-    atomic_write_text(path, json.dumps(finite_json(obj), indent=2, sort_keys=False, default=_json_default,
+    atomic_write_text(path, json.dumps(finite_json(obj), indent=indent, sort_keys=False, default=_json_default,
                                        allow_nan=False) + "\n")
+
+
+def json_indent(text: str, default: int = 2) -> int:
+    """The indentation a JSON text was written with (its first indented line's), so that a file updated in place
+    keeps its layout and its diff shows only what changed; `default` for a one-line text."""
+    for line in text.splitlines()[1:]:
+        if line.strip():
+            return (len(line) - len(line.lstrip(" "))) or default
+    return default
 
 
 def finite_json(obj: Any) -> Any:
