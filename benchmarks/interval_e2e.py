@@ -8,6 +8,10 @@ dataset, an `agelens evaluate`-style predictions.csv (age, pred, spread, model) 
 
     python benchmarks/interval_e2e.py --part val --n 200 --n-new 40 --seed 3 --out runs/interval_e2e_val
 
+--one-occluder: each photo clean and under one paper occluder (type i mod 6), drawn as `benchmarks/generalise.py`'s
+"occluded" condition draws it (`generalise.occluded_photo`, seeded by --seed), the largest face read; with --n 0
+every photo of the part (the whole test parts: coverage to a point, where 250 photos move it by about two).
+
 Writes OUT/summary.json, OUT/summary.md and OUT/<dataset>_predictions.csv. Run from the repo root.
 """
 
@@ -59,12 +63,32 @@ def face_rows(est: AgeEstimator, files: list[tuple[Path, float]], n_new: int, se
     return rows
 
 
-def cover(rows: list[dict]) -> dict:
+def one_occluder_rows(est: AgeEstimator, files: list[tuple[Path, float]], seed: int, dataset: str) -> list[dict]:
+    """generalise.py's clean and "occluded" conditions: per photo (JPEG q95) the largest face's row, clean and
+    with one paper occluder (type i mod 6) drawn from the clean photo's FaceMesh."""
+    an, rows = FaceAnalyzer(), []
+    for i, (f, age) in enumerate(files):
+        rgb = load_image(f)
+        for cond, img in (("clean", g.encode(rgb, ".jpg", 95)), ("occluded", g.occluded_photo(an, rgb, i, seed))):
+            p = None if img is None else g.largest_prediction(est, img)
+            if p is not None:
+                rows.append({"dataset": dataset, "file": f.name, "condition": cond, "age": age, "pred": p.age,
+                             "spread": p.spread, "lo": p.interval[0], "hi": p.interval[1], "model": p.model})
+        if (i + 1) % 250 == 0:
+            print(f"{dataset}: {i + 1}/{len(files)} photos", flush=True)
+    return rows
+
+
+def cover(rows: list[dict], boots: int = 1000) -> dict:
+    """Coverage (with its 95 % bootstrap interval over faces), mean width and MAE of the rows' intervals."""
     if not rows:
         return {"n": 0}
     age = np.array([r["age"] for r in rows])
     lo, hi = np.array([r["lo"] for r in rows]), np.array([r["hi"] for r in rows])
-    return {"n": len(rows), "coverage": round(float(((lo <= age) & (age <= hi)).mean()), 4),
+    hit = (lo <= age) & (age <= hi)
+    rng = np.random.default_rng(0)
+    ci = np.percentile([hit[rng.integers(0, len(hit), len(hit))].mean() for _ in range(boots)], [2.5, 97.5])
+    return {"n": len(rows), "coverage": round(float(hit.mean()), 4), "ci": [round(float(c), 4) for c in ci],
             "mean_width": round(float((hi - lo).mean()), 2),
             "mae": round(float(np.mean([abs(r["pred"] - r["age"]) for r in rows])), 3)}
 
@@ -72,7 +96,9 @@ def cover(rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", default="val")
-    ap.add_argument("--n", type=int, default=200, help="photos per dataset")
+    ap.add_argument("--n", type=int, default=200, help="photos per dataset (0: every photo of the part)")
+    ap.add_argument("--one-occluder", action="store_true", help="clean and one paper occluder per photo, as "
+                    "generalise.py's occluded condition (--n-new unused)")
     ap.add_argument("--n-new", type=int, default=40, help="of those, photos also under each newer kind")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--datasets", nargs="+", default=["utkface", "aaf"])
@@ -83,7 +109,9 @@ def main() -> None:
     est = AgeEstimator.from_pretrained(backend=a.backend)
     rows = []
     for ds in a.datasets:
-        rows += face_rows(est, g.test_files(ds, a.n, a.seed, a.part), a.n_new, a.seed, ds)
+        files = g.test_files(ds, a.n or 10**9, a.seed, a.part)
+        rows += (one_occluder_rows(est, files, a.seed, ds) if a.one_occluder
+                 else face_rows(est, files, a.n_new, a.seed, ds))
     a.out.mkdir(parents=True, exist_ok=True)
     for ds in a.datasets:  # evaluate's predictions.csv columns that `agelens calibrate --predictions` reads
         rs = [r for r in rows if r["dataset"] == ds]
@@ -95,29 +123,32 @@ def main() -> None:
                 w.writerow({"path": r["file"], **{k: r[k] for k in ("age", "pred", "spread", "model", "condition",
                                                                   "lo", "hi")}})
         tmp.replace(a.out / f"{ds}_predictions.csv")
+    groups = {"clean": ("clean",), "occluded": ("occluded",)} if a.one_occluder else GROUPS
     table = {}
-    for group, conds in GROUPS.items():
+    for group, conds in groups.items():
         for model in ("all", "teacher", "student"):
             rs = [r for r in rows if r["condition"] in conds and model in ("all", r["model"])]
             table[f"{group} / {model}"] = cover(rs)
     per_ds = {ds: {group: cover([r for r in rows if r["dataset"] == ds and r["condition"] in conds])
-                   for group, conds in GROUPS.items()} for ds in a.datasets}
-    cmd = (f"python benchmarks/interval_e2e.py --part {a.part} --n {a.n} --n-new {a.n_new} --seed {a.seed} "
-           f"--out {a.out}" + (f" --backend {a.backend}" if a.backend != "auto" else ""))
+                   for group, conds in groups.items()} for ds in a.datasets}
+    cmd = (f"python benchmarks/interval_e2e.py --part {a.part} --n {a.n} "
+           + ("--one-occluder" if a.one_occluder else f"--n-new {a.n_new}") + f" --seed {a.seed} --out {a.out}"
+           + (f" --backend {a.backend}" if a.backend != "auto" else ""))
     res = {"command": cmd, "backend": est.backend, "z": {"teacher": getattr(est.teacher, "interval_z", None),
                                                           "student": getattr(est.student, "interval_z", None)},
            "table": table, "per_dataset": per_ds, "seconds": round(time.time() - t0)}
     atomic_write_json(a.out / "summary.json", res)
     lines = ["# 90 % intervals end to end on occluded photos", "", f"Command: `{cmd}` (backend {est.backend}, "
              f"z teacher {res['z']['teacher']}, student {res['z']['student']}; {res['seconds']} s)", "",
-             "| condition / model | faces | coverage | mean width | MAE |", "|---|---|---|---|---|"]
+             "| condition / model | faces | coverage [95 %] | mean width | MAE |", "|---|---|---|---|---|"]
     for k, r in table.items():
         if r["n"]:
-            lines.append(f"| {k} | {r['n']} | {r['coverage']:.3f} | {r['mean_width']:.1f} | {r['mae']:.2f} |")
-    lines += ["", "| dataset | " + " | ".join(GROUPS) + " |", "|---|" + "---|" * len(GROUPS)]
-    for ds, groups in per_ds.items():
-        lines.append(f"| {ds} | " + " | ".join(f"{r['coverage']:.3f} ({r['n']})" if r["n"] else "—"
-                                              for r in groups.values()) + " |")
+            lines.append(f"| {k} | {r['n']} | {r['coverage']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | "
+                         f"{r['mean_width']:.1f} | {r['mae']:.2f} |")
+    lines += ["", "| dataset | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+    for ds, per_group in per_ds.items():
+        lines.append(f"| {ds} | " + " | ".join(f"{r['coverage']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] ({r['n']})"
+                                              if r["n"] else "—" for r in per_group.values()) + " |")
     atomic_write_text(a.out / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
