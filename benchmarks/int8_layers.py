@@ -47,6 +47,26 @@ def change_stats(ages: np.ndarray, ref: np.ndarray, teen: np.ndarray, ms: float)
             "teen_shift": round(float(d[teen].mean()), 3), "ms_per_face": round(ms, 2)}
 
 
+def recipe_rows(views: np.ndarray, reps: int, recipes: dict, label: str) -> tuple[dict, list[dict]]:
+    """The shipped teacher's single-view graph quantised from the shipped ranges once per recipe (`quantize_int8`
+    keyword arguments, keyed by the value each row records under `label`), each against the fp32 graph on `views`:
+    ({faces, teen_faces, fp32_ms_per_face}, one `change_stats` row per recipe)."""
+    fp32 = ensure_export() / "teacher.notta.onnx"
+    ranges = weights_dir() / "teacher.notta.int8-ranges.json"
+    ref, ms_ref = ages_and_ms(fp32, views, reps)
+    teen = (ref >= 10) & (ref < 20)
+    print(f"fp32: {ms_ref:.2f} ms per face", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (key, kw) in enumerate(recipes.items()):
+            q = Path(tmp) / f"r{k}.int8.onnx"
+            quantize_int8(fp32, q, None, ranges, **kw)
+            ages, ms = ages_and_ms(q, views, reps)
+            rows.append({label: key, **change_stats(ages, ref, teen, ms)})
+            print(rows[-1], flush=True)
+    return {"faces": len(views), "teen_faces": int(teen.sum()), "fp32_ms_per_face": round(ms_ref, 2)}, rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1200)
@@ -54,23 +74,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=150)
     ap.add_argument("--out", default="docs/int8_layers.json")
     a = ap.parse_args()
-    fp32 = ensure_export() / "teacher.notta.onnx"
-    ranges = weights_dir() / "teacher.notta.int8-ranges.json"
     views = faces(("utkface", "aaf"), 0.0, a.n, 224, 160, 1)
-    ref, ms_ref = ages_and_ms(fp32, views, a.reps)
-    teen = (ref >= 10) & (ref < 20)
-    res = {"cpu": cpu_model(), "faces": len(views), "fp32_ms_per_face": round(ms_ref, 2), "shipped": INT8_FP32_FIRST,
-           "teen_faces": int(teen.sum()), "rows": []}
-    print(f"fp32: {ms_ref:.2f} ms per face", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for k in a.first:
-            q = Path(tmp) / f"teacher.notta.first{k}.int8.onnx"
-            quantize_int8(fp32, q, None, ranges, fp32_first=k)
-            ages, ms = ages_and_ms(q, views, a.reps)
-            row = {"fp32_first": k, **change_stats(ages, ref, teen, ms)}
-            res["rows"].append(row)
-            print(row, flush=True)
-    atomic_write_json(a.out, res)
+    stats, rows = recipe_rows(views, a.reps, {k: {"fp32_first": k} for k in a.first}, "fp32_first")
+    atomic_write_json(a.out, {"cpu": cpu_model(), **stats, "shipped": INT8_FP32_FIRST, "rows": rows})
     print(f"wrote {a.out}")
 
 

@@ -13,21 +13,17 @@ ms per face on one thread in batches of 8. Why 8-bit weights are safe in depthwi
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from agelens.data.views import centre_views
 from agelens.errors import AgelensError
-from agelens.export.onnx import quantize_int8
-from agelens.export.shipped import ensure_export
 from agelens.faces.detect import FaceAnalyzer
 from agelens.faces.prepare import prepare_face
 from agelens.imageio import load_image
-from agelens.utils import atomic_write_json, cpu_flags, cpu_model, weights_dir
+from agelens.utils import atomic_write_json, cpu_flags, cpu_model
 from generalise import SPLITS, test_files  # benchmarks/ on the path when run as a script
-from int8_layers import ages_and_ms, change_stats
+from int8_layers import recipe_rows
 
 
 def aligned_views(n: int, seed: int, crop: int = 224, size: int = 160) -> np.ndarray:
@@ -53,24 +49,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=100)
     ap.add_argument("--out", default="docs/int8_w7_depthwise.json")
     a = ap.parse_args()
-    fp32 = ensure_export() / "teacher.notta.onnx"
-    ranges = weights_dir() / "teacher.notta.int8-ranges.json"
     views = aligned_views(a.n, a.seed)
-    ref, ms_ref = ages_and_ms(fp32, views, a.reps)
-    teen = (ref >= 10) & (ref < 20)
-    res = {"cpu": cpu_model(), "avx2_without_vnni": "avx2" in cpu_flags() and "avx512_vnni" not in cpu_flags(),
-           "faces": len(views), "teen_faces": int(teen.sum()), "fp32_ms_per_face": round(ms_ref, 2), "rows": []}
     recipes = {"8-bit weights everywhere (VNNI's int8; saturates on AVX2 alone)": {},
                "7-bit weights everywhere (int8w7 before)": {"reduce_range": True, "depthwise_8bit": False},
                "7-bit dense, 8-bit depthwise (int8w7 now)": {"reduce_range": True}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for k, (name, kw) in enumerate(recipes.items()):
-            q = Path(tmp) / f"r{k}.onnx"
-            quantize_int8(fp32, q, None, ranges, **kw)
-            ages, ms = ages_and_ms(q, views, a.reps)
-            row = {"recipe": name, **change_stats(ages, ref, teen, ms)}
-            res["rows"].append(row)
-            print(row, flush=True)
+    stats, rows = recipe_rows(views, a.reps, recipes, "recipe")
+    res = {"cpu": cpu_model(), "avx2_without_vnni": "avx2" in cpu_flags() and "avx512_vnni" not in cpu_flags(),
+           **stats, "rows": rows}
     atomic_write_json(a.out, res)
     print(f"wrote {a.out}")
 
