@@ -333,9 +333,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, views: np.ndarray
     return STATIC_INT8 + w7
 
 
-def _depthwise_weights_from(donor: Path, graph: Path) -> int:
+def _depthwise_weights_from(donor: Path, graph: Path) -> None:
     """Give `graph`'s depthwise Conv nodes (group > 1) the quantised weights and biases of the same nodes in `donor`
-    (the same graph quantised with 8-bit weights), in place; returns how many initializers were replaced.
+    (the same graph quantised with 8-bit weights), in place.
 
     Why (the "int8w7" flavour, AVX2 without VNNI): onnxruntime's u8s8 GEMM there (`vpmaddubsw`) adds each pair of
     uint8 x int8 products in int16 and saturates, hence 7-bit weights; its depthwise kernel (MLAS
@@ -355,13 +355,10 @@ def _depthwise_weights_from(donor: Path, graph: Path) -> int:
                 dq = made_by.get(inp)
                 if dq is not None and dq.op_type == "DequantizeLinear":
                     names.update(dq.input)
-    replaced = 0
     for init in g.graph.initializer:
         if init.name in names and init.name in donor_init:
             init.CopyFrom(donor_init[init.name])
-            replaced += 1
     onnx.save(g, str(graph))
-    return replaced
 
 
 def _runs(path: Path) -> None:

@@ -138,8 +138,8 @@ def choose_backend(custom: bool = False, device: str = "cpu", flags: set[str] | 
     a CPU with VNNI or AMX (8-bit weights) 1.43x faster than fp32, MAE within 0.01 on 1,000 UTKFace and 800
     All-Age-Faces photos, ages moving 0.25-0.29 years per face; on AVX2 alone (7-bit weights, 8-bit in the
     depthwise convolutions) 1.24-1.28x side by side in benchmarks/inference.py, MAE +0.001 / +0.048 on 1,000
-    UTKFace / 800 All-Age-Faces photos, ages moving 0.44-0.47 years per face. The student stays fp32 on both (`utils.INT8_FLAVORS`). So auto
-    takes int8 there;
+    UTKFace / 800 All-Age-Faces photos, ages moving 0.44-0.47 years per face. The student stays fp32 on both
+    (`utils.INT8_FLAVORS`). So auto takes int8 there;
     `onnx` keeps fp32, and other CPUs (int8 not measured) stay on fp32. flags: the CPU's (default: /proc/cpuinfo)."""
     if device != "cpu":
         return "torch", f"device {device}: torch"
