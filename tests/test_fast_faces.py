@@ -108,9 +108,10 @@ def test_blazeface_finds_the_face_mediapipe_finds(astronaut):
     assert blazeface.BlazeFace(0)(np.full((300, 300, 3), 128, np.uint8)) == []
 
 
-def test_mediapipe_loads_without_matplotlib_and_still_draws():
+def test_mediapipe_loads_without_matplotlib_and_its_tasks_and_still_draws():
     """The FaceMesh fallback imports mediapipe without its drawing helpers (matplotlib.pyplot, half a second of a
-    worker's first fallback); a caller who asks for them later still gets the real modules."""
+    worker's first fallback) and without its Tasks API (audio, vision, ...: 0.15 s); a caller who asks for them
+    later still gets the real modules."""
     import subprocess
     import sys
 
@@ -119,10 +120,14 @@ def test_mediapipe_loads_without_matplotlib_and_still_draws():
         "from agelens.faces.detect import mediapipe_solutions\n"
         "s = mediapipe_solutions()\n"
         "assert s.face_mesh.FaceMesh and 'matplotlib' not in sys.modules, sorted(sys.modules)\n"
+        "assert not [m for m in sys.modules if m.startswith('mediapipe.tasks') or m == 'sounddevice']\n"
         "import mediapipe as mp\n"
         "assert mp.solutions.drawing_utils.DrawingSpec and 'matplotlib.pyplot' in sys.modules\n"
         "from mediapipe.python.solutions import drawing_styles\n"
         "assert drawing_styles.get_default_face_mesh_contours_style()\n"
+        "assert mp.tasks is mp.tasks and mp.tasks.__name__ == 'mediapipe.tasks.python' and mp.tasks.BaseOptions\n"
+        "from mediapipe.tasks.python import vision\n"
+        "assert vision.FaceLandmarker is mp.tasks.vision.FaceLandmarker\n"
         "assert mediapipe_solutions() is s\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -46,6 +46,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 _DRAWING = ("drawing_utils", "drawing_styles")
+_TASKS = ("mediapipe.tasks", "mediapipe.tasks.python")  # the Tasks API (audio, text, vision, genai): `import
+# mediapipe` imports it, the face graphs never use it
 
 
 # the process that started mediapipe's face graphs (FaceMesh, FaceDetection): a process forked from it inherits
@@ -64,14 +66,18 @@ def _graphs_usable_here() -> None:
 
 
 def mediapipe_solutions():  # noqa: ANN201 - mediapipe has no stubs
-    """`mediapipe.solutions`, imported without its drawing helpers when nothing has imported mediapipe yet.
+    """`mediapipe.solutions`, imported without its drawing helpers and its Tasks API when nothing has imported
+    mediapipe yet.
 
     `import mediapipe` loads `solutions.drawing_utils`, which imports matplotlib.pyplot: half of the 0.8 s a worker
-    process spends on its first FaceMesh fallback, for modules the face graphs never use. They are stubbed during
-    the import, then removed, and the package loads them on first use (`solutions.drawing_utils` still works)."""
+    process spends on its first FaceMesh fallback, for modules the face graphs never use. It also loads the Tasks API
+    (`mediapipe.tasks.python`: audio, text, vision, genai; its audio module imports sounddevice, which looks for
+    PortAudio by running the linker): 0.15 s of the remaining 0.29 s, for modules the face graphs never use either.
+    They are stubbed during the import, then removed, and load on first use (`solutions.drawing_utils`,
+    `mediapipe.tasks` still work)."""
     if "mediapipe" in sys.modules:
         return sys.modules["mediapipe"].solutions
-    names = [f"mediapipe.python.solutions.{n}" for n in _DRAWING]
+    names = [f"mediapipe.python.solutions.{n}" for n in _DRAWING] + list(_TASKS)
     for name in names:
         sys.modules[name] = types.ModuleType(name)
     try:
@@ -82,13 +88,21 @@ def mediapipe_solutions():  # noqa: ANN201 - mediapipe has no stubs
     solutions = sys.modules["mediapipe.python.solutions"]
     for n in _DRAWING:
         solutions.__dict__.pop(n, None)
+    mp.__dict__.pop("tasks", None)  # the stub: `mediapipe.tasks` loads for real when first asked for
 
     def lazy(attr: str):  # noqa: ANN202 - PEP 562: the drawing modules load when first asked for
         if attr in _DRAWING:
             return importlib.import_module(f"{solutions.__name__}.{attr}")
         raise AttributeError(f"module {solutions.__name__!r} has no attribute {attr!r}")
 
+    def lazy_tasks(attr: str):  # noqa: ANN202 - `mediapipe.tasks` as `import mediapipe` binds it: the Tasks API
+        if attr == "tasks":
+            mp.tasks = importlib.import_module(_TASKS[-1])  # (the import bound the package there; mediapipe binds this)
+            return mp.tasks
+        raise AttributeError(f"module {mp.__name__!r} has no attribute {attr!r}")
+
     solutions.__getattr__ = lazy
+    mp.__getattr__ = lazy_tasks
     return mp.solutions
 
 
