@@ -132,6 +132,14 @@ def test_mediapipe_loads_without_matplotlib_and_its_tasks_and_still_draws():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+    # the Tasks API imported by name first (mediapipe's own examples do both): `mp.tasks` is still what mediapipe binds
+    code = ("from agelens.faces.detect import mediapipe_solutions\n"
+            "mediapipe_solutions()\n"
+            "from mediapipe.tasks import python\n"
+            "import mediapipe as mp\n"
+            "assert mp.tasks is python and mp.tasks.BaseOptions and mp.tasks.vision.FaceLandmarker\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 # ---- alignment geometry, pinned by hand (a mutation audit changed these unnoticed) --------------------------------

@@ -88,22 +88,31 @@ def mediapipe_solutions():  # noqa: ANN201 - mediapipe has no stubs
     solutions = sys.modules["mediapipe.python.solutions"]
     for n in _DRAWING:
         solutions.__dict__.pop(n, None)
-    mp.__dict__.pop("tasks", None)  # the stub: `mediapipe.tasks` loads for real when first asked for
+    mp.__dict__.pop("tasks", None)  # the stub; `mediapipe.tasks` is now `_Mediapipe.tasks`
+    mp.__class__ = _Mediapipe
 
     def lazy(attr: str):  # noqa: ANN202 - PEP 562: the drawing modules load when first asked for
         if attr in _DRAWING:
             return importlib.import_module(f"{solutions.__name__}.{attr}")
         raise AttributeError(f"module {solutions.__name__!r} has no attribute {attr!r}")
 
-    def lazy_tasks(attr: str):  # noqa: ANN202 - `mediapipe.tasks` as `import mediapipe` binds it: the Tasks API
-        if attr == "tasks":
-            mp.tasks = importlib.import_module(_TASKS[-1])  # (the import bound the package there; mediapipe binds this)
-            return mp.tasks
-        raise AttributeError(f"module {mp.__name__!r} has no attribute {attr!r}")
-
     solutions.__getattr__ = lazy
-    mp.__getattr__ = lazy_tasks
     return mp.solutions
+
+
+class _Mediapipe(types.ModuleType):
+    """The `mediapipe` module as `mediapipe_solutions` leaves it: its `tasks` attribute, which `import mediapipe` binds
+    to the Tasks API (`mediapipe.tasks.python`), imports it on first use. A property, so that a later `import
+    mediapipe.tasks...`, which binds the package `mediapipe.tasks` there, leaves `mediapipe.tasks` as mediapipe
+    binds it."""
+
+    @property
+    def tasks(self):  # noqa: ANN202 - mediapipe has no stubs
+        return importlib.import_module(_TASKS[-1])
+
+    @tasks.setter
+    def tasks(self, value) -> None:  # noqa: ANN001 - the import system binding the subpackage: mediapipe rebinds it
+        pass
 
 
 @dataclass
