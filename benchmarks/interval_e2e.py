@@ -37,6 +37,13 @@ from occlusion_e2e import NEW_KINDS, nearest_box, occluded_on_photo, save_jpeg
 GROUPS = {"clean": ("clean",), "paper types": OCCLUSION_TYPES, "newer kinds": NEW_KINDS}
 
 
+def row(dataset: str, f: Path, cond: str, age: float, p) -> dict:
+    """A predictions.csv row: the photo, its condition and true age, and FacePrediction p's age, spread, interval
+    and model."""
+    return {"dataset": dataset, "file": f.name, "condition": cond, "age": age, "pred": p.age, "spread": p.spread,
+            "lo": p.interval[0], "hi": p.interval[1], "model": p.model}
+
+
 def face_rows(est: AgeEstimator, files: list[tuple[Path, float]], n_new: int, seed: int, dataset: str) -> list[dict]:
     """One row per answered face: true age, predicted age, spread, interval, model, condition."""
     an, rows = FaceAnalyzer(), []
@@ -55,9 +62,7 @@ def face_rows(est: AgeEstimator, files: list[tuple[Path, float]], n_new: int, se
                     preds = est.predict(path)
                 except NoFaceError:
                     continue
-                p = preds[nearest_box([q.box for q in preds], face.box)]
-                rows.append({"dataset": dataset, "file": f.name, "condition": cond, "age": age, "pred": p.age,
-                             "spread": p.spread, "lo": p.interval[0], "hi": p.interval[1], "model": p.model})
+                rows.append(row(dataset, f, cond, age, preds[nearest_box([q.box for q in preds], face.box)]))
             if (i + 1) % 50 == 0:
                 print(f"{dataset}: {i + 1}/{len(files)} photos", flush=True)
     return rows
@@ -72,8 +77,7 @@ def one_occluder_rows(est: AgeEstimator, files: list[tuple[Path, float]], seed: 
         for cond, img in (("clean", g.encode(rgb, ".jpg", 95)), ("occluded", g.occluded_photo(an, rgb, i, seed))):
             p = None if img is None else g.largest_prediction(est, img)
             if p is not None:
-                rows.append({"dataset": dataset, "file": f.name, "condition": cond, "age": age, "pred": p.age,
-                             "spread": p.spread, "lo": p.interval[0], "hi": p.interval[1], "model": p.model})
+                rows.append(row(dataset, f, cond, age, p))
         if (i + 1) % 250 == 0:
             print(f"{dataset}: {i + 1}/{len(files)} photos", flush=True)
     return rows
